@@ -1,0 +1,107 @@
+/*
+** error.c -- structured errors: { code = "Timeout", message = "...", ... }.
+**
+** Runtime failures are values, not exceptions: bindings return nil plus one of
+** these tables, and the Lua layer passes them on. Codes are stable strings
+** (listed in README.md); messages are for people.
+*/
+#include <stdarg.h>
+#include <string.h>
+
+#include "tide.h"
+
+static int error_tostring(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_getfield(L, 1, "code");
+  lua_getfield(L, 1, "message");
+  const char *code = lua_tostring(L, -2);
+  const char *msg = lua_tostring(L, -1);
+  if (code && msg)
+    lua_pushfstring(L, "%s: %s", code, msg);
+  else
+    lua_pushstring(L, code ? code : (msg ? msg : "tide error"));
+  return 1;
+}
+
+static void push_error_mt(lua_State *L) {
+  if (luaL_newmetatable(L, TIDE_ERROR_MT)) {
+    lua_pushcfunction(L, error_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, "tide.error");
+    lua_setfield(L, -2, "__name");
+  }
+}
+
+static void push_errorv(lua_State *L, const char *code, const char *fmt,
+                        va_list ap) {
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, code);
+  lua_setfield(L, -2, "code");
+  lua_pushvfstring(L, fmt, ap);
+  lua_setfield(L, -2, "message");
+  push_error_mt(L);
+  lua_setmetatable(L, -2);
+}
+
+void tide__push_error(lua_State *L, const char *code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  push_errorv(L, code, fmt, ap);
+  va_end(ap);
+}
+
+int tide__fail(lua_State *L, const char *code, const char *fmt, ...) {
+  va_list ap;
+  lua_pushnil(L);
+  va_start(ap, fmt);
+  push_errorv(L, code, fmt, ap);
+  va_end(ap);
+  return 2;
+}
+
+int tide__raise(lua_State *L, const char *code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  push_errorv(L, code, fmt, ap);
+  va_end(ap);
+  return lua_error(L);
+}
+
+/* core.error(code, message [, fields]) -> error table; used by the Lua layer so
+** that every error in tide shares one metatable. */
+static int l_error(lua_State *L) {
+  const char *code = luaL_checkstring(L, 1);
+  const char *msg = luaL_optstring(L, 2, code);
+  if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+  if (lua_istable(L, 3)) {
+    lua_pushvalue(L, 3);
+  } else {
+    lua_createtable(L, 0, 2);
+  }
+  lua_pushstring(L, code);
+  lua_setfield(L, -2, "code");
+  lua_pushstring(L, msg);
+  lua_setfield(L, -2, "message");
+  push_error_mt(L);
+  lua_setmetatable(L, -2);
+  return 1;
+}
+
+/* core.is_error(v) -> true when v carries the tide.error metatable. */
+static int l_is_error(lua_State *L) {
+  int is = 0;
+  if (lua_getmetatable(L, 1)) {
+    luaL_getmetatable(L, TIDE_ERROR_MT);
+    is = lua_rawequal(L, -1, -2);
+  }
+  lua_pushboolean(L, is);
+  return 1;
+}
+
+void tide__open_error(lua_State *L) {
+  static const luaL_Reg fns[] = {
+      {"error", l_error}, {"is_error", l_is_error}, {NULL, NULL}};
+  push_error_mt(L);
+  lua_setfield(L, -2, "error_mt");
+  luaL_setfuncs(L, fns, 0);
+}

@@ -1,0 +1,739 @@
+/*
+** http.c -- HTTP requests through libcurl's multi interface on the libuv loop.
+**
+** One CURLM per Lua state. libcurl tells us which sockets to watch (socket
+** callback -> one uv_poll_t per socket, kept with curl_multi_assign) and when
+** to call it back (timer callback -> one uv_timer_t). Completed transfers are
+** collected with curl_multi_info_read after every curl_multi_socket_action.
+**
+** Re-entry rules: libcurl callbacks (write, header, socket, timer) never call
+** Lua and never call libcurl; they copy bytes into C buffers and wake the
+** waiting task. Lua code never runs inside curl_multi_socket_action, so a
+** cancellation from Lua can remove an easy handle at once; the in_curl flag
+** still defers it, should that ever change.
+**
+** A request is a malloc'ed tide_http pointed to by a Lua userdata. The task
+** that waits on it keeps that userdata on its stack; the request body string
+** is anchored as the userdata's uservalue, so libcurl reads it without a copy.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "tide.h"
+
+#define HTTP_MT "tide.http"
+#define EASY_POOL_MAX 256
+#define DEFAULT_MAX_BODY (64u * 1024u * 1024u)
+#define DEFAULT_TIMEOUT_MS 120000L
+/* libcurl's receive buffer is per easy handle; 16 KiB by default. A smaller
+** one keeps memory per in-flight request low, and model replies are small. */
+#define RECV_BUFFER_SIZE 8192L
+
+typedef struct buf {
+  char *p;
+  size_t len, cap;
+} buf;
+
+typedef struct tide_http_state {
+  tide_ctx *ctx;
+  CURLM *multi;
+  uv_timer_t *timer;
+  int in_curl;
+  CURL *pool[EASY_POOL_MAX];
+  int npool;
+  tide_http *active;     /* requests added to the multi handle */
+  tide_http *deferred;   /* removals queued while inside libcurl */
+  uint64_t requests, connections;
+} tide_http_state;
+
+struct tide_http {
+  tide_ctx *ctx;        /* outlives hs: valid until every finalizer has run */
+  tide_http_state *hs;
+  CURL *easy;
+  struct curl_slist *headers;
+  tide_http *next_active, *prev_active, *next_deferred;
+  int in_multi;
+  int done;
+  int stream;           /* deliver 2xx bodies as chunks */
+  int too_large;
+  int gone;             /* the Lua userdata was collected */
+  CURLcode result;
+  long status;
+  size_t max_body, received;
+  buf body;             /* whole body, or chunks not yet taken by next() */
+  buf head;             /* raw response header lines of the last response */
+  tide_task *task;      /* the task waiting in next(), if any */
+  tide_wait wait;
+  double total_s, ttfb_s, connect_s;
+  long num_connects;
+  char errbuf[CURL_ERROR_SIZE];
+};
+
+/* ------------------------------------------------------------ buffers -- */
+
+static int buf_add(buf *b, const char *p, size_t n) {
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + n + 1) cap *= 2;
+    char *np = realloc(b->p, cap);
+    if (np == NULL) return -1;
+    b->p = np;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, p, n);
+  b->len += n;
+  b->p[b->len] = '\0';
+  return 0;
+}
+
+static void buf_free(buf *b) {
+  free(b->p);
+  b->p = NULL;
+  b->len = b->cap = 0;
+}
+
+/* ------------------------------------------------------ the multi side -- */
+
+typedef struct sock_ctx {
+  uv_poll_t poll;
+  curl_socket_t fd;
+  tide_http_state *hs;
+} sock_ctx;
+
+static void check_done(tide_http_state *hs);
+
+static void free_request(tide_http *r) {
+  curl_slist_free_all(r->headers);
+  buf_free(&r->body);
+  buf_free(&r->head);
+  free(r);
+}
+
+static void release_easy(tide_http_state *hs, CURL *e) {
+  if (hs->npool < EASY_POOL_MAX) {
+    curl_easy_reset(e);
+    hs->pool[hs->npool++] = e;
+  } else {
+    curl_easy_cleanup(e);
+  }
+}
+
+static void unlink_active(tide_http *r) {
+  tide_http_state *hs = r->hs;
+  if (r->prev_active)
+    r->prev_active->next_active = r->next_active;
+  else
+    hs->active = r->next_active;
+  if (r->next_active) r->next_active->prev_active = r->prev_active;
+  r->next_active = r->prev_active = NULL;
+}
+
+/* Takes a request out of libcurl and returns its easy handle to the pool. */
+static void detach(tide_http *r) {
+  tide_http_state *hs = r->hs;
+  if (r->in_multi) {
+    curl_multi_remove_handle(hs->multi, r->easy);
+    unlink_active(r);
+    r->in_multi = 0;
+  }
+  if (r->easy) {
+    release_easy(hs, r->easy);
+    r->easy = NULL;
+  }
+}
+
+static void run_deferred(tide_http_state *hs) {
+  while (hs->deferred) {
+    tide_http *r = hs->deferred;
+    hs->deferred = r->next_deferred;
+    r->next_deferred = NULL;
+    detach(r);
+    if (r->gone) free_request(r);
+  }
+}
+
+static void socket_action(tide_http_state *hs, curl_socket_t fd, int flags) {
+  int running;
+  hs->in_curl = 1;
+  curl_multi_socket_action(hs->multi, fd, flags, &running);
+  hs->in_curl = 0;
+  check_done(hs);
+  run_deferred(hs);
+}
+
+static void poll_cb(uv_poll_t *h, int status, int events) {
+  sock_ctx *s = h->data;
+  int flags = 0;
+  if (status < 0) {
+    flags = CURL_CSELECT_ERR;
+  } else {
+    if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
+  }
+  socket_action(s->hs, s->fd, flags);
+}
+
+static void sock_close_cb(uv_handle_t *h) { free(h->data); }
+
+static int socket_cb(CURL *e, curl_socket_t fd, int what, void *userp,
+                     void *socketp) {
+  (void)e;
+  tide_http_state *hs = userp;
+  sock_ctx *s = socketp;
+  if (what == CURL_POLL_REMOVE) {
+    if (s) {
+      uv_poll_stop(&s->poll);
+      uv_close((uv_handle_t *)&s->poll, sock_close_cb);
+      curl_multi_assign(hs->multi, fd, NULL);
+    }
+    return 0;
+  }
+  if (s == NULL) {
+    s = malloc(sizeof *s);
+    if (s == NULL) return -1;
+    s->fd = fd;
+    s->hs = hs;
+    if (uv_poll_init_socket(hs->ctx->loop, &s->poll, fd) != 0) {
+      free(s);
+      return -1;
+    }
+    s->poll.data = s;
+    curl_multi_assign(hs->multi, fd, s);
+  }
+  int events = 0;
+  if (what & CURL_POLL_IN) events |= UV_READABLE;
+  if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
+  uv_poll_start(&s->poll, events, poll_cb);
+  return 0;
+}
+
+static void on_timeout(uv_timer_t *h) {
+  socket_action(h->data, CURL_SOCKET_TIMEOUT, 0);
+}
+
+/* As CURLMOPT_TIMERFUNCTION documents: one timer, replaced on every call;
+** -1 deletes it; libcurl is never called from inside this callback (a 0
+** timeout fires on the next loop iteration instead). */
+static int timer_cb(CURLM *m, long timeout_ms, void *userp) {
+  (void)m;
+  tide_http_state *hs = userp;
+  if (timeout_ms < 0)
+    uv_timer_stop(hs->timer);
+  else
+    uv_timer_start(hs->timer, on_timeout, (uint64_t)timeout_ms, 0);
+  return 0;
+}
+
+static void check_done(tide_http_state *hs) {
+  CURLMsg *msg;
+  int left;
+  while ((msg = curl_multi_info_read(hs->multi, &left))) {
+    if (msg->msg != CURLMSG_DONE) continue;
+    tide_http *r = NULL;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+    if (r == NULL) continue;
+    r->result = msg->data.result;
+    r->done = 1;
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME, &r->total_s);
+    curl_easy_getinfo(r->easy, CURLINFO_STARTTRANSFER_TIME, &r->ttfb_s);
+    curl_easy_getinfo(r->easy, CURLINFO_CONNECT_TIME, &r->connect_s);
+    curl_easy_getinfo(r->easy, CURLINFO_NUM_CONNECTS, &r->num_connects);
+    hs->connections += (uint64_t)r->num_connects;
+    detach(r);
+    if (r->gone) {
+      free_request(r);
+    } else if (r->task) {
+      tide_task *t = r->task;
+      r->task = NULL;
+      tide__wake(t);
+    }
+  }
+}
+
+static tide_http_state *http_state(lua_State *L) {
+  tide_ctx *ctx = tide__ctx(L);
+  if (ctx->http) return ctx->http;
+  tide_http_state *hs = calloc(1, sizeof *hs);
+  uv_timer_t *timer = malloc(sizeof *timer);
+  CURLM *multi = curl_multi_init();
+  if (!hs || !timer || !multi) {
+    free(hs);
+    free(timer);
+    if (multi) curl_multi_cleanup(multi);
+    luaL_error(L, "tide: cannot initialise HTTP");
+  }
+  hs->ctx = ctx;
+  hs->multi = multi;
+  hs->timer = timer;
+  uv_timer_init(ctx->loop, timer);
+  timer->data = hs;
+  curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+  curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, hs);
+  curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+  curl_multi_setopt(multi, CURLMOPT_TIMERDATA, hs);
+  curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  ctx->http = hs;
+  return hs;
+}
+
+static void timer_close_cb(uv_handle_t *h) { free(h); }
+
+void tide__http_shutdown(tide_ctx *ctx) {
+  tide_http_state *hs = ctx->http;
+  if (hs == NULL) return;
+  /* In order: easy handles out of the multi, multi cleanup (which closes the
+  ** sockets and tells us to drop their polls), then the timer. */
+  while (hs->active) {
+    tide_http *r = hs->active;
+    detach(r);
+    r->task = NULL;
+    r->done = 1;
+    r->result = CURLE_ABORTED_BY_CALLBACK;
+    if (r->gone) free_request(r);
+  }
+  run_deferred(hs);
+  for (int i = 0; i < hs->npool; i++) curl_easy_cleanup(hs->pool[i]);
+  hs->npool = 0;
+  curl_multi_cleanup(hs->multi);
+  hs->multi = NULL;
+  uv_close((uv_handle_t *)hs->timer, timer_close_cb);
+  ctx->http = NULL;
+  free(hs);
+}
+
+/* ------------------------------------------------- libcurl callbacks -- */
+
+static int is_2xx(tide_http *r) {
+  long code = 0;
+  curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &code);
+  return code >= 200 && code < 300;
+}
+
+static size_t write_cb(char *p, size_t size, size_t n, void *ud) {
+  tide_http *r = ud;
+  size_t len = size * n;
+  if (r->received + len > r->max_body) {
+    r->too_large = 1;
+    return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
+  }
+  r->received += len;
+  if (buf_add(&r->body, p, len) != 0) return 0;
+  if (r->stream && r->task && is_2xx(r)) {
+    tide_task *t = r->task;
+    r->task = NULL;
+    tide__wake(t);
+  }
+  return len;
+}
+
+static size_t header_cb(char *p, size_t size, size_t n, void *ud) {
+  tide_http *r = ud;
+  size_t len = size * n;
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) r->head.len = 0; /* new response */
+  if (len > 15 && strncasecmp(p, "content-length:", 15) == 0) {
+    unsigned long long cl = strtoull(p + 15, NULL, 10);
+    if (cl > r->max_body) {
+      r->too_large = 1;
+      return 0;
+    }
+  }
+  if (r->head.len + len > 256 * 1024) return 0; /* absurd headers */
+  if (buf_add(&r->head, p, len) != 0) return 0;
+  return len;
+}
+
+/* ------------------------------------------------------------ results -- */
+
+static const char *code_for(tide_http *r) {
+  if (r->too_large) return "BodyTooLarge";
+  switch (r->result) {
+    case CURLE_COULDNT_CONNECT: return "ConnectFailed";
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY: return "ResolveFailed";
+    case CURLE_OPERATION_TIMEDOUT: return "Timeout";
+    case CURLE_FILESIZE_EXCEEDED: return "BodyTooLarge";
+    case CURLE_PARTIAL_FILE:
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM: return "ConnectionClosed";
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE: return "TLSFailed";
+    case CURLE_URL_MALFORMAT:
+    case CURLE_UNSUPPORTED_PROTOCOL: return "BadURL";
+    case CURLE_ABORTED_BY_CALLBACK: return "Cancelled";
+    default: return "HttpFailed";
+  }
+}
+
+static void push_headers(lua_State *L, tide_http *r) {
+  lua_createtable(L, 0, 8);
+  const char *p = r->head.p, *end = p + r->head.len;
+  while (p && p < end) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p));
+    if (eol == NULL) eol = end;
+    const char *colon = memchr(p, ':', (size_t)(eol - p));
+    if (colon && colon > p) {
+      luaL_Buffer name;
+      luaL_buffinit(L, &name);
+      for (const char *c = p; c < colon; c++)
+        luaL_addchar(&name, (char)((*c >= 'A' && *c <= 'Z') ? *c + 32 : *c));
+      luaL_pushresult(&name);
+      const char *v = colon + 1, *ve = eol;
+      while (v < ve && (*v == ' ' || *v == '\t')) v++;
+      while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ')) ve--;
+      /* Repeated headers are joined with ", " as RFC 9110 allows. */
+      lua_pushvalue(L, -1);
+      if (lua_rawget(L, -3) == LUA_TSTRING) {
+        lua_pushliteral(L, ", ");
+        lua_pushlstring(L, v, (size_t)(ve - v));
+        lua_concat(L, 3);
+      } else {
+        lua_pop(L, 1);
+        lua_pushlstring(L, v, (size_t)(ve - v));
+      }
+      lua_rawset(L, -3);
+    }
+    p = eol + 1;
+  }
+}
+
+static void push_ms(lua_State *L, const char *k, double s) {
+  lua_pushnumber(L, s * 1000.0);
+  lua_setfield(L, -2, k);
+}
+
+static int push_result(lua_State *L, tide_http *r) {
+  if (r->result != CURLE_OK || r->too_large) {
+    const char *code = code_for(r);
+    lua_pushnil(L);
+    if (r->too_large)
+      tide__push_error(L, code, "response body exceeds max_body_bytes (%d)",
+                       (int)r->max_body);
+    else
+      tide__push_error(L, code, "%s", r->errbuf[0] ? r->errbuf
+                                                   : curl_easy_strerror(r->result));
+    lua_pushinteger(L, (lua_Integer)r->result);
+    lua_setfield(L, -2, "curl_code");
+    if (r->status) {
+      lua_pushinteger(L, r->status);
+      lua_setfield(L, -2, "status");
+    }
+    return 2;
+  }
+  lua_pushliteral(L, "done");
+  lua_createtable(L, 0, 6);
+  lua_pushinteger(L, r->status);
+  lua_setfield(L, -2, "status");
+  push_headers(L, r);
+  lua_setfield(L, -2, "headers");
+  lua_pushlstring(L, r->body.p ? r->body.p : "", r->body.len);
+  lua_setfield(L, -2, "body");
+  lua_pushboolean(L, r->num_connects == 0);
+  lua_setfield(L, -2, "reused");
+  lua_createtable(L, 0, 3);
+  push_ms(L, "total_ms", r->total_s);
+  push_ms(L, "ttfb_ms", r->ttfb_s);
+  push_ms(L, "connect_ms", r->connect_s);
+  lua_setfield(L, -2, "timing");
+  buf_free(&r->body);
+  return 2;
+}
+
+/* ----------------------------------------------------------- bindings -- */
+
+static tide_http *check_req(lua_State *L) {
+  tide_http **pp = luaL_checkudata(L, 1, HTTP_MT);
+  if (*pp == NULL) luaL_error(L, "attempt to use a closed http request");
+  return *pp;
+}
+
+static void req_cancel_wait(tide_wait *w) {
+  tide_http *r = (tide_http *)((char *)w - offsetof(tide_http, wait));
+  r->task = NULL;
+  /* A cancelled wait aborts the transfer too: nobody will read it. */
+  if (!r->done) {
+    r->done = 1;
+    r->result = CURLE_ABORTED_BY_CALLBACK;
+    if (r->hs->in_curl) {
+      r->next_deferred = r->hs->deferred;
+      r->hs->deferred = r;
+    } else {
+      detach(r);
+    }
+  }
+}
+
+static int next_k(lua_State *L, int status, lua_KContext kctx);
+
+/* req:next() -> "data", chunk | "done", res | nil, err  (waits in a task) */
+static int l_next(lua_State *L) {
+  tide_http *r = check_req(L);
+  tide_task *t = tide__check_task(L, "http request");
+  tide__check_cancel(L, t);
+  if (r->stream && r->body.len > 0 && !r->done && r->easy && is_2xx(r)) {
+    lua_pushliteral(L, "data");
+    lua_pushlstring(L, r->body.p, r->body.len);
+    r->body.len = 0;
+    return 2;
+  }
+  if (r->done) {
+    if (r->stream && r->body.len > 0 && r->status >= 200 && r->status < 300 &&
+        r->result == CURLE_OK && !r->too_large) {
+      lua_pushliteral(L, "data");
+      lua_pushlstring(L, r->body.p, r->body.len);
+      r->body.len = 0;
+      return 2;
+    }
+    return push_result(L, r);
+  }
+  if (r->task) return luaL_error(L, "http request already has a waiting task");
+  r->task = t;
+  r->wait.cancel = req_cancel_wait;
+  return tide__wait(L, t, &r->wait, next_k, 0);
+}
+
+static int next_k(lua_State *L, int status, lua_KContext kctx) {
+  (void)status;
+  (void)kctx;
+  return l_next(L);
+}
+
+/* req:cancel(): aborts the transfer (idempotent). */
+static int l_req_cancel(lua_State *L) {
+  tide_http **pp = luaL_checkudata(L, 1, HTTP_MT);
+  tide_http *r = *pp;
+  if (r && !r->done) {
+    tide_task *t = r->task;
+    r->task = NULL;
+    r->done = 1;
+    r->result = CURLE_ABORTED_BY_CALLBACK;
+    if (r->hs->in_curl) {
+      r->next_deferred = r->hs->deferred;
+      r->hs->deferred = r;
+    } else {
+      detach(r);
+    }
+    if (t) tide__wake(t);
+  }
+  return 0;
+}
+
+static int l_req_gc(lua_State *L) {
+  tide_http **pp = luaL_checkudata(L, 1, HTTP_MT);
+  tide_http *r = *pp;
+  if (r == NULL) return 0;
+  *pp = NULL;
+  if (r->ctx->http == NULL) {
+    /* The state is closing and HTTP was shut down already: every transfer
+    ** was taken out of libcurl and the pool is gone. */
+    if (r->easy) curl_easy_cleanup(r->easy);
+    free_request(r);
+    return 0;
+  }
+  r->task = NULL;
+  if (r->in_multi && r->hs->in_curl) {
+    r->gone = 1;
+    r->next_deferred = r->hs->deferred;
+    r->hs->deferred = r;
+    return 0;
+  }
+  detach(r);
+  free_request(r);
+  return 0;
+}
+
+static const char *opt_string(lua_State *L, int t, const char *k,
+                              const char *def) {
+  const char *v = def;
+  int ty = lua_getfield(L, t, k);
+  if (ty == LUA_TSTRING)
+    v = lua_tostring(L, -1);
+  else if (ty != LUA_TNIL)
+    luaL_error(L, "bad field '%s' (string expected, got %s)", k,
+               luaL_typename(L, -1));
+  lua_pop(L, 1); /* the string stays alive: it is referenced from opts */
+  return v;
+}
+
+static lua_Integer opt_int(lua_State *L, int t, const char *k,
+                           lua_Integer def) {
+  lua_Integer v = def;
+  int ty = lua_getfield(L, t, k);
+  if (ty == LUA_TNUMBER && lua_isinteger(L, -1))
+    v = lua_tointeger(L, -1);
+  else if (ty == LUA_TNUMBER)
+    v = (lua_Integer)lua_tonumber(L, -1);
+  else if (ty != LUA_TNIL)
+    luaL_error(L, "bad field '%s' (number expected, got %s)", k,
+               luaL_typename(L, -1));
+  lua_pop(L, 1);
+  return v;
+}
+
+static int opt_bool(lua_State *L, int t, const char *k, int def) {
+  int v = def;
+  int ty = lua_getfield(L, t, k);
+  if (ty != LUA_TNIL) v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* core.http_request{ method, url, headers, body, timeout_ms,
+**   connect_timeout_ms, max_body_bytes, stream, verify } -> req
+** Starts the transfer at once; req:next() waits for it. */
+static int l_request(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  tide_http_state *hs = http_state(L);
+  const char *url = opt_string(L, 1, "url", NULL);
+  if (url == NULL) luaL_error(L, "bad field 'url' (string expected, got nil)");
+  const char *method = opt_string(L, 1, "method", NULL);
+  lua_Integer timeout = opt_int(L, 1, "timeout_ms", DEFAULT_TIMEOUT_MS);
+  lua_Integer ctimeout = opt_int(L, 1, "connect_timeout_ms", 0);
+  lua_Integer maxb = opt_int(L, 1, "max_body_bytes", DEFAULT_MAX_BODY);
+  luaL_argcheck(L, timeout >= 0, 1, "timeout_ms must be >= 0");
+  luaL_argcheck(L, maxb >= 0, 1, "max_body_bytes must be >= 0");
+  int stream = opt_bool(L, 1, "stream", 0);
+  int verify = opt_bool(L, 1, "verify", 1);
+  int bt = lua_getfield(L, 1, "body");
+  if (bt != LUA_TNIL && bt != LUA_TSTRING)
+    luaL_error(L, "bad field 'body' (string expected, got %s)",
+               luaL_typename(L, -1));
+  int bodyidx = lua_gettop(L);
+  int ht = lua_getfield(L, 1, "headers");
+  if (ht != LUA_TNIL && ht != LUA_TTABLE)
+    luaL_error(L, "bad field 'headers' (table expected, got %s)",
+               luaL_typename(L, -1));
+  int hidx = lua_gettop(L);
+
+  /* The userdata exists (closed) before anything is allocated, so that an
+  ** error from here on leaks nothing: __gc frees whatever *pp holds. */
+  tide_http **pp = lua_newuserdatauv(L, sizeof *pp, 1);
+  *pp = NULL;
+  luaL_setmetatable(L, HTTP_MT);
+  int udidx = lua_gettop(L);
+  tide_http *r = calloc(1, sizeof *r);
+  if (r == NULL) return luaL_error(L, "out of memory");
+  r->hs = hs;
+  r->ctx = hs->ctx;
+  *pp = r;
+  r->max_body = (size_t)maxb;
+  r->stream = stream;
+
+  struct curl_slist *sl = NULL;
+  if (ht == LUA_TTABLE) {
+    lua_pushnil(L);
+    while (lua_next(L, hidx)) {
+      if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1)) {
+        curl_slist_free_all(sl);
+        return luaL_error(L, "bad field 'headers' (names and values must be strings)");
+      }
+      lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
+      struct curl_slist *n = curl_slist_append(sl, lua_tostring(L, -1));
+      lua_pop(L, 2);
+      if (n == NULL) {
+        curl_slist_free_all(sl);
+        return luaL_error(L, "out of memory");
+      }
+      sl = n;
+    }
+  }
+  /* No 100-continue round trip for large POST bodies. */
+  struct curl_slist *n2 = curl_slist_append(sl, "Expect:");
+  if (n2 == NULL) {
+    curl_slist_free_all(sl);
+    return luaL_error(L, "out of memory");
+  }
+  r->headers = sl = n2;
+
+  CURL *e = hs->npool > 0 ? hs->pool[--hs->npool] : curl_easy_init();
+  if (e == NULL) return luaL_error(L, "tide: curl_easy_init failed");
+  r->easy = e;
+  curl_easy_setopt(e, CURLOPT_URL, url);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout);
+  if (ctimeout > 0) curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)ctimeout);
+  curl_easy_setopt(e, CURLOPT_HTTPHEADER, sl);
+  curl_easy_setopt(e, CURLOPT_BUFFERSIZE, RECV_BUFFER_SIZE);
+  curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, verify ? 1L : 0L);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  if (bt == LUA_TSTRING) {
+    size_t blen;
+    const char *body = lua_tolstring(L, bodyidx, &blen);
+    lua_pushvalue(L, bodyidx);
+    lua_setiuservalue(L, udidx, 1); /* anchors the bytes libcurl will read */
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+  }
+  if (method) {
+    if (strcmp(method, "GET") == 0 && bt != LUA_TSTRING)
+      curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    else if (strcmp(method, "HEAD") == 0)
+      curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    else if (strcmp(method, "POST") != 0 || bt != LUA_TSTRING)
+      curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+  }
+  if (curl_multi_add_handle(hs->multi, e) != CURLM_OK)
+    return luaL_error(L, "tide: curl_multi_add_handle failed");
+  r->in_multi = 1;
+  r->next_active = hs->active;
+  if (hs->active) hs->active->prev_active = r;
+  hs->active = r;
+  hs->requests++;
+  lua_settop(L, udidx);
+  return 1;
+}
+
+/* core.http_stats() -> { requests, connections }: connections opened so far,
+** to show keep-alive reuse. */
+static int l_http_stats(lua_State *L) {
+  tide_http_state *hs = http_state(L);
+  int active = 0;
+  for (tide_http *r = hs->active; r; r = r->next_active) active++;
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, (lua_Integer)hs->requests);
+  lua_setfield(L, -2, "requests");
+  lua_pushinteger(L, (lua_Integer)hs->connections);
+  lua_setfield(L, -2, "connections");
+  lua_pushinteger(L, active);
+  lua_setfield(L, -2, "active");
+  return 1;
+}
+
+void tide__open_http(lua_State *L) {
+  static const luaL_Reg methods[] = {
+      {"next", l_next}, {"cancel", l_req_cancel}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"http_request", l_request},
+                                 {"http_stats", l_http_stats},
+                                 {NULL, NULL}};
+  /* libcurl keeps its own count: every init is matched at process exit. */
+  curl_global_init(CURL_GLOBAL_DEFAULT);
+  if (luaL_newmetatable(L, HTTP_MT)) {
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_req_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_req_gc);
+    lua_setfield(L, -2, "__close");
+  }
+  lua_pop(L, 1);
+  luaL_setfuncs(L, fns, 0);
+}

@@ -1,0 +1,715 @@
+/*
+** loop.c -- the per-state libuv loop and the tasks it schedules.
+**
+** A task is a Lua coroutine plus a tide_task struct living in the memory of a
+** full userdata (uservalue 1 is the thread, uservalue 2 the task-local table).
+** While a task is not finished, one registry reference anchors its userdata,
+** so C may hold tide_task pointers (ready queue, timers, joiners) without the
+** collector freeing them.
+**
+** Scheduling: a woken task goes on the ready queue; the queue is drained by a
+** check handle (right after the poll phase) and an idle handle (active only
+** while the queue is non-empty, so that the poll phase does not block). No
+** libuv callback resumes a task directly, and a task is only ever resumed with
+** lua_resume, which is a protected call.
+*/
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "tide.h"
+
+static const char ctx_key = 'c'; /* address used as a registry key */
+
+/* ------------------------------------------------------------- context -- */
+
+static void close_free_cb(uv_handle_t *h) { free(h); }
+
+static void drain_ready(tide_ctx *ctx);
+
+static void idle_cb(uv_idle_t *h) { drain_ready(h->data); }
+static void check_cb(uv_check_t *h) { drain_ready(h->data); }
+
+static void walk_close_cb(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+/* Runs when the Lua state closes (the context userdata's __gc). Every part
+** closes its handles in order, then the loop runs until every close callback
+** has fired, so that uv_loop_close returns 0. The context itself lives in the
+** userdata's memory, which Lua frees only after all finalizers have run; other
+** finalizers may therefore still look at ctx->loop (NULL once closed). */
+static int ctx_gc(lua_State *L) {
+  tide_ctx *ctx = luaL_checkudata(L, 1, "tide.ctx");
+  if (ctx->loop == NULL) return 0;
+  ctx->closing = 1;
+  /* Tasks still alive at close: release their timers. */
+  for (tide_task *t = ctx->live_head; t; t = t->next_live) {
+    if (t->wait && t->wait->cancel) t->wait->cancel(t->wait);
+    t->wait = NULL;
+    if (t->sleep_timer) {
+      uv_close((uv_handle_t *)t->sleep_timer, close_free_cb);
+      t->sleep_timer = NULL;
+    }
+  }
+  tide__http_shutdown(ctx);
+  tide__server_shutdown(ctx);
+  tide__watch_shutdown(ctx);
+  tide__cache_shutdown(ctx);
+  uv_close((uv_handle_t *)ctx->idle, close_free_cb);
+  uv_close((uv_handle_t *)ctx->check, close_free_cb);
+  uv_run(ctx->loop, UV_RUN_DEFAULT);
+  if (uv_loop_close(ctx->loop) != 0) {
+    /* Something forgot a handle: close whatever is left rather than leak the
+    ** loop, and say so, because it is a bug in tide. */
+    fprintf(stderr, "tide: handles still open at exit; closing them\n");
+    uv_walk(ctx->loop, walk_close_cb, NULL);
+    uv_run(ctx->loop, UV_RUN_DEFAULT);
+    uv_loop_close(ctx->loop);
+  }
+  free(ctx->loop);
+  ctx->loop = NULL;
+  return 0;
+}
+
+tide_ctx *tide__ctx(lua_State *L) {
+  tide_ctx *ctx;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &ctx_key) == LUA_TUSERDATA) {
+    ctx = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return ctx;
+  }
+  lua_pop(L, 1);
+  ctx = lua_newuserdatauv(L, sizeof(tide_ctx), 0);
+  memset(ctx, 0, sizeof *ctx);
+  ctx->max_spawn_depth = TIDE_DEFAULT_MAX_SPAWN_DEPTH;
+  ctx->next_task_id = 1;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+  ctx->L = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  /* Allocate everything before anything can raise, so a failure leaves no
+  ** half-built context behind. */
+  ctx->loop = malloc(sizeof(uv_loop_t));
+  ctx->idle = malloc(sizeof(uv_idle_t));
+  ctx->check = malloc(sizeof(uv_check_t));
+  if (!ctx->loop || !ctx->idle || !ctx->check || uv_loop_init(ctx->loop) != 0) {
+    free(ctx->loop);
+    free(ctx->idle);
+    free(ctx->check);
+    ctx->loop = NULL;
+    luaL_error(L, "tide: cannot initialise the event loop");
+  }
+  uv_idle_init(ctx->loop, ctx->idle);
+  ctx->idle->data = ctx;
+  uv_check_init(ctx->loop, ctx->check);
+  ctx->check->data = ctx;
+  uv_check_start(ctx->check, check_cb);
+  uv_unref((uv_handle_t *)ctx->check); /* never keeps the loop alive itself */
+  if (luaL_newmetatable(L, "tide.ctx")) {
+    lua_pushcfunction(L, ctx_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &ctx_key);
+  return ctx;
+}
+
+/* --------------------------------------------------------- protected call */
+
+static int traceback_handler(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL && !lua_isnoneornil(L, 1)) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      msg = lua_tostring(L, -1);
+    else
+      msg = lua_pushfstring(L, "(error object is a %s value)",
+                            luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+int tide__pcall(lua_State *L, int nargs, int nresults, const char *where) {
+  int base = lua_gettop(L) - nargs; /* the function's index */
+  lua_pushcfunction(L, traceback_handler);
+  lua_insert(L, base);
+  int status = lua_pcall(L, nargs, nresults, base);
+  lua_remove(L, base);
+  if (status != LUA_OK) {
+    fprintf(stderr, "tide: error in %s: %s\n", where, lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  return status;
+}
+
+/* ------------------------------------------------------------- tasks -- */
+
+tide_task *tide__current(lua_State *L) {
+  tide_ctx *ctx = tide__ctx(L);
+  tide_task *t = ctx->current;
+  return (t && t->co == L) ? t : NULL;
+}
+
+tide_task *tide__check_task(lua_State *L, const char *what) {
+  tide_task *t = tide__current(L);
+  if (t == NULL) luaL_error(L, "%s must be called inside a task", what);
+  return t;
+}
+
+static void push_ready(tide_ctx *ctx, tide_task *t) {
+  t->state = TIDE_TASK_READY;
+  t->next_ready = NULL;
+  if (ctx->ready_tail)
+    ctx->ready_tail->next_ready = t;
+  else
+    ctx->ready_head = t;
+  ctx->ready_tail = t;
+  if (!ctx->closing && !uv_is_active((uv_handle_t *)ctx->idle))
+    uv_idle_start(ctx->idle, idle_cb);
+}
+
+void tide__wake(tide_task *t) {
+  if (t->state == TIDE_TASK_WAITING) {
+    t->wait = NULL;
+    push_ready(t->ctx, t);
+  } else if (t->state == TIDE_TASK_RUNNING) {
+    t->wait = NULL; /* woken before it yielded: it is requeued at the yield */
+  }
+}
+
+void tide__check_cancel(lua_State *L, tide_task *t) {
+  if (t->cancelled) tide__raise(L, "Cancelled", "task %d was cancelled", (int)t->id);
+}
+
+int tide__wait(lua_State *L, tide_task *t, tide_wait *w, lua_KFunction k,
+               lua_KContext kctx) {
+  t->wait = w;
+  return lua_yieldk(L, 0, kctx, k);
+}
+
+static void unlink_live(tide_ctx *ctx, tide_task *t) {
+  if (t->prev_live)
+    t->prev_live->next_live = t->next_live;
+  else
+    ctx->live_head = t->next_live;
+  if (t->next_live) t->next_live->prev_live = t->prev_live;
+  t->prev_live = t->next_live = NULL;
+}
+
+static void unlink_child(tide_task *t) {
+  if (t->parent) {
+    if (t->prev_sibling)
+      t->prev_sibling->next_sibling = t->next_sibling;
+    else
+      t->parent->first_child = t->next_sibling;
+    if (t->next_sibling) t->next_sibling->prev_sibling = t->prev_sibling;
+  }
+  t->parent = NULL;
+  t->prev_sibling = t->next_sibling = NULL;
+}
+
+/* Adds a traceback to a failed task's error, in protected mode: a string
+** becomes "message + traceback", a table gets a `traceback` field. */
+static int decorate_error(lua_State *L) {
+  lua_State *co = ((tide_task *)lua_touserdata(L, 1))->co;
+  if (lua_type(co, -1) == LUA_TSTRING) {
+    luaL_traceback(L, co, lua_tostring(co, -1), 0);
+    lua_xmove(L, co, 1);
+    lua_replace(co, -2);
+  } else if (lua_type(co, -1) == LUA_TTABLE) {
+    lua_pushvalue(co, -1);
+    lua_xmove(co, L, 1);
+    if (lua_getfield(L, -1, "traceback") == LUA_TNIL) {
+      luaL_traceback(L, co, NULL, 0);
+      lua_setfield(L, -3, "traceback");
+    }
+  }
+  return 0;
+}
+
+static void finish(tide_ctx *ctx, tide_task *t, int ok, int nres) {
+  t->state = TIDE_TASK_DONE;
+  t->ok = ok;
+  t->nres = nres;
+  t->wait = NULL;
+  if (!ok) {
+    lua_State *L = ctx->L;
+    /* The coroutine's stack was not unwound; make room before touching it. */
+    if (lua_checkstack(t->co, 2)) {
+      lua_pushcfunction(L, decorate_error);
+      lua_pushlightuserdata(L, t);
+      if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1); /* out of memory */
+    }
+  }
+  if (t->sleep_timer) {
+    uv_close((uv_handle_t *)t->sleep_timer, close_free_cb);
+    t->sleep_timer = NULL;
+  }
+  /* Children outlive their parent: they are detached, not cancelled. */
+  for (tide_task *c = t->first_child, *next; c; c = next) {
+    next = c->next_sibling;
+    c->parent = NULL;
+    c->prev_sibling = c->next_sibling = NULL;
+  }
+  t->first_child = NULL;
+  unlink_child(t);
+  unlink_live(ctx, t);
+  for (tide_task *j = t->first_joiner, *next; j; j = next) {
+    next = j->next_joiner;
+    j->next_joiner = NULL;
+    tide__wake(j);
+  }
+  t->first_joiner = NULL;
+  int ref = t->ref;
+  t->ref = LUA_NOREF;
+  /* After this the userdata may be collected once Lua drops it. */
+  luaL_unref(ctx->L, LUA_REGISTRYINDEX, ref);
+}
+
+static void resume(tide_ctx *ctx, tide_task *t) {
+  lua_State *co = t->co;
+  int nargs = 0, nres = 0;
+  if (!t->started) {
+    t->started = 1;
+    if (t->cancelled) {
+      /* Cancelled before it ever ran: finish without running any of it. */
+      lua_settop(co, 0);
+      tide__push_error(co, "Cancelled", "task %d was cancelled", (int)t->id);
+      finish(ctx, t, 0, 0);
+      return;
+    }
+    nargs = lua_gettop(co) - 1;
+  }
+  t->state = TIDE_TASK_RUNNING;
+  t->wait = NULL;
+  tide_task *prev = ctx->current;
+  ctx->current = t;
+  int status = lua_resume(co, ctx->L, nargs, &nres);
+  ctx->current = prev;
+  if (status == LUA_YIELD) {
+    if (t->wait) {
+      t->state = TIDE_TASK_WAITING;
+      lua_pop(co, nres);
+    } else {
+      /* A plain coroutine.yield (or woken before it yielded): run it again
+      ** on the next pass of the loop. */
+      lua_pop(co, nres);
+      push_ready(ctx, t);
+    }
+  } else if (status == LUA_OK) {
+    finish(ctx, t, 1, nres);
+  } else {
+    finish(ctx, t, 0, 0);
+  }
+}
+
+static void drain_ready(tide_ctx *ctx) {
+  if (ctx->closing) return;
+  /* Run only the tasks that were ready when the pass started, so that a task
+  ** yielding in a loop cannot starve I/O. */
+  tide_task *last = ctx->ready_tail;
+  while (ctx->ready_head) {
+    tide_task *t = ctx->ready_head;
+    ctx->ready_head = t->next_ready;
+    if (ctx->ready_head == NULL) ctx->ready_tail = NULL;
+    t->next_ready = NULL;
+    resume(ctx, t);
+    if (t == last) break;
+  }
+  if (ctx->ready_head == NULL) uv_idle_stop(ctx->idle);
+}
+
+static int task_gc(lua_State *L) {
+  tide_task *t = luaL_checkudata(L, 1, TIDE_TASK_MT);
+  if (t->state == TIDE_TASK_DONE && !t->ok && !t->reported && t->co) {
+    t->reported = 1;
+    int cancelled = 0;
+    if (lua_type(t->co, -1) == LUA_TTABLE) {
+      lua_getfield(t->co, -1, "code");
+      cancelled = lua_isstring(t->co, -1) &&
+                  strcmp(lua_tostring(t->co, -1), "Cancelled") == 0;
+      lua_pop(t->co, 1);
+    }
+    if (!cancelled) {
+      const char *msg = luaL_tolstring(t->co, -1, NULL);
+      fprintf(stderr, "tide: task %d failed and was never joined: %s\n",
+              (int)t->id, msg);
+      lua_pop(t->co, 1);
+    }
+  }
+  return 0;
+}
+
+tide_task *tide__spawn(lua_State *L, int fnidx, int nargs, int depth) {
+  tide_ctx *ctx = tide__ctx(L);
+  fnidx = lua_absindex(L, fnidx);
+  luaL_checktype(L, fnidx, LUA_TFUNCTION);
+  tide_task *parent = tide__current(L);
+  tide_task *t = lua_newuserdatauv(L, sizeof(tide_task), 2);
+  memset(t, 0, sizeof *t);
+  t->ref = LUA_NOREF;
+  luaL_setmetatable(L, TIDE_TASK_MT);
+  lua_State *co = lua_newthread(L);
+  lua_setiuservalue(L, -2, 1);
+  /* Child tasks see their parent's task-local table through __index, so
+  ** writes in the child never leak into the parent. */
+  if (parent) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, parent->ref);  /* t, parent */
+    if (lua_getiuservalue(L, -1, 2) == LUA_TTABLE) { /* t, parent, plocals */
+      lua_createtable(L, 0, 0);                      /* ..., locals */
+      lua_createtable(L, 0, 1);                      /* ..., locals, mt */
+      lua_pushvalue(L, -3);
+      lua_setfield(L, -2, "__index");
+      lua_setmetatable(L, -2);
+      lua_setiuservalue(L, -4, 2);
+    }
+    lua_pop(L, 2);
+  }
+  lua_checkstack(co, nargs + 1);
+  lua_pushvalue(L, fnidx);
+  lua_xmove(L, co, 1);
+  for (int i = 1; i <= nargs; i++) {
+    lua_pushvalue(L, fnidx + i);
+    lua_xmove(L, co, 1);
+  }
+  t->ctx = ctx;
+  t->co = co;
+  t->id = ctx->next_task_id++;
+  t->depth = depth;
+  t->max_depth = parent ? parent->max_depth : ctx->max_spawn_depth;
+  t->state = TIDE_TASK_NEW;
+  lua_pushvalue(L, -1);
+  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  t->next_live = ctx->live_head;
+  if (ctx->live_head) ctx->live_head->prev_live = t;
+  ctx->live_head = t;
+  if (parent) {
+    t->parent = parent;
+    t->next_sibling = parent->first_child;
+    if (parent->first_child) parent->first_child->prev_sibling = t;
+    parent->first_child = t;
+  }
+  push_ready(ctx, t);
+  return t;
+}
+
+static void cancel_task(tide_task *t) {
+  if (t->state == TIDE_TASK_DONE || t->cancelled) return;
+  t->cancelled = 1;
+  for (tide_task *c = t->first_child; c; c = c->next_sibling) cancel_task(c);
+  if (t->state == TIDE_TASK_WAITING) {
+    tide_wait *w = t->wait;
+    t->wait = NULL;
+    if (w && w->cancel) w->cancel(w);
+    push_ready(t->ctx, t);
+  }
+  /* NEW and READY tasks see the flag when resumed; a RUNNING task (one that
+  ** cancels itself) sees it at its next wait. */
+}
+
+/* ----------------------------------------------------------- bindings -- */
+
+static tide_task *check_task_ud(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, TIDE_TASK_MT);
+}
+
+/* core.spawn(fn, ...) -> task. The child inherits its parent's depth. */
+static int l_spawn(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  tide_task *parent = tide__current(L);
+  tide__spawn(L, 1, lua_gettop(L) - 1, parent ? parent->depth : 0);
+  return 1;
+}
+
+/* Pushes a finished task's outcome onto L: its results, or nil plus error. */
+static int push_outcome(lua_State *L, tide_task *t) {
+  lua_State *co = t->co;
+  if (!t->ok) {
+    t->reported = 1;
+    lua_pushnil(L);
+    lua_checkstack(co, 1);
+    lua_pushvalue(co, -1);
+    lua_xmove(co, L, 1);
+    return 2;
+  }
+  int n = t->nres, top = lua_gettop(co);
+  luaL_checkstack(L, n, "too many results");
+  lua_checkstack(co, 1);
+  for (int i = top - n + 1; i <= top; i++) {
+    lua_pushvalue(co, i);
+    lua_xmove(co, L, 1);
+  }
+  return n;
+}
+
+static void join_cancel(tide_wait *w) {
+  tide_task *self = (tide_task *)((char *)w - offsetof(tide_task, join_wait));
+  tide_task *target = self->join_target;
+  if (target) {
+    tide_task **p = &target->first_joiner;
+    while (*p && *p != self) p = &(*p)->next_joiner;
+    if (*p) *p = self->next_joiner;
+  }
+  self->join_target = NULL;
+  self->next_joiner = NULL;
+}
+
+static int join_k(lua_State *L, int status, lua_KContext kctx) {
+  (void)status;
+  (void)kctx;
+  tide_task *self = tide__current(L);
+  self->join_target = NULL;
+  tide__check_cancel(L, self);
+  tide_task *t = check_task_ud(L, 1);
+  if (t->state != TIDE_TASK_DONE) /* spurious wake-up cannot happen */
+    return luaL_error(L, "tide: join woke before the task finished");
+  return push_outcome(L, t);
+}
+
+/* task:join() -> results... | nil, err */
+static int l_join(lua_State *L) {
+  tide_task *t = check_task_ud(L, 1);
+  lua_settop(L, 1);
+  if (t->state == TIDE_TASK_DONE) return push_outcome(L, t);
+  tide_task *self = tide__check_task(L, "task:join");
+  if (self == t) return luaL_error(L, "a task cannot join itself");
+  tide__check_cancel(L, self);
+  self->join_target = t;
+  self->next_joiner = t->first_joiner;
+  t->first_joiner = self;
+  self->join_wait.cancel = join_cancel;
+  return tide__wait(L, self, &self->join_wait, join_k, 0);
+}
+
+/* task:cancel() -> true if the task was still running. Cancels its
+** descendants too; takes effect at each task's next wait. */
+static int l_cancel(lua_State *L) {
+  tide_task *t = check_task_ud(L, 1);
+  int live = t->state != TIDE_TASK_DONE && !t->cancelled;
+  cancel_task(t);
+  lua_pushboolean(L, live);
+  return 1;
+}
+
+static int l_status(lua_State *L) {
+  static const char *const names[] = {"new", "ready", "running", "waiting",
+                                      "done"};
+  tide_task *t = check_task_ud(L, 1);
+  if (t->state == TIDE_TASK_DONE && !t->ok)
+    lua_pushliteral(L, "failed");
+  else
+    lua_pushstring(L, names[t->state]);
+  return 1;
+}
+
+static int l_task_id(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)check_task_ud(L, 1)->id);
+  return 1;
+}
+
+static int l_task_depth(lua_State *L) {
+  lua_pushinteger(L, check_task_ud(L, 1)->depth);
+  return 1;
+}
+
+static int l_task_tostring(lua_State *L) {
+  tide_task *t = check_task_ud(L, 1);
+  lua_pushfstring(L, "tide.task %d", (int)t->id);
+  return 1;
+}
+
+/* core.current() -> the running task or nil. */
+static int l_current(lua_State *L) {
+  tide_task *t = tide__current(L);
+  if (t == NULL) return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+  return 1;
+}
+
+/* core.context() -> the current task's task-local table (nil outside tasks). */
+static int l_context(lua_State *L) {
+  tide_task *t = tide__current(L);
+  if (t == NULL) return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+  if (lua_getiuservalue(L, -1, 2) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 2);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, -3, 2);
+  }
+  return 1;
+}
+
+static void sleep_cb(uv_timer_t *h) { tide__wake(h->data); }
+
+static void sleep_cancel(tide_wait *w) {
+  tide_task *t = (tide_task *)((char *)w - offsetof(tide_task, sleep_wait));
+  if (t->sleep_timer) uv_timer_stop(t->sleep_timer);
+}
+
+static int sleep_k(lua_State *L, int status, lua_KContext kctx) {
+  (void)status;
+  (void)kctx;
+  tide__check_cancel(L, tide__current(L));
+  return 0;
+}
+
+/* core.sleep(ms): suspends the current task for ms milliseconds. */
+static int l_sleep(lua_State *L) {
+  lua_Integer ms = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, ms >= 0, 1, "must be >= 0");
+  tide_task *t = tide__check_task(L, "tide.sleep");
+  tide__check_cancel(L, t);
+  if (t->sleep_timer == NULL) {
+    uv_timer_t *h = malloc(sizeof *h);
+    if (h == NULL) return luaL_error(L, "out of memory");
+    uv_timer_init(t->ctx->loop, h);
+    h->data = t;
+    t->sleep_timer = h;
+  }
+  uv_timer_start(t->sleep_timer, sleep_cb, (uint64_t)ms, 0);
+  t->sleep_wait.cancel = sleep_cancel;
+  return tide__wait(L, t, &t->sleep_wait, sleep_k, 0);
+}
+
+/* Cancels every live task (used when run ends with tasks that can never be
+** woken) and lets them unwind. */
+static void cancel_all(tide_ctx *ctx) {
+  for (tide_task *t = ctx->live_head; t; t = t->next_live) cancel_task(t);
+  uv_run(ctx->loop, UV_RUN_DEFAULT);
+}
+
+/* core.run(fn, ...) -> true, results... | false, err
+** Runs fn as the root task and drives the loop until every task has ended. */
+static int l_run(lua_State *L) {
+  tide_ctx *ctx = tide__ctx(L);
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (ctx->running)
+    return luaL_error(L, "tide.run: the loop is already running (it cannot be "
+                         "run from inside itself)");
+  tide_task *root = tide__spawn(L, 1, lua_gettop(L) - 1, 0);
+  int rootidx = lua_gettop(L);
+  ctx->running = 1;
+  uv_run(ctx->loop, UV_RUN_DEFAULT);
+  int deadlock = root->state != TIDE_TASK_DONE;
+  if (ctx->live_head) cancel_all(ctx);
+  ctx->running = 0;
+  if (deadlock) {
+    root->reported = 1;
+    lua_pushboolean(L, 0);
+    tide__push_error(L, "Deadlock",
+                     "the root task is waiting on something that can never "
+                     "happen (no I/O or timer left)");
+    return 2;
+  }
+  lua_pushboolean(L, root->ok);
+  int n = push_outcome(L, root);
+  if (!root->ok) {
+    lua_remove(L, -2); /* false, err instead of false, nil, err */
+    n = 1;
+  }
+  (void)rootidx;
+  return n + 1;
+}
+
+/* core.running() -> true while tide.run drives the loop. */
+static int l_running(lua_State *L) {
+  lua_pushboolean(L, tide__ctx(L)->running);
+  return 1;
+}
+
+/* core.now() -> the loop's cached time in milliseconds. */
+static int l_now(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)uv_now(tide__ctx(L)->loop));
+  return 1;
+}
+
+/* core.hrtime() -> a monotonic clock in nanoseconds. */
+static int l_hrtime(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)uv_hrtime());
+  return 1;
+}
+
+/* core.stats() -> counts of live and ready tasks (for leak checks in specs). */
+static int l_loop_stats(lua_State *L) {
+  tide_ctx *ctx = tide__ctx(L);
+  int live = 0, ready = 0, handles = 0;
+  for (tide_task *t = ctx->live_head; t; t = t->next_live) live++;
+  for (tide_task *t = ctx->ready_head; t; t = t->next_ready) ready++;
+  handles = ctx->loop->active_handles;
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, live);
+  lua_setfield(L, -2, "live_tasks");
+  lua_pushinteger(L, ready);
+  lua_setfield(L, -2, "ready_tasks");
+  lua_pushinteger(L, handles);
+  lua_setfield(L, -2, "active_handles");
+  return 1;
+}
+
+/* core.max_rss() -> the process's peak resident set size in bytes. */
+static int l_max_rss(lua_State *L) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  lua_pushinteger(L, (lua_Integer)ru.ru_maxrss * 1024);
+  return 1;
+}
+
+/* core.raise_fd_limit([want]) -> soft limit now, or nil, err when the hard
+** limit is lower than wanted. */
+static int l_raise_fd_limit(lua_State *L) {
+  lua_Integer want = luaL_optinteger(L, 1, 0);
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    return tide__fail(L, "FdLimit", "getrlimit failed");
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    getrlimit(RLIMIT_NOFILE, &rl);
+  }
+  if (want > 0 && (lua_Integer)rl.rlim_cur < want)
+    return tide__fail(L, "FdLimit",
+                      "need %d file descriptors but the hard limit is %d "
+                      "(raise it with ulimit -Hn)",
+                      (int)want, (int)rl.rlim_cur);
+  lua_pushinteger(L, (lua_Integer)rl.rlim_cur);
+  return 1;
+}
+
+void tide__open_loop(lua_State *L) {
+  static const luaL_Reg task_methods[] = {
+      {"join", l_join},     {"cancel", l_cancel}, {"status", l_status},
+      {"id", l_task_id},    {"depth", l_task_depth}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {
+      {"run", l_run},
+      {"spawn", l_spawn},
+      {"sleep", l_sleep},
+      {"current", l_current},
+      {"context", l_context},
+      {"running", l_running},
+      {"now", l_now},
+      {"hrtime", l_hrtime},
+      {"loop_stats", l_loop_stats},
+      {"max_rss", l_max_rss},
+      {"raise_fd_limit", l_raise_fd_limit},
+      {NULL, NULL}};
+  if (luaL_newmetatable(L, TIDE_TASK_MT)) {
+    luaL_newlib(L, task_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, task_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_task_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+  luaL_setfuncs(L, fns, 0);
+  /* Writing to a socket the peer has closed must be an error, not a fatal
+  ** signal; only touch the disposition if nobody else has. */
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+    signal(SIGPIPE, SIG_IGN);
+  tide__ctx(L);
+}

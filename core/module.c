@@ -1,0 +1,24 @@
+/*
+** module.c -- luaopen_tide_core: assembles the C module from its parts.
+**
+** Safe to run twice (busted reloads modules): all per-state objects are found
+** again through the registry, and curl_global_init is guarded by libcurl's own
+** reference count.
+*/
+#include "tide.h"
+
+/// Opens the `tide.core` module: the event loop and tasks, HTTP, SSE, the
+/// mock server, the integration cache, dispatch helpers, templates and file
+/// watching. The public API is the Lua facade `tide`, built on top.
+__attribute__((visibility("default"))) int luaopen_tide_core(lua_State *L) {
+  static void (*const parts[])(lua_State *) = {
+      tide__open_error,  tide__open_loop,     tide__open_depth,
+      tide__open_http,   tide__open_sse,      tide__open_server,
+      tide__open_cache,  tide__open_dispatch, tide__open_template,
+      tide__open_watch};
+  lua_newtable(L);
+  for (size_t i = 0; i < tide__nelem(parts); i++) parts[i](L);
+  lua_pushliteral(L, TIDE_VERSION);
+  lua_setfield(L, -2, "version");
+  return 1;
+}

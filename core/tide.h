@@ -1,0 +1,177 @@
+/*
+** tide.h -- the internal interface shared by the files of tide.core.
+**
+** Naming: tide_ for types and the public entry, tide__ for helpers shared
+** between files; everything else is static. Only luaopen_tide_core is
+** exported from the module.
+**
+** The central rule: no libuv or libcurl callback ever calls into Lua directly
+** except through tide__task_resume (lua_resume is itself protected) or
+** tide__pcall (lua_pcall with a traceback handler). Callbacks record results in
+** C structures and wake the waiting task; the task's continuation turns those
+** results into Lua values, inside the coroutine, where an error is an ordinary
+** Lua error and not a longjmp through C frames.
+*/
+#ifndef TIDE_H
+#define TIDE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <curl/curl.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <uv.h>
+
+#define TIDE_VERSION "0.1.0"
+
+#define TIDE_DEFAULT_MAX_SPAWN_DEPTH 3
+
+/* Registry keys (strings, so reloading the module finds the same objects). */
+#define TIDE_CTX_KEY "tide.core.ctx"
+#define TIDE_ERROR_MT "tide.error"
+#define TIDE_TASK_MT "tide.task"
+
+typedef struct tide_ctx tide_ctx;
+typedef struct tide_task tide_task;
+typedef struct tide_wait tide_wait;
+typedef struct tide_http tide_http;
+
+/* ---------------------------------------------------------------- waits -- */
+
+/* A task suspended on a C operation points at the operation's tide_wait. If
+** the task is cancelled while waiting, cancel() runs (from Lua, never from a
+** libuv or libcurl callback) and must detach the operation from the task so
+** that it never wakes it again. */
+struct tide_wait {
+  void (*cancel)(tide_wait *w);
+};
+
+/* ----------------------------------------------------------------- tasks -- */
+
+enum tide_task_state {
+  TIDE_TASK_NEW,     /* spawned, not yet started */
+  TIDE_TASK_READY,   /* in the ready queue */
+  TIDE_TASK_RUNNING, /* currently resumed */
+  TIDE_TASK_WAITING, /* suspended on a tide_wait */
+  TIDE_TASK_DONE     /* finished: results or error kept on its thread */
+};
+
+struct tide_task {
+  tide_ctx *ctx;
+  lua_State *co;          /* the coroutine; anchored as the userdata's uservalue 1 */
+  int ref;                /* registry ref to the task userdata while not done */
+  uint64_t id;
+  int state;              /* enum tide_task_state */
+  int started;            /* resumed at least once */
+  int cancelled;          /* cancellation requested */
+  int ok;                 /* when done: 1 = returned, 0 = raised */
+  int nres;               /* when done and ok: number of results on co */
+  int reported;           /* the error was retrieved (join) or printed */
+  int depth;              /* spawn depth: root 0, sub-agent parent + 1 */
+  int max_depth;          /* limit inherited by children */
+  tide_wait *wait;        /* what the task is suspended on, if WAITING */
+  tide_task *parent;      /* NULL once the parent is done */
+  tide_task *first_child, *next_sibling, *prev_sibling;
+  tide_task *next_ready;
+  tide_task *prev_live, *next_live; /* all tasks not yet done */
+  /* join support: the tasks waiting for this one form a list */
+  tide_task *first_joiner;
+  tide_task *next_joiner;
+  tide_task *join_target;
+  tide_wait join_wait;
+  /* sleep support */
+  uv_timer_t *sleep_timer;
+  tide_wait sleep_wait;
+};
+
+/* ------------------------------------------------------------ per state -- */
+
+/* One per Lua state (kept in the registry under TIDE_CTX_KEY). The loop and
+** all handles are malloc'ed so that they outlive the garbage collector until
+** their close callbacks have run. */
+struct tide_ctx {
+  lua_State *L; /* main thread */
+  uv_loop_t *loop;
+  int running;  /* tide.run is driving the loop */
+  int closing;  /* the state is being closed */
+  uint64_t next_task_id;
+  tide_task *ready_head, *ready_tail;
+  tide_task *live_head;
+  tide_task *current;  /* the task being resumed, or NULL */
+  uv_idle_t *idle;     /* active while tasks are ready: keeps poll non-blocking */
+  uv_check_t *check;   /* drains the ready queue right after the poll phase */
+  int max_spawn_depth; /* runtime default for MAX_SPAWN_DEPTH */
+  /* HTTP (http.c) */
+  struct tide_http_state *http;
+  /* integration cache (cache.c) */
+  struct tide_cache *cache;
+};
+
+/* ------------------------------------------------------------- loop.c -- */
+
+/// Returns the per-state context, creating it on first use.
+tide_ctx *tide__ctx(lua_State *L);
+/// Returns the task whose coroutine is L, or NULL when L is not a task.
+tide_task *tide__current(lua_State *L);
+/// Like tide__current, but raises "<what> must be called inside a task".
+tide_task *tide__check_task(lua_State *L, const char *what);
+/// Suspends the running task on w. Returns through lua_yieldk: call as
+/// `return tide__wait(L, t, w, k, kctx);`. The continuation k runs when the
+/// task is woken; it must start with tide__check_cancel(L).
+int tide__wait(lua_State *L, tide_task *t, tide_wait *w, lua_KFunction k,
+               lua_KContext kctx);
+/// Queues a waiting task to be resumed. Safe to call from any libuv or
+/// libcurl callback: it touches no Lua state.
+void tide__wake(tide_task *t);
+/// Creates a task running the function at index fnidx with the nargs values
+/// above it, at spawn depth `depth`, as a child of the current task (if any),
+/// and queues it. Pushes the task userdata.
+tide_task *tide__spawn(lua_State *L, int fnidx, int nargs, int depth);
+/// Raises the Cancelled error if the current task has been cancelled.
+void tide__check_cancel(lua_State *L, tide_task *t);
+/// Calls the function at the top of L's stack (with nargs below it... see
+/// implementation) in protected mode with a traceback. On error, prints the
+/// error to stderr prefixed by `where` and returns non-zero.
+int tide__pcall(lua_State *L, int nargs, int nresults, const char *where);
+
+/* ------------------------------------------------------------ error.c -- */
+
+/// Pushes a structured error { code = code, message = msg } carrying the
+/// tide.error metatable (whose __tostring prints "code: message").
+void tide__push_error(lua_State *L, const char *code, const char *fmt, ...);
+/// Pushes nil plus a structured error; returns 2 for `return` from a binding.
+int tide__fail(lua_State *L, const char *code, const char *fmt, ...);
+/// Raises a structured error (never returns).
+int tide__raise(lua_State *L, const char *code, const char *fmt, ...);
+
+/* ------------------------------------------------------------- module -- */
+
+/* Each file registers its functions into the module table at the top of the
+** stack. */
+void tide__open_loop(lua_State *L);
+void tide__open_error(lua_State *L);
+void tide__open_depth(lua_State *L);
+void tide__open_http(lua_State *L);
+void tide__open_sse(lua_State *L);
+void tide__open_server(lua_State *L);
+void tide__open_cache(lua_State *L);
+void tide__open_dispatch(lua_State *L);
+void tide__open_template(lua_State *L);
+void tide__open_watch(lua_State *L);
+
+/* Shutdown hooks, run in order when the state closes (before uv_loop_close). */
+void tide__http_shutdown(tide_ctx *ctx);
+void tide__server_shutdown(tide_ctx *ctx);
+void tide__watch_shutdown(tide_ctx *ctx);
+void tide__cache_shutdown(tide_ctx *ctx);
+
+/* depth.c */
+/// Computes the depth of a child of `parent`: 0 on success with *out set,
+/// -1 when parent + 1 would exceed `limit` (or overflow).
+int tide__depth_next(int parent, int limit, int *out);
+
+/* Small helpers. */
+#define tide__nelem(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif
