@@ -230,6 +230,15 @@ static int decorate_error(lua_State *L) {
   return 0;
 }
 
+static void close_thread(lua_State *co, lua_State *from) {
+#if LUA_VERSION_RELEASE_NUM >= 50406
+  lua_closethread(co, from);
+#else
+  (void)from;
+  lua_resetthread(co);
+#endif
+}
+
 static void finish(tide_ctx *ctx, tide_task *t, int ok, int nres) {
   t->state = TIDE_TASK_DONE;
   t->ok = ok;
@@ -243,6 +252,14 @@ static void finish(tide_ctx *ctx, tide_task *t, int ok, int nres) {
       lua_pushlightuserdata(L, t);
       if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1); /* out of memory */
     }
+    /* A coroutine that died by error keeps its to-be-closed variables open:
+    ** reset it so they close (a cancelled task releases what it holds), and
+    ** keep the original error as the task's outcome. */
+    lua_pushvalue(t->co, -1);
+    lua_xmove(t->co, L, 1);
+    close_thread(t->co, L);
+    lua_settop(t->co, 0);
+    lua_xmove(L, t->co, 1);
   }
   if (t->sleep_timer) {
     uv_close((uv_handle_t *)t->sleep_timer, close_free_cb);

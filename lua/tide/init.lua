@@ -1,0 +1,112 @@
+--- tide: a Lua-scriptable LLM agent runtime with a C core.
+---
+--- This file is the public vocabulary. The heavy parts load on first use, so
+--- `require "tide"` stays cheap for one-file scripts.
+---@class tide
+local tide = {}
+
+local core = require "tide.core"
+
+tide.core = core
+tide.version = core.version
+
+--- Runs `fn` in a task of its own when called outside any task, so that a
+--- plain script can call blocking functions without ceremony.
+local function blocking(fn, ...)
+  if core.current() then return fn(...) end
+  local res = table.pack(core.run(fn, ...))
+  if not res[1] then error(res[2], 0) end
+  return table.unpack(res, 2, res.n)
+end
+tide._blocking = blocking
+
+--- Runs `fn(...)` as the root task and drives the event loop until every task
+--- has ended. Returns what `fn` returns; an error in `fn` is raised again here.
+---@param fn fun(...):any
+---@return any ...
+function tide.run(fn, ...)
+  if type(fn) ~= "function" then
+    error(("bad argument #1 to 'run' (function expected, got %s)"):format(type(fn)), 2)
+  end
+  local res = table.pack(core.run(fn, ...))
+  if not res[1] then error(res[2], 0) end
+  return table.unpack(res, 2, res.n)
+end
+
+--- Starts `fn(...)` as a child task. The task runs when the loop next turns.
+--- `t:join()` waits for it and returns its results, or nil plus its error;
+--- `t:cancel()` cancels it and its descendants at their next wait.
+---@param fn fun(...):any
+---@return userdata task
+function tide.spawn(fn, ...)
+  if type(fn) ~= "function" then
+    error(("bad argument #1 to 'spawn' (function expected, got %s)"):format(type(fn)), 2)
+  end
+  return core.spawn(fn, ...)
+end
+
+--- Suspends the current task for `ms` milliseconds (outside a task: blocks).
+---@param ms integer
+function tide.sleep(ms)
+  if math.type(ms) ~= "integer" or ms < 0 then
+    error(("bad argument #1 to 'sleep' (non-negative integer expected, got %s)"):format(
+      math.type(ms) or type(ms)), 2)
+  end
+  return blocking(core.sleep, ms)
+end
+
+--- The running task, or nil outside any task.
+function tide.current() return core.current() end
+
+--- Builds a structured error `{ code = code, message = message, ... }`.
+---@param code string
+---@param message? string
+---@param fields? table
+function tide.error(code, message, fields) return core.error(code, message, fields) end
+
+--- The stable error codes, documented in README.md.
+tide.codes = {
+  "BadURL", "BodyTooLarge", "BudgetExhausted", "Cancelled", "ConnectFailed",
+  "ConnectionClosed", "Deadlock", "FdLimit", "HttpFailed", "IntegrationsUnavailable",
+  "MalformedResponse", "MaxIterationsExceeded", "ProviderError", "ResolveFailed",
+  "SpawnDepthExceeded", "StreamTooLarge", "TemplateError", "Timeout", "TLSFailed",
+  "ToolError", "UnknownAgent", "UnknownTool", "TranscriptError", "ConfigError",
+  "RateLimited",
+}
+
+-- Submodules load on first access: tide.http, tide.testing, tide.provider, ...
+local lazy = {
+  http = "tide.http",
+  testing = "tide.testing",
+  provider = "tide.provider",
+  integrations = "tide.integrations",
+  agents = "tide.agents",
+  prompts = "tide.prompts",
+  json = "tide.json",
+}
+-- Functions that live in submodules but belong to the top-level vocabulary.
+local lazy_fn = {
+  tool = { "tide.tool", "new" },
+  agent = { "tide.agents", "define" },
+  session = { "tide.session", "new" },
+  config = { "tide.config", "new" },
+}
+
+setmetatable(tide, {
+  __index = function(t, k)
+    local m = lazy[k]
+    if m then
+      local v = require(m)
+      rawset(t, k, v)
+      return v
+    end
+    local f = lazy_fn[k]
+    if f then
+      local v = require(f[1])[f[2]]
+      rawset(t, k, v)
+      return v
+    end
+  end,
+})
+
+return tide

@@ -1,0 +1,51 @@
+-- Loaded by busted before any spec (see .busted): puts the build on the
+-- C path and offers the helpers specs share.
+local build = os.getenv("TIDE_BUILD_DIR") or "build"
+package.cpath = build .. "/?.so;" .. package.cpath
+
+local helpers = {}
+
+--- Runs fn as the root task; raises its error, returns its results.
+function helpers.run(fn, ...)
+  return require("tide").run(fn, ...)
+end
+
+--- A fresh temporary directory (removed by helpers.rmdir).
+function helpers.tmpdir()
+  local p = os.tmpname()
+  os.remove(p)
+  assert(os.execute("mkdir -p " .. p))
+  return p
+end
+
+function helpers.rmdir(p)
+  if p and p:match("^/tmp/") then os.execute("rm -rf " .. p) end
+end
+
+function helpers.write(path, text)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+end
+
+function helpers.read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- Asserts that no task is left alive and no handle is active on the loop.
+function helpers.assert_quiet()
+  local assert = require "luassert"
+  local core = require "tide.core"
+  collectgarbage()
+  local st = core.loop_stats()
+  assert.are.equal(0, st.live_tasks, "tasks left alive")
+  assert.are.equal(0, st.ready_tasks, "tasks left ready")
+  assert.are.equal(0, st.active_handles, "handles left active")
+end
+
+package.loaded["helpers"] = helpers
+return helpers

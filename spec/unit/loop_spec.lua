@@ -1,0 +1,211 @@
+local tide = require "tide"
+local core = require "tide.core"
+local helpers = require "helpers"
+
+describe("tasks", function()
+  after_each(function() helpers.assert_quiet() end)
+
+  it("runs 10,000 concurrent sleeping tasks in one loop run, joined in order", function()
+    local order = {}
+    local results = tide.run(function()
+      local tasks = {}
+      for i = 1, 10000 do
+        tasks[i] = tide.spawn(function(n)
+          tide.sleep(50)
+          order[#order + 1] = n
+          return n * 2
+        end, i)
+      end
+      local out = {}
+      for i = 1, 10000 do out[i] = tasks[i]:join() end
+      return out
+    end)
+    assert.are.equal(10000, #results)
+    for i = 1, 10000 do assert.are.equal(i * 2, results[i]) end
+    assert.are.equal(10000, #order)
+  end)
+
+  it("returns every result of a task through join", function()
+    local a, b, c = tide.run(function()
+      return tide.spawn(function(x, y) return x, y, x + y end, 2, 3):join()
+    end)
+    assert.are.same({ 2, 3, 5 }, { a, b, c })
+  end)
+
+  it("delivers a task's error to join as nil, err with a traceback", function()
+    local v, err = tide.run(function()
+      return tide.spawn(function() error("boom") end):join()
+    end)
+    assert.is_nil(v)
+    assert.matches("boom", err)
+    assert.matches("stack traceback", err)
+  end)
+
+  it("keeps structured errors as tables", function()
+    local _, err = tide.run(function()
+      return tide.spawn(function() error(tide.error("Custom", "went wrong")) end):join()
+    end)
+    assert.are.equal("Custom", err.code)
+    assert.are.equal("Custom: went wrong", tostring(err))
+  end)
+
+  it("raises the root task's error from tide.run", function()
+    assert.has_error(function() tide.run(function() error("root failed", 0) end) end)
+  end)
+
+  it("cancels a sleeping task and its descendants", function()
+    local grandchild_done = false
+    local v, err, child_err = tide.run(function()
+      local inner
+      local t = tide.spawn(function()
+        inner = tide.spawn(function()
+          tide.sleep(10000)
+          grandchild_done = true
+        end)
+        tide.sleep(10000)
+        return "finished"
+      end)
+      tide.sleep(5)
+      assert.is_true(t:cancel())
+      local r, e = t:join()
+      local _, e2 = inner:join()
+      return r, e, e2
+    end)
+    assert.is_nil(v)
+    assert.are.equal("Cancelled", err.code)
+    assert.are.equal("Cancelled", child_err.code)
+    assert.is_false(grandchild_done)
+  end)
+
+  it("cancels a task before it ever runs", function()
+    local ran = false
+    local _, err = tide.run(function()
+      local t = tide.spawn(function() ran = true end)
+      t:cancel()
+      return t:join()
+    end)
+    assert.is_false(ran)
+    assert.are.equal("Cancelled", err.code)
+  end)
+
+  it("runs to-be-closed variables when a task is cancelled", function()
+    local closed = false
+    tide.run(function()
+      local t = tide.spawn(function()
+        local guard <close> = setmetatable({}, { __close = function() closed = true end })
+        tide.sleep(10000)
+      end)
+      tide.sleep(1)
+      t:cancel()
+      t:join()
+    end)
+    assert.is_true(closed)
+  end)
+
+  it("lets several tasks join the same task", function()
+    local sum = tide.run(function()
+      local target = tide.spawn(function() tide.sleep(5) return 21 end)
+      local a = tide.spawn(function() return target:join() end)
+      local b = tide.spawn(function() return target:join() end)
+      return a:join() + b:join()
+    end)
+    assert.are.equal(42, sum)
+  end)
+
+  it("refuses to run the loop inside itself", function()
+    local ok, err = pcall(function()
+      tide.run(function() tide.run(function() end) end)
+    end)
+    assert.is_false(ok)
+    assert.matches("already running", tostring(err))
+  end)
+
+  it("blocks outside a task by running its own loop", function()
+    local t0 = core.hrtime()
+    tide.sleep(20)
+    assert.is_true(core.hrtime() - t0 >= 19e6)
+  end)
+
+  it("reports a deadlocked root task instead of hanging", function()
+    local ok, err = core.run(function()
+      local a, b
+      a = tide.spawn(function() tide.sleep(1); return b:join() end)
+      b = tide.spawn(function() tide.sleep(1); return a:join() end)
+      return a:join()
+    end)
+    assert.is_false(ok)
+    assert.are.equal("Deadlock", err.code)
+  end)
+
+  it("refuses to let a task join itself", function()
+    local ok, err = core.run(function() return core.current():join() end)
+    assert.is_false(ok)
+    assert.matches("cannot join itself", err)
+  end)
+
+  it("gives child tasks a task-local table that inherits without leaking back", function()
+    local parent_sees, child_sees = tide.run(function()
+      local ctx = core.context()
+      ctx.session = "root"
+      local seen = tide.spawn(function()
+        local c = core.context()
+        local inherited = c.session
+        c.session = "child"
+        return inherited
+      end):join()
+      return ctx.session, seen
+    end)
+    assert.are.equal("root", parent_sees)
+    assert.are.equal("root", child_sees)
+  end)
+
+  it("raises on wrong argument types, naming the argument", function()
+    assert.has_error(function() tide.spawn("nope") end,
+      "bad argument #1 to 'spawn' (function expected, got string)")
+    assert.has_error(function() tide.sleep("1") end,
+      "bad argument #1 to 'sleep' (non-negative integer expected, got string)")
+    assert.has_error(function() tide.run(42) end,
+      "bad argument #1 to 'run' (function expected, got number)")
+    assert.has_error(function() core.sleep(1) end, "tide.sleep must be called inside a task")
+  end)
+end)
+
+describe("spawn depth", function()
+  it("gives each nested spawn its parent's depth + 1 and fails past the limit", function()
+    local depths, err = tide.run(function()
+      local seen = {}
+      local function nest(level)
+        seen[#seen + 1] = core.depth()
+        local t, e = core.spawn_nested(3, nest, level + 1)
+        if not t then return e end
+        return t:join()
+      end
+      local e = nest(0)
+      return seen, e
+    end)
+    assert.are.same({ 0, 1, 2, 3 }, depths)
+    assert.are.equal("SpawnDepthExceeded", err.code)
+    assert.are.equal(4, err.depth)
+    assert.are.equal(3, err.limit)
+  end)
+
+  it("restores nothing because nothing shared changes: parallel spawns see the same depth", function()
+    local got = tide.run(function()
+      local ts = {}
+      for i = 1, 20 do ts[i] = core.spawn_nested(3, function() return core.depth() end) end
+      local out = {}
+      for i = 1, 20 do out[i] = ts[i]:join() end
+      out.after = core.depth()
+      return out
+    end)
+    for i = 1, 20 do assert.are.equal(1, got[i]) end
+    assert.are.equal(0, got.after)
+  end)
+
+  it("cannot overflow", function()
+    local _, err = core.spawn_nested(math.maxinteger > 2^31 and 2147483647 or 1, function() end)
+    -- outside a task the parent depth is 0, so this spawn is allowed
+    assert.is_nil(err)
+    core.run(function() end)
+  end)
+end)
