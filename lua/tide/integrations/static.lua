@@ -1,0 +1,88 @@
+--- tide.integrations.static: a source whose toolkits are given in Lua.
+---
+--- For scripts that know their integrations up front, for specs and for the
+--- demo. `src:set(toolkits)` changes what the next fetch returns (simulating
+--- a connect or disconnect) but, like the reference harness, does not
+--- invalidate the cache: whoever changes the connection invalidates.
+local core = require "tide.core"
+local json = require "tide.json"
+
+local static = {}
+
+---@class tide.integrations.static: tide.integrations.source
+---@field kind "static"
+---@field toolkits table the toolkits the next fetch returns
+---@field delay_ms integer|nil a fetch waits this long first (specs)
+---@field fail boolean|table|string|nil a fetch fails with this (specs)
+---@field fetches integer how many fetches ran
+local Static = {}
+Static.__index = Static
+Static.__name = "tide.integrations.static"
+
+local function check_toolkits(toolkits, level)
+  local cache = require "tide.integrations.cache"
+  local norm, err = cache.normalize(toolkits)
+  if not norm then
+    error("bad argument #1 to 'static' (" .. err .. ")", level + 1)
+  end
+  return norm
+end
+
+--- A source serving fixed toolkits.
+---@param opts {toolkits: table, id?: string, delay_ms?: integer, fail?: boolean|string|table}
+---@return tide.integrations.static
+function static.new(opts)
+  if type(opts) ~= "table" then
+    error(("bad argument #1 to 'static' (table expected, got %s)"):format(type(opts)), 2)
+  end
+  local norm = check_toolkits(opts.toolkits == nil and {} or opts.toolkits, 2)
+  if opts.id ~= nil and (type(opts.id) ~= "string" or opts.id == "") then
+    error("bad argument #1 to 'static' (field 'id' must be a non-empty string)", 2)
+  end
+  if opts.delay_ms ~= nil and (math.type(opts.delay_ms) ~= "integer" or opts.delay_ms < 0) then
+    error("bad argument #1 to 'static' (field 'delay_ms' must be a non-negative integer)", 2)
+  end
+  -- Without an id the identity is the hash of the toolkits as first given:
+  -- it must not change when set() changes them, or invalidation would miss.
+  local id = opts.id or core.cache_hash(json.canonical(norm))
+  return setmetatable({
+    kind = "static",
+    id = id,
+    toolkits = opts.toolkits or {},
+    delay_ms = opts.delay_ms,
+    fail = opts.fail,
+    fetches = 0,
+  }, Static)
+end
+
+--- "static|<id>" (the id given, or a hash of the initial toolkits).
+---@return string
+function Static:identity() return "static|" .. self.id end
+
+--- Returns the current toolkits (after `delay_ms`), or `nil, err` when `fail`
+--- is set. Runs in a task.
+---@return table|nil toolkits
+---@return table|nil err
+function Static:fetch()
+  self.fetches = self.fetches + 1
+  if self.delay_ms and self.delay_ms > 0 then require("tide").sleep(self.delay_ms) end
+  local fail = self.fail
+  if fail then
+    if type(fail) == "table" then return nil, fail end
+    local msg = type(fail) == "string" and fail or "static source configured to fail"
+    return nil, core.error("IntegrationsUnavailable", msg)
+  end
+  return self.toolkits
+end
+
+--- Replaces the toolkits the next fetch returns. Does not invalidate the
+--- cache: call `tide.integrations.cache.invalidate(src)` for that.
+---@param toolkits table
+function Static:set(toolkits)
+  check_toolkits(toolkits, 2)
+  self.toolkits = toolkits
+end
+
+function Static:__tostring() return "tide.integrations.static (" .. self.id .. ")" end
+
+return static
