@@ -1,0 +1,326 @@
+/*
+** dispatch.c -- the parts of turn dispatch that run per byte of provider
+** traffic: assembling streamed tool-call deltas by index, and the FNV-1a hash
+** used for integration hashes and request-prefix fingerprints.
+**
+** A streamed reply describes each tool call in pieces: the first delta of a
+** call carries its index, id and name, later ones only the index and a
+** fragment of the JSON arguments, and the deltas of parallel calls may
+** interleave. The assembler keeps one slot per index, sorted by index, each
+** with three malloc'ed growable buffers. Everything hangs off the userdata, so
+** a Lua error raised while a result table is being built leaks nothing: the
+** collector frees the buffers through the shared __gc/__close function.
+*/
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tide.h"
+
+#define ASSEMBLER_MT "tide.assembler"
+
+/* Default cap on the bytes one reply's tool calls may hold (ids, names and
+** arguments together). Real calls are a few KiB; the cap exists so that a
+** broken or hostile server cannot make the assembler buffer without bound. */
+#define ASSEMBLER_DEFAULT_MAX (8 * 1024 * 1024)
+
+/* Each slot counts this much against the cap besides its bytes, so that a
+** stream of empty deltas with ever new indices is bounded too. */
+#define SLOT_COST 64
+
+typedef struct asm_buf {
+  char *p;
+  size_t len, cap;
+} asm_buf;
+
+typedef struct asm_slot {
+  lua_Integer index;
+  asm_buf id, name, args;
+  int has_id, has_name;
+} asm_slot;
+
+typedef struct assembler {
+  asm_slot *slots; /* sorted by index */
+  size_t n, cap;
+  size_t total; /* bytes counted against max */
+  size_t max;
+  int failed; /* cap exceeded; the error is uservalue 1 */
+  int closed;
+} assembler;
+
+/* -------------------------------------------------------------- buffers -- */
+
+static void buf_free(asm_buf *b) {
+  free(b->p);
+  b->p = NULL;
+  b->len = b->cap = 0;
+}
+
+/* Appends n bytes. The buffer belongs to the userdata, so raising a memory
+** error here leaves it consistent and owned. */
+static void buf_add(lua_State *L, asm_buf *b, const char *s, size_t n) {
+  if (n == 0) return;
+  if (b->cap - b->len < n) {
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap - b->len < n) {
+      if (cap > SIZE_MAX / 2) luaL_error(L, "not enough memory");
+      cap *= 2;
+    }
+    char *p = realloc(b->p, cap);
+    if (p == NULL) luaL_error(L, "not enough memory");
+    b->p = p;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, s, n);
+  b->len += n;
+}
+
+static void free_slots(assembler *a) {
+  for (size_t i = 0; i < a->n; i++) {
+    buf_free(&a->slots[i].id);
+    buf_free(&a->slots[i].name);
+    buf_free(&a->slots[i].args);
+  }
+  free(a->slots);
+  a->slots = NULL;
+  a->n = a->cap = 0;
+  a->total = 0;
+}
+
+/* ---------------------------------------------------------------- slots -- */
+
+/* Finds the slot for `index`; when there is none, returns NULL and sets *pos
+** to where it belongs. Indices arrive in order in practice, so the common
+** case (the last slot, or a new one after it) costs no search. */
+static asm_slot *find_slot(assembler *a, lua_Integer index, size_t *pos) {
+  size_t lo = 0, hi = a->n;
+  if (a->n > 0 && a->slots[a->n - 1].index <= index) {
+    if (a->slots[a->n - 1].index == index) return &a->slots[a->n - 1];
+    *pos = a->n;
+    return NULL;
+  }
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (a->slots[mid].index < index)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (lo < a->n && a->slots[lo].index == index) return &a->slots[lo];
+  *pos = lo;
+  return NULL;
+}
+
+/* Inserts an empty slot for `index` at `pos` (from find_slot). */
+static asm_slot *insert_slot(lua_State *L, assembler *a, lua_Integer index,
+                             size_t pos) {
+  if (a->n == a->cap) {
+    size_t cap = a->cap ? a->cap * 2 : 4;
+    if (cap > SIZE_MAX / sizeof *a->slots) luaL_error(L, "not enough memory");
+    asm_slot *p = realloc(a->slots, cap * sizeof *p);
+    if (p == NULL) luaL_error(L, "not enough memory");
+    a->slots = p;
+    a->cap = cap;
+  }
+  memmove(&a->slots[pos + 1], &a->slots[pos], (a->n - pos) * sizeof *a->slots);
+  memset(&a->slots[pos], 0, sizeof *a->slots);
+  a->slots[pos].index = index;
+  a->n++;
+  return &a->slots[pos];
+}
+
+/* Records the StreamTooLarge error as uservalue 1 so that every later add
+** returns the same error, and drops the buffers: the reply is unusable. */
+static int fail_too_large(lua_State *L, assembler *a) {
+  char cap[32];
+  snprintf(cap, sizeof cap, "%zu", a->max);
+  tide__push_error(L, "StreamTooLarge",
+                   "tool-call deltas exceed the limit of %s bytes", cap);
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, 1, 1);
+  a->failed = 1;
+  free_slots(a);
+  lua_pushnil(L);
+  lua_insert(L, -2);
+  return 2;
+}
+
+/* ------------------------------------------------------------- bindings -- */
+
+static assembler *check_assembler(lua_State *L) {
+  assembler *a = luaL_checkudata(L, 1, ASSEMBLER_MT);
+  if (a->closed) luaL_error(L, "attempt to use a closed assembler");
+  return a;
+}
+
+/* An optional string argument: nil (or none) gives NULL. */
+static const char *opt_piece(lua_State *L, int arg, const char *what,
+                             size_t *len) {
+  int t = lua_type(L, arg);
+  *len = 0;
+  if (t == LUA_TNONE || t == LUA_TNIL) return NULL;
+  if (t != LUA_TSTRING)
+    luaL_argerror(L, arg,
+                  lua_pushfstring(L, "%s must be a string or nil, got %s",
+                                  what, luaL_typename(L, arg)));
+  return lua_tolstring(L, arg, len);
+}
+
+/* core.tool_call_assembler([max_bytes]) -> assembler */
+static int l_assembler(lua_State *L) {
+  lua_Integer max = ASSEMBLER_DEFAULT_MAX;
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_argcheck(L, lua_isinteger(L, 1), 1, "max_bytes must be an integer");
+    max = lua_tointeger(L, 1);
+    luaL_argcheck(L, max > 0, 1, "max_bytes must be positive");
+  }
+  assembler *a = lua_newuserdatauv(L, sizeof *a, 1);
+  memset(a, 0, sizeof *a);
+  a->max = (lua_Unsigned)max > SIZE_MAX ? SIZE_MAX : (size_t)max;
+  luaL_setmetatable(L, ASSEMBLER_MT);
+  return 1;
+}
+
+/* a:add(index, id, name, fragment) -> true | nil, err
+** id and name are kept when first seen (a non-empty string); fragments of one
+** index are appended in the order they arrive. */
+static int l_add(lua_State *L) {
+  assembler *a = check_assembler(L);
+  luaL_argcheck(L, lua_isinteger(L, 2), 2, "index must be an integer");
+  lua_Integer index = lua_tointeger(L, 2);
+  luaL_argcheck(L, index >= 0, 2, "index must be non-negative");
+  size_t idl, namel, fragl;
+  const char *id = opt_piece(L, 3, "id", &idl);
+  const char *name = opt_piece(L, 4, "name", &namel);
+  const char *frag = opt_piece(L, 5, "fragment", &fragl);
+  if (a->failed) {
+    lua_pushnil(L);
+    lua_getiuservalue(L, 1, 1);
+    return 2;
+  }
+  size_t pos = 0;
+  asm_slot *s = find_slot(a, index, &pos);
+  size_t need = (s ? 0 : SLOT_COST) + fragl;
+  if (id && idl && !(s && s->has_id)) need += idl;
+  if (name && namel && !(s && s->has_name)) need += namel;
+  if (need > a->max - a->total) return fail_too_large(L, a);
+  if (s == NULL) s = insert_slot(L, a, index, pos);
+  a->total += need;
+  if (id && idl && !s->has_id) {
+    buf_add(L, &s->id, id, idl);
+    s->has_id = 1;
+  }
+  if (name && namel && !s->has_name) {
+    buf_add(L, &s->name, name, namel);
+    s->has_name = 1;
+  }
+  if (frag) buf_add(L, &s->args, frag, fragl);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* a:result() -> { { index, id, name, arguments }, ... } ordered by index.
+** id and name are nil when never seen; arguments is "" when no fragment came. */
+static int l_result(lua_State *L) {
+  assembler *a = check_assembler(L);
+  if (a->failed) {
+    lua_pushnil(L);
+    lua_getiuservalue(L, 1, 1);
+    return 2;
+  }
+  lua_createtable(L, (int)(a->n > INT32_MAX ? 0 : a->n), 0);
+  for (size_t i = 0; i < a->n; i++) {
+    const asm_slot *s = &a->slots[i];
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, s->index);
+    lua_setfield(L, -2, "index");
+    if (s->has_id) {
+      lua_pushlstring(L, s->id.p, s->id.len);
+      lua_setfield(L, -2, "id");
+    }
+    if (s->has_name) {
+      lua_pushlstring(L, s->name.p, s->name.len);
+      lua_setfield(L, -2, "name");
+    }
+    lua_pushlstring(L, s->args.p ? s->args.p : "", s->args.len);
+    lua_setfield(L, -2, "arguments");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
+}
+
+/* a:reset(): forgets every call (and a recorded failure); keeps the cap. */
+static int l_reset(lua_State *L) {
+  assembler *a = check_assembler(L);
+  free_slots(a);
+  a->failed = 0;
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, 1);
+  return 0;
+}
+
+/* a:count() -> number of distinct indices seen. */
+static int l_count(lua_State *L) {
+  assembler *a = check_assembler(L);
+  lua_pushinteger(L, (lua_Integer)a->n);
+  return 1;
+}
+
+/* __gc, __close and a:close(): idempotent. */
+static int l_close(lua_State *L) {
+  assembler *a = luaL_checkudata(L, 1, ASSEMBLER_MT);
+  free_slots(a);
+  a->closed = 1;
+  return 0;
+}
+
+static int l_tostring(lua_State *L) {
+  assembler *a = luaL_checkudata(L, 1, ASSEMBLER_MT);
+  if (a->closed)
+    lua_pushliteral(L, "tide.assembler (closed)");
+  else
+    lua_pushfstring(L, "tide.assembler (%p)", (void *)a);
+  return 1;
+}
+
+/* ----------------------------------------------------------------- hash -- */
+
+/* core.hash(str) -> 16 lowercase hex digits: FNV-1a, 64 bits. Not a
+** cryptographic hash: it fingerprints integration lists and request prefixes
+** so that a change is noticed, and nothing trusts it against an adversary. */
+static int l_hash(lua_State *L) {
+  luaL_argexpected(L, lua_type(L, 1) == LUA_TSTRING, 1, "string");
+  size_t n;
+  const unsigned char *s = (const unsigned char *)lua_tolstring(L, 1, &n);
+  uint64_t h = UINT64_C(0xcbf29ce484222325);
+  for (size_t i = 0; i < n; i++) {
+    h ^= s[i];
+    h *= UINT64_C(0x100000001b3);
+  }
+  char out[17];
+  snprintf(out, sizeof out, "%016" PRIx64, h);
+  lua_pushlstring(L, out, 16);
+  return 1;
+}
+
+/// Registers core.tool_call_assembler and core.hash into the module table at
+/// the top of the stack and (re)creates the "tide.assembler" metatable.
+void tide__open_dispatch(lua_State *L) {
+  static const luaL_Reg meta[] = {{"__gc", l_close},
+                                  {"__close", l_close},
+                                  {"__tostring", l_tostring},
+                                  {NULL, NULL}};
+  static const luaL_Reg methods[] = {{"add", l_add},     {"result", l_result},
+                                     {"reset", l_reset}, {"count", l_count},
+                                     {"close", l_close}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"tool_call_assembler", l_assembler},
+                                 {"hash", l_hash},
+                                 {NULL, NULL}};
+  luaL_newmetatable(L, ASSEMBLER_MT);
+  luaL_setfuncs(L, meta, 0);
+  luaL_newlib(L, methods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  luaL_setfuncs(L, fns, 0);
+}

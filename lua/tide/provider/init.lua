@@ -1,0 +1,669 @@
+--- tide.provider: model providers (OpenAI-compatible chat completions and
+--- Anthropic Messages) and the machinery they share: option checking, the
+--- HTTP call (streamed through the SSE parser), retries with backoff, error
+--- shaping and the neutral response.
+---
+--- A provider object encodes requests in pieces so that a session encodes its
+--- frozen prefix once and each message once (`encode_prefix`,
+--- `encode_message`, `body`), then sends the bytes with `complete`.
+---@class tide.provider
+local provider = {}
+
+local core = require "tide.core"
+local json = require "tide.json"
+
+-- ----------------------------------------------------------------- defaults
+
+provider.DEFAULT_TIMEOUT_MS = 120000
+provider.DEFAULT_MAX_BODY = 8 * 1024 * 1024
+provider.DEFAULT_RETRY = { attempts = 4, base_ms = 250, max_ms = 8000, max_retry_after_ms = 60000 }
+provider.ERROR_BODY_MAX = 2048
+
+-- HTTP statuses worth another attempt: rate limits, server errors, gateway
+-- errors and Anthropic's "overloaded".
+local RETRY_STATUS = { [429] = true, [500] = true, [502] = true, [503] = true, [504] = true, [529] = true }
+
+-- ------------------------------------------------------------------ options
+
+---@class tide.provider.retry
+---@field attempts? integer total attempts, first included (default 4)
+---@field base_ms? number backoff base (default 250)
+---@field max_ms? number backoff ceiling (default 8000)
+---@field max_retry_after_ms? number a longer Retry-After is not waited for; the jittered backoff is used instead (default 60000)
+
+---@class tide.provider.opts
+---@field base_url? string
+---@field api_key? string
+---@field model? string
+---@field stream? boolean default true
+---@field temperature? number
+---@field max_tokens? integer
+---@field timeout_ms? integer per HTTP request (default 120000)
+---@field max_body_bytes? integer response size cap (default 8 MiB)
+---@field retry? tide.provider.retry
+---@field headers? table<string,string> extra request headers
+---@field prompt_cache? boolean Anthropic only: mark the prefix with cache_control
+
+local option_types = {
+  base_url = "string", api_key = "string", model = "string", stream = "boolean",
+  temperature = "number", max_tokens = "integer", timeout_ms = "integer",
+  max_body_bytes = "integer", retry = "table", headers = "table", prompt_cache = "boolean",
+}
+
+-- "float" says more than "number" when an integer was wanted.
+local function type_name(v, want)
+  if want == "integer" and math.type(v) == "float" then return "float" end
+  return type(v)
+end
+
+-- Returns an error message for the first bad option, or nil.
+local function check_options(kind, opts, allowed)
+  local where = "tide.provider." .. kind .. ": "
+  for k in pairs(opts) do
+    if type(k) ~= "string" or not allowed[k] then
+      return where .. "unknown option '" .. tostring(k) .. "'"
+    end
+  end
+  for k in pairs(allowed) do
+    local v, want = opts[k], option_types[k]
+    if v ~= nil then
+      local ok
+      if want == "integer" then ok = math.type(v) == "integer" else ok = type(v) == want end
+      if not ok then
+        return ("%s'%s' must be a%s %s, got %s"):format(where, k, want == "integer" and "n" or "",
+          want, type_name(v, want))
+      end
+    end
+  end
+  for _, k in ipairs({ "max_tokens", "timeout_ms", "max_body_bytes" }) do
+    if opts[k] ~= nil and opts[k] <= 0 then return ("%s'%s' must be positive"):format(where, k) end
+  end
+  if opts.model ~= nil and opts.model == "" then return where .. "'model' must not be empty" end
+  if opts.base_url ~= nil and not opts.base_url:match("^https?://") then
+    return where .. "'base_url' must start with http:// or https://"
+  end
+  if opts.headers then
+    for k, v in pairs(opts.headers) do
+      if type(k) ~= "string" or type(v) ~= "string" then
+        return where .. "'headers' must map strings to strings"
+      end
+    end
+  end
+  if opts.retry then
+    for k, v in pairs(opts.retry) do
+      if provider.DEFAULT_RETRY[k] == nil then
+        return where .. "unknown option 'retry." .. tostring(k) .. "'"
+      end
+      if k == "attempts" then
+        if math.type(v) ~= "integer" or v < 1 then
+          return where .. "'retry.attempts' must be a positive integer"
+        end
+      elseif type(v) ~= "number" or v < 0 or v ~= v or v == math.huge then
+        return ("%s'retry.%s' must be a non-negative number"):format(where, k)
+      end
+    end
+  end
+  return nil
+end
+
+--- Builds the common fields of a provider object from `opts` and the
+--- protocol's defaults. Returns the object, or nil plus a message for a
+--- misuse (the caller raises it at its caller's level).
+---@param kind string
+---@param opts table|nil
+---@param defaults {base_url:string, api_key?:string, model:string, extra?:table<string,boolean>}
+---@return table|nil, string|nil
+function provider._new(kind, opts, defaults)
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then
+    return nil, ("tide.provider.%s: options must be a table, got %s"):format(kind, type(opts))
+  end
+  local allowed = {}
+  for k in pairs(option_types) do allowed[k] = true end
+  if kind ~= "anthropic" then allowed.prompt_cache = nil end
+  local msg = check_options(kind, opts, allowed)
+  if msg then return nil, msg end
+  local retry = {}
+  for k, v in pairs(provider.DEFAULT_RETRY) do retry[k] = v end
+  for k, v in pairs(opts.retry or {}) do retry[k] = v end
+  local headers = {}
+  for k, v in pairs(opts.headers or {}) do headers[k:lower()] = v end
+  local self = {
+    kind = kind,
+    base_url = (opts.base_url or defaults.base_url):gsub("/+$", ""),
+    api_key = opts.api_key or defaults.api_key,
+    model = opts.model or defaults.model,
+    stream = opts.stream ~= false,
+    temperature = opts.temperature,
+    max_tokens = opts.max_tokens or defaults.max_tokens,
+    timeout_ms = opts.timeout_ms or provider.DEFAULT_TIMEOUT_MS,
+    max_body_bytes = opts.max_body_bytes or provider.DEFAULT_MAX_BODY,
+    retry = retry,
+    headers = headers,
+    prompt_cache = opts.prompt_cache == true,
+  }
+  return self
+end
+
+--- The value of environment variable `name`, or nil when unset or empty.
+function provider._env(name)
+  local v = os.getenv(name)
+  if v == nil or v == "" then return nil end
+  return v
+end
+
+-- --------------------------------------------------------- shared encoding
+
+--- Checks a neutral tool schema list and returns it as { name, description,
+--- parameters } entries (raises on misuse, at level `level`).
+function provider._tools(kind, tools, level)
+  local out = {}
+  if tools == nil then return out end
+  if type(tools) ~= "table" then
+    error(("tide.provider.%s: 'tools' must be a table, got %s"):format(kind, type(tools)), level + 1)
+  end
+  for i, t in ipairs(tools) do
+    if type(t) ~= "table" or type(t.name) ~= "string" or t.name == "" then
+      error(("tide.provider.%s: tools[%d] needs a 'name' string"):format(kind, i), level + 1)
+    end
+    if t.description ~= nil and type(t.description) ~= "string" then
+      error(("tide.provider.%s: tools[%d].description must be a string"):format(kind, i), level + 1)
+    end
+    if t.parameters ~= nil and type(t.parameters) ~= "table" then
+      error(("tide.provider.%s: tools[%d].parameters must be a table"):format(kind, i), level + 1)
+    end
+    out[i] = {
+      name = t.name,
+      description = t.description or "",
+      parameters = t.parameters or { type = "object", properties = {} },
+    }
+  end
+  return out
+end
+
+--- Checks the common shape of a neutral message (raises on misuse).
+function provider._check_message(kind, msg, level)
+  if type(msg) ~= "table" then
+    error(("tide.provider.%s: a message must be a table, got %s"):format(kind, type(msg)), level + 1)
+  end
+  local role = msg.role
+  if role ~= "system" and role ~= "user" and role ~= "assistant" and role ~= "tool" then
+    error(("tide.provider.%s: unknown message role %s"):format(kind, tostring(role)), level + 1)
+  end
+  if role == "tool" then
+    if type(msg.results) ~= "table" then
+      error(("tide.provider.%s: a tool message needs a 'results' table"):format(kind), level + 1)
+    end
+    for i, r in ipairs(msg.results) do
+      if type(r) ~= "table" or type(r.id) ~= "string" then
+        error(("tide.provider.%s: results[%d] needs an 'id' string"):format(kind, i), level + 1)
+      end
+    end
+  elseif role == "assistant" then
+    if msg.content ~= nil and type(msg.content) ~= "string" then
+      error(("tide.provider.%s: assistant content must be a string or nil"):format(kind), level + 1)
+    end
+    if msg.tool_calls ~= nil then
+      if type(msg.tool_calls) ~= "table" then
+        error(("tide.provider.%s: 'tool_calls' must be a table"):format(kind), level + 1)
+      end
+      for i, c in ipairs(msg.tool_calls) do
+        if type(c) ~= "table" or type(c.id) ~= "string" or type(c.name) ~= "string" then
+          error(("tide.provider.%s: tool_calls[%d] needs 'id' and 'name' strings"):format(kind, i),
+            level + 1)
+        end
+      end
+    end
+  elseif msg.content ~= nil and type(msg.content) ~= "string" and type(msg.content) ~= "table" then
+    error(("tide.provider.%s: %s content must be a string"):format(kind, role), level + 1)
+  end
+end
+
+--- The text of a tool result's content (tables are sent as JSON).
+function provider._result_text(content)
+  if content == nil then return "" end
+  if type(content) == "string" then return content end
+  if type(content) == "table" then return json.canonical(content) end
+  return tostring(content)
+end
+
+-- ----------------------------------------------------------- base methods
+
+---@class tide.provider.response
+---@field text string the assistant text ("" when none)
+---@field tool_calls {id:string, name:string, arguments:string}[] arguments: raw JSON text
+---@field usage {input:integer, output:integer, cached:integer}
+---@field stop string|nil "stop", "tool_calls", "length", or the provider's own reason
+---@field stop_raw string|nil the provider's finish/stop reason as sent
+---@field ttfb_ms number request start to first body byte, for the attempt that answered
+---@field attempts integer HTTP attempts made
+
+---@class tide.provider.Provider
+---@field kind string "openai" | "anthropic"
+---@field model string
+local Base = {}
+provider.Base = Base
+
+--- The full request body: the prefix, the encoded messages (comma-joined),
+--- and the closing brackets. Nothing is re-encoded.
+---@param prefix string from encode_prefix
+---@param encoded string[] from encode_message, in order
+---@return string
+function Base:body(prefix, encoded)
+  if type(prefix) ~= "string" then
+    error(("tide.provider.%s: body: 'prefix' must be a string, got %s"):format(self.kind, type(prefix)), 2)
+  end
+  if type(encoded) ~= "table" then
+    error(("tide.provider.%s: body: 'encoded' must be a table, got %s"):format(self.kind, type(encoded)), 2)
+  end
+  local parts, n = {}, 0
+  for i = 1, #encoded do
+    local e = encoded[i]
+    if type(e) ~= "string" then
+      error(("tide.provider.%s: body: encoded[%d] must be a string, got %s"):format(self.kind, i, type(e)), 2)
+    end
+    if e ~= "" then
+      n = n + 1
+      parts[n] = e
+    end
+  end
+  local sep = ""
+  if n > 0 and prefix:sub(-1) ~= "[" then sep = "," end
+  return prefix .. sep .. table.concat(parts, ",") .. "]}"
+end
+
+--- Alias of `body` (the name docs/internals.md mentions for the join).
+Base.join = Base.body
+
+-- Bytes of an error body worth showing, cut at a UTF-8 boundary.
+local function excerpt(s, max)
+  max = max or provider.ERROR_BODY_MAX
+  if type(s) ~= "string" then return "" end
+  if #s <= max then return s end
+  local j = max
+  while j > 0 do
+    local b = s:byte(j + 1)
+    if not b or b < 0x80 or b >= 0xC0 then break end
+    j = j - 1
+  end
+  return s:sub(1, j)
+end
+provider._excerpt = excerpt
+
+-- ------------------------------------------------------------ Retry-After
+
+local MONTHS = { jan = 1, feb = 2, mar = 3, apr = 4, may = 5, jun = 6,
+                 jul = 7, aug = 8, sep = 9, oct = 10, nov = 11, dec = 12 }
+
+-- Seconds since the epoch of a UTC civil date (no dependence on the local
+-- time zone, unlike os.time).
+local function timegm(y, m, d, hh, mm, ss)
+  y = m <= 2 and y - 1 or y
+  local era = (y >= 0 and y or y - 399) // 400
+  local yoe = y - era * 400
+  local mp = (m + 9) % 12
+  local doy = (153 * mp + 2) // 5 + d - 1
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  local days = era * 146097 + doe - 719468
+  return days * 86400 + hh * 3600 + mm * 60 + ss
+end
+
+-- Parses an HTTP date in any of the three forms RFC 9110 accepts.
+local function http_date(s)
+  local d, mon, y, hh, mm, ss = s:match("^%a+,%s*(%d+)%s+(%a+)%s+(%d+)%s+(%d+):(%d+):(%d+)%s*GMT$")
+  if not d then -- RFC 850: Sunday, 06-Nov-94 08:49:37 GMT
+    d, mon, y, hh, mm, ss = s:match("^%a+,%s*(%d+)%-(%a+)%-(%d+)%s+(%d+):(%d+):(%d+)%s*GMT$")
+  end
+  if not d then -- asctime: Sun Nov  6 08:49:37 1994
+    mon, d, hh, mm, ss, y = s:match("^%a+%s+(%a+)%s+(%d+)%s+(%d+):(%d+):(%d+)%s+(%d+)$")
+  end
+  if not d then return nil end
+  local m = MONTHS[mon:sub(1, 3):lower()]
+  if not m then return nil end
+  y = tonumber(y)
+  if y < 100 then y = y + (y < 70 and 2000 or 1900) end
+  return timegm(y, m, tonumber(d), tonumber(hh), tonumber(mm), tonumber(ss))
+end
+
+--- Milliseconds to wait according to the response headers (`retry-after-ms`,
+--- or `retry-after` as seconds or an HTTP date), or nil.
+---@param headers table<string,string>|nil lowercased names
+---@param now? integer seconds since the epoch (default os.time())
+---@return integer|nil
+function provider.retry_after_ms(headers, now)
+  if type(headers) ~= "table" then return nil end
+  local ms = headers["retry-after-ms"]
+  if type(ms) == "string" then
+    local n = tonumber((ms:match("^%s*([%d%.]+)%s*$")))
+    if n then return math.floor(n + 0.5) end
+  end
+  local v = headers["retry-after"]
+  if type(v) ~= "string" then return nil end
+  v = v:match("^%s*(.-)%s*$")
+  local secs = v:match("^[%d%.]+$") and tonumber(v)
+  if secs then return math.floor(secs * 1000 + 0.5) end
+  local t = http_date(v)
+  if not t then return nil end
+  return math.max(0, (t - (now or os.time())) * 1000)
+end
+
+--- The delay before attempt `attempt + 1`: the server's Retry-After when it
+--- gave one no longer than `max_retry_after_ms`, otherwise full jitter,
+--- uniform in [0, min(max_ms, base_ms * 2^(attempt-1))].
+---@param retry tide.provider.retry
+---@param attempt integer the attempt that just failed (1-based)
+---@param after_ms integer|nil
+---@return integer
+function provider.backoff_ms(retry, attempt, after_ms)
+  if after_ms and after_ms <= retry.max_retry_after_ms then return after_ms end
+  local cap = math.min(retry.max_ms, retry.base_ms * 2 ^ (attempt - 1))
+  cap = math.floor(cap)
+  if cap <= 0 then return 0 end
+  return math.random(0, cap)
+end
+
+-- --------------------------------------------------------------- errors
+
+local function fail(code, message, fields)
+  return core.error(code, message, fields)
+end
+provider._fail = fail
+
+-- The error for a non-2xx response.
+local function status_error(kind, res)
+  local status = res.status
+  local body = res.body or ""
+  local detail
+  local obj = body ~= "" and json.decode(body)
+  if type(obj) == "table" then
+    local e = obj.error
+    if type(e) == "table" and type(e.message) == "string" then
+      detail = e.message
+    elseif type(e) == "string" then
+      detail = e
+    elseif type(obj.message) == "string" then
+      detail = obj.message
+    end
+  end
+  local fields = {
+    status = status,
+    body = excerpt(body),
+    retry_after_ms = provider.retry_after_ms(res.headers),
+    retryable = RETRY_STATUS[status] == true,
+  }
+  local msg = ("%s returned HTTP %d"):format(kind, status)
+  if detail then msg = msg .. ": " .. excerpt(detail, 512) end
+  return fail(status == 429 and "RateLimited" or "ProviderError", msg, fields)
+end
+
+-- ----------------------------------------------------------- tool calls
+
+--- Finishes the tool calls of a response: ids the server left out become
+--- "call_<n>" (unique within the response), empty arguments become "{}".
+---@param calls {id?:string, name?:string, arguments?:string}[]
+---@return {id:string, name:string, arguments:string}[]
+function provider._finish_calls(calls)
+  local out, seen = {}, {}
+  for _, c in ipairs(calls) do
+    if type(c.id) == "string" and c.id ~= "" then seen[c.id] = true end
+  end
+  for i, c in ipairs(calls) do
+    local id = c.id
+    if type(id) ~= "string" or id == "" then
+      id = "call_" .. i
+      local k = 0
+      while seen[id] do
+        k = k + 1
+        id = ("call_%d_%d"):format(i, k)
+      end
+      seen[id] = true
+    end
+    local args = c.arguments
+    if type(args) ~= "string" or args:match("^%s*$") then args = "{}" end
+    out[i] = { id = id, name = type(c.name) == "string" and c.name or "", arguments = args }
+  end
+  return out
+end
+
+--- Maps a provider's stop reason onto "stop" / "tool_calls" / "length",
+--- leaving others as they are.
+local STOPS = {
+  stop = "stop", end_turn = "stop", stop_sequence = "stop",
+  tool_calls = "tool_calls", function_call = "tool_calls", tool_use = "tool_calls",
+  length = "length", max_tokens = "length",
+}
+function provider._stop(raw)
+  if type(raw) ~= "string" then return nil end
+  return STOPS[raw] or raw
+end
+
+--- An integer count from a decoded usage field (0 when absent).
+function provider._count(v)
+  if type(v) == "number" and v == v and v >= 0 and v < 2 ^ 53 then return math.floor(v) end
+  return 0
+end
+
+-- ------------------------------------------------------------- complete
+
+-- Raised from inside on_data to abandon a stream; caught around the request.
+local ABORT = setmetatable({}, { __tostring = function() return "tide.provider: stream aborted" end })
+
+local function first_significant(s)
+  return s:match("^%s*(.)")
+end
+
+-- One HTTP attempt. Returns the response, or nil and an error; then a state
+-- table saying whether any byte of a reply arrived (`received`) and whether
+-- text reached on_delta (`delivered`), which decide if a retry is safe.
+local function attempt(self, body, opts, timeout_ms)
+  local http = require "tide.http"
+  local on_delta = opts.on_delta
+  local state = { received = false, delivered = false }
+  local t0 = core.hrtime()
+  local ttfb_ms
+
+  local function emit(text)
+    if text == nil or text == "" then return end
+    state.delivered = true
+    if on_delta then on_delta(text) end
+  end
+
+  local stream <close> = self.stream and self:_stream(emit) or nil
+  local sse <close> = self.stream and core.sse_parser(self.max_body_bytes) or nil
+  local mode -- "sse" or "json" once the first significant byte is seen
+  local held = {} -- a streamed request answered with plain JSON
+  local stream_err
+
+  local on_data
+  if self.stream then
+    on_data = function(chunk)
+      if not state.received then
+        state.received = true
+        ttfb_ms = (core.hrtime() - t0) / 1e6
+      end
+      if mode == nil then
+        local c = first_significant(table.concat(held) .. chunk)
+        if c == nil then
+          held[#held + 1] = chunk
+          return
+        end
+        mode = c == "{" and "json" or "sse"
+        if mode == "sse" and #held > 0 then
+          chunk = table.concat(held) .. chunk
+          held = {}
+        end
+      end
+      if mode == "json" then
+        held[#held + 1] = chunk
+        return
+      end
+      local events, err = sse:feed(chunk)
+      if not events then
+        stream_err = fail("MalformedResponse", "invalid event stream: " .. tostring(err.message or err),
+          { cause = err.code })
+        error(ABORT, 0)
+      end
+      for i = 1, #events do
+        err = stream:event(events[i])
+        if err then
+          stream_err = err
+          error(ABORT, 0)
+        end
+      end
+    end
+  end
+
+  local headers = self:_headers()
+  local ok, res, herr = pcall(http.request, {
+    method = "POST", url = self:_url(), headers = headers, body = body,
+    timeout_ms = timeout_ms, max_body_bytes = self.max_body_bytes, on_data = on_data,
+  })
+  if not ok then
+    if res == ABORT then return nil, stream_err, state end
+    error(res, 0) -- cancellation, or an error raised by on_delta
+  end
+  if not res then
+    if herr.status then state.received = true end
+    return nil, herr, state
+  end
+  if res.status < 200 or res.status > 299 then
+    state.received = true
+    return nil, status_error(self.kind, res), state
+  end
+
+  local out, err
+  if self.stream and mode ~= "json" then
+    out, err = stream:finish()
+  else
+    local text = self.stream and table.concat(held) or res.body
+    if ttfb_ms == nil then
+      ttfb_ms = type(res.timing) == "table" and res.timing.ttfb_ms or (core.hrtime() - t0) / 1e6
+    end
+    local obj, derr = json.decode(text)
+    if obj == nil then
+      return nil, fail("MalformedResponse", ("%s response is not valid JSON (%s)"):format(self.kind,
+        derr.message), { body = excerpt(text) }), state
+    end
+    if type(obj) ~= "table" then
+      return nil, fail("MalformedResponse", self.kind .. " response is not a JSON object",
+        { body = excerpt(text) }), state
+    end
+    out, err = self:_parse(obj)
+    if out then
+      emit(out.text)
+    elseif err.body == nil then
+      err.body = excerpt(text)
+    end
+  end
+  if not out then return nil, err, state end
+  out.tool_calls = provider._finish_calls(out.tool_calls or {})
+  out.text = out.text or ""
+  out.usage = out.usage or { input = 0, output = 0, cached = 0 }
+  out.ttfb_ms = ttfb_ms or (core.hrtime() - t0) / 1e6
+  return out, nil, state
+end
+
+local function retryable(err, state)
+  if state.delivered then return false end
+  if err.retryable then return true end
+  if (err.code == "ConnectFailed" or err.code == "ConnectionClosed") and not state.received then
+    return true
+  end
+  return false
+end
+
+local complete_fields = { on_delta = "function", on_retry = "function", timeout_ms = "integer" }
+
+local function complete(self, body, opts)
+  local n = 0
+  local retry = self.retry
+  local timeout_ms = opts.timeout_ms or self.timeout_ms
+  while true do
+    n = n + 1
+    local res, err, state = attempt(self, body, opts, timeout_ms)
+    if res then
+      res.attempts = n
+      return res
+    end
+    err.attempts = n
+    if n >= retry.attempts or not retryable(err, state) then
+      err.retryable = nil
+      return nil, err
+    end
+    local delay = provider.backoff_ms(retry, n, err.retry_after_ms)
+    if opts.on_retry then
+      opts.on_retry({ attempt = n, delay_ms = delay, error = err })
+    end
+    core.sleep(math.tointeger(delay) or math.floor(delay))
+  end
+end
+
+--- Sends a request body and returns the neutral response. Inside a task it
+--- suspends only that task; outside any task it drives the loop itself.
+--- Retries rate limits (429), server errors (500, 502, 503, 504, 529) and
+--- connections that failed before any byte of a reply, with exponential
+--- backoff and full jitter, honouring Retry-After; never once streamed text
+--- has reached `on_delta`.
+---@param body string from `body`
+---@param opts? {on_delta?:fun(text:string), on_retry?:fun(info:{attempt:integer, delay_ms:integer, error:table}), timeout_ms?:integer}
+---@return tide.provider.response|nil
+---@return table|nil err `{ code = "RateLimited"|"ProviderError"|"MalformedResponse"|"Timeout"|..., message, status?, body?, attempts }`
+function Base:complete(body, opts)
+  if type(body) ~= "string" then
+    error(("tide.provider.%s: complete: 'body' must be a string, got %s"):format(self.kind, type(body)), 2)
+  end
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then
+    error(("tide.provider.%s: complete: 'opts' must be a table, got %s"):format(self.kind, type(opts)), 2)
+  end
+  for k, want in pairs(complete_fields) do
+    local v = opts[k]
+    if v ~= nil then
+      local ok = want == "integer" and math.type(v) == "integer" and v > 0 or type(v) == want
+      if not ok then
+        error(("tide.provider.%s: complete: '%s' must be a %s%s, got %s"):format(self.kind, k,
+          want == "integer" and "positive " or "", want, type_name(v, want)), 2)
+      end
+    end
+  end
+  return require("tide")._blocking(complete, self, body, opts)
+end
+
+--- The stable identity of a prefix (for logs and cache checks): FNV-1a 64.
+---@param prefix string
+---@return string
+function Base:fingerprint(prefix)
+  return core.hash(prefix)
+end
+
+-- ------------------------------------------------------------ constructors
+
+--- An OpenAI-compatible chat-completions provider (OpenAI, Ollama, llama.cpp
+--- server, vLLM, OpenRouter...). Defaults: OPENAI_BASE_URL
+--- ("https://api.openai.com/v1"), OPENAI_API_KEY, TIDE_MODEL ("gpt-4o-mini").
+---@param opts? tide.provider.opts
+---@return tide.provider.Provider
+function provider.openai(opts)
+  local p, msg = require("tide.provider.openai").new(opts)
+  if not p then error(msg, 2) end
+  return p
+end
+
+--- An Anthropic Messages provider. Defaults: ANTHROPIC_BASE_URL
+--- ("https://api.anthropic.com/v1"), ANTHROPIC_API_KEY, TIDE_MODEL
+--- ("claude-sonnet-4-5"), max_tokens 4096.
+---@param opts? tide.provider.opts
+---@return tide.provider.Provider
+function provider.anthropic(opts)
+  local p, msg = require("tide.provider.anthropic").new(opts)
+  if not p then error(msg, 2) end
+  return p
+end
+
+--- True when `v` is a provider object made by this module.
+function provider.is(v)
+  local mt = getmetatable(v)
+  return type(mt) == "table" and type(mt.__index) == "table" and mt.__index.complete == Base.complete
+end
+
+return provider

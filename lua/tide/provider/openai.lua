@@ -1,0 +1,259 @@
+--- tide.provider.openai: the OpenAI chat-completions wire format, as spoken
+--- by OpenAI and the servers that copy it (Ollama, llama.cpp, vLLM,
+--- OpenRouter...).
+---
+--- Body layout. Canonical JSON would put "messages" first, which leaves no
+--- reusable prefix; the body is therefore laid out by hand in a fixed key order
+--- (model, stream, stream_options, temperature, max_tokens, tools, messages)
+--- with every value encoded canonically. Servers ignore key order; what
+--- matters is that the same inputs give the same bytes.
+local provider = require "tide.provider"
+local core = require "tide.core"
+local json = require "tide.json"
+
+local M = {}
+
+local Provider = setmetatable({}, { __index = provider.Base })
+Provider.__index = Provider
+Provider.__name = "tide.provider.openai"
+
+local canonical = json.canonical
+local fail = provider._fail
+
+function Provider:__tostring()
+  return ("tide.provider.openai(%s, %s)"):format(self.model, self.base_url)
+end
+
+--- Creates the provider object, or returns nil plus a misuse message.
+---@param opts? tide.provider.opts
+function M.new(opts)
+  local self, msg = provider._new("openai", opts, {
+    base_url = provider._env("OPENAI_BASE_URL") or "https://api.openai.com/v1",
+    api_key = provider._env("OPENAI_API_KEY"),
+    model = provider._env("TIDE_MODEL") or "gpt-4o-mini",
+  })
+  if not self then return nil, msg end
+  return setmetatable(self, Provider)
+end
+
+-- ---------------------------------------------------------------- encoding
+
+--- The request body up to the system message (or the `[` of the message
+--- array when there is no system prompt).
+---@param system string|nil the frozen system prompt
+---@param tools? {name:string, description?:string, parameters?:table}[]
+---@return string
+function Provider:encode_prefix(system, tools)
+  if system ~= nil and type(system) ~= "string" then
+    error(("tide.provider.openai: 'system' must be a string, got %s"):format(type(system)), 2)
+  end
+  local list = provider._tools("openai", tools, 2)
+  local parts = { '{"model":', canonical(self.model), ',"stream":', self.stream and "true" or "false" }
+  if self.stream then parts[#parts + 1] = ',"stream_options":{"include_usage":true}' end
+  if self.temperature ~= nil then parts[#parts + 1] = ',"temperature":' .. canonical(self.temperature) end
+  if self.max_tokens ~= nil then parts[#parts + 1] = ',"max_tokens":' .. canonical(self.max_tokens) end
+  if #list > 0 then
+    local encoded = {}
+    for i, t in ipairs(list) do
+      encoded[i] = canonical({ type = "function", ["function"] = t })
+    end
+    parts[#parts + 1] = ',"tools":[' .. table.concat(encoded, ",") .. "]"
+  end
+  parts[#parts + 1] = ',"messages":['
+  if system ~= nil and system ~= "" then
+    parts[#parts + 1] = canonical({ role = "system", content = system })
+  end
+  return table.concat(parts)
+end
+
+local function content_of(c)
+  if c == nil then return "" end
+  return c
+end
+
+--- One neutral message as JSON array element(s): a `tool` message becomes one
+--- `role = "tool"` element per result, comma-joined.
+---@param msg table a neutral message (see docs/internals.md)
+---@return string
+function Provider:encode_message(msg)
+  provider._check_message("openai", msg, 2)
+  local role = msg.role
+  if role == "tool" then
+    local out = {}
+    for i, r in ipairs(msg.results) do
+      out[i] = canonical({ role = "tool", tool_call_id = r.id, content = provider._result_text(r.content) })
+    end
+    return table.concat(out, ",")
+  end
+  if role == "assistant" then
+    local calls = msg.tool_calls
+    if calls and #calls > 0 then
+      local tc = {}
+      for i, c in ipairs(calls) do
+        local args = c.arguments
+        if type(args) == "table" then args = canonical(args) end
+        if type(args) ~= "string" then args = "{}" end
+        tc[i] = { id = c.id, type = "function", ["function"] = { name = c.name, arguments = args } }
+      end
+      local content = msg.content
+      if content == nil or content == "" then content = json.null end
+      return canonical({ role = "assistant", content = content, tool_calls = tc })
+    end
+    return canonical({ role = "assistant", content = content_of(msg.content) })
+  end
+  return canonical({ role = role, content = content_of(msg.content) })
+end
+
+-- ------------------------------------------------------------------- wire
+
+function Provider:_url()
+  return self.base_url .. "/chat/completions"
+end
+
+function Provider:_headers()
+  local h = { ["content-type"] = "application/json" }
+  if self.stream then h["accept"] = "text/event-stream" end
+  if self.api_key then h["authorization"] = "Bearer " .. self.api_key end
+  for k, v in pairs(self.headers) do h[k] = v end
+  return h
+end
+
+local function usage_of(u)
+  if type(u) ~= "table" then return nil end
+  local details = type(u.prompt_tokens_details) == "table" and u.prompt_tokens_details or {}
+  return {
+    input = provider._count(u.prompt_tokens),
+    output = provider._count(u.completion_tokens),
+    cached = provider._count(details.cached_tokens),
+  }
+end
+
+-- An error object inside a 200 body or stream event (OpenRouter and some
+-- proxies report upstream failures this way).
+local function embedded_error(obj, body)
+  local e = obj.error
+  local msg = type(e) == "table" and e.message or e
+  local code = type(e) == "table" and tonumber(e.code) or nil
+  return fail(code == 429 and "RateLimited" or "ProviderError",
+    "openai returned an error: " .. provider._excerpt(tostring(msg), 512),
+    { status = code, body = body and provider._excerpt(body) })
+end
+
+--- Parses a complete (non-streamed) response body.
+function Provider:_parse(obj)
+  if obj.error ~= nil and obj.error ~= json.null then return nil, embedded_error(obj) end
+  local choice = type(obj.choices) == "table" and obj.choices[1]
+  if type(choice) ~= "table" or type(choice.message) ~= "table" then
+    return nil, fail("MalformedResponse", "openai response has no choices[1].message")
+  end
+  local m = choice.message
+  local calls = {}
+  if type(m.tool_calls) == "table" then
+    for i, c in ipairs(m.tool_calls) do
+      local f = type(c) == "table" and c["function"]
+      if type(f) ~= "table" then
+        return nil, fail("MalformedResponse", ("openai tool_calls[%d] has no function"):format(i))
+      end
+      local args = f.arguments
+      if type(args) == "table" then args = canonical(args) end -- some servers send an object
+      calls[i] = { id = c.id, name = f.name, arguments = type(args) == "string" and args or nil }
+    end
+  end
+  local raw = type(choice.finish_reason) == "string" and choice.finish_reason or nil
+  return {
+    text = type(m.content) == "string" and m.content or "",
+    tool_calls = calls,
+    usage = usage_of(obj.usage),
+    stop = provider._stop(raw),
+    stop_raw = raw,
+  }
+end
+
+-- ------------------------------------------------------------- streaming
+
+local Stream = {}
+Stream.__index = Stream
+
+function Stream:__close()
+  self.calls:close()
+end
+
+--- Handles one SSE event; returns an error to abandon the stream.
+function Stream:event(ev)
+  if ev.done then
+    self.done = true
+    return nil
+  end
+  if self.done then return nil end -- nothing counts after [DONE]
+  local obj, err = json.decode(ev.data)
+  if obj == nil then
+    return fail("MalformedResponse", "openai stream event is not valid JSON (" .. err.message .. ")",
+      { body = provider._excerpt(ev.data) })
+  end
+  if type(obj) ~= "table" then
+    return fail("MalformedResponse", "openai stream event is not a JSON object",
+      { body = provider._excerpt(ev.data) })
+  end
+  if obj.error ~= nil and obj.error ~= json.null then return embedded_error(obj, ev.data) end
+  local u = usage_of(obj.usage)
+  if u then self.usage = u end
+  local choices = obj.choices
+  local choice = type(choices) == "table" and choices[1]
+  if type(choice) ~= "table" then return nil end
+  local delta = choice.delta
+  if type(delta) == "table" then
+    if type(delta.content) == "string" and delta.content ~= "" then
+      self.text[#self.text + 1] = delta.content
+      self.emit(delta.content)
+    end
+    if type(delta.tool_calls) == "table" then
+      for i, tc in ipairs(delta.tool_calls) do
+        if type(tc) ~= "table" then
+          return fail("MalformedResponse", "openai stream tool-call delta is not an object")
+        end
+        local index = math.tointeger(tc.index) or (i - 1)
+        if index < 0 then return fail("MalformedResponse", "openai stream tool-call index is negative") end
+        local f = type(tc["function"]) == "table" and tc["function"] or {}
+        local args = f.arguments
+        if type(args) == "table" then args = canonical(args) end
+        local ok, aerr = self.calls:add(index,
+          type(tc.id) == "string" and tc.id or nil,
+          type(f.name) == "string" and f.name or nil,
+          type(args) == "string" and args or nil)
+        if not ok then return aerr end
+      end
+    end
+  end
+  if type(choice.finish_reason) == "string" then self.finish_reason = choice.finish_reason end
+  return nil
+end
+
+--- The response once the HTTP stream ended. Whether it ended on an event
+--- boundary does not matter once [DONE] was seen.
+function Stream:finish()
+  if not self.done then
+    return nil, fail("MalformedResponse",
+      self.finish_reason and "openai stream ended without [DONE]"
+        or "openai stream ended before its finish_reason and [DONE]",
+      { partial_text = table.concat(self.text) })
+  end
+  local calls, err = self.calls:result()
+  if not calls then return nil, err end
+  return {
+    text = table.concat(self.text),
+    tool_calls = calls,
+    usage = self.usage,
+    stop = provider._stop(self.finish_reason),
+    stop_raw = self.finish_reason,
+  }
+end
+
+--- A parser for one streamed response; `emit(text)` receives text deltas.
+function Provider:_stream(emit)
+  return setmetatable({
+    emit = emit, text = {}, done = false,
+    calls = core.tool_call_assembler(self.max_body_bytes),
+  }, Stream)
+end
+
+return M
