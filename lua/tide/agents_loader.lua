@@ -1,0 +1,216 @@
+--- tide.agents_loader: agent definition files, loaded and watched.
+---
+--- An agent file is a Lua chunk that returns one definition table; it runs in
+--- an environment of its own (globals read through to `_G`, plus `tide`).
+--- `tide.agents.load` and `tide.agents.watch` delegate here, passing the
+--- registry's `define(def)`, which raises on a bad definition.
+---
+--- Failures never stop the others: a syntax error, a runtime error or a bad
+--- definition becomes an `AgentFileError` naming the file and line, and a
+--- file that fails on reload leaves its previous definition in force.
+---@class tide.agents_loader
+local loader = {}
+
+local core = require "tide.core"
+
+local function read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- Lua prefixes messages with a chunk id that it shortens to about 60
+-- characters ("...end/of/path.lua:3: msg"): a position belongs to `path`
+-- when the id, without its "...", is the end of the path.
+local function split_position(path, msg)
+  local id, line, rest = msg:match("^(.-):(%d+): (.*)$")
+  if not id then return nil, msg end
+  local tail = id:gsub("^%.%.%.", "")
+  if tail ~= "" and path:sub(-#tail) == tail then return tonumber(line), rest end
+  return nil, msg
+end
+
+-- The line of the file's last top-level `return`: where the definition that
+-- `define` rejected was written.
+local function return_line(path)
+  local source = read(path)
+  if not source then return nil end
+  local n, found = 0, nil
+  for line in (source .. "\n"):gmatch("(.-)\r?\n") do
+    n = n + 1
+    if line:match("^return%f[^%w_]") then found = n end
+  end
+  return found
+end
+
+local function file_error(path, line, message)
+  local where = line and ("%s:%d"):format(path, line) or path
+  return core.error("AgentFileError", ("%s: %s"):format(where, message),
+    { file = path, line = line })
+end
+
+local function message_of(e)
+  if type(e) == "table" and e.message then return tostring(e.message) end
+  return tostring(e)
+end
+
+--- Runs one agent file and registers what it returns.
+--- Returns the agent id, or nil and an AgentFileError.
+---@param path string
+---@param define fun(def:table):table
+---@return string|nil id
+---@return table? err
+function loader.load_file(path, define)
+  local env = setmetatable({ tide = require "tide" }, { __index = _G })
+  local chunk, err = loadfile(path, "t", env)
+  if not chunk then
+    local line, msg = split_position(path, err)
+    return nil, file_error(path, line, msg)
+  end
+  -- The handler runs before the stack unwinds: the innermost frame of this
+  -- file is where the error happened, even when it was raised elsewhere (a
+  -- bad argument to tide.tool, say).
+  local source = "@" .. path
+  local at
+  local ok, def = xpcall(chunk, function(e)
+    for level = 2, math.huge do
+      local info = debug.getinfo(level, "Sl")
+      if not info then break end
+      if info.source == source and info.currentline > 0 then
+        at = info.currentline
+        break
+      end
+    end
+    return e
+  end)
+  if not ok then
+    local m = message_of(def)
+    local line, msg = split_position(path, m)
+    return nil, file_error(path, at or line, line and msg or m)
+  end
+  if type(def) ~= "table" then
+    return nil, file_error(path, return_line(path),
+      ("must return an agent definition table (got %s)"):format(type(def)))
+  end
+  local okd, res = pcall(define, def)
+  if not okd then
+    local line, msg = split_position(path, message_of(res))
+    return nil, file_error(path, line or return_line(path), msg)
+  end
+  local id = (type(res) == "table" and res.id) or def.id
+  return id
+end
+
+local function agent_files(dir)
+  local names, err = core.scandir(dir)
+  if not names then return nil, err end
+  local files = {}
+  for _, n in ipairs(names) do
+    if n:match("%.lua$") and not n:match("^%.") then files[#files + 1] = n end
+  end
+  table.sort(files)
+  return files
+end
+
+local function check_args(fn, dir, define, level)
+  if type(dir) ~= "string" then
+    error(("bad argument #1 to '%s' (string expected, got %s)"):format(fn, type(dir)), level)
+  end
+  if type(define) ~= "function" then
+    error(("bad argument to '%s' (define must be a function, got %s)"):format(fn, type(define)), level)
+  end
+end
+
+--- Loads every `dir/*.lua` (sorted by name; dot-files skipped) and passes
+--- each returned definition to `define`. Returns the ids defined, in file
+--- order, and the AgentFileErrors of the files that failed. A directory that
+--- cannot be read raises.
+---@param dir string
+---@param define fun(def:table):table
+---@return string[] ids
+---@return table[] errs
+function loader.load(dir, define)
+  check_args("load", dir, define, 3)
+  dir = dir:gsub("(.)/+$", "%1")
+  local files, err = agent_files(dir)
+  if not files then error(("agents.load: %s"):format(err.message), 3) end
+  local ids, errs = {}, {}
+  for _, n in ipairs(files) do
+    local id, ferr = loader.load_file(dir .. "/" .. n, define)
+    if id then ids[#ids + 1] = id else errs[#errs + 1] = ferr end
+  end
+  return ids, errs
+end
+
+local function call_back(what, fn, ...)
+  local ok, err = xpcall(fn, debug.traceback, ...)
+  if not ok then io.stderr:write(("tide: error in agents %s: %s\n"):format(what, tostring(err))) end
+end
+
+local function report(opts, err)
+  if opts.on_error then return call_back("on_error", opts.on_error, err) end
+  io.stderr:write(("tide: agent file not loaded: %s\n"):format(err.message))
+end
+
+--- Loads `dir` as `load` does, then watches it: a changed `*.lua` is run and
+--- registered again (`opts.on_change(id)`); a failing one keeps its previous
+--- definition and is reported to `opts.on_error(err)` (an AgentFileError with
+--- `file` and `line`; printed to stderr without on_error), as are the
+--- failures of the first load. An unchanged file is not run again; a deleted
+--- file leaves its definition registered. Events arrive while the loop runs.
+--- Returns a handle `{ dir, ids, errors, close }` (ids and errors of the
+--- first load), or nil, err when the directory cannot be watched.
+---@param dir string
+---@param opts? {on_error?:fun(err:table), on_change?:fun(id:string), debounce_ms?:integer}
+---@param define fun(def:table):table
+---@return table|nil handle
+---@return table? err
+function loader.watch(dir, opts, define)
+  check_args("watch", dir, define, 3)
+  opts = opts or {}
+  if type(opts) ~= "table" then
+    error(("bad argument #2 to 'watch' (table expected, got %s)"):format(type(opts)), 2)
+  end
+  dir = dir:gsub("(.)/+$", "%1")
+  local files, err = agent_files(dir)
+  if not files then error(("agents.watch: %s"):format(err.message), 3) end
+  local loaded = {} -- path -> the source last registered
+  local ids, errs = {}, {}
+  for _, n in ipairs(files) do
+    local path = dir .. "/" .. n
+    local source = read(path)
+    local id, ferr = loader.load_file(path, define)
+    if id then
+      ids[#ids + 1] = id
+      loaded[path] = source
+    else
+      errs[#errs + 1] = ferr
+      report(opts, ferr)
+    end
+  end
+  local w, werr = core.watch(dir, function(names)
+    for _, n in ipairs(names) do
+      if n:match("%.lua$") and not n:match("^%.") then
+        local path = dir .. "/" .. n
+        local source = read(path)
+        if source and source ~= loaded[path] then
+          local id, ferr = loader.load_file(path, define)
+          if id then
+            loaded[path] = source
+            if opts.on_change then call_back("on_change", opts.on_change, id) end
+          else
+            report(opts, ferr)
+          end
+        end
+      end
+    end
+  end, opts.debounce_ms)
+  if not w then return nil, werr end
+  local handle = { dir = dir, ids = ids, errors = errs }
+  function handle.close() w:close() end
+  return setmetatable(handle, { __close = handle.close })
+end
+
+return loader
