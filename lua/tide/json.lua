@@ -27,6 +27,23 @@ json.array_mt = array_mt
 ---@return table
 function json.array(t) return setmetatable(t or {}, array_mt) end
 
+local tointeger, floor = math.tointeger, math.floor
+
+-- lua-cjson 2.1.0 decodes every number as a float; JSON has no such
+-- distinction, and tool handlers expect `{"n": 3}` to give the integer 3.
+local function integers(t, depth)
+  if depth > 200 then return t end
+  for k, x in pairs(t) do
+    local tx = type(x)
+    if tx == "number" then
+      if x == floor(x) and x > -2^53 and x < 2^53 then t[k] = tointeger(x) end
+    elseif tx == "table" then
+      integers(x, depth + 1)
+    end
+  end
+  return t
+end
+
 --- Decodes `text`; returns `value` or `nil, err` (code `MalformedResponse`).
 ---@param text string
 ---@return any|nil value
@@ -39,7 +56,8 @@ function json.decode(text)
   if not ok then
     return nil, core.error("MalformedResponse", "invalid JSON: " .. tostring(v):gsub("^.-: ", ""))
   end
-  return v
+  if type(v) == "table" then return integers(v, 0) end
+  return tointeger(v) or v
 end
 
 --- Encodes with lua-cjson (key order not guaranteed).

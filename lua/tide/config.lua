@@ -1,0 +1,87 @@
+--- tide.config: a runtime configuration snapshot.
+---
+--- A session captures the config it is built with and never loads it again:
+--- nothing on the turn path touches the file system for configuration.
+---@class tide.config
+local M = {}
+
+local json = require "tide.json"
+local core = require "tide.core"
+
+local cfg_mt = { __name = "tide.config" }
+cfg_mt.__index = cfg_mt
+
+local loads = 0
+
+local function deep_copy(v, seen)
+  if type(v) ~= "table" then return v end
+  seen = seen or {}
+  if seen[v] then return seen[v] end
+  local out = {}
+  seen[v] = out
+  for k, x in pairs(v) do out[deep_copy(k, seen)] = deep_copy(x, seen) end
+  return setmetatable(out, getmetatable(v))
+end
+
+local function load_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, core.error("ConfigError", "cannot open config: " .. tostring(err), { file = path }) end
+  local text = f:read("a")
+  f:close()
+  if path:match("%.json$") then
+    local v, e = json.decode(text)
+    if v == nil or type(v) ~= "table" then
+      return nil, core.error("ConfigError", path .. ": " .. (e and e.message or "not a JSON object"), { file = path })
+    end
+    return v
+  end
+  local chunk, e = load(text, "@" .. path, "t", {})
+  if not chunk then return nil, core.error("ConfigError", e, { file = path }) end
+  local ok, v = pcall(chunk)
+  if not ok then return nil, core.error("ConfigError", tostring(v), { file = path }) end
+  if type(v) ~= "table" then
+    return nil, core.error("ConfigError", path .. ": a config file must return a table", { file = path })
+  end
+  return v
+end
+
+--- Builds a config snapshot from a table (copied) or a `.lua` / `.json` file.
+--- A file that cannot be read or parsed returns nil, err (code ConfigError).
+---@param src table|string
+---@return tide.config|nil
+---@return table|nil err
+function M.new(src)
+  local values, err
+  if type(src) == "table" then
+    if getmetatable(src) == cfg_mt then return src end
+    values = deep_copy(src)
+  elseif type(src) == "string" then
+    values, err = load_file(src)
+    if not values then return nil, err end
+  else
+    error(("bad argument #1 to 'config' (table or file path expected, got %s)"):format(type(src)), 2)
+  end
+  loads = loads + 1
+  return setmetatable({ values = values, source = type(src) == "string" and src or "table" }, cfg_mt)
+end
+
+--- Reads a value by dotted path ("provider.model"), or `default`.
+---@param path string
+---@param default any
+function cfg_mt:get(path, default)
+  local v = self.values
+  for part in path:gmatch("[^%.]+") do
+    if type(v) ~= "table" then return default end
+    v = v[part]
+  end
+  if v == nil then return default end
+  return v
+end
+
+--- True when `v` is a config snapshot.
+function M.is(v) return getmetatable(v) == cfg_mt end
+
+--- How many configs this Lua state has loaded (tables and files).
+function M.loads() return loads end
+
+return M

@@ -1,0 +1,1107 @@
+--- tide.session: a conversation with one agent.
+---
+--- Build is the hot path that the design revolves around: a session built
+--- while the shared integration cache is warm takes the cached snapshot,
+--- synthesises its delegation tools against it and is *initialized*, so its
+--- first turn goes straight to the provider. A cold session fetches (through
+--- the cache) at turn 1 instead. The system prompt is rendered once, at the
+--- first turn, and frozen; the request prefix (system prompt + tool schemas) is
+--- encoded once and reused byte for byte.
+---
+--- Sessions built from the same agent definition and the same integration
+--- snapshot share one *surface* (tool list, schemas, rendered prompt, encoded
+--- prefix): ten thousand sessions hold one copy, not ten thousand.
+---@class tide.session
+local M = {}
+
+local core = require "tide.core"
+local json = require "tide.json"
+local tool = require "tide.tool"
+local agents = require "tide.agents"
+local config = require "tide.config"
+local transcript = require "tide.transcript"
+local tool_protocol = require "tide.tool_protocol"
+
+local session_mt = { __name = "tide.session" }
+session_mt.__index = session_mt
+
+local DEFAULTS = {
+  max_iterations = 10,
+  subagent_max_iterations = 8,
+  tool_timeout_ms = 120000,
+  result_cap_bytes = 16 * 1024,
+}
+
+local hrtime = core.hrtime
+local function ms_since(t0) return (hrtime() - t0) / 1e6 end
+
+local function fail(code, msg, fields) return nil, core.error(code, msg, fields) end
+
+-- ------------------------------------------------------------ surfaces --
+
+-- surface cache: def -> generation -> snapshot (or false) -> surface.
+-- Weak keys: a surface lives as long as its definition and snapshot do.
+local surfaces = setmetatable({}, { __mode = "k" })
+
+local function sanitize(slug)
+  return (slug:lower():gsub("[^a-z0-9_]", "_"))
+end
+M.sanitize = sanitize
+
+local function tool_list_names(list)
+  local names = {}
+  for i, t in ipairs(list) do names[i] = t.name end
+  return table.concat(names, ", ")
+end
+
+local delegate_params = {
+  type = "object",
+  properties = {
+    task = { type = "string", description = "What the sub-agent should do, with all the context it needs." },
+  },
+  required = json.array { "task" },
+}
+
+-- Per-snapshot toolkit delegation tools, shared by every session on it.
+local toolkit_delegates = setmetatable({}, { __mode = "k" })
+
+local run_subagent -- defined below
+
+local function toolkit_delegate_tools(snapshot)
+  local cached = toolkit_delegates[snapshot]
+  if cached then return cached end
+  local list = {}
+  for _, tk in ipairs(snapshot.toolkits) do
+    if tk.connected then
+      local slug = tk.slug
+      list[#list + 1] = tool.new {
+        name = "delegate_" .. sanitize(slug),
+        description = ("Delegate a task to the %s integration agent, which can use %s directly. %s")
+          :format(slug, slug, tk.description or ""),
+        parameters = delegate_params,
+        handler = function(args, ctx)
+          return run_subagent(ctx.session, "integrations_agent", args, { toolkit = slug })
+        end,
+      }
+      list[#list].toolkit = slug
+    end
+  end
+  toolkit_delegates[snapshot] = list
+  return list
+end
+
+local named_delegate_cache = setmetatable({}, { __mode = "k" })
+
+local function named_delegate(id, subdef)
+  local by_gen = named_delegate_cache[subdef]
+  if by_gen then return by_gen end
+  local t = tool.new {
+    name = subdef.delegate_name or ("delegate_" .. sanitize(id)),
+    description = subdef.when_to_use or ("Delegate a task to the " .. id .. " agent."),
+    parameters = delegate_params,
+    handler = function(args, ctx) return run_subagent(ctx.session, id, args) end,
+  }
+  t.subagent = id
+  named_delegate_cache[subdef] = t
+  return t
+end
+
+--- Builds the tool surface of `def` against `snapshot` (nil: no toolkits).
+--- `base` is the list of direct tools. Returns the surface; `warnings` lists
+--- unknown sub-agent ids.
+local function build_surface(def, base, snapshot)
+  local list, map, synthesized, warnings = {}, {}, {}, nil
+  for _, t in ipairs(base) do
+    if not map[t.name] then
+      list[#list + 1] = t
+      map[t.name] = t
+    end
+  end
+  local function insert(t)
+    -- A synthesised name that collides with an existing tool is dropped, and
+    -- only names actually inserted are recorded, so a refresh never removes
+    -- a direct tool.
+    if map[t.name] then return end
+    list[#list + 1] = t
+    map[t.name] = t
+    synthesized[t.name] = true
+  end
+  for _, entry in ipairs(def.subagents or {}) do
+    if type(entry) == "table" and entry.toolkits == "*" then
+      if snapshot then
+        for _, t in ipairs(toolkit_delegate_tools(snapshot)) do insert(t) end
+      end
+    else
+      local id = type(entry) == "string" and entry or entry.id
+      local subdef = agents.get(id)
+      if subdef then
+        insert(named_delegate(id, subdef))
+      else
+        warnings = warnings or {}
+        warnings[#warnings + 1] = ("unknown sub-agent '%s' skipped"):format(id)
+      end
+    end
+  end
+  local specs = {}
+  for i, t in ipairs(list) do specs[i] = tool.spec(t) end
+  return {
+    tools = list, map = map, synthesized = synthesized, specs = specs,
+    warnings = warnings, snapshot = snapshot, prefixes = {},
+  }
+end
+
+local function shared_surface(def, base, snapshot)
+  local gen = agents.generation()
+  local by_def = surfaces[def]
+  if not by_def then
+    by_def = setmetatable({}, { __mode = "k" })
+    surfaces[def] = by_def
+  end
+  local key = snapshot or by_def
+  local entry = by_def[key]
+  if entry and entry.gen == gen then return entry.surface end
+  local s = build_surface(def, base, snapshot)
+  by_def[key] = { gen = gen, surface = s }
+  return s
+end
+
+-- ---------------------------------------------------------------- build --
+
+local function direct_tools(def, parent_tools)
+  local out = {}
+  local spec = def.tools
+  if spec == "*" then
+    for _, t in ipairs(parent_tools or {}) do out[#out + 1] = t end
+  elseif spec then
+    for _, t in ipairs(spec) do
+      if type(t) == "string" then
+        for _, pt in ipairs(parent_tools or {}) do
+          if pt.name == t then out[#out + 1] = pt break end
+        end
+      else
+        out[#out + 1] = t
+      end
+    end
+  end
+  if def.disallowed_tools then
+    local drop = {}
+    for _, n in ipairs(def.disallowed_tools) do drop[n] = true end
+    local kept = {}
+    for _, t in ipairs(out) do if not drop[t.name] then kept[#kept + 1] = t end end
+    out = kept
+  end
+  for _, t in ipairs(def.extra_tools or {}) do out[#out + 1] = t end
+  return out
+end
+
+local function new_stats()
+  return {
+    provider_calls = 0, tool_calls = 0, turns = 0, iterations = 0,
+    tokens = { input = 0, output = 0, cached = 0 },
+    integration_fetches = 0, config_loads = 0, delegation_rebuilds = 0,
+    cache_hits = 0, cache_misses = 0,
+    prewarmed = false, integrations = "none",
+    spawn_depth_max = 0, prompt_bytes_encoded = 0, prompt_bytes_reencoded = 0,
+    ttfb_ms = nil, first_ttfb_ms = nil,
+  }
+end
+
+local function integrations_cache()
+  return require("tide.integrations.cache")
+end
+
+local function check_opts(opts)
+  if type(opts) ~= "table" then
+    error(("bad argument #1 to 'session' (table expected, got %s)"):format(type(opts)), 3)
+  end
+  local a = opts.agent
+  if type(a) ~= "string" and type(a) ~= "table" then
+    error("tide.session: 'agent' must be an agent id or definition", 3)
+  end
+  if type(opts.provider) ~= "table" or type(opts.provider.complete) ~= "function" then
+    error("tide.session: 'provider' must be a provider (tide.provider.openai{...} or anthropic{...})", 3)
+  end
+  local src = opts.integrations
+  if src ~= nil and (type(src) ~= "table" or type(src.identity) ~= "function" or type(src.fetch) ~= "function") then
+    error("tide.session: 'integrations' must be an integration source (identity() and fetch())", 3)
+  end
+  for _, f in ipairs { "transcript", "resume" } do
+    if opts[f] ~= nil and type(opts[f]) ~= "string" then error(("tide.session: '%s' must be a file path"):format(f), 3) end
+  end
+  for _, f in ipairs { "max_iterations", "tool_timeout_ms", "result_cap_bytes" } do
+    local v = opts[f]
+    if v ~= nil and (math.type(v) ~= "integer" or v <= 0) then
+      error(("tide.session: '%s' must be a positive integer"):format(f), 3)
+    end
+  end
+end
+
+--- Creates a session.
+---@param opts {agent:string|tide.agent.definition, provider:table, integrations?:table, config?:table|string, transcript?:string, resume?:string, max_iterations?:integer, tool_timeout_ms?:integer, result_cap_bytes?:integer, tools?:tide.tool[], budget?:{provider_calls?:integer, tokens?:integer, tool_calls?:integer, wall_ms?:integer}}
+---@return tide.session
+function M.new(opts)
+  check_opts(opts)
+  local t0 = hrtime()
+  local def = opts.agent
+  if type(def) == "string" then
+    def = agents.get(def)
+    if not def then
+      error(core.error("UnknownAgent", ("no agent registered with id '%s'"):format(opts.agent)), 2)
+    end
+  end
+  local stats = new_stats()
+  -- Config: captured once; a file is loaded here and never on the turn path.
+  local cfg = opts.config
+  if cfg ~= nil and not config.is(cfg) then
+    local c, err = config.new(cfg)
+    if not c then error(err, 2) end
+    cfg = c
+    stats.config_loads = stats.config_loads + 1
+  end
+  local cfg_get = cfg and function(k, d) return cfg:get(k, d) end or function(_, d) return d end
+
+  local self = setmetatable({
+    def = def,
+    provider = opts.provider,
+    src = opts.integrations,
+    config = cfg,
+    counters = stats,
+    messages = {},   -- neutral messages after the system prompt
+    encoded = {},    -- their encodings, index-aligned with messages
+    parent = opts._parent,
+    toolkit = opts._toolkit,
+    agent_path = opts._agent_path or def.id,
+    max_iterations = opts.max_iterations or def.max_iterations
+      or (opts._parent and DEFAULTS.subagent_max_iterations)
+      or cfg_get("max_iterations", DEFAULTS.max_iterations),
+    tool_timeout_ms = opts.tool_timeout_ms or cfg_get("tool_timeout_ms", DEFAULTS.tool_timeout_ms),
+    result_cap = opts.result_cap_bytes or cfg_get("result_cap_bytes", DEFAULTS.result_cap_bytes),
+    budget_limits = opts.budget,
+    trace = {},
+  }, session_mt)
+
+  local base = direct_tools(def, opts._parent_tools)
+  if opts.tools then
+    for _, t in ipairs(opts.tools) do
+      if not tool.is(t) then error("tide.session: 'tools' must be a list of tide.tool", 2) end
+      base[#base + 1] = t
+    end
+  end
+  self.base_tools = base
+  local custom = opts.tools ~= nil or opts._parent_tools ~= nil and (def.tools == "*" or type(def.tools) == "table")
+
+  -- Prewarm: a warm shared cache gives the session its integrations now.
+  local snapshot
+  if self.src then
+    snapshot = integrations_cache().peek(self.src)
+    if snapshot then
+      stats.cache_hits = stats.cache_hits + 1
+      stats.prewarmed = true
+      stats.integrations = "authoritative"
+      self.initialized = true
+      self.integration_hash = snapshot.hash
+    else
+      stats.cache_misses = stats.cache_misses + 1
+      self.initialized = false
+    end
+  else
+    self.initialized = true
+  end
+  if self.toolkit then snapshot = opts._snapshot or snapshot end
+  self.snapshot = snapshot
+  self.surface = custom and build_surface(def, base, snapshot) or shared_surface(def, base, snapshot)
+  if self.surface.warnings then
+    for _, w in ipairs(self.surface.warnings) do
+      io.stderr:write("tide: agent '", def.id, "': ", w, "\n")
+    end
+  end
+  self.custom_surface = custom
+
+  if opts.resume then
+    local ok, err = self:_resume(opts.resume)
+    if not ok then error(err, 2) end
+  elseif opts.transcript then
+    local w, err = transcript.open(opts.transcript, self:_meta())
+    if not w then error(err, 2) end
+    self.writer = w
+  end
+  stats.build_ms = ms_since(t0)
+  return self
+end
+
+function session_mt:_meta()
+  return {
+    type = "meta", version = 1, agent = self.def.id, agent_path = self.agent_path,
+    provider = self.provider.kind, model = self.provider.model,
+    created = os.date("!%Y-%m-%dT%H:%M:%SZ"),
+  }
+end
+
+function session_mt:_resume(path)
+  local meta, messages, info = transcript.load(path)
+  if not meta then return nil, messages end
+  local sys
+  for _, m in ipairs(messages) do
+    if m.role == "system" and not sys then
+      sys = m.content
+    elseif m.role ~= "system" and m.type == nil then
+      self.messages[#self.messages + 1] = m
+    end
+  end
+  if sys then
+    -- The resumed session keeps the prompt it froze, byte for byte.
+    self.system = sys
+    self.prompt_version = meta.prompt_version
+  end
+  self.resumed = { torn = info.torn, messages = #self.messages }
+  local w, err = transcript.open(path, self:_meta(), info)
+  if not w then return nil, err end
+  self.writer = w
+  return true
+end
+
+-- ------------------------------------------------------------ the turn --
+
+local function record(self, ...)
+  if self.writer then
+    local ok, err = self.writer:append(...)
+    if not ok then io.stderr:write("tide: transcript write failed: ", tostring(err), "\n") end
+  end
+end
+
+--- Refreshes the delegation surface against `snapshot` (a tool-surface
+--- change: the frozen system prompt stays as it is).
+function session_mt:_set_snapshot(snapshot)
+  self.snapshot = snapshot
+  self.integration_hash = snapshot and snapshot.hash
+  self.surface = self.custom_surface and build_surface(self.def, self.base_tools, snapshot)
+    or shared_surface(self.def, self.base_tools, snapshot)
+  self.counters.delegation_rebuilds = self.counters.delegation_rebuilds + 1
+  if self.prefix then self.prefix = nil; self.prefix_reencode = true end
+end
+
+-- Cold path: fetch through the shared cache (concurrent cold sessions on one
+-- key share one fetch); an unavailable source leaves the session with no
+-- toolkits, which is reported in stats, not raised.
+function session_mt:_ensure_integrations(trace)
+  local t0 = hrtime()
+  local snap, err = integrations_cache().get(self.src)
+  self.counters.integration_fetches = self.counters.integration_fetches + 1
+  self.initialized = true
+  if snap then
+    self.counters.integrations = "authoritative"
+    self:_set_snapshot(snap)
+    trace[#trace + 1] = { step = "integrations_fetch", ms = ms_since(t0), hash = snap.hash }
+  else
+    self.counters.integrations = "unavailable"
+    self.integrations_error = err
+    trace[#trace + 1] = { step = "integrations_unavailable", ms = ms_since(t0), error = tostring(err) }
+  end
+end
+
+local function render_data(self)
+  local data = {
+    agent = { id = self.def.id, display_name = self.def.display_name or self.def.id,
+      when_to_use = self.def.when_to_use or "" },
+    toolkits = {}, tools = {}, subagents = {}, has_toolkits = false,
+  }
+  local delegates = {}
+  for _, t in ipairs(self.surface.tools) do
+    data.tools[#data.tools + 1] = { name = t.name, description = t.description }
+    if t.toolkit then delegates[t.toolkit] = t.name end
+    if t.subagent then
+      local sd = agents.get(t.subagent)
+      data.subagents[#data.subagents + 1] = { id = t.subagent, tool = t.name,
+        when_to_use = sd and sd.when_to_use or "" }
+    end
+  end
+  local own
+  if self.snapshot then
+    for _, tk in ipairs(self.snapshot.toolkits) do
+      if tk.connected then
+        local entry = {
+          slug = tk.slug, description = tk.description or "", delegate = delegates[tk.slug] or "",
+          tools = {}, gated_tools = {}, has_gated = #(tk.gated_tools or {}) > 0,
+        }
+        for _, a in ipairs(tk.tools or {}) do
+          entry.tools[#entry.tools + 1] = { name = a.name, description = a.description or "" }
+        end
+        for _, g in ipairs(tk.gated_tools or {}) do
+          entry.gated_tools[#entry.gated_tools + 1] = { name = g.name, description = g.description or "",
+            reason = g.reason or "not available" }
+        end
+        data.toolkits[#data.toolkits + 1] = entry
+        if tk.slug == self.toolkit then own = entry end
+      end
+    end
+  end
+  data.has_toolkits = #data.toolkits > 0
+  data.toolkit = own
+  return data
+end
+
+-- Renders and freezes the system prompt (turn 1 only). Sessions sharing a
+-- surface share the rendered text too.
+function session_mt:_freeze(trace)
+  local t0 = hrtime()
+  local surface = self.surface
+  local prompts = require "tide.prompts"
+  local text, version
+  local okr, resolved = pcall(prompts.resolve, self.def.prompt)
+  if not okr then
+    return nil, core.error("UnknownPrompt", tostring(resolved):gsub("^.-:%d+: ", ""), { prompt = self.def.prompt })
+  end
+  local current = resolved.version
+  if surface.system and surface.system_version == current and not self.toolkit and not self.parent then
+    text, version = surface.system, surface.system_version
+  else
+    text, version = prompts.render(self.def.prompt, render_data(self))
+    if not text then return nil, version end
+    if self.parent then
+      local contract, cerr = prompts.render("subagent_contract", render_data(self))
+      if not contract then return nil, cerr end
+      -- appended once: a prompt that already ends with the contract keeps it
+      if text:sub(-#contract) ~= contract then text = text .. "\n\n" .. contract end
+    elseif not self.toolkit then
+      surface.system, surface.system_version = text, version
+    end
+  end
+  self.system = text
+  self.prompt_version = version
+  record(self, { role = "system", content = text, prompt_version = version })
+  trace[#trace + 1] = { step = "prompt_frozen", ms = ms_since(t0), bytes = #text }
+  return true
+end
+
+-- The encoded prefix: shared by sessions with the same surface, provider and
+-- system text.
+function session_mt:_prefix()
+  local p = self.prefix
+  if p then return p end
+  local surface, provider = self.surface, self.provider
+  local by_provider = surface.prefixes[provider]
+  if not by_provider then
+    by_provider = {}
+    surface.prefixes[provider] = by_provider
+  end
+  p = by_provider[self.system]
+  if not p then
+    p = provider:encode_prefix(self.system, surface.specs)
+    by_provider[self.system] = p
+    if self.prefix_reencode then
+      self.counters.prompt_bytes_reencoded = self.counters.prompt_bytes_reencoded + #p
+    else
+      self.counters.prompt_bytes_encoded = self.counters.prompt_bytes_encoded + #p
+    end
+  end
+  self.prefix_reencode = nil
+  self.prefix = p
+  return p
+end
+
+function session_mt:_push(msg)
+  local enc = self.provider:encode_message(msg)
+  self.counters.prompt_bytes_encoded = self.counters.prompt_bytes_encoded + #enc
+  local n = #self.messages + 1
+  self.messages[n] = msg
+  self.encoded[n] = enc
+end
+
+function session_mt:_encoded_history()
+  -- Messages restored from a transcript are encoded on first use, once.
+  local msgs, enc = self.messages, self.encoded
+  for i = #enc + 1, #msgs do
+    enc[i] = self.provider:encode_message(msgs[i])
+    self.counters.prompt_bytes_encoded = self.counters.prompt_bytes_encoded + #enc[i]
+  end
+  return enc
+end
+
+-- ---------------------------------------------------------------- budget --
+
+local budget_mt = { __name = "tide.budget" }
+budget_mt.__index = budget_mt
+
+local function new_budget(limits)
+  return setmetatable({
+    limits = limits,
+    used = { provider_calls = 0, tokens = 0, tool_calls = 0 },
+    agents = {},
+    started = hrtime(),
+  }, budget_mt)
+end
+
+function budget_mt:agent(path)
+  local a = self.agents[path]
+  if not a then
+    a = { provider_calls = 0, input_tokens = 0, output_tokens = 0, tool_calls = 0 }
+    self.agents[path] = a
+  end
+  return a
+end
+
+function budget_mt:summary()
+  local lines = {}
+  local paths = {}
+  for p in pairs(self.agents) do paths[#paths + 1] = p end
+  table.sort(paths)
+  for _, p in ipairs(paths) do
+    local a = self.agents[p]
+    lines[#lines + 1] = ("%s: %d provider calls, %d+%d tokens, %d tool calls"):format(
+      p, a.provider_calls, a.input_tokens, a.output_tokens, a.tool_calls)
+  end
+  return table.concat(lines, "\n")
+end
+
+function budget_mt:exhausted_error(what)
+  if not self.exhausted then
+    local l = self.limits
+    self.exhausted = core.error("BudgetExhausted",
+      ("the agent tree's %s budget (%s) is spent"):format(what, tostring(l[what])),
+      { what = what, used = self.used, agents = self.agents, summary = self:summary() })
+  end
+  return self.exhausted
+end
+
+-- Raises BudgetExhausted when `what` has reached its limit (so that the whole
+-- tree unwinds), otherwise counts one more.
+function budget_mt:spend(what, n, path)
+  if self.exhausted then error(self.exhausted, 0) end
+  local limit = self.limits[what]
+  if limit and self.used[what] + (n or 1) > limit then error(self:exhausted_error(what), 0) end
+  local w = self.limits.wall_ms
+  if w and ms_since(self.started) > w then error(self:exhausted_error("wall_ms"), 0) end
+  self.used[what] = self.used[what] + (n or 1)
+  local a = self:agent(path)
+  a[what] = (a[what] or 0) + (n or 1)
+end
+
+function budget_mt:tokens(input, output, path)
+  self.used.tokens = self.used.tokens + input + output
+  local a = self:agent(path)
+  a.input_tokens = a.input_tokens + input
+  a.output_tokens = a.output_tokens + output
+  local limit = self.limits.tokens
+  if limit and self.used.tokens >= limit then self:exhausted_error("tokens") end
+end
+
+-- ----------------------------------------------------------------- tools --
+
+local function cap(text, limit)
+  if #text <= limit then return text end
+  local cut = limit
+  -- do not split a UTF-8 sequence
+  while cut > 0 and (text:byte(cut + 1) or 0) & 0xC0 == 0x80 do cut = cut - 1 end
+  return text:sub(1, cut) .. ("\n[truncated: %d bytes omitted]"):format(#text - cut)
+end
+
+local function to_text(v)
+  if v == nil then return "" end
+  if type(v) == "string" then return v end
+  if type(v) == "table" then
+    local ok, s = pcall(json.canonical, v)
+    if ok then return s end
+    return "(unencodable result: " .. tostring(s) .. ")"
+  end
+  return tostring(v)
+end
+
+local function error_text(err)
+  if type(err) == "table" then
+    if err.code and err.message then return err.code .. ": " .. err.message end
+    return tostring(err)
+  end
+  -- drop the traceback that task errors carry
+  return (tostring(err):gsub("\nstack traceback:.*$", ""))
+end
+
+local function emit(ev)
+  local ctx = core.context()
+  local f = ctx and ctx.tide_on_event
+  if f then f(ev) end
+end
+
+-- Runs one call; returns result text and whether it is an error.
+function session_mt:_run_tool(call, opts, turn_ctx)
+  local surface = self.surface
+  local t = surface.map[call.name]
+  if call.malformed then
+    return ("Error: could not parse the tool call (%s)"):format(call.malformed), true
+  end
+  if not t then
+    local gated
+    if self.snapshot then
+      for _, tk in ipairs(self.snapshot.toolkits) do
+        for _, g in ipairs(tk.gated_tools or {}) do
+          if g.name == call.name then gated = g end
+        end
+      end
+    end
+    if gated then
+      return ("Error: tool '%s' is gated (%s) and cannot be called. Available tools: %s"):format(
+        call.name, gated.reason or "hidden", tool_list_names(surface.tools)), true
+    end
+    return ("Error: tool '%s' is not available to this agent. Available tools: %s"):format(
+      call.name, tool_list_names(surface.tools)), true
+  end
+  local args, jerr = json.decode(call.arguments ~= "" and call.arguments or "{}")
+  if type(args) ~= "table" then
+    return ("Error: the arguments for '%s' are not a JSON object (%s)"):format(
+      call.name, jerr and jerr.message or type(args)), true
+  end
+  local budget = turn_ctx.budget
+  if budget then budget:spend("tool_calls", 1, self.agent_path) end
+  self.counters.tool_calls = self.counters.tool_calls + 1
+  local ctx = { session = self, call_id = call.id, name = call.name, depth = core.depth() }
+  local timeout = t.timeout_ms or self.tool_timeout_ms
+  local worker = core.spawn(function()
+    return t.handler(args, ctx)
+  end)
+  local timed_out = false
+  local watchdog = core.spawn(function()
+    core.sleep(timeout)
+    timed_out = true
+    worker:cancel()
+  end)
+  local res = table.pack(worker:join())
+  watchdog:cancel()
+  if timed_out then
+    return ("Error: tool '%s' timed out after %d ms"):format(call.name, timeout), true
+  end
+  if res[1] == nil and res.n >= 2 and res[2] ~= nil then
+    local e = res[2]
+    if type(e) == "table" and e.code == "BudgetExhausted" then error(e, 0) end
+    if type(e) == "table" and e.code == "Cancelled" and turn_ctx.cancelled then error(e, 0) end
+    return "Error: " .. error_text(e), true
+  end
+  if type(res[1]) == "table" and res[1].is_error ~= nil and res[1].content ~= nil then
+    return to_text(res[1].content), res[1].is_error and true or false
+  end
+  return to_text(res[1]), false
+end
+
+function session_mt:_run_tools(calls, opts, turn_ctx)
+  local results = {}
+  local tasks = {}
+  for i, call in ipairs(calls) do
+    tasks[i] = core.spawn(function()
+      local t0 = hrtime()
+      if opts.on_tool_start then opts.on_tool_start(call) end
+      emit { type = "tool_start", name = call.name, arguments = call.arguments, id = call.id,
+        depth = core.depth(), agent = self.agent_path }
+      local text, is_error = self:_run_tool(call, opts, turn_ctx)
+      text = cap(text, self.result_cap)
+      local ms = ms_since(t0)
+      local r = { id = call.id, name = call.name, content = text, is_error = is_error }
+      if opts.on_tool_end then opts.on_tool_end(call, r, ms) end
+      emit { type = "tool_end", name = call.name, id = call.id, is_error = is_error, ms = ms,
+        depth = core.depth(), agent = self.agent_path }
+      return r
+    end)
+  end
+  local first_err
+  for i, t in ipairs(tasks) do
+    local r, err = t:join()
+    if r then
+      results[i] = r
+    else
+      first_err = first_err or err
+      results[i] = { id = calls[i].id, name = calls[i].name, content = "Error: " .. error_text(err), is_error = true }
+    end
+  end
+  if first_err and type(first_err) == "table" and
+    (first_err.code == "BudgetExhausted" or (first_err.code == "Cancelled" and turn_ctx.cancelled)) then
+    return results, first_err
+  end
+  return results
+end
+
+-- Per-turn context goes on the user message, never in the frozen prompt.
+function session_mt:_user_content(text, opts)
+  local parts = {}
+  if opts.context then parts[#parts + 1] = opts.context end
+  local dt = self.def.datetime
+  if dt == nil then dt = self.parent ~= nil end
+  if dt then parts[#parts + 1] = "Current date and time: " .. os.date("!%Y-%m-%d %H:%M UTC") end
+  if #parts == 0 then return text end
+  parts[#parts + 1] = text
+  return table.concat(parts, "\n\n")
+end
+
+local function usage_of(resp)
+  local u = resp.usage or {}
+  return u.input or 0, u.output or 0, u.cached or 0
+end
+
+function session_mt:_turn_body(text, opts, turn_ctx)
+  local stats = self.counters
+  local trace = {}
+  local t0 = hrtime()
+  stats.turns = stats.turns + 1
+  local ctx = core.context()
+  ctx.tide_on_event = turn_ctx.on_event
+  ctx.tide_budget = turn_ctx.budget
+  local depth = core.depth()
+  if depth > stats.spawn_depth_max then stats.spawn_depth_max = depth end
+
+  -- 1. integrations: cold sessions fetch; warm ones only peek for a change.
+  if not self.initialized then
+    self:_ensure_integrations(trace)
+  elseif self.src and self.system then
+    local snap = integrations_cache().peek(self.src)
+    if snap and snap.hash ~= self.integration_hash then
+      local r0 = hrtime()
+      self:_set_snapshot(snap)
+      trace[#trace + 1] = { step = "delegation_refresh", ms = ms_since(r0), hash = snap.hash }
+    end
+  end
+  -- 2. the frozen prompt, once
+  if not self.system then
+    local ok, err = self:_freeze(trace)
+    if not ok then return nil, err end
+  end
+  local prefix = self:_prefix()
+  -- 3. the user message
+  local user = { role = "user", content = self:_user_content(text, opts) }
+  self:_push(user)
+  record(self, user)
+  if stats.turns == 1 then
+    trace[#trace + 1] = { step = "first_request_ready", ms = ms_since(t0) }
+    self.trace = trace
+  end
+
+  local provider = self.provider
+  local budget = turn_ctx.budget
+  local on_delta = opts.on_delta
+  local depth_now = core.depth()
+  local delta_fn = function(d)
+    if on_delta then on_delta(d) end
+    if turn_ctx.on_event then
+      turn_ctx.on_event { type = "delta", text = d, depth = depth_now, agent = self.agent_path }
+    end
+  end
+  for iteration = 1, self.max_iterations do
+    if budget then budget:spend("provider_calls", 1, self.agent_path) end
+    stats.iterations = stats.iterations + 1
+    local body = provider:body(prefix, self:_encoded_history())
+    stats.provider_calls = stats.provider_calls + 1
+    local resp, err = provider:complete(body, { on_delta = (on_delta or turn_ctx.on_event) and delta_fn or nil })
+    if not resp then return nil, err end
+    local input, output, cached = usage_of(resp)
+    stats.tokens.input = stats.tokens.input + input
+    stats.tokens.output = stats.tokens.output + output
+    stats.tokens.cached = stats.tokens.cached + cached
+    if budget then budget:tokens(input, output, self.agent_path) end
+    stats.ttfb_ms = resp.ttfb_ms
+    stats.first_ttfb_ms = stats.first_ttfb_ms or resp.ttfb_ms
+
+    local calls = resp.tool_calls
+    local textual = false
+    if (not calls or #calls == 0) and self.def.text_tools ~= false and resp.text then
+      local parsed = tool_protocol.parse(resp.text)
+      if #parsed > 0 then
+        calls, textual = parsed, true
+        for i, c in ipairs(calls) do c.id = c.id or ("parsed-" .. iteration .. "-" .. i) end
+      end
+    end
+    if not calls or #calls == 0 then
+      local msg = { role = "assistant", content = resp.text or "" }
+      self:_push(msg)
+      record(self, msg)
+      if budget and budget.exhausted then return nil, budget.exhausted end
+      return resp.text or ""
+    end
+    for i, c in ipairs(calls) do
+      if not c.id or c.id == "" then c.id = ("call_%d_%d"):format(iteration, i) end
+    end
+    local amsg
+    if textual then
+      amsg = { role = "assistant", content = resp.text }
+    else
+      local tc = {}
+      for i, c in ipairs(calls) do tc[i] = { id = c.id, name = c.name, arguments = c.arguments or "{}" } end
+      amsg = { role = "assistant", content = resp.text, tool_calls = tc }
+    end
+    self:_push(amsg)
+    record(self, amsg)
+    if budget and budget.exhausted then
+      -- Spent by this very response: answer the calls so the history stays
+      -- valid, then stop.
+      local results = {}
+      for i, c in ipairs(calls) do
+        results[i] = { id = c.id, name = c.name, content = "Error: budget exhausted", is_error = true }
+      end
+      self:_push_results(results, textual)
+      return nil, budget.exhausted
+    end
+    turn_ctx.pending = calls
+    turn_ctx.textual = textual
+    local results, stop_err = self:_run_tools(calls, opts, turn_ctx)
+    turn_ctx.pending = nil
+    self:_push_results(results, textual)
+    if stop_err then return nil, stop_err end
+  end
+  return fail("MaxIterationsExceeded",
+    ("exceeded maximum tool iterations (%d)"):format(self.max_iterations),
+    { max_iterations = self.max_iterations })
+end
+
+function session_mt:_push_results(results, textual)
+  local msg
+  if textual then
+    local parts = {}
+    for i, r in ipairs(results) do
+      parts[i] = ('<tool_result name="%s"%s>\n%s\n</tool_result>'):format(
+        r.name, r.is_error and ' error="true"' or "", r.content)
+    end
+    msg = { role = "user", content = table.concat(parts, "\n") }
+  else
+    msg = { role = "tool", results = results }
+  end
+  self:_push(msg)
+  record(self, msg)
+end
+
+local function check_turn_args(text, opts)
+  if type(text) ~= "string" then
+    error(("bad argument #1 to 'turn' (string expected, got %s)"):format(type(text)), 3)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("bad argument #2 to 'turn' (table expected, got %s)"):format(type(opts)), 3)
+  end
+  opts = opts or {}
+  for _, f in ipairs { "on_delta", "on_tool_start", "on_tool_end", "on_event" } do
+    if opts[f] ~= nil and type(opts[f]) ~= "function" then
+      error(("bad argument #2 to 'turn' (field '%s' must be a function)"):format(f), 3)
+    end
+  end
+  if opts.context ~= nil and type(opts.context) ~= "string" then
+    error("bad argument #2 to 'turn' (field 'context' must be a string)", 3)
+  end
+  return opts
+end
+
+local function do_turn(self, text, opts)
+  if self.busy then return fail("SessionBusy", "a turn is already in progress on this session") end
+  local parent_ctx = core.context()
+  local inherited_budget = parent_ctx and parent_ctx.tide_budget
+  local budget = inherited_budget
+  if not budget and self.budget_limits then budget = new_budget(self.budget_limits) end
+  local turn_ctx = {
+    budget = budget,
+    on_event = opts.on_event or (parent_ctx and parent_ctx.tide_on_event),
+  }
+  self.busy = true
+  local task = core.spawn(function() return self:_turn_body(text, opts, turn_ctx) end)
+  self.turn_task = task
+  local watchdog
+  if budget and not inherited_budget and budget.limits.wall_ms then
+    watchdog = core.spawn(function()
+      core.sleep(budget.limits.wall_ms)
+      budget:exhausted_error("wall_ms")
+      task:cancel()
+    end)
+  end
+  local reply, err = task:join()
+  if watchdog then watchdog:cancel() end
+  self.turn_task = nil
+  self.busy = false
+  if self.budget_used == nil and budget and not inherited_budget then self.budget_used = budget end
+  if budget and not inherited_budget then self.last_budget = budget end
+  if reply == nil and err ~= nil then
+    if type(err) ~= "table" then
+      err = core.error("TurnFailed", error_text(err), { detail = err })
+    end
+    if err.code == "Cancelled" or (budget and budget.exhausted and err.code ~= "BudgetExhausted") then
+      self:_repair(turn_ctx)
+      if budget and budget.exhausted then err = budget.exhausted end
+    end
+    return nil, err
+  end
+  return reply
+end
+
+-- After a cancellation mid-tools, answer the pending calls so that the
+-- history (and transcript) stays a valid conversation.
+function session_mt:_repair(turn_ctx)
+  local calls = turn_ctx.pending
+  if not calls then return end
+  local results = {}
+  for i, c in ipairs(calls) do
+    results[i] = { id = c.id, name = c.name, content = "Error: cancelled", is_error = true }
+  end
+  self:_push_results(results, turn_ctx.textual)
+end
+
+--- Sends `text` as the user's message and runs the tool loop until the model
+--- answers. Returns the reply text, or nil plus an error (`MaxIterationsExceeded`,
+--- `Cancelled`, `BudgetExhausted`, provider and HTTP codes). Inside a task it
+--- suspends only that task; outside any task it drives the loop.
+---@param text string
+---@param opts? {on_delta?:fun(text:string), on_tool_start?:fun(call:table), on_tool_end?:fun(call:table, result:table, ms:number), on_event?:fun(ev:table), context?:string}
+---@return string|nil reply
+---@return table|nil err
+function session_mt:turn(text, opts)
+  opts = check_turn_args(text, opts)
+  return require("tide")._blocking(do_turn, self, text, opts)
+end
+
+--- Cancels the turn in flight: its HTTP request is aborted and its tool and
+--- sub-agent tasks are cancelled. The session stays usable.
+---@return boolean cancelled
+function session_mt:cancel()
+  local t = self.turn_task
+  if not t then return false end
+  return t:cancel()
+end
+
+--- Counters of this session (see README for each one).
+---@return table
+function session_mt:stats()
+  local s = {}
+  for k, v in pairs(self.counters) do s[k] = v end
+  s.tokens = { input = self.counters.tokens.input, output = self.counters.tokens.output, cached = self.counters.tokens.cached }
+  s.trace = self.trace
+  s.integration_hash = self.integration_hash
+  s.initialized = self.initialized
+  s.prompt_version = self.prompt_version
+  s.tools = #self.surface.tools
+  local b = self.last_budget
+  if b then
+    s.budget = { used = b.used, agents = b.agents, limits = b.limits,
+      exhausted = b.exhausted and b.exhausted.what or nil }
+  end
+  return s
+end
+
+--- The names of the tools the model sees, in order.
+---@return string[]
+function session_mt:tools()
+  local out = {}
+  for i, t in ipairs(self.surface.tools) do out[i] = t.name end
+  return out
+end
+
+--- The frozen system prompt (nil before the first turn).
+function session_mt:system_prompt() return self.system end
+
+--- The conversation so far (neutral messages, after the system prompt).
+function session_mt:history() return self.messages end
+
+--- Closes the transcript.
+function session_mt:close()
+  if self.writer then self.writer:close() end
+  self.writer = nil
+end
+session_mt.__close = session_mt.close
+
+-- ------------------------------------------------------------ sub-agents --
+
+local function builtin_integrations_agent()
+  local def = agents.get("integrations_agent")
+  if def then return def end
+  return agents.define {
+    id = "integrations_agent",
+    prompt = "integrations_agent",
+    when_to_use = "Works with one connected integration (toolkit) directly.",
+    max_iterations = DEFAULTS.subagent_max_iterations,
+  }
+end
+
+local function toolkit_tools(src, tk)
+  local out = {}
+  for _, a in ipairs(tk.tools or {}) do
+    out[#out + 1] = tool.new {
+      name = a.name,
+      description = a.description or a.name,
+      parameters = a.parameters or { type = "object", properties = {} },
+      handler = function(args)
+        if type(a.handler) == "function" then return a.handler(args) end
+        if src and type(src.execute) == "function" then
+          local r, err = src:execute(a.name, args)
+          if r == nil then error(err or "the action failed", 0) end
+          return r
+        end
+        error("this integration source cannot execute actions", 0)
+      end,
+    }
+  end
+  return out
+end
+
+--- Runs a sub-agent for the tool call of `parent`; returns its final text.
+--- Runs in the tool's task; the child runs one spawn level deeper, in a task
+--- of its own, and fails with SpawnDepthExceeded before any provider call
+--- when that would pass the limit.
+run_subagent = function(parent, id, args, opts)
+  opts = opts or {}
+  local task_text = args.task
+  if type(task_text) ~= "string" or task_text == "" then
+    return { is_error = true, content = "Error: the 'task' argument (a string) is required" }
+  end
+  local sub_opts = {}
+  if opts.toolkit then
+    -- The integrations agent's pre-check, against the freshest view.
+    local snap = parent.snapshot
+    if parent.src then snap = integrations_cache().peek(parent.src) or snap end
+    local tk, slugs = nil, {}
+    for _, k in ipairs(snap and snap.toolkits or {}) do
+      slugs[#slugs + 1] = k.slug
+      if k.slug == opts.toolkit then tk = k end
+    end
+    if not tk then
+      return { is_error = true, content = ("Error: unknown toolkit '%s'. Valid toolkits: %s"):format(
+        opts.toolkit, table.concat(slugs, ", ")) }
+    end
+    if not tk.connected then
+      return ("The %s integration is not connected. Ask the user to authorize %s, then try again; do not retry before that.")
+        :format(tk.slug, tk.slug)
+    end
+    sub_opts.toolkit = tk.slug
+    sub_opts.snapshot = snap
+    sub_opts.tools = toolkit_tools(parent.src, tk)
+    id = "integrations_agent"
+  end
+  local def = id == "integrations_agent" and builtin_integrations_agent() or agents.get(id)
+  if not def then
+    return { is_error = true, content = ("Error: unknown sub-agent '%s'"):format(id) }
+  end
+  local limit = parent.def.max_spawn_depth
+  local child_path = parent.agent_path .. "/" .. (sub_opts.toolkit and ("integrations:" .. sub_opts.toolkit) or id)
+  local task, err = core.spawn_nested(limit, function()
+    local tpath
+    if parent.writer then
+      tpath = parent.writer.path:gsub("%.jsonl$", "") .. "." .. (sub_opts.toolkit or id):gsub("[^%w_%-]", "_")
+        .. "." .. tostring(core.current():id()) .. ".jsonl"
+    end
+    local child = M.new {
+      agent = def, provider = parent.provider, integrations = parent.src, config = parent.config,
+      transcript = tpath, tools = sub_opts.tools,
+      tool_timeout_ms = parent.tool_timeout_ms, result_cap_bytes = parent.result_cap,
+      _parent = parent, _parent_tools = parent.base_tools, _toolkit = sub_opts.toolkit,
+      _snapshot = sub_opts.snapshot, _agent_path = child_path,
+    }
+    emit { type = "subagent_start", agent = child_path, depth = core.depth() }
+    local t0 = hrtime()
+    local reply, e = child:turn(task_text)
+    emit { type = "subagent_end", agent = child_path, depth = core.depth(), ms = ms_since(t0), ok = reply ~= nil }
+    local cs = child.counters
+    if cs.spawn_depth_max > parent.counters.spawn_depth_max then parent.counters.spawn_depth_max = cs.spawn_depth_max end
+    child:close()
+    if reply == nil then error(e, 0) end
+    return reply
+  end)
+  if not task then
+    -- Before any provider call: the parent model sees a tool error.
+    return { is_error = true, content = "Error: " .. error_text(err) }
+  end
+  local reply, e = task:join()
+  if reply == nil then
+    if type(e) == "table" and e.code == "BudgetExhausted" then error(e, 0) end
+    if type(e) == "table" and e.code == "Cancelled" then error(e, 0) end
+    return { is_error = true, content = "Error: sub-agent " .. child_path .. " failed: " .. error_text(e) }
+  end
+  return reply
+end
+
+return M

@@ -1,0 +1,77 @@
+--- tide.tool: tools a model can call.
+---@class tide.tool
+---@field name string
+---@field description string
+---@field parameters table JSON schema of the arguments (an object schema)
+---@field handler fun(args:table, ctx:tide.tool.context):any
+---@field timeout_ms? integer per-call timeout (default: the session's, 120000)
+
+---@class tide.tool.context
+---@field session tide.session the session whose model called the tool
+---@field call_id string
+---@field name string
+---@field depth integer spawn depth of the calling agent
+
+local M = {}
+
+local tool_mt = { __name = "tide.tool" }
+tool_mt.__index = tool_mt
+M.mt = tool_mt
+
+local NAME = "^[%a_][%w_%-]*$"
+
+local function fail(msg) error("tide.tool: " .. msg, 3) end
+
+--- Defines a tool. The handler returns text, or a table (sent as JSON);
+--- raising an error gives the model an error result, never a crashed turn.
+---@param spec {name:string, description:string, parameters?:table, handler:fun(args:table, ctx:tide.tool.context):any, timeout_ms?:integer}
+---@return tide.tool
+function M.new(spec)
+  if type(spec) ~= "table" then
+    error(("bad argument #1 to 'tool' (table expected, got %s)"):format(type(spec)), 2)
+  end
+  if type(spec.name) ~= "string" or not spec.name:match(NAME) or #spec.name > 64 then
+    fail("'name' must be a string of letters, digits, _ and - (at most 64), got " .. tostring(spec.name))
+  end
+  if type(spec.description) ~= "string" then fail("'description' must be a string") end
+  if type(spec.handler) ~= "function" then fail("'handler' must be a function") end
+  local params = spec.parameters
+  if params == nil then
+    params = { type = "object", properties = {} }
+  elseif type(params) ~= "table" then
+    fail("'parameters' must be a JSON-schema table")
+  end
+  -- Debian's lua-cjson cannot tell {} from []: mark the schema's list fields.
+  local json = require "tide.json"
+  local function mark(schema, depth)
+    if type(schema) ~= "table" or depth > 32 then return end
+    for _, k in ipairs { "required", "enum", "anyOf", "oneOf", "allOf" } do
+      if type(schema[k]) == "table" and getmetatable(schema[k]) == nil then json.array(schema[k]) end
+    end
+    if type(schema.properties) == "table" then
+      for _, sub in pairs(schema.properties) do mark(sub, depth + 1) end
+    end
+    mark(schema.items, depth + 1)
+  end
+  mark(params, 0)
+  if spec.timeout_ms ~= nil and (math.type(spec.timeout_ms) ~= "integer" or spec.timeout_ms <= 0) then
+    fail("'timeout_ms' must be a positive integer")
+  end
+  return setmetatable({
+    name = spec.name,
+    description = spec.description,
+    parameters = params,
+    handler = spec.handler,
+    timeout_ms = spec.timeout_ms,
+  }, tool_mt)
+end
+
+--- True when `v` was made by tide.tool.
+function M.is(v) return getmetatable(v) == tool_mt end
+
+--- The provider-neutral schema of a tool: { name, description, parameters }.
+function M.spec(t)
+  return { name = t.name, description = t.description, parameters = t.parameters }
+end
+
+return M

@@ -1,0 +1,101 @@
+--- tide.transcript: JSONL transcripts, one message per line.
+---
+--- The first line is metadata; every later line is one neutral message.
+--- Lines are appended after every provider response and after tool results,
+--- each flushed whole, so a crash can tear at most the last line: loading
+--- ignores a torn last line and keeps everything before it.
+---@class tide.transcript
+local M = {}
+
+local json = require "tide.json"
+local core = require "tide.core"
+
+local writer_mt = { __name = "tide.transcript" }
+writer_mt.__index = writer_mt
+
+--- Reads a transcript. Returns `meta, messages, info` or `nil, err`
+--- (code TranscriptError). `info.torn` is true when a torn last line was
+--- ignored, `info.good_bytes` the length of the intact part.
+---@param path string
+function M.load(path)
+  local f, oerr = io.open(path, "rb")
+  if not f then return nil, core.error("TranscriptError", "cannot open transcript: " .. tostring(oerr), { file = path }) end
+  local text = f:read("a")
+  f:close()
+  local meta, messages = nil, {}
+  local pos, lineno, good = 1, 0, 0
+  local torn = false
+  while pos <= #text do
+    local nl = text:find("\n", pos, true)
+    local line = text:sub(pos, (nl or #text + 1) - 1)
+    lineno = lineno + 1
+    if line ~= "" then
+      local v = json.decode(line)
+      if type(v) ~= "table" then
+        if nl == nil then
+          torn = true -- the last write never finished: ignore it
+          break
+        end
+        return nil, core.error("TranscriptError",
+          ("%s:%d: corrupt transcript line"):format(path, lineno), { file = path, line = lineno })
+      end
+      if nl == nil then
+        -- complete JSON but no newline: keep it, the next append adds one
+        good = #text
+      end
+      if lineno == 1 and v.type == "meta" then meta = v else messages[#messages + 1] = v end
+    end
+    if nl == nil then break end
+    pos = nl + 1
+    good = nl
+  end
+  return meta or {}, messages, { torn = torn, good_bytes = good, lines = lineno }
+end
+
+--- Opens `path` for appending, writing `meta` first when the file is new.
+--- When `info` says the file had a torn tail, the tail is cut off first.
+---@return table|nil writer
+---@return table|nil err
+function M.open(path, meta, info)
+  if info and (info.torn or (info.good_bytes and info.good_bytes > 0)) then
+    local f = io.open(path, "rb")
+    local text = f and f:read("a") or ""
+    if f then f:close() end
+    local keep = text:sub(1, info.good_bytes)
+    if keep ~= "" and keep:sub(-1) ~= "\n" then keep = keep .. "\n" end
+    if keep ~= text then
+      local tmp = path .. ".tmp"
+      local w = assert(io.open(tmp, "wb"))
+      w:write(keep)
+      w:close()
+      assert(os.rename(tmp, path))
+    end
+  end
+  local f, err = io.open(path, "ab")
+  if not f then return nil, core.error("TranscriptError", "cannot open transcript: " .. tostring(err), { file = path }) end
+  local size = f:seek("end")
+  local w = setmetatable({ path = path, fh = f }, writer_mt)
+  if size == 0 and meta then w:append(meta) end
+  return w
+end
+
+--- Appends messages, one line each, and flushes.
+function writer_mt:append(...)
+  local n = select("#", ...)
+  local lines = {}
+  for i = 1, n do lines[i] = json.canonical((select(i, ...))) end
+  lines[n + 1] = ""
+  local ok, err = self.fh:write(table.concat(lines, "\n"))
+  if ok then ok, err = self.fh:flush() end
+  if not ok then return nil, core.error("TranscriptError", tostring(err), { file = self.path }) end
+  return true
+end
+
+function writer_mt:close()
+  if self.fh then self.fh:close() end
+  self.fh = nil
+end
+writer_mt.__close = writer_mt.close
+writer_mt.__gc = writer_mt.close
+
+return M

@@ -1,0 +1,356 @@
+-- Sessions and the turn loop against the loopback mock provider, for both
+-- wire shapes, streaming and not.
+local tide = require "tide"
+local core = require "tide.core"
+local json = require "tide.json"
+local testing = require "tide.testing"
+local helpers = require "helpers"
+
+local shapes = {
+  { name = "openai streaming", make = function(url) return tide.provider.openai { base_url = url .. "/v1", api_key = "k", model = "m", stream = true, retry = { base_ms = 1, max_ms = 5 } } end },
+  { name = "openai", make = function(url) return tide.provider.openai { base_url = url .. "/v1", api_key = "k", model = "m", stream = false, retry = { base_ms = 1, max_ms = 5 } } end },
+  { name = "anthropic streaming", make = function(url) return tide.provider.anthropic { base_url = url .. "/v1", api_key = "k", model = "m", stream = true, retry = { base_ms = 1, max_ms = 5 } } end },
+  { name = "anthropic", make = function(url) return tide.provider.anthropic { base_url = url .. "/v1", api_key = "k", model = "m", stream = false, retry = { base_ms = 1, max_ms = 5 } } end },
+}
+
+local lookup = tide.tool {
+  name = "lookup",
+  description = "Looks a thing up.",
+  parameters = { type = "object", properties = { q = { type = "string" } }, required = { "q" } },
+  handler = function(args) return "found " .. args.q end,
+}
+
+local function tool_names_of(req)
+  local names = {}
+  for _, t in ipairs(req.json.tools or {}) do
+    names[#names + 1] = t["function"] and t["function"].name or t.name
+  end
+  return names
+end
+
+local function system_of(req)
+  local j = req.json
+  if j.system then return j.system end
+  return j.messages[1].content
+end
+
+for _, shape in ipairs(shapes) do
+  describe("session (" .. shape.name .. ")", function()
+    local srv, provider
+
+    before_each(function()
+      srv = testing.mock_server {}
+      provider = shape.make(srv.url)
+      tide.agent { id = "looper", prompt = "You look things up for {{agent.id}}.", tools = { lookup } }
+    end)
+
+    after_each(function()
+      srv:close()
+      helpers.assert_quiet()
+    end)
+
+    it("runs a 10-iteration tool loop to its final answer", function()
+      srv.default = testing.tool_loop(9, "lookup")
+      local s = tide.session { agent = "looper", provider = provider }
+      local reply, err = s:turn("find nine things")
+      assert.is_nil(err)
+      assert.are.equal("done after 9 lookups", reply)
+      local st = s:stats()
+      assert.are.equal(10, st.provider_calls)
+      assert.are.equal(9, st.tool_calls)
+      assert.are.equal(10, #srv:requests())
+      -- the last request carries every tool result, in order
+      local hist = s:history()
+      assert.are.equal("user", hist[1].role)
+      assert.are.equal("tool", hist[3].role)
+      assert.are.equal("found item 1", hist[3].results[1].content)
+    end)
+
+    it("fails with MaxIterationsExceeded past max_iterations and stays usable", function()
+      srv.default = testing.tool_loop(10, "lookup")
+      local s = tide.session { agent = "looper", provider = provider }
+      local reply, err = s:turn("never ends")
+      assert.is_nil(reply)
+      assert.are.equal("MaxIterationsExceeded", err.code)
+      srv.default = "recovered"
+      assert.are.equal("recovered", (s:turn("again")))
+    end)
+
+    it("freezes the system prompt and reuses the request prefix byte for byte", function()
+      srv.default = function(req)
+        local n = testing.count_tool_results(req)
+        if n == 0 and #req.json.messages % 2 == 1 or (req.json.system and n == 0 and #req.json.messages % 4 == 1) then
+          return { tool_calls = { { name = "lookup", arguments = { q = "x" } } } }
+        end
+        return "ok"
+      end
+      local s = tide.session { agent = "looper", provider = provider }
+      for i = 1, 3 do assert.is_string((s:turn("turn " .. i))) end
+      local reqs = srv:requests()
+      assert.is_true(#reqs >= 3)
+      local prefix = provider:encode_prefix(s:system_prompt(), (function()
+        local specs = {}
+        for i, t in ipairs(s.surface.tools) do specs[i] = require("tide.tool").spec(t) end
+        return specs
+      end)())
+      for _, r in ipairs(reqs) do
+        assert.are.equal(prefix, r.body:sub(1, #prefix))
+        assert.are.equal(s:system_prompt(), system_of(r))
+      end
+      assert.are.equal("You look things up for looper.", s:system_prompt())
+      assert.are.equal(0, s:stats().prompt_bytes_reencoded)
+    end)
+
+    it("runs the tool calls of one response concurrently and returns results in call order", function()
+      local events = {}
+      local slow = tide.tool {
+        name = "slow", description = "sleeps",
+        parameters = { type = "object", properties = { ms = { type = "integer" }, tag = { type = "string" } } },
+        handler = function(args)
+          events[#events + 1] = "start " .. args.tag
+          tide.sleep(args.ms)
+          events[#events + 1] = "end " .. args.tag
+          return "slept " .. args.tag
+        end,
+      }
+      tide.agent { id = "sleeper", prompt = "Sleep when asked.", tools = { slow } }
+      srv:push({ tool_calls = {
+        { name = "slow", arguments = { ms = 40, tag = "a" } },
+        { name = "slow", arguments = { ms = 10, tag = "b" } },
+      } }, "both done")
+      local s = tide.session { agent = "sleeper", provider = provider }
+      assert.are.equal("both done", (s:turn("go")))
+      -- both started before either ended: they overlapped
+      assert.are.same({ "start a", "start b", "end b", "end a" }, events)
+      local results = s:history()[3].results
+      assert.are.equal("slept a", results[1].content)
+      assert.are.equal("slept b", results[2].content)
+    end)
+
+    it("turns tool errors, timeouts, bad arguments and unknown tools into result text", function()
+      local boom = tide.tool { name = "boom", description = "fails", handler = function() error("kaput") end }
+      local stuck = tide.tool { name = "stuck", description = "hangs", timeout_ms = 20,
+        handler = function() tide.sleep(100000) end }
+      local big = tide.tool { name = "big", description = "large", handler = function() return string.rep("x", 40000) end }
+      tide.agent { id = "faulty", prompt = "Handle faults.", tools = { boom, stuck, big } }
+      srv:push({ tool_calls = {
+        { name = "boom", arguments = {} },
+        { name = "stuck", arguments = {} },
+        { name = "big", arguments = {} },
+        { name = "nosuch", arguments = {} },
+        { name = "boom", arguments = "{not json" },
+      } }, "handled")
+      local s = tide.session { agent = "faulty", provider = provider }
+      assert.are.equal("handled", (s:turn("go")))
+      local r = s:history()[3].results
+      assert.matches("kaput", r[1].content)
+      assert.is_true(r[1].is_error)
+      assert.matches("timed out after 20 ms", r[2].content)
+      assert.is_true(#r[3].content < 16 * 1024 + 100)
+      assert.matches("truncated", r[3].content)
+      assert.matches("'nosuch' is not available", r[4].content)
+      assert.matches("boom, stuck, big", r[4].content)
+      if shape.name == "anthropic" then
+        -- non-streamed Anthropic tool_use input is always an object on the
+        -- wire: broken argument text cannot reach the client that way
+        assert.matches("kaput", r[5].content)
+      else
+        assert.matches("not a JSON object", r[5].content)
+      end
+      -- the provider saw the error texts
+      local last = srv:requests()[2].body
+      assert.matches("kaput", last)
+    end)
+
+    it("reports streamed text, tool starts and tool ends through callbacks", function()
+      srv:push({ tool_calls = { { name = "lookup", arguments = { q = "cb" } } } }, "final words here")
+      local s = tide.session { agent = "looper", provider = provider }
+      local deltas, starts, ends = {}, {}, {}
+      local reply = s:turn("go", {
+        on_delta = function(d) deltas[#deltas + 1] = d end,
+        on_tool_start = function(call) starts[#starts + 1] = call.name end,
+        on_tool_end = function(call, res) ends[#ends + 1] = res.content end,
+      })
+      assert.are.equal("final words here", reply)
+      assert.are.equal("final words here", table.concat(deltas))
+      assert.are.same({ "lookup" }, starts)
+      assert.are.same({ "found cb" }, ends)
+    end)
+
+    it("accepts the text tool-call protocol but never bare JSON", function()
+      srv:push('Let me check. <tool_call>{"name":"lookup","arguments":{"q":"tagged"}}</tool_call>',
+        'Here is JSON: {"name":"lookup","arguments":{"q":"bare"}}')
+      local s = tide.session { agent = "looper", provider = provider }
+      local reply = s:turn("go")
+      assert.matches("Here is JSON", reply)
+      local st = s:stats()
+      assert.are.equal(1, st.tool_calls)
+      assert.are.equal(2, st.provider_calls)
+      assert.matches("found tagged", s:history()[3].content)
+    end)
+
+    it("records usage tokens and time to first byte", function()
+      srv:push { text = "hi", usage = { input = 11, output = 7, cached = 3 } }
+      local s = tide.session { agent = "looper", provider = provider }
+      s:turn("go")
+      local st = s:stats()
+      assert.are.equal(11, st.tokens.input)
+      assert.are.equal(7, st.tokens.output)
+      assert.are.equal(3, st.tokens.cached)
+      assert.is_number(st.ttfb_ms)
+    end)
+  end)
+end
+
+describe("session faults", function()
+  local srv, dir
+  before_each(function()
+    srv = testing.mock_server {}
+    dir = helpers.tmpdir()
+    tide.agent { id = "looper", prompt = "Look things up.", tools = { lookup } }
+  end)
+  after_each(function()
+    srv:close()
+    helpers.rmdir(dir)
+    helpers.assert_quiet()
+  end)
+
+  local function provider(extra)
+    local o = { base_url = srv.url .. "/v1", api_key = "k", model = "m", stream = true,
+      retry = { base_ms = 1, max_ms = 5, attempts = 3 } }
+    for k, v in pairs(extra or {}) do o[k] = v end
+    return tide.provider.openai(o)
+  end
+
+  local function lines(path)
+    local out = {}
+    for l in io.lines(path) do out[#out + 1] = json.decode(l) end
+    return out
+  end
+
+  it("retries 429 honouring Retry-After, then succeeds", function()
+    srv:push({ fault = "status", status = 429, retry_after = 0 }, { fault = "status", status = 503 }, "fine")
+    local s = tide.session { agent = "looper", provider = provider() }
+    assert.are.equal("fine", (s:turn("go")))
+    assert.are.equal(3, #srv:requests())
+  end)
+
+  it("gives up after bounded attempts with a stable code", function()
+    srv.default = { fault = "status", status = 500 }
+    local s = tide.session { agent = "looper", provider = provider() }
+    local reply, err = s:turn("go")
+    assert.is_nil(reply)
+    assert.are.equal("ProviderError", err.code)
+    assert.are.equal(3, #srv:requests())
+  end)
+
+  for _, case in ipairs {
+    { fault = { fault = "malformed" }, code = "MalformedResponse" },
+    { fault = { fault = "truncate" }, code = "MalformedResponse" },
+    { fault = { fault = "oversize", bytes = 300000 }, code = "BodyTooLarge", opts = { max_body_bytes = 100000 } },
+    { fault = { fault = "hang" }, code = "Timeout", opts = { timeout_ms = 50 } },
+  } do
+    it("reports " .. case.fault.fault .. " as " .. case.code .. ", keeps the transcript and stays usable", function()
+      local path = dir .. "/t.jsonl"
+      local p = provider(case.opts)
+      local s = tide.session { agent = "looper", provider = p, transcript = path }
+      srv:push(case.fault)
+      local reply, err = s:turn("first")
+      assert.is_nil(reply)
+      assert.are.equal(case.code, err.code)
+      srv:push("second answer")
+      assert.are.equal("second answer", (s:turn("second")))
+      s:close()
+      local l = lines(path)
+      assert.are.equal("meta", l[1].type)
+      assert.are.equal("system", l[2].role)
+      assert.are.equal("first", l[3].content)
+      assert.are.equal("second", l[4].content)
+      assert.are.equal("second answer", l[5].content)
+    end)
+  end
+
+  it("cancels an in-flight turn: HTTP aborted, tools cancelled, session usable", function()
+    local tool_finished = false
+    local slow = tide.tool { name = "slow", description = "slow", handler = function()
+      tide.sleep(100000)
+      tool_finished = true
+    end }
+    tide.agent { id = "slowpoke", prompt = "Be slow.", tools = { slow } }
+    srv:push({ tool_calls = { { name = "slow", arguments = {} } } })
+    local s = tide.session { agent = "slowpoke", provider = provider() }
+    local reply, err = tide.run(function()
+      local t = tide.spawn(function() return s:turn("go") end)
+      tide.sleep(30)
+      assert.is_true(s:cancel())
+      return t:join()
+    end)
+    assert.is_nil(reply)
+    assert.are.equal("Cancelled", err.code)
+    assert.is_false(tool_finished)
+    -- the pending call was answered, so the history is a valid conversation
+    local hist = s:history()
+    assert.are.equal("tool", hist[#hist].role)
+    assert.matches("cancelled", hist[#hist].results[1].content)
+    -- and a hanging provider request is aborted too
+    srv:push({ fault = "hang" })
+    local r2, e2 = tide.run(function()
+      local t = tide.spawn(function() return s:turn("hang please") end)
+      tide.sleep(30)
+      s:cancel()
+      return t:join()
+    end)
+    assert.is_nil(r2)
+    assert.are.equal("Cancelled", e2.code)
+    assert.are.equal(0, core.http_stats().active)
+    srv:push("alive")
+    assert.are.equal("alive", (s:turn("still there?")))
+  end)
+
+  it("resumes from a transcript whose last line is torn", function()
+    local path = dir .. "/resume.jsonl"
+    srv:push({ tool_calls = { { name = "lookup", arguments = { q = "a" } } } }, "first reply")
+    local s = tide.session { agent = "looper", provider = provider(), transcript = path }
+    assert.are.equal("first reply", (s:turn("hello")))
+    local system = s:system_prompt()
+    s:close()
+    -- simulate a crash in the middle of writing a line
+    local f = assert(io.open(path, "ab"))
+    f:write('{"role":"assistant","content":"half a li')
+    f:close()
+    local r = tide.session { agent = "looper", provider = provider(), resume = path }
+    assert.is_true(r.resumed.torn)
+    assert.are.equal(4, #r:history())
+    assert.are.equal(system, r:system_prompt())
+    srv:push("second reply")
+    assert.are.equal("second reply", (r:turn("and now?")))
+    -- the provider saw the restored history, prompt unchanged
+    local last = srv:requests()[3].json
+    assert.are.equal(system, last.messages[1].content)
+    assert.are.equal("hello", last.messages[2].content)
+    assert.are.equal("and now?", last.messages[#last.messages].content)
+    r:close()
+    -- the torn bytes are gone and every line parses
+    for l in io.lines(path) do assert.is_table(json.decode(l)) end
+  end)
+
+  it("keeps a corrupt line in the middle from being silently dropped", function()
+    local path = dir .. "/bad.jsonl"
+    helpers.write(path, '{"type":"meta"}\n{"role":"user","content":"a"}\nnot json\n{"role":"user","content":"b"}\n')
+    local ok, err = pcall(tide.session, { agent = "looper", provider = provider(), resume = path })
+    assert.is_false(ok)
+    assert.are.equal("TranscriptError", err.code)
+    assert.are.equal(3, err.line)
+  end)
+
+  it("raises on misuse, naming the argument", function()
+    local s = tide.session { agent = "looper", provider = provider() }
+    assert.has_error(function() s:turn(42) end, "bad argument #1 to 'turn' (string expected, got number)")
+    assert.has_error(function() s:turn("x", { on_delta = 1 }) end,
+      "bad argument #2 to 'turn' (field 'on_delta' must be a function)")
+    assert.has_error(function() tide.session { agent = "looper" } end)
+    local ok, err = pcall(tide.session, { agent = "nobody", provider = provider() })
+    assert.is_false(ok)
+    assert.are.equal("UnknownAgent", err.code)
+  end)
+end)
