@@ -264,3 +264,27 @@ describe("composio integration source", function()
     assert.has_error(function() integrations.composio{ api_key = "k", user_id = "u", toolkits = "github" } end)
   end)
 end)
+
+describe("composio execute", function()
+  local testing_composio = require "tide.testing.composio"
+  local tide = require "tide"
+  it("runs an action for the user through POST /tools/execute/{slug}", function()
+    local fx = testing_composio.fixture()
+    fx.api_key = "key-1"
+    local srv = testing_composio.server(fx)
+    srv.execute = function(slug, args, user) return { slug = slug, q = args.q, user = user } end
+    local src = tide.integrations.composio { api_key = "key-1", base_url = srv.url, user_id = "u1" }
+    local toolkits = assert(src:fetch())
+    local action
+    for _, tk in ipairs(toolkits) do
+      if tk.connected and #tk.tools > 0 then action = tk.tools[1].name break end
+    end
+    assert.is_string(action)
+    local data = tide.run(function() return src:execute(action, { q = "x" }) end)
+    assert.are.same({ slug = action, q = "x", user = "u1" }, data)
+    local r, err = tide.run(function() return src:execute("NOPE_NOTHING", {}) end)
+    assert.is_nil(r)
+    assert.are.equal("ToolError", err.code)
+    srv:close()
+  end)
+end)

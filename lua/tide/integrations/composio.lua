@@ -414,6 +414,33 @@ end
 --- "composio|<base_url>|<user_id>", plus "|<hash>" of the filtering options
 --- when they are not the defaults.
 ---@return string
+--- Executes an action for the source's user:
+--- POST {base_url}/tools/execute/{tool_slug} with { user_id, arguments, version }
+--- (Composio v3 REST "Execute tool"); returns the response's `data`.
+---@param action string
+---@param args table
+---@return any data
+---@return table|nil err
+function Composio:execute(action, args)
+  local res, err = require("tide.http").request {
+    method = "POST", url = self.base_url .. "/tools/execute/" .. action, timeout_ms = self.timeout_ms,
+    headers = { ["x-api-key"] = self.api_key, ["content-type"] = "application/json", accept = "application/json" },
+    body = json.canonical { user_id = self.user_id, arguments = args or {}, version = "latest" },
+  }
+  if not res then
+    if type(err) == "table" and err.code == "Cancelled" then error(err, 0) end
+    return fail("HttpFailed", ("composio execute %s: %s"):format(action, tostring(err)), { cause = err })
+  end
+  local body = json.decode(res.body)
+  if res.status < 200 or res.status > 299 or type(body) ~= "table" or body.successful == false then
+    local msg = type(body) == "table" and body.error ~= json.null and body.error or ("HTTP " .. res.status)
+    if type(msg) == "table" then msg = msg.message or json.canonical(msg) end
+    return fail("ToolError", ("composio execute %s failed: %s"):format(action, tostring(msg)),
+      { status = res.status })
+  end
+  return body.data
+end
+
 function Composio:identity() return self.id end
 
 function Composio:__tostring() return "tide.integrations.composio (" .. self.id .. ")" end

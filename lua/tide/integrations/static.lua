@@ -83,6 +83,26 @@ function Static:set(toolkits)
   self.toolkits = toolkits
 end
 
+--- Runs action `name` of one of the source's toolkits through the `handler`
+--- function given with it in the toolkit definition.
+---@param name string
+---@param args table
+---@return any result
+---@return table|nil err
+function Static:execute(name, args)
+  for _, tk in ipairs(self.toolkits) do
+    for _, a in ipairs(tk.tools or {}) do
+      if a.name == name then
+        if type(a.handler) ~= "function" then
+          return nil, core.error("ToolError", ("action %s has no handler in this static source"):format(name))
+        end
+        return a.handler(args)
+      end
+    end
+  end
+  return nil, core.error("UnknownTool", ("no action named %s in this source"):format(name))
+end
+
 function Static:__tostring() return "tide.integrations.static (" .. self.id .. ")" end
 
 return static
