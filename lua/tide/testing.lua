@@ -1,0 +1,606 @@
+--- tide.testing: a loopback mock of model providers, for specs, the demo and
+--- benchmarks.
+---
+--- `mock_server` listens on 127.0.0.1 and answers POST `.../chat/completions`
+--- in the OpenAI Chat Completions wire format and POST `.../messages` in the
+--- Anthropic Messages format, streaming (SSE) or not as the request's `stream`
+--- field asks. Replies are scripted in a provider-neutral form and rendered
+--- into the right shape; faults (status codes, dropped connections, malformed
+--- or truncated streams, oversized bodies, hangs) are replies too.
+---
+--- Replies (`tide.testing.reply`): a string (assistant text); a table
+--- `{ text, tool_calls = { { name, arguments = table|raw string, id } },
+--- usage = { input, output, cached }, delay_ms, chunk_delay_ms, headers }`;
+--- a fault table (below); or a function(req) returning one of these.
+--- Faults:
+---   status    HTTP `status` (default 500) with a provider-shaped error body or
+---             `body`; `retry_after` sets Retry-After.
+---   drop      streaming: the connection closes after `after` (default 2) SSE
+---             chunks; otherwise after half of the announced Content-Length.
+---   malformed a 200 whose body (or one SSE data line) is not valid JSON.
+---   truncate  streaming: a clean HTTP response whose SSE stream stops before
+---             the finish chunk/[DONE] (OpenAI) or message_delta/message_stop
+---             (Anthropic); otherwise a clean response with half the JSON.
+---   oversize  a 200 of `bytes` bytes: valid JSON whose content is padding (when
+---             streaming, `bytes` of content in 16 KiB deltas).
+---   hang      no answer at all, until the client gives up or the server closes.
+---
+--- It is built on `core.server_listen` (core/server.c) and on lua-cjson
+--- directly, not on tide.json, so that what the mock sends never depends on
+--- the encoder of the code under test.
+---@class tide.testing
+local testing = {}
+
+local core = require "tide.core"
+local cjson = require("cjson").new()
+
+local null = cjson.null
+-- lua-cjson 2.1.0 encodes an empty table as {}; where the wire format wants an
+-- empty array, this marker is put in and replaced after encoding.
+local EMPTY = "__tide_mock_empty_array__"
+local EMPTY_JSON = '"' .. EMPTY .. '"'
+
+local function encode(v)
+  local s = cjson.encode(v)
+  if s:find(EMPTY_JSON, 1, true) then s = s:gsub(EMPTY_JSON, "[]") end
+  return s
+end
+
+local function decode(s)
+  if type(s) ~= "string" or s == "" then return nil end
+  local ok, v = pcall(cjson.decode, s)
+  if ok then return v end
+  return nil
+end
+
+local function tokens(nbytes)
+  return math.max(1, (nbytes + 3) // 4)
+end
+
+--- Splits `s` into at most `n` pieces of similar size, never inside a UTF-8
+--- sequence (each piece stays valid text on its own).
+local function split(s, n)
+  local out, len = {}, #s
+  if len == 0 then return out end
+  local size = math.max(1, (len + n - 1) // n)
+  local i = 1
+  while i <= len do
+    local j = math.min(len, i + size - 1)
+    -- Move the cut forward past continuation bytes (10xxxxxx).
+    while j < len do
+      local b = s:byte(j + 1)
+      if b < 0x80 or b >= 0xC0 then break end
+      j = j + 1
+    end
+    out[#out + 1] = s:sub(i, j)
+    i = j + 1
+  end
+  return out
+end
+
+local JSON_HEADERS = { ["content-type"] = "application/json" }
+local SSE_HEADERS = { ["content-type"] = "text/event-stream", ["cache-control"] = "no-cache" }
+
+local function copy(t)
+  local c = {}
+  for k, v in pairs(t) do c[k] = v end
+  return c
+end
+
+local function json_error(status, message)
+  return { status = status, headers = JSON_HEADERS,
+           body = encode({ error = { message = message, type = "mock_error" } }) }
+end
+
+-- ------------------------------------------------------------------ replies
+
+---@alias tide.testing.reply string|tide.testing.reply_table|fun(req:tide.testing.request):tide.testing.reply
+
+---@class tide.testing.tool_call
+---@field name string
+---@field arguments? table|string a table is JSON-encoded; a string is sent verbatim
+---@field id? string default "call_<n>" (OpenAI) or "toolu_<n>" (Anthropic)
+
+---@class tide.testing.reply_table
+---@field text? string assistant text
+---@field tool_calls? tide.testing.tool_call[]
+---@field usage? {input?:integer, output?:integer, cached?:integer}
+---@field delay_ms? integer wait before answering
+---@field chunk_delay_ms? integer streaming: wait between SSE chunks
+---@field headers? table<string,string> extra response headers
+---@field fault? "status"|"drop"|"malformed"|"truncate"|"oversize"|"hang"
+---@field status? integer fault = "status": the HTTP status (429, 500, 503...)
+---@field retry_after? number fault = "status": sets Retry-After (seconds)
+---@field body? string|table fault = "status": the error body (default: provider-shaped)
+---@field after? integer fault = "drop", streaming: chunks sent before the drop (default 2)
+---@field bytes? integer fault = "oversize": body size
+
+---@class tide.testing.request
+---@field method string
+---@field path string including the query
+---@field headers table<string,string> lowercased names
+---@field body string
+---@field json? any the decoded body, or nil when it is not JSON
+
+local function resolve(reply, req)
+  for _ = 1, 8 do
+    if type(reply) ~= "function" then break end
+    reply = reply(req)
+  end
+  if type(reply) == "string" then return { text = reply } end
+  if type(reply) ~= "table" then
+    error(("mock: a reply must be a string, a table or a function (got %s)"):format(type(reply)), 0)
+  end
+  return reply
+end
+
+-- Normalised tool calls: { id, name, args = JSON text, input = table|string }.
+local function tool_calls(self, reply, prefix)
+  local out = {}
+  for i, tc in ipairs(reply.tool_calls or {}) do
+    if type(tc) ~= "table" or type(tc.name) ~= "string" then
+      error(("mock: tool_calls[%d] needs a name"):format(i), 0)
+    end
+    self._ids = self._ids + 1
+    local args, input = tc.arguments, nil
+    if type(args) == "string" then
+      input = decode(args)
+      if type(input) ~= "table" then input = args end
+    else
+      input = args or {}
+      args = encode(input)
+    end
+    out[i] = { id = tc.id or (prefix .. self._ids), name = tc.name, args = args, input = input }
+  end
+  return out
+end
+
+local function usage_of(reply, req, text, calls)
+  local u = reply.usage or {}
+  local out_bytes = #text
+  for _, c in ipairs(calls) do out_bytes = out_bytes + #c.name + #c.args end
+  return {
+    input = u.input or tokens(#req.body),
+    output = u.output or tokens(out_bytes),
+    cached = u.cached or 0,
+  }
+end
+
+-- -------------------------------------------------------- OpenAI rendering
+
+local openai = {}
+
+function openai.error_body(status, message)
+  local kind = status == 429 and "rate_limit_error" or (status >= 500 and "server_error" or "invalid_request_error")
+  return encode({ error = { message = message, type = kind, param = null, code = null } })
+end
+
+function openai.completion(ctx)
+  local msg = { role = "assistant", content = ctx.text ~= "" and ctx.text or null }
+  if #ctx.calls > 0 then
+    msg.tool_calls = {}
+    for i, c in ipairs(ctx.calls) do
+      msg.tool_calls[i] = { id = c.id, type = "function", ["function"] = { name = c.name, arguments = c.args } }
+    end
+  elseif ctx.text == "" then
+    msg.content = ""
+  end
+  local u = ctx.usage
+  return encode({
+    id = ctx.id, object = "chat.completion", created = ctx.created, model = ctx.model,
+    choices = { { index = 0, message = msg, logprobs = null,
+                  finish_reason = #ctx.calls > 0 and "tool_calls" or "stop" } },
+    usage = { prompt_tokens = u.input, completion_tokens = u.output,
+              total_tokens = u.input + u.output,
+              prompt_tokens_details = { cached_tokens = u.cached } },
+  })
+end
+
+local function sse_data(obj)
+  return "data: " .. (type(obj) == "string" and obj or encode(obj)) .. "\n\n"
+end
+
+-- The SSE events of a streamed completion, one HTTP chunk each except the
+-- tail (finish, usage and [DONE] share one chunk, to exercise parsers).
+-- With `truncate`, the stream stops before the finish chunk.
+function openai.stream(ctx, truncate)
+  local function chunk(delta, finish)
+    return sse_data({ id = ctx.id, object = "chat.completion.chunk", created = ctx.created,
+                      model = ctx.model,
+                      choices = { { index = 0, delta = delta, logprobs = null,
+                                    finish_reason = finish or null } } })
+  end
+  local chunks = {}
+  chunks[1] = chunk({ role = "assistant", content = ctx.text ~= "" and "" or null })
+  for _, piece in ipairs(ctx.text_pieces) do chunks[#chunks + 1] = chunk({ content = piece }) end
+  for i, c in ipairs(ctx.calls) do
+    chunks[#chunks + 1] = chunk({ tool_calls = { {
+      index = i - 1, id = c.id, type = "function", ["function"] = { name = c.name, arguments = "" } } } })
+    for _, piece in ipairs(split(c.args, 3)) do
+      chunks[#chunks + 1] = chunk({ tool_calls = { { index = i - 1, ["function"] = { arguments = piece } } } })
+    end
+  end
+  if truncate then return chunks end
+  local u = ctx.usage
+  chunks[#chunks + 1] = chunk({}, #ctx.calls > 0 and "tool_calls" or "stop")
+    .. sse_data({ id = ctx.id, object = "chat.completion.chunk", created = ctx.created,
+                  model = ctx.model, choices = EMPTY,
+                  usage = { prompt_tokens = u.input, completion_tokens = u.output,
+                            total_tokens = u.input + u.output,
+                            prompt_tokens_details = { cached_tokens = u.cached } } })
+    .. "data: [DONE]\n\n"
+  return chunks
+end
+
+function openai.malformed_stream(ctx)
+  return {
+    sse_data({ id = ctx.id, object = "chat.completion.chunk", created = ctx.created, model = ctx.model,
+               choices = { { index = 0, delta = { role = "assistant", content = "" }, finish_reason = null } } }),
+    'data: {"id":"' .. ctx.id .. '","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"oo\n\n',
+    "data: [DONE]\n\n",
+  }
+end
+
+-- ----------------------------------------------------- Anthropic rendering
+
+local anthropic = {}
+
+function anthropic.error_body(status, message)
+  local kind = status == 429 and "rate_limit_error" or (status == 529 and "overloaded_error")
+    or (status >= 500 and "api_error" or "invalid_request_error")
+  return encode({ type = "error", error = { type = kind, message = message } })
+end
+
+local function anthropic_usage(u, output)
+  return { input_tokens = u.input, output_tokens = output,
+           cache_read_input_tokens = u.cached, cache_creation_input_tokens = 0 }
+end
+
+function anthropic.completion(ctx)
+  local content = {}
+  if ctx.text ~= "" then content[1] = { type = "text", text = ctx.text } end
+  for _, c in ipairs(ctx.calls) do
+    content[#content + 1] = { type = "tool_use", id = c.id, name = c.name, input = c.input }
+  end
+  return encode({
+    id = ctx.id, type = "message", role = "assistant", model = ctx.model,
+    content = #content > 0 and content or EMPTY,
+    stop_reason = #ctx.calls > 0 and "tool_use" or "end_turn", stop_sequence = null,
+    usage = anthropic_usage(ctx.usage, ctx.usage.output),
+  })
+end
+
+local function event(name, obj)
+  return "event: " .. name .. "\ndata: " .. (type(obj) == "string" and obj or encode(obj)) .. "\n\n"
+end
+
+local function message_start(ctx)
+  return event("message_start", { type = "message_start", message = {
+    id = ctx.id, type = "message", role = "assistant", model = ctx.model, content = EMPTY,
+    stop_reason = null, stop_sequence = null, usage = anthropic_usage(ctx.usage, 1) } })
+end
+
+-- With `truncate`, the stream stops before message_delta and message_stop.
+function anthropic.stream(ctx, truncate)
+  local chunks = { message_start(ctx), event("ping", { type = "ping" }) }
+  local index = 0
+  local function add(s) chunks[#chunks + 1] = s end
+  if ctx.text ~= "" then
+    add(event("content_block_start", { type = "content_block_start", index = index,
+                                       content_block = { type = "text", text = "" } }))
+    for _, piece in ipairs(ctx.text_pieces) do
+      add(event("content_block_delta", { type = "content_block_delta", index = index,
+                                         delta = { type = "text_delta", text = piece } }))
+    end
+    add(event("content_block_stop", { type = "content_block_stop", index = index }))
+    index = index + 1
+  end
+  for _, c in ipairs(ctx.calls) do
+    add(event("content_block_start", { type = "content_block_start", index = index,
+      content_block = { type = "tool_use", id = c.id, name = c.name, input = {} } }))
+    for _, piece in ipairs(split(c.args, 3)) do
+      add(event("content_block_delta", { type = "content_block_delta", index = index,
+                                         delta = { type = "input_json_delta", partial_json = piece } }))
+    end
+    add(event("content_block_stop", { type = "content_block_stop", index = index }))
+    index = index + 1
+  end
+  if truncate then return chunks end
+  add(event("message_delta", { type = "message_delta",
+      delta = { stop_reason = #ctx.calls > 0 and "tool_use" or "end_turn", stop_sequence = null },
+      usage = { output_tokens = ctx.usage.output } })
+    .. event("message_stop", { type = "message_stop" }))
+  return chunks
+end
+
+function anthropic.malformed_stream(ctx)
+  return {
+    message_start(ctx),
+    'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_de\n\n',
+    event("message_stop", { type = "message_stop" }),
+  }
+end
+
+-- -------------------------------------------------------------- rendering
+
+local shapes = { openai = openai, anthropic = anthropic }
+
+local function headers_with(base, extra)
+  if not extra then return base end
+  local h = copy(base)
+  for k, v in pairs(extra) do h[k] = v end
+  return h
+end
+
+-- Fills `text` so that the body rendered by `render_body(text)` is `n` bytes.
+local function fill_to(n, render_body)
+  local body = render_body("")
+  local fill = n - #body
+  if fill <= 0 then return body end
+  body = render_body(string.rep("x", fill))
+  local diff = n - #body -- only the content string changed; correct once
+  if diff ~= 0 then body = render_body(string.rep("x", math.max(0, fill + diff))) end
+  return body
+end
+
+local function render(self, shape_name, reply, req)
+  local shape = shapes[shape_name]
+  local json = type(req.json) == "table" and req.json or {}
+  local stream = json.stream == true
+  local delay = reply.delay_ms or self._opts.delay_ms
+  local chunk_delay = reply.chunk_delay_ms or self._opts.chunk_delay_ms
+  local fault = reply.fault
+
+  if fault == "hang" then return { hang = true } end
+  if fault == "status" then
+    local status = reply.status or 500
+    local h = copy(JSON_HEADERS)
+    if reply.retry_after then h["retry-after"] = tostring(reply.retry_after) end
+    local body = reply.body
+    if type(body) == "table" then body = encode(body) end
+    return { status = status, headers = headers_with(h, reply.headers), delay_ms = delay,
+             body = body or shape.error_body(status, ("mock: HTTP %d"):format(status)) }
+  end
+  if fault ~= nil and fault ~= "drop" and fault ~= "malformed" and fault ~= "truncate"
+      and fault ~= "oversize" then
+    error(("mock: unknown fault %q"):format(tostring(fault)), 0)
+  end
+
+  local text = reply.text or ""
+  if type(text) ~= "string" then error("mock: reply.text must be a string", 0) end
+  local calls = tool_calls(self, reply, shape_name == "openai" and "call_" or "toolu_")
+  local ctx = {
+    id = (shape_name == "openai" and "chatcmpl-mock" or "msg_mock") .. self._count,
+    created = os.time(),
+    model = type(json.model) == "string" and json.model or "mock-model",
+    text = text, calls = calls,
+  }
+  ctx.usage = usage_of(reply, req, text, calls)
+
+  if fault == "oversize" then
+    local n = math.tointeger(reply.bytes) or error("mock: fault 'oversize' needs bytes = n", 0)
+    ctx.calls = {}
+    ctx.usage.output = tokens(n)
+    if stream then
+      ctx.text = string.rep("x", n)
+      ctx.text_pieces = split(ctx.text, math.max(1, (n + 16383) // 16384))
+      return { status = 200, headers = headers_with(SSE_HEADERS, reply.headers),
+               delay_ms = delay, chunks = shape.stream(ctx) }
+    end
+    return { status = 200, headers = headers_with(JSON_HEADERS, reply.headers), delay_ms = delay,
+             body = fill_to(n, function(t) ctx.text = t; return shape.completion(ctx) end) }
+  end
+
+  ctx.text_pieces = split(text, 3)
+  if not stream then
+    local body = fault == "malformed"
+      and '{"id":"' .. ctx.id .. '","object":"chat.completion","choices":[{"message":{"content":'
+      or shape.completion(ctx)
+    local res = { status = 200, headers = headers_with(JSON_HEADERS, reply.headers),
+                  delay_ms = delay, body = body }
+    if fault == "drop" then res.drop_after = 0 end
+    -- A clean HTTP response whose JSON stops half-way.
+    if fault == "truncate" then res.body = body:sub(1, #body // 2) end
+    return res
+  end
+  local chunks
+  if fault == "malformed" then
+    chunks = shape.malformed_stream(ctx)
+  else
+    chunks = shape.stream(ctx, fault == "truncate")
+  end
+  return { status = 200, headers = headers_with(SSE_HEADERS, reply.headers), delay_ms = delay,
+           chunk_delay_ms = chunk_delay, chunks = chunks,
+           drop_after = fault == "drop" and (reply.after or 2) or nil }
+end
+
+-- ------------------------------------------------------------ mock server
+
+---@class tide.testing.mock_server_opts
+---@field replies? tide.testing.reply[] scripted replies, consumed in order
+---@field default? tide.testing.reply used when no scripted reply is left
+---@field delay_ms? integer default delay before every reply
+---@field chunk_delay_ms? integer default delay between streamed chunks
+---@field routes? table<string, fun(req:tide.testing.request):table> other paths: raw responses
+---@field port? integer default 0 (ephemeral)
+---@field ref? boolean keep tide.run's loop alive while listening (default false)
+
+---@class tide.testing.MockServer
+---@field url string "http://127.0.0.1:<port>"
+---@field port integer
+local Mock = {}
+Mock.__index = Mock
+
+function Mock:_handle(req)
+  self._count = self._count + 1
+  local rec = { method = req.method, path = req.path, headers = req.headers, body = req.body,
+                json = decode(req.body) }
+  local reqs = self._requests
+  reqs[#reqs + 1] = rec
+  local route = req.path:match("^[^?]*")
+  local shape
+  if req.method == "POST" and route:match("/chat/completions$") then
+    shape = "openai"
+  elseif req.method == "POST" and route:match("/messages$") then
+    shape = "anthropic"
+  else
+    local routes = self._opts.routes
+    local h = routes and (routes[req.path] or routes[route])
+    if h == nil then return json_error(404, ("mock: no route for %s %s"):format(req.method, req.path)) end
+    local res = h(rec)
+    if type(res) == "string" then res = { body = res } end
+    return res
+  end
+  local reply
+  if self._head <= self._tail then
+    reply = self._queue[self._head]
+    self._queue[self._head] = nil
+    self._head = self._head + 1
+  elseif (self.default or self._opts.default) ~= nil then
+    -- `srv.default = r` may be set at any time, for the requests after it.
+    reply = self.default or self._opts.default
+  else
+    return { status = 500, headers = JSON_HEADERS,
+             body = shapes[shape].error_body(500, "mock: no scripted reply left") }
+  end
+  return render(self, shape, resolve(reply, rec), rec)
+end
+
+--- Every request received so far, oldest first (a copy of the list).
+---@return tide.testing.request[]
+function Mock:requests()
+  return table.move(self._requests, 1, #self._requests, 1, {})
+end
+
+--- Appends scripted replies.
+---@param ... tide.testing.reply
+function Mock:push(...)
+  for i = 1, select("#", ...) do
+    self._tail = self._tail + 1
+    self._queue[self._tail] = (select(i, ...))
+  end
+end
+
+--- The number of scripted replies not yet consumed.
+---@return integer
+function Mock:pending()
+  return self._tail - self._head + 1
+end
+
+--- The server's counters: `{ port, connections, requests }`.
+---@return {port:integer, connections:integer, requests:integer}
+function Mock:stats()
+  return self._server:stats()
+end
+
+--- Closes the listener and every connection (idempotent). A mock server that
+--- is never closed lives until the Lua state closes.
+function Mock:close()
+  self._server:close()
+end
+Mock.__close = Mock.close
+
+--- Starts a mock model provider on 127.0.0.1.
+---@param opts? tide.testing.mock_server_opts
+---@return tide.testing.MockServer|nil server
+---@return table|nil err `{ code = "ListenFailed", message }` when the port cannot be bound
+function testing.mock_server(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then
+    error(("bad argument #1 to 'mock_server' (table expected, got %s)"):format(type(opts)), 2)
+  end
+  if opts.replies ~= nil and type(opts.replies) ~= "table" then
+    error("bad argument #1 to 'mock_server' (field 'replies' must be a table)", 2)
+  end
+  if opts.routes ~= nil and type(opts.routes) ~= "table" then
+    error("bad argument #1 to 'mock_server' (field 'routes' must be a table)", 2)
+  end
+  local self = setmetatable({ _opts = opts, _queue = {}, _head = 1, _tail = 0,
+                              _requests = {}, _ids = 0, _count = 0 }, Mock)
+  self:push(table.unpack(opts.replies or {}))
+  local srv, err = core.server_listen({
+    host = "127.0.0.1", port = opts.port or 0, ref = opts.ref == true,
+    handler = function(req) return self:_handle(req) end,
+  })
+  if not srv then return nil, err end
+  self._server = srv
+  self.port = srv:port()
+  self.url = ("http://127.0.0.1:%d"):format(self.port)
+  return self
+end
+
+-- ---------------------------------------------------------- reply helpers
+
+local function messages(req)
+  local json = req.json
+  return type(json) == "table" and type(json.messages) == "table" and json.messages or {}
+end
+
+--- Counts tool results in a request: OpenAI `role = "tool"` messages and
+--- Anthropic `tool_result` content blocks.
+---@param req tide.testing.request
+---@return integer
+function testing.count_tool_results(req)
+  local n = 0
+  for _, m in ipairs(messages(req)) do
+    if type(m) == "table" then
+      if m.role == "tool" then
+        n = n + 1
+      elseif type(m.content) == "table" then
+        for _, block in ipairs(m.content) do
+          if type(block) == "table" and block.type == "tool_result" then n = n + 1 end
+        end
+      end
+    end
+  end
+  return n
+end
+
+--- A reply function that calls `tool_name` (arguments `{ q = "item <k>" }`)
+--- while the request holds fewer than `n` tool results, then answers
+--- "done after <n> lookups". Works for both wire formats.
+---@param n integer
+---@param tool_name? string default "lookup"
+---@return fun(req:tide.testing.request):tide.testing.reply
+function testing.tool_loop(n, tool_name)
+  if math.type(n) ~= "integer" or n < 0 then
+    error("bad argument #1 to 'tool_loop' (non-negative integer expected)", 2)
+  end
+  tool_name = tool_name or "lookup"
+  return function(req)
+    local k = testing.count_tool_results(req)
+    if k < n then
+      return { tool_calls = { { name = tool_name, arguments = { q = "item " .. (k + 1) } } } }
+    end
+    return ("done after %d lookups"):format(n)
+  end
+end
+
+local function text_of(content)
+  if type(content) == "string" then return content end
+  if type(content) ~= "table" then return nil end
+  local parts = {}
+  for _, part in ipairs(content) do
+    if type(part) == "table" and part.type == "text" and type(part.text) == "string" then
+      parts[#parts + 1] = part.text
+    end
+  end
+  return #parts > 0 and table.concat(parts) or nil
+end
+
+--- A reply function answering "echo: <text of the last user message>".
+---@param req tide.testing.request
+---@return string
+function testing.echo(req)
+  local msgs = messages(req)
+  for i = #msgs, 1, -1 do
+    local m = msgs[i]
+    if type(m) == "table" and m.role == "user" then
+      local text = text_of(m.content)
+      if text then return "echo: " .. text end
+    end
+  end
+  return "echo: "
+end
+
+return testing
