@@ -159,12 +159,14 @@ void tide__open_cache(lua_State *L);
 void tide__open_dispatch(lua_State *L);
 void tide__open_template(lua_State *L);
 void tide__open_watch(lua_State *L);
+void tide__open_stdio(lua_State *L);
 
 /* Shutdown hooks, run in order when the state closes (before uv_loop_close). */
 void tide__http_shutdown(tide_ctx *ctx);
 void tide__server_shutdown(tide_ctx *ctx);
 void tide__watch_shutdown(tide_ctx *ctx);
 void tide__cache_shutdown(tide_ctx *ctx);
+void tide__stdio_shutdown(tide_ctx *ctx);
 
 /* depth.c */
 /// Computes the depth of a child of `parent`: 0 on success with *out set,

@@ -1,0 +1,66 @@
+-- LuaRocks package. `luarocks make` builds the C module with CMake and
+-- installs the Lua layer listed below; lua-cjson comes from the system
+-- (Debian: lua-cjson) or from LuaRocks.
+rockspec_format = "3.0"
+package = "tide"
+version = "0.1.0-1"
+source = {
+  url = "git+file://.",
+}
+description = {
+  summary = "A Lua-scriptable LLM agent runtime with a C core",
+  detailed = [[
+tide runs LLM agents from Lua scripts: tasks on a libuv loop, HTTP to model
+providers through libcurl, a shared integration cache with prewarmed
+sessions, spawn-depth-gated sub-agents, hot-reloaded prompts.
+]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.4, < 5.5",
+  "lua-cjson >= 2.1",
+}
+external_dependencies = {
+  LIBUV = { header = "uv.h" },
+  LIBCURL = { header = "curl/curl.h" },
+}
+build = {
+  type = "cmake",
+  variables = {
+    CMAKE_BUILD_TYPE = "Release",
+    CMAKE_INSTALL_PREFIX = "$(PREFIX)",
+    LUA_INCDIR = "$(LUA_INCDIR)",
+    LUA_LIBDIR = "$(LIBDIR)",
+    LUA_LUADIR = "$(LUADIR)",
+    TIDE_BENCH = "OFF",
+  },
+  install = {
+    lua = {
+      ["tide"] = "lua/tide/init.lua",
+      ["tide.agents"] = "lua/tide/agents.lua",
+      ["tide.agents_loader"] = "lua/tide/agents_loader.lua",
+      ["tide.chat"] = "lua/tide/chat.lua",
+      ["tide.config"] = "lua/tide/config.lua",
+      ["tide.http"] = "lua/tide/http.lua",
+      ["tide.integrations"] = "lua/tide/integrations/init.lua",
+      ["tide.integrations.cache"] = "lua/tide/integrations/cache.lua",
+      ["tide.integrations.composio"] = "lua/tide/integrations/composio.lua",
+      ["tide.integrations.static"] = "lua/tide/integrations/static.lua",
+      ["tide.json"] = "lua/tide/json.lua",
+      ["tide.prompts"] = "lua/tide/prompts.lua",
+      ["tide.provider"] = "lua/tide/provider/init.lua",
+      ["tide.provider.anthropic"] = "lua/tide/provider/anthropic.lua",
+      ["tide.provider.openai"] = "lua/tide/provider/openai.lua",
+      ["tide.session"] = "lua/tide/session.lua",
+      ["tide.testing"] = "lua/tide/testing.lua",
+      ["tide.testing.composio"] = "lua/tide/testing/composio.lua",
+      ["tide.tool"] = "lua/tide/tool.lua",
+      ["tide.tool_protocol"] = "lua/tide/tool_protocol.lua",
+      ["tide.transcript"] = "lua/tide/transcript.lua",
+    },
+    bin = {
+      ["tide"] = "bin/tide",
+      ["tide-mock"] = "bin/tide-mock",
+    },
+  },
+}
