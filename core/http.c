@@ -485,8 +485,10 @@ static int l_next(lua_State *L) {
     return 2;
   }
   if (r->done) {
+    /* Data that arrived before a failure is delivered first: the stream's
+    ** consumer sees everything it was sent, then the error. */
     if (r->stream && r->body.len > 0 && r->status >= 200 && r->status < 300 &&
-        r->result == CURLE_OK && !r->too_large) {
+        !r->too_large && r->result != CURLE_ABORTED_BY_CALLBACK) {
       lua_pushliteral(L, "data");
       lua_pushlstring(L, r->body.p, r->body.len);
       r->body.len = 0;
@@ -670,7 +672,10 @@ static int l_request(lua_State *L) {
   curl_easy_setopt(e, CURLOPT_BUFFERSIZE, RECV_BUFFER_SIZE);
   curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  /* Waiting for a connection that might multiplex only pays off where HTTP/2
+  ** is possible; over plain HTTP/1.1 it would serialise a first burst of
+  ** requests behind the first connection. */
+  if (strncmp(url, "https:", 6) == 0) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, verify ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);

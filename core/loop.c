@@ -600,6 +600,17 @@ static void cancel_all(tide_ctx *ctx) {
   uv_run(ctx->loop, UV_RUN_DEFAULT);
 }
 
+/* Ctrl-C while the loop runs: lua.c's own handler only runs when Lua code
+** does, which an idle loop never gets to, so tide watches SIGINT itself and
+** cancels every task; the program unwinds (to-be-closed variables run) and
+** tide.run reports Interrupted. */
+static void sigint_cb(uv_signal_t *h, int signum) {
+  (void)signum;
+  tide_ctx *ctx = h->data;
+  ctx->interrupted = 1;
+  for (tide_task *t = ctx->live_head; t; t = t->next_live) cancel_task(t);
+}
+
 /* core.run(fn, ...) -> true, results... | false, err
 ** Runs fn as the root task and drives the loop until every task has ended. */
 static int l_run(lua_State *L) {
@@ -611,10 +622,28 @@ static int l_run(lua_State *L) {
   tide_task *root = tide__spawn(L, 1, lua_gettop(L) - 1, 0);
   int rootidx = lua_gettop(L);
   ctx->running = 1;
+  ctx->interrupted = 0;
+  uv_signal_t *sig = malloc(sizeof *sig);
+  if (sig) {
+    uv_signal_init(ctx->loop, sig);
+    sig->data = ctx;
+    uv_signal_start(sig, sigint_cb, SIGINT);
+    uv_unref((uv_handle_t *)sig);
+  }
   uv_run(ctx->loop, UV_RUN_DEFAULT);
   int deadlock = root->state != TIDE_TASK_DONE;
   if (ctx->live_head) cancel_all(ctx);
+  if (sig) {
+    uv_close((uv_handle_t *)sig, close_free_cb);
+    uv_run(ctx->loop, UV_RUN_NOWAIT); /* let the close callback run */
+  }
   ctx->running = 0;
+  if (ctx->interrupted && root->state == TIDE_TASK_DONE && !root->ok) {
+    root->reported = 1;
+    lua_pushboolean(L, 0);
+    tide__push_error(L, "Interrupted", "interrupted (SIGINT)");
+    return 2;
+  }
   if (deadlock) {
     root->reported = 1;
     lua_pushboolean(L, 0);

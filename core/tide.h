@@ -95,6 +95,7 @@ struct tide_ctx {
   uv_loop_t *loop;
   int running;  /* tide.run is driving the loop */
   int closing;  /* the state is being closed */
+  int interrupted; /* SIGINT arrived while tide.run drove the loop */
   uint64_t next_task_id;
   tide_task *ready_head, *ready_tail;
   tide_task *live_head;

@@ -48,7 +48,7 @@ end
 --- Suspends the current task for `ms` milliseconds (outside a task: blocks).
 ---@param ms integer
 function tide.sleep(ms)
-  ms = math.tointeger(ms) or ms
+  if type(ms) == "number" then ms = math.tointeger(ms) or ms end
   if math.type(ms) ~= "integer" or ms < 0 then
     error(("bad argument #1 to 'sleep' (non-negative integer expected, got %s)"):format(
       math.type(ms) or type(ms)), 2)
@@ -73,7 +73,7 @@ tide.codes = {
   "SpawnDepthExceeded", "StreamTooLarge", "TemplateError", "Timeout", "TLSFailed",
   "ToolError", "UnknownAgent", "UnknownTool", "TranscriptError", "ConfigError",
   "RateLimited", "UnknownPrompt", "SessionBusy", "TurnFailed", "AgentFileError",
-  "IntegrationsUnavailable", "ListenFailed",
+  "IntegrationsUnavailable", "ListenFailed", "Interrupted", "WatchFailed", "FileError",
 }
 
 -- Submodules load on first access: tide.http, tide.testing, tide.provider, ...

@@ -111,11 +111,17 @@ function M.model(req)
   if #v.results > 0 then
     return "Here is what I found: " .. table.concat(v.results, " / ")
   end
-  -- an integrations agent: use its first listing action
-  local action
+  -- an integrations agent: use the listing action whose name best matches
+  -- the task's words
+  local action, best = nil, -1
+  local words = v.task:upper()
   for name in pairs(v.tools) do
     if name:match("^[A-Z0-9_]+$") and (name:find("LIST", 1, true) or name:find("GET", 1, true)) then
-      if not action or name < action then action = name end
+      local score = 0
+      for part in name:gmatch("[A-Z]+") do
+        if #part > 3 and words:find(part, 1, true) then score = score + 1 end
+      end
+      if score > best or (score == best and name < action) then action, best = name, score end
     end
   end
   if action then return { tool_calls = { { name = action, arguments = {} } } } end

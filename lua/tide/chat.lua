@@ -1,0 +1,194 @@
+--- tide.chat: a terminal chat for prompt tinkerers.
+---
+---   tide chat [agent] [--prompts DIR] [--agents DIR] [--provider openai|anthropic|demo]
+---
+--- The reply streams as it comes; tool calls and delegations print as an
+--- indented tree with timings. Prompt and agent directories are watched: edit
+--- a prompt while chatting, type /new, and the new session uses the new text
+--- (the live one keeps its frozen prompt). With no API key in the environment
+--- it runs on the embedded demo model over a loopback mock server.
+---@class tide.chat
+local M = {}
+
+local tide = require "tide"
+local core = require "tide.core"
+
+local HELP = [[
+commands:
+  /new      start a fresh session (it picks up edited prompts and agents)
+  /stats    print the session's counters
+  /prompt   print the session's frozen system prompt
+  /tools    list the tools the model sees
+  /help     this help
+  /quit     leave (Ctrl-D too)]]
+
+local function parse(argv)
+  local o = { agent = nil }
+  local i = 1
+  while i <= #argv do
+    local a = argv[i]
+    if a == "--prompts" or a == "--agents" or a == "--provider" or a == "--transcript" then
+      o[a:sub(3)] = argv[i + 1]
+      if not argv[i + 1] then error("tide chat: " .. a .. " needs a value", 0) end
+      i = i + 2
+    elseif a == "-h" or a == "--help" then
+      o.help = true
+      i = i + 1
+    elseif a:sub(1, 1) == "-" then
+      error("tide chat: unknown option " .. a, 0)
+    else
+      o.agent = a
+      i = i + 1
+    end
+  end
+  return o
+end
+
+local function pick_provider(kind)
+  kind = kind or (os.getenv("OPENAI_API_KEY") and "openai") or (os.getenv("ANTHROPIC_API_KEY") and "anthropic") or "demo"
+  if kind == "openai" then return tide.provider.openai {}, "openai " .. (os.getenv("TIDE_MODEL") or "") end
+  if kind == "anthropic" then return tide.provider.anthropic {}, "anthropic " .. (os.getenv("TIDE_MODEL") or "") end
+  if kind ~= "demo" then error("tide chat: unknown provider " .. kind, 0) end
+  local demo = require "tide.testing.demo"
+  local srv = assert(tide.testing.mock_server { default = demo.model })
+  return tide.provider.openai { base_url = srv.url .. "/v1", api_key = "demo", model = "demo-model" },
+    "embedded demo model (no API key set)", srv
+end
+
+-- The tree view of what the agent does: indented by spawn depth.
+local function printer(out, state)
+  return function(ev)
+    local pad = string.rep("  ", ev.depth - state.base + 1)
+    if ev.type == "delta" then
+      if ev.depth == state.base then
+        if state.line_open == false then out:write("  ") end
+        out:write(ev.text)
+        state.line_open = true
+      end
+      return
+    end
+    if state.line_open then out:write("\n") end
+    state.line_open = false
+    if ev.type == "tool_start" then
+      local args = ev.arguments or ""
+      if #args > 60 then args = args:sub(1, 57) .. "..." end
+      out:write(pad, "├─ ", ev.name, " ", args, "\n")
+    elseif ev.type == "tool_end" then
+      out:write(pad, "└─ ", ev.name, (" %.1f ms%s\n"):format(ev.ms, ev.is_error and " (error)" or ""))
+    elseif ev.type == "subagent_start" then
+      out:write(pad, "   ↳ ", ev.agent, "\n")
+    elseif ev.type == "subagent_end" then
+      out:write(pad, "   ↲ ", ev.agent, (" %.1f ms\n"):format(ev.ms))
+    end
+    out:flush()
+  end
+end
+
+local function print_stats(out, s)
+  local st = s:stats()
+  local keys = {}
+  for k, v in pairs(st) do if type(v) ~= "table" then keys[#keys + 1] = k end end
+  table.sort(keys)
+  for _, k in ipairs(keys) do out:write(("  %-24s %s\n"):format(k, tostring(st[k]))) end
+  out:write(("  %-24s in=%d out=%d cached=%d\n"):format("tokens", st.tokens.input, st.tokens.output, st.tokens.cached))
+end
+
+--- Runs the chat; `argv` are the arguments after `chat`. Returns an exit code.
+---@param argv string[]
+---@param io_out? file* (default io.stdout)
+---@return integer
+function M.main(argv, io_out)
+  local out = io_out or io.stdout
+  local ok, o = pcall(parse, argv)
+  if not ok then
+    io.stderr:write(o, "\n")
+    return 2
+  end
+  if o.help then
+    out:write("usage: tide chat [agent] [--prompts DIR] [--agents DIR] [--provider openai|anthropic|demo]\n", HELP, "\n")
+    return 0
+  end
+  local status = 0
+  local run_ok, err = pcall(tide.run, function()
+    local provider, label, srv = pick_provider(o.provider)
+    local watchers = {}
+    local function report(e)
+      local where = e.file and (e.file .. (e.line and (":" .. e.line) or "")) or ""
+      out:write("\n[reload failed] ", where, " ", tostring(e.message or e), "\n")
+      out:flush()
+    end
+    local src
+    if o.prompts then
+      watchers[#watchers + 1] = tide.prompts.watch(o.prompts, {
+        on_error = report,
+        on_change = function(name, v) out:write(("\n[prompt %s reloaded: version %s; /new to use it]\n"):format(name, v)) end,
+      })
+    end
+    local demo = require "tide.testing.demo"
+    if not o.agents or not tide.agents.get(o.agent or "orchestrator") then demo.agents() end
+    if o.agents then
+      watchers[#watchers + 1] = tide.agents.watch(o.agents, {
+        on_error = report,
+        on_change = function(id) out:write(("\n[agent %s reloaded; /new to use it]\n"):format(id)) end,
+      })
+    end
+    if not o.provider or o.provider == "demo" then
+      src = tide.integrations.static { id = "chat-demo", toolkits = demo.toolkits() }
+      tide.integrations.cache.get(src)
+    end
+    local agent = o.agent or "orchestrator"
+    local function new_session()
+      local s = tide.session { agent = agent, provider = provider, integrations = src, transcript = o.transcript }
+      return s
+    end
+    local s = new_session()
+    out:write(("tide %s chat with '%s' on %s. /help for commands.\n"):format(tide.version, agent, label))
+    local state = { base = 0, line_open = false }
+    while true do
+      out:write("> ")
+      out:flush()
+      local line = core.read_line()
+      if line == nil then break end
+      line = line:match("^%s*(.-)%s*$")
+      if line == "/quit" or line == "/exit" then
+        break
+      elseif line == "/new" then
+        s:close()
+        s = new_session()
+        out:write("new session\n")
+      elseif line == "/stats" then
+        print_stats(out, s)
+      elseif line == "/prompt" then
+        out:write(s:system_prompt() or "(not frozen yet: it is rendered at the first turn)", "\n")
+      elseif line == "/tools" then
+        out:write("  ", table.concat(s:tools(), ", "), "\n")
+      elseif line == "/help" then
+        out:write(HELP, "\n")
+      elseif line ~= "" then
+        local t0 = core.hrtime()
+        state.line_open = false
+        local reply, terr = s:turn(line, { on_event = printer(out, state) })
+        if state.line_open then out:write("\n") end
+        if reply then
+          out:write(("  (%.0f ms)\n"):format((core.hrtime() - t0) / 1e6))
+        else
+          out:write("  error: ", tostring(terr), "\n")
+        end
+      end
+    end
+    s:close()
+    for _, w in ipairs(watchers) do w:close() end
+    if srv then srv:close() end
+  end)
+  if not run_ok then
+    if type(err) == "table" and err.code == "Interrupted" then
+      out:write("\n")
+    else
+      io.stderr:write("tide chat: ", tostring(err), "\n")
+      status = 1
+    end
+  end
+  return status
+end
+
+return M

@@ -1,0 +1,93 @@
+-- The chat for prompt tinkerers, driven through a real pty with tmux: it
+-- streams, shows the tool tree, keeps a live session pinned to its frozen
+-- prompt, and /new picks up an edited prompt file.
+local helpers = require "helpers"
+
+local function sh(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+describe("tide chat in a terminal", function()
+  local dir, name
+  local root = sh("pwd"):gsub("%s+$", "")
+
+  local function pane() return sh("tmux capture-pane -p -J -S -500 -t " .. name) end
+
+  local function wait_for(pattern, count)
+    count = count or 1
+    for _ = 1, 500 do
+      local text = pane()
+      local _, n = text:gsub(pattern, "")
+      if n >= count then return text end
+      os.execute("sleep 0.02")
+    end
+    error(("timed out waiting for %q (x%d) in:\n%s"):format(pattern, count, pane()), 2)
+  end
+
+  local function send(line)
+    os.execute(("tmux send-keys -t %s -l %q"):format(name, line))
+    os.execute(("tmux send-keys -t %s Enter"):format(name))
+  end
+
+  before_each(function()
+    assert.is_truthy(sh("command -v tmux"):match("tmux"), "tmux is needed (./dev test installs it)")
+    dir = helpers.tmpdir()
+    helpers.write(dir .. "/orchestrator.md", "You are Alpha, the first draft.\n")
+    name = "tidechat" .. tostring(math.random(1e9))
+    local build = os.getenv("TIDE_BUILD_DIR") or "build"
+    local cmd = ("cd %s && LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' " ..
+      "ASAN_OPTIONS=detect_leaks=0 lua5.4 bin/tide chat --prompts %s --provider demo; sleep 30"):format(root, build, dir)
+    local preload = os.getenv("LD_PRELOAD")
+    if preload then cmd = ("LD_PRELOAD='%s' "):format(preload) .. cmd end
+    os.execute(("tmux new-session -d -s %s -x 200 -y 60 %q"):format(name, cmd))
+    wait_for("/help for commands")
+  end)
+
+  after_each(function()
+    os.execute("tmux kill-session -t " .. name .. " 2>/dev/null")
+    helpers.rmdir(dir)
+  end)
+
+  it("streams replies, draws the tool tree, and pins live sessions while /new sees an edit", function()
+    send("hello there")
+    wait_for("You said: hello there")
+    send("look up tide")
+    wait_for("├─ lookup")
+    wait_for("└─ lookup [%d%.]+ ms")
+    wait_for("Here is what I found: tide is a Lua%-scriptable")
+    send("what are the open github issues?")
+    wait_for("↳ orchestrator/integrations:github")
+    wait_for("GITHUB_LIST_ISSUES")
+    wait_for("3 open issues")
+    send("/prompt")
+    wait_for("You are Alpha, the first draft%.")
+    -- edit the prompt while the chat is open
+    helpers.write(dir .. "/orchestrator.md", "You are Beta, the second draft.\n")
+    wait_for("%[prompt orchestrator reloaded")
+    send("/prompt")
+    wait_for("You are Alpha, the first draft%.", 2) -- the live session keeps its frozen prompt
+    assert.is_nil(pane():find("Beta", 1, true) and pane():find("You are Beta", 1, true))
+    send("/new")
+    wait_for("new session")
+    send("hi again")
+    wait_for("You said: hi again")
+    send("/prompt")
+    wait_for("You are Beta, the second draft%.")
+    -- a broken edit is reported and the previous version stays in force
+    helpers.write(dir .. "/orchestrator.md", "You are {{#broken}} unclosed\n")
+    wait_for("%[reload failed%].-orchestrator%.md:1")
+    send("/new")
+    wait_for("new session", 2)
+    send("again")
+    wait_for("You said: again")
+    send("/prompt")
+    wait_for("You are Beta, the second draft%.", 2)
+    send("/stats")
+    wait_for("provider_calls%s+%d")
+    wait_for("prewarmed%s+true")
+    send("/quit")
+  end)
+end)
