@@ -20,10 +20,8 @@ dependencies = {
   "lua >= 5.4, < 5.5",
   "lua-cjson >= 2.1",
 }
-external_dependencies = {
-  LIBUV = { header = "uv.h" },
-  LIBCURL = { header = "curl/curl.h" },
-}
+-- libuv and libcurl are found by CMake through pkg-config (Debian keeps
+-- curl.h in a multiarch directory that LuaRocks' own header probe misses).
 build = {
   type = "cmake",
   variables = {
@@ -54,6 +52,7 @@ build = {
       ["tide.session"] = "lua/tide/session.lua",
       ["tide.testing"] = "lua/tide/testing.lua",
       ["tide.testing.composio"] = "lua/tide/testing/composio.lua",
+      ["tide.testing.demo"] = "lua/tide/testing/demo.lua",
       ["tide.tool"] = "lua/tide/tool.lua",
       ["tide.tool_protocol"] = "lua/tide/tool_protocol.lua",
       ["tide.transcript"] = "lua/tide/transcript.lua",
