@@ -30,6 +30,7 @@
 /* libcurl's receive buffer is per easy handle; 16 KiB by default. A smaller
 ** one keeps memory per in-flight request low, and model replies are small. */
 #define RECV_BUFFER_SIZE 8192L
+#define MAX_IDLE_CONNECTIONS 16384
 
 typedef struct buf {
   char *p;
@@ -275,6 +276,11 @@ static tide_http_state *http_state(lua_State *L) {
   curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_cb);
   curl_multi_setopt(multi, CURLMOPT_TIMERDATA, hs);
   curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  /* libcurl's default idle-connection cache is four times the number of
+  ** transfers *currently* added, so the tail of a burst closes most of the
+  ** connections the burst opened. Sessions come back to the same provider
+  ** after each tool round: keep their connections. */
+  curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long)MAX_IDLE_CONNECTIONS);
   ctx->http = hs;
   return hs;
 }

@@ -1,0 +1,150 @@
+-- The HTTP client against the loopback mock server.
+local tide = require "tide"
+local core = require "tide.core"
+local helpers = require "helpers"
+
+describe("tide.http", function()
+  local srv
+  before_each(function()
+    srv = assert(core.server_listen {
+      handler = function(req)
+        local path = req.path
+        if path == "/echo" then
+          return { status = 200, headers = { ["content-type"] = "text/plain", ["x-method"] = req.method }, body = req.body }
+        elseif path == "/big" then
+          return { status = 200, body = string.rep("b", 200000) }
+        elseif path == "/slow" then
+          return { status = 200, body = "late", delay_ms = 2000 }
+        elseif path == "/cut" then
+          return { status = 200, body = string.rep("c", 10000), drop_after = 1 }
+        elseif path == "/stream" then
+          return { status = 200, chunks = { "one ", "two ", "three" }, chunk_delay_ms = 5 }
+        elseif path == "/status" then
+          return { status = 503, headers = { ["retry-after"] = "2" }, body = "busy" }
+        end
+        return { status = 404, body = "no" }
+      end,
+    })
+  end)
+  after_each(function()
+    srv:close()
+    helpers.assert_quiet()
+  end)
+  local function url(p) return ("http://127.0.0.1:%d%s"):format(srv:port(), p) end
+
+  it("sends a request and returns status, lowercased headers and body", function()
+    local res = tide.http.request { method = "POST", url = url("/echo"), body = "ping",
+      headers = { ["X-Test"] = "1" } }
+    assert.are.equal(200, res.status)
+    assert.are.equal("ping", res.body)
+    assert.are.equal("POST", res.headers["x-method"])
+    assert.is_number(res.timing.total_ms)
+    local res2 = tide.http.request { method = "PUT", url = url("/echo"), body = "put" }
+    assert.are.equal("PUT", res2.headers["x-method"])
+    assert.are.equal("put", res2.body)
+  end)
+
+  it("returns non-2xx statuses as responses, not errors", function()
+    local res = tide.http.request { url = url("/status") }
+    assert.are.equal(503, res.status)
+    assert.are.equal("2", res.headers["retry-after"])
+  end)
+
+  it("completes 1,000 concurrent requests over reused connections", function()
+    local before = core.http_stats()
+    local results = tide.run(function()
+      local tasks = {}
+      for i = 1, 1000 do
+        tasks[i] = tide.spawn(function()
+          local res, err = tide.http.request { method = "POST", url = url("/echo"), body = "n" .. i }
+          return res and res.body, err
+        end)
+      end
+      local out = {}
+      for i = 1, 1000 do out[i] = tasks[i]:join() end
+      -- a second wave rides on the connections of the first
+      local mid = core.http_stats().connections
+      local again = {}
+      for i = 1, 1000 do
+        again[i] = tide.spawn(function()
+          return tide.http.request { method = "POST", url = url("/echo"), body = "m" .. i }
+        end)
+      end
+      for i = 1, 1000 do assert.are.equal("m" .. i, again[i]:join().body) end
+      assert.are.equal(mid, core.http_stats().connections, "the second wave opened connections")
+      return out
+    end)
+    for i = 1, 1000 do assert.are.equal("n" .. i, results[i]) end
+    local after = core.http_stats()
+    assert.are.equal(2000, after.requests - before.requests)
+    local opened = after.connections - before.connections
+    assert.is_true(opened <= 1000, "opened " .. opened .. " connections for 2,000 requests")
+  end)
+
+  it("streams a body through on_data", function()
+    local chunks = {}
+    local res = tide.http.request { url = url("/stream"), on_data = function(c) chunks[#chunks + 1] = c end }
+    assert.are.equal(200, res.status)
+    assert.are.equal("", res.body)
+    assert.are.equal("one two three", table.concat(chunks))
+  end)
+
+  it("gives each failure a distinct stable code and stays usable", function()
+    -- a port nobody listens on
+    local probe = assert(core.server_listen { handler = function() return { status = 200 } end })
+    local dead = probe:port()
+    probe:close()
+    local cases = {
+      { { url = ("http://127.0.0.1:%d/"):format(dead) }, "ConnectFailed" },
+      { { url = url("/slow"), timeout_ms = 50 }, "Timeout" },
+      { { url = url("/big"), max_body_bytes = 1000 }, "BodyTooLarge" },
+      { { url = url("/cut") }, "ConnectionClosed" },
+      { { url = "nope://x" }, "BadURL" },
+    }
+    local seen = {}
+    for _, c in ipairs(cases) do
+      local res, err = tide.http.request(c[1])
+      assert.is_nil(res)
+      assert.are.equal(c[2], err.code)
+      assert.is_string(err.message)
+      assert.are.equal(c[2] .. ": " .. err.message, tostring(err))
+      seen[err.code] = true
+      -- the loop still works after each failure
+      assert.are.equal("ok", tide.http.request { method = "POST", url = url("/echo"), body = "ok" }.body)
+    end
+    local n = 0
+    for _ in pairs(seen) do n = n + 1 end
+    assert.are.equal(#cases, n)
+  end)
+
+  it("caps a streamed body too", function()
+    local res, err = tide.http.request { url = url("/big"), max_body_bytes = 5000, on_data = function() end }
+    assert.is_nil(res)
+    assert.are.equal("BodyTooLarge", err.code)
+  end)
+
+  it("is cancelled with its task and leaves no transfer behind", function()
+    local _, err = tide.run(function()
+      local t = tide.spawn(function() return tide.http.request { url = url("/slow") } end)
+      tide.sleep(20)
+      assert.are.equal(1, core.http_stats().active)
+      t:cancel()
+      return t:join()
+    end)
+    assert.are.equal("Cancelled", err.code)
+    assert.are.equal(0, core.http_stats().active)
+  end)
+
+  it("raises on wrong argument types, naming the argument", function()
+    assert.has_error(function() tide.http.request("http://x") end,
+      "bad argument #1 to 'request' (table expected, got string)")
+    assert.has_error(function() tide.http.request { url = url("/echo"), body = 5 } end,
+      "bad argument #1 to 'request' (field 'body' must be a string, got number)")
+    assert.has_error(function() tide.http.request { url = url("/echo"), headers = "x" } end,
+      "bad argument #1 to 'request' (field 'headers' must be a table, got string)")
+    assert.has_error(function() tide.http.request { method = "GET" } end,
+      "bad argument #1 to 'request' (field 'url' is required)")
+    assert.has_error(function() tide.http.request { url = url("/echo"), on_data = "f" } end,
+      "bad argument #1 to 'request' (field 'on_data' must be a function, got string)")
+  end)
+end)
