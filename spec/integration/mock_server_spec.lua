@@ -500,7 +500,7 @@ describe("mock server", function()
     it("delays one reply without blocking other connections", function()
       helpers.run(function()
         local srv <close> = testing.mock_server{
-          default = { text = "slow", delay_ms = 300 },
+          default = { text = "slow", delay_ms = 2000 },
           routes = { ["/fast"] = function() return { body = "fast" } end },
         }
         local order = {}
