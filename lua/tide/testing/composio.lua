@@ -178,6 +178,21 @@ function Server:_handle(req)
   if self.api_key and req.headers["x-api-key"] ~= self.api_key then
     return reply(401, { error = { message = "invalid api key" } })
   end
+  local exec_slug = path:match("^/api/v3/tools/execute/([%w_]+)$")
+  if exec_slug and req.method == "POST" then
+    -- POST /tools/execute/{tool_slug} {user_id, arguments, version}
+    self.log[#self.log].endpoint = "execute"
+    local okd, body = pcall(cjson.decode, req.body or "")
+    if not okd or type(body) ~= "table" then body = {} end
+    local known
+    for _, t in ipairs(self.tools) do if t.slug == exec_slug then known = t end end
+    if not known then
+      return reply(404, { data = {}, error = "tool not found: " .. exec_slug, successful = false })
+    end
+    local result = self.execute and self.execute(exec_slug, body.arguments or {}, body.user_id)
+      or { echo = body.arguments or {} }
+    return reply(200, { data = result, error = null, successful = true, log_id = "log_mock" })
+  end
   if req.method ~= "GET" then
     return reply(405, { error = { message = "method not allowed" } })
   end
