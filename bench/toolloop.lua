@@ -1,0 +1,107 @@
+--- Row 3: the cost of one provider round trip inside a tool loop. Sessions
+--- run a 10-lookup tool loop (testing.tool_loop(10): 11 provider calls per
+--- session) against the standalone mock; raw_curl then replays the very
+--- request bodies tide sent (captured from an in-process mock in a warm-up
+--- session), one in flight, against a fresh mock of the same kind. The tide
+--- figure covers everything a round trip costs: encoding the new messages,
+--- the HTTP exchange, parsing the reply (SSE when streaming), running the
+--- tool in a task, and the session build amortised over its 11 calls.
+--- Client and mock share one core (see bench.common, pinning), so a round
+--- trip costs what both sides spend on it.
+local common = require "bench.common"
+local fixtures = require "bench.fixtures"
+local tide = require "tide"
+
+local LOOP = 10
+local CALLS = LOOP + 1
+
+local function define_agent()
+  -- 10 tool calls and the answer are 11 iterations: one more than the default.
+  tide.agent { id = "looper", prompt = "You look things up, one at a time, until you are done.",
+               max_iterations = CALLS,
+               tools = { fixtures.lookup() } }
+end
+
+-- One warm-up session on an in-process mock; returns the bodies and the
+-- request headers tide sent.
+local function capture(stream)
+  return tide.run(function()
+    local srv = assert(tide.testing.mock_server { default = tide.testing.tool_loop(LOOP) })
+    local s = tide.session { agent = "looper", provider = fixtures.provider(srv.url, stream) }
+    local reply, err = s:turn("look up ten things")
+    if not reply then error("warm-up session failed: " .. tostring(err)) end
+    local reqs = srv:requests()
+    srv:close()
+    if #reqs ~= CALLS then error(("expected %d requests, got %d"):format(CALLS, #reqs)) end
+    return reqs
+  end)
+end
+
+local function tide_us(url, stream, sessions)
+  local p = fixtures.provider(url, stream)
+  return tide.run(function()
+    -- One untimed session opens the connection.
+    assert(tide.session { agent = "looper", provider = p }:turn("warm up"))
+    local t0 = common.hrtime()
+    for _ = 1, sessions do
+      local s = tide.session { agent = "looper", provider = p }
+      local reply, err = s:turn("look up ten things")
+      if reply ~= ("done after %d lookups"):format(LOOP) then
+        error("session failed: " .. tostring(reply or err))
+      end
+    end
+    return (common.hrtime() - t0) / 1e3 / (sessions * CALLS)
+  end)
+end
+
+return function()
+  define_agent()
+  common.pin(0)
+  local reps = common.reps(5, 1)
+  local sessions = common.reps(150, 40)
+  local lines = {}
+  for _, stream in ipairs { true, false } do
+    local reqs = capture(stream)
+    local files, hargs = {}, {}
+    for i, r in ipairs(reqs) do
+      files[i] = common.tmpname()
+      common.write(files[i], r.body)
+    end
+    for _, h in ipairs { "content-type", "accept", "authorization" } do
+      local v = reqs[1].headers[h]
+      if v then hargs[#hargs + 1] = "-H " .. common.sh(h .. ": " .. v) end
+    end
+    local quoted = {}
+    for i, f in ipairs(files) do quoted[i] = common.sh(f) end
+    local t, w = {}, {}
+    for rep = 1, reps do
+      local function tide_side()
+        local m = common.start_mock { tool_loop = LOOP, cpu = 0 }
+        local ok, v = pcall(tide_us, m.url, stream, sessions)
+        m.stop()
+        if not ok then error(v, 0) end
+        t[#t + 1] = v
+      end
+      local function raw_side()
+        local m = common.start_mock { tool_loop = LOOP, cpu = 0 }
+        local ok, v = pcall(common.raw_curl, ("%s --warmup 1 %s replay %d %s"):format(
+          table.concat(hargs, " "), common.sh(m.url .. "/v1/chat/completions"), sessions,
+          table.concat(quoted, " ")), 0)
+        m.stop()
+        if not ok then error(v, 0) end
+        w[#w + 1] = v.us_per_req
+      end
+      if rep % 2 == 1 then tide_side() raw_side() else raw_side() tide_side() end
+    end
+    for _, f in ipairs(files) do os.remove(f) end
+    local mt, mw = common.median(t), common.median(w)
+    local bytes = 0
+    for _, r in ipairs(reqs) do bytes = bytes + #r.body end
+    lines[#lines + 1] = common.line(
+      ("Tool loop, per provider round trip (%s)"):format(stream and "streaming" or "non-streaming"),
+      common.num(mt) .. " us", "raw libcurl " .. common.num(mw) .. " us; goal <= 1.5x",
+      common.x(mt / mw) .. (mt / mw <= 1.5 and " (ok)" or " (MISSED)"),
+      { tide = t, raw = w, mean_body_bytes = bytes // #reqs })
+  end
+  return lines
+end
