@@ -1,10 +1,16 @@
 /*
 ** http.c -- HTTP requests through libcurl's multi interface on the libuv loop.
 **
-** One CURLM per Lua state. libcurl tells us which sockets to watch (socket
-** callback -> one uv_poll_t per socket, kept with curl_multi_assign) and when
-** to call it back (timer callback -> one uv_timer_t). Completed transfers are
-** collected with curl_multi_info_read after every curl_multi_socket_action.
+** Transfers are spread over a few CURLM "shards" per Lua state, each filled up
+** to SHARD_TARGET transfers before the next is opened: libcurl 7.88 looks for
+** a reusable connection by walking every connection it holds to the host,
+** which is quadratic at ten thousand connections in one multi handle. Each
+** shard has its own uv_timer_t (CURLMOPT_TIMERFUNCTION); sockets get one
+** uv_poll_t each for the socket's whole life, found by descriptor, so a
+** keep-alive connection reused by the next transfer keeps its watcher instead
+** of going through epoll_ctl add and delete every time. Completed transfers
+** are collected with curl_multi_info_read after every
+** curl_multi_socket_action.
 **
 ** Re-entry rules: libcurl callbacks (write, header, socket, timer) never call
 ** Lua and never call libcurl; they copy bytes into C buffers and wake the
@@ -20,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "tide.h"
 
@@ -29,29 +36,45 @@
 #define DEFAULT_TIMEOUT_MS 120000L
 /* libcurl's receive buffer is per easy handle; 16 KiB by default. A smaller
 ** one keeps memory per in-flight request low, and model replies are small. */
-#define RECV_BUFFER_SIZE 8192L
+#define RECV_BUFFER_SIZE 2048L
 #define MAX_IDLE_CONNECTIONS 16384
+#define SHARD_TARGET 512
+#define MAX_SHARDS 64
 
 typedef struct buf {
   char *p;
   size_t len, cap;
 } buf;
 
-typedef struct tide_http_state {
-  tide_ctx *ctx;
+typedef struct tide_http_state tide_http_state;
+typedef struct sock_ctx sock_ctx;
+
+/* One CURLM and its timer. */
+typedef struct shard {
+  tide_http_state *hs;
   CURLM *multi;
   uv_timer_t *timer;
+  int active; /* transfers added */
+} shard;
+
+struct tide_http_state {
+  tide_ctx *ctx;
+  shard *shards[MAX_SHARDS];
+  int nshards;
+  sock_ctx **socks; /* watcher by socket descriptor */
+  int nsocks;
   int in_curl;
   CURL *pool[EASY_POOL_MAX];
   int npool;
   tide_http *active;     /* requests added to the multi handle */
   tide_http *deferred;   /* removals queued while inside libcurl */
   uint64_t requests, connections;
-} tide_http_state;
+};
 
 struct tide_http {
   tide_ctx *ctx;        /* outlives hs: valid until every finalizer has run */
   tide_http_state *hs;
+  shard *shard;         /* where the transfer runs */
   CURL *easy;
   struct curl_slist *headers;
   tide_http *next_active, *prev_active, *next_deferred;
@@ -97,13 +120,13 @@ static void buf_free(buf *b) {
 
 /* ------------------------------------------------------ the multi side -- */
 
-typedef struct sock_ctx {
+struct sock_ctx {
   uv_poll_t poll;
   curl_socket_t fd;
-  tide_http_state *hs;
-} sock_ctx;
+  shard *sh;
+};
 
-static void check_done(tide_http_state *hs);
+static void check_done(shard *sh);
 
 static void free_request(tide_http *r) {
   curl_slist_free_all(r->headers);
@@ -135,7 +158,8 @@ static void unlink_active(tide_http *r) {
 static void detach(tide_http *r) {
   tide_http_state *hs = r->hs;
   if (r->in_multi) {
-    curl_multi_remove_handle(hs->multi, r->easy);
+    curl_multi_remove_handle(r->shard->multi, r->easy);
+    r->shard->active--;
     unlink_active(r);
     r->in_multi = 0;
   }
@@ -155,12 +179,13 @@ static void run_deferred(tide_http_state *hs) {
   }
 }
 
-static void socket_action(tide_http_state *hs, curl_socket_t fd, int flags) {
+static void socket_action(shard *sh, curl_socket_t fd, int flags) {
+  tide_http_state *hs = sh->hs;
   int running;
   hs->in_curl = 1;
-  curl_multi_socket_action(hs->multi, fd, flags, &running);
+  curl_multi_socket_action(sh->multi, fd, flags, &running);
   hs->in_curl = 0;
-  check_done(hs);
+  check_done(sh);
   run_deferred(hs);
 }
 
@@ -173,36 +198,69 @@ static void poll_cb(uv_poll_t *h, int status, int events) {
     if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
     if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
   }
-  socket_action(s->hs, s->fd, flags);
+  socket_action(s->sh, s->fd, flags);
 }
 
 static void sock_close_cb(uv_handle_t *h) { free(h->data); }
 
+static sock_ctx *sock_lookup(tide_http_state *hs, curl_socket_t fd) {
+  return (fd >= 0 && fd < hs->nsocks) ? hs->socks[fd] : NULL;
+}
+
+static int sock_store(tide_http_state *hs, curl_socket_t fd, sock_ctx *s) {
+  if (fd >= hs->nsocks) {
+    int n = hs->nsocks ? hs->nsocks : 256;
+    while (n <= fd) n *= 2;
+    sock_ctx **p = realloc(hs->socks, (size_t)n * sizeof *p);
+    if (p == NULL) return -1;
+    memset(p + hs->nsocks, 0, (size_t)(n - hs->nsocks) * sizeof *p);
+    hs->socks = p;
+    hs->nsocks = n;
+  }
+  hs->socks[fd] = s;
+  return 0;
+}
+
+/* Closes the watcher of a socket that is going away. */
+static void sock_forget(tide_http_state *hs, curl_socket_t fd) {
+  sock_ctx *s = sock_lookup(hs, fd);
+  if (s == NULL) return;
+  hs->socks[fd] = NULL;
+  uv_close((uv_handle_t *)&s->poll, sock_close_cb);
+}
+
+/* CURLOPT_CLOSESOCKETFUNCTION: the socket's life ends here, and so does its
+** watcher (closed before the descriptor can be reused by a new socket). */
+static int closesocket_cb(void *clientp, curl_socket_t fd) {
+  sock_forget(clientp, fd);
+  return close(fd);
+}
+
 static int socket_cb(CURL *e, curl_socket_t fd, int what, void *userp,
                      void *socketp) {
   (void)e;
-  tide_http_state *hs = userp;
-  sock_ctx *s = socketp;
+  (void)socketp;
+  shard *sh = userp;
+  tide_http_state *hs = sh->hs;
+  sock_ctx *s = sock_lookup(hs, fd);
   if (what == CURL_POLL_REMOVE) {
-    if (s) {
-      uv_poll_stop(&s->poll);
-      uv_close((uv_handle_t *)&s->poll, sock_close_cb);
-      curl_multi_assign(hs->multi, fd, NULL);
-    }
+    /* The transfer is done with the socket, but a kept-alive connection may
+    ** serve the next one: stop watching, keep the watcher. */
+    if (s) uv_poll_stop(&s->poll);
     return 0;
   }
   if (s == NULL) {
     s = malloc(sizeof *s);
     if (s == NULL) return -1;
-    s->fd = fd;
-    s->hs = hs;
-    if (uv_poll_init_socket(hs->ctx->loop, &s->poll, fd) != 0) {
+    if (uv_poll_init_socket(hs->ctx->loop, &s->poll, fd) != 0 ||
+        sock_store(hs, fd, s) != 0) {
       free(s);
       return -1;
     }
+    s->fd = fd;
     s->poll.data = s;
-    curl_multi_assign(hs->multi, fd, s);
   }
+  s->sh = sh;
   int events = 0;
   if (what & CURL_POLL_IN) events |= UV_READABLE;
   if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
@@ -219,18 +277,19 @@ static void on_timeout(uv_timer_t *h) {
 ** timeout fires on the next loop iteration instead). */
 static int timer_cb(CURLM *m, long timeout_ms, void *userp) {
   (void)m;
-  tide_http_state *hs = userp;
+  shard *sh = userp;
   if (timeout_ms < 0)
-    uv_timer_stop(hs->timer);
+    uv_timer_stop(sh->timer);
   else
-    uv_timer_start(hs->timer, on_timeout, (uint64_t)timeout_ms, 0);
+    uv_timer_start(sh->timer, on_timeout, (uint64_t)timeout_ms, 0);
   return 0;
 }
 
-static void check_done(tide_http_state *hs) {
+static void check_done(shard *sh) {
+  tide_http_state *hs = sh->hs;
   CURLMsg *msg;
   int left;
-  while ((msg = curl_multi_info_read(hs->multi, &left))) {
+  while ((msg = curl_multi_info_read(sh->multi, &left))) {
     if (msg->msg != CURLMSG_DONE) continue;
     tide_http *r = NULL;
     curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
@@ -254,44 +313,72 @@ static void check_done(tide_http_state *hs) {
   }
 }
 
-static tide_http_state *http_state(lua_State *L) {
-  tide_ctx *ctx = tide__ctx(L);
-  if (ctx->http) return ctx->http;
-  tide_http_state *hs = calloc(1, sizeof *hs);
+static void timer_close_cb(uv_handle_t *h) { free(h); }
+
+static shard *new_shard(tide_http_state *hs) {
+  shard *sh = calloc(1, sizeof *sh);
   uv_timer_t *timer = malloc(sizeof *timer);
   CURLM *multi = curl_multi_init();
-  if (!hs || !timer || !multi) {
-    free(hs);
+  if (!sh || !timer || !multi) {
+    free(sh);
     free(timer);
     if (multi) curl_multi_cleanup(multi);
-    luaL_error(L, "tide: cannot initialise HTTP");
+    return NULL;
   }
-  hs->ctx = ctx;
-  hs->multi = multi;
-  hs->timer = timer;
-  uv_timer_init(ctx->loop, timer);
-  timer->data = hs;
+  sh->hs = hs;
+  sh->multi = multi;
+  sh->timer = timer;
+  uv_timer_init(hs->ctx->loop, timer);
+  timer->data = sh;
   curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
-  curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, hs);
+  curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, sh);
   curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-  curl_multi_setopt(multi, CURLMOPT_TIMERDATA, hs);
+  curl_multi_setopt(multi, CURLMOPT_TIMERDATA, sh);
   curl_multi_setopt(multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
   /* libcurl's default idle-connection cache is four times the number of
   ** transfers *currently* added, so the tail of a burst closes most of the
   ** connections the burst opened. Sessions come back to the same provider
   ** after each tool round: keep their connections. */
   curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long)MAX_IDLE_CONNECTIONS);
+  hs->shards[hs->nshards++] = sh;
+  return sh;
+}
+
+/* The first shard with room, so that a burst lands where the previous
+** burst left its idle connections; a new shard only when all are full. */
+static shard *pick_shard(tide_http_state *hs) {
+  for (int i = 0; i < hs->nshards; i++)
+    if (hs->shards[i]->active < SHARD_TARGET) return hs->shards[i];
+  if (hs->nshards < MAX_SHARDS) {
+    shard *sh = new_shard(hs);
+    if (sh) return sh;
+  }
+  shard *best = hs->shards[0];
+  for (int i = 1; i < hs->nshards; i++)
+    if (hs->shards[i]->active < best->active) best = hs->shards[i];
+  return best;
+}
+
+static tide_http_state *http_state(lua_State *L) {
+  tide_ctx *ctx = tide__ctx(L);
+  if (ctx->http) return ctx->http;
+  tide_http_state *hs = calloc(1, sizeof *hs);
+  if (hs == NULL) luaL_error(L, "tide: cannot initialise HTTP");
+  hs->ctx = ctx;
+  if (new_shard(hs) == NULL) {
+    free(hs);
+    luaL_error(L, "tide: cannot initialise HTTP");
+  }
   ctx->http = hs;
   return hs;
 }
 
-static void timer_close_cb(uv_handle_t *h) { free(h); }
-
 void tide__http_shutdown(tide_ctx *ctx) {
   tide_http_state *hs = ctx->http;
   if (hs == NULL) return;
-  /* In order: easy handles out of the multi, multi cleanup (which closes the
-  ** sockets and tells us to drop their polls), then the timer. */
+  /* In order: easy handles out of the multi handles, multi cleanup (which
+  ** closes the sockets through closesocket_cb), the socket watchers left,
+  ** then the timers. */
   while (hs->active) {
     tide_http *r = hs->active;
     detach(r);
@@ -303,9 +390,15 @@ void tide__http_shutdown(tide_ctx *ctx) {
   run_deferred(hs);
   for (int i = 0; i < hs->npool; i++) curl_easy_cleanup(hs->pool[i]);
   hs->npool = 0;
-  curl_multi_cleanup(hs->multi);
-  hs->multi = NULL;
-  uv_close((uv_handle_t *)hs->timer, timer_close_cb);
+  for (int i = 0; i < hs->nshards; i++) {
+    shard *sh = hs->shards[i];
+    curl_multi_cleanup(sh->multi);
+    uv_close((uv_handle_t *)sh->timer, timer_close_cb);
+    free(sh);
+  }
+  hs->nshards = 0;
+  for (int fd = 0; fd < hs->nsocks; fd++) sock_forget(hs, fd);
+  free(hs->socks);
   ctx->http = NULL;
   free(hs);
 }
@@ -702,8 +795,13 @@ static int l_request(lua_State *L) {
     else if (strcmp(method, "POST") != 0 || bt != LUA_TSTRING)
       curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
   }
-  if (curl_multi_add_handle(hs->multi, e) != CURLM_OK)
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, closesocket_cb);
+  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, hs);
+  shard *sh = pick_shard(hs);
+  if (curl_multi_add_handle(sh->multi, e) != CURLM_OK)
     return luaL_error(L, "tide: curl_multi_add_handle failed");
+  r->shard = sh;
+  sh->active++;
   r->in_multi = 1;
   r->next_active = hs->active;
   if (hs->active) hs->active->prev_active = r;

@@ -183,6 +183,10 @@ void tide__wake(tide_task *t) {
 
 void tide__check_cancel(lua_State *L, tide_task *t) {
   if (t->cancelled) tide__raise(L, "Cancelled", "task %d was cancelled", (int)t->id);
+  if (t->interrupted) {
+    t->interrupted = 0;
+    tide__raise(L, "Cancelled", "task %d was interrupted", (int)t->id);
+  }
 }
 
 int tide__wait(lua_State *L, tide_task *t, tide_wait *w, lua_KFunction k,
@@ -473,23 +477,50 @@ static void join_cancel(tide_wait *w) {
   }
   self->join_target = NULL;
   self->next_joiner = NULL;
+  if (self->sleep_timer) uv_timer_stop(self->sleep_timer); /* a join timeout */
+}
+
+static void join_timeout_cb(uv_timer_t *h) {
+  tide_task *self = h->data;
+  if (self->state != TIDE_TASK_WAITING || self->wait != &self->join_wait) return;
+  join_cancel(&self->join_wait);
+  self->join_timed_out = 1;
+  tide__wake(self);
 }
 
 static int join_k(lua_State *L, int status, lua_KContext kctx) {
   (void)status;
-  (void)kctx;
   tide_task *self = tide__current(L);
   self->join_target = NULL;
+  if (kctx && self->sleep_timer) uv_timer_stop(self->sleep_timer);
   tide__check_cancel(L, self);
   tide_task *t = check_task_ud(L, 1);
+  if (self->join_timed_out) {
+    self->join_timed_out = 0;
+    return tide__fail(L, "Timeout", "task %d did not finish in time", (int)t->id);
+  }
   if (t->state != TIDE_TASK_DONE) /* spurious wake-up cannot happen */
     return luaL_error(L, "tide: join woke before the task finished");
   return push_outcome(L, t);
 }
 
-/* task:join() -> results... | nil, err */
+static int ensure_timer(lua_State *L, tide_task *t) {
+  if (t->sleep_timer == NULL) {
+    uv_timer_t *h = malloc(sizeof *h);
+    if (h == NULL) return luaL_error(L, "out of memory");
+    uv_timer_init(t->ctx->loop, h);
+    h->data = t;
+    t->sleep_timer = h;
+  }
+  return 0;
+}
+
+/* task:join([timeout_ms]) -> results... | nil, err
+** With a timeout, gives up after timeout_ms with a Timeout error; the task
+** itself goes on (cancel it if it must stop). */
 static int l_join(lua_State *L) {
   tide_task *t = check_task_ud(L, 1);
+  lua_Integer timeout = luaL_optinteger(L, 2, -1);
   lua_settop(L, 1);
   if (t->state == TIDE_TASK_DONE) return push_outcome(L, t);
   tide_task *self = tide__check_task(L, "task:join");
@@ -499,7 +530,43 @@ static int l_join(lua_State *L) {
   self->next_joiner = t->first_joiner;
   t->first_joiner = self;
   self->join_wait.cancel = join_cancel;
-  return tide__wait(L, self, &self->join_wait, join_k, 0);
+  self->join_timed_out = 0;
+  if (timeout >= 0) {
+    ensure_timer(L, self);
+    uv_timer_start(self->sleep_timer, join_timeout_cb, (uint64_t)timeout, 0);
+  }
+  return tide__wait(L, self, &self->join_wait, join_k, timeout >= 0);
+}
+
+/* task:interrupt() -> true if the task was live. Like cancel, but one-shot
+** and for this task only: its current wait (or its next one) raises
+** Cancelled, and after that it runs on normally. A session uses it to stop a
+** turn that runs in its caller's task without ending the caller. */
+static int l_interrupt(lua_State *L) {
+  tide_task *t = check_task_ud(L, 1);
+  if (t->state == TIDE_TASK_DONE) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  t->interrupted = 1;
+  if (t->state == TIDE_TASK_WAITING) {
+    tide_wait *w = t->wait;
+    t->wait = NULL;
+    if (w && w->cancel) w->cancel(w);
+    push_ready(t->ctx, t);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* core.clear_interrupt() -> whether an interrupt of the current task was
+** still pending (and is now dropped). */
+static int l_clear_interrupt(lua_State *L) {
+  tide_task *t = tide__current(L);
+  int was = t && t->interrupted;
+  if (t) t->interrupted = 0;
+  lua_pushboolean(L, was);
+  return 1;
 }
 
 /* task:cancel() -> true if the task was still running. Cancels its
@@ -581,13 +648,7 @@ static int l_sleep(lua_State *L) {
   luaL_argcheck(L, ms >= 0, 1, "must be >= 0");
   tide_task *t = tide__check_task(L, "tide.sleep");
   tide__check_cancel(L, t);
-  if (t->sleep_timer == NULL) {
-    uv_timer_t *h = malloc(sizeof *h);
-    if (h == NULL) return luaL_error(L, "out of memory");
-    uv_timer_init(t->ctx->loop, h);
-    h->data = t;
-    t->sleep_timer = h;
-  }
+  ensure_timer(L, t);
   uv_timer_start(t->sleep_timer, sleep_cb, (uint64_t)ms, 0);
   t->sleep_wait.cancel = sleep_cancel;
   return tide__wait(L, t, &t->sleep_wait, sleep_k, 0);
@@ -729,6 +790,7 @@ static int l_raise_fd_limit(lua_State *L) {
 void tide__open_loop(lua_State *L) {
   static const luaL_Reg task_methods[] = {
       {"join", l_join},     {"cancel", l_cancel}, {"status", l_status},
+      {"interrupt", l_interrupt},
       {"id", l_task_id},    {"depth", l_task_depth}, {NULL, NULL}};
   static const luaL_Reg fns[] = {
       {"run", l_run},
@@ -742,6 +804,7 @@ void tide__open_loop(lua_State *L) {
       {"loop_stats", l_loop_stats},
       {"max_rss", l_max_rss},
       {"raise_fd_limit", l_raise_fd_limit},
+      {"clear_interrupt", l_clear_interrupt},
       {NULL, NULL}};
   if (luaL_newmetatable(L, TIDE_TASK_MT)) {
     luaL_newlib(L, task_methods);

@@ -64,7 +64,9 @@ struct tide_task {
   uint64_t id;
   int state;              /* enum tide_task_state */
   int started;            /* resumed at least once */
-  int cancelled;          /* cancellation requested */
+  int cancelled;          /* cancellation requested (sticky) */
+  int interrupted;        /* one-shot: the current or next wait raises */
+  int join_timed_out;     /* join(timeout) gave up waiting */
   int ok;                 /* when done: 1 = returned, 0 = raised */
   int nres;               /* when done and ok: number of results on co */
   int reported;           /* the error was retrieved (join) or printed */

@@ -621,13 +621,14 @@ local function emit(ev)
   if f then f(ev) end
 end
 
--- Runs one call; returns result text and whether it is an error.
-function session_mt:_run_tool(call, opts, turn_ctx)
+-- Checks a call against the surface; returns the tool and its decoded
+-- arguments, or nil and the error text the model gets back.
+function session_mt:_prepare_call(call)
   local surface = self.surface
-  local t = surface.map[call.name]
   if call.malformed then
-    return ("Error: could not parse the tool call (%s)"):format(call.malformed), true
+    return nil, ("Error: could not parse the tool call (%s)"):format(call.malformed)
   end
+  local t = surface.map[call.name]
   if not t then
     local gated
     if self.snapshot then
@@ -638,82 +639,99 @@ function session_mt:_run_tool(call, opts, turn_ctx)
       end
     end
     if gated then
-      return ("Error: tool '%s' is gated (%s) and cannot be called. Available tools: %s"):format(
-        call.name, gated.reason or "hidden", tool_list_names(surface.tools)), true
+      return nil, ("Error: tool '%s' is gated (%s) and cannot be called. Available tools: %s"):format(
+        call.name, gated.reason or "hidden", tool_list_names(surface.tools))
     end
-    return ("Error: tool '%s' is not available to this agent. Available tools: %s"):format(
-      call.name, tool_list_names(surface.tools)), true
+    return nil, ("Error: tool '%s' is not available to this agent. Available tools: %s"):format(
+      call.name, tool_list_names(surface.tools))
   end
   local args, jerr = json.decode(call.arguments ~= "" and call.arguments or "{}")
   if type(args) ~= "table" then
-    return ("Error: the arguments for '%s' are not a JSON object (%s)"):format(
-      call.name, jerr and jerr.message or type(args)), true
+    return nil, ("Error: the arguments for '%s' are not a JSON object (%s)"):format(
+      call.name, jerr and jerr.message or type(args))
   end
-  local budget = turn_ctx.budget
-  if budget then budget:spend("tool_calls", 1, self.agent_path) end
-  self.counters.tool_calls = self.counters.tool_calls + 1
-  local ctx = { session = self, call_id = call.id, name = call.name, depth = core.depth() }
-  local timeout = t.timeout_ms or self.tool_timeout_ms
-  local worker = core.spawn(function()
-    return t.handler(args, ctx)
-  end)
-  local timed_out = false
-  local watchdog = core.spawn(function()
-    core.sleep(timeout)
-    timed_out = true
-    worker:cancel()
-  end)
-  local res = table.pack(worker:join())
-  watchdog:cancel()
-  if timed_out then
-    return ("Error: tool '%s' timed out after %d ms"):format(call.name, timeout), true
-  end
-  if res[1] == nil and res.n >= 2 and res[2] ~= nil then
-    local e = res[2]
-    if type(e) == "table" and e.code == "BudgetExhausted" then error(e, 0) end
-    if type(e) == "table" and e.code == "Cancelled" and turn_ctx.cancelled then error(e, 0) end
-    return "Error: " .. error_text(e), true
-  end
-  if type(res[1]) == "table" and res[1].is_error ~= nil and res[1].content ~= nil then
-    return to_text(res[1].content), res[1].is_error and true or false
-  end
-  return to_text(res[1]), false
+  return t, args
 end
 
-function session_mt:_run_tools(calls, opts, turn_ctx)
-  local results = {}
-  local tasks = {}
-  for i, call in ipairs(calls) do
-    tasks[i] = core.spawn(function()
-      local t0 = hrtime()
-      if opts.on_tool_start then opts.on_tool_start(call) end
-      emit { type = "tool_start", name = call.name, arguments = call.arguments, id = call.id,
-        depth = core.depth(), agent = self.agent_path }
-      local text, is_error = self:_run_tool(call, opts, turn_ctx)
-      text = cap(text, self.result_cap)
-      local ms = ms_since(t0)
-      local r = { id = call.id, name = call.name, content = text, is_error = is_error }
-      if opts.on_tool_end then opts.on_tool_end(call, r, ms) end
-      emit { type = "tool_end", name = call.name, id = call.id, is_error = is_error, ms = ms,
-        depth = core.depth(), agent = self.agent_path }
-      return r
-    end)
+local function passes_through(e)
+  return type(e) == "table" and (e.code == "BudgetExhausted" or e.code == "Cancelled")
+end
+
+-- The body of one tool call's task: runs the handler, turns whatever it
+-- returns or raises into result text, caps it and reports the end.
+local function tool_worker(self, t, args, call, opts, t0)
+  local ctx = { session = self, call_id = call.id, name = call.name, depth = core.depth() }
+  local ok, v = pcall(t.handler, args, ctx)
+  local text, is_error
+  if not ok then
+    if passes_through(v) then error(v, 0) end
+    text, is_error = "Error: " .. error_text(v), true
+  elseif type(v) == "table" and v.is_error ~= nil and v.content ~= nil then
+    text, is_error = to_text(v.content), v.is_error and true or false
+  else
+    text, is_error = to_text(v), false
   end
-  local first_err
-  for i, t in ipairs(tasks) do
-    local r, err = t:join()
-    if r then
+  local r = { id = call.id, name = call.name, content = cap(text, self.result_cap), is_error = is_error }
+  local ms = ms_since(t0)
+  if opts.on_tool_end then opts.on_tool_end(call, r, ms) end
+  emit { type = "tool_end", name = call.name, id = call.id, is_error = is_error, ms = ms,
+    depth = core.depth(), agent = self.agent_path }
+  return r
+end
+
+-- Runs the calls of one response concurrently, one task each, and returns
+-- their results in call order. A call past its timeout is cancelled and gets
+-- an error result; BudgetExhausted and the turn's own cancellation stop the
+-- turn.
+function session_mt:_run_tools(calls, opts, turn_ctx)
+  local results, tasks, deadlines = {}, {}, {}
+  local budget = turn_ctx.budget
+  local depth = core.depth()
+  for i, call in ipairs(calls) do
+    local t0 = hrtime()
+    if opts.on_tool_start then opts.on_tool_start(call) end
+    emit { type = "tool_start", name = call.name, arguments = call.arguments, id = call.id,
+      depth = depth, agent = self.agent_path }
+    local t, args = self:_prepare_call(call)
+    if not t then
+      local r = { id = call.id, name = call.name, content = args, is_error = true }
       results[i] = r
+      if opts.on_tool_end then opts.on_tool_end(call, r, 0) end
+      emit { type = "tool_end", name = call.name, id = call.id, is_error = true, ms = 0,
+        depth = depth, agent = self.agent_path }
     else
-      first_err = first_err or err
-      results[i] = { id = calls[i].id, name = calls[i].name, content = "Error: " .. error_text(err), is_error = true }
+      if budget then budget:spend("tool_calls", 1, self.agent_path) end
+      self.counters.tool_calls = self.counters.tool_calls + 1
+      local task = core.spawn(tool_worker, self, t, args, call, opts, t0)
+      tasks[i] = task
+      turn_ctx.tasks[#turn_ctx.tasks + 1] = task
+      deadlines[i] = { at = t0 + (t.timeout_ms or self.tool_timeout_ms) * 1e6,
+        ms = t.timeout_ms or self.tool_timeout_ms, t0 = t0 }
     end
   end
-  if first_err and type(first_err) == "table" and
-    (first_err.code == "BudgetExhausted" or (first_err.code == "Cancelled" and turn_ctx.cancelled)) then
-    return results, first_err
+  local stop_err
+  for i, call in ipairs(calls) do
+    local task = tasks[i]
+    if task then
+      local left = math.max(0, (deadlines[i].at - hrtime()) // 1e6)
+      local r, err = task:join(math.tointeger(left))
+      if r then
+        results[i] = r
+      elseif type(err) == "table" and err.code == "Timeout" and task:status() ~= "done" and task:status() ~= "failed" then
+        task:cancel()
+        results[i] = { id = call.id, name = call.name, is_error = true,
+          content = ("Error: tool '%s' timed out after %d ms"):format(call.name, deadlines[i].ms) }
+        if opts.on_tool_end then opts.on_tool_end(call, results[i], ms_since(deadlines[i].t0)) end
+        emit { type = "tool_end", name = call.name, id = call.id, is_error = true,
+          ms = ms_since(deadlines[i].t0), depth = depth, agent = self.agent_path }
+      else
+        if passes_through(err) then stop_err = stop_err or err end
+        results[i] = { id = call.id, name = call.name, content = "Error: " .. error_text(err), is_error = true }
+      end
+    end
   end
-  return results
+  turn_ctx.tasks = {}
+  return results, stop_err
 end
 
 -- Per-turn context goes on the user message, never in the frozen prompt.
@@ -738,9 +756,6 @@ function session_mt:_turn_body(text, opts, turn_ctx)
   local trace = {}
   local t0 = hrtime()
   stats.turns = stats.turns + 1
-  local ctx = core.context()
-  ctx.tide_on_event = turn_ctx.on_event
-  ctx.tide_budget = turn_ctx.budget
   local depth = core.depth()
   if depth > stats.spawn_depth_max then stats.spawn_depth_max = depth end
 
@@ -881,32 +896,43 @@ local function check_turn_args(text, opts)
   return opts
 end
 
+-- The turn runs in the caller's own task (no task of its own: one coroutine
+-- fewer per session in flight). Its task-local values (event sink, budget)
+-- are set for the turn, seen by the tool and sub-agent tasks it spawns, and
+-- restored afterwards.
 local function do_turn(self, text, opts)
   if self.busy then return fail("SessionBusy", "a turn is already in progress on this session") end
-  local parent_ctx = core.context()
-  local inherited_budget = parent_ctx and parent_ctx.tide_budget
+  local ctx = core.context()
+  local saved_event, saved_budget = rawget(ctx, "tide_on_event"), rawget(ctx, "tide_budget")
+  local inherited_budget = ctx.tide_budget
   local budget = inherited_budget
   if not budget and self.budget_limits then budget = new_budget(self.budget_limits) end
-  local turn_ctx = {
-    budget = budget,
-    on_event = opts.on_event or (parent_ctx and parent_ctx.tide_on_event),
-  }
+  local turn_ctx = { budget = budget, on_event = opts.on_event or ctx.tide_on_event, tasks = {} }
+  ctx.tide_on_event = turn_ctx.on_event
+  ctx.tide_budget = budget
   self.busy = true
-  local task = core.spawn(function() return self:_turn_body(text, opts, turn_ctx) end)
-  self.turn_task = task
+  self.turn_caller = core.current()
+  self.turn_ctx = turn_ctx
   local watchdog
   if budget and not inherited_budget and budget.limits.wall_ms then
     watchdog = core.spawn(function()
       core.sleep(budget.limits.wall_ms)
       budget:exhausted_error("wall_ms")
-      task:cancel()
+      self:cancel()
     end)
   end
-  local reply, err = task:join()
+  local ok, reply, err = pcall(self._turn_body, self, text, opts, turn_ctx)
+  if not ok then reply, err = nil, reply end
   if watchdog then watchdog:cancel() end
-  self.turn_task = nil
+  for _, t in ipairs(turn_ctx.tasks) do t:cancel() end
+  rawset(ctx, "tide_on_event", saved_event)
+  rawset(ctx, "tide_budget", saved_budget)
   self.busy = false
-  if self.budget_used == nil and budget and not inherited_budget then self.budget_used = budget end
+  self.turn_caller, self.turn_ctx = nil, nil
+  if self.cancelling then
+    self.cancelling = nil
+    core.clear_interrupt() -- an interrupt that arrived after the last wait
+  end
   if budget and not inherited_budget then self.last_budget = budget end
   if reply == nil and err ~= nil then
     if type(err) ~= "table" then
@@ -950,9 +976,12 @@ end
 --- sub-agent tasks are cancelled. The session stays usable.
 ---@return boolean cancelled
 function session_mt:cancel()
-  local t = self.turn_task
-  if not t then return false end
-  return t:cancel()
+  local caller = self.turn_caller
+  if not caller then return false end
+  self.cancelling = true
+  for _, t in ipairs(self.turn_ctx.tasks) do t:cancel() end
+  caller:interrupt()
+  return true
 end
 
 --- Counters of this session (see README for each one).

@@ -209,3 +209,40 @@ describe("spawn depth", function()
     core.run(function() end)
   end)
 end)
+
+describe("join with a timeout and interrupt", function()
+  after_each(function() helpers.assert_quiet() end)
+
+  it("gives up after the timeout without stopping the task, and joins normally otherwise", function()
+    local r1, e1, r2, fast = tide.run(function()
+      local slow = tide.spawn(function() tide.sleep(60) return "slow done" end)
+      local v, e = slow:join(10)
+      local later = slow:join(1000) -- it went on running
+      local f = tide.spawn(function() return "quick" end):join(1000)
+      return v, e, later, f
+    end)
+    assert.is_nil(r1)
+    assert.are.equal("Timeout", e1.code)
+    assert.are.equal("slow done", r2)
+    assert.are.equal("quick", fast)
+  end)
+
+  it("interrupts only the current wait of a task, which then runs on", function()
+    local log = tide.run(function()
+      local out = {}
+      local t = tide.spawn(function()
+        local ok, err = pcall(tide.sleep, 10000)
+        out[#out + 1] = ok and "slept" or (type(err) == "table" and err.code or tostring(err))
+        tide.sleep(1)
+        out[#out + 1] = "ran on"
+        return "end"
+      end)
+      tide.sleep(5)
+      assert.is_true(t:interrupt())
+      local last = t:join()
+      out[#out + 1] = last
+      return out
+    end)
+    assert.are.same({ "Cancelled", "ran on", "end" }, log)
+  end)
+end)
