@@ -22,6 +22,7 @@
 ** that waits on it keeps that userdata on its stack; the request body string
 ** is anchored as the userdata's uservalue, so libcurl reads it without a copy.
 */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +84,7 @@ struct tide_http {
   int stream;           /* deliver 2xx bodies as chunks */
   int too_large;
   int gone;             /* the Lua userdata was collected */
+  int fd_exhausted;     /* failed while the process had no descriptor left */
   CURLcode result;
   long status;
   size_t max_body, received;
@@ -296,6 +298,15 @@ static void check_done(shard *sh) {
     if (r == NULL) continue;
     r->result = msg->data.result;
     r->done = 1;
+    if (r->result != CURLE_OK && r->result != CURLE_ABORTED_BY_CALLBACK) {
+      /* Running out of descriptors surfaces as assorted connect and poll
+      ** errors; ask the kernel directly while the table is still full. */
+      int fd = dup(2);
+      if (fd < 0 && errno == EMFILE)
+        r->fd_exhausted = 1;
+      else if (fd >= 0)
+        close(fd);
+    }
     curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
     curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME, &r->total_s);
     curl_easy_getinfo(r->easy, CURLINFO_STARTTRANSFER_TIME, &r->ttfb_s);
@@ -448,6 +459,7 @@ static size_t header_cb(char *p, size_t size, size_t n, void *ud) {
 
 static const char *code_for(tide_http *r) {
   if (r->too_large) return "BodyTooLarge";
+  if (r->fd_exhausted || strstr(r->errbuf, "Too many open files")) return "FdLimit";
   switch (r->result) {
     case CURLE_COULDNT_CONNECT: return "ConnectFailed";
     case CURLE_COULDNT_RESOLVE_HOST:
@@ -516,6 +528,11 @@ static int push_result(lua_State *L, tide_http *r) {
     if (r->too_large)
       tide__push_error(L, code, "response body exceeds max_body_bytes (%d)",
                        (int)r->max_body);
+    else if (code[0] == 'F' && strcmp(code, "FdLimit") == 0)
+      tide__push_error(L, code,
+                       "out of file descriptors (raise the hard limit, "
+                       "ulimit -Hn): %s",
+                       r->errbuf[0] ? r->errbuf : curl_easy_strerror(r->result));
     else
       tide__push_error(L, code, "%s", r->errbuf[0] ? r->errbuf
                                                    : curl_easy_strerror(r->result));

@@ -816,6 +816,14 @@ void tide__open_loop(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_setfuncs(L, fns, 0);
+  /* Thousands of sessions in flight need thousands of sockets: raise the soft
+  ** descriptor limit to the hard one, as servers do at start-up. When even
+  ** the hard limit is too low, connects fail with the FdLimit error. */
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
   /* Writing to a socket the peer has closed must be an error, not a fatal
   ** signal; only touch the disposition if nobody else has. */
   struct sigaction sa;

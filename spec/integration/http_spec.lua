@@ -148,3 +148,33 @@ describe("tide.http", function()
       "bad argument #1 to 'request' (field 'on_data' must be a function, got string)")
   end)
 end)
+
+describe("tide.http out of file descriptors", function()
+  it("fails with FdLimit, not a vague connect error", function()
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write([[
+local tide = require "tide"
+local core = require "tide.core"
+require "tide.http" -- loaded before the descriptors run out
+local srv = assert(core.server_listen { handler = function() return { status = 200, body = "x", delay_ms = 100 } end })
+local url = ("http://127.0.0.1:%d/"):format(srv:port())
+local seen = {}
+tide.run(function()
+  local ts = {}
+  for i = 1, 150 do ts[i] = tide.spawn(function() local r, e = tide.http.request { url = url }; return r and "ok" or e.code end) end
+  for i = 1, 150 do seen[ts[i]:join()] = true end
+end)
+srv:close()
+io.write(seen.FdLimit and "FdLimit" or "none", seen.ok and " ok" or "")
+]])
+    f:close()
+    local build = os.getenv("TIDE_BUILD_DIR") or "build"
+    local p = io.popen(("ulimit -n 100; LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' ASAN_OPTIONS=detect_leaks=0 lua5.4 %s 2>&1")
+      :format(build, script))
+    local out = p:read("a")
+    p:close()
+    os.remove(script)
+    assert.matches("FdLimit", out)
+  end)
+end)
