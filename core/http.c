@@ -484,9 +484,9 @@ static const char *code_for(tide_http *r) {
   }
 }
 
-static void push_headers(lua_State *L, tide_http *r) {
+static void parse_headers(lua_State *L, const char *p, size_t len) {
   lua_createtable(L, 0, 8);
-  const char *p = r->head.p, *end = p + r->head.len;
+  const char *end = p + len;
   while (p && p < end) {
     const char *eol = memchr(p, '\n', (size_t)(end - p));
     if (eol == NULL) eol = end;
@@ -548,8 +548,10 @@ static int push_result(lua_State *L, tide_http *r) {
   lua_createtable(L, 0, 6);
   lua_pushinteger(L, r->status);
   lua_setfield(L, -2, "status");
-  push_headers(L, r);
-  lua_setfield(L, -2, "headers");
+  /* The header table is built on first use (tide.http does it lazily):
+  ** most successful responses are never asked for their headers. */
+  lua_pushlstring(L, r->head.p ? r->head.p : "", r->head.len);
+  lua_setfield(L, -2, "headers_raw");
   lua_pushlstring(L, r->body.p ? r->body.p : "", r->body.len);
   lua_setfield(L, -2, "body");
   lua_pushboolean(L, r->num_connects == 0);
@@ -828,6 +830,14 @@ static int l_request(lua_State *L) {
   return 1;
 }
 
+/* core.http_parse_headers(raw) -> { lowercased name = value } */
+static int l_parse_headers(lua_State *L) {
+  size_t len;
+  const char *p = luaL_checklstring(L, 1, &len);
+  parse_headers(L, p, len);
+  return 1;
+}
+
 /* core.http_stats() -> { requests, connections }: connections opened so far,
 ** to show keep-alive reuse. */
 static int l_http_stats(lua_State *L) {
@@ -848,6 +858,7 @@ void tide__open_http(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"next", l_next}, {"cancel", l_req_cancel}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"http_request", l_request},
+                                 {"http_parse_headers", l_parse_headers},
                                  {"http_stats", l_http_stats},
                                  {NULL, NULL}};
   /* libcurl keeps its own count: every init is matched at process exit. */

@@ -21,6 +21,18 @@ local fields = {
 ---@field reused boolean the connection was reused (keep-alive)
 ---@field timing {total_ms:number, ttfb_ms:number, connect_ms:number}
 
+-- Responses carry their raw header block; the table is parsed on first use.
+local parse_headers = core.http_parse_headers
+local response_mt = {
+  __index = function(res, k)
+    if k == "headers" then
+      local h = parse_headers(rawget(res, "headers_raw") or "")
+      rawset(res, "headers", h)
+      return h
+    end
+  end,
+}
+
 local function perform(opts)
   local req <close> = core.http_request({
     method = opts.method, url = opts.url, headers = opts.headers, body = opts.body,
@@ -34,7 +46,7 @@ local function perform(opts)
     if kind == "data" then
       on_data(v)
     elseif kind == "done" then
-      return v
+      return setmetatable(v, response_mt)
     else
       return nil, v
     end
