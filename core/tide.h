@@ -152,23 +152,42 @@ int tide__raise(lua_State *L, const char *code, const char *fmt, ...);
 
 /* Each file registers its functions into the module table at the top of the
 ** stack. */
+/// Registers tasks and the loop: run, spawn, sleep, current, context, ...
 void tide__open_loop(lua_State *L);
+/// Registers error, is_error and the shared error metatable.
 void tide__open_error(lua_State *L);
+/// Registers spawn_nested, depth and max_spawn_depth.
 void tide__open_depth(lua_State *L);
+/// Registers http_request (libcurl on the loop), http_parse_headers, http_stats.
 void tide__open_http(lua_State *L);
+/// Registers sse_parser.
 void tide__open_sse(lua_State *L);
+/// Registers server_listen (the loopback HTTP/1.1 server) and server_stats.
 void tide__open_server(lua_State *L);
+/// Registers the integration cache: cache_lookup, cache_store, cache_peek, ...
 void tide__open_cache(lua_State *L);
+/// Registers tool_call_assembler and hash.
 void tide__open_dispatch(lua_State *L);
+/// Registers template_compile.
 void tide__open_template(lua_State *L);
+/// Registers watch, scandir and realpath.
 void tide__open_watch(lua_State *L);
+/// Registers read_line (stdin without blocking the loop).
 void tide__open_stdio(lua_State *L);
 
-/* Shutdown hooks, run in order when the state closes (before uv_loop_close). */
+/* Shutdown hooks, run in order when the state closes (before uv_loop_close).
+** Each closes the handles its part owns; the loop then runs until every close
+** callback has fired. */
+/// Takes every transfer out of libcurl, cleans up the multi handles, closes
+/// socket watchers and timers.
 void tide__http_shutdown(tide_ctx *ctx);
+/// Closes every server and connection still open.
 void tide__server_shutdown(tide_ctx *ctx);
+/// Closes every file watcher still open.
 void tide__watch_shutdown(tide_ctx *ctx);
+/// Frees the integration cache's entries.
 void tide__cache_shutdown(tide_ctx *ctx);
+/// Closes the stdin reader's handle.
 void tide__stdio_shutdown(tide_ctx *ctx);
 
 /* depth.c */
