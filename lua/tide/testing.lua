@@ -424,6 +424,8 @@ end
 ---@field routes? table<string, fun(req:tide.testing.request):table> other paths: raw responses
 ---@field port? integer default 0 (ephemeral)
 ---@field ref? boolean keep tide.run's loop alive while listening (default false)
+---@field record? boolean keep every request for `requests()` (default true); a long-running
+---mock passes false, so that memory does not grow with the requests it answers
 
 ---@class tide.testing.MockServer
 ---@field url string "http://127.0.0.1:<port>"
@@ -435,8 +437,10 @@ function Mock:_handle(req)
   self._count = self._count + 1
   local rec = { method = req.method, path = req.path, headers = req.headers, body = req.body,
                 json = decode(req.body) }
-  local reqs = self._requests
-  reqs[#reqs + 1] = rec
+  if self._record then
+    local reqs = self._requests
+    reqs[#reqs + 1] = rec
+  end
   local route = req.path:match("^[^?]*")
   local shape
   if req.method == "POST" and route:match("/chat/completions$") then
@@ -466,10 +470,17 @@ function Mock:_handle(req)
   return render(self, shape, resolve(reply, rec), rec)
 end
 
---- Every request received so far, oldest first (a copy of the list).
+--- Every request received so far, oldest first (a copy of the list); empty
+--- when the server was started with `record = false`.
 ---@return tide.testing.request[]
 function Mock:requests()
   return table.move(self._requests, 1, #self._requests, 1, {})
+end
+
+--- The number of requests handled so far, recorded or not.
+---@return integer
+function Mock:request_count()
+  return self._count
 end
 
 --- Appends scripted replies.
@@ -515,8 +526,12 @@ function testing.mock_server(opts)
   if opts.routes ~= nil and type(opts.routes) ~= "table" then
     error("bad argument #1 to 'mock_server' (field 'routes' must be a table)", 2)
   end
+  if opts.record ~= nil and type(opts.record) ~= "boolean" then
+    error("bad argument #1 to 'mock_server' (field 'record' must be a boolean)", 2)
+  end
   local self = setmetatable({ _opts = opts, _queue = {}, _head = 1, _tail = 0,
-                              _requests = {}, _ids = 0, _count = 0 }, Mock)
+                              _requests = {}, _record = opts.record ~= false,
+                              _ids = 0, _count = 0 }, Mock)
   self:push(table.unpack(opts.replies or {}))
   local srv, err = core.server_listen({
     host = "127.0.0.1", port = opts.port or 0, ref = opts.ref == true,

@@ -321,6 +321,27 @@ describe("mock server", function()
       end)
     end)
 
+    it("keeps no request with record = false, and still counts them", function()
+      helpers.run(function()
+        local seen = {}
+        local srv <close> = testing.mock_server{ record = false, default = function(req)
+          seen[#seen + 1] = req.json.model -- reply functions still get the decoded request
+          return "ok"
+        end }
+        for i = 1, 5 do assert(chat(srv, { model = "m" .. i })) end
+        assert(http.request{ url = srv.url .. "/elsewhere" })
+        assert.are.same({}, srv:requests())
+        assert.are.equal(6, srv:request_count())
+        assert.are.same({ "m1", "m2", "m3", "m4", "m5" }, seen)
+        local recorded <close> = testing.mock_server{ default = "ok" }
+        assert(chat(recorded, {}))
+        assert.are.equal(1, #recorded:requests())
+        assert.are.equal(1, recorded:request_count())
+      end)
+      assert.matches("field 'record' must be a boolean",
+        select(2, pcall(testing.mock_server, { record = "no" })))
+    end)
+
     it("consumes replies in order, then the default, else a 500", function()
       helpers.run(function()
         local srv <close> = testing.mock_server{ replies = { "first" } }

@@ -402,6 +402,121 @@ describe("tide.provider", function()
     assert.are.equal("", p:encode_message({ role = "assistant", content = "" }))
   end)
 
+  -- Messages are encoded by hand, in fixed shapes; the bytes must be those
+  -- of the canonical encoder over the documented structures (which is how
+  -- they were built before).
+  describe("encode_message", function()
+    local canonical = json.canonical
+    local function result_text(c)
+      if c == nil then return "" end
+      if type(c) == "table" then return canonical(c) end
+      return type(c) == "string" and c or tostring(c)
+    end
+    local reference = {}
+    function reference.openai(m)
+      if m.role == "tool" then
+        local out = {}
+        for i, r in ipairs(m.results) do
+          out[i] = canonical({ role = "tool", tool_call_id = r.id, content = result_text(r.content) })
+        end
+        return table.concat(out, ",")
+      end
+      if m.role == "assistant" and m.tool_calls and #m.tool_calls > 0 then
+        local tc = {}
+        for i, c in ipairs(m.tool_calls) do
+          local args = c.arguments
+          if type(args) == "table" then args = canonical(args) end
+          if type(args) ~= "string" then args = "{}" end
+          tc[i] = { id = c.id, type = "function", ["function"] = { name = c.name, arguments = args } }
+        end
+        local content = m.content
+        if content == nil or content == "" then content = json.null end
+        return canonical({ role = "assistant", content = content, tool_calls = tc })
+      end
+      return canonical({ role = m.role, content = m.content == nil and "" or m.content })
+    end
+    local function input_json(a)
+      if type(a) == "table" then return canonical(a) end
+      if type(a) ~= "string" then return "{}" end
+      local trimmed = a:match("^%s*(.-)%s*$")
+      if trimmed:sub(1, 1) ~= "{" then return "{}" end
+      local v = json.decode(trimmed)
+      if type(v) ~= "table" then return "{}" end
+      if trimmed:find("[%c]") or trimmed:find("[Nn][Aa][Nn]") or trimmed:find("[Ii][Nn][Ff]")
+          or trimmed:find("0[Xx]") then
+        return canonical(v)
+      end
+      return trimmed
+    end
+    function reference.anthropic(m)
+      if m.role == "tool" then
+        if #m.results == 0 then return "" end
+        local blocks = {}
+        for i, r in ipairs(m.results) do
+          blocks[i] = { type = "tool_result", tool_use_id = r.id, content = result_text(r.content),
+                        is_error = r.is_error == true }
+        end
+        return canonical({ role = "user", content = blocks })
+      end
+      if m.role == "assistant" then
+        local text = m.content or ""
+        if not m.tool_calls or #m.tool_calls == 0 then
+          return text == "" and "" or canonical({ role = "assistant", content = text })
+        end
+        local blocks = {}
+        if text ~= "" then blocks[1] = canonical({ type = "text", text = text }) end
+        for _, c in ipairs(m.tool_calls) do
+          blocks[#blocks + 1] = '{"id":' .. canonical(c.id) .. ',"input":' .. input_json(c.arguments)
+            .. ',"name":' .. canonical(c.name) .. ',"type":"tool_use"}'
+        end
+        return '{"content":[' .. table.concat(blocks, ",") .. '],"role":"assistant"}'
+      end
+      return canonical({ role = "user", content = m.content == nil and "" or m.content })
+    end
+
+    local strings = { "", "plain", 'quote " and \\ backslash', "slash / and </script>", "tab\tnew\nline\r",
+                      "\0\1\31\127 controls", "caf\195\169 \226\130\172 \240\159\152\128", "[]", "{}", "null",
+                      "  spaced  ", "\255\254 not UTF-8", "x", "NaN", "0x10" }
+    local args = { '{"q":"weather","days":[]}', ' \t{"a":{}}\n', "{}", "", "not json", "[1,2]", '"s"',
+                   '{"n":NaN}', '{"s":"Info"}', '{"h":0X1f,"e":1e14}', '{"c":"\1"}', "{broken",
+                   { q = "x", n = 3, list = json.array() }, {}, 7 }
+    local function messages()
+      local out = {}
+      for i, str in ipairs(strings) do
+        out[#out + 1] = { role = "user", content = str }
+        out[#out + 1] = { role = "assistant", content = str ~= "" and str or nil }
+        out[#out + 1] = { role = "assistant", content = i % 2 == 0 and str or nil, tool_calls = {
+          { id = "call_" .. str, name = str, arguments = args[i] },
+          { id = str, name = "second", arguments = args[#args + 1 - i] } } }
+        out[#out + 1] = { role = "assistant", content = str, tool_calls = {
+          { id = str, name = "only", arguments = args[i] } } }
+        out[#out + 1] = { role = "tool", results = {
+          { id = str, name = "n", content = str, is_error = i % 2 == 0 },
+          { id = "t" .. i, name = "n", content = { answer = str, n = i } },
+          { id = "u" .. i, name = "n", content = i } } }
+      end
+      out[#out + 1] = { role = "user" }
+      out[#out + 1] = { role = "user", content = { { type = "text", text = "parts" } } }
+      out[#out + 1] = { role = "assistant", tool_calls = {} }
+      out[#out + 1] = { role = "tool", results = {} }
+      return out
+    end
+
+    for _, kind in ipairs({ "openai", "anthropic" }) do
+      it(kind .. ": gives the canonical bytes for every message shape", function()
+        local p = provider[kind]({ base_url = "http://127.0.0.1:1", model = "m" })
+        for _, m in ipairs(messages()) do
+          local got = p:encode_message(m)
+          assert.are.equal(reference[kind](m), got)
+          if got ~= "" then assert.is_table(cjson.decode("[" .. got .. "]")) end
+        end
+        if kind == "openai" then
+          assert.are.equal('{"content":"s","role":"system"}', p:encode_message({ role = "system", content = "s" }))
+        end
+      end)
+    end
+  end)
+
   it("marks the Anthropic prefix for prompt caching when asked", function()
     local p = provider.anthropic({ base_url = "http://127.0.0.1:1", model = "m", prompt_cache = true })
     local b = cjson.decode(p:body(p:encode_prefix("sys", tools), {}))
@@ -546,6 +661,54 @@ describe("tide.provider", function()
       assert.is_nil(res)
       assert.are.equal("ProviderError", err.code)
       assert.matches("upstream exploded", err.message)
+    end)
+  end)
+
+  -- Responses are decoded without turning integral numbers into integers;
+  -- where decoded numbers reach the caller, they must read as before.
+  it("gives the same argument text and error status as an integer-decoding parser would", function()
+    local obj_args = { n = 3, big = 1e14, neg = -0.0, f = 0.5 }
+    local want = json.canonical(json.decode(cjson.encode(obj_args)))
+    assert.are.equal('{"big":100000000000000,"f":0.5,"n":3,"neg":0}', want)
+    with_raw(function(req)
+      local body
+      if req.path:match("/messages$") then
+        if req.body:find('"stream":true', 1, true) then
+          local function ev(obj) return "event: x\ndata: " .. cjson.encode(obj) .. "\n\n" end
+          return { status = 200, headers = SSE, chunks = {
+            ev({ type = "message_start", message = { usage = { input_tokens = 1 } } }),
+            ev({ type = "content_block_start", index = 0,
+                 content_block = { type = "tool_use", id = "t1", name = "f", input = obj_args } }),
+            ev({ type = "message_delta", delta = { stop_reason = "tool_use" }, usage = { output_tokens = 2 } }),
+            ev({ type = "message_stop" }),
+          } }
+        end
+        body = { content = { { type = "tool_use", id = "t1", name = "f", input = obj_args } },
+                 stop_reason = "tool_use", usage = { input_tokens = 1, output_tokens = 2 } }
+      elseif req.body:find('"stream":true', 1, true) then
+        return { status = 200, headers = SSE, chunks = {
+          sse({ error = { message = "upstream exploded", code = 503 } }) } }
+      else
+        body = { choices = { { finish_reason = "tool_calls", message = { role = "assistant",
+          tool_calls = { { id = "c1", type = "function", ["function"] = { name = "f", arguments = obj_args } } } } } },
+          usage = { prompt_tokens = 5, completion_tokens = 6, prompt_tokens_details = { cached_tokens = 2 } } }
+      end
+      return { status = 200, headers = { ["content-type"] = "application/json" }, body = cjson.encode(body) }
+    end, function(url)
+      local fast = { attempts = 1 }
+      for _, case in ipairs({ { "openai", false }, { "anthropic", false }, { "anthropic", true } }) do
+        local p = make(case[1], url, case[2], { retry = fast })
+        local res = assert(p:complete(simple_body(p)))
+        assert.are.equal(want, res.tool_calls[1].arguments)
+        for _, k in ipairs({ "input", "output", "cached" }) do
+          assert.are.equal("integer", math.type(res.usage[k]))
+        end
+      end
+      local p = make("openai", url, true, { retry = fast })
+      local res, err = p:complete(simple_body(p))
+      assert.is_nil(res)
+      assert.are.equal(503, err.status)
+      assert.are.equal("integer", math.type(err.status))
     end)
   end)
 

@@ -253,6 +253,27 @@ describe("tide.prompts", function()
         prompts.resolve("You research things."))
     end)
 
+    it("are normalised byte for byte as the gsub chain did before", function()
+      -- The Lua normalise that one C pass replaced (core.template_normalise).
+      local function reference(text)
+        text = text:gsub("\r\n", "\n"):gsub("[ \t]+\n", "\n"):gsub("\n\n\n+", "\n\n")
+        return (text:gsub("^%s+", ""):gsub("%s+$", ""))
+      end
+      local cases = {
+        "Trailing spaces   \nand tabs\t\t\nhere",
+        "CRLF lines\r\nnext\r\n\r\n\r\n\r\nafter three blank ones\r\n",
+        "Three\n\n\nblank\n\n\n\n\nlines and \n  \n\t\n whitespace-only lines",
+        "\n\n\n  Leading and trailing blank lines  \n\n\n",
+        "\tTabs\tinside\tand\n\tindenting\n\t\n",
+        "Lone\rreturns\r\r\nstay \r\n\r\nx\v\f",
+        "{{#agent}}Hello {{id}}  {{/agent}}\r\n\r\n\r\n{{^agent}}never{{/agent}}\n\n\nend ",
+      }
+      for _, s in ipairs(cases) do
+        local raw = assert(assert(require("tide.core").template_compile(s)):render(data()))
+        assert.are.equal(reference(raw), render(s, data()), ("for %q"):format(s))
+      end
+    end)
+
     it("treat a bare word as a prompt name", function()
       assert.has_error(function() prompts.resolve("hello") end)
       local err = render_error("hello")

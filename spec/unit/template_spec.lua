@@ -329,6 +329,56 @@ describe("core.template_compile", function()
     end)
   end)
 
+  describe("normalise", function()
+    -- The Lua that core.template_normalise replaced: its output is the
+    -- contract, byte for byte.
+    local function reference(text)
+      text = text:gsub("\r\n", "\n"):gsub("[ \t]+\n", "\n"):gsub("\n\n\n+", "\n\n")
+      return (text:gsub("^%s+", ""):gsub("%s+$", ""))
+    end
+
+    local tricky = {
+      "", " ", "\n", "\r\n", "\t \n", "a", "  a  ", "\n\n\na\n\n\n",
+      "trailing   \nspaces\t\t\nand tabs \t \n",
+      "crlf\r\nlines\r\n\r\n\r\n\r\nend\r\n",
+      "lone\rreturn\r\r\ndouble \r\r\n", "blank \r\n \r\n\t\r\n\r\nx",
+      "three\n\n\nblank\n\n\n\n\nlines", "mixed\n \n\t\n  \t \n\nend",
+      "\n\n  leading and trailing  \n\n", "\v\f vertical \f\v", "x\v\n\n\ny\f \n",
+      "keep  inner  spaces\tand\ttabs", "\t\tindented\n\t\tlines\n",
+      "nul\0\n \0 \n\n\n\0", "utf-8 \226\128\148 dash \n\n\n\195\169 ",
+      ("line with trailing blanks   \r\n"):rep(50) .. ("\n"):rep(10) .. "tail",
+    }
+
+    it("gives what the gsub chain it replaced gave, on tricky inputs", function()
+      for _, s in ipairs(tricky) do
+        assert.are.equal(reference(s), core.template_normalise(s), ("for %q"):format(s))
+      end
+    end)
+
+    it("gives what the gsub chain gave, on random inputs", function()
+      local pieces = { " ", "\t", "\n", "\r", "\r\n", "a", "bc", "\v", "\f", "\0", "\255",
+                       "  \n", "\n\n\n", " \r\n", "\r\r\n", "\t\r\n\r\n" }
+      local rng = 12345
+      local function rand(n) -- a fixed LCG: the same cases on every run
+        rng = (rng * 1103515245 + 12345) % 2147483648
+        return rng % n + 1
+      end
+      for _ = 1, 20000 do
+        local t = {}
+        for j = 1, rand(16) - 1 do t[j] = pieces[rand(#pieces)] end
+        local s = table.concat(t)
+        assert.are.equal(reference(s), core.template_normalise(s), ("for %q"):format(s))
+      end
+    end)
+
+    it("handles large text and raises on a non-string", function()
+      local big = ("word \t\r\n\n\n\n"):rep(20000)
+      assert.are.equal(reference(big), core.template_normalise(big))
+      assert.matches("bad argument #1 to '[%w.]*template_normalise' %(string expected, got table%)",
+        raised(core.template_normalise, {}))
+    end)
+  end)
+
   describe("misuse", function()
     it("raises naming the argument", function()
       assert.matches("bad argument #1 to '[%w.]*template_compile' %(string expected, got nil%)",

@@ -79,24 +79,45 @@ function Provider:encode_prefix(system, tools)
   return table.concat(parts)
 end
 
+-- Messages are encoded by hand, one fixed shape per kind of message, with
+-- the keys in sorted order: the bytes are those json.canonical would give,
+-- for a fraction of the cost (the session encodes every message once, on the
+-- path of every turn). Only table values go through the canonical encoder.
+local quote = json.quote
+local concat = table.concat
+local decode_fast = json.decode_fast
+local byte, find = string.byte, string.find
+local tointeger = math.tointeger
+
 -- The JSON of a tool call's input: the raw arguments when they are a JSON
 -- object, `{}` otherwise (the session records such a call as an error; the
 -- raw text is not sent back).
 local function input_json(args)
   if type(args) == "table" then return canonical(args) end
   if type(args) ~= "string" then return "{}" end
-  local trimmed = args:match("^%s*(.-)%s*$")
-  if trimmed:sub(1, 1) ~= "{" then return "{}" end
-  local v = json.decode(trimmed)
+  local trimmed = args
+  if byte(args, 1) ~= 123 or byte(args, -1) ~= 125 then -- not already "{...}"
+    trimmed = args:match("^%s*(.-)%s*$")
+    if byte(trimmed, 1) ~= 123 then return "{}" end
+  end
+  -- Decoded only to check that it is an object: the text is what is sent.
+  local v = decode_fast(trimmed)
   if type(v) ~= "table" then return "{}" end
   -- lua-cjson accepts a little more than JSON (NaN, Infinity, hex numbers,
-  -- raw control characters in strings): text that might hold any of it is
-  -- re-encoded instead, which is always valid.
-  if trimmed:find("[%c]") or trimmed:find("[Nn][Aa][Nn]") or trimmed:find("[Ii][Nn][Ff]")
-      or trimmed:find("0[Xx]") then
-    return canonical(v)
+  -- raw control characters in strings): text that might hold any of it (in
+  -- any case) is re-encoded instead, which is always valid. json.decode
+  -- gives the integers the canonical encoder should see.
+  local lower = trimmed:lower()
+  if find(trimmed, "%c") or find(lower, "nan", 1, true) or find(lower, "inf", 1, true)
+      or find(lower, "0x", 1, true) then
+    return canonical((json.decode(trimmed)))
   end
   return trimmed
+end
+
+local function tool_use(c)
+  return '{"id":' .. quote(c.id) .. ',"input":' .. input_json(c.arguments)
+    .. ',"name":' .. quote(c.name) .. ',"type":"tool_use"}'
 end
 
 --- One neutral message as a JSON array element. A `tool` message becomes one
@@ -112,31 +133,39 @@ function Provider:encode_message(msg)
   end
   if role == "tool" then
     if #msg.results == 0 then return "" end
-    local blocks = {}
+    local blocks, result_text = {}, provider._result_text
     for i, r in ipairs(msg.results) do
-      blocks[i] = { type = "tool_result", tool_use_id = r.id, content = provider._result_text(r.content),
-                    is_error = r.is_error == true }
+      blocks[i] = '{"content":' .. quote(result_text(r.content))
+        .. (r.is_error == true and ',"is_error":true,"tool_use_id":' or ',"is_error":false,"tool_use_id":')
+        .. quote(r.id) .. ',"type":"tool_result"}'
     end
-    return canonical({ role = "user", content = blocks })
+    return '{"content":[' .. concat(blocks, ",") .. '],"role":"user"}'
   end
   if role == "assistant" then
     local calls = msg.tool_calls
     local text = msg.content or ""
     if not calls or #calls == 0 then
       if text == "" then return "" end
-      return canonical({ role = "assistant", content = text })
+      return '{"content":' .. quote(text) .. ',"role":"assistant"}'
     end
-    local blocks = {}
-    if text ~= "" then blocks[1] = canonical({ type = "text", text = text }) end
+    if text == "" and #calls == 1 then -- the usual shape, without a table
+      return '{"content":[' .. tool_use(calls[1]) .. '],"role":"assistant"}'
+    end
+    local blocks, n = {}, 0
+    if text ~= "" then
+      n = 1
+      blocks[1] = '{"text":' .. quote(text) .. ',"type":"text"}'
+    end
     for _, c in ipairs(calls) do
-      blocks[#blocks + 1] = '{"id":' .. canonical(c.id) .. ',"input":' .. input_json(c.arguments)
-        .. ',"name":' .. canonical(c.name) .. ',"type":"tool_use"}'
+      n = n + 1
+      blocks[n] = tool_use(c)
     end
-    return '{"content":[' .. table.concat(blocks, ",") .. '],"role":"assistant"}'
+    return '{"content":[' .. concat(blocks, ",") .. '],"role":"assistant"}'
   end
   local content = msg.content
-  if content == nil then content = "" end
-  return canonical({ role = "user", content = content })
+  if content == nil then return '{"content":"","role":"user"}' end
+  return '{"content":' .. (type(content) == "string" and quote(content) or canonical(content))
+    .. ',"role":"user"}'
 end
 
 -- ------------------------------------------------------------------- wire
@@ -176,7 +205,7 @@ function Provider:_parse(obj)
       local input = block.input
       calls[#calls + 1] = {
         id = block.id, name = block.name,
-        arguments = type(input) == "table" and canonical(input) or nil,
+        arguments = type(input) == "table" and canonical(json.integers(input)) or nil,
       }
     end
   end
@@ -220,7 +249,7 @@ end
 --- Handles one SSE event; returns an error to abandon the stream.
 function Stream:event(ev)
   if self.done or ev.done then return nil end -- "[DONE]" is not Anthropic's, but proxies add it
-  local obj, err = json.decode(ev.data)
+  local obj, err = decode_fast(ev.data)
   if obj == nil then
     return fail("MalformedResponse", "anthropic stream event is not valid JSON (" .. err.message .. ")",
       { body = provider._excerpt(ev.data) })
@@ -233,13 +262,17 @@ function Stream:event(ev)
   if ty == "content_block_delta" then
     local d = obj.delta
     if type(d) ~= "table" then return fail("MalformedResponse", "anthropic content_block_delta has no delta") end
-    if d.type == "text_delta" and type(d.text) == "string" then
-      if d.text ~= "" then
-        self.text[#self.text + 1] = d.text
-        self.emit(d.text)
+    local dtype = d.type
+    if dtype == "text_delta" then
+      local text = d.text
+      if type(text) == "string" and text ~= "" then
+        local n = self.ntext + 1
+        self.ntext = n
+        self.text[n] = text
+        self.emit(text)
       end
-    elseif d.type == "input_json_delta" then
-      local index = math.tointeger(obj.index)
+    elseif dtype == "input_json_delta" then
+      local index = tointeger(obj.index)
       if not index or index < 0 then
         return fail("MalformedResponse", "anthropic input_json_delta has no valid index")
       end
@@ -251,18 +284,21 @@ function Stream:event(ev)
     local b = obj.content_block
     if type(b) ~= "table" then return fail("MalformedResponse", "anthropic content_block_start has no block") end
     if b.type == "tool_use" then
-      local index = math.tointeger(obj.index)
+      local index = tointeger(obj.index)
       if not index or index < 0 then
         return fail("MalformedResponse", "anthropic tool_use block has no valid index")
       end
       -- The input arrives as input_json_delta fragments; a server that sends
       -- it whole here is taken at its word.
-      local whole = type(b.input) == "table" and next(b.input) ~= nil and canonical(b.input) or nil
+      local whole = type(b.input) == "table" and next(b.input) ~= nil and canonical(json.integers(b.input))
+        or nil
       local ok, aerr = self.calls:add(index, type(b.id) == "string" and b.id or nil,
         type(b.name) == "string" and b.name or nil, whole)
       if not ok then return aerr end
     elseif b.type == "text" and type(b.text) == "string" and b.text ~= "" then
-      self.text[#self.text + 1] = b.text
+      local n = self.ntext + 1
+      self.ntext = n
+      self.text[n] = b.text
       self.emit(b.text)
     end
   elseif ty == "message_start" then
@@ -313,7 +349,7 @@ end
 --- A parser for one streamed response; `emit(text)` receives text deltas.
 function Provider:_stream(emit)
   return setmetatable({
-    emit = emit, text = {}, done = false,
+    emit = emit, text = {}, ntext = 0, done = false,
     usage = { input = 0, output = 0, cached = 0 },
     calls = core.tool_call_assembler(self.max_body_bytes),
   }, Stream)

@@ -256,20 +256,26 @@ function Base:body(prefix, encoded)
   if type(encoded) ~= "table" then
     error(("tide.provider.%s: body: 'encoded' must be a table, got %s"):format(self.kind, type(encoded)), 2)
   end
-  local parts, n = {}, 0
+  -- Called with the whole history at every provider call: the list is
+  -- joined as it is unless it holds messages that encode as nothing.
+  local parts, empty = encoded, false
   for i = 1, #encoded do
     local e = encoded[i]
     if type(e) ~= "string" then
       error(("tide.provider.%s: body: encoded[%d] must be a string, got %s"):format(self.kind, i, type(e)), 2)
     end
-    if e ~= "" then
-      n = n + 1
-      parts[n] = e
+    if e == "" then empty = true end
+  end
+  if empty then
+    parts = {}
+    for i = 1, #encoded do
+      if encoded[i] ~= "" then parts[#parts + 1] = encoded[i] end
     end
   end
+  local joined = table.concat(parts, ",")
   local sep = ""
-  if n > 0 and prefix:sub(-1) ~= "[" then sep = "," end
-  return prefix .. sep .. table.concat(parts, ",") .. "]}"
+  if joined ~= "" and prefix:sub(-1) ~= "[" then sep = "," end
+  return prefix .. sep .. joined .. "]}"
 end
 
 --- Alias of `body` (the name docs/internals.md mentions for the join).
@@ -374,7 +380,7 @@ local function status_error(kind, res)
   local status = res.status
   local body = res.body or ""
   local detail
-  local obj = body ~= "" and json.decode(body)
+  local obj = body ~= "" and json.decode_fast(body)
   if type(obj) == "table" then
     local e = obj.error
     if type(e) == "table" and type(e.message) == "string" then
@@ -539,7 +545,7 @@ local function attempt(self, body, opts, timeout_ms)
     if ttfb_ms == nil then
       ttfb_ms = type(res.timing) == "table" and res.timing.ttfb_ms or (core.hrtime() - t0) / 1e6
     end
-    local obj, derr = json.decode(text)
+    local obj, derr = json.decode_fast(text)
     if obj == nil then
       return nil, fail("MalformedResponse", ("%s response is not valid JSON (%s)"):format(self.kind,
         derr.message), { body = excerpt(text) }), state
