@@ -29,10 +29,7 @@
 ** stream of empty deltas with ever new indices is bounded too. */
 #define SLOT_COST 64
 
-typedef struct asm_buf {
-  char *p;
-  size_t len, cap;
-} asm_buf;
+typedef tide_buf asm_buf;
 
 typedef struct asm_slot {
   lua_Integer index;
@@ -51,29 +48,12 @@ typedef struct assembler {
 
 /* -------------------------------------------------------------- buffers -- */
 
-static void buf_free(asm_buf *b) {
-  free(b->p);
-  b->p = NULL;
-  b->len = b->cap = 0;
-}
+static void buf_free(asm_buf *b) { tide__buf_free(b); }
 
 /* Appends n bytes. The buffer belongs to the userdata, so raising a memory
 ** error here leaves it consistent and owned. */
 static void buf_add(lua_State *L, asm_buf *b, const char *s, size_t n) {
-  if (n == 0) return;
-  if (b->cap - b->len < n) {
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap - b->len < n) {
-      if (cap > SIZE_MAX / 2) luaL_error(L, "not enough memory");
-      cap *= 2;
-    }
-    char *p = realloc(b->p, cap);
-    if (p == NULL) luaL_error(L, "not enough memory");
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, s, n);
-  b->len += n;
+  if (tide__buf_add(b, s, n) != 0) luaL_error(L, "not enough memory");
 }
 
 static void free_slots(assembler *a) {

@@ -42,11 +42,6 @@
 #define SHARD_TARGET 512
 #define MAX_SHARDS 64
 
-typedef struct buf {
-  char *p;
-  size_t len, cap;
-} buf;
-
 typedef struct tide_http_state tide_http_state;
 typedef struct sock_ctx sock_ctx;
 
@@ -88,37 +83,14 @@ struct tide_http {
   CURLcode result;
   long status;
   size_t max_body, received;
-  buf body;             /* whole body, or chunks not yet taken by next() */
-  buf head;             /* raw response header lines of the last response */
+  tide_buf body;             /* whole body, or chunks not yet taken by next() */
+  tide_buf head;             /* raw response header lines of the last response */
   tide_task *task;      /* the task waiting in next(), if any */
   tide_wait wait;
   double total_s, ttfb_s, connect_s;
   long num_connects;
   char errbuf[CURL_ERROR_SIZE];
 };
-
-/* ------------------------------------------------------------ buffers -- */
-
-static int buf_add(buf *b, const char *p, size_t n) {
-  if (b->len + n + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 1024;
-    while (cap < b->len + n + 1) cap *= 2;
-    char *np = realloc(b->p, cap);
-    if (np == NULL) return -1;
-    b->p = np;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, p, n);
-  b->len += n;
-  b->p[b->len] = '\0';
-  return 0;
-}
-
-static void buf_free(buf *b) {
-  free(b->p);
-  b->p = NULL;
-  b->len = b->cap = 0;
-}
 
 /* ------------------------------------------------------ the multi side -- */
 
@@ -132,8 +104,8 @@ static void check_done(shard *sh);
 
 static void free_request(tide_http *r) {
   curl_slist_free_all(r->headers);
-  buf_free(&r->body);
-  buf_free(&r->head);
+  tide__buf_free(&r->body);
+  tide__buf_free(&r->head);
   free(r);
 }
 
@@ -430,7 +402,7 @@ static size_t write_cb(char *p, size_t size, size_t n, void *ud) {
     return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
   }
   r->received += len;
-  if (buf_add(&r->body, p, len) != 0) return 0;
+  if (tide__buf_add(&r->body, p, len) != 0) return 0;
   if (r->stream && r->task && is_2xx(r)) {
     tide_task *t = r->task;
     r->task = NULL;
@@ -451,7 +423,7 @@ static size_t header_cb(char *p, size_t size, size_t n, void *ud) {
     }
   }
   if (r->head.len + len > 256 * 1024) return 0; /* absurd headers */
-  if (buf_add(&r->head, p, len) != 0) return 0;
+  if (tide__buf_add(&r->head, p, len) != 0) return 0;
   return len;
 }
 
@@ -561,7 +533,7 @@ static int push_result(lua_State *L, tide_http *r) {
   push_ms(L, "ttfb_ms", r->ttfb_s);
   push_ms(L, "connect_ms", r->connect_s);
   lua_setfield(L, -2, "timing");
-  buf_free(&r->body);
+  tide__buf_free(&r->body);
   return 2;
 }
 

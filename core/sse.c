@@ -30,10 +30,7 @@
 ** space ("data: "); allow that much, and a little more, over the data cap. */
 #define SSE_LINE_SLACK 64
 
-typedef struct sse_buf {
-  char *p;
-  size_t len, cap;
-} sse_buf;
+typedef tide_buf sse_buf;
 
 typedef struct sse_parser {
   sse_buf line;  /* the unterminated tail of the last chunk */
@@ -49,29 +46,12 @@ typedef struct sse_parser {
 
 /* -------------------------------------------------------------- buffers -- */
 
-static void buf_free(sse_buf *b) {
-  free(b->p);
-  b->p = NULL;
-  b->len = b->cap = 0;
-}
+static void buf_free(sse_buf *b) { tide__buf_free(b); }
 
 /* Appends n bytes. The buffer belongs to the userdata, so raising a memory
 ** error here leaves it consistent and owned. */
 static void buf_add(lua_State *L, sse_buf *b, const char *s, size_t n) {
-  if (n == 0) return;
-  if (b->cap - b->len < n) {
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap - b->len < n) {
-      if (cap > SIZE_MAX / 2) luaL_error(L, "not enough memory");
-      cap *= 2;
-    }
-    char *p = realloc(b->p, cap);
-    if (p == NULL) luaL_error(L, "not enough memory");
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, s, n);
-  b->len += n;
+  if (tide__buf_add(b, s, n) != 0) luaL_error(L, "not enough memory");
 }
 
 static void buf_set(lua_State *L, sse_buf *b, const char *s, size_t n) {

@@ -20,8 +20,7 @@ typedef struct tide_stdin {
   int is_file;
   int reading;
   int eof;
-  char *buf;
-  size_t len, cap;
+  tide_buf in; /* bytes read, not yet returned as lines */
   char chunk[4096];
   tide_task *waiter;
   tide_wait wait;
@@ -38,8 +37,7 @@ static int stdin_gc(lua_State *L) {
     if (!uv_is_closing(s->h)) uv_close(s->h, close_free_cb);
     s->h = NULL;
   }
-  free(s->buf);
-  s->buf = NULL;
+  tide__buf_free(&s->in);
   return 0;
 }
 
@@ -86,7 +84,7 @@ static tide_stdin *get_stdin(lua_State *L) {
 }
 
 static int has_line(tide_stdin *s) {
-  return s->len > 0 && memchr(s->buf, '\n', s->len) != NULL;
+  return s->in.len > 0 && memchr(s->in.p, '\n', s->in.len) != NULL;
 }
 
 static void alloc_cb(uv_handle_t *h, size_t hint, uv_buf_t *out) {
@@ -102,28 +100,14 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *b) {
     uv_read_stop(st);
     s->reading = 0;
   } else if (n > 0) {
-    if (s->len + (size_t)n > s->cap) {
-      size_t cap = s->cap ? s->cap * 2 : 4096;
-      while (cap < s->len + (size_t)n) cap *= 2;
-      char *p = realloc(s->buf, cap);
-      if (p == NULL) {
-        s->eof = 1;
-      } else {
-        s->buf = p;
-        s->cap = cap;
-      }
-    }
-    if (!s->eof) {
-      memcpy(s->buf + s->len, b->base, (size_t)n);
-      s->len += (size_t)n;
-    }
+    if (tide__buf_add(&s->in, b->base, (size_t)n) != 0) s->eof = 1;
     /* Bounded memory: stop reading until the task takes what is here. */
-    if (s->len > STDIN_MAX_PENDING && s->reading) {
+    if (s->in.len > STDIN_MAX_PENDING && s->reading) {
       uv_read_stop(st);
       s->reading = 0;
     }
   }
-  if (s->waiter && (s->eof || has_line(s) || s->len > STDIN_MAX_PENDING)) {
+  if (s->waiter && (s->eof || has_line(s) || s->in.len > STDIN_MAX_PENDING)) {
     tide_task *t = s->waiter;
     s->waiter = NULL;
     uv_unref((uv_handle_t *)st);
@@ -134,26 +118,27 @@ static void read_cb(uv_stream_t *st, ssize_t n, const uv_buf_t *b) {
 /* Pushes the next line (without its newline) or the rest at EOF; 0 when
 ** nothing can be returned yet. */
 static int take_line(lua_State *L, tide_stdin *s) {
-  char *nl = s->len ? memchr(s->buf, '\n', s->len) : NULL;
+  tide_buf *in = &s->in;
+  char *nl = in->len ? memchr(in->p, '\n', in->len) : NULL;
   size_t n;
   if (nl) {
-    n = (size_t)(nl - s->buf);
+    n = (size_t)(nl - in->p);
     size_t end = n;
-    if (end > 0 && s->buf[end - 1] == '\r') end--;
-    lua_pushlstring(L, s->buf, end);
+    if (end > 0 && in->p[end - 1] == '\r') end--;
+    lua_pushlstring(L, in->p, end);
     n++;
-  } else if (s->eof || s->len > STDIN_MAX_PENDING) {
-    if (s->len == 0) {
+  } else if (s->eof || in->len > STDIN_MAX_PENDING) {
+    if (in->len == 0) {
       lua_pushnil(L);
       return 1;
     }
-    lua_pushlstring(L, s->buf, s->len);
-    n = s->len;
+    lua_pushlstring(L, in->p, in->len);
+    n = in->len;
   } else {
     return 0;
   }
-  memmove(s->buf, s->buf + n, s->len - n);
-  s->len -= n;
+  memmove(in->p, in->p + n, in->len - n);
+  in->len -= n;
   return 1;
 }
 

@@ -37,6 +37,19 @@ typedef struct tide_task tide_task;
 typedef struct tide_wait tide_wait;
 typedef struct tide_http tide_http;
 
+/* -------------------------------------------------------------- buffers -- */
+
+/// A growable, malloc'ed byte buffer (always NUL-terminated once non-empty).
+typedef struct tide_buf {
+  char *p;
+  size_t len, cap;
+} tide_buf;
+
+/// Appends n bytes; returns 0, or -1 when out of memory (nothing changed).
+int tide__buf_add(tide_buf *b, const char *s, size_t n);
+/// Frees the buffer's memory and leaves it empty.
+void tide__buf_free(tide_buf *b);
+
 /* ---------------------------------------------------------------- waits -- */
 
 /* A task suspended on a C operation points at the operation's tide_wait. If

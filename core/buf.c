@@ -1,0 +1,37 @@
+/*
+** buf.c -- growable byte buffers, malloc'ed, shared by the parts of the core
+** that collect bytes outside Lua (HTTP bodies, SSE lines, tool-call
+** arguments, stdin). Growing never raises: callers inside libcurl callbacks
+** cannot, and callers in bindings raise themselves after freeing nothing
+** (the buffer stays owned and consistent on failure).
+*/
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tide.h"
+
+int tide__buf_add(tide_buf *b, const char *s, size_t n) {
+  if (n == 0) return 0;
+  if (b->cap - b->len <= n) { /* keep room for a terminating NUL */
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap - b->len <= n) {
+      if (cap > SIZE_MAX / 2) return -1;
+      cap *= 2;
+    }
+    char *p = realloc(b->p, cap);
+    if (p == NULL) return -1;
+    b->p = p;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, s, n);
+  b->len += n;
+  b->p[b->len] = '\0';
+  return 0;
+}
+
+void tide__buf_free(tide_buf *b) {
+  free(b->p);
+  b->p = NULL;
+  b->len = b->cap = 0;
+}
