@@ -8,20 +8,7 @@
 ---
 --- Prints {"rps", "cpu_us_per_req", "connections"} (connections opened
 --- while timed).
-local function script_root()
-  local path = arg and arg[0] or ""
-  if path:sub(1, 1) ~= "/" then path = (os.getenv("PWD") or ".") .. "/" .. path end
-  local parts = {}
-  for part in path:gmatch("[^/]+") do
-    if part == ".." then parts[#parts] = nil elseif part ~= "." then parts[#parts + 1] = part end
-  end
-  parts[#parts] = nil -- the script
-  parts[#parts] = nil -- bench/
-  return "/" .. table.concat(parts, "/")
-end
-local root = script_root()
-package.path = root .. "/?.lua;" .. root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
-package.cpath = (os.getenv("TIDE_BUILD_DIR") or (root .. "/build-release")) .. "/?.so;" .. package.cpath
+local root = dofile((arg[0]:match("^(.*)/") or ".") .. "/paths.lua")()
 
 local common = require "bench.common"
 local tide = require "tide"

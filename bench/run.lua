@@ -14,19 +14,8 @@
 --- Rows: http, tasks, toolloop, startup, build, turn1, render, reload,
 --- scale, leak (see the file of the same name for what each measures).
 
-local function script_root()
-  local path = arg and arg[0] or ""
-  if path:sub(1, 1) ~= "/" then path = (os.getenv("PWD") or ".") .. "/" .. path end
-  local parts = {}
-  for part in path:gmatch("[^/]+") do
-    if part == ".." then parts[#parts] = nil elseif part ~= "." then parts[#parts + 1] = part end
-  end
-  parts[#parts] = nil -- the script
-  parts[#parts] = nil -- bench/
-  return "/" .. table.concat(parts, "/")
-end
-local root = script_root()
-local build = os.getenv("TIDE_BUILD_DIR") or (root .. "/build-release")
+-- Paths are set now; tide.core is required only after the build below.
+local root, build = dofile((arg[0]:match("^(.*)/") or ".") .. "/paths.lua")()
 
 local function sh(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
@@ -72,8 +61,6 @@ do
   run(("cmake --build %s -j2 >/dev/null"):format(sh(build)))
 end
 
-package.path = root .. "/?.lua;" .. root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
-package.cpath = build .. "/?.so;" .. package.cpath
 local common = require "bench.common"
 local core = common.core
 

@@ -7,20 +7,7 @@
 --- that takes the remaining arguments and returns a list of table lines
 --- (see bench.common.line). Child processes it starts are killed on the way
 --- out, error or not.
-local function script_root()
-  local path = arg and arg[0] or ""
-  if path:sub(1, 1) ~= "/" then path = (os.getenv("PWD") or ".") .. "/" .. path end
-  local parts = {}
-  for part in path:gmatch("[^/]+") do
-    if part == ".." then parts[#parts] = nil elseif part ~= "." then parts[#parts + 1] = part end
-  end
-  parts[#parts] = nil -- the script
-  parts[#parts] = nil -- bench/
-  return "/" .. table.concat(parts, "/")
-end
-local root = script_root()
-package.path = root .. "/?.lua;" .. root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua;" .. package.path
-package.cpath = (os.getenv("TIDE_BUILD_DIR") or (root .. "/build-release")) .. "/?.so;" .. package.cpath
+local root = dofile((arg[0]:match("^(.*)/") or ".") .. "/paths.lua")()
 
 local row = arg[1]
 if not row or not row:match("^[%w_]+$") then
