@@ -452,19 +452,28 @@ function session_mt:_freeze(trace)
     return nil, core.error("UnknownPrompt", tostring(resolved):gsub("^.-:%d+: ", ""), { prompt = self.def.prompt })
   end
   local current = resolved.version
-  if surface.system and surface.system_version == current and not self.toolkit and not self.parent then
-    text, version = surface.system, surface.system_version
+  -- Sub-agents append the role contract: their text depends on its version
+  -- too, and is cached apart from the root agent's.
+  local key = "system"
+  if self.parent then
+    key = "sub_system"
+    local okc, contract = pcall(prompts.resolve, "subagent_contract")
+    current = ("%s+%s"):format(tostring(current), okc and tostring(contract.version) or "?")
+  end
+  local cached = surface[key]
+  if cached and current ~= "nil" and cached.version_key == current then
+    text, version = cached.text, cached.version
   else
-    text, version = prompts.render(self.def.prompt, render_data(self))
+    local data = render_data(self)
+    text, version = prompts.render(self.def.prompt, data)
     if not text then return nil, version end
     if self.parent then
-      local contract, cerr = prompts.render("subagent_contract", render_data(self))
+      local contract, cerr = prompts.render("subagent_contract", data)
       if not contract then return nil, cerr end
       -- appended once: a prompt that already ends with the contract keeps it
       if text:sub(-#contract) ~= contract then text = text .. "\n\n" .. contract end
-    elseif not self.toolkit then
-      surface.system, surface.system_version = text, version
     end
+    surface[key] = { text = text, version = version, version_key = current }
   end
   self.system = text
   self.prompt_version = version
