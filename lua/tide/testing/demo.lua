@@ -109,7 +109,9 @@ end
 function M.model(req)
   local v = view(req)
   if #v.results > 0 then
-    return "Here is what I found: " .. table.concat(v.results, " / ")
+    local found = table.concat(v.results, " / ")
+    if found:find("^Here is what I found: ") then return found end -- a delegate's answer
+    return "Here is what I found: " .. found
   end
   -- an integrations agent: use the listing action whose name best matches
   -- the task's words
@@ -136,6 +138,12 @@ function M.model(req)
     return { tool_calls = { { name = "delegate_researcher", arguments = { task = v.task } } } }
   end
   local term = text:match("look up (%w+)") or text:match("lookup (%w+)") or text:match("what is (%w+)")
+  if not term and v.tools.lookup and not v.tools.delegate_researcher then
+    -- a researcher: look up the first known term the task mentions
+    for _, k in ipairs { "prewarm", "depth", "tide", "lua" } do
+      if text:find(k, 1, true) then term = k break end
+    end
+  end
   if term and v.tools.lookup then
     return { tool_calls = { { name = "lookup", arguments = { q = term } } } }
   end
