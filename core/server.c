@@ -661,7 +661,8 @@ static void read_response(lua_State *L, int t, dispatch_args *a) {
       lua_pop(L, 1);
       if (len > 0) {
         char frame[32];
-        w = put(w, frame, (size_t)snprintf(frame, sizeof frame, "%zx\r\n", len));
+        int flen = snprintf(frame, sizeof frame, "%zx\r\n", len);
+        w = put(w, frame, (size_t)flen);
         w = put(w, s, len);
         w = put(w, "\r\n", 2);
       }
