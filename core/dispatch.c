@@ -29,38 +29,19 @@
 ** stream of empty deltas with ever new indices is bounded too. */
 #define SLOT_COST 64
 
-typedef tide_buf asm_buf;
-
-typedef struct asm_slot {
-  lua_Integer index;
-  asm_buf id, name, args;
-  int has_id, has_name;
-} asm_slot;
-
 typedef struct assembler {
-  asm_slot *slots; /* sorted by index */
-  size_t n, cap;
-  size_t total; /* bytes counted against max */
-  size_t max;
+  tide_asm a;
   int failed; /* cap exceeded; the error is uservalue 1 */
   int closed;
 } assembler;
 
-/* -------------------------------------------------------------- buffers -- */
+/* ---------------------------------------------------------------- slots -- */
 
-static void buf_free(asm_buf *b) { tide__buf_free(b); }
-
-/* Appends n bytes. The buffer belongs to the userdata, so raising a memory
-** error here leaves it consistent and owned. */
-static void buf_add(lua_State *L, asm_buf *b, const char *s, size_t n) {
-  if (tide__buf_add(b, s, n) != 0) luaL_error(L, "not enough memory");
-}
-
-static void free_slots(assembler *a) {
+void tide__asm_free(tide_asm *a) {
   for (size_t i = 0; i < a->n; i++) {
-    buf_free(&a->slots[i].id);
-    buf_free(&a->slots[i].name);
-    buf_free(&a->slots[i].args);
+    tide__buf_free(&a->slots[i].id);
+    tide__buf_free(&a->slots[i].name);
+    tide__buf_free(&a->slots[i].args);
   }
   free(a->slots);
   a->slots = NULL;
@@ -68,12 +49,10 @@ static void free_slots(assembler *a) {
   a->total = 0;
 }
 
-/* ---------------------------------------------------------------- slots -- */
-
 /* Finds the slot for `index`; when there is none, returns NULL and sets *pos
 ** to where it belongs. Indices arrive in order in practice, so the common
 ** case (the last slot, or a new one after it) costs no search. */
-static asm_slot *find_slot(assembler *a, lua_Integer index, size_t *pos) {
+static tide_asm_slot *find_slot(tide_asm *a, lua_Integer index, size_t *pos) {
   size_t lo = 0, hi = a->n;
   if (a->n > 0 && a->slots[a->n - 1].index <= index) {
     if (a->slots[a->n - 1].index == index) return &a->slots[a->n - 1];
@@ -92,14 +71,14 @@ static asm_slot *find_slot(assembler *a, lua_Integer index, size_t *pos) {
   return NULL;
 }
 
-/* Inserts an empty slot for `index` at `pos` (from find_slot). */
-static asm_slot *insert_slot(lua_State *L, assembler *a, lua_Integer index,
-                             size_t pos) {
+/* Inserts an empty slot for `index` at `pos` (from find_slot), or returns
+** NULL (nothing changed) when out of memory. */
+static tide_asm_slot *insert_slot(tide_asm *a, lua_Integer index, size_t pos) {
   if (a->n == a->cap) {
     size_t cap = a->cap ? a->cap * 2 : 4;
-    if (cap > SIZE_MAX / sizeof *a->slots) luaL_error(L, "not enough memory");
-    asm_slot *p = realloc(a->slots, cap * sizeof *p);
-    if (p == NULL) luaL_error(L, "not enough memory");
+    if (cap > SIZE_MAX / sizeof *a->slots) return NULL;
+    tide_asm_slot *p = realloc(a->slots, cap * sizeof *p);
+    if (p == NULL) return NULL;
     a->slots = p;
     a->cap = cap;
   }
@@ -110,20 +89,62 @@ static asm_slot *insert_slot(lua_State *L, assembler *a, lua_Integer index,
   return &a->slots[pos];
 }
 
-/* Records the StreamTooLarge error as uservalue 1 so that every later add
-** returns the same error, and drops the buffers: the reply is unusable. */
-static int fail_too_large(lua_State *L, assembler *a) {
+int tide__asm_add(tide_asm *a, lua_Integer index, const char *id, size_t idl,
+                  const char *name, size_t namel, const char *frag,
+                  size_t fragl) {
+  size_t pos = 0;
+  tide_asm_slot *s = find_slot(a, index, &pos);
+  size_t need = (s ? 0 : SLOT_COST);
+  if (id && idl && !(s && s->has_id)) need += idl;
+  if (name && namel && !(s && s->has_name)) need += namel;
+  if (frag) {
+    if (fragl > SIZE_MAX - need) need = SIZE_MAX; else need += fragl;
+  }
+  if (need > a->max - a->total) {
+    tide__asm_free(a); /* the reply is unusable */
+    return TIDE_ASM_TOO_LARGE;
+  }
+  if (s == NULL && (s = insert_slot(a, index, pos)) == NULL)
+    return TIDE_ASM_NOMEM;
+  a->total += need;
+  if (id && idl && !s->has_id) {
+    if (tide__buf_add(&s->id, id, idl) != 0) return TIDE_ASM_NOMEM;
+    s->has_id = 1;
+  }
+  if (name && namel && !s->has_name) {
+    if (tide__buf_add(&s->name, name, namel) != 0) return TIDE_ASM_NOMEM;
+    s->has_name = 1;
+  }
+  if (frag && tide__buf_add(&s->args, frag, fragl) != 0) return TIDE_ASM_NOMEM;
+  return 0;
+}
+
+void tide__push_asm_too_large(lua_State *L, const tide_asm *a) {
   char cap[32];
   snprintf(cap, sizeof cap, "%zu", a->max);
   tide__push_error(L, "StreamTooLarge",
                    "tool-call deltas exceed the limit of %s bytes", cap);
-  lua_pushvalue(L, -1);
-  lua_setiuservalue(L, 1, 1);
-  a->failed = 1;
-  free_slots(a);
-  lua_pushnil(L);
-  lua_insert(L, -2);
-  return 2;
+}
+
+void tide__asm_push(lua_State *L, const tide_asm *a) {
+  lua_createtable(L, (int)(a->n > INT32_MAX ? 0 : a->n), 0);
+  for (size_t i = 0; i < a->n; i++) {
+    const tide_asm_slot *s = &a->slots[i];
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, s->index);
+    lua_setfield(L, -2, "index");
+    if (s->has_id) {
+      lua_pushlstring(L, s->id.p, s->id.len);
+      lua_setfield(L, -2, "id");
+    }
+    if (s->has_name) {
+      lua_pushlstring(L, s->name.p, s->name.len);
+      lua_setfield(L, -2, "name");
+    }
+    lua_pushlstring(L, s->args.p ? s->args.p : "", s->args.len);
+    lua_setfield(L, -2, "arguments");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
 }
 
 /* ------------------------------------------------------------- bindings -- */
@@ -157,7 +178,7 @@ static int l_assembler(lua_State *L) {
   }
   assembler *a = lua_newuserdatauv(L, sizeof *a, 1);
   memset(a, 0, sizeof *a);
-  a->max = (lua_Unsigned)max > SIZE_MAX ? SIZE_MAX : (size_t)max;
+  a->a.max = (lua_Unsigned)max > SIZE_MAX ? SIZE_MAX : (size_t)max;
   luaL_setmetatable(L, ASSEMBLER_MT);
   return 1;
 }
@@ -179,23 +200,18 @@ static int l_add(lua_State *L) {
     lua_getiuservalue(L, 1, 1);
     return 2;
   }
-  size_t pos = 0;
-  asm_slot *s = find_slot(a, index, &pos);
-  size_t need = (s ? 0 : SLOT_COST) + fragl;
-  if (id && idl && !(s && s->has_id)) need += idl;
-  if (name && namel && !(s && s->has_name)) need += namel;
-  if (need > a->max - a->total) return fail_too_large(L, a);
-  if (s == NULL) s = insert_slot(L, a, index, pos);
-  a->total += need;
-  if (id && idl && !s->has_id) {
-    buf_add(L, &s->id, id, idl);
-    s->has_id = 1;
+  int rc = tide__asm_add(&a->a, index, id, idl, name, namel, frag, fragl);
+  if (rc == TIDE_ASM_NOMEM) return luaL_error(L, "not enough memory");
+  if (rc == TIDE_ASM_TOO_LARGE) {
+    /* Every later add returns the same error (uservalue 1). */
+    a->failed = 1;
+    tide__push_asm_too_large(L, &a->a);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, 1, 1);
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return 2;
   }
-  if (name && namel && !s->has_name) {
-    buf_add(L, &s->name, name, namel);
-    s->has_name = 1;
-  }
-  if (frag) buf_add(L, &s->args, frag, fragl);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -209,31 +225,14 @@ static int l_result(lua_State *L) {
     lua_getiuservalue(L, 1, 1);
     return 2;
   }
-  lua_createtable(L, (int)(a->n > INT32_MAX ? 0 : a->n), 0);
-  for (size_t i = 0; i < a->n; i++) {
-    const asm_slot *s = &a->slots[i];
-    lua_createtable(L, 0, 4);
-    lua_pushinteger(L, s->index);
-    lua_setfield(L, -2, "index");
-    if (s->has_id) {
-      lua_pushlstring(L, s->id.p, s->id.len);
-      lua_setfield(L, -2, "id");
-    }
-    if (s->has_name) {
-      lua_pushlstring(L, s->name.p, s->name.len);
-      lua_setfield(L, -2, "name");
-    }
-    lua_pushlstring(L, s->args.p ? s->args.p : "", s->args.len);
-    lua_setfield(L, -2, "arguments");
-    lua_rawseti(L, -2, (lua_Integer)i + 1);
-  }
+  tide__asm_push(L, &a->a);
   return 1;
 }
 
 /* a:reset(): forgets every call (and a recorded failure); keeps the cap. */
 static int l_reset(lua_State *L) {
   assembler *a = check_assembler(L);
-  free_slots(a);
+  tide__asm_free(&a->a);
   a->failed = 0;
   lua_pushnil(L);
   lua_setiuservalue(L, 1, 1);
@@ -243,14 +242,14 @@ static int l_reset(lua_State *L) {
 /* a:count() -> number of distinct indices seen. */
 static int l_count(lua_State *L) {
   assembler *a = check_assembler(L);
-  lua_pushinteger(L, (lua_Integer)a->n);
+  lua_pushinteger(L, (lua_Integer)a->a.n);
   return 1;
 }
 
 /* __gc, __close and a:close(): idempotent. */
 static int l_close(lua_State *L) {
   assembler *a = luaL_checkudata(L, 1, ASSEMBLER_MT);
-  free_slots(a);
+  tide__asm_free(&a->a);
   a->closed = 1;
   return 0;
 }

@@ -13,7 +13,8 @@
 __attribute__((visibility("default"))) int luaopen_tide_core(lua_State *L) {
   static void (*const parts[])(lua_State *) = {
       tide__open_error,  tide__open_loop,     tide__open_depth,
-      tide__open_http,   tide__open_sse,      tide__open_server,
+      tide__open_http,   tide__open_sse,      tide__open_stream,
+      tide__open_server,
       tide__open_cache,  tide__open_dispatch, tide__open_template,
       tide__open_watch,  tide__open_stdio};
   lua_newtable(L);

@@ -8,10 +8,13 @@
 ** event. The result of feeding a stream does not depend on where it was cut
 ** into chunks.
 **
-** The parser owns three malloc'ed buffers (the partial line, the pending data,
-** the pending event type) plus the last event id. They hang off the userdata,
-** so a Lua error raised while an event table is being built leaves nothing to
-** leak: the collector frees them through the shared __gc/__close function.
+** The parser proper (tide__sse_feed) never raises and calls back once per
+** event: core.sse_parser builds event tables from it, and the OpenAI stream
+** parser (stream.c) reads events in place. The parser owns three malloc'ed
+** buffers (the partial line, the pending data, the pending event type) plus
+** the last event id. They hang off the userdata, so a Lua error raised while
+** an event table is being built leaves nothing to leak: the collector frees
+** them through the shared __gc/__close function.
 */
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,100 +33,68 @@
 ** space ("data: "); allow that much, and a little more, over the data cap. */
 #define SSE_LINE_SLACK 64
 
-typedef tide_buf sse_buf;
-
 typedef struct sse_parser {
-  sse_buf line;  /* the unterminated tail of the last chunk */
-  sse_buf data;  /* "data" values so far, each followed by '\n' */
-  sse_buf event; /* the "event" field of the pending event */
-  sse_buf id;    /* last event id: it persists across events, as specified */
-  size_t max;    /* cap on one event's data */
-  int cr;        /* the last chunk ended with CR: skip one LF at the next */
-  int started;   /* a line has been completed (the BOM check is done) */
-  int failed;    /* cap exceeded; the error is uservalue 1 */
+  tide_sse sse;
+  int failed; /* cap exceeded; the error is uservalue 1 */
   int closed;
 } sse_parser;
 
-/* -------------------------------------------------------------- buffers -- */
-
-static void buf_free(sse_buf *b) { tide__buf_free(b); }
-
-/* Appends n bytes. The buffer belongs to the userdata, so raising a memory
-** error here leaves it consistent and owned. */
-static void buf_add(lua_State *L, sse_buf *b, const char *s, size_t n) {
-  if (tide__buf_add(b, s, n) != 0) luaL_error(L, "not enough memory");
-}
-
-static void buf_set(lua_State *L, sse_buf *b, const char *s, size_t n) {
-  b->len = 0;
-  buf_add(L, b, s, n);
-}
-
 /* --------------------------------------------------------------- parsing -- */
 
-static sse_parser *check_parser(lua_State *L) {
-  sse_parser *p = luaL_checkudata(L, 1, SSE_MT);
-  if (p->closed) luaL_error(L, "attempt to use a closed sse parser");
-  return p;
+static void free_pending(tide_sse *p) {
+  tide__buf_free(&p->line);
+  tide__buf_free(&p->data);
+  tide__buf_free(&p->event);
 }
 
-static size_t line_limit(const sse_parser *p) {
+static int buf_set(tide_buf *b, const char *s, size_t n) {
+  b->len = 0;
+  return tide__buf_add(b, s, n);
+}
+
+static size_t line_limit(const tide_sse *p) {
   return p->max > SIZE_MAX - SSE_LINE_SLACK ? SIZE_MAX : p->max + SSE_LINE_SLACK;
 }
 
 /* The limit for a line still being buffered: the first line of the stream
 ** may carry a byte order mark that does not count, and a chunked stream must
 ** fail exactly when the same stream in one piece would. */
-static size_t pending_limit(const sse_parser *p) {
+static size_t pending_limit(const tide_sse *p) {
   size_t lim = line_limit(p);
   return p->started || lim > SIZE_MAX - 3 ? lim : lim + 3;
 }
 
-/* Records the StreamTooLarge error as uservalue 1 so that every later call
-** returns the same error, and drops the buffers: the stream is unusable. */
-static int fail_too_large(lua_State *L, sse_parser *p, const char *what) {
-  char cap[32];
-  snprintf(cap, sizeof cap, "%zu", p->max);
-  tide__push_error(L, "StreamTooLarge", "SSE %s exceeds the limit of %s bytes",
-                   what, cap);
-  lua_pushvalue(L, -1);
-  lua_setiuservalue(L, 1, 1);
-  p->failed = 1;
-  buf_free(&p->line);
-  buf_free(&p->data);
-  buf_free(&p->event);
-  lua_pushnil(L);
-  lua_insert(L, -2);
-  return 2;
+/* A cap was exceeded: the stream is unusable, so its buffers go now. */
+static int too_large(tide_sse *p, int code) {
+  free_pending(p);
+  return code;
 }
 
-/* Appends the pending event to the array at index `out`, then resets the
-** per-event buffers. An event without data is not dispatched. */
-static void dispatch(lua_State *L, sse_parser *p, int out) {
+/* Hands the pending event to cb, then resets the per-event buffers (before
+** cb runs, as far as the lengths go, so that a callback that raises leaves a
+** parser that has dispatched the event). An event without data is not
+** dispatched. */
+static int dispatch(tide_sse *p, tide_sse_cb cb, void *ud) {
   if (p->data.len == 0) {
     p->event.len = 0;
-    return;
+    return 0;
   }
-  size_t n = p->data.len - 1; /* drop the '\n' after the last value */
-  lua_createtable(L, 0, 4);
-  if (p->event.len)
-    lua_pushlstring(L, p->event.p, p->event.len);
-  else
-    lua_pushliteral(L, "message");
-  lua_setfield(L, -2, "event");
-  lua_pushlstring(L, p->data.p, n);
-  lua_setfield(L, -2, "data");
-  if (p->id.len) {
-    lua_pushlstring(L, p->id.p, p->id.len);
-    lua_setfield(L, -2, "id");
+  tide_sse_event ev;
+  ev.data = p->data.p;
+  ev.data_len = p->data.len - 1; /* drop the '\n' after the last value */
+  if (p->event.len) {
+    ev.event = p->event.p;
+    ev.event_len = p->event.len;
+  } else {
+    ev.event = "message";
+    ev.event_len = 7;
   }
-  if (n == 6 && memcmp(p->data.p, "[DONE]", 6) == 0) {
-    lua_pushboolean(L, 1);
-    lua_setfield(L, -2, "done");
-  }
-  lua_rawseti(L, out, (lua_Integer)lua_rawlen(L, out) + 1);
+  ev.id = p->id.len ? p->id.p : NULL;
+  ev.id_len = p->id.len;
+  ev.done = ev.data_len == 6 && memcmp(ev.data, "[DONE]", 6) == 0;
   p->data.len = 0;
   p->event.len = 0;
+  return cb(ud, &ev);
 }
 
 static int field_is(const char *s, size_t n, const char *name) {
@@ -131,19 +102,15 @@ static int field_is(const char *s, size_t n, const char *name) {
   return n == k && memcmp(s, name, k) == 0;
 }
 
-/* Interprets one complete line (without its terminator). Returns 0, or -1
-** with nil, err pushed when the line or the event's data is too large. */
-static int process_line(lua_State *L, sse_parser *p, const char *s, size_t n,
-                        int out) {
+/* Interprets one complete line (without its terminator). */
+static int process_line(tide_sse *p, const char *s, size_t n, tide_sse_cb cb,
+                        void *ud) {
   if (!p->started) {
     p->started = 1;
     if (n >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0) s += 3, n -= 3;
   }
-  if (n > line_limit(p)) return fail_too_large(L, p, "line"), -1;
-  if (n == 0) {
-    dispatch(L, p, out);
-    return 0;
-  }
+  if (n > line_limit(p)) return too_large(p, TIDE_SSE_LINE_BIG);
+  if (n == 0) return dispatch(p, cb, ud);
   if (s[0] == ':') return 0; /* comment */
   const char *colon = memchr(s, ':', n);
   size_t flen = colon ? (size_t)(colon - s) : n;
@@ -151,19 +118,81 @@ static int process_line(lua_State *L, sse_parser *p, const char *s, size_t n,
   size_t vlen = (size_t)(s + n - v);
   if (vlen && v[0] == ' ') v++, vlen--;
   if (field_is(s, flen, "data")) {
-    if (p->data.len + vlen > p->max) return fail_too_large(L, p, "event"), -1;
-    buf_add(L, &p->data, v, vlen);
-    buf_add(L, &p->data, "\n", 1);
+    if (p->data.len + vlen > p->max) return too_large(p, TIDE_SSE_EVENT_BIG);
+    if (tide__buf_add(&p->data, v, vlen) != 0 ||
+        tide__buf_add(&p->data, "\n", 1) != 0)
+      return TIDE_SSE_NOMEM;
   } else if (field_is(s, flen, "event")) {
-    buf_set(L, &p->event, v, vlen);
+    if (buf_set(&p->event, v, vlen) != 0) return TIDE_SSE_NOMEM;
   } else if (field_is(s, flen, "id")) {
-    if (memchr(v, '\0', vlen) == NULL) buf_set(L, &p->id, v, vlen);
+    if (memchr(v, '\0', vlen) == NULL && buf_set(&p->id, v, vlen) != 0)
+      return TIDE_SSE_NOMEM;
   }
   /* "retry" and unknown fields are ignored: the caller owns reconnection. */
   return 0;
 }
 
+int tide__sse_feed(tide_sse *p, const char *s, size_t n, tide_sse_cb cb,
+                   void *ud) {
+  size_t i = 0;
+  if (p->cr && n > 0) {
+    if (s[0] == '\n') i = 1;
+    p->cr = 0;
+  }
+  while (i < n) {
+    size_t j = i;
+    while (j < n && s[j] != '\n' && s[j] != '\r') j++;
+    if (j == n) { /* unterminated: keep it for the next chunk */
+      if (p->line.len + (n - i) > pending_limit(p))
+        return too_large(p, TIDE_SSE_LINE_BIG);
+      if (tide__buf_add(&p->line, s + i, n - i) != 0) return TIDE_SSE_NOMEM;
+      break;
+    }
+    /* The terminator is consumed before the line is processed, so that a
+    ** callback that stops the feed (or raises) leaves a consistent parser. */
+    size_t next = j + 1;
+    if (s[j] == '\r') {
+      if (j + 1 == n)
+        p->cr = 1;
+      else if (s[j + 1] == '\n')
+        next = j + 2;
+    }
+    int rc;
+    if (p->line.len) { /* the line began in an earlier chunk */
+      if (p->line.len + (j - i) > pending_limit(p))
+        return too_large(p, TIDE_SSE_LINE_BIG);
+      if (tide__buf_add(&p->line, s + i, j - i) != 0) return TIDE_SSE_NOMEM;
+      size_t len = p->line.len;
+      p->line.len = 0;
+      rc = process_line(p, p->line.p, len, cb, ud);
+    } else {
+      rc = process_line(p, s + i, j - i, cb, ud);
+    }
+    if (rc != 0) return rc;
+    i = next;
+  }
+  return 0;
+}
+
+int tide__sse_finish(tide_sse *p) {
+  int clean = p->line.len == 0 && p->data.len == 0;
+  p->line.len = p->data.len = p->event.len = 0;
+  p->cr = 0;
+  return clean;
+}
+
+void tide__sse_free(tide_sse *p) {
+  free_pending(p);
+  tide__buf_free(&p->id);
+}
+
 /* ------------------------------------------------------------- bindings -- */
+
+static sse_parser *check_parser(lua_State *L) {
+  sse_parser *p = luaL_checkudata(L, 1, SSE_MT);
+  if (p->closed) luaL_error(L, "attempt to use a closed sse parser");
+  return p;
+}
 
 /* core.sse_parser([max_event_bytes]) -> parser */
 static int l_sse_parser(lua_State *L) {
@@ -171,9 +200,29 @@ static int l_sse_parser(lua_State *L) {
   luaL_argcheck(L, max > 0, 1, "must be positive");
   sse_parser *p = lua_newuserdatauv(L, sizeof *p, 1);
   memset(p, 0, sizeof *p);
-  p->max = (lua_Unsigned)max > SIZE_MAX ? SIZE_MAX : (size_t)max;
+  p->sse.max = (lua_Unsigned)max > SIZE_MAX ? SIZE_MAX : (size_t)max;
   luaL_setmetatable(L, SSE_MT);
   return 1;
+}
+
+/* Appends one event table to the array at index 3. */
+static int push_event(void *ud, const tide_sse_event *ev) {
+  lua_State *L = ud;
+  lua_createtable(L, 0, 4);
+  lua_pushlstring(L, ev->event, ev->event_len);
+  lua_setfield(L, -2, "event");
+  lua_pushlstring(L, ev->data, ev->data_len);
+  lua_setfield(L, -2, "data");
+  if (ev->id) {
+    lua_pushlstring(L, ev->id, ev->id_len);
+    lua_setfield(L, -2, "id");
+  }
+  if (ev->done) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "done");
+  }
+  lua_rawseti(L, 3, (lua_Integer)lua_rawlen(L, 3) + 1);
+  return 0;
 }
 
 /* p:feed(chunk) -> events | nil, err */
@@ -188,39 +237,20 @@ static int l_feed(lua_State *L) {
   }
   lua_settop(L, 2);
   lua_newtable(L);
-  size_t i = 0;
-  if (p->cr && n > 0) {
-    if (s[0] == '\n') i = 1;
-    p->cr = 0;
-  }
-  while (i < n) {
-    size_t j = i;
-    while (j < n && s[j] != '\n' && s[j] != '\r') j++;
-    if (j == n) { /* unterminated: keep it for the next chunk */
-      if (p->line.len + (n - i) > pending_limit(p))
-        return fail_too_large(L, p, "line");
-      buf_add(L, &p->line, s + i, n - i);
-      break;
-    }
-    int rc;
-    if (p->line.len) { /* the line began in an earlier chunk */
-      if (p->line.len + (j - i) > pending_limit(p))
-        return fail_too_large(L, p, "line");
-      buf_add(L, &p->line, s + i, j - i);
-      size_t len = p->line.len;
-      p->line.len = 0;
-      rc = process_line(L, p, p->line.p, len, 3);
-    } else {
-      rc = process_line(L, p, s + i, j - i, 3);
-    }
-    if (rc < 0) return 2;
-    if (s[j] == '\r') {
-      if (j + 1 == n)
-        p->cr = 1;
-      else if (s[j + 1] == '\n')
-        j++;
-    }
-    i = j + 1;
+  int rc = tide__sse_feed(&p->sse, s, n, push_event, L);
+  if (rc == TIDE_SSE_NOMEM) return luaL_error(L, "not enough memory");
+  if (rc == TIDE_SSE_LINE_BIG || rc == TIDE_SSE_EVENT_BIG) {
+    /* Every later call returns the same error (uservalue 1). */
+    char cap[32];
+    snprintf(cap, sizeof cap, "%zu", p->sse.max);
+    p->failed = 1;
+    tide__push_error(L, "StreamTooLarge", "SSE %s exceeds the limit of %s bytes",
+                     rc == TIDE_SSE_LINE_BIG ? "line" : "event", cap);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, 1, 1);
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return 2;
   }
   return 1;
 }
@@ -229,9 +259,7 @@ static int l_feed(lua_State *L) {
 ** pending is discarded, as the specification says of an unterminated event. */
 static int l_finish(lua_State *L) {
   sse_parser *p = check_parser(L);
-  int clean = !p->failed && p->line.len == 0 && p->data.len == 0;
-  p->line.len = p->data.len = p->event.len = 0;
-  p->cr = 0;
+  int clean = tide__sse_finish(&p->sse) && !p->failed;
   lua_pushboolean(L, clean);
   return 1;
 }
@@ -239,10 +267,7 @@ static int l_finish(lua_State *L) {
 /* __gc, __close and p:close(): idempotent. */
 static int l_close(lua_State *L) {
   sse_parser *p = luaL_checkudata(L, 1, SSE_MT);
-  buf_free(&p->line);
-  buf_free(&p->data);
-  buf_free(&p->event);
-  buf_free(&p->id);
+  tide__sse_free(&p->sse);
   p->closed = 1;
   return 0;
 }

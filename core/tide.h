@@ -50,6 +50,81 @@ int tide__buf_add(tide_buf *b, const char *s, size_t n);
 /// Frees the buffer's memory and leaves it empty.
 void tide__buf_free(tide_buf *b);
 
+/* ------------------------------------------------------------------ sse -- */
+
+/// The state of an incremental Server-Sent Events parser (sse.c). Zero it,
+/// set max (the cap on one event's data), feed it, free it.
+typedef struct tide_sse {
+  tide_buf line;  /* the unterminated tail of the last chunk */
+  tide_buf data;  /* "data" values so far, each followed by '\n' */
+  tide_buf event; /* the "event" field of the pending event */
+  tide_buf id;    /* last event id: it persists across events */
+  size_t max;     /* cap on one event's data */
+  int cr;         /* the last chunk ended with CR: skip one LF at the next */
+  int started;    /* a line has been completed (the BOM check is done) */
+} tide_sse;
+
+/// One dispatched event. The pointers are valid only during the callback;
+/// data is followed by one readable byte ('\n'), so it is never read past.
+typedef struct tide_sse_event {
+  const char *event, *data, *id; /* event is "message" when absent */
+  size_t event_len, data_len, id_len;
+  int done; /* the data is exactly "[DONE]" */
+} tide_sse_event;
+
+/// Receives each event; a non-zero (positive) return stops the feed.
+typedef int (*tide_sse_cb)(void *ud, const tide_sse_event *ev);
+
+#define TIDE_SSE_NOMEM (-1)      /* out of memory: the parser is unusable */
+#define TIDE_SSE_LINE_BIG (-2)   /* a line exceeds the cap (buffers freed) */
+#define TIDE_SSE_EVENT_BIG (-3)  /* an event exceeds the cap (buffers freed) */
+
+/// Feeds n bytes. Returns 0, a negative TIDE_SSE_ code, or the first
+/// non-zero value cb returned. cb may raise a Lua error: the parser's
+/// buffers are consistent at every call.
+int tide__sse_feed(tide_sse *p, const char *s, size_t n, tide_sse_cb cb,
+                   void *ud);
+/// Ends the stream: returns 1 when it ended on an event boundary, and
+/// discards whatever is pending.
+int tide__sse_finish(tide_sse *p);
+/// Frees the parser's buffers (idempotent).
+void tide__sse_free(tide_sse *p);
+
+/* ------------------------------------------------------------- assembler -- */
+
+/// One tool call being assembled from streamed deltas (dispatch.c).
+typedef struct tide_asm_slot {
+  lua_Integer index;
+  tide_buf id, name, args;
+  int has_id, has_name;
+} tide_asm_slot;
+
+/// Tool-call deltas assembled by index. Zero it, set max (the cap on the
+/// bytes of all calls together), add deltas, free it.
+typedef struct tide_asm {
+  tide_asm_slot *slots; /* sorted by index */
+  size_t n, cap;
+  size_t total; /* bytes counted against max */
+  size_t max;
+} tide_asm;
+
+#define TIDE_ASM_NOMEM (-1)     /* out of memory */
+#define TIDE_ASM_TOO_LARGE (-2) /* the cap is exceeded: every slot was freed */
+
+/// Adds one delta for index (>= 0): id and name are kept when first seen
+/// non-empty, fragments are appended. id, name and frag may be NULL.
+/// Returns 0 or a negative TIDE_ASM_ code. Never raises.
+int tide__asm_add(tide_asm *a, lua_Integer index, const char *id, size_t idl,
+                  const char *name, size_t namel, const char *frag,
+                  size_t fragl);
+/// Frees every slot (idempotent); keeps max.
+void tide__asm_free(tide_asm *a);
+/// Pushes { { index, id, name, arguments }, ... } ordered by index (id and
+/// name nil when never seen, arguments "" when no fragment came).
+void tide__asm_push(lua_State *L, const tide_asm *a);
+/// Pushes the StreamTooLarge error for an assembler whose cap was exceeded.
+void tide__push_asm_too_large(lua_State *L, const tide_asm *a);
+
 /* ---------------------------------------------------------------- waits -- */
 
 /* A task suspended on a C operation points at the operation's tide_wait. If
@@ -175,6 +250,8 @@ void tide__open_depth(lua_State *L);
 void tide__open_http(lua_State *L);
 /// Registers sse_parser.
 void tide__open_sse(lua_State *L);
+/// Registers openai_stream (an OpenAI chat-completions stream parsed in C).
+void tide__open_stream(lua_State *L);
 /// Registers server_listen (the loopback HTTP/1.1 server) and server_stats.
 void tide__open_server(lua_State *L);
 /// Registers the integration cache: cache_lookup, cache_store, cache_peek, ...

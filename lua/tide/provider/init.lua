@@ -475,7 +475,9 @@ local function attempt(self, body, opts, timeout_ms)
   end
 
   local stream <close> = self.stream and self:_stream(emit) or nil
-  local sse <close> = self.stream and core.sse_parser(self.max_body_bytes) or nil
+  -- A stream with a feed method frames its own SSE (OpenAI, in C); the
+  -- others get events from core.sse_parser.
+  local sse <close> = self.stream and not stream.feed and core.sse_parser(self.max_body_bytes) or nil
   local mode -- "sse" or "json" once the first significant byte is seen
   local held = {} -- a streamed request answered with plain JSON
   local stream_err
@@ -501,6 +503,14 @@ local function attempt(self, body, opts, timeout_ms)
       end
       if mode == "json" then
         held[#held + 1] = chunk
+        return
+      end
+      if not sse then
+        local err = stream:feed(chunk)
+        if err then
+          stream_err = err
+          error(ABORT, 0)
+        end
         return
       end
       local events, err = sse:feed(chunk)

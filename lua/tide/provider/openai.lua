@@ -139,8 +139,6 @@ function Provider:_headers()
 end
 
 local count = provider._count
-local null = json.null
-local decode_fast = json.decode_fast
 local tointeger = math.tointeger
 
 local function usage_of(u)
@@ -204,105 +202,56 @@ end
 
 -- ------------------------------------------------------------- streaming
 
+-- The stream is parsed in C (core.openai_stream: SSE framing, the JSON of
+-- each event, tool-call assembly), so a reply costs one string per text delta and
+-- one table at the end instead of tables for every event. This wrapper only
+-- hands the text over and finishes the error and result tables.
+local excerpt = provider._excerpt
+local stop_of = provider._stop
+
 local Stream = {}
 Stream.__index = Stream
 
 function Stream:__close()
-  self.calls:close()
+  self.parser:close()
 end
 
-local function not_json(ev, why)
-  return fail("MalformedResponse", "openai stream event is " .. why, { body = provider._excerpt(ev.data) })
+-- Errors of the C parser carry the whole event as their body: cut it as
+-- every error body is cut.
+local function finish_error(err)
+  if type(err.body) == "string" then err.body = excerpt(err.body) end
+  return err
 end
 
--- One tool-call delta into the assembler; returns an error or nil.
-local function add_call(calls, tc, i)
-  if type(tc) ~= "table" then
-    return fail("MalformedResponse", "openai stream tool-call delta is not an object")
-  end
-  local index = tointeger(tc.index) or (i - 1)
-  if index < 0 then return fail("MalformedResponse", "openai stream tool-call index is negative") end
-  local f = tc["function"]
-  local id, name, args = tc.id, nil, nil
-  if type(f) == "table" then
-    name, args = f.name, f.arguments
-    if type(name) ~= "string" then name = nil end
-    if type(args) ~= "string" then args = type(args) == "table" and object_arguments(args) or nil end
-  end
-  local ok, err = calls:add(index, type(id) == "string" and id or nil, name, args)
-  if not ok then return err end
-  return nil
-end
-
---- Handles one SSE event; returns an error to abandon the stream. Called
---- for every event of every streamed reply, so it reads the decoded event
---- in place and allocates nothing of its own for the usual text and
---- tool-call deltas.
-function Stream:event(ev)
-  if ev.done then
-    self.done = true
-    return nil
-  end
-  if self.done then return nil end -- nothing counts after [DONE]
-  local obj, err = decode_fast(ev.data)
-  if obj == nil then return not_json(ev, "not valid JSON (" .. err.message .. ")") end
-  if type(obj) ~= "table" then return not_json(ev, "not a JSON object") end
-  local e = obj.error
-  if e ~= nil and e ~= null then return embedded_error(obj, ev.data) end
-  local u = obj.usage
-  if type(u) == "table" then self.usage = usage_of(u) end
-  local choices = obj.choices
-  local choice = type(choices) == "table" and choices[1]
-  if type(choice) ~= "table" then return nil end
-  local delta = choice.delta
-  if type(delta) == "table" then
-    local content = delta.content
-    if type(content) == "string" and content ~= "" then
-      local n = self.ntext + 1
-      self.ntext = n
-      self.text[n] = content
-      self.emit(content)
-    end
-    local tcs = delta.tool_calls
-    if type(tcs) == "table" then
-      local calls = self.calls
-      for i = 1, #tcs do
-        err = add_call(calls, tcs[i], i)
-        if err then return err end
-      end
-    end
-  end
-  local finish = choice.finish_reason
-  if type(finish) == "string" then self.finish_reason = finish end
+--- Feeds one HTTP chunk: emits its text deltas, one per event as they came,
+--- and returns nil, or returns an error to abandon the stream (after
+--- emitting the text that came before the failing event).
+---@param chunk string
+---@return table|nil err
+function Stream:feed(chunk)
+  local deltas = self.deltas
+  local n, err, before = self.parser:feed(chunk, deltas)
+  if n == nil then n = before end
+  local emit = self.emit
+  for i = 1, n do emit(deltas[i]) end
+  if err then return finish_error(err) end
   return nil
 end
 
 --- The response once the HTTP stream ended. Whether it ended on an event
 --- boundary does not matter once [DONE] was seen.
 function Stream:finish()
-  if not self.done then
-    return nil, fail("MalformedResponse",
-      self.finish_reason and "openai stream ended without [DONE]"
-        or "openai stream ended before its finish_reason and [DONE]",
-      { partial_text = table.concat(self.text) })
-  end
-  local calls, err = self.calls:result()
-  if not calls then return nil, err end
-  return {
-    text = table.concat(self.text),
-    tool_calls = calls,
-    usage = self.usage,
-    stop = provider._stop(self.finish_reason),
-    stop_raw = self.finish_reason,
-  }
+  local out, err = self.parser:finish()
+  if not out then return nil, finish_error(err) end
+  out.stop = stop_of(out.stop_raw)
+  out.done = nil
+  return out
 end
 
 --- A parser for one streamed response; `emit(text)` receives text deltas.
 function Provider:_stream(emit)
-  return setmetatable({
-    emit = emit, text = {}, ntext = 0, done = false,
-    calls = core.tool_call_assembler(self.max_body_bytes),
-  }, Stream)
+  return setmetatable({ emit = emit, deltas = {}, parser = core.openai_stream(self.max_body_bytes) },
+    Stream)
 end
 
 return M

@@ -1,0 +1,270 @@
+local core = require "tide.core"
+local cjson = require "cjson"
+
+local function ev(obj)
+  return "data: " .. (type(obj) == "string" and obj or cjson.encode(obj)) .. "\n\n"
+end
+
+local function chunk(delta, finish)
+  return ev({ id = "c1", object = "chat.completion.chunk", model = "m",
+              choices = { { index = 0, delta = delta, logprobs = cjson.null,
+                            finish_reason = finish or cjson.null } } })
+end
+
+-- Feeds each piece in turn; returns the result (or nil, err) and the text
+-- deltas joined.
+local function run(pieces, max)
+  local s = core.openai_stream(max)
+  local text = {}
+  for _, piece in ipairs(pieces) do
+    local delta, err = s:feed(piece)
+    if err then return nil, err, table.concat(text) end
+    if delta then text[#text + 1] = delta end
+  end
+  local res, err = s:finish()
+  s:close()
+  return res, err, table.concat(text)
+end
+
+local function one(s, max) return run({ s }, max) end
+
+-- A reply with everything in it: text with escapes and non-ASCII, two tool
+-- calls whose deltas interleave, unknown fields of every type, usage, CRLF.
+local FULL = table.concat({
+  chunk({ role = "assistant", content = "" }),
+  'data: {"choices":[{"index":0,"delta":{"content":"caf\\u00e9 \\ud83d\\ude00 \\"q\\"\\\\ \\/\\n\\t"},'
+    .. '"x":[1,-2.5e3,true,false,null,{"a":[{}]},"s\\"]"]}],"extra":{"nested":[[[]]]}}\r\n\r\n',
+  chunk({ tool_calls = { { index = 0, id = "call_a", type = "function",
+                           ["function"] = { name = "lookup", arguments = "" } } } }),
+  chunk({ tool_calls = { { index = 1, id = "call_b", ["function"] = { name = "clock", arguments = '{"tz"' } } } }),
+  chunk({ tool_calls = { { index = 0, ["function"] = { arguments = '{"q":' } } } }),
+  chunk({ content = "ü€" }),
+  chunk({ tool_calls = { { index = 1, ["function"] = { arguments = ':"UTC"}' } } } }),
+  chunk({ tool_calls = { { index = 0, ["function"] = { arguments = '"x"}' } } } }),
+  ": a comment\n",
+  chunk({}, "tool_calls"),
+  ev({ id = "c1", choices = {}, usage = { prompt_tokens = 120, completion_tokens = 17, total_tokens = 137,
+                                         prompt_tokens_details = { cached_tokens = 64 } } }),
+  "data: [DONE]\n\n",
+})
+
+local FULL_TEXT = 'café 😀 "q"\\ /\n\tü€'
+
+local function check_full(res, err, text)
+  assert.is_nil(err)
+  assert.are.equal(FULL_TEXT, res.text)
+  assert.are.equal(FULL_TEXT, text)
+  assert.are.same({
+    { index = 0, id = "call_a", name = "lookup", arguments = '{"q":"x"}' },
+    { index = 1, id = "call_b", name = "clock", arguments = '{"tz":"UTC"}' },
+  }, res.tool_calls)
+  assert.are.same({ input = 120, output = 17, cached = 64 }, res.usage)
+  for _, k in ipairs({ "input", "output", "cached" }) do
+    assert.are.equal("integer", math.type(res.usage[k]))
+  end
+  assert.are.equal("tool_calls", res.stop_raw)
+  assert.is_true(res.done)
+end
+
+describe("core.openai_stream", function()
+  it("parses a full reply", function()
+    check_full(one(FULL))
+  end)
+
+  it("gives the same result wherever the stream is cut", function()
+    for i = 0, #FULL do
+      check_full(run({ FULL:sub(1, i), FULL:sub(i + 1) }))
+    end
+    local bytes = {}
+    for i = 1, #FULL do bytes[i] = FULL:sub(i, i) end
+    check_full(run(bytes))
+  end)
+
+  it("hands deltas over one per event with an out table", function()
+    local s = core.openai_stream()
+    local out = {}
+    local n = s:feed(chunk({ content = "a" }) .. chunk({ content = "" }) .. chunk({ content = "bc" })
+      .. chunk({ role = "assistant" }), out)
+    assert.are.equal(2, n)
+    assert.are.same({ "a", "bc" }, { out[1], out[2] })
+    assert.are.equal(0, s:feed(": nothing\n", out))
+    assert.are.equal(1, s:feed(chunk({ content = "d" }) .. "data: {", out))
+    local m, err, before = s:feed("}\n\n" .. chunk({ content = "e" }) .. "data: nope\n\n", out)
+    assert.is_nil(m)
+    assert.are.equal("MalformedResponse", err.code)
+    assert.are.equal(1, before)
+    assert.are.equal("e", out[1])
+    s:close()
+  end)
+
+  it("decodes escapes, including surrogate pairs, and rejects broken ones", function()
+    local res = assert(one('data: {"choices":[{"delta":{"content":"\\u0041\\u00DF\\u4e2d\\uD834\\uDD1E\\b\\f\\r"}}]}\n\n'
+      .. "data: [DONE]\n\n"))
+    assert.are.equal("Aß中𝄞\b\f\r", res.text)
+    for _, bad in ipairs({ '"\\ud83d"', '"\\ude00"', '"\\ud83d\\u0041"', '"\\u12"', '"\\x"', '"abc', '"\\u12G4"' }) do
+      local r, err = one('data: {"choices":[{"delta":{"content":' .. bad .. '}}]}\n\ndata: [DONE]\n\n')
+      assert.is_nil(r, bad)
+      assert.are.equal("MalformedResponse", err.code)
+      assert.matches("not valid JSON", err.message)
+    end
+    -- escaped keys are keys all the same
+    res = assert(one('data: {"\\u0063hoices":[{"delta":{"cont\\u0065nt":"k"}}]}\n\ndata: [DONE]\n\n'))
+    assert.are.equal("k", res.text)
+  end)
+
+  it("assembles tool calls by index, the position standing in for a missing index", function()
+    local res = assert(one(table.concat({
+      chunk({ tool_calls = { { index = 2, id = "c2", ["function"] = { name = "b", arguments = "[" } } } }),
+      chunk({ tool_calls = { { index = 0, ["function"] = { name = "a" } },
+                             { ["function"] = { arguments = "{}" } } } }),
+      chunk({ tool_calls = { { index = 2, id = "other", ["function"] = { name = "z", arguments = "1]" } } } }),
+      chunk({ tool_calls = { { index = 0, ["function"] = { arguments = { k = 1 } } } } }),
+      chunk({ tool_calls = { { index = 0, id = 5, ["function"] = { name = false } } } }),
+      chunk({}, "tool_calls"), "data: [DONE]\n\n",
+    })))
+    assert.are.same({
+      { index = 0, name = "a", arguments = '{"k":1}' },
+      { index = 1, arguments = "{}" },
+      { index = 2, id = "c2", name = "b", arguments = "[1]" },
+    }, res.tool_calls)
+    assert.is_nil(res.usage)
+    assert.are.equal("", res.text)
+  end)
+
+  it("rejects tool-call deltas that are not objects, and negative indices", function()
+    local _, err = one(chunk({ tool_calls = { 3 } }))
+    assert.are.equal("MalformedResponse", err.code)
+    assert.matches("not an object", err.message)
+    _, err = one(chunk({ tool_calls = { { index = -1 } } }))
+    assert.matches("negative", err.message)
+  end)
+
+  it("reads usage from any event and keeps the last", function()
+    local res = assert(one(table.concat({
+      ev({ choices = {}, usage = { prompt_tokens = 1, completion_tokens = 2 } }),
+      ev({ usage = { prompt_tokens = 7.0, completion_tokens = -3, prompt_tokens_details = { cached_tokens = 2.9 } } }),
+      ev({ usage = cjson.null }),
+      "data: [DONE]\n\n",
+    })))
+    assert.are.same({ input = 7, output = 0, cached = 2 }, res.usage)
+  end)
+
+  it("turns an error object into ProviderError or RateLimited", function()
+    local _, err, text = run({ chunk({ content = "Hel" }),
+      ev({ error = { message = "upstream exploded", type = "server_error", code = 502 } }) })
+    assert.are.equal("Hel", text)
+    assert.are.equal("ProviderError", err.code)
+    assert.are.equal("openai returned an error: upstream exploded", err.message)
+    assert.are.equal(502, err.status)
+    assert.are.equal("integer", math.type(err.status))
+    assert.matches("upstream exploded", err.body)
+    _, err = one(ev({ error = { message = "slow down", code = "429" } }))
+    assert.are.equal("RateLimited", err.code)
+    assert.are.equal(429, err.status)
+    _, err = one(ev({ error = "plain" }))
+    assert.are.equal("ProviderError", err.code)
+    assert.are.equal("openai returned an error: plain", err.message)
+    assert.is_nil(err.status)
+    _, err = one(ev({ error = { message = ("é"):rep(400) } }))
+    assert.are.equal(#"openai returned an error: " + 512, #err.message)
+    -- a null error is no error
+    assert(one(ev({ error = cjson.null, choices = {} }) .. "data: [DONE]\n\n"))
+  end)
+
+  it("reports a stream without [DONE] as truncated, with the partial text", function()
+    local _, err = one(chunk({ content = "partial" }))
+    assert.are.equal("MalformedResponse", err.code)
+    assert.are.equal("openai stream ended before its finish_reason and [DONE]", err.message)
+    assert.are.equal("partial", err.partial_text)
+    _, err = one(chunk({ content = "x" }) .. chunk({}, "stop"))
+    assert.are.equal("openai stream ended without [DONE]", err.message)
+    -- after [DONE] nothing counts, not even a broken event or a cut one
+    local res = assert(one(chunk({ content = "ok" }, "stop") .. "data: [DONE]\n\ndata: {oops\n\ndata: {"))
+    assert.are.equal("ok", res.text)
+    assert.are.equal("stop", res.stop_raw)
+  end)
+
+  it("reports malformed JSON as MalformedResponse, then keeps failing", function()
+    for _, bad in ipairs({ "{", "{}}", '{"a" 1}', '{"a":}', "[1,]", '{"a":tru}', "01", "1.", "-",
+                           '{"a":1,}', "", "nul", '{"a":"\1\0"}', '{"choices":[{"delta":{"content":"x"}}]} x' }) do
+      local s = core.openai_stream()
+      local d, err = s:feed("data: " .. bad .. "\n\n")
+      assert.is_nil(d, bad)
+      assert.are.equal("MalformedResponse", err.code, bad)
+      assert.matches("not valid JSON", err.message)
+      assert.are.equal(bad, err.body)
+      local _, again = s:feed(chunk({ content = "more" }))
+      assert.are.equal(err, again)
+      local _, fin = s:finish()
+      assert.are.equal(err, fin)
+    end
+    for _, notobj in ipairs({ '"s"', "1", "null", "true" }) do
+      local _, err = one("data: " .. notobj .. "\n\n")
+      assert.matches("not a JSON object", err.message)
+    end
+    -- an array is a table without fields: ignored
+    assert(one("data: [1,{}]\n\ndata: [DONE]\n\n"))
+  end)
+
+  it("limits nesting as lua-cjson does", function()
+    local function nest(n) return ("["):rep(n) .. ("]"):rep(n) end
+    assert(one('data: {"x":' .. nest(999) .. '}\n\ndata: [DONE]\n\n'))
+    local _, err = one('data: {"x":' .. nest(1000) .. '}\n\n')
+    assert.matches("too many nested", err.message)
+    _, err = one("data: " .. ('{"a":'):rep(1001) .. "1" .. ("}"):rep(1001) .. "\n\n")
+    assert.matches("too many nested", err.message)
+  end)
+
+  it("caps one event's data and all tool-call bytes", function()
+    local _, err = one(chunk({ content = ("x"):rep(300) }), 200)
+    assert.are.equal("MalformedResponse", err.code)
+    assert.are.equal("StreamTooLarge", err.cause)
+    assert.matches("SSE line exceeds the limit of 200 bytes", err.message)
+    local pieces = {}
+    for i = 1, 10 do
+      pieces[i] = chunk({ tool_calls = { { index = 0, ["function"] = { arguments = ("a"):rep(100) } } } })
+    end
+    _, err = run(pieces, 500)
+    assert.are.equal("StreamTooLarge", err.code)
+    assert.matches("tool%-call deltas exceed the limit of 500 bytes", err.message)
+  end)
+
+  it("gives the same result as decoding each event with lua-cjson", function()
+    -- A generated stream of random text and tool-call deltas.
+    math.randomseed(7)
+    local pieces, want_text, want_args = {}, {}, { [0] = {}, {}, {} }
+    local alphabet = { "a", "é", "\n", '"', "\\", "/", "\t", "€", "😀", "\1", "}", "]" }
+    for _ = 1, 200 do
+      local s = {}
+      for k = 1, math.random(0, 6) do s[k] = alphabet[math.random(#alphabet)] end
+      s = table.concat(s)
+      if math.random() < 0.5 then
+        pieces[#pieces + 1] = chunk({ content = s })
+        want_text[#want_text + 1] = s
+      else
+        local idx = math.random(0, 2)
+        pieces[#pieces + 1] = chunk({ tool_calls = { { index = idx, ["function"] = { arguments = s } } } })
+        table.insert(want_args[idx], s)
+      end
+    end
+    pieces[#pieces + 1] = "data: [DONE]\n\n"
+    local res = assert(run(pieces))
+    assert.are.equal(table.concat(want_text), res.text)
+    for _, c in ipairs(res.tool_calls) do
+      assert.are.equal(table.concat(want_args[c.index]), c.arguments)
+    end
+  end)
+
+  it("closes idempotently and refuses use after close", function()
+    local s = core.openai_stream()
+    assert.matches("tide.openai_stream", tostring(s))
+    s:close()
+    s:close()
+    assert.matches("closed", tostring(s))
+    assert.has_error(function() s:feed("data: x\n\n") end, "attempt to use a closed openai stream")
+    do local t <close> = core.openai_stream(); t:feed(chunk({ content = "x" })) end
+    assert.has_error(function() core.openai_stream(0) end)
+    assert.has_error(function() core.openai_stream(1.5) end)
+    assert.has_error(function() core.openai_stream():feed("x", 1) end)
+  end)
+end)
