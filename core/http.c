@@ -35,9 +35,11 @@
 #define EASY_POOL_MAX 256
 #define DEFAULT_MAX_BODY (64u * 1024u * 1024u)
 #define DEFAULT_TIMEOUT_MS 120000L
-/* libcurl's receive buffer is per easy handle; 16 KiB by default. A smaller
-** one keeps memory per in-flight request low, and model replies are small. */
-#define RECV_BUFFER_SIZE 2048L
+/* libcurl's receive buffer is per transfer (16 KiB by default) and lives as
+** long as the transfer does: at ten thousand sessions in flight, each KiB is
+** ten MB. Model replies arrive in small pieces anyway; 1 KiB is libcurl's
+** minimum and costs only more write callbacks on large bodies. */
+#define RECV_BUFFER_SIZE 1024L
 #define MAX_IDLE_CONNECTIONS 16384
 #define SHARD_TARGET 512
 #define MAX_SHARDS 64

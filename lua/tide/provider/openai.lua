@@ -213,7 +213,18 @@ local Stream = {}
 Stream.__index = Stream
 
 function Stream:__close()
-  self.parser:close()
+  if self.parser then self.parser:close() end
+end
+
+-- The C parser (and its buffers) exists only once the reply starts coming:
+-- thousands of requests can wait on a slow provider holding nothing.
+function Stream:_parser()
+  local p = self.parser
+  if not p then
+    p = core.openai_stream(self.max)
+    self.parser = p
+  end
+  return p
 end
 
 -- Errors of the C parser carry the whole event as their body: cut it as
@@ -230,7 +241,11 @@ end
 ---@return table|nil err
 function Stream:feed(chunk)
   local deltas = self.deltas
-  local n, err, before = self.parser:feed(chunk, deltas)
+  if not deltas then
+    deltas = {}
+    self.deltas = deltas
+  end
+  local n, err, before = self:_parser():feed(chunk, deltas)
   if n == nil then n = before end
   local emit = self.emit
   for i = 1, n do emit(deltas[i]) end
@@ -241,7 +256,7 @@ end
 --- The response once the HTTP stream ended. Whether it ended on an event
 --- boundary does not matter once [DONE] was seen.
 function Stream:finish()
-  local out, err = self.parser:finish()
+  local out, err = self:_parser():finish()
   if not out then return nil, finish_error(err) end
   out.stop = stop_of(out.stop_raw)
   out.done = nil
@@ -250,8 +265,7 @@ end
 
 --- A parser for one streamed response; `emit(text)` receives text deltas.
 function Provider:_stream(emit)
-  return setmetatable({ emit = emit, deltas = {}, parser = core.openai_stream(self.max_body_bytes) },
-    Stream)
+  return setmetatable({ emit = emit, max = self.max_body_bytes }, Stream)
 end
 
 return M
