@@ -347,6 +347,9 @@ static shard *pick_shard(tide_http_state *hs) {
 static tide_http_state *http_state(lua_State *L) {
   tide_ctx *ctx = tide__ctx(L);
   if (ctx->http) return ctx->http;
+  /* On first use, not at module load (it costs a millisecond of TLS set-up
+  ** that a script without HTTP never needs). libcurl counts the calls. */
+  curl_global_init(CURL_GLOBAL_DEFAULT);
   tide_http_state *hs = calloc(1, sizeof *hs);
   if (hs == NULL) luaL_error(L, "tide: cannot initialise HTTP");
   hs->ctx = ctx;
@@ -835,8 +838,6 @@ void tide__open_http(lua_State *L) {
                                  {"http_parse_headers", l_parse_headers},
                                  {"http_stats", l_http_stats},
                                  {NULL, NULL}};
-  /* libcurl keeps its own count: every init is matched at process exit. */
-  curl_global_init(CURL_GLOBAL_DEFAULT);
   if (luaL_newmetatable(L, HTTP_MT)) {
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");
