@@ -21,6 +21,7 @@ local agents = require "tide.agents"
 local config = require "tide.config"
 local transcript = require "tide.transcript"
 local tool_protocol = require "tide.tool_protocol"
+local tree_budget = require "tide.budget"
 
 local session_mt = { __name = "tide.session" }
 session_mt.__index = session_mt
@@ -65,7 +66,9 @@ local delegate_params = {
 -- Per-snapshot toolkit delegation tools, shared by every session on it.
 local toolkit_delegates = setmetatable({}, { __mode = "k" })
 
-local run_subagent -- defined below
+-- Delegation handlers run a sub-agent (tide.subagent, which builds sessions
+-- with this module: required on first use to break the cycle).
+local function run_subagent(...) return require("tide.subagent").run(...) end
 
 local function toolkit_delegate_tools(snapshot)
   local cached = toolkit_delegates[snapshot]
@@ -526,74 +529,6 @@ function session_mt:_encoded_history()
   return enc
 end
 
--- ---------------------------------------------------------------- budget --
-
-local budget_mt = { __name = "tide.budget" }
-budget_mt.__index = budget_mt
-
-local function new_budget(limits)
-  return setmetatable({
-    limits = limits,
-    used = { provider_calls = 0, tokens = 0, tool_calls = 0 },
-    agents = {},
-    started = hrtime(),
-  }, budget_mt)
-end
-
-function budget_mt:agent(path)
-  local a = self.agents[path]
-  if not a then
-    a = { provider_calls = 0, input_tokens = 0, output_tokens = 0, tool_calls = 0 }
-    self.agents[path] = a
-  end
-  return a
-end
-
-function budget_mt:summary()
-  local lines = {}
-  local paths = {}
-  for p in pairs(self.agents) do paths[#paths + 1] = p end
-  table.sort(paths)
-  for _, p in ipairs(paths) do
-    local a = self.agents[p]
-    lines[#lines + 1] = ("%s: %d provider calls, %d+%d tokens, %d tool calls"):format(
-      p, a.provider_calls, a.input_tokens, a.output_tokens, a.tool_calls)
-  end
-  return table.concat(lines, "\n")
-end
-
-function budget_mt:exhausted_error(what)
-  if not self.exhausted then
-    local l = self.limits
-    self.exhausted = core.error("BudgetExhausted",
-      ("the agent tree's %s budget (%s) is spent"):format(what, tostring(l[what])),
-      { what = what, used = self.used, agents = self.agents, summary = self:summary() })
-  end
-  return self.exhausted
-end
-
--- Raises BudgetExhausted when `what` has reached its limit (so that the whole
--- tree unwinds), otherwise counts one more.
-function budget_mt:spend(what, n, path)
-  if self.exhausted then error(self.exhausted, 0) end
-  local limit = self.limits[what]
-  if limit and self.used[what] + (n or 1) > limit then error(self:exhausted_error(what), 0) end
-  local w = self.limits.wall_ms
-  if w and ms_since(self.started) > w then error(self:exhausted_error("wall_ms"), 0) end
-  self.used[what] = self.used[what] + (n or 1)
-  local a = self:agent(path)
-  a[what] = (a[what] or 0) + (n or 1)
-end
-
-function budget_mt:tokens(input, output, path)
-  self.used.tokens = self.used.tokens + input + output
-  local a = self:agent(path)
-  a.input_tokens = a.input_tokens + input
-  a.output_tokens = a.output_tokens + output
-  local limit = self.limits.tokens
-  if limit and self.used.tokens >= limit then self:exhausted_error("tokens") end
-end
-
 -- ----------------------------------------------------------------- tools --
 
 local function cap(text, limit)
@@ -915,7 +850,7 @@ local function do_turn(self, text, opts)
   local saved_event, saved_budget = rawget(ctx, "tide_on_event"), rawget(ctx, "tide_budget")
   local inherited_budget = ctx.tide_budget
   local budget = inherited_budget
-  if not budget and self.budget_limits then budget = new_budget(self.budget_limits) end
+  if not budget and self.budget_limits then budget = tree_budget.new(self.budget_limits) end
   local turn_ctx = { budget = budget, on_event = opts.on_event or ctx.tide_on_event, tasks = {} }
   ctx.tide_on_event = turn_ctx.on_event
   ctx.tide_budget = budget
@@ -1001,6 +936,7 @@ function session_mt:stats()
   s.tokens = { input = self.counters.tokens.input, output = self.counters.tokens.output, cached = self.counters.tokens.cached }
   s.trace = self.trace
   s.integration_hash = self.integration_hash
+  s.integrations_error = self.integrations_error and tostring(self.integrations_error) or nil
   s.initialized = self.initialized
   s.prompt_version = self.prompt_version
   s.tools = #self.surface.tools
@@ -1033,113 +969,7 @@ function session_mt:close()
 end
 session_mt.__close = session_mt.close
 
--- ------------------------------------------------------------ sub-agents --
-
-local function builtin_integrations_agent()
-  local def = agents.get("integrations_agent")
-  if def then return def end
-  return agents.define {
-    id = "integrations_agent",
-    prompt = "integrations_agent",
-    when_to_use = "Works with one connected integration (toolkit) directly.",
-    max_iterations = DEFAULTS.subagent_max_iterations,
-  }
-end
-
-local function toolkit_tools(src, tk)
-  local out = {}
-  for _, a in ipairs(tk.tools or {}) do
-    out[#out + 1] = tool.new {
-      name = a.name,
-      description = a.description or a.name,
-      parameters = a.parameters or { type = "object", properties = {} },
-      handler = function(args)
-        if type(a.handler) == "function" then return a.handler(args) end
-        if src and type(src.execute) == "function" then
-          local r, err = src:execute(a.name, args)
-          if r == nil then error(err or "the action failed", 0) end
-          return r
-        end
-        error("this integration source cannot execute actions", 0)
-      end,
-    }
-  end
-  return out
-end
-
---- Runs a sub-agent for the tool call of `parent`; returns its final text.
---- Runs in the tool's task; the child runs one spawn level deeper, in a task
---- of its own, and fails with SpawnDepthExceeded before any provider call
---- when that would pass the limit.
-run_subagent = function(parent, id, args, opts)
-  opts = opts or {}
-  local task_text = args.task
-  if type(task_text) ~= "string" or task_text == "" then
-    return { is_error = true, content = "Error: the 'task' argument (a string) is required" }
-  end
-  local sub_opts = {}
-  if opts.toolkit then
-    -- The integrations agent's pre-check, against the freshest view.
-    local snap = parent.snapshot
-    if parent.src then snap = integrations_cache().peek(parent.src) or snap end
-    local tk, slugs = nil, {}
-    for _, k in ipairs(snap and snap.toolkits or {}) do
-      slugs[#slugs + 1] = k.slug
-      if k.slug == opts.toolkit then tk = k end
-    end
-    if not tk then
-      return { is_error = true, content = ("Error: unknown toolkit '%s'. Valid toolkits: %s"):format(
-        opts.toolkit, table.concat(slugs, ", ")) }
-    end
-    if not tk.connected then
-      return ("The %s integration is not connected. Ask the user to authorize %s, then try again; do not retry before that.")
-        :format(tk.slug, tk.slug)
-    end
-    sub_opts.toolkit = tk.slug
-    sub_opts.snapshot = snap
-    sub_opts.tools = toolkit_tools(parent.src, tk)
-    id = "integrations_agent"
-  end
-  local def = id == "integrations_agent" and builtin_integrations_agent() or agents.get(id)
-  if not def then
-    return { is_error = true, content = ("Error: unknown sub-agent '%s'"):format(id) }
-  end
-  local limit = parent.def.max_spawn_depth
-  local child_path = parent.agent_path .. "/" .. (sub_opts.toolkit and ("integrations:" .. sub_opts.toolkit) or id)
-  local task, err = core.spawn_nested(limit, function()
-    local tpath
-    if parent.writer then
-      tpath = parent.writer.path:gsub("%.jsonl$", "") .. "." .. (sub_opts.toolkit or id):gsub("[^%w_%-]", "_")
-        .. "." .. tostring(core.current():id()) .. ".jsonl"
-    end
-    local child = M.new {
-      agent = def, provider = parent.provider, integrations = parent.src, config = parent.config,
-      transcript = tpath, tools = sub_opts.tools,
-      tool_timeout_ms = parent.tool_timeout_ms, result_cap_bytes = parent.result_cap,
-      _parent = parent, _parent_tools = parent.base_tools, _toolkit = sub_opts.toolkit,
-      _snapshot = sub_opts.snapshot, _agent_path = child_path,
-    }
-    emit { type = "subagent_start", agent = child_path, depth = core.depth() }
-    local t0 = hrtime()
-    local reply, e = child:turn(task_text)
-    emit { type = "subagent_end", agent = child_path, depth = core.depth(), ms = ms_since(t0), ok = reply ~= nil }
-    local cs = child.counters
-    if cs.spawn_depth_max > parent.counters.spawn_depth_max then parent.counters.spawn_depth_max = cs.spawn_depth_max end
-    child:close()
-    if reply == nil then error(e, 0) end
-    return reply
-  end)
-  if not task then
-    -- Before any provider call: the parent model sees a tool error.
-    return { is_error = true, content = "Error: " .. error_text(err) }
-  end
-  local reply, e = task:join()
-  if reply == nil then
-    if type(e) == "table" and e.code == "BudgetExhausted" then error(e, 0) end
-    if type(e) == "table" and e.code == "Cancelled" then error(e, 0) end
-    return { is_error = true, content = "Error: sub-agent " .. child_path .. " failed: " .. error_text(e) }
-  end
-  return reply
-end
+M._error_text = error_text
+M._emit = emit
 
 return M

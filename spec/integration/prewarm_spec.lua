@@ -129,6 +129,7 @@ describe("sessions built warm", function()
     assert.are.equal("hello", (s:turn("hi")))
     local st = s:stats()
     assert.are.equal("unavailable", st.integrations)
+    assert.matches("IntegrationsUnavailable", st.integrations_error)
     assert.are.same({ "lookup", "delegate_researcher" }, s:tools())
     assert.is_nil(cache.peek(flaky))
     flaky.fail = nil

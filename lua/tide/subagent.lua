@@ -1,0 +1,135 @@
+--- tide.subagent: running a sub-agent for a delegation tool call.
+---
+--- The child runs in a task one spawn level deeper than its parent (set in C
+--- on the child's own task context), with its own session: its own prompt
+--- plus the role contract, its own transcript named after the parent chain,
+--- and only the tools its definition allows. Only its final text returns to
+--- the parent; failures become tool errors for the parent model.
+---@class tide.subagent
+local M = {}
+
+local core = require "tide.core"
+local tool = require "tide.tool"
+local agents = require "tide.agents"
+
+local SUBAGENT_MAX_ITERATIONS = 8
+
+local hrtime = core.hrtime
+local function ms_since(t0) return (hrtime() - t0) / 1e6 end
+
+local function integrations_cache() return require("tide.integrations.cache") end
+
+-- The session module's helpers (loaded by the time a sub-agent runs: only
+-- a session's delegation tools call in here).
+local function session_module() return require "tide.session" end
+local function error_text(err) return session_module()._error_text(err) end
+local function emit(ev) return session_module()._emit(ev) end
+
+local function builtin_integrations_agent()
+  local def = agents.get("integrations_agent")
+  if def then return def end
+  return agents.define {
+    id = "integrations_agent",
+    prompt = "integrations_agent",
+    when_to_use = "Works with one connected integration (toolkit) directly.",
+    max_iterations = SUBAGENT_MAX_ITERATIONS,
+  }
+end
+
+local function toolkit_tools(src, tk)
+  local out = {}
+  for _, a in ipairs(tk.tools or {}) do
+    out[#out + 1] = tool.new {
+      name = a.name,
+      description = a.description or a.name,
+      parameters = a.parameters or { type = "object", properties = {} },
+      handler = function(args)
+        if type(a.handler) == "function" then return a.handler(args) end
+        if src and type(src.execute) == "function" then
+          local r, err = src:execute(a.name, args)
+          if r == nil then error(err or "the action failed", 0) end
+          return r
+        end
+        error("this integration source cannot execute actions", 0)
+      end,
+    }
+  end
+  return out
+end
+
+--- Runs a sub-agent for the tool call of `parent`; returns its final text.
+--- Runs in the tool's task; the child runs one spawn level deeper, in a task
+--- of its own, and fails with SpawnDepthExceeded before any provider call
+--- when that would pass the limit.
+function M.run(parent, id, args, opts)
+  opts = opts or {}
+  local task_text = args.task
+  if type(task_text) ~= "string" or task_text == "" then
+    return { is_error = true, content = "Error: the 'task' argument (a string) is required" }
+  end
+  local sub_opts = {}
+  if opts.toolkit then
+    -- The integrations agent's pre-check, against the freshest view.
+    local snap = parent.snapshot
+    if parent.src then snap = integrations_cache().peek(parent.src) or snap end
+    local tk, slugs = nil, {}
+    for _, k in ipairs(snap and snap.toolkits or {}) do
+      slugs[#slugs + 1] = k.slug
+      if k.slug == opts.toolkit then tk = k end
+    end
+    if not tk then
+      return { is_error = true, content = ("Error: unknown toolkit '%s'. Valid toolkits: %s"):format(
+        opts.toolkit, table.concat(slugs, ", ")) }
+    end
+    if not tk.connected then
+      return ("The %s integration is not connected. Ask the user to authorize %s, then try again; do not retry before that.")
+        :format(tk.slug, tk.slug)
+    end
+    sub_opts.toolkit = tk.slug
+    sub_opts.snapshot = snap
+    sub_opts.tools = toolkit_tools(parent.src, tk)
+    id = "integrations_agent"
+  end
+  local def = id == "integrations_agent" and builtin_integrations_agent() or agents.get(id)
+  if not def then
+    return { is_error = true, content = ("Error: unknown sub-agent '%s'"):format(id) }
+  end
+  local limit = parent.def.max_spawn_depth
+  local child_path = parent.agent_path .. "/" .. (sub_opts.toolkit and ("integrations:" .. sub_opts.toolkit) or id)
+  local task, err = core.spawn_nested(limit, function()
+    local tpath
+    if parent.writer then
+      tpath = parent.writer.path:gsub("%.jsonl$", "") .. "." .. (sub_opts.toolkit or id):gsub("[^%w_%-]", "_")
+        .. "." .. tostring(core.current():id()) .. ".jsonl"
+    end
+    local child = session_module().new {
+      agent = def, provider = parent.provider, integrations = parent.src, config = parent.config,
+      transcript = tpath, tools = sub_opts.tools,
+      tool_timeout_ms = parent.tool_timeout_ms, result_cap_bytes = parent.result_cap,
+      _parent = parent, _parent_tools = parent.base_tools, _toolkit = sub_opts.toolkit,
+      _snapshot = sub_opts.snapshot, _agent_path = child_path,
+    }
+    emit { type = "subagent_start", agent = child_path, depth = core.depth() }
+    local t0 = hrtime()
+    local reply, e = child:turn(task_text)
+    emit { type = "subagent_end", agent = child_path, depth = core.depth(), ms = ms_since(t0), ok = reply ~= nil }
+    local cs = child.counters
+    if cs.spawn_depth_max > parent.counters.spawn_depth_max then parent.counters.spawn_depth_max = cs.spawn_depth_max end
+    child:close()
+    if reply == nil then error(e, 0) end
+    return reply
+  end)
+  if not task then
+    -- Before any provider call: the parent model sees a tool error.
+    return { is_error = true, content = "Error: " .. error_text(err) }
+  end
+  local reply, e = task:join()
+  if reply == nil then
+    if type(e) == "table" and e.code == "BudgetExhausted" then error(e, 0) end
+    if type(e) == "table" and e.code == "Cancelled" then error(e, 0) end
+    return { is_error = true, content = "Error: sub-agent " .. child_path .. " failed: " .. error_text(e) }
+  end
+  return reply
+end
+
+return M
