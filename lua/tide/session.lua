@@ -153,7 +153,10 @@ local function build_surface(def, base, snapshot)
   }
 end
 
-local function shared_surface(def, base, snapshot)
+-- The surface shared by every session of `self`'s definition on `snapshot`;
+-- the direct-tool list is only built when the surface is.
+local function shared_surface(self, snapshot)
+  local def = self.def
   local gen = agents.generation()
   local by_def = surfaces[def]
   if not by_def then
@@ -163,7 +166,7 @@ local function shared_surface(def, base, snapshot)
   local key = snapshot or by_def
   local entry = by_def[key]
   if entry and entry.gen == gen then return entry.surface end
-  local s = build_surface(def, base, snapshot)
+  local s = build_surface(def, self:_base(), snapshot)
   by_def[key] = { gen = gen, surface = s }
   return s
 end
@@ -213,6 +216,11 @@ local function integrations_cache()
   return require("tide.integrations.cache")
 end
 
+-- Option lists, built once (the checks run on every build and turn).
+local PATH_OPTS = { "transcript", "resume" }
+local COUNT_OPTS = { "max_iterations", "tool_timeout_ms", "result_cap_bytes" }
+local CALLBACK_OPTS = { "on_delta", "on_tool_start", "on_tool_end", "on_event" }
+
 local function check_opts(opts)
   if type(opts) ~= "table" then
     error(("bad argument #1 to 'session' (table expected, got %s)"):format(type(opts)), 3)
@@ -228,10 +236,10 @@ local function check_opts(opts)
   if src ~= nil and (type(src) ~= "table" or type(src.identity) ~= "function" or type(src.fetch) ~= "function") then
     error("tide.session: 'integrations' must be an integration source (identity() and fetch())", 3)
   end
-  for _, f in ipairs { "transcript", "resume" } do
+  for _, f in ipairs(PATH_OPTS) do
     if opts[f] ~= nil and type(opts[f]) ~= "string" then error(("tide.session: '%s' must be a file path"):format(f), 3) end
   end
-  for _, f in ipairs { "max_iterations", "tool_timeout_ms", "result_cap_bytes" } do
+  for _, f in ipairs(COUNT_OPTS) do
     local v = opts[f]
     if v ~= nil and (math.type(v) ~= "integer" or v <= 0) then
       error(("tide.session: '%s' must be a positive integer"):format(f), 3)
@@ -283,15 +291,14 @@ function M.new(opts)
     trace = {},
   }, session_mt)
 
-  local base = direct_tools(def, opts._parent_tools)
   if opts.tools then
     for _, t in ipairs(opts.tools) do
       if not tool.is(t) then error("tide.session: 'tools' must be a list of tide.tool", 2) end
-      base[#base + 1] = t
     end
   end
-  self.base_tools = base
-  local custom = opts.tools ~= nil or opts._parent_tools ~= nil and (def.tools == "*" or type(def.tools) == "table")
+  self.parent_tools, self.extra_tools = opts._parent_tools, opts.tools
+  -- A surface of its own when the tools depend on more than the definition.
+  local custom = opts.tools ~= nil or (opts._parent_tools ~= nil and (def.tools == "*" or type(def.tools) == "table"))
 
   -- Prewarm: a warm shared cache gives the session its integrations now.
   local snapshot
@@ -312,7 +319,7 @@ function M.new(opts)
   end
   if self.toolkit then snapshot = opts._snapshot or snapshot end
   self.snapshot = snapshot
-  self.surface = custom and build_surface(def, base, snapshot) or shared_surface(def, base, snapshot)
+  self.surface = custom and build_surface(def, self:_base(), snapshot) or shared_surface(self, snapshot)
   if self.surface.warnings then
     for _, w in ipairs(self.surface.warnings) do
       io.stderr:write("tide: agent '", def.id, "': ", w, "\n")
@@ -330,6 +337,18 @@ function M.new(opts)
   end
   stats.build_ms = ms_since(t0)
   return self
+end
+
+--- The direct tools of this session (its definition's, resolved against
+--- the parent's for sub-agents, plus `tools` given at build), built once.
+function session_mt:_base()
+  local b = self.base_tools
+  if not b then
+    b = direct_tools(self.def, self.parent_tools)
+    for _, t in ipairs(self.extra_tools or {}) do b[#b + 1] = t end
+    self.base_tools = b
+  end
+  return b
 end
 
 function session_mt:_meta()
@@ -377,8 +396,8 @@ end
 function session_mt:_set_snapshot(snapshot)
   self.snapshot = snapshot
   self.integration_hash = snapshot and snapshot.hash
-  self.surface = self.custom_surface and build_surface(self.def, self.base_tools, snapshot)
-    or shared_surface(self.def, self.base_tools, snapshot)
+  self.surface = self.custom_surface and build_surface(self.def, self:_base(), snapshot)
+    or shared_surface(self, snapshot)
   self.counters.delegation_rebuilds = self.counters.delegation_rebuilds + 1
   if self.prefix then self.prefix = nil; self.prefix_reencode = true end
 end
@@ -829,7 +848,7 @@ local function check_turn_args(text, opts)
     error(("bad argument #2 to 'turn' (table expected, got %s)"):format(type(opts)), 3)
   end
   opts = opts or {}
-  for _, f in ipairs { "on_delta", "on_tool_start", "on_tool_end", "on_event" } do
+  for _, f in ipairs(CALLBACK_OPTS) do
     if opts[f] ~= nil and type(opts[f]) ~= "function" then
       error(("bad argument #2 to 'turn' (field '%s' must be a function)"):format(f), 3)
     end

@@ -106,7 +106,7 @@ function M.run(parent, id, args, opts)
       agent = def, provider = parent.provider, integrations = parent.src, config = parent.config,
       transcript = tpath, tools = sub_opts.tools,
       tool_timeout_ms = parent.tool_timeout_ms, result_cap_bytes = parent.result_cap,
-      _parent = parent, _parent_tools = parent.base_tools, _toolkit = sub_opts.toolkit,
+      _parent = parent, _parent_tools = parent:_base(), _toolkit = sub_opts.toolkit,
       _snapshot = sub_opts.snapshot, _agent_path = child_path,
     }
     emit { type = "subagent_start", agent = child_path, depth = core.depth() }
