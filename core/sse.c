@@ -140,8 +140,11 @@ int tide__sse_feed(tide_sse *p, const char *s, size_t n, tide_sse_cb cb,
     p->cr = 0;
   }
   while (i < n) {
-    size_t j = i;
-    while (j < n && s[j] != '\n' && s[j] != '\r') j++;
+    /* The line ends at the first CR or LF; memchr scans a word at a time. */
+    const char *lf = memchr(s + i, '\n', n - i);
+    size_t j = lf ? (size_t)(lf - s) : n;
+    const char *cr = memchr(s + i, '\r', j - i);
+    if (cr) j = (size_t)(cr - s);
     if (j == n) { /* unterminated: keep it for the next chunk */
       if (p->line.len + (n - i) > pending_limit(p))
         return too_large(p, TIDE_SSE_LINE_BIG);

@@ -31,6 +31,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "tide.h"
@@ -187,6 +188,24 @@ static int add_utf8(tide_buf *b, unsigned cp) {
   return tide__buf_add(b, u, n);
 }
 
+/* The index of the first '"', '\\' or NUL at or after i (n if none): eight
+** bytes at a time while none is in the word (a byte b is one of them when
+** one of b ^ '"', b ^ '\\', b is zero: the classic has-zero-byte test). */
+static size_t skip_plain(const char *s, size_t i, size_t n) {
+  const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+  const uint64_t quotes = ones * (unsigned char)'"', slashes = ones * (unsigned char)'\\';
+  while (i + 8 <= n) {
+    uint64_t w, q, b;
+    memcpy(&w, s + i, 8);
+    q = w ^ quotes;
+    b = w ^ slashes;
+    if ((((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones) & ~w)) & highs) break;
+    i += 8;
+  }
+  while (i < n && s[i] != '"' && s[i] != '\\' && s[i] != '\0') i++;
+  return i;
+}
+
 /* Scans the string at p->i (its opening quote). With out, appends the
 ** decoded bytes to it and sets *dec to where they are; *raw always gets the
 ** bytes between the quotes, *escaped whether any backslash occurred. */
@@ -197,7 +216,7 @@ static int scan_string(scanner *p, tide_buf *out, span *dec, span *raw,
   size_t start = out ? out->len : 0;
   int esc = 0;
   for (;;) {
-    while (i < p->n && s[i] != '"' && s[i] != '\\' && s[i] != '\0') i++;
+    i = skip_plain(s, i, p->n);
     if (out && i > run && tide__buf_add(out, s + run, i - run) != 0)
       return J_NOMEM;
     if (i >= p->n || s[i] == '\0') {

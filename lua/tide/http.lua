@@ -33,6 +33,10 @@ local response_mt = {
   end,
 }
 
+-- A core response table as a tide.http.response (internal: the providers
+-- drive core.http_request themselves).
+function http._response(v) return setmetatable(v, response_mt) end
+
 local function perform(opts)
   local req <close> = core.http_request({
     method = opts.method, url = opts.url, headers = opts.headers, body = opts.body,

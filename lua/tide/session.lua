@@ -578,10 +578,10 @@ local function error_text(err)
   return (tostring(err):gsub("\nstack traceback:.*$", ""))
 end
 
-local function emit(ev)
+-- The turn's event sink (on_event), if any: events are built only for it.
+local function event_sink()
   local ctx = core.context()
-  local f = ctx and ctx.tide_on_event
-  if f then f(ev) end
+  return ctx and ctx.tide_on_event
 end
 
 -- Checks a call against the surface; returns the tool and its decoded
@@ -637,8 +637,11 @@ local function tool_worker(self, t, args, call, opts, t0)
   local r = { id = call.id, name = call.name, content = cap(text, self.result_cap), is_error = is_error }
   local ms = ms_since(t0)
   if opts.on_tool_end then opts.on_tool_end(call, r, ms) end
-  emit { type = "tool_end", name = call.name, id = call.id, is_error = is_error, ms = ms,
-    depth = core.depth(), agent = self.agent_path }
+  local sink = event_sink()
+  if sink then
+    sink { type = "tool_end", name = call.name, id = call.id, is_error = is_error, ms = ms,
+      depth = core.depth(), agent = self.agent_path }
+  end
   return r
 end
 
@@ -650,18 +653,21 @@ function session_mt:_run_tools(calls, opts, turn_ctx)
   local results, tasks, deadlines = {}, {}, {}
   local budget = turn_ctx.budget
   local depth = core.depth()
+  local sink = turn_ctx.on_event
   for i, call in ipairs(calls) do
     local t0 = hrtime()
     if opts.on_tool_start then opts.on_tool_start(call) end
-    emit { type = "tool_start", name = call.name, arguments = call.arguments, id = call.id,
-      depth = depth, agent = self.agent_path }
+    if sink then sink { type = "tool_start", name = call.name, arguments = call.arguments, id = call.id,
+      depth = depth, agent = self.agent_path } end
     local t, args = self:_prepare_call(call)
     if not t then
       local r = { id = call.id, name = call.name, content = args, is_error = true }
       results[i] = r
       if opts.on_tool_end then opts.on_tool_end(call, r, 0) end
-      emit { type = "tool_end", name = call.name, id = call.id, is_error = true, ms = 0,
-        depth = depth, agent = self.agent_path }
+      if sink then
+        sink { type = "tool_end", name = call.name, id = call.id, is_error = true, ms = 0,
+          depth = depth, agent = self.agent_path }
+      end
     else
       if budget then budget:spend("tool_calls", 1, self.agent_path) end
       self.counters.tool_calls = self.counters.tool_calls + 1
@@ -685,8 +691,10 @@ function session_mt:_run_tools(calls, opts, turn_ctx)
         results[i] = { id = call.id, name = call.name, is_error = true,
           content = ("Error: tool '%s' timed out after %d ms"):format(call.name, deadlines[i].ms) }
         if opts.on_tool_end then opts.on_tool_end(call, results[i], ms_since(deadlines[i].t0)) end
-        emit { type = "tool_end", name = call.name, id = call.id, is_error = true,
-          ms = ms_since(deadlines[i].t0), depth = depth, agent = self.agent_path }
+        if sink then
+          sink { type = "tool_end", name = call.name, id = call.id, is_error = true,
+            ms = ms_since(deadlines[i].t0), depth = depth, agent = self.agent_path }
+        end
       else
         if passes_through(err) then stop_err = stop_err or err end
         results[i] = { id = call.id, name = call.name, content = "Error: " .. error_text(err), is_error = true }
@@ -761,7 +769,7 @@ function session_mt:_turn_body(text, opts, turn_ctx)
   for iteration = 1, self.max_iterations do
     if budget then budget:spend("provider_calls", 1, self.agent_path) end
     stats.iterations = stats.iterations + 1
-    local body = provider:body(prefix, self:_encoded_history())
+    local body = provider:_join(prefix, self:_encoded_history())
     stats.provider_calls = stats.provider_calls + 1
     local resp, err = provider:complete(body, { on_delta = (on_delta or turn_ctx.on_event) and delta_fn or nil })
     if not resp then return nil, err end
@@ -989,6 +997,10 @@ end
 session_mt.__close = session_mt.close
 
 M._error_text = error_text
-M._emit = emit
+--- Sends an event to the turn's sink, if there is one.
+function M._emit(ev)
+  local sink = event_sink()
+  if sink then sink(ev) end
+end
 
 return M

@@ -256,26 +256,35 @@ function Base:body(prefix, encoded)
   if type(encoded) ~= "table" then
     error(("tide.provider.%s: body: 'encoded' must be a table, got %s"):format(self.kind, type(encoded)), 2)
   end
-  -- Called with the whole history at every provider call: the list is
-  -- joined as it is unless it holds messages that encode as nothing.
-  local parts, empty = encoded, false
   for i = 1, #encoded do
     local e = encoded[i]
     if type(e) ~= "string" then
       error(("tide.provider.%s: body: encoded[%d] must be a string, got %s"):format(self.kind, i, type(e)), 2)
     end
-    if e == "" then empty = true end
   end
-  if empty then
-    parts = {}
-    for i = 1, #encoded do
-      if encoded[i] ~= "" then parts[#parts + 1] = encoded[i] end
+  return self:_join(prefix, encoded)
+end
+
+-- `body` for callers whose encodings came from encode_message (the session,
+-- at every provider call): no checks.
+function Base:_join(prefix, encoded)
+  -- The list is joined as it is unless it holds messages that encode as
+  -- nothing.
+  local parts = encoded
+  for i = 1, #encoded do
+    if encoded[i] == "" then
+      parts = {}
+      for j = 1, #encoded do
+        if encoded[j] ~= "" then parts[#parts + 1] = encoded[j] end
+      end
+      break
     end
   end
   local joined = table.concat(parts, ",")
-  local sep = ""
-  if joined ~= "" and prefix:sub(-1) ~= "[" then sep = "," end
-  return prefix .. sep .. joined .. "]}"
+  if joined ~= "" and prefix:byte(-1) ~= 91 then -- 91: "["
+    return prefix .. "," .. joined .. "]}"
+  end
+  return prefix .. joined .. "]}"
 end
 
 --- Alias of `body` (the name docs/internals.md mentions for the join).
@@ -452,117 +461,130 @@ end
 -- ------------------------------------------------------------- complete
 
 -- Raised from inside on_data to abandon a stream; caught around the request.
-local ABORT = setmetatable({}, { __tostring = function() return "tide.provider: stream aborted" end })
+local http_response = require("tide.http")._response
 
 local function first_significant(s)
   return s:match("^%s*(.)")
 end
 
--- One HTTP attempt. Returns the response, or nil and an error; then a state
--- table saying whether any byte of a reply arrived (`received`) and whether
--- text reached on_delta (`delivered`), which decide if a retry is safe.
+-- The URL and headers of a provider's requests, built once and rebuilt only
+-- when a field they come from changes.
+local function wire(self)
+  local w = self._wire
+  if w and w.api_key == self.api_key and w.stream == self.stream and w.base_url == self.base_url
+    and w.extra == self.headers then
+    return w
+  end
+  w = { url = self:_url(), headers = self:_headers(), api_key = self.api_key, stream = self.stream,
+        base_url = self.base_url, extra = self.headers }
+  rawset(self, "_wire", w)
+  return w
+end
+
+-- One HTTP attempt. Returns the response, or nil, an error and two flags:
+-- whether any byte of a reply arrived (`received`) and whether text reached
+-- on_delta (`delivered`), which decide if a retry is safe.
 local function attempt(self, body, opts, timeout_ms)
-  local http = require "tide.http"
   local on_delta = opts.on_delta
-  local state = { received = false, delivered = false }
+  local received, delivered = false, false
   local t0 = core.hrtime()
   local ttfb_ms
+  local streaming = self.stream
 
   local function emit(text)
     if text == nil or text == "" then return end
-    state.delivered = true
+    delivered = true
     if on_delta then on_delta(text) end
   end
 
-  local stream <close> = self.stream and self:_stream(emit) or nil
+  local stream <close> = streaming and self:_stream(emit) or nil
   -- A stream with a feed method frames its own SSE (OpenAI, in C); the
   -- others get events from core.sse_parser.
-  local sse <close> = self.stream and not stream.feed and core.sse_parser(self.max_body_bytes) or nil
+  local sse <close> = streaming and not stream.feed and core.sse_parser(self.max_body_bytes) or nil
   local mode -- "sse" or "json" once the first significant byte is seen
-  local held = {} -- a streamed request answered with plain JSON
+  local held -- chunks before the mode is known, or of a streamed request answered with plain JSON
   local stream_err
 
-  local on_data
-  if self.stream then
-    on_data = function(chunk)
-      if not state.received then
-        state.received = true
-        ttfb_ms = (core.hrtime() - t0) / 1e6
+  local w = wire(self)
+  local req <close> = core.http_request {
+    method = "POST", url = w.url, headers = w.headers, body = body,
+    timeout_ms = timeout_ms, max_body_bytes = self.max_body_bytes, stream = streaming,
+  }
+  local res, herr
+  while true do
+    local kind, v = req:next()
+    if kind ~= "data" then
+      if kind == "done" then res = http_response(v) else herr = v end
+      break
+    end
+    -- a streamed 2xx body, chunk by chunk
+    if not received then
+      received = true
+      ttfb_ms = (core.hrtime() - t0) / 1e6
+    end
+    local chunk = v
+    if mode == nil then
+      if held then chunk = table.concat(held) .. chunk end
+      local c = first_significant(chunk)
+      if c == nil then
+        held = { chunk }
+        goto continue
       end
-      if mode == nil then
-        local c = first_significant(table.concat(held) .. chunk)
-        if c == nil then
-          held[#held + 1] = chunk
-          return
-        end
-        mode = c == "{" and "json" or "sse"
-        if mode == "sse" and #held > 0 then
-          chunk = table.concat(held) .. chunk
-          held = {}
-        end
+      held = nil
+      mode = c == "{" and "json" or "sse"
+    end
+    if mode == "json" then
+      held = held or {}
+      held[#held + 1] = chunk
+    elseif not sse then
+      local err = stream:feed(chunk)
+      if err then
+        stream_err = err
+        break
       end
-      if mode == "json" then
-        held[#held + 1] = chunk
-        return
-      end
-      if not sse then
-        local err = stream:feed(chunk)
-        if err then
-          stream_err = err
-          error(ABORT, 0)
-        end
-        return
-      end
+    else
       local events, err = sse:feed(chunk)
       if not events then
         stream_err = fail("MalformedResponse", "invalid event stream: " .. tostring(err.message or err),
           { cause = err.code })
-        error(ABORT, 0)
+        break
       end
       for i = 1, #events do
         err = stream:event(events[i])
         if err then
           stream_err = err
-          error(ABORT, 0)
+          break
         end
       end
+      if stream_err then break end
     end
+    ::continue::
   end
-
-  local headers = self:_headers()
-  local ok, res, herr = pcall(http.request, {
-    method = "POST", url = self:_url(), headers = headers, body = body,
-    timeout_ms = timeout_ms, max_body_bytes = self.max_body_bytes, on_data = on_data,
-  })
-  if not ok then
-    if res == ABORT then return nil, stream_err, state end
-    error(res, 0) -- cancellation, or an error raised by on_delta
-  end
+  if stream_err then return nil, stream_err, received, delivered end
   if not res then
-    if herr.status then state.received = true end
-    return nil, herr, state
+    if herr.status then received = true end
+    return nil, herr, received, delivered
   end
   if res.status < 200 or res.status > 299 then
-    state.received = true
-    return nil, status_error(self.kind, res), state
+    return nil, status_error(self.kind, res), true, delivered
   end
 
   local out, err
-  if self.stream and mode ~= "json" then
+  if streaming and mode ~= "json" then
     out, err = stream:finish()
   else
-    local text = self.stream and table.concat(held) or res.body
+    local text = streaming and (held and table.concat(held) or "") or res.body
     if ttfb_ms == nil then
       ttfb_ms = type(res.timing) == "table" and res.timing.ttfb_ms or (core.hrtime() - t0) / 1e6
     end
     local obj, derr = json.decode_fast(text)
     if obj == nil then
       return nil, fail("MalformedResponse", ("%s response is not valid JSON (%s)"):format(self.kind,
-        derr.message), { body = excerpt(text) }), state
+        derr.message), { body = excerpt(text) }), received, delivered
     end
     if type(obj) ~= "table" then
       return nil, fail("MalformedResponse", self.kind .. " response is not a JSON object",
-        { body = excerpt(text) }), state
+        { body = excerpt(text) }), received, delivered
     end
     out, err = self:_parse(obj)
     if out then
@@ -571,18 +593,18 @@ local function attempt(self, body, opts, timeout_ms)
       err.body = excerpt(text)
     end
   end
-  if not out then return nil, err, state end
+  if not out then return nil, err, received, delivered end
   out.tool_calls = provider._finish_calls(out.tool_calls or {})
   out.text = out.text or ""
   out.usage = out.usage or { input = 0, output = 0, cached = 0 }
   out.ttfb_ms = ttfb_ms or (core.hrtime() - t0) / 1e6
-  return out, nil, state
+  return out
 end
 
-local function retryable(err, state)
-  if state.delivered then return false end
+local function retryable(err, received, delivered)
+  if delivered then return false end
   if err.retryable then return true end
-  if (err.code == "ConnectFailed" or err.code == "ConnectionClosed") and not state.received then
+  if (err.code == "ConnectFailed" or err.code == "ConnectionClosed") and not received then
     return true
   end
   return false
@@ -596,13 +618,13 @@ local function complete(self, body, opts)
   local timeout_ms = opts.timeout_ms or self.timeout_ms
   while true do
     n = n + 1
-    local res, err, state = attempt(self, body, opts, timeout_ms)
+    local res, err, received, delivered = attempt(self, body, opts, timeout_ms)
     if res then
       res.attempts = n
       return res
     end
     err.attempts = n
-    if n >= retry.attempts or not retryable(err, state) then
+    if n >= retry.attempts or not retryable(err, received, delivered) then
       err.retryable = nil
       return nil, err
     end
