@@ -279,6 +279,7 @@ function M.new(opts)
     counters = stats,
     messages = {},   -- neutral messages after the system prompt
     encoded = {},    -- their encodings, index-aligned with messages
+    wire = {},       -- the non-empty encodings: what request bodies join
     parent = opts._parent,
     toolkit = opts._toolkit,
     agent_path = opts._agent_path or def.id,
@@ -530,22 +531,35 @@ function session_mt:_prefix()
   return p
 end
 
-function session_mt:_push(msg)
-  local enc = self.provider:encode_message(msg)
+-- Appends an encoding to the wire list (the non-empty encodings, in order:
+-- what the request body joins).
+local function add_wire(self, enc)
   self.counters.prompt_bytes_encoded = self.counters.prompt_bytes_encoded + #enc
+  if enc ~= "" then
+    local wire = self.wire
+    wire[#wire + 1] = enc
+  end
+end
+
+-- Messages the session built itself skip the provider's shape checks.
+function session_mt:_push(msg)
+  self:_encoded_history()
+  local enc = self.provider:_encode(msg)
   local n = #self.messages + 1
   self.messages[n] = msg
   self.encoded[n] = enc
+  add_wire(self, enc)
 end
 
 function session_mt:_encoded_history()
-  -- Messages restored from a transcript are encoded on first use, once.
+  -- Messages restored from a transcript are encoded (and checked) on first
+  -- use, once.
   local msgs, enc = self.messages, self.encoded
   for i = #enc + 1, #msgs do
     enc[i] = self.provider:encode_message(msgs[i])
-    self.counters.prompt_bytes_encoded = self.counters.prompt_bytes_encoded + #enc[i]
+    add_wire(self, enc[i])
   end
-  return enc
+  return self.wire
 end
 
 -- ----------------------------------------------------------------- tools --
@@ -769,9 +783,9 @@ function session_mt:_turn_body(text, opts, turn_ctx)
   for iteration = 1, self.max_iterations do
     if budget then budget:spend("provider_calls", 1, self.agent_path) end
     stats.iterations = stats.iterations + 1
-    local body = provider:_join(prefix, self:_encoded_history())
+    local body = provider:_join_wire(prefix, self:_encoded_history())
     stats.provider_calls = stats.provider_calls + 1
-    local resp, err = provider:complete(body, { on_delta = (on_delta or turn_ctx.on_event) and delta_fn or nil })
+    local resp, err = provider:_complete(body, { on_delta = (on_delta or turn_ctx.on_event) and delta_fn or nil })
     if not resp then return nil, err end
     local input, output, cached = usage_of(resp)
     stats.tokens.input = stats.tokens.input + input

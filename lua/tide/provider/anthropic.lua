@@ -127,9 +127,16 @@ end
 ---@return string
 function Provider:encode_message(msg)
   provider._check_message("anthropic", msg, 2)
+  return self:_encode(msg, 3)
+end
+
+-- encode_message without the shape checks, for messages the session built
+-- itself. `level` is where a misuse error points.
+function Provider:_encode(msg, level)
+  level = level or 2
   local role = msg.role
   if role == "system" then
-    error("tide.provider.anthropic: a system message cannot be sent as a message (give it to encode_prefix)", 2)
+    error("tide.provider.anthropic: a system message cannot be sent as a message (give it to encode_prefix)", level)
   end
   if role == "tool" then
     if #msg.results == 0 then return "" end

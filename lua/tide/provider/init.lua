@@ -268,11 +268,9 @@ end
 -- `body` for callers whose encodings came from encode_message (the session,
 -- at every provider call): no checks.
 function Base:_join(prefix, encoded)
-  -- The list is joined as it is unless it holds messages that encode as
-  -- nothing.
   local parts = encoded
   for i = 1, #encoded do
-    if encoded[i] == "" then
+    if encoded[i] == "" then -- messages that encode as nothing are left out
       parts = {}
       for j = 1, #encoded do
         if encoded[j] ~= "" then parts[#parts + 1] = encoded[j] end
@@ -280,7 +278,12 @@ function Base:_join(prefix, encoded)
       break
     end
   end
-  local joined = table.concat(parts, ",")
+  return self:_join_wire(prefix, parts)
+end
+
+-- The body from a list of non-empty encodings (the session keeps one).
+function Base:_join_wire(prefix, wire)
+  local joined = table.concat(wire, ",")
   if joined ~= "" and prefix:byte(-1) ~= 91 then -- 91: "["
     return prefix .. "," .. joined .. "]}"
   end
@@ -646,6 +649,9 @@ end
 ---@param opts? {on_delta?:fun(text:string), on_retry?:fun(info:{attempt:integer, delay_ms:integer, error:table}), timeout_ms?:integer}
 ---@return tide.provider.response|nil
 ---@return table|nil err `{ code = "RateLimited"|"ProviderError"|"MalformedResponse"|"Timeout"|..., message, status?, body?, attempts }`
+-- complete for the session's turn: already inside a task, options its own.
+Base._complete = complete
+
 function Base:complete(body, opts)
   if type(body) ~= "string" then
     error(("tide.provider.%s: complete: 'body' must be a string, got %s"):format(self.kind, type(body)), 2)

@@ -95,6 +95,12 @@ end
 ---@return string
 function Provider:encode_message(msg)
   provider._check_message("openai", msg, 2)
+  return self:_encode(msg, 3)
+end
+
+-- encode_message without the shape checks, for messages the session built
+-- itself. `level` is where a misuse error points.
+function Provider:_encode(msg)
   local role = msg.role
   if role == "tool" then
     local out, result_text = {}, provider._result_text
