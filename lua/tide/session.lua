@@ -736,6 +736,8 @@ local function usage_of(resp)
   return u.input or 0, u.output or 0, u.cached or 0
 end
 
+local NO_OPTS = setmetatable({}, { __newindex = function() error("NO_OPTS is read-only", 2) end })
+
 function session_mt:_turn_body(text, opts, turn_ctx)
   local stats = self.counters
   local trace = {}
@@ -773,19 +775,24 @@ function session_mt:_turn_body(text, opts, turn_ctx)
   local provider = self.provider
   local budget = turn_ctx.budget
   local on_delta = opts.on_delta
-  local depth_now = core.depth()
-  local delta_fn = function(d)
-    if on_delta then on_delta(d) end
-    if turn_ctx.on_event then
-      turn_ctx.on_event { type = "delta", text = d, depth = depth_now, agent = self.agent_path }
-    end
+  -- Text deltas go to on_delta and the event sink; without either, no
+  -- closure (and the provider skips the work of handing text over).
+  local complete_opts = NO_OPTS
+  if on_delta or turn_ctx.on_event then
+    local depth_now = core.depth()
+    complete_opts = { on_delta = function(d)
+      if on_delta then on_delta(d) end
+      if turn_ctx.on_event then
+        turn_ctx.on_event { type = "delta", text = d, depth = depth_now, agent = self.agent_path }
+      end
+    end }
   end
   for iteration = 1, self.max_iterations do
     if budget then budget:spend("provider_calls", 1, self.agent_path) end
     stats.iterations = stats.iterations + 1
     local body = provider:_join_wire(prefix, self:_encoded_history())
     stats.provider_calls = stats.provider_calls + 1
-    local resp, err = provider:_complete(body, { on_delta = (on_delta or turn_ctx.on_event) and delta_fn or nil })
+    local resp, err = provider:_complete(body, complete_opts)
     if not resp then return nil, err end
     local input, output, cached = usage_of(resp)
     stats.tokens.input = stats.tokens.input + input
