@@ -23,6 +23,9 @@
 
 static const char ctx_key = 'c'; /* address used as a registry key */
 
+/* Ready tasks resumed per pass of the check or idle handle (see drain_ready). */
+#define DRAIN_BUDGET 256
+
 /* ------------------------------------------------------------- context -- */
 
 static void close_free_cb(uv_handle_t *h) { free(h); }
@@ -331,9 +334,13 @@ static void resume(tide_ctx *ctx, tide_task *t) {
 static void drain_ready(tide_ctx *ctx) {
   if (ctx->closing) return;
   /* Run only the tasks that were ready when the pass started, so that a task
-  ** yielding in a loop cannot starve I/O. */
+  ** yielding in a loop cannot starve I/O, and at most DRAIN_BUDGET of them:
+  ** when ten thousand sessions start at once, the first requests are on the
+  ** wire (the loop goes round: libcurl's timers, then the sockets) while the
+  ** later sessions are still being built, instead of after all of them. */
   tide_task *last = ctx->ready_tail;
-  while (ctx->ready_head) {
+  int budget = DRAIN_BUDGET;
+  while (ctx->ready_head && budget-- > 0) {
     tide_task *t = ctx->ready_head;
     ctx->ready_head = t->next_ready;
     if (ctx->ready_head == NULL) ctx->ready_tail = NULL;
