@@ -33,8 +33,9 @@ return function()
     return tide.run(function()
       local srv = assert(tide.testing.mock_server { default = "ok" })
       local p = fixtures.provider(srv.url)
-      local complete = p.complete
-      p.complete = function(self, body, opts)
+      -- The session enters the provider through its in-task `_complete`.
+      local complete = p._complete
+      p._complete = function(self, body, opts)
         t_complete = t_complete or hr()
         return complete(self, body, opts)
       end
