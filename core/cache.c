@@ -467,8 +467,7 @@ void tide__open_cache(lua_State *L) {
       {NULL, NULL}};
   /* Waiters carry a metatable only so that the continuation can check what it
   ** finds on its stack; they need no methods and no __gc. */
-  luaL_newmetatable(L, WAITER_MT);
-  lua_pop(L, 1);
+  tide__register_type(L, WAITER_MT, NULL, NULL);
   luaL_setfuncs(L, fns, 0);
 }
 

@@ -296,10 +296,6 @@ void tide__open_dispatch(lua_State *L) {
   static const luaL_Reg fns[] = {{"tool_call_assembler", l_assembler},
                                  {"hash", l_hash},
                                  {NULL, NULL}};
-  luaL_newmetatable(L, ASSEMBLER_MT);
-  luaL_setfuncs(L, meta, 0);
-  luaL_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  tide__register_type(L, ASSEMBLER_MT, meta, methods);
   luaL_setfuncs(L, fns, 0);
 }

@@ -832,20 +832,14 @@ static int l_http_stats(lua_State *L) {
 }
 
 void tide__open_http(lua_State *L) {
+  static const luaL_Reg meta[] = {
+      {"__gc", l_req_gc}, {"__close", l_req_gc}, {NULL, NULL}};
   static const luaL_Reg methods[] = {
       {"next", l_next}, {"cancel", l_req_cancel}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"http_request", l_request},
                                  {"http_parse_headers", l_parse_headers},
                                  {"http_stats", l_http_stats},
                                  {NULL, NULL}};
-  if (luaL_newmetatable(L, HTTP_MT)) {
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_req_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_req_gc);
-    lua_setfield(L, -2, "__close");
-  }
-  lua_pop(L, 1);
+  tide__register_type(L, HTTP_MT, meta, methods);
   luaL_setfuncs(L, fns, 0);
 }

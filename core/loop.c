@@ -795,6 +795,8 @@ static int l_raise_fd_limit(lua_State *L) {
 }
 
 void tide__open_loop(lua_State *L) {
+  static const luaL_Reg task_meta[] = {
+      {"__gc", task_gc}, {"__tostring", l_task_tostring}, {NULL, NULL}};
   static const luaL_Reg task_methods[] = {
       {"join", l_join},     {"cancel", l_cancel}, {"status", l_status},
       {"interrupt", l_interrupt},
@@ -813,15 +815,7 @@ void tide__open_loop(lua_State *L) {
       {"raise_fd_limit", l_raise_fd_limit},
       {"clear_interrupt", l_clear_interrupt},
       {NULL, NULL}};
-  if (luaL_newmetatable(L, TIDE_TASK_MT)) {
-    luaL_newlib(L, task_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, task_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_task_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
+  tide__register_type(L, TIDE_TASK_MT, task_meta, task_methods);
   luaL_setfuncs(L, fns, 0);
   /* Thousands of sessions in flight need thousands of sockets: raise the soft
   ** descriptor limit to the hard one, as servers do at start-up. When even

@@ -7,6 +7,18 @@
 */
 #include "tide.h"
 
+void tide__register_type(lua_State *L, const char *name, const luaL_Reg *meta,
+                         const luaL_Reg *methods) {
+  luaL_newmetatable(L, name);
+  if (meta) luaL_setfuncs(L, meta, 0);
+  if (methods) {
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+}
+
 /// Opens the `tide.core` module: the event loop and tasks, HTTP, SSE, the
 /// mock server, the integration cache, dispatch helpers, templates and file
 /// watching. The public API is the Lua facade `tide`, built on top.

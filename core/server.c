@@ -1054,21 +1054,15 @@ static int l_server_live(lua_State *L) {
 }
 
 void tide__open_server(lua_State *L) {
+  static const luaL_Reg meta[] = {{"__gc", l_server_close},
+                                  {"__close", l_server_close},
+                                  {"__tostring", l_server_tostring},
+                                  {NULL, NULL}};
   static const luaL_Reg methods[] = {{"port", l_server_port},
                                      {"close", l_server_close},
                                      {"stats", l_server_stats},
                                      {NULL, NULL}};
-  if (luaL_newmetatable(L, SERVER_MT)) {
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_server_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_server_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, l_server_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
+  tide__register_type(L, SERVER_MT, meta, methods);
   lua_pushcfunction(L, l_server_listen);
   lua_setfield(L, -2, "server_listen");
   lua_pushcfunction(L, l_server_live);

@@ -294,10 +294,6 @@ void tide__open_sse(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"feed", l_feed}, {"finish", l_finish}, {"close", l_close}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"sse_parser", l_sse_parser}, {NULL, NULL}};
-  luaL_newmetatable(L, SSE_MT);
-  luaL_setfuncs(L, meta, 0);
-  luaL_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  tide__register_type(L, SSE_MT, meta, methods);
   luaL_setfuncs(L, fns, 0);
 }

@@ -1051,10 +1051,6 @@ void tide__open_stream(lua_State *L) {
       {"feed", l_feed}, {"finish", l_finish}, {"close", l_close}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"openai_stream", l_openai_stream},
                                  {NULL, NULL}};
-  luaL_newmetatable(L, STREAM_MT);
-  luaL_setfuncs(L, meta, 0);
-  luaL_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  tide__register_type(L, STREAM_MT, meta, methods);
   luaL_setfuncs(L, fns, 0);
 }

@@ -793,10 +793,6 @@ void tide__open_template(lua_State *L) {
   static const luaL_Reg fns[] = {{"template_compile", l_template_compile},
                                  {"template_normalise", l_template_normalise},
                                  {NULL, NULL}};
-  luaL_newmetatable(L, TEMPLATE_MT);
-  luaL_setfuncs(L, meta, 0);
-  luaL_newlib(L, methods);
-  lua_setfield(L, -2, "__index");
-  lua_pop(L, 1);
+  tide__register_type(L, TEMPLATE_MT, meta, methods);
   luaL_setfuncs(L, fns, 0);
 }

@@ -238,6 +238,12 @@ int tide__raise(lua_State *L, const char *code, const char *fmt, ...);
 
 /* ------------------------------------------------------------- module -- */
 
+/// Creates the metatable `name` in the registry, or refreshes it when the
+/// module is opened again: the metamethods of `meta` and an `__index` table of
+/// `methods` (either may be NULL). Leaves the stack as it found it.
+void tide__register_type(lua_State *L, const char *name, const luaL_Reg *meta,
+                         const luaL_Reg *methods);
+
 /* Each file registers its functions into the module table at the top of the
 ** stack. */
 /// Registers tasks and the loop: run, spawn, sleep, current, context, ...

@@ -315,28 +315,19 @@ static int l_realpath(lua_State *L) {
 }
 
 void tide__open_watch(lua_State *L) {
+  static const luaL_Reg meta[] = {{"__gc", l_watch_close},
+                                  {"__close", l_watch_close},
+                                  {"__tostring", l_watch_tostring},
+                                  {NULL, NULL}};
+  static const luaL_Reg scandir_meta[] = {{"__gc", scandir_gc}, {NULL, NULL}};
   static const luaL_Reg methods[] = {
       {"close", l_watch_close}, {"closed", l_watch_closed}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"watch", l_watch},
                                  {"scandir", l_scandir},
                                  {"realpath", l_realpath},
                                  {NULL, NULL}};
-  if (luaL_newmetatable(L, WATCH_MT)) {
-    luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_watch_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_watch_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, l_watch_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
-  if (luaL_newmetatable(L, SCANDIR_MT)) {
-    lua_pushcfunction(L, scandir_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
+  tide__register_type(L, WATCH_MT, meta, methods);
+  tide__register_type(L, SCANDIR_MT, scandir_meta, NULL);
   get_list(L);
   luaL_setfuncs(L, fns, 0);
 }
