@@ -618,4 +618,7 @@ function testing.echo(req)
   return "echo: "
 end
 
+-- The mock wire helpers, shared with tide.testing.composio.
+testing._wire = { encode = encode, decode = decode, null = null, EMPTY = EMPTY }
+
 return testing

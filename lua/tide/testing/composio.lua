@@ -17,19 +17,10 @@
 local M = {}
 
 local core = require "tide.core"
-local cjson = require("cjson").new()
-
-local null = cjson.null
--- lua-cjson 2.1.0 encodes {} as an object; arrays that may be empty carry
--- this marker until after encoding.
-local EMPTY = "__tide_composio_empty_array__"
-local EMPTY_JSON = '"' .. EMPTY .. '"'
-
-local function encode(v)
-  local s = cjson.encode(v)
-  if s:find(EMPTY_JSON, 1, true) then s = s:gsub(EMPTY_JSON, "[]") end
-  return s
-end
+-- The wire helpers of tide.testing: lua-cjson, with an empty-array marker
+-- (EMPTY) for arrays that may be empty.
+local wire = require("tide.testing")._wire
+local null, EMPTY, encode, decode = wire.null, wire.EMPTY, wire.encode, wire.decode
 
 local function arr(t)
   if t == nil or next(t) == nil then return EMPTY end
@@ -182,8 +173,8 @@ function Server:_handle(req)
   if exec_slug and req.method == "POST" then
     -- POST /tools/execute/{tool_slug} {user_id, arguments, version}
     self.log[#self.log].endpoint = "execute"
-    local okd, body = pcall(cjson.decode, req.body or "")
-    if not okd or type(body) ~= "table" then body = {} end
+    local body = decode(req.body)
+    if type(body) ~= "table" then body = {} end
     local known
     for _, t in ipairs(self.tools) do if t.slug == exec_slug then known = t end end
     if not known then
