@@ -278,8 +278,8 @@ function M.new(opts)
     config = cfg,
     counters = stats,
     messages = {},   -- neutral messages after the system prompt
-    encoded = {},    -- their encodings, index-aligned with messages
-    wire = {},       -- the non-empty encodings: what request bodies join
+    nencoded = 0,    -- how many of them are encoded into `wire`
+    wire = {},       -- their non-empty encodings: what request bodies join
     parent = opts._parent,
     toolkit = opts._toolkit,
     agent_path = opts._agent_path or def.id,
@@ -531,33 +531,31 @@ function session_mt:_prefix()
   return p
 end
 
--- Appends an encoding to the wire list (the non-empty encodings, in order:
--- what the request body joins).
-local function add_wire(self, enc)
+-- Appends the encoding of messages[n] to the wire list (the non-empty
+-- encodings, in order: what the request body joins).
+local function add_wire(self, n, enc)
   self.counters.prompt_bytes_encoded = self.counters.prompt_bytes_encoded + #enc
   if enc ~= "" then
     local wire = self.wire
     wire[#wire + 1] = enc
   end
+  self.nencoded = n
 end
 
 -- Messages the session built itself skip the provider's shape checks.
 function session_mt:_push(msg)
   self:_encoded_history()
-  local enc = self.provider:_encode(msg)
   local n = #self.messages + 1
   self.messages[n] = msg
-  self.encoded[n] = enc
-  add_wire(self, enc)
+  add_wire(self, n, self.provider:_encode(msg))
 end
 
 function session_mt:_encoded_history()
   -- Messages restored from a transcript are encoded (and checked) on first
   -- use, once.
-  local msgs, enc = self.messages, self.encoded
-  for i = #enc + 1, #msgs do
-    enc[i] = self.provider:encode_message(msgs[i])
-    add_wire(self, enc[i])
+  local msgs = self.messages
+  for i = self.nencoded + 1, #msgs do
+    add_wire(self, i, self.provider:encode_message(msgs[i]))
   end
   return self.wire
 end
@@ -893,17 +891,18 @@ end
 -- are set for the turn, seen by the tool and sub-agent tasks it spawns, and
 -- restored afterwards.
 local function do_turn(self, text, opts)
-  if self.busy then return fail("SessionBusy", "a turn is already in progress on this session") end
+  if self.turn_ctx then return fail("SessionBusy", "a turn is already in progress on this session") end
   local ctx = core.context()
   local saved_event, saved_budget = rawget(ctx, "tide_on_event"), rawget(ctx, "tide_budget")
   local inherited_budget = ctx.tide_budget
   local budget = inherited_budget
   if not budget and self.budget_limits then budget = tree_budget.new(self.budget_limits) end
-  local turn_ctx = { budget = budget, on_event = opts.on_event or ctx.tide_on_event, tasks = {} }
+  -- The turn in progress: `caller` is the task it runs in (what cancel
+  -- interrupts), `tasks` its tool and sub-agent tasks.
+  local turn_ctx = { budget = budget, on_event = opts.on_event or ctx.tide_on_event, tasks = {},
+                     caller = core.current() }
   ctx.tide_on_event = turn_ctx.on_event
   ctx.tide_budget = budget
-  self.busy = true
-  self.turn_caller = core.current()
   self.turn_ctx = turn_ctx
   local watchdog
   if budget and not inherited_budget and budget.limits.wall_ms then
@@ -919,8 +918,7 @@ local function do_turn(self, text, opts)
   for _, t in ipairs(turn_ctx.tasks) do t:cancel() end
   rawset(ctx, "tide_on_event", saved_event)
   rawset(ctx, "tide_budget", saved_budget)
-  self.busy = false
-  self.turn_caller, self.turn_ctx = nil, nil
+  self.turn_ctx = nil
   if self.cancelling then
     self.cancelling = nil
     core.clear_interrupt() -- an interrupt that arrived after the last wait
@@ -968,11 +966,11 @@ end
 --- sub-agent tasks are cancelled. The session stays usable.
 ---@return boolean cancelled
 function session_mt:cancel()
-  local caller = self.turn_caller
-  if not caller then return false end
+  local turn_ctx = self.turn_ctx
+  if not turn_ctx then return false end
   self.cancelling = true
-  for _, t in ipairs(self.turn_ctx.tasks) do t:cancel() end
-  caller:interrupt()
+  for _, t in ipairs(turn_ctx.tasks) do t:cancel() end
+  turn_ctx.caller:interrupt()
   return true
 end
 

@@ -256,32 +256,26 @@ function Base:body(prefix, encoded)
   if type(encoded) ~= "table" then
     error(("tide.provider.%s: body: 'encoded' must be a table, got %s"):format(self.kind, type(encoded)), 2)
   end
+  -- Messages that encode as nothing are left out of the join.
+  local wire, empty = encoded, false
   for i = 1, #encoded do
     local e = encoded[i]
     if type(e) ~= "string" then
       error(("tide.provider.%s: body: encoded[%d] must be a string, got %s"):format(self.kind, i, type(e)), 2)
     end
+    if e == "" then empty = true end
   end
-  return self:_join(prefix, encoded)
-end
-
--- `body` for callers whose encodings came from encode_message (the session,
--- at every provider call): no checks.
-function Base:_join(prefix, encoded)
-  local parts = encoded
-  for i = 1, #encoded do
-    if encoded[i] == "" then -- messages that encode as nothing are left out
-      parts = {}
-      for j = 1, #encoded do
-        if encoded[j] ~= "" then parts[#parts + 1] = encoded[j] end
-      end
-      break
+  if empty then
+    wire = {}
+    for i = 1, #encoded do
+      if encoded[i] ~= "" then wire[#wire + 1] = encoded[i] end
     end
   end
-  return self:_join_wire(prefix, parts)
+  return self:_join_wire(prefix, wire)
 end
 
--- The body from a list of non-empty encodings (the session keeps one).
+-- `body` from a list of non-empty encodings, unchecked: the session keeps
+-- one and joins it at every provider call.
 function Base:_join_wire(prefix, wire)
   local joined = table.concat(wire, ",")
   if joined ~= "" and prefix:byte(-1) ~= 91 then -- 91: "["
