@@ -32,14 +32,19 @@
 #include "tide.h"
 
 #define HTTP_MT "tide.http"
+#define HEADERS_MT "tide.http_headers"
 #define EASY_POOL_MAX 256
 #define DEFAULT_MAX_BODY (64u * 1024u * 1024u)
 #define DEFAULT_TIMEOUT_MS 120000L
-/* libcurl's receive buffer is per transfer (16 KiB by default) and lives as
-** long as the transfer does: at ten thousand sessions in flight, each KiB is
-** ten MB. Model replies arrive in small pieces anyway; 1 KiB is libcurl's
-** minimum and costs only more write callbacks on large bodies. */
-#define RECV_BUFFER_SIZE 1024L
+/* libcurl's receive buffer is per transfer and lives as long as the
+** transfer does: at ten thousand sessions in flight, each KiB is ten MB. So
+** a transfer started while few are in flight gets libcurl's default 16 KiB
+** (a reply in one recv), one started in a crowd 1 KiB, libcurl's minimum
+** (more write callbacks on large bodies, and model replies arrive in small
+** pieces anyway). */
+#define RECV_BUFFER_SIZE 16384L
+#define RECV_BUFFER_CROWDED 1024L
+#define CROWD 64
 #define MAX_IDLE_CONNECTIONS 16384
 #define SHARD_TARGET 512
 #define MAX_SHARDS 64
@@ -65,8 +70,10 @@ struct tide_http_state {
   CURL *pool[EASY_POOL_MAX];
   int npool;
   tide_http *active;     /* requests added to the multi handle */
+  int nactive;           /* how many */
   tide_http *deferred;   /* removals queued while inside libcurl */
   uint64_t requests, connections;
+  uint64_t idle_stirred; /* idle kept-alive sockets that stirred (poll_cb) */
 };
 
 struct tide_http {
@@ -74,7 +81,8 @@ struct tide_http {
   tide_http_state *hs;
   shard *shard;         /* where the transfer runs */
   CURL *easy;
-  struct curl_slist *headers;
+  struct curl_slist *headers; /* owned; NULL with prepared headers */
+  int plain;            /* the easy handle has only the options of a POST */
   tide_http *next_active, *prev_active, *next_deferred;
   int in_multi;
   int done;
@@ -100,6 +108,8 @@ struct sock_ctx {
   uv_poll_t poll;
   curl_socket_t fd;
   shard *sh;
+  int events; /* what the watcher waits for (0: stopped) */
+  int idle;   /* libcurl is done with the socket for now (see socket_cb) */
 };
 
 static void check_done(shard *sh);
@@ -111,9 +121,14 @@ static void free_request(tide_http *r) {
   free(r);
 }
 
-static void release_easy(tide_http_state *hs, CURL *e) {
+/* A handle that served a plain POST goes back to the pool as it is: the next
+** plain POST sets every option it has anyway (curl_easy_reset and twenty
+** setopts are a tenth of a round trip's CPU on loopback). Any other is
+** reset, and l_request resets a pooled handle before a request that is not
+** plain. */
+static void release_easy(tide_http_state *hs, CURL *e, int plain) {
   if (hs->npool < EASY_POOL_MAX) {
-    curl_easy_reset(e);
+    if (!plain) curl_easy_reset(e);
     hs->pool[hs->npool++] = e;
   } else {
     curl_easy_cleanup(e);
@@ -136,11 +151,12 @@ static void detach(tide_http *r) {
   if (r->in_multi) {
     curl_multi_remove_handle(r->shard->multi, r->easy);
     r->shard->active--;
+    hs->nactive--;
     unlink_active(r);
     r->in_multi = 0;
   }
   if (r->easy) {
-    release_easy(hs, r->easy);
+    release_easy(hs, r->easy, r->plain);
     r->easy = NULL;
   }
 }
@@ -168,6 +184,15 @@ static void socket_action(shard *sh, curl_socket_t fd, int flags) {
 static void poll_cb(uv_poll_t *h, int status, int events) {
   sock_ctx *s = h->data;
   int flags = 0;
+  if (s->idle) {
+    /* A kept-alive connection stirred between transfers (the server closed
+    ** it, most likely): stop watching; libcurl checks the connection before
+    ** it reuses it. */
+    uv_poll_stop(&s->poll);
+    s->events = 0;
+    s->sh->hs->idle_stirred++;
+    return;
+  }
   if (status < 0) {
     flags = CURL_CSELECT_ERR;
   } else {
@@ -220,9 +245,16 @@ static int socket_cb(CURL *e, curl_socket_t fd, int what, void *userp,
   tide_http_state *hs = sh->hs;
   sock_ctx *s = sock_lookup(hs, fd);
   if (what == CURL_POLL_REMOVE) {
-    /* The transfer is done with the socket, but a kept-alive connection may
-    ** serve the next one: stop watching, keep the watcher. */
-    if (s) uv_poll_stop(&s->poll);
+    /* The transfer is done with the socket, but a kept-alive connection is
+    ** likely to serve the next one at once. uv_poll_stop and uv_poll_start
+    ** cost an epoll_ctl each (libuv deletes the descriptor from the epoll
+    ** set on stop and re-adds it on start), so the watcher stays armed,
+    ** unreferenced so that it keeps no loop alive; poll_cb stops it should
+    ** the idle socket stir. */
+    if (s && s->events) {
+      s->idle = 1;
+      uv_unref((uv_handle_t *)&s->poll);
+    }
     return 0;
   }
   if (s == NULL) {
@@ -234,13 +266,22 @@ static int socket_cb(CURL *e, curl_socket_t fd, int what, void *userp,
       return -1;
     }
     s->fd = fd;
+    s->events = 0;
+    s->idle = 0;
     s->poll.data = s;
   }
   s->sh = sh;
   int events = 0;
   if (what & CURL_POLL_IN) events |= UV_READABLE;
   if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
-  uv_poll_start(&s->poll, events, poll_cb);
+  if (s->idle) {
+    s->idle = 0;
+    uv_ref((uv_handle_t *)&s->poll);
+  }
+  if (events != s->events) {
+    uv_poll_start(&s->poll, events, poll_cb);
+    s->events = events;
+  }
   return 0;
 }
 
@@ -683,6 +724,59 @@ static int opt_bool(lua_State *L, int t, const char *k, int def) {
   return v;
 }
 
+/* The request header list of a { name = value } table (0: none), with
+** "Expect:" added: no 100-continue round trip for large POST bodies. Raises
+** on bad entries and on memory exhaustion, leaking nothing. */
+static struct curl_slist *build_headers(lua_State *L, int hidx) {
+  struct curl_slist *sl = NULL;
+  if (hidx) {
+    lua_pushnil(L);
+    while (lua_next(L, hidx)) {
+      if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1)) {
+        curl_slist_free_all(sl);
+        luaL_error(L, "bad field 'headers' (names and values must be strings)");
+      }
+      lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
+      struct curl_slist *n = curl_slist_append(sl, lua_tostring(L, -1));
+      lua_pop(L, 2);
+      if (n == NULL) {
+        curl_slist_free_all(sl);
+        luaL_error(L, "out of memory");
+      }
+      sl = n;
+    }
+  }
+  struct curl_slist *n = curl_slist_append(sl, "Expect:");
+  if (n == NULL) {
+    curl_slist_free_all(sl);
+    luaL_error(L, "out of memory");
+  }
+  return n;
+}
+
+typedef struct http_headers {
+  struct curl_slist *sl;
+} http_headers;
+
+/* core.http_headers{ name = value } -> headers: the header list built once,
+** for a client that sends the same headers on every request (a provider).
+** Immutable; http_request takes it in place of a table. */
+static int l_headers(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  http_headers *h = lua_newuserdatauv(L, sizeof *h, 0);
+  h->sl = NULL;
+  luaL_setmetatable(L, HEADERS_MT);
+  h->sl = build_headers(L, 1);
+  return 1;
+}
+
+static int l_headers_gc(lua_State *L) {
+  http_headers *h = luaL_checkudata(L, 1, HEADERS_MT);
+  curl_slist_free_all(h->sl);
+  h->sl = NULL;
+  return 0;
+}
+
 /* core.http_request{ method, url, headers, body, timeout_ms,
 **   connect_timeout_ms, max_body_bytes, stream, verify } -> req
 ** Starts the transfer at once; req:next() waits for it. */
@@ -705,14 +799,14 @@ static int l_request(lua_State *L) {
                luaL_typename(L, -1));
   int bodyidx = lua_gettop(L);
   int ht = lua_getfield(L, 1, "headers");
-  if (ht != LUA_TNIL && ht != LUA_TTABLE)
-    luaL_error(L, "bad field 'headers' (table expected, got %s)",
+  if (ht != LUA_TNIL && ht != LUA_TTABLE && !luaL_testudata(L, -1, HEADERS_MT))
+    luaL_error(L, "bad field 'headers' (table or core.http_headers expected, got %s)",
                luaL_typename(L, -1));
   int hidx = lua_gettop(L);
 
   /* The userdata exists (closed) before anything is allocated, so that an
   ** error from here on leaks nothing: __gc frees whatever *pp holds. */
-  tide_http **pp = lua_newuserdatauv(L, sizeof *pp, 1);
+  tide_http **pp = lua_newuserdatauv(L, sizeof *pp, 2);
   *pp = NULL;
   luaL_setmetatable(L, HTTP_MT);
   int udidx = lua_gettop(L);
@@ -724,33 +818,27 @@ static int l_request(lua_State *L) {
   r->max_body = (size_t)maxb;
   r->stream = stream;
 
-  struct curl_slist *sl = NULL;
-  if (ht == LUA_TTABLE) {
-    lua_pushnil(L);
-    while (lua_next(L, hidx)) {
-      if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1)) {
-        curl_slist_free_all(sl);
-        return luaL_error(L, "bad field 'headers' (names and values must be strings)");
-      }
-      lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
-      struct curl_slist *n = curl_slist_append(sl, lua_tostring(L, -1));
-      lua_pop(L, 2);
-      if (n == NULL) {
-        curl_slist_free_all(sl);
-        return luaL_error(L, "out of memory");
-      }
-      sl = n;
-    }
+  struct curl_slist *sl;
+  if (ht == LUA_TUSERDATA) {
+    sl = ((http_headers *)luaL_checkudata(L, hidx, HEADERS_MT))->sl;
+    lua_pushvalue(L, hidx);
+    lua_setiuservalue(L, udidx, 2); /* anchors the list libcurl will read */
+  } else {
+    r->headers = sl = build_headers(L, ht == LUA_TTABLE ? hidx : 0);
   }
-  /* No 100-continue round trip for large POST bodies. */
-  struct curl_slist *n2 = curl_slist_append(sl, "Expect:");
-  if (n2 == NULL) {
-    curl_slist_free_all(sl);
-    return luaL_error(L, "out of memory");
-  }
-  r->headers = sl = n2;
 
-  CURL *e = hs->npool > 0 ? hs->pool[--hs->npool] : curl_easy_init();
+  /* Plain: a POST with a body and nothing else of its own (see
+  ** release_easy). */
+  int https = strncmp(url, "https:", 6) == 0;
+  r->plain = bt == LUA_TSTRING && (method == NULL || strcmp(method, "POST") == 0) &&
+             ctimeout <= 0 && verify && !https;
+  CURL *e;
+  if (hs->npool > 0) {
+    e = hs->pool[--hs->npool];
+    if (!r->plain) curl_easy_reset(e);
+  } else {
+    e = curl_easy_init();
+  }
   if (e == NULL) return luaL_error(L, "tide: curl_easy_init failed");
   r->easy = e;
   curl_easy_setopt(e, CURLOPT_URL, url);
@@ -764,13 +852,14 @@ static int l_request(lua_State *L) {
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout);
   if (ctimeout > 0) curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)ctimeout);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, sl);
-  curl_easy_setopt(e, CURLOPT_BUFFERSIZE, RECV_BUFFER_SIZE);
+  curl_easy_setopt(e, CURLOPT_BUFFERSIZE,
+                   hs->nactive < CROWD ? RECV_BUFFER_SIZE : RECV_BUFFER_CROWDED);
   curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   /* Waiting for a connection that might multiplex only pays off where HTTP/2
   ** is possible; over plain HTTP/1.1 it would serialise a first burst of
   ** requests behind the first connection. */
-  if (strncmp(url, "https:", 6) == 0) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  if (https) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, verify ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
@@ -798,6 +887,7 @@ static int l_request(lua_State *L) {
     return luaL_error(L, "tide: curl_multi_add_handle failed");
   r->shard = sh;
   sh->active++;
+  hs->nactive++;
   r->in_multi = 1;
   r->next_active = hs->active;
   if (hs->active) hs->active->prev_active = r;
@@ -815,13 +905,16 @@ static int l_parse_headers(lua_State *L) {
   return 1;
 }
 
-/* core.http_stats() -> { requests, connections }: connections opened so far,
-** to show keep-alive reuse. */
+/* core.http_stats() -> { requests, connections, active, idle_stirred }:
+** connections opened so far (to show keep-alive reuse), transfers in
+** flight, idle kept-alive connections that stirred (closed by the server). */
 static int l_http_stats(lua_State *L) {
   tide_http_state *hs = http_state(L);
   int active = 0;
   for (tide_http *r = hs->active; r; r = r->next_active) active++;
-  lua_createtable(L, 0, 3);
+  lua_createtable(L, 0, 4);
+  lua_pushinteger(L, (lua_Integer)hs->idle_stirred);
+  lua_setfield(L, -2, "idle_stirred");
   lua_pushinteger(L, (lua_Integer)hs->requests);
   lua_setfield(L, -2, "requests");
   lua_pushinteger(L, (lua_Integer)hs->connections);
@@ -838,8 +931,11 @@ void tide__open_http(lua_State *L) {
       {"next", l_next}, {"cancel", l_req_cancel}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"http_request", l_request},
                                  {"http_parse_headers", l_parse_headers},
+                                 {"http_headers", l_headers},
                                  {"http_stats", l_http_stats},
                                  {NULL, NULL}};
+  static const luaL_Reg headers_meta[] = {{"__gc", l_headers_gc}, {NULL, NULL}};
   tide__register_type(L, HTTP_MT, meta, methods);
+  tide__register_type(L, HEADERS_MT, headers_meta, NULL);
   luaL_setfuncs(L, fns, 0);
 }

@@ -372,6 +372,25 @@ static int task_gc(lua_State *L) {
   return 0;
 }
 
+/* Pushes task t's own task-local table, making it if it has none yet or
+** has only its parent's (then it reads through to the parent's by
+** __index). t's userdata is on the top of the stack (and stays). */
+static void own_locals(lua_State *L, tide_task *t) {
+  int ty = lua_getiuservalue(L, -1, 2);
+  if (ty == LUA_TTABLE && !t->locals_inherited) return;
+  lua_createtable(L, 0, 2); /* ud, plocals|nil, locals */
+  if (ty == LUA_TTABLE) {
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, -3);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
+  }
+  lua_remove(L, -2);
+  lua_pushvalue(L, -1);
+  lua_setiuservalue(L, -3, 2);
+  t->locals_inherited = 0;
+}
+
 tide_task *tide__spawn(lua_State *L, int fnidx, int nargs, int depth) {
   tide_ctx *ctx = tide__ctx(L);
   fnidx = lua_absindex(L, fnidx);
@@ -384,18 +403,22 @@ tide_task *tide__spawn(lua_State *L, int fnidx, int nargs, int depth) {
   lua_State *co = lua_newthread(L);
   lua_setiuservalue(L, -2, 1);
   /* Child tasks see their parent's task-local table through __index, so
-  ** writes in the child never leak into the parent. */
+  ** writes in the child never leak into the parent. The child's own table
+  ** is made when it first asks for it (l_context): until then uservalue 2
+  ** is the parent's table itself, and most tool tasks never write one. */
   if (parent) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, parent->ref);  /* t, parent */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, parent->ref); /* t, parent */
     if (lua_getiuservalue(L, -1, 2) == LUA_TTABLE) { /* t, parent, plocals */
-      lua_createtable(L, 0, 0);                      /* ..., locals */
-      lua_createtable(L, 0, 1);                      /* ..., locals, mt */
-      lua_pushvalue(L, -3);
-      lua_setfield(L, -2, "__index");
-      lua_setmetatable(L, -2);
-      lua_setiuservalue(L, -4, 2);
+      if (parent->locals_inherited) { /* later writes of the parent show */
+        lua_pop(L, 1);
+        own_locals(L, parent);
+      }
+      lua_setiuservalue(L, -3, 2);
+      t->locals_inherited = 1;
+      lua_pop(L, 1);
+    } else {
+      lua_pop(L, 2);
     }
-    lua_pop(L, 2);
   }
   lua_checkstack(co, nargs + 1);
   lua_pushvalue(L, fnidx);
@@ -622,16 +645,22 @@ static int l_current(lua_State *L) {
 }
 
 /* core.context() -> the current task's task-local table (nil outside tasks). */
+/* core.context() -> the current task's task-local table (made on first
+** use); core.context(key) -> the value at key as the task sees it, making
+** nothing. Nothing outside a task. */
 static int l_context(lua_State *L) {
   tide_task *t = tide__current(L);
   if (t == NULL) return 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
-  if (lua_getiuservalue(L, -1, 2) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_createtable(L, 0, 2);
-    lua_pushvalue(L, -1);
-    lua_setiuservalue(L, -3, 2);
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_checktype(L, 1, LUA_TSTRING);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+    if (lua_getiuservalue(L, -1, 2) != LUA_TTABLE) return 0;
+    lua_pushvalue(L, 1);
+    lua_gettable(L, -2);
+    return 1;
   }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+  own_locals(L, t);
   return 1;
 }
 

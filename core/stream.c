@@ -188,18 +188,29 @@ static int add_utf8(tide_buf *b, unsigned cp) {
   return tide__buf_add(b, u, n);
 }
 
-/* The index of the first '"', '\\' or NUL at or after i (n if none): eight
-** bytes at a time while none is in the word (a byte b is one of them when
-** one of b ^ '"', b ^ '\\', b is zero: the classic has-zero-byte test). */
+/* Bytes in memory order, lowest first, whatever the machine's order. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define load_le64(w) __builtin_bswap64(w)
+#else
+#define load_le64(w) (w)
+#endif
+
+/* The index of the first '"', '\\' or NUL at or after i (n if none), eight
+** bytes at a time. A byte b is one of them when one of b ^ '"', b ^ '\\', b
+** is zero; (x - ones) & ~x & highs marks x's zero bytes exactly up to the
+** first (only bytes above a zero can be marked falsely), so the lowest mark
+** of the three masks is the byte sought. */
 static size_t skip_plain(const char *s, size_t i, size_t n) {
   const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
   const uint64_t quotes = ones * (unsigned char)'"', slashes = ones * (unsigned char)'\\';
   while (i + 8 <= n) {
-    uint64_t w, q, b;
+    uint64_t w, q, b, m;
     memcpy(&w, s + i, 8);
+    w = load_le64(w);
     q = w ^ quotes;
     b = w ^ slashes;
-    if ((((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones) & ~w)) & highs) break;
+    m = (((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones) & ~w)) & highs;
+    if (m) return i + ((size_t)__builtin_ctzll(m) >> 3);
     i += 8;
   }
   while (i < n && s[i] != '"' && s[i] != '\\' && s[i] != '\0') i++;
@@ -282,6 +293,22 @@ static int scan_string(scanner *p, tide_buf *out, span *dec, span *raw,
   return J_OK;
 }
 
+/* Skips the string at p->i (its opening quote) and sets *raw to the bytes
+** between the quotes: the common case, a string without escapes, in one
+** skip_plain; anything else goes to scan_string, which validates escapes.
+** *escaped (if given) says whether there was a backslash. */
+static int pass_string(scanner *p, span *raw, int *escaped) {
+  size_t i = skip_plain(p->s, p->i + 1, p->n);
+  if (i < p->n && p->s[i] == '"') {
+    raw->off = p->i + 1;
+    raw->len = i - raw->off;
+    if (escaped) *escaped = 0;
+    p->i = i + 1;
+    return J_OK;
+  }
+  return scan_string(p, NULL, NULL, raw, escaped);
+}
+
 static int scan_number(scanner *p) {
   const char *s = p->s;
   size_t i = p->i;
@@ -321,7 +348,7 @@ static int scan_literal(scanner *p, const char *word, size_t n) {
 static int scan_scalar(scanner *p) {
   span raw;
   switch (peek(p)) {
-    case '"': return scan_string(p, NULL, NULL, &raw, NULL);
+    case '"': return pass_string(p, &raw, NULL);
     case 't': return scan_literal(p, "true", 4);
     case 'f': return scan_literal(p, "false", 5);
     case 'n': return scan_literal(p, "null", 4);
@@ -352,7 +379,7 @@ static int skip_value(scanner *p) {
         if (c == '{') {
           span raw;
           if (peek(p) != '"') return syntax(p, "expected object key string");
-          if ((rc = scan_string(p, NULL, NULL, &raw, NULL)) != J_OK) return rc;
+          if ((rc = pass_string(p, &raw, NULL)) != J_OK) return rc;
           skip_ws(p);
           if (peek(p) != ':') return syntax(p, "expected colon");
           p->i++;
@@ -374,7 +401,7 @@ static int skip_value(scanner *p) {
           span raw;
           skip_ws(p);
           if (peek(p) != '"') return syntax(p, "expected object key string");
-          if ((rc = scan_string(p, NULL, NULL, &raw, NULL)) != J_OK) return rc;
+          if ((rc = pass_string(p, &raw, NULL)) != J_OK) return rc;
           skip_ws(p);
           if (peek(p) != ':') return syntax(p, "expected colon");
           p->i++;
@@ -433,7 +460,7 @@ static int each_member(scanner *p, member_fn fn) {
     skip_ws(p);
     if (peek(p) != '"') return syntax(p, "expected object key string");
     size_t at = p->i;
-    if ((rc = scan_string(p, NULL, NULL, &raw, &escaped)) != J_OK) return rc;
+    if ((rc = pass_string(p, &raw, &escaped)) != J_OK) return rc;
     const char *k = p->s + raw.off;
     size_t kl = raw.len;
     if (escaped) { /* rare: decode it (scanning again cannot fail) */

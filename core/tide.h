@@ -160,6 +160,7 @@ struct tide_task {
   int reported;           /* the error was retrieved (join) or printed */
   int depth;              /* spawn depth: root 0, sub-agent parent + 1 */
   int max_depth;          /* limit inherited by children */
+  int locals_inherited;   /* uservalue 2 is the parent's task-local table */
   tide_wait *wait;        /* what the task is suspended on, if WAITING */
   tide_task *parent;      /* NULL once the parent is done */
   tide_task *first_child, *next_sibling, *prev_sibling;

@@ -592,8 +592,7 @@ end
 
 -- The turn's event sink (on_event), if any: events are built only for it.
 local function event_sink()
-  local ctx = core.context()
-  return ctx and ctx.tide_on_event
+  return core.context("tide_on_event")
 end
 
 -- Checks a call against the surface; returns the tool and its decoded

@@ -10,7 +10,8 @@ describe("tide.http", function()
       handler = function(req)
         local path = req.path
         if path == "/echo" then
-          return { status = 200, headers = { ["content-type"] = "text/plain", ["x-method"] = req.method }, body = req.body }
+          return { status = 200, headers = { ["content-type"] = "text/plain", ["x-method"] = req.method,
+            ["x-seen"] = req.headers["x-test"] or "none" }, body = req.body }
         elseif path == "/big" then
           return { status = 200, body = string.rep("b", 200000) }
         elseif path == "/slow" then
@@ -42,6 +43,58 @@ describe("tide.http", function()
     local res2 = tide.http.request { method = "PUT", url = url("/echo"), body = "put" }
     assert.are.equal("PUT", res2.headers["x-method"])
     assert.are.equal("put", res2.body)
+  end)
+
+  it("sends prepared headers, and carries no option of one request over to the next", function()
+    local h = core.http_headers { ["X-Test"] = "prepared", ["content-type"] = "text/plain" }
+    local seen = tide.run(function()
+      local out = {}
+      local function send(opts)
+        local req <close> = core.http_request(opts)
+        local kind, res = req:next()
+        assert(kind == "done", tostring(res and res.message))
+        local head = core.http_parse_headers(res.headers_raw)
+        out[#out + 1] = ("%s %s %s [%s]"):format(res.status, head["x-method"] or "-",
+          head["x-seen"] or "-", res.body)
+      end
+      -- the same pooled handle serves all of these, one after the other
+      send { url = url("/echo"), headers = h, body = "one" }
+      send { url = url("/echo"), headers = h, body = "two" }
+      send { url = url("/echo"), method = "GET" }
+      send { url = url("/echo"), method = "HEAD", headers = { ["X-Test"] = "table" } }
+      send { url = url("/echo"), body = "three", headers = { ["X-Test"] = "table" } }
+      send { url = url("/echo"), method = "PUT", body = "four" }
+      send { url = url("/echo"), headers = h, body = "five" }
+      return out
+    end)
+    assert.are.same({
+      "200 POST prepared [one]", "200 POST prepared [two]", "200 GET none []", "200 HEAD table []",
+      "200 POST table [three]", "200 PUT none [four]", "200 POST prepared [five]",
+    }, seen)
+    assert.has_error(function() core.http_headers { ["x-n"] = {} } end,
+      "bad field 'headers' (names and values must be strings)")
+    assert.has_error(function() core.http_request { url = url("/echo"), headers = io.stdout } end,
+      "bad field 'headers' (table or core.http_headers expected, got userdata)")
+  end)
+
+  it("lets go of a kept-alive connection the server closes between requests", function()
+    local other = assert(core.server_listen { handler = function() return { status = 200, body = "other" } end })
+    local first, again, second = tide.run(function()
+      local gone = url("/echo")
+      local a = tide.http.request { url = gone, method = "POST", body = "a" }
+      local stirred = core.http_stats().idle_stirred
+      srv:close() -- the idle connection sees the server hang up
+      tide.sleep(20)
+      assert.are.equal(stirred + 1, core.http_stats().idle_stirred) -- and stops watching it
+      local _, err = tide.http.request { url = gone, method = "POST", body = "b" }
+      local b = tide.http.request { url = ("http://127.0.0.1:%d/"):format(other:port()) }
+      return a.body, err and err.code, b.body
+    end) -- returns: an idle watcher keeps no loop running
+    other:close()
+    assert.are.equal("a", first)
+    assert.are.equal("ConnectFailed", again)
+    assert.are.equal("other", second)
+    assert.are.equal(0, core.http_stats().active)
   end)
 
   it("returns non-2xx statuses as responses, not errors", function()

@@ -159,6 +159,34 @@ describe("tasks", function()
     assert.are.equal("root", child_sees)
   end)
 
+  it("lets a child read its parent's later writes until it writes its own table", function()
+    local r = tide.run(function()
+      local ctx = core.context()
+      ctx.who = "root"
+      local gate = {}
+      local child = tide.spawn(function()
+        local before = core.context("who") -- a read makes no table of its own
+        tide.sleep(5)
+        local after = core.context("who")
+        -- a grandchild spawned before the child wrote sees the parent's value
+        local grand = tide.spawn(function() tide.sleep(5) return core.context("who") end)
+        core.context().who = "child"
+        return before, after, grand:join(), core.context("who"), core.context("missing")
+      end)
+      tide.sleep(1) -- the child has read by now
+      ctx.who = "root again"
+      gate.before, gate.after, gate.grand, gate.own, gate.missing = child:join()
+      gate.root = ctx.who
+      return gate
+    end)
+    assert.are.equal("root", r.before)
+    assert.are.equal("root again", r.after)
+    assert.are.equal("child", r.grand) -- its parent's table, written before it looked
+    assert.are.equal("child", r.own)
+    assert.is_nil(r.missing)
+    assert.are.equal("root again", r.root)
+  end)
+
   it("raises on wrong argument types, naming the argument", function()
     assert.has_error(function() tide.spawn("nope") end,
       "bad argument #1 to 'spawn' (function expected, got string)")

@@ -107,6 +107,12 @@ describe("core.openai_stream", function()
       assert.are.equal("MalformedResponse", err.code)
       assert.matches("not valid JSON", err.message)
     end
+    -- escapes are checked in values that are skipped too
+    for _, bad in ipairs({ '"\\x"', '"ab\\u12"', '"abcdefgh\\q"' }) do
+      local r, err = one('data: {"id":' .. bad .. ',"choices":[{"delta":{"content":"k"}}]}\n\ndata: [DONE]\n\n')
+      assert.is_nil(r, bad)
+      assert.are.equal("MalformedResponse", err.code)
+    end
     -- escaped keys are keys all the same
     res = assert(one('data: {"\\u0063hoices":[{"delta":{"cont\\u0065nt":"k"}}]}\n\ndata: [DONE]\n\n'))
     assert.are.equal("k", res.text)
@@ -233,10 +239,13 @@ describe("core.openai_stream", function()
     -- A generated stream of random text and tool-call deltas.
     math.randomseed(7)
     local pieces, want_text, want_args = {}, {}, { [0] = {}, {}, {} }
-    local alphabet = { "a", "é", "\n", '"', "\\", "/", "\t", "€", "😀", "\1", "}", "]" }
-    for _ = 1, 200 do
+    -- Long runs of plain bytes put the special ones at every offset of the
+    -- eight-byte words the scanner reads.
+    local alphabet = { "a", "é", "\n", '"', "\\", "/", "\t", "€", "😀", "\1", "}", "]",
+                       "plain", "abcdefg", "\127", "\255" }
+    for _ = 1, 400 do
       local s = {}
-      for k = 1, math.random(0, 6) do s[k] = alphabet[math.random(#alphabet)] end
+      for k = 1, math.random(0, 12) do s[k] = alphabet[math.random(#alphabet)] end
       s = table.concat(s)
       if math.random() < 0.5 then
         pieces[#pieces + 1] = chunk({ content = s })

@@ -472,7 +472,7 @@ local function wire(self)
     and w.extra == self.headers then
     return w
   end
-  w = { url = self:_url(), headers = self:_headers(), api_key = self.api_key, stream = self.stream,
+  w = { url = self:_url(), headers = core.http_headers(self:_headers()), api_key = self.api_key, stream = self.stream,
         base_url = self.base_url, extra = self.headers }
   rawset(self, "_wire", w)
   return w
