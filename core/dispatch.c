@@ -263,6 +263,67 @@ static int l_tostring(lua_State *L) {
   return 1;
 }
 
+static int push_joined(lua_State *L) {
+  lua_pushlstring(L, lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2));
+  return 1;
+}
+
+/* ------------------------------------------------------------ request -- */
+
+/* Bodies up to this size are joined on the C stack. */
+#define JOIN_STACK 16384
+
+/* core.join_wire(prefix, encodings) -> prefix .. table.concat(encodings, ",")
+** .. "]}", with a "," after the prefix unless it ends in "[": the request
+** body of a session's call (the frozen prefix, then its messages, each
+** encoded once). One Lua string per call instead of the two and the growing
+** buffers a join in Lua makes, on the path of every provider round trip. */
+static int l_join_wire(lua_State *L) {
+  size_t plen;
+  const char *prefix = luaL_checklstring(L, 1, &plen);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_Integer n = luaL_len(L, 2);
+  size_t total = plen + 2;
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (lua_rawgeti(L, 2, i) != LUA_TSTRING)
+      return luaL_error(L, "bad argument #2 to 'join_wire' (entry %d is a %s, not a string)",
+                        (int)i, luaL_typename(L, -1));
+    total += lua_rawlen(L, -1) + 1;
+    lua_pop(L, 1);
+  }
+  char stackbuf[JOIN_STACK];
+  char *out = total <= sizeof stackbuf ? stackbuf : malloc(total);
+  if (out == NULL) return luaL_error(L, "not enough memory");
+  memcpy(out, prefix, plen);
+  size_t k = plen;
+  /* as prefix .. "," .. joined when joined is not empty */
+  int sep = (n > 1 || total > plen + 3) && (plen == 0 || prefix[plen - 1] != '[');
+  for (lua_Integer i = 1; i <= n; i++) {
+    size_t len;
+    lua_rawgeti(L, 2, i);
+    const char *e = lua_tolstring(L, -1, &len);
+    if (sep) out[k++] = ',';
+    sep = 1;
+    memcpy(out + k, e, len);
+    k += len;
+    lua_pop(L, 1);
+  }
+  out[k++] = ']';
+  out[k++] = '}';
+  /* lua_pushlstring may raise (memory): the heap buffer must not leak. */
+  if (out != stackbuf) {
+    lua_pushcfunction(L, push_joined);
+    lua_pushlightuserdata(L, out);
+    lua_pushinteger(L, (lua_Integer)k);
+    int rc = lua_pcall(L, 2, 1, 0);
+    free(out);
+    if (rc != LUA_OK) return lua_error(L);
+    return 1;
+  }
+  lua_pushlstring(L, out, k);
+  return 1;
+}
+
 /* ----------------------------------------------------------------- hash -- */
 
 /* core.hash(str) -> 16 lowercase hex digits: FNV-1a, 64 bits. Not a
@@ -295,6 +356,7 @@ void tide__open_dispatch(lua_State *L) {
                                      {"close", l_close}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"tool_call_assembler", l_assembler},
                                  {"hash", l_hash},
+                                 {"join_wire", l_join_wire},
                                  {NULL, NULL}};
   tide__register_type(L, ASSEMBLER_MT, meta, methods);
   luaL_setfuncs(L, fns, 0);

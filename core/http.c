@@ -777,32 +777,78 @@ static int l_headers_gc(lua_State *L) {
   return 0;
 }
 
+/* What a request is made of, read from its arguments. The strings and the
+** headers stay on the Lua stack (at bodyidx and hidx) while start_request
+** runs. */
+typedef struct req_args {
+  const char *url, *method;
+  lua_Integer timeout, ctimeout, maxb;
+  int stream, verify;
+  int bt, bodyidx; /* body type (LUA_TNIL or LUA_TSTRING) and index */
+  int ht, hidx;    /* headers type (nil, table or userdata) and index */
+} req_args;
+
+static int start_request(lua_State *L, const req_args *a);
+
 /* core.http_request{ method, url, headers, body, timeout_ms,
 **   connect_timeout_ms, max_body_bytes, stream, verify } -> req
 ** Starts the transfer at once; req:next() waits for it. */
 static int l_request(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
-  tide_http_state *hs = http_state(L);
-  const char *url = opt_string(L, 1, "url", NULL);
-  if (url == NULL) luaL_error(L, "bad field 'url' (string expected, got nil)");
-  const char *method = opt_string(L, 1, "method", NULL);
-  lua_Integer timeout = opt_int(L, 1, "timeout_ms", DEFAULT_TIMEOUT_MS);
-  lua_Integer ctimeout = opt_int(L, 1, "connect_timeout_ms", 0);
-  lua_Integer maxb = opt_int(L, 1, "max_body_bytes", DEFAULT_MAX_BODY);
-  luaL_argcheck(L, timeout >= 0, 1, "timeout_ms must be >= 0");
-  luaL_argcheck(L, maxb >= 0, 1, "max_body_bytes must be >= 0");
-  int stream = opt_bool(L, 1, "stream", 0);
-  int verify = opt_bool(L, 1, "verify", 1);
-  int bt = lua_getfield(L, 1, "body");
-  if (bt != LUA_TNIL && bt != LUA_TSTRING)
+  req_args a;
+  a.url = opt_string(L, 1, "url", NULL);
+  if (a.url == NULL) luaL_error(L, "bad field 'url' (string expected, got nil)");
+  a.method = opt_string(L, 1, "method", NULL);
+  a.timeout = opt_int(L, 1, "timeout_ms", DEFAULT_TIMEOUT_MS);
+  a.ctimeout = opt_int(L, 1, "connect_timeout_ms", 0);
+  a.maxb = opt_int(L, 1, "max_body_bytes", DEFAULT_MAX_BODY);
+  luaL_argcheck(L, a.timeout >= 0, 1, "timeout_ms must be >= 0");
+  luaL_argcheck(L, a.maxb >= 0, 1, "max_body_bytes must be >= 0");
+  a.stream = opt_bool(L, 1, "stream", 0);
+  a.verify = opt_bool(L, 1, "verify", 1);
+  a.bt = lua_getfield(L, 1, "body");
+  if (a.bt != LUA_TNIL && a.bt != LUA_TSTRING)
     luaL_error(L, "bad field 'body' (string expected, got %s)",
                luaL_typename(L, -1));
-  int bodyidx = lua_gettop(L);
-  int ht = lua_getfield(L, 1, "headers");
-  if (ht != LUA_TNIL && ht != LUA_TTABLE && !luaL_testudata(L, -1, HEADERS_MT))
+  a.bodyidx = lua_gettop(L);
+  a.ht = lua_getfield(L, 1, "headers");
+  if (a.ht != LUA_TNIL && a.ht != LUA_TTABLE && !luaL_testudata(L, -1, HEADERS_MT))
     luaL_error(L, "bad field 'headers' (table or core.http_headers expected, got %s)",
                luaL_typename(L, -1));
-  int hidx = lua_gettop(L);
+  a.hidx = lua_gettop(L);
+  return start_request(L, &a);
+}
+
+/* core.http_post(url, headers, body, timeout_ms, max_body_bytes, stream)
+**   -> req
+** http_request for a client on its hot path (a provider): a POST of a body
+** with prepared headers (core.http_headers), without an options table. */
+static int l_post(lua_State *L) {
+  req_args a;
+  a.url = luaL_checkstring(L, 1);
+  luaL_checkudata(L, 2, HEADERS_MT);
+  luaL_checkstring(L, 3);
+  a.timeout = luaL_checkinteger(L, 4);
+  a.maxb = luaL_checkinteger(L, 5);
+  luaL_argcheck(L, a.timeout >= 0, 4, "timeout_ms must be >= 0");
+  luaL_argcheck(L, a.maxb >= 0, 5, "max_body_bytes must be >= 0");
+  a.stream = lua_toboolean(L, 6);
+  a.method = NULL;
+  a.ctimeout = 0;
+  a.verify = 1;
+  a.bt = LUA_TSTRING;
+  a.bodyidx = 3;
+  a.ht = LUA_TUSERDATA;
+  a.hidx = 2;
+  return start_request(L, &a);
+}
+
+static int start_request(lua_State *L, const req_args *a) {
+  tide_http_state *hs = http_state(L);
+  const char *url = a->url, *method = a->method;
+  lua_Integer timeout = a->timeout, ctimeout = a->ctimeout, maxb = a->maxb;
+  int stream = a->stream, verify = a->verify;
+  int bt = a->bt, bodyidx = a->bodyidx, ht = a->ht, hidx = a->hidx;
 
   /* The userdata exists (closed) before anything is allocated, so that an
   ** error from here on leaks nothing: __gc frees whatever *pp holds. */
@@ -932,6 +978,7 @@ void tide__open_http(lua_State *L) {
   static const luaL_Reg fns[] = {{"http_request", l_request},
                                  {"http_parse_headers", l_parse_headers},
                                  {"http_headers", l_headers},
+                                 {"http_post", l_post},
                                  {"http_stats", l_http_stats},
                                  {NULL, NULL}};
   static const luaL_Reg headers_meta[] = {{"__gc", l_headers_gc}, {NULL, NULL}};

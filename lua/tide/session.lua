@@ -661,7 +661,8 @@ end
 -- an error result; BudgetExhausted and the turn's own cancellation stop the
 -- turn.
 function session_mt:_run_tools(calls, opts, turn_ctx)
-  local results, tasks, deadlines = {}, {}, {}
+  -- running[3i-2 .. 3i]: call i's task, its start (hrtime) and timeout (ms)
+  local results, running = {}, {}
   local budget = turn_ctx.budget
   local depth = core.depth()
   local sink = turn_ctx.on_event
@@ -683,28 +684,26 @@ function session_mt:_run_tools(calls, opts, turn_ctx)
       if budget then budget:spend("tool_calls", 1, self.agent_path) end
       self.counters.tool_calls = self.counters.tool_calls + 1
       local task = core.spawn(tool_worker, self, t, args, call, opts, t0)
-      tasks[i] = task
+      running[3 * i - 2], running[3 * i - 1], running[3 * i] = task, t0, t.timeout_ms or self.tool_timeout_ms
       turn_ctx.tasks[#turn_ctx.tasks + 1] = task
-      deadlines[i] = { at = t0 + (t.timeout_ms or self.tool_timeout_ms) * 1e6,
-        ms = t.timeout_ms or self.tool_timeout_ms, t0 = t0 }
     end
   end
   local stop_err
   for i, call in ipairs(calls) do
-    local task = tasks[i]
+    local task, t0, limit_ms = running[3 * i - 2], running[3 * i - 1], running[3 * i]
     if task then
-      local left = math.max(0, (deadlines[i].at - hrtime()) // 1e6)
+      local left = math.max(0, (t0 + limit_ms * 1e6 - hrtime()) // 1e6)
       local r, err = task:join(math.tointeger(left))
       if r then
         results[i] = r
       elseif type(err) == "table" and err.code == "Timeout" and task:status() ~= "done" and task:status() ~= "failed" then
         task:cancel()
         results[i] = { id = call.id, name = call.name, is_error = true,
-          content = ("Error: tool '%s' timed out after %d ms"):format(call.name, deadlines[i].ms) }
-        if opts.on_tool_end then opts.on_tool_end(call, results[i], ms_since(deadlines[i].t0)) end
+          content = ("Error: tool '%s' timed out after %d ms"):format(call.name, limit_ms) }
+        if opts.on_tool_end then opts.on_tool_end(call, results[i], ms_since(t0)) end
         if sink then
           sink { type = "tool_end", name = call.name, id = call.id, is_error = true,
-            ms = ms_since(deadlines[i].t0), depth = depth, agent = self.agent_path }
+            ms = ms_since(t0), depth = depth, agent = self.agent_path }
         end
       else
         if passes_through(err) then stop_err = stop_err or err end
@@ -712,7 +711,8 @@ function session_mt:_run_tools(calls, opts, turn_ctx)
       end
     end
   end
-  turn_ctx.tasks = {}
+  local live = turn_ctx.tasks
+  for i = #live, 1, -1 do live[i] = nil end
   return results, stop_err
 end
 
@@ -822,9 +822,9 @@ function session_mt:_turn_body(text, opts, turn_ctx)
     if textual then
       amsg = { role = "assistant", content = resp.text }
     else
-      local tc = {}
-      for i, c in ipairs(calls) do tc[i] = { id = c.id, name = c.name, arguments = c.arguments or "{}" } end
-      amsg = { role = "assistant", content = resp.text, tool_calls = tc }
+      -- The finished calls are the response's own tables (id, name,
+      -- arguments): history keeps them as they are.
+      amsg = { role = "assistant", content = resp.text, tool_calls = calls }
     end
     self:_push(amsg)
     record(self, amsg)

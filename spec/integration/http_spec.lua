@@ -75,6 +75,17 @@ describe("tide.http", function()
       "bad field 'headers' (names and values must be strings)")
     assert.has_error(function() core.http_request { url = url("/echo"), headers = io.stdout } end,
       "bad field 'headers' (table or core.http_headers expected, got userdata)")
+    -- the provider's hot path: a POST with prepared headers, no options table
+    local got = tide.run(function()
+      local req <close> = core.http_post(url("/echo"), h, "six", 5000, 1024, false)
+      local _, res = req:next()
+      return res.body
+    end)
+    assert.are.equal("six", got)
+    assert.has_error(function() core.http_post(url("/echo"), {}, "b", 1, 1) end,
+      "bad argument #2 to 'http_post' (tide.http_headers expected, got table)")
+    assert.has_error(function() core.http_post(url("/echo"), h, "b", -1, 1) end,
+      "bad argument #4 to 'http_post' (timeout_ms must be >= 0)")
   end)
 
   it("lets go of a kept-alive connection the server closes between requests", function()

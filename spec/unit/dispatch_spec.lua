@@ -213,3 +213,34 @@ describe("core.hash", function()
     assert.matches("bad argument #1 to '.-hash' %(string expected, got no value%)", raised(core.hash))
   end)
 end)
+
+describe("core.join_wire", function()
+  -- What the session's request body was before it was joined in C.
+  local function reference(prefix, wire)
+    local joined = table.concat(wire, ",")
+    if joined ~= "" and prefix:byte(-1) ~= 91 then return prefix .. "," .. joined .. "]}" end
+    return prefix .. joined .. "]}"
+  end
+
+  it("joins the prefix and the encodings as the request body", function()
+    local big = string.rep("x", 20000) -- past the stack buffer
+    for _, case in ipairs {
+      { '{"messages":[', {} },
+      { '{"messages":[', { '{"a":1}' } },
+      { '{"messages":[', { '{"a":1}', '{"b":2}', '{"c":3}' } },
+      { '{"messages":[{"role":"system"}', { '{"a":1}' } },
+      { '{"messages":[{"role":"system"}', {} },
+      { '{"messages":[{"role":"system"}', { "" } },
+      { "", { "a", "b" } },
+      { '{"messages":[', { big, big } },
+    } do
+      assert.are.equal(reference(case[1], case[2]), core.join_wire(case[1], case[2]))
+    end
+  end)
+
+  it("raises on entries that are not strings, naming the argument", function()
+    assert.has_error(function() core.join_wire("[", { "a", 5 }) end,
+      "bad argument #2 to 'join_wire' (entry 2 is a number, not a string)")
+    assert.has_error(function() core.join_wire("[", "a") end)
+  end)
+end)

@@ -277,11 +277,7 @@ end
 -- `body` from a list of non-empty encodings, unchecked: the session keeps
 -- one and joins it at every provider call.
 function Base:_join_wire(prefix, wire)
-  local joined = table.concat(wire, ",")
-  if joined ~= "" and prefix:byte(-1) ~= 91 then -- 91: "["
-    return prefix .. "," .. joined .. "]}"
-  end
-  return prefix .. joined .. "]}"
+  return core.join_wire(prefix, wire)
 end
 
 --- Alias of `body` (the name docs/internals.md mentions for the join).
@@ -410,18 +406,25 @@ end
 
 -- ----------------------------------------------------------- tool calls
 
---- Finishes the tool calls of a response: ids the server left out become
---- "call_<n>" (unique within the response), empty arguments become "{}".
----@param calls {id?:string, name?:string, arguments?:string}[]
+--- Finishes the tool calls of a response, in place (the list and its
+--- entries are the parser's own): ids the server left out become "call_<n>"
+--- (unique within the response), empty arguments become "{}", a missing
+--- name "". Each call is left with id, name and arguments.
+---@param calls {id?:string, name?:string, arguments?:string, index?:integer}[]
 ---@return {id:string, name:string, arguments:string}[]
 function provider._finish_calls(calls)
-  local out, seen = {}, {}
-  for _, c in ipairs(calls) do
-    if type(c.id) == "string" and c.id ~= "" then seen[c.id] = true end
-  end
-  for i, c in ipairs(calls) do
+  local n = #calls
+  local seen
+  for i = 1, n do
+    local c = calls[i]
     local id = c.id
     if type(id) ~= "string" or id == "" then
+      if not seen then
+        seen = {}
+        for _, o in ipairs(calls) do
+          if type(o.id) == "string" and o.id ~= "" then seen[o.id] = true end
+        end
+      end
       id = "call_" .. i
       local k = 0
       while seen[id] do
@@ -429,12 +432,14 @@ function provider._finish_calls(calls)
         id = ("call_%d_%d"):format(i, k)
       end
       seen[id] = true
+      c.id = id
     end
     local args = c.arguments
-    if type(args) ~= "string" or args:match("^%s*$") then args = "{}" end
-    out[i] = { id = id, name = type(c.name) == "string" and c.name or "", arguments = args }
+    if type(args) ~= "string" or not args:find("%S") then c.arguments = "{}" end
+    if type(c.name) ~= "string" then c.name = "" end
+    c.index = nil
   end
-  return out
+  return calls
 end
 
 --- Maps a provider's stop reason onto "stop" / "tool_calls" / "length",
@@ -478,6 +483,26 @@ local function wire(self)
   return w
 end
 
+-- A streamed chunk for a parser in C (OpenAI's: SSE framing and JSON in
+-- C). Text deltas are asked for only when someone listens for them: one
+-- string per event then, none at all otherwise. Returns whether text reached
+-- on_delta, and the error that abandons the stream, if any.
+local function feed_c(parser, chunk, on_delta, deltas)
+  if not on_delta then
+    local text, err = parser:feed(chunk)
+    if text == nil and err then return false, err end
+    return false
+  end
+  local n, err, before = parser:feed(chunk, deltas)
+  if n == nil then n = before end
+  for i = 1, n do
+    local d = deltas[i]
+    deltas[i] = nil
+    if d ~= "" then on_delta(d) end
+  end
+  return n > 0, err
+end
+
 -- One HTTP attempt. Returns the response, or nil, an error and two flags:
 -- whether any byte of a reply arrived (`received`) and whether text reached
 -- on_delta (`delivered`), which decide if a retry is safe.
@@ -488,25 +513,27 @@ local function attempt(self, body, opts, timeout_ms)
   local ttfb_ms
   local streaming = self.stream
 
-  local function emit(text)
-    if text == nil or text == "" then return end
-    delivered = true
-    if on_delta then on_delta(text) end
+  -- The reply's parser: in C where the provider has one (a userdata with
+  -- feed, finish and close), else a Lua stream fed SSE events, which hands
+  -- text to emit.
+  local parser <close> = streaming and self._c_stream and self:_c_stream() or nil
+  local emit, stream
+  if streaming and not parser then
+    emit = function(text)
+      if text == nil or text == "" then return end
+      delivered = true
+      if on_delta then on_delta(text) end
+    end
+    stream = self:_stream(emit)
   end
-
-  local stream <close> = streaming and self:_stream(emit) or nil
-  -- A stream with a feed method frames its own SSE (OpenAI, in C); the
-  -- others get events from core.sse_parser.
-  local sse <close> = streaming and not stream.feed and core.sse_parser(self.max_body_bytes) or nil
+  local sse <close> = stream and core.sse_parser(self.max_body_bytes) or nil
+  local deltas = parser and on_delta and {} or nil
   local mode -- "sse" or "json" once the first significant byte is seen
   local held -- chunks before the mode is known, or of a streamed request answered with plain JSON
   local stream_err
 
   local w = wire(self)
-  local req <close> = core.http_request {
-    method = "POST", url = w.url, headers = w.headers, body = body,
-    timeout_ms = timeout_ms, max_body_bytes = self.max_body_bytes, stream = streaming,
-  }
+  local req <close> = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, streaming)
   local res, herr
   while true do
     local kind, v = req:next()
@@ -533,10 +560,11 @@ local function attempt(self, body, opts, timeout_ms)
     if mode == "json" then
       held = held or {}
       held[#held + 1] = chunk
-    elseif not sse then
-      local err = stream:feed(chunk)
+    elseif parser then
+      local got, err = feed_c(parser, chunk, on_delta, deltas)
+      if got then delivered = true end
       if err then
-        stream_err = err
+        stream_err = self:_stream_error(err)
         break
       end
     else
@@ -568,7 +596,16 @@ local function attempt(self, body, opts, timeout_ms)
 
   local out, err
   if streaming and mode ~= "json" then
-    out, err = stream:finish()
+    if parser then
+      out, err = parser:finish()
+      if out then
+        out = self:_stream_result(out)
+      else
+        err = self:_stream_error(err)
+      end
+    else
+      out, err = stream:finish()
+    end
   else
     local text = streaming and (held and table.concat(held) or "") or res.body
     if ttfb_ms == nil then
@@ -585,7 +622,11 @@ local function attempt(self, body, opts, timeout_ms)
     end
     out, err = self:_parse(obj)
     if out then
-      emit(out.text)
+      local text_out = out.text
+      if text_out ~= nil and text_out ~= "" then
+        delivered = true
+        if on_delta then on_delta(text_out) end
+      end
     elseif err.body == nil then
       err.body = excerpt(text)
     end

@@ -209,69 +209,33 @@ end
 -- ------------------------------------------------------------- streaming
 
 -- The stream is parsed in C (core.openai_stream: SSE framing, the JSON of
--- each event, tool-call assembly), so a reply costs one string per text delta and
--- one table at the end instead of tables for every event. This wrapper only
--- hands the text over and finishes the error and result tables.
+-- each event, tool-call assembly), so a reply costs at most one string per
+-- text delta and one table at the end instead of tables for every event.
+-- The provider's attempt feeds it (see provider/init.lua); these finish the
+-- result and error tables.
 local excerpt = provider._excerpt
 local stop_of = provider._stop
 
-local Stream = {}
-Stream.__index = Stream
-
-function Stream:__close()
-  if self.parser then self.parser:close() end
+--- The C parser of one streamed response, made once the reply starts
+--- coming (thousands of requests can wait on a slow provider holding
+--- nothing).
+function Provider:_c_stream()
+  return core.openai_stream(self.max_body_bytes)
 end
 
--- The C parser (and its buffers) exists only once the reply starts coming:
--- thousands of requests can wait on a slow provider holding nothing.
-function Stream:_parser()
-  local p = self.parser
-  if not p then
-    p = core.openai_stream(self.max)
-    self.parser = p
-  end
-  return p
-end
-
--- Errors of the C parser carry the whole event as their body: cut it as
--- every error body is cut.
-local function finish_error(err)
+--- Errors of the C parser carry the whole event as their body: cut it as
+--- every error body is cut.
+function Provider:_stream_error(err)
   if type(err.body) == "string" then err.body = excerpt(err.body) end
   return err
 end
 
---- Feeds one HTTP chunk: emits its text deltas, one per event as they came,
---- and returns nil, or returns an error to abandon the stream (after
---- emitting the text that came before the failing event).
----@param chunk string
----@return table|nil err
-function Stream:feed(chunk)
-  local deltas = self.deltas
-  if not deltas then
-    deltas = {}
-    self.deltas = deltas
-  end
-  local n, err, before = self:_parser():feed(chunk, deltas)
-  if n == nil then n = before end
-  local emit = self.emit
-  for i = 1, n do emit(deltas[i]) end
-  if err then return finish_error(err) end
-  return nil
-end
-
 --- The response once the HTTP stream ended. Whether it ended on an event
 --- boundary does not matter once [DONE] was seen.
-function Stream:finish()
-  local out, err = self:_parser():finish()
-  if not out then return nil, finish_error(err) end
+function Provider:_stream_result(out)
   out.stop = stop_of(out.stop_raw)
   out.done = nil
   return out
-end
-
---- A parser for one streamed response; `emit(text)` receives text deltas.
-function Provider:_stream(emit)
-  return setmetatable({ emit = emit, max = self.max_body_bytes }, Stream)
 end
 
 return M
