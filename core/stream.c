@@ -109,6 +109,7 @@ typedef struct openai_stream {
   int has_finish;
   int has_usage;
   lua_Integer input, output, cached;
+  int whole;  /* a whole (non-streamed) response: choices[0].message */
   int done;   /* [DONE] seen: nothing after it counts */
   int failed; /* the stream is abandoned; the error is uservalue 1 */
   int closed;
@@ -611,7 +612,7 @@ static int delta_member(scanner *p, const char *k, size_t kl) {
 
 static int choice_member(scanner *p, const char *k, size_t kl) {
   event_state *ev = &p->st->ev;
-  if (key_is(k, kl, "delta")) {
+  if (key_is(k, kl, p->st->whole ? "message" : "delta")) {
     ev->delta_table = peek(p) == '{';
     ev->has_content = ev->has_calls = 0;
     ev->ncalls = 0;
@@ -843,7 +844,9 @@ static int apply_event(feed_ctx *fc, const tide_sse_event *e) {
                        "openai stream tool-call delta is not an object", NULL, 0);
         return 1;
       }
-      lua_Integer index = c->has_index ? c->index : (lua_Integer)i;
+      /* A whole response's calls are in order; an index there means
+      ** nothing (openai.lua's _parse went by position). */
+      lua_Integer index = c->has_index && !st->whole ? c->index : (lua_Integer)i;
       if (index < 0) {
         push_malformed(L, NULL, "openai stream tool-call index is negative",
                        NULL, 0);
@@ -913,19 +916,25 @@ static openai_stream *check_stream(lua_State *L) {
   return st;
 }
 
-/* core.openai_stream([max_bytes]) -> stream */
-static int l_openai_stream(lua_State *L) {
+/* Pushes a new stream; max_bytes at index arg (none or nil: the default). */
+static openai_stream *new_stream(lua_State *L, int arg) {
   lua_Integer max = STREAM_DEFAULT_MAX;
-  if (!lua_isnoneornil(L, 1)) {
-    luaL_argcheck(L, lua_isinteger(L, 1), 1, "max_bytes must be an integer");
-    max = lua_tointeger(L, 1);
-    luaL_argcheck(L, max > 0, 1, "max_bytes must be positive");
+  if (!lua_isnoneornil(L, arg)) {
+    luaL_argcheck(L, lua_isinteger(L, arg), arg, "max_bytes must be an integer");
+    max = lua_tointeger(L, arg);
+    luaL_argcheck(L, max > 0, arg, "max_bytes must be positive");
   }
   openai_stream *st = lua_newuserdatauv(L, sizeof *st, 1);
   memset(st, 0, sizeof *st);
   st->sse.max = st->calls.max =
       (lua_Unsigned)max > SIZE_MAX ? SIZE_MAX : (size_t)max;
   luaL_setmetatable(L, STREAM_MT);
+  return st;
+}
+
+/* core.openai_stream([max_bytes]) -> stream */
+static int l_openai_stream(lua_State *L) {
+  new_stream(L, 1);
   return 1;
 }
 
@@ -998,26 +1007,8 @@ static int l_feed(lua_State *L) {
   return 1;
 }
 
-/* s:finish() -> { text, tool_calls, usage, stop_raw, done } | nil, err */
-static int l_finish(lua_State *L) {
-  openai_stream *st = check_stream(L);
-  if (st->failed) {
-    lua_pushnil(L);
-    lua_getiuservalue(L, 1, 1);
-    return 2;
-  }
-  tide__sse_finish(&st->sse); /* once [DONE] was seen, the tail is moot */
-  if (!st->done) {
-    tide__push_error(L, "MalformedResponse", "%s",
-                     st->has_finish
-                         ? "openai stream ended without [DONE]"
-                         : "openai stream ended before its finish_reason and [DONE]");
-    lua_pushlstring(L, st->text.p ? st->text.p : "", st->text.len);
-    lua_setfield(L, -2, "partial_text");
-    lua_pushnil(L);
-    lua_insert(L, -2);
-    return 2;
-  }
+/* Pushes the reply so far: { text, tool_calls, usage?, stop_raw?, done }. */
+static void push_reply(lua_State *L, openai_stream *st) {
   lua_createtable(L, 0, 5);
   lua_pushlstring(L, st->text.p ? st->text.p : "", st->text.len);
   lua_setfield(L, -2, "text");
@@ -1039,12 +1030,34 @@ static int l_finish(lua_State *L) {
   }
   lua_pushboolean(L, 1);
   lua_setfield(L, -2, "done");
+}
+
+/* s:finish() -> { text, tool_calls, usage, stop_raw, done } | nil, err */
+static int l_finish(lua_State *L) {
+  openai_stream *st = check_stream(L);
+  if (st->failed) {
+    lua_pushnil(L);
+    lua_getiuservalue(L, 1, 1);
+    return 2;
+  }
+  tide__sse_finish(&st->sse); /* once [DONE] was seen, the tail is moot */
+  if (!st->done) {
+    tide__push_error(L, "MalformedResponse", "%s",
+                     st->has_finish
+                         ? "openai stream ended without [DONE]"
+                         : "openai stream ended before its finish_reason and [DONE]");
+    lua_pushlstring(L, st->text.p ? st->text.p : "", st->text.len);
+    lua_setfield(L, -2, "partial_text");
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return 2;
+  }
+  push_reply(L, st);
   return 1;
 }
 
 /* __gc, __close and s:close(): idempotent. */
-static int l_close(lua_State *L) {
-  openai_stream *st = luaL_checkudata(L, 1, STREAM_MT);
+static void stream_free(openai_stream *st) {
   tide__sse_free(&st->sse);
   tide__asm_free(&st->calls);
   tide__buf_free(&st->text);
@@ -1055,7 +1068,64 @@ static int l_close(lua_State *L) {
   st->pending = NULL;
   st->npending_cap = 0;
   st->closed = 1;
+}
+
+static int l_close(lua_State *L) {
+  stream_free(luaL_checkudata(L, 1, STREAM_MT));
   return 0;
+}
+
+/* core.openai_parse(body[, max_bytes]) -> reply | nil
+** A whole (non-streamed) chat-completions response, scanned in place as a
+** stream event is (choices[0].message in place of .delta): the reply table
+** of s:finish(), without decoding the body into tables first. Gives nil for
+** anything but a plain reply (invalid JSON, an error object, no message, a
+** call without a function or with arguments that are not a string, a cap
+** exceeded): the caller's full decoder then says what is wrong. */
+static int l_openai_parse(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  /* the body stays at index 1 (anchored); the buffers are freed by
+  ** stream_free below, or by __gc if something raises */
+  openai_stream *st = new_stream(L, 2);
+  st->whole = 1;
+  scanner p = {s, n, 0, 0, NULL, 0, st};
+  int object, ok = 0;
+  int rc = scan_event(&p, &object);
+  if (rc == J_NOMEM) {
+    stream_free(st);
+    return luaL_error(L, "not enough memory");
+  }
+  event_state *ev = &st->ev;
+  if (rc == J_OK && object && (ev->err_kind == V_NONE || ev->err_kind == V_NULL) &&
+      ev->choice_table && ev->delta_table) {
+    ok = 1;
+    for (size_t i = 0; ev->has_calls && i < ev->ncalls; i++) {
+      const pending_call *c = &st->pending[i];
+      if (!c->is_table || !c->has_function ||
+          (c->args_kind != V_STRING && c->args_kind != V_NONE))
+        ok = 0;
+    }
+  }
+  if (ok) {
+    feed_ctx fc = {L, st, 0, 0, 0};
+    tide_sse_event e = {0};
+    e.data = s;
+    e.data_len = n;
+    if (apply_event(&fc, &e)) ok = 0; /* its error is on the stack: dropped */
+    if (fc.nomem) {
+      stream_free(st);
+      return luaL_error(L, "not enough memory");
+    }
+  }
+  if (ok) {
+    st->done = 1;
+    push_reply(L, st);
+  } else {
+    lua_pushnil(L);
+  }
+  stream_free(st);
+  return 1;
 }
 
 static int l_tostring(lua_State *L) {
@@ -1077,6 +1147,7 @@ void tide__open_stream(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"feed", l_feed}, {"finish", l_finish}, {"close", l_close}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"openai_stream", l_openai_stream},
+                                 {"openai_parse", l_openai_parse},
                                  {NULL, NULL}};
   tide__register_type(L, STREAM_MT, meta, methods);
   luaL_setfuncs(L, fns, 0);

@@ -277,3 +277,66 @@ describe("core.openai_stream", function()
     assert.has_error(function() core.openai_stream():feed("x", 1) end)
   end)
 end)
+
+describe("core.openai_parse", function()
+  local provider = require "tide.provider"
+  local json = require "tide.json"
+  local p = provider.openai { base_url = "http://127.0.0.1:9", api_key = "k", model = "m" }
+
+  -- The reply as the provider finishes it, from the C scan or from the
+  -- decoded table (what every non-streamed reply went through before).
+  local function finished(out)
+    out.tool_calls = provider._finish_calls(out.tool_calls or {})
+    out.usage = out.usage or { input = 0, output = 0, cached = 0 }
+    return out
+  end
+  local function by_c(body)
+    local out = core.openai_parse(body)
+    return out and finished(p:_stream_result(out))
+  end
+  local function by_lua(body) return finished(assert(p:_parse(assert(json.decode_fast(body))))) end
+
+  local function reply(message, extra)
+    local r = { id = "x", object = "chat.completion", model = "m",
+                choices = { { index = 0, message = message, finish_reason = "stop", logprobs = cjson.null } } }
+    for k, v in pairs(extra or {}) do r[k] = v end
+    return cjson.encode(r)
+  end
+
+  it("reads a plain reply as the full decoder does", function()
+    for _, body in ipairs {
+      reply { role = "assistant", content = "hello \"there\" \\ é \u{1F600}" },
+      reply({ role = "assistant", content = cjson.null }, { usage = { prompt_tokens = 12, completion_tokens = 3,
+        prompt_tokens_details = { cached_tokens = 8 } } }),
+      reply { role = "assistant", content = cjson.null, tool_calls = {
+        { id = "call_a", type = "function", ["function"] = { name = "lookup", arguments = '{"q":"x"}' } },
+        { type = "function", ["function"] = { name = "other", arguments = "" } },
+        { id = 7, index = 5, type = "function", ["function"] = { name = "third", arguments = cjson.null } },
+      } },
+      '{"choices":[{"message":{"content":"\\u0041\\n"},"finish_reason":"length"},{"message":{"content":"no"}}]}',
+      '{"choices":[{"message":{"content":"k"}}],"usage":[]}',
+      '{"choices":[{"message":{"content":"k","tool_calls":{"a":1}}}]}',
+    } do
+      assert.are.same(by_lua(body), by_c(body), body)
+    end
+  end)
+
+  it("leaves anything but a plain reply to the full decoder", function()
+    for _, body in ipairs {
+      "not json", "[1,2]", '"s"', "", '{"choices":[]}', '{"choices":[{"delta":{}}]}',
+      '{"error":{"message":"boom","code":429}}', '{"error":"down","choices":[{"message":{}}]}',
+      '{"choices":[{"message":{"tool_calls":[{"id":"a"}]}}]}',
+      '{"choices":[{"message":{"tool_calls":[{"function":{"name":"f","arguments":{"q":1}}}]}}]}',
+      '{"choices":[{"message":{"tool_calls":[5]}}]}',
+      '{"choices":[{"message":{"content":"x"}}]} trailing',
+    } do
+      assert.is_nil(core.openai_parse(body), body)
+    end
+    -- a cap on tool-call bytes is the decoder's to report too
+    assert.is_nil(core.openai_parse('{"choices":[{"message":{"tool_calls":[{"function":{"name":"f","arguments":"'
+      .. string.rep("a", 100) .. '"}}]}}]}', 10))
+    assert.has_error(function() core.openai_parse({}) end)
+    assert.has_error(function() core.openai_parse("{}", 0) end,
+      "bad argument #2 to 'openai_parse' (max_bytes must be positive)")
+  end)
+end)

@@ -611,16 +611,21 @@ local function attempt(self, body, opts, timeout_ms)
     if ttfb_ms == nil then
       ttfb_ms = type(res.timing) == "table" and res.timing.ttfb_ms or (core.hrtime() - t0) / 1e6
     end
-    local obj, derr = json.decode_fast(text)
-    if obj == nil then
-      return nil, fail("MalformedResponse", ("%s response is not valid JSON (%s)"):format(self.kind,
-        derr.message), { body = excerpt(text) }), received, delivered
+    -- A plain reply is scanned in C where the provider can (no table tree);
+    -- anything else goes through the full decoder, which says what is wrong.
+    out = self._c_parse and self:_c_parse(text)
+    if not out then
+      local obj, derr = json.decode_fast(text)
+      if obj == nil then
+        return nil, fail("MalformedResponse", ("%s response is not valid JSON (%s)"):format(self.kind,
+          derr.message), { body = excerpt(text) }), received, delivered
+      end
+      if type(obj) ~= "table" then
+        return nil, fail("MalformedResponse", self.kind .. " response is not a JSON object",
+          { body = excerpt(text) }), received, delivered
+      end
+      out, err = self:_parse(obj)
     end
-    if type(obj) ~= "table" then
-      return nil, fail("MalformedResponse", self.kind .. " response is not a JSON object",
-        { body = excerpt(text) }), received, delivered
-    end
-    out, err = self:_parse(obj)
     if out then
       local text_out = out.text
       if text_out ~= nil and text_out ~= "" then

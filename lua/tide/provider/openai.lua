@@ -230,6 +230,13 @@ function Provider:_stream_error(err)
   return err
 end
 
+--- A whole (non-streamed) response scanned in C, or nil for anything but a
+--- plain reply (Provider:_parse then decodes it and says what is wrong).
+function Provider:_c_parse(body)
+  local out = core.openai_parse(body, self.max_body_bytes)
+  return out and self:_stream_result(out)
+end
+
 --- The response once the HTTP stream ended. Whether it ended on an event
 --- boundary does not matter once [DONE] was seen.
 function Provider:_stream_result(out)
