@@ -87,6 +87,7 @@ struct tide_http {
   int in_multi;
   int done;
   int stream;           /* deliver 2xx bodies as chunks */
+  int lean;             /* http_post: a lean result (see push_result) */
   int too_large;
   int gone;             /* the Lua userdata was collected */
   int fd_exhausted;     /* failed while the process had no descriptor left */
@@ -563,6 +564,22 @@ static int push_result(lua_State *L, tide_http *r) {
     return 2;
   }
   lua_pushliteral(L, "done");
+  if (r->lean) {
+    /* http_post's caller (a provider) reads the status, the body and the
+    ** time to first byte, and the headers only of a failure. */
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, r->status);
+    lua_setfield(L, -2, "status");
+    lua_pushlstring(L, r->body.p ? r->body.p : "", r->body.len);
+    lua_setfield(L, -2, "body");
+    push_ms(L, "ttfb_ms", r->ttfb_s);
+    if (r->status < 200 || r->status > 299) {
+      lua_pushlstring(L, r->head.p ? r->head.p : "", r->head.len);
+      lua_setfield(L, -2, "headers_raw");
+    }
+    tide__buf_free(&r->body);
+    return 2;
+  }
   lua_createtable(L, 0, 6);
   lua_pushinteger(L, r->status);
   lua_setfield(L, -2, "status");
@@ -786,6 +803,8 @@ typedef struct req_args {
   int stream, verify;
   int bt, bodyidx; /* body type (LUA_TNIL or LUA_TSTRING) and index */
   int ht, hidx;    /* headers type (nil, table or userdata) and index */
+  int lean;        /* the result has status, body, ttfb_ms (and the headers
+                   ** of a non-2xx response) only */
 } req_args;
 
 static int start_request(lua_State *L, const req_args *a);
@@ -816,13 +835,15 @@ static int l_request(lua_State *L) {
     luaL_error(L, "bad field 'headers' (table or core.http_headers expected, got %s)",
                luaL_typename(L, -1));
   a.hidx = lua_gettop(L);
+  a.lean = 0;
   return start_request(L, &a);
 }
 
 /* core.http_post(url, headers, body, timeout_ms, max_body_bytes, stream)
 **   -> req
 ** http_request for a client on its hot path (a provider): a POST of a body
-** with prepared headers (core.http_headers), without an options table. */
+** with prepared headers (core.http_headers), without an options table; its
+** "done" result is { status, body, ttfb_ms, headers_raw (non-2xx only) }. */
 static int l_post(lua_State *L) {
   req_args a;
   a.url = luaL_checkstring(L, 1);
@@ -840,6 +861,7 @@ static int l_post(lua_State *L) {
   a.bodyidx = 3;
   a.ht = LUA_TUSERDATA;
   a.hidx = 2;
+  a.lean = 1;
   return start_request(L, &a);
 }
 
@@ -863,6 +885,7 @@ static int start_request(lua_State *L, const req_args *a) {
   *pp = r;
   r->max_body = (size_t)maxb;
   r->stream = stream;
+  r->lean = a->lean;
 
   struct curl_slist *sl;
   if (ht == LUA_TUSERDATA) {

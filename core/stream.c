@@ -37,6 +37,7 @@
 #include "tide.h"
 
 #define STREAM_MT "tide.openai_stream"
+#define PARSE_KEY "tide.openai_parse" /* the registry's parser for openai_parse */
 
 /* Default cap on one event's data and on all tool-call bytes of one reply,
 ** as for core.sse_parser and core.tool_call_assembler. */
@@ -1085,9 +1086,33 @@ static int l_close(lua_State *L) {
 static int l_openai_parse(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
-  /* the body stays at index 1 (anchored); the buffers are freed by
-  ** stream_free below, or by __gc if something raises */
-  openai_stream *st = new_stream(L, 2);
+  /* One parser per Lua state serves every call (a scan never yields, and
+  ** no Lua runs during one): no userdata and no finalizer per reply. Its
+  ** buffers are freed after each call, and by __gc should something
+  ** raise. The body stays at index 1, anchored. */
+  lua_Integer max = STREAM_DEFAULT_MAX;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_argcheck(L, lua_isinteger(L, 2), 2, "max_bytes must be an integer");
+    max = lua_tointeger(L, 2);
+    luaL_argcheck(L, max > 0, 2, "max_bytes must be positive");
+  }
+  openai_stream *st;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, PARSE_KEY) == LUA_TUSERDATA) {
+    st = lua_touserdata(L, -1);
+    stream_free(st); /* whatever a call that raised left */
+    memset(st, 0, sizeof *st);
+    st->sse.max = st->calls.max =
+        (lua_Unsigned)max > SIZE_MAX ? SIZE_MAX : (size_t)max;
+  } else {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    st = new_stream(L, lua_gettop(L)); /* the default cap; set below */
+    lua_remove(L, -2);
+    st->sse.max = st->calls.max =
+        (lua_Unsigned)max > SIZE_MAX ? SIZE_MAX : (size_t)max;
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, PARSE_KEY);
+  }
   st->whole = 1;
   scanner p = {s, n, 0, 0, NULL, 0, st};
   int object, ok = 0;

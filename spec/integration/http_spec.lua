@@ -76,12 +76,21 @@ describe("tide.http", function()
     assert.has_error(function() core.http_request { url = url("/echo"), headers = io.stdout } end,
       "bad field 'headers' (table or core.http_headers expected, got userdata)")
     -- the provider's hot path: a POST with prepared headers, no options table
-    local got = tide.run(function()
+    local got, failed = tide.run(function()
       local req <close> = core.http_post(url("/echo"), h, "six", 5000, 1024, false)
       local _, res = req:next()
-      return res.body
+      local req2 <close> = core.http_post(url("/status"), h, "x", 5000, 1024, false)
+      local _, res2 = req2:next()
+      return res, res2
     end)
-    assert.are.equal("six", got)
+    -- a lean result: status, body, time to first byte; headers only of a failure
+    assert.are.equal("six", got.body)
+    assert.are.equal(200, got.status)
+    assert.is_number(got.ttfb_ms)
+    assert.is_nil(got.headers_raw)
+    assert.is_nil(got.timing)
+    assert.are.equal(503, failed.status)
+    assert.are.equal("2", core.http_parse_headers(failed.headers_raw)["retry-after"])
     assert.has_error(function() core.http_post(url("/echo"), {}, "b", 1, 1) end,
       "bad argument #2 to 'http_post' (tide.http_headers expected, got table)")
     assert.has_error(function() core.http_post(url("/echo"), h, "b", -1, 1) end,

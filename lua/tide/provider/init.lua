@@ -609,7 +609,7 @@ local function attempt(self, body, opts, timeout_ms)
   else
     local text = streaming and (held and table.concat(held) or "") or res.body
     if ttfb_ms == nil then
-      ttfb_ms = type(res.timing) == "table" and res.timing.ttfb_ms or (core.hrtime() - t0) / 1e6
+      ttfb_ms = res.ttfb_ms or (core.hrtime() - t0) / 1e6
     end
     -- A plain reply is scanned in C where the provider can (no table tree);
     -- anything else goes through the full decoder, which says what is wrong.
