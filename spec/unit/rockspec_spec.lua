@@ -1,7 +1,7 @@
 -- The rockspec must list every Lua module of lua/tide, and nothing else.
 describe("rockspec", function()
   local function rockspec()
-    local name = io.popen("ls *.rockspec"):read("l")
+    local name = io.popen("env -u LD_PRELOAD ls *.rockspec"):read("l") -- no sanitizer in ls
     local env = {}
     assert(loadfile(name, "t", env))()
     return env, name
@@ -14,7 +14,7 @@ describe("rockspec", function()
       listed[file] = mod
     end
     local found = {}
-    for file in io.popen("find lua -name '*.lua' | sort"):lines() do
+    for file in io.popen("env -u LD_PRELOAD find lua -name '*.lua' | sort"):lines() do
       found[#found + 1] = file
       assert.is_not_nil(listed[file], "rockspec does not list " .. file)
       local mod = file:gsub("^lua/", ""):gsub("%.lua$", ""):gsub("/init$", ""):gsub("/", ".")
