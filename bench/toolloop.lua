@@ -57,7 +57,7 @@ end
 return function()
   define_agent()
   common.pin(0)
-  local reps = common.reps(5, 1)
+  local reps = common.reps(9, 1)
   local sessions = common.reps(150, 40)
   local lines = {}
   for _, stream in ipairs { true, false } do
