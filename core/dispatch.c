@@ -263,11 +263,6 @@ static int l_tostring(lua_State *L) {
   return 1;
 }
 
-static int push_joined(lua_State *L) {
-  lua_pushlstring(L, lua_touserdata(L, 1), (size_t)lua_tointeger(L, 2));
-  return 1;
-}
-
 /* ------------------------------------------------------------ request -- */
 
 /* Bodies up to this size are joined on the C stack. */
@@ -291,9 +286,11 @@ static int l_join_wire(lua_State *L) {
     total += lua_rawlen(L, -1) + 1;
     lua_pop(L, 1);
   }
+  /* Up to JOIN_STACK bytes on the C stack (then one copy into the string);
+  ** larger bodies in a Lua buffer, which frees itself should Lua raise. */
   char stackbuf[JOIN_STACK];
-  char *out = total <= sizeof stackbuf ? stackbuf : malloc(total);
-  if (out == NULL) return luaL_error(L, "not enough memory");
+  luaL_Buffer b;
+  char *out = total <= sizeof stackbuf ? stackbuf : luaL_buffinitsize(L, &b, total);
   memcpy(out, prefix, plen);
   size_t k = plen;
   /* as prefix .. "," .. joined when joined is not empty */
@@ -310,17 +307,10 @@ static int l_join_wire(lua_State *L) {
   }
   out[k++] = ']';
   out[k++] = '}';
-  /* lua_pushlstring may raise (memory): the heap buffer must not leak. */
-  if (out != stackbuf) {
-    lua_pushcfunction(L, push_joined);
-    lua_pushlightuserdata(L, out);
-    lua_pushinteger(L, (lua_Integer)k);
-    int rc = lua_pcall(L, 2, 1, 0);
-    free(out);
-    if (rc != LUA_OK) return lua_error(L);
-    return 1;
-  }
-  lua_pushlstring(L, out, k);
+  if (out == stackbuf)
+    lua_pushlstring(L, out, k);
+  else
+    luaL_pushresultsize(&b, k);
   return 1;
 }
 

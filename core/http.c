@@ -511,25 +511,10 @@ static void parse_headers(lua_State *L, const char *p, size_t len) {
     if (eol == NULL) eol = end;
     const char *colon = memchr(p, ':', (size_t)(eol - p));
     if (colon && colon > p) {
-      luaL_Buffer name;
-      luaL_buffinit(L, &name);
-      for (const char *c = p; c < colon; c++)
-        luaL_addchar(&name, (char)((*c >= 'A' && *c <= 'Z') ? *c + 32 : *c));
-      luaL_pushresult(&name);
       const char *v = colon + 1, *ve = eol;
       while (v < ve && (*v == ' ' || *v == '\t')) v++;
       while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ')) ve--;
-      /* Repeated headers are joined with ", " as RFC 9110 allows. */
-      lua_pushvalue(L, -1);
-      if (lua_rawget(L, -3) == LUA_TSTRING) {
-        lua_pushliteral(L, ", ");
-        lua_pushlstring(L, v, (size_t)(ve - v));
-        lua_concat(L, 3);
-      } else {
-        lua_pop(L, 1);
-        lua_pushlstring(L, v, (size_t)(ve - v));
-      }
-      lua_rawset(L, -3);
+      tide__add_header(L, p, (size_t)(colon - p), v, (size_t)(ve - v));
     }
     p = eol + 1;
   }
@@ -979,8 +964,6 @@ static int l_parse_headers(lua_State *L) {
 ** flight, idle kept-alive connections that stirred (closed by the server). */
 static int l_http_stats(lua_State *L) {
   tide_http_state *hs = http_state(L);
-  int active = 0;
-  for (tide_http *r = hs->active; r; r = r->next_active) active++;
   lua_createtable(L, 0, 4);
   lua_pushinteger(L, (lua_Integer)hs->idle_stirred);
   lua_setfield(L, -2, "idle_stirred");
@@ -988,7 +971,7 @@ static int l_http_stats(lua_State *L) {
   lua_setfield(L, -2, "requests");
   lua_pushinteger(L, (lua_Integer)hs->connections);
   lua_setfield(L, -2, "connections");
-  lua_pushinteger(L, active);
+  lua_pushinteger(L, hs->nactive);
   lua_setfield(L, -2, "active");
   return 1;
 }

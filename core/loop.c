@@ -644,23 +644,22 @@ static int l_current(lua_State *L) {
   return 1;
 }
 
-/* core.context() -> the current task's task-local table (nil outside tasks). */
 /* core.context() -> the current task's task-local table (made on first
 ** use); core.context(key) -> the value at key as the task sees it, making
 ** nothing. Nothing outside a task. */
 static int l_context(lua_State *L) {
   tide_task *t = tide__current(L);
   if (t == NULL) return 0;
-  if (!lua_isnoneornil(L, 1)) {
-    luaL_checktype(L, 1, LUA_TSTRING);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
-    if (lua_getiuservalue(L, -1, 2) != LUA_TTABLE) return 0;
-    lua_pushvalue(L, 1);
-    lua_gettable(L, -2);
+  int key = !lua_isnoneornil(L, 1);
+  if (key) luaL_checktype(L, 1, LUA_TSTRING);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+  if (!key) {
+    own_locals(L, t);
     return 1;
   }
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
-  own_locals(L, t);
+  if (lua_getiuservalue(L, -1, 2) != LUA_TTABLE) return 0;
+  lua_pushvalue(L, 1);
+  lua_gettable(L, -2);
   return 1;
 }
 

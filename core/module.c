@@ -19,6 +19,25 @@ void tide__register_type(lua_State *L, const char *name, const luaL_Reg *meta,
   lua_pop(L, 1);
 }
 
+void tide__add_header(lua_State *L, const char *name, size_t nl,
+                      const char *v, size_t vl) {
+  luaL_Buffer b;
+  char *lower = luaL_buffinitsize(L, &b, nl);
+  for (size_t i = 0; i < nl; i++)
+    lower[i] = (name[i] >= 'A' && name[i] <= 'Z') ? (char)(name[i] + 32) : name[i];
+  luaL_pushresultsize(&b, nl); /* t, name */
+  lua_pushvalue(L, -1);
+  if (lua_rawget(L, -3) == LUA_TSTRING) { /* repeated */
+    lua_pushliteral(L, ", ");
+    lua_pushlstring(L, v, vl);
+    lua_concat(L, 3);
+  } else {
+    lua_pop(L, 1);
+    lua_pushlstring(L, v, vl);
+  }
+  lua_rawset(L, -3);
+}
+
 /// Opens the `tide.core` module: the event loop and tasks, HTTP, SSE, the
 /// mock server, the integration cache, dispatch helpers, templates and file
 /// watching. The public API is the Lua facade `tide`, built on top.

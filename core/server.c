@@ -463,21 +463,7 @@ static void push_request(lua_State *L, dispatch_args *a) {
     const char *v = colon + 1, *ve = le;
     while (v < ve && (*v == ' ' || *v == '\t')) v++;
     while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
-    char name[MAX_NAME];
-    size_t nl = (size_t)(colon - ls);
-    for (size_t i = 0; i < nl; i++)
-      name[i] = (ls[i] >= 'A' && ls[i] <= 'Z') ? (char)(ls[i] + 32) : ls[i];
-    lua_pushlstring(L, name, nl);
-    lua_pushvalue(L, -1);
-    if (lua_rawget(L, -3) == LUA_TSTRING) { /* repeated: join with ", " */
-      lua_pushliteral(L, ", ");
-      lua_pushlstring(L, v, (size_t)(ve - v));
-      lua_concat(L, 3);
-    } else {
-      lua_pop(L, 1);
-      lua_pushlstring(L, v, (size_t)(ve - v));
-    }
-    lua_rawset(L, -3);
+    tide__add_header(L, ls, (size_t)(colon - ls), v, (size_t)(ve - v));
     ls = le + 2;
   }
   lua_setfield(L, -2, "headers");

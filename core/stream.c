@@ -917,25 +917,34 @@ static openai_stream *check_stream(lua_State *L) {
   return st;
 }
 
-/* Pushes a new stream; max_bytes at index arg (none or nil: the default). */
-static openai_stream *new_stream(lua_State *L, int arg) {
+/* The max_bytes argument at index arg (none or nil: the default). */
+static size_t check_max(lua_State *L, int arg) {
   lua_Integer max = STREAM_DEFAULT_MAX;
   if (!lua_isnoneornil(L, arg)) {
     luaL_argcheck(L, lua_isinteger(L, arg), arg, "max_bytes must be an integer");
     max = lua_tointeger(L, arg);
     luaL_argcheck(L, max > 0, arg, "max_bytes must be positive");
   }
-  openai_stream *st = lua_newuserdatauv(L, sizeof *st, 1);
+  return (lua_Unsigned)max > SIZE_MAX ? SIZE_MAX : (size_t)max;
+}
+
+/* A stream as new: nothing held, caps of max bytes. */
+static void init_stream(openai_stream *st, size_t max) {
   memset(st, 0, sizeof *st);
-  st->sse.max = st->calls.max =
-      (lua_Unsigned)max > SIZE_MAX ? SIZE_MAX : (size_t)max;
+  st->sse.max = st->calls.max = max;
+}
+
+/* Pushes a new stream. */
+static openai_stream *new_stream(lua_State *L, size_t max) {
+  openai_stream *st = lua_newuserdatauv(L, sizeof *st, 1);
+  init_stream(st, max);
   luaL_setmetatable(L, STREAM_MT);
   return st;
 }
 
 /* core.openai_stream([max_bytes]) -> stream */
 static int l_openai_stream(lua_State *L) {
-  new_stream(L, 1);
+  new_stream(L, check_max(L, 1));
   return 1;
 }
 
@@ -954,12 +963,14 @@ static void set_failed(lua_State *L, openai_stream *st) {
 ** on failure it is the text that came before the failing event. With a table
 ** `out`, the deltas are stored one per event in out[1..n] instead, and feed
 ** returns n, or nil, err, n: callers that hand text over event by event keep
-** the boundaries, with no table per chunk. */
+** the boundaries, with no table per chunk. With out = false, no text is
+** handed back at all (nobody listens; finish still has all of it). */
 static int l_feed(lua_State *L) {
   openai_stream *st = check_stream(L);
   size_t n;
   const char *s = luaL_checklstring(L, 2, &n);
-  int has_out = !lua_isnoneornil(L, 3);
+  int quiet = lua_isboolean(L, 3) && !lua_toboolean(L, 3);
+  int has_out = !quiet && !lua_isnoneornil(L, 3);
   if (has_out) luaL_checktype(L, 3, LUA_TTABLE);
   if (st->failed) {
     lua_pushnil(L);
@@ -993,7 +1004,7 @@ static int l_feed(lua_State *L) {
       lua_pushinteger(L, fc.nout);
       return 3;
     }
-    if (st->text.len > start) {
+    if (!quiet && st->text.len > start) {
       lua_pushlstring(L, st->text.p + start, st->text.len - start);
       return 3;
     }
@@ -1001,7 +1012,7 @@ static int l_feed(lua_State *L) {
   }
   if (has_out)
     lua_pushinteger(L, fc.nout);
-  else if (st->text.len > start)
+  else if (!quiet && st->text.len > start)
     lua_pushlstring(L, st->text.p + start, st->text.len - start);
   else
     lua_pushnil(L);
@@ -1090,26 +1101,15 @@ static int l_openai_parse(lua_State *L) {
   ** no Lua runs during one): no userdata and no finalizer per reply. Its
   ** buffers are freed after each call, and by __gc should something
   ** raise. The body stays at index 1, anchored. */
-  lua_Integer max = STREAM_DEFAULT_MAX;
-  if (!lua_isnoneornil(L, 2)) {
-    luaL_argcheck(L, lua_isinteger(L, 2), 2, "max_bytes must be an integer");
-    max = lua_tointeger(L, 2);
-    luaL_argcheck(L, max > 0, 2, "max_bytes must be positive");
-  }
+  size_t max = check_max(L, 2);
   openai_stream *st;
   if (lua_getfield(L, LUA_REGISTRYINDEX, PARSE_KEY) == LUA_TUSERDATA) {
     st = lua_touserdata(L, -1);
     stream_free(st); /* whatever a call that raised left */
-    memset(st, 0, sizeof *st);
-    st->sse.max = st->calls.max =
-        (lua_Unsigned)max > SIZE_MAX ? SIZE_MAX : (size_t)max;
+    init_stream(st, max);
   } else {
     lua_pop(L, 1);
-    lua_pushnil(L);
-    st = new_stream(L, lua_gettop(L)); /* the default cap; set below */
-    lua_remove(L, -2);
-    st->sse.max = st->calls.max =
-        (lua_Unsigned)max > SIZE_MAX ? SIZE_MAX : (size_t)max;
+    st = new_stream(L, max);
     lua_pushvalue(L, -1);
     lua_setfield(L, LUA_REGISTRYINDEX, PARSE_KEY);
   }
@@ -1128,8 +1128,10 @@ static int l_openai_parse(lua_State *L) {
     for (size_t i = 0; ev->has_calls && i < ev->ncalls; i++) {
       const pending_call *c = &st->pending[i];
       if (!c->is_table || !c->has_function ||
-          (c->args_kind != V_STRING && c->args_kind != V_NONE))
+          (c->args_kind != V_STRING && c->args_kind != V_NONE)) {
         ok = 0;
+        break;
+      }
     }
   }
   if (ok) {

@@ -244,6 +244,10 @@ int tide__raise(lua_State *L, const char *code, const char *fmt, ...);
 /// `methods` (either may be NULL). Leaves the stack as it found it.
 void tide__register_type(lua_State *L, const char *name, const luaL_Reg *meta,
                          const luaL_Reg *methods);
+/// Sets header name (lowercased here) to value in the table at the top of
+/// the stack; a repeated header is joined with ", " as RFC 9110 allows.
+void tide__add_header(lua_State *L, const char *name, size_t nl,
+                      const char *v, size_t vl);
 
 /* Each file registers its functions into the module table at the top of the
 ** stack. */

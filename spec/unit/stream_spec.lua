@@ -97,6 +97,20 @@ describe("core.openai_stream", function()
     s:close()
   end)
 
+  it("hands no text back with out = false, and keeps all of it for finish", function()
+    local s = core.openai_stream()
+    assert.is_nil(s:feed(chunk({ content = "a" }) .. chunk({ content = "b" }, "stop"), false))
+    assert.is_nil(s:feed("data: [DONE]\n\n", false))
+    assert.are.equal("ab", s:finish().text)
+    s:close()
+    local bad = core.openai_stream()
+    local r, err, extra = bad:feed(chunk({ content = "a" }) .. "data: nope\n\n", false)
+    assert.is_nil(r)
+    assert.are.equal("MalformedResponse", err.code)
+    assert.is_nil(extra) -- not even the text before the failure
+    bad:close()
+  end)
+
   it("decodes escapes, including surrogate pairs, and rejects broken ones", function()
     local res = assert(one('data: {"choices":[{"delta":{"content":"\\u0041\\u00DF\\u4e2d\\uD834\\uDD1E\\b\\f\\r"}}]}\n\n'
       .. "data: [DONE]\n\n"))

@@ -489,9 +489,8 @@ end
 -- on_delta, and the error that abandons the stream, if any.
 local function feed_c(parser, chunk, on_delta, deltas)
   if not on_delta then
-    local text, err = parser:feed(chunk)
-    if text == nil and err then return false, err end
-    return false
+    local _, err = parser:feed(chunk, false)
+    return false, err
   end
   local n, err, before = parser:feed(chunk, deltas)
   if n == nil then n = before end

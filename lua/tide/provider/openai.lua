@@ -216,9 +216,9 @@ end
 local excerpt = provider._excerpt
 local stop_of = provider._stop
 
---- The C parser of one streamed response, made once the reply starts
---- coming (thousands of requests can wait on a slow provider holding
---- nothing).
+--- The C parser of one streamed response. It allocates nothing until the
+--- reply's bytes come (thousands of requests can wait on a slow provider
+--- holding only the small userdata).
 function Provider:_c_stream()
   return core.openai_stream(self.max_body_bytes)
 end
