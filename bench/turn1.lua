@@ -1,7 +1,8 @@
 --- Row 6: turn-1 overhead before the provider call: from calling s:turn()
---- to the provider's `complete` being called with the request body (the
---- provider object's `complete` is wrapped to record the time, then calls
---- through). The session is the orchestrator of row 5 (20x20 toolkits), new
+--- to the provider's `complete` being called with the request (the frozen
+--- prefix and the encoded messages; the provider object's `complete` is
+--- wrapped to record the time, then calls through). The two are joined into
+--- one body inside core.http_post, which the second line covers. The session is the orchestrator of row 5 (20x20 toolkits), new
 --- for every turn, against an in-process mock answering at once.
 ---   warm: the shared cache holds the snapshot (prewarmed session);
 ---   cold: the source takes 50 ms to fetch (static, delay_ms = 50) and the
@@ -36,9 +37,9 @@ return function()
       local p = fixtures.provider(srv.url)
       -- The session enters the provider through its in-task `_complete`.
       local complete = p._complete
-      p._complete = function(self, body, opts)
+      p._complete = function(self, body, opts, wire)
         t_complete = t_complete or hr()
-        return complete(self, body, opts)
+        return complete(self, body, opts, wire)
       end
       local to_complete, to_curl = {}, {}
       for i = 1, n do

@@ -11,8 +11,7 @@
 
 #include "tide.h"
 
-int tide__buf_add(tide_buf *b, const char *s, size_t n) {
-  if (n == 0) return 0;
+int tide__buf_reserve(tide_buf *b, size_t n) {
   if (b->cap - b->len <= n) { /* keep room for a terminating NUL */
     size_t cap = b->cap ? b->cap : 64;
     while (cap - b->len <= n) {
@@ -24,6 +23,12 @@ int tide__buf_add(tide_buf *b, const char *s, size_t n) {
     b->p = p;
     b->cap = cap;
   }
+  return 0;
+}
+
+int tide__buf_add(tide_buf *b, const char *s, size_t n) {
+  if (n == 0) return 0;
+  if (tide__buf_reserve(b, n) != 0) return -1;
   memcpy(b->p + b->len, s, n);
   b->len += n;
   b->p[b->len] = '\0';

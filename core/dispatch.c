@@ -38,14 +38,29 @@ typedef struct assembler {
 /* ---------------------------------------------------------------- slots -- */
 
 void tide__asm_free(tide_asm *a) {
-  for (size_t i = 0; i < a->n; i++) {
+  size_t n = a->n > a->kept ? a->n : a->kept;
+  for (size_t i = 0; i < n; i++) {
     tide__buf_free(&a->slots[i].id);
     tide__buf_free(&a->slots[i].name);
     tide__buf_free(&a->slots[i].args);
   }
   free(a->slots);
   a->slots = NULL;
-  a->n = a->cap = 0;
+  a->n = a->cap = a->kept = 0;
+  a->total = 0;
+}
+
+void tide__asm_reset(tide_asm *a, size_t keep_max) {
+  for (size_t i = 0; i < a->n; i++) {
+    tide_asm_slot *s = &a->slots[i];
+    tide_buf *b[3] = {&s->id, &s->name, &s->args};
+    for (int k = 0; k < 3; k++) {
+      if (b[k]->cap > keep_max) tide__buf_free(b[k]);
+      b[k]->len = 0;
+    }
+  }
+  if (a->n > a->kept) a->kept = a->n;
+  a->n = 0;
   a->total = 0;
 }
 
@@ -82,9 +97,20 @@ static tide_asm_slot *insert_slot(tide_asm *a, lua_Integer index, size_t pos) {
     a->slots = p;
     a->cap = cap;
   }
+  /* Slots from n to kept hold emptied buffers of an earlier reply (see
+  ** tide__asm_reset): the new slot takes slot n's. */
+  tide_buf id = {0}, name = {0}, args = {0};
+  if (a->n < a->kept) {
+    id = a->slots[a->n].id;
+    name = a->slots[a->n].name;
+    args = a->slots[a->n].args;
+  }
   memmove(&a->slots[pos + 1], &a->slots[pos], (a->n - pos) * sizeof *a->slots);
   memset(&a->slots[pos], 0, sizeof *a->slots);
   a->slots[pos].index = index;
+  a->slots[pos].id = id;
+  a->slots[pos].name = name;
+  a->slots[pos].args = args;
   a->n++;
   return &a->slots[pos];
 }
@@ -268,36 +294,30 @@ static int l_tostring(lua_State *L) {
 /* Bodies up to this size are joined on the C stack. */
 #define JOIN_STACK 16384
 
-/* core.join_wire(prefix, encodings) -> prefix .. table.concat(encodings, ",")
-** .. "]}", with a "," after the prefix unless it ends in "[": the request
-** body of a session's call (the frozen prefix, then its messages, each
-** encoded once). One Lua string per call instead of the two and the growing
-** buffers a join in Lua makes, on the path of every provider round trip. */
-static int l_join_wire(lua_State *L) {
-  size_t plen;
-  const char *prefix = luaL_checklstring(L, 1, &plen);
-  luaL_checktype(L, 2, LUA_TTABLE);
-  lua_Integer n = luaL_len(L, 2);
+size_t tide__wire_size(lua_State *L, size_t plen, int idx, int arg,
+                       const char *fname) {
+  lua_Integer n = luaL_len(L, idx);
   size_t total = plen + 2;
   for (lua_Integer i = 1; i <= n; i++) {
-    if (lua_rawgeti(L, 2, i) != LUA_TSTRING)
-      return luaL_error(L, "bad argument #2 to 'join_wire' (entry %d is a %s, not a string)",
-                        (int)i, luaL_typename(L, -1));
+    if (lua_rawgeti(L, idx, i) != LUA_TSTRING)
+      luaL_error(L, "bad argument #%d to '%s' (entry %d is a %s, not a string)",
+                 arg, fname, (int)i, luaL_typename(L, -1));
     total += lua_rawlen(L, -1) + 1;
     lua_pop(L, 1);
   }
-  /* Up to JOIN_STACK bytes on the C stack (then one copy into the string);
-  ** larger bodies in a Lua buffer, which frees itself should Lua raise. */
-  char stackbuf[JOIN_STACK];
-  luaL_Buffer b;
-  char *out = total <= sizeof stackbuf ? stackbuf : luaL_buffinitsize(L, &b, total);
+  return total;
+}
+
+size_t tide__wire_write(lua_State *L, const char *prefix, size_t plen, int idx,
+                        size_t total, char *out) {
+  lua_Integer n = luaL_len(L, idx);
   memcpy(out, prefix, plen);
   size_t k = plen;
   /* as prefix .. "," .. joined when joined is not empty */
   int sep = (n > 1 || total > plen + 3) && (plen == 0 || prefix[plen - 1] != '[');
   for (lua_Integer i = 1; i <= n; i++) {
     size_t len;
-    lua_rawgeti(L, 2, i);
+    lua_rawgeti(L, idx, i);
     const char *e = lua_tolstring(L, -1, &len);
     if (sep) out[k++] = ',';
     sep = 1;
@@ -307,6 +327,26 @@ static int l_join_wire(lua_State *L) {
   }
   out[k++] = ']';
   out[k++] = '}';
+  return k;
+}
+
+/* core.join_wire(prefix, encodings) -> prefix .. table.concat(encodings, ",")
+** .. "]}", with a "," after the prefix unless it ends in "[": the request
+** body of a session's call (the frozen prefix, then its messages, each
+** encoded once). One Lua string per call instead of the two and the growing
+** buffers a join in Lua makes. (A provider's own requests skip even that:
+** core.http_post joins the same way into the request's C buffer.) */
+static int l_join_wire(lua_State *L) {
+  size_t plen;
+  const char *prefix = luaL_checklstring(L, 1, &plen);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  size_t total = tide__wire_size(L, plen, 2, 2, "join_wire");
+  /* Up to JOIN_STACK bytes on the C stack (then one copy into the string);
+  ** larger bodies in a Lua buffer, which frees itself should Lua raise. */
+  char stackbuf[JOIN_STACK];
+  luaL_Buffer b;
+  char *out = total <= sizeof stackbuf ? stackbuf : luaL_buffinitsize(L, &b, total);
+  size_t k = tide__wire_write(L, prefix, plen, 2, total, out);
   if (out == stackbuf)
     lua_pushlstring(L, out, k);
   else

@@ -20,7 +20,10 @@
 **
 ** A request is a malloc'ed tide_http pointed to by a Lua userdata. The task
 ** that waits on it keeps that userdata on its stack; the request body string
-** is anchored as the userdata's uservalue, so libcurl reads it without a copy.
+** is anchored as the userdata's uservalue, so libcurl reads it without a copy
+** (or, for core.http_post with a wire list, is joined into the request's own
+** buffer). A finished request goes to a small free list with its buffers, so
+** a provider's round trip in steady state mallocs nothing of its own.
 */
 #include <errno.h>
 #include <stdio.h>
@@ -48,6 +51,9 @@
 #define MAX_IDLE_CONNECTIONS 16384
 #define SHARD_TARGET 512
 #define MAX_SHARDS 64
+/* Finished requests kept for reuse, and the largest buffer one keeps. */
+#define SPARE_MAX 64
+#define SPARE_BUF_MAX 16384
 
 typedef struct tide_http_state tide_http_state;
 typedef struct sock_ctx sock_ctx;
@@ -72,6 +78,8 @@ struct tide_http_state {
   tide_http *active;     /* requests added to the multi handle */
   int nactive;           /* how many */
   tide_http *deferred;   /* removals queued while inside libcurl */
+  tide_http *spare;      /* finished requests for reuse (next_deferred links) */
+  int nspare;
   uint64_t requests, connections;
   uint64_t idle_stirred; /* idle kept-alive sockets that stirred (poll_cb) */
 };
@@ -96,6 +104,7 @@ struct tide_http {
   size_t max_body, received;
   tide_buf body;             /* whole body, or chunks not yet taken by next() */
   tide_buf head;             /* raw response header lines of the last response */
+  tide_buf send;             /* the request body joined from a wire list */
   tide_task *task;      /* the task waiting in next(), if any */
   tide_wait wait;
   double total_s, ttfb_s, connect_s;
@@ -115,11 +124,44 @@ struct sock_ctx {
 
 static void check_done(shard *sh);
 
+static void keep_buf(tide_buf *b) {
+  if (b->cap > SPARE_BUF_MAX) tide__buf_free(b);
+  b->len = 0;
+}
+
+/* A request's end: onto the spare list while HTTP runs (buffers up to
+** SPARE_BUF_MAX kept), freed otherwise. */
 static void free_request(tide_http *r) {
   curl_slist_free_all(r->headers);
+  r->headers = NULL;
+  tide_http_state *hs = r->ctx->http;
+  if (hs && hs->nspare < SPARE_MAX) {
+    keep_buf(&r->body);
+    keep_buf(&r->head);
+    keep_buf(&r->send);
+    r->next_deferred = hs->spare;
+    hs->spare = r;
+    hs->nspare++;
+    return;
+  }
   tide__buf_free(&r->body);
   tide__buf_free(&r->head);
+  tide__buf_free(&r->send);
   free(r);
+}
+
+/* A zeroed request, with a spare one's buffers (empty) when there is one. */
+static tide_http *new_request(tide_http_state *hs) {
+  tide_http *r = hs->spare;
+  if (r == NULL) return calloc(1, sizeof *r);
+  hs->spare = r->next_deferred;
+  hs->nspare--;
+  tide_buf body = r->body, head = r->head, send = r->send;
+  memset(r, 0, sizeof *r);
+  r->body = body;
+  r->head = head;
+  r->send = send;
+  return r;
 }
 
 /* A handle that served a plain POST goes back to the pool as it is: the next
@@ -430,6 +472,11 @@ void tide__http_shutdown(tide_ctx *ctx) {
   for (int fd = 0; fd < hs->nsocks; fd++) sock_forget(hs, fd);
   free(hs->socks);
   ctx->http = NULL;
+  while (hs->spare) {
+    tide_http *r = hs->spare;
+    hs->spare = r->next_deferred;
+    free_request(r); /* freed for good: ctx->http is gone */
+  }
   free(hs);
 }
 
@@ -562,7 +609,7 @@ static int push_result(lua_State *L, tide_http *r) {
       lua_pushlstring(L, r->head.p ? r->head.p : "", r->head.len);
       lua_setfield(L, -2, "headers_raw");
     }
-    tide__buf_free(&r->body);
+    r->body.len = 0; /* the memory goes back with the request */
     return 2;
   }
   lua_createtable(L, 0, 6);
@@ -787,6 +834,7 @@ typedef struct req_args {
   lua_Integer timeout, ctimeout, maxb;
   int stream, verify;
   int bt, bodyidx; /* body type (LUA_TNIL or LUA_TSTRING) and index */
+  int wireidx;     /* a wire list joined after the body (0: none) */
   int ht, hidx;    /* headers type (nil, table or userdata) and index */
   int lean;        /* the result has status, body, ttfb_ms (and the headers
                    ** of a non-2xx response) only */
@@ -821,14 +869,17 @@ static int l_request(lua_State *L) {
                luaL_typename(L, -1));
   a.hidx = lua_gettop(L);
   a.lean = 0;
+  a.wireidx = 0;
   return start_request(L, &a);
 }
 
-/* core.http_post(url, headers, body, timeout_ms, max_body_bytes, stream)
-**   -> req
+/* core.http_post(url, headers, body, timeout_ms, max_body_bytes, stream
+**   [, wire]) -> req
 ** http_request for a client on its hot path (a provider): a POST of a body
 ** with prepared headers (core.http_headers), without an options table; its
-** "done" result is { status, body, ttfb_ms, headers_raw (non-2xx only) }. */
+** "done" result is { status, body, ttfb_ms, headers_raw (non-2xx only) }.
+** With a wire list the body sent is core.join_wire(body, wire), joined into
+** the request's own buffer (no Lua string for it). */
 static int l_post(lua_State *L) {
   req_args a;
   a.url = luaL_checkstring(L, 1);
@@ -839,6 +890,11 @@ static int l_post(lua_State *L) {
   luaL_argcheck(L, a.timeout >= 0, 4, "timeout_ms must be >= 0");
   luaL_argcheck(L, a.maxb >= 0, 5, "max_body_bytes must be >= 0");
   a.stream = lua_toboolean(L, 6);
+  a.wireidx = 0;
+  if (!lua_isnoneornil(L, 7)) {
+    luaL_checktype(L, 7, LUA_TTABLE);
+    a.wireidx = 7;
+  }
   a.method = NULL;
   a.ctimeout = 0;
   a.verify = 1;
@@ -863,7 +919,7 @@ static int start_request(lua_State *L, const req_args *a) {
   *pp = NULL;
   luaL_setmetatable(L, HTTP_MT);
   int udidx = lua_gettop(L);
-  tide_http *r = calloc(1, sizeof *r);
+  tide_http *r = new_request(hs);
   if (r == NULL) return luaL_error(L, "out of memory");
   r->hs = hs;
   r->ctx = hs->ctx;
@@ -871,6 +927,14 @@ static int start_request(lua_State *L, const req_args *a) {
   r->max_body = (size_t)maxb;
   r->stream = stream;
   r->lean = a->lean;
+
+  if (a->wireidx) { /* before anything can be half set up */
+    size_t plen;
+    const char *prefix = lua_tolstring(L, bodyidx, &plen);
+    size_t total = tide__wire_size(L, plen, a->wireidx, a->wireidx, "http_post");
+    if (tide__buf_reserve(&r->send, total) != 0) return luaL_error(L, "out of memory");
+    r->send.len = tide__wire_write(L, prefix, plen, a->wireidx, total, r->send.p);
+  }
 
   struct curl_slist *sl;
   if (ht == LUA_TUSERDATA) {
@@ -918,7 +982,10 @@ static int start_request(lua_State *L, const req_args *a) {
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, verify ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  if (bt == LUA_TSTRING) {
+  if (bt == LUA_TSTRING && a->wireidx) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->send.len);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->send.p);
+  } else if (bt == LUA_TSTRING) {
     size_t blen;
     const char *body = lua_tolstring(L, bodyidx, &blen);
     lua_pushvalue(L, bodyidx);

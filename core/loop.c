@@ -351,6 +351,53 @@ static void drain_ready(tide_ctx *ctx) {
   if (ctx->ready_head == NULL) uv_idle_stop(ctx->idle);
 }
 
+/* Coroutines of collected tasks that finished, kept for new tasks: a tool
+** call's task then costs no thread (a lua_State, its stack and its call
+** frames, allocated, initialised and collected each time). The registry
+** table at &spare_key holds them, 1..ctx->spare_threads. */
+#define SPARE_THREADS_MAX 64
+static const char spare_key = 0;
+
+/* Pushes a thread for a new task: a spare one when there is one. */
+static lua_State *push_thread(lua_State *L, tide_ctx *ctx) {
+  if (ctx->spare_threads > 0 &&
+      lua_rawgetp(L, LUA_REGISTRYINDEX, &spare_key) == LUA_TTABLE) {
+    lua_rawgeti(L, -1, ctx->spare_threads);
+    lua_pushnil(L);
+    lua_rawseti(L, -3, ctx->spare_threads--);
+    lua_remove(L, -2);
+    return lua_tothread(L, -1);
+  }
+  if (ctx->spare_threads > 0) lua_pop(L, 1);
+  return lua_newthread(L);
+}
+
+/* Keeps the coroutine of a task being collected (its userdata at index 1)
+** for reuse, if the task ran to its end: the coroutine then sits at its base
+** level, and with its stack emptied it starts afresh on the next
+** lua_resume, as a new thread would. */
+static void spare_thread(lua_State *L, tide_task *t) {
+  tide_ctx *ctx = t->ctx;
+  lua_State *co = t->co;
+  t->co = NULL;
+  if (ctx == NULL || ctx->closing || t->state != TIDE_TASK_DONE || !t->ok ||
+      ctx->spare_threads >= SPARE_THREADS_MAX || lua_status(co) != LUA_OK)
+    return;
+  lua_settop(co, 0);
+  lua_sethook(co, NULL, 0, 0); /* a debug hook set on it is the old task's */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &spare_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, SPARE_THREADS_MAX, 0);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &spare_key);
+  }
+  if (lua_getiuservalue(L, 1, 1) == LUA_TTHREAD)
+    lua_rawseti(L, -2, ++ctx->spare_threads);
+  else
+    lua_pop(L, 1);
+  lua_pop(L, 1);
+}
+
 static int task_gc(lua_State *L) {
   tide_task *t = luaL_checkudata(L, 1, TIDE_TASK_MT);
   if (t->state == TIDE_TASK_DONE && !t->ok && !t->reported && t->co) {
@@ -369,6 +416,7 @@ static int task_gc(lua_State *L) {
       lua_pop(t->co, 1);
     }
   }
+  if (t->co) spare_thread(L, t);
   return 0;
 }
 
@@ -400,7 +448,7 @@ tide_task *tide__spawn(lua_State *L, int fnidx, int nargs, int depth) {
   memset(t, 0, sizeof *t);
   t->ref = LUA_NOREF;
   luaL_setmetatable(L, TIDE_TASK_MT);
-  lua_State *co = lua_newthread(L);
+  lua_State *co = push_thread(L, ctx);
   lua_setiuservalue(L, -2, 1);
   /* Child tasks see their parent's task-local table through __index, so
   ** writes in the child never leak into the parent. The child's own table
@@ -479,6 +527,8 @@ static int l_spawn(lua_State *L) {
 /* Pushes a finished task's outcome onto L: its results, or nil plus error. */
 static int push_outcome(lua_State *L, tide_task *t) {
   lua_State *co = t->co;
+  if (co == NULL) /* finalized (and its coroutine reused) but resurrected */
+    return luaL_error(L, "task %d was collected", (int)t->id);
   if (!t->ok) {
     t->reported = 1;
     lua_pushnil(L);

@@ -1021,7 +1021,8 @@ static int l_feed(lua_State *L) {
 
 /* Pushes the reply so far: { text, tool_calls, usage?, stop_raw?, done }. */
 static void push_reply(lua_State *L, openai_stream *st) {
-  lua_createtable(L, 0, 5);
+  /* Room for what the provider adds (stop, ttfb_ms, attempts): no rehash. */
+  lua_createtable(L, 0, 8);
   lua_pushlstring(L, st->text.p ? st->text.p : "", st->text.len);
   lua_setfield(L, -2, "text");
   tide__asm_push(L, &st->calls);
@@ -1082,6 +1083,34 @@ static void stream_free(openai_stream *st) {
   st->closed = 1;
 }
 
+/* The registry parser between replies: emptied, with its buffers (those up
+** to REUSE_MAX bytes) kept for the next, so a reply's scan mallocs nothing
+** in steady state. */
+#define REUSE_MAX 16384
+static void keep_buf(tide_buf *b) {
+  if (b->cap > REUSE_MAX) tide__buf_free(b);
+  b->len = 0;
+}
+
+static void stream_reuse(openai_stream *st, size_t max) {
+  openai_stream old = *st;
+  tide__sse_free(&old.sse); /* never fed: a whole reply has no framing */
+  tide__asm_reset(&old.calls, REUSE_MAX);
+  keep_buf(&old.text);
+  keep_buf(&old.finish);
+  keep_buf(&old.scratch);
+  keep_buf(&old.key);
+  init_stream(st, max);
+  st->calls = old.calls;
+  st->calls.max = max;
+  st->text = old.text;
+  st->finish = old.finish;
+  st->scratch = old.scratch;
+  st->key = old.key;
+  st->pending = old.pending;
+  st->npending_cap = old.npending_cap;
+}
+
 static int l_close(lua_State *L) {
   stream_free(luaL_checkudata(L, 1, STREAM_MT));
   return 0;
@@ -1105,8 +1134,7 @@ static int l_openai_parse(lua_State *L) {
   openai_stream *st;
   if (lua_getfield(L, LUA_REGISTRYINDEX, PARSE_KEY) == LUA_TUSERDATA) {
     st = lua_touserdata(L, -1);
-    stream_free(st); /* whatever a call that raised left */
-    init_stream(st, max);
+    stream_reuse(st, max); /* also empties what a call that raised left */
   } else {
     lua_pop(L, 1);
     st = new_stream(L, max);
@@ -1151,7 +1179,7 @@ static int l_openai_parse(lua_State *L) {
   } else {
     lua_pushnil(L);
   }
-  stream_free(st);
+  stream_reuse(st, max);
   return 1;
 }
 

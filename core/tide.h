@@ -49,6 +49,9 @@ typedef struct tide_buf {
 int tide__buf_add(tide_buf *b, const char *s, size_t n);
 /// Frees the buffer's memory and leaves it empty.
 void tide__buf_free(tide_buf *b);
+/// Makes room for n bytes in all (and the NUL after them); returns 0, or -1
+/// when out of memory (nothing changed). The length is left as it was.
+int tide__buf_reserve(tide_buf *b, size_t n);
 
 /* ------------------------------------------------------------------ sse -- */
 
@@ -105,6 +108,7 @@ typedef struct tide_asm {
   tide_asm_slot *slots; /* sorted by index */
   size_t n, cap;
   size_t total; /* bytes counted against max */
+  size_t kept;  /* slots up to here hold buffers (emptied ones past n) */
   size_t max;
 } tide_asm;
 
@@ -119,11 +123,26 @@ int tide__asm_add(tide_asm *a, lua_Integer index, const char *id, size_t idl,
                   size_t fragl);
 /// Frees every slot (idempotent); keeps max.
 void tide__asm_free(tide_asm *a);
+/// Empties the assembler for the next reply, keeping its slots' buffers
+/// (those of up to keep_max bytes) for the calls to come.
+void tide__asm_reset(tide_asm *a, size_t keep_max);
 /// Pushes { { index, id, name, arguments }, ... } ordered by index (id and
 /// name nil when never seen, arguments "" when no fragment came).
 void tide__asm_push(lua_State *L, const tide_asm *a);
 /// Pushes the StreamTooLarge error for an assembler whose cap was exceeded.
 void tide__push_asm_too_large(lua_State *L, const tide_asm *a);
+
+/* ---------------------------------------------------------------- wire -- */
+
+/// The size of prefix .. "," .. (the strings of the list at idx, comma-joined)
+/// .. "]}" (an upper bound by one comma); raises naming argument arg of
+/// fname when an entry is not a string.
+size_t tide__wire_size(lua_State *L, size_t plen, int idx, int arg,
+                       const char *fname);
+/// Writes that join into out, which has room for the total tide__wire_size
+/// gave for the same (unchanged, checked) list; returns the bytes written.
+size_t tide__wire_write(lua_State *L, const char *prefix, size_t plen, int idx,
+                        size_t total, char *out);
 
 /* ---------------------------------------------------------------- waits -- */
 
@@ -194,6 +213,7 @@ struct tide_ctx {
   uv_idle_t *idle;     /* active while tasks are ready: keeps poll non-blocking */
   uv_check_t *check;   /* drains the ready queue right after the poll phase */
   int max_spawn_depth; /* runtime default for MAX_SPAWN_DEPTH */
+  int spare_threads;   /* finished tasks' coroutines kept for reuse (loop.c) */
   /* HTTP (http.c) */
   struct tide_http_state *http;
   /* integration cache (cache.c) */

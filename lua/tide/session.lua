@@ -787,9 +787,11 @@ function session_mt:_turn_body(text, opts, turn_ctx)
   for iteration = 1, self.max_iterations do
     if budget then budget:spend("provider_calls", 1, self.agent_path) end
     stats.iterations = stats.iterations + 1
-    local body = provider:_join_wire(prefix, self:_encoded_history())
+    local wire = self:_encoded_history()
     stats.provider_calls = stats.provider_calls + 1
-    local resp, err = provider:_complete(body, complete_opts)
+    -- The body is the prefix and the wire list, joined in C into the
+    -- request itself (core.http_post).
+    local resp, err = provider:_complete(prefix, complete_opts, wire)
     if not resp then return nil, err end
     local input, output, cached = usage_of(resp)
     stats.tokens.input = stats.tokens.input + input

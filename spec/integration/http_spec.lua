@@ -97,6 +97,36 @@ describe("tide.http", function()
       "bad argument #4 to 'http_post' (timeout_ms must be >= 0)")
   end)
 
+  it("joins a wire list into the body it posts, and reuses finished requests cleanly", function()
+    local h = core.http_headers { ["X-Test"] = "wire" }
+    local bodies = tide.run(function()
+      local out = {}
+      local function post(body, wire, path)
+        local req <close> = core.http_post(url(path or "/echo"), h, body, 5000, 1024 * 1024, false, wire)
+        local kind, res = req:next()
+        assert.are.equal("done", kind)
+        out[#out + 1] = res.body
+      end
+      post('{"m":[', { '{"a":1}', '{"b":2}' })
+      post('{"x":1,"m":[', { '"only"' })
+      post('{"m":[', {}) -- nothing after the prefix
+      post("{}", nil) -- a plain body: the wire list is optional
+      post("", nil, "/big") -- a large reply, then a small one on the request it leaves behind
+      post('{"m":[', { '"after big"' })
+      return out
+    end)
+    assert.are.same({
+      '{"m":[{"a":1},{"b":2}]}', '{"x":1,"m":["only"]}', '{"m":[]}', "{}", string.rep("b", 200000),
+      '{"m":["after big"]}',
+    }, bodies)
+    -- the same join as core.join_wire
+    assert.are.equal(core.join_wire('{"m":[', { '{"a":1}', '{"b":2}' }), bodies[1])
+    assert.has_error(function() core.http_post(url("/echo"), h, "[", 1000, 1, false, { "a", 5 }) end,
+      "bad argument #7 to 'http_post' (entry 2 is a number, not a string)")
+    assert.has_error(function() core.http_post(url("/echo"), h, "[", 1000, 1, false, "a") end,
+      "bad argument #7 to 'http_post' (table expected, got string)")
+  end)
+
   it("lets go of a kept-alive connection the server closes between requests", function()
     local other = assert(core.server_listen { handler = function() return { status = 200, body = "other" } end })
     local first, again, second = tide.run(function()

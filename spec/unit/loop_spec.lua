@@ -187,6 +187,44 @@ describe("tasks", function()
     assert.are.equal("root again", r.root)
   end)
 
+  it("reuses the coroutine of a collected finished task, starting afresh", function()
+    local r = tide.run(function()
+      local out = {}
+      -- (in functions of their own: no register of this frame keeps a task)
+      local function finished()
+        return tide.spawn(function()
+          core.context().mine = "first task's"
+          debug.sethook(function() end, "l")
+          return coroutine.running()
+        end):join()
+      end
+      local first = finished()
+      -- a failed task's coroutine is never reused
+      local failed
+      local function fails()
+        tide.spawn(function() failed = coroutine.running(); error("boom") end):join()
+      end
+      fails()
+      collectgarbage()
+      collectgarbage() -- the task userdata are finalized: their coroutines go spare
+      local t2 = tide.spawn(function(a, b)
+        return coroutine.running(), select("#", a, b), a, b, core.context().mine, debug.gethook()
+      end, "x", nil)
+      local co, n, a, b, mine, hook = t2:join()
+      out.same = co == first
+      out.n, out.a, out.b, out.mine, out.hook = n, a, b, mine, hook
+      out.failed_reused = co == failed
+      return out
+    end)
+    assert.is_true(r.same)
+    assert.are.equal(2, r.n)
+    assert.are.equal("x", r.a)
+    assert.is_nil(r.b)
+    assert.is_nil(r.mine) -- task-locals are the task's, not the coroutine's
+    assert.is_nil(r.hook) -- nor is a debug hook set by the old task
+    assert.is_false(r.failed_reused)
+  end)
+
   it("raises on wrong argument types, naming the argument", function()
     assert.has_error(function() tide.spawn("nope") end,
       "bad argument #1 to 'spawn' (function expected, got string)")

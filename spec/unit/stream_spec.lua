@@ -335,6 +335,30 @@ describe("core.openai_parse", function()
     end
   end)
 
+  it("keeps nothing of one reply in the next (its buffers are reused)", function()
+    local function call(id, name, args)
+      return { id = id, type = "function", ["function"] = { name = name, arguments = args } }
+    end
+    local long = string.rep("y", 20000) -- past what the parser keeps between replies
+    local seq = {
+      reply { role = "assistant", content = cjson.null, tool_calls = {
+        call("a1", "first_tool_name", '{"q":"a long first argument"}'), call("a2", "second", '{"n":2}') } },
+      reply { role = "assistant", content = cjson.null, tool_calls = { call("b", "f", "{}") } },
+      reply { role = "assistant", content = "text only" },
+      reply { role = "assistant", content = cjson.null, tool_calls = { call(nil, "g", ""), call("c2", "h", "[1]"),
+        call("c3", "i", '"' .. long .. '"') } },
+      "not json", -- a failed scan in between
+      reply { role = "assistant", content = "x", tool_calls = { call("d", "j", '{"k":"v"}') } },
+    }
+    for _, body in ipairs(seq) do
+      if body == "not json" then
+        assert.is_nil(core.openai_parse(body))
+      else
+        assert.are.same(by_lua(body), by_c(body), body)
+      end
+    end
+  end)
+
   it("leaves anything but a plain reply to the full decoder", function()
     for _, body in ipairs {
       "not json", "[1,2]", '"s"', "", '{"choices":[]}', '{"choices":[{"delta":{}}]}',

@@ -271,12 +271,7 @@ function Base:body(prefix, encoded)
       if encoded[i] ~= "" then wire[#wire + 1] = encoded[i] end
     end
   end
-  return self:_join_wire(prefix, wire)
-end
-
--- `body` from a list of non-empty encodings, unchecked: the session keeps
--- one and joins it at every provider call.
-function Base:_join_wire(prefix, wire)
+  -- The session's requests are joined the same way, inside core.http_post.
   return core.join_wire(prefix, wire)
 end
 
@@ -471,7 +466,7 @@ end
 
 -- The URL and headers of a provider's requests, built once and rebuilt only
 -- when a field they come from changes.
-local function wire(self)
+local function endpoint(self)
   local w = self._wire
   if w and w.api_key == self.api_key and w.stream == self.stream and w.base_url == self.base_url
     and w.extra == self.headers then
@@ -504,8 +499,9 @@ end
 
 -- One HTTP attempt. Returns the response, or nil, an error and two flags:
 -- whether any byte of a reply arrived (`received`) and whether text reached
--- on_delta (`delivered`), which decide if a retry is safe.
-local function attempt(self, body, opts, timeout_ms)
+-- on_delta (`delivered`), which decide if a retry is safe. With `wire`, the
+-- body sent is join_wire(body, wire), joined in C into the request itself.
+local function attempt(self, body, opts, timeout_ms, wire)
   local on_delta = opts.on_delta
   local received, delivered = false, false
   local t0 = core.hrtime()
@@ -531,8 +527,8 @@ local function attempt(self, body, opts, timeout_ms)
   local held -- chunks before the mode is known, or of a streamed request answered with plain JSON
   local stream_err
 
-  local w = wire(self)
-  local req <close> = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, streaming)
+  local w = endpoint(self)
+  local req <close> = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, streaming, wire)
   local res, herr
   while true do
     local kind, v = req:next()
@@ -654,13 +650,13 @@ end
 
 local complete_fields = { on_delta = "function", on_retry = "function", timeout_ms = "integer" }
 
-local function complete(self, body, opts)
+local function complete(self, body, opts, wire)
   local n = 0
   local retry = self.retry
   local timeout_ms = opts.timeout_ms or self.timeout_ms
   while true do
     n = n + 1
-    local res, err, received, delivered = attempt(self, body, opts, timeout_ms)
+    local res, err, received, delivered = attempt(self, body, opts, timeout_ms, wire)
     if res then
       res.attempts = n
       return res
@@ -688,7 +684,9 @@ end
 ---@param opts? {on_delta?:fun(text:string), on_retry?:fun(info:{attempt:integer, delay_ms:integer, error:table}), timeout_ms?:integer}
 ---@return tide.provider.response|nil
 ---@return table|nil err `{ code = "RateLimited"|"ProviderError"|"MalformedResponse"|"Timeout"|..., message, status?, body?, attempts }`
--- complete for the session's turn: already inside a task, options its own.
+-- complete for the session's turn: already inside a task, options its own;
+-- `_complete(prefix, opts, wire)` sends join_wire(prefix, wire) without
+-- making it a Lua string.
 Base._complete = complete
 
 function Base:complete(body, opts)
