@@ -544,9 +544,10 @@ end
 
 -- Messages the session built itself skip the provider's shape checks.
 function session_mt:_push(msg)
-  self:_encoded_history()
-  local n = #self.messages + 1
-  self.messages[n] = msg
+  local msgs = self.messages
+  local n = #msgs + 1
+  if self.nencoded < n - 1 then self:_encoded_history() end
+  msgs[n] = msg
   add_wire(self, n, self.provider:_encode(msg))
 end
 
@@ -633,8 +634,10 @@ end
 
 -- The body of one tool call's task: runs the handler, turns whatever it
 -- returns or raises into result text, caps it and reports the end.
-local function tool_worker(self, t, args, call, opts, t0)
-  local ctx = { session = self, call_id = call.id, name = call.name, depth = core.depth() }
+-- `sink` is the turn's event sink and `depth` the turn's spawn depth (a
+-- tool task's own, as it was spawned from the turn's task).
+local function tool_worker(self, t, args, call, opts, t0, sink, depth)
+  local ctx = { session = self, call_id = call.id, name = call.name, depth = depth }
   local ok, v = pcall(t.handler, args, ctx)
   local text, is_error
   if not ok then
@@ -646,27 +649,56 @@ local function tool_worker(self, t, args, call, opts, t0)
     text, is_error = to_text(v), false
   end
   local r = { id = call.id, name = call.name, content = cap(text, self.result_cap), is_error = is_error }
-  local ms = ms_since(t0)
-  if opts.on_tool_end then opts.on_tool_end(call, r, ms) end
-  local sink = event_sink()
-  if sink then
-    sink { type = "tool_end", name = call.name, id = call.id, is_error = is_error, ms = ms,
-      depth = core.depth(), agent = self.agent_path }
+  local on_end = opts.on_tool_end
+  if on_end or sink then
+    local ms = ms_since(t0)
+    if on_end then on_end(call, r, ms) end
+    if sink then
+      sink { type = "tool_end", name = call.name, id = call.id, is_error = is_error, ms = ms,
+        depth = depth, agent = self.agent_path }
+    end
   end
   return r
 end
 
+-- Waits for the task of one call (started at t0, limited to limit_ms):
+-- its result, and the error that stops the turn, if any. A call past its
+-- timeout is cancelled and gets an error result.
+local function join_call(self, call, task, t0, limit_ms, opts, sink, depth)
+  local left = math.max(0, (t0 + limit_ms * 1e6 - hrtime()) // 1e6)
+  local r, err = task:join(math.tointeger(left))
+  if r then return r end
+  if type(err) == "table" and err.code == "Timeout" and task:status() ~= "done" and task:status() ~= "failed" then
+    task:cancel()
+    r = { id = call.id, name = call.name, is_error = true,
+      content = ("Error: tool '%s' timed out after %d ms"):format(call.name, limit_ms) }
+    if opts.on_tool_end then opts.on_tool_end(call, r, ms_since(t0)) end
+    if sink then
+      sink { type = "tool_end", name = call.name, id = call.id, is_error = true,
+        ms = ms_since(t0), depth = depth, agent = self.agent_path }
+    end
+    return r
+  end
+  r = { id = call.id, name = call.name, content = "Error: " .. error_text(err), is_error = true }
+  if passes_through(err) then return r, err end
+  return r
+end
+
 -- Runs the calls of one response concurrently, one task each, and returns
--- their results in call order. A call past its timeout is cancelled and gets
--- an error result; BudgetExhausted and the turn's own cancellation stop the
--- turn.
+-- their results in call order. BudgetExhausted and the turn's own
+-- cancellation stop the turn.
 function session_mt:_run_tools(calls, opts, turn_ctx)
-  -- running[3i-2 .. 3i]: call i's task, its start (hrtime) and timeout (ms)
-  local results, running = {}, {}
+  -- running[3i-2 .. 3i]: call i's task, its start (hrtime) and timeout (ms);
+  -- a response of one call (the usual case) needs no list of them
+  local n = #calls
+  local results, running = {}, n > 1 and {} or nil
+  local task1, start1, limit1
   local budget = turn_ctx.budget
   local depth = core.depth()
   local sink = turn_ctx.on_event
-  for i, call in ipairs(calls) do
+  local live = turn_ctx.tasks
+  for i = 1, n do
+    local call = calls[i]
     local t0 = hrtime()
     if opts.on_tool_start then opts.on_tool_start(call) end
     if sink then sink { type = "tool_start", name = call.name, arguments = call.arguments, id = call.id,
@@ -683,35 +715,29 @@ function session_mt:_run_tools(calls, opts, turn_ctx)
     else
       if budget then budget:spend("tool_calls", 1, self.agent_path) end
       self.counters.tool_calls = self.counters.tool_calls + 1
-      local task = core.spawn(tool_worker, self, t, args, call, opts, t0)
-      running[3 * i - 2], running[3 * i - 1], running[3 * i] = task, t0, t.timeout_ms or self.tool_timeout_ms
-      turn_ctx.tasks[#turn_ctx.tasks + 1] = task
+      local task = core.spawn(tool_worker, self, t, args, call, opts, t0, sink, depth)
+      local limit = t.timeout_ms or self.tool_timeout_ms
+      if running then
+        running[3 * i - 2], running[3 * i - 1], running[3 * i] = task, t0, limit
+      else
+        task1, start1, limit1 = task, t0, limit
+      end
+      live[#live + 1] = task
     end
   end
   local stop_err
-  for i, call in ipairs(calls) do
-    local task, t0, limit_ms = running[3 * i - 2], running[3 * i - 1], running[3 * i]
-    if task then
-      local left = math.max(0, (t0 + limit_ms * 1e6 - hrtime()) // 1e6)
-      local r, err = task:join(math.tointeger(left))
-      if r then
+  if task1 then
+    results[1], stop_err = join_call(self, calls[1], task1, start1, limit1, opts, sink, depth)
+  elseif running then
+    for i = 1, n do
+      local task = running[3 * i - 2]
+      if task then
+        local r, err = join_call(self, calls[i], task, running[3 * i - 1], running[3 * i], opts, sink, depth)
         results[i] = r
-      elseif type(err) == "table" and err.code == "Timeout" and task:status() ~= "done" and task:status() ~= "failed" then
-        task:cancel()
-        results[i] = { id = call.id, name = call.name, is_error = true,
-          content = ("Error: tool '%s' timed out after %d ms"):format(call.name, limit_ms) }
-        if opts.on_tool_end then opts.on_tool_end(call, results[i], ms_since(t0)) end
-        if sink then
-          sink { type = "tool_end", name = call.name, id = call.id, is_error = true,
-            ms = ms_since(t0), depth = depth, agent = self.agent_path }
-        end
-      else
-        if passes_through(err) then stop_err = stop_err or err end
-        results[i] = { id = call.id, name = call.name, content = "Error: " .. error_text(err), is_error = true }
+        stop_err = stop_err or err
       end
     end
   end
-  local live = turn_ctx.tasks
   for i = #live, 1, -1 do live[i] = nil end
   return results, stop_err
 end
@@ -807,7 +833,10 @@ function session_mt:_turn_body(text, opts, turn_ctx)
       local parsed = tool_protocol.parse(resp.text)
       if #parsed > 0 then
         calls, textual = parsed, true
-        for i, c in ipairs(calls) do c.id = c.id or ("parsed-" .. iteration .. "-" .. i) end
+        for i, c in ipairs(calls) do
+          c.id = c.id or ("parsed-" .. iteration .. "-" .. i)
+          if c.id == "" then c.id = ("call_%d_%d"):format(iteration, i) end
+        end
       end
     end
     if not calls or #calls == 0 then
@@ -816,9 +845,6 @@ function session_mt:_turn_body(text, opts, turn_ctx)
       record(self, msg)
       if budget and budget.exhausted then return nil, budget.exhausted end
       return resp.text or ""
-    end
-    for i, c in ipairs(calls) do
-      if not c.id or c.id == "" then c.id = ("call_%d_%d"):format(iteration, i) end
     end
     local amsg
     if textual then

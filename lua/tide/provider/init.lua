@@ -497,23 +497,80 @@ local function feed_c(parser, chunk, on_delta, deltas)
   return n > 0, err
 end
 
--- One HTTP attempt. Returns the response, or nil, an error and two flags:
--- whether any byte of a reply arrived (`received`) and whether text reached
--- on_delta (`delivered`), which decide if a retry is safe. With `wire`, the
--- body sent is join_wire(body, wire), joined in C into the request itself.
-local function attempt(self, body, opts, timeout_ms, wire)
+-- A response as the session gets it: calls finished, every field there.
+local function finished(out, ttfb_ms)
+  out.tool_calls = provider._finish_calls(out.tool_calls or {})
+  out.text = out.text or ""
+  out.usage = out.usage or { input = 0, output = 0, cached = 0 }
+  out.ttfb_ms = ttfb_ms
+  return out
+end
+
+-- A whole JSON reply (a non-streamed one, or a streamed request answered
+-- without SSE): the response, or nil and the error; and whether its text
+-- reached on_delta. A plain reply is scanned in C where the provider can (no
+-- table tree); anything else goes through the full decoder, which says what
+-- is wrong.
+local function whole_reply(self, text, on_delta)
+  local out = self._c_parse and self:_c_parse(text)
+  local err
+  if not out then
+    local obj, derr = json.decode_fast(text)
+    if obj == nil then
+      return nil, fail("MalformedResponse", ("%s response is not valid JSON (%s)"):format(self.kind,
+        derr.message), { body = excerpt(text) })
+    end
+    if type(obj) ~= "table" then
+      return nil, fail("MalformedResponse", self.kind .. " response is not a JSON object",
+        { body = excerpt(text) })
+    end
+    out, err = self:_parse(obj)
+    if not out then
+      if err.body == nil then err.body = excerpt(text) end
+      return nil, err
+    end
+  end
+  local text_out = out.text
+  if text_out ~= nil and text_out ~= "" then
+    if on_delta then on_delta(text_out) end
+    return out, nil, true
+  end
+  return out, nil, false
+end
+
+-- One non-streamed HTTP attempt. Returns the response, or nil, an error and
+-- two flags: whether any byte of a reply arrived (`received`) and whether
+-- text reached on_delta (`delivered`), which decide if a retry is safe. With
+-- `wire`, the body sent is join_wire(body, wire), joined in C into the
+-- request itself.
+local function attempt_whole(self, body, opts, timeout_ms, wire)
+  local t0 = core.hrtime()
+  local w = endpoint(self)
+  local req <close> = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, false, wire)
+  local kind, v = req:next()
+  if kind ~= "done" then return nil, v, v.status ~= nil, false end
+  local res = http_response(v)
+  if res.status < 200 or res.status > 299 then
+    return nil, status_error(self.kind, res), true, false
+  end
+  local out, err, delivered = whole_reply(self, res.body, opts.on_delta)
+  if not out then return nil, err, true, false end
+  return finished(out, res.ttfb_ms or (core.hrtime() - t0) / 1e6), nil, true, delivered
+end
+
+-- One streamed HTTP attempt: as attempt_whole, the reply parsed as it comes.
+local function attempt_stream(self, body, opts, timeout_ms, wire)
   local on_delta = opts.on_delta
   local received, delivered = false, false
   local t0 = core.hrtime()
   local ttfb_ms
-  local streaming = self.stream
 
   -- The reply's parser: in C where the provider has one (a userdata with
   -- feed, finish and close), else a Lua stream fed SSE events, which hands
   -- text to emit.
-  local parser <close> = streaming and self._c_stream and self:_c_stream() or nil
+  local parser <close> = self._c_stream and self:_c_stream() or nil
   local emit, stream
-  if streaming and not parser then
+  if not parser then
     emit = function(text)
       if text == nil or text == "" then return end
       delivered = true
@@ -528,7 +585,7 @@ local function attempt(self, body, opts, timeout_ms, wire)
   local stream_err
 
   local w = endpoint(self)
-  local req <close> = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, streaming, wire)
+  local req <close> = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, true, wire)
   local res, herr
   while true do
     local kind, v = req:next()
@@ -589,8 +646,8 @@ local function attempt(self, body, opts, timeout_ms, wire)
     return nil, status_error(self.kind, res), true, delivered
   end
 
-  local out, err
-  if streaming and mode ~= "json" then
+  if mode ~= "json" then
+    local out, err
     if parser then
       out, err = parser:finish()
       if out then
@@ -601,42 +658,13 @@ local function attempt(self, body, opts, timeout_ms, wire)
     else
       out, err = stream:finish()
     end
-  else
-    local text = streaming and (held and table.concat(held) or "") or res.body
-    if ttfb_ms == nil then
-      ttfb_ms = res.ttfb_ms or (core.hrtime() - t0) / 1e6
-    end
-    -- A plain reply is scanned in C where the provider can (no table tree);
-    -- anything else goes through the full decoder, which says what is wrong.
-    out = self._c_parse and self:_c_parse(text)
-    if not out then
-      local obj, derr = json.decode_fast(text)
-      if obj == nil then
-        return nil, fail("MalformedResponse", ("%s response is not valid JSON (%s)"):format(self.kind,
-          derr.message), { body = excerpt(text) }), received, delivered
-      end
-      if type(obj) ~= "table" then
-        return nil, fail("MalformedResponse", self.kind .. " response is not a JSON object",
-          { body = excerpt(text) }), received, delivered
-      end
-      out, err = self:_parse(obj)
-    end
-    if out then
-      local text_out = out.text
-      if text_out ~= nil and text_out ~= "" then
-        delivered = true
-        if on_delta then on_delta(text_out) end
-      end
-    elseif err.body == nil then
-      err.body = excerpt(text)
-    end
+    if not out then return nil, err, received, delivered end
+    return finished(out, ttfb_ms or (core.hrtime() - t0) / 1e6)
   end
+  -- a streamed request answered with one JSON body
+  local out, err, got = whole_reply(self, held and table.concat(held) or "", on_delta)
   if not out then return nil, err, received, delivered end
-  out.tool_calls = provider._finish_calls(out.tool_calls or {})
-  out.text = out.text or ""
-  out.usage = out.usage or { input = 0, output = 0, cached = 0 }
-  out.ttfb_ms = ttfb_ms or (core.hrtime() - t0) / 1e6
-  return out
+  return finished(out, ttfb_ms or res.ttfb_ms or (core.hrtime() - t0) / 1e6), nil, received, delivered or got
 end
 
 local function retryable(err, received, delivered)
@@ -656,7 +684,8 @@ local function complete(self, body, opts, wire)
   local timeout_ms = opts.timeout_ms or self.timeout_ms
   while true do
     n = n + 1
-    local res, err, received, delivered = attempt(self, body, opts, timeout_ms, wire)
+    local res, err, received, delivered = (self.stream and attempt_stream or attempt_whole)(self, body, opts,
+      timeout_ms, wire)
     if res then
       res.attempts = n
       return res
