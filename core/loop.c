@@ -355,7 +355,7 @@ static void drain_ready(tide_ctx *ctx) {
 ** call's task then costs no thread (a lua_State, its stack and its call
 ** frames, allocated, initialised and collected each time). The registry
 ** table at &spare_key holds them, 1..ctx->spare_threads. */
-#define SPARE_THREADS_MAX 64
+#define SPARE_THREADS_MAX 256
 static const char spare_key = 0;
 
 /* Pushes a thread for a new task: a spare one when there is one. */

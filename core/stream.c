@@ -33,6 +33,9 @@
 #include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include "tide.h"
 
@@ -201,8 +204,23 @@ static int add_utf8(tide_buf *b, unsigned cp) {
 ** bytes at a time. A byte b is one of them when one of b ^ '"', b ^ '\\', b
 ** is zero; (x - ones) & ~x & highs marks x's zero bytes exactly up to the
 ** first (only bytes above a zero can be marked falsely), so the lowest mark
-** of the three masks is the byte sought. */
+** of the three masks is the byte sought. With SSE2, sixteen bytes at a time
+** first; the eight-byte steps then only see a string's tail. */
 static size_t skip_plain(const char *s, size_t i, size_t n) {
+#ifdef __SSE2__
+  /* Sixteen bytes at a time where SSE2 is there (every x86-64): one compare
+  ** per byte sought, the three masks or'ed, the first set bit is the byte. */
+  const __m128i quote = _mm_set1_epi8('"'), slash = _mm_set1_epi8('\\'),
+                nul = _mm_setzero_si128();
+  while (i + 16 <= n) {
+    __m128i w = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+    __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(w, quote), _mm_cmpeq_epi8(w, slash)),
+                               _mm_cmpeq_epi8(w, nul));
+    unsigned m = (unsigned)_mm_movemask_epi8(hit);
+    if (m) return i + (size_t)__builtin_ctz(m);
+    i += 16;
+  }
+#endif
   const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
   const uint64_t quotes = ones * (unsigned char)'"', slashes = ones * (unsigned char)'\\';
   while (i + 8 <= n) {

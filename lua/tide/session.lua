@@ -645,10 +645,14 @@ local function tool_worker(self, t, args, call, opts, t0, sink, depth)
     text, is_error = "Error: " .. error_text(v), true
   elseif type(v) == "table" and v.is_error ~= nil and v.content ~= nil then
     text, is_error = to_text(v.content), v.is_error and true or false
+  elseif type(v) == "string" then
+    text, is_error = v, false
   else
     text, is_error = to_text(v), false
   end
-  local r = { id = call.id, name = call.name, content = cap(text, self.result_cap), is_error = is_error }
+  local limit = self.result_cap
+  local r = { id = call.id, name = call.name, content = #text <= limit and text or cap(text, limit),
+              is_error = is_error }
   local on_end = opts.on_tool_end
   if on_end or sink then
     local ms = ms_since(t0)
@@ -820,9 +824,10 @@ function session_mt:_turn_body(text, opts, turn_ctx)
     local resp, err = provider:_complete(prefix, complete_opts, wire)
     if not resp then return nil, err end
     local input, output, cached = usage_of(resp)
-    stats.tokens.input = stats.tokens.input + input
-    stats.tokens.output = stats.tokens.output + output
-    stats.tokens.cached = stats.tokens.cached + cached
+    local tokens = stats.tokens
+    tokens.input = tokens.input + input
+    tokens.output = tokens.output + output
+    tokens.cached = tokens.cached + cached
     if budget then budget:tokens(input, output, self.agent_path) end
     stats.ttfb_ms = resp.ttfb_ms
     stats.first_ttfb_ms = stats.first_ttfb_ms or resp.ttfb_ms

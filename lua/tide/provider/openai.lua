@@ -103,8 +103,13 @@ end
 function Provider:_encode(msg)
   local role = msg.role
   if role == "tool" then
-    local out, result_text = {}, provider._result_text
-    for i, r in ipairs(msg.results) do
+    local results, result_text = msg.results, provider._result_text
+    if #results == 1 then -- the usual shape, without a table
+      local r = results[1]
+      return '{"content":' .. quote(result_text(r.content)) .. ',"role":"tool","tool_call_id":' .. quote(r.id) .. "}"
+    end
+    local out = {}
+    for i, r in ipairs(results) do
       out[i] = '{"content":' .. quote(result_text(r.content)) .. ',"role":"tool","tool_call_id":'
         .. quote(r.id) .. "}"
     end
