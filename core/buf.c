@@ -35,6 +35,11 @@ int tide__buf_add(tide_buf *b, const char *s, size_t n) {
   return 0;
 }
 
+void tide__buf_keep(tide_buf *b, size_t max) {
+  if (b->cap > max) tide__buf_free(b);
+  b->len = 0;
+}
+
 void tide__buf_free(tide_buf *b) {
   free(b->p);
   b->p = NULL;

@@ -52,12 +52,9 @@ void tide__asm_free(tide_asm *a) {
 
 void tide__asm_reset(tide_asm *a, size_t keep_max) {
   for (size_t i = 0; i < a->n; i++) {
-    tide_asm_slot *s = &a->slots[i];
-    tide_buf *b[3] = {&s->id, &s->name, &s->args};
-    for (int k = 0; k < 3; k++) {
-      if (b[k]->cap > keep_max) tide__buf_free(b[k]);
-      b[k]->len = 0;
-    }
+    tide__buf_keep(&a->slots[i].id, keep_max);
+    tide__buf_keep(&a->slots[i].name, keep_max);
+    tide__buf_keep(&a->slots[i].args, keep_max);
   }
   if (a->n > a->kept) a->kept = a->n;
   a->n = 0;

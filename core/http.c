@@ -124,11 +124,6 @@ struct sock_ctx {
 
 static void check_done(shard *sh);
 
-static void keep_buf(tide_buf *b) {
-  if (b->cap > SPARE_BUF_MAX) tide__buf_free(b);
-  b->len = 0;
-}
-
 /* A request's end: onto the spare list while HTTP runs (buffers up to
 ** SPARE_BUF_MAX kept), freed otherwise. */
 static void free_request(tide_http *r) {
@@ -136,9 +131,9 @@ static void free_request(tide_http *r) {
   r->headers = NULL;
   tide_http_state *hs = r->ctx->http;
   if (hs && hs->nspare < SPARE_MAX) {
-    keep_buf(&r->body);
-    keep_buf(&r->head);
-    keep_buf(&r->send);
+    tide__buf_keep(&r->body, SPARE_BUF_MAX);
+    tide__buf_keep(&r->head, SPARE_BUF_MAX);
+    tide__buf_keep(&r->send, SPARE_BUF_MAX);
     r->next_deferred = hs->spare;
     hs->spare = r;
     hs->nspare++;
@@ -982,7 +977,7 @@ static int start_request(lua_State *L, const req_args *a) {
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, verify ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  if (bt == LUA_TSTRING && a->wireidx) {
+  if (a->wireidx) { /* joined above */
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->send.len);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->send.p);
   } else if (bt == LUA_TSTRING) {

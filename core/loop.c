@@ -355,21 +355,18 @@ static void drain_ready(tide_ctx *ctx) {
 ** call's task then costs no thread (a lua_State, its stack and its call
 ** frames, allocated, initialised and collected each time). The registry
 ** table at &spare_key holds them, 1..ctx->spare_threads. */
-#define SPARE_THREADS_MAX 256
+#define SPARE_THREADS_MAX 64
 static const char spare_key = 0;
 
 /* Pushes a thread for a new task: a spare one when there is one. */
 static lua_State *push_thread(lua_State *L, tide_ctx *ctx) {
-  if (ctx->spare_threads > 0 &&
-      lua_rawgetp(L, LUA_REGISTRYINDEX, &spare_key) == LUA_TTABLE) {
-    lua_rawgeti(L, -1, ctx->spare_threads);
-    lua_pushnil(L);
-    lua_rawseti(L, -3, ctx->spare_threads--);
-    lua_remove(L, -2);
-    return lua_tothread(L, -1);
-  }
-  if (ctx->spare_threads > 0) lua_pop(L, 1);
-  return lua_newthread(L);
+  if (ctx->spare_threads == 0) return lua_newthread(L);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &spare_key); /* made with the first spare */
+  lua_rawgeti(L, -1, ctx->spare_threads);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, ctx->spare_threads--);
+  lua_remove(L, -2);
+  return lua_tothread(L, -1);
 }
 
 /* Keeps the coroutine of a task being collected (its userdata at index 1)

@@ -1105,19 +1105,15 @@ static void stream_free(openai_stream *st) {
 ** to REUSE_MAX bytes) kept for the next, so a reply's scan mallocs nothing
 ** in steady state. */
 #define REUSE_MAX 16384
-static void keep_buf(tide_buf *b) {
-  if (b->cap > REUSE_MAX) tide__buf_free(b);
-  b->len = 0;
-}
 
 static void stream_reuse(openai_stream *st, size_t max) {
   openai_stream old = *st;
   tide__sse_free(&old.sse); /* never fed: a whole reply has no framing */
   tide__asm_reset(&old.calls, REUSE_MAX);
-  keep_buf(&old.text);
-  keep_buf(&old.finish);
-  keep_buf(&old.scratch);
-  keep_buf(&old.key);
+  tide__buf_keep(&old.text, REUSE_MAX);
+  tide__buf_keep(&old.finish, REUSE_MAX);
+  tide__buf_keep(&old.scratch, REUSE_MAX);
+  tide__buf_keep(&old.key, REUSE_MAX);
   init_stream(st, max);
   st->calls = old.calls;
   st->calls.max = max;

@@ -49,6 +49,9 @@ typedef struct tide_buf {
 int tide__buf_add(tide_buf *b, const char *s, size_t n);
 /// Frees the buffer's memory and leaves it empty.
 void tide__buf_free(tide_buf *b);
+/// Empties the buffer for reuse, keeping its memory when that is at most
+/// max bytes (freeing it otherwise).
+void tide__buf_keep(tide_buf *b, size_t max);
 /// Makes room for n bytes in all (and the NUL after them); returns 0, or -1
 /// when out of memory (nothing changed). The length is left as it was.
 int tide__buf_reserve(tide_buf *b, size_t n);

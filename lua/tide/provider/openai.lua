@@ -81,6 +81,11 @@ local function content_json(c)
   return canonical(c)
 end
 
+local result_text = provider._result_text
+local function tool_result(r)
+  return '{"content":' .. quote(result_text(r.content)) .. ',"role":"tool","tool_call_id":' .. quote(r.id) .. "}"
+end
+
 local function tool_call(c)
   local args = c.arguments
   if type(args) == "table" then args = canonical(args) end
@@ -103,16 +108,10 @@ end
 function Provider:_encode(msg)
   local role = msg.role
   if role == "tool" then
-    local results, result_text = msg.results, provider._result_text
-    if #results == 1 then -- the usual shape, without a table
-      local r = results[1]
-      return '{"content":' .. quote(result_text(r.content)) .. ',"role":"tool","tool_call_id":' .. quote(r.id) .. "}"
-    end
+    local results = msg.results
+    if #results == 1 then return tool_result(results[1]) end -- the usual shape, without a table
     local out = {}
-    for i, r in ipairs(results) do
-      out[i] = '{"content":' .. quote(result_text(r.content)) .. ',"role":"tool","tool_call_id":'
-        .. quote(r.id) .. "}"
-    end
+    for i, r in ipairs(results) do out[i] = tool_result(r) end
     return concat(out, ",")
   end
   if role == "assistant" then
