@@ -247,6 +247,82 @@ static void close_thread(lua_State *co, lua_State *from) {
 #endif
 }
 
+/* Coroutines of finished tasks, kept for new tasks: a tool
+** call's task then costs no thread (a lua_State, its stack and its call
+** frames, allocated, initialised and collected each time). The registry
+** table at &spare_key holds them, 1..ctx->spare_threads. */
+#define SPARE_THREADS_MAX 64
+static const char spare_key = 0;
+
+/* Pushes a thread for a new task: a spare one when there is one. */
+static lua_State *push_thread(lua_State *L, tide_ctx *ctx) {
+  if (ctx->spare_threads == 0) return lua_newthread(L);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &spare_key); /* made with the first spare */
+  lua_rawgeti(L, -1, ctx->spare_threads);
+  lua_pushnil(L);
+  lua_rawseti(L, -3, ctx->spare_threads--);
+  lua_remove(L, -2);
+  return lua_tothread(L, -1);
+}
+
+/* Puts the coroutine on the top of L's stack (popped) among the spares,
+** reset so that it starts afresh on the next lua_resume, as a new thread
+** would; or drops it when there are enough. It must sit at its base level:
+** its task returned. */
+static void park_thread(lua_State *L, tide_ctx *ctx) {
+  lua_State *co = lua_tothread(L, -1);
+  if (ctx->closing || ctx->spare_threads >= SPARE_THREADS_MAX || lua_status(co) != LUA_OK) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_settop(co, 0);
+  lua_sethook(co, NULL, 0, 0); /* a debug hook set on it is the old task's */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &spare_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, SPARE_THREADS_MAX, 0);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &spare_key);
+  }
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, ++ctx->spare_threads);
+  lua_pop(L, 1);
+}
+
+/* Keeps the coroutine of a task being collected (its userdata at index 1)
+** for reuse, if the task ran to its end. */
+static void spare_thread(lua_State *L, tide_task *t) {
+  t->co = NULL;
+  if (t->ctx == NULL || t->state != TIDE_TASK_DONE || !t->ok) return;
+  if (lua_getiuservalue(L, 1, 1) == LUA_TTHREAD)
+    park_thread(L, t->ctx);
+  else
+    lua_pop(L, 1);
+}
+
+/* A task that returned one value or none gives its coroutine back as it
+** finishes, not when it is collected (a tool call's task is joined and
+** dropped, and collected much later): the value takes the coroutine's place
+** as the userdata's uservalue 1. Anyone still holding the coroutine itself
+** (coroutine.running() saved by the task) sees it reused. */
+static void keep_result(tide_ctx *ctx, tide_task *t) {
+  lua_State *L = ctx->L, *co = t->co;
+  if (ctx->closing || ctx->spare_threads >= SPARE_THREADS_MAX || t->ref == LUA_NOREF ||
+      !lua_checkstack(L, 4))
+    return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref); /* ud */
+  if (t->nres == 1)
+    lua_xmove(co, L, 1);
+  else
+    lua_pushnil(L);                           /* ud, v */
+  lua_getiuservalue(L, -2, 1);                /* ud, v, co */
+  lua_insert(L, -2);                          /* ud, co, v */
+  lua_setiuservalue(L, -3, 1);                /* ud, co */
+  t->co = NULL;
+  t->result_kept = 1;
+  park_thread(L, ctx);
+  lua_pop(L, 1);
+}
+
 static void finish(tide_ctx *ctx, tide_task *t, int ok, int nres) {
   t->state = TIDE_TASK_DONE;
   t->ok = ok;
@@ -288,6 +364,7 @@ static void finish(tide_ctx *ctx, tide_task *t, int ok, int nres) {
     tide__wake(j);
   }
   t->first_joiner = NULL;
+  if (ok && nres <= 1) keep_result(ctx, t);
   int ref = t->ref;
   t->ref = LUA_NOREF;
   /* After this the userdata may be collected once Lua drops it. */
@@ -349,50 +426,6 @@ static void drain_ready(tide_ctx *ctx) {
     if (t == last) break;
   }
   if (ctx->ready_head == NULL) uv_idle_stop(ctx->idle);
-}
-
-/* Coroutines of collected tasks that finished, kept for new tasks: a tool
-** call's task then costs no thread (a lua_State, its stack and its call
-** frames, allocated, initialised and collected each time). The registry
-** table at &spare_key holds them, 1..ctx->spare_threads. */
-#define SPARE_THREADS_MAX 64
-static const char spare_key = 0;
-
-/* Pushes a thread for a new task: a spare one when there is one. */
-static lua_State *push_thread(lua_State *L, tide_ctx *ctx) {
-  if (ctx->spare_threads == 0) return lua_newthread(L);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &spare_key); /* made with the first spare */
-  lua_rawgeti(L, -1, ctx->spare_threads);
-  lua_pushnil(L);
-  lua_rawseti(L, -3, ctx->spare_threads--);
-  lua_remove(L, -2);
-  return lua_tothread(L, -1);
-}
-
-/* Keeps the coroutine of a task being collected (its userdata at index 1)
-** for reuse, if the task ran to its end: the coroutine then sits at its base
-** level, and with its stack emptied it starts afresh on the next
-** lua_resume, as a new thread would. */
-static void spare_thread(lua_State *L, tide_task *t) {
-  tide_ctx *ctx = t->ctx;
-  lua_State *co = t->co;
-  t->co = NULL;
-  if (ctx == NULL || ctx->closing || t->state != TIDE_TASK_DONE || !t->ok ||
-      ctx->spare_threads >= SPARE_THREADS_MAX || lua_status(co) != LUA_OK)
-    return;
-  lua_settop(co, 0);
-  lua_sethook(co, NULL, 0, 0); /* a debug hook set on it is the old task's */
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &spare_key) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    lua_createtable(L, SPARE_THREADS_MAX, 0);
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &spare_key);
-  }
-  if (lua_getiuservalue(L, 1, 1) == LUA_TTHREAD)
-    lua_rawseti(L, -2, ++ctx->spare_threads);
-  else
-    lua_pop(L, 1);
-  lua_pop(L, 1);
 }
 
 static int task_gc(lua_State *L) {
@@ -521,8 +554,14 @@ static int l_spawn(lua_State *L) {
   return 1;
 }
 
-/* Pushes a finished task's outcome onto L: its results, or nil plus error. */
-static int push_outcome(lua_State *L, tide_task *t) {
+/* Pushes a finished task's outcome onto L: its results, or nil plus error.
+** The task's userdata is at index udidx. */
+static int push_outcome(lua_State *L, tide_task *t, int udidx) {
+  if (t->result_kept) {
+    if (t->nres == 0) return 0;
+    lua_getiuservalue(L, udidx, 1);
+    return 1;
+  }
   lua_State *co = t->co;
   if (co == NULL) /* finalized (and its coroutine reused) but resurrected */
     return luaL_error(L, "task %d was collected", (int)t->id);
@@ -578,7 +617,7 @@ static int join_k(lua_State *L, int status, lua_KContext kctx) {
   }
   if (t->state != TIDE_TASK_DONE) /* spurious wake-up cannot happen */
     return luaL_error(L, "tide: join woke before the task finished");
-  return push_outcome(L, t);
+  return push_outcome(L, t, 1);
 }
 
 static int ensure_timer(lua_State *L, tide_task *t) {
@@ -599,7 +638,7 @@ static int l_join(lua_State *L) {
   tide_task *t = check_task_ud(L, 1);
   lua_Integer timeout = luaL_optinteger(L, 2, -1);
   lua_settop(L, 1);
-  if (t->state == TIDE_TASK_DONE) return push_outcome(L, t);
+  if (t->state == TIDE_TASK_DONE) return push_outcome(L, t, 1);
   tide_task *self = tide__check_task(L, "task:join");
   if (self == t) return luaL_error(L, "a task cannot join itself");
   tide__check_cancel(L, self);
@@ -796,12 +835,11 @@ static int l_run(lua_State *L) {
     return 2;
   }
   lua_pushboolean(L, root->ok);
-  int n = push_outcome(L, root);
+  int n = push_outcome(L, root, rootidx);
   if (!root->ok) {
     lua_remove(L, -2); /* false, err instead of false, nil, err */
     n = 1;
   }
-  (void)rootidx;
   return n + 1;
 }
 

@@ -169,7 +169,8 @@ enum tide_task_state {
 
 struct tide_task {
   tide_ctx *ctx;
-  lua_State *co;          /* the coroutine; anchored as the userdata's uservalue 1 */
+  lua_State *co;          /* the coroutine; anchored as the userdata's uservalue 1;
+                          ** NULL once given back (see result_kept) */
   int ref;                /* registry ref to the task userdata while not done */
   uint64_t id;
   int state;              /* enum tide_task_state */
@@ -179,6 +180,8 @@ struct tide_task {
   int join_timed_out;     /* join(timeout) gave up waiting */
   int ok;                 /* when done: 1 = returned, 0 = raised */
   int nres;               /* when done and ok: number of results on co */
+  int result_kept;        /* done, ok, nres <= 1: the coroutine went back to the
+                          ** spares and the result (if any) is uservalue 1 */
   int reported;           /* the error was retrieved (join) or printed */
   int depth;              /* spawn depth: root 0, sub-agent parent + 1 */
   int max_depth;          /* limit inherited by children */

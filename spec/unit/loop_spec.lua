@@ -187,7 +187,7 @@ describe("tasks", function()
     assert.are.equal("root again", r.root)
   end)
 
-  it("reuses the coroutine of a collected finished task, starting afresh", function()
+  it("reuses the coroutine of a finished task, starting afresh", function()
     local r = tide.run(function()
       local out = {}
       -- (in functions of their own: no register of this frame keeps a task)
@@ -206,7 +206,7 @@ describe("tasks", function()
       end
       fails()
       collectgarbage()
-      collectgarbage() -- the task userdata are finalized: their coroutines go spare
+      collectgarbage() -- (a failed task's would go spare, if ever, when finalized)
       local t2 = tide.spawn(function(a, b)
         return coroutine.running(), select("#", a, b), a, b, core.context().mine, debug.gethook()
       end, "x", nil)
@@ -223,6 +223,36 @@ describe("tasks", function()
     assert.is_nil(r.mine) -- task-locals are the task's, not the coroutine's
     assert.is_nil(r.hook) -- nor is a debug hook set by the old task
     assert.is_false(r.failed_reused)
+  end)
+
+  it("gives back the coroutine of a task that returned at most one value as it ends, keeping the value", function()
+    local r = tide.run(function()
+      local out = {}
+      local t1 = tide.spawn(function() return (coroutine.running()) end)
+      local co1 = t1:join()
+      -- no collection needed: the next task runs on t1's coroutine at once
+      out.reused = tide.spawn(function() return (coroutine.running()) end):join() == co1
+      out.again = t1:join() == co1 -- the value stays with the task
+      local none = tide.spawn(function() end)
+      out.none = select("#", none:join())
+      out.none_again = select("#", none:join())
+      local one_nil = tide.spawn(function() return nil end)
+      out.one_nil = select("#", one_nil:join())
+      -- two results stay on the task's own coroutine, which is not reused
+      local co2
+      local t2 = tide.spawn(function() co2 = coroutine.running() return "a", "b" end)
+      out.a, out.b = t2:join()
+      out.two_reused = tide.spawn(function() return (coroutine.running()) end):join() == co2
+      out.a2, out.b2 = t2:join()
+      return out
+    end)
+    assert.is_true(r.reused)
+    assert.is_true(r.again)
+    assert.are.equal(0, r.none)
+    assert.are.equal(0, r.none_again)
+    assert.are.equal(1, r.one_nil)
+    assert.are.same({ "a", "b", "a", "b" }, { r.a, r.b, r.a2, r.b2 })
+    assert.is_false(r.two_reused)
   end)
 
   it("raises on wrong argument types, naming the argument", function()
