@@ -74,6 +74,7 @@ struct tide_http_state {
   int nsocks;
   int in_curl;
   CURL *pool[EASY_POOL_MAX];
+  unsigned char pool_plain[EASY_POOL_MAX]; /* pool[i] keeps a plain POST's options */
   int npool;
   tide_http *active;     /* requests added to the multi handle */
   int nactive;           /* how many */
@@ -167,6 +168,7 @@ static tide_http *new_request(tide_http_state *hs) {
 static void release_easy(tide_http_state *hs, CURL *e, int plain) {
   if (hs->npool < EASY_POOL_MAX) {
     if (!plain) curl_easy_reset(e);
+    hs->pool_plain[hs->npool] = (unsigned char)(plain != 0);
     hs->pool[hs->npool++] = e;
   } else {
     curl_easy_cleanup(e);
@@ -946,9 +948,12 @@ static int start_request(lua_State *L, const req_args *a) {
   r->plain = bt == LUA_TSTRING && (method == NULL || strcmp(method, "POST") == 0) &&
              ctimeout <= 0 && verify && !https;
   CURL *e;
+  int configured = 0; /* e keeps the options every plain POST sets alike */
   if (hs->npool > 0) {
     e = hs->pool[--hs->npool];
-    if (!r->plain) curl_easy_reset(e);
+    configured = hs->pool_plain[hs->npool];
+    if (!r->plain && configured) curl_easy_reset(e);
+    configured = configured && r->plain;
   } else {
     e = curl_easy_init();
   }
@@ -957,26 +962,31 @@ static int start_request(lua_State *L, const req_args *a) {
   curl_easy_setopt(e, CURLOPT_URL, url);
   curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)r);
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout);
-  if (ctimeout > 0) curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)ctimeout);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, sl);
   curl_easy_setopt(e, CURLOPT_BUFFERSIZE,
                    hs->nactive < CROWD ? RECV_BUFFER_SIZE : RECV_BUFFER_CROWDED);
-  curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
-  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-  /* Waiting for a connection that might multiplex only pays off where HTTP/2
-  ** is possible; over plain HTTP/1.1 it would serialise a first burst of
-  ** requests behind the first connection. */
-  if (https) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, verify ? 1L : 0L);
-  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  if (!configured) { /* the same for every plain POST (no connect timeout,
+                     ** no https, verification on) */
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    if (ctimeout > 0) curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)ctimeout);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* Waiting for a connection that might multiplex only pays off where
+    ** HTTP/2 is possible; over plain HTTP/1.1 it would serialise a first
+    ** burst of requests behind the first connection. */
+    if (https) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, verify ? 1L : 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, closesocket_cb);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, hs);
+  }
   if (a->wireidx) { /* joined above */
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->send.len);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->send.p);
@@ -996,8 +1006,6 @@ static int start_request(lua_State *L, const req_args *a) {
     else if (strcmp(method, "POST") != 0 || bt != LUA_TSTRING)
       curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
   }
-  curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, closesocket_cb);
-  curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, hs);
   shard *sh = pick_shard(hs);
   if (curl_multi_add_handle(sh->multi, e) != CURLM_OK)
     return luaL_error(L, "tide: curl_multi_add_handle failed");

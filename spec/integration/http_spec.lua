@@ -52,6 +52,7 @@ describe("tide.http", function()
       local function send(opts)
         local req <close> = core.http_request(opts)
         local kind, res = req:next()
+        if kind == nil and res.code == "Timeout" then out[#out + 1] = res.code return end
         assert(kind == "done", tostring(res and res.message))
         local head = core.http_parse_headers(res.headers_raw)
         out[#out + 1] = ("%s %s %s [%s]"):format(res.status, head["x-method"] or "-",
@@ -65,11 +66,18 @@ describe("tide.http", function()
       send { url = url("/echo"), body = "three", headers = { ["X-Test"] = "table" } }
       send { url = url("/echo"), method = "PUT", body = "four" }
       send { url = url("/echo"), headers = h, body = "five" }
+      -- a plain POST's handle keeps the options all plain POSTs share; one
+      -- that is not plain (a connect timeout of its own) resets it first
+      send { url = url("/echo"), headers = h, body = "six", connect_timeout_ms = 1000 }
+      send { url = url("/echo"), headers = h, body = "seven" }
+      send { url = url("/slow"), headers = h, body = "eight", timeout_ms = 50 }
+      send { url = url("/echo"), headers = h, body = "nine" }
       return out
     end)
     assert.are.same({
       "200 POST prepared [one]", "200 POST prepared [two]", "200 GET none []", "200 HEAD table []",
       "200 POST table [three]", "200 PUT none [four]", "200 POST prepared [five]",
+      "200 POST prepared [six]", "200 POST prepared [seven]", "Timeout", "200 POST prepared [nine]",
     }, seen)
     assert.has_error(function() core.http_headers { ["x-n"] = {} } end,
       "bad field 'headers' (names and values must be strings)")
