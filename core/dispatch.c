@@ -170,6 +170,63 @@ void tide__asm_push(lua_State *L, const tide_asm *a) {
   }
 }
 
+/* Whether the id is one of the calls' own non-empty ids, or one already
+** made for an earlier call (made[0 .. i-1], "" where the call had its own). */
+static int id_taken(const tide_asm *a, char (*made)[40], size_t i, const char *id,
+                    size_t len) {
+  for (size_t j = 0; j < a->n; j++) {
+    const tide_asm_slot *s = &a->slots[j];
+    if (s->has_id && s->id.len == len && memcmp(s->id.p, id, len) == 0) return 1;
+    if (j < i && made[j][0] && strlen(made[j]) == len && memcmp(made[j], id, len) == 0)
+      return 1;
+  }
+  return 0;
+}
+
+static int blank(const tide_buf *b) {
+  for (size_t i = 0; i < b->len; i++) {
+    char c = b->p[i];
+    if (c != ' ' && c != '\t' && c != '\n' && c != '\r' && c != '\v' && c != '\f') return 0;
+  }
+  return 1;
+}
+
+void tide__asm_push_finished(lua_State *L, const tide_asm *a) {
+  char (*made)[40] = NULL; /* ids made for calls without one */
+  lua_createtable(L, (int)(a->n > INT32_MAX ? 0 : a->n), 0);
+  for (size_t i = 0; i < a->n; i++) {
+    const tide_asm_slot *s = &a->slots[i];
+    lua_createtable(L, 0, 3);
+    if (s->has_id && s->id.len > 0) {
+      lua_pushlstring(L, s->id.p, s->id.len);
+    } else {
+      if (made == NULL) {
+        /* a userdata: freed by the collector, even if a push below raises */
+        made = lua_newuserdatauv(L, a->n * sizeof *made, 0);
+        memset(made, 0, a->n * sizeof *made);
+        lua_insert(L, -3); /* below the list and this call */
+      }
+      int len = snprintf(made[i], sizeof made[i], "call_%zu", i + 1);
+      for (unsigned k = 1; id_taken(a, made, i, made[i], (size_t)len); k++)
+        len = snprintf(made[i], sizeof made[i], "call_%zu_%u", i + 1, k);
+      lua_pushlstring(L, made[i], (size_t)len);
+    }
+    lua_setfield(L, -2, "id");
+    if (s->has_name)
+      lua_pushlstring(L, s->name.p, s->name.len);
+    else
+      lua_pushliteral(L, "");
+    lua_setfield(L, -2, "name");
+    if (blank(&s->args))
+      lua_pushliteral(L, "{}");
+    else
+      lua_pushlstring(L, s->args.p, s->args.len);
+    lua_setfield(L, -2, "arguments");
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  if (made) lua_remove(L, -2);
+}
+
 /* ------------------------------------------------------------- bindings -- */
 
 static assembler *check_assembler(lua_State *L) {

@@ -1037,33 +1037,52 @@ static int l_feed(lua_State *L) {
   return 1;
 }
 
-/* Pushes the reply so far: { text, tool_calls, usage?, stop_raw?, done }. */
+/* The stop reason as the session reads it: provider._stop's mapping. */
+static const char *const STOPS[][2] = {
+    {"stop", "stop"},           {"end_turn", "stop"},
+    {"stop_sequence", "stop"},  {"tool_calls", "tool_calls"},
+    {"function_call", "tool_calls"}, {"tool_use", "tool_calls"},
+    {"length", "length"},       {"max_tokens", "length"},
+};
+
+static void push_stop(lua_State *L, const tide_buf *raw) {
+  size_t len = raw->len;
+  const char *p = raw->p ? raw->p : "";
+  for (size_t i = 0; i < sizeof STOPS / sizeof STOPS[0]; i++) {
+    if (strlen(STOPS[i][0]) == len && memcmp(STOPS[i][0], p, len) == 0) {
+      lua_pushstring(L, STOPS[i][1]);
+      return;
+    }
+  }
+  lua_pushlstring(L, p, len);
+}
+
+/* The reply as the session gets it: text, finished tool calls, usage (zeros
+** when the server sent none), and the stop reason mapped and as sent. */
 static void push_reply(lua_State *L, openai_stream *st) {
-  /* Room for what the provider adds (stop, ttfb_ms, attempts): no rehash. */
+  /* Room for what the provider adds (ttfb_ms, attempts): no rehash. */
   lua_createtable(L, 0, 8);
   lua_pushlstring(L, st->text.p ? st->text.p : "", st->text.len);
   lua_setfield(L, -2, "text");
-  tide__asm_push(L, &st->calls);
+  tide__asm_push_finished(L, &st->calls);
   lua_setfield(L, -2, "tool_calls");
-  if (st->has_usage) {
-    lua_createtable(L, 0, 3);
-    lua_pushinteger(L, st->input);
-    lua_setfield(L, -2, "input");
-    lua_pushinteger(L, st->output);
-    lua_setfield(L, -2, "output");
-    lua_pushinteger(L, st->cached);
-    lua_setfield(L, -2, "cached");
-    lua_setfield(L, -2, "usage");
-  }
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, st->has_usage ? st->input : 0);
+  lua_setfield(L, -2, "input");
+  lua_pushinteger(L, st->has_usage ? st->output : 0);
+  lua_setfield(L, -2, "output");
+  lua_pushinteger(L, st->has_usage ? st->cached : 0);
+  lua_setfield(L, -2, "cached");
+  lua_setfield(L, -2, "usage");
   if (st->has_finish) {
     lua_pushlstring(L, st->finish.p ? st->finish.p : "", st->finish.len);
     lua_setfield(L, -2, "stop_raw");
+    push_stop(L, &st->finish);
+    lua_setfield(L, -2, "stop");
   }
-  lua_pushboolean(L, 1);
-  lua_setfield(L, -2, "done");
 }
 
-/* s:finish() -> { text, tool_calls, usage, stop_raw, done } | nil, err */
+/* s:finish() -> { text, tool_calls, usage, stop, stop_raw } | nil, err */
 static int l_finish(lua_State *L) {
   openai_stream *st = check_stream(L);
   if (st->failed) {

@@ -132,6 +132,12 @@ void tide__asm_reset(tide_asm *a, size_t keep_max);
 /// Pushes { { index, id, name, arguments }, ... } ordered by index (id and
 /// name nil when never seen, arguments "" when no fragment came).
 void tide__asm_push(lua_State *L, const tide_asm *a);
+/// Pushes the calls as a response carries them to the session: { { id,
+/// name, arguments }, ... } ordered by index, finished as
+/// provider._finish_calls finishes them: an id missing or empty becomes
+/// "call_<n>" (n its position; "call_<n>_<k>" while that is taken), a
+/// missing name "", arguments of only white space (or none) "{}".
+void tide__asm_push_finished(lua_State *L, const tide_asm *a);
 /// Pushes the StreamTooLarge error for an assembler whose cap was exceeded.
 void tide__push_asm_too_large(lua_State *L, const tide_asm *a);
 

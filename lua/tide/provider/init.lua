@@ -497,12 +497,12 @@ local function feed_c(parser, chunk, on_delta, deltas)
   return n > 0, err
 end
 
--- A response as the session gets it: calls finished, every field there.
-local function finished(out, ttfb_ms)
+-- A response parsed in Lua as the session gets it: calls finished, every
+-- field there. (The C parsers hand theirs over finished.)
+local function finished(out)
   out.tool_calls = provider._finish_calls(out.tool_calls or {})
   out.text = out.text or ""
   out.usage = out.usage or { input = 0, output = 0, cached = 0 }
-  out.ttfb_ms = ttfb_ms
   return out
 end
 
@@ -529,6 +529,7 @@ local function whole_reply(self, text, on_delta)
       if err.body == nil then err.body = excerpt(text) end
       return nil, err
     end
+    finished(out)
   end
   local text_out = out.text
   if text_out ~= nil and text_out ~= "" then
@@ -555,7 +556,8 @@ local function attempt_whole(self, body, opts, timeout_ms, wire)
   end
   local out, err, delivered = whole_reply(self, res.body, opts.on_delta)
   if not out then return nil, err, true, false end
-  return finished(out, res.ttfb_ms or (core.hrtime() - t0) / 1e6), nil, true, delivered
+  out.ttfb_ms = res.ttfb_ms or (core.hrtime() - t0) / 1e6
+  return out, nil, true, delivered
 end
 
 -- One streamed HTTP attempt: as attempt_whole, the reply parsed as it comes.
@@ -650,21 +652,20 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
     local out, err
     if parser then
       out, err = parser:finish()
-      if out then
-        out = self:_stream_result(out)
-      else
-        err = self:_stream_error(err)
-      end
+      if not out then err = self:_stream_error(err) end
     else
       out, err = stream:finish()
+      if out then finished(out) end
     end
     if not out then return nil, err, received, delivered end
-    return finished(out, ttfb_ms or (core.hrtime() - t0) / 1e6)
+    out.ttfb_ms = ttfb_ms or (core.hrtime() - t0) / 1e6
+    return out
   end
   -- a streamed request answered with one JSON body
   local out, err, got = whole_reply(self, held and table.concat(held) or "", on_delta)
   if not out then return nil, err, received, delivered end
-  return finished(out, ttfb_ms or res.ttfb_ms or (core.hrtime() - t0) / 1e6), nil, received, delivered or got
+  out.ttfb_ms = ttfb_ms or res.ttfb_ms or (core.hrtime() - t0) / 1e6
+  return out, nil, received, delivered or got
 end
 
 local function retryable(err, received, delivered)

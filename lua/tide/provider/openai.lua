@@ -218,7 +218,6 @@ end
 -- The provider's attempt feeds it (see provider/init.lua); these finish the
 -- result and error tables.
 local excerpt = provider._excerpt
-local stop_of = provider._stop
 
 --- The C parser of one streamed response. It allocates nothing until the
 --- reply's bytes come (thousands of requests can wait on a slow provider
@@ -236,17 +235,9 @@ end
 
 --- A whole (non-streamed) response scanned in C, or nil for anything but a
 --- plain reply (Provider:_parse then decodes it and says what is wrong).
+--- Like the stream parser's, the reply comes finished (calls, usage, stop).
 function Provider:_c_parse(body)
-  local out = core.openai_parse(body, self.max_body_bytes)
-  return out and self:_stream_result(out)
-end
-
---- The response once the HTTP stream ended. Whether it ended on an event
---- boundary does not matter once [DONE] was seen.
-function Provider:_stream_result(out)
-  out.stop = stop_of(out.stop_raw)
-  out.done = nil
-  return out
+  return core.openai_parse(body, self.max_body_bytes)
 end
 
 return M
