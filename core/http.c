@@ -594,20 +594,12 @@ static int push_result(lua_State *L, tide_http *r) {
   }
   lua_pushliteral(L, "done");
   if (r->lean) {
-    /* http_post's caller (a provider) reads the status, the body and the
-    ** time to first byte, and the headers only of a failure. */
-    lua_createtable(L, 0, 4);
+    /* http_post's caller (a provider) reads the status and the time to
+    ** first byte, and the body where it is (req:body(), or parsed in
+    ** place); the headers only of a failure (req:headers_raw()). */
     lua_pushinteger(L, r->status);
-    lua_setfield(L, -2, "status");
-    lua_pushlstring(L, r->body.p ? r->body.p : "", r->body.len);
-    lua_setfield(L, -2, "body");
-    push_ms(L, "ttfb_ms", r->ttfb_s);
-    if (r->status < 200 || r->status > 299) {
-      lua_pushlstring(L, r->head.p ? r->head.p : "", r->head.len);
-      lua_setfield(L, -2, "headers_raw");
-    }
-    r->body.len = 0; /* the memory goes back with the request */
-    return 2;
+    lua_pushnumber(L, r->ttfb_s * 1000.0);
+    return 3;
   }
   lua_createtable(L, 0, 6);
   lua_pushinteger(L, r->status);
@@ -688,6 +680,28 @@ static int next_k(lua_State *L, int status, lua_KContext kctx) {
   (void)status;
   (void)kctx;
   return l_next(L);
+}
+
+const char *tide__http_body(lua_State *L, int idx, size_t *len) {
+  tide_http **pp = luaL_testudata(L, idx, HTTP_MT);
+  if (pp == NULL || *pp == NULL) return NULL;
+  *len = (*pp)->body.len;
+  return (*pp)->body.p ? (*pp)->body.p : "";
+}
+
+/* req:body() -> the body received and not yet handed over: a finished
+** http_post's whole body (a streamed one's, if it was not a 2xx). */
+static int l_req_body(lua_State *L) {
+  tide_http *r = check_req(L);
+  lua_pushlstring(L, r->body.p ? r->body.p : "", r->body.len);
+  return 1;
+}
+
+/* req:headers_raw() -> the response's header block as received. */
+static int l_req_headers_raw(lua_State *L) {
+  tide_http *r = check_req(L);
+  lua_pushlstring(L, r->head.p ? r->head.p : "", r->head.len);
+  return 1;
 }
 
 /* req:cancel(): aborts the transfer (idempotent). */
@@ -1050,7 +1064,8 @@ void tide__open_http(lua_State *L) {
   static const luaL_Reg meta[] = {
       {"__gc", l_req_gc}, {"__close", l_req_gc}, {NULL, NULL}};
   static const luaL_Reg methods[] = {
-      {"next", l_next}, {"cancel", l_req_cancel}, {NULL, NULL}};
+      {"next", l_next}, {"cancel", l_req_cancel}, {"body", l_req_body},
+      {"headers_raw", l_req_headers_raw}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"http_request", l_request},
                                  {"http_parse_headers", l_parse_headers},
                                  {"http_headers", l_headers},

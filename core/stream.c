@@ -1149,7 +1149,7 @@ static int l_close(lua_State *L) {
   return 0;
 }
 
-/* core.openai_parse(body[, max_bytes]) -> reply | nil
+/* core.openai_parse(body | req[, max_bytes]) -> reply | nil
 ** A whole (non-streamed) chat-completions response, scanned in place as a
 ** stream event is (choices[0].message in place of .delta): the reply table
 ** of s:finish(), without decoding the body into tables first. Gives nil for
@@ -1158,7 +1158,10 @@ static int l_close(lua_State *L) {
 ** exceeded): the caller's full decoder then says what is wrong. */
 static int l_openai_parse(lua_State *L) {
   size_t n;
-  const char *s = luaL_checklstring(L, 1, &n);
+  /* the body: a string, or read in place from a finished http_post */
+  const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n)
+                                                : tide__http_body(L, 1, &n);
+  if (s == NULL) luaL_typeerror(L, 1, "string or http request");
   /* One parser per Lua state serves every call (a scan never yields, and
   ** no Lua runs during one): no userdata and no finalizer per reply. Its
   ** buffers are freed after each call, and by __gc should something

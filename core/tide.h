@@ -141,6 +141,10 @@ void tide__asm_push_finished(lua_State *L, const tide_asm *a);
 /// Pushes the StreamTooLarge error for an assembler whose cap was exceeded.
 void tide__push_asm_too_large(lua_State *L, const tide_asm *a);
 
+/// The body an http request (the userdata at idx) holds, or NULL when idx is
+/// not an open request. The pointer is valid until the request is used again.
+const char *tide__http_body(lua_State *L, int idx, size_t *len);
+
 /* ---------------------------------------------------------------- wire -- */
 
 /// The size of prefix .. "," .. (the strings of the list at idx, comma-joined)

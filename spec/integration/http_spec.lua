@@ -86,19 +86,34 @@ describe("tide.http", function()
     -- the provider's hot path: a POST with prepared headers, no options table
     local got, failed = tide.run(function()
       local req <close> = core.http_post(url("/echo"), h, "six", 5000, 1024, false)
-      local _, res = req:next()
+      local r = table.pack(req:next())
+      r.body = req:body()
       local req2 <close> = core.http_post(url("/status"), h, "x", 5000, 1024, false)
-      local _, res2 = req2:next()
-      return res, res2
+      local r2 = table.pack(req2:next())
+      r2.body, r2.head = req2:body(), req2:headers_raw()
+      return r, r2
     end)
-    -- a lean result: status, body, time to first byte; headers only of a failure
+    -- a lean result: "done", the status and the time to first byte; the
+    -- body and headers stay in the request, for the asking
+    assert.are.equal(3, got.n)
+    assert.are.equal("done", got[1])
+    assert.are.equal(200, got[2])
+    assert.is_number(got[3])
     assert.are.equal("six", got.body)
-    assert.are.equal(200, got.status)
-    assert.is_number(got.ttfb_ms)
-    assert.is_nil(got.headers_raw)
-    assert.is_nil(got.timing)
-    assert.are.equal(503, failed.status)
-    assert.are.equal("2", core.http_parse_headers(failed.headers_raw)["retry-after"])
+    assert.are.equal(503, failed[2])
+    assert.are.equal("busy", failed.body)
+    assert.are.equal("2", core.http_parse_headers(failed.head)["retry-after"])
+    -- and a reply is parsed where it is, without a string of it
+    local parsed = tide.run(function()
+      local req <close> = core.http_post(url("/echo"), h,
+        '{"choices":[{"message":{"content":"in place"},"finish_reason":"stop"}]}', 5000, 1024, false)
+      req:next()
+      return core.openai_parse(req)
+    end)
+    assert.are.equal("in place", parsed.text)
+    assert.are.equal("stop", parsed.stop)
+    assert.has_error(function() core.openai_parse(h) end,
+      "bad argument #1 to 'openai_parse' (string or http request expected, got tide.http_headers)")
     assert.has_error(function() core.http_post(url("/echo"), {}, "b", 1, 1) end,
       "bad argument #2 to 'http_post' (tide.http_headers expected, got table)")
     assert.has_error(function() core.http_post(url("/echo"), h, "b", -1, 1) end,
@@ -111,9 +126,9 @@ describe("tide.http", function()
       local out = {}
       local function post(body, wire, path)
         local req <close> = core.http_post(url(path or "/echo"), h, body, 5000, 1024 * 1024, false, wire)
-        local kind, res = req:next()
+        local kind = req:next()
         assert.are.equal("done", kind)
-        out[#out + 1] = res.body
+        out[#out + 1] = req:body()
       end
       post('{"m":[', { '{"a":1}', '{"b":2}' })
       post('{"x":1,"m":[', { '"only"' })

@@ -399,6 +399,13 @@ local function status_error(kind, res)
   return fail(status == 429 and "RateLimited" or "ProviderError", msg, fields)
 end
 
+-- The error of a finished request (core.http_post) that did not answer 2xx.
+local http_response = require("tide.http")._response
+local function failed_status(kind, req, status)
+  return status_error(kind, http_response {
+    status = status, body = req:body(), headers_raw = req:headers_raw() })
+end
+
 -- ----------------------------------------------------------- tool calls
 
 --- Finishes the tool calls of a response, in place (the list and its
@@ -457,9 +464,6 @@ end
 
 -- ------------------------------------------------------------- complete
 
--- Raised from inside on_data to abandon a stream; caught around the request.
-local http_response = require("tide.http")._response
-
 local function first_significant(s)
   return s:match("^%s*(.)")
 end
@@ -507,14 +511,16 @@ local function finished(out)
 end
 
 -- A whole JSON reply (a non-streamed one, or a streamed request answered
--- without SSE): the response, or nil and the error; and whether its text
--- reached on_delta. A plain reply is scanned in C where the provider can (no
--- table tree); anything else goes through the full decoder, which says what
--- is wrong.
-local function whole_reply(self, text, on_delta)
-  local out = self._c_parse and self:_c_parse(text)
+-- without SSE), a string or still in its finished request: the response, or
+-- nil and the error; and whether its text reached on_delta. A plain reply is
+-- scanned in C where the provider can (no table tree, and no string of the
+-- body); anything else goes through the full decoder, which says what is
+-- wrong.
+local function whole_reply(self, src, on_delta)
+  local out = self._c_parse and self:_c_parse(src)
   local err
   if not out then
+    local text = type(src) == "string" and src or src:body()
     local obj, derr = json.decode_fast(text)
     if obj == nil then
       return nil, fail("MalformedResponse", ("%s response is not valid JSON (%s)"):format(self.kind,
@@ -545,18 +551,16 @@ end
 -- `wire`, the body sent is join_wire(body, wire), joined in C into the
 -- request itself.
 local function attempt_whole(self, body, opts, timeout_ms, wire)
-  local t0 = core.hrtime()
   local w = endpoint(self)
   local req <close> = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, false, wire)
-  local kind, v = req:next()
-  if kind ~= "done" then return nil, v, v.status ~= nil, false end
-  local res = http_response(v)
-  if res.status < 200 or res.status > 299 then
-    return nil, status_error(self.kind, res), true, false
+  local kind, status, ttfb_ms = req:next()
+  if kind ~= "done" then return nil, status, status.status ~= nil, false end
+  if status < 200 or status > 299 then
+    return nil, failed_status(self.kind, req, status), true, false
   end
-  local out, err, delivered = whole_reply(self, res.body, opts.on_delta)
+  local out, err, delivered = whole_reply(self, req, opts.on_delta)
   if not out then return nil, err, true, false end
-  out.ttfb_ms = res.ttfb_ms or (core.hrtime() - t0) / 1e6
+  out.ttfb_ms = ttfb_ms
   return out, nil, true, delivered
 end
 
@@ -588,11 +592,11 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
 
   local w = endpoint(self)
   local req <close> = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, true, wire)
-  local res, herr
+  local status, done_ttfb_ms, herr
   while true do
-    local kind, v = req:next()
+    local kind, v, ttfb = req:next()
     if kind ~= "data" then
-      if kind == "done" then res = http_response(v) else herr = v end
+      if kind == "done" then status, done_ttfb_ms = v, ttfb else herr = v end
       break
     end
     -- a streamed 2xx body, chunk by chunk
@@ -640,12 +644,12 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
     ::continue::
   end
   if stream_err then return nil, stream_err, received, delivered end
-  if not res then
+  if not status then
     if herr.status then received = true end
     return nil, herr, received, delivered
   end
-  if res.status < 200 or res.status > 299 then
-    return nil, status_error(self.kind, res), true, delivered
+  if status < 200 or status > 299 then
+    return nil, failed_status(self.kind, req, status), true, delivered
   end
 
   if mode ~= "json" then
@@ -664,7 +668,7 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
   -- a streamed request answered with one JSON body
   local out, err, got = whole_reply(self, held and table.concat(held) or "", on_delta)
   if not out then return nil, err, received, delivered end
-  out.ttfb_ms = ttfb_ms or res.ttfb_ms or (core.hrtime() - t0) / 1e6
+  out.ttfb_ms = ttfb_ms or done_ttfb_ms
   return out, nil, received, delivered or got
 end
 
