@@ -63,6 +63,7 @@ static int ctx_gc(lua_State *L) {
   tide__watch_shutdown(ctx);
   tide__cache_shutdown(ctx);
   tide__stdio_shutdown(ctx);
+  tide__stream_shutdown(ctx);
   uv_close((uv_handle_t *)ctx->idle, close_free_cb);
   uv_close((uv_handle_t *)ctx->check, close_free_cb);
   uv_run(ctx->loop, UV_RUN_DEFAULT);

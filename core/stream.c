@@ -117,7 +117,14 @@ typedef struct openai_stream {
   int done;   /* [DONE] seen: nothing after it counts */
   int failed; /* the stream is abandoned; the error is uservalue 1 */
   int closed;
+  struct openai_stream *next_spare; /* in the state's list of spares */
 } openai_stream;
+
+/* The userdata of a stream: the parser lives apart, so that a closed
+** stream's parser, with its buffers, serves the next stream. */
+typedef struct stream_ud {
+  openai_stream *st; /* NULL once closed */
+} stream_ud;
 
 /* ------------------------------------------------------------- scanning -- */
 
@@ -930,9 +937,9 @@ static int on_event(void *ud, const tide_sse_event *e) {
 /* ------------------------------------------------------------- bindings -- */
 
 static openai_stream *check_stream(lua_State *L) {
-  openai_stream *st = luaL_checkudata(L, 1, STREAM_MT);
-  if (st->closed) luaL_error(L, "attempt to use a closed openai stream");
-  return st;
+  stream_ud *u = luaL_checkudata(L, 1, STREAM_MT);
+  if (u->st == NULL || u->st->closed) luaL_error(L, "attempt to use a closed openai stream");
+  return u->st;
 }
 
 /* The max_bytes argument at index arg (none or nil: the default). */
@@ -952,11 +959,24 @@ static void init_stream(openai_stream *st, size_t max) {
   st->sse.max = st->calls.max = max;
 }
 
-/* Pushes a new stream. */
+/* Pushes a new stream, on a spare parser when there is one. */
 static openai_stream *new_stream(lua_State *L, size_t max) {
-  openai_stream *st = lua_newuserdatauv(L, sizeof *st, 1);
-  init_stream(st, max);
+  stream_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
+  u->st = NULL;
   luaL_setmetatable(L, STREAM_MT);
+  tide_ctx *ctx = tide__ctx(L);
+  openai_stream *st = ctx->spare_streams;
+  if (st) { /* emptied when it was parked */
+    ctx->spare_streams = st->next_spare;
+    ctx->nspare_streams--;
+    st->next_spare = NULL;
+    st->sse.max = st->calls.max = max;
+  } else {
+    st = malloc(sizeof *st);
+    if (st == NULL) luaL_error(L, "not enough memory");
+    init_stream(st, max);
+  }
+  u->st = st;
   return st;
 }
 
@@ -1106,7 +1126,7 @@ static int l_finish(lua_State *L) {
   return 1;
 }
 
-/* __gc, __close and s:close(): idempotent. */
+/* Frees what the parser holds (idempotent); the struct itself stays. */
 static void stream_free(openai_stream *st) {
   tide__sse_free(&st->sse);
   tide__asm_free(&st->calls);
@@ -1120,20 +1140,28 @@ static void stream_free(openai_stream *st) {
   st->closed = 1;
 }
 
-/* The registry parser between replies: emptied, with its buffers (those up
-** to REUSE_MAX bytes) kept for the next, so a reply's scan mallocs nothing
-** in steady state. */
+/* A parser between replies: emptied, with its buffers (those up to
+** REUSE_MAX bytes) kept for the next, so a reply's scan mallocs nothing in
+** steady state. */
 #define REUSE_MAX 16384
+#define SPARE_STREAMS_MAX 64
 
 static void stream_reuse(openai_stream *st, size_t max) {
   openai_stream old = *st;
-  tide__sse_free(&old.sse); /* never fed: a whole reply has no framing */
+  tide__buf_keep(&old.sse.line, REUSE_MAX);
+  tide__buf_keep(&old.sse.data, REUSE_MAX);
+  tide__buf_keep(&old.sse.event, REUSE_MAX);
+  tide__buf_keep(&old.sse.id, REUSE_MAX);
   tide__asm_reset(&old.calls, REUSE_MAX);
   tide__buf_keep(&old.text, REUSE_MAX);
   tide__buf_keep(&old.finish, REUSE_MAX);
   tide__buf_keep(&old.scratch, REUSE_MAX);
   tide__buf_keep(&old.key, REUSE_MAX);
   init_stream(st, max);
+  st->sse.line = old.sse.line;
+  st->sse.data = old.sse.data;
+  st->sse.event = old.sse.event;
+  st->sse.id = old.sse.id;
   st->calls = old.calls;
   st->calls.max = max;
   st->text = old.text;
@@ -1144,8 +1172,38 @@ static void stream_reuse(openai_stream *st, size_t max) {
   st->npending_cap = old.npending_cap;
 }
 
+/* Takes a closed stream's parser: kept among the state's spares, emptied,
+** or freed when there are enough (or the state is closing). */
+static void park_stream(lua_State *L, openai_stream *st) {
+  tide_ctx *ctx = tide__ctx(L);
+  if (ctx->closing || ctx->loop == NULL || ctx->nspare_streams >= SPARE_STREAMS_MAX) {
+    stream_free(st);
+    free(st);
+    return;
+  }
+  stream_reuse(st, STREAM_DEFAULT_MAX);
+  st->next_spare = ctx->spare_streams;
+  ctx->spare_streams = st;
+  ctx->nspare_streams++;
+}
+
+void tide__stream_shutdown(tide_ctx *ctx) {
+  for (openai_stream *st = ctx->spare_streams, *next; st; st = next) {
+    next = st->next_spare;
+    stream_free(st);
+    free(st);
+  }
+  ctx->spare_streams = NULL;
+  ctx->nspare_streams = 0;
+}
+
+/* __gc, __close and s:close(): idempotent. */
 static int l_close(lua_State *L) {
-  stream_free(luaL_checkudata(L, 1, STREAM_MT));
+  stream_ud *u = luaL_checkudata(L, 1, STREAM_MT);
+  openai_stream *st = u->st;
+  if (st == NULL) return 0;
+  u->st = NULL;
+  park_stream(L, st);
   return 0;
 }
 
@@ -1169,7 +1227,7 @@ static int l_openai_parse(lua_State *L) {
   size_t max = check_max(L, 2);
   openai_stream *st;
   if (lua_getfield(L, LUA_REGISTRYINDEX, PARSE_KEY) == LUA_TUSERDATA) {
-    st = lua_touserdata(L, -1);
+    st = ((stream_ud *)lua_touserdata(L, -1))->st;
     stream_reuse(st, max); /* also empties what a call that raised left */
   } else {
     lua_pop(L, 1);
@@ -1220,11 +1278,11 @@ static int l_openai_parse(lua_State *L) {
 }
 
 static int l_tostring(lua_State *L) {
-  openai_stream *st = luaL_checkudata(L, 1, STREAM_MT);
-  if (st->closed)
+  stream_ud *u = luaL_checkudata(L, 1, STREAM_MT);
+  if (u->st == NULL || u->st->closed)
     lua_pushliteral(L, "tide.openai_stream (closed)");
   else
-    lua_pushfstring(L, "tide.openai_stream (%p)", (void *)st);
+    lua_pushfstring(L, "tide.openai_stream (%p)", (void *)u);
   return 1;
 }
 

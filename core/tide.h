@@ -230,6 +230,8 @@ struct tide_ctx {
   uv_check_t *check;   /* drains the ready queue right after the poll phase */
   int max_spawn_depth; /* runtime default for MAX_SPAWN_DEPTH */
   int spare_threads;   /* finished tasks' coroutines kept for reuse (loop.c) */
+  struct openai_stream *spare_streams; /* closed streams' parsers (stream.c) */
+  int nspare_streams;
   /* HTTP (http.c) */
   struct tide_http_state *http;
   /* integration cache (cache.c) */
@@ -326,6 +328,8 @@ void tide__watch_shutdown(tide_ctx *ctx);
 void tide__cache_shutdown(tide_ctx *ctx);
 /// Closes the stdin reader's handle.
 void tide__stdio_shutdown(tide_ctx *ctx);
+/// Frees the parsers kept for new openai streams (stream.c).
+void tide__stream_shutdown(tide_ctx *ctx);
 
 /* depth.c */
 /// Computes the depth of a child of `parent`: 0 on success with *out set,

@@ -283,6 +283,39 @@ describe("core.openai_stream", function()
     end
   end)
 
+  it("starts every stream afresh, on the parser a closed stream left behind", function()
+    local FULL_REPLY = table.concat({ chunk({ content = "fresh" }),
+      chunk({ tool_calls = { { index = 0, id = "c_new", ["function"] = { name = "n", arguments = "{}" } } } }),
+      chunk({}, "stop"), "data: [DONE]\n\n" })
+    local function fresh()
+      local s <close> = core.openai_stream()
+      assert(s:feed(FULL_REPLY))
+      return assert(s:finish())
+    end
+    local want = fresh()
+    -- streams left mid-event, mid-call, failed, or with a big event, then closed
+    local a = core.openai_stream()
+    a:feed(chunk({ content = "old text" }) .. chunk({ tool_calls = { { index = 3, id = "c_old",
+      ["function"] = { name = "o", arguments = "{\"x\":" } } } }) .. 'data: {"choices":[{"delta":{"cont')
+    a:close()
+    assert.are.same(want, fresh())
+    local b = core.openai_stream()
+    assert.is_nil(select(1, b:feed("data: {not json}\n\n")))
+    b:close()
+    assert.are.same(want, fresh())
+    local c = core.openai_stream()
+    c:feed(chunk({ content = string.rep("z", 50000) }))
+    c:close()
+    assert.are.same(want, fresh())
+    -- a closed stream stays closed, whoever has its parser now
+    assert.has_error(function() a:feed("data: x\n\n") end, "attempt to use a closed openai stream")
+    assert.matches("closed", tostring(a))
+    -- a small cap of the new stream holds, whatever the old one's was
+    local s <close> = core.openai_stream(64)
+    local _, err = s:feed(chunk({ content = string.rep("y", 200) }))
+    assert.are.equal("StreamTooLarge", err and err.cause)
+  end)
+
   it("closes idempotently and refuses use after close", function()
     local s = core.openai_stream()
     assert.matches("tide.openai_stream", tostring(s))
