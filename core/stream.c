@@ -116,14 +116,16 @@ typedef struct openai_stream {
   int whole;  /* a whole (non-streamed) response: choices[0].message */
   int done;   /* [DONE] seen: nothing after it counts */
   int failed; /* the stream is abandoned; the error is uservalue 1 */
-  int closed;
   struct openai_stream *next_spare; /* in the state's list of spares */
 } openai_stream;
 
-/* The userdata of a stream: the parser lives apart, so that a closed
-** stream's parser, with its buffers, serves the next stream. */
+/* The userdata of a stream. The parser lives apart and is taken when the
+** first bytes come: a stream waiting on a slow provider holds none of it,
+** and a closed stream's parser, with its buffers, serves the next one. */
 typedef struct stream_ud {
-  openai_stream *st; /* NULL once closed */
+  openai_stream *st; /* NULL until fed, and once closed */
+  size_t max;
+  int closed;
 } stream_ud;
 
 /* ------------------------------------------------------------- scanning -- */
@@ -936,10 +938,10 @@ static int on_event(void *ud, const tide_sse_event *e) {
 
 /* ------------------------------------------------------------- bindings -- */
 
-static openai_stream *check_stream(lua_State *L) {
+static stream_ud *check_stream(lua_State *L) {
   stream_ud *u = luaL_checkudata(L, 1, STREAM_MT);
-  if (u->st == NULL || u->st->closed) luaL_error(L, "attempt to use a closed openai stream");
-  return u->st;
+  if (u->closed) luaL_error(L, "attempt to use a closed openai stream");
+  return u;
 }
 
 /* The max_bytes argument at index arg (none or nil: the default). */
@@ -959,22 +961,30 @@ static void init_stream(openai_stream *st, size_t max) {
   st->sse.max = st->calls.max = max;
 }
 
-/* Pushes a new stream, on a spare parser when there is one. */
-static openai_stream *new_stream(lua_State *L, size_t max) {
+/* Pushes a new stream (no parser yet). */
+static stream_ud *new_stream(lua_State *L, size_t max) {
   stream_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
   u->st = NULL;
+  u->max = max;
+  u->closed = 0;
   luaL_setmetatable(L, STREAM_MT);
+  return u;
+}
+
+/* The stream's parser: a spare one, emptied when it was parked, or new. */
+static openai_stream *parser_of(lua_State *L, stream_ud *u) {
+  if (u->st) return u->st;
   tide_ctx *ctx = tide__ctx(L);
   openai_stream *st = ctx->spare_streams;
-  if (st) { /* emptied when it was parked */
+  if (st) {
     ctx->spare_streams = st->next_spare;
     ctx->nspare_streams--;
     st->next_spare = NULL;
-    st->sse.max = st->calls.max = max;
+    st->sse.max = st->calls.max = u->max;
   } else {
     st = malloc(sizeof *st);
     if (st == NULL) luaL_error(L, "not enough memory");
-    init_stream(st, max);
+    init_stream(st, u->max);
   }
   u->st = st;
   return st;
@@ -1004,12 +1014,13 @@ static void set_failed(lua_State *L, openai_stream *st) {
 ** the boundaries, with no table per chunk. With out = false, no text is
 ** handed back at all (nobody listens; finish still has all of it). */
 static int l_feed(lua_State *L) {
-  openai_stream *st = check_stream(L);
+  stream_ud *u = check_stream(L);
   size_t n;
   const char *s = luaL_checklstring(L, 2, &n);
   int quiet = lua_isboolean(L, 3) && !lua_toboolean(L, 3);
   int has_out = !quiet && !lua_isnoneornil(L, 3);
   if (has_out) luaL_checktype(L, 3, LUA_TTABLE);
+  openai_stream *st = parser_of(L, u);
   if (st->failed) {
     lua_pushnil(L);
     lua_getiuservalue(L, 1, 1);
@@ -1104,7 +1115,7 @@ static void push_reply(lua_State *L, openai_stream *st) {
 
 /* s:finish() -> { text, tool_calls, usage, stop, stop_raw } | nil, err */
 static int l_finish(lua_State *L) {
-  openai_stream *st = check_stream(L);
+  openai_stream *st = parser_of(L, check_stream(L));
   if (st->failed) {
     lua_pushnil(L);
     lua_getiuservalue(L, 1, 1);
@@ -1137,7 +1148,6 @@ static void stream_free(openai_stream *st) {
   free(st->pending);
   st->pending = NULL;
   st->npending_cap = 0;
-  st->closed = 1;
 }
 
 /* A parser between replies: emptied, with its buffers (those up to
@@ -1201,9 +1211,9 @@ void tide__stream_shutdown(tide_ctx *ctx) {
 static int l_close(lua_State *L) {
   stream_ud *u = luaL_checkudata(L, 1, STREAM_MT);
   openai_stream *st = u->st;
-  if (st == NULL) return 0;
+  u->closed = 1;
   u->st = NULL;
-  park_stream(L, st);
+  if (st) park_stream(L, st);
   return 0;
 }
 
@@ -1231,7 +1241,7 @@ static int l_openai_parse(lua_State *L) {
     stream_reuse(st, max); /* also empties what a call that raised left */
   } else {
     lua_pop(L, 1);
-    st = new_stream(L, max);
+    st = parser_of(L, new_stream(L, max));
     lua_pushvalue(L, -1);
     lua_setfield(L, LUA_REGISTRYINDEX, PARSE_KEY);
   }
@@ -1279,7 +1289,7 @@ static int l_openai_parse(lua_State *L) {
 
 static int l_tostring(lua_State *L) {
   stream_ud *u = luaL_checkudata(L, 1, STREAM_MT);
-  if (u->st == NULL || u->st->closed)
+  if (u->closed)
     lua_pushliteral(L, "tide.openai_stream (closed)");
   else
     lua_pushfstring(L, "tide.openai_stream (%p)", (void *)u);
