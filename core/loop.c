@@ -372,7 +372,9 @@ static void finish(tide_ctx *ctx, tide_task *t, int ok, int nres) {
   luaL_unref(ctx->L, LUA_REGISTRYINDEX, ref);
 }
 
-static void resume(tide_ctx *ctx, tide_task *t) {
+/* Runs task t until it waits or ends. `from` is the thread resuming it: the
+** main thread from the loop, the spawning task for core.spawn_now. */
+static void resume(tide_ctx *ctx, tide_task *t, lua_State *from) {
   lua_State *co = t->co;
   int nargs = 0, nres = 0;
   if (!t->started) {
@@ -390,7 +392,7 @@ static void resume(tide_ctx *ctx, tide_task *t) {
   t->wait = NULL;
   tide_task *prev = ctx->current;
   ctx->current = t;
-  int status = lua_resume(co, ctx->L, nargs, &nres);
+  int status = lua_resume(co, from, nargs, &nres);
   ctx->current = prev;
   if (status == LUA_YIELD) {
     if (t->wait) {
@@ -423,7 +425,7 @@ static void drain_ready(tide_ctx *ctx) {
     ctx->ready_head = t->next_ready;
     if (ctx->ready_head == NULL) ctx->ready_tail = NULL;
     t->next_ready = NULL;
-    resume(ctx, t);
+    resume(ctx, t, ctx->L);
     if (t == last) break;
   }
   if (ctx->ready_head == NULL) uv_idle_stop(ctx->idle);
@@ -470,7 +472,9 @@ static void own_locals(lua_State *L, tide_task *t) {
   t->locals_inherited = 0;
 }
 
-tide_task *tide__spawn(lua_State *L, int fnidx, int nargs, int depth) {
+/* A new task for the function at fnidx and the nargs values after it, its
+** userdata pushed; queued to run when `ready`. */
+static tide_task *new_task(lua_State *L, int fnidx, int nargs, int depth, int ready) {
   tide_ctx *ctx = tide__ctx(L);
   fnidx = lua_absindex(L, fnidx);
   luaL_checktype(L, fnidx, LUA_TFUNCTION);
@@ -523,8 +527,12 @@ tide_task *tide__spawn(lua_State *L, int fnidx, int nargs, int depth) {
     if (parent->first_child) parent->first_child->prev_sibling = t;
     parent->first_child = t;
   }
-  push_ready(ctx, t);
+  if (ready) push_ready(ctx, t);
   return t;
+}
+
+tide_task *tide__spawn(lua_State *L, int fnidx, int nargs, int depth) {
+  return new_task(L, fnidx, nargs, depth, 1);
 }
 
 static void cancel_task(tide_task *t) {
@@ -552,6 +560,20 @@ static int l_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   tide_task *parent = tide__current(L);
   tide__spawn(L, 1, lua_gettop(L) - 1, parent ? parent->depth : 0);
+  return 1;
+}
+
+/* core.spawn_now(fn, ...) -> task (inside a task)
+** As spawn, but the new task runs at once, inside the caller, until it first
+** waits or ends; the caller goes on from there. For a task the caller is
+** about to join (a tool call): one that never waits is done before the
+** join, which then returns at once instead of a pass of the loop for the
+** new task and another for the caller. */
+static int l_spawn_now(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  tide_task *parent = tide__check_task(L, "core.spawn_now");
+  tide_task *t = new_task(L, 1, lua_gettop(L) - 1, parent->depth, 0);
+  resume(parent->ctx, t, L);
   return 1;
 }
 
@@ -918,6 +940,7 @@ void tide__open_loop(lua_State *L) {
   static const luaL_Reg fns[] = {
       {"run", l_run},
       {"spawn", l_spawn},
+      {"spawn_now", l_spawn_now},
       {"sleep", l_sleep},
       {"current", l_current},
       {"context", l_context},

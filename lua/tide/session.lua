@@ -719,7 +719,11 @@ function session_mt:_run_tools(calls, opts, turn_ctx)
     else
       if budget then budget:spend("tool_calls", 1, self.agent_path) end
       self.counters.tool_calls = self.counters.tool_calls + 1
-      local task = core.spawn(tool_worker, self, t, args, call, opts, t0, sink, depth)
+      -- A single call's task runs at once, until it first waits: a tool
+      -- that never does is done before the join below, which then costs
+      -- no pass of the loop. Several calls are all started before any runs.
+      local task = (running and core.spawn or core.spawn_now)(tool_worker, self, t, args, call, opts, t0,
+        sink, depth)
       local limit = t.timeout_ms or self.tool_timeout_ms
       if running then
         running[3 * i - 2], running[3 * i - 1], running[3 * i] = task, t0, limit

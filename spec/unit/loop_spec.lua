@@ -255,6 +255,36 @@ describe("tasks", function()
     assert.is_false(r.two_reused)
   end)
 
+  it("spawn_now runs the new task at once, until it first waits", function()
+    local r = tide.run(function()
+      local log = {}
+      local quick = core.spawn_now(function(a, b)
+        log[#log + 1] = "quick ran with " .. a .. b
+        return "quick done"
+      end, "x", "y")
+      log[#log + 1] = "after quick: " .. quick:status()
+      local slow = core.spawn_now(function()
+        log[#log + 1] = "slow started"
+        tide.sleep(10)
+        log[#log + 1] = "slow woke"
+        return "slow done"
+      end)
+      log[#log + 1] = "after slow: " .. slow:status()
+      local failing = core.spawn_now(function() error({ code = "Boom" }) end)
+      local q, s = quick:join(), slow:join()
+      local _, err = failing:join()
+      log[#log + 1] = ("%s, %s, %s"):format(q, s, err.code)
+      -- the task is the current one while it runs, and a child of the caller
+      local me = core.current()
+      core.spawn_now(function() log[#log + 1] = tostring(core.current() ~= me) end)
+      return log
+    end)
+    assert.are.same({ "quick ran with xy", "after quick: done", "slow started", "after slow: waiting",
+      "slow woke", "quick done, slow done, Boom", "true" }, r)
+    assert.has_error(function() core.spawn_now(function() end) end,
+      "core.spawn_now must be called inside a task")
+  end)
+
   it("raises on wrong argument types, naming the argument", function()
     assert.has_error(function() tide.spawn("nope") end,
       "bad argument #1 to 'spawn' (function expected, got string)")
