@@ -408,6 +408,92 @@ static int l_join_wire(lua_State *L) {
   return 1;
 }
 
+/* ------------------------------------------------------------- splice -- */
+
+/* The JSON escape of each byte as lua-cjson writes it (so as json.quote and
+** the canonical encoder do): NULL for a byte that stands for itself. */
+static const char *escape_of(unsigned char c, char tmp[8]) {
+  switch (c) {
+  case '"': return "\\\"";
+  case '\\': return "\\\\";
+  case '/': return "\\/";
+  case '\b': return "\\b";
+  case '\t': return "\\t";
+  case '\n': return "\\n";
+  case '\f': return "\\f";
+  case '\r': return "\\r";
+  default:
+    if (c < 0x20 || c == 0x7f) {
+      snprintf(tmp, 8, "\\u%04x", c);
+      return tmp;
+    }
+    return NULL;
+  }
+}
+
+/* How many bytes the quoted form of s[0..n) takes. */
+static size_t quoted_size(const unsigned char *s, size_t n) {
+  size_t k = n + 2;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = s[i];
+    if (c < 0x20 || c == 0x7f) k += (c == '\b' || c == '\t' || c == '\n' || c == '\f' || c == '\r') ? 1 : 5;
+    else if (c == '"' || c == '\\' || c == '/') k += 1;
+  }
+  return k;
+}
+
+static size_t write_quoted(char *out, const unsigned char *s, size_t n) {
+  size_t k = 0, run = 0;
+  char tmp[8];
+  out[k++] = '"';
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = s[i];
+    if (c >= 0x20 && c != '"' && c != '\\' && c != '/' && c != 0x7f) continue;
+    const char *e = escape_of(c, tmp);
+    if (e == NULL) continue;
+    memcpy(out + k, s + run, i - run);
+    k += i - run;
+    size_t el = strlen(e);
+    memcpy(out + k, e, el);
+    k += el;
+    run = i + 1;
+  }
+  memcpy(out + k, s + run, n - run);
+  k += n - run;
+  out[k++] = '"';
+  return k;
+}
+
+/* core.json_splice(raw, str, raw, str, ..., raw) -> the raw pieces as they
+** are and each str between them as a JSON string literal, quoted and
+** escaped as json.quote does it, joined: a message's encoding in one string
+** where the Lua concatenation of quoted pieces made one per piece. */
+static int l_json_splice(lua_State *L) {
+  int n = lua_gettop(L);
+  size_t total = 0;
+  for (int i = 1; i <= n; i++) {
+    if (lua_type(L, i) != LUA_TSTRING) luaL_typeerror(L, i, "string");
+    size_t len;
+    const char *s = lua_tolstring(L, i, &len);
+    total += i % 2 ? len : quoted_size((const unsigned char *)s, len);
+  }
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, total);
+  size_t k = 0;
+  for (int i = 1; i <= n; i++) {
+    size_t len;
+    const char *s = lua_tolstring(L, i, &len);
+    if (i % 2) {
+      memcpy(out + k, s, len);
+      k += len;
+    } else {
+      k += write_quoted(out + k, (const unsigned char *)s, len);
+    }
+  }
+  luaL_pushresultsize(&b, k);
+  return 1;
+}
+
 /* ----------------------------------------------------------------- hash -- */
 
 /* core.hash(str) -> 16 lowercase hex digits: FNV-1a, 64 bits. Not a
@@ -441,6 +527,7 @@ void tide__open_dispatch(lua_State *L) {
   static const luaL_Reg fns[] = {{"tool_call_assembler", l_assembler},
                                  {"hash", l_hash},
                                  {"join_wire", l_join_wire},
+                                 {"json_splice", l_json_splice},
                                  {NULL, NULL}};
   tide__register_type(L, ASSEMBLER_MT, meta, methods);
   luaL_setfuncs(L, fns, 0);

@@ -490,6 +490,8 @@ describe("tide.provider", function()
           { id = str, name = "second", arguments = args[#args + 1 - i] } } }
         out[#out + 1] = { role = "assistant", content = str, tool_calls = {
           { id = str, name = "only", arguments = args[i] } } }
+        out[#out + 1] = { role = "assistant", tool_calls = {
+          { id = "lone" .. str, name = str, arguments = args[#args + 1 - i] } } }
         out[#out + 1] = { role = "tool", results = {
           { id = str, name = "n", content = str, is_error = i % 2 == 0 },
           { id = "t" .. i, name = "n", content = { answer = str, n = i } },

@@ -81,17 +81,24 @@ local function content_json(c)
   return canonical(c)
 end
 
+-- core.json_splice(raw, str, raw, ...) quotes every second piece and joins
+-- them all into one string, as the concatenation of quoted pieces would.
+local splice = core.json_splice
 local result_text = provider._result_text
 local function tool_result(r)
-  return '{"content":' .. quote(result_text(r.content)) .. ',"role":"tool","tool_call_id":' .. quote(r.id) .. "}"
+  return splice('{"content":', result_text(r.content), ',"role":"tool","tool_call_id":', r.id, "}")
 end
 
-local function tool_call(c)
+local function call_arguments(c)
   local args = c.arguments
   if type(args) == "table" then args = canonical(args) end
   if type(args) ~= "string" then args = "{}" end
-  return '{"function":{"arguments":' .. quote(args) .. ',"name":' .. quote(c.name) .. '},"id":'
-    .. quote(c.id) .. ',"type":"function"}'
+  return args
+end
+
+local function tool_call(c)
+  return splice('{"function":{"arguments":', call_arguments(c), ',"name":', c.name, '},"id":', c.id,
+    ',"type":"function"}')
 end
 
 --- One neutral message as JSON array element(s): a `tool` message becomes one
@@ -119,8 +126,13 @@ function Provider:_encode(msg)
     local calls = msg.tool_calls
     if calls and #calls > 0 then
       local list
-      if #calls == 1 then -- the usual shape, without a table
-        list = tool_call(calls[1])
+      if #calls == 1 then -- the usual shape, in one string
+        local c = calls[1]
+        if content == nil or content == "" then
+          return splice('{"content":null,"role":"assistant","tool_calls":[{"function":{"arguments":',
+            call_arguments(c), ',"name":', c.name, '},"id":', c.id, ',"type":"function"}]}')
+        end
+        list = tool_call(c)
       else
         local tc = {}
         for i, c in ipairs(calls) do tc[i] = tool_call(c) end
