@@ -624,7 +624,7 @@ static int push_result(lua_State *L, tide_http *r) {
 /* ----------------------------------------------------------- bindings -- */
 
 static tide_http *check_req(lua_State *L) {
-  tide_http **pp = luaL_checkudata(L, 1, HTTP_MT);
+  tide_http **pp = tide__check_self(L, HTTP_MT);
   if (*pp == NULL) luaL_error(L, "attempt to use a closed http request");
   return *pp;
 }
@@ -725,7 +725,7 @@ static int l_req_cancel(lua_State *L) {
 }
 
 static int l_req_gc(lua_State *L) {
-  tide_http **pp = luaL_checkudata(L, 1, HTTP_MT);
+  tide_http **pp = tide__check_self(L, HTTP_MT);
   tide_http *r = *pp;
   if (r == NULL) return 0;
   *pp = NULL;

@@ -432,7 +432,7 @@ static void drain_ready(tide_ctx *ctx) {
 }
 
 static int task_gc(lua_State *L) {
-  tide_task *t = luaL_checkudata(L, 1, TIDE_TASK_MT);
+  tide_task *t = tide__check_self(L, TIDE_TASK_MT);
   if (t->state == TIDE_TASK_DONE && !t->ok && !t->reported && t->co) {
     t->reported = 1;
     int cancelled = 0;
@@ -551,8 +551,9 @@ static void cancel_task(tide_task *t) {
 
 /* ----------------------------------------------------------- bindings -- */
 
-static tide_task *check_task_ud(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, TIDE_TASK_MT);
+/* The task a method is called on (index 1). */
+static tide_task *self_task(lua_State *L) {
+  return tide__check_self(L, TIDE_TASK_MT);
 }
 
 /* core.spawn(fn, ...) -> task. The child inherits its parent's depth. */
@@ -633,7 +634,7 @@ static int join_k(lua_State *L, int status, lua_KContext kctx) {
   self->join_target = NULL;
   if (kctx && self->sleep_timer) uv_timer_stop(self->sleep_timer);
   tide__check_cancel(L, self);
-  tide_task *t = check_task_ud(L, 1);
+  tide_task *t = self_task(L);
   if (self->join_timed_out) {
     self->join_timed_out = 0;
     return tide__fail(L, "Timeout", "task %d did not finish in time", (int)t->id);
@@ -658,7 +659,7 @@ static int ensure_timer(lua_State *L, tide_task *t) {
 ** With a timeout, gives up after timeout_ms with a Timeout error; the task
 ** itself goes on (cancel it if it must stop). */
 static int l_join(lua_State *L) {
-  tide_task *t = check_task_ud(L, 1);
+  tide_task *t = self_task(L);
   lua_Integer timeout = luaL_optinteger(L, 2, -1);
   lua_settop(L, 1);
   if (t->state == TIDE_TASK_DONE) return push_outcome(L, t, 1);
@@ -682,7 +683,7 @@ static int l_join(lua_State *L) {
 ** Cancelled, and after that it runs on normally. A session uses it to stop a
 ** turn that runs in its caller's task without ending the caller. */
 static int l_interrupt(lua_State *L) {
-  tide_task *t = check_task_ud(L, 1);
+  tide_task *t = self_task(L);
   if (t->state == TIDE_TASK_DONE) {
     lua_pushboolean(L, 0);
     return 1;
@@ -711,7 +712,7 @@ static int l_clear_interrupt(lua_State *L) {
 /* task:cancel() -> true if the task was still running. Cancels its
 ** descendants too; takes effect at each task's next wait. */
 static int l_cancel(lua_State *L) {
-  tide_task *t = check_task_ud(L, 1);
+  tide_task *t = self_task(L);
   int live = t->state != TIDE_TASK_DONE && !t->cancelled;
   cancel_task(t);
   lua_pushboolean(L, live);
@@ -721,7 +722,7 @@ static int l_cancel(lua_State *L) {
 static int l_status(lua_State *L) {
   static const char *const names[] = {"new", "ready", "running", "waiting",
                                       "done"};
-  tide_task *t = check_task_ud(L, 1);
+  tide_task *t = self_task(L);
   if (t->state == TIDE_TASK_DONE && !t->ok)
     lua_pushliteral(L, "failed");
   else
@@ -730,17 +731,17 @@ static int l_status(lua_State *L) {
 }
 
 static int l_task_id(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)check_task_ud(L, 1)->id);
+  lua_pushinteger(L, (lua_Integer)self_task(L)->id);
   return 1;
 }
 
 static int l_task_depth(lua_State *L) {
-  lua_pushinteger(L, check_task_ud(L, 1)->depth);
+  lua_pushinteger(L, self_task(L)->depth);
   return 1;
 }
 
 static int l_task_tostring(lua_State *L) {
-  tide_task *t = check_task_ud(L, 1);
+  tide_task *t = self_task(L);
   lua_pushfstring(L, "tide.task %d", (int)t->id);
   return 1;
 }

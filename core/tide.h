@@ -282,6 +282,11 @@ int tide__raise(lua_State *L, const char *code, const char *fmt, ...);
 /// `methods` (either may be NULL). Leaves the stack as it found it.
 void tide__register_type(lua_State *L, const char *name, const luaL_Reg *meta,
                          const luaL_Reg *methods);
+/// The userdata at index 1 of a method or metamethod of type `name`
+/// (registered by tide__register_type, which gives each the metatable as
+/// upvalue 1): one metatable comparison instead of luaL_checkudata's
+/// registry lookup by name, with its error when the value is not one.
+void *tide__check_self(lua_State *L, const char *name);
 /// Sets header name (lowercased here) to value in the table at the top of
 /// the stack; a repeated header is joined with ", " as RFC 9110 allows.
 void tide__add_header(lua_State *L, const char *name, size_t nl,
