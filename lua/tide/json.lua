@@ -13,6 +13,12 @@ cjson.encode_max_depth(200)
 -- Non-finite numbers are not JSON; encode them as null rather than fail.
 cjson.encode_invalid_numbers("null")
 
+-- The same decoder returning nil, message instead of raising: no pcall on
+-- the path of every tool call's arguments.
+local safe = require("cjson.safe").new()
+safe.decode_max_depth(200)
+local safe_decode = safe.decode
+
 local core = require "tide.core"
 
 json.null = cjson_module.null
@@ -63,15 +69,14 @@ function json.decode(text)
   if type(text) ~= "string" then
     return nil, core.error("MalformedResponse", "expected JSON text, got " .. type(text))
   end
-  local ok, v = pcall(cjson.decode, text)
-  if not ok then
-    return nil, core.error("MalformedResponse", "invalid JSON: " .. tostring(v):gsub("^.-: ", ""))
+  local v, err = safe_decode(text)
+  if v == nil then
+    return nil, core.error("MalformedResponse", "invalid JSON: " .. tostring(err):gsub("^.-: ", ""))
   end
   if type(v) == "table" then return integers(v, 0) end
   return tointeger(v) or v
 end
 
-local decode = cjson.decode
 
 --- Decodes `text` like `json.decode`, but leaves every number a float, as
 --- lua-cjson gives it: for payloads read by tide itself (provider responses
@@ -84,9 +89,9 @@ function json.decode_fast(text)
   if type(text) ~= "string" then
     return nil, core.error("MalformedResponse", "expected JSON text, got " .. type(text))
   end
-  local ok, v = pcall(decode, text)
-  if not ok then
-    return nil, core.error("MalformedResponse", "invalid JSON: " .. tostring(v):gsub("^.-: ", ""))
+  local v, err = safe_decode(text)
+  if v == nil then
+    return nil, core.error("MalformedResponse", "invalid JSON: " .. tostring(err):gsub("^.-: ", ""))
   end
   return v
 end

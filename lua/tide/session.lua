@@ -637,7 +637,7 @@ end
 -- `sink` is the turn's event sink and `depth` the turn's spawn depth (a
 -- tool task's own, as it was spawned from the turn's task).
 local function tool_worker(self, t, args, call, opts, t0, sink, depth)
-  local ctx = { session = self, call_id = call.id, name = call.name, depth = depth }
+  local ctx = not t.args_only and { session = self, call_id = call.id, name = call.name, depth = depth } or nil
   local ok, v = pcall(t.handler, args, ctx)
   local text, is_error
   if not ok then

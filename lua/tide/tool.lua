@@ -57,12 +57,16 @@ function M.new(spec)
   if spec.timeout_ms ~= nil and (math.type(spec.timeout_ms) ~= "integer" or spec.timeout_ms <= 0) then
     fail("'timeout_ms' must be a positive integer")
   end
+  -- A handler that declares only `args` never sees its context: the session
+  -- then makes none for its calls.
+  local info = debug.getinfo(spec.handler, "u")
   return setmetatable({
     name = spec.name,
     description = spec.description,
     parameters = params,
     handler = spec.handler,
     timeout_ms = spec.timeout_ms,
+    args_only = info.nparams < 2 and not info.isvararg or nil,
   }, tool_mt)
 end
 

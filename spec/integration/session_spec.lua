@@ -66,6 +66,34 @@ for _, shape in ipairs(shapes) do
       assert.are.equal("found item 1", hist[3].results[1].content)
     end)
 
+    it("hands a handler that takes it its context: session, call id and name, depth", function()
+      local seen = {}
+      local function tool(name, handler)
+        return tide.tool { name = name, description = "d", parameters = { type = "object" }, handler = handler }
+      end
+      tide.agent { id = "ctx", prompt = "You call tools.", tools = {
+        tool("two", function(_, ctx) seen.two = ctx return "ok" end),
+        tool("vararg", function(...) seen.n, seen.vararg = select("#", ...), (select(2, ...)) return "ok" end),
+        tool("one", function(args) seen.one = args return "ok" end),
+      } }
+      for _, name in ipairs { "two", "vararg", "one" } do
+        srv.default = testing.tool_loop(1, name)
+        local s = tide.session { agent = "ctx", provider = provider }
+        local reply, err = s:turn("go")
+        assert.are.equal("done after 1 lookups", reply, err and err.message)
+        if name == "two" then
+          assert.are.equal(s, seen.two.session)
+          assert.are.equal("two", seen.two.name)
+          assert.is_string(seen.two.call_id)
+          assert.are.equal(s:history()[2].tool_calls[1].id, seen.two.call_id)
+          assert.are.equal(core.depth(), seen.two.depth)
+        end
+      end
+      assert.are.equal(2, seen.n)
+      assert.are.equal("vararg", seen.vararg.name)
+      assert.is_table(seen.one)
+    end)
+
     it("fails with MaxIterationsExceeded past max_iterations and stays usable", function()
       srv.default = testing.tool_loop(10, "lookup")
       local s = tide.session { agent = "looper", provider = provider }
