@@ -75,6 +75,7 @@ struct tide_http_state {
   int in_curl;
   CURL *pool[EASY_POOL_MAX];
   unsigned char pool_plain[EASY_POOL_MAX]; /* pool[i] keeps a plain POST's options */
+  int env_proxy; /* a proxy variable was set when HTTP started (see http_state) */
   int npool;
   tide_http *active;     /* requests added to the multi handle */
   int nactive;           /* how many */
@@ -434,6 +435,14 @@ static tide_http_state *http_state(lua_State *L) {
   tide_http_state *hs = calloc(1, sizeof *hs);
   if (hs == NULL) luaL_error(L, "tide: cannot initialise HTTP");
   hs->ctx = ctx;
+  /* libcurl reads the proxy variables (no_proxy, http_proxy, all_proxy...)
+  ** from the environment on every transfer: five getenv scans a request.
+  ** They are read here once; with none set, every handle is told "no proxy"
+  ** outright. With any set, libcurl goes on reading them itself. */
+  static const char *const proxy_vars[] = {"http_proxy", "HTTP_PROXY", "https_proxy",
+                                           "HTTPS_PROXY", "all_proxy", "ALL_PROXY"};
+  for (size_t i = 0; i < sizeof proxy_vars / sizeof proxy_vars[0]; i++)
+    if (getenv(proxy_vars[i])) hs->env_proxy = 1;
   if (new_shard(hs) == NULL) {
     free(hs);
     luaL_error(L, "tide: cannot initialise HTTP");
@@ -1000,6 +1009,10 @@ static int start_request(lua_State *L, const req_args *a) {
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, closesocket_cb);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, hs);
+    if (!hs->env_proxy) {
+      curl_easy_setopt(e, CURLOPT_PROXY, "");
+      curl_easy_setopt(e, CURLOPT_NOPROXY, "");
+    }
   }
   if (a->wireidx) { /* joined above */
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->send.len);

@@ -304,3 +304,47 @@ io.write(seen.FdLimit and "FdLimit" or "none", seen.ok and " ok" or "")
     assert.matches("FdLimit", out)
   end)
 end)
+
+describe("tide.http and the proxy variables", function()
+  -- The variables are read when HTTP starts in a process: each case runs in
+  -- a process of its own, whose proxy (a loopback server) answers for any
+  -- host.
+  local function run(env)
+    local probe = assert(require("tide.core").server_listen { handler = function() return { status = 200 } end })
+    local port = probe:port()
+    probe:close()
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write(([[
+local tide = require "tide"
+local core = require "tide.core"
+local srv = assert(core.server_listen { port = %d, handler = function(req)
+  return { status = 200, body = "proxy saw " .. req.path }
+end })
+local direct = assert(core.server_listen { handler = function() return { status = 200, body = "direct" } end })
+local a, aerr = tide.http.request { url = "http://upstream.invalid/x" }
+local b = tide.http.request { url = ("http://127.0.0.1:%%d/y"):format(direct:port()) }
+srv:close()
+direct:close()
+io.write(a and a.body or aerr.code, " | ", b and b.body or "failed")
+]]):format(port))
+    f:close()
+    local build = os.getenv("TIDE_BUILD_DIR") or "build"
+    local p = io.popen(("env %s LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' ASAN_OPTIONS=detect_leaks=0 lua5.4 %s 2>&1")
+      :format(env:gsub("PORT", tostring(port)), build, script))
+    local out = p:read("a")
+    p:close()
+    os.remove(script)
+    return out
+  end
+
+  it("sends through the proxy they name, and past it for the hosts of no_proxy", function()
+    local out = run("http_proxy=http://127.0.0.1:PORT no_proxy=127.0.0.1")
+    assert.matches("^proxy saw http://upstream.invalid/x | direct$", out)
+  end)
+
+  it("connects directly when none is set", function()
+    local out = run("-u http_proxy -u HTTP_PROXY -u all_proxy -u ALL_PROXY -u https_proxy -u HTTPS_PROXY")
+    assert.matches("^ResolveFailed | direct$", out)
+  end)
+end)
