@@ -410,56 +410,49 @@ static int l_join_wire(lua_State *L) {
 
 /* ------------------------------------------------------------- splice -- */
 
-/* The JSON escape of each byte as lua-cjson writes it (so as json.quote and
-** the canonical encoder do): NULL for a byte that stands for itself. */
-static const char *escape_of(unsigned char c, char tmp[8]) {
-  switch (c) {
-  case '"': return "\\\"";
-  case '\\': return "\\\\";
-  case '/': return "\\/";
-  case '\b': return "\\b";
-  case '\t': return "\\t";
-  case '\n': return "\\n";
-  case '\f': return "\\f";
-  case '\r': return "\\r";
-  default:
-    if (c < 0x20 || c == 0x7f) {
-      snprintf(tmp, 8, "\\u%04x", c);
-      return tmp;
-    }
-    return NULL;
-  }
-}
+/* How many bytes more than itself each byte takes in a JSON string as
+** lua-cjson writes it (so as json.quote and the canonical encoder do):
+** \" \\ \/ and the short control escapes take 2, other controls and DEL
+** take \u00XX. */
+#define U6 5
+static const unsigned char JSON_EXTRA[256] = {
+    U6, U6, U6, U6, U6, U6, U6, U6, 1,  1,  1,  U6, 1,  1,  U6, U6,
+    U6, U6, U6, U6, U6, U6, U6, U6, U6, U6, U6, U6, U6, U6, U6, U6,
+    ['"'] = 1, ['/'] = 1, ['\\'] = 1, [0x7f] = U6};
+#undef U6
 
-/* How many bytes the quoted form of s[0..n) takes. */
 static size_t quoted_size(const unsigned char *s, size_t n) {
   size_t k = n + 2;
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = s[i];
-    if (c < 0x20 || c == 0x7f) k += (c == '\b' || c == '\t' || c == '\n' || c == '\f' || c == '\r') ? 1 : 5;
-    else if (c == '"' || c == '\\' || c == '/') k += 1;
-  }
+  for (size_t i = 0; i < n; i++) k += JSON_EXTRA[s[i]];
   return k;
 }
 
 static size_t write_quoted(char *out, const unsigned char *s, size_t n) {
-  size_t k = 0, run = 0;
-  char tmp[8];
+  static const char hex[] = "0123456789abcdef";
+  size_t k = 0;
   out[k++] = '"';
   for (size_t i = 0; i < n; i++) {
     unsigned char c = s[i];
-    if (c >= 0x20 && c != '"' && c != '\\' && c != '/' && c != 0x7f) continue;
-    const char *e = escape_of(c, tmp);
-    if (e == NULL) continue;
-    memcpy(out + k, s + run, i - run);
-    k += i - run;
-    size_t el = strlen(e);
-    memcpy(out + k, e, el);
-    k += el;
-    run = i + 1;
+    if (JSON_EXTRA[c] == 0) {
+      out[k++] = (char)c;
+      continue;
+    }
+    out[k++] = '\\';
+    switch (c) {
+    case '\b': out[k++] = 'b'; break;
+    case '\t': out[k++] = 't'; break;
+    case '\n': out[k++] = 'n'; break;
+    case '\f': out[k++] = 'f'; break;
+    case '\r': out[k++] = 'r'; break;
+    case '"': case '/': case '\\': out[k++] = (char)c; break;
+    default:
+      out[k++] = 'u';
+      out[k++] = '0';
+      out[k++] = '0';
+      out[k++] = hex[c >> 4];
+      out[k++] = hex[c & 15];
+    }
   }
-  memcpy(out + k, s + run, n - run);
-  k += n - run;
   out[k++] = '"';
   return k;
 }
@@ -477,8 +470,11 @@ static int l_json_splice(lua_State *L) {
     const char *s = lua_tolstring(L, i, &len);
     total += i % 2 ? len : quoted_size((const unsigned char *)s, len);
   }
+  /* a message's encoding is short: on the C stack, then one copy into the
+  ** string; a long one in a Lua buffer, which frees itself should Lua raise */
+  char stackbuf[JOIN_STACK];
   luaL_Buffer b;
-  char *out = luaL_buffinitsize(L, &b, total);
+  char *out = total <= sizeof stackbuf ? stackbuf : luaL_buffinitsize(L, &b, total);
   size_t k = 0;
   for (int i = 1; i <= n; i++) {
     size_t len;
@@ -490,7 +486,10 @@ static int l_json_splice(lua_State *L) {
       k += write_quoted(out + k, (const unsigned char *)s, len);
     }
   }
-  luaL_pushresultsize(&b, k);
+  if (out == stackbuf)
+    lua_pushlstring(L, out, k);
+  else
+    luaL_pushresultsize(&b, k);
   return 1;
 }
 
