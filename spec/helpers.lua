@@ -10,6 +10,18 @@ function helpers.run(fn, ...)
   return require("tide").run(fn, ...)
 end
 
+--- Inside a task: sleeps until cond() is true, raising once `ms` (default
+--- 5,000) have passed, so that a spec whose awaited event never comes fails
+--- instead of hanging the suite.
+function helpers.wait_until(cond, what, ms)
+  local core = require "tide.core"
+  local deadline = core.hrtime() + (ms or 5000) * 1e6
+  while not cond() do
+    if core.hrtime() > deadline then error("timed out waiting for " .. what, 2) end
+    require("tide").sleep(1)
+  end
+end
+
 --- A fresh temporary directory (removed by helpers.rmdir).
 function helpers.tmpdir()
   local p = os.tmpname()

@@ -135,7 +135,7 @@ describe("tide.provider", function()
               -- Once the 429 has been answered, the retry must not come for
               -- 300 ms: a look 100 ms later still finds one request.
               local probe = tide.spawn(function()
-                while #srv:requests() == 0 do tide.sleep(2) end
+                helpers.wait_until(function() return #srv:requests() > 0 end, "the first request")
                 tide.sleep(100)
                 seen_mid_wait = #srv:requests()
               end)

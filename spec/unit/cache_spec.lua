@@ -27,7 +27,7 @@ end
 -- matter are then decided by the spec, not by timers.
 local function gated_source(id)
   local src = counting_source(id, function(self)
-    while not self.open do tide.sleep(1) end
+    helpers.wait_until(function() return self.open end, "the gate to open")
     return toolkits()
   end)
   src.open = false
