@@ -464,8 +464,16 @@ end
 
 -- ------------------------------------------------------------- complete
 
+local byte = string.byte
+local OPEN_BRACE = byte("{")
+
+-- The first byte of s that is not white space, nil if there is none. (A
+-- reply's first byte is the usual answer: no pattern match then.)
 local function first_significant(s)
-  return s:match("^%s*(.)")
+  local b = byte(s, 1)
+  if b == nil or b > 32 then return b end
+  local c = s:match("^%s*(.)")
+  return c and byte(c)
 end
 
 -- The URL and headers of a provider's requests, built once and rebuilt only
@@ -613,7 +621,7 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
         goto continue
       end
       held = nil
-      mode = c == "{" and "json" or "sse"
+      mode = c == OPEN_BRACE and "json" or "sse"
     end
     if mode == "json" then
       held = held or {}
