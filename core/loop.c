@@ -305,8 +305,8 @@ static void spare_thread(lua_State *L, tide_task *t) {
 ** dropped, and collected much later): the value takes the coroutine's place
 ** as the userdata's uservalue 1. Anyone still holding the coroutine itself
 ** (coroutine.running() saved by the task) sees it reused. */
-static void keep_result(tide_ctx *ctx, tide_task *t) {
-  lua_State *L = ctx->L, *co = t->co;
+static void keep_result(tide_ctx *ctx, tide_task *t, lua_State *L) {
+  lua_State *co = t->co;
   if (ctx->closing || ctx->spare_threads >= SPARE_THREADS_MAX || t->ref == LUA_NOREF ||
       !lua_checkstack(L, 4))
     return;
@@ -324,13 +324,14 @@ static void keep_result(tide_ctx *ctx, tide_task *t) {
   lua_pop(L, 1);
 }
 
-static void finish(tide_ctx *ctx, tide_task *t, int ok, int nres) {
+/* Task t has ended. L is the running thread (the one that resumed t), on
+** whose stack the outcome is arranged. */
+static void finish(tide_ctx *ctx, tide_task *t, int ok, int nres, lua_State *L) {
   t->state = TIDE_TASK_DONE;
   t->ok = ok;
   t->nres = nres;
   t->wait = NULL;
   if (!ok) {
-    lua_State *L = ctx->L;
     /* The coroutine's stack was not unwound; make room before touching it. */
     if (lua_checkstack(t->co, 2)) {
       lua_pushcfunction(L, decorate_error);
@@ -365,11 +366,11 @@ static void finish(tide_ctx *ctx, tide_task *t, int ok, int nres) {
     tide__wake(j);
   }
   t->first_joiner = NULL;
-  if (ok && nres <= 1) keep_result(ctx, t);
+  if (ok && nres <= 1) keep_result(ctx, t, L);
   int ref = t->ref;
   t->ref = LUA_NOREF;
   /* After this the userdata may be collected once Lua drops it. */
-  luaL_unref(ctx->L, LUA_REGISTRYINDEX, ref);
+  luaL_unref(L, LUA_REGISTRYINDEX, ref);
 }
 
 /* Runs task t until it waits or ends. `from` is the thread resuming it: the
@@ -383,7 +384,7 @@ static void resume(tide_ctx *ctx, tide_task *t, lua_State *from) {
       /* Cancelled before it ever ran: finish without running any of it. */
       lua_settop(co, 0);
       tide__push_error(co, "Cancelled", "task %d was cancelled", (int)t->id);
-      finish(ctx, t, 0, 0);
+      finish(ctx, t, 0, 0, from);
       return;
     }
     nargs = lua_gettop(co) - 1;
@@ -405,9 +406,9 @@ static void resume(tide_ctx *ctx, tide_task *t, lua_State *from) {
       push_ready(ctx, t);
     }
   } else if (status == LUA_OK) {
-    finish(ctx, t, 1, nres);
+    finish(ctx, t, 1, nres, from);
   } else {
-    finish(ctx, t, 0, 0);
+    finish(ctx, t, 0, 0, from);
   }
 }
 

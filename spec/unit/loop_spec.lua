@@ -274,6 +274,9 @@ describe("tasks", function()
       local q, s = quick:join(), slow:join()
       local _, err = failing:join()
       log[#log + 1] = ("%s, %s, %s"):format(q, s, err.code)
+      -- a task failing inside its caller is reported as any other (its
+      -- traceback kept on the error), and the caller goes on
+      assert(type(err.traceback) == "string" and err.traceback:find("spec/unit/loop_spec.lua"), err.traceback)
       -- the task is the current one while it runs, and a child of the caller
       local me = core.current()
       core.spawn_now(function() log[#log + 1] = tostring(core.current() ~= me) end)
