@@ -170,19 +170,6 @@ void tide__asm_push(lua_State *L, const tide_asm *a) {
   }
 }
 
-/* Whether the id is one of the calls' own non-empty ids, or one already
-** made for an earlier call (made[0 .. i-1], "" where the call had its own). */
-static int id_taken(const tide_asm *a, char (*made)[40], size_t i, const char *id,
-                    size_t len) {
-  for (size_t j = 0; j < a->n; j++) {
-    const tide_asm_slot *s = &a->slots[j];
-    if (s->has_id && s->id.len == len && memcmp(s->id.p, id, len) == 0) return 1;
-    if (j < i && made[j][0] && strlen(made[j]) == len && memcmp(made[j], id, len) == 0)
-      return 1;
-  }
-  return 0;
-}
-
 static int blank(const tide_buf *b) {
   for (size_t i = 0; i < b->len; i++) {
     char c = b->p[i];
@@ -192,7 +179,29 @@ static int blank(const tide_buf *b) {
 }
 
 void tide__asm_push_finished(lua_State *L, const tide_asm *a) {
-  char (*made)[40] = NULL; /* ids made for calls without one */
+  /* A made id can clash only with an id of the server's own that starts
+  ** "call_": then the ids taken go into a set (a Lua table, so that a reply
+  ** of many calls costs linear time), else "call_<n>" is unique as it is. */
+  int missing = 0, clashing = 0;
+  for (size_t i = 0; i < a->n; i++) {
+    const tide_asm_slot *s = &a->slots[i];
+    if (!s->has_id || s->id.len == 0)
+      missing = 1;
+    else if (s->id.len >= 5 && memcmp(s->id.p, "call_", 5) == 0)
+      clashing = 1;
+  }
+  int taken = 0;
+  if (missing && clashing) {
+    lua_createtable(L, 0, (int)(a->n > INT32_MAX ? 0 : a->n));
+    taken = lua_gettop(L);
+    for (size_t i = 0; i < a->n; i++) {
+      const tide_asm_slot *s = &a->slots[i];
+      if (!s->has_id || s->id.len == 0) continue;
+      lua_pushlstring(L, s->id.p, s->id.len);
+      lua_pushboolean(L, 1);
+      lua_rawset(L, taken);
+    }
+  }
   lua_createtable(L, (int)(a->n > INT32_MAX ? 0 : a->n), 0);
   for (size_t i = 0; i < a->n; i++) {
     const tide_asm_slot *s = &a->slots[i];
@@ -200,16 +209,21 @@ void tide__asm_push_finished(lua_State *L, const tide_asm *a) {
     if (s->has_id && s->id.len > 0) {
       lua_pushlstring(L, s->id.p, s->id.len);
     } else {
-      if (made == NULL) {
-        /* a userdata: freed by the collector, even if a push below raises */
-        made = lua_newuserdatauv(L, a->n * sizeof *made, 0);
-        memset(made, 0, a->n * sizeof *made);
-        lua_insert(L, -3); /* below the list and this call */
+      char id[48];
+      int len = snprintf(id, sizeof id, "call_%zu", i + 1);
+      if (taken) {
+        for (unsigned k = 1;; k++) {
+          lua_pushlstring(L, id, (size_t)len);
+          if (lua_rawget(L, taken) == LUA_TNIL) break;
+          lua_pop(L, 1);
+          len = snprintf(id, sizeof id, "call_%zu_%u", i + 1, k);
+        }
+        lua_pop(L, 1);
+        lua_pushlstring(L, id, (size_t)len);
+        lua_pushboolean(L, 1);
+        lua_rawset(L, taken);
       }
-      int len = snprintf(made[i], sizeof made[i], "call_%zu", i + 1);
-      for (unsigned k = 1; id_taken(a, made, i, made[i], (size_t)len); k++)
-        len = snprintf(made[i], sizeof made[i], "call_%zu_%u", i + 1, k);
-      lua_pushlstring(L, made[i], (size_t)len);
+      lua_pushlstring(L, id, (size_t)len);
     }
     lua_setfield(L, -2, "id");
     if (s->has_name)
@@ -224,7 +238,7 @@ void tide__asm_push_finished(lua_State *L, const tide_asm *a) {
     lua_setfield(L, -2, "arguments");
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
-  if (made) lua_remove(L, -2);
+  if (taken) lua_remove(L, taken);
 }
 
 /* ------------------------------------------------------------- bindings -- */

@@ -369,6 +369,16 @@ describe("core.openai_parse", function()
         { id = "", type = "function", ["function"] = { name = "c", arguments = "{}" } },
         { id = "call_1_1", type = "function", ["function"] = { arguments = "{}" } },
       } },
+      -- many calls, half of them without an id, the others with ids a made
+      -- one could clash with: every id unique, as the Lua finisher makes them
+      reply { role = "assistant", content = cjson.null, tool_calls = (function()
+        local calls = {}
+        for i = 1, 3000 do
+          calls[i] = { type = "function", ["function"] = { name = "n", arguments = "{}" } }
+          if i % 2 == 0 then calls[i].id = "call_" .. (i - 1) end
+        end
+        return calls
+      end)() },
       '{"choices":[{"message":{"content":"\\u0041\\n"},"finish_reason":"length"},{"message":{"content":"no"}}]}',
       '{"choices":[{"message":{"content":"k"}}],"usage":[]}',
       '{"choices":[{"message":{"content":"k","tool_calls":{"a":1}}}]}',
