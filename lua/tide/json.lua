@@ -77,7 +77,6 @@ function json.decode(text)
   return tointeger(v) or v
 end
 
-
 --- Decodes `text` like `json.decode`, but leaves every number a float, as
 --- lua-cjson gives it: for payloads read by tide itself (provider responses
 --- and stream events), which never need integers and should not pay for a

@@ -561,8 +561,9 @@ end
 local function attempt_whole(self, body, opts, timeout_ms, wire)
   local w = endpoint(self)
   local req <close> = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, false, wire)
-  local kind, status, ttfb_ms = req:next()
-  if kind ~= "done" then return nil, status, status.status ~= nil, false end
+  local kind, v, ttfb_ms = req:next() -- "done", status, ttfb_ms | nil, err
+  if kind ~= "done" then return nil, v, v.status ~= nil, false end
+  local status = v
   if status < 200 or status > 299 then
     return nil, failed_status(self.kind, req, status), true, false
   end
