@@ -61,22 +61,6 @@ function json.integers(t)
   return t
 end
 
---- Decodes `text`; returns `value` or `nil, err` (code `MalformedResponse`).
----@param text string
----@return any|nil value
----@return table|nil err
-function json.decode(text)
-  if type(text) ~= "string" then
-    return nil, core.error("MalformedResponse", "expected JSON text, got " .. type(text))
-  end
-  local v, err = safe_decode(text)
-  if v == nil then
-    return nil, core.error("MalformedResponse", "invalid JSON: " .. tostring(err):gsub("^.-: ", ""))
-  end
-  if type(v) == "table" then return integers(v, 0) end
-  return tointeger(v) or v
-end
-
 --- Decodes `text` like `json.decode`, but leaves every number a float, as
 --- lua-cjson gives it: for payloads read by tide itself (provider responses
 --- and stream events), which never need integers and should not pay for a
@@ -93,6 +77,18 @@ function json.decode_fast(text)
     return nil, core.error("MalformedResponse", "invalid JSON: " .. tostring(err):gsub("^.-: ", ""))
   end
   return v
+end
+local decode_fast = json.decode_fast
+
+--- Decodes `text`; returns `value` or `nil, err` (code `MalformedResponse`).
+---@param text string
+---@return any|nil value
+---@return table|nil err
+function json.decode(text)
+  local v, err = decode_fast(text)
+  if v == nil then return nil, err end
+  if type(v) == "table" then return integers(v, 0) end
+  return tointeger(v) or v
 end
 
 --- Encodes with lua-cjson (key order not guaranteed).

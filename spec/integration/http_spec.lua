@@ -277,11 +277,25 @@ describe("tide.http", function()
   end)
 end)
 
+-- Runs Lua source `src` as a process of its own on this build, after the
+-- shell words `prefix` (a ulimit, env assignments); returns what it printed.
+local function run_process(prefix, src)
+  local script = os.tmpname()
+  local f = assert(io.open(script, "w"))
+  f:write(src)
+  f:close()
+  local build = os.getenv("TIDE_BUILD_DIR") or "build"
+  local p = io.popen(("%s LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' ASAN_OPTIONS=detect_leaks=0 lua5.4 %s 2>&1")
+    :format(prefix, build, script))
+  local out = p:read("a")
+  p:close()
+  os.remove(script)
+  return out
+end
+
 describe("tide.http out of file descriptors", function()
   it("fails with FdLimit, not a vague connect error", function()
-    local script = os.tmpname()
-    local f = assert(io.open(script, "w"))
-    f:write([[
+    local out = run_process("ulimit -n 100;", [[
 local tide = require "tide"
 local core = require "tide.core"
 require "tide.http" -- loaded before the descriptors run out
@@ -296,13 +310,6 @@ end)
 srv:close()
 io.write(seen.FdLimit and "FdLimit" or "none", seen.ok and " ok" or "")
 ]])
-    f:close()
-    local build = os.getenv("TIDE_BUILD_DIR") or "build"
-    local p = io.popen(("ulimit -n 100; LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' ASAN_OPTIONS=detect_leaks=0 lua5.4 %s 2>&1")
-      :format(build, script))
-    local out = p:read("a")
-    p:close()
-    os.remove(script)
     assert.matches("FdLimit", out)
   end)
 end)
@@ -315,9 +322,7 @@ describe("tide.http and the proxy variables", function()
     local probe = assert(require("tide.core").server_listen { handler = function() return { status = 200 } end })
     local port = probe:port()
     probe:close()
-    local script = os.tmpname()
-    local f = assert(io.open(script, "w"))
-    f:write(([[
+    return run_process("env " .. env:gsub("PORT", tostring(port)), ([[
 local tide = require "tide"
 local core = require "tide.core"
 local srv = assert(core.server_listen { port = %d, handler = function(req)
@@ -330,14 +335,6 @@ srv:close()
 direct:close()
 io.write(a and a.body or aerr.code, " | ", b and b.body or "failed")
 ]]):format(port))
-    f:close()
-    local build = os.getenv("TIDE_BUILD_DIR") or "build"
-    local p = io.popen(("env %s LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' ASAN_OPTIONS=detect_leaks=0 lua5.4 %s 2>&1")
-      :format(env:gsub("PORT", tostring(port)), build, script))
-    local out = p:read("a")
-    p:close()
-    os.remove(script)
-    return out
   end
 
   it("sends through the proxy they name, and past it for the hosts of no_proxy", function()

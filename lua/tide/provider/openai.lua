@@ -96,9 +96,14 @@ local function call_arguments(c)
   return args
 end
 
-local function tool_call(c)
-  return splice('{"function":{"arguments":', call_arguments(c), ',"name":', c.name, '},"id":', c.id,
-    ',"type":"function"}')
+-- One call's encoding, between `open` and `close`: by default the call
+-- alone; the assistant message of one call and no content is spliced whole.
+local CALL_OPEN, CALL_CLOSE = '{"function":{"arguments":', ',"type":"function"}'
+local LONE_CALL_OPEN = '{"content":null,"role":"assistant","tool_calls":[' .. CALL_OPEN
+local LONE_CALL_CLOSE = CALL_CLOSE .. "]}"
+local function tool_call(c, open, close)
+  return splice(open or CALL_OPEN, call_arguments(c), ',"name":', c.name, '},"id":', c.id,
+    close or CALL_CLOSE)
 end
 
 --- One neutral message as JSON array element(s): a `tool` message becomes one
@@ -127,12 +132,10 @@ function Provider:_encode(msg)
     if calls and #calls > 0 then
       local list
       if #calls == 1 then -- the usual shape, in one string
-        local c = calls[1]
         if content == nil or content == "" then
-          return splice('{"content":null,"role":"assistant","tool_calls":[{"function":{"arguments":',
-            call_arguments(c), ',"name":', c.name, '},"id":', c.id, ',"type":"function"}]}')
+          return tool_call(calls[1], LONE_CALL_OPEN, LONE_CALL_CLOSE)
         end
-        list = tool_call(c)
+        list = tool_call(calls[1])
       else
         local tc = {}
         for i, c in ipairs(calls) do tc[i] = tool_call(c) end
