@@ -34,6 +34,7 @@ local DEFAULTS = {
 }
 
 local hrtime = core.hrtime
+local spawn, spawn_now = core.spawn, core.spawn_now
 local function ms_since(t0) return (hrtime() - t0) / 1e6 end
 
 local function fail(code, msg, fields) return nil, core.error(code, msg, fields) end
@@ -598,34 +599,33 @@ end
 
 -- Checks a call against the surface; returns the tool and its decoded
 -- arguments, or nil and the error text the model gets back.
-function session_mt:_prepare_call(call)
+local function prepare_call(self, call)
   local surface = self.surface
-  if call.malformed then
-    return nil, ("Error: could not parse the tool call (%s)"):format(call.malformed)
-  end
-  local t = surface.map[call.name]
-  if not t then
-    local gated
-    if self.snapshot then
-      for _, tk in ipairs(self.snapshot.toolkits) do
-        for _, g in ipairs(tk.gated_tools or {}) do
-          if g.name == call.name then gated = g end
-        end
-      end
-    end
-    if gated then
-      return nil, ("Error: tool '%s' is gated (%s) and cannot be called. Available tools: %s"):format(
-        call.name, gated.reason or "hidden", tool_list_names(surface.tools))
-    end
-    return nil, ("Error: tool '%s' is not available to this agent. Available tools: %s"):format(
-      call.name, tool_list_names(surface.tools))
-  end
-  local args, jerr = json.decode(call.arguments ~= "" and call.arguments or "{}")
-  if type(args) ~= "table" then
+  local t = not call.malformed and surface.map[call.name]
+  if t then
+    local a = call.arguments
+    local args, jerr = json.decode(a ~= "" and a or "{}")
+    if type(args) == "table" then return t, args end
     return nil, ("Error: the arguments for '%s' are not a JSON object (%s)"):format(
       call.name, jerr and jerr.message or type(args))
   end
-  return t, args
+  if call.malformed then
+    return nil, ("Error: could not parse the tool call (%s)"):format(call.malformed)
+  end
+  local gated
+  if self.snapshot then
+    for _, tk in ipairs(self.snapshot.toolkits) do
+      for _, g in ipairs(tk.gated_tools or {}) do
+        if g.name == call.name then gated = g end
+      end
+    end
+  end
+  if gated then
+    return nil, ("Error: tool '%s' is gated (%s) and cannot be called. Available tools: %s"):format(
+      call.name, gated.reason or "hidden", tool_list_names(surface.tools))
+  end
+  return nil, ("Error: tool '%s' is not available to this agent. Available tools: %s"):format(
+    call.name, tool_list_names(surface.tools))
 end
 
 local function passes_through(e)
@@ -639,16 +639,16 @@ end
 local function tool_worker(self, t, args, call, opts, t0, sink, depth)
   local ctx = not t.args_only and { session = self, call_id = call.id, name = call.name, depth = depth } or nil
   local ok, v = pcall(t.handler, args, ctx)
-  local text, is_error
+  local text, is_error = v, false
+  local tv = type(v)
   if not ok then
     if passes_through(v) then error(v, 0) end
     text, is_error = "Error: " .. error_text(v), true
-  elseif type(v) == "table" and v.is_error ~= nil and v.content ~= nil then
+  elseif tv == "string" then -- the usual answer: as it is
+  elseif tv == "table" and v.is_error ~= nil and v.content ~= nil then
     text, is_error = to_text(v.content), v.is_error and true or false
-  elseif type(v) == "string" then
-    text, is_error = v, false
   else
-    text, is_error = to_text(v), false
+    text = to_text(v)
   end
   local limit = self.result_cap
   local r = { id = call.id, name = call.name, content = #text <= limit and text or cap(text, limit),
@@ -669,8 +669,13 @@ end
 -- its result, and the error that stops the turn, if any. A call past its
 -- timeout is cancelled and gets an error result.
 local function join_call(self, call, task, t0, limit_ms, opts, sink, depth)
-  local left = math.max(0, (t0 + limit_ms * 1e6 - hrtime()) // 1e6)
-  local r, err = task:join(math.tointeger(left))
+  local r, err
+  if task:status() == "done" then -- a call run at once that never waited
+    r, err = task:join()
+  else
+    local left = (t0 + limit_ms * 1000000 - hrtime()) // 1000000
+    r, err = task:join(left > 0 and math.tointeger(left) or 0)
+  end
   if r then return r end
   if type(err) == "table" and err.code == "Timeout" and task:status() ~= "done" and task:status() ~= "failed" then
     task:cancel()
@@ -688,62 +693,70 @@ local function join_call(self, call, task, t0, limit_ms, opts, sink, depth)
   return r
 end
 
+-- Starts one call: reports its start, checks it against the surface and
+-- spawns its task with `spawn`. Returns the task, its start (hrtime) and
+-- timeout (ms); or nil and the error result of a call that cannot run.
+local function start_call(self, call, opts, turn_ctx, spawn)
+  local t0 = hrtime()
+  local sink, depth = turn_ctx.on_event, turn_ctx.depth
+  if opts.on_tool_start then opts.on_tool_start(call) end
+  if sink then sink { type = "tool_start", name = call.name, arguments = call.arguments, id = call.id,
+    depth = depth, agent = self.agent_path } end
+  local t, args = prepare_call(self, call)
+  if not t then
+    local r = { id = call.id, name = call.name, content = args, is_error = true }
+    if opts.on_tool_end then opts.on_tool_end(call, r, 0) end
+    if sink then
+      sink { type = "tool_end", name = call.name, id = call.id, is_error = true, ms = 0,
+        depth = depth, agent = self.agent_path }
+    end
+    return nil, r
+  end
+  if turn_ctx.budget then turn_ctx.budget:spend("tool_calls", 1, self.agent_path) end
+  local counters = self.counters
+  counters.tool_calls = counters.tool_calls + 1
+  local task = spawn(tool_worker, self, t, args, call, opts, t0, sink, depth)
+  local live = turn_ctx.tasks
+  live[#live + 1] = task
+  return task, t0, t.timeout_ms or self.tool_timeout_ms
+end
+
 -- Runs the calls of one response concurrently, one task each, and returns
 -- their results in call order. BudgetExhausted and the turn's own
 -- cancellation stop the turn.
-function session_mt:_run_tools(calls, opts, turn_ctx)
-  -- running[3i-2 .. 3i]: call i's task, its start (hrtime) and timeout (ms);
-  -- a response of one call (the usual case) needs no list of them
+local function run_tools(self, calls, opts, turn_ctx)
   local n = #calls
-  local results, running = {}, n > 1 and {} or nil
-  local task1, start1, limit1
-  local budget = turn_ctx.budget
-  local depth = core.depth()
-  local sink = turn_ctx.on_event
   local live = turn_ctx.tasks
+  if n == 1 then
+    -- A single call's task runs at once, until it first waits: a tool that
+    -- never does is done before the join, which then costs no pass of the
+    -- loop.
+    local call = calls[1]
+    local task, t0, limit = start_call(self, call, opts, turn_ctx, spawn_now)
+    if not task then return { t0 } end
+    local r, err = join_call(self, call, task, t0, limit, opts, turn_ctx.on_event, turn_ctx.depth)
+    live[1] = nil
+    return { r }, err
+  end
+  -- Several calls are all started before any runs: running[3i-2 .. 3i] is
+  -- call i's task, its start and its timeout.
+  local results, running = {}, {}
   for i = 1, n do
-    local call = calls[i]
-    local t0 = hrtime()
-    if opts.on_tool_start then opts.on_tool_start(call) end
-    if sink then sink { type = "tool_start", name = call.name, arguments = call.arguments, id = call.id,
-      depth = depth, agent = self.agent_path } end
-    local t, args = self:_prepare_call(call)
-    if not t then
-      local r = { id = call.id, name = call.name, content = args, is_error = true }
-      results[i] = r
-      if opts.on_tool_end then opts.on_tool_end(call, r, 0) end
-      if sink then
-        sink { type = "tool_end", name = call.name, id = call.id, is_error = true, ms = 0,
-          depth = depth, agent = self.agent_path }
-      end
+    local task, t0, limit = start_call(self, calls[i], opts, turn_ctx, spawn)
+    if task then
+      running[3 * i - 2], running[3 * i - 1], running[3 * i] = task, t0, limit
     else
-      if budget then budget:spend("tool_calls", 1, self.agent_path) end
-      self.counters.tool_calls = self.counters.tool_calls + 1
-      -- A single call's task runs at once, until it first waits: a tool
-      -- that never does is done before the join below, which then costs
-      -- no pass of the loop. Several calls are all started before any runs.
-      local task = (running and core.spawn or core.spawn_now)(tool_worker, self, t, args, call, opts, t0,
-        sink, depth)
-      local limit = t.timeout_ms or self.tool_timeout_ms
-      if running then
-        running[3 * i - 2], running[3 * i - 1], running[3 * i] = task, t0, limit
-      else
-        task1, start1, limit1 = task, t0, limit
-      end
-      live[#live + 1] = task
+      results[i] = t0
     end
   end
   local stop_err
-  if task1 then
-    results[1], stop_err = join_call(self, calls[1], task1, start1, limit1, opts, sink, depth)
-  elseif running then
-    for i = 1, n do
-      local task = running[3 * i - 2]
-      if task then
-        local r, err = join_call(self, calls[i], task, running[3 * i - 1], running[3 * i], opts, sink, depth)
-        results[i] = r
-        stop_err = stop_err or err
-      end
+  for i = 1, n do
+    local task = running[3 * i - 2]
+    if task then
+      local r, err = join_call(self, calls[i], task, running[3 * i - 1], running[3 * i], opts,
+        turn_ctx.on_event, turn_ctx.depth)
+      results[i] = r
+      stop_err = stop_err or err
     end
   end
   for i = #live, 1, -1 do live[i] = nil end
@@ -774,7 +787,7 @@ function session_mt:_turn_body(text, opts, turn_ctx)
   local trace = {}
   local t0 = hrtime()
   stats.turns = stats.turns + 1
-  local depth = core.depth()
+  local depth = turn_ctx.depth
   if depth > stats.spawn_depth_max then stats.spawn_depth_max = depth end
 
   -- 1. integrations: cold sessions fetch; warm ones only peek for a change.
@@ -877,7 +890,7 @@ function session_mt:_turn_body(text, opts, turn_ctx)
     end
     turn_ctx.pending = calls
     turn_ctx.textual = textual
-    local results, stop_err = self:_run_tools(calls, opts, turn_ctx)
+    local results, stop_err = run_tools(self, calls, opts, turn_ctx)
     turn_ctx.pending = nil
     self:_push_results(results, textual)
     if stop_err then return nil, stop_err end
@@ -934,9 +947,9 @@ local function do_turn(self, text, opts)
   local budget = inherited_budget
   if not budget and self.budget_limits then budget = tree_budget.new(self.budget_limits) end
   -- The turn in progress: `caller` is the task it runs in (what cancel
-  -- interrupts), `tasks` its tool and sub-agent tasks.
+  -- interrupts), `tasks` its tool and sub-agent tasks, `depth` its spawn depth.
   local turn_ctx = { budget = budget, on_event = opts.on_event or ctx.tide_on_event, tasks = {},
-                     caller = core.current() }
+                     caller = core.current(), depth = core.depth() }
   ctx.tide_on_event = turn_ctx.on_event
   ctx.tide_budget = budget
   self.turn_ctx = turn_ctx
