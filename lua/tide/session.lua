@@ -694,9 +694,9 @@ local function join_call(self, call, task, t0, limit_ms, opts, sink, depth)
 end
 
 -- Starts one call: reports its start, checks it against the surface and
--- spawns its task with `spawn`. Returns the task, its start (hrtime) and
+-- spawns its task with `spawner`. Returns the task, its start (hrtime) and
 -- timeout (ms); or nil and the error result of a call that cannot run.
-local function start_call(self, call, opts, turn_ctx, spawn)
+local function start_call(self, call, opts, turn_ctx, spawner)
   local t0 = hrtime()
   local sink, depth = turn_ctx.on_event, turn_ctx.depth
   if opts.on_tool_start then opts.on_tool_start(call) end
@@ -715,7 +715,7 @@ local function start_call(self, call, opts, turn_ctx, spawn)
   if turn_ctx.budget then turn_ctx.budget:spend("tool_calls", 1, self.agent_path) end
   local counters = self.counters
   counters.tool_calls = counters.tool_calls + 1
-  local task = spawn(tool_worker, self, t, args, call, opts, t0, sink, depth)
+  local task = spawner(tool_worker, self, t, args, call, opts, t0, sink, depth)
   local live = turn_ctx.tasks
   live[#live + 1] = task
   return task, t0, t.timeout_ms or self.tool_timeout_ms
