@@ -285,25 +285,24 @@ function anthropic.stream(ctx, truncate)
   local chunks = { message_start(ctx), event("ping", { type = "ping" }) }
   local index = 0
   local function add(s) chunks[#chunks + 1] = s end
-  if ctx.text ~= "" then
+  -- One content block: its start, a delta per piece (delta_of(piece)), its stop.
+  local function block(content_block, pieces, delta_of)
     add(event("content_block_start", { type = "content_block_start", index = index,
-                                       content_block = { type = "text", text = "" } }))
-    for _, piece in ipairs(ctx.text_pieces) do
+                                       content_block = content_block }))
+    for _, piece in ipairs(pieces) do
       add(event("content_block_delta", { type = "content_block_delta", index = index,
-                                         delta = { type = "text_delta", text = piece } }))
+                                         delta = delta_of(piece) }))
     end
     add(event("content_block_stop", { type = "content_block_stop", index = index }))
     index = index + 1
   end
+  if ctx.text ~= "" then
+    block({ type = "text", text = "" }, ctx.text_pieces,
+      function(piece) return { type = "text_delta", text = piece } end)
+  end
   for _, c in ipairs(ctx.calls) do
-    add(event("content_block_start", { type = "content_block_start", index = index,
-      content_block = { type = "tool_use", id = c.id, name = c.name, input = {} } }))
-    for _, piece in ipairs(split(c.args, 3)) do
-      add(event("content_block_delta", { type = "content_block_delta", index = index,
-                                         delta = { type = "input_json_delta", partial_json = piece } }))
-    end
-    add(event("content_block_stop", { type = "content_block_stop", index = index }))
-    index = index + 1
+    block({ type = "tool_use", id = c.id, name = c.name, input = {} }, split(c.args, 3),
+      function(piece) return { type = "input_json_delta", partial_json = piece } end)
   end
   if truncate then return chunks end
   add(event("message_delta", { type = "message_delta",
