@@ -1,7 +1,9 @@
 /*
 ** dispatch.c -- the parts of turn dispatch that run per byte of provider
-** traffic: assembling streamed tool-call deltas by index, and the FNV-1a hash
-** used for integration hashes and request-prefix fingerprints.
+** traffic: assembling streamed tool-call deltas by index, the FNV-1a hash
+** used for integration hashes and request-prefix fingerprints, the joining
+** of a request body from its prefix and messages, and the quoting of JSON
+** strings that turn.c's message encoders use.
 **
 ** A streamed reply describes each tool call in pieces: the first delta of a
 ** call carries its index, id and name, later ones only the index and a
@@ -422,7 +424,7 @@ static int l_join_wire(lua_State *L) {
   return 1;
 }
 
-/* ------------------------------------------------------------- splice -- */
+/* ------------------------------------------------------------ quoting -- */
 
 /* How many bytes more than itself each byte takes in a JSON string as
 ** lua-cjson writes it (so as json.quote and the canonical encoder do):
@@ -435,13 +437,13 @@ static const unsigned char JSON_EXTRA[256] = {
     ['"'] = 1, ['/'] = 1, ['\\'] = 1, [0x7f] = U6};
 #undef U6
 
-static size_t quoted_size(const unsigned char *s, size_t n) {
+size_t tide__json_quoted_size(const unsigned char *s, size_t n) {
   size_t k = n + 2;
   for (size_t i = 0; i < n; i++) k += JSON_EXTRA[s[i]];
   return k;
 }
 
-static size_t write_quoted(char *out, const unsigned char *s, size_t n) {
+size_t tide__json_write_quoted(char *out, const unsigned char *s, size_t n) {
   static const char hex[] = "0123456789abcdef";
   size_t k = 0;
   out[k++] = '"';
@@ -469,42 +471,6 @@ static size_t write_quoted(char *out, const unsigned char *s, size_t n) {
   }
   out[k++] = '"';
   return k;
-}
-
-/* core.json_splice(raw, str, raw, str, ..., raw) -> the raw pieces as they
-** are and each str between them as a JSON string literal, quoted and
-** escaped as json.quote does it, joined: a message's encoding in one string
-** where the Lua concatenation of quoted pieces made one per piece. */
-static int l_json_splice(lua_State *L) {
-  int n = lua_gettop(L);
-  size_t total = 0;
-  for (int i = 1; i <= n; i++) {
-    if (lua_type(L, i) != LUA_TSTRING) luaL_typeerror(L, i, "string");
-    size_t len;
-    const char *s = lua_tolstring(L, i, &len);
-    total += i % 2 ? len : quoted_size((const unsigned char *)s, len);
-  }
-  /* a message's encoding is short: on the C stack, then one copy into the
-  ** string; a long one in a Lua buffer, which frees itself should Lua raise */
-  char stackbuf[JOIN_STACK];
-  luaL_Buffer b;
-  char *out = total <= sizeof stackbuf ? stackbuf : luaL_buffinitsize(L, &b, total);
-  size_t k = 0;
-  for (int i = 1; i <= n; i++) {
-    size_t len;
-    const char *s = lua_tolstring(L, i, &len);
-    if (i % 2) {
-      memcpy(out + k, s, len);
-      k += len;
-    } else {
-      k += write_quoted(out + k, (const unsigned char *)s, len);
-    }
-  }
-  if (out == stackbuf)
-    lua_pushlstring(L, out, k);
-  else
-    luaL_pushresultsize(&b, k);
-  return 1;
 }
 
 /* ----------------------------------------------------------------- hash -- */
@@ -540,7 +506,6 @@ void tide__open_dispatch(lua_State *L) {
   static const luaL_Reg fns[] = {{"tool_call_assembler", l_assembler},
                                  {"hash", l_hash},
                                  {"join_wire", l_join_wire},
-                                 {"json_splice", l_json_splice},
                                  {NULL, NULL}};
   tide__register_type(L, ASSEMBLER_MT, meta, methods);
   luaL_setfuncs(L, fns, 0);

@@ -573,10 +573,16 @@ static int l_spawn(lua_State *L) {
 ** new task and another for the caller. */
 static int l_spawn_now(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  tide_task *parent = tide__check_task(L, "core.spawn_now");
-  tide_task *t = new_task(L, 1, lua_gettop(L) - 1, parent->depth, 0);
-  resume(parent->ctx, t, L);
+  tide__check_task(L, "core.spawn_now");
+  tide__spawn_now(L, 1, lua_gettop(L) - 1);
   return 1;
+}
+
+tide_task *tide__spawn_now(lua_State *L, int fnidx, int nargs) {
+  tide_task *parent = tide__check_task(L, "core.spawn_now");
+  tide_task *t = new_task(L, fnidx, nargs, parent->depth, 0);
+  resume(parent->ctx, t, L);
+  return t;
 }
 
 /* Pushes a finished task's outcome onto L: its results, or nil plus error.
@@ -606,6 +612,14 @@ static int push_outcome(lua_State *L, tide_task *t, int udidx) {
     lua_xmove(co, L, 1);
   }
   return n;
+}
+
+int tide__task_result(lua_State *L, int udidx) {
+  tide_task *t = luaL_checkudata(L, udidx, TIDE_TASK_MT);
+  if (t->state != TIDE_TASK_DONE || !t->ok || t->nres < 1) return LUA_TNONE;
+  int n = push_outcome(L, t, udidx);
+  if (n > 1) lua_pop(L, n - 1);
+  return lua_type(L, -1);
 }
 
 static void join_cancel(tide_wait *w) {

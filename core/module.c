@@ -62,7 +62,8 @@ __attribute__((visibility("default"))) int luaopen_tide_core(lua_State *L) {
       tide__open_error,  tide__open_loop,     tide__open_depth,
       tide__open_http,   tide__open_sse,      tide__open_stream,
       tide__open_server,
-      tide__open_cache,  tide__open_dispatch, tide__open_template,
+      tide__open_cache,  tide__open_dispatch, tide__open_turn,
+      tide__open_template,
       tide__open_watch,  tide__open_stdio};
   lua_newtable(L);
   for (size_t i = 0; i < tide__nelem(parts); i++) parts[i](L);

@@ -157,6 +157,13 @@ size_t tide__wire_size(lua_State *L, size_t plen, int idx, int arg,
 size_t tide__wire_write(lua_State *L, const char *prefix, size_t plen, int idx,
                         size_t total, char *out);
 
+/// The bytes s (n of them) take as a JSON string literal, quotes included,
+/// escaped as json.quote escapes them (lua-cjson's escapes, "/" as "\/").
+size_t tide__json_quoted_size(const unsigned char *s, size_t n);
+/// Writes that literal at out (room for tide__json_quoted_size bytes);
+/// returns the bytes written.
+size_t tide__json_write_quoted(char *out, const unsigned char *s, size_t n);
+
 /* ---------------------------------------------------------------- waits -- */
 
 /* A task suspended on a C operation points at the operation's tide_wait. If
@@ -258,6 +265,14 @@ void tide__wake(tide_task *t);
 /// above it, at spawn depth `depth`, as a child of the current task (if any),
 /// and queues it. Pushes the task userdata.
 tide_task *tide__spawn(lua_State *L, int fnidx, int nargs, int depth);
+/// As core.spawn_now: spawns fnidx(nargs values after it) at the caller's
+/// depth and runs it at once, inside the calling task, until it first waits
+/// or ends. Pushes the task's userdata.
+tide_task *tide__spawn_now(lua_State *L, int fnidx, int nargs);
+/// The first result of the finished task at udidx, pushed, and its type;
+/// LUA_TNONE (nothing pushed) while it runs, or when it raised or returned
+/// nothing.
+int tide__task_result(lua_State *L, int udidx);
 /// Raises the Cancelled error if the current task has been cancelled.
 void tide__check_cancel(lua_State *L, tide_task *t);
 /// Calls the function at the top of L's stack (with nargs below it... see
@@ -312,6 +327,8 @@ void tide__open_server(lua_State *L);
 void tide__open_cache(lua_State *L);
 /// Registers tool_call_assembler and hash.
 void tide__open_dispatch(lua_State *L);
+/// Registers turn.c's functions (core.tool_round, the OpenAI message wire).
+void tide__open_turn(lua_State *L);
 /// Registers template_compile.
 void tide__open_template(lua_State *L);
 /// Registers watch, scandir and realpath.

@@ -18,6 +18,8 @@ cjson.encode_invalid_numbers("null")
 local safe = require("cjson.safe").new()
 safe.decode_max_depth(200)
 local safe_decode = safe.decode
+-- For core.tool_round, which puts the integers back itself.
+json._decode_floats = safe_decode
 
 local core = require "tide.core"
 
@@ -33,22 +35,13 @@ json.array_mt = array_mt
 ---@return table
 function json.array(t) return setmetatable(t or {}, array_mt) end
 
-local tointeger, floor = math.tointeger, math.floor
+local tointeger = math.tointeger
 
 -- lua-cjson 2.1.0 decodes every number as a float; JSON has no such
 -- distinction, and tool handlers expect `{"n": 3}` to give the integer 3.
-local function integers(t, depth)
-  if depth > 200 then return t end
-  for k, x in pairs(t) do
-    local tx = type(x)
-    if tx == "number" then
-      if x == floor(x) and x > -2^53 and x < 2^53 then t[k] = tointeger(x) end
-    elseif tx == "table" then
-      integers(x, depth + 1)
-    end
-  end
-  return t
-end
+-- The walk is C's (core.json_integers, core/turn.c, whose tool round decodes
+-- arguments the same way).
+local integers = core.json_integers
 
 --- Turns, in place, every integral float in table `t` (at any depth) into
 --- an integer, as `json.decode` does; for a part of a `decode_fast` result
@@ -57,8 +50,7 @@ end
 ---@param t T
 ---@return T
 function json.integers(t)
-  if type(t) == "table" then return integers(t, 0) end
-  return t
+  return integers(t)
 end
 
 --- Decodes `text` like `json.decode`, but leaves every number a float, as
@@ -87,7 +79,7 @@ local decode_fast = json.decode_fast
 function json.decode(text)
   local v, err = decode_fast(text)
   if v == nil then return nil, err end
-  if type(v) == "table" then return integers(v, 0) end
+  if type(v) == "table" then return integers(v) end
   return tointeger(v) or v
 end
 

@@ -244,30 +244,3 @@ describe("core.join_wire", function()
     assert.has_error(function() core.join_wire("[", "a") end)
   end)
 end)
-
-describe("core.json_splice", function()
-  local cjson = require "cjson"
-  it("quotes every second piece as json.quote does and joins them all", function()
-    math.randomseed(11)
-    for _ = 1, 500 do
-      local t = {}
-      for i = 1, math.random(0, 60) do t[i] = string.char(math.random(0, 255)) end
-      local s = table.concat(t)
-      assert.are.equal('{"a":' .. cjson.encode(s) .. ',"b":' .. cjson.encode("/") .. "}",
-        core.json_splice('{"a":', s, ',"b":', "/", "}"))
-    end
-    -- long strings (past any stack buffer), escapes at both ends
-    local long = '"' .. ("x/"):rep(5000) .. "\n"
-    assert.are.equal("[" .. cjson.encode(long) .. "]", core.json_splice("[", long, "]"))
-    assert.are.equal("raw only", core.json_splice("raw only"))
-    assert.are.equal("", core.json_splice())
-    assert.are.equal('""', core.json_splice("", ""))
-  end)
-
-  it("takes strings only, naming the argument", function()
-    assert.has_error(function() core.json_splice("{", 5, "}") end,
-      "bad argument #2 to 'json_splice' (string expected, got number)")
-    assert.has_error(function() core.json_splice(nil) end,
-      "bad argument #1 to 'json_splice' (string expected, got nil)")
-  end)
-end)

@@ -69,24 +69,20 @@ end
 -- Messages are encoded by hand, one fixed shape per kind of message, with
 -- the keys in sorted order: the bytes are those json.canonical would give,
 -- for a tenth of the cost (the session encodes every message once, on the
--- path of every turn). Only table values (content given as a table,
--- arguments given as a table) go through the canonical encoder.
+-- path of every turn). The assistant message with calls and the tool
+-- results are written in C (core.openai_assistant_wire and
+-- core.openai_results_wire), by the same code as the session's tool round
+-- (core.tool_round): one encoder, whichever side builds the message. Only
+-- table values (content given as a table, arguments given as a table) go
+-- through the canonical encoder first.
 local quote = json.quote
-local concat = table.concat
+local assistant_wire, results_wire = core.openai_assistant_wire, core.openai_results_wire
 
 -- The JSON of a user or system message's content, nil standing for "".
 local function content_json(c)
   if c == nil then return '""' end
   if type(c) == "string" then return quote(c) end
   return canonical(c)
-end
-
--- core.json_splice(raw, str, raw, ...) quotes every second piece and joins
--- them all into one string, as the concatenation of quoted pieces would.
-local splice = core.json_splice
-local result_text = provider._result_text
-local function tool_result(r)
-  return splice('{"content":', result_text(r.content), ',"role":"tool","tool_call_id":', r.id, "}")
 end
 
 local function call_arguments(c)
@@ -96,14 +92,20 @@ local function call_arguments(c)
   return args
 end
 
--- One call's encoding, between `open` and `close`: by default the call
--- alone; the assistant message of one call and no content is spliced whole.
-local CALL_OPEN, CALL_CLOSE = '{"function":{"arguments":', ',"type":"function"}'
-local LONE_CALL_OPEN = '{"content":null,"role":"assistant","tool_calls":[' .. CALL_OPEN
-local LONE_CALL_CLOSE = CALL_CLOSE .. "]}"
-local function tool_call(c, open, close)
-  return splice(open or CALL_OPEN, call_arguments(c), ',"name":', c.name, '},"id":', c.id,
-    close or CALL_CLOSE)
+-- The calls as the C encoder takes them, for a list it declined: plain
+-- tables, arguments as JSON text. (Calls a session built are so already.)
+local function plain_calls(calls)
+  local copy = {}
+  for i, c in ipairs(calls) do copy[i] = { id = c.id, name = c.name, arguments = call_arguments(c) } end
+  return copy
+end
+
+-- The results as the C encoder takes them: plain tables, content as text.
+local result_text = provider._result_text
+local function plain_results(results)
+  local copy = {}
+  for i, r in ipairs(results) do copy[i] = { id = r.id, content = result_text(r.content) } end
+  return copy
 end
 
 --- One neutral message as JSON array element(s): a `tool` message becomes one
@@ -116,33 +118,23 @@ function Provider:encode_message(msg)
 end
 
 -- encode_message without the shape checks, for messages the session built
--- itself. `level` is where a misuse error points.
+-- itself.
 function Provider:_encode(msg)
   local role = msg.role
   if role == "tool" then
     local results = msg.results
-    if #results == 1 then return tool_result(results[1]) end -- the usual shape, without a table
-    local out = {}
-    for i, r in ipairs(results) do out[i] = tool_result(r) end
-    return concat(out, ",")
+    if #results == 0 then return "" end
+    local enc = results_wire(results) or results_wire(plain_results(results))
+    if not enc then error("tide.provider.openai: tool results need a string 'id'", 3) end
+    return enc
   end
   if role == "assistant" then
     local content = msg.content
     local calls = msg.tool_calls
     if calls and #calls > 0 then
-      local list
-      if #calls == 1 then -- the usual shape, in one string
-        if content == nil or content == "" then
-          return tool_call(calls[1], LONE_CALL_OPEN, LONE_CALL_CLOSE)
-        end
-        list = tool_call(calls[1])
-      else
-        local tc = {}
-        for i, c in ipairs(calls) do tc[i] = tool_call(c) end
-        list = concat(tc, ",")
-      end
-      return '{"content":' .. ((content == nil or content == "") and "null" or quote(content))
-        .. ',"role":"assistant","tool_calls":[' .. list .. "]}"
+      local enc = assistant_wire(content, calls) or assistant_wire(content, plain_calls(calls))
+      if not enc then error("tide.provider.openai: tool_calls need string 'id' and 'name'", 3) end
+      return enc
     end
     return '{"content":' .. quote(content or "") .. ',"role":"assistant"}'
   end
@@ -233,6 +225,11 @@ end
 -- The provider's attempt feeds it (see provider/init.lua); these finish the
 -- result and error tables.
 local excerpt = provider._excerpt
+
+--- The session's tool rounds may be run by core.tool_round, which writes
+--- this provider's assistant and tool messages with the same C encoders as
+--- Provider:_encode (core/turn.c).
+Provider._c_round = true
 
 --- The C parser of one streamed response. It allocates nothing until the
 --- reply's bytes come (thousands of requests can wait on a slow provider

@@ -1,0 +1,477 @@
+/*
+** turn.c -- the tool round of a turn, in C: the step a tool loop repeats
+** after every response that calls tools.
+**
+** A round appends the assistant message, runs its calls as tasks and
+** appends their results. In Lua that is a few hundred VM instructions and
+** some thirty function calls per round; the loop of a session that looks ten
+** things up spends more there than in the HTTP exchange. Here it is one call
+** from the turn loop (session.lua), for the usual case: native calls to
+** visible tools with JSON-object arguments, a history in the OpenAI wire
+** shape, no callbacks, event sink or budget to report to. Anything else the
+** round declines before it changes anything, and the Lua loop does it.
+**
+** What is Lua stays Lua: the tool worker (session.lua's tool_worker, run as
+** the call's task, exactly as the Lua loop runs it), the argument decoder
+** (json.decode) and the transcript's record function. A call that waits, or
+** a round of several calls, goes back to the Lua loop for its joins, with
+** the assistant message appended and the tasks started.
+**
+** The same two encoders serve provider.openai's encode_message, so that the
+** bytes of a message never depend on which of the two built it.
+*/
+#include <math.h>
+#include <string.h>
+
+#include "tide.h"
+
+/* The fields of a round table (session.lua, round_for): integer keys, read
+** with lua_rawgeti. */
+enum {
+  R_SELF = 1,     /* the session (its surface's map says which tools are visible) */
+  R_MESSAGES,     /* self.messages */
+  R_WIRE,         /* self.wire */
+  R_COUNTERS,     /* self.counters */
+  R_WORKER,       /* tool_worker(self, tool, args, call, opts, t0, sink, depth) */
+  R_OPTS,         /* the turn's options */
+  R_DEPTH,        /* the turn's spawn depth */
+  R_TURN,         /* the turn's context (pending, tasks) */
+  R_DECODE,       /* cjson.safe's decode (json.decode without its integers) */
+  R_RECORD,       /* record(self, msg): the transcript, if the session has one */
+  R_TIMEOUT       /* the session's default tool timeout (ms) */
+};
+
+/* The field names the round reads and writes, interned once: every function
+** here has them as upvalues, so that a field costs a raw lookup of a string
+** Lua already holds, not the hashing of a C string (lua_getfield). Fields
+** are read raw: the tables are the session's own, plain ones. */
+#define KEYS(X)                                                                \
+  X(K_ARGUMENTS, "arguments") X(K_NAME, "name") X(K_ID, "id")                 \
+  X(K_CONTENT, "content") X(K_MALFORMED, "malformed") X(K_SURFACE, "surface") \
+  X(K_MAP, "map") X(K_NENCODED, "nencoded") X(K_WRITER, "writer")             \
+  X(K_ENCODED, "prompt_bytes_encoded") X(K_TOOL_CALLS, "tool_calls")          \
+  X(K_PENDING, "pending") X(K_TEXTUAL, "textual") X(K_TASKS, "tasks")         \
+  X(K_TIMEOUT, "timeout_ms") X(K_ROLE, "role") X(K_RESULTS, "results")        \
+  X(K_ASSISTANT, "assistant") X(K_TOOL, "tool")
+#define KEY_ENUM(k, s) k,
+#define KEY_NAME(k, s) s,
+enum { KEYS(KEY_ENUM) NKEYS };
+static const char *const key_names[] = {KEYS(KEY_NAME)};
+
+#define KEY(k) lua_upvalueindex((k) + 1)
+
+/* Pushes t[k] (t at idx) and returns its type. */
+static int get(lua_State *L, int idx, int k) {
+  lua_pushvalue(L, KEY(k));
+  return lua_rawget(L, idx);
+}
+
+/* t[k] = the value at the top of the stack (popped); t at idx. */
+static void set(lua_State *L, int idx, int k) {
+  lua_pushvalue(L, KEY(k));
+  lua_insert(L, -2);
+  lua_rawset(L, idx);
+}
+
+/* ------------------------------------------------------------ encoding -- */
+
+/* The string field k of the table at idx, or NULL when it is not a string.
+** The value is popped: the table keeps the string alive, and the bytes stay
+** where they are while it does. */
+static const char *field_str(lua_State *L, int idx, int k, size_t *len) {
+  const char *s = NULL;
+  if (get(L, idx, k) == LUA_TSTRING) s = lua_tolstring(L, -1, len);
+  lua_pop(L, 1);
+  return s;
+}
+
+static const char CALL_OPEN[] = "{\"function\":{\"arguments\":";
+static const char CALL_NAME[] = ",\"name\":";
+static const char CALL_ID[] = "},\"id\":";
+static const char CALL_CLOSE[] = ",\"type\":\"function\"}";
+static const char ASSISTANT_OPEN[] = "{\"content\":";
+static const char ASSISTANT_CALLS[] = ",\"role\":\"assistant\",\"tool_calls\":[";
+static const char RESULT_OPEN[] = "{\"content\":";
+static const char RESULT_ID[] = ",\"role\":\"tool\",\"tool_call_id\":";
+
+#define LIT(s) (sizeof(s) - 1)
+
+/* Appends s (n bytes) to the buffer at out + *k. */
+static void put(char *out, size_t *k, const char *s, size_t n) {
+  memcpy(out + *k, s, n);
+  *k += n;
+}
+
+static void put_quoted(char *out, size_t *k, const char *s, size_t n) {
+  *k += tide__json_write_quoted(out + *k, (const unsigned char *)s, n);
+}
+
+/* The pieces of call i of the list at idx; 0 when one is not a string. */
+static int call_pieces(lua_State *L, int idx, lua_Integer i, const char **a,
+                       size_t *al, const char **nm, size_t *nl, const char **id,
+                       size_t *il) {
+  if (lua_rawgeti(L, idx, i) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  int t = lua_gettop(L);
+  *a = field_str(L, t, K_ARGUMENTS, al);
+  *nm = field_str(L, t, K_NAME, nl);
+  *id = field_str(L, t, K_ID, il);
+  lua_pop(L, 1);
+  return *a && *nm && *id;
+}
+
+/* The pieces of result i of the list at idx; 0 when one is not a string. */
+static int result_pieces(lua_State *L, int idx, lua_Integer i, const char **c,
+                         size_t *cl, const char **id, size_t *il) {
+  if (lua_rawgeti(L, idx, i) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  int t = lua_gettop(L);
+  *c = field_str(L, t, K_CONTENT, cl);
+  *id = field_str(L, t, K_ID, il);
+  lua_pop(L, 1);
+  return *c && *id;
+}
+
+/* Pushes the wire encoding of an assistant message with content (nil or a
+** string; "" counts as none) and the calls at callsidx, as
+** provider.openai encodes it: keys sorted, content null without text,
+** arguments as a JSON string. Returns 0 (pushing nothing) when a call is not
+** a table of string id, name and arguments, or has no calls. Two passes over
+** the calls: the first sizes the string, the second writes it. */
+static int assistant_wire(lua_State *L, const char *text, size_t tl, int callsidx) {
+  lua_Integer n = (lua_Integer)lua_rawlen(L, callsidx);
+  if (n < 1) return 0;
+  size_t total = LIT(ASSISTANT_OPEN) + LIT(ASSISTANT_CALLS) + 2;
+  total += tl > 0 ? tide__json_quoted_size((const unsigned char *)text, tl) : 4;
+  for (lua_Integer i = 1; i <= n; i++) {
+    const char *a = NULL, *nm = NULL, *id = NULL;
+    size_t al = 0, nl = 0, il = 0;
+    if (!call_pieces(L, callsidx, i, &a, &al, &nm, &nl, &id, &il)) return 0;
+    total += (i > 1) + LIT(CALL_OPEN) + LIT(CALL_NAME) + LIT(CALL_ID) + LIT(CALL_CLOSE) +
+             tide__json_quoted_size((const unsigned char *)a, al) +
+             tide__json_quoted_size((const unsigned char *)nm, nl) +
+             tide__json_quoted_size((const unsigned char *)id, il);
+  }
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, total);
+  size_t k = 0;
+  put(out, &k, ASSISTANT_OPEN, LIT(ASSISTANT_OPEN));
+  if (tl > 0)
+    put_quoted(out, &k, text, tl);
+  else
+    put(out, &k, "null", 4);
+  put(out, &k, ASSISTANT_CALLS, LIT(ASSISTANT_CALLS));
+  for (lua_Integer i = 1; i <= n; i++) {
+    const char *a = NULL, *nm = NULL, *id = NULL;
+    size_t al = 0, nl = 0, il = 0;
+    call_pieces(L, callsidx, i, &a, &al, &nm, &nl, &id, &il); /* checked above */
+    if (i > 1) out[k++] = ',';
+    put(out, &k, CALL_OPEN, LIT(CALL_OPEN));
+    put_quoted(out, &k, a, al);
+    put(out, &k, CALL_NAME, LIT(CALL_NAME));
+    put_quoted(out, &k, nm, nl);
+    put(out, &k, CALL_ID, LIT(CALL_ID));
+    put_quoted(out, &k, id, il);
+    put(out, &k, CALL_CLOSE, LIT(CALL_CLOSE));
+  }
+  out[k++] = ']';
+  out[k++] = '}';
+  luaL_pushresultsize(&b, k);
+  return 1;
+}
+
+/* Pushes the wire encoding of the tool results at idx: one role "tool"
+** element per result, comma-joined. Returns 0 (pushing nothing) when a
+** result is not a table of string id and content, or there is none. */
+static int results_wire(lua_State *L, int idx) {
+  lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+  if (n < 1) return 0;
+  size_t total = 0;
+  for (lua_Integer i = 1; i <= n; i++) {
+    const char *c = NULL, *id = NULL;
+    size_t cl = 0, il = 0;
+    if (!result_pieces(L, idx, i, &c, &cl, &id, &il)) return 0;
+    total += (i > 1) + LIT(RESULT_OPEN) + LIT(RESULT_ID) + 1 +
+             tide__json_quoted_size((const unsigned char *)c, cl) +
+             tide__json_quoted_size((const unsigned char *)id, il);
+  }
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, total);
+  size_t k = 0;
+  for (lua_Integer i = 1; i <= n; i++) {
+    const char *c = NULL, *id = NULL;
+    size_t cl = 0, il = 0;
+    result_pieces(L, idx, i, &c, &cl, &id, &il); /* checked above */
+    if (i > 1) out[k++] = ',';
+    put(out, &k, RESULT_OPEN, LIT(RESULT_OPEN));
+    put_quoted(out, &k, c, cl);
+    put(out, &k, RESULT_ID, LIT(RESULT_ID));
+    put_quoted(out, &k, id, il);
+    out[k++] = '}';
+  }
+  luaL_pushresultsize(&b, k);
+  return 1;
+}
+
+/* core.openai_assistant_wire(content, calls) -> string | nil
+** The assistant message with tool calls, as provider.openai sends it; nil
+** when a call is not a plain table of string id, name and arguments (the
+** provider makes it one and asks again). */
+static int l_assistant_wire(lua_State *L) {
+  size_t tl = 0;
+  const char *text = lua_isnil(L, 1) ? "" : luaL_checklstring(L, 1, &tl);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (!assistant_wire(L, text, tl, 2)) lua_pushnil(L);
+  return 1;
+}
+
+/* core.openai_results_wire(results) -> string | nil
+** A tool message's results, as provider.openai sends them; nil when a result
+** is not a plain table of string id and content. */
+static int l_results_wire(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  if (!results_wire(L, 1)) lua_pushnil(L);
+  return 1;
+}
+
+/* ------------------------------------------------------------ integers -- */
+
+/* lua-cjson 2.1.0 decodes every number as a float; JSON has no such
+** distinction, and tool handlers expect {"n": 3} to give the integer 3. */
+#define INTEGERS_MAX_DEPTH 200
+#define TWO_53 9007199254740992.0
+
+/* Turns every integral float in the table at idx (at any depth, up to the
+** decoder's own depth limit) into an integer, in place. */
+static void integers(lua_State *L, int idx, int depth) {
+  if (depth > INTEGERS_MAX_DEPTH) return;
+  luaL_checkstack(L, 4, "too many nested tables");
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int t = lua_type(L, -1);
+    if (t == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+      lua_Number x = lua_tonumber(L, -1);
+      if (x == floor(x) && x > -TWO_53 && x < TWO_53) {
+        lua_pushvalue(L, -2);
+        lua_pushinteger(L, (lua_Integer)x);
+        lua_rawset(L, idx); /* an existing key: the traversal goes on */
+      }
+    } else if (t == LUA_TTABLE) {
+      integers(L, lua_gettop(L), depth + 1);
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* core.json_integers(t) -> t: json.integers (see json.lua). */
+static int l_json_integers(lua_State *L) {
+  if (lua_type(L, 1) == LUA_TTABLE) integers(L, 1, 0);
+  lua_settop(L, 1);
+  return 1;
+}
+
+/* ---------------------------------------------------------------- round -- */
+
+static lua_Integer get_int(lua_State *L, int idx, int k) {
+  get(L, idx, k);
+  lua_Integer v = lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static void add_int(lua_State *L, int idx, int k, lua_Integer d) {
+  lua_Integer v = get_int(L, idx, k);
+  lua_pushinteger(L, v + d);
+  set(L, idx, k);
+}
+
+/* Appends the message at the top of the stack (popped) to the history, its
+** encoding (at enc) to the wire list, and records it. */
+static void append(lua_State *L, int round, int enc) {
+  lua_rawgeti(L, round, R_SELF);
+  int self = lua_gettop(L);
+  lua_rawgeti(L, round, R_MESSAGES);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, -1) + 1;
+  lua_pushvalue(L, -3);
+  lua_rawseti(L, -2, n);
+  lua_rawgeti(L, round, R_WIRE);
+  lua_pushvalue(L, enc);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  lua_rawgeti(L, round, R_COUNTERS);
+  add_int(L, lua_gettop(L), K_ENCODED, (lua_Integer)lua_rawlen(L, enc));
+  lua_pushinteger(L, n);
+  set(L, self, K_NENCODED);
+  lua_settop(L, self);
+  if (get(L, self, K_WRITER) != LUA_TNIL) {
+    lua_rawgeti(L, round, R_RECORD);
+    lua_pushvalue(L, self);
+    lua_pushvalue(L, self - 1); /* the message */
+    lua_call(L, 2, 0);
+  }
+  lua_settop(L, self - 2);
+}
+
+/* core.tool_round(round, calls, text) -> true | "joins", running |
+**   "results", results | false
+** One round of a turn's tool loop (see the top of this file). false: the
+** round is not one for C, and nothing was done. true: the assistant message,
+** the calls' results and their encodings are appended. "joins": the
+** assistant message is appended and the tasks started; running[3i-2 .. 3i]
+** is call i's task, start (hrtime) and timeout (ms), for the Lua loop to
+** join. "results": the calls ran, and results is theirs, for the Lua loop to
+** append (a result C does not encode). */
+static int l_tool_round(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  size_t tl = 0;
+  const char *text = lua_type(L, 3) == LUA_TSTRING ? lua_tolstring(L, 3, &tl) : NULL;
+  if (text == NULL && !lua_isnoneornil(L, 3)) return lua_pushboolean(L, 0), 1;
+  lua_settop(L, 3);
+  tide_task *caller = tide__current(L);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
+  if (caller == NULL || n < 1 || !lua_checkstack(L, (int)(2 * n + 16)))
+    return lua_pushboolean(L, 0), 1;
+
+  /* 1. Check every call, nothing changed yet: the history fully encoded, a
+  ** visible tool, arguments that decode to an object. Tools and decoded
+  ** arguments go on the stack at 4 .. 3 + 2n. */
+  lua_rawgeti(L, 1, R_SELF);
+  lua_rawgeti(L, 1, R_MESSAGES);
+  int encoded = get_int(L, 4, K_NENCODED) == (lua_Integer)lua_rawlen(L, 5);
+  lua_settop(L, 3);
+  if (!encoded) return lua_pushboolean(L, 0), 1;
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (lua_rawgeti(L, 2, i) != LUA_TTABLE) return lua_pushboolean(L, 0), 1;
+    int call = lua_gettop(L);
+    size_t al, nl;
+    const char *a = field_str(L, call, K_ARGUMENTS, &al);
+    const char *name = field_str(L, call, K_NAME, &nl);
+    if (a == NULL || name == NULL || get(L, call, K_MALFORMED) != LUA_TNIL)
+      return lua_pushboolean(L, 0), 1;
+    lua_pop(L, 1);
+    lua_rawgeti(L, 1, R_SELF);
+    if (get(L, lua_gettop(L), K_SURFACE) != LUA_TTABLE || get(L, lua_gettop(L), K_MAP) != LUA_TTABLE)
+      return lua_pushboolean(L, 0), 1;
+    lua_pushlstring(L, name, nl);
+    if (lua_rawget(L, -2) != LUA_TTABLE) return lua_pushboolean(L, 0), 1;
+    lua_replace(L, call); /* the tool where the call was */
+    lua_settop(L, call);
+    lua_rawgeti(L, 1, R_DECODE);
+    if (al == 0)
+      lua_pushliteral(L, "{}");
+    else
+      lua_pushlstring(L, a, al);
+    lua_call(L, 1, 1);
+    if (lua_type(L, -1) != LUA_TTABLE) return lua_pushboolean(L, 0), 1;
+    integers(L, lua_gettop(L), 0);
+  }
+
+  /* 2. The assistant message. */
+  if (!assistant_wire(L, text ? text : "", tl, 2)) return lua_pushboolean(L, 0), 1;
+  int enc = lua_gettop(L);
+  lua_createtable(L, 0, 3);
+  int amsg = lua_gettop(L);
+  lua_pushvalue(L, KEY(K_ASSISTANT));
+  set(L, amsg, K_ROLE);
+  lua_pushvalue(L, 3);
+  set(L, amsg, K_CONTENT);
+  lua_pushvalue(L, 2);
+  set(L, amsg, K_TOOL_CALLS);
+  append(L, 1, enc);
+  lua_settop(L, 3 + 2 * (int)n);
+
+  /* 3. The calls, one task each: a lone call runs at once (until it first
+  ** waits), several all start before any runs, as the Lua loop does. */
+  lua_rawgeti(L, 1, R_TURN);
+  int turn = lua_gettop(L);
+  lua_pushvalue(L, 2);
+  set(L, turn, K_PENDING);
+  lua_pushboolean(L, 0);
+  set(L, turn, K_TEXTUAL);
+  get(L, turn, K_TASKS);
+  int live = lua_gettop(L);
+  lua_rawgeti(L, 1, R_COUNTERS);
+  int counters = lua_gettop(L);
+  lua_createtable(L, (int)(3 * n), 0); /* running */
+  int running = lua_gettop(L);
+  for (lua_Integer i = 1; i <= n; i++) {
+    int tool = 2 + 2 * (int)i, args = tool + 1;
+    uint64_t t0 = uv_hrtime();
+    add_int(L, counters, K_TOOL_CALLS, 1);
+    lua_rawgeti(L, 1, R_WORKER);
+    int fn = lua_gettop(L);
+    lua_rawgeti(L, 1, R_SELF);
+    lua_pushvalue(L, tool);
+    lua_pushvalue(L, args);
+    lua_rawgeti(L, 2, i);
+    lua_rawgeti(L, 1, R_OPTS);
+    lua_pushinteger(L, (lua_Integer)t0);
+    lua_pushnil(L); /* no event sink */
+    lua_rawgeti(L, 1, R_DEPTH);
+    tide_task *t = n == 1 ? tide__spawn_now(L, fn, 8) : tide__spawn(L, fn, 8, caller->depth);
+    (void)t;
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, live, (lua_Integer)lua_rawlen(L, live) + 1);
+    lua_rawseti(L, running, 3 * i - 2);
+    lua_pushinteger(L, (lua_Integer)t0);
+    lua_rawseti(L, running, 3 * i - 1);
+    if (get(L, tool, K_TIMEOUT) == LUA_TNIL) {
+      lua_pop(L, 1);
+      lua_rawgeti(L, 1, R_TIMEOUT);
+    }
+    lua_rawseti(L, running, 3 * i);
+    lua_settop(L, running);
+  }
+
+  /* 4. A lone call done at once with its result table: the results, here.
+  ** Anything else is joined by the Lua loop. */
+  lua_rawgeti(L, running, 1);
+  if (n > 1 || tide__task_result(L, lua_gettop(L)) != LUA_TTABLE) {
+    lua_pushliteral(L, "joins");
+    lua_pushvalue(L, running);
+    return 2;
+  }
+  int r = lua_gettop(L);
+  for (lua_Integer i = (lua_Integer)lua_rawlen(L, live); i >= 1; i--) {
+    lua_pushnil(L);
+    lua_rawseti(L, live, i);
+  }
+  lua_pushnil(L);
+  set(L, turn, K_PENDING);
+  lua_createtable(L, 1, 0);
+  lua_pushvalue(L, r);
+  lua_rawseti(L, -2, 1);
+  int results = lua_gettop(L);
+  if (!results_wire(L, results)) {
+    lua_pushliteral(L, "results");
+    lua_pushvalue(L, results);
+    return 2;
+  }
+  enc = lua_gettop(L);
+  lua_createtable(L, 0, 2);
+  int msg = lua_gettop(L);
+  lua_pushvalue(L, KEY(K_TOOL));
+  set(L, msg, K_ROLE);
+  lua_pushvalue(L, results);
+  set(L, msg, K_RESULTS);
+  append(L, 1, enc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/// Registers core.tool_round, core.json_integers, core.openai_assistant_wire
+/// and core.openai_results_wire into the module table at the top of the stack.
+void tide__open_turn(lua_State *L) {
+  static const luaL_Reg fns[] = {{"tool_round", l_tool_round},
+                                 {"json_integers", l_json_integers},
+                                 {"openai_assistant_wire", l_assistant_wire},
+                                 {"openai_results_wire", l_results_wire},
+                                 {NULL, NULL}};
+  luaL_checkstack(L, NKEYS, "tide: registering core.tool_round");
+  for (int k = 0; k < NKEYS; k++) lua_pushstring(L, key_names[k]);
+  luaL_setfuncs(L, fns, NKEYS);
+}
