@@ -35,6 +35,7 @@ local DEFAULTS = {
 
 local hrtime = core.hrtime
 local spawn, spawn_now = core.spawn, core.spawn_now
+local tool_round = core.tool_round
 local function ms_since(t0) return (hrtime() - t0) / 1e6 end
 
 local function fail(code, msg, fields) return nil, core.error(code, msg, fields) end
@@ -721,6 +722,25 @@ local function start_call(self, call, opts, turn_ctx, spawner)
   return task, t0, t.timeout_ms or self.tool_timeout_ms
 end
 
+-- Joins the started calls (running[3i-2 .. 3i]: call i's task, start and
+-- timeout; results[i] already there for a call that could not start), in
+-- call order, and empties the turn's list of live tasks.
+local function join_all(self, calls, running, results, opts, turn_ctx)
+  local stop_err
+  for i = 1, #calls do
+    local task = running[3 * i - 2]
+    if task then
+      local r, err = join_call(self, calls[i], task, running[3 * i - 1], running[3 * i], opts,
+        turn_ctx.on_event, turn_ctx.depth)
+      results[i] = r
+      stop_err = stop_err or err
+    end
+  end
+  local live = turn_ctx.tasks
+  for i = #live, 1, -1 do live[i] = nil end
+  return results, stop_err
+end
+
 -- Runs the calls of one response concurrently, one task each, and returns
 -- their results in call order. BudgetExhausted and the turn's own
 -- cancellation stop the turn.
@@ -749,18 +769,7 @@ local function run_tools(self, calls, opts, turn_ctx)
       results[i] = t0
     end
   end
-  local stop_err
-  for i = 1, n do
-    local task = running[3 * i - 2]
-    if task then
-      local r, err = join_call(self, calls[i], task, running[3 * i - 1], running[3 * i], opts,
-        turn_ctx.on_event, turn_ctx.depth)
-      results[i] = r
-      stop_err = stop_err or err
-    end
-  end
-  for i = #live, 1, -1 do live[i] = nil end
-  return results, stop_err
+  return join_all(self, calls, running, results, opts, turn_ctx)
 end
 
 -- Per-turn context goes on the user message, never in the frozen prompt.
@@ -831,6 +840,16 @@ function session_mt:_turn_body(text, opts, turn_ctx)
       end
     end }
   end
+  -- A round of calls is C's (core.tool_round, core/turn.c) when nobody is to
+  -- hear of it (no tool callbacks, no event sink, no budget) and the
+  -- provider's history is one C encodes; it declines any round it cannot
+  -- take whole, and the code below does that one.
+  local round
+  if provider._c_round and not budget and not turn_ctx.on_event and not opts.on_tool_start
+    and not opts.on_tool_end then
+    round = { self, self.messages, self.wire, stats, tool_worker, opts, depth, turn_ctx, json._decode_floats,
+              record, self.tool_timeout_ms }
+  end
   for iteration = 1, self.max_iterations do
     if budget then budget:spend("provider_calls", 1, self.agent_path) end
     stats.iterations = stats.iterations + 1
@@ -868,32 +887,44 @@ function session_mt:_turn_body(text, opts, turn_ctx)
       if budget and budget.exhausted then return nil, budget.exhausted end
       return resp.text or ""
     end
-    local amsg
-    if textual then
-      amsg = { role = "assistant", content = resp.text }
-    else
-      -- The finished calls are the response's own tables (id, name,
-      -- arguments): history keeps them as they are.
-      amsg = { role = "assistant", content = resp.text, tool_calls = calls }
-    end
-    self:_push(amsg)
-    record(self, amsg)
-    if budget and budget.exhausted then
-      -- Spent by this very response: answer the calls so the history stays
-      -- valid, then stop.
-      local results = {}
-      for i, c in ipairs(calls) do
-        results[i] = { id = c.id, name = c.name, content = "Error: budget exhausted", is_error = true }
+    local done, v
+    if round and not textual then done, v = tool_round(round, calls, resp.text) end
+    if done == "joins" or done == "results" then
+      -- C appended the assistant message and ran the calls (v: the tasks to
+      -- join, or their results); what is left is done here.
+      local results, stop_err = v, nil
+      if done == "joins" then results, stop_err = join_all(self, calls, v, {}, opts, turn_ctx) end
+      turn_ctx.pending = nil
+      self:_push_results(results, false)
+      if stop_err then return nil, stop_err end
+    elseif not done then
+      local amsg
+      if textual then
+        amsg = { role = "assistant", content = resp.text }
+      else
+        -- The finished calls are the response's own tables (id, name,
+        -- arguments): history keeps them as they are.
+        amsg = { role = "assistant", content = resp.text, tool_calls = calls }
       end
+      self:_push(amsg)
+      record(self, amsg)
+      if budget and budget.exhausted then
+        -- Spent by this very response: answer the calls so the history stays
+        -- valid, then stop.
+        local results = {}
+        for i, c in ipairs(calls) do
+          results[i] = { id = c.id, name = c.name, content = "Error: budget exhausted", is_error = true }
+        end
+        self:_push_results(results, textual)
+        return nil, budget.exhausted
+      end
+      turn_ctx.pending = calls
+      turn_ctx.textual = textual
+      local results, stop_err = run_tools(self, calls, opts, turn_ctx)
+      turn_ctx.pending = nil
       self:_push_results(results, textual)
-      return nil, budget.exhausted
+      if stop_err then return nil, stop_err end
     end
-    turn_ctx.pending = calls
-    turn_ctx.textual = textual
-    local results, stop_err = run_tools(self, calls, opts, turn_ctx)
-    turn_ctx.pending = nil
-    self:_push_results(results, textual)
-    if stop_err then return nil, stop_err end
   end
   return fail("MaxIterationsExceeded",
     ("exceeded maximum tool iterations (%d)"):format(self.max_iterations),

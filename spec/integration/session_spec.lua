@@ -66,6 +66,39 @@ for _, shape in ipairs(shapes) do
       assert.are.equal("found item 1", hist[3].results[1].content)
     end)
 
+    it("gives the same requests, history, transcript and stats whether C or Lua runs the rounds", function()
+      -- Without tool callbacks, core.tool_round (core/turn.c) runs the rounds
+      -- of an OpenAI-shaped session; an on_tool_end callback sends every
+      -- round through the Lua loop instead. Nothing may tell the two apart.
+      local function run(opts)
+        srv:close()
+        srv = testing.mock_server { default = testing.tool_loop(3, "lookup") }
+        local path = os.tmpname()
+        local s = tide.session { agent = "looper", provider = shape.make(srv.url), transcript = path }
+        assert.are.equal("done after 3 lookups", s:turn("find three things", opts))
+        -- a second turn on the same history (the mock counts the lookups
+        -- of the whole conversation: it answers at once)
+        assert.are.equal("done after 3 lookups", s:turn("once more", opts))
+        local bodies = {}
+        for i, r in ipairs(srv:requests()) do bodies[i] = r.body end
+        local lines = {}
+        for line in io.lines(path) do
+          if not line:find('"type":"meta"', 1, true) then lines[#lines + 1] = line end
+        end
+        os.remove(path)
+        local st = s:stats()
+        return { bodies = bodies, history = json.canonical(s:history()), transcript = lines,
+          stats = { st.provider_calls, st.tool_calls, st.iterations, st.prompt_bytes_encoded,
+                    st.prompt_bytes_reencoded, st.tokens.input, st.tokens.output } }
+      end
+      local by_c = run()
+      local ends = 0
+      local by_lua = run { on_tool_end = function() ends = ends + 1 end }
+      assert.are.equal(3, ends)
+      assert.are.equal(5, #by_c.bodies)
+      assert.are.same(by_lua, by_c)
+    end)
+
     it("hands a handler that takes it its context: session, call id and name, depth", function()
       local seen = {}
       local function tool(name, handler)
