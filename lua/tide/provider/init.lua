@@ -518,6 +518,14 @@ local function finished(out)
   return out
 end
 
+-- Hands a whole reply's text to on_delta; whether there was any.
+local function deliver(out, on_delta)
+  local text = out.text
+  if text == nil or text == "" then return false end
+  if on_delta then on_delta(text) end
+  return true
+end
+
 -- A whole JSON reply (a non-streamed one, or a streamed request answered
 -- without SSE), a string or still in its finished request: the response, or
 -- nil and the error; and whether its text reached on_delta. A plain reply is
@@ -545,12 +553,7 @@ local function whole_reply(self, src, on_delta)
     end
     finished(out)
   end
-  local text_out = out.text
-  if text_out ~= nil and text_out ~= "" then
-    if on_delta then on_delta(text_out) end
-    return out, nil, true
-  end
-  return out, nil, false
+  return out, nil, deliver(out, on_delta)
 end
 
 -- One non-streamed HTTP attempt. Returns the response, or nil, an error and
@@ -567,8 +570,17 @@ local function attempt_whole(self, body, opts, timeout_ms, wire)
   if status < 200 or status > 299 then
     return nil, failed_status(self.kind, req, status), true, false
   end
-  local out, err, delivered = whole_reply(self, req, opts.on_delta)
-  if not out then return nil, err, true, false end
+  -- A plain reply is scanned in C right here; whole_reply says what is
+  -- wrong with any other.
+  local c_parse = self._c_parse
+  local out = c_parse and c_parse(self, req)
+  local err, delivered
+  if out then
+    delivered = deliver(out, opts.on_delta)
+  else
+    out, err, delivered = whole_reply(self, req, opts.on_delta)
+    if not out then return nil, err, true, false end
+  end
   out.ttfb_ms = ttfb_ms
   return out, nil, true, delivered
 end
@@ -696,10 +708,10 @@ local function complete(self, body, opts, wire)
   local n = 0
   local retry = self.retry
   local timeout_ms = opts.timeout_ms or self.timeout_ms
+  local attempt = self.stream and attempt_stream or attempt_whole
   while true do
     n = n + 1
-    local res, err, received, delivered = (self.stream and attempt_stream or attempt_whole)(self, body, opts,
-      timeout_ms, wire)
+    local res, err, received, delivered = attempt(self, body, opts, timeout_ms, wire)
     if res then
       res.attempts = n
       return res
