@@ -3,17 +3,17 @@
 ** after every response that calls tools.
 **
 ** A round appends the assistant message, runs its calls as tasks and
-** appends their results. In Lua that is a few hundred VM instructions and
-** some thirty function calls per round; the loop of a session that looks ten
-** things up spends more there than in the HTTP exchange. Here it is one call
-** from the turn loop (session.lua), for the usual case: native calls to
+** appends their results. In Lua that is some 250 VM instructions and thirty
+** function calls per round. Here it is one call from the turn loop
+** (session.lua), for the usual case: native calls to
 ** visible tools with JSON-object arguments, a history in the OpenAI wire
 ** shape, no callbacks, event sink or budget to report to. Anything else the
 ** round declines before it changes anything, and the Lua loop does it.
 **
 ** What is Lua stays Lua: the tool worker (session.lua's tool_worker, run as
-** the call's task, exactly as the Lua loop runs it), the argument decoder
-** (json.decode) and the transcript's record function. A call that waits, or
+** the call's task, exactly as the Lua loop runs it), lua-cjson's decoder for
+** the arguments (the integers put back as json.decode does) and the
+** transcript's record function. A call that waits, or
 ** a round of several calls, goes back to the Lua loop for its joins, with
 ** the assistant message appended and the tasks started.
 **
@@ -25,8 +25,8 @@
 
 #include "tide.h"
 
-/* The fields of a round table (session.lua, round_for): integer keys, read
-** with lua_rawgeti. */
+/* The fields of a round table (built once a turn by session.lua's
+** _turn_body): integer keys, read with lua_rawgeti. */
 enum {
   R_SELF = 1,     /* the session (its surface's map says which tools are visible) */
   R_MESSAGES,     /* self.messages */
