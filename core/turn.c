@@ -337,13 +337,17 @@ static int l_tool_round(lua_State *L) {
     return lua_pushboolean(L, 0), 1;
 
   /* 1. Check every call, nothing changed yet: the history fully encoded, a
-  ** visible tool, arguments that decode to an object. Tools and decoded
-  ** arguments go on the stack at 4 .. 3 + 2n. */
+  ** visible tool, arguments that decode to an object. The session's tool
+  ** map stays at 4; tools and decoded arguments go on the stack at
+  ** 5 .. 4 + 2n. */
   lua_rawgeti(L, 1, R_SELF);
   lua_rawgeti(L, 1, R_MESSAGES);
   int encoded = get_int(L, 4, K_NENCODED) == (lua_Integer)lua_rawlen(L, 5);
-  lua_settop(L, 3);
-  if (!encoded) return lua_pushboolean(L, 0), 1;
+  lua_settop(L, 4);
+  if (!encoded || get(L, 4, K_SURFACE) != LUA_TTABLE || get(L, 5, K_MAP) != LUA_TTABLE)
+    return lua_pushboolean(L, 0), 1;
+  lua_replace(L, 4); /* the map where the session was */
+  lua_settop(L, 4);
   for (lua_Integer i = 1; i <= n; i++) {
     if (lua_rawgeti(L, 2, i) != LUA_TTABLE) return lua_pushboolean(L, 0), 1;
     int call = lua_gettop(L);
@@ -353,13 +357,9 @@ static int l_tool_round(lua_State *L) {
     if (a == NULL || name == NULL || get(L, call, K_MALFORMED) != LUA_TNIL)
       return lua_pushboolean(L, 0), 1;
     lua_pop(L, 1);
-    lua_rawgeti(L, 1, R_SELF);
-    if (get(L, lua_gettop(L), K_SURFACE) != LUA_TTABLE || get(L, lua_gettop(L), K_MAP) != LUA_TTABLE)
-      return lua_pushboolean(L, 0), 1;
     lua_pushlstring(L, name, nl);
-    if (lua_rawget(L, -2) != LUA_TTABLE) return lua_pushboolean(L, 0), 1;
+    if (lua_rawget(L, 4) != LUA_TTABLE) return lua_pushboolean(L, 0), 1;
     lua_replace(L, call); /* the tool where the call was */
-    lua_settop(L, call);
     lua_rawgeti(L, 1, R_DECODE);
     if (al == 0)
       lua_pushliteral(L, "{}");
@@ -382,7 +382,7 @@ static int l_tool_round(lua_State *L) {
   lua_pushvalue(L, 2);
   set(L, amsg, K_TOOL_CALLS);
   append(L, 1, enc);
-  lua_settop(L, 3 + 2 * (int)n);
+  lua_settop(L, 4 + 2 * (int)n);
 
   /* 3. The calls, one task each: a lone call runs at once (until it first
   ** waits), several all start before any runs, as the Lua loop does. */
@@ -399,7 +399,7 @@ static int l_tool_round(lua_State *L) {
   lua_createtable(L, (int)(3 * n), 0); /* running */
   int running = lua_gettop(L);
   for (lua_Integer i = 1; i <= n; i++) {
-    int tool = 2 + 2 * (int)i, args = tool + 1;
+    int tool = 3 + 2 * (int)i, args = tool + 1;
     uint64_t t0 = uv_hrtime();
     add_int(L, counters, K_TOOL_CALLS, 1);
     lua_rawgeti(L, 1, R_WORKER);
@@ -412,8 +412,10 @@ static int l_tool_round(lua_State *L) {
     lua_pushinteger(L, (lua_Integer)t0);
     lua_pushnil(L); /* no event sink */
     lua_rawgeti(L, 1, R_DEPTH);
-    tide_task *t = n == 1 ? tide__spawn_now(L, fn, 8) : tide__spawn(L, fn, 8, caller->depth);
-    (void)t;
+    if (n == 1)
+      tide__spawn_now(L, fn, 8);
+    else
+      tide__spawn(L, fn, 8, caller->depth);
     lua_pushvalue(L, -1);
     lua_rawseti(L, live, (lua_Integer)lua_rawlen(L, live) + 1);
     lua_rawseti(L, running, 3 * i - 2);

@@ -48,6 +48,13 @@ function helpers.read(path)
   return s
 end
 
+--- The Lua prompt normalise that one C pass (core.template_normalise)
+--- replaced: its output is the contract, byte for byte.
+function helpers.normalise_reference(text)
+  text = text:gsub("\r\n", "\n"):gsub("[ \t]+\n", "\n"):gsub("\n\n\n+", "\n\n")
+  return (text:gsub("^%s+", ""):gsub("%s+$", ""))
+end
+
 --- Asserts that no task is left alive and no handle is active on the loop.
 function helpers.assert_quiet()
   local assert = require "luassert"

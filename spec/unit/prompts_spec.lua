@@ -254,11 +254,7 @@ describe("tide.prompts", function()
     end)
 
     it("are normalised byte for byte as the gsub chain did before", function()
-      -- The Lua normalise that one C pass replaced (core.template_normalise).
-      local function reference(text)
-        text = text:gsub("\r\n", "\n"):gsub("[ \t]+\n", "\n"):gsub("\n\n\n+", "\n\n")
-        return (text:gsub("^%s+", ""):gsub("%s+$", ""))
-      end
+      local reference = helpers.normalise_reference
       local cases = {
         "Trailing spaces   \nand tabs\t\t\nhere",
         "CRLF lines\r\nnext\r\n\r\n\r\n\r\nafter three blank ones\r\n",

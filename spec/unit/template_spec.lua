@@ -1,4 +1,5 @@
 local core = require "tide.core"
+local helpers = require "helpers"
 
 local function compile(src, name)
   local t, err = core.template_compile(src, name or "test.md")
@@ -330,12 +331,7 @@ describe("core.template_compile", function()
   end)
 
   describe("normalise", function()
-    -- The Lua that core.template_normalise replaced: its output is the
-    -- contract, byte for byte.
-    local function reference(text)
-      text = text:gsub("\r\n", "\n"):gsub("[ \t]+\n", "\n"):gsub("\n\n\n+", "\n\n")
-      return (text:gsub("^%s+", ""):gsub("%s+$", ""))
-    end
+    local reference = helpers.normalise_reference
 
     local tricky = {
       "", " ", "\n", "\r\n", "\t \n", "a", "  a  ", "\n\n\na\n\n\n",
