@@ -333,7 +333,8 @@ static int l_tool_round(lua_State *L) {
   lua_settop(L, 3);
   tide_task *caller = tide__current(L);
   lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
-  if (caller == NULL || n < 1 || !lua_checkstack(L, (int)(2 * n + 16)))
+  /* Five stack slots a call (a reply of more calls is the Lua loop's). */
+  if (caller == NULL || n < 1 || n > 100000 || !lua_checkstack(L, (int)(5 * n + 16)))
     return lua_pushboolean(L, 0), 1;
 
   /* 1. Check every call, nothing changed yet: the history fully encoded, a
@@ -385,7 +386,8 @@ static int l_tool_round(lua_State *L) {
   lua_settop(L, 4 + 2 * (int)n);
 
   /* 3. The calls, one task each: a lone call runs at once (until it first
-  ** waits), several all start before any runs, as the Lua loop does. */
+  ** waits), several all start before any runs, as the Lua loop does. Each
+  ** call leaves its task, start (hrtime) and timeout (ms) on the stack. */
   lua_rawgeti(L, 1, R_TURN);
   int turn = lua_gettop(L);
   lua_pushvalue(L, 2);
@@ -396,8 +398,6 @@ static int l_tool_round(lua_State *L) {
   int live = lua_gettop(L);
   lua_rawgeti(L, 1, R_COUNTERS);
   int counters = lua_gettop(L);
-  lua_createtable(L, (int)(3 * n), 0); /* running */
-  int running = lua_gettop(L);
   for (lua_Integer i = 1; i <= n; i++) {
     int tool = 3 + 2 * (int)i, args = tool + 1;
     uint64_t t0 = uv_hrtime();
@@ -416,25 +416,29 @@ static int l_tool_round(lua_State *L) {
       tide__spawn_now(L, fn, 8);
     else
       tide__spawn(L, fn, 8, caller->depth);
-    lua_pushvalue(L, -1);
+    lua_replace(L, fn); /* the task where its function was */
+    lua_settop(L, fn);
+    lua_pushvalue(L, fn);
     lua_rawseti(L, live, (lua_Integer)lua_rawlen(L, live) + 1);
-    lua_rawseti(L, running, 3 * i - 2);
     lua_pushinteger(L, (lua_Integer)t0);
-    lua_rawseti(L, running, 3 * i - 1);
     if (get(L, tool, K_TIMEOUT) == LUA_TNIL) {
       lua_pop(L, 1);
       lua_rawgeti(L, 1, R_TIMEOUT);
     }
-    lua_rawseti(L, running, 3 * i);
-    lua_settop(L, running);
   }
+  int first = counters + 1; /* call i's task is at first + 3(i-1) */
 
   /* 4. A lone call done at once with its result table: the results, here.
-  ** Anything else is joined by the Lua loop. */
-  lua_rawgeti(L, running, 1);
-  if (n > 1 || tide__task_result(L, lua_gettop(L)) != LUA_TTABLE) {
+  ** Anything else is joined by the Lua loop, from running[3i-2 .. 3i]. */
+  if (n > 1 || tide__task_result(L, first) != LUA_TTABLE) {
+    lua_settop(L, first + 3 * (int)n - 1);
+    lua_createtable(L, (int)(3 * n), 0);
+    for (int k = 3 * (int)n; k >= 1; k--) {
+      lua_pushvalue(L, first + k - 1);
+      lua_rawseti(L, -2, k);
+    }
     lua_pushliteral(L, "joins");
-    lua_pushvalue(L, running);
+    lua_insert(L, -2);
     return 2;
   }
   int r = lua_gettop(L);
