@@ -543,8 +543,25 @@ static int each_element(scanner *p, element_fn fn) {
   return J_OK;
 }
 
+/* The number at p->i when it is plain digits (at most 15, so exact in a
+** double) not followed by a fraction or exponent: the usual count or index,
+** read without strtod. Returns 0 when it is not, and the caller asks strtod. */
+static int plain_digits(const scanner *p, lua_Integer *v) {
+  size_t i = p->i, end = p->i + 15;
+  lua_Integer x = 0;
+  while (i < p->n && i < end && p->s[i] >= '0' && p->s[i] <= '9')
+    x = x * 10 + (p->s[i++] - '0');
+  if (i == p->i || i >= p->n) return 0;
+  char c = p->s[i];
+  if ((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E') return 0;
+  *v = x;
+  return 1;
+}
+
 /* A usage count: what provider._count gives for the decoded value. */
 static lua_Integer count_at(scanner *p) {
+  lua_Integer plain;
+  if (plain_digits(p, &plain)) return plain;
   if (kind_of(peek(p)) != V_NUMBER) return 0;
   /* The data is followed by '\n' and a NUL, so strtod stops in bounds. */
   double v = strtod(p->s + p->i, NULL);
@@ -584,7 +601,11 @@ static int call_member(scanner *p, const char *k, size_t kl) {
   pending_call *c = current_call(p);
   if (key_is(k, kl, "index")) {
     c->has_index = 0;
-    if (kind_of(peek(p)) == V_NUMBER) {
+    lua_Integer plain;
+    if (plain_digits(p, &plain)) {
+      c->has_index = 1;
+      c->index = plain;
+    } else if (kind_of(peek(p)) == V_NUMBER) {
       double v = strtod(p->s + p->i, NULL);
       /* math.tointeger: integral and in range */
       if (v == floor(v) && v >= -9223372036854775808.0 &&

@@ -171,6 +171,40 @@ describe("core.openai_stream", function()
     assert.are.same({ input = 7, output = 0, cached = 2 }, res.usage)
   end)
 
+  it("reads counts and indices of every number shape as provider._count and math.tointeger do", function()
+    -- Plain digits take a short path in C, anything else strtod; the two
+    -- must agree wherever the digits end.
+    local cases = {
+      { "0", 0 }, { "7", 7 }, { "999999999999999", 999999999999999 },
+      { "1000000000000000", 1000000000000000 }, { "12345678901234567", 0 }, -- past 2^53: not a count
+      { "12.0", 12 }, { "12.9", 12 }, { "1e3", 1000 }, { "1E2", 100 }, { "15e-1", 1 },
+      { "-4", 0 }, { "0.5", 0 },
+    }
+    for _, c in ipairs(cases) do
+      local res = assert(one(table.concat({
+        ev('{"choices":[],"usage":{"prompt_tokens":' .. c[1] .. ',"completion_tokens":' .. c[1]
+          .. ',"prompt_tokens_details":{"cached_tokens":' .. c[1] .. '}}}'),
+        "data: [DONE]\n\n",
+      })))
+      assert.are.same({ input = c[2], output = c[2], cached = c[2] }, res.usage, c[1])
+      assert.are.equal("integer", math.type(res.usage.input))
+    end
+    -- an index: integral numbers in any spelling name the same slot
+    for _, spelling in ipairs({ "1", "1.0", "1e0", "10e-1" }) do
+      local res = assert(one(table.concat({
+        'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"a","function":{"name":"f","arguments":"{}"}}]}}]}\n\n',
+        'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":' .. spelling
+          .. ',"id":"b","function":{"name":"g","arguments":"{}"}}]}}]}\n\n',
+        "data: [DONE]\n\n",
+      })))
+      assert.are.equal(2, #res.tool_calls, spelling)
+      assert.are.equal("b", res.tool_calls[2].id, spelling)
+    end
+    -- digits that JSON does not allow stay an error, short path or not
+    local _, err = one('data: {"choices":[],"usage":{"prompt_tokens":012}}\n\n')
+    assert.are.equal("MalformedResponse", err.code)
+  end)
+
   it("turns an error object into ProviderError or RateLimited", function()
     local _, err, text = run({ chunk({ content = "Hel" }),
       ev({ error = { message = "upstream exploded", type = "server_error", code = 502 } }) })
