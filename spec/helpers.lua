@@ -40,6 +40,14 @@ function helpers.write(path, text)
   f:close()
 end
 
+--- Runs a shell command; its output, stderr included.
+function helpers.sh(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
 function helpers.read(path)
   local f = io.open(path, "rb")
   if not f then return nil end

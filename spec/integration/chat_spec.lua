@@ -3,12 +3,7 @@
 -- prompt, and /new picks up an edited prompt file.
 local helpers = require "helpers"
 
-local function sh(cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local out = p:read("a")
-  p:close()
-  return out
-end
+local sh = helpers.sh
 
 describe("tide chat in a terminal", function()
   local dir, name

@@ -6,12 +6,7 @@ local tide = require "tide"
 local core = require "tide.core"
 local helpers = require "helpers"
 
-local function sh(cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local out = p:read("a")
-  p:close()
-  return out
-end
+local sh = helpers.sh
 
 describe("tide.http over HTTP/2 with TLS", function()
   local dir, port, url
