@@ -1111,14 +1111,25 @@ static void push_stop(lua_State *L, const tide_buf *raw) {
 
 /* The reply as the session gets it: text, finished tool calls, usage (zeros
 ** when the server sent none), and the stop reason mapped and as sent. */
-static void push_reply(lua_State *L, openai_stream *st) {
-  /* Room for what the provider adds (ttfb_ms, attempts): no rehash. */
-  lua_createtable(L, 0, 8);
+/* The reply: a new table, or `into` (the index of a table a session reuses
+** for every reply of a turn, with its usage table: it holds one reply at a
+** time, and each of its fields is written again, so nothing of the last
+** reply stays). Reuse spares the turn two tables a round trip. */
+static void push_reply(lua_State *L, openai_stream *st, int into) {
+  if (into) {
+    lua_pushvalue(L, into);
+  } else {
+    /* Room for what the provider adds (ttfb_ms, attempts): no rehash. */
+    lua_createtable(L, 0, 8);
+  }
   lua_pushlstring(L, st->text.p ? st->text.p : "", st->text.len);
   lua_setfield(L, -2, "text");
   tide__asm_push_finished(L, &st->calls);
   lua_setfield(L, -2, "tool_calls");
-  lua_createtable(L, 0, 3);
+  if (!into || lua_getfield(L, -1, "usage") != LUA_TTABLE) {
+    if (into) lua_pop(L, 1);
+    lua_createtable(L, 0, 3);
+  }
   lua_pushinteger(L, st->has_usage ? st->input : 0);
   lua_setfield(L, -2, "input");
   lua_pushinteger(L, st->has_usage ? st->output : 0);
@@ -1131,12 +1142,27 @@ static void push_reply(lua_State *L, openai_stream *st) {
     lua_setfield(L, -2, "stop_raw");
     push_stop(L, &st->finish);
     lua_setfield(L, -2, "stop");
+  } else if (into) {
+    lua_pushnil(L);
+    lua_setfield(L, -2, "stop_raw");
+    lua_pushnil(L);
+    lua_setfield(L, -2, "stop");
   }
 }
 
-/* s:finish() -> { text, tool_calls, usage, stop, stop_raw } | nil, err */
+/* The optional table a reply is written into (see push_reply): its index,
+** or 0 when the argument is none or nil. */
+static int reply_into(lua_State *L, int arg) {
+  if (lua_isnoneornil(L, arg)) return 0;
+  luaL_checktype(L, arg, LUA_TTABLE);
+  return arg;
+}
+
+/* s:finish([into]) -> { text, tool_calls, usage, stop, stop_raw } | nil, err
+** (the reply written into `into` when given: see push_reply) */
 static int l_finish(lua_State *L) {
   openai_stream *st = parser_of(L, check_stream(L));
+  int into = reply_into(L, 2);
   if (st->failed) {
     lua_pushnil(L);
     lua_getiuservalue(L, 1, 1);
@@ -1154,7 +1180,7 @@ static int l_finish(lua_State *L) {
     lua_insert(L, -2);
     return 2;
   }
-  push_reply(L, st);
+  push_reply(L, st, into);
   return 1;
 }
 
@@ -1238,13 +1264,14 @@ static int l_close(lua_State *L) {
   return 0;
 }
 
-/* core.openai_parse(body | req[, max_bytes]) -> reply | nil
+/* core.openai_parse(body | req[, max_bytes[, into]]) -> reply | nil
 ** A whole (non-streamed) chat-completions response, scanned in place as a
 ** stream event is (choices[0].message in place of .delta): the reply table
 ** of s:finish(), without decoding the body into tables first. Gives nil for
 ** anything but a plain reply (invalid JSON, an error object, no message, a
 ** call without a function or with arguments that are not a string, a cap
-** exceeded): the caller's full decoder then says what is wrong. */
+** exceeded): the caller's full decoder then says what is wrong. With
+** `into`, the reply is written into that table (see push_reply). */
 static int l_openai_parse(lua_State *L) {
   size_t n;
   /* the body: a string, or read in place from a finished http_post */
@@ -1256,6 +1283,7 @@ static int l_openai_parse(lua_State *L) {
   ** buffers are freed after each call, and by __gc should something
   ** raise. The body stays at index 1, anchored. */
   size_t max = check_max(L, 2);
+  int into = reply_into(L, 3);
   openai_stream *st;
   if (lua_getfield(L, LUA_REGISTRYINDEX, PARSE_KEY) == LUA_TUSERDATA) {
     st = ((stream_ud *)lua_touserdata(L, -1))->st;
@@ -1300,7 +1328,7 @@ static int l_openai_parse(lua_State *L) {
   }
   if (ok) {
     st->done = 1;
-    push_reply(L, st);
+    push_reply(L, st, into);
   } else {
     lua_pushnil(L);
   }

@@ -850,6 +850,10 @@ function session_mt:_turn_body(text, opts, turn_ctx)
     round = { self, self.messages, self.wire, stats, tool_worker, opts, depth, turn_ctx, json._decode_floats,
               record, self.tool_timeout_ms }
   end
+  -- Every reply of the turn parsed in C is written into this one table
+  -- (nothing keeps a reply past its iteration: its calls list and text
+  -- are what history keeps, and they are new each time).
+  local into = {}
   for iteration = 1, self.max_iterations do
     if budget then budget:spend("provider_calls", 1, self.agent_path) end
     stats.iterations = stats.iterations + 1
@@ -857,7 +861,7 @@ function session_mt:_turn_body(text, opts, turn_ctx)
     stats.provider_calls = stats.provider_calls + 1
     -- The body is the prefix and the wire list, joined in C into the
     -- request itself (core.http_post).
-    local resp, err = provider:_complete(prefix, complete_opts, wire)
+    local resp, err = provider:_complete(prefix, complete_opts, wire, into)
     if not resp then return nil, err end
     local input, output, cached = usage_of(resp)
     local tokens = stats.tokens

@@ -560,8 +560,9 @@ end
 -- two flags: whether any byte of a reply arrived (`received`) and whether
 -- text reached on_delta (`delivered`), which decide if a retry is safe. With
 -- `wire`, the body sent is join_wire(body, wire), joined in C into the
--- request itself.
-local function attempt_whole(self, body, opts, timeout_ms, wire)
+-- request itself; with `into`, a reply parsed in C is written into that
+-- table (the session's, reused for every reply of a turn).
+local function attempt_whole(self, body, opts, timeout_ms, wire, into)
   local w = endpoint(self)
   local req <close> = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, false, wire)
   local kind, v, ttfb_ms = req:next() -- "done", status, ttfb_ms | nil, err
@@ -573,7 +574,7 @@ local function attempt_whole(self, body, opts, timeout_ms, wire)
   -- A plain reply is scanned in C right here; whole_reply says what is
   -- wrong with any other.
   local c_parse = self._c_parse
-  local out = c_parse and c_parse(self, req)
+  local out = c_parse and c_parse(self, req, into)
   local err, delivered
   if out then
     delivered = deliver(out, opts.on_delta)
@@ -586,7 +587,7 @@ local function attempt_whole(self, body, opts, timeout_ms, wire)
 end
 
 -- One streamed HTTP attempt: as attempt_whole, the reply parsed as it comes.
-local function attempt_stream(self, body, opts, timeout_ms, wire)
+local function attempt_stream(self, body, opts, timeout_ms, wire, into)
   local on_delta = opts.on_delta
   local received, delivered = false, false
   local t0 = core.hrtime()
@@ -676,7 +677,7 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
   if mode ~= "json" then
     local out, err
     if parser then
-      out, err = parser:finish()
+      out, err = parser:finish(into)
       if not out then err = self:_stream_error(err) end
     else
       out, err = stream:finish()
@@ -704,14 +705,14 @@ end
 
 local complete_fields = { on_delta = "function", on_retry = "function", timeout_ms = "integer" }
 
-local function complete(self, body, opts, wire)
+local function complete(self, body, opts, wire, into)
   local n = 0
   local retry = self.retry
   local timeout_ms = opts.timeout_ms or self.timeout_ms
   local attempt = self.stream and attempt_stream or attempt_whole
   while true do
     n = n + 1
-    local res, err, received, delivered = attempt(self, body, opts, timeout_ms, wire)
+    local res, err, received, delivered = attempt(self, body, opts, timeout_ms, wire, into)
     if res then
       res.attempts = n
       return res
@@ -740,8 +741,9 @@ end
 ---@return tide.provider.response|nil
 ---@return table|nil err `{ code = "RateLimited"|"ProviderError"|"MalformedResponse"|"Timeout"|..., message, status?, body?, attempts }`
 -- complete for the session's turn: already inside a task, options its own;
--- `_complete(prefix, opts, wire)` sends join_wire(prefix, wire) without
--- making it a Lua string.
+-- `_complete(prefix, opts, wire, into)` sends join_wire(prefix, wire)
+-- without making it a Lua string, and a reply parsed in C comes back in
+-- `into` (a table the turn reuses: it holds the latest reply only).
 Base._complete = complete
 
 function Base:complete(body, opts)

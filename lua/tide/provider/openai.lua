@@ -248,8 +248,9 @@ end
 --- A whole (non-streamed) response scanned in C, or nil for anything but a
 --- plain reply (Provider:_parse then decodes it and says what is wrong).
 --- Like the stream parser's, the reply comes finished (calls, usage, stop).
-function Provider:_c_parse(body)
-  return core.openai_parse(body, self.max_body_bytes)
+--- With `into` (a session's reply table), the reply is written into it.
+function Provider:_c_parse(body, into)
+  return core.openai_parse(body, self.max_body_bytes, into)
 end
 
 return M
