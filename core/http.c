@@ -898,7 +898,7 @@ static int l_request(lua_State *L) {
 ** http_request for a client on its hot path (a provider): a POST of a body
 ** with prepared headers (core.http_headers), without an options table; its
 ** "done" result is { status, body, ttfb_ms, headers_raw (non-2xx only) }.
-** With a wire list the body sent is core.join_wire(body, wire), joined into
+** With a wire list (or a core.wire()) the body sent is core.join_wire(body, wire), joined into
 ** the request's own buffer (no Lua string for it). */
 static int l_post(lua_State *L) {
   req_args a;
@@ -912,7 +912,7 @@ static int l_post(lua_State *L) {
   a.stream = lua_toboolean(L, 6);
   a.wireidx = 0;
   if (!lua_isnoneornil(L, 7)) {
-    luaL_checktype(L, 7, LUA_TTABLE);
+    if (!tide__to_wire(L, 7)) luaL_checktype(L, 7, LUA_TTABLE);
     a.wireidx = 7;
   }
   a.method = NULL;

@@ -147,9 +147,19 @@ const char *tide__http_body(lua_State *L, int idx, size_t *len);
 
 /* ---------------------------------------------------------------- wire -- */
 
-/// The size of prefix .. "," .. (the strings of the list at idx, comma-joined)
-/// .. "]}" (an upper bound by one comma); raises naming argument arg of
-/// fname when an entry is not a string.
+/// A session's encoded history (core.wire, dispatch.c).
+typedef struct tide_wire tide_wire;
+/// The wire at idx, or NULL when the value there is not one.
+tide_wire *tide__to_wire(lua_State *L, int idx);
+/// Room for one more entry of n bytes (n > 0): where to write it, or NULL
+/// when out of memory (nothing changed). tide__wire_commit(w, n) adds it.
+char *tide__wire_reserve(tide_wire *w, size_t n);
+/// Adds the entry of n bytes written where tide__wire_reserve said.
+void tide__wire_commit(tide_wire *w, size_t n);
+
+/// The size of prefix .. "," .. (the strings of the list at idx, or the
+/// entries of the wire there, comma-joined) .. "]}" (an upper bound by one
+/// comma); raises naming argument arg of fname when an entry is not a string.
 size_t tide__wire_size(lua_State *L, size_t plen, int idx, int arg,
                        const char *fname);
 /// Writes that join into out, which has room for the total tide__wire_size

@@ -30,7 +30,7 @@
 enum {
   R_SELF = 1,     /* the session (its surface's map says which tools are visible) */
   R_MESSAGES,     /* self.messages */
-  R_WIRE,         /* self.wire */
+  R_WIRE,         /* self.wire (a core.wire()) */
   R_COUNTERS,     /* self.counters */
   R_WORKER,       /* tool_worker(self, tool, args, call, opts, t0, sink, depth) */
   R_OPTS,         /* the turn's options */
@@ -141,8 +141,11 @@ static int result_pieces(lua_State *L, int idx, lua_Integer i, const char **c,
 ** provider.openai encodes it: keys sorted, content null without text,
 ** arguments as a JSON string. Returns 0 (pushing nothing) when a call is not
 ** a table of string id, name and arguments, or has no calls. Two passes over
-** the calls: the first sizes the string, the second writes it. */
-static int assistant_wire(lua_State *L, const char *text, size_t tl, int callsidx) {
+** the calls: the first sizes the string, the second writes it. With w, the
+** encoding goes straight into that wire (nothing pushed) and *size gets its
+** bytes; nothing is added to w unless the whole message encodes. */
+static int assistant_wire(lua_State *L, const char *text, size_t tl, int callsidx,
+                          tide_wire *w, size_t *size) {
   lua_Integer n = (lua_Integer)lua_rawlen(L, callsidx);
   if (n < 1) return 0;
   size_t total = LIT(ASSISTANT_OPEN) + LIT(ASSISTANT_CALLS) + 2;
@@ -157,7 +160,8 @@ static int assistant_wire(lua_State *L, const char *text, size_t tl, int callsid
              tide__json_quoted_size((const unsigned char *)id, il);
   }
   luaL_Buffer b;
-  char *out = luaL_buffinitsize(L, &b, total);
+  char *out = w ? tide__wire_reserve(w, total) : luaL_buffinitsize(L, &b, total);
+  if (out == NULL) luaL_error(L, "not enough memory");
   size_t k = 0;
   put(out, &k, ASSISTANT_OPEN, LIT(ASSISTANT_OPEN));
   if (tl > 0)
@@ -180,14 +184,20 @@ static int assistant_wire(lua_State *L, const char *text, size_t tl, int callsid
   }
   out[k++] = ']';
   out[k++] = '}';
-  luaL_pushresultsize(&b, k);
+  if (w) {
+    tide__wire_commit(w, k);
+    *size = k;
+  } else {
+    luaL_pushresultsize(&b, k);
+  }
   return 1;
 }
 
 /* Pushes the wire encoding of the tool results at idx: one role "tool"
 ** element per result, comma-joined. Returns 0 (pushing nothing) when a
-** result is not a table of string id and content, or there is none. */
-static int results_wire(lua_State *L, int idx) {
+** result is not a table of string id and content, or there is none. With
+** w, as assistant_wire. */
+static int results_wire(lua_State *L, int idx, tide_wire *w, size_t *size) {
   lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
   if (n < 1) return 0;
   size_t total = 0;
@@ -200,7 +210,8 @@ static int results_wire(lua_State *L, int idx) {
              tide__json_quoted_size((const unsigned char *)id, il);
   }
   luaL_Buffer b;
-  char *out = luaL_buffinitsize(L, &b, total);
+  char *out = w ? tide__wire_reserve(w, total) : luaL_buffinitsize(L, &b, total);
+  if (out == NULL) luaL_error(L, "not enough memory");
   size_t k = 0;
   for (lua_Integer i = 1; i <= n; i++) {
     const char *c = NULL, *id = NULL;
@@ -213,7 +224,12 @@ static int results_wire(lua_State *L, int idx) {
     put_quoted(out, &k, id, il);
     out[k++] = '}';
   }
-  luaL_pushresultsize(&b, k);
+  if (w) {
+    tide__wire_commit(w, k);
+    *size = k;
+  } else {
+    luaL_pushresultsize(&b, k);
+  }
   return 1;
 }
 
@@ -225,7 +241,7 @@ static int l_assistant_wire(lua_State *L) {
   size_t tl = 0;
   const char *text = lua_isnil(L, 1) ? "" : luaL_checklstring(L, 1, &tl);
   luaL_checktype(L, 2, LUA_TTABLE);
-  if (!assistant_wire(L, text, tl, 2)) lua_pushnil(L);
+  if (!assistant_wire(L, text, tl, 2, NULL, NULL)) lua_pushnil(L);
   return 1;
 }
 
@@ -234,7 +250,7 @@ static int l_assistant_wire(lua_State *L) {
 ** is not a plain table of string id and content. */
 static int l_results_wire(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
-  if (!results_wire(L, 1)) lua_pushnil(L);
+  if (!results_wire(L, 1, NULL, NULL)) lua_pushnil(L);
   return 1;
 }
 
@@ -289,20 +305,26 @@ static void add_int(lua_State *L, int idx, int k, lua_Integer d) {
   set(L, idx, k);
 }
 
-/* Appends the message at the top of the stack (popped) to the history, its
-** encoding (at enc) to the wire list, and records it. */
-static void append(lua_State *L, int round, int enc) {
+/* The session's wire (round[R_WIRE]), or NULL when it is not a core.wire()
+** (the round is then the Lua loop's). */
+static tide_wire *round_wire(lua_State *L, int round) {
+  lua_rawgeti(L, round, R_WIRE);
+  tide_wire *w = tide__to_wire(L, -1);
+  lua_pop(L, 1); /* the session holds it */
+  return w;
+}
+
+/* Appends the message at the top of the stack (popped) to the history and
+** records it; its encoding, `size` bytes, is in the wire already. */
+static void append(lua_State *L, int round, size_t size) {
   lua_rawgeti(L, round, R_SELF);
   int self = lua_gettop(L);
   lua_rawgeti(L, round, R_MESSAGES);
   lua_Integer n = (lua_Integer)lua_rawlen(L, -1) + 1;
   lua_pushvalue(L, -3);
   lua_rawseti(L, -2, n);
-  lua_rawgeti(L, round, R_WIRE);
-  lua_pushvalue(L, enc);
-  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
   lua_rawgeti(L, round, R_COUNTERS);
-  add_int(L, lua_gettop(L), K_ENCODED, (lua_Integer)lua_rawlen(L, enc));
+  add_int(L, lua_gettop(L), K_ENCODED, (lua_Integer)size);
   lua_pushinteger(L, n);
   set(L, self, K_NENCODED);
   lua_settop(L, self);
@@ -332,9 +354,11 @@ static int l_tool_round(lua_State *L) {
   if (text == NULL && !lua_isnoneornil(L, 3)) return lua_pushboolean(L, 0), 1;
   lua_settop(L, 3);
   tide_task *caller = tide__current(L);
+  tide_wire *wire = round_wire(L, 1);
   lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
   /* Five stack slots a call (a reply of more calls is the Lua loop's). */
-  if (caller == NULL || n < 1 || n > 100000 || !lua_checkstack(L, (int)(5 * n + 16)))
+  if (caller == NULL || wire == NULL || n < 1 || n > 100000 ||
+      !lua_checkstack(L, (int)(5 * n + 16)))
     return lua_pushboolean(L, 0), 1;
 
   /* 1. Check every call, nothing changed yet: the history fully encoded, a
@@ -371,9 +395,9 @@ static int l_tool_round(lua_State *L) {
     integers(L, lua_gettop(L), 0);
   }
 
-  /* 2. The assistant message. */
-  if (!assistant_wire(L, text ? text : "", tl, 2)) return lua_pushboolean(L, 0), 1;
-  int enc = lua_gettop(L);
+  /* 2. The assistant message, encoded straight into the wire. */
+  size_t size;
+  if (!assistant_wire(L, text ? text : "", tl, 2, wire, &size)) return lua_pushboolean(L, 0), 1;
   lua_createtable(L, 0, 3);
   int amsg = lua_gettop(L);
   lua_pushvalue(L, KEY(K_ASSISTANT));
@@ -382,7 +406,7 @@ static int l_tool_round(lua_State *L) {
   set(L, amsg, K_CONTENT);
   lua_pushvalue(L, 2);
   set(L, amsg, K_TOOL_CALLS);
-  append(L, 1, enc);
+  append(L, 1, size);
   lua_settop(L, 4 + 2 * (int)n);
 
   /* 3. The calls, one task each: a lone call runs at once (until it first
@@ -452,19 +476,18 @@ static int l_tool_round(lua_State *L) {
   lua_pushvalue(L, r);
   lua_rawseti(L, -2, 1);
   int results = lua_gettop(L);
-  if (!results_wire(L, results)) {
+  if (!results_wire(L, results, wire, &size)) {
     lua_pushliteral(L, "results");
     lua_pushvalue(L, results);
     return 2;
   }
-  enc = lua_gettop(L);
   lua_createtable(L, 0, 2);
   int msg = lua_gettop(L);
   lua_pushvalue(L, KEY(K_TOOL));
   set(L, msg, K_ROLE);
   lua_pushvalue(L, results);
   set(L, msg, K_RESULTS);
-  append(L, 1, enc);
+  append(L, 1, size);
   lua_pushboolean(L, 1);
   return 1;
 }

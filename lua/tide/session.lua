@@ -281,7 +281,7 @@ function M.new(opts)
     counters = stats,
     messages = {},   -- neutral messages after the system prompt
     nencoded = 0,    -- how many of them are encoded into `wire`
-    wire = {},       -- their non-empty encodings: what request bodies join
+    wire = core.wire(), -- their non-empty encodings, joined: what request bodies carry
     parent = opts._parent,
     toolkit = opts._toolkit,
     agent_path = opts._agent_path or def.id,
@@ -533,14 +533,11 @@ function session_mt:_prefix()
   return p
 end
 
--- Appends the encoding of messages[n] to the wire list (the non-empty
--- encodings, in order: what the request body joins).
+-- Appends the encoding of messages[n] to the wire (the non-empty
+-- encodings, in order, comma-joined: what the request body carries).
 local function add_wire(self, n, enc)
   self.counters.prompt_bytes_encoded = self.counters.prompt_bytes_encoded + #enc
-  if enc ~= "" then
-    local wire = self.wire
-    wire[#wire + 1] = enc
-  end
+  if enc ~= "" then self.wire:add(enc) end
   self.nencoded = n
 end
 
@@ -859,7 +856,7 @@ function session_mt:_turn_body(text, opts, turn_ctx)
     stats.iterations = stats.iterations + 1
     local wire = self:_encoded_history()
     stats.provider_calls = stats.provider_calls + 1
-    -- The body is the prefix and the wire list, joined in C into the
+    -- The body is the prefix and the wire, joined in C into the
     -- request itself (core.http_post).
     local resp, err = provider:_complete(prefix, complete_opts, wire, into)
     if not resp then return nil, err end

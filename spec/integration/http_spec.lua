@@ -136,11 +136,15 @@ describe("tide.http", function()
       post("{}", nil) -- a plain body: the wire list is optional
       post("", nil, "/big") -- a large reply, then a small one on the request it leaves behind
       post('{"m":[', { '"after big"' })
+      local w = core.wire()
+      w:add('{"a":1}')
+      w:add('{"b":2}')
+      post('{"m":[{"s":0}', w) -- a session's wire: the same join
       return out
     end)
     assert.are.same({
       '{"m":[{"a":1},{"b":2}]}', '{"x":1,"m":["only"]}', '{"m":[]}', "{}", string.rep("b", 200000),
-      '{"m":["after big"]}',
+      '{"m":["after big"]}', '{"m":[{"s":0},{"a":1},{"b":2}]}',
     }, bodies)
     -- the same join as core.join_wire
     assert.are.equal(core.join_wire('{"m":[', { '{"a":1}', '{"b":2}' }), bodies[1])

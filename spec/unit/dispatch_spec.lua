@@ -238,6 +238,33 @@ describe("core.join_wire", function()
     end
   end)
 
+  it("joins a core.wire() as it joins the list of the same encodings", function()
+    local big = string.rep("x", 20000)
+    for _, case in ipairs {
+      { '{"messages":[', {} },
+      { '{"messages":[', { '{"a":1}' } },
+      { '{"messages":[', { '{"a":1}', "", '{"b":2}', '{"c":3}' } },
+      { '{"messages":[{"role":"system"}', { '{"a":1}', '{"b":2}' } },
+      { '{"messages":[{"role":"system"}', { "" } },
+      { "", { "a", "b" } },
+      { '{"messages":[', { big, big, big } },
+    } do
+      local w = core.wire()
+      local kept = {}
+      for _, e in ipairs(case[2]) do
+        w:add(e)
+        if e ~= "" then kept[#kept + 1] = e end -- "" is a message left out
+      end
+      assert.are.equal(#kept, w:count())
+      assert.are.equal(table.concat(kept, ","), w:joined())
+      assert.are.equal(reference(case[1], kept), core.join_wire(case[1], w))
+    end
+    assert.matches("tide.wire %(2 entries, 3 bytes%)", tostring((function()
+      local w = core.wire(); w:add("a"); w:add("b"); return w end)()))
+    assert.has_error(function() core.wire():add({}) end)
+    assert.has_error(function() core.wire():add() end)
+  end)
+
   it("raises on entries that are not strings, naming the argument", function()
     assert.has_error(function() core.join_wire("[", { "a", 5 }) end,
       "bad argument #2 to 'join_wire' (entry 2 is a number, not a string)")
