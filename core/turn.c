@@ -38,7 +38,8 @@ enum {
   R_TURN,         /* the turn's context (pending, tasks) */
   R_DECODE,       /* cjson.safe's decode (json.decode without its integers) */
   R_RECORD,       /* record(self, msg): the transcript, if the session has one */
-  R_TIMEOUT       /* the session's default tool timeout (ms) */
+  R_TIMEOUT,      /* the session's default tool timeout (ms) */
+  R_UNMADE        /* self.unmade: messages kept as parts, made on reading */
 };
 
 /* The field names the round reads and writes, interned once: every function
@@ -314,27 +315,68 @@ static tide_wire *round_wire(lua_State *L, int round) {
   return w;
 }
 
-/* Appends the message at the top of the stack (popped) to the history and
-** records it; its encoding, `size` bytes, is in the wire already. */
-static void append(lua_State *L, int round, size_t size) {
+/* The messages of the history so far: made ones and unmade ones. */
+static lua_Integer history_length(lua_State *L, int round) {
+  lua_rawgeti(L, round, R_MESSAGES);
+  lua_rawgeti(L, round, R_UNMADE);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, -2) + (lua_Integer)lua_rawlen(L, -1) / 3;
+  lua_pop(L, 2);
+  return n;
+}
+
+/* Appends a message to the history; its encoding, `size` bytes, is in the
+** wire already. A session without a transcript keeps it as its parts, three
+** slots of self.unmade: the role (K_ASSISTANT or K_TOOL), then the content
+** at a (false for none) and the calls at b, or false and the results at b (a
+** is not read). session.lua makes the message tables from them when the
+** history is next read: most sessions' tool rounds never build them. With a
+** transcript the table is made here, as the record needs it. */
+static void append(lua_State *L, int round, size_t size, int role, int a, int b) {
   lua_rawgeti(L, round, R_SELF);
   int self = lua_gettop(L);
-  lua_rawgeti(L, round, R_MESSAGES);
-  lua_Integer n = (lua_Integer)lua_rawlen(L, -1) + 1;
-  lua_pushvalue(L, -3);
-  lua_rawseti(L, -2, n);
+  lua_Integer n = history_length(L, round) + 1;
   lua_rawgeti(L, round, R_COUNTERS);
   add_int(L, lua_gettop(L), K_ENCODED, (lua_Integer)size);
   lua_pushinteger(L, n);
   set(L, self, K_NENCODED);
   lua_settop(L, self);
-  if (get(L, self, K_WRITER) != LUA_TNIL) {
-    lua_rawgeti(L, round, R_RECORD);
-    lua_pushvalue(L, self);
-    lua_pushvalue(L, self - 1); /* the message */
-    lua_call(L, 2, 0);
+  if (get(L, self, K_WRITER) == LUA_TNIL) {
+    lua_rawgeti(L, round, R_UNMADE);
+    lua_Integer u = (lua_Integer)lua_rawlen(L, -1);
+    lua_pushvalue(L, KEY(role));
+    lua_rawseti(L, -2, u + 1);
+    if (role == K_ASSISTANT && !lua_isnil(L, a))
+      lua_pushvalue(L, a);
+    else
+      lua_pushboolean(L, 0);
+    lua_rawseti(L, -2, u + 2);
+    lua_pushvalue(L, b);
+    lua_rawseti(L, -2, u + 3);
+    lua_settop(L, self - 1);
+    return;
   }
-  lua_settop(L, self - 2);
+  lua_settop(L, self);
+  lua_createtable(L, 0, 3);
+  int msg = lua_gettop(L);
+  lua_pushvalue(L, KEY(role));
+  set(L, msg, K_ROLE);
+  if (role == K_ASSISTANT) {
+    lua_pushvalue(L, a);
+    set(L, msg, K_CONTENT);
+    lua_pushvalue(L, b);
+    set(L, msg, K_TOOL_CALLS);
+  } else {
+    lua_pushvalue(L, b);
+    set(L, msg, K_RESULTS);
+  }
+  lua_rawgeti(L, round, R_MESSAGES);
+  lua_pushvalue(L, msg);
+  lua_rawseti(L, -2, n); /* no unmade messages: a transcript's session has none */
+  lua_rawgeti(L, round, R_RECORD);
+  lua_pushvalue(L, self);
+  lua_pushvalue(L, msg);
+  lua_call(L, 2, 0);
+  lua_settop(L, self - 1);
 }
 
 /* core.tool_round(round, calls, text) -> true | "joins", running |
@@ -366,9 +408,9 @@ static int l_tool_round(lua_State *L) {
   ** map stays at 4; tools and decoded arguments go on the stack at
   ** 5 .. 4 + 2n. */
   lua_rawgeti(L, 1, R_SELF);
-  lua_rawgeti(L, 1, R_MESSAGES);
-  int encoded = get_int(L, 4, K_NENCODED) == (lua_Integer)lua_rawlen(L, 5);
+  if (lua_rawgeti(L, 1, R_UNMADE) != LUA_TTABLE) return lua_pushboolean(L, 0), 1;
   lua_settop(L, 4);
+  int encoded = get_int(L, 4, K_NENCODED) == history_length(L, 1);
   if (!encoded || get(L, 4, K_SURFACE) != LUA_TTABLE || get(L, 5, K_MAP) != LUA_TTABLE)
     return lua_pushboolean(L, 0), 1;
   lua_replace(L, 4); /* the map where the session was */
@@ -398,15 +440,7 @@ static int l_tool_round(lua_State *L) {
   /* 2. The assistant message, encoded straight into the wire. */
   size_t size;
   if (!assistant_wire(L, text ? text : "", tl, 2, wire, &size)) return lua_pushboolean(L, 0), 1;
-  lua_createtable(L, 0, 3);
-  int amsg = lua_gettop(L);
-  lua_pushvalue(L, KEY(K_ASSISTANT));
-  set(L, amsg, K_ROLE);
-  lua_pushvalue(L, 3);
-  set(L, amsg, K_CONTENT);
-  lua_pushvalue(L, 2);
-  set(L, amsg, K_TOOL_CALLS);
-  append(L, 1, size);
+  append(L, 1, size, K_ASSISTANT, 3, 2);
   lua_settop(L, 4 + 2 * (int)n);
 
   /* 3. The calls, one task each: a lone call runs at once (until it first
@@ -481,13 +515,7 @@ static int l_tool_round(lua_State *L) {
     lua_pushvalue(L, results);
     return 2;
   }
-  lua_createtable(L, 0, 2);
-  int msg = lua_gettop(L);
-  lua_pushvalue(L, KEY(K_TOOL));
-  set(L, msg, K_ROLE);
-  lua_pushvalue(L, results);
-  set(L, msg, K_RESULTS);
-  append(L, 1, size);
+  append(L, 1, size, K_TOOL, 0, results);
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -280,6 +280,7 @@ function M.new(opts)
     config = cfg,
     counters = stats,
     messages = {},   -- neutral messages after the system prompt
+    unmade = {},     -- messages after those, kept as parts by C rounds (make_unmade)
     nencoded = 0,    -- how many of them are encoded into `wire`
     wire = core.wire(), -- their non-empty encodings, joined: what request bodies carry
     parent = opts._parent,
@@ -541,12 +542,44 @@ local function add_wire(self, n, enc)
   self.nencoded = n
 end
 
+-- Messages appended after self.messages and not yet put there: three slots
+-- each in self.unmade. A C round (core/turn.c) keeps its two messages as
+-- their parts (role, content or false, calls or results), so that a
+-- session whose history nobody reads never builds those tables; a message
+-- the session built itself while parts wait is kept whole ("made", msg).
+-- They are put in self.messages, in order, when the history is read; the
+-- slots are emptied in place (the turn's round table holds the same list).
+local function make_unmade(self)
+  local u = self.unmade
+  local k = #u
+  if k == 0 then return end
+  local msgs = self.messages
+  local n = #msgs
+  for i = 1, k, 3 do
+    n = n + 1
+    local role = u[i]
+    if role == "made" then
+      msgs[n] = u[i + 1]
+    elseif role == "assistant" then
+      msgs[n] = { role = "assistant", content = u[i + 1] or nil, tool_calls = u[i + 2] }
+    else
+      msgs[n] = { role = "tool", results = u[i + 2] }
+    end
+  end
+  for i = k, 1, -1 do u[i] = nil end
+end
+
 -- Messages the session built itself skip the provider's shape checks.
 function session_mt:_push(msg)
-  local msgs = self.messages
-  local n = #msgs + 1
+  local u = self.unmade
+  local k = #u
+  local n = #self.messages + k // 3 + 1
   if self.nencoded < n - 1 then self:_encoded_history() end
-  msgs[n] = msg
+  if k == 0 then
+    self.messages[n] = msg
+  else
+    u[k + 1], u[k + 2], u[k + 3] = "made", msg, false
+  end
   add_wire(self, n, self.provider:_encode(msg))
 end
 
@@ -845,7 +878,7 @@ function session_mt:_turn_body(text, opts, turn_ctx)
   if provider._c_round and not budget and not turn_ctx.on_event and not opts.on_tool_start
     and not opts.on_tool_end then
     round = { self, self.messages, self.wire, stats, tool_worker, opts, depth, turn_ctx, json._decode_floats,
-              record, self.tool_timeout_ms }
+              record, self.tool_timeout_ms, self.unmade }
   end
   -- Every reply of the turn parsed in C is written into this one table
   -- (nothing keeps a reply past its iteration: its calls list and text
@@ -1086,8 +1119,13 @@ end
 --- The frozen system prompt (nil before the first turn).
 function session_mt:system_prompt() return self.system end
 
---- The conversation so far (neutral messages, after the system prompt).
-function session_mt:history() return self.messages end
+--- The conversation so far (neutral messages, after the system prompt):
+--- the same list at every call, brought up to date by the call.
+---@return table[]
+function session_mt:history()
+  make_unmade(self)
+  return self.messages
+end
 
 --- Closes the transcript.
 function session_mt:close()

@@ -70,11 +70,12 @@ for _, shape in ipairs(shapes) do
       -- Without tool callbacks, core.tool_round (core/turn.c) runs the rounds
       -- of an OpenAI-shaped session; an on_tool_end callback sends every
       -- round through the Lua loop instead. Nothing may tell the two apart.
-      local function run(opts)
+      local function run(opts, keep_transcript)
         srv:close()
         srv = testing.mock_server { default = testing.tool_loop(3, "lookup") }
         local path = os.tmpname()
-        local s = tide.session { agent = "looper", provider = shape.make(srv.url), transcript = path }
+        local s = tide.session { agent = "looper", provider = shape.make(srv.url),
+                                 transcript = keep_transcript and path or nil }
         assert.are.equal("done after 3 lookups", s:turn("find three things", opts))
         -- a second turn on the same history (the mock counts the lookups
         -- of the whole conversation: it answers at once)
@@ -86,17 +87,61 @@ for _, shape in ipairs(shapes) do
           if not line:find('"type":"meta"', 1, true) then lines[#lines + 1] = line end
         end
         os.remove(path)
+        -- read twice: the same list, and nothing added by reading it
+        local once = s:history()
+        assert.are.equal(once, s:history())
         local st = s:stats()
         return { bodies = bodies, history = json.canonical(s:history()), transcript = lines,
           stats = { st.provider_calls, st.tool_calls, st.iterations, st.prompt_bytes_encoded,
                     st.prompt_bytes_reencoded, st.tokens.input, st.tokens.output } }
       end
-      local by_c = run()
-      local ends = 0
-      local by_lua = run { on_tool_end = function() ends = ends + 1 end }
-      assert.are.equal(3, ends)
-      assert.are.equal(5, #by_c.bodies)
-      assert.are.same(by_lua, by_c)
+      -- with a transcript (C makes the message tables for the record) and
+      -- without (C keeps them as parts until the history is read)
+      for _, keep in ipairs { true, false } do
+        local by_c = run(nil, keep)
+        local ends = 0
+        local by_lua = run({ on_tool_end = function() ends = ends + 1 end }, keep)
+        assert.are.equal(3, ends)
+        assert.are.equal(5, #by_c.bodies)
+        assert.are.equal(keep and 11 or 0, #by_c.transcript) -- the prompt and ten messages
+        assert.are.same(by_lua, by_c)
+      end
+    end)
+
+    it("shows a handler reading the history in the middle of a round every message so far", function()
+      -- C rounds keep their messages as parts until the history is read:
+      -- a read from inside a tool sees them all, in order, as tables.
+      local seen = {}
+      tide.agent { id = "reader", prompt = "You read.", tools = {
+        tide.tool { name = "lookup", description = "d", parameters = { type = "object" },
+          handler = function(args, ctx)
+            local h = ctx.session:history()
+            seen[#seen + 1] = { n = #h, last = h[#h], list = h }
+            return "found " .. tostring(args.q)
+          end },
+      } }
+      srv.default = testing.tool_loop(2, "lookup")
+      local s = tide.session { agent = "reader", provider = provider }
+      assert.are.equal("done after 2 lookups", s:turn("find two things"))
+      -- user, assistant(call 1) | + tool, assistant(call 2)
+      assert.are.equal(2, seen[1].n)
+      assert.are.equal(4, seen[2].n)
+      for _, v in ipairs(seen) do
+        assert.are.equal("assistant", v.last.role)
+        assert.are.equal("lookup", v.last.tool_calls[1].name)
+      end
+      local h = s:history()
+      assert.are.equal(seen[1].list, h) -- one list, brought up to date
+      local roles = {}
+      for i, m in ipairs(h) do roles[i] = m.role end
+      assert.are.same({ "user", "assistant", "tool", "assistant", "tool", "assistant" }, roles)
+      assert.are.equal("found item 2", h[5].results[1].content)
+      assert.are.equal("done after 2 lookups", h[6].content)
+      -- and a second turn appends after them
+      srv.default = testing.tool_loop(0, "lookup")
+      assert.is_string(s:turn("anything else?"))
+      assert.are.equal(8, #s:history())
+      assert.are.equal("user", s:history()[7].role)
     end)
 
     it("hands a handler that takes it its context: session, call id and name, depth", function()
