@@ -123,10 +123,18 @@ static int call_pieces(lua_State *L, int idx, lua_Integer i, const char **a,
   return *a && *nm && *id;
 }
 
-/* The pieces of result i of the list at idx; 0 when one is not a string. */
+/* The pieces of result i of the list at idx (i = 0: of the result at idx
+** itself); 0 when one is not a string. */
 static int result_pieces(lua_State *L, int idx, lua_Integer i, const char **c,
                          size_t *cl, const char **id, size_t *il) {
-  if (lua_rawgeti(L, idx, i) != LUA_TTABLE) {
+  int type;
+  if (i == 0) {
+    lua_pushvalue(L, idx);
+    type = lua_type(L, -1);
+  } else {
+    type = lua_rawgeti(L, idx, i);
+  }
+  if (type != LUA_TTABLE) {
     lua_pop(L, 1);
     return 0;
   }
@@ -194,18 +202,18 @@ static int assistant_wire(lua_State *L, const char *text, size_t tl, int callsid
   return 1;
 }
 
-/* Pushes the wire encoding of the tool results at idx: one role "tool"
-** element per result, comma-joined. Returns 0 (pushing nothing) when a
-** result is not a table of string id and content, or there is none. With
-** w, as assistant_wire. */
-static int results_wire(lua_State *L, int idx, tide_wire *w, size_t *size) {
-  lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+/* Pushes the wire encoding of the tool results at idx (with `one`, of the
+** one result at idx): one role "tool" element per result, comma-joined.
+** Returns 0 (pushing nothing) when a result is not a table of string id and
+** content, or there is none. With w, as assistant_wire. */
+static int results_wire(lua_State *L, int idx, int one, tide_wire *w, size_t *size) {
+  lua_Integer n = one ? 1 : (lua_Integer)lua_rawlen(L, idx);
   if (n < 1) return 0;
   size_t total = 0;
   for (lua_Integer i = 1; i <= n; i++) {
     const char *c = NULL, *id = NULL;
     size_t cl = 0, il = 0;
-    if (!result_pieces(L, idx, i, &c, &cl, &id, &il)) return 0;
+    if (!result_pieces(L, idx, one ? 0 : i, &c, &cl, &id, &il)) return 0;
     total += (i > 1) + LIT(RESULT_OPEN) + LIT(RESULT_ID) + 1 +
              tide__json_quoted_size((const unsigned char *)c, cl) +
              tide__json_quoted_size((const unsigned char *)id, il);
@@ -217,7 +225,7 @@ static int results_wire(lua_State *L, int idx, tide_wire *w, size_t *size) {
   for (lua_Integer i = 1; i <= n; i++) {
     const char *c = NULL, *id = NULL;
     size_t cl = 0, il = 0;
-    result_pieces(L, idx, i, &c, &cl, &id, &il); /* checked above */
+    result_pieces(L, idx, one ? 0 : i, &c, &cl, &id, &il); /* checked above */
     if (i > 1) out[k++] = ',';
     put(out, &k, RESULT_OPEN, LIT(RESULT_OPEN));
     put_quoted(out, &k, c, cl);
@@ -251,7 +259,7 @@ static int l_assistant_wire(lua_State *L) {
 ** is not a plain table of string id and content. */
 static int l_results_wire(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
-  if (!results_wire(L, 1, NULL, NULL)) lua_pushnil(L);
+  if (!results_wire(L, 1, 0, NULL, NULL)) lua_pushnil(L);
   return 1;
 }
 
@@ -327,14 +335,15 @@ static lua_Integer history_length(lua_State *L, int round) {
 /* Appends a message to the history; its encoding, `size` bytes, is in the
 ** wire already. A session without a transcript keeps it as its parts, three
 ** slots of self.unmade: the role (K_ASSISTANT or K_TOOL), then the content
-** at a (false for none) and the calls at b, or false and the results at b (a
-** is not read). session.lua makes the message tables from them when the
+** at a (false for none) and the calls at b, or false and the one result at b
+** (a C round runs a lone call; a is not read). session.lua makes the message tables from them when the
 ** history is next read: most sessions' tool rounds never build them. With a
 ** transcript the table is made here, as the record needs it. */
 static void append(lua_State *L, int round, size_t size, int role, int a, int b) {
   lua_rawgeti(L, round, R_SELF);
   int self = lua_gettop(L);
-  lua_Integer n = history_length(L, round) + 1;
+  /* the round began with every message encoded: nencoded counts them all */
+  lua_Integer n = get_int(L, self, K_NENCODED) + 1;
   lua_rawgeti(L, round, R_COUNTERS);
   add_int(L, lua_gettop(L), K_ENCODED, (lua_Integer)size);
   lua_pushinteger(L, n);
@@ -365,8 +374,10 @@ static void append(lua_State *L, int round, size_t size, int role, int a, int b)
     set(L, msg, K_CONTENT);
     lua_pushvalue(L, b);
     set(L, msg, K_TOOL_CALLS);
-  } else {
+  } else { /* a C round's tool message answers its lone call */
+    lua_createtable(L, 1, 0);
     lua_pushvalue(L, b);
+    lua_rawseti(L, -2, 1);
     set(L, msg, K_RESULTS);
   }
   lua_rawgeti(L, round, R_MESSAGES);
@@ -506,16 +517,14 @@ static int l_tool_round(lua_State *L) {
   }
   lua_pushnil(L);
   set(L, turn, K_PENDING);
-  lua_createtable(L, 1, 0);
-  lua_pushvalue(L, r);
-  lua_rawseti(L, -2, 1);
-  int results = lua_gettop(L);
-  if (!results_wire(L, results, wire, &size)) {
+  if (!results_wire(L, r, 1, wire, &size)) {
     lua_pushliteral(L, "results");
-    lua_pushvalue(L, results);
+    lua_createtable(L, 1, 0);
+    lua_pushvalue(L, r);
+    lua_rawseti(L, -2, 1);
     return 2;
   }
-  append(L, 1, size, K_TOOL, 0, results);
+  append(L, 1, size, K_TOOL, 0, r);
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -544,7 +544,7 @@ end
 
 -- Messages appended after self.messages and not yet put there: three slots
 -- each in self.unmade. A C round (core/turn.c) keeps its two messages as
--- their parts (role, content or false, calls or results), so that a
+-- their parts (role, content or false, calls or the lone result), so that a
 -- session whose history nobody reads never builds those tables; a message
 -- the session built itself while parts wait is kept whole ("made", msg).
 -- They are put in self.messages, in order, when the history is read; the
@@ -562,8 +562,8 @@ local function make_unmade(self)
       msgs[n] = u[i + 1]
     elseif role == "assistant" then
       msgs[n] = { role = "assistant", content = u[i + 1] or nil, tool_calls = u[i + 2] }
-    else
-      msgs[n] = { role = "tool", results = u[i + 2] }
+    else -- a C round's tool message: its lone call's result
+      msgs[n] = { role = "tool", results = { u[i + 2] } }
     end
   end
   for i = k, 1, -1 do u[i] = nil end
