@@ -168,6 +168,7 @@ end
 -- Returns partials (nil when there are none), the version of the
 -- combination | nil, nil, err.
 local function collect_partials(entry)
+  if entry.partials[1] == nil then return nil, entry.version end -- most prompts
   local out, seen, queue, i = nil, {}, { entry }, 1
   local key
   while queue[i] do
