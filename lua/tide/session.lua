@@ -18,10 +18,12 @@ local core = require "tide.core"
 local json = require "tide.json"
 local tool = require "tide.tool"
 local agents = require "tide.agents"
-local config = require "tide.config"
-local transcript = require "tide.transcript"
 local tool_protocol = require "tide.tool_protocol"
-local tree_budget = require "tide.budget"
+-- Loaded when a session first needs them (a config, a transcript, a
+-- budget): a script that uses none never compiles them.
+local function config() return require "tide.config" end
+local function transcript() return require "tide.transcript" end
+local function tree_budget() return require "tide.budget" end
 
 local session_mt = { __name = "tide.session" }
 session_mt.__index = session_mt
@@ -265,8 +267,8 @@ function M.new(opts)
   local stats = new_stats()
   -- Config: captured once; a file is loaded here and never on the turn path.
   local cfg = opts.config
-  if cfg ~= nil and not config.is(cfg) then
-    local c, err = config.new(cfg)
+  if cfg ~= nil and not config().is(cfg) then
+    local c, err = config().new(cfg)
     if not c then error(err, 2) end
     cfg = c
     stats.config_loads = stats.config_loads + 1
@@ -335,7 +337,7 @@ function M.new(opts)
     local ok, err = self:_resume(opts.resume)
     if not ok then error(err, 2) end
   elseif opts.transcript then
-    local w, err = transcript.open(opts.transcript, self:_meta())
+    local w, err = transcript().open(opts.transcript, self:_meta())
     if not w then error(err, 2) end
     self.writer = w
   end
@@ -364,7 +366,7 @@ function session_mt:_meta()
 end
 
 function session_mt:_resume(path)
-  local meta, messages, info = transcript.load(path)
+  local meta, messages, info = transcript().load(path)
   if not meta then return nil, messages end
   local sys
   for _, m in ipairs(messages) do
@@ -380,7 +382,7 @@ function session_mt:_resume(path)
     self.prompt_version = meta.prompt_version
   end
   self.resumed = { torn = info.torn, messages = #self.messages }
-  local w, err = transcript.open(path, self:_meta(), info)
+  local w, err = transcript().open(path, self:_meta(), info)
   if not w then return nil, err end
   self.writer = w
   return true
@@ -1010,7 +1012,7 @@ local function do_turn(self, text, opts)
   local saved_event, saved_budget = rawget(ctx, "tide_on_event"), rawget(ctx, "tide_budget")
   local inherited_budget = ctx.tide_budget
   local budget = inherited_budget
-  if not budget and self.budget_limits then budget = tree_budget.new(self.budget_limits) end
+  if not budget and self.budget_limits then budget = tree_budget().new(self.budget_limits) end
   -- The turn in progress: `caller` is the task it runs in (what cancel
   -- interrupts), `tasks` its tool and sub-agent tasks, `depth` its spawn depth.
   local turn_ctx = { budget = budget, on_event = opts.on_event or ctx.tide_on_event, tasks = {},
