@@ -335,10 +335,11 @@ static lua_Integer history_length(lua_State *L, int round) {
 /* Appends a message to the history; its encoding, `size` bytes, is in the
 ** wire already. A session without a transcript keeps it as its parts, three
 ** slots of self.unmade: the role (K_ASSISTANT or K_TOOL), then the content
-** at a (false for none) and the calls at b, or false and the one result at b
-** (a C round runs a lone call; a is not read). session.lua makes the message tables from them when the
-** history is next read: most sessions' tool rounds never build them. With a
-** transcript the table is made here, as the record needs it. */
+** at a (false for none) and the calls at b; or false and the one result at
+** b (a C round runs a lone call; a is not read). session.lua makes the
+** message tables from them when the history is next read: most sessions'
+** tool rounds never build them. With a transcript the table is made here,
+** as the record needs it. */
 static void append(lua_State *L, int round, size_t size, int role, int a, int b) {
   lua_rawgeti(L, round, R_SELF);
   int self = lua_gettop(L);

@@ -283,7 +283,7 @@ function M.new(opts)
     counters = stats,
     messages = {},   -- neutral messages after the system prompt
     unmade = {},     -- messages after those, kept as parts by C rounds (make_unmade)
-    nencoded = 0,    -- how many of them are encoded into `wire`
+    nencoded = 0,    -- how many of them (made and unmade) are encoded into `wire`
     wire = core.wire(), -- their non-empty encodings, joined: what request bodies carry
     parent = opts._parent,
     toolkit = opts._toolkit,
