@@ -389,19 +389,13 @@ char *tide__wire_reserve(tide_wire *w, size_t n) {
 }
 
 void tide__wire_commit(tide_wire *w, size_t n) {
-  if (n == 0) return;
   w->joined.len += (w->n > 0) + n;
   w->n++;
 }
 
-/* The wire list at idx, if it is a wire: what a join reads from it. */
-static tide_wire *wire_at(lua_State *L, int idx) {
-  return lua_type(L, idx) == LUA_TUSERDATA ? tide__to_wire(L, idx) : NULL;
-}
-
 size_t tide__wire_size(lua_State *L, size_t plen, int idx, int arg,
                        const char *fname) {
-  tide_wire *w = wire_at(L, idx);
+  tide_wire *w = tide__to_wire(L, idx);
   if (w) return plen + 1 + w->joined.len + 2;
   lua_Integer n = luaL_len(L, idx);
   size_t total = plen + 2;
@@ -421,7 +415,7 @@ size_t tide__wire_write(lua_State *L, const char *prefix, size_t plen, int idx,
   size_t k = plen;
   /* as prefix .. "," .. joined when joined is not empty */
   int after_open = plen > 0 && prefix[plen - 1] == '[';
-  tide_wire *w = wire_at(L, idx);
+  tide_wire *w = tide__to_wire(L, idx);
   if (w) {
     if (w->joined.len > 0) {
       if (!after_open) out[k++] = ',';
@@ -457,7 +451,7 @@ size_t tide__wire_write(lua_State *L, const char *prefix, size_t plen, int idx,
 static int l_join_wire(lua_State *L) {
   size_t plen;
   const char *prefix = luaL_checklstring(L, 1, &plen);
-  if (!wire_at(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+  if (!tide__to_wire(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
   size_t total = tide__wire_size(L, plen, 2, 2, "join_wire");
   /* Up to JOIN_STACK bytes on the C stack (then one copy into the string);
   ** larger bodies in a Lua buffer, which frees itself should Lua raise. */
@@ -486,6 +480,7 @@ static int l_wire_add(lua_State *L) {
   tide_wire *w = tide__check_self(L, WIRE_MT);
   size_t n;
   const char *s = luaL_checklstring(L, 2, &n);
+  if (n == 0) return 0;
   char *out = tide__wire_reserve(w, n);
   if (out == NULL) return luaL_error(L, "not enough memory");
   memcpy(out, s, n);

@@ -898,8 +898,9 @@ static int l_request(lua_State *L) {
 ** http_request for a client on its hot path (a provider): a POST of a body
 ** with prepared headers (core.http_headers), without an options table; its
 ** "done" result is { status, body, ttfb_ms, headers_raw (non-2xx only) }.
-** With a wire list (or a core.wire()) the body sent is core.join_wire(body, wire), joined into
-** the request's own buffer (no Lua string for it). */
+** With a wire (a list of strings or a core.wire()) the body sent is
+** core.join_wire(body, wire), joined into the request's own buffer (no Lua
+** string for it). */
 static int l_post(lua_State *L) {
   req_args a;
   a.url = luaL_checkstring(L, 1);

@@ -145,6 +145,25 @@ static int result_pieces(lua_State *L, int idx, lua_Integer i, const char **c,
   return *c && *id;
 }
 
+/* Where an encoding of `total` bytes is written: straight into the wire w,
+** or (w NULL) a Lua buffer b whose string encoding_end pushes. */
+static char *encoding_begin(lua_State *L, tide_wire *w, luaL_Buffer *b, size_t total) {
+  char *out = w ? tide__wire_reserve(w, total) : luaL_buffinitsize(L, b, total);
+  if (out == NULL) luaL_error(L, "not enough memory");
+  return out;
+}
+
+/* Ends an encoding of k bytes begun by encoding_begin: adds it to w (its
+** size in *size), or pushes it as a string. */
+static void encoding_end(tide_wire *w, luaL_Buffer *b, size_t k, size_t *size) {
+  if (w) {
+    tide__wire_commit(w, k);
+    *size = k;
+  } else {
+    luaL_pushresultsize(b, k);
+  }
+}
+
 /* Pushes the wire encoding of an assistant message with content (nil or a
 ** string; "" counts as none) and the calls at callsidx, as
 ** provider.openai encodes it: keys sorted, content null without text,
@@ -169,8 +188,7 @@ static int assistant_wire(lua_State *L, const char *text, size_t tl, int callsid
              tide__json_quoted_size((const unsigned char *)id, il);
   }
   luaL_Buffer b;
-  char *out = w ? tide__wire_reserve(w, total) : luaL_buffinitsize(L, &b, total);
-  if (out == NULL) luaL_error(L, "not enough memory");
+  char *out = encoding_begin(L, w, &b, total);
   size_t k = 0;
   put(out, &k, ASSISTANT_OPEN, LIT(ASSISTANT_OPEN));
   if (tl > 0)
@@ -193,12 +211,7 @@ static int assistant_wire(lua_State *L, const char *text, size_t tl, int callsid
   }
   out[k++] = ']';
   out[k++] = '}';
-  if (w) {
-    tide__wire_commit(w, k);
-    *size = k;
-  } else {
-    luaL_pushresultsize(&b, k);
-  }
+  encoding_end(w, &b, k, size);
   return 1;
 }
 
@@ -219,8 +232,7 @@ static int results_wire(lua_State *L, int idx, int one, tide_wire *w, size_t *si
              tide__json_quoted_size((const unsigned char *)id, il);
   }
   luaL_Buffer b;
-  char *out = w ? tide__wire_reserve(w, total) : luaL_buffinitsize(L, &b, total);
-  if (out == NULL) luaL_error(L, "not enough memory");
+  char *out = encoding_begin(L, w, &b, total);
   size_t k = 0;
   for (lua_Integer i = 1; i <= n; i++) {
     const char *c = NULL, *id = NULL;
@@ -233,12 +245,7 @@ static int results_wire(lua_State *L, int idx, int one, tide_wire *w, size_t *si
     put_quoted(out, &k, id, il);
     out[k++] = '}';
   }
-  if (w) {
-    tide__wire_commit(w, k);
-    *size = k;
-  } else {
-    luaL_pushresultsize(&b, k);
-  }
+  encoding_end(w, &b, k, size);
   return 1;
 }
 
@@ -420,8 +427,6 @@ static int l_tool_round(lua_State *L) {
   ** map stays at 4; tools and decoded arguments go on the stack at
   ** 5 .. 4 + 2n. */
   lua_rawgeti(L, 1, R_SELF);
-  if (lua_rawgeti(L, 1, R_UNMADE) != LUA_TTABLE) return lua_pushboolean(L, 0), 1;
-  lua_settop(L, 4);
   int encoded = get_int(L, 4, K_NENCODED) == history_length(L, 1);
   if (!encoded || get(L, 4, K_SURFACE) != LUA_TTABLE || get(L, 5, K_MAP) != LUA_TTABLE)
     return lua_pushboolean(L, 0), 1;
