@@ -25,6 +25,7 @@
 ** buffer). A finished request goes to a small free list with its buffers, so
 ** a provider's round trip in steady state mallocs nothing of its own.
 */
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,6 +99,8 @@ struct tide_http {
   int done;
   int stream;           /* deliver 2xx bodies as chunks */
   int lean;             /* http_post: a lean result (see push_result) */
+  int sse;              /* pump: the body was seen to be an event stream */
+  int fed;              /* pump: some of it went to the parser */
   int too_large;
   int gone;             /* the Lua userdata was collected */
   int fd_exhausted;     /* failed while the process had no descriptor left */
@@ -654,6 +657,24 @@ static void req_cancel_wait(tide_wait *w) {
   }
 }
 
+/* Whether a streamed request has body bytes for its reader: a 2xx's, as they
+** come; at the end, those that came before a failure too (the reader sees
+** everything it was sent, then the error). */
+static int has_data(tide_http *r) {
+  if (!r->stream || r->body.len == 0) return 0;
+  if (!r->done) return r->easy && is_2xx(r);
+  return r->status >= 200 && r->status < 300 && !r->too_large &&
+         r->result != CURLE_ABORTED_BY_CALLBACK;
+}
+
+/* Makes the running task wait for r, to go on in k. */
+static int wait_for(lua_State *L, tide_http *r, tide_task *t, lua_KFunction k) {
+  if (r->task) return luaL_error(L, "http request already has a waiting task");
+  r->task = t;
+  r->wait.cancel = req_cancel_wait;
+  return tide__wait(L, t, &r->wait, k, 0);
+}
+
 static int next_k(lua_State *L, int status, lua_KContext kctx);
 
 /* req:next() -> "data", chunk | "done", res | nil, err  (waits in a task) */
@@ -661,34 +682,73 @@ static int l_next(lua_State *L) {
   tide_http *r = check_req(L);
   tide_task *t = tide__check_task(L, "http request");
   tide__check_cancel(L, t);
-  if (r->stream && r->body.len > 0 && !r->done && r->easy && is_2xx(r)) {
+  if (has_data(r)) {
     lua_pushliteral(L, "data");
     lua_pushlstring(L, r->body.p, r->body.len);
     r->body.len = 0;
     return 2;
   }
-  if (r->done) {
-    /* Data that arrived before a failure is delivered first: the stream's
-    ** consumer sees everything it was sent, then the error. */
-    if (r->stream && r->body.len > 0 && r->status >= 200 && r->status < 300 &&
-        !r->too_large && r->result != CURLE_ABORTED_BY_CALLBACK) {
-      lua_pushliteral(L, "data");
-      lua_pushlstring(L, r->body.p, r->body.len);
-      r->body.len = 0;
-      return 2;
-    }
-    return push_result(L, r);
-  }
-  if (r->task) return luaL_error(L, "http request already has a waiting task");
-  r->task = t;
-  r->wait.cancel = req_cancel_wait;
-  return tide__wait(L, t, &r->wait, next_k, 0);
+  if (r->done) return push_result(L, r);
+  return wait_for(L, r, t, next_k);
 }
 
 static int next_k(lua_State *L, int status, lua_KContext kctx) {
   (void)status;
   (void)kctx;
   return l_next(L);
+}
+
+static int pump_k(lua_State *L, int status, lua_KContext kctx);
+
+/* req:pump(parser) -> what next() returns when the transfer ends, for a
+** streamed request read by an OpenAI stream parser (core.openai_stream):
+** every chunk of an event stream goes from the request's buffer straight
+** into the parser, with no string made and no return to Lua between
+** chunks. It stops early with "data", chunk when the reply is not an event
+** stream (its first significant byte is '{': a JSON body, left to the
+** caller's next()), and with "fail", err when the parser rejects the
+** stream. A failure of the transfer comes as nil, err, fed: whether any
+** bytes went to the parser. */
+static int l_pump(lua_State *L) {
+  tide_http *r = check_req(L);
+  tide_task *t = tide__check_task(L, "http request");
+  tide__check_cancel(L, t);
+  while (has_data(r)) {
+    if (!r->sse) {
+      /* Bytes before the first significant one are held until it comes, as
+      ** the Lua reader holds them (white space as Lua's %s knows it). */
+      size_t k = 0;
+      while (k < r->body.len && isspace((unsigned char)r->body.p[k])) k++;
+      if (k == r->body.len) {
+        if (!r->done) return wait_for(L, r, t, pump_k);
+        r->body.len = 0; /* only white space, ever: nothing to parse */
+        break;
+      }
+      if (r->body.p[k] == '{') return l_next(L);
+      r->sse = 1;
+    }
+    r->fed = 1;
+    int failed = tide__openai_feed(L, 2, r->body.p, r->body.len);
+    r->body.len = 0;
+    if (failed) {
+      lua_pushliteral(L, "fail");
+      lua_insert(L, -2);
+      return 2;
+    }
+  }
+  if (!r->done) return wait_for(L, r, t, pump_k);
+  int n = push_result(L, r);
+  if (n == 2 && lua_isnil(L, -2)) {
+    lua_pushboolean(L, r->fed);
+    n = 3;
+  }
+  return n;
+}
+
+static int pump_k(lua_State *L, int status, lua_KContext kctx) {
+  (void)status;
+  (void)kctx;
+  return l_pump(L);
 }
 
 const char *tide__http_body(lua_State *L, int idx, size_t *len) {
@@ -1078,7 +1138,7 @@ void tide__open_http(lua_State *L) {
   static const luaL_Reg meta[] = {
       {"__gc", l_req_gc}, {"__close", l_req_gc}, {NULL, NULL}};
   static const luaL_Reg methods[] = {
-      {"next", l_next}, {"cancel", l_req_cancel}, {"body", l_req_body},
+      {"next", l_next}, {"pump", l_pump}, {"cancel", l_req_cancel}, {"body", l_req_body},
       {"headers_raw", l_req_headers_raw}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"http_request", l_request},
                                  {"http_parse_headers", l_parse_headers},

@@ -1017,14 +1017,48 @@ static int l_openai_stream(lua_State *L) {
   return 1;
 }
 
-/* Records the error at the top of the stack as the stream's failure (every
-** later call returns it) and frees what the stream no longer needs. */
-static void set_failed(lua_State *L, openai_stream *st) {
+/* Records the error at the top of the stack as the failure of the stream at
+** idx (every later call returns it) and frees what the stream no longer needs. */
+static void set_failed(lua_State *L, int idx, openai_stream *st) {
   lua_pushvalue(L, -1);
-  lua_setiuservalue(L, 1, 1);
+  lua_setiuservalue(L, idx, 1);
   st->failed = 1;
   tide__sse_free(&st->sse);
   tide__asm_free(&st->calls);
+}
+
+/* Feeds n bytes of SSE to st, the parser of the stream at idx; fc says where
+** text deltas go. Returns 0, or 1 with the error at the top of the stack and
+** the stream failed. */
+static int feed_bytes(lua_State *L, int idx, openai_stream *st, feed_ctx *fc,
+                      const char *s, size_t n) {
+  int rc = tide__sse_feed(&st->sse, s, n, on_event, fc);
+  if (rc == TIDE_SSE_NOMEM || fc->nomem) return luaL_error(L, "not enough memory");
+  if (rc == TIDE_SSE_LINE_BIG || rc == TIDE_SSE_EVENT_BIG) {
+    /* As the Lua path reported a failure of core.sse_parser. */
+    char cap[32];
+    snprintf(cap, sizeof cap, "%zu", st->sse.max);
+    tide__push_error(L, "MalformedResponse",
+                     "invalid event stream: SSE %s exceeds the limit of %s bytes",
+                     rc == TIDE_SSE_LINE_BIG ? "line" : "event", cap);
+    lua_pushliteral(L, "StreamTooLarge");
+    lua_setfield(L, -2, "cause");
+  }
+  if (rc == 0) return 0;
+  set_failed(L, idx, st); /* the error is at the top */
+  return 1;
+}
+
+int tide__openai_feed(lua_State *L, int idx, const char *s, size_t n) {
+  stream_ud *u = luaL_checkudata(L, idx, STREAM_MT);
+  if (u->closed) luaL_error(L, "attempt to use a closed openai stream");
+  openai_stream *st = parser_of(L, u);
+  if (st->failed) {
+    lua_getiuservalue(L, idx, 1);
+    return 1;
+  }
+  feed_ctx fc = {L, st, 0, 0, 0};
+  return feed_bytes(L, idx, st, &fc, s, n);
 }
 
 /* s:feed(chunk [, out]) -> delta_text | nil  or  nil, err [, delta_text]
@@ -1054,20 +1088,7 @@ static int l_feed(lua_State *L) {
   lua_settop(L, 3);
   size_t start = st->text.len;
   feed_ctx fc = {L, st, 0, has_out ? 3 : 0, 0};
-  int rc = tide__sse_feed(&st->sse, s, n, on_event, &fc);
-  if (rc == TIDE_SSE_NOMEM || fc.nomem) return luaL_error(L, "not enough memory");
-  if (rc == TIDE_SSE_LINE_BIG || rc == TIDE_SSE_EVENT_BIG) {
-    /* As the Lua path reported a failure of core.sse_parser. */
-    char cap[32];
-    snprintf(cap, sizeof cap, "%zu", st->sse.max);
-    tide__push_error(L, "MalformedResponse",
-                     "invalid event stream: SSE %s exceeds the limit of %s bytes",
-                     rc == TIDE_SSE_LINE_BIG ? "line" : "event", cap);
-    lua_pushliteral(L, "StreamTooLarge");
-    lua_setfield(L, -2, "cause");
-  }
-  if (rc != 0) { /* the error is at the top */
-    set_failed(L, st);
+  if (feed_bytes(L, 1, st, &fc, s, n)) {
     lua_pushnil(L);
     lua_insert(L, -2);
     if (has_out) {

@@ -144,6 +144,10 @@ void tide__push_asm_too_large(lua_State *L, const tide_asm *a);
 /// The body an http request (the userdata at idx) holds, or NULL when idx is
 /// not an open request. The pointer is valid until the request is used again.
 const char *tide__http_body(lua_State *L, int idx, size_t *len);
+/// Feeds n bytes of an SSE body to the OpenAI stream parser at idx, as
+/// s:feed(chunk, false) does (stream.c). Returns 0, or 1 with the error at
+/// the top of the stack (the stream is failed: later calls return it too).
+int tide__openai_feed(lua_State *L, int idx, const char *s, size_t n);
 
 /* ---------------------------------------------------------------- wire -- */
 

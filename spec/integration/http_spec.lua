@@ -20,6 +20,18 @@ describe("tide.http", function()
           return { status = 200, body = string.rep("c", 10000), drop_after = 1 }
         elseif path == "/stream" then
           return { status = 200, chunks = { "one ", "two ", "three" }, chunk_delay_ms = 5 }
+        elseif path == "/sse" then
+          -- white space alone first: held until the first significant byte
+          return { status = 200, chunk_delay_ms = 5, chunks = { "\n",
+            'data: {"choices":[{"delta":{"content":"he"}}]}\n\n',
+            'data: {"choices":[{"delta":{"content":"llo"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n' } }
+        elseif path == "/sse-json" then
+          return { status = 200, chunk_delay_ms = 5, chunks = { "  ", '{"choices":', '[]}' } }
+        elseif path == "/sse-bad" then
+          return { status = 200, chunks = { 'data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata: {nope\n\n' } }
+        elseif path == "/sse-cut" then
+          return { status = 200, chunk_delay_ms = 5, drop_after = 1,
+            chunks = { 'data: {"choices":[{"delta":{"content":"a"}}]}\n\n', "data: [DONE]\n\n" } }
         elseif path == "/status" then
           return { status = 503, headers = { ["retry-after"] = "2" }, body = "busy" }
         end
@@ -217,6 +229,65 @@ describe("tide.http", function()
     assert.are.equal(200, res.status)
     assert.are.equal("", res.body)
     assert.are.equal("one two three", table.concat(chunks))
+  end)
+
+  it("pumps an event stream into a C parser, and hands back what is not one", function()
+    local h = core.http_headers { ["content-type"] = "application/json" }
+    local out = tide.run(function()
+      local function post(path) return core.http_post(url(path), h, "{}", 5000, 1024 * 1024, true) end
+      local function parser_for() return core.openai_stream(1024 * 1024) end
+      local r = {}
+      -- an event stream: every chunk goes to the parser, the end comes back
+      do
+        local req <close> = post("/sse")
+        local parser <close> = parser_for()
+        local kind, status, ttfb = req:pump(parser)
+        local reply = assert(parser:finish())
+        r.sse = { kind, status, type(ttfb), reply.text, reply.stop }
+      end
+      -- a JSON body on a streamed request: handed back whole, for next()
+      do
+        local req <close> = post("/sse-json")
+        local parser <close> = parser_for()
+        local kind, chunk = req:pump(parser)
+        local rest = {}
+        while true do
+          local k, v = req:next()
+          if k ~= "data" then r.json_end = { k, v } break end
+          rest[#rest + 1] = v
+        end
+        r.json = { kind, chunk .. table.concat(rest) }
+      end
+      -- a stream the parser rejects: its error, and the parser keeps it
+      do
+        local req <close> = post("/sse-bad")
+        local parser <close> = parser_for()
+        local kind, err = req:pump(parser)
+        local _, again = parser:finish()
+        r.bad = { kind, err.code, err.message:match("not valid JSON") ~= nil, again.code }
+      end
+      -- a transfer cut after some of the stream: its error, and that bytes were fed
+      do
+        local req <close> = post("/sse-cut")
+        local parser <close> = parser_for()
+        r.cut = { req:pump(parser) }
+        r.cut[2] = r.cut[2].code
+      end
+      -- a failure status: its body stays in the request for the caller
+      do
+        local req <close> = post("/status")
+        local parser <close> = parser_for()
+        local kind, status = req:pump(parser)
+        r.status = { kind, status, req:body() }
+      end
+      return r
+    end)
+    assert.are.same({ "done", 200, "number", "hello", "stop" }, out.sse)
+    assert.are.same({ "data", '  {"choices":[]}' }, out.json)
+    assert.are.same({ "done", 200 }, { out.json_end[1], out.json_end[2] })
+    assert.are.same({ "fail", "MalformedResponse", true, "MalformedResponse" }, out.bad)
+    assert.are.same({ nil, "ConnectionClosed", true }, out.cut)
+    assert.are.same({ "done", 503, "busy" }, out.status)
   end)
 
   it("gives each failure a distinct stable code and stays usable", function()

@@ -650,6 +650,11 @@ describe("tide.provider", function()
       local res = assert(p:complete(simple_body(p), { on_delta = function(t) deltas[#deltas + 1] = t end }))
       assert.are.equal("not streamed", res.text)
       assert.are.same({ "not streamed" }, deltas)
+      -- with nobody listening the request feeds the C parser itself until
+      -- it sees the body is not an event stream, and hands it back whole
+      res = assert(p:complete(simple_body(p)))
+      assert.are.equal("not streamed", res.text)
+      assert.are.equal("stop", res.stop)
     end)
   end)
 

@@ -614,9 +614,24 @@ local function attempt_stream(self, body, opts, timeout_ms, wire, into)
 
   local w = endpoint(self)
   local req <close> = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, true, wire)
+  -- With a C parser and nobody to hand text to, the request feeds the
+  -- parser itself (req:pump): no string per chunk, no trip through this
+  -- loop. It hands a reply that is not an event stream back as next() would.
+  local pump = parser ~= nil and on_delta == nil
   local status, done_ttfb_ms, herr
   while true do
-    local kind, v, ttfb = req:next()
+    local kind, v, ttfb
+    if pump and mode ~= "json" then
+      kind, v, ttfb = req:pump(parser)
+      if kind == "fail" then
+        received = true
+        stream_err = self:_stream_error(v)
+        break
+      end
+      if kind == nil and ttfb then received = true end
+    else
+      kind, v, ttfb = req:next()
+    end
     if kind ~= "data" then
       if kind == "done" then status, done_ttfb_ms = v, ttfb else herr = v end
       break
@@ -684,7 +699,8 @@ local function attempt_stream(self, body, opts, timeout_ms, wire, into)
       if out then finished(out) end
     end
     if not out then return nil, err, received, delivered end
-    out.ttfb_ms = ttfb_ms or (core.hrtime() - t0) / 1e6
+    -- A pumped stream's first byte is libcurl's to time.
+    out.ttfb_ms = ttfb_ms or done_ttfb_ms or (core.hrtime() - t0) / 1e6
     return out
   end
   -- a streamed request answered with one JSON body
