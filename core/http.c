@@ -675,13 +675,21 @@ static int wait_for(lua_State *L, tide_http *r, tide_task *t, lua_KFunction k) {
   return tide__wait(L, t, &r->wait, k, 0);
 }
 
+/* The request at 1, for a read by the running task (*t), which must not be
+** cancelled. */
+static tide_http *check_read(lua_State *L, tide_task **t) {
+  tide_http *r = check_req(L);
+  *t = tide__check_task(L, "http request");
+  tide__check_cancel(L, *t);
+  return r;
+}
+
 static int next_k(lua_State *L, int status, lua_KContext kctx);
 
 /* req:next() -> "data", chunk | "done", res | nil, err  (waits in a task) */
 static int l_next(lua_State *L) {
-  tide_http *r = check_req(L);
-  tide_task *t = tide__check_task(L, "http request");
-  tide__check_cancel(L, t);
+  tide_task *t;
+  tide_http *r = check_read(L, &t);
   if (has_data(r)) {
     lua_pushliteral(L, "data");
     lua_pushlstring(L, r->body.p, r->body.len);
@@ -710,9 +718,8 @@ static int pump_k(lua_State *L, int status, lua_KContext kctx);
 ** stream. A failure of the transfer comes as nil, err, fed: whether any
 ** bytes went to the parser. */
 static int l_pump(lua_State *L) {
-  tide_http *r = check_req(L);
-  tide_task *t = tide__check_task(L, "http request");
-  tide__check_cancel(L, t);
+  tide_task *t;
+  tide_http *r = check_read(L, &t);
   while (has_data(r)) {
     if (!r->sse) {
       /* Bytes before the first significant one are held until it comes, as
