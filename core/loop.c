@@ -152,11 +152,13 @@ int tide__pcall(lua_State *L, int nargs, int nresults, const char *where) {
 
 /* ------------------------------------------------------------- tasks -- */
 
-tide_task *tide__current(lua_State *L) {
-  tide_ctx *ctx = tide__ctx(L);
+/* The task running L in ctx, or NULL. */
+static tide_task *current_in(tide_ctx *ctx, lua_State *L) {
   tide_task *t = ctx->current;
   return (t && t->co == L) ? t : NULL;
 }
+
+tide_task *tide__current(lua_State *L) { return current_in(tide__ctx(L), L); }
 
 tide_task *tide__check_task(lua_State *L, const char *what) {
   tide_task *t = tide__current(L);
@@ -475,11 +477,13 @@ static void own_locals(lua_State *L, tide_task *t) {
 
 /* A new task for the function at fnidx and the nargs values after it, its
 ** userdata pushed; queued to run when `ready`. */
-static tide_task *new_task(lua_State *L, int fnidx, int nargs, int depth, int ready) {
-  tide_ctx *ctx = tide__ctx(L);
+/* A new task of ctx, spawned by parent (NULL: none) running L. (Callers
+** have both at hand: the registry lookup of tide__ctx costs more than the
+** rest of a task's bookkeeping.) */
+static tide_task *new_task(lua_State *L, tide_ctx *ctx, tide_task *parent, int fnidx, int nargs,
+                           int depth, int ready) {
   fnidx = lua_absindex(L, fnidx);
   luaL_checktype(L, fnidx, LUA_TFUNCTION);
-  tide_task *parent = tide__current(L);
   tide_task *t = lua_newuserdatauv(L, sizeof(tide_task), 2);
   memset(t, 0, sizeof *t);
   t->ref = LUA_NOREF;
@@ -533,7 +537,8 @@ static tide_task *new_task(lua_State *L, int fnidx, int nargs, int depth, int re
 }
 
 tide_task *tide__spawn(lua_State *L, int fnidx, int nargs, int depth) {
-  return new_task(L, fnidx, nargs, depth, 1);
+  tide_ctx *ctx = tide__ctx(L);
+  return new_task(L, ctx, current_in(ctx, L), fnidx, nargs, depth, 1);
 }
 
 static void cancel_task(tide_task *t) {
@@ -573,14 +578,13 @@ static int l_spawn(lua_State *L) {
 ** new task and another for the caller. */
 static int l_spawn_now(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  tide__check_task(L, "core.spawn_now");
-  tide__spawn_now(L, 1, lua_gettop(L) - 1);
+  tide__spawn_now(L, NULL, 1, lua_gettop(L) - 1); /* raises outside a task */
   return 1;
 }
 
-tide_task *tide__spawn_now(lua_State *L, int fnidx, int nargs) {
-  tide_task *parent = tide__check_task(L, "core.spawn_now");
-  tide_task *t = new_task(L, fnidx, nargs, parent->depth, 0);
+tide_task *tide__spawn_now(lua_State *L, tide_task *caller, int fnidx, int nargs) {
+  tide_task *parent = caller ? caller : tide__check_task(L, "core.spawn_now");
+  tide_task *t = new_task(L, parent->ctx, parent, fnidx, nargs, parent->depth, 0);
   resume(parent->ctx, t, L);
   return t;
 }

@@ -281,8 +281,9 @@ void tide__wake(tide_task *t);
 tide_task *tide__spawn(lua_State *L, int fnidx, int nargs, int depth);
 /// As core.spawn_now: spawns fnidx(nargs values after it) at the caller's
 /// depth and runs it at once, inside the calling task, until it first waits
-/// or ends. Pushes the task's userdata.
-tide_task *tide__spawn_now(lua_State *L, int fnidx, int nargs);
+/// or ends. Pushes the task's userdata. caller is the task running L, when
+/// the caller has it at hand (NULL: looked up; raises outside a task).
+tide_task *tide__spawn_now(lua_State *L, tide_task *caller, int fnidx, int nargs);
 /// The first result of the finished task at udidx, pushed, and its type;
 /// LUA_TNONE (nothing pushed) while it runs, or when it raised or returned
 /// nothing.

@@ -488,7 +488,7 @@ static int l_tool_round(lua_State *L) {
     lua_pushnil(L); /* no event sink */
     lua_rawgeti(L, 1, R_DEPTH);
     if (n == 1)
-      tide__spawn_now(L, fn, 8);
+      tide__spawn_now(L, caller, fn, 8);
     else
       tide__spawn(L, fn, 8, caller->depth);
     lua_replace(L, fn); /* the task where its function was */
