@@ -484,10 +484,20 @@ static tide_task *new_task(lua_State *L, tide_ctx *ctx, tide_task *parent, int f
                            int depth, int ready) {
   fnidx = lua_absindex(L, fnidx);
   luaL_checktype(L, fnidx, LUA_TFUNCTION);
-  tide_task *t = lua_newuserdatauv(L, sizeof(tide_task), 2);
+  tide_task *t;
+  int ref = LUA_NOREF;
+  if (ctx->nspare_tasks > 0) {
+    /* A recycled userdata: its metatable is set, its uservalues are nil
+    ** and its registry reference anchors it already. */
+    t = ctx->spare_tasks[--ctx->nspare_tasks];
+    ref = t->ref;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+  } else {
+    t = lua_newuserdatauv(L, sizeof(tide_task), 2);
+    luaL_setmetatable(L, TIDE_TASK_MT);
+  }
   memset(t, 0, sizeof *t);
   t->ref = LUA_NOREF;
-  luaL_setmetatable(L, TIDE_TASK_MT);
   lua_State *co = push_thread(L, ctx);
   lua_setiuservalue(L, -2, 1);
   /* Child tasks see their parent's task-local table through __index, so
@@ -521,8 +531,11 @@ static tide_task *new_task(lua_State *L, tide_ctx *ctx, tide_task *parent, int f
   t->depth = depth;
   t->max_depth = parent ? parent->max_depth : ctx->max_spawn_depth;
   t->state = TIDE_TASK_NEW;
-  lua_pushvalue(L, -1);
-  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (ref == LUA_NOREF) {
+    lua_pushvalue(L, -1);
+    ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  t->ref = ref;
   t->next_live = ctx->live_head;
   if (ctx->live_head) ctx->live_head->prev_live = t;
   ctx->live_head = t;
@@ -534,6 +547,24 @@ static tide_task *new_task(lua_State *L, tide_ctx *ctx, tide_task *parent, int f
   }
   if (ready) push_ready(ctx, t);
   return t;
+}
+
+void tide__recycle_task(lua_State *L, int udidx) {
+  tide_task *t = lua_touserdata(L, udidx); /* a task's: the caller spawned it */
+  tide_ctx *ctx = t ? t->ctx : NULL;
+  if (ctx == NULL || ctx->closing || ctx->nspare_tasks >= TIDE_SPARE_TASKS || t->escaped ||
+      t->state != TIDE_TASK_DONE || !t->ok || !t->result_kept || t->ref != LUA_NOREF)
+    return;
+  /* Nothing points at a finished task any more (finish unlinked it from
+  ** its parent, its children, its joiners and the live list); what it
+  ** kept goes, and a registry reference anchors it until it is reused. */
+  lua_pushnil(L);
+  lua_setiuservalue(L, udidx, 1);
+  lua_pushnil(L);
+  lua_setiuservalue(L, udidx, 2);
+  lua_pushvalue(L, udidx);
+  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  ctx->spare_tasks[ctx->nspare_tasks++] = t;
 }
 
 tide_task *tide__spawn(lua_State *L, int fnidx, int nargs, int depth) {
@@ -566,7 +597,7 @@ static tide_task *self_task(lua_State *L) {
 static int l_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   tide_task *parent = tide__current(L);
-  tide__spawn(L, 1, lua_gettop(L) - 1, parent ? parent->depth : 0);
+  tide__spawn(L, 1, lua_gettop(L) - 1, parent ? parent->depth : 0)->escaped = 1;
   return 1;
 }
 
@@ -578,7 +609,7 @@ static int l_spawn(lua_State *L) {
 ** new task and another for the caller. */
 static int l_spawn_now(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  tide__spawn_now(L, NULL, 1, lua_gettop(L) - 1); /* raises outside a task */
+  tide__spawn_now(L, NULL, 1, lua_gettop(L) - 1)->escaped = 1; /* raises outside a task */
   return 1;
 }
 
@@ -769,6 +800,7 @@ static int l_task_tostring(lua_State *L) {
 static int l_current(lua_State *L) {
   tide_task *t = tide__current(L);
   if (t == NULL) return 0;
+  t->escaped = 1;
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
   return 1;
 }

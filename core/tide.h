@@ -198,6 +198,9 @@ enum tide_task_state {
   TIDE_TASK_DONE     /* finished: results or error kept on its thread */
 };
 
+/* Finished task userdata kept for reuse (see tide__recycle_task). */
+#define TIDE_SPARE_TASKS 64
+
 struct tide_task {
   tide_ctx *ctx;
   lua_State *co;          /* the coroutine; anchored as the userdata's uservalue 1;
@@ -217,6 +220,7 @@ struct tide_task {
   int depth;              /* spawn depth: root 0, sub-agent parent + 1 */
   int max_depth;          /* limit inherited by children */
   int locals_inherited;   /* uservalue 2 is the parent's task-local table */
+  int escaped;            /* its userdata was handed to Lua code */
   tide_wait *wait;        /* what the task is suspended on, if WAITING */
   tide_task *parent;      /* NULL once the parent is done */
   tide_task *first_child, *next_sibling, *prev_sibling;
@@ -251,6 +255,8 @@ struct tide_ctx {
   uv_check_t *check;   /* drains the ready queue right after the poll phase */
   int max_spawn_depth; /* runtime default for MAX_SPAWN_DEPTH */
   int spare_threads;   /* finished tasks' coroutines kept for reuse (loop.c) */
+  tide_task *spare_tasks[TIDE_SPARE_TASKS]; /* tool tasks' userdata, for reuse */
+  int nspare_tasks;
   struct openai_stream *spare_streams; /* closed streams' parsers (stream.c) */
   int nspare_streams;
   /* HTTP (http.c) */
@@ -284,6 +290,11 @@ tide_task *tide__spawn(lua_State *L, int fnidx, int nargs, int depth);
 /// or ends. Pushes the task's userdata. caller is the task running L, when
 /// the caller has it at hand (NULL: looked up; raises outside a task).
 tide_task *tide__spawn_now(lua_State *L, tide_task *caller, int fnidx, int nargs);
+/// Takes back the userdata at udidx of a task C spawned, ran and took the
+/// result of, for the next task to reuse (no allocation, no finalizer): only
+/// when it finished with its result kept and was never handed to Lua code
+/// (spawn's result, core.current()). Otherwise does nothing.
+void tide__recycle_task(lua_State *L, int udidx);
 /// The first result of the finished task at udidx, pushed, and its type;
 /// LUA_TNONE (nothing pushed) while it runs, or when it raised or returned
 /// nothing.

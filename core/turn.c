@@ -531,6 +531,7 @@ static int l_tool_round(lua_State *L) {
     return 2;
   }
   append(L, 1, size, K_TOOL, 0, r);
+  tide__recycle_task(L, first); /* nobody else has seen it */
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -144,6 +144,35 @@ for _, shape in ipairs(shapes) do
       assert.are.equal("user", s:history()[7].role)
     end)
 
+    it("keeps a tool call's task for whoever kept it, while the other calls' tasks are reused", function()
+      -- A C round hands back the task of a call nobody else saw, for the
+      -- next call to reuse; one the tool took (core.current()) is its own.
+      local kept, results = nil, {}
+      tide.agent { id = "keeper", prompt = "You keep.", tools = {
+        tide.tool { name = "lookup", description = "d", parameters = { type = "object" },
+          handler = function(args)
+            if not kept then kept = { task = core.current() } kept.id = kept.task:id() end
+            results[#results + 1] = "found " .. tostring(args.q)
+            return results[#results]
+          end },
+      } }
+      srv.default = testing.tool_loop(4, "lookup")
+      for _ = 1, 2 do
+        local s = tide.session { agent = "keeper", provider = provider }
+        assert.are.equal("done after 4 lookups", s:turn("find four things"))
+        local h = s:history()
+        for i = 1, 4 do assert.are.equal("found item " .. i, h[1 + 2 * i].results[1].content) end
+      end
+      assert.are.equal(8, #results)
+      -- the first call's task is as it ended: its id, its status, its result
+      assert.are.equal(kept.id, kept.task:id())
+      assert.are.equal("done", kept.task:status())
+      assert.are.same({ id = kept.task:id(), result = "found item 1" }, tide.run(function()
+        local r = kept.task:join()
+        return { id = kept.task:id(), result = r and r.content }
+      end))
+    end)
+
     it("hands a handler that takes it its context: session, call id and name, depth", function()
       local seen = {}
       local function tool(name, handler)
