@@ -377,7 +377,7 @@ struct tide_wire {
 };
 
 tide_wire *tide__to_wire(lua_State *L, int idx) {
-  return luaL_testudata(L, idx, WIRE_MT);
+  return tide__testudata(L, idx, WIRE_MT);
 }
 
 char *tide__wire_reserve(tide_wire *w, size_t n) {

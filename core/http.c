@@ -759,7 +759,7 @@ static int pump_k(lua_State *L, int status, lua_KContext kctx) {
 }
 
 const char *tide__http_body(lua_State *L, int idx, size_t *len) {
-  tide_http **pp = luaL_testudata(L, idx, HTTP_MT);
+  tide_http **pp = tide__testudata(L, idx, HTTP_MT);
   if (pp == NULL || *pp == NULL) return NULL;
   *len = (*pp)->body.len;
   return (*pp)->body.p ? (*pp)->body.p : "";
@@ -951,7 +951,7 @@ static int l_request(lua_State *L) {
                luaL_typename(L, -1));
   a.bodyidx = lua_gettop(L);
   a.ht = lua_getfield(L, 1, "headers");
-  if (a.ht != LUA_TNIL && a.ht != LUA_TTABLE && !luaL_testudata(L, -1, HEADERS_MT))
+  if (a.ht != LUA_TNIL && a.ht != LUA_TTABLE && !tide__testudata(L, -1, HEADERS_MT))
     luaL_error(L, "bad field 'headers' (table or core.http_headers expected, got %s)",
                luaL_typename(L, -1));
   a.hidx = lua_gettop(L);
@@ -971,7 +971,7 @@ static int l_request(lua_State *L) {
 static int l_post(lua_State *L) {
   req_args a;
   a.url = luaL_checkstring(L, 1);
-  luaL_checkudata(L, 2, HEADERS_MT);
+  tide__checkudata(L, 2, HEADERS_MT);
   luaL_checkstring(L, 3);
   a.timeout = luaL_checkinteger(L, 4);
   a.maxb = luaL_checkinteger(L, 5);
@@ -1026,7 +1026,7 @@ static int start_request(lua_State *L, const req_args *a) {
 
   struct curl_slist *sl;
   if (ht == LUA_TUSERDATA) {
-    sl = ((http_headers *)luaL_checkudata(L, hidx, HEADERS_MT))->sl;
+    sl = ((http_headers *)tide__checkudata(L, hidx, HEADERS_MT))->sl;
     lua_pushvalue(L, hidx);
     lua_setiuservalue(L, udidx, 2); /* anchors the list libcurl will read */
   } else {

@@ -650,7 +650,7 @@ static int push_outcome(lua_State *L, tide_task *t, int udidx) {
 }
 
 int tide__task_result(lua_State *L, int udidx) {
-  tide_task *t = luaL_checkudata(L, udidx, TIDE_TASK_MT);
+  tide_task *t = tide__checkudata(L, udidx, TIDE_TASK_MT);
   if (t->state != TIDE_TASK_DONE || !t->ok || t->nres < 1) return LUA_TNONE;
   int n = push_outcome(L, t, udidx);
   if (n > 1) lua_pop(L, n - 1);

@@ -10,6 +10,8 @@
 void tide__register_type(lua_State *L, const char *name, const luaL_Reg *meta,
                          const luaL_Reg *methods) {
   luaL_newmetatable(L, name);
+  lua_pushlightuserdata(L, (void *)name);
+  lua_rawseti(L, -2, 1);
   /* Every method and metamethod gets the metatable as upvalue 1: see
   ** tide__check_self. */
   if (meta) {
@@ -23,6 +25,21 @@ void tide__register_type(lua_State *L, const char *name, const luaL_Reg *meta,
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
+}
+
+void *tide__testudata(lua_State *L, int idx, const char *name) {
+  if (lua_type(L, idx) == LUA_TUSERDATA && lua_getmetatable(L, idx)) {
+    int tagged = lua_rawgeti(L, -1, 1) == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == name;
+    lua_pop(L, 2);
+    if (tagged) return lua_touserdata(L, idx);
+  }
+  return luaL_testudata(L, idx, name);
+}
+
+void *tide__checkudata(lua_State *L, int idx, const char *name) {
+  void *p = tide__testudata(L, idx, name);
+  if (p == NULL) luaL_typeerror(L, idx, name);
+  return p;
 }
 
 void *tide__check_self(lua_State *L, const char *name) {

@@ -1050,7 +1050,7 @@ static int feed_bytes(lua_State *L, int idx, openai_stream *st, feed_ctx *fc,
 }
 
 int tide__openai_feed(lua_State *L, int idx, const char *s, size_t n) {
-  stream_ud *u = luaL_checkudata(L, idx, STREAM_MT);
+  stream_ud *u = tide__checkudata(L, idx, STREAM_MT);
   if (u->closed) luaL_error(L, "attempt to use a closed openai stream");
   openai_stream *st = parser_of(L, u);
   if (st->failed) {

@@ -320,9 +320,18 @@ int tide__raise(lua_State *L, const char *code, const char *fmt, ...);
 
 /// Creates the metatable `name` in the registry, or refreshes it when the
 /// module is opened again: the metamethods of `meta` and an `__index` table of
-/// `methods` (either may be NULL). Leaves the stack as it found it.
+/// `methods` (either may be NULL), and at [1] the address `name` as a tag
+/// (see tide__testudata). Leaves the stack as it found it.
 void tide__register_type(lua_State *L, const char *name, const luaL_Reg *meta,
                          const luaL_Reg *methods);
+/// As luaL_testudata, for a type registered by tide__register_type: its
+/// metatable's tag is compared with the address `name` (the same macro's
+/// string, which the compiler merges), instead of looking the metatable up
+/// in the registry by name (a hashed string lookup, ~300 instructions).
+/// Falls back to luaL_testudata when the tags do not match.
+void *tide__testudata(lua_State *L, int idx, const char *name);
+/// As luaL_checkudata, through tide__testudata.
+void *tide__checkudata(lua_State *L, int idx, const char *name);
 /// The userdata at index 1 of a method or metamethod of type `name`
 /// (registered by tide__register_type, which gives each the metatable as
 /// upvalue 1): one metatable comparison instead of luaL_checkudata's

@@ -128,6 +128,14 @@ describe("tide.http", function()
       "bad argument #1 to 'openai_parse' (string or http request expected, got tide.http_headers)")
     assert.has_error(function() core.http_post(url("/echo"), {}, "b", 1, 1) end,
       "bad argument #2 to 'http_post' (tide.http_headers expected, got table)")
+    -- types are told apart by their metatables' tags: another of tide's, or
+    -- anyone else's userdata, is not the one asked for
+    assert.has_error(function() core.http_post(url("/echo"), core.wire(), "b", 1, 1) end,
+      "bad argument #2 to 'http_post' (tide.http_headers expected, got tide.wire)")
+    assert.has_error(function() core.http_post(url("/echo"), io.stdout, "b", 1, 1) end,
+      "bad argument #2 to 'http_post' (tide.http_headers expected, got FILE*)")
+    assert.has_error(function() core.http_post(url("/echo"), h, "[", 1, 1, false, io.stdout) end,
+      "bad argument #7 to 'http_post' (table expected, got FILE*)")
     assert.has_error(function() core.http_post(url("/echo"), h, "b", -1, 1) end,
       "bad argument #4 to 'http_post' (timeout_ms must be >= 0)")
   end)
