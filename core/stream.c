@@ -40,7 +40,7 @@
 #include "tide.h"
 
 #define STREAM_MT "tide.openai_stream"
-#define PARSE_KEY "tide.openai_parse" /* the registry's parser for openai_parse */
+static const char parse_key = 0; /* its address: the registry's parser for openai_parse */
 
 /* Default cap on one event's data and on all tool-call bytes of one reply,
 ** as for core.sse_parser and core.tool_call_assembler. */
@@ -115,6 +115,7 @@ typedef struct openai_stream {
   lua_Integer input, output, cached;
   int whole;  /* a whole (non-streamed) response: choices[0].message */
   int done;   /* [DONE] seen: nothing after it counts */
+  int busy;   /* openai_parse is (or was, if it raised) using it */
   int failed; /* the stream is abandoned; the error is uservalue 1 */
   struct openai_stream *next_spare; /* in the state's list of spares */
 } openai_stream;
@@ -1306,15 +1307,19 @@ static int l_openai_parse(lua_State *L) {
   size_t max = check_max(L, 2);
   int into = reply_into(L, 3);
   openai_stream *st;
-  if (lua_getfield(L, LUA_REGISTRYINDEX, PARSE_KEY) == LUA_TUSERDATA) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &parse_key) == LUA_TUSERDATA) {
     st = ((stream_ud *)lua_touserdata(L, -1))->st;
-    stream_reuse(st, max); /* also empties what a call that raised left */
+    if (st->busy)
+      stream_reuse(st, max); /* a call that raised left it as it was */
+    else
+      st->sse.max = st->calls.max = max; /* emptied by the last call */
   } else {
     lua_pop(L, 1);
     st = parser_of(L, new_stream(L, max));
     lua_pushvalue(L, -1);
-    lua_setfield(L, LUA_REGISTRYINDEX, PARSE_KEY);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &parse_key);
   }
+  st->busy = 1;
   st->whole = 1;
   scanner p = {s, n, 0, 0, NULL, 0, st};
   int object, ok = 0;
@@ -1353,7 +1358,7 @@ static int l_openai_parse(lua_State *L) {
   } else {
     lua_pushnil(L);
   }
-  stream_reuse(st, max);
+  stream_reuse(st, max); /* and no longer busy */
   return 1;
 }
 
