@@ -800,27 +800,31 @@ static int l_req_cancel(lua_State *L) {
   return 0;
 }
 
-static int l_req_gc(lua_State *L) {
-  tide_http **pp = tide__check_self(L, HTTP_MT);
+/* Lets go of the request a userdata holds (its __close and __gc). */
+static void release(tide_http **pp) {
   tide_http *r = *pp;
-  if (r == NULL) return 0;
+  if (r == NULL) return;
   *pp = NULL;
   if (r->ctx->http == NULL) {
     /* The state is closing and HTTP was shut down already: every transfer
     ** was taken out of libcurl and the pool is gone. */
     if (r->easy) curl_easy_cleanup(r->easy);
     free_request(r);
-    return 0;
+    return;
   }
   r->task = NULL;
   if (r->in_multi && r->hs->in_curl) {
     r->gone = 1;
     r->next_deferred = r->hs->deferred;
     r->hs->deferred = r;
-    return 0;
+    return;
   }
   detach(r);
   free_request(r);
+}
+
+static int l_req_gc(lua_State *L) {
+  release(tide__check_self(L, HTTP_MT));
   return 0;
 }
 
@@ -968,6 +972,69 @@ static int l_request(lua_State *L) {
 ** With a wire (a list of strings or a core.wire()) the body sent is
 ** core.join_wire(body, wire), joined into the request's own buffer (no Lua
 ** string for it). */
+static int openai_post_k(lua_State *L, int status, lua_KContext kctx);
+
+/* core.openai_post(url, headers, body, timeout_ms, max_body_bytes [, wire
+** [, into]]) -> reply | nil, req   (waits in a task)
+** http_post, next() and openai_parse in one step, for a non-streamed
+** OpenAI reply: a 2xx reply that openai_parse takes comes back parsed
+** (written into `into` when given, with its ttfb_ms), the request already
+** let go of. Anything else (a failure, another status, a reply the full
+** decoder must look at) comes back as nil and the finished request, for
+** the caller to read as an http_post's. */
+static int l_openai_post(lua_State *L) {
+  req_args a;
+  tide__check_task(L, "core.openai_post");
+  a.url = luaL_checkstring(L, 1);
+  tide__checkudata(L, 2, HEADERS_MT);
+  luaL_checkstring(L, 3);
+  a.timeout = luaL_checkinteger(L, 4);
+  a.maxb = luaL_checkinteger(L, 5);
+  luaL_argcheck(L, a.timeout >= 0, 4, "timeout_ms must be >= 0");
+  luaL_argcheck(L, a.maxb >= 0, 5, "max_body_bytes must be >= 0");
+  a.wireidx = 0;
+  if (!lua_isnoneornil(L, 6)) {
+    if (!tide__to_wire(L, 6)) luaL_checktype(L, 6, LUA_TTABLE);
+    a.wireidx = 6;
+  }
+  if (!lua_isnoneornil(L, 7)) luaL_checktype(L, 7, LUA_TTABLE);
+  lua_settop(L, 7);
+  a.stream = 0;
+  a.method = NULL;
+  a.ctimeout = 0;
+  a.verify = 1;
+  a.bt = LUA_TSTRING;
+  a.bodyidx = 3;
+  a.ht = LUA_TUSERDATA;
+  a.hidx = 2;
+  a.lean = 1;
+  start_request(L, &a); /* the request at 8 */
+  return openai_post_k(L, LUA_OK, 0);
+}
+
+static int openai_post_k(lua_State *L, int status, lua_KContext kctx) {
+  (void)status;
+  (void)kctx;
+  tide_http **pp = lua_touserdata(L, 8);
+  tide_http *r = *pp;
+  tide_task *t = tide__check_task(L, "core.openai_post");
+  if (t->cancelled) release(pp); /* nobody will read it: let it go now */
+  tide__check_cancel(L, t);
+  if (!r->done) return wait_for(L, r, t, openai_post_k);
+  if (r->result == CURLE_OK && !r->too_large && r->status >= 200 && r->status < 300) {
+    int into = lua_isnil(L, 7) ? 0 : 7;
+    if (tide__openai_parse(L, r->body.p ? r->body.p : "", r->body.len, r->max_body, into)) {
+      lua_pushnumber(L, r->ttfb_s * 1000.0);
+      lua_setfield(L, -2, "ttfb_ms");
+      release(pp);
+      return 1;
+    }
+  }
+  lua_pushnil(L);
+  lua_pushvalue(L, 8);
+  return 2;
+}
+
 static int l_post(lua_State *L) {
   req_args a;
   a.url = luaL_checkstring(L, 1);
@@ -1151,6 +1218,7 @@ void tide__open_http(lua_State *L) {
                                  {"http_parse_headers", l_parse_headers},
                                  {"http_headers", l_headers},
                                  {"http_post", l_post},
+                                 {"openai_post", l_openai_post},
                                  {"http_stats", l_http_stats},
                                  {NULL, NULL}};
   static const luaL_Reg headers_meta[] = {{"__gc", l_headers_gc}, {NULL, NULL}};

@@ -1300,12 +1300,18 @@ static int l_openai_parse(lua_State *L) {
   const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n)
                                                 : tide__http_body(L, 1, &n);
   if (s == NULL) luaL_typeerror(L, 1, "string or http request");
+  size_t max = check_max(L, 2);
+  int into = reply_into(L, 3);
+  tide__openai_parse(L, s, n, max, into);
+  return 1;
+}
+
+int tide__openai_parse(lua_State *L, const char *s, size_t n, size_t max, int into) {
   /* One parser per Lua state serves every call (a scan never yields, and
   ** no Lua runs during one): no userdata and no finalizer per reply. Its
   ** buffers are freed after each call, and by __gc should something
-  ** raise. The body stays at index 1, anchored. */
-  size_t max = check_max(L, 2);
-  int into = reply_into(L, 3);
+  ** raise. The caller keeps the body anchored. */
+  int top = lua_gettop(L);
   openai_stream *st;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &parse_key) == LUA_TUSERDATA) {
     st = ((stream_ud *)lua_touserdata(L, -1))->st;
@@ -1352,6 +1358,7 @@ static int l_openai_parse(lua_State *L) {
       return luaL_error(L, "not enough memory");
     }
   }
+  lua_settop(L, top); /* the parser's userdata, and an error apply_event left */
   if (ok) {
     st->done = 1;
     push_reply(L, st, into);
@@ -1359,7 +1366,7 @@ static int l_openai_parse(lua_State *L) {
     lua_pushnil(L);
   }
   stream_reuse(st, max); /* and no longer busy */
-  return 1;
+  return ok;
 }
 
 static int l_tostring(lua_State *L) {

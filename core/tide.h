@@ -148,6 +148,10 @@ const char *tide__http_body(lua_State *L, int idx, size_t *len);
 /// s:feed(chunk, false) does (stream.c). Returns 0, or 1 with the error at
 /// the top of the stack (the stream is failed: later calls return it too).
 int tide__openai_feed(lua_State *L, int idx, const char *s, size_t n);
+/// core.openai_parse of the n bytes at s (stream.c): pushes the reply
+/// (written into the table at index `into` when it is not 0) and returns 1,
+/// or pushes nil and returns 0 for anything but a plain reply.
+int tide__openai_parse(lua_State *L, const char *s, size_t n, size_t max, int into);
 
 /* ---------------------------------------------------------------- wire -- */
 

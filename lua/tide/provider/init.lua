@@ -564,7 +564,18 @@ end
 -- table (the session's, reused for every reply of a turn).
 local function attempt_whole(self, body, opts, timeout_ms, wire, into)
   local w = endpoint(self)
-  local req <close> = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, false, wire)
+  local req
+  if self._c_post and not opts.on_delta then
+    -- Posted, waited for and scanned in one step in C (core.openai_post):
+    -- a plain reply comes back parsed; any other, with its finished
+    -- request, read below as http_post's is.
+    local out
+    out, req = core.openai_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, wire, into)
+    if out then return out, nil, true, false end
+  else
+    req = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, false, wire)
+  end
+  local _ <close> = req
   local kind, v, ttfb_ms = req:next() -- "done", status, ttfb_ms | nil, err
   if kind ~= "done" then return nil, v, v.status ~= nil, false end
   local status = v

@@ -245,6 +245,10 @@ function Provider:_stream_error(err)
   return err
 end
 
+--- Non-streamed requests nobody hears text from are posted and their
+--- replies scanned in one C step (core.openai_post).
+Provider._c_post = true
+
 --- A whole (non-streamed) response scanned in C, or nil for anything but a
 --- plain reply (Provider:_parse then decodes it and says what is wrong).
 --- Like the stream parser's, the reply comes finished (calls, usage, stop).
