@@ -367,10 +367,12 @@ static void check_done(shard *sh) {
         close(fd);
     }
     curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
-    curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME, &r->total_s);
     curl_easy_getinfo(r->easy, CURLINFO_STARTTRANSFER_TIME, &r->ttfb_s);
-    curl_easy_getinfo(r->easy, CURLINFO_CONNECT_TIME, &r->connect_s);
     curl_easy_getinfo(r->easy, CURLINFO_NUM_CONNECTS, &r->num_connects);
+    if (!r->lean) { /* a lean result reports neither */
+      curl_easy_getinfo(r->easy, CURLINFO_TOTAL_TIME, &r->total_s);
+      curl_easy_getinfo(r->easy, CURLINFO_CONNECT_TIME, &r->connect_s);
+    }
     hs->connections += (uint64_t)r->num_connects;
     detach(r);
     if (r->gone) {

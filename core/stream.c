@@ -1148,7 +1148,8 @@ static void push_reply(lua_State *L, openai_stream *st, int into) {
   lua_setfield(L, -2, "text");
   tide__asm_push_finished(L, &st->calls);
   lua_setfield(L, -2, "tool_calls");
-  if (!into || lua_getfield(L, -1, "usage") != LUA_TTABLE) {
+  int reused = into && lua_getfield(L, -1, "usage") == LUA_TTABLE;
+  if (!reused) {
     if (into) lua_pop(L, 1);
     lua_createtable(L, 0, 3);
   }
@@ -1158,7 +1159,10 @@ static void push_reply(lua_State *L, openai_stream *st, int into) {
   lua_setfield(L, -2, "output");
   lua_pushinteger(L, st->has_usage ? st->cached : 0);
   lua_setfield(L, -2, "cached");
-  lua_setfield(L, -2, "usage");
+  if (reused)
+    lua_pop(L, 1); /* it is into's usage already */
+  else
+    lua_setfield(L, -2, "usage");
   if (st->has_finish) {
     lua_pushlstring(L, st->finish.p ? st->finish.p : "", st->finish.len);
     lua_setfield(L, -2, "stop_raw");
