@@ -106,6 +106,7 @@ struct tide_http {
   int fd_exhausted;     /* failed while the process had no descriptor left */
   CURLcode result;
   long status;
+  int code;             /* the status of the response being received (header_cb) */
   size_t max_body, received;
   tide_buf body;             /* whole body, or chunks not yet taken by next() */
   tide_buf head;             /* raw response header lines of the last response */
@@ -493,11 +494,10 @@ void tide__http_shutdown(tide_ctx *ctx) {
 
 /* ------------------------------------------------- libcurl callbacks -- */
 
-static int is_2xx(tide_http *r) {
-  long code = 0;
-  curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &code);
-  return code >= 200 && code < 300;
-}
+/* Whether the response being received is a 2xx: its status line's code,
+** kept by header_cb (curl_easy_getinfo would cost a few hundred
+** instructions on every chunk of a stream). */
+static int is_2xx(tide_http *r) { return r->code >= 200 && r->code < 300; }
 
 static size_t write_cb(char *p, size_t size, size_t n, void *ud) {
   tide_http *r = ud;
@@ -519,7 +519,14 @@ static size_t write_cb(char *p, size_t size, size_t n, void *ud) {
 static size_t header_cb(char *p, size_t size, size_t n, void *ud) {
   tide_http *r = ud;
   size_t len = size * n;
-  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) r->head.len = 0; /* new response */
+  if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) { /* a new response: "HTTP/1.1 200 OK" */
+    r->head.len = 0;
+    const char *sp = memchr(p, ' ', len);
+    r->code = 0;
+    if (sp && (size_t)(sp - p) + 4 <= len && sp[1] >= '0' && sp[1] <= '9' && sp[2] >= '0' &&
+        sp[2] <= '9' && sp[3] >= '0' && sp[3] <= '9')
+      r->code = (sp[1] - '0') * 100 + (sp[2] - '0') * 10 + (sp[3] - '0');
+  }
   if (len > 15 && strncasecmp(p, "content-length:", 15) == 0) {
     unsigned long long cl = strtoull(p + 15, NULL, 10);
     if (cl > r->max_body) {
