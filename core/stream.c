@@ -125,6 +125,7 @@ typedef struct openai_stream {
 ** and a closed stream's parser, with its buffers, serves the next one. */
 typedef struct stream_ud {
   openai_stream *st; /* NULL until fed, and once closed */
+  tide_ctx *ctx;     /* whose spare parsers it takes from and gives back to */
   size_t max;
   int closed;
 } stream_ud;
@@ -961,7 +962,7 @@ static int on_event(void *ud, const tide_sse_event *e) {
 /* ------------------------------------------------------------- bindings -- */
 
 static stream_ud *check_stream(lua_State *L) {
-  stream_ud *u = luaL_checkudata(L, 1, STREAM_MT);
+  stream_ud *u = tide__check_self(L, STREAM_MT);
   if (u->closed) luaL_error(L, "attempt to use a closed openai stream");
   return u;
 }
@@ -985,8 +986,10 @@ static void init_stream(openai_stream *st, size_t max) {
 
 /* Pushes a new stream (no parser yet). */
 static stream_ud *new_stream(lua_State *L, size_t max) {
+  tide_ctx *ctx = tide__ctx(L);
   stream_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
   u->st = NULL;
+  u->ctx = ctx;
   u->max = max;
   u->closed = 0;
   luaL_setmetatable(L, STREAM_MT);
@@ -996,7 +999,7 @@ static stream_ud *new_stream(lua_State *L, size_t max) {
 /* The stream's parser: a spare one, emptied when it was parked, or new. */
 static openai_stream *parser_of(lua_State *L, stream_ud *u) {
   if (u->st) return u->st;
-  tide_ctx *ctx = tide__ctx(L);
+  tide_ctx *ctx = u->ctx;
   openai_stream *st = ctx->spare_streams;
   if (st) {
     ctx->spare_streams = st->next_spare;
@@ -1257,8 +1260,7 @@ static void stream_reuse(openai_stream *st, size_t max) {
 
 /* Takes a closed stream's parser: kept among the state's spares, emptied,
 ** or freed when there are enough (or the state is closing). */
-static void park_stream(lua_State *L, openai_stream *st) {
-  tide_ctx *ctx = tide__ctx(L);
+static void park_stream(tide_ctx *ctx, openai_stream *st) {
   if (ctx->closing || ctx->loop == NULL || ctx->nspare_streams >= SPARE_STREAMS_MAX) {
     stream_free(st);
     free(st);
@@ -1282,11 +1284,11 @@ void tide__stream_shutdown(tide_ctx *ctx) {
 
 /* __gc, __close and s:close(): idempotent. */
 static int l_close(lua_State *L) {
-  stream_ud *u = luaL_checkudata(L, 1, STREAM_MT);
+  stream_ud *u = tide__check_self(L, STREAM_MT);
   openai_stream *st = u->st;
   u->closed = 1;
   u->st = NULL;
-  if (st) park_stream(L, st);
+  if (st) park_stream(u->ctx, st);
   return 0;
 }
 
