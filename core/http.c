@@ -432,8 +432,11 @@ static shard *pick_shard(tide_http_state *hs) {
   return best;
 }
 
-static tide_http_state *http_state(lua_State *L) {
-  tide_ctx *ctx = tide__ctx(L);
+static tide_http_state *http_state_of(lua_State *L, tide_ctx *ctx);
+
+static tide_http_state *http_state(lua_State *L) { return http_state_of(L, tide__ctx(L)); }
+
+static tide_http_state *http_state_of(lua_State *L, tide_ctx *ctx) {
   if (ctx->http) return ctx->http;
   /* On first use, not at module load (it costs a millisecond of TLS set-up
   ** that a script without HTTP never needs). libcurl counts the calls. */
@@ -681,7 +684,8 @@ static int wait_for(lua_State *L, tide_http *r, tide_task *t, lua_KFunction k) {
   if (r->task) return luaL_error(L, "http request already has a waiting task");
   r->task = t;
   r->wait.cancel = req_cancel_wait;
-  return tide__wait(L, t, &r->wait, k, 0);
+  /* The continuation is handed the task (it runs in it: no lookup). */
+  return tide__wait(L, t, &r->wait, k, (lua_KContext)t);
 }
 
 /* The request at 1, for a read by the running task (*t), which must not be
@@ -695,10 +699,8 @@ static tide_http *check_read(lua_State *L, tide_task **t) {
 
 static int next_k(lua_State *L, int status, lua_KContext kctx);
 
-/* req:next() -> "data", chunk | "done", res | nil, err  (waits in a task) */
-static int l_next(lua_State *L) {
-  tide_task *t;
-  tide_http *r = check_read(L, &t);
+/* next() for request r, read by task t. */
+static int read_next(lua_State *L, tide_http *r, tide_task *t) {
   if (has_data(r)) {
     lua_pushliteral(L, "data");
     lua_pushlstring(L, r->body.p, r->body.len);
@@ -709,26 +711,24 @@ static int l_next(lua_State *L) {
   return wait_for(L, r, t, next_k);
 }
 
+/* req:next() -> "data", chunk | "done", res | nil, err  (waits in a task) */
+static int l_next(lua_State *L) {
+  tide_task *t;
+  tide_http *r = check_read(L, &t);
+  return read_next(L, r, t);
+}
+
 static int next_k(lua_State *L, int status, lua_KContext kctx) {
   (void)status;
-  (void)kctx;
-  return l_next(L);
+  tide_task *t = (tide_task *)kctx;
+  tide__check_cancel(L, t);
+  return read_next(L, check_req(L), t);
 }
 
 static int pump_k(lua_State *L, int status, lua_KContext kctx);
 
-/* req:pump(parser) -> what next() returns when the transfer ends, for a
-** streamed request read by an OpenAI stream parser (core.openai_stream):
-** every chunk of an event stream goes from the request's buffer straight
-** into the parser, with no string made and no return to Lua between
-** chunks. It stops early with "data", chunk when the reply is not an event
-** stream (its first significant byte is '{': a JSON body, left to the
-** caller's next()), and with "fail", err when the parser rejects the
-** stream. A failure of the transfer comes as nil, err, fed: whether any
-** bytes went to the parser. */
-static int l_pump(lua_State *L) {
-  tide_task *t;
-  tide_http *r = check_read(L, &t);
+/* pump() for request r, read by task t. */
+static int read_pump(lua_State *L, tide_http *r, tide_task *t) {
   while (has_data(r)) {
     if (!r->sse) {
       /* Bytes before the first significant one are held until it comes, as
@@ -740,7 +740,7 @@ static int l_pump(lua_State *L) {
         r->body.len = 0; /* only white space, ever: nothing to parse */
         break;
       }
-      if (r->body.p[k] == '{') return l_next(L);
+      if (r->body.p[k] == '{') return read_next(L, r, t);
       r->sse = 1;
     }
     r->fed = 1;
@@ -761,10 +761,26 @@ static int l_pump(lua_State *L) {
   return n;
 }
 
+/* req:pump(parser) -> what next() returns when the transfer ends, for a
+** streamed request read by an OpenAI stream parser (core.openai_stream):
+** every chunk of an event stream goes from the request's buffer straight
+** into the parser, with no string made and no return to Lua between
+** chunks. It stops early with "data", chunk when the reply is not an event
+** stream (its first significant byte is '{': a JSON body, left to the
+** caller's next()), and with "fail", err when the parser rejects the
+** stream. A failure of the transfer comes as nil, err, fed: whether any
+** bytes went to the parser. */
+static int l_pump(lua_State *L) {
+  tide_task *t;
+  tide_http *r = check_read(L, &t);
+  return read_pump(L, r, t);
+}
+
 static int pump_k(lua_State *L, int status, lua_KContext kctx) {
   (void)status;
-  (void)kctx;
-  return l_pump(L);
+  tide_task *t = (tide_task *)kctx;
+  tide__check_cancel(L, t);
+  return read_pump(L, check_req(L), t);
 }
 
 const char *tide__http_body(lua_State *L, int idx, size_t *len) {
@@ -938,6 +954,7 @@ typedef struct req_args {
   int ht, hidx;    /* headers type (nil, table or userdata) and index */
   int lean;        /* the result has status, body, ttfb_ms (and the headers
                    ** of a non-2xx response) only */
+  tide_ctx *ctx;   /* the state's context when the caller has it (else NULL) */
 } req_args;
 
 static int start_request(lua_State *L, const req_args *a);
@@ -970,6 +987,7 @@ static int l_request(lua_State *L) {
   a.hidx = lua_gettop(L);
   a.lean = 0;
   a.wireidx = 0;
+  a.ctx = NULL;
   return start_request(L, &a);
 }
 
@@ -981,6 +999,40 @@ static int l_request(lua_State *L) {
 ** With a wire (a list of strings or a core.wire()) the body sent is
 ** core.join_wire(body, wire), joined into the request's own buffer (no Lua
 ** string for it). */
+/* The arguments http_post and openai_post share: url, headers, body,
+** timeout_ms, max_body_bytes, and a wire at wireidx. */
+static void post_args(lua_State *L, req_args *a, int wireidx) {
+  a->url = luaL_checkstring(L, 1);
+  tide__checkudata(L, 2, HEADERS_MT);
+  luaL_checkstring(L, 3);
+  a->timeout = luaL_checkinteger(L, 4);
+  a->maxb = luaL_checkinteger(L, 5);
+  luaL_argcheck(L, a->timeout >= 0, 4, "timeout_ms must be >= 0");
+  luaL_argcheck(L, a->maxb >= 0, 5, "max_body_bytes must be >= 0");
+  a->wireidx = 0;
+  if (!lua_isnoneornil(L, wireidx)) {
+    if (!tide__to_wire(L, wireidx)) luaL_checktype(L, wireidx, LUA_TTABLE);
+    a->wireidx = wireidx;
+  }
+  a->stream = 0;
+  a->method = NULL;
+  a->ctimeout = 0;
+  a->verify = 1;
+  a->bt = LUA_TSTRING;
+  a->bodyidx = 3;
+  a->ht = LUA_TUSERDATA;
+  a->hidx = 2;
+  a->lean = 1;
+  a->ctx = NULL;
+}
+
+static int l_post(lua_State *L) {
+  req_args a;
+  post_args(L, &a, 7);
+  a.stream = lua_toboolean(L, 6);
+  return start_request(L, &a);
+}
+
 static int openai_post_k(lua_State *L, int status, lua_KContext kctx);
 
 /* core.openai_post(url, headers, body, timeout_ms, max_body_bytes [, wire
@@ -993,40 +1045,20 @@ static int openai_post_k(lua_State *L, int status, lua_KContext kctx);
 ** the caller to read as an http_post's. */
 static int l_openai_post(lua_State *L) {
   req_args a;
-  tide__check_task(L, "core.openai_post");
-  a.url = luaL_checkstring(L, 1);
-  tide__checkudata(L, 2, HEADERS_MT);
-  luaL_checkstring(L, 3);
-  a.timeout = luaL_checkinteger(L, 4);
-  a.maxb = luaL_checkinteger(L, 5);
-  luaL_argcheck(L, a.timeout >= 0, 4, "timeout_ms must be >= 0");
-  luaL_argcheck(L, a.maxb >= 0, 5, "max_body_bytes must be >= 0");
-  a.wireidx = 0;
-  if (!lua_isnoneornil(L, 6)) {
-    if (!tide__to_wire(L, 6)) luaL_checktype(L, 6, LUA_TTABLE);
-    a.wireidx = 6;
-  }
+  tide_task *t = tide__check_task(L, "core.openai_post");
+  post_args(L, &a, 6);
   if (!lua_isnoneornil(L, 7)) luaL_checktype(L, 7, LUA_TTABLE);
   lua_settop(L, 7);
-  a.stream = 0;
-  a.method = NULL;
-  a.ctimeout = 0;
-  a.verify = 1;
-  a.bt = LUA_TSTRING;
-  a.bodyidx = 3;
-  a.ht = LUA_TUSERDATA;
-  a.hidx = 2;
-  a.lean = 1;
+  a.ctx = t->ctx;
   start_request(L, &a); /* the request at 8 */
-  return openai_post_k(L, LUA_OK, 0);
+  return openai_post_k(L, LUA_OK, (lua_KContext)t);
 }
 
 static int openai_post_k(lua_State *L, int status, lua_KContext kctx) {
   (void)status;
-  (void)kctx;
   tide_http **pp = lua_touserdata(L, 8);
   tide_http *r = *pp;
-  tide_task *t = tide__check_task(L, "core.openai_post");
+  tide_task *t = (tide_task *)kctx; /* the task that waits (see wait_for) */
   if (t->cancelled) release(pp); /* nobody will read it: let it go now */
   tide__check_cancel(L, t);
   if (!r->done) return wait_for(L, r, t, openai_post_k);
@@ -1044,34 +1076,8 @@ static int openai_post_k(lua_State *L, int status, lua_KContext kctx) {
   return 2;
 }
 
-static int l_post(lua_State *L) {
-  req_args a;
-  a.url = luaL_checkstring(L, 1);
-  tide__checkudata(L, 2, HEADERS_MT);
-  luaL_checkstring(L, 3);
-  a.timeout = luaL_checkinteger(L, 4);
-  a.maxb = luaL_checkinteger(L, 5);
-  luaL_argcheck(L, a.timeout >= 0, 4, "timeout_ms must be >= 0");
-  luaL_argcheck(L, a.maxb >= 0, 5, "max_body_bytes must be >= 0");
-  a.stream = lua_toboolean(L, 6);
-  a.wireidx = 0;
-  if (!lua_isnoneornil(L, 7)) {
-    if (!tide__to_wire(L, 7)) luaL_checktype(L, 7, LUA_TTABLE);
-    a.wireidx = 7;
-  }
-  a.method = NULL;
-  a.ctimeout = 0;
-  a.verify = 1;
-  a.bt = LUA_TSTRING;
-  a.bodyidx = 3;
-  a.ht = LUA_TUSERDATA;
-  a.hidx = 2;
-  a.lean = 1;
-  return start_request(L, &a);
-}
-
 static int start_request(lua_State *L, const req_args *a) {
-  tide_http_state *hs = http_state(L);
+  tide_http_state *hs = a->ctx ? http_state_of(L, a->ctx) : http_state(L);
   const char *url = a->url, *method = a->method;
   lua_Integer timeout = a->timeout, ctimeout = a->ctimeout, maxb = a->maxb;
   int stream = a->stream, verify = a->verify;
