@@ -53,7 +53,7 @@ enum {
   X(K_ENCODED, "prompt_bytes_encoded") X(K_TOOL_CALLS, "tool_calls")          \
   X(K_PENDING, "pending") X(K_TEXTUAL, "textual") X(K_TASKS, "tasks")         \
   X(K_TIMEOUT, "timeout_ms") X(K_ROLE, "role") X(K_RESULTS, "results")        \
-  X(K_ASSISTANT, "assistant") X(K_TOOL, "tool")
+  X(K_ASSISTANT, "assistant") X(K_TOOL, "tool") X(K_IS_ERROR, "is_error")
 #define KEY_ENUM(k, s) k,
 #define KEY_NAME(k, s) s,
 enum { KEYS(KEY_ENUM) NKEYS };
@@ -219,6 +219,20 @@ static int assistant_wire(lua_State *L, const char *text, size_t tl, int callsid
 ** one result at idx): one role "tool" element per result, comma-joined.
 ** Returns 0 (pushing nothing) when a result is not a table of string id and
 ** content, or there is none. With w, as assistant_wire. */
+/* The bytes one result element takes, and writing it at out + *k. */
+static size_t result_size(const char *c, size_t cl, const char *id, size_t il) {
+  return LIT(RESULT_OPEN) + LIT(RESULT_ID) + 1 + tide__json_quoted_size((const unsigned char *)c, cl) +
+         tide__json_quoted_size((const unsigned char *)id, il);
+}
+
+static void put_result(char *out, size_t *k, const char *c, size_t cl, const char *id, size_t il) {
+  put(out, k, RESULT_OPEN, LIT(RESULT_OPEN));
+  put_quoted(out, k, c, cl);
+  put(out, k, RESULT_ID, LIT(RESULT_ID));
+  put_quoted(out, k, id, il);
+  out[(*k)++] = '}';
+}
+
 static int results_wire(lua_State *L, int idx, int one, tide_wire *w, size_t *size) {
   lua_Integer n = one ? 1 : (lua_Integer)lua_rawlen(L, idx);
   if (n < 1) return 0;
@@ -227,9 +241,7 @@ static int results_wire(lua_State *L, int idx, int one, tide_wire *w, size_t *si
     const char *c = NULL, *id = NULL;
     size_t cl = 0, il = 0;
     if (!result_pieces(L, idx, one ? 0 : i, &c, &cl, &id, &il)) return 0;
-    total += (i > 1) + LIT(RESULT_OPEN) + LIT(RESULT_ID) + 1 +
-             tide__json_quoted_size((const unsigned char *)c, cl) +
-             tide__json_quoted_size((const unsigned char *)id, il);
+    total += (i > 1) + result_size(c, cl, id, il);
   }
   luaL_Buffer b;
   char *out = encoding_begin(L, w, &b, total);
@@ -239,14 +251,24 @@ static int results_wire(lua_State *L, int idx, int one, tide_wire *w, size_t *si
     size_t cl = 0, il = 0;
     result_pieces(L, idx, one ? 0 : i, &c, &cl, &id, &il); /* checked above */
     if (i > 1) out[k++] = ',';
-    put(out, &k, RESULT_OPEN, LIT(RESULT_OPEN));
-    put_quoted(out, &k, c, cl);
-    put(out, &k, RESULT_ID, LIT(RESULT_ID));
-    put_quoted(out, &k, id, il);
-    out[k++] = '}';
+    put_result(out, &k, c, cl, id, il);
   }
   encoding_end(w, &b, k, size);
   return 1;
+}
+
+/* Writes into w the one result element of the call at callidx whose plain
+** result is the string at textidx (what a tool task returns when nobody
+** hears of its result: see session.lua's tool_worker). */
+static void text_result_wire(lua_State *L, int callidx, int textidx, tide_wire *w, size_t *size) {
+  size_t cl, il;
+  const char *c = lua_tolstring(L, textidx, &cl);
+  const char *id = field_str(L, callidx, K_ID, &il); /* the round checked it */
+  luaL_Buffer b;
+  char *out = encoding_begin(L, w, &b, result_size(c, cl, id, il));
+  size_t k = 0;
+  put_result(out, &k, c, cl, id, il);
+  encoding_end(w, &b, k, size);
 }
 
 /* core.openai_assistant_wire(content, calls) -> string | nil
@@ -342,11 +364,27 @@ static lua_Integer history_length(lua_State *L, int round) {
 /* Appends a message to the history; its encoding, `size` bytes, is in the
 ** wire already. A session without a transcript keeps it as its parts, three
 ** slots of self.unmade: the role (K_ASSISTANT or K_TOOL), then the content
-** at a (false for none) and the calls at b; or false and the one result at
-** b (a C round runs a lone call; a is not read). session.lua makes the
+** at a (false for none) and the calls at b; or, for the tool message of a
+** lone call (a C round runs one), false and its result table at b (a is 0),
+** or the call at a and its plain result's text at b. session.lua makes the
 ** message tables from them when the history is next read: most sessions'
 ** tool rounds never build them. With a transcript the table is made here,
 ** as the record needs it. */
+/* Pushes the result table of the call at callidx whose plain result is the
+** string at textidx: { id, name, content, is_error = false }. */
+static void push_text_result(lua_State *L, int callidx, int textidx) {
+  lua_createtable(L, 0, 4);
+  int t = lua_gettop(L);
+  get(L, callidx, K_ID);
+  set(L, t, K_ID);
+  get(L, callidx, K_NAME);
+  set(L, t, K_NAME);
+  lua_pushvalue(L, textidx);
+  set(L, t, K_CONTENT);
+  lua_pushboolean(L, 0);
+  set(L, t, K_IS_ERROR);
+}
+
 static void append(lua_State *L, int round, size_t size, int role, int a, int b) {
   lua_rawgeti(L, round, R_SELF);
   int self = lua_gettop(L);
@@ -362,7 +400,7 @@ static void append(lua_State *L, int round, size_t size, int role, int a, int b)
     lua_Integer u = (lua_Integer)lua_rawlen(L, -1);
     lua_pushvalue(L, KEY(role));
     lua_rawseti(L, -2, u + 1);
-    if (role == K_ASSISTANT && !lua_isnil(L, a))
+    if (a && !lua_isnil(L, a))
       lua_pushvalue(L, a);
     else
       lua_pushboolean(L, 0);
@@ -384,7 +422,11 @@ static void append(lua_State *L, int round, size_t size, int role, int a, int b)
     set(L, msg, K_TOOL_CALLS);
   } else { /* a C round's tool message answers its lone call */
     lua_createtable(L, 1, 0);
-    lua_pushvalue(L, b);
+    if (a) {
+      push_text_result(L, a, b);
+    } else {
+      lua_pushvalue(L, b);
+    }
     lua_rawseti(L, -2, 1);
     set(L, msg, K_RESULTS);
   }
@@ -505,7 +547,8 @@ static int l_tool_round(lua_State *L) {
 
   /* 4. A lone call done at once with its result table: the results, here.
   ** Anything else is joined by the Lua loop, from running[3i-2 .. 3i]. */
-  if (n > 1 || tide__task_result(L, first) != LUA_TTABLE) {
+  int rtype = n > 1 ? LUA_TNONE : tide__task_result(L, first);
+  if (rtype != LUA_TTABLE && rtype != LUA_TSTRING) {
     lua_settop(L, first + 3 * (int)n - 1);
     lua_createtable(L, (int)(3 * n), 0);
     for (int k = 3 * (int)n; k >= 1; k--) {
@@ -523,14 +566,20 @@ static int l_tool_round(lua_State *L) {
   }
   lua_pushnil(L);
   set(L, turn, K_PENDING);
-  if (!results_wire(L, r, 1, wire, &size)) {
+  if (rtype == LUA_TSTRING) { /* a plain result: its text, the call's id */
+    lua_rawgeti(L, 2, 1);
+    int call = lua_gettop(L);
+    text_result_wire(L, call, r, wire, &size);
+    append(L, 1, size, K_TOOL, call, r);
+  } else if (!results_wire(L, r, 1, wire, &size)) {
     lua_pushliteral(L, "results");
     lua_createtable(L, 1, 0);
     lua_pushvalue(L, r);
     lua_rawseti(L, -2, 1);
     return 2;
+  } else {
+    append(L, 1, size, K_TOOL, 0, r);
   }
-  append(L, 1, size, K_TOOL, 0, r);
   tide__recycle_task(L, first); /* nobody else has seen it */
   lua_pushboolean(L, 1);
   return 1;

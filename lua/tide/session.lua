@@ -544,9 +544,17 @@ local function add_wire(self, n, enc)
   self.nencoded = n
 end
 
+-- The result table of a call whose task returned v: tool_worker's table,
+-- or the text of a plain result.
+local function result_of(call, v)
+  if type(v) == "string" then return { id = call.id, name = call.name, content = v, is_error = false } end
+  return v
+end
+
 -- Messages appended after self.messages and not yet put there: three slots
 -- each in self.unmade. A C round (core/turn.c) keeps its two messages as
--- their parts (role, content or false, calls or the lone result), so that a
+-- their parts (role, then content or false and the calls; or false and the
+-- lone call's result, or the call and its plain result's text), so that a
 -- session whose history nobody reads never builds those tables; a message
 -- the session built itself while parts wait is kept whole ("made", msg).
 -- They are put in self.messages, in order, when the history is read; the
@@ -564,8 +572,9 @@ local function make_unmade(self)
       msgs[n] = u[i + 1]
     elseif role == "assistant" then
       msgs[n] = { role = "assistant", content = u[i + 1] or nil, tool_calls = u[i + 2] }
-    else -- a C round's tool message: its lone call's result
-      msgs[n] = { role = "tool", results = { u[i + 2] } }
+    else -- a C round's tool message: its lone call's result, or the call and its text
+      local call = u[i + 1]
+      msgs[n] = { role = "tool", results = { call and result_of(call, u[i + 2]) or u[i + 2] } }
     end
   end
   for i = k, 1, -1 do u[i] = nil end
@@ -684,9 +693,13 @@ local function tool_worker(self, t, args, call, opts, t0, sink, depth)
     text = to_text(v)
   end
   local limit = self.result_cap
-  local r = { id = call.id, name = call.name, content = #text <= limit and text or cap(text, limit),
-              is_error = is_error }
+  local content = #text <= limit and text or cap(text, limit)
   local on_end = opts.on_tool_end
+  -- Nobody to hear of it: a plain result is its text alone, and whoever
+  -- takes it makes the table when it needs one (result_of; core/turn.c
+  -- keeps the text as the history's part). A table per tool call spared.
+  if not (on_end or sink or is_error) then return content end
+  local r = { id = call.id, name = call.name, content = content, is_error = is_error }
   if on_end or sink then
     local ms = ms_since(t0)
     if on_end then on_end(call, r, ms) end
@@ -697,6 +710,7 @@ local function tool_worker(self, t, args, call, opts, t0, sink, depth)
   end
   return r
 end
+
 
 -- Waits for the task of one call (started at t0, limited to limit_ms):
 -- its result, and the error that stops the turn, if any. A call past its
@@ -709,7 +723,7 @@ local function join_call(self, call, task, t0, limit_ms, opts, sink, depth)
     local left = (t0 + limit_ms * 1000000 - hrtime()) // 1000000
     r, err = task:join(left > 0 and math.tointeger(left) or 0)
   end
-  if r then return r end
+  if r then return result_of(call, r) end
   if type(err) == "table" and err.code == "Timeout" and task:status() ~= "done" and task:status() ~= "failed" then
     task:cancel()
     r = { id = call.id, name = call.name, is_error = true,
