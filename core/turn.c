@@ -172,8 +172,18 @@ static void encoding_end(tide_wire *w, luaL_Buffer *b, size_t k, size_t *size) {
 ** the calls: the first sizes the string, the second writes it. With w, the
 ** encoding goes straight into that wire (nothing pushed) and *size gets its
 ** bytes; nothing is added to w unless the whole message encodes. */
+/* A call's three strings, read once (the round reads them checking the
+** calls, and hands them to the encoder). The call tables keep them alive. */
+typedef struct call_strings {
+  const char *a, *nm, *id;
+  size_t al, nl, il;
+} call_strings;
+
+/* The round hands over the strings of up to this many calls. */
+#define ROUND_STRINGS 8
+
 static int assistant_wire(lua_State *L, const char *text, size_t tl, int callsidx,
-                          tide_wire *w, size_t *size) {
+                          const call_strings *known, tide_wire *w, size_t *size) {
   lua_Integer n = (lua_Integer)lua_rawlen(L, callsidx);
   if (n < 1) return 0;
   size_t total = LIT(ASSISTANT_OPEN) + LIT(ASSISTANT_CALLS) + 2;
@@ -181,7 +191,12 @@ static int assistant_wire(lua_State *L, const char *text, size_t tl, int callsid
   for (lua_Integer i = 1; i <= n; i++) {
     const char *a = NULL, *nm = NULL, *id = NULL;
     size_t al = 0, nl = 0, il = 0;
-    if (!call_pieces(L, callsidx, i, &a, &al, &nm, &nl, &id, &il)) return 0;
+    if (known && i <= ROUND_STRINGS) {
+      const call_strings *c = &known[i - 1];
+      a = c->a, al = c->al, nm = c->nm, nl = c->nl, id = c->id, il = c->il;
+    } else if (!call_pieces(L, callsidx, i, &a, &al, &nm, &nl, &id, &il)) {
+      return 0;
+    }
     total += (i > 1) + LIT(CALL_OPEN) + LIT(CALL_NAME) + LIT(CALL_ID) + LIT(CALL_CLOSE) +
              tide__json_quoted_size((const unsigned char *)a, al) +
              tide__json_quoted_size((const unsigned char *)nm, nl) +
@@ -199,7 +214,12 @@ static int assistant_wire(lua_State *L, const char *text, size_t tl, int callsid
   for (lua_Integer i = 1; i <= n; i++) {
     const char *a = NULL, *nm = NULL, *id = NULL;
     size_t al = 0, nl = 0, il = 0;
-    call_pieces(L, callsidx, i, &a, &al, &nm, &nl, &id, &il); /* checked above */
+    if (known && i <= ROUND_STRINGS) {
+      const call_strings *c = &known[i - 1];
+      a = c->a, al = c->al, nm = c->nm, nl = c->nl, id = c->id, il = c->il;
+    } else {
+      call_pieces(L, callsidx, i, &a, &al, &nm, &nl, &id, &il); /* checked above */
+    }
     if (i > 1) out[k++] = ',';
     put(out, &k, CALL_OPEN, LIT(CALL_OPEN));
     put_quoted(out, &k, a, al);
@@ -257,13 +277,13 @@ static int results_wire(lua_State *L, int idx, int one, tide_wire *w, size_t *si
   return 1;
 }
 
-/* Writes into w the one result element of the call at callidx whose plain
+/* Writes into w the one result element of the call with id `id` whose plain
 ** result is the string at textidx (what a tool task returns when nobody
 ** hears of its result: see session.lua's tool_worker). */
-static void text_result_wire(lua_State *L, int callidx, int textidx, tide_wire *w, size_t *size) {
-  size_t cl, il;
+static void text_result_wire(lua_State *L, const char *id, size_t il, int textidx, tide_wire *w,
+                             size_t *size) {
+  size_t cl;
   const char *c = lua_tolstring(L, textidx, &cl);
-  const char *id = field_str(L, callidx, K_ID, &il); /* the round checked it */
   luaL_Buffer b;
   char *out = encoding_begin(L, w, &b, result_size(c, cl, id, il));
   size_t k = 0;
@@ -279,7 +299,7 @@ static int l_assistant_wire(lua_State *L) {
   size_t tl = 0;
   const char *text = lua_isnil(L, 1) ? "" : luaL_checklstring(L, 1, &tl);
   luaL_checktype(L, 2, LUA_TTABLE);
-  if (!assistant_wire(L, text, tl, 2, NULL, NULL)) lua_pushnil(L);
+  if (!assistant_wire(L, text, tl, 2, NULL, NULL, NULL)) lua_pushnil(L);
   return 1;
 }
 
@@ -474,23 +494,27 @@ static int l_tool_round(lua_State *L) {
     return lua_pushboolean(L, 0), 1;
   lua_replace(L, 4); /* the map where the session was */
   lua_settop(L, 4);
+  call_strings strs[ROUND_STRINGS];
   for (lua_Integer i = 1; i <= n; i++) {
     if (lua_rawgeti(L, 2, i) != LUA_TTABLE) return lua_pushboolean(L, 0), 1;
     int call = lua_gettop(L);
-    size_t al, nl;
-    const char *a = field_str(L, call, K_ARGUMENTS, &al);
-    const char *name = field_str(L, call, K_NAME, &nl);
-    if (a == NULL || name == NULL || get(L, call, K_MALFORMED) != LUA_TNIL)
-      return lua_pushboolean(L, 0), 1;
+    if (get(L, call, K_MALFORMED) != LUA_TNIL) return lua_pushboolean(L, 0), 1;
     lua_pop(L, 1);
-    lua_pushlstring(L, name, nl);
-    if (lua_rawget(L, 4) != LUA_TTABLE) return lua_pushboolean(L, 0), 1;
+    call_strings c = {NULL, NULL, NULL, 0, 0, 0};
+    c.id = field_str(L, call, K_ID, &c.il);
+    if (c.id == NULL || get(L, call, K_ARGUMENTS) != LUA_TSTRING) return lua_pushboolean(L, 0), 1;
+    c.a = lua_tolstring(L, -1, &c.al); /* call, arguments */
+    if (get(L, call, K_NAME) != LUA_TSTRING) return lua_pushboolean(L, 0), 1;
+    c.nm = lua_tolstring(L, -1, &c.nl);
+    if (i <= ROUND_STRINGS) strs[i - 1] = c;
+    if (lua_rawget(L, 4) != LUA_TTABLE) return lua_pushboolean(L, 0), 1; /* call, arguments, tool */
     lua_replace(L, call); /* the tool where the call was */
-    lua_rawgeti(L, 1, R_DECODE);
-    if (al == 0)
+    lua_rawgeti(L, 1, R_DECODE); /* tool, arguments, decode */
+    lua_insert(L, -2);
+    if (c.al == 0) {
+      lua_pop(L, 1);
       lua_pushliteral(L, "{}");
-    else
-      lua_pushlstring(L, a, al);
+    }
     lua_call(L, 1, 1);
     if (lua_type(L, -1) != LUA_TTABLE) return lua_pushboolean(L, 0), 1;
     integers(L, lua_gettop(L), 0);
@@ -498,7 +522,8 @@ static int l_tool_round(lua_State *L) {
 
   /* 2. The assistant message, encoded straight into the wire. */
   size_t size;
-  if (!assistant_wire(L, text ? text : "", tl, 2, wire, &size)) return lua_pushboolean(L, 0), 1;
+  if (!assistant_wire(L, text ? text : "", tl, 2, strs, wire, &size))
+    return lua_pushboolean(L, 0), 1;
   append(L, 1, size, K_ASSISTANT, 3, 2);
   lua_settop(L, 4 + 2 * (int)n);
 
@@ -569,7 +594,7 @@ static int l_tool_round(lua_State *L) {
   if (rtype == LUA_TSTRING) { /* a plain result: its text, the call's id */
     lua_rawgeti(L, 2, 1);
     int call = lua_gettop(L);
-    text_result_wire(L, call, r, wire, &size);
+    text_result_wire(L, strs[0].id, strs[0].il, r, wire, &size);
     append(L, 1, size, K_TOOL, call, r);
   } else if (!results_wire(L, r, 1, wire, &size)) {
     lua_pushliteral(L, "results");
