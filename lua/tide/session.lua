@@ -899,7 +899,10 @@ function session_mt:_turn_body(text, opts, turn_ctx)
   -- Every reply of the turn parsed in C is written into this one table
   -- (nothing keeps a reply past its iteration: its calls list and text
   -- are what history keeps, and they are new each time).
-  local into = {}
+  -- (Made with the fields a reply has, so that it never grows: each field
+  -- is written again for every reply.)
+  local into = { text = false, tool_calls = false, usage = false, stop = false, stop_raw = false,
+                 ttfb_ms = false, attempts = false }
   for iteration = 1, self.max_iterations do
     if budget then budget:spend("provider_calls", 1, self.agent_path) end
     stats.iterations = stats.iterations + 1
@@ -1030,7 +1033,7 @@ local function do_turn(self, text, opts)
   -- The turn in progress: `caller` is the task it runs in (what cancel
   -- interrupts), `tasks` its tool and sub-agent tasks, `depth` its spawn depth.
   local turn_ctx = { budget = budget, on_event = opts.on_event or ctx.tide_on_event, tasks = {},
-                     caller = core.current(), depth = core.depth() }
+                     caller = core.current(), depth = core.depth(), pending = false, textual = false }
   ctx.tide_on_event = turn_ctx.on_event
   ctx.tide_budget = budget
   self.turn_ctx = turn_ctx
