@@ -830,11 +830,6 @@ function session_mt:_user_content(text, opts)
   return table.concat(parts, "\n\n")
 end
 
-local function usage_of(resp)
-  local u = resp.usage or {}
-  return u.input or 0, u.output or 0, u.cached or 0
-end
-
 local NO_OPTS = setmetatable({}, { __newindex = function() error("NO_OPTS is read-only", 2) end })
 
 function session_mt:_turn_body(text, opts, turn_ctx)
@@ -906,13 +901,15 @@ function session_mt:_turn_body(text, opts, turn_ctx)
   for iteration = 1, self.max_iterations do
     if budget then budget:spend("provider_calls", 1, self.agent_path) end
     stats.iterations = stats.iterations + 1
-    local wire = self:_encoded_history()
+    -- (encoded already, unless messages came from a transcript)
+    local wire = self.nencoded < #self.messages and self:_encoded_history() or self.wire
     stats.provider_calls = stats.provider_calls + 1
     -- The body is the prefix and the wire, joined in C into the
     -- request itself (core.http_post).
     local resp, err = provider:_complete(prefix, complete_opts, wire, into)
     if not resp then return nil, err end
-    local input, output, cached = usage_of(resp)
+    local u = resp.usage
+    local input, output, cached = u and u.input or 0, u and u.output or 0, u and u.cached or 0
     local tokens = stats.tokens
     tokens.input = tokens.input + input
     tokens.output = tokens.output + output
