@@ -475,11 +475,11 @@ static void own_locals(lua_State *L, tide_task *t) {
   t->locals_inherited = 0;
 }
 
-/* A new task for the function at fnidx and the nargs values after it, its
-** userdata pushed; queued to run when `ready`. */
-/* A new task of ctx, spawned by parent (NULL: none) running L. (Callers
-** have both at hand: the registry lookup of tide__ctx costs more than the
-** rest of a task's bookkeeping.) */
+/* A new task of ctx for the function at fnidx and the nargs values after
+** it, spawned by parent (NULL: none) running L; its userdata pushed, a
+** recycled one when there is one (see tide__recycle_task); queued to run
+** when `ready`. (Callers have ctx and parent at hand: the registry lookup of
+** tide__ctx costs more than the rest of a task's bookkeeping.) */
 static tide_task *new_task(lua_State *L, tide_ctx *ctx, tide_task *parent, int fnidx, int nargs,
                            int depth, int ready) {
   fnidx = lua_absindex(L, fnidx);

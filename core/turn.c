@@ -164,14 +164,6 @@ static void encoding_end(tide_wire *w, luaL_Buffer *b, size_t k, size_t *size) {
   }
 }
 
-/* Pushes the wire encoding of an assistant message with content (nil or a
-** string; "" counts as none) and the calls at callsidx, as
-** provider.openai encodes it: keys sorted, content null without text,
-** arguments as a JSON string. Returns 0 (pushing nothing) when a call is not
-** a table of string id, name and arguments, or has no calls. Two passes over
-** the calls: the first sizes the string, the second writes it. With w, the
-** encoding goes straight into that wire (nothing pushed) and *size gets its
-** bytes; nothing is added to w unless the whole message encodes. */
 /* A call's three strings, read once (the round reads them checking the
 ** calls, and hands them to the encoder). The call tables keep them alive. */
 typedef struct call_strings {
@@ -182,6 +174,27 @@ typedef struct call_strings {
 /* The round hands over the strings of up to this many calls. */
 #define ROUND_STRINGS 8
 
+/* Call i's strings: from `known` (the round's, for the first ROUND_STRINGS
+** calls) or read from the calls list at callsidx; 0 when one is not a
+** string. */
+static int call_strings_of(lua_State *L, int callsidx, lua_Integer i, const call_strings *known,
+                           call_strings *c) {
+  if (known && i <= ROUND_STRINGS) {
+    *c = known[i - 1];
+    return 1;
+  }
+  return call_pieces(L, callsidx, i, &c->a, &c->al, &c->nm, &c->nl, &c->id, &c->il);
+}
+
+/* Pushes the wire encoding of an assistant message with content (nil or a
+** string; "" counts as none) and the calls at callsidx, as
+** provider.openai encodes it: keys sorted, content null without text,
+** arguments as a JSON string. Returns 0 (pushing nothing) when a call is not
+** a table of string id, name and arguments, or has no calls. Two passes over
+** the calls: the first sizes the string, the second writes it. With w, the
+** encoding goes straight into that wire (nothing pushed) and *size gets its
+** bytes; nothing is added to w unless the whole message encodes. With
+** `known` (the round's), the calls' strings are not read again. */
 static int assistant_wire(lua_State *L, const char *text, size_t tl, int callsidx,
                           const call_strings *known, tide_wire *w, size_t *size) {
   lua_Integer n = (lua_Integer)lua_rawlen(L, callsidx);
@@ -189,18 +202,12 @@ static int assistant_wire(lua_State *L, const char *text, size_t tl, int callsid
   size_t total = LIT(ASSISTANT_OPEN) + LIT(ASSISTANT_CALLS) + 2;
   total += tl > 0 ? tide__json_quoted_size((const unsigned char *)text, tl) : 4;
   for (lua_Integer i = 1; i <= n; i++) {
-    const char *a = NULL, *nm = NULL, *id = NULL;
-    size_t al = 0, nl = 0, il = 0;
-    if (known && i <= ROUND_STRINGS) {
-      const call_strings *c = &known[i - 1];
-      a = c->a, al = c->al, nm = c->nm, nl = c->nl, id = c->id, il = c->il;
-    } else if (!call_pieces(L, callsidx, i, &a, &al, &nm, &nl, &id, &il)) {
-      return 0;
-    }
+    call_strings c;
+    if (!call_strings_of(L, callsidx, i, known, &c)) return 0;
     total += (i > 1) + LIT(CALL_OPEN) + LIT(CALL_NAME) + LIT(CALL_ID) + LIT(CALL_CLOSE) +
-             tide__json_quoted_size((const unsigned char *)a, al) +
-             tide__json_quoted_size((const unsigned char *)nm, nl) +
-             tide__json_quoted_size((const unsigned char *)id, il);
+             tide__json_quoted_size((const unsigned char *)c.a, c.al) +
+             tide__json_quoted_size((const unsigned char *)c.nm, c.nl) +
+             tide__json_quoted_size((const unsigned char *)c.id, c.il);
   }
   luaL_Buffer b;
   char *out = encoding_begin(L, w, &b, total);
@@ -212,21 +219,15 @@ static int assistant_wire(lua_State *L, const char *text, size_t tl, int callsid
     put(out, &k, "null", 4);
   put(out, &k, ASSISTANT_CALLS, LIT(ASSISTANT_CALLS));
   for (lua_Integer i = 1; i <= n; i++) {
-    const char *a = NULL, *nm = NULL, *id = NULL;
-    size_t al = 0, nl = 0, il = 0;
-    if (known && i <= ROUND_STRINGS) {
-      const call_strings *c = &known[i - 1];
-      a = c->a, al = c->al, nm = c->nm, nl = c->nl, id = c->id, il = c->il;
-    } else {
-      call_pieces(L, callsidx, i, &a, &al, &nm, &nl, &id, &il); /* checked above */
-    }
+    call_strings c;
+    call_strings_of(L, callsidx, i, known, &c); /* checked above */
     if (i > 1) out[k++] = ',';
     put(out, &k, CALL_OPEN, LIT(CALL_OPEN));
-    put_quoted(out, &k, a, al);
+    put_quoted(out, &k, c.a, c.al);
     put(out, &k, CALL_NAME, LIT(CALL_NAME));
-    put_quoted(out, &k, nm, nl);
+    put_quoted(out, &k, c.nm, c.nl);
     put(out, &k, CALL_ID, LIT(CALL_ID));
-    put_quoted(out, &k, id, il);
+    put_quoted(out, &k, c.id, c.il);
     put(out, &k, CALL_CLOSE, LIT(CALL_CLOSE));
   }
   out[k++] = ']';
@@ -235,10 +236,6 @@ static int assistant_wire(lua_State *L, const char *text, size_t tl, int callsid
   return 1;
 }
 
-/* Pushes the wire encoding of the tool results at idx (with `one`, of the
-** one result at idx): one role "tool" element per result, comma-joined.
-** Returns 0 (pushing nothing) when a result is not a table of string id and
-** content, or there is none. With w, as assistant_wire. */
 /* The bytes one result element takes, and writing it at out + *k. */
 static size_t result_size(const char *c, size_t cl, const char *id, size_t il) {
   return LIT(RESULT_OPEN) + LIT(RESULT_ID) + 1 + tide__json_quoted_size((const unsigned char *)c, cl) +
@@ -253,6 +250,10 @@ static void put_result(char *out, size_t *k, const char *c, size_t cl, const cha
   out[(*k)++] = '}';
 }
 
+/* Pushes the wire encoding of the tool results at idx (with `one`, of the
+** one result at idx): one role "tool" element per result, comma-joined.
+** Returns 0 (pushing nothing) when a result is not a table of string id and
+** content, or there is none. With w, as assistant_wire. */
 static int results_wire(lua_State *L, int idx, int one, tide_wire *w, size_t *size) {
   lua_Integer n = one ? 1 : (lua_Integer)lua_rawlen(L, idx);
   if (n < 1) return 0;
@@ -381,15 +382,6 @@ static lua_Integer history_length(lua_State *L, int round) {
   return n;
 }
 
-/* Appends a message to the history; its encoding, `size` bytes, is in the
-** wire already. A session without a transcript keeps it as its parts, three
-** slots of self.unmade: the role (K_ASSISTANT or K_TOOL), then the content
-** at a (false for none) and the calls at b; or, for the tool message of a
-** lone call (a C round runs one), false and its result table at b (a is 0),
-** or the call at a and its plain result's text at b. session.lua makes the
-** message tables from them when the history is next read: most sessions'
-** tool rounds never build them. With a transcript the table is made here,
-** as the record needs it. */
 /* Pushes the result table of the call at callidx whose plain result is the
 ** string at textidx: { id, name, content, is_error = false }. */
 static void push_text_result(lua_State *L, int callidx, int textidx) {
@@ -405,6 +397,15 @@ static void push_text_result(lua_State *L, int callidx, int textidx) {
   set(L, t, K_IS_ERROR);
 }
 
+/* Appends a message to the history; its encoding, `size` bytes, is in the
+** wire already. A session without a transcript keeps it as its parts, three
+** slots of self.unmade: the role (K_ASSISTANT or K_TOOL), then the content
+** at a (false for none) and the calls at b; or, for the tool message of a
+** lone call (a C round runs one), false and its result table at b (a is 0),
+** or the call at a and its plain result's text at b. session.lua makes the
+** message tables from them when the history is next read: most sessions'
+** tool rounds never build them. With a transcript the table is made here,
+** as the record needs it. */
 static void append(lua_State *L, int round, size_t size, int role, int a, int b) {
   lua_rawgeti(L, round, R_SELF);
   int self = lua_gettop(L);

@@ -711,7 +711,6 @@ local function tool_worker(self, t, args, call, opts, t0, sink, depth)
   return r
 end
 
-
 -- Waits for the task of one call (started at t0, limited to limit_ms):
 -- its result, and the error that stops the turn, if any. A call past its
 -- timeout is cancelled and gets an error result.
@@ -893,9 +892,8 @@ function session_mt:_turn_body(text, opts, turn_ctx)
   end
   -- Every reply of the turn parsed in C is written into this one table
   -- (nothing keeps a reply past its iteration: its calls list and text
-  -- are what history keeps, and they are new each time).
-  -- (Made with the fields a reply has, so that it never grows: each field
-  -- is written again for every reply.)
+  -- are what history keeps, and they are new each time). It is made with
+  -- every field a reply has, so that it never grows one at a time.
   local into = { text = false, tool_calls = false, usage = false, stop = false, stop_raw = false,
                  ttfb_ms = false, attempts = false }
   for iteration = 1, self.max_iterations do
@@ -905,7 +903,7 @@ function session_mt:_turn_body(text, opts, turn_ctx)
     local wire = self.nencoded < #self.messages and self:_encoded_history() or self.wire
     stats.provider_calls = stats.provider_calls + 1
     -- The body is the prefix and the wire, joined in C into the
-    -- request itself (core.http_post).
+    -- request itself (core.openai_post, core.http_post).
     local resp, err = provider:_complete(prefix, complete_opts, wire, into)
     if not resp then return nil, err end
     local u = resp.usage

@@ -639,6 +639,7 @@ local function attempt_stream(self, body, opts, timeout_ms, wire, into)
         stream_err = self:_stream_error(v)
         break
       end
+      -- (after a failed transfer the third value says whether bytes came)
       if kind == nil and ttfb then received = true end
     else
       kind, v, ttfb = req:next()
