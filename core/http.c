@@ -432,10 +432,7 @@ static shard *pick_shard(tide_http_state *hs) {
   return best;
 }
 
-static tide_http_state *http_state_of(lua_State *L, tide_ctx *ctx);
-
-static tide_http_state *http_state(lua_State *L) { return http_state_of(L, tide__ctx(L)); }
-
+/* The HTTP side of ctx's state, made on first use (http_state: of L's). */
 static tide_http_state *http_state_of(lua_State *L, tide_ctx *ctx) {
   if (ctx->http) return ctx->http;
   /* On first use, not at module load (it costs a millisecond of TLS set-up
@@ -459,6 +456,8 @@ static tide_http_state *http_state_of(lua_State *L, tide_ctx *ctx) {
   ctx->http = hs;
   return hs;
 }
+
+static tide_http_state *http_state(lua_State *L) { return http_state_of(L, tide__ctx(L)); }
 
 void tide__http_shutdown(tide_ctx *ctx) {
   tide_http_state *hs = ctx->http;

@@ -1134,9 +1134,9 @@ static void push_stop(lua_State *L, const tide_buf *raw) {
   lua_pushlstring(L, p, len);
 }
 
-/* The reply as the session gets it: text, finished tool calls, usage (zeros
-** when the server sent none), and the stop reason mapped and as sent. */
-/* The reply: a new table, or `into` (the index of a table a session reuses
+/* Pushes the reply as the session gets it: text, finished tool calls, usage
+** (zeros when the server sent none), and the stop reason mapped and as
+** sent. In a new table, or in `into` (the index of a table a session reuses
 ** for every reply of a turn, with its usage table: it holds one reply at a
 ** time, and each of its fields is written again, so nothing of the last
 ** reply stays). Reuse spares the turn two tables a round trip. */

@@ -107,22 +107,6 @@ static void put_quoted(char *out, size_t *k, const char *s, size_t n) {
   *k += tide__json_write_quoted(out + *k, (const unsigned char *)s, n);
 }
 
-/* The pieces of call i of the list at idx; 0 when one is not a string. */
-static int call_pieces(lua_State *L, int idx, lua_Integer i, const char **a,
-                       size_t *al, const char **nm, size_t *nl, const char **id,
-                       size_t *il) {
-  if (lua_rawgeti(L, idx, i) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    return 0;
-  }
-  int t = lua_gettop(L);
-  *a = field_str(L, t, K_ARGUMENTS, al);
-  *nm = field_str(L, t, K_NAME, nl);
-  *id = field_str(L, t, K_ID, il);
-  lua_pop(L, 1);
-  return *a && *nm && *id;
-}
-
 /* The pieces of result i of the list at idx (i = 0: of the result at idx
 ** itself); 0 when one is not a string. */
 static int result_pieces(lua_State *L, int idx, lua_Integer i, const char **c,
@@ -183,7 +167,16 @@ static int call_strings_of(lua_State *L, int callsidx, lua_Integer i, const call
     *c = known[i - 1];
     return 1;
   }
-  return call_pieces(L, callsidx, i, &c->a, &c->al, &c->nm, &c->nl, &c->id, &c->il);
+  if (lua_rawgeti(L, callsidx, i) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  int t = lua_gettop(L);
+  c->a = field_str(L, t, K_ARGUMENTS, &c->al);
+  c->nm = field_str(L, t, K_NAME, &c->nl);
+  c->id = field_str(L, t, K_ID, &c->il);
+  lua_pop(L, 1);
+  return c->a && c->nm && c->id;
 }
 
 /* Pushes the wire encoding of an assistant message with content (nil or a
@@ -571,8 +564,9 @@ static int l_tool_round(lua_State *L) {
   }
   int first = counters + 1; /* call i's task is at first + 3(i-1) */
 
-  /* 4. A lone call done at once with its result table: the results, here.
-  ** Anything else is joined by the Lua loop, from running[3i-2 .. 3i]. */
+  /* 4. A lone call done at once with its result (a table, or a plain
+  ** result's text): the results, here. Anything else is joined by the Lua
+  ** loop, from running[3i-2 .. 3i]. */
   int rtype = n > 1 ? LUA_TNONE : tide__task_result(L, first);
   if (rtype != LUA_TTABLE && rtype != LUA_TSTRING) {
     lua_settop(L, first + 3 * (int)n - 1);

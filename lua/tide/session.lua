@@ -798,7 +798,7 @@ local function run_tools(self, calls, opts, turn_ctx)
     -- loop.
     local call = calls[1]
     local task, t0, limit = start_call(self, call, opts, turn_ctx, spawn_now)
-    if not task then return { t0 } end
+    if not task then return { t0 } end -- (t0: the result of a call that could not start)
     local r, err = join_call(self, call, task, t0, limit, opts, turn_ctx.on_event, turn_ctx.depth)
     live[1] = nil
     return { r }, err
@@ -811,7 +811,7 @@ local function run_tools(self, calls, opts, turn_ctx)
     if task then
       running[3 * i - 2], running[3 * i - 1], running[3 * i] = task, t0, limit
     else
-      results[i] = t0
+      results[i] = t0 -- the result of a call that could not start
     end
   end
   return join_all(self, calls, running, results, opts, turn_ctx)

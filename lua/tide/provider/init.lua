@@ -530,10 +530,11 @@ end
 -- without SSE), a string or still in its finished request: the response, or
 -- nil and the error; and whether its text reached on_delta. A plain reply is
 -- scanned in C where the provider can (no table tree, and no string of the
--- body); anything else goes through the full decoder, which says what is
--- wrong.
-local function whole_reply(self, src, on_delta)
-  local out = self._c_parse and self:_c_parse(src)
+-- body), written into `into` when given, unless the caller's scan declined
+-- it already (`scanned`); anything else goes through the full decoder, which
+-- says what is wrong.
+local function whole_reply(self, src, on_delta, into, scanned)
+  local out = not scanned and self._c_parse and self:_c_parse(src, into)
   local err
   if not out then
     local text = type(src) == "string" and src or src:body()
@@ -564,14 +565,15 @@ end
 -- table (the session's, reused for every reply of a turn).
 local function attempt_whole(self, body, opts, timeout_ms, wire, into)
   local w = endpoint(self)
-  local req
+  local req, scanned
   if self._c_post and not opts.on_delta then
     -- Posted, waited for and scanned in one step in C (core.openai_post):
     -- a plain reply comes back parsed; any other, with its finished
-    -- request, read below as http_post's is.
+    -- request, read below as http_post's is (its scan is not tried again).
     local out
     out, req = core.openai_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, wire, into)
     if out then return out, nil, true, false end
+    scanned = true
   else
     req = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, false, wire)
   end
@@ -582,17 +584,8 @@ local function attempt_whole(self, body, opts, timeout_ms, wire, into)
   if status < 200 or status > 299 then
     return nil, failed_status(self.kind, req, status), true, false
   end
-  -- A plain reply is scanned in C right here; whole_reply says what is
-  -- wrong with any other.
-  local c_parse = self._c_parse
-  local out = c_parse and c_parse(self, req, into)
-  local err, delivered
-  if out then
-    delivered = deliver(out, opts.on_delta)
-  else
-    out, err, delivered = whole_reply(self, req, opts.on_delta)
-    if not out then return nil, err, true, false end
-  end
+  local out, err, delivered = whole_reply(self, req, opts.on_delta, into, scanned)
+  if not out then return nil, err, true, false end
   out.ttfb_ms = ttfb_ms
   return out, nil, true, delivered
 end
