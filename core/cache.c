@@ -440,10 +440,14 @@ static int l_reset_stats(lua_State *L) {
   return 0;
 }
 
-/* core.cache_hash(str) -> 16 lowercase hex digits of FNV-1a 64. */
+/* core.hash(str) -> 16 lowercase hex digits of FNV-1a 64. Not a
+** cryptographic hash: it fingerprints integration lists and request prefixes
+** so that a change is noticed, and nothing trusts it against an adversary.
+** (core.cache_hash is the same function under its older name.) */
 static int l_hash(lua_State *L) {
   size_t len;
-  const char *s = luaL_checklstring(L, 1, &len);
+  luaL_argexpected(L, lua_type(L, 1) == LUA_TSTRING, 1, "string");
+  const char *s = lua_tolstring(L, 1, &len);
   char buf[17];
   snprintf(buf, sizeof buf, "%016" PRIx64, fnv1a64(s, len));
   lua_pushlstring(L, buf, 16);
@@ -464,6 +468,7 @@ void tide__open_cache(lua_State *L) {
       {"cache_stats", l_stats},
       {"cache_reset_stats", l_reset_stats},
       {"cache_hash", l_hash},
+      {"hash", l_hash},
       {NULL, NULL}};
   /* Waiters carry a metatable only so that the continuation can check what it
   ** finds on its stack; they need no methods and no __gc. */

@@ -728,6 +728,8 @@ static int pump_k(lua_State *L, int status, lua_KContext kctx);
 
 /* pump() for request r, read by task t. */
 static int read_pump(lua_State *L, tide_http *r, tide_task *t) {
+  const tide_sink *sink = tide__sink_of(L, 2);
+  luaL_argexpected(L, sink != NULL, 2, "reply parser");
   while (has_data(r)) {
     if (!r->sse) {
       /* Bytes before the first significant one are held until it comes, as
@@ -743,7 +745,7 @@ static int read_pump(lua_State *L, tide_http *r, tide_task *t) {
       r->sse = 1;
     }
     r->fed = 1;
-    int failed = tide__openai_feed(L, 2, r->body.p, r->body.len);
+    int failed = sink->feed(L, 2, r->body.p, r->body.len);
     r->body.len = 0;
     if (failed) {
       lua_pushliteral(L, "fail");
@@ -761,7 +763,8 @@ static int read_pump(lua_State *L, tide_http *r, tide_task *t) {
 }
 
 /* req:pump(parser) -> what next() returns when the transfer ends, for a
-** streamed request read by an OpenAI stream parser (core.openai_stream):
+** streamed request read by a reply parser that has a sink (tide_sink: e.g.
+** core.openai_stream):
 ** every chunk of an event stream goes from the request's buffer straight
 ** into the parser, with no string made and no return to Lua between
 ** chunks. It stops early with "data", chunk when the reply is not an event
@@ -953,7 +956,6 @@ typedef struct req_args {
   int ht, hidx;    /* headers type (nil, table or userdata) and index */
   int lean;        /* the result has status, body, ttfb_ms (and the headers
                    ** of a non-2xx response) only */
-  tide_ctx *ctx;   /* the state's context when the caller has it (else NULL) */
 } req_args;
 
 static int start_request(lua_State *L, const req_args *a);
@@ -986,7 +988,6 @@ static int l_request(lua_State *L) {
   a.hidx = lua_gettop(L);
   a.lean = 0;
   a.wireidx = 0;
-  a.ctx = NULL;
   return start_request(L, &a);
 }
 
@@ -998,8 +999,8 @@ static int l_request(lua_State *L) {
 ** With a wire (a list of strings or a core.wire()) the body sent is
 ** core.join_wire(body, wire), joined into the request's own buffer (no Lua
 ** string for it). */
-/* The arguments http_post and openai_post share: url, headers, body,
-** timeout_ms, max_body_bytes, and a wire at wireidx. */
+/* http_post's arguments: url, headers, body, timeout_ms, max_body_bytes,
+** and a wire at wireidx. */
 static void post_args(lua_State *L, req_args *a, int wireidx) {
   a->url = luaL_checkstring(L, 1);
   tide__checkudata(L, 2, HEADERS_MT);
@@ -1022,7 +1023,6 @@ static void post_args(lua_State *L, req_args *a, int wireidx) {
   a->ht = LUA_TUSERDATA;
   a->hidx = 2;
   a->lean = 1;
-  a->ctx = NULL;
 }
 
 static int l_post(lua_State *L) {
@@ -1032,51 +1032,8 @@ static int l_post(lua_State *L) {
   return start_request(L, &a);
 }
 
-static int openai_post_k(lua_State *L, int status, lua_KContext kctx);
-
-/* core.openai_post(url, headers, body, timeout_ms, max_body_bytes [, wire
-** [, into]]) -> reply | nil, req   (waits in a task)
-** http_post, next() and openai_parse in one step, for a non-streamed
-** OpenAI reply: a 2xx reply that openai_parse takes comes back parsed
-** (written into `into` when given, with its ttfb_ms), the request already
-** let go of. Anything else (a failure, another status, a reply the full
-** decoder must look at) comes back as nil and the finished request, for
-** the caller to read as an http_post's. */
-static int l_openai_post(lua_State *L) {
-  req_args a;
-  tide_task *t = tide__check_task(L, "core.openai_post");
-  post_args(L, &a, 6);
-  if (!lua_isnoneornil(L, 7)) luaL_checktype(L, 7, LUA_TTABLE);
-  lua_settop(L, 7);
-  a.ctx = t->ctx;
-  start_request(L, &a); /* the request at 8 */
-  return openai_post_k(L, LUA_OK, (lua_KContext)t);
-}
-
-static int openai_post_k(lua_State *L, int status, lua_KContext kctx) {
-  (void)status;
-  tide_http **pp = lua_touserdata(L, 8);
-  tide_http *r = *pp;
-  tide_task *t = (tide_task *)kctx; /* the task that waits (see wait_for) */
-  if (t->cancelled) release(pp); /* nobody will read it: let it go now */
-  tide__check_cancel(L, t);
-  if (!r->done) return wait_for(L, r, t, openai_post_k);
-  if (r->result == CURLE_OK && !r->too_large && r->status >= 200 && r->status < 300) {
-    int into = lua_isnil(L, 7) ? 0 : 7;
-    if (tide__openai_parse(L, r->body.p ? r->body.p : "", r->body.len, r->max_body, into)) {
-      lua_pushnumber(L, r->ttfb_s * 1000.0);
-      lua_setfield(L, -2, "ttfb_ms");
-      release(pp);
-      return 1;
-    }
-  }
-  lua_pushnil(L);
-  lua_pushvalue(L, 8);
-  return 2;
-}
-
 static int start_request(lua_State *L, const req_args *a) {
-  tide_http_state *hs = a->ctx ? http_state_of(L, a->ctx) : http_state(L);
+  tide_http_state *hs = http_state(L);
   const char *url = a->url, *method = a->method;
   lua_Integer timeout = a->timeout, ctimeout = a->ctimeout, maxb = a->maxb;
   int stream = a->stream, verify = a->verify;
@@ -1232,7 +1189,6 @@ void tide__open_http(lua_State *L) {
                                  {"http_parse_headers", l_parse_headers},
                                  {"http_headers", l_headers},
                                  {"http_post", l_post},
-                                 {"openai_post", l_openai_post},
                                  {"http_stats", l_http_stats},
                                  {NULL, NULL}};
   static const luaL_Reg headers_meta[] = {{"__gc", l_headers_gc}, {NULL, NULL}};

@@ -63,7 +63,7 @@ static int ctx_gc(lua_State *L) {
   tide__watch_shutdown(ctx);
   tide__cache_shutdown(ctx);
   tide__stdio_shutdown(ctx);
-  tide__stream_shutdown(ctx);
+  tide__openai_shutdown(ctx);
   uv_close((uv_handle_t *)ctx->idle, close_free_cb);
   uv_close((uv_handle_t *)ctx->check, close_free_cb);
   uv_run(ctx->loop, UV_RUN_DEFAULT);
@@ -476,28 +476,16 @@ static void own_locals(lua_State *L, tide_task *t) {
 }
 
 /* A new task of ctx for the function at fnidx and the nargs values after
-** it, spawned by parent (NULL: none) running L; its userdata pushed, a
-** recycled one when there is one (see tide__recycle_task); queued to run
-** when `ready`. (Callers have ctx and parent at hand: the registry lookup of
+** it, spawned by parent (NULL: none) running L; its userdata pushed;
+** queued to run when `ready`. (Callers have ctx and parent at hand: the registry lookup of
 ** tide__ctx costs more than the rest of a task's bookkeeping.) */
 static tide_task *new_task(lua_State *L, tide_ctx *ctx, tide_task *parent, int fnidx, int nargs,
                            int depth, int ready) {
   fnidx = lua_absindex(L, fnidx);
   luaL_checktype(L, fnidx, LUA_TFUNCTION);
-  tide_task *t;
-  int ref = LUA_NOREF;
-  if (ctx->nspare_tasks > 0) {
-    /* A recycled userdata: its metatable is set, its uservalues are nil
-    ** and its registry reference anchors it already. */
-    t = ctx->spare_tasks[--ctx->nspare_tasks];
-    ref = t->ref;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
-  } else {
-    t = lua_newuserdatauv(L, sizeof(tide_task), 2);
-    luaL_setmetatable(L, TIDE_TASK_MT);
-  }
+  tide_task *t = lua_newuserdatauv(L, sizeof(tide_task), 2);
+  luaL_setmetatable(L, TIDE_TASK_MT);
   memset(t, 0, sizeof *t);
-  t->ref = LUA_NOREF;
   lua_State *co = push_thread(L, ctx);
   lua_setiuservalue(L, -2, 1);
   /* Child tasks see their parent's task-local table through __index, so
@@ -531,11 +519,8 @@ static tide_task *new_task(lua_State *L, tide_ctx *ctx, tide_task *parent, int f
   t->depth = depth;
   t->max_depth = parent ? parent->max_depth : ctx->max_spawn_depth;
   t->state = TIDE_TASK_NEW;
-  if (ref == LUA_NOREF) {
-    lua_pushvalue(L, -1);
-    ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  }
-  t->ref = ref;
+  lua_pushvalue(L, -1);
+  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   t->next_live = ctx->live_head;
   if (ctx->live_head) ctx->live_head->prev_live = t;
   ctx->live_head = t;
@@ -547,24 +532,6 @@ static tide_task *new_task(lua_State *L, tide_ctx *ctx, tide_task *parent, int f
   }
   if (ready) push_ready(ctx, t);
   return t;
-}
-
-void tide__recycle_task(lua_State *L, int udidx) {
-  tide_task *t = lua_touserdata(L, udidx); /* a task's: the caller spawned it */
-  tide_ctx *ctx = t ? t->ctx : NULL;
-  if (ctx == NULL || ctx->closing || ctx->nspare_tasks >= TIDE_SPARE_TASKS || t->escaped ||
-      t->state != TIDE_TASK_DONE || !t->ok || !t->result_kept || t->ref != LUA_NOREF)
-    return;
-  /* Nothing points at a finished task any more (finish unlinked it from
-  ** its parent, its children, its joiners and the live list); what it
-  ** kept goes, and a registry reference anchors it until it is reused. */
-  lua_pushnil(L);
-  lua_setiuservalue(L, udidx, 1);
-  lua_pushnil(L);
-  lua_setiuservalue(L, udidx, 2);
-  lua_pushvalue(L, udidx);
-  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  ctx->spare_tasks[ctx->nspare_tasks++] = t;
 }
 
 tide_task *tide__spawn(lua_State *L, int fnidx, int nargs, int depth) {
@@ -597,7 +564,7 @@ static tide_task *self_task(lua_State *L) {
 static int l_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
   tide_task *parent = tide__current(L);
-  tide__spawn(L, 1, lua_gettop(L) - 1, parent ? parent->depth : 0)->escaped = 1;
+  tide__spawn(L, 1, lua_gettop(L) - 1, parent ? parent->depth : 0);
   return 1;
 }
 
@@ -609,7 +576,7 @@ static int l_spawn(lua_State *L) {
 ** new task and another for the caller. */
 static int l_spawn_now(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  tide__spawn_now(L, NULL, 1, lua_gettop(L) - 1)->escaped = 1; /* raises outside a task */
+  tide__spawn_now(L, NULL, 1, lua_gettop(L) - 1); /* raises outside a task */
   return 1;
 }
 
@@ -647,14 +614,6 @@ static int push_outcome(lua_State *L, tide_task *t, int udidx) {
     lua_xmove(co, L, 1);
   }
   return n;
-}
-
-int tide__task_result(lua_State *L, int udidx) {
-  tide_task *t = tide__checkudata(L, udidx, TIDE_TASK_MT);
-  if (t->state != TIDE_TASK_DONE || !t->ok || t->nres < 1) return LUA_TNONE;
-  int n = push_outcome(L, t, udidx);
-  if (n > 1) lua_pop(L, n - 1);
-  return lua_type(L, -1);
 }
 
 static void join_cancel(tide_wait *w) {
@@ -800,7 +759,6 @@ static int l_task_tostring(lua_State *L) {
 static int l_current(lua_State *L) {
   tide_task *t = tide__current(L);
   if (t == NULL) return 0;
-  t->escaped = 1;
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
   return 1;
 }

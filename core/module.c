@@ -52,6 +52,22 @@ void *tide__check_self(lua_State *L, const char *name) {
   return luaL_checkudata(L, 1, name); /* raises the usual error */
 }
 
+void tide__register_sink(lua_State *L, const char *name, const tide_sink *sink) {
+  luaL_getmetatable(L, name);
+  lua_pushlightuserdata(L, (void *)sink);
+  lua_rawseti(L, -2, 2);
+  lua_pop(L, 1);
+}
+
+const tide_sink *tide__sink_of(lua_State *L, int idx) {
+  const tide_sink *sink = NULL;
+  if (lua_type(L, idx) == LUA_TUSERDATA && lua_getmetatable(L, idx)) {
+    if (lua_rawgeti(L, -1, 2) == LUA_TLIGHTUSERDATA) sink = lua_touserdata(L, -1);
+    lua_pop(L, 2);
+  }
+  return sink;
+}
+
 void tide__add_header(lua_State *L, const char *name, size_t nl,
                       const char *v, size_t vl) {
   luaL_Buffer b;
@@ -71,16 +87,15 @@ void tide__add_header(lua_State *L, const char *name, size_t nl,
   lua_rawset(L, -3);
 }
 
-/// Opens the `tide.core` module: the event loop and tasks, HTTP, SSE, the
-/// mock server, the integration cache, dispatch helpers, templates and file
-/// watching. The public API is the Lua facade `tide`, built on top.
+/// Opens the `tide.core` module: the event loop and tasks, HTTP, SSE, JSON
+/// primitives, the wire buffer, tool-call assembly, the OpenAI wire format,
+/// the mock server, the integration cache, templates and file watching. The public API is the Lua facade `tide`, built on top.
 __attribute__((visibility("default"))) int luaopen_tide_core(lua_State *L) {
   static void (*const parts[])(lua_State *) = {
       tide__open_error,  tide__open_loop,     tide__open_depth,
-      tide__open_http,   tide__open_sse,      tide__open_stream,
-      tide__open_server,
-      tide__open_cache,  tide__open_dispatch, tide__open_turn,
-      tide__open_template,
+      tide__open_json,   tide__open_wire,     tide__open_http,
+      tide__open_sse,    tide__open_toolcall, tide__open_openai,
+      tide__open_server, tide__open_cache,    tide__open_template,
       tide__open_watch,  tide__open_stdio};
   lua_newtable(L);
   for (size_t i = 0; i < tide__nelem(parts); i++) parts[i](L);

@@ -98,7 +98,7 @@ void tide__sse_free(tide_sse *p);
 
 /* ------------------------------------------------------------- assembler -- */
 
-/// One tool call being assembled from streamed deltas (dispatch.c).
+/// One tool call being assembled from streamed deltas (toolcall.c).
 typedef struct tide_asm_slot {
   lua_Integer index;
   tide_buf id, name, args;
@@ -144,18 +144,26 @@ void tide__push_asm_too_large(lua_State *L, const tide_asm *a);
 /// The body an http request (the userdata at idx) holds, or NULL when idx is
 /// not an open request. The pointer is valid until the request is used again.
 const char *tide__http_body(lua_State *L, int idx, size_t *len);
-/// Feeds n bytes of an SSE body to the OpenAI stream parser at idx, as
-/// s:feed(chunk, false) does (stream.c). Returns 0, or 1 with the error at
-/// the top of the stack (the stream is failed: later calls return it too).
-int tide__openai_feed(lua_State *L, int idx, const char *s, size_t n);
-/// core.openai_parse of the n bytes at s (stream.c): pushes the reply
-/// (written into the table at index `into` when it is not 0) and returns 1,
-/// or pushes nil and returns 0 for anything but a plain reply.
-int tide__openai_parse(lua_State *L, const char *s, size_t n, size_t max, int into);
+
+/* ---------------------------------------------------------------- sinks -- */
+
+/// A reply parser a request can feed in place (req:pump): the parser's
+/// userdata type carries one (tide__register_sink), and the request hands it
+/// every chunk of an event stream straight from its buffer, with no Lua
+/// string made. feed gets the parser at idx; it returns 0, or 1 with the
+/// error at the top of the stack (the parser is failed: later feeds return
+/// it too). The HTTP layer knows the sink, not the protocol behind it.
+typedef struct tide_sink {
+  int (*feed)(lua_State *L, int idx, const char *s, size_t n);
+} tide_sink;
+/// Attaches sink to the userdata type registered as name.
+void tide__register_sink(lua_State *L, const char *name, const tide_sink *sink);
+/// The sink of the value at idx, or NULL when it has none.
+const tide_sink *tide__sink_of(lua_State *L, int idx);
 
 /* ---------------------------------------------------------------- wire -- */
 
-/// A session's encoded history (core.wire, dispatch.c).
+/// A session's encoded history (core.wire, wire.c).
 typedef struct tide_wire tide_wire;
 /// The wire at idx, or NULL when the value there is not one.
 tide_wire *tide__to_wire(lua_State *L, int idx);
@@ -174,13 +182,6 @@ size_t tide__wire_size(lua_State *L, size_t plen, int idx, int arg,
 /// gave for the same (unchanged, checked) list; returns the bytes written.
 size_t tide__wire_write(lua_State *L, const char *prefix, size_t plen, int idx,
                         size_t total, char *out);
-
-/// The bytes s (n of them) take as a JSON string literal, quotes included,
-/// escaped as json.quote escapes them (lua-cjson's escapes, "/" as "\/").
-size_t tide__json_quoted_size(const unsigned char *s, size_t n);
-/// Writes that literal at out (room for tide__json_quoted_size bytes);
-/// returns the bytes written.
-size_t tide__json_write_quoted(char *out, const unsigned char *s, size_t n);
 
 /* ---------------------------------------------------------------- waits -- */
 
@@ -202,9 +203,6 @@ enum tide_task_state {
   TIDE_TASK_DONE     /* finished: results or error kept on its thread */
 };
 
-/* Finished task userdata kept for reuse (see tide__recycle_task). */
-#define TIDE_SPARE_TASKS 64
-
 struct tide_task {
   tide_ctx *ctx;
   lua_State *co;          /* the coroutine; anchored as the userdata's uservalue 1;
@@ -224,7 +222,6 @@ struct tide_task {
   int depth;              /* spawn depth: root 0, sub-agent parent + 1 */
   int max_depth;          /* limit inherited by children */
   int locals_inherited;   /* uservalue 2 is the parent's task-local table */
-  int escaped;            /* its userdata was handed to Lua code */
   tide_wait *wait;        /* what the task is suspended on, if WAITING */
   tide_task *parent;      /* NULL once the parent is done */
   tide_task *first_child, *next_sibling, *prev_sibling;
@@ -259,9 +256,7 @@ struct tide_ctx {
   uv_check_t *check;   /* drains the ready queue right after the poll phase */
   int max_spawn_depth; /* runtime default for MAX_SPAWN_DEPTH */
   int spare_threads;   /* finished tasks' coroutines kept for reuse (loop.c) */
-  tide_task *spare_tasks[TIDE_SPARE_TASKS]; /* tool tasks' userdata, for reuse */
-  int nspare_tasks;
-  struct openai_stream *spare_streams; /* closed streams' parsers (stream.c) */
+  struct openai_stream *spare_streams; /* closed streams' parsers (openai.c) */
   int nspare_streams;
   /* HTTP (http.c) */
   struct tide_http_state *http;
@@ -294,15 +289,6 @@ tide_task *tide__spawn(lua_State *L, int fnidx, int nargs, int depth);
 /// or ends. Pushes the task's userdata. caller is the task running L, when
 /// the caller has it at hand (NULL: looked up; raises outside a task).
 tide_task *tide__spawn_now(lua_State *L, tide_task *caller, int fnidx, int nargs);
-/// Takes back the userdata at udidx of a task C spawned, ran and took the
-/// result of, for the next task to reuse (no allocation, no finalizer): only
-/// when it finished with its result kept and was never handed to Lua code
-/// (spawn's result, core.current()). Otherwise does nothing.
-void tide__recycle_task(lua_State *L, int udidx);
-/// The first result of the finished task at udidx, pushed, and its type;
-/// LUA_TNONE (nothing pushed) while it runs, or when it raised or returned
-/// nothing.
-int tide__task_result(lua_State *L, int udidx);
 /// Raises the Cancelled error if the current task has been cancelled.
 void tide__check_cancel(lua_State *L, tide_task *t);
 /// Calls the function at the top of L's stack (with nargs below it... see
@@ -358,16 +344,20 @@ void tide__open_depth(lua_State *L);
 void tide__open_http(lua_State *L);
 /// Registers sse_parser.
 void tide__open_sse(lua_State *L);
-/// Registers openai_stream (an OpenAI chat-completions stream parsed in C).
-void tide__open_stream(lua_State *L);
+/// Registers the OpenAI wire format in C: openai_stream, openai_parse and
+/// the message encoders.
+void tide__open_openai(lua_State *L);
+/// Registers json_integers.
+void tide__open_json(lua_State *L);
 /// Registers server_listen (the loopback HTTP/1.1 server) and server_stats.
 void tide__open_server(lua_State *L);
-/// Registers the integration cache: cache_lookup, cache_store, cache_peek, ...
+/// Registers the integration cache (cache_lookup, cache_store, cache_peek,
+/// ...) and hash.
 void tide__open_cache(lua_State *L);
-/// Registers tool_call_assembler and hash.
-void tide__open_dispatch(lua_State *L);
-/// Registers turn.c's functions (core.tool_round, the OpenAI message wire).
-void tide__open_turn(lua_State *L);
+/// Registers tool_call_assembler.
+void tide__open_toolcall(lua_State *L);
+/// Registers wire and join_wire.
+void tide__open_wire(lua_State *L);
 /// Registers template_compile.
 void tide__open_template(lua_State *L);
 /// Registers watch, scandir and realpath.
@@ -389,8 +379,8 @@ void tide__watch_shutdown(tide_ctx *ctx);
 void tide__cache_shutdown(tide_ctx *ctx);
 /// Closes the stdin reader's handle.
 void tide__stdio_shutdown(tide_ctx *ctx);
-/// Frees the parsers kept for new openai streams (stream.c).
-void tide__stream_shutdown(tide_ctx *ctx);
+/// Frees the parsers kept for new openai streams (openai.c).
+void tide__openai_shutdown(tide_ctx *ctx);
 
 /* depth.c */
 /// Computes the depth of a child of `parent`: 0 on success with *out set,

@@ -18,7 +18,7 @@ cjson.encode_invalid_numbers("null")
 local safe = require("cjson.safe").new()
 safe.decode_max_depth(200)
 local safe_decode = safe.decode
--- For core.tool_round, which puts the integers back itself.
+-- For callers that put the integers back themselves.
 json._decode_floats = safe_decode
 
 local core = require "tide.core"

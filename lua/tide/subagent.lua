@@ -19,11 +19,16 @@ local function ms_since(t0) return (hrtime() - t0) / 1e6 end
 
 local function integrations_cache() return require("tide.integrations.cache") end
 
--- The session module's helpers (loaded by the time a sub-agent runs: only
--- a session's delegation tools call in here).
+-- The session module (loaded by the time a sub-agent runs: only a
+-- session's delegation tools call in here).
 local function session_module() return require "tide.session" end
-local function error_text(err) return session_module()._error_text(err) end
+local function error_text(err) return require("tide.turn").error_text(err) end
 local function emit(ev) return session_module()._emit(ev) end
+
+-- A delegation that cannot run: the parent model reads it as a tool error.
+local function tool_error(fmt, ...)
+  return nil, core.error("ToolError", fmt:format(...))
+end
 
 local function builtin_integrations_agent()
   local def = agents.get("integrations_agent")
@@ -57,7 +62,8 @@ local function toolkit_tools(src, tk)
   return out
 end
 
---- Runs a sub-agent for the tool call of `parent`; returns its final text.
+--- Runs a sub-agent for the tool call of `parent`: its final text, or nil
+--- and a ToolError (BudgetExhausted and Cancelled raise through).
 --- Runs in the tool's task; the child runs one spawn level deeper, in a task
 --- of its own, and fails with SpawnDepthExceeded before any provider call
 --- when that would pass the limit.
@@ -65,7 +71,7 @@ function M.run(parent, id, args, opts)
   opts = opts or {}
   local task_text = args.task
   if type(task_text) ~= "string" or task_text == "" then
-    return { is_error = true, content = "Error: the 'task' argument (a string) is required" }
+    return tool_error("the 'task' argument (a string) is required")
   end
   local sub_opts = {}
   if opts.toolkit then
@@ -78,8 +84,7 @@ function M.run(parent, id, args, opts)
       if k.slug == opts.toolkit then tk = k end
     end
     if not tk then
-      return { is_error = true, content = ("Error: unknown toolkit '%s'. Valid toolkits: %s"):format(
-        opts.toolkit, table.concat(slugs, ", ")) }
+      return tool_error("unknown toolkit '%s'. Valid toolkits: %s", opts.toolkit, table.concat(slugs, ", "))
     end
     if not tk.connected then
       return ("The %s integration is not connected. Ask the user to authorize %s, then try again; do not retry before that.")
@@ -92,14 +97,14 @@ function M.run(parent, id, args, opts)
   end
   local def = id == "integrations_agent" and builtin_integrations_agent() or agents.get(id)
   if not def then
-    return { is_error = true, content = ("Error: unknown sub-agent '%s'"):format(id) }
+    return tool_error("unknown sub-agent '%s'", id)
   end
   local limit = parent.def.max_spawn_depth
   local child_path = parent.agent_path .. "/" .. (sub_opts.toolkit and ("integrations:" .. sub_opts.toolkit) or id)
   local task, err = core.spawn_nested(limit, function()
     local tpath
-    if parent.writer then
-      tpath = parent.writer.path:gsub("%.jsonl$", "") .. "." .. (sub_opts.toolkit or id):gsub("[^%w_%-]", "_")
+    if parent.conversation.writer then
+      tpath = parent.conversation.writer.path:gsub("%.jsonl$", "") .. "." .. (sub_opts.toolkit or id):gsub("[^%w_%-]", "_")
         .. "." .. tostring(core.current():id()) .. ".jsonl"
     end
     local child = session_module().new {
@@ -121,13 +126,13 @@ function M.run(parent, id, args, opts)
   end)
   if not task then
     -- Before any provider call: the parent model sees a tool error.
-    return { is_error = true, content = "Error: " .. error_text(err) }
+    return tool_error("%s", error_text(err))
   end
   local reply, e = task:join()
   if reply == nil then
     if type(e) == "table" and e.code == "BudgetExhausted" then error(e, 0) end
     if type(e) == "table" and e.code == "Cancelled" then error(e, 0) end
-    return { is_error = true, content = "Error: sub-agent " .. child_path .. " failed: " .. error_text(e) }
+    return tool_error("sub-agent %s failed: %s", child_path, error_text(e))
   end
   return reply
 end

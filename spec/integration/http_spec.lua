@@ -239,62 +239,6 @@ describe("tide.http", function()
     assert.are.equal("one two three", table.concat(chunks))
   end)
 
-  it("posts and parses a plain OpenAI reply in one step, and hands back any other with its request", function()
-    local h = core.http_headers { ["content-type"] = "application/json" }
-    -- /echo answers with the body it got: the reply is what is posted
-    local reply_json = '{"choices":[{"message":{"role":"assistant","content":"hi","tool_calls":[{"id":"c1",'
-      .. '"type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"tool_calls"}],'
-      .. '"usage":{"prompt_tokens":3,"completion_tokens":2}}'
-    local out = tide.run(function()
-      local r, into = {}, {}
-      local reply = core.openai_post(url("/echo"), h, reply_json, 5000, 1024 * 1024, nil, into)
-      r.plain = { reply == into, reply.text, reply.tool_calls[1].name, reply.usage.input, reply.stop,
-                  type(reply.ttfb_ms) }
-      -- the body joined from a wire, and a new table without `into`
-      local w = core.wire()
-      w:add('{"message":{"content":"from the wire"}}')
-      reply = core.openai_post(url("/echo"), h, '{"choices":[', 5000, 1024 * 1024, w)
-      r.wire = { reply ~= into, reply.text }
-      -- a body the scanner does not take: nil, and the request with the body
-      local none, req = core.openai_post(url("/echo"), h, "{not json", 5000, 1024)
-      do
-        local _ <close> = req
-        r.bad = { none, req:next(), req:body() }
-      end
-      -- a failure status
-      none, req = core.openai_post(url("/status"), h, "x", 5000, 1024)
-      do
-        local _ <close> = req
-        local kind, status = req:next()
-        r.status = { none, kind, status, req:body() }
-      end
-      -- a failed transfer
-      none, req = core.openai_post(url("/slow"), h, "x", 50, 1024)
-      do
-        local _ <close> = req
-        local kind, err = req:next()
-        r.timeout = { none, kind, err.code }
-      end
-      -- cancelled while it waits: the error, and the transfer let go at once
-      local t = core.spawn(function() return core.openai_post(url("/slow"), h, "x", 5000, 1024) end)
-      core.sleep(20)
-      t:cancel()
-      local ok, err = t:join()
-      r.cancel = { ok, err.code, core.http_stats().active }
-      r.badarg = select(2, pcall(core.openai_post, url("/echo"), {}, "b", 1, 1))
-      return r
-    end)
-    assert.are.same({ true, "hi", "f", 3, "tool_calls", "number" }, out.plain)
-    assert.are.same({ true, "from the wire" }, out.wire)
-    assert.are.same({ nil, "done", "{not json" }, out.bad)
-    assert.are.same({ nil, "done", 503, "busy" }, out.status)
-    assert.are.same({ nil, nil, "Timeout" }, out.timeout)
-    assert.are.same({ nil, "Cancelled", 0 }, out.cancel)
-    assert.matches("bad argument #2 to '[%w.]*openai_post' %(tide.http_headers expected, got table%)", out.badarg)
-    assert.has_error(function() core.openai_post(url("/echo"), h, "b", 1, 1) end,
-      "core.openai_post must be called inside a task")
-  end)
-
   it("pumps an event stream into a C parser, and hands back what is not one", function()
     local h = core.http_headers { ["content-type"] = "application/json" }
     local out = tide.run(function()

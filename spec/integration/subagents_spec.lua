@@ -245,9 +245,11 @@ describe("sub-agents", function()
       cache.invalidate(src)
       cache.get(src)
       local ctx = { session = s }
-      local r1 = tide.run(function() return gh.handler({ task = "x" }, ctx) end)
-      assert.is_true(r1.is_error)
-      assert.matches("unknown toolkit 'github'%. Valid toolkits: notion, slack", r1.content)
+      local r1, e1
+      tide.run(function() r1, e1 = gh.handler({ task = "x" }, ctx) end)
+      assert.is_nil(r1)
+      assert.are.equal("ToolError", e1.code)
+      assert.matches("unknown toolkit 'github'%. Valid toolkits: notion, slack", e1.message)
       local r2 = tide.run(function() return sl.handler({ task = "x" }, ctx) end)
       assert.is_string(r2) -- a success result, not an error
       assert.matches("not connected%. Ask the user to authorize slack", r2)

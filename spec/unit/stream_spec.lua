@@ -362,29 +362,6 @@ describe("core.openai_stream", function()
     assert.has_error(function() core.openai_stream(1.5) end)
     assert.has_error(function() core.openai_stream():feed("x", 1) end)
   end)
-  it("finishes into a table it is given, leaving nothing of the last reply there", function()
-    local into = {}
-    local s1 = core.openai_stream()
-    s1:feed(chunk({ content = "one" }, "stop") .. ev({ choices = {}, usage = { prompt_tokens = 3, completion_tokens = 1 } })
-      .. "data: [DONE]\n\n")
-    local first = assert(s1:finish(into))
-    s1:close()
-    assert.are.equal(into, first)
-    assert.are.same({ text = "one", tool_calls = {}, usage = { input = 3, output = 1, cached = 0 },
-                      stop = "stop", stop_raw = "stop" }, first)
-    local usage = first.usage
-    -- a reply without usage or a finish reason: nothing of the first stays
-    local s2 = core.openai_stream()
-    s2:feed(chunk({ content = "two", tool_calls = { { index = 0, id = "c", ["function"] = { name = "f",
-      arguments = "{}" } } } }) .. "data: [DONE]\n\n")
-    local second = assert(s2:finish(into))
-    s2:close()
-    assert.are.equal(into, second)
-    assert.are.equal(usage, second.usage)
-    assert.are.same({ text = "two", usage = { input = 0, output = 0, cached = 0 },
-                      tool_calls = { { id = "c", name = "f", arguments = "{}" } } }, second)
-    assert.has_error(function() core.openai_stream():finish(1) end)
-  end)
 end)
 
 describe("core.openai_parse", function()
@@ -466,34 +443,6 @@ describe("core.openai_parse", function()
         assert.are.same(by_lua(body), by_c(body), body)
       end
     end
-  end)
-
-  it("writes a reply into a table it is given, leaving nothing of the last reply there", function()
-    local into = {}
-    local usage
-    local seq = {
-      reply({ role = "assistant", content = cjson.null, tool_calls = {
-        { id = "a", type = "function", ["function"] = { name = "f", arguments = '{"q":1}' } } } },
-        { usage = { prompt_tokens = 5, completion_tokens = 2 } }),
-      -- no usage, no finish_reason: both read as absent, not as the last reply's
-      '{"choices":[{"message":{"content":"plain"}}]}',
-      reply { role = "assistant", content = "again" },
-    }
-    local last_calls
-    for _, body in ipairs(seq) do
-      local out = core.openai_parse(body, 1 << 20, into)
-      assert.are.equal(into, out)
-      usage = usage or out.usage
-      assert.are.equal(usage, out.usage) -- one usage table, rewritten
-      -- the same fields as a reply of its own, and no others
-      assert.are.same(by_c(body), out, body)
-      -- the calls list is new each time: what history keeps is never rewritten
-      assert.are_not.equal(last_calls, out.tool_calls)
-      last_calls = out.tool_calls
-    end
-    assert.is_nil(core.openai_parse("not json", 1 << 20, into))
-    assert.are.equal("again", into.text) -- a failed scan writes nothing
-    assert.has_error(function() core.openai_parse("{}", 10, 5) end)
   end)
 
   it("leaves anything but a plain reply to the full decoder", function()

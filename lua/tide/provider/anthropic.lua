@@ -5,7 +5,7 @@
 --- value is encoded canonically; tool-use inputs are the model's own
 --- argument text, spliced in verbatim once checked to be a JSON object (a
 --- decode and re-encode would turn its empty arrays into objects).
-local provider = require "tide.provider"
+local provider = require "tide.provider.base"
 local core = require "tide.core"
 local json = require "tide.json"
 

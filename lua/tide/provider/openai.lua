@@ -7,7 +7,7 @@
 --- (model, stream, stream_options, temperature, max_tokens, tools, messages)
 --- with every value encoded canonically. Servers ignore key order; what
 --- matters is that the same inputs give the same bytes.
-local provider = require "tide.provider"
+local provider = require "tide.provider.base"
 local core = require "tide.core"
 local json = require "tide.json"
 
@@ -71,10 +71,9 @@ end
 -- for a tenth of the cost (the session encodes every message once, on the
 -- path of every turn). The assistant message with calls and the tool
 -- results are written in C (core.openai_assistant_wire and
--- core.openai_results_wire), by the same code as the session's tool round
--- (core.tool_round): one encoder, whichever side builds the message. Only
--- table values (content given as a table, arguments given as a table) go
--- through the canonical encoder first.
+-- core.openai_results_wire, core/openai.c). Only table values (content
+-- given as a table, arguments given as a table) go through the canonical
+-- encoder first.
 local quote = json.quote
 local assistant_wire, results_wire = core.openai_assistant_wire, core.openai_results_wire
 
@@ -222,14 +221,9 @@ end
 -- The stream is parsed in C (core.openai_stream: SSE framing, the JSON of
 -- each event, tool-call assembly), so a reply costs at most one string per
 -- text delta and one table at the end instead of tables for every event.
--- The provider's attempt feeds it (see provider/init.lua); these finish the
--- result and error tables.
+-- The exchange feeds it (provider/exchange.lua); these finish the result
+-- and error tables.
 local excerpt = provider._excerpt
-
---- The session's tool rounds may be run by core.tool_round, which writes
---- this provider's assistant and tool messages with the same C encoders as
---- Provider:_encode (core/turn.c).
-Provider._c_round = true
 
 --- The C parser of one streamed response. It allocates nothing until the
 --- reply's bytes come (thousands of requests can wait on a slow provider
@@ -245,16 +239,11 @@ function Provider:_stream_error(err)
   return err
 end
 
---- Non-streamed requests nobody hears text from are posted and their
---- replies scanned in one C step (core.openai_post).
-Provider._c_post = true
-
 --- A whole (non-streamed) response scanned in C, or nil for anything but a
 --- plain reply (Provider:_parse then decodes it and says what is wrong).
 --- Like the stream parser's, the reply comes finished (calls, usage, stop).
---- With `into` (a session's reply table), the reply is written into it.
-function Provider:_c_parse(body, into)
-  return core.openai_parse(body, self.max_body_bytes, into)
+function Provider:_c_parse(body)
+  return core.openai_parse(body, self.max_body_bytes)
 end
 
 return M

@@ -1,11 +1,13 @@
 /*
-** stream.c -- an OpenAI chat-completions stream, parsed in C.
+** openai.c -- the OpenAI chat-completions wire format in C: the streamed
+** reply parser (a sink a request feeds in place), the whole-reply scanner,
+** and the encoders of the two messages a tool loop repeats.
 **
 ** The Lua path turned every SSE event into a table, decoded its JSON into a
 ** table tree and walked it; per reply that is hundreds of tables for a few
 ** hundred bytes of text. Here the SSE framing is sse.c's (tide__sse_feed),
-** each event's JSON is scanned in place for the handful of fields a reply is
-** made of, and tool-call deltas go to dispatch.c's assembler. Lua sees one
+** each event's JSON is scanned in place (json.c) for the handful of fields a reply is
+** made of, and tool-call deltas go to toolcall.c's assembler. Lua sees one
 ** string per chunk (the text deltas) and one result table at the end.
 **
 ** The scanner reads, and nothing else:
@@ -38,6 +40,7 @@
 #endif
 
 #include "tide.h"
+#include "json.h"
 
 #define STREAM_MT "tide.openai_stream"
 static const char parse_key = 0; /* its address: the registry's parser for openai_parse */
@@ -46,25 +49,8 @@ static const char parse_key = 0; /* its address: the registry's parser for opena
 ** as for core.sse_parser and core.tool_call_assembler. */
 #define STREAM_DEFAULT_MAX (8 * 1024 * 1024)
 
-/* lua-cjson's default decode depth: a deeper event was an error before. */
-#define JSON_MAX_DEPTH 1000
-
 /* Error messages quote at most this much of the server's message. */
 #define MESSAGE_MAX 512
-
-/* Kinds of JSON values, from their first byte. */
-enum { V_NONE, V_NULL, V_BOOL, V_NUMBER, V_STRING, V_OBJECT, V_ARRAY };
-
-/* Scanner results. */
-#define J_OK 0
-#define J_SYNTAX (-1)
-#define J_NOMEM (-2)
-
-/* A byte range: in the scratch buffer for decoded strings, in the event's
-** data for raw JSON text. */
-typedef struct span {
-  size_t off, len;
-} span;
 
 /* One tool-call delta of the event being scanned. */
 typedef struct pending_call {
@@ -129,485 +115,46 @@ typedef struct stream_ud {
   size_t max;
   int closed;
 } stream_ud;
-
-/* ------------------------------------------------------------- scanning -- */
-
-typedef struct scanner {
-  const char *s;
-  size_t n, i;
-  int depth;
-  const char *err; /* what was wrong, for the MalformedResponse message */
-  size_t err_at;
-  openai_stream *st;
-} scanner;
-
-static int syntax(scanner *p, const char *what) {
-  if (p->err == NULL) {
-    p->err = what;
-    p->err_at = p->i;
-  }
-  return J_SYNTAX;
-}
-
-static void skip_ws(scanner *p) {
-  while (p->i < p->n) {
-    char c = p->s[p->i];
-    if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
-    p->i++;
-  }
-}
-
-static int peek(const scanner *p) {
-  return p->i < p->n ? (unsigned char)p->s[p->i] : -1;
-}
-
-static int kind_of(int c) {
-  switch (c) {
-    case '{': return V_OBJECT;
-    case '[': return V_ARRAY;
-    case '"': return V_STRING;
-    case 'n': return V_NULL;
-    case 't': case 'f': return V_BOOL;
-    default: return (c == '-' || (c >= '0' && c <= '9')) ? V_NUMBER : V_NONE;
-  }
-}
-
-static int hex4(const char *s, unsigned *out) {
-  unsigned v = 0;
-  for (int k = 0; k < 4; k++) {
-    char c = s[k];
-    v <<= 4;
-    if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
-    else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
-    else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
-    else return -1;
-  }
-  *out = v;
-  return 0;
-}
-
-static int add_utf8(tide_buf *b, unsigned cp) {
-  char u[4];
-  size_t n;
-  if (cp < 0x80) {
-    u[0] = (char)cp, n = 1;
-  } else if (cp < 0x800) {
-    u[0] = (char)(0xC0 | (cp >> 6)), u[1] = (char)(0x80 | (cp & 0x3F)), n = 2;
-  } else if (cp < 0x10000) {
-    u[0] = (char)(0xE0 | (cp >> 12)), u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    u[2] = (char)(0x80 | (cp & 0x3F)), n = 3;
-  } else {
-    u[0] = (char)(0xF0 | (cp >> 18)), u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)), u[3] = (char)(0x80 | (cp & 0x3F));
-    n = 4;
-  }
-  return tide__buf_add(b, u, n);
-}
-
-/* Bytes in memory order, lowest first, whatever the machine's order. */
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-#define load_le64(w) __builtin_bswap64(w)
-#else
-#define load_le64(w) (w)
-#endif
-
-/* The index of the first '"', '\\' or NUL at or after i (n if none), eight
-** bytes at a time. A byte b is one of them when one of b ^ '"', b ^ '\\', b
-** is zero; (x - ones) & ~x & highs marks x's zero bytes exactly up to the
-** first (only bytes above a zero can be marked falsely), so the lowest mark
-** of the three masks is the byte sought. With SSE2, sixteen bytes at a time
-** first; the eight-byte steps then only see a string's tail. */
-static size_t skip_plain(const char *s, size_t i, size_t n) {
-#ifdef __SSE2__
-  /* Sixteen bytes at a time where SSE2 is there (every x86-64): one compare
-  ** per byte sought, the three masks or'ed, the first set bit is the byte. */
-  const __m128i quote = _mm_set1_epi8('"'), slash = _mm_set1_epi8('\\'),
-                nul = _mm_setzero_si128();
-  while (i + 16 <= n) {
-    __m128i w = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
-    __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(w, quote), _mm_cmpeq_epi8(w, slash)),
-                               _mm_cmpeq_epi8(w, nul));
-    unsigned m = (unsigned)_mm_movemask_epi8(hit);
-    if (m) return i + (size_t)__builtin_ctz(m);
-    i += 16;
-  }
-#endif
-  const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
-  const uint64_t quotes = ones * (unsigned char)'"', slashes = ones * (unsigned char)'\\';
-  while (i + 8 <= n) {
-    uint64_t w, q, b, m;
-    memcpy(&w, s + i, 8);
-    w = load_le64(w);
-    q = w ^ quotes;
-    b = w ^ slashes;
-    m = (((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones) & ~w)) & highs;
-    if (m) return i + ((size_t)__builtin_ctzll(m) >> 3);
-    i += 8;
-  }
-  while (i < n && s[i] != '"' && s[i] != '\\' && s[i] != '\0') i++;
-  return i;
-}
-
-/* Scans the string at p->i (its opening quote). With out, appends the
-** decoded bytes to it and sets *dec to where they are; *raw always gets the
-** bytes between the quotes, *escaped whether any backslash occurred. */
-static int scan_string(scanner *p, tide_buf *out, span *dec, span *raw,
-                       int *escaped) {
-  const char *s = p->s;
-  size_t i = ++p->i, run = i;
-  size_t start = out ? out->len : 0;
-  int esc = 0;
-  for (;;) {
-    i = skip_plain(s, i, p->n);
-    if (out && i > run && tide__buf_add(out, s + run, i - run) != 0)
-      return J_NOMEM;
-    if (i >= p->n || s[i] == '\0') {
-      p->i = i;
-      return syntax(p, "unexpected end of string");
-    }
-    if (s[i] == '"') break;
-    esc = 1;
-    if (i + 1 >= p->n) {
-      p->i = i;
-      return syntax(p, "unexpected end of string");
-    }
-    char c = s[i + 1], one = 0;
-    switch (c) {
-      case '"': one = '"'; break;
-      case '\\': one = '\\'; break;
-      case '/': one = '/'; break;
-      case 'b': one = '\b'; break;
-      case 'f': one = '\f'; break;
-      case 'n': one = '\n'; break;
-      case 'r': one = '\r'; break;
-      case 't': one = '\t'; break;
-      case 'u': break;
-      default:
-        p->i = i;
-        return syntax(p, "invalid escape code");
-    }
-    if (c != 'u') {
-      if (out && tide__buf_add(out, &one, 1) != 0) return J_NOMEM;
-      i += 2;
-    } else {
-      unsigned cp, lo;
-      if (i + 6 > p->n || hex4(s + i + 2, &cp) != 0) {
-        p->i = i;
-        return syntax(p, "invalid unicode escape code");
-      }
-      i += 6;
-      if (cp >= 0xDC00 && cp <= 0xDFFF) {
-        p->i = i - 6;
-        return syntax(p, "invalid unicode escape code");
-      }
-      if (cp >= 0xD800 && cp <= 0xDBFF) { /* needs a low surrogate */
-        if (i + 6 > p->n || s[i] != '\\' || s[i + 1] != 'u' ||
-            hex4(s + i + 2, &lo) != 0 || lo < 0xDC00 || lo > 0xDFFF) {
-          p->i = i - 6;
-          return syntax(p, "invalid unicode escape code");
-        }
-        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-        i += 6;
-      }
-      if (out && add_utf8(out, cp) != 0) return J_NOMEM;
-    }
-    run = i;
-  }
-  raw->off = p->i;
-  raw->len = i - p->i;
-  if (dec) {
-    dec->off = start;
-    dec->len = out ? out->len - start : 0;
-  }
-  if (escaped) *escaped = esc;
-  p->i = i + 1;
-  return J_OK;
-}
-
-/* Skips the string at p->i (its opening quote) and sets *raw to the bytes
-** between the quotes: the common case, a string without escapes, in one
-** skip_plain; anything else goes to scan_string, which validates escapes.
-** *escaped (if given) says whether there was a backslash. */
-static int pass_string(scanner *p, span *raw, int *escaped) {
-  size_t i = skip_plain(p->s, p->i + 1, p->n);
-  if (i < p->n && p->s[i] == '"') {
-    raw->off = p->i + 1;
-    raw->len = i - raw->off;
-    if (escaped) *escaped = 0;
-    p->i = i + 1;
-    return J_OK;
-  }
-  return scan_string(p, NULL, NULL, raw, escaped);
-}
-
-static int scan_number(scanner *p) {
-  const char *s = p->s;
-  size_t i = p->i;
-#define DIGIT(k) ((k) < p->n && s[k] >= '0' && s[k] <= '9')
-  if (i < p->n && s[i] == '-') i++;
-  if (i < p->n && s[i] == '0') {
-    i++;
-  } else if (DIGIT(i)) {
-    while (DIGIT(i)) i++;
-  } else {
-    return syntax(p, "invalid number");
-  }
-  if (i < p->n && s[i] == '.') {
-    i++;
-    if (!DIGIT(i)) return p->i = i, syntax(p, "invalid number");
-    while (DIGIT(i)) i++;
-  }
-  if (i < p->n && (s[i] == 'e' || s[i] == 'E')) {
-    i++;
-    if (i < p->n && (s[i] == '+' || s[i] == '-')) i++;
-    if (!DIGIT(i)) return p->i = i, syntax(p, "invalid number");
-    while (DIGIT(i)) i++;
-  }
-#undef DIGIT
-  p->i = i;
-  return J_OK;
-}
-
-static int scan_literal(scanner *p, const char *word, size_t n) {
-  if (p->n - p->i < n || memcmp(p->s + p->i, word, n) != 0)
-    return syntax(p, "invalid token");
-  p->i += n;
-  return J_OK;
-}
-
-/* A scalar at p->i. */
-static int scan_scalar(scanner *p) {
-  span raw;
-  switch (peek(p)) {
-    case '"': return pass_string(p, &raw, NULL);
-    case 't': return scan_literal(p, "true", 4);
-    case 'f': return scan_literal(p, "false", 5);
-    case 'n': return scan_literal(p, "null", 4);
-    case -1: return syntax(p, "unexpected end of input");
-    default:
-      if (kind_of(peek(p)) == V_NUMBER) return scan_number(p);
-      return syntax(p, "invalid token");
-  }
-}
-
-/* Skips any value at p->i, without recursion: open containers are a stack
-** of bytes, as deep as the depth limit allows. */
-static int skip_value(scanner *p) {
-  char stack[JSON_MAX_DEPTH];
-  int top = 0, rc;
-  for (;;) {
-    skip_ws(p);
-    int c = peek(p);
-    if (c == '{' || c == '[') {
-      if (p->depth + top + 1 > JSON_MAX_DEPTH)
-        return syntax(p, "too many nested data structures");
-      p->i++;
-      skip_ws(p);
-      if (peek(p) == (c == '{' ? '}' : ']')) {
-        p->i++;
-      } else {
-        stack[top++] = (char)c;
-        if (c == '{') {
-          span raw;
-          if (peek(p) != '"') return syntax(p, "expected object key string");
-          if ((rc = pass_string(p, &raw, NULL)) != J_OK) return rc;
-          skip_ws(p);
-          if (peek(p) != ':') return syntax(p, "expected colon");
-          p->i++;
-        }
-        continue;
-      }
-    } else if ((rc = scan_scalar(p)) != J_OK) {
-      return rc;
-    }
-    /* A value ended: close containers until one has a next member. */
-    for (;;) {
-      if (top == 0) return J_OK;
-      skip_ws(p);
-      char open = stack[top - 1];
-      c = peek(p);
-      if (c == ',') {
-        p->i++;
-        if (open == '{') {
-          span raw;
-          skip_ws(p);
-          if (peek(p) != '"') return syntax(p, "expected object key string");
-          if ((rc = pass_string(p, &raw, NULL)) != J_OK) return rc;
-          skip_ws(p);
-          if (peek(p) != ':') return syntax(p, "expected colon");
-          p->i++;
-        }
-        break;
-      }
-      if (c != (open == '{' ? '}' : ']'))
-        return syntax(p, open == '{' ? "expected comma or object end"
-                                     : "expected comma or array end");
-      p->i++;
-      top--;
-    }
-  }
-}
-
-/* Skips the value at p->i and returns its raw text in *raw. */
-static int skip_raw(scanner *p, span *raw) {
-  skip_ws(p);
-  size_t start = p->i;
-  int rc = skip_value(p);
-  raw->off = start;
-  raw->len = p->i - start;
-  return rc;
-}
-
-/* Decodes the string at p->i into the scratch buffer. */
-static int scratch_string(scanner *p, span *dec) {
-  span raw;
-  return scan_string(p, &p->st->scratch, dec, &raw, NULL);
-}
-
-typedef int (*member_fn)(scanner *p, const char *key, size_t klen);
-typedef int (*element_fn)(scanner *p, size_t index);
-
-static int key_is(const char *k, size_t kl, const char *name) {
-  size_t n = strlen(name);
-  return kl == n && memcmp(k, name, n) == 0;
-}
-
-/* Calls fn for each member of the object at p->i, with p->i at the value
-** (after whitespace); fn consumes the value. */
-static int each_member(scanner *p, member_fn fn) {
-  int rc;
-  if (++p->depth > JSON_MAX_DEPTH)
-    return syntax(p, "too many nested data structures");
-  p->i++; /* '{' */
-  skip_ws(p);
-  if (peek(p) == '}') {
-    p->i++;
-    p->depth--;
-    return J_OK;
-  }
-  for (;;) {
-    span raw;
-    int escaped;
-    skip_ws(p);
-    if (peek(p) != '"') return syntax(p, "expected object key string");
-    size_t at = p->i;
-    if ((rc = pass_string(p, &raw, &escaped)) != J_OK) return rc;
-    const char *k = p->s + raw.off;
-    size_t kl = raw.len;
-    if (escaped) { /* rare: decode it (scanning again cannot fail) */
-      size_t after = p->i;
-      span dec;
-      p->st->key.len = 0;
-      p->i = at;
-      if ((rc = scan_string(p, &p->st->key, &dec, &raw, NULL)) != J_OK)
-        return rc;
-      p->i = after;
-      k = p->st->key.p ? p->st->key.p : "";
-      kl = p->st->key.len;
-    }
-    skip_ws(p);
-    if (peek(p) != ':') return syntax(p, "expected colon");
-    p->i++;
-    skip_ws(p);
-    if ((rc = fn(p, k, kl)) != J_OK) return rc;
-    skip_ws(p);
-    int c = peek(p);
-    p->i++;
-    if (c == '}') break;
-    if (c != ',') return p->i--, syntax(p, "expected comma or object end");
-  }
-  p->depth--;
-  return J_OK;
-}
-
-/* Calls fn for each element of the array at p->i, as each_member does. */
-static int each_element(scanner *p, element_fn fn) {
-  int rc;
-  if (++p->depth > JSON_MAX_DEPTH)
-    return syntax(p, "too many nested data structures");
-  p->i++; /* '[' */
-  skip_ws(p);
-  if (peek(p) == ']') {
-    p->i++;
-    p->depth--;
-    return J_OK;
-  }
-  for (size_t idx = 0;; idx++) {
-    skip_ws(p);
-    if ((rc = fn(p, idx)) != J_OK) return rc;
-    skip_ws(p);
-    int c = peek(p);
-    p->i++;
-    if (c == ']') break;
-    if (c != ',') return p->i--, syntax(p, "expected comma or array end");
-  }
-  p->depth--;
-  return J_OK;
-}
-
-/* The number at p->i when it is plain digits (at most 15, so exact in a
-** double) not followed by a fraction or exponent: the usual count or index,
-** read without strtod. Returns 0 when it is not, and the caller asks strtod. */
-static int plain_digits(const scanner *p, lua_Integer *v) {
-  size_t i = p->i, end = p->i + 15;
-  lua_Integer x = 0;
-  while (i < p->n && i < end && p->s[i] >= '0' && p->s[i] <= '9')
-    x = x * 10 + (p->s[i++] - '0');
-  if (i == p->i || i >= p->n) return 0;
-  char c = p->s[i];
-  if ((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E') return 0;
-  *v = x;
-  return 1;
-}
-
-/* A usage count: what provider._count gives for the decoded value. */
-static lua_Integer count_at(scanner *p) {
-  lua_Integer plain;
-  if (plain_digits(p, &plain)) return plain;
-  if (kind_of(peek(p)) != V_NUMBER) return 0;
-  /* The data is followed by '\n' and a NUL, so strtod stops in bounds. */
-  double v = strtod(p->s + p->i, NULL);
-  if (v != v || v < 0 || v >= 9007199254740992.0) return 0;
-  return (lua_Integer)floor(v);
-}
-
 /* ---------------------------------------------------------- the fields -- */
 
-static pending_call *current_call(scanner *p) {
-  return &p->st->pending[p->st->ev.ncalls - 1];
+/* The stream a scan belongs to (the scanner's ud). */
+static openai_stream *stream_of(const tide_json *p) { return (openai_stream *)p->ud; }
+
+static pending_call *current_call(tide_json *p) {
+  return &stream_of(p)->pending[stream_of(p)->ev.ncalls - 1];
 }
 
-static int function_member(scanner *p, const char *k, size_t kl) {
+static int function_member(tide_json *p, const char *k, size_t kl) {
   pending_call *c = current_call(p);
-  if (key_is(k, kl, "name")) {
-    c->has_name = peek(p) == '"';
-    if (c->has_name) return scratch_string(p, &c->name);
-  } else if (key_is(k, kl, "arguments")) {
-    int kind = kind_of(peek(p));
+  if (tide__json_key_is(k, kl, "name")) {
+    c->has_name = tide__json_peek(p) == '"';
+    if (c->has_name) return tide__json_scratch(p, &c->name);
+  } else if (tide__json_key_is(k, kl, "arguments")) {
+    int kind = tide__json_kind(tide__json_peek(p));
     c->args_kind = V_NONE;
     if (kind == V_STRING) {
       c->args_kind = V_STRING;
-      return scratch_string(p, &c->args);
+      return tide__json_scratch(p, &c->args);
     }
     if (kind == V_OBJECT || kind == V_ARRAY) {
       /* Some servers send the arguments as JSON rather than as a string of
       ** JSON: keep the text as it came. */
       c->args_kind = kind;
-      return skip_raw(p, &c->args);
+      return tide__json_skip_raw(p, &c->args);
     }
   }
-  return skip_value(p);
+  return tide__json_skip(p);
 }
 
-static int call_member(scanner *p, const char *k, size_t kl) {
+static int call_member(tide_json *p, const char *k, size_t kl) {
   pending_call *c = current_call(p);
-  if (key_is(k, kl, "index")) {
+  if (tide__json_key_is(k, kl, "index")) {
     c->has_index = 0;
     lua_Integer plain;
-    if (plain_digits(p, &plain)) {
+    if (tide__json_digits(p, &plain)) {
       c->has_index = 1;
       c->index = plain;
-    } else if (kind_of(peek(p)) == V_NUMBER) {
+    } else if (tide__json_kind(tide__json_peek(p)) == V_NUMBER) {
       double v = strtod(p->s + p->i, NULL);
       /* math.tointeger: integral and in range */
       if (v == floor(v) && v >= -9223372036854775808.0 &&
@@ -616,21 +163,21 @@ static int call_member(scanner *p, const char *k, size_t kl) {
         c->index = (lua_Integer)v;
       }
     }
-  } else if (key_is(k, kl, "id")) {
-    c->has_id = peek(p) == '"';
-    if (c->has_id) return scratch_string(p, &c->id);
-  } else if (key_is(k, kl, "function")) {
-    int kind = kind_of(peek(p));
+  } else if (tide__json_key_is(k, kl, "id")) {
+    c->has_id = tide__json_peek(p) == '"';
+    if (c->has_id) return tide__json_scratch(p, &c->id);
+  } else if (tide__json_key_is(k, kl, "function")) {
+    int kind = tide__json_kind(tide__json_peek(p));
     c->has_function = kind == V_OBJECT || kind == V_ARRAY;
     c->has_name = 0;
     c->args_kind = V_NONE;
-    if (kind == V_OBJECT) return each_member(p, function_member);
+    if (kind == V_OBJECT) return tide__json_each_member(p, function_member);
   }
-  return skip_value(p);
+  return tide__json_skip(p);
 }
 
-static int call_element(scanner *p, size_t idx) {
-  openai_stream *st = p->st;
+static int call_element(tide_json *p, size_t idx) {
+  openai_stream *st = stream_of(p);
   (void)idx;
   if (st->ev.ncalls == st->npending_cap) {
     size_t cap = st->npending_cap ? st->npending_cap * 2 : 8;
@@ -642,129 +189,129 @@ static int call_element(scanner *p, size_t idx) {
   }
   pending_call *c = &st->pending[st->ev.ncalls++];
   memset(c, 0, sizeof *c);
-  int kind = kind_of(peek(p));
+  int kind = tide__json_kind(tide__json_peek(p));
   c->is_table = kind == V_OBJECT || kind == V_ARRAY;
-  if (kind == V_OBJECT) return each_member(p, call_member);
-  return skip_value(p);
+  if (kind == V_OBJECT) return tide__json_each_member(p, call_member);
+  return tide__json_skip(p);
 }
 
-static int delta_member(scanner *p, const char *k, size_t kl) {
-  event_state *ev = &p->st->ev;
-  if (key_is(k, kl, "content")) {
-    ev->has_content = peek(p) == '"';
-    if (ev->has_content) return scratch_string(p, &ev->content);
-  } else if (key_is(k, kl, "tool_calls")) {
+static int delta_member(tide_json *p, const char *k, size_t kl) {
+  event_state *ev = &stream_of(p)->ev;
+  if (tide__json_key_is(k, kl, "content")) {
+    ev->has_content = tide__json_peek(p) == '"';
+    if (ev->has_content) return tide__json_scratch(p, &ev->content);
+  } else if (tide__json_key_is(k, kl, "tool_calls")) {
     ev->ncalls = 0;
-    ev->has_calls = peek(p) == '[';
-    if (ev->has_calls) return each_element(p, call_element);
+    ev->has_calls = tide__json_peek(p) == '[';
+    if (ev->has_calls) return tide__json_each_element(p, call_element);
   }
-  return skip_value(p);
+  return tide__json_skip(p);
 }
 
-static int choice_member(scanner *p, const char *k, size_t kl) {
-  event_state *ev = &p->st->ev;
-  if (key_is(k, kl, p->st->whole ? "message" : "delta")) {
-    ev->delta_table = peek(p) == '{';
+static int choice_member(tide_json *p, const char *k, size_t kl) {
+  event_state *ev = &stream_of(p)->ev;
+  if (tide__json_key_is(k, kl, stream_of(p)->whole ? "message" : "delta")) {
+    ev->delta_table = tide__json_peek(p) == '{';
     ev->has_content = ev->has_calls = 0;
     ev->ncalls = 0;
-    if (ev->delta_table) return each_member(p, delta_member);
-  } else if (key_is(k, kl, "finish_reason")) {
-    ev->has_finish = peek(p) == '"';
-    if (ev->has_finish) return scratch_string(p, &ev->finish);
+    if (ev->delta_table) return tide__json_each_member(p, delta_member);
+  } else if (tide__json_key_is(k, kl, "finish_reason")) {
+    ev->has_finish = tide__json_peek(p) == '"';
+    if (ev->has_finish) return tide__json_scratch(p, &ev->finish);
   }
-  return skip_value(p);
+  return tide__json_skip(p);
 }
 
-static int choice_element(scanner *p, size_t idx) {
-  if (idx == 0 && peek(p) == '{') {
-    p->st->ev.choice_table = 1;
-    return each_member(p, choice_member);
+static int choice_element(tide_json *p, size_t idx) {
+  if (idx == 0 && tide__json_peek(p) == '{') {
+    stream_of(p)->ev.choice_table = 1;
+    return tide__json_each_member(p, choice_member);
   }
-  return skip_value(p);
+  return tide__json_skip(p);
 }
 
-static int details_member(scanner *p, const char *k, size_t kl) {
-  if (key_is(k, kl, "cached_tokens")) p->st->ev.cached = count_at(p);
-  return skip_value(p);
+static int details_member(tide_json *p, const char *k, size_t kl) {
+  if (tide__json_key_is(k, kl, "cached_tokens")) stream_of(p)->ev.cached = tide__json_count(p);
+  return tide__json_skip(p);
 }
 
-static int usage_member(scanner *p, const char *k, size_t kl) {
-  event_state *ev = &p->st->ev;
-  if (key_is(k, kl, "prompt_tokens")) {
-    ev->input = count_at(p);
-  } else if (key_is(k, kl, "completion_tokens")) {
-    ev->output = count_at(p);
-  } else if (key_is(k, kl, "prompt_tokens_details")) {
+static int usage_member(tide_json *p, const char *k, size_t kl) {
+  event_state *ev = &stream_of(p)->ev;
+  if (tide__json_key_is(k, kl, "prompt_tokens")) {
+    ev->input = tide__json_count(p);
+  } else if (tide__json_key_is(k, kl, "completion_tokens")) {
+    ev->output = tide__json_count(p);
+  } else if (tide__json_key_is(k, kl, "prompt_tokens_details")) {
     ev->cached = 0;
-    if (peek(p) == '{') return each_member(p, details_member);
+    if (tide__json_peek(p) == '{') return tide__json_each_member(p, details_member);
   }
-  return skip_value(p);
+  return tide__json_skip(p);
 }
 
-static int error_member(scanner *p, const char *k, size_t kl) {
-  event_state *ev = &p->st->ev;
-  if (key_is(k, kl, "message")) {
-    ev->msg_kind = kind_of(peek(p));
-    if (ev->msg_kind == V_STRING) return scratch_string(p, &ev->msg);
-    return skip_raw(p, &ev->msg);
+static int error_member(tide_json *p, const char *k, size_t kl) {
+  event_state *ev = &stream_of(p)->ev;
+  if (tide__json_key_is(k, kl, "message")) {
+    ev->msg_kind = tide__json_kind(tide__json_peek(p));
+    if (ev->msg_kind == V_STRING) return tide__json_scratch(p, &ev->msg);
+    return tide__json_skip_raw(p, &ev->msg);
   }
-  if (key_is(k, kl, "code")) {
-    ev->code_kind = kind_of(peek(p));
-    if (ev->code_kind == V_STRING) return scratch_string(p, &ev->code);
+  if (tide__json_key_is(k, kl, "code")) {
+    ev->code_kind = tide__json_kind(tide__json_peek(p));
+    if (ev->code_kind == V_STRING) return tide__json_scratch(p, &ev->code);
     if (ev->code_kind != V_NUMBER) ev->code_kind = V_NONE;
-    return skip_raw(p, &ev->code);
+    return tide__json_skip_raw(p, &ev->code);
   }
-  return skip_value(p);
+  return tide__json_skip(p);
 }
 
-static int root_member(scanner *p, const char *k, size_t kl) {
-  event_state *ev = &p->st->ev;
-  if (key_is(k, kl, "error")) {
+static int root_member(tide_json *p, const char *k, size_t kl) {
+  event_state *ev = &stream_of(p)->ev;
+  if (tide__json_key_is(k, kl, "error")) {
     size_t start = p->i;
     int rc;
-    ev->err_kind = kind_of(peek(p));
+    ev->err_kind = tide__json_kind(tide__json_peek(p));
     ev->msg_kind = ev->code_kind = V_NONE;
     if (ev->err_kind == V_OBJECT) {
-      rc = each_member(p, error_member);
+      rc = tide__json_each_member(p, error_member);
     } else if (ev->err_kind == V_STRING) {
       ev->msg_kind = V_STRING;
-      rc = scratch_string(p, &ev->msg);
+      rc = tide__json_scratch(p, &ev->msg);
     } else {
-      rc = skip_value(p);
+      rc = tide__json_skip(p);
     }
     ev->err_raw.off = start;
     ev->err_raw.len = p->i - start;
     return rc;
   }
-  if (key_is(k, kl, "usage")) {
-    int kind = kind_of(peek(p));
+  if (tide__json_key_is(k, kl, "usage")) {
+    int kind = tide__json_kind(tide__json_peek(p));
     ev->has_usage = kind == V_OBJECT || kind == V_ARRAY;
     ev->input = ev->output = ev->cached = 0;
-    if (kind == V_OBJECT) return each_member(p, usage_member);
-  } else if (key_is(k, kl, "choices")) {
+    if (kind == V_OBJECT) return tide__json_each_member(p, usage_member);
+  } else if (tide__json_key_is(k, kl, "choices")) {
     ev->choice_table = ev->delta_table = 0;
     ev->has_content = ev->has_calls = ev->has_finish = 0;
     ev->ncalls = 0;
-    if (peek(p) == '[') return each_element(p, choice_element);
+    if (tide__json_peek(p) == '[') return tide__json_each_element(p, choice_element);
   }
-  return skip_value(p);
+  return tide__json_skip(p);
 }
 
 /* Scans one event's data into st->ev. Returns J_OK, J_NOMEM, or J_SYNTAX
 ** with p->err set; *object is 0 when the data is valid JSON but not an
 ** object (an array counts as one: the decoded table had no fields). */
-static int scan_event(scanner *p, int *object) {
+static int scan_event(tide_json *p, int *object) {
   int rc;
   *object = 1;
-  skip_ws(p);
-  int kind = kind_of(peek(p));
+  tide__json_skip_ws(p);
+  int kind = tide__json_kind(tide__json_peek(p));
   if (kind == V_OBJECT)
-    rc = each_member(p, root_member);
+    rc = tide__json_each_member(p, root_member);
   else
-    rc = skip_value(p);
+    rc = tide__json_skip(p);
   if (rc != J_OK) return rc;
-  skip_ws(p);
-  if (p->i != p->n) return syntax(p, "expected the end");
+  tide__json_skip_ws(p);
+  if (p->i != p->n) return tide__json_syntax(p, "expected the end");
   if (kind != V_OBJECT && kind != V_ARRAY) *object = 0;
   return J_OK;
 }
@@ -939,7 +486,7 @@ static int on_event(void *ud, const tide_sse_event *e) {
     st->done = 1;
     return 0;
   }
-  scanner p = {e->data, e->data_len, 0, 0, NULL, 0, st};
+  tide_json p = {e->data, e->data_len, 0, 0, NULL, 0, &st->scratch, &st->key, st};
   int object;
   memset(&st->ev, 0, sizeof st->ev);
   st->scratch.len = 0;
@@ -1053,7 +600,8 @@ static int feed_bytes(lua_State *L, int idx, openai_stream *st, feed_ctx *fc,
   return 1;
 }
 
-int tide__openai_feed(lua_State *L, int idx, const char *s, size_t n) {
+/* The stream's sink (see tide_sink): what req:pump feeds in place. */
+static int sink_feed(lua_State *L, int idx, const char *s, size_t n) {
   stream_ud *u = tide__checkudata(L, idx, STREAM_MT);
   if (u->closed) luaL_error(L, "attempt to use a closed openai stream");
   openai_stream *st = parser_of(L, u);
@@ -1136,62 +684,33 @@ static void push_stop(lua_State *L, const tide_buf *raw) {
 
 /* Pushes the reply as the session gets it: text, finished tool calls, usage
 ** (zeros when the server sent none), and the stop reason mapped and as
-** sent. In a new table, or in `into` (the index of a table a session reuses
-** for every reply of a turn, with its usage table: it holds one reply at a
-** time, and each of its fields is written again, so nothing of the last
-** reply stays). Reuse spares the turn two tables a round trip. */
-static void push_reply(lua_State *L, openai_stream *st, int into) {
-  if (into) {
-    lua_pushvalue(L, into);
-  } else {
-    /* Room for what the provider adds (ttfb_ms, attempts): no rehash. */
-    lua_createtable(L, 0, 8);
-  }
+** sent. */
+static void push_reply(lua_State *L, openai_stream *st) {
+  /* Room for what the provider adds (ttfb_ms, attempts): no rehash. */
+  lua_createtable(L, 0, 8);
   lua_pushlstring(L, st->text.p ? st->text.p : "", st->text.len);
   lua_setfield(L, -2, "text");
   tide__asm_push_finished(L, &st->calls);
   lua_setfield(L, -2, "tool_calls");
-  int reused = into && lua_getfield(L, -1, "usage") == LUA_TTABLE;
-  if (!reused) {
-    if (into) lua_pop(L, 1);
-    lua_createtable(L, 0, 3);
-  }
+  lua_createtable(L, 0, 3);
   lua_pushinteger(L, st->has_usage ? st->input : 0);
   lua_setfield(L, -2, "input");
   lua_pushinteger(L, st->has_usage ? st->output : 0);
   lua_setfield(L, -2, "output");
   lua_pushinteger(L, st->has_usage ? st->cached : 0);
   lua_setfield(L, -2, "cached");
-  if (reused)
-    lua_pop(L, 1); /* it is into's usage already */
-  else
-    lua_setfield(L, -2, "usage");
+  lua_setfield(L, -2, "usage");
   if (st->has_finish) {
     lua_pushlstring(L, st->finish.p ? st->finish.p : "", st->finish.len);
     lua_setfield(L, -2, "stop_raw");
     push_stop(L, &st->finish);
     lua_setfield(L, -2, "stop");
-  } else if (into) {
-    lua_pushnil(L);
-    lua_setfield(L, -2, "stop_raw");
-    lua_pushnil(L);
-    lua_setfield(L, -2, "stop");
   }
 }
 
-/* The optional table a reply is written into (see push_reply): its index,
-** or 0 when the argument is none or nil. */
-static int reply_into(lua_State *L, int arg) {
-  if (lua_isnoneornil(L, arg)) return 0;
-  luaL_checktype(L, arg, LUA_TTABLE);
-  return arg;
-}
-
-/* s:finish([into]) -> { text, tool_calls, usage, stop, stop_raw } | nil, err
-** (the reply written into `into` when given: see push_reply) */
+/* s:finish() -> { text, tool_calls, usage, stop, stop_raw } | nil, err */
 static int l_finish(lua_State *L) {
   openai_stream *st = parser_of(L, check_stream(L));
-  int into = reply_into(L, 2);
   if (st->failed) {
     lua_pushnil(L);
     lua_getiuservalue(L, 1, 1);
@@ -1209,7 +728,7 @@ static int l_finish(lua_State *L) {
     lua_insert(L, -2);
     return 2;
   }
-  push_reply(L, st, into);
+  push_reply(L, st);
   return 1;
 }
 
@@ -1272,7 +791,7 @@ static void park_stream(tide_ctx *ctx, openai_stream *st) {
   ctx->nspare_streams++;
 }
 
-void tide__stream_shutdown(tide_ctx *ctx) {
+void tide__openai_shutdown(tide_ctx *ctx) {
   for (openai_stream *st = ctx->spare_streams, *next; st; st = next) {
     next = st->next_spare;
     stream_free(st);
@@ -1292,14 +811,15 @@ static int l_close(lua_State *L) {
   return 0;
 }
 
-/* core.openai_parse(body | req[, max_bytes[, into]]) -> reply | nil
+/* core.openai_parse(body | req[, max_bytes]) -> reply | nil
 ** A whole (non-streamed) chat-completions response, scanned in place as a
 ** stream event is (choices[0].message in place of .delta): the reply table
 ** of s:finish(), without decoding the body into tables first. Gives nil for
 ** anything but a plain reply (invalid JSON, an error object, no message, a
 ** call without a function or with arguments that are not a string, a cap
-** exceeded): the caller's full decoder then says what is wrong. With
-** `into`, the reply is written into that table (see push_reply). */
+** exceeded): the caller's full decoder then says what is wrong. */
+static int openai_parse(lua_State *L, const char *s, size_t n, size_t max);
+
 static int l_openai_parse(lua_State *L) {
   size_t n;
   /* the body: a string, or read in place from a finished http_post */
@@ -1307,12 +827,11 @@ static int l_openai_parse(lua_State *L) {
                                                 : tide__http_body(L, 1, &n);
   if (s == NULL) luaL_typeerror(L, 1, "string or http request");
   size_t max = check_max(L, 2);
-  int into = reply_into(L, 3);
-  tide__openai_parse(L, s, n, max, into);
+  openai_parse(L, s, n, max);
   return 1;
 }
 
-int tide__openai_parse(lua_State *L, const char *s, size_t n, size_t max, int into) {
+static int openai_parse(lua_State *L, const char *s, size_t n, size_t max) {
   /* One parser per Lua state serves every call (a scan never yields, and
   ** no Lua runs during one): no userdata and no finalizer per reply. Its
   ** buffers are freed after each call, and by __gc should something
@@ -1333,7 +852,7 @@ int tide__openai_parse(lua_State *L, const char *s, size_t n, size_t max, int in
   }
   st->busy = 1;
   st->whole = 1;
-  scanner p = {s, n, 0, 0, NULL, 0, st};
+  tide_json p = {s, n, 0, 0, NULL, 0, &st->scratch, &st->key, st};
   int object, ok = 0;
   int rc = scan_event(&p, &object);
   if (rc == J_NOMEM) {
@@ -1367,7 +886,7 @@ int tide__openai_parse(lua_State *L, const char *s, size_t n, size_t max, int in
   lua_settop(L, top); /* the parser's userdata, and an error apply_event left */
   if (ok) {
     st->done = 1;
-    push_reply(L, st, into);
+    push_reply(L, st);
   } else {
     lua_pushnil(L);
   }
@@ -1384,9 +903,165 @@ static int l_tostring(lua_State *L) {
   return 1;
 }
 
-/// Registers core.openai_stream into the module table at the top of the
-/// stack and (re)creates the "tide.openai_stream" metatable.
-void tide__open_stream(lua_State *L) {
+/* ------------------------------------------------------------ messages -- */
+
+/* The assistant message with tool calls and the tool results, written as
+** provider.openai's encode_message gives them (keys sorted, as the canonical
+** encoder would order them): a session encodes every such message of its
+** tool loop, so these skip building the table tree lua-cjson would want. */
+
+static const char CALL_OPEN[] = "{\"function\":{\"arguments\":";
+static const char CALL_NAME[] = ",\"name\":";
+static const char CALL_ID[] = "},\"id\":";
+static const char CALL_CLOSE[] = ",\"type\":\"function\"}";
+static const char ASSISTANT_OPEN[] = "{\"content\":";
+static const char ASSISTANT_CALLS[] = ",\"role\":\"assistant\",\"tool_calls\":[";
+static const char RESULT_OPEN[] = "{\"content\":";
+static const char RESULT_ID[] = ",\"role\":\"tool\",\"tool_call_id\":";
+
+#define LIT(s) (sizeof(s) - 1)
+
+/* The string field k of the table at idx, or NULL when it is not a string.
+** The value is popped: the table keeps the string alive. */
+static const char *field_str(lua_State *L, int idx, const char *k, size_t *len) {
+  const char *s = NULL;
+  if (lua_getfield(L, idx, k) == LUA_TSTRING) s = lua_tolstring(L, -1, len);
+  lua_pop(L, 1);
+  return s;
+}
+
+static void put(char *out, size_t *k, const char *s, size_t n) {
+  memcpy(out + *k, s, n);
+  *k += n;
+}
+
+static void put_quoted(char *out, size_t *k, const char *s, size_t n) {
+  *k += tide__json_write_quoted(out + *k, (const unsigned char *)s, n);
+}
+
+static size_t quoted_size(const char *s, size_t n) {
+  return tide__json_quoted_size((const unsigned char *)s, n);
+}
+
+/* One call's strings. The call tables keep them alive. */
+typedef struct call_strings {
+  const char *a, *nm, *id;
+  size_t al, nl, il;
+} call_strings;
+
+/* Call i of the list at idx; 0 when it is not a table of three strings. */
+static int call_strings_of(lua_State *L, int idx, lua_Integer i, call_strings *c) {
+  if (lua_rawgeti(L, idx, i) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  int t = lua_gettop(L);
+  c->a = field_str(L, t, "arguments", &c->al);
+  c->nm = field_str(L, t, "name", &c->nl);
+  c->id = field_str(L, t, "id", &c->il);
+  lua_pop(L, 1);
+  return c->a && c->nm && c->id;
+}
+
+/* core.openai_assistant_wire(content, calls) -> string | nil
+** The assistant message with tool calls ("" content counts as none and is
+** sent as null); nil when a call is not a table of string id, name and
+** arguments, or there is none (the provider makes plain calls and asks
+** again). Two passes: the first sizes the string, the second writes it. */
+static int l_assistant_wire(lua_State *L) {
+  size_t tl = 0;
+  const char *text = lua_isnil(L, 1) ? "" : luaL_checklstring(L, 1, &tl);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
+  if (n < 1) return 0;
+  size_t total = LIT(ASSISTANT_OPEN) + LIT(ASSISTANT_CALLS) + 2;
+  total += tl > 0 ? quoted_size(text, tl) : 4;
+  for (lua_Integer i = 1; i <= n; i++) {
+    call_strings c;
+    if (!call_strings_of(L, 2, i, &c)) return 0;
+    total += (i > 1) + LIT(CALL_OPEN) + LIT(CALL_NAME) + LIT(CALL_ID) + LIT(CALL_CLOSE) +
+             quoted_size(c.a, c.al) + quoted_size(c.nm, c.nl) + quoted_size(c.id, c.il);
+  }
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, total);
+  size_t k = 0;
+  put(out, &k, ASSISTANT_OPEN, LIT(ASSISTANT_OPEN));
+  if (tl > 0)
+    put_quoted(out, &k, text, tl);
+  else
+    put(out, &k, "null", 4);
+  put(out, &k, ASSISTANT_CALLS, LIT(ASSISTANT_CALLS));
+  for (lua_Integer i = 1; i <= n; i++) {
+    call_strings c;
+    call_strings_of(L, 2, i, &c); /* checked above */
+    if (i > 1) out[k++] = ',';
+    put(out, &k, CALL_OPEN, LIT(CALL_OPEN));
+    put_quoted(out, &k, c.a, c.al);
+    put(out, &k, CALL_NAME, LIT(CALL_NAME));
+    put_quoted(out, &k, c.nm, c.nl);
+    put(out, &k, CALL_ID, LIT(CALL_ID));
+    put_quoted(out, &k, c.id, c.il);
+    put(out, &k, CALL_CLOSE, LIT(CALL_CLOSE));
+  }
+  out[k++] = ']';
+  out[k++] = '}';
+  luaL_pushresultsize(&b, k);
+  return 1;
+}
+
+/* Result i of the list at idx; 0 when it is not a table of string id and
+** content. */
+static int result_strings_of(lua_State *L, int idx, lua_Integer i, const char **c, size_t *cl,
+                             const char **id, size_t *il) {
+  if (lua_rawgeti(L, idx, i) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  int t = lua_gettop(L);
+  *c = field_str(L, t, "content", cl);
+  *id = field_str(L, t, "id", il);
+  lua_pop(L, 1);
+  return *c && *id;
+}
+
+/* core.openai_results_wire(results) -> string | nil
+** A tool message's results: one role "tool" element per result,
+** comma-joined; nil when a result is not a table of string id and content,
+** or there is none. */
+static int l_results_wire(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 1);
+  if (n < 1) return 0;
+  size_t total = 0;
+  for (lua_Integer i = 1; i <= n; i++) {
+    const char *c, *id;
+    size_t cl, il;
+    if (!result_strings_of(L, 1, i, &c, &cl, &id, &il)) return 0;
+    total += (i > 1) + LIT(RESULT_OPEN) + LIT(RESULT_ID) + 1 + quoted_size(c, cl) + quoted_size(id, il);
+  }
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, total);
+  size_t k = 0;
+  for (lua_Integer i = 1; i <= n; i++) {
+    const char *c, *id;
+    size_t cl, il;
+    result_strings_of(L, 1, i, &c, &cl, &id, &il); /* checked above */
+    if (i > 1) out[k++] = ',';
+    put(out, &k, RESULT_OPEN, LIT(RESULT_OPEN));
+    put_quoted(out, &k, c, cl);
+    put(out, &k, RESULT_ID, LIT(RESULT_ID));
+    put_quoted(out, &k, id, il);
+    out[k++] = '}';
+  }
+  luaL_pushresultsize(&b, k);
+  return 1;
+}
+
+/// Registers core.openai_stream, core.openai_parse and the message encoders
+/// core.openai_assistant_wire and core.openai_results_wire into the module
+/// table at the top of the stack, and (re)creates the "tide.openai_stream"
+/// metatable with its sink.
+void tide__open_openai(lua_State *L) {
   static const luaL_Reg meta[] = {{"__gc", l_close},
                                   {"__close", l_close},
                                   {"__tostring", l_tostring},
@@ -1395,7 +1070,11 @@ void tide__open_stream(lua_State *L) {
       {"feed", l_feed}, {"finish", l_finish}, {"close", l_close}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"openai_stream", l_openai_stream},
                                  {"openai_parse", l_openai_parse},
+                                 {"openai_assistant_wire", l_assistant_wire},
+                                 {"openai_results_wire", l_results_wire},
                                  {NULL, NULL}};
+  static const tide_sink sink = {sink_feed};
   tide__register_type(L, STREAM_MT, meta, methods);
+  tide__register_sink(L, STREAM_MT, &sink);
   luaL_setfuncs(L, fns, 0);
 }

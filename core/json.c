@@ -1,0 +1,548 @@
+/*
+** json.c -- JSON primitives shared by the C parsers and encoders: an in-place
+** scanner (validate and skip any value without recursion, decode strings,
+** walk an object's members or an array's elements through callbacks),
+** string quoting exactly as lua-cjson writes it, and the walk that gives
+** decoded numbers back their integers (core.json_integers).
+**
+** The scanner never raises and never builds a Lua value: a caller scans a
+** whole document first, then makes what it found into Lua values, so that
+** nothing is left inconsistent when a Lua allocation fails. Decoded strings
+** go to the caller's scratch buffer and are addressed by spans (offsets),
+** which stay valid when the buffer grows.
+*/
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
+
+#include "tide.h"
+#include "json.h"
+
+/* lua-cjson's default decode depth: a deeper document was an error before. */
+#define JSON_MAX_DEPTH 1000
+
+/* ------------------------------------------------------------- scanning -- */
+
+int tide__json_syntax(tide_json *p, const char *what) {
+  if (p->err == NULL) {
+    p->err = what;
+    p->err_at = p->i;
+  }
+  return J_SYNTAX;
+}
+
+void tide__json_skip_ws(tide_json *p) {
+  while (p->i < p->n) {
+    char c = p->s[p->i];
+    if (c != ' ' && c != '\t' && c != '\n' && c != '\r') break;
+    p->i++;
+  }
+}
+
+int tide__json_peek(const tide_json *p) {
+  return p->i < p->n ? (unsigned char)p->s[p->i] : -1;
+}
+
+int tide__json_kind(int c) {
+  switch (c) {
+    case '{': return V_OBJECT;
+    case '[': return V_ARRAY;
+    case '"': return V_STRING;
+    case 'n': return V_NULL;
+    case 't': case 'f': return V_BOOL;
+    default: return (c == '-' || (c >= '0' && c <= '9')) ? V_NUMBER : V_NONE;
+  }
+}
+
+static int hex4(const char *s, unsigned *out) {
+  unsigned v = 0;
+  for (int k = 0; k < 4; k++) {
+    char c = s[k];
+    v <<= 4;
+    if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
+    else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
+    else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
+    else return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+static int add_utf8(tide_buf *b, unsigned cp) {
+  char u[4];
+  size_t n;
+  if (cp < 0x80) {
+    u[0] = (char)cp, n = 1;
+  } else if (cp < 0x800) {
+    u[0] = (char)(0xC0 | (cp >> 6)), u[1] = (char)(0x80 | (cp & 0x3F)), n = 2;
+  } else if (cp < 0x10000) {
+    u[0] = (char)(0xE0 | (cp >> 12)), u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    u[2] = (char)(0x80 | (cp & 0x3F)), n = 3;
+  } else {
+    u[0] = (char)(0xF0 | (cp >> 18)), u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)), u[3] = (char)(0x80 | (cp & 0x3F));
+    n = 4;
+  }
+  return tide__buf_add(b, u, n);
+}
+
+/* Bytes in memory order, lowest first, whatever the machine's order. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define load_le64(w) __builtin_bswap64(w)
+#else
+#define load_le64(w) (w)
+#endif
+
+/* The index of the first '"', '\\' or NUL at or after i (n if none), eight
+** bytes at a time. A byte b is one of them when one of b ^ '"', b ^ '\\', b
+** is zero; (x - ones) & ~x & highs marks x's zero bytes exactly up to the
+** first (only bytes above a zero can be marked falsely), so the lowest mark
+** of the three masks is the byte sought. With SSE2, sixteen bytes at a time
+** first; the eight-byte steps then only see a string's tail. */
+static size_t skip_plain(const char *s, size_t i, size_t n) {
+#ifdef __SSE2__
+  /* Sixteen bytes at a time where SSE2 is there (every x86-64): one compare
+  ** per byte sought, the three masks or'ed, the first set bit is the byte. */
+  const __m128i quote = _mm_set1_epi8('"'), slash = _mm_set1_epi8('\\'),
+                nul = _mm_setzero_si128();
+  while (i + 16 <= n) {
+    __m128i w = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+    __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(w, quote), _mm_cmpeq_epi8(w, slash)),
+                               _mm_cmpeq_epi8(w, nul));
+    unsigned m = (unsigned)_mm_movemask_epi8(hit);
+    if (m) return i + (size_t)__builtin_ctz(m);
+    i += 16;
+  }
+#endif
+  const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+  const uint64_t quotes = ones * (unsigned char)'"', slashes = ones * (unsigned char)'\\';
+  while (i + 8 <= n) {
+    uint64_t w, q, b, m;
+    memcpy(&w, s + i, 8);
+    w = load_le64(w);
+    q = w ^ quotes;
+    b = w ^ slashes;
+    m = (((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones) & ~w)) & highs;
+    if (m) return i + ((size_t)__builtin_ctzll(m) >> 3);
+    i += 8;
+  }
+  while (i < n && s[i] != '"' && s[i] != '\\' && s[i] != '\0') i++;
+  return i;
+}
+
+/* Scans the string at p->i (its opening quote). With out, appends the
+** decoded bytes to it and sets *dec to where they are; *raw always gets the
+** bytes between the quotes, *escaped whether any backslash occurred. */
+int tide__json_string(tide_json *p, tide_buf *out, span *dec, span *raw,
+                       int *escaped) {
+  const char *s = p->s;
+  size_t i = ++p->i, run = i;
+  size_t start = out ? out->len : 0;
+  int esc = 0;
+  for (;;) {
+    i = skip_plain(s, i, p->n);
+    if (out && i > run && tide__buf_add(out, s + run, i - run) != 0)
+      return J_NOMEM;
+    if (i >= p->n || s[i] == '\0') {
+      p->i = i;
+      return tide__json_syntax(p, "unexpected end of string");
+    }
+    if (s[i] == '"') break;
+    esc = 1;
+    if (i + 1 >= p->n) {
+      p->i = i;
+      return tide__json_syntax(p, "unexpected end of string");
+    }
+    char c = s[i + 1], one = 0;
+    switch (c) {
+      case '"': one = '"'; break;
+      case '\\': one = '\\'; break;
+      case '/': one = '/'; break;
+      case 'b': one = '\b'; break;
+      case 'f': one = '\f'; break;
+      case 'n': one = '\n'; break;
+      case 'r': one = '\r'; break;
+      case 't': one = '\t'; break;
+      case 'u': break;
+      default:
+        p->i = i;
+        return tide__json_syntax(p, "invalid escape code");
+    }
+    if (c != 'u') {
+      if (out && tide__buf_add(out, &one, 1) != 0) return J_NOMEM;
+      i += 2;
+    } else {
+      unsigned cp, lo;
+      if (i + 6 > p->n || hex4(s + i + 2, &cp) != 0) {
+        p->i = i;
+        return tide__json_syntax(p, "invalid unicode escape code");
+      }
+      i += 6;
+      if (cp >= 0xDC00 && cp <= 0xDFFF) {
+        p->i = i - 6;
+        return tide__json_syntax(p, "invalid unicode escape code");
+      }
+      if (cp >= 0xD800 && cp <= 0xDBFF) { /* needs a low surrogate */
+        if (i + 6 > p->n || s[i] != '\\' || s[i + 1] != 'u' ||
+            hex4(s + i + 2, &lo) != 0 || lo < 0xDC00 || lo > 0xDFFF) {
+          p->i = i - 6;
+          return tide__json_syntax(p, "invalid unicode escape code");
+        }
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        i += 6;
+      }
+      if (out && add_utf8(out, cp) != 0) return J_NOMEM;
+    }
+    run = i;
+  }
+  raw->off = p->i;
+  raw->len = i - p->i;
+  if (dec) {
+    dec->off = start;
+    dec->len = out ? out->len - start : 0;
+  }
+  if (escaped) *escaped = esc;
+  p->i = i + 1;
+  return J_OK;
+}
+
+/* Skips the string at p->i (its opening quote) and sets *raw to the bytes
+** between the quotes: the common case, a string without escapes, in one
+** skip_plain; anything else goes to tide__json_string, which validates escapes.
+** *escaped (if given) says whether there was a backslash. */
+int tide__json_pass_string(tide_json *p, span *raw, int *escaped) {
+  size_t i = skip_plain(p->s, p->i + 1, p->n);
+  if (i < p->n && p->s[i] == '"') {
+    raw->off = p->i + 1;
+    raw->len = i - raw->off;
+    if (escaped) *escaped = 0;
+    p->i = i + 1;
+    return J_OK;
+  }
+  return tide__json_string(p, NULL, NULL, raw, escaped);
+}
+
+static int scan_number(tide_json *p) {
+  const char *s = p->s;
+  size_t i = p->i;
+#define DIGIT(k) ((k) < p->n && s[k] >= '0' && s[k] <= '9')
+  if (i < p->n && s[i] == '-') i++;
+  if (i < p->n && s[i] == '0') {
+    i++;
+  } else if (DIGIT(i)) {
+    while (DIGIT(i)) i++;
+  } else {
+    return tide__json_syntax(p, "invalid number");
+  }
+  if (i < p->n && s[i] == '.') {
+    i++;
+    if (!DIGIT(i)) return p->i = i, tide__json_syntax(p, "invalid number");
+    while (DIGIT(i)) i++;
+  }
+  if (i < p->n && (s[i] == 'e' || s[i] == 'E')) {
+    i++;
+    if (i < p->n && (s[i] == '+' || s[i] == '-')) i++;
+    if (!DIGIT(i)) return p->i = i, tide__json_syntax(p, "invalid number");
+    while (DIGIT(i)) i++;
+  }
+#undef DIGIT
+  p->i = i;
+  return J_OK;
+}
+
+static int scan_literal(tide_json *p, const char *word, size_t n) {
+  if (p->n - p->i < n || memcmp(p->s + p->i, word, n) != 0)
+    return tide__json_syntax(p, "invalid token");
+  p->i += n;
+  return J_OK;
+}
+
+/* A scalar at p->i. */
+static int scan_scalar(tide_json *p) {
+  span raw;
+  switch (tide__json_peek(p)) {
+    case '"': return tide__json_pass_string(p, &raw, NULL);
+    case 't': return scan_literal(p, "true", 4);
+    case 'f': return scan_literal(p, "false", 5);
+    case 'n': return scan_literal(p, "null", 4);
+    case -1: return tide__json_syntax(p, "unexpected end of input");
+    default:
+      if (tide__json_kind(tide__json_peek(p)) == V_NUMBER) return scan_number(p);
+      return tide__json_syntax(p, "invalid token");
+  }
+}
+
+/* Skips any value at p->i, without recursion: open containers are a stack
+** of bytes, as deep as the depth limit allows. */
+int tide__json_skip(tide_json *p) {
+  char stack[JSON_MAX_DEPTH];
+  int top = 0, rc;
+  for (;;) {
+    tide__json_skip_ws(p);
+    int c = tide__json_peek(p);
+    if (c == '{' || c == '[') {
+      if (p->depth + top + 1 > JSON_MAX_DEPTH)
+        return tide__json_syntax(p, "too many nested data structures");
+      p->i++;
+      tide__json_skip_ws(p);
+      if (tide__json_peek(p) == (c == '{' ? '}' : ']')) {
+        p->i++;
+      } else {
+        stack[top++] = (char)c;
+        if (c == '{') {
+          span raw;
+          if (tide__json_peek(p) != '"') return tide__json_syntax(p, "expected object key string");
+          if ((rc = tide__json_pass_string(p, &raw, NULL)) != J_OK) return rc;
+          tide__json_skip_ws(p);
+          if (tide__json_peek(p) != ':') return tide__json_syntax(p, "expected colon");
+          p->i++;
+        }
+        continue;
+      }
+    } else if ((rc = scan_scalar(p)) != J_OK) {
+      return rc;
+    }
+    /* A value ended: close containers until one has a next member. */
+    for (;;) {
+      if (top == 0) return J_OK;
+      tide__json_skip_ws(p);
+      char open = stack[top - 1];
+      c = tide__json_peek(p);
+      if (c == ',') {
+        p->i++;
+        if (open == '{') {
+          span raw;
+          tide__json_skip_ws(p);
+          if (tide__json_peek(p) != '"') return tide__json_syntax(p, "expected object key string");
+          if ((rc = tide__json_pass_string(p, &raw, NULL)) != J_OK) return rc;
+          tide__json_skip_ws(p);
+          if (tide__json_peek(p) != ':') return tide__json_syntax(p, "expected colon");
+          p->i++;
+        }
+        break;
+      }
+      if (c != (open == '{' ? '}' : ']'))
+        return tide__json_syntax(p, open == '{' ? "expected comma or object end"
+                                     : "expected comma or array end");
+      p->i++;
+      top--;
+    }
+  }
+}
+
+/* Skips the value at p->i and returns its raw text in *raw. */
+int tide__json_skip_raw(tide_json *p, span *raw) {
+  tide__json_skip_ws(p);
+  size_t start = p->i;
+  int rc = tide__json_skip(p);
+  raw->off = start;
+  raw->len = p->i - start;
+  return rc;
+}
+
+/* Decodes the string at p->i into the scratch buffer. */
+int tide__json_scratch(tide_json *p, span *dec) {
+  span raw;
+  return tide__json_string(p, p->scratch, dec, &raw, NULL);
+}
+
+int tide__json_key_is(const char *k, size_t kl, const char *name) {
+  size_t n = strlen(name);
+  return kl == n && memcmp(k, name, n) == 0;
+}
+
+/* Calls fn for each member of the object at p->i, with p->i at the value
+** (after whitespace); fn consumes the value. */
+int tide__json_each_member(tide_json *p, tide_json_member_fn fn) {
+  int rc;
+  if (++p->depth > JSON_MAX_DEPTH)
+    return tide__json_syntax(p, "too many nested data structures");
+  p->i++; /* '{' */
+  tide__json_skip_ws(p);
+  if (tide__json_peek(p) == '}') {
+    p->i++;
+    p->depth--;
+    return J_OK;
+  }
+  for (;;) {
+    span raw;
+    int escaped;
+    tide__json_skip_ws(p);
+    if (tide__json_peek(p) != '"') return tide__json_syntax(p, "expected object key string");
+    size_t at = p->i;
+    if ((rc = tide__json_pass_string(p, &raw, &escaped)) != J_OK) return rc;
+    const char *k = p->s + raw.off;
+    size_t kl = raw.len;
+    if (escaped) { /* rare: decode it (scanning again cannot fail) */
+      size_t after = p->i;
+      span dec;
+      p->key->len = 0;
+      p->i = at;
+      if ((rc = tide__json_string(p, p->key, &dec, &raw, NULL)) != J_OK)
+        return rc;
+      p->i = after;
+      k = p->key->p ? p->key->p : "";
+      kl = p->key->len;
+    }
+    tide__json_skip_ws(p);
+    if (tide__json_peek(p) != ':') return tide__json_syntax(p, "expected colon");
+    p->i++;
+    tide__json_skip_ws(p);
+    if ((rc = fn(p, k, kl)) != J_OK) return rc;
+    tide__json_skip_ws(p);
+    int c = tide__json_peek(p);
+    p->i++;
+    if (c == '}') break;
+    if (c != ',') return p->i--, tide__json_syntax(p, "expected comma or object end");
+  }
+  p->depth--;
+  return J_OK;
+}
+
+/* Calls fn for each element of the array at p->i, as tide__json_each_member does. */
+int tide__json_each_element(tide_json *p, tide_json_element_fn fn) {
+  int rc;
+  if (++p->depth > JSON_MAX_DEPTH)
+    return tide__json_syntax(p, "too many nested data structures");
+  p->i++; /* '[' */
+  tide__json_skip_ws(p);
+  if (tide__json_peek(p) == ']') {
+    p->i++;
+    p->depth--;
+    return J_OK;
+  }
+  for (size_t idx = 0;; idx++) {
+    tide__json_skip_ws(p);
+    if ((rc = fn(p, idx)) != J_OK) return rc;
+    tide__json_skip_ws(p);
+    int c = tide__json_peek(p);
+    p->i++;
+    if (c == ']') break;
+    if (c != ',') return p->i--, tide__json_syntax(p, "expected comma or array end");
+  }
+  p->depth--;
+  return J_OK;
+}
+
+/* The number at p->i when it is plain digits (at most 15, so exact in a
+** double) not followed by a fraction or exponent: the usual count or index,
+** read without strtod. Returns 0 when it is not, and the caller asks strtod. */
+int tide__json_digits(const tide_json *p, lua_Integer *v) {
+  size_t i = p->i, end = p->i + 15;
+  lua_Integer x = 0;
+  while (i < p->n && i < end && p->s[i] >= '0' && p->s[i] <= '9')
+    x = x * 10 + (p->s[i++] - '0');
+  if (i == p->i || i >= p->n) return 0;
+  char c = p->s[i];
+  if ((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E') return 0;
+  *v = x;
+  return 1;
+}
+
+/* A usage count: what provider._count gives for the decoded value. */
+lua_Integer tide__json_count(tide_json *p) {
+  lua_Integer plain;
+  if (tide__json_digits(p, &plain)) return plain;
+  if (tide__json_kind(tide__json_peek(p)) != V_NUMBER) return 0;
+  /* The data is followed by '\n' and a NUL, so strtod stops in bounds. */
+  double v = strtod(p->s + p->i, NULL);
+  if (v != v || v < 0 || v >= 9007199254740992.0) return 0;
+  return (lua_Integer)floor(v);
+}
+
+/* ------------------------------------------------------------ quoting -- */
+
+/* How many bytes more than itself each byte takes in a JSON string as
+** lua-cjson writes it (so as json.quote and the canonical encoder do):
+** \" \\ \/ and the short control escapes take 2, other controls and DEL
+** take \u00XX. */
+#define U6 5
+static const unsigned char JSON_EXTRA[256] = {
+    U6, U6, U6, U6, U6, U6, U6, U6, 1,  1,  1,  U6, 1,  1,  U6, U6,
+    U6, U6, U6, U6, U6, U6, U6, U6, U6, U6, U6, U6, U6, U6, U6, U6,
+    ['"'] = 1, ['/'] = 1, ['\\'] = 1, [0x7f] = U6};
+#undef U6
+
+size_t tide__json_quoted_size(const unsigned char *s, size_t n) {
+  size_t k = n + 2;
+  for (size_t i = 0; i < n; i++) k += JSON_EXTRA[s[i]];
+  return k;
+}
+
+size_t tide__json_write_quoted(char *out, const unsigned char *s, size_t n) {
+  static const char hex[] = "0123456789abcdef";
+  size_t k = 0;
+  out[k++] = '"';
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = s[i];
+    if (JSON_EXTRA[c] == 0) {
+      out[k++] = (char)c;
+      continue;
+    }
+    out[k++] = '\\';
+    switch (c) {
+    case '\b': out[k++] = 'b'; break;
+    case '\t': out[k++] = 't'; break;
+    case '\n': out[k++] = 'n'; break;
+    case '\f': out[k++] = 'f'; break;
+    case '\r': out[k++] = 'r'; break;
+    case '"': case '/': case '\\': out[k++] = (char)c; break;
+    default:
+      out[k++] = 'u';
+      out[k++] = '0';
+      out[k++] = '0';
+      out[k++] = hex[c >> 4];
+      out[k++] = hex[c & 15];
+    }
+  }
+  out[k++] = '"';
+  return k;
+}
+
+
+/* ------------------------------------------------------------ integers -- */
+
+/* lua-cjson 2.1.0 decodes every number as a float; JSON has no such
+** distinction, and tool handlers expect {"n": 3} to give the integer 3. */
+#define INTEGERS_MAX_DEPTH 200
+#define TWO_53 9007199254740992.0
+
+/* Turns every integral float in the table at idx (at any depth, up to the
+** decoder's own depth limit) into an integer, in place. */
+static void integers(lua_State *L, int idx, int depth) {
+  if (depth > INTEGERS_MAX_DEPTH) return;
+  luaL_checkstack(L, 4, "too many nested tables");
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int t = lua_type(L, -1);
+    if (t == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+      lua_Number x = lua_tonumber(L, -1);
+      if (x == floor(x) && x > -TWO_53 && x < TWO_53) {
+        lua_pushvalue(L, -2);
+        lua_pushinteger(L, (lua_Integer)x);
+        lua_rawset(L, idx); /* an existing key: the traversal goes on */
+      }
+    } else if (t == LUA_TTABLE) {
+      integers(L, lua_gettop(L), depth + 1);
+    }
+    lua_pop(L, 1);
+  }
+}
+
+/* core.json_integers(t) -> t: json.integers (see json.lua). */
+static int l_json_integers(lua_State *L) {
+  if (lua_type(L, 1) == LUA_TTABLE) integers(L, 1, 0);
+  lua_settop(L, 1);
+  return 1;
+}
+
+
+/// Registers core.json_integers into the module table at the top of the
+/// stack.
+void tide__open_json(lua_State *L) {
+  static const luaL_Reg fns[] = {{"json_integers", l_json_integers}, {NULL, NULL}};
+  luaL_setfuncs(L, fns, 0);
+}

@@ -1,0 +1,119 @@
+--- tide.history: the conversation of one session, and the only code that
+--- appends to it.
+---
+--- It owns the frozen system prompt, the neutral messages after it, their
+--- encodings for the session's provider (one `core.wire()`: the non-empty
+--- encodings comma-joined in one C buffer, what a request body carries), the
+--- bytes encoded, and the transcript lines. Each message is encoded once,
+--- when it is appended; a request copies the wire in one piece however long
+--- the history.
+---
+--- The neutral message model (docs/internals.md has it whole):
+---
+---     { role = "user", content = "text" | { part, ... } }      -- parts: text, image, file
+---     { role = "assistant", content = "text" | nil,
+---       tool_calls = { { id, name, arguments = "<json>" } } | nil,
+---       reasoning = { { type = "text" | "redacted", text?, signature?, data?, provider? } } | nil,
+---       stop = "stop" | "tool_calls" | "length" | ..., usage = { input, output, ... } | nil }
+---     { role = "tool", results = { { id, name, content, is_error } } }
+---
+--- Reasoning parts carry whatever a provider needs back verbatim (a
+--- signature, opaque data); a provider that does not know a part's kind
+--- leaves it out of its encoding, and the transcript keeps it.
+---@class tide.history
+local M = {}
+
+local core = require "tide.core"
+
+local history_mt = { __name = "tide.history" }
+history_mt.__index = history_mt
+
+--- A new, empty history for `provider`, writing transcript lines to
+--- `writer` (nil: none).
+---@param provider table a provider object (its `_encode` and `encode_message`)
+---@param writer? table a transcript writer (tide.transcript)
+---@return tide.history
+function M.new(provider, writer)
+  return setmetatable({
+    provider = provider,
+    writer = writer,
+    messages = {},      -- neutral messages after the system prompt
+    wire = core.wire(), -- encodings of messages[1 .. nencoded]
+    nencoded = 0,
+    bytes = 0,          -- bytes encoded so far (prompt_bytes_encoded's share)
+    system = nil,       -- the frozen system prompt, once there is one
+    prompt_version = nil,
+  }, history_mt)
+end
+
+-- Writes transcript lines; a failed write is reported, never raised: the
+-- conversation in memory goes on.
+local function record(self, ...)
+  local w = self.writer
+  if w then
+    local ok, err = w:append(...)
+    if not ok then io.stderr:write("tide: transcript write failed: ", tostring(err), "\n") end
+  end
+end
+
+local function add(self, enc)
+  self.bytes = self.bytes + #enc
+  if enc ~= "" then self.wire:add(enc) end
+end
+
+--- Appends a message the session built (no shape checks: it is the
+--- session's own), encodes it and writes its transcript line.
+---@param msg table a neutral message
+function history_mt:append(msg)
+  local msgs = self.messages
+  local n = #msgs + 1
+  msgs[n] = msg
+  if self.nencoded == n - 1 then
+    add(self, self.provider:_encode(msg))
+    self.nencoded = n
+  end
+  record(self, msg)
+end
+
+--- Freezes the system prompt (once) and writes its transcript line.
+---@param text string
+---@param version any the prompt's version, kept in the transcript
+function history_mt:freeze(text, version)
+  self.system, self.prompt_version = text, version
+  record(self, { role = "system", content = text, prompt_version = version })
+end
+
+--- Restores messages read from a transcript (system prompt and messages).
+--- They are encoded, with the provider's shape checks, when a request first
+--- needs them: a restored history that is never sent costs no encoding.
+---@param system string|nil
+---@param version any
+---@param messages table[]
+function history_mt:restore(system, version, messages)
+  self.system, self.prompt_version = system, version
+  local msgs = self.messages
+  for _, m in ipairs(messages) do msgs[#msgs + 1] = m end
+end
+
+--- The encoded history, every message in it: what a request body carries
+--- after the prefix.
+---@return userdata wire
+function history_mt:encoded()
+  local msgs, n = self.messages, self.nencoded
+  if n < #msgs then
+    for i = n + 1, #msgs do add(self, self.provider:encode_message(msgs[i])) end
+    self.nencoded = #msgs
+  end
+  return self.wire
+end
+
+--- How many messages follow the system prompt.
+function history_mt:length() return #self.messages end
+
+--- Closes the transcript.
+function history_mt:close()
+  if self.writer then self.writer:close() end
+  self.writer = nil
+end
+
+return M

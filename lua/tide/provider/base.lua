@@ -1,0 +1,327 @@
+--- tide.provider.base: what every provider object shares: its options
+--- (checked strictly), the checks of neutral tool schemas and messages, and
+--- the methods of the provider interface that do not depend on the wire
+--- format (`body`, `complete`, `fingerprint`). A wire format (openai.lua,
+--- anthropic.lua) adds the encoding hooks and the reply parser; the list of
+--- hooks is in docs/internals.md.
+local provider = {}
+
+local core = require "tide.core"
+local json = require "tide.json"
+local errors = require "tide.provider.errors"
+local reply = require "tide.provider.reply"
+local retry = require "tide.provider.retry"
+local exchange = require "tide.provider.exchange"
+
+-- ----------------------------------------------------------------- defaults
+
+provider.DEFAULT_TIMEOUT_MS = 120000
+provider.DEFAULT_MAX_BODY = 8 * 1024 * 1024
+provider.DEFAULT_RETRY = retry.DEFAULTS
+provider.ERROR_BODY_MAX = errors.BODY_MAX
+
+-- ------------------------------------------------------------------ options
+
+---@class tide.provider.retry
+---@field attempts? integer total attempts, first included (default 4)
+---@field base_ms? number backoff base (default 250)
+---@field max_ms? number backoff ceiling (default 8000)
+---@field max_retry_after_ms? number a longer Retry-After is not waited for; the jittered backoff is used instead (default 60000)
+
+---@class tide.provider.opts
+---@field base_url? string
+---@field api_key? string
+---@field model? string
+---@field stream? boolean default true
+---@field temperature? number
+---@field max_tokens? integer
+---@field timeout_ms? integer per HTTP request (default 120000)
+---@field max_body_bytes? integer response size cap (default 8 MiB)
+---@field retry? tide.provider.retry
+---@field headers? table<string,string> extra request headers
+---@field prompt_cache? boolean Anthropic only: mark the prefix with cache_control
+
+local option_types = {
+  base_url = "string", api_key = "string", model = "string", stream = "boolean",
+  temperature = "number", max_tokens = "integer", timeout_ms = "integer",
+  max_body_bytes = "integer", retry = "table", headers = "table", prompt_cache = "boolean",
+}
+
+-- "float" says more than "number" when an integer was wanted.
+local function type_name(v, want)
+  if want == "integer" and math.type(v) == "float" then return "float" end
+  return type(v)
+end
+
+-- Returns an error message for the first bad option, or nil.
+local function check_options(kind, opts, allowed)
+  local where = "tide.provider." .. kind .. ": "
+  for k in pairs(opts) do
+    if type(k) ~= "string" or not allowed[k] then
+      return where .. "unknown option '" .. tostring(k) .. "'"
+    end
+  end
+  for k in pairs(allowed) do
+    local v, want = opts[k], option_types[k]
+    if v ~= nil then
+      local ok
+      if want == "integer" then ok = math.type(v) == "integer" else ok = type(v) == want end
+      if not ok then
+        return ("%s'%s' must be a%s %s, got %s"):format(where, k, want == "integer" and "n" or "",
+          want, type_name(v, want))
+      end
+    end
+  end
+  for _, k in ipairs({ "max_tokens", "timeout_ms", "max_body_bytes" }) do
+    if opts[k] ~= nil and opts[k] <= 0 then return ("%s'%s' must be positive"):format(where, k) end
+  end
+  if opts.model ~= nil and opts.model == "" then return where .. "'model' must not be empty" end
+  if opts.base_url ~= nil and not opts.base_url:match("^https?://") then
+    return where .. "'base_url' must start with http:// or https://"
+  end
+  if opts.headers then
+    for k, v in pairs(opts.headers) do
+      if type(k) ~= "string" or type(v) ~= "string" then
+        return where .. "'headers' must map strings to strings"
+      end
+    end
+  end
+  if opts.retry then
+    for k, v in pairs(opts.retry) do
+      if provider.DEFAULT_RETRY[k] == nil then
+        return where .. "unknown option 'retry." .. tostring(k) .. "'"
+      end
+      if k == "attempts" then
+        if math.type(v) ~= "integer" or v < 1 then
+          return where .. "'retry.attempts' must be a positive integer"
+        end
+      elseif type(v) ~= "number" or v < 0 or v ~= v or v == math.huge then
+        return ("%s'retry.%s' must be a non-negative number"):format(where, k)
+      end
+    end
+  end
+  return nil
+end
+
+--- Builds the common fields of a provider object from `opts` and the
+--- protocol's defaults. Returns the object, or nil plus a message for a
+--- misuse (the caller raises it at its caller's level).
+---@param kind string
+---@param opts table|nil
+---@param defaults {base_url:string, api_key?:string, model:string, extra?:table<string,boolean>}
+---@return table|nil, string|nil
+function provider._new(kind, opts, defaults)
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then
+    return nil, ("tide.provider.%s: options must be a table, got %s"):format(kind, type(opts))
+  end
+  local allowed = {}
+  for k in pairs(option_types) do allowed[k] = true end
+  if kind ~= "anthropic" then allowed.prompt_cache = nil end
+  local msg = check_options(kind, opts, allowed)
+  if msg then return nil, msg end
+  local retry = {}
+  for k, v in pairs(provider.DEFAULT_RETRY) do retry[k] = v end
+  for k, v in pairs(opts.retry or {}) do retry[k] = v end
+  local headers = {}
+  for k, v in pairs(opts.headers or {}) do headers[k:lower()] = v end
+  local self = {
+    kind = kind,
+    base_url = (opts.base_url or defaults.base_url):gsub("/+$", ""),
+    api_key = opts.api_key or defaults.api_key,
+    model = opts.model or defaults.model,
+    stream = opts.stream ~= false,
+    temperature = opts.temperature,
+    max_tokens = opts.max_tokens or defaults.max_tokens,
+    timeout_ms = opts.timeout_ms or provider.DEFAULT_TIMEOUT_MS,
+    max_body_bytes = opts.max_body_bytes or provider.DEFAULT_MAX_BODY,
+    retry = retry,
+    headers = headers,
+    prompt_cache = opts.prompt_cache == true,
+  }
+  return self
+end
+
+--- The value of environment variable `name`, or nil when unset or empty.
+function provider._env(name)
+  local v = os.getenv(name)
+  if v == nil or v == "" then return nil end
+  return v
+end
+
+-- --------------------------------------------------------- shared encoding
+
+--- Checks a neutral tool schema list and returns it as { name, description,
+--- parameters } entries (raises on misuse, at level `level`).
+function provider._tools(kind, tools, level)
+  local out = {}
+  if tools == nil then return out end
+  if type(tools) ~= "table" then
+    error(("tide.provider.%s: 'tools' must be a table, got %s"):format(kind, type(tools)), level + 1)
+  end
+  for i, t in ipairs(tools) do
+    if type(t) ~= "table" or type(t.name) ~= "string" or t.name == "" then
+      error(("tide.provider.%s: tools[%d] needs a 'name' string"):format(kind, i), level + 1)
+    end
+    if t.description ~= nil and type(t.description) ~= "string" then
+      error(("tide.provider.%s: tools[%d].description must be a string"):format(kind, i), level + 1)
+    end
+    if t.parameters ~= nil and type(t.parameters) ~= "table" then
+      error(("tide.provider.%s: tools[%d].parameters must be a table"):format(kind, i), level + 1)
+    end
+    out[i] = {
+      name = t.name,
+      description = t.description or "",
+      parameters = t.parameters or { type = "object", properties = {} },
+    }
+  end
+  return out
+end
+
+--- Checks the common shape of a neutral message (raises on misuse).
+function provider._check_message(kind, msg, level)
+  if type(msg) ~= "table" then
+    error(("tide.provider.%s: a message must be a table, got %s"):format(kind, type(msg)), level + 1)
+  end
+  local role = msg.role
+  if role ~= "system" and role ~= "user" and role ~= "assistant" and role ~= "tool" then
+    error(("tide.provider.%s: unknown message role %s"):format(kind, tostring(role)), level + 1)
+  end
+  if role == "tool" then
+    if type(msg.results) ~= "table" then
+      error(("tide.provider.%s: a tool message needs a 'results' table"):format(kind), level + 1)
+    end
+    for i, r in ipairs(msg.results) do
+      if type(r) ~= "table" or type(r.id) ~= "string" then
+        error(("tide.provider.%s: results[%d] needs an 'id' string"):format(kind, i), level + 1)
+      end
+    end
+  elseif role == "assistant" then
+    if msg.content ~= nil and type(msg.content) ~= "string" then
+      error(("tide.provider.%s: assistant content must be a string or nil"):format(kind), level + 1)
+    end
+    if msg.tool_calls ~= nil then
+      if type(msg.tool_calls) ~= "table" then
+        error(("tide.provider.%s: 'tool_calls' must be a table"):format(kind), level + 1)
+      end
+      for i, c in ipairs(msg.tool_calls) do
+        if type(c) ~= "table" or type(c.id) ~= "string" or type(c.name) ~= "string" then
+          error(("tide.provider.%s: tool_calls[%d] needs 'id' and 'name' strings"):format(kind, i),
+            level + 1)
+        end
+      end
+    end
+  elseif msg.content ~= nil and type(msg.content) ~= "string" and type(msg.content) ~= "table" then
+    error(("tide.provider.%s: %s content must be a string"):format(kind, role), level + 1)
+  end
+end
+
+--- The text of a tool result's content (tables are sent as JSON).
+function provider._result_text(content)
+  if content == nil then return "" end
+  if type(content) == "string" then return content end
+  if type(content) == "table" then return json.canonical(content) end
+  return tostring(content)
+end
+
+-- ----------------------------------------------------------- base methods
+
+---@class tide.provider.Provider
+---@field kind string "openai" | "anthropic"
+---@field model string
+local Base = {}
+provider.Base = Base
+
+--- The full request body: the prefix, the encoded messages (comma-joined),
+--- and the closing brackets. Nothing is re-encoded.
+---@param prefix string from encode_prefix
+---@param encoded string[] from encode_message, in order
+---@return string
+function Base:body(prefix, encoded)
+  if type(prefix) ~= "string" then
+    error(("tide.provider.%s: body: 'prefix' must be a string, got %s"):format(self.kind, type(prefix)), 2)
+  end
+  if type(encoded) ~= "table" then
+    error(("tide.provider.%s: body: 'encoded' must be a table, got %s"):format(self.kind, type(encoded)), 2)
+  end
+  -- Messages that encode as nothing are left out of the join.
+  local wire, empty = encoded, false
+  for i = 1, #encoded do
+    local e = encoded[i]
+    if type(e) ~= "string" then
+      error(("tide.provider.%s: body: encoded[%d] must be a string, got %s"):format(self.kind, i, type(e)), 2)
+    end
+    if e == "" then empty = true end
+  end
+  if empty then
+    wire = {}
+    for i = 1, #encoded do
+      if encoded[i] ~= "" then wire[#wire + 1] = encoded[i] end
+    end
+  end
+  -- The session's requests are joined the same way, inside core.http_post.
+  return core.join_wire(prefix, wire)
+end
+
+--- Alias of `body` (the name docs/internals.md mentions for the join).
+Base.join = Base.body
+
+-- ------------------------------------------------------------- complete
+
+local complete = exchange.complete
+local complete_fields = { on_delta = "function", on_retry = "function", timeout_ms = "integer" }
+
+--- complete for the session's turn: already inside a task, options its own;
+--- `_complete(prefix, opts, wire)` sends join_wire(prefix, wire) without
+--- making it a Lua string.
+Base._complete = complete
+
+--- Sends a request body and returns the neutral response. Inside a task it
+--- suspends only that task; outside any task it drives the loop itself.
+--- Retries rate limits (429), server errors (500, 502, 503, 504, 529) and
+--- connections that failed before any byte of a reply, with exponential
+--- backoff and full jitter, honouring Retry-After; never once streamed text
+--- has reached `on_delta`.
+---@param body string from `body`
+---@param opts? {on_delta?:fun(text:string), on_retry?:fun(info:{attempt:integer, delay_ms:integer, error:table}), timeout_ms?:integer}
+---@return tide.provider.response|nil
+---@return table|nil err `{ code = "RateLimited"|"ProviderError"|"MalformedResponse"|"Timeout"|..., message, status?, body?, attempts }`
+function Base:complete(body, opts)
+  if type(body) ~= "string" then
+    error(("tide.provider.%s: complete: 'body' must be a string, got %s"):format(self.kind, type(body)), 2)
+  end
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then
+    error(("tide.provider.%s: complete: 'opts' must be a table, got %s"):format(self.kind, type(opts)), 2)
+  end
+  for k, want in pairs(complete_fields) do
+    local v = opts[k]
+    if v ~= nil then
+      local ok = want == "integer" and math.type(v) == "integer" and v > 0 or type(v) == want
+      if not ok then
+        error(("tide.provider.%s: complete: '%s' must be a %s%s, got %s"):format(self.kind, k,
+          want == "integer" and "positive " or "", want, type_name(v, want)), 2)
+      end
+    end
+  end
+  return require("tide")._blocking(complete, self, body, opts)
+end
+
+--- The stable identity of a prefix (for logs and cache checks): FNV-1a 64.
+---@param prefix string
+---@return string
+function Base:fingerprint(prefix)
+  return core.hash(prefix)
+end
+
+
+-- The pieces the wire formats use, under the names they have always had.
+provider._fail = errors.fail
+provider._excerpt = errors.excerpt
+provider._finish_calls = reply.finish_calls
+provider._stop = reply.stop
+provider._count = reply.count
+provider.retry_after_ms = retry.after_ms
+provider.backoff_ms = retry.backoff_ms
+
+return provider

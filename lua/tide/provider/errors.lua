@@ -1,0 +1,77 @@
+--- tide.provider.errors: the errors a provider returns, shaped once: a
+--- non-2xx response (its status, the server's own message, Retry-After), and
+--- the excerpt of a body an error carries.
+local core = require "tide.core"
+local json = require "tide.json"
+local retry = require "tide.provider.retry"
+
+local M = {}
+
+--- Bytes of an error body an error carries at most.
+M.BODY_MAX = 2048
+
+-- HTTP statuses worth another attempt: rate limits, server errors, gateway
+-- errors and Anthropic's "overloaded".
+local RETRY_STATUS = { [429] = true, [500] = true, [502] = true, [503] = true, [504] = true, [529] = true }
+
+--- A tide error table (`core.error`).
+function M.fail(code, message, fields)
+  return core.error(code, message, fields)
+end
+local fail = M.fail
+
+--- The first `max` bytes of `s` (default BODY_MAX), cut at a UTF-8 boundary.
+---@param s any
+---@param max? integer
+---@return string
+function M.excerpt(s, max)
+  max = max or M.BODY_MAX
+  if type(s) ~= "string" then return "" end
+  if #s <= max then return s end
+  local j = max
+  while j > 0 do
+    local b = s:byte(j + 1)
+    if not b or b < 0x80 or b >= 0xC0 then break end
+    j = j - 1
+  end
+  return s:sub(1, j)
+end
+local excerpt = M.excerpt
+
+--- The error for a non-2xx response `res` ({ status, body, headers }):
+--- RateLimited for 429, else ProviderError; `retryable` says whether the
+--- status is worth another attempt, `retry_after_ms` what the server asked.
+function M.status(kind, res)
+  local status = res.status
+  local body = res.body or ""
+  local detail
+  local obj = body ~= "" and json.decode_fast(body)
+  if type(obj) == "table" then
+    local e = obj.error
+    if type(e) == "table" and type(e.message) == "string" then
+      detail = e.message
+    elseif type(e) == "string" then
+      detail = e
+    elseif type(obj.message) == "string" then
+      detail = obj.message
+    end
+  end
+  local fields = {
+    status = status,
+    body = excerpt(body),
+    retry_after_ms = retry.after_ms(res.headers),
+    retryable = RETRY_STATUS[status] == true,
+  }
+  local msg = ("%s returned HTTP %d"):format(kind, status)
+  if detail then msg = msg .. ": " .. excerpt(detail, 512) end
+  return fail(status == 429 and "RateLimited" or "ProviderError", msg, fields)
+end
+
+local http_response = require("tide.http")._response
+--- The error of a finished request (core.http_post) that did not answer 2xx.
+function M.failed_request(kind, req, status)
+  return M.status(kind, http_response {
+    status = status, body = req:body(), headers_raw = req:headers_raw() })
+end
+
+return M

@@ -1,0 +1,285 @@
+--- tide.provider.exchange: one request to a provider and its reply, with the
+--- retries around it. Knows the provider only through its hooks (see
+--- docs/internals.md): `_url`, `_headers`, and a reply parser, either a C
+--- sink (`_c_stream`, fed in place by the request) or a Lua stream
+--- (`_stream`, fed SSE events), plus `_parse` (and `_c_parse`) for a whole
+--- JSON reply.
+local core = require "tide.core"
+local json = require "tide.json"
+local errors = require "tide.provider.errors"
+local reply = require "tide.provider.reply"
+local retry = require "tide.provider.retry"
+
+local M = {}
+
+local fail, excerpt = errors.fail, errors.excerpt
+
+local byte = string.byte
+local OPEN_BRACE = byte("{")
+
+-- The first byte of s that is not white space, nil if there is none. (A
+-- reply's first byte is the usual answer: no pattern match then.)
+local function first_significant(s)
+  local b = byte(s, 1)
+  if b == nil or b > 32 then return b end
+  local c = s:match("^%s*(.)")
+  return c and byte(c)
+end
+
+-- The URL and headers of a provider's requests, built once and rebuilt only
+-- when a field they come from changes.
+local function endpoint(self)
+  local w = self._wire
+  if w and w.api_key == self.api_key and w.stream == self.stream and w.base_url == self.base_url
+    and w.extra == self.headers then
+    return w
+  end
+  w = { url = self:_url(), headers = core.http_headers(self:_headers()), api_key = self.api_key, stream = self.stream,
+        base_url = self.base_url, extra = self.headers }
+  rawset(self, "_wire", w)
+  return w
+end
+
+-- A streamed chunk for a parser in C. Text deltas are asked for only when
+-- someone listens for them: one string per event then, none at all
+-- otherwise. Returns whether text reached on_delta, and the error that
+-- abandons the stream, if any.
+local function feed_c(parser, chunk, on_delta, deltas)
+  if not on_delta then
+    local _, err = parser:feed(chunk, false)
+    return false, err
+  end
+  local n, err, before = parser:feed(chunk, deltas)
+  if n == nil then n = before end
+  for i = 1, n do
+    local d = deltas[i]
+    deltas[i] = nil
+    if d ~= "" then on_delta(d) end
+  end
+  return n > 0, err
+end
+
+-- A reply parsed in Lua as the session gets it: calls finished, every
+-- field there. (The C parsers hand theirs over finished.)
+local function finished(out)
+  out.tool_calls = reply.finish_calls(out.tool_calls or {})
+  out.text = out.text or ""
+  out.usage = out.usage or { input = 0, output = 0, cached = 0 }
+  return out
+end
+
+-- Hands a whole reply's text to on_delta; whether there was any.
+local function deliver(out, on_delta)
+  local text = out.text
+  if text == nil or text == "" then return false end
+  if on_delta then on_delta(text) end
+  return true
+end
+
+-- A whole JSON reply (a non-streamed one, or a streamed request answered
+-- without SSE), a string or still in its finished request: the response, or
+-- nil and the error; and whether its text reached on_delta. A plain reply is
+-- scanned in C where the provider can (no table tree, and no string of the
+-- body); anything else goes through the full decoder, which says what is
+-- wrong.
+local function whole_reply(self, src, on_delta)
+  local out = self._c_parse and self:_c_parse(src)
+  local err
+  if not out then
+    local text = type(src) == "string" and src or src:body()
+    local obj, derr = json.decode_fast(text)
+    if obj == nil then
+      return nil, fail("MalformedResponse", ("%s response is not valid JSON (%s)"):format(self.kind,
+        derr.message), { body = excerpt(text) })
+    end
+    if type(obj) ~= "table" then
+      return nil, fail("MalformedResponse", self.kind .. " response is not a JSON object",
+        { body = excerpt(text) })
+    end
+    out, err = self:_parse(obj)
+    if not out then
+      if err.body == nil then err.body = excerpt(text) end
+      return nil, err
+    end
+    finished(out)
+  end
+  return out, nil, deliver(out, on_delta)
+end
+
+-- One non-streamed HTTP attempt. Returns the response, or nil, an error and
+-- two flags: whether any byte of a reply arrived (`received`) and whether
+-- text reached on_delta (`delivered`), which decide if a retry is safe. With
+-- `wire`, the body sent is join_wire(body, wire), joined in C into the
+-- request itself.
+local function attempt_whole(self, body, opts, timeout_ms, wire)
+  local w = endpoint(self)
+  local req <close> = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, false, wire)
+  local kind, v, ttfb_ms = req:next() -- "done", status, ttfb_ms | nil, err
+  if kind ~= "done" then return nil, v, v.status ~= nil, false end
+  local status = v
+  if status < 200 or status > 299 then
+    return nil, errors.failed_request(self.kind, req, status), true, false
+  end
+  local out, err, delivered = whole_reply(self, req, opts.on_delta)
+  if not out then return nil, err, true, false end
+  out.ttfb_ms = ttfb_ms
+  return out, nil, true, delivered
+end
+
+-- One streamed HTTP attempt: as attempt_whole, the reply parsed as it comes.
+local function attempt_stream(self, body, opts, timeout_ms, wire)
+  local on_delta = opts.on_delta
+  local received, delivered = false, false
+  local t0 = core.hrtime()
+  local ttfb_ms
+
+  -- The reply's parser: a C sink where the provider has one (a userdata
+  -- with feed, finish and close), else a Lua stream fed SSE events, which
+  -- hands text to emit.
+  local parser <close> = self._c_stream and self:_c_stream() or nil
+  local emit, stream
+  if not parser then
+    emit = function(text)
+      if text == nil or text == "" then return end
+      delivered = true
+      if on_delta then on_delta(text) end
+    end
+    stream = self:_stream(emit)
+  end
+  local sse <close> = stream and core.sse_parser(self.max_body_bytes) or nil
+  local deltas = parser and on_delta and {} or nil
+  local mode -- "sse" or "json" once the first significant byte is seen
+  local held -- chunks before the mode is known, or of a streamed request answered with plain JSON
+  local stream_err
+
+  local w = endpoint(self)
+  local req <close> = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, true, wire)
+  -- With a C sink and nobody to hand text to, the request feeds the parser
+  -- itself (req:pump): no string per chunk, no trip through this loop. It
+  -- hands a reply that is not an event stream back as next() would.
+  local pump = parser ~= nil and on_delta == nil
+  local status, done_ttfb_ms, herr
+  while true do
+    local kind, v, ttfb
+    if pump and mode ~= "json" then
+      kind, v, ttfb = req:pump(parser)
+      if kind == "fail" then
+        received = true
+        stream_err = self:_stream_error(v)
+        break
+      end
+      -- (after a failed transfer the third value says whether bytes came)
+      if kind == nil and ttfb then received = true end
+    else
+      kind, v, ttfb = req:next()
+    end
+    if kind ~= "data" then
+      if kind == "done" then status, done_ttfb_ms = v, ttfb else herr = v end
+      break
+    end
+    -- a streamed 2xx body, chunk by chunk
+    if not received then
+      received = true
+      ttfb_ms = (core.hrtime() - t0) / 1e6
+    end
+    local chunk = v
+    if mode == nil then
+      if held then chunk = table.concat(held) .. chunk end
+      local c = first_significant(chunk)
+      if c == nil then
+        held = { chunk }
+        goto continue
+      end
+      held = nil
+      mode = c == OPEN_BRACE and "json" or "sse"
+    end
+    if mode == "json" then
+      held = held or {}
+      held[#held + 1] = chunk
+    elseif parser then
+      local got, err = feed_c(parser, chunk, on_delta, deltas)
+      if got then delivered = true end
+      if err then
+        stream_err = self:_stream_error(err)
+        break
+      end
+    else
+      local events, err = sse:feed(chunk)
+      if not events then
+        stream_err = fail("MalformedResponse", "invalid event stream: " .. tostring(err.message or err),
+          { cause = err.code })
+        break
+      end
+      for i = 1, #events do
+        err = stream:event(events[i])
+        if err then
+          stream_err = err
+          break
+        end
+      end
+      if stream_err then break end
+    end
+    ::continue::
+  end
+  if stream_err then return nil, stream_err, received, delivered end
+  if not status then
+    if herr.status then received = true end
+    return nil, herr, received, delivered
+  end
+  if status < 200 or status > 299 then
+    return nil, errors.failed_request(self.kind, req, status), true, delivered
+  end
+
+  if mode ~= "json" then
+    local out, err
+    if parser then
+      out, err = parser:finish()
+      if not out then err = self:_stream_error(err) end
+    else
+      out, err = stream:finish()
+      if out then finished(out) end
+    end
+    if not out then return nil, err, received, delivered end
+    -- A pumped stream's first byte is libcurl's to time.
+    out.ttfb_ms = ttfb_ms or done_ttfb_ms or (core.hrtime() - t0) / 1e6
+    return out
+  end
+  -- a streamed request answered with one JSON body
+  local out, err, got = whole_reply(self, held and table.concat(held) or "", on_delta)
+  if not out then return nil, err, received, delivered end
+  out.ttfb_ms = ttfb_ms or done_ttfb_ms
+  return out, nil, received, delivered or got
+end
+
+--- Sends `body` (joined with `wire` in C when given: see core.http_post) and
+--- returns the neutral response, or nil and the error. Retries what
+--- tide.provider.retry allows, up to `retry.attempts`, sleeping the backoff
+--- in between. Runs inside a task.
+---@return tide.provider.response|nil
+---@return table|nil err
+function M.complete(self, body, opts, wire)
+  local n = 0
+  local policy = self.retry
+  local timeout_ms = opts.timeout_ms or self.timeout_ms
+  local attempt = self.stream and attempt_stream or attempt_whole
+  while true do
+    n = n + 1
+    local res, err, received, delivered = attempt(self, body, opts, timeout_ms, wire)
+    if res then
+      res.attempts = n
+      return res
+    end
+    err.attempts = n
+    if n >= policy.attempts or not retry.retryable(err, received, delivered) then
+      err.retryable = nil
+      return nil, err
+    end
+    local delay = retry.backoff_ms(policy, n, err.retry_after_ms)
+    if opts.on_retry then
+      opts.on_retry({ attempt = n, delay_ms = delay, error = err })
+    end
+    core.sleep(math.tointeger(delay) or math.floor(delay))
+  end
+end
+
+return M

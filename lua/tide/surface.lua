@@ -1,0 +1,270 @@
+--- tide.surface: the tools a session's model sees. Direct tools (the
+--- agent's own, resolved against the parent's for sub-agents), one
+--- delegation tool per named sub-agent, one `delegate_<slug>` per connected
+--- toolkit, and the checks a call meets before it runs.
+---
+--- Sessions built from the same agent definition and the same integration
+--- snapshot share one surface (tool list, schemas, rendered prompt, encoded
+--- prefix): ten thousand sessions hold one copy, not ten thousand.
+---@class tide.surface
+local M = {}
+
+local json = require "tide.json"
+local tool = require "tide.tool"
+local agents = require "tide.agents"
+
+-- surface cache: def -> generation -> snapshot (or false) -> surface.
+-- Weak keys: a surface lives as long as its definition and snapshot do.
+local surfaces = setmetatable({}, { __mode = "k" })
+
+local function sanitize(slug)
+  return (slug:lower():gsub("[^a-z0-9_]", "_"))
+end
+M.sanitize = sanitize
+
+local function tool_list_names(list)
+  local names = {}
+  for i, t in ipairs(list) do names[i] = t.name end
+  return table.concat(names, ", ")
+end
+
+local delegate_params = {
+  type = "object",
+  properties = {
+    task = { type = "string", description = "What the sub-agent should do, with all the context it needs." },
+  },
+  required = json.array { "task" },
+}
+
+-- Per-snapshot toolkit delegation tools, shared by every session on it.
+local toolkit_delegates = setmetatable({}, { __mode = "k" })
+
+-- Delegation handlers run a sub-agent (tide.subagent, which builds sessions
+-- with this module: required on first use to break the cycle).
+local function run_subagent(...) return require("tide.subagent").run(...) end
+
+local function toolkit_delegate_tools(snapshot)
+  local cached = toolkit_delegates[snapshot]
+  if cached then return cached end
+  local list = {}
+  for _, tk in ipairs(snapshot.toolkits) do
+    if tk.connected then
+      local slug = tk.slug
+      list[#list + 1] = tool.new {
+        name = "delegate_" .. sanitize(slug),
+        description = ("Delegate a task to the %s integration agent, which can use %s directly. %s")
+          :format(slug, slug, tk.description or ""),
+        parameters = delegate_params,
+        handler = function(args, ctx)
+          return run_subagent(ctx.session, "integrations_agent", args, { toolkit = slug })
+        end,
+      }
+      list[#list].toolkit = slug
+    end
+  end
+  toolkit_delegates[snapshot] = list
+  return list
+end
+
+local named_delegate_cache = setmetatable({}, { __mode = "k" })
+
+local function named_delegate(id, subdef)
+  local by_gen = named_delegate_cache[subdef]
+  if by_gen then return by_gen end
+  local t = tool.new {
+    name = subdef.delegate_name or ("delegate_" .. sanitize(id)),
+    description = subdef.when_to_use or ("Delegate a task to the " .. id .. " agent."),
+    parameters = delegate_params,
+    handler = function(args, ctx) return run_subagent(ctx.session, id, args) end,
+  }
+  t.subagent = id
+  named_delegate_cache[subdef] = t
+  return t
+end
+
+--- Builds the tool surface of `def` against `snapshot` (nil: no toolkits).
+--- `base` is the list of direct tools. Returns the surface; `warnings` lists
+--- unknown sub-agent ids.
+---@param def table the agent definition
+---@param base tide.tool[] the direct tools
+---@param snapshot table|nil the integration snapshot
+---@return table surface { tools, map, synthesized, specs, warnings, snapshot, prefixes }
+function M.build(def, base, snapshot)
+  local list, map, synthesized, warnings = {}, {}, {}, nil
+  for _, t in ipairs(base) do
+    if not map[t.name] then
+      list[#list + 1] = t
+      map[t.name] = t
+    end
+  end
+  local function insert(t)
+    -- A synthesised name that collides with an existing tool is dropped, and
+    -- only names actually inserted are recorded, so a refresh never removes
+    -- a direct tool.
+    if map[t.name] then return end
+    list[#list + 1] = t
+    map[t.name] = t
+    synthesized[t.name] = true
+  end
+  for _, entry in ipairs(def.subagents or {}) do
+    if type(entry) == "table" and entry.toolkits == "*" then
+      if snapshot then
+        for _, t in ipairs(toolkit_delegate_tools(snapshot)) do insert(t) end
+      end
+    else
+      local id = type(entry) == "string" and entry or entry.id
+      local subdef = agents.get(id)
+      if subdef then
+        insert(named_delegate(id, subdef))
+      else
+        warnings = warnings or {}
+        warnings[#warnings + 1] = ("unknown sub-agent '%s' skipped"):format(id)
+      end
+    end
+  end
+  local specs = {}
+  for i, t in ipairs(list) do specs[i] = tool.spec(t) end
+  return {
+    tools = list, map = map, synthesized = synthesized, specs = specs,
+    warnings = warnings, snapshot = snapshot, prefixes = {},
+  }
+end
+
+--- The surface shared by every session of definition `def` on `snapshot`;
+--- the direct-tool list (`base()`) is only built when the surface is.
+---@param def table
+---@param base fun():tide.tool[]
+---@param snapshot table|nil
+function M.shared(def, base, snapshot)
+  local gen = agents.generation()
+  local by_def = surfaces[def]
+  if not by_def then
+    by_def = setmetatable({}, { __mode = "k" })
+    surfaces[def] = by_def
+  end
+  local key = snapshot or by_def
+  local entry = by_def[key]
+  if entry and entry.gen == gen then return entry.surface end
+  local s = M.build(def, base(), snapshot)
+  by_def[key] = { gen = gen, surface = s }
+  return s
+end
+
+--- The direct tools of definition `def`: its `tools` ("*" or a list of
+--- tools and names of the parent's tools), less `disallowed_tools`, plus
+--- `extra_tools`.
+---@param def table
+---@param parent_tools? tide.tool[]
+---@return tide.tool[]
+function M.direct_tools(def, parent_tools)
+  local out = {}
+  local spec = def.tools
+  if spec == "*" then
+    for _, t in ipairs(parent_tools or {}) do out[#out + 1] = t end
+  elseif spec then
+    for _, t in ipairs(spec) do
+      if type(t) == "string" then
+        for _, pt in ipairs(parent_tools or {}) do
+          if pt.name == t then out[#out + 1] = pt break end
+        end
+      else
+        out[#out + 1] = t
+      end
+    end
+  end
+  if def.disallowed_tools then
+    local drop = {}
+    for _, n in ipairs(def.disallowed_tools) do drop[n] = true end
+    local kept = {}
+    for _, t in ipairs(out) do if not drop[t.name] then kept[#kept + 1] = t end end
+    out = kept
+  end
+  for _, t in ipairs(def.extra_tools or {}) do out[#out + 1] = t end
+  return out
+end
+
+--- The data a system prompt template is rendered with (docs/internals.md):
+--- the agent, the visible tools, the sub-agents and the connected toolkits
+--- of `snapshot` (with `own_toolkit`: the integrations agent's own).
+---@param def table
+---@param surface table
+---@param snapshot table|nil
+---@param own_toolkit string|nil
+---@return table
+function M.prompt_data(def, surface, snapshot, own_toolkit)
+  local data = {
+    agent = { id = def.id, display_name = def.display_name or def.id,
+      when_to_use = def.when_to_use or "" },
+    toolkits = {}, tools = {}, subagents = {}, has_toolkits = false,
+  }
+  local delegates = {}
+  for _, t in ipairs(surface.tools) do
+    data.tools[#data.tools + 1] = { name = t.name, description = t.description }
+    if t.toolkit then delegates[t.toolkit] = t.name end
+    if t.subagent then
+      local sd = agents.get(t.subagent)
+      data.subagents[#data.subagents + 1] = { id = t.subagent, tool = t.name,
+        when_to_use = sd and sd.when_to_use or "" }
+    end
+  end
+  local own
+  if snapshot then
+    for _, tk in ipairs(snapshot.toolkits) do
+      if tk.connected then
+        local entry = {
+          slug = tk.slug, description = tk.description or "", delegate = delegates[tk.slug] or "",
+          tools = {}, gated_tools = {}, has_gated = #(tk.gated_tools or {}) > 0,
+        }
+        for _, a in ipairs(tk.tools or {}) do
+          entry.tools[#entry.tools + 1] = { name = a.name, description = a.description or "" }
+        end
+        for _, g in ipairs(tk.gated_tools or {}) do
+          entry.gated_tools[#entry.gated_tools + 1] = { name = g.name, description = g.description or "",
+            reason = g.reason or "not available" }
+        end
+        data.toolkits[#data.toolkits + 1] = entry
+        if tk.slug == own_toolkit then own = entry end
+      end
+    end
+  end
+  data.has_toolkits = #data.toolkits > 0
+  data.toolkit = own
+  return data
+end
+
+--- Checks a call against `surface`: returns the tool and its decoded
+--- arguments, or nil and the error text the model gets back (a malformed
+--- call, arguments that are not a JSON object, a gated action of
+--- `snapshot`, a tool outside the surface).
+---@param surface table
+---@param snapshot table|nil
+---@param call {name:string, arguments:string, malformed?:string}
+function M.check_call(surface, snapshot, call)
+  local t = not call.malformed and surface.map[call.name]
+  if t then
+    local a = call.arguments
+    local args, jerr = json.decode(a ~= "" and a or "{}")
+    if type(args) == "table" then return t, args end
+    return nil, ("Error: the arguments for '%s' are not a JSON object (%s)"):format(
+      call.name, jerr and jerr.message or type(args))
+  end
+  if call.malformed then
+    return nil, ("Error: could not parse the tool call (%s)"):format(call.malformed)
+  end
+  local gated
+  if snapshot then
+    for _, tk in ipairs(snapshot.toolkits) do
+      for _, g in ipairs(tk.gated_tools or {}) do
+        if g.name == call.name then gated = g end
+      end
+    end
+  end
+  if gated then
+    return nil, ("Error: tool '%s' is gated (%s) and cannot be called. Available tools: %s"):format(
+      call.name, gated.reason or "hidden", tool_list_names(surface.tools))
+  end
+  return nil, ("Error: tool '%s' is not available to this agent. Available tools: %s"):format(
+    call.name, tool_list_names(surface.tools))
+end
+
+return M

@@ -1,0 +1,430 @@
+--- tide.turn: the one turn loop, used by every session (root, sub-agent,
+--- chat, demo; with listeners or none).
+---
+--- A turn appends the user's message, then asks the provider and runs the
+--- tools it calls until the model answers without calls, or
+--- `max_iterations` responses have been read. The calls of one response run
+--- concurrently, one task each, and their results go back in call order.
+--- Everything the turn reports to (on_tool_start / on_tool_end, the event
+--- sink, the budget) is read once, when the turn starts; events and result
+--- tables for listeners are built only when someone listens.
+---@class tide.turn
+local M = {}
+
+local core = require "tide.core"
+local json = require "tide.json"
+local surface = require "tide.surface"
+local tool_protocol = require "tide.tool_protocol"
+
+local hrtime = core.hrtime
+local spawn, spawn_now = core.spawn, core.spawn_now
+local function ms_since(t0) return (hrtime() - t0) / 1e6 end
+local function fail(code, msg, fields) return nil, core.error(code, msg, fields) end
+local function tree_budget() return require "tide.budget" end
+
+-- ----------------------------------------------------------- tool results --
+
+local function cap(text, limit)
+  if #text <= limit then return text end
+  local cut = limit
+  -- do not split a UTF-8 sequence
+  while cut > 0 and (text:byte(cut + 1) or 0) & 0xC0 == 0x80 do cut = cut - 1 end
+  return text:sub(1, cut) .. ("\n[truncated: %d bytes omitted]"):format(#text - cut)
+end
+
+local function to_text(v)
+  if v == nil then return "" end
+  if type(v) == "string" then return v end
+  if type(v) == "table" then
+    local ok, s = pcall(json.canonical, v)
+    if ok then return s end
+    return "(unencodable result: " .. tostring(s) .. ")"
+  end
+  return tostring(v)
+end
+
+--- The text of an error value for a model or a person: a tide error's
+--- "Code: message", anything else as a string without the traceback task
+--- errors carry.
+---@param err any
+---@return string
+function M.error_text(err)
+  if type(err) == "table" then
+    if err.code and err.message then return err.code .. ": " .. err.message end
+    return tostring(err)
+  end
+  return (tostring(err):gsub("\nstack traceback:.*$", ""))
+end
+local error_text = M.error_text
+
+-- Errors that stop the turn instead of becoming a tool result.
+local function passes_through(e)
+  return type(e) == "table" and (e.code == "BudgetExhausted" or e.code == "Cancelled")
+end
+
+-- A tool's failure as the one error a tool gives: ToolError, its message the
+-- text the model reads after "Error: ".
+local function tool_error(e)
+  if type(e) == "table" and e.code == "ToolError" then return e end
+  local text = type(e) == "string" and e:gsub("^Error: ", "") or error_text(e)
+  return core.error("ToolError", (text:gsub("\nstack traceback:.*$", "")))
+end
+
+--- Runs a tool's handler: its text (a table result as JSON), or nil and a
+--- ToolError for a handler that raised, returned `nil, err` or the legacy
+--- `{ is_error = true, content = ... }`. BudgetExhausted and Cancelled raise
+--- through: they stop the turn, not the tool.
+---@param t tide.tool
+---@param args table
+---@param ctx table|nil
+---@return string|nil text
+---@return table|nil err
+function M.run_tool(t, args, ctx)
+  local ok, v, e = pcall(t.handler, args, ctx)
+  if not ok then e, v = v, nil end
+  if v == nil and e ~= nil then
+    if passes_through(e) then error(e, 0) end
+    return nil, tool_error(e)
+  end
+  if type(v) == "table" and v.is_error ~= nil and v.content ~= nil then
+    if v.is_error then return nil, tool_error(to_text(v.content)) end
+    v = v.content
+  end
+  return to_text(v)
+end
+local run_tool = M.run_tool
+
+-- ------------------------------------------------------------------ calls --
+
+-- What one turn reports to, read once: `on_start`/`on_end` (the turn's
+-- options), `sink` (the event sink), `budget`; `listen` says whether any
+-- of the three wants to hear of a call.
+
+local function result(call, content, is_error)
+  return { id = call.id, name = call.name, content = content, is_error = is_error }
+end
+
+local function report_start(run, call)
+  if run.on_start then run.on_start(call) end
+  if run.sink then
+    run.sink { type = "tool_start", name = call.name, arguments = call.arguments, id = call.id,
+      depth = run.depth, agent = run.agent }
+  end
+end
+
+local function report_end(run, call, r, ms)
+  if run.on_end then run.on_end(call, r, ms) end
+  if run.sink then
+    run.sink { type = "tool_end", name = call.name, id = call.id, is_error = r.is_error, ms = ms,
+      depth = run.depth, agent = run.agent }
+  end
+end
+
+-- The body of a call's task: the tool's text or its error, capped, and the
+-- end reported at the time it ends (when someone listens).
+local function tool_task(run, t, args, call, t0)
+  local ctx = not t.args_only and { session = run.session, call_id = call.id, name = call.name,
+    depth = run.depth } or nil
+  local text, err = run_tool(t, args, ctx)
+  local limit = run.cap
+  if text then
+    if #text > limit then text = cap(text, limit) end
+  else
+    err.message = cap(err.message, limit)
+  end
+  if run.listen then report_end(run, call, result(call, text or ("Error: " .. err.message), text == nil), ms_since(t0)) end
+  return text, err
+end
+
+-- Starts one call: reports its start, checks it against the surface and
+-- spawns its task with `spawner`. Returns the task, its start (hrtime) and
+-- timeout (ms); or nil and the result of a call that cannot run.
+local function start_call(run, call, spawner)
+  local t0 = hrtime()
+  if run.listen then report_start(run, call) end
+  local session = run.session
+  local t, args = surface.check_call(session.surface, session.snapshot, call)
+  if not t then
+    local r = result(call, args, true)
+    if run.listen then report_end(run, call, r, 0) end
+    return nil, r
+  end
+  if run.budget then run.budget:spend("tool_calls", 1, run.agent) end
+  local counters = session.counters
+  counters.tool_calls = counters.tool_calls + 1
+  local task = spawner(tool_task, run, t, args, call, t0)
+  local live = run.tasks
+  live[#live + 1] = task
+  return task, t0, t.timeout_ms or session.tool_timeout_ms
+end
+
+-- Waits for the task of one call (started at t0, limited to limit_ms): its
+-- result, and the error that stops the turn, if any. A call past its
+-- timeout is cancelled and gets an error result.
+local function join_call(run, call, task, t0, limit_ms)
+  local text, err
+  if task:status() == "done" then -- a call run at once that never waited
+    text, err = task:join()
+  else
+    local left = (t0 + limit_ms * 1000000 - hrtime()) // 1000000
+    text, err = task:join(left > 0 and math.tointeger(left) or 0)
+  end
+  if text then return result(call, text, false) end
+  if err.code == "ToolError" then return result(call, "Error: " .. err.message, true) end
+  if err.code == "Timeout" and task:status() ~= "done" and task:status() ~= "failed" then
+    task:cancel()
+    local r = result(call, ("Error: tool '%s' timed out after %d ms"):format(call.name, limit_ms), true)
+    if run.listen then report_end(run, call, r, ms_since(t0)) end
+    return r
+  end
+  local r = result(call, "Error: " .. error_text(err), true)
+  if passes_through(err) then return r, err end
+  return r
+end
+
+-- Runs the calls of one response concurrently, one task each, and returns
+-- their results in call order, and the error that stops the turn, if any
+-- (BudgetExhausted, the turn's own cancellation).
+local function run_calls(run, calls)
+  local n = #calls
+  local live = run.tasks
+  if n == 1 then
+    -- A single call's task runs at once, until it first waits: a tool that
+    -- never does is done before the join, which then costs no pass of the
+    -- loop.
+    local call = calls[1]
+    local task, t0, limit = start_call(run, call, spawn_now)
+    if not task then return { t0 } end -- (t0: the result of a call that could not start)
+    local r, err = join_call(run, call, task, t0, limit)
+    live[1] = nil
+    return { r }, err
+  end
+  -- Every call is started before any is joined.
+  local results, tasks, starts, limits = {}, {}, {}, {}
+  for i = 1, n do
+    local task, t0, limit = start_call(run, calls[i], spawn)
+    if task then
+      tasks[i], starts[i], limits[i] = task, t0, limit
+    else
+      results[i] = t0 -- the result of a call that could not start
+    end
+  end
+  local stop_err
+  for i = 1, n do
+    if tasks[i] then
+      local r, err = join_call(run, calls[i], tasks[i], starts[i], limits[i])
+      results[i] = r
+      stop_err = stop_err or err
+    end
+  end
+  for i = #live, 1, -1 do live[i] = nil end
+  return results, stop_err
+end
+
+-- The message that carries a round's results: a `tool` message, or for
+-- calls the model wrote as text, a user message of <tool_result> tags.
+local function results_message(results, textual)
+  if not textual then return { role = "tool", results = results } end
+  local parts = {}
+  for i, r in ipairs(results) do
+    parts[i] = ('<tool_result name="%s"%s>\n%s\n</tool_result>'):format(
+      r.name, r.is_error and ' error="true"' or "", r.content)
+  end
+  return { role = "user", content = table.concat(parts, "\n") }
+end
+
+-- Answers every call of `calls` with the same error, so that the history
+-- stays a valid conversation (a call is never left without its result).
+local function answer_all(history, calls, textual, text)
+  local results = {}
+  for i, c in ipairs(calls) do results[i] = result(c, text, true) end
+  history:append(results_message(results, textual))
+end
+
+-- The calls a model wrote as text (`<tool_call>` tags), for models without
+-- native tools; ids are made up where the text has none.
+local function textual_calls(text, iteration)
+  local parsed = tool_protocol.parse(text)
+  if #parsed == 0 then return nil end
+  for i, c in ipairs(parsed) do
+    c.id = c.id or ("parsed-" .. iteration .. "-" .. i)
+    if c.id == "" then c.id = ("call_%d_%d"):format(iteration, i) end
+  end
+  return parsed
+end
+
+-- --------------------------------------------------------------- the loop --
+
+-- Per-turn context goes on the user message, never in the frozen prompt.
+local function user_content(session, text, opts)
+  local parts = {}
+  if opts.context then parts[#parts + 1] = opts.context end
+  local dt = session.def.datetime
+  if dt == nil then dt = session.parent ~= nil end
+  if dt then parts[#parts + 1] = "Current date and time: " .. os.date("!%Y-%m-%d %H:%M UTC") end
+  if #parts == 0 then return text end
+  parts[#parts + 1] = text
+  return table.concat(parts, "\n\n")
+end
+
+local NO_OPTS = setmetatable({}, { __newindex = function() error("NO_OPTS is read-only", 2) end })
+
+-- The provider's options for this turn: text deltas go to on_delta and the
+-- event sink; without either, no closure (and the provider skips the work
+-- of handing text over).
+local function complete_opts(run, on_delta)
+  local sink = run.sink
+  if not (on_delta or sink) then return NO_OPTS end
+  local depth, agent = run.depth, run.agent
+  return { on_delta = function(d)
+    if on_delta then on_delta(d) end
+    if sink then sink { type = "delta", text = d, depth = depth, agent = agent } end
+  end }
+end
+
+local function add_usage(run, stats, u)
+  local input, output, cached = u and u.input or 0, u and u.output or 0, u and u.cached or 0
+  local tokens = stats.tokens
+  tokens.input = tokens.input + input
+  tokens.output = tokens.output + output
+  tokens.cached = tokens.cached + cached
+  if run.budget then run.budget:tokens(input, output, run.agent) end
+end
+
+-- The body of a turn, in the caller's task.
+local function body(session, text, opts, run)
+  local stats = session.counters
+  local history = session.conversation
+  local trace = {}
+  local t0 = hrtime()
+  stats.turns = stats.turns + 1
+  if run.depth > stats.spawn_depth_max then stats.spawn_depth_max = run.depth end
+
+  -- 1. integrations: cold sessions fetch; warm ones only peek for a change.
+  session:_update_integrations(trace)
+  -- 2. the frozen prompt, once
+  if not history.system then
+    local ok, err = session:_freeze(trace)
+    if not ok then return nil, err end
+  end
+  local prefix = session:_prefix()
+  -- 3. the user message
+  history:append { role = "user", content = user_content(session, text, opts) }
+  if stats.turns == 1 then
+    trace[#trace + 1] = { step = "first_request_ready", ms = ms_since(t0) }
+    session.trace = trace
+  end
+
+  local provider = session.provider
+  local budget = run.budget
+  local popts = complete_opts(run, opts.on_delta)
+  local text_tools = session.def.text_tools ~= false
+  for iteration = 1, session.max_iterations do
+    if budget then budget:spend("provider_calls", 1, run.agent) end
+    stats.iterations = stats.iterations + 1
+    stats.provider_calls = stats.provider_calls + 1
+    -- The body is the prefix and the encoded history, joined in C into the
+    -- request itself.
+    local resp, err = provider:_complete(prefix, popts, history:encoded())
+    if not resp then return nil, err end
+    add_usage(run, stats, resp.usage)
+    stats.ttfb_ms = resp.ttfb_ms
+    stats.first_ttfb_ms = stats.first_ttfb_ms or resp.ttfb_ms
+
+    local calls, textual = resp.tool_calls, false
+    if (not calls or #calls == 0) and text_tools and resp.text then
+      calls = textual_calls(resp.text, iteration)
+      textual = calls ~= nil
+    end
+    local done = not calls or #calls == 0
+    history:append {
+      role = "assistant", content = resp.text or (done and "" or nil),
+      tool_calls = not (done or textual) and calls or nil,
+      reasoning = resp.reasoning, stop = resp.stop, usage = resp.usage,
+    }
+    if done then
+      if budget and budget.exhausted then return nil, budget.exhausted end
+      return resp.text or ""
+    end
+    if budget and budget.exhausted then
+      -- Spent by this very response: answer the calls, then stop.
+      answer_all(history, calls, textual, "Error: budget exhausted")
+      return nil, budget.exhausted
+    end
+    run.pending, run.textual = calls, textual
+    local results, stop_err = run_calls(run, calls)
+    run.pending = nil
+    history:append(results_message(results, textual))
+    if stop_err then return nil, stop_err end
+  end
+  return fail("MaxIterationsExceeded",
+    ("exceeded maximum tool iterations (%d)"):format(session.max_iterations),
+    { max_iterations = session.max_iterations })
+end
+
+--- Runs one turn of `session` in the caller's own task (no task of its own:
+--- one coroutine fewer per session in flight). Its task-local values (event
+--- sink, budget) are set for the turn, seen by the tool and sub-agent tasks
+--- it spawns, and restored afterwards. Returns the reply, or nil and the
+--- error; a cancelled or budget-stopped turn leaves every call answered.
+---@param session tide.session
+---@param text string
+---@param opts table the turn's options (checked)
+---@return string|nil reply
+---@return table|nil err
+function M.run(session, text, opts)
+  if session.turn_ctx then return fail("SessionBusy", "a turn is already in progress on this session") end
+  local ctx = core.context()
+  local saved_event, saved_budget = rawget(ctx, "tide_on_event"), rawget(ctx, "tide_budget")
+  local inherited_budget = ctx.tide_budget
+  local budget = inherited_budget
+  if not budget and session.budget_limits then budget = tree_budget().new(session.budget_limits) end
+  local sink = opts.on_event or ctx.tide_on_event
+  local on_start, on_end = opts.on_tool_start, opts.on_tool_end
+  -- The turn in progress: `caller` is the task it runs in (what cancel
+  -- interrupts), `tasks` its live tool and sub-agent tasks, `pending` the
+  -- calls being run (answered by the repair if the turn stops).
+  local run = {
+    session = session, budget = budget, sink = sink, on_start = on_start, on_end = on_end,
+    listen = (sink or on_start or on_end) ~= nil, depth = core.depth(), agent = session.agent_path,
+    cap = session.result_cap, tasks = {}, caller = core.current(), pending = false, textual = false,
+  }
+  ctx.tide_on_event = sink
+  ctx.tide_budget = budget
+  session.turn_ctx = run
+  local watchdog
+  if budget and not inherited_budget and budget.limits.wall_ms then
+    watchdog = core.spawn(function()
+      core.sleep(budget.limits.wall_ms)
+      budget:exhausted_error("wall_ms")
+      session:cancel()
+    end)
+  end
+  local ok, reply, err = pcall(body, session, text, opts, run)
+  if not ok then reply, err = nil, reply end
+  if watchdog then watchdog:cancel() end
+  for _, t in ipairs(run.tasks) do t:cancel() end
+  rawset(ctx, "tide_on_event", saved_event)
+  rawset(ctx, "tide_budget", saved_budget)
+  session.turn_ctx = nil
+  if session.cancelling then
+    session.cancelling = nil
+    core.clear_interrupt() -- an interrupt that arrived after the last wait
+  end
+  if budget and not inherited_budget then session.last_budget = budget end
+  if reply == nil and err ~= nil then
+    if type(err) ~= "table" then
+      err = core.error("TurnFailed", error_text(err), { detail = err })
+    end
+    if err.code == "Cancelled" or (budget and budget.exhausted and err.code ~= "BudgetExhausted") then
+      -- Stopped mid-tools: answer the pending calls so that the history
+      -- (and transcript) stays a valid conversation.
+      if run.pending then answer_all(session.conversation, run.pending, run.textual, "Error: cancelled") end
+      if budget and budget.exhausted then err = budget.exhausted end
+    end
+    return nil, err
+  end
+  return reply
+end
+
+return M
