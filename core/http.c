@@ -763,8 +763,7 @@ static int read_pump(lua_State *L, tide_http *r, tide_task *t) {
 }
 
 /* req:pump(parser) -> what next() returns when the transfer ends, for a
-** streamed request read by a reply parser that has a sink (tide_sink: e.g.
-** core.openai_stream):
+** streamed request read by a reply parser that has a sink (tide_sink):
 ** every chunk of an event stream goes from the request's buffer straight
 ** into the parser, with no string made and no return to Lua between
 ** chunks. It stops early with "data", chunk when the reply is not an event

@@ -59,11 +59,10 @@ static int ctx_gc(lua_State *L) {
     }
   }
   tide__http_shutdown(ctx);
-  tide__server_shutdown(ctx);
   tide__watch_shutdown(ctx);
   tide__cache_shutdown(ctx);
   tide__stdio_shutdown(ctx);
-  tide__openai_shutdown(ctx);
+  for (int i = 0; i < ctx->nshutdown_hooks; i++) ctx->shutdown_hooks[i](ctx);
   uv_close((uv_handle_t *)ctx->idle, close_free_cb);
   uv_close((uv_handle_t *)ctx->check, close_free_cb);
   uv_run(ctx->loop, UV_RUN_DEFAULT);
@@ -828,9 +827,31 @@ static void sigint_cb(uv_signal_t *h, int signum) {
 
 /* core.run(fn, ...) -> true, results... | false, err
 ** Runs fn as the root task and drives the loop until every task has ended. */
+/* What a process that runs tide's loop needs, done by the first run of a
+** state's loop rather than by require "tide", so that loading the module
+** changes nothing process-wide. Thousands of sessions in flight need
+** thousands of sockets: the soft descriptor limit is raised to the hard one,
+** as servers do at start-up (when even the hard limit is too low, connects
+** fail with FdLimit). Writing to a socket the peer has closed must be an
+** error, not a fatal signal: SIGPIPE is ignored, unless the host already
+** chose a disposition. */
+static void process_setup(tide_ctx *ctx) {
+  if (ctx->process_ready) return;
+  ctx->process_ready = 1;
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+  struct sigaction sa;
+  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+    signal(SIGPIPE, SIG_IGN);
+}
+
 static int l_run(lua_State *L) {
   tide_ctx *ctx = tide__ctx(L);
   luaL_checktype(L, 1, LUA_TFUNCTION);
+  process_setup(ctx);
   if (ctx->running)
     return luaL_error(L, "tide.run: the loop is already running (it cannot be "
                          "run from inside itself)");
@@ -964,18 +985,5 @@ void tide__open_loop(lua_State *L) {
       {NULL, NULL}};
   tide__register_type(L, TIDE_TASK_MT, task_meta, task_methods);
   luaL_setfuncs(L, fns, 0);
-  /* Thousands of sessions in flight need thousands of sockets: raise the soft
-  ** descriptor limit to the hard one, as servers do at start-up. When even
-  ** the hard limit is too low, connects fail with the FdLimit error. */
-  struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-  }
-  /* Writing to a socket the peer has closed must be an error, not a fatal
-  ** signal; only touch the disposition if nobody else has. */
-  struct sigaction sa;
-  if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
-    signal(SIGPIPE, SIG_IGN);
   tide__ctx(L);
 }

@@ -87,16 +87,29 @@ void tide__add_header(lua_State *L, const char *name, size_t nl,
   lua_rawset(L, -3);
 }
 
+int tide__on_shutdown(tide_ctx *ctx, void (*fn)(tide_ctx *ctx)) {
+  for (int i = 0; i < ctx->nshutdown_hooks; i++)
+    if (ctx->shutdown_hooks[i] == fn) return 0;
+  if (ctx->nshutdown_hooks >= TIDE_MAX_HOOKS) return -1;
+  ctx->shutdown_hooks[ctx->nshutdown_hooks++] = fn;
+  return 0;
+}
+
+static const tide_api api = {tide__ctx, tide__pcall, tide__add_header, tide__push_error,
+                             tide__on_shutdown};
+
 /// Opens the `tide.core` module: the event loop and tasks, HTTP, SSE, JSON
 /// primitives, the wire buffer, tool-call assembly, the OpenAI wire format,
-/// the mock server, the integration cache, templates and file watching. The public API is the Lua facade `tide`, built on top.
+/// the integration cache, templates and file watching. The public API is the Lua facade `tide`, built on top.
 __attribute__((visibility("default"))) int luaopen_tide_core(lua_State *L) {
   static void (*const parts[])(lua_State *) = {
       tide__open_error,  tide__open_loop,     tide__open_depth,
       tide__open_json,   tide__open_wire,     tide__open_http,
       tide__open_sse,    tide__open_toolcall, tide__open_openai,
-      tide__open_server, tide__open_cache,    tide__open_template,
+      tide__open_cache,  tide__open_template,
       tide__open_watch,  tide__open_stdio};
+  lua_pushlightuserdata(L, (void *)&api);
+  lua_setfield(L, LUA_REGISTRYINDEX, TIDE_API_KEY);
   lua_newtable(L);
   for (size_t i = 0; i < tide__nelem(parts); i++) parts[i](L);
   lua_pushliteral(L, TIDE_VERSION);

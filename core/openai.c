@@ -779,8 +779,15 @@ static void stream_reuse(openai_stream *st, size_t max) {
 
 /* Takes a closed stream's parser: kept among the state's spares, emptied,
 ** or freed when there are enough (or the state is closing). */
+static void free_spares(tide_ctx *ctx);
+
 static void park_stream(tide_ctx *ctx, openai_stream *st) {
   if (ctx->closing || ctx->loop == NULL || ctx->nspare_streams >= SPARE_STREAMS_MAX) {
+    stream_free(st);
+    free(st);
+    return;
+  }
+  if (tide__on_shutdown(ctx, free_spares) != 0) { /* cannot be told to free it */
     stream_free(st);
     free(st);
     return;
@@ -791,7 +798,8 @@ static void park_stream(tide_ctx *ctx, openai_stream *st) {
   ctx->nspare_streams++;
 }
 
-void tide__openai_shutdown(tide_ctx *ctx) {
+/* Frees the parsers kept for new streams when the state closes. */
+static void free_spares(tide_ctx *ctx) {
   for (openai_stream *st = ctx->spare_streams, *next; st; st = next) {
     next = st->next_spare;
     stream_free(st);

@@ -203,6 +203,9 @@ enum tide_task_state {
   TIDE_TASK_DONE     /* finished: results or error kept on its thread */
 };
 
+/* Shutdown hooks a state can hold (tide_api.on_shutdown). */
+#define TIDE_MAX_HOOKS 4
+
 struct tide_task {
   tide_ctx *ctx;
   lua_State *co;          /* the coroutine; anchored as the userdata's uservalue 1;
@@ -256,6 +259,10 @@ struct tide_ctx {
   uv_check_t *check;   /* drains the ready queue right after the poll phase */
   int max_spawn_depth; /* runtime default for MAX_SPAWN_DEPTH */
   int spare_threads;   /* finished tasks' coroutines kept for reuse (loop.c) */
+  /* Shutdown hooks of C modules built beside tide.core (tide_api). */
+  void (*shutdown_hooks[TIDE_MAX_HOOKS])(tide_ctx *ctx);
+  int nshutdown_hooks;
+  int process_ready;   /* the first run set up the process (loop.c) */
   struct openai_stream *spare_streams; /* closed streams' parsers (openai.c) */
   int nspare_streams;
   /* HTTP (http.c) */
@@ -349,8 +356,6 @@ void tide__open_sse(lua_State *L);
 void tide__open_openai(lua_State *L);
 /// Registers json_integers.
 void tide__open_json(lua_State *L);
-/// Registers server_listen (the loopback HTTP/1.1 server) and server_stats.
-void tide__open_server(lua_State *L);
 /// Registers the integration cache (cache_lookup, cache_store, cache_peek,
 /// ...) and hash.
 void tide__open_cache(lua_State *L);
@@ -371,16 +376,38 @@ void tide__open_stdio(lua_State *L);
 /// Takes every transfer out of libcurl, cleans up the multi handles, closes
 /// socket watchers and timers.
 void tide__http_shutdown(tide_ctx *ctx);
-/// Closes every server and connection still open.
-void tide__server_shutdown(tide_ctx *ctx);
 /// Closes every file watcher still open.
 void tide__watch_shutdown(tide_ctx *ctx);
 /// Frees the integration cache's entries.
 void tide__cache_shutdown(tide_ctx *ctx);
 /// Closes the stdin reader's handle.
 void tide__stdio_shutdown(tide_ctx *ctx);
-/// Frees the parsers kept for new openai streams (openai.c).
-void tide__openai_shutdown(tide_ctx *ctx);
+/// Runs fn (once, however often it is asked) when the state closes, after
+/// the parts above: for parts that only sometimes hold something to free,
+/// and for the C modules built beside tide.core (tide_api). 0, or -1 when
+/// the hooks are full (TIDE_MAX_HOOKS).
+int tide__on_shutdown(tide_ctx *ctx, void (*fn)(tide_ctx *ctx));
+
+/* ------------------------------------------------------------------ api -- */
+
+/// What tide.core lends the C modules built beside it (tide.testing.server),
+/// which are separate shared objects and cannot link to its hidden symbols:
+/// a pointer to this table is in the registry under TIDE_API_KEY once
+/// tide.core is loaded.
+typedef struct tide_api {
+  /// The state's context (its loop), made on first use.
+  tide_ctx *(*ctx)(lua_State *L);
+  /// tide__pcall: the one protected call with a traceback.
+  int (*pcall)(lua_State *L, int nargs, int nresults, const char *where);
+  /// tide__add_header.
+  void (*add_header)(lua_State *L, const char *name, size_t nl, const char *v, size_t vl);
+  /// tide__push_error: pushes a tide error table.
+  void (*push_error)(lua_State *L, const char *code, const char *fmt, ...);
+  /// Runs fn when the state closes, before the loop's last run (with the
+  /// parts of tide.core); 0, or -1 when the hooks are full.
+  int (*on_shutdown)(tide_ctx *ctx, void (*fn)(tide_ctx *ctx));
+} tide_api;
+#define TIDE_API_KEY "tide.core.api"
 
 /* depth.c */
 /// Computes the depth of a child of `parent`: 0 on success with *out set,

@@ -25,7 +25,7 @@
 ---             streaming, `bytes` of content in 16 KiB deltas).
 ---   hang      no answer at all, until the client gives up or the server closes.
 ---
---- It is built on `core.server_listen` (core/server.c) and on lua-cjson
+--- It is built on `tide.testing.server` (testing/server.c) and on lua-cjson
 --- directly, not on tide.json, so that what the mock sends never depends on
 --- the encoder of the code under test.
 ---@class tide.testing
@@ -532,7 +532,7 @@ function testing.mock_server(opts)
                               _requests = {}, _record = opts.record ~= false,
                               _ids = 0, _count = 0 }, Mock)
   self:push(table.unpack(opts.replies or {}))
-  local srv, err = core.server_listen({
+  local srv, err = require("tide.testing.server").listen({
     host = "127.0.0.1", port = opts.port or 0, ref = opts.ref == true,
     handler = function(req) return self:_handle(req) end,
   })

@@ -20,7 +20,7 @@ describe("tide.http over HTTP/2 with TLS", function()
     assert(os.execute(("env -u LD_PRELOAD openssl req -x509 -newkey rsa:2048 -nodes -keyout %s/key.pem -out %s/cert.pem "
       .. "-days 1 -subj /CN=127.0.0.1 >/dev/null 2>&1"):format(dir, dir)))
     -- a free port: bind one, release it, hand it to nghttpd
-    local probe = assert(core.server_listen { handler = function() return { status = 200 } end })
+    local probe = assert(require("tide.testing.server").listen { handler = function() return { status = 200 } end })
     port = probe:port()
     probe:close()
     os.execute(("env -u LD_PRELOAD %s -d %s %d %s/key.pem %s/cert.pem >/dev/null 2>&1 & echo $! > %s/pid")

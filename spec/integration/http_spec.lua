@@ -6,7 +6,7 @@ local helpers = require "helpers"
 describe("tide.http", function()
   local srv
   before_each(function()
-    srv = assert(core.server_listen {
+    srv = assert(require("tide.testing.server").listen {
       handler = function(req)
         local path = req.path
         if path == "/echo" then
@@ -175,7 +175,7 @@ describe("tide.http", function()
   end)
 
   it("lets go of a kept-alive connection the server closes between requests", function()
-    local other = assert(core.server_listen { handler = function() return { status = 200, body = "other" } end })
+    local other = assert(require("tide.testing.server").listen { handler = function() return { status = 200, body = "other" } end })
     local first, again, second = tide.run(function()
       local gone = url("/echo")
       local a = tide.http.request { url = gone, method = "POST", body = "a" }
@@ -300,7 +300,7 @@ describe("tide.http", function()
 
   it("gives each failure a distinct stable code and stays usable", function()
     -- a port nobody listens on
-    local probe = assert(core.server_listen { handler = function() return { status = 200 } end })
+    local probe = assert(require("tide.testing.server").listen { handler = function() return { status = 200 } end })
     local dead = probe:port()
     probe:close()
     local cases = {
@@ -382,7 +382,7 @@ describe("tide.http out of file descriptors", function()
 local tide = require "tide"
 local core = require "tide.core"
 require "tide.http" -- loaded before the descriptors run out
-local srv = assert(core.server_listen { handler = function() return { status = 200, body = "x", delay_ms = 100 } end })
+local srv = assert(require("tide.testing.server").listen { handler = function() return { status = 200, body = "x", delay_ms = 100 } end })
 local url = ("http://127.0.0.1:%d/"):format(srv:port())
 local seen = {}
 tide.run(function()
@@ -402,16 +402,16 @@ describe("tide.http and the proxy variables", function()
   -- a process of its own, whose proxy (a loopback server) answers for any
   -- host.
   local function run(env)
-    local probe = assert(require("tide.core").server_listen { handler = function() return { status = 200 } end })
+    local probe = assert(require("tide.testing.server").listen { handler = function() return { status = 200 } end })
     local port = probe:port()
     probe:close()
     return run_process("env " .. env:gsub("PORT", tostring(port)), ([[
 local tide = require "tide"
 local core = require "tide.core"
-local srv = assert(core.server_listen { port = %d, handler = function(req)
+local srv = assert(require("tide.testing.server").listen { port = %d, handler = function(req)
   return { status = 200, body = "proxy saw " .. req.path }
 end })
-local direct = assert(core.server_listen { handler = function() return { status = 200, body = "direct" } end })
+local direct = assert(require("tide.testing.server").listen { handler = function() return { status = 200, body = "direct" } end })
 local a, aerr = tide.http.request { url = "http://upstream.invalid/x" }
 local b = tide.http.request { url = ("http://127.0.0.1:%%d/y"):format(direct:port()) }
 srv:close()

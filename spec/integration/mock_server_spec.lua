@@ -132,11 +132,11 @@ end
 
 describe("mock server", function()
   local baseline
-  before_each(function() baseline = core.server_stats() end)
+  before_each(function() baseline = require("tide.testing.server").stats() end)
   after_each(function()
     -- Every case closes its servers; after the close callbacks nothing is left.
     helpers.run(function() tide.sleep(5) end)
-    assert.are.same(baseline, core.server_stats())
+    assert.are.same(baseline, require("tide.testing.server").stats())
   end)
 
   describe("OpenAI Chat Completions", function()
@@ -610,10 +610,10 @@ describe("mock server", function()
     end)
   end)
 
-  describe("core.server_listen", function()
+  describe("tide.testing.server.listen", function()
     it("serves raw response tables and turns handler errors into 500", function()
       helpers.run(function()
-        local srv = assert(core.server_listen{ handler = function(req)
+        local srv = assert(require("tide.testing.server").listen{ handler = function(req)
           if req.path == "/boom" then error("handler exploded") end
           return { status = 202, headers = { ["x-n"] = 7 }, body = req.method .. " " .. req.path }
         end })
@@ -632,11 +632,11 @@ describe("mock server", function()
     end)
 
     it("raises on misuse and fails to listen on a port in use", function()
-      assert.has_error(function() core.server_listen{} end)
-      assert.has_error(function() core.server_listen{ handler = print, port = -1 } end)
-      assert.has_error(function() core.server_listen{ handler = print, host = "example.com" } end)
-      local a = assert(core.server_listen{ handler = print })
-      local b, err = core.server_listen{ handler = print, port = a:port() }
+      assert.has_error(function() require("tide.testing.server").listen{} end)
+      assert.has_error(function() require("tide.testing.server").listen{ handler = print, port = -1 } end)
+      assert.has_error(function() require("tide.testing.server").listen{ handler = print, host = "example.com" } end)
+      local a = assert(require("tide.testing.server").listen{ handler = print })
+      local b, err = require("tide.testing.server").listen{ handler = print, port = a:port() }
       assert.is_nil(b)
       assert.are.equal("ListenFailed", err.code)
       a:close()
@@ -644,7 +644,7 @@ describe("mock server", function()
 
     it("closing a server with open connections leaves no handle open", function()
       helpers.run(function()
-        local before = core.server_stats()
+        local before = require("tide.testing.server").stats()
         local srv = testing.mock_server{ replies = { "a", { fault = "hang" } } }
         assert(chat(srv, {})) -- leaves a kept-alive connection
         local hung = tide.spawn(function() return chat(srv, {}, { timeout_ms = 5000 }) end)
@@ -658,7 +658,7 @@ describe("mock server", function()
         assert.is_nil(res)
         assert.is_truthy(err.code == "ConnectionClosed" or err.code == "ConnectFailed")
         tide.sleep(5)
-        assert.are.same(before, core.server_stats())
+        assert.are.same(before, require("tide.testing.server").stats())
       end)
     end)
 

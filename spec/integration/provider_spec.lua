@@ -1,6 +1,6 @@
 -- The providers (tide.provider.openai / .anthropic) against the loopback mock
 -- model server (tide.testing) and, for wire shapes the mock does not script,
--- a raw loopback server (core.server_listen). Both providers, streaming and
+-- a raw loopback server (require("tide.testing.server").listen). Both providers, streaming and
 -- not: replies, tool calls, usage, retries, faults, request shapes.
 local helpers = require "helpers"
 local tide = require "tide"
@@ -28,13 +28,13 @@ local function with_mock(opts, fn)
   end)
 end
 
--- A raw loopback server: handler(req, n) returns a core.server_listen
+-- A raw loopback server: handler(req, n) returns a require("tide.testing.server").listen
 -- response table ({ status, headers, body | chunks, raw, hang, ... }).
 local function with_raw(handler, fn)
   return helpers.run(function()
     local n = 0
     local reqs = {}
-    local srv = assert(core.server_listen({
+    local srv = assert(require("tide.testing.server").listen({
       host = "127.0.0.1", port = 0,
       handler = function(req)
         n = n + 1
@@ -572,7 +572,7 @@ describe("tide.provider", function()
 
   it("retries ConnectFailed up to the bound", function()
     helpers.run(function()
-      local srv = assert(core.server_listen({ host = "127.0.0.1", port = 0, handler = function() return {} end }))
+      local srv = assert(require("tide.testing.server").listen({ host = "127.0.0.1", port = 0, handler = function() return {} end }))
       local port = srv:port()
       srv:close()
       local p = provider.openai({ base_url = "http://127.0.0.1:" .. port .. "/v1", model = "m", retry = FAST })

@@ -11,7 +11,7 @@
 --- page), checking the `x-api-key` header when `api_key` is given, and
 --- recording every request. `srv.fail` injects 500s.
 ---
---- Built on `core.server_listen` and lua-cjson directly (not tide.json), so
+--- Built on `tide.testing.server` and lua-cjson directly (not tide.json), so
 --- the mock's wire format does not depend on the code under test.
 ---@class tide.testing.composio
 local M = {}
@@ -272,7 +272,7 @@ function M.server(opts)
     api_key = opts.api_key,
     log = {},
   }, Server)
-  local srv, err = core.server_listen{ host = "127.0.0.1", port = 0,
+  local srv, err = require("tide.testing.server").listen{ host = "127.0.0.1", port = 0,
     handler = function(req) return self:_handle(req) end }
   if not srv then error("tide.testing.composio: " .. tostring(err), 2) end
   self.srv = srv

@@ -1,9 +1,12 @@
 /*
-** server.c -- a small HTTP/1.1 server on libuv TCP, for specs, the demo and
-** benchmarks (tide.testing's mock model provider is built on it).
+** server.c -- the C module tide.testing.server: a small HTTP/1.1 server on
+** libuv TCP, for specs, the demo and benchmarks (tide.testing's mock model
+** provider is built on it). A test fixture, so not part of tide.core: it runs
+** on the state's tide loop through what tide.core lends (tide_api).
 **
 ** One listener per server; each connection reads requests (Content-Length
-** bodies only), calls the Lua handler on the main thread through tide__pcall,
+** bodies only), calls the Lua handler on the main thread through tide's
+** protected call (api->pcall),
 ** and turns the returned table into one C block (tide_resp) before any
 ** timing or writing happens. Timers and write callbacks never call Lua.
 **
@@ -48,7 +51,7 @@
 #include "tide.h"
 
 #define SERVER_MT "tide.server"
-#define SERVERS_KEY "tide.core.servers"
+#define SERVERS_KEY "tide.testing.servers"
 
 #define MAX_HEAD (64u * 1024u)          /* request line + headers */
 #define MAX_BODY (64u * 1024u * 1024u)  /* request body */
@@ -65,6 +68,7 @@ typedef struct tide_conn tide_conn;
 typedef struct tide_resp tide_resp;
 
 typedef struct server_state {
+  const tide_api *api;    /* tide.core's, for this state */
   tide_server *head;      /* open servers */
   int live_servers;       /* C structs not yet freed (open or closing) */
   int live_conns;
@@ -181,6 +185,16 @@ static int has_token(const char *p, size_t n, const char *token) {
   return 0;
 }
 
+/* What tide.core lends (its loop, protected call, errors): the server runs on
+** the state's tide loop. tide.core is loaded first (luaopen below). */
+static const tide_api *core_api(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, TIDE_API_KEY);
+  const tide_api *api = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (api == NULL) luaL_error(L, "tide.testing.server needs tide.core loaded first");
+  return api;
+}
+
 static server_state *get_state(lua_State *L, int create) {
   server_state *st = NULL;
   if (lua_getfield(L, LUA_REGISTRYINDEX, SERVERS_KEY) == LUA_TUSERDATA)
@@ -190,6 +204,7 @@ static server_state *get_state(lua_State *L, int create) {
   st = lua_newuserdatauv(L, sizeof *st, 0);
   memset(st, 0, sizeof *st);
   lua_setfield(L, LUA_REGISTRYINDEX, SERVERS_KEY);
+  st->api = core_api(L);
   return st;
 }
 
@@ -463,7 +478,7 @@ static void push_request(lua_State *L, dispatch_args *a) {
     const char *v = colon + 1, *ve = le;
     while (v < ve && (*v == ' ' || *v == '\t')) v++;
     while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) ve--;
-    tide__add_header(L, ls, (size_t)(colon - ls), v, (size_t)(ve - v));
+    c->server->state->api->add_header(L, ls, (size_t)(colon - ls), v, (size_t)(ve - v));
     ls = le + 2;
   }
   lua_setfield(L, -2, "headers");
@@ -686,7 +701,7 @@ static void dispatch(tide_conn *c, const char *p) {
   if (lua_checkstack(L, 4)) {
     lua_pushcfunction(L, l_dispatch);
     lua_pushlightuserdata(L, &a);
-    status = tide__pcall(L, 1, 0, "server handler");
+    status = s->state->api->pcall(L, 1, 0, "server handler");
   }
   lua_settop(L, top);
   if (c->closing) { /* the handler closed its own server */
@@ -906,9 +921,10 @@ static void server_close(lua_State *L, tide_server *s) {
   for (tide_conn *c = s->conns; c; c = c->next) conn_close(c);
 }
 
-/// Closes every server of the state and all their connections; the caller
-/// then runs the loop until the close callbacks have run.
-void tide__server_shutdown(tide_ctx *ctx) {
+/* Closes every server of the state and all their connections when the state
+** closes (a tide_api shutdown hook); tide.core then runs the loop until the
+** close callbacks have run. */
+static void shutdown_servers(tide_ctx *ctx) {
   server_state *st = get_state(ctx->L, 0);
   if (st == NULL) return;
   while (st->head) server_close(ctx->L, st->head);
@@ -955,7 +971,7 @@ static int l_server_tostring(lua_State *L) {
   return 1;
 }
 
-/* core.server_listen{ host = "127.0.0.1", port = 0, handler = fn, ref = false }
+/* server.listen{ host = "127.0.0.1", port = 0, handler = fn, ref = false }
 ** -> server | nil, err */
 static int l_server_listen(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -977,8 +993,9 @@ static int l_server_listen(lua_State *L) {
   if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)&addr) != 0 &&
       uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)&addr) != 0)
     luaL_argerror(L, 1, "opts.host must be a numeric IPv4 or IPv6 address");
-  tide_ctx *ctx = tide__ctx(L);
   server_state *st = get_state(L, 1);
+  tide_ctx *ctx = st->api->ctx(L);
+  st->api->on_shutdown(ctx, shutdown_servers);
   server_box *b = lua_newuserdatauv(L, sizeof *b, 1);
   b->s = NULL;
   luaL_setmetatable(L, SERVER_MT);
@@ -1014,8 +1031,10 @@ static int l_server_listen(lua_State *L) {
     s->closing = 1;
     uv_close((uv_handle_t *)&s->tcp, on_listener_closed);
     luaL_unref(L, LUA_REGISTRYINDEX, ref);
-    return tide__fail(L, "ListenFailed", "cannot listen on %s port %d: %s", host,
+    lua_pushnil(L);
+    st->api->push_error(L, "ListenFailed", "cannot listen on %s port %d: %s", host,
                       (int)port, uv_strerror(rc));
+    return 2;
   }
   if (!keep_loop) uv_unref((uv_handle_t *)&s->tcp);
   s->ref = ref;
@@ -1027,7 +1046,7 @@ static int l_server_listen(lua_State *L) {
   return 1;
 }
 
-/* core.server_stats() -> { servers, connections }: C objects of this state's
+/* server.stats() -> { servers, connections }: C objects of this state's
 ** servers not yet freed (open, or waiting for close callbacks). */
 static int l_server_live(lua_State *L) {
   server_state *st = get_state(L, 0);
@@ -1039,7 +1058,10 @@ static int l_server_live(lua_State *L) {
   return 1;
 }
 
-void tide__open_server(lua_State *L) {
+/// Opens the `tide.testing.server` module: `listen(opts)` (a server on
+/// loopback, see the file's head) and `stats()`. Loads tide.core first: the
+/// server runs on its loop.
+__attribute__((visibility("default"))) int luaopen_tide_testing_server(lua_State *L) {
   static const luaL_Reg meta[] = {{"__gc", l_server_close},
                                   {"__close", l_server_close},
                                   {"__tostring", l_server_tostring},
@@ -1048,9 +1070,16 @@ void tide__open_server(lua_State *L) {
                                      {"close", l_server_close},
                                      {"stats", l_server_stats},
                                      {NULL, NULL}};
-  tide__register_type(L, SERVER_MT, meta, methods);
-  lua_pushcfunction(L, l_server_listen);
-  lua_setfield(L, -2, "server_listen");
-  lua_pushcfunction(L, l_server_live);
-  lua_setfield(L, -2, "server_stats");
+  static const luaL_Reg fns[] = {{"listen", l_server_listen}, {"stats", l_server_live}, {NULL, NULL}};
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "tide.core");
+  lua_call(L, 1, 0);
+  if (luaL_newmetatable(L, SERVER_MT)) {
+    luaL_setfuncs(L, meta, 0);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  luaL_newlib(L, fns);
+  return 1;
 }
