@@ -1000,7 +1000,7 @@ static int l_assistant_wire(lua_State *L) {
     put(out, &k, "null", 4);
   put(out, &k, ASSISTANT_CALLS, LIT(ASSISTANT_CALLS));
   for (lua_Integer i = 1; i <= n; i++) {
-    call_strings c;
+    call_strings c = {NULL, NULL, NULL, 0, 0, 0};
     call_strings_of(L, 2, i, &c); /* checked above */
     if (i > 1) out[k++] = ',';
     put(out, &k, CALL_OPEN, LIT(CALL_OPEN));
@@ -1042,8 +1042,8 @@ static int l_results_wire(lua_State *L) {
   if (n < 1) return 0;
   size_t total = 0;
   for (lua_Integer i = 1; i <= n; i++) {
-    const char *c, *id;
-    size_t cl, il;
+    const char *c = NULL, *id = NULL;
+    size_t cl = 0, il = 0;
     if (!result_strings_of(L, 1, i, &c, &cl, &id, &il)) return 0;
     total += (i > 1) + LIT(RESULT_OPEN) + LIT(RESULT_ID) + 1 + quoted_size(c, cl) + quoted_size(id, il);
   }
@@ -1051,8 +1051,8 @@ static int l_results_wire(lua_State *L) {
   char *out = luaL_buffinitsize(L, &b, total);
   size_t k = 0;
   for (lua_Integer i = 1; i <= n; i++) {
-    const char *c, *id;
-    size_t cl, il;
+    const char *c = NULL, *id = NULL;
+    size_t cl = 0, il = 0;
     result_strings_of(L, 1, i, &c, &cl, &id, &il); /* checked above */
     if (i > 1) out[k++] = ',';
     put(out, &k, RESULT_OPEN, LIT(RESULT_OPEN));
