@@ -1,0 +1,70 @@
+/*
+** fuzz_openai_parse.c -- core.openai_parse(body, max [, into]), the scanner
+** of a non-streamed chat.completion.
+**
+** Input: three header bytes, then the response body.
+**   [0] the cap (see cap() in harness.c)   [1] where the body is cut in two
+**   [2] & 1: the reply is written into a table
+** The body is scanned, then its two halves, then the body again: one parser
+** serves every call of a state, and the second scan of the body must give
+** what the first gave. A reply the scanner gives must be what lua-cjson's
+** decoding of the body says (the provider's decoder, which the scanner
+** spares): the same text, finish reason, usage and tool calls.
+*/
+#include "harness.h"
+
+static const char DRIVER[] =
+    "local core, input = ...\n"
+    "local h, body = header(input, 3)\n"
+    "local max, use_into = cap(h[1]), h[3] & 1 ~= 0\n"
+    "local cut = h[2] % (#body + 1)\n"
+    "local function parse(s)\n"
+    "  local into = use_into and { usage = {} } or nil\n"
+    "  local ok, reply = try(core.openai_parse, s, max, into)\n"
+    "  if not ok then return nil, false end\n"
+    "  check(reply == nil or not into or reply == into, 'openai_parse ignored into', reply, into)\n"
+    "  return reply, true\n"
+    "end\n"
+    "local first, ok1 = parse(body)\n"
+    "parse(body:sub(1, cut))\n"
+    "parse(body:sub(cut + 1))\n"
+    "local again, ok2 = parse(body)\n"
+    "if ok1 and ok2 then\n"
+    "  check(same(first, again), 'openai_parse depends on the calls before it', first, again)\n"
+    "end\n"
+    "if not first then return end\n"
+    /* The reply as provider/openai.lua's _parse reads the decoded body. */
+    "local okd, obj = pcall(require('cjson').new().decode, body)\n"
+    "check(okd and type(obj) == 'table', 'openai_parse took a body lua-cjson rejects', body, obj)\n"
+    "local choice = obj.choices[1]\n"
+    "local m = choice.message\n"
+    "local text = type(m.content) == 'string' and m.content or ''\n"
+    "check(first.text == text, 'the text is not what lua-cjson decodes', first.text, text)\n"
+    "local raw = type(choice.finish_reason) == 'string' and choice.finish_reason or nil\n"
+    "check(first.stop_raw == raw, 'the finish reason is not what lua-cjson decodes', first.stop_raw, raw)\n"
+    "local function count(v)\n"
+    "  if type(v) == 'number' and v == v and v >= 0 and v < 2 ^ 53 then return math.floor(v) end\n"
+    "  return 0\n"
+    "end\n"
+    "local u = type(obj.usage) == 'table' and obj.usage or {}\n"
+    "local d = type(u.prompt_tokens_details) == 'table' and u.prompt_tokens_details or {}\n"
+    "local usage = { input = count(u.prompt_tokens), output = count(u.completion_tokens),\n"
+    "                cached = count(d.cached_tokens) }\n"
+    "check(same(first.usage, usage), 'the usage is not what lua-cjson decodes', first.usage, usage)\n"
+    "local calls = type(m.tool_calls) == 'table' and m.tool_calls or {}\n"
+    "check(#first.tool_calls == #calls, 'the calls are not what lua-cjson decodes', first.tool_calls, calls)\n"
+    "for i, c in ipairs(calls) do\n"
+    "  local got, f = first.tool_calls[i], c['function']\n"
+    "  local name = type(f.name) == 'string' and f.name or ''\n"
+    "  local args = type(f.arguments) == 'string' and f.arguments or ''\n"
+    "  if args:match('^%s*$') then args = '{}' end\n"
+    "  check(got.name == name and got.arguments == args, 'a call is not what lua-cjson decodes', got, c)\n"
+    "  if type(c.id) == 'string' and c.id ~= '' then\n"
+    "    check(got.id == c.id, 'a call id is not what lua-cjson decodes', got, c)\n"
+    "  end\n"
+    "end\n";
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  return tide_fuzz_run(DRIVER, data, size);
+}

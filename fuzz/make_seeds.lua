@@ -1,0 +1,145 @@
+-- Writes the seed corpora in fuzz/corpus/<target>/ (run from the repository
+-- root: lua5.4 fuzz/make_seeds.lua). The inputs start with the header bytes
+-- each fuzz_<target>.c describes; the rest is realistic provider traffic and
+-- prompt templates. Seeds change only when this file does.
+
+local function write(target, name, bytes)
+  os.execute("mkdir -p fuzz/corpus/" .. target)
+  local f = assert(io.open(("fuzz/corpus/%s/%s"):format(target, name), "wb"))
+  f:write(bytes)
+  f:close()
+end
+
+local function hdr(...) return string.char(...) end
+
+-- ------------------------------------------------------ OpenAI streams --
+local function chunk(fields)
+  return 'data: {"id":"chatcmpl-A1b2","object":"chat.completion.chunk","created":1718000000,'
+    .. '"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_0ba0d124f1",' .. fields .. "}\n\n"
+end
+local function choice(delta, finish)
+  return chunk(('"choices":[{"index":0,"delta":%s,"logprobs":null,"finish_reason":%s}]'):format(
+    delta, finish and ('"' .. finish .. '"') or "null"))
+end
+local usage = chunk('"choices":[],"usage":{"prompt_tokens":1204,"completion_tokens":38,'
+  .. '"total_tokens":1242,"prompt_tokens_details":{"cached_tokens":1024,"audio_tokens":0},'
+  .. '"completion_tokens_details":{"reasoning_tokens":0}}')
+local done = "data: [DONE]\n\n"
+
+local streams = {
+  text = choice('{"role":"assistant","content":"","refusal":null}')
+    .. choice('{"content":"Hello"}') .. choice('{"content":", world! \\u00e9\\ud83d\\ude00\\n"}')
+    .. choice('{"content":"Line \\"two\\"\\t\\\\ end."}') .. choice("{}", "stop") .. usage .. done,
+  tool_calls = choice('{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_Qx7a",'
+      .. '"type":"function","function":{"name":"lookup","arguments":""}}]}')
+    .. choice('{"tool_calls":[{"index":0,"function":{"arguments":"{\\"q\\""}}]}')
+    .. choice('{"tool_calls":[{"index":0,"function":{"arguments":":\\"tide runtime\\"}"}}]}')
+    .. choice('{"tool_calls":[{"index":1,"id":"call_Zr2b","type":"function","function":'
+      .. '{"name":"delegate_github","arguments":"{\\"task\\":"}}]}')
+    .. choice('{"tool_calls":[{"index":1,"function":{"arguments":"\\"list my PRs\\"}"}}]}')
+    .. choice("{}", "tool_calls") .. usage .. done,
+  -- Parallel calls interleaved, no ids (some servers), a content delta too.
+  interleaved = choice('{"content":"Let me check."}')
+    .. choice('{"tool_calls":[{"index":1,"function":{"name":"b","arguments":"{"}},'
+      .. '{"index":0,"function":{"name":"a","arguments":"[1,"}}]}')
+    .. choice('{"tool_calls":[{"index":0,"function":{"arguments":"2]"}},{"index":1,"function":{"arguments":"}"}}]}')
+    .. choice('{"tool_calls":[{"index":2,"function":{"name":"c","arguments":{"x":1}}}]}')
+    .. choice("{}", "function_call") .. done,
+  -- CRLF framing, comments, an event name and id, a BOM, no usage.
+  framing = "\xEF\xBB\xBF: OPENROUTER PROCESSING\r\n\r\n"
+    .. (choice('{"content":"Hi"}'):gsub("\n", "\r\n")) .. "id: 7\r\nevent: message\r\n"
+    .. (choice("{}", "length"):gsub("\n", "\r\n")) .. "data: [DONE]\r\n\r\n",
+  error = choice('{"content":"partial "}')
+    .. 'data: {"error":{"message":"Rate limit reached for gpt-4o-mini","type":"tokens","code":429}}\n\n' .. done,
+  truncated = choice('{"content":"cut off mid-'):sub(1, -4),
+}
+write("openai_stream", "text", hdr(0, 0, 0, 0) .. streams.text)
+write("openai_stream", "tool_calls", hdr(0, 9, 3, 1) .. streams.tool_calls)
+write("openai_stream", "interleaved", hdr(0, 40, 7, 4) .. streams.interleaved)
+write("openai_stream", "framing", hdr(0, 2, 11, 2) .. streams.framing)
+write("openai_stream", "error", hdr(0, 17, 5, 0) .. streams.error)
+write("openai_stream", "truncated", hdr(0, 5, 1, 1) .. streams.truncated)
+write("openai_stream", "small_cap", hdr(12, 30, 2, 0) .. streams.tool_calls)
+
+-- ------------------------------------------------------------- SSE --
+write("sse", "openai", hdr(0, 0, 0) .. streams.tool_calls)
+write("sse", "openai_chunked", hdr(0, 13, 9) .. streams.text)
+write("sse", "framing", hdr(0, 1, 0) .. streams.framing)
+write("sse", "fields", hdr(0, 4, 2) .. "retry: 3000\nid: 1\nevent: update\ndata: first\ndata:second\n"
+  .. "data\n\n: comment\nid\nevent: ping\ndata:  two spaces\r\rdata: cr only\r\r"
+  .. "unknown: x\nid: a\0b\ndata: [DONE]\n\n")
+write("sse", "anthropic", hdr(0, 20, 4) .. "event: message_start\ndata: {\"type\":\"message_start\"}\n\n"
+  .. "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"Hi\"}}\n\n"
+  .. "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+write("sse", "small_cap", hdr(5, 3, 1) .. "data: 0123456789\n\ndata: abcdefghijklmnopqrstuvwxyz0123456789\n\n")
+write("sse", "unterminated", hdr(0, 2, 8) .. "data: one\n\ndata: two")
+
+-- ---------------------------------------------- non-streamed replies --
+local function completion(message, finish, extra)
+  return '{"id":"chatcmpl-B3c4","object":"chat.completion","created":1718000001,"model":"gpt-4o-mini",'
+    .. '"choices":[{"index":0,"message":' .. message .. ',"logprobs":null,"finish_reason":'
+    .. (finish and ('"' .. finish .. '"') or "null") .. '}],'
+    .. '"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,'
+    .. '"prompt_tokens_details":{"cached_tokens":0}}' .. (extra or "") .. '}'
+end
+write("openai_parse", "text", hdr(0, 40, 0) .. completion(
+  '{"role":"assistant","content":"Hello! How can I help you today? \\u00e9\\n","refusal":null}', "stop"))
+write("openai_parse", "tool_calls", hdr(0, 100, 1) .. completion(
+  '{"role":"assistant","content":null,"tool_calls":[{"id":"call_abc123","type":"function",'
+  .. '"function":{"name":"get_weather","arguments":"{\\"city\\": \\"Paris\\"}"}},'
+  .. '{"id":"call_def456","type":"function","function":{"name":"lookup","arguments":"  "}}]}',
+  "tool_calls", ',"service_tier":"default"'))
+write("openai_parse", "no_ids", hdr(0, 7, 0) .. completion(
+  '{"role":"assistant","content":"","tool_calls":[{"function":{"name":"a"}},{"id":"call_1",'
+  .. '"function":{"name":"b","arguments":"{}"}}]}', "tool_calls"))
+write("openai_parse", "error", hdr(0, 3, 1) .. '{"error":{"message":"Invalid API key","type":'
+  .. '"invalid_request_error","param":null,"code":"invalid_api_key"}}')
+write("openai_parse", "object_args", hdr(0, 60, 0) .. completion(
+  '{"role":"assistant","tool_calls":[{"id":"x","function":{"name":"f","arguments":{"n":1}}}]}', "stop"))
+write("openai_parse", "small_cap", hdr(4, 20, 1) .. completion('{"content":"x"}', "length"))
+write("openai_parse", "whitespace", hdr(0, 0, 0) .. ' \r\n\t{ "choices" : [ { "message" : { "content" : '
+  .. '"a\\/b" } , "finish_reason" : "end_turn" } ] , "usage" : { "prompt_tokens" : 1e1 , '
+  .. '"completion_tokens" : 2.5 } }\n')
+
+-- ------------------------------------------------------ tool-call deltas --
+-- One add: op byte, index byte, then id, name, fragment (each a length
+-- byte and bytes when its mode is 2).
+local function add(index, id, name, frag, show)
+  local op, tail = 0, ""
+  for k, v in ipairs({ id, name, frag }) do
+    local mode = v == nil and 0 or v == "" and 1 or 2
+    op = op | (mode << (2 * (k - 1)))
+    if mode == 2 then tail = tail .. string.char(#v) .. v end
+  end
+  if show then op = op | 128 end
+  return string.char(op, index) .. tail
+end
+write("tool_calls", "two_calls", hdr(0) .. add(0, "call_Qx7a", "lookup", "") .. add(0, nil, nil, '{"q"')
+  .. add(0, nil, nil, ':"tide"}', true) .. add(1, "call_Zr2b", "delegate_github", '{"task":')
+  .. add(1, nil, nil, '"list PRs"}', true))
+write("tool_calls", "out_of_order", hdr(0) .. add(3, nil, "c", "{") .. add(1, "", "a", "[")
+  .. add(2, "id2", nil, nil) .. add(1, "id1", "ignored", "]") .. add(3, nil, nil, "}", true)
+  .. "\255" .. add(0, "after_reset", "r", "{}", true))
+write("tool_calls", "small_cap", hdr(9) .. add(0, "call_1", "name", "0123456789")
+  .. add(1, nil, nil, "0123456789012345678901234567890123456789012345678901234567890123456789", true)
+  .. add(2, "x", "y", "z", true) .. "\255" .. add(0, "id", "n", "{}", true))
+write("tool_calls", "big_index", hdr(0) .. string.char(64 | 2 | 128) .. string.pack("<i8", math.maxinteger)
+  .. "\3abc" .. add(7, "", "", "", true))
+
+-- ------------------------------------------------------------ templates --
+for _, name in ipairs({ "orchestrator", "integrations_agent", "subagent_contract", "welcome" }) do
+  local f = assert(io.open("prompts/" .. name .. ".md", "rb"))
+  write("template", name, f:read("a"))
+  f:close()
+end
+write("template", "sections", "{{#list}}{{name}}: {{#tags}}[{{.}}]{{/tags}}{{^tags}}none{{/tags}}\n{{/list}}"
+  .. "{{#obj}}{{a.b.c}} {{name}}{{/obj}} {{{s}}}{{& i}} {{n}} {{f}} {{big}} {{yes}}{{no}}{{null}}\n"
+  .. "{{#nums}}{{.}},{{/nums}} {{^empty}}empty{{/empty}} {{#t}}t{{/t}}{{! a note }}\n")
+write("template", "partials", "Team:\n  {{> a}}\n{{#list}}\n  {{>b}}\n{{/list}}\r\n> {{>a}} x\n"
+  .. "\0item {{name}}\nsecond line\n\0- {{#name}}{{name}}{{/name}}{{^name}}{{.}}{{/name}}\n")
+write("template", "standalone", "Begin.\n{{!\nsomething\n}}\nEnd.\n  {{#yes}}\r\nx\r\n  {{/yes}}\r\n"
+  .. " {{#a}}x{{/a}} \n#{{#yes}}\n/\n  {{/yes}}")
+write("template", "errors", "{{#list}}{{/nums}}\0{{name\0{{=<% %>=}} {{}} {{> }} {{a..b}} {{/x}}")
+write("template", "render_errors", "{{t}} {{fn}} {{#fn}}x{{/fn}} {{missing}} {{> missing}} {{> bad}}"
+  .. " {{meta.x}} {{meta.boom}} {{#self}}{{/self}}")
+write("template", "normalise", "  \r\n\ttext   \n\n\n\nmore\t \r\n\r\n\r\nend  \v\f\r\r\n")
