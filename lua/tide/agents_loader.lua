@@ -5,13 +5,76 @@
 --- `tide.agents.load` and `tide.agents.watch` delegate here, passing the
 --- registry's `define(def)`, which raises on a bad definition.
 ---
---- Failures never stop the others: a syntax error, a runtime error or a bad
---- definition becomes an `AgentFileError` naming the file and line, and a
---- file that fails on reload leaves its previous definition in force.
+--- Failures never stop the others: a syntax error, a runtime error, a file
+--- that runs past `loader.limits` or a bad definition becomes an
+--- `AgentFileError` naming the file and line, and a file that fails on
+--- reload leaves its previous definition in force.
 ---@class tide.agents_loader
 local loader = {}
 
 local core = require "tide.core"
+
+--- What a user's Lua file (an agent file, a Lua config) may spend while it
+--- runs: a file that loops or allocates without end fails like a broken
+--- one instead of hanging the process. `memory_bytes` is growth of the Lua
+--- heap, checked with the instructions, so one huge allocation in a single
+--- call (`string.rep`) is not caught. Specs lower these.
+loader.limits = { instructions = 100000000, memory_bytes = 256 * 1024 * 1024 }
+
+-- How often the hook runs: rarely enough to cost nothing measurable, often
+-- enough that the budget is met to within this many instructions.
+local HOOK_EVERY = 1000
+
+--- Calls `fn()` as xpcall does, with `handler` as its message handler, under
+--- `loader.limits`: past them, the file's innermost frame raises "ran too
+--- long" or "used too much memory" (with its position). The hook is this
+--- thread's; the previous one is restored afterwards. Coroutines the file
+--- makes are not bounded (their hooks are their own), nor is a message
+--- handler of the file's own xpcall (Lua runs the handler of an error
+--- raised in a hook with hooks off).
+---@param fn function
+---@param handler fun(err:any):any
+---@return boolean ok
+---@return any ...
+function loader.run_bounded(fn, handler)
+  local limits = loader.limits
+  local steps = math.max(1, limits.instructions // HOOK_EVERY)
+  local max_kb = collectgarbage("count") + limits.memory_bytes / 1024
+  local spent, over, disarmed = 0, nil, false
+  local guard
+  local function hook()
+    if disarmed then return end
+    if over then
+      -- Past a limit every instruction raises, so that a pcall in the file
+      -- cannot catch its way round it; only the handler runs on.
+      if debug.getinfo(2, "f").func ~= guard then error(over, 2) end
+      return
+    end
+    spent = spent + 1
+    if spent > steps then
+      over = ("ran too long (more than %d instructions)"):format(limits.instructions)
+    elseif collectgarbage("count") > max_kb then
+      collectgarbage() -- garbage is not use: count only what survives
+      if collectgarbage("count") > max_kb then
+        over = ("used too much memory (more than %d bytes)"):format(limits.memory_bytes)
+      end
+    end
+    if over then
+      debug.sethook(hook, "", 1)
+      error(over, 2)
+    end
+  end
+  guard = function(e)
+    disarmed = true
+    return handler(e)
+  end
+  local old, mask, count = debug.gethook()
+  debug.sethook(hook, "", HOOK_EVERY)
+  local res = table.pack(xpcall(fn, guard))
+  disarmed = true
+  if type(old) == "function" then debug.sethook(old, mask, count) else debug.sethook() end
+  return table.unpack(res, 1, res.n)
+end
 
 local function read(path)
   local f = io.open(path, "rb")
@@ -74,7 +137,7 @@ function loader.load_file(path, define)
   -- bad argument to tide.tool, say).
   local source = "@" .. path
   local at
-  local ok, def = xpcall(chunk, function(e)
+  local ok, def = loader.run_bounded(chunk, function(e)
     for level = 2, math.huge do
       local info = debug.getinfo(level, "Sl")
       if not info then break end
