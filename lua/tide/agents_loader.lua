@@ -166,9 +166,13 @@ function loader.load_file(path, define)
   return id
 end
 
-local function agent_files(dir)
+-- The agent files of dir, or nil and a FileError (a missing directory is
+-- the environment's failure, not a misuse).
+local function agent_files(fn, dir)
   local names, err = core.scandir(dir)
-  if not names then return nil, err end
+  if not names then
+    return nil, core.error("FileError", ("agents.%s: %s"):format(fn, err.message), { dir = dir })
+  end
   local files = {}
   for _, n in ipairs(names) do
     if n:match("%.lua$") and not n:match("^%.") then files[#files + 1] = n end
@@ -188,17 +192,17 @@ end
 
 --- Loads every `dir/*.lua` (sorted by name; dot-files skipped) and passes
 --- each returned definition to `define`. Returns the ids defined, in file
---- order, and the AgentFileErrors of the files that failed. A directory that
---- cannot be read raises.
+--- order, and the AgentFileErrors of the files that failed; or nil and a
+--- FileError (with `dir`) when the directory cannot be read.
 ---@param dir string
 ---@param define fun(def:table):table
----@return string[] ids
----@return table[] errs
+---@return string[]|nil ids
+---@return table[]|table errs
 function loader.load(dir, define)
   check_args("load", dir, define, 3)
   dir = dir:gsub("(.)/+$", "%1")
-  local files, err = agent_files(dir)
-  if not files then error(("agents.load: %s"):format(err.message), 3) end
+  local files, err = agent_files("load", dir)
+  if not files then return nil, err end
   local ids, errs = {}, {}
   for _, n in ipairs(files) do
     local id, ferr = loader.load_file(dir .. "/" .. n, define)
@@ -224,7 +228,8 @@ end
 --- failures of the first load. An unchanged file is not run again; a deleted
 --- file leaves its definition registered. Events arrive while the loop runs.
 --- Returns a handle `{ dir, ids, errors, close }` (ids and errors of the
---- first load), or nil, err when the directory cannot be watched.
+--- first load), or nil and a FileError when the directory cannot be read
+--- (nothing is loaded then) or a WatchFailed when it cannot be watched.
 ---@param dir string
 ---@param opts? {on_error?:fun(err:table), on_change?:fun(id:string), debounce_ms?:integer}
 ---@param define fun(def:table):table
@@ -237,8 +242,8 @@ function loader.watch(dir, opts, define)
     error(("bad argument #2 to 'watch' (table expected, got %s)"):format(type(opts)), 2)
   end
   dir = dir:gsub("(.)/+$", "%1")
-  local files, err = agent_files(dir)
-  if not files then error(("agents.watch: %s"):format(err.message), 3) end
+  local files, err = agent_files("watch", dir)
+  if not files then return nil, err end
   local loaded = {} -- path -> the source last registered
   local ids, errs = {}, {}
   for _, n in ipairs(files) do
