@@ -17,6 +17,12 @@
 ** a Lua table, so that the buffer's stack discipline holds and a Lua error
 ** raised mid-render (a failing __index, out of memory) leaks nothing. Render
 ** failures are recorded in C while unwinding and returned as nil, err.
+**
+** The output is capped (16 MiB unless the caller says otherwise). The depth
+** of partials is bounded, but not their fan-out: ten partials that each
+** include the next twice render 2^10 copies of the last, so a few lines of
+** prompt can ask for gigabytes. Every append is checked against the cap
+** before the buffer grows.
 */
 #include <ctype.h>
 #include <stdint.h>
@@ -30,6 +36,7 @@
 
 #define MAX_NESTING 64        /* open sections in one template */
 #define MAX_PARTIAL_DEPTH 32  /* partials inside partials, while rendering */
+#define DEFAULT_MAX_OUTPUT ((lua_Integer)16 << 20) /* rendered bytes */
 
 enum {
   OP_TEXT,     /* a = offset in src, b = length */
@@ -342,10 +349,26 @@ typedef struct render {
   int depth;         /* partial depth */
   const indent *ind; /* NULL outside standalone partials */
   int pending;       /* at a line start: ind is owed before the next output */
+  size_t max;        /* the output cap */
+  int overflow;      /* an append was refused: the cap would have been passed */
+  const char *root;  /* the file of the template being rendered */
+  char max_s[24];    /* max as text, for the error */
   /* the failure, formatted once the buffer has been dropped */
   const char *err_fmt, *err_a, *err_b, *err_file;
   uint32_t err_line;
 } render;
+
+/* True when n more bytes fit under the cap; otherwise records the overflow,
+** which render_ops turns into the error after the op that caused it. Once
+** set, nothing more is appended. */
+static int room(render *r, size_t n) {
+  if (!r->overflow && n > r->max - luaL_bufflen(&r->b)) r->overflow = 1;
+  return !r->overflow;
+}
+
+static void add(render *r, const char *s, size_t n) {
+  if (room(r, n)) luaL_addlstring(&r->b, s, n);
+}
 
 static int render_fail(render *r, const tide_template *t, const tmpl_op *o,
                        const char *fmt, const char *a, const char *b) {
@@ -357,32 +380,32 @@ static int render_fail(render *r, const tide_template *t, const tmpl_op *o,
   return -1;
 }
 
-static void add_indent(luaL_Buffer *b, const indent *ind) {
+static void add_indent(render *r, const indent *ind) {
   if (ind == NULL) return;
-  add_indent(b, ind->outer);
-  luaL_addlstring(b, ind->s, ind->n);
+  add_indent(r, ind->outer);
+  add(r, ind->s, ind->n);
 }
 
 static void flush_indent(render *r) {
   if (r->pending) {
     r->pending = 0;
-    add_indent(&r->b, r->ind);
+    add_indent(r, r->ind);
   }
 }
 
 static void put_text(render *r, const char *s, size_t n) {
   if (r->ind == NULL) {
-    luaL_addlstring(&r->b, s, n);
+    add(r, s, n);
     return;
   }
   /* Inside a standalone partial, each line starts with the indentation. The
   ** indentation is owed, not written, after a newline, so that the partial's
   ** last newline is not followed by stray blanks. */
-  while (n > 0) {
+  while (n > 0 && !r->overflow) {
     flush_indent(r);
     const char *nl = memchr(s, '\n', n);
     size_t k = nl ? (size_t)(nl - s) + 1 : n;
-    luaL_addlstring(&r->b, s, k);
+    add(r, s, k);
     if (nl) r->pending = 1;
     s += k;
     n -= k;
@@ -528,23 +551,30 @@ static int render_ops(render *r, const tide_template *t, uint32_t lo,
                              t->strs + nm->full, NULL);
         switch (lua_type(L, -1)) {
           case LUA_TSTRING:
-            luaL_addvalue(&r->b);
+            if (room(r, lua_rawlen(L, -1)))
+              luaL_addvalue(&r->b);
+            else
+              lua_pop(L, 1);
             break;
           case LUA_TNUMBER:
             if (lua_isinteger(L, -1)) {
-              lua_tolstring(L, -1, NULL); /* converts in place */
-              luaL_addvalue(&r->b);
+              size_t len;
+              lua_tolstring(L, -1, &len); /* converts in place */
+              if (room(r, len))
+                luaL_addvalue(&r->b);
+              else
+                lua_pop(L, 1);
             } else {
               char num[64];
               snprintf(num, sizeof num, "%.14g", (double)lua_tonumber(L, -1));
               lua_pop(L, 1);
-              luaL_addstring(&r->b, num);
+              add(r, num, strlen(num));
             }
             break;
           case LUA_TBOOLEAN: {
             int v = lua_toboolean(L, -1);
             lua_pop(L, 1);
-            luaL_addstring(&r->b, v ? "true" : "false");
+            add(r, v ? "true" : "false", v ? 4 : 5);
             break;
           }
           default:
@@ -597,6 +627,10 @@ static int render_ops(render *r, const tide_template *t, uint32_t lo,
         if (render_partial(r, t, o) < 0) return -1;
         break;
     }
+    if (r->overflow)
+      return render_fail(r, t, o,
+                         "rendering '%s' passes the output cap of %s bytes",
+                         r->root, r->max_s);
   }
   return 0;
 }
@@ -670,15 +704,23 @@ static int l_partials(lua_State *L) {
   return 1;
 }
 
-/* t:render(data [, partials]) -> string | nil, err */
+/* t:render(data [, partials [, max_bytes]]) -> string | nil, err
+** max_bytes caps the output (default 16 MiB): past it, a TemplateError. The
+** buffer never holds more than the cap, though luaL_Buffer's growth may
+** reserve up to half as much again. */
 static int l_render(lua_State *L) {
   tide_template *t = check_template(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);
   if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+  lua_Integer max = luaL_optinteger(L, 4, DEFAULT_MAX_OUTPUT);
+  luaL_argcheck(L, max >= 0, 4, "must be non-negative");
   lua_settop(L, 3);
   render r;
   memset(&r, 0, sizeof r);
   r.L = L;
+  r.max = (size_t)max;
+  r.root = t->file;
+  snprintf(r.max_s, sizeof r.max_s, "%lld", (long long)max);
   r.partials = lua_istable(L, 3) ? 3 : 0;
   lua_createtable(L, 8, 0); /* 4: the context stack */
   r.ctxs = 4;
@@ -698,8 +740,10 @@ static int l_render(lua_State *L) {
   tide__push_error(L, "TemplateError", r.err_fmt, r.err_a, r.err_b);
   lua_pushstring(L, r.err_file);
   lua_setfield(L, -2, "file");
-  lua_pushinteger(L, r.err_line);
-  lua_setfield(L, -2, "line");
+  if (r.err_line > 0) { /* text has no line of its own: no line, not 0 */
+    lua_pushinteger(L, r.err_line);
+    lua_setfield(L, -2, "line");
+  }
   return 2;
 }
 

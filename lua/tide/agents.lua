@@ -94,8 +94,11 @@ end
 function agents.generation() return generation end
 
 --- Loads `dir/*.lua`, each returning a definition. Returns the ids defined and
---- the errors (file and line) of the files that failed.
+--- the errors (file and line) of the files that failed, or nil and a
+--- FileError when `dir` cannot be read.
 ---@param dir string
+---@return string[]|nil ids
+---@return table[]|table errs
 function agents.load(dir)
   if type(dir) ~= "string" then
     error(("bad argument #1 to 'load' (string expected, got %s)"):format(type(dir)), 2)
@@ -105,8 +108,12 @@ end
 
 --- Loads `dir/*.lua` and reloads a file when it changes. A file that fails
 --- keeps its previous definition in force and is reported through on_error.
+--- Returns a handle with `close`, or nil and a FileError (the directory
+--- cannot be read) or WatchFailed.
 ---@param dir string
----@param opts? {on_error?:fun(err:table), on_change?:fun(id:string)}
+---@param opts? {on_error?:fun(err:table), on_change?:fun(id:string), debounce_ms?:integer}
+---@return table|nil handle
+---@return table? err
 function agents.watch(dir, opts)
   if type(dir) ~= "string" then
     error(("bad argument #1 to 'watch' (string expected, got %s)"):format(type(dir)), 2)

@@ -5,13 +5,76 @@
 --- `tide.agents.load` and `tide.agents.watch` delegate here, passing the
 --- registry's `define(def)`, which raises on a bad definition.
 ---
---- Failures never stop the others: a syntax error, a runtime error or a bad
---- definition becomes an `AgentFileError` naming the file and line, and a
---- file that fails on reload leaves its previous definition in force.
+--- Failures never stop the others: a syntax error, a runtime error, a file
+--- that runs past `loader.limits` or a bad definition becomes an
+--- `AgentFileError` naming the file and line, and a file that fails on
+--- reload leaves its previous definition in force.
 ---@class tide.agents_loader
 local loader = {}
 
 local core = require "tide.core"
+
+--- What a user's Lua file (an agent file, a Lua config) may spend while it
+--- runs: a file that loops or allocates without end fails like a broken
+--- one instead of hanging the process. `memory_bytes` is growth of the Lua
+--- heap, checked with the instructions, so one huge allocation in a single
+--- call (`string.rep`) is not caught. Specs lower these.
+loader.limits = { instructions = 100000000, memory_bytes = 256 * 1024 * 1024 }
+
+-- How often the hook runs: rarely enough to cost nothing measurable, often
+-- enough that the budget is met to within this many instructions.
+local HOOK_EVERY = 1000
+
+--- Calls `fn()` as xpcall does, with `handler` as its message handler, under
+--- `loader.limits`: past them, the file's innermost frame raises "ran too
+--- long" or "used too much memory" (with its position). The hook is this
+--- thread's; the previous one is restored afterwards. Coroutines the file
+--- makes are not bounded (their hooks are their own), nor is a message
+--- handler of the file's own xpcall (Lua runs the handler of an error
+--- raised in a hook with hooks off).
+---@param fn function
+---@param handler fun(err:any):any
+---@return boolean ok
+---@return any ...
+function loader.run_bounded(fn, handler)
+  local limits = loader.limits
+  local steps = math.max(1, limits.instructions // HOOK_EVERY)
+  local max_kb = collectgarbage("count") + limits.memory_bytes / 1024
+  local spent, over, disarmed = 0, nil, false
+  local guard
+  local function hook()
+    if disarmed then return end
+    if over then
+      -- Past a limit every instruction raises, so that a pcall in the file
+      -- cannot catch its way round it; only the handler runs on.
+      if debug.getinfo(2, "f").func ~= guard then error(over, 2) end
+      return
+    end
+    spent = spent + 1
+    if spent > steps then
+      over = ("ran too long (more than %d instructions)"):format(limits.instructions)
+    elseif collectgarbage("count") > max_kb then
+      collectgarbage() -- garbage is not use: count only what survives
+      if collectgarbage("count") > max_kb then
+        over = ("used too much memory (more than %d bytes)"):format(limits.memory_bytes)
+      end
+    end
+    if over then
+      debug.sethook(hook, "", 1)
+      error(over, 2)
+    end
+  end
+  guard = function(e)
+    disarmed = true
+    return handler(e)
+  end
+  local old, mask, count = debug.gethook()
+  debug.sethook(hook, "", HOOK_EVERY)
+  local res = table.pack(xpcall(fn, guard))
+  disarmed = true
+  if type(old) == "function" then debug.sethook(old, mask, count) else debug.sethook() end
+  return table.unpack(res, 1, res.n)
+end
 
 local function read(path)
   local f = io.open(path, "rb")
@@ -74,7 +137,7 @@ function loader.load_file(path, define)
   -- bad argument to tide.tool, say).
   local source = "@" .. path
   local at
-  local ok, def = xpcall(chunk, function(e)
+  local ok, def = loader.run_bounded(chunk, function(e)
     for level = 2, math.huge do
       local info = debug.getinfo(level, "Sl")
       if not info then break end
@@ -103,9 +166,13 @@ function loader.load_file(path, define)
   return id
 end
 
-local function agent_files(dir)
+-- The agent files of dir, or nil and a FileError (a missing directory is
+-- the environment's failure, not a misuse).
+local function agent_files(fn, dir)
   local names, err = core.scandir(dir)
-  if not names then return nil, err end
+  if not names then
+    return nil, core.error("FileError", ("agents.%s: %s"):format(fn, err.message), { dir = dir })
+  end
   local files = {}
   for _, n in ipairs(names) do
     if n:match("%.lua$") and not n:match("^%.") then files[#files + 1] = n end
@@ -125,17 +192,17 @@ end
 
 --- Loads every `dir/*.lua` (sorted by name; dot-files skipped) and passes
 --- each returned definition to `define`. Returns the ids defined, in file
---- order, and the AgentFileErrors of the files that failed. A directory that
---- cannot be read raises.
+--- order, and the AgentFileErrors of the files that failed; or nil and a
+--- FileError (with `dir`) when the directory cannot be read.
 ---@param dir string
 ---@param define fun(def:table):table
----@return string[] ids
----@return table[] errs
+---@return string[]|nil ids
+---@return table[]|table errs
 function loader.load(dir, define)
   check_args("load", dir, define, 3)
   dir = dir:gsub("(.)/+$", "%1")
-  local files, err = agent_files(dir)
-  if not files then error(("agents.load: %s"):format(err.message), 3) end
+  local files, err = agent_files("load", dir)
+  if not files then return nil, err end
   local ids, errs = {}, {}
   for _, n in ipairs(files) do
     local id, ferr = loader.load_file(dir .. "/" .. n, define)
@@ -161,7 +228,8 @@ end
 --- failures of the first load. An unchanged file is not run again; a deleted
 --- file leaves its definition registered. Events arrive while the loop runs.
 --- Returns a handle `{ dir, ids, errors, close }` (ids and errors of the
---- first load), or nil, err when the directory cannot be watched.
+--- first load), or nil and a FileError when the directory cannot be read
+--- (nothing is loaded then) or a WatchFailed when it cannot be watched.
 ---@param dir string
 ---@param opts? {on_error?:fun(err:table), on_change?:fun(id:string), debounce_ms?:integer}
 ---@param define fun(def:table):table
@@ -174,8 +242,8 @@ function loader.watch(dir, opts, define)
     error(("bad argument #2 to 'watch' (table expected, got %s)"):format(type(opts)), 2)
   end
   dir = dir:gsub("(.)/+$", "%1")
-  local files, err = agent_files(dir)
-  if not files then error(("agents.watch: %s"):format(err.message), 3) end
+  local files, err = agent_files("watch", dir)
+  if not files then return nil, err end
   local loaded = {} -- path -> the source last registered
   local ids, errs = {}, {}
   for _, n in ipairs(files) do

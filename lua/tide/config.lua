@@ -37,7 +37,8 @@ local function load_file(path)
   end
   local chunk, e = load(text, "@" .. path, "t", {})
   if not chunk then return nil, core.error("ConfigError", e, { file = path }) end
-  local ok, v = pcall(chunk)
+  -- The limits of agent files: a config that loops fails, it does not hang.
+  local ok, v = require("tide.agents_loader").run_bounded(chunk, function(e) return e end)
   if not ok then return nil, core.error("ConfigError", tostring(v), { file = path }) end
   if type(v) ~= "table" then
     return nil, core.error("ConfigError", path .. ": a config file must return a table", { file = path })
@@ -46,7 +47,9 @@ local function load_file(path)
 end
 
 --- Builds a config snapshot from a table (copied) or a `.lua` / `.json` file.
---- A file that cannot be read or parsed returns nil, err (code ConfigError).
+--- A file that cannot be read or parsed, or a Lua file that raises or runs
+--- past the limits of agent files (`tide.agents_loader.limits`), returns
+--- nil, err (code ConfigError, with `file`).
 ---@param src table|string
 ---@return tide.config|nil
 ---@return table|nil err

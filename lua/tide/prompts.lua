@@ -299,6 +299,13 @@ function prompts.version(name)
   return nil, perr
 end
 
+local function add_path(path)
+  for i = #state.dirs, 1, -1 do
+    if state.dirs[i] == path then table.remove(state.dirs, i) end
+  end
+  state.dirs[#state.dirs + 1] = path
+end
+
 --- Adds a prompt directory, searched before the defaults and before every
 --- directory added earlier (adding one again moves it to the front).
 --- Returns the directory's canonical path.
@@ -310,10 +317,7 @@ function prompts.add_dir(dir)
   if not core.scandir(path) then
     error(("prompt directory '%s' cannot be read"):format(dir), 2)
   end
-  for i = #state.dirs, 1, -1 do
-    if state.dirs[i] == path then table.remove(state.dirs, i) end
-  end
-  state.dirs[#state.dirs + 1] = path
+  add_path(path)
   return path
 end
 
@@ -379,7 +383,8 @@ end
 --- version stays and `on_error(err)` receives the `TemplateError` (`file`,
 --- `line`, `message`). Without on_error, failures are printed to stderr.
 --- Events arrive while the loop runs (inside tide.run). Returns a handle
---- with `:close()`, or nil, err when the directory cannot be watched.
+--- with `:close()`, or nil and a FileError (the directory cannot be read)
+--- or WatchFailed; the directory is then not added.
 ---@param dir string
 ---@param opts? {on_error?:fun(err:table), on_change?:fun(name:string, version:integer), debounce_ms?:integer}
 ---@return {dir:string, close:fun(self)}|nil
@@ -395,7 +400,11 @@ function prompts.watch(dir, opts)
       error(("bad argument #2 to 'watch' (%s must be a function)"):format(k), 2)
     end
   end
-  local path = prompts.add_dir(dir)
+  local path = canonical(dir)
+  local listed, lerr = core.scandir(path)
+  if not listed then
+    return nil, core.error("FileError", "prompts.watch: " .. lerr.message, { dir = dir })
+  end
   local w, err = core.watch(path, function(names)
     -- Every file first, then the notifications: a version computed for one
     -- name may read another (a partial) that changed in the same batch.
@@ -411,6 +420,7 @@ function prompts.watch(dir, opts)
     end
   end, opts.debounce_ms)
   if not w then return nil, err end
+  add_path(path)
   local handle = { dir = path }
   function handle.close() w:close() end
   return setmetatable(handle, { __close = handle.close })

@@ -1,0 +1,55 @@
+-- Hardening: a directory that cannot be read is a runtime failure, returned
+-- as nil and a FileError, never raised (issue 20).
+local tide = require "tide"
+local agents = require "tide.agents"
+local prompts = require "tide.prompts"
+local helpers = require "helpers"
+
+local function file_error(dir, fn, ...)
+  local v, err = fn(...)
+  assert.is_nil(v)
+  assert.are.equal("FileError", err.code)
+  assert.are.equal(dir, err.dir)
+  assert.truthy(err.message:find(dir, 1, true), err.message)
+  assert.truthy(tostring(err):find("^FileError: "))
+  return err
+end
+
+describe("a missing directory", function()
+  local dir, missing
+  before_each(function()
+    dir = helpers.tmpdir()
+    missing = dir .. "/missing"
+  end)
+  after_each(function()
+    helpers.rmdir(dir)
+    helpers.assert_quiet()
+  end)
+
+  it("is nil, FileError from tide.agents.load and tide.agents.watch", function()
+    assert.matches("^agents%.load: ", file_error(missing, agents.load, missing).message)
+    assert.matches("^agents%.watch: ", file_error(missing, agents.watch, missing, {}).message)
+    file_error(missing, tide.agents.watch, missing)
+  end)
+
+  it("is nil, FileError from tide.prompts.watch, and the directory is not added", function()
+    local before = prompts.dirs()
+    assert.matches("^prompts%.watch: ", file_error(missing, prompts.watch, missing).message)
+    assert.are.same(before, prompts.dirs())
+  end)
+
+  it("still raises for a directory argument that is not a string", function()
+    assert.has_error(function() agents.load(42) end, "bad argument #1 to 'load' (string expected, got number)")
+    assert.has_error(function() agents.watch(nil) end, "bad argument #1 to 'watch' (string expected, got nil)")
+    assert.has_error(function() prompts.watch({}) end, "bad argument #1 to 'watch' (string expected, got table)")
+  end)
+
+  it("is not an error once it exists", function()
+    local ids, errs = agents.load(dir)
+    assert.are.same({}, ids)
+    assert.are.same({}, errs)
+    local h = assert(prompts.watch(dir))
+    h:close()
+    prompts.remove_dir(dir)
+  end)
+end)
