@@ -195,7 +195,7 @@ static const char *check_key(lua_State *L, size_t *len) {
 static int lookup_k(lua_State *L, int status, lua_KContext kctx) {
   (void)status;
   (void)kctx;
-  cache_waiter *w = luaL_checkudata(L, 2, WAITER_MT);
+  cache_waiter *w = tide__checkudata(L, 2, WAITER_MT);
   tide_task *t = tide__current(L);
   int outcome = w->outcome;
   /* Take the result first: a cancelled task must not leave it anchored. */

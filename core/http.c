@@ -647,7 +647,7 @@ static int push_result(lua_State *L, tide_http *r) {
 /* ----------------------------------------------------------- bindings -- */
 
 static tide_http *check_req(lua_State *L) {
-  tide_http **pp = tide__check_self(L, HTTP_MT);
+  tide_http **pp = tide__checkudata(L, 1, HTTP_MT);
   if (*pp == NULL) luaL_error(L, "attempt to use a closed http request");
   return *pp;
 }
@@ -808,7 +808,7 @@ static int l_req_headers_raw(lua_State *L) {
 
 /* req:cancel(): aborts the transfer (idempotent). */
 static int l_req_cancel(lua_State *L) {
-  tide_http **pp = luaL_checkudata(L, 1, HTTP_MT);
+  tide_http **pp = tide__checkudata(L, 1, HTTP_MT);
   tide_http *r = *pp;
   if (r && !r->done) {
     tide_task *t = r->task;
@@ -850,7 +850,7 @@ static void release(tide_http **pp) {
 }
 
 static int l_req_gc(lua_State *L) {
-  release(tide__check_self(L, HTTP_MT));
+  release(tide__checkudata(L, 1, HTTP_MT));
   return 0;
 }
 
@@ -937,7 +937,7 @@ static int l_headers(lua_State *L) {
 }
 
 static int l_headers_gc(lua_State *L) {
-  http_headers *h = luaL_checkudata(L, 1, HEADERS_MT);
+  http_headers *h = tide__checkudata(L, 1, HEADERS_MT);
   curl_slist_free_all(h->sl);
   h->sl = NULL;
   return 0;

@@ -46,7 +46,7 @@ static void walk_close_cb(uv_handle_t *h, void *arg) {
 ** userdata's memory, which Lua frees only after all finalizers have run; other
 ** finalizers may therefore still look at ctx->loop (NULL once closed). */
 static int ctx_gc(lua_State *L) {
-  tide_ctx *ctx = luaL_checkudata(L, 1, "tide.ctx");
+  tide_ctx *ctx = tide__checkudata(L, 1, "tide.ctx");
   if (ctx->loop == NULL) return 0;
   ctx->closing = 1;
   /* Tasks still alive at close: release their timers. */
@@ -434,7 +434,7 @@ static void drain_ready(tide_ctx *ctx) {
 }
 
 static int task_gc(lua_State *L) {
-  tide_task *t = tide__check_self(L, TIDE_TASK_MT);
+  tide_task *t = tide__checkudata(L, 1, TIDE_TASK_MT);
   if (t->state == TIDE_TASK_DONE && !t->ok && !t->reported && t->co) {
     t->reported = 1;
     int cancelled = 0;
@@ -556,7 +556,7 @@ static void cancel_task(tide_task *t) {
 
 /* The task a method is called on (index 1). */
 static tide_task *self_task(lua_State *L) {
-  return tide__check_self(L, TIDE_TASK_MT);
+  return tide__checkudata(L, 1, TIDE_TASK_MT);
 }
 
 /* core.spawn(fn, ...) -> task. The child inherits its parent's depth. */

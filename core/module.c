@@ -12,16 +12,10 @@ void tide__register_type(lua_State *L, const char *name, const luaL_Reg *meta,
   luaL_newmetatable(L, name);
   lua_pushlightuserdata(L, (void *)name);
   lua_rawseti(L, -2, 1);
-  /* Every method and metamethod gets the metatable as upvalue 1: see
-  ** tide__check_self. */
-  if (meta) {
-    lua_pushvalue(L, -1);
-    luaL_setfuncs(L, meta, 1);
-  }
+  if (meta) luaL_setfuncs(L, meta, 0);
   if (methods) {
     lua_newtable(L);
-    lua_pushvalue(L, -2);
-    luaL_setfuncs(L, methods, 1);
+    luaL_setfuncs(L, methods, 0);
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
@@ -40,16 +34,6 @@ void *tide__checkudata(lua_State *L, int idx, const char *name) {
   void *p = tide__testudata(L, idx, name);
   if (p == NULL) luaL_typeerror(L, idx, name);
   return p;
-}
-
-void *tide__check_self(lua_State *L, const char *name) {
-  void *p = lua_touserdata(L, 1);
-  if (p != NULL && lua_getmetatable(L, 1)) {
-    int same = lua_rawequal(L, -1, lua_upvalueindex(1));
-    lua_pop(L, 1);
-    if (same) return p;
-  }
-  return luaL_checkudata(L, 1, name); /* raises the usual error */
 }
 
 void tide__register_sink(lua_State *L, const char *name, const tide_sink *sink) {

@@ -509,7 +509,7 @@ static int on_event(void *ud, const tide_sse_event *e) {
 /* ------------------------------------------------------------- bindings -- */
 
 static stream_ud *check_stream(lua_State *L) {
-  stream_ud *u = tide__check_self(L, STREAM_MT);
+  stream_ud *u = tide__checkudata(L, 1, STREAM_MT);
   if (u->closed) luaL_error(L, "attempt to use a closed openai stream");
   return u;
 }
@@ -811,7 +811,7 @@ static void free_spares(tide_ctx *ctx) {
 
 /* __gc, __close and s:close(): idempotent. */
 static int l_close(lua_State *L) {
-  stream_ud *u = tide__check_self(L, STREAM_MT);
+  stream_ud *u = tide__checkudata(L, 1, STREAM_MT);
   openai_stream *st = u->st;
   u->closed = 1;
   u->st = NULL;
@@ -903,7 +903,7 @@ static int openai_parse(lua_State *L, const char *s, size_t n, size_t max) {
 }
 
 static int l_tostring(lua_State *L) {
-  stream_ud *u = luaL_checkudata(L, 1, STREAM_MT);
+  stream_ud *u = tide__checkudata(L, 1, STREAM_MT);
   if (u->closed)
     lua_pushliteral(L, "tide.openai_stream (closed)");
   else

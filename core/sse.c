@@ -192,7 +192,7 @@ void tide__sse_free(tide_sse *p) {
 /* ------------------------------------------------------------- bindings -- */
 
 static sse_parser *check_parser(lua_State *L) {
-  sse_parser *p = luaL_checkudata(L, 1, SSE_MT);
+  sse_parser *p = tide__checkudata(L, 1, SSE_MT);
   if (p->closed) luaL_error(L, "attempt to use a closed sse parser");
   return p;
 }
@@ -269,14 +269,14 @@ static int l_finish(lua_State *L) {
 
 /* __gc, __close and p:close(): idempotent. */
 static int l_close(lua_State *L) {
-  sse_parser *p = luaL_checkudata(L, 1, SSE_MT);
+  sse_parser *p = tide__checkudata(L, 1, SSE_MT);
   tide__sse_free(&p->sse);
   p->closed = 1;
   return 0;
 }
 
 static int l_tostring(lua_State *L) {
-  sse_parser *p = luaL_checkudata(L, 1, SSE_MT);
+  sse_parser *p = tide__checkudata(L, 1, SSE_MT);
   if (p->closed)
     lua_pushliteral(L, "tide.sse (closed)");
   else

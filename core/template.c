@@ -501,7 +501,7 @@ static int render_partial(render *r, const tide_template *t,
     if (r->partials) lua_pop(L, 1);
     return render_fail(r, t, o, "unknown partial '%s'", name, NULL);
   }
-  tide_template *p = luaL_testudata(L, -1, TEMPLATE_MT);
+  tide_template *p = tide__testudata(L, -1, TEMPLATE_MT);
   if (p == NULL || p->src == NULL)
     return luaL_argerror(
         L, 3, lua_pushfstring(L, "partial '%s' is not a template", name));
@@ -638,7 +638,7 @@ static int render_ops(render *r, const tide_template *t, uint32_t lo,
 /* ------------------------------------------------------------- bindings -- */
 
 static tide_template *check_template(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, TEMPLATE_MT);
+  return tide__checkudata(L, idx, TEMPLATE_MT);
 }
 
 /* core.template_compile(source [, name]) -> template | nil, err */

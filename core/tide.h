@@ -321,19 +321,14 @@ int tide__raise(lua_State *L, const char *code, const char *fmt, ...);
 /// (see tide__testudata). Leaves the stack as it found it.
 void tide__register_type(lua_State *L, const char *name, const luaL_Reg *meta,
                          const luaL_Reg *methods);
-/// As luaL_testudata, for a type registered by tide__register_type: its
-/// metatable's tag is compared with the address `name` (the same macro's
-/// string, which the compiler merges), instead of looking the metatable up
-/// in the registry by name (a hashed string lookup, ~300 instructions).
-/// Falls back to luaL_testudata when the tags do not match.
+/// The one userdata type check of tide.core (as luaL_testudata): for a type
+/// registered by tide__register_type, its metatable's tag is compared with
+/// the address `name` (the same macro's string, which the compiler merges)
+/// instead of looking the metatable up in the registry by name on every
+/// method call. Falls back to luaL_testudata when the tags do not match.
 void *tide__testudata(lua_State *L, int idx, const char *name);
 /// As luaL_checkudata, through tide__testudata.
 void *tide__checkudata(lua_State *L, int idx, const char *name);
-/// The userdata at index 1 of a method or metamethod of type `name`
-/// (registered by tide__register_type, which gives each the metatable as
-/// upvalue 1): one metatable comparison instead of luaL_checkudata's
-/// registry lookup by name, with its error when the value is not one.
-void *tide__check_self(lua_State *L, const char *name);
 /// Sets header name (lowercased here) to value in the table at the top of
 /// the stack; a repeated header is joined with ", " as RFC 9110 allows.
 void tide__add_header(lua_State *L, const char *name, size_t nl,

@@ -243,7 +243,7 @@ void tide__asm_push_finished(lua_State *L, const tide_asm *a) {
 /* ------------------------------------------------------------- bindings -- */
 
 static assembler *check_assembler(lua_State *L) {
-  assembler *a = luaL_checkudata(L, 1, ASSEMBLER_MT);
+  assembler *a = tide__checkudata(L, 1, ASSEMBLER_MT);
   if (a->closed) luaL_error(L, "attempt to use a closed assembler");
   return a;
 }
@@ -341,14 +341,14 @@ static int l_count(lua_State *L) {
 
 /* __gc, __close and a:close(): idempotent. */
 static int l_close(lua_State *L) {
-  assembler *a = luaL_checkudata(L, 1, ASSEMBLER_MT);
+  assembler *a = tide__checkudata(L, 1, ASSEMBLER_MT);
   tide__asm_free(&a->a);
   a->closed = 1;
   return 0;
 }
 
 static int l_tostring(lua_State *L) {
-  assembler *a = luaL_checkudata(L, 1, ASSEMBLER_MT);
+  assembler *a = tide__checkudata(L, 1, ASSEMBLER_MT);
   if (a->closed)
     lua_pushliteral(L, "tide.assembler (closed)");
   else

@@ -185,7 +185,7 @@ static void timer_cb(uv_timer_t *h) {
 /* ----------------------------------------------------------- bindings -- */
 
 static watch_ud *check_watch(lua_State *L) {
-  return luaL_checkudata(L, 1, WATCH_MT);
+  return tide__checkudata(L, 1, WATCH_MT);
 }
 
 /* core.watch(path, callback [, debounce_ms]) -> watcher | nil, err
@@ -269,7 +269,7 @@ static int l_watch_tostring(lua_State *L) {
 /* The scandir request lives in a userdata so that an error raised while the
 ** names are copied out (out of memory) still releases libuv's list. */
 static int scandir_gc(lua_State *L) {
-  uv_fs_t *req = luaL_checkudata(L, 1, SCANDIR_MT);
+  uv_fs_t *req = tide__checkudata(L, 1, SCANDIR_MT);
   if (req->type == UV_FS) uv_fs_req_cleanup(req);
   req->type = UV_UNKNOWN_REQ;
   return 0;

@@ -123,7 +123,7 @@ static int l_wire(lua_State *L) {
 /* w:add(encoding): appends one message's encoding ("" adds nothing: a
 ** message a provider leaves out of its requests). */
 static int l_wire_add(lua_State *L) {
-  tide_wire *w = tide__check_self(L, WIRE_MT);
+  tide_wire *w = tide__checkudata(L, 1, WIRE_MT);
   size_t n;
   const char *s = luaL_checklstring(L, 2, &n);
   if (n == 0) return 0;
@@ -136,7 +136,7 @@ static int l_wire_add(lua_State *L) {
 
 /* w:count() -> the entries added (non-empty encodings). */
 static int l_wire_count(lua_State *L) {
-  tide_wire *w = tide__check_self(L, WIRE_MT);
+  tide_wire *w = tide__checkudata(L, 1, WIRE_MT);
   lua_pushinteger(L, w->n);
   return 1;
 }
@@ -144,20 +144,20 @@ static int l_wire_count(lua_State *L) {
 /* w:joined() -> the entries, comma-joined (what a request body carries
 ** after its prefix). */
 static int l_wire_joined(lua_State *L) {
-  tide_wire *w = tide__check_self(L, WIRE_MT);
+  tide_wire *w = tide__checkudata(L, 1, WIRE_MT);
   lua_pushlstring(L, w->joined.p ? w->joined.p : "", w->joined.len);
   return 1;
 }
 
 static int l_wire_gc(lua_State *L) {
-  tide_wire *w = tide__check_self(L, WIRE_MT);
+  tide_wire *w = tide__checkudata(L, 1, WIRE_MT);
   tide__buf_free(&w->joined);
   w->n = 0;
   return 0;
 }
 
 static int l_wire_tostring(lua_State *L) {
-  tide_wire *w = tide__check_self(L, WIRE_MT);
+  tide_wire *w = tide__checkudata(L, 1, WIRE_MT);
   lua_pushfstring(L, "tide.wire (%d entries, %d bytes)", (int)w->n, (int)w->joined.len);
   return 1;
 }

@@ -1,12 +1,12 @@
 /*
 ** fuzz_openai_stream.c -- core.openai_stream(max): s:feed(chunk, out),
-** s:finish([into]), s:close().
+** s:finish(), s:close().
 **
 ** Input: four header bytes, then the SSE stream of a chat completion.
 **   [0] the cap (see cap() in harness.c)   [1] the longest chunk (0: one piece)
 **   [2] the seed of the cut points
 **   [3] how text deltas come back: % 3 == 0 in an `out` table, 1 as a string
-**       per chunk, 2 not at all (out = false); & 4: finish writes into a table
+**       per chunk, 2 not at all (out = false)
 ** The stream is parsed once in one piece and once cut into chunks, by two
 ** streams in turn, so that the second takes the parser the first one left
 ** behind when it closed. The replies (or the errors) must be the same, and
@@ -17,7 +17,7 @@
 static const char DRIVER[] =
     "local core, input = ...\n"
     "local h, stream = header(input, 4)\n"
-    "local max, mode, use_into = cap(h[1]), h[4] % 3, h[4] & 4 ~= 0\n"
+    "local max, mode = cap(h[1]), h[4] % 3\n"
     /* The reply or the error of the pieces fed to a new stream, and the text
     ** deltas handed back on the way; nil when a call raised. */
     "local function run(pieces)\n"
@@ -43,12 +43,10 @@ static const char DRIVER[] =
     "      deltas[#deltas + 1] = a or c\n"
     "    end\n"
     "  end\n"
-    "  local into = use_into and { usage = {} } or nil\n"
-    "  local ok3, reply, err = try(s.finish, s, into)\n"
+    "  local ok3, reply, err = try(s.finish, s)\n"
     "  if not ok3 then return nil end\n"
     "  if failure then check(err == failure, 'finish forgot the failure', failure, err) end\n"
     "  if reply then\n"
-    "    check(not into or reply == into, 'finish ignored into', reply, into)\n"
     "    check(type(reply.text) == 'string' and type(reply.tool_calls) == 'table' and\n"
     "          type(reply.usage) == 'table', 'a reply without its fields', reply)\n"
     "    if mode ~= 2 then\n"
