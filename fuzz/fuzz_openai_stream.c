@@ -58,7 +58,7 @@ static const char DRIVER[] =
     "  end\n"
     "  s:close()\n"
     "  s:close()\n"
-    "  check(not try(s.feed, s, 'data: {}\\n\\n'), 'a closed stream took a chunk')\n"
+    "  check(raises(s.feed, s, 'data: {}\\n\\n'), 'a closed stream took a chunk')\n"
     "  return { reply = reply, err = err }\n"
     "end\n"
     "local whole = run({ stream })\n"

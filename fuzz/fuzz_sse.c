@@ -38,7 +38,7 @@ static const char DRIVER[] =
     "  check(not (failure and clean), 'a failed stream finished clean', failure)\n"
     "  p:close()\n"
     "  p:close()\n"
-    "  check(not try(p.feed, p, 'data: x\\n\\n'), 'a closed parser took a chunk')\n"
+    "  check(raises(p.feed, p, 'data: x\\n\\n'), 'a closed parser took a chunk')\n"
     "  return { events = events, failure = failure, clean = clean }\n"
     "end\n"
     "local whole = run({ stream })\n"

@@ -60,6 +60,11 @@ write("openai_stream", "framing", hdr(0, 2, 11, 2) .. streams.framing)
 write("openai_stream", "error", hdr(0, 17, 5, 0) .. streams.error)
 write("openai_stream", "truncated", hdr(0, 5, 1, 1) .. streams.truncated)
 write("openai_stream", "small_cap", hdr(12, 30, 2, 0) .. streams.tool_calls)
+-- Events that each fit a cap of 100 bytes while their arguments together do
+-- not: the assembler's cap, not the event's, ends the stream.
+write("openai_stream", "calls_cap", hdr(10, 0, 0, 0)
+  .. string.rep('data: {"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"0123456789"}}]}}]}\n\n', 8)
+  .. done)
 
 -- ------------------------------------------------------------- SSE --
 write("sse", "openai", hdr(0, 0, 0) .. streams.tool_calls)
