@@ -58,4 +58,27 @@ describe("strict options", function()
     assert.are.equal(def, agents.get("strict_a"))
     agents.remove("strict_a")
   end)
+
+  it("tide.agents.watch and tide.prompts.watch", function()
+    local dir = helpers.tmpdir()
+    finally(function() helpers.rmdir(dir) end)
+    for name, watch in pairs { ["tide.agents.watch"] = tide.agents.watch, ["tide.prompts.watch"] = tide.prompts.watch } do
+      assert.matches(name .. ": unknown option 'on_eror'", raised(watch, dir, { on_eror = print }), 1, true)
+      assert.matches(name .. ": 'on_error' must be a function, got string",
+        raised(watch, dir, { on_error = "print" }), 1, true)
+      assert.matches(name .. ": 'on_change' must be a function, got boolean",
+        raised(watch, dir, { on_change = true }), 1, true)
+      assert.matches(name .. ": 'debounce_ms' must be a non-negative integer, got -1",
+        raised(watch, dir, { debounce_ms = -1 }), 1, true)
+      assert.matches("hardening_options_spec.lua:%d+: " .. name, raised(function() watch(dir, { x = 1 }) end))
+      assert.matches("bad argument #2 to 'watch' (table expected, got string)", raised(watch, dir, "x"), 1, true)
+    end
+    assert.is_false(tide.prompts.dirs()[1] == require("tide.core").realpath(dir))
+    local h = assert(tide.agents.watch(dir, { on_error = print, on_change = print, debounce_ms = 5 }))
+    h:close()
+    h = assert(tide.prompts.watch(dir, { on_error = print, on_change = print, debounce_ms = 5 }))
+    h:close()
+    tide.prompts.remove_dir(dir)
+    helpers.assert_quiet()
+  end)
 end)
