@@ -81,4 +81,25 @@ describe("strict options", function()
     tide.prompts.remove_dir(dir)
     helpers.assert_quiet()
   end)
+
+  it("tide.config", function()
+    assert.matches("tide.config: 'max_iterations' must be a positive integer, got string",
+      raised(tide.config, { max_iterations = "4" }), 1, true)
+    assert.matches("'tool_timeout_ms' must be a positive integer, got 0",
+      raised(tide.config, { tool_timeout_ms = 0 }), 1, true)
+    assert.matches("'result_cap_bytes' must be a positive integer, got 1.5",
+      raised(tide.config, { result_cap_bytes = 1.5 }), 1, true)
+    assert.matches("bad argument #1 to 'config' (a .lua or .json file expected, got 'app.yaml')",
+      raised(tide.config, "app.yaml"), 1, true)
+    -- the program's own keys are free-form
+    assert.are.equal("m", assert(tide.config { provider = { model = "m" }, max_iterations = 4 }):get("provider.model"))
+    local dir = helpers.tmpdir()
+    finally(function() helpers.rmdir(dir) end)
+    helpers.write(dir .. "/c.json", '{ "max_iterations": "many" }')
+    local cfg, err = tide.config(dir .. "/c.json")
+    assert.is_nil(cfg)
+    assert.are.equal("ConfigError", err.code)
+    assert.are.equal(dir .. "/c.json", err.file)
+    assert.matches("'max_iterations' must be a positive integer, got string", err.message, 1, true)
+  end)
 end)
