@@ -102,4 +102,62 @@ describe("strict options", function()
     assert.are.equal(dir .. "/c.json", err.file)
     assert.matches("'max_iterations' must be a positive integer, got string", err.message, 1, true)
   end)
+
+  it("tide.integrations.static", function()
+    local static = tide.integrations.static
+    assert.matches("bad argument #1 to 'static' (unknown option 'toolkit')", raised(static, { toolkit = {} }), 1, true)
+    assert.matches("field 'fail' must be a boolean, string or error table, got number",
+      raised(static, { fail = 1 }), 1, true)
+    assert.matches("hardening_options_spec.lua:%d+: bad argument", raised(function() static { delay = 1 } end))
+    static { toolkits = {}, id = "strict", delay_ms = 0, fail = false }
+  end)
+
+  it("tide.integrations.composio", function()
+    local composio = tide.integrations.composio
+    local base = { api_key = "k", user_id = "u", base_url = "http://127.0.0.1:1" }
+    local function with(k, v)
+      local o = {}
+      for key, x in pairs(base) do o[key] = x end
+      o[k] = v
+      return o
+    end
+    assert.matches("bad argument #1 to 'composio' (unknown option 'userid')",
+      raised(composio, with("userid", "u")), 1, true)
+    assert.matches("field 'timeout_ms' must be a positive integer", raised(composio, with("timeout_ms", "5")), 1, true)
+    assert.matches("field 'timeout_ms' must be a positive integer", raised(composio, with("timeout_ms", 0)), 1, true)
+    assert.matches("field 'important' must be a boolean", raised(composio, with("important", 1)), 1, true)
+    composio(with("timeout_ms", 100))
+  end)
+
+  it("tide.http.request", function()
+    local request = tide.http.request
+    local url = "http://127.0.0.1:1/"
+    assert.matches("bad argument #1 to 'request' (unknown option 'timeout')",
+      raised(request, { url = url, timeout = 5 }), 1, true)
+    assert.matches("field 'timeout_ms' must be a non-negative number, got -1",
+      raised(request, { url = url, timeout_ms = -1 }), 1, true)
+    assert.matches("field 'max_body_bytes' must be a non%-negative number, got %-?nan",
+      raised(request, { url = url, max_body_bytes = 0 / 0 }))
+    assert.matches("field 'headers' must map names to strings",
+      raised(request, { url = url, headers = { accept = true } }), 1, true)
+    assert.matches("field 'headers' must map names to strings",
+      raised(request, { url = url, headers = { "x" } }), 1, true)
+    assert.matches("hardening_options_spec.lua:%d+: bad argument", raised(function() request { url = url, x = 1 } end))
+  end)
+
+  it("tide.testing.mock_server", function()
+    local mock = tide.testing.mock_server
+    assert.matches("bad argument #1 to 'mock_server' (unknown option 'reply')", raised(mock, { reply = "x" }), 1, true)
+    assert.matches("field 'delay_ms' must be a non-negative integer", raised(mock, { delay_ms = "5" }), 1, true)
+    assert.matches("field 'chunk_delay_ms' must be a non-negative integer", raised(mock, { chunk_delay_ms = -1 }), 1, true)
+    assert.matches("field 'port' must be an integer from 0 to 65535", raised(mock, { port = 70000 }), 1, true)
+    assert.matches("field 'ref' must be a boolean", raised(mock, { ref = 1 }), 1, true)
+    assert.matches("field 'routes' must be a table", raised(mock, { routes = print }), 1, true)
+    assert.matches("field 'default' must be a string, table or function, got number",
+      raised(mock, { default = 42 }), 1, true)
+    local srv = assert(mock { replies = { "a" }, default = "b", delay_ms = 0, chunk_delay_ms = 0, routes = {},
+      port = 0, ref = false, record = false })
+    srv:close()
+    helpers.assert_quiet()
+  end)
 end)
