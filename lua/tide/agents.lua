@@ -30,6 +30,25 @@ local ID = "^[%w_%-%.]+$"
 
 local function bad(field, msg) error(("tide.agent: '%s' %s"):format(field, msg), 3) end
 
+-- Every field the runtime reads from a definition (agents, session,
+-- subagent, prompts): a misspelt one ("toolz") is named, not ignored.
+local FIELDS = {
+  id = true, prompt = true, tools = true, disallowed_tools = true, extra_tools = true,
+  subagents = true, max_iterations = true, max_spawn_depth = true, when_to_use = true,
+  display_name = true, delegate_name = true, datetime = true, text_tools = true,
+  temperature = true,
+}
+
+-- A table entry of `subagents`: { toolkits = "*" } or { id = "..." }.
+local function subagent_entry(x)
+  if type(x) == "string" then return true end
+  if type(x) ~= "table" then return false end
+  for k in pairs(x) do
+    if k ~= "toolkits" and k ~= "id" then return false end
+  end
+  return (x.toolkits == "*" and x.id == nil) or (x.toolkits == nil and type(x.id) == "string")
+end
+
 local function check_list(def, field, pred, what)
   local v = def[field]
   if v == nil then return end
@@ -46,6 +65,9 @@ function agents.define(def)
   if type(def) ~= "table" then
     error(("bad argument #1 to 'agent' (table expected, got %s)"):format(type(def)), 2)
   end
+  for k in pairs(def) do
+    if not FIELDS[k] then error(("tide.agent: unknown field '%s'"):format(tostring(k)), 2) end
+  end
   if type(def.id) ~= "string" or not def.id:match(ID) then
     bad("id", "must be a string of letters, digits, _ - . (got " .. tostring(def.id) .. ")")
   end
@@ -56,9 +78,7 @@ function agents.define(def)
   end
   check_list(def, "extra_tools", tool.is, "a tide.tool")
   check_list(def, "disallowed_tools", function(x) return type(x) == "string" end, "a string")
-  check_list(def, "subagents", function(x)
-    return type(x) == "string" or (type(x) == "table" and (x.toolkits == "*" or type(x.id) == "string"))
-  end, 'an agent id or { toolkits = "*" }')
+  check_list(def, "subagents", subagent_entry, 'an agent id, { id = id } or { toolkits = "*" }')
   for _, f in ipairs { "max_iterations", "max_spawn_depth" } do
     local v = def[f]
     if v ~= nil and (math.type(v) ~= "integer" or v < 0) then bad(f, "must be a non-negative integer") end
@@ -68,6 +88,12 @@ function agents.define(def)
   end
   if def.delegate_name and not def.delegate_name:match("^[%a_][%w_%-]*$") then
     bad("delegate_name", "must be a valid tool name")
+  end
+  for _, f in ipairs { "datetime", "text_tools" } do
+    if def[f] ~= nil and type(def[f]) ~= "boolean" then bad(f, "must be a boolean, got " .. type(def[f])) end
+  end
+  if def.temperature ~= nil and type(def.temperature) ~= "number" then
+    bad("temperature", "must be a number, got " .. type(def.temperature))
   end
   generation = generation + 1
   registry[def.id] = def

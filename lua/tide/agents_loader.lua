@@ -211,6 +211,24 @@ function loader.load(dir, define)
   return ids, errs
 end
 
+-- Raises on an unknown or mistyped option of agents.watch, at the level of
+-- its caller (agents.watch tail-calls loader.watch, as check_args assumes).
+local function check_watch_options(opts)
+  for k, v in pairs(opts) do
+    if k == "on_error" or k == "on_change" then
+      if type(v) ~= "function" then
+        error(("tide.agents.watch: '%s' must be a function, got %s"):format(k, type(v)), 3)
+      end
+    elseif k == "debounce_ms" then
+      if math.type(v) ~= "integer" or v < 0 then
+        error("tide.agents.watch: 'debounce_ms' must be a non-negative integer, got " .. tostring(v), 3)
+      end
+    else
+      error(("tide.agents.watch: unknown option '%s'"):format(tostring(k)), 3)
+    end
+  end
+end
+
 local function call_back(what, fn, ...)
   local ok, err = xpcall(fn, debug.traceback, ...)
   if not ok then io.stderr:write(("tide: error in agents %s: %s\n"):format(what, tostring(err))) end
@@ -241,6 +259,7 @@ function loader.watch(dir, opts, define)
   if type(opts) ~= "table" then
     error(("bad argument #2 to 'watch' (table expected, got %s)"):format(type(opts)), 2)
   end
+  check_watch_options(opts)
   dir = dir:gsub("(.)/+$", "%1")
   local files, err = agent_files("watch", dir)
   if not files then return nil, err end

@@ -13,6 +13,22 @@ cfg_mt.__index = cfg_mt
 
 local loads = 0
 
+-- The keys the runtime itself reads (sessions, through get): each must be
+-- a positive integer. Other keys are the program's own and free-form, so
+-- they are not checked: a config is not an options table.
+local RUNTIME_KEYS = { "max_iterations", "tool_timeout_ms", "result_cap_bytes" }
+
+-- The message for the first runtime key with a bad value, or nil.
+local function check_values(values)
+  for _, k in ipairs(RUNTIME_KEYS) do
+    local v = values[k]
+    if v ~= nil and (math.type(v) ~= "integer" or v <= 0) then
+      return ("'%s' must be a positive integer, got %s"):format(k,
+        type(v) == "number" and tostring(v) or type(v))
+    end
+  end
+end
+
 local function deep_copy(v, seen)
   if type(v) ~= "table" then return v end
   seen = seen or {}
@@ -49,7 +65,10 @@ end
 --- Builds a config snapshot from a table (copied) or a `.lua` / `.json` file.
 --- A file that cannot be read or parsed, or a Lua file that raises or runs
 --- past the limits of agent files (`tide.agents_loader.limits`), returns
---- nil, err (code ConfigError, with `file`).
+--- nil, err (code ConfigError, with `file`). The keys sessions read
+--- (`max_iterations`, `tool_timeout_ms`, `result_cap_bytes`) must be
+--- positive integers: a table that breaks this raises, a file returns a
+--- ConfigError.
 ---@param src table|string
 ---@return tide.config|nil
 ---@return table|nil err
@@ -57,10 +76,17 @@ function M.new(src)
   local values, err
   if type(src) == "table" then
     if getmetatable(src) == cfg_mt then return src end
+    local msg = check_values(src)
+    if msg then error("tide.config: " .. msg, 2) end
     values = deep_copy(src)
   elseif type(src) == "string" then
+    if not src:match("%.lua$") and not src:match("%.json$") then
+      error(("bad argument #1 to 'config' (a .lua or .json file expected, got '%s')"):format(src), 2)
+    end
     values, err = load_file(src)
     if not values then return nil, err end
+    local msg = check_values(values)
+    if msg then return nil, core.error("ConfigError", src .. ": " .. msg, { file = src }) end
   else
     error(("bad argument #1 to 'config' (table or file path expected, got %s)"):format(type(src)), 2)
   end

@@ -75,8 +75,27 @@ function http.request(opts)
         k, want, type(v)), 2)
     end
   end
+  for k in pairs(opts) do
+    if fields[k] == nil then
+      error(("bad argument #1 to 'request' (unknown option '%s')"):format(tostring(k)), 2)
+    end
+  end
   if opts.url == nil then
     error("bad argument #1 to 'request' (field 'url' is required)", 2)
+  end
+  for _, k in ipairs { "timeout_ms", "connect_timeout_ms", "max_body_bytes" } do
+    local v = opts[k]
+    if v ~= nil and not (v >= 0 and v < math.huge) then
+      error(("bad argument #1 to 'request' (field '%s' must be a non-negative number, got %s)"):format(
+        k, tostring(v)), 2)
+    end
+  end
+  if opts.headers then
+    for name, value in pairs(opts.headers) do
+      if type(name) ~= "string" or (type(value) ~= "string" and type(value) ~= "number") then
+        error("bad argument #1 to 'request' (field 'headers' must map names to strings)", 2)
+      end
+    end
   end
   return blocking(perform, opts)
 end

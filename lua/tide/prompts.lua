@@ -395,9 +395,17 @@ function prompts.watch(dir, opts)
   if type(opts) ~= "table" then
     error(("bad argument #2 to 'watch' (table expected, got %s)"):format(type(opts)), 2)
   end
-  for _, k in ipairs { "on_error", "on_change" } do
-    if opts[k] ~= nil and type(opts[k]) ~= "function" then
-      error(("bad argument #2 to 'watch' (%s must be a function)"):format(k), 2)
+  for k, v in pairs(opts) do
+    if k == "on_error" or k == "on_change" then
+      if type(v) ~= "function" then
+        error(("tide.prompts.watch: '%s' must be a function, got %s"):format(k, type(v)), 2)
+      end
+    elseif k == "debounce_ms" then
+      if math.type(v) ~= "integer" or v < 0 then
+        error("tide.prompts.watch: 'debounce_ms' must be a non-negative integer, got " .. tostring(v), 2)
+      end
+    else
+      error(("tide.prompts.watch: unknown option '%s'"):format(tostring(k)), 2)
     end
   end
   local path = canonical(dir)

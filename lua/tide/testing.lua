@@ -426,6 +426,12 @@ end
 ---@field record? boolean keep every request for `requests()` (default true); a long-running
 ---mock passes false, so that memory does not grow with the requests it answers
 
+-- The options of mock_server and what each must be.
+local MOCK_OPTIONS = {
+  replies = "table", default = "reply", delay_ms = "delay", chunk_delay_ms = "delay",
+  routes = "table", port = "port", ref = "boolean", record = "boolean",
+}
+
 ---@class tide.testing.MockServer
 ---@field url string "http://127.0.0.1:<port>"
 ---@field port integer
@@ -519,14 +525,21 @@ function testing.mock_server(opts)
   if type(opts) ~= "table" then
     error(("bad argument #1 to 'mock_server' (table expected, got %s)"):format(type(opts)), 2)
   end
-  if opts.replies ~= nil and type(opts.replies) ~= "table" then
-    error("bad argument #1 to 'mock_server' (field 'replies' must be a table)", 2)
-  end
-  if opts.routes ~= nil and type(opts.routes) ~= "table" then
-    error("bad argument #1 to 'mock_server' (field 'routes' must be a table)", 2)
-  end
-  if opts.record ~= nil and type(opts.record) ~= "boolean" then
-    error("bad argument #1 to 'mock_server' (field 'record' must be a boolean)", 2)
+  for k, v in pairs(opts) do
+    local want = MOCK_OPTIONS[k]
+    if want == nil then
+      error(("bad argument #1 to 'mock_server' (unknown option '%s')"):format(tostring(k)), 2)
+    end
+    if want == "delay" and (math.type(v) ~= "integer" or v < 0) then
+      error(("bad argument #1 to 'mock_server' (field '%s' must be a non-negative integer)"):format(k), 2)
+    elseif want == "port" and (math.type(v) ~= "integer" or v < 0 or v > 65535) then
+      error("bad argument #1 to 'mock_server' (field 'port' must be an integer from 0 to 65535)", 2)
+    elseif want == "reply" and type(v) ~= "string" and type(v) ~= "table" and type(v) ~= "function" then
+      error(("bad argument #1 to 'mock_server' (field 'default' must be a string, table or function, got %s)"):format(
+        type(v)), 2)
+    elseif (want == "boolean" or want == "table") and type(v) ~= want then
+      error(("bad argument #1 to 'mock_server' (field '%s' must be a %s)"):format(k, want), 2)
+    end
   end
   local self = setmetatable({ _opts = opts, _queue = {}, _head = 1, _tail = 0,
                               _requests = {}, _record = opts.record ~= false,

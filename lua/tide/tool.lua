@@ -22,6 +22,10 @@ local NAME = "^[%a_][%w_%-]*$"
 
 local function fail(msg) error("tide.tool: " .. msg, 3) end
 
+-- Every field a tool spec may have: a misspelt one ("handlr") is named,
+-- not silently dropped.
+local FIELDS = { name = true, description = true, parameters = true, handler = true, timeout_ms = true }
+
 --- Defines a tool. The handler returns text, or a table (sent as JSON);
 --- raising an error gives the model an error result, never a crashed turn.
 ---@param spec {name:string, description:string, parameters?:table, handler:fun(args:table, ctx:tide.tool.context):any, timeout_ms?:integer}
@@ -30,16 +34,21 @@ function M.new(spec)
   if type(spec) ~= "table" then
     error(("bad argument #1 to 'tool' (table expected, got %s)"):format(type(spec)), 2)
   end
+  for k in pairs(spec) do
+    if not FIELDS[k] then fail("unknown option '" .. tostring(k) .. "'") end
+  end
   if type(spec.name) ~= "string" or not spec.name:match(NAME) or #spec.name > 64 then
     fail("'name' must be a string of letters, digits, _ and - (at most 64), got " .. tostring(spec.name))
   end
-  if type(spec.description) ~= "string" then fail("'description' must be a string") end
-  if type(spec.handler) ~= "function" then fail("'handler' must be a function") end
+  if type(spec.description) ~= "string" then
+    fail("'description' must be a string, got " .. type(spec.description))
+  end
+  if type(spec.handler) ~= "function" then fail("'handler' must be a function, got " .. type(spec.handler)) end
   local params = spec.parameters
   if params == nil then
     params = { type = "object", properties = {} }
   elseif type(params) ~= "table" then
-    fail("'parameters' must be a JSON-schema table")
+    fail("'parameters' must be a JSON-schema table, got " .. type(params))
   end
   -- Debian's lua-cjson cannot tell {} from []: mark the schema's list fields.
   local json = require "tide.json"
@@ -55,7 +64,7 @@ function M.new(spec)
   end
   mark(params, 0)
   if spec.timeout_ms ~= nil and (math.type(spec.timeout_ms) ~= "integer" or spec.timeout_ms <= 0) then
-    fail("'timeout_ms' must be a positive integer")
+    fail("'timeout_ms' must be a positive integer, got " .. tostring(spec.timeout_ms))
   end
   -- A handler that declares only `args` never sees its context: the session
   -- then makes none for its calls.

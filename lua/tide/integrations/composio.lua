@@ -318,6 +318,11 @@ local function set_of(list, field)
   return set
 end
 
+local OPTIONS = {
+  api_key = true, base_url = true, user_id = true, toolkits = true, catalogue = true,
+  scopes = true, page_size = true, timeout_ms = true, toolkit_versions = true, important = true,
+}
+
 --- A Composio-backed source.
 --- `api_key` defaults to $COMPOSIO_API_KEY, `base_url` to $COMPOSIO_BASE_URL
 --- or https://backend.composio.dev/api/v3. `toolkits` limits which toolkits
@@ -329,6 +334,11 @@ end
 function composio.new(opts)
   if type(opts) ~= "table" then
     error(("bad argument #1 to 'composio' (table expected, got %s)"):format(type(opts)), 2)
+  end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then
+      error(("bad argument #1 to 'composio' (unknown option '%s')"):format(tostring(k)), 2)
+    end
   end
   local api_key = opts.api_key or os.getenv("COMPOSIO_API_KEY")
   if type(api_key) ~= "string" or api_key == "" then
@@ -363,6 +373,12 @@ function composio.new(opts)
   local page_size = opts.page_size or 100
   if math.type(page_size) ~= "integer" or page_size < 1 then
     bad("page_size", "must be a positive integer")
+  end
+  if opts.timeout_ms ~= nil and (math.type(opts.timeout_ms) ~= "integer" or opts.timeout_ms <= 0) then
+    bad("timeout_ms", "must be a positive integer")
+  end
+  if opts.important ~= nil and type(opts.important) ~= "boolean" then
+    bad("important", "must be a boolean")
   end
   local toolkit_versions = opts.toolkit_versions
   if toolkit_versions == nil then toolkit_versions = "latest" end

@@ -28,6 +28,8 @@ local function check_toolkits(toolkits, level)
   return norm
 end
 
+local OPTIONS = { toolkits = true, id = true, delay_ms = true, fail = true }
+
 --- A source serving fixed toolkits.
 ---@param opts {toolkits: table, id?: string, delay_ms?: integer, fail?: boolean|string|table}
 ---@return tide.integrations.static
@@ -35,12 +37,22 @@ function static.new(opts)
   if type(opts) ~= "table" then
     error(("bad argument #1 to 'static' (table expected, got %s)"):format(type(opts)), 2)
   end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then
+      error(("bad argument #1 to 'static' (unknown option '%s')"):format(tostring(k)), 2)
+    end
+  end
   local norm = check_toolkits(opts.toolkits == nil and {} or opts.toolkits, 2)
   if opts.id ~= nil and (type(opts.id) ~= "string" or opts.id == "") then
     error("bad argument #1 to 'static' (field 'id' must be a non-empty string)", 2)
   end
   if opts.delay_ms ~= nil and (math.type(opts.delay_ms) ~= "integer" or opts.delay_ms < 0) then
     error("bad argument #1 to 'static' (field 'delay_ms' must be a non-negative integer)", 2)
+  end
+  local fail = opts.fail
+  if fail ~= nil and type(fail) ~= "boolean" and type(fail) ~= "string" and type(fail) ~= "table" then
+    error(("bad argument #1 to 'static' (field 'fail' must be a boolean, string or error table, got %s)"):format(
+      type(fail)), 2)
   end
   -- Without an id the identity is the hash of the toolkits as first given:
   -- it must not change when set() changes them, or invalidation would miss.
