@@ -36,7 +36,7 @@ local FIELDS = {
   id = true, prompt = true, tools = true, disallowed_tools = true, extra_tools = true,
   subagents = true, max_iterations = true, max_spawn_depth = true, when_to_use = true,
   display_name = true, delegate_name = true, datetime = true, text_tools = true,
-  temperature = true,
+  temperature = true, max_subagents = true,
 }
 
 -- A table entry of `subagents`: { toolkits = "*" } or { id = "..." }.
@@ -82,6 +82,9 @@ function agents.define(def)
   for _, f in ipairs { "max_iterations", "max_spawn_depth" } do
     local v = def[f]
     if v ~= nil and (math.type(v) ~= "integer" or v < 0) then bad(f, "must be a non-negative integer") end
+  end
+  if def.max_subagents ~= nil and (math.type(def.max_subagents) ~= "integer" or def.max_subagents <= 0) then
+    bad("max_subagents", "must be a positive integer")
   end
   for _, f in ipairs { "when_to_use", "display_name", "delegate_name" } do
     if def[f] ~= nil and type(def[f]) ~= "string" then bad(f, "must be a string") end

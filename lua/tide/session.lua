@@ -32,6 +32,10 @@ local DEFAULTS = {
   subagent_max_iterations = 8,
   tool_timeout_ms = 120000,
   result_cap_bytes = 16 * 1024,
+  -- The ceiling on sub-agent runs in one root turn's tree (all depths): an
+  -- agent that delegates 20 ways at every level would otherwise fan out to
+  -- tens of thousands of provider calls. Raised with max_subagents.
+  max_subagents = 256,
 }
 
 local hrtime = core.hrtime
@@ -55,12 +59,25 @@ end
 
 -- Option lists, built once (the checks run on every build and turn).
 local PATH_OPTS = { "transcript", "resume" }
-local COUNT_OPTS = { "max_iterations", "tool_timeout_ms", "result_cap_bytes" }
+local COUNT_OPTS = { "max_iterations", "tool_timeout_ms", "result_cap_bytes", "max_subagents" }
+-- Every option a session takes (the underscored ones are sub-agents', set by
+-- tide.subagent): any other key is a misspelling, and a silent one loses
+-- what it meant (a transcript, a budget).
+local OPTIONS = {
+  agent = true, provider = true, integrations = true, config = true, transcript = true, resume = true,
+  tools = true, budget = true, max_iterations = true, tool_timeout_ms = true, result_cap_bytes = true,
+  max_subagents = true,
+  _parent = true, _parent_tools = true, _toolkit = true, _snapshot = true, _agent_path = true,
+}
+local BUDGET_KINDS = { provider_calls = true, tokens = true, tool_calls = true, wall_ms = true }
 local CALLBACK_OPTS = { "on_delta", "on_tool_start", "on_tool_end", "on_event" }
 
 local function check_opts(opts)
   if type(opts) ~= "table" then
     error(("bad argument #1 to 'session' (table expected, got %s)"):format(type(opts)), 3)
+  end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then error(("tide.session: unknown option '%s'"):format(tostring(k)), 3) end
   end
   local a = opts.agent
   if type(a) ~= "string" and type(a) ~= "table" then
@@ -82,11 +99,29 @@ local function check_opts(opts)
       error(("tide.session: '%s' must be a positive integer"):format(f), 3)
     end
   end
+  local b = opts.budget
+  if b ~= nil then
+    if type(b) ~= "table" then error("tide.session: 'budget' must be a table", 3) end
+    for k, v in pairs(b) do
+      if not BUDGET_KINDS[k] then error(("tide.session: unknown budget kind '%s'"):format(tostring(k)), 3) end
+      if math.type(v) ~= "integer" or v <= 0 then
+        error(("tide.session: 'budget.%s' must be a positive integer"):format(k), 3)
+      end
+    end
+  end
+  if opts.tools ~= nil and type(opts.tools) ~= "table" then
+    error("tide.session: 'tools' must be a list of tide.tool", 3)
+  end
 end
 
---- Creates a session.
----@param opts {agent:string|tide.agent.definition, provider:table, integrations?:table, config?:table|string, transcript?:string, resume?:string, max_iterations?:integer, tool_timeout_ms?:integer, result_cap_bytes?:integer, tools?:tide.tool[], budget?:{provider_calls?:integer, tokens?:integer, tool_calls?:integer, wall_ms?:integer}}
----@return tide.session
+--- Creates a session. Misuse (an unknown option, a wrong type, an unknown
+--- agent) raises; a file that cannot be read or written (a `resume`
+--- transcript missing or corrupt, a `transcript` that cannot be created, a
+--- config file that fails to load) returns nil and the error
+--- (`TranscriptError`, `ConfigError`).
+---@param opts {agent:string|tide.agent.definition, provider:table, integrations?:table, config?:table|string, transcript?:string, resume?:string, max_iterations?:integer, tool_timeout_ms?:integer, result_cap_bytes?:integer, max_subagents?:integer, tools?:tide.tool[], budget?:{provider_calls?:integer, tokens?:integer, tool_calls?:integer, wall_ms?:integer}}
+---@return tide.session|nil
+---@return table|nil err
 function M.new(opts)
   check_opts(opts)
   local t0 = hrtime()
@@ -102,7 +137,7 @@ function M.new(opts)
   local cfg = opts.config
   if cfg ~= nil and not config().is(cfg) then
     local c, err = config().new(cfg)
-    if not c then error(err, 2) end
+    if not c then return nil, err end
     cfg = c
     stats.config_loads = stats.config_loads + 1
   end
@@ -123,6 +158,7 @@ function M.new(opts)
     tool_timeout_ms = opts.tool_timeout_ms or cfg_get("tool_timeout_ms", DEFAULTS.tool_timeout_ms),
     result_cap = opts.result_cap_bytes or cfg_get("result_cap_bytes", DEFAULTS.result_cap_bytes),
     budget_limits = opts.budget,
+    max_subagents = opts.max_subagents or def.max_subagents or DEFAULTS.max_subagents,
     trace = {},
   }, session_mt)
 
@@ -166,10 +202,10 @@ function M.new(opts)
   self.conversation = history.new(self.provider)
   if opts.resume then
     local ok, err = self:_resume(opts.resume)
-    if not ok then error(err, 2) end
+    if not ok then return nil, err end
   elseif opts.transcript then
     local w, err = transcript().open(opts.transcript, self:_meta())
-    if not w then error(err, 2) end
+    if not w then return nil, err end
     self.conversation.writer = w
   end
   stats.build_ms = ms_since(t0)
@@ -332,6 +368,9 @@ end
 
 -- ------------------------------------------------------- public methods --
 
+local TURN_OPTIONS = { on_delta = true, on_tool_start = true, on_tool_end = true, on_event = true,
+  context = true }
+
 local function check_turn_args(text, opts)
   if type(text) ~= "string" then
     error(("bad argument #1 to 'turn' (string expected, got %s)"):format(type(text)), 3)
@@ -340,6 +379,11 @@ local function check_turn_args(text, opts)
     error(("bad argument #2 to 'turn' (table expected, got %s)"):format(type(opts)), 3)
   end
   opts = opts or {}
+  for k in pairs(opts) do
+    if not TURN_OPTIONS[k] then
+      error(("bad argument #2 to 'turn' (unknown option '%s')"):format(tostring(k)), 3)
+    end
+  end
   for _, f in ipairs(CALLBACK_OPTS) do
     if opts[f] ~= nil and type(opts[f]) ~= "function" then
       error(("bad argument #2 to 'turn' (field '%s' must be a function)"):format(f), 3)

@@ -99,6 +99,16 @@ function M.run(parent, id, args, opts)
   if not def then
     return tool_error("unknown sub-agent '%s'", id)
   end
+  -- The tree's ceiling on sub-agent runs: the parent model is told, and can
+  -- still answer with what it has.
+  local tree = core.context("tide_tree")
+  if tree then
+    if tree.subagents >= tree.max then
+      return nil, core.error("SubagentLimit", ("this turn has already run %d sub-agents, its limit "
+        .. "(max_subagents); answer with what you have"):format(tree.max), { limit = tree.max })
+    end
+    tree.subagents = tree.subagents + 1
+  end
   local limit = parent.def.max_spawn_depth
   local child_path = parent.agent_path .. "/" .. (sub_opts.toolkit and ("integrations:" .. sub_opts.toolkit) or id)
   local task, err = core.spawn_nested(limit, function()
@@ -107,13 +117,14 @@ function M.run(parent, id, args, opts)
       tpath = parent.conversation.writer.path:gsub("%.jsonl$", "") .. "." .. (sub_opts.toolkit or id):gsub("[^%w_%-]", "_")
         .. "." .. tostring(core.current():id()) .. ".jsonl"
     end
-    local child = session_module().new {
+    local child, cerr = session_module().new {
       agent = def, provider = parent.provider, integrations = parent.src, config = parent.config,
       transcript = tpath, tools = sub_opts.tools,
       tool_timeout_ms = parent.tool_timeout_ms, result_cap_bytes = parent.result_cap,
       _parent = parent, _parent_tools = parent:_base(), _toolkit = sub_opts.toolkit,
       _snapshot = sub_opts.snapshot, _agent_path = child_path,
     }
+    if not child then error(cerr, 0) end
     emit { type = "subagent_start", agent = child_path, depth = core.depth() }
     local t0 = hrtime()
     local reply, e = child:turn(task_text)

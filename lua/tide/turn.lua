@@ -376,6 +376,10 @@ function M.run(session, text, opts)
   if session.turn_ctx then return fail("SessionBusy", "a turn is already in progress on this session") end
   local ctx = core.context()
   local saved_event, saved_budget = rawget(ctx, "tide_on_event"), rawget(ctx, "tide_budget")
+  local saved_tree = rawget(ctx, "tide_tree")
+  -- A root turn counts the sub-agent runs of its whole tree against the
+  -- session's ceiling; sub-agent turns find the count in their context.
+  local tree = ctx.tide_tree or { subagents = 0, max = session.max_subagents }
   local inherited_budget = ctx.tide_budget
   local budget = inherited_budget
   if not budget and session.budget_limits then budget = tree_budget().new(session.budget_limits) end
@@ -391,6 +395,7 @@ function M.run(session, text, opts)
   }
   ctx.tide_on_event = sink
   ctx.tide_budget = budget
+  ctx.tide_tree = tree
   session.turn_ctx = run
   local watchdog
   if budget and not inherited_budget and budget.limits.wall_ms then
@@ -406,6 +411,7 @@ function M.run(session, text, opts)
   for _, t in ipairs(run.tasks) do t:cancel() end
   rawset(ctx, "tide_on_event", saved_event)
   rawset(ctx, "tide_budget", saved_budget)
+  rawset(ctx, "tide_tree", saved_tree)
   session.turn_ctx = nil
   if session.cancelling then
     session.cancelling = nil

@@ -208,9 +208,9 @@ describe("sessions built warm", function()
     assert.are.equal(0, s2:stats().config_loads)
     assert.are.equal(4, s2.max_iterations)
     helpers.rmdir(dir)
-    -- a broken config file is a clear error
-    local ok, err = pcall(tide.session, { agent = "orchestrator", provider = provider, config = "/nonexistent.lua" })
-    assert.is_false(ok)
+    -- a config file that cannot be loaded is a runtime failure: nil, err
+    local s3, err = tide.session { agent = "orchestrator", provider = provider, config = "/nonexistent.lua" }
+    assert.is_nil(s3)
     assert.are.equal("ConfigError", err.code)
   end)
 
