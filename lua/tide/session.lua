@@ -48,7 +48,8 @@ M.sanitize = surface.sanitize
 local function new_stats()
   return {
     provider_calls = 0, tool_calls = 0, turns = 0, iterations = 0,
-    tokens = { input = 0, output = 0, cached = 0 },
+    tokens = { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 },
+    stop_reason = nil,
     integration_fetches = 0, config_loads = 0, delegation_rebuilds = 0,
     cache_hits = 0, cache_misses = 0,
     prewarmed = false, integrations = "none",
@@ -66,11 +67,11 @@ local COUNT_OPTS = { "max_iterations", "tool_timeout_ms", "result_cap_bytes", "m
 local OPTIONS = {
   agent = true, provider = true, integrations = true, config = true, transcript = true, resume = true,
   tools = true, budget = true, max_iterations = true, tool_timeout_ms = true, result_cap_bytes = true,
-  max_subagents = true,
+  max_subagents = true, truncated = true,
   _parent = true, _parent_tools = true, _toolkit = true, _snapshot = true, _agent_path = true,
 }
 local BUDGET_KINDS = { provider_calls = true, tokens = true, tool_calls = true, wall_ms = true }
-local CALLBACK_OPTS = { "on_delta", "on_tool_start", "on_tool_end", "on_event" }
+local CALLBACK_OPTS = { "on_delta", "on_tool_start", "on_tool_end", "on_event", "on_reasoning" }
 
 local function check_opts(opts)
   if type(opts) ~= "table" then
@@ -111,6 +112,9 @@ local function check_opts(opts)
   end
   if opts.tools ~= nil and type(opts.tools) ~= "table" then
     error("tide.session: 'tools' must be a list of tide.tool", 3)
+  end
+  if opts.truncated ~= nil and opts.truncated ~= "error" and opts.truncated ~= "allow" then
+    error("tide.session: 'truncated' must be \"error\" or \"allow\"", 3)
   end
 end
 
@@ -159,6 +163,7 @@ function M.new(opts)
     result_cap = opts.result_cap_bytes or cfg_get("result_cap_bytes", DEFAULTS.result_cap_bytes),
     budget_limits = opts.budget,
     max_subagents = opts.max_subagents or def.max_subagents or DEFAULTS.max_subagents,
+    truncated = opts.truncated,
     trace = {},
   }, session_mt)
 
@@ -369,7 +374,7 @@ end
 -- ------------------------------------------------------- public methods --
 
 local TURN_OPTIONS = { on_delta = true, on_tool_start = true, on_tool_end = true, on_event = true,
-  context = true }
+  on_reasoning = true, context = true, truncated = true }
 
 local function check_turn_args(text, opts)
   if type(text) ~= "string" then
@@ -391,6 +396,9 @@ local function check_turn_args(text, opts)
   end
   if opts.context ~= nil and type(opts.context) ~= "string" then
     error("bad argument #2 to 'turn' (field 'context' must be a string)", 3)
+  end
+  if opts.truncated ~= nil and opts.truncated ~= "error" and opts.truncated ~= "allow" then
+    error('bad argument #2 to \'turn\' (field \'truncated\' must be "error" or "allow")', 3)
   end
   return opts
 end
@@ -425,7 +433,9 @@ end
 function session_mt:stats()
   local s = {}
   for k, v in pairs(self.counters) do s[k] = v end
-  s.tokens = { input = self.counters.tokens.input, output = self.counters.tokens.output, cached = self.counters.tokens.cached }
+  local tk = self.counters.tokens
+  s.tokens = { input = tk.input, output = tk.output, cached = tk.cached, cache_write = tk.cache_write,
+    reasoning = tk.reasoning }
   s.trace = self.trace
   s.integration_hash = self.integration_hash
   s.integrations_error = self.integrations_error and tostring(self.integrations_error) or nil

@@ -270,26 +270,46 @@ end
 local NO_OPTS = setmetatable({}, { __newindex = function() error("NO_OPTS is read-only", 2) end })
 
 -- The provider's options for this turn: text deltas go to on_delta and the
--- event sink; without either, no closure (and the provider skips the work
--- of handing text over).
-local function complete_opts(run, on_delta)
+-- event sink, reasoning text to on_reasoning and the sink; without a
+-- listener, no closure (and the provider skips the work of handing text
+-- over).
+local function complete_opts(run, on_delta, on_reasoning)
   local sink = run.sink
-  if not (on_delta or sink) then return NO_OPTS end
+  if not (on_delta or on_reasoning or sink) then return NO_OPTS end
   local depth, agent = run.depth, run.agent
-  return { on_delta = function(d)
-    if on_delta then on_delta(d) end
-    if sink then sink { type = "delta", text = d, depth = depth, agent = agent } end
-  end }
+  local o = {}
+  if on_delta or sink then
+    o.on_delta = function(d)
+      if on_delta then on_delta(d) end
+      if sink then sink { type = "delta", text = d, depth = depth, agent = agent } end
+    end
+  end
+  if on_reasoning or sink then
+    o.on_reasoning = function(d)
+      if on_reasoning then on_reasoning(d) end
+      if sink then sink { type = "reasoning", text = d, depth = depth, agent = agent } end
+    end
+  end
+  return o
 end
 
+-- Usage means the same from every provider: `input` is the whole prompt
+-- (cached and cache-written tokens included), `reasoning` is part of
+-- `output`. Budgets count input + output.
 local function add_usage(run, stats, u)
-  local input, output, cached = u and u.input or 0, u and u.output or 0, u and u.cached or 0
+  if not u then return end
+  local input, output = u.input or 0, u.output or 0
   local tokens = stats.tokens
   tokens.input = tokens.input + input
   tokens.output = tokens.output + output
-  tokens.cached = tokens.cached + cached
+  tokens.cached = tokens.cached + (u.cached or 0)
+  tokens.cache_write = tokens.cache_write + (u.cache_write or 0)
+  tokens.reasoning = tokens.reasoning + (u.reasoning or 0)
   if run.budget then run.budget:tokens(input, output, run.agent) end
 end
+
+-- Stops that cut the answer short.
+local TRUNCATED = { length = true, content_filter = true }
 
 -- The body of a turn, in the caller's task.
 local function body(session, text, opts, run)
@@ -317,7 +337,8 @@ local function body(session, text, opts, run)
 
   local provider = session.provider
   local budget = run.budget
-  local popts = complete_opts(run, opts.on_delta)
+  local popts = complete_opts(run, opts.on_delta, opts.on_reasoning)
+  local truncated_error = (opts.truncated or session.truncated) == "error"
   local text_tools = session.def.text_tools ~= false
   for iteration = 1, session.max_iterations do
     if budget then budget:spend("provider_calls", 1, run.agent) end
@@ -328,6 +349,7 @@ local function body(session, text, opts, run)
     local resp, err = provider:_complete(prefix, popts, history:encoded())
     if not resp then return nil, err end
     add_usage(run, stats, resp.usage)
+    stats.stop_reason = resp.stop
     stats.ttfb_ms = resp.ttfb_ms
     stats.first_ttfb_ms = stats.first_ttfb_ms or resp.ttfb_ms
 
@@ -344,7 +366,19 @@ local function body(session, text, opts, run)
     }
     if done then
       if budget and budget.exhausted then return nil, budget.exhausted end
-      return resp.text or ""
+      local reply = resp.text or ""
+      if TRUNCATED[resp.stop] then
+        -- Never silent: the stop reason is in stats, history and the
+        -- transcript, listeners hear of it, and "error" makes it one.
+        if run.sink then
+          run.sink { type = "truncated", stop_reason = resp.stop, depth = run.depth, agent = run.agent }
+        end
+        if truncated_error then
+          return fail("Truncated", ("the answer was cut short (%s)"):format(resp.stop),
+            { stop_reason = resp.stop, partial = reply })
+        end
+      end
+      return reply
     end
     if budget and budget.exhausted then
       -- Spent by this very response: answer the calls, then stop.

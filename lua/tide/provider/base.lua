@@ -269,7 +269,8 @@ Base.join = Base.body
 -- ------------------------------------------------------------- complete
 
 local complete = exchange.complete
-local complete_fields = { on_delta = "function", on_retry = "function", timeout_ms = "integer" }
+local complete_fields = { on_delta = "function", on_reasoning = "function", on_retry = "function",
+  timeout_ms = "integer" }
 
 --- complete for the session's turn: already inside a task, options its own;
 --- `_complete(prefix, opts, wire)` sends join_wire(prefix, wire) without
