@@ -374,7 +374,7 @@ end
 -- ------------------------------------------------------- public methods --
 
 local TURN_OPTIONS = { on_delta = true, on_tool_start = true, on_tool_end = true, on_event = true,
-  on_reasoning = true, context = true, truncated = true }
+  on_reasoning = true, context = true, truncated = true, schema = true }
 
 local function check_turn_args(text, opts)
   if type(text) ~= "string" then
@@ -400,6 +400,7 @@ local function check_turn_args(text, opts)
   if opts.truncated ~= nil and opts.truncated ~= "error" and opts.truncated ~= "allow" then
     error('bad argument #2 to \'turn\' (field \'truncated\' must be "error" or "allow")', 3)
   end
+  if opts.schema ~= nil then require("tide.schema").check(opts.schema, "bad argument #2 to 'turn' (field 'schema')", 3) end
   return opts
 end
 

@@ -15,6 +15,7 @@ local core = require "tide.core"
 local json = require "tide.json"
 local surface = require "tide.surface"
 local tool_protocol = require "tide.tool_protocol"
+local function schema_module() return require "tide.schema" end
 
 local hrtime = core.hrtime
 local spawn, spawn_now = core.spawn, core.spawn_now
@@ -255,10 +256,16 @@ end
 
 -- --------------------------------------------------------------- the loop --
 
--- Per-turn context goes on the user message, never in the frozen prompt.
-local function user_content(session, text, opts)
+-- Per-turn context goes on the user message, never in the frozen prompt. A
+-- turn that wants structured output says so there too, unless the provider
+-- holds the model to the schema itself.
+local function user_content(session, text, opts, want)
   local parts = {}
   if opts.context then parts[#parts + 1] = opts.context end
+  if want and not session.provider._native_schema then
+    parts[#parts + 1] = "Answer with only a JSON value (no prose, no code fence) that matches this JSON schema:\n"
+      .. json.canonical(want)
+  end
   local dt = session.def.datetime
   if dt == nil then dt = session.parent ~= nil end
   if dt then parts[#parts + 1] = "Current date and time: " .. os.date("!%Y-%m-%d %H:%M UTC") end
@@ -329,7 +336,9 @@ local function body(session, text, opts, run)
   end
   local prefix = session:_prefix()
   -- 3. the user message
-  history:append { role = "user", content = user_content(session, text, opts) }
+  local want = opts.schema or session.def.output_schema
+  history:append { role = "user", content = user_content(session, text, opts, want) }
+  local repaired = false
   if stats.turns == 1 then
     trace[#trace + 1] = { step = "first_request_ready", ms = ms_since(t0) }
     session.trace = trace
@@ -338,6 +347,9 @@ local function body(session, text, opts, run)
   local provider = session.provider
   local budget = run.budget
   local popts = complete_opts(run, opts.on_delta, opts.on_reasoning)
+  if want and session.provider._native_schema then
+    popts = setmetatable({ schema = want }, { __index = popts })
+  end
   local truncated_error = (opts.truncated or session.truncated) == "error"
   local text_tools = session.def.text_tools ~= false
   for iteration = 1, session.max_iterations do
@@ -378,7 +390,21 @@ local function body(session, text, opts, run)
             { stop_reason = resp.stop, partial = reply })
         end
       end
-      return reply
+      if not want then return reply end
+      -- Structured output: the answer must decode and validate; the model
+      -- gets one repair turn with what was wrong, then SchemaMismatch.
+      local schema = schema_module()
+      local value, why = schema.decode_answer(reply)
+      local errs = value == nil and { "the answer is not JSON (" .. why .. ")" } or schema.validate(value, want)
+      if #errs == 0 then return schema.mark_arrays(value, want) end
+      if repaired then
+        return fail("SchemaMismatch", "the answer does not match the schema: " .. table.concat(errs, "; "),
+          { errors = errs, text = reply })
+      end
+      repaired = true
+      history:append { role = "user", content = "Your answer does not match the required JSON schema:\n- "
+        .. table.concat(errs, "\n- ") .. "\nAnswer again with only the corrected JSON value." }
+      goto next_iteration
     end
     if budget and budget.exhausted then
       -- Spent by this very response: answer the calls, then stop.
@@ -390,6 +416,7 @@ local function body(session, text, opts, run)
     run.pending = nil
     history:append(results_message(results, textual))
     if stop_err then return nil, stop_err end
+    ::next_iteration::
   end
   return fail("MaxIterationsExceeded",
     ("exceeded maximum tool iterations (%d)"):format(session.max_iterations),
