@@ -40,6 +40,7 @@ build = {
       ["tide.budget"] = "lua/tide/budget.lua",
       ["tide.chat"] = "lua/tide/chat.lua",
       ["tide.config"] = "lua/tide/config.lua",
+      ["tide.content"] = "lua/tide/content.lua",
       ["tide.history"] = "lua/tide/history.lua",
       ["tide.http"] = "lua/tide/http.lua",
       ["tide.integrations"] = "lua/tide/integrations/init.lua",

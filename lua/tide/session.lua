@@ -377,8 +377,10 @@ local TURN_OPTIONS = { on_delta = true, on_tool_start = true, on_tool_end = true
   on_reasoning = true, context = true, truncated = true, schema = true }
 
 local function check_turn_args(text, opts)
-  if type(text) ~= "string" then
-    error(("bad argument #1 to 'turn' (string expected, got %s)"):format(type(text)), 3)
+  if type(text) == "table" then
+    require("tide.content").check_list(text, 3)
+  elseif type(text) ~= "string" then
+    error(("bad argument #1 to 'turn' (string or list of parts expected, got %s)"):format(type(text)), 3)
   end
   if opts ~= nil and type(opts) ~= "table" then
     error(("bad argument #2 to 'turn' (table expected, got %s)"):format(type(opts)), 3)

@@ -269,6 +269,12 @@ local function user_content(session, text, opts, want)
   local dt = session.def.datetime
   if dt == nil then dt = session.parent ~= nil end
   if dt then parts[#parts + 1] = "Current date and time: " .. os.date("!%Y-%m-%d %H:%M UTC") end
+  if type(text) == "table" then -- content parts: the context goes first, as text
+    if #parts == 0 then return text end
+    local out = { { type = "text", text = table.concat(parts, "\n\n") } }
+    for _, p in ipairs(text) do out[#out + 1] = p end
+    return out
+  end
   if #parts == 0 then return text end
   parts[#parts + 1] = text
   return table.concat(parts, "\n\n")
@@ -335,7 +341,13 @@ local function body(session, text, opts, run)
     if not ok then return nil, err end
   end
   local prefix = session:_prefix()
-  -- 3. the user message
+  -- 3. the user message (content parts read first: a file that cannot be
+  -- read fails the turn before anything reaches the history)
+  if type(text) == "table" then
+    local parts, perr = require("tide.content").resolve(text)
+    if not parts then return nil, perr end
+    text = parts
+  end
   local want = opts.schema or session.def.output_schema
   history:append { role = "user", content = user_content(session, text, opts, want) }
   local repaired = false
