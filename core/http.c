@@ -854,12 +854,14 @@ static int l_req_gc(lua_State *L) {
   return 0;
 }
 
+/* Field k of table t as a string (and its length, in *len: it may hold a
+** NUL), or def. */
 static const char *opt_string(lua_State *L, int t, const char *k,
-                              const char *def) {
+                              const char *def, size_t *len) {
   const char *v = def;
   int ty = lua_getfield(L, t, k);
   if (ty == LUA_TSTRING)
-    v = lua_tostring(L, -1);
+    v = lua_tolstring(L, -1, len);
   else if (ty != LUA_TNIL)
     luaL_error(L, "bad field '%s' (string expected, got %s)", k,
                luaL_typename(L, -1));
@@ -890,10 +892,52 @@ static int opt_bool(lua_State *L, int t, const char *k, int def) {
   return v;
 }
 
-/* The request header list of a { name = value } table (0: none), with
-** "Expect:" added: no 100-continue round trip for large POST bodies. Raises
-** on bad entries and on memory exhaustion, leaking nothing. */
-static struct curl_slist *build_headers(lua_State *L, int hidx) {
+/* ------------------------------------------------- request framing -- */
+
+/* Header names and the method are written into the request as they are
+** given, and libcurl checks neither: a CR or LF in one would end the line
+** early and start another (an extra header, a second request line), and a
+** NUL would cut the line short. Both must be RFC 9110 tokens, and a header
+** value must hold no CR, LF or NUL (RFC 9110, section 5.5). A bad one is the
+** caller's mistake and raises; the message never shows the value, nor a
+** name or method that is not a token, since an API key pasted in the wrong
+** place would otherwise end up in a log. */
+
+/* RFC 9110's tchar. */
+static int is_tchar(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/* Why [s, s+len) is not a token ("it has a CR or LF"...), NULL if it is. */
+static const char *not_token(const char *s, size_t len) {
+  if (len == 0) return "is empty";
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (is_tchar(c)) continue;
+    if (c == '\r' || c == '\n') return "is not a token (it has a CR or LF)";
+    if (c == '\0') return "is not a token (it has a NUL)";
+    if (c == ' ' || c == '\t') return "is not a token (it has white space)";
+    if (c == ':') return "is not a token (it has a colon)";
+    return "is not a token (it has a byte a token cannot hold)";
+  }
+  return NULL;
+}
+
+/* Why a header value cannot be sent, NULL if it can. */
+static const char *bad_value(const char *s, size_t len) {
+  for (size_t i = 0; i < len; i++) {
+    if (s[i] == '\r' || s[i] == '\n') return "has a CR or LF in its value";
+    if (s[i] == '\0') return "has a NUL in its value";
+  }
+  return NULL;
+}
+
+/* The request header list of the { name = value } table at hidx (0: none),
+** with "Expect:" added: no 100-continue round trip for large POST bodies.
+** Raises on bad entries (as a bad argument arg) and on memory exhaustion,
+** freeing the list first. */
+static struct curl_slist *build_headers(lua_State *L, int hidx, int arg) {
   struct curl_slist *sl = NULL;
   if (hidx) {
     lua_pushnil(L);
@@ -902,7 +946,19 @@ static struct curl_slist *build_headers(lua_State *L, int hidx) {
         curl_slist_free_all(sl);
         luaL_error(L, "bad field 'headers' (names and values must be strings)");
       }
-      lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
+      size_t nlen, vlen;
+      const char *name = lua_tolstring(L, -2, &nlen);
+      const char *value = lua_tolstring(L, -1, &vlen); /* a number becomes a string */
+      const char *why = not_token(name, nlen);
+      if (why) {
+        curl_slist_free_all(sl);
+        luaL_argerror(L, arg, lua_pushfstring(L, "header name %s", why));
+      }
+      if ((why = bad_value(value, vlen)) != NULL) {
+        curl_slist_free_all(sl);
+        luaL_argerror(L, arg, lua_pushfstring(L, "header '%s' %s", name, why));
+      }
+      lua_pushfstring(L, "%s: %s", name, value);
       struct curl_slist *n = curl_slist_append(sl, lua_tostring(L, -1));
       lua_pop(L, 2);
       if (n == NULL) {
@@ -932,7 +988,7 @@ static int l_headers(lua_State *L) {
   http_headers *h = lua_newuserdatauv(L, sizeof *h, 0);
   h->sl = NULL;
   luaL_setmetatable(L, HEADERS_MT);
-  h->sl = build_headers(L, 1);
+  h->sl = build_headers(L, 1, 1);
   return 1;
 }
 
@@ -965,9 +1021,14 @@ static int start_request(lua_State *L, const req_args *a);
 static int l_request(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   req_args a;
-  a.url = opt_string(L, 1, "url", NULL);
+  size_t mlen = 0;
+  a.url = opt_string(L, 1, "url", NULL, NULL);
   if (a.url == NULL) luaL_error(L, "bad field 'url' (string expected, got nil)");
-  a.method = opt_string(L, 1, "method", NULL);
+  a.method = opt_string(L, 1, "method", NULL, &mlen);
+  if (a.method) { /* sent as it is: it must not end the request line early */
+    const char *why = not_token(a.method, mlen);
+    if (why) luaL_argerror(L, 1, lua_pushfstring(L, "method %s", why));
+  }
   a.timeout = opt_int(L, 1, "timeout_ms", DEFAULT_TIMEOUT_MS);
   a.ctimeout = opt_int(L, 1, "connect_timeout_ms", 0);
   a.maxb = opt_int(L, 1, "max_body_bytes", DEFAULT_MAX_BODY);
@@ -1067,7 +1128,7 @@ static int start_request(lua_State *L, const req_args *a) {
     lua_pushvalue(L, hidx);
     lua_setiuservalue(L, udidx, 2); /* anchors the list libcurl will read */
   } else {
-    r->headers = sl = build_headers(L, ht == LUA_TTABLE ? hidx : 0);
+    r->headers = sl = build_headers(L, ht == LUA_TTABLE ? hidx : 0, 1);
   }
 
   /* Plain: a POST with a body and nothing else of its own (see

@@ -1,0 +1,133 @@
+-- Hardening of the HTTP client (issue 20): what a caller passes never
+-- becomes part of the request's framing, and running out of descriptors
+-- leaves the process able to open files and connections again.
+local tide = require "tide"
+local core = require "tide.core"
+local helpers = require "helpers"
+
+-- The message fn(...) raises (fails when it does not raise).
+local function raised(fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert.is_false(ok, "expected an error")
+  return tostring(err)
+end
+
+-- Calls through a field, as a caller would (an error names the function as
+-- it was called then).
+local function headers(t) local h = core.http_headers(t) return h end
+local function request(t) local r = core.http_request(t) return r end
+
+describe("tide.http header and request-line injection", function()
+  local srv, seen
+  before_each(function()
+    seen = {}
+    srv = assert(require("tide.testing.server").listen {
+      handler = function(req)
+        seen[#seen + 1] = req
+        return { status = 200, body = "ok" }
+      end,
+    })
+  end)
+  after_each(function()
+    srv:close()
+    helpers.assert_quiet()
+  end)
+  local function url(p) return ("http://127.0.0.1:%d%s"):format(srv:port(), p or "/") end
+
+  -- Every way a header name, header value or method can smuggle framing in.
+  local bad_values = {
+    { "1\r\nx-injected: yes", "has a CR or LF in its value" },
+    { "1\nx-injected: yes", "has a CR or LF in its value" },
+    { "1\rx-injected: yes", "has a CR or LF in its value" },
+    { "1\0x-injected: yes", "has a NUL in its value" },
+  }
+  local bad_names = {
+    { "x-a\r\nx-injected", "header name is not a token" },
+    { "x-injected: yes\r\nx-a", "header name is not a token" },
+    { "x a", "header name is not a token" },
+    { "x-a:", "header name is not a token" },
+    { "x-a\0", "header name is not a token" },
+    { "", "header name is empty" },
+  }
+  local bad_methods = {
+    "GET / HTTP/1.1\r\nx-injected: yes\r\n\r\nGET",
+    "GET\r\nx-injected: yes",
+    "PO ST",
+    "GET\0",
+    "",
+  }
+
+  local function assert_not_injected()
+    for _, req in ipairs(seen) do
+      assert.is_nil(req.headers["x-injected"], "an injected header reached the server")
+    end
+  end
+
+  it("raises for a bad header in core.http_headers, naming it but not its value", function()
+    for _, case in ipairs(bad_values) do
+      local msg = raised(headers, { ["x-a"] = case[1] })
+      assert.matches(": bad argument #1 to 'http_headers' (header 'x-a' " .. case[2] .. ")", msg, 1, true)
+      assert.is_nil(msg:find("injected", 1, true), "the value is in the message")
+    end
+    for _, case in ipairs(bad_names) do
+      local msg = raised(headers, { [case[1]] = "1" })
+      assert.matches(": bad argument #1 to 'http_headers' %(" .. case[2], msg)
+      assert.is_nil(msg:find("injected", 1, true), "the name is in the message")
+    end
+    -- a secret never shows, whichever way it is misplaced
+    local key = "sk-secret-0123456789"
+    assert.is_nil(raised(headers, { authorization = "Bearer " .. key .. "\n" }):find(key, 1, true))
+    assert.is_nil(raised(headers, { ["Bearer " .. key] = "authorization" }):find(key, 1, true))
+  end)
+
+  it("raises for a bad header or method in a request, and none reaches the server", function()
+    tide.run(function()
+      for _, case in ipairs(bad_values) do
+        assert.matches(": bad argument #1 to 'http_request' (header 'x-a' " .. case[2] .. ")",
+          raised(request, { url = url(), headers = { ["x-a"] = case[1] } }), 1, true)
+        -- tide.http passes the headers on: the same check raises
+        assert.matches("(header 'x-a' " .. case[2] .. ")",
+          raised(tide.http.request, { url = url(), headers = { ["x-a"] = case[1] } }), 1, true)
+      end
+      for _, case in ipairs(bad_names) do
+        assert.matches(": bad argument #1 to 'http_request' %(" .. case[2],
+          raised(request, { url = url(), headers = { [case[1]] = "1" } }))
+      end
+      for _, method in ipairs(bad_methods) do
+        local msg = raised(request, { url = url(), method = method, body = "b" })
+        assert.matches(": bad argument #1 to 'http_request' %(method ", msg)
+        assert.is_nil(msg:find("injected", 1, true), "the method is in the message")
+        assert.matches("bad argument #1 to '[%w_]+' %(method ",
+          raised(tide.http.request, { url = url(), method = method }))
+      end
+      -- libcurl's URL parser refuses control bytes itself: a failure, not a raise
+      local res, err = tide.http.request { url = url("/\r\nx-injected: yes") }
+      assert.is_nil(res)
+      assert.are.equal("BadURL", err.code)
+    end)
+    assert_not_injected()
+    assert.are.same({}, seen)
+    -- nothing is left behind by the requests that raised
+    assert.are.equal(0, core.http_stats().active)
+  end)
+
+  it("still sends good headers and methods, including every token character", function()
+    local name = "x-!#$%&'*+.^_`|~09AZaz"
+    local res = tide.http.request { url = url("/p"), method = "PATCH", body = "b",
+      headers = { [name] = "v\tw é", ["x-n"] = 5 } }
+    assert.are.equal(200, res.status)
+    local got = seen[1]
+    assert.are.equal("PATCH", got.method)
+    assert.are.equal("v\tw é", got.headers[name:lower()])
+    assert.are.equal("5", got.headers["x-n"])
+    local h = core.http_headers { ["x-prepared"] = "yes" }
+    local status = tide.run(function()
+      local req <close> = core.http_post(url("/post"), h, "{}", 5000, 1024, false)
+      local _, s = req:next()
+      return s
+    end)
+    assert.are.equal(200, status)
+    assert.are.equal("yes", seen[2].headers["x-prepared"])
+    assert_not_injected()
+  end)
+end)
