@@ -130,4 +130,27 @@ describe("tide.http header and request-line injection", function()
     assert.are.equal("yes", seen[2].headers["x-prepared"])
     assert_not_injected()
   end)
+
+  it("rejects an API key or extra header with a stray newline when a provider is made", function()
+    local key = "sk-secret-0123456789"
+    for _, kind in ipairs { "openai", "anthropic" } do
+      local make = tide.provider[kind]
+      local msg = raised(make, { api_key = key .. "\n" })
+      assert.matches("tide.provider." .. kind .. ": 'api_key' must not contain a CR, LF or NUL", msg, 1, true)
+      assert.is_nil(msg:find(key, 1, true), "the key is in the message")
+      msg = raised(make, { api_key = key, headers = { ["x-org"] = "o\r\nx-injected: yes" } })
+      assert.matches("tide.provider." .. kind .. ": 'headers': header 'x-org' has a CR or LF in its value",
+        msg, 1, true)
+      msg = raised(make, { api_key = key, headers = { ["x org"] = "o" } })
+      assert.matches("tide.provider." .. kind .. ": 'headers': header name is not a token", msg, 1, true)
+      -- a good one still sends its headers (the reply is no model's: only
+      -- what the server saw counts)
+      local p = make { api_key = key, base_url = url(), stream = false, retry = { attempts = 1 },
+        headers = { ["x-org"] = "o" } }
+      p:complete(p:body(p:encode_prefix("terse", {}), { p:encode_message { role = "user", content = "hi" } }))
+      assert.are.equal("o", seen[#seen].headers["x-org"])
+    end
+    assert.are.equal(2, #seen)
+    assert_not_injected()
+  end)
 end)
