@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "tide.h"
@@ -49,7 +50,13 @@
 #define RECV_BUFFER_SIZE 16384L
 #define RECV_BUFFER_CROWDED 1024L
 #define CROWD 64
+/* Idle kept-alive connections are capped by the descriptor limit, whatever
+** it is: at most half of the soft limit less IDLE_RESERVE, across all
+** shards, so that a burst that ended leaves the process descriptors for its
+** files, transcripts, pipes and modules. MAX_IDLE_CONNECTIONS bounds a
+** shard's share when the limit is huge or unlimited. */
 #define MAX_IDLE_CONNECTIONS 16384
+#define IDLE_RESERVE 64
 #define SHARD_TARGET 512
 #define MAX_SHARDS 64
 /* Finished requests kept for reuse, and the largest buffer one keeps. */
@@ -388,21 +395,32 @@ static void check_done(shard *sh) {
 
 static void timer_close_cb(uv_handle_t *h) { free(h); }
 
-static shard *new_shard(tide_http_state *hs) {
-  shard *sh = calloc(1, sizeof *sh);
-  uv_timer_t *timer = malloc(sizeof *timer);
+/* The idle connections one of nshards shards may keep (see IDLE_RESERVE):
+** never 0, which libcurl would take as "no limit". The limit is read anew
+** each time, as the host, or tide's first run of the loop, may raise it. */
+static long idle_cap(int nshards) {
+  struct rlimit rl;
+  long total = (long)MAX_IDLE_CONNECTIONS * MAX_SHARDS;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      rl.rlim_cur / 2 < (rlim_t)total + IDLE_RESERVE)
+    total = (long)(rl.rlim_cur / 2) - IDLE_RESERVE;
+  long cap = total / (nshards > 1 ? nshards : 1);
+  if (cap > MAX_IDLE_CONNECTIONS) cap = MAX_IDLE_CONNECTIONS;
+  return cap < 1 ? 1 : cap;
+}
+
+/* Shares the idle cap among the shards there are now. A lower cap closes
+** nothing at once: libcurl applies it as connections come back to its cache
+** (closing the oldest idle one whenever the cache is over the cap). */
+static void size_idle_caps(tide_http_state *hs) {
+  long cap = idle_cap(hs->nshards);
+  for (int i = 0; i < hs->nshards; i++)
+    curl_multi_setopt(hs->shards[i]->multi, CURLMOPT_MAXCONNECTS, cap);
+}
+
+static CURLM *new_multi(shard *sh) {
   CURLM *multi = curl_multi_init();
-  if (!sh || !timer || !multi) {
-    free(sh);
-    free(timer);
-    if (multi) curl_multi_cleanup(multi);
-    return NULL;
-  }
-  sh->hs = hs;
-  sh->multi = multi;
-  sh->timer = timer;
-  uv_timer_init(hs->ctx->loop, timer);
-  timer->data = sh;
+  if (multi == NULL) return NULL;
   curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
   curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, sh);
   curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_cb);
@@ -411,9 +429,32 @@ static shard *new_shard(tide_http_state *hs) {
   /* libcurl's default idle-connection cache is four times the number of
   ** transfers *currently* added, so the tail of a burst closes most of the
   ** connections the burst opened. Sessions come back to the same provider
-  ** after each tool round: keep their connections. */
-  curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long)MAX_IDLE_CONNECTIONS);
+  ** after each tool round: keep their connections, up to the cap the
+  ** descriptor limit allows (set by size_idle_caps). */
+  curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, idle_cap(sh->hs->nshards));
+  return multi;
+}
+
+static shard *new_shard(tide_http_state *hs) {
+  shard *sh = calloc(1, sizeof *sh);
+  uv_timer_t *timer = malloc(sizeof *timer);
+  CURLM *multi = NULL;
+  if (sh) {
+    sh->hs = hs;
+    multi = new_multi(sh);
+  }
+  if (!sh || !timer || !multi) {
+    free(sh);
+    free(timer);
+    if (multi) curl_multi_cleanup(multi);
+    return NULL;
+  }
+  sh->multi = multi;
+  sh->timer = timer;
+  uv_timer_init(hs->ctx->loop, timer);
+  timer->data = sh;
   hs->shards[hs->nshards++] = sh;
+  size_idle_caps(hs);
   return sh;
 }
 

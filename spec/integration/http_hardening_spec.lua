@@ -154,3 +154,91 @@ describe("tide.http header and request-line injection", function()
     assert_not_injected()
   end)
 end)
+
+-- Runs Lua source `src` as a process of its own on this build, after the
+-- shell words `prefix` (a ulimit, env assignments); returns the popen'ed
+-- file of its output (mode "r") for the caller to read and close.
+local function start_process(prefix, src)
+  local script = os.tmpname()
+  helpers.write(script, src)
+  local build = os.getenv("TIDE_BUILD_DIR") or "build"
+  local p = io.popen(("%s LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' ASAN_OPTIONS=detect_leaks=0 "
+    .. "lua5.4 %s 2>&1; rm -f %s"):format(prefix, build, script, script))
+  return p
+end
+
+describe("tide.http after the descriptors ran out", function()
+  it("keeps no more idle connections than half the descriptor limit less 64", function()
+    -- The server is a process of its own, as a provider would be: it must
+    -- not share the client's descriptor table. It answers /slow late, so
+    -- that a batch is in flight all at once, and stops on /quit (or after a
+    -- minute, should the spec fail before it asks).
+    local server = start_process("", [[
+local tide = require "tide"
+local quit = false
+local srv = assert(require("tide.testing.server").listen { handler = function(req)
+  if req.path == "/quit" then quit = true end
+  return { status = 200, body = "x", delay_ms = req.path == "/slow" and 300 or 0 }
+end })
+io.write(srv:port(), "\n")
+io.stdout:flush()
+tide.run(function()
+  for _ = 1, 3000 do
+    if quit then break end
+    tide.sleep(20)
+  end
+end)
+srv:close()
+]])
+    local port = assert(tonumber(server:read("l")), "the server did not start")
+    local client = start_process("ulimit -n 256;", ([[
+local tide = require "tide"
+require "tide.http" -- loaded before the descriptors run out
+local url = "http://127.0.0.1:%d"
+-- How many more descriptors the process can open now (closed again).
+local function free()
+  local files = {}
+  while true do
+    local f = io.open("/dev/null")
+    if not f then break end
+    files[#files + 1] = f
+  end
+  for _, f in ipairs(files) do f:close() end
+  return #files
+end
+local function batch(n)
+  local ts, seen = {}, {}
+  for i = 1, n do
+    ts[i] = tide.spawn(function()
+      local r, e = tide.http.request { url = url .. "/slow" }
+      return r and "ok" or e.code
+    end)
+  end
+  for i = 1, n do local c = ts[i]:join(); seen[c] = (seen[c] or 0) + 1 end
+  return seen
+end
+tide.run(function()
+  -- HTTP started first: a libcurl multi handle holds two descriptors of its
+  -- own (a wake-up socket pair), a second shard two more
+  assert(tide.http.request { url = url .. "/" })
+  local base = free()
+  -- 150 connections at once, all of them fine: no more than 64 stay open
+  -- (half the limit, less a reserve of 64)
+  local small = batch(150)
+  io.write("small ok=", small.ok or 0, " held=", base - free(), "\n")
+  local r, e = tide.http.request { url = url .. "/" }
+  io.write("request ", r and r.body or tostring(e), "\n")
+end)
+]]):format(port))
+    local out = client:read("a")
+    client:close()
+    tide.http.request { url = ("http://127.0.0.1:%d/quit"):format(port) }
+    server:read("a")
+    server:close()
+    local held_small = tonumber(out:match("small ok=150 held=(%-?%d+)"))
+    assert.is_number(held_small, out)
+    assert.is_true(held_small <= 64 + 2, out) -- 149 when every connection stays
+
+    assert.matches("\nrequest x\n$", out)
+  end)
+end)
