@@ -71,7 +71,8 @@ typedef struct shard {
   tide_http_state *hs;
   CURLM *multi;
   uv_timer_t *timer;
-  int active; /* transfers added */
+  int active;  /* transfers added */
+  int release; /* let go of the idle connections once none is in flight */
 } shard;
 
 struct tide_http_state {
@@ -136,6 +137,8 @@ struct sock_ctx {
 };
 
 static void check_done(shard *sh);
+static void drop_idle(shard *sh);
+static void release_idle(tide_http_state *hs);
 
 /* A request's end: onto the spare list while HTTP runs (buffers up to
 ** SPARE_BUF_MAX kept), freed otherwise. */
@@ -357,7 +360,7 @@ static int timer_cb(CURLM *m, long timeout_ms, void *userp) {
 static void check_done(shard *sh) {
   tide_http_state *hs = sh->hs;
   CURLMsg *msg;
-  int left;
+  int left, exhausted = 0;
   while ((msg = curl_multi_info_read(sh->multi, &left))) {
     if (msg->msg != CURLMSG_DONE) continue;
     tide_http *r = NULL;
@@ -370,7 +373,7 @@ static void check_done(shard *sh) {
       ** errors; ask the kernel directly while the table is still full. */
       int fd = dup(2);
       if (fd < 0 && errno == EMFILE)
-        r->fd_exhausted = 1;
+        r->fd_exhausted = exhausted = 1;
       else if (fd >= 0)
         close(fd);
     }
@@ -391,6 +394,12 @@ static void check_done(shard *sh) {
       tide__wake(t);
     }
   }
+  /* After curl_multi_info_read is done with this shard's handle, which
+  ** drop_idle may replace. */
+  if (exhausted)
+    release_idle(hs);
+  else if (sh->release && sh->active == 0)
+    drop_idle(sh);
 }
 
 static void timer_close_cb(uv_handle_t *h) { free(h); }
@@ -456,6 +465,36 @@ static shard *new_shard(tide_http_state *hs) {
   hs->shards[hs->nshards++] = sh;
   size_idle_caps(hs);
   return sh;
+}
+
+/* Closes every idle connection of a shard that has no transfer in flight.
+** Neither a lower CURLMOPT_MAXCONNECTS nor anything else in libcurl 7.88
+** closes connections that sit idle in a multi handle's cache (a cap is
+** applied only as a connection comes back to it), and shutting a socket
+** down behind libcurl's back would not free its descriptor; only
+** curl_multi_cleanup closes them all (through closesocket_cb, which also
+** closes their watchers). So the shard gets a new multi handle. Called from
+** check_done after libcurl has returned, never from a libcurl callback. */
+static void drop_idle(shard *sh) {
+  CURLM *multi = new_multi(sh);
+  if (multi == NULL) return; /* the old one goes on; tried again next time */
+  sh->release = 0;
+  curl_multi_cleanup(sh->multi);
+  uv_timer_stop(sh->timer);
+  sh->multi = multi;
+}
+
+/* The process ran out of descriptors: every shard lets go of its idle
+** connections, at once if nothing is in flight on it, otherwise when its
+** last transfer ends (check_done). Descriptors held by idle connections
+** are what a process that ran out needs first: for its files, its
+** transcripts, the modules it loads, its next request. */
+static void release_idle(tide_http_state *hs) {
+  for (int i = 0; i < hs->nshards; i++) {
+    shard *sh = hs->shards[i];
+    sh->release = 1;
+    if (sh->active == 0) drop_idle(sh);
+  }
 }
 
 /* The first shard with room, so that a burst lands where the previous
