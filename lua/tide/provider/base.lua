@@ -79,11 +79,21 @@ local function check_options(kind, opts, allowed)
   if opts.base_url ~= nil and not opts.base_url:match("^https?://") then
     return where .. "'base_url' must start with http:// or https://"
   end
+  -- The key and the headers go into request headers (core.http_headers
+  -- refuses what would break the framing, but names neither the option nor
+  -- the provider). Neither the key nor a value is ever put in the message.
+  if opts.api_key ~= nil and opts.api_key:find("[\r\n\0]") then
+    return where .. "'api_key' must not contain a CR, LF or NUL"
+  end
   if opts.headers then
     for k, v in pairs(opts.headers) do
       if type(k) ~= "string" or type(v) ~= "string" then
         return where .. "'headers' must map strings to strings"
       end
+    end
+    local ok, err = pcall(core.http_headers, opts.headers)
+    if not ok then
+      return where .. "'headers': " .. (tostring(err):match("%((.*)%)$") or "not valid")
     end
   end
   if opts.retry then
