@@ -256,3 +256,15 @@ end)
     assert.matches("\nopen ok\nrequire ok\nrequest x\n$", out)
   end)
 end)
+
+describe("an API key from the environment", function()
+  it("is checked like the option, naming the variable and never the key", function()
+    local out = io.popen([[OPENAI_API_KEY="$(printf 'sk-env-secret\r')" LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH=']]
+      .. (os.getenv("TIDE_BUILD_DIR") or "build") .. [[/?.so;;' ASAN_OPTIONS=detect_leaks=0 lua5.4 -e '
+local ok, err = pcall(require("tide").provider.openai, {})
+io.write(tostring(ok), " ", tostring(err))' 2>&1]]):read("a")
+    assert.matches("^false ", out)
+    assert.matches("OPENAI_API_KEY must not contain a CR, LF or NUL", out, 1, true)
+    assert.is_nil(out:find("sk-env-secret", 1, true))
+  end)
+end)

@@ -135,6 +135,12 @@ function provider._new(kind, opts, defaults)
   for k, v in pairs(opts.retry or {}) do retry[k] = v end
   local headers = {}
   for k, v in pairs(opts.headers or {}) do headers[k:lower()] = v end
+  -- A key from the environment (a CRLF .env file) is checked as the option
+  -- is, and named by its variable; never echoed.
+  if opts.api_key == nil and defaults.api_key and defaults.api_key:find("[\r\n%z]") then
+    return nil, ("tide.provider.%s: the API key from %s must not contain a CR, LF or NUL"):format(kind,
+      defaults.api_key_env or "the environment")
+  end
   local self = {
     kind = kind,
     base_url = (opts.base_url or defaults.base_url):gsub("/+$", ""),
