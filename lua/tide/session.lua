@@ -254,6 +254,20 @@ function session_mt:_resume(path)
   local w, err = transcript().open(path, self:_meta(), info)
   if not w then return nil, err end
   self.conversation.writer = w
+  -- Crash-safe: a process that died between a response and its tool
+  -- results left calls without results, which every provider rejects in
+  -- every later request. Each gets an "interrupted" error result (written
+  -- to the transcript too), so the conversation is valid again.
+  local last = restored[#restored]
+  if last and last.role == "assistant" and type(last.tool_calls) == "table" and #last.tool_calls > 0 then
+    local results = {}
+    for i, c in ipairs(last.tool_calls) do
+      results[i] = { id = c.id, name = c.name, is_error = true,
+        content = "Error: interrupted (the session stopped before this call returned; it may or may not have run)" }
+    end
+    self.conversation:append { role = "tool", results = results }
+    self.resumed.interrupted = #results
+  end
   return true
 end
 
