@@ -37,6 +37,7 @@ build = {
       ["tide"] = "lua/tide/init.lua",
       ["tide.agents"] = "lua/tide/agents.lua",
       ["tide.agents_loader"] = "lua/tide/agents_loader.lua",
+      ["tide.approval"] = "lua/tide/approval.lua",
       ["tide.budget"] = "lua/tide/budget.lua",
       ["tide.chat"] = "lua/tide/chat.lua",
       ["tide.config"] = "lua/tide/config.lua",

@@ -164,6 +164,9 @@ function M.new(opts)
     budget_limits = opts.budget,
     max_subagents = opts.max_subagents or def.max_subagents or DEFAULTS.max_subagents,
     truncated = opts.truncated,
+    decisions = {},  -- call id -> { approved, note } (tide.approval)
+    ran = {},        -- ids of approved calls started (never run again)
+    paused = nil,    -- the round a turn paused on, waiting for decisions
     trace = {},
   }, session_mt)
 
@@ -254,12 +257,16 @@ function session_mt:_resume(path)
   local w, err = transcript().open(path, self:_meta(), info)
   if not w then return nil, err end
   self.conversation.writer = w
+  -- A turn paused for approval resumes where it stopped (its calls wait,
+  -- they were not interrupted).
+  local paused, perr = require("tide.approval").restore(self, messages)
+  if paused == nil then return nil, perr end
   -- Crash-safe: a process that died between a response and its tool
   -- results left calls without results, which every provider rejects in
   -- every later request. Each gets an "interrupted" error result (written
   -- to the transcript too), so the conversation is valid again.
   local last = restored[#restored]
-  if last and last.role == "assistant" and type(last.tool_calls) == "table" and #last.tool_calls > 0 then
+  if not paused and last and last.role == "assistant" and type(last.tool_calls) == "table" and #last.tool_calls > 0 then
     local results = {}
     for i, c in ipairs(last.tool_calls) do
       results[i] = { id = c.id, name = c.name, is_error = true,
@@ -431,6 +438,37 @@ end
 function session_mt:turn(text, opts)
   opts = check_turn_args(text, opts)
   return require("tide")._blocking(turn.run, self, text, opts)
+end
+
+--- Approves call `id` (from `err.pending` of ApprovalRequired, at any
+--- depth); `note` is kept in the transcript. Returns true, or nil and an
+--- error: NothingPending, UnknownApproval, AlreadyDecided.
+---@param id string
+---@param note? string
+---@return boolean|nil ok
+---@return table|nil err
+function session_mt:approve(id, note) return require("tide.approval").decide(self, id, true, note) end
+
+--- Rejects call `id`: the model gets "rejected by the user: <reason>" as
+--- its result. Returns as approve does.
+---@param id string
+---@param reason? string
+function session_mt:reject(id, reason) return require("tide.approval").decide(self, id, false, reason) end
+
+--- The calls waiting for a decision (with sub-agents'), empty when none.
+---@return {id:string, name:string, arguments:string, agent:string}[]
+function session_mt:pending() return require("tide.approval").pending(self) end
+
+--- Resumes the turn paused for approval: decided calls run (or get their
+--- rejection), then the turn goes on. Returns what turn returns;
+--- ApprovalRequired again while calls are undecided, NothingPending when no
+--- turn is paused. Takes the listener options of turn.
+---@param opts? table
+function session_mt:resume(opts)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(("bad argument #1 to 'resume' (table expected, got %s)"):format(type(opts)), 2)
+  end
+  return require("tide")._blocking(turn.resume, self, opts or {})
 end
 
 --- Cancels the turn in flight: its HTTP request is aborted and its tool and

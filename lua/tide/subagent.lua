@@ -67,6 +67,82 @@ end
 --- Runs in the tool's task; the child runs one spawn level deeper, in a task
 --- of its own, and fails with SpawnDepthExceeded before any provider call
 --- when that would pass the limit.
+-- The integrations agent's options for toolkit `slug`, against the freshest
+-- view: its tools and snapshot; or nil and the tool error (an unknown
+-- toolkit), or false and the text that asks the user to connect it.
+local function toolkit_opts(parent, slug)
+  local snap = parent.snapshot
+  if parent.src then snap = integrations_cache().peek(parent.src) or snap end
+  local tk, slugs = nil, {}
+  for _, k in ipairs(snap and snap.toolkits or {}) do
+    slugs[#slugs + 1] = k.slug
+    if k.slug == slug then tk = k end
+  end
+  if not tk then
+    return tool_error("unknown toolkit '%s'. Valid toolkits: %s", slug, table.concat(slugs, ", "))
+  end
+  if not tk.connected then
+    return false, ("The %s integration is not connected. Ask the user to authorize %s, then try again; do not retry before that.")
+      :format(tk.slug, tk.slug)
+  end
+  return { toolkit = tk.slug, snapshot = snap, tools = toolkit_tools(parent.src, tk) }
+end
+
+-- A child session of `parent` for definition `def` (transcript `tpath`, or
+-- `resume` one).
+local function child_session(parent, def, sub_opts, child_path, tpath, resume)
+  return session_module().new {
+    agent = def, provider = parent.provider, integrations = parent.src, config = parent.config,
+    transcript = not resume and tpath or nil, resume = resume, tools = sub_opts.tools,
+    tool_timeout_ms = parent.tool_timeout_ms, result_cap_bytes = parent.result_cap,
+    _parent = parent, _parent_tools = parent:_base(), _toolkit = sub_opts.toolkit,
+    _snapshot = sub_opts.snapshot, _agent_path = child_path,
+  }
+end
+
+-- Runs `fn(child)` one spawn level below `parent`, in a task of its own;
+-- maps what it gives to what a delegation gives: the child's text, or nil
+-- and a ToolError; BudgetExhausted and Cancelled raise through, and a child
+-- that paused for approval gives ApprovalRequired with the child (it stays
+-- open: s:resume() continues it).
+local function in_child_task(parent, child_path, open, fn)
+  local child
+  local task, err = core.spawn_nested(parent.def.max_spawn_depth, function()
+    local c, cerr = open()
+    if not c then error(cerr, 0) end
+    child = c
+    emit { type = "subagent_start", agent = child_path, depth = core.depth() }
+    local t0 = hrtime()
+    local reply, e = fn(c)
+    emit { type = "subagent_end", agent = child_path, depth = core.depth(), ms = ms_since(t0), ok = reply ~= nil }
+    local cs = c.counters
+    if cs.spawn_depth_max > parent.counters.spawn_depth_max then parent.counters.spawn_depth_max = cs.spawn_depth_max end
+    if reply == nil and type(e) == "table" and e.code == "ApprovalRequired" then
+      return false, e
+    end
+    c:close()
+    if reply == nil then error(e, 0) end
+    return reply
+  end)
+  if not task then
+    -- Before any provider call: the parent model sees a tool error.
+    return tool_error("%s", error_text(err))
+  end
+  local reply, e = task:join()
+  if reply == false then
+    return nil, core.error("ApprovalRequired", e.message, { pending = e.pending, session = child })
+  end
+  if reply == nil then
+    if type(e) == "table" and e.code == "BudgetExhausted" then error(e, 0) end
+    if type(e) == "table" and e.code == "Cancelled" then error(e, 0) end
+    return tool_error("sub-agent %s failed: %s", child_path, error_text(e))
+  end
+  return reply
+end
+
+--- Runs a sub-agent for the tool call of `parent`: its final text, or nil
+--- and a ToolError (BudgetExhausted and Cancelled raise through; a sub-agent
+--- whose calls wait for approval gives ApprovalRequired with its session).
 function M.run(parent, id, args, opts)
   opts = opts or {}
   local task_text = args.task
@@ -75,24 +151,10 @@ function M.run(parent, id, args, opts)
   end
   local sub_opts = {}
   if opts.toolkit then
-    -- The integrations agent's pre-check, against the freshest view.
-    local snap = parent.snapshot
-    if parent.src then snap = integrations_cache().peek(parent.src) or snap end
-    local tk, slugs = nil, {}
-    for _, k in ipairs(snap and snap.toolkits or {}) do
-      slugs[#slugs + 1] = k.slug
-      if k.slug == opts.toolkit then tk = k end
-    end
-    if not tk then
-      return tool_error("unknown toolkit '%s'. Valid toolkits: %s", opts.toolkit, table.concat(slugs, ", "))
-    end
-    if not tk.connected then
-      return ("The %s integration is not connected. Ask the user to authorize %s, then try again; do not retry before that.")
-        :format(tk.slug, tk.slug)
-    end
-    sub_opts.toolkit = tk.slug
-    sub_opts.snapshot = snap
-    sub_opts.tools = toolkit_tools(parent.src, tk)
+    local o, why = toolkit_opts(parent, opts.toolkit)
+    if o == false then return why end
+    if not o then return nil, why end
+    sub_opts = o
     id = "integrations_agent"
   end
   local def = id == "integrations_agent" and builtin_integrations_agent() or agents.get(id)
@@ -109,43 +171,36 @@ function M.run(parent, id, args, opts)
     end
     tree.subagents = tree.subagents + 1
   end
-  local limit = parent.def.max_spawn_depth
   local child_path = parent.agent_path .. "/" .. (sub_opts.toolkit and ("integrations:" .. sub_opts.toolkit) or id)
-  local task, err = core.spawn_nested(limit, function()
+  return in_child_task(parent, child_path, function()
     local tpath
     if parent.conversation.writer then
       tpath = parent.conversation.writer.path:gsub("%.jsonl$", "") .. "." .. (sub_opts.toolkit or id):gsub("[^%w_%-]", "_")
         .. "." .. tostring(core.current():id()) .. ".jsonl"
     end
-    local child, cerr = session_module().new {
-      agent = def, provider = parent.provider, integrations = parent.src, config = parent.config,
-      transcript = tpath, tools = sub_opts.tools,
-      tool_timeout_ms = parent.tool_timeout_ms, result_cap_bytes = parent.result_cap,
-      _parent = parent, _parent_tools = parent:_base(), _toolkit = sub_opts.toolkit,
-      _snapshot = sub_opts.snapshot, _agent_path = child_path,
-    }
-    if not child then error(cerr, 0) end
-    emit { type = "subagent_start", agent = child_path, depth = core.depth() }
-    local t0 = hrtime()
-    local reply, e = child:turn(task_text)
-    emit { type = "subagent_end", agent = child_path, depth = core.depth(), ms = ms_since(t0), ok = reply ~= nil }
-    local cs = child.counters
-    if cs.spawn_depth_max > parent.counters.spawn_depth_max then parent.counters.spawn_depth_max = cs.spawn_depth_max end
-    child:close()
-    if reply == nil then error(e, 0) end
-    return reply
-  end)
-  if not task then
-    -- Before any provider call: the parent model sees a tool error.
-    return tool_error("%s", error_text(err))
+    return child_session(parent, def, sub_opts, child_path, tpath)
+  end, function(c) return c:turn(task_text) end)
+end
+
+--- Resumes `child`, a sub-agent of `parent` paused for approval, one spawn
+--- level below the parent: as run gives.
+function M.resume(parent, child)
+  return in_child_task(parent, child.agent_path, function() return child end,
+    function(c) return c:resume() end)
+end
+
+--- Restores a paused sub-agent of `parent` from its transcript (`info`: the
+--- pause record's { path, agent, toolkit, agent_path }), after a restart.
+function M.restore(parent, info)
+  local sub_opts = {}
+  if info.toolkit then
+    local o, why = toolkit_opts(parent, info.toolkit)
+    if not o then return nil, why end
+    sub_opts = o
   end
-  local reply, e = task:join()
-  if reply == nil then
-    if type(e) == "table" and e.code == "BudgetExhausted" then error(e, 0) end
-    if type(e) == "table" and e.code == "Cancelled" then error(e, 0) end
-    return tool_error("sub-agent %s failed: %s", child_path, error_text(e))
-  end
-  return reply
+  local def = info.toolkit and builtin_integrations_agent() or agents.get(info.agent)
+  if not def then return nil end
+  return child_session(parent, def, sub_opts, info.agent_path, nil, info.path)
 end
 
 return M

@@ -24,11 +24,15 @@ local function fail(msg) error("tide.tool: " .. msg, 3) end
 
 -- Every field a tool spec may have: a misspelt one ("handlr") is named,
 -- not silently dropped.
-local FIELDS = { name = true, description = true, parameters = true, handler = true, timeout_ms = true }
+local FIELDS = { name = true, description = true, parameters = true, handler = true, timeout_ms = true,
+  approval = true }
 
 --- Defines a tool. The handler returns text, or a table (sent as JSON);
 --- raising an error gives the model an error result, never a crashed turn.
----@param spec {name:string, description:string, parameters?:table, handler:fun(args:table, ctx:tide.tool.context):any, timeout_ms?:integer}
+--- With `approval` (true, or a function(args, ctx) that says whether this
+--- call needs one), a call waits for a person's decision: the turn returns
+--- ApprovalRequired and goes on with `s:approve` / `s:reject`, `s:resume()`.
+---@param spec {name:string, description:string, parameters?:table, handler:fun(args:table, ctx:tide.tool.context):any, timeout_ms?:integer, approval?:boolean|fun(args:table, ctx:tide.tool.context):boolean}
 ---@return tide.tool
 function M.new(spec)
   if type(spec) ~= "table" then
@@ -66,6 +70,9 @@ function M.new(spec)
   if spec.timeout_ms ~= nil and (math.type(spec.timeout_ms) ~= "integer" or spec.timeout_ms <= 0) then
     fail("'timeout_ms' must be a positive integer, got " .. tostring(spec.timeout_ms))
   end
+  if spec.approval ~= nil and type(spec.approval) ~= "boolean" and type(spec.approval) ~= "function" then
+    fail("'approval' must be a boolean or a function, got " .. type(spec.approval))
+  end
   -- A handler that declares only `args` never sees its context: the session
   -- then makes none for its calls.
   local info = debug.getinfo(spec.handler, "u")
@@ -75,6 +82,7 @@ function M.new(spec)
     parameters = params,
     handler = spec.handler,
     timeout_ms = spec.timeout_ms,
+    approval = spec.approval or nil,
     args_only = info.nparams < 2 and not info.isvararg or nil,
   }, tool_mt)
 end

@@ -16,6 +16,7 @@ local json = require "tide.json"
 local surface = require "tide.surface"
 local tool_protocol = require "tide.tool_protocol"
 local function schema_module() return require "tide.schema" end
+local approval = require "tide.approval"
 
 local hrtime = core.hrtime
 local spawn, spawn_now = core.spawn, core.spawn_now
@@ -85,6 +86,8 @@ function M.run_tool(t, args, ctx)
   if not ok then e, v = v, nil end
   if v == nil and e ~= nil then
     if passes_through(e) then error(e, 0) end
+    -- a delegation whose sub-agent paused for approval waits with it
+    if type(e) == "table" and e.code == "ApprovalRequired" then return nil, e end
     return nil, tool_error(e)
   end
   if type(v) == "table" and v.is_error ~= nil and v.content ~= nil then
@@ -127,6 +130,7 @@ local function tool_task(run, t, args, call, t0)
   local ctx = not t.args_only and { session = run.session, call_id = call.id, name = call.name,
     depth = run.depth } or nil
   local text, err = run_tool(t, args, ctx)
+  if err and err.code == "ApprovalRequired" then return nil, err end
   local limit = run.cap
   if text then
     if #text > limit then text = cap(text, limit) end
@@ -139,7 +143,8 @@ end
 
 -- Starts one call: reports its start, checks it against the surface and
 -- spawns its task with `spawner`. Returns the task, its start (hrtime) and
--- timeout (ms); or nil and the result of a call that cannot run.
+-- timeout (ms); or nil and the result of a call that cannot run; or nil,
+-- nil and the entry of a call that waits for a person's decision.
 local function start_call(run, call, spawner)
   local t0 = hrtime()
   if run.listen then report_start(run, call) end
@@ -149,6 +154,18 @@ local function start_call(run, call, spawner)
     local r = result(call, args, true)
     if run.listen then report_end(run, call, r, 0) end
     return nil, r
+  end
+  if t.approval ~= nil then
+    local decision = session.decisions[call.id]
+    if not decision and approval.needs(t, args, { session = session, call_id = call.id, name = call.name,
+        depth = run.depth }) then
+      return nil, nil, { id = call.id, name = call.name, arguments = call.arguments, agent = run.agent, call = call }
+    end
+    if decision and not decision.approved then
+      local r = result(call, "Error: rejected by the user" .. (decision.note and (": " .. decision.note) or ""), true)
+      if run.listen then report_end(run, call, r, 0) end
+      return nil, r
+    end
   end
   if run.budget then run.budget:spend("tool_calls", 1, run.agent) end
   local counters = session.counters
@@ -172,6 +189,9 @@ local function join_call(run, call, task, t0, limit_ms)
   end
   if text then return result(call, text, false) end
   if err.code == "ToolError" then return result(call, "Error: " .. err.message, true) end
+  if err.code == "ApprovalRequired" and err.session then -- a sub-agent waits for a decision
+    return nil, nil, { call = call, child_session = err.session }
+  end
   if err.code == "Timeout" and task:status() ~= "done" and task:status() ~= "failed" then
     task:cancel()
     local r = result(call, ("Error: tool '%s' timed out after %d ms"):format(call.name, limit_ms), true)
@@ -184,21 +204,32 @@ local function join_call(run, call, task, t0, limit_ms)
 end
 
 -- Runs the calls of one response concurrently, one task each, and returns
--- their results in call order, and the error that stops the turn, if any
--- (BudgetExhausted, the turn's own cancellation).
+-- their results in call order (a hole where a call waits), the error that
+-- stops the turn, if any (BudgetExhausted, the turn's own cancellation),
+-- and the calls that wait for a person's decision, if any.
 local function run_calls(run, calls)
   local n = #calls
   local live = run.tasks
+  local waiting
+  local function wait(i, w)
+    w.index = i
+    waiting = waiting or {}
+    waiting[#waiting + 1] = w
+  end
   if n == 1 then
     -- A single call's task runs at once, until it first waits: a tool that
     -- never does is done before the join, which then costs no pass of the
     -- loop.
     local call = calls[1]
     local task, t0, limit = start_call(run, call, spawn_now)
-    if not task then return { t0 } end -- (t0: the result of a call that could not start)
-    local r, err = join_call(run, call, task, t0, limit)
+    if not task then -- (t0: the result of a call that could not start)
+      if limit then wait(1, limit) end
+      return { t0 }, nil, waiting
+    end
+    local r, err, w = join_call(run, call, task, t0, limit)
     live[1] = nil
-    return { r }, err
+    if w then wait(1, w) end
+    return { r }, err, waiting
   end
   -- Every call is started before any is joined.
   local results, tasks, starts, limits = {}, {}, {}, {}
@@ -206,6 +237,8 @@ local function run_calls(run, calls)
     local task, t0, limit = start_call(run, calls[i], spawn)
     if task then
       tasks[i], starts[i], limits[i] = task, t0, limit
+    elseif limit then
+      wait(i, limit)
     else
       results[i] = t0 -- the result of a call that could not start
     end
@@ -213,13 +246,14 @@ local function run_calls(run, calls)
   local stop_err
   for i = 1, n do
     if tasks[i] then
-      local r, err = join_call(run, calls[i], tasks[i], starts[i], limits[i])
+      local r, err, w = join_call(run, calls[i], tasks[i], starts[i], limits[i])
       results[i] = r
+      if w then wait(i, w) end
       stop_err = stop_err or err
     end
   end
   for i = #live, 1, -1 do live[i] = nil end
-  return results, stop_err
+  return results, stop_err, waiting
 end
 
 -- The message that carries a round's results: a `tool` message, or for
@@ -324,47 +358,24 @@ end
 -- Stops that cut the answer short.
 local TRUNCATED = { length = true, content_filter = true }
 
--- The body of a turn, in the caller's task.
-local function body(session, text, opts, run)
+-- The tool loop from `first` on: ask the provider, append its answer, run
+-- its calls, until an answer without calls. `state` carries what a turn
+-- keeps across a pause: the schema it wants and whether the model had its
+-- repair turn.
+local function loop(session, opts, run, first, state)
   local stats = session.counters
   local history = session.conversation
-  local trace = {}
-  local t0 = hrtime()
-  stats.turns = stats.turns + 1
-  if run.depth > stats.spawn_depth_max then stats.spawn_depth_max = run.depth end
-
-  -- 1. integrations: cold sessions fetch; warm ones only peek for a change.
-  session:_update_integrations(trace)
-  -- 2. the frozen prompt, once
-  if not history.system then
-    local ok, err = session:_freeze(trace)
-    if not ok then return nil, err end
-  end
   local prefix = session:_prefix()
-  -- 3. the user message (content parts read first: a file that cannot be
-  -- read fails the turn before anything reaches the history)
-  if type(text) == "table" then
-    local parts, perr = require("tide.content").resolve(text)
-    if not parts then return nil, perr end
-    text = parts
-  end
-  local want = opts.schema or session.def.output_schema
-  history:append { role = "user", content = user_content(session, text, opts, want) }
-  local repaired = false
-  if stats.turns == 1 then
-    trace[#trace + 1] = { step = "first_request_ready", ms = ms_since(t0) }
-    session.trace = trace
-  end
-
   local provider = session.provider
   local budget = run.budget
+  local want = state.want
   local popts = complete_opts(run, opts.on_delta, opts.on_reasoning)
-  if want and session.provider._native_schema then
+  if want and provider._native_schema then
     popts = setmetatable({ schema = want }, { __index = popts })
   end
-  local truncated_error = (opts.truncated or session.truncated) == "error"
+  local truncated_error = (opts.truncated or state.truncated or session.truncated) == "error"
   local text_tools = session.def.text_tools ~= false
-  for iteration = 1, session.max_iterations do
+  for iteration = first, session.max_iterations do
     if budget then budget:spend("provider_calls", 1, run.agent) end
     stats.iterations = stats.iterations + 1
     stats.provider_calls = stats.provider_calls + 1
@@ -409,11 +420,11 @@ local function body(session, text, opts, run)
       local value, why = schema.decode_answer(reply)
       local errs = value == nil and { "the answer is not JSON (" .. why .. ")" } or schema.validate(value, want)
       if #errs == 0 then return schema.mark_arrays(value, want) end
-      if repaired then
+      if state.repaired then
         return fail("SchemaMismatch", "the answer does not match the schema: " .. table.concat(errs, "; "),
           { errors = errs, text = reply })
       end
-      repaired = true
+      state.repaired = true
       history:append { role = "user", content = "Your answer does not match the required JSON schema:\n- "
         .. table.concat(errs, "\n- ") .. "\nAnswer again with only the corrected JSON value." }
       goto next_iteration
@@ -423,11 +434,23 @@ local function body(session, text, opts, run)
       answer_all(history, calls, textual, "Error: budget exhausted")
       return nil, budget.exhausted
     end
-    run.pending, run.textual = calls, textual
-    local results, stop_err = run_calls(run, calls)
-    run.pending = nil
-    history:append(results_message(results, textual))
-    if stop_err then return nil, stop_err end
+    do
+      run.pending, run.textual = calls, textual
+      local results, stop_err, waiting = run_calls(run, calls)
+      run.pending = nil
+      if waiting and not stop_err then
+        -- Calls wait for a person: the round pauses, the others' results
+        -- kept with it (s:resume() finishes it).
+        return approval.pause(session, { calls = calls, textual = textual, results = results,
+          waiting = waiting, iteration = iteration, want = want, repaired = state.repaired,
+          truncated = opts.truncated or state.truncated, budget = budget, tree = run.tree })
+      end
+      for i = 1, #calls do
+        results[i] = results[i] or result(calls[i], "Error: cancelled", true)
+      end
+      history:append(results_message(results, textual))
+      if stop_err then return nil, stop_err end
+    end
     ::next_iteration::
   end
   return fail("MaxIterationsExceeded",
@@ -435,26 +458,113 @@ local function body(session, text, opts, run)
     { max_iterations = session.max_iterations })
 end
 
---- Runs one turn of `session` in the caller's own task (no task of its own:
---- one coroutine fewer per session in flight). Its task-local values (event
---- sink, budget) are set for the turn, seen by the tool and sub-agent tasks
---- it spawns, and restored afterwards. Returns the reply, or nil and the
---- error; a cancelled or budget-stopped turn leaves every call answered.
----@param session tide.session
----@param text string
----@param opts table the turn's options (checked)
----@return string|nil reply
----@return table|nil err
-function M.run(session, text, opts)
+-- A new turn, in the caller's task: integrations, the frozen prompt, the
+-- user message, then the loop.
+local function body(session, text, opts, run)
+  local stats = session.counters
+  local history = session.conversation
+  local trace = {}
+  local t0 = hrtime()
+  stats.turns = stats.turns + 1
+  if run.depth > stats.spawn_depth_max then stats.spawn_depth_max = run.depth end
+
+  -- 1. integrations: cold sessions fetch; warm ones only peek for a change.
+  session:_update_integrations(trace)
+  -- 2. the frozen prompt, once
+  if not history.system then
+    local ok, err = session:_freeze(trace)
+    if not ok then return nil, err end
+  end
+  session:_prefix()
+  -- 3. the user message (content parts read first: a file that cannot be
+  -- read fails the turn before anything reaches the history)
+  if type(text) == "table" then
+    local parts, perr = require("tide.content").resolve(text)
+    if not parts then return nil, perr end
+    text = parts
+  end
+  local want = opts.schema or session.def.output_schema
+  history:append { role = "user", content = user_content(session, text, opts, want) }
+  if stats.turns == 1 then
+    trace[#trace + 1] = { step = "first_request_ready", ms = ms_since(t0) }
+    session.trace = trace
+  end
+  return loop(session, opts, run, 1, { want = want, repaired = false })
+end
+
+-- A paused turn, resumed: finish its round with the decisions made (run
+-- the approved calls, answer the rejected ones, resume the sub-agents that
+-- waited), then go on with the loop. Calls still undecided keep it paused.
+local function resume_body(session, opts, run)
+  local p = session.paused
+  local results = p.results
+  local still, approved, approved_at = {}, {}, {}
+  for _, w in ipairs(p.waiting) do
+    local call = w.call
+    local child = (w.child_session or w.child) and approval.child(session, w)
+    if (w.child_session or w.child) and not child then
+      results[w.index] = result(call, "Error: the paused sub-agent could not be restored", true)
+    elseif child then
+      local reply, err = require("tide.subagent").resume(session, child)
+      if reply then
+        results[w.index] = result(call, reply, false)
+      elseif err.code == "ApprovalRequired" then
+        still[#still + 1] = w
+      elseif passes_through(err) then
+        return nil, err
+      else
+        results[w.index] = result(call, "Error: " .. error_text(err), true)
+      end
+    elseif session.ran[w.id] then
+      -- approved and started by a process that died before its result
+      results[w.index] = result(call, "Error: interrupted (the call was started, then the session "
+        .. "stopped; it may or may not have run)", true)
+    else
+      local d = session.decisions[w.id]
+      if not d then
+        still[#still + 1] = w
+      elseif d.approved then
+        approved[#approved + 1], approved_at[#approved_at + 1] = call, w.index
+      else
+        results[w.index] = result(call, "Error: rejected by the user" .. (d.note and (": " .. d.note) or ""), true)
+      end
+    end
+  end
+  if #approved > 0 then
+    approval.running(session, approved)
+    local done, stop_err = run_calls(run, approved)
+    for i, at in ipairs(approved_at) do results[at] = done[i] end
+    if stop_err then
+      for i = 1, #p.calls do results[i] = results[i] or result(p.calls[i], "Error: cancelled", true) end
+      session.paused = nil
+      session.conversation:append(results_message(results, p.textual))
+      return nil, stop_err
+    end
+  end
+  if #still > 0 then
+    p.waiting = still
+    return approval.pause(session, p)
+  end
+  session.paused = nil
+  session.conversation:append(results_message(results, p.textual))
+  return loop(session, opts, run, p.iteration + 1, p)
+end
+
+-- Runs fn(session, ..., run) as a turn, in the caller's own task (no task of
+-- its own: one coroutine fewer per session in flight). Its task-local values
+-- (event sink, budget, the tree's sub-agent count) are set for the turn,
+-- seen by the tool and sub-agent tasks it spawns, and restored afterwards.
+-- `paused` is the state a resumed turn takes its budget and count from.
+local function drive(session, opts, paused, fn, ...)
   if session.turn_ctx then return fail("SessionBusy", "a turn is already in progress on this session") end
   local ctx = core.context()
   local saved_event, saved_budget = rawget(ctx, "tide_on_event"), rawget(ctx, "tide_budget")
   local saved_tree = rawget(ctx, "tide_tree")
   -- A root turn counts the sub-agent runs of its whole tree against the
   -- session's ceiling; sub-agent turns find the count in their context.
-  local tree = ctx.tide_tree or { subagents = 0, max = session.max_subagents }
+  local tree = ctx.tide_tree or (paused and paused.tree) or { subagents = 0, max = session.max_subagents }
   local inherited_budget = ctx.tide_budget
-  local budget = inherited_budget
+  local budget = inherited_budget or (paused and paused.budget)
   if not budget and session.budget_limits then budget = tree_budget().new(session.budget_limits) end
   local sink = opts.on_event or ctx.tide_on_event
   local on_start, on_end = opts.on_tool_start, opts.on_tool_end
@@ -465,6 +575,7 @@ function M.run(session, text, opts)
     session = session, budget = budget, sink = sink, on_start = on_start, on_end = on_end,
     listen = (sink or on_start or on_end) ~= nil, depth = core.depth(), agent = session.agent_path,
     cap = session.result_cap, tasks = {}, caller = core.current(), pending = false, textual = false,
+    tree = tree,
   }
   ctx.tide_on_event = sink
   ctx.tide_budget = budget
@@ -478,7 +589,7 @@ function M.run(session, text, opts)
       session:cancel()
     end)
   end
-  local ok, reply, err = pcall(body, session, text, opts, run)
+  local ok, reply, err = pcall(fn, session, ...)
   if not ok then reply, err = nil, reply end
   if watchdog then watchdog:cancel() end
   for _, t in ipairs(run.tasks) do t:cancel() end
@@ -504,6 +615,29 @@ function M.run(session, text, opts)
     return nil, err
   end
   return reply
+end
+
+--- Runs one turn of `session` in the caller's task. Returns the reply (a
+--- table with a schema), or nil and the error; a cancelled or budget-stopped
+--- turn leaves every call answered; a turn whose calls wait for a person
+--- returns ApprovalRequired (see tide.approval).
+---@param session tide.session
+---@param text string|table
+---@param opts table the turn's options (checked)
+---@return any reply
+---@return table|nil err
+function M.run(session, text, opts)
+  if session.paused then return nil, approval.required(session) end
+  return drive(session, opts, nil, function(s, run_opts) return body(s, text, run_opts, s.turn_ctx) end, opts)
+end
+
+--- Resumes the paused turn of `session` with the decisions made.
+---@return any reply
+---@return table|nil err
+function M.resume(session, opts)
+  local p = session.paused
+  if not p then return fail("NothingPending", "no turn of this session is paused") end
+  return drive(session, opts, p, function(s, run_opts) return resume_body(s, run_opts, s.turn_ctx) end, opts)
 end
 
 return M

@@ -1,0 +1,205 @@
+--- tide.approval: calls that wait for a person, across a pause that may
+--- last days and cross a process restart.
+---
+--- A turn that reaches a call needing approval (a tool's `approval`) runs
+--- the other calls of that response, then pauses: the round (its calls, the
+--- results it has, the calls waiting) is kept on the session and written to
+--- the transcript, and the turn returns `ApprovalRequired` with
+--- `err.pending = { { id, name, arguments, agent }, ... }`. A delegation
+--- whose sub-agent paused waits too, and its sub-agent's pending calls are
+--- in the list, at any depth. `s:approve(id, note)` / `s:reject(id,
+--- reason)` record decisions (in the transcript of the session that owns
+--- the call); `s:resume()` finishes the round and goes on with the turn.
+---
+--- A call never runs twice because of a pause: a call that ran before it
+--- keeps its result in the pause record, and an approved call is marked
+--- running in the transcript before it runs, so a process that dies while it
+--- runs leaves it "interrupted", never run again.
+---
+--- Transcript lines: `{ type = "pause", ... }`, `{ type = "decision", id,
+--- approved, note }`, `{ type = "running", ids }`. A session is paused when
+--- its last pause line has no message after it.
+---@class tide.approval
+local M = {}
+
+local core = require "tide.core"
+
+local function fail(code, msg, fields) return nil, core.error(code, msg, fields) end
+
+local function record(session, line)
+  local w = session.conversation.writer
+  if w then
+    local ok, err = w:append(line)
+    if not ok then io.stderr:write("tide: transcript write failed: ", tostring(err), "\n") end
+  end
+end
+
+--- Whether the call of tool `t` with `args` needs a person's decision. A
+--- rule that raises asks (the safe side).
+function M.needs(t, args, ctx)
+  local a = t.approval
+  if a == nil or a == false then return false end
+  if a == true then return true end
+  local ok, v = pcall(a, args, ctx)
+  return not ok or (v and true or false)
+end
+
+--- The calls waiting for a decision under `session`, its sub-agents' included
+--- (depth first, in call order).
+---@return {id:string, name:string, arguments:string, agent:string}[]
+function M.pending(session)
+  local out = {}
+  local p = session.paused
+  if not p then return out end
+  for _, w in ipairs(p.waiting) do
+    if w.child_session or w.child then
+      local child = M.child(session, w)
+      if child then
+        for _, item in ipairs(M.pending(child)) do out[#out + 1] = item end
+      end
+    elseif not session.decisions[w.id] then
+      out[#out + 1] = { id = w.id, name = w.name, arguments = w.arguments, agent = w.agent }
+    end
+  end
+  return out
+end
+
+--- The ApprovalRequired error of a paused session.
+function M.required(session)
+  local pending = M.pending(session)
+  return core.error("ApprovalRequired", ("%d call(s) wait for approval"):format(#pending),
+    { pending = pending, session = session })
+end
+
+-- A serialisable copy of a waiting entry.
+local function waiting_line(w)
+  if w.child_session or w.child then
+    local child = w.child_session
+    return { index = w.index, child = child and {
+      path = child.conversation.writer and child.conversation.writer.path,
+      agent = child.def.id, toolkit = child.toolkit, agent_path = child.agent_path,
+    } or w.child }
+  end
+  return { index = w.index, id = w.id, name = w.name, arguments = w.arguments, agent = w.agent }
+end
+
+--- Pauses `session`'s turn on `state` (calls, textual, results, waiting,
+--- iteration, want, repaired, truncated, budget, tree) and returns nil,
+--- ApprovalRequired.
+function M.pause(session, state)
+  session.paused = state
+  local results, waiting = {}, {}
+  for i = 1, #state.calls do results[i] = state.results[i] or false end
+  for i, w in ipairs(state.waiting) do waiting[i] = waiting_line(w) end
+  local calls = {}
+  for i, c in ipairs(state.calls) do calls[i] = { id = c.id, name = c.name, arguments = c.arguments } end
+  record(session, {
+    type = "pause", calls = calls, textual = state.textual or nil, results = results, waiting = waiting,
+    iteration = state.iteration, schema = state.want, repaired = state.repaired or nil,
+    truncated = state.truncated, budget_used = state.budget and state.budget.used or nil,
+  })
+  return nil, M.required(session)
+end
+
+--- Records that the approved calls `calls` are about to run.
+function M.running(session, calls)
+  local ids = {}
+  for i, c in ipairs(calls) do ids[i] = c.id end
+  for _, id in ipairs(ids) do session.ran[id] = true end
+  record(session, { type = "running", ids = ids })
+end
+
+-- The waiting entry of `id` in `session`'s tree, and the session that owns
+-- it.
+local function find(session, id)
+  local p = session.paused
+  if not p then return nil end
+  for _, w in ipairs(p.waiting) do
+    if w.child_session or w.child then
+      local child = M.child(session, w)
+      if child then
+        local found, owner = find(child, id)
+        if found then return found, owner end
+      end
+    elseif w.id == id then
+      return w, session
+    end
+  end
+  return nil
+end
+
+--- Records a decision on call `id` (at any depth under `session`).
+---@return boolean|nil ok
+---@return table|nil err NothingPending, UnknownApproval or AlreadyDecided
+function M.decide(session, id, approved, note)
+  if type(id) ~= "string" then error(("bad argument #1 to '%s' (string expected, got %s)")
+    :format(approved and "approve" or "reject", type(id)), 3) end
+  if note ~= nil and type(note) ~= "string" then error(("bad argument #2 to '%s' (string expected, got %s)")
+    :format(approved and "approve" or "reject", type(note)), 3) end
+  if not session.paused then return fail("NothingPending", "no call of this session waits for approval") end
+  local w, owner = find(session, id)
+  if not w then
+    return fail("UnknownApproval", ("no call '%s' waits for approval"):format(id), { id = id })
+  end
+  if owner.decisions[id] then
+    return fail("AlreadyDecided", ("call '%s' was %s already"):format(id,
+      owner.decisions[id].approved and "approved" or "rejected"), { id = id })
+  end
+  owner.decisions[id] = { approved = approved, note = note }
+  record(owner, { type = "decision", id = id, approved = approved, note = note })
+  return true
+end
+
+--- The sub-agent session of a waiting delegation: the live one, or (after a
+--- restart) restored from its transcript.
+function M.child(session, w)
+  if w.child_session then return w.child_session end
+  if not (w.child and w.child.path) then return nil end
+  local child = require("tide.subagent").restore(session, w.child)
+  w.child_session = child
+  return child
+end
+
+--- Restores the pause state of a session from its transcript lines (the
+--- typed ones, in order, with how many messages followed each): sets
+--- session.paused and session.decisions, and the ids of calls that ran.
+---@param lines table[] every line of the transcript after the meta line
+function M.restore(session, lines)
+  local pause, pause_at
+  local n = 0
+  for _, l in ipairs(lines) do
+    if l.type == "pause" then
+      pause, pause_at = l, n
+    elseif l.type == "decision" then
+      session.decisions[l.id] = { approved = l.approved, note = l.note }
+    elseif l.type == "running" then
+      for _, id in ipairs(l.ids or {}) do session.ran[id] = true end
+    elseif l.type == nil and l.role ~= "system" then
+      n = n + 1
+    end
+  end
+  if not pause or pause_at ~= n then return false end
+  if type(pause.calls) ~= "table" or type(pause.waiting) ~= "table" or type(pause.results) ~= "table" then
+    return nil, core.error("SessionCorrupt", "the transcript's pause record is not whole")
+  end
+  local results = {}
+  for i, r in ipairs(pause.results) do results[i] = r or nil end
+  local waiting = {}
+  for i, w in ipairs(pause.waiting) do
+    local call = pause.calls[w.index]
+    if type(call) ~= "table" then return nil, core.error("SessionCorrupt", "a pause record names a call it does not hold") end
+    waiting[i] = { index = w.index, call = call, id = w.id, name = w.name, arguments = w.arguments,
+      agent = w.agent, child = w.child }
+  end
+  local budget
+  if session.budget_limits then
+    budget = require("tide.budget").new(session.budget_limits)
+    for k, v in pairs(pause.budget_used or {}) do budget.used[k] = v end
+  end
+  session.paused = { calls = pause.calls, textual = pause.textual, results = results, waiting = waiting,
+    iteration = pause.iteration or 1, want = pause.schema, repaired = pause.repaired,
+    truncated = pause.truncated, budget = budget }
+  return true
+end
+
+return M
