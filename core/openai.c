@@ -12,10 +12,17 @@
 **
 ** The scanner reads, and nothing else:
 **   error                                  (an error object inside the stream)
-**   usage.{prompt_tokens, completion_tokens, prompt_tokens_details.cached_tokens}
-**   choices[0].delta.content
-**   choices[0].delta.tool_calls[*].{index, id, function.{name, arguments}}
+**   usage.{prompt_tokens, completion_tokens, prompt_tokens_details.cached_tokens,
+**          completion_tokens_details.reasoning_tokens}
+**   choices[0].delta.{content, refusal, reasoning_content, reasoning}
+**   choices[0].delta.tool_calls[*].{index, id, function.{name, arguments},
+**                                   extra_content}
 **   choices[0].finish_reason
+** reasoning_content is DeepSeek's (and vLLM's, Qwen's, xAI's) name for the
+** model's reasoning text, reasoning OpenRouter's and newer vLLM's; when an
+** event has both, reasoning_content wins, for servers that send the same
+** text under both names. extra_content is Gemini's: its thought signature
+** must go back verbatim, so it is kept as the raw JSON text it came as.
 ** Every other value is validated and skipped without recursion (a byte stack
 ** of open containers, 1000 deep as lua-cjson allows). The fields above sit at
 ** a fixed depth, so the functions that descend into them recurse at most that
@@ -64,6 +71,8 @@ typedef struct pending_call {
   span name;
   int args_kind;       /* V_STRING (scratch), V_OBJECT/V_ARRAY (raw data) */
   span args;
+  int has_extra;       /* extra_content is an object (raw data) */
+  span extra;
 } pending_call;
 
 /* What one event says, once scanned. Reset for every event. */
@@ -75,11 +84,13 @@ typedef struct event_state {
   int code_kind;       /* error.code: V_NUMBER (raw) or V_STRING (scratch) */
   span code;
   int has_usage;
-  lua_Integer input, output, cached;
+  lua_Integer input, output, cached, reasoning_tokens;
   int choice_table;    /* choices[0] is an object */
   int delta_table;     /* choices[0].delta is an object */
   int has_content;
   span content;
+  int has_reasoning_content, has_reasoning, has_refusal; /* strings */
+  span reasoning_content, reasoning, refusal;
   int has_calls;       /* delta.tool_calls is an array */
   size_t ncalls;
   int has_finish;
@@ -90,6 +101,8 @@ typedef struct openai_stream {
   tide_sse sse;
   tide_asm calls;
   tide_buf text;    /* every text delta so far */
+  tide_buf reasoning; /* every reasoning delta so far */
+  tide_buf refusal; /* every refusal delta so far */
   tide_buf finish;  /* the last finish_reason */
   tide_buf scratch; /* decoded strings of the current event */
   tide_buf key;     /* an object key that had escapes */
@@ -98,7 +111,7 @@ typedef struct openai_stream {
   event_state ev;
   int has_finish;
   int has_usage;
-  lua_Integer input, output, cached;
+  lua_Integer input, output, cached, reasoning_tokens;
   int whole;  /* a whole (non-streamed) response: choices[0].message */
   int done;   /* [DONE] seen: nothing after it counts */
   int busy;   /* openai_parse is (or was, if it raised) using it */
@@ -172,6 +185,9 @@ static int call_member(tide_json *p, const char *k, size_t kl) {
     c->has_name = 0;
     c->args_kind = V_NONE;
     if (kind == V_OBJECT) return tide__json_each_member(p, function_member);
+  } else if (tide__json_key_is(k, kl, "extra_content")) {
+    c->has_extra = tide__json_peek(p) == '{';
+    if (c->has_extra) return tide__json_skip_raw(p, &c->extra);
   }
   return tide__json_skip(p);
 }
@@ -200,6 +216,15 @@ static int delta_member(tide_json *p, const char *k, size_t kl) {
   if (tide__json_key_is(k, kl, "content")) {
     ev->has_content = tide__json_peek(p) == '"';
     if (ev->has_content) return tide__json_scratch(p, &ev->content);
+  } else if (tide__json_key_is(k, kl, "reasoning_content")) {
+    ev->has_reasoning_content = tide__json_peek(p) == '"';
+    if (ev->has_reasoning_content) return tide__json_scratch(p, &ev->reasoning_content);
+  } else if (tide__json_key_is(k, kl, "reasoning")) {
+    ev->has_reasoning = tide__json_peek(p) == '"';
+    if (ev->has_reasoning) return tide__json_scratch(p, &ev->reasoning);
+  } else if (tide__json_key_is(k, kl, "refusal")) {
+    ev->has_refusal = tide__json_peek(p) == '"';
+    if (ev->has_refusal) return tide__json_scratch(p, &ev->refusal);
   } else if (tide__json_key_is(k, kl, "tool_calls")) {
     ev->ncalls = 0;
     ev->has_calls = tide__json_peek(p) == '[';
@@ -213,6 +238,7 @@ static int choice_member(tide_json *p, const char *k, size_t kl) {
   if (tide__json_key_is(k, kl, stream_of(p)->whole ? "message" : "delta")) {
     ev->delta_table = tide__json_peek(p) == '{';
     ev->has_content = ev->has_calls = 0;
+    ev->has_reasoning_content = ev->has_reasoning = ev->has_refusal = 0;
     ev->ncalls = 0;
     if (ev->delta_table) return tide__json_each_member(p, delta_member);
   } else if (tide__json_key_is(k, kl, "finish_reason")) {
@@ -235,6 +261,11 @@ static int details_member(tide_json *p, const char *k, size_t kl) {
   return tide__json_skip(p);
 }
 
+static int output_details_member(tide_json *p, const char *k, size_t kl) {
+  if (tide__json_key_is(k, kl, "reasoning_tokens")) stream_of(p)->ev.reasoning_tokens = tide__json_count(p);
+  return tide__json_skip(p);
+}
+
 static int usage_member(tide_json *p, const char *k, size_t kl) {
   event_state *ev = &stream_of(p)->ev;
   if (tide__json_key_is(k, kl, "prompt_tokens")) {
@@ -244,6 +275,9 @@ static int usage_member(tide_json *p, const char *k, size_t kl) {
   } else if (tide__json_key_is(k, kl, "prompt_tokens_details")) {
     ev->cached = 0;
     if (tide__json_peek(p) == '{') return tide__json_each_member(p, details_member);
+  } else if (tide__json_key_is(k, kl, "completion_tokens_details")) {
+    ev->reasoning_tokens = 0;
+    if (tide__json_peek(p) == '{') return tide__json_each_member(p, output_details_member);
   }
   return tide__json_skip(p);
 }
@@ -286,11 +320,12 @@ static int root_member(tide_json *p, const char *k, size_t kl) {
   if (tide__json_key_is(k, kl, "usage")) {
     int kind = tide__json_kind(tide__json_peek(p));
     ev->has_usage = kind == V_OBJECT || kind == V_ARRAY;
-    ev->input = ev->output = ev->cached = 0;
+    ev->input = ev->output = ev->cached = ev->reasoning_tokens = 0;
     if (kind == V_OBJECT) return tide__json_each_member(p, usage_member);
   } else if (tide__json_key_is(k, kl, "choices")) {
     ev->choice_table = ev->delta_table = 0;
     ev->has_content = ev->has_calls = ev->has_finish = 0;
+    ev->has_reasoning_content = ev->has_reasoning = ev->has_refusal = 0;
     ev->ncalls = 0;
     if (tide__json_peek(p) == '[') return tide__json_each_element(p, choice_element);
   }
@@ -324,6 +359,8 @@ typedef struct feed_ctx {
   int nomem;
   int out;          /* stack index of the table of deltas, or 0 */
   lua_Integer nout; /* deltas stored in it */
+  int rout;         /* stack index of the table of reasoning deltas, or 0 */
+  lua_Integer nrout;
 } feed_ctx;
 
 /* Pushes the longest prefix of s no longer than max that does not end
@@ -423,10 +460,25 @@ static int apply_event(feed_ctx *fc, const tide_sse_event *e) {
     st->input = ev->input;
     st->output = ev->output;
     st->cached = ev->cached;
+    st->reasoning_tokens = ev->reasoning_tokens;
   }
   if (!ev->choice_table) return 0;
   const char *scratch = st->scratch.p ? st->scratch.p : "";
   if (ev->delta_table) {
+    const span *r = ev->has_reasoning_content ? &ev->reasoning_content
+                    : ev->has_reasoning       ? &ev->reasoning
+                                              : NULL;
+    if (r && r->len > 0) {
+      if (tide__buf_add(&st->reasoning, scratch + r->off, r->len))
+        return fc->nomem = 1, 0;
+      if (fc->rout) { /* may raise: every buffer is consistent here */
+        lua_pushlstring(L, scratch + r->off, r->len);
+        lua_rawseti(L, fc->rout, ++fc->nrout);
+      }
+    }
+    if (ev->has_refusal && ev->refusal.len > 0 &&
+        tide__buf_add(&st->refusal, scratch + ev->refusal.off, ev->refusal.len))
+      return fc->nomem = 1, 0;
     if (ev->has_content && ev->content.len > 0) {
       if (tide__buf_add(&st->text, scratch + ev->content.off, ev->content.len))
         return fc->nomem = 1, 0;
@@ -442,24 +494,29 @@ static int apply_event(feed_ctx *fc, const tide_sse_event *e) {
                        "openai stream tool-call delta is not an object", NULL, 0);
         return 1;
       }
-      /* A whole response's calls are in order; an index there means
-      ** nothing (openai.lua's _parse went by position). */
-      lua_Integer index = c->has_index && !st->whole ? c->index : (lua_Integer)i;
-      if (index < 0) {
-        push_malformed(L, NULL, "openai stream tool-call index is negative",
-                       NULL, 0);
-        return 1;
-      }
       const char *id = NULL, *name = NULL, *args = NULL;
       size_t idl = 0, namel = 0, argsl = 0;
       if (c->has_id) id = scratch + c->id.off, idl = c->id.len;
       if (c->has_function && c->has_name)
         name = scratch + c->name.off, namel = c->name.len;
+      /* A whole response's calls are in order; an index there means
+      ** nothing (openai.lua's _parse went by position). A streamed delta
+      ** without one is routed by what it carries. */
+      lua_Integer index = st->whole     ? (lua_Integer)i
+                          : c->has_index ? c->index
+                                         : tide__asm_route(&st->calls, id, idl, name, namel);
+      if (index < 0) {
+        push_malformed(L, NULL, "openai stream tool-call index is negative",
+                       NULL, 0);
+        return 1;
+      }
       if (c->has_function && c->args_kind == V_STRING)
         args = scratch + c->args.off, argsl = c->args.len;
       else if (c->has_function && c->args_kind != V_NONE)
         args = e->data + c->args.off, argsl = c->args.len;
       int rc = tide__asm_add(&st->calls, index, id, idl, name, namel, args, argsl);
+      if (rc == 0 && c->has_extra)
+        rc = tide__asm_extra(&st->calls, index, e->data + c->extra.off, c->extra.len);
       if (rc == TIDE_ASM_NOMEM) return fc->nomem = 1, 0;
       if (rc == TIDE_ASM_TOO_LARGE) {
         tide__push_asm_too_large(L, &st->calls);
@@ -609,7 +666,7 @@ static int sink_feed(lua_State *L, int idx, const char *s, size_t n) {
     lua_getiuservalue(L, idx, 1);
     return 1;
   }
-  feed_ctx fc = {L, st, 0, 0, 0};
+  feed_ctx fc = {L, st, 0, 0, 0, 0, 0};
   return feed_bytes(L, idx, st, &fc, s, n);
 }
 
@@ -619,7 +676,9 @@ static int sink_feed(lua_State *L, int idx, const char *s, size_t n) {
 ** `out`, the deltas are stored one per event in out[1..n] instead, and feed
 ** returns n, or nil, err, n: callers that hand text over event by event keep
 ** the boundaries, with no table per chunk. With out = false, no text is
-** handed back at all (nobody listens; finish still has all of it). */
+** handed back at all (nobody listens; finish still has all of it). With a
+** table `rout`, reasoning deltas are appended to it after its last element
+** (the caller empties it); without one, none is made into a string. */
 static int l_feed(lua_State *L) {
   stream_ud *u = check_stream(L);
   size_t n;
@@ -627,6 +686,8 @@ static int l_feed(lua_State *L) {
   int quiet = lua_isboolean(L, 3) && !lua_toboolean(L, 3);
   int has_out = !quiet && !lua_isnoneornil(L, 3);
   if (has_out) luaL_checktype(L, 3, LUA_TTABLE);
+  int has_rout = !lua_isnoneornil(L, 4);
+  if (has_rout) luaL_checktype(L, 4, LUA_TTABLE);
   openai_stream *st = parser_of(L, u);
   if (st->failed) {
     lua_pushnil(L);
@@ -637,9 +698,10 @@ static int l_feed(lua_State *L) {
     }
     return 2;
   }
-  lua_settop(L, 3);
+  lua_settop(L, 4);
   size_t start = st->text.len;
-  feed_ctx fc = {L, st, 0, has_out ? 3 : 0, 0};
+  feed_ctx fc = {L, st, 0, has_out ? 3 : 0, 0, has_rout ? 4 : 0,
+                 has_rout ? (lua_Integer)lua_rawlen(L, 4) : 0};
   if (feed_bytes(L, 1, st, &fc, s, n)) {
     lua_pushnil(L);
     lua_insert(L, -2);
@@ -668,42 +730,75 @@ static const char *const STOPS[][2] = {
     {"stop_sequence", "stop"},  {"tool_calls", "tool_calls"},
     {"function_call", "tool_calls"}, {"tool_use", "tool_calls"},
     {"length", "length"},       {"max_tokens", "length"},
+    {"content_filter", "content_filter"}, {"refusal", "refusal"},
 };
 
-static void push_stop(lua_State *L, const tide_buf *raw) {
+/* The neutral stop reason, as reply.lua's stop(raw, has_calls, refused):
+** a refusal says "refusal" whatever the finish reason; a reply with calls
+** that says "stop" (Gemini's endpoint does) stopped for its calls. */
+static void push_stop(lua_State *L, const tide_buf *raw, int has_calls, int refused) {
   size_t len = raw->len;
   const char *p = raw->p ? raw->p : "";
+  if (refused) {
+    lua_pushliteral(L, "refusal");
+    return;
+  }
   for (size_t i = 0; i < sizeof STOPS / sizeof STOPS[0]; i++) {
     if (strlen(STOPS[i][0]) == len && memcmp(STOPS[i][0], p, len) == 0) {
-      lua_pushstring(L, STOPS[i][1]);
+      if (has_calls && strcmp(STOPS[i][1], "stop") == 0)
+        lua_pushliteral(L, "tool_calls");
+      else
+        lua_pushstring(L, STOPS[i][1]);
       return;
     }
   }
   lua_pushlstring(L, p, len);
 }
 
-/* Pushes the reply as the session gets it: text, finished tool calls, usage
-** (zeros when the server sent none), and the stop reason mapped and as
-** sent. */
+/* Pushes the reply as the session gets it: text, finished tool calls,
+** reasoning parts and refusal when there were any, usage (zeros when the
+** server sent none), and the stop reason mapped and as sent. */
 static void push_reply(lua_State *L, openai_stream *st) {
   /* Room for what the provider adds (ttfb_ms, attempts): no rehash. */
-  lua_createtable(L, 0, 8);
+  lua_createtable(L, 0, 10);
   lua_pushlstring(L, st->text.p ? st->text.p : "", st->text.len);
   lua_setfield(L, -2, "text");
   tide__asm_push_finished(L, &st->calls);
   lua_setfield(L, -2, "tool_calls");
-  lua_createtable(L, 0, 3);
+  if (st->reasoning.len > 0) {
+    lua_createtable(L, 1, 0);
+    lua_createtable(L, 0, 3);
+    lua_pushliteral(L, "text");
+    lua_setfield(L, -2, "type");
+    lua_pushlstring(L, st->reasoning.p, st->reasoning.len);
+    lua_setfield(L, -2, "text");
+    lua_pushliteral(L, "openai");
+    lua_setfield(L, -2, "provider");
+    lua_rawseti(L, -2, 1);
+    lua_setfield(L, -2, "reasoning");
+  }
+  if (st->refusal.len > 0) {
+    lua_pushlstring(L, st->refusal.p, st->refusal.len);
+    lua_setfield(L, -2, "refusal");
+  }
+  lua_createtable(L, 0, 5);
   lua_pushinteger(L, st->has_usage ? st->input : 0);
   lua_setfield(L, -2, "input");
   lua_pushinteger(L, st->has_usage ? st->output : 0);
   lua_setfield(L, -2, "output");
   lua_pushinteger(L, st->has_usage ? st->cached : 0);
   lua_setfield(L, -2, "cached");
+  lua_pushinteger(L, 0); /* chat completions report no cache writes */
+  lua_setfield(L, -2, "cache_write");
+  lua_pushinteger(L, st->has_usage ? st->reasoning_tokens : 0);
+  lua_setfield(L, -2, "reasoning");
   lua_setfield(L, -2, "usage");
-  if (st->has_finish) {
-    lua_pushlstring(L, st->finish.p ? st->finish.p : "", st->finish.len);
-    lua_setfield(L, -2, "stop_raw");
-    push_stop(L, &st->finish);
+  if (st->has_finish || st->refusal.len > 0) {
+    if (st->has_finish) {
+      lua_pushlstring(L, st->finish.p ? st->finish.p : "", st->finish.len);
+      lua_setfield(L, -2, "stop_raw");
+    }
+    push_stop(L, &st->finish, st->calls.n > 0, st->refusal.len > 0);
     lua_setfield(L, -2, "stop");
   }
 }
@@ -717,11 +812,12 @@ static int l_finish(lua_State *L) {
     return 2;
   }
   tide__sse_finish(&st->sse); /* once [DONE] was seen, the tail is moot */
-  if (!st->done) {
+  /* A stream that ends cleanly after its finish reason is whole without
+  ** [DONE] (older llama.cpp, ik_llama.cpp and TGI send none); the usage
+  ** event, when asked for, comes before the end all the same. */
+  if (!st->done && !st->has_finish) {
     tide__push_error(L, "MalformedResponse", "%s",
-                     st->has_finish
-                         ? "openai stream ended without [DONE]"
-                         : "openai stream ended before its finish_reason and [DONE]");
+                     "openai stream ended before its finish_reason and [DONE]");
     lua_pushlstring(L, st->text.p ? st->text.p : "", st->text.len);
     lua_setfield(L, -2, "partial_text");
     lua_pushnil(L);
@@ -737,6 +833,8 @@ static void stream_free(openai_stream *st) {
   tide__sse_free(&st->sse);
   tide__asm_free(&st->calls);
   tide__buf_free(&st->text);
+  tide__buf_free(&st->reasoning);
+  tide__buf_free(&st->refusal);
   tide__buf_free(&st->finish);
   tide__buf_free(&st->scratch);
   tide__buf_free(&st->key);
@@ -759,6 +857,8 @@ static void stream_reuse(openai_stream *st, size_t max) {
   tide__buf_keep(&old.sse.id, REUSE_MAX);
   tide__asm_reset(&old.calls, REUSE_MAX);
   tide__buf_keep(&old.text, REUSE_MAX);
+  tide__buf_keep(&old.reasoning, REUSE_MAX);
+  tide__buf_keep(&old.refusal, REUSE_MAX);
   tide__buf_keep(&old.finish, REUSE_MAX);
   tide__buf_keep(&old.scratch, REUSE_MAX);
   tide__buf_keep(&old.key, REUSE_MAX);
@@ -770,6 +870,8 @@ static void stream_reuse(openai_stream *st, size_t max) {
   st->calls = old.calls;
   st->calls.max = max;
   st->text = old.text;
+  st->reasoning = old.reasoning;
+  st->refusal = old.refusal;
   st->finish = old.finish;
   st->scratch = old.scratch;
   st->key = old.key;
@@ -881,7 +983,7 @@ static int openai_parse(lua_State *L, const char *s, size_t n, size_t max) {
     }
   }
   if (ok) {
-    feed_ctx fc = {L, st, 0, 0, 0};
+    feed_ctx fc = {L, st, 0, 0, 0, 0, 0};
     tide_sse_event e = {0};
     e.data = s;
     e.data_len = n;
@@ -918,11 +1020,14 @@ static int l_tostring(lua_State *L) {
 ** encoder would order them): a session encodes every such message of its
 ** tool loop, so these skip building the table tree lua-cjson would want. */
 
+static const char CALL_EXTRA[] = "{\"extra_content\":";
+static const char CALL_FUNCTION[] = ",\"function\":{\"arguments\":";
 static const char CALL_OPEN[] = "{\"function\":{\"arguments\":";
 static const char CALL_NAME[] = ",\"name\":";
 static const char CALL_ID[] = "},\"id\":";
 static const char CALL_CLOSE[] = ",\"type\":\"function\"}";
 static const char ASSISTANT_OPEN[] = "{\"content\":";
+static const char ASSISTANT_REASONING[] = ",\"reasoning_content\":";
 static const char ASSISTANT_CALLS[] = ",\"role\":\"assistant\",\"tool_calls\":[";
 static const char RESULT_OPEN[] = "{\"content\":";
 static const char RESULT_ID[] = ",\"role\":\"tool\",\"tool_call_id\":";
@@ -953,11 +1058,22 @@ static size_t quoted_size(const char *s, size_t n) {
 
 /* One call's strings. The call tables keep them alive. */
 typedef struct call_strings {
-  const char *a, *nm, *id;
-  size_t al, nl, il;
+  const char *a, *nm, *id, *x;
+  size_t al, nl, il, xl;
 } call_strings;
 
-/* Call i of the list at idx; 0 when it is not a table of three strings. */
+/* Whether s[0..n) is one JSON object (s is a Lua string: a NUL follows). */
+static int json_object(const char *s, size_t n) {
+  tide_json p = {s, n, 0, 0, NULL, 0, NULL, NULL, NULL};
+  tide__json_skip_ws(&p);
+  if (tide__json_peek(&p) != '{' || tide__json_skip(&p) != J_OK) return 0;
+  tide__json_skip_ws(&p);
+  return p.i == p.n;
+}
+
+/* Call i of the list at idx; 0 when it is not a table of three strings, or
+** its extra_content is there but not the JSON text of an object (a table
+** is for the Lua side to encode). */
 static int call_strings_of(lua_State *L, int idx, lua_Integer i, call_strings *c) {
   if (lua_rawgeti(L, idx, i) != LUA_TTABLE) {
     lua_pop(L, 1);
@@ -967,28 +1083,38 @@ static int call_strings_of(lua_State *L, int idx, lua_Integer i, call_strings *c
   c->a = field_str(L, t, "arguments", &c->al);
   c->nm = field_str(L, t, "name", &c->nl);
   c->id = field_str(L, t, "id", &c->il);
-  lua_pop(L, 1);
+  int xt = lua_getfield(L, t, "extra_content");
+  c->x = xt == LUA_TSTRING ? lua_tolstring(L, -1, &c->xl) : NULL;
+  lua_pop(L, 2);
+  if (xt != LUA_TNIL && (c->x == NULL || !json_object(c->x, c->xl))) return 0;
   return c->a && c->nm && c->id;
 }
 
-/* core.openai_assistant_wire(content, calls) -> string | nil
+/* core.openai_assistant_wire(content, calls[, reasoning]) -> string | nil
 ** The assistant message with tool calls ("" content counts as none and is
-** sent as null); nil when a call is not a table of string id, name and
-** arguments, or there is none (the provider makes plain calls and asks
-** again). Two passes: the first sizes the string, the second writes it. */
+** sent as null), with the reasoning text as reasoning_content when given
+** and not "" (DeepSeek rejects a tool-call follow-up without it), and each
+** call's extra_content (raw JSON text) in front of its function, verbatim;
+** nil when a call is not a table of string id, name and arguments (and
+** JSON-text extra_content), or there is none (the provider makes plain
+** calls and asks again). Two passes: the first sizes the string, the
+** second writes it. */
 static int l_assistant_wire(lua_State *L) {
-  size_t tl = 0;
+  size_t tl = 0, rl = 0;
   const char *text = lua_isnil(L, 1) ? "" : luaL_checklstring(L, 1, &tl);
   luaL_checktype(L, 2, LUA_TTABLE);
+  const char *reasoning = luaL_optlstring(L, 3, "", &rl);
   lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
   if (n < 1) return 0;
   size_t total = LIT(ASSISTANT_OPEN) + LIT(ASSISTANT_CALLS) + 2;
   total += tl > 0 ? quoted_size(text, tl) : 4;
+  if (rl > 0) total += LIT(ASSISTANT_REASONING) + quoted_size(reasoning, rl);
   for (lua_Integer i = 1; i <= n; i++) {
     call_strings c;
     if (!call_strings_of(L, 2, i, &c)) return 0;
     total += (i > 1) + LIT(CALL_OPEN) + LIT(CALL_NAME) + LIT(CALL_ID) + LIT(CALL_CLOSE) +
              quoted_size(c.a, c.al) + quoted_size(c.nm, c.nl) + quoted_size(c.id, c.il);
+    if (c.x) total += LIT(CALL_EXTRA) + c.xl + LIT(CALL_FUNCTION) - LIT(CALL_OPEN);
   }
   luaL_Buffer b;
   char *out = luaL_buffinitsize(L, &b, total);
@@ -998,12 +1124,22 @@ static int l_assistant_wire(lua_State *L) {
     put_quoted(out, &k, text, tl);
   else
     put(out, &k, "null", 4);
+  if (rl > 0) {
+    put(out, &k, ASSISTANT_REASONING, LIT(ASSISTANT_REASONING));
+    put_quoted(out, &k, reasoning, rl);
+  }
   put(out, &k, ASSISTANT_CALLS, LIT(ASSISTANT_CALLS));
   for (lua_Integer i = 1; i <= n; i++) {
-    call_strings c = {NULL, NULL, NULL, 0, 0, 0};
+    call_strings c = {NULL, NULL, NULL, NULL, 0, 0, 0, 0};
     call_strings_of(L, 2, i, &c); /* checked above */
     if (i > 1) out[k++] = ',';
-    put(out, &k, CALL_OPEN, LIT(CALL_OPEN));
+    if (c.x) {
+      put(out, &k, CALL_EXTRA, LIT(CALL_EXTRA));
+      put(out, &k, c.x, c.xl);
+      put(out, &k, CALL_FUNCTION, LIT(CALL_FUNCTION));
+    } else {
+      put(out, &k, CALL_OPEN, LIT(CALL_OPEN));
+    }
     put_quoted(out, &k, c.a, c.al);
     put(out, &k, CALL_NAME, LIT(CALL_NAME));
     put_quoted(out, &k, c.nm, c.nl);

@@ -102,7 +102,8 @@ void tide__sse_free(tide_sse *p);
 typedef struct tide_asm_slot {
   lua_Integer index;
   tide_buf id, name, args;
-  int has_id, has_name;
+  tide_buf extra; /* raw JSON of the call's extra_content (Gemini's signature) */
+  int has_id, has_name, has_extra;
 } tide_asm_slot;
 
 /// Tool-call deltas assembled by index. Zero it, set max (the cap on the
@@ -124,6 +125,15 @@ typedef struct tide_asm {
 int tide__asm_add(tide_asm *a, lua_Integer index, const char *id, size_t idl,
                   const char *name, size_t namel, const char *frag,
                   size_t fragl);
+/// The index a delta that came without one belongs to: the last call's,
+/// unless the delta starts a new call (an id other than the last call's,
+/// or a name once the last call's arguments are complete JSON), then the
+/// one after it. Gemini's OpenAI endpoint streams parallel calls so.
+lua_Integer tide__asm_route(const tide_asm *a, const char *id, size_t idl,
+                            const char *name, size_t namel);
+/// Sets the raw extra_content JSON of the call at index (added before),
+/// replacing an earlier one. Returns 0 or a negative TIDE_ASM_ code.
+int tide__asm_extra(tide_asm *a, lua_Integer index, const char *s, size_t n);
 /// Frees every slot (idempotent); keeps max.
 void tide__asm_free(tide_asm *a);
 /// Empties the assembler for the next reply, keeping its slots' buffers

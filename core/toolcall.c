@@ -6,16 +6,18 @@
 ** call carries its index, id and name, later ones only the index and a
 ** fragment of the JSON arguments, and the deltas of parallel calls may
 ** interleave. The assembler keeps one slot per index, sorted by index, each
-** with three malloc'ed growable buffers. Everything hangs off the userdata, so
-** a Lua error raised while a result table is being built leaks nothing: the
-** collector frees the buffers through the shared __gc/__close function.
+** with four malloc'ed growable buffers (id, name, arguments, and the raw
+** extra_content some servers attach to a call). Deltas that come without an
+** index (Gemini's OpenAI endpoint) are routed by tide__asm_route.
+** Everything hangs off the userdata, so a Lua error raised while a result
+** table is being built leaks nothing: the collector frees the buffers
+** through the shared __gc/__close function.
 */
 #include <stdlib.h>
 #include <string.h>
 
 #include "tide.h"
-
-#include "tide.h"
+#include "json.h"
 
 #define ASSEMBLER_MT "tide.assembler"
 
@@ -42,6 +44,7 @@ void tide__asm_free(tide_asm *a) {
     tide__buf_free(&a->slots[i].id);
     tide__buf_free(&a->slots[i].name);
     tide__buf_free(&a->slots[i].args);
+    tide__buf_free(&a->slots[i].extra);
   }
   free(a->slots);
   a->slots = NULL;
@@ -54,6 +57,7 @@ void tide__asm_reset(tide_asm *a, size_t keep_max) {
     tide__buf_keep(&a->slots[i].id, keep_max);
     tide__buf_keep(&a->slots[i].name, keep_max);
     tide__buf_keep(&a->slots[i].args, keep_max);
+    tide__buf_keep(&a->slots[i].extra, keep_max);
   }
   if (a->n > a->kept) a->kept = a->n;
   a->n = 0;
@@ -95,11 +99,12 @@ static tide_asm_slot *insert_slot(tide_asm *a, lua_Integer index, size_t pos) {
   }
   /* Slots from n to kept hold emptied buffers of an earlier reply (see
   ** tide__asm_reset): the new slot takes slot n's. */
-  tide_buf id = {0}, name = {0}, args = {0};
+  tide_buf id = {0}, name = {0}, args = {0}, extra = {0};
   if (a->n < a->kept) {
     id = a->slots[a->n].id;
     name = a->slots[a->n].name;
     args = a->slots[a->n].args;
+    extra = a->slots[a->n].extra;
   }
   memmove(&a->slots[pos + 1], &a->slots[pos], (a->n - pos) * sizeof *a->slots);
   memset(&a->slots[pos], 0, sizeof *a->slots);
@@ -107,6 +112,7 @@ static tide_asm_slot *insert_slot(tide_asm *a, lua_Integer index, size_t pos) {
   a->slots[pos].id = id;
   a->slots[pos].name = name;
   a->slots[pos].args = args;
+  a->slots[pos].extra = extra;
   a->n++;
   return &a->slots[pos];
 }
@@ -141,6 +147,48 @@ int tide__asm_add(tide_asm *a, lua_Integer index, const char *id, size_t idl,
   return 0;
 }
 
+/* Whether b holds exactly one JSON value (b keeps a NUL after its bytes,
+** which the scanner's number parsing needs). */
+static int complete_json(const tide_buf *b) {
+  if (b->len == 0) return 0;
+  tide_json p = {b->p, b->len, 0, 0, NULL, 0, NULL, NULL, NULL};
+  tide__json_skip_ws(&p);
+  if (p.i == p.n || tide__json_skip(&p) != J_OK) return 0;
+  tide__json_skip_ws(&p);
+  return p.i == p.n;
+}
+
+lua_Integer tide__asm_route(const tide_asm *a, const char *id, size_t idl,
+                            const char *name, size_t namel) {
+  if (a->n == 0) return 0;
+  /* Index-less deltas continue the call that came last, which is the
+  ** highest index: interleaving needs an index to be told apart. */
+  const tide_asm_slot *last = &a->slots[a->n - 1];
+  int fresh = 0;
+  if (id && idl > 0 && last->has_id)
+    fresh = last->id.len != idl || memcmp(last->id.p, id, idl) != 0;
+  else if (name && namel > 0 && last->has_name)
+    fresh = complete_json(&last->args);
+  if (!fresh) return last->index;
+  return last->index == LUA_MAXINTEGER ? last->index : last->index + 1;
+}
+
+int tide__asm_extra(tide_asm *a, lua_Integer index, const char *s, size_t n) {
+  size_t pos = 0;
+  tide_asm_slot *slot = find_slot(a, index, &pos);
+  if (slot == NULL) return 0; /* tide__asm_add failed first */
+  size_t old = slot->has_extra ? slot->extra.len : 0;
+  if (n > old && n - old > a->max - a->total) {
+    tide__asm_free(a);
+    return TIDE_ASM_TOO_LARGE;
+  }
+  a->total = a->total - old + n;
+  slot->extra.len = 0;
+  if (tide__buf_add(&slot->extra, s, n) != 0) return TIDE_ASM_NOMEM;
+  slot->has_extra = n > 0;
+  return 0;
+}
+
 void tide__push_asm_too_large(lua_State *L, const tide_asm *a) {
   char cap[32];
   snprintf(cap, sizeof cap, "%zu", a->max);
@@ -165,6 +213,10 @@ void tide__asm_push(lua_State *L, const tide_asm *a) {
     }
     lua_pushlstring(L, s->args.p ? s->args.p : "", s->args.len);
     lua_setfield(L, -2, "arguments");
+    if (s->has_extra) {
+      lua_pushlstring(L, s->extra.p, s->extra.len);
+      lua_setfield(L, -2, "extra_content");
+    }
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
 }
@@ -235,6 +287,10 @@ void tide__asm_push_finished(lua_State *L, const tide_asm *a) {
     else
       lua_pushlstring(L, s->args.p, s->args.len);
     lua_setfield(L, -2, "arguments");
+    if (s->has_extra) {
+      lua_pushlstring(L, s->extra.p, s->extra.len);
+      lua_setfield(L, -2, "extra_content");
+    }
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
   if (taken) lua_remove(L, taken);
@@ -278,16 +334,19 @@ static int l_assembler(lua_State *L) {
 
 /* a:add(index, id, name, fragment) -> true | nil, err
 ** id and name are kept when first seen (a non-empty string); fragments of one
-** index are appended in the order they arrive. */
+** index are appended in the order they arrive. A nil index is routed as
+** tide__asm_route says (deltas of servers that send none). */
 static int l_add(lua_State *L) {
   assembler *a = check_assembler(L);
-  luaL_argcheck(L, lua_isinteger(L, 2), 2, "index must be an integer");
-  lua_Integer index = lua_tointeger(L, 2);
+  int routed = lua_isnoneornil(L, 2);
+  luaL_argcheck(L, routed || lua_isinteger(L, 2), 2, "index must be an integer or nil");
+  lua_Integer index = routed ? 0 : lua_tointeger(L, 2);
   luaL_argcheck(L, index >= 0, 2, "index must be non-negative");
   size_t idl, namel, fragl;
   const char *id = opt_piece(L, 3, "id", &idl);
   const char *name = opt_piece(L, 4, "name", &namel);
   const char *frag = opt_piece(L, 5, "fragment", &fragl);
+  if (routed) index = tide__asm_route(&a->a, id, idl, name, namel);
   if (a->failed) {
     lua_pushnil(L);
     lua_getiuservalue(L, 1, 1);

@@ -25,6 +25,24 @@
 ---             streaming, `bytes` of content in 16 KiB deltas).
 ---   hang      no answer at all, until the client gives up or the server closes.
 ---
+--- OpenAI chat completions, as real servers send them (reply fields):
+---   reasoning       text streamed as `reasoning_content` deltas (DeepSeek) and
+---                   in message.reasoning_content; `reasoning_field = "reasoning"`
+---                   uses OpenRouter's name. A call sent with reasoning must come
+---                   back with that reasoning_content, or the follow-up gets
+---                   DeepSeek's 400.
+---   tool_calls[i].thought_signature  Gemini's extra_content.google.thought_signature
+---                   on the call; a follow-up that drops it gets Gemini's 400.
+---   call_index = false  tool-call deltas without `index`, one whole call per
+---                   delta (Gemini's endpoint)
+---   done = false    the stream ends cleanly without `data: [DONE]`
+---   refusal         message.refusal / refusal deltas, finish_reason "stop"
+---   finish_reason   sent as given ("length", "content_filter", ...)
+---   usage.reasoning completion_tokens_details.reasoning_tokens
+--- Server option `openai = { reasoning_model = true }` answers as OpenAI's
+--- reasoning models do: a request with `max_tokens`, or a temperature other
+--- than 1, gets the real 400.
+---
 --- It is built on `tide.testing.server` (testing/server.c) and on lua-cjson
 --- directly, not on tide.json, so that what the mock sends never depends on
 --- the encoder of the code under test.
@@ -175,24 +193,63 @@ function openai.error_body(status, message)
   return encode({ error = { message = message, type = kind, param = null, code = null } })
 end
 
+-- The OpenAI usage object: prompt_tokens counts cached tokens too, and
+-- completion_tokens the reasoning tokens (as OpenAI and DeepSeek count).
+local function openai_usage(ctx)
+  local u = ctx.usage
+  local r = ctx.reply and ctx.reply.usage and ctx.reply.usage.reasoning or 0
+  return { prompt_tokens = u.input, completion_tokens = u.output, total_tokens = u.input + u.output,
+           prompt_tokens_details = { cached_tokens = u.cached, audio_tokens = 0 },
+           completion_tokens_details = { reasoning_tokens = r, audio_tokens = 0,
+                                         accepted_prediction_tokens = 0, rejected_prediction_tokens = 0 } }
+end
+
+-- The reply's OpenAI-only fields, with their defaults.
+local function openai_extras(ctx)
+  local r = ctx.reply or {}
+  local finish = r.finish_reason or (#ctx.calls > 0 and "tool_calls" or "stop")
+  return r, finish, r.reasoning_field or "reasoning_content"
+end
+
+-- Gemini's extra_content for call i, when the script gave it a signature.
+local function extra_content(ctx, i)
+  local tc = ctx.reply and ctx.reply.tool_calls and ctx.reply.tool_calls[i]
+  local sig = type(tc) == "table" and tc.thought_signature
+  if sig then return { google = { thought_signature = sig } } end
+  return nil
+end
+
+-- Remembers what a follow-up must send back with the calls of this reply
+-- (the real servers check it: see openai.validate).
+local function remember_calls(self, ctx)
+  local r = ctx.reply or {}
+  for i, c in ipairs(ctx.calls) do
+    local tc = r.tool_calls and r.tool_calls[i]
+    local sig = type(tc) == "table" and tc.thought_signature or nil
+    if r.reasoning or sig then
+      self._openai_calls = self._openai_calls or {}
+      self._openai_calls[c.id] = { reasoning = r.reasoning, signature = sig, name = c.name }
+    end
+  end
+end
+
 function openai.completion(ctx)
-  local msg = { role = "assistant", content = ctx.text ~= "" and ctx.text or null }
+  local r, finish, rfield = openai_extras(ctx)
+  local msg = { role = "assistant", content = ctx.text ~= "" and ctx.text or null, refusal = r.refusal or null }
+  if r.reasoning then msg[rfield] = r.reasoning end
   if #ctx.calls > 0 then
     msg.tool_calls = {}
     for i, c in ipairs(ctx.calls) do
-      msg.tool_calls[i] = { id = c.id, type = "function", ["function"] = { name = c.name, arguments = c.args } }
+      msg.tool_calls[i] = { id = c.id, type = "function", ["function"] = { name = c.name, arguments = c.args },
+                            extra_content = extra_content(ctx, i) }
     end
-  elseif ctx.text == "" then
+  elseif ctx.text == "" and not r.refusal then
     msg.content = ""
   end
-  local u = ctx.usage
   return encode({
     id = ctx.id, object = "chat.completion", created = ctx.created, model = ctx.model,
-    choices = { { index = 0, message = msg, logprobs = null,
-                  finish_reason = #ctx.calls > 0 and "tool_calls" or "stop" } },
-    usage = { prompt_tokens = u.input, completion_tokens = u.output,
-              total_tokens = u.input + u.output,
-              prompt_tokens_details = { cached_tokens = u.cached } },
+    choices = { { index = 0, message = msg, logprobs = null, finish_reason = finish } },
+    usage = openai_usage(ctx),
   })
 end
 
@@ -202,7 +259,9 @@ end
 
 -- The SSE events of a streamed completion, one HTTP chunk each except the
 -- tail (finish, usage and [DONE] share one chunk, to exercise parsers).
--- With `truncate`, the stream stops before the finish chunk.
+-- With `truncate`, the stream stops before the finish chunk. Reasoning
+-- deltas come first, as DeepSeek sends them; with call_index = false each
+-- call is one delta without an index, as Gemini's endpoint sends them.
 function openai.stream(ctx, truncate)
   local function chunk(delta, finish)
     return sse_data({ id = ctx.id, object = "chat.completion.chunk", created = ctx.created,
@@ -210,27 +269,84 @@ function openai.stream(ctx, truncate)
                       choices = { { index = 0, delta = delta, logprobs = null,
                                     finish_reason = finish or null } } })
   end
+  local r, finish, rfield = openai_extras(ctx)
   local chunks = {}
   chunks[1] = chunk({ role = "assistant", content = ctx.text ~= "" and "" or null })
+  for _, piece in ipairs(split(r.reasoning or "", 3)) do chunks[#chunks + 1] = chunk({ [rfield] = piece }) end
   for _, piece in ipairs(ctx.text_pieces) do chunks[#chunks + 1] = chunk({ content = piece }) end
+  for _, piece in ipairs(split(r.refusal or "", 2)) do chunks[#chunks + 1] = chunk({ refusal = piece }) end
   for i, c in ipairs(ctx.calls) do
-    chunks[#chunks + 1] = chunk({ tool_calls = { {
-      index = i - 1, id = c.id, type = "function", ["function"] = { name = c.name, arguments = "" } } } })
-    for _, piece in ipairs(split(c.args, 3)) do
-      chunks[#chunks + 1] = chunk({ tool_calls = { { index = i - 1, ["function"] = { arguments = piece } } } })
+    if r.call_index == false then
+      chunks[#chunks + 1] = chunk({ tool_calls = { { id = c.id, type = "function",
+        ["function"] = { name = c.name, arguments = c.args }, extra_content = extra_content(ctx, i) } } })
+    else
+      chunks[#chunks + 1] = chunk({ tool_calls = { { index = i - 1, id = c.id, type = "function",
+        ["function"] = { name = c.name, arguments = "" }, extra_content = extra_content(ctx, i) } } })
+      for _, piece in ipairs(split(c.args, 3)) do
+        chunks[#chunks + 1] = chunk({ tool_calls = { { index = i - 1, ["function"] = { arguments = piece } } } })
+      end
     end
   end
   if truncate then return chunks end
-  local u = ctx.usage
-  chunks[#chunks + 1] = chunk({}, #ctx.calls > 0 and "tool_calls" or "stop")
+  chunks[#chunks + 1] = chunk({}, finish)
     .. sse_data({ id = ctx.id, object = "chat.completion.chunk", created = ctx.created,
-                  model = ctx.model, choices = EMPTY,
-                  usage = { prompt_tokens = u.input, completion_tokens = u.output,
-                            total_tokens = u.input + u.output,
-                            prompt_tokens_details = { cached_tokens = u.cached } } })
-    .. "data: [DONE]\n\n"
+                  model = ctx.model, choices = EMPTY, usage = openai_usage(ctx) })
+    .. (r.done == false and "" or "data: [DONE]\n\n")
   return chunks
 end
+
+-- A 400 with the body a real server gives.
+local function openai_reject(message, param, code, kind)
+  return { status = 400, headers = JSON_HEADERS, body = encode({ error = {
+    message = message, type = kind or "invalid_request_error", param = param or null, code = code or null } }) }
+end
+
+-- Checks a request the way the real services do, for what tide must get
+-- right: nil when it passes, else the error response.
+--   * OpenAI reasoning models (server option openai.reasoning_model) reject
+--     max_tokens and a temperature other than 1.
+--   * DeepSeek's thinking mode rejects an assistant tool-call message that
+--     lacks the reasoning_content it came with.
+--   * Gemini rejects a replayed call without its thought signature.
+function openai.validate(self, req)
+  local body = type(req.json) == "table" and req.json or {}
+  local o = self._opts.openai or {}
+  if o.reasoning_model then
+    if body.max_tokens ~= nil then
+      return openai_reject("Unsupported parameter: 'max_tokens' is not supported with this model. "
+        .. "Use 'max_completion_tokens' instead.", "max_tokens", "unsupported_parameter")
+    end
+    if body.temperature ~= nil and body.temperature ~= 1 then
+      return openai_reject(("Unsupported value: 'temperature' does not support %s with this model. "
+        .. "Only the default (1) value is supported."):format(tostring(body.temperature)),
+        "temperature", "unsupported_value")
+    end
+  end
+  local sent = self._openai_calls
+  if not sent then return nil end
+  for _, m in ipairs(type(body.messages) == "table" and body.messages or {}) do
+    if type(m) == "table" and m.role == "assistant" and type(m.tool_calls) == "table" then
+      for _, c in ipairs(m.tool_calls) do
+        local want = type(c) == "table" and sent[c.id]
+        if want and want.reasoning and m.reasoning_content ~= want.reasoning then
+          return openai_reject("The `reasoning_content` in the thinking mode must be passed back to the API.",
+            nil, "invalid_request_error")
+        end
+        local extra = want and want.signature and type(c.extra_content) == "table" and c.extra_content.google
+        if want and want.signature and not (type(extra) == "table" and extra.thought_signature == want.signature) then
+          return { status = 400, headers = JSON_HEADERS, body = encode({ { error = { code = 400,
+            message = ("Function call is missing a thought_signature in functionCall parts. This is required "
+              .. "for tools to work correctly, and missing thought_signature may lead to degraded model "
+              .. "performance. Additional data, function call `default_api:%s`. Please refer to "
+              .. "https://ai.google.dev/gemini-api/docs/thought-signatures for more details."):format(want.name),
+            status = "INVALID_ARGUMENT" } } }) }
+        end
+      end
+    end
+  end
+  return nil
+end
+openai.remember_calls = remember_calls
 
 function openai.malformed_stream(ctx)
   return {
@@ -375,6 +491,7 @@ local function render(self, shape_name, reply, req)
     text = text, calls = calls,
   }
   ctx.usage = usage_of(reply, req, text, calls)
+  ctx.reply = reply -- the wire formats' own fields (reasoning, signatures...)
 
   if fault == "oversize" then
     local n = math.tointeger(reply.bytes) or error("mock: fault 'oversize' needs bytes = n", 0)
@@ -391,6 +508,7 @@ local function render(self, shape_name, reply, req)
   end
 
   ctx.text_pieces = split(text, 3)
+  if shape.remember_calls then shape.remember_calls(self, ctx) end
   if not stream then
     local body = fault == "malformed"
       and '{"id":"' .. ctx.id .. '","object":"chat.completion","choices":[{"message":{"content":'
@@ -430,6 +548,7 @@ end
 local MOCK_OPTIONS = {
   replies = "table", default = "reply", delay_ms = "delay", chunk_delay_ms = "delay",
   routes = "table", port = "port", ref = "boolean", record = "boolean",
+  openai = "table", -- OpenAI-only checks (see openai.validate)
 }
 
 ---@class tide.testing.MockServer
@@ -460,6 +579,8 @@ function Mock:_handle(req)
     if type(res) == "string" then res = { body = res } end
     return res
   end
+  local reject = shapes[shape].validate and shapes[shape].validate(self, rec)
+  if reject then return reject end
   local reply
   if self._head <= self._tail then
     reply = self._queue[self._head]

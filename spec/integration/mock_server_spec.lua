@@ -183,7 +183,9 @@ describe("mock server", function()
         assert.are.equal("call_custom", b.id)
         assert.are.same({ url = "u", n = 2 }, cjson.decode(b["function"].arguments))
         assert.are.same({ prompt_tokens = 11, completion_tokens = 7, total_tokens = 18,
-                          prompt_tokens_details = { cached_tokens = 5 } }, body.usage)
+                          prompt_tokens_details = { cached_tokens = 5, audio_tokens = 0 },
+                          completion_tokens_details = { reasoning_tokens = 0, audio_tokens = 0,
+                            accepted_prediction_tokens = 0, rejected_prediction_tokens = 0 } }, body.usage)
       end)
     end)
 

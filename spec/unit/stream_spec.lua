@@ -58,8 +58,8 @@ local function check_full(res, err, text)
     { id = "call_a", name = "lookup", arguments = '{"q":"x"}' },
     { id = "call_b", name = "clock", arguments = '{"tz":"UTC"}' },
   }, res.tool_calls)
-  assert.are.same({ input = 120, output = 17, cached = 64 }, res.usage)
-  for _, k in ipairs({ "input", "output", "cached" }) do
+  assert.are.same({ input = 120, output = 17, cached = 64, cache_write = 0, reasoning = 0 }, res.usage)
+  for _, k in ipairs({ "input", "output", "cached", "cache_write", "reasoning" }) do
     assert.are.equal("integer", math.type(res.usage[k]))
   end
   assert.are.equal("tool_calls", res.stop_raw)
@@ -132,11 +132,11 @@ describe("core.openai_stream", function()
     assert.are.equal("k", res.text)
   end)
 
-  it("assembles tool calls by index, the position standing in for a missing index", function()
+  it("assembles tool calls by index, a delta without one continuing the last call", function()
     local res = assert(one(table.concat({
+      chunk({ tool_calls = { { index = 1, ["function"] = { arguments = "{}" } } } }),
       chunk({ tool_calls = { { index = 2, id = "c2", ["function"] = { name = "b", arguments = "[" } } } }),
-      chunk({ tool_calls = { { index = 0, ["function"] = { name = "a" } },
-                             { ["function"] = { arguments = "{}" } } } }),
+      chunk({ tool_calls = { { index = 0, ["function"] = { name = "a" } } } }),
       chunk({ tool_calls = { { index = 2, id = "other", ["function"] = { name = "z", arguments = "1]" } } } }),
       chunk({ tool_calls = { { index = 0, ["function"] = { arguments = { k = 1 } } } } }),
       chunk({ tool_calls = { { index = 0, id = 5, ["function"] = { name = false } } } }),
@@ -149,7 +149,7 @@ describe("core.openai_stream", function()
       { id = "call_2", name = "", arguments = "{}" },
       { id = "c2", name = "b", arguments = "[1]" },
     }, res.tool_calls)
-    assert.are.same({ input = 0, output = 0, cached = 0 }, res.usage)
+    assert.are.same({ input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 }, res.usage)
     assert.are.equal("", res.text)
   end)
 
@@ -168,7 +168,7 @@ describe("core.openai_stream", function()
       ev({ usage = cjson.null }),
       "data: [DONE]\n\n",
     })))
-    assert.are.same({ input = 7, output = 0, cached = 2 }, res.usage)
+    assert.are.same({ input = 7, output = 0, cached = 2, cache_write = 0, reasoning = 0 }, res.usage)
   end)
 
   it("reads counts and indices of every number shape as provider._count and math.tointeger do", function()
@@ -186,7 +186,7 @@ describe("core.openai_stream", function()
           .. ',"prompt_tokens_details":{"cached_tokens":' .. c[1] .. '}}}'),
         "data: [DONE]\n\n",
       })))
-      assert.are.same({ input = c[2], output = c[2], cached = c[2] }, res.usage, c[1])
+      assert.are.same({ input = c[2], output = c[2], cached = c[2], cache_write = 0, reasoning = 0 }, res.usage, c[1])
       assert.are.equal("integer", math.type(res.usage.input))
     end
     -- an index: integral numbers in any spelling name the same slot
@@ -227,13 +227,16 @@ describe("core.openai_stream", function()
     assert(one(ev({ error = cjson.null, choices = {} }) .. "data: [DONE]\n\n"))
   end)
 
-  it("reports a stream without [DONE] as truncated, with the partial text", function()
+  it("reports a stream that ends before its finish reason as truncated, with the partial text", function()
     local _, err = one(chunk({ content = "partial" }))
     assert.are.equal("MalformedResponse", err.code)
     assert.are.equal("openai stream ended before its finish_reason and [DONE]", err.message)
     assert.are.equal("partial", err.partial_text)
-    _, err = one(chunk({ content = "x" }) .. chunk({}, "stop"))
-    assert.are.equal("openai stream ended without [DONE]", err.message)
+    -- a finish reason and a clean end make a whole reply (older llama.cpp,
+    -- TGI send no [DONE])
+    local whole = assert(one(chunk({ content = "x" }) .. chunk({}, "stop")))
+    assert.are.equal("x", whole.text)
+    assert.are.equal("stop", whole.stop)
     -- after [DONE] nothing counts, not even a broken event or a cut one
     local res = assert(one(chunk({ content = "ok" }, "stop") .. "data: [DONE]\n\ndata: {oops\n\ndata: {"))
     assert.are.equal("ok", res.text)

@@ -40,12 +40,90 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field retry? tide.provider.retry
 ---@field headers? table<string,string> extra request headers
 ---@field prompt_cache? boolean Anthropic only: mark the prefix with cache_control
+---@field max_tokens_field? "max_completion_tokens"|"max_tokens" OpenAI only: the body field max_tokens goes in
+---@field reasoning? {effort:"none"|"minimal"|"low"|"medium"|"high"|"xhigh"} OpenAI only: reasoning_effort
+---@field tool_choice? "auto"|"none"|"required"|table OpenAI only
+---@field parallel_tool_calls? boolean OpenAI only
+---@field stop? string|string[] OpenAI only: stop sequences
+---@field query? table<string,string|number> OpenAI only: URL parameters (Azure's api-version)
+---@field extra_body? table OpenAI only: fields merged into every request body
 
 local option_types = {
   base_url = "string", api_key = "string", model = "string", stream = "boolean",
   temperature = "number", max_tokens = "integer", timeout_ms = "integer",
   max_body_bytes = "integer", retry = "table", headers = "table", prompt_cache = "boolean",
+  max_tokens_field = "string", reasoning = "table", tool_choice = "any", parallel_tool_calls = "boolean",
+  stop = "any", query = "table", extra_body = "table",
 }
+
+-- The options only the OpenAI chat wire format reads.
+local OPENAI_ONLY = {
+  max_tokens_field = true, reasoning = true, tool_choice = true, parallel_tool_calls = true,
+  stop = true, query = true, extra_body = true,
+}
+
+-- The values the real API takes (reasoning_effort's enum in openai-openapi:
+-- none and xhigh are newer models', minimal gpt-5's).
+local EFFORTS = { none = true, minimal = true, low = true, medium = true, high = true, xhigh = true }
+local TOOL_CHOICES = { auto = true, none = true, required = true }
+
+-- The body fields tide writes itself: extra_body may not set them (a second
+-- key of the same name would leave the server to pick one).
+local OWN_FIELDS = {
+  model = "model", messages = true, stream = "stream", stream_options = true, tools = true,
+  temperature = "temperature", max_tokens = "max_tokens", max_completion_tokens = "max_tokens",
+  reasoning_effort = "reasoning", tool_choice = "tool_choice",
+  parallel_tool_calls = "parallel_tool_calls", stop = "stop",
+}
+
+-- The checks of the OpenAI-only options; a message for the first bad one.
+local function check_openai_options(where, opts)
+  local f = opts.max_tokens_field
+  if f ~= nil and f ~= "max_completion_tokens" and f ~= "max_tokens" then
+    return where .. "'max_tokens_field' must be \"max_completion_tokens\" or \"max_tokens\""
+  end
+  if opts.reasoning then
+    for k, v in pairs(opts.reasoning) do
+      if k ~= "effort" then return where .. "unknown option 'reasoning." .. tostring(k) .. "'" end
+      if not EFFORTS[v] then
+        return where .. "'reasoning.effort' must be one of none, minimal, low, medium, high, xhigh"
+      end
+    end
+  end
+  local tc = opts.tool_choice
+  if tc ~= nil and not (TOOL_CHOICES[tc] or type(tc) == "table") then
+    return where .. "'tool_choice' must be \"auto\", \"none\", \"required\" or a table"
+  end
+  local stop = opts.stop
+  if stop ~= nil then
+    local ok = type(stop) == "string"
+    if type(stop) == "table" then
+      ok = #stop > 0
+      for k, v in pairs(stop) do
+        if math.type(k) ~= "integer" or k < 1 or k > #stop or type(v) ~= "string" then ok = false end
+      end
+    end
+    if not ok then return where .. "'stop' must be a string or a list of strings" end
+  end
+  if opts.query then
+    for k, v in pairs(opts.query) do
+      if type(k) ~= "string" or (type(v) ~= "string" and type(v) ~= "number") then
+        return where .. "'query' must map strings to strings or numbers"
+      end
+    end
+  end
+  if opts.extra_body then
+    for k in pairs(opts.extra_body) do
+      if type(k) ~= "string" then return where .. "'extra_body' keys must be strings" end
+      local own = OWN_FIELDS[k]
+      if own then
+        return ("%s'extra_body.%s' is a field tide sets itself%s"):format(where, k,
+          type(own) == "string" and (" (use the option '" .. own .. "')") or "")
+      end
+    end
+  end
+  return nil
+end
 
 -- "float" says more than "number" when an integer was wanted.
 local function type_name(v, want)
@@ -63,7 +141,7 @@ local function check_options(kind, opts, allowed)
   end
   for k in pairs(allowed) do
     local v, want = opts[k], option_types[k]
-    if v ~= nil then
+    if v ~= nil and want ~= "any" then
       local ok
       if want == "integer" then ok = math.type(v) == "integer" else ok = type(v) == want end
       if not ok then
@@ -95,6 +173,10 @@ local function check_options(kind, opts, allowed)
     if not ok then
       return where .. "'headers': " .. (tostring(err):match("%((.*)%)$") or "not valid")
     end
+  end
+  if kind == "openai" then
+    local msg = check_openai_options(where, opts)
+    if msg then return msg end
   end
   if opts.retry then
     for k, v in pairs(opts.retry) do
@@ -128,6 +210,9 @@ function provider._new(kind, opts, defaults)
   local allowed = {}
   for k in pairs(option_types) do allowed[k] = true end
   if kind ~= "anthropic" then allowed.prompt_cache = nil end
+  if kind ~= "openai" then
+    for k in pairs(OPENAI_ONLY) do allowed[k] = nil end
+  end
   local msg = check_options(kind, opts, allowed)
   if msg then return nil, msg end
   local retry = {}
@@ -155,6 +240,15 @@ function provider._new(kind, opts, defaults)
     headers = headers,
     prompt_cache = opts.prompt_cache == true,
   }
+  if kind == "openai" then
+    self.max_tokens_field = opts.max_tokens_field or "max_completion_tokens"
+    self.reasoning_effort = opts.reasoning and opts.reasoning.effort
+    self.tool_choice = opts.tool_choice
+    self.parallel_tool_calls = opts.parallel_tool_calls
+    self.stop_sequences = opts.stop
+    self.query = opts.query
+    self.extra_body = opts.extra_body
+  end
   return self
 end
 
@@ -300,7 +394,9 @@ Base._complete = complete
 --- backoff and full jitter, honouring Retry-After; never once streamed text
 --- has reached `on_delta`.
 ---@param body string from `body`
----@param opts? {on_delta?:fun(text:string), on_retry?:fun(info:{attempt:integer, delay_ms:integer, error:table}), timeout_ms?:integer}
+--- `on_reasoning` gets the reasoning text as it streams (reasoning_content
+--- deltas); without it, no string is made of it until the reply is whole.
+---@param opts? {on_delta?:fun(text:string), on_reasoning?:fun(text:string), on_retry?:fun(info:{attempt:integer, delay_ms:integer, error:table}), timeout_ms?:integer}
 ---@return tide.provider.response|nil
 ---@return table|nil err `{ code = "RateLimited"|"ProviderError"|"MalformedResponse"|"Timeout"|..., message, status?, body?, attempts }`
 function Base:complete(body, opts)

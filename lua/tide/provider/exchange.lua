@@ -40,17 +40,28 @@ local function endpoint(self)
   return w
 end
 
--- A streamed chunk for a parser in C. Text deltas are asked for only when
--- someone listens for them: one string per event then, none at all
--- otherwise. Returns whether text reached on_delta, and the error that
--- abandons the stream, if any.
-local function feed_c(parser, chunk, on_delta, deltas)
+-- A streamed chunk for a parser in C. Text (and reasoning) deltas are
+-- asked for only when someone listens for them: one string per event then,
+-- none at all otherwise. Returns whether text reached on_delta, and the
+-- error that abandons the stream, if any. Reasoning reaching its listener
+-- does not stop a retry: only answer text does.
+local function feed_c(parser, chunk, on_delta, deltas, on_reasoning, rdeltas)
+  local n, err, before
   if not on_delta then
-    local _, err = parser:feed(chunk, false)
-    return false, err
+    local _
+    _, err = parser:feed(chunk, false, rdeltas)
+    n = 0
+  else
+    n, err, before = parser:feed(chunk, deltas, rdeltas)
+    if n == nil then n = before end
   end
-  local n, err, before = parser:feed(chunk, deltas)
-  if n == nil then n = before end
+  if rdeltas then
+    for i = 1, #rdeltas do
+      local d = rdeltas[i]
+      rdeltas[i] = nil
+      on_reasoning(d)
+    end
+  end
   for i = 1, n do
     local d = deltas[i]
     deltas[i] = nil
@@ -64,12 +75,18 @@ end
 local function finished(out)
   out.tool_calls = reply.finish_calls(out.tool_calls or {})
   out.text = out.text or ""
-  out.usage = out.usage or { input = 0, output = 0, cached = 0 }
+  out.usage = out.usage or { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 }
   return out
 end
 
--- Hands a whole reply's text to on_delta; whether there was any.
-local function deliver(out, on_delta)
+-- Hands a whole reply's reasoning to on_reasoning and its text to
+-- on_delta; whether there was any text.
+local function deliver(out, on_delta, on_reasoning)
+  if on_reasoning and out.reasoning then
+    for _, part in ipairs(out.reasoning) do
+      if type(part.text) == "string" and part.text ~= "" then on_reasoning(part.text) end
+    end
+  end
   local text = out.text
   if text == nil or text == "" then return false end
   if on_delta then on_delta(text) end
@@ -82,7 +99,7 @@ end
 -- scanned in C where the provider can (no table tree, and no string of the
 -- body); anything else goes through the full decoder, which says what is
 -- wrong.
-local function whole_reply(self, src, on_delta)
+local function whole_reply(self, src, on_delta, on_reasoning)
   local out = self._c_parse and self:_c_parse(src)
   local err
   if not out then
@@ -103,7 +120,7 @@ local function whole_reply(self, src, on_delta)
     end
     finished(out)
   end
-  return out, nil, deliver(out, on_delta)
+  return out, nil, deliver(out, on_delta, on_reasoning)
 end
 
 -- One non-streamed HTTP attempt. Returns the response, or nil, an error and
@@ -120,7 +137,7 @@ local function attempt_whole(self, body, opts, timeout_ms, wire)
   if status < 200 or status > 299 then
     return nil, errors.failed_request(self.kind, req, status), true, false
   end
-  local out, err, delivered = whole_reply(self, req, opts.on_delta)
+  local out, err, delivered = whole_reply(self, req, opts.on_delta, opts.on_reasoning)
   if not out then return nil, err, true, false end
   out.ttfb_ms = ttfb_ms
   return out, nil, true, delivered
@@ -148,6 +165,8 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
   end
   local sse <close> = stream and core.sse_parser(self.max_body_bytes) or nil
   local deltas = parser and on_delta and {} or nil
+  local on_reasoning = opts.on_reasoning
+  local rdeltas = parser and on_reasoning and {} or nil
   local mode -- "sse" or "json" once the first significant byte is seen
   local held -- chunks before the mode is known, or of a streamed request answered with plain JSON
   local stream_err
@@ -157,7 +176,7 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
   -- With a C sink and nobody to hand text to, the request feeds the parser
   -- itself (req:pump): no string per chunk, no trip through this loop. It
   -- hands a reply that is not an event stream back as next() would.
-  local pump = parser ~= nil and on_delta == nil
+  local pump = parser ~= nil and on_delta == nil and on_reasoning == nil
   local status, done_ttfb_ms, herr
   while true do
     local kind, v, ttfb
@@ -197,7 +216,7 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
       held = held or {}
       held[#held + 1] = chunk
     elseif parser then
-      local got, err = feed_c(parser, chunk, on_delta, deltas)
+      local got, err = feed_c(parser, chunk, on_delta, deltas, on_reasoning, rdeltas)
       if got then delivered = true end
       if err then
         stream_err = self:_stream_error(err)
@@ -245,7 +264,7 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
     return out
   end
   -- a streamed request answered with one JSON body
-  local out, err, got = whole_reply(self, held and table.concat(held) or "", on_delta)
+  local out, err, got = whole_reply(self, held and table.concat(held) or "", on_delta, on_reasoning)
   if not out then return nil, err, received, delivered end
   out.ttfb_ms = ttfb_ms or done_ttfb_ms
   return out, nil, received, delivered or got

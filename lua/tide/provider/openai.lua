@@ -4,9 +4,25 @@
 ---
 --- Body layout. Canonical JSON would put "messages" first, which leaves no
 --- reusable prefix; the body is therefore laid out by hand in a fixed key order
---- (model, stream, stream_options, temperature, max_tokens, tools, messages)
---- with every value encoded canonically. Servers ignore key order; what
---- matters is that the same inputs give the same bytes.
+--- (model, stream, stream_options, temperature, max_completion_tokens or
+--- max_tokens, reasoning_effort, tool_choice, parallel_tool_calls, stop, the
+--- extra_body fields in sorted order, tools, messages) with every value
+--- encoded canonically. Servers ignore key order; what matters is that the
+--- same inputs give the same bytes.
+---
+--- max_tokens goes out as max_completion_tokens by default: OpenAI deprecated
+--- max_tokens for it, and its reasoning models (o-series, gpt-5) reject
+--- max_tokens with a 400; Azure, vLLM, DeepSeek and recent llama.cpp take
+--- the new name. `max_tokens_field = "max_tokens"` is for servers that only
+--- know the old one.
+---
+--- Reasoning: a reply's `reasoning_content` (DeepSeek, vLLM, Qwen, xAI) or
+--- `reasoning` (OpenRouter) text becomes a part `{ type = "text", text,
+--- provider = "openai" }`, and goes back as `reasoning_content` on the
+--- assistant message (DeepSeek rejects a tool-call follow-up without it).
+--- Only servers that sent it ever see it back, and never another
+--- provider's parts. Gemini's `extra_content` on a tool call (its thought
+--- signature) is kept on the call as raw JSON text and sent back verbatim.
 local provider = require "tide.provider.base"
 local core = require "tide.core"
 local json = require "tide.json"
@@ -18,6 +34,7 @@ Provider.__index = Provider
 Provider.__name = "tide.provider.openai"
 
 local canonical = json.canonical
+local quote = json.quote
 local fail = provider._fail
 
 function Provider:__tostring()
@@ -51,7 +68,23 @@ function Provider:encode_prefix(system, tools)
   local parts = { '{"model":', canonical(self.model), ',"stream":', self.stream and "true" or "false" }
   if self.stream then parts[#parts + 1] = ',"stream_options":{"include_usage":true}' end
   if self.temperature ~= nil then parts[#parts + 1] = ',"temperature":' .. canonical(self.temperature) end
-  if self.max_tokens ~= nil then parts[#parts + 1] = ',"max_tokens":' .. canonical(self.max_tokens) end
+  if self.max_tokens ~= nil then
+    parts[#parts + 1] = ',"' .. self.max_tokens_field .. '":' .. canonical(self.max_tokens)
+  end
+  if self.reasoning_effort ~= nil then parts[#parts + 1] = ',"reasoning_effort":' .. quote(self.reasoning_effort) end
+  if self.tool_choice ~= nil then parts[#parts + 1] = ',"tool_choice":' .. canonical(self.tool_choice) end
+  if self.parallel_tool_calls ~= nil then
+    parts[#parts + 1] = ',"parallel_tool_calls":' .. (self.parallel_tool_calls and "true" or "false")
+  end
+  if self.stop_sequences ~= nil then parts[#parts + 1] = ',"stop":' .. canonical(self.stop_sequences) end
+  if self.extra_body ~= nil then
+    local keys = {}
+    for k in pairs(self.extra_body) do keys[#keys + 1] = k end
+    table.sort(keys)
+    for _, k in ipairs(keys) do
+      parts[#parts + 1] = "," .. quote(k) .. ":" .. canonical(self.extra_body[k])
+    end
+  end
   if #list > 0 then
     local encoded = {}
     for i, t in ipairs(list) do
@@ -74,7 +107,6 @@ end
 -- core.openai_results_wire, core/openai.c). Only table values (content
 -- given as a table, arguments given as a table) go through the canonical
 -- encoder first.
-local quote = json.quote
 local assistant_wire, results_wire = core.openai_assistant_wire, core.openai_results_wire
 
 -- The JSON of a user or system message's content, nil standing for "".
@@ -92,11 +124,31 @@ local function call_arguments(c)
 end
 
 -- The calls as the C encoder takes them, for a list it declined: plain
--- tables, arguments as JSON text. (Calls a session built are so already.)
+-- tables, arguments and extra_content as JSON text. (Calls a session built
+-- are so already.)
 local function plain_calls(calls)
   local copy = {}
-  for i, c in ipairs(calls) do copy[i] = { id = c.id, name = c.name, arguments = call_arguments(c) } end
+  for i, c in ipairs(calls) do
+    local extra = c.extra_content
+    if type(extra) == "table" then extra = canonical(extra) end
+    copy[i] = { id = c.id, name = c.name, arguments = call_arguments(c), extra_content = extra }
+  end
   return copy
+end
+
+-- The reasoning text to send back with an assistant message: its text
+-- parts that this wire format produced, joined; nil when there are none.
+local function reasoning_text(msg, kind)
+  local parts = msg.reasoning
+  if type(parts) ~= "table" then return nil end
+  local text
+  for _, p in ipairs(parts) do
+    if type(p) == "table" and p.provider == kind and p.type == "text" and type(p.text) == "string" then
+      text = (text or "") .. p.text
+    end
+  end
+  if text == "" then return nil end
+  return text
 end
 
 -- The results as the C encoder takes them: plain tables, content as text.
@@ -130,10 +182,18 @@ function Provider:_encode(msg)
   if role == "assistant" then
     local content = msg.content
     local calls = msg.tool_calls
+    local reasoning = msg.reasoning and reasoning_text(msg, self.kind)
     if calls and #calls > 0 then
-      local enc = assistant_wire(content, calls) or assistant_wire(content, plain_calls(calls))
-      if not enc then error("tide.provider.openai: tool_calls need string 'id' and 'name'", 3) end
+      local enc = assistant_wire(content, calls, reasoning)
+        or assistant_wire(content, plain_calls(calls), reasoning)
+      if not enc then
+        error("tide.provider.openai: tool_calls need string 'id' and 'name' (and extra_content a JSON object)", 3)
+      end
       return enc
+    end
+    if reasoning then
+      return '{"content":' .. quote(content or "") .. ',"reasoning_content":' .. quote(reasoning)
+        .. ',"role":"assistant"}'
     end
     return '{"content":' .. quote(content or "") .. ',"role":"assistant"}'
   end
@@ -142,8 +202,25 @@ end
 
 -- ------------------------------------------------------------------- wire
 
+-- RFC 3986: everything but the unreserved characters is percent-encoded.
+local function escape(s)
+  return (s:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))
+end
+
 function Provider:_url()
-  return self.base_url .. "/chat/completions"
+  local url = self.base_url .. "/chat/completions"
+  local q = self.query
+  if q == nil or next(q) == nil then return url end
+  local keys = {}
+  for k in pairs(q) do keys[#keys + 1] = k end
+  table.sort(keys) -- the same URL for the same options
+  local pairs_ = {}
+  for i, k in ipairs(keys) do
+    local v = q[k]
+    if type(v) == "number" then v = tostring(math.tointeger(v) or v) end
+    pairs_[i] = escape(k) .. "=" .. escape(v)
+  end
+  return url .. "?" .. table.concat(pairs_, "&")
 end
 
 function Provider:_headers()
@@ -157,13 +234,18 @@ end
 local count = provider._count
 local tointeger = math.tointeger
 
+-- prompt_tokens counts the whole prompt, cached tokens included, and
+-- completion_tokens the reasoning tokens: input and output mean what they
+-- mean for every provider as they are.
 local function usage_of(u)
-  if type(u) ~= "table" then return nil end
-  local details = u.prompt_tokens_details
+  if type(u) ~= "table" then return { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 } end
+  local details, out = u.prompt_tokens_details, u.completion_tokens_details
   return {
     input = count(u.prompt_tokens),
     output = count(u.completion_tokens),
     cached = type(details) == "table" and count(details.cached_tokens) or 0,
+    cache_write = 0,
+    reasoning = type(out) == "table" and count(out.reasoning_tokens) or 0,
   }
 end
 
@@ -203,15 +285,24 @@ function Provider:_parse(obj)
       end
       local args = f.arguments
       if type(args) == "table" then args = object_arguments(args) end -- some servers send an object
-      calls[i] = { id = c.id, name = f.name, arguments = type(args) == "string" and args or nil }
+      -- Gemini's thought signature rides here; kept as JSON text, as the C
+      -- parser keeps it.
+      local extra = type(c.extra_content) == "table" and object_arguments(c.extra_content) or nil
+      calls[i] = { id = c.id, name = f.name, arguments = type(args) == "string" and args or nil,
+                   extra_content = extra }
     end
   end
   local raw = type(choice.finish_reason) == "string" and choice.finish_reason or nil
+  local reasoning = type(m.reasoning_content) == "string" and m.reasoning_content
+    or type(m.reasoning) == "string" and m.reasoning or ""
+  local refusal = type(m.refusal) == "string" and m.refusal ~= "" and m.refusal or nil
   return {
     text = type(m.content) == "string" and m.content or "",
     tool_calls = calls,
+    reasoning = reasoning ~= "" and { { type = "text", text = reasoning, provider = "openai" } } or nil,
+    refusal = refusal,
     usage = usage_of(obj.usage),
-    stop = provider._stop(raw),
+    stop = provider._stop(raw, #calls > 0, refusal ~= nil),
     stop_raw = raw,
   }
 end

@@ -5,9 +5,11 @@ local M = {}
 
 ---@class tide.provider.response
 ---@field text string the assistant text ("" when none)
----@field tool_calls {id:string, name:string, arguments:string}[] arguments: raw JSON text
----@field usage {input:integer, output:integer, cached:integer}
----@field stop string|nil "stop", "tool_calls", "length", or the provider's own reason
+---@field tool_calls {id:string, name:string, arguments:string, extra_content?:string|table}[] arguments: raw JSON text
+---@field reasoning? {type:string, text?:string, signature?:string, data?:string, provider:string}[]
+---@field refusal? string the model's refusal (OpenAI `refusal`), apart from `text`
+---@field usage {input:integer, output:integer, cached:integer, cache_write:integer, reasoning:integer}
+---@field stop string|nil "stop", "tool_calls", "length", "content_filter", "refusal", or the provider's own reason
 ---@field stop_raw string|nil the provider's finish/stop reason as sent
 ---@field ttfb_ms number request start to first body byte, for the attempt that answered
 ---@field attempts integer HTTP attempts made
@@ -48,16 +50,27 @@ function M.finish_calls(calls)
   return calls
 end
 
---- Maps a provider's stop reason onto "stop" / "tool_calls" / "length",
---- leaving others as they are.
+--- Maps a provider's stop reason onto "stop" / "tool_calls" / "length" /
+--- "content_filter" / "refusal", leaving others as they are (core/openai.c's
+--- STOPS is the same table). With `refused`, the reply is a refusal whatever
+--- the reason said; with `has_calls`, a plain "stop" is "tool_calls"
+--- (Gemini's OpenAI endpoint ends tool-call replies with "stop").
 local STOPS = {
   stop = "stop", end_turn = "stop", stop_sequence = "stop",
   tool_calls = "tool_calls", function_call = "tool_calls", tool_use = "tool_calls",
   length = "length", max_tokens = "length",
+  content_filter = "content_filter", refusal = "refusal",
 }
-function M.stop(raw)
+---@param raw string|nil
+---@param has_calls? boolean
+---@param refused? boolean
+---@return string|nil
+function M.stop(raw, has_calls, refused)
+  if refused then return "refusal" end
   if type(raw) ~= "string" then return nil end
-  return STOPS[raw] or raw
+  local stop = STOPS[raw] or raw
+  if stop == "stop" and has_calls then return "tool_calls" end
+  return stop
 end
 
 --- An integer count from a decoded usage field (0 when absent).
