@@ -40,11 +40,14 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field retry? tide.provider.retry
 ---@field headers? table<string,string> extra request headers
 ---@field prompt_cache? boolean Anthropic only: mark the prefix with cache_control
+---@field thinking? {budget_tokens:integer} Anthropic only: extended thinking, budget < max_tokens
+---@field extra_body? table fields merged into every request body (they take the place of tide's own)
 
 local option_types = {
   base_url = "string", api_key = "string", model = "string", stream = "boolean",
   temperature = "number", max_tokens = "integer", timeout_ms = "integer",
   max_body_bytes = "integer", retry = "table", headers = "table", prompt_cache = "boolean",
+  thinking = "table", extra_body = "table",
 }
 
 -- "float" says more than "number" when an integer was wanted.
@@ -86,6 +89,20 @@ local function check_options(kind, opts, allowed)
       end
     end
   end
+  if opts.thinking then
+    for k, v in pairs(opts.thinking) do
+      if k ~= "budget_tokens" then return where .. "unknown option 'thinking." .. tostring(k) .. "'" end
+      if math.type(v) ~= "integer" or v <= 0 then
+        return where .. "'thinking.budget_tokens' must be a positive integer"
+      end
+    end
+    if opts.thinking.budget_tokens == nil then return where .. "'thinking' needs 'budget_tokens'" end
+  end
+  if opts.extra_body then
+    for k in pairs(opts.extra_body) do
+      if type(k) ~= "string" then return where .. "'extra_body' keys must be strings" end
+    end
+  end
   if opts.retry then
     for k, v in pairs(opts.retry) do
       if provider.DEFAULT_RETRY[k] == nil then
@@ -118,6 +135,9 @@ function provider._new(kind, opts, defaults)
   local allowed = {}
   for k in pairs(option_types) do allowed[k] = true end
   if kind ~= "anthropic" then allowed.prompt_cache = nil end
+  -- Only the Anthropic encoder sends these so far; accepting them elsewhere
+  -- would ignore them silently.
+  if kind ~= "anthropic" then allowed.thinking, allowed.extra_body = nil, nil end
   local msg = check_options(kind, opts, allowed)
   if msg then return nil, msg end
   local retry = {}
@@ -269,7 +289,8 @@ Base.join = Base.body
 -- ------------------------------------------------------------- complete
 
 local complete = exchange.complete
-local complete_fields = { on_delta = "function", on_retry = "function", timeout_ms = "integer" }
+local complete_fields = { on_delta = "function", on_retry = "function", timeout_ms = "integer",
+  on_reasoning = "function" }
 
 --- complete for the session's turn: already inside a task, options its own;
 --- `_complete(prefix, opts, wire)` sends join_wire(prefix, wire) without
@@ -283,7 +304,7 @@ Base._complete = complete
 --- backoff and full jitter, honouring Retry-After; never once streamed text
 --- has reached `on_delta`.
 ---@param body string from `body`
----@param opts? {on_delta?:fun(text:string), on_retry?:fun(info:{attempt:integer, delay_ms:integer, error:table}), timeout_ms?:integer}
+---@param opts? {on_delta?:fun(text:string), on_reasoning?:fun(text:string), on_retry?:fun(info:{attempt:integer, delay_ms:integer, error:table}), timeout_ms?:integer}
 ---@return tide.provider.response|nil
 ---@return table|nil err `{ code = "RateLimited"|"ProviderError"|"MalformedResponse"|"Timeout"|..., message, status?, body?, attempts }`
 function Base:complete(body, opts)

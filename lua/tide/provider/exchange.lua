@@ -68,10 +68,20 @@ local function finished(out)
   return out
 end
 
--- Hands a whole reply's text to on_delta; whether there was any.
-local function deliver(out, on_delta)
+-- Hands a whole reply's reasoning text to on_reasoning and its text to
+-- on_delta; whether either reached a listener.
+local function deliver(out, on_delta, on_reasoning)
+  local got = false
+  if on_reasoning and out.reasoning then
+    for _, r in ipairs(out.reasoning) do
+      if r.type == "text" and type(r.text) == "string" and r.text ~= "" then
+        got = true
+        on_reasoning(r.text)
+      end
+    end
+  end
   local text = out.text
-  if text == nil or text == "" then return false end
+  if text == nil or text == "" then return got end
   if on_delta then on_delta(text) end
   return true
 end
@@ -82,7 +92,7 @@ end
 -- scanned in C where the provider can (no table tree, and no string of the
 -- body); anything else goes through the full decoder, which says what is
 -- wrong.
-local function whole_reply(self, src, on_delta)
+local function whole_reply(self, src, on_delta, on_reasoning)
   local out = self._c_parse and self:_c_parse(src)
   local err
   if not out then
@@ -103,7 +113,7 @@ local function whole_reply(self, src, on_delta)
     end
     finished(out)
   end
-  return out, nil, deliver(out, on_delta)
+  return out, nil, deliver(out, on_delta, on_reasoning)
 end
 
 -- One non-streamed HTTP attempt. Returns the response, or nil, an error and
@@ -120,7 +130,7 @@ local function attempt_whole(self, body, opts, timeout_ms, wire)
   if status < 200 or status > 299 then
     return nil, errors.failed_request(self.kind, req, status), true, false
   end
-  local out, err, delivered = whole_reply(self, req, opts.on_delta)
+  local out, err, delivered = whole_reply(self, req, opts.on_delta, opts.on_reasoning)
   if not out then return nil, err, true, false end
   out.ttfb_ms = ttfb_ms
   return out, nil, true, delivered
@@ -144,7 +154,12 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
       delivered = true
       if on_delta then on_delta(text) end
     end
-    stream = self:_stream(emit)
+    -- Reasoning shown to a listener, like text, makes a retry unsafe.
+    local on_reasoning = opts.on_reasoning
+    stream = self:_stream(emit, on_reasoning and function(text)
+      delivered = true
+      on_reasoning(text)
+    end)
   end
   local sse <close> = stream and core.sse_parser(self.max_body_bytes) or nil
   local deltas = parser and on_delta and {} or nil
@@ -245,7 +260,7 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
     return out
   end
   -- a streamed request answered with one JSON body
-  local out, err, got = whole_reply(self, held and table.concat(held) or "", on_delta)
+  local out, err, got = whole_reply(self, held and table.concat(held) or "", on_delta, opts.on_reasoning)
   if not out then return nil, err, received, delivered end
   out.ttfb_ms = ttfb_ms or done_ttfb_ms
   return out, nil, received, delivered or got
