@@ -241,6 +241,61 @@ describe("tide.provider.anthropic, thinking sent back", function()
   end)
 end)
 
+describe("tide.provider.anthropic, thinking streams", function()
+  local function ev(name, obj) return "event: " .. name .. "\ndata: " .. cjson.encode(obj) .. "\n\n" end
+  local function serve(chunks, fn)
+    helpers.run(function()
+      local srv <close> = assert(require("tide.testing.server").listen({ host = "127.0.0.1", port = 0,
+        handler = function()
+          return { status = 200, headers = { ["content-type"] = "text/event-stream" }, chunks = chunks }
+        end }))
+      local p = make("http://127.0.0.1:" .. srv:port(), true)
+      fn(p:complete(p:body(p:encode_prefix("s"), { p:encode_message({ role = "user", content = "q" }) })))
+    end)
+  end
+  local start = ev("message_start", { type = "message_start", message = { usage = { input_tokens = 3,
+    cache_creation_input_tokens = 100, output_tokens = 1 } } })
+  local stop = ev("message_delta", { type = "message_delta", delta = { stop_reason = "refusal" },
+    usage = { output_tokens = 5 } }) .. ev("message_stop", { type = "message_stop" })
+
+  it("refuses a signature_delta outside a thinking block", function()
+    serve({ start,
+      ev("content_block_start", { type = "content_block_start", index = 0, content_block = { type = "text", text = "" } }),
+      ev("content_block_delta", { type = "content_block_delta", index = 0,
+        delta = { type = "signature_delta", signature = "x" } }), stop }, function(out, err)
+      assert.is_nil(out)
+      assert.are.equal("MalformedResponse", err.code)
+      assert.matches("signature_delta outside a thinking block", err.message)
+    end)
+  end)
+
+  it("refuses a streamed thinking block that never got its signature", function()
+    serve({ start,
+      ev("content_block_start", { type = "content_block_start", index = 0,
+        content_block = { type = "thinking", thinking = "", signature = "" } }),
+      ev("content_block_delta", { type = "content_block_delta", index = 0,
+        delta = { type = "thinking_delta", thinking = "hmm" } }), stop }, function(out, err)
+      assert.is_nil(out)
+      assert.are.equal("MalformedResponse", err.code)
+      assert.matches("thinking block 1 has no signature", err.message)
+    end)
+  end)
+
+  it("keeps message_start's cache writes when message_delta restates only the output", function()
+    serve({ start,
+      ev("content_block_start", { type = "content_block_start", index = 0,
+        content_block = { type = "redacted_thinking", data = "opaque" } }),
+      ev("content_block_start", { type = "content_block_start", index = 1, content_block = { type = "text", text = "no" } }),
+      stop }, function(out, err)
+      assert.is_nil(err)
+      assert.are.same({ input = 103, output = 5, cached = 0, cache_write = 100, reasoning = 0 }, out.usage)
+      assert.are.same({ { type = "redacted", data = "opaque", provider = "anthropic" } }, out.reasoning)
+      assert.are.equal("refusal", out.stop)
+      assert.are.equal("no", out.text)
+    end)
+  end)
+end)
+
 describe("tide.provider.anthropic options", function()
   it("puts thinking and extra_body into the prefix in canonical order, byte-stable", function()
     local function prefix(extra)
@@ -278,6 +333,12 @@ describe("tide.provider.anthropic options", function()
     assert.matches("'extra_body' must be a table", raised(new({ extra_body = "x" })))
     assert.matches("'extra_body' keys must be strings", raised(new({ extra_body = { 1 } })))
     assert.matches("'extra_body' cannot set 'messages'", raised(new({ extra_body = { messages = {} } })))
+    assert.matches("'extra_body' cannot set 'stream' %(use the 'stream' option%)",
+      raised(new({ extra_body = { stream = false } })))
+    assert.matches("'on_reasoning' must be a function", raised(function()
+      local p = provider.anthropic({ base_url = "http://127.0.0.1:1" })
+      return p:complete("{}", { on_reasoning = 1 })
+    end))
     assert.matches("unknown option 'thinking'", raised(function()
       return provider.openai({ base_url = "http://127.0.0.1:1", thinking = { budget_tokens = 9 } })
     end))

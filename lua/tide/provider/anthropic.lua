@@ -59,8 +59,10 @@ function M.new(opts)
     -- bytes of a prefix already cached server-side.
     local extra = {}
     for k, v in pairs(opts.extra_body) do
-      if k == "messages" then
-        return nil, "tide.provider.anthropic: 'extra_body' cannot set 'messages'"
+      -- messages are the session's; stream decides how the reply is read.
+      if k == "messages" or k == "stream" then
+        return nil, ("tide.provider.anthropic: 'extra_body' cannot set '%s' (%s)"):format(k,
+          k == "stream" and "use the 'stream' option" or "the session sends them")
       end
       local ok, enc = pcall(canonical, v)
       if not ok then
