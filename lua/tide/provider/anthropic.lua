@@ -71,7 +71,7 @@ function M.new(opts)
       end
       extra[k] = enc
     end
-    self.extra_body = extra
+    self._extra_json = extra -- by key, each value encoded
   end
   return setmetatable(self, Provider)
 end
@@ -116,7 +116,7 @@ function Provider:encode_prefix(system, tools)
     end
     fields.tools = "[" .. table.concat(encoded, ",") .. "]"
   end
-  for k, v in pairs(self.extra_body or {}) do fields[k] = v end
+  for k, v in pairs(self._extra_json or {}) do fields[k] = v end
   local keys = {}
   for k in pairs(fields) do keys[#keys + 1] = k end
   table.sort(keys)
