@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "tide.h"
@@ -49,7 +50,13 @@
 #define RECV_BUFFER_SIZE 16384L
 #define RECV_BUFFER_CROWDED 1024L
 #define CROWD 64
+/* Idle kept-alive connections are capped by the descriptor limit, whatever
+** it is: at most half of the soft limit less IDLE_RESERVE, across all
+** shards, so that a burst that ended leaves the process descriptors for its
+** files, transcripts, pipes and modules. MAX_IDLE_CONNECTIONS bounds a
+** shard's share when the limit is huge or unlimited. */
 #define MAX_IDLE_CONNECTIONS 16384
+#define IDLE_RESERVE 64
 #define SHARD_TARGET 512
 #define MAX_SHARDS 64
 /* Finished requests kept for reuse, and the largest buffer one keeps. */
@@ -64,7 +71,8 @@ typedef struct shard {
   tide_http_state *hs;
   CURLM *multi;
   uv_timer_t *timer;
-  int active; /* transfers added */
+  int active;  /* transfers added */
+  int release; /* let go of the idle connections once none is in flight */
 } shard;
 
 struct tide_http_state {
@@ -129,6 +137,8 @@ struct sock_ctx {
 };
 
 static void check_done(shard *sh);
+static void drop_idle(shard *sh);
+static void release_idle(tide_http_state *hs);
 
 /* A request's end: onto the spare list while HTTP runs (buffers up to
 ** SPARE_BUF_MAX kept), freed otherwise. */
@@ -350,7 +360,7 @@ static int timer_cb(CURLM *m, long timeout_ms, void *userp) {
 static void check_done(shard *sh) {
   tide_http_state *hs = sh->hs;
   CURLMsg *msg;
-  int left;
+  int left, exhausted = 0;
   while ((msg = curl_multi_info_read(sh->multi, &left))) {
     if (msg->msg != CURLMSG_DONE) continue;
     tide_http *r = NULL;
@@ -363,7 +373,7 @@ static void check_done(shard *sh) {
       ** errors; ask the kernel directly while the table is still full. */
       int fd = dup(2);
       if (fd < 0 && errno == EMFILE)
-        r->fd_exhausted = 1;
+        r->fd_exhausted = exhausted = 1;
       else if (fd >= 0)
         close(fd);
     }
@@ -384,25 +394,42 @@ static void check_done(shard *sh) {
       tide__wake(t);
     }
   }
+  /* After curl_multi_info_read is done with this shard's handle, which
+  ** drop_idle may replace. */
+  if (exhausted)
+    release_idle(hs);
+  else if (sh->release && sh->active == 0)
+    drop_idle(sh);
 }
 
 static void timer_close_cb(uv_handle_t *h) { free(h); }
 
-static shard *new_shard(tide_http_state *hs) {
-  shard *sh = calloc(1, sizeof *sh);
-  uv_timer_t *timer = malloc(sizeof *timer);
+/* The idle connections one of nshards shards may keep (see IDLE_RESERVE):
+** never 0, which libcurl would take as "no limit". The limit is read anew
+** each time, as the host, or tide's first run of the loop, may raise it. */
+static long idle_cap(int nshards) {
+  struct rlimit rl;
+  long total = (long)MAX_IDLE_CONNECTIONS * MAX_SHARDS;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      rl.rlim_cur / 2 < (rlim_t)total + IDLE_RESERVE)
+    total = (long)(rl.rlim_cur / 2) - IDLE_RESERVE;
+  long cap = total / (nshards > 1 ? nshards : 1);
+  if (cap > MAX_IDLE_CONNECTIONS) cap = MAX_IDLE_CONNECTIONS;
+  return cap < 1 ? 1 : cap;
+}
+
+/* Shares the idle cap among the shards there are now. A lower cap closes
+** nothing at once: libcurl applies it as connections come back to its cache
+** (closing the oldest idle one whenever the cache is over the cap). */
+static void size_idle_caps(tide_http_state *hs) {
+  long cap = idle_cap(hs->nshards);
+  for (int i = 0; i < hs->nshards; i++)
+    curl_multi_setopt(hs->shards[i]->multi, CURLMOPT_MAXCONNECTS, cap);
+}
+
+static CURLM *new_multi(shard *sh) {
   CURLM *multi = curl_multi_init();
-  if (!sh || !timer || !multi) {
-    free(sh);
-    free(timer);
-    if (multi) curl_multi_cleanup(multi);
-    return NULL;
-  }
-  sh->hs = hs;
-  sh->multi = multi;
-  sh->timer = timer;
-  uv_timer_init(hs->ctx->loop, timer);
-  timer->data = sh;
+  if (multi == NULL) return NULL;
   curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
   curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, sh);
   curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, timer_cb);
@@ -411,10 +438,63 @@ static shard *new_shard(tide_http_state *hs) {
   /* libcurl's default idle-connection cache is four times the number of
   ** transfers *currently* added, so the tail of a burst closes most of the
   ** connections the burst opened. Sessions come back to the same provider
-  ** after each tool round: keep their connections. */
-  curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, (long)MAX_IDLE_CONNECTIONS);
+  ** after each tool round: keep their connections, up to the cap the
+  ** descriptor limit allows (set by size_idle_caps). */
+  curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, idle_cap(sh->hs->nshards));
+  return multi;
+}
+
+static shard *new_shard(tide_http_state *hs) {
+  shard *sh = calloc(1, sizeof *sh);
+  uv_timer_t *timer = malloc(sizeof *timer);
+  CURLM *multi = NULL;
+  if (sh) {
+    sh->hs = hs;
+    multi = new_multi(sh);
+  }
+  if (!sh || !timer || !multi) {
+    free(sh);
+    free(timer);
+    if (multi) curl_multi_cleanup(multi);
+    return NULL;
+  }
+  sh->multi = multi;
+  sh->timer = timer;
+  uv_timer_init(hs->ctx->loop, timer);
+  timer->data = sh;
   hs->shards[hs->nshards++] = sh;
+  size_idle_caps(hs);
   return sh;
+}
+
+/* Closes every idle connection of a shard that has no transfer in flight.
+** Neither a lower CURLMOPT_MAXCONNECTS nor anything else in libcurl 7.88
+** closes connections that sit idle in a multi handle's cache (a cap is
+** applied only as a connection comes back to it), and shutting a socket
+** down behind libcurl's back would not free its descriptor; only
+** curl_multi_cleanup closes them all (through closesocket_cb, which also
+** closes their watchers). So the shard gets a new multi handle. Called from
+** check_done after libcurl has returned, never from a libcurl callback. */
+static void drop_idle(shard *sh) {
+  CURLM *multi = new_multi(sh);
+  if (multi == NULL) return; /* the old one goes on; tried again next time */
+  sh->release = 0;
+  curl_multi_cleanup(sh->multi);
+  uv_timer_stop(sh->timer);
+  sh->multi = multi;
+}
+
+/* The process ran out of descriptors: every shard lets go of its idle
+** connections, at once if nothing is in flight on it, otherwise when its
+** last transfer ends (check_done). Descriptors held by idle connections
+** are what a process that ran out needs first: for its files, its
+** transcripts, the modules it loads, its next request. */
+static void release_idle(tide_http_state *hs) {
+  for (int i = 0; i < hs->nshards; i++) {
+    shard *sh = hs->shards[i];
+    sh->release = 1;
+    if (sh->active == 0) drop_idle(sh);
+  }
 }
 
 /* The first shard with room, so that a burst lands where the previous
@@ -854,12 +934,14 @@ static int l_req_gc(lua_State *L) {
   return 0;
 }
 
+/* Field k of table t as a string (and its length, in *len: it may hold a
+** NUL), or def. */
 static const char *opt_string(lua_State *L, int t, const char *k,
-                              const char *def) {
+                              const char *def, size_t *len) {
   const char *v = def;
   int ty = lua_getfield(L, t, k);
   if (ty == LUA_TSTRING)
-    v = lua_tostring(L, -1);
+    v = lua_tolstring(L, -1, len);
   else if (ty != LUA_TNIL)
     luaL_error(L, "bad field '%s' (string expected, got %s)", k,
                luaL_typename(L, -1));
@@ -890,10 +972,52 @@ static int opt_bool(lua_State *L, int t, const char *k, int def) {
   return v;
 }
 
-/* The request header list of a { name = value } table (0: none), with
-** "Expect:" added: no 100-continue round trip for large POST bodies. Raises
-** on bad entries and on memory exhaustion, leaking nothing. */
-static struct curl_slist *build_headers(lua_State *L, int hidx) {
+/* ------------------------------------------------- request framing -- */
+
+/* Header names and the method are written into the request as they are
+** given, and libcurl checks neither: a CR or LF in one would end the line
+** early and start another (an extra header, a second request line), and a
+** NUL would cut the line short. Both must be RFC 9110 tokens, and a header
+** value must hold no CR, LF or NUL (RFC 9110, section 5.5). A bad one is the
+** caller's mistake and raises; the message never shows the value, nor a
+** name or method that is not a token, since an API key pasted in the wrong
+** place would otherwise end up in a log. */
+
+/* RFC 9110's tchar. */
+static int is_tchar(unsigned char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/* Why [s, s+len) is not a token ("it has a CR or LF"...), NULL if it is. */
+static const char *not_token(const char *s, size_t len) {
+  if (len == 0) return "is empty";
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (is_tchar(c)) continue;
+    if (c == '\r' || c == '\n') return "is not a token (it has a CR or LF)";
+    if (c == '\0') return "is not a token (it has a NUL)";
+    if (c == ' ' || c == '\t') return "is not a token (it has white space)";
+    if (c == ':') return "is not a token (it has a colon)";
+    return "is not a token (it has a byte a token cannot hold)";
+  }
+  return NULL;
+}
+
+/* Why a header value cannot be sent, NULL if it can. */
+static const char *bad_value(const char *s, size_t len) {
+  for (size_t i = 0; i < len; i++) {
+    if (s[i] == '\r' || s[i] == '\n') return "has a CR or LF in its value";
+    if (s[i] == '\0') return "has a NUL in its value";
+  }
+  return NULL;
+}
+
+/* The request header list of the { name = value } table at hidx (0: none),
+** with "Expect:" added: no 100-continue round trip for large POST bodies.
+** Raises on bad entries (as a bad argument arg) and on memory exhaustion,
+** freeing the list first. */
+static struct curl_slist *build_headers(lua_State *L, int hidx, int arg) {
   struct curl_slist *sl = NULL;
   if (hidx) {
     lua_pushnil(L);
@@ -902,7 +1026,19 @@ static struct curl_slist *build_headers(lua_State *L, int hidx) {
         curl_slist_free_all(sl);
         luaL_error(L, "bad field 'headers' (names and values must be strings)");
       }
-      lua_pushfstring(L, "%s: %s", lua_tostring(L, -2), lua_tostring(L, -1));
+      size_t nlen, vlen;
+      const char *name = lua_tolstring(L, -2, &nlen);
+      const char *value = lua_tolstring(L, -1, &vlen); /* a number becomes a string */
+      const char *why = not_token(name, nlen);
+      if (why) {
+        curl_slist_free_all(sl);
+        luaL_argerror(L, arg, lua_pushfstring(L, "header name %s", why));
+      }
+      if ((why = bad_value(value, vlen)) != NULL) {
+        curl_slist_free_all(sl);
+        luaL_argerror(L, arg, lua_pushfstring(L, "header '%s' %s", name, why));
+      }
+      lua_pushfstring(L, "%s: %s", name, value);
       struct curl_slist *n = curl_slist_append(sl, lua_tostring(L, -1));
       lua_pop(L, 2);
       if (n == NULL) {
@@ -932,7 +1068,7 @@ static int l_headers(lua_State *L) {
   http_headers *h = lua_newuserdatauv(L, sizeof *h, 0);
   h->sl = NULL;
   luaL_setmetatable(L, HEADERS_MT);
-  h->sl = build_headers(L, 1);
+  h->sl = build_headers(L, 1, 1);
   return 1;
 }
 
@@ -965,9 +1101,14 @@ static int start_request(lua_State *L, const req_args *a);
 static int l_request(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   req_args a;
-  a.url = opt_string(L, 1, "url", NULL);
+  size_t mlen = 0;
+  a.url = opt_string(L, 1, "url", NULL, NULL);
   if (a.url == NULL) luaL_error(L, "bad field 'url' (string expected, got nil)");
-  a.method = opt_string(L, 1, "method", NULL);
+  a.method = opt_string(L, 1, "method", NULL, &mlen);
+  if (a.method) { /* sent as it is: it must not end the request line early */
+    const char *why = not_token(a.method, mlen);
+    if (why) luaL_argerror(L, 1, lua_pushfstring(L, "method %s", why));
+  }
   a.timeout = opt_int(L, 1, "timeout_ms", DEFAULT_TIMEOUT_MS);
   a.ctimeout = opt_int(L, 1, "connect_timeout_ms", 0);
   a.maxb = opt_int(L, 1, "max_body_bytes", DEFAULT_MAX_BODY);
@@ -1067,7 +1208,7 @@ static int start_request(lua_State *L, const req_args *a) {
     lua_pushvalue(L, hidx);
     lua_setiuservalue(L, udidx, 2); /* anchors the list libcurl will read */
   } else {
-    r->headers = sl = build_headers(L, ht == LUA_TTABLE ? hidx : 0);
+    r->headers = sl = build_headers(L, ht == LUA_TTABLE ? hidx : 0, 1);
   }
 
   /* Plain: a POST with a body and nothing else of its own (see

@@ -362,6 +362,8 @@ void tide__open_wire(lua_State *L);
 void tide__open_template(lua_State *L);
 /// Registers watch, scandir and realpath.
 void tide__open_watch(lua_State *L);
+/// Registers base64.
+void tide__open_base64(lua_State *L);
 /// Registers read_line (stdin without blocking the loop).
 void tide__open_stdio(lua_State *L);
 

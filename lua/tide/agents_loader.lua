@@ -29,9 +29,10 @@ local HOOK_EVERY = 1000
 --- `loader.limits`: past them, the file's innermost frame raises "ran too
 --- long" or "used too much memory" (with its position). The hook is this
 --- thread's; the previous one is restored afterwards. Coroutines the file
---- makes are not bounded (their hooks are their own), nor is a message
---- handler of the file's own xpcall (Lua runs the handler of an error
---- raised in a hook with hooks off).
+--- makes through `loader.env`'s `coroutine` get the same hook (a hook is
+--- per thread), and that environment's `debug` has no `sethook` to take it
+--- off. A message handler of the file's own xpcall is not bounded (Lua runs
+--- the handler of an error raised in a hook with hooks off).
 ---@param fn function
 ---@param handler fun(err:any):any
 ---@return boolean ok
@@ -41,6 +42,7 @@ function loader.run_bounded(fn, handler)
   local steps = math.max(1, limits.instructions // HOOK_EVERY)
   local max_kb = collectgarbage("count") + limits.memory_bytes / 1024
   local spent, over, disarmed = 0, nil, false
+  local runner = coroutine.running()
   local guard
   local function hook()
     if disarmed then return end
@@ -60,7 +62,11 @@ function loader.run_bounded(fn, handler)
       end
     end
     if over then
+      -- Every thread of the file raises from now on: a coroutine's resume
+      -- catches its error like a pcall, and the file's own thread must
+      -- not go on from there.
       debug.sethook(hook, "", 1)
+      debug.sethook(runner, hook, "", 1)
       error(over, 2)
     end
   end
@@ -69,11 +75,51 @@ function loader.run_bounded(fn, handler)
     return handler(e)
   end
   local old, mask, count = debug.gethook()
+  local outer = loader._active_hook
+  loader._active_hook = hook
   debug.sethook(hook, "", HOOK_EVERY)
   local res = table.pack(xpcall(fn, guard))
   disarmed = true
+  loader._active_hook = outer
   if type(old) == "function" then debug.sethook(old, mask, count) else debug.sethook() end
   return table.unpack(res, 1, res.n)
+end
+
+-- coroutine.create / wrap for user files: a new coroutine gets the hook of
+-- the budget in force, so that `while true do end` inside one is bounded too.
+local function bounded_create(f)
+  local co = coroutine.create(f)
+  local hook = loader._active_hook
+  if hook then debug.sethook(co, hook, "", HOOK_EVERY) end
+  return co
+end
+
+local bounded_coroutine = setmetatable({
+  create = bounded_create,
+  wrap = function(f)
+    local co = bounded_create(f)
+    return function(...)
+      local r = table.pack(coroutine.resume(co, ...))
+      if not r[1] then error(r[2], 2) end
+      return table.unpack(r, 2, r.n)
+    end
+  end,
+}, { __index = coroutine })
+
+-- debug without the means to take the budget's hook off.
+local guarded_debug = setmetatable({ sethook = function()
+  error("debug.sethook is not available to agent and config files", 2)
+end }, { __index = debug })
+
+--- The environment a user file (agent file, Lua config) runs in: globals
+--- read through to `_G`, plus `extra`, with a bounded `coroutine` and a
+--- `debug` without `sethook`.
+---@param extra? table
+---@return table
+function loader.env(extra)
+  local env = { coroutine = bounded_coroutine, debug = guarded_debug }
+  for k, v in pairs(extra or {}) do env[k] = v end
+  return setmetatable(env, { __index = _G })
 end
 
 local function read(path)
@@ -126,7 +172,7 @@ end
 ---@return string|nil id
 ---@return table? err
 function loader.load_file(path, define)
-  local env = setmetatable({ tide = require "tide" }, { __index = _G })
+  local env = loader.env { tide = require "tide" }
   local chunk, err = loadfile(path, "t", env)
   if not chunk then
     local line, msg = split_position(path, err)

@@ -92,6 +92,8 @@ local lazy_fn = {
   agent = { "tide.agents", "define" },
   session = { "tide.session", "new" },
   config = { "tide.config", "new" },
+  image = { "tide.content", "image" },
+  file = { "tide.content", "file" },
 }
 
 setmetatable(tide, {

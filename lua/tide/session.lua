@@ -48,7 +48,8 @@ M.sanitize = surface.sanitize
 local function new_stats()
   return {
     provider_calls = 0, tool_calls = 0, turns = 0, iterations = 0,
-    tokens = { input = 0, output = 0, cached = 0 },
+    tokens = { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 },
+    stop_reason = nil,
     integration_fetches = 0, config_loads = 0, delegation_rebuilds = 0,
     cache_hits = 0, cache_misses = 0,
     prewarmed = false, integrations = "none",
@@ -66,11 +67,11 @@ local COUNT_OPTS = { "max_iterations", "tool_timeout_ms", "result_cap_bytes", "m
 local OPTIONS = {
   agent = true, provider = true, integrations = true, config = true, transcript = true, resume = true,
   tools = true, budget = true, max_iterations = true, tool_timeout_ms = true, result_cap_bytes = true,
-  max_subagents = true,
+  max_subagents = true, truncated = true,
   _parent = true, _parent_tools = true, _toolkit = true, _snapshot = true, _agent_path = true,
 }
 local BUDGET_KINDS = { provider_calls = true, tokens = true, tool_calls = true, wall_ms = true }
-local CALLBACK_OPTS = { "on_delta", "on_tool_start", "on_tool_end", "on_event" }
+local CALLBACK_OPTS = { "on_delta", "on_tool_start", "on_tool_end", "on_event", "on_reasoning" }
 
 local function check_opts(opts)
   if type(opts) ~= "table" then
@@ -111,6 +112,9 @@ local function check_opts(opts)
   end
   if opts.tools ~= nil and type(opts.tools) ~= "table" then
     error("tide.session: 'tools' must be a list of tide.tool", 3)
+  end
+  if opts.truncated ~= nil and opts.truncated ~= "error" and opts.truncated ~= "allow" then
+    error("tide.session: 'truncated' must be \"error\" or \"allow\"", 3)
   end
 end
 
@@ -159,6 +163,7 @@ function M.new(opts)
     result_cap = opts.result_cap_bytes or cfg_get("result_cap_bytes", DEFAULTS.result_cap_bytes),
     budget_limits = opts.budget,
     max_subagents = opts.max_subagents or def.max_subagents or DEFAULTS.max_subagents,
+    truncated = opts.truncated,
     trace = {},
   }, session_mt)
 
@@ -249,6 +254,20 @@ function session_mt:_resume(path)
   local w, err = transcript().open(path, self:_meta(), info)
   if not w then return nil, err end
   self.conversation.writer = w
+  -- Crash-safe: a process that died between a response and its tool
+  -- results left calls without results, which every provider rejects in
+  -- every later request. Each gets an "interrupted" error result (written
+  -- to the transcript too), so the conversation is valid again.
+  local last = restored[#restored]
+  if last and last.role == "assistant" and type(last.tool_calls) == "table" and #last.tool_calls > 0 then
+    local results = {}
+    for i, c in ipairs(last.tool_calls) do
+      results[i] = { id = c.id, name = c.name, is_error = true,
+        content = "Error: interrupted (the session stopped before this call returned; it may or may not have run)" }
+    end
+    self.conversation:append { role = "tool", results = results }
+    self.resumed.interrupted = #results
+  end
   return true
 end
 
@@ -369,11 +388,13 @@ end
 -- ------------------------------------------------------- public methods --
 
 local TURN_OPTIONS = { on_delta = true, on_tool_start = true, on_tool_end = true, on_event = true,
-  context = true }
+  on_reasoning = true, context = true, truncated = true, schema = true }
 
 local function check_turn_args(text, opts)
-  if type(text) ~= "string" then
-    error(("bad argument #1 to 'turn' (string expected, got %s)"):format(type(text)), 3)
+  if type(text) == "table" then
+    require("tide.content").check_list(text, 3)
+  elseif type(text) ~= "string" then
+    error(("bad argument #1 to 'turn' (string or list of parts expected, got %s)"):format(type(text)), 3)
   end
   if opts ~= nil and type(opts) ~= "table" then
     error(("bad argument #2 to 'turn' (table expected, got %s)"):format(type(opts)), 3)
@@ -392,6 +413,10 @@ local function check_turn_args(text, opts)
   if opts.context ~= nil and type(opts.context) ~= "string" then
     error("bad argument #2 to 'turn' (field 'context' must be a string)", 3)
   end
+  if opts.truncated ~= nil and opts.truncated ~= "error" and opts.truncated ~= "allow" then
+    error('bad argument #2 to \'turn\' (field \'truncated\' must be "error" or "allow")', 3)
+  end
+  if opts.schema ~= nil then require("tide.schema").check(opts.schema, "bad argument #2 to 'turn' (field 'schema')", 3) end
   return opts
 end
 
@@ -425,7 +450,9 @@ end
 function session_mt:stats()
   local s = {}
   for k, v in pairs(self.counters) do s[k] = v end
-  s.tokens = { input = self.counters.tokens.input, output = self.counters.tokens.output, cached = self.counters.tokens.cached }
+  local tk = self.counters.tokens
+  s.tokens = { input = tk.input, output = tk.output, cached = tk.cached, cache_write = tk.cache_write,
+    reasoning = tk.reasoning }
   s.trace = self.trace
   s.integration_hash = self.integration_hash
   s.integrations_error = self.integrations_error and tostring(self.integrations_error) or nil

@@ -15,6 +15,7 @@ local core = require "tide.core"
 local json = require "tide.json"
 local surface = require "tide.surface"
 local tool_protocol = require "tide.tool_protocol"
+local function schema_module() return require "tide.schema" end
 
 local hrtime = core.hrtime
 local spawn, spawn_now = core.spawn, core.spawn_now
@@ -255,13 +256,25 @@ end
 
 -- --------------------------------------------------------------- the loop --
 
--- Per-turn context goes on the user message, never in the frozen prompt.
-local function user_content(session, text, opts)
+-- Per-turn context goes on the user message, never in the frozen prompt. A
+-- turn that wants structured output says so there too, unless the provider
+-- holds the model to the schema itself.
+local function user_content(session, text, opts, want)
   local parts = {}
   if opts.context then parts[#parts + 1] = opts.context end
+  if want and not session.provider._native_schema then
+    parts[#parts + 1] = "Answer with only a JSON value (no prose, no code fence) that matches this JSON schema:\n"
+      .. json.canonical(want)
+  end
   local dt = session.def.datetime
   if dt == nil then dt = session.parent ~= nil end
   if dt then parts[#parts + 1] = "Current date and time: " .. os.date("!%Y-%m-%d %H:%M UTC") end
+  if type(text) == "table" then -- content parts: the context goes first, as text
+    if #parts == 0 then return text end
+    local out = { { type = "text", text = table.concat(parts, "\n\n") } }
+    for _, p in ipairs(text) do out[#out + 1] = p end
+    return out
+  end
   if #parts == 0 then return text end
   parts[#parts + 1] = text
   return table.concat(parts, "\n\n")
@@ -270,26 +283,46 @@ end
 local NO_OPTS = setmetatable({}, { __newindex = function() error("NO_OPTS is read-only", 2) end })
 
 -- The provider's options for this turn: text deltas go to on_delta and the
--- event sink; without either, no closure (and the provider skips the work
--- of handing text over).
-local function complete_opts(run, on_delta)
+-- event sink, reasoning text to on_reasoning and the sink; without a
+-- listener, no closure (and the provider skips the work of handing text
+-- over).
+local function complete_opts(run, on_delta, on_reasoning)
   local sink = run.sink
-  if not (on_delta or sink) then return NO_OPTS end
+  if not (on_delta or on_reasoning or sink) then return NO_OPTS end
   local depth, agent = run.depth, run.agent
-  return { on_delta = function(d)
-    if on_delta then on_delta(d) end
-    if sink then sink { type = "delta", text = d, depth = depth, agent = agent } end
-  end }
+  local o = {}
+  if on_delta or sink then
+    o.on_delta = function(d)
+      if on_delta then on_delta(d) end
+      if sink then sink { type = "delta", text = d, depth = depth, agent = agent } end
+    end
+  end
+  if on_reasoning or sink then
+    o.on_reasoning = function(d)
+      if on_reasoning then on_reasoning(d) end
+      if sink then sink { type = "reasoning", text = d, depth = depth, agent = agent } end
+    end
+  end
+  return o
 end
 
+-- Usage means the same from every provider: `input` is the whole prompt
+-- (cached and cache-written tokens included), `reasoning` is part of
+-- `output`. Budgets count input + output.
 local function add_usage(run, stats, u)
-  local input, output, cached = u and u.input or 0, u and u.output or 0, u and u.cached or 0
+  if not u then return end
+  local input, output = u.input or 0, u.output or 0
   local tokens = stats.tokens
   tokens.input = tokens.input + input
   tokens.output = tokens.output + output
-  tokens.cached = tokens.cached + cached
+  tokens.cached = tokens.cached + (u.cached or 0)
+  tokens.cache_write = tokens.cache_write + (u.cache_write or 0)
+  tokens.reasoning = tokens.reasoning + (u.reasoning or 0)
   if run.budget then run.budget:tokens(input, output, run.agent) end
 end
+
+-- Stops that cut the answer short.
+local TRUNCATED = { length = true, content_filter = true }
 
 -- The body of a turn, in the caller's task.
 local function body(session, text, opts, run)
@@ -308,8 +341,16 @@ local function body(session, text, opts, run)
     if not ok then return nil, err end
   end
   local prefix = session:_prefix()
-  -- 3. the user message
-  history:append { role = "user", content = user_content(session, text, opts) }
+  -- 3. the user message (content parts read first: a file that cannot be
+  -- read fails the turn before anything reaches the history)
+  if type(text) == "table" then
+    local parts, perr = require("tide.content").resolve(text)
+    if not parts then return nil, perr end
+    text = parts
+  end
+  local want = opts.schema or session.def.output_schema
+  history:append { role = "user", content = user_content(session, text, opts, want) }
+  local repaired = false
   if stats.turns == 1 then
     trace[#trace + 1] = { step = "first_request_ready", ms = ms_since(t0) }
     session.trace = trace
@@ -317,7 +358,11 @@ local function body(session, text, opts, run)
 
   local provider = session.provider
   local budget = run.budget
-  local popts = complete_opts(run, opts.on_delta)
+  local popts = complete_opts(run, opts.on_delta, opts.on_reasoning)
+  if want and session.provider._native_schema then
+    popts = setmetatable({ schema = want }, { __index = popts })
+  end
+  local truncated_error = (opts.truncated or session.truncated) == "error"
   local text_tools = session.def.text_tools ~= false
   for iteration = 1, session.max_iterations do
     if budget then budget:spend("provider_calls", 1, run.agent) end
@@ -328,6 +373,7 @@ local function body(session, text, opts, run)
     local resp, err = provider:_complete(prefix, popts, history:encoded())
     if not resp then return nil, err end
     add_usage(run, stats, resp.usage)
+    stats.stop_reason = resp.stop
     stats.ttfb_ms = resp.ttfb_ms
     stats.first_ttfb_ms = stats.first_ttfb_ms or resp.ttfb_ms
 
@@ -344,7 +390,33 @@ local function body(session, text, opts, run)
     }
     if done then
       if budget and budget.exhausted then return nil, budget.exhausted end
-      return resp.text or ""
+      local reply = resp.text or ""
+      if TRUNCATED[resp.stop] then
+        -- Never silent: the stop reason is in stats, history and the
+        -- transcript, listeners hear of it, and "error" makes it one.
+        if run.sink then
+          run.sink { type = "truncated", stop_reason = resp.stop, depth = run.depth, agent = run.agent }
+        end
+        if truncated_error then
+          return fail("Truncated", ("the answer was cut short (%s)"):format(resp.stop),
+            { stop_reason = resp.stop, partial = reply })
+        end
+      end
+      if not want then return reply end
+      -- Structured output: the answer must decode and validate; the model
+      -- gets one repair turn with what was wrong, then SchemaMismatch.
+      local schema = schema_module()
+      local value, why = schema.decode_answer(reply)
+      local errs = value == nil and { "the answer is not JSON (" .. why .. ")" } or schema.validate(value, want)
+      if #errs == 0 then return schema.mark_arrays(value, want) end
+      if repaired then
+        return fail("SchemaMismatch", "the answer does not match the schema: " .. table.concat(errs, "; "),
+          { errors = errs, text = reply })
+      end
+      repaired = true
+      history:append { role = "user", content = "Your answer does not match the required JSON schema:\n- "
+        .. table.concat(errs, "\n- ") .. "\nAnswer again with only the corrected JSON value." }
+      goto next_iteration
     end
     if budget and budget.exhausted then
       -- Spent by this very response: answer the calls, then stop.
@@ -356,6 +428,7 @@ local function body(session, text, opts, run)
     run.pending = nil
     history:append(results_message(results, textual))
     if stop_err then return nil, stop_err end
+    ::next_iteration::
   end
   return fail("MaxIterationsExceeded",
     ("exceeded maximum tool iterations (%d)"):format(session.max_iterations),

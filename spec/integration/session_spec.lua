@@ -480,7 +480,7 @@ describe("session faults", function()
 
   it("raises on misuse, naming the argument", function()
     local s = tide.session { agent = "looper", provider = provider() }
-    assert.has_error(function() s:turn(42) end, "bad argument #1 to 'turn' (string expected, got number)")
+    assert.has_error(function() s:turn(42) end, "bad argument #1 to 'turn' (string or list of parts expected, got number)")
     assert.has_error(function() s:turn("x", { on_delta = 1 }) end,
       "bad argument #2 to 'turn' (field 'on_delta' must be a function)")
     assert.has_error(function() tide.session { agent = "looper" } end)

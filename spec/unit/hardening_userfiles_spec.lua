@@ -54,6 +54,21 @@ describe("agent files under a budget", function()
     assert.is_nil(agents.get("budget_x"))
   end)
 
+  it("bounds loops inside coroutines the file makes, and keeps its hook on", function()
+    helpers.write(dir .. "/co.lua", "coroutine.resume(coroutine.create(function() while true do end end))\n")
+    helpers.write(dir .. "/wrap.lua", "coroutine.wrap(function() while true do end end)()\n")
+    helpers.write(dir .. "/unhook.lua", "debug.sethook()\nwhile true do end\n")
+    with_limits(SMALL, function()
+      local ids, errs = agents.load(dir)
+      assert.are.same({}, ids)
+      assert.are.equal(3, #errs)
+      table.sort(errs, function(a, b) return a.file < b.file end)
+      assert.matches("ran too long", errs[1].message) -- co.lua
+      assert.matches("not available", errs[2].message) -- unhook.lua
+      assert.matches("ran too long", errs[3].message) -- wrap.lua
+    end)
+  end)
+
   it("fails a file whose heap grows without end", function()
     helpers.write(dir .. "/grow.lua", "local t = {}\nwhile true do t[#t + 1] = { #t } end\n")
     with_limits({ instructions = 1e9, memory_bytes = 8 * 1024 * 1024 }, function()

@@ -38,7 +38,7 @@ end
 function M.new(opts)
   local self, msg = provider._new("anthropic", opts, {
     base_url = provider._env("ANTHROPIC_BASE_URL") or "https://api.anthropic.com/v1",
-    api_key = provider._env("ANTHROPIC_API_KEY"),
+    api_key = provider._env("ANTHROPIC_API_KEY"), api_key_env = "ANTHROPIC_API_KEY",
     model = provider._env("TIDE_MODEL") or "claude-sonnet-4-5",
     max_tokens = M.DEFAULT_MAX_TOKENS,
   })

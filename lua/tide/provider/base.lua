@@ -82,11 +82,21 @@ local function check_options(kind, opts, allowed)
   if opts.base_url ~= nil and not opts.base_url:match("^https?://") then
     return where .. "'base_url' must start with http:// or https://"
   end
+  -- The key and the headers go into request headers (core.http_headers
+  -- refuses what would break the framing, but names neither the option nor
+  -- the provider). Neither the key nor a value is ever put in the message.
+  if opts.api_key ~= nil and opts.api_key:find("[\r\n\0]") then
+    return where .. "'api_key' must not contain a CR, LF or NUL"
+  end
   if opts.headers then
     for k, v in pairs(opts.headers) do
       if type(k) ~= "string" or type(v) ~= "string" then
         return where .. "'headers' must map strings to strings"
       end
+    end
+    local ok, err = pcall(core.http_headers, opts.headers)
+    if not ok then
+      return where .. "'headers': " .. (tostring(err):match("%((.*)%)$") or "not valid")
     end
   end
   if opts.thinking then
@@ -145,6 +155,12 @@ function provider._new(kind, opts, defaults)
   for k, v in pairs(opts.retry or {}) do retry[k] = v end
   local headers = {}
   for k, v in pairs(opts.headers or {}) do headers[k:lower()] = v end
+  -- A key from the environment (a CRLF .env file) is checked as the option
+  -- is, and named by its variable; never echoed.
+  if opts.api_key == nil and defaults.api_key and defaults.api_key:find("[\r\n%z]") then
+    return nil, ("tide.provider.%s: the API key from %s must not contain a CR, LF or NUL"):format(kind,
+      defaults.api_key_env or "the environment")
+  end
   local self = {
     kind = kind,
     base_url = (opts.base_url or defaults.base_url):gsub("/+$", ""),
@@ -289,8 +305,8 @@ Base.join = Base.body
 -- ------------------------------------------------------------- complete
 
 local complete = exchange.complete
-local complete_fields = { on_delta = "function", on_retry = "function", timeout_ms = "integer",
-  on_reasoning = "function" }
+local complete_fields = { on_delta = "function", on_reasoning = "function", on_retry = "function",
+  timeout_ms = "integer" }
 
 --- complete for the session's turn: already inside a task, options its own;
 --- `_complete(prefix, opts, wire)` sends join_wire(prefix, wire) without

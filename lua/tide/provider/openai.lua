@@ -29,7 +29,7 @@ end
 function M.new(opts)
   local self, msg = provider._new("openai", opts, {
     base_url = provider._env("OPENAI_BASE_URL") or "https://api.openai.com/v1",
-    api_key = provider._env("OPENAI_API_KEY"),
+    api_key = provider._env("OPENAI_API_KEY"), api_key_env = "OPENAI_API_KEY",
     model = provider._env("TIDE_MODEL") or "gpt-4o-mini",
   })
   if not self then return nil, msg end

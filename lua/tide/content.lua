@@ -1,0 +1,194 @@
+--- tide.content: what a user message can carry besides text. `tide.image{}`
+--- and `tide.file{}` make parts; `s:turn({ "Describe this", tide.image{ path
+--- = "x.png" } })` sends them. A part that names a file is read when the turn
+--- starts, so a file that cannot be read fails the turn (`nil, FileError`)
+--- before anything reaches the history or the transcript.
+---
+--- Neutral parts, as the history and transcripts keep them:
+---
+---     { type = "text", text = "..." }
+---     { type = "image", mime = "image/png", data = "<base64>" }  -- or url = "https://..."
+---     { type = "file", mime = "application/pdf", name = "a.pdf", data = "<base64>" }
+---     { type = "file", mime = "text/plain", name = "a.txt", text = "..." }      -- text files stay text
+---
+--- Each wire format maps them to its own shape (`M.openai_chat`,
+--- `M.anthropic`).
+---@class tide.content
+local M = {}
+
+local core = require "tide.core"
+
+--- The largest image or file read from disk or given as data (20 MiB: what
+--- the providers accept inline, at most).
+M.MAX_BYTES = 20 * 1024 * 1024
+
+local part_mt = { __name = "tide.content.part" }
+
+local IMAGE_MIMES = { ["image/png"] = true, ["image/jpeg"] = true, ["image/gif"] = true, ["image/webp"] = true }
+local BY_EXTENSION = { png = "image/png", jpg = "image/jpeg", jpeg = "image/jpeg", gif = "image/gif",
+  webp = "image/webp", pdf = "application/pdf", txt = "text/plain", md = "text/markdown",
+  csv = "text/csv", json = "application/json" }
+
+-- The type the bytes say they are (their magic number), or nil.
+local function sniff(bytes)
+  if bytes:sub(1, 8) == "\137PNG\r\n\26\n" then return "image/png" end
+  if bytes:sub(1, 3) == "\255\216\255" then return "image/jpeg" end
+  if bytes:sub(1, 4) == "GIF8" then return "image/gif" end
+  if bytes:sub(1, 4) == "RIFF" and bytes:sub(9, 12) == "WEBP" then return "image/webp" end
+  if bytes:sub(1, 5) == "%PDF-" then return "application/pdf" end
+  return nil
+end
+
+local function bad(fn, msg) error(("tide.%s: %s"):format(fn, msg), 3) end
+
+local function check(fn, spec, allowed)
+  if type(spec) ~= "table" then bad(fn, "expects a table of options") end
+  for k in pairs(spec) do
+    if not allowed[k] then bad(fn, ("unknown option '%s'"):format(tostring(k))) end
+  end
+  for k, v in pairs(spec) do
+    if type(v) ~= "string" then bad(fn, ("'%s' must be a string"):format(k)) end
+  end
+end
+
+--- An image part: `path` (read at the turn), `url` (sent as a link), or
+--- `data` (the raw bytes); `mime` when the bytes or extension do not say.
+---@param spec {path?:string, url?:string, data?:string, mime?:string}
+---@return table part
+function M.image(spec)
+  check("image", spec, { path = true, url = true, data = true, mime = true })
+  local n = (spec.path and 1 or 0) + (spec.url and 1 or 0) + (spec.data and 1 or 0)
+  if n ~= 1 then bad("image", "give exactly one of 'path', 'url' or 'data'") end
+  if spec.mime and not IMAGE_MIMES[spec.mime] then
+    bad("image", ("'mime' must be one of image/png, image/jpeg, image/gif, image/webp, got %s"):format(spec.mime))
+  end
+  if spec.url and not spec.url:match("^https?://") and not spec.url:match("^data:image/") then
+    bad("image", "'url' must be an http(s) or data: URL")
+  end
+  if spec.data and #spec.data > M.MAX_BYTES then
+    bad("image", ("'data' is %d bytes, over the %d-byte limit"):format(#spec.data, M.MAX_BYTES))
+  end
+  return setmetatable({ type = "image", path = spec.path, url = spec.url, bytes = spec.data, mime = spec.mime }, part_mt)
+end
+
+--- A file part (a PDF, or text): `path` (read at the turn) or `data` with
+--- `name`; `mime` when the bytes or extension do not say.
+---@param spec {path?:string, data?:string, name?:string, mime?:string}
+---@return table part
+function M.file(spec)
+  check("file", spec, { path = true, data = true, name = true, mime = true })
+  if (spec.path == nil) == (spec.data == nil) then bad("file", "give exactly one of 'path' or 'data'") end
+  if spec.data and #spec.data > M.MAX_BYTES then
+    bad("file", ("'data' is %d bytes, over the %d-byte limit"):format(#spec.data, M.MAX_BYTES))
+  end
+  return setmetatable({ type = "file", path = spec.path, bytes = spec.data, name = spec.name or
+    (spec.path and spec.path:match("[^/]+$")) or "file", mime = spec.mime }, part_mt)
+end
+
+--- True when `v` is a part made by tide.image or tide.file.
+function M.is(v) return getmetatable(v) == part_mt end
+
+-- Reads a part's file; the bytes, or nil and a FileError.
+local function read(part)
+  local f, err = io.open(part.path, "rb")
+  if not f then
+    return nil, core.error("FileError", ("cannot read %s '%s': %s"):format(part.type, part.path, err), { file = part.path })
+  end
+  local bytes = f:read(M.MAX_BYTES + 1)
+  f:close()
+  bytes = bytes or ""
+  if #bytes > M.MAX_BYTES then
+    return nil, core.error("FileError", ("%s '%s' is over the %d-byte limit"):format(part.type, part.path, M.MAX_BYTES),
+      { file = part.path })
+  end
+  return bytes
+end
+
+--- The neutral content of a user message given as a list of strings and
+--- parts, files read and encoded; or nil and the error (FileError for a file
+--- that cannot be read or whose type cannot be told).
+---@param list (string|table)[]
+---@return table[]|nil parts
+---@return table|nil err
+function M.resolve(list)
+  local out = {}
+  for i, p in ipairs(list) do
+    if type(p) == "string" then
+      out[i] = { type = "text", text = p }
+    elseif p.url then
+      out[i] = { type = "image", url = p.url }
+    else
+      local bytes, err = p.bytes, nil
+      if not bytes then
+        bytes, err = read(p)
+        if not bytes then return nil, err end
+      end
+      local mime = p.mime or sniff(bytes) or (p.path and BY_EXTENSION[(p.path:match("%.(%w+)$") or ""):lower()])
+      if not mime or (p.type == "image" and not IMAGE_MIMES[mime]) then
+        return nil, core.error("FileError", ("cannot tell the type of %s '%s' (give 'mime')"):format(p.type,
+          p.path or "data"), { file = p.path })
+      end
+      if p.type == "file" and (mime:match("^text/") or mime == "application/json") then
+        -- Text stays text: readable in the transcript, and Anthropic takes it as is.
+        out[i] = { type = "file", mime = mime, name = p.name, text = bytes }
+      else
+        out[i] = { type = p.type, mime = mime, data = core.base64(bytes), name = p.type == "file" and p.name or nil }
+      end
+    end
+  end
+  return out
+end
+
+--- Checks the list form of a turn's input (misuse raises at `level`).
+function M.check_list(list, level)
+  if #list == 0 then error("bad argument #1 to 'turn' (an empty list of parts)", level + 1) end
+  local n = 0
+  for _ in pairs(list) do n = n + 1 end
+  if n ~= #list then error("bad argument #1 to 'turn' (a list of parts must have no holes or keys)", level + 1) end
+  for i, p in ipairs(list) do
+    if type(p) ~= "string" and not M.is(p) then
+      error(("bad argument #1 to 'turn' (part %d must be a string, tide.image{} or tide.file{}, got %s)")
+        :format(i, type(p)), level + 1)
+    end
+  end
+end
+
+--- The OpenAI chat-completions shape of neutral parts.
+function M.openai_chat(parts)
+  local out = {}
+  for i, p in ipairs(parts) do
+    if p.type == "text" then
+      out[i] = { type = "text", text = p.text }
+    elseif p.type == "image" then
+      out[i] = { type = "image_url", image_url = { url = p.url or ("data:%s;base64,%s"):format(p.mime, p.data) } }
+    elseif p.type == "file" then
+      out[i] = { type = "file", file = { filename = p.name,
+        file_data = ("data:%s;base64,%s"):format(p.mime, p.data or core.base64(p.text)) } }
+    else
+      error(("tide.content: unknown content part type '%s'"):format(tostring(p.type)), 2)
+    end
+  end
+  return out
+end
+
+--- The Anthropic Messages shape of neutral parts (PDFs as documents).
+function M.anthropic(parts)
+  local out = {}
+  for i, p in ipairs(parts) do
+    if p.type == "text" then
+      out[i] = { type = "text", text = p.text }
+    elseif p.type == "image" then
+      out[i] = { type = "image", source = p.url and { type = "url", url = p.url }
+        or { type = "base64", media_type = p.mime, data = p.data } }
+    elseif p.type == "file" and p.mime == "application/pdf" then
+      out[i] = { type = "document", source = { type = "base64", media_type = p.mime, data = p.data } }
+    elseif p.type == "file" and p.text then
+      out[i] = { type = "document", source = { type = "text", media_type = "text/plain", data = p.text } }
+    else
+      error(("tide.content: Anthropic takes PDF and text files, not '%s'"):format(tostring(p.mime or p.type)), 2)
+    end
+  end
+  return out
+end
+
+return M

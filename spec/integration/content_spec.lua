@@ -1,0 +1,75 @@
+-- Content parts: tide.image{} and tide.file{} in s:turn({ ... }).
+local tide = require "tide"
+local testing = require "tide.testing"
+local helpers = require "helpers"
+local content = require "tide.content"
+
+local PNG = "\137PNG\r\n\26\n" .. ("\0"):rep(24)
+local PDF = "%PDF-1.4\n1 0 obj\n<<>>\nendobj\n%%EOF\n"
+
+describe("content parts", function()
+  local dir, srv
+  before_each(function()
+    dir = helpers.tmpdir()
+    helpers.write(dir .. "/x.png", PNG)
+    helpers.write(dir .. "/a.pdf", PDF)
+    helpers.write(dir .. "/notes.txt", "plain notes")
+    helpers.write(dir .. "/blob.bin", "\1\2\3")
+    srv = testing.mock_server { default = "seen" }
+    tide.agent { id = "eyes", prompt = "You look." }
+  end)
+  after_each(function() srv:close(); helpers.rmdir(dir) end)
+
+  it("reads files at the turn into neutral parts, typed by their bytes", function()
+    local parts = assert(content.resolve { "Describe", tide.image { path = dir .. "/x.png" },
+      tide.file { path = dir .. "/a.pdf" }, tide.file { path = dir .. "/notes.txt" },
+      tide.image { url = "https://example.com/a.png" } })
+    assert.are.same({ type = "text", text = "Describe" }, parts[1])
+    assert.are.equal("image/png", parts[2].mime)
+    assert.are.equal(require("tide.core").base64(PNG), parts[2].data)
+    assert.are.equal("application/pdf", parts[3].mime)
+    assert.are.equal("a.pdf", parts[3].name)
+    assert.are.equal("plain notes", parts[4].text)
+    assert.are.equal("https://example.com/a.png", parts[5].url)
+  end)
+
+  it("maps parts to the OpenAI and Anthropic shapes", function()
+    local parts = assert(content.resolve { "hi", tide.image { data = PNG }, tide.file { path = dir .. "/a.pdf" } })
+    local o = content.openai_chat(parts)
+    assert.are.equal("image_url", o[2].type)
+    assert.matches("^data:image/png;base64,", o[2].image_url.url)
+    assert.are.equal("a.pdf", o[3].file.filename)
+    local a = content.anthropic(parts)
+    assert.are.same({ type = "base64", media_type = "image/png", data = parts[2].data }, a[2].source)
+    assert.are.equal("document", a[3].type)
+  end)
+
+  it("fails the turn with FileError for an unreadable or untyped file, before the history changes", function()
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m" }
+    local s = tide.session { agent = "eyes", provider = p }
+    local reply, err = s:turn { "look", tide.image { path = dir .. "/missing.png" } }
+    assert.is_nil(reply)
+    assert.are.equal("FileError", err.code)
+    assert.matches("missing.png", err.message, 1, true)
+    local _, err2 = s:turn { "look", tide.file { path = dir .. "/blob.bin" } }
+    assert.are.equal("FileError", err2.code)
+    assert.are.equal(0, #s:history())
+    assert.are.equal(0, #srv:requests())
+  end)
+
+  it("keeps parts in the history and raises on misuse", function()
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m" }
+    local s = tide.session { agent = "eyes", provider = p }
+    assert(s:turn({ "look", tide.image { data = PNG } }, { context = "ctx" }))
+    local user = s:history()[1]
+    assert.are.equal("ctx", user.content[1].text)
+    assert.are.equal("look", user.content[2].text)
+    assert.are.equal("image", user.content[3].type)
+    assert.has_error(function() s:turn {} end, "bad argument #1 to 'turn' (an empty list of parts)")
+    assert.has_error(function() s:turn { "a", 3 } end)
+    assert.has_error(function() tide.image { path = "a", url = "https://x" } end,
+      "tide.image: give exactly one of 'path', 'url' or 'data'")
+    assert.has_error(function() tide.image { paht = "a" } end, "tide.image: unknown option 'paht'")
+    assert.has_error(function() tide.image { data = PNG, mime = "image/tiff" } end)
+  end)
+end)
