@@ -157,7 +157,32 @@ for _, stream in ipairs({ true, false }) do
         assert.is_nil(err, err and tostring(err))
         assert.are.equal("done after 3 lookups", reply)
         assert.are.equal(4, srv:request_count())
+        -- The history keeps each assistant turn's thinking for the next request.
+        local h = s:history()
+        assert.are.equal("anthropic", h[2].reasoning[1].provider)
+        assert.matches("^EqMock", h[2].reasoning[1].signature)
       end)
+    end)
+
+    it("gives a session the whole prompt as input, thinking to on_reasoning, and the stop", function()
+      with_mock({ replies = { { reasoning = "Weighing it.", text = "cannot help",
+                                 stop_reason = "refusal",
+                                 usage = { input = 500, cached = 300, cache_write = 150, output = 7 } } } },
+        function(srv)
+          tide.agent { id = "plain_thinker", prompt = "You answer." }
+          local s = tide.session { agent = "plain_thinker",
+            provider = make(srv.url, stream, { thinking = THINKING, prompt_cache = true }) }
+          local seen = {}
+          assert.are.equal("cannot help", s:turn("q", { on_reasoning = function(t) seen[#seen + 1] = t end }))
+          assert.are.equal("Weighing it.", table.concat(seen))
+          local st = s:stats()
+          assert.are.equal("refusal", st.stop_reason)
+          assert.are.equal(500, st.tokens.input)
+          assert.are.equal(300, st.tokens.cached)
+          assert.are.equal(150, st.tokens.cache_write)
+          assert.are.equal(7, st.tokens.output)
+          assert.are.equal(0, st.tokens.reasoning)
+        end)
     end)
   end)
 end
