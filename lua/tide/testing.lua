@@ -410,7 +410,7 @@ local THINKING_DOCS = "https://docs.claude.com/en/docs/build-with-claude/extende
 -- wrong: the thinking budget, thinking blocks sent back altered, and a tool
 -- round whose assistant turn lost its thinking. Returns the 400 response,
 -- or nil for a request the real service accepts.
-function anthropic.validate(req)
+function anthropic.validate(_, req)
   local json = req.json
   if type(json) ~= "table" then return nil end
   if thinking_enabled(json) then
@@ -613,8 +613,8 @@ function Mock:_handle(req)
   end
   -- A request the real service would refuse is refused before any scripted
   -- reply is spent on it.
-  local refused = shapes[shape].validate and shapes[shape].validate(rec)
-  if refused then return refused end
+  local reject = shapes[shape].validate and shapes[shape].validate(self, rec)
+  if reject then return reject end
   local reply
   if self._head <= self._tail then
     reply = self._queue[self._head]
