@@ -367,22 +367,89 @@ function anthropic.error_body(status, message)
   return encode({ type = "error", error = { type = kind, message = message } })
 end
 
-local function anthropic_usage(u, output)
-  return { input_tokens = u.input, output_tokens = output,
-           cache_read_input_tokens = u.cached, cache_creation_input_tokens = 0 }
+-- The mock scripts usage in tide's neutral terms (`input` is the whole
+-- prompt, as OpenAI counts it); Anthropic's input_tokens is only the part
+-- after the last cache breakpoint, so the cached and cache-written tokens
+-- come out of it.
+local function anthropic_usage(ctx, output)
+  local u = ctx.usage
+  local write = type(ctx.reply.usage) == "table" and ctx.reply.usage.cache_write or 0
+  return { input_tokens = math.max(0, u.input - u.cached - write), output_tokens = output,
+           cache_read_input_tokens = u.cached, cache_creation_input_tokens = write }
+end
+
+-- Signatures and redacted data the mock hands out, and checks when they
+-- come back: a digest of what they cover stands in for the real service's
+-- cryptographic signature, so that any change to a block is caught without
+-- the mock keeping state.
+local function thinking_signature(text)
+  return "EqMock" .. core.hash("thinking|" .. text)
+end
+
+local function redacted_data(payload)
+  return "EmwMock" .. payload .. "." .. core.hash("redacted|" .. payload)
+end
+
+local function redacted_ok(data)
+  local payload, digest = data:match("^EmwMock(.*)%.(%x+)$")
+  return payload ~= nil and digest == core.hash("redacted|" .. payload)
+end
+
+-- Whether a request enables extended thinking.
+local function thinking_enabled(json)
+  return type(json.thinking) == "table" and json.thinking.type == "enabled"
+end
+
+-- The thinking blocks of a reply, in order. The real service answers with
+-- thinking only when the request enables it, and then always opens the turn
+-- with a thinking block: `reply.reasoning` (a string, or a list of strings,
+-- `{ text = ... }` and `{ redacted = data | true }`) says which; false
+-- means none.
+local function anthropic_thinking(ctx)
+  if not thinking_enabled(ctx.json) then return {} end
+  local r = ctx.reply.reasoning
+  if r == false then return {} end
+  if r == nil then r = { "Let me think about this." } end
+  if type(r) == "string" then r = { r } end
+  local out = {}
+  for i, item in ipairs(r) do
+    if type(item) == "string" then item = { text = item } end
+    if type(item) ~= "table" then error(("mock: reasoning[%d] must be a string or a table"):format(i), 0) end
+    if item.redacted then
+      local payload = item.redacted == true and ("r" .. i) or tostring(item.redacted)
+      out[i] = { type = "redacted_thinking", data = redacted_data(payload) }
+    else
+      local text = tostring(item.text or "")
+      out[i] = { type = "thinking", thinking = text, signature = item.signature or thinking_signature(text) }
+    end
+  end
+  return out
+end
+
+-- The stop reason: scripted (`stop_reason`: "max_tokens", "refusal",
+-- "pause_turn", ...), else what the content says.
+local function anthropic_stop(ctx)
+  return ctx.reply.stop_reason or (#ctx.calls > 0 and "tool_use" or "end_turn")
+end
+
+-- A refusal comes with structured details (the SDK's RefusalStopDetails).
+local function anthropic_stop_details(stop)
+  if stop ~= "refusal" then return null end
+  return { type = "refusal", category = null, explanation = null }
 end
 
 function anthropic.completion(ctx)
-  local content = {}
-  if ctx.text ~= "" then content[1] = { type = "text", text = ctx.text } end
+  local content = anthropic_thinking(ctx)
+  if ctx.text ~= "" then content[#content + 1] = { type = "text", text = ctx.text } end
   for _, c in ipairs(ctx.calls) do
     content[#content + 1] = { type = "tool_use", id = c.id, name = c.name, input = c.input }
   end
+  local stop = anthropic_stop(ctx)
   return encode({
     id = ctx.id, type = "message", role = "assistant", model = ctx.model,
     content = #content > 0 and content or EMPTY,
-    stop_reason = #ctx.calls > 0 and "tool_use" or "end_turn", stop_sequence = null,
-    usage = anthropic_usage(ctx.usage, ctx.usage.output),
+    stop_reason = stop, stop_sequence = null, stop_details = anthropic_stop_details(stop),
+    usage = anthropic_usage(ctx, ctx.usage.output),
   })
 end
 
@@ -393,7 +460,7 @@ end
 local function message_start(ctx)
   return event("message_start", { type = "message_start", message = {
     id = ctx.id, type = "message", role = "assistant", model = ctx.model, content = EMPTY,
-    stop_reason = null, stop_sequence = null, usage = anthropic_usage(ctx.usage, 1) } })
+    stop_reason = null, stop_sequence = null, usage = anthropic_usage(ctx, 1) } })
 end
 
 -- With `truncate`, the stream stops before message_delta and message_stop.
@@ -401,16 +468,32 @@ function anthropic.stream(ctx, truncate)
   local chunks = { message_start(ctx), event("ping", { type = "ping" }) }
   local index = 0
   local function add(s) chunks[#chunks + 1] = s end
-  -- One content block: its start, a delta per piece (delta_of(piece)), its stop.
-  local function block(content_block, pieces, delta_of)
+  -- One content block: its start, a delta per piece (delta_of(piece)), any
+  -- last deltas, its stop.
+  local function block(content_block, pieces, delta_of, last)
     add(event("content_block_start", { type = "content_block_start", index = index,
                                        content_block = content_block }))
     for _, piece in ipairs(pieces) do
       add(event("content_block_delta", { type = "content_block_delta", index = index,
                                          delta = delta_of(piece) }))
     end
+    for _, d in ipairs(last or {}) do
+      add(event("content_block_delta", { type = "content_block_delta", index = index, delta = d }))
+    end
     add(event("content_block_stop", { type = "content_block_stop", index = index }))
     index = index + 1
+  end
+  -- Thinking streams as thinking_delta pieces, then its whole signature in
+  -- one signature_delta just before the block stops; redacted thinking
+  -- arrives whole in its block's start.
+  for _, t in ipairs(anthropic_thinking(ctx)) do
+    if t.type == "thinking" then
+      block({ type = "thinking", thinking = "", signature = "" }, split(t.thinking, 3),
+        function(piece) return { type = "thinking_delta", thinking = piece } end,
+        { { type = "signature_delta", signature = t.signature } })
+    else
+      block(t, {})
+    end
   end
   if ctx.text ~= "" then
     block({ type = "text", text = "" }, ctx.text_pieces,
@@ -421,11 +504,78 @@ function anthropic.stream(ctx, truncate)
       function(piece) return { type = "input_json_delta", partial_json = piece } end)
   end
   if truncate then return chunks end
+  -- Current servers restate every count, cumulatively, in message_delta.
+  local stop = anthropic_stop(ctx)
   add(event("message_delta", { type = "message_delta",
-      delta = { stop_reason = #ctx.calls > 0 and "tool_use" or "end_turn", stop_sequence = null },
-      usage = { output_tokens = ctx.usage.output } })
+      delta = { stop_reason = stop, stop_sequence = null, stop_details = anthropic_stop_details(stop) },
+      usage = anthropic_usage(ctx, ctx.usage.output) })
     .. event("message_stop", { type = "message_stop" }))
   return chunks
+end
+
+-- The real service's 400 for a request it refuses.
+local function invalid_request(message)
+  return { status = 400, headers = JSON_HEADERS,
+           body = encode({ type = "error", error = { type = "invalid_request_error", message = message },
+                           request_id = "req_mock_invalid" }) }
+end
+
+local THINKING_DOCS = "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+
+-- Checks a request the way the Messages API does where tide can get it
+-- wrong: the thinking budget, thinking blocks sent back altered, and a tool
+-- round whose assistant turn lost its thinking. Returns the 400 response,
+-- or nil for a request the real service accepts.
+function anthropic.validate(_, req)
+  local json = req.json
+  if type(json) ~= "table" then return nil end
+  if thinking_enabled(json) then
+    local budget = json.thinking.budget_tokens
+    -- (lua-cjson decodes every number as a float)
+    if type(budget) ~= "number" or budget % 1 ~= 0 or budget < 1024 then
+      return invalid_request("thinking.enabled.budget_tokens: Input should be greater than or equal to 1024")
+    end
+    if type(json.max_tokens) == "number" and json.max_tokens <= budget then
+      return invalid_request("`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our "
+        .. "documentation at " .. THINKING_DOCS .. "#max-tokens-and-context-window-size")
+    end
+  end
+  local msgs = type(json.messages) == "table" and json.messages or {}
+  for i, m in ipairs(msgs) do
+    if type(m) == "table" and m.role == "assistant" and type(m.content) == "table" then
+      for j, b in ipairs(m.content) do
+        if type(b) == "table" and b.type == "thinking"
+            and (type(b.thinking) ~= "string" or b.signature ~= thinking_signature(b.thinking)) then
+          return invalid_request(("messages.%d.content.%d: Invalid `signature` in `thinking` block"):format(
+            i - 1, j - 1))
+        elseif type(b) == "table" and b.type == "redacted_thinking"
+            and (type(b.data) ~= "string" or not redacted_ok(b.data)) then
+          return invalid_request(("messages.%d.content.%d: Invalid `data` in `redacted_thinking` block"):format(
+            i - 1, j - 1))
+        end
+      end
+    end
+  end
+  -- With thinking on, the assistant turn before the last tool results must
+  -- open with its thinking.
+  local last, prev = msgs[#msgs], msgs[#msgs - 1]
+  if thinking_enabled(json) and type(last) == "table" and last.role == "user" and type(last.content) == "table"
+      and type(prev) == "table" and prev.role == "assistant" then
+    local has_result = false
+    for _, b in ipairs(last.content) do
+      if type(b) == "table" and b.type == "tool_result" then has_result = true end
+    end
+    local first = type(prev.content) == "table" and prev.content[1] or nil
+    local found = type(first) == "table" and tostring(first.type) or "text"
+    if has_result and found ~= "thinking" and found ~= "redacted_thinking" then
+      return invalid_request(("messages.%d.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+        .. "`%s`. When `thinking` is enabled, a final `assistant` message must start with a thinking block "
+        .. "(preceeding the lastmost set of `tool_use` and `tool_result` blocks). We recommend you include "
+        .. "thinking blocks from previous turns. To avoid this requirement, disable `thinking`. Please consult "
+        .. "our documentation at %s"):format(#msgs - 2, found, THINKING_DOCS))
+    end
+  end
+  return nil
 end
 
 function anthropic.malformed_stream(ctx)
@@ -489,6 +639,7 @@ local function render(self, shape_name, reply, req)
     created = os.time(),
     model = type(json.model) == "string" and json.model or "mock-model",
     text = text, calls = calls,
+    reply = reply, json = json, -- for a shape's own fields (reasoning, stop_reason)
   }
   ctx.usage = usage_of(reply, req, text, calls)
   ctx.reply = reply -- the wire formats' own fields (reasoning, signatures...)
@@ -579,6 +730,8 @@ function Mock:_handle(req)
     if type(res) == "string" then res = { body = res } end
     return res
   end
+  -- A request the real service would refuse is refused before any scripted
+  -- reply is spent on it.
   local reject = shapes[shape].validate and shapes[shape].validate(self, rec)
   if reject then return reject end
   local reply

@@ -121,7 +121,9 @@ describe("tide.provider", function()
             assert.are.equal("call_def", c2.id)
             assert.are.equal("clock", c2.name)
             assert.are.same({ tz = "UTC" }, cjson.decode(c2.arguments))
-            assert.are.same({ 120, 17, 64 }, { res.usage.input, res.usage.output, res.usage.cached })
+            -- Usage means the same for both: the whole prompt, cached included.
+            assert.are.same({ 120, 17, 64, 0 }, { res.usage.input, res.usage.output, res.usage.cached,
+              res.usage.cache_write })
             assert.are.equal("tool_calls", res.stop)
             if kind == "anthropic" then assert.are.equal("Let me look.", res.text) end
           end)
@@ -743,7 +745,8 @@ describe("tide.provider", function()
       local p = make("anthropic", url, true)
       local res = assert(p:complete(simple_body(p)))
       assert.are.equal("cut", res.text)
-      assert.are.same({ input = 9, output = 7, cached = 4 }, res.usage)
+      -- input_tokens counts only the uncached part: the prompt is 9 + 4
+      assert.are.same({ input = 13, output = 7, cached = 4, cache_write = 0, reasoning = 0 }, res.usage)
       assert.are.same({ { id = "call_1", name = "noid", arguments = "{}" } }, res.tool_calls)
       assert.are.equal("length", res.stop)
       assert.are.equal("max_tokens", res.stop_raw)

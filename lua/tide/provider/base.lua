@@ -46,20 +46,21 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field parallel_tool_calls? boolean OpenAI only
 ---@field stop? string|string[] OpenAI only: stop sequences
 ---@field query? table<string,string|number> OpenAI only: URL parameters (Azure's api-version)
----@field extra_body? table OpenAI only: fields merged into every request body
+---@field thinking? {budget_tokens:integer} Anthropic only: extended thinking, budget < max_tokens
+---@field extra_body? table fields merged into every request body (OpenAI and Anthropic)
 
 local option_types = {
   base_url = "string", api_key = "string", model = "string", stream = "boolean",
   temperature = "number", max_tokens = "integer", timeout_ms = "integer",
   max_body_bytes = "integer", retry = "table", headers = "table", prompt_cache = "boolean",
   max_tokens_field = "string", reasoning = "table", tool_choice = "any", parallel_tool_calls = "boolean",
-  stop = "any", query = "table", extra_body = "table",
+  stop = "any", query = "table", extra_body = "table", thinking = "table",
 }
 
 -- The options only the OpenAI chat wire format reads.
 local OPENAI_ONLY = {
   max_tokens_field = true, reasoning = true, tool_choice = true, parallel_tool_calls = true,
-  stop = true, query = true, extra_body = true,
+  stop = true, query = true,
 }
 
 -- The values the real API takes (reasoning_effort's enum in openai-openapi:
@@ -178,6 +179,20 @@ local function check_options(kind, opts, allowed)
     local msg = check_openai_options(where, opts)
     if msg then return msg end
   end
+  if opts.thinking then
+    for k, v in pairs(opts.thinking) do
+      if k ~= "budget_tokens" then return where .. "unknown option 'thinking." .. tostring(k) .. "'" end
+      if math.type(v) ~= "integer" or v <= 0 then
+        return where .. "'thinking.budget_tokens' must be a positive integer"
+      end
+    end
+    if opts.thinking.budget_tokens == nil then return where .. "'thinking' needs 'budget_tokens'" end
+  end
+  if opts.extra_body then
+    for k in pairs(opts.extra_body) do
+      if type(k) ~= "string" then return where .. "'extra_body' keys must be strings" end
+    end
+  end
   if opts.retry then
     for k, v in pairs(opts.retry) do
       if provider.DEFAULT_RETRY[k] == nil then
@@ -213,6 +228,7 @@ function provider._new(kind, opts, defaults)
   if kind ~= "openai" then
     for k in pairs(OPENAI_ONLY) do allowed[k] = nil end
   end
+  if kind ~= "anthropic" then allowed.thinking = nil end -- only its encoder sends it
   local msg = check_options(kind, opts, allowed)
   if msg then return nil, msg end
   local retry = {}

@@ -79,16 +79,20 @@ local function finished(out)
   return out
 end
 
--- Hands a whole reply's reasoning to on_reasoning and its text to
--- on_delta; whether there was any text.
+-- Hands a whole reply's reasoning text to on_reasoning and its text to
+-- on_delta; whether either reached a listener.
 local function deliver(out, on_delta, on_reasoning)
+  local got = false
   if on_reasoning and out.reasoning then
-    for _, part in ipairs(out.reasoning) do
-      if type(part.text) == "string" and part.text ~= "" then on_reasoning(part.text) end
+    for _, r in ipairs(out.reasoning) do
+      if r.type == "text" and type(r.text) == "string" and r.text ~= "" then
+        got = true
+        on_reasoning(r.text)
+      end
     end
   end
   local text = out.text
-  if text == nil or text == "" then return false end
+  if text == nil or text == "" then return got end
   if on_delta then on_delta(text) end
   return true
 end
@@ -161,7 +165,12 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
       delivered = true
       if on_delta then on_delta(text) end
     end
-    stream = self:_stream(emit)
+    -- Reasoning shown to a listener, like text, makes a retry unsafe.
+    local on_reasoning = opts.on_reasoning
+    stream = self:_stream(emit, on_reasoning and function(text)
+      delivered = true
+      on_reasoning(text)
+    end)
   end
   local sse <close> = stream and core.sse_parser(self.max_body_bytes) or nil
   local deltas = parser and on_delta and {} or nil
