@@ -153,6 +153,23 @@ function M.check_list(list, level)
   end
 end
 
+--- True when `list` is neutral parts (what tide.content.resolve makes), not
+--- content already in a provider's own shape.
+function M.is_neutral(list)
+  if type(list) ~= "table" or #list == 0 then return false end
+  for _, p in ipairs(list) do
+    if type(p) ~= "table" then return false end
+    if p.type == "image" then
+      if p.source or p.image_url or not (p.data or p.url) then return false end
+    elseif p.type == "file" then
+      if p.file or not (p.data or p.text) then return false end
+    elseif p.type ~= "text" then
+      return false
+    end
+  end
+  return true
+end
+
 --- The OpenAI chat-completions shape of neutral parts.
 function M.openai_chat(parts)
   local out = {}

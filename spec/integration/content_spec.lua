@@ -57,6 +57,28 @@ describe("content parts", function()
     assert.are.equal(0, #srv:requests())
   end)
 
+  it("sends parts in each provider's own shape", function()
+    for _, kind in ipairs { "openai", "anthropic" } do
+      srv:close()
+      srv = testing.mock_server { default = "seen" }
+      local p = tide.provider[kind] { base_url = srv.url, api_key = "k", model = "m" }
+      local s = tide.session { agent = "eyes", provider = p }
+      assert.are.equal("seen", (s:turn { "look", tide.image { path = dir .. "/x.png" }, tide.file { path = dir .. "/a.pdf" } }))
+      local msgs = srv:requests()[1].json.messages
+      local c = msgs[#msgs].content
+      assert.are.same({ type = "text", text = "look" }, c[1])
+      if kind == "openai" then
+        assert.are.equal("image_url", c[2].type)
+        assert.matches("^data:image/png;base64,", c[2].image_url.url)
+        assert.are.equal("file", c[3].type)
+        assert.matches("^data:application/pdf;base64,", c[3].file.file_data)
+      else
+        assert.are.same({ type = "base64", media_type = "image/png", data = require("tide.core").base64(PNG) }, c[2].source)
+        assert.are.equal("document", c[3].type)
+      end
+    end
+  end)
+
   it("keeps parts in the history and raises on misuse", function()
     local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m" }
     local s = tide.session { agent = "eyes", provider = p }

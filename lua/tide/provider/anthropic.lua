@@ -15,6 +15,7 @@
 local provider = require "tide.provider.base"
 local core = require "tide.core"
 local json = require "tide.json"
+local parts = require "tide.content"
 
 local M = {}
 
@@ -280,6 +281,8 @@ function Provider:_encode(msg, level)
   end
   local content = msg.content
   if content == nil then return '{"content":"","role":"user"}' end
+  -- neutral parts (tide.image / tide.file) in the Messages shape
+  if type(content) == "table" and parts.is_neutral(content) then content = parts.anthropic(content) end
   return '{"content":' .. (type(content) == "string" and quote(content) or canonical(content))
     .. ',"role":"user"}'
 end

@@ -26,6 +26,7 @@
 local provider = require "tide.provider.base"
 local core = require "tide.core"
 local json = require "tide.json"
+local content = require "tide.content"
 
 local M = {}
 
@@ -110,9 +111,12 @@ end
 local assistant_wire, results_wire = core.openai_assistant_wire, core.openai_results_wire
 
 -- The JSON of a user or system message's content, nil standing for "".
+-- A user message's content: text, neutral parts (tide.image / tide.file)
+-- in the chat-completions shape, or a list already in that shape.
 local function content_json(c)
   if c == nil then return '""' end
   if type(c) == "string" then return quote(c) end
+  if content.is_neutral(c) then return canonical(content.openai_chat(c)) end
   return canonical(c)
 end
 
