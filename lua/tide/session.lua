@@ -13,6 +13,7 @@
 local M = {}
 
 local core = require "tide.core"
+local json = require "tide.json"
 local tool = require "tide.tool"
 local agents = require "tide.agents"
 local surface = require "tide.surface"
@@ -368,7 +369,21 @@ end
 
 -- The encoded prefix: shared by sessions with the same surface, provider and
 -- system text.
-function session_mt:_prefix()
+function session_mt:_prefix(schema)
+  if schema then
+    -- A turn whose provider holds the model to a schema: its own prefix,
+    -- shared like the plain one, never the session's frozen one.
+    local shared, provider, system = self.surface, self.provider, self.conversation.system
+    local key = (system or "") .. "\0" .. json.canonical(schema)
+    local by_provider = shared.prefixes[provider] or {}
+    shared.prefixes[provider] = by_provider
+    local p = by_provider[key]
+    if not p then
+      p = provider:encode_prefix(system, shared.specs, schema)
+      by_provider[key] = p
+    end
+    return p
+  end
   local p = self.prefix
   if p then return p end
   local shared, provider, system = self.surface, self.provider, self.conversation.system

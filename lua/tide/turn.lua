@@ -365,14 +365,11 @@ local TRUNCATED = { length = true, content_filter = true }
 local function loop(session, opts, run, first, state)
   local stats = session.counters
   local history = session.conversation
-  local prefix = session:_prefix()
   local provider = session.provider
   local budget = run.budget
   local want = state.want
+  local prefix = session:_prefix(want and provider._native_schema and want or nil)
   local popts = complete_opts(run, opts.on_delta, opts.on_reasoning)
-  if want and provider._native_schema then
-    popts = setmetatable({ schema = want }, { __index = popts })
-  end
   local truncated_error = (opts.truncated or state.truncated or session.truncated) == "error"
   local text_tools = session.def.text_tools ~= false
   for iteration = first, session.max_iterations do

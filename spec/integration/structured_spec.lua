@@ -62,8 +62,8 @@ describe("structured output in a turn", function()
   end)
   after_each(function() srv:close() end)
 
-  it("returns a validated table, telling the model the schema on the user message", function()
-    answers = { '```json\n{"name":"Ada","age":36,"tags":[]}\n```' }
+  it("returns a validated table; OpenAI holds the model to it with response_format", function()
+    answers = { '```json\n{"name":"Ada","age":36,"tags":[]}\n```', "plain" }
     local s = tide.session { agent = "plain", provider = p }
     local v, err = s:turn("who?", { schema = PERSON })
     assert.is_nil(err)
@@ -71,7 +71,33 @@ describe("structured output in a turn", function()
     assert.are.equal(36, v.age)
     assert.are.equal('{"age":36,"name":"Ada","tags":[]}', json.canonical(v))
     local body = srv:requests()[1].json
-    assert.matches("matches this JSON schema", body.messages[#body.messages].content, 1, true)
+    assert.are.equal("json_schema", body.response_format.type)
+    assert.are.same(PERSON.required, body.response_format.json_schema.schema.required)
+    -- 'role' is optional: not a schema strict mode takes
+    assert.is_false(body.response_format.json_schema.strict)
+    assert.are.equal("who?", body.messages[#body.messages].content)
+    -- the next plain turn is sent with the frozen prefix, no response_format
+    assert.are.equal("plain", s:turn("and?"))
+    assert.is_nil(srv:requests()[2].json.response_format)
+  end)
+
+  it("asks in strict mode when the schema allows it", function()
+    answers = { '{"a":"x"}' }
+    local strict = { type = "object", additionalProperties = false, required = { "a" },
+      properties = { a = { type = "string" } } }
+    local s = tide.session { agent = "plain", provider = p }
+    assert.are.equal("x", s:turn("a?", { schema = strict }).a)
+    assert.is_true(srv:requests()[1].json.response_format.json_schema.strict)
+  end)
+
+  it("tells the schema on the user message where the provider has no native mode", function()
+    answers = { '{"name":"Ada","age":36,"tags":[]}' }
+    local a = tide.provider.anthropic { base_url = srv.url, api_key = "k", model = "m" }
+    local s = tide.session { agent = "plain", provider = a }
+    assert.are.equal("Ada", s:turn("who?", { schema = PERSON }).name)
+    local body = srv:requests()[1].json
+    local content = body.messages[#body.messages].content
+    assert.matches("matches this JSON schema", type(content) == "string" and content or content[1].text, 1, true)
   end)
 
   it("gives the model one repair turn with what was wrong", function()
