@@ -36,7 +36,7 @@ local FIELDS = {
   id = true, prompt = true, tools = true, disallowed_tools = true, extra_tools = true,
   subagents = true, max_iterations = true, max_spawn_depth = true, when_to_use = true,
   display_name = true, delegate_name = true, datetime = true, text_tools = true,
-  temperature = true, max_subagents = true, output_schema = true,
+  temperature = true, max_subagents = true, output_schema = true, context = true,
 }
 
 -- A table entry of `subagents`: { toolkits = "*" } or { id = "..." }.
@@ -83,6 +83,7 @@ function agents.define(def)
     local v = def[f]
     if v ~= nil and (math.type(v) ~= "integer" or v < 0) then bad(f, "must be a non-negative integer") end
   end
+  if def.context ~= nil then require("tide.compaction").options(def.context, "tide.agent: ", 2) end
   if def.output_schema ~= nil then require("tide.schema").check(def.output_schema, "tide.agent: 'output_schema'", 2) end
   if def.max_subagents ~= nil and (math.type(def.max_subagents) ~= "integer" or def.max_subagents <= 0) then
     bad("max_subagents", "must be a positive integer")

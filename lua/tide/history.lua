@@ -41,6 +41,7 @@ function M.new(provider, writer)
     wire = core.wire(), -- encodings of messages[1 .. nencoded]
     nencoded = 0,
     bytes = 0,          -- bytes encoded so far (prompt_bytes_encoded's share)
+    wire_bytes = 0,     -- bytes in the wire now (what a request carries after the prefix)
     system = nil,       -- the frozen system prompt, once there is one
     prompt_version = nil,
   }, history_mt)
@@ -58,6 +59,7 @@ end
 
 local function add(self, enc)
   self.bytes = self.bytes + #enc
+  self.wire_bytes = self.wire_bytes + #enc
   if enc ~= "" then self.wire:add(enc) end
 end
 
@@ -106,6 +108,20 @@ function history_mt:encoded()
   end
   return self.wire
 end
+
+--- Replaces the messages (a compaction): the wire is encoded again, on
+--- first use, from the new list; nothing is written to the transcript (the
+--- compaction's own record says what happened).
+---@param messages table[]
+function history_mt:replace(messages)
+  self.messages = messages
+  self.wire = core.wire()
+  self.nencoded = 0
+  self.wire_bytes = 0
+end
+
+--- Writes a transcript line that is not a message (a compaction record).
+function history_mt:note(line) record(self, line) end
 
 --- How many messages follow the system prompt.
 function history_mt:length() return #self.messages end

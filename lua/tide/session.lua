@@ -50,6 +50,7 @@ local function new_stats()
   return {
     provider_calls = 0, tool_calls = 0, turns = 0, iterations = 0,
     tokens = { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 },
+    compactions = 0,
     stop_reason = nil,
     integration_fetches = 0, config_loads = 0, delegation_rebuilds = 0,
     cache_hits = 0, cache_misses = 0,
@@ -68,7 +69,7 @@ local COUNT_OPTS = { "max_iterations", "tool_timeout_ms", "result_cap_bytes", "m
 local OPTIONS = {
   agent = true, provider = true, integrations = true, config = true, transcript = true, resume = true,
   tools = true, budget = true, max_iterations = true, tool_timeout_ms = true, result_cap_bytes = true,
-  max_subagents = true, truncated = true,
+  max_subagents = true, truncated = true, context = true,
   _parent = true, _parent_tools = true, _toolkit = true, _snapshot = true, _agent_path = true,
 }
 local BUDGET_KINDS = { provider_calls = true, tokens = true, tool_calls = true, wall_ms = true }
@@ -117,6 +118,7 @@ local function check_opts(opts)
   if opts.truncated ~= nil and opts.truncated ~= "error" and opts.truncated ~= "allow" then
     error("tide.session: 'truncated' must be \"error\" or \"allow\"", 3)
   end
+  if opts.context ~= nil then require("tide.compaction").options(opts.context, "tide.session: ", 3) end
 end
 
 --- Creates a session. Misuse (an unknown option, a wrong type, an unknown
@@ -165,6 +167,7 @@ function M.new(opts)
     budget_limits = opts.budget,
     max_subagents = opts.max_subagents or def.max_subagents or DEFAULTS.max_subagents,
     truncated = opts.truncated,
+    context = opts.context or def.context,  -- compaction settings (tide.compaction)
     decisions = {},  -- call id -> { approved, note } (tide.approval)
     ran = {},        -- ids of approved calls started (never run again)
     paused = nil,    -- the round a turn paused on, waiting for decisions
@@ -250,6 +253,10 @@ function session_mt:_resume(path)
       sys, version = m.content, m.prompt_version or meta.prompt_version
     elseif m.role ~= "system" and m.type == nil then
       restored[#restored + 1] = m
+    elseif m.type == "compaction" then
+      -- the compacted state, as the session that compacted had it
+      restored = require("tide.compaction").apply(restored, m)
+      self.counters.compactions = self.counters.compactions + 1
     end
   end
   -- The resumed session keeps the prompt it froze, byte for byte.

@@ -17,6 +17,7 @@ local surface = require "tide.surface"
 local tool_protocol = require "tide.tool_protocol"
 local function schema_module() return require "tide.schema" end
 local approval = require "tide.approval"
+local function compaction() return require "tide.compaction" end
 
 local hrtime = core.hrtime
 local spawn, spawn_now = core.spawn, core.spawn_now
@@ -376,10 +377,32 @@ local function loop(session, opts, run, first, state)
     if budget then budget:spend("provider_calls", 1, run.agent) end
     stats.iterations = stats.iterations + 1
     stats.provider_calls = stats.provider_calls + 1
+    -- Past the context window (estimated from the last reported usage),
+    -- the older conversation is compacted first.
+    local limits = session.context and compaction().settings(session)
+    if limits and compaction().estimate(session) > limits.window - limits.reserve then
+      local ok, cerr = compaction().compact(session, run)
+      if ok == nil then return nil, cerr end
+    end
     -- The body is the prefix and the encoded history, joined in C into the
     -- request itself.
-    local resp, err = provider:_complete(prefix, popts, history:encoded())
+    local wire = history:encoded()
+    local sent_bytes = history.wire_bytes
+    local resp, err = provider:_complete(prefix, popts, wire)
+    if not resp and session.context and compaction().is_overflow(err) then
+      -- The provider says it does not fit: one compaction, one retry.
+      local ok, cerr = compaction().compact(session, run, true)
+      if ok == nil then return nil, cerr end
+      if ok then
+        wire = history:encoded()
+        sent_bytes = history.wire_bytes
+        resp, err = provider:_complete(prefix, popts, wire)
+      end
+    end
     if not resp then return nil, err end
+    if resp.usage and (resp.usage.input or 0) > 0 then
+      history.usage_input, history.usage_wire_bytes = resp.usage.input, sent_bytes
+    end
     add_usage(run, stats, resp.usage)
     stats.stop_reason = resp.stop
     stats.ttfb_ms = resp.ttfb_ms

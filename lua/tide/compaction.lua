@@ -1,0 +1,273 @@
+--- tide.compaction: keeping a long conversation inside the model's context
+--- window.
+---
+--- `context = { window, reserve, strategy }` on a session or agent (the
+--- window defaults from the model's name, for the models in `WINDOWS`).
+--- Before each request the turn estimates the prompt's tokens from what the
+--- provider last reported (its whole-prompt `usage.input`) plus the bytes
+--- added since, a quarter token a byte: the history is never tokenized
+--- again. Past `window - reserve`, the older part of the conversation is
+--- compacted:
+---   - "summarize": one model call (the `compact` prompt) turns it into a
+---     summary, which opens the first message kept;
+---   - "drop": old tool results are emptied first, then the oldest turns go.
+--- The frozen prefix (system prompt, tools) is never touched, and the cut
+--- only falls before a user message, so a tool call is never separated from
+--- its result or its reasoning. A provider's context-length error triggers
+--- one compaction and one retry. Each compaction is counted
+--- (`stats().compactions`), told to the event sink, and written to the
+--- transcript, so that a resumed session restores the compacted state.
+---@class tide.compaction
+local M = {}
+
+local core = require "tide.core"
+local json = require "tide.json"
+
+--- Context windows of known models (tokens), by name prefix.
+M.WINDOWS = {
+  { "gpt-4.1", 1047576 }, { "gpt-4o", 128000 }, { "gpt-5", 400000 }, { "o1", 200000 }, { "o3", 200000 },
+  { "o4", 200000 }, { "claude", 200000 }, { "deepseek", 128000 }, { "gemini-2", 1048576 },
+  { "gemini-3", 1048576 }, { "mistral-large", 128000 }, { "qwen", 131072 }, { "grok", 256000 },
+}
+M.DEFAULT_RESERVE = 8000
+local STRATEGIES = { summarize = true, drop = true }
+local DROPPED = "[tool result dropped to save context]"
+
+--- Checks a `context` option (misuse raises at `level`); returns it with
+--- its defaults, or nil when there is none.
+function M.options(ctx, where, level)
+  if ctx == nil then return nil end
+  if type(ctx) ~= "table" then error(where .. "'context' must be a table", level + 1) end
+  for k in pairs(ctx) do
+    if k ~= "window" and k ~= "reserve" and k ~= "strategy" then
+      error(("%sunknown option 'context.%s'"):format(where, tostring(k)), level + 1)
+    end
+  end
+  for _, k in ipairs { "window", "reserve" } do
+    local v = ctx[k]
+    if v ~= nil and (math.type(v) ~= "integer" or v <= 0) then
+      error(("%s'context.%s' must be a positive integer"):format(where, k), level + 1)
+    end
+  end
+  if ctx.strategy ~= nil and not STRATEGIES[ctx.strategy] then
+    error(where .. "'context.strategy' must be \"summarize\" or \"drop\"", level + 1)
+  end
+  return ctx
+end
+
+--- The window of `model`, from WINDOWS, or nil.
+function M.window_of(model)
+  if type(model) ~= "string" then return nil end
+  local best, best_len
+  for _, e in ipairs(M.WINDOWS) do
+    if model:sub(1, #e[1]) == e[1] and (not best_len or #e[1] > best_len) then best, best_len = e[2], #e[1] end
+  end
+  return best
+end
+
+--- The settings in force for `session` (window resolved), or nil.
+function M.settings(session)
+  local ctx = session.context
+  if not ctx then return nil end
+  local window = ctx.window or M.window_of(session.provider.model)
+  if not window then return nil end
+  return { window = window, reserve = ctx.reserve or math.min(M.DEFAULT_RESERVE, window // 4),
+    strategy = ctx.strategy or "summarize" }
+end
+
+--- The estimated prompt tokens of the next request: the provider's last
+--- count plus a quarter token for each byte added since.
+function M.estimate(session)
+  local h = session.conversation
+  local prefix = session.prefix and #session.prefix or 0
+  if h.usage_input then
+    return h.usage_input + math.max(0, h.wire_bytes - h.usage_wire_bytes) // 4
+  end
+  return (prefix + h.wire_bytes) // 4
+end
+
+-- The indices where a cut may fall: before a user message that is the
+-- user's own (not tool results written as text).
+local function boundaries(messages)
+  local out = {}
+  for i, m in ipairs(messages) do
+    if m.role == "user" and not (type(m.content) == "string" and m.content:find("^<tool_result")) then
+      out[#out + 1] = i
+    end
+  end
+  return out
+end
+
+local function text_of(content)
+  if type(content) == "string" then return content end
+  local out = {}
+  for _, p in ipairs(type(content) == "table" and content or {}) do
+    if p.text then out[#out + 1] = p.text elseif p.type then out[#out + 1] = "[" .. p.type .. "]" end
+  end
+  return table.concat(out, "\n")
+end
+
+-- About how many bytes a message takes encoded: its strings, without
+-- encoding it (a compaction weighs every message of a long history).
+local function approx_bytes(m)
+  local n = 32
+  local c = m.content
+  if type(c) == "string" then n = n + #c
+  elseif type(c) == "table" then
+    for _, part in ipairs(c) do n = n + #(part.text or part.data or part.url or "") end
+  end
+  for _, call in ipairs(m.tool_calls or {}) do
+    n = n + 48 + #(call.name or "") + (type(call.arguments) == "string" and #call.arguments or 64)
+  end
+  for _, r in ipairs(m.results or {}) do n = n + 48 + #(r.content or "") end
+  return n
+end
+
+-- The older part of a conversation as plain text, for the summary call.
+local function as_text(messages, upto)
+  local lines = {}
+  for i = 1, upto do
+    local m = messages[i]
+    if m.role == "tool" then
+      for _, r in ipairs(m.results or {}) do
+        lines[#lines + 1] = ("[tool %s result] %s"):format(r.name or "?", text_of(r.content))
+      end
+    else
+      local t = text_of(m.content)
+      for _, c in ipairs(m.tool_calls or {}) do
+        t = t .. ("\n[calls %s %s]"):format(c.name, type(c.arguments) == "string" and c.arguments or json.canonical(c.arguments))
+      end
+      lines[#lines + 1] = ("%s: %s"):format(m.role, t)
+    end
+  end
+  return table.concat(lines, "\n\n")
+end
+
+-- The message at `i` with `summary` in front of its content.
+local function with_summary(m, summary)
+  local lead = "[Summary of the earlier conversation]\n" .. summary .. "\n[End of summary]"
+  local copy = {}
+  for k, v in pairs(m) do copy[k] = v end
+  if type(m.content) == "table" then
+    copy.content = { { type = "text", text = lead } }
+    for _, p in ipairs(m.content) do copy.content[#copy.content + 1] = p end
+  else
+    copy.content = lead .. "\n\n" .. (m.content or "")
+  end
+  return copy
+end
+
+--- Applies a compaction record to `messages` (what compact did, done again
+--- on resume): returns the new list.
+function M.apply(messages, rec)
+  local out = messages
+  if rec.emptied then
+    for _, i in ipairs(rec.emptied) do
+      local m = out[i]
+      if m and m.role == "tool" then
+        local results = {}
+        for j, r in ipairs(m.results) do
+          results[j] = { id = r.id, name = r.name, is_error = r.is_error, content = DROPPED }
+        end
+        out[i] = { role = "tool", results = results }
+      end
+    end
+  end
+  if rec.cut and rec.cut > 0 then
+    local kept = {}
+    for i = rec.cut + 1, #out do kept[#kept + 1] = out[i] end
+    if rec.summary and kept[1] then kept[1] = with_summary(kept[1], rec.summary) end
+    out = kept
+  end
+  return out
+end
+
+-- The summary of messages[1..cut]: one model call, with its own prefix.
+local function summarize(session, messages, cut)
+  local prompts = require "tide.prompts"
+  local system, rerr = prompts.render("compact", {})
+  if not system then return nil, rerr end
+  local p = session.provider
+  local prefix = p:encode_prefix(system, {})
+  local body_msg = p:encode_message { role = "user", content = as_text(messages, cut) }
+  local resp, err = p:_complete(prefix, {}, { body_msg })
+  if not resp then return nil, err end
+  if resp.text == nil or resp.text == "" then
+    return nil, core.error("CompactionFailed", "the summary call gave no text")
+  end
+  return resp.text
+end
+
+--- Compacts `session`'s history so that the next request fits (or, with
+--- `force`, by as much as the strategy can). Returns true when it changed
+--- anything, false when there was nothing it could take away, or nil and
+--- an error (CompactionFailed) when the summary call failed; the history is
+--- then as it was.
+function M.compact(session, run, force)
+  local settings = M.settings(session) or { window = math.huge, reserve = 0, strategy = "summarize" }
+  local h = session.conversation
+  local messages = h.messages
+  local limit = settings.window - settings.reserve
+  local bounds = boundaries(messages)
+  -- Keep at least the last user message and what follows it.
+  local last_bound = bounds[#bounds]
+  if not last_bound or last_bound <= 1 then return false end
+  local rec = { type = "compaction", strategy = settings.strategy }
+  local t0 = core.hrtime()
+  if settings.strategy == "drop" then
+    -- 1. empty old tool results (before the last user message), oldest first
+    local emptied, est = {}, M.estimate(session)
+    for i = 1, last_bound - 1 do
+      local m = messages[i]
+      if m.role == "tool" and m.results[1] and m.results[1].content ~= DROPPED then
+        for _, r in ipairs(m.results) do est = est - #(r.content or "") // 4 end
+        emptied[#emptied + 1] = i
+        if not force and est <= limit then break end
+      end
+    end
+    rec.emptied = emptied
+    -- 2. then the oldest turns, whole, until it fits
+    if force or est > limit then
+      local cut, removed, upto = 0, 0, 0
+      for _, b in ipairs(bounds) do
+        if b >= last_bound then break end
+        cut = b - 1
+        for i = upto + 1, cut do removed = removed + approx_bytes(messages[i]) // 4 end
+        upto = cut
+        if not force and est - removed <= limit then break end
+      end
+      if cut == 0 then cut = last_bound - 1 end
+      rec.cut = cut
+    end
+    if #emptied == 0 and not rec.cut then return false end
+  else
+    local cut = last_bound - 1
+    local summary, err = summarize(session, messages, cut)
+    if not summary then
+      return nil, core.error("CompactionFailed", "the summary could not be made: " .. tostring(err), { cause = err })
+    end
+    rec.cut, rec.summary = cut, summary
+  end
+  h:replace(M.apply(messages, rec))
+  h:note(rec)
+  h.usage_input = nil -- the next count is an estimate again
+  local stats = session.counters
+  stats.compactions = stats.compactions + 1
+  if run and run.sink then
+    run.sink { type = "compaction", strategy = rec.strategy, removed = rec.cut or 0,
+      emptied = rec.emptied and #rec.emptied or 0, ms = (core.hrtime() - t0) / 1e6,
+      agent = run.agent, depth = run.depth }
+  end
+  return true
+end
+
+--- Whether a provider error says the prompt is past the context window.
+function M.is_overflow(err)
+  if type(err) ~= "table" or err.code ~= "ProviderError" then return false end
+  local msg = ((err.message or "") .. " " .. (err.body or "")):lower()
+  return msg:find("context length", 1, true) or msg:find("context_length_exceeded", 1, true)
+    or msg:find("maximum context", 1, true) or msg:find("prompt is too long", 1, true)
+    or msg:find("too many tokens", 1, true) or msg:find("context window", 1, true) or false
+end
+
+return M

@@ -1,0 +1,136 @@
+-- Compaction: a long conversation kept inside the context window.
+local tide = require "tide"
+local testing = require "tide.testing"
+local helpers = require "helpers"
+
+local BIG = ("x"):rep(4000) -- a tool result of about 1,000 tokens
+
+-- A mock that calls `lookup` once per user turn, answers after the result,
+-- reports usage from the request's size (a quarter token a byte), and
+-- writes a summary when asked by the compaction prompt.
+local function mock(opts)
+  opts = opts or {}
+  local overflowed = false
+  return testing.mock_server { default = function(req)
+    local body = req.json
+    local msgs = body.messages
+    if msgs[1].content:find("memory of a conversation", 1, true) then
+      if opts.summary_fails then return { fault = "status", status = 500 } end
+      return { text = "They asked about A and B; lookups found x." }
+    end
+    local prompt_tokens = #req.body // 4
+    if opts.overflow_at and prompt_tokens > opts.overflow_at and not overflowed then
+      overflowed = true
+      return { fault = "status", status = 400, body = { error = {
+        message = "This model's maximum context length is 4000 tokens.", code = "context_length_exceeded" } } }
+    end
+    local last = msgs[#msgs]
+    local usage = { input = prompt_tokens, output = 5 }
+    if last.role == "tool" then return { text = "noted", usage = usage } end
+    return { tool_calls = { { name = "lookup", arguments = { q = "a" } } }, usage = usage }
+  end }
+end
+
+local function paired(msgs)
+  local open = {}
+  for _, m in ipairs(msgs) do
+    if m.role == "tool" then open[m.tool_call_id] = nil
+    else
+      if next(open) then return false end
+      for _, c in ipairs(m.tool_calls or {}) do open[c.id] = true end
+    end
+  end
+  return next(open) == nil
+end
+
+describe("compaction", function()
+  local dir
+  before_each(function()
+    dir = helpers.tmpdir()
+    tide.agent { id = "long", prompt = "You look things up.", tools = { tide.tool { name = "lookup",
+      description = "Looks up.", handler = function() return BIG end } } }
+  end)
+  after_each(function() helpers.rmdir(dir) end)
+
+  it("drops old tool results, then old turns, never splitting a call from its result", function()
+    local srv = mock()
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    local path = dir .. "/run.jsonl"
+    local events = {}
+    local s = tide.session { agent = "long", provider = p, transcript = path,
+      context = { window = 4000, reserve = 500, strategy = "drop" } }
+    for i = 1, 6 do
+      assert.are.equal("noted", s:turn("question " .. i, { on_event = function(ev)
+        if ev.type == "compaction" then events[#events + 1] = ev end
+      end }))
+    end
+    assert.is_true(s:stats().compactions >= 1)
+    assert.is_true(#events >= 1)
+    for _, r in ipairs(srv:requests()) do
+      assert.is_true(paired(r.json.messages))
+      assert.is_true(#r.body // 4 < 4000 + 1200, "a request past the window: " .. #r.body // 4)
+    end
+    -- the frozen prefix is untouched
+    local last = srv:requests()[#srv:requests()].json
+    assert.are.equal("You look things up.", last.messages[1].content)
+    -- a resumed session has the compacted state
+    s:close()
+    local r = assert(tide.session { agent = "long", provider = p, resume = path,
+      context = { window = 4000, reserve = 500, strategy = "drop" } })
+    assert.are.equal(#s:history(), #r:history())
+    assert.are.same(s:history()[1], r:history()[1])
+    r:close()
+    srv:close()
+  end)
+
+  it("summarizes the older conversation into the first message kept", function()
+    local srv = mock()
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    local s = tide.session { agent = "long", provider = p, context = { window = 4000, reserve = 500 } }
+    for i = 1, 4 do assert.are.equal("noted", s:turn("question " .. i)) end
+    assert.is_true(s:stats().compactions >= 1)
+    local first = s:history()[1]
+    assert.are.equal("user", first.role)
+    assert.matches("They asked about A and B", first.content, 1, true)
+    assert.matches("[Summary of the earlier conversation]", first.content, 1, true)
+    srv:close()
+  end)
+
+  it("compacts once and retries when the provider says the prompt is too long", function()
+    local srv = mock { overflow_at = 2500 }
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    -- a window it believes large: only the provider's error can tell
+    local s = tide.session { agent = "long", provider = p,
+      context = { window = 1000000, strategy = "drop" } }
+    for i = 1, 4 do assert.are.equal("noted", s:turn("question " .. i)) end
+    assert.are.equal(1, s:stats().compactions)
+    srv:close()
+  end)
+
+  it("fails clearly when the summary cannot be made, and loses nothing", function()
+    local srv = mock { summary_fails = true }
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false,
+      retry = { attempts = 1 } }
+    local s = tide.session { agent = "long", provider = p, context = { window = 4000, reserve = 500 } }
+    local err
+    for i = 1, 4 do
+      local reply
+      reply, err = s:turn("question " .. i)
+      if not reply then break end
+    end
+    assert.are.equal("CompactionFailed", err.code)
+    assert.are.equal(0, s:stats().compactions)
+    assert.are.equal("question 1", s:history()[1].content)
+    srv:close()
+  end)
+
+  it("checks its options", function()
+    local p = tide.provider.openai { base_url = "http://127.0.0.1:1", api_key = "k", model = "m" }
+    assert.has_error(function() tide.session { agent = "long", provider = p, context = { strategy = "fold" } } end,
+      'tide.session: \'context.strategy\' must be "summarize" or "drop"')
+    assert.has_error(function() tide.session { agent = "long", provider = p, context = { windw = 1 } } end,
+      "tide.session: unknown option 'context.windw'")
+    assert.are.equal(128000, require("tide.compaction").window_of("gpt-4o-mini"))
+    assert.are.equal(1047576, require("tide.compaction").window_of("gpt-4.1-mini"))
+  end)
+end)
