@@ -44,6 +44,24 @@ function M.needs(t, args, ctx)
   return not ok or (v and true or false)
 end
 
+--- Checks an integration source's `approval` rule (misuse raises at
+--- `level`): true (every action), "destructive" (actions the source marks
+--- destructive: MCP's destructiveHint, Composio's destructive tags) or a
+--- function(action, args) -> boolean.
+function M.check_rule(rule, where, level)
+  if rule == nil or rule == true or rule == false or rule == "destructive" or type(rule) == "function" then return end
+  error(where .. "'approval' must be true, \"destructive\" or a function", level + 1)
+end
+
+--- The `approval` of a tide.tool made for integration action `action` of a
+--- source whose rule is `rule`.
+function M.for_action(rule, action)
+  if rule == true then return true end
+  if rule == "destructive" then return action.destructive == true or nil end
+  if type(rule) == "function" then return function(args) return rule(action, args) end end
+  return nil
+end
+
 --- The calls waiting for a decision under `session`, its sub-agents' included
 --- (depth first, in call order).
 ---@return {id:string, name:string, arguments:string, agent:string}[]

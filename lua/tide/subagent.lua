@@ -43,9 +43,11 @@ end
 
 local function toolkit_tools(src, tk)
   local out = {}
+  local rule = src and src.approval
   for _, a in ipairs(tk.tools or {}) do
     out[#out + 1] = tool.new {
       name = a.name,
+      approval = require("tide.approval").for_action(rule, a),
       description = a.description or a.name,
       parameters = a.parameters or { type = "object", properties = {} },
       handler = function(args)

@@ -171,4 +171,48 @@ describe("approvals", function()
     assert.are.same({ "send_email", "send_email" }, runs)
     r:close()
   end)
+
+  it("asks for an integration's destructive actions when its source says so", function()
+    local deleted = 0
+    local src = tide.integrations.static { approval = "destructive", toolkits = { {
+      slug = "github", description = "GitHub", connected = true, tools = {
+        { name = "GITHUB_DELETE_REPO", description = "Deletes a repo.", destructive = true,
+          handler = function() deleted = deleted + 1; return "deleted" end },
+        { name = "GITHUB_LIST_REPOS", description = "Lists repos.", handler = function() return "tide" end },
+      } } } }
+    require("tide.integrations.cache").get(src)
+    tide.agent { id = "orch", prompt = "You delegate.", subagents = { { toolkits = "*" } } }
+    srv:close()
+    srv = testing.mock_server { default = scripted(function(msgs)
+      if msgs[1].content:find("You delegate", 1, true) then
+        return { { id = "d1", name = "delegate_github", arguments = { task = "delete the repo" } } }
+      end
+      return { { id = "g1", name = "GITHUB_DELETE_REPO", arguments = {} },
+               { id = "g2", name = "GITHUB_LIST_REPOS", arguments = {} } }
+    end) }
+    p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    local s = tide.session { agent = "orch", provider = p, integrations = src }
+    local _, err = s:turn("clean up")
+    assert.are.equal("ApprovalRequired", err.code)
+    assert.are.equal(1, #err.pending)
+    assert.are.equal("GITHUB_DELETE_REPO", err.pending[1].name)
+    assert.are.equal(0, deleted)
+    assert(s:reject("g1", "keep it"))
+    assert.are.equal("done: done: Error: rejected by the user: keep it | tide", s:resume())
+    assert.are.equal(0, deleted)
+    assert.has_error(function() tide.integrations.static { approval = "sometimes", toolkits = {} } end)
+  end)
+
+  it("reports a corrupt pause record as SessionCorrupt", function()
+    local path = dir .. "/bad.jsonl"
+    local f = assert(io.open(path, "w"))
+    f:write('{"type":"meta","version":1}\n{"role":"system","content":"You help."}\n',
+      '{"content":"go","role":"user"}\n',
+      '{"content":"","role":"assistant","tool_calls":[{"arguments":"{}","id":"c1","name":"send_email"}]}\n',
+      '{"type":"pause","calls":[],"results":[],"waiting":[{"index":1,"id":"c1"}]}\n')
+    f:close()
+    local s, err = tide.session { agent = "assistant", provider = p, resume = path }
+    assert.is_nil(s)
+    assert.are.equal("SessionCorrupt", err.code)
+  end)
 end)

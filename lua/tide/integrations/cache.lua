@@ -99,6 +99,8 @@ local function norm_tool(t, where)
     description = opt_string(t.description, where .. ".description"),
     parameters = params,
     scope = scope_of(t.scope, where .. ".scope"),
+    -- what an `approval = "destructive"` rule asks about
+    destructive = t.destructive == true or nil,
   }
 end
 

@@ -296,8 +296,14 @@ function Composio:_file(tk, prefix, name, a)
   else
     local params = a.input_parameters
     if type(params) ~= "table" then params = { type = "object", properties = {} } end
+    local destructive = false
+    for _, tag in ipairs(type(a.tags) == "table" and a.tags or {}) do
+      if type(tag) == "string" and (tag:lower() == "destructivehint" or tag:lower() == "destructive") then
+        destructive = true
+      end
+    end
     tk.tools[#tk.tools + 1] = { name = name, description = description,
-                                parameters = params, scope = scope }
+                                parameters = params, scope = scope, destructive = destructive or nil }
   end
 end
 
@@ -321,6 +327,7 @@ end
 local OPTIONS = {
   api_key = true, base_url = true, user_id = true, toolkits = true, catalogue = true,
   scopes = true, page_size = true, timeout_ms = true, toolkit_versions = true, important = true,
+  approval = true,
 }
 
 --- A Composio-backed source.
@@ -340,6 +347,7 @@ function composio.new(opts)
       error(("bad argument #1 to 'composio' (unknown option '%s')"):format(tostring(k)), 2)
     end
   end
+  require("tide.approval").check_rule(opts.approval, "tide.integrations.composio: ", 2)
   local api_key = opts.api_key or os.getenv("COMPOSIO_API_KEY")
   if type(api_key) ~= "string" or api_key == "" then
     bad("api_key", "is required (or set COMPOSIO_API_KEY)")
@@ -398,6 +406,7 @@ function composio.new(opts)
     timeout_ms = opts.timeout_ms or 30000,
     toolkit_versions = toolkit_versions or nil,
     important = opts.important == true,
+    approval = opts.approval, -- which actions wait for a person (tide.approval)
   }, Composio)
 
   -- The identity is "composio|<base_url>|<user_id>". Options that change

@@ -28,7 +28,7 @@ local function check_toolkits(toolkits, level)
   return norm
 end
 
-local OPTIONS = { toolkits = true, id = true, delay_ms = true, fail = true }
+local OPTIONS = { toolkits = true, id = true, delay_ms = true, fail = true, approval = true }
 
 --- A source serving fixed toolkits.
 ---@param opts {toolkits: table, id?: string, delay_ms?: integer, fail?: boolean|string|table}
@@ -42,6 +42,7 @@ function static.new(opts)
       error(("bad argument #1 to 'static' (unknown option '%s')"):format(tostring(k)), 2)
     end
   end
+  require("tide.approval").check_rule(opts.approval, "tide.integrations.static: ", 2)
   local norm = check_toolkits(opts.toolkits == nil and {} or opts.toolkits, 2)
   if opts.id ~= nil and (type(opts.id) ~= "string" or opts.id == "") then
     error("bad argument #1 to 'static' (field 'id' must be a non-empty string)", 2)
@@ -63,6 +64,7 @@ function static.new(opts)
     toolkits = opts.toolkits or {},
     delay_ms = opts.delay_ms,
     fail = opts.fail,
+    approval = opts.approval, -- which actions wait for a person (tide.approval)
     fetches = 0,
   }, Static)
 end
