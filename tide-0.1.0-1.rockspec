@@ -50,6 +50,7 @@ build = {
       ["tide.integrations.composio"] = "lua/tide/integrations/composio.lua",
       ["tide.integrations.static"] = "lua/tide/integrations/static.lua",
       ["tide.json"] = "lua/tide/json.lua",
+      ["tide.prices"] = "lua/tide/prices.lua",
       ["tide.prompts"] = "lua/tide/prompts.lua",
       ["tide.provider"] = "lua/tide/provider/init.lua",
       ["tide.provider.anthropic"] = "lua/tide/provider/anthropic.lua",

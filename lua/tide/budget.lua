@@ -20,7 +20,7 @@ budget_mt.__index = budget_mt
 function M.new(limits)
   return setmetatable({
     limits = limits,
-    used = { provider_calls = 0, tokens = 0, tool_calls = 0 },
+    used = { provider_calls = 0, tokens = 0, tool_calls = 0, usd = 0 },
     agents = {},
     started = hrtime(),
   }, budget_mt)
@@ -29,7 +29,7 @@ end
 function budget_mt:agent(path)
   local a = self.agents[path]
   if not a then
-    a = { provider_calls = 0, input_tokens = 0, output_tokens = 0, tool_calls = 0 }
+    a = { provider_calls = 0, input_tokens = 0, output_tokens = 0, tool_calls = 0, usd = 0 }
     self.agents[path] = a
   end
   return a
@@ -42,8 +42,8 @@ function budget_mt:summary()
   table.sort(paths)
   for _, p in ipairs(paths) do
     local a = self.agents[p]
-    lines[#lines + 1] = ("%s: %d provider calls, %d+%d tokens, %d tool calls"):format(
-      p, a.provider_calls, a.input_tokens, a.output_tokens, a.tool_calls)
+    lines[#lines + 1] = ("%s: %d provider calls, %d+%d tokens, %d tool calls, $%.4f"):format(
+      p, a.provider_calls, a.input_tokens, a.output_tokens, a.tool_calls, a.usd)
   end
   return table.concat(lines, "\n")
 end
@@ -71,13 +71,22 @@ function budget_mt:spend(what, n, path)
   a[what] = (a[what] or 0) + (n or 1)
 end
 
-function budget_mt:tokens(input, output, path)
+--- Counts a response's tokens (and its cost in USD, when the model has a
+--- price) against the tree: past a limit, the budget is exhausted (the
+--- response that spent it is still taken; the turn then stops).
+function budget_mt:tokens(input, output, path, usd)
   self.used.tokens = self.used.tokens + input + output
   local a = self:agent(path)
   a.input_tokens = a.input_tokens + input
   a.output_tokens = a.output_tokens + output
+  if usd then
+    self.used.usd = self.used.usd + usd
+    a.usd = a.usd + usd
+  end
   local limit = self.limits.tokens
   if limit and self.used.tokens >= limit then self:exhausted_error("tokens") end
+  local cap = self.limits.usd
+  if cap and self.used.usd >= cap then self:exhausted_error("usd") end
 end
 
 return M

@@ -93,6 +93,7 @@ local lazy_fn = {
   session = { "tide.session", "new" },
   config = { "tide.config", "new" },
   image = { "tide.content", "image" },
+  prices = { "tide.prices", "set" },
   file = { "tide.content", "file" },
 }
 

@@ -50,7 +50,7 @@ local function new_stats()
   return {
     provider_calls = 0, tool_calls = 0, turns = 0, iterations = 0,
     tokens = { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 },
-    compactions = 0,
+    compactions = 0, cost_usd = 0, turn_cost_usd = 0, unpriced_calls = 0,
     stop_reason = nil,
     integration_fetches = 0, config_loads = 0, delegation_rebuilds = 0,
     cache_hits = 0, cache_misses = 0,
@@ -72,7 +72,7 @@ local OPTIONS = {
   max_subagents = true, truncated = true, context = true,
   _parent = true, _parent_tools = true, _toolkit = true, _snapshot = true, _agent_path = true,
 }
-local BUDGET_KINDS = { provider_calls = true, tokens = true, tool_calls = true, wall_ms = true }
+local BUDGET_KINDS = { provider_calls = true, tokens = true, tool_calls = true, wall_ms = true, usd = true }
 local CALLBACK_OPTS = { "on_delta", "on_tool_start", "on_tool_end", "on_event", "on_reasoning" }
 
 local function check_opts(opts)
@@ -107,7 +107,13 @@ local function check_opts(opts)
     if type(b) ~= "table" then error("tide.session: 'budget' must be a table", 3) end
     for k, v in pairs(b) do
       if not BUDGET_KINDS[k] then error(("tide.session: unknown budget kind '%s'"):format(tostring(k)), 3) end
-      if math.type(v) ~= "integer" or v <= 0 then
+      if k == "usd" then
+        if type(v) ~= "number" or v <= 0 or v ~= v then error("tide.session: 'budget.usd' must be a positive number", 3) end
+        if not require("tide.prices").of(opts.provider.model) then
+          error(("tide.session: 'budget.usd' needs a price for model '%s' (tide.prices{...})")
+            :format(tostring(opts.provider.model)), 3)
+        end
+      elseif math.type(v) ~= "integer" or v <= 0 then
         error(("tide.session: 'budget.%s' must be a positive integer"):format(k), 3)
       end
     end

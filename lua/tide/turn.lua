@@ -17,6 +17,7 @@ local surface = require "tide.surface"
 local tool_protocol = require "tide.tool_protocol"
 local function schema_module() return require "tide.schema" end
 local approval = require "tide.approval"
+local prices = require "tide.prices"
 local function compaction() return require "tide.compaction" end
 
 local hrtime = core.hrtime
@@ -344,7 +345,7 @@ end
 -- Usage means the same from every provider: `input` is the whole prompt
 -- (cached and cache-written tokens included), `reasoning` is part of
 -- `output`. Budgets count input + output.
-local function add_usage(run, stats, u)
+local function add_usage(run, stats, u, model)
   if not u then return end
   local input, output = u.input or 0, u.output or 0
   local tokens = stats.tokens
@@ -353,7 +354,15 @@ local function add_usage(run, stats, u)
   tokens.cached = tokens.cached + (u.cached or 0)
   tokens.cache_write = tokens.cache_write + (u.cache_write or 0)
   tokens.reasoning = tokens.reasoning + (u.reasoning or 0)
-  if run.budget then run.budget:tokens(input, output, run.agent) end
+  -- What it cost, where the model has a price (tide.prices).
+  local usd = prices.cost(model, u)
+  if usd then
+    stats.cost_usd = stats.cost_usd + usd
+    stats.turn_cost_usd = stats.turn_cost_usd + usd
+  else
+    stats.unpriced_calls = stats.unpriced_calls + 1
+  end
+  if run.budget then run.budget:tokens(input, output, run.agent, usd) end
 end
 
 -- Stops that cut the answer short.
@@ -403,7 +412,7 @@ local function loop(session, opts, run, first, state)
     if resp.usage and (resp.usage.input or 0) > 0 then
       history.usage_input, history.usage_wire_bytes = resp.usage.input, sent_bytes
     end
-    add_usage(run, stats, resp.usage)
+    add_usage(run, stats, resp.usage, provider.model)
     stats.stop_reason = resp.stop
     stats.ttfb_ms = resp.ttfb_ms
     stats.first_ttfb_ms = stats.first_ttfb_ms or resp.ttfb_ms
@@ -486,6 +495,7 @@ local function body(session, text, opts, run)
   local trace = {}
   local t0 = hrtime()
   stats.turns = stats.turns + 1
+  stats.turn_cost_usd = 0
   if run.depth > stats.spawn_depth_max then stats.spawn_depth_max = run.depth end
 
   -- 1. integrations: cold sessions fetch; warm ones only peek for a change.

@@ -1,0 +1,111 @@
+--- tide.prices: what model calls cost, in US dollars per million tokens.
+---
+--- A shipped table covers common OpenAI, Anthropic, Gemini and DeepSeek
+--- models (list prices; `tide.prices{ [model] = {...} }` overrides or adds,
+--- for negotiated prices, other models or newer lists). A model is found by
+--- its exact name, else by the longest name that prefixes it (so a dated
+--- snapshot, "gpt-4o-mini-2024-07-18", takes "gpt-4o-mini"'s prices).
+---
+--- Usage means the same from every provider (tide.turn): `input` is the
+--- whole prompt, of which `cached` were read from the provider's cache and
+--- `cache_write` written to it; `reasoning` is part of `output`. So a call
+--- costs (input - cached - cache_write) x input + cached x cached +
+--- cache_write x cache_write + output x output, and reasoning tokens priced
+--- apart (where a price says so) replace their share of the output price.
+---@class tide.prices
+local M = {}
+
+-- USD per 1M tokens: input, cached (cache read), cache_write, output. A
+-- missing cached price is the input price; a missing cache_write price is
+-- the input price (providers that do not bill writes apart).
+local SHIPPED = {
+  ["gpt-4o"] = { input = 2.50, cached = 1.25, output = 10.00 },
+  ["gpt-4o-mini"] = { input = 0.15, cached = 0.075, output = 0.60 },
+  ["gpt-4.1"] = { input = 2.00, cached = 0.50, output = 8.00 },
+  ["gpt-4.1-mini"] = { input = 0.40, cached = 0.10, output = 1.60 },
+  ["gpt-4.1-nano"] = { input = 0.10, cached = 0.025, output = 0.40 },
+  ["gpt-5"] = { input = 1.25, cached = 0.125, output = 10.00 },
+  ["gpt-5-mini"] = { input = 0.25, cached = 0.025, output = 2.00 },
+  ["gpt-5-nano"] = { input = 0.05, cached = 0.005, output = 0.40 },
+  ["o3"] = { input = 2.00, cached = 0.50, output = 8.00 },
+  ["o3-mini"] = { input = 1.10, cached = 0.55, output = 4.40 },
+  ["o4-mini"] = { input = 1.10, cached = 0.275, output = 4.40 },
+  ["claude-opus-4"] = { input = 15.00, cached = 1.50, cache_write = 18.75, output = 75.00 },
+  ["claude-opus-4-1"] = { input = 15.00, cached = 1.50, cache_write = 18.75, output = 75.00 },
+  ["claude-sonnet-4"] = { input = 3.00, cached = 0.30, cache_write = 3.75, output = 15.00 },
+  ["claude-sonnet-4-5"] = { input = 3.00, cached = 0.30, cache_write = 3.75, output = 15.00 },
+  ["claude-haiku-4-5"] = { input = 1.00, cached = 0.10, cache_write = 1.25, output = 5.00 },
+  ["claude-3-5-haiku"] = { input = 0.80, cached = 0.08, cache_write = 1.00, output = 4.00 },
+  ["gemini-2.5-pro"] = { input = 1.25, cached = 0.31, output = 10.00 },
+  ["gemini-2.5-flash"] = { input = 0.30, cached = 0.075, output = 2.50 },
+  ["gemini-2.5-flash-lite"] = { input = 0.10, cached = 0.025, output = 0.40 },
+  ["deepseek-chat"] = { input = 0.28, cached = 0.028, output = 0.42 },
+  ["deepseek-reasoner"] = { input = 0.28, cached = 0.028, output = 0.42 },
+}
+
+local overrides = {}
+local FIELDS = { input = true, cached = true, cache_write = true, output = true, reasoning = true }
+
+--- Sets or adds prices: `{ [model] = { input, cached, cache_write, output,
+--- reasoning } }` in USD per million tokens (`input` and `output`
+--- required). `false` for a model removes its price.
+---@param tbl table<string, table|false>
+function M.set(tbl)
+  if type(tbl) ~= "table" then
+    error(("bad argument #1 to 'prices' (table expected, got %s)"):format(type(tbl)), 2)
+  end
+  for model, p in pairs(tbl) do
+    if type(model) ~= "string" or model == "" then error("tide.prices: a model name must be a non-empty string", 2) end
+    if p ~= false then
+      if type(p) ~= "table" then error(("tide.prices: '%s' must be a table of prices"):format(model), 2) end
+      for k, v in pairs(p) do
+        if not FIELDS[k] then error(("tide.prices: unknown price '%s' for '%s'"):format(tostring(k), model), 2) end
+        if type(v) ~= "number" or v < 0 or v ~= v or v == math.huge then
+          error(("tide.prices: '%s.%s' must be a non-negative number"):format(model, k), 2)
+        end
+      end
+      if p.input == nil or p.output == nil then
+        error(("tide.prices: '%s' needs 'input' and 'output'"):format(model), 2)
+      end
+    end
+    overrides[model] = p
+  end
+end
+
+--- The prices of `model`, or nil when tide has none.
+---@param model string
+---@return table|nil
+function M.of(model)
+  if type(model) ~= "string" then return nil end
+  local o = overrides[model]
+  if o ~= nil then return o or nil end
+  if SHIPPED[model] then return SHIPPED[model] end
+  local best, best_len
+  for _, t in ipairs { overrides, SHIPPED } do
+    for name, p in pairs(t) do
+      if p and #name < #model and model:sub(1, #name + 1) == name .. "-" and (not best_len or #name > best_len) then
+        best, best_len = p, #name
+      end
+    end
+  end
+  return best
+end
+
+--- What a call with `usage` cost on `model`, in USD; nil when the model has
+--- no price.
+---@param model string
+---@param usage {input?:integer, output?:integer, cached?:integer, cache_write?:integer, reasoning?:integer}
+---@return number|nil
+function M.cost(model, usage)
+  local p = M.of(model)
+  if not p or not usage then return nil end
+  local input, output = usage.input or 0, usage.output or 0
+  local cached, written, reasoning = usage.cached or 0, usage.cache_write or 0, usage.reasoning or 0
+  local fresh = math.max(0, input - cached - written)
+  local usd = fresh * p.input + cached * (p.cached or p.input) + written * (p.cache_write or p.input)
+    + output * p.output
+  if p.reasoning then usd = usd + reasoning * (p.reasoning - p.output) end
+  return usd / 1e6
+end
+
+return M
