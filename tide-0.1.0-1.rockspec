@@ -60,6 +60,7 @@ build = {
       ["tide.provider.openai"] = "lua/tide/provider/openai.lua",
       ["tide.provider.reply"] = "lua/tide/provider/reply.lua",
       ["tide.provider.retry"] = "lua/tide/provider/retry.lua",
+      ["tide.redact"] = "lua/tide/redact.lua",
       ["tide.schema"] = "lua/tide/schema.lua",
       ["tide.session"] = "lua/tide/session.lua",
       ["tide.subagent"] = "lua/tide/subagent.lua",

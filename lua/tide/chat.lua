@@ -117,20 +117,34 @@ function M.main(argv, io_out)
       out:write("\n[reload failed] ", where, " ", tostring(e.message or e), "\n")
       out:flush()
     end
+    -- A directory that cannot be watched (missing, unreadable) ends the
+    -- chat before it starts: chatting on without the files the user named
+    -- would hide the mistake.
+    local function watching(option, w, err)
+      if w then
+        watchers[#watchers + 1] = w
+        return true
+      end
+      io.stderr:write(("tide chat: --%s %s: %s\n"):format(option, o[option], tostring(err)))
+      status = 1
+      for _, open in ipairs(watchers) do open:close() end
+      if srv then srv:close() end
+      return false
+    end
     local src
-    if o.prompts then
-      watchers[#watchers + 1] = tide.prompts.watch(o.prompts, {
+    if o.prompts and not watching("prompts", tide.prompts.watch(o.prompts, {
         on_error = report,
         on_change = function(name, v) out:write(("\n[prompt %s reloaded: version %s; /new to use it]\n"):format(name, v)) end,
-      })
+      })) then
+      return
     end
     local demo = require "tide.testing.demo"
     if not o.agents or not tide.agents.get(o.agent or "orchestrator") then demo.agents() end
-    if o.agents then
-      watchers[#watchers + 1] = tide.agents.watch(o.agents, {
+    if o.agents and not watching("agents", tide.agents.watch(o.agents, {
         on_error = report,
         on_change = function(id) out:write(("\n[agent %s reloaded; /new to use it]\n"):format(id)) end,
-      })
+      })) then
+      return
     end
     if not o.provider or o.provider == "demo" then
       src = tide.integrations.static { id = "chat-demo", toolkits = demo.toolkits() }

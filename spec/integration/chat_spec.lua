@@ -86,3 +86,34 @@ describe("tide chat in a terminal", function()
     send("/quit")
   end)
 end)
+
+describe("tide chat with a directory it cannot watch", function()
+  local root = helpers.sh("pwd"):gsub("%s+$", "")
+
+  -- Runs the chat on an empty stdin; its output (stderr too) and exit status.
+  local function chat(args)
+    local build = os.getenv("TIDE_BUILD_DIR") or "build"
+    local out = helpers.sh(("(cd %s && LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' " ..
+      "ASAN_OPTIONS=detect_leaks=0 timeout 20 lua5.4 bin/tide chat %s --provider demo </dev/null; echo \"exit=$?\")")
+      :format(root, build, args))
+    return out, tonumber(out:match("exit=(%d+)%s*$"))
+  end
+
+  it("exits with 1 and names the option and the directory", function()
+    local dir = helpers.tmpdir()
+    for _, case in ipairs {
+      { "--prompts " .. dir .. "/missing", "^tide chat: %-%-prompts " .. dir .. "/missing: FileError: prompts%.watch: " },
+      { "--agents " .. dir .. "/gone", "^tide chat: %-%-agents " .. dir .. "/gone: FileError: agents%.watch: " },
+      -- the prompts are watched, then the agents directory is missing
+      { "--prompts " .. dir .. " --agents " .. dir .. "/gone", "^tide chat: %-%-agents " },
+    } do
+      local out, status = chat(case[1])
+      assert.are.equal(1, status, out)
+      assert.matches(case[2], out)
+      assert.matches("no such file or directory", out)
+      assert.is_nil(out:find("traceback", 1, true), out)
+      assert.is_nil(out:find("chat with", 1, true), out) -- it never started
+    end
+    helpers.rmdir(dir)
+  end)
+end)

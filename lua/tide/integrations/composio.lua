@@ -33,6 +33,7 @@
 --- a `reason`, so prompts can say what access would unlock them.
 local core = require "tide.core"
 local json = require "tide.json"
+local redact = require "tide.redact"
 
 local composio = {}
 
@@ -120,8 +121,11 @@ local function query_string(params)
   return table.concat(parts, "&")
 end
 
-local function fail(code, message, fields)
-  return nil, core.error(code, message, fields)
+-- The failure of a request, with the project key cut out of what the server
+-- answered (one that echoes the request quotes its x-api-key header, and a
+-- cursor it sends back is the server's text too).
+function Composio:_fail(code, message, fields)
+  return nil, redact.error(core.error(code, message, fields), redact.secrets(self.api_key))
 end
 
 function Composio:_get(path, params)
@@ -133,16 +137,16 @@ function Composio:_get(path, params)
   }
   if not res then
     if type(err) == "table" and err.code == "Cancelled" then error(err, 0) end
-    return fail("HttpFailed", ("composio GET %s: %s"):format(path, tostring(err)),
+    return self:_fail("HttpFailed", ("composio GET %s: %s"):format(path, tostring(err)),
       { cause = err, path = path })
   end
   if res.status < 200 or res.status > 299 then
-    return fail("HttpFailed", ("composio GET %s answered HTTP %d"):format(path, res.status),
+    return self:_fail("HttpFailed", ("composio GET %s answered HTTP %d"):format(path, res.status),
       { status = res.status, body = res.body:sub(1, 2000), path = path })
   end
   local body, jerr = json.decode(res.body)
   if type(body) ~= "table" then
-    return fail("MalformedResponse", ("composio GET %s: %s"):format(path,
+    return self:_fail("MalformedResponse", ("composio GET %s: %s"):format(path,
       jerr and jerr.message or "expected a JSON object"), { path = path })
   end
   return body
@@ -162,7 +166,7 @@ function Composio:_list(path, params)
     if not body then return nil, err end
     local page = body.items
     if type(page) ~= "table" then
-      return fail("MalformedResponse", ("composio GET %s: no 'items' array"):format(path),
+      return self:_fail("MalformedResponse", ("composio GET %s: no 'items' array"):format(path),
         { path = path })
     end
     for _, item in ipairs(page) do items[#items + 1] = item end
@@ -170,13 +174,13 @@ function Composio:_list(path, params)
     if not present(next_cursor) or next_cursor == "" then return items end
     next_cursor = tostring(next_cursor)
     if seen[next_cursor] then
-      return fail("MalformedResponse", ("composio GET %s: pagination repeats cursor %q")
+      return self:_fail("MalformedResponse", ("composio GET %s: pagination repeats cursor %q")
         :format(path, next_cursor), { path = path })
     end
     seen[next_cursor] = true
     cursor = next_cursor
   end
-  return fail("MalformedResponse", ("composio GET %s: more than %d pages"):format(path, MAX_PAGES),
+  return self:_fail("MalformedResponse", ("composio GET %s: more than %d pages"):format(path, MAX_PAGES),
     { path = path })
 end
 
@@ -454,13 +458,13 @@ function Composio:execute(action, args)
   }
   if not res then
     if type(err) == "table" and err.code == "Cancelled" then error(err, 0) end
-    return fail("HttpFailed", ("composio execute %s: %s"):format(action, tostring(err)), { cause = err })
+    return self:_fail("HttpFailed", ("composio execute %s: %s"):format(action, tostring(err)), { cause = err })
   end
   local body = json.decode(res.body)
   if res.status < 200 or res.status > 299 or type(body) ~= "table" or body.successful == false then
     local msg = type(body) == "table" and body.error ~= json.null and body.error or ("HTTP " .. res.status)
     if type(msg) == "table" then msg = msg.message or json.canonical(msg) end
-    return fail("ToolError", ("composio execute %s failed: %s"):format(action, tostring(msg)),
+    return self:_fail("ToolError", ("composio execute %s failed: %s"):format(action, tostring(msg)),
       { status = res.status })
   end
   return body.data

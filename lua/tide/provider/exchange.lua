@@ -7,6 +7,7 @@
 local core = require "tide.core"
 local json = require "tide.json"
 local errors = require "tide.provider.errors"
+local redact = require "tide.redact"
 local reply = require "tide.provider.reply"
 local retry = require "tide.provider.retry"
 
@@ -297,6 +298,10 @@ function M.complete(self, body, opts, wire)
       res.attempts = n
       return res
     end
+    -- Every error of an attempt leaves here, and it may quote a server
+    -- that echoed the request's credentials: they are cut out once, before
+    -- on_retry or the caller sees it.
+    redact.error(err, redact.secrets(self.api_key, self.headers))
     err.attempts = n
     if n >= policy.attempts or not retry.retryable(err, received, delivered) then
       err.retryable = nil

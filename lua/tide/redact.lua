@@ -1,0 +1,119 @@
+--- tide.redact: keeps credentials out of what tide reports. An error carries
+--- excerpts of what a server answered, and a server may echo the request back,
+--- headers and all; the errors of providers and integration sources pass
+--- through here before anyone sees them, with every occurrence of the key
+--- (raw or as a JSON encoder escapes it) replaced by `[redacted]`.
+---@class tide.redact
+local M = {}
+
+local json = require "tide.json"
+
+--- What stands in for a secret.
+M.MARK = "[redacted]"
+
+--- Request headers whose values are credentials (lower-case names).
+M.SECRET_HEADERS = {
+  authorization = true, ["proxy-authorization"] = true, ["x-api-key"] = true, ["api-key"] = true,
+}
+
+-- Shorter values are left alone: a secret that short protects nothing, and
+-- replacing it everywhere would mangle ordinary words (specs use keys like
+-- "k"). The same length bounds the stub of a secret cut off at the end of an
+-- excerpt.
+local MIN_LEN = 8
+
+local function add_one(list, seen, s)
+  if seen[s] then return end
+  seen[s] = true
+  list[#list + 1] = s
+end
+
+local function add(list, seen, s)
+  if type(s) ~= "string" or #s < MIN_LEN then return end
+  add_one(list, seen, s)
+  -- As a JSON string: servers that echo the request encode it, and "/" is
+  -- escaped by some encoders (cjson's among them) and not by others.
+  add_one(list, seen, json.quote(s):sub(2, -2))
+  add_one(list, seen, (s:gsub("/", "\\/")))
+end
+
+--- The strings to hide for a request made with `api_key` and `headers`:
+--- the key, the value of every header named in SECRET_HEADERS and the
+--- credential after its scheme ("Bearer <token>"), each also as JSON
+--- escapes it. Longest first, so that a whole value goes before its parts.
+---@param api_key? string
+---@param headers? table<string,string> names in lower case
+---@return string[]
+function M.secrets(api_key, headers)
+  local list, seen = {}, {}
+  add(list, seen, api_key)
+  for name, value in pairs(headers or {}) do
+    if M.SECRET_HEADERS[name] and type(value) == "string" then
+      add(list, seen, value)
+      add(list, seen, value:match("^%a+%s+(.+)$"))
+    end
+  end
+  table.sort(list, function(a, b) return #a > #b end)
+  return list
+end
+
+-- How many bytes of the start of `secret` (MIN_LEN or more, but not all of
+-- it) `s` ends with, or nil: an excerpt cut in the middle of the secret.
+local function stub_length(s, secret)
+  for n = math.min(#secret - 1, #s), MIN_LEN, -1 do
+    if s:sub(-n) == secret:sub(1, n) then return n end
+  end
+  return nil
+end
+
+--- `s` with every secret of `secrets` (from `M.secrets`) replaced by MARK,
+--- and the start of one at its very end (an excerpt cut through it) too.
+---@param s string
+---@param secrets string[]
+---@return string
+function M.string(s, secrets)
+  for _, secret in ipairs(secrets) do
+    local i = s:find(secret, 1, true)
+    if i then
+      local parts, j = {}, 1
+      while i do
+        parts[#parts + 1] = s:sub(j, i - 1)
+        j = i + #secret
+        i = s:find(secret, j, true)
+      end
+      parts[#parts + 1] = s:sub(j)
+      s = table.concat(parts, M.MARK)
+    end
+  end
+  for _, secret in ipairs(secrets) do
+    local n = stub_length(s, secret)
+    if n then
+      s = s:sub(1, -n - 1) .. M.MARK
+      break
+    end
+  end
+  return s
+end
+
+local function walk(t, secrets, visited)
+  visited[t] = true
+  for k, v in pairs(t) do
+    if type(v) == "string" then
+      t[k] = M.string(v, secrets)
+    elseif type(v) == "table" and not visited[v] then
+      walk(v, secrets, visited)
+    end
+  end
+end
+
+--- Redacts, in place, every string field of the error `err` and of the
+--- tables it holds (a `cause`, details), however deep; returns `err`.
+---@param err table
+---@param secrets string[]
+---@return table err
+function M.error(err, secrets)
+  if type(err) == "table" and #secrets > 0 then walk(err, secrets, {}) end
+  return err
+end
+
+return M
