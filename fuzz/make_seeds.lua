@@ -148,3 +148,42 @@ write("template", "errors", "{{#list}}{{/nums}}\0{{name\0{{=<% %>=}} {{}} {{> }}
 write("template", "render_errors", "{{t}} {{fn}} {{#fn}}x{{/fn}} {{missing}} {{> missing}} {{> bad}}"
   .. " {{meta.x}} {{meta.boom}} {{#self}}{{/self}}")
 write("template", "normalise", "  \r\n\ttext   \n\n\n\nmore\t \r\n\r\n\r\nend  \v\f\r\r\n")
+
+-- ---------------------------------------------------- schema validation --
+local person = '{"type":"object","additionalProperties":false,"required":["name","tags"],'
+  .. '"properties":{"name":{"type":"string","minLength":1},"age":{"type":"integer","minimum":0},'
+  .. '"tags":{"type":"array","items":{"type":"string"}},"role":{"enum":["admin","user"]}}}'
+write("schema", "valid", hdr(0) .. person .. "\0" .. '{"name":"Ada","age":36,"tags":[]}')
+write("schema", "invalid", hdr(0) .. person .. "\0" .. '{"name":"","age":1.5,"tags":[1],"x":true}')
+write("schema", "fenced", hdr(0) .. person .. "\0" .. '```json\n{"name":"Bo","tags":["a"]}\n```')
+write("schema", "refs", hdr(0) .. '{"$defs":{"id":{"type":"integer"}},"anyOf":[{"$ref":"#/$defs/id"},'
+  .. '{"type":"null"}],"oneOf":[{"type":"integer"},{"type":"number"}]}' .. "\0" .. "3")
+write("schema", "prose", hdr(0) .. person .. "\0" .. "I think it is Ada.")
+
+-- ---------------------------------------------------- Anthropic streams --
+local function aev(name, data) return ("event: %s\ndata: %s\n\n"):format(name, data) end
+local astart = aev("message_start", '{"type":"message_start","message":{"id":"msg_01","type":"message",'
+  .. '"role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"usage":'
+  .. '{"input_tokens":13,"cache_read_input_tokens":0,"cache_creation_input_tokens":14015,"output_tokens":1}}}')
+local astop = aev("message_delta", '{"type":"message_delta","delta":{"stop_reason":"tool_use",'
+  .. '"stop_sequence":null},"usage":{"output_tokens":42}}') .. aev("message_stop", '{"type":"message_stop"}')
+write("anthropic_stream", "thinking_tool", hdr(0, 7, 3) .. astart
+  .. aev("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}')
+  .. aev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me look."}}')
+  .. aev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQBCgIYAhIM"}}')
+  .. aev("content_block_stop", '{"type":"content_block_stop","index":0}')
+  .. aev("content_block_start", '{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}')
+  .. aev("content_block_delta", '{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"Checking."}}')
+  .. aev("content_block_stop", '{"type":"content_block_stop","index":1}')
+  .. aev("content_block_start", '{"type":"content_block_start","index":2,"content_block":{"type":"tool_use","id":"toolu_01","name":"lookup","input":{}}}')
+  .. aev("content_block_delta", '{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"{\\"q\\": \\"ti"}}')
+  .. aev("content_block_delta", '{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"de\\"}"}}')
+  .. aev("content_block_stop", '{"type":"content_block_stop","index":2}') .. astop)
+write("anthropic_stream", "error", hdr(0, 0, 0) .. astart
+  .. aev("error", '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'))
+write("anthropic_stream", "ping_text", hdr(0, 3, 9) .. astart .. aev("ping", '{"type":"ping"}')
+  .. aev("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}')
+  .. aev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi \\u00e9"}}')
+  .. aev("content_block_stop", '{"type":"content_block_stop","index":0}')
+  .. aev("message_delta", '{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":3}}')
+  .. aev("message_stop", '{"type":"message_stop"}'))

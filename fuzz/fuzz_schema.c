@@ -1,0 +1,43 @@
+/*
+** fuzz_schema.c -- tide.schema: check, validate, mark_arrays and
+** decode_answer on arbitrary JSON schemas and values.
+**
+** Input: one header byte, then the schema's JSON, a NUL, and the answer
+** text (the value's JSON, maybe fenced).
+**   [0] unused (room for options)
+** A schema that check() accepts must validate any decoded value without
+** raising, giving a list of strings; mark_arrays must not raise either; a
+** value that validates must still validate once its arrays are marked.
+*/
+#include "harness.h"
+
+static const char DRIVER[] =
+    "local core, input = ...\n"
+    "local _, rest = header(input, 1)\n"
+    "local nul = rest:find('\\0', 1, true)\n"
+    "if not nul then return end\n"
+    "local schema_text, answer = rest:sub(1, nul - 1), rest:sub(nul + 1)\n"
+    "local schema = require 'tide.schema'\n"
+    "local okd, s = pcall(require('cjson').new().decode, schema_text)\n"
+    "if not okd or type(s) ~= 'table' then return end\n"
+    "if not pcall(schema.check, s, 'fuzz', 1) then return end\n"
+    "local ok1, value, why = try(schema.decode_answer, answer)\n"
+    "if not ok1 then bug('decode_answer raised', value) end\n"
+    "if value == nil then\n"
+    "  check(type(why) == 'string', 'decode_answer failed without a reason', why)\n"
+    "  return\n"
+    "end\n"
+    "local ok2, errs = try(schema.validate, value, s)\n"
+    "if not ok2 then bug('validate raised on a checked schema', errs) end\n"
+    "check(type(errs) == 'table', 'validate gave no list', errs)\n"
+    "for _, e in ipairs(errs) do check(type(e) == 'string', 'a failure that is not a string', e) end\n"
+    "local ok3, marked = try(schema.mark_arrays, value, s)\n"
+    "if not ok3 then bug('mark_arrays raised', marked) end\n"
+    "if #errs == 0 then\n"
+    "  check(#schema.validate(marked, s) == 0, 'marking arrays made a valid value invalid', value)\n"
+    "end\n";
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  return tide_fuzz_run(DRIVER, data, size);
+}
