@@ -414,7 +414,7 @@ end
 -- on the SSE `event:` line: events nothing is taken from are skipped
 -- without decoding their JSON.
 local SKIP = {
-  ["response.in_progress"] = true, ["response.output_item.added"] = true,
+  ["response.created"] = true, ["response.in_progress"] = true, ["response.output_item.added"] = true,
   ["response.content_part.added"] = true, ["response.content_part.done"] = true,
   ["response.output_text.done"] = true, ["response.function_call_arguments.delta"] = true,
   ["response.function_call_arguments.done"] = true, ["response.reasoning_summary_part.added"] = true,
@@ -469,8 +469,8 @@ function Stream:event(ev)
   elseif ty == "error" then
     return failure("stream error", obj, ev.data)
   end
-  -- response.created, refusal deltas (the done item holds the refusal) and
-  -- unknown events carry nothing tide needs.
+  -- Refusal deltas (the done item holds the refusal) and unknown events
+  -- carry nothing tide needs.
   return nil
 end
 
