@@ -274,7 +274,7 @@ for _, stream in ipairs({ true, false }) do
   end)
 end
 
-describe("tide.provider.openai{ api = \"responses\" }, streamed failures", function()
+describe("tide.provider.openai{ api = \"responses\" }, raw streams", function()
   local function sse(events)
     local out = {}
     for i, e in ipairs(events) do
@@ -305,6 +305,24 @@ describe("tide.provider.openai{ api = \"responses\" }, streamed failures", funct
       assert.are.equal("ProviderError", err.code)
       assert.matches("The model failed", err.message)
       assert.are.equal(2, err.attempts)
+    end)
+  end)
+
+  it("takes the items from output_item.done when the final response leaves them out", function()
+    local body = sse({
+      { "response.output_item.done", '{"type":"response.output_item.done","sequence_number":0,"output_index":0,'
+        .. '"item":{"type":"function_call","id":"fc_1","call_id":"call_x","name":"lookup","arguments":"{}"}}' },
+      { "response.completed", '{"type":"response.completed","sequence_number":1,"response":{"id":"r",'
+        .. '"status":"completed","output":[],"usage":{"input_tokens":3,"output_tokens":2}}}' },
+    })
+    helpers.run(function()
+      local srv <close> = assert(testing.mock_server({ routes = route(body) }))
+      local p = provider.openai({ api = "responses", base_url = srv.url, api_key = "k", retry = { attempts = 1 } })
+      p._url = function() return srv.url .. "/raw" end
+      local res = assert(p:complete(p:body(p:encode_prefix("s", {}), { p:encode_message({ role = "user", content = "q" }) })))
+      assert.are.same({ { id = "call_x", name = "lookup", arguments = "{}" } }, res.tool_calls)
+      assert.are.equal("tool_calls", res.stop)
+      assert.are.equal(3, res.usage.input)
     end)
   end)
 

@@ -408,18 +408,21 @@ end
 
 -- ------------------------------------------------------------- streaming
 
--- Events parsed in Lua, like Anthropic's. Items are taken whole from
--- response.output_item.done (the call's arguments, the reasoning item's
--- encrypted content), text from the deltas as it comes. The event name is
--- on the SSE `event:` line: events nothing is taken from are skipped
--- without decoding their JSON.
+-- Events parsed in Lua, like Anthropic's. Text comes from the deltas as it
+-- streams; everything else from the finished response that
+-- response.completed (or .incomplete) carries whole, read by the same code
+-- as a non-streamed reply. response.output_item.done events are kept
+-- undecoded, for a server whose final response leaves its output out.
+-- The event name is on the SSE `event:` line: events nothing is taken from
+-- are skipped without decoding their JSON.
 local SKIP = {
   ["response.created"] = true, ["response.in_progress"] = true, ["response.output_item.added"] = true,
   ["response.content_part.added"] = true, ["response.content_part.done"] = true,
   ["response.output_text.done"] = true, ["response.function_call_arguments.delta"] = true,
   ["response.function_call_arguments.done"] = true, ["response.reasoning_summary_part.added"] = true,
   ["response.reasoning_summary_part.done"] = true, ["response.reasoning_summary_text.done"] = true,
-  ["response.output_text.annotation.added"] = true, ["response.refusal.done"] = true,
+  ["response.output_text.annotation.added"] = true, ["response.refusal.delta"] = true,
+  ["response.refusal.done"] = true,
 }
 
 local Stream = {}
@@ -428,7 +431,13 @@ Stream.__index = Stream
 --- Handles one SSE event; returns an error to abandon the stream.
 function Stream:event(ev)
   if self.done or ev.done then return nil end
-  if SKIP[ev.event] then return nil end
+  local name = ev.event
+  if SKIP[name] then return nil end
+  if name == "response.output_item.done" then
+    local n = #self.items + 1
+    self.items[n] = ev.data
+    return nil
+  end
   local obj, derr = decode_fast(ev.data)
   if type(obj) ~= "table" then
     return fail("MalformedResponse", "openai stream event is not a JSON object"
@@ -445,19 +454,8 @@ function Stream:event(ev)
     end
   elseif ty == "response.reasoning_summary_text.delta" then
     if self.on_reasoning and type(obj.delta) == "string" and obj.delta ~= "" then self.on_reasoning(obj.delta) end
-  elseif ty == "response.output_item.done" then
-    local item = obj.item
-    -- A message's text came as deltas; only a refusal is read from it.
-    if type(item) == "table" and item.type == "message" then
-      for _, part in ipairs(type(item.content) == "table" and item.content or {}) do
-        if type(part) == "table" and part.type == "refusal" and type(part.refusal) == "string" then
-          self.acc.refusal = (self.acc.refusal or "") .. part.refusal
-        end
-      end
-      return nil
-    end
-    self.nitems = self.nitems + 1
-    return add_item(self.acc, item, self.nitems)
+  elseif ty == "response.output_item.done" then -- (a server that names no events)
+    self.items[#self.items + 1] = ev.data
   elseif ty == "response.completed" or ty == "response.incomplete" then
     local r = obj.response
     if type(r) ~= "table" then return fail("MalformedResponse", "openai " .. ty .. " has no response") end
@@ -469,8 +467,7 @@ function Stream:event(ev)
   elseif ty == "error" then
     return failure("stream error", obj, ev.data)
   end
-  -- Refusal deltas (the done item holds the refusal) and unknown events
-  -- carry nothing tide needs.
+  -- Unknown events carry nothing tide needs.
   return nil
 end
 
@@ -480,17 +477,31 @@ function Stream:finish()
     return nil, fail("MalformedResponse", "openai stream ended before response.completed",
       { partial_text = concat(self.text) })
   end
-  local acc = self.acc
+  local final = self.final
+  local output = final.output
+  if type(output) ~= "table" or next(output) == nil then
+    output = {}
+    for i, data in ipairs(self.items) do
+      local obj = decode_fast(data)
+      output[i] = type(obj) == "table" and obj.item or nil
+    end
+  end
+  local acc = { text = {}, calls = {} }
+  for i, item in ipairs(output) do
+    local err = add_item(acc, item, i)
+    if err then return nil, err end
+  end
+  -- The text is what the deltas said (what on_delta heard), whatever the
+  -- final output repeats.
   acc.text = self.text
-  return reply_of(self.final, acc)
+  return reply_of(final, acc)
 end
 
 --- A parser for one streamed response; `emit(text)` receives text deltas,
 --- `on_reasoning(text)` (optional) reasoning summary deltas.
 function Provider:_stream(emit, on_reasoning)
   return setmetatable({
-    emit = emit, on_reasoning = on_reasoning, text = {}, ntext = 0, done = false, nitems = 0,
-    acc = { calls = {} },
+    emit = emit, on_reasoning = on_reasoning, text = {}, ntext = 0, done = false, items = {},
   }, Stream)
 end
 
