@@ -59,6 +59,7 @@ build = {
       ["tide.provider.exchange"] = "lua/tide/provider/exchange.lua",
       ["tide.provider.openai"] = "lua/tide/provider/openai.lua",
       ["tide.provider.reply"] = "lua/tide/provider/reply.lua",
+      ["tide.provider.responses"] = "lua/tide/provider/responses.lua",
       ["tide.provider.retry"] = "lua/tide/provider/retry.lua",
       ["tide.redact"] = "lua/tide/redact.lua",
       ["tide.schema"] = "lua/tide/schema.lua",

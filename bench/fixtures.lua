@@ -52,10 +52,10 @@ function M.toolkits(n, actions, gated)
 end
 
 --- A provider for the mock at `url` (streaming unless stream == false).
-function M.provider(url, stream)
+function M.provider(url, stream, api)
   return tide.provider.openai {
     base_url = url .. "/v1", api_key = "bench-key", model = "bench-model",
-    stream = stream ~= false, retry = { attempts = 1 },
+    stream = stream ~= false, retry = { attempts = 1 }, api = api,
   }
 end
 

@@ -89,7 +89,7 @@ end
 -- ----------------------------------------------------------------- rows --
 
 local ROWS = {
-  { "http", 180 }, { "tasks", 60 }, { "toolloop", 120 }, { "startup", 60 }, { "build", 60 },
+  { "http", 180 }, { "tasks", 60 }, { "toolloop", 240 }, { "startup", 60 }, { "build", 60 },
   { "turn1", 60 }, { "render", 60 }, { "reload", 60 }, { "scale", 120 }, { "leak", 120 },
 }
 

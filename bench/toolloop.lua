@@ -6,6 +6,7 @@
 --- figure covers everything a round trip costs: encoding the new messages,
 --- the HTTP exchange, parsing the reply (SSE when streaming), running the
 --- tool in a task, and the session build amortised over its 11 calls.
+--- The same row runs the Responses API (api = "responses") beside chat.
 --- Client and mock share one core (see bench.common, pinning), so a round
 --- trip costs what both sides spend on it.
 local common = require "bench.common"
@@ -24,10 +25,10 @@ end
 
 -- One warm-up session on an in-process mock; returns the bodies and the
 -- request headers tide sent.
-local function capture(stream)
+local function capture(stream, api)
   return tide.run(function()
     local srv = assert(tide.testing.mock_server { default = tide.testing.tool_loop(LOOP) })
-    local s = tide.session { agent = "looper", provider = fixtures.provider(srv.url, stream) }
+    local s = tide.session { agent = "looper", provider = fixtures.provider(srv.url, stream, api) }
     local reply, err = s:turn("look up ten things")
     if not reply then error("warm-up session failed: " .. tostring(err)) end
     local reqs = srv:requests()
@@ -37,8 +38,8 @@ local function capture(stream)
   end)
 end
 
-local function tide_us(url, stream, sessions)
-  local p = fixtures.provider(url, stream)
+local function tide_us(url, stream, sessions, api)
+  local p = fixtures.provider(url, stream, api)
   return tide.run(function()
     -- One untimed session opens the connection.
     assert(tide.session { agent = "looper", provider = p }:turn("warm up"))
@@ -60,8 +61,16 @@ return function()
   local reps = common.reps(25, 3)
   local sessions = common.reps(60, 20)
   local lines = {}
-  for _, stream in ipairs { true, false } do
-    local reqs = capture(stream)
+  -- Chat completions, then the Responses API: the same loop, each against
+  -- the floor replaying its own bodies.
+  local runs = {}
+  for _, api in ipairs { "chat", "responses" } do
+    for _, stream in ipairs { true, false } do runs[#runs + 1] = { api = api, stream = stream } end
+  end
+  for _, run in ipairs(runs) do
+    local api, stream = run.api, run.stream
+    local path = api == "responses" and "/v1/responses" or "/v1/chat/completions"
+    local reqs = capture(stream, api)
     local files, hargs = {}, {}
     for i, r in ipairs(reqs) do
       files[i] = common.tmpname()
@@ -80,11 +89,11 @@ return function()
     local tide_mock = common.start_mock { tool_loop = LOOP, cpu = 0 }
     local raw_mock = common.start_mock { tool_loop = LOOP, cpu = 0 }
     local raw_cmd = ("%s --warmup 1 %s replay %d %s"):format(table.concat(hargs, " "),
-      common.sh(raw_mock.url .. "/v1/chat/completions"), sessions, table.concat(quoted, " "))
+      common.sh(raw_mock.url .. path), sessions, table.concat(quoted, " "))
     local t, w = {}, {}
     local ok, err = pcall(function()
       for rep = 1, reps do
-        local function tide_side() t[#t + 1] = tide_us(tide_mock.url, stream, sessions) end
+        local function tide_side() t[#t + 1] = tide_us(tide_mock.url, stream, sessions, api) end
         local function raw_side() w[#w + 1] = common.raw_curl(raw_cmd, 0).us_per_req end
         if rep % 2 == 1 then tide_side() raw_side() else raw_side() tide_side() end
       end
@@ -104,7 +113,8 @@ return function()
     local bytes = 0
     for _, r in ipairs(reqs) do bytes = bytes + #r.body end
     lines[#lines + 1] = common.line(
-      ("Tool loop, per provider round trip (%s)"):format(stream and "streaming" or "non-streaming"),
+      ("Tool loop%s, per provider round trip (%s)"):format(api == "responses" and ", Responses API" or "",
+        stream and "streaming" or "non-streaming"),
       common.num(mt) .. " us", "raw libcurl " .. common.num(mw) .. " us; goal <= 1.5x",
       ("%s (%s to %s over %d pairs)%s"):format(common.x(mr), common.x(lo), common.x(hi), #ratios,
         mr <= 1.5 and " ok" or " MISSED"),

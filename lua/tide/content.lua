@@ -12,7 +12,7 @@
 ---     { type = "file", mime = "text/plain", name = "a.txt", text = "..." }      -- text files stay text
 ---
 --- Each wire format maps them to its own shape (`M.openai_chat`,
---- `M.anthropic`).
+--- `M.openai_responses`, `M.anthropic`).
 ---@class tide.content
 local M = {}
 
@@ -181,6 +181,27 @@ function M.openai_chat(parts)
     elseif p.type == "file" then
       out[i] = { type = "file", file = { filename = p.name,
         file_data = ("data:%s;base64,%s"):format(p.mime, p.data or core.base64(p.text)) } }
+    else
+      error(("tide.content: unknown content part type '%s'"):format(tostring(p.type)), 2)
+    end
+  end
+  return out
+end
+
+--- The OpenAI Responses shape of neutral parts: `input_text`, `input_image`
+--- (a link or a data URL in `image_url`, a plain string there, unlike chat's
+--- object) and `input_file` (`file_data` as a data URL, with `filename`).
+function M.openai_responses(parts)
+  local out = {}
+  for i, p in ipairs(parts) do
+    if p.type == "text" then
+      out[i] = { type = "input_text", text = p.text }
+    elseif p.type == "image" then
+      out[i] = { type = "input_image", detail = "auto",
+        image_url = p.url or ("data:%s;base64,%s"):format(p.mime, p.data) }
+    elseif p.type == "file" then
+      out[i] = { type = "input_file", filename = p.name,
+        file_data = ("data:%s;base64,%s"):format(p.mime, p.data or core.base64(p.text)) }
     else
       error(("tide.content: unknown content part type '%s'"):format(tostring(p.type)), 2)
     end

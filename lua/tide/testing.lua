@@ -2,8 +2,9 @@
 --- benchmarks.
 ---
 --- `mock_server` listens on 127.0.0.1 and answers POST `.../chat/completions`
---- in the OpenAI Chat Completions wire format and POST `.../messages` in the
---- Anthropic Messages format, streaming (SSE) or not as the request's `stream`
+--- in the OpenAI Chat Completions wire format, POST `.../responses` in the
+--- OpenAI Responses format (see "OpenAI Responses rendering" below) and POST
+--- `.../messages` in the Anthropic Messages format, streaming (SSE) or not as the request's `stream`
 --- field asks. Replies are scripted in a provider-neutral form and rendered
 --- into the right shape; faults (status codes, dropped connections, malformed
 --- or truncated streams, oversized bodies, hangs) are replies too.
@@ -586,9 +587,302 @@ function anthropic.malformed_stream(ctx)
   }
 end
 
+-- ------------------------------------------------ OpenAI Responses rendering
+
+-- The Responses API (POST /responses), as the real service answers and
+-- refuses. Reply fields beyond the common ones:
+--   reasoning   a reasoning item first in the output (a string is its
+--               summary text). Its summary is sent only when the request
+--               asks for one (reasoning.summary), its encrypted_content only
+--               when `include` holds "reasoning.encrypted_content", as the
+--               real service does.
+--   incomplete  "max_output_tokens" or "content_filter": status
+--               "incomplete" with that reason (response.incomplete event).
+--   refusal     a refusal content part in the message item.
+--   usage.reasoning  output_tokens_details.reasoning_tokens.
+-- Faults render as the chat ones do; `status` bodies are OpenAI's error
+-- shape; a stream truncated stops before response.completed.
+local responses = { id_prefix = "resp_mock", call_prefix = "call_" }
+
+responses.error_body = openai.error_body
+
+-- The encrypted content the mock hands out, and checks when it comes back:
+-- a digest over the item's id and payload stands in for the real
+-- service's encryption, so an altered item is refused without the mock
+-- keeping state.
+local function encrypted_for(id, payload)
+  return "gAAAAMock" .. payload .. "." .. core.hash("rs|" .. id .. "|" .. payload)
+end
+
+local function encrypted_ok(id, data)
+  local payload, digest = data:match("^gAAAAMock(.-)%.(%x+)$")
+  return payload ~= nil and digest == core.hash("rs|" .. tostring(id) .. "|" .. payload)
+end
+
+local function wants_encrypted(json)
+  for _, v in ipairs(type(json.include) == "table" and json.include or {}) do
+    if v == "reasoning.encrypted_content" then return true end
+  end
+  return false
+end
+
+-- The output items of a reply, whole, in the order the service sends them:
+-- reasoning, the message, the function calls.
+local function responses_output(ctx)
+  local r, json, items = ctx.reply, ctx.json, {}
+  if r.reasoning then
+    local id = "rs_mock" .. ctx.n
+    local summary = EMPTY
+    local rs = type(json.reasoning) == "table" and json.reasoning.summary
+    if type(rs) == "string" and type(r.reasoning) == "string" then
+      summary = { { type = "summary_text", text = r.reasoning } }
+    end
+    items[#items + 1] = { type = "reasoning", id = id, summary = summary,
+      encrypted_content = wants_encrypted(json) and encrypted_for(id, "p" .. ctx.n) or null }
+  end
+  if ctx.text ~= "" or r.refusal then
+    local parts = {}
+    if ctx.text ~= "" then
+      parts[1] = { type = "output_text", text = ctx.text, annotations = EMPTY, logprobs = EMPTY }
+    end
+    if r.refusal then parts[#parts + 1] = { type = "refusal", refusal = r.refusal } end
+    items[#items + 1] = { type = "message", id = "msg_mock" .. ctx.n, status = "completed", role = "assistant",
+                          content = parts }
+  end
+  for i, c in ipairs(ctx.calls) do
+    items[#items + 1] = { type = "function_call", id = "fc_mock" .. ctx.n .. "_" .. i, call_id = c.id,
+                          name = c.name, arguments = c.args, status = "completed" }
+  end
+  return items
+end
+
+local function responses_usage(ctx)
+  local u = ctx.usage
+  local reasoning = type(ctx.reply.usage) == "table" and ctx.reply.usage.reasoning or 0
+  return { input_tokens = u.input, input_tokens_details = { cached_tokens = u.cached },
+           output_tokens = u.output, output_tokens_details = { reasoning_tokens = reasoning },
+           total_tokens = u.input + u.output }
+end
+
+-- The response object; `status` "in_progress" (no output, no usage yet) for
+-- response.created.
+local function response_object(ctx, status, output)
+  local json, r = ctx.json, ctx.reply
+  local incomplete = status == "incomplete" and { reason = r.incomplete } or null
+  return {
+    id = ctx.id, object = "response", created_at = ctx.created, status = status, error = null,
+    incomplete_details = incomplete, instructions = json.instructions or null,
+    max_output_tokens = json.max_output_tokens or null, model = ctx.model,
+    output = output and #output > 0 and output or EMPTY,
+    parallel_tool_calls = json.parallel_tool_calls ~= false, previous_response_id = null,
+    reasoning = type(json.reasoning) == "table" and json.reasoning or { effort = null, summary = null },
+    store = json.store ~= false, temperature = json.temperature or 1,
+    text = { format = { type = "text" } }, tool_choice = json.tool_choice or "auto",
+    tools = type(json.tools) == "table" and #json.tools > 0 and json.tools or EMPTY, top_p = 1,
+    truncation = "disabled", usage = status ~= "in_progress" and responses_usage(ctx) or null,
+    user = null, metadata = {},
+  }
+end
+
+local function responses_status(ctx)
+  return ctx.reply.incomplete and "incomplete" or "completed"
+end
+
+function responses.completion(ctx)
+  return encode(response_object(ctx, responses_status(ctx), responses_output(ctx)))
+end
+
+-- Every event: `event: <type>` and its data, with the sequence number the
+-- service counts from 0.
+function responses.stream(ctx, truncate)
+  local seq = -1
+  local chunks = {}
+  local function ev(obj)
+    seq = seq + 1
+    obj.sequence_number = seq
+    chunks[#chunks + 1] = "event: " .. obj.type .. "\ndata: " .. encode(obj) .. "\n\n"
+  end
+  ev({ type = "response.created", response = response_object(ctx, "in_progress") })
+  ev({ type = "response.in_progress", response = response_object(ctx, "in_progress") })
+  local output = responses_output(ctx)
+  for i, item in ipairs(output) do
+    local index = i - 1
+    if item.type == "reasoning" then
+      ev({ type = "response.output_item.added", output_index = index,
+           item = { type = "reasoning", id = item.id, summary = EMPTY } })
+      for k, s in ipairs(item.summary ~= EMPTY and item.summary or {}) do
+        local part = { item_id = item.id, output_index = index, summary_index = k - 1 }
+        ev({ type = "response.reasoning_summary_part.added", item_id = item.id, output_index = index,
+             summary_index = k - 1, part = { type = "summary_text", text = "" } })
+        for _, piece in ipairs(split(s.text, 3)) do
+          ev({ type = "response.reasoning_summary_text.delta", item_id = part.item_id, output_index = index,
+               summary_index = k - 1, delta = piece })
+        end
+        ev({ type = "response.reasoning_summary_text.done", item_id = item.id, output_index = index,
+             summary_index = k - 1, text = s.text })
+        ev({ type = "response.reasoning_summary_part.done", item_id = item.id, output_index = index,
+             summary_index = k - 1, part = s })
+      end
+    elseif item.type == "message" then
+      ev({ type = "response.output_item.added", output_index = index,
+           item = { type = "message", id = item.id, status = "in_progress", role = "assistant", content = EMPTY } })
+      for k, part in ipairs(item.content) do
+        local base = { item_id = item.id, output_index = index, content_index = k - 1 }
+        local function with(t) for key, v in pairs(base) do t[key] = v end return t end
+        if part.type == "output_text" then
+          ev(with({ type = "response.content_part.added",
+                    part = { type = "output_text", text = "", annotations = EMPTY } }))
+          for _, piece in ipairs(ctx.text_pieces) do
+            ev(with({ type = "response.output_text.delta", delta = piece, logprobs = EMPTY }))
+          end
+          ev(with({ type = "response.output_text.done", text = part.text, logprobs = EMPTY }))
+        else
+          ev(with({ type = "response.content_part.added", part = { type = "refusal", refusal = "" } }))
+          ev(with({ type = "response.refusal.delta", delta = part.refusal }))
+          ev(with({ type = "response.refusal.done", refusal = part.refusal }))
+        end
+        ev(with({ type = "response.content_part.done", part = part }))
+      end
+    else
+      ev({ type = "response.output_item.added", output_index = index,
+           item = { type = "function_call", id = item.id, call_id = item.call_id, name = item.name,
+                    arguments = "", status = "in_progress" } })
+      for _, piece in ipairs(split(item.arguments, 3)) do
+        ev({ type = "response.function_call_arguments.delta", item_id = item.id, output_index = index,
+             delta = piece })
+      end
+      ev({ type = "response.function_call_arguments.done", item_id = item.id, output_index = index,
+           arguments = item.arguments })
+    end
+    ev({ type = "response.output_item.done", output_index = index, item = item })
+  end
+  if truncate then return chunks end
+  local status = responses_status(ctx)
+  -- The last event shares the chunk before it, to exercise parsers.
+  local last = #chunks
+  ev({ type = "response." .. status, response = response_object(ctx, status, output) })
+  chunks[last] = chunks[last] .. table.remove(chunks)
+  return chunks
+end
+
+function responses.malformed_stream(ctx)
+  return {
+    "event: response.created\ndata: " .. encode({ type = "response.created", sequence_number = 0,
+      response = response_object(ctx, "in_progress") }) .. "\n\n",
+    'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"oo\n\n',
+  }
+end
+
+local function responses_reject(message, param, code)
+  return openai_reject(message, param, code)
+end
+
+-- What the Responses API refuses where tide could get it wrong:
+--   * chat's names: max_tokens (moved to max_output_tokens), messages,
+--     stop, reasoning_effort;
+--   * a function tool in chat's nested shape, or strict (the default when
+--     `strict` is left out) with a schema that is not closed;
+--   * an assistant message whose content is not output_text / refusal;
+--   * a function_call_output whose call_id no earlier function_call has,
+--     and a function_call left without its output;
+--   * a reasoning item without encrypted content when store is false, with
+--     altered encrypted content, or with nothing after it.
+function responses.validate(_, req)
+  local body = req.json
+  if type(body) ~= "table" then return responses_reject("We could not parse the JSON body of your request.") end
+  if body.max_tokens ~= nil then
+    return responses_reject("Unsupported parameter: 'max_tokens'. In the Responses API, this parameter has "
+      .. "moved to 'max_output_tokens'.", "max_tokens", "unsupported_parameter")
+  end
+  for _, k in ipairs({ "messages", "stop", "reasoning_effort", "max_completion_tokens", "stream_options" }) do
+    if body[k] ~= nil then
+      return responses_reject(("Unknown parameter: '%s'."):format(k), k, "unknown_parameter")
+    end
+  end
+  for i, t in ipairs(type(body.tools) == "table" and body.tools or {}) do
+    local where = ("tools[%d]"):format(i - 1)
+    if type(t) ~= "table" or type(t.name) ~= "string" then
+      return responses_reject(("Missing required parameter: '%s.name'."):format(where), where .. ".name",
+        "missing_required_parameter")
+    end
+    local params = t.parameters
+    if t.strict ~= false and type(params) == "table" and params.additionalProperties ~= false then
+      return responses_reject(("Invalid schema for function '%s': In context=(), 'additionalProperties' is "
+        .. "required to be supplied and to be false."):format(t.name), where .. ".parameters",
+        "invalid_function_parameters")
+    end
+  end
+  local input = body.input
+  if type(input) == "string" then return nil end
+  if type(input) ~= "table" then return nil end
+  local store = body.store ~= false
+  local calls, answered = {}, {}
+  for i, item in ipairs(input) do
+    local where = ("input[%d]"):format(i - 1)
+    if type(item) ~= "table" then return responses_reject("Invalid type for '" .. where .. "'.", where) end
+    local ty = item.type or (item.role and "message")
+    if ty == "message" then
+      if item.role == "assistant" and type(item.content) == "table" then
+        for j, part in ipairs(item.content) do
+          local pt = type(part) == "table" and part.type
+          if pt ~= "output_text" and pt ~= "refusal" then
+            return responses_reject(("Invalid value: '%s'. Supported values are: 'output_text' and 'refusal'.")
+              :format(tostring(pt)), ("%s.content[%d]"):format(where, j - 1), "invalid_value")
+          end
+        end
+      elseif type(item.content) == "table" then
+        for j, part in ipairs(item.content) do
+          local pt = type(part) == "table" and part.type
+          if pt ~= "input_text" and pt ~= "input_image" and pt ~= "input_file" then
+            return responses_reject(("Invalid value: '%s'. Supported values are: 'input_text', 'input_image', "
+              .. "and 'input_file'."):format(tostring(pt)), ("%s.content[%d]"):format(where, j - 1), "invalid_value")
+          end
+        end
+      end
+    elseif ty == "function_call" then
+      if type(item.call_id) ~= "string" or type(item.name) ~= "string" or type(item.arguments) ~= "string" then
+        return responses_reject("Missing required parameter: '" .. where .. ".call_id'.", where,
+          "missing_required_parameter")
+      end
+      calls[#calls + 1] = item.call_id
+      calls[item.call_id] = true
+    elseif ty == "function_call_output" then
+      if not calls[item.call_id] then
+        return responses_reject(("No tool call found for function call output with call_id %s.")
+          :format(tostring(item.call_id)), "input")
+      end
+      answered[item.call_id] = true
+    elseif ty == "reasoning" then
+      local data = item.encrypted_content
+      if type(data) ~= "string" then
+        if not store then
+          return responses_reject(("Item with id '%s' not found. Items are not persisted when `store` is set "
+            .. "to false. Try again with `store` set to true, or remove this item from your input.")
+            :format(tostring(item.id)), "input")
+        end
+      elseif not encrypted_ok(item.id, data) then
+        return responses_reject(("The encrypted content %s...%s could not be verified."):format(data:sub(1, 4),
+          data:sub(-4)), nil, "invalid_encrypted_content")
+      end
+      local nxt = input[i + 1]
+      local nty = type(nxt) == "table" and (nxt.type or (nxt.role and "message")) or nil
+      if not (nty == "function_call" or nty == "reasoning" or (nty == "message" and nxt.role == "assistant")) then
+        return responses_reject(("Item '%s' of type 'reasoning' was provided without its required following item.")
+          :format(tostring(item.id)), "input")
+      end
+    end
+  end
+  for _, id in ipairs(calls) do
+    if not answered[id] then
+      return responses_reject(("No tool output found for function call %s."):format(id), "input")
+    end
+  end
+  return nil
+end
+
 -- -------------------------------------------------------------- rendering
 
-local shapes = { openai = openai, anthropic = anthropic }
+local shapes = { openai = openai, anthropic = anthropic, responses = responses }
 
 local function headers_with(base, extra)
   if not extra then return base end
@@ -633,9 +927,10 @@ local function render(self, shape_name, reply, req)
 
   local text = reply.text or ""
   if type(text) ~= "string" then error("mock: reply.text must be a string", 0) end
-  local calls = tool_calls(self, reply, shape_name == "openai" and "call_" or "toolu_")
+  local calls = tool_calls(self, reply, shape.call_prefix or (shape_name == "openai" and "call_" or "toolu_"))
   local ctx = {
-    id = (shape_name == "openai" and "chatcmpl-mock" or "msg_mock") .. self._count,
+    id = (shape.id_prefix or (shape_name == "openai" and "chatcmpl-mock" or "msg_mock")) .. self._count,
+    n = self._count,
     created = os.time(),
     model = type(json.model) == "string" and json.model or "mock-model",
     text = text, calls = calls,
@@ -722,6 +1017,8 @@ function Mock:_handle(req)
     shape = "openai"
   elseif req.method == "POST" and route:match("/messages$") then
     shape = "anthropic"
+  elseif req.method == "POST" and route:match("/responses$") then
+    shape = "responses"
   else
     local routes = self._opts.routes
     local h = routes and (routes[req.path] or routes[route])
@@ -832,9 +1129,13 @@ end
 
 -- ---------------------------------------------------------- reply helpers
 
+-- The request's messages: chat's and Anthropic's `messages`, or the
+-- Responses API's `input` items.
 local function messages(req)
   local json = req.json
-  return type(json) == "table" and type(json.messages) == "table" and json.messages or {}
+  if type(json) ~= "table" then return {} end
+  if type(json.messages) == "table" then return json.messages end
+  return type(json.input) == "table" and json.input or {}
 end
 
 --- Counts tool results in a request: OpenAI `role = "tool"` messages and
@@ -845,7 +1146,7 @@ function testing.count_tool_results(req)
   local n = 0
   for _, m in ipairs(messages(req)) do
     if type(m) == "table" then
-      if m.role == "tool" then
+      if m.role == "tool" or m.type == "function_call_output" then
         n = n + 1
       elseif type(m.content) == "table" then
         for _, block in ipairs(m.content) do
@@ -882,7 +1183,8 @@ local function text_of(content)
   if type(content) ~= "table" then return nil end
   local parts = {}
   for _, part in ipairs(content) do
-    if type(part) == "table" and part.type == "text" and type(part.text) == "string" then
+    if type(part) == "table" and (part.type == "text" or part.type == "input_text")
+        and type(part.text) == "string" then
       parts[#parts + 1] = part.text
     end
   end

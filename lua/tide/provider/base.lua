@@ -41,13 +41,15 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field headers? table<string,string> extra request headers
 ---@field prompt_cache? boolean Anthropic only: mark the prefix with cache_control
 ---@field max_tokens_field? "max_completion_tokens"|"max_tokens" OpenAI only: the body field max_tokens goes in
----@field reasoning? {effort:"none"|"minimal"|"low"|"medium"|"high"|"xhigh"} OpenAI only: reasoning_effort
+---@field reasoning? {effort:"none"|"minimal"|"low"|"medium"|"high"|"xhigh", summary?:"auto"|"concise"|"detailed"} OpenAI only: reasoning_effort (chat), reasoning.effort and .summary (Responses)
 ---@field tool_choice? "auto"|"none"|"required"|table OpenAI only
 ---@field parallel_tool_calls? boolean OpenAI only
 ---@field stop? string|string[] OpenAI only: stop sequences
 ---@field query? table<string,string|number> OpenAI only: URL parameters (Azure's api-version)
 ---@field thinking? {budget_tokens:integer} Anthropic only: extended thinking, budget < max_tokens
 ---@field extra_body? table fields merged into every request body (OpenAI and Anthropic)
+---@field api? "chat"|"responses" OpenAI only: chat completions (default) or the Responses API
+---@field store? boolean OpenAI Responses only: let OpenAI keep the responses (default false: stateless)
 
 local option_types = {
   base_url = "string", api_key = "string", model = "string", stream = "boolean",
@@ -55,13 +57,19 @@ local option_types = {
   max_body_bytes = "integer", retry = "table", headers = "table", prompt_cache = "boolean",
   max_tokens_field = "string", reasoning = "table", tool_choice = "any", parallel_tool_calls = "boolean",
   stop = "any", query = "table", extra_body = "table", thinking = "table",
+  api = "string", store = "boolean",
 }
 
 -- The options only the OpenAI chat wire format reads.
 local OPENAI_ONLY = {
   max_tokens_field = true, reasoning = true, tool_choice = true, parallel_tool_calls = true,
-  stop = true, query = true,
+  stop = true, query = true, api = true, store = true,
 }
+
+-- The chat options the Responses API has no field for: sent anyway, the
+-- real service answers 400 (unknown parameter), so they raise here.
+local CHAT_ONLY = { max_tokens_field = "max_output_tokens is its only name", stop = "it has no stop sequences" }
+local SUMMARIES = { auto = true, concise = true, detailed = true }
 
 -- The values the real API takes (reasoning_effort's enum in openai-openapi:
 -- none and xhigh are newer models', minimal gpt-5's).
@@ -77,16 +85,44 @@ local OWN_FIELDS = {
   parallel_tool_calls = "parallel_tool_calls", stop = "stop",
 }
 
+-- The Responses API's own names for the fields tide writes itself.
+local OWN_FIELDS_RESPONSES = {
+  model = "model", input = true, stream = "stream", tools = true, instructions = true,
+  temperature = "temperature", max_output_tokens = "max_tokens", reasoning = "reasoning",
+  tool_choice = "tool_choice", parallel_tool_calls = "parallel_tool_calls", store = "store",
+  include = true,
+}
+
 -- The checks of the OpenAI-only options; a message for the first bad one.
 local function check_openai_options(where, opts)
+  local api = opts.api
+  if api ~= nil and api ~= "chat" and api ~= "responses" then
+    return where .. "'api' must be \"chat\" or \"responses\""
+  end
+  local responses = api == "responses"
+  if responses then
+    for k, why in pairs(CHAT_ONLY) do
+      if opts[k] ~= nil then
+        return ("%s'%s' is not an option of the Responses API (%s)"):format(where, k, why)
+      end
+    end
+  elseif opts.store ~= nil then
+    return where .. "'store' is an option of the Responses API (api = \"responses\")"
+  end
   local f = opts.max_tokens_field
   if f ~= nil and f ~= "max_completion_tokens" and f ~= "max_tokens" then
     return where .. "'max_tokens_field' must be \"max_completion_tokens\" or \"max_tokens\""
   end
   if opts.reasoning then
     for k, v in pairs(opts.reasoning) do
-      if k ~= "effort" then return where .. "unknown option 'reasoning." .. tostring(k) .. "'" end
-      if not EFFORTS[v] then
+      -- Summaries are the Responses API's: chat completions has no field.
+      if k == "summary" and responses then
+        if not SUMMARIES[v] then
+          return where .. "'reasoning.summary' must be one of auto, concise, detailed"
+        end
+      elseif k ~= "effort" then
+        return where .. "unknown option 'reasoning." .. tostring(k) .. "'"
+      elseif not EFFORTS[v] then
         return where .. "'reasoning.effort' must be one of none, minimal, low, medium, high, xhigh"
       end
     end
@@ -116,7 +152,7 @@ local function check_openai_options(where, opts)
   if opts.extra_body then
     for k in pairs(opts.extra_body) do
       if type(k) ~= "string" then return where .. "'extra_body' keys must be strings" end
-      local own = OWN_FIELDS[k]
+      local own = (responses and OWN_FIELDS_RESPONSES or OWN_FIELDS)[k]
       if own then
         return ("%s'extra_body.%s' is a field tide sets itself%s"):format(where, k,
           type(own) == "string" and (" (use the option '" .. own .. "')") or "")
@@ -264,6 +300,11 @@ function provider._new(kind, opts, defaults)
     self.stop_sequences = opts.stop
     self.query = opts.query
     self.extra_body = opts.extra_body
+    self.api = opts.api or "chat"
+    if self.api == "responses" then
+      self.store = opts.store == true
+      self.reasoning_summary = opts.reasoning and opts.reasoning.summary
+    end
   end
   return self
 end

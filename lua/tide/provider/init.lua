@@ -9,7 +9,7 @@
 --- The parts: `base` (options, shared checks, the interface's common
 --- methods), `exchange` (one request and its reply), `retry` (backoff and
 --- Retry-After), `errors`, `reply` (the neutral reply), and one file per wire
---- format (`openai`, `anthropic`).
+--- format (`openai`, `responses`, `anthropic`).
 ---@class tide.provider
 local base = require "tide.provider.base"
 
@@ -24,12 +24,17 @@ local provider = {
 }
 
 --- An OpenAI-compatible chat-completions provider (OpenAI, Ollama, llama.cpp
---- server, vLLM, OpenRouter...). Defaults: OPENAI_BASE_URL
---- ("https://api.openai.com/v1"), OPENAI_API_KEY, TIDE_MODEL ("gpt-4o-mini").
+--- server, vLLM, OpenRouter...), or with `api = "responses"` OpenAI's
+--- Responses API (stateless: `store = false` unless asked). Defaults:
+--- OPENAI_BASE_URL ("https://api.openai.com/v1"), OPENAI_API_KEY, TIDE_MODEL
+--- ("gpt-4o-mini").
 ---@param opts? tide.provider.opts
 ---@return tide.provider.Provider
 function provider.openai(opts)
-  local p, msg = require("tide.provider.openai").new(opts)
+  -- The option itself is checked with the others (base.lua); only a valid
+  -- choice picks the wire format.
+  local api = type(opts) == "table" and opts.api == "responses" and "responses" or "openai"
+  local p, msg = require("tide.provider." .. api).new(opts)
   if not p then error(msg, 2) end
   return p
 end

@@ -1,0 +1,433 @@
+-- tide.provider.openai{ api = "responses" } against the mock speaking the
+-- OpenAI Responses API as the real service does: output items and their
+-- streamed events, parallel function calls, reasoning items (encrypted
+-- content, summaries) sent back verbatim, usage, incomplete responses,
+-- failures, and requests validated the way the API validates them (an
+-- output without its call, altered reasoning, chat's parameter names).
+-- Streamed and not.
+local helpers = require "helpers"
+local tide = require "tide"
+local provider = require "tide.provider"
+local testing = require "tide.testing"
+
+local FAST = { attempts = 2, base_ms = 1, max_ms = 2 }
+
+local function raised(fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert.is_false(ok, "expected an error")
+  return tostring(err)
+end
+
+local function make(url, stream, extra)
+  local o = { api = "responses", base_url = url .. "/v1", api_key = "k", model = "gpt-mock", stream = stream,
+              retry = FAST }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return provider.openai(o)
+end
+
+local function with_mock(opts, fn)
+  return helpers.run(function()
+    local srv <close> = assert(testing.mock_server(opts))
+    fn(srv)
+  end)
+end
+
+local lookup_tool = { name = "lookup", description = "Looks up.",
+                      parameters = { type = "object", properties = { q = { type = "string" } } } }
+
+local function assistant_of(res)
+  return { role = "assistant", content = res.text ~= "" and res.text or nil,
+           tool_calls = #res.tool_calls > 0 and res.tool_calls or nil, reasoning = res.reasoning }
+end
+
+local function results_of(res)
+  local results = {}
+  for i, c in ipairs(res.tool_calls) do results[i] = { id = c.id, name = c.name, content = "found " .. i } end
+  return { role = "tool", results = results }
+end
+
+local function define_looker(id)
+  tide.agent { id = id, prompt = "You look things up.", tools = { tide.tool {
+    name = "lookup", description = "Looks up.",
+    parameters = { type = "object", properties = { q = { type = "string" } }, required = { "q" } },
+    handler = function(args) return "found " .. args.q end } } }
+end
+
+for _, stream in ipairs({ true, false }) do
+  local mode = stream and "streamed" or "not streamed"
+
+  describe("tide.provider.openai{ api = \"responses\" } (" .. mode .. ")", function()
+    it("posts to /responses, stateless, and reads the text", function()
+      with_mock({ replies = { { text = "hello there, friend" } } }, function(srv)
+        local p = make(srv.url, stream)
+        local deltas = {}
+        local res = assert(p:complete(p:body(p:encode_prefix("Be brief.", {}),
+          { p:encode_message({ role = "user", content = "hi" }) }),
+          { on_delta = function(t) deltas[#deltas + 1] = t end }))
+        assert.are.equal("hello there, friend", res.text)
+        assert.are.equal("hello there, friend", table.concat(deltas))
+        assert.are.equal("stop", res.stop)
+        assert.are.equal("completed", res.stop_raw)
+        local req = srv:requests()[1]
+        assert.are.equal("/v1/responses", req.path)
+        assert.is_false(req.json.store)
+        assert.are.equal("Be brief.", req.json.instructions)
+        assert.are.equal(stream, req.json.stream)
+        assert.is_nil(req.json.include) -- only with reasoning on
+        assert.are.same({ { type = "message", role = "user", content = { { type = "input_text", text = "hi" } } } },
+          req.json.input)
+      end)
+    end)
+
+    it("reads parallel function calls, ids being call_ids", function()
+      with_mock({ replies = { { tool_calls = { { name = "lookup", arguments = { q = "a" }, id = "call_A" },
+                                                { name = "lookup", arguments = '{"q":"b","n":[]}', id = "call_B" } } } } },
+        function(srv)
+          local p = make(srv.url, stream, { parallel_tool_calls = true })
+          local res = assert(p:complete(p:body(p:encode_prefix("s", { lookup_tool }),
+            { p:encode_message({ role = "user", content = "q" }) })))
+          assert.are.equal("tool_calls", res.stop)
+          assert.are.equal(2, #res.tool_calls)
+          assert.are.same({ id = "call_A", name = "lookup", arguments = '{"q":"a"}' }, res.tool_calls[1])
+          -- The model's own argument text, verbatim (its [] stays an array).
+          assert.are.equal('{"q":"b","n":[]}', res.tool_calls[2].arguments)
+          local tools = srv:requests()[1].json.tools
+          -- strict = false said outright: left out, the API takes the tool as strict.
+          assert.is_false(tools[1].strict)
+          assert.are.equal("lookup", tools[1].name)
+          assert.is_true(srv:requests()[1].json.parallel_tool_calls)
+        end)
+    end)
+
+    it("sends calls and outputs back as items the API accepts", function()
+      with_mock({ replies = { { tool_calls = { { name = "lookup", arguments = { q = "a" } },
+                                                { name = "lookup", arguments = { q = "b" } } } }, "done" } },
+        function(srv)
+          local p = make(srv.url, stream)
+          local prefix = p:encode_prefix("s", { lookup_tool })
+          local msgs = { p:encode_message({ role = "user", content = "q" }) }
+          local res = assert(p:complete(p:body(prefix, msgs)))
+          msgs[2] = p:encode_message(assistant_of(res))
+          msgs[3] = p:encode_message(results_of(res))
+          local res2, err = p:complete(p:body(prefix, msgs))
+          assert.is_nil(err, err and tostring(err))
+          assert.are.equal("done", res2.text)
+          local input = srv:requests()[2].json.input
+          assert.are.same({ "message", "function_call", "function_call", "function_call_output",
+                            "function_call_output" }, { input[1].type, input[2].type, input[3].type,
+                            input[4].type, input[5].type })
+          assert.are.equal(res.tool_calls[2].id, input[5].call_id)
+          assert.are.equal("found 2", input[5].output)
+        end)
+    end)
+
+    it("runs a session's tool loop to its answer, accepted by the validating mock", function()
+      with_mock({ default = testing.tool_loop(3, "lookup") }, function(srv)
+        define_looker("responses_looker")
+        local s = tide.session { agent = "responses_looker", provider = make(srv.url, stream) }
+        local reply, err = s:turn("find three")
+        assert.is_nil(err, err and tostring(err))
+        assert.are.equal("done after 3 lookups", reply)
+        assert.are.equal(4, srv:request_count())
+        assert.are.equal("stop", s:stats().stop_reason)
+        -- An assistant text turn goes back as output_text.
+        local reply2, err2 = s:turn("again")
+        assert.is_nil(err2, err2 and tostring(err2))
+        local input = srv:requests()[5].json.input
+        local last_assistant
+        for _, item in ipairs(input) do
+          if item.type == "message" and item.role == "assistant" then last_assistant = item end
+        end
+        assert.are.equal("output_text", last_assistant.content[1].type)
+        assert.truthy(reply2)
+      end)
+    end)
+
+    it("round-trips reasoning items verbatim, before the calls, with their summary", function()
+      with_mock({ replies = { { reasoning = "Weighing the options.", tool_calls = { { name = "lookup",
+                                 arguments = { q = "a" } } }, usage = { input = 40, output = 30, reasoning = 20 } },
+                               "answer" } },
+        function(srv)
+          local p = make(srv.url, stream, { reasoning = { effort = "low", summary = "auto" } })
+          local prefix = p:encode_prefix("s", { lookup_tool })
+          local msgs = { p:encode_message({ role = "user", content = "q" }) }
+          local heard = {}
+          local res = assert(p:complete(p:body(prefix, msgs),
+            { on_reasoning = function(t) heard[#heard + 1] = t end }))
+          local r = res.reasoning[1]
+          assert.are.equal("encrypted", r.type)
+          assert.are.equal("openai_responses", r.provider)
+          assert.matches("^rs_", r.id)
+          assert.matches("^gAAAA", r.data)
+          assert.are.equal("Weighing the options.", r.summary)
+          if stream then assert.are.equal("Weighing the options.", table.concat(heard)) end
+          assert.are.equal(20, res.usage.reasoning)
+          local req1 = srv:requests()[1].json
+          assert.are.same({ "reasoning.encrypted_content" }, req1.include)
+          assert.are.same({ effort = "low", summary = "auto" }, req1.reasoning)
+          msgs[2] = p:encode_message(assistant_of(res))
+          msgs[3] = p:encode_message(results_of(res))
+          local res2, err = p:complete(p:body(prefix, msgs))
+          assert.is_nil(err, err and tostring(err))
+          assert.are.equal("answer", res2.text)
+          local input = srv:requests()[2].json.input
+          assert.are.equal("reasoning", input[2].type)
+          assert.are.equal(r.id, input[2].id)
+          assert.are.equal(r.data, input[2].encrypted_content)
+          assert.are.same({ { type = "summary_text", text = "Weighing the options." } }, input[2].summary)
+          assert.are.equal("function_call", input[3].type)
+        end)
+    end)
+
+    it("gets the real 400 for reasoning sent back altered", function()
+      with_mock({ replies = { { reasoning = true, tool_calls = { { name = "lookup", arguments = {} } } }, "x" } },
+        function(srv)
+          local p = make(srv.url, stream, { reasoning = { effort = "medium" } })
+          local prefix = p:encode_prefix("s", { lookup_tool })
+          local msgs = { p:encode_message({ role = "user", content = "q" }) }
+          local res = assert(p:complete(p:body(prefix, msgs)))
+          assert.are.equal("", res.reasoning[1].summary) -- no summary asked for, none given
+          local a = assistant_of(res)
+          a.reasoning = { { type = "encrypted", provider = "openai_responses", id = res.reasoning[1].id,
+                            data = res.reasoning[1].data:gsub("Mock", "Mack") } }
+          msgs[2] = p:encode_message(a)
+          msgs[3] = p:encode_message(results_of(res))
+          local _, err = p:complete(p:body(prefix, msgs))
+          assert.are.equal("ProviderError", err.code)
+          assert.are.equal(400, err.status)
+          assert.matches("could not be verified", err.message)
+        end)
+    end)
+
+    it("maps usage: input counts the cached tokens, output the reasoning ones", function()
+      with_mock({ replies = { { text = "ok", usage = { input = 1200, cached = 1024, output = 50, reasoning = 32 } } } },
+        function(srv)
+          local p = make(srv.url, stream)
+          local res = assert(p:complete(p:body(p:encode_prefix("s", {}),
+            { p:encode_message({ role = "user", content = "q" }) })))
+          assert.are.same({ input = 1200, output = 50, cached = 1024, cache_write = 0, reasoning = 32 }, res.usage)
+        end)
+    end)
+
+    it("reports an incomplete response as length / content_filter", function()
+      with_mock({ replies = { { text = "cut sh", incomplete = "max_output_tokens" },
+                               { text = "", incomplete = "content_filter" } } }, function(srv)
+        local p = make(srv.url, stream, { max_tokens = 16 })
+        local body = p:body(p:encode_prefix("s", {}), { p:encode_message({ role = "user", content = "q" }) })
+        local res = assert(p:complete(body))
+        assert.are.equal("length", res.stop)
+        assert.are.equal("max_output_tokens", res.stop_raw)
+        assert.are.equal("cut sh", res.text)
+        assert.are.equal(16, srv:requests()[1].json.max_output_tokens)
+        res = assert(p:complete(body))
+        assert.are.equal("content_filter", res.stop)
+      end)
+    end)
+
+    it("turns a truncated session answer into Truncated when asked", function()
+      with_mock({ replies = { { text = "half an ans", incomplete = "max_output_tokens" } } }, function(srv)
+        tide.agent { id = "responses_short", prompt = "You answer." }
+        local s = tide.session { agent = "responses_short", provider = make(srv.url, stream), truncated = "error" }
+        local reply, err = s:turn("q")
+        assert.is_nil(reply)
+        assert.are.equal("Truncated", err.code)
+      end)
+    end)
+
+    it("keeps a refusal apart from the text", function()
+      with_mock({ replies = { { refusal = "I can't help with that." } } }, function(srv)
+        local p = make(srv.url, stream)
+        local res = assert(p:complete(p:body(p:encode_prefix("s", {}),
+          { p:encode_message({ role = "user", content = "q" }) })))
+        assert.are.equal("refusal", res.stop)
+        assert.are.equal("I can't help with that.", res.refusal)
+        assert.are.equal("", res.text)
+      end)
+    end)
+
+    it("retries a 429 and a 500, and gives up on a 400", function()
+      with_mock({ replies = { { fault = "status", status = 429 }, { fault = "status", status = 500 }, "ok" } },
+        function(srv)
+          local p = make(srv.url, stream, { retry = { attempts = 3, base_ms = 1, max_ms = 2 } })
+          local res = assert(p:complete(p:body(p:encode_prefix("s", {}),
+            { p:encode_message({ role = "user", content = "q" }) })))
+          assert.are.equal("ok", res.text)
+          assert.are.equal(3, res.attempts)
+        end)
+      with_mock({ replies = { { fault = "status", status = 429 } } }, function(srv)
+        local p = make(srv.url, stream, { retry = { attempts = 1 } })
+        local _, err = p:complete(p:body(p:encode_prefix("s", {}), { p:encode_message({ role = "user", content = "q" }) }))
+        assert.are.equal("RateLimited", err.code)
+      end)
+    end)
+
+    it("says what is wrong with a truncated or malformed reply", function()
+      with_mock({ replies = { { fault = "truncate" }, { fault = "malformed" } } }, function(srv)
+        local p = make(srv.url, stream, { retry = { attempts = 1 } })
+        local body = p:body(p:encode_prefix("s", {}), { p:encode_message({ role = "user", content = "q" }) })
+        local _, err = p:complete(body)
+        assert.are.equal("MalformedResponse", err.code)
+        _, err = p:complete(body)
+        assert.are.equal("MalformedResponse", err.code)
+      end)
+    end)
+  end)
+end
+
+describe("tide.provider.openai{ api = \"responses\" }, raw streams", function()
+  local function sse(events)
+    local out = {}
+    for i, e in ipairs(events) do
+      out[i] = ("event: %s\ndata: %s\n\n"):format(e[1], e[2])
+    end
+    return table.concat(out)
+  end
+
+  local function route(body)
+    return { ["/raw"] = function()
+      return { status = 200, headers = { ["content-type"] = "text/event-stream" }, body = body }
+    end }
+  end
+
+  it("makes response.failed a ProviderError, retried when the server failed", function()
+    local body = sse({
+      { "response.created", '{"type":"response.created","sequence_number":0,"response":{"id":"r","status":"in_progress","output":[]}}' },
+      { "response.failed", '{"type":"response.failed","sequence_number":1,"response":{"id":"r","status":"failed",'
+        .. '"error":{"code":"server_error","message":"The model failed."},"output":[]}}' },
+    })
+    helpers.run(function()
+      local srv <close> = assert(testing.mock_server({ routes = route(body) }))
+      local p = provider.openai({ api = "responses", base_url = srv.url, api_key = "k",
+                                  retry = { attempts = 2, base_ms = 1, max_ms = 2 } })
+      -- The mock's own /responses never fails this way: a raw route does.
+      p._url = function() return srv.url .. "/raw" end
+      local _, err = p:complete(p:body(p:encode_prefix("s", {}), { p:encode_message({ role = "user", content = "q" }) }))
+      assert.are.equal("ProviderError", err.code)
+      assert.matches("The model failed", err.message)
+      assert.are.equal(2, err.attempts)
+    end)
+  end)
+
+  it("takes the items from output_item.done when the final response leaves them out", function()
+    local body = sse({
+      { "response.output_item.done", '{"type":"response.output_item.done","sequence_number":0,"output_index":0,'
+        .. '"item":{"type":"function_call","id":"fc_1","call_id":"call_x","name":"lookup","arguments":"{}"}}' },
+      { "response.completed", '{"type":"response.completed","sequence_number":1,"response":{"id":"r",'
+        .. '"status":"completed","output":[],"usage":{"input_tokens":3,"output_tokens":2}}}' },
+    })
+    helpers.run(function()
+      local srv <close> = assert(testing.mock_server({ routes = route(body) }))
+      local p = provider.openai({ api = "responses", base_url = srv.url, api_key = "k", retry = { attempts = 1 } })
+      p._url = function() return srv.url .. "/raw" end
+      local res = assert(p:complete(p:body(p:encode_prefix("s", {}), { p:encode_message({ role = "user", content = "q" }) })))
+      assert.are.same({ { id = "call_x", name = "lookup", arguments = "{}" } }, res.tool_calls)
+      assert.are.equal("tool_calls", res.stop)
+      assert.are.equal(3, res.usage.input)
+    end)
+  end)
+
+  it("makes an error event RateLimited for rate_limit_exceeded", function()
+    local body = sse({
+      { "error", '{"type":"error","sequence_number":0,"code":"rate_limit_exceeded","message":"Slow down.","param":null}' },
+    })
+    helpers.run(function()
+      local srv <close> = assert(testing.mock_server({ routes = route(body) }))
+      local p = provider.openai({ api = "responses", base_url = srv.url, api_key = "k", retry = { attempts = 1 } })
+      p._url = function() return srv.url .. "/raw" end
+      local _, err = p:complete(p:body(p:encode_prefix("s", {}), { p:encode_message({ role = "user", content = "q" }) }))
+      assert.are.equal("RateLimited", err.code)
+      assert.matches("Slow down", err.message)
+    end)
+  end)
+end)
+
+describe("tide.provider.openai{ api = \"responses\" }, requests", function()
+  it("keeps the prefix byte-stable and in canonical order, input last", function()
+    local opts = { api = "responses", base_url = "http://127.0.0.1:1", model = "gpt-5", max_tokens = 300,
+                   reasoning = { effort = "high" }, tool_choice = "auto", parallel_tool_calls = false,
+                   temperature = 1, extra_body = { metadata = { run = "x" }, truncation = "auto" } }
+    local a = provider.openai(opts):encode_prefix("sys", { lookup_tool })
+    local b = provider.openai(opts):encode_prefix("sys", { lookup_tool })
+    assert.are.equal(a, b)
+    assert.are.equal('{"include":["reasoning.encrypted_content"],"instructions":"sys","max_output_tokens":300,'
+      .. '"metadata":{"run":"x"},"model":"gpt-5","parallel_tool_calls":false,"reasoning":{"effort":"high"},'
+      .. '"store":false,"stream":true,"temperature":1,"tool_choice":"auto","tools":[{"description":"Looks up.",'
+      .. '"name":"lookup","parameters":{"properties":{"q":{"type":"string"}},"type":"object"},"strict":false,'
+      .. '"type":"function"}],"truncation":"auto","input":[', a)
+    -- store = true: OpenAI keeps the response, and no encrypted content is asked for.
+    local c = provider.openai({ api = "responses", store = true, reasoning = { effort = "low" } }):encode_prefix(nil, {})
+    assert.matches('"store":true', c, 1, true)
+    assert.is_nil(c:find("include", 1, true))
+  end)
+
+  it("sends neutral content parts as input_image and input_file", function()
+    local p = provider.openai({ api = "responses" })
+    local enc = p:encode_message({ role = "user", content = {
+      { type = "text", text = "look" },
+      { type = "image", mime = "image/png", data = "AAAA" },
+      { type = "file", mime = "application/pdf", name = "a.pdf", data = "JVBE" } } })
+    local obj = require("cjson").decode(enc)
+    assert.are.same({ type = "input_text", text = "look" }, obj.content[1])
+    assert.are.same({ type = "input_image", detail = "auto", image_url = "data:image/png;base64,AAAA" }, obj.content[2])
+    assert.are.same({ type = "input_file", filename = "a.pdf", file_data = "data:application/pdf;base64,JVBE" },
+      obj.content[3])
+  end)
+
+  it("sends only its own reasoning items, and never to chat", function()
+    local mixed = { role = "assistant", content = "hi", reasoning = {
+      { type = "text", text = "chat thinking", provider = "openai" },
+      { type = "text", text = "claude", signature = "sig", provider = "anthropic" },
+      { type = "encrypted", id = "rs_1", data = "gAAAAx", summary = "s", provider = "openai_responses" } } }
+    local rs = provider.openai({ api = "responses" }):encode_message(mixed)
+    assert.are.equal('{"encrypted_content":"gAAAAx","id":"rs_1","summary":[{"text":"s","type":"summary_text"}],'
+      .. '"type":"reasoning"},{"content":[{"annotations":[],"text":"hi","type":"output_text"}],"role":"assistant",'
+      .. '"type":"message"}', rs)
+    local chat = provider.openai({}):encode_message(mixed)
+    assert.is_nil(chat:find("gAAAAx", 1, true))
+    assert.is_nil(chat:find("rs_1", 1, true))
+    local claude = provider.anthropic({}):encode_message(mixed)
+    assert.is_nil(claude:find("gAAAAx", 1, true))
+    -- Stateless, an item without its encrypted content names nothing the
+    -- server kept: it is left out.
+    local bare = { role = "assistant", content = "hi",
+                   reasoning = { { type = "encrypted", id = "rs_2", provider = "openai_responses" } } }
+    assert.is_nil(provider.openai({ api = "responses" }):encode_message(bare):find("rs_2", 1, true))
+    assert.truthy(provider.openai({ api = "responses", store = true }):encode_message(bare):find("rs_2", 1, true))
+  end)
+
+  it("is refused by the mock as by the API: an output without its call", function()
+    with_mock({ replies = { "never" } }, function(srv)
+      local p = make(srv.url, true, { retry = { attempts = 1 } })
+      local _, err = p:complete(p:body(p:encode_prefix("s", {}), {
+        p:encode_message({ role = "user", content = "q" }),
+        p:encode_message({ role = "tool", results = { { id = "call_zz", content = "x" } } }) }))
+      assert.are.equal(400, err.status)
+      assert.matches("No tool call found for function call output with call_id call_zz", err.message, 1, true)
+      assert.are.equal(1, srv:pending()) -- no scripted reply spent on it
+    end)
+  end)
+
+  it("raises on options the Responses API has no field for, and a bad api", function()
+    assert.matches("'api' must be \"chat\" or \"responses\"", raised(provider.openai, { api = "completions" }))
+    assert.matches("'stop' is not an option of the Responses API", raised(provider.openai,
+      { api = "responses", stop = "END" }))
+    assert.matches("'max_tokens_field' is not an option of the Responses API", raised(provider.openai,
+      { api = "responses", max_tokens_field = "max_tokens" }))
+    assert.matches("'store' is an option of the Responses API", raised(provider.openai, { store = false }))
+    assert.matches("'store' must be a boolean", raised(provider.openai, { api = "responses", store = "no" }))
+    assert.matches("'reasoning.summary' must be one of", raised(provider.openai,
+      { api = "responses", reasoning = { summary = "long" } }))
+    assert.matches("unknown option 'reasoning.summary'", raised(provider.openai,
+      { reasoning = { summary = "auto" } }))
+    assert.matches("'extra_body.max_output_tokens' is a field tide sets itself", raised(provider.openai,
+      { api = "responses", extra_body = { max_output_tokens = 5 } }))
+    assert.matches("'extra_body.input' is a field tide sets itself", raised(provider.openai,
+      { api = "responses", extra_body = { input = {} } }))
+    assert.matches("unknown option 'prompt_cache'", raised(provider.openai, { api = "responses", prompt_cache = true }))
+    assert.matches("unknown option 'api'", raised(provider.anthropic, { api = "responses" }))
+    -- the default stays chat completions
+    assert.are.equal("chat", provider.openai({}).api)
+    assert.are.equal("responses", provider.openai({ api = "responses" }).api)
+    assert.is_true(provider.is(provider.openai({ api = "responses" })))
+  end)
+end)
