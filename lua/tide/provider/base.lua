@@ -485,6 +485,45 @@ function Base:fingerprint(prefix)
 end
 
 
+-- -------------------------------------------------------------- the wire
+
+-- RFC 3986: everything but the unreserved characters is percent-encoded.
+local function escape(s)
+  return (s:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))
+end
+
+--- `base .. path`, with `query` (a table, nil or empty: none) as URL
+--- parameters, sorted and percent-encoded: the same URL for the same
+--- options (Azure's api-version).
+---@param base string
+---@param path string
+---@param query? table<string, string|number>
+---@return string
+function provider._url_of(base, path, query)
+  local url = base .. path
+  if query == nil or next(query) == nil then return url end
+  local keys = {}
+  for k in pairs(query) do keys[#keys + 1] = k end
+  table.sort(keys)
+  local parts = {}
+  for i, k in ipairs(keys) do
+    local v = query[k]
+    if type(v) == "number" then v = tostring(math.tointeger(v) or v) end
+    parts[i] = escape(k) .. "=" .. escape(v)
+  end
+  return url .. "?" .. table.concat(parts, "&")
+end
+
+--- The headers of an OpenAI request (chat or Responses): JSON, SSE when
+--- streaming, the key as a bearer token, then the `headers` option.
+function provider._bearer_headers(self)
+  local h = { ["content-type"] = "application/json" }
+  if self.stream then h["accept"] = "text/event-stream" end
+  if self.api_key then h["authorization"] = "Bearer " .. self.api_key end
+  for k, v in pairs(self.headers) do h[k] = v end
+  return h
+end
+
 -- The pieces the wire formats use, under the names they have always had.
 provider._fail = errors.fail
 provider._excerpt = errors.excerpt

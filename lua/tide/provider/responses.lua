@@ -239,36 +239,9 @@ end
 
 -- ------------------------------------------------------------------- wire
 
--- RFC 3986: everything but the unreserved characters is percent-encoded.
--- (The query is chat's option, for Azure's api-version; openai.lua builds
--- its URL the same way.)
-local function escape(s)
-  return (s:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))
-end
+function Provider:_url() return provider._url_of(self.base_url, "/responses", self.query) end
 
-function Provider:_url()
-  local url = self.base_url .. "/responses"
-  local q = self.query
-  if q == nil or next(q) == nil then return url end
-  local keys = {}
-  for k in pairs(q) do keys[#keys + 1] = k end
-  table.sort(keys) -- the same URL for the same options
-  local pairs_ = {}
-  for i, k in ipairs(keys) do
-    local v = q[k]
-    if type(v) == "number" then v = tostring(math.tointeger(v) or v) end
-    pairs_[i] = escape(k) .. "=" .. escape(v)
-  end
-  return url .. "?" .. concat(pairs_, "&")
-end
-
-function Provider:_headers()
-  local h = { ["content-type"] = "application/json" }
-  if self.stream then h["accept"] = "text/event-stream" end
-  if self.api_key then h["authorization"] = "Bearer " .. self.api_key end
-  for k, v in pairs(self.headers) do h[k] = v end
-  return h
-end
+Provider._headers = provider._bearer_headers
 
 local count = provider._count
 local decode_fast = json.decode_fast
