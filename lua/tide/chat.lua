@@ -182,9 +182,25 @@ function M.main(argv, io_out)
         local t0 = core.hrtime()
         state.line_open = false
         local reply, terr = s:turn(line, { on_event = printer(out, state) })
+        -- Calls that wait for a person are asked about here, one by one;
+        -- the turn then goes on where it paused.
+        while not reply and terr and terr.code == "ApprovalRequired" do
+          if state.line_open then out:write("\n"); state.line_open = false end
+          local asked = true
+          for _, p in ipairs(terr.pending) do
+            out:write(("  approve %s %s (by %s)? [y]es, or a reason to reject: "):format(p.name, p.arguments, p.agent))
+            out:flush()
+            local answer = core.read_line()
+            if answer == nil then asked = false break end
+            answer = answer:match("^%s*(.-)%s*$")
+            if answer == "y" or answer == "yes" then s:approve(p.id) else s:reject(p.id, answer ~= "" and answer or nil) end
+          end
+          if not asked then break end
+          reply, terr = s:resume { on_event = printer(out, state) }
+        end
         if state.line_open then out:write("\n") end
         if reply then
-          out:write(("  (%.0f ms)\n"):format((core.hrtime() - t0) / 1e6))
+          out:write(("  (%.0f ms, $%.4f)\n"):format((core.hrtime() - t0) / 1e6, s:stats().turn_cost_usd))
         else
           out:write("  error: ", tostring(terr), "\n")
         end

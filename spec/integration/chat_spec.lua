@@ -117,3 +117,26 @@ describe("tide chat with a directory it cannot watch", function()
     helpers.rmdir(dir)
   end)
 end)
+
+describe("tide chat with calls that need approval", function()
+  local root = helpers.sh("pwd"):gsub("%s+$", "")
+
+  it("asks inline, then goes on with the approved call or the reason for rejecting it", function()
+    local dir = helpers.tmpdir()
+    helpers.write(dir .. "/orchestrator.lua", [[
+return { id = "orchestrator", prompt = "You look things up.", tools = {
+  tide.tool { name = "lookup", description = "Looks a term up.", approval = true,
+    parameters = { type = "object", properties = { q = { type = "string" } } },
+    handler = function(args) return "tide is a Lua-scriptable agent runtime" end } } }
+]])
+    local build = os.getenv("TIDE_BUILD_DIR") or "build"
+    local out = helpers.sh(("(cd %s && printf 'look up tide\\ny\\nlook up tide\\nnot today\\n/quit\\n' | "
+      .. "LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' ASAN_OPTIONS=detect_leaks=0 "
+      .. "timeout 30 lua5.4 bin/tide chat --agents %s --provider demo)"):format(root, build, dir))
+    helpers.rmdir(dir)
+    local _, asked = out:gsub("approve lookup {\"q\":\"tide\"} %(by orchestrator%)%?", "")
+    assert.are.equal(2, asked, out)
+    assert.matches("Here is what I found: tide is a Lua%-scriptable", out)
+    assert.matches("rejected by the user: not today", out)
+  end)
+end)
