@@ -41,23 +41,105 @@ local function builtin_integrations_agent()
   }
 end
 
+--- The most tools one request may carry: OpenAI's limit (Anthropic's is
+--- higher). An integrations agent whose toolkit has more callable actions
+--- gets the first MAX_DIRECT of them (the source's order: curated first) and
+--- two tools that reach the rest: `find_actions` (search by words) and
+--- `run_action` (run one by its name). A clear, bounded surface beats an
+--- error the model cannot act on.
+M.MAX_TOOLS = 128
+M.MAX_DIRECT = 100
+
+-- A tool name every provider takes ([A-Za-z0-9_-]{1,64}, starting with a
+-- letter or _), unique among `taken`: an action name that is not one is
+-- mapped (illegal characters to _, a long one cut with a hash of the whole
+-- name), and the tool keeps the action's own name to run it.
+local function legal_name(name, taken)
+  local n = name:gsub("[^%w_%-]", "_")
+  if not n:match("^[%a_]") then n = "_" .. n end
+  if #n > 64 then n = n:sub(1, 55) .. "_" .. core.hash(name):sub(1, 8) end
+  local base, k = n, 1
+  while taken[n] do
+    k = k + 1
+    local suffix = "_" .. k
+    n = base:sub(1, 64 - #suffix) .. suffix
+  end
+  taken[n] = true
+  return n
+end
+
+-- Runs action `a` of source `src` with `args`: its text, or raises the
+-- failure (a tool error for the model).
+local function run(src, a, args)
+  if type(a.handler) == "function" then return a.handler(args) end
+  if src and type(src.execute) == "function" then
+    local r, err = src:execute(a.name, args)
+    if r == nil then error(err or "the action failed", 0) end
+    return r
+  end
+  error("this integration source cannot execute actions", 0)
+end
+
 local function toolkit_tools(src, tk)
-  local out = {}
+  local out, taken = {}, {}
   local rule = src and src.approval
-  for _, a in ipairs(tk.tools or {}) do
+  local approval = require "tide.approval"
+  local actions = tk.tools or {}
+  local direct = #actions <= M.MAX_TOOLS and #actions or M.MAX_DIRECT
+  for i = 1, direct do
+    local a = actions[i]
     out[#out + 1] = tool.new {
-      name = a.name,
-      approval = require("tide.approval").for_action(rule, a),
+      name = legal_name(a.name, taken),
+      approval = approval.for_action(rule, a),
       description = a.description or a.name,
       parameters = a.parameters or { type = "object", properties = {} },
+      handler = function(args) return run(src, a, args) end,
+    }
+  end
+  if direct < #actions then
+    local by_name = {}
+    for _, a in ipairs(actions) do by_name[a.name] = a end
+    out[#out + 1] = tool.new {
+      name = legal_name("find_actions", taken),
+      description = ("Searches the %d actions of %s that are not offered as tools directly; gives the "
+        .. "matching ones with their parameters, to run with run_action."):format(#actions - direct, tk.slug),
+      parameters = { type = "object", required = { "query" },
+        properties = { query = { type = "string", description = "Words the action's name or description contains." } } },
       handler = function(args)
-        if type(a.handler) == "function" then return a.handler(args) end
-        if src and type(src.execute) == "function" then
-          local r, err = src:execute(a.name, args)
-          if r == nil then error(err or "the action failed", 0) end
-          return r
+        local words = {}
+        for w in tostring(args.query or ""):lower():gmatch("%w+") do words[#words + 1] = w end
+        local found = {}
+        for i = direct + 1, #actions do
+          local a = actions[i]
+          local hay = (a.name .. " " .. (a.description or "")):lower()
+          local all = #words > 0
+          for _, w in ipairs(words) do if not hay:find(w, 1, true) then all = false end end
+          if all then
+            found[#found + 1] = { name = a.name, description = a.description or "",
+              parameters = a.parameters or { type = "object", properties = {} } }
+            if #found == 10 then break end
+          end
         end
-        error("this integration source cannot execute actions", 0)
+        if #found == 0 then return "No action matches; try other words." end
+        return found
+      end,
+    }
+    out[#out + 1] = tool.new {
+      name = legal_name("run_action", taken),
+      description = ("Runs one action of %s by its exact name (from find_actions), with its arguments.")
+        :format(tk.slug),
+      parameters = { type = "object", required = { "action", "arguments" }, properties = {
+        action = { type = "string" }, arguments = { type = "object" } } },
+      approval = rule and function(args)
+        local a = by_name[args.action]
+        local r = a and approval.for_action(rule, a)
+        if type(r) == "function" then return r(args.arguments or {}) end
+        return r == true
+      end or nil,
+      handler = function(args)
+        local a = by_name[args.action]
+        if not a then error(("no action '%s' in %s"):format(tostring(args.action), tk.slug), 0) end
+        return run(src, a, type(args.arguments) == "table" and args.arguments or {})
       end,
     }
   end

@@ -122,6 +122,22 @@ function M.build(def, base, snapshot)
       end
     end
   end
+  -- No request carries more tools than providers take (OpenAI: 128): past
+  -- it, toolkit delegates beyond the limit are left out, with a warning
+  -- (direct tools and named sub-agents keep their places).
+  local MAX = require("tide.subagent").MAX_TOOLS
+  if #list > MAX then
+    local kept, dropped = {}, 0
+    for _, t in ipairs(list) do
+      if #kept < MAX or not t.toolkit then kept[#kept + 1] = t else
+        dropped = dropped + 1
+        map[t.name], synthesized[t.name] = nil, nil
+      end
+    end
+    list = kept
+    warnings = warnings or {}
+    warnings[#warnings + 1] = ("%d toolkit delegates left out: a request carries at most %d tools"):format(dropped, MAX)
+  end
   local specs = {}
   for i, t in ipairs(list) do specs[i] = tool.spec(t) end
   return {
