@@ -71,6 +71,7 @@ build = {
       ["tide.testing.demo"] = "lua/tide/testing/demo.lua",
       ["tide.tool"] = "lua/tide/tool.lua",
       ["tide.tool_protocol"] = "lua/tide/tool_protocol.lua",
+      ["tide.tracing"] = "lua/tide/tracing.lua",
       ["tide.transcript"] = "lua/tide/transcript.lua",
       ["tide.turn"] = "lua/tide/turn.lua",
     },

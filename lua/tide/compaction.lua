@@ -253,6 +253,9 @@ function M.compact(session, run, force)
   h.usage_input = nil -- the next count is an estimate again
   local stats = session.counters
   stats.compactions = stats.compactions + 1
+  if run and run.span then
+    run.span:event("compaction", { strategy = rec.strategy, removed = rec.cut or 0 })
+  end
   if run and run.sink then
     run.sink { type = "compaction", strategy = rec.strategy, removed = rec.cut or 0,
       emptied = rec.emptied and #rec.emptied or 0, ms = (core.hrtime() - t0) / 1e6,

@@ -85,6 +85,7 @@ local lazy = {
   agents = "tide.agents",
   prompts = "tide.prompts",
   json = "tide.json",
+  tracing = "tide.tracing",
 }
 -- Functions that live in submodules but belong to the top-level vocabulary.
 local lazy_fn = {

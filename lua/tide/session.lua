@@ -423,7 +423,7 @@ end
 -- ------------------------------------------------------- public methods --
 
 local TURN_OPTIONS = { on_delta = true, on_tool_start = true, on_tool_end = true, on_event = true,
-  on_reasoning = true, context = true, truncated = true, schema = true }
+  on_reasoning = true, context = true, truncated = true, schema = true, traceparent = true }
 
 local function check_turn_args(text, opts)
   if type(text) == "table" then

@@ -18,7 +18,9 @@ local tool_protocol = require "tide.tool_protocol"
 local function schema_module() return require "tide.schema" end
 local approval = require "tide.approval"
 local prices = require "tide.prices"
+local tracing = require "tide.tracing"
 local function compaction() return require "tide.compaction" end
+local chat_attributes, end_chat -- (tracing helpers, below)
 
 local hrtime = core.hrtime
 local spawn, spawn_now = core.spawn, core.spawn_now
@@ -131,7 +133,21 @@ end
 local function tool_task(run, t, args, call, t0)
   local ctx = not t.args_only and { session = run.session, call_id = call.id, name = call.name,
     depth = run.depth } or nil
+  local span
+  if run.span then
+    span = tracing.start("execute_tool " .. call.name, 1, run.span, { ["gen_ai.operation.name"] = "execute_tool",
+      ["gen_ai.tool.name"] = call.name, ["gen_ai.tool.call.id"] = call.id, ["gen_ai.tool.type"] = "function" })
+    if span then
+      core.context().tide_span = span -- a sub-agent run nests under this call
+      if tracing.capture_content() then span.attributes["gen_ai.tool.call.arguments"] = call.arguments end
+    end
+  end
   local text, err = run_tool(t, args, ctx)
+  if span then
+    if text and tracing.capture_content() then span.attributes["gen_ai.tool.call.result"] = text end
+    if err and err.code == "ApprovalRequired" then span:event("approval_required") end
+    span:finish(err and err.code ~= "ApprovalRequired" and err or nil)
+  end
   if err and err.code == "ApprovalRequired" then return nil, err end
   local limit = run.cap
   if text then
@@ -368,6 +384,32 @@ end
 -- Stops that cut the answer short.
 local TRUNCATED = { length = true, content_filter = true }
 
+-- The GenAI attributes of a provider call (the chat span).
+local PROVIDER_NAMES = { openai = "openai", anthropic = "anthropic", responses = "openai" }
+chat_attributes = function(provider)
+  local host = type(provider.base_url) == "string" and provider.base_url:match("^%a+://([^/:]+)")
+  return { ["gen_ai.operation.name"] = "chat",
+    ["gen_ai.provider.name"] = PROVIDER_NAMES[provider.kind] or provider.kind,
+    ["gen_ai.request.model"] = provider.model, ["server.address"] = host }
+end
+
+-- Ends a chat span with what the response said.
+end_chat = function(span, resp, err)
+  if resp then
+    local a, u = span.attributes, resp.usage or {}
+    a["gen_ai.response.model"] = resp.model or a["gen_ai.request.model"]
+    if resp.id then a["gen_ai.response.id"] = resp.id end
+    a["gen_ai.usage.input_tokens"] = u.input or 0
+    a["gen_ai.usage.output_tokens"] = u.output or 0
+    a["gen_ai.usage.cache_read.input_tokens"] = u.cached or 0
+    a["gen_ai.usage.cache_creation.input_tokens"] = u.cache_write or 0
+    if u.reasoning and u.reasoning > 0 then a["gen_ai.usage.reasoning.output_tokens"] = u.reasoning end
+    if resp.stop then a["gen_ai.response.finish_reasons"] = { resp.stop } end
+    if tracing.capture_content() and resp.text then a["gen_ai.output.text"] = resp.text end
+  end
+  span:finish(err)
+end
+
 -- The tool loop from `first` on: ask the provider, append its answer, run
 -- its calls, until an answer without calls. `state` carries what a turn
 -- keeps across a pause: the schema it wants and whether the model had its
@@ -380,6 +422,15 @@ local function loop(session, opts, run, first, state)
   local want = state.want
   local prefix = session:_prefix(want and provider._native_schema and want or nil)
   local popts = complete_opts(run, opts.on_delta, opts.on_reasoning)
+  if run.span then
+    -- retries are events of the provider call they belong to
+    popts = setmetatable({ on_retry = function(info)
+      if run.chat then
+        run.chat:event("retry", { attempt = info.attempt, delay_ms = info.delay_ms,
+          ["error.type"] = info.error and info.error.code or "error" })
+      end
+    end }, { __index = popts })
+  end
   local truncated_error = (opts.truncated or state.truncated or session.truncated) == "error"
   local text_tools = session.def.text_tools ~= false
   for iteration = first, session.max_iterations do
@@ -397,6 +448,9 @@ local function loop(session, opts, run, first, state)
     -- request itself.
     local wire = history:encoded()
     local sent_bytes = history.wire_bytes
+    local chat = run.span and tracing.start("chat " .. tostring(provider.model), 3, run.span,
+      chat_attributes(provider))
+    run.chat = chat
     local resp, err = provider:_complete(prefix, popts, wire)
     if not resp and session.context and compaction().is_overflow(err) then
       -- The provider says it does not fit: one compaction, one retry.
@@ -408,6 +462,7 @@ local function loop(session, opts, run, first, state)
         resp, err = provider:_complete(prefix, popts, wire)
       end
     end
+    if chat then end_chat(chat, resp, err) end
     if not resp then return nil, err end
     if resp.usage and (resp.usage.input or 0) > 0 then
       history.usage_input, history.usage_wire_bytes = resp.usage.input, sent_bytes
@@ -607,6 +662,20 @@ local function drive(session, opts, paused, fn, ...)
     cap = session.result_cap, tasks = {}, caller = core.current(), pending = false, textual = false,
     tree = tree,
   }
+  -- The turn's invoke_agent span, under the delegating tool's span or the
+  -- caller's traceparent; nil while tracing is off.
+  local saved_span = rawget(ctx, "tide_span")
+  if tracing.enabled() then
+    local parent = ctx.tide_span or tracing.parse_traceparent(opts.traceparent)
+    run.span = tracing.start("invoke_agent " .. session.def.id, 1, parent, {
+      ["gen_ai.operation.name"] = "invoke_agent", ["gen_ai.agent.name"] = session.def.id,
+      ["gen_ai.agent.id"] = session.agent_path, ["gen_ai.request.model"] = session.provider.model })
+    if run.span then
+      ctx.tide_span = run.span
+      local tk = session.counters.tokens
+      run.tokens0 = { tk.input, tk.output, session.counters.cost_usd }
+    end
+  end
   ctx.tide_on_event = sink
   ctx.tide_budget = budget
   ctx.tide_tree = tree
@@ -626,7 +695,20 @@ local function drive(session, opts, paused, fn, ...)
   rawset(ctx, "tide_on_event", saved_event)
   rawset(ctx, "tide_budget", saved_budget)
   rawset(ctx, "tide_tree", saved_tree)
+  rawset(ctx, "tide_span", saved_span)
   session.turn_ctx = nil
+  if run.span then
+    local a, tk, c = run.span.attributes, session.counters.tokens, session.counters
+    a["gen_ai.usage.input_tokens"] = tk.input - run.tokens0[1]
+    a["gen_ai.usage.output_tokens"] = tk.output - run.tokens0[2]
+    a["tide.cost_usd"] = c.cost_usd - run.tokens0[3]
+    if reply == nil and type(err) == "table" and err.code == "ApprovalRequired" then
+      run.span:event("approval_required", { count = err.pending and #err.pending or 0 })
+      run.span:finish()
+    else
+      run.span:finish(reply == nil and err or nil)
+    end
+  end
   if session.cancelling then
     session.cancelling = nil
     core.clear_interrupt() -- an interrupt that arrived after the last wait

@@ -1,0 +1,334 @@
+--- tide.tracing: OpenTelemetry traces of what agents do, following the
+--- GenAI semantic conventions, exported with OTLP/HTTP.
+---
+--- Spans: `invoke_agent {agent}` per turn and per sub-agent run (nested
+--- under the delegating tool's span), `chat {model}` per provider call,
+--- `execute_tool {name}` per tool call; retries, compactions and approvals
+--- are events. Message content only with `capture_content = true`.
+---
+--- Export: OTLP/HTTP with **protobuf** bodies (`application/x-protobuf`,
+--- POST <endpoint>/v1/traces). Protobuf is the encoding every OTLP receiver
+--- must accept and the default of the OpenTelemetry SDKs; OTLP/JSON is
+--- optional for collectors and its ids and 64-bit integers have their own
+--- mapping rules. Spans wait in a bounded queue (drops counted), go out in
+--- batches from a task on the libuv loop (a turn never waits for them), and
+--- a pending batch keeps `tide.run` alive until it is sent: flushed at exit
+--- (`tide.tracing.flush()` sends at once).
+--- An unreachable or failing collector costs one warning and the dropped
+--- spans, never a turn.
+---@class tide.tracing
+local M = {}
+
+local core = require "tide.core"
+
+local QUEUE_MAX = 2048
+local BATCH_MAX = 512
+
+-- One config per process (a Lua state); nil while tracing is off.
+local config
+local queue, dropped, exported, failures, warned = {}, 0, 0, 0, false
+local flushing = false
+
+-- ------------------------------------------------------------- protobuf --
+
+-- The few protobuf encoders OTLP needs: varints, length-delimited fields,
+-- fixed64 and doubles. Field numbers and types are those of
+-- opentelemetry/proto (collector/trace/v1, trace/v1, common/v1).
+local char, pack = string.char, string.pack
+
+local function varint(n)
+  local out = {}
+  repeat
+    local b = n & 0x7f
+    n = n >> 7
+    if n ~= 0 then b = b | 0x80 end
+    out[#out + 1] = char(b)
+  until n == 0
+  return table.concat(out)
+end
+
+local function key(field, wire) return varint(field << 3 | wire) end
+local function bytes_field(field, s) return key(field, 2) .. varint(#s) .. s end
+local function string_field(field, s) return bytes_field(field, s) end
+local function varint_field(field, n) return key(field, 0) .. varint(n) end
+local function fixed64_field(field, n) return key(field, 1) .. pack("<i8", n) end
+local function double_field(field, x) return key(field, 1) .. pack("<d", x) end
+
+local function any_value(v)
+  local t = type(v)
+  if t == "string" then return string_field(1, v) end
+  if t == "boolean" then return varint_field(2, v and 1 or 0) end
+  if math.type(v) == "integer" then return varint_field(3, v) end
+  if t == "number" then return double_field(4, v) end
+  if t == "table" then -- a list: ArrayValue of its values
+    local values = {}
+    for i, x in ipairs(v) do values[i] = bytes_field(1, any_value(x)) end
+    return bytes_field(5, table.concat(values))
+  end
+  return string_field(1, tostring(v))
+end
+
+local function key_value(k, v) return string_field(1, k) .. bytes_field(2, any_value(v)) end
+
+local function attributes(field, attrs)
+  local keys = {}
+  for k in pairs(attrs) do keys[#keys + 1] = k end
+  table.sort(keys)
+  local out = {}
+  for i, k in ipairs(keys) do out[i] = bytes_field(field, key_value(k, attrs[k])) end
+  return table.concat(out)
+end
+
+local function hex_bytes(h) return (h:gsub("%x%x", function(x) return char(tonumber(x, 16)) end)) end
+
+local function encode_span(s)
+  local parts = {
+    bytes_field(1, hex_bytes(s.trace_id)), bytes_field(2, hex_bytes(s.span_id)),
+  }
+  if s.parent_id then parts[#parts + 1] = bytes_field(4, hex_bytes(s.parent_id)) end
+  parts[#parts + 1] = string_field(5, s.name)
+  parts[#parts + 1] = varint_field(6, s.kind)
+  parts[#parts + 1] = fixed64_field(7, s.start_ns)
+  parts[#parts + 1] = fixed64_field(8, s.end_ns)
+  parts[#parts + 1] = attributes(9, s.attributes)
+  for _, ev in ipairs(s.events or {}) do
+    parts[#parts + 1] = bytes_field(11, fixed64_field(1, ev.time_ns) .. string_field(2, ev.name)
+      .. attributes(3, ev.attributes or {}))
+  end
+  if s.error then -- Status { message = 2, code = 3 (2: ERROR) }
+    parts[#parts + 1] = bytes_field(15, string_field(2, s.error) .. varint_field(3, 2))
+  end
+  return table.concat(parts)
+end
+
+--- The OTLP ExportTraceServiceRequest of `spans`, protobuf-encoded.
+function M.encode(spans, service)
+  local encoded = {}
+  for i, s in ipairs(spans) do encoded[i] = bytes_field(2, encode_span(s)) end
+  local resource = attributes(1, { ["service.name"] = service, ["telemetry.sdk.name"] = "tide",
+    ["telemetry.sdk.language"] = "lua" })
+  local scope = string_field(1, "tide") .. string_field(2, core.version or "")
+  local scope_spans = bytes_field(1, scope) .. table.concat(encoded)
+  local resource_spans = bytes_field(1, resource) .. bytes_field(2, scope_spans)
+  return bytes_field(1, resource_spans)
+end
+
+-- ---------------------------------------------------------------- ids --
+
+local function random_hex(nbytes)
+  local t = {}
+  for i = 1, nbytes do t[i] = ("%02x"):format(math.random(0, 255)) end
+  return table.concat(t)
+end
+
+local function now_ns()
+  -- wall clock for the span's times (hrtime has no epoch): the start is
+  -- taken from os.time at the first span, then moves with hrtime
+  return M._epoch_ns + (core.hrtime() - M._hr0)
+end
+
+-- ---------------------------------------------------------------- spans --
+
+local SPAN_MT = {}
+SPAN_MT.__index = SPAN_MT
+
+--- Starts a span under `parent` (a span, a parsed traceparent, or nil for a
+--- new trace). kind: 1 INTERNAL, 3 CLIENT. Nil when tracing is off or the
+--- trace is not sampled.
+function M.start(name, kind, parent, attrs)
+  if not config then return nil end
+  local trace_id, parent_id
+  if parent then
+    if parent.sampled == false then return nil end
+    trace_id, parent_id = parent.trace_id, parent.span_id
+  else
+    if config.sample < 1 and math.random() >= config.sample then
+      return nil
+    end
+    trace_id = random_hex(16)
+  end
+  return setmetatable({ trace_id = trace_id, span_id = random_hex(8), parent_id = parent_id, name = name,
+    kind = kind, start_ns = now_ns(), attributes = attrs or {} }, SPAN_MT)
+end
+
+--- Adds an event to the span.
+function SPAN_MT:event(name, attrs)
+  local evs = self.events or {}
+  self.events = evs
+  evs[#evs + 1] = { name = name, time_ns = now_ns(), attributes = attrs }
+end
+
+--- Ends the span (err: the error table that ended it, if any) and queues it.
+function SPAN_MT:finish(err)
+  if self.end_ns then return end
+  self.end_ns = now_ns()
+  if err then
+    self.error = type(err) == "table" and tostring(err.message or err) or tostring(err)
+    self.attributes["error.type"] = type(err) == "table" and err.code or "error"
+  end
+  if #queue >= QUEUE_MAX then
+    dropped = dropped + 1
+    return
+  end
+  queue[#queue + 1] = self
+  M._schedule()
+end
+
+--- Whether content (messages, arguments, results) goes on spans.
+function M.capture_content() return config ~= nil and config.capture_content end
+
+-- ------------------------------------------------------------- export --
+
+local function warn(msg)
+  if warned then return end
+  warned = true
+  io.stderr:write("tide: tracing: ", msg, " (spans are dropped; further failures are counted)\n")
+end
+
+local function send(batch)
+  local http = require "tide.http"
+  local headers = { ["content-type"] = "application/x-protobuf" }
+  for k, v in pairs(config.headers) do headers[k] = v end
+  local res, err = http.request { method = "POST", url = config.url, headers = headers,
+    body = M.encode(batch, config.service), timeout_ms = config.timeout_ms }
+  if res and res.status >= 200 and res.status < 300 then
+    exported = exported + #batch
+    return true
+  end
+  failures = failures + 1
+  dropped = dropped + #batch
+  warn(res and ("the collector answered HTTP " .. res.status) or tostring(err))
+  return false
+end
+
+-- Sends the queue, a batch at a time.
+local function drain()
+  while config and #queue > 0 do
+    local n = math.min(BATCH_MAX, #queue)
+    local batch = table.move(queue, 1, n, 1, {})
+    table.move(queue, n + 1, #queue + n, 1)
+    send(batch)
+  end
+end
+
+--- Sends what is queued, now (in a task, or driving the loop).
+function M.flush()
+  if not config then return true end
+  return require("tide")._blocking(function() drain() return true end)
+end
+
+-- A task that sends the queue once the loop has gone round (spans ending
+-- together go out in one batch; a busy process batches more, up to
+-- BATCH_DELAY_MS apart). While it runs, tide.run stays alive: flushed at
+-- exit. The turn that ended the spans never waits for it.
+function M._schedule()
+  if flushing or not core.running() then return end
+  flushing = true
+  core.spawn(function()
+    core.sleep(#queue >= BATCH_MAX and 0 or (M.batch_delay_ms or 0))
+    local ok, err = pcall(drain)
+    flushing = false
+    if not ok then warn(tostring(err)) end
+  end)
+end
+
+--- Counters: spans exported and dropped, failed exports, queued.
+function M.stats()
+  return { exported = exported, dropped = dropped, failures = failures, queued = #queue,
+    enabled = config ~= nil }
+end
+
+-- ------------------------------------------------------------ context --
+
+--- Parses a W3C traceparent ("00-<trace>-<span>-<flags>"), or nil.
+function M.parse_traceparent(s)
+  if type(s) ~= "string" then return nil end
+  local trace, span, flags = s:match("^00%-(%x+)%-(%x+)%-(%x%x)$")
+  if not trace or #trace ~= 32 or #span ~= 16 or trace == ("0"):rep(32) or span == ("0"):rep(16) then return nil end
+  return { trace_id = trace:lower(), span_id = span:lower(), sampled = tonumber(flags, 16) & 1 == 1 }
+end
+
+--- The W3C traceparent of a span.
+function M.traceparent(span)
+  return ("00-%s-%s-01"):format(span.trace_id, span.span_id)
+end
+
+-- ------------------------------------------------------------- config --
+
+local OPTIONS = { endpoint = true, headers = true, service = true, capture_content = true, sample = true,
+  timeout_ms = true }
+
+local function env_headers()
+  local h = {}
+  local s = os.getenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or os.getenv("OTEL_EXPORTER_OTLP_HEADERS")
+  for pair in (s or ""):gmatch("[^,]+") do
+    local k, v = pair:match("^%s*([^=]-)%s*=%s*(.-)%s*$")
+    if k and k ~= "" then h[k:lower()] = v:gsub("%%(%x%x)", function(x) return char(tonumber(x, 16)) end) end
+  end
+  return h
+end
+
+--- Turns tracing on: `endpoint` (default $OTEL_EXPORTER_OTLP_ENDPOINT; a
+--- $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is used as the full URL), `headers`
+--- ($OTEL_EXPORTER_OTLP_HEADERS), `service` ($OTEL_SERVICE_NAME, "tide"),
+--- `capture_content` (false), `sample` (the ratio of root traces kept, 1),
+--- `timeout_ms` (export requests, 10000). `tide.tracing(false)` turns it off.
+---@param opts table|false|nil
+function M.setup(opts, level)
+  level = level or 2
+  if opts == false then
+    config = nil
+    return
+  end
+  opts = opts or {}
+  if type(opts) ~= "table" then error("bad argument #1 to 'tracing' (table expected)", level) end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then error(("tide.tracing: unknown option '%s'"):format(tostring(k)), level) end
+  end
+  local url = os.getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+  local endpoint = opts.endpoint or os.getenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+  if opts.endpoint or not url then
+    if type(endpoint) ~= "string" or not endpoint:match("^https?://") then
+      error("tide.tracing: 'endpoint' must be an http(s) URL (or set OTEL_EXPORTER_OTLP_ENDPOINT)", level)
+    end
+    url = endpoint:gsub("/+$", "") .. "/v1/traces"
+  end
+  if opts.headers ~= nil and type(opts.headers) ~= "table" then error("tide.tracing: 'headers' must be a table", level) end
+  if opts.sample ~= nil and (type(opts.sample) ~= "number" or opts.sample < 0 or opts.sample > 1) then
+    error("tide.tracing: 'sample' must be a number from 0 to 1", level)
+  end
+  if opts.service ~= nil and type(opts.service) ~= "string" then error("tide.tracing: 'service' must be a string", level) end
+  if opts.timeout_ms ~= nil and (math.type(opts.timeout_ms) ~= "integer" or opts.timeout_ms <= 0) then
+    error("tide.tracing: 'timeout_ms' must be a positive integer", level)
+  end
+  local headers = {}
+  for k, v in pairs(env_headers()) do headers[k] = v end
+  for k, v in pairs(opts.headers or {}) do headers[k:lower()] = v end
+  M._epoch_ns = os.time() * 1000000000
+  M._hr0 = core.hrtime()
+  config = {
+    url = url, headers = headers, service = opts.service or os.getenv("OTEL_SERVICE_NAME") or "tide",
+    capture_content = opts.capture_content == true, sample = opts.sample or 1,
+    timeout_ms = opts.timeout_ms or 10000,
+  }
+  warned = false
+end
+
+--- Whether tracing is on (turned on by the OTEL_* variables at first use).
+function M.enabled()
+  if config == nil and not M._env_checked then
+    M._env_checked = true
+    if os.getenv("OTEL_EXPORTER_OTLP_ENDPOINT") or os.getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") then
+      pcall(M.setup, {})
+    end
+  end
+  return config ~= nil
+end
+
+--- Resets counters and the queue (specs).
+function M._reset()
+  queue, dropped, exported, failures, warned, flushing = {}, 0, 0, 0, false, false
+end
+
+-- tide.tracing{...} is setup; tide.tracing.flush(), .stats() the rest.
+return setmetatable(M, { __call = function(_, opts) return M.setup(opts, 3) end })

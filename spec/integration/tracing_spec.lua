@@ -1,0 +1,149 @@
+-- OpenTelemetry traces: spans follow the GenAI semantic conventions and are
+-- decoded by a receiver built on the official OpenTelemetry JS protobuf
+-- definitions (spec/support/otlp_receiver.cjs), not by tide's own code.
+local tide = require "tide"
+local testing = require "tide.testing"
+local tracing = require "tide.tracing"
+local helpers = require "helpers"
+local cjson = require "cjson"
+
+local npm = os.getenv("TIDE_NPM_DIR") or ((os.getenv("HOME") or "") .. "/.cache/tide-npm")
+
+-- Starts the receiver (answering every export with `fail_status` when
+-- given); returns its URL and a stop function.
+local function receiver(fail_status)
+  local portfile = os.tmpname()
+  os.remove(portfile)
+  local pidfile = os.tmpname()
+  os.execute(("NODE_PATH=%s/node_modules node spec/support/otlp_receiver.cjs %s %s >/dev/null 2>&1 & echo $! > %s")
+    :format(npm, portfile, fail_status or "", pidfile))
+  local port
+  for _ = 1, 500 do
+    local f = io.open(portfile)
+    if f then port = f:read("n"); f:close() end
+    if port then break end
+    os.execute("sleep 0.02")
+  end
+  local pid = io.open(pidfile):read("n")
+  os.remove(pidfile)
+  assert(port, "the OTLP receiver did not start (is " .. npm .. " installed? ./dev test installs it)")
+  local url = "http://127.0.0.1:" .. port
+  return url, function()
+    os.execute("kill " .. pid .. " 2>/dev/null")
+    os.remove(portfile)
+  end
+end
+
+local function spans_of(url)
+  local res = assert(tide.http.request { url = url .. "/spans" })
+  return cjson.decode(res.body)
+end
+
+local function by_name(spans, prefix)
+  local out = {}
+  for _, s in ipairs(spans) do if s.name:sub(1, #prefix) == prefix then out[#out + 1] = s end end
+  return out
+end
+
+describe("tracing", function()
+  local srv, stop_receiver, url
+  before_each(function()
+    tracing._reset()
+    url, stop_receiver = receiver()
+    srv = testing.mock_server { default = function(req)
+      local msgs = req.json.messages
+      if msgs[1].content:find("You research", 1, true) then return "researched" end
+      local last = msgs[#msgs]
+      if last.role == "tool" then return "all done" end
+      return { tool_calls = { { id = "c1", name = "lookup", arguments = { q = "a" } },
+                              { id = "c2", name = "delegate_researcher", arguments = { task = "dig" } } } }
+    end }
+    tide.agent { id = "researcher", prompt = "You research.", when_to_use = "research" }
+    tide.agent { id = "traced", prompt = "You trace.", subagents = { "researcher" }, tools = {
+      tide.tool { name = "lookup", description = "d", handler = function() return "found" end } } }
+  end)
+  after_each(function()
+    tracing.setup(false)
+    srv:close()
+    stop_receiver()
+  end)
+
+  it("exports invoke_agent, chat and execute_tool spans, nested, with GenAI attributes", function()
+    tide.tracing { endpoint = url, service = "spec-agent" }
+    local p = tide.provider.openai { base_url = srv.url, api_key = "sk-trace-SECRET-12345", model = "gpt-4o-mini",
+      stream = false }
+    local s = tide.session { agent = "traced", provider = p }
+    tide.run(function() assert.are.equal("all done", s:turn("go", {
+      traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01" })) end)
+    tracing.flush()
+    local got = spans_of(url)
+    local spans = got.spans
+    local root = by_name(spans, "invoke_agent traced")[1]
+    assert.is_table(root)
+    assert.are.equal("spec-agent", root.resource["service.name"])
+    -- it joined the caller's trace
+    assert.are.equal("0af7651916cd43dd8448eb211c80319c", root.traceId)
+    assert.are.equal("b7ad6b7169203331", root.parentSpanId)
+    local chats = by_name(spans, "chat gpt-4o-mini")
+    assert.is_true(#chats >= 3) -- root twice, the sub-agent once
+    local c = chats[1]
+    assert.are.equal("chat", c.attributes["gen_ai.operation.name"])
+    assert.are.equal("openai", c.attributes["gen_ai.provider.name"])
+    assert.are.equal("gpt-4o-mini", c.attributes["gen_ai.request.model"])
+    assert.are.equal("127.0.0.1", c.attributes["server.address"])
+    assert.is_number(c.attributes["gen_ai.usage.input_tokens"])
+    assert.are.same({ "tool_calls" }, c.attributes["gen_ai.response.finish_reasons"])
+    assert.are.equal(3, c.kind) -- CLIENT
+    local tool = by_name(spans, "execute_tool lookup")[1]
+    assert.are.equal("c1", tool.attributes["gen_ai.tool.call.id"])
+    assert.are.equal(root.spanId, tool.parentSpanId)
+    -- the sub-agent's run nests under the delegating tool's span
+    local delegate = by_name(spans, "execute_tool delegate_researcher")[1]
+    local sub = by_name(spans, "invoke_agent researcher")[1]
+    assert.are.equal(delegate.spanId, sub.parentSpanId)
+    assert.are.equal(root.traceId, sub.traceId)
+    -- no content without capture_content, and never the key
+    assert.is_nil(tool.attributes["gen_ai.tool.call.arguments"])
+    local raw = cjson.encode(got)
+    assert.is_nil(raw:find("SECRET", 1, true))
+  end)
+
+  it("captures content only when asked", function()
+    tide.tracing { endpoint = url, capture_content = true }
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    local s = tide.session { agent = "traced", provider = p }
+    tide.run(function() s:turn("go") end)
+    tracing.flush()
+    local tool = by_name(spans_of(url).spans, "execute_tool lookup")[1]
+    assert.are.equal('{"q":"a"}', tool.attributes["gen_ai.tool.call.arguments"])
+    assert.are.equal("found", tool.attributes["gen_ai.tool.call.result"])
+  end)
+
+  it("leaves turns unaffected when the collector fails or is down, counting the drops", function()
+    stop_receiver()
+    local failing
+    failing, stop_receiver = receiver(503)
+    tide.tracing { endpoint = failing }
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    local s = tide.session { agent = "traced", provider = p }
+    tide.run(function() assert.are.equal("all done", s:turn("go")) end)
+    tracing.flush()
+    local st = tracing.stats()
+    assert.is_true(st.dropped > 0)
+    assert.is_true(st.failures > 0)
+    -- a collector that is not there at all
+    tracing.setup(false)
+    tracing._reset()
+    tide.tracing { endpoint = "http://127.0.0.1:9" }
+    tide.run(function() assert.are.equal("all done", s:turn("again")) end)
+    tracing.flush()
+    assert.is_true(tracing.stats().dropped > 0)
+  end)
+
+  it("checks its options", function()
+    assert.has_error(function() tide.tracing { endpoint = "ftp://x" } end)
+    assert.has_error(function() tide.tracing { endpont = "http://x" } end, "tide.tracing: unknown option 'endpont'")
+    assert.has_error(function() tide.tracing { endpoint = "http://x", sample = 2 } end,
+      "tide.tracing: 'sample' must be a number from 0 to 1")
+  end)
+end)

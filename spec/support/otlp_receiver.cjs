@@ -1,0 +1,67 @@
+// A loopback OTLP/HTTP receiver for the tracing specs, decoding with the
+// official OpenTelemetry JS packages' protobuf definitions
+// (@opentelemetry/otlp-transformer's generated root), not tide's own code.
+//   node otlp_receiver.cjs PORTFILE [FAIL_STATUS]
+// Serves POST /v1/traces; GET /spans gives every span received so far as
+// JSON (ids in hex, times as strings); FAIL_STATUS answers every export
+// with that status instead.
+const http = require("http");
+const fs = require("fs");
+const root = require("@opentelemetry/otlp-transformer/build/src/generated/root");
+const Req = root.opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest;
+const [portFile, failStatus] = process.argv.slice(2);
+const spans = [];
+let received = 0;
+
+function value(v) {
+  if (v.stringValue !== undefined) return v.stringValue;
+  if (v.boolValue !== undefined) return v.boolValue;
+  if (v.intValue !== undefined) return Number(v.intValue);
+  if (v.doubleValue !== undefined) return v.doubleValue;
+  if (v.arrayValue) return (v.arrayValue.values || []).map(value);
+  return null;
+}
+function attrs(list) {
+  const out = {};
+  for (const kv of list || []) out[kv.key] = value(kv.value || {});
+  return out;
+}
+const hex = (b) => Buffer.from(b || []).toString("hex");
+
+const server = http.createServer((req, res) => {
+  const chunks = [];
+  req.on("data", (c) => chunks.push(c));
+  req.on("end", () => {
+    if (req.method === "GET" && req.url === "/spans") {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ exports: received, spans }));
+      return;
+    }
+    if (req.method !== "POST" || req.url !== "/v1/traces") { res.writeHead(404); res.end(); return; }
+    received++;
+    if (failStatus) { res.writeHead(Number(failStatus)); res.end("failing on purpose"); return; }
+    let msg;
+    try {
+      msg = Req.toObject(Req.decode(Buffer.concat(chunks)), { longs: String });
+    } catch (e) {
+      res.writeHead(400); res.end(String(e)); return;
+    }
+    for (const rs of msg.resourceSpans || []) {
+      const resource = attrs(rs.resource && rs.resource.attributes);
+      for (const ss of rs.scopeSpans || []) {
+        for (const s of ss.spans || []) {
+          spans.push({
+            resource, scope: ss.scope && ss.scope.name, name: s.name, kind: s.kind,
+            traceId: hex(s.traceId), spanId: hex(s.spanId), parentSpanId: hex(s.parentSpanId),
+            start: s.startTimeUnixNano, end: s.endTimeUnixNano, attributes: attrs(s.attributes),
+            events: (s.events || []).map((e) => ({ name: e.name, attributes: attrs(e.attributes) })),
+            status: s.status || null,
+          });
+        }
+      }
+    }
+    res.writeHead(200, { "content-type": "application/x-protobuf" });
+    res.end();
+  });
+});
+server.listen(0, "127.0.0.1", () => fs.writeFileSync(portFile, String(server.address().port)));
