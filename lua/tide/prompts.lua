@@ -453,10 +453,12 @@ local function toolkit_data(tk, delegate)
   for _, g in ipairs(tk.gated_tools or {}) do
     gated[#gated + 1] = { name = str(g.name), description = str(g.description), reason = str(g.reason) }
   end
-  return {
-    slug = str(tk.slug), description = str(tk.description), delegate = delegate or "",
-    tools = tool_list(tk.tools), gated_tools = gated, has_gated = #gated > 0,
-  }
+  -- The same summary of the gated catalogue as a session's render data
+  -- (tide.surface, required here on use: it requires modules that need this one).
+  local d = require("tide.surface").gated_summary(gated)
+  d.slug, d.description, d.delegate = str(tk.slug), str(tk.description), delegate or ""
+  d.tools = tool_list(tk.tools)
+  return d
 end
 
 --- Builds the render data of docs/internals.md from a session's view, so

@@ -199,6 +199,61 @@ function M.direct_tools(def, parent_tools)
   return out
 end
 
+-- ------------------------------------------------------- gated catalogue --
+
+-- A toolkit's gated actions go into a prompt frozen for the whole session
+-- and paid for on every request: listing them all (GitHub alone has ~180)
+-- costs thousands of tokens. The prompt gets counts by reason and, within a
+-- byte budget, the first few names, in the order the source gives (sources
+-- put the most relevant first).
+M.GATED_SHOWN = 12 -- names shown per toolkit, at most
+M.GATED_BUDGET = 1536 -- bytes of shown names, descriptions and reasons per toolkit
+local GATED_DESCRIPTION = 96 -- bytes of a shown action's description
+
+local function clip(s, n)
+  if #s <= n then return s end
+  local cut = s:sub(1, n):match("^(.*%S)%s") or s:sub(1, n)
+  -- never end inside a UTF-8 sequence
+  cut = cut:gsub("[\xC0-\xFF][\x80-\xBF]*$", "")
+  return cut .. "..."
+end
+
+--- The summary of a toolkit's `gated_tools` for the prompts: `gated_count`,
+--- `gated_reasons` (`{ reason, count }`, most frequent first), `gated_tools`
+--- (the first `GATED_SHOWN` that fit in `GATED_BUDGET` bytes, each
+--- `{ name, description, reason }`), `gated_more` (how many are not shown)
+--- and `has_gated`, `has_more`.
+---@param gated table[]|nil
+---@return table
+function M.gated_summary(gated)
+  gated = gated or {}
+  local counts, reasons = {}, {}
+  for _, g in ipairs(gated) do
+    local r = g.reason or "not available"
+    if not counts[r] then reasons[#reasons + 1] = r; counts[r] = 0 end
+    counts[r] = counts[r] + 1
+  end
+  table.sort(reasons, function(a, b)
+    if counts[a] ~= counts[b] then return counts[a] > counts[b] end
+    return a < b
+  end)
+  local by_reason = {}
+  for i, r in ipairs(reasons) do by_reason[i] = { reason = r, count = counts[r] } end
+  local shown, used = {}, 0
+  for _, g in ipairs(gated) do
+    if #shown >= M.GATED_SHOWN then break end
+    local entry = { name = g.name, description = clip(g.description or "", GATED_DESCRIPTION),
+                    reason = g.reason or "not available" }
+    local cost = #entry.name + #entry.description + #entry.reason + 16
+    if used + cost > M.GATED_BUDGET then break end
+    used = used + cost
+    shown[#shown + 1] = entry
+  end
+  local more = #gated - #shown
+  return { gated_count = #gated, gated_reasons = by_reason, gated_tools = shown,
+           gated_more = more, has_more = more > 0, has_gated = #gated > 0 }
+end
+
 --- The data a system prompt template is rendered with (docs/internals.md):
 --- the agent, the visible tools, the sub-agents and the connected toolkits
 --- of `snapshot` (with `own_toolkit`: the integrations agent's own).
@@ -227,16 +282,11 @@ function M.prompt_data(def, surface, snapshot, own_toolkit)
   if snapshot then
     for _, tk in ipairs(snapshot.toolkits) do
       if tk.connected then
-        local entry = {
-          slug = tk.slug, description = tk.description or "", delegate = delegates[tk.slug] or "",
-          tools = {}, gated_tools = {}, has_gated = #(tk.gated_tools or {}) > 0,
-        }
+        local entry = M.gated_summary(tk.gated_tools)
+        entry.slug, entry.description = tk.slug, tk.description or ""
+        entry.delegate, entry.tools = delegates[tk.slug] or "", {}
         for _, a in ipairs(tk.tools or {}) do
           entry.tools[#entry.tools + 1] = { name = a.name, description = a.description or "" }
-        end
-        for _, g in ipairs(tk.gated_tools or {}) do
-          entry.gated_tools[#entry.gated_tools + 1] = { name = g.name, description = g.description or "",
-            reason = g.reason or "not available" }
         end
         data.toolkits[#data.toolkits + 1] = entry
         if tk.slug == own_toolkit then own = entry end
