@@ -277,6 +277,39 @@ describe("tide.testing.record and replay", function()
     end)
   end)
 
+  it("rests on test-server handlers that answer later (srv:respond)", function()
+    local server = require "tide.testing.server"
+    local ids, seen = {}, {}
+    local srv
+    srv = assert(server.listen { handler = function(req)
+      ids[#ids + 1] = req.id
+      if req.path == "/late" then
+        tide.spawn(function()
+          tide.sleep(20)
+          seen.hang = select(2, pcall(srv.respond, srv, req.id, { hang = true }))
+          seen.first = srv:respond(req.id, { status = 201, body = "later" })
+          seen.second = srv:respond(req.id, { body = "twice" })
+        end)
+      end
+      return { defer = true }
+    end })
+    local url = "http://127.0.0.1:" .. srv:port()
+    local res = assert(tide.http.request { url = url .. "/late" })
+    assert.are.equal(201, res.status)
+    assert.are.equal("later", res.body)
+    assert.is_truthy(tostring(seen.hang):find("cannot hang or defer", 1, true))
+    assert.is_true(seen.first)
+    assert.is_false(seen.second)
+    -- The client gave up: its request no longer waits for an answer.
+    local _, err = tide.http.request { url = url .. "/never", timeout_ms = 50 }
+    assert.are.equal("Timeout", err.code)
+    tide.sleep(20)
+    assert.are.same({ 1, 2 }, ids)
+    assert.is_false(srv:respond(2, { body = "too late" }))
+    srv:close()
+    assert.has_error(function() srv:respond(1, { body = "x" }) end, "attempt to use a closed server")
+  end)
+
   it("raises on misuse", function()
     assert.has_error(function() testing.record { cassette = "x.jsonl" } end)
     assert.has_error(function() testing.record { provider = make("openai", "http://127.0.0.1:1/v1", true) } end)
