@@ -181,8 +181,7 @@ function Recorder:_forward(req, n)
       "tide.testing.record: the upstream request failed: " .. tostring(err))
   else
     local sent = self:_response_headers(res.headers)
-    local response = { status = res.status, headers = {}, ttfb_ms = res.timing and res.timing.ttfb_ms }
-    for k, v in pairs(sent) do response.headers[k] = v end
+    local response = { status = res.status, headers = sent, ttfb_ms = res.timing and res.timing.ttfb_ms }
     answer = { status = res.status, headers = sent }
     local ctype = res.headers["content-type"] or ""
     if #chunks > 0 and ctype:find("event-stream", 1, true) then
