@@ -163,6 +163,29 @@ describe("tide.testing.record and replay", function()
     os.remove(path)
   end)
 
+  it("records an error status and its Retry-After, so the retry replays too", function()
+    local path = tmpfile()
+    local mock = assert(testing.mock_server { replies = { { fault = "status", status = 429, retry_after = 0 }, "after the wait" } })
+    local rec = assert(testing.record { provider = make("openai", mock.url .. "/v1", true), cassette = path })
+    local s = tide.session { agent = "cassette_looper", provider = rec }
+    assert.are.equal("after the wait", s:turn("hi"))
+    rec:close()
+    mock:close()
+    local ex = lines(path)[2]
+    assert.are.equal(429, ex.response.status)
+    assert.are.equal("0", ex.response.headers["retry-after"])
+    assert.is_string(ex.response.body)
+
+    local srv = assert(testing.replay(path))
+    s = tide.session { agent = "cassette_looper", provider = make("openai", srv.url .. "/v1", true) }
+    assert.are.equal("after the wait", s:turn("hi"))
+    assert.are.equal(2, #srv:requests())
+    assert.are.equal(0, srv:pending())
+    assert.are.same({}, srv:mismatches())
+    srv:close()
+    os.remove(path)
+  end)
+
   it("keeps the key out of bodies, custom headers and response headers", function()
     local path = tmpfile()
     local mock = assert(testing.mock_server { default = testing.echo })
