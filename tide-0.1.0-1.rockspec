@@ -67,6 +67,7 @@ build = {
       ["tide.subagent"] = "lua/tide/subagent.lua",
       ["tide.surface"] = "lua/tide/surface.lua",
       ["tide.testing"] = "lua/tide/testing.lua",
+      ["tide.testing.cassette"] = "lua/tide/testing/cassette.lua",
       ["tide.testing.composio"] = "lua/tide/testing/composio.lua",
       ["tide.testing.demo"] = "lua/tide/testing/demo.lua",
       ["tide.tool"] = "lua/tide/tool.lua",

@@ -10,8 +10,9 @@
 ** and turns the returned table into one C block (tide_resp) before any
 ** timing or writing happens. Timers and write callbacks never call Lua.
 **
-** The handler gets req = { method, path (with query), headers = {lowercased
-** name -> value, repeats joined by ", "}, body } and returns a table:
+** The handler gets req = { id, method, path (with query), headers =
+** {lowercased name -> value, repeats joined by ", "}, body } and returns a
+** table:
 **   status (200), headers = { name = string|number }, and either
 **   body = "..."                     sent with Content-Length, or
 **   chunks = { "...", ... }          Transfer-Encoding: chunked, one chunk each,
@@ -21,7 +22,10 @@
 **                otherwise send half the announced body; then close;
 **   close        send Connection: close and end after the response;
 **   raw          bytes written verbatim instead of a response, then close;
-**   hang         never answer (the connection stays until either side ends it).
+**   hang         never answer (the connection stays until either side ends it);
+**   defer        answer later: srv:respond(req.id, response) sends it (a
+**                handler cannot wait, so one that must, e.g. a recording
+**                proxy, starts a task and answers from there).
 ** Content-Length, Transfer-Encoding and Connection in `headers` are ignored:
 ** framing is the server's. A handler error answers 500. Requests with
 ** Transfer-Encoding get 411, a head over 64 KiB 431, a body over 64 MiB 413,
@@ -107,6 +111,7 @@ struct tide_conn {
   int closing, closes; /* uv_close called; close callbacks still to run */
   int eof;             /* the peer finished sending */
   int hung;            /* the handler asked never to answer */
+  lua_Integer deferred; /* the id of the request awaiting srv:respond, or 0 */
   int draining;        /* write side shut down; waiting for the peer */
   int shut_done;
 };
@@ -458,6 +463,8 @@ typedef struct dispatch_args {
   tide_resp *resp; /* out */
   uint64_t delay;  /* out */
   int hang;        /* out */
+  int defer;       /* out */
+  lua_Integer id;  /* the request's number on its server */
 } dispatch_args;
 
 static void push_request(lua_State *L, dispatch_args *a) {
@@ -466,7 +473,9 @@ static void push_request(lua_State *L, dispatch_args *a) {
   const char *eol = memchr(p, '\r', (size_t)(end - p));
   const char *sp1 = memchr(p, ' ', (size_t)(eol - p));
   const char *sp2 = memchr(sp1 + 1, ' ', (size_t)(eol - sp1 - 1));
-  lua_createtable(L, 0, 4);
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, a->id);
+  lua_setfield(L, -2, "id");
   lua_pushlstring(L, p, (size_t)(sp1 - p));
   lua_setfield(L, -2, "method");
   lua_pushlstring(L, sp1 + 1, (size_t)(sp2 - sp1 - 1));
@@ -582,6 +591,10 @@ static void read_response(lua_State *L, int t, dispatch_args *a) {
     a->hang = 1;
     return;
   }
+  if (field_bool(L, t, "defer")) {
+    a->hang = a->defer = 1;
+    return;
+  }
   if (lua_getfield(L, t, "raw") != LUA_TNIL) {
     size_t n;
     if (lua_type(L, -1) != LUA_TSTRING)
@@ -695,9 +708,8 @@ static int l_dispatch(lua_State *L) {
 static void dispatch(tide_conn *c, const char *p) {
   tide_server *s = c->server;
   lua_State *L = s->ctx->L;
-  dispatch_args a = {c, p, NULL, 0, 0};
+  dispatch_args a = {c, p, NULL, 0, 0, 0, ++s->requests};
   int top = lua_gettop(L), status = LUA_ERRMEM;
-  s->requests++;
   if (lua_checkstack(L, 4)) {
     lua_pushcfunction(L, l_dispatch);
     lua_pushlightuserdata(L, &a);
@@ -718,6 +730,7 @@ static void dispatch(tide_conn *c, const char *p) {
   }
   if (a.hang) {
     c->hung = 1;
+    if (a.defer) c->deferred = a.id;
     return;
   }
   c->resp = a.resp;
@@ -943,6 +956,35 @@ static int l_server_close(lua_State *L) {
   return 0;
 }
 
+/* srv:respond(id, response) -> true, or false when request `id` is not
+** awaiting an answer (its connection went away, or it was answered). The
+** response table is the handler's. It is sent from the connection's timer,
+** on the loop's next turn: sending may go on to serve pipelined requests,
+** which calls the handler on the main thread, and this runs inside a task. */
+static int l_server_respond(lua_State *L) {
+  tide_server *s = check_server(L);
+  lua_Integer id = luaL_checkinteger(L, 2);
+  luaL_checktype(L, 3, LUA_TTABLE);
+  tide_conn *c = s->conns;
+  while (c && (c->closing || c->deferred != id || id == 0)) c = c->next;
+  if (c == NULL) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  dispatch_args a = {c, NULL, NULL, 0, 0, 0, id};
+  read_response(L, 3, &a); /* raises before it allocates */
+  if (a.hang) {
+    if (a.resp) free(a.resp);
+    return luaL_argerror(L, 3, "a deferred answer cannot hang or defer");
+  }
+  c->deferred = 0;
+  c->hung = 0;
+  c->resp = a.resp;
+  uv_timer_start(&c->timer, on_timer, a.delay, 0);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 /* srv:port() -> the port the server listens on. */
 static int l_server_port(lua_State *L) {
   lua_pushinteger(L, check_server(L)->port);
@@ -1069,6 +1111,7 @@ __attribute__((visibility("default"))) int luaopen_tide_testing_server(lua_State
   static const luaL_Reg methods[] = {{"port", l_server_port},
                                      {"close", l_server_close},
                                      {"stats", l_server_stats},
+                                     {"respond", l_server_respond},
                                      {NULL, NULL}};
   static const luaL_Reg fns[] = {{"listen", l_server_listen}, {"stats", l_server_live}, {NULL, NULL}};
   lua_getglobal(L, "require");

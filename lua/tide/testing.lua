@@ -1209,4 +1209,20 @@ end
 -- The mock wire helpers, shared with tide.testing.composio.
 testing._wire = { encode = encode, decode = decode, null = null, EMPTY = EMPTY }
 
+-- ------------------------------------------------- record and replay
+
+--- A copy of `opts.provider` that records its traffic to `opts.cassette`
+--- (see tide.testing.cassette).
+---@param opts tide.testing.record_opts
+---@return table|nil provider
+---@return table|nil err
+function testing.record(opts) return require("tide.testing.cassette").record(opts) end
+
+--- Serves a recorded cassette on loopback (see tide.testing.cassette).
+---@param path string
+---@param opts? tide.testing.replay_opts
+---@return tide.testing.ReplayServer|nil server
+---@return table|nil err `CassetteError`
+function testing.replay(path, opts) return require("tide.testing.cassette").replay(path, opts) end
+
 return testing

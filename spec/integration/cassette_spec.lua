@@ -1,0 +1,342 @@
+-- tide.testing.record / replay: a real session recorded through the
+-- loopback proxy against the mock provider, then run again offline from the
+-- cassette with the mock gone.
+local tide = require "tide"
+local testing = require "tide.testing"
+local cjson = require "cjson"
+
+local KEY = "sk-cassette-SECRET-7f3a9c1e5b"
+
+local function tmpfile()
+  local path = os.tmpname()
+  os.remove(path)
+  return path .. ".jsonl"
+end
+
+local function read(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function write(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+local function lines(path)
+  local out = {}
+  for line in read(path):gmatch("[^\n]+") do out[#out + 1] = cjson.decode(line) end
+  return out
+end
+
+-- The script under test: a tool loop of two lookups, then an answer.
+local function script(provider, text)
+  local s = tide.session { agent = "cassette_looper", provider = provider }
+  local reply, err = s:turn(text or "find two things")
+  return reply, err, s:history()
+end
+
+local function make(kind, base_url, stream, key)
+  return tide.provider[kind] { base_url = base_url, api_key = key or KEY, model = "m", stream = stream }
+end
+
+describe("tide.testing.record and replay", function()
+  before_each(function()
+    tide.agent { id = "cassette_looper", prompt = "You look things up.", tools = {
+      tide.tool { name = "lookup", description = "Looks an item up.",
+        parameters = { type = "object", properties = { q = { type = "string" } }, required = { "q" } },
+        handler = function(a) return "found " .. a.q end },
+    } }
+  end)
+
+  for _, kind in ipairs { "openai", "anthropic" } do
+    for _, stream in ipairs { true, false } do
+      local label = ("%s, %s"):format(kind, stream and "streamed" or "not streamed")
+
+      it("records a tool loop without keys and replays it offline (" .. label .. ")", function()
+        local path = tmpfile()
+        local mock = assert(testing.mock_server { default = testing.tool_loop(2) })
+        local rec = assert(testing.record { provider = make(kind, mock.url .. "/v1", stream), cassette = path })
+        assert.are.equal(path, rec.cassette)
+        local reply1, err1, history1 = script(rec)
+        assert.is_nil(err1)
+        assert.are.equal("done after 2 lookups", reply1)
+        rec:close()
+        mock:close()
+
+        -- The mock saw the key; the cassette never does.
+        local auth = kind == "openai" and "authorization" or "x-api-key"
+        assert.is_truthy(mock:requests()[1].headers[auth]:find(KEY, 1, true))
+        local text = read(path)
+        assert.is_nil(text:find(KEY, 1, true))
+        assert.is_nil(text:lower():find('"authorization"', 1, true))
+        assert.is_nil(text:lower():find('"x-api-key"', 1, true))
+        local recorded = lines(path)
+        assert.are.equal(4, #recorded) -- header + 3 exchanges
+        assert.are.same({ base_path = "/v1", cassette = "tide", provider = kind, version = 1 }, recorded[1])
+        for i = 2, 4 do
+          local ex = recorded[i]
+          assert.are.equal(i - 1, ex.n)
+          assert.are.equal("POST", ex.request.method)
+          assert.are.equal(200, ex.response.status)
+          assert.is_truthy(ex.response.headers["content-type"])
+          if stream then
+            assert.is_table(ex.response.chunks)
+            assert.is_nil(ex.response.body)
+          else
+            assert.is_string(ex.response.body)
+          end
+        end
+
+        -- Offline: the mock is closed, another key, the same script.
+        local srv = assert(testing.replay(path, { provider = kind }))
+        local reply2, err2, history2 = script(make(kind, srv.url .. srv.base_path, stream, "another-key"))
+        assert.is_nil(err2)
+        assert.are.equal(reply1, reply2)
+        assert.are.same(history1, history2)
+        assert.are.same({}, srv:mismatches())
+        assert.are.equal(3, #srv:requests())
+        assert.are.equal(0, srv:pending())
+        srv:close()
+        os.remove(path)
+      end)
+    end
+  end
+
+  it("reports a changed request with the JSON paths that differ", function()
+    local path = tmpfile()
+    local mock = assert(testing.mock_server { default = testing.tool_loop(2) })
+    local rec = assert(testing.record { provider = make("openai", mock.url .. "/v1", true), cassette = path })
+    assert.are.equal("done after 2 lookups", (script(rec)))
+    rec:close()
+    mock:close()
+
+    local srv = assert(testing.replay(path))
+    local reply, err = script(make("openai", srv.url .. "/v1", true), "find three things")
+    assert.is_nil(reply)
+    assert.are.equal(409, err.status)
+    assert.is_truthy(err.message:find('request 1 differs from the cassette: body $.messages[1].content: '
+      .. 'expected "find two things", got "find three things"', 1, true))
+    local m = srv:mismatches()
+    assert.are.equal(1, #m)
+    assert.are.equal(1, m[1].request)
+    assert.are.equal(2, m[1].line)
+    assert.are.same({ 'body $.messages[1].content: expected "find two things", got "find three things"' },
+      m[1].differences)
+    srv:close()
+
+    -- A different path, a missing field, an extra one.
+    srv = assert(testing.replay(path))
+    local body = cjson.decode(lines(path)[2].request.body)
+    body.stream_options = nil
+    body.temperature = 0.5
+    local res = assert(tide.http.request { method = "POST", url = srv.url .. "/v2/chat/completions",
+      body = cjson.encode(body) })
+    assert.are.equal(409, res.status)
+    assert.are.same({
+      "path: expected /v1/chat/completions, got /v2/chat/completions",
+      'body $.stream_options: missing from the request (expected {"include_usage":true})',
+      "body $.temperature: not in the cassette (got 0.5)",
+    }, srv:mismatches()[1].differences)
+    srv:close()
+    os.remove(path)
+  end)
+
+  it("answers a request past the end of the cassette with a clear error", function()
+    local path = tmpfile()
+    local mock = assert(testing.mock_server { replies = { "hello" } })
+    local rec = assert(testing.record { provider = make("anthropic", mock.url .. "/v1", false), cassette = path })
+    assert.are.equal("hello", (script(rec, "hi")))
+    rec:close()
+    mock:close()
+    local srv = assert(testing.replay(path))
+    local p = make("anthropic", srv.url .. "/v1", false)
+    assert.are.equal("hello", (script(p, "hi")))
+    local reply, err = script(p, "hi")
+    assert.is_nil(reply)
+    assert.is_truthy(err.message:find("request 2 differs from the cassette: the cassette holds 1 exchange; "
+      .. "this request is not in it: POST /v1/messages", 1, true))
+    srv:close()
+    os.remove(path)
+  end)
+
+  it("records an error status and its Retry-After, so the retry replays too", function()
+    local path = tmpfile()
+    local mock = assert(testing.mock_server { replies = { { fault = "status", status = 429, retry_after = 0 }, "after the wait" } })
+    local rec = assert(testing.record { provider = make("openai", mock.url .. "/v1", true), cassette = path })
+    local s = tide.session { agent = "cassette_looper", provider = rec }
+    assert.are.equal("after the wait", s:turn("hi"))
+    rec:close()
+    mock:close()
+    local ex = lines(path)[2]
+    assert.are.equal(429, ex.response.status)
+    assert.are.equal("0", ex.response.headers["retry-after"])
+    assert.is_string(ex.response.body)
+
+    local srv = assert(testing.replay(path))
+    s = tide.session { agent = "cassette_looper", provider = make("openai", srv.url .. "/v1", true) }
+    assert.are.equal("after the wait", s:turn("hi"))
+    assert.are.equal(2, #srv:requests())
+    assert.are.equal(0, srv:pending())
+    assert.are.same({}, srv:mismatches())
+    srv:close()
+    os.remove(path)
+  end)
+
+  it("keeps the key out of bodies, custom headers and response headers", function()
+    local path = tmpfile()
+    local mock = assert(testing.mock_server { default = testing.echo })
+    local p = tide.provider.openai { base_url = mock.url .. "/v1", api_key = KEY, model = "m", stream = false,
+      headers = { ["X-Trace"] = "t-" .. KEY, ["X-Session-Token"] = "abc", ["X-Tenant"] = "acme" } }
+    local rec = assert(testing.record { provider = p, cassette = path })
+    local s = tide.session { agent = "cassette_looper", provider = rec }
+    assert.are.equal("echo: my key is " .. KEY, s:turn("my key is " .. KEY))
+    rec:close()
+    mock:close()
+    assert.are.equal(KEY, mock:requests()[1].headers["x-trace"]:sub(3))
+    local text = read(path)
+    assert.is_nil(text:find(KEY, 1, true))
+    local ex = lines(path)[2]
+    assert.are.equal("acme", ex.request.headers["x-tenant"])
+    assert.is_nil(ex.request.headers["x-trace"])
+    assert.is_nil(ex.request.headers["x-session-token"])
+    assert.is_truthy(ex.request.body:find("my key is [REDACTED]", 1, true))
+    assert.is_truthy(ex.response.body:find("echo: my key is [REDACTED]", 1, true))
+    os.remove(path)
+  end)
+
+  it("records streamed chunks with their timing and replays them chunk by chunk, in order", function()
+    local path = tmpfile()
+    local mock = assert(testing.mock_server { replies = { "one two three four five six" }, chunk_delay_ms = 15 })
+    local rec = assert(testing.record { provider = make("openai", mock.url .. "/v1", true), cassette = path })
+    local deltas1 = {}
+    local s = tide.session { agent = "cassette_looper", provider = rec }
+    assert.are.equal("one two three four five six",
+      s:turn("hi", { on_delta = function(d) deltas1[#deltas1 + 1] = d end }))
+    rec:close()
+    mock:close()
+    local chunks = lines(path)[2].response.chunks
+    assert.is_true(#chunks > 2)
+    for i = 2, #chunks do assert.is_true(chunks[i].ms >= chunks[i - 1].ms) end
+    assert.is_true(chunks[#chunks].ms - chunks[1].ms >= 15)
+
+    -- Straight off the replay server: the same chunks, in order.
+    local srv = assert(testing.replay(path, { chunk_delay_ms = 10 }))
+    local ex = lines(path)[2]
+    local got = {}
+    local res = assert(tide.http.request { method = "POST", url = srv.url .. ex.request.path,
+      body = ex.request.body, on_data = function(c) got[#got + 1] = c end })
+    assert.are.equal(200, res.status)
+    local want = {}
+    for i, c in ipairs(chunks) do want[i] = c.data end
+    assert.are.equal(table.concat(want), table.concat(got))
+    assert.is_true(#got >= 2)
+    srv:close()
+
+    -- And through a session, paced as recorded: the same deltas.
+    srv = assert(testing.replay(path, { realtime = true }))
+    local deltas2 = {}
+    s = tide.session { agent = "cassette_looper", provider = make("openai", srv.url .. "/v1", true) }
+    local t0 = tide.core.hrtime()
+    assert.are.equal("one two three four five six",
+      s:turn("hi", { on_delta = function(d) deltas2[#deltas2 + 1] = d end }))
+    assert.is_true((tide.core.hrtime() - t0) / 1e6 >= 15)
+    assert.are.same(deltas1, deltas2)
+    srv:close()
+    os.remove(path)
+  end)
+
+  describe("a cassette it cannot serve", function()
+    local good_header = '{"base_path":"/v1","cassette":"tide","provider":"openai","version":1}\n'
+    local good_line = '{"n":1,"request":{"body":"{}","headers":{},"method":"POST","path":"/v1/chat/completions"},'
+      .. '"response":{"body":"{}","headers":{},"status":200}}\n'
+
+    local function fails(content, line, pattern, opts)
+      local path = tmpfile()
+      write(path, content)
+      local srv, err = testing.replay(path, opts)
+      os.remove(path)
+      assert.is_nil(srv)
+      assert.are.equal("CassetteError", err.code)
+      assert.are.equal(path, err.path)
+      assert.are.equal(line, err.line)
+      assert.is_truthy(err.message:find(path .. ":" .. line .. ": ", 1, true), err.message)
+      assert.is_truthy(err.message:find(pattern, 1, true), err.message)
+    end
+
+    it("names the line that is not JSON", function()
+      fails(good_header .. good_line .. '{"n":2,"request":\n', 3, "not JSON")
+    end)
+
+    it("names the line of an exchange missing a field", function()
+      fails(good_header .. good_line .. '{"n":2,"request":{"method":"POST","path":"/v1/x","body":""}}\n', 3,
+        "no 'response' object")
+      fails(good_header .. '{"n":1,"request":{"body":"{}","method":"POST","path":"/v1/x"},'
+        .. '"response":{"status":200}}\n', 2, "either 'body' or 'chunks'")
+      fails(good_header .. '{"n":1,"request":{"body":"{}","method":"POST","path":"/v1/x"},'
+        .. '"response":{"status":200,"chunks":[{"data":"x"}]}}\n', 2, "response.chunks[0]")
+    end)
+
+    it("refuses another recorder's format and another provider's cassette", function()
+      fails('{"interactions":[{"request":{"uri":"https://api.openai.com"}}]}\n', 1, "not a tide cassette")
+      fails(good_header .. good_line, 1, "recorded from a 'openai' provider, not 'anthropic'",
+        { provider = tide.provider.anthropic { base_url = "http://127.0.0.1:1/v1", api_key = "k", model = "m" } })
+    end)
+
+    it("reports a missing or empty file", function()
+      local srv, err = testing.replay("/nonexistent/dir/x.jsonl")
+      assert.is_nil(srv)
+      assert.are.equal("CassetteError", err.code)
+      assert.is_truthy(err.message:find("/nonexistent/dir/x.jsonl: cannot open", 1, true))
+      local path = tmpfile()
+      write(path, "\n")
+      srv, err = testing.replay(path)
+      os.remove(path)
+      assert.is_nil(srv)
+      assert.are.equal(path .. ": empty: no cassette header", err.message)
+    end)
+  end)
+
+  it("rests on test-server handlers that answer later (srv:respond)", function()
+    local server = require "tide.testing.server"
+    local ids, seen = {}, {}
+    local srv
+    srv = assert(server.listen { handler = function(req)
+      ids[#ids + 1] = req.id
+      if req.path == "/late" then
+        tide.spawn(function()
+          tide.sleep(20)
+          seen.hang = select(2, pcall(srv.respond, srv, req.id, { hang = true }))
+          seen.first = srv:respond(req.id, { status = 201, body = "later" })
+          seen.second = srv:respond(req.id, { body = "twice" })
+        end)
+      end
+      return { defer = true }
+    end })
+    local url = "http://127.0.0.1:" .. srv:port()
+    local res = assert(tide.http.request { url = url .. "/late" })
+    assert.are.equal(201, res.status)
+    assert.are.equal("later", res.body)
+    assert.is_truthy(tostring(seen.hang):find("cannot hang or defer", 1, true))
+    assert.is_true(seen.first)
+    assert.is_false(seen.second)
+    -- The client gave up: its request no longer waits for an answer.
+    local _, err = tide.http.request { url = url .. "/never", timeout_ms = 50 }
+    assert.are.equal("Timeout", err.code)
+    tide.sleep(20)
+    assert.are.same({ 1, 2 }, ids)
+    assert.is_false(srv:respond(2, { body = "too late" }))
+    srv:close()
+    assert.has_error(function() srv:respond(1, { body = "x" }) end, "attempt to use a closed server")
+  end)
+
+  it("raises on misuse", function()
+    assert.has_error(function() testing.record { cassette = "x.jsonl" } end)
+    assert.has_error(function() testing.record { provider = make("openai", "http://127.0.0.1:1/v1", true) } end)
+    assert.has_error(function() testing.replay(42) end)
+    assert.has_error(function() testing.replay("x.jsonl", { speed = 2 }) end)
+  end)
+end)
