@@ -120,5 +120,33 @@ return function()
         mr <= 1.5 and " ok" or " MISSED"),
       { tide = t, raw = w, ratios = ratios, mean_body_bytes = bytes // #reqs })
   end
+  -- Tracing on (every span exported to a collector process on loopback,
+  -- one that answers 404: the spans are encoded and posted all the same)
+  -- against tracing off, streamed chat, pair by pair. Goal: within 1.1x.
+  do
+    local mock = common.start_mock { tool_loop = LOOP, cpu = 0 }
+    local collector = common.start_mock { tool_loop = LOOP, cpu = 1 }
+    local tracing = require "tide.tracing"
+    local off, on, ratios = {}, {}, {}
+    local ok, err = pcall(function()
+      for rep = 1, common.reps(15, 3) do
+        local a = tide_us(mock.url, true, sessions, "chat")
+        tracing.setup { endpoint = collector.url }
+        local b = tide_us(mock.url, true, sessions, "chat")
+        tracing.setup(false)
+        off[rep], on[rep], ratios[rep] = a, b, b / a
+      end
+    end)
+    tracing.setup(false)
+    mock.stop()
+    collector.stop()
+    if not ok then error(err, 0) end
+    local mr = common.median(ratios)
+    lines[#lines + 1] = common.line("Tool loop with tracing on (streaming, spans exported)",
+      common.num(common.median(on)) .. " us", "tracing off " .. common.num(common.median(off)) .. " us; goal <= 1.1x",
+      ("%s (%s to %s over %d pairs)%s"):format(common.x(mr), common.x(math.min(table.unpack(ratios))),
+        common.x(math.max(table.unpack(ratios))), #ratios, mr <= 1.1 and " ok" or " MISSED"),
+      { off = off, on = on, ratios = ratios })
+  end
   return lines
 end

@@ -19,6 +19,7 @@ commands:
   /stats    print the session's counters
   /prompt   print the session's frozen system prompt
   /tools    list the tools the model sees
+  /trace    the last turn's span tree, with timings
   /help     this help
   /quit     leave (Ctrl-D too)]]
 
@@ -155,6 +156,11 @@ function M.main(argv, io_out)
       local s = tide.session { agent = agent, provider = provider, integrations = src, transcript = o.transcript }
       return s
     end
+    -- /trace shows the last turn's spans (exported too when OTEL_* or
+    -- tide.tracing configured an endpoint).
+    local tracing = require "tide.tracing"
+    tracing.enabled()
+    tracing.keep_last()
     local s = new_session()
     out:write(("tide %s chat with '%s' on %s. /help for commands.\n"):format(tide.version, agent, label))
     local state = { base = 0, line_open = false }
@@ -174,6 +180,8 @@ function M.main(argv, io_out)
         print_stats(out, s)
       elseif line == "/prompt" then
         out:write(s:system_prompt() or "(not frozen yet: it is rendered at the first turn)", "\n")
+      elseif line == "/trace" then
+        out:write(require("tide.tracing").last_tree() or "(no turn traced yet)", "\n")
       elseif line == "/tools" then
         out:write("  ", table.concat(s:tools(), ", "), "\n")
       elseif line == "/help" then

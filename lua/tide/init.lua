@@ -12,9 +12,16 @@ tide.version = core.version
 
 --- Runs `fn` in a task of its own when called outside any task, so that a
 --- plain script can call blocking functions without ceremony.
+local loaded = package.loaded
 local function blocking(fn, ...)
   if core.current() then return fn(...) end
-  local res = table.pack(core.run(fn, ...))
+  local res = table.pack(core.run(function(...)
+    local r = table.pack(fn(...))
+    -- spans the call queued go out now, not after the batch delay
+    local tracing = loaded["tide.tracing"]
+    if tracing then tracing._drain_now() end
+    return table.unpack(r, 1, r.n)
+  end, ...))
   if not res[1] then error(res[2], 0) end
   return table.unpack(res, 2, res.n)
 end

@@ -44,6 +44,9 @@ local SHIPPED = {
 }
 
 local overrides = {}
+-- The prices found for each model name (false: none), so that a name is
+-- matched once, not on every response; emptied when prices change.
+local found = {}
 local FIELDS = { input = true, cached = true, cache_write = true, output = true, reasoning = true }
 
 --- Sets or adds prices: `{ [model] = { input, cached, cache_write, output,
@@ -70,6 +73,7 @@ function M.set(tbl)
     end
     overrides[model] = p
   end
+  found = {}
 end
 
 --- The prices of `model`, or nil when tide has none.
@@ -77,6 +81,14 @@ end
 ---@return table|nil
 function M.of(model)
   if type(model) ~= "string" then return nil end
+  local f = found[model]
+  if f ~= nil then return f or nil end
+  f = M._lookup(model)
+  found[model] = f or false
+  return f
+end
+
+function M._lookup(model)
   local o = overrides[model]
   if o ~= nil then return o or nil end
   if SHIPPED[model] then return SHIPPED[model] end

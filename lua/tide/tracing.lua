@@ -115,10 +115,11 @@ end
 
 -- ---------------------------------------------------------------- ids --
 
+local random = math.random
 local function random_hex(nbytes)
-  local t = {}
-  for i = 1, nbytes do t[i] = ("%02x"):format(math.random(0, 255)) end
-  return table.concat(t)
+  if nbytes == 8 then return ("%08x%08x"):format(random(0, 0xffffffff), random(1, 0xffffffff)) end
+  return ("%08x%08x%08x%08x"):format(random(0, 0xffffffff), random(0, 0xffffffff),
+    random(0, 0xffffffff), random(1, 0xffffffff))
 end
 
 local function now_ns()
@@ -147,6 +148,9 @@ function M.start(name, kind, parent, attrs)
     end
     trace_id = random_hex(16)
   end
+  if config.keep_last and (parent == nil or getmetatable(parent) ~= SPAN_MT) then
+    M._last, M._last_trace = {}, trace_id -- a new root: the trace /trace shows
+  end
   return setmetatable({ trace_id = trace_id, span_id = random_hex(8), parent_id = parent_id, name = name,
     kind = kind, start_ns = now_ns(), attributes = attrs or {} }, SPAN_MT)
 end
@@ -166,6 +170,11 @@ function SPAN_MT:finish(err)
     self.error = type(err) == "table" and tostring(err.message or err) or tostring(err)
     self.attributes["error.type"] = type(err) == "table" and err.code or "error"
   end
+  -- the spans of the last trace, for a local view (the chat's /trace)
+  if config.keep_last and self.trace_id == M._last_trace and #M._last < QUEUE_MAX then
+    M._last[#M._last + 1] = self
+  end
+  if not config.url then return end
   if #queue >= QUEUE_MAX then
     dropped = dropped + 1
     return
@@ -217,19 +226,75 @@ function M.flush()
   return require("tide")._blocking(function() drain() return true end)
 end
 
--- A task that sends the queue once the loop has gone round (spans ending
--- together go out in one batch; a busy process batches more, up to
--- BATCH_DELAY_MS apart). While it runs, tide.run stays alive: flushed at
--- exit. The turn that ended the spans never waits for it.
+--- How long spans wait to be sent together (ms). A plain script's blocking
+--- call sends what its turn queued before it returns (init.lua's
+--- `blocking` calls `_drain_now`), so only tide.run applications wait it.
+M.batch_delay_ms = 100
+
+local flusher -- the task waiting to send, if any
+
+-- A task that sends the queue after `batch_delay_ms` (at once when a batch
+-- is full): spans go out in batches, and while it waits, tide.run stays
+-- alive: flushed at exit. The turns that ended the spans never wait for it.
 function M._schedule()
   if flushing or not core.running() then return end
   flushing = true
-  core.spawn(function()
-    core.sleep(#queue >= BATCH_MAX and 0 or (M.batch_delay_ms or 0))
+  flusher = core.spawn(function()
+    core.sleep(#queue >= BATCH_MAX and 0 or M.batch_delay_ms)
+    flusher = nil
     local ok, err = pcall(drain)
     flushing = false
     if not ok then warn(tostring(err)) end
   end)
+end
+
+--- Sends what is queued from the running task, the waiting sender
+--- cancelled: the end of a blocking call, which would otherwise wait for
+--- the batch delay.
+function M._drain_now()
+  if flusher then
+    flusher:cancel()
+    flusher, flushing = nil, false
+  end
+  if config and #queue > 0 then pcall(drain) end
+end
+
+--- Keeps the spans of the last trace in memory (`last_tree()`), exporting
+--- them only when an endpoint is set: the chat's /trace turns this on.
+function M.keep_last()
+  if not config then
+    M._epoch_ns = os.time() * 1000000000
+    M._hr0 = core.hrtime()
+    config = { headers = {}, service = "tide", capture_content = false, sample = 1, timeout_ms = 10000 }
+  end
+  config.keep_last = true
+  M._last = M._last or {}
+end
+
+--- The last trace's spans as an indented tree with durations, one line a
+--- span (children in start order), or nil when none was kept.
+function M.last_tree()
+  local spans = M._last
+  if not spans or #spans == 0 then return nil end
+  local children, ids = {}, {}
+  for _, s in ipairs(spans) do ids[s.span_id] = true end
+  for _, s in ipairs(spans) do
+    local parent = ids[s.parent_id or ""] and s.parent_id or "root"
+    children[parent] = children[parent] or {}
+    table.insert(children[parent], s)
+  end
+  local lines = {}
+  local function walk(id, depth)
+    local list = children[id] or {}
+    table.sort(list, function(a, b) return a.start_ns < b.start_ns end)
+    for _, s in ipairs(list) do
+      lines[#lines + 1] = ("%s%s  %.1f ms%s"):format(("  "):rep(depth), s.name, (s.end_ns - s.start_ns) / 1e6,
+        s.error and ("  [" .. (s.attributes["error.type"] or "error") .. "]") or "")
+      walk(s.span_id, depth + 1)
+    end
+  end
+  walk("root", 0)
+  return table.concat(lines, "\n")
 end
 
 --- Counters: spans exported and dropped, failed exports, queued.
@@ -309,7 +374,7 @@ function M.setup(opts, level)
   config = {
     url = url, headers = headers, service = opts.service or os.getenv("OTEL_SERVICE_NAME") or "tide",
     capture_content = opts.capture_content == true, sample = opts.sample or 1,
-    timeout_ms = opts.timeout_ms or 10000,
+    timeout_ms = opts.timeout_ms or 10000, keep_last = config and config.keep_last,
   }
   warned = false
 end

@@ -130,7 +130,7 @@ return { id = "orchestrator", prompt = "You look things up.", tools = {
     handler = function(args) return "tide is a Lua-scriptable agent runtime" end } } }
 ]])
     local build = os.getenv("TIDE_BUILD_DIR") or "build"
-    local out = helpers.sh(("(cd %s && printf 'look up tide\\ny\\nlook up tide\\nnot today\\n/quit\\n' | "
+    local out = helpers.sh(("(cd %s && printf 'look up tide\\ny\\nlook up tide\\nnot today\\n/trace\\n/quit\\n' | "
       .. "LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' ASAN_OPTIONS=detect_leaks=0 "
       .. "timeout 30 lua5.4 bin/tide chat --agents %s --provider demo)"):format(root, build, dir))
     helpers.rmdir(dir)
@@ -138,5 +138,8 @@ return { id = "orchestrator", prompt = "You look things up.", tools = {
     assert.are.equal(2, asked, out)
     assert.matches("Here is what I found: tide is a Lua%-scriptable", out)
     assert.matches("rejected by the user: not today", out)
+    -- /trace: the last turn's spans (the resumed part of it)
+    assert.matches("invoke_agent orchestrator  [%d%.]+ ms", out)
+    assert.matches("\n  chat demo%-model  [%d%.]+ ms", out)
   end)
 end)

@@ -147,3 +147,22 @@ describe("tracing", function()
       "tide.tracing: 'sample' must be a number from 0 to 1")
   end)
 end)
+
+describe("the local span tree", function()
+  it("keeps the last turn's spans for /trace, without a collector", function()
+    tracing.setup(false)
+    tracing._reset()
+    tracing.keep_last()
+    local srv = testing.mock_server { default = testing.tool_loop(1, "lookup") }
+    tide.agent { id = "treed", prompt = "You look.", tools = {
+      tide.tool { name = "lookup", description = "d", handler = function() return "found" end } } }
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m" }
+    local s = tide.session { agent = "treed", provider = p }
+    assert(s:turn("go"))
+    local tree = tracing.last_tree()
+    assert.matches("^invoke_agent treed  [%d%.]+ ms\n  chat m  [%d%.]+ ms\n  execute_tool lookup  [%d%.]+ ms\n  chat m", tree)
+    assert.are.equal(0, tracing.stats().queued) -- nothing to export to
+    tracing.setup(false)
+    srv:close()
+  end)
+end)
