@@ -242,6 +242,29 @@ function M.mark_arrays(v, s, root)
   return v
 end
 
+--- Whether OpenAI's strict structured outputs take `schema` (chat's
+--- response_format and the Responses API's text.format): every object
+--- closed (additionalProperties false) with every property required. A
+--- schema that is not gets the best-effort json_schema mode, and tide's own
+--- validation holds the model to it.
+function M.strict_ok(s, depth)
+  depth = depth or 0
+  if type(s) ~= "table" or depth > 32 then return true end
+  if s.type == "object" or s.properties then
+    if s.additionalProperties ~= false then return false end
+    local required = {}
+    for _, r in ipairs(s.required or {}) do required[r] = true end
+    for k, sub in pairs(s.properties or {}) do
+      if not required[k] or not M.strict_ok(sub, depth + 1) then return false end
+    end
+  end
+  if s.items and not M.strict_ok(s.items, depth + 1) then return false end
+  for _, key in ipairs { "anyOf", "$defs", "definitions" } do
+    for _, sub in pairs(s[key] or {}) do if not M.strict_ok(sub, depth + 1) then return false end end
+  end
+  return true
+end
+
 --- The JSON in a model's answer: the whole text, or the one fenced block
 --- (```json ... ```) it is wrapped in. Returns the decoded value, or nil and
 --- why it is not JSON.

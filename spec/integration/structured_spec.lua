@@ -134,3 +134,19 @@ describe("structured output in a turn", function()
     assert.has_error(function() s:turn("x", { schema = "object" }) end)
   end)
 end)
+
+describe("structured output on the Responses API", function()
+  it("holds the model to the schema with text.format json_schema", function()
+    local srv = testing.mock_server { default = '{"a":"x"}' }
+    local p = tide.provider.openai { api = "responses", base_url = srv.url, api_key = "k", model = "m", stream = false }
+    tide.agent { id = "plain_r", prompt = "You answer." }
+    local s = tide.session { agent = "plain_r", provider = p }
+    local strict = { type = "object", additionalProperties = false, required = { "a" },
+      properties = { a = { type = "string" } } }
+    assert.are.equal("x", s:turn("a?", { schema = strict }).a)
+    local body = srv:requests()[1].json
+    assert.are.equal("json_schema", body.text.format.type)
+    assert.is_true(body.text.format.strict)
+    srv:close()
+  end)
+end)

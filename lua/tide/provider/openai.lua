@@ -61,27 +61,6 @@ end
 ---@param system string|nil the frozen system prompt
 ---@param tools? {name:string, description?:string, parameters?:table}[]
 ---@return string
--- Whether OpenAI's strict structured outputs take `schema`: every object
--- closed (additionalProperties false) with every property required. A
--- schema that is not gets the best-effort json_schema mode, and tide's own
--- validation holds the model to it.
-local function strict_ok(s, depth)
-  if type(s) ~= "table" or depth > 32 then return true end
-  if s.type == "object" or s.properties then
-    if s.additionalProperties ~= false then return false end
-    local required = {}
-    for _, r in ipairs(s.required or {}) do required[r] = true end
-    for k, sub in pairs(s.properties or {}) do
-      if not required[k] or not strict_ok(sub, depth + 1) then return false end
-    end
-  end
-  if s.items and not strict_ok(s.items, depth + 1) then return false end
-  for _, key in ipairs { "anyOf", "$defs", "definitions" } do
-    for _, sub in pairs(s[key] or {}) do if not strict_ok(sub, depth + 1) then return false end end
-  end
-  return true
-end
-
 --- The model is held to a turn's schema by the API itself
 --- (`response_format` json_schema): encode_prefix takes the schema.
 Provider._native_schema = true
@@ -113,7 +92,7 @@ function Provider:encode_prefix(system, tools, schema)
   end
   if schema ~= nil then
     parts[#parts + 1] = ',"response_format":' .. canonical({ type = "json_schema",
-      json_schema = { name = "output", schema = schema, strict = strict_ok(schema, 0) } })
+      json_schema = { name = "output", schema = schema, strict = require("tide.schema").strict_ok(schema) } })
   end
   if #list > 0 then
     local encoded = {}

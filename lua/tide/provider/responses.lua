@@ -83,7 +83,11 @@ end
 ---@param system string|nil the frozen system prompt (sent as `instructions`)
 ---@param tools? {name:string, description?:string, parameters?:table}[]
 ---@return string
-function Provider:encode_prefix(system, tools)
+--- The model is held to a turn's schema by the API itself (`text.format`
+--- json_schema): encode_prefix takes the schema.
+Provider._native_schema = true
+
+function Provider:encode_prefix(system, tools, schema)
   if system ~= nil and type(system) ~= "string" then
     error(("tide.provider.openai: 'system' must be a string, got %s"):format(type(system)), 2)
   end
@@ -113,6 +117,10 @@ function Provider:encode_prefix(system, tools)
                                parameters = t.parameters, strict = false })
     end
     fields.tools = "[" .. concat(encoded, ",") .. "]"
+  end
+  if schema ~= nil then
+    fields.text = canonical({ format = { type = "json_schema", name = "output", schema = schema,
+      strict = require("tide.schema").strict_ok(schema) } })
   end
   for k, v in pairs(self._extra_json or {}) do fields[k] = v end
   local keys = {}
