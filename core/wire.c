@@ -141,6 +141,14 @@ static int l_wire_count(lua_State *L) {
   return 1;
 }
 
+/* w:bytes() -> the size of the joined entries (what a request carries
+** after its prefix), without making the string. */
+static int l_wire_bytes(lua_State *L) {
+  tide_wire *w = tide__checkudata(L, 1, WIRE_MT);
+  lua_pushinteger(L, (lua_Integer)w->joined.len);
+  return 1;
+}
+
 /* w:joined() -> the entries, comma-joined (what a request body carries
 ** after its prefix). */
 static int l_wire_joined(lua_State *L) {
@@ -168,6 +176,7 @@ void tide__open_wire(lua_State *L) {
   static const luaL_Reg meta[] = {{"__gc", l_wire_gc}, {"__tostring", l_wire_tostring}, {NULL, NULL}};
   static const luaL_Reg methods[] = {{"add", l_wire_add},
                                      {"count", l_wire_count},
+                                     {"bytes", l_wire_bytes},
                                      {"joined", l_wire_joined},
                                      {NULL, NULL}};
   static const luaL_Reg fns[] = {{"join_wire", l_join_wire}, {"wire", l_wire}, {NULL, NULL}};

@@ -451,7 +451,13 @@ local function loop(session, opts, run, first, state)
     local chat = run.span and tracing.start("chat " .. tostring(provider.model), 3, run.span,
       chat_attributes(provider))
     run.chat = chat
-    local resp, err = provider:_complete(prefix, popts, wire)
+    local copts = popts
+    if provider._fallback then
+      -- what the next provider needs to encode the request anew
+      copts = setmetatable({ conversation = { system = history.system, specs = session.surface.specs,
+        messages = history.messages } }, { __index = popts })
+    end
+    local resp, err = provider:_complete(prefix, copts, wire)
     if not resp and session.context and compaction().is_overflow(err) then
       -- The provider says it does not fit: one compaction, one retry.
       local ok, cerr = compaction().compact(session, run, true)
@@ -464,10 +470,17 @@ local function loop(session, opts, run, first, state)
     end
     if chat then end_chat(chat, resp, err) end
     if not resp then return nil, err end
+    if resp.fallback then
+      stats.fallbacks = stats.fallbacks + 1
+      if run.sink then
+        run.sink { type = "fallback", from = resp.fallback.from, to = resp.fallback.to,
+          error = resp.fallback.error, depth = run.depth, agent = run.agent }
+      end
+    end
     if resp.usage and (resp.usage.input or 0) > 0 then
       history.usage_input, history.usage_wire_bytes = resp.usage.input, sent_bytes
     end
-    add_usage(run, stats, resp.usage, provider.model)
+    add_usage(run, stats, resp.usage, resp.model or provider.model)
     stats.stop_reason = resp.stop
     stats.ttfb_ms = resp.ttfb_ms
     stats.first_ttfb_ms = stats.first_ttfb_ms or resp.ttfb_ms

@@ -57,7 +57,7 @@ local option_types = {
   max_body_bytes = "integer", retry = "table", headers = "table", prompt_cache = "boolean",
   max_tokens_field = "string", reasoning = "table", tool_choice = "any", parallel_tool_calls = "boolean",
   stop = "any", query = "table", extra_body = "table", thinking = "table",
-  api = "string", store = "boolean",
+  api = "string", store = "boolean", limits = "table",
 }
 
 -- The options only the OpenAI chat wire format reads.
@@ -229,6 +229,10 @@ local function check_options(kind, opts, allowed)
       if type(k) ~= "string" then return where .. "'extra_body' keys must be strings" end
     end
   end
+  if opts.limits then
+    local msg = require("tide.provider.limits").check(opts.limits, where)
+    if msg then return msg end
+  end
   if opts.retry then
     for k, v in pairs(opts.retry) do
       if provider.DEFAULT_RETRY[k] == nil then
@@ -291,6 +295,7 @@ function provider._new(kind, opts, defaults)
     retry = retry,
     headers = headers,
     prompt_cache = opts.prompt_cache == true,
+    limits = opts.limits, -- rpm / tpm, held process-wide (tide.provider.limits)
   }
   if kind == "openai" then
     self.max_tokens_field = opts.max_tokens_field or "max_completion_tokens"

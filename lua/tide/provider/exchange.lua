@@ -10,6 +10,7 @@ local errors = require "tide.provider.errors"
 local redact = require "tide.redact"
 local reply = require "tide.provider.reply"
 local retry = require "tide.provider.retry"
+local limits = require "tide.provider.limits"
 
 local M = {}
 
@@ -291,9 +292,22 @@ function M.complete(self, body, opts, wire)
   local policy = self.retry
   local timeout_ms = opts.timeout_ms or self.timeout_ms
   local attempt = self.stream and attempt_stream or attempt_whole
+  local limited = self.limits
   while true do
     n = n + 1
+    -- Within the provider's rate limits, process-wide: wait for room
+    -- (tokens estimated a quarter a byte, plus the most it may answer).
+    local estimate
+    if limited then
+      local bytes = #body + (type(wire) == "userdata" and wire:bytes() or 0)
+      estimate = limits.acquire(self, bytes // 4 + (self.max_tokens or 0))
+    end
     local res, err, received, delivered = attempt(self, body, opts, timeout_ms, wire)
+    if limited then
+      local u = res and res.usage
+      limits.settle(self, estimate, u and (u.input or 0) + (u.output or 0))
+      if err and err.code == "RateLimited" and err.retry_after_ms then limits.pause(self, err.retry_after_ms) end
+    end
     if res then
       res.attempts = n
       return res

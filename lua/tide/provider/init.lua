@@ -50,6 +50,17 @@ function provider.anthropic(opts)
   return p
 end
 
+--- A provider that moves on to the next of `list` once one has spent its
+--- retries on a rate limit, a server error, a timeout or a failed
+--- connection (tide.provider.fallback).
+---@param list table[] providers, in order
+---@return table
+function provider.fallback(list)
+  local p, msg = require("tide.provider.fallback").new(list)
+  if not p then error(msg, 2) end
+  return p
+end
+
 --- True when `v` is a provider object made by this module.
 function provider.is(v)
   local mt = getmetatable(v)

@@ -1,0 +1,100 @@
+-- Rate limits held process-wide, and the fallback provider.
+local tide = require "tide"
+local testing = require "tide.testing"
+local limits = require "tide.provider.limits"
+local core = require "tide.core"
+
+describe("provider limits", function()
+  before_each(function() limits._reset() end)
+
+  it("holds rpm across provider objects and sessions of one key", function()
+    local srv = testing.mock_server { default = "ok" }
+    tide.agent { id = "lim", prompt = "You answer." }
+    -- 120 requests a minute: 2 a second; the bucket starts full, so the
+    -- first 120 go at once and the next ones wait about 500 ms each
+    local function p() return tide.provider.openai { base_url = srv.url, api_key = "k", model = "m",
+      limits = { rpm = 120 } } end
+    local p1, p2 = p(), p()
+    local t0 = core.hrtime()
+    tide.run(function()
+      local tasks = {}
+      for i = 1, 122 do
+        local prov = i % 2 == 0 and p1 or p2
+        tasks[i] = tide.spawn(function() return tide.session { agent = "lim", provider = prov }:turn("hi") end)
+      end
+      for _, t in ipairs(tasks) do assert.are.equal("ok", t:join()) end
+    end)
+    local ms = (core.hrtime() - t0) / 1e6
+    assert.are.equal(122, #srv:requests())
+    assert.is_true(ms >= 900, "122 requests at 120 rpm took only " .. ms .. " ms")
+    srv:close()
+  end)
+
+  it("pauses every request on the key for a 429's Retry-After", function()
+    local n = 0
+    local srv = testing.mock_server { default = function()
+      n = n + 1
+      if n == 1 then return { fault = "status", status = 429, retry_after = 1 } end
+      return "ok"
+    end }
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", limits = { rpm = 6000 } }
+    tide.agent { id = "lim2", prompt = "You answer." }
+    local t0 = core.hrtime()
+    assert.are.equal("ok", tide.session { agent = "lim2", provider = p }:turn("hi"))
+    assert.is_true((core.hrtime() - t0) / 1e6 >= 950)
+    srv:close()
+  end)
+
+  it("checks the option", function()
+    assert.has_error(function() tide.provider.openai { limits = { rpm = 0 } } end,
+      "tide.provider.openai: 'limits.rpm' must be a positive integer")
+    assert.has_error(function() tide.provider.openai { limits = { rps = 1 } } end,
+      "tide.provider.openai: unknown option 'limits.rps'")
+  end)
+end)
+
+describe("tide.provider.fallback", function()
+  it("moves on to the next provider, of another wire format, once retries are spent", function()
+    local down = testing.mock_server { default = { fault = "status", status = 503 } }
+    local up = testing.mock_server { default = testing.tool_loop(1, "lookup") }
+    tide.agent { id = "fb", prompt = "You look.", tools = { tide.tool { name = "lookup", description = "d",
+      handler = function() return "found" end } } }
+    local p = tide.provider.fallback {
+      tide.provider.openai { base_url = down.url, api_key = "k", model = "gpt-4o", retry = { attempts = 2, base_ms = 1 } },
+      tide.provider.anthropic { base_url = up.url, api_key = "k", model = "claude-haiku-4-5" },
+    }
+    local events = {}
+    local s = tide.session { agent = "fb", provider = p }
+    assert.are.equal("done after 1 lookups", s:turn("go", { on_event = function(ev)
+      if ev.type == "fallback" then events[#events + 1] = ev end
+    end }))
+    assert.are.equal(2, s:stats().fallbacks)
+    assert.are.equal("openai:gpt-4o", events[1].from)
+    assert.are.equal("anthropic:claude-haiku-4-5", events[1].to)
+    assert.are.equal("ProviderError", events[1].error)
+    -- the Anthropic server got Anthropic-shaped requests, tool result included
+    local last = up:requests()[#up:requests()].json
+    assert.are.equal("claude-haiku-4-5", last.model)
+    assert.are.equal("tool_result", last.messages[#last.messages].content[1].type)
+    assert.is_true(s:stats().cost_usd > 0) -- priced as the model that answered
+    down:close()
+    up:close()
+  end)
+
+  it("does not move on for an error the next provider would give too", function()
+    local bad = testing.mock_server { default = { fault = "status", status = 400 } }
+    local good = testing.mock_server { default = "ok" }
+    local p = tide.provider.fallback {
+      tide.provider.openai { base_url = bad.url, api_key = "k", model = "m" },
+      tide.provider.openai { base_url = good.url, api_key = "k", model = "m" },
+    }
+    tide.agent { id = "fb2", prompt = "You answer." }
+    local _, err = tide.session { agent = "fb2", provider = p }:turn("hi")
+    assert.are.equal("ProviderError", err.code)
+    assert.are.equal(0, #good:requests())
+    assert.has_error(function() tide.provider.fallback { tide.provider.openai {} } end,
+      "tide.provider.fallback: give a list of at least two providers")
+    bad:close()
+    good:close()
+  end)
+end)
