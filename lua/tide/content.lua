@@ -170,6 +170,11 @@ function M.is_neutral(list)
   return true
 end
 
+-- A part's bytes as a data URL (an image given as a link stays a link).
+local function data_url(p)
+  return p.url or ("data:%s;base64,%s"):format(p.mime, p.data or core.base64(p.text))
+end
+
 --- The OpenAI chat-completions shape of neutral parts.
 function M.openai_chat(parts)
   local out = {}
@@ -177,10 +182,9 @@ function M.openai_chat(parts)
     if p.type == "text" then
       out[i] = { type = "text", text = p.text }
     elseif p.type == "image" then
-      out[i] = { type = "image_url", image_url = { url = p.url or ("data:%s;base64,%s"):format(p.mime, p.data) } }
+      out[i] = { type = "image_url", image_url = { url = data_url(p) } }
     elseif p.type == "file" then
-      out[i] = { type = "file", file = { filename = p.name,
-        file_data = ("data:%s;base64,%s"):format(p.mime, p.data or core.base64(p.text)) } }
+      out[i] = { type = "file", file = { filename = p.name, file_data = data_url(p) } }
     else
       error(("tide.content: unknown content part type '%s'"):format(tostring(p.type)), 2)
     end
@@ -197,11 +201,9 @@ function M.openai_responses(parts)
     if p.type == "text" then
       out[i] = { type = "input_text", text = p.text }
     elseif p.type == "image" then
-      out[i] = { type = "input_image", detail = "auto",
-        image_url = p.url or ("data:%s;base64,%s"):format(p.mime, p.data) }
+      out[i] = { type = "input_image", detail = "auto", image_url = data_url(p) }
     elseif p.type == "file" then
-      out[i] = { type = "input_file", filename = p.name,
-        file_data = ("data:%s;base64,%s"):format(p.mime, p.data or core.base64(p.text)) }
+      out[i] = { type = "input_file", filename = p.name, file_data = data_url(p) }
     else
       error(("tide.content: unknown content part type '%s'"):format(tostring(p.type)), 2)
     end

@@ -42,14 +42,20 @@ function Provider:__tostring()
   return ("tide.provider.openai(%s, %s)"):format(self.model, self.base_url)
 end
 
---- Creates the provider object, or returns nil plus a misuse message.
----@param opts? tide.provider.opts
-function M.new(opts)
-  local self, msg = provider._new("openai", opts, {
+--- The defaults of an OpenAI provider, chat or Responses: OPENAI_BASE_URL,
+--- OPENAI_API_KEY, TIDE_MODEL.
+function M.defaults()
+  return {
     base_url = provider._env("OPENAI_BASE_URL") or "https://api.openai.com/v1",
     api_key = provider._env("OPENAI_API_KEY"), api_key_env = "OPENAI_API_KEY",
     model = provider._env("TIDE_MODEL") or "gpt-4o-mini",
-  })
+  }
+end
+
+--- Creates the provider object, or returns nil plus a misuse message.
+---@param opts? tide.provider.opts
+function M.new(opts)
+  local self, msg = provider._new("openai", opts, M.defaults())
   if not self then return nil, msg end
   return setmetatable(self, Provider)
 end

@@ -51,11 +51,7 @@ end
 --- Creates the provider object, or returns nil plus a misuse message.
 ---@param opts? tide.provider.opts
 function M.new(opts)
-  local self, msg = provider._new("openai", opts, {
-    base_url = provider._env("OPENAI_BASE_URL") or "https://api.openai.com/v1",
-    api_key = provider._env("OPENAI_API_KEY"), api_key_env = "OPENAI_API_KEY",
-    model = provider._env("TIDE_MODEL") or "gpt-4o-mini",
-  })
+  local self, msg = provider._new("openai", opts, require("tide.provider.openai").defaults())
   if not self then return nil, msg end
   opts = opts or {}
   if opts.extra_body then
