@@ -376,7 +376,6 @@ function M.setup(opts, level)
     capture_content = opts.capture_content == true, sample = opts.sample or 1,
     timeout_ms = opts.timeout_ms or 10000, keep_last = config and config.keep_last,
   }
-  warned = false
 end
 
 --- Whether tracing is on (turned on by the OTEL_* variables at first use).
