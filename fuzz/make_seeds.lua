@@ -187,3 +187,23 @@ write("anthropic_stream", "ping_text", hdr(0, 3, 9) .. astart .. aev("ping", '{"
   .. aev("content_block_stop", '{"type":"content_block_stop","index":0}')
   .. aev("message_delta", '{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":3}}')
   .. aev("message_stop", '{"type":"message_stop"}'))
+
+-- ---------------------------------------------------- Responses streams --
+local function rev(name, data) return ("event: %s\ndata: %s\n\n"):format(name, data) end
+local rbase = '"id":"resp_01","object":"response","model":"gpt-5","status":"%s","output":%s,"usage":%s'
+write("responses_stream", "text_and_call", hdr(0, 9, 4)
+  .. rev("response.created", '{"type":"response.created","sequence_number":0,"response":{' .. rbase:format("in_progress", "[]", "null") .. '}}')
+  .. rev("response.output_text.delta", '{"type":"response.output_text.delta","sequence_number":1,"item_id":"msg_1","output_index":0,"content_index":0,"delta":"Hello"}')
+  .. rev("response.output_item.done", '{"type":"response.output_item.done","sequence_number":2,"output_index":1,"item":{"type":"function_call","id":"fc_1","call_id":"call_1","name":"lookup","arguments":"{\\"q\\":\\"tide\\"}","status":"completed"}}')
+  .. rev("response.completed", '{"type":"response.completed","sequence_number":3,"response":{' .. rbase:format("completed",
+    '[{"type":"message","id":"msg_1","role":"assistant","content":[{"type":"output_text","text":"Hello","annotations":[]}]},'
+    .. '{"type":"function_call","id":"fc_1","call_id":"call_1","name":"lookup","arguments":"{\\"q\\":\\"tide\\"}","status":"completed"}]',
+    '{"input_tokens":120,"input_tokens_details":{"cached_tokens":64},"output_tokens":17,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":137}') .. '}}'))
+write("responses_stream", "incomplete", hdr(0, 5, 2)
+  .. rev("response.output_text.delta", '{"type":"response.output_text.delta","sequence_number":1,"delta":"cut"}')
+  .. rev("response.incomplete", '{"type":"response.incomplete","sequence_number":2,"response":{' .. rbase:format("incomplete", "[]", "null")
+    .. ',"incomplete_details":{"reason":"max_output_tokens"}}}'))
+write("responses_stream", "failed", hdr(0, 0, 0)
+  .. rev("response.failed", '{"type":"response.failed","sequence_number":1,"response":{' .. rbase:format("failed", "[]", "null")
+    .. ',"error":{"code":"server_error","message":"boom"}}}')
+  .. rev("error", '{"type":"error","code":"rate_limit_exceeded","message":"slow down"}'))
