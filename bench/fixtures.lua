@@ -51,8 +51,16 @@ function M.toolkits(n, actions, gated)
   return out
 end
 
---- A provider for the mock at `url` (streaming unless stream == false).
+--- A provider for the mock at `url` (streaming unless stream == false):
+--- OpenAI chat completions, the Responses API (api = "responses"), or
+--- Anthropic Messages (api = "anthropic").
 function M.provider(url, stream, api)
+  if api == "anthropic" then
+    return tide.provider.anthropic {
+      base_url = url .. "/v1", api_key = "bench-key", model = "bench-model",
+      stream = stream ~= false, retry = { attempts = 1 },
+    }
+  end
   return tide.provider.openai {
     base_url = url .. "/v1", api_key = "bench-key", model = "bench-model",
     stream = stream ~= false, retry = { attempts = 1 }, api = api,

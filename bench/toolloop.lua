@@ -6,7 +6,8 @@
 --- figure covers everything a round trip costs: encoding the new messages,
 --- the HTTP exchange, parsing the reply (SSE when streaming), running the
 --- tool in a task, and the session build amortised over its 11 calls.
---- The same row runs the Responses API (api = "responses") beside chat.
+--- The same row runs the Responses API (api = "responses") and Anthropic
+--- Messages beside chat.
 --- Client and mock share one core (see bench.common, pinning), so a round
 --- trip costs what both sides spend on it.
 local common = require "bench.common"
@@ -64,19 +65,20 @@ return function()
   -- Chat completions, then the Responses API: the same loop, each against
   -- the floor replaying its own bodies.
   local runs = {}
-  for _, api in ipairs { "chat", "responses" } do
+  for _, api in ipairs { "chat", "responses", "anthropic" } do
     for _, stream in ipairs { true, false } do runs[#runs + 1] = { api = api, stream = stream } end
   end
   for _, run in ipairs(runs) do
     local api, stream = run.api, run.stream
-    local path = api == "responses" and "/v1/responses" or "/v1/chat/completions"
+    local path = api == "responses" and "/v1/responses" or api == "anthropic" and "/v1/messages"
+      or "/v1/chat/completions"
     local reqs = capture(stream, api)
     local files, hargs = {}, {}
     for i, r in ipairs(reqs) do
       files[i] = common.tmpname()
       common.write(files[i], r.body)
     end
-    for _, h in ipairs { "content-type", "accept", "authorization" } do
+    for _, h in ipairs { "content-type", "accept", "authorization", "x-api-key", "anthropic-version" } do
       local v = reqs[1].headers[h]
       if v then hargs[#hargs + 1] = "-H " .. common.sh(h .. ": " .. v) end
     end
@@ -113,7 +115,8 @@ return function()
     local bytes = 0
     for _, r in ipairs(reqs) do bytes = bytes + #r.body end
     lines[#lines + 1] = common.line(
-      ("Tool loop%s, per provider round trip (%s)"):format(api == "responses" and ", Responses API" or "",
+      ("Tool loop%s, per provider round trip (%s)"):format(api == "responses" and ", Responses API"
+        or api == "anthropic" and ", Anthropic" or "",
         stream and "streaming" or "non-streaming"),
       common.num(mt) .. " us", "raw libcurl " .. common.num(mw) .. " us; goal <= 1.5x",
       ("%s (%s to %s over %d pairs)%s"):format(common.x(mr), common.x(lo), common.x(hi), #ratios,
