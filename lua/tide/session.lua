@@ -25,6 +25,20 @@ local function config() return require "tide.config" end
 local function transcript() return require "tide.transcript" end
 local function integrations_cache() return require "tide.integrations.cache" end
 
+-- A list of sources as one source, made once per list (weak: a list a
+-- caller keeps building sessions with gets the same object, and so the
+-- same snapshots and surfaces).
+local several_cache = setmetatable({}, { __mode = "k" })
+local function several_of(src)
+  if src == nil or type(src.identity) == "function" then return src end
+  local s = several_cache[src]
+  if not s then
+    s = require("tide.integrations.several").new(src, 4)
+    several_cache[src] = s
+  end
+  return s
+end
+
 local session_mt = { __name = "tide.session" }
 session_mt.__index = session_mt
 
@@ -90,8 +104,9 @@ local function check_opts(opts)
     error("tide.session: 'provider' must be a provider (tide.provider.openai{...} or anthropic{...})", 3)
   end
   local src = opts.integrations
-  if src ~= nil and (type(src) ~= "table" or type(src.identity) ~= "function" or type(src.fetch) ~= "function") then
-    error("tide.session: 'integrations' must be an integration source (identity() and fetch())", 3)
+  if src ~= nil and (type(src) ~= "table" or (type(src.identity) ~= "function" or type(src.fetch) ~= "function")
+      and src[1] == nil) then
+    error("tide.session: 'integrations' must be an integration source (identity() and fetch()) or a list of them", 3)
   end
   for _, f in ipairs(PATH_OPTS) do
     if opts[f] ~= nil and type(opts[f]) ~= "string" then error(("tide.session: '%s' must be a file path"):format(f), 3) end
@@ -159,7 +174,8 @@ function M.new(opts)
   local self = setmetatable({
     def = def,
     provider = opts.provider,
-    src = opts.integrations,
+    -- several sources act as one (tide.integrations.several)
+    src = several_of(opts.integrations),
     config = cfg,
     counters = stats,
     parent = opts._parent,

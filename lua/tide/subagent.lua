@@ -80,9 +80,15 @@ local function run(src, a, args)
   error("this integration source cannot execute actions", 0)
 end
 
+-- The approval rule for `action` of `src` (several sources: the owner's).
+local function rule_of(src, action)
+  if not src then return nil end
+  if src.rule_for then return src:rule_for(action) end
+  return src.approval
+end
+
 local function toolkit_tools(src, tk)
   local out, taken = {}, {}
-  local rule = src and src.approval
   local approval = require "tide.approval"
   local actions = tk.tools or {}
   local direct = #actions <= M.MAX_TOOLS and #actions or M.MAX_DIRECT
@@ -90,7 +96,7 @@ local function toolkit_tools(src, tk)
     local a = actions[i]
     out[#out + 1] = tool.new {
       name = legal_name(a.name, taken),
-      approval = approval.for_action(rule, a),
+      approval = approval.for_action(rule_of(src, a.name), a),
       description = a.description or a.name,
       parameters = a.parameters or { type = "object", properties = {} },
       handler = function(args) return run(src, a, args) end,
@@ -130,12 +136,12 @@ local function toolkit_tools(src, tk)
         :format(tk.slug),
       parameters = { type = "object", required = { "action", "arguments" }, properties = {
         action = { type = "string" }, arguments = { type = "object" } } },
-      approval = rule and function(args)
+      approval = function(args)
         local a = by_name[args.action]
-        local r = a and approval.for_action(rule, a)
+        local r = a and approval.for_action(rule_of(src, a.name), a)
         if type(r) == "function" then return r(args.arguments or {}) end
         return r == true
-      end or nil,
+      end,
       handler = function(args)
         local a = by_name[args.action]
         if not a then error(("no action '%s' in %s"):format(tostring(args.action), tk.slug), 0) end

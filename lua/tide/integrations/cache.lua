@@ -274,7 +274,52 @@ end
 ---@param src tide.integrations.source
 ---@return tide.integrations.snapshot|nil snapshot
 ---@return table|nil err
+-- Several sources as one (tide.integrations.several): the parts' snapshots
+-- combined, one table per combination of part snapshots, so that sessions
+-- on the same parts share it (and their surfaces) as for one source.
+local combined = setmetatable({}, { __mode = "v" })
+
+local function combine(src, snaps)
+  local hashes = {}
+  for i, s in ipairs(snaps) do hashes[i] = s.hash end
+  local hkey = src.id .. "#" .. table.concat(hashes, ",")
+  local c = combined[hkey]
+  if c then return c end
+  local toolkits, seen = {}, {}
+  for i, s in ipairs(snaps) do
+    for _, tk in ipairs(s.toolkits) do
+      if seen[tk.slug] then
+        io.stderr:write(("tide: integrations: toolkit '%s' of %s is also in %s; the first is kept\n")
+          :format(tk.slug, src.parts[i]:identity(), seen[tk.slug]))
+      else
+        seen[tk.slug] = src.parts[i]:identity()
+        toolkits[#toolkits + 1] = tk
+      end
+    end
+  end
+  table.sort(toolkits, function(a, b) return a.slug < b.slug end)
+  local fetched = math.huge
+  for _, s in ipairs(snaps) do fetched = math.min(fetched, s.fetched_at or 0) end
+  c = { key = src.id, hash = core.cache_hash(table.concat(hashes, ",")), toolkits = toolkits, fetched_at = fetched,
+        parts = snaps }
+  combined[hkey] = c
+  return c
+end
+
+local function get_several(src)
+  local snaps, errs = {}, {}
+  for _, part in ipairs(src.parts) do
+    local s, err = get(part, check_source(part, "get"))
+    if s then snaps[#snaps + 1] = s else errs[#errs + 1] = err end
+  end
+  -- The parts that answered are authoritative for their toolkits; only when
+  -- none did is the whole unavailable.
+  if #snaps == 0 then return nil, errs[1] end
+  return combine(src, snaps)
+end
+
 function cache.get(src)
+  if type(src) == "table" and src.kind == "several" then return blocking(get_several, src) end
   local key = check_source(src, "get")
   return blocking(get, src, key)
 end
@@ -284,6 +329,14 @@ end
 ---@param src tide.integrations.source|string
 ---@return tide.integrations.snapshot|nil
 function cache.peek(src)
+  if type(src) == "table" and src.kind == "several" then
+    local snaps = {}
+    for i, part in ipairs(src.parts) do
+      snaps[i] = core.cache_peek(key_of(part, "peek"))
+      if not snaps[i] then return nil end
+    end
+    return combine(src, snaps)
+  end
   return core.cache_peek(key_of(src, "peek"))
 end
 
@@ -293,6 +346,11 @@ end
 ---@param src tide.integrations.source|string
 ---@return boolean
 function cache.invalidate(src)
+  if type(src) == "table" and src.kind == "several" then
+    local any = false
+    for _, part in ipairs(src.parts) do any = cache.invalidate(part) or any end
+    return any
+  end
   return core.cache_invalidate(key_of(src, "invalidate"))
 end
 

@@ -1,0 +1,77 @@
+-- Several integration sources in one session: one delegate per toolkit,
+-- each action run on the source it came from, each source cached apart.
+local tide = require "tide"
+local testing = require "tide.testing"
+local cache = require "tide.integrations.cache"
+
+describe("several integration sources", function()
+  local ran, a, b
+  before_each(function()
+    cache.invalidate_all()
+    ran = {}
+    a = tide.integrations.static { id = "src-a", toolkits = { { slug = "github", description = "GitHub",
+      connected = true, tools = { { name = "GITHUB_LIST", description = "Lists.",
+        handler = function() ran[#ran + 1] = "a:GITHUB_LIST"; return "repos" end } } } } }
+    b = tide.integrations.static { id = "src-b", approval = true, toolkits = { { slug = "files",
+      description = "Files", connected = true, tools = { { name = "read_file", description = "Reads.",
+        handler = function() ran[#ran + 1] = "b:read_file"; return "contents" end } } } } }
+    tide.agent { id = "multi", prompt = "You delegate.", subagents = { { toolkits = "*" } } }
+  end)
+
+  it("offers one delegate per toolkit, prewarmed when every source is warm", function()
+    local p = tide.provider.openai { base_url = "http://127.0.0.1:9", api_key = "k", model = "m" }
+    local cold = tide.session { agent = "multi", provider = p, integrations = { a, b } }
+    assert.is_false(cold:stats().prewarmed)
+    cache.get(a)
+    assert.is_nil(cache.peek(tide.session { agent = "multi", provider = p, integrations = { a, b } }.src))
+    cache.get(b)
+    local list = { a, b }
+    local s1 = tide.session { agent = "multi", provider = p, integrations = list }
+    local s2 = tide.session { agent = "multi", provider = p, integrations = list }
+    assert.is_true(s1:stats().prewarmed)
+    assert.are.same({ "delegate_files", "delegate_github" }, s1:tools())
+    assert.are.equal(s1.surface, s2.surface) -- the same combined snapshot: one surface
+  end)
+
+  it("runs each action on its own source, with that source's approval rule", function()
+    cache.get(a)
+    cache.get(b)
+    local srv = testing.mock_server { default = function(req)
+      local msgs = req.json.messages
+      local last = msgs[#msgs]
+      if last.role == "tool" then return "done: " .. last.content end
+      if msgs[1].content:find("You delegate", 1, true) then
+        return { tool_calls = { { id = "d1", name = "delegate_github", arguments = { task = "list" } },
+                                { id = "d2", name = "delegate_files", arguments = { task = "read" } } } }
+      end
+      local name = msgs[1].content:find("files", 1, true) and "read_file" or "GITHUB_LIST"
+      return { tool_calls = { { id = "x1", name = name, arguments = {} } } }
+    end }
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    local s = tide.session { agent = "multi", provider = p, integrations = { a, b } }
+    local _, err = s:turn("go")
+    -- files' source asks for approval of every action; github's does not
+    assert.are.equal("ApprovalRequired", err.code)
+    assert.are.equal("read_file", err.pending[1].name)
+    assert.are.same({ "a:GITHUB_LIST" }, ran)
+    assert(s:approve(err.pending[1].id))
+    assert(s:resume())
+    assert.are.same({ "a:GITHUB_LIST", "b:read_file" }, ran)
+    srv:close()
+  end)
+
+  it("refreshes at the next turn when one source changes", function()
+    cache.get(a)
+    cache.get(b)
+    local srv = testing.mock_server { default = "ok" }
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    local s = tide.session { agent = "multi", provider = p, integrations = { a, b } }
+    assert.are.equal("ok", s:turn("hi"))
+    b:set { { slug = "files", connected = true, tools = {} }, { slug = "notes", connected = true, tools = {} } }
+    cache.invalidate(b)
+    cache.get(b)
+    assert.are.equal("ok", s:turn("again"))
+    assert.are.same({ "delegate_files", "delegate_github", "delegate_notes" }, s:tools())
+    srv:close()
+  end)
+end)
