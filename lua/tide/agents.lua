@@ -10,7 +10,7 @@ local tool = require "tide.tool"
 ---@class tide.agent.definition
 ---@field id string
 ---@field prompt string a prompt name (file in a prompt directory) or inline template text
----@field tools? (tide.tool|string)[]|"*" direct tools; strings name tools of the parent (sub-agents); "*" all of the parent's
+---@field tools? (tide.tool|string|{toolkit:string, only?:string[]})[]|"*" direct tools; strings name tools of the parent (sub-agents); "*" all of the parent's; { toolkit = slug, only = names } a connected toolkit's actions, directly
 ---@field disallowed_tools? string[] names removed from the surface
 ---@field extra_tools? tide.tool[] added after filtering
 ---@field subagents? (string|{toolkits:"*"}|{id:string})[]
@@ -73,8 +73,16 @@ function agents.define(def)
   end
   if type(def.prompt) ~= "string" or def.prompt == "" then bad("prompt", "must be a non-empty string") end
   if def.tools ~= "*" then
-    check_list(def, "tools", function(x) return tool.is(x) or type(x) == "string" end,
-      "a tide.tool or a tool name")
+    check_list(def, "tools", function(x)
+      if tool.is(x) or type(x) == "string" then return true end
+      -- a toolkit's actions offered directly: { toolkit = slug, only = { names } }
+      if type(x) ~= "table" or type(x.toolkit) ~= "string" or x.toolkit == "" then return false end
+      for k in pairs(x) do if k ~= "toolkit" and k ~= "only" then return false end end
+      if x.only == nil then return true end
+      if type(x.only) ~= "table" or #x.only == 0 then return false end
+      for _, n in ipairs(x.only) do if type(n) ~= "string" then return false end end
+      return true
+    end, "a tide.tool, a tool name or { toolkit = slug, only = { names } }")
   end
   check_list(def, "extra_tools", tool.is, "a tide.tool")
   check_list(def, "disallowed_tools", function(x) return type(x) == "string" end, "a string")

@@ -152,6 +152,35 @@ local function toolkit_tools(src, tk)
   return out
 end
 
+--- The actions of toolkit `tk` (those named in `only`, or all) as tools of
+--- an agent's own surface: run on the calling session's source, under its
+--- approval rule; names mapped to legal ones as for the integrations agent.
+function M.direct_toolkit_tools(tk, only)
+  local keep
+  if only then
+    keep = {}
+    for _, n in ipairs(only) do keep[n] = true end
+  end
+  local out, taken = {}, {}
+  local approval = require "tide.approval"
+  for _, a in ipairs(tk.tools or {}) do
+    if not keep or keep[a.name] then
+      out[#out + 1] = tool.new {
+        name = legal_name(a.name, taken),
+        description = a.description or a.name,
+        parameters = a.parameters or { type = "object", properties = {} },
+        approval = function(args, ctx)
+          local r = approval.for_action(rule_of(ctx and ctx.session.src, a.name), a)
+          if type(r) == "function" then return r(args) end
+          return r == true
+        end,
+        handler = function(args, ctx) return run(ctx.session.src, a, args) end,
+      }
+    end
+  end
+  return out
+end
+
 --- Runs a sub-agent for the tool call of `parent`: its final text, or nil
 --- and a ToolError (BudgetExhausted and Cancelled raise through).
 --- Runs in the tool's task; the child runs one spawn level deeper, in a task
@@ -228,6 +257,35 @@ local function in_child_task(parent, child_path, open, fn)
     return tool_error("sub-agent %s failed: %s", child_path, error_text(e))
   end
   return reply
+end
+
+--- The actions of toolkit `tk` (those named in `only`, or all) as tools of
+--- an agent's own surface: run on the calling session's source, under its
+--- approval rule; names mapped to legal ones as for the integrations agent.
+function M.direct_toolkit_tools(tk, only)
+  local keep
+  if only then
+    keep = {}
+    for _, n in ipairs(only) do keep[n] = true end
+  end
+  local out, taken = {}, {}
+  local approval = require "tide.approval"
+  for _, a in ipairs(tk.tools or {}) do
+    if not keep or keep[a.name] then
+      out[#out + 1] = tool.new {
+        name = legal_name(a.name, taken),
+        description = a.description or a.name,
+        parameters = a.parameters or { type = "object", properties = {} },
+        approval = function(args, ctx)
+          local r = approval.for_action(rule_of(ctx and ctx.session.src, a.name), a)
+          if type(r) == "function" then return r(args) end
+          return r == true
+        end,
+        handler = function(args, ctx) return run(ctx.session.src, a, args) end,
+      }
+    end
+  end
+  return out
 end
 
 --- Runs a sub-agent for the tool call of `parent`: its final text, or nil

@@ -97,6 +97,24 @@ function M.build(def, base, snapshot)
       map[t.name] = t
     end
   end
+  -- A connected toolkit's actions offered directly ({ toolkit, only }), as
+  -- MCP users expect of a server's tools: run on the session's source.
+  if snapshot and type(def.tools) == "table" then
+    for _, entry in ipairs(def.tools) do
+      if type(entry) == "table" and entry.toolkit then
+        for _, tk in ipairs(snapshot.toolkits) do
+          if tk.slug == entry.toolkit and tk.connected then
+            for _, t in ipairs(require("tide.subagent").direct_toolkit_tools(tk, entry.only)) do
+              if not map[t.name] then
+                list[#list + 1] = t
+                map[t.name] = t
+              end
+            end
+          end
+        end
+      end
+    end
+  end
   local function insert(t)
     -- A synthesised name that collides with an existing tool is dropped, and
     -- only names actually inserted are recorded, so a refresh never removes
@@ -183,9 +201,9 @@ function M.direct_tools(def, parent_tools)
         for _, pt in ipairs(parent_tools or {}) do
           if pt.name == t then out[#out + 1] = pt break end
         end
-      else
+      elseif t.toolkit == nil then
         out[#out + 1] = t
-      end
+      end -- (a toolkit's actions come with the snapshot: M.build)
     end
   end
   if def.disallowed_tools then

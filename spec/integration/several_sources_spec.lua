@@ -74,4 +74,26 @@ describe("several integration sources", function()
     assert.are.same({ "delegate_files", "delegate_github", "delegate_notes" }, s:tools())
     srv:close()
   end)
+
+  it("offers a toolkit's actions directly to an agent that asks for them", function()
+    cache.get(a)
+    cache.get(b)
+    tide.agent { id = "direct", prompt = "You read.", tools = { { toolkit = "files", only = { "read_file" } },
+      { toolkit = "github" } } }
+    local srv = testing.mock_server { default = function(req)
+      local msgs = req.json.messages
+      if msgs[#msgs].role == "tool" then return "done: " .. msgs[#msgs].content end
+      return { tool_calls = { { id = "r1", name = "read_file", arguments = {} } } }
+    end }
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    local s = tide.session { agent = "direct", provider = p, integrations = { a, b } }
+    assert.are.same({ "GITHUB_LIST", "read_file" }, (function() local l = s:tools(); table.sort(l); return l end)())
+    local _, err = s:turn("read it")
+    assert.are.equal("ApprovalRequired", err.code) -- files' source asks for every action
+    assert(s:approve("r1"))
+    assert.are.equal("done: contents", s:resume())
+    assert.are.same({ "b:read_file" }, ran)
+    assert.has_error(function() tide.agent { id = "bad", prompt = "x", tools = { { toolkit = "files", olny = {} } } } end)
+    srv:close()
+  end)
 end)
