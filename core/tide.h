@@ -376,6 +376,8 @@ void tide__open_watch(lua_State *L);
 void tide__open_base64(lua_State *L);
 /// Registers read_line (stdin without blocking the loop).
 void tide__open_stdio(lua_State *L);
+/// Registers process_spawn (child processes with pipes on the loop).
+void tide__open_process(lua_State *L);
 
 /* Shutdown hooks, run in order when the state closes (before uv_loop_close).
 ** Each closes the handles its part owns; the loop then runs until every close
