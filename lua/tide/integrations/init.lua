@@ -1,7 +1,7 @@
 --- tide.integrations: where connected toolkits come from.
 ---
 --- A *source* is any table with a `kind`, an `identity()` (the cache key) and
---- a `fetch()`; tide ships `static` and `composio`, and authors can write
+--- a `fetch()`; tide ships `static`, `composio` and `mcp`, and authors can write
 --- their own in Lua. Sessions never call `fetch()` themselves: they go through
 --- the shared cache (`tide.integrations.cache`), which fetches once per key
 --- and TTL however many sessions ask.
@@ -39,6 +39,14 @@ end
 ---@return tide.integrations.composio
 function integrations.composio(opts)
   return require("tide.integrations.composio").new(opts)
+end
+
+--- A source serving the tools of one MCP server (stdio `command` or
+--- Streamable HTTP `url`) as one toolkit (see `tide.integrations.mcp`).
+---@param opts table
+---@return tide.integrations.mcp
+function integrations.mcp(opts)
+  return require("tide.integrations.mcp").new(opts)
 end
 
 --- True when `v` looks like an integration source.

@@ -1,0 +1,734 @@
+--- tide.integrations.mcp: the tools of one MCP server as one toolkit.
+---
+--- Model Context Protocol, revision 2025-11-25 (negotiated down to
+--- 2025-06-18 or 2025-03-26 when the server answers so), over one of its two
+--- standard transports:
+---   * stdio: the server is a child process (core.process_spawn); JSON-RPC
+---     messages are single lines on its stdin and stdout, stderr is its log
+---     (the tail of it is quoted when the server dies);
+---   * Streamable HTTP: every message is POSTed to one URL with
+---     `Accept: application/json, text/event-stream`; the answer is JSON or
+---     an SSE stream; `Mcp-Session-Id` (given by the server at initialize)
+---     and `MCP-Protocol-Version` go on every later request; a 404 on a
+---     session means it expired: tide initializes again and retries once.
+---
+--- The lifecycle is the spec's: `initialize` (protocolVersion, capabilities,
+--- clientInfo), then the `notifications/initialized` notification, then
+--- `tools/list` (followed through `nextCursor`) and `tools/call`. The server
+--- may send `ping` (answered), `notifications/tools/list_changed` (the
+--- source's cache entry is dropped, so the next session lists again) and
+--- requests tide does not serve (sampling, roots, elicitation: answered
+--- with JSON-RPC error -32601, as the TypeScript SDK does for a capability
+--- it did not declare).
+---
+--- One connection per source, shared by every session that uses it. Over
+--- stdio, responses are routed by id: a reader task reads one response,
+--- hands it to its request, and ends, so that the callers waiting for it
+--- (by joining the reader, with their own deadline) wake; the next waiting
+--- caller starts the next reader. Between requests an idle reader serves
+--- notifications without holding the loop (process:hold(false)). A request
+--- that times out or whose task is cancelled sends `notifications/cancelled`.
+--- A server that dies fails the requests in flight at once, with its exit
+--- status and the end of its stderr, and is started again by the next
+--- request.
+local core = require "tide.core"
+local json = require "tide.json"
+
+local mcp = {}
+
+local PROTOCOL = "2025-11-25"
+local SUPPORTED = { ["2025-11-25"] = true, ["2025-06-18"] = true, ["2025-03-26"] = true }
+local DEFAULT_TIMEOUT_MS = 60000 -- the TypeScript SDK's default request timeout
+-- A message is one line: the cap bounds memory. 4 MiB is ~1M tokens of
+-- text, more than any model's context can take as one tool result.
+local DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
+local MAX_PAGES = 1000
+-- What a stdio server inherits from tide's environment, as the TypeScript
+-- SDK's getDefaultEnvironment: enough to run, nothing secret by accident.
+local INHERITED_ENV = { "HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "TMPDIR" }
+
+---@class tide.integrations.mcp: tide.integrations.source
+---@field kind "mcp"
+---@field name string the toolkit's slug
+---@field transport "stdio"|"http"
+---@field requests integer JSON-RPC requests sent (specs check warm builds)
+---@field spawns integer server processes started (stdio)
+local Mcp = {}
+Mcp.__index = Mcp
+Mcp.__name = "tide.integrations.mcp"
+
+local function fail(code, message, fields)
+  return nil, core.error(code, message, fields)
+end
+
+local function blocking(fn, ...)
+  return require("tide")._blocking(fn, ...)
+end
+
+-- ------------------------------------------------------------- messages --
+
+local function encode(msg)
+  -- canonical: it keeps arrays marked with json.array as [] (lua-cjson
+  -- 2.1.0 writes an empty table as {}), and it never writes a raw newline.
+  return json.canonical(msg)
+end
+
+local function short(s, n)
+  s = tostring(s)
+  n = n or 200
+  if #s > n then return s:sub(1, n) .. "..." end
+  return s
+end
+
+-- The last lines of a server's stderr, for an error message.
+local function stderr_tail(proc)
+  local ok, text = pcall(proc.stderr, proc)
+  if not ok or text == "" then return "" end
+  text = text:gsub("%s+$", "")
+  if #text > 600 then text = "..." .. text:sub(-600) end
+  return "; its stderr ends with: " .. text
+end
+
+-- Empty tables where the schema says "array" become json.array, so that an
+-- argument the model wrote as [] reaches the server as [] (tide.json
+-- decodes [] and {} to the same empty table).
+local function has_type(schema, ty)
+  local t = schema.type
+  if t == ty then return true end
+  if type(t) == "table" then
+    for _, x in ipairs(t) do if x == ty then return true end end
+  end
+  return false
+end
+
+local function conform(v, schema, depth)
+  if type(v) ~= "table" or type(schema) ~= "table" or depth > 64 then return v end
+  if next(v) == nil then
+    if has_type(schema, "array") and not has_type(schema, "object") then return json.array(v) end
+    return v
+  end
+  if #v > 0 then
+    local items = schema.items
+    for i = 1, #v do v[i] = conform(v[i], items, depth + 1) end
+  elseif type(schema.properties) == "table" then
+    for k, x in pairs(v) do
+      local sub = schema.properties[k]
+      if sub then v[k] = conform(x, sub, depth + 1) end
+    end
+  end
+  return v
+end
+
+-- The text of a tools/call result: text blocks joined; structuredContent
+-- as JSON when there is no text; other blocks described by a line.
+local function result_text(res)
+  local parts = {}
+  local content = type(res.content) == "table" and res.content or {}
+  for _, b in ipairs(content) do
+    if type(b) == "table" then
+      if b.type == "text" and type(b.text) == "string" then
+        parts[#parts + 1] = b.text
+      elseif b.type == "resource" and type(b.resource) == "table" and type(b.resource.text) == "string" then
+        parts[#parts + 1] = b.resource.text
+      end
+    end
+  end
+  if #parts > 0 then return table.concat(parts, "\n") end
+  if type(res.structuredContent) == "table" then return json.canonical(res.structuredContent) end
+  for _, b in ipairs(content) do
+    if type(b) == "table" then
+      if b.type == "image" or b.type == "audio" then
+        parts[#parts + 1] = ("[%s: %s]"):format(b.type, tostring(b.mimeType or "?"))
+      elseif b.type == "resource_link" or b.type == "resource" then
+        local r = b.type == "resource" and b.resource or b
+        parts[#parts + 1] = ("[resource: %s]"):format(tostring(type(r) == "table" and r.uri or "?"))
+      end
+    end
+  end
+  return table.concat(parts, "\n")
+end
+
+local function rpc_error_text(e)
+  if type(e) ~= "table" then return tostring(e) end
+  local s = ("%s (JSON-RPC error %s)"):format(tostring(e.message or "error"), tostring(e.code))
+  if e.data ~= nil and e.data ~= json.null then
+    local ok, d = pcall(json.canonical, e.data)
+    if ok then s = s .. ": " .. short(d) end
+  end
+  return s
+end
+
+-- ---------------------------------------------------- serving the server --
+
+-- A message the server sent that is not the response to one of ours: a
+-- notification, or a request (answered through `reply(msg)`).
+local function on_server_message(src, msg, reply)
+  local method = msg.method
+  if msg.id ~= nil and msg.id ~= json.null then
+    if method == "ping" then
+      reply { jsonrpc = "2.0", id = msg.id, result = {} }
+    else
+      reply { jsonrpc = "2.0", id = msg.id,
+        error = { code = -32601, message = "Method not found: tide serves no " .. tostring(method) } }
+    end
+  elseif method == "notifications/tools/list_changed" then
+    src.list_changes = src.list_changes + 1
+    require("tide.integrations.cache").invalidate(src)
+  end
+end
+
+-- ------------------------------------------------------------------ stdio --
+
+local Stdio = {}
+Stdio.__index = Stdio
+
+local reader
+
+-- The server is gone (end of output, a broken stream): every request in
+-- flight fails now, and the next request starts a new server.
+local function die(conn, why)
+  if conn.dead then return end
+  conn.dead = why
+  if conn.src.conn == conn then conn.src.conn = nil end
+  for id, req in pairs(conn.pending) do
+    req.done, req.err = true, core.error("ConnectionClosed", why)
+    conn.pending[id] = nil
+  end
+  conn.npending = 0
+end
+
+local function end_of_server(conn, err)
+  local proc = conn.proc
+  local code, sig = proc:status()
+  if code == nil and not err then
+    -- stdout ended: the exit is usually a moment behind.
+    local ok, c, s = pcall(proc.wait, proc, 500)
+    if ok then code, sig = c, s end
+  end
+  local what
+  if err then
+    what = ("MCP server '%s' broke the stream: %s"):format(conn.src.name, err.message or tostring(err))
+  elseif code == nil then
+    what = ("MCP server '%s' closed its output"):format(conn.src.name)
+  elseif sig and sig ~= 0 then
+    what = ("MCP server '%s' was killed by signal %d"):format(conn.src.name, sig)
+  else
+    what = ("MCP server '%s' exited with status %d"):format(conn.src.name, code)
+  end
+  die(conn, what .. stderr_tail(proc))
+  proc:close(200)
+end
+
+-- Reads until one response reaches its request (then ends, waking the
+-- callers that joined it) or the server is gone.
+reader = function(conn)
+  local proc, src = conn.proc, conn.src
+  while not conn.dead do
+    local line, err = proc:read_line()
+    if line == nil then
+      end_of_server(conn, err)
+      return
+    end
+    local msg = json.decode(line)
+    if type(msg) ~= "table" or msg.jsonrpc ~= "2.0" then
+      conn.garbage = short(line, 120) -- not JSON-RPC: logs on the wrong stream
+    elseif msg.method == nil then
+      local req = msg.id ~= nil and conn.pending[msg.id]
+      if req then
+        conn.pending[msg.id] = nil
+        conn.npending = conn.npending - 1
+        if conn.npending == 0 then proc:hold(false) end
+        req.done = true
+        if msg.error ~= nil then
+          req.err = core.error("ProviderError", rpc_error_text(msg.error), { rpc = msg.error })
+        else
+          req.result = msg.result
+        end
+        -- Someone must still read notifications between requests, without
+        -- holding the loop: the successor waits weakly when nothing is due.
+        conn.reader = core.spawn(reader, conn)
+        return
+      end
+      conn.stray = tostring(msg.id) -- an answer to nothing we asked
+    else
+      on_server_message(src, msg, function(r) proc:write(encode(r) .. "\n") end)
+    end
+  end
+end
+
+local function ensure_reader(conn)
+  local r = conn.reader
+  if r == nil or r:status() == "done" or r:status() == "failed" then
+    r = core.spawn(reader, conn)
+    conn.reader = r
+  end
+  return r
+end
+
+function Stdio:notify(method, params)
+  if self.dead then return end
+  self.proc:write(encode { jsonrpc = "2.0", method = method, params = params } .. "\n")
+end
+
+-- What a request that never got its answer says about the stream.
+local function hints(conn)
+  local h = ""
+  if conn.garbage then h = h .. "; the server wrote non-JSON-RPC output: " .. conn.garbage end
+  if conn.stray then h = h .. "; it answered an unknown request id " .. conn.stray end
+  return h
+end
+
+local function forget(conn, req)
+  if conn.pending[req.id] then
+    conn.pending[req.id] = nil
+    conn.npending = conn.npending - 1
+    if conn.npending == 0 and not conn.dead then conn.proc:hold(false) end
+  end
+end
+
+--- Sends request `method` and waits for its answer (at most timeout_ms):
+--- the result, or nil and an error (Timeout, ConnectionClosed, ProviderError
+--- for a JSON-RPC error). Raises Cancelled when the task is cancelled,
+--- after telling the server.
+function Stdio:request(method, params, timeout_ms, raw_params)
+  if self.dead then return fail("ConnectionClosed", self.dead) end
+  local id = self.next_id
+  self.next_id = id + 1
+  local req = { id = id }
+  local body = raw_params and ('{"id":%d,"jsonrpc":"2.0","method":%s,"params":%s}'):format(
+    id, json.quote(method), raw_params)
+    or encode { jsonrpc = "2.0", id = id, method = method, params = params or {} }
+  local ok, werr = self.proc:write(body .. "\n")
+  if not ok then return fail("ConnectionClosed", ("MCP server '%s': %s"):format(self.src.name, werr.message)) end
+  self.src.requests = self.src.requests + 1
+  self.pending[id] = req
+  self.npending = self.npending + 1
+  self.proc:hold(true)
+  local deadline = core.now() + timeout_ms
+  while not req.done do
+    local left = deadline - core.now()
+    if left <= 0 then break end
+    local r = ensure_reader(self)
+    local fine, e = pcall(r.join, r, left)
+    if not fine then -- this task was cancelled or interrupted
+      forget(self, req)
+      if not req.done then self:notify("notifications/cancelled", { requestId = id, reason = "cancelled" }) end
+      error(e, 0)
+    end
+  end
+  if not req.done then
+    forget(self, req)
+    self:notify("notifications/cancelled", { requestId = id, reason = "timed out" })
+    return fail("Timeout", ("MCP server '%s' did not answer %s within %d ms%s"):format(
+      self.src.name, method, timeout_ms, hints(self)))
+  end
+  if req.err then return nil, req.err end
+  return req.result
+end
+
+function Stdio:close()
+  die(self, ("the connection to MCP server '%s' was closed"):format(self.src.name))
+  if self.reader then self.reader:cancel() end
+  self.proc:close(1000)
+end
+
+local function default_env(extra)
+  local env = {}
+  for _, k in ipairs(INHERITED_ENV) do env[k] = os.getenv(k) end
+  for k, v in pairs(extra or {}) do env[k] = tostring(v) end
+  return env
+end
+
+local function open_stdio(src)
+  local proc, err = core.process_spawn {
+    argv = src.command, env = default_env(src.env), cwd = src.cwd, max_line = src.max_message_bytes,
+  }
+  if not proc then return nil, err end
+  src.spawns = src.spawns + 1
+  proc:hold(false)
+  return setmetatable({ src = src, proc = proc, next_id = 1, pending = {}, npending = 0 }, Stdio)
+end
+
+-- ------------------------------------------------------ Streamable HTTP --
+
+local Http = {}
+Http.__index = Http
+
+local function open_http(src)
+  return setmetatable({ src = src, next_id = 1 }, Http)
+end
+
+function Http:headers()
+  local h = { ["content-type"] = "application/json", accept = "application/json, text/event-stream" }
+  for k, v in pairs(self.src.headers or {}) do h[k:lower()] = v end
+  if self.session_id then h["mcp-session-id"] = self.session_id end
+  if self.protocol then h["mcp-protocol-version"] = self.protocol end
+  return h
+end
+
+-- The messages of a POST's answer: one JSON value (a message or a batch)
+-- or the data of each SSE event.
+local function messages_of(res)
+  local ctype = (res.headers["content-type"] or ""):lower()
+  local out = {}
+  local function add(text)
+    local v = json.decode(text)
+    if type(v) ~= "table" then return end
+    if #v > 0 then
+      for _, m in ipairs(v) do out[#out + 1] = m end
+    else
+      out[#out + 1] = v
+    end
+  end
+  if ctype:find("text/event-stream", 1, true) then
+    local p = core.sse_parser(#res.body + 16)
+    for _, chunk in ipairs { res.body, "\n\n" } do -- the blank line ends a last event
+      for _, ev in ipairs(p:feed(chunk) or {}) do
+        if ev.data and ev.data ~= "" then add(ev.data) end
+      end
+    end
+  elseif res.body ~= "" then
+    add(res.body)
+  end
+  return out
+end
+
+function Http:post(msg, timeout_ms)
+  local http = require "tide.http"
+  return http.request {
+    method = "POST", url = self.src.url, headers = self:headers(), body = encode(msg),
+    timeout_ms = timeout_ms, max_body_bytes = self.src.max_message_bytes,
+  }
+end
+
+function Http:notify(method, params, wait)
+  local msg = { jsonrpc = "2.0", method = method, params = params }
+  if wait then return self:post(msg, self.src.timeout_ms) end
+  -- Its own task: a cancelled caller cannot wait, and nobody needs the 202.
+  core.spawn(function() pcall(self.post, self, msg, 5000) end)
+end
+
+function Http:request(method, params, timeout_ms, raw_params, retried)
+  local id = self.next_id
+  self.next_id = id + 1
+  if raw_params then params = json.decode(raw_params) end
+  local msg = { jsonrpc = "2.0", id = id, method = method, params = params or {} }
+  self.src.requests = self.src.requests + 1
+  local ok, res, err = pcall(self.post, self, msg, timeout_ms)
+  if not ok then -- cancelled
+    self:notify("notifications/cancelled", { requestId = id, reason = "cancelled" })
+    error(res, 0)
+  end
+  if not res then
+    if err and err.code == "Timeout" then
+      self:notify("notifications/cancelled", { requestId = id, reason = "timed out" })
+      return fail("Timeout", ("MCP server '%s' did not answer %s within %d ms"):format(
+        self.src.name, method, timeout_ms), { cause = err })
+    end
+    return fail("ConnectionClosed", ("MCP server '%s' (%s): %s"):format(
+      self.src.name, self.src.url, err and err.message or "request failed"), { cause = err })
+  end
+  if res.status == 404 and self.session_id and not retried and method ~= "initialize" then
+    -- The session expired (the server restarted): a new one, then again.
+    self.session_id, self.protocol = nil, nil
+    local _, ierr = self.src:_initialize(self)
+    if ierr then return nil, ierr end
+    return self:request(method, params, timeout_ms, nil, true)
+  end
+  if res.status < 200 or res.status > 299 then
+    return fail("ConnectionClosed", ("MCP server '%s' answered %s with HTTP %d: %s"):format(
+      self.src.name, method, res.status, short(res.body)))
+  end
+  if method == "initialize" then self.session_id = res.headers["mcp-session-id"] or self.session_id end
+  local result, rerr
+  for _, m in ipairs(messages_of(res)) do
+    if type(m) == "table" and m.method == nil and m.id == id then
+      if m.error ~= nil then
+        rerr = core.error("ProviderError", rpc_error_text(m.error), { rpc = m.error })
+      else
+        result = m.result
+      end
+    elseif type(m) == "table" and m.method ~= nil then
+      on_server_message(self.src, m, function(r)
+        core.spawn(function() pcall(self.post, self, r, 5000) end)
+      end)
+    end
+  end
+  if rerr then return nil, rerr end
+  if result == nil then
+    return fail("MalformedResponse", ("MCP server '%s' answered %s without a result: %s"):format(
+      self.src.name, method, short(res.body)))
+  end
+  return result
+end
+
+function Http:close()
+  if not self.session_id then return end
+  local sid = self.session_id
+  self.session_id = nil
+  local http = require "tide.http"
+  local h = self:headers()
+  h["mcp-session-id"] = sid
+  pcall(http.request, { method = "DELETE", url = self.src.url, headers = h, timeout_ms = 2000 })
+end
+
+-- ----------------------------------------------------------- the source --
+
+local OPTIONS = {
+  name = true, command = true, env = true, cwd = true, url = true, headers = true,
+  timeout_ms = true, max_message_bytes = true, approval = true, description = true,
+}
+
+local function arg_error(msg) error("bad argument #1 to 'mcp' (" .. msg .. ")", 4) end
+
+--- A source serving the tools of one MCP server as the toolkit `name`.
+--- Either `command` (stdio: argv of the server, with `env` added to a
+--- minimal inherited environment and `cwd`) or `url` (Streamable HTTP, with
+--- extra `headers`). `timeout_ms` bounds each request (60000).
+---@param opts {name: string, command?: string[], env?: table<string,string>, cwd?: string, url?: string, headers?: table<string,string>, timeout_ms?: integer, max_message_bytes?: integer, approval?: any, description?: string}
+---@return tide.integrations.mcp
+function mcp.new(opts)
+  if type(opts) ~= "table" then arg_error("table expected, got " .. type(opts)) end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then arg_error(("unknown option '%s'"):format(tostring(k))) end
+  end
+  local name = opts.name
+  if type(name) ~= "string" or not name:match("^[%w_-]+$") or #name > 48 then
+    arg_error("field 'name' must be 1-48 letters, digits, '_' or '-'")
+  end
+  if (opts.command == nil) == (opts.url == nil) then
+    arg_error("give exactly one of 'command' (stdio) and 'url' (Streamable HTTP)")
+  end
+  local command
+  if opts.command ~= nil then
+    if type(opts.command) ~= "table" or #opts.command == 0 then
+      arg_error("field 'command' must be an array of strings")
+    end
+    command = {}
+    for i, a in ipairs(opts.command) do
+      if type(a) ~= "string" then arg_error("field 'command' must be an array of strings") end
+      command[i] = a
+    end
+    if opts.headers ~= nil then arg_error("'headers' is for a 'url' source") end
+  else
+    if type(opts.url) ~= "string" or not opts.url:match("^https?://") then
+      arg_error("field 'url' must be an http:// or https:// URL")
+    end
+    if opts.env ~= nil or opts.cwd ~= nil then arg_error("'env' and 'cwd' are for a 'command' source") end
+  end
+  for _, k in ipairs { "env", "headers" } do
+    local t = opts[k]
+    if t ~= nil then
+      if type(t) ~= "table" then arg_error(("field '%s' must be a table"):format(k)) end
+      for n, v in pairs(t) do
+        if type(n) ~= "string" or type(v) ~= "string" then
+          arg_error(("field '%s' must map names to strings"):format(k))
+        end
+      end
+    end
+  end
+  if opts.cwd ~= nil and type(opts.cwd) ~= "string" then arg_error("field 'cwd' must be a string") end
+  for _, k in ipairs { "timeout_ms", "max_message_bytes" } do
+    local v = opts[k]
+    if v ~= nil and (math.type(v) ~= "integer" or v <= 0) then
+      arg_error(("field '%s' must be a positive integer"):format(k))
+    end
+  end
+  require("tide.approval").check_rule(opts.approval, "tide.integrations.mcp: ", 2)
+  local self = setmetatable({
+    kind = "mcp",
+    name = name,
+    transport = command and "stdio" or "http",
+    command = command, env = opts.env, cwd = opts.cwd,
+    url = opts.url, headers = opts.headers,
+    timeout_ms = opts.timeout_ms or DEFAULT_TIMEOUT_MS,
+    max_message_bytes = opts.max_message_bytes or DEFAULT_MAX_MESSAGE,
+    description = opts.description,
+    approval = opts.approval,
+    requests = 0, spawns = 0, list_changes = 0,
+    schemas = {},
+  }, Mcp)
+  -- Headers and env may hold secrets: the identity carries their hash.
+  local what = command and { command = command, env = opts.env or {}, cwd = opts.cwd or "" }
+    or { url = opts.url, headers = opts.headers or {} }
+  self.id = name .. "|" .. core.cache_hash(json.canonical(what))
+  return self
+end
+
+--- "mcp|<name>|<hash of the command, env and cwd, or url and headers>".
+---@return string
+function Mcp:identity() return "mcp|" .. self.id end
+
+-- initialize, version check, notifications/initialized.
+function Mcp:_initialize(conn)
+  local res, err = conn:request("initialize", {
+    protocolVersion = PROTOCOL,
+    capabilities = {},
+    clientInfo = { name = "tide", version = core.version },
+  }, self.timeout_ms)
+  if not res then return nil, err end
+  if type(res) ~= "table" or not SUPPORTED[res.protocolVersion] then
+    return fail("MalformedResponse", ("MCP server '%s' speaks protocol %s; tide speaks %s, 2025-06-18 and 2025-03-26"):format(
+      self.name, tostring(type(res) == "table" and res.protocolVersion), PROTOCOL))
+  end
+  conn.protocol = res.protocolVersion
+  conn.server_info = type(res.serverInfo) == "table" and res.serverInfo or {}
+  conn.instructions = type(res.instructions) == "string" and res.instructions or nil
+  -- Over HTTP the notification is posted before any other request goes.
+  conn:notify("notifications/initialized", {}, true)
+  return conn
+end
+
+local function connect(self)
+  local conn, err
+  if self.transport == "stdio" then
+    conn, err = open_stdio(self)
+    if not conn then
+      return fail("ConnectionClosed", ("cannot start MCP server '%s': %s"):format(self.name, err.message), { cause = err })
+    end
+  else
+    conn = open_http(self)
+  end
+  local ok, ierr = self:_initialize(conn)
+  if not ok then
+    if conn.proc then
+      conn.dead = conn.dead or "initialize failed"
+      if conn.reader then conn.reader:cancel() end
+      conn.proc:close(200)
+    end
+    return fail("ConnectionClosed", ("MCP server '%s' could not be initialized: %s"):format(
+      self.name, ierr.message or tostring(ierr)), { cause = ierr })
+  end
+  self.conn = conn
+  return conn
+end
+
+-- The live connection, made (once, however many tasks ask) when missing.
+function Mcp:_connection()
+  local conn = self.conn
+  if conn and not conn.dead then return conn end
+  local t = self.connecting
+  if t == nil or t:status() == "done" or t:status() == "failed" then
+    t = core.spawn(connect, self)
+    self.connecting = t
+  end
+  local c, err = t:join()
+  if self.connecting == t then self.connecting = nil end
+  if not c then return nil, err end
+  return c
+end
+
+-- The tools of one page, as toolkit tools.
+local function add_tools(self, out, list)
+  if type(list) ~= "table" then error("tools/list answered without a 'tools' array", 0) end
+  for _, t in ipairs(list) do
+    if type(t) ~= "table" or type(t.name) ~= "string" then error("tools/list gave a tool without a name", 0) end
+    local params = type(t.inputSchema) == "table" and t.inputSchema or { type = "object", properties = {} }
+    self.schemas[t.name] = params
+    local ann = type(t.annotations) == "table" and t.annotations or {}
+    out[#out + 1] = {
+      name = t.name,
+      description = type(t.description) == "string" and t.description
+        or type(t.title) == "string" and t.title or "",
+      parameters = params,
+      destructive = ann.destructiveHint == true or nil,
+    }
+  end
+end
+
+local function fetch(self)
+  local conn, err = self:_connection()
+  if not conn then return nil, err end
+  local tools, cursor, pages = {}, nil, 0
+  repeat
+    local res, lerr = conn:request("tools/list", cursor and { cursor = cursor } or {}, self.timeout_ms)
+    if not res then return nil, lerr end
+    local ok, why = pcall(add_tools, self, tools, type(res) == "table" and res.tools)
+    if not ok then return fail("MalformedResponse", ("MCP server '%s': %s"):format(self.name, why)) end
+    cursor = res.nextCursor
+    if cursor == json.null then cursor = nil end
+    pages = pages + 1
+    if pages >= MAX_PAGES then
+      return fail("MalformedResponse", ("MCP server '%s' gave over %d pages of tools"):format(self.name, MAX_PAGES))
+    end
+  until cursor == nil
+  local info = conn.server_info or {}
+  local desc = self.description or conn.instructions
+    or ("Tools of the MCP server %s%s."):format(tostring(info.title or info.name or self.name),
+      info.version and (" " .. tostring(info.version)) or "")
+  return { { slug = self.name, description = desc, connected = true, tools = tools } }
+end
+
+--- Lists the server's tools (every page): one toolkit `{ slug = name,
+--- connected = true, tools }`, or nil and an error. Connects first when
+--- needed. Runs in a task; sessions call it through the shared cache.
+---@return tide.integrations.toolkit[]|nil toolkits
+---@return table|nil err
+function Mcp:fetch()
+  return blocking(fetch, self)
+end
+
+local function execute(self, action, args)
+  local conn, err = self:_connection()
+  if not conn then
+    return fail("ToolError", ("MCP server '%s' is unavailable: %s"):format(self.name, err.message or tostring(err)),
+      { cause = err })
+  end
+  local raw
+  if type(args) == "string" then
+    -- The model's own JSON text, passed through; JSON white space may hold
+    -- newlines, which the stdio framing forbids (inside strings they are
+    -- always escaped).
+    local v = json.decode(args ~= "" and args or "{}")
+    if type(v) ~= "table" then return fail("ToolError", "the arguments are not a JSON object") end
+    raw = ('{"arguments":%s,"name":%s}'):format(args ~= "" and args:gsub("[\r\n]", " ") or "{}", json.quote(action))
+  elseif args == nil then
+    args = {}
+  elseif type(args) ~= "table" then
+    return fail("ToolError", "the arguments must be a table or JSON text")
+  end
+  local res, cerr
+  if raw then
+    res, cerr = conn:request("tools/call", nil, self.timeout_ms, raw)
+  else
+    res, cerr = conn:request("tools/call", { name = action, arguments = conform(args, self.schemas[action], 0) },
+      self.timeout_ms)
+  end
+  if not res then
+    return fail("ToolError", ("MCP tool %s/%s failed: %s"):format(self.name, action, cerr.message or tostring(cerr)),
+      { cause = cerr })
+  end
+  if type(res) ~= "table" then
+    return fail("ToolError", ("MCP tool %s/%s gave a malformed result"):format(self.name, action))
+  end
+  local text = result_text(res)
+  if res.isError == true then
+    return fail("ToolError", text ~= "" and text or ("MCP tool %s/%s failed"):format(self.name, action))
+  end
+  return text
+end
+
+--- Calls tool `action` with `args` (a table, or the model's JSON text,
+--- passed through as written): the text of the result (text blocks
+--- joined; structuredContent as JSON when there is no text), or nil and a
+--- ToolError (the tool's isError, a JSON-RPC error, a timeout, a server
+--- that died).
+---@param action string
+---@param args table|string|nil
+---@return string|nil text
+---@return table|nil err
+function Mcp:execute(action, args)
+  return blocking(execute, self, action, args)
+end
+
+--- Ends the connection: a stdio server gets end of input, SIGTERM, then
+--- SIGKILL; an HTTP session is deleted. The next request connects again.
+function Mcp:close()
+  local conn = self.conn
+  self.conn = nil
+  if conn then blocking(function() conn:close() end) end
+end
+
+function Mcp:__tostring() return "tide.integrations.mcp (" .. self.name .. ")" end
+
+return mcp

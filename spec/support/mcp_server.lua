@@ -1,0 +1,114 @@
+-- A scripted MCP server over stdio, for the specs: plain lua5.4 + cjson,
+-- blocking reads, one JSON-RPC message per line. Its behaviour is the mode
+-- given as the first argument:
+--   normal      two pages of tools (echo, add, fail, slow, tags, seen, delete)
+--   old         answers initialize with protocol 2025-03-26
+--   ancient     answers initialize with protocol 2024-01-01 (unsupported)
+--   garbage     writes non-JSON lines instead of answering tools/call
+--   wrong_id    answers tools/call with another id
+--   silent      never answers tools/call
+--   huge        answers tools/call with one 10 MB line
+--   exit_init   exits on initialize
+--   die_on_call exits while a tools/call is in flight
+-- Tools of every mode: echo {text} -> text; add {a, b} -> structuredContent
+-- only; fail -> isError; slow -> never answers (cancel it); tags {tags: []}
+-- -> the raw JSON of the arguments it got; seen -> every notification
+-- method received so far; changed -> sends tools/list_changed first; ping ->
+-- the server pings the client and reports the answer.
+local cjson = require "cjson"
+local mode = arg[1] or "normal"
+
+local function send(msg)
+  io.stdout:write(cjson.encode(msg), "\n")
+  io.stdout:flush()
+end
+
+local TOOLS = {
+  { name = "echo", description = "Echoes text", inputSchema = { type = "object",
+    properties = { text = { type = "string" } }, required = { "text" } } },
+  { name = "add", description = "Adds", inputSchema = { type = "object",
+    properties = { a = { type = "number" }, b = { type = "number" } } } },
+  { name = "fail", description = "Always fails", inputSchema = { type = "object" } },
+  { name = "slow", description = "Never answers", inputSchema = { type = "object" } },
+  { name = "tags", description = "Shows its arguments", inputSchema = { type = "object",
+    properties = { tags = { type = "array", items = { type = "string" } } } } },
+  { name = "seen", description = "Notifications seen", inputSchema = { type = "object" } },
+  { name = "changed", description = "Announces a new tool list", inputSchema = { type = "object" } },
+  { name = "ping", description = "Pings the client", inputSchema = { type = "object" } },
+  { name = "delete", description = "Deletes", inputSchema = { type = "object" },
+    annotations = { destructiveHint = true } },
+}
+
+local seen = {}
+local raw_line
+
+local function text(id, s) send { jsonrpc = "2.0", id = id, result = { content = { { type = "text", text = s } } } } end
+
+local function call(msg)
+  local id, p = msg.id, msg.params
+  local name = p.name
+  if mode == "garbage" then
+    io.stdout:write("this is not json\n", "{broken\n")
+    io.stdout:flush()
+    return
+  elseif mode == "wrong_id" then
+    return text(id + 1000, "answer to the wrong request")
+  elseif mode == "silent" then
+    return
+  elseif mode == "huge" then
+    return text(id, string.rep("x", 10 * 1024 * 1024))
+  elseif mode == "die_on_call" then
+    io.stderr:write("fatal: the server crashed on purpose\n")
+    os.exit(3)
+  end
+  if name == "echo" then
+    text(id, tostring(p.arguments.text))
+  elseif name == "add" then
+    send { jsonrpc = "2.0", id = id, result = { content = {}, structuredContent = { sum = p.arguments.a + p.arguments.b } } }
+  elseif name == "fail" then
+    send { jsonrpc = "2.0", id = id, result = { isError = true, content = { { type = "text", text = "it broke" } } } }
+  elseif name == "slow" then
+    return
+  elseif name == "tags" then
+    text(id, raw_line:match('"arguments":(%b{})'))
+  elseif name == "seen" then
+    text(id, table.concat(seen, ","))
+  elseif name == "changed" then
+    send { jsonrpc = "2.0", method = "notifications/tools/list_changed" }
+    text(id, "changed")
+  elseif name == "ping" then
+    send { jsonrpc = "2.0", id = "srv-1", method = "ping" }
+    local answer = io.read("l")
+    text(id, answer)
+  else
+    send { jsonrpc = "2.0", id = id, error = { code = -32602, message = "Unknown tool: " .. tostring(name) } }
+  end
+end
+
+for line in io.lines() do
+  raw_line = line
+  local msg = cjson.decode(line)
+  local m = msg.method
+  if m == "initialize" then
+    if mode == "exit_init" then os.exit(1) end
+    local v = mode == "old" and "2025-03-26" or mode == "ancient" and "2024-01-01" or "2025-11-25"
+    send { jsonrpc = "2.0", id = msg.id, result = { protocolVersion = v,
+      capabilities = { tools = { listChanged = true } },
+      serverInfo = { name = "scripted", version = "1.0.0" },
+      -- what the client asked for, so a spec can check it
+      instructions = "client asked " .. msg.params.protocolVersion } }
+  elseif m == "tools/list" then
+    local cursor = msg.params and msg.params.cursor
+    if cursor == nil or cursor == cjson.null then
+      send { jsonrpc = "2.0", id = msg.id, result = { tools = { TOOLS[1], TOOLS[2], TOOLS[3] }, nextCursor = "page2" } }
+    else
+      send { jsonrpc = "2.0", id = msg.id, result = { tools = { table.unpack(TOOLS, 4) } } }
+    end
+  elseif m == "tools/call" then
+    call(msg)
+  elseif msg.id == nil and m then
+    seen[#seen + 1] = m .. (m == "notifications/cancelled" and ("(" .. tostring(msg.params.requestId) .. ")") or "")
+  elseif msg.id ~= nil and m then
+    send { jsonrpc = "2.0", id = msg.id, error = { code = -32601, message = "no " .. m } }
+  end
+end
