@@ -48,6 +48,7 @@ build = {
       ["tide.integrations"] = "lua/tide/integrations/init.lua",
       ["tide.integrations.cache"] = "lua/tide/integrations/cache.lua",
       ["tide.integrations.composio"] = "lua/tide/integrations/composio.lua",
+      ["tide.integrations.mcp"] = "lua/tide/integrations/mcp.lua",
       ["tide.integrations.several"] = "lua/tide/integrations/several.lua",
       ["tide.integrations.static"] = "lua/tide/integrations/static.lua",
       ["tide.json"] = "lua/tide/json.lua",

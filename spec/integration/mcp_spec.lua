@@ -1,0 +1,320 @@
+-- MCP sources: child processes on the loop, the protocol against a scripted
+-- Lua server (spec/support/mcp_server.lua) for every bad case, and the real
+-- npm servers (@modelcontextprotocol/server-everything over stdio and
+-- Streamable HTTP, server-filesystem) that `./dev test` installs.
+local tide = require "tide"
+local core = require "tide.core"
+local testing = require "tide.testing"
+local cache = require "tide.integrations.cache"
+local helpers = require "helpers"
+
+local SCRIPT = "spec/support/mcp_server.lua"
+local NPM = os.getenv("TIDE_NPM_DIR") or ((os.getenv("HOME") or "/tmp") .. "/.cache/tide-npm")
+local EVERYTHING = NPM .. "/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+local FILESYSTEM = NPM .. "/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js"
+
+local function exists(path)
+  local f = io.open(path)
+  if f then f:close() end
+  return f ~= nil
+end
+
+local function scripted(mode, extra)
+  local opts = { name = "scripted", command = { "lua5.4", SCRIPT, mode or "normal" }, timeout_ms = 2000,
+    env = { LUA_PATH = package.path, LUA_CPATH = package.cpath } }
+  for k, v in pairs(extra or {}) do opts[k] = v end
+  return tide.integrations.mcp(opts)
+end
+
+local function fds()
+  local n = 0
+  local p = io.popen("ls /proc/" .. (io.open("/proc/self/stat"):read("n") or "self") .. "/fd 2>/dev/null")
+  for _ in p:lines() do n = n + 1 end
+  p:close()
+  return n
+end
+
+local function children()
+  local pid = io.open("/proc/self/stat"):read("n")
+  local p = io.popen("ps -o pid= --ppid " .. pid .. " 2>/dev/null")
+  local n = 0
+  for line in p:lines() do
+    -- the ps and the shell running it are children too
+    if not line:match("^%s*$") then n = n + 1 end
+  end
+  p:close()
+  return n - 1
+end
+
+describe("core.process_spawn", function()
+  after_each(function() helpers.assert_quiet() end)
+
+  it("writes stdin, reads stdout lines, keeps stderr, closes with SIGTERM", function()
+    helpers.run(function()
+      local p = assert(core.process_spawn { argv = { "/bin/sh", "-c", "echo hi; echo oops >&2; read x; echo got:$x; sleep 30" } })
+      assert.are.equal("hi", p:read_line(2000))
+      assert(p:write("abc\n"))
+      assert.are.equal("got:abc", p:read_line(2000))
+      local line, err = p:read_line(50)
+      assert.is_nil(line)
+      assert.are.equal("Timeout", err.code)
+      assert.matches("oops", p:stderr())
+      local code, sig = p:close(500)
+      assert.are.equal(0, code)
+      assert.are.equal(15, sig)
+      assert.has_error(function() p:write("x") end, "attempt to use a closed process")
+    end)
+  end)
+
+  it("reports exit, failure to start and over-long lines", function()
+    helpers.run(function()
+      local p = assert(core.process_spawn { argv = { "/bin/sh", "-c", "printf 'last'; exit 3" } })
+      assert.are.equal("last", p:read_line(2000))
+      assert.is_nil(p:read_line(2000))
+      assert.are.same({ 3, 0 }, { p:wait(2000) })
+      p:close()
+      local q, err = core.process_spawn { argv = { "/nonexistent/program" } }
+      assert.is_nil(q)
+      assert.are.equal("SpawnFailed", err.code)
+      local big = assert(core.process_spawn { argv = { "/bin/sh", "-c", "head -c 200000 /dev/zero | tr '\\0' x; echo" },
+        max_line = 1000 })
+      local line, lerr = big:read_line(2000)
+      assert.is_nil(line)
+      assert.are.equal("StreamTooLarge", lerr.code)
+      big:close()
+    end)
+  end)
+
+  it("an idle reader does not keep tide.run alive, and a dropped process is reaped", function()
+    local before = children()
+    local t0 = core.now()
+    helpers.run(function()
+      local p = assert(core.process_spawn { argv = { "/bin/sleep", "30" } })
+      p:hold(false)
+      tide.spawn(function() p:read_line() end)
+    end)
+    assert.is_true(core.now() - t0 < 5000)
+    collectgarbage()
+    collectgarbage()
+    helpers.run(function() tide.sleep(20) end)
+    assert.are.equal(before, children())
+  end)
+end)
+
+describe("tide.integrations.mcp against a scripted server", function()
+  before_each(function() cache.invalidate_all() end)
+  after_each(function() helpers.assert_quiet() end)
+
+  it("checks its options and has a stable identity", function()
+    local a, b = scripted(), scripted()
+    assert.are.equal("mcp", a.kind)
+    assert.are.equal(a:identity(), b:identity())
+    assert.matches("^mcp|scripted|", a:identity())
+    assert.has_error(function() tide.integrations.mcp { name = "x" } end)
+    assert.has_error(function() tide.integrations.mcp { name = "bad name", command = { "x" } } end)
+    assert.has_error(function() tide.integrations.mcp { name = "x", url = "ftp://x" } end)
+    assert.has_error(function() tide.integrations.mcp { name = "x", command = { "x" }, bogus = 1 } end)
+  end)
+
+  it("initializes, lists every page of tools and calls them", function()
+    local src = scripted()
+    local tks = assert(src:fetch())
+    assert.are.equal(1, #tks)
+    local tk = tks[1]
+    assert.are.equal("scripted", tk.slug)
+    assert.is_true(tk.connected)
+    assert.are.equal("client asked 2025-11-25", tk.description)
+    local names = {}
+    for _, t in ipairs(tk.tools) do names[#names + 1] = t.name end
+    assert.are.same({ "echo", "add", "fail", "slow", "tags", "seen", "changed", "ping", "delete" }, names)
+    assert.is_true(tk.tools[9].destructive)
+    assert.is_nil(tk.tools[1].destructive)
+    assert.are.same({ "text" }, tk.tools[1].parameters.required)
+    assert.are.equal("hi", src:execute("echo", { text = "hi" }))
+    assert.are.equal('{"sum":3}', src:execute("add", { a = 1, b = 2 }))
+    local r, err = src:execute("fail", {})
+    assert.is_nil(r)
+    assert.are.equal("ToolError", err.code)
+    assert.are.equal("it broke", err.message)
+    r, err = src:execute("nope", {})
+    assert.are.equal("ToolError", err.code)
+    assert.matches("Unknown tool", err.message)
+    -- [] stays [] (by the schema for a table, verbatim for JSON text)
+    assert.are.equal('{"tags":[]}', src:execute("tags", { tags = {} }))
+    assert.are.equal('{"tags": []}', src:execute("tags", '{"tags":\n[]}'))
+    -- the server's ping is answered
+    assert.matches('"result":{}', src:execute("ping", {}))
+    assert.are.equal(1, src.spawns)
+    src:close()
+  end)
+
+  it("accepts an older protocol the server answers with, refuses an unknown one", function()
+    local old = scripted("old")
+    assert.are.equal("hi", old:execute("echo", { text = "hi" }))
+    assert.are.equal("2025-03-26", old.conn.protocol)
+    old:close()
+    local bad = scripted("ancient")
+    local r, err = bad:execute("echo", { text = "hi" })
+    assert.is_nil(r)
+    assert.matches("2024%-01%-01", err.message)
+  end)
+
+  it("sends notifications/cancelled for a cancelled and a timed-out call", function()
+    local src = scripted(nil, { timeout_ms = 200 })
+    helpers.run(function()
+      local t = tide.spawn(function() return src:execute("slow", {}) end)
+      tide.sleep(100)
+      t:cancel()
+      local _, err = t:join()
+      assert.are.equal("Cancelled", err.code)
+      local r, terr = src:execute("slow", {})
+      assert.is_nil(r)
+      assert.are.equal("ToolError", terr.code)
+      assert.matches("did not answer tools/call within 200 ms", terr.message)
+      local seen = assert(src:execute("seen", {}))
+      local _, n = seen:gsub("notifications/cancelled", "")
+      assert.are.equal(2, n)
+      assert.matches("notifications/initialized", seen)
+    end)
+    src:close()
+  end)
+
+  it("drops its cache entry on notifications/tools/list_changed", function()
+    local src = scripted()
+    assert(cache.get(src))
+    assert.is_table(cache.peek(src))
+    assert.are.equal("changed", src:execute("changed", {}))
+    assert.is_nil(cache.peek(src))
+    assert.are.equal(1, src.list_changes)
+    src:close()
+  end)
+
+  it("fails the call in flight when the server dies, then starts it again", function()
+    local src = scripted("die_on_call")
+    local r, err = src:execute("echo", { text = "x" })
+    assert.is_nil(r)
+    assert.are.equal("ToolError", err.code)
+    assert.matches("exited with status 3", err.message)
+    assert.matches("crashed on purpose", err.message)
+    r, err = src:execute("echo", { text = "x" })
+    assert.is_nil(r)
+    assert.are.equal(2, src.spawns)
+    src:close()
+  end)
+
+  it("meets bad servers with clear errors, caches nothing and leaks nothing", function()
+    local fd0, kids0 = fds(), children()
+    for _, case in ipairs {
+      { "garbage", "non%-JSON%-RPC output" }, { "wrong_id", "unknown request id" },
+      { "silent", "did not answer" }, { "huge", "line over" }, { "exit_init", "could not be initialized" },
+    } do
+      local src = scripted(case[1], { timeout_ms = 300 })
+      local r, err = src:execute("echo", { text = "x" })
+      assert.is_nil(r, case[1])
+      assert.are.equal("ToolError", err.code, case[1])
+      assert.matches(case[2], err.message)
+      src:close()
+      -- a listing fails as IntegrationsUnavailable and is not cached
+      if case[1] == "exit_init" then
+        local snap, cerr = cache.get(src)
+        assert.is_nil(snap)
+        assert.are.equal("IntegrationsUnavailable", cerr.code)
+        assert.is_nil(cache.peek(src))
+        src:close()
+      end
+    end
+    collectgarbage()
+    assert.are.equal(fd0, fds())
+    assert.are.equal(kids0, children())
+  end)
+
+  describe("in sessions", function()
+    local srv
+    after_each(function() if srv then srv:close() end end)
+
+    it("a warm session makes no MCP request before its first model call; delegation calls the tool", function()
+      local src = scripted()
+      assert(cache.get(src))
+      local before = src.requests
+      local model_saw_requests
+      srv = testing.mock_server { default = function(req)
+        model_saw_requests = model_saw_requests or src.requests
+        local msgs = req.json.messages
+        local last = msgs[#msgs]
+        if last.role == "tool" then return "done: " .. last.content end
+        if msgs[1].content:find("You delegate", 1, true) then
+          return { tool_calls = { { id = "d1", name = "delegate_scripted", arguments = { task = "echo hello" } } } }
+        end
+        return { tool_calls = { { id = "e1", name = "echo", arguments = { text = "hello from mcp" } } } }
+      end }
+      local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+      tide.agent { id = "mcp_orch", prompt = "You delegate.", subagents = { { toolkits = "*" } } }
+      local s = tide.session { agent = "mcp_orch", provider = p, integrations = src }
+      assert.is_true(s:stats().prewarmed)
+      assert.are.equal(before, src.requests)
+      assert.are.equal("done: done: hello from mcp", s:turn("go"))
+      assert.are.equal(before, model_saw_requests)
+      assert.are.equal(before + 1, src.requests) -- the one tools/call
+      s:close()
+      src:close()
+    end)
+  end)
+end)
+
+local have_npm = exists(EVERYTHING) and exists(FILESYSTEM)
+local describe_npm = have_npm and describe or pending
+
+describe_npm("tide.integrations.mcp against the real npm servers", function()
+  before_each(function() cache.invalidate_all() end)
+  after_each(function() helpers.assert_quiet() end)
+
+  local function tool_names(src)
+    local tks = assert(src:fetch())
+    local set = {}
+    for _, t in ipairs(tks[1].tools) do set[t.name] = t end
+    return set
+  end
+
+  it("server-everything over stdio", function()
+    local src = tide.integrations.mcp { name = "everything", command = { "node", EVERYTHING, "stdio" }, timeout_ms = 20000 }
+    local tools = tool_names(src)
+    assert.is_table(tools.echo)
+    assert.are.equal("Echo: hello", src:execute("echo", { message = "hello" }))
+    assert.matches("5", src:execute("get-sum", { a = 2, b = 3 }))
+    assert.matches("2025%-11%-25", src.conn.protocol)
+    src:close()
+  end)
+
+  it("server-filesystem over stdio", function()
+    local dir = helpers.tmpdir()
+    helpers.write(dir .. "/a.txt", "alpha")
+    local src = tide.integrations.mcp { name = "files", command = { "node", FILESYSTEM, dir }, timeout_ms = 20000 }
+    local tools = tool_names(src)
+    assert.is_table(tools.read_text_file or tools.read_file)
+    assert.are.equal("alpha", src:execute(tools.read_text_file and "read_text_file" or "read_file",
+      { path = dir .. "/a.txt" }))
+    local r, err = src:execute("read_text_file", { path = "/etc/passwd" })
+    assert.is_nil(r)
+    assert.are.equal("ToolError", err.code)
+    src:close()
+    helpers.rmdir(dir)
+  end)
+
+  it("server-everything over Streamable HTTP", function()
+    local port = 20000 + math.random(0, 20000)
+    helpers.run(function()
+      local proc = assert(core.process_spawn { argv = { "node", EVERYTHING, "streamableHttp" },
+        env = { PATH = os.getenv("PATH"), HOME = os.getenv("HOME"), PORT = tostring(port) } })
+      helpers.wait_until(function() return proc:stderr():find("listening", 1, true) ~= nil end,
+        "the HTTP server to listen", 20000)
+      local src = tide.integrations.mcp { name = "remote", url = ("http://127.0.0.1:%d/mcp"):format(port), timeout_ms = 20000 }
+      local tools = tool_names(src)
+      assert.is_table(tools.echo)
+      assert.is_string(src.conn.session_id)
+      assert.are.equal("Echo: over http", src:execute("echo", { message = "over http" }))
+      assert.are.equal("2025-11-25", src.conn.protocol)
+      src:close()
+      proc:close(2000)
+    end)
+  end)
+end)
