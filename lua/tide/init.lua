@@ -81,6 +81,9 @@ tide.codes = {
   "ToolError", "UnknownAgent", "UnknownTool", "TranscriptError", "ConfigError",
   "RateLimited", "UnknownPrompt", "SessionBusy", "TurnFailed", "AgentFileError",
   "IntegrationsUnavailable", "ListenFailed", "Interrupted", "WatchFailed", "FileError",
+  -- round two
+  "ApprovalRequired", "NothingPending", "UnknownApproval", "AlreadyDecided", "SessionCorrupt",
+  "SchemaMismatch", "Truncated", "CompactionFailed", "SubagentLimit", "CassetteError", "SpawnFailed",
 }
 
 -- Submodules load on first access: tide.http, tide.testing, tide.provider, ...
