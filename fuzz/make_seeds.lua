@@ -207,3 +207,12 @@ write("responses_stream", "failed", hdr(0, 0, 0)
   .. rev("response.failed", '{"type":"response.failed","sequence_number":1,"response":{' .. rbase:format("failed", "[]", "null")
     .. ',"error":{"code":"server_error","message":"boom"}}}')
   .. rev("error", '{"type":"error","code":"rate_limit_exceeded","message":"slow down"}'))
+
+-- ---------------------------------------------------------------- MCP --
+write("mcp", "json_tools", hdr(0) .. '{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo","description":"Echoes.",'
+  .. '"inputSchema":{"type":"object","properties":{"message":{"type":"string"}},"required":["message"]},'
+  .. '"annotations":{"destructiveHint":false}}],"nextCursor":"2"}}')
+write("mcp", "sse_call", hdr(1) .. 'event: message\ndata: {"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text",'
+  .. '"text":"Echo: hi"},{"type":"image","mimeType":"image/png","data":"iVBO"}],"structuredContent":{"a":[]}}}\n\n')
+write("mcp", "error_batch", hdr(0) .. '[{"jsonrpc":"2.0","id":4,"error":{"code":-32602,"message":"bad"}},'
+  .. '{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}]')

@@ -731,4 +731,7 @@ end
 
 function Mcp:__tostring() return "tide.integrations.mcp (" .. self.name .. ")" end
 
+-- The parsers of what a server sends, for the fuzz target (fuzz/fuzz_mcp.c).
+mcp._parse = { messages_of = messages_of, result_text = result_text, add_tools = add_tools }
+
 return mcp
