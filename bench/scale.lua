@@ -89,6 +89,24 @@ local function measure()
       sharded[#sharded + 1], shard_procs = sw, sk
     end
   end
+  -- The same with tracing on (OTEL_EXPORTER_OTLP_ENDPOINT set for the
+  -- client): every span encoded and posted to a collector process (a mock
+  -- that answers 404: the client drops and counts them, as for a collector
+  -- that refuses them). Goal: within 1.1x of tracing off.
+  local traced = {}
+  for i = 1, common.reps(2, 1) do
+    local m = common.start_mock { delay_ms = 1000, tool_loop = 1, cpu = 1 }
+    local collector = common.start_mock { cpu = 1 }
+    local ok, out = pcall(common.capture, ("OTEL_EXPORTER_OTLP_ENDPOINT=%s %s %slua5.4 %s scale %s %d"):format(
+      common.sh(collector.url), common.lua_env(), common.on_cpu(0), common.sh(common.bench .. "/scale_client.lua"),
+      common.sh(m.url), n))
+    m.stop()
+    collector.stop()
+    if not ok then error(out, 0) end
+    local r = common.json_decode(out:match("{.*}") or "")
+    if not r then error("scale_client printed: " .. out) end
+    traced[i] = r
+  end
   local walls, rss, per, growth, conns = {}, {}, {}, {}, {}
   for i, r in ipairs(runs) do
     walls[i], rss[i] = r.wall_s, r.max_rss
@@ -118,6 +136,16 @@ local function measure()
       ("%s KB (%s over baseline)"):format(common.num(mp / 1024), common.num(common.median(growth) / 1024)),
       ("goal <= 32 KB; raw libcurl %s KB"):format(common.num(rr / n / 1024)), common.goal(mp, 32 * 1024),
       { per_session = per, growth_per_session = growth, baseline_rss = runs[1].baseline_rss }),
+    (function()
+      local tw, tr = {}, {}
+      for i, r in ipairs(traced) do tw[i], tr[i] = r.wall_s, r.max_rss end
+      local ratio = common.median(tw) / mw
+      return common.line(label .. " in flight, tracing on: wall, peak RSS",
+        ("%s s, %s MB"):format(common.num(common.median(tw)), common.num(common.median(tr) / 2^20)),
+        ("tracing off %s s, %s MB; goal <= 1.1x"):format(common.num(mw), common.num(mr / 2^20)),
+        ("%s wall, %s RSS%s"):format(common.x(ratio), common.x(common.median(tr) / mr), ratio <= 1.1 and " ok" or " MISSED"),
+        { walls = tw, max_rss = tr })
+    end)(),
     common.line(label .. " in flight: connections opened", common.n(common.median(conns)),
       ("%s requests; raw libcurl %s"):format(common.n(runs[1].requests), common.n(common.median(raw_conns))), "",
       { tide = conns, raw = raw_conns }),
