@@ -319,3 +319,64 @@ describe_npm("tide.integrations.mcp against the real npm servers", function()
     end)
   end)
 end)
+
+describe("tide.integrations.mcp over Streamable HTTP, scripted", function()
+  local cjson = require "cjson"
+  local tide = require "tide"
+
+  -- A Streamable HTTP server on loopback that forgets its sessions on
+  -- demand (a restart): a request with a session it does not know gets 404,
+  -- as the transport specifies.
+  local function server()
+    local sessions, n, log = {}, 0, {}
+    local srv = assert(require("tide.testing.server").listen { handler = function(req)
+      local sid = req.headers["mcp-session-id"]
+      if req.method == "DELETE" then -- the client ends its session
+        log[#log + 1] = { method = "DELETE", sid = sid }
+        sessions[sid or ""] = nil
+        return { status = 200 }
+      end
+      local msg = cjson.decode(req.body)
+      log[#log + 1] = { method = msg.method, sid = sid, version = req.headers["mcp-protocol-version"] }
+      if msg.method == "initialize" then
+        n = n + 1
+        local id = "s" .. n
+        sessions[id] = true
+        return { status = 200, headers = { ["content-type"] = "application/json", ["mcp-session-id"] = id },
+          body = cjson.encode { jsonrpc = "2.0", id = msg.id, result = { protocolVersion = "2025-11-25",
+            capabilities = { tools = {} }, serverInfo = { name = "scripted-http", version = "1" } } } }
+      end
+      if not sid or not sessions[sid] then return { status = 404, body = "unknown session" } end
+      if msg.id == nil then return { status = 202 } end -- a notification
+      if msg.method == "tools/list" then
+        return { status = 200, headers = { ["content-type"] = "text/event-stream" },
+          body = "event: message\ndata: " .. cjson.encode { jsonrpc = "2.0", id = msg.id, result = { tools = {
+            { name = "echo", description = "Echoes.", inputSchema = { type = "object",
+              properties = { message = { type = "string" } } } } } } } .. "\n\n" }
+      end
+      return { status = 200, headers = { ["content-type"] = "application/json" }, body = cjson.encode {
+        jsonrpc = "2.0", id = msg.id, result = { content = { { type = "text", text = "Echo: " .. msg.params.arguments.message } } } } }
+    end })
+    return srv, function() sessions = {} end, log
+  end
+
+  it("sends its session and protocol headers, and re-initializes once when the session is gone", function()
+    local srv, restart, log = server()
+    local src = tide.integrations.mcp { name = "remote", url = ("http://127.0.0.1:%d/mcp"):format(srv:port()) }
+    local toolkits = assert(require("tide").run(function() return src:fetch() end))
+    assert.are.equal("echo", toolkits[1].tools[1].name)
+    assert.are.equal("Echo: one", tide.run(function() return src:execute("echo", { message = "one" }) end))
+    local last = log[#log]
+    assert.are.equal("s1", last.sid)
+    assert.are.equal("2025-11-25", last.version)
+    restart() -- the server forgets every session
+    assert.are.equal("Echo: two", tide.run(function() return src:execute("echo", { message = "two" }) end))
+    local methods = {}
+    for i = #log - 3, #log do methods[#methods + 1] = log[i].method .. "@" .. tostring(log[i].sid) end
+    -- the call with the old session (404), initialize, initialized, the call again
+    assert.are.same({ "tools/call@s1", "initialize@nil", "notifications/initialized@s2", "tools/call@s2" }, methods)
+    src:close()
+    assert.are.same({ method = "DELETE", sid = "s2" }, log[#log])
+    srv:close()
+  end)
+end)
