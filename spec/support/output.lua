@@ -14,6 +14,12 @@ return function(options)
   end)
   busted.subscribe({ "error", "file" }, add("failed"))
   busted.subscribe({ "error", "describe" }, add("failed"))
+  -- a hook that raises fails the run too (busted reports it as an error, not
+  -- as a test's status)
+  for _, hook in ipairs { "before_each", "after_each", "setup", "teardown", "lazy_setup", "lazy_teardown",
+                          "strict_setup", "strict_teardown" } do
+    busted.subscribe({ "error", hook }, add("failed"))
+  end
   busted.subscribe({ "suite", "end" }, function()
     local line = ("%d passed, %d failed, %d skipped"):format(counts.passed, counts.failed, counts.skipped)
     io.stdout:write("\n", line, "\n")
