@@ -87,21 +87,38 @@ local function rule_of(src, action)
   return src.approval
 end
 
+-- Action `a` as a tool, named legally among `taken`: run on `src`, under
+-- its approval rule; or, without `src`, on the calling session's source
+-- (an agent's own surface, shared by sessions), its rule looked up per call.
+local function action_tool(a, taken, src)
+  local approval = require "tide.approval"
+  local rule, handler
+  if src then
+    rule = approval.for_action(rule_of(src, a.name), a)
+    handler = function(args) return run(src, a, args) end -- (no context needed)
+  else
+    rule = function(args, ctx)
+      local r = approval.for_action(rule_of(ctx and ctx.session.src, a.name), a)
+      if type(r) == "function" then return r(args) end
+      return r == true
+    end
+    handler = function(args, ctx) return run(ctx.session.src, a, args) end
+  end
+  return tool.new {
+    name = legal_name(a.name, taken),
+    description = a.description or a.name,
+    parameters = a.parameters or { type = "object", properties = {} },
+    approval = rule,
+    handler = handler,
+  }
+end
+
 local function toolkit_tools(src, tk)
   local out, taken = {}, {}
   local approval = require "tide.approval"
   local actions = tk.tools or {}
   local direct = #actions <= M.MAX_TOOLS and #actions or M.MAX_DIRECT
-  for i = 1, direct do
-    local a = actions[i]
-    out[#out + 1] = tool.new {
-      name = legal_name(a.name, taken),
-      approval = approval.for_action(rule_of(src, a.name), a),
-      description = a.description or a.name,
-      parameters = a.parameters or { type = "object", properties = {} },
-      handler = function(args) return run(src, a, args) end,
-    }
-  end
+  for i = 1, direct do out[#out + 1] = action_tool(actions[i], taken, src) end
   if direct < #actions then
     local by_name = {}
     for _, a in ipairs(actions) do by_name[a.name] = a end
@@ -152,40 +169,6 @@ local function toolkit_tools(src, tk)
   return out
 end
 
---- The actions of toolkit `tk` (those named in `only`, or all) as tools of
---- an agent's own surface: run on the calling session's source, under its
---- approval rule; names mapped to legal ones as for the integrations agent.
-function M.direct_toolkit_tools(tk, only)
-  local keep
-  if only then
-    keep = {}
-    for _, n in ipairs(only) do keep[n] = true end
-  end
-  local out, taken = {}, {}
-  local approval = require "tide.approval"
-  for _, a in ipairs(tk.tools or {}) do
-    if not keep or keep[a.name] then
-      out[#out + 1] = tool.new {
-        name = legal_name(a.name, taken),
-        description = a.description or a.name,
-        parameters = a.parameters or { type = "object", properties = {} },
-        approval = function(args, ctx)
-          local r = approval.for_action(rule_of(ctx and ctx.session.src, a.name), a)
-          if type(r) == "function" then return r(args) end
-          return r == true
-        end,
-        handler = function(args, ctx) return run(ctx.session.src, a, args) end,
-      }
-    end
-  end
-  return out
-end
-
---- Runs a sub-agent for the tool call of `parent`: its final text, or nil
---- and a ToolError (BudgetExhausted and Cancelled raise through).
---- Runs in the tool's task; the child runs one spawn level deeper, in a task
---- of its own, and fails with SpawnDepthExceeded before any provider call
---- when that would pass the limit.
 -- The integrations agent's options for toolkit `slug`, against the freshest
 -- view: its tools and snapshot; or nil and the tool error (an unknown
 -- toolkit), or false and the text that asks the user to connect it.
@@ -269,21 +252,8 @@ function M.direct_toolkit_tools(tk, only)
     for _, n in ipairs(only) do keep[n] = true end
   end
   local out, taken = {}, {}
-  local approval = require "tide.approval"
   for _, a in ipairs(tk.tools or {}) do
-    if not keep or keep[a.name] then
-      out[#out + 1] = tool.new {
-        name = legal_name(a.name, taken),
-        description = a.description or a.name,
-        parameters = a.parameters or { type = "object", properties = {} },
-        approval = function(args, ctx)
-          local r = approval.for_action(rule_of(ctx and ctx.session.src, a.name), a)
-          if type(r) == "function" then return r(args) end
-          return r == true
-        end,
-        handler = function(args, ctx) return run(ctx.session.src, a, args) end,
-      }
-    end
+    if not keep or keep[a.name] then out[#out + 1] = action_tool(a, taken) end
   end
   return out
 end

@@ -54,26 +54,6 @@ function M.new(opts)
     end
     self.thinking = { type = "enabled", budget_tokens = opts.thinking.budget_tokens }
   end
-  if opts.extra_body then
-    -- Encoded now, once: a misuse (a value JSON cannot hold) raises at
-    -- construction, and a caller changing its table later cannot change the
-    -- bytes of a prefix already cached server-side.
-    local extra = {}
-    for k, v in pairs(opts.extra_body) do
-      -- messages are the session's; stream decides how the reply is read.
-      if k == "messages" or k == "stream" then
-        return nil, ("tide.provider.anthropic: 'extra_body' cannot set '%s' (%s)"):format(k,
-          k == "stream" and "use the 'stream' option" or "the session sends them")
-      end
-      local ok, enc = pcall(canonical, v)
-      if not ok then
-        return nil, ("tide.provider.anthropic: 'extra_body.%s' cannot be encoded as JSON (%s)"):format(k,
-          tostring(enc))
-      end
-      extra[k] = enc
-    end
-    self._extra_json = extra -- by key, each value encoded
-  end
   return setmetatable(self, Provider)
 end
 
@@ -117,7 +97,7 @@ function Provider:encode_prefix(system, tools)
     end
     fields.tools = "[" .. table.concat(encoded, ",") .. "]"
   end
-  for k, v in pairs(self._extra_json or {}) do fields[k] = v end
+  for k, v in pairs(self.extra_json or {}) do fields[k] = v end
   local keys = {}
   for k in pairs(fields) do keys[#keys + 1] = k end
   table.sort(keys)

@@ -227,6 +227,12 @@ local function check_options(kind, opts, allowed)
   if opts.extra_body then
     for k in pairs(opts.extra_body) do
       if type(k) ~= "string" then return where .. "'extra_body' keys must be strings" end
+      -- Anthropic's own fields: messages are the session's; stream decides
+      -- how the reply is read. (OpenAI's are checked above, by API.)
+      if kind == "anthropic" and (k == "messages" or k == "stream") then
+        return ("%s'extra_body' cannot set '%s' (%s)"):format(where, k,
+          k == "stream" and "use the 'stream' option" or "the session sends them")
+      end
     end
   end
   if opts.limits then
@@ -297,6 +303,21 @@ function provider._new(kind, opts, defaults)
     prompt_cache = opts.prompt_cache == true,
     limits = opts.limits, -- rpm / tpm, held process-wide (tide.provider.limits)
   }
+  if opts.extra_body then
+    -- Encoded now, once: a value JSON cannot hold raises at construction,
+    -- and a caller changing its table later cannot change the bytes of a
+    -- prefix already sent (and cached server-side).
+    local extra = {}
+    for k, v in pairs(opts.extra_body) do
+      local ok, enc = pcall(json.canonical, v)
+      if not ok then
+        return nil, ("tide.provider.%s: 'extra_body.%s' cannot be encoded as JSON (%s)"):format(kind, k,
+          tostring(enc))
+      end
+      extra[k] = enc
+    end
+    self.extra_json = extra -- by key, each value encoded
+  end
   if kind == "openai" then
     self.max_tokens_field = opts.max_tokens_field or "max_completion_tokens"
     self.reasoning_effort = opts.reasoning and opts.reasoning.effort
@@ -304,7 +325,6 @@ function provider._new(kind, opts, defaults)
     self.parallel_tool_calls = opts.parallel_tool_calls
     self.stop_sequences = opts.stop
     self.query = opts.query
-    self.extra_body = opts.extra_body
     self.api = opts.api or "chat"
     if self.api == "responses" then
       self.store = opts.store == true

@@ -88,13 +88,11 @@ function Provider:encode_prefix(system, tools, schema)
     parts[#parts + 1] = ',"parallel_tool_calls":' .. (self.parallel_tool_calls and "true" or "false")
   end
   if self.stop_sequences ~= nil then parts[#parts + 1] = ',"stop":' .. canonical(self.stop_sequences) end
-  if self.extra_body ~= nil then
+  if self.extra_json ~= nil then
     local keys = {}
-    for k in pairs(self.extra_body) do keys[#keys + 1] = k end
+    for k in pairs(self.extra_json) do keys[#keys + 1] = k end
     table.sort(keys)
-    for _, k in ipairs(keys) do
-      parts[#parts + 1] = "," .. quote(k) .. ":" .. canonical(self.extra_body[k])
-    end
+    for _, k in ipairs(keys) do parts[#parts + 1] = "," .. quote(k) .. ":" .. self.extra_json[k] end
   end
   if schema ~= nil then
     parts[#parts + 1] = ',"response_format":' .. canonical({ type = "json_schema",

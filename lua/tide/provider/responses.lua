@@ -54,21 +54,6 @@ function M.new(opts)
   local self, msg = provider._new("openai", opts, require("tide.provider.openai").defaults())
   if not self then return nil, msg end
   opts = opts or {}
-  if opts.extra_body then
-    -- Encoded once, now, as anthropic.lua does: a value JSON cannot hold
-    -- raises at construction, and later changes to the caller's table
-    -- cannot change a prefix already sent.
-    local extra = {}
-    for k, v in pairs(opts.extra_body) do
-      local ok, enc = pcall(canonical, v)
-      if not ok then
-        return nil, ("tide.provider.openai: 'extra_body.%s' cannot be encoded as JSON (%s)"):format(k,
-          tostring(enc))
-      end
-      extra[k] = enc
-    end
-    self._extra_json = extra
-  end
   self.reasoning_on = opts.reasoning ~= nil
   return setmetatable(self, Provider)
 end
@@ -118,7 +103,7 @@ function Provider:encode_prefix(system, tools, schema)
     fields.text = canonical({ format = { type = "json_schema", name = "output", schema = schema,
       strict = require("tide.schema").strict_ok(schema) } })
   end
-  for k, v in pairs(self._extra_json or {}) do fields[k] = v end
+  for k, v in pairs(self.extra_json or {}) do fields[k] = v end
   local keys = {}
   for k in pairs(fields) do keys[#keys + 1] = k end
   table.sort(keys)
