@@ -79,8 +79,10 @@ int tide__on_shutdown(tide_ctx *ctx, void (*fn)(tide_ctx *ctx)) {
   return 0;
 }
 
-static const tide_api api = {tide__ctx, tide__pcall, tide__add_header, tide__push_error,
-                             tide__on_shutdown};
+static const tide_api api = {tide__ctx,          tide__pcall,        tide__add_header,
+                             tide__push_error,   tide__on_shutdown,  tide__check_task,
+                             tide__wait,         tide__wake,         tide__check_cancel,
+                             tide__current};
 
 /// Opens the `tide.core` module: the event loop and tasks, HTTP, SSE, JSON
 /// primitives, the wire buffer, tool-call assembly, the OpenAI wire format,

@@ -399,7 +399,8 @@ int tide__on_shutdown(tide_ctx *ctx, void (*fn)(tide_ctx *ctx));
 
 /* ------------------------------------------------------------------ api -- */
 
-/// What tide.core lends the C modules built beside it (tide.testing.server),
+/// What tide.core lends the C modules built beside it (tide.testing.server,
+/// tide.redis),
 /// which are separate shared objects and cannot link to its hidden symbols:
 /// a pointer to this table is in the registry under TIDE_API_KEY once
 /// tide.core is loaded.
@@ -415,6 +416,14 @@ typedef struct tide_api {
   /// Runs fn when the state closes, before the loop's last run (with the
   /// parts of tide.core); 0, or -1 when the hooks are full.
   int (*on_shutdown)(tide_ctx *ctx, void (*fn)(tide_ctx *ctx));
+  /// tide__check_task, tide__wait, tide__wake, tide__check_cancel: for the
+  /// modules whose operations suspend the calling task (tide.redis).
+  tide_task *(*check_task)(lua_State *L, const char *what);
+  int (*wait)(lua_State *L, tide_task *t, tide_wait *w, lua_KFunction k, lua_KContext kctx);
+  void (*wake)(tide_task *t);
+  void (*check_cancel)(lua_State *L, tide_task *t);
+  /// tide__current.
+  tide_task *(*current)(lua_State *L);
 } tide_api;
 #define TIDE_API_KEY "tide.core.api"
 
