@@ -40,6 +40,7 @@ build = {
       ["tide.approval"] = "lua/tide/approval.lua",
       ["tide.budget"] = "lua/tide/budget.lua",
       ["tide.chat"] = "lua/tide/chat.lua",
+      ["tide.cluster"] = "lua/tide/cluster.lua",
       ["tide.compaction"] = "lua/tide/compaction.lua",
       ["tide.config"] = "lua/tide/config.lua",
       ["tide.content"] = "lua/tide/content.lua",

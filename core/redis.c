@@ -21,7 +21,8 @@
 **
 ** Pub/sub: a connection that subscribes carries one Lua handler, called for
 ** every message (and every subscription confirmation) with (kind, channel,
-** payload); such a connection takes no other commands, as Redis wants.
+** payload), and once with ("disconnect", nil, why) when the connection
+** breaks; such a connection takes no other commands, as Redis wants.
 **
 ** Lifetimes: the connection struct is malloc'ed, because hiredis holds it
 ** (ac->data) until its disconnect callback; the userdata only points at it.
@@ -213,8 +214,18 @@ static void on_connect(const redisAsyncContext *ac, int status) {
 
 static void on_disconnect(const redisAsyncContext *ac, int status) {
   rconn *c = ac->data;
-  if (c == NULL) return;
+  if (c == NULL) return; /* closed from Lua: nobody to tell */
   detach(c, status == REDIS_OK ? "connection closed" : (ac->errstr[0] ? ac->errstr : "connection lost"));
+  /* A subscriber learns that its subscriptions are gone, to make them
+  ** again on a new connection. */
+  if (c->handler != LUA_NOREF && !c->ud_gone) {
+    lua_State *L = c->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->handler);
+    lua_pushliteral(L, "disconnect");
+    lua_pushnil(L);
+    lua_pushstring(L, c->err);
+    c->st->api->pcall(L, 3, 0, "tide.redis message handler");
+  }
   maybe_free(c);
 }
 

@@ -84,6 +84,7 @@ tide.codes = {
   -- round two
   "ApprovalRequired", "NothingPending", "UnknownApproval", "AlreadyDecided", "SessionCorrupt",
   "SchemaMismatch", "Truncated", "CompactionFailed", "SubagentLimit", "CassetteError", "SpawnFailed",
+  "ClusterUnavailable", "RedisError",
 }
 
 -- Submodules load on first access: tide.http, tide.testing, tide.provider, ...
@@ -106,6 +107,7 @@ local lazy_fn = {
   image = { "tide.content", "image" },
   prices = { "tide.prices", "set" },
   file = { "tide.content", "file" },
+  cluster = { "tide.cluster", "join" },
 }
 
 setmetatable(tide, {

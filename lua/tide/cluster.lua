@@ -1,0 +1,442 @@
+--- tide.cluster: several tide processes sharing state through Redis.
+---
+--- `tide.cluster{ redis = "redis://host:port/db" }` (or `TIDE_REDIS_URL`)
+--- makes the process a member of a cluster: the integration cache, rate
+--- limits, sessions (`store = "redis"`) and the turn queue then hold across
+--- every process that names the same Redis (and `prefix`). Nothing here is
+--- loaded, and no Redis is needed, until a script asks for a cluster.
+---
+--- Connections are made on first use, inside a task, without blocking the
+--- loop (tide.redis: hiredis on tide's loop). A connection that breaks is
+--- made again with backoff: commands issued meanwhile wait up to
+--- `reconnect_ms` for it; commands in flight when it broke fail with
+--- `ClusterUnavailable` (Redis may or may not have run them). The first
+--- connection of a cluster is not retried: a wrong URL, a Redis that is not
+--- there or a wrong password is a clear error at once.
+---
+--- Error codes: `ClusterUnavailable` (fields `reason` = "connect", "auth",
+--- "lost", "oom", "timeout"), `RedisError` for any other error reply.
+---@class tide.cluster
+---@field url string the URL without its password
+---@field prefix string the key prefix every tide key starts with
+local Cluster = {}
+Cluster.__index = Cluster
+
+local core = require "tide.core"
+
+local M = {}
+
+local current -- the process's cluster, once tide.cluster{} made it
+
+local OPTIONS = {
+  redis = true, password = true, username = true, prefix = true,
+  connect_timeout_ms = true, reconnect_ms = true,
+}
+
+local function unavailable(reason, message)
+  return core.error("ClusterUnavailable", message, { reason = reason })
+end
+
+--- Parses a Redis URL: redis://[user[:password]@]host[:port][/db] or
+--- unix:///path[?db=N]. Returns nil and a message for a malformed one
+--- (never quoting a password).
+---@param url string
+---@return table? where { host, port, path, db, username, password, shown }
+---@return string? err
+function M.parse_url(url)
+  if type(url) ~= "string" or url == "" then
+    return nil, "a redis:// URL expected"
+  end
+  local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
+  if scheme == "rediss" then
+    return nil, "TLS (rediss://) is not available: this hiredis ("
+      .. require("tide.redis").hiredis .. ") is built without it"
+  end
+  if scheme == "unix" then
+    local path, query = rest:match("^([^?]+)%??(.*)$")
+    if not path or path:sub(1, 1) ~= "/" then return nil, "unix:///path expected" end
+    local db = query and query:match("db=(%d+)")
+    return { path = path, db = tonumber(db) or 0, shown = "unix://" .. path }
+  end
+  if scheme ~= "redis" then
+    return nil, "redis://, rediss:// or unix:// expected"
+  end
+  local auth, hostpart = rest:match("^(.*)@([^@]*)$")
+  hostpart = hostpart or rest
+  local username, password
+  if auth then
+    local u, p = auth:match("^([^:]*):(.*)$")
+    if u then username, password = u, p else password = auth end
+    if username == "" then username = nil end
+  end
+  local host, port, path = hostpart:match("^%[([^%]]+)%]:?(%d*)(/?.*)$")
+  if not host then host, port, path = hostpart:match("^([^:/]*):?(%d*)(/?.*)$") end
+  if not host or host == "" then return nil, "no host in the URL" end
+  port = port ~= "" and tonumber(port) or 6379
+  if port < 1 or port > 65535 then return nil, "port must be 1..65535" end
+  local db = 0
+  if path ~= "" and path ~= "/" then
+    db = tonumber(path:match("^/(%d+)$"))
+    if not db then return nil, "the path must be a database number (/0)" end
+  end
+  return {
+    host = host, port = port, db = db, username = username, password = password,
+    shown = ("redis://%s:%d/%d"):format(host, port, db),
+  }
+end
+
+local function build(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("bad argument #1 to 'cluster' (table expected)", 3) end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then error(("bad argument #1 to 'cluster' (unknown option '%s')"):format(tostring(k)), 3) end
+  end
+  local url = opts.redis or os.getenv("TIDE_REDIS_URL")
+  if not url then error("bad argument #1 to 'cluster' (option 'redis' or TIDE_REDIS_URL required)", 3) end
+  local where, perr = M.parse_url(url)
+  if not where then error("bad argument #1 to 'cluster' (option 'redis': " .. perr .. ")", 3) end
+  for _, k in ipairs { "password", "username", "prefix" } do
+    if opts[k] ~= nil and type(opts[k]) ~= "string" then
+      error(("bad argument #1 to 'cluster' (option '%s' must be a string)"):format(k), 3)
+    end
+  end
+  for _, k in ipairs { "connect_timeout_ms", "reconnect_ms" } do
+    local v = opts[k]
+    if v ~= nil and (math.type(v) ~= "integer" or v <= 0) then
+      error(("bad argument #1 to 'cluster' (option '%s' must be a positive integer)"):format(k), 3)
+    end
+  end
+  if opts.prefix and not opts.prefix:match("^[%w_.-]+$") then
+    error("bad argument #1 to 'cluster' (option 'prefix' must be letters, digits, '_', '.' or '-')", 3)
+  end
+  where.password = opts.password or where.password
+  where.username = opts.username or where.username
+  local self = setmetatable({
+    url = where.shown,
+    prefix = opts.prefix or "tide",
+    _where = where,
+    _connect_timeout = opts.connect_timeout_ms or 2000,
+    _reconnect_ms = opts.reconnect_ms or 10000,
+    _conn = nil,          -- the command connection
+    _connecting = false,
+    _ever_connected = false,
+    _blocking = {},       -- idle connections for blocking commands
+    _subs = {},           -- channel -> handler
+    _patterns = {},       -- pattern -> handler
+    _sub = nil,           -- the subscriber connection
+    _sub_live = false,    -- its subscriptions are confirmed
+    _scripts = {},        -- name -> { src, sha }
+    stats = { reconnects = 0, commands = 0 },
+  }, Cluster)
+  return self
+end
+
+--- A cluster object (see the module's description), not made current.
+--- Misuse raises; nothing connects until the first command.
+---@param opts? { redis?: string, password?: string, username?: string, prefix?: string, connect_timeout_ms?: integer, reconnect_ms?: integer }
+---@return tide.cluster
+function M.new(opts) return build(opts) end
+
+--- `tide.cluster{...}`: makes the process's cluster (`M.new`) and makes it
+--- current, so that the cache, limits, sessions and queue use it. Calling it
+--- again replaces it (the old one's connections close).
+---@param opts? table as for M.new
+---@return tide.cluster
+function M.join(opts)
+  local c = build(opts)
+  if current then current:close() end
+  current = c
+  return c
+end
+
+--- The process's cluster, made by `tide.cluster{...}`; nil otherwise.
+---@return tide.cluster?
+function M.current()
+  return current
+end
+
+--- Makes `c` the process's cluster (tide.cluster does).
+function M.set_current(c) current = c end
+
+-- ------------------------------------------------------------ connecting --
+
+-- One connection, authenticated and on its database; nil, err otherwise.
+function Cluster:_open()
+  local redis = require "tide.redis"
+  local w = self._where
+  local conn, err = redis.connect {
+    host = w.host, port = w.port, path = w.path, timeout_ms = self._connect_timeout,
+  }
+  if not conn then
+    return nil, unavailable("connect", ("cannot reach Redis at %s: %s"):format(self.url, err.message:gsub("^redis: connect: ", "")))
+  end
+  if w.password then
+    local ok, aerr
+    if w.username then
+      ok, aerr = conn:call("AUTH", w.username, w.password)
+    else
+      ok, aerr = conn:call("AUTH", w.password)
+    end
+    if not ok then
+      conn:close()
+      -- Redis's reply names no secret (WRONGPASS, NOAUTH, ERR ...)
+      return nil, unavailable("auth", ("Redis at %s refused the credentials: %s"):format(self.url,
+        (aerr.message or ""):gsub("^redis: ", "")))
+    end
+  end
+  if w.db ~= 0 then
+    local ok, serr = conn:call("SELECT", w.db)
+    if not ok then
+      conn:close()
+      return nil, unavailable("connect", ("Redis at %s: %s"):format(self.url, (serr.message or ""):gsub("^redis: ", "")))
+    end
+  end
+  -- NOAUTH surfaces on the first command when a password is needed
+  local pong, perr = conn:call("PING")
+  if not pong then
+    conn:close()
+    local msg = (perr.message or ""):gsub("^redis: ", "")
+    return nil, unavailable(msg:match("^NOAUTH") and "auth" or "connect",
+      ("Redis at %s: %s"):format(self.url, msg))
+  end
+  return conn
+end
+
+-- Waits for a connection attempt another task is making.
+local function await_flag(self, field)
+  while self[field] do core.sleep(5) end
+end
+
+--- The command connection, made (again) if needed. After a connection was
+--- lost it retries with backoff for up to `reconnect_ms`.
+---@return userdata? conn
+---@return table? err
+function Cluster:connection()
+  local conn = self._conn
+  if conn and conn:connected() then return conn end
+  if self._connecting then
+    await_flag(self, "_connecting")
+    conn = self._conn
+    if conn and conn:connected() then return conn end
+    return nil, self._last_error or unavailable("connect", "cannot reach Redis at " .. self.url)
+  end
+  self._connecting = true
+  local ok, c, err = pcall(function()
+    local deadline = core.now() + self._reconnect_ms
+    local delay = 25
+    while true do
+      local conn2, e = self:_open()
+      if conn2 then return conn2 end
+      -- the first connection, and a refused password, fail at once
+      if not self._ever_connected or e.reason == "auth" or core.now() + delay > deadline then
+        return nil, e
+      end
+      core.sleep(delay)
+      delay = math.min(delay * 2, 1000)
+    end
+  end)
+  self._connecting = false
+  if not ok then error(c, 0) end -- cancelled
+  if not c then
+    self._last_error = err
+    return nil, err
+  end
+  if self._ever_connected then self.stats.reconnects = self.stats.reconnects + 1 end
+  self._ever_connected = true
+  self._conn = c
+  self._scripts_loaded = {}
+  return c
+end
+
+local function classify(err)
+  if err.code == "RedisError" and err.message:match("^redis: OOM") then
+    return unavailable("oom", err.message:gsub("^redis: ", "Redis is out of memory: "))
+  end
+  if err.code == "ClusterUnavailable" and not err.reason then
+    err.reason = "lost"
+  end
+  return err
+end
+
+--- Runs one Redis command. Returns its reply (nil replies are false), or
+--- nil, err: `ClusterUnavailable` when Redis cannot be reached or is out
+--- of memory, `RedisError` for any other error reply.
+---@return any reply
+---@return table? err
+function Cluster:call(...)
+  local conn, err = self:connection()
+  if not conn then return nil, err end
+  self.stats.commands = self.stats.commands + 1
+  local r, e = conn:call(...)
+  if r == nil then return nil, classify(e) end
+  return r
+end
+
+--- A key under the cluster's prefix: `prefix:part1:part2...`.
+---@return string
+function Cluster:key(...)
+  return table.concat({ self.prefix, ... }, ":")
+end
+
+--- Registers a Lua script; returns a function(keys, args) that runs it with
+--- EVALSHA (loading it once per connection, again after a Redis restart).
+---@param name string
+---@param src string
+---@return fun(keys: string[], args: any[]): any, table?
+function Cluster:script(name, src)
+  local entry = self._scripts[name]
+  if not entry then
+    entry = { src = src }
+    self._scripts[name] = entry
+  end
+  return function(keys, args)
+    local argv = { #keys }
+    for i = 1, #keys do argv[#argv + 1] = keys[i] end
+    for i = 1, #(args or {}) do argv[#argv + 1] = args[i] end
+    for _ = 1, 2 do
+      local conn, err = self:connection()
+      if not conn then return nil, err end
+      local sha = self._scripts_loaded[name]
+      if not sha then
+        local s, lerr = conn:call("SCRIPT", "LOAD", entry.src)
+        if not s then return nil, classify(lerr) end
+        sha = s
+        self._scripts_loaded[name] = sha
+      end
+      self.stats.commands = self.stats.commands + 1
+      local r, e = conn:call("EVALSHA", sha, table.unpack(argv))
+      if r ~= nil then return r end
+      if not (e.message or ""):match("NOSCRIPT") then return nil, classify(e) end
+      self._scripts_loaded[name] = nil -- Redis restarted: load it again
+    end
+    return nil, unavailable("lost", "script " .. name .. " could not be loaded")
+  end
+end
+
+--- Runs fn(conn) on a connection of its own, for blocking commands
+--- (XREADGROUP BLOCK, BLPOP) that would hold up everything queued behind
+--- them on the shared one. The connection is kept for the next caller.
+---@param fn fun(conn: userdata): any
+function Cluster:with_blocking(fn)
+  local conn = table.remove(self._blocking)
+  if not (conn and conn:connected()) then
+    local c, err
+    if not self._ever_connected then
+      c, err = self:connection() -- the first connection's rules and errors
+      if not c then return nil, err end
+    end
+    conn, err = self:_open()
+    if not conn then return nil, err end
+  end
+  local res = table.pack(pcall(fn, conn))
+  if conn:connected() and #self._blocking < 64 then
+    self._blocking[#self._blocking + 1] = conn
+  else
+    conn:close()
+  end
+  if not res[1] then error(res[2], 0) end
+  return table.unpack(res, 2, res.n)
+end
+
+-- -------------------------------------------------------------- pub/sub --
+
+local function dispatch(self, kind, channel, payload)
+  if kind == "disconnect" then
+    self._sub, self._sub_live = nil, false
+    -- subscribe again in the background, with backoff
+    if next(self._subs) or next(self._patterns) then
+      core.spawn(function()
+        local delay = 25
+        local deadline = core.now() + self._reconnect_ms
+        while not self._sub and core.now() < deadline do
+          core.sleep(delay)
+          delay = math.min(delay * 2, 1000)
+          self:_ensure_sub()
+        end
+      end)
+    end
+    return
+  end
+  if kind == "subscribe" or kind == "psubscribe" then
+    self._sub_live = true
+    return
+  end
+  if kind == "message" then
+    local fn = self._subs[channel]
+    if fn then fn(channel, payload) end
+  elseif kind == "pmessage" then
+    for pattern, fn in pairs(self._patterns) do
+      -- the handler of every pattern; each one checks its own channels
+      fn(channel, payload, pattern)
+    end
+  end
+end
+
+-- Makes the subscriber connection when there is none, subscribed to every
+-- channel and pattern known; true, and whether it is new.
+function Cluster:_ensure_sub()
+  if self._sub and self._sub:connected() then return true, false end
+  if self._sub_opening then return true, false end
+  self._sub_opening = true
+  local conn, err = self:_open()
+  self._sub_opening = false
+  if not conn then return nil, err end
+  local handler = function(kind, channel, payload) dispatch(self, kind, channel, payload) end
+  local chans, pats = {}, {}
+  for ch in pairs(self._subs) do chans[#chans + 1] = ch end
+  for p in pairs(self._patterns) do pats[#pats + 1] = p end
+  self._sub = conn
+  if #chans > 0 then conn:subscribe(handler, "SUBSCRIBE", table.unpack(chans)) end
+  if #pats > 0 then conn:subscribe(handler, "PSUBSCRIBE", table.unpack(pats)) end
+  if #chans == 0 and #pats == 0 then
+    -- keep the connection for the subscriptions to come
+    conn:subscribe(handler, "SUBSCRIBE", self:key("hello"))
+  end
+  return true, true
+end
+
+--- Calls `fn(channel, payload)` for every message on `channel`, from now
+--- on, across reconnections (messages published while the subscriber was
+--- disconnected are lost, as with any Redis pub/sub: callers keep a
+--- fallback).
+---@param channel string
+---@param fn fun(channel: string, payload: string)
+---@return boolean? ok
+---@return table? err
+function Cluster:subscribe(channel, fn)
+  local had = self._subs[channel]
+  self._subs[channel] = fn
+  local ok, fresh = self:_ensure_sub()
+  if not ok then return nil, fresh end
+  if not had and not fresh and self._sub then
+    self._sub:subscribe(function(kind, ch, payload) dispatch(self, kind, ch, payload) end, "SUBSCRIBE", channel)
+  end
+  return true
+end
+
+--- Whether the subscriber's subscriptions are confirmed by Redis (a
+--- message published now will be seen).
+---@return boolean
+function Cluster:subscribed()
+  return self._sub ~= nil and self._sub_live and self._sub:connected()
+end
+
+--- Publishes `payload` on `channel`; the number of receivers, or nil, err.
+function Cluster:publish(channel, payload)
+  return self:call("PUBLISH", channel, payload)
+end
+
+--- Closes every connection (the cluster can be used again: it reconnects).
+function Cluster:close()
+  if self._conn then self._conn:close() end
+  if self._sub then
+    local sub = self._sub
+    self._sub, self._sub_live = nil, false
+    sub:close()
+  end
+  for _, c in ipairs(self._blocking) do c:close() end
+  self._conn, self._blocking = nil, {}
+end
+
+M.Cluster = Cluster
+return M

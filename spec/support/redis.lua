@@ -1,0 +1,101 @@
+-- A real Redis for the cluster specs: redis-server on a loopback port, with
+-- no persistence, started by the spec and stopped by it. Several can run at
+-- once (each on its own port and directory).
+local M = {}
+
+local function sh(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local out = p:read("a")
+  p:close()
+  return out
+end
+
+local function pid_alive(pid)
+  return pid and os.execute("kill -0 " .. pid .. " 2>/dev/null") == true
+end
+
+local Server = {}
+Server.__index = Server
+
+local function start_on(self)
+  local args = {
+    "redis-server", "--port", tostring(self.port), "--bind", "127.0.0.1",
+    "--save", "''", "--appendonly", "no", "--daemonize", "yes",
+    "--dir", self.dir, "--pidfile", self.dir .. "/redis.pid",
+    "--logfile", self.dir .. "/redis.log",
+  }
+  for _, a in ipairs(self.extra) do args[#args + 1] = a end
+  sh(table.concat(args, " "))
+  -- wait for it to answer
+  for _ = 1, 200 do
+    local f = io.open(self.dir .. "/redis.pid")
+    if f then
+      self.pid = f:read("l")
+      f:close()
+      local pong = sh(("redis-cli -p %d %s ping"):format(self.port,
+        self.password and ("--no-auth-warning -a '" .. self.password .. "'") or ""))
+      if pong:match("PONG") then return true end
+    end
+    os.execute("sleep 0.02")
+  end
+  return false
+end
+
+--- Starts a redis-server; `opts.password` sets requirepass, `opts.args`
+--- adds arguments. Raises when it cannot start (no redis-server: CI and
+--- `./dev test` install it).
+function M.start(opts)
+  opts = opts or {}
+  assert(sh("command -v redis-server"):match("redis%-server"),
+    "redis-server not found: `./dev test` installs it (Debian package redis-server)")
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -p " .. dir))
+  local self = setmetatable({ dir = dir, password = opts.password, extra = opts.args or {} }, Server)
+  if opts.password then
+    self.extra[#self.extra + 1] = "--requirepass"
+    self.extra[#self.extra + 1] = opts.password
+  end
+  math.randomseed(os.time() + tonumber(tostring({}):match("0x(%x+)"), 16) % 100000)
+  for _ = 1, 20 do
+    self.port = math.random(20000, 60000)
+    if start_on(self) then
+      self.url = ("redis://127.0.0.1:%d/0"):format(self.port)
+      return self
+    end
+    self:stop()
+  end
+  error("could not start redis-server: " .. (io.open(dir .. "/redis.log") or { read = function() return "" end }):read("a"))
+end
+
+--- Stops it (SIGTERM, waiting until it is gone); `kill9` for SIGKILL.
+function Server:stop(kill9)
+  if pid_alive(self.pid) then
+    os.execute(("kill %s %s"):format(kill9 and "-9" or "", self.pid))
+    for _ = 1, 500 do
+      if not pid_alive(self.pid) then break end
+      os.execute("sleep 0.01")
+    end
+  end
+  self.pid = nil
+end
+
+--- Starts it again on the same port (a restart).
+function Server:restart()
+  self:stop()
+  assert(start_on(self), "redis-server did not come back")
+end
+
+--- Runs redis-cli with `args`; its output.
+function Server:cli(args)
+  return sh(("redis-cli -p %d %s %s"):format(self.port,
+    self.password and ("--no-auth-warning -a '" .. self.password .. "'") or "", args))
+end
+
+--- Stops it and removes its directory.
+function Server:close()
+  self:stop()
+  if self.dir:match("^/tmp/") then os.execute("rm -rf " .. self.dir) end
+end
+
+return M
