@@ -208,12 +208,37 @@ local function await_flag(self, field)
 end
 
 --- The command connection, made (again) if needed. After a connection was
---- lost it retries with backoff for up to `reconnect_ms`.
+--- lost it retries with backoff for up to `reconnect_ms`. With `nowait`,
+--- a caller that would rather do without Redis than wait (rate limits)
+--- gets nil at once while Redis is away: one attempt is made now and then
+--- (with the same backoff), none is waited for.
+---@param nowait? boolean
 ---@return userdata? conn
 ---@return table? err
-function Cluster:connection()
+function Cluster:connection(nowait)
   local conn = self._conn
   if conn and conn:connected() then return conn end
+  if nowait and self._ever_connected then
+    -- one attempt now and then (backoff), never a wait for the next one
+    local t = core.now()
+    if self._connecting or t < (self._retry_at or 0) then
+      return nil, self._last_error or unavailable("lost", "reconnecting to Redis at " .. self.url)
+    end
+    self._connecting = true
+    local ok, c, err = pcall(self._open, self)
+    self._connecting = false
+    if not ok then error(c, 0) end
+    if not c then
+      self._retry_delay = math.min((self._retry_delay or 25) * 2, 1000)
+      self._retry_at = core.now() + self._retry_delay
+      self._last_error = err
+      return nil, err
+    end
+    self._retry_delay, self._retry_at = nil, nil
+    self.stats.reconnects = self.stats.reconnects + 1
+    self._conn, self._scripts_loaded = c, {}
+    return c
+  end
   if self._connecting then
     await_flag(self, "_connecting")
     conn = self._conn
@@ -280,21 +305,23 @@ end
 
 --- Registers a Lua script; returns a function(keys, args) that runs it with
 --- EVALSHA (loading it once per connection, again after a Redis restart).
+--- With `nowait` true, the function does not wait for a connection being
+--- made again (see `connection`).
 ---@param name string
 ---@param src string
----@return fun(keys: string[], args: any[]): any, table?
+---@return fun(keys: string[], args: any[], nowait?: boolean): any, table?
 function Cluster:script(name, src)
   local entry = self._scripts[name]
   if not entry then
     entry = { src = src }
     self._scripts[name] = entry
   end
-  return function(keys, args)
+  return function(keys, args, nowait)
     local argv = { #keys }
     for i = 1, #keys do argv[#argv + 1] = keys[i] end
     for i = 1, #(args or {}) do argv[#argv + 1] = args[i] end
     for _ = 1, 2 do
-      local conn, err = self:connection()
+      local conn, err = self:connection(nowait)
       if not conn then return nil, err end
       local sha = self._scripts_loaded[name]
       if not sha then

@@ -10,23 +10,31 @@ describe("provider limits", function()
   it("holds rpm across provider objects and sessions of one key", function()
     local srv = testing.mock_server { default = "ok" }
     tide.agent { id = "lim", prompt = "You answer." }
-    -- 120 requests a minute: 2 a second; the bucket starts full, so the
-    -- first 120 go at once and the next ones wait about 500 ms each
+    -- 1,200 requests a minute: 20 a second. The bucket holds one second's
+    -- allowance, so 20 go at once and the next 20 are spread over a second
     local function p() return tide.provider.openai { base_url = srv.url, api_key = "k", model = "m",
-      limits = { rpm = 120 } } end
+      limits = { rpm = 1200 } } end
     local p1, p2 = p(), p()
     local t0 = core.hrtime()
+    local at = {}
     tide.run(function()
       local tasks = {}
-      for i = 1, 122 do
+      for i = 1, 40 do
         local prov = i % 2 == 0 and p1 or p2
-        tasks[i] = tide.spawn(function() return tide.session { agent = "lim", provider = prov }:turn("hi") end)
+        tasks[i] = tide.spawn(function()
+          local r = tide.session { agent = "lim", provider = prov }:turn("hi")
+          at[#at + 1] = (core.hrtime() - t0) / 1e6
+          return r
+        end)
       end
       for _, t in ipairs(tasks) do assert.are.equal("ok", t:join()) end
     end)
     local ms = (core.hrtime() - t0) / 1e6
-    assert.are.equal(122, #srv:requests())
-    assert.is_true(ms >= 900, "122 requests at 120 rpm took only " .. ms .. " ms")
+    assert.are.equal(40, #srv:requests())
+    assert.is_true(ms >= 900, "40 requests at 1200 rpm took only " .. ms .. " ms")
+    -- the first second's worth went at once
+    table.sort(at)
+    assert.is_true(at[20] < 500, "the first 20 waited " .. at[20] .. " ms")
     srv:close()
   end)
 

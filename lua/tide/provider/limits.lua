@@ -1,46 +1,106 @@
---- tide.provider.limits: a provider's rate limits, held process-wide.
+--- tide.provider.limits: a provider's rate limits, held process-wide, or
+--- cluster-wide under `tide.cluster`.
 ---
 --- `limits = { rpm, tpm }` on a provider: requests and tokens per minute,
 --- as the provider's account allows them. Every provider object with the
---- same endpoint, model and key shares one pair of token buckets in the
---- process (refilled continuously, a minute's allowance at most), so that
---- many sessions, and many provider objects, do not run into 429s
---- together. A request waits (in its task) until both buckets allow it;
---- its tokens are estimated from the body (a quarter token a byte, plus
---- max_tokens) and corrected with the usage the reply reports. A 429's
---- Retry-After pauses every request on the key.
+--- same endpoint, model and key shares one pair of token buckets (refilled
+--- continuously; a bucket holds one second's allowance, so that no rolling
+--- minute ever sees much more than `rpm` requests, bursts included). A
+--- request *reserves* its place: the bucket may go below zero, and the
+--- request waits (in its task) until the reserved moment, so that one
+--- exchange with the bucket is all a request costs, even in Redis. Tokens
+--- are estimated from the body (a quarter token a byte, plus max_tokens)
+--- and corrected with the usage the reply reports, at the key's next
+--- reservation. A 429's Retry-After pauses every request on the key.
+---
+--- The bucket arithmetic is one function (`RESERVE`), run here on a Lua
+--- table and, under a cluster, inside Redis as a script on a hash: every
+--- worker then draws from the same buckets on Redis's clock. When Redis
+--- cannot be reached the process-wide bucket holds (counted in
+--- `M.state(p).local_fallbacks`): a request is never refused for it.
 ---@class tide.provider.limits
 local M = {}
 
 local core = require "tide.core"
 
-local buckets = {} -- key -> { rpm, tpm, req, tok, at, paused_until }
+-- Lua 5.1 as well as 5.4: Redis runs it too. b = { req, tok, at, paused }
+-- (at, paused in ms); returns how long the request must wait, in ms.
+local RESERVE = [[
+local function reserve(b, now, rpm, tpm, tokens, correction)
+  local dt = now - (b.at or now)
+  if dt < 0 then dt = 0 end
+  b.at = now
+  local wait = (b.paused or 0) - now
+  if wait < 0 then wait = 0 end
+  if rpm > 0 then
+    local cap = math.max(1, rpm / 60)
+    b.req = math.min(cap, (b.req or cap) + dt * rpm / 60000) - 1
+    if b.req < 0 then wait = math.max(wait, -b.req * 60000 / rpm) end
+  end
+  if tpm > 0 then
+    local cap = math.max(1, tpm / 60)
+    b.tok = math.min(cap, (b.tok or cap) + dt * tpm / 60000 + correction)
+    -- one request larger than the bucket still goes, and those after it wait
+    b.tok = b.tok - tokens
+    if b.tok < 0 then wait = math.max(wait, -b.tok * 60000 / tpm) end
+  end
+  return wait
+end
+]]
+
+local reserve = assert(load(RESERVE .. "return reserve", "=limits.reserve"))()
+
+-- The Redis side: the same function on a hash, Redis's clock, one call.
+-- KEYS[1] the bucket; ARGV rpm, tpm, tokens, correction. The wait goes
+-- back as a string (Redis truncates numbers to integers).
+local SCRIPT = RESERVE .. [[
+local h = redis.call('HMGET', KEYS[1], 'req', 'tok', 'at', 'paused')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local b = { req = tonumber(h[1]), tok = tonumber(h[2]), at = tonumber(h[3]), paused = tonumber(h[4]) }
+local wait = reserve(b, now, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
+redis.call('HSET', KEYS[1], 'req', tostring(b.req or 0), 'tok', tostring(b.tok or 0), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], 120000)
+return tostring(wait)
+]]
+
+-- A pause: KEYS[1] the bucket, ARGV[1] ms from Redis's now.
+local PAUSE = [[
+local t = redis.call('TIME')
+local until_ms = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000 + tonumber(ARGV[1])
+local cur = tonumber(redis.call('HGET', KEYS[1], 'paused') or '0') or 0
+if until_ms > cur then redis.call('HSET', KEYS[1], 'paused', tostring(until_ms)) end
+redis.call('PEXPIRE', KEYS[1], 120000)
+return 1
+]]
+
+local buckets = {} -- key -> { req, tok, at, paused, correction, fallbacks }
 
 local function now() return core.hrtime() / 1e6 end
 
--- The shared state of `p`'s limits, made on first use.
-local function bucket(p)
+local function key_of(p)
   local key = p._limits_key
   if not key then
-    key = table.concat({ p.base_url, tostring(p.model), core.hash(p.api_key or "") }, "|")
+    key = core.hash(table.concat({ p.base_url, tostring(p.model), core.hash(p.api_key or "") }, "|"))
     rawset(p, "_limits_key", key)
   end
+  return key
+end
+
+-- The process's state of `p`'s key, made on first use.
+local function bucket(p)
+  local key = key_of(p)
   local b = buckets[key]
   if not b then
-    b = { req = p.limits.rpm, tok = p.limits.tpm, at = now(), paused_until = 0 }
+    b = { correction = 0, fallbacks = 0, remote = 0 }
     buckets[key] = b
   end
-  -- the latest limits given for the key hold
-  b.rpm, b.tpm = p.limits.rpm, p.limits.tpm
   return b
 end
 
-local function refill(b)
-  local t = now()
-  local dt = t - b.at
-  b.at = t
-  if b.rpm then b.req = math.min(b.rpm, b.req + dt * b.rpm / 60000) end
-  if b.tpm then b.tok = math.min(b.tpm, b.tok + dt * b.tpm / 60000) end
+local function cluster()
+  local c = package.loaded["tide.cluster"]
+  return c and c.current()
 end
 
 --- Checks a `limits` option; returns an error message or nil.
@@ -53,44 +113,79 @@ function M.check(v, where)
   return nil
 end
 
---- Waits until `p` may send a request of `tokens` estimated tokens; takes
---- them from the buckets and returns the estimate (for `settle`).
+-- Reserves in Redis; the wait in ms, or nil when Redis cannot answer.
+local function reserve_remote(c, p, b, tokens)
+  local script = b.script
+  if not script or b.cluster ~= c then
+    script = c:script("limits.reserve", SCRIPT)
+    b.script, b.cluster = script, c
+  end
+  local correction = b.correction
+  b.correction = 0
+  -- never wait for Redis to come back: the process's bucket holds meanwhile
+  local r = script({ c:key("limits", key_of(p)) },
+    { p.limits.rpm or 0, p.limits.tpm or 0, tokens, correction }, true)
+  if r == nil then
+    b.correction = b.correction + correction
+    return nil
+  end
+  b.remote = b.remote + 1
+  return tonumber(r)
+end
+
+--- Reserves room for one request of `tokens` estimated tokens on `p`'s
+--- key, waits until then, and returns the estimate (for `settle`).
+---@param p table the provider
+---@param tokens integer
+---@return integer
 function M.acquire(p, tokens)
   local b = bucket(p)
-  if b.tpm and tokens > b.tpm then tokens = b.tpm end -- one request larger than a minute still goes, alone
-  while true do
-    refill(b)
-    local wait = math.max(0, b.paused_until - now())
-    if wait == 0 then
-      if b.rpm and b.req < 1 then wait = (1 - b.req) * 60000 / b.rpm end
-      if b.tpm and b.tok < tokens then wait = math.max(wait, (tokens - b.tok) * 60000 / b.tpm) end
-    end
-    if wait <= 0 then break end
-    core.sleep(math.max(1, math.ceil(wait)))
+  local c = cluster()
+  local wait = c and reserve_remote(c, p, b, tokens)
+  if not wait then
+    if c then b.fallbacks = b.fallbacks + 1 end
+    local correction = b.correction
+    b.correction = 0
+    wait = reserve(b, now(), p.limits.rpm or 0, p.limits.tpm or 0, tokens, correction)
   end
-  if b.rpm then b.req = b.req - 1 end
-  if b.tpm then b.tok = b.tok - tokens end
+  if wait > 0 then core.sleep(math.max(1, math.ceil(wait))) end
   return tokens
 end
 
 --- Corrects the token bucket with what the reply reported (`used`) for a
---- request that took `estimate`.
+--- request that took `estimate`; applied at the key's next reservation.
 function M.settle(p, estimate, used)
+  if not (p.limits.tpm and used) then return end
   local b = bucket(p)
-  if b.tpm and used then b.tok = math.min(b.tpm, b.tok + estimate - used) end
+  b.correction = b.correction + estimate - used
 end
 
---- Pauses every request on `p`'s key for `ms` (a 429's Retry-After).
+--- Pauses every request on `p`'s key for `ms` (a 429's Retry-After): in
+--- the process, and under a cluster in every worker.
 function M.pause(p, ms)
   local b = bucket(p)
-  b.paused_until = math.max(b.paused_until, now() + ms)
+  b.paused = math.max(b.paused or 0, now() + ms)
+  local c = cluster()
+  if c then
+    local pause = c:script("limits.pause", PAUSE)
+    pause({ c:key("limits", key_of(p)) }, { ms }, true)
+  end
 end
 
---- The counters of `p`'s key: what is left and whether it is paused.
+--- The process's counters of `p`'s key: what is left, whether it is
+--- paused, reservations made in Redis and those that fell back to the
+--- process's bucket because Redis could not answer.
 function M.state(p)
   local b = bucket(p)
-  refill(b)
-  return { requests = b.req, tokens = b.tok, paused_ms = math.max(0, b.paused_until - now()) }
+  local cap_r = p.limits.rpm and math.max(1, p.limits.rpm / 60)
+  local t = now()
+  local dt = t - (b.at or t)
+  return {
+    requests = cap_r and math.min(cap_r, (b.req or cap_r) + dt * p.limits.rpm / 60000),
+    paused_ms = math.max(0, (b.paused or 0) - t),
+    remote = b.remote,
+    local_fallbacks = b.fallbacks,
+  }
 end
 
 --- Forgets every bucket (specs).
