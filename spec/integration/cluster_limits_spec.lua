@@ -26,7 +26,7 @@ describe("limits under tide.cluster", function()
     tide.run(function()
       for i = 1, 3 do
         kids[i] = assert(core.process_spawn { argv = { "lua5.4", "spec/support/limits_child.lua", srv.url, mock.url, "30", "1200" },
-          env = { LUA_CPATH = cpath, LUA_PATH = "lua/?.lua;lua/?/init.lua;;", PATH = os.getenv("PATH") } })
+          env = helpers.child_env { LUA_CPATH = cpath, LUA_PATH = "lua/?.lua;lua/?/init.lua;;" } })
         assert.equal("ready", kids[i]:read_line())
       end
       t0 = core.hrtime()
