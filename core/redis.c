@@ -37,6 +37,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+#include <netdb.h>
+
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
 
@@ -70,6 +73,7 @@ struct rconn {
   tide_task *waiter;
   tide_wait wait;
   uv_timer_t *timer;     /* the connect timeout; freed by its close callback */
+  struct resolve_req *resolving; /* the host name being resolved */
 };
 
 /* One command in flight. */
@@ -229,9 +233,12 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
   maybe_free(c);
 }
 
+static void drop_resolving(rconn *c);
+
 static void on_connect_timeout(uv_timer_t *h) {
   rconn *c = h->data;
   redisAsyncContext *ac = c->ac;
+  drop_resolving(c);
   snprintf(c->err, sizeof c->err, "connect timed out");
   detach(c, NULL);
   /* Not yet connected: hiredis calls no disconnect callback for it. */
@@ -342,6 +349,81 @@ static void on_message(redisAsyncContext *ac, void *reply, void *privdata) {
   c->st->api->pcall(L, 3, 0, "tide.redis message handler");
 }
 
+/* ------------------------------------------------------- connecting -- */
+
+typedef struct resolve_req {
+  uv_getaddrinfo_t req;
+  rconn *c; /* NULL once nobody waits for it (timed out, cancelled) */
+  uv_loop_t *loop;
+  int port;
+} resolve_req;
+
+static int is_numeric(const char *host) {
+  unsigned char buf[sizeof(struct in6_addr)];
+  return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
+/* Stops a resolution nobody waits for any more: its callback frees it. */
+static void drop_resolving(rconn *c) {
+  if (c->resolving) {
+    c->resolving->c = NULL;
+    uv_cancel((uv_req_t *)&c->resolving->req);
+    c->resolving = NULL;
+  }
+}
+
+/* Starts the connection proper (hiredis's non-blocking connect); -1 with
+** c->err set and c CLOSED when it cannot start. */
+static int start_connect(rconn *c, uv_loop_t *loop, const char *ip, int port, const char *path) {
+  redisAsyncContext *ac = path ? redisAsyncConnectUnix(path) : redisAsyncConnect(ip, port);
+  if (ac == NULL || ac->err) {
+    snprintf(c->err, sizeof c->err, "%s", ac ? ac->errstr : "out of memory");
+    if (ac) redisAsyncFree(ac);
+    c->state = CLOSED;
+    return -1;
+  }
+  if (ev_attach(ac, loop) != REDIS_OK) {
+    snprintf(c->err, sizeof c->err, "cannot watch the socket");
+    redisAsyncFree(ac);
+    c->state = CLOSED;
+    return -1;
+  }
+  ac->data = c;
+  c->ac = ac;
+  c->next = c->st->head;
+  if (c->st->head) c->st->head->prev = c;
+  c->st->head = c;
+  redisAsyncSetConnectCallback(ac, on_connect);
+  redisAsyncSetDisconnectCallback(ac, on_disconnect);
+  set_ref(c);
+  return 0;
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+  resolve_req *r = (resolve_req *)req;
+  rconn *c = r->c;
+  char ip[INET6_ADDRSTRLEN] = "";
+  if (c && status == 0 && res) {
+    if (res->ai_family == AF_INET6)
+      uv_ip6_name((struct sockaddr_in6 *)res->ai_addr, ip, sizeof ip);
+    else
+      uv_ip4_name((struct sockaddr_in *)res->ai_addr, ip, sizeof ip);
+  }
+  if (res) uv_freeaddrinfo(res);
+  uv_loop_t *loop = r->loop;
+  int port = r->port;
+  free(r);
+  if (c == NULL) return;
+  c->resolving = NULL;
+  if (status != 0 || !ip[0]) {
+    snprintf(c->err, sizeof c->err, "cannot resolve the host: %s",
+             status ? uv_strerror(status) : "no address");
+    detach(c, NULL);
+  } else if (start_connect(c, loop, ip, port, NULL) != 0) {
+    detach(c, NULL);
+  }
+}
+
 /* ---------------------------------------------------------- Lua API -- */
 
 typedef struct rbox {
@@ -374,6 +456,8 @@ static int connect_k(lua_State *L, int status, lua_KContext kctx) {
   tide_task *t = st->api->current(L);
   if (c->state != READY) {
     /* timed out, refused, or cancelled while connecting */
+    drop_resolving(c);
+    if (c->state == CONNECTING && !c->ac) detach(c, "cancelled");
     if (c->state == CONNECTING && c->ac) {
       redisAsyncContext *ac = c->ac;
       detach(c, "cancelled");
@@ -438,27 +522,30 @@ static int l_connect(lua_State *L) {
   c->L = ctx->L;
   b->c = c;
 
-  redisAsyncContext *ac = path ? redisAsyncConnectUnix(path) : redisAsyncConnect(host, port);
-  if (ac == NULL || ac->err) {
-    snprintf(c->err, sizeof c->err, "%s", ac ? ac->errstr : "out of memory");
-    if (ac) redisAsyncFree(ac);
-    c->state = CLOSED;
-    return push_unavailable(L, c, "connect");
+  if (path) {
+    if (start_connect(c, ctx->loop, NULL, 0, path) != 0) return push_unavailable(L, c, "connect");
+  } else if (is_numeric(host)) {
+    if (start_connect(c, ctx->loop, host, port, NULL) != 0) return push_unavailable(L, c, "connect");
+  } else {
+    /* hiredis would resolve a name with a blocking getaddrinfo */
+    resolve_req *r = calloc(1, sizeof *r);
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    if (r == NULL) return luaL_error(L, "out of memory");
+    r->c = c;
+    r->port = port;
+    r->loop = ctx->loop;
+    int rc = uv_getaddrinfo(ctx->loop, &r->req, on_resolved, host, NULL, &hints);
+    if (rc != 0) {
+      free(r);
+      snprintf(c->err, sizeof c->err, "cannot resolve the host: %s", uv_strerror(rc));
+      c->state = CLOSED;
+      return push_unavailable(L, c, "connect");
+    }
+    c->resolving = r;
   }
-  if (ev_attach(ac, ctx->loop) != REDIS_OK) {
-    snprintf(c->err, sizeof c->err, "cannot watch the socket");
-    redisAsyncFree(ac);
-    c->state = CLOSED;
-    return push_unavailable(L, c, "connect");
-  }
-  ac->data = c;
-  c->ac = ac;
-  c->next = st->head;
-  if (st->head) st->head->prev = c;
-  st->head = c;
-  redisAsyncSetConnectCallback(ac, on_connect);
-  redisAsyncSetDisconnectCallback(ac, on_disconnect);
-  set_ref(c);
 
   c->timer = malloc(sizeof *c->timer);
   if (c->timer == NULL || uv_timer_init(ctx->loop, c->timer) != 0) {

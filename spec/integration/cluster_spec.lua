@@ -70,6 +70,18 @@ describe("tide.cluster", function()
     assert.is_true(os.clock() - t0 < 1) -- no retries on a first connection
   end)
 
+  it("resolves host names (uv_getaddrinfo: hiredis would block the loop)", function()
+    local c = cluster.new { redis = ("redis://localhost:%d/0"):format(srv.port) }
+    local bad = cluster.new { redis = "redis://no-such-host.invalid:6379/0" }
+    helpers.run(function()
+      assert.equal("PONG", c:call("PING"))
+      local _, err = bad:call("PING")
+      assert.equal("ClusterUnavailable", err.code)
+      assert.matches("cannot resolve the host", err.message)
+      c:close()
+    end)
+  end)
+
   it("refuses wrong credentials without quoting them", function()
     local locked = redis_server.start { password = "s3cret-pw" }
     finally(function() locked:close() end)
