@@ -25,7 +25,7 @@ return function()
   local ok, err = pcall(tide.run, function()
     for i = 1, 4 do
       kids[i] = assert(core.process_spawn { argv = { "lua5.4", common.root .. "/bench/limits_worker.lua", redis.url,
-        mock.url, tostring(rpm), tostring(run_s), "50" } })
+        mock.url, tostring(rpm), "s=" .. run_s, "50" } })
       assert(kids[i]:read_line() == "ready")
     end
     t0 = core.hrtime()

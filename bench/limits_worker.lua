@@ -1,24 +1,28 @@
---- bench/limits_worker.lua: one worker of the limits row. Joins the cluster
---- at arg[1], then for arg[4] seconds keeps arg[5] sessions turning against
---- the mock at arg[2], under limits = { rpm = arg[3] } shared through Redis.
+--- bench/limits_worker.lua: one worker of the limits row (and of
+--- spec/integration/cluster_limits_spec.lua). Joins the cluster at arg[1],
+--- says "ready", and on a line from stdin keeps arg[5] sessions turning
+--- against the mock at arg[2] under limits = { rpm = arg[3] } shared
+--- through Redis, until `arg[4]` is spent: "s=SECONDS" or "n=TURNS" (in
+--- all). Prints what it did and what its limits saw.
 dofile((arg[0]:match("^(.*)/") or ".") .. "/paths.lua")()
-local redis_url, mock_url = arg[1], arg[2]
-local rpm, seconds, concurrency = tonumber(arg[3]), tonumber(arg[4]), tonumber(arg[5])
+local redis_url, mock_url, rpm, until_, concurrency = arg[1], arg[2], tonumber(arg[3]), arg[4], tonumber(arg[5])
 local tide = require "tide"
 local core = require "tide.core"
 tide.cluster { redis = redis_url }
 tide.agent { id = "lim", prompt = "You answer." }
 local p = tide.provider.openai { base_url = mock_url, api_key = "k", model = "m", limits = { rpm = rpm } }
+local seconds, turns_max = until_:match("^s=(%d+)$"), until_:match("^n=(%d+)$")
 io.write("ready\n")
 io.flush()
 io.read("l") -- go
-local deadline = core.now() + seconds * 1000
-local turns = 0
+local deadline = seconds and core.now() + tonumber(seconds) * 1000 or math.huge
+local started, turns = 0, 0
 tide.run(function()
   local tasks = {}
   for i = 1, concurrency do
     tasks[i] = tide.spawn(function()
-      while core.now() < deadline do
+      while core.now() < deadline and started < (tonumber(turns_max) or math.huge) do
+        started = started + 1
         assert(tide.session { agent = "lim", provider = p }:turn("hi") == "ok")
         turns = turns + 1
       end

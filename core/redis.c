@@ -179,6 +179,15 @@ static void maybe_free(rconn *c) {
   if (c->ac == NULL && c->ud_gone && c->timer == NULL) free(c);
 }
 
+/* Wakes the task waiting for the connection to be made, if any. */
+static void wake_waiter(rconn *c) {
+  if (c->waiter) {
+    tide_task *t = c->waiter;
+    c->waiter = NULL;
+    c->st->api->wake(t);
+  }
+}
+
 /* hiredis is done with the context (it frees it after this returns, or has
 ** already): forget it, and wake a task still waiting for the connection. */
 static void detach(rconn *c, const char *why) {
@@ -190,11 +199,7 @@ static void detach(rconn *c, const char *why) {
   if (c->state != CLOSED && why && !c->err[0]) snprintf(c->err, sizeof c->err, "%s", why);
   c->state = CLOSED;
   stop_timer(c);
-  if (c->waiter) {
-    tide_task *t = c->waiter;
-    c->waiter = NULL;
-    c->st->api->wake(t);
-  }
+  wake_waiter(c);
 }
 
 static void on_connect(const redisAsyncContext *ac, int status) {
@@ -209,11 +214,7 @@ static void on_connect(const redisAsyncContext *ac, int status) {
   c->state = READY;
   stop_timer(c);
   set_ref(c);
-  if (c->waiter) {
-    tide_task *t = c->waiter;
-    c->waiter = NULL;
-    c->st->api->wake(t);
-  }
+  wake_waiter(c);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status) {

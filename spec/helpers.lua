@@ -24,10 +24,10 @@ end
 
 --- The environment for a child lua5.4 of a spec: `vars`, plus what the
 --- sanitizer build needs to load the module there (LD_PRELOAD and the
---- sanitizers' options) and PATH, HOME.
+--- sanitizers' options) and PATH, HOME, PWD.
 function helpers.child_env(vars)
   local env = {}
-  for _, k in ipairs { "PATH", "HOME", "LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "TIDE_BUILD_DIR" } do
+  for _, k in ipairs { "PATH", "HOME", "PWD", "LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "TIDE_BUILD_DIR" } do
     env[k] = os.getenv(k)
   end
   for k, v in pairs(vars or {}) do env[k] = v end

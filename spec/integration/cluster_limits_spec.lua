@@ -21,12 +21,11 @@ describe("limits under tide.cluster", function()
     end }
     -- 1,200 rpm = 20 a second, one second's allowance in the bucket; three
     -- workers of 30 requests each: 20 at once, then 70 over 3.5 s
-    local cpath = (os.getenv("TIDE_BUILD_DIR") or "build") .. "/?.so;;"
     local kids, out = {}, {}
     tide.run(function()
       for i = 1, 3 do
-        kids[i] = assert(core.process_spawn { argv = { "lua5.4", "spec/support/limits_child.lua", srv.url, mock.url, "30", "1200" },
-          env = helpers.child_env { LUA_CPATH = cpath, LUA_PATH = "lua/?.lua;lua/?/init.lua;;" } })
+        kids[i] = assert(core.process_spawn { argv = { "lua5.4", "bench/limits_worker.lua", srv.url, mock.url, "1200", "n=30", "30" },
+          env = helpers.child_env { TIDE_BUILD_DIR = os.getenv("TIDE_BUILD_DIR") or "build" } })
         assert.equal("ready", kids[i]:read_line())
       end
       t0 = core.hrtime()
@@ -37,7 +36,7 @@ describe("limits under tide.cluster", function()
       end
     end)
     mock:close()
-    for i = 1, 3 do assert.equal("done remote=30 fallbacks=0", out[i]) end
+    for i = 1, 3 do assert.equal("done turns=30 remote=30 fallbacks=0", out[i]) end
     assert.equal(90, #at)
     table.sort(at)
     -- never more than a second's allowance plus the refill in any second
