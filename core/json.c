@@ -453,6 +453,20 @@ lua_Integer tide__json_count(tide_json *p) {
   return (lua_Integer)floor(v);
 }
 
+/* The number at p->i as math.tointeger gives it for the decoded value:
+** 1 with *v when it is integral and in range, else 0 (not a number, a
+** fraction, too large). p->i stays where it was. */
+int tide__json_tointeger(const tide_json *p, lua_Integer *v) {
+  if (tide__json_digits(p, v)) return 1;
+  if (tide__json_kind(tide__json_peek(p)) != V_NUMBER) return 0;
+  /* The data is followed by a byte that is no digit, so strtod stops in
+  ** bounds. */
+  double x = strtod(p->s + p->i, NULL);
+  if (x != floor(x) || x < -9223372036854775808.0 || x >= 9223372036854775808.0) return 0;
+  *v = (lua_Integer)x;
+  return 1;
+}
+
 /* ------------------------------------------------------------ quoting -- */
 
 /* How many bytes more than itself each byte takes in a JSON string as

@@ -63,6 +63,9 @@ int tide__json_each_member(tide_json *p, tide_json_member_fn fn);
 int tide__json_each_element(tide_json *p, tide_json_element_fn fn);
 /* A plain non-negative integer at p->i (digits only), in *v. */
 int tide__json_digits(const tide_json *p, lua_Integer *v);
+/* The number at p->i as math.tointeger gives it for the decoded value: 1
+** with *v when it is integral and fits, else 0. p->i does not move. */
+int tide__json_tointeger(const tide_json *p, lua_Integer *v);
 /* A token count at p->i as provider._count gives it (0 when not a count). */
 lua_Integer tide__json_count(tide_json *p);
 
