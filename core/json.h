@@ -69,6 +69,15 @@ int tide__json_tointeger(const tide_json *p, lua_Integer *v);
 /* A token count at p->i as provider._count gives it (0 when not a count). */
 lua_Integer tide__json_count(tide_json *p);
 
+/* Appends the value at p->i to out as tide.json.canonical writes what
+** json.decode gives for it: object keys sorted (of equal keys the last),
+** integral numbers below 2^53 as integers, other numbers the shorter of
+** %.14g and %.17g that reads back, strings quoted as lua-cjson quotes them;
+** 200 levels deep at most, as the decoder. One difference, on purpose: an
+** empty array stays [] (decoded, it would be an empty table, written {}).
+** Returns J_OK, J_SYNTAX (p->err set) or J_NOMEM; out is unchanged then. */
+int tide__json_canonical(tide_json *p, tide_buf *out);
+
 /* The size of s quoted as lua-cjson quotes it, and writing it at out. */
 size_t tide__json_quoted_size(const unsigned char *s, size_t n);
 size_t tide__json_write_quoted(char *out, const unsigned char *s, size_t n);
