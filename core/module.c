@@ -83,14 +83,15 @@ static const tide_api api = {tide__ctx, tide__pcall, tide__add_header, tide__pus
                              tide__on_shutdown};
 
 /// Opens the `tide.core` module: the event loop and tasks, HTTP, SSE, JSON
-/// primitives, the wire buffer, tool-call assembly, the OpenAI wire format,
-/// the integration cache, templates and file watching. The public API is the Lua facade `tide`, built on top.
+/// primitives, the wire buffer, tool-call assembly, the OpenAI and Anthropic
+/// wire formats, the integration cache, templates and file watching. The
+/// public API is the Lua facade `tide`, built on top.
 __attribute__((visibility("default"))) int luaopen_tide_core(lua_State *L) {
   static void (*const parts[])(lua_State *) = {
       tide__open_error,  tide__open_loop,     tide__open_depth,
       tide__open_json,   tide__open_wire,     tide__open_http,
       tide__open_sse,    tide__open_toolcall, tide__open_openai,
-      tide__open_cache,  tide__open_template,
+      tide__open_anthropic, tide__open_cache,  tide__open_template,
       tide__open_watch,  tide__open_stdio,    tide__open_base64,
       tide__open_process};
   lua_pushlightuserdata(L, (void *)&api);

@@ -434,6 +434,9 @@ void tide__open_sse(lua_State *L);
 /// Registers the OpenAI wire format in C: openai_stream, openai_parse and
 /// the message encoders.
 void tide__open_openai(lua_State *L);
+/// Registers the Anthropic wire format in C: anthropic_stream and
+/// anthropic_parse.
+void tide__open_anthropic(lua_State *L);
 /// Registers json_integers.
 void tide__open_json(lua_State *L);
 /// Registers the integration cache (cache_lookup, cache_store, cache_peek,
