@@ -7,11 +7,12 @@
 --- argument text, spliced in verbatim once checked to be a JSON object (a
 --- decode and re-encode would turn its empty arrays into objects).
 ---
---- Replies: usage is made to mean what OpenAI's means (`input` is the whole
---- prompt: Anthropic's `input_tokens` counts only the part after the last
---- cache breakpoint); thinking and redacted_thinking blocks become the
---- reply's `reasoning` parts, which the encoder sends back first in the
---- assistant message, verbatim, as the API requires with tool use.
+--- Replies are parsed in C (core/anthropic.c): usage is made to mean what
+--- OpenAI's means (`input` is the whole prompt: Anthropic's `input_tokens`
+--- counts only the part after the last cache breakpoint); thinking and
+--- redacted_thinking blocks become the reply's `reasoning` parts, which the
+--- encoder sends back first in the assistant message, verbatim, as the API
+--- requires with tool use.
 local provider = require "tide.provider.base"
 local core = require "tide.core"
 local json = require "tide.json"
@@ -28,7 +29,6 @@ Provider.__name = "tide.provider.anthropic"
 
 local canonical = json.canonical
 local quote = json.quote
-local fail = provider._fail
 
 function Provider:__tostring()
   return ("tide.provider.anthropic(%s, %s)"):format(self.model, self.base_url)
@@ -114,7 +114,6 @@ end
 local concat = table.concat
 local decode_fast = json.decode_fast
 local byte, find = string.byte, string.find
-local tointeger = math.tointeger
 
 -- The JSON of a tool call's input: the raw arguments when they are a JSON
 -- object, `{}` otherwise (the session records such a call as an error; the
@@ -281,272 +280,29 @@ function Provider:_headers()
   return h
 end
 
-local count = provider._count
+-- The reply is parsed in C (core.anthropic_stream: SSE framing, the JSON of
+-- each event, tool-input assembly; core.anthropic_parse: a whole reply), so
+-- a reply costs one string per text delta (none when nobody listens), one
+-- per thinking delta only for a reasoning listener, and one table at the
+-- end. The exchange (provider/exchange.lua) feeds it. What the parser reads
+-- and how it maps it (usage, thinking parts, stop reasons): core/anthropic.c
+-- and docs/internals.md.
 
--- The usage of a reply in tide's terms, which are OpenAI's: `input` is the
--- whole prompt. Anthropic's input_tokens is only the part after the last
--- cache breakpoint; the prompt is that plus the tokens read from the cache
--- plus those written to it. Thinking is billed inside output_tokens, with
--- no separate count, so `reasoning` is 0.
-local function usage(input, read, write, output)
-  return { input = input + read + write, output = output, cached = read, cache_write = write, reasoning = 0 }
+--- The C parser of one streamed response. It allocates nothing until the
+--- reply's bytes come.
+function Provider:_c_stream()
+  return core.anthropic_stream(self.max_body_bytes)
 end
 
--- Anthropic's stop reasons in the neutral set. pause_turn (the server
--- paused its own loop of server tools) and model_context_window_exceeded
--- both leave an unfinished answer that tide cannot continue by itself: they
--- are "length", so that a cut-off reply is never taken for a complete one.
-local STOPS = {
-  end_turn = "stop", stop_sequence = "stop", tool_use = "tool_calls",
-  max_tokens = "length", pause_turn = "length", model_context_window_exceeded = "length",
-  refusal = "refusal",
-}
+--- Errors of the C parser carry the whole event as their body: cut it as
+--- every error body is cut.
+Provider._stream_error = provider._stream_error
 
--- The neutral stop of a reply; a reason newer than this table is read from
--- what the reply holds (stop_raw keeps it as sent).
-local function stop_of(raw, calls)
-  if raw == nil then return nil end
-  return STOPS[raw] or (#calls > 0 and "tool_calls" or "stop")
-end
-
--- A reasoning part from a thinking block (a text and its signature) or a
--- redacted_thinking block (opaque data), or nil and the reason it cannot
--- be sent back as the API requires.
-local function reasoning_part(block)
-  if block.type == "thinking" then
-    if type(block.signature) ~= "string" or block.signature == "" then return nil, "has no signature" end
-    if type(block.thinking) ~= "string" then return nil, "has no thinking text" end
-    return { type = "text", text = block.thinking, signature = block.signature, provider = "anthropic" }
-  end
-  if type(block.data) ~= "string" or block.data == "" then return nil, "has no data" end
-  return { type = "redacted", data = block.data, provider = "anthropic" }
-end
-
---- Parses a complete (non-streamed) response body.
-function Provider:_parse(obj)
-  if obj.type == "error" or (type(obj.error) == "table" and obj.content == nil) then
-    local e = type(obj.error) == "table" and obj.error or {}
-    return nil, fail(e.type == "rate_limit_error" and "RateLimited" or "ProviderError",
-      "anthropic returned an error: " .. provider._excerpt(tostring(e.message), 512), { type = e.type })
-  end
-  if type(obj.content) ~= "table" then
-    return nil, fail("MalformedResponse", "anthropic response has no content array")
-  end
-  local text, calls, reasoning = {}, {}, nil
-  for i, block in ipairs(obj.content) do
-    if type(block) ~= "table" then
-      return nil, fail("MalformedResponse", ("anthropic content[%d] is not an object"):format(i))
-    end
-    local ty = block.type
-    if ty == "text" and type(block.text) == "string" then
-      text[#text + 1] = block.text
-    elseif ty == "tool_use" then
-      local input = block.input
-      calls[#calls + 1] = {
-        id = block.id, name = block.name,
-        arguments = type(input) == "table" and canonical(json.integers(input)) or nil,
-      }
-    elseif ty == "thinking" or ty == "redacted_thinking" then
-      local part, why = reasoning_part(block)
-      if not part then
-        return nil, fail("MalformedResponse", ("anthropic content[%d] (%s) %s"):format(i, ty, why))
-      end
-      reasoning = reasoning or {}
-      reasoning[#reasoning + 1] = part
-    end
-  end
-  local u = type(obj.usage) == "table" and obj.usage or {}
-  local raw = type(obj.stop_reason) == "string" and obj.stop_reason or nil
-  return {
-    text = table.concat(text),
-    tool_calls = calls,
-    reasoning = reasoning,
-    usage = usage(count(u.input_tokens), count(u.cache_read_input_tokens),
-      count(u.cache_creation_input_tokens), count(u.output_tokens)),
-    stop = stop_of(raw, calls),
-    stop_raw = raw,
-  }
-end
-
--- ------------------------------------------------------------- streaming
-
-local Stream = {}
-Stream.__index = Stream
-
-function Stream:__close()
-  self.calls:close()
-end
-
--- Mid-stream errors: retryable ones (overloaded, api_error, rate limits) may
--- be retried by complete() as long as no text reached on_delta.
-local STREAM_ERRORS = {
-  overloaded_error = { "ProviderError", 529 },
-  api_error = { "ProviderError", 500 },
-  rate_limit_error = { "RateLimited", 429 },
-}
-
-local function stream_error(obj, data)
-  local e = type(obj.error) == "table" and obj.error or {}
-  local kind = STREAM_ERRORS[e.type]
-  return fail(kind and kind[1] or "ProviderError",
-    "anthropic stream error: " .. provider._excerpt(tostring(e.message or e.type), 512),
-    { type = e.type, body = provider._excerpt(data), retryable = kind ~= nil })
-end
-
---- Handles one SSE event; returns an error to abandon the stream.
-function Stream:event(ev)
-  if self.done or ev.done then return nil end -- "[DONE]" is not Anthropic's, but proxies add it
-  local obj, err = decode_fast(ev.data)
-  if obj == nil then
-    return fail("MalformedResponse", "anthropic stream event is not valid JSON (" .. err.message .. ")",
-      { body = provider._excerpt(ev.data) })
-  end
-  if type(obj) ~= "table" then
-    return fail("MalformedResponse", "anthropic stream event is not a JSON object",
-      { body = provider._excerpt(ev.data) })
-  end
-  local ty = type(obj.type) == "string" and obj.type or ev.event
-  if ty == "content_block_delta" then
-    local d = obj.delta
-    if type(d) ~= "table" then return fail("MalformedResponse", "anthropic content_block_delta has no delta") end
-    local dtype = d.type
-    if dtype == "text_delta" then
-      local text = d.text
-      if type(text) == "string" and text ~= "" then
-        local n = self.ntext + 1
-        self.ntext = n
-        self.text[n] = text
-        self.emit(text)
-      end
-    elseif dtype == "input_json_delta" then
-      local index = tointeger(obj.index)
-      if not index or index < 0 then
-        return fail("MalformedResponse", "anthropic input_json_delta has no valid index")
-      end
-      local ok, aerr = self.calls:add(index, nil, nil,
-        type(d.partial_json) == "string" and d.partial_json or nil)
-      if not ok then return aerr end
-    elseif dtype == "thinking_delta" or dtype == "signature_delta" then
-      local part = self.thinking[tointeger(obj.index) or -1]
-      if not part or part.type ~= "text" then
-        return fail("MalformedResponse", ("anthropic %s outside a thinking block"):format(dtype))
-      end
-      if dtype == "signature_delta" then
-        -- The whole signature, sent once just before the block stops.
-        if type(d.signature) == "string" then part.signature = d.signature end
-      elseif type(d.thinking) == "string" and d.thinking ~= "" then
-        local buf = part.buf
-        buf[#buf + 1] = d.thinking
-        if self.on_reasoning then self.on_reasoning(d.thinking) end
-      end
-    end
-  elseif ty == "content_block_start" then
-    local b = obj.content_block
-    if type(b) ~= "table" then return fail("MalformedResponse", "anthropic content_block_start has no block") end
-    if b.type == "tool_use" then
-      local index = tointeger(obj.index)
-      if not index or index < 0 then
-        return fail("MalformedResponse", "anthropic tool_use block has no valid index")
-      end
-      -- The input arrives as input_json_delta fragments; a server that sends
-      -- it whole here is taken at its word.
-      local whole = type(b.input) == "table" and next(b.input) ~= nil and canonical(json.integers(b.input))
-        or nil
-      local ok, aerr = self.calls:add(index, type(b.id) == "string" and b.id or nil,
-        type(b.name) == "string" and b.name or nil, whole)
-      if not ok then return aerr end
-    elseif b.type == "text" and type(b.text) == "string" and b.text ~= "" then
-      local n = self.ntext + 1
-      self.ntext = n
-      self.text[n] = b.text
-      self.emit(b.text)
-    elseif b.type == "thinking" or b.type == "redacted_thinking" then
-      local index = tointeger(obj.index)
-      if not index or index < 0 or self.thinking[index] then
-        return fail("MalformedResponse", ("anthropic %s block has no valid index"):format(b.type))
-      end
-      -- Kept in block order; a thinking block's text and signature arrive
-      -- as deltas and are checked when the stream ends.
-      local part
-      if b.type == "thinking" then
-        local first = type(b.thinking) == "string" and b.thinking or ""
-        part = { type = "text", buf = { first }, signature = type(b.signature) == "string" and b.signature or nil }
-        if first ~= "" and self.on_reasoning then self.on_reasoning(first) end
-      else
-        part = { type = "redacted", data = b.data }
-      end
-      self.thinking[index] = part
-      self.reasoning[#self.reasoning + 1] = part
-    end
-  elseif ty == "message_start" then
-    local m = type(obj.message) == "table" and obj.message or {}
-    local u = type(m.usage) == "table" and m.usage or {}
-    self.input = count(u.input_tokens)
-    self.cache_read = count(u.cache_read_input_tokens)
-    self.cache_write = count(u.cache_creation_input_tokens)
-    self.output = count(u.output_tokens)
-    self.started = true
-  elseif ty == "message_delta" then
-    local d = type(obj.delta) == "table" and obj.delta or {}
-    if type(d.stop_reason) == "string" then self.stop = d.stop_reason end
-    local u = obj.usage
-    if type(u) == "table" then
-      -- Every count here is cumulative; the input ones are restated by
-      -- newer servers (and then final), left out by older ones.
-      if u.output_tokens ~= nil then self.output = count(u.output_tokens) end
-      if type(u.input_tokens) == "number" then self.input = count(u.input_tokens) end
-      if type(u.cache_read_input_tokens) == "number" then self.cache_read = count(u.cache_read_input_tokens) end
-      if type(u.cache_creation_input_tokens) == "number" then
-        self.cache_write = count(u.cache_creation_input_tokens)
-      end
-    end
-  elseif ty == "message_stop" then
-    self.done = true
-  elseif ty == "error" then
-    return stream_error(obj, ev.data)
-  end
-  -- ping, content_block_stop and unknown events carry nothing we need.
-  return nil
-end
-
---- The response once the HTTP stream ended.
-function Stream:finish()
-  if not self.done then
-    return nil, fail("MalformedResponse", "anthropic stream ended before message_stop",
-      { partial_text = table.concat(self.text) })
-  end
-  local calls, err = self.calls:result()
-  if not calls then return nil, err end
-  local reasoning
-  for i, p in ipairs(self.reasoning) do
-    local block = p.type == "text" and { type = "thinking", thinking = concat(p.buf), signature = p.signature }
-      or { type = "redacted_thinking", data = p.data }
-    local part, why = reasoning_part(block)
-    if not part then
-      return nil, fail("MalformedResponse", ("anthropic %s block %d %s"):format(block.type, i, why))
-    end
-    reasoning = reasoning or {}
-    reasoning[i] = part
-  end
-  return {
-    text = table.concat(self.text),
-    tool_calls = calls,
-    reasoning = reasoning,
-    usage = usage(self.input, self.cache_read, self.cache_write, self.output),
-    stop = stop_of(self.stop, calls),
-    stop_raw = self.stop,
-  }
-end
-
---- A parser for one streamed response; `emit(text)` receives text deltas,
---- `on_reasoning(text)` (optional) thinking deltas.
-function Provider:_stream(emit, on_reasoning)
-  return setmetatable({
-    emit = emit, on_reasoning = on_reasoning, text = {}, ntext = 0, done = false,
-    input = 0, output = 0, cache_read = 0, cache_write = 0,
-    thinking = {}, reasoning = {}, -- thinking blocks by index, and in block order
-    calls = core.tool_call_assembler(self.max_body_bytes),
-  }, Stream)
+--- A whole (non-streamed) response scanned in C: the reply, or nil and the
+--- error (not JSON, an error object, a block that cannot be taken), which
+--- the exchange gives the body's excerpt.
+function Provider:_c_parse(body)
+  return core.anthropic_parse(body, self.max_body_bytes)
 end
 
 return M

@@ -2,7 +2,7 @@
 --- retries around it. Knows the provider only through its hooks (see
 --- docs/internals.md): `_url`, `_headers`, and a reply parser, either a C
 --- sink (`_c_stream`, fed in place by the request) or a Lua stream
---- (`_stream`, fed SSE events), plus `_parse` (and `_c_parse`) for a whole
+--- (`_stream`, fed SSE events), plus `_c_parse` and/or `_parse` for a whole
 --- JSON reply.
 local core = require "tide.core"
 local json = require "tide.json"
@@ -101,13 +101,18 @@ end
 
 -- A whole JSON reply (a non-streamed one, or a streamed request answered
 -- without SSE), a string or still in its finished request: the response, or
--- nil and the error; and whether its text reached on_delta. A plain reply is
+-- nil and the error; and whether its text reached on_delta. The reply is
 -- scanned in C where the provider can (no table tree, and no string of the
--- body); anything else goes through the full decoder, which says what is
--- wrong.
+-- body). A C scanner either says what is wrong itself (nil, err: the body's
+-- excerpt is added) or leaves anything but a plain reply to the full
+-- decoder and `_parse` (nil alone).
 local function whole_reply(self, src, on_delta, on_reasoning)
-  local out = self._c_parse and self:_c_parse(src)
-  local err
+  local out, err
+  if self._c_parse then out, err = self:_c_parse(src) end
+  if err then
+    if err.body == nil then err.body = excerpt(type(src) == "string" and src or src:body()) end
+    return nil, err
+  end
   if not out then
     local text = type(src) == "string" and src or src:body()
     local obj, derr = json.decode_fast(text)
