@@ -2,6 +2,9 @@
 ** anthropic.c -- the Anthropic Messages wire format in C: the streamed reply
 ** parser (a kind of the reply shell, reply.c) and the whole-reply scanner.
 **
+** Beside it, the encoders of the two messages a tool loop repeats (the
+** assistant message with its tool_use blocks, the tool results).
+**
 ** The Lua parser decoded every SSE event into a table tree and walked it;
 ** here each event's JSON is scanned in place (json.c) for the fields a reply
 ** is made of, tool_use input goes to toolcall.c's assembler, and Lua sees
@@ -930,13 +933,205 @@ static int l_anthropic_parse(lua_State *L) {
   return ret;
 }
 
-/// Registers core.anthropic_stream and core.anthropic_parse into the module
-/// table at the top of the stack, and (re)creates the
+/* ------------------------------------------------------------ messages -- */
+
+/* The assistant message with tool calls and the tool results, written as
+** provider.anthropic's encoder writes them (keys sorted, as the canonical
+** encoder would order them): a session encodes every such message of its
+** tool loop. Two passes, as openai.c's encoders: the first sizes the string
+** and checks every value, the second writes it. */
+
+static const char MSG_OPEN[] = "{\"content\":[";
+static const char ASSISTANT_CLOSE[] = "],\"role\":\"assistant\"}";
+static const char USER_CLOSE[] = "],\"role\":\"user\"}";
+static const char TEXT_OPEN[] = "{\"text\":";
+static const char TEXT_CLOSE[] = ",\"type\":\"text\"}";
+static const char USE_OPEN[] = "{\"id\":";
+static const char USE_INPUT[] = ",\"input\":";
+static const char USE_NAME[] = ",\"name\":";
+static const char USE_CLOSE[] = ",\"type\":\"tool_use\"}";
+static const char RESULT_OPEN[] = "{\"content\":";
+static const char RESULT_ERROR[] = ",\"is_error\":true,\"tool_use_id\":";
+static const char RESULT_OK[] = ",\"is_error\":false,\"tool_use_id\":";
+static const char RESULT_CLOSE[] = ",\"type\":\"tool_result\"}";
+
+static int json_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+/* Whether the input text s[0..n) goes out as it is: one JSON object, white
+** space around it cut (*from, *len: what is sent). Text the Lua encoder
+** would re-encode (control characters, or "nan", "inf", "0x" in any case,
+** where lua-cjson might have read more than JSON) is declined, so that both
+** send the same bytes. */
+static int input_as_is(const char *s, size_t n, size_t *from, size_t *len) {
+  size_t i = 0, j = n;
+  while (i < j && json_space(s[i])) i++;
+  while (j > i && json_space(s[j - 1])) j--;
+  if (j - i < 2 || s[i] != '{' || s[j - 1] != '}') return 0;
+  for (size_t k = i; k < j; k++) {
+    unsigned char c = (unsigned char)s[k], d = k + 1 < j ? (unsigned char)(s[k + 1] | 0x20) : 0;
+    if (c < 0x20 || c == 0x7f) return 0;
+    c |= 0x20; /* lower case, for letters */
+    if ((c == 'n' && d == 'a' && k + 2 < j && (s[k + 2] | 0x20) == 'n') ||
+        (c == 'i' && d == 'n' && k + 2 < j && (s[k + 2] | 0x20) == 'f') || (c == '0' && d == 'x'))
+      return 0;
+  }
+  if (!tide__json_is_object(s + i, j - i)) return 0;
+  *from = i;
+  *len = j - i;
+  return 1;
+}
+
+/* One call's strings (the call tables keep them alive), its input cut. */
+typedef struct use_strings {
+  const char *id, *name, *args;
+  size_t il, nl, from, al;
+} use_strings;
+
+/* Call i of the list at idx; 0 when it is not a table of string id, name
+** and arguments, or (unless the caller checked them) its arguments are not
+** JSON object text as it is sent. */
+static int use_strings_of(lua_State *L, int idx, lua_Integer i, int checked, use_strings *c) {
+  if (lua_rawgeti(L, idx, i) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  int t = lua_gettop(L);
+  size_t n = 0;
+  c->args = tide__field_str(L, t, "arguments", &n);
+  c->name = tide__field_str(L, t, "name", &c->nl);
+  c->id = tide__field_str(L, t, "id", &c->il);
+  lua_pop(L, 1);
+  if (!(c->args && c->name && c->id)) return 0;
+  if (checked) {
+    c->from = 0, c->al = n;
+    return 1;
+  }
+  return input_as_is(c->args, n, &c->from, &c->al);
+}
+
+/* core.anthropic_assistant_wire(text, calls[, thinking[, checked]]) -> string | nil
+** The assistant message with tool calls: the thinking blocks (their JSON,
+** joined, as the Lua encoder makes them) first, then the text block unless
+** the text is "" or nil, then one tool_use block per call with its
+** arguments as the input; nil when there is no call, or a call is not a
+** table of string id, name and arguments that are one JSON object as it
+** is sent. The provider then makes each input what it sends (checked: the
+** arguments are written as they are) and asks again. */
+static int l_assistant_wire(lua_State *L) {
+  size_t tl = 0, hl = 0;
+  const char *text = lua_isnil(L, 1) ? "" : luaL_checklstring(L, 1, &tl);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  const char *thinking = luaL_optlstring(L, 3, "", &hl);
+  int checked = lua_toboolean(L, 4);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
+  if (n < 1) return 0;
+  size_t total = TIDE_LIT(MSG_OPEN) + TIDE_LIT(ASSISTANT_CLOSE);
+  if (hl > 0) total += hl + 1;
+  if (tl > 0) total += TIDE_LIT(TEXT_OPEN) + tide__json_size_quoted(text, tl) + TIDE_LIT(TEXT_CLOSE) + 1;
+  for (lua_Integer i = 1; i <= n; i++) {
+    use_strings c;
+    if (!use_strings_of(L, 2, i, checked, &c)) return 0;
+    total += (i > 1) + TIDE_LIT(USE_OPEN) + TIDE_LIT(USE_INPUT) + TIDE_LIT(USE_NAME) + TIDE_LIT(USE_CLOSE) +
+             tide__json_size_quoted(c.id, c.il) + c.al + tide__json_size_quoted(c.name, c.nl);
+  }
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, total);
+  size_t k = 0;
+  tide__json_put(out, &k, MSG_OPEN, TIDE_LIT(MSG_OPEN));
+  if (hl > 0) {
+    tide__json_put(out, &k, thinking, hl);
+    out[k++] = ',';
+  }
+  if (tl > 0) {
+    tide__json_put(out, &k, TEXT_OPEN, TIDE_LIT(TEXT_OPEN));
+    tide__json_put_quoted(out, &k, text, tl);
+    tide__json_put(out, &k, TEXT_CLOSE, TIDE_LIT(TEXT_CLOSE));
+    out[k++] = ',';
+  }
+  for (lua_Integer i = 1; i <= n; i++) {
+    use_strings c = {NULL, NULL, NULL, 0, 0, 0, 0};
+    use_strings_of(L, 2, i, checked, &c); /* checked above */
+    if (i > 1) out[k++] = ',';
+    tide__json_put(out, &k, USE_OPEN, TIDE_LIT(USE_OPEN));
+    tide__json_put_quoted(out, &k, c.id, c.il);
+    tide__json_put(out, &k, USE_INPUT, TIDE_LIT(USE_INPUT));
+    tide__json_put(out, &k, c.args + c.from, c.al);
+    tide__json_put(out, &k, USE_NAME, TIDE_LIT(USE_NAME));
+    tide__json_put_quoted(out, &k, c.name, c.nl);
+    tide__json_put(out, &k, USE_CLOSE, TIDE_LIT(USE_CLOSE));
+  }
+  tide__json_put(out, &k, ASSISTANT_CLOSE, TIDE_LIT(ASSISTANT_CLOSE));
+  luaL_pushresultsize(&b, k);
+  return 1;
+}
+
+/* Result i of the list at idx; 0 when it is not a table of string id and
+** content. */
+static int result_strings_of(lua_State *L, int idx, lua_Integer i, const char **c, size_t *cl,
+                             const char **id, size_t *il, int *is_error) {
+  if (lua_rawgeti(L, idx, i) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  int t = lua_gettop(L);
+  *c = tide__field_str(L, t, "content", cl);
+  *id = tide__field_str(L, t, "id", il);
+  *is_error = lua_getfield(L, t, "is_error") == LUA_TBOOLEAN && lua_toboolean(L, -1);
+  lua_pop(L, 2);
+  return *c && *id;
+}
+
+/* core.anthropic_results_wire(results) -> string | nil
+** A tool message's results: one user message of tool_result blocks
+** (is_error true only for a result whose is_error is true); nil when a
+** result is not a table of string id and content, or there is none. */
+static int l_results_wire(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 1);
+  if (n < 1) return 0;
+  size_t total = TIDE_LIT(MSG_OPEN) + TIDE_LIT(USER_CLOSE);
+  for (lua_Integer i = 1; i <= n; i++) {
+    const char *c = NULL, *id = NULL;
+    size_t cl = 0, il = 0;
+    int err;
+    if (!result_strings_of(L, 1, i, &c, &cl, &id, &il, &err)) return 0;
+    total += (i > 1) + TIDE_LIT(RESULT_OPEN) + (err ? TIDE_LIT(RESULT_ERROR) : TIDE_LIT(RESULT_OK)) +
+             TIDE_LIT(RESULT_CLOSE) + tide__json_size_quoted(c, cl) + tide__json_size_quoted(id, il);
+  }
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, total);
+  size_t k = 0;
+  tide__json_put(out, &k, MSG_OPEN, TIDE_LIT(MSG_OPEN));
+  for (lua_Integer i = 1; i <= n; i++) {
+    const char *c = NULL, *id = NULL;
+    size_t cl = 0, il = 0;
+    int err = 0;
+    result_strings_of(L, 1, i, &c, &cl, &id, &il, &err); /* checked above */
+    if (i > 1) out[k++] = ',';
+    tide__json_put(out, &k, RESULT_OPEN, TIDE_LIT(RESULT_OPEN));
+    tide__json_put_quoted(out, &k, c, cl);
+    if (err)
+      tide__json_put(out, &k, RESULT_ERROR, TIDE_LIT(RESULT_ERROR));
+    else
+      tide__json_put(out, &k, RESULT_OK, TIDE_LIT(RESULT_OK));
+    tide__json_put_quoted(out, &k, id, il);
+    tide__json_put(out, &k, RESULT_CLOSE, TIDE_LIT(RESULT_CLOSE));
+  }
+  tide__json_put(out, &k, USER_CLOSE, TIDE_LIT(USER_CLOSE));
+  luaL_pushresultsize(&b, k);
+  return 1;
+}
+
+/// Registers core.anthropic_stream, core.anthropic_parse and the message
+/// encoders core.anthropic_assistant_wire and core.anthropic_results_wire
+/// into the module table at the top of the stack, and (re)creates the
 /// "tide.anthropic_stream" metatable with the reply shell's methods and
 /// sink.
 void tide__open_anthropic(lua_State *L) {
   static const luaL_Reg fns[] = {{"anthropic_stream", l_anthropic_stream},
                                  {"anthropic_parse", l_anthropic_parse},
+                                 {"anthropic_assistant_wire", l_assistant_wire},
+                                 {"anthropic_results_wire", l_results_wire},
                                  {NULL, NULL}};
   tide__reply_register(L, &ANTHROPIC);
   luaL_setfuncs(L, fns, 0);

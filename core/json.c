@@ -518,6 +518,14 @@ size_t tide__json_write_quoted(char *out, const unsigned char *s, size_t n) {
 }
 
 
+int tide__json_is_object(const char *s, size_t n) {
+  tide_json p = {s, n, 0, 0, NULL, 0, NULL, NULL, NULL};
+  tide__json_skip_ws(&p);
+  if (tide__json_peek(&p) != '{' || tide__json_skip(&p) != J_OK) return 0;
+  tide__json_skip_ws(&p);
+  return p.i == p.n;
+}
+
 /* ----------------------------------------------------------- canonical -- */
 
 /* tide.json.canonical of what json.decode gives for a document: the bytes a

@@ -5,6 +5,8 @@
 #ifndef TIDE_JSON_H
 #define TIDE_JSON_H
 
+#include <string.h>
+
 #include "tide.h"
 
 /* Kinds of JSON values, from their first byte. */
@@ -81,5 +83,23 @@ int tide__json_canonical(tide_json *p, tide_buf *out);
 /* The size of s quoted as lua-cjson quotes it, and writing it at out. */
 size_t tide__json_quoted_size(const unsigned char *s, size_t n);
 size_t tide__json_write_quoted(char *out, const unsigned char *s, size_t n);
+
+/* Whether s[0..n) is one JSON object, white space around it allowed (s is
+** followed by a NUL or another byte that ends a number). */
+int tide__json_is_object(const char *s, size_t n);
+
+/* Writing a message whose size was summed first (the encoders of the two
+** messages a tool loop repeats): bytes go to out at *k. */
+#define TIDE_LIT(s) (sizeof(s) - 1)
+static inline void tide__json_put(char *out, size_t *k, const char *s, size_t n) {
+  memcpy(out + *k, s, n);
+  *k += n;
+}
+static inline void tide__json_put_quoted(char *out, size_t *k, const char *s, size_t n) {
+  *k += tide__json_write_quoted(out + *k, (const unsigned char *)s, n);
+}
+static inline size_t tide__json_size_quoted(const char *s, size_t n) {
+  return tide__json_quoted_size((const unsigned char *)s, n);
+}
 
 #endif

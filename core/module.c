@@ -52,6 +52,13 @@ const tide_sink *tide__sink_of(lua_State *L, int idx) {
   return sink;
 }
 
+const char *tide__field_str(lua_State *L, int idx, const char *k, size_t *len) {
+  const char *s = NULL;
+  if (lua_getfield(L, idx, k) == LUA_TSTRING) s = lua_tolstring(L, -1, len);
+  lua_pop(L, 1);
+  return s;
+}
+
 void tide__add_header(lua_State *L, const char *name, size_t nl,
                       const char *v, size_t vl) {
   luaL_Buffer b;

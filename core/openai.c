@@ -716,44 +716,11 @@ static const char ASSISTANT_CALLS[] = ",\"role\":\"assistant\",\"tool_calls\":["
 static const char RESULT_OPEN[] = "{\"content\":";
 static const char RESULT_ID[] = ",\"role\":\"tool\",\"tool_call_id\":";
 
-#define LIT(s) (sizeof(s) - 1)
-
-/* The string field k of the table at idx, or NULL when it is not a string.
-** The value is popped: the table keeps the string alive. */
-static const char *field_str(lua_State *L, int idx, const char *k, size_t *len) {
-  const char *s = NULL;
-  if (lua_getfield(L, idx, k) == LUA_TSTRING) s = lua_tolstring(L, -1, len);
-  lua_pop(L, 1);
-  return s;
-}
-
-static void put(char *out, size_t *k, const char *s, size_t n) {
-  memcpy(out + *k, s, n);
-  *k += n;
-}
-
-static void put_quoted(char *out, size_t *k, const char *s, size_t n) {
-  *k += tide__json_write_quoted(out + *k, (const unsigned char *)s, n);
-}
-
-static size_t quoted_size(const char *s, size_t n) {
-  return tide__json_quoted_size((const unsigned char *)s, n);
-}
-
 /* One call's strings. The call tables keep them alive. */
 typedef struct call_strings {
   const char *a, *nm, *id, *x;
   size_t al, nl, il, xl;
 } call_strings;
-
-/* Whether s[0..n) is one JSON object (s is a Lua string: a NUL follows). */
-static int json_object(const char *s, size_t n) {
-  tide_json p = {s, n, 0, 0, NULL, 0, NULL, NULL, NULL};
-  tide__json_skip_ws(&p);
-  if (tide__json_peek(&p) != '{' || tide__json_skip(&p) != J_OK) return 0;
-  tide__json_skip_ws(&p);
-  return p.i == p.n;
-}
 
 /* Call i of the list at idx; 0 when it is not a table of three strings, or
 ** its extra_content is there but not the JSON text of an object (a table
@@ -764,13 +731,13 @@ static int call_strings_of(lua_State *L, int idx, lua_Integer i, call_strings *c
     return 0;
   }
   int t = lua_gettop(L);
-  c->a = field_str(L, t, "arguments", &c->al);
-  c->nm = field_str(L, t, "name", &c->nl);
-  c->id = field_str(L, t, "id", &c->il);
+  c->a = tide__field_str(L, t, "arguments", &c->al);
+  c->nm = tide__field_str(L, t, "name", &c->nl);
+  c->id = tide__field_str(L, t, "id", &c->il);
   int xt = lua_getfield(L, t, "extra_content");
   c->x = xt == LUA_TSTRING ? lua_tolstring(L, -1, &c->xl) : NULL;
   lua_pop(L, 2);
-  if (xt != LUA_TNIL && (c->x == NULL || !json_object(c->x, c->xl))) return 0;
+  if (xt != LUA_TNIL && (c->x == NULL || !tide__json_is_object(c->x, c->xl))) return 0;
   return c->a && c->nm && c->id;
 }
 
@@ -790,46 +757,46 @@ static int l_assistant_wire(lua_State *L) {
   const char *reasoning = luaL_optlstring(L, 3, "", &rl);
   lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
   if (n < 1) return 0;
-  size_t total = LIT(ASSISTANT_OPEN) + LIT(ASSISTANT_CALLS) + 2;
-  total += tl > 0 ? quoted_size(text, tl) : 4;
-  if (rl > 0) total += LIT(ASSISTANT_REASONING) + quoted_size(reasoning, rl);
+  size_t total = TIDE_LIT(ASSISTANT_OPEN) + TIDE_LIT(ASSISTANT_CALLS) + 2;
+  total += tl > 0 ? tide__json_size_quoted(text, tl) : 4;
+  if (rl > 0) total += TIDE_LIT(ASSISTANT_REASONING) + tide__json_size_quoted(reasoning, rl);
   for (lua_Integer i = 1; i <= n; i++) {
     call_strings c;
     if (!call_strings_of(L, 2, i, &c)) return 0;
-    total += (i > 1) + LIT(CALL_OPEN) + LIT(CALL_NAME) + LIT(CALL_ID) + LIT(CALL_CLOSE) +
-             quoted_size(c.a, c.al) + quoted_size(c.nm, c.nl) + quoted_size(c.id, c.il);
-    if (c.x) total += LIT(CALL_EXTRA) + c.xl + LIT(CALL_FUNCTION) - LIT(CALL_OPEN);
+    total += (i > 1) + TIDE_LIT(CALL_OPEN) + TIDE_LIT(CALL_NAME) + TIDE_LIT(CALL_ID) + TIDE_LIT(CALL_CLOSE) +
+             tide__json_size_quoted(c.a, c.al) + tide__json_size_quoted(c.nm, c.nl) + tide__json_size_quoted(c.id, c.il);
+    if (c.x) total += TIDE_LIT(CALL_EXTRA) + c.xl + TIDE_LIT(CALL_FUNCTION) - TIDE_LIT(CALL_OPEN);
   }
   luaL_Buffer b;
   char *out = luaL_buffinitsize(L, &b, total);
   size_t k = 0;
-  put(out, &k, ASSISTANT_OPEN, LIT(ASSISTANT_OPEN));
+  tide__json_put(out, &k, ASSISTANT_OPEN, TIDE_LIT(ASSISTANT_OPEN));
   if (tl > 0)
-    put_quoted(out, &k, text, tl);
+    tide__json_put_quoted(out, &k, text, tl);
   else
-    put(out, &k, "null", 4);
+    tide__json_put(out, &k, "null", 4);
   if (rl > 0) {
-    put(out, &k, ASSISTANT_REASONING, LIT(ASSISTANT_REASONING));
-    put_quoted(out, &k, reasoning, rl);
+    tide__json_put(out, &k, ASSISTANT_REASONING, TIDE_LIT(ASSISTANT_REASONING));
+    tide__json_put_quoted(out, &k, reasoning, rl);
   }
-  put(out, &k, ASSISTANT_CALLS, LIT(ASSISTANT_CALLS));
+  tide__json_put(out, &k, ASSISTANT_CALLS, TIDE_LIT(ASSISTANT_CALLS));
   for (lua_Integer i = 1; i <= n; i++) {
     call_strings c = {NULL, NULL, NULL, NULL, 0, 0, 0, 0};
     call_strings_of(L, 2, i, &c); /* checked above */
     if (i > 1) out[k++] = ',';
     if (c.x) {
-      put(out, &k, CALL_EXTRA, LIT(CALL_EXTRA));
-      put(out, &k, c.x, c.xl);
-      put(out, &k, CALL_FUNCTION, LIT(CALL_FUNCTION));
+      tide__json_put(out, &k, CALL_EXTRA, TIDE_LIT(CALL_EXTRA));
+      tide__json_put(out, &k, c.x, c.xl);
+      tide__json_put(out, &k, CALL_FUNCTION, TIDE_LIT(CALL_FUNCTION));
     } else {
-      put(out, &k, CALL_OPEN, LIT(CALL_OPEN));
+      tide__json_put(out, &k, CALL_OPEN, TIDE_LIT(CALL_OPEN));
     }
-    put_quoted(out, &k, c.a, c.al);
-    put(out, &k, CALL_NAME, LIT(CALL_NAME));
-    put_quoted(out, &k, c.nm, c.nl);
-    put(out, &k, CALL_ID, LIT(CALL_ID));
-    put_quoted(out, &k, c.id, c.il);
-    put(out, &k, CALL_CLOSE, LIT(CALL_CLOSE));
+    tide__json_put_quoted(out, &k, c.a, c.al);
+    tide__json_put(out, &k, CALL_NAME, TIDE_LIT(CALL_NAME));
+    tide__json_put_quoted(out, &k, c.nm, c.nl);
+    tide__json_put(out, &k, CALL_ID, TIDE_LIT(CALL_ID));
+    tide__json_put_quoted(out, &k, c.id, c.il);
+    tide__json_put(out, &k, CALL_CLOSE, TIDE_LIT(CALL_CLOSE));
   }
   out[k++] = ']';
   out[k++] = '}';
@@ -846,8 +813,8 @@ static int result_strings_of(lua_State *L, int idx, lua_Integer i, const char **
     return 0;
   }
   int t = lua_gettop(L);
-  *c = field_str(L, t, "content", cl);
-  *id = field_str(L, t, "id", il);
+  *c = tide__field_str(L, t, "content", cl);
+  *id = tide__field_str(L, t, "id", il);
   lua_pop(L, 1);
   return *c && *id;
 }
@@ -865,7 +832,7 @@ static int l_results_wire(lua_State *L) {
     const char *c = NULL, *id = NULL;
     size_t cl = 0, il = 0;
     if (!result_strings_of(L, 1, i, &c, &cl, &id, &il)) return 0;
-    total += (i > 1) + LIT(RESULT_OPEN) + LIT(RESULT_ID) + 1 + quoted_size(c, cl) + quoted_size(id, il);
+    total += (i > 1) + TIDE_LIT(RESULT_OPEN) + TIDE_LIT(RESULT_ID) + 1 + tide__json_size_quoted(c, cl) + tide__json_size_quoted(id, il);
   }
   luaL_Buffer b;
   char *out = luaL_buffinitsize(L, &b, total);
@@ -875,10 +842,10 @@ static int l_results_wire(lua_State *L) {
     size_t cl = 0, il = 0;
     result_strings_of(L, 1, i, &c, &cl, &id, &il); /* checked above */
     if (i > 1) out[k++] = ',';
-    put(out, &k, RESULT_OPEN, LIT(RESULT_OPEN));
-    put_quoted(out, &k, c, cl);
-    put(out, &k, RESULT_ID, LIT(RESULT_ID));
-    put_quoted(out, &k, id, il);
+    tide__json_put(out, &k, RESULT_OPEN, TIDE_LIT(RESULT_OPEN));
+    tide__json_put_quoted(out, &k, c, cl);
+    tide__json_put(out, &k, RESULT_ID, TIDE_LIT(RESULT_ID));
+    tide__json_put_quoted(out, &k, id, il);
     out[k++] = '}';
   }
   luaL_pushresultsize(&b, k);

@@ -414,6 +414,9 @@ void tide__register_type(lua_State *L, const char *name, const luaL_Reg *meta,
 void *tide__testudata(lua_State *L, int idx, const char *name);
 /// As luaL_checkudata, through tide__testudata.
 void *tide__checkudata(lua_State *L, int idx, const char *name);
+/// The string field k of the table at idx, or NULL when it is not a string.
+/// The value is popped: the table keeps the string alive.
+const char *tide__field_str(lua_State *L, int idx, const char *k, size_t *len);
 /// Sets header name (lowercased here) to value in the table at the top of
 /// the stack; a repeated header is joined with ", " as RFC 9110 allows.
 void tide__add_header(lua_State *L, const char *name, size_t nl,
@@ -434,8 +437,8 @@ void tide__open_sse(lua_State *L);
 /// Registers the OpenAI wire format in C: openai_stream, openai_parse and
 /// the message encoders.
 void tide__open_openai(lua_State *L);
-/// Registers the Anthropic wire format in C: anthropic_stream and
-/// anthropic_parse.
+/// Registers the Anthropic wire format in C: anthropic_stream,
+/// anthropic_parse and the message encoders.
 void tide__open_anthropic(lua_State *L);
 /// Registers json_integers.
 void tide__open_json(lua_State *L);

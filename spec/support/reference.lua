@@ -371,4 +371,47 @@ function M.anthropic_stream(body)
     stop = anthropic_stop(st.stop, calls), stop_raw = st.stop, deltas = st.text, rdeltas = st.rdeltas }
 end
 
+--- The input a tool_use block sends for a call's arguments, as the Lua
+--- encoder made it: the arguments' text when it is one JSON object (cut of
+--- white space), re-encoded canonically when lua-cjson may have read more
+--- than JSON into it, `{}` when it is not an object.
+function M.anthropic_input(args)
+  if type(args) == "table" then return json.canonical(args) end
+  if type(args) ~= "string" then return "{}" end
+  local trimmed = args:match("^%s*(.-)%s*$")
+  if trimmed:byte(1) ~= 123 then return "{}" end
+  local ok, v = pcall(cjson.decode, trimmed)
+  if not ok or type(v) ~= "table" then return "{}" end
+  local lower = trimmed:lower()
+  if trimmed:find("%c") or lower:find("nan", 1, true) or lower:find("inf", 1, true) or lower:find("0x", 1, true) then
+    return json.canonical(json.integers(v))
+  end
+  return trimmed
+end
+
+--- An assistant message with tool calls (core.anthropic_assistant_wire):
+--- thinking blocks (JSON, joined), a text block unless the text is empty,
+--- one tool_use block per call.
+function M.anthropic_assistant(text, calls, thinking)
+  local blocks = {}
+  if thinking then blocks[#blocks + 1] = thinking end
+  if text and text ~= "" then blocks[#blocks + 1] = json.canonical { type = "text", text = text } end
+  for _, c in ipairs(calls) do
+    blocks[#blocks + 1] = '{"id":' .. json.quote(c.id) .. ',"input":' .. M.anthropic_input(c.arguments)
+      .. ',"name":' .. json.quote(c.name) .. ',"type":"tool_use"}'
+  end
+  return '{"content":[' .. table.concat(blocks, ",") .. '],"role":"assistant"}'
+end
+
+--- A tool message's results as one user message of tool_result blocks
+--- (core.anthropic_results_wire).
+function M.anthropic_results(results)
+  local blocks = {}
+  for i, r in ipairs(results) do
+    blocks[i] = json.canonical { type = "tool_result", tool_use_id = r.id, content = r.content,
+      is_error = r.is_error == true }
+  end
+  return '{"content":[' .. table.concat(blocks, ",") .. '],"role":"user"}'
+end
+
 return M

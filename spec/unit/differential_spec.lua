@@ -357,3 +357,47 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
     assert.are.equal('{"l":[],"o":{}}', got.tool_calls[1].arguments)
   end)
 end)
+
+describe("the Anthropic message encoders against the Lua encoder they replaced", function()
+  local provider = require "tide.provider"
+  local p = provider.anthropic { base_url = "http://127.0.0.1:9", api_key = "k", model = "m" }
+  local ARGS = { '{"q":"x"}', ' \n{"q": "x", "n": [1, 2]}\t', '{\n  "pretty": true\n}', '{"note":"information"}',
+    '{"v":NaN}', '{"h":0x10}', '{"s":"Infinity"}', '[1,2]', 'not json', '', '{"a":', '{}', '{"u":"\\u00e9\\/"}',
+    '{"a":1} trailing', "\v{\"a\":1}", '{"deep":{"x":[{}]}}' }
+
+  it("writes the assistant message with tool_use blocks as the Lua encoder did", function()
+    local r = rng(11)
+    for _ = 1, 400 do
+      local calls = {}
+      for i = 1, r(3) do
+        local args = r(5) == 1 and { q = text(r, 5), n = r(9) } or (r(2) == 1 and ARGS[r(#ARGS)] or
+          ('{"q":' .. require("cjson").encode(text(r, 8)) .. '}'))
+        calls[i] = { id = "toolu_" .. text(r, 4), name = "tool_" .. r(3), arguments = args }
+      end
+      local content = r(3) == 1 and text(r, 12) or nil
+      local reasoning = r(4) == 1 and { { type = "text", text = text(r, 6), signature = "sig", provider = "anthropic" },
+        { type = "redacted", data = "d" .. r(9), provider = "anthropic" } } or nil
+      local want_thinking = reasoning and ('{"signature":"sig","thinking":' .. require("tide.json").quote(reasoning[1].text)
+        .. ',"type":"thinking"},{"data":"' .. reasoning[2].data .. '","type":"redacted_thinking"}')
+      local got = p:encode_message({ role = "assistant", content = content, tool_calls = calls, reasoning = reasoning })
+      assert.are.equal(ref.anthropic_assistant(content, calls, want_thinking), got)
+    end
+  end)
+
+  it("writes tool results as the Lua encoder did", function()
+    local r = rng(12)
+    for _ = 1, 300 do
+      local results = {}
+      for i = 1, r(4) do
+        results[i] = { id = "toolu_" .. text(r, 5), name = "n",
+          content = r(4) == 1 and { k = text(r, 3) } or text(r, 20), is_error = ({ true, false, nil, "yes" })[r(4)] }
+      end
+      local want = {}
+      for i, x in ipairs(results) do
+        want[i] = { id = x.id, is_error = x.is_error,
+          content = type(x.content) == "table" and require("tide.json").canonical(x.content) or x.content }
+      end
+      assert.are.equal(ref.anthropic_results(want), p:encode_message({ role = "tool", results = results }))
+    end
+  end)
+end)

@@ -110,8 +110,12 @@ end
 -- Messages are encoded by hand, one fixed shape per kind of message, with
 -- the keys in sorted order: the bytes are those json.canonical would give,
 -- for a fraction of the cost (the session encodes every message once, on the
--- path of every turn). Only table values go through the canonical encoder.
+-- path of every turn). The assistant message with tool calls and the tool
+-- results are written in C (core.anthropic_assistant_wire and
+-- core.anthropic_results_wire, core/anthropic.c). Only table values go
+-- through the canonical encoder.
 local concat = table.concat
+local assistant_wire, results_wire = core.anthropic_assistant_wire, core.anthropic_results_wire
 local decode_fast = json.decode_fast
 local byte, find = string.byte, string.find
 
@@ -141,9 +145,20 @@ local function input_json(args)
   return trimmed
 end
 
-local function tool_use(c)
-  return '{"id":' .. quote(c.id) .. ',"input":' .. input_json(c.arguments)
-    .. ',"name":' .. quote(c.name) .. ',"type":"tool_use"}'
+-- The calls as the C encoder takes them when it declined a list: each
+-- input the JSON text it is sent as (the encoder then writes it as it is).
+local function plain_calls(calls)
+  local copy = {}
+  for i, c in ipairs(calls) do copy[i] = { id = c.id, name = c.name, arguments = input_json(c.arguments) } end
+  return copy
+end
+
+-- The results as the C encoder takes them: plain tables, content as text.
+local result_text = provider._result_text
+local function plain_results(results)
+  local copy = {}
+  for i, r in ipairs(results) do copy[i] = { id = r.id, content = result_text(r.content), is_error = r.is_error } end
+  return copy
 end
 
 -- The thinking blocks of an assistant message, as the content blocks that
@@ -222,14 +237,11 @@ function Provider:_encode(msg, level)
     error("tide.provider.anthropic: a system message cannot be sent as a message (give it to encode_prefix)", level)
   end
   if role == "tool" then
-    if #msg.results == 0 then return "" end
-    local blocks, result_text = {}, provider._result_text
-    for i, r in ipairs(msg.results) do
-      blocks[i] = '{"content":' .. quote(result_text(r.content))
-        .. (r.is_error == true and ',"is_error":true,"tool_use_id":' or ',"is_error":false,"tool_use_id":')
-        .. quote(r.id) .. ',"type":"tool_result"}'
-    end
-    return '{"content":[' .. concat(blocks, ",") .. '],"role":"user"}'
+    local results = msg.results
+    if #results == 0 then return "" end
+    local enc = results_wire(results) or results_wire(plain_results(results))
+    if not enc then error("tide.provider.anthropic: tool results need a string 'id'", level) end
+    return enc
   end
   if role == "assistant" then
     local calls = msg.tool_calls
@@ -240,23 +252,9 @@ function Provider:_encode(msg, level)
       if not thinking then return '{"content":' .. quote(text) .. ',"role":"assistant"}' end
       return '{"content":[' .. thinking .. ',{"text":' .. quote(text) .. ',"type":"text"}],"role":"assistant"}'
     end
-    if text == "" and #calls == 1 and not thinking then -- the usual shape, without a table
-      return '{"content":[' .. tool_use(calls[1]) .. '],"role":"assistant"}'
-    end
-    local blocks, n = {}, 0
-    if thinking then
-      n = 1
-      blocks[1] = thinking
-    end
-    if text ~= "" then
-      n = n + 1
-      blocks[n] = '{"text":' .. quote(text) .. ',"type":"text"}'
-    end
-    for _, c in ipairs(calls) do
-      n = n + 1
-      blocks[n] = tool_use(c)
-    end
-    return '{"content":[' .. concat(blocks, ",") .. '],"role":"assistant"}'
+    local enc = assistant_wire(text, calls, thinking) or assistant_wire(text, plain_calls(calls), thinking, true)
+    if not enc then error("tide.provider.anthropic: tool_calls need string 'id' and 'name'", level) end
+    return enc
   end
   local content = msg.content
   if content == nil then return '{"content":"","role":"user"}' end
