@@ -54,6 +54,13 @@ function M.new(opts)
     end
     self.thinking = { type = "enabled", budget_tokens = opts.thinking.budget_tokens }
   end
+  local so = opts.structured_output
+  if so ~= nil and so ~= "native" and so ~= "tool" then
+    return nil, "tide.provider.anthropic: 'structured_output' must be \"native\" or \"tool\""
+  end
+  self.structured_output = so or "native"
+  -- Only a forced tool's answer needs taking out of the calls.
+  if self.structured_output == "tool" then self._finish_reply = M._tool_answer end
   return setmetatable(self, Provider)
 end
 
@@ -61,19 +68,193 @@ end
 
 local EPHEMERAL = { type = "ephemeral" }
 
+-- ------------------------------------------------------ structured output
+--
+-- A turn's schema holds the model in one of two ways (`structured_output`):
+--
+-- "native" (the default): the Messages API's structured outputs,
+-- `output_config.format = { type = "json_schema", schema }` (generally
+-- available, no beta header; the SDKs' `output_format` is the beta name of
+-- the same). The API constrains decoding to the schema, but takes only part
+-- of JSON Schema: every object must say `additionalProperties: false`, and
+-- numeric bounds, string lengths, patterns, `maxItems` and `minItems` above
+-- 1 are refused. The schema is sent as the official SDKs send it: objects
+-- closed, `oneOf` as `anyOf`, what the API does not take moved into the
+-- description (`{minimum: 1}`) so that the model may still follow it.
+-- tide validates the answer against the whole schema all the same, and a
+-- miss gets the repair turn. (An open object, a map of anything, is sent
+-- closed: use "tool" for such a schema.)
+--
+-- "tool": for models and servers without structured outputs (older
+-- models, some cloud endpoints and proxies answer `output_config.format:
+-- Extra inputs are not permitted`): the schema is the input schema of one
+-- more tool, `structured_output`, which the model is forced to call
+-- (`tool_choice` `{type = "tool"}`, or `{type = "any"}` when the agent has
+-- tools of its own, so that it can still use them first). Its input is the
+-- answer (a schema whose root is not an object is wrapped in a `value`
+-- property, tools taking only objects). With extended thinking the API
+-- refuses a forced tool ("Thinking may not be enabled when tool_choice
+-- forces tool use"), so the tool is offered with `tool_choice` auto: the
+-- model is asked, not forced, and validation and the repair turn do the
+-- rest. The reply comes back as if the model had answered the JSON as text
+-- (text deltas do not stream it).
+
+--- The name of the tool a "tool" provider answers through; no tool of an
+--- agent may have it.
+M.OUTPUT_TOOL = "structured_output"
+local OUTPUT_DESCRIPTION = "Give your final answer by calling this tool: its input is the answer."
+local OUTPUT_DESCRIPTION_VALUE = "Give your final answer by calling this tool: its `value` is the answer."
+local OUTPUT_WRAPPED = json.quote(OUTPUT_DESCRIPTION_VALUE)
+
+--- The Messages API holds the model to a turn's schema (natively or by a
+--- forced tool): encode_prefix takes the schema.
+Provider._native_schema = true
+
+-- What the API's structured outputs take, as the SDKs' transform_schema
+-- keeps it; other keywords go into the description.
+local KEEP = { type = true, enum = true, const = true, required = true, description = true, title = true,
+  ["$ref"] = true }
+local NAMED = { properties = true, ["$defs"] = true, definitions = true }
+local FORMATS = { ["date-time"] = true, time = true, date = true, duration = true, email = true, hostname = true,
+  uri = true, ipv4 = true, ipv6 = true, uuid = true }
+local SILENT = { ["$schema"] = true, strict = true } -- say nothing to the model
+
+local function is_object_schema(s)
+  local t = s.type
+  if t == "object" or s.properties ~= nil then return true end
+  if type(t) == "table" then
+    for _, v in ipairs(t) do if v == "object" then return true end end
+  end
+  return false
+end
+
+-- A list as a JSON array even when empty.
+local function list_of(v)
+  if type(v) ~= "table" then return v end
+  return json.array(table.move(v, 1, #v, 1, {}))
+end
+
+-- The schema as the API's structured outputs take it (see above).
+local function api_schema(s)
+  if type(s) ~= "table" then return s end
+  local out, notes = {}, nil
+  for k, v in pairs(s) do
+    if NAMED[k] and type(v) == "table" then
+      local m = {}
+      for name, sub in pairs(v) do m[name] = api_schema(sub) end
+      out[k] = m
+    elseif k == "items" then
+      out.items = api_schema(v)
+    elseif k == "anyOf" or k == "oneOf" or k == "allOf" then
+      local l = json.array()
+      for i, sub in ipairs(v) do l[i] = api_schema(sub) end
+      out[k == "allOf" and "allOf" or "anyOf"] = l
+    elseif KEEP[k] then
+      out[k] = (k == "required" or k == "enum" or (k == "type" and type(v) == "table")) and list_of(v) or v
+    elseif (k == "minItems" and (v == 0 or v == 1)) or (k == "format" and FORMATS[v]) then
+      out[k] = v
+    elseif k ~= "additionalProperties" and not SILENT[k] then
+      notes = notes or {}
+      notes[#notes + 1] = k .. ": " .. canonical(v)
+    end
+  end
+  if is_object_schema(s) then out.additionalProperties = false end
+  if notes then
+    table.sort(notes)
+    local d = type(out.description) == "string" and (out.description .. "\n\n") or ""
+    out.description = d .. "{" .. table.concat(notes, ", ") .. "}"
+  end
+  return out
+end
+
+-- The output tool's input schema: the schema itself when its root is an
+-- object, else wrapped in a `value` property (its definitions kept at the
+-- root, where its references look for them); and whether it was wrapped.
+local function tool_schema(s)
+  if s.type == "object" then return s, false end
+  local inner, wrapper = {}, { type = "object", required = json.array({ "value" }), additionalProperties = false }
+  for k, v in pairs(s) do
+    if NAMED[k] and k ~= "properties" then wrapper[k] = v else inner[k] = v end
+  end
+  wrapper.properties = { value = inner }
+  return wrapper, true
+end
+
+-- The output tool and the tool_choice that makes the model call it, as
+-- encoded JSON.
+function Provider:_output_tool(schema, own_tools)
+  local input, wrapped = tool_schema(schema)
+  local tool = { name = M.OUTPUT_TOOL, description = wrapped and OUTPUT_DESCRIPTION_VALUE or OUTPUT_DESCRIPTION,
+    input_schema = input }
+  local choice
+  if self.thinking then
+    choice = { type = "auto" } -- a forced tool is refused with thinking on
+  elseif own_tools > 0 then
+    choice = { type = "any" }
+  else
+    choice = { type = "tool", name = M.OUTPUT_TOOL }
+  end
+  return tool, canonical(choice)
+end
+
+--- A "tool" provider's reply, finished for the session (exchange.lua calls
+--- it with the request's prefix): an answer given through the output tool
+--- becomes the reply's text, as if the model had written the JSON, and the
+--- reply stops ("stop"; stop_raw stays "tool_use"). An answer that came
+--- beside calls of other tools is dropped: they run first, and the model
+--- answers after their results.
+---@param res tide.provider.response
+---@param prefix string the request's prefix (or whole body)
+---@return tide.provider.response
+function M._tool_answer(_, res, prefix)
+  local calls = res.tool_calls
+  local at
+  for i = 1, #calls do
+    if calls[i].name == M.OUTPUT_TOOL then at = i break end
+  end
+  if not at then return res end
+  local call = table.remove(calls, at)
+  if #calls > 0 then return res end
+  local text = call.arguments
+  if string.find(prefix, OUTPUT_WRAPPED, 1, true) then
+    local v = json.decode(text)
+    if type(v) == "table" and v.value ~= nil then text = canonical(v.value) end
+  end
+  res.text = text
+  res.stop = "stop"
+  return res
+end
+
 --- The request body up to and including the `[` that opens the messages.
 --- With `prompt_cache`, the system prompt and the last tool carry
 --- `cache_control` breakpoints so that the prefix is cached server-side.
+--- With `schema` (a turn's structured output), the prefix holds the model
+--- to it: `output_config.format`, or the output tool and its tool_choice
+--- (see `structured_output`).
 ---@param system string|nil the frozen system prompt
 ---@param tools? {name:string, description?:string, parameters?:table}[]
+---@param schema? table a JSON schema (tide.schema checked it)
 ---@return string
-function Provider:encode_prefix(system, tools)
+function Provider:encode_prefix(system, tools, schema)
   if system ~= nil and type(system) ~= "string" then
     error(("tide.provider.anthropic: 'system' must be a string, got %s"):format(type(system)), 2)
   end
+  if schema ~= nil and type(schema) ~= "table" then
+    error(("tide.provider.anthropic: 'schema' must be a table, got %s"):format(type(schema)), 2)
+  end
   local list = provider._tools("anthropic", tools, 2)
+  local by_tool = self.structured_output == "tool"
+  if by_tool then
+    for i, t in ipairs(list) do
+      if t.name == M.OUTPUT_TOOL then
+        error(("tide.provider.anthropic: tools[%d] is named %q, the tool structured_output = \"tool\" answers "
+          .. "through"):format(i, M.OUTPUT_TOOL), 2)
+      end
+    end
+  end
   -- Every field but messages, as encoded JSON by key; extra_body's fields
-  -- take the place of tide's own. Sorted keys give the canonical bytes.
+  -- take the place of tide's own, but for those that hold the model to a
+  -- turn's schema. Sorted keys give the canonical bytes.
   local fields = {
     max_tokens = canonical(self.max_tokens),
     model = canonical(self.model),
@@ -88,6 +269,12 @@ function Provider:encode_prefix(system, tools)
   end
   if self.temperature ~= nil then fields.temperature = canonical(self.temperature) end
   if self.thinking then fields.thinking = canonical(self.thinking) end
+  local choice
+  if schema ~= nil and by_tool then
+    local tool
+    tool, choice = self:_output_tool(schema, #list)
+    list[#list + 1] = { name = tool.name, description = tool.description, parameters = tool.input_schema }
+  end
   if #list > 0 then
     local encoded = {}
     for i, t in ipairs(list) do
@@ -97,7 +284,17 @@ function Provider:encode_prefix(system, tools)
     end
     fields.tools = "[" .. table.concat(encoded, ",") .. "]"
   end
+  local tools = fields.tools
   for k, v in pairs(self.extra_json or {}) do fields[k] = v end
+  if choice then
+    fields.tools, fields.tool_choice = tools, choice
+  elseif schema ~= nil then
+    -- extra_body's output_config (its effort, say) keeps its other fields
+    local config = fields.output_config and json.decode(fields.output_config)
+    if type(config) ~= "table" then config = {} end
+    config.format = { type = "json_schema", schema = api_schema(schema) }
+    fields.output_config = canonical(config)
+  end
   local keys = {}
   for k in pairs(fields) do keys[#keys + 1] = k end
   table.sort(keys)

@@ -3,7 +3,7 @@
 --- docs/internals.md): `_url`, `_headers`, and a reply parser, either a C
 --- sink (`_c_stream`, fed in place by the request) or a Lua stream
 --- (`_stream`, fed SSE events), plus `_c_parse` and/or `_parse` for a whole
---- JSON reply.
+--- JSON reply, and optionally `_finish_reply(res, prefix)`.
 local core = require "tide.core"
 local json = require "tide.json"
 local errors = require "tide.provider.errors"
@@ -315,6 +315,9 @@ function M.complete(self, body, opts, wire)
     end
     if res then
       res.attempts = n
+      -- (a provider that answers through a tool of its own hands the answer
+      -- over as the reply's text: see provider.anthropic's structured_output)
+      if self._finish_reply then res = self:_finish_reply(res, body) end
       return res
     end
     -- Every error of an attempt leaves here, and it may quote a server
