@@ -97,7 +97,6 @@ typedef struct event_state {
   int etype_kind;
   /* a whole reply */
   int content_kind;
-  size_t nblocks;   /* content elements seen */
   int bad_block;    /* the first content element the reply is refused for (1-based), or 0 */
   const char *bad_why;
   const char *bad_type;
@@ -374,8 +373,8 @@ static int reset_content(anthropic_stream *st) {
   st->base.text.len = 0;
   tide__asm_reset(&st->calls, SIZE_MAX); /* this reply's own buffers */
   st->nblocks = 0;
-  st->ev.nblocks = 0;
   st->ev.bad_block = 0;
+  st->ev.bad_type = st->ev.bad_why = NULL;
   return J_OK;
 }
 
@@ -394,7 +393,6 @@ static int apply_block(tide_json *p, size_t pos) {
   event_state *ev = &st->ev;
   const block_fields *b = &ev->block;
   const char *scratch = scratch_of(st);
-  ev->nblocks = pos;
   if (ev->bad_block) return J_OK;
   if (!b->table) {
     refuse_block(ev, pos, NULL, "is not an object");
