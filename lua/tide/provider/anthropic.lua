@@ -1,8 +1,9 @@
 --- tide.provider.anthropic: the Anthropic Messages wire format.
 ---
---- Body layout: max_tokens, model, stream, system, temperature, thinking,
---- tools (with `extra_body`'s fields merged in, in the same sorted order),
---- then messages last so that everything before it is a reusable prefix.
+--- Body layout: max_tokens, model, output_config (a turn's schema), stream,
+--- system, temperature, thinking, tool_choice and tools (with `extra_body`'s
+--- fields merged in, in the same sorted order), then messages last so that
+--- everything before it is a reusable prefix.
 --- Every value is encoded canonically; tool-use inputs are the model's own
 --- argument text, spliced in verbatim once checked to be a JSON object (a
 --- decode and re-encode would turn its empty arrays into objects).
