@@ -50,6 +50,30 @@ void tide__push_error(lua_State *L, const char *code, const char *fmt, ...) {
   va_end(ap);
 }
 
+void tide__push_malformed(lua_State *L, const char *body, size_t n, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  push_errorv(L, "MalformedResponse", fmt, ap);
+  va_end(ap);
+  if (body) {
+    lua_pushlstring(L, body, n);
+    lua_setfield(L, -2, "body");
+  }
+}
+
+void tide__push_excerpt(lua_State *L, const char *s, size_t n, size_t max) {
+  if (n > max) {
+    size_t j = max;
+    while (j > 0) {
+      unsigned char b = (unsigned char)s[j];
+      if (b < 0x80 || b >= 0xC0) break;
+      j--;
+    }
+    n = j;
+  }
+  lua_pushlstring(L, s, n);
+}
+
 int tide__fail(lua_State *L, const char *code, const char *fmt, ...) {
   va_list ap;
   lua_pushnil(L);

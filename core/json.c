@@ -12,6 +12,7 @@
 ** which stay valid when the buffer grows.
 */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef __SSE2__
@@ -453,6 +454,20 @@ lua_Integer tide__json_count(tide_json *p) {
   return (lua_Integer)floor(v);
 }
 
+/* The number at p->i as math.tointeger gives it for the decoded value:
+** 1 with *v when it is integral and in range, else 0 (not a number, a
+** fraction, too large). p->i stays where it was. */
+int tide__json_tointeger(const tide_json *p, lua_Integer *v) {
+  if (tide__json_digits(p, v)) return 1;
+  if (tide__json_kind(tide__json_peek(p)) != V_NUMBER) return 0;
+  /* The data is followed by a byte that is no digit, so strtod stops in
+  ** bounds. */
+  double x = strtod(p->s + p->i, NULL);
+  if (x != floor(x) || x < -9223372036854775808.0 || x >= 9223372036854775808.0) return 0;
+  *v = (lua_Integer)x;
+  return 1;
+}
+
 /* ------------------------------------------------------------ quoting -- */
 
 /* How many bytes more than itself each byte takes in a JSON string as
@@ -503,12 +518,230 @@ size_t tide__json_write_quoted(char *out, const unsigned char *s, size_t n) {
 }
 
 
+int tide__json_is_object(const char *s, size_t n) {
+  tide_json p = {s, n, 0, 0, NULL, 0, NULL, NULL, NULL};
+  tide__json_skip_ws(&p);
+  if (tide__json_peek(&p) != '{' || tide__json_skip(&p) != J_OK) return 0;
+  tide__json_skip_ws(&p);
+  return p.i == p.n;
+}
+
+/* ----------------------------------------------------------- canonical -- */
+
+/* tide.json.canonical of what json.decode gives for a document: the bytes a
+** reply's tool input had when the Lua parser decoded and re-encoded it
+** (tool handlers and the prefix's hash see the same text from either). */
+
+/* As tide.json's decoder: deeper is an error there. */
+#define CANON_MAX_DEPTH 200
+#define TWO_53 9007199254740992.0
+
+/* One member of an object being written: its key (decoded, in the keys
+** buffer), where its value starts in the document, and its place in it. */
+typedef struct canon_member {
+  size_t key, klen, at, order;
+} canon_member;
+
+typedef struct canon {
+  tide_json *p;
+  tide_buf *out;
+  tide_buf keys;    /* decoded keys of the open objects, and one string */
+  canon_member *m;  /* the members of every open object, a stack */
+  size_t n, cap;
+} canon;
+
+/* Keys compare as Lua compares strings in the C locale: bytewise, a prefix
+** first. */
+static int key_cmp(const canon *c, const canon_member *a, const canon_member *b) {
+  size_t n = a->klen < b->klen ? a->klen : b->klen;
+  int r = n ? memcmp(c->keys.p + a->key, c->keys.p + b->key, n) : 0;
+  if (r) return r;
+  return (a->klen > b->klen) - (a->klen < b->klen);
+}
+
+/* Sorts n members from c->m[lo], stably (equal keys stay in document
+** order): a bottom-up merge sort, linear in memory, n log n whatever the
+** input. */
+static int sort_members(canon *c, size_t lo, size_t n) {
+  if (n < 2) return J_OK;
+  if (n > SIZE_MAX / sizeof(canon_member)) return J_NOMEM;
+  canon_member *tmp = malloc(n * sizeof *tmp);
+  if (tmp == NULL) return J_NOMEM;
+  canon_member *a = c->m + lo;
+  for (size_t width = 1; width < n; width *= 2) {
+    for (size_t i = 0; i < n; i += 2 * width) {
+      size_t mid = i + width < n ? i + width : n;
+      size_t hi = mid + width < n ? mid + width : n;
+      size_t x = i, y = mid, k = i;
+      while (x < mid && y < hi) tmp[k++] = key_cmp(c, &a[y], &a[x]) < 0 ? a[y++] : a[x++];
+      while (x < mid) tmp[k++] = a[x++];
+      while (y < hi) tmp[k++] = a[y++];
+    }
+    memcpy(a, tmp, n * sizeof *a);
+  }
+  free(tmp);
+  return J_OK;
+}
+
+/* A number as json.integers then the canonical encoder write it: integral
+** and below 2^53 as an integer, anything else as the shorter of %.14g and
+** %.17g that reads back, and what is not finite as null. */
+static int canon_number(tide_buf *out, double v) {
+  char tmp[64];
+  int len;
+  if (v != v || v == HUGE_VAL || v == -HUGE_VAL) {
+    len = snprintf(tmp, sizeof tmp, "null");
+  } else if (v == floor(v) && v > -TWO_53 && v < TWO_53) {
+    len = snprintf(tmp, sizeof tmp, "%lld", (long long)v);
+  } else {
+    len = snprintf(tmp, sizeof tmp, "%.14g", v);
+    if (strtod(tmp, NULL) != v) len = snprintf(tmp, sizeof tmp, "%.17g", v);
+  }
+  return tide__buf_add(out, tmp, (size_t)len) ? J_NOMEM : J_OK;
+}
+
+static int canon_quoted(tide_buf *out, const char *s, size_t n) {
+  size_t q = tide__json_quoted_size((const unsigned char *)s, n);
+  if (tide__buf_reserve(out, q) != 0) return J_NOMEM;
+  out->len += tide__json_write_quoted(out->p + out->len, (const unsigned char *)s, n);
+  out->p[out->len] = '\0';
+  return J_OK;
+}
+
+static int canon_value(canon *c, int depth);
+
+static int canon_object(canon *c, int depth) {
+  tide_json *p = c->p;
+  size_t base = c->n, mark = c->keys.len;
+  int rc;
+  p->i++; /* '{' */
+  tide__json_skip_ws(p);
+  if (tide__json_peek(p) == '}') {
+    p->i++;
+    return tide__buf_add(c->out, "{}", 2) ? J_NOMEM : J_OK;
+  }
+  /* Every member first (its key decoded, its value validated and skipped),
+  ** then the values written in key order. */
+  for (size_t order = 0;; order++) {
+    span dec, raw;
+    tide__json_skip_ws(p);
+    if (tide__json_peek(p) != '"') return tide__json_syntax(p, "expected object key string");
+    if ((rc = tide__json_string(p, &c->keys, &dec, &raw, NULL)) != J_OK) return rc;
+    tide__json_skip_ws(p);
+    if (tide__json_peek(p) != ':') return tide__json_syntax(p, "expected colon");
+    p->i++;
+    tide__json_skip_ws(p);
+    if (c->n == c->cap) {
+      size_t cap = c->cap ? c->cap * 2 : 16;
+      if (cap > SIZE_MAX / sizeof *c->m) return J_NOMEM;
+      canon_member *m = realloc(c->m, cap * sizeof *m);
+      if (m == NULL) return J_NOMEM;
+      c->m = m;
+      c->cap = cap;
+    }
+    c->m[c->n++] = (canon_member){dec.off, dec.len, p->i, order};
+    p->depth = depth;
+    if ((rc = tide__json_skip(p)) != J_OK) return rc;
+    tide__json_skip_ws(p);
+    int ch = tide__json_peek(p);
+    if (ch == '}') break;
+    if (ch != ',') return tide__json_syntax(p, "expected comma or object end");
+    p->i++;
+  }
+  size_t end = p->i + 1;
+  if ((rc = sort_members(c, base, c->n - base)) != J_OK) return rc;
+  if (tide__buf_add(c->out, "{", 1)) return J_NOMEM;
+  int first = 1;
+  for (size_t k = base; k < c->n; k++) {
+    /* Of equal keys the last one in the document counts, as in the
+    ** decoded table; sorted stably, it is the last of its run. */
+    if (k + 1 < c->n && key_cmp(c, &c->m[k], &c->m[k + 1]) == 0) continue;
+    if (!first && tide__buf_add(c->out, ",", 1)) return J_NOMEM;
+    first = 0;
+    const char *key = c->keys.p ? c->keys.p + c->m[k].key : ""; /* "" when every key was */
+    if ((rc = canon_quoted(c->out, key, c->m[k].klen)) != J_OK) return rc;
+    if (tide__buf_add(c->out, ":", 1)) return J_NOMEM;
+    p->i = c->m[k].at;
+    if ((rc = canon_value(c, depth + 1)) != J_OK) return rc;
+  }
+  c->n = base;
+  c->keys.len = mark;
+  p->i = end;
+  return tide__buf_add(c->out, "}", 1) ? J_NOMEM : J_OK;
+}
+
+static int canon_value(canon *c, int depth) {
+  tide_json *p = c->p;
+  int rc;
+  tide__json_skip_ws(p);
+  int ch = tide__json_peek(p);
+  switch (tide__json_kind(ch)) {
+    case V_STRING: {
+      span dec, raw;
+      size_t mark = c->keys.len;
+      if ((rc = tide__json_string(p, &c->keys, &dec, &raw, NULL)) != J_OK) return rc;
+      rc = canon_quoted(c->out, c->keys.p ? c->keys.p + dec.off : "", dec.len);
+      c->keys.len = mark;
+      return rc;
+    }
+    case V_NUMBER: {
+      size_t start = p->i;
+      if ((rc = scan_number(p)) != J_OK) return rc;
+      return canon_number(c->out, strtod(p->s + start, NULL));
+    }
+    case V_NULL: case V_BOOL: {
+      size_t start = p->i;
+      if ((rc = scan_scalar(p)) != J_OK) return rc;
+      return tide__buf_add(c->out, p->s + start, p->i - start) ? J_NOMEM : J_OK;
+    }
+    case V_OBJECT:
+    case V_ARRAY:
+      if (depth >= CANON_MAX_DEPTH) return tide__json_syntax(p, "too many nested data structures");
+      if (ch == '{') return canon_object(c, depth);
+      break;
+    default:
+      return scan_scalar(p); /* the error it gives */
+  }
+  /* An array, in order. (Decoded, an empty one is an empty table, which
+  ** the canonical encoder writes "{}": here it stays "[]".) */
+  p->i++;
+  if (tide__buf_add(c->out, "[", 1)) return J_NOMEM;
+  tide__json_skip_ws(p);
+  if (tide__json_peek(p) == ']') {
+    p->i++;
+    return tide__buf_add(c->out, "]", 1) ? J_NOMEM : J_OK;
+  }
+  for (;;) {
+    if ((rc = canon_value(c, depth + 1)) != J_OK) return rc;
+    tide__json_skip_ws(p);
+    ch = tide__json_peek(p);
+    if (ch == ']') break;
+    if (ch != ',') return tide__json_syntax(p, "expected comma or array end");
+    if (tide__buf_add(c->out, ",", 1)) return J_NOMEM;
+    p->i++;
+  }
+  p->i++;
+  return tide__buf_add(c->out, "]", 1) ? J_NOMEM : J_OK;
+}
+
+int tide__json_canonical(tide_json *p, tide_buf *out) {
+  canon c = {p, out, {0}, NULL, 0, 0};
+  size_t len = out->len;
+  int rc = canon_value(&c, 0);
+  tide__buf_free(&c.keys);
+  free(c.m);
+  if (rc != J_OK) {
+    out->len = len; /* nothing half-written */
+    if (out->p) out->p[len] = '\0';
+  }
+  return rc;
+}
+
 /* ------------------------------------------------------------ integers -- */
 
 /* lua-cjson 2.1.0 decodes every number as a float; JSON has no such
 ** distinction, and tool handlers expect {"n": 3} to give the integer 3. */
 #define INTEGERS_MAX_DEPTH 200
-#define TWO_53 9007199254740992.0
 
 /* Turns every integral float in the table at idx (at any depth, up to the
 ** decoder's own depth limit) into an integer, in place. */

@@ -5,6 +5,8 @@
 #ifndef TIDE_JSON_H
 #define TIDE_JSON_H
 
+#include <string.h>
+
 #include "tide.h"
 
 /* Kinds of JSON values, from their first byte. */
@@ -63,11 +65,41 @@ int tide__json_each_member(tide_json *p, tide_json_member_fn fn);
 int tide__json_each_element(tide_json *p, tide_json_element_fn fn);
 /* A plain non-negative integer at p->i (digits only), in *v. */
 int tide__json_digits(const tide_json *p, lua_Integer *v);
+/* The number at p->i as math.tointeger gives it for the decoded value: 1
+** with *v when it is integral and fits, else 0. p->i does not move. */
+int tide__json_tointeger(const tide_json *p, lua_Integer *v);
 /* A token count at p->i as provider._count gives it (0 when not a count). */
 lua_Integer tide__json_count(tide_json *p);
+
+/* Appends the value at p->i to out as tide.json.canonical writes what
+** json.decode gives for it: object keys sorted (of equal keys the last),
+** integral numbers below 2^53 as integers, other numbers the shorter of
+** %.14g and %.17g that reads back, strings quoted as lua-cjson quotes them;
+** 200 levels deep at most, as the decoder. One difference, on purpose: an
+** empty array stays [] (decoded, it would be an empty table, written {}).
+** Returns J_OK, J_SYNTAX (p->err set) or J_NOMEM; out is unchanged then. */
+int tide__json_canonical(tide_json *p, tide_buf *out);
 
 /* The size of s quoted as lua-cjson quotes it, and writing it at out. */
 size_t tide__json_quoted_size(const unsigned char *s, size_t n);
 size_t tide__json_write_quoted(char *out, const unsigned char *s, size_t n);
+
+/* Whether s[0..n) is one JSON object, white space around it allowed (s is
+** followed by a NUL or another byte that ends a number). */
+int tide__json_is_object(const char *s, size_t n);
+
+/* Writing a message whose size was summed first (the encoders of the two
+** messages a tool loop repeats): bytes go to out at *k. */
+#define TIDE_LIT(s) (sizeof(s) - 1)
+static inline void tide__json_put(char *out, size_t *k, const char *s, size_t n) {
+  memcpy(out + *k, s, n);
+  *k += n;
+}
+static inline void tide__json_put_quoted(char *out, size_t *k, const char *s, size_t n) {
+  *k += tide__json_write_quoted(out + *k, (const unsigned char *)s, n);
+}
+static inline size_t tide__json_size_quoted(const char *s, size_t n) {
+  return tide__json_quoted_size((const unsigned char *)s, n);
+}
 
 #endif

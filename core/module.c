@@ -52,6 +52,13 @@ const tide_sink *tide__sink_of(lua_State *L, int idx) {
   return sink;
 }
 
+const char *tide__field_str(lua_State *L, int idx, const char *k, size_t *len) {
+  const char *s = NULL;
+  if (lua_getfield(L, idx, k) == LUA_TSTRING) s = lua_tolstring(L, -1, len);
+  lua_pop(L, 1);
+  return s;
+}
+
 void tide__add_header(lua_State *L, const char *name, size_t nl,
                       const char *v, size_t vl) {
   luaL_Buffer b;
@@ -85,14 +92,15 @@ static const tide_api api = {tide__ctx,          tide__pcall,        tide__add_h
                              tide__current};
 
 /// Opens the `tide.core` module: the event loop and tasks, HTTP, SSE, JSON
-/// primitives, the wire buffer, tool-call assembly, the OpenAI wire format,
-/// the integration cache, templates and file watching. The public API is the Lua facade `tide`, built on top.
+/// primitives, the wire buffer, tool-call assembly, the OpenAI and Anthropic
+/// wire formats, the integration cache, templates and file watching. The
+/// public API is the Lua facade `tide`, built on top.
 __attribute__((visibility("default"))) int luaopen_tide_core(lua_State *L) {
   static void (*const parts[])(lua_State *) = {
       tide__open_error,  tide__open_loop,     tide__open_depth,
       tide__open_json,   tide__open_wire,     tide__open_http,
       tide__open_sse,    tide__open_toolcall, tide__open_openai,
-      tide__open_cache,  tide__open_template,
+      tide__open_anthropic, tide__open_cache,  tide__open_template,
       tide__open_watch,  tide__open_stdio,    tide__open_base64,
       tide__open_process};
   lua_pushlightuserdata(L, (void *)&api);

@@ -31,11 +31,13 @@
 ** duplicate keys wins, values of the wrong type count as absent, and a
 ** malformed event anywhere is a MalformedResponse.
 **
-** Memory: the SSE parser, the assembler, the reply's text, a scratch buffer
-** for the strings of one event and the pending tool-call deltas of one event
-** are all malloc'ed and hang off the userdata, freed by the one __gc/__close
-** function. Nothing raises while they are inconsistent: the scanner never
-** raises, and Lua values are built only after it returns.
+** The userdata, its methods and sink, the failure it keeps and the reuse of
+** spare parsers are the shell's (reply.c); this file is what an OpenAI
+** event means. Memory: the assembler, the reasoning and refusal, a scratch
+** buffer for the strings of one event and the pending tool-call deltas of
+** one event are malloc'ed in the parser. Nothing raises while they are
+** inconsistent: the scanner never raises, and Lua values are built only
+** after it returns.
 */
 #include <math.h>
 #include <stdio.h>
@@ -49,8 +51,7 @@
 #include "tide.h"
 #include "json.h"
 
-#define STREAM_MT "tide.openai_stream"
-static const char parse_key = 0; /* its address: the registry's parser for openai_parse */
+static const tide_reply_kind OPENAI;
 
 /* Default cap on one event's data and on all tool-call bytes of one reply,
 ** as for core.sse_parser and core.tool_call_assembler. */
@@ -98,9 +99,8 @@ typedef struct event_state {
 } event_state;
 
 typedef struct openai_stream {
-  tide_sse sse;
+  tide_reply base;  /* the shell's: SSE framing, the text, the failure */
   tide_asm calls;
-  tide_buf text;    /* every text delta so far */
   tide_buf reasoning; /* every reasoning delta so far */
   tide_buf refusal; /* every refusal delta so far */
   tide_buf finish;  /* the last finish_reason */
@@ -114,20 +114,8 @@ typedef struct openai_stream {
   lua_Integer input, output, cached, reasoning_tokens;
   int whole;  /* a whole (non-streamed) response: choices[0].message */
   int done;   /* [DONE] seen: nothing after it counts */
-  int busy;   /* openai_parse is (or was, if it raised) using it */
-  int failed; /* the stream is abandoned; the error is uservalue 1 */
-  struct openai_stream *next_spare; /* in the state's list of spares */
 } openai_stream;
 
-/* The userdata of a stream. The parser lives apart and is taken when the
-** first bytes come: a stream waiting on a slow provider holds none of it,
-** and a closed stream's parser, with its buffers, serves the next one. */
-typedef struct stream_ud {
-  openai_stream *st; /* NULL until fed, and once closed */
-  tide_ctx *ctx;     /* whose spare parsers it takes from and gives back to */
-  size_t max;
-  int closed;
-} stream_ud;
 /* ---------------------------------------------------------- the fields -- */
 
 /* The stream a scan belongs to (the scanner's ud). */
@@ -162,20 +150,7 @@ static int function_member(tide_json *p, const char *k, size_t kl) {
 static int call_member(tide_json *p, const char *k, size_t kl) {
   pending_call *c = current_call(p);
   if (tide__json_key_is(k, kl, "index")) {
-    c->has_index = 0;
-    lua_Integer plain;
-    if (tide__json_digits(p, &plain)) {
-      c->has_index = 1;
-      c->index = plain;
-    } else if (tide__json_kind(tide__json_peek(p)) == V_NUMBER) {
-      double v = strtod(p->s + p->i, NULL);
-      /* math.tointeger: integral and in range */
-      if (v == floor(v) && v >= -9223372036854775808.0 &&
-          v < 9223372036854775808.0) {
-        c->has_index = 1;
-        c->index = (lua_Integer)v;
-      }
-    }
+    c->has_index = tide__json_tointeger(p, &c->index);
   } else if (tide__json_key_is(k, kl, "id")) {
     c->has_id = tide__json_peek(p) == '"';
     if (c->has_id) return tide__json_scratch(p, &c->id);
@@ -353,31 +328,6 @@ static int scan_event(tide_json *p, int *object) {
 
 /* -------------------------------------------------------------- events -- */
 
-typedef struct feed_ctx {
-  lua_State *L;
-  openai_stream *st;
-  int nomem;
-  int out;          /* stack index of the table of deltas, or 0 */
-  lua_Integer nout; /* deltas stored in it */
-  int rout;         /* stack index of the table of reasoning deltas, or 0 */
-  lua_Integer nrout;
-} feed_ctx;
-
-/* Pushes the longest prefix of s no longer than max that does not end
-** inside a UTF-8 sequence (provider._excerpt). */
-static void push_excerpt(lua_State *L, const char *s, size_t n, size_t max) {
-  if (n > max) {
-    size_t j = max;
-    while (j > 0) {
-      unsigned char b = (unsigned char)s[j];
-      if (b < 0x80 || b >= 0xC0) break;
-      j--;
-    }
-    n = j;
-  }
-  lua_pushlstring(L, s, n);
-}
-
 /* The error for an "error" value inside the stream, as openai.lua's
 ** embedded_error builds it; body is the event's data (the Lua side cuts it
 ** to the error body excerpt). */
@@ -411,13 +361,13 @@ static void push_embedded_error(lua_State *L, openai_stream *st,
   luaL_buffinit(L, &b);
   luaL_addstring(&b, "openai returned an error: ");
   if (ev->msg_kind == V_STRING) {
-    push_excerpt(L, scratch + ev->msg.off, ev->msg.len, MESSAGE_MAX);
+    tide__push_excerpt(L, scratch + ev->msg.off, ev->msg.len, MESSAGE_MAX);
   } else if (ev->err_kind == V_OBJECT && ev->msg_kind != V_NONE) {
-    push_excerpt(L, e->data + ev->msg.off, ev->msg.len, MESSAGE_MAX);
+    tide__push_excerpt(L, e->data + ev->msg.off, ev->msg.len, MESSAGE_MAX);
   } else if (ev->err_kind == V_OBJECT || ev->err_kind == V_ARRAY) {
     lua_pushliteral(L, "nil");
   } else {
-    push_excerpt(L, e->data + ev->err_raw.off, ev->err_raw.len, MESSAGE_MAX);
+    tide__push_excerpt(L, e->data + ev->err_raw.off, ev->err_raw.len, MESSAGE_MAX);
   }
   luaL_addvalue(&b);
   luaL_pushresult(&b);
@@ -433,23 +383,11 @@ static void push_embedded_error(lua_State *L, openai_stream *st,
   lua_setfield(L, -2, "body");
 }
 
-static void push_malformed(lua_State *L, const tide_sse_event *e,
-                           const char *fmt, const char *detail, size_t at) {
-  if (detail)
-    tide__push_error(L, "MalformedResponse", fmt, detail, (lua_Integer)at + 1);
-  else
-    tide__push_error(L, "MalformedResponse", "%s", fmt);
-  if (e) {
-    lua_pushlstring(L, e->data, e->data_len);
-    lua_setfield(L, -2, "body");
-  }
-}
-
 /* Applies the scanned event, in the order openai.lua's Stream:event did.
 ** Returns 0, or 1 with an error pushed. */
-static int apply_event(feed_ctx *fc, const tide_sse_event *e) {
+static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
   lua_State *L = fc->L;
-  openai_stream *st = fc->st;
+  openai_stream *st = (openai_stream *)fc->r;
   event_state *ev = &st->ev;
   if (ev->err_kind != V_NONE && ev->err_kind != V_NULL) {
     push_embedded_error(L, st, e);
@@ -471,27 +409,17 @@ static int apply_event(feed_ctx *fc, const tide_sse_event *e) {
     if (r && r->len > 0) {
       if (tide__buf_add(&st->reasoning, scratch + r->off, r->len))
         return fc->nomem = 1, 0;
-      if (fc->rout) { /* may raise: every buffer is consistent here */
-        lua_pushlstring(L, scratch + r->off, r->len);
-        lua_rawseti(L, fc->rout, ++fc->nrout);
-      }
+      tide__reply_reasoning(fc, scratch + r->off, r->len);
     }
     if (ev->has_refusal && ev->refusal.len > 0 &&
         tide__buf_add(&st->refusal, scratch + ev->refusal.off, ev->refusal.len))
       return fc->nomem = 1, 0;
-    if (ev->has_content && ev->content.len > 0) {
-      if (tide__buf_add(&st->text, scratch + ev->content.off, ev->content.len))
-        return fc->nomem = 1, 0;
-      if (fc->out) { /* may raise: every buffer is consistent here */
-        lua_pushlstring(L, scratch + ev->content.off, ev->content.len);
-        lua_rawseti(L, fc->out, ++fc->nout);
-      }
-    }
+    if (ev->has_content && tide__reply_text(fc, scratch + ev->content.off, ev->content.len))
+      return 0; /* out of memory: fc->nomem says so */
     for (size_t i = 0; ev->has_calls && i < ev->ncalls; i++) {
       const pending_call *c = &st->pending[i];
       if (!c->is_table) {
-        push_malformed(L, NULL,
-                       "openai stream tool-call delta is not an object", NULL, 0);
+        tide__push_malformed(L, NULL, 0, "openai stream tool-call delta is not an object");
         return 1;
       }
       const char *id = NULL, *name = NULL, *args = NULL;
@@ -506,8 +434,7 @@ static int apply_event(feed_ctx *fc, const tide_sse_event *e) {
                           : c->has_index ? c->index
                                          : tide__asm_route(&st->calls, id, idl, name, namel);
       if (index < 0) {
-        push_malformed(L, NULL, "openai stream tool-call index is negative",
-                       NULL, 0);
+        tide__push_malformed(L, NULL, 0, "openai stream tool-call index is negative");
         return 1;
       }
       if (c->has_function && c->args_kind == V_STRING)
@@ -533,11 +460,10 @@ static int apply_event(feed_ctx *fc, const tide_sse_event *e) {
   return 0;
 }
 
-/* The SSE callback: one event. Stops the feed (returns 1) with an error on
-** the Lua stack, or when out of memory (fc->nomem). */
-static int on_event(void *ud, const tide_sse_event *e) {
-  feed_ctx *fc = ud;
-  openai_stream *st = fc->st;
+/* The kind's event: one SSE event. Returns 1 with an error on the Lua
+** stack, or 0 (out of memory: fc->nomem). */
+static int openai_event(tide_reply_feed *fc, const tide_sse_event *e) {
+  openai_stream *st = (openai_stream *)fc->r;
   if (st->done) return 0; /* nothing counts after [DONE] */
   if (e->done) {
     st->done = 1;
@@ -548,181 +474,28 @@ static int on_event(void *ud, const tide_sse_event *e) {
   memset(&st->ev, 0, sizeof st->ev);
   st->scratch.len = 0;
   int rc = scan_event(&p, &object);
-  if (rc == J_NOMEM) return fc->nomem = 1;
+  if (rc == J_NOMEM) return fc->nomem = 1, 0;
   if (rc == J_SYNTAX) {
-    push_malformed(fc->L, e,
-                   "openai stream event is not valid JSON (%s at character %I)",
-                   p.err, p.err_at);
+    tide__push_malformed(fc->L, e->data, e->data_len,
+                         "openai stream event is not valid JSON (%s at character %I)",
+                         p.err, (lua_Integer)p.err_at + 1);
     return 1;
   }
   if (!object) {
-    push_malformed(fc->L, e, "openai stream event is not a JSON object", NULL, 0);
+    tide__push_malformed(fc->L, e->data, e->data_len, "openai stream event is not a JSON object");
     return 1;
   }
-  if (apply_event(fc, e)) return 1;
-  return fc->nomem;
+  return apply_event(fc, e);
 }
 
-/* ------------------------------------------------------------- bindings -- */
-
-static stream_ud *check_stream(lua_State *L) {
-  stream_ud *u = tide__checkudata(L, 1, STREAM_MT);
-  if (u->closed) luaL_error(L, "attempt to use a closed openai stream");
-  return u;
-}
-
-/* The max_bytes argument at index arg (none or nil: the default). */
-static size_t check_max(lua_State *L, int arg) {
-  lua_Integer max = STREAM_DEFAULT_MAX;
-  if (!lua_isnoneornil(L, arg)) {
-    luaL_argcheck(L, lua_isinteger(L, arg), arg, "max_bytes must be an integer");
-    max = lua_tointeger(L, arg);
-    luaL_argcheck(L, max > 0, arg, "max_bytes must be positive");
-  }
-  return (lua_Unsigned)max > SIZE_MAX ? SIZE_MAX : (size_t)max;
-}
-
-/* A stream as new: nothing held, caps of max bytes. */
-static void init_stream(openai_stream *st, size_t max) {
-  memset(st, 0, sizeof *st);
-  st->sse.max = st->calls.max = max;
-}
-
-/* Pushes a new stream (no parser yet). */
-static stream_ud *new_stream(lua_State *L, size_t max) {
-  tide_ctx *ctx = tide__ctx(L);
-  stream_ud *u = lua_newuserdatauv(L, sizeof *u, 1);
-  u->st = NULL;
-  u->ctx = ctx;
-  u->max = max;
-  u->closed = 0;
-  luaL_setmetatable(L, STREAM_MT);
-  return u;
-}
-
-/* The stream's parser: a spare one, emptied when it was parked, or new. */
-static openai_stream *parser_of(lua_State *L, stream_ud *u) {
-  if (u->st) return u->st;
-  tide_ctx *ctx = u->ctx;
-  openai_stream *st = ctx->spare_streams;
-  if (st) {
-    ctx->spare_streams = st->next_spare;
-    ctx->nspare_streams--;
-    st->next_spare = NULL;
-    st->sse.max = st->calls.max = u->max;
-  } else {
-    st = malloc(sizeof *st);
-    if (st == NULL) luaL_error(L, "not enough memory");
-    init_stream(st, u->max);
-  }
-  u->st = st;
-  return st;
-}
+/* -------------------------------------------------------------- parser -- */
 
 /* core.openai_stream([max_bytes]) -> stream */
 static int l_openai_stream(lua_State *L) {
-  new_stream(L, check_max(L, 1));
+  tide__reply_new(L, &OPENAI, tide__check_max(L, 1, STREAM_DEFAULT_MAX));
   return 1;
 }
 
-/* Records the error at the top of the stack as the failure of the stream at
-** idx (every later call returns it) and frees what the stream no longer needs. */
-static void set_failed(lua_State *L, int idx, openai_stream *st) {
-  lua_pushvalue(L, -1);
-  lua_setiuservalue(L, idx, 1);
-  st->failed = 1;
-  tide__sse_free(&st->sse);
-  tide__asm_free(&st->calls);
-}
-
-/* Feeds n bytes of SSE to st, the parser of the stream at idx; fc says where
-** text deltas go. Returns 0, or 1 with the error at the top of the stack and
-** the stream failed. */
-static int feed_bytes(lua_State *L, int idx, openai_stream *st, feed_ctx *fc,
-                      const char *s, size_t n) {
-  int rc = tide__sse_feed(&st->sse, s, n, on_event, fc);
-  if (rc == TIDE_SSE_NOMEM || fc->nomem) return luaL_error(L, "not enough memory");
-  if (rc == TIDE_SSE_LINE_BIG || rc == TIDE_SSE_EVENT_BIG) {
-    /* As the Lua path reported a failure of core.sse_parser. */
-    char cap[32];
-    snprintf(cap, sizeof cap, "%zu", st->sse.max);
-    tide__push_error(L, "MalformedResponse",
-                     "invalid event stream: SSE %s exceeds the limit of %s bytes",
-                     rc == TIDE_SSE_LINE_BIG ? "line" : "event", cap);
-    lua_pushliteral(L, "StreamTooLarge");
-    lua_setfield(L, -2, "cause");
-  }
-  if (rc == 0) return 0;
-  set_failed(L, idx, st); /* the error is at the top */
-  return 1;
-}
-
-/* The stream's sink (see tide_sink): what req:pump feeds in place. */
-static int sink_feed(lua_State *L, int idx, const char *s, size_t n) {
-  stream_ud *u = tide__checkudata(L, idx, STREAM_MT);
-  if (u->closed) luaL_error(L, "attempt to use a closed openai stream");
-  openai_stream *st = parser_of(L, u);
-  if (st->failed) {
-    lua_getiuservalue(L, idx, 1);
-    return 1;
-  }
-  feed_ctx fc = {L, st, 0, 0, 0, 0, 0};
-  return feed_bytes(L, idx, st, &fc, s, n);
-}
-
-/* s:feed(chunk [, out]) -> delta_text | nil  or  nil, err [, delta_text]
-** delta_text joins the text deltas of this chunk (nil when there were none);
-** on failure it is the text that came before the failing event. With a table
-** `out`, the deltas are stored one per event in out[1..n] instead, and feed
-** returns n, or nil, err, n: callers that hand text over event by event keep
-** the boundaries, with no table per chunk. With out = false, no text is
-** handed back at all (nobody listens; finish still has all of it). With a
-** table `rout`, reasoning deltas are appended to it after its last element
-** (the caller empties it); without one, none is made into a string. */
-static int l_feed(lua_State *L) {
-  stream_ud *u = check_stream(L);
-  size_t n;
-  const char *s = luaL_checklstring(L, 2, &n);
-  int quiet = lua_isboolean(L, 3) && !lua_toboolean(L, 3);
-  int has_out = !quiet && !lua_isnoneornil(L, 3);
-  if (has_out) luaL_checktype(L, 3, LUA_TTABLE);
-  int has_rout = !lua_isnoneornil(L, 4);
-  if (has_rout) luaL_checktype(L, 4, LUA_TTABLE);
-  openai_stream *st = parser_of(L, u);
-  if (st->failed) {
-    lua_pushnil(L);
-    lua_getiuservalue(L, 1, 1);
-    if (has_out) {
-      lua_pushinteger(L, 0);
-      return 3;
-    }
-    return 2;
-  }
-  lua_settop(L, 4);
-  size_t start = st->text.len;
-  feed_ctx fc = {L, st, 0, has_out ? 3 : 0, 0, has_rout ? 4 : 0,
-                 has_rout ? (lua_Integer)lua_rawlen(L, 4) : 0};
-  if (feed_bytes(L, 1, st, &fc, s, n)) {
-    lua_pushnil(L);
-    lua_insert(L, -2);
-    if (has_out) {
-      lua_pushinteger(L, fc.nout);
-      return 3;
-    }
-    if (!quiet && st->text.len > start) {
-      lua_pushlstring(L, st->text.p + start, st->text.len - start);
-      return 3;
-    }
-    return 2;
-  }
-  if (has_out)
-    lua_pushinteger(L, fc.nout);
-  else if (!quiet && st->text.len > start)
-    lua_pushlstring(L, st->text.p + start, st->text.len - start);
-  else
-    lua_pushnil(L);
-  return 1;
-}
 
 /* The stop reason as the session reads it: provider._stop's mapping. */
 static const char *const STOPS[][2] = {
@@ -761,7 +534,7 @@ static void push_stop(lua_State *L, const tide_buf *raw, int has_calls, int refu
 static void push_reply(lua_State *L, openai_stream *st) {
   /* Room for what the provider adds (ttfb_ms, attempts): no rehash. */
   lua_createtable(L, 0, 10);
-  lua_pushlstring(L, st->text.p ? st->text.p : "", st->text.len);
+  lua_pushlstring(L, st->base.text.p ? st->base.text.p : "", st->base.text.len);
   lua_setfield(L, -2, "text");
   tide__asm_push_finished(L, &st->calls);
   lua_setfield(L, -2, "tool_calls");
@@ -803,36 +576,28 @@ static void push_reply(lua_State *L, openai_stream *st) {
   }
 }
 
-/* s:finish() -> { text, tool_calls, usage, stop, stop_raw } | nil, err */
-static int l_finish(lua_State *L) {
-  openai_stream *st = parser_of(L, check_stream(L));
-  if (st->failed) {
-    lua_pushnil(L);
-    lua_getiuservalue(L, 1, 1);
-    return 2;
-  }
-  tide__sse_finish(&st->sse); /* once [DONE] was seen, the tail is moot */
+/* The kind's finish: the reply once the stream ended. */
+static int openai_finish(lua_State *L, tide_reply *r) {
+  openai_stream *st = (openai_stream *)r;
   /* A stream that ends cleanly after its finish reason is whole without
   ** [DONE] (older llama.cpp, ik_llama.cpp and TGI send none); the usage
   ** event, when asked for, comes before the end all the same. */
   if (!st->done && !st->has_finish) {
+    lua_pushnil(L);
     tide__push_error(L, "MalformedResponse", "%s",
                      "openai stream ended before its finish_reason and [DONE]");
-    lua_pushlstring(L, st->text.p ? st->text.p : "", st->text.len);
+    lua_pushlstring(L, r->text.p ? r->text.p : "", r->text.len);
     lua_setfield(L, -2, "partial_text");
-    lua_pushnil(L);
-    lua_insert(L, -2);
     return 2;
   }
   push_reply(L, st);
   return 1;
 }
 
-/* Frees what the parser holds (idempotent); the struct itself stays. */
-static void stream_free(openai_stream *st) {
-  tide__sse_free(&st->sse);
+/* The kind's free: what the parser holds beyond the shell's part. */
+static void openai_free(tide_reply *r) {
+  openai_stream *st = (openai_stream *)r;
   tide__asm_free(&st->calls);
-  tide__buf_free(&st->text);
   tide__buf_free(&st->reasoning);
   tide__buf_free(&st->refusal);
   tide__buf_free(&st->finish);
@@ -843,83 +608,26 @@ static void stream_free(openai_stream *st) {
   st->npending_cap = 0;
 }
 
-/* A parser between replies: emptied, with its buffers (those up to
-** REUSE_MAX bytes) kept for the next, so a reply's scan mallocs nothing in
-** steady state. */
-#define REUSE_MAX 16384
-#define SPARE_STREAMS_MAX 64
-
-static void stream_reuse(openai_stream *st, size_t max) {
-  openai_stream old = *st;
-  tide__buf_keep(&old.sse.line, REUSE_MAX);
-  tide__buf_keep(&old.sse.data, REUSE_MAX);
-  tide__buf_keep(&old.sse.event, REUSE_MAX);
-  tide__buf_keep(&old.sse.id, REUSE_MAX);
-  tide__asm_reset(&old.calls, REUSE_MAX);
-  tide__buf_keep(&old.text, REUSE_MAX);
-  tide__buf_keep(&old.reasoning, REUSE_MAX);
-  tide__buf_keep(&old.refusal, REUSE_MAX);
-  tide__buf_keep(&old.finish, REUSE_MAX);
-  tide__buf_keep(&old.scratch, REUSE_MAX);
-  tide__buf_keep(&old.key, REUSE_MAX);
-  init_stream(st, max);
-  st->sse.line = old.sse.line;
-  st->sse.data = old.sse.data;
-  st->sse.event = old.sse.event;
-  st->sse.id = old.sse.id;
-  st->calls = old.calls;
+/* The kind's reset: emptied for the next reply, its buffers (those up to
+** keep bytes) and its pending-call slots kept. */
+static void openai_reset(tide_reply *r, size_t keep, size_t max) {
+  openai_stream *st = (openai_stream *)r;
+  tide__asm_reset(&st->calls, keep);
   st->calls.max = max;
-  st->text = old.text;
-  st->reasoning = old.reasoning;
-  st->refusal = old.refusal;
-  st->finish = old.finish;
-  st->scratch = old.scratch;
-  st->key = old.key;
-  st->pending = old.pending;
-  st->npending_cap = old.npending_cap;
+  tide__buf_keep(&st->reasoning, keep);
+  tide__buf_keep(&st->refusal, keep);
+  tide__buf_keep(&st->finish, keep);
+  tide__buf_keep(&st->scratch, keep);
+  tide__buf_keep(&st->key, keep);
+  memset(&st->ev, 0, sizeof st->ev);
+  st->has_finish = st->has_usage = 0;
+  st->input = st->output = st->cached = st->reasoning_tokens = 0;
+  st->whole = st->done = 0;
 }
 
-/* Takes a closed stream's parser: kept among the state's spares, emptied,
-** or freed when there are enough (or the state is closing). */
-static void free_spares(tide_ctx *ctx);
-
-static void park_stream(tide_ctx *ctx, openai_stream *st) {
-  if (ctx->closing || ctx->loop == NULL || ctx->nspare_streams >= SPARE_STREAMS_MAX) {
-    stream_free(st);
-    free(st);
-    return;
-  }
-  if (tide__on_shutdown(ctx, free_spares) != 0) { /* cannot be told to free it */
-    stream_free(st);
-    free(st);
-    return;
-  }
-  stream_reuse(st, STREAM_DEFAULT_MAX);
-  st->next_spare = ctx->spare_streams;
-  ctx->spare_streams = st;
-  ctx->nspare_streams++;
-}
-
-/* Frees the parsers kept for new streams when the state closes. */
-static void free_spares(tide_ctx *ctx) {
-  for (openai_stream *st = ctx->spare_streams, *next; st; st = next) {
-    next = st->next_spare;
-    stream_free(st);
-    free(st);
-  }
-  ctx->spare_streams = NULL;
-  ctx->nspare_streams = 0;
-}
-
-/* __gc, __close and s:close(): idempotent. */
-static int l_close(lua_State *L) {
-  stream_ud *u = tide__checkudata(L, 1, STREAM_MT);
-  openai_stream *st = u->st;
-  u->closed = 1;
-  u->st = NULL;
-  if (st) park_stream(u->ctx, st);
-  return 0;
-}
+static const tide_reply_kind OPENAI = {
+    "tide.openai_stream", "openai stream", sizeof(openai_stream),
+    openai_event, openai_finish, openai_reset, openai_free};
 
 /* core.openai_parse(body | req[, max_bytes]) -> reply | nil
 ** A whole (non-streamed) chat-completions response, scanned in place as a
@@ -936,37 +644,22 @@ static int l_openai_parse(lua_State *L) {
   const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n)
                                                 : tide__http_body(L, 1, &n);
   if (s == NULL) luaL_typeerror(L, 1, "string or http request");
-  size_t max = check_max(L, 2);
+  size_t max = tide__check_max(L, 2, STREAM_DEFAULT_MAX);
   openai_parse(L, s, n, max);
   return 1;
 }
 
 static int openai_parse(lua_State *L, const char *s, size_t n, size_t max) {
-  /* One parser per Lua state serves every call (a scan never yields, and
-  ** no Lua runs during one): no userdata and no finalizer per reply. Its
-  ** buffers are freed after each call, and by __gc should something
-  ** raise. The caller keeps the body anchored. */
+  /* The state's one parser of whole replies (the shell's): the caller keeps
+  ** the body anchored. */
   int top = lua_gettop(L);
-  openai_stream *st;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &parse_key) == LUA_TUSERDATA) {
-    st = ((stream_ud *)lua_touserdata(L, -1))->st;
-    if (st->busy)
-      stream_reuse(st, max); /* a call that raised left it as it was */
-    else
-      st->sse.max = st->calls.max = max; /* emptied by the last call */
-  } else {
-    lua_pop(L, 1);
-    st = parser_of(L, new_stream(L, max));
-    lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &parse_key);
-  }
-  st->busy = 1;
+  openai_stream *st = (openai_stream *)tide__reply_whole(L, &OPENAI, max);
   st->whole = 1;
   tide_json p = {s, n, 0, 0, NULL, 0, &st->scratch, &st->key, st};
   int object, ok = 0;
   int rc = scan_event(&p, &object);
   if (rc == J_NOMEM) {
-    stream_free(st);
+    openai_free(&st->base);
     return luaL_error(L, "not enough memory");
   }
   event_state *ev = &st->ev;
@@ -983,34 +676,25 @@ static int openai_parse(lua_State *L, const char *s, size_t n, size_t max) {
     }
   }
   if (ok) {
-    feed_ctx fc = {L, st, 0, 0, 0, 0, 0};
+    tide_reply_feed fc = {L, &st->base, 0, 0, 0, 0, 0};
     tide_sse_event e = {0};
     e.data = s;
     e.data_len = n;
     if (apply_event(&fc, &e)) ok = 0; /* its error is on the stack: dropped */
     if (fc.nomem) {
-      stream_free(st);
+      openai_free(&st->base);
       return luaL_error(L, "not enough memory");
     }
   }
-  lua_settop(L, top); /* the parser's userdata, and an error apply_event left */
+  lua_settop(L, top); /* an error apply_event left */
   if (ok) {
     st->done = 1;
     push_reply(L, st);
   } else {
     lua_pushnil(L);
   }
-  stream_reuse(st, max); /* and no longer busy */
+  tide__reply_whole_done(&st->base);
   return ok;
-}
-
-static int l_tostring(lua_State *L) {
-  stream_ud *u = tide__checkudata(L, 1, STREAM_MT);
-  if (u->closed)
-    lua_pushliteral(L, "tide.openai_stream (closed)");
-  else
-    lua_pushfstring(L, "tide.openai_stream (%p)", (void *)u);
-  return 1;
 }
 
 /* ------------------------------------------------------------ messages -- */
@@ -1032,44 +716,11 @@ static const char ASSISTANT_CALLS[] = ",\"role\":\"assistant\",\"tool_calls\":["
 static const char RESULT_OPEN[] = "{\"content\":";
 static const char RESULT_ID[] = ",\"role\":\"tool\",\"tool_call_id\":";
 
-#define LIT(s) (sizeof(s) - 1)
-
-/* The string field k of the table at idx, or NULL when it is not a string.
-** The value is popped: the table keeps the string alive. */
-static const char *field_str(lua_State *L, int idx, const char *k, size_t *len) {
-  const char *s = NULL;
-  if (lua_getfield(L, idx, k) == LUA_TSTRING) s = lua_tolstring(L, -1, len);
-  lua_pop(L, 1);
-  return s;
-}
-
-static void put(char *out, size_t *k, const char *s, size_t n) {
-  memcpy(out + *k, s, n);
-  *k += n;
-}
-
-static void put_quoted(char *out, size_t *k, const char *s, size_t n) {
-  *k += tide__json_write_quoted(out + *k, (const unsigned char *)s, n);
-}
-
-static size_t quoted_size(const char *s, size_t n) {
-  return tide__json_quoted_size((const unsigned char *)s, n);
-}
-
 /* One call's strings. The call tables keep them alive. */
 typedef struct call_strings {
   const char *a, *nm, *id, *x;
   size_t al, nl, il, xl;
 } call_strings;
-
-/* Whether s[0..n) is one JSON object (s is a Lua string: a NUL follows). */
-static int json_object(const char *s, size_t n) {
-  tide_json p = {s, n, 0, 0, NULL, 0, NULL, NULL, NULL};
-  tide__json_skip_ws(&p);
-  if (tide__json_peek(&p) != '{' || tide__json_skip(&p) != J_OK) return 0;
-  tide__json_skip_ws(&p);
-  return p.i == p.n;
-}
 
 /* Call i of the list at idx; 0 when it is not a table of three strings, or
 ** its extra_content is there but not the JSON text of an object (a table
@@ -1080,13 +731,13 @@ static int call_strings_of(lua_State *L, int idx, lua_Integer i, call_strings *c
     return 0;
   }
   int t = lua_gettop(L);
-  c->a = field_str(L, t, "arguments", &c->al);
-  c->nm = field_str(L, t, "name", &c->nl);
-  c->id = field_str(L, t, "id", &c->il);
+  c->a = tide__field_str(L, t, "arguments", &c->al);
+  c->nm = tide__field_str(L, t, "name", &c->nl);
+  c->id = tide__field_str(L, t, "id", &c->il);
   int xt = lua_getfield(L, t, "extra_content");
   c->x = xt == LUA_TSTRING ? lua_tolstring(L, -1, &c->xl) : NULL;
   lua_pop(L, 2);
-  if (xt != LUA_TNIL && (c->x == NULL || !json_object(c->x, c->xl))) return 0;
+  if (xt != LUA_TNIL && (c->x == NULL || !tide__json_is_object(c->x, c->xl))) return 0;
   return c->a && c->nm && c->id;
 }
 
@@ -1106,46 +757,46 @@ static int l_assistant_wire(lua_State *L) {
   const char *reasoning = luaL_optlstring(L, 3, "", &rl);
   lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
   if (n < 1) return 0;
-  size_t total = LIT(ASSISTANT_OPEN) + LIT(ASSISTANT_CALLS) + 2;
-  total += tl > 0 ? quoted_size(text, tl) : 4;
-  if (rl > 0) total += LIT(ASSISTANT_REASONING) + quoted_size(reasoning, rl);
+  size_t total = TIDE_LIT(ASSISTANT_OPEN) + TIDE_LIT(ASSISTANT_CALLS) + 2;
+  total += tl > 0 ? tide__json_size_quoted(text, tl) : 4;
+  if (rl > 0) total += TIDE_LIT(ASSISTANT_REASONING) + tide__json_size_quoted(reasoning, rl);
   for (lua_Integer i = 1; i <= n; i++) {
     call_strings c;
     if (!call_strings_of(L, 2, i, &c)) return 0;
-    total += (i > 1) + LIT(CALL_OPEN) + LIT(CALL_NAME) + LIT(CALL_ID) + LIT(CALL_CLOSE) +
-             quoted_size(c.a, c.al) + quoted_size(c.nm, c.nl) + quoted_size(c.id, c.il);
-    if (c.x) total += LIT(CALL_EXTRA) + c.xl + LIT(CALL_FUNCTION) - LIT(CALL_OPEN);
+    total += (i > 1) + TIDE_LIT(CALL_OPEN) + TIDE_LIT(CALL_NAME) + TIDE_LIT(CALL_ID) + TIDE_LIT(CALL_CLOSE) +
+             tide__json_size_quoted(c.a, c.al) + tide__json_size_quoted(c.nm, c.nl) + tide__json_size_quoted(c.id, c.il);
+    if (c.x) total += TIDE_LIT(CALL_EXTRA) + c.xl + TIDE_LIT(CALL_FUNCTION) - TIDE_LIT(CALL_OPEN);
   }
   luaL_Buffer b;
   char *out = luaL_buffinitsize(L, &b, total);
   size_t k = 0;
-  put(out, &k, ASSISTANT_OPEN, LIT(ASSISTANT_OPEN));
+  tide__json_put(out, &k, ASSISTANT_OPEN, TIDE_LIT(ASSISTANT_OPEN));
   if (tl > 0)
-    put_quoted(out, &k, text, tl);
+    tide__json_put_quoted(out, &k, text, tl);
   else
-    put(out, &k, "null", 4);
+    tide__json_put(out, &k, "null", 4);
   if (rl > 0) {
-    put(out, &k, ASSISTANT_REASONING, LIT(ASSISTANT_REASONING));
-    put_quoted(out, &k, reasoning, rl);
+    tide__json_put(out, &k, ASSISTANT_REASONING, TIDE_LIT(ASSISTANT_REASONING));
+    tide__json_put_quoted(out, &k, reasoning, rl);
   }
-  put(out, &k, ASSISTANT_CALLS, LIT(ASSISTANT_CALLS));
+  tide__json_put(out, &k, ASSISTANT_CALLS, TIDE_LIT(ASSISTANT_CALLS));
   for (lua_Integer i = 1; i <= n; i++) {
     call_strings c = {NULL, NULL, NULL, NULL, 0, 0, 0, 0};
     call_strings_of(L, 2, i, &c); /* checked above */
     if (i > 1) out[k++] = ',';
     if (c.x) {
-      put(out, &k, CALL_EXTRA, LIT(CALL_EXTRA));
-      put(out, &k, c.x, c.xl);
-      put(out, &k, CALL_FUNCTION, LIT(CALL_FUNCTION));
+      tide__json_put(out, &k, CALL_EXTRA, TIDE_LIT(CALL_EXTRA));
+      tide__json_put(out, &k, c.x, c.xl);
+      tide__json_put(out, &k, CALL_FUNCTION, TIDE_LIT(CALL_FUNCTION));
     } else {
-      put(out, &k, CALL_OPEN, LIT(CALL_OPEN));
+      tide__json_put(out, &k, CALL_OPEN, TIDE_LIT(CALL_OPEN));
     }
-    put_quoted(out, &k, c.a, c.al);
-    put(out, &k, CALL_NAME, LIT(CALL_NAME));
-    put_quoted(out, &k, c.nm, c.nl);
-    put(out, &k, CALL_ID, LIT(CALL_ID));
-    put_quoted(out, &k, c.id, c.il);
-    put(out, &k, CALL_CLOSE, LIT(CALL_CLOSE));
+    tide__json_put_quoted(out, &k, c.a, c.al);
+    tide__json_put(out, &k, CALL_NAME, TIDE_LIT(CALL_NAME));
+    tide__json_put_quoted(out, &k, c.nm, c.nl);
+    tide__json_put(out, &k, CALL_ID, TIDE_LIT(CALL_ID));
+    tide__json_put_quoted(out, &k, c.id, c.il);
+    tide__json_put(out, &k, CALL_CLOSE, TIDE_LIT(CALL_CLOSE));
   }
   out[k++] = ']';
   out[k++] = '}';
@@ -1162,8 +813,8 @@ static int result_strings_of(lua_State *L, int idx, lua_Integer i, const char **
     return 0;
   }
   int t = lua_gettop(L);
-  *c = field_str(L, t, "content", cl);
-  *id = field_str(L, t, "id", il);
+  *c = tide__field_str(L, t, "content", cl);
+  *id = tide__field_str(L, t, "id", il);
   lua_pop(L, 1);
   return *c && *id;
 }
@@ -1181,7 +832,7 @@ static int l_results_wire(lua_State *L) {
     const char *c = NULL, *id = NULL;
     size_t cl = 0, il = 0;
     if (!result_strings_of(L, 1, i, &c, &cl, &id, &il)) return 0;
-    total += (i > 1) + LIT(RESULT_OPEN) + LIT(RESULT_ID) + 1 + quoted_size(c, cl) + quoted_size(id, il);
+    total += (i > 1) + TIDE_LIT(RESULT_OPEN) + TIDE_LIT(RESULT_ID) + 1 + tide__json_size_quoted(c, cl) + tide__json_size_quoted(id, il);
   }
   luaL_Buffer b;
   char *out = luaL_buffinitsize(L, &b, total);
@@ -1191,10 +842,10 @@ static int l_results_wire(lua_State *L) {
     size_t cl = 0, il = 0;
     result_strings_of(L, 1, i, &c, &cl, &id, &il); /* checked above */
     if (i > 1) out[k++] = ',';
-    put(out, &k, RESULT_OPEN, LIT(RESULT_OPEN));
-    put_quoted(out, &k, c, cl);
-    put(out, &k, RESULT_ID, LIT(RESULT_ID));
-    put_quoted(out, &k, id, il);
+    tide__json_put(out, &k, RESULT_OPEN, TIDE_LIT(RESULT_OPEN));
+    tide__json_put_quoted(out, &k, c, cl);
+    tide__json_put(out, &k, RESULT_ID, TIDE_LIT(RESULT_ID));
+    tide__json_put_quoted(out, &k, id, il);
     out[k++] = '}';
   }
   luaL_pushresultsize(&b, k);
@@ -1204,21 +855,13 @@ static int l_results_wire(lua_State *L) {
 /// Registers core.openai_stream, core.openai_parse and the message encoders
 /// core.openai_assistant_wire and core.openai_results_wire into the module
 /// table at the top of the stack, and (re)creates the "tide.openai_stream"
-/// metatable with its sink.
+/// metatable with the reply shell's methods and sink.
 void tide__open_openai(lua_State *L) {
-  static const luaL_Reg meta[] = {{"__gc", l_close},
-                                  {"__close", l_close},
-                                  {"__tostring", l_tostring},
-                                  {NULL, NULL}};
-  static const luaL_Reg methods[] = {
-      {"feed", l_feed}, {"finish", l_finish}, {"close", l_close}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"openai_stream", l_openai_stream},
                                  {"openai_parse", l_openai_parse},
                                  {"openai_assistant_wire", l_assistant_wire},
                                  {"openai_results_wire", l_results_wire},
                                  {NULL, NULL}};
-  static const tide_sink sink = {sink_feed};
-  tide__register_type(L, STREAM_MT, meta, methods);
-  tide__register_sink(L, STREAM_MT, &sink);
+  tide__reply_register(L, &OPENAI);
   luaL_setfuncs(L, fns, 0);
 }

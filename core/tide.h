@@ -171,6 +171,75 @@ void tide__register_sink(lua_State *L, const char *name, const tide_sink *sink);
 /// The sink of the value at idx, or NULL when it has none.
 const tide_sink *tide__sink_of(lua_State *L, int idx);
 
+/* --------------------------------------------------------------- replies -- */
+
+typedef struct tide_reply tide_reply;
+typedef struct tide_reply_feed tide_reply_feed;
+
+/// What a wire format's reply parser brings (openai.c, anthropic.c); the
+/// shell in reply.c does the rest: the userdata and its methods (feed,
+/// finish, close), the sink, the kept failure, spare parsers, the parser of
+/// whole replies. A kind is a static constant; its address names it.
+typedef struct tide_reply_kind {
+  const char *name; /* the metatable ("tide.openai_stream"), also in tostring */
+  const char *what; /* "openai stream", in "attempt to use a closed ..." */
+  size_t size;      /* of the kind's parser, a struct that starts with a tide_reply */
+  /// Applies one SSE event. Returns 0, or 1 with the error pushed (the
+  /// stream fails); out of memory sets fc->nomem instead. Text goes through
+  /// tide__reply_text, reasoning through tide__reply_reasoning.
+  int (*event)(tide_reply_feed *fc, const tide_sse_event *e);
+  /// Once the stream ended (its SSE tail dropped): pushes the reply and
+  /// returns 1, or pushes nil and the error and returns 2.
+  int (*finish)(lua_State *L, tide_reply *r);
+  /// Empties the kind's part of the parser for the next reply, keeping
+  /// buffers of up to keep bytes; caps of max bytes. Runs on a zeroed
+  /// struct first, and on one whose buffers were freed.
+  void (*reset)(tide_reply *r, size_t keep, size_t max);
+  /// Frees what the kind's part holds (idempotent), leaving it empty.
+  void (*free)(tide_reply *r);
+} tide_reply_kind;
+
+/// The part of a parser the shell owns.
+struct tide_reply {
+  const tide_reply_kind *kind;
+  tide_sse sse;
+  tide_buf text;          /* every text delta so far */
+  int failed;             /* the stream is abandoned; the error is uservalue 1 */
+  int busy;               /* the parser of whole replies is in a call */
+  tide_reply *next_spare; /* in the state's list of spares */
+};
+
+/// Where one feed hands what it reads.
+struct tide_reply_feed {
+  lua_State *L;
+  tide_reply *r;
+  int nomem;          /* out of memory: the feed stops, the caller raises */
+  int out;            /* stack index of the table of text deltas, or 0 */
+  lua_Integer nout;   /* deltas stored in it */
+  int rout;           /* stack index of the table of reasoning deltas, or 0 */
+  lua_Integer nrout;
+};
+
+/// Appends text to the reply's text and hands it to the listener, if any.
+/// Returns 0, or -1 when out of memory (fc->nomem set). May raise while
+/// making the listener's string: call it where the parser is consistent.
+int tide__reply_text(tide_reply_feed *fc, const char *s, size_t n);
+/// Hands reasoning text to its listener, if any (the kind keeps its own
+/// copy); no string is made when nobody listens. May raise, as above.
+void tide__reply_reasoning(tide_reply_feed *fc, const char *s, size_t n);
+/// Pushes a new stream of kind (no parser taken yet), with caps of max.
+void tide__reply_new(lua_State *L, const tide_reply_kind *kind, size_t max);
+/// The state's parser of kind for whole replies, emptied, caps of max,
+/// marked busy. Give it back with tide__reply_whole_done.
+tide_reply *tide__reply_whole(lua_State *L, const tide_reply_kind *kind, size_t max);
+/// Empties the parser of whole replies for the next call.
+void tide__reply_whole_done(tide_reply *r);
+/// (Re)creates the metatable kind->name with the shell's methods and sink.
+void tide__reply_register(lua_State *L, const tide_reply_kind *kind);
+/// The max_bytes argument at arg: def when none or nil; raises unless it is
+/// a positive integer.
+size_t tide__check_max(lua_State *L, int arg, size_t def);
+
 /* ---------------------------------------------------------------- wire -- */
 
 /// A session's encoded history (core.wire, wire.c).
@@ -273,8 +342,8 @@ struct tide_ctx {
   void (*shutdown_hooks[TIDE_MAX_HOOKS])(tide_ctx *ctx);
   int nshutdown_hooks;
   int process_ready;   /* the first run set up the process (loop.c) */
-  struct openai_stream *spare_streams; /* closed streams' parsers (openai.c) */
-  int nspare_streams;
+  struct tide_reply *spare_replies; /* closed streams' parsers (reply.c) */
+  int nspare_replies;
   /* HTTP (http.c) */
   struct tide_http_state *http;
   /* integration cache (cache.c) */
@@ -320,6 +389,12 @@ int tide__pcall(lua_State *L, int nargs, int nresults, const char *where);
 void tide__push_error(lua_State *L, const char *code, const char *fmt, ...);
 /// Pushes nil plus a structured error; returns 2 for `return` from a binding.
 int tide__fail(lua_State *L, const char *code, const char *fmt, ...);
+/// Pushes a MalformedResponse error whose message is fmt formatted as
+/// lua_pushfstring does, with body (n bytes; none when NULL) as its body.
+void tide__push_malformed(lua_State *L, const char *body, size_t n, const char *fmt, ...);
+/// Pushes the longest prefix of s no longer than max bytes that does not
+/// end inside a UTF-8 sequence (provider._excerpt's cut).
+void tide__push_excerpt(lua_State *L, const char *s, size_t n, size_t max);
 /// Raises a structured error (never returns).
 int tide__raise(lua_State *L, const char *code, const char *fmt, ...);
 
@@ -339,6 +414,9 @@ void tide__register_type(lua_State *L, const char *name, const luaL_Reg *meta,
 void *tide__testudata(lua_State *L, int idx, const char *name);
 /// As luaL_checkudata, through tide__testudata.
 void *tide__checkudata(lua_State *L, int idx, const char *name);
+/// The string field k of the table at idx, or NULL when it is not a string.
+/// The value is popped: the table keeps the string alive.
+const char *tide__field_str(lua_State *L, int idx, const char *k, size_t *len);
 /// Sets header name (lowercased here) to value in the table at the top of
 /// the stack; a repeated header is joined with ", " as RFC 9110 allows.
 void tide__add_header(lua_State *L, const char *name, size_t nl,
@@ -359,6 +437,9 @@ void tide__open_sse(lua_State *L);
 /// Registers the OpenAI wire format in C: openai_stream, openai_parse and
 /// the message encoders.
 void tide__open_openai(lua_State *L);
+/// Registers the Anthropic wire format in C: anthropic_stream,
+/// anthropic_parse and the message encoders.
+void tide__open_anthropic(lua_State *L);
 /// Registers json_integers.
 void tide__open_json(lua_State *L);
 /// Registers the integration cache (cache_lookup, cache_store, cache_peek,

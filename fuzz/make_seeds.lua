@@ -167,7 +167,7 @@ local astart = aev("message_start", '{"type":"message_start","message":{"id":"ms
   .. '{"input_tokens":13,"cache_read_input_tokens":0,"cache_creation_input_tokens":14015,"output_tokens":1}}}')
 local astop = aev("message_delta", '{"type":"message_delta","delta":{"stop_reason":"tool_use",'
   .. '"stop_sequence":null},"usage":{"output_tokens":42}}') .. aev("message_stop", '{"type":"message_stop"}')
-write("anthropic_stream", "thinking_tool", hdr(0, 7, 3) .. astart
+write("anthropic_stream", "thinking_tool", hdr(0, 7, 3, 0) .. astart
   .. aev("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}')
   .. aev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me look."}}')
   .. aev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"EqQBCgIYAhIM"}}')
@@ -179,14 +179,43 @@ write("anthropic_stream", "thinking_tool", hdr(0, 7, 3) .. astart
   .. aev("content_block_delta", '{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"{\\"q\\": \\"ti"}}')
   .. aev("content_block_delta", '{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"de\\"}"}}')
   .. aev("content_block_stop", '{"type":"content_block_stop","index":2}') .. astop)
-write("anthropic_stream", "error", hdr(0, 0, 0) .. astart
+write("anthropic_stream", "error", hdr(0, 0, 0, 1) .. astart
   .. aev("error", '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'))
-write("anthropic_stream", "ping_text", hdr(0, 3, 9) .. astart .. aev("ping", '{"type":"ping"}')
+write("anthropic_stream", "ping_text", hdr(0, 3, 9, 2) .. astart .. aev("ping", '{"type":"ping"}')
   .. aev("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}')
   .. aev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi \\u00e9"}}')
   .. aev("content_block_stop", '{"type":"content_block_stop","index":0}')
   .. aev("message_delta", '{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":3}}')
   .. aev("message_stop", '{"type":"message_stop"}'))
+
+write("anthropic_stream", "redacted_parallel", hdr(0, 11, 5, 0) .. astart
+  .. aev("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"redacted_thinking","data":"EmwKAhgBEgy3"}}')
+  .. aev("content_block_start", '{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_a","name":"lookup","input":{}}}')
+  .. aev("content_block_start", '{"type":"content_block_start","index":2,"content_block":{"type":"tool_use","id":"toolu_b","name":"clock","input":{"tz":"UTC","n":[1,2.5e3,{}]}}}')
+  .. aev("content_block_delta", '{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\\"q\\":"}}')
+  .. aev("content_block_delta", '{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"\\"x\\"}"}}')
+  .. aev("message_delta", '{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"input_tokens":20,'
+    .. '"cache_read_input_tokens":9,"cache_creation_input_tokens":0,"output_tokens":30}}')
+  .. aev("message_stop", '{"type":"message_stop"}'))
+write("anthropic_stream", "cut", hdr(0, 5, 2, 0) .. astart
+  .. aev("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}')
+  .. aev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}'))
+
+-- ---------------------------------------------- Anthropic whole replies --
+local function amsg(content, stop)
+  return '{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":' .. content
+    .. ',"stop_reason":' .. (stop and ('"' .. stop .. '"') or "null") .. ',"stop_sequence":null,'
+    .. '"usage":{"input_tokens":13,"cache_creation_input_tokens":14015,"cache_read_input_tokens":0,"output_tokens":42}}'
+end
+write("anthropic_parse", "text", hdr(0, 40) .. amsg('[{"type":"text","text":"Hello! \\u00e9\\n"}]', "end_turn"))
+write("anthropic_parse", "thinking_tools", hdr(0, 90) .. amsg('[{"type":"thinking","thinking":"Let me look.",'
+  .. '"signature":"EqQBCgIYAhIM"},{"type":"redacted_thinking","data":"EmwKAhgB"},{"type":"text","text":"Checking."},'
+  .. '{"type":"tool_use","id":"toolu_01","name":"lookup","input":{"q":"tide","n":3,"f":0.5,"l":[],"o":{"b":1,"a":2}}},'
+  .. '{"type":"tool_use","id":"toolu_02","name":"clock","input":{}}]', "tool_use"))
+write("anthropic_parse", "error", hdr(0, 3) .. '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}')
+write("anthropic_parse", "no_signature", hdr(0, 20) .. amsg('[{"type":"thinking","thinking":"x"}]', "end_turn"))
+write("anthropic_parse", "small_cap", hdr(3, 30) .. amsg('[{"type":"tool_use","id":"t","name":"f","input":{"long":"'
+  .. string.rep("a", 40) .. '"}}]', "tool_use"))
 
 -- ---------------------------------------------------- Responses streams --
 local function rev(name, data) return ("event: %s\ndata: %s\n\n"):format(name, data) end

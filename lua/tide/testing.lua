@@ -44,6 +44,18 @@
 --- reasoning models do: a request with `max_tokens`, or a temperature other
 --- than 1, gets the real 400.
 ---
+--- Anthropic Messages, structured output (see anthropic.validate below):
+---   output_config.format json_schema: the schema is checked as the API
+---                   checks it (objects closed, no numeric or length bounds);
+---                   the scripted text is the answer. Server option
+---                   `anthropic = { structured_outputs = false }` answers as
+---                   a model or endpoint without them: the real 400.
+---   tool_choice     `{ type = "tool", name }` makes a text-only scripted
+---                   reply the input of that tool, as the real API answers;
+---                   `{ type = "any" }` makes it the input of the request's
+---                   last tool (where tide puts its output tool). Forcing a
+---                   tool with thinking on gets the real 400.
+---
 --- It is built on `tide.testing.server` (testing/server.c) and on lua-cjson
 --- directly, not on tide.json, so that what the mock sends never depends on
 --- the encoder of the code under test.
@@ -523,13 +535,113 @@ end
 
 local THINKING_DOCS = "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
 
+-- What structured outputs refuse in a schema: an object not closed (the
+-- API's own message), and the bounds it does not take (this message is
+-- the mock's wording; the API refuses them with a 400 too). nil for a
+-- schema it takes.
+local SCHEMA_REFUSED = { minimum = true, maximum = true, exclusiveMinimum = true, exclusiveMaximum = true,
+  multipleOf = true, minLength = true, maxLength = true, maxItems = true, oneOf = true, pattern = true }
+local function schema_refusal(s, depth)
+  if type(s) ~= "table" or depth > 64 then return nil end
+  local where = "output_config.format.schema: "
+  if s.type == "object" or s.properties ~= nil then
+    if s.additionalProperties == true then
+      return where .. "For 'object' type, 'additionalProperties: true' is not supported. Please set "
+        .. "'additionalProperties' to false"
+    elseif s.additionalProperties ~= false then
+      return where .. "For 'object' type, 'additionalProperties' must be explicitly set to false"
+    end
+  end
+  for k, v in pairs(s) do
+    if SCHEMA_REFUSED[k] or (k == "minItems" and v ~= 0 and v ~= 1) then
+      return where .. ("'%s' is not supported"):format(k)
+    end
+  end
+  for _, key in ipairs({ "properties", "$defs", "definitions" }) do
+    if type(s[key]) == "table" then
+      for _, sub in pairs(s[key]) do
+        local e = schema_refusal(sub, depth + 1)
+        if e then return e end
+      end
+    end
+  end
+  for _, key in ipairs({ "anyOf", "allOf" }) do
+    for _, sub in ipairs(type(s[key]) == "table" and s[key] or {}) do
+      local e = schema_refusal(sub, depth + 1)
+      if e then return e end
+    end
+  end
+  return schema_refusal(s.items, depth + 1)
+end
+
+-- The structured-output checks of a request: output_config.format (and
+-- the beta name output_format, without its beta header), and a tool_choice
+-- that forces a tool with thinking on or names no tool of the request.
+local function structured_refusal(self, req, json)
+  local o = self._opts.anthropic or {}
+  local config = json.output_config
+  local format = type(config) == "table" and config.format or nil
+  if format ~= nil and format ~= null then
+    if o.structured_outputs == false then
+      return invalid_request("output_config.format: Extra inputs are not permitted")
+    end
+    if type(format) ~= "table" or format.type ~= "json_schema" or type(format.schema) ~= "table" then
+      return invalid_request("output_config.format: Input tag does not match the expected tag 'json_schema'")
+    end
+    local e = schema_refusal(format.schema, 0)
+    if e then return invalid_request(e) end
+  end
+  local beta = req.headers and req.headers["anthropic-beta"] or ""
+  if json.output_format ~= nil and not beta:find("structured-outputs-2025-11-13", 1, true) then
+    return invalid_request("output_format: Extra inputs are not permitted")
+  end
+  local choice = json.tool_choice
+  if type(choice) == "table" and (choice.type == "any" or choice.type == "tool") then
+    if thinking_enabled(json) then
+      return invalid_request("Thinking may not be enabled when tool_choice forces tool use.")
+    end
+    if choice.type == "tool" then
+      local found = false
+      for _, t in ipairs(type(json.tools) == "table" and json.tools or {}) do
+        if type(t) == "table" and t.name == choice.name then found = true end
+      end
+      if not found then
+        return invalid_request(("tool_choice.name: Tool '%s' not found in tools"):format(tostring(choice.name)))
+      end
+    end
+  end
+  return nil
+end
+
+-- A reply to a request whose tool_choice forces a tool: a scripted reply
+-- without calls becomes a call of the forced tool (for "any", the
+-- request's last tool) whose input is the scripted text, as the real API
+-- answers (no text beside it).
+function anthropic.forced(json, reply)
+  local choice = json.tool_choice
+  if type(choice) ~= "table" or (choice.type ~= "tool" and choice.type ~= "any") then return reply end
+  if reply.tool_calls and #reply.tool_calls > 0 then return reply end
+  local name = choice.name
+  if choice.type == "any" then
+    local tools = type(json.tools) == "table" and json.tools or {}
+    name = type(tools[#tools]) == "table" and tools[#tools].name or nil
+  end
+  if type(name) ~= "string" then return reply end
+  local forced = copy(reply)
+  forced.tool_calls = { { name = name, arguments = reply.text or "{}" } }
+  forced.text = nil
+  return forced
+end
+
 -- Checks a request the way the Messages API does where tide can get it
 -- wrong: the thinking budget, thinking blocks sent back altered, and a tool
 -- round whose assistant turn lost its thinking. Returns the 400 response,
 -- or nil for a request the real service accepts.
-function anthropic.validate(_, req)
+function anthropic.validate(self, req)
   local json = req.json
   if type(json) ~= "table" then return nil end
+  local refused = structured_refusal(self, req, json)
+  if refused then return refused end
   if thinking_enabled(json) then
     local budget = json.thinking.budget_tokens
     -- (lua-cjson decodes every number as a float)
@@ -925,6 +1037,7 @@ local function render(self, shape_name, reply, req)
     error(("mock: unknown fault %q"):format(tostring(fault)), 0)
   end
 
+  if shape.forced then reply = shape.forced(json, reply) end
   local text = reply.text or ""
   if type(text) ~= "string" then error("mock: reply.text must be a string", 0) end
   local calls = tool_calls(self, reply, shape.call_prefix or (shape_name == "openai" and "call_" or "toolu_"))
@@ -995,6 +1108,7 @@ local MOCK_OPTIONS = {
   replies = "table", default = "reply", delay_ms = "delay", chunk_delay_ms = "delay",
   routes = "table", port = "port", ref = "boolean", record = "boolean",
   openai = "table", -- OpenAI-only checks (see openai.validate)
+  anthropic = "table", -- Anthropic-only behaviour (see anthropic.validate)
 }
 
 ---@class tide.testing.MockServer

@@ -92,7 +92,9 @@ describe("structured output in a turn", function()
 
   it("tells the schema on the user message where the provider has no native mode", function()
     answers = { '{"name":"Ada","age":36,"tags":[]}' }
-    local a = tide.provider.anthropic { base_url = srv.url, api_key = "k", model = "m" }
+    -- (every provider of tide's has one now: a provider without it)
+    local a = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m" }
+    a._native_schema = false
     local s = tide.session { agent = "plain", provider = a }
     assert.are.equal("Ada", s:turn("who?", { schema = PERSON }).name)
     local body = srv:requests()[1].json
@@ -148,5 +150,185 @@ describe("structured output on the Responses API", function()
     assert.are.equal("json_schema", body.text.format.type)
     assert.is_true(body.text.format.strict)
     srv:close()
+  end)
+end)
+
+describe("structured output on Anthropic Messages", function()
+  local helpers = require "helpers"
+  local cjson = require "cjson"
+
+  local function anthropic(url, extra)
+    local o = { base_url = url, api_key = "k", model = "claude-mock", retry = { attempts = 1 } }
+    for k, v in pairs(extra or {}) do o[k] = v end
+    return tide.provider.anthropic(o)
+  end
+
+  -- A mock answering in turn; the requests it got.
+  local function with_mock(opts, fn)
+    helpers.run(function()
+      local srv <close> = assert(testing.mock_server(opts))
+      fn(srv)
+    end)
+  end
+
+  local lookup = tide.tool { name = "lookup", description = "Looks up.",
+    parameters = { type = "object", properties = { q = { type = "string" } }, required = { "q" } },
+    handler = function(args) return "found " .. args.q end }
+
+  before_each(function()
+    tide.agent { id = "plain_a", prompt = "You answer." }
+    tide.agent { id = "tooled_a", prompt = "You look things up.", tools = { lookup } }
+  end)
+
+  for _, stream in ipairs({ true, false }) do
+    local mode = stream and "streamed" or "not streamed"
+
+    it("holds the model to the schema with output_config.format, as the API takes it (" .. mode .. ")", function()
+      with_mock({ replies = { '{"name":"Ada","age":36,"tags":[]}', "plain" } }, function(srv)
+        local s = tide.session { agent = "plain_a", provider = anthropic(srv.url, { stream = stream }) }
+        local v, err = s:turn("who?", { schema = PERSON })
+        assert.is_nil(err, err and tostring(err))
+        assert.are.equal('{"age":36,"name":"Ada","tags":[]}', json.canonical(v))
+        local body = srv:requests()[1].json
+        local format = body.output_config.format
+        assert.are.equal("json_schema", format.type)
+        -- closed, as the API requires; the bounds it does not take told in the description
+        assert.is_false(format.schema.additionalProperties)
+        assert.are.same(PERSON.required, format.schema.required)
+        assert.is_nil(format.schema.properties.name.minLength)
+        assert.are.equal("{minLength: 1}", format.schema.properties.name.description)
+        assert.are.equal("{minimum: 0}", format.schema.properties.age.description)
+        assert.is_nil(body.tool_choice)
+        -- the user message says nothing of the schema: the API holds the model to it
+        assert.are.equal("who?", body.messages[#body.messages].content)
+        -- the next plain turn has no output_config
+        assert.are.equal("plain", s:turn("and?"))
+        assert.is_nil(srv:requests()[2].json.output_config)
+      end)
+    end)
+
+    it("answers through a forced tool with structured_output = \"tool\" (" .. mode .. ")", function()
+      with_mock({ replies = { '{"name":"Ada","age":36,"tags":["math"]}' } }, function(srv)
+        local s = tide.session { agent = "plain_a",
+          provider = anthropic(srv.url, { stream = stream, structured_output = "tool" }) }
+        local v, err = s:turn("who?", { schema = PERSON })
+        assert.is_nil(err, err and tostring(err))
+        assert.are.equal("math", v.tags[1])
+        local body = srv:requests()[1].json
+        assert.is_nil(body.output_config)
+        assert.are.same({ type = "tool", name = "structured_output" }, body.tool_choice)
+        local tool = body.tools[#body.tools]
+        assert.are.equal("structured_output", tool.name)
+        assert.are.same(PERSON.required, tool.input_schema.required)
+        -- the answer is the assistant's text in the history, no call left to answer
+        local h = s:history()
+        assert.are.same({ name = "Ada", age = 36, tags = { "math" } }, cjson.decode(h[#h].content))
+        assert.is_nil(h[#h].tool_calls)
+        assert.are.equal("stop", s:stats().stop_reason)
+      end)
+    end)
+  end
+
+  it("gives the model its repair turn, both ways", function()
+    for _, so in ipairs({ "native", "tool" }) do
+      with_mock({ replies = { '{"name":"Ada","age":"old"}', '{"name":"Ada","age":36,"tags":[]}' } }, function(srv)
+        local s = tide.session { agent = "plain_a", provider = anthropic(srv.url, { structured_output = so }) }
+        local v, err = s:turn("who?", { schema = PERSON })
+        assert.is_nil(err, err and tostring(err))
+        assert.are.equal(36, v.age)
+        local second = srv:requests()[2].json
+        local last = second.messages[#second.messages]
+        assert.matches("#/age: expected integer, got string", last.content, 1, true)
+        -- the first answer went back as the assistant's text, before the repair
+        assert.are.same({ name = "Ada", age = "old" }, cjson.decode(second.messages[#second.messages - 1].content))
+        if so == "native" then assert.is_table(second.output_config) else assert.is_table(second.tool_choice) end
+      end)
+    end
+  end)
+
+  it("lets an agent use its tools first: tool_choice any, the answer through the output tool", function()
+    with_mock({ replies = { { tool_calls = { { name = "lookup", arguments = { q = "ada" } } } },
+                            '{"name":"Ada","age":36,"tags":["found"]}' } }, function(srv)
+      local s = tide.session { agent = "tooled_a", provider = anthropic(srv.url, { structured_output = "tool" }) }
+      local v, err = s:turn("who?", { schema = PERSON })
+      assert.is_nil(err, err and tostring(err))
+      assert.are.equal("found", v.tags[1])
+      local reqs = srv:requests()
+      assert.are.same({ type = "any" }, reqs[1].json.tool_choice)
+      assert.are.same({ "lookup", "structured_output" }, { reqs[1].json.tools[1].name, reqs[1].json.tools[2].name })
+      assert.are.equal(1, s:stats().tool_calls)
+    end)
+  end)
+
+  it("wraps a schema whose root is not an object, and unwraps the answer", function()
+    local list = { type = "array", items = { ["$ref"] = "#/$defs/name" }, ["$defs"] = { name = { type = "string" } } }
+    with_mock({ replies = { '{"value":["Ada","Bo"]}' } }, function(srv)
+      local s = tide.session { agent = "plain_a", provider = anthropic(srv.url, { structured_output = "tool" }) }
+      local v, err = s:turn("who?", { schema = list })
+      assert.is_nil(err, err and tostring(err))
+      assert.are.same({ "Ada", "Bo" }, v)
+      local tool = srv:requests()[1].json.tools[1]
+      assert.are.same({ "value" }, tool.input_schema.required)
+      assert.are.equal("string", tool.input_schema["$defs"].name.type)
+    end)
+  end)
+
+  it("offers the output tool unforced with thinking on, which the API refuses to force", function()
+    with_mock({ replies = { { reasoning = "Ada it is.", tool_calls = { { name = "structured_output",
+      arguments = '{"name":"Ada","age":36,"tags":[]}' } } } } }, function(srv)
+      local p = anthropic(srv.url, { structured_output = "tool", thinking = { budget_tokens = 1024 } })
+      local s = tide.session { agent = "plain_a", provider = p }
+      local v, err = s:turn("who?", { schema = PERSON })
+      assert.is_nil(err, err and tostring(err))
+      assert.are.equal("Ada", v.name)
+      assert.are.same({ type = "auto" }, srv:requests()[1].json.tool_choice)
+    end)
+    -- what the API answers a forced tool with thinking on
+    with_mock({ replies = { "never" } }, function(srv)
+      local p = anthropic(srv.url, { thinking = { budget_tokens = 1024 }, extra_body = { tool_choice = { type = "any" } } })
+      local out, err = p:complete(p:body(p:encode_prefix("s", { { name = "lookup" } }),
+        { p:encode_message({ role = "user", content = "q" }) }))
+      assert.is_nil(out)
+      assert.are.equal(400, err.status)
+      assert.matches("Thinking may not be enabled when tool_choice forces tool use.", err.body, 1, true)
+    end)
+  end)
+
+  it("meets the real 400 where structured outputs are missing, or the schema is not closed", function()
+    with_mock({ anthropic = { structured_outputs = false }, replies = { "never" },
+                default = '{"name":"Ada","age":36,"tags":[]}' }, function(srv)
+      local s = tide.session { agent = "plain_a", provider = anthropic(srv.url) }
+      local v, err = s:turn("who?", { schema = PERSON })
+      assert.is_nil(v)
+      assert.are.equal("ProviderError", err.code)
+      assert.are.equal(400, err.status)
+      assert.matches("output_config.format: Extra inputs are not permitted", err.message, 1, true)
+      -- the forced tool works on such a server
+      local t = tide.session { agent = "plain_a", provider = anthropic(srv.url, { structured_output = "tool" }) }
+      assert.are.equal("Ada", assert(t:turn("who?", { schema = PERSON })).name)
+    end)
+    with_mock({ replies = { "never" } }, function(srv)
+      -- a schema sent as the user wrote it (extra_body), open objects and all
+      local p = anthropic(srv.url, { extra_body = { output_config = { format = { type = "json_schema",
+        schema = { type = "object", properties = { a = { type = "string" } } } } } } })
+      local out, err = p:complete(p:body(p:encode_prefix("s"), { p:encode_message({ role = "user", content = "q" }) }))
+      assert.is_nil(out)
+      assert.are.equal(400, err.status)
+      assert.matches("For 'object' type, 'additionalProperties' must be explicitly set to false", err.body, 1, true)
+      local body = cjson.decode(err.body)
+      assert.are.equal("invalid_request_error", body.error.type)
+      assert.are.equal(1, srv:pending(), "a refused request spends no scripted reply")
+    end)
+  end)
+
+  it("checks the option and keeps the output tool's name for itself", function()
+    assert.has_error(function() tide.provider.anthropic { structured_output = "json" } end,
+      "tide.provider.anthropic: 'structured_output' must be \"native\" or \"tool\"")
+    assert.has_error(function() tide.provider.openai { structured_output = "tool" } end,
+      "tide.provider.openai: unknown option 'structured_output'")
+    local p = tide.provider.anthropic { base_url = "http://127.0.0.1:1", structured_output = "tool" }
+    assert.has_error(function() p:encode_prefix("s", { { name = "structured_output" } }) end,
+      "tide.provider.anthropic: tools[1] is named \"structured_output\", the tool structured_output = \"tool\" "
+        .. "answers through")
   end)
 end)

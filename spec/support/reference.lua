@@ -134,4 +134,284 @@ function M.openai_stream(body)
            stop_raw = finish }
 end
 
+-- ------------------------------------------------------------- Anthropic
+-- The Messages reply parser tide ran in Lua before core.anthropic_stream
+-- and core.anthropic_parse (anthropic.c) took its place, read the plain
+-- way: each event decoded with cjson, the reply taken from the decoded
+-- tables by the same rules. Returns the reply, or nil and the error
+-- ({ code, message, type? }).
+
+local function count(v)
+  if type(v) == "number" and v == v and v >= 0 and v < 2 ^ 53 then return math.floor(v) end
+  return 0
+end
+
+local ANTHROPIC_STOPS = {
+  end_turn = "stop", stop_sequence = "stop", tool_use = "tool_calls",
+  max_tokens = "length", pause_turn = "length", model_context_window_exceeded = "length",
+  refusal = "refusal",
+}
+
+local function anthropic_stop(raw, calls)
+  if raw == nil then return nil end
+  return ANTHROPIC_STOPS[raw] or (#calls > 0 and "tool_calls" or "stop")
+end
+
+local function anthropic_usage(input, read, write, output)
+  return { input = input + read + write, output = output, cached = read, cache_write = write, reasoning = 0 }
+end
+
+-- A thinking block as a reasoning part, or nil and why it cannot be one.
+local function reasoning_part(block)
+  if block.type == "thinking" then
+    if type(block.signature) ~= "string" or block.signature == "" then return nil, "has no signature" end
+    if type(block.thinking) ~= "string" then return nil, "has no thinking text" end
+    return { type = "text", text = block.thinking, signature = block.signature, provider = "anthropic" }
+  end
+  if type(block.data) ~= "string" or block.data == "" then return nil, "has no data" end
+  return { type = "redacted", data = block.data, provider = "anthropic" }
+end
+
+-- The tool-call finisher of tide.provider.reply: ids made where missing.
+local function finish_calls(calls)
+  return require("tide.provider.reply").finish_calls(calls)
+end
+
+local function canonical_input(input)
+  return json.canonical(json.integers(input))
+end
+
+local function fail(code, message, fields)
+  local e = { code = code, message = message }
+  for k, v in pairs(fields or {}) do e[k] = v end
+  return e
+end
+
+--- A whole (non-streamed) Messages reply.
+function M.anthropic_reply(body)
+  local ok, obj = pcall(cjson.decode, body)
+  if not ok then return nil, fail("MalformedResponse", "anthropic response is not valid JSON") end
+  if type(obj) ~= "table" then return nil, fail("MalformedResponse", "anthropic response is not a JSON object") end
+  if obj.type == "error" or (type(obj.error) == "table" and obj.content == nil) then
+    local e = type(obj.error) == "table" and obj.error or {}
+    return nil, fail(e.type == "rate_limit_error" and "RateLimited" or "ProviderError",
+      "anthropic returned an error: " .. tostring(e.message), { type = e.type })
+  end
+  if type(obj.content) ~= "table" then
+    return nil, fail("MalformedResponse", "anthropic response has no content array")
+  end
+  local text, calls, reasoning = {}, {}, nil
+  for i, block in ipairs(obj.content) do
+    if type(block) ~= "table" then
+      return nil, fail("MalformedResponse", ("anthropic content[%d] is not an object"):format(i))
+    end
+    local ty = block.type
+    if ty == "text" and type(block.text) == "string" then
+      text[#text + 1] = block.text
+    elseif ty == "tool_use" then
+      local input = block.input
+      calls[#calls + 1] = { id = block.id, name = block.name,
+        arguments = type(input) == "table" and canonical_input(input) or nil }
+    elseif ty == "thinking" or ty == "redacted_thinking" then
+      local part, why = reasoning_part(block)
+      if not part then
+        return nil, fail("MalformedResponse", ("anthropic content[%d] (%s) %s"):format(i, ty, why))
+      end
+      reasoning = reasoning or {}
+      reasoning[#reasoning + 1] = part
+    end
+  end
+  local u = type(obj.usage) == "table" and obj.usage or {}
+  local raw = type(obj.stop_reason) == "string" and obj.stop_reason or nil
+  calls = finish_calls(calls)
+  return { text = table.concat(text), tool_calls = calls, reasoning = reasoning,
+    usage = anthropic_usage(count(u.input_tokens), count(u.cache_read_input_tokens),
+      count(u.cache_creation_input_tokens), count(u.output_tokens)),
+    stop = anthropic_stop(raw, calls), stop_raw = raw }
+end
+
+local STREAM_ERRORS = { overloaded_error = "ProviderError", api_error = "ProviderError",
+  rate_limit_error = "RateLimited" }
+
+--- A streamed Messages reply: the SSE body in one piece. Returns the reply
+--- (with `deltas`, the text deltas, and `rdeltas`, the thinking deltas, in
+--- order), or nil and the error (with `deltas` too).
+function M.anthropic_stream(body)
+  local st = { text = {}, rdeltas = {}, thinking = {}, reasoning = {}, calls = {}, order = {},
+    input = 0, output = 0, read = 0, write = 0 }
+  local function add_call(index, id, name, frag)
+    local c = st.calls[index]
+    if not c then
+      c = { index = index, arguments = "" }
+      st.calls[index] = c
+      st.order[#st.order + 1] = index
+    end
+    if c.id == nil and type(id) == "string" and id ~= "" then c.id = id end
+    if c.name == nil and type(name) == "string" and name ~= "" then c.name = name end
+    if frag then c.arguments = c.arguments .. frag end
+  end
+  local function emit(t)
+    if type(t) == "string" and t ~= "" then st.text[#st.text + 1] = t end
+  end
+  local function event(name, data)
+    if st.done or data == "[DONE]" then return nil end
+    local ok, obj = pcall(cjson.decode, data)
+    if not ok then return fail("MalformedResponse", "anthropic stream event is not valid JSON") end
+    if type(obj) ~= "table" then return fail("MalformedResponse", "anthropic stream event is not a JSON object") end
+    local ty = type(obj.type) == "string" and obj.type or name
+    local index = math.tointeger(obj.index)
+    if ty == "content_block_delta" then
+      local d = obj.delta
+      if type(d) ~= "table" then return fail("MalformedResponse", "anthropic content_block_delta has no delta") end
+      if d.type == "text_delta" then
+        emit(d.text)
+      elseif d.type == "input_json_delta" then
+        if not index or index < 0 then
+          return fail("MalformedResponse", "anthropic input_json_delta has no valid index")
+        end
+        add_call(index, nil, nil, type(d.partial_json) == "string" and d.partial_json or nil)
+      elseif d.type == "thinking_delta" or d.type == "signature_delta" then
+        local part = st.thinking[index or -1]
+        if not part or part.type ~= "thinking" then
+          return fail("MalformedResponse", ("anthropic %s outside a thinking block"):format(d.type))
+        end
+        if d.type == "signature_delta" then
+          if type(d.signature) == "string" then part.signature = d.signature end
+        elseif type(d.thinking) == "string" and d.thinking ~= "" then
+          part.thinking = part.thinking .. d.thinking
+          st.rdeltas[#st.rdeltas + 1] = d.thinking
+        end
+      end
+    elseif ty == "content_block_start" then
+      local b = obj.content_block
+      if type(b) ~= "table" then return fail("MalformedResponse", "anthropic content_block_start has no block") end
+      if b.type == "tool_use" then
+        if not index or index < 0 then return fail("MalformedResponse", "anthropic tool_use block has no valid index") end
+        local whole = type(b.input) == "table" and next(b.input) ~= nil and canonical_input(b.input) or nil
+        add_call(index, b.id, b.name, whole)
+      elseif b.type == "text" then
+        emit(b.text)
+      elseif b.type == "thinking" or b.type == "redacted_thinking" then
+        if not index or index < 0 or st.thinking[index] then
+          return fail("MalformedResponse", ("anthropic %s block has no valid index"):format(b.type))
+        end
+        local part
+        if b.type == "thinking" then
+          local first = type(b.thinking) == "string" and b.thinking or ""
+          part = { type = "thinking", thinking = first, signature = type(b.signature) == "string" and b.signature or nil }
+          if first ~= "" then st.rdeltas[#st.rdeltas + 1] = first end
+        else
+          part = { type = "redacted_thinking", data = b.data }
+        end
+        st.thinking[index] = part
+        st.reasoning[#st.reasoning + 1] = part
+      end
+    elseif ty == "message_start" then
+      local m = type(obj.message) == "table" and obj.message or {}
+      local u = type(m.usage) == "table" and m.usage or {}
+      st.input, st.read = count(u.input_tokens), count(u.cache_read_input_tokens)
+      st.write, st.output = count(u.cache_creation_input_tokens), count(u.output_tokens)
+    elseif ty == "message_delta" then
+      local d = type(obj.delta) == "table" and obj.delta or {}
+      if type(d.stop_reason) == "string" then st.stop = d.stop_reason end
+      local u = obj.usage
+      if type(u) == "table" then
+        if u.output_tokens ~= nil then st.output = count(u.output_tokens) end
+        if type(u.input_tokens) == "number" then st.input = count(u.input_tokens) end
+        if type(u.cache_read_input_tokens) == "number" then st.read = count(u.cache_read_input_tokens) end
+        if type(u.cache_creation_input_tokens) == "number" then st.write = count(u.cache_creation_input_tokens) end
+      end
+    elseif ty == "message_stop" then
+      st.done = true
+    elseif ty == "error" then
+      local e = type(obj.error) == "table" and obj.error or {}
+      return fail(STREAM_ERRORS[e.type] or "ProviderError",
+        "anthropic stream error: " .. tostring(e.message or e.type),
+        { type = e.type, retryable = STREAM_ERRORS[e.type] ~= nil })
+    end
+  end
+  for block in (body:gsub("\r\n", "\n") .. "\n\n"):gmatch("(.-)\n\n") do
+    local data, name = {}, "message"
+    for line in block:gmatch("[^\n]+") do
+      local v = line:match("^data: ?(.*)$")
+      if v then data[#data + 1] = v end
+      local ev = line:match("^event: ?(.*)$")
+      if ev then name = ev end
+    end
+    if #data > 0 then
+      local err = event(name, table.concat(data, "\n"))
+      if err then
+        err.deltas = st.text
+        return nil, err
+      end
+    end
+  end
+  if not st.done then
+    return nil, fail("MalformedResponse", "anthropic stream ended before message_stop",
+      { partial_text = table.concat(st.text), deltas = st.text })
+  end
+  local calls = {}
+  table.sort(st.order)
+  for i, k in ipairs(st.order) do
+    local c = st.calls[k]
+    calls[i] = { id = c.id, name = c.name, arguments = c.arguments }
+  end
+  calls = finish_calls(calls)
+  local reasoning
+  for i, part in ipairs(st.reasoning) do
+    local r, why = reasoning_part(part)
+    if not r then
+      return nil, fail("MalformedResponse", ("anthropic %s block %d %s"):format(part.type, i, why))
+    end
+    reasoning = reasoning or {}
+    reasoning[i] = r
+  end
+  return { text = table.concat(st.text), tool_calls = calls, reasoning = reasoning,
+    usage = anthropic_usage(st.input, st.read, st.write, st.output),
+    stop = anthropic_stop(st.stop, calls), stop_raw = st.stop, deltas = st.text, rdeltas = st.rdeltas }
+end
+
+--- The input a tool_use block sends for a call's arguments, as the Lua
+--- encoder made it: the arguments' text when it is one JSON object (cut of
+--- white space), re-encoded canonically when lua-cjson may have read more
+--- than JSON into it, `{}` when it is not an object.
+function M.anthropic_input(args)
+  if type(args) == "table" then return json.canonical(args) end
+  if type(args) ~= "string" then return "{}" end
+  local trimmed = args:match("^%s*(.-)%s*$")
+  if trimmed:byte(1) ~= 123 then return "{}" end
+  local ok, v = pcall(cjson.decode, trimmed)
+  if not ok or type(v) ~= "table" then return "{}" end
+  local lower = trimmed:lower()
+  if trimmed:find("%c") or lower:find("nan", 1, true) or lower:find("inf", 1, true) or lower:find("0x", 1, true) then
+    return json.canonical(json.integers(v))
+  end
+  return trimmed
+end
+
+--- An assistant message with tool calls (core.anthropic_assistant_wire):
+--- thinking blocks (JSON, joined), a text block unless the text is empty,
+--- one tool_use block per call.
+function M.anthropic_assistant(text, calls, thinking)
+  local blocks = {}
+  if thinking then blocks[#blocks + 1] = thinking end
+  if text and text ~= "" then blocks[#blocks + 1] = json.canonical { type = "text", text = text } end
+  for _, c in ipairs(calls) do
+    blocks[#blocks + 1] = '{"id":' .. json.quote(c.id) .. ',"input":' .. M.anthropic_input(c.arguments)
+      .. ',"name":' .. json.quote(c.name) .. ',"type":"tool_use"}'
+  end
+  return '{"content":[' .. table.concat(blocks, ",") .. '],"role":"assistant"}'
+end
+
+--- A tool message's results as one user message of tool_result blocks
+--- (core.anthropic_results_wire).
+function M.anthropic_results(results)
+  local blocks = {}
+  for i, r in ipairs(results) do
+    blocks[i] = json.canonical { type = "tool_result", tool_use_id = r.id, content = r.content,
+      is_error = r.is_error == true }
+  end
+  return '{"content":[' .. table.concat(blocks, ",") .. '],"role":"user"}'
+end
+
 return M

@@ -1,17 +1,19 @@
 --- tide.provider.anthropic: the Anthropic Messages wire format.
 ---
---- Body layout: max_tokens, model, stream, system, temperature, thinking,
---- tools (with `extra_body`'s fields merged in, in the same sorted order),
---- then messages last so that everything before it is a reusable prefix.
+--- Body layout: max_tokens, model, output_config (a turn's schema), stream,
+--- system, temperature, thinking, tool_choice and tools (with `extra_body`'s
+--- fields merged in, in the same sorted order), then messages last so that
+--- everything before it is a reusable prefix.
 --- Every value is encoded canonically; tool-use inputs are the model's own
 --- argument text, spliced in verbatim once checked to be a JSON object (a
 --- decode and re-encode would turn its empty arrays into objects).
 ---
---- Replies: usage is made to mean what OpenAI's means (`input` is the whole
---- prompt: Anthropic's `input_tokens` counts only the part after the last
---- cache breakpoint); thinking and redacted_thinking blocks become the
---- reply's `reasoning` parts, which the encoder sends back first in the
---- assistant message, verbatim, as the API requires with tool use.
+--- Replies are parsed in C (core/anthropic.c): usage is made to mean what
+--- OpenAI's means (`input` is the whole prompt: Anthropic's `input_tokens`
+--- counts only the part after the last cache breakpoint); thinking and
+--- redacted_thinking blocks become the reply's `reasoning` parts, which the
+--- encoder sends back first in the assistant message, verbatim, as the API
+--- requires with tool use.
 local provider = require "tide.provider.base"
 local core = require "tide.core"
 local json = require "tide.json"
@@ -28,7 +30,6 @@ Provider.__name = "tide.provider.anthropic"
 
 local canonical = json.canonical
 local quote = json.quote
-local fail = provider._fail
 
 function Provider:__tostring()
   return ("tide.provider.anthropic(%s, %s)"):format(self.model, self.base_url)
@@ -54,6 +55,13 @@ function M.new(opts)
     end
     self.thinking = { type = "enabled", budget_tokens = opts.thinking.budget_tokens }
   end
+  local so = opts.structured_output
+  if so ~= nil and so ~= "native" and so ~= "tool" then
+    return nil, "tide.provider.anthropic: 'structured_output' must be \"native\" or \"tool\""
+  end
+  self.structured_output = so or "native"
+  -- Only a forced tool's answer needs taking out of the calls.
+  if self.structured_output == "tool" then self._finish_reply = M._tool_answer end
   return setmetatable(self, Provider)
 end
 
@@ -61,19 +69,193 @@ end
 
 local EPHEMERAL = { type = "ephemeral" }
 
+-- ------------------------------------------------------ structured output
+--
+-- A turn's schema holds the model in one of two ways (`structured_output`):
+--
+-- "native" (the default): the Messages API's structured outputs,
+-- `output_config.format = { type = "json_schema", schema }` (generally
+-- available, no beta header; the SDKs' `output_format` is the beta name of
+-- the same). The API constrains decoding to the schema, but takes only part
+-- of JSON Schema: every object must say `additionalProperties: false`, and
+-- numeric bounds, string lengths, patterns, `maxItems` and `minItems` above
+-- 1 are refused. The schema is sent as the official SDKs send it: objects
+-- closed, `oneOf` as `anyOf`, what the API does not take moved into the
+-- description (`{minimum: 1}`) so that the model may still follow it.
+-- tide validates the answer against the whole schema all the same, and a
+-- miss gets the repair turn. (An open object, a map of anything, is sent
+-- closed: use "tool" for such a schema.)
+--
+-- "tool": for models and servers without structured outputs (older
+-- models, some cloud endpoints and proxies answer `output_config.format:
+-- Extra inputs are not permitted`): the schema is the input schema of one
+-- more tool, `structured_output`, which the model is forced to call
+-- (`tool_choice` `{type = "tool"}`, or `{type = "any"}` when the agent has
+-- tools of its own, so that it can still use them first). Its input is the
+-- answer (a schema whose root is not an object is wrapped in a `value`
+-- property, tools taking only objects). With extended thinking the API
+-- refuses a forced tool ("Thinking may not be enabled when tool_choice
+-- forces tool use"), so the tool is offered with `tool_choice` auto: the
+-- model is asked, not forced, and validation and the repair turn do the
+-- rest. The reply comes back as if the model had answered the JSON as text
+-- (text deltas do not stream it).
+
+--- The name of the tool a "tool" provider answers through; no tool of an
+--- agent may have it.
+M.OUTPUT_TOOL = "structured_output"
+local OUTPUT_DESCRIPTION = "Give your final answer by calling this tool: its input is the answer."
+local OUTPUT_DESCRIPTION_VALUE = "Give your final answer by calling this tool: its `value` is the answer."
+local OUTPUT_WRAPPED = json.quote(OUTPUT_DESCRIPTION_VALUE)
+
+--- The Messages API holds the model to a turn's schema (natively or by a
+--- forced tool): encode_prefix takes the schema.
+Provider._native_schema = true
+
+-- What the API's structured outputs take, as the SDKs' transform_schema
+-- keeps it; other keywords go into the description.
+local KEEP = { type = true, enum = true, const = true, required = true, description = true, title = true,
+  ["$ref"] = true }
+local NAMED = { properties = true, ["$defs"] = true, definitions = true }
+local FORMATS = { ["date-time"] = true, time = true, date = true, duration = true, email = true, hostname = true,
+  uri = true, ipv4 = true, ipv6 = true, uuid = true }
+local SILENT = { ["$schema"] = true, strict = true } -- say nothing to the model
+
+local function is_object_schema(s)
+  local t = s.type
+  if t == "object" or s.properties ~= nil then return true end
+  if type(t) == "table" then
+    for _, v in ipairs(t) do if v == "object" then return true end end
+  end
+  return false
+end
+
+-- A list as a JSON array even when empty.
+local function list_of(v)
+  if type(v) ~= "table" then return v end
+  return json.array(table.move(v, 1, #v, 1, {}))
+end
+
+-- The schema as the API's structured outputs take it (see above).
+local function api_schema(s)
+  if type(s) ~= "table" then return s end
+  local out, notes = {}, nil
+  for k, v in pairs(s) do
+    if NAMED[k] and type(v) == "table" then
+      local m = {}
+      for name, sub in pairs(v) do m[name] = api_schema(sub) end
+      out[k] = m
+    elseif k == "items" then
+      out.items = api_schema(v)
+    elseif k == "anyOf" or k == "oneOf" or k == "allOf" then
+      local l = json.array()
+      for i, sub in ipairs(v) do l[i] = api_schema(sub) end
+      out[k == "allOf" and "allOf" or "anyOf"] = l
+    elseif KEEP[k] then
+      out[k] = (k == "required" or k == "enum" or (k == "type" and type(v) == "table")) and list_of(v) or v
+    elseif (k == "minItems" and (v == 0 or v == 1)) or (k == "format" and FORMATS[v]) then
+      out[k] = v
+    elseif k ~= "additionalProperties" and not SILENT[k] then
+      notes = notes or {}
+      notes[#notes + 1] = k .. ": " .. canonical(v)
+    end
+  end
+  if is_object_schema(s) then out.additionalProperties = false end
+  if notes then
+    table.sort(notes)
+    local d = type(out.description) == "string" and (out.description .. "\n\n") or ""
+    out.description = d .. "{" .. table.concat(notes, ", ") .. "}"
+  end
+  return out
+end
+
+-- The output tool's input schema: the schema itself when its root is an
+-- object, else wrapped in a `value` property (its definitions kept at the
+-- root, where its references look for them); and whether it was wrapped.
+local function tool_schema(s)
+  if s.type == "object" then return s, false end
+  local inner, wrapper = {}, { type = "object", required = json.array({ "value" }), additionalProperties = false }
+  for k, v in pairs(s) do
+    if NAMED[k] and k ~= "properties" then wrapper[k] = v else inner[k] = v end
+  end
+  wrapper.properties = { value = inner }
+  return wrapper, true
+end
+
+-- The output tool and the tool_choice that makes the model call it, as
+-- encoded JSON.
+function Provider:_output_tool(schema, own_tools)
+  local input, wrapped = tool_schema(schema)
+  local tool = { name = M.OUTPUT_TOOL, description = wrapped and OUTPUT_DESCRIPTION_VALUE or OUTPUT_DESCRIPTION,
+    input_schema = input }
+  local choice
+  if self.thinking then
+    choice = { type = "auto" } -- a forced tool is refused with thinking on
+  elseif own_tools > 0 then
+    choice = { type = "any" }
+  else
+    choice = { type = "tool", name = M.OUTPUT_TOOL }
+  end
+  return tool, canonical(choice)
+end
+
+--- A "tool" provider's reply, finished for the session (exchange.lua calls
+--- it with the request's prefix): an answer given through the output tool
+--- becomes the reply's text, as if the model had written the JSON, and the
+--- reply stops ("stop"; stop_raw stays "tool_use"). An answer that came
+--- beside calls of other tools is dropped: they run first, and the model
+--- answers after their results.
+---@param res tide.provider.response
+---@param prefix string the request's prefix (or whole body)
+---@return tide.provider.response
+function M._tool_answer(_, res, prefix)
+  local calls = res.tool_calls
+  local at
+  for i = 1, #calls do
+    if calls[i].name == M.OUTPUT_TOOL then at = i break end
+  end
+  if not at then return res end
+  local call = table.remove(calls, at)
+  if #calls > 0 then return res end
+  local text = call.arguments
+  if string.find(prefix, OUTPUT_WRAPPED, 1, true) then
+    local v = json.decode(text)
+    if type(v) == "table" and v.value ~= nil then text = canonical(v.value) end
+  end
+  res.text = text
+  res.stop = "stop"
+  return res
+end
+
 --- The request body up to and including the `[` that opens the messages.
 --- With `prompt_cache`, the system prompt and the last tool carry
 --- `cache_control` breakpoints so that the prefix is cached server-side.
+--- With `schema` (a turn's structured output), the prefix holds the model
+--- to it: `output_config.format`, or the output tool and its tool_choice
+--- (see `structured_output`).
 ---@param system string|nil the frozen system prompt
 ---@param tools? {name:string, description?:string, parameters?:table}[]
+---@param schema? table a JSON schema (tide.schema checked it)
 ---@return string
-function Provider:encode_prefix(system, tools)
+function Provider:encode_prefix(system, tools, schema)
   if system ~= nil and type(system) ~= "string" then
     error(("tide.provider.anthropic: 'system' must be a string, got %s"):format(type(system)), 2)
   end
+  if schema ~= nil and type(schema) ~= "table" then
+    error(("tide.provider.anthropic: 'schema' must be a table, got %s"):format(type(schema)), 2)
+  end
   local list = provider._tools("anthropic", tools, 2)
+  local by_tool = self.structured_output == "tool"
+  if by_tool then
+    for i, t in ipairs(list) do
+      if t.name == M.OUTPUT_TOOL then
+        error(("tide.provider.anthropic: tools[%d] is named %q, the tool structured_output = \"tool\" answers "
+          .. "through"):format(i, M.OUTPUT_TOOL), 2)
+      end
+    end
+  end
   -- Every field but messages, as encoded JSON by key; extra_body's fields
-  -- take the place of tide's own. Sorted keys give the canonical bytes.
+  -- take the place of tide's own, but for those that hold the model to a
+  -- turn's schema. Sorted keys give the canonical bytes.
   local fields = {
     max_tokens = canonical(self.max_tokens),
     model = canonical(self.model),
@@ -88,6 +270,12 @@ function Provider:encode_prefix(system, tools)
   end
   if self.temperature ~= nil then fields.temperature = canonical(self.temperature) end
   if self.thinking then fields.thinking = canonical(self.thinking) end
+  local choice
+  if schema ~= nil and by_tool then
+    local tool
+    tool, choice = self:_output_tool(schema, #list)
+    list[#list + 1] = { name = tool.name, description = tool.description, parameters = tool.input_schema }
+  end
   if #list > 0 then
     local encoded = {}
     for i, t in ipairs(list) do
@@ -97,7 +285,17 @@ function Provider:encode_prefix(system, tools)
     end
     fields.tools = "[" .. table.concat(encoded, ",") .. "]"
   end
+  local tools = fields.tools
   for k, v in pairs(self.extra_json or {}) do fields[k] = v end
+  if choice then
+    fields.tools, fields.tool_choice = tools, choice
+  elseif schema ~= nil then
+    -- extra_body's output_config (its effort, say) keeps its other fields
+    local config = fields.output_config and json.decode(fields.output_config)
+    if type(config) ~= "table" then config = {} end
+    config.format = { type = "json_schema", schema = api_schema(schema) }
+    fields.output_config = canonical(config)
+  end
   local keys = {}
   for k in pairs(fields) do keys[#keys + 1] = k end
   table.sort(keys)
@@ -110,11 +308,14 @@ end
 -- Messages are encoded by hand, one fixed shape per kind of message, with
 -- the keys in sorted order: the bytes are those json.canonical would give,
 -- for a fraction of the cost (the session encodes every message once, on the
--- path of every turn). Only table values go through the canonical encoder.
+-- path of every turn). The assistant message with tool calls and the tool
+-- results are written in C (core.anthropic_assistant_wire and
+-- core.anthropic_results_wire, core/anthropic.c). Only table values go
+-- through the canonical encoder.
 local concat = table.concat
+local assistant_wire, results_wire = core.anthropic_assistant_wire, core.anthropic_results_wire
 local decode_fast = json.decode_fast
 local byte, find = string.byte, string.find
-local tointeger = math.tointeger
 
 -- The JSON of a tool call's input: the raw arguments when they are a JSON
 -- object, `{}` otherwise (the session records such a call as an error; the
@@ -142,9 +343,20 @@ local function input_json(args)
   return trimmed
 end
 
-local function tool_use(c)
-  return '{"id":' .. quote(c.id) .. ',"input":' .. input_json(c.arguments)
-    .. ',"name":' .. quote(c.name) .. ',"type":"tool_use"}'
+-- The calls as the C encoder takes them when it declined a list: each
+-- input the JSON text it is sent as (the encoder then writes it as it is).
+local function plain_calls(calls)
+  local copy = {}
+  for i, c in ipairs(calls) do copy[i] = { id = c.id, name = c.name, arguments = input_json(c.arguments) } end
+  return copy
+end
+
+-- The results as the C encoder takes them: plain tables, content as text.
+local result_text = provider._result_text
+local function plain_results(results)
+  local copy = {}
+  for i, r in ipairs(results) do copy[i] = { id = r.id, content = result_text(r.content), is_error = r.is_error } end
+  return copy
 end
 
 -- The thinking blocks of an assistant message, as the content blocks that
@@ -223,14 +435,11 @@ function Provider:_encode(msg, level)
     error("tide.provider.anthropic: a system message cannot be sent as a message (give it to encode_prefix)", level)
   end
   if role == "tool" then
-    if #msg.results == 0 then return "" end
-    local blocks, result_text = {}, provider._result_text
-    for i, r in ipairs(msg.results) do
-      blocks[i] = '{"content":' .. quote(result_text(r.content))
-        .. (r.is_error == true and ',"is_error":true,"tool_use_id":' or ',"is_error":false,"tool_use_id":')
-        .. quote(r.id) .. ',"type":"tool_result"}'
-    end
-    return '{"content":[' .. concat(blocks, ",") .. '],"role":"user"}'
+    local results = msg.results
+    if #results == 0 then return "" end
+    local enc = results_wire(results) or results_wire(plain_results(results))
+    if not enc then error("tide.provider.anthropic: tool results need a string 'id'", level) end
+    return enc
   end
   if role == "assistant" then
     local calls = msg.tool_calls
@@ -241,23 +450,9 @@ function Provider:_encode(msg, level)
       if not thinking then return '{"content":' .. quote(text) .. ',"role":"assistant"}' end
       return '{"content":[' .. thinking .. ',{"text":' .. quote(text) .. ',"type":"text"}],"role":"assistant"}'
     end
-    if text == "" and #calls == 1 and not thinking then -- the usual shape, without a table
-      return '{"content":[' .. tool_use(calls[1]) .. '],"role":"assistant"}'
-    end
-    local blocks, n = {}, 0
-    if thinking then
-      n = 1
-      blocks[1] = thinking
-    end
-    if text ~= "" then
-      n = n + 1
-      blocks[n] = '{"text":' .. quote(text) .. ',"type":"text"}'
-    end
-    for _, c in ipairs(calls) do
-      n = n + 1
-      blocks[n] = tool_use(c)
-    end
-    return '{"content":[' .. concat(blocks, ",") .. '],"role":"assistant"}'
+    local enc = assistant_wire(text, calls, thinking) or assistant_wire(text, plain_calls(calls), thinking, true)
+    if not enc then error("tide.provider.anthropic: tool_calls need string 'id' and 'name'", level) end
+    return enc
   end
   local content = msg.content
   if content == nil then return '{"content":"","role":"user"}' end
@@ -281,272 +476,29 @@ function Provider:_headers()
   return h
 end
 
-local count = provider._count
+-- The reply is parsed in C (core.anthropic_stream: SSE framing, the JSON of
+-- each event, tool-input assembly; core.anthropic_parse: a whole reply), so
+-- a reply costs one string per text delta (none when nobody listens), one
+-- per thinking delta only for a reasoning listener, and one table at the
+-- end. The exchange (provider/exchange.lua) feeds it. What the parser reads
+-- and how it maps it (usage, thinking parts, stop reasons): core/anthropic.c
+-- and docs/internals.md.
 
--- The usage of a reply in tide's terms, which are OpenAI's: `input` is the
--- whole prompt. Anthropic's input_tokens is only the part after the last
--- cache breakpoint; the prompt is that plus the tokens read from the cache
--- plus those written to it. Thinking is billed inside output_tokens, with
--- no separate count, so `reasoning` is 0.
-local function usage(input, read, write, output)
-  return { input = input + read + write, output = output, cached = read, cache_write = write, reasoning = 0 }
+--- The C parser of one streamed response. It allocates nothing until the
+--- reply's bytes come.
+function Provider:_c_stream()
+  return core.anthropic_stream(self.max_body_bytes)
 end
 
--- Anthropic's stop reasons in the neutral set. pause_turn (the server
--- paused its own loop of server tools) and model_context_window_exceeded
--- both leave an unfinished answer that tide cannot continue by itself: they
--- are "length", so that a cut-off reply is never taken for a complete one.
-local STOPS = {
-  end_turn = "stop", stop_sequence = "stop", tool_use = "tool_calls",
-  max_tokens = "length", pause_turn = "length", model_context_window_exceeded = "length",
-  refusal = "refusal",
-}
+--- Errors of the C parser carry the whole event as their body: cut it as
+--- every error body is cut.
+Provider._stream_error = provider._stream_error
 
--- The neutral stop of a reply; a reason newer than this table is read from
--- what the reply holds (stop_raw keeps it as sent).
-local function stop_of(raw, calls)
-  if raw == nil then return nil end
-  return STOPS[raw] or (#calls > 0 and "tool_calls" or "stop")
-end
-
--- A reasoning part from a thinking block (a text and its signature) or a
--- redacted_thinking block (opaque data), or nil and the reason it cannot
--- be sent back as the API requires.
-local function reasoning_part(block)
-  if block.type == "thinking" then
-    if type(block.signature) ~= "string" or block.signature == "" then return nil, "has no signature" end
-    if type(block.thinking) ~= "string" then return nil, "has no thinking text" end
-    return { type = "text", text = block.thinking, signature = block.signature, provider = "anthropic" }
-  end
-  if type(block.data) ~= "string" or block.data == "" then return nil, "has no data" end
-  return { type = "redacted", data = block.data, provider = "anthropic" }
-end
-
---- Parses a complete (non-streamed) response body.
-function Provider:_parse(obj)
-  if obj.type == "error" or (type(obj.error) == "table" and obj.content == nil) then
-    local e = type(obj.error) == "table" and obj.error or {}
-    return nil, fail(e.type == "rate_limit_error" and "RateLimited" or "ProviderError",
-      "anthropic returned an error: " .. provider._excerpt(tostring(e.message), 512), { type = e.type })
-  end
-  if type(obj.content) ~= "table" then
-    return nil, fail("MalformedResponse", "anthropic response has no content array")
-  end
-  local text, calls, reasoning = {}, {}, nil
-  for i, block in ipairs(obj.content) do
-    if type(block) ~= "table" then
-      return nil, fail("MalformedResponse", ("anthropic content[%d] is not an object"):format(i))
-    end
-    local ty = block.type
-    if ty == "text" and type(block.text) == "string" then
-      text[#text + 1] = block.text
-    elseif ty == "tool_use" then
-      local input = block.input
-      calls[#calls + 1] = {
-        id = block.id, name = block.name,
-        arguments = type(input) == "table" and canonical(json.integers(input)) or nil,
-      }
-    elseif ty == "thinking" or ty == "redacted_thinking" then
-      local part, why = reasoning_part(block)
-      if not part then
-        return nil, fail("MalformedResponse", ("anthropic content[%d] (%s) %s"):format(i, ty, why))
-      end
-      reasoning = reasoning or {}
-      reasoning[#reasoning + 1] = part
-    end
-  end
-  local u = type(obj.usage) == "table" and obj.usage or {}
-  local raw = type(obj.stop_reason) == "string" and obj.stop_reason or nil
-  return {
-    text = table.concat(text),
-    tool_calls = calls,
-    reasoning = reasoning,
-    usage = usage(count(u.input_tokens), count(u.cache_read_input_tokens),
-      count(u.cache_creation_input_tokens), count(u.output_tokens)),
-    stop = stop_of(raw, calls),
-    stop_raw = raw,
-  }
-end
-
--- ------------------------------------------------------------- streaming
-
-local Stream = {}
-Stream.__index = Stream
-
-function Stream:__close()
-  self.calls:close()
-end
-
--- Mid-stream errors: retryable ones (overloaded, api_error, rate limits) may
--- be retried by complete() as long as no text reached on_delta.
-local STREAM_ERRORS = {
-  overloaded_error = { "ProviderError", 529 },
-  api_error = { "ProviderError", 500 },
-  rate_limit_error = { "RateLimited", 429 },
-}
-
-local function stream_error(obj, data)
-  local e = type(obj.error) == "table" and obj.error or {}
-  local kind = STREAM_ERRORS[e.type]
-  return fail(kind and kind[1] or "ProviderError",
-    "anthropic stream error: " .. provider._excerpt(tostring(e.message or e.type), 512),
-    { type = e.type, body = provider._excerpt(data), retryable = kind ~= nil })
-end
-
---- Handles one SSE event; returns an error to abandon the stream.
-function Stream:event(ev)
-  if self.done or ev.done then return nil end -- "[DONE]" is not Anthropic's, but proxies add it
-  local obj, err = decode_fast(ev.data)
-  if obj == nil then
-    return fail("MalformedResponse", "anthropic stream event is not valid JSON (" .. err.message .. ")",
-      { body = provider._excerpt(ev.data) })
-  end
-  if type(obj) ~= "table" then
-    return fail("MalformedResponse", "anthropic stream event is not a JSON object",
-      { body = provider._excerpt(ev.data) })
-  end
-  local ty = type(obj.type) == "string" and obj.type or ev.event
-  if ty == "content_block_delta" then
-    local d = obj.delta
-    if type(d) ~= "table" then return fail("MalformedResponse", "anthropic content_block_delta has no delta") end
-    local dtype = d.type
-    if dtype == "text_delta" then
-      local text = d.text
-      if type(text) == "string" and text ~= "" then
-        local n = self.ntext + 1
-        self.ntext = n
-        self.text[n] = text
-        self.emit(text)
-      end
-    elseif dtype == "input_json_delta" then
-      local index = tointeger(obj.index)
-      if not index or index < 0 then
-        return fail("MalformedResponse", "anthropic input_json_delta has no valid index")
-      end
-      local ok, aerr = self.calls:add(index, nil, nil,
-        type(d.partial_json) == "string" and d.partial_json or nil)
-      if not ok then return aerr end
-    elseif dtype == "thinking_delta" or dtype == "signature_delta" then
-      local part = self.thinking[tointeger(obj.index) or -1]
-      if not part or part.type ~= "text" then
-        return fail("MalformedResponse", ("anthropic %s outside a thinking block"):format(dtype))
-      end
-      if dtype == "signature_delta" then
-        -- The whole signature, sent once just before the block stops.
-        if type(d.signature) == "string" then part.signature = d.signature end
-      elseif type(d.thinking) == "string" and d.thinking ~= "" then
-        local buf = part.buf
-        buf[#buf + 1] = d.thinking
-        if self.on_reasoning then self.on_reasoning(d.thinking) end
-      end
-    end
-  elseif ty == "content_block_start" then
-    local b = obj.content_block
-    if type(b) ~= "table" then return fail("MalformedResponse", "anthropic content_block_start has no block") end
-    if b.type == "tool_use" then
-      local index = tointeger(obj.index)
-      if not index or index < 0 then
-        return fail("MalformedResponse", "anthropic tool_use block has no valid index")
-      end
-      -- The input arrives as input_json_delta fragments; a server that sends
-      -- it whole here is taken at its word.
-      local whole = type(b.input) == "table" and next(b.input) ~= nil and canonical(json.integers(b.input))
-        or nil
-      local ok, aerr = self.calls:add(index, type(b.id) == "string" and b.id or nil,
-        type(b.name) == "string" and b.name or nil, whole)
-      if not ok then return aerr end
-    elseif b.type == "text" and type(b.text) == "string" and b.text ~= "" then
-      local n = self.ntext + 1
-      self.ntext = n
-      self.text[n] = b.text
-      self.emit(b.text)
-    elseif b.type == "thinking" or b.type == "redacted_thinking" then
-      local index = tointeger(obj.index)
-      if not index or index < 0 or self.thinking[index] then
-        return fail("MalformedResponse", ("anthropic %s block has no valid index"):format(b.type))
-      end
-      -- Kept in block order; a thinking block's text and signature arrive
-      -- as deltas and are checked when the stream ends.
-      local part
-      if b.type == "thinking" then
-        local first = type(b.thinking) == "string" and b.thinking or ""
-        part = { type = "text", buf = { first }, signature = type(b.signature) == "string" and b.signature or nil }
-        if first ~= "" and self.on_reasoning then self.on_reasoning(first) end
-      else
-        part = { type = "redacted", data = b.data }
-      end
-      self.thinking[index] = part
-      self.reasoning[#self.reasoning + 1] = part
-    end
-  elseif ty == "message_start" then
-    local m = type(obj.message) == "table" and obj.message or {}
-    local u = type(m.usage) == "table" and m.usage or {}
-    self.input = count(u.input_tokens)
-    self.cache_read = count(u.cache_read_input_tokens)
-    self.cache_write = count(u.cache_creation_input_tokens)
-    self.output = count(u.output_tokens)
-    self.started = true
-  elseif ty == "message_delta" then
-    local d = type(obj.delta) == "table" and obj.delta or {}
-    if type(d.stop_reason) == "string" then self.stop = d.stop_reason end
-    local u = obj.usage
-    if type(u) == "table" then
-      -- Every count here is cumulative; the input ones are restated by
-      -- newer servers (and then final), left out by older ones.
-      if u.output_tokens ~= nil then self.output = count(u.output_tokens) end
-      if type(u.input_tokens) == "number" then self.input = count(u.input_tokens) end
-      if type(u.cache_read_input_tokens) == "number" then self.cache_read = count(u.cache_read_input_tokens) end
-      if type(u.cache_creation_input_tokens) == "number" then
-        self.cache_write = count(u.cache_creation_input_tokens)
-      end
-    end
-  elseif ty == "message_stop" then
-    self.done = true
-  elseif ty == "error" then
-    return stream_error(obj, ev.data)
-  end
-  -- ping, content_block_stop and unknown events carry nothing we need.
-  return nil
-end
-
---- The response once the HTTP stream ended.
-function Stream:finish()
-  if not self.done then
-    return nil, fail("MalformedResponse", "anthropic stream ended before message_stop",
-      { partial_text = table.concat(self.text) })
-  end
-  local calls, err = self.calls:result()
-  if not calls then return nil, err end
-  local reasoning
-  for i, p in ipairs(self.reasoning) do
-    local block = p.type == "text" and { type = "thinking", thinking = concat(p.buf), signature = p.signature }
-      or { type = "redacted_thinking", data = p.data }
-    local part, why = reasoning_part(block)
-    if not part then
-      return nil, fail("MalformedResponse", ("anthropic %s block %d %s"):format(block.type, i, why))
-    end
-    reasoning = reasoning or {}
-    reasoning[i] = part
-  end
-  return {
-    text = table.concat(self.text),
-    tool_calls = calls,
-    reasoning = reasoning,
-    usage = usage(self.input, self.cache_read, self.cache_write, self.output),
-    stop = stop_of(self.stop, calls),
-    stop_raw = self.stop,
-  }
-end
-
---- A parser for one streamed response; `emit(text)` receives text deltas,
---- `on_reasoning(text)` (optional) thinking deltas.
-function Provider:_stream(emit, on_reasoning)
-  return setmetatable({
-    emit = emit, on_reasoning = on_reasoning, text = {}, ntext = 0, done = false,
-    input = 0, output = 0, cache_read = 0, cache_write = 0,
-    thinking = {}, reasoning = {}, -- thinking blocks by index, and in block order
-    calls = core.tool_call_assembler(self.max_body_bytes),
-  }, Stream)
+--- A whole (non-streamed) response scanned in C: the reply, or nil and the
+--- error (not JSON, an error object, a block that cannot be taken), which
+--- the exchange gives the body's excerpt.
+function Provider:_c_parse(body)
+  return core.anthropic_parse(body, self.max_body_bytes)
 end
 
 return M

@@ -47,6 +47,7 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field stop? string|string[] OpenAI only: stop sequences
 ---@field query? table<string,string|number> OpenAI only: URL parameters (Azure's api-version)
 ---@field thinking? {budget_tokens:integer} Anthropic only: extended thinking, budget < max_tokens
+---@field structured_output? "native"|"tool" Anthropic only: how a turn's schema holds the model: the API's structured outputs (output_config.format, the default), or a forced tool whose input is the answer, for models and servers without them
 ---@field extra_body? table fields merged into every request body (OpenAI and Anthropic)
 ---@field api? "chat"|"responses" OpenAI only: chat completions (default) or the Responses API
 ---@field store? boolean OpenAI Responses only: let OpenAI keep the responses (default false: stateless)
@@ -56,7 +57,7 @@ local option_types = {
   temperature = "number", max_tokens = "integer", timeout_ms = "integer",
   max_body_bytes = "integer", retry = "table", headers = "table", prompt_cache = "boolean",
   max_tokens_field = "string", reasoning = "table", tool_choice = "any", parallel_tool_calls = "boolean",
-  stop = "any", query = "table", extra_body = "table", thinking = "table",
+  stop = "any", query = "table", extra_body = "table", thinking = "table", structured_output = "string",
   api = "string", store = "boolean", limits = "table",
 }
 
@@ -274,7 +275,9 @@ function provider._new(kind, opts, defaults)
   if kind ~= "openai" then
     for k in pairs(OPENAI_ONLY) do allowed[k] = nil end
   end
-  if kind ~= "anthropic" then allowed.thinking = nil end -- only its encoder sends it
+  if kind ~= "anthropic" then -- only its encoder sends them
+    allowed.thinking, allowed.structured_output = nil, nil
+  end
   local msg = check_options(kind, opts, allowed)
   if msg then return nil, msg end
   local retry = {}
@@ -547,6 +550,16 @@ function provider._bearer_headers(self)
   if self.api_key then h["authorization"] = "Bearer " .. self.api_key end
   for k, v in pairs(self.headers) do h[k] = v end
   return h
+end
+
+--- The `_stream_error` hook of the wire formats parsed in C: the parsers'
+--- errors carry the whole event (or body) as their body; it is cut here as
+--- every error body is cut.
+---@param err table
+---@return table err
+function provider._stream_error(_, err)
+  if type(err.body) == "string" then err.body = errors.excerpt(err.body) end
+  return err
 end
 
 -- The pieces the wire formats use, under the names they have always had.

@@ -2,8 +2,8 @@
 --- retries around it. Knows the provider only through its hooks (see
 --- docs/internals.md): `_url`, `_headers`, and a reply parser, either a C
 --- sink (`_c_stream`, fed in place by the request) or a Lua stream
---- (`_stream`, fed SSE events), plus `_parse` (and `_c_parse`) for a whole
---- JSON reply.
+--- (`_stream`, fed SSE events), plus `_c_parse` and/or `_parse` for a whole
+--- JSON reply, and optionally `_finish_reply(res, prefix)`.
 local core = require "tide.core"
 local json = require "tide.json"
 local errors = require "tide.provider.errors"
@@ -101,13 +101,18 @@ end
 
 -- A whole JSON reply (a non-streamed one, or a streamed request answered
 -- without SSE), a string or still in its finished request: the response, or
--- nil and the error; and whether its text reached on_delta. A plain reply is
+-- nil and the error; and whether its text reached on_delta. The reply is
 -- scanned in C where the provider can (no table tree, and no string of the
--- body); anything else goes through the full decoder, which says what is
--- wrong.
+-- body). A C scanner either says what is wrong itself (nil, err: the body's
+-- excerpt is added) or leaves anything but a plain reply to the full
+-- decoder and `_parse` (nil alone).
 local function whole_reply(self, src, on_delta, on_reasoning)
-  local out = self._c_parse and self:_c_parse(src)
-  local err
+  local out, err
+  if self._c_parse then out, err = self:_c_parse(src) end
+  if err then
+    if err.body == nil then err.body = excerpt(type(src) == "string" and src or src:body()) end
+    return nil, err
+  end
   if not out then
     local text = type(src) == "string" and src or src:body()
     local obj, derr = json.decode_fast(text)
@@ -310,6 +315,9 @@ function M.complete(self, body, opts, wire)
     end
     if res then
       res.attempts = n
+      -- (a provider that answers through a tool of its own hands the answer
+      -- over as the reply's text: see provider.anthropic's structured_output)
+      if self._finish_reply then res = self:_finish_reply(res, body) end
       return res
     end
     -- Every error of an attempt leaves here, and it may quote a server

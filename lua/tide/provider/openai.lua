@@ -305,7 +305,6 @@ end
 -- text delta and one table at the end instead of tables for every event.
 -- The exchange feeds it (provider/exchange.lua); these finish the result
 -- and error tables.
-local excerpt = provider._excerpt
 
 --- The C parser of one streamed response. It allocates nothing until the
 --- reply's bytes come (thousands of requests can wait on a slow provider
@@ -316,10 +315,7 @@ end
 
 --- Errors of the C parser carry the whole event as their body: cut it as
 --- every error body is cut.
-function Provider:_stream_error(err)
-  if type(err.body) == "string" then err.body = excerpt(err.body) end
-  return err
-end
+Provider._stream_error = provider._stream_error
 
 --- A whole (non-streamed) response scanned in C, or nil for anything but a
 --- plain reply (Provider:_parse then decodes it and says what is wrong).

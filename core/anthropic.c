@@ -1,0 +1,1136 @@
+/*
+** anthropic.c -- the Anthropic Messages wire format in C: the streamed reply
+** parser (a kind of the reply shell, reply.c) and the whole-reply scanner.
+**
+** Beside it, the encoders of the two messages a tool loop repeats (the
+** assistant message with its tool_use blocks, the tool results).
+**
+** The Lua parser decoded every SSE event into a table tree and walked it;
+** here each event's JSON is scanned in place (json.c) for the fields a reply
+** is made of, tool_use input goes to toolcall.c's assembler, and Lua sees
+** one string per text delta (none when nobody listens), one per thinking
+** delta only when someone listens for reasoning, and one table at the end.
+**
+** The scanner reads, and nothing else:
+**   type (else the SSE event's name), index
+**   message.usage.{input_tokens, output_tokens, cache_read_input_tokens,
+**                  cache_creation_input_tokens}                 message_start
+**   content_block.{type, id, name, input, text, thinking, signature, data}
+**                                                         content_block_start
+**   delta.{type, text, partial_json, thinking, signature}  content_block_delta
+**   delta.stop_reason, usage.{the four counts}                   message_delta
+**   error.{type, message}                                               error
+** and of a whole reply: type, error, content[*] (the block fields above),
+** usage, stop_reason. Every other value is validated and skipped (ping,
+** content_block_stop and event types newer than this file carry nothing a
+** reply needs). An event is applied once the whole of it has parsed, by the
+** rules the Lua parser applied to the decoded table: the last of duplicate
+** keys wins, values of the wrong type count as absent, a malformed event
+** anywhere is a MalformedResponse, nothing after message_stop counts.
+**
+** Thinking blocks keep their order and index: a thinking block's text comes
+** in thinking_delta pieces and its signature in one signature_delta, a
+** redacted_thinking block's data whole at its start; a block that ends
+** without them cannot be sent back as the API requires, and the reply is
+** refused. Usage is made to mean what OpenAI's means: `input` is the whole
+** prompt (Anthropic's input_tokens counts only what follows the last cache
+** breakpoint), and thinking is billed inside output_tokens.
+*/
+#include <stdlib.h>
+#include <string.h>
+
+#include "tide.h"
+#include "json.h"
+
+static const tide_reply_kind ANTHROPIC;
+
+/* Default cap on one event's data and on all tool-call bytes of one reply,
+** as for core.sse_parser and core.tool_call_assembler. */
+#define STREAM_DEFAULT_MAX (8 * 1024 * 1024)
+
+/* Error messages quote at most this much of the server's message. */
+#define MESSAGE_MAX 512
+
+/* A string-valued field: whether it was a string, and its decoded bytes
+** (in the scratch buffer). */
+typedef struct text_field {
+  int has;
+  span at;
+} text_field;
+
+/* The four counts of a usage object: their values (provider._count's: 0 when
+** absent or not a count), whether each was a number, and whether
+** output_tokens was there at all. */
+typedef struct usage_fields {
+  lua_Integer input, output, read, write;
+  int num_input, num_read, num_write, seen_output;
+} usage_fields;
+
+/* A content block: content_block of content_block_start, or an element of
+** a whole reply's content. */
+typedef struct block_fields {
+  int table;        /* an object or an array */
+  text_field type, text, id, name, thinking, signature, data;
+  int input_kind;   /* V_OBJECT / V_ARRAY: a table, raw in the document */
+  span input;
+  int input_filled; /* the table has a member or an element */
+} block_fields;
+
+/* What one event says (or a whole reply's root), once scanned. */
+typedef struct event_state {
+  text_field type;
+  int index_kind;   /* V_NUMBER (index_ok, index) or V_STRING (index_str) */
+  int index_ok;
+  lua_Integer index;
+  span index_str;
+  usage_fields message_usage;
+  int delta_table;
+  text_field dtype, dtext, partial, dthinking, dsignature, stop_reason;
+  block_fields block;
+  int usage_table;
+  usage_fields usage;
+  int err_kind;     /* the value of "error" */
+  text_field etype;
+  int emsg_kind;    /* error.message: V_STRING (scratch) or raw in the document */
+  span emsg;
+  span etype_raw;   /* error.type as it came, when it is not a string */
+  int etype_kind;
+  /* a whole reply */
+  int content_kind;
+  int bad_block;    /* the first content element the reply is refused for (1-based), or 0 */
+  const char *bad_why;
+  const char *bad_type;
+} event_state;
+
+/* A thinking or redacted_thinking block, kept in block order. */
+typedef struct thinking_block {
+  lua_Integer index;
+  int redacted;
+  int has_sig;    /* thinking: a signature came as a string */
+  int has_data;   /* redacted: its data is a string */
+  tide_buf text;  /* the thinking text, or the redacted data */
+  tide_buf sig;
+} thinking_block;
+
+typedef struct anthropic_stream {
+  tide_reply base;  /* the shell's: SSE framing, the text, the failure */
+  tide_asm calls;
+  tide_buf scratch; /* decoded strings of the current event */
+  tide_buf key;     /* an object key that had escapes */
+  tide_buf canon;   /* the canonical text of a whole tool input */
+  tide_buf stop;    /* the last stop_reason */
+  thinking_block *blocks;
+  size_t nblocks, kept, cap; /* blocks past nblocks up to kept hold emptied buffers */
+  event_state ev;
+  lua_Integer input, output, read, write;
+  int has_stop;
+  int done;         /* message_stop seen: nothing after it counts */
+  int whole;        /* scanning a whole reply */
+} anthropic_stream;
+
+/* ---------------------------------------------------------- the fields -- */
+
+static anthropic_stream *stream_of(const tide_json *p) { return (anthropic_stream *)p->ud; }
+
+/* The scratch buffer's bytes ("" before the first string: an empty one
+** leaves it unallocated). */
+static const char *scratch_of(const anthropic_stream *st) { return st->scratch.p ? st->scratch.p : ""; }
+
+/* A string member into f, or skipped (and f absent) when it is not one. */
+static int text_member(tide_json *p, text_field *f) {
+  f->has = tide__json_peek(p) == '"';
+  if (f->has) return tide__json_scratch(p, &f->at);
+  return tide__json_skip(p);
+}
+
+static int is_table(int kind) { return kind == V_OBJECT || kind == V_ARRAY; }
+
+static int usage_member(tide_json *p, const char *k, size_t kl, usage_fields *u) {
+  int num = tide__json_kind(tide__json_peek(p)) == V_NUMBER;
+  if (tide__json_key_is(k, kl, "input_tokens")) {
+    u->input = tide__json_count(p), u->num_input = num;
+  } else if (tide__json_key_is(k, kl, "output_tokens")) {
+    u->output = tide__json_count(p), u->seen_output = 1;
+  } else if (tide__json_key_is(k, kl, "cache_read_input_tokens")) {
+    u->read = tide__json_count(p), u->num_read = num;
+  } else if (tide__json_key_is(k, kl, "cache_creation_input_tokens")) {
+    u->write = tide__json_count(p), u->num_write = num;
+  }
+  return tide__json_skip(p);
+}
+
+static int top_usage_member(tide_json *p, const char *k, size_t kl) {
+  return usage_member(p, k, kl, &stream_of(p)->ev.usage);
+}
+
+static int message_usage_member(tide_json *p, const char *k, size_t kl) {
+  return usage_member(p, k, kl, &stream_of(p)->ev.message_usage);
+}
+
+static int message_member(tide_json *p, const char *k, size_t kl) {
+  if (tide__json_key_is(k, kl, "usage")) {
+    usage_fields *u = &stream_of(p)->ev.message_usage;
+    memset(u, 0, sizeof *u);
+    if (tide__json_peek(p) == '{') return tide__json_each_member(p, message_usage_member);
+  }
+  return tide__json_skip(p);
+}
+
+static int delta_member(tide_json *p, const char *k, size_t kl) {
+  event_state *ev = &stream_of(p)->ev;
+  if (tide__json_key_is(k, kl, "type")) return text_member(p, &ev->dtype);
+  if (tide__json_key_is(k, kl, "text")) return text_member(p, &ev->dtext);
+  if (tide__json_key_is(k, kl, "partial_json")) return text_member(p, &ev->partial);
+  if (tide__json_key_is(k, kl, "thinking")) return text_member(p, &ev->dthinking);
+  if (tide__json_key_is(k, kl, "signature")) return text_member(p, &ev->dsignature);
+  if (tide__json_key_is(k, kl, "stop_reason")) return text_member(p, &ev->stop_reason);
+  return tide__json_skip(p);
+}
+
+/* Whether the table at p->i has a member or an element (json.decode's
+** table is then not empty); p->i does not move. */
+static int filled(const tide_json *p) {
+  size_t i = p->i + 1;
+  while (i < p->n && (p->s[i] == ' ' || p->s[i] == '\t' || p->s[i] == '\n' || p->s[i] == '\r')) i++;
+  return i < p->n && p->s[i] != '}' && p->s[i] != ']';
+}
+
+static int block_member(tide_json *p, const char *k, size_t kl) {
+  block_fields *b = &stream_of(p)->ev.block;
+  if (tide__json_key_is(k, kl, "type")) return text_member(p, &b->type);
+  if (tide__json_key_is(k, kl, "text")) return text_member(p, &b->text);
+  if (tide__json_key_is(k, kl, "id")) return text_member(p, &b->id);
+  if (tide__json_key_is(k, kl, "name")) return text_member(p, &b->name);
+  if (tide__json_key_is(k, kl, "thinking")) return text_member(p, &b->thinking);
+  if (tide__json_key_is(k, kl, "signature")) return text_member(p, &b->signature);
+  if (tide__json_key_is(k, kl, "data")) return text_member(p, &b->data);
+  if (tide__json_key_is(k, kl, "input")) {
+    b->input_kind = tide__json_kind(tide__json_peek(p));
+    b->input_filled = is_table(b->input_kind) && filled(p);
+    return tide__json_skip_raw(p, &b->input);
+  }
+  return tide__json_skip(p);
+}
+
+/* The block at p->i into ev.block (reset first: a repeated key replaces
+** the whole block). */
+static int scan_block(tide_json *p) {
+  block_fields *b = &stream_of(p)->ev.block;
+  memset(b, 0, sizeof *b);
+  int kind = tide__json_kind(tide__json_peek(p));
+  b->table = is_table(kind);
+  if (kind == V_OBJECT) return tide__json_each_member(p, block_member);
+  return tide__json_skip(p);
+}
+
+static int error_member(tide_json *p, const char *k, size_t kl) {
+  event_state *ev = &stream_of(p)->ev;
+  if (tide__json_key_is(k, kl, "type")) {
+    ev->etype_kind = tide__json_kind(tide__json_peek(p));
+    if (ev->etype_kind == V_STRING) return text_member(p, &ev->etype);
+    ev->etype.has = 0;
+    return tide__json_skip_raw(p, &ev->etype_raw);
+  }
+  if (tide__json_key_is(k, kl, "message")) {
+    ev->emsg_kind = tide__json_kind(tide__json_peek(p));
+    if (ev->emsg_kind == V_STRING) return tide__json_scratch(p, &ev->emsg);
+    return tide__json_skip_raw(p, &ev->emsg);
+  }
+  return tide__json_skip(p);
+}
+
+static int apply_block(tide_json *p, size_t pos);
+
+static int content_element(tide_json *p, size_t idx) {
+  int rc = scan_block(p);
+  if (rc != J_OK) return rc;
+  return apply_block(p, idx + 1);
+}
+
+static int reset_content(anthropic_stream *st);
+
+static int root_member(tide_json *p, const char *k, size_t kl) {
+  anthropic_stream *st = stream_of(p);
+  event_state *ev = &st->ev;
+  if (tide__json_key_is(k, kl, "type")) return text_member(p, &ev->type);
+  if (tide__json_key_is(k, kl, "index")) {
+    ev->index_kind = tide__json_kind(tide__json_peek(p));
+    ev->index_ok = 0;
+    if (ev->index_kind == V_STRING) return tide__json_scratch(p, &ev->index_str);
+    if (ev->index_kind == V_NUMBER) ev->index_ok = tide__json_tointeger(p, &ev->index);
+    return tide__json_skip(p);
+  }
+  if (tide__json_key_is(k, kl, "error")) {
+    ev->err_kind = tide__json_kind(tide__json_peek(p));
+    ev->etype.has = 0;
+    ev->etype_kind = ev->emsg_kind = V_NONE;
+    if (ev->err_kind == V_OBJECT) return tide__json_each_member(p, error_member);
+    return tide__json_skip(p);
+  }
+  if (tide__json_key_is(k, kl, "usage")) {
+    int kind = tide__json_kind(tide__json_peek(p));
+    memset(&ev->usage, 0, sizeof ev->usage);
+    ev->usage_table = is_table(kind);
+    if (kind == V_OBJECT) return tide__json_each_member(p, top_usage_member);
+    return tide__json_skip(p);
+  }
+  if (st->whole) {
+    if (tide__json_key_is(k, kl, "content")) {
+      ev->content_kind = tide__json_kind(tide__json_peek(p));
+      int rc = reset_content(st);
+      if (rc != J_OK) return rc;
+      if (ev->content_kind == V_ARRAY) return tide__json_each_element(p, content_element);
+    } else if (tide__json_key_is(k, kl, "stop_reason")) {
+      return text_member(p, &ev->stop_reason);
+    }
+    return tide__json_skip(p);
+  }
+  if (tide__json_key_is(k, kl, "message")) {
+    memset(&ev->message_usage, 0, sizeof ev->message_usage);
+    if (tide__json_peek(p) == '{') return tide__json_each_member(p, message_member);
+  } else if (tide__json_key_is(k, kl, "delta")) {
+    int kind = tide__json_kind(tide__json_peek(p));
+    ev->delta_table = is_table(kind);
+    ev->dtype.has = ev->dtext.has = ev->partial.has = 0;
+    ev->dthinking.has = ev->dsignature.has = ev->stop_reason.has = 0;
+    if (kind == V_OBJECT) return tide__json_each_member(p, delta_member);
+  } else if (tide__json_key_is(k, kl, "content_block")) {
+    return scan_block(p);
+  }
+  return tide__json_skip(p);
+}
+
+/* Scans one event's data (or a whole reply) into st->ev. Returns J_OK,
+** J_NOMEM, or J_SYNTAX with p->err set; *object is 0 when the data is valid
+** JSON but not an object (an array counts as one: the decoded table had no
+** fields). */
+static int scan(tide_json *p, int *object) {
+  int rc;
+  *object = 1;
+  tide__json_skip_ws(p);
+  int kind = tide__json_kind(tide__json_peek(p));
+  if (kind == V_OBJECT)
+    rc = tide__json_each_member(p, root_member);
+  else
+    rc = tide__json_skip(p);
+  if (rc != J_OK) return rc;
+  tide__json_skip_ws(p);
+  if (p->i != p->n) return tide__json_syntax(p, "expected the end");
+  if (!is_table(kind)) *object = 0;
+  return J_OK;
+}
+
+/* ------------------------------------------------------------- thinking -- */
+
+/* The thinking block with this index, or NULL. */
+static thinking_block *block_at(anthropic_stream *st, lua_Integer index) {
+  for (size_t i = st->nblocks; i > 0; i--)
+    if (st->blocks[i - 1].index == index) return &st->blocks[i - 1];
+  return NULL;
+}
+
+/* A new block after the others (its buffers, when an earlier reply left
+** some, emptied), or NULL when out of memory. */
+static thinking_block *add_block(anthropic_stream *st, lua_Integer index, int redacted) {
+  if (st->nblocks == st->cap) {
+    size_t cap = st->cap ? st->cap * 2 : 4;
+    if (cap > SIZE_MAX / sizeof *st->blocks) return NULL;
+    thinking_block *b = realloc(st->blocks, cap * sizeof *b);
+    if (b == NULL) return NULL;
+    memset(b + st->cap, 0, (cap - st->cap) * sizeof *b);
+    st->blocks = b;
+    st->cap = cap;
+  }
+  thinking_block *b = &st->blocks[st->nblocks++];
+  if (st->nblocks > st->kept) st->kept = st->nblocks;
+  b->index = index;
+  b->redacted = redacted;
+  b->has_sig = b->has_data = 0;
+  b->text.len = b->sig.len = 0;
+  return b;
+}
+
+static int set_buf(tide_buf *b, const char *s, size_t n) {
+  b->len = 0;
+  return n ? tide__buf_add(b, s, n) : 0;
+}
+
+/* --------------------------------------------------------- tool inputs -- */
+
+/* The canonical text of the table at input (raw in doc), in st->canon:
+** what the Lua parser's decode and re-encode gave (json.c). Returns J_OK,
+** J_NOMEM or J_SYNTAX (nested deeper than the decoder allows). */
+static int canonical_input(anthropic_stream *st, const char *doc, span input) {
+  tide_json q = {doc + input.off, input.len, 0, 0, NULL, 0, NULL, NULL, NULL};
+  st->canon.len = 0;
+  return tide__json_canonical(&q, &st->canon);
+}
+
+/* ------------------------------------------------------ a whole reply -- */
+
+static int reset_content(anthropic_stream *st) {
+  /* A repeated "content" key replaces the blocks: the last one counts. */
+  st->base.text.len = 0;
+  tide__asm_reset(&st->calls, SIZE_MAX); /* this reply's own buffers */
+  st->nblocks = 0;
+  st->ev.bad_block = 0;
+  st->ev.bad_type = st->ev.bad_why = NULL;
+  return J_OK;
+}
+
+static void refuse_block(event_state *ev, size_t pos, const char *type, const char *why) {
+  if (ev->bad_block) return; /* the first one in content order is reported */
+  ev->bad_block = (int)(pos > 0x7fffffff ? 0x7fffffff : pos);
+  ev->bad_type = type;
+  ev->bad_why = why;
+}
+
+/* Takes content element pos (1-based), scanned into ev.block, into the
+** reply: text, a tool call, a reasoning part; or records why the reply is
+** refused. */
+static int apply_block(tide_json *p, size_t pos) {
+  anthropic_stream *st = stream_of(p);
+  event_state *ev = &st->ev;
+  const block_fields *b = &ev->block;
+  const char *scratch = scratch_of(st);
+  if (ev->bad_block) return J_OK;
+  if (!b->table) {
+    refuse_block(ev, pos, NULL, "is not an object");
+    return J_OK;
+  }
+  if (!b->type.has) return J_OK;
+  const char *ty = scratch + b->type.at.off;
+  size_t tl = b->type.at.len;
+  if (tide__json_key_is(ty, tl, "text")) {
+    if (b->text.has && tide__buf_add(&st->base.text, scratch + b->text.at.off, b->text.at.len))
+      return J_NOMEM;
+  } else if (tide__json_key_is(ty, tl, "tool_use")) {
+    const char *args = NULL;
+    size_t argsl = 0;
+    if (is_table(b->input_kind)) {
+      int rc = canonical_input(st, p->s, b->input);
+      if (rc != J_OK) return rc == J_SYNTAX ? tide__json_syntax(p, "too many nested data structures") : rc;
+      args = st->canon.p, argsl = st->canon.len;
+    }
+    int rc = tide__asm_add(&st->calls, (lua_Integer)st->calls.n,
+                           b->id.has ? scratch + b->id.at.off : NULL, b->id.at.len,
+                           b->name.has ? scratch + b->name.at.off : NULL, b->name.at.len, args, argsl);
+    if (rc == TIDE_ASM_NOMEM) return J_NOMEM;
+    if (rc == TIDE_ASM_TOO_LARGE) refuse_block(ev, pos, "tool_use", NULL);
+  } else if (tide__json_key_is(ty, tl, "thinking")) {
+    if (!b->signature.has || b->signature.at.len == 0) {
+      refuse_block(ev, pos, "thinking", "has no signature");
+    } else if (!b->thinking.has) {
+      refuse_block(ev, pos, "thinking", "has no thinking text");
+    } else {
+      thinking_block *t = add_block(st, 0, 0);
+      if (t == NULL || set_buf(&t->text, scratch + b->thinking.at.off, b->thinking.at.len) ||
+          set_buf(&t->sig, scratch + b->signature.at.off, b->signature.at.len))
+        return J_NOMEM;
+      t->has_sig = 1;
+    }
+  } else if (tide__json_key_is(ty, tl, "redacted_thinking")) {
+    if (!b->data.has || b->data.at.len == 0) {
+      refuse_block(ev, pos, "redacted_thinking", "has no data");
+    } else {
+      thinking_block *t = add_block(st, 0, 1);
+      if (t == NULL || set_buf(&t->text, scratch + b->data.at.off, b->data.at.len)) return J_NOMEM;
+      t->has_data = 1;
+    }
+  }
+  return J_OK;
+}
+
+/* ------------------------------------------------------------ replies -- */
+
+/* Anthropic's stop reasons in the neutral set. pause_turn (the server paused
+** its own loop of server tools) and model_context_window_exceeded both leave
+** an unfinished answer tide cannot continue by itself: they are "length",
+** so that a cut-off reply is never taken for a complete one. */
+static const char *const STOPS[][2] = {
+    {"end_turn", "stop"},       {"stop_sequence", "stop"},
+    {"tool_use", "tool_calls"}, {"max_tokens", "length"},
+    {"pause_turn", "length"},   {"model_context_window_exceeded", "length"},
+    {"refusal", "refusal"},
+};
+
+/* Pushes the neutral stop: a reason newer than the table is read from what
+** the reply holds. */
+static void push_stop(lua_State *L, const anthropic_stream *st) {
+  const char *p = st->stop.p ? st->stop.p : "";
+  for (size_t i = 0; i < tide__nelem(STOPS); i++) {
+    if (tide__json_key_is(p, st->stop.len, STOPS[i][0])) {
+      lua_pushstring(L, STOPS[i][1]);
+      return;
+    }
+  }
+  if (st->calls.n > 0)
+    lua_pushliteral(L, "tool_calls");
+  else
+    lua_pushliteral(L, "stop");
+}
+
+/* Pushes the reply as the session gets it: text, finished tool calls, the
+** reasoning parts in block order (when there were any), usage, and the
+** stop reason mapped and as sent. */
+static void push_reply(lua_State *L, const anthropic_stream *st) {
+  /* Room for what the provider adds (ttfb_ms, attempts): no rehash. */
+  lua_createtable(L, 0, 9);
+  lua_pushlstring(L, st->base.text.p ? st->base.text.p : "", st->base.text.len);
+  lua_setfield(L, -2, "text");
+  tide__asm_push_finished(L, &st->calls);
+  lua_setfield(L, -2, "tool_calls");
+  if (st->nblocks > 0) {
+    lua_createtable(L, (int)(st->nblocks > INT32_MAX ? 0 : st->nblocks), 0);
+    for (size_t i = 0; i < st->nblocks; i++) {
+      const thinking_block *b = &st->blocks[i];
+      lua_createtable(L, 0, 4);
+      if (b->redacted) {
+        lua_pushliteral(L, "redacted");
+        lua_setfield(L, -2, "type");
+        lua_pushlstring(L, b->text.p, b->text.len);
+        lua_setfield(L, -2, "data");
+      } else {
+        lua_pushliteral(L, "text");
+        lua_setfield(L, -2, "type");
+        lua_pushlstring(L, b->text.p ? b->text.p : "", b->text.len);
+        lua_setfield(L, -2, "text");
+        lua_pushlstring(L, b->sig.p, b->sig.len);
+        lua_setfield(L, -2, "signature");
+      }
+      lua_pushliteral(L, "anthropic");
+      lua_setfield(L, -2, "provider");
+      lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_setfield(L, -2, "reasoning");
+  }
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, st->input + st->read + st->write);
+  lua_setfield(L, -2, "input");
+  lua_pushinteger(L, st->output);
+  lua_setfield(L, -2, "output");
+  lua_pushinteger(L, st->read);
+  lua_setfield(L, -2, "cached");
+  lua_pushinteger(L, st->write);
+  lua_setfield(L, -2, "cache_write");
+  lua_pushinteger(L, 0); /* thinking is billed inside output_tokens */
+  lua_setfield(L, -2, "reasoning");
+  lua_setfield(L, -2, "usage");
+  if (st->has_stop) {
+    lua_pushlstring(L, st->stop.p ? st->stop.p : "", st->stop.len);
+    lua_setfield(L, -2, "stop_raw");
+    push_stop(L, st);
+    lua_setfield(L, -2, "stop");
+  }
+}
+
+/* Pushes the message of an error object: its message when a string, else
+** (fallback) error.type when a string, else the raw JSON of what was there,
+** else "nil", as tostring of the decoded value would read for the cases
+** that matter. */
+static void push_error_message(lua_State *L, const anthropic_stream *st, const char *doc,
+                               int fallback) {
+  const event_state *ev = &st->ev;
+  const char *scratch = scratch_of(st);
+  if (ev->err_kind == V_OBJECT && ev->emsg_kind == V_STRING)
+    tide__push_excerpt(L, scratch + ev->emsg.off, ev->emsg.len, MESSAGE_MAX);
+  else if (ev->err_kind == V_OBJECT && ev->emsg_kind != V_NONE)
+    tide__push_excerpt(L, doc + ev->emsg.off, ev->emsg.len, MESSAGE_MAX);
+  else if (fallback && ev->err_kind == V_OBJECT && ev->etype.has)
+    tide__push_excerpt(L, scratch + ev->etype.at.off, ev->etype.at.len, MESSAGE_MAX);
+  else if (fallback && ev->err_kind == V_OBJECT && ev->etype_kind != V_NONE)
+    tide__push_excerpt(L, doc + ev->etype_raw.off, ev->etype_raw.len, MESSAGE_MAX);
+  else
+    lua_pushliteral(L, "nil");
+}
+
+/* Whether error.type is name. */
+static int etype_is(const anthropic_stream *st, const char *name) {
+  const event_state *ev = &st->ev;
+  return ev->err_kind == V_OBJECT && ev->etype.has &&
+         tide__json_key_is(scratch_of(st) + ev->etype.at.off, ev->etype.at.len, name);
+}
+
+/* Sets err.type to error.type when it is a string. */
+static void set_error_type(lua_State *L, const anthropic_stream *st) {
+  const event_state *ev = &st->ev;
+  if (ev->err_kind != V_OBJECT || !ev->etype.has) return;
+  lua_pushlstring(L, scratch_of(st) + ev->etype.at.off, ev->etype.at.len);
+  lua_setfield(L, -2, "type");
+}
+
+/* An error event mid-stream. Overloaded, api_error and rate limits may be
+** retried by the exchange as long as no text reached on_delta; body is the
+** event's data (the Lua side cuts it to the error body excerpt). */
+static void push_stream_error(lua_State *L, const anthropic_stream *st, const tide_sse_event *e) {
+  int rate = etype_is(st, "rate_limit_error");
+  int retryable = rate || etype_is(st, "overloaded_error") || etype_is(st, "api_error");
+  push_error_message(L, st, e->data, 1);
+  tide__push_error(L, rate ? "RateLimited" : "ProviderError", "anthropic stream error: %s",
+                   lua_tostring(L, -1));
+  lua_remove(L, -2);
+  set_error_type(L, st);
+  lua_pushlstring(L, e->data, e->data_len);
+  lua_setfield(L, -2, "body");
+  lua_pushboolean(L, retryable);
+  lua_setfield(L, -2, "retryable");
+}
+
+/* ------------------------------------------------------------- events -- */
+
+/* The event's index as math.tointeger reads the decoded value: a number, or
+** a string Lua converts; 1 with *v, else 0. */
+static int event_index(lua_State *L, const anthropic_stream *st, lua_Integer *v) {
+  const event_state *ev = &st->ev;
+  if (ev->index_kind == V_NUMBER) {
+    *v = ev->index;
+    return ev->index_ok;
+  }
+  if (ev->index_kind != V_STRING) return 0;
+  const char *s = scratch_of(st) + ev->index_str.off;
+  size_t n = ev->index_str.len;
+  char tmp[64];
+  if (n == 0 || n >= sizeof tmp || memchr(s, '\0', n)) return 0;
+  memcpy(tmp, s, n);
+  tmp[n] = '\0';
+  if (lua_stringtonumber(L, tmp) == 0) return 0;
+  int ok;
+  *v = lua_tointegerx(L, -1, &ok);
+  lua_pop(L, 1);
+  return ok;
+}
+
+/* Whether the text field f of the scratch buffer is name. */
+static int field_is(const anthropic_stream *st, const text_field *f, const char *name) {
+  return f->has && tide__json_key_is(scratch_of(st) + f->at.off, f->at.len, name);
+}
+
+static int asm_failed(tide_reply_feed *fc, anthropic_stream *st, int rc) {
+  if (rc == TIDE_ASM_NOMEM) return fc->nomem = 1, 0;
+  tide__push_asm_too_large(fc->L, &st->calls);
+  return 1;
+}
+
+static int block_start(tide_reply_feed *fc, anthropic_stream *st, const tide_sse_event *e) {
+  lua_State *L = fc->L;
+  const block_fields *b = &st->ev.block;
+  const char *scratch = scratch_of(st);
+  if (!b->table) {
+    tide__push_malformed(L, NULL, 0, "anthropic content_block_start has no block");
+    return 1;
+  }
+  lua_Integer index;
+  int valid = event_index(L, st, &index) && index >= 0;
+  if (field_is(st, &b->type, "tool_use")) {
+    if (!valid) {
+      tide__push_malformed(L, NULL, 0, "anthropic tool_use block has no valid index");
+      return 1;
+    }
+    /* The input arrives as input_json_delta fragments; a server that sends
+    ** it whole here is taken at its word. */
+    const char *args = NULL;
+    size_t argsl = 0;
+    if (b->input_filled) {
+      int rc = canonical_input(st, e->data, b->input);
+      if (rc == J_NOMEM) return fc->nomem = 1, 0;
+      if (rc != J_OK) {
+        tide__push_malformed(L, e->data, e->data_len,
+                             "anthropic stream event is not valid JSON (too many nested data structures)");
+        return 1;
+      }
+      args = st->canon.p, argsl = st->canon.len;
+    }
+    int rc = tide__asm_add(&st->calls, index, b->id.has ? scratch + b->id.at.off : NULL, b->id.at.len,
+                           b->name.has ? scratch + b->name.at.off : NULL, b->name.at.len, args, argsl);
+    if (rc) return asm_failed(fc, st, rc);
+  } else if (field_is(st, &b->type, "text")) {
+    if (b->text.has && tide__reply_text(fc, scratch + b->text.at.off, b->text.at.len)) return 0;
+  } else if (field_is(st, &b->type, "thinking") || field_is(st, &b->type, "redacted_thinking")) {
+    int redacted = field_is(st, &b->type, "redacted_thinking");
+    if (!valid || block_at(st, index)) {
+      tide__push_malformed(L, NULL, 0, "anthropic %s block has no valid index",
+                           redacted ? "redacted_thinking" : "thinking");
+      return 1;
+    }
+    /* Kept in block order; a thinking block's text and signature arrive as
+    ** deltas and are checked when the stream ends. */
+    thinking_block *t = add_block(st, index, redacted);
+    if (t == NULL) return fc->nomem = 1, 0;
+    if (redacted) {
+      t->has_data = b->data.has;
+      if (b->data.has && set_buf(&t->text, scratch + b->data.at.off, b->data.at.len))
+        return fc->nomem = 1, 0;
+    } else {
+      t->has_sig = b->signature.has;
+      if (b->signature.has && set_buf(&t->sig, scratch + b->signature.at.off, b->signature.at.len))
+        return fc->nomem = 1, 0;
+      if (b->thinking.has && b->thinking.at.len > 0) {
+        if (set_buf(&t->text, scratch + b->thinking.at.off, b->thinking.at.len)) return fc->nomem = 1, 0;
+        tide__reply_reasoning(fc, scratch + b->thinking.at.off, b->thinking.at.len);
+      }
+    }
+  }
+  return 0;
+}
+
+static int block_delta(tide_reply_feed *fc, anthropic_stream *st) {
+  lua_State *L = fc->L;
+  const event_state *ev = &st->ev;
+  const char *scratch = scratch_of(st);
+  if (!ev->delta_table) {
+    tide__push_malformed(L, NULL, 0, "anthropic content_block_delta has no delta");
+    return 1;
+  }
+  if (field_is(st, &ev->dtype, "text_delta")) {
+    if (ev->dtext.has && tide__reply_text(fc, scratch + ev->dtext.at.off, ev->dtext.at.len)) return 0;
+  } else if (field_is(st, &ev->dtype, "input_json_delta")) {
+    lua_Integer index;
+    if (!event_index(L, st, &index) || index < 0) {
+      tide__push_malformed(L, NULL, 0, "anthropic input_json_delta has no valid index");
+      return 1;
+    }
+    int rc = tide__asm_add(&st->calls, index, NULL, 0, NULL, 0,
+                           ev->partial.has ? scratch + ev->partial.at.off : NULL, ev->partial.at.len);
+    if (rc) return asm_failed(fc, st, rc);
+  } else if (field_is(st, &ev->dtype, "thinking_delta") || field_is(st, &ev->dtype, "signature_delta")) {
+    int sig = field_is(st, &ev->dtype, "signature_delta");
+    lua_Integer index;
+    thinking_block *t = event_index(L, st, &index) ? block_at(st, index) : NULL;
+    if (t == NULL || t->redacted) {
+      tide__push_malformed(L, NULL, 0, "anthropic %s outside a thinking block",
+                           sig ? "signature_delta" : "thinking_delta");
+      return 1;
+    }
+    if (sig) {
+      /* The whole signature, sent once just before the block stops. */
+      if (ev->dsignature.has) {
+        if (set_buf(&t->sig, scratch + ev->dsignature.at.off, ev->dsignature.at.len))
+          return fc->nomem = 1, 0;
+        t->has_sig = 1;
+      }
+    } else if (ev->dthinking.has && ev->dthinking.at.len > 0) {
+      if (tide__buf_add(&t->text, scratch + ev->dthinking.at.off, ev->dthinking.at.len))
+        return fc->nomem = 1, 0;
+      tide__reply_reasoning(fc, scratch + ev->dthinking.at.off, ev->dthinking.at.len);
+    }
+  }
+  return 0;
+}
+
+/* The kind's event: one SSE event. Returns 1 with an error on the Lua
+** stack, or 0 (out of memory: fc->nomem). */
+static int anthropic_event(tide_reply_feed *fc, const tide_sse_event *e) {
+  anthropic_stream *st = (anthropic_stream *)fc->r;
+  /* "[DONE]" is not Anthropic's, but proxies add it. */
+  if (st->done || e->done) return 0;
+  tide_json p = {e->data, e->data_len, 0, 0, NULL, 0, &st->scratch, &st->key, st};
+  int object;
+  memset(&st->ev, 0, sizeof st->ev);
+  st->scratch.len = 0;
+  int rc = scan(&p, &object);
+  if (rc == J_NOMEM) return fc->nomem = 1, 0;
+  if (rc == J_SYNTAX) {
+    tide__push_malformed(fc->L, e->data, e->data_len,
+                         "anthropic stream event is not valid JSON (%s at character %I)", p.err,
+                         (lua_Integer)p.err_at + 1);
+    return 1;
+  }
+  if (!object) {
+    tide__push_malformed(fc->L, e->data, e->data_len, "anthropic stream event is not a JSON object");
+    return 1;
+  }
+  event_state *ev = &st->ev;
+  const char *ty = e->event;
+  size_t tl = e->event_len;
+  if (ev->type.has) ty = scratch_of(st) + ev->type.at.off, tl = ev->type.at.len;
+  if (tide__json_key_is(ty, tl, "content_block_delta")) return block_delta(fc, st);
+  if (tide__json_key_is(ty, tl, "content_block_start")) return block_start(fc, st, e);
+  if (tide__json_key_is(ty, tl, "message_start")) {
+    const usage_fields *u = &ev->message_usage;
+    st->input = u->input, st->read = u->read, st->write = u->write, st->output = u->output;
+  } else if (tide__json_key_is(ty, tl, "message_delta")) {
+    if (ev->delta_table && ev->stop_reason.has) {
+      if (set_buf(&st->stop, scratch_of(st) + ev->stop_reason.at.off, ev->stop_reason.at.len))
+        return fc->nomem = 1, 0;
+      st->has_stop = 1;
+    }
+    /* Every count here is cumulative; the input ones are restated by newer
+    ** servers (and then final), left out by older ones. */
+    const usage_fields *u = &ev->usage;
+    if (ev->usage_table) {
+      if (u->seen_output) st->output = u->output;
+      if (u->num_input) st->input = u->input;
+      if (u->num_read) st->read = u->read;
+      if (u->num_write) st->write = u->write;
+    }
+  } else if (tide__json_key_is(ty, tl, "message_stop")) {
+    st->done = 1;
+  } else if (tide__json_key_is(ty, tl, "error")) {
+    push_stream_error(fc->L, st, e);
+    return 1;
+  }
+  /* ping, content_block_stop and unknown events carry nothing a reply needs. */
+  return 0;
+}
+
+/* The kind's finish: the reply once the stream ended. */
+static int anthropic_finish(lua_State *L, tide_reply *r) {
+  anthropic_stream *st = (anthropic_stream *)r;
+  lua_pushnil(L);
+  if (!st->done) {
+    tide__push_malformed(L, NULL, 0, "anthropic stream ended before message_stop");
+    lua_pushlstring(L, r->text.p ? r->text.p : "", r->text.len);
+    lua_setfield(L, -2, "partial_text");
+    return 2;
+  }
+  for (size_t i = 0; i < st->nblocks; i++) {
+    const thinking_block *b = &st->blocks[i];
+    if (b->redacted ? !b->has_data || b->text.len == 0 : !b->has_sig || b->sig.len == 0) {
+      tide__push_malformed(L, NULL, 0, "anthropic %s block %I %s",
+                           b->redacted ? "redacted_thinking" : "thinking", (lua_Integer)i + 1,
+                           b->redacted ? "has no data" : "has no signature");
+      return 2;
+    }
+  }
+  lua_pop(L, 1);
+  push_reply(L, st);
+  return 1;
+}
+
+/* The kind's free: what the parser holds beyond the shell's part. */
+static void anthropic_free(tide_reply *r) {
+  anthropic_stream *st = (anthropic_stream *)r;
+  tide__asm_free(&st->calls);
+  tide__buf_free(&st->scratch);
+  tide__buf_free(&st->key);
+  tide__buf_free(&st->canon);
+  tide__buf_free(&st->stop);
+  for (size_t i = 0; i < st->kept; i++) {
+    tide__buf_free(&st->blocks[i].text);
+    tide__buf_free(&st->blocks[i].sig);
+  }
+  free(st->blocks);
+  st->blocks = NULL;
+  st->nblocks = st->kept = st->cap = 0;
+}
+
+/* The kind's reset: emptied for the next reply, its buffers (those up to
+** keep bytes) and its blocks' buffers kept. */
+static void anthropic_reset(tide_reply *r, size_t keep, size_t max) {
+  anthropic_stream *st = (anthropic_stream *)r;
+  tide__asm_reset(&st->calls, keep);
+  st->calls.max = max;
+  tide__buf_keep(&st->scratch, keep);
+  tide__buf_keep(&st->key, keep);
+  tide__buf_keep(&st->canon, keep);
+  tide__buf_keep(&st->stop, keep);
+  for (size_t i = 0; i < st->kept; i++) {
+    tide__buf_keep(&st->blocks[i].text, keep);
+    tide__buf_keep(&st->blocks[i].sig, keep);
+  }
+  st->nblocks = 0;
+  memset(&st->ev, 0, sizeof st->ev);
+  st->input = st->output = st->read = st->write = 0;
+  st->has_stop = st->done = st->whole = 0;
+}
+
+static const tide_reply_kind ANTHROPIC = {
+    "tide.anthropic_stream", "anthropic stream", sizeof(anthropic_stream),
+    anthropic_event, anthropic_finish, anthropic_reset, anthropic_free};
+
+/* ------------------------------------------------------------ bindings -- */
+
+/* core.anthropic_stream([max_bytes]) -> stream */
+static int l_anthropic_stream(lua_State *L) {
+  tide__reply_new(L, &ANTHROPIC, tide__check_max(L, 1, STREAM_DEFAULT_MAX));
+  return 1;
+}
+
+/* Whether a whole reply is an error object: type "error", or an error
+** table and no content at all. */
+static int is_error_reply(const anthropic_stream *st) {
+  const event_state *ev = &st->ev;
+  return field_is(st, &ev->type, "error") || (is_table(ev->err_kind) && ev->content_kind == V_NONE);
+}
+
+/* Pushes nil and the error of a whole reply the scan took but the reply
+** refuses, in the order the Lua parser checked: an error object, no
+** content array, the first block that cannot be taken. */
+static int whole_error(lua_State *L, anthropic_stream *st, const char *s) {
+  const event_state *ev = &st->ev;
+  lua_pushnil(L);
+  if (is_error_reply(st)) {
+    push_error_message(L, st, s, 0);
+    tide__push_error(L, etype_is(st, "rate_limit_error") ? "RateLimited" : "ProviderError",
+                     "anthropic returned an error: %s", lua_tostring(L, -1));
+    lua_remove(L, -2);
+    set_error_type(L, st);
+  } else if (!is_table(ev->content_kind)) {
+    tide__push_malformed(L, NULL, 0, "anthropic response has no content array");
+  } else if (ev->bad_type && !ev->bad_why) {
+    tide__push_asm_too_large(L, &st->calls);
+  } else if (ev->bad_type) {
+    tide__push_malformed(L, NULL, 0, "anthropic content[%d] (%s) %s", ev->bad_block, ev->bad_type,
+                         ev->bad_why);
+  } else {
+    tide__push_malformed(L, NULL, 0, "anthropic content[%d] %s", ev->bad_block, ev->bad_why);
+  }
+  return 2;
+}
+
+/* core.anthropic_parse(body | req[, max_bytes]) -> reply | nil, err
+** A whole (non-streamed) Messages response, scanned in place: the reply
+** table of s:finish(), without decoding the body into tables first; or the
+** error it is: not JSON, an error object (ProviderError, RateLimited), no
+** content array, a block that cannot be taken (MalformedResponse). Errors
+** carry no body: the caller adds its excerpt. */
+static int l_anthropic_parse(lua_State *L) {
+  size_t n;
+  /* the body: a string, or read in place from a finished http_post */
+  const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n) : tide__http_body(L, 1, &n);
+  if (s == NULL) luaL_typeerror(L, 1, "string or http request");
+  size_t max = tide__check_max(L, 2, STREAM_DEFAULT_MAX);
+  /* The state's one parser of whole replies (the shell's): the caller keeps
+  ** the body anchored. */
+  anthropic_stream *st = (anthropic_stream *)tide__reply_whole(L, &ANTHROPIC, max);
+  st->whole = 1;
+  tide_json p = {s, n, 0, 0, NULL, 0, &st->scratch, &st->key, st};
+  int object, ret;
+  int rc = scan(&p, &object);
+  event_state *ev = &st->ev;
+  if (rc == J_NOMEM) {
+    anthropic_free(&st->base);
+    return luaL_error(L, "not enough memory");
+  }
+  if (rc == J_SYNTAX) {
+    lua_pushnil(L);
+    tide__push_malformed(L, NULL, 0, "anthropic response is not valid JSON (%s at character %I)", p.err,
+                         (lua_Integer)p.err_at + 1);
+    ret = 2;
+  } else if (!object) {
+    lua_pushnil(L);
+    tide__push_malformed(L, NULL, 0, "anthropic response is not a JSON object");
+    ret = 2;
+  } else if (is_error_reply(st) || !is_table(ev->content_kind) || ev->bad_block) {
+    ret = whole_error(L, st, s);
+  } else {
+    usage_fields *u = &ev->usage;
+    st->input = u->input, st->output = u->output, st->read = u->read, st->write = u->write;
+    if (ev->stop_reason.has) {
+      if (set_buf(&st->stop, scratch_of(st) + ev->stop_reason.at.off, ev->stop_reason.at.len)) {
+        anthropic_free(&st->base);
+        return luaL_error(L, "not enough memory");
+      }
+      st->has_stop = 1;
+    }
+    st->done = 1;
+    push_reply(L, st);
+    ret = 1;
+  }
+  tide__reply_whole_done(&st->base);
+  return ret;
+}
+
+/* ------------------------------------------------------------ messages -- */
+
+/* The assistant message with tool calls and the tool results, written as
+** provider.anthropic's encoder writes them (keys sorted, as the canonical
+** encoder would order them): a session encodes every such message of its
+** tool loop. Two passes, as openai.c's encoders: the first sizes the string
+** and checks every value, the second writes it. */
+
+static const char MSG_OPEN[] = "{\"content\":[";
+static const char ASSISTANT_CLOSE[] = "],\"role\":\"assistant\"}";
+static const char USER_CLOSE[] = "],\"role\":\"user\"}";
+static const char TEXT_OPEN[] = "{\"text\":";
+static const char TEXT_CLOSE[] = ",\"type\":\"text\"}";
+static const char USE_OPEN[] = "{\"id\":";
+static const char USE_INPUT[] = ",\"input\":";
+static const char USE_NAME[] = ",\"name\":";
+static const char USE_CLOSE[] = ",\"type\":\"tool_use\"}";
+static const char RESULT_OPEN[] = "{\"content\":";
+static const char RESULT_ERROR[] = ",\"is_error\":true,\"tool_use_id\":";
+static const char RESULT_OK[] = ",\"is_error\":false,\"tool_use_id\":";
+static const char RESULT_CLOSE[] = ",\"type\":\"tool_result\"}";
+
+static int json_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+/* Whether the input text s[0..n) goes out as it is: one JSON object, white
+** space around it cut (*from, *len: what is sent). Text the Lua encoder
+** would re-encode (control characters, or "nan", "inf", "0x" in any case,
+** where lua-cjson might have read more than JSON) is declined, so that both
+** send the same bytes. */
+static int input_as_is(const char *s, size_t n, size_t *from, size_t *len) {
+  size_t i = 0, j = n;
+  while (i < j && json_space(s[i])) i++;
+  while (j > i && json_space(s[j - 1])) j--;
+  if (j - i < 2 || s[i] != '{' || s[j - 1] != '}') return 0;
+  for (size_t k = i; k < j; k++) {
+    unsigned char c = (unsigned char)s[k], d = k + 1 < j ? (unsigned char)(s[k + 1] | 0x20) : 0;
+    if (c < 0x20 || c == 0x7f) return 0;
+    c |= 0x20; /* lower case, for letters */
+    if ((c == 'n' && d == 'a' && k + 2 < j && (s[k + 2] | 0x20) == 'n') ||
+        (c == 'i' && d == 'n' && k + 2 < j && (s[k + 2] | 0x20) == 'f') || (c == '0' && d == 'x'))
+      return 0;
+  }
+  if (!tide__json_is_object(s + i, j - i)) return 0;
+  *from = i;
+  *len = j - i;
+  return 1;
+}
+
+/* One call's strings (the call tables keep them alive), its input cut. */
+typedef struct use_strings {
+  const char *id, *name, *args;
+  size_t il, nl, from, al;
+} use_strings;
+
+/* Call i of the list at idx; 0 when it is not a table of string id, name
+** and arguments, or (unless the caller checked them) its arguments are not
+** JSON object text as it is sent. */
+static int use_strings_of(lua_State *L, int idx, lua_Integer i, int checked, use_strings *c) {
+  if (lua_rawgeti(L, idx, i) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  int t = lua_gettop(L);
+  size_t n = 0;
+  c->args = tide__field_str(L, t, "arguments", &n);
+  c->name = tide__field_str(L, t, "name", &c->nl);
+  c->id = tide__field_str(L, t, "id", &c->il);
+  lua_pop(L, 1);
+  if (!(c->args && c->name && c->id)) return 0;
+  if (checked) {
+    c->from = 0, c->al = n;
+    return 1;
+  }
+  return input_as_is(c->args, n, &c->from, &c->al);
+}
+
+/* core.anthropic_assistant_wire(text, calls[, thinking[, checked]]) -> string | nil
+** The assistant message with tool calls: the thinking blocks (their JSON,
+** joined, as the Lua encoder makes them) first, then the text block unless
+** the text is "" or nil, then one tool_use block per call with its
+** arguments as the input; nil when there is no call, or a call is not a
+** table of string id, name and arguments that are one JSON object as it
+** is sent. The provider then makes each input what it sends (checked: the
+** arguments are written as they are) and asks again. */
+static int l_assistant_wire(lua_State *L) {
+  size_t tl = 0, hl = 0;
+  const char *text = lua_isnil(L, 1) ? "" : luaL_checklstring(L, 1, &tl);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  const char *thinking = luaL_optlstring(L, 3, "", &hl);
+  int checked = lua_toboolean(L, 4);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
+  if (n < 1) return 0;
+  size_t total = TIDE_LIT(MSG_OPEN) + TIDE_LIT(ASSISTANT_CLOSE);
+  if (hl > 0) total += hl + 1;
+  if (tl > 0) total += TIDE_LIT(TEXT_OPEN) + tide__json_size_quoted(text, tl) + TIDE_LIT(TEXT_CLOSE) + 1;
+  for (lua_Integer i = 1; i <= n; i++) {
+    use_strings c;
+    if (!use_strings_of(L, 2, i, checked, &c)) return 0;
+    total += (i > 1) + TIDE_LIT(USE_OPEN) + TIDE_LIT(USE_INPUT) + TIDE_LIT(USE_NAME) + TIDE_LIT(USE_CLOSE) +
+             tide__json_size_quoted(c.id, c.il) + c.al + tide__json_size_quoted(c.name, c.nl);
+  }
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, total);
+  size_t k = 0;
+  tide__json_put(out, &k, MSG_OPEN, TIDE_LIT(MSG_OPEN));
+  if (hl > 0) {
+    tide__json_put(out, &k, thinking, hl);
+    out[k++] = ',';
+  }
+  if (tl > 0) {
+    tide__json_put(out, &k, TEXT_OPEN, TIDE_LIT(TEXT_OPEN));
+    tide__json_put_quoted(out, &k, text, tl);
+    tide__json_put(out, &k, TEXT_CLOSE, TIDE_LIT(TEXT_CLOSE));
+    out[k++] = ',';
+  }
+  for (lua_Integer i = 1; i <= n; i++) {
+    use_strings c = {NULL, NULL, NULL, 0, 0, 0, 0};
+    use_strings_of(L, 2, i, checked, &c); /* checked above */
+    if (i > 1) out[k++] = ',';
+    tide__json_put(out, &k, USE_OPEN, TIDE_LIT(USE_OPEN));
+    tide__json_put_quoted(out, &k, c.id, c.il);
+    tide__json_put(out, &k, USE_INPUT, TIDE_LIT(USE_INPUT));
+    tide__json_put(out, &k, c.args + c.from, c.al);
+    tide__json_put(out, &k, USE_NAME, TIDE_LIT(USE_NAME));
+    tide__json_put_quoted(out, &k, c.name, c.nl);
+    tide__json_put(out, &k, USE_CLOSE, TIDE_LIT(USE_CLOSE));
+  }
+  tide__json_put(out, &k, ASSISTANT_CLOSE, TIDE_LIT(ASSISTANT_CLOSE));
+  luaL_pushresultsize(&b, k);
+  return 1;
+}
+
+/* Result i of the list at idx; 0 when it is not a table of string id and
+** content. */
+static int result_strings_of(lua_State *L, int idx, lua_Integer i, const char **c, size_t *cl,
+                             const char **id, size_t *il, int *is_error) {
+  if (lua_rawgeti(L, idx, i) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  int t = lua_gettop(L);
+  *c = tide__field_str(L, t, "content", cl);
+  *id = tide__field_str(L, t, "id", il);
+  *is_error = lua_getfield(L, t, "is_error") == LUA_TBOOLEAN && lua_toboolean(L, -1);
+  lua_pop(L, 2);
+  return *c && *id;
+}
+
+/* core.anthropic_results_wire(results) -> string | nil
+** A tool message's results: one user message of tool_result blocks
+** (is_error true only for a result whose is_error is true); nil when a
+** result is not a table of string id and content, or there is none. */
+static int l_results_wire(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_Integer n = (lua_Integer)lua_rawlen(L, 1);
+  if (n < 1) return 0;
+  size_t total = TIDE_LIT(MSG_OPEN) + TIDE_LIT(USER_CLOSE);
+  for (lua_Integer i = 1; i <= n; i++) {
+    const char *c = NULL, *id = NULL;
+    size_t cl = 0, il = 0;
+    int err;
+    if (!result_strings_of(L, 1, i, &c, &cl, &id, &il, &err)) return 0;
+    total += (i > 1) + TIDE_LIT(RESULT_OPEN) + (err ? TIDE_LIT(RESULT_ERROR) : TIDE_LIT(RESULT_OK)) +
+             TIDE_LIT(RESULT_CLOSE) + tide__json_size_quoted(c, cl) + tide__json_size_quoted(id, il);
+  }
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, total);
+  size_t k = 0;
+  tide__json_put(out, &k, MSG_OPEN, TIDE_LIT(MSG_OPEN));
+  for (lua_Integer i = 1; i <= n; i++) {
+    const char *c = NULL, *id = NULL;
+    size_t cl = 0, il = 0;
+    int err = 0;
+    result_strings_of(L, 1, i, &c, &cl, &id, &il, &err); /* checked above */
+    if (i > 1) out[k++] = ',';
+    tide__json_put(out, &k, RESULT_OPEN, TIDE_LIT(RESULT_OPEN));
+    tide__json_put_quoted(out, &k, c, cl);
+    if (err)
+      tide__json_put(out, &k, RESULT_ERROR, TIDE_LIT(RESULT_ERROR));
+    else
+      tide__json_put(out, &k, RESULT_OK, TIDE_LIT(RESULT_OK));
+    tide__json_put_quoted(out, &k, id, il);
+    tide__json_put(out, &k, RESULT_CLOSE, TIDE_LIT(RESULT_CLOSE));
+  }
+  tide__json_put(out, &k, USER_CLOSE, TIDE_LIT(USER_CLOSE));
+  luaL_pushresultsize(&b, k);
+  return 1;
+}
+
+/// Registers core.anthropic_stream, core.anthropic_parse and the message
+/// encoders core.anthropic_assistant_wire and core.anthropic_results_wire
+/// into the module table at the top of the stack, and (re)creates the
+/// "tide.anthropic_stream" metatable with the reply shell's methods and
+/// sink.
+void tide__open_anthropic(lua_State *L) {
+  static const luaL_Reg fns[] = {{"anthropic_stream", l_anthropic_stream},
+                                 {"anthropic_parse", l_anthropic_parse},
+                                 {"anthropic_assistant_wire", l_assistant_wire},
+                                 {"anthropic_results_wire", l_results_wire},
+                                 {NULL, NULL}};
+  tide__reply_register(L, &ANTHROPIC);
+  luaL_setfuncs(L, fns, 0);
+}
