@@ -590,6 +590,25 @@ local function body(session, text, opts, run)
   return loop(session, opts, run, 1, { want = want, repaired = false })
 end
 
+-- A turn interrupted by the end of its process, continued in another
+-- (tide.queue): the session was resumed from its transcript with the
+-- crash-safe rules (calls left without results answered "interrupted",
+-- never run again), so its history ends with the turn's user message or a
+-- round's results; the loop goes on from there, without a user message.
+local function continue_body(session, opts, run)
+  local stats = session.counters
+  local trace = {}
+  stats.turns = stats.turns + 1
+  stats.turn_cost_usd = 0
+  session:_update_integrations(trace)
+  if not session.conversation.system then
+    local ok, err = session:_freeze(trace)
+    if not ok then return nil, err end
+  end
+  session:_prefix()
+  return loop(session, opts, run, 1, { want = opts.schema or session.def.output_schema, repaired = false })
+end
+
 -- A paused turn, resumed: finish its round with the decisions made (run
 -- the approved calls, answer the rejected ones, resume the sub-agents that
 -- waited), then go on with the loop. Calls still undecided keep it paused.
@@ -754,6 +773,15 @@ end
 function M.run(session, text, opts)
   if session.paused then return nil, approval.required(session) end
   return drive(session, opts, nil, function(s, run_opts) return body(s, text, run_opts, s.turn_ctx) end, opts)
+end
+
+--- Continues the turn a process left unfinished in `session`'s transcript
+--- (see continue_body); a paused one stays paused (ApprovalRequired).
+---@return any reply
+---@return table|nil err
+function M.continue(session, opts)
+  if session.paused then return nil, approval.required(session) end
+  return drive(session, opts, nil, function(s, run_opts) return continue_body(s, run_opts, s.turn_ctx) end, opts)
 end
 
 --- Resumes the paused turn of `session` with the decisions made.
