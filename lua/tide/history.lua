@@ -47,13 +47,15 @@ function M.new(provider, writer)
   }, history_mt)
 end
 
--- Writes transcript lines; a failed write is reported, never raised: the
--- conversation in memory goes on.
+-- Writes transcript records (tide.transcript.record: a file writer's
+-- failure is reported and the conversation goes on in memory; a strict
+-- writer's, a Redis session's, raises and stops the turn).
+local transcript -- loaded with the first writer: a session without one never compiles it
 local function record(self, ...)
   local w = self.writer
   if w then
-    local ok, err = w:append(...)
-    if not ok then io.stderr:write("tide: transcript write failed: ", tostring(err), "\n") end
+    transcript = transcript or require "tide.transcript"
+    transcript.record(w, ...)
   end
 end
 
