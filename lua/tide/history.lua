@@ -122,6 +122,30 @@ function history_mt:replace(messages)
   self.wire_bytes = 0
 end
 
+--- While `on`, a writer that can defer (a Redis session's) keeps records
+--- until the next flush; turning it off flushes. File writers write at
+--- once regardless.
+---@param on boolean
+function history_mt:hold(on)
+  local w = self.writer
+  if not (w and w.flush) then return end
+  w.deferring = on or nil
+  if not on then
+    transcript = transcript or require "tide.transcript"
+    transcript.flush(w)
+  end
+end
+
+--- Writes what is held (see hold): before a request or a tool call, so
+--- that the transcript never lags behind what left the process.
+function history_mt:flush()
+  local w = self.writer
+  if w and w.flush then
+    transcript = transcript or require "tide.transcript"
+    transcript.flush(w)
+  end
+end
+
 --- Writes a transcript line that is not a message (a compaction record).
 function history_mt:note(line) record(self, line) end
 

@@ -220,7 +220,9 @@ local function acquire(self)
   end
 end
 
--- Gives the lease up. A release that fails leaves it to expire.
+-- Gives the lease up. The release is sent now (so that a next acquire on
+-- the same connection comes after it) without waiting for its answer: a
+-- release that fails leaves the lease to expire.
 local function release(self)
   local lease = self.lease
   if lease.task then
@@ -229,7 +231,10 @@ local function release(self)
   end
   local token = lease.token
   lease.token = nil
-  if token then pcall(self.store.release, self.store_name, token) end
+  if token then
+    local store, name = self.store, self.store_name
+    core.spawn_now(function() pcall(store.release, name, token) end)
+  end
 end
 
 -- Reads the transcript again (another process wrote to it, or a write of
@@ -713,9 +718,13 @@ function session_mt:_queued_turn(rid, text, opts)
       if lt.done then return lt.reply end
       return turn.continue(self, opts)
     end
+    -- the turn record goes out with the turn's first records
+    self.conversation:hold(true)
     self.conversation:note { type = "turn", id = rid }
     self.last_turn = { id = rid, done = false }
-    return turn.run(self, text, opts)
+    local reply, err = turn.run(self, text, opts)
+    self.conversation:hold(false)
+    return reply, err
   end)
 end
 

@@ -123,6 +123,15 @@ function M.record(w, ...)
   io.stderr:write("tide: transcript write failed: ", tostring(err), "\n")
 end
 
+--- Writes what a deferring writer holds (a writer without `flush` writes
+--- at once); its failure raises, as for a strict writer's append.
+---@param w table|nil
+function M.flush(w)
+  if not (w and w.flush) then return end
+  local ok, err = w:flush()
+  if not ok then error(err, 0) end
+end
+
 --- The file store: what `transcript = path` and `resume = path` use.
 M.file = {
   kind = "file",

@@ -103,15 +103,13 @@ function M.store(c)
   end
 
   --- A writer for session `id`, whose list has `info.count` records (none:
-  --- a new session, `meta` is written first). `lease` is the session's
-  --- lease table: appends carry its token while it holds one.
+  --- a new session: `meta` goes first, with the first records written).
+  --- `lease` is the session's lease table: appends carry its token while it
+  --- holds one.
   function s.open(id, meta, info, lease)
     local w = setmetatable({ path = id, strict = true, known = info and info.count or 0,
-      lease = lease or {}, keys = { log_key(id), lease_key(id) }, script = append }, writer_mt)
-    if w.known == 0 and meta then
-      local ok, err = w:append(meta)
-      if not ok then return nil, err end
-    end
+      lease = lease or {}, keys = { log_key(id), lease_key(id) }, script = append, pending = {} }, writer_mt)
+    if w.known == 0 and meta then w.pending[1] = json.canonical(meta) end
     return w
   end
 
@@ -173,13 +171,25 @@ local function append(self, lines)
   return true
 end
 
---- Appends records, one list element each; true, or nil, err. A failed
---- append marks the writer: the session reloads from Redis before its
---- next turn.
+--- Appends records, one list element each; true, or nil, err. While the
+--- writer is deferring (during a turn: tide.history's hold), records wait
+--- for the next flush, which the turn makes before anything leaves the
+--- process (a provider request, a tool call) and at its end: the records
+--- of one step cost one round trip, and none is missing when something
+--- outside could have seen it.
 function writer_mt:append(...)
-  local n = select("#", ...)
-  local lines = {}
-  for i = 1, n do lines[i] = json.canonical((select(i, ...))) end
+  local pending = self.pending
+  for i = 1, select("#", ...) do pending[#pending + 1] = json.canonical((select(i, ...))) end
+  if self.deferring then return true end
+  return self:flush()
+end
+
+--- Writes the records waiting; true, or nil, err. A failed write marks the
+--- writer: the session reloads from Redis before its next turn.
+function writer_mt:flush()
+  local lines = self.pending
+  if #lines == 0 then return true end
+  self.pending = {}
   local ok, err = blocking(append, self, lines)
   if not ok then self.failed = true end
   return ok, err

@@ -457,6 +457,7 @@ local function loop(session, opts, run, first, state)
       copts = setmetatable({ conversation = { system = history.system, specs = session.surface.specs,
         messages = history.messages } }, { __index = popts })
     end
+    history:flush()
     local resp, err = provider:_complete(prefix, copts, wire)
     if not resp and session.context and compaction().is_overflow(err) then
       -- The provider says it does not fit: one compaction, one retry.
@@ -533,6 +534,7 @@ local function loop(session, opts, run, first, state)
     end
     do
       run.pending, run.textual = calls, textual
+      history:flush() -- the calls are in the transcript before any runs
       local results, stop_err, waiting = run_calls(run, calls)
       run.pending = nil
       if waiting and not stop_err then
@@ -649,6 +651,7 @@ local function resume_body(session, opts, run)
   end
   if #approved > 0 then
     approval.running(session, approved)
+    session.conversation:flush()
     local done, stop_err = run_calls(run, approved)
     for i, at in ipairs(approved_at) do results[at] = done[i] end
     if stop_err then
@@ -712,6 +715,8 @@ local function drive(session, opts, paused, fn, ...)
   ctx.tide_budget = budget
   ctx.tide_tree = tree
   session.turn_ctx = run
+  local history = session.conversation
+  history:hold(true)
   local watchdog
   if budget and not inherited_budget and budget.limits.wall_ms then
     watchdog = core.spawn(function()
@@ -723,6 +728,9 @@ local function drive(session, opts, paused, fn, ...)
   local ok, reply, err = pcall(fn, session, ...)
   if not ok then reply, err = nil, reply end
   if watchdog then watchdog:cancel() end
+  -- the turn's last records; a store that cannot keep them fails the turn
+  local fok, ferr = pcall(history.hold, history, false)
+  if not fok and reply ~= nil then reply, err = nil, ferr end
   for _, t in ipairs(run.tasks) do t:cancel() end
   rawset(ctx, "tide_on_event", saved_event)
   rawset(ctx, "tide_budget", saved_budget)
