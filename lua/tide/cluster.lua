@@ -329,14 +329,21 @@ function Cluster:script(name, src)
       local conn, err = self:connection()
       if not conn then return nil, err end
       local sha = self._scripts_loaded[name]
-      if not sha then
-        local s, lerr = conn:call("SCRIPT", "LOAD", entry.src)
-        if not s then return nil, classify(lerr) end
-        sha = s
-        self._scripts_loaded[name] = sha
-      end
       self.stats.commands = self.stats.commands + 1
-      local r, e = conn:call("EVALSHA", sha, table.unpack(argv))
+      local r, e
+      if not sha then
+        -- The first call sends the source itself (EVAL), so that it keeps
+        -- its place among the commands other tasks send on the connection
+        -- meanwhile (waiting for a SCRIPT LOAD first let them overtake
+        -- it); the SHA for later calls is learnt beside it.
+        core.spawn_now(function()
+          local ok, s = pcall(conn.call, conn, "SCRIPT", "LOAD", entry.src)
+          if ok and type(s) == "string" and self._conn == conn then self._scripts_loaded[name] = s end
+        end)
+        r, e = conn:call("EVAL", entry.src, table.unpack(argv))
+      else
+        r, e = conn:call("EVALSHA", sha, table.unpack(argv))
+      end
       if r ~= nil then return r end
       if not (e.message or ""):match("NOSCRIPT") then return nil, classify(e) end
       self._scripts_loaded[name] = nil -- Redis restarted: load it again
