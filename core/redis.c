@@ -81,6 +81,8 @@ typedef struct rreq {
   int ref;         /* registry ref to the converted reply */
   int is_error;    /* the reply is a Redis error reply */
   int lost;        /* no reply: the connection went away */
+  int cancelled;   /* its task stopped waiting (cancelled, interrupted) */
+  int abandoned;   /* its task went on without the reply: on_reply frees it */
 } rreq;
 
 static rstate *get_state(lua_State *L);
@@ -310,9 +312,11 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     tide_task *t = q->task;
     q->task = NULL;
     q->c->st->api->wake(t);
-  } else {
-    free(q); /* its task was cancelled: nobody takes this reply */
+  } else if (q->abandoned) {
+    free(q); /* its task went on without it: nobody takes this reply */
   }
+  /* Otherwise its task was cancelled and has yet to run call_k, which
+  ** still reads the record: call_k frees it. */
 }
 
 static void on_message(redisAsyncContext *ac, void *reply, void *privdata) {
@@ -473,9 +477,13 @@ static int l_connect(lua_State *L) {
   return st->api->wait(L, t, &c->wait, connect_k, 0);
 }
 
+/* The task is cancelled or interrupted: it is made ready and runs call_k,
+** which frees the record if the reply came first, else leaves it to
+** on_reply. Whichever of the two comes last frees it. */
 static void req_cancel(tide_wait *w) {
   rreq *q = (rreq *)w;
-  q->task = NULL; /* on_reply frees it */
+  q->task = NULL;
+  q->cancelled = 1;
 }
 
 static int call_k(lua_State *L, int status, lua_KContext kctx) {
@@ -485,14 +493,23 @@ static int call_k(lua_State *L, int status, lua_KContext kctx) {
   tide_task *t = st->api->current(L);
   if (!q->done) {
     /* cancelled with the reply still to come: on_reply frees the record */
+    q->abandoned = 1;
     st->api->check_cancel(L, t);
     lua_pushnil(L);
     st->api->push_error(L, "Cancelled", "redis command interrupted");
     return 2;
   }
-  int ref = q->ref, is_error = q->is_error, lost = q->lost;
+  int ref = q->ref, is_error = q->is_error, lost = q->lost, cancelled = q->cancelled;
   rconn *c = q->c;
   free(q);
+  if (cancelled) {
+    /* cancelled, then the reply came before this task ran again: it was
+    ** not converted (nobody waited for it) */
+    st->api->check_cancel(L, t);
+    lua_pushnil(L);
+    st->api->push_error(L, "Cancelled", "redis command interrupted");
+    return 2;
+  }
   if (lost || ref == LUA_NOREF) {
     if (ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, ref);
     if (!lost) return luaL_error(L, "out of memory converting a redis reply");
