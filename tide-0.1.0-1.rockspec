@@ -55,6 +55,7 @@ build = {
       ["tide.json"] = "lua/tide/json.lua",
       ["tide.prices"] = "lua/tide/prices.lua",
       ["tide.prompts"] = "lua/tide/prompts.lua",
+      ["tide.queue"] = "lua/tide/queue.lua",
       ["tide.provider"] = "lua/tide/provider/init.lua",
       ["tide.provider.anthropic"] = "lua/tide/provider/anthropic.lua",
       ["tide.provider.base"] = "lua/tide/provider/base.lua",
@@ -79,7 +80,9 @@ build = {
       ["tide.tool_protocol"] = "lua/tide/tool_protocol.lua",
       ["tide.tracing"] = "lua/tide/tracing.lua",
       ["tide.transcript"] = "lua/tide/transcript.lua",
+      ["tide.transcript_redis"] = "lua/tide/transcript_redis.lua",
       ["tide.turn"] = "lua/tide/turn.lua",
+      ["tide.worker_cmd"] = "lua/tide/worker_cmd.lua",
     },
     bin = {
       ["tide"] = "bin/tide",

@@ -216,6 +216,78 @@ function M.start_mock(opts)
   return { url = url, pid = pid, stop = function() M.kill(pid) end }
 end
 
+-- The mock is the peer here: with ten thousand connects in one burst, the
+-- kernel's accept queue (net.core.somaxconn, 4096 by default) overflows and
+-- dropped SYNs are retried only after a second. A real provider tunes its
+-- own servers; for the loopback peer the bench raises the limit when it may
+-- (as root) and puts it back afterwards. Returns a note for the table.
+function M.raise_somaxconn()
+  local f = io.open("/proc/sys/net/core/somaxconn")
+  if not f then return nil, "somaxconn unknown" end
+  local old = tonumber(f:read("l"))
+  f:close()
+  if old and old >= 16384 then return function() end, ("somaxconn %d"):format(old) end
+  local w = io.open("/proc/sys/net/core/somaxconn", "w")
+  if not w then return nil, ("somaxconn %d (not root: accept-queue drops likely)"):format(old or 0) end
+  w:write("16384\n")
+  w:close()
+  return function()
+    local r = io.open("/proc/sys/net/core/somaxconn", "w")
+    if r then r:write(tostring(old), "\n") r:close() end
+  end, ("somaxconn raised from %d to 16384 for the mock"):format(old)
+end
+
+--- Starts a redis-server on a loopback port (spec/support/redis.lua), with
+--- no persistence; `r.url`, `r:close()`.
+function M.start_redis()
+  package.path = M.root .. "/spec/?.lua;" .. package.path
+  return require("support.redis").start()
+end
+
+--- Starts `bin/tide worker` in a process of its own on the release build,
+--- serving queue `opts.queue` of `opts.redis` (prefix `opts.prefix`) with
+--- the agents of bench/agents and the mock at `opts.mock` as its provider;
+--- on `opts.cpu` if given. Returns { pid, stop } once it serves; a
+--- watchdog kills it when this process goes away.
+---@param opts {redis:string, prefix:string, queue:string, mock:string, concurrency?:integer, cpu?:integer, name:string}
+function M.start_worker(opts)
+  local out, pidf = tmpname(), tmpname()
+  local cmd = ("%s TIDE_BUILD_DIR=%s OPENAI_BASE_URL=%s OPENAI_API_KEY=k TIDE_MODEL=m %slua5.4 %s worker "
+    .. "--redis %s --prefix %s --queue %s --agents %s --concurrency %d --name %s"):format(M.lua_env(), M.sh(M.build),
+    M.sh(opts.mock .. "/v1"), M.on_cpu(opts.cpu), M.sh(M.root .. "/bin/tide"), M.sh(opts.redis), M.sh(opts.prefix),
+    M.sh(opts.queue), M.sh(M.bench .. "/agents"), opts.concurrency or 64, M.sh(opts.name))
+  local script = table.concat({
+    "ulimit -n $(ulimit -Hn) 2>/dev/null",
+    ("%s >%s 2>&1 &"):format(cmd, M.sh(out)),
+    "m=$!",
+    ("echo $m >%s"):format(M.sh(pidf)),
+    ("(while kill -0 %d 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.2; done; kill $m 2>/dev/null) </dev/null >/dev/null 2>&1 &")
+      :format(self_pid()),
+  }, "\n")
+  M.capture("sh -c " .. M.sh(script) .. " </dev/null")
+  local pid = math.tointeger(tonumber((M.read(pidf) or ""):match("%d+")))
+  os.remove(pidf)
+  if not pid then error("bench: could not start a worker") end
+  children[pid] = true
+  local deadline = core.hrtime() + 15e9
+  local text
+  while core.hrtime() < deadline do
+    text = M.read(out) or ""
+    if text:find("serving", 1, true) or text:find("tide worker:", 1, true) then break end
+    os.execute("sleep 0.01")
+  end
+  if not (text or ""):find("serving", 1, true) then
+    M.kill(pid)
+    os.remove(out)
+    error("bench: the worker did not start: " .. tostring(text))
+  end
+  return { pid = pid, log = out, stop = function()
+    M.kill(pid)
+    -- kept for a look when asked (BENCH_KEEP_LOGS=1)
+    if not os.getenv("BENCH_KEEP_LOGS") then os.remove(out) else io.stderr:write("worker log: ", out, "\n") end
+  end }
+end
+
 --- Runs raw_curl with `args` (a string, already quoted), on `cpu` if given,
 --- and returns its decoded JSON result.
 function M.raw_curl(args, cpu)

@@ -11,26 +11,7 @@
 --- libcurl and the mock cost on this machine before tide adds anything.
 local common = require "bench.common"
 
--- The mock is the peer here: with ten thousand connects in one burst, the
--- kernel's accept queue (net.core.somaxconn, 4096 by default) overflows and
--- dropped SYNs are retried only after a second. A real provider tunes its
--- own servers; for the loopback peer the bench raises the limit when it may
--- (as root) and puts it back afterwards. Returns a note for the table.
-local function raise_somaxconn()
-  local f = io.open("/proc/sys/net/core/somaxconn")
-  if not f then return nil, "somaxconn unknown" end
-  local old = tonumber(f:read("l"))
-  f:close()
-  if old and old >= 16384 then return function() end, ("somaxconn %d"):format(old) end
-  local w = io.open("/proc/sys/net/core/somaxconn", "w")
-  if not w then return nil, ("somaxconn %d (not root: accept-queue drops likely)"):format(old or 0) end
-  w:write("16384\n")
-  w:close()
-  return function()
-    local r = io.open("/proc/sys/net/core/somaxconn", "w")
-    if r then r:write(tostring(old), "\n") r:close() end
-  end, ("somaxconn raised from %d to 16384 for the mock"):format(old)
-end
+local raise_somaxconn = common.raise_somaxconn
 
 -- libcurl 7.88 walks every connection of a multi handle to find a reusable
 -- one, so one multi with ten thousand transfers is quadratic (the single-multi

@@ -85,6 +85,8 @@ typedef struct rreq {
   int ref;         /* registry ref to the converted reply */
   int is_error;    /* the reply is a Redis error reply */
   int lost;        /* no reply: the connection went away */
+  int cancelled;   /* its task stopped waiting (cancelled, interrupted) */
+  int abandoned;   /* its task went on without the reply: on_reply frees it */
 } rreq;
 
 static rstate *get_state(lua_State *L);
@@ -175,8 +177,12 @@ static void set_ref(rconn *c) {
   else uv_unref(h);
 }
 
+/* Frees c once nothing can reach it: hiredis let go of the context, the
+** userdata is collected, the timer is closed, and no reply callback (of a
+** gracefully closing context) is still to come with a record pointing
+** at it. */
 static void maybe_free(rconn *c) {
-  if (c->ac == NULL && c->ud_gone && c->timer == NULL) free(c);
+  if (c->ac == NULL && c->ud_gone && c->timer == NULL && c->inflight == 0) free(c);
 }
 
 /* Wakes the task waiting for the connection to be made, if any. */
@@ -303,9 +309,10 @@ static int keep_reply(lua_State *L, redisReply *r) {
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
   rreq *q = privdata;
+  rconn *c = q->c;
   redisReply *r = reply;
   q->done = 1;
-  if (q->c->inflight > 0 && --q->c->inflight == 0) set_ref(q->c);
+  if (c->inflight > 0 && --c->inflight == 0) set_ref(c);
   if (r == NULL) {
     q->lost = 1;
     if (ac && ac->errstr[0] && q->c && !q->c->err[0])
@@ -318,9 +325,12 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
     tide_task *t = q->task;
     q->task = NULL;
     q->c->st->api->wake(t);
-  } else {
-    free(q); /* its task was cancelled: nobody takes this reply */
+  } else if (q->abandoned) {
+    free(q); /* its task went on without it: nobody takes this reply */
   }
+  /* Otherwise its task was cancelled and has yet to run call_k, which
+  ** still reads the record: call_k frees it. */
+  if (c->ac == NULL) maybe_free(c); /* the last reply of a closed connection */
 }
 
 static void on_message(redisAsyncContext *ac, void *reply, void *privdata) {
@@ -561,9 +571,13 @@ static int l_connect(lua_State *L) {
   return st->api->wait(L, t, &c->wait, connect_k, 0);
 }
 
+/* The task is cancelled or interrupted: it is made ready and runs call_k,
+** which frees the record if the reply came first, else leaves it to
+** on_reply. Whichever of the two comes last frees it. */
 static void req_cancel(tide_wait *w) {
   rreq *q = (rreq *)w;
-  q->task = NULL; /* on_reply frees it */
+  q->task = NULL;
+  q->cancelled = 1;
 }
 
 static int call_k(lua_State *L, int status, lua_KContext kctx) {
@@ -573,14 +587,23 @@ static int call_k(lua_State *L, int status, lua_KContext kctx) {
   tide_task *t = st->api->current(L);
   if (!q->done) {
     /* cancelled with the reply still to come: on_reply frees the record */
+    q->abandoned = 1;
     st->api->check_cancel(L, t);
     lua_pushnil(L);
     st->api->push_error(L, "Cancelled", "redis command interrupted");
     return 2;
   }
-  int ref = q->ref, is_error = q->is_error, lost = q->lost;
+  int ref = q->ref, is_error = q->is_error, lost = q->lost, cancelled = q->cancelled;
   rconn *c = q->c;
   free(q);
+  if (cancelled) {
+    /* cancelled, then the reply came before this task ran again: it was
+    ** not converted (nobody waited for it) */
+    st->api->check_cancel(L, t);
+    lua_pushnil(L);
+    st->api->push_error(L, "Cancelled", "redis command interrupted");
+    return 2;
+  }
   if (lost || ref == LUA_NOREF) {
     if (ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, ref);
     if (!lost) return luaL_error(L, "out of memory converting a redis reply");

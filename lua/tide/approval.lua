@@ -28,10 +28,7 @@ local function fail(code, msg, fields) return nil, core.error(code, msg, fields)
 
 local function record(session, line)
   local w = session.conversation.writer
-  if w then
-    local ok, err = w:append(line)
-    if not ok then io.stderr:write("tide: transcript write failed: ", tostring(err), "\n") end
-  end
+  if w then require("tide.transcript").record(w, line) end
 end
 
 --- Whether the call of tool `t` with `args` needs a person's decision. A

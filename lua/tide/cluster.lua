@@ -126,7 +126,7 @@ local function build(opts)
     _sub = nil,           -- the subscriber connection
     _sub_live = false,    -- its subscriptions are confirmed
     _scripts = {},        -- name -> { src, sha }
-    stats = { reconnects = 0, commands = 0 },
+    stats = { reconnects = 0, commands = 0, sub_disconnects = 0 },
   }, Cluster)
   return self
 end
@@ -157,6 +157,38 @@ end
 
 --- Makes `c` the process's cluster (tide.cluster does).
 function M.set_current(c) current = c end
+
+--- The process's cluster, made from TIDE_REDIS_URL when there is none yet;
+--- `what` names the caller in the error raised when neither exists.
+---@param what string
+---@param level integer
+---@return tide.cluster
+function M.require_current(what, level)
+  if current then return current end
+  if os.getenv("TIDE_REDIS_URL") then return M.join {} end
+  error(what .. " needs a cluster: call tide.cluster{ redis = url } first (or set TIDE_REDIS_URL)", level + 1)
+end
+
+local unique_prefix, unique_n = nil, 0
+
+--- A name no other process makes: 16 random hex digits for the process
+--- (from /dev/urandom), then a counter. Lease tokens, request ids and
+--- consumer names use it.
+---@return string
+function M.unique()
+  if not unique_prefix then
+    local f = io.open("/dev/urandom", "rb")
+    local bytes = f and f:read(8)
+    if f then f:close() end
+    if not bytes or #bytes < 8 then
+      -- no /dev/urandom: time, address and Lua's own seed, which differ between processes
+      bytes = string.pack("<i8", math.random(0, math.maxinteger) ~ os.time() ~ (tonumber(tostring({}):match("0x(%x+)"), 16) or 0))
+    end
+    unique_prefix = bytes:gsub(".", function(ch) return ("%02x"):format(ch:byte()) end)
+  end
+  unique_n = unique_n + 1
+  return unique_prefix .. "-" .. unique_n
+end
 
 -- ------------------------------------------------------------ connecting --
 
@@ -324,14 +356,21 @@ function Cluster:script(name, src)
       local conn, err = self:connection(nowait)
       if not conn then return nil, err end
       local sha = self._scripts_loaded[name]
-      if not sha then
-        local s, lerr = conn:call("SCRIPT", "LOAD", entry.src)
-        if not s then return nil, classify(lerr) end
-        sha = s
-        self._scripts_loaded[name] = sha
-      end
       self.stats.commands = self.stats.commands + 1
-      local r, e = conn:call("EVALSHA", sha, table.unpack(argv))
+      local r, e
+      if not sha then
+        -- The first call sends the source itself (EVAL), so that it keeps
+        -- its place among the commands other tasks send on the connection
+        -- meanwhile (waiting for a SCRIPT LOAD first let them overtake
+        -- it); the SHA for later calls is learnt beside it.
+        core.spawn_now(function()
+          local ok, s = pcall(conn.call, conn, "SCRIPT", "LOAD", entry.src)
+          if ok and type(s) == "string" and self._conn == conn then self._scripts_loaded[name] = s end
+        end)
+        r, e = conn:call("EVAL", entry.src, table.unpack(argv))
+      else
+        r, e = conn:call("EVALSHA", sha, table.unpack(argv))
+      end
       if r ~= nil then return r end
       if not (e.message or ""):match("NOSCRIPT") then return nil, classify(e) end
       self._scripts_loaded[name] = nil -- Redis restarted: load it again
@@ -370,6 +409,9 @@ end
 local function dispatch(self, kind, channel, payload)
   if kind == "disconnect" then
     self._sub, self._sub_live = nil, false
+    -- messages published from now until the subscriber is back are lost:
+    -- callers that must not miss one compare this count and look again
+    self.stats.sub_disconnects = self.stats.sub_disconnects + 1
     -- subscribe again in the background, with backoff
     if next(self._subs) or next(self._patterns) then
       core.spawn(function()

@@ -47,13 +47,15 @@ function M.new(provider, writer)
   }, history_mt)
 end
 
--- Writes transcript lines; a failed write is reported, never raised: the
--- conversation in memory goes on.
+-- Writes transcript records (tide.transcript.record: a file writer's
+-- failure is reported and the conversation goes on in memory; a strict
+-- writer's, a Redis session's, raises and stops the turn).
+local transcript -- loaded with the first writer: a session without one never compiles it
 local function record(self, ...)
   local w = self.writer
   if w then
-    local ok, err = w:append(...)
-    if not ok then io.stderr:write("tide: transcript write failed: ", tostring(err), "\n") end
+    transcript = transcript or require "tide.transcript"
+    transcript.record(w, ...)
   end
 end
 
@@ -118,6 +120,30 @@ function history_mt:replace(messages)
   self.wire = core.wire()
   self.nencoded = 0
   self.wire_bytes = 0
+end
+
+--- While `on`, a writer that can defer (a Redis session's) keeps records
+--- until the next flush; turning it off flushes. File writers write at
+--- once regardless.
+---@param on boolean
+function history_mt:hold(on)
+  local w = self.writer
+  if not (w and w.flush) then return end
+  w.deferring = on or nil
+  if not on then
+    transcript = transcript or require "tide.transcript"
+    transcript.flush(w)
+  end
+end
+
+--- Writes what is held (see hold): before a request or a tool call, so
+--- that the transcript never lags behind what left the process.
+function history_mt:flush()
+  local w = self.writer
+  if w and w.flush then
+    transcript = transcript or require "tide.transcript"
+    transcript.flush(w)
+  end
 end
 
 --- Writes a transcript line that is not a message (a compaction record).

@@ -108,6 +108,8 @@ local lazy_fn = {
   prices = { "tide.prices", "set" },
   file = { "tide.content", "file" },
   cluster = { "tide.cluster", "join" },
+  worker = { "tide.queue", "worker" },
+  submit = { "tide.queue", "submit" },
 }
 
 setmetatable(tide, {

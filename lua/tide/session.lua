@@ -24,6 +24,7 @@ local turn = require "tide.turn"
 local function config() return require "tide.config" end
 local function transcript() return require "tide.transcript" end
 local function integrations_cache() return require "tide.integrations.cache" end
+local function blocking(fn, ...) return require("tide")._blocking(fn, ...) end
 
 -- A list of sources as one source, made once per list (weak: a list a
 -- caller keeps building sessions with gets the same object, and so the
@@ -51,6 +52,10 @@ local DEFAULTS = {
   -- agent that delegates 20 ways at every level would otherwise fan out to
   -- tens of thousands of provider calls. Raised with max_subagents.
   max_subagents = 256,
+  -- A Redis session's lease: long enough that a busy process renews it in
+  -- time (every third of it), short enough that a session whose process
+  -- died is taken over soon.
+  lease_ms = 15000,
 }
 
 local hrtime = core.hrtime
@@ -83,7 +88,8 @@ local COUNT_OPTS = { "max_iterations", "tool_timeout_ms", "result_cap_bytes", "m
 local OPTIONS = {
   agent = true, provider = true, integrations = true, config = true, transcript = true, resume = true,
   tools = true, budget = true, max_iterations = true, tool_timeout_ms = true, result_cap_bytes = true,
-  max_subagents = true, truncated = true, context = true,
+  max_subagents = true, truncated = true, context = true, id = true, store = true, lease_ms = true,
+  lease_wait_ms = true, _store = true, _keep_lease = true,
   _parent = true, _parent_tools = true, _toolkit = true, _snapshot = true, _agent_path = true,
 }
 local BUDGET_KINDS = { provider_calls = true, tokens = true, tool_calls = true, wall_ms = true, usd = true }
@@ -140,6 +146,183 @@ local function check_opts(opts)
     error("tide.session: 'truncated' must be \"error\" or \"allow\"", 3)
   end
   if opts.context ~= nil then require("tide.compaction").options(opts.context, "tide.session: ", 3) end
+  if opts.store ~= nil then
+    if opts.store ~= "redis" then error('tide.session: \'store\' must be "redis"', 3) end
+    local id = opts.id
+    if type(id) ~= "string" or id == "" or #id > 512 or id:find("[%c%s]") then
+      error("tide.session: 'id' must be a non-empty string without spaces (the session's name in its store)", 3)
+    end
+    if opts.transcript ~= nil or opts.resume ~= nil then
+      error("tide.session: 'transcript' and 'resume' name files; a session with a 'store' keeps its transcript there", 3)
+    end
+  elseif opts.id ~= nil then
+    error('tide.session: \'id\' needs store = "redis"', 3)
+  end
+  if opts.lease_ms ~= nil and (math.type(opts.lease_ms) ~= "integer" or opts.lease_ms < 30) then
+    error("tide.session: 'lease_ms' must be an integer of at least 30", 3)
+  end
+  if opts.lease_wait_ms ~= nil and (math.type(opts.lease_wait_ms) ~= "integer" or opts.lease_wait_ms < 0) then
+    error("tide.session: 'lease_wait_ms' must be a non-negative integer", 3)
+  end
+end
+
+-- ------------------------------------------------- sessions in Redis --
+-- A session with store = "redis" keeps its transcript in Redis
+-- (tide.transcript_redis) and runs each turn under a lease, so that one
+-- process at a time runs turns on it. The lease is taken (waiting up to
+-- lease_wait_ms) at build, for the resume and its repairs, and at every
+-- turn, resume, and around close for a lease kept since build; it is
+-- renewed every third of lease_ms while held and given up after. A turn
+-- that finds the transcript longer than this process last saw (another
+-- process ran turns since) reloads it first, through the same resume.
+
+local function busy(self, why)
+  return core.error("SessionBusy", ("session '%s' %s"):format(self.store_name, why), { session = self.store_name })
+end
+
+-- Renews the lease every third of its time; a lease found taken over
+-- stops the turn in progress (its next append would fail anyway).
+local function start_renewal(self, token)
+  local lease, store, name = self.lease, self.store, self.store_name
+  lease.task = core.spawn(function()
+    while true do
+      core.sleep(math.max(10, lease.ttl // 3))
+      local ok = store.renew(name, token, lease.ttl)
+      if ok == false then
+        lease.lost = true
+        if self.turn_ctx then self:cancel() end
+        return
+      end
+      -- nil: Redis unreachable for now; the next beat tries again
+    end
+  end)
+end
+
+-- Takes the lease, waiting up to lease.wait: the length of the transcript
+-- list, or nil, err (SessionBusy, ClusterUnavailable).
+local function acquire(self)
+  local lease = self.lease
+  local token = require("tide.cluster").unique()
+  local deadline = core.now() + lease.wait
+  local delay = 5
+  while true do
+    local n, err = self.store.acquire(self.store_name, token, lease.ttl)
+    if n == nil then return nil, err end
+    if n then
+      lease.token, lease.lost = token, nil
+      start_renewal(self, token)
+      return n
+    end
+    local left = deadline - core.now()
+    if left <= 0 then return nil, busy(self, "is held by another process (a turn runs there)") end
+    core.sleep(math.min(delay, left))
+    delay = math.min(delay * 2, 100)
+  end
+end
+
+-- Gives the lease up. The release is sent now (so that a next acquire on
+-- the same connection comes after it) without waiting for its answer: a
+-- release that fails leaves the lease to expire.
+local function release(self)
+  local lease = self.lease
+  if lease.task then
+    lease.task:cancel()
+    lease.task = nil
+  end
+  local token = lease.token
+  lease.token = nil
+  if token then
+    local store, name = self.store, self.store_name
+    core.spawn_now(function() pcall(store.release, name, token) end)
+  end
+end
+
+-- Reads the transcript again (another process wrote to it, or a write of
+-- this one failed), through the one resume.
+function session_mt:_reload()
+  self.conversation = history.new(self.provider)
+  self.decisions, self.ran, self.paused, self.last_turn, self.prefix = {}, {}, nil, nil, nil
+  return self:_resume(self.store_name)
+end
+
+-- Loads session `self.store_name` (or writes the meta record of a new
+-- one) under a lease just taken, its list `n` records long.
+local function load_or_create(self, n)
+  if n == 0 then
+    local w, err = self.store.open(self.store_name, self:_meta(), { count = 0 }, self.lease)
+    if not w then return nil, err end
+    self.conversation.writer = w
+    return true
+  end
+  return self:_resume(self.store_name)
+end
+
+-- Runs fn(...) under the lease: taken first unless held (a lease kept
+-- since build), and the transcript reloaded when it changed; given up
+-- after. A failure of the store stops fn with its error (a strict writer
+-- raises it). Inside a task.
+local function leased(self, fn, ...)
+  local lease = self.lease
+  local held = lease.token ~= nil
+  if held and lease.lost then return nil, busy(self, "lost its lease to another process") end
+  if not held then
+    local n, err = acquire(self)
+    if not n then return nil, err end
+    local w = self.conversation.writer
+    if not w or n ~= w.known or w.failed then
+      local ok, rok, rerr = pcall(self._reload, self)
+      if not (ok and rok) then
+        release(self)
+        return nil, ok and rerr or rok
+      end
+    end
+  end
+  local res = table.pack(pcall(fn, ...))
+  if not held then release(self) end
+  if lease.lost and (not res[1] or res[2] == nil) then
+    return nil, busy(self, "lost its lease to another process during the turn")
+  end
+  if not res[1] then
+    if type(res[2]) == "table" then return nil, res[2] end -- a store failure raised by a strict writer
+    error(res[2], 0)
+  end
+  return table.unpack(res, 2, res.n)
+end
+
+-- Outside a turn (a decision, the pending list): the transcript reloaded
+-- first if another process wrote to it. Returns fn's results; a store
+-- failure is nil, err.
+local function synced(self, fn, ...)
+  if not self.turn_ctx and not self.lease.token then
+    local n, err = self.store.length(self.store_name)
+    if not n then return nil, err end
+    local w = self.conversation.writer
+    if not w or n ~= w.known or w.failed then
+      local ok, rok, rerr = pcall(self._reload, self)
+      if not (ok and rok) then return nil, ok and rerr or rok end
+    end
+  end
+  local res = table.pack(pcall(fn, ...))
+  if not res[1] then
+    if type(res[2]) == "table" then return nil, res[2] end
+    error(res[2], 0)
+  end
+  return table.unpack(res, 2, res.n)
+end
+
+-- Builds the Redis side of a session: the lease, then a new transcript or
+-- the resume of the one there. `keep`: the lease stays held (and renewed)
+-- until close, for a caller that runs a turn next (tide.queue).
+local function open_redis(self, keep)
+  local n, err = acquire(self)
+  if not n then return nil, err end
+  local ok, rok, rerr = pcall(load_or_create, self, n)
+  if not (ok and rok and keep) then release(self) end
+  if not ok then
+    if type(rok) == "table" then return nil, rok end
+    error(rok, 0)
+  end
+  return rok, rerr
 end
 
 --- Creates a session. Misuse (an unknown option, a wrong type, an unknown
@@ -234,11 +417,22 @@ function M.new(opts)
   self.custom_surface = custom
 
   self.conversation = history.new(self.provider)
-  if opts.resume then
+  if opts.store then
+    local c = require("tide.cluster").require_current('tide.session{ store = "redis" }', 2)
+    self.store = require("tide.transcript_redis").store(c)
+    self.store_name = opts.id
+    self.lease = { token = nil, ttl = opts.lease_ms or DEFAULTS.lease_ms, wait = opts.lease_wait_ms or 0 }
+    local ok, err = blocking(open_redis, self, opts._keep_lease)
+    if not ok then return nil, err end
+  elseif opts.resume then
+    self.store = opts._store or transcript().file
+    self.store_name = opts.resume
     local ok, err = self:_resume(opts.resume)
     if not ok then return nil, err end
   elseif opts.transcript then
-    local w, err = transcript().open(opts.transcript, self:_meta())
+    self.store = opts._store or transcript().file
+    self.store_name = opts.transcript
+    local w, err = self.store.open(opts.transcript, self:_meta())
     if not w then return nil, err end
     self.conversation.writer = w
   end
@@ -266,10 +460,31 @@ function session_mt:_meta()
   }
 end
 
+-- Resumes from the transcript `path` of the session's store: one code
+-- path for every store (files, Redis), restoring the frozen prompt, the
+-- messages, compactions, pauses and decisions, and repairing a turn its
+-- process left mid-round.
 function session_mt:_resume(path)
-  local meta, messages, info = transcript().load(path)
+  local meta, messages, info = self.store.load(path)
+  if meta == false then
+    return nil, core.error("SessionCorrupt", ("session '%s' is no longer in its store (Redis lost it: "
+      .. "restarted without persistence?)"):format(path), { session = path, reason = "lost" })
+  end
   if not meta then return nil, messages end
   local sys, version, restored = nil, nil, {}
+  -- The last queued turn (tide.queue): its request id, and whether its
+  -- answer is the last message (a process that died after the answer and
+  -- before the reply went out).
+  local last_turn
+  for _, m in ipairs(messages) do
+    if m.type == "turn" then
+      last_turn = { id = m.id, done = false }
+    elseif last_turn and m.type == nil and m.role ~= "system" then
+      local final = m.role == "assistant" and not (type(m.tool_calls) == "table" and #m.tool_calls > 0)
+      last_turn.done, last_turn.reply = final, final and (m.content or "") or nil
+    end
+  end
+  self.last_turn = last_turn
   for _, m in ipairs(messages) do
     if m.role == "system" and not sys then
       sys, version = m.content, m.prompt_version or meta.prompt_version
@@ -284,7 +499,7 @@ function session_mt:_resume(path)
   -- The resumed session keeps the prompt it froze, byte for byte.
   self.conversation:restore(sys, version, restored)
   self.resumed = { torn = info.torn, messages = #restored }
-  local w, err = transcript().open(path, self:_meta(), info)
+  local w, err = self.store.open(path, self:_meta(), info, self.lease)
   if not w then return nil, err end
   self.conversation.writer = w
   -- A turn paused for approval resumes where it stopped (its calls wait,
@@ -304,6 +519,7 @@ function session_mt:_resume(path)
     end
     self.conversation:append { role = "tool", results = results }
     self.resumed.interrupted = #results
+    if last_turn then last_turn.done = false end
   end
   return true
 end
@@ -481,7 +697,35 @@ end
 ---@return table|nil err
 function session_mt:turn(text, opts)
   opts = check_turn_args(text, opts)
-  return require("tide")._blocking(turn.run, self, text, opts)
+  if self.lease then return blocking(leased, self, turn.run, self, text, opts) end
+  return blocking(turn.run, self, text, opts)
+end
+
+--- The turn of queue request `rid` (tide.queue), under the lease: run
+--- once. When the transcript already holds that turn (a process that ran
+--- it died, or died before its reply went out), it is not run again: a
+--- finished one gives its answer, an unfinished one goes on from where the
+--- transcript stops (tide.turn's continue), a paused one stays paused.
+---@param rid string
+---@param text string
+---@param opts? table turn options
+function session_mt:_queued_turn(rid, text, opts)
+  opts = opts or {}
+  return blocking(leased, self, function()
+    local lt = self.last_turn
+    if lt and lt.id == rid then
+      if self.paused then return nil, require("tide.approval").required(self) end
+      if lt.done then return lt.reply end
+      return turn.continue(self, opts)
+    end
+    -- the turn record goes out with the turn's first records
+    self.conversation:hold(true)
+    self.conversation:note { type = "turn", id = rid }
+    self.last_turn = { id = rid, done = false }
+    local reply, err = turn.run(self, text, opts)
+    self.conversation:hold(false)
+    return reply, err
+  end)
 end
 
 --- Approves call `id` (from `err.pending` of ApprovalRequired, at any
@@ -491,17 +735,31 @@ end
 ---@param note? string
 ---@return boolean|nil ok
 ---@return table|nil err
-function session_mt:approve(id, note) return require("tide.approval").decide(self, id, true, note) end
+function session_mt:approve(id, note)
+  if self.lease then return blocking(synced, self, require("tide.approval").decide, self, id, true, note) end
+  return require("tide.approval").decide(self, id, true, note)
+end
 
 --- Rejects call `id`: the model gets "rejected by the user: <reason>" as
 --- its result. Returns as approve does.
 ---@param id string
 ---@param reason? string
-function session_mt:reject(id, reason) return require("tide.approval").decide(self, id, false, reason) end
+function session_mt:reject(id, reason)
+  if self.lease then return blocking(synced, self, require("tide.approval").decide, self, id, false, reason) end
+  return require("tide.approval").decide(self, id, false, reason)
+end
 
 --- The calls waiting for a decision (with sub-agents'), empty when none.
 ---@return {id:string, name:string, arguments:string, agent:string}[]
-function session_mt:pending() return require("tide.approval").pending(self) end
+function session_mt:pending()
+  if self.lease then
+    local list, err = blocking(synced, self, require("tide.approval").pending, self)
+    -- the list as this process last saw it when Redis cannot say
+    if not list then io.stderr:write("tide: session '", self.store_name, "': ", tostring(err), "\n") end
+    return list or require("tide.approval").pending(self)
+  end
+  return require("tide.approval").pending(self)
+end
 
 --- Resumes the turn paused for approval: decided calls run (or get their
 --- rejection), then the turn goes on. Returns what turn returns;
@@ -512,7 +770,8 @@ function session_mt:resume(opts)
   if opts ~= nil and type(opts) ~= "table" then
     error(("bad argument #1 to 'resume' (table expected, got %s)"):format(type(opts)), 2)
   end
-  return require("tide")._blocking(turn.resume, self, opts or {})
+  if self.lease then return blocking(leased, self, turn.resume, self, opts or {}) end
+  return blocking(turn.resume, self, opts or {})
 end
 
 --- Cancels the turn in flight: its HTTP request is aborted and its tool and
@@ -568,8 +827,9 @@ function session_mt:history()
   return self.conversation.messages
 end
 
---- Closes the transcript.
+--- Closes the transcript (and gives up a Redis session's lease, if held).
 function session_mt:close()
+  if self.lease and self.lease.token then blocking(release, self) end
   self.conversation:close()
 end
 session_mt.__close = session_mt.close

@@ -195,7 +195,7 @@ end
 local function child_session(parent, def, sub_opts, child_path, tpath, resume)
   return session_module().new {
     agent = def, provider = parent.provider, integrations = parent.src, config = parent.config,
-    transcript = not resume and tpath or nil, resume = resume, tools = sub_opts.tools,
+    transcript = not resume and tpath or nil, resume = resume, tools = sub_opts.tools, _store = parent.store,
     tool_timeout_ms = parent.tool_timeout_ms, result_cap_bytes = parent.result_cap,
     _parent = parent, _parent_tools = parent:_base(), _toolkit = sub_opts.toolkit,
     _snapshot = sub_opts.snapshot, _agent_path = child_path,
@@ -292,9 +292,10 @@ function M.run(parent, id, args, opts)
   local child_path = parent.agent_path .. "/" .. (sub_opts.toolkit and ("integrations:" .. sub_opts.toolkit) or id)
   return in_child_task(parent, child_path, function()
     local tpath
-    if parent.conversation.writer then
-      tpath = parent.conversation.writer.path:gsub("%.jsonl$", "") .. "." .. (sub_opts.toolkit or id):gsub("[^%w_%-]", "_")
-        .. "." .. tostring(core.current():id()) .. ".jsonl"
+    local w = parent.conversation.writer
+    if w then
+      -- in the parent's store (a file beside it, or a list in Redis)
+      tpath = parent.store.child_name(w.path, sub_opts.toolkit or id, core.current():id())
     end
     return child_session(parent, def, sub_opts, child_path, tpath)
   end, function(c) return c:turn(task_text) end)

@@ -1,9 +1,22 @@
---- tide.transcript: JSONL transcripts, one message per line.
+--- tide.transcript: transcripts, the records of a session, and the file
+--- store that keeps them as JSONL, one record per line.
 ---
---- The first line is metadata; every later line is one neutral message.
---- Lines are appended after every provider response and after tool results,
---- each flushed whole, so a crash can tear at most the last line: loading
---- ignores a torn last line and keeps everything before it.
+--- The first record is metadata; every later one is a neutral message or a
+--- typed record (`type` = "pause", "decision", "running", "compaction",
+--- "turn"). Records are appended after every provider response and after
+--- tool results, each flushed whole, so a crash can tear at most the last
+--- line: loading ignores a torn last line and keeps everything before it.
+---
+--- Where the records live is a *store*: this file's (`M.file`), or Redis's
+--- (tide.transcript_redis). A store has `load(name)` -> meta, records,
+--- info | nil, err; `open(name, meta, info)` -> writer | nil, err; and
+--- `child_name(name, what, task_id)` -> the name of a sub-agent's
+--- transcript. A writer has `path` (its name in the store), `append(...)`
+--- -> true | nil, err and `close()`; a `strict` writer's failures stop the
+--- turn (a Redis session must not run on past a record it could not keep),
+--- a file writer's are reported and the conversation goes on in memory.
+--- Sessions read and repair what a store gives them with one code path
+--- (tide.session's resume), whichever store it is.
 ---@class tide.transcript
 local M = {}
 
@@ -97,5 +110,38 @@ function writer_mt:close()
 end
 writer_mt.__close = writer_mt.close
 writer_mt.__gc = writer_mt.close
+
+--- Appends records through writer `w` (nil: none). A failure of a strict
+--- writer raises its error (the turn stops with it); any other writer's is
+--- reported on stderr, and the conversation goes on in memory.
+---@param w table|nil
+function M.record(w, ...)
+  if not w then return end
+  local ok, err = w:append(...)
+  if ok then return end
+  if w.strict then error(err, 0) end
+  io.stderr:write("tide: transcript write failed: ", tostring(err), "\n")
+end
+
+--- Writes what a deferring writer holds (a writer without `flush` writes
+--- at once); its failure raises, as for a strict writer's append.
+---@param w table|nil
+function M.flush(w)
+  if not (w and w.flush) then return end
+  local ok, err = w:flush()
+  if not ok then error(err, 0) end
+end
+
+--- The file store: what `transcript = path` and `resume = path` use.
+M.file = {
+  kind = "file",
+  load = M.load,
+  open = M.open,
+  --- A sub-agent's transcript beside its parent's: the parent's name, the
+  --- sub-agent and the task that ran it.
+  child_name = function(name, what, task_id)
+    return name:gsub("%.jsonl$", "") .. "." .. what:gsub("[^%w_%-]", "_") .. "." .. tostring(task_id) .. ".jsonl"
+  end,
+}
 
 return M

@@ -457,6 +457,7 @@ local function loop(session, opts, run, first, state)
       copts = setmetatable({ conversation = { system = history.system, specs = session.surface.specs,
         messages = history.messages } }, { __index = popts })
     end
+    history:flush()
     local resp, err = provider:_complete(prefix, copts, wire)
     if not resp and session.context and compaction().is_overflow(err) then
       -- The provider says it does not fit: one compaction, one retry.
@@ -533,6 +534,7 @@ local function loop(session, opts, run, first, state)
     end
     do
       run.pending, run.textual = calls, textual
+      history:flush() -- the calls are in the transcript before any runs
       local results, stop_err, waiting = run_calls(run, calls)
       run.pending = nil
       if waiting and not stop_err then
@@ -590,6 +592,25 @@ local function body(session, text, opts, run)
   return loop(session, opts, run, 1, { want = want, repaired = false })
 end
 
+-- A turn interrupted by the end of its process, continued in another
+-- (tide.queue): the session was resumed from its transcript with the
+-- crash-safe rules (calls left without results answered "interrupted",
+-- never run again), so its history ends with the turn's user message or a
+-- round's results; the loop goes on from there, without a user message.
+local function continue_body(session, opts, run)
+  local stats = session.counters
+  local trace = {}
+  stats.turns = stats.turns + 1
+  stats.turn_cost_usd = 0
+  session:_update_integrations(trace)
+  if not session.conversation.system then
+    local ok, err = session:_freeze(trace)
+    if not ok then return nil, err end
+  end
+  session:_prefix()
+  return loop(session, opts, run, 1, { want = opts.schema or session.def.output_schema, repaired = false })
+end
+
 -- A paused turn, resumed: finish its round with the decisions made (run
 -- the approved calls, answer the rejected ones, resume the sub-agents that
 -- waited), then go on with the loop. Calls still undecided keep it paused.
@@ -630,6 +651,7 @@ local function resume_body(session, opts, run)
   end
   if #approved > 0 then
     approval.running(session, approved)
+    session.conversation:flush()
     local done, stop_err = run_calls(run, approved)
     for i, at in ipairs(approved_at) do results[at] = done[i] end
     if stop_err then
@@ -693,6 +715,8 @@ local function drive(session, opts, paused, fn, ...)
   ctx.tide_budget = budget
   ctx.tide_tree = tree
   session.turn_ctx = run
+  local history = session.conversation
+  history:hold(true)
   local watchdog
   if budget and not inherited_budget and budget.limits.wall_ms then
     watchdog = core.spawn(function()
@@ -704,6 +728,9 @@ local function drive(session, opts, paused, fn, ...)
   local ok, reply, err = pcall(fn, session, ...)
   if not ok then reply, err = nil, reply end
   if watchdog then watchdog:cancel() end
+  -- the turn's last records; a store that cannot keep them fails the turn
+  local fok, ferr = pcall(history.hold, history, false)
+  if not fok and reply ~= nil then reply, err = nil, ferr end
   for _, t in ipairs(run.tasks) do t:cancel() end
   rawset(ctx, "tide_on_event", saved_event)
   rawset(ctx, "tide_budget", saved_budget)
@@ -754,6 +781,15 @@ end
 function M.run(session, text, opts)
   if session.paused then return nil, approval.required(session) end
   return drive(session, opts, nil, function(s, run_opts) return body(s, text, run_opts, s.turn_ctx) end, opts)
+end
+
+--- Continues the turn a process left unfinished in `session`'s transcript
+--- (see continue_body); a paused one stays paused (ApprovalRequired).
+---@return any reply
+---@return table|nil err
+function M.continue(session, opts)
+  if session.paused then return nil, approval.required(session) end
+  return drive(session, opts, nil, function(s, run_opts) return continue_body(s, run_opts, s.turn_ctx) end, opts)
 end
 
 --- Resumes the paused turn of `session` with the decisions made.

@@ -56,6 +56,27 @@ describe("tide.cluster", function()
     end)
   end)
 
+  it("survives a command whose task is cancelled just before its reply comes", function()
+    -- The reply is read (loop poll phase) before the cancelled task runs
+    -- again (check phase): the request record must outlive both.
+    local c = cluster.new { redis = srv.url, prefix = "t5" }
+    helpers.run(function()
+      local conn = assert(c:_open())
+      for _ = 1, 5 do
+        local t = require("tide.core").spawn_now(function() return conn:call("BLPOP", c:key("none"), "0.02") end)
+        tide.sleep(5) -- the command is on the wire
+        os.execute("sleep 0.05") -- and its reply in the socket
+        t:cancel()
+        local r, err = t:join()
+        assert.is_nil(r)
+        assert.equal("Cancelled", err.code)
+      end
+      assert.equal("PONG", conn:call("PING"))
+      conn:close()
+      c:close()
+    end)
+  end)
+
   it("fails clearly when Redis is not there at start", function()
     local dead = redis_server.start()
     local url = dead.url

@@ -1,0 +1,316 @@
+-- The turn queue (tide.submit, tide.worker, `tide worker`) against a real
+-- redis-server, with workers in this process and in processes of their own
+-- (bin/tide worker) that are killed with SIGKILL mid-turn.
+local helpers = require "helpers"
+local redis_server = require "support.redis"
+
+local build = os.getenv("TIDE_BUILD_DIR") or "build"
+local AGENTS = "spec/support/cluster_agents"
+
+local function lines_of(path)
+  local out = {}
+  local f = io.open(path)
+  if not f then return out end
+  for l in f:lines() do out[#out + 1] = l end
+  f:close()
+  return out
+end
+
+describe("the turn queue", function()
+  local tide = require "tide"
+  local core = require "tide.core"
+  local testing = require "tide.testing"
+  local cluster = require "tide.cluster"
+  local json = require "tide.json"
+  local srv
+
+  setup(function()
+    srv = redis_server.start()
+    tide.agents.load(AGENTS)
+  end)
+  teardown(function()
+    cluster.set_current(nil)
+    if srv then srv:close() end
+  end)
+  before_each(function() tide.cluster { redis = srv.url, prefix = "q" .. math.random(1, 1e9) } end)
+  after_each(function()
+    local c = cluster.current()
+    if c then helpers.run(function() c:close() end) end
+  end)
+
+  local function provider(mock)
+    return tide.provider.openai { base_url = mock.url .. "/v1", api_key = "k", model = "m", stream = false }
+  end
+
+  -- `bin/tide worker` in a process of its own, serving the current
+  -- cluster's prefix; returns it once it serves.
+  local function worker_process(mock, name, env, lease_ms)
+    local c = cluster.current()
+    local argv = { "env", "ASAN_OPTIONS=detect_leaks=0", "LUA_PATH=lua/?.lua;lua/?/init.lua;;",
+      "TIDE_BUILD_DIR=" .. build, "OPENAI_BASE_URL=" .. mock.url .. "/v1", "OPENAI_API_KEY=k", "TIDE_MODEL=m",
+      "TIDE_WORKER_NAME=" .. name }
+    for k, v in pairs(env or {}) do argv[#argv + 1] = k .. "=" .. v end
+    for _, a in ipairs { "lua5.4", "bin/tide", "worker", "--redis", c.url, "--agents", AGENTS, "--prefix", c.prefix,
+      "--name", name, "--claim-idle-ms", "1000", "--lease-ms", tostring(lease_ms or 600), "--concurrency", "16" } do
+      argv[#argv + 1] = a
+    end
+    local p = assert(core.process_spawn { argv = argv })
+    local line = p:read_line(15000)
+    assert(line == "serving turns as " .. name, "worker " .. name .. " said: " .. tostring(line) .. " " .. p:stderr())
+    return p
+  end
+
+  it("serves a turn submitted from another process's point of view, with its stats", function()
+    helpers.run(function()
+      local mock = testing.mock_server { default = testing.tool_loop(1, "lookup") }
+      local w = worker_process(mock, "w1")
+      local reply, stats = tide.submit { queue = "turns", session = "user-42", agent = "helper", text = "hi",
+        timeout_ms = 20000 }
+      assert.equal("done after 1 lookups", reply, tostring(stats))
+      assert.equal(2, stats.provider_calls)
+      assert.equal(1, stats.tool_calls)
+      assert.equal("w1", stats.worker)
+      -- the session is a Redis session: another turn sees the first
+      reply = tide.submit { queue = "turns", session = "user-42", agent = "helper", text = "again" }
+      assert.equal("done after 1 lookups", reply)
+      local s = assert(tide.session { id = "user-42", store = "redis", agent = "helper", provider = provider(mock) })
+      assert.equal(6, #s:history())
+      -- an unknown agent is the turn's error, as s:turn() would give it
+      local none, err = tide.submit { queue = "turns", session = "u2", agent = "nobody", text = "hi" }
+      assert.is_nil(none)
+      assert.equal("UnknownAgent", err.code)
+      w:kill("KILL")
+      w:close()
+      mock:close()
+    end)
+  end)
+
+  it("finishes the turn of a worker killed mid-call in another: the tool ran once, one reply", function()
+    local log = os.tmpname()
+    finally(function() os.remove(log) end)
+    helpers.run(function()
+      local mock = testing.mock_server { default = testing.tool_loop(1, "lookup") }
+      local env = { TIDE_TOOL_LOG = log, TIDE_TOOL_SLEEP_MS = "20000" }
+      local a = worker_process(mock, "a", env)
+      local b = worker_process(mock, "b", env)
+      local c = cluster.current()
+      -- every reply published on this process's channel, counted by a
+      -- subscriber of its own
+      local published = 0
+      local spy = cluster.new { redis = srv.url }
+      local t = tide.spawn(function()
+        return tide.submit { queue = "turns", session = "victim", agent = "helper", text = "look", timeout_ms = 30000 }
+      end)
+      helpers.wait_until(function() return #lines_of(log) == 1 end, "the tool to start", 10000)
+      local channel = require("tide.queue")._channel(c, "turns")
+      spy:subscribe(channel, function(_, payload) if payload ~= "ping" then published = published + 1 end end)
+      helpers.wait_until(function() return spy:subscribed() end, "the spy")
+      local who = lines_of(log)[1]:match(" (%a+)$")
+      local victim, other = (who == "a" and a or b), (who == "a" and "b" or "a")
+      victim:kill("KILL")
+      victim:wait(5000)
+      local reply, stats = t:join()
+      assert.equal("done after 1 lookups", reply, tostring(stats))
+      assert.equal(other, stats.worker)
+      assert.is_true(stats.continued)
+      assert.equal(0, stats.tool_calls) -- the call was answered "interrupted", not run again
+      assert.equal(1, #lines_of(log))
+      tide.sleep(200)
+      assert.equal(1, published)
+      -- the transcript holds the turn once, its call answered "interrupted"
+      local records = c:call("LRANGE", c:key("session", "victim"), 0, -1)
+      local turns, users, interrupted = 0, 0, 0
+      for _, r in ipairs(records) do
+        local v = json.decode(r)
+        if v.type == "turn" then turns = turns + 1 end
+        if v.role == "user" then users = users + 1 end
+        if v.role == "tool" and v.results[1].content:match("interrupted") then interrupted = interrupted + 1 end
+      end
+      assert.same({ 1, 1, 1 }, { turns, users, interrupted })
+      -- nothing left pending in the group
+      local pending = c:call("XPENDING", c:key("q", "turns"), "workers")
+      assert.equal(0, pending[1])
+      for _, p in ipairs { a, b } do
+        p:kill("KILL")
+        p:close()
+      end
+      spy:close()
+      mock:close()
+    end)
+  end)
+
+  it("answers a request once: a second delivery, or a turn done before its reply went out", function()
+    helpers.run(function()
+      local mock = testing.mock_server { default = testing.echo }
+      local w = assert(tide.worker { queue = "turns", provider = provider(mock), claim_idle_ms = 200, quiet = true })
+      local c = cluster.current()
+      assert.equal("echo: one", tide.submit { queue = "turns", session = "once", agent = "helper", text = "one" })
+      local requests = #mock:requests()
+      -- the same request delivered again (its marker says answered): acked, not run
+      local rid = "dup-" .. cluster.unique()
+      c:call("SET", c:key("q", "turns", "req", rid), "answered")
+      c:call("XADD", c:key("q", "turns"), "*", "rid", rid, "session", "once", "agent", "helper", "text", "one",
+        "reply_to", "nowhere")
+      helpers.wait_until(function() return w:stats().skipped == 1 end, "the duplicate to be skipped")
+      -- a worker died after the turn's answer reached the transcript, before
+      -- the reply went out: the next worker replies from the transcript
+      local s = assert(tide.session { id = "done-early", store = "redis", agent = "helper", provider = provider(mock) })
+      local rid2 = "early-" .. cluster.unique()
+      s:_queued_turn(rid2, "two")
+      s:close()
+      requests = #mock:requests()
+      c:call("SET", c:key("q", "turns", "req", rid2), "queued")
+      local got = {}
+      c:subscribe(c:key("q", "turns", "done", "spec"), function(_, payload) got[#got + 1] = payload end)
+      helpers.wait_until(function() return c:subscribed() end, "the subscription")
+      c:call("XADD", c:key("q", "turns"), "*", "rid", rid2, "session", "done-early", "agent", "helper", "text", "two",
+        "reply_to", c:key("q", "turns", "done", "spec"))
+      helpers.wait_until(function() return #got == 1 end, "the reply")
+      assert.matches('"reply":"echo: two"', got[1])
+      assert.equal(requests, #mock:requests()) -- no provider call
+      assert.equal(0, c:call("XLEN", c:key("q", "turns")))
+      w:stop()
+      mock:close()
+    end)
+  end)
+
+  it("times out clearly, and a worker then skips the request", function()
+    helpers.run(function()
+      local mock = testing.mock_server { default = testing.echo }
+      local r, err = tide.submit { queue = "turns", session = "late", agent = "helper", text = "hi", timeout_ms = 200 }
+      assert.is_nil(r)
+      assert.equal("Timeout", err.code)
+      assert.matches("no reply from queue 'turns' within 200 ms", err.message)
+      local w = assert(tide.worker { queue = "turns", provider = provider(mock), quiet = true })
+      helpers.wait_until(function() return w:stats().skipped == 1 end, "the stale request to be skipped")
+      assert.equal(0, #mock:requests())
+      w:stop()
+      mock:close()
+    end)
+  end)
+
+  it("keeps to its concurrency, and stops gracefully: turns in flight finish", function()
+    helpers.run(function()
+      local now, most = 0, 0
+      local mock = testing.mock_server { default = function()
+        now = now + 1
+        most = math.max(most, now)
+        return { text = "slow", delay_ms = 100 }
+      end }
+      local done_requests = 0
+      local w = assert(tide.worker { queue = "turns", concurrency = 2, provider = provider(mock), quiet = true })
+      local tasks = {}
+      for i = 1, 6 do
+        tasks[i] = tide.spawn(function()
+          local r, e = tide.submit { queue = "turns", session = "c" .. i, agent = "helper", text = "x" }
+          now = now - 1
+          done_requests = done_requests + 1
+          return r, e
+        end)
+      end
+      helpers.wait_until(function() return done_requests >= 2 end, "two replies")
+      w:stop()
+      assert.is_true(most <= 2, "more than 2 turns at once: " .. most)
+      -- what the stopped worker had taken finished; the rest waits
+      assert.is_true(w:stats().answered >= 2)
+      assert.equal(0, w:stats().in_flight)
+      local rest = assert(tide.worker { queue = "turns", concurrency = 8, provider = provider(mock), quiet = true })
+      for i = 1, 6 do assert.equal("slow", tasks[i]:join()) end
+      rest:stop()
+      mock:close()
+    end)
+  end)
+
+  it("comes back after a Redis restart: in-flight turns finish or fail clearly", function()
+    local own = redis_server.start { args = { "--appendonly", "yes", "--appendfsync", "always" } }
+    finally(function() own:close() end)
+    tide.cluster { redis = own.url, reconnect_ms = 10000 }
+    helpers.run(function()
+      local mock = testing.mock_server { default = function() return { text = "ok", delay_ms = 300 } end }
+      -- a lease that outlasts the restart: the turns in flight go on
+      local w = worker_process(mock, "r1", nil, 5000)
+      local tasks = {}
+      for i = 1, 4 do
+        tasks[i] = tide.spawn(function()
+          return tide.submit { queue = "turns", session = "r" .. i, agent = "helper", text = "x", timeout_ms = 20000 }
+        end)
+      end
+      tide.sleep(150)
+      own:restart()
+      for i = 1, 4 do
+        local r, err = tasks[i]:join()
+        if r then
+          assert.equal("ok", r)
+        else
+          assert.is_true(err.code == "ClusterUnavailable" or err.code == "SessionBusy", tostring(err) .. w:stderr())
+        end
+      end
+      -- the worker is back: a new turn is served
+      assert.equal("ok", tide.submit { queue = "turns", session = "after", agent = "helper", text = "x",
+        timeout_ms = 20000 })
+      w:kill("KILL")
+      w:close()
+      mock:close()
+    end)
+  end)
+
+  it("fails clearly when Redis loses the queue (a restart without persistence)", function()
+    local own = redis_server.start()
+    finally(function() own:close() end)
+    tide.cluster { redis = own.url, reconnect_ms = 10000 }
+    helpers.run(function()
+      local mock = testing.mock_server { default = function() return { text = "ok", delay_ms = 300 } end }
+      local w = assert(tide.worker { queue = "turns", provider = provider(mock), quiet = true, block_ms = 100 })
+      local t = tide.spawn(function()
+        return tide.submit { queue = "turns", session = "lost", agent = "helper", text = "x", timeout_ms = 20000 }
+      end)
+      tide.sleep(100)
+      own:restart()
+      local r, err = t:join()
+      assert.is_nil(r)
+      assert.is_true(err.code == "ClusterUnavailable" or err.code == "SessionCorrupt", tostring(err))
+      -- the group is made again: the queue serves on
+      assert.equal("ok", tide.submit { queue = "turns", session = "new", agent = "helper", text = "x",
+        timeout_ms = 20000 })
+      w:stop()
+      mock:close()
+    end)
+  end)
+
+  it("fails clearly when Redis is not there at start", function()
+    local dead = redis_server.start()
+    local url = dead.url
+    dead:close()
+    tide.cluster { redis = url }
+    local r, err = tide.submit { queue = "turns", session = "x", agent = "helper", text = "hi" }
+    assert.is_nil(r)
+    assert.equal("ClusterUnavailable", err.code)
+    local p = tide.provider.openai { base_url = "http://127.0.0.1:1/v1", api_key = "k", model = "m" }
+    local w, werr = helpers.run(function() return tide.worker { queue = "turns", provider = p } end)
+    assert.is_nil(w)
+    assert.equal("ClusterUnavailable", werr.code)
+    local out = helpers.sh(("TIDE_BUILD_DIR=%s ASAN_OPTIONS=detect_leaks=0 OPENAI_API_KEY=k lua5.4 bin/tide worker "
+      .. "--redis %s --agents %s 2>&1; echo status $?"):format(build, url, AGENTS))
+    assert.matches("tide worker: ClusterUnavailable: cannot reach Redis", out)
+    assert.matches("status 1", out)
+  end)
+
+  it("raises on misuse, naming the option", function()
+    assert.has_error(function() tide.submit { queue = "q", session = "s", agent = "a", text = "t", bogus = 1 } end,
+      "bad argument #1 to 'submit' (unknown option 'bogus')")
+    assert.has_error(function() tide.submit { queue = "q", session = "s", agent = "a", text = 1 } end,
+      "bad argument #1 to 'submit' (field 'text' must be a string, got number)")
+    assert.has_error(function() tide.submit { queue = "q q", session = "s", agent = "a", text = "t" } end,
+      "bad argument #1 to 'submit' (field 'queue' must be a non-empty string without spaces)")
+    assert.has_error(function() tide.submit { queue = "q", session = "s", agent = "a", text = "t", timeout_ms = 0 } end,
+      "bad argument #1 to 'submit' (field 'timeout_ms' must be an integer of at least 1)")
+    local p = tide.provider.openai { base_url = "http://127.0.0.1:1/v1", api_key = "k", model = "m" }
+    assert.has_error(function() tide.worker { queue = "q", provider = p, concurrency = 0 } end,
+      "bad argument #1 to 'worker' (field 'concurrency' must be an integer of at least 1)")
+    assert.has_error(function() tide.worker { queue = "q", provider = p, bogus = true } end,
+      "bad argument #1 to 'worker' (unknown option 'bogus')")
+    local out = helpers.sh(("TIDE_BUILD_DIR=%s lua5.4 bin/tide worker --agents x 2>&1; echo status $?"):format(build))
+    assert.matches("%-%-redis URL %(or TIDE_REDIS_URL%) is required", out)
+    assert.matches("status 2", out)
+  end)
+end)
