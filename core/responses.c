@@ -154,11 +154,9 @@ static const char *scratch_of(const responses_stream *st) {
   return st->scratch.p ? st->scratch.p : "";
 }
 
-/* Whether the string field f (of scratch buffer b) is lit, which is not
-** empty: b holds bytes whenever the lengths match. */
+/* Whether the string field f (of scratch buffer b) is lit. */
 static int span_is(const tide_buf *b, const str_field *f, const char *lit) {
-  size_t n = strlen(lit);
-  return f->has && f->s.len == n && memcmp(b->p + f->s.off, lit, n) == 0;
+  return f->has && tide__json_key_is(b->p ? b->p + f->s.off : "", f->s.len, lit);
 }
 
 /* Reads the value at p->i into f when it is a string; consumes it. */
@@ -636,10 +634,6 @@ static const struct {
 };
 #undef NAME
 
-static int named(const char *s, size_t n, const char *lit) {
-  return strlen(lit) == n && memcmp(s, lit, n) == 0;
-}
-
 static int skipped(const tide_sse_event *e) {
   for (size_t i = 0; i < tide__nelem(SKIPPED); i++)
     if (SKIPPED[i].n == e->event_len && memcmp(SKIPPED[i].s, e->event, e->event_len) == 0) return 1;
@@ -671,17 +665,17 @@ static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
   if (!ev->type.has) return 0; /* carries nothing tide needs */
   const char *scratch = scratch_of(st), *type = scratch + ev->type.s.off;
   size_t typel = ev->type.s.len;
-  if (named(type, typel, "response.output_text.delta")) {
+  if (tide__json_key_is(type, typel, "response.output_text.delta")) {
     if (ev->delta.has && ev->delta.s.len > 0)
       tide__reply_text(fc, scratch + ev->delta.s.off, ev->delta.s.len);
-  } else if (named(type, typel, "response.reasoning_summary_text.delta") ||
-             named(type, typel, "response.reasoning_text.delta")) {
+  } else if (tide__json_key_is(type, typel, "response.reasoning_summary_text.delta") ||
+             tide__json_key_is(type, typel, "response.reasoning_text.delta")) {
     if (ev->delta.has && ev->delta.s.len > 0)
       tide__reply_reasoning(fc, scratch + ev->delta.s.off, ev->delta.s.len);
-  } else if (named(type, typel, "response.output_item.done")) { /* a server that names no events */
+  } else if (tide__json_key_is(type, typel, "response.output_item.done")) { /* a server that names no events */
     return hold(fc, st, e);
-  } else if (named(type, typel, "response.completed") ||
-             named(type, typel, "response.incomplete")) {
+  } else if (tide__json_key_is(type, typel, "response.completed") ||
+             tide__json_key_is(type, typel, "response.incomplete")) {
     if (st->resp.kind != V_OBJECT && st->resp.kind != V_ARRAY) {
       lua_pushlstring(L, type, typel);
       tide__push_malformed(L, NULL, 0, "openai %s has no response", lua_tostring(L, -1));
@@ -689,7 +683,7 @@ static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
       return 1;
     }
     st->done = 1; /* the rest is read at the end (finish_stream) */
-  } else if (named(type, typel, "response.failed")) {
+  } else if (tide__json_key_is(type, typel, "response.failed")) {
     if (!push_failed(L, st, e->data)) { /* nothing in it says so: the event does */
       tide__push_error(L, "ProviderError", "openai response failed: no error given");
       lua_pushlstring(L, e->data, e->data_len);
@@ -698,7 +692,7 @@ static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
       lua_setfield(L, -2, "retryable");
     }
     return 1;
-  } else if (named(type, typel, "error")) {
+  } else if (tide__json_key_is(type, typel, "error")) {
     err_fields err = ev->err;
     err.type = ev->type; /* the event's own: "error", the code when none is given */
     push_failure(L, st, "stream error", &err, e->data, e->data, e->data_len);
@@ -713,7 +707,7 @@ static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
 static int responses_event(tide_reply_feed *fc, const tide_sse_event *e) {
   responses_stream *st = (responses_stream *)fc->r;
   if (st->done || e->done || skipped(e)) return 0;
-  if (named(e->event, e->event_len, "response.output_item.done")) return hold(fc, st, e);
+  if (tide__json_key_is(e->event, e->event_len, "response.output_item.done")) return hold(fc, st, e);
   tide_json p = {e->data, e->data_len, 0, 0, NULL, 0, &st->scratch, &st->key, st};
   memset(&st->ev, 0, sizeof st->ev);
   st->scratch.len = 0;
