@@ -19,6 +19,24 @@ local function text(r, max)
   return table.concat(out)
 end
 
+-- Feeds body to the C stream s in pieces of 1 to 60 bytes (r draws each
+-- length), as the exchange feeds a reply, up to the first failure: the text
+-- and reasoning deltas handed back, and the error if the stream failed.
+local function feed_pieces(s, body, r)
+  local deltas, rdeltas = {}, {}
+  local at = 1
+  while at <= #body do
+    local piece = body:sub(at, at + r(60) - 1)
+    at = at + #piece
+    local out, rout = {}, {}
+    local k, err = s:feed(piece, out, rout)
+    for i = 1, #out do deltas[#deltas + 1] = out[i] end
+    for i = 1, #rout do rdeltas[#rdeltas + 1] = rout[i] end
+    if k == nil then return deltas, rdeltas, err end
+  end
+  return deltas, rdeltas, nil
+end
+
 describe("C against its Lua reference", function()
   it("writes the assistant message with calls as the reference encodes it", function()
     local r = rng(7)
@@ -293,20 +311,7 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
       local body = random_stream(r)
       local want, werr = ref.anthropic_stream(body)
       local s <close> = core.anthropic_stream()
-      local deltas, rdeltas, failed = {}, {}, nil
-      local at = 1
-      while at <= #body do
-        local piece = body:sub(at, at + r(60) - 1)
-        at = at + #piece
-        local out, rout = {}, {}
-        local k, err = s:feed(piece, out, rout)
-        for i = 1, #out do deltas[#deltas + 1] = out[i] end
-        for i = 1, #rout do rdeltas[#rdeltas + 1] = rout[i] end
-        if k == nil then
-          failed = err
-          break
-        end
-      end
+      local deltas, rdeltas, failed = feed_pieces(s, body, r)
       local got, gerr
       if failed then gerr = failed else got, gerr = s:finish() end
       check(want, werr, got, gerr, deltas, not failed and rdeltas or nil, "stream " .. n .. ":\n" .. body)
@@ -608,20 +613,7 @@ describe("core.responses_stream and core.responses_parse against the Lua parser 
   -- The C parser's result for a body fed in pieces, as the exchange feeds it.
   local function by_c(body, r)
     local s <close> = core.responses_stream()
-    local text, reasoning, err = {}, {}, nil
-    local at = 1
-    while at <= #body do
-      local len = r(60)
-      local out, rout = {}, {}
-      local n, ferr = s:feed(body:sub(at, at + len - 1), out, rout)
-      for i = 1, #out do text[#text + 1] = out[i] end
-      for i = 1, #rout do reasoning[#reasoning + 1] = rout[i] end
-      if n == nil then
-        err = ferr
-        break
-      end
-      at = at + len
-    end
+    local text, reasoning, err = feed_pieces(s, body, r)
     if err then return { err = err, text = text, reasoning = reasoning } end
     local reply, ferr = s:finish()
     if not reply then return { err = ferr, text = text, reasoning = reasoning } end
