@@ -350,11 +350,6 @@ int tide__json_scratch(tide_json *p, span *dec) {
   return tide__json_string(p, p->scratch, dec, &raw, NULL);
 }
 
-int tide__json_key_is(const char *k, size_t kl, const char *name) {
-  size_t n = strlen(name);
-  return kl == n && memcmp(k, name, n) == 0;
-}
-
 /* Calls fn for each member of the object at p->i, with p->i at the value
 ** (after whitespace); fn consumes the value. */
 int tide__json_each_member(tide_json *p, tide_json_member_fn fn) {

@@ -57,7 +57,12 @@ int tide__json_skip(tide_json *p);
 int tide__json_skip_raw(tide_json *p, span *raw);
 /* Decodes the string at p->i into p->scratch. */
 int tide__json_scratch(tide_json *p, span *dec);
-int tide__json_key_is(const char *k, size_t kl, const char *name);
+/* Whether the key k[0..kl) is name. Inline: the scanners compare every key
+** of a reply with a few literals, whose lengths the compiler then knows. */
+static inline int tide__json_key_is(const char *k, size_t kl, const char *name) {
+  size_t n = strlen(name);
+  return kl == n && memcmp(k, name, n) == 0;
+}
 /* Calls fn for each member of the object at p->i, positioned at its value;
 ** fn consumes the value. */
 int tide__json_each_member(tide_json *p, tide_json_member_fn fn);

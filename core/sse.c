@@ -9,12 +9,13 @@
 ** into chunks.
 **
 ** The parser proper (tide__sse_feed) never raises and calls back once per
-** event: core.sse_parser builds event tables from it, and the OpenAI stream
-** parser (stream.c) reads events in place. The parser owns three malloc'ed
-** buffers (the partial line, the pending data, the pending event type) plus
-** the last event id. They hang off the userdata, so a Lua error raised while
-** an event table is being built leaves nothing to leak: the collector frees
-** them through the shared __gc/__close function.
+** event: core.sse_parser builds event tables from it, and the reply parsers
+** in C (openai.c, anthropic.c, responses.c, through reply.c) read events in
+** place. The parser owns three malloc'ed buffers (the partial line, the
+** pending data, the pending event type) plus the last event id. They hang
+** off the userdata, so a Lua error raised while an event table is being
+** built leaves nothing to leak: the collector frees them through the shared
+** __gc/__close function.
 */
 #include <stdio.h>
 #include <stdlib.h>

@@ -176,7 +176,8 @@ const tide_sink *tide__sink_of(lua_State *L, int idx);
 typedef struct tide_reply tide_reply;
 typedef struct tide_reply_feed tide_reply_feed;
 
-/// What a wire format's reply parser brings (openai.c, anthropic.c); the
+/// What a wire format's reply parser brings (openai.c, anthropic.c,
+/// responses.c); the
 /// shell in reply.c does the rest: the userdata and its methods (feed,
 /// finish, close), the sink, the kept failure, spare parsers, the parser of
 /// whole replies. A kind is a static constant; its address names it.
@@ -440,6 +441,9 @@ void tide__open_openai(lua_State *L);
 /// Registers the Anthropic wire format in C: anthropic_stream,
 /// anthropic_parse and the message encoders.
 void tide__open_anthropic(lua_State *L);
+/// Registers the OpenAI Responses API's reply parsers in C:
+/// responses_stream and responses_parse.
+void tide__open_responses(lua_State *L);
 /// Registers json_integers.
 void tide__open_json(lua_State *L);
 /// Registers the integration cache (cache_lookup, cache_store, cache_peek,

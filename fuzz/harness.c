@@ -97,6 +97,69 @@ static const char PRELUDE[] =
     /* check(ok, what, a, b): a failed property is a bug, reported with both sides */
     "function check(ok, what, a, b)\n"
     "  if not ok then bug(what .. '\\n  first:  ' .. show(a) .. '\\n  second: ' .. show(b)) end\n"
+    "end\n"
+    /* reply_runs(open, stream, most, seed, mode, check_reply) -> the result
+    ** of the stream in one piece, or nil when a call raised. Every C reply
+    ** parser has the reply shell's protocol (core/reply.c): the stream
+    ** open() makes is fed stream in one piece, then a second one is fed it
+    ** in chunks (chunks(stream, most, seed)), taking the parser the first
+    ** left behind, and the two results must be the same. Deltas come back as
+    ** mode says (% 3 == 0 in `out` and `rout` tables, 1 text as a string
+    ** per chunk and reasoning in `rout`, 2 neither: out = false); a failure
+    ** sticks through finish; a closed stream refuses more. A result is {
+    ** reply, err, text, reasoning }, the deltas joined (nil in mode 2);
+    ** check_reply(reply, text, reasoning) checks what the wire format
+    ** promises of a reply. */
+    "local function reply_run(open, pieces, mode, check_reply)\n"
+    "  local ok, s = try(open)\n"
+    "  if not ok then return nil end\n"
+    "  local deltas, rdeltas, failure = {}, {}, nil\n"
+    "  for _, piece in ipairs(pieces) do\n"
+    "    local out = false\n"
+    "    if mode == 0 then out = {} elseif mode == 1 then out = nil end\n"
+    "    local rout = mode ~= 2 and {} or nil\n"
+    "    local ok2, a, err, c = try(s.feed, s, piece, out, rout)\n"
+    "    if not ok2 then return nil end\n"
+    "    if err ~= nil then\n"
+    "      check(type(err) == 'table' and type(err.code) == 'string', 'feed failed without an error table', err)\n"
+    "      check(a == nil, 'feed failed with a value', a)\n"
+    "      check(failure == nil or failure == err, 'a failed stream changed its error', failure, err)\n"
+    "      failure = err\n"
+    "    elseif mode == 0 then\n"
+    "      check(a == #out, 'feed counted its deltas wrong', a, out)\n"
+    "    end\n"
+    "    for i = 1, rout and #rout or 0 do rdeltas[#rdeltas + 1] = rout[i] end\n"
+    "    if mode == 0 then\n"
+    "      for i = 1, #out do deltas[#deltas + 1] = out[i] end\n"
+    "    elseif mode == 1 and (a or c) then\n"
+    "      deltas[#deltas + 1] = a or c\n"
+    "    end\n"
+    "  end\n"
+    "  local ok3, reply, err = try(s.finish, s)\n"
+    "  if not ok3 then return nil end\n"
+    "  if failure then check(err == failure, 'finish forgot the failure', failure, err) end\n"
+    "  local text, reasoning\n"
+    "  if mode ~= 2 then text, reasoning = table.concat(deltas), table.concat(rdeltas) end\n"
+    "  if reply then\n"
+    "    check(type(reply.text) == 'string' and type(reply.tool_calls) == 'table' and\n"
+    "          type(reply.usage) == 'table', 'a reply without its fields', reply)\n"
+    "    check(text == nil or text == reply.text, 'the deltas do not add up to the text', deltas, reply.text)\n"
+    "    check_reply(reply, text, reasoning)\n"
+    "  else\n"
+    "    check(type(err) == 'table' and type(err.code) == 'string', 'finish failed without an error table', err)\n"
+    "  end\n"
+    "  s:close()\n"
+    "  s:close()\n"
+    "  check(raises(s.feed, s, 'data: {}\\n\\n'), 'a closed stream took a chunk')\n"
+    "  return { reply = reply, err = err, text = text, reasoning = reasoning }\n"
+    "end\n"
+    "function reply_runs(open, stream, most, seed, mode, check_reply)\n"
+    "  local whole = reply_run(open, { stream }, mode, check_reply)\n"
+    "  local cut = reply_run(open, chunks(stream, most, seed), mode, check_reply)\n"
+    "  if whole and cut then\n"
+    "    check(same(whole, cut), 'chunking (or a reused parser) changed the result', whole, cut)\n"
+    "  end\n"
+    "  return whole\n"
     "end\n";
 
 typedef struct budget {

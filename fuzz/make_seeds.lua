@@ -218,24 +218,69 @@ write("anthropic_parse", "small_cap", hdr(3, 30) .. amsg('[{"type":"tool_use","i
   .. string.rep("a", 40) .. '"}}]', "tool_use"))
 
 -- ---------------------------------------------------- Responses streams --
+-- As the API sends them (openai-python's ResponseStreamEvent types): the
+-- final response echoes the request's instructions and tools.
 local function rev(name, data) return ("event: %s\ndata: %s\n\n"):format(name, data) end
-local rbase = '"id":"resp_01","object":"response","model":"gpt-5","status":"%s","output":%s,"usage":%s'
-write("responses_stream", "text_and_call", hdr(0, 9, 4)
-  .. rev("response.created", '{"type":"response.created","sequence_number":0,"response":{' .. rbase:format("in_progress", "[]", "null") .. '}}')
-  .. rev("response.output_text.delta", '{"type":"response.output_text.delta","sequence_number":1,"item_id":"msg_1","output_index":0,"content_index":0,"delta":"Hello"}')
-  .. rev("response.output_item.done", '{"type":"response.output_item.done","sequence_number":2,"output_index":1,"item":{"type":"function_call","id":"fc_1","call_id":"call_1","name":"lookup","arguments":"{\\"q\\":\\"tide\\"}","status":"completed"}}')
-  .. rev("response.completed", '{"type":"response.completed","sequence_number":3,"response":{' .. rbase:format("completed",
-    '[{"type":"message","id":"msg_1","role":"assistant","content":[{"type":"output_text","text":"Hello","annotations":[]}]},'
-    .. '{"type":"function_call","id":"fc_1","call_id":"call_1","name":"lookup","arguments":"{\\"q\\":\\"tide\\"}","status":"completed"}]',
-    '{"input_tokens":120,"input_tokens_details":{"cached_tokens":64},"output_tokens":17,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":137}') .. '}}'))
-write("responses_stream", "incomplete", hdr(0, 5, 2)
-  .. rev("response.output_text.delta", '{"type":"response.output_text.delta","sequence_number":1,"delta":"cut"}')
-  .. rev("response.incomplete", '{"type":"response.incomplete","sequence_number":2,"response":{' .. rbase:format("incomplete", "[]", "null")
-    .. ',"incomplete_details":{"reason":"max_output_tokens"}}}'))
-write("responses_stream", "failed", hdr(0, 0, 0)
-  .. rev("response.failed", '{"type":"response.failed","sequence_number":1,"response":{' .. rbase:format("failed", "[]", "null")
-    .. ',"error":{"code":"server_error","message":"boom"}}}')
-  .. rev("error", '{"type":"error","code":"rate_limit_exceeded","message":"slow down"}'))
+local rbase = '"id":"resp_01","object":"response","model":"gpt-5","instructions":"You are terse.",'
+  .. '"tools":[{"type":"function","name":"lookup","parameters":{"type":"object"},"strict":false}],'
+  .. '"status":"%s","output":%s,"usage":%s'
+local rusage = '{"input_tokens":120,"input_tokens_details":{"cached_tokens":64},"output_tokens":17,'
+  .. '"output_tokens_details":{"reasoning_tokens":9},"total_tokens":137}'
+local rmsg = '{"type":"message","id":"msg_1","role":"assistant","status":"completed",'
+  .. '"content":[{"type":"output_text","text":"Hello \\u00e9","annotations":[]},{"type":"refusal","refusal":"no"}]}'
+local rcall = function(n) return ('{"type":"function_call","id":"fc_%d","call_id":"call_%d","name":"lookup",'
+  .. '"arguments":"{\\"q\\":\\"tide %d\\"}","status":"completed"}'):format(n, n, n) end
+local rreason = '{"type":"reasoning","id":"rs_1","summary":[{"type":"summary_text","text":"First."},'
+  .. '{"type":"summary_text","text":"Second."}],"encrypted_content":"gAAAAB0a1b2c3d4=="}'
+local rstreams = {
+  text_and_call = rev("response.created", '{"type":"response.created","sequence_number":0,"response":{' .. rbase:format("in_progress", "[]", "null") .. '}}')
+    .. rev("response.output_text.delta", '{"type":"response.output_text.delta","sequence_number":1,"item_id":"msg_1","output_index":0,"content_index":0,"delta":"Hello"}')
+    .. rev("response.output_item.done", '{"type":"response.output_item.done","sequence_number":2,"output_index":1,"item":' .. rcall(1) .. '}')
+    .. rev("response.completed", '{"type":"response.completed","sequence_number":3,"response":{'
+      .. rbase:format("completed", "[" .. rmsg .. "," .. rcall(1) .. "]", rusage) .. '}}'),
+  -- Reasoning (summary deltas, encrypted content) and two parallel calls;
+  -- the final output left out, so the held items count.
+  reasoning_calls = rev("response.output_item.added", '{"type":"response.output_item.added","sequence_number":0,"output_index":0,"item":{"type":"reasoning","id":"rs_1","summary":[]}}')
+    .. rev("response.reasoning_summary_text.delta", '{"type":"response.reasoning_summary_text.delta","sequence_number":1,"item_id":"rs_1","output_index":0,"summary_index":0,"delta":"First."}')
+    .. rev("response.output_item.done", '{"type":"response.output_item.done","sequence_number":2,"output_index":0,"item":' .. rreason .. '}')
+    .. rev("response.function_call_arguments.delta", '{"type":"response.function_call_arguments.delta","sequence_number":3,"item_id":"fc_1","output_index":1,"delta":"{\\"q\\""}')
+    .. rev("response.output_item.done", '{"type":"response.output_item.done","sequence_number":4,"output_index":1,"item":' .. rcall(1) .. '}')
+    .. rev("response.output_item.done", '{"type":"response.output_item.done","sequence_number":5,"output_index":2,"item":' .. rcall(2) .. '}')
+    .. rev("response.completed", '{"type":"response.completed","sequence_number":6,"response":{' .. rbase:format("completed", "[]", rusage) .. '}}'),
+  -- A server that names no events: everything told apart by "type".
+  unnamed = 'data: {"type":"response.output_text.delta","delta":"Hi"}\n\n'
+    .. 'data: {"type":"response.reasoning_text.delta","delta":"hmm"}\n\n'
+    .. 'data: {"type":"response.output_item.done","item":' .. rcall(3) .. '}\n\n'
+    .. 'data: {"response":{"status":"completed","output":[]},"type":"response.completed"}\n\n',
+  incomplete = rev("response.output_text.delta", '{"type":"response.output_text.delta","sequence_number":1,"delta":"cut"}')
+    .. rev("response.incomplete", '{"type":"response.incomplete","sequence_number":2,"response":{' .. rbase:format("incomplete", "[]", "null")
+      .. ',"incomplete_details":{"reason":"max_output_tokens"}}}'),
+  failed = rev("response.failed", '{"type":"response.failed","sequence_number":1,"response":{' .. rbase:format("failed", "[]", "null")
+      .. ',"error":{"code":"server_error","message":"boom"}}}')
+    .. rev("error", '{"type":"error","code":"rate_limit_exceeded","message":"slow down"}'),
+  error_mid = rev("response.output_text.delta", '{"type":"response.output_text.delta","sequence_number":1,"delta":"par"}')
+    .. rev("error", '{"type":"error","sequence_number":2,"code":"server_error","message":"The server had an error.","param":null}'),
+  cut = rev("response.output_text.delta", '{"type":"response.output_text.delta","sequence_number":1,"delta":"never finished"}')
+    .. 'event: response.completed\ndata: {"type":"response.completed","response":{"status":"comp',
+}
+write("responses_stream", "text_and_call", hdr(0, 9, 4, 0) .. rstreams.text_and_call)
+write("responses_stream", "reasoning_calls", hdr(0, 13, 6, 1) .. rstreams.reasoning_calls)
+write("responses_stream", "unnamed", hdr(0, 3, 8, 0) .. rstreams.unnamed)
+write("responses_stream", "incomplete", hdr(0, 5, 2, 1) .. rstreams.incomplete)
+write("responses_stream", "failed", hdr(0, 0, 0, 0) .. rstreams.failed)
+write("responses_stream", "error_mid", hdr(0, 7, 1, 0) .. rstreams.error_mid)
+write("responses_stream", "cut", hdr(0, 4, 3, 2) .. rstreams.cut)
+write("responses_stream", "small_cap", hdr(9, 30, 2, 0) .. rstreams.reasoning_calls)
+
+-- ---------------------------------------------------- Responses bodies --
+write("responses_parse", "completed", hdr(0, 40, 0) .. "{" .. rbase:format("completed",
+  "[" .. rreason .. "," .. rmsg .. "," .. rcall(1) .. "," .. rcall(2) .. ',{"type":"web_search_call","id":"ws_1"}]', rusage) .. "}")
+write("responses_parse", "incomplete", hdr(0, 10, 0) .. "{" .. rbase:format("incomplete", "[" .. rmsg .. "]", rusage)
+  .. ',"incomplete_details":{"reason":"content_filter"}}')
+write("responses_parse", "failed", hdr(0, 3, 0) .. "{" .. rbase:format("failed", "[]", "null")
+  .. ',"error":{"code":"rate_limit_exceeded","message":"Slow down."}}')
+write("responses_parse", "bad_item", hdr(0, 0, 0) .. '{"status":"completed","output":[{"type":"function_call","name":"x"}]}')
+write("responses_parse", "small_cap", hdr(7, 20, 0) .. "{" .. rbase:format("completed", "[" .. rcall(1) .. "]", rusage) .. "}")
 
 -- ---------------------------------------------------------------- MCP --
 write("mcp", "json_tools", hdr(0) .. '{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo","description":"Echoes.",'

@@ -269,6 +269,11 @@ for _, stream in ipairs({ true, false }) do
         assert.are.equal("MalformedResponse", err.code)
         _, err = p:complete(body)
         assert.are.equal("MalformedResponse", err.code)
+        -- a whole reply's error gets the body's excerpt from the exchange
+        if not stream then
+          assert.is_string(err.body)
+          assert.is_true(#err.body <= require("tide.provider.errors").BODY_MAX)
+        end
       end)
     end)
   end)
@@ -323,6 +328,54 @@ describe("tide.provider.openai{ api = \"responses\" }, raw streams", function()
       assert.are.same({ { id = "call_x", name = "lookup", arguments = "{}" } }, res.tool_calls)
       assert.are.equal("tool_calls", res.stop)
       assert.are.equal(3, res.usage.input)
+    end)
+  end)
+
+  -- A provider on a raw route: the mock's own /responses never breaks off.
+  local function raw_provider(srv, extra)
+    local o = { api = "responses", base_url = srv.url, api_key = "k", retry = { attempts = 2, base_ms = 1, max_ms = 2 } }
+    for k, v in pairs(extra or {}) do o[k] = v end
+    local p = provider.openai(o)
+    p._url = function() return srv.url .. "/raw" end
+    return p, p:body(p:encode_prefix("s", {}), { p:encode_message({ role = "user", content = "q" }) })
+  end
+
+  it("fails on an error event mid-stream, not retried once text was heard", function()
+    local body = sse({
+      { "response.output_text.delta", '{"type":"response.output_text.delta","sequence_number":1,"delta":"Partial "}' },
+      { "response.output_text.delta", '{"type":"response.output_text.delta","sequence_number":2,"delta":"answer"}' },
+      { "error", '{"type":"error","sequence_number":3,"code":"server_error","message":"The server had an error.",'
+        .. '"param":null}' },
+    })
+    helpers.run(function()
+      local srv <close> = assert(testing.mock_server({ routes = route(body) }))
+      local p, req = raw_provider(srv)
+      local heard = {}
+      local _, err = p:complete(req, { on_delta = function(t) heard[#heard + 1] = t end })
+      assert.are.equal("ProviderError", err.code)
+      assert.are.equal("openai stream error: The server had an error.", err.message)
+      assert.are.equal(500, err.status)
+      assert.are.equal("server_error", err.type)
+      assert.are.same({ "Partial ", "answer" }, heard)
+      assert.are.equal(1, err.attempts) -- text reached on_delta: no second attempt
+      -- Nobody listening, the same error is worth another attempt.
+      _, err = p:complete(req)
+      assert.are.equal(2, err.attempts)
+      assert.matches('"code":"server_error"', err.body, 1, true)
+    end)
+  end)
+
+  it("fails a stream cut before response.completed, with the text so far", function()
+    local body = sse({
+      { "response.output_text.delta", '{"type":"response.output_text.delta","sequence_number":1,"delta":"Hello"}' },
+    }) .. 'event: response.completed\ndata: {"type":"response.completed","response":{"status":"compl'
+    helpers.run(function()
+      local srv <close> = assert(testing.mock_server({ routes = route(body) }))
+      local p, req = raw_provider(srv, { retry = { attempts = 1 } })
+      local _, err = p:complete(req)
+      assert.are.equal("MalformedResponse", err.code)
+      assert.are.equal("openai stream ended before response.completed", err.message)
+      assert.are.equal("Hello", err.partial_text)
     end)
   end)
 

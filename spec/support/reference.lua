@@ -414,4 +414,218 @@ function M.anthropic_results(results)
   return '{"content":[' .. table.concat(blocks, ",") .. '],"role":"user"}'
 end
 
+-- ------------------------------------------------ OpenAI Responses API
+
+-- What provider/responses.lua read in Lua before core.responses_stream and
+-- core.responses_parse (responses.c): the reply of a Responses stream or
+-- body from decoded tables. One addition: response.reasoning_text.delta
+-- goes to the reasoning listener, as reasoning_summary_text.delta always
+-- did. (count, fail and finish_calls are the Anthropic section's.)
+local excerpt = require("tide.provider.errors").excerpt
+local concat = table.concat
+
+local function responses_usage(u)
+  if type(u) ~= "table" then return { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 } end
+  local inp, out = u.input_tokens_details, u.output_tokens_details
+  return {
+    input = count(u.input_tokens),
+    output = count(u.output_tokens),
+    cached = type(inp) == "table" and count(inp.cached_tokens) or 0,
+    cache_write = 0,
+    reasoning = type(out) == "table" and count(out.reasoning_tokens) or 0,
+  }
+end
+
+local RESPONSES_FAILED = {
+  rate_limit_exceeded = { "RateLimited", 429 },
+  server_error = { "ProviderError", 500 },
+}
+
+local function failure(where, e, body)
+  e = type(e) == "table" and e or {}
+  local code = type(e.code) == "string" and e.code or type(e.type) == "string" and e.type or nil
+  local kind = RESPONSES_FAILED[code]
+  return fail(kind and kind[1] or "ProviderError",
+    ("openai %s: %s"):format(where, excerpt(tostring(e.message or code), 512)),
+    { type = code, status = kind and kind[2] or nil, body = body and excerpt(body), retryable = kind ~= nil })
+end
+
+local INCOMPLETE = { max_output_tokens = "length", content_filter = "content_filter" }
+local function responses_stop(obj, ncalls, refused)
+  if obj.status == "incomplete" then
+    local d = obj.incomplete_details
+    local reason = type(d) == "table" and type(d.reason) == "string" and d.reason or "incomplete"
+    return INCOMPLETE[reason] or "length", reason
+  end
+  local raw = type(obj.status) == "string" and obj.status or nil
+  if refused then return "refusal", raw end
+  return ncalls > 0 and "tool_calls" or "stop", raw
+end
+
+local function responses_reasoning(item)
+  local summary = {}
+  if type(item.summary) == "table" then
+    for _, s in ipairs(item.summary) do
+      if type(s) == "table" and type(s.text) == "string" then summary[#summary + 1] = s.text end
+    end
+  end
+  return { type = "encrypted", id = item.id, provider = "openai_responses", summary = concat(summary, "\n\n"),
+           data = type(item.encrypted_content) == "string" and item.encrypted_content or nil }
+end
+
+local function add_item(acc, item, i)
+  if type(item) ~= "table" then
+    return fail("MalformedResponse", ("openai output[%d] is not an object"):format(i))
+  end
+  local ty = item.type
+  if ty == "message" then
+    if type(item.content) == "table" then
+      for _, part in ipairs(item.content) do
+        if type(part) == "table" then
+          if part.type == "output_text" and type(part.text) == "string" then
+            acc.text[#acc.text + 1] = part.text
+          elseif part.type == "refusal" and type(part.refusal) == "string" then
+            acc.refusal = (acc.refusal or "") .. part.refusal
+          end
+        end
+      end
+    end
+  elseif ty == "function_call" then
+    if type(item.call_id) ~= "string" or type(item.name) ~= "string" then
+      return fail("MalformedResponse", ("openai output[%d] (function_call) has no call_id or name"):format(i))
+    end
+    acc.calls[#acc.calls + 1] = { id = item.call_id, name = item.name,
+                                  arguments = type(item.arguments) == "string" and item.arguments or nil }
+  elseif ty == "reasoning" then
+    if type(item.id) ~= "string" or item.id == "" then
+      return fail("MalformedResponse", ("openai output[%d] (reasoning) has no id"):format(i))
+    end
+    acc.reasoning = acc.reasoning or {}
+    acc.reasoning[#acc.reasoning + 1] = responses_reasoning(item)
+  end
+  return nil
+end
+
+local function reply_of(obj, acc)
+  local stop, raw = responses_stop(obj, #acc.calls, acc.refusal ~= nil)
+  return {
+    text = concat(acc.text),
+    tool_calls = finish_calls(acc.calls),
+    reasoning = acc.reasoning,
+    refusal = acc.refusal,
+    usage = responses_usage(obj.usage),
+    stop = stop,
+    stop_raw = raw,
+  }
+end
+
+local function failed_response(obj)
+  local e = obj.error
+  if e ~= nil and e ~= json.null then return failure("response failed", e) end
+  if obj.status == "failed" then return failure("response failed", { message = "no error given" }) end
+  return nil
+end
+
+--- A whole Responses body (core.responses_parse gives the same): the
+--- reply, or nil and the error.
+function M.responses_parse(body)
+  local obj, derr = json.decode_fast(body)
+  if obj == nil then
+    return nil, fail("MalformedResponse", ("openai response is not valid JSON (%s)"):format(derr.message))
+  end
+  if type(obj) ~= "table" then return nil, fail("MalformedResponse", "openai response is not a JSON object") end
+  local err = failed_response(obj)
+  if err then return nil, err end
+  if type(obj.output) ~= "table" then
+    return nil, fail("MalformedResponse", "openai response has no output array")
+  end
+  local acc = { text = {}, calls = {} }
+  for i, item in ipairs(obj.output) do
+    err = add_item(acc, item, i)
+    if err then return nil, err end
+  end
+  return reply_of(obj, acc)
+end
+
+local RESPONSES_SKIP = {
+  ["response.created"] = true, ["response.in_progress"] = true, ["response.output_item.added"] = true,
+  ["response.content_part.added"] = true, ["response.content_part.done"] = true,
+  ["response.output_text.done"] = true, ["response.function_call_arguments.delta"] = true,
+  ["response.function_call_arguments.done"] = true, ["response.reasoning_summary_part.added"] = true,
+  ["response.reasoning_summary_part.done"] = true, ["response.reasoning_summary_text.done"] = true,
+  ["response.output_text.annotation.added"] = true, ["response.refusal.delta"] = true,
+  ["response.refusal.done"] = true,
+}
+
+--- A Responses event stream, framed by core.sse_parser and read event by
+--- event as the Lua stream read it (core.responses_stream gives the same):
+--- { reply = ..., text = { deltas }, reasoning = { deltas } } or
+--- { err = ..., text = ..., reasoning = ... }.
+function M.responses_stream(body)
+  local st = { text = {}, reasoning = {}, items = {}, done = false }
+  local sse = require("tide.core").sse_parser()
+  local events, serr = sse:feed(body)
+  sse:close()
+  if not events then -- as the exchange reported a failure of core.sse_parser
+    return { err = fail("MalformedResponse", "invalid event stream: " .. tostring(serr.message or serr),
+      { cause = serr.code }), text = st.text, reasoning = st.reasoning }
+  end
+  local function event(ev)
+    if st.done or ev.done then return nil end
+    local name = ev.event
+    if RESPONSES_SKIP[name] then return nil end
+    if name == "response.output_item.done" then
+      st.items[#st.items + 1] = ev.data
+      return nil
+    end
+    local obj, derr = json.decode_fast(ev.data)
+    if type(obj) ~= "table" then
+      return fail("MalformedResponse", "openai stream event is not a JSON object"
+        .. (derr and (" (" .. derr.message .. ")") or ""), { body = excerpt(ev.data) })
+    end
+    local ty = obj.type
+    if ty == "response.output_text.delta" then
+      if type(obj.delta) == "string" and obj.delta ~= "" then st.text[#st.text + 1] = obj.delta end
+    elseif ty == "response.reasoning_summary_text.delta" or ty == "response.reasoning_text.delta" then
+      if type(obj.delta) == "string" and obj.delta ~= "" then st.reasoning[#st.reasoning + 1] = obj.delta end
+    elseif ty == "response.output_item.done" then
+      st.items[#st.items + 1] = ev.data
+    elseif ty == "response.completed" or ty == "response.incomplete" then
+      local r = obj.response
+      if type(r) ~= "table" then return fail("MalformedResponse", "openai " .. ty .. " has no response") end
+      st.final = r
+      st.done = true
+    elseif ty == "response.failed" then
+      local r = type(obj.response) == "table" and obj.response or {}
+      return failed_response(r) or failure("response failed", { message = "no error given" }, ev.data)
+    elseif ty == "error" then
+      return failure("stream error", obj, ev.data)
+    end
+    return nil
+  end
+  for _, ev in ipairs(events) do
+    local err = event(ev)
+    if err then return { err = err, text = st.text, reasoning = st.reasoning } end
+  end
+  if not st.done then
+    return { err = fail("MalformedResponse", "openai stream ended before response.completed",
+      { partial_text = concat(st.text) }), text = st.text, reasoning = st.reasoning }
+  end
+  local output = st.final.output
+  if type(output) ~= "table" or next(output) == nil then
+    output = {}
+    for i, data in ipairs(st.items) do
+      local obj = json.decode_fast(data)
+      output[i] = type(obj) == "table" and obj.item or nil
+    end
+  end
+  local acc = { text = {}, calls = {} }
+  for i, item in ipairs(output) do
+    local err = add_item(acc, item, i)
+    if err then return { err = err, text = st.text, reasoning = st.reasoning } end
+  end
+  acc.text = st.text
+  return { reply = reply_of(st.final, acc), text = st.text, reasoning = st.reasoning }
+end
+
 return M

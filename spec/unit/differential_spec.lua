@@ -19,6 +19,24 @@ local function text(r, max)
   return table.concat(out)
 end
 
+-- Feeds body to the C stream s in pieces of 1 to 60 bytes (r draws each
+-- length), as the exchange feeds a reply, up to the first failure: the text
+-- and reasoning deltas handed back, and the error if the stream failed.
+local function feed_pieces(s, body, r)
+  local deltas, rdeltas = {}, {}
+  local at = 1
+  while at <= #body do
+    local piece = body:sub(at, at + r(60) - 1)
+    at = at + #piece
+    local out, rout = {}, {}
+    local k, err = s:feed(piece, out, rout)
+    for i = 1, #out do deltas[#deltas + 1] = out[i] end
+    for i = 1, #rout do rdeltas[#rdeltas + 1] = rout[i] end
+    if k == nil then return deltas, rdeltas, err end
+  end
+  return deltas, rdeltas, nil
+end
+
 describe("C against its Lua reference", function()
   it("writes the assistant message with calls as the reference encodes it", function()
     local r = rng(7)
@@ -293,20 +311,7 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
       local body = random_stream(r)
       local want, werr = ref.anthropic_stream(body)
       local s <close> = core.anthropic_stream()
-      local deltas, rdeltas, failed = {}, {}, nil
-      local at = 1
-      while at <= #body do
-        local piece = body:sub(at, at + r(60) - 1)
-        at = at + #piece
-        local out, rout = {}, {}
-        local k, err = s:feed(piece, out, rout)
-        for i = 1, #out do deltas[#deltas + 1] = out[i] end
-        for i = 1, #rout do rdeltas[#rdeltas + 1] = rout[i] end
-        if k == nil then
-          failed = err
-          break
-        end
-      end
+      local deltas, rdeltas, failed = feed_pieces(s, body, r)
       local got, gerr
       if failed then gerr = failed else got, gerr = s:finish() end
       check(want, werr, got, gerr, deltas, not failed and rdeltas or nil, "stream " .. n .. ":\n" .. body)
@@ -398,6 +403,283 @@ describe("the Anthropic message encoders against the Lua encoder they replaced",
           content = type(x.content) == "table" and require("tide.json").canonical(x.content) or x.content }
       end
       assert.are.equal(ref.anthropic_results(want), p:encode_message({ role = "tool", results = results }))
+    end
+  end)
+end)
+
+describe("core.responses_stream and core.responses_parse against the Lua parser they replaced", function()
+  local cjson = require "cjson"
+  local json = require "tide.json"
+  local errors = require "tide.provider.errors"
+
+  -- The generator above takes its low bits, whose period is short: these
+  -- cases make many small choices in a row, so they take the high ones.
+  local function rng(seed) -- luacheck: ignore (shadows the one above)
+    local x = seed
+    return function(n)
+      x = (x * 1103515245 + 12345) % 2147483648
+      return (x >> 12) % n + 1
+    end
+  end
+
+  -- JSON written by hand, so that key order is the generator's: objects
+  -- come out in a shuffled order, with DUP's pairs (repeated keys) put in
+  -- among them; ARRAY marks tables that are arrays even when empty.
+  local DUP, NULL = {}, {}
+  local ARRAY = { __name = "array" }
+  local function arr(t) return setmetatable(t or {}, ARRAY) end
+  local function enc(v, r)
+    if v == NULL then return "null" end
+    local t = type(v)
+    if t == "string" then return json.quote(v) end
+    if t == "boolean" then return tostring(v) end
+    if t == "number" then
+      if math.type(v) == "integer" then return tostring(v) end
+      return ("%.17g"):format(v)
+    end
+    if getmetatable(v) == ARRAY then
+      local parts = {}
+      for i, x in ipairs(v) do parts[i] = enc(x, r) end
+      return "[" .. table.concat(parts, ",") .. "]"
+    end
+    local keys = {}
+    for k in pairs(v) do if k ~= DUP then keys[#keys + 1] = k end end
+    table.sort(keys)
+    for i = #keys, 2, -1 do
+      local j = r(i)
+      keys[i], keys[j] = keys[j], keys[i]
+    end
+    local parts = {}
+    for _, k in ipairs(keys) do parts[#parts + 1] = json.quote(k) .. ":" .. enc(v[k], r) end
+    for _, kv in ipairs(v[DUP] or {}) do
+      table.insert(parts, r(#parts + 1), json.quote(kv[1]) .. ":" .. enc(kv[2], r))
+    end
+    return "{" .. table.concat(parts, ",") .. "}"
+  end
+
+  local function pick(r, list) return list[r(#list)] end
+  local function maybe(r, n, v) if r(n) == 1 then return nil end return v end
+
+  local function summary_of(r)
+    local parts = arr()
+    for i = 1, r(3) - 1 do
+      parts[i] = { type = "summary_text", text = pick(r, { text(r, 12), text(r, 12), 7, NULL }) }
+      if r(5) == 1 then parts[i] = pick(r, { "x", NULL, arr() }) end
+    end
+    return pick(r, { parts, parts, parts, {}, NULL })
+  end
+
+  -- One output item, mostly as the API sends it, now and then wrong.
+  local function item_of(r, n)
+    local kind = r(12)
+    if kind <= 3 then
+      local content = arr()
+      for i = 1, r(3) do
+        content[i] = pick(r, {
+          { type = "output_text", text = text(r, 14), annotations = arr() },
+          { type = "output_text", text = text(r, 14), annotations = arr(), logprobs = arr() },
+          { type = "refusal", refusal = text(r, 10) },
+          { type = "output_text", text = 3 }, { type = "refusal" }, "part", arr(),
+        })
+      end
+      local item = { type = "message", id = "msg_" .. n, status = "completed", role = "assistant",
+                     content = pick(r, { content, content, content, {}, NULL }) }
+      if r(6) == 1 then item[DUP] = { { "content", arr({ { type = "refusal", refusal = "dup" } }) } } end
+      return item
+    elseif kind <= 6 then
+      local item = { type = "function_call", id = "fc_" .. n, status = "completed",
+                     call_id = maybe(r, 12, pick(r, { "call_" .. n, "call_" .. n, "", 5 })),
+                     name = maybe(r, 12, pick(r, { "lookup", "delegate_x", "" })),
+                     arguments = pick(r, { '{"q":"' .. n .. '"}', "", "  ", '{"a":[1,2]}', NULL, 4 }) }
+      if r(8) == 1 then item[DUP] = { { "arguments", "{}" } } end
+      return item
+    elseif kind <= 9 then
+      local item = { type = "reasoning", id = maybe(r, 12, pick(r, { "rs_" .. n, "rs_" .. n, "", 9 })),
+                     summary = summary_of(r),
+                     encrypted_content = pick(r, { "gAAAA" .. text(r, 30), "gAAAA" .. n, NULL, nil, 8 }) }
+      if r(8) == 1 then item[DUP] = { { "summary", arr({ { text = "again" } }) } } end
+      return item
+    elseif kind == 10 then
+      return { type = "web_search_call", id = "ws_" .. n, status = "completed" }
+    elseif kind == 11 then
+      return pick(r, { arr(), { id = "x" } })
+    end
+    return pick(r, { 5, NULL, "item", true })
+  end
+
+  local function usage_of(r)
+    if r(8) == 1 then return pick(r, { NULL, arr(), "u" }) end
+    return { input_tokens = pick(r, { r(5000), r(5000), 12.0, -3, "x", 2.5 }),
+             input_tokens_details = pick(r, { { cached_tokens = r(4000) }, { cached_tokens = r(4000) }, NULL, 4 }),
+             output_tokens = r(900),
+             output_tokens_details = pick(r, { { reasoning_tokens = r(800) }, {}, NULL }),
+             total_tokens = r(9000) }
+  end
+
+  local function response_of(r, status, output)
+    local resp = {
+      id = "resp_1", object = "response", created_at = 1741476777, status = status, model = "gpt-5",
+      error = NULL, incomplete_details = NULL,
+      instructions = text(r, 60), tools = arr({ { type = "function", name = "lookup", strict = false,
+        parameters = { type = "object", properties = { q = { type = "string" } } } } }),
+      output = output, usage = usage_of(r), metadata = {}, temperature = 1.0, top_p = 1.0,
+    }
+    if status == "incomplete" then
+      resp.incomplete_details = pick(r, { { reason = "max_output_tokens" }, { reason = "content_filter" },
+        { reason = "other" }, { reason = 3 }, NULL, arr() })
+    end
+    -- repeated keys: the last one counts
+    local dup = {}
+    if r(10) == 1 then dup[#dup + 1] = { "status", pick(r, { "completed", "incomplete", 1 }) } end
+    if r(10) == 1 then dup[#dup + 1] = { "output", arr({ item_of(r, 9), item_of(r, 8) }) } end
+    if r(10) == 1 then dup[#dup + 1] = { "usage", pick(r, { { input_tokens = 3 }, NULL }) } end
+    if r(10) == 1 then dup[#dup + 1] = { "incomplete_details", pick(r, { { reason = "content_filter" }, {} }) } end
+    resp[DUP] = dup
+    for _, k in ipairs({ "status", "usage", "output", "incomplete_details", "error" }) do
+      if r(12) == 1 then resp[k] = nil end
+    end
+    return resp
+  end
+
+  local ERRORS = { "rate_limit_exceeded", "server_error", "invalid_prompt", nil }
+  local function error_of(r)
+    if r(6) == 1 then return pick(r, { "boom", 5, arr() }) end
+    return { code = pick(r, ERRORS), message = pick(r, { "The model failed.", "Slow down.", 12, nil, true }),
+             type = pick(r, { "server_error", nil, 4 }) }
+  end
+
+  -- A stream as the API sends it (or a server that names no events), with
+  -- the faults a broken peer adds now and then.
+  local function stream_of(r)
+    local out, seq = {}, 0
+    local function ev(obj, name)
+      obj.sequence_number = seq
+      seq = seq + 1
+      local data = enc(obj, r)
+      if r(30) == 1 then data = data:sub(1, r(#data)) end -- not JSON any more
+      local named = r(5) > 1
+      out[#out + 1] = (named and ("event: " .. (name or obj.type) .. "\n") or "") .. "data: " .. data .. "\n\n"
+    end
+    ev({ type = "response.created", response = response_of(r, "in_progress", arr()) })
+    ev({ type = "response.in_progress", response = response_of(r, pick(r, { "in_progress", "incomplete" }),
+      pick(r, { arr(), arr({ item_of(r, 7) }) })) })
+    local items = arr()
+    for i = 1, r(4) - 1 do
+      local item = item_of(r, i)
+      items[i] = item
+      ev({ type = "response.output_item.added", output_index = i - 1, item = item })
+      if type(item) == "table" and item.type == "message" then
+        for _ = 1, r(4) - 1 do
+          ev({ type = "response.output_text.delta", item_id = "msg_" .. i, output_index = i - 1, content_index = 0,
+               delta = pick(r, { text(r, 8), text(r, 8), "", 7 }), logprobs = arr() })
+        end
+        ev({ type = "response.output_text.done", item_id = "msg_" .. i, text = "whole" })
+      elseif type(item) == "table" and item.type == "reasoning" then
+        for _ = 1, r(3) - 1 do
+          ev({ type = pick(r, { "response.reasoning_summary_text.delta", "response.reasoning_text.delta" }),
+               item_id = "rs_" .. i, output_index = i - 1, summary_index = 0, delta = text(r, 8) })
+        end
+      elseif type(item) == "table" and item.type == "function_call" then
+        ev({ type = "response.function_call_arguments.delta", item_id = "fc_" .. i, output_index = i - 1,
+             delta = "{" })
+      end
+      if r(12) == 1 then
+        ev({ type = "error", code = pick(r, ERRORS), message = pick(r, { "Slow down.", 4, nil }), param = NULL })
+      end
+      local done = { type = "response.output_item.done", output_index = i - 1, item = item }
+      if r(10) == 1 then done.item = pick(r, { false, NULL }) end
+      if r(10) == 1 then done[DUP] = { { "item", pick(r, { false, item_of(r, 6) }) } } end
+      ev(done)
+    end
+    if r(25) == 1 then ev({ type = "response.queued", response = "odd" }) end
+    local last = r(20)
+    if last == 1 then return table.concat(out) end -- cut before the end
+    if last == 2 then
+      ev({ type = "response.failed", response = pick(r, {
+        { status = "failed", error = error_of(r), output = arr() }, { status = "failed", error = NULL },
+        { status = "in_progress" }, "gone" }) })
+    else
+      local status = r(4) == 1 and "incomplete" or "completed"
+      local output = pick(r, { items, items, items, items, arr(), {}, NULL, { x = 1 } })
+      local done = { type = "response." .. status, response = response_of(r, status, output) }
+      if r(20) == 1 then done.response = pick(r, { "r", 5, arr() }) end
+      ev(done)
+    end
+    if r(6) == 1 then out[#out + 1] = "data: [DONE]\n\n" end
+    if r(6) == 1 then ev({ type = "response.output_text.delta", delta = "after the end" }) end
+    return table.concat(out)
+  end
+
+  -- The C parser's result for a body fed in pieces, as the exchange feeds it.
+  local function by_c(body, r)
+    local s <close> = core.responses_stream()
+    local text, reasoning, err = feed_pieces(s, body, r)
+    if err then return { err = err, text = text, reasoning = reasoning } end
+    local reply, ferr = s:finish()
+    if not reply then return { err = ferr, text = text, reasoning = reasoning } end
+    return { reply = reply, text = text, reasoning = reasoning }
+  end
+
+  -- Errors agree on what they say; a JSON syntax error is worded by each
+  -- scanner its own way.
+  local function same_error(want, got, ctx)
+    assert.are.equal(want.code, got.code, ctx)
+    if not want.message:find("invalid JSON", 1, true) then
+      assert.are.equal(want.message, got.message, ctx)
+    else
+      assert.are.equal(want.message:match("^(.-) %("), got.message:match("^(.-) %("), ctx)
+    end
+    for _, k in ipairs({ "type", "status", "retryable", "partial_text" }) do
+      assert.are.equal(want[k], got[k], ctx .. " (" .. k .. ")")
+    end
+    assert.are.equal(want.body, got.body and errors.excerpt(got.body), ctx .. " (body)")
+  end
+
+  it("reads streams, split anywhere, as the reference reads them", function()
+    local r = rng(29)
+    local seen = { reply = 0, err = 0 }
+    for case = 1, 400 do
+      local body = stream_of(r)
+      local want, got = ref.responses_stream(body), by_c(body, r)
+      local ctx = ("case %d:\n%s"):format(case, body)
+      assert.are.same(want.text, got.text, ctx)
+      assert.are.same(want.reasoning, got.reasoning, ctx)
+      if want.err then
+        seen.err = seen.err + 1
+        assert.is_not_nil(got.err, ctx)
+        same_error(want.err, got.err, ctx)
+      else
+        seen.reply = seen.reply + 1
+        assert.is_nil(got.err, got.err and (tostring(got.err) .. "\n" .. ctx))
+        assert.are.same(want.reply, got.reply, ctx)
+      end
+    end
+    -- both kinds of outcome are exercised
+    assert.is_true(seen.reply > 100 and seen.err > 50, cjson.encode(seen))
+  end)
+
+  it("reads whole bodies as the reference reads them", function()
+    local r = rng(31)
+    for case = 1, 400 do
+      local output = arr()
+      for i = 1, r(5) - 1 do output[i] = item_of(r, i) end
+      local resp = response_of(r, pick(r, { "completed", "completed", "incomplete", "failed" }),
+        pick(r, { output, output, output, arr(), {}, NULL }))
+      if r(8) == 1 then resp.error = error_of(r) end
+      local body = enc(resp, r)
+      if r(25) == 1 then body = body:sub(1, r(#body)) end
+      if r(40) == 1 then body = pick(r, { "[1]", '"x"', "5", "" }) end
+      local want, werr = ref.responses_parse(body)
+      local got, gerr = core.responses_parse(body)
+      local ctx = ("case %d:\n%s"):format(case, body)
+      if werr then
+        -- (neither carries the body: the exchange adds its excerpt)
+        assert.is_nil(got, ctx)
+        same_error(werr, gerr, ctx)
+      else
+        assert.is_nil(gerr, gerr and (tostring(gerr) .. "\n" .. ctx))
+        assert.are.same(want, got, ctx)
+      end
     end
   end)
 end)

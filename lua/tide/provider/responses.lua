@@ -41,7 +41,6 @@ Provider.__name = "tide.provider.responses"
 
 local canonical = json.canonical
 local quote = json.quote
-local fail = provider._fail
 local concat = table.concat
 
 function Provider:__tostring()
@@ -232,239 +231,34 @@ function Provider:_url() return provider._url_of(self.base_url, "/responses", se
 
 Provider._headers = provider._bearer_headers
 
-local count = provider._count
-local decode_fast = json.decode_fast
-local excerpt = provider._excerpt
+-- Replies are parsed in C (core/responses.c): streamed ones by a sink the
+-- request feeds in place, which hands Lua one string per text delta (and
+-- per reasoning delta, when someone listens) and one table at the end;
+-- whole ones by a scanner. The final response echoes the request's
+-- instructions and tools: the C scan skips them without building a table.
+-- The reply is the neutral one (see reply.lua): text, calls finished,
+-- reasoning items as `{ type = "encrypted", id, data = encrypted_content,
+-- summary, provider = "openai_responses" }`, usage, stop and stop_raw.
 
--- input_tokens is the whole prompt, cached tokens included, and
--- output_tokens counts the reasoning tokens: what tide's fields mean.
-local function usage_of(u)
-  if type(u) ~= "table" then return { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 } end
-  local inp, out = u.input_tokens_details, u.output_tokens_details
-  return {
-    input = count(u.input_tokens),
-    output = count(u.output_tokens),
-    cached = type(inp) == "table" and count(inp.cached_tokens) or 0,
-    cache_write = 0,
-    reasoning = type(out) == "table" and count(out.reasoning_tokens) or 0,
-  }
+--- The C parser of one streamed response (core.responses_stream). It
+--- allocates nothing until the reply's bytes come.
+function Provider:_c_stream()
+  return core.responses_stream(self.max_body_bytes)
 end
 
--- The error codes (of `response.failed`'s error and of `error` events)
--- worth another attempt, and what they are called in tide.
-local FAILED = {
-  rate_limit_exceeded = { "RateLimited", 429 },
-  server_error = { "ProviderError", 500 },
-}
+--- Errors of the C parser carry the whole event as their body: cut it as
+--- every error body is cut.
+Provider._stream_error = provider._stream_error
 
--- A failed response's error, or an `error` event: { code, message }.
-local function failure(where, e, body)
-  e = type(e) == "table" and e or {}
-  local code = type(e.code) == "string" and e.code or type(e.type) == "string" and e.type or nil
-  local kind = FAILED[code]
-  return fail(kind and kind[1] or "ProviderError",
-    ("openai %s: %s"):format(where, excerpt(tostring(e.message or code), 512)),
-    { type = code, status = kind and kind[2] or nil, body = body and excerpt(body), retryable = kind ~= nil })
-end
-
--- The neutral stop of a finished response: an incomplete one says why it
--- stopped (max_output_tokens, content_filter); a complete one is "stop" or
--- "tool_calls" by what it holds, "refusal" when the model refused.
-local INCOMPLETE = { max_output_tokens = "length", content_filter = "content_filter" }
-local function stop_of(obj, ncalls, refused)
-  if obj.status == "incomplete" then
-    local d = obj.incomplete_details
-    local reason = type(d) == "table" and type(d.reason) == "string" and d.reason or "incomplete"
-    return INCOMPLETE[reason] or "length", reason
-  end
-  local raw = type(obj.status) == "string" and obj.status or nil
-  if refused then return "refusal", raw end
-  return ncalls > 0 and "tool_calls" or "stop", raw
-end
-
--- A reasoning part from a reasoning output item.
-local function reasoning_part(item)
-  local summary = {}
-  if type(item.summary) == "table" then
-    for _, s in ipairs(item.summary) do
-      if type(s) == "table" and type(s.text) == "string" then summary[#summary + 1] = s.text end
-    end
-  end
-  return { type = "encrypted", id = item.id, provider = M.REASONING, summary = concat(summary, "\n\n"),
-           data = type(item.encrypted_content) == "string" and item.encrypted_content or nil }
-end
-
--- Adds one finished output item to `acc` ({ text, calls, reasoning,
--- refusal }); an error for an item tide cannot send back.
-local function add_item(acc, item, i)
-  if type(item) ~= "table" then
-    return fail("MalformedResponse", ("openai output[%d] is not an object"):format(i))
-  end
-  local ty = item.type
-  if ty == "message" then
-    if type(item.content) == "table" then
-      for _, part in ipairs(item.content) do
-        if type(part) == "table" then
-          if part.type == "output_text" and type(part.text) == "string" then
-            acc.text[#acc.text + 1] = part.text
-          elseif part.type == "refusal" and type(part.refusal) == "string" then
-            acc.refusal = (acc.refusal or "") .. part.refusal
-          end
-        end
-      end
-    end
-  elseif ty == "function_call" then
-    if type(item.call_id) ~= "string" or type(item.name) ~= "string" then
-      return fail("MalformedResponse", ("openai output[%d] (function_call) has no call_id or name"):format(i))
-    end
-    acc.calls[#acc.calls + 1] = { id = item.call_id, name = item.name,
-                                  arguments = type(item.arguments) == "string" and item.arguments or nil }
-  elseif ty == "reasoning" then
-    if type(item.id) ~= "string" or item.id == "" then
-      return fail("MalformedResponse", ("openai output[%d] (reasoning) has no id"):format(i))
-    end
-    acc.reasoning = acc.reasoning or {}
-    acc.reasoning[#acc.reasoning + 1] = reasoning_part(item)
-  end
-  -- Server-side tools' items (web_search_call, ...) are not tide's to send
-  -- back or run.
-  return nil
-end
-
--- The neutral reply from a finished response object and what was gathered.
-local function reply_of(obj, acc)
-  local stop, raw = stop_of(obj, #acc.calls, acc.refusal ~= nil)
-  return {
-    text = concat(acc.text),
-    tool_calls = acc.calls,
-    reasoning = acc.reasoning,
-    refusal = acc.refusal,
-    usage = usage_of(obj.usage),
-    stop = stop,
-    stop_raw = raw,
-  }
-end
-
--- The error of a response whose status is "failed" (or that carries one).
-local function failed_response(obj)
-  local e = obj.error
-  if e ~= nil and e ~= json.null then return failure("response failed", e) end
-  if obj.status == "failed" then return failure("response failed", { message = "no error given" }) end
-  return nil
-end
-
---- Parses a complete (non-streamed) response body.
-function Provider:_parse(obj)
-  local err = failed_response(obj)
-  if err then return nil, err end
-  if type(obj.output) ~= "table" then
-    return nil, fail("MalformedResponse", "openai response has no output array")
-  end
-  local acc = { text = {}, calls = {} }
-  for i, item in ipairs(obj.output) do
-    err = add_item(acc, item, i)
-    if err then return nil, err end
-  end
-  return reply_of(obj, acc)
-end
-
--- ------------------------------------------------------------- streaming
-
--- Events parsed in Lua, like Anthropic's. Text comes from the deltas as it
--- streams; everything else from the finished response that
--- response.completed (or .incomplete) carries whole, read by the same code
--- as a non-streamed reply. response.output_item.done events are kept
--- undecoded, for a server whose final response leaves its output out.
--- The event name is on the SSE `event:` line: events nothing is taken from
--- are skipped without decoding their JSON.
-local SKIP = {
-  ["response.created"] = true, ["response.in_progress"] = true, ["response.output_item.added"] = true,
-  ["response.content_part.added"] = true, ["response.content_part.done"] = true,
-  ["response.output_text.done"] = true, ["response.function_call_arguments.delta"] = true,
-  ["response.function_call_arguments.done"] = true, ["response.reasoning_summary_part.added"] = true,
-  ["response.reasoning_summary_part.done"] = true, ["response.reasoning_summary_text.done"] = true,
-  ["response.output_text.annotation.added"] = true, ["response.refusal.delta"] = true,
-  ["response.refusal.done"] = true,
-}
-
-local Stream = {}
-Stream.__index = Stream
-
---- Handles one SSE event; returns an error to abandon the stream.
-function Stream:event(ev)
-  if self.done or ev.done then return nil end
-  local name = ev.event
-  if SKIP[name] then return nil end
-  if name == "response.output_item.done" then
-    local n = #self.items + 1
-    self.items[n] = ev.data
-    return nil
-  end
-  local obj, derr = decode_fast(ev.data)
-  if type(obj) ~= "table" then
-    return fail("MalformedResponse", "openai stream event is not a JSON object"
-      .. (derr and (" (" .. derr.message .. ")") or ""), { body = excerpt(ev.data) })
-  end
-  local ty = obj.type
-  if ty == "response.output_text.delta" then
-    local d = obj.delta
-    if type(d) == "string" and d ~= "" then
-      local n = self.ntext + 1
-      self.ntext = n
-      self.text[n] = d
-      self.emit(d)
-    end
-  elseif ty == "response.reasoning_summary_text.delta" then
-    if self.on_reasoning and type(obj.delta) == "string" and obj.delta ~= "" then self.on_reasoning(obj.delta) end
-  elseif ty == "response.output_item.done" then -- (a server that names no events)
-    self.items[#self.items + 1] = ev.data
-  elseif ty == "response.completed" or ty == "response.incomplete" then
-    local r = obj.response
-    if type(r) ~= "table" then return fail("MalformedResponse", "openai " .. ty .. " has no response") end
-    self.final = r
-    self.done = true
-  elseif ty == "response.failed" then
-    local r = type(obj.response) == "table" and obj.response or {}
-    return failed_response(r) or failure("response failed", { message = "no error given" }, ev.data)
-  elseif ty == "error" then
-    return failure("stream error", obj, ev.data)
-  end
-  -- Unknown events carry nothing tide needs.
-  return nil
-end
-
---- The response once the HTTP stream ended.
-function Stream:finish()
-  if not self.done then
-    return nil, fail("MalformedResponse", "openai stream ended before response.completed",
-      { partial_text = concat(self.text) })
-  end
-  local final = self.final
-  local output = final.output
-  if type(output) ~= "table" or next(output) == nil then
-    output = {}
-    for i, data in ipairs(self.items) do
-      local obj = decode_fast(data)
-      output[i] = type(obj) == "table" and obj.item or nil
-    end
-  end
-  local acc = { text = {}, calls = {} }
-  for i, item in ipairs(output) do
-    local err = add_item(acc, item, i)
-    if err then return nil, err end
-  end
-  -- The text is what the deltas said (what on_delta heard), whatever the
-  -- final output repeats.
-  acc.text = self.text
-  return reply_of(final, acc)
-end
-
---- A parser for one streamed response; `emit(text)` receives text deltas,
---- `on_reasoning(text)` (optional) reasoning summary deltas.
-function Provider:_stream(emit, on_reasoning)
-  return setmetatable({
-    emit = emit, on_reasoning = on_reasoning, text = {}, ntext = 0, done = false, items = {},
-  }, Stream)
+--- A whole (non-streamed) response scanned in C: the reply, or nil and the
+--- error (a body that is not a JSON object, a failed response, an item
+--- tide cannot send back); there is no Lua parser behind it. The exchange
+--- gives the error the body's excerpt.
+---@param body string|userdata the body, or the finished request holding it
+---@return tide.provider.response|nil
+---@return table|nil err
+function Provider:_c_parse(body)
+  return core.responses_parse(body, self.max_body_bytes)
 end
 
 return M
