@@ -1,9 +1,9 @@
 --- tide.provider.exchange: one request to a provider and its reply, with the
 --- retries around it. Knows the provider only through its hooks (see
 --- docs/internals.md): `_url`, `_headers`, and a reply parser, either a C
---- sink (`_c_stream`, fed in place by the request) or a Lua stream
---- (`_stream`, fed SSE events), plus `_c_parse` and/or `_parse` for a whole
---- JSON reply, and optionally `_finish_reply(res, prefix)`.
+--- sink (`_c_stream`, fed in place by the request: every wire format has
+--- one), plus `_c_parse` and/or `_parse` for a whole JSON reply, and
+--- optionally `_finish_reply(res, prefix)`.
 local core = require "tide.core"
 local json = require "tide.json"
 local errors = require "tide.provider.errors"
@@ -161,28 +161,12 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
   local t0 = core.hrtime()
   local ttfb_ms
 
-  -- The reply's parser: a C sink where the provider has one (a userdata
-  -- with feed, finish and close), else a Lua stream fed SSE events, which
-  -- hands text to emit.
-  local parser <close> = self._c_stream and self:_c_stream() or nil
-  local emit, stream
-  if not parser then
-    emit = function(text)
-      if text == nil or text == "" then return end
-      delivered = true
-      if on_delta then on_delta(text) end
-    end
-    -- Reasoning shown to a listener, like text, makes a retry unsafe.
-    local on_reasoning = opts.on_reasoning
-    stream = self:_stream(emit, on_reasoning and function(text)
-      delivered = true
-      on_reasoning(text)
-    end)
-  end
-  local sse <close> = stream and core.sse_parser(self.max_body_bytes) or nil
-  local deltas = parser and on_delta and {} or nil
+  -- The reply's parser: the wire format's C sink (a userdata with feed,
+  -- finish and close).
+  local parser <close> = self:_c_stream()
+  local deltas = on_delta and {} or nil
   local on_reasoning = opts.on_reasoning
-  local rdeltas = parser and on_reasoning and {} or nil
+  local rdeltas = on_reasoning and {} or nil
   local mode -- "sse" or "json" once the first significant byte is seen
   local held -- chunks before the mode is known, or of a streamed request answered with plain JSON
   local stream_err
@@ -192,7 +176,7 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
   -- With a C sink and nobody to hand text to, the request feeds the parser
   -- itself (req:pump): no string per chunk, no trip through this loop. It
   -- hands a reply that is not an event stream back as next() would.
-  local pump = parser ~= nil and on_delta == nil and on_reasoning == nil
+  local pump = on_delta == nil and on_reasoning == nil
   local status, done_ttfb_ms, herr
   while true do
     local kind, v, ttfb
@@ -231,28 +215,13 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
     if mode == "json" then
       held = held or {}
       held[#held + 1] = chunk
-    elseif parser then
+    else
       local got, err = feed_c(parser, chunk, on_delta, deltas, on_reasoning, rdeltas)
       if got then delivered = true end
       if err then
         stream_err = self:_stream_error(err)
         break
       end
-    else
-      local events, err = sse:feed(chunk)
-      if not events then
-        stream_err = fail("MalformedResponse", "invalid event stream: " .. tostring(err.message or err),
-          { cause = err.code })
-        break
-      end
-      for i = 1, #events do
-        err = stream:event(events[i])
-        if err then
-          stream_err = err
-          break
-        end
-      end
-      if stream_err then break end
     end
     ::continue::
   end
@@ -266,15 +235,8 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
   end
 
   if mode ~= "json" then
-    local out, err
-    if parser then
-      out, err = parser:finish()
-      if not out then err = self:_stream_error(err) end
-    else
-      out, err = stream:finish()
-      if out then finished(out) end
-    end
-    if not out then return nil, err, received, delivered end
+    local out, err = parser:finish()
+    if not out then return nil, self:_stream_error(err), received, delivered end
     -- A pumped stream's first byte is libcurl's to time.
     out.ttfb_ms = ttfb_ms or done_ttfb_ms or (core.hrtime() - t0) / 1e6
     return out
