@@ -378,8 +378,11 @@ function Cluster:_ensure_sub()
   if self._sub and self._sub:connected() then return true, false end
   if self._sub_opening then return true, false end
   self._sub_opening = true
-  local conn, err = self:_open()
+  -- A task cancelled while connecting must not leave the flag set: no
+  -- subscriber could ever be opened again.
+  local ok, conn, err = pcall(self._open, self)
   self._sub_opening = false
+  if not ok then error(conn, 0) end
   if not conn then return nil, err end
   local handler = function(kind, channel, payload) dispatch(self, kind, channel, payload) end
   local chans, pats = {}, {}
