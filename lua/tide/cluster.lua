@@ -250,6 +250,18 @@ function Cluster:connection()
   return c
 end
 
+--- The command connection's state: "new" (never made: the next command
+--- makes it, and fails at once if Redis is not there), "up", "connecting"
+--- (being made again by a task, after it was lost: commands wait for it, up
+--- to `reconnect_ms`) or "down" (lost; the next command makes it again).
+--- Lets a caller that must not wait go without Redis meanwhile.
+---@return "new"|"up"|"connecting"|"down"
+function Cluster:state()
+  if not self._ever_connected then return "new" end
+  if self._conn and self._conn:connected() then return "up" end
+  return self._connecting and "connecting" or "down"
+end
+
 local function classify(err)
   if err.code == "RedisError" and err.message:match("^redis: OOM") then
     return unavailable("oom", err.message:gsub("^redis: ", "Redis is out of memory: "))

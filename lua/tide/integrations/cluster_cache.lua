@@ -28,26 +28,31 @@
 --- (already free of secrets: sources hash theirs) and the toolkits.
 ---
 --- Redis failing is never a wrong answer and never a hang: each Redis step
---- is bounded (`redis_timeout_ms`); a failed one makes this miss fetch from
---- the source directly, as without a cluster, and for `pause_ms` afterwards
---- misses do so without asking Redis. Counted in `stats()`. An invalidation
---- that cannot reach Redis is kept and sent before this process's next
---- lookup of the key; other processes keep their copies until their TTL.
+--- is bounded (`redis_timeout_ms`), and none waits for a lost connection to
+--- be made again; a failed one makes this miss fetch from the source
+--- directly, as without a cluster, and for `pause_ms` afterwards (doubled at
+--- each failure in a row) misses do so without asking Redis. Counted in
+--- `stats()`. An invalidation that cannot reach Redis is kept and sent
+--- before this process's next lookup of the key in Redis; other processes
+--- keep their copies until their TTL.
 ---@class tide.integrations.cluster_cache
 local M = {}
 
 local core = require "tide.core"
 local json = require "tide.json"
 
-local settings = { lease_ms = 3000, wait_ms = 60000, redis_timeout_ms = 2000, pause_ms = 1000 }
+local settings = { lease_ms = 3000, wait_ms = 60000, redis_timeout_ms = 10000, pause_ms = 1000 }
+local MAX_PAUSE_MS = 30000
 
 --- The settings in force, after setting those in `opts`:
 ---   lease_ms          how long a lease outlives a fetcher that stopped
 ---                     renewing it (it is renewed every third of it);
 ---   wait_ms           how long a miss waits for another process's fetch
 ---                     before fetching itself;
----   redis_timeout_ms  the bound on each Redis step;
----   pause_ms          how long misses skip Redis after it failed.
+---   redis_timeout_ms  the bound on each Redis step (a step whose reply has
+---                     come but whose task waits for the CPU is not cut);
+---   pause_ms          how long misses skip Redis after it failed (doubled
+---                     at each failure in a row, up to 30 s).
 --- Misuse raises at `level`.
 ---@param opts? { lease_ms?: integer, wait_ms?: integer, redis_timeout_ms?: integer, pause_ms?: integer }
 ---@param level? integer
@@ -272,30 +277,57 @@ end
 
 function Tier:_msg(kind, h) return self.origin .. " " .. kind .. " " .. h end
 
+-- Whether Redis can be asked now without waiting for a connection. A lost
+-- one is made again in the background meanwhile: a session never waits
+-- for a reconnection (the cluster's would wait up to reconnect_ms).
+function Tier:_ready()
+  local state = self.c:state()
+  if state == "up" or state == "new" then return true end
+  if state == "down" then
+    local c = self.c
+    core.spawn(function() c:connection() end)
+  end
+  return false
+end
+
 -- Runs fn(...) (Redis steps) in a task of its own, for at most
 -- redis_timeout_ms: a Redis that neither answers nor closes the connection
--- (or a reconnection that takes long) must not hold a session up.
+-- must not hold a session up. The bound is on Redis, not on this process:
+-- a step still "ready" when it passes (answered, waiting for its turn on a
+-- busy loop) is waited for.
 function Tier:_op(fn, ...)
+  if not self:_ready() then
+    return nil, core.error("ClusterUnavailable", ("the connection to Redis at %s is being made again")
+      :format(self.c.url), { reason = "lost" })
+  end
   local t = core.spawn(fn, ...)
-  local r = table.pack(t:join(settings.redis_timeout_ms))
-  if r[1] == nil then
-    local err = r[2]
+  local r
+  while true do
+    r = table.pack(t:join(settings.redis_timeout_ms))
     local st = t:status()
-    if st ~= "done" and st ~= "failed" then
+    if st == "done" or st == "failed" then break end
+    if st == "waiting" then
       t:cancel()
       return nil, core.error("ClusterUnavailable", ("Redis at %s did not answer within %d ms"):format(
         self.c.url, settings.redis_timeout_ms), { reason = "timeout" })
     end
+  end
+  if r[1] == nil then
+    local err = r[2]
     if type(err) ~= "table" then error(err, 0) end -- a bug, not Redis
     return nil, err
   end
+  self.failures = 0
   return table.unpack(r, 1, r.n)
 end
 
--- Redis failed: count it, and leave it alone for pause_ms.
+-- Redis failed: count it, and leave it alone for a while, longer at each
+-- failure in a row.
 function Tier:_failed(err)
   self:_count("redis_errors")
-  self.paused_until = now_ms() + settings.pause_ms
+  self.failures = (self.failures or 0) + 1
+  local pause = math.min(MAX_PAUSE_MS, settings.pause_ms * 2 ^ math.min(self.failures - 1, 16))
+  self.paused_until = now_ms() + math.floor(pause)
   self.last_error = err
 end
 
