@@ -169,25 +169,20 @@ function M.pin(cpu)
   if M.can_pin then os.execute(("taskset -p -c %d %d >/dev/null"):format(cpu % M.cpus, self_pid())) end
 end
 
---- Starts bin/tide-mock in a process of its own, on the release build.
---- Returns { url, pid, stop = function } once it listens. A small shell
---- watchdog kills the mock when this process goes away without stopping it
---- (an error, a timeout, Ctrl-C), so that no mock outlives its benchmark.
----@param opts? {delay_ms?:integer, tool_loop?:integer, cpu?:integer}
-function M.start_mock(opts)
+--- Starts `lua5.4 <args>` (`args` already quoted) in a process of its own,
+--- with this tide on its paths, and waits until it prints "listening on
+--- <url>". Returns { url, pid, stop = function }. A small shell watchdog
+--- kills the child when this process goes away without stopping it (an
+--- error, a timeout, Ctrl-C), so that no server outlives its benchmark.
+---@param args string
+---@param opts? {cpu?:integer, what?:string}
+function M.start_lua(args, opts)
   opts = opts or {}
   local out, pidf = tmpname(), tmpname()
-  -- bin/tide-mock puts <root>/build first on its C path; preloading the
-  -- release module makes the mock process run the same build as the client.
-  local preload = ("package.preload['tide.core']=package.loadlib(%q,'luaopen_tide_core')"):format(M.core_so)
-  local args = "--port 0"
-  if opts.delay_ms then args = args .. " --delay-ms " .. opts.delay_ms end
-  if opts.tool_loop then args = args .. " --tool-loop " .. opts.tool_loop end
   local script = table.concat({
     -- thousands of connections need as many descriptors
     "ulimit -n $(ulimit -Hn) 2>/dev/null",
-    ("%s %slua5.4 -e %s %s %s >%s 2>&1 &"):format(M.lua_env(), M.on_cpu(opts.cpu), M.sh(preload),
-      M.sh(M.root .. "/bin/tide-mock"), args, M.sh(out)),
+    ("%s %slua5.4 %s >%s 2>&1 &"):format(M.lua_env(), M.on_cpu(opts.cpu), args, M.sh(out)),
     "m=$!",
     ("echo $m >%s"):format(M.sh(pidf)),
     ("(while kill -0 %d 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.2; done; kill $m 2>/dev/null) </dev/null >/dev/null 2>&1 &")
@@ -196,7 +191,8 @@ function M.start_mock(opts)
   M.capture("sh -c " .. M.sh(script) .. " </dev/null")
   local pid = math.tointeger(tonumber((M.read(pidf) or ""):match("%d+")))
   os.remove(pidf)
-  if not pid then error("bench: could not start the mock server") end
+  local what = opts.what or "the server"
+  if not pid then error("bench: could not start " .. what) end
   children[pid] = true
   local url
   local deadline = core.hrtime() + 10e9
@@ -204,16 +200,31 @@ function M.start_mock(opts)
     local s = M.read(out) or ""
     url = s:match("listening on (http://[%d%.]+:%d+)")
     if url then break end
-    if s:find("tide%-mock:") then break end
+    if not os.execute(("kill -0 %d 2>/dev/null"):format(pid)) then break end -- it died
     os.execute("sleep 0.005")
   end
   local text = M.read(out)
   os.remove(out)
   if not url then
     M.kill(pid)
-    error("bench: the mock server did not start: " .. tostring(text))
+    error(("bench: %s did not start: %s"):format(what, tostring(text)))
   end
   return { url = url, pid = pid, stop = function() M.kill(pid) end }
+end
+
+--- Starts bin/tide-mock in a process of its own, on the release build
+--- (see M.start_lua).
+---@param opts? {delay_ms?:integer, tool_loop?:integer, cpu?:integer}
+function M.start_mock(opts)
+  opts = opts or {}
+  -- bin/tide-mock puts <root>/build first on its C path; preloading the
+  -- release module makes the mock process run the same build as the client.
+  local preload = ("package.preload['tide.core']=package.loadlib(%q,'luaopen_tide_core')"):format(M.core_so)
+  local args = "--port 0"
+  if opts.delay_ms then args = args .. " --delay-ms " .. opts.delay_ms end
+  if opts.tool_loop then args = args .. " --tool-loop " .. opts.tool_loop end
+  return M.start_lua(("-e %s %s %s"):format(M.sh(preload), M.sh(M.root .. "/bin/tide-mock"), args),
+    { cpu = opts.cpu, what = "the mock server" })
 end
 
 --- Runs raw_curl with `args` (a string, already quoted), on `cpu` if given,
