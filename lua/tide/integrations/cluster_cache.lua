@@ -283,9 +283,13 @@ function Tier:_msg(kind, h) return self.origin .. " " .. kind .. " " .. h end
 function Tier:_ready()
   local state = self.c:state()
   if state == "up" or state == "new" then return true end
-  if state == "down" then
+  if state == "down" and not self.reconnecting then
+    self.reconnecting = true
     local c = self.c
-    core.spawn(function() c:connection() end)
+    core.spawn(function()
+      pcall(c.connection, c)
+      self.reconnecting = false
+    end)
   end
   return false
 end
