@@ -270,6 +270,42 @@ describe("the cluster's integration cache", function()
     end)
   end)
 
+  it("sends an MCP server's list_changed to Redis and the other processes", function()
+    local tide = require "tide"
+    local cluster = require "tide.cluster"
+    local cache = tide.integrations.cache
+    local pfx = prefix()
+    local c = tide.cluster { redis = srv.url, prefix = pfx }
+    finally(function()
+      cluster.set_current(nil)
+      c:close()
+      core.cache_invalidate_all()
+    end)
+    local src = tide.integrations.mcp { name = "scripted", timeout_ms = 2000,
+      command = { "lua5.4", (os.getenv("PWD") or ".") .. "/spec/support/mcp_server.lua", "normal" },
+      env = { LUA_PATH = package.path, LUA_CPATH = package.cpath } }
+    helpers.run(function()
+      local other = start(srv.url, pfx)
+      assert.equal(1, other:ask("get 1", "GOT").ok) -- it listens from its first lookup on
+      local function entries()
+        local _, k = srv:cli(("--scan --pattern '%s:*'"):format(pfx)):gsub("\n", "")
+        return k
+      end
+      assert(cache.get(src))
+      assert.equal(2, entries()) -- the other's source, and the MCP server's
+      assert.equal("changed", src:execute("changed", {}))
+      assert.is_nil(cache.peek(src))
+      helpers.wait_until(function() return cache.stats().cluster.invalidations_sent == 1 end, "the invalidation")
+      assert.equal(1, entries())
+      -- the other process heard it (its own source has another identity:
+      -- what it counts is the message)
+      helpers.wait_until(function()
+        return other:ask("stats", "STATS").cluster.invalidations_received == 1
+      end, "the other process")
+      src:close()
+    end)
+  end)
+
   it("gives back the snapshot the fetching process made, [] and {} apart", function()
     local cc = require "tide.integrations.cluster_cache"
     local cache = require "tide.integrations.cache"
