@@ -325,6 +325,17 @@ describe("the cluster's integration cache", function()
     assert.is_nil(cc._decode("other", cc._encode("k", 60000, text), 1000)) -- another identity's
   end)
 
+  it("raises on misuse of its settings, naming the option", function()
+    local cache = require("tide").integrations.cache
+    assert.has_error(function() cache.cluster { lease_ms = 0 } end,
+      "bad argument #1 to 'cluster' (option 'lease_ms' must be a positive integer)")
+    assert.has_error(function() cache.cluster { lease = 5 } end,
+      "bad argument #1 to 'cluster' (unknown option 'lease')")
+    assert.has_error(function() cache.cluster(5) end, "bad argument #1 to 'cluster' (table expected, got number)")
+    local now = cache.cluster()
+    assert.same({ lease_ms = 3000, wait_ms = 60000, redis_timeout_ms = 10000, pause_ms = 1000 }, now)
+  end)
+
   it("is not loaded by a process without a cluster", function()
     local out = helpers.sh(([[cd %q && LUA_CPATH=%q LUA_PATH='lua/?.lua;lua/?/init.lua;;' lua5.4 -e '
       local tide = require "tide"

@@ -264,6 +264,7 @@ function Tier:stats()
   return s
 end
 
+--- Zeroes the counters (for specs and benchmarks).
 function Tier:reset_stats()
   for k in pairs(self.counters) do self.counters[k] = 0 end
 end
