@@ -243,6 +243,7 @@ describe("the cluster's integration cache", function()
 
   it("fetches directly, and says so, when Redis is down", function()
     local own = redis_server.start()
+    finally(function() own:close() end) -- closing twice is harmless
     local url = own.url
     local pfx = prefix()
     helpers.run(function()
