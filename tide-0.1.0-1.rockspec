@@ -48,6 +48,7 @@ build = {
       ["tide.http"] = "lua/tide/http.lua",
       ["tide.integrations"] = "lua/tide/integrations/init.lua",
       ["tide.integrations.cache"] = "lua/tide/integrations/cache.lua",
+      ["tide.integrations.cluster_cache"] = "lua/tide/integrations/cluster_cache.lua",
       ["tide.integrations.composio"] = "lua/tide/integrations/composio.lua",
       ["tide.integrations.mcp"] = "lua/tide/integrations/mcp.lua",
       ["tide.integrations.several"] = "lua/tide/integrations/several.lua",

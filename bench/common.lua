@@ -169,25 +169,23 @@ function M.pin(cpu)
   if M.can_pin then os.execute(("taskset -p -c %d %d >/dev/null"):format(cpu % M.cpus, self_pid())) end
 end
 
---- Starts bin/tide-mock in a process of its own, on the release build.
---- Returns { url, pid, stop = function } once it listens. A small shell
---- watchdog kills the mock when this process goes away without stopping it
---- (an error, a timeout, Ctrl-C), so that no mock outlives its benchmark.
----@param opts? {delay_ms?:integer, tool_loop?:integer, cpu?:integer}
-function M.start_mock(opts)
+--- Starts `lua5.4 <args>` (`args` already quoted) in a process of its own,
+--- with this tide on its paths (and `opts.env`, "NAME=value ..."), and
+--- waits until its output matches `opts.ready` (default: "listening on
+--- <url>", the url captured). Returns { url, pid, log, stop = function }
+--- (`log`, its output file, kept with `opts.keep_log`). A small shell
+--- watchdog kills the child when this process goes away without stopping
+--- it (an error, a timeout, Ctrl-C), so that no child outlives its
+--- benchmark.
+---@param args string
+---@param opts? {cpu?:integer, what?:string, env?:string, ready?:string, timeout_s?:number, keep_log?:boolean}
+function M.start_lua(args, opts)
   opts = opts or {}
   local out, pidf = tmpname(), tmpname()
-  -- bin/tide-mock puts <root>/build first on its C path; preloading the
-  -- release module makes the mock process run the same build as the client.
-  local preload = ("package.preload['tide.core']=package.loadlib(%q,'luaopen_tide_core')"):format(M.core_so)
-  local args = "--port 0"
-  if opts.delay_ms then args = args .. " --delay-ms " .. opts.delay_ms end
-  if opts.tool_loop then args = args .. " --tool-loop " .. opts.tool_loop end
   local script = table.concat({
     -- thousands of connections need as many descriptors
     "ulimit -n $(ulimit -Hn) 2>/dev/null",
-    ("%s %slua5.4 -e %s %s %s >%s 2>&1 &"):format(M.lua_env(), M.on_cpu(opts.cpu), M.sh(preload),
-      M.sh(M.root .. "/bin/tide-mock"), args, M.sh(out)),
+    ("%s %s %slua5.4 %s >%s 2>&1 &"):format(M.lua_env(), opts.env or "", M.on_cpu(opts.cpu), args, M.sh(out)),
     "m=$!",
     ("echo $m >%s"):format(M.sh(pidf)),
     ("(while kill -0 %d 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.2; done; kill $m 2>/dev/null) </dev/null >/dev/null 2>&1 &")
@@ -196,24 +194,25 @@ function M.start_mock(opts)
   M.capture("sh -c " .. M.sh(script) .. " </dev/null")
   local pid = math.tointeger(tonumber((M.read(pidf) or ""):match("%d+")))
   os.remove(pidf)
-  if not pid then error("bench: could not start the mock server") end
+  local what = opts.what or "the server"
+  if not pid then error("bench: could not start " .. what) end
   children[pid] = true
   local url
-  local deadline = core.hrtime() + 10e9
+  local deadline = core.hrtime() + (opts.timeout_s or 10) * 1e9
   while core.hrtime() < deadline do
     local s = M.read(out) or ""
-    url = s:match("listening on (http://[%d%.]+:%d+)")
+    url = s:match(opts.ready or "listening on (http://[%d%.]+:%d+)")
     if url then break end
-    if s:find("tide%-mock:") then break end
+    if not os.execute(("kill -0 %d 2>/dev/null"):format(pid)) then break end -- it died
     os.execute("sleep 0.005")
   end
   local text = M.read(out)
-  os.remove(out)
+  if not (url and opts.keep_log) then os.remove(out) end
   if not url then
     M.kill(pid)
-    error("bench: the mock server did not start: " .. tostring(text))
+    error(("bench: %s did not start: %s"):format(what, tostring(text)))
   end
-  return { url = url, pid = pid, stop = function() M.kill(pid) end }
+  return { url = url, pid = pid, log = out, stop = function() M.kill(pid) end }
 end
 
 -- The mock is the peer here: with ten thousand connects in one burst, the
@@ -251,41 +250,33 @@ end
 --- watchdog kills it when this process goes away.
 ---@param opts {redis:string, prefix:string, queue:string, mock:string, concurrency?:integer, cpu?:integer, name:string}
 function M.start_worker(opts)
-  local out, pidf = tmpname(), tmpname()
-  local cmd = ("%s TIDE_BUILD_DIR=%s OPENAI_BASE_URL=%s OPENAI_API_KEY=k TIDE_MODEL=m %slua5.4 %s worker "
-    .. "--redis %s --prefix %s --queue %s --agents %s --concurrency %d --name %s"):format(M.lua_env(), M.sh(M.build),
-    M.sh(opts.mock .. "/v1"), M.on_cpu(opts.cpu), M.sh(M.root .. "/bin/tide"), M.sh(opts.redis), M.sh(opts.prefix),
-    M.sh(opts.queue), M.sh(M.bench .. "/agents"), opts.concurrency or 64, M.sh(opts.name))
-  local script = table.concat({
-    "ulimit -n $(ulimit -Hn) 2>/dev/null",
-    ("%s >%s 2>&1 &"):format(cmd, M.sh(out)),
-    "m=$!",
-    ("echo $m >%s"):format(M.sh(pidf)),
-    ("(while kill -0 %d 2>/dev/null && kill -0 $m 2>/dev/null; do sleep 0.2; done; kill $m 2>/dev/null) </dev/null >/dev/null 2>&1 &")
-      :format(self_pid()),
-  }, "\n")
-  M.capture("sh -c " .. M.sh(script) .. " </dev/null")
-  local pid = math.tointeger(tonumber((M.read(pidf) or ""):match("%d+")))
-  os.remove(pidf)
-  if not pid then error("bench: could not start a worker") end
-  children[pid] = true
-  local deadline = core.hrtime() + 15e9
-  local text
-  while core.hrtime() < deadline do
-    text = M.read(out) or ""
-    if text:find("serving", 1, true) or text:find("tide worker:", 1, true) then break end
-    os.execute("sleep 0.01")
-  end
-  if not (text or ""):find("serving", 1, true) then
-    M.kill(pid)
-    os.remove(out)
-    error("bench: the worker did not start: " .. tostring(text))
-  end
-  return { pid = pid, log = out, stop = function()
-    M.kill(pid)
+  local env = ("TIDE_BUILD_DIR=%s OPENAI_BASE_URL=%s OPENAI_API_KEY=k TIDE_MODEL=m"):format(M.sh(M.build),
+    M.sh(opts.mock .. "/v1"))
+  local args = ("%s worker --redis %s --prefix %s --queue %s --agents %s --concurrency %d --name %s"):format(
+    M.sh(M.root .. "/bin/tide"), M.sh(opts.redis), M.sh(opts.prefix), M.sh(opts.queue), M.sh(M.bench .. "/agents"),
+    opts.concurrency or 64, M.sh(opts.name))
+  local w = M.start_lua(args, { cpu = opts.cpu, env = env, what = "a worker", ready = "()serving",
+    timeout_s = 15, keep_log = true })
+  return { pid = w.pid, log = w.log, stop = function()
+    w.stop()
     -- kept for a look when asked (BENCH_KEEP_LOGS=1)
-    if not os.getenv("BENCH_KEEP_LOGS") then os.remove(out) else io.stderr:write("worker log: ", out, "\n") end
+    if not os.getenv("BENCH_KEEP_LOGS") then os.remove(w.log) else io.stderr:write("worker log: ", w.log, "\n") end
   end }
+end
+
+--- Starts bin/tide-mock in a process of its own, on the release build
+--- (see M.start_lua).
+---@param opts? {delay_ms?:integer, tool_loop?:integer, cpu?:integer}
+function M.start_mock(opts)
+  opts = opts or {}
+  -- bin/tide-mock puts <root>/build first on its C path; preloading the
+  -- release module makes the mock process run the same build as the client.
+  local preload = ("package.preload['tide.core']=package.loadlib(%q,'luaopen_tide_core')"):format(M.core_so)
+  local args = "--port 0"
+  if opts.delay_ms then args = args .. " --delay-ms " .. opts.delay_ms end
+  if opts.tool_loop then args = args .. " --tool-loop " .. opts.tool_loop end
+  return M.start_lua(("-e %s %s %s"):format(M.sh(preload), M.sh(M.root .. "/bin/tide-mock"), args),
+    { cpu = opts.cpu, what = "the mock server" })
 end
 
 --- Runs raw_curl with `args` (a string, already quoted), on `cpu` if given,

@@ -12,8 +12,8 @@
 --- row go to <build>/bench-results.json.
 ---
 --- Rows: http, tasks, toolloop, startup, build, turn1, render, reload,
---- scale, leak, history, mcp, limits, queue, queue_scale (see the file of the same name
---- for what each measures).
+--- scale, leak, history, mcp, limits, cluster_cache, queue, queue_scale (see the file of
+--- the same name for what each measures).
 
 -- Paths are set now; tide.core is required only after the build below.
 local root, build = dofile((arg[0]:match("^(.*)/") or ".") .. "/paths.lua")()
@@ -92,7 +92,8 @@ end
 local ROWS = {
   { "http", 180 }, { "tasks", 60 }, { "toolloop", 240 }, { "startup", 60 }, { "build", 60 },
   { "turn1", 60 }, { "render", 60 }, { "reload", 60 }, { "scale", 120 }, { "leak", 120 },
-  { "history", 60 }, { "mcp", 120 }, { "limits", 150 }, { "queue", 120 }, { "queue_scale", 300 },
+  { "history", 60 }, { "mcp", 120 }, { "limits", 150 }, { "cluster_cache", 300 }, { "queue", 120 },
+  { "queue_scale", 300 },
 }
 
 local function run_row(name, limit)

@@ -46,6 +46,7 @@
 #include "tide.h"
 
 #define CONN_MT "tide.redis.connection"
+#define WAITER_MT "tide.redis.waiter"
 #define STATE_KEY "tide.redis.state"
 #define MAX_ARGS 4096
 
@@ -76,18 +77,31 @@ struct rconn {
   struct resolve_req *resolving; /* the host name being resolved */
 };
 
-/* One command in flight. */
+/* One command in flight, in two halves, because each side may be gone
+** before the other is done with it. What hiredis holds (the reply
+** callback's privdata) is malloc'ed and freed by that callback, which
+** hiredis calls exactly once (with NULL when the connection goes). What the
+** waiting task reads is a full userdata on its stack for the length of the
+** wait (as cache.c's waiters are), so the continuation finds it whether the
+** reply came or the wait was cancelled -- a cancelled task may be resumed
+** after the reply has arrived and the malloc'ed half is freed. */
+typedef struct rwaiter rwaiter;
+
 typedef struct rreq {
-  tide_wait wait;
-  tide_task *task; /* NULL once the task stopped waiting (cancelled) */
+  rconn *c;
+  rwaiter *w; /* NULL once the task stopped waiting (cancelled) */
+} rreq;
+
+struct rwaiter {
+  tide_wait wait; /* first member: a tide_wait * is an rwaiter * */
+  tide_task *task;
+  rreq *q;      /* NULL once the reply came or the wait was cancelled */
   rconn *c;
   int done;
-  int ref;         /* registry ref to the converted reply */
-  int is_error;    /* the reply is a Redis error reply */
-  int lost;        /* no reply: the connection went away */
-  int cancelled;   /* its task stopped waiting (cancelled, interrupted) */
-  int abandoned;   /* its task went on without the reply: on_reply frees it */
-} rreq;
+  int ref;      /* registry ref to the converted reply */
+  int is_error; /* the reply is a Redis error reply */
+  int lost;     /* no reply: the connection went away */
+};
 
 static rstate *get_state(lua_State *L);
 
@@ -309,28 +323,30 @@ static int keep_reply(lua_State *L, redisReply *r) {
 
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
   rreq *q = privdata;
-  rconn *c = q->c;
   redisReply *r = reply;
-  q->done = 1;
+  rconn *c = q->c;
+  rwaiter *w = q->w;
+  free(q);
   if (c->inflight > 0 && --c->inflight == 0) set_ref(c);
+  if (r == NULL && ac && ac->errstr[0] && !c->err[0])
+    snprintf(c->err, sizeof c->err, "%s", ac->errstr);
+  if (w == NULL) {
+    /* its task was cancelled: nobody takes this reply; it may have been
+    ** the last one a closed connection waited for */
+    if (c->ac == NULL) maybe_free(c);
+    return;
+  }
+  w->q = NULL;
+  w->done = 1;
   if (r == NULL) {
-    q->lost = 1;
-    if (ac && ac->errstr[0] && q->c && !q->c->err[0])
-      snprintf(q->c->err, sizeof q->c->err, "%s", ac->errstr);
-  } else if (q->task) {
-    q->is_error = r->type == REDIS_REPLY_ERROR;
-    q->ref = keep_reply(q->c->L, r);
+    w->lost = 1;
+  } else {
+    w->is_error = r->type == REDIS_REPLY_ERROR;
+    w->ref = keep_reply(c->L, r);
   }
-  if (q->task) {
-    tide_task *t = q->task;
-    q->task = NULL;
-    q->c->st->api->wake(t);
-  } else if (q->abandoned) {
-    free(q); /* its task went on without it: nobody takes this reply */
-  }
-  /* Otherwise its task was cancelled and has yet to run call_k, which
-  ** still reads the record: call_k frees it. */
-  if (c->ac == NULL) maybe_free(c); /* the last reply of a closed connection */
+  tide_task *t = w->task;
+  w->task = NULL;
+  c->st->api->wake(t);
 }
 
 static void on_message(redisAsyncContext *ac, void *reply, void *privdata) {
@@ -571,39 +587,29 @@ static int l_connect(lua_State *L) {
   return st->api->wait(L, t, &c->wait, connect_k, 0);
 }
 
-/* The task is cancelled or interrupted: it is made ready and runs call_k,
-** which frees the record if the reply came first, else leaves it to
-** on_reply. Whichever of the two comes last frees it. */
-static void req_cancel(tide_wait *w) {
-  rreq *q = (rreq *)w;
-  q->task = NULL;
-  q->cancelled = 1;
+/* The task stopped waiting: on_reply frees the request alone. */
+static void req_cancel(tide_wait *wait) {
+  rwaiter *w = (rwaiter *)wait;
+  if (w->q) w->q->w = NULL;
+  w->q = NULL;
+  w->task = NULL;
 }
 
 static int call_k(lua_State *L, int status, lua_KContext kctx) {
   (void)status;
-  rreq *q = (rreq *)kctx;
+  rwaiter *w = luaL_checkudata(L, (int)kctx, WAITER_MT);
   rstate *st = get_state(L);
   tide_task *t = st->api->current(L);
-  if (!q->done) {
-    /* cancelled with the reply still to come: on_reply frees the record */
-    q->abandoned = 1;
+  if (!w->done) {
+    /* cancelled with the reply still to come */
     st->api->check_cancel(L, t);
     lua_pushnil(L);
     st->api->push_error(L, "Cancelled", "redis command interrupted");
     return 2;
   }
-  int ref = q->ref, is_error = q->is_error, lost = q->lost, cancelled = q->cancelled;
-  rconn *c = q->c;
-  free(q);
-  if (cancelled) {
-    /* cancelled, then the reply came before this task ran again: it was
-    ** not converted (nobody waited for it) */
-    st->api->check_cancel(L, t);
-    lua_pushnil(L);
-    st->api->push_error(L, "Cancelled", "redis command interrupted");
-    return 2;
-  }
+  int ref = w->ref, is_error = w->is_error, lost = w->lost;
+  rconn *c = w->c;
+  w->ref = LUA_NOREF;
   if (lost || ref == LUA_NOREF) {
     if (ref != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, ref);
     if (!lost) return luaL_error(L, "out of memory converting a redis reply");
@@ -652,19 +658,25 @@ static int l_call(lua_State *L) {
   const char **argv = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * (sizeof(char *) + sizeof(size_t)), 0);
   size_t *lens = (size_t *)(argv + (n > 0 ? n : 1));
   collect_args(L, 2, n, argv, lens);
-  rreq *q = calloc(1, sizeof *q);
+  rwaiter *w = lua_newuserdatauv(L, sizeof *w, 0); /* made before the malloc: it can raise */
+  memset(w, 0, sizeof *w);
+  w->ref = LUA_NOREF;
+  luaL_setmetatable(L, WAITER_MT);
+  rreq *q = malloc(sizeof *q);
   if (q == NULL) return luaL_error(L, "out of memory");
   q->c = c;
-  q->task = t;
-  q->ref = LUA_NOREF;
+  q->w = w;
   if (redisAsyncCommandArgv(c->ac, on_reply, q, n, argv, lens) != REDIS_OK) {
     free(q);
     return push_unavailable(L, c, "command");
   }
-  lua_pop(L, 1); /* argv */
+  lua_remove(L, -2); /* argv; the waiter stays on the stack for the wait */
+  w->q = q;
+  w->c = c;
+  w->task = t;
   if (c->inflight++ == 0) set_ref(c);
-  q->wait.cancel = req_cancel;
-  return st->api->wait(L, t, &q->wait, call_k, (lua_KContext)q);
+  w->wait.cancel = req_cancel;
+  return st->api->wait(L, t, &w->wait, call_k, (lua_KContext)lua_gettop(L));
 }
 
 /* conn:subscribe(handler, kind, channels...): kind is "SUBSCRIBE" or
@@ -778,6 +790,10 @@ __attribute__((visibility("default"))) int luaopen_tide_redis(lua_State *L) {
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");
   }
+  lua_pop(L, 1);
+  /* Waiters carry a metatable only so that the continuation can check what
+  ** it finds on its stack. */
+  luaL_newmetatable(L, WAITER_MT);
   lua_pop(L, 1);
   lua_newtable(L);
   lua_pushcfunction(L, l_connect);

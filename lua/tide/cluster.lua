@@ -122,6 +122,8 @@ local function build(opts)
     _ever_connected = false,
     _blocking = {},       -- idle connections for blocking commands
     _subs = {},           -- channel -> handler
+    _confirmed = {},      -- channel -> true once Redis confirmed it on _sub
+    _on_confirmed = {},   -- channel -> fn(channel) run at every confirmation
     _patterns = {},       -- pattern -> handler
     _sub = nil,           -- the subscriber connection
     _sub_live = false,    -- its subscriptions are confirmed
@@ -305,6 +307,18 @@ function Cluster:connection(nowait)
   return c
 end
 
+--- The command connection's state: "new" (never made: the next command
+--- makes it, and fails at once if Redis is not there), "up", "connecting"
+--- (being made again by a task, after it was lost: commands wait for it, up
+--- to `reconnect_ms`) or "down" (lost; the next command makes it again).
+--- Lets a caller that must not wait go without Redis meanwhile.
+---@return "new"|"up"|"connecting"|"down"
+function Cluster:state()
+  if not self._ever_connected then return "new" end
+  if self._conn and self._conn:connected() then return "up" end
+  return self._connecting and "connecting" or "down"
+end
+
 local function classify(err)
   if err.code == "RedisError" and err.message:match("^redis: OOM") then
     return unavailable("oom", err.message:gsub("^redis: ", "Redis is out of memory: "))
@@ -412,6 +426,7 @@ local function dispatch(self, kind, channel, payload)
     -- messages published from now until the subscriber is back are lost:
     -- callers that must not miss one compare this count and look again
     self.stats.sub_disconnects = self.stats.sub_disconnects + 1
+    self._confirmed = {}
     -- subscribe again in the background, with backoff
     if next(self._subs) or next(self._patterns) then
       core.spawn(function()
@@ -428,6 +443,11 @@ local function dispatch(self, kind, channel, payload)
   end
   if kind == "subscribe" or kind == "psubscribe" then
     self._sub_live = true
+    if channel then
+      self._confirmed[channel] = true
+      local fn = self._on_confirmed[channel]
+      if fn then fn(channel) end
+    end
     return
   end
   if kind == "message" then
@@ -447,10 +467,14 @@ function Cluster:_ensure_sub()
   if self._sub and self._sub:connected() then return true, false end
   if self._sub_opening then return true, false end
   self._sub_opening = true
-  local conn, err = self:_open()
+  -- A task cancelled while connecting must not leave the flag set: no
+  -- subscriber could ever be opened again.
+  local ok, conn, err = pcall(self._open, self)
   self._sub_opening = false
+  if not ok then error(conn, 0) end
   if not conn then return nil, err end
   local handler = function(kind, channel, payload) dispatch(self, kind, channel, payload) end
+  self._confirmed = {}
   local chans, pats = {}, {}
   for ch in pairs(self._subs) do chans[#chans + 1] = ch end
   for p in pairs(self._patterns) do pats[#pats + 1] = p end
@@ -467,14 +491,19 @@ end
 --- Calls `fn(channel, payload)` for every message on `channel`, from now
 --- on, across reconnections (messages published while the subscriber was
 --- disconnected are lost, as with any Redis pub/sub: callers keep a
---- fallback).
+--- fallback). `on_confirmed(channel)`, when given, runs each time Redis
+--- confirms the subscription: the first time, and again on every new
+--- subscriber connection, so that a caller can re-read what it may have
+--- missed in between.
 ---@param channel string
 ---@param fn fun(channel: string, payload: string)
+---@param on_confirmed? fun(channel: string)
 ---@return boolean? ok
 ---@return table? err
-function Cluster:subscribe(channel, fn)
+function Cluster:subscribe(channel, fn, on_confirmed)
   local had = self._subs[channel]
   self._subs[channel] = fn
+  self._on_confirmed[channel] = on_confirmed
   local ok, fresh = self:_ensure_sub()
   if not ok then return nil, fresh end
   if not had and not fresh and self._sub then
@@ -484,10 +513,15 @@ function Cluster:subscribe(channel, fn)
 end
 
 --- Whether the subscriber's subscriptions are confirmed by Redis (a
---- message published now will be seen).
+--- message published now will be seen); with `channel`, whether that
+--- channel's subscription is (another channel's confirmation says nothing
+--- about a SUBSCRIBE still on its way).
+---@param channel? string
 ---@return boolean
-function Cluster:subscribed()
-  return self._sub ~= nil and self._sub_live and self._sub:connected()
+function Cluster:subscribed(channel)
+  local live = self._sub ~= nil and self._sub_live and self._sub:connected()
+  if channel == nil then return live end
+  return live and self._confirmed[channel] == true
 end
 
 --- Publishes `payload` on `channel`; the number of receivers, or nil, err.

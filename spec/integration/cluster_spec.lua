@@ -77,6 +77,27 @@ describe("tide.cluster", function()
     end)
   end)
 
+  it("frees a command whose task was cancelled once its reply had come", function()
+    -- The reply is read (and its record freed) between the cancellation
+    -- and the task's resumption: the continuation must not touch the
+    -- record again (it did: a double free).
+    local redis = require "tide.redis"
+    local core = require "tide.core"
+    helpers.run(function()
+      local conn = assert(redis.connect { host = "127.0.0.1", port = srv.port })
+      local a = tide.spawn(function() return conn:call("BLPOP", "t0:never", "0.1") end)
+      tide.sleep(100) -- woken by a timer: runs before the loop polls
+      local t0 = core.hrtime()
+      while core.hrtime() - t0 < 80e6 do end -- BLPOP's reply arrives meanwhile
+      a:cancel()
+      local r, err = a:join()
+      assert.is_nil(r)
+      assert.equal("Cancelled", err.code)
+      assert.equal("PONG", conn:call("PING"))
+      conn:close()
+    end)
+  end)
+
   it("fails clearly when Redis is not there at start", function()
     local dead = redis_server.start()
     local url = dead.url

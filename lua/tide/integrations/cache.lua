@@ -224,7 +224,10 @@ local function is_cancel(err)
   return type(err) == "table" and err.code == "Cancelled"
 end
 
-local function fetch_and_store(src, key, guard)
+-- Fetches from the source and makes the snapshot: snapshot, nil, and the
+-- canonical JSON of its toolkits (what its hash is over, and what a
+-- cluster shares), or nil, err. Never raises but to unwind a cancellation.
+local function fetch_snapshot(src, key)
   local ok, toolkits, ferr = pcall(src.fetch, src)
   if not ok then
     local err = toolkits
@@ -232,29 +235,30 @@ local function fetch_and_store(src, key, guard)
     ferr = err
     toolkits = nil
   end
-  local err
   if toolkits == nil then
-    err = unavailable(("fetching integrations for '%s' failed: %s"):format(
+    return nil, unavailable(("fetching integrations for '%s' failed: %s"):format(
       key, tostring(ferr or "no result")), { key = key, cause = ferr })
-  else
-    local norm, why = cache.normalize(toolkits)
-    local hashed, hash = false, nil
-    if norm then
-      hashed, hash = pcall(cache.hash, norm) -- a value JSON cannot hold raises
-      if not hashed then why = tostring(hash) end
-    end
-    if hashed then
-      local snapshot = { key = key, hash = hash, toolkits = norm, fetched_at = core.now() }
-      guard.done = true
-      core.cache_store(key, snapshot)
-      return snapshot
-    end
-    err = unavailable(("the source for '%s' returned invalid toolkits: %s"):format(key, why),
-      { key = key })
   end
-  guard.done = true
-  core.cache_fail(key, err)
-  return nil, err
+  local norm, why = cache.normalize(toolkits)
+  if norm then
+    local encoded, text = pcall(json.canonical, norm) -- a value JSON cannot hold raises
+    if encoded then
+      return { key = key, hash = core.cache_hash(text), toolkits = norm, fetched_at = core.now() }, nil, text
+    end
+    why = tostring(text)
+  end
+  return nil, unavailable(("the source for '%s' returned invalid toolkits: %s"):format(key, why),
+    { key = key })
+end
+
+-- The cluster's tier of the cache (tide.integrations.cluster_cache), when
+-- this process joined a cluster; nil otherwise, and then no Redis code is
+-- ever loaded.
+local function cluster_tier()
+  local cluster = package.loaded["tide.cluster"]
+  local c = cluster and cluster.current()
+  if not c then return nil end
+  return require("tide.integrations.cluster_cache").of(c)
 end
 
 local function get(src, key)
@@ -263,17 +267,24 @@ local function get(src, key)
   if status == "error" then return nil, v end
   -- A miss: this task fetches for everyone who asks meanwhile.
   local guard <close> = setmetatable({ key = key, done = false }, guard_mt)
-  return fetch_and_store(src, key, guard)
+  local snapshot, err, ttl
+  local tier = cluster_tier()
+  if tier then
+    -- Behind the process's cache, the cluster's: one fetch per key across
+    -- every process; ttl is what is left of the shared entry's.
+    snapshot, err, ttl = tier:resolve(key, function() return fetch_snapshot(src, key) end)
+  else
+    snapshot, err = fetch_snapshot(src, key)
+  end
+  guard.done = true
+  if snapshot then
+    core.cache_store(key, snapshot, ttl)
+    return snapshot
+  end
+  core.cache_fail(key, err)
+  return nil, err
 end
 
---- The snapshot for `src`: from the cache when fresh, otherwise fetched
---- (once, however many tasks ask at the same time). Inside a task it waits;
---- outside any task it drives the loop until done.
---- Failure is `nil, err` with `err.code == "IntegrationsUnavailable"` and
---- `err.cause` the source's error; it is never cached.
----@param src tide.integrations.source
----@return tide.integrations.snapshot|nil snapshot
----@return table|nil err
 -- Several sources as one (tide.integrations.several): the parts' snapshots
 -- combined, one table per combination of part snapshots, so that sessions
 -- on the same parts share it (and their surfaces) as for one source.
@@ -318,6 +329,16 @@ local function get_several(src)
   return combine(src, snaps)
 end
 
+--- The snapshot for `src`: from the cache when fresh, otherwise fetched
+--- (once, however many tasks ask at the same time). Inside a task it waits;
+--- outside any task it drives the loop until done.
+--- Failure is `nil, err` with `err.code == "IntegrationsUnavailable"` and
+--- `err.cause` the source's error; it is never cached. In a cluster
+--- (`tide.cluster`), a miss here is looked up in Redis before the source
+--- is asked, and one process fetches for all of them (see the README).
+---@param src tide.integrations.source
+---@return tide.integrations.snapshot|nil snapshot
+---@return table|nil err
 function cache.get(src)
   if type(src) == "table" and src.kind == "several" then return blocking(get_several, src) end
   local key = check_source(src, "get")
@@ -342,7 +363,10 @@ end
 
 --- Drops the snapshot of `src` (a source or an identity string), e.g. after a
 --- connect or disconnect. A fetch in flight still answers its waiters, but
---- its result is not kept. Returns true if there was anything to drop.
+--- its result is not kept. Returns true if there was anything to drop in
+--- this process. In a cluster the shared entry goes too, and every other
+--- process drops its own copy (the Redis part runs in a task of its own;
+--- this process's next lookup of the key waits for it).
 ---@param src tide.integrations.source|string
 ---@return boolean
 function cache.invalidate(src)
@@ -351,12 +375,23 @@ function cache.invalidate(src)
     for _, part in ipairs(src.parts) do any = cache.invalidate(part) or any end
     return any
   end
-  return core.cache_invalidate(key_of(src, "invalidate"))
+  local key = key_of(src, "invalidate")
+  local had = core.cache_invalidate(key)
+  local tier = cluster_tier()
+  if tier then tier:invalidate(key) end
+  return had
 end
 
---- Drops every snapshot. Returns how many keys held one (or a fetch).
+--- Drops every snapshot. Returns how many keys held one (or a fetch) in
+--- this process. In a cluster, every shared entry and every other
+--- process's copies go too.
 ---@return integer
-function cache.invalidate_all() return core.cache_invalidate_all() end
+function cache.invalidate_all()
+  local n = core.cache_invalidate_all()
+  local tier = cluster_tier()
+  if tier then tier:invalidate(nil) end
+  return n
+end
 
 --- Gets, or sets then gets, the TTL in ms applied to snapshots stored from
 --- now on (default 60000).
@@ -372,10 +407,31 @@ end
 --- Counters: `{ hits, misses, fetches, waits, failures, entries, in_flight,
 --- waiting }`. `misses = fetches + waits`; `entries` counts keys holding a
 --- snapshot; `in_flight` fetches running now; `waiting` tasks waiting on them.
+--- In a cluster `fetches` counts this process's misses (each answered by
+--- Redis or by the source) and `cluster` holds the cluster tier's counters
+--- (see tide.integrations.cluster_cache).
 ---@return table
-function cache.stats() return core.cache_stats() end
+function cache.stats()
+  local s = core.cache_stats()
+  local tier = cluster_tier()
+  if tier then s.cluster = tier:stats() end
+  return s
+end
 
 --- Zeroes the counters (for specs and benchmarks).
-function cache.reset_stats() return core.cache_reset_stats() end
+function cache.reset_stats()
+  local tier = cluster_tier()
+  if tier then tier:reset_stats() end
+  return core.cache_reset_stats()
+end
+
+--- Settings of the cluster tier (see tide.integrations.cluster_cache):
+--- `lease_ms`, `wait_ms`, `redis_timeout_ms`, `pause_ms`. Sets those given
+--- (for every cluster of this process) and returns the settings in force.
+---@param opts? { lease_ms?: integer, wait_ms?: integer, redis_timeout_ms?: integer, pause_ms?: integer }
+---@return table
+function cache.cluster(opts)
+  return require("tide.integrations.cluster_cache").settings(opts, 2)
+end
 
 return cache
