@@ -18,6 +18,8 @@ local Server = {}
 Server.__index = Server
 
 local function start_on(self)
+  -- a SIGKILLed server leaves its pid file: the new one's pid must be read
+  os.remove(self.dir .. "/redis.pid")
   local args = {
     "redis-server", "--port", tostring(self.port), "--bind", "127.0.0.1",
     "--save", "''", "--appendonly", "no", "--daemonize", "yes",
