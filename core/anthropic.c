@@ -1063,22 +1063,6 @@ static int l_assistant_wire(lua_State *L) {
   return 1;
 }
 
-/* Result i of the list at idx; 0 when it is not a table of string id and
-** content. */
-static int result_strings_of(lua_State *L, int idx, lua_Integer i, const char **c, size_t *cl,
-                             const char **id, size_t *il, int *is_error) {
-  if (lua_rawgeti(L, idx, i) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    return 0;
-  }
-  int t = lua_gettop(L);
-  *c = tide__field_str(L, t, "content", cl);
-  *id = tide__field_str(L, t, "id", il);
-  *is_error = lua_getfield(L, t, "is_error") == LUA_TBOOLEAN && lua_toboolean(L, -1);
-  lua_pop(L, 2);
-  return *c && *id;
-}
-
 /* core.anthropic_results_wire(results) -> string | nil
 ** A tool message's results: one user message of tool_result blocks
 ** (is_error true only for a result whose is_error is true); nil when a
@@ -1092,7 +1076,7 @@ static int l_results_wire(lua_State *L) {
     const char *c = NULL, *id = NULL;
     size_t cl = 0, il = 0;
     int err;
-    if (!result_strings_of(L, 1, i, &c, &cl, &id, &il, &err)) return 0;
+    if (!tide__result_strings(L, 1, i, &c, &cl, &id, &il, &err)) return 0;
     total += (i > 1) + TIDE_LIT(RESULT_OPEN) + (err ? TIDE_LIT(RESULT_ERROR) : TIDE_LIT(RESULT_OK)) +
              TIDE_LIT(RESULT_CLOSE) + tide__json_size_quoted(c, cl) + tide__json_size_quoted(id, il);
   }
@@ -1104,7 +1088,7 @@ static int l_results_wire(lua_State *L) {
     const char *c = NULL, *id = NULL;
     size_t cl = 0, il = 0;
     int err = 0;
-    result_strings_of(L, 1, i, &c, &cl, &id, &il, &err); /* checked above */
+    tide__result_strings(L, 1, i, &c, &cl, &id, &il, &err); /* checked above */
     if (i > 1) out[k++] = ',';
     tide__json_put(out, &k, RESULT_OPEN, TIDE_LIT(RESULT_OPEN));
     tide__json_put_quoted(out, &k, c, cl);

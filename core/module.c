@@ -59,6 +59,23 @@ const char *tide__field_str(lua_State *L, int idx, const char *k, size_t *len) {
   return s;
 }
 
+int tide__result_strings(lua_State *L, int idx, lua_Integer i, const char **c, size_t *cl,
+                         const char **id, size_t *il, int *is_error) {
+  if (lua_rawgeti(L, idx, i) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  int t = lua_gettop(L);
+  *c = tide__field_str(L, t, "content", cl);
+  *id = tide__field_str(L, t, "id", il);
+  if (is_error) {
+    *is_error = lua_getfield(L, t, "is_error") == LUA_TBOOLEAN && lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return *c && *id;
+}
+
 void tide__add_header(lua_State *L, const char *name, size_t nl,
                       const char *v, size_t vl) {
   luaL_Buffer b;

@@ -804,21 +804,6 @@ static int l_assistant_wire(lua_State *L) {
   return 1;
 }
 
-/* Result i of the list at idx; 0 when it is not a table of string id and
-** content. */
-static int result_strings_of(lua_State *L, int idx, lua_Integer i, const char **c, size_t *cl,
-                             const char **id, size_t *il) {
-  if (lua_rawgeti(L, idx, i) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    return 0;
-  }
-  int t = lua_gettop(L);
-  *c = tide__field_str(L, t, "content", cl);
-  *id = tide__field_str(L, t, "id", il);
-  lua_pop(L, 1);
-  return *c && *id;
-}
-
 /* core.openai_results_wire(results) -> string | nil
 ** A tool message's results: one role "tool" element per result,
 ** comma-joined; nil when a result is not a table of string id and content,
@@ -831,7 +816,7 @@ static int l_results_wire(lua_State *L) {
   for (lua_Integer i = 1; i <= n; i++) {
     const char *c = NULL, *id = NULL;
     size_t cl = 0, il = 0;
-    if (!result_strings_of(L, 1, i, &c, &cl, &id, &il)) return 0;
+    if (!tide__result_strings(L, 1, i, &c, &cl, &id, &il, NULL)) return 0;
     total += (i > 1) + TIDE_LIT(RESULT_OPEN) + TIDE_LIT(RESULT_ID) + 1 + tide__json_size_quoted(c, cl) + tide__json_size_quoted(id, il);
   }
   luaL_Buffer b;
@@ -840,7 +825,7 @@ static int l_results_wire(lua_State *L) {
   for (lua_Integer i = 1; i <= n; i++) {
     const char *c = NULL, *id = NULL;
     size_t cl = 0, il = 0;
-    result_strings_of(L, 1, i, &c, &cl, &id, &il); /* checked above */
+    tide__result_strings(L, 1, i, &c, &cl, &id, &il, NULL); /* checked above */
     if (i > 1) out[k++] = ',';
     tide__json_put(out, &k, RESULT_OPEN, TIDE_LIT(RESULT_OPEN));
     tide__json_put_quoted(out, &k, c, cl);

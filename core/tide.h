@@ -418,6 +418,12 @@ void *tide__checkudata(lua_State *L, int idx, const char *name);
 /// The string field k of the table at idx, or NULL when it is not a string.
 /// The value is popped: the table keeps the string alive.
 const char *tide__field_str(lua_State *L, int idx, const char *k, size_t *len);
+/// Result i of the tool-result list at idx (the encoders of the tool
+/// message): its content and id strings (valid while the list holds them)
+/// and, when is_error is not NULL, whether its is_error is true. 0 when it
+/// is not a table of string id and content.
+int tide__result_strings(lua_State *L, int idx, lua_Integer i, const char **c, size_t *cl,
+                         const char **id, size_t *il, int *is_error);
 /// Sets header name (lowercased here) to value in the table at the top of
 /// the stack; a repeated header is joined with ", " as RFC 9110 allows.
 void tide__add_header(lua_State *L, const char *name, size_t nl,
