@@ -25,7 +25,9 @@
 --- where the transcript stops (a call that was running is answered
 --- "interrupted", never run again), or, when the transcript holds the
 --- turn's answer already, that answer is the reply. A worker serves no
---- request whose submitter gave up (its marker expired or was deleted).
+--- request whose submitter gave up (its marker expired or was deleted):
+--- its session's lease is taken only while the marker says "queued", in
+--- the same script.
 ---@class tide.queue
 local M = {}
 
@@ -309,30 +311,21 @@ function Worker:_serve(id, f)
     log(self, "entry ", id, " is not a turn request: dropped")
     return self:_ack(id)
   end
-  local marker = c:key("q", self.queue, "req", f.rid)
-  local state, err = c:call("GET", marker)
-  if state == nil then return log(self, "request ", f.rid, ": ", tostring(err)) end
-  if state ~= "queued" then
-    -- answered (then the ack was lost), or its submitter gave up
-    self.counts.skipped = self.counts.skipped + 1
-    return self:_ack(id)
-  end
+  -- The lease is taken only while the request is queued: not one answered
+  -- (then the ack was lost), nor one its submitter gave up.
+  local guard = { key = c:key("q", self.queue, "req", f.rid), value = "queued" }
   local session_mod = require "tide.session"
   local s, serr
   while true do
     local ok, v, e = pcall(session_mod.new, { id = f.session, store = "redis", agent = f.agent,
       provider = self.provider, integrations = self.integrations, config = self.config,
-      lease_ms = self.lease_ms, lease_wait_ms = 1000, _keep_lease = true })
+      lease_ms = self.lease_ms, lease_wait_ms = 1000, _keep_lease = true, _lease_guard = guard })
     if ok then s, serr = v, e else s, serr = nil, as_error(v) end
-    if s or serr.code ~= "SessionBusy" or self.stopping then break end
-    state = c:call("GET", marker)
-    if state ~= "queued" then
-      if state ~= nil then
-        self.counts.skipped = self.counts.skipped + 1
-        self:_ack(id)
-      end
-      return
-    end
+    if s or serr.code ~= "SessionBusy" or serr.reason == "guard" or self.stopping then break end
+  end
+  if not s and serr.reason == "guard" then
+    self.counts.skipped = self.counts.skipped + 1
+    return self:_ack(id)
   end
   if not s then
     if serr.code == "ClusterUnavailable" or serr.code == "SessionBusy" then
