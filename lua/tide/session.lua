@@ -242,6 +242,22 @@ local function release(self)
   end
 end
 
+-- Stops renewing the lease and hands its token over without giving it up:
+-- the caller's next script gives it up with what it writes (tide.queue's
+-- answer), one round trip instead of two. The lease expires on its own if
+-- that script never runs. Returns { key, token }, or nil when none is held.
+function session_mt:_hand_over_lease()
+  local lease = self.lease
+  if not (lease and lease.token) or lease.lost then return nil end
+  if lease.task then
+    lease.task:cancel()
+    lease.task = nil
+  end
+  local token = lease.token
+  lease.token = nil
+  return { key = self.store.lease_key(self.store_name), token = token }
+end
+
 -- Reads the transcript again (another process wrote to it, or a write of
 -- this one failed), through the one resume.
 function session_mt:_reload()

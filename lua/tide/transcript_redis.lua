@@ -137,6 +137,10 @@ function M.store(c)
     return n
   end
 
+  --- The key of session `id`'s lease, for a script of another module that
+  --- gives the lease up with what it writes (tide.queue's answer).
+  s.lease_key = lease_key
+
   --- Extends a held lease; false when it is no longer `token`'s.
   function s.renew(id, token, ttl_ms)
     local n, err = renew({ lease_key(id) }, { token, ttl_ms })
