@@ -17,7 +17,8 @@
 ---
 --- Exactly one reply per request: the reply, its notification, the marker
 --- and the entry's XACK (and XDEL) are one script, which writes no reply
---- for a request already answered. A worker that dies mid-turn leaves its
+--- for a request already answered; it gives the session's lease up too
+--- (when still this worker's). A worker that dies mid-turn leaves its
 --- entry pending; another worker claims it (XAUTOCLAIM) once it has been
 --- idle `claim_idle_ms` (live workers reset the idle time of the entries
 --- they serve), waits for the dead worker's session lease to expire, and
@@ -25,7 +26,9 @@
 --- where the transcript stops (a call that was running is answered
 --- "interrupted", never run again), or, when the transcript holds the
 --- turn's answer already, that answer is the reply. A worker serves no
---- request whose submitter gave up (its marker expired or was deleted).
+--- request whose submitter gave up (its marker expired or was deleted):
+--- its session's lease is taken only while the marker says "queued", in
+--- the same script.
 ---@class tide.queue
 local M = {}
 
@@ -58,6 +61,7 @@ if redis.call('GET', KEYS[1]) ~= 'answered' then
 end
 redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[3], ARGV[2])
+if KEYS[4] and redis.call('GET', KEYS[4]) == ARGV[7] then redis.call('DEL', KEYS[4]) end
 return sent
 ]]
 
@@ -286,12 +290,21 @@ local function stats_of(s)
   return out
 end
 
-function Worker:_answer(id, f, reply, err, stats)
+-- Answers entry `id`; `lease` ({ key, token }, from the session's
+-- _hand_over_lease) is given up in the same script, or on its own when the
+-- answer cannot be written.
+function Worker:_answer(id, f, reply, err, stats, lease)
   local c = self.cluster
   local payload = json.canonical { reply = reply, err = err and err_fields(err) or nil, stats = stats }
-  local r, aerr = self.answer({ c:key("q", self.queue, "req", f.rid), c:key("q", self.queue, "reply", f.rid), self.stream },
-    { GROUP, id, payload, REPLY_TTL_MS, f.reply_to, f.rid })
+  local keys = { c:key("q", self.queue, "req", f.rid), c:key("q", self.queue, "reply", f.rid), self.stream }
+  local args = { GROUP, id, payload, REPLY_TTL_MS, f.reply_to, f.rid }
+  if lease then keys[4], args[7] = lease.key, lease.token end
+  local r, aerr = self.answer(keys, args)
   if r == nil then
+    if lease then
+      local store = require("tide.transcript_redis").store(c)
+      core.spawn_now(function() pcall(store.release, f.session, lease.token) end)
+    end
     -- the entry stays pending: claimed again, it is answered from the transcript
     self.counts.failed = self.counts.failed + 1
     log(self, "could not answer request ", f.rid, ": ", tostring(aerr))
@@ -309,30 +322,21 @@ function Worker:_serve(id, f)
     log(self, "entry ", id, " is not a turn request: dropped")
     return self:_ack(id)
   end
-  local marker = c:key("q", self.queue, "req", f.rid)
-  local state, err = c:call("GET", marker)
-  if state == nil then return log(self, "request ", f.rid, ": ", tostring(err)) end
-  if state ~= "queued" then
-    -- answered (then the ack was lost), or its submitter gave up
-    self.counts.skipped = self.counts.skipped + 1
-    return self:_ack(id)
-  end
+  -- The lease is taken only while the request is queued: not one answered
+  -- (then the ack was lost), nor one its submitter gave up.
+  local guard = { key = c:key("q", self.queue, "req", f.rid), value = "queued" }
   local session_mod = require "tide.session"
   local s, serr
   while true do
     local ok, v, e = pcall(session_mod.new, { id = f.session, store = "redis", agent = f.agent,
       provider = self.provider, integrations = self.integrations, config = self.config,
-      lease_ms = self.lease_ms, lease_wait_ms = 1000, _keep_lease = true })
+      lease_ms = self.lease_ms, lease_wait_ms = 1000, _keep_lease = true, _lease_guard = guard })
     if ok then s, serr = v, e else s, serr = nil, as_error(v) end
-    if s or serr.code ~= "SessionBusy" or self.stopping then break end
-    state = c:call("GET", marker)
-    if state ~= "queued" then
-      if state ~= nil then
-        self.counts.skipped = self.counts.skipped + 1
-        self:_ack(id)
-      end
-      return
-    end
+    if s or serr.code ~= "SessionBusy" or serr.reason == "guard" or self.stopping then break end
+  end
+  if not s and serr.reason == "guard" then
+    self.counts.skipped = self.counts.skipped + 1
+    return self:_ack(id)
   end
   if not s then
     if serr.code == "ClusterUnavailable" or serr.code == "SessionBusy" then
@@ -345,11 +349,13 @@ function Worker:_serve(id, f)
   local reply, terr = s:_queued_turn(f.rid, f.text)
   local stats = stats_of(s)
   stats.worker, stats.continued = self.name, continued or nil
-  pcall(s.close, s)
   if reply == nil and self.stopping and terr and terr.code == "Cancelled" then
+    pcall(s.close, s)
     return -- stopped mid-turn: another worker finishes it
   end
-  self:_answer(id, f, reply, terr, stats)
+  local lease = s:_hand_over_lease()
+  pcall(s.close, s)
+  self:_answer(id, f, reply, terr, stats, lease)
 end
 
 function Worker:_spawn(id, fields, claimed)

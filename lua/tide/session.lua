@@ -89,7 +89,7 @@ local OPTIONS = {
   agent = true, provider = true, integrations = true, config = true, transcript = true, resume = true,
   tools = true, budget = true, max_iterations = true, tool_timeout_ms = true, result_cap_bytes = true,
   max_subagents = true, truncated = true, context = true, id = true, store = true, lease_ms = true,
-  lease_wait_ms = true, _store = true, _keep_lease = true,
+  lease_wait_ms = true, _store = true, _keep_lease = true, _lease_guard = true,
   _parent = true, _parent_tools = true, _toolkit = true, _snapshot = true, _agent_path = true,
 }
 local BUDGET_KINDS = { provider_calls = true, tokens = true, tool_calls = true, wall_ms = true, usd = true }
@@ -206,8 +206,13 @@ local function acquire(self)
   local deadline = core.now() + lease.wait
   local delay = 5
   while true do
-    local n, err = self.store.acquire(self.store_name, token, lease.ttl)
+    local n, err = self.store.acquire(self.store_name, token, lease.ttl, lease.guard)
     if n == nil then return nil, err end
+    if err == "guard" then
+      local e = busy(self, "is not to be taken: its guard no longer holds")
+      e.reason = "guard"
+      return nil, e
+    end
     if n then
       lease.token, lease.lost = token, nil
       start_renewal(self, token)
@@ -235,6 +240,22 @@ local function release(self)
     local store, name = self.store, self.store_name
     core.spawn_now(function() pcall(store.release, name, token) end)
   end
+end
+
+-- Stops renewing the lease and hands its token over without giving it up:
+-- the caller's next script gives it up with what it writes (tide.queue's
+-- answer), one round trip instead of two. The lease expires on its own if
+-- that script never runs. Returns { key, token }, or nil when none is held.
+function session_mt:_hand_over_lease()
+  local lease = self.lease
+  if not (lease and lease.token) or lease.lost then return nil end
+  if lease.task then
+    lease.task:cancel()
+    lease.task = nil
+  end
+  local token = lease.token
+  lease.token = nil
+  return { key = self.store.lease_key(self.store_name), token = token }
 end
 
 -- Reads the transcript again (another process wrote to it, or a write of
@@ -421,7 +442,8 @@ function M.new(opts)
     local c = require("tide.cluster").require_current('tide.session{ store = "redis" }', 2)
     self.store = require("tide.transcript_redis").store(c)
     self.store_name = opts.id
-    self.lease = { token = nil, ttl = opts.lease_ms or DEFAULTS.lease_ms, wait = opts.lease_wait_ms or 0 }
+    self.lease = { token = nil, ttl = opts.lease_ms or DEFAULTS.lease_ms, wait = opts.lease_wait_ms or 0,
+      guard = opts._lease_guard }
     local ok, err = blocking(open_redis, self, opts._keep_lease)
     if not ok then return nil, err end
   elseif opts.resume then

@@ -34,7 +34,11 @@ return {0, redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))}
 
 -- The lease, and how long the list is now: a holder that takes the lease
 -- learns in the same step whether another process wrote since it loaded.
+-- With a guard (KEYS[3] must hold ARGV[3]), the lease is taken only while
+-- the guard holds, so that a caller's precondition and the lease are one
+-- step: tide.queue's "this request is still wanted".
 local ACQUIRE = [[
+if KEYS[3] and redis.call('GET', KEYS[3]) ~= ARGV[3] then return -2 end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return redis.call('LLEN', KEYS[2]) end
 return -1
 ]]
@@ -120,13 +124,22 @@ function M.store(c)
   end
 
   --- Takes the lease of session `id` for `ttl_ms` under `token`: the length
-  --- of its list, or false while another holds it, or nil, err.
-  function s.acquire(id, token, ttl_ms)
-    local n, err = acquire({ lease_key(id), log_key(id) }, { token, ttl_ms })
+  --- of its list; or false, "held" while another holds it; or nil, err.
+  --- With `guard` ({ key, value }: a full key), only while that key holds
+  --- that value: false, "guard" when it does not.
+  function s.acquire(id, token, ttl_ms, guard)
+    local keys, args = { lease_key(id), log_key(id) }, { token, ttl_ms }
+    if guard then keys[3], args[3] = guard.key, guard.value end
+    local n, err = acquire(keys, args)
     if n == nil then return nil, err end
-    if n < 0 then return false end
+    if n == -2 then return false, "guard" end
+    if n < 0 then return false, "held" end
     return n
   end
+
+  --- The key of session `id`'s lease, for a script of another module that
+  --- gives the lease up with what it writes (tide.queue's answer).
+  s.lease_key = lease_key
 
   --- Extends a held lease; false when it is no longer `token`'s.
   function s.renew(id, token, ttl_ms)

@@ -70,6 +70,9 @@ describe("the turn queue", function()
       assert.equal(2, stats.provider_calls)
       assert.equal(1, stats.tool_calls)
       assert.equal("w1", stats.worker)
+      -- the answer gave the session's lease up with the reply
+      local c = cluster.current()
+      assert.equal(0, c:call("EXISTS", c:key("session", "user-42", "lease")))
       -- the session is a Redis session: another turn sees the first
       reply = tide.submit { queue = "turns", session = "user-42", agent = "helper", text = "again" }
       assert.equal("done after 1 lookups", reply)
