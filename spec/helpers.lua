@@ -60,6 +60,16 @@ function helpers.sh(cmd)
   return out
 end
 
+--- The lines of a file (none when it does not exist yet).
+function helpers.lines_of(path)
+  local out = {}
+  local f = io.open(path)
+  if not f then return out end
+  for l in f:lines() do out[#out + 1] = l end
+  f:close()
+  return out
+end
+
 function helpers.read(path)
   local f = io.open(path, "rb")
   if not f then return nil end

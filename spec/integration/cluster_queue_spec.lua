@@ -7,15 +7,6 @@ local redis_server = require "support.redis"
 local build = os.getenv("TIDE_BUILD_DIR") or "build"
 local AGENTS = "spec/support/cluster_agents"
 
-local function lines_of(path)
-  local out = {}
-  local f = io.open(path)
-  if not f then return out end
-  for l in f:lines() do out[#out + 1] = l end
-  f:close()
-  return out
-end
-
 describe("the turn queue", function()
   local tide = require "tide"
   local core = require "tide.core"
@@ -104,11 +95,11 @@ describe("the turn queue", function()
       local t = tide.spawn(function()
         return tide.submit { queue = "turns", session = "victim", agent = "helper", text = "look", timeout_ms = 30000 }
       end)
-      helpers.wait_until(function() return #lines_of(log) == 1 end, "the tool to start", 10000)
+      helpers.wait_until(function() return #helpers.lines_of(log) == 1 end, "the tool to start", 10000)
       local channel = require("tide.queue")._channel(c, "turns")
       spy:subscribe(channel, function(_, payload) if payload ~= "ping" then published = published + 1 end end)
       helpers.wait_until(function() return spy:subscribed() end, "the spy")
-      local who = lines_of(log)[1]:match(" (%a+)$")
+      local who = helpers.lines_of(log)[1]:match(" (%a+)$")
       local victim, other = (who == "a" and a or b), (who == "a" and "b" or "a")
       victim:kill("KILL")
       victim:wait(5000)
@@ -117,7 +108,7 @@ describe("the turn queue", function()
       assert.equal(other, stats.worker)
       assert.is_true(stats.continued)
       assert.equal(0, stats.tool_calls) -- the call was answered "interrupted", not run again
-      assert.equal(1, #lines_of(log))
+      assert.equal(1, #helpers.lines_of(log))
       tide.sleep(200)
       assert.equal(1, published)
       -- the transcript holds the turn once, its call answered "interrupted"
@@ -281,9 +272,7 @@ describe("the turn queue", function()
   end)
 
   it("fails clearly when Redis is not there at start", function()
-    local dead = redis_server.start()
-    local url = dead.url
-    dead:close()
+    local url = redis_server.gone_url()
     tide.cluster { redis = url }
     local r, err = tide.submit { queue = "turns", session = "x", agent = "helper", text = "hi" }
     assert.is_nil(r)

@@ -20,15 +20,6 @@ local function child(script, args, env)
   return assert(core.process_spawn { argv = argv })
 end
 
-local function lines_of(path)
-  local out = {}
-  local f = io.open(path)
-  if not f then return out end
-  for l in f:lines() do out[#out + 1] = l end
-  f:close()
-  return out
-end
-
 describe("sessions in Redis", function()
   local tide = require "tide"
   local testing = require "tide.testing"
@@ -132,7 +123,7 @@ describe("sessions in Redis", function()
       local p = child("spec/support/cluster_child.lua", { id, "look it up" }, { TIDE_REDIS_URL = srv.url,
         OPENAI_BASE_URL = mock.url .. "/v1", TIDE_TOOL_LOG = log, TIDE_TOOL_SLEEP_MS = "10000", LEASE_MS = "500" })
       assert.equal("OPEN 0", p:read_line(10000))
-      helpers.wait_until(function() return #lines_of(log) == 1 end, "the tool to start", 10000)
+      helpers.wait_until(function() return #helpers.lines_of(log) == 1 end, "the tool to start", 10000)
       p:kill("KILL")
       p:wait(5000)
       p:close()
@@ -144,7 +135,7 @@ describe("sessions in Redis", function()
       assert.equal("tool", h[#h].role)
       assert.matches("interrupted", h[#h].results[1].content)
       assert.equal("done after 1 lookups", s:turn("go on"))
-      assert.equal(1, #lines_of(log))
+      assert.equal(1, #helpers.lines_of(log))
       s:close()
       mock:close()
     end)
@@ -205,9 +196,7 @@ describe("sessions in Redis", function()
   end)
 
   it("fails clearly when Redis is not there", function()
-    local dead = redis_server.start()
-    local url = dead.url
-    dead:close()
+    local url = redis_server.gone_url()
     tide.cluster { redis = url }
     local p = tide.provider.openai { base_url = "http://127.0.0.1:1/v1", api_key = "k", model = "m" }
     local s, err = tide.session { id = "x", store = "redis", agent = "helper", provider = p }

@@ -99,9 +99,7 @@ describe("tide.cluster", function()
   end)
 
   it("fails clearly when Redis is not there at start", function()
-    local dead = redis_server.start()
-    local url = dead.url
-    dead:close()
+    local url = redis_server.gone_url()
     local c = cluster.new { redis = url }
     local t0 = os.clock()
     local r, err = helpers.run(function() return c:call("PING") end)

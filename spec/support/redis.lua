@@ -70,6 +70,15 @@ function M.start(opts)
   error("could not start redis-server: " .. (io.open(dir .. "/redis.log") or { read = function() return "" end }):read("a"))
 end
 
+--- The URL of a Redis that was there and is gone: a loopback port where
+--- nothing listens now.
+function M.gone_url()
+  local s = M.start()
+  local url = s.url
+  s:close()
+  return url
+end
+
 --- Stops it (SIGKILL; SIGTERM when `kill9` is false), waiting until it is gone.
 function Server:stop(kill9)
   if pid_alive(self.pid) then
