@@ -143,7 +143,6 @@ static int text_member(tide_json *p, text_field *f) {
   return tide__json_skip(p);
 }
 
-static int is_table(int kind) { return kind == V_OBJECT || kind == V_ARRAY; }
 
 static int usage_member(tide_json *p, const char *k, size_t kl, usage_fields *u) {
   int num = tide__json_kind(tide__json_peek(p)) == V_NUMBER;
@@ -206,7 +205,7 @@ static int block_member(tide_json *p, const char *k, size_t kl) {
   if (tide__json_key_is(k, kl, "data")) return text_member(p, &b->data);
   if (tide__json_key_is(k, kl, "input")) {
     b->input_kind = tide__json_kind(tide__json_peek(p));
-    b->input_filled = is_table(b->input_kind) && filled(p);
+    b->input_filled = tide__json_is_table(b->input_kind) && filled(p);
     return tide__json_skip_raw(p, &b->input);
   }
   return tide__json_skip(p);
@@ -218,7 +217,7 @@ static int scan_block(tide_json *p) {
   block_fields *b = &stream_of(p)->ev.block;
   memset(b, 0, sizeof *b);
   int kind = tide__json_kind(tide__json_peek(p));
-  b->table = is_table(kind);
+  b->table = tide__json_is_table(kind);
   if (kind == V_OBJECT) return tide__json_each_member(p, block_member);
   return tide__json_skip(p);
 }
@@ -270,7 +269,7 @@ static int root_member(tide_json *p, const char *k, size_t kl) {
   if (tide__json_key_is(k, kl, "usage")) {
     int kind = tide__json_kind(tide__json_peek(p));
     memset(&ev->usage, 0, sizeof ev->usage);
-    ev->usage_table = is_table(kind);
+    ev->usage_table = tide__json_is_table(kind);
     if (kind == V_OBJECT) return tide__json_each_member(p, top_usage_member);
     return tide__json_skip(p);
   }
@@ -290,7 +289,7 @@ static int root_member(tide_json *p, const char *k, size_t kl) {
     if (tide__json_peek(p) == '{') return tide__json_each_member(p, message_member);
   } else if (tide__json_key_is(k, kl, "delta")) {
     int kind = tide__json_kind(tide__json_peek(p));
-    ev->delta_table = is_table(kind);
+    ev->delta_table = tide__json_is_table(kind);
     ev->dtype.has = ev->dtext.has = ev->partial.has = 0;
     ev->dthinking.has = ev->dsignature.has = ev->stop_reason.has = 0;
     if (kind == V_OBJECT) return tide__json_each_member(p, delta_member);
@@ -298,26 +297,6 @@ static int root_member(tide_json *p, const char *k, size_t kl) {
     return scan_block(p);
   }
   return tide__json_skip(p);
-}
-
-/* Scans one event's data (or a whole reply) into st->ev. Returns J_OK,
-** J_NOMEM, or J_SYNTAX with p->err set; *object is 0 when the data is valid
-** JSON but not an object (an array counts as one: the decoded table had no
-** fields). */
-static int scan(tide_json *p, int *object) {
-  int rc;
-  *object = 1;
-  tide__json_skip_ws(p);
-  int kind = tide__json_kind(tide__json_peek(p));
-  if (kind == V_OBJECT)
-    rc = tide__json_each_member(p, root_member);
-  else
-    rc = tide__json_skip(p);
-  if (rc != J_OK) return rc;
-  tide__json_skip_ws(p);
-  if (p->i != p->n) return tide__json_syntax(p, "expected the end");
-  if (!is_table(kind)) *object = 0;
-  return J_OK;
 }
 
 /* ------------------------------------------------------------- thinking -- */
@@ -407,7 +386,7 @@ static int apply_block(tide_json *p, size_t pos) {
   } else if (tide__json_key_is(ty, tl, "tool_use")) {
     const char *args = NULL;
     size_t argsl = 0;
-    if (is_table(b->input_kind)) {
+    if (tide__json_is_table(b->input_kind)) {
       int rc = canonical_input(st, p->s, b->input);
       if (rc != J_OK) return rc == J_SYNTAX ? tide__json_syntax(p, "too many nested data structures") : rc;
       args = st->canon.p, argsl = st->canon.len;
@@ -727,7 +706,8 @@ static int anthropic_event(tide_reply_feed *fc, const tide_sse_event *e) {
   int object;
   memset(&st->ev, 0, sizeof st->ev);
   st->scratch.len = 0;
-  int rc = scan(&p, &object);
+  int kind, rc = tide__json_scan_root(&p, root_member, &kind);
+  object = tide__json_is_table(kind);
   if (rc == J_NOMEM) return fc->nomem = 1, 0;
   if (rc == J_SYNTAX) {
     tide__push_malformed(fc->L, e->data, e->data_len,
@@ -850,7 +830,7 @@ static int l_anthropic_stream(lua_State *L) {
 ** table and no content at all. */
 static int is_error_reply(const anthropic_stream *st) {
   const event_state *ev = &st->ev;
-  return field_is(st, &ev->type, "error") || (is_table(ev->err_kind) && ev->content_kind == V_NONE);
+  return field_is(st, &ev->type, "error") || (tide__json_is_table(ev->err_kind) && ev->content_kind == V_NONE);
 }
 
 /* Pushes nil and the error of a whole reply the scan took but the reply
@@ -865,7 +845,7 @@ static int whole_error(lua_State *L, anthropic_stream *st, const char *s) {
                      "anthropic returned an error: %s", lua_tostring(L, -1));
     lua_remove(L, -2);
     set_error_type(L, st);
-  } else if (!is_table(ev->content_kind)) {
+  } else if (!tide__json_is_table(ev->content_kind)) {
     tide__push_malformed(L, NULL, 0, "anthropic response has no content array");
   } else if (ev->bad_type && !ev->bad_why) {
     tide__push_asm_too_large(L, &st->calls);
@@ -896,7 +876,8 @@ static int l_anthropic_parse(lua_State *L) {
   st->whole = 1;
   tide_json p = {s, n, 0, 0, NULL, 0, &st->scratch, &st->key, st};
   int object, ret;
-  int rc = scan(&p, &object);
+  int kind, rc = tide__json_scan_root(&p, root_member, &kind);
+  object = tide__json_is_table(kind);
   event_state *ev = &st->ev;
   if (rc == J_NOMEM) {
     anthropic_free(&st->base);
@@ -911,7 +892,7 @@ static int l_anthropic_parse(lua_State *L) {
     lua_pushnil(L);
     tide__push_malformed(L, NULL, 0, "anthropic response is not a JSON object");
     ret = 2;
-  } else if (is_error_reply(st) || !is_table(ev->content_kind) || ev->bad_block) {
+  } else if (is_error_reply(st) || !tide__json_is_table(ev->content_kind) || ev->bad_block) {
     ret = whole_error(L, st, s);
   } else {
     usage_fields *u = &ev->usage;

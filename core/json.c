@@ -423,6 +423,20 @@ int tide__json_each_element(tide_json *p, tide_json_element_fn fn) {
   return J_OK;
 }
 
+int tide__json_scan_root(tide_json *p, tide_json_member_fn fn, int *kind) {
+  int rc;
+  tide__json_skip_ws(p);
+  *kind = tide__json_kind(tide__json_peek(p));
+  if (*kind == V_OBJECT)
+    rc = tide__json_each_member(p, fn);
+  else
+    rc = tide__json_skip(p);
+  if (rc != J_OK) return rc;
+  tide__json_skip_ws(p);
+  if (p->i != p->n) return tide__json_syntax(p, "expected the end");
+  return J_OK;
+}
+
 /* The number at p->i when it is plain digits (at most 15, so exact in a
 ** double) not followed by a fraction or exponent: the usual count or index,
 ** read without strtod. Returns 0 when it is not, and the caller asks strtod. */

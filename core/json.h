@@ -68,6 +68,14 @@ static inline int tide__json_key_is(const char *k, size_t kl, const char *name) 
 int tide__json_each_member(tide_json *p, tide_json_member_fn fn);
 /* Calls fn for each element of the array at p->i. */
 int tide__json_each_element(tide_json *p, tide_json_element_fn fn);
+/* Scans a whole document (one event's data, or a whole reply): fn for each
+** member when it is an object, else the value is validated and skipped;
+** nothing may follow it. J_OK, J_NOMEM, or J_SYNTAX with p->err set;
+** *kind is the document's V_ kind. */
+int tide__json_scan_root(tide_json *p, tide_json_member_fn fn, int *kind);
+/* Whether a value of this V_ kind decodes to a table (the Lua parsers took
+** an array for an object without fields). */
+static inline int tide__json_is_table(int kind) { return kind == V_OBJECT || kind == V_ARRAY; }
 /* A plain non-negative integer at p->i (digits only), in *v. */
 int tide__json_digits(const tide_json *p, lua_Integer *v);
 /* The number at p->i as math.tointeger gives it for the decoded value: 1

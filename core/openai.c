@@ -307,25 +307,6 @@ static int root_member(tide_json *p, const char *k, size_t kl) {
   return tide__json_skip(p);
 }
 
-/* Scans one event's data into st->ev. Returns J_OK, J_NOMEM, or J_SYNTAX
-** with p->err set; *object is 0 when the data is valid JSON but not an
-** object (an array counts as one: the decoded table had no fields). */
-static int scan_event(tide_json *p, int *object) {
-  int rc;
-  *object = 1;
-  tide__json_skip_ws(p);
-  int kind = tide__json_kind(tide__json_peek(p));
-  if (kind == V_OBJECT)
-    rc = tide__json_each_member(p, root_member);
-  else
-    rc = tide__json_skip(p);
-  if (rc != J_OK) return rc;
-  tide__json_skip_ws(p);
-  if (p->i != p->n) return tide__json_syntax(p, "expected the end");
-  if (kind != V_OBJECT && kind != V_ARRAY) *object = 0;
-  return J_OK;
-}
-
 /* -------------------------------------------------------------- events -- */
 
 /* The error for an "error" value inside the stream, as openai.lua's
@@ -473,7 +454,8 @@ static int openai_event(tide_reply_feed *fc, const tide_sse_event *e) {
   int object;
   memset(&st->ev, 0, sizeof st->ev);
   st->scratch.len = 0;
-  int rc = scan_event(&p, &object);
+  int kind, rc = tide__json_scan_root(&p, root_member, &kind);
+  object = tide__json_is_table(kind);
   if (rc == J_NOMEM) return fc->nomem = 1, 0;
   if (rc == J_SYNTAX) {
     tide__push_malformed(fc->L, e->data, e->data_len,
@@ -657,7 +639,8 @@ static int openai_parse(lua_State *L, const char *s, size_t n, size_t max) {
   st->whole = 1;
   tide_json p = {s, n, 0, 0, NULL, 0, &st->scratch, &st->key, st};
   int object, ok = 0;
-  int rc = scan_event(&p, &object);
+  int kind, rc = tide__json_scan_root(&p, root_member, &kind);
+  object = tide__json_is_table(kind);
   if (rc == J_NOMEM) {
     openai_free(&st->base);
     return luaL_error(L, "not enough memory");

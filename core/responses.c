@@ -431,22 +431,6 @@ static int event_member(tide_json *p, const char *k, size_t kl) {
   return error_fields(p, k, kl, &ev->err); /* code, message (type is above) */
 }
 
-/* Scans the document at p whose top-level members go to fn. Returns J_OK,
-** J_NOMEM, or J_SYNTAX with p->err set; *kind is the document's V_ kind. */
-static int scan_document(tide_json *p, tide_json_member_fn fn, int *kind) {
-  int rc;
-  tide__json_skip_ws(p);
-  *kind = tide__json_kind(tide__json_peek(p));
-  if (*kind == V_OBJECT)
-    rc = tide__json_each_member(p, fn);
-  else
-    rc = tide__json_skip(p);
-  if (rc != J_OK) return rc;
-  tide__json_skip_ws(p);
-  if (p->i != p->n) return tide__json_syntax(p, "expected the end");
-  return J_OK;
-}
-
 /* ---------------------------------------------------------------- errors -- */
 
 /* Pushes the string of an error's message as tostring(e.message or code)
@@ -711,7 +695,7 @@ static int responses_event(tide_reply_feed *fc, const tide_sse_event *e) {
   tide_json p = {e->data, e->data_len, 0, 0, NULL, 0, &st->scratch, &st->key, st};
   memset(&st->ev, 0, sizeof st->ev);
   st->scratch.len = 0;
-  int kind, rc = scan_document(&p, event_member, &kind);
+  int kind, rc = tide__json_scan_root(&p, event_member, &kind);
   if (rc == J_NOMEM) return fc->nomem = 1, 0;
   if (rc == J_SYNTAX) {
     tide__push_malformed(fc->L, e->data, e->data_len,
@@ -745,7 +729,7 @@ static int take_held(responses_stream *st) {
     tide_json p = {doc, n, 0, 0, NULL, 0, &st->scratch, &st->key, st};
     span *item = &st->held_item;
     item->off = item->len = 0;
-    int kind, rc = scan_document(&p, held_member, &kind);
+    int kind, rc = tide__json_scan_root(&p, held_member, &kind);
     if (rc == J_NOMEM) return J_NOMEM;
     /* (output[i] = obj.item: no item, or false, ends the list there) */
     if (rc != J_OK || kind != V_OBJECT || item->len == 0 || doc[item->off] == 'f') break;
@@ -864,7 +848,7 @@ static int l_responses_parse(lua_State *L) {
   responses_stream *st = (responses_stream *)tide__reply_whole(L, &RESPONSES, max);
   st->whole = 1;
   tide_json p = {s, n, 0, 0, NULL, 0, &st->scratch, &st->key, st};
-  int kind, nret = 1, rc = scan_document(&p, response_member, &kind);
+  int kind, nret = 1, rc = tide__json_scan_root(&p, response_member, &kind);
   if (rc == J_NOMEM) {
     responses_free(&st->base);
     return luaL_error(L, "not enough memory");
