@@ -236,6 +236,16 @@ function Cluster:_open()
   return conn
 end
 
+-- Subscriptions whose connection is gone, and whose background retries
+-- gave up (an outage longer than reconnect_ms), are made again once Redis
+-- answers a command connection again: a worker hears invalidations after
+-- any outage, without a retry loop that would keep tide.run alive.
+local function revive_sub(self)
+  if self._sub == nil and not self._sub_opening and (next(self._subs) or next(self._patterns)) then
+    core.spawn(function() self:_ensure_sub() end)
+  end
+end
+
 -- Waits for a connection attempt another task is making.
 local function await_flag(self, field)
   while self[field] do core.sleep(5) end
@@ -271,6 +281,7 @@ function Cluster:connection(nowait)
     self._retry_delay, self._retry_at = nil, nil
     self.stats.reconnects = self.stats.reconnects + 1
     self._conn, self._scripts_loaded = c, {}
+    revive_sub(self)
     return c
   end
   if self._connecting then
@@ -304,6 +315,7 @@ function Cluster:connection(nowait)
   self._ever_connected = true
   self._conn = c
   self._scripts_loaded = {}
+  revive_sub(self)
   return c
 end
 

@@ -171,6 +171,32 @@ describe("tide.cluster", function()
     end)
   end)
 
+  it("subscribes again after an outage longer than reconnect_ms", function()
+    local own = redis_server.start()
+    finally(function() own:close() end)
+    local c = cluster.new { redis = own.url, prefix = "t6", reconnect_ms = 100 }
+    helpers.run(function()
+      local got = {}
+      c:subscribe(c:key("ch"), function(_, payload) got[#got + 1] = payload end)
+      helpers.wait_until(function() return c:subscribed() end, "the subscription")
+      own:stop()
+      helpers.wait_until(function() return not c:subscribed() end, "the subscriber to see the outage")
+      -- the loop's clock runs: the background retries fail and give up
+      -- after 100 ms
+      tide.sleep(600)
+      assert.is_false(c:subscribed())
+      own:restart()
+      -- the next command connection brings the subscriber back
+      local pong = c:call("PING")
+      if not pong then pong = c:call("PING") end
+      assert.equal("PONG", pong)
+      helpers.wait_until(function() return c:subscribed() end, "the subscription after the outage")
+      c:publish(c:key("ch"), "back")
+      helpers.wait_until(function() return #got == 1 end, "a message after the outage")
+      c:close()
+    end)
+  end)
+
   it("says when Redis is out of memory", function()
     local small = redis_server.start { args = { "--maxmemory", "2mb", "--maxmemory-policy", "noeviction" } }
     finally(function() small:close() end)
