@@ -490,10 +490,6 @@ function Provider:_c_stream()
   return core.anthropic_stream(self.max_body_bytes)
 end
 
---- Errors of the C parser carry the whole event as their body: cut it as
---- every error body is cut.
-Provider._stream_error = provider._stream_error
-
 --- A whole (non-streamed) response scanned in C: the reply, or nil and the
 --- error (not JSON, an error object, a block that cannot be taken), which
 --- the exchange gives the body's excerpt.

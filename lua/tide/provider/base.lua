@@ -552,16 +552,6 @@ function provider._bearer_headers(self)
   return h
 end
 
---- The `_stream_error` hook of the wire formats parsed in C: the parsers'
---- errors carry the whole event (or body) as their body; it is cut here as
---- every error body is cut.
----@param err table
----@return table err
-function provider._stream_error(_, err)
-  if type(err.body) == "string" then err.body = errors.excerpt(err.body) end
-  return err
-end
-
 -- The pieces the wire formats use, under the names they have always had.
 provider._fail = errors.fail
 provider._excerpt = errors.excerpt

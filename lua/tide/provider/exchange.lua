@@ -154,6 +154,13 @@ local function attempt_whole(self, body, opts, timeout_ms, wire)
   return out, nil, true, delivered
 end
 
+-- An error of a C parser carries the whole event (or body) as its body:
+-- cut it as every error body is cut.
+local function c_error(err)
+  if type(err.body) == "string" then err.body = excerpt(err.body) end
+  return err
+end
+
 -- One streamed HTTP attempt: as attempt_whole, the reply parsed as it comes.
 local function attempt_stream(self, body, opts, timeout_ms, wire)
   local on_delta = opts.on_delta
@@ -184,7 +191,7 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
       kind, v, ttfb = req:pump(parser)
       if kind == "fail" then
         received = true
-        stream_err = self:_stream_error(v)
+        stream_err = c_error(v)
         break
       end
       -- (after a failed transfer the third value says whether bytes came)
@@ -219,7 +226,7 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
       local got, err = feed_c(parser, chunk, on_delta, deltas, on_reasoning, rdeltas)
       if got then delivered = true end
       if err then
-        stream_err = self:_stream_error(err)
+        stream_err = c_error(err)
         break
       end
     end
@@ -236,7 +243,7 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
 
   if mode ~= "json" then
     local out, err = parser:finish()
-    if not out then return nil, self:_stream_error(err), received, delivered end
+    if not out then return nil, c_error(err), received, delivered end
     -- A pumped stream's first byte is libcurl's to time.
     out.ttfb_ms = ttfb_ms or done_ttfb_ms or (core.hrtime() - t0) / 1e6
     return out

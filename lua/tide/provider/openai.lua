@@ -313,10 +313,6 @@ function Provider:_c_stream()
   return core.openai_stream(self.max_body_bytes)
 end
 
---- Errors of the C parser carry the whole event as their body: cut it as
---- every error body is cut.
-Provider._stream_error = provider._stream_error
-
 --- A whole (non-streamed) response scanned in C, or nil for anything but a
 --- plain reply (Provider:_parse then decodes it and says what is wrong).
 --- Like the stream parser's, the reply comes finished (calls, usage, stop).

@@ -246,10 +246,6 @@ function Provider:_c_stream()
   return core.responses_stream(self.max_body_bytes)
 end
 
---- Errors of the C parser carry the whole event as their body: cut it as
---- every error body is cut.
-Provider._stream_error = provider._stream_error
-
 --- A whole (non-streamed) response scanned in C: the reply, or nil and the
 --- error (a body that is not a JSON object, a failed response, an item
 --- tide cannot send back); there is no Lua parser behind it. The exchange
