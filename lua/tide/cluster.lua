@@ -262,27 +262,8 @@ end
 function Cluster:connection(nowait)
   local conn = self._conn
   if conn and conn:connected() then return conn end
-  if nowait and self._ever_connected then
-    -- one attempt now and then (backoff), never a wait for the next one
-    local t = core.now()
-    if self._connecting or t < (self._retry_at or 0) then
-      return nil, self._last_error or unavailable("lost", "reconnecting to Redis at " .. self.url)
-    end
-    self._connecting = true
-    local ok, c, err = pcall(self._open, self)
-    self._connecting = false
-    if not ok then error(c, 0) end
-    if not c then
-      self._retry_delay = math.min((self._retry_delay or 25) * 2, 1000)
-      self._retry_at = core.now() + self._retry_delay
-      self._last_error = err
-      return nil, err
-    end
-    self._retry_delay, self._retry_at = nil, nil
-    self.stats.reconnects = self.stats.reconnects + 1
-    self._conn, self._scripts_loaded = c, {}
-    revive_sub(self)
-    return c
+  if nowait and self._ever_connected and (self._connecting or core.now() < (self._retry_at or 0)) then
+    return nil, self._last_error or unavailable("lost", "reconnecting to Redis at " .. self.url)
   end
   if self._connecting then
     await_flag(self, "_connecting")
@@ -297,8 +278,9 @@ function Cluster:connection(nowait)
     while true do
       local conn2, e = self:_open()
       if conn2 then return conn2 end
-      -- the first connection, and a refused password, fail at once
-      if not self._ever_connected or e.reason == "auth" or core.now() + delay > deadline then
+      -- the first connection, a refused password and a caller that does
+      -- not wait fail at once
+      if not self._ever_connected or nowait or e.reason == "auth" or core.now() + delay > deadline then
         return nil, e
       end
       core.sleep(delay)
@@ -309,8 +291,13 @@ function Cluster:connection(nowait)
   if not ok then error(c, 0) end -- cancelled
   if not c then
     self._last_error = err
+    if nowait then
+      self._retry_delay = math.min((self._retry_delay or 25) * 2, 1000)
+      self._retry_at = core.now() + self._retry_delay
+    end
     return nil, err
   end
+  self._retry_delay, self._retry_at = nil, nil
   if self._ever_connected then self.stats.reconnects = self.stats.reconnects + 1 end
   self._ever_connected = true
   self._conn = c
