@@ -34,6 +34,13 @@ function helpers.child_env(vars)
   return env
 end
 
+--- Calls fn(...), which must raise; the error as a string.
+function helpers.raised(fn, ...)
+  local ok, err = pcall(fn, ...)
+  assert.is_false(ok, "expected an error")
+  return tostring(err)
+end
+
 --- A fresh temporary directory (removed by helpers.rmdir).
 function helpers.tmpdir()
   local p = os.tmpname()

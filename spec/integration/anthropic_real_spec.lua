@@ -12,11 +12,7 @@ local cjson = require "cjson"
 
 local FAST = { attempts = 2, base_ms = 1, max_ms = 2 }
 
-local function raised(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return tostring(err)
-end
+local raised = require("helpers").raised
 
 local function make(url, stream, extra)
   local o = { base_url = url .. "/v1", api_key = "k", model = "claude-mock", stream = stream, retry = FAST }

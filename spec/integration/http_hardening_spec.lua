@@ -6,11 +6,7 @@ local core = require "tide.core"
 local helpers = require "helpers"
 
 -- The message fn(...) raises (fails when it does not raise).
-local function raised(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return tostring(err)
-end
+local raised = require("helpers").raised
 
 -- Calls through a field, as a caller would (an error names the function as
 -- it was called then).

@@ -12,11 +12,7 @@ local cjson = require "cjson"
 -- Small backoff so that retries cost milliseconds.
 local FAST = { attempts = 3, base_ms = 1, max_ms = 2 }
 
-local function raised(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return tostring(err)
-end
+local raised = require("helpers").raised
 
 -- Runs fn(srv) in a root task with a mock server that is closed afterwards.
 local function with_mock(opts, fn)

@@ -12,11 +12,7 @@ local testing = require "tide.testing"
 
 local FAST = { attempts = 2, base_ms = 1, max_ms = 2 }
 
-local function raised(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return tostring(err)
-end
+local raised = require("helpers").raised
 
 local function make(url, stream, extra)
   local o = { api = "responses", base_url = url .. "/v1", api_key = "k", model = "gpt-mock", stream = stream,

@@ -1,11 +1,7 @@
 local core = require "tide.core"
 
 -- Returns the error message raised by fn (fails if it does not raise).
-local function raised(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return tostring(err)
-end
+local raised = require("helpers").raised
 
 -- Cuts s into pieces at pseudo-random places (deterministic for a seed).
 local function split(s, seed)

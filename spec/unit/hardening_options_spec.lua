@@ -4,11 +4,7 @@ local tide = require "tide"
 local helpers = require "helpers"
 
 -- The message fn(...) raises (fails when it does not raise).
-local function raised(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return tostring(err)
-end
+local raised = require("helpers").raised
 
 local function handler() return "ok" end
 

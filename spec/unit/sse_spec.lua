@@ -16,11 +16,7 @@ local function parse(s)
 end
 
 -- Returns the error message raised by fn (fails if it does not raise).
-local function raised(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return tostring(err)
-end
+local raised = require("helpers").raised
 
 describe("core.sse_parser", function()
   it("parses a single event", function()

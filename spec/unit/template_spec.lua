@@ -31,11 +31,7 @@ local function render_error(src, data, partials)
   return err
 end
 
-local function raised(fn, ...)
-  local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
-  return tostring(err)
-end
+local raised = require("helpers").raised
 
 describe("core.template_compile", function()
   describe("variables", function()
