@@ -13,21 +13,7 @@ describe("the turn queue", function()
   local testing = require "tide.testing"
   local cluster = require "tide.cluster"
   local json = require "tide.json"
-  local srv
-
-  setup(function()
-    srv = redis_server.start()
-    tide.agents.load(AGENTS)
-  end)
-  teardown(function()
-    cluster.set_current(nil)
-    if srv then srv:close() end
-  end)
-  before_each(function() tide.cluster { redis = srv.url, prefix = "q" .. math.random(1, 1e9) } end)
-  after_each(function()
-    local c = cluster.current()
-    if c then helpers.run(function() c:close() end) end
-  end)
+  local redis = redis_server.cluster_per_case("q", AGENTS)
 
   local function provider(mock)
     return tide.provider.openai { base_url = mock.url .. "/v1", api_key = "k", model = "m", stream = false }
@@ -91,7 +77,7 @@ describe("the turn queue", function()
       -- every reply published on this process's channel, counted by a
       -- subscriber of its own
       local published = 0
-      local spy = cluster.new { redis = srv.url }
+      local spy = cluster.new { redis = redis.server.url }
       local t = tide.spawn(function()
         return tide.submit { queue = "turns", session = "victim", agent = "helper", text = "look", timeout_ms = 30000 }
       end)

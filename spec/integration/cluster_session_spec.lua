@@ -24,21 +24,7 @@ describe("sessions in Redis", function()
   local tide = require "tide"
   local testing = require "tide.testing"
   local cluster = require "tide.cluster"
-  local srv
-
-  setup(function()
-    srv = redis_server.start()
-    tide.agents.load("spec/support/cluster_agents")
-  end)
-  teardown(function()
-    cluster.set_current(nil)
-    if srv then srv:close() end
-  end)
-  before_each(function() tide.cluster { redis = srv.url, prefix = "s" .. math.random(1, 1e9) } end)
-  after_each(function()
-    local c = cluster.current()
-    if c then helpers.run(function() c:close() end) end
-  end)
+  local redis = redis_server.cluster_per_case("s", "spec/support/cluster_agents")
 
   local function provider(mock)
     return tide.provider.openai { base_url = mock.url .. "/v1", api_key = "k", model = "m", stream = false }
@@ -60,7 +46,7 @@ describe("sessions in Redis", function()
   end)
 
   it("resumes in another process, which sees the whole conversation", function()
-    tide.cluster { redis = srv.url } -- the default prefix, as the child uses
+    tide.cluster { redis = redis.server.url } -- the default prefix, as the child uses
     helpers.run(function()
       local mock = testing.mock_server { default = function(req)
         return ("%d messages"):format(#req.json.messages)
@@ -70,7 +56,7 @@ describe("sessions in Redis", function()
       assert.equal("2 messages", s:turn("first")) -- system + user
       s:close()
       local p = child("spec/support/cluster_child.lua", { id, "second" },
-        { TIDE_REDIS_URL = srv.url, OPENAI_BASE_URL = mock.url .. "/v1" })
+        { TIDE_REDIS_URL = redis.server.url, OPENAI_BASE_URL = mock.url .. "/v1" })
       assert.equal("OPEN 2", p:read_line(10000))
       assert.equal("REPLY 4 messages", p:read_line(10000))
       assert.equal(0, p:wait(10000))
@@ -114,13 +100,13 @@ describe("sessions in Redis", function()
   end)
 
   it("resumes a session whose process died mid-call: the call is never run again", function()
-    tide.cluster { redis = srv.url }
+    tide.cluster { redis = redis.server.url }
     local log = os.tmpname()
     finally(function() os.remove(log) end)
     helpers.run(function()
       local mock = testing.mock_server { default = testing.tool_loop(1, "lookup") }
       local id = "crash" .. math.random(1, 1e9)
-      local p = child("spec/support/cluster_child.lua", { id, "look it up" }, { TIDE_REDIS_URL = srv.url,
+      local p = child("spec/support/cluster_child.lua", { id, "look it up" }, { TIDE_REDIS_URL = redis.server.url,
         OPENAI_BASE_URL = mock.url .. "/v1", TIDE_TOOL_LOG = log, TIDE_TOOL_SLEEP_MS = "10000", LEASE_MS = "500" })
       assert.equal("OPEN 0", p:read_line(10000))
       helpers.wait_until(function() return #helpers.lines_of(log) == 1 end, "the tool to start", 10000)

@@ -70,6 +70,34 @@ function M.start(opts)
   error("could not start redis-server: " .. (io.open(dir .. "/redis.log") or { read = function() return "" end }):read("a"))
 end
 
+--- Inside a describe block: a redis-server for the block, the agents of
+--- `agents_dir` loaded, and around each case a current tide.cluster on it
+--- under a fresh prefix (`letter` and a random number), closed after the
+--- case. Returns a table whose `server` field is the server once the
+--- block runs.
+function M.cluster_per_case(letter, agents_dir)
+  -- busted's block functions live in the spec's environment, not in _G
+  local b = require "busted"
+  local setup, teardown, before_each, after_each = b.setup, b.teardown, b.before_each, b.after_each
+  local tide = require "tide"
+  local cluster = require "tide.cluster"
+  local box = {}
+  setup(function()
+    box.server = M.start()
+    tide.agents.load(agents_dir)
+  end)
+  teardown(function()
+    cluster.set_current(nil)
+    if box.server then box.server:close() end
+  end)
+  before_each(function() tide.cluster { redis = box.server.url, prefix = letter .. math.random(1, 1e9) } end)
+  after_each(function()
+    local c = cluster.current()
+    if c then tide.run(function() c:close() end) end
+  end)
+  return box
+end
+
 --- The URL of a Redis that was there and is gone: a loopback port where
 --- nothing listens now.
 function M.gone_url()
