@@ -37,7 +37,8 @@ end
 --- Calls fn(...), which must raise; the error as a string.
 function helpers.raised(fn, ...)
   local ok, err = pcall(fn, ...)
-  assert.is_false(ok, "expected an error")
+  -- busted's assert is the spec's, not this file's global
+  require("luassert").is_false(ok, "expected an error")
   return tostring(err)
 end
 
