@@ -557,8 +557,13 @@ local function loop(session, opts, run, first, state)
     { max_iterations = session.max_iterations })
 end
 
--- A new turn, in the caller's task: integrations, the frozen prompt, the
--- user message, then the loop.
+-- A turn, in the caller's task: integrations, the frozen prompt, the user
+-- message, then the loop. Without `text` it is a turn its process left
+-- unfinished, continued in another (tide.queue): the session was resumed
+-- from its transcript with the crash-safe rules (calls left without
+-- results answered "interrupted", never run again), so its history ends
+-- with the turn's user message or a round's results, and the loop goes on
+-- from there.
 local function body(session, text, opts, run)
   local stats = session.counters
   local history = session.conversation
@@ -576,39 +581,22 @@ local function body(session, text, opts, run)
     if not ok then return nil, err end
   end
   session:_prefix()
+  local want = opts.schema or session.def.output_schema
   -- 3. the user message (content parts read first: a file that cannot be
   -- read fails the turn before anything reaches the history)
-  if type(text) == "table" then
-    local parts, perr = require("tide.content").resolve(text)
-    if not parts then return nil, perr end
-    text = parts
-  end
-  local want = opts.schema or session.def.output_schema
-  history:append { role = "user", content = user_content(session, text, opts, want) }
-  if stats.turns == 1 then
-    trace[#trace + 1] = { step = "first_request_ready", ms = ms_since(t0) }
-    session.trace = trace
+  if text ~= nil then
+    if type(text) == "table" then
+      local parts, perr = require("tide.content").resolve(text)
+      if not parts then return nil, perr end
+      text = parts
+    end
+    history:append { role = "user", content = user_content(session, text, opts, want) }
+    if stats.turns == 1 then
+      trace[#trace + 1] = { step = "first_request_ready", ms = ms_since(t0) }
+      session.trace = trace
+    end
   end
   return loop(session, opts, run, 1, { want = want, repaired = false })
-end
-
--- A turn interrupted by the end of its process, continued in another
--- (tide.queue): the session was resumed from its transcript with the
--- crash-safe rules (calls left without results answered "interrupted",
--- never run again), so its history ends with the turn's user message or a
--- round's results; the loop goes on from there, without a user message.
-local function continue_body(session, opts, run)
-  local stats = session.counters
-  local trace = {}
-  stats.turns = stats.turns + 1
-  stats.turn_cost_usd = 0
-  session:_update_integrations(trace)
-  if not session.conversation.system then
-    local ok, err = session:_freeze(trace)
-    if not ok then return nil, err end
-  end
-  session:_prefix()
-  return loop(session, opts, run, 1, { want = opts.schema or session.def.output_schema, repaired = false })
 end
 
 -- A paused turn, resumed: finish its round with the decisions made (run
@@ -784,12 +772,12 @@ function M.run(session, text, opts)
 end
 
 --- Continues the turn a process left unfinished in `session`'s transcript
---- (see continue_body); a paused one stays paused (ApprovalRequired).
+--- (see body); a paused one stays paused (ApprovalRequired).
 ---@return any reply
 ---@return table|nil err
 function M.continue(session, opts)
   if session.paused then return nil, approval.required(session) end
-  return drive(session, opts, nil, function(s, run_opts) return continue_body(s, run_opts, s.turn_ctx) end, opts)
+  return drive(session, opts, nil, function(s, run_opts) return body(s, nil, run_opts, s.turn_ctx) end, opts)
 end
 
 --- Resumes the paused turn of `session` with the decisions made.
