@@ -327,6 +327,8 @@ static void keep_result(tide_ctx *ctx, tide_task *t, lua_State *L) {
 
 /* Task t has ended. L is the running thread (the one that resumed t), on
 ** whose stack the outcome is arranged. */
+static void cancel_task(tide_task *t);
+
 static void finish(tide_ctx *ctx, tide_task *t, int ok, int nres, lua_State *L) {
   t->state = TIDE_TASK_DONE;
   t->ok = ok;
@@ -351,6 +353,13 @@ static void finish(tide_ctx *ctx, tide_task *t, int ok, int nres, lua_State *L) 
   if (t->sleep_timer) {
     uv_close((uv_handle_t *)t->sleep_timer, close_free_cb);
     t->sleep_timer = NULL;
+  }
+  /* A root task that failed ends the run: the tasks still running (a
+  ** server, a worker, a renewal loop) are cancelled, so that the error is
+  ** reported rather than hidden behind a loop that never empties. */
+  if (t == ctx->root && !ok) {
+    ctx->root = NULL;
+    for (tide_task *o = ctx->live_head; o; o = o->next_live) cancel_task(o);
   }
   /* Children outlive their parent: they are detached, not cancelled. */
   for (tide_task *c = t->first_child, *next; c; c = next) {
@@ -857,6 +866,7 @@ static int l_run(lua_State *L) {
                          "run from inside itself)");
   tide_task *root = tide__spawn(L, 1, lua_gettop(L) - 1, 0);
   int rootidx = lua_gettop(L);
+  ctx->root = root;
   ctx->running = 1;
   ctx->interrupted = 0;
   uv_signal_t *sig = malloc(sizeof *sig);
@@ -868,6 +878,7 @@ static int l_run(lua_State *L) {
   }
   uv_run(ctx->loop, UV_RUN_DEFAULT);
   int deadlock = root->state != TIDE_TASK_DONE;
+  ctx->root = NULL;
   if (ctx->live_head) cancel_all(ctx);
   if (sig) {
     uv_close((uv_handle_t *)sig, close_free_cb);

@@ -335,6 +335,7 @@ struct tide_ctx {
   tide_task *ready_head, *ready_tail;
   tide_task *live_head;
   tide_task *current;  /* the task being resumed, or NULL */
+  tide_task *root;     /* tide.run's root task while it runs, or NULL */
   uv_idle_t *idle;     /* active while tasks are ready: keeps poll non-blocking */
   uv_check_t *check;   /* drains the ready queue right after the poll phase */
   int max_spawn_depth; /* runtime default for MAX_SPAWN_DEPTH */

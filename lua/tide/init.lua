@@ -28,7 +28,9 @@ end
 tide._blocking = blocking
 
 --- Runs `fn(...)` as the root task and drives the event loop until every task
---- has ended. Returns what `fn` returns; an error in `fn` is raised again here.
+--- has ended. Returns what `fn` returns; an error in `fn` is raised again here,
+--- once the tasks still running have been cancelled and have unwound (a
+--- failed program ends instead of waiting on a server or worker it started).
 ---@param fn fun(...):any
 ---@return any ...
 function tide.run(fn, ...)

@@ -53,6 +53,50 @@ describe("tasks", function()
     assert.has_error(function() tide.run(function() error("root failed", 0) end) end)
   end)
 
+  it("ends the run when the root task fails: the tasks still running are cancelled", function()
+    local seen, closed, finished = nil, false, false
+    local server_like = nil
+    local t0 = core.now()
+    local ok, err = pcall(function()
+      tide.run(function()
+        -- a task that would run for a minute, and one that loops for half
+        -- a minute (without the cancel, the run would wait for both)
+        tide.spawn(function()
+          local _ <close> = setmetatable({}, { __close = function() closed = true end })
+          local ok, e = pcall(tide.sleep, 60000)
+          seen = not ok and e.code
+        end)
+        server_like = tide.spawn(function()
+          for _ = 1, 3000 do tide.sleep(10) end
+        end)
+        tide.spawn(function()
+          tide.sleep(5)
+          finished = true
+        end)
+        tide.sleep(20)
+        error("root failed", 0)
+      end)
+    end)
+    assert.is_false(ok)
+    assert.matches("^root failed", tostring(err))
+    assert.equal("Cancelled", seen)
+    assert.is_true(closed)
+    assert.is_true(finished) -- ended before the root failed: untouched
+    assert.equal("failed", server_like:status())
+    assert.is_true(core.now() - t0 < 10000)
+  end)
+
+  it("still waits for every task when the root task returns", function()
+    local done = false
+    tide.run(function()
+      tide.spawn(function()
+        tide.sleep(30)
+        done = true
+      end)
+    end)
+    assert.is_true(done)
+  end)
+
   it("cancels a sleeping task and its descendants", function()
     local grandchild_done = false
     local v, err, child_err = tide.run(function()
