@@ -388,18 +388,23 @@ function Worker:_reader()
       if not (conn and conn:connected()) then
         conn, err = self.cluster:_open()
         self.read_conn = conn
+        -- stop() wakes the read with CLIENT UNBLOCK, by this id
+        self.read_id = conn and conn:call("CLIENT", "ID") or nil
       end
       if conn then
         r, err = conn:call("XREADGROUP", "GROUP", GROUP, self.name, "COUNT", free, "BLOCK", self.block_ms,
           "STREAMS", self.stream, ">")
       end
-      if self.stopping then break end
       if r then
+        -- served even when stopping: Redis handed them to this worker, and
+        -- left unserved they would wait claim_idle_ms for another
         delay = 25
         for _, stream in ipairs(r) do
           for _, e in ipairs(stream[2]) do self:_spawn(e[1], e[2]) end
         end
-      elseif r == nil then
+      end
+      if self.stopping then break end
+      if r == nil then
         if (err.message or ""):match("NOGROUP") then
           self:_ensure_group() -- Redis lost the group (a restart without persistence)
         else
@@ -445,9 +450,10 @@ function Worker:_claimer()
   end
 end
 
---- Stops taking entries; turns in flight finish, for up to `drain_ms`
---- (default 30,000), after which they are cancelled and their entries
---- left for another worker to claim. Returns when stopped.
+--- Stops taking entries (those its last read brought are served); turns
+--- in flight finish, for up to `drain_ms` (default 30,000), after which
+--- they are cancelled and their entries left for another worker to claim.
+--- Returns when stopped.
 ---@param drain_ms? integer
 function Worker:stop(drain_ms)
   if drain_ms ~= nil and (math.type(drain_ms) ~= "integer" or drain_ms < 0) then
@@ -455,13 +461,21 @@ function Worker:stop(drain_ms)
   end
   return blocking(function()
     self.stopping = true
-    if self.read_conn then self.read_conn:close() end
+    -- The read in progress is woken rather than cut: entries Redis hands
+    -- over in its last reply are served. With Redis away there is nothing
+    -- to wait for, and the connection is closed.
+    local conn = self.read_conn
+    if conn and conn:connected() then
+      local woken = self.read_id and self.cluster:state() == "up" and self.cluster:call("CLIENT", "UNBLOCK", self.read_id)
+      if woken == nil or woken == false then conn:close() end
+    end
+    if self.reader then self.reader:join() end
     local deadline = core.now() + (drain_ms or 30000)
     while self.inflight > 0 and core.now() < deadline do core.sleep(5) end
     for _, t in pairs(self.tasks) do t:cancel() end
     while self.inflight > 0 do core.sleep(5) end
     if self.claimer then self.claimer:cancel() end
-    if self.reader then self.reader:join() end
+    if self.read_conn then self.read_conn:close() end
     self.stopped = true
     return true
   end)
