@@ -201,6 +201,27 @@ describe("the turn queue", function()
     end)
   end)
 
+  it("serves what Redis handed it as it stopped: nothing waits for claim_idle_ms", function()
+    helpers.run(function()
+      local mock = testing.mock_server { default = function() return { text = "ok" } end }
+      local w = assert(tide.worker { queue = "turns", provider = provider(mock), quiet = true, block_ms = 5000,
+        claim_idle_ms = 60000 })
+      -- the reply channel and the script ready, the worker's read blocked
+      assert.equal("ok", tide.submit { queue = "turns", session = "warm", agent = "helper", text = "x" })
+      tide.sleep(50)
+      local t = core.spawn_now(function()
+        return tide.submit { queue = "turns", session = "handed", agent = "helper", text = "x", timeout_ms = 5000 }
+      end)
+      tide.sleep(0) -- the request goes out
+      -- this loop held while Redis hands the entry to the blocked read
+      os.execute("sleep 0.3")
+      w:stop()
+      assert.equal("ok", t:join())
+      assert.equal(2, w:stats().answered)
+      mock:close()
+    end)
+  end)
+
   it("comes back after a Redis restart: in-flight turns finish or fail clearly", function()
     local own = redis_server.start { args = { "--appendonly", "yes", "--appendfsync", "always" } }
     finally(function() own:close() end)
@@ -239,12 +260,18 @@ describe("the turn queue", function()
     finally(function() own:close() end)
     tide.cluster { redis = own.url, reconnect_ms = 10000 }
     helpers.run(function()
-      local mock = testing.mock_server { default = function() return { text = "ok", delay_ms = 300 } end }
+      local calls = 0
+      local mock = testing.mock_server { default = function()
+        calls = calls + 1
+        return { text = "ok", delay_ms = 300 }
+      end }
       local w = assert(tide.worker { queue = "turns", provider = provider(mock), quiet = true, block_ms = 100 })
       local t = tide.spawn(function()
         return tide.submit { queue = "turns", session = "lost", agent = "helper", text = "x", timeout_ms = 20000 }
       end)
-      tide.sleep(100)
+      -- the turn is at its model call (whose answer this loop gives, so not
+      -- before the restart) when Redis loses everything
+      helpers.wait_until(function() return calls == 1 end, "the turn's model call")
       own:restart()
       local r, err = t:join()
       assert.is_nil(r)
