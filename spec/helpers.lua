@@ -5,9 +5,29 @@ package.cpath = build .. "/?.so;" .. package.cpath
 
 local helpers = {}
 
---- Runs fn as the root task; raises its error, returns its results.
+-- How long a spec's run may take before it is taken for a hang: far
+-- above the slowest spec under the sanitizers, far below CI's limit.
+local HANG_MS = 300000
+
+--- Runs fn as the root task; raises its error, returns its results. A run
+--- still going after HANG_MS is cancelled and fails naming the hang (the
+--- tasks it left are then cancelled too: tide.run ends a failed program),
+--- so that one spec that hangs fails alone instead of stalling the suite.
 function helpers.run(fn, ...)
-  return require("tide").run(fn, ...)
+  local tide = require "tide"
+  return tide.run(function(...)
+    local root, hung = tide.current(), false
+    local dog = tide.spawn(function()
+      tide.sleep(HANG_MS)
+      hung = true
+      root:cancel()
+    end)
+    local r = table.pack(pcall(fn, ...))
+    dog:cancel()
+    if hung then error(("the spec's run was still going after %d ms (a hang?)"):format(HANG_MS), 0) end
+    if not r[1] then error(r[2], 0) end
+    return table.unpack(r, 2, r.n)
+  end, ...)
 end
 
 --- Inside a task: sleeps until cond() is true, raising once `ms` (default
