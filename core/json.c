@@ -2,8 +2,9 @@
 ** json.c -- JSON primitives shared by the C parsers and encoders: an in-place
 ** scanner (validate and skip any value without recursion, decode strings,
 ** walk an object's members or an array's elements through callbacks),
-** string quoting exactly as lua-cjson writes it, and the walk that gives
-** decoded numbers back their integers (core.json_integers).
+** string quoting exactly as lua-cjson writes it, the walk that gives
+** decoded numbers back their integers (core.json_integers), and the
+** canonical encoder of Lua values (json.canonical).
 **
 ** The scanner never raises and never builds a Lua value: a caller scans a
 ** whole document first, then makes what it found into Lua values, so that
@@ -782,9 +783,236 @@ static int l_json_integers(lua_State *L) {
 }
 
 
-/// Registers core.json_integers into the module table at the top of the
-/// stack.
+/* ---------------------------------------------------- canonical encoder -- */
+
+/* json.canonical: a Lua value as JSON with every object's keys sorted, so
+** that equal values give equal bytes (the frozen request prefix, the
+** integration hashes and every transcript record rely on it). It writes
+** what the Lua encoder it replaced wrote, byte for byte
+** (spec/support/reference.lua keeps that one; spec/unit/differential_spec.lua
+** compares them): strings quoted as lua-cjson quotes them, integers as
+** integers, floats as the shorter of %.14g and %.17g that reads back, what
+** is not finite as null; a table marked with json.array_mt, or with a
+** length, is an array, any other an object whose number keys are written
+** as tostring writes them. Tables are read as Lua code reads them
+** (metamethods apply), except that keys come from next (no __pairs). */
+
+#define ENCODE_MAX_DEPTH 200
+#define ENCODE_BUF_MT "tide.json.encoder_buf"
+#define ENCODE_SMALL_OBJECT 32
+
+typedef struct enc {
+  lua_State *L;
+  tide_buf *b;
+  int array_mt; /* stack index of json.array_mt */
+} enc;
+
+static void enc_nomem(lua_State *L) {
+  lua_pushliteral(L, "not enough memory");
+  lua_error(L);
+}
+
+static void enc_add(enc *e, const char *s, size_t n) {
+  if (tide__buf_add(e->b, s, n)) enc_nomem(e->L);
+}
+
+static void enc_quoted(enc *e, const char *s, size_t n) {
+  size_t q = tide__json_quoted_size((const unsigned char *)s, n);
+  if (tide__buf_reserve(e->b, q)) enc_nomem(e->L);
+  e->b->len += tide__json_write_quoted(e->b->p + e->b->len, (const unsigned char *)s, n);
+  e->b->p[e->b->len] = '\0';
+}
+
+static void enc_number(enc *e, int idx) {
+  char tmp[64];
+  int len;
+  if (lua_isinteger(e->L, idx)) {
+    len = snprintf(tmp, sizeof tmp, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(e->L, idx));
+  } else {
+    double v = (double)lua_tonumber(e->L, idx);
+    if (v != v || v == HUGE_VAL || v == -HUGE_VAL) {
+      len = snprintf(tmp, sizeof tmp, "null");
+    } else {
+      len = snprintf(tmp, sizeof tmp, "%.14g", v);
+      if (strtod(tmp, NULL) != v) len = snprintf(tmp, sizeof tmp, "%.17g", v);
+    }
+  }
+  enc_add(e, tmp, (size_t)len);
+}
+
+/* Lua's own string order (lstrlib's l_strcmp, as table.sort uses it):
+** strcoll, piece by piece across embedded zeros. */
+static int lua_order(const char *l, size_t ll, const char *r, size_t lr) {
+  for (;;) {
+    int temp = strcoll(l, r);
+    if (temp != 0) return temp;
+    size_t len = strlen(l);
+    if (len == lr) return (len == ll) ? 0 : 1;
+    if (len == ll) return -1;
+    len++;
+    l += len, ll -= len;
+    r += len, lr -= len;
+  }
+}
+
+typedef struct enc_key {
+  const char *s;
+  size_t n;
+} enc_key;
+
+static int enc_key_cmp(const void *a, const void *b) {
+  const enc_key *x = a, *y = b;
+  return lua_order(x->s, x->n, y->s, y->n);
+}
+
+static void enc_value(enc *e, int idx, int depth);
+
+static void enc_object(enc *e, int t, int depth) {
+  lua_State *L = e->L;
+  int base = lua_gettop(L);
+  size_t n = 0;
+  /* Every key, as text, on the stack. */
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    lua_pop(L, 1);
+    luaL_checkstack(L, 3, "tide.json: too many keys");
+    int kt = lua_type(L, -1);
+    if (kt == LUA_TNUMBER) {
+      lua_pushvalue(L, -1);
+      luaL_tolstring(L, -1, NULL); /* as tostring writes it */
+      lua_replace(L, -2);
+      lua_insert(L, -2); /* the text below, the key on top for next */
+    } else if (kt == LUA_TSTRING) {
+      lua_pushvalue(L, -1);
+      lua_insert(L, -2);
+    } else {
+      lua_pushfstring(L, "tide.json: cannot encode a %s key", luaL_typename(L, -1));
+      lua_error(L);
+    }
+    n++;
+  }
+  enc_key small[ENCODE_SMALL_OBJECT], *keys = small;
+  if (n > ENCODE_SMALL_OBJECT) {
+    if (n > SIZE_MAX / sizeof *keys) enc_nomem(L);
+    keys = lua_newuserdatauv(L, n * sizeof *keys, 0); /* freed by the collector */
+  }
+  for (size_t i = 0; i < n; i++) keys[i].s = lua_tolstring(L, base + 1 + (int)i, &keys[i].n);
+  qsort(keys, n, sizeof *keys, enc_key_cmp);
+  enc_add(e, "{", 1);
+  for (size_t i = 0; i < n; i++) {
+    if (i > 0) enc_add(e, ",", 1);
+    enc_quoted(e, keys[i].s, keys[i].n);
+    enc_add(e, ":", 1);
+    /* v[k], and v[tonumber(k)] when that is nil */
+    lua_pushlstring(L, keys[i].s, keys[i].n);
+    if (lua_gettable(L, t) == LUA_TNIL) {
+      lua_pop(L, 1);
+      size_t read = lua_stringtonumber(L, keys[i].s);
+      if (read != keys[i].n + 1) { /* not a number, or not all of it */
+        if (read) lua_pop(L, 1);
+        lua_pushnil(L);
+      }
+      lua_gettable(L, t);
+    }
+    enc_value(e, lua_gettop(L), depth + 1);
+    lua_pop(L, 1);
+  }
+  enc_add(e, "}", 1);
+  lua_settop(L, base);
+}
+
+static void enc_table(enc *e, int t, int depth) {
+  lua_State *L = e->L;
+  if (depth > ENCODE_MAX_DEPTH) {
+    lua_pushliteral(L, "tide.json: nesting too deep");
+    lua_error(L);
+  }
+  luaL_checkstack(L, 8, "tide.json: nesting too deep");
+  int has_mt = lua_getmetatable(L, t);
+  int marked = has_mt && lua_rawequal(L, -1, e->array_mt);
+  if (has_mt) lua_pop(L, 1);
+  lua_Integer n = has_mt ? luaL_len(L, t) : (lua_Integer)lua_rawlen(L, t);
+  if (marked || n > 0) {
+    enc_add(e, "[", 1);
+    for (lua_Integer i = 1; i <= n; i++) {
+      if (i > 1) enc_add(e, ",", 1);
+      lua_geti(L, t, i);
+      enc_value(e, lua_gettop(L), depth + 1);
+      lua_pop(L, 1);
+    }
+    enc_add(e, "]", 1);
+    return;
+  }
+  enc_object(e, t, depth);
+}
+
+static void enc_value(enc *e, int idx, int depth) {
+  lua_State *L = e->L;
+  switch (lua_type(L, idx)) {
+  case LUA_TSTRING: {
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    enc_quoted(e, s, n);
+    return;
+  }
+  case LUA_TNUMBER: enc_number(e, idx); return;
+  case LUA_TBOOLEAN:
+    if (lua_toboolean(L, idx)) enc_add(e, "true", 4);
+    else enc_add(e, "false", 5);
+    return;
+  case LUA_TNIL: enc_add(e, "null", 4); return;
+  case LUA_TLIGHTUSERDATA:
+    if (lua_touserdata(L, idx) == NULL) { /* json.null */
+      enc_add(e, "null", 4);
+      return;
+    }
+    break;
+  case LUA_TTABLE: enc_table(e, idx, depth); return;
+  default: break;
+  }
+  lua_pushfstring(L, "tide.json: cannot encode a %s", luaL_typename(L, idx));
+  lua_error(L);
+}
+
+static int enc_buf_gc(lua_State *L) {
+  tide__buf_free(luaL_checkudata(L, 1, ENCODE_BUF_MT));
+  return 0;
+}
+
+/* encode(v) -> text: the closure core.json_canonical_encoder makes; its
+** upvalue is json.array_mt. The buffer is a userdata, so that an error
+** mid-way (a value JSON cannot hold) leaves nothing to free by hand. */
+static int l_encode_canonical(lua_State *L) {
+  lua_settop(L, 1);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  tide_buf *b = lua_newuserdatauv(L, sizeof *b, 0);
+  memset(b, 0, sizeof *b);
+  luaL_setmetatable(L, ENCODE_BUF_MT);
+  enc e = {L, b, 2};
+  enc_value(&e, 1, 0);
+  lua_pushlstring(L, b->p ? b->p : "", b->len);
+  tide__buf_free(b);
+  return 1;
+}
+
+/* core.json_canonical_encoder(array_mt) -> encode (see json.lua). */
+static int l_json_canonical_encoder(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lua_pushcclosure(L, l_encode_canonical, 1);
+  return 1;
+}
+
+/// Registers core.json_integers and core.json_canonical_encoder into the
+/// module table at the top of the stack.
 void tide__open_json(lua_State *L) {
-  static const luaL_Reg fns[] = {{"json_integers", l_json_integers}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"json_integers", l_json_integers},
+                                 {"json_canonical_encoder", l_json_canonical_encoder},
+                                 {NULL, NULL}};
+  if (luaL_newmetatable(L, ENCODE_BUF_MT)) {
+    lua_pushcfunction(L, enc_buf_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
   luaL_setfuncs(L, fns, 0);
 }

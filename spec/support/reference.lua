@@ -628,4 +628,81 @@ function M.responses_stream(body)
   return { reply = reply_of(st.final, acc), text = st.text, reasoning = st.reasoning }
 end
 
+-- ------------------------------------------------------------ canonical --
+
+local cjson_null = cjson.null
+local encode_string = cjson.new().encode
+
+local function is_array(t)
+  if getmetatable(t) == json.array_mt then return true, #t end
+  local n = #t
+  if n > 0 then return true, n end
+  return next(t) == nil and false, 0
+end
+
+local function canon(v, out, depth)
+  local ty = type(v)
+  if ty == "string" then
+    out[#out + 1] = encode_string(v)
+  elseif ty == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then
+      out[#out + 1] = "null"
+    elseif math.type(v) == "integer" then
+      out[#out + 1] = tostring(v)
+    else
+      -- Shortest of %.14g / %.17g that reads back exactly.
+      local text = ("%.14g"):format(v)
+      if tonumber(text) ~= v then text = ("%.17g"):format(v) end
+      out[#out + 1] = text
+    end
+  elseif ty == "boolean" then
+    out[#out + 1] = v and "true" or "false"
+  elseif v == nil or v == cjson_null then
+    out[#out + 1] = "null"
+  elseif ty == "table" then
+    if depth > 200 then error("tide.json: nesting too deep", 0) end
+    local arr, n = is_array(v)
+    if arr then
+      out[#out + 1] = "["
+      for i = 1, n do
+        if i > 1 then out[#out + 1] = "," end
+        canon(v[i], out, depth + 1)
+      end
+      out[#out + 1] = "]"
+    elseif getmetatable(v) == nil and next(v) == nil then
+      out[#out + 1] = "{}"
+    else
+      local keys = {}
+      for k in pairs(v) do
+        if type(k) ~= "string" then
+          if type(k) == "number" then k = tostring(k) else
+            error("tide.json: cannot encode a " .. type(k) .. " key", 0)
+          end
+        end
+        keys[#keys + 1] = k
+      end
+      table.sort(keys)
+      out[#out + 1] = "{"
+      for i, k in ipairs(keys) do
+        if i > 1 then out[#out + 1] = "," end
+        out[#out + 1] = encode_string(k)
+        out[#out + 1] = ":"
+        local val = v[k]
+        if val == nil then val = v[tonumber(k)] end
+        canon(val, out, depth + 1)
+      end
+      out[#out + 1] = "}"
+    end
+  else
+    error("tide.json: cannot encode a " .. ty, 0)
+  end
+end
+
+--- json.canonical as Lua wrote it before core.json_canonical_encoder.
+function M.canonical(v)
+  local out = {}
+  canon(v, out, 0)
+  return table.concat(out)
+end
+
 return M

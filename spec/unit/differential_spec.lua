@@ -683,3 +683,83 @@ describe("core.responses_stream and core.responses_parse against the Lua parser 
     end
   end)
 end)
+
+describe("json.canonical against the Lua encoder it replaced", function()
+  local json = require "tide.json"
+
+  local FLOATS = { 0.1, -0.0, 1e300, -1e-300, 2 ^ 53, 2 ^ 63, 1 / 3, 3.0, -2.5, 123456789.125, 1e15 + 0.5,
+    5e-324, 1.7976931348623157e308, 0 / 0, math.huge, -math.huge }
+  local INTS = { 0, 1, -1, 42, math.maxinteger, math.mininteger, 1 << 53, 99999999999999 }
+
+  -- a value of any kind JSON holds, up to `depth` tables deep
+  local function value(r, depth)
+    local k = r(depth > 0 and 10 or 6)
+    if k == 1 then return text(r, 12)
+    elseif k == 2 then return FLOATS[r(#FLOATS)]
+    elseif k == 3 then return INTS[r(#INTS)]
+    elseif k == 4 then return r(2) == 1
+    elseif k == 5 then return json.null
+    elseif k == 6 then return (r(2) == 1) and "" or text(r, 4)
+    elseif k <= 8 then -- an array, marked or not, maybe empty, maybe with holes
+      local t = r(3) == 1 and json.array() or {}
+      for i = 1, r(6) - 1 do t[i] = value(r, depth - 1) end
+      if r(5) == 1 and #t > 1 then t[#t - 1] = nil end
+      return t
+    else -- an object: string keys, number keys, keys alike as text
+      local t = {}
+      for _ = 1, r(8) - 1 do
+        local kk = r(5)
+        local key = kk == 1 and r(5) + 0.5 or kk == 2 and r(9) or text(r, 6)
+        t[key] = value(r, depth - 1)
+      end
+      if r(6) == 1 then t["1"], t[1] = "string one", "number one" end
+      if r(6) == 1 then setmetatable(t, { __index = function() return "from __index" end }) end
+      return t
+    end
+  end
+
+  it("writes random values byte for byte as the Lua encoder did", function()
+    for seed = 1, 3000 do
+      local r = rng(seed)
+      local v = value(r, 4)
+      local want = ref.canonical(v)
+      local got = json.canonical(v)
+      if got ~= want then
+        error(("seed %d: C wrote %q, Lua wrote %q"):format(seed, got, want))
+      end
+    end
+  end)
+
+  it("writes what the Lua encoder wrote for values at the edges", function()
+    local deep = {}
+    local at = deep
+    for _ = 1, 199 do at.x = {}; at = at.x end
+    local cases = {
+      {}, json.array(), { json.array() }, { a = {}, b = json.array(), c = { 1, 2 } }, "a/b\"c\\\0\127é",
+      { [1] = "x", [3] = "z" }, { [2.0] = "two", [1.5] = "x" }, { ["\0b"] = 1, ["\0a"] = 2, a = 3, [""] = 4 },
+      { n = 0 / 0, i = math.huge }, deep, setmetatable({ 1, 2 }, { __len = function() return 3 end }),
+      setmetatable({}, { __index = function(_, i) return i end }), { 1, nil, 3 },
+    }
+    for i, v in ipairs(cases) do
+      assert.are.equal(ref.canonical(v), json.canonical(v), "case " .. i)
+    end
+  end)
+
+  it("raises what the Lua encoder raised, and keeps nothing of a failed encode", function()
+    local too_deep = {}
+    local at = too_deep
+    for _ = 1, 201 do at[1] = {}; at = at[1] end
+    local cases = {
+      { print }, { [true] = 1 }, { [{}] = 1 }, too_deep, io.stdout, coroutine.create(print),
+      { a = { b = { c = function() end } } },
+    }
+    for i, v in ipairs(cases) do
+      local ok1, e1 = pcall(ref.canonical, v)
+      local ok2, e2 = pcall(json.canonical, v)
+      assert.is_false(ok1, "case " .. i)
+      assert.is_false(ok2, "case " .. i)
+      assert.are.equal(e1, e2, "case " .. i)
+    end
+    assert.are.equal('{"a":1}', json.canonical { a = 1 })
+  end)
+end)
