@@ -391,7 +391,7 @@ function Worker:_reader()
         -- stop() wakes the read with CLIENT UNBLOCK, by this id
         self.read_id = conn and conn:call("CLIENT", "ID") or nil
       end
-      if conn then
+      if conn and not self.stopping then -- (stop() may have come while it connected)
         r, err = conn:call("XREADGROUP", "GROUP", GROUP, self.name, "COUNT", free, "BLOCK", self.block_ms,
           "STREAMS", self.stream, ">")
       end
