@@ -110,8 +110,9 @@ static const tide_api api = {tide__ctx,          tide__pcall,        tide__add_h
 
 /// Opens the `tide.core` module: the event loop and tasks, HTTP, SSE, JSON
 /// primitives, the wire buffer, tool-call assembly, the OpenAI (chat and
-/// Responses) and Anthropic wire formats, the integration cache, templates
-/// and file watching. The public API is the Lua facade `tide`, built on top.
+/// Responses) and Anthropic wire formats, the integration cache, templates,
+/// file watching and process signals. The public API is the Lua facade
+/// `tide`, built on top.
 __attribute__((visibility("default"))) int luaopen_tide_core(lua_State *L) {
   static void (*const parts[])(lua_State *) = {
       tide__open_error,  tide__open_loop,     tide__open_depth,
@@ -119,7 +120,7 @@ __attribute__((visibility("default"))) int luaopen_tide_core(lua_State *L) {
       tide__open_sse,    tide__open_toolcall, tide__open_openai,
       tide__open_anthropic, tide__open_responses, tide__open_cache,
       tide__open_template, tide__open_watch,  tide__open_stdio,
-      tide__open_base64, tide__open_process};
+      tide__open_base64, tide__open_process, tide__open_signal};
   lua_pushlightuserdata(L, (void *)&api);
   lua_setfield(L, LUA_REGISTRYINDEX, TIDE_API_KEY);
   lua_newtable(L);

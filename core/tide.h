@@ -284,7 +284,7 @@ enum tide_task_state {
 };
 
 /* Shutdown hooks a state can hold (tide_api.on_shutdown). */
-#define TIDE_MAX_HOOKS 4
+#define TIDE_MAX_HOOKS 8
 
 struct tide_task {
   tide_ctx *ctx;
@@ -470,6 +470,8 @@ void tide__open_base64(lua_State *L);
 void tide__open_stdio(lua_State *L);
 /// Registers process_spawn (child processes with pipes on the loop).
 void tide__open_process(lua_State *L);
+/// Registers on_signal (process signals as callbacks).
+void tide__open_signal(lua_State *L);
 
 /* Shutdown hooks, run in order when the state closes (before uv_loop_close).
 ** Each closes the handles its part owns; the loop then runs until every close

@@ -86,6 +86,38 @@ describe("tasks", function()
     assert.is_true(core.now() - t0 < 10000)
   end)
 
+  it("calls back on a signal, outside any task, without keeping the loop alive", function()
+    local f = assert(io.open("/proc/self/stat"))
+    local pid = f:read("l"):match("^(%d+)")
+    f:close()
+    local got, in_task, spawned = {}, nil, false
+    local h
+    local t0 = core.now()
+    tide.run(function()
+      h = assert(core.on_signal("USR1", function(name)
+        got[#got + 1] = name
+        in_task = core.current() ~= nil
+        tide.spawn(function() spawned = true end) -- it may start work that waits
+      end))
+      os.execute("kill -USR1 " .. pid)
+      helpers.wait_until(function() return #got == 1 end, "the signal")
+      os.execute("kill -USR1 " .. pid)
+      helpers.wait_until(function() return #got == 2 end, "the second signal")
+    end)
+    -- the run ended although the handle is still open
+    assert.is_true(core.now() - t0 < 5000)
+    assert.same({ "USR1", "USR1" }, got)
+    assert.is_false(in_task)
+    assert.is_true(spawned)
+    assert.is_false(h:closed())
+    h:close()
+    h:close()
+    assert.is_true(h:closed())
+    assert.has_error(function() core.on_signal("KILL", print) end,
+      "bad argument #1 to 'on_signal' (expected \"TERM\", \"INT\", \"HUP\", \"USR1\" or \"USR2\")")
+    assert.has_error(function() core.on_signal("TERM") end)
+  end)
+
   it("still waits for every task when the root task returns", function()
     local done = false
     tide.run(function()
