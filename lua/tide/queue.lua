@@ -481,6 +481,26 @@ function Worker:stop(drain_ms)
   end)
 end
 
+--- Stops the worker gracefully when the process gets SIGTERM (how
+--- systemd, Docker and Kubernetes ask a process to stop): it takes no more
+--- entries, and the turns in flight finish, for up to `drain_ms` (default
+--- 30,000; see `stop`). The handle closes itself then, so that a second
+--- SIGTERM ends the process at once. Returns the handle (`h:close()`).
+---@param drain_ms? integer
+---@return userdata handle
+function Worker:stop_on_sigterm(drain_ms)
+  if drain_ms ~= nil and (math.type(drain_ms) ~= "integer" or drain_ms < 0) then
+    error("bad argument #1 to 'stop_on_sigterm' (non-negative integer expected)", 2)
+  end
+  local h
+  h = assert(core.on_signal("TERM", function()
+    h:close()
+    log(self, "SIGTERM: taking no more turns; the ", self.inflight, " in flight finish")
+    core.spawn(function() self:stop(drain_ms) end)
+  end))
+  return h
+end
+
 --- Waits until the worker is stopped.
 function Worker:wait()
   return blocking(function()
@@ -520,8 +540,9 @@ end
 --- stopped answering waits before another takes it; `lease_ms`: the
 --- sessions' lease (tide.session). Inside a task it returns the worker
 --- (`w:stop()`, `w:wait()`, `w:stats()`) once the queue's group exists;
---- outside any task it serves until stopped. nil, err (ClusterUnavailable)
---- when Redis cannot be reached at start.
+--- outside any task it serves until stopped (SIGTERM stops it gracefully:
+--- `stop_on_sigterm`). nil, err (ClusterUnavailable) when Redis cannot be
+--- reached at start.
 ---@param opts {queue:string, concurrency?:integer, provider?:table, integrations?:table, config?:table, claim_idle_ms?:integer, lease_ms?:integer, block_ms?:integer, name?:string, quiet?:boolean}
 ---@return tide.worker|nil
 ---@return table|nil err
@@ -558,6 +579,7 @@ function M.worker(opts)
   return blocking(function()
     local ok, err = start()
     if not ok then return nil, err end
+    local term <close> = w:stop_on_sigterm()
     w:wait()
     return w
   end)

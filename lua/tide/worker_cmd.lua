@@ -2,23 +2,28 @@
 ---
 ---   tide worker --redis URL --agents DIR [--prompts DIR] [--queue NAME]
 ---               [--concurrency N] [--provider openai|anthropic]
----               [--claim-idle-ms N] [--lease-ms N] [--prefix P] [--name NAME]
+---               [--claim-idle-ms N] [--lease-ms N] [--drain-ms N] [--prefix P]
+---               [--name NAME]
 ---
 --- Agent files and prompts are watched (a change applies to sessions built
 --- afterwards, that is, to the next turns). The provider comes from the
 --- environment as for `tide chat` (OPENAI_BASE_URL, OPENAI_API_KEY,
 --- TIDE_MODEL; or ANTHROPIC_API_KEY). It prints "serving <queue> as
---- <name>" once the queue's group exists, then serves until killed: Ctrl-C
---- (SIGINT) cancels the turns in flight, whose entries another worker
---- claims; so does any other end of the process.
+--- <name>" once the queue's group exists, then serves until stopped.
+--- SIGTERM stops it gracefully: it takes no more turns, lets those in flight
+--- finish (for up to --drain-ms, default 30,000) and exits with 0; a second
+--- SIGTERM ends it at once. Ctrl-C (SIGINT) cancels the turns in flight,
+--- whose entries another worker claims; so does any other end of the
+--- process.
 ---@class tide.worker_cmd
 local M = {}
 
 local USAGE = "usage: tide worker --redis URL --agents DIR [--prompts DIR] [--queue NAME] [--concurrency N]\n"
-  .. "                   [--provider openai|anthropic] [--claim-idle-ms N] [--lease-ms N] [--prefix P] [--name NAME]\n"
+  .. "                   [--provider openai|anthropic] [--claim-idle-ms N] [--lease-ms N] [--drain-ms N]\n"
+  .. "                   [--prefix P] [--name NAME]\n"
 
 local VALUED = { redis = "string", agents = "string", prompts = "string", queue = "string", provider = "string",
-  prefix = "string", name = "string", concurrency = "int", ["claim-idle-ms"] = "int", ["lease-ms"] = "int" }
+  prefix = "string", name = "string", concurrency = "int", ["claim-idle-ms"] = "int", ["lease-ms"] = "int", ["drain-ms"] = "int" }
 
 local function parse(argv)
   local o = {}
@@ -109,6 +114,7 @@ function M.main(argv)
       for _, open in ipairs(watchers) do open:close() end
       return
     end
+    local term <close> = w:stop_on_sigterm(o["drain-ms"])
     io.stdout:write("serving ", o.queue or "turns", " as ", w.name, "\n")
     io.stdout:flush()
     w:wait()

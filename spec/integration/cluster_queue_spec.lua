@@ -218,6 +218,33 @@ describe("the turn queue", function()
       w:stop()
       assert.equal("ok", t:join())
       assert.equal(2, w:stats().answered)
+      assert.has_error(function() w:stop_on_sigterm(-1) end,
+        "bad argument #1 to 'stop_on_sigterm' (non-negative integer expected)")
+      mock:close()
+    end)
+  end)
+
+  it("drains on SIGTERM: the turn in flight finishes, then `tide worker` exits with 0", function()
+    helpers.run(function()
+      local calls = 0
+      local mock = testing.mock_server { default = function()
+        calls = calls + 1
+        return { text = "ok", delay_ms = 500 }
+      end }
+      local w = worker_process(mock, "t1")
+      local t = tide.spawn(function()
+        return tide.submit { queue = "turns", session = "term", agent = "helper", text = "x", timeout_ms = 20000 }
+      end)
+      helpers.wait_until(function() return calls == 1 end, "the turn's model call", 10000)
+      w:kill("TERM")
+      assert.equal("ok", t:join())
+      assert.same({ 0, 0 }, { w:wait(10000) })
+      assert.matches("SIGTERM: taking no more turns; the 1 in flight finish", w:stderr())
+      -- it took no more: a turn submitted now waits for a worker
+      local r, err = tide.submit { queue = "turns", session = "after", agent = "helper", text = "x", timeout_ms = 300 }
+      assert.is_nil(r)
+      assert.equal("Timeout", err.code)
+      w:close()
       mock:close()
     end)
   end)
