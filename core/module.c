@@ -5,6 +5,8 @@
 ** again through the registry, and curl_global_init is guarded by libcurl's own
 ** reference count.
 */
+#include <string.h>
+
 #include "tide.h"
 
 void tide__register_type(lua_State *L, const char *name, const luaL_Reg *meta,
@@ -33,6 +35,20 @@ void *tide__testudata(lua_State *L, int idx, const char *name) {
 void *tide__checkudata(lua_State *L, int idx, const char *name) {
   void *p = tide__testudata(L, idx, name);
   if (p == NULL) luaL_typeerror(L, idx, name);
+  return p;
+}
+
+void *tide__state_block(lua_State *L, const void *key, size_t size) {
+  void *p;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TUSERDATA) {
+    p = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return p;
+  }
+  lua_pop(L, 1);
+  p = lua_newuserdatauv(L, size, 0);
+  memset(p, 0, size);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, key);
   return p;
 }
 

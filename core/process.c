@@ -105,17 +105,7 @@ typedef struct write_req {
 static void process_shutdown(tide_ctx *ctx);
 
 static proc_list *get_list(lua_State *L) {
-  proc_list *list;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &list_key) == LUA_TUSERDATA) {
-    list = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    return list;
-  }
-  lua_pop(L, 1);
-  list = lua_newuserdatauv(L, sizeof *list, 0);
-  list->head = NULL;
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &list_key);
-  return list;
+  return tide__state_block(L, &list_key, sizeof(proc_list));
 }
 
 /* ------------------------------------------------------------ closing -- */

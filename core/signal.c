@@ -53,17 +53,7 @@ static const struct {
              {"USR1", SIGUSR1}, {"USR2", SIGUSR2}};
 
 static signal_list *get_list(lua_State *L) {
-  signal_list *list;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &list_key) == LUA_TUSERDATA) {
-    list = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    return list;
-  }
-  lua_pop(L, 1);
-  list = lua_newuserdatauv(L, sizeof *list, 0);
-  list->head = NULL;
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &list_key);
-  return list;
+  return tide__state_block(L, &list_key, sizeof(signal_list));
 }
 
 static void closed_cb(uv_handle_t *h) { free(h->data); }

@@ -416,6 +416,10 @@ void tide__register_type(lua_State *L, const char *name, const luaL_Reg *meta,
 void *tide__testudata(lua_State *L, int idx, const char *name);
 /// As luaL_checkudata, through tide__testudata.
 void *tide__checkudata(lua_State *L, int idx, const char *name);
+/// The per-state block of `size` zeroed bytes kept in the registry under
+/// `key` (an address), made on first use and alive as long as the state:
+/// the list of a part's open handles, which its shutdown hook closes.
+void *tide__state_block(lua_State *L, const void *key, size_t size);
 /// The string field k of the table at idx, or NULL when it is not a string.
 /// The value is popped: the table keeps the string alive.
 const char *tide__field_str(lua_State *L, int idx, const char *k, size_t *len);

@@ -64,17 +64,7 @@ struct watcher {
 /* ----------------------------------------------------------- the list -- */
 
 static watch_list *get_list(lua_State *L) {
-  watch_list *list;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &list_key) == LUA_TUSERDATA) {
-    list = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    return list;
-  }
-  lua_pop(L, 1);
-  list = lua_newuserdatauv(L, sizeof *list, 0);
-  list->head = NULL;
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &list_key);
-  return list;
+  return tide__state_block(L, &list_key, sizeof(watch_list));
 }
 
 static void unlink_watcher(watcher *w) {
