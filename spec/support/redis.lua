@@ -31,9 +31,12 @@ local function start_on(self)
   -- wait for it to answer
   for _ = 1, 200 do
     local f = io.open(self.dir .. "/redis.pid")
-    if f then
-      self.pid = f:read("l")
-      f:close()
+    -- (read too early, the file is there but still empty: a server whose
+    -- pid is not known would never be stopped)
+    local pid = f and f:read("l")
+    if f then f:close() end
+    if pid and pid:match("^%d+$") then
+      self.pid = pid
       local pong = sh(("redis-cli -p %d %s ping"):format(self.port,
         self.password and ("--no-auth-warning -a '" .. self.password .. "'") or ""))
       if pong:match("PONG") then return true end
