@@ -497,13 +497,17 @@ function session_mt:_resume(path)
   -- The last queued turn (tide.queue): its request id, and whether its
   -- answer is the last message (a process that died after the answer and
   -- before the reply went out).
+  -- Its provider calls so far (one assistant message each): a continued
+  -- turn goes on counting from there, so max_iterations holds across a
+  -- crash.
   local last_turn
   for _, m in ipairs(messages) do
     if m.type == "turn" then
-      last_turn = { id = m.id, done = false }
+      last_turn = { id = m.id, done = false, iterations = 0 }
     elseif last_turn and m.type == nil and m.role ~= "system" then
       local final = m.role == "assistant" and not (type(m.tool_calls) == "table" and #m.tool_calls > 0)
       last_turn.done, last_turn.reply = final, final and (m.content or "") or nil
+      if m.role == "assistant" then last_turn.iterations = last_turn.iterations + 1 end
     end
   end
   self.last_turn = last_turn

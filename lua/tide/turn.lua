@@ -596,7 +596,12 @@ local function body(session, text, opts, run)
       session.trace = trace
     end
   end
-  return loop(session, opts, run, 1, { want = want, repaired = false })
+  -- a continued turn goes on from the provider calls its transcript holds
+  local first = 1
+  if text == nil and session.last_turn and session.last_turn.iterations then
+    first = session.last_turn.iterations + 1
+  end
+  return loop(session, opts, run, first, { want = want, repaired = false })
 end
 
 -- A paused turn, resumed: finish its round with the decisions made (run

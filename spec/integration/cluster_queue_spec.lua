@@ -119,6 +119,38 @@ describe("the turn queue", function()
     end)
   end)
 
+  it("keeps max_iterations across a crash: the continued turn counts the calls made before it", function()
+    local log = os.tmpname()
+    finally(function() os.remove(log) end)
+    helpers.run(function()
+      local calls = 0
+      local loop = testing.tool_loop(10, "lookup") -- the model never stops calling
+      local mock = testing.mock_server { default = function(req)
+        calls = calls + 1
+        return loop(req)
+      end }
+      local a = worker_process(mock, "a", { TIDE_TOOL_LOG = log, TIDE_TOOL_SLEEP_MS = "20000" })
+      local t = tide.spawn(function()
+        return tide.submit { queue = "turns", session = "greedy", agent = "helper", text = "look", timeout_ms = 30000 }
+      end)
+      helpers.wait_until(function() return #helpers.lines_of(log) == 1 end, "the tool to start", 10000)
+      local b = worker_process(mock, "b", { TIDE_TOOL_LOG = log })
+      a:kill("KILL")
+      a:wait(5000)
+      local reply, err = t:join()
+      assert.is_nil(reply)
+      assert.equal("MaxIterationsExceeded", err.code)
+      -- a's call and tool, then b's one call (iteration 2 of 2) and its tool
+      assert.equal(2, calls)
+      assert.equal(2, #helpers.lines_of(log))
+      for _, p in ipairs { a, b } do
+        p:kill("KILL")
+        p:close()
+      end
+      mock:close()
+    end)
+  end)
+
   it("answers a request once: a second delivery, or a turn done before its reply went out", function()
     helpers.run(function()
       local mock = testing.mock_server { default = testing.echo }

@@ -6,6 +6,8 @@
 return {
   id = "helper",
   prompt = "You help.",
+  -- a one-tool turn takes two provider calls; a third is over the limit
+  max_iterations = 2,
   tools = { tide.tool {
     name = "lookup", description = "Looks a thing up.",
     parameters = { type = "object", properties = { q = { type = "string" } } },
