@@ -596,17 +596,23 @@ static int sort_members(canon *c, size_t lo, size_t n) {
 /* A number as json.integers then the canonical encoder write it: integral
 ** and below 2^53 as an integer, anything else as the shorter of %.14g and
 ** %.17g that reads back, and what is not finite as null. */
+/* A float as the canonical encoder writes one: the shorter of %.14g and
+** %.17g that reads back, null when it is not finite. tmp holds 64 bytes;
+** returns the length. */
+static int float_text(char *tmp, double v) {
+  if (v != v || v == HUGE_VAL || v == -HUGE_VAL) return snprintf(tmp, 64, "null");
+  int len = snprintf(tmp, 64, "%.14g", v);
+  if (strtod(tmp, NULL) != v) len = snprintf(tmp, 64, "%.17g", v);
+  return len;
+}
+
 static int canon_number(tide_buf *out, double v) {
   char tmp[64];
   int len;
-  if (v != v || v == HUGE_VAL || v == -HUGE_VAL) {
-    len = snprintf(tmp, sizeof tmp, "null");
-  } else if (v == floor(v) && v > -TWO_53 && v < TWO_53) {
+  if (v == floor(v) && v > -TWO_53 && v < TWO_53)
     len = snprintf(tmp, sizeof tmp, "%lld", (long long)v);
-  } else {
-    len = snprintf(tmp, sizeof tmp, "%.14g", v);
-    if (strtod(tmp, NULL) != v) len = snprintf(tmp, sizeof tmp, "%.17g", v);
-  }
+  else
+    len = float_text(tmp, v);
   return tide__buf_add(out, tmp, (size_t)len) ? J_NOMEM : J_OK;
 }
 
@@ -817,26 +823,16 @@ static void enc_add(enc *e, const char *s, size_t n) {
 }
 
 static void enc_quoted(enc *e, const char *s, size_t n) {
-  size_t q = tide__json_quoted_size((const unsigned char *)s, n);
-  if (tide__buf_reserve(e->b, q)) enc_nomem(e->L);
-  e->b->len += tide__json_write_quoted(e->b->p + e->b->len, (const unsigned char *)s, n);
-  e->b->p[e->b->len] = '\0';
+  if (canon_quoted(e->b, s, n) != J_OK) enc_nomem(e->L);
 }
 
 static void enc_number(enc *e, int idx) {
   char tmp[64];
   int len;
-  if (lua_isinteger(e->L, idx)) {
+  if (lua_isinteger(e->L, idx))
     len = snprintf(tmp, sizeof tmp, LUA_INTEGER_FMT, (LUAI_UACINT)lua_tointeger(e->L, idx));
-  } else {
-    double v = (double)lua_tonumber(e->L, idx);
-    if (v != v || v == HUGE_VAL || v == -HUGE_VAL) {
-      len = snprintf(tmp, sizeof tmp, "null");
-    } else {
-      len = snprintf(tmp, sizeof tmp, "%.14g", v);
-      if (strtod(tmp, NULL) != v) len = snprintf(tmp, sizeof tmp, "%.17g", v);
-    }
-  }
+  else
+    len = float_text(tmp, (double)lua_tonumber(e->L, idx));
   enc_add(e, tmp, (size_t)len);
 }
 

@@ -325,10 +325,10 @@ static void keep_result(tide_ctx *ctx, tide_task *t, lua_State *L) {
   lua_pop(L, 1);
 }
 
-/* Task t has ended. L is the running thread (the one that resumed t), on
-** whose stack the outcome is arranged. */
 static void cancel_task(tide_task *t);
 
+/* Task t has ended. L is the running thread (the one that resumed t), on
+** whose stack the outcome is arranged. */
 static void finish(tide_ctx *ctx, tide_task *t, int ok, int nres, lua_State *L) {
   t->state = TIDE_TASK_DONE;
   t->ok = ok;

@@ -450,15 +450,19 @@ function Worker:_claimer()
   end
 end
 
+local function check_drain(drain_ms, fname)
+  if drain_ms ~= nil and (math.type(drain_ms) ~= "integer" or drain_ms < 0) then
+    error(("bad argument #1 to '%s' (non-negative integer expected)"):format(fname), 3)
+  end
+end
+
 --- Stops taking entries (those its last read brought are served); turns
 --- in flight finish, for up to `drain_ms` (default 30,000), after which
 --- they are cancelled and their entries left for another worker to claim.
 --- Returns when stopped.
 ---@param drain_ms? integer
 function Worker:stop(drain_ms)
-  if drain_ms ~= nil and (math.type(drain_ms) ~= "integer" or drain_ms < 0) then
-    error("bad argument #1 to 'stop' (non-negative integer expected)", 2)
-  end
+  check_drain(drain_ms, "stop")
   return blocking(function()
     self.stopping = true
     -- The read in progress is woken rather than cut: entries Redis hands
@@ -466,8 +470,8 @@ function Worker:stop(drain_ms)
     -- to wait for, and the connection is closed.
     local conn = self.read_conn
     if conn and conn:connected() then
-      local woken = self.read_id and self.cluster:state() == "up" and self.cluster:call("CLIENT", "UNBLOCK", self.read_id)
-      if woken == nil or woken == false then conn:close() end
+      local up = self.read_id and self.cluster:state() == "up"
+      if not (up and self.cluster:call("CLIENT", "UNBLOCK", self.read_id)) then conn:close() end
     end
     if self.reader then self.reader:join() end
     local deadline = core.now() + (drain_ms or 30000)
@@ -489,9 +493,7 @@ end
 ---@param drain_ms? integer
 ---@return userdata handle
 function Worker:stop_on_sigterm(drain_ms)
-  if drain_ms ~= nil and (math.type(drain_ms) ~= "integer" or drain_ms < 0) then
-    error("bad argument #1 to 'stop_on_sigterm' (non-negative integer expected)", 2)
-  end
+  check_drain(drain_ms, "stop_on_sigterm")
   local h
   h = assert(core.on_signal("TERM", function()
     h:close()
