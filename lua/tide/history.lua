@@ -76,7 +76,7 @@ function history_mt:append(msg)
     add(self, self.provider:_encode(msg))
     self.nencoded = n
   end
-  record(self, msg)
+  if self.writer then record(self, msg) end
 end
 
 --- Freezes the system prompt (once) and writes its transcript line.

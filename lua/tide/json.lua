@@ -77,8 +77,9 @@ local decode_fast = json.decode_fast
 ---@return any|nil value
 ---@return table|nil err
 function json.decode(text)
-  local v, err = decode_fast(text)
-  if v == nil then return nil, err end
+  -- (decode_fast inlined for the common case; it says what is wrong otherwise)
+  local v = type(text) == "string" and safe_decode(text)
+  if not v then return decode_fast(text) end
   if type(v) == "table" then return integers(v) end
   return tointeger(v) or v
 end

@@ -109,7 +109,8 @@ end
 ---@param usage {input?:integer, output?:integer, cached?:integer, cache_write?:integer, reasoning?:integer}
 ---@return number|nil
 function M.cost(model, usage)
-  local p = M.of(model)
+  local p = found[model] -- (M.of, without its call for a model seen before)
+  if p == nil then p = M.of(model) end
   if not p or not usage then return nil end
   local input, output = usage.input or 0, usage.output or 0
   local cached, written, reasoning = usage.cached or 0, usage.cache_write or 0, usage.reasoning or 0

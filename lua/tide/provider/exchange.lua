@@ -131,7 +131,7 @@ local function whole_reply(self, src, on_delta, on_reasoning)
     end
     finished(out)
   end
-  return out, nil, deliver(out, on_delta, on_reasoning)
+  return out, nil, (on_delta or on_reasoning) ~= nil and deliver(out, on_delta, on_reasoning)
 end
 
 -- One non-streamed HTTP attempt. Returns the response, or nil, an error and
