@@ -410,6 +410,15 @@ end_chat = function(span, resp, err)
   span:finish(err)
 end
 
+-- The options of a request to a fallback provider (tide.provider.fallback):
+-- what the next provider needs to encode the request anew, the schema a
+-- provider that holds the model to one puts in its own prefix included.
+local function fallback_opts(popts, session, want)
+  local history = session.conversation
+  return setmetatable({ conversation = { system = history.system, specs = session.surface.specs,
+    messages = history.messages, schema = want } }, { __index = popts })
+end
+
 -- The tool loop from `first` on: ask the provider, append its answer, run
 -- its calls, until an answer without calls. `state` carries what a turn
 -- keeps across a pause: the schema it wants and whether the model had its
@@ -431,6 +440,7 @@ local function loop(session, opts, run, first, state)
       end
     end }, { __index = popts })
   end
+  local fallback = provider._fallback
   local truncated_error = (opts.truncated or state.truncated or session.truncated) == "error"
   local text_tools = session.def.text_tools ~= false
   for iteration = first, session.max_iterations do
@@ -451,12 +461,7 @@ local function loop(session, opts, run, first, state)
     local chat = run.span and tracing.start("chat " .. tostring(provider.model), 3, run.span,
       chat_attributes(provider))
     run.chat = chat
-    local copts = popts
-    if provider._fallback then
-      -- what the next provider needs to encode the request anew
-      copts = setmetatable({ conversation = { system = history.system, specs = session.surface.specs,
-        messages = history.messages } }, { __index = popts })
-    end
+    local copts = fallback and fallback_opts(popts, session, want) or popts
     history:flush()
     local resp, err = provider:_complete(prefix, copts, wire)
     if not resp and session.context and compaction().is_overflow(err) then
@@ -466,7 +471,8 @@ local function loop(session, opts, run, first, state)
       if ok then
         wire = history:encoded()
         sent_bytes = history.wire_bytes
-        resp, err = provider:_complete(prefix, popts, wire)
+        copts = fallback and fallback_opts(popts, session, want) or popts -- (the compacted messages)
+        resp, err = provider:_complete(prefix, copts, wire)
       end
     end
     if chat then end_chat(chat, resp, err) end

@@ -89,6 +89,35 @@ describe("tide.provider.fallback", function()
     up:close()
   end)
 
+  it("holds the next provider to the turn's schema too", function()
+    local schema = { type = "object", additionalProperties = false, required = { "n" },
+      properties = { n = { type = "integer" } } }
+    local down = testing.mock_server { default = { fault = "status", status = 503 } }
+    local up = testing.mock_server { default = '{"n":7}' }
+    tide.agent { id = "fb_schema", prompt = "You count." }
+    local p = tide.provider.fallback {
+      tide.provider.openai { base_url = down.url, api_key = "k", model = "gpt-4o", retry = { attempts = 1 } },
+      tide.provider.anthropic { base_url = up.url, api_key = "k", model = "claude-haiku-4-5" },
+    }
+    local s = tide.session { agent = "fb_schema", provider = p }
+    local v, err = s:turn("how many?", { schema = schema })
+    assert.is_nil(err)
+    assert.are.equal(7, v.n)
+    -- each in its own wire format: response_format for the first, output_config for the next
+    assert.are.equal("json_schema", down:requests()[1].json.response_format.type)
+    local sent = up:requests()[1].json
+    assert.are.equal("json_schema", sent.output_config.format.type)
+    assert.are.same({ "n" }, sent.output_config.format.schema.required)
+    -- a plain turn after it asks neither for a schema
+    up:close()
+    up = testing.mock_server { default = "plain" }
+    p.providers[2].base_url = up.url
+    assert.are.equal("plain", s:turn("and?"))
+    assert.is_nil(up:requests()[1].json.output_config)
+    down:close()
+    up:close()
+  end)
+
   it("does not move on for an error the next provider would give too", function()
     local bad = testing.mock_server { default = { fault = "status", status = 400 } }
     local good = testing.mock_server { default = "ok" }

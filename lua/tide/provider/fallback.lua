@@ -33,7 +33,8 @@ local function label(p) return ("%s:%s"):format(p.kind, tostring(p.model)) end
 
 --- Sends the request to the first provider, then to the next ones in turn
 --- while each fails for a reason worth moving on (opts.conversation, given
---- by the turn, lets them encode the request anew).
+--- by the turn, lets them encode the request anew, the turn's schema
+--- included).
 function Fallback:_complete(prefix, opts, wire)
   local first = self.providers[1]
   local resp, err = first:_complete(prefix, opts, wire)
@@ -44,7 +45,10 @@ function Fallback:_complete(prefix, opts, wire)
     local p = self.providers[i]
     local encoded = {}
     for j, m in ipairs(conv.messages) do encoded[j] = p:encode_message(m) end
-    local r, e = p:_complete(p:encode_prefix(conv.system, conv.specs), opts, encoded)
+    -- (a turn's schema goes in the prefix of a provider that takes one,
+    -- as the session's own prefix does for the first)
+    local schema = p._native_schema and conv.schema or nil
+    local r, e = p:_complete(p:encode_prefix(conv.system, conv.specs, schema), opts, encoded)
     if r then
       r.fallback = { from = label(first), to = label(p), error = err.code }
       r.model = r.model or p.model
