@@ -545,9 +545,7 @@ static void push_stream_error(lua_State *L, const anthropic_stream *st, const ti
   int rate = etype_is(st, "rate_limit_error");
   int retryable = rate || etype_is(st, "overloaded_error") || etype_is(st, "api_error");
   push_error_message(L, st, e->data, 1);
-  tide__push_error(L, rate ? "RateLimited" : "ProviderError", "anthropic stream error: %s",
-                   lua_tostring(L, -1));
-  lua_remove(L, -2);
+  tide__push_error_from(L, rate ? "RateLimited" : "ProviderError", "anthropic stream error: ");
   set_error_type(L, st);
   lua_pushlstring(L, e->data, e->data_len);
   lua_setfield(L, -2, "body");
@@ -841,9 +839,8 @@ static int whole_error(lua_State *L, anthropic_stream *st, const char *s) {
   lua_pushnil(L);
   if (is_error_reply(st)) {
     push_error_message(L, st, s, 0);
-    tide__push_error(L, etype_is(st, "rate_limit_error") ? "RateLimited" : "ProviderError",
-                     "anthropic returned an error: %s", lua_tostring(L, -1));
-    lua_remove(L, -2);
+    tide__push_error_from(L, etype_is(st, "rate_limit_error") ? "RateLimited" : "ProviderError",
+                          "anthropic returned an error: ");
     set_error_type(L, st);
   } else if (!tide__json_is_table(ev->content_kind)) {
     tide__push_malformed(L, NULL, 0, "anthropic response has no content array");

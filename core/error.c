@@ -10,16 +10,27 @@
 
 #include "tide.h"
 
+/* "Code: message", every byte of both (a message may quote a server's
+** bytes, NULs included). */
 static int error_tostring(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_getfield(L, 1, "code");
   lua_getfield(L, 1, "message");
-  const char *code = lua_tostring(L, -2);
-  const char *msg = lua_tostring(L, -1);
-  if (code && msg)
-    lua_pushfstring(L, "%s: %s", code, msg);
-  else
-    lua_pushstring(L, code ? code : (msg ? msg : "tide error"));
+  size_t cl = 0, ml = 0;
+  const char *code = lua_tolstring(L, -2, &cl);
+  const char *msg = lua_tolstring(L, -1, &ml);
+  if (code && msg) {
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addlstring(&b, code, cl);
+    luaL_addstring(&b, ": ");
+    luaL_addlstring(&b, msg, ml);
+    luaL_pushresult(&b);
+  } else if (code || msg) {
+    lua_pushvalue(L, code ? -2 : -1);
+  } else {
+    lua_pushliteral(L, "tide error");
+  }
   return 1;
 }
 
@@ -48,6 +59,24 @@ void tide__push_error(lua_State *L, const char *code, const char *fmt, ...) {
   va_start(ap, fmt);
   push_errorv(L, code, fmt, ap);
   va_end(ap);
+}
+
+void tide__push_error_from(lua_State *L, const char *code, const char *prefix) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  luaL_addstring(&b, prefix);
+  lua_pushvalue(L, -2); /* the message, below the buffer */
+  luaL_addvalue(&b);
+  luaL_pushresult(&b);
+  lua_remove(L, -2); /* the message alone */
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, code);
+  lua_setfield(L, -2, "code");
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, "message");
+  push_error_mt(L);
+  lua_setmetatable(L, -2);
+  lua_remove(L, -2); /* the full message */
 }
 
 void tide__push_malformed(lua_State *L, const char *body, size_t n, const char *fmt, ...) {
@@ -94,17 +123,19 @@ int tide__raise(lua_State *L, const char *code, const char *fmt, ...) {
 /* core.error(code, message [, fields]) -> error table; used by the Lua layer so
 ** that every error in tide shares one metatable. */
 static int l_error(lua_State *L) {
-  const char *code = luaL_checkstring(L, 1);
-  const char *msg = luaL_optstring(L, 2, code);
+  luaL_checkstring(L, 1);
+  /* the message is the code when absent; either is kept whole (the values
+  ** themselves, not C strings that would end at a NUL) */
+  int msg = lua_isnoneornil(L, 2) ? 1 : (luaL_checkstring(L, 2), 2);
   if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
   if (lua_istable(L, 3)) {
     lua_pushvalue(L, 3);
   } else {
     lua_createtable(L, 0, 2);
   }
-  lua_pushstring(L, code);
+  lua_pushvalue(L, 1);
   lua_setfield(L, -2, "code");
-  lua_pushstring(L, msg);
+  lua_pushvalue(L, msg);
   lua_setfield(L, -2, "message");
   push_error_mt(L);
   lua_setmetatable(L, -2);

@@ -352,9 +352,7 @@ static void push_embedded_error(lua_State *L, openai_stream *st,
   }
   luaL_addvalue(&b);
   luaL_pushresult(&b);
-  tide__push_error(L, rate_limited ? "RateLimited" : "ProviderError", "%s",
-                   lua_tostring(L, -1));
-  lua_remove(L, -2); /* the message */
+  tide__push_error_from(L, rate_limited ? "RateLimited" : "ProviderError", "");
   if (has_code) {
     lua_pushvalue(L, -2);
     lua_setfield(L, -2, "status");

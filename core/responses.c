@@ -468,8 +468,9 @@ static void push_failure(lua_State *L, const responses_stream *st, const char *w
   else if (span_is(&st->scratch, code, "server_error"))
     status = 500;
   push_message(L, st, e, code, doc);
-  tide__push_error(L, kind, "openai %s: %s", where, lua_tostring(L, -1));
-  lua_remove(L, -2);
+  char prefix[64];
+  snprintf(prefix, sizeof prefix, "openai %s: ", where);
+  tide__push_error_from(L, kind, prefix);
   if (code->has) {
     lua_pushlstring(L, scratch_of(st) + code->s.off, code->s.len);
     lua_setfield(L, -2, "type");

@@ -389,6 +389,10 @@ int tide__pcall(lua_State *L, int nargs, int nresults, const char *where);
 /// Pushes a structured error { code = code, message = msg } carrying the
 /// tide.error metatable (whose __tostring prints "code: message").
 void tide__push_error(lua_State *L, const char *code, const char *fmt, ...);
+/// Replaces the string on top of the stack (a message quoting a server,
+/// which may hold any byte) with a structured error of `code` whose message
+/// is `prefix` and every byte of that string.
+void tide__push_error_from(lua_State *L, const char *code, const char *prefix);
 /// Pushes nil plus a structured error; returns 2 for `return` from a binding.
 int tide__fail(lua_State *L, const char *code, const char *fmt, ...);
 /// Pushes a MalformedResponse error whose message is fmt formatted as

@@ -312,6 +312,9 @@ describe("core.anthropic_parse", function()
       ['{"error":{"type":"rate_limit_error","message":"slow"}}'] =
         { "RateLimited", "^anthropic returned an error: slow$", "rate_limit_error" },
       ['{"type":"error"}'] = { "ProviderError", "^anthropic returned an error: nil$" },
+      -- a server's message is kept whole, a NUL in it included
+      ['{"type":"error","error":{"type":"api_error","message":"a\\u0000b"}}'] =
+        { "ProviderError", "^anthropic returned an error: a\0b$", "api_error" },
     }) do
       local res, err = core.anthropic_parse(body)
       assert.is_nil(res, body)

@@ -53,3 +53,25 @@ describe("a missing directory", function()
     prompts.remove_dir(dir)
   end)
 end)
+
+describe("core.error", function()
+  local core = require "tide.core"
+
+  it("keeps every byte of its code and message, NULs included", function()
+    local e = core.error("ProviderError", "before\0after")
+    assert.are.equal("before\0after", e.message)
+    assert.are.equal("ProviderError: before\0after", tostring(e))
+    assert.are.equal("Timeout", core.error("Timeout").message)
+    assert.are.equal("A\0B: A\0B", tostring(core.error("A\0B"))) -- the message is the code
+    local fields = { status = 500 }
+    assert.are.equal(fields, core.error("X", "m", fields))
+    assert.are.equal(500, fields.status)
+    assert.is_true(core.is_error(fields))
+  end)
+
+  it("raises for a code or message that is not a string", function()
+    assert.has_error(function() core.error({}) end)
+    assert.has_error(function() core.error("X", {}) end)
+    assert.has_error(function() core.error("X", "m", 3) end)
+  end)
+end)

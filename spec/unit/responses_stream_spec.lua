@@ -187,6 +187,9 @@ describe("core.responses_stream", function()
     -- Without a code, the error's type names it.
     _, err = run(ev({ type = "error", message = "odd" }))
     assert.are.same({ "ProviderError", "error", "openai stream error: odd" }, { err.code, err.type, err.message })
+    -- a server's message is kept whole, a NUL in it included
+    _, err = run(ev({ type = "error", message = "a\0b" }))
+    assert.are.equal("openai stream error: a\0b", err.message)
   end)
 
   it("fails a response.failed with the response's error", function()

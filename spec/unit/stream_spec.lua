@@ -221,6 +221,9 @@ describe("core.openai_stream", function()
     assert.are.equal("ProviderError", err.code)
     assert.are.equal("openai returned an error: plain", err.message)
     assert.is_nil(err.status)
+    -- a server's message is kept whole, a NUL in it included
+    _, err = one('data: {"error":{"message":"a\\u0000b"}}\n\n')
+    assert.are.equal("openai returned an error: a\0b", err.message)
     _, err = one(ev({ error = { message = ("é"):rep(400) } }))
     assert.are.equal(#"openai returned an error: " + 512, #err.message)
     -- a null error is no error
