@@ -44,13 +44,6 @@
 
 static const tide_reply_kind ANTHROPIC;
 
-/* Default cap on one event's data and on all tool-call bytes of one reply,
-** as for core.sse_parser and core.tool_call_assembler. */
-#define STREAM_DEFAULT_MAX (8 * 1024 * 1024)
-
-/* Error messages quote at most this much of the server's message. */
-#define MESSAGE_MAX 512
-
 /* A string-valued field: whether it was a string, and its decoded bytes
 ** (in the scratch buffer). */
 typedef struct text_field {
@@ -512,13 +505,13 @@ static void push_error_message(lua_State *L, const anthropic_stream *st, const c
   const event_state *ev = &st->ev;
   const char *scratch = scratch_of(st);
   if (ev->err_kind == V_OBJECT && ev->emsg_kind == V_STRING)
-    tide__push_excerpt(L, scratch + ev->emsg.off, ev->emsg.len, MESSAGE_MAX);
+    tide__push_excerpt(L, scratch + ev->emsg.off, ev->emsg.len, TIDE_MESSAGE_MAX);
   else if (ev->err_kind == V_OBJECT && ev->emsg_kind != V_NONE)
-    tide__push_excerpt(L, doc + ev->emsg.off, ev->emsg.len, MESSAGE_MAX);
+    tide__push_excerpt(L, doc + ev->emsg.off, ev->emsg.len, TIDE_MESSAGE_MAX);
   else if (fallback && ev->err_kind == V_OBJECT && ev->etype.has)
-    tide__push_excerpt(L, scratch + ev->etype.at.off, ev->etype.at.len, MESSAGE_MAX);
+    tide__push_excerpt(L, scratch + ev->etype.at.off, ev->etype.at.len, TIDE_MESSAGE_MAX);
   else if (fallback && ev->err_kind == V_OBJECT && ev->etype_kind != V_NONE)
-    tide__push_excerpt(L, doc + ev->etype_raw.off, ev->etype_raw.len, MESSAGE_MAX);
+    tide__push_excerpt(L, doc + ev->etype_raw.off, ev->etype_raw.len, TIDE_MESSAGE_MAX);
   else
     lua_pushliteral(L, "nil");
 }
@@ -820,7 +813,7 @@ static const tide_reply_kind ANTHROPIC = {
 
 /* core.anthropic_stream([max_bytes]) -> stream */
 static int l_anthropic_stream(lua_State *L) {
-  tide__reply_new(L, &ANTHROPIC, tide__check_max(L, 1, STREAM_DEFAULT_MAX));
+  tide__reply_new(L, &ANTHROPIC, tide__check_max(L, 1, TIDE_REPLY_DEFAULT_MAX));
   return 1;
 }
 
@@ -866,7 +859,7 @@ static int l_anthropic_parse(lua_State *L) {
   /* the body: a string, or read in place from a finished http_post */
   const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n) : tide__http_body(L, 1, &n);
   if (s == NULL) luaL_typeerror(L, 1, "string or http request");
-  size_t max = tide__check_max(L, 2, STREAM_DEFAULT_MAX);
+  size_t max = tide__check_max(L, 2, TIDE_REPLY_DEFAULT_MAX);
   /* The state's one parser of whole replies (the shell's): the caller keeps
   ** the body anchored. */
   anthropic_stream *st = (anthropic_stream *)tide__reply_whole(L, &ANTHROPIC, max);

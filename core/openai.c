@@ -53,13 +53,6 @@
 
 static const tide_reply_kind OPENAI;
 
-/* Default cap on one event's data and on all tool-call bytes of one reply,
-** as for core.sse_parser and core.tool_call_assembler. */
-#define STREAM_DEFAULT_MAX (8 * 1024 * 1024)
-
-/* Error messages quote at most this much of the server's message. */
-#define MESSAGE_MAX 512
-
 /* One tool-call delta of the event being scanned. */
 typedef struct pending_call {
   int is_table;        /* an object or an array (anything else is an error) */
@@ -342,13 +335,13 @@ static void push_embedded_error(lua_State *L, openai_stream *st,
   luaL_buffinit(L, &b);
   luaL_addstring(&b, "openai returned an error: ");
   if (ev->msg_kind == V_STRING) {
-    tide__push_excerpt(L, scratch + ev->msg.off, ev->msg.len, MESSAGE_MAX);
+    tide__push_excerpt(L, scratch + ev->msg.off, ev->msg.len, TIDE_MESSAGE_MAX);
   } else if (ev->err_kind == V_OBJECT && ev->msg_kind != V_NONE) {
-    tide__push_excerpt(L, e->data + ev->msg.off, ev->msg.len, MESSAGE_MAX);
+    tide__push_excerpt(L, e->data + ev->msg.off, ev->msg.len, TIDE_MESSAGE_MAX);
   } else if (ev->err_kind == V_OBJECT || ev->err_kind == V_ARRAY) {
     lua_pushliteral(L, "nil");
   } else {
-    tide__push_excerpt(L, e->data + ev->err_raw.off, ev->err_raw.len, MESSAGE_MAX);
+    tide__push_excerpt(L, e->data + ev->err_raw.off, ev->err_raw.len, TIDE_MESSAGE_MAX);
   }
   luaL_addvalue(&b);
   luaL_pushresult(&b);
@@ -472,7 +465,7 @@ static int openai_event(tide_reply_feed *fc, const tide_sse_event *e) {
 
 /* core.openai_stream([max_bytes]) -> stream */
 static int l_openai_stream(lua_State *L) {
-  tide__reply_new(L, &OPENAI, tide__check_max(L, 1, STREAM_DEFAULT_MAX));
+  tide__reply_new(L, &OPENAI, tide__check_max(L, 1, TIDE_REPLY_DEFAULT_MAX));
   return 1;
 }
 
@@ -624,7 +617,7 @@ static int l_openai_parse(lua_State *L) {
   const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n)
                                                 : tide__http_body(L, 1, &n);
   if (s == NULL) luaL_typeerror(L, 1, "string or http request");
-  size_t max = tide__check_max(L, 2, STREAM_DEFAULT_MAX);
+  size_t max = tide__check_max(L, 2, TIDE_REPLY_DEFAULT_MAX);
   openai_parse(L, s, n, max);
   return 1;
 }

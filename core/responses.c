@@ -55,13 +55,6 @@
 #include "tide.h"
 #include "json.h"
 
-/* Default cap on one event's data and on the bytes of one reply's output
-** items, as for core.sse_parser and core.tool_call_assembler. */
-#define STREAM_DEFAULT_MAX (8 * 1024 * 1024)
-
-/* Error messages quote at most this much of the server's message. */
-#define MESSAGE_MAX 512
-
 /* The provider tag of the reasoning parts this wire format makes (and
 ** alone sends back): provider/responses.lua's M.REASONING. */
 #define REASONING_PROVIDER "openai_responses"
@@ -439,16 +432,16 @@ static void push_message(lua_State *L, const responses_stream *st, const err_fie
                          const str_field *code, const char *doc) {
   const char *scratch = scratch_of(st);
   if (e->msg_kind == V_STRING) {
-    tide__push_excerpt(L, scratch + e->msg.off, e->msg.len, MESSAGE_MAX);
+    tide__push_excerpt(L, scratch + e->msg.off, e->msg.len, TIDE_MESSAGE_MAX);
   } else if (e->msg_kind == V_NUMBER) {
     /* (the document is followed by a byte that ends a number) */
     lua_pushnumber(L, strtod(doc + e->msg.off, NULL));
     luaL_tolstring(L, -1, NULL);
     lua_remove(L, -2);
   } else if (e->msg_kind != V_NONE) {
-    tide__push_excerpt(L, doc + e->msg.off, e->msg.len, MESSAGE_MAX);
+    tide__push_excerpt(L, doc + e->msg.off, e->msg.len, TIDE_MESSAGE_MAX);
   } else if (code->has) {
-    tide__push_excerpt(L, scratch + code->s.off, code->s.len, MESSAGE_MAX);
+    tide__push_excerpt(L, scratch + code->s.off, code->s.len, TIDE_MESSAGE_MAX);
   } else {
     lua_pushliteral(L, "nil");
   }
@@ -820,7 +813,7 @@ static const tide_reply_kind RESPONSES = {
 
 /* core.responses_stream([max_bytes]) -> stream */
 static int l_responses_stream(lua_State *L) {
-  tide__reply_new(L, &RESPONSES, tide__check_max(L, 1, STREAM_DEFAULT_MAX));
+  tide__reply_new(L, &RESPONSES, tide__check_max(L, 1, TIDE_REPLY_DEFAULT_MAX));
   return 1;
 }
 
@@ -843,7 +836,7 @@ static int l_responses_parse(lua_State *L) {
   const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n)
                                                 : tide__http_body(L, 1, &n);
   if (s == NULL) luaL_typeerror(L, 1, "string or http request");
-  size_t max = tide__check_max(L, 2, STREAM_DEFAULT_MAX);
+  size_t max = tide__check_max(L, 2, TIDE_REPLY_DEFAULT_MAX);
   /* The state's one parser of whole replies (the shell's): the caller keeps
   ** the body anchored. */
   responses_stream *st = (responses_stream *)tide__reply_whole(L, &RESPONSES, max);

@@ -240,6 +240,13 @@ void tide__reply_register(lua_State *L, const tide_reply_kind *kind);
 /// The max_bytes argument at arg: def when none or nil; raises unless it is
 /// a positive integer.
 size_t tide__check_max(lua_State *L, int arg, size_t def);
+/// The reply parsers' default cap (core.openai_stream, anthropic_stream,
+/// responses_stream and their whole-reply scanners): on one event's data
+/// and on the bytes one reply's calls or output items may hold. Real
+/// replies are a few KiB; the cap exists so that a broken or hostile server
+/// cannot make a parser buffer without bound. The same as core.sse_parser's
+/// and core.tool_call_assembler's.
+#define TIDE_REPLY_DEFAULT_MAX (8 * 1024 * 1024)
 
 /* ---------------------------------------------------------------- wire -- */
 
@@ -401,6 +408,8 @@ void tide__push_malformed(lua_State *L, const char *body, size_t n, const char *
 /// Pushes the longest prefix of s no longer than max bytes that does not
 /// end inside a UTF-8 sequence (provider._excerpt's cut).
 void tide__push_excerpt(lua_State *L, const char *s, size_t n, size_t max);
+/// How much of a server's error message a reply parser's error quotes.
+#define TIDE_MESSAGE_MAX 512
 /// Raises a structured error (never returns).
 int tide__raise(lua_State *L, const char *code, const char *fmt, ...);
 
