@@ -87,6 +87,7 @@ end
 ---@return table|nil err
 function M.run_tool(t, args, ctx)
   local ok, v, e = pcall(t.handler, args, ctx)
+  if ok and type(v) == "string" then return v end -- (the usual answer: nothing to convert)
   if not ok then e, v = v, nil end
   if v == nil and e ~= nil then
     if passes_through(e) then error(e, 0) end
@@ -205,7 +206,7 @@ local function join_call(run, call, task, t0, limit_ms)
     local left = (t0 + limit_ms * 1000000 - hrtime()) // 1000000
     text, err = task:join(left > 0 and math.tointeger(left) or 0)
   end
-  if text then return result(call, text, false) end
+  if text then return { id = call.id, name = call.name, content = text, is_error = false } end
   if err.code == "ToolError" then return result(call, "Error: " .. err.message, true) end
   if err.code == "ApprovalRequired" and err.session then -- a sub-agent waits for a decision
     return nil, nil, { call = call, child_session = err.session }

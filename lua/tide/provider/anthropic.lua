@@ -24,9 +24,7 @@ local M = {}
 M.VERSION_HEADER = "2023-06-01"
 M.DEFAULT_MAX_TOKENS = 4096
 
-local Provider = setmetatable({}, { __index = provider.Base })
-Provider.__index = Provider
-Provider.__name = "tide.provider.anthropic"
+local Provider = provider.class("tide.provider.anthropic")
 
 local canonical = json.canonical
 local quote = json.quote

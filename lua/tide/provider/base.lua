@@ -561,4 +561,17 @@ provider._count = reply.count
 provider.retry_after_ms = retry.after_ms
 provider.backoff_ms = retry.backoff_ms
 
+--- A provider class named `name`: Base's methods copied in rather than
+--- inherited, so that a field a provider lacks (the request path asks for
+--- several optional hooks on every call) is a miss of one table, not a walk
+--- up a chain of them.
+---@param name string the metatable's __name
+---@return table
+function provider.class(name)
+  local c = {}
+  for k, v in pairs(Base) do c[k] = v end
+  c.__index, c.__name = c, name
+  return c
+end
+
 return provider

@@ -30,9 +30,7 @@ local content = require "tide.content"
 
 local M = {}
 
-local Provider = setmetatable({}, { __index = provider.Base })
-Provider.__index = Provider
-Provider.__name = "tide.provider.openai"
+local Provider = provider.class("tide.provider.openai")
 
 local canonical = json.canonical
 local quote = json.quote

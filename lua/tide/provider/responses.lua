@@ -35,9 +35,7 @@ local M = {}
 --- sends back.
 M.REASONING = "openai_responses"
 
-local Provider = setmetatable({}, { __index = provider.Base })
-Provider.__index = Provider
-Provider.__name = "tide.provider.responses"
+local Provider = provider.class("tide.provider.responses")
 
 local canonical = json.canonical
 local quote = json.quote
