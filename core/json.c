@@ -23,8 +23,9 @@
 #include "tide.h"
 #include "json.h"
 
-/* lua-cjson's default decode depth: a deeper document was an error before. */
-#define JSON_MAX_DEPTH 1000
+/* tide.json's decode depth (json.lua sets lua-cjson's to it): a document
+** the scanners take is one the Lua decoders take, and the other way round. */
+#define JSON_MAX_DEPTH 200
 
 /* ------------------------------------------------------------- scanning -- */
 

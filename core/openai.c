@@ -24,7 +24,7 @@
 ** text under both names. extra_content is Gemini's: its thought signature
 ** must go back verbatim, so it is kept as the raw JSON text it came as.
 ** Every other value is validated and skipped without recursion (a byte stack
-** of open containers, 1000 deep as lua-cjson allows). The fields above sit at
+** of open containers, 200 deep as tide.json allows). The fields above sit at
 ** a fixed depth, so the functions that descend into them recurse at most that
 ** far. An event is applied only once the whole of it has parsed, with the
 ** same rules the Lua code applied to the decoded table: the last of

@@ -268,13 +268,17 @@ describe("core.openai_stream", function()
     assert(one("data: [1,{}]\n\ndata: [DONE]\n\n"))
   end)
 
-  it("limits nesting as lua-cjson does", function()
+  it("limits nesting as tide.json does", function()
     local function nest(n) return ("["):rep(n) .. ("]"):rep(n) end
-    assert(one('data: {"x":' .. nest(999) .. '}\n\ndata: [DONE]\n\n'))
-    local _, err = one('data: {"x":' .. nest(1000) .. '}\n\n')
+    assert(one('data: {"x":' .. nest(199) .. '}\n\ndata: [DONE]\n\n'))
+    local _, err = one('data: {"x":' .. nest(200) .. '}\n\n')
     assert.matches("too many nested", err.message)
-    _, err = one("data: " .. ('{"a":'):rep(1001) .. "1" .. ("}"):rep(1001) .. "\n\n")
+    _, err = one("data: " .. ('{"a":'):rep(201) .. "1" .. ("}"):rep(201) .. "\n\n")
     assert.matches("too many nested", err.message)
+    -- the same depths as the Lua decoder
+    local json = require "tide.json"
+    assert(json.decode('{"x":' .. nest(199) .. '}'))
+    assert.is_nil(json.decode('{"x":' .. nest(200) .. '}'))
   end)
 
   it("caps one event's data and all tool-call bytes", function()
