@@ -19,6 +19,7 @@
 ---@class tide.cluster
 ---@field url string the URL without its password
 ---@field prefix string the key prefix every tide key starts with
+---@field session_ttl_ms integer|nil how long a Redis session's transcript outlives its last write
 local Cluster = {}
 Cluster.__index = Cluster
 
@@ -30,7 +31,7 @@ local current -- the process's cluster, once tide.cluster{} made it
 
 local OPTIONS = {
   redis = true, password = true, username = true, prefix = true,
-  connect_timeout_ms = true, reconnect_ms = true,
+  connect_timeout_ms = true, reconnect_ms = true, session_ttl_ms = true,
 }
 
 local function unavailable(reason, message)
@@ -100,7 +101,7 @@ local function build(opts)
       error(("bad argument #1 to 'cluster' (option '%s' must be a string)"):format(k), 3)
     end
   end
-  for _, k in ipairs { "connect_timeout_ms", "reconnect_ms" } do
+  for _, k in ipairs { "connect_timeout_ms", "reconnect_ms", "session_ttl_ms" } do
     local v = opts[k]
     if v ~= nil and (math.type(v) ~= "integer" or v <= 0) then
       error(("bad argument #1 to 'cluster' (option '%s' must be a positive integer)"):format(k), 3)
@@ -114,6 +115,9 @@ local function build(opts)
   local self = setmetatable({
     url = where.shown,
     prefix = opts.prefix or "tide",
+    -- Sessions in Redis (their transcripts and sub-agents') expire this long
+    -- after their last write; nil: they stay until deleted.
+    session_ttl_ms = opts.session_ttl_ms,
     _where = where,
     _connect_timeout = opts.connect_timeout_ms or 2000,
     _reconnect_ms = opts.reconnect_ms or 10000,
@@ -135,7 +139,7 @@ end
 
 --- A cluster object (see the module's description), not made current.
 --- Misuse raises; nothing connects until the first command.
----@param opts? { redis?: string, password?: string, username?: string, prefix?: string, connect_timeout_ms?: integer, reconnect_ms?: integer }
+---@param opts? { redis?: string, password?: string, username?: string, prefix?: string, connect_timeout_ms?: integer, reconnect_ms?: integer, session_ttl_ms?: integer }
 ---@return tide.cluster
 function M.new(opts) return build(opts) end
 

@@ -9,6 +9,11 @@
 ---     <prefix>:session:<id>:lease   the lease: a token (SET NX PX), renewed
 ---                                   while its holder runs a turn
 ---
+--- With the cluster's `session_ttl_ms`, a session's list (and each of its
+--- sub-agents' lists) expires that long after its last write, in the script
+--- that writes: an idle conversation leaves Redis by itself. A session
+--- whose list expired is a new session.
+---
 --- Each record is appended by one script, atomically, and only when no
 --- other process holds the lease and the list is as long as this writer
 --- last saw it. Otherwise nothing is written and the append fails:
@@ -24,12 +29,16 @@ local M = {}
 local core = require "tide.core"
 local json = require "tide.json"
 
+-- ARGV: the lease token, the length expected, the TTL in ms ("0": none),
+-- the records.
 local APPEND = [[
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return {-1, 0} end
 local n = redis.call('LLEN', KEYS[1])
 if n ~= tonumber(ARGV[2]) then return {-2, n} end
-return {0, redis.call('RPUSH', KEYS[1], unpack(ARGV, 3))}
+n = redis.call('RPUSH', KEYS[1], unpack(ARGV, 4))
+if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return {0, n}
 ]]
 
 -- The lease, and how long the list is now: a holder that takes the lease
@@ -112,7 +121,8 @@ function M.store(c)
   --- holds one.
   function s.open(id, meta, info, lease)
     local w = setmetatable({ path = id, strict = true, known = info and info.count or 0,
-      lease = lease or {}, keys = { log_key(id), lease_key(id) }, script = append, pending = {} }, writer_mt)
+      lease = lease or {}, keys = { log_key(id), lease_key(id) }, script = append, pending = {},
+      ttl = tostring(c.session_ttl_ms or 0) }, writer_mt)
     if w.known == 0 and meta then w.pending[1] = json.canonical(meta) end
     return w
   end
@@ -162,8 +172,8 @@ end
 local function append(self, lines)
   while self.busy do core.sleep(1) end
   self.busy = true
-  local args = { self.lease.token or "", self.known }
-  for i = 1, #lines do args[i + 2] = lines[i] end
+  local args = { self.lease.token or "", self.known, self.ttl }
+  for i = 1, #lines do args[i + 3] = lines[i] end
   local ok, r, err = pcall(self.script, self.keys, args)
   self.busy = false
   if not ok then error(r, 0) end

@@ -3,7 +3,7 @@
 ---   tide worker --redis URL --agents DIR [--prompts DIR] [--queue NAME]
 ---               [--concurrency N] [--provider openai|anthropic]
 ---               [--claim-idle-ms N] [--lease-ms N] [--drain-ms N] [--prefix P]
----               [--name NAME]
+---               [--session-ttl-ms N] [--name NAME]
 ---
 --- Agent files and prompts are watched (a change applies to sessions built
 --- afterwards, that is, to the next turns). The provider comes from the
@@ -20,10 +20,11 @@ local M = {}
 
 local USAGE = "usage: tide worker --redis URL --agents DIR [--prompts DIR] [--queue NAME] [--concurrency N]\n"
   .. "                   [--provider openai|anthropic] [--claim-idle-ms N] [--lease-ms N] [--drain-ms N]\n"
-  .. "                   [--prefix P] [--name NAME]\n"
+  .. "                   [--prefix P] [--session-ttl-ms N] [--name NAME]\n"
 
 local VALUED = { redis = "string", agents = "string", prompts = "string", queue = "string", provider = "string",
-  prefix = "string", name = "string", concurrency = "int", ["claim-idle-ms"] = "int", ["lease-ms"] = "int", ["drain-ms"] = "int" }
+  prefix = "string", name = "string", concurrency = "int", ["claim-idle-ms"] = "int", ["lease-ms"] = "int", ["drain-ms"] = "int",
+  ["session-ttl-ms"] = "int" }
 
 local function parse(argv)
   local o = {}
@@ -105,7 +106,7 @@ function M.main(argv)
         watchers[#watchers + 1] = w
       end
     end
-    tide.cluster { redis = o.redis, prefix = o.prefix }
+    tide.cluster { redis = o.redis, prefix = o.prefix, session_ttl_ms = o["session-ttl-ms"] }
     local w, werr = tide.worker { queue = o.queue or "turns", concurrency = o.concurrency, provider = provider,
       claim_idle_ms = o["claim-idle-ms"], lease_ms = o["lease-ms"], name = o.name }
     if not w then

@@ -21,7 +21,7 @@ describe("the turn queue", function()
 
   -- `bin/tide worker` in a process of its own, serving the current
   -- cluster's prefix; returns it once it serves.
-  local function worker_process(mock, name, env, lease_ms)
+  local function worker_process(mock, name, env, lease_ms, extra)
     local c = cluster.current()
     local argv = { "env", "ASAN_OPTIONS=detect_leaks=0", "LUA_PATH=lua/?.lua;lua/?/init.lua;;",
       "TIDE_BUILD_DIR=" .. build, "OPENAI_BASE_URL=" .. mock.url .. "/v1", "OPENAI_API_KEY=k", "TIDE_MODEL=m",
@@ -31,6 +31,7 @@ describe("the turn queue", function()
       "--name", name, "--claim-idle-ms", "1000", "--lease-ms", tostring(lease_ms or 600), "--concurrency", "16" } do
       argv[#argv + 1] = a
     end
+    for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
     local p = assert(core.process_spawn { argv = argv })
     local line = p:read_line(15000)
     assert(line == "serving turns as " .. name, "worker " .. name .. " said: " .. tostring(line) .. " " .. p:stderr())
@@ -40,7 +41,7 @@ describe("the turn queue", function()
   it("serves a turn submitted from another process's point of view, with its stats", function()
     helpers.run(function()
       local mock = testing.mock_server { default = testing.tool_loop(1, "lookup") }
-      local w = worker_process(mock, "w1")
+      local w = worker_process(mock, "w1", nil, nil, { "--session-ttl-ms", "600000" })
       local reply, stats = tide.submit { queue = "turns", session = "user-42", agent = "helper", text = "hi",
         timeout_ms = 20000 }
       assert.equal("done after 1 lookups", reply, tostring(stats))
@@ -50,6 +51,9 @@ describe("the turn queue", function()
       -- the answer gave the session's lease up with the reply
       local c = cluster.current()
       assert.equal(0, c:call("EXISTS", c:key("session", "user-42", "lease")))
+      -- and its transcript expires when idle (--session-ttl-ms)
+      local ttl = c:call("PTTL", c:key("session", "user-42"))
+      assert.is_true(ttl > 0 and ttl <= 600000, tostring(ttl))
       -- the session is a Redis session: another turn sees the first
       reply = tide.submit { queue = "turns", session = "user-42", agent = "helper", text = "again" }
       assert.equal("done after 1 lookups", reply)

@@ -24,6 +24,7 @@ describe("sessions in Redis", function()
   local tide = require "tide"
   local testing = require "tide.testing"
   local cluster = require "tide.cluster"
+  local core = require "tide.core"
   local redis = redis_server.cluster_per_case("s", "spec/support/cluster_agents")
 
   local function provider(mock)
@@ -207,6 +208,45 @@ describe("sessions in Redis", function()
       assert.equal("lost", err.reason)
       mock:close()
     end)
+  end)
+
+  it("lets an idle session expire when the cluster says so, sub-agents' lists too", function()
+    helpers.run(function()
+      local mock = testing.mock_server { default = function(req)
+        return ("%d messages"):format(#req.json.messages)
+      end }
+      -- without session_ttl_ms a session stays
+      local c = cluster.current()
+      local kept = assert(tide.session { id = "kept", store = "redis", agent = "helper", provider = provider(mock) })
+      assert.equal("2 messages", kept:turn("first"))
+      kept:close()
+      assert.equal(-1, c:call("PTTL", c:key("session", "kept")))
+      c = tide.cluster { redis = redis.server.url, prefix = "ttl" .. math.random(1, 1e9), session_ttl_ms = 400 }
+      local s = assert(tide.session { id = "idle", store = "redis", agent = "helper", provider = provider(mock) })
+      assert.equal("2 messages", s:turn("first"))
+      local ttl = c:call("PTTL", c:key("session", "idle"))
+      assert.is_true(ttl > 0 and ttl <= 400, tostring(ttl))
+      -- each write sets it again: the second turn's records
+      core.sleep(250)
+      assert.equal("4 messages", s:turn("second"))
+      assert.is_true(c:call("PTTL", c:key("session", "idle")) > 250)
+      s:close()
+      -- a sub-agent's transcript is written through the same store
+      local store = require("tide.transcript_redis").store(c)
+      local w = store.open("idle/child.1", { type = "meta", agent = "helper" })
+      assert(w:append({ role = "user", content = "x" }))
+      ttl = c:call("PTTL", c:key("session", "idle/child.1"))
+      assert.is_true(ttl > 0 and ttl <= 400, tostring(ttl))
+      -- idle past it: gone from Redis, and the id starts anew
+      core.sleep(500)
+      assert.equal(0, c:call("EXISTS", c:key("session", "idle"), c:key("session", "idle/child.1")))
+      local again = assert(tide.session { id = "idle", store = "redis", agent = "helper", provider = provider(mock) })
+      assert.equal("2 messages", again:turn("hello again"))
+      again:close()
+      mock:close()
+    end)
+    assert.has_error(function() tide.cluster { redis = redis.server.url, session_ttl_ms = 0 } end,
+      "bad argument #1 to 'cluster' (option 'session_ttl_ms' must be a positive integer)")
   end)
 
   it("raises on misuse, naming the option", function()
