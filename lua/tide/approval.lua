@@ -143,14 +143,9 @@ local function find(session, id)
   return nil
 end
 
---- Records a decision on call `id` (at any depth under `session`).
----@return boolean|nil ok
----@return table|nil err NothingPending, UnknownApproval or AlreadyDecided
-function M.decide(session, id, approved, note)
-  if type(id) ~= "string" then error(("bad argument #1 to '%s' (string expected, got %s)")
-    :format(approved and "approve" or "reject", type(id)), 3) end
-  if note ~= nil and type(note) ~= "string" then error(("bad argument #2 to '%s' (string expected, got %s)")
-    :format(approved and "approve" or "reject", type(note)), 3) end
+-- The session (the root or a sub-agent's) that call `id` waits in, when it
+-- waits undecided; else nil and why.
+local function decidable(session, id)
   if not session.paused then return fail("NothingPending", "no call of this session waits for approval") end
   local w, owner = find(session, id)
   if not w then
@@ -160,8 +155,42 @@ function M.decide(session, id, approved, note)
     return fail("AlreadyDecided", ("call '%s' was %s already"):format(id,
       owner.decisions[id].approved and "approved" or "rejected"), { id = id })
   end
+  return owner
+end
+
+--- Records a decision on call `id` (at any depth under `session`).
+---@return boolean|nil ok
+---@return table|nil err NothingPending, UnknownApproval or AlreadyDecided
+function M.decide(session, id, approved, note)
+  if type(id) ~= "string" then error(("bad argument #1 to '%s' (string expected, got %s)")
+    :format(approved and "approve" or "reject", type(id)), 3) end
+  if note ~= nil and type(note) ~= "string" then error(("bad argument #2 to '%s' (string expected, got %s)")
+    :format(approved and "approve" or "reject", type(note)), 3) end
+  local owner, err = decidable(session, id)
+  if not owner then return nil, err end
   owner.decisions[id] = { approved = approved, note = note }
   record(owner, { type = "decision", id = id, approved = approved, note = note })
+  return true
+end
+
+--- Checks a list of decisions ({ id, approved, note }) before any is made:
+--- true, or nil and the error the first that does not fit gets (as decide
+--- gives it; a call named twice is AlreadyDecided). A request that names
+--- one wrong call then changes nothing (tide.queue's decisions).
+---@param session table
+---@param decisions {id:string, approved:boolean, note?:string}[]
+---@return boolean|nil ok
+---@return table|nil err
+function M.check_all(session, decisions)
+  local seen = {}
+  for _, d in ipairs(decisions) do
+    if seen[d.id] then
+      return fail("AlreadyDecided", ("call '%s' is decided twice in one request"):format(d.id), { id = d.id })
+    end
+    seen[d.id] = true
+    local owner, err = decidable(session, d.id)
+    if not owner then return nil, err end
+  end
   return true
 end
 

@@ -6,8 +6,9 @@
 --- Layout, under the cluster's prefix, for queue `q`:
 ---
 ---     <prefix>:q:<q>                  the stream; one entry per turn: rid (the
----                                     request's id), session, agent, text,
----                                     reply_to; consumer group "workers"
+---                                     request's id), session, agent, text (or
+---                                     decisions: a JSON list, for a paused
+---                                     turn), reply_to; consumer group "workers"
 ---     <prefix>:q:<q>:req:<rid>        "queued" until answered, then "answered"
 ---                                     (it expires: the submitter's timeout)
 ---     <prefix>:q:<q>:reply:<rid>      the reply, kept a while for a submitter
@@ -45,10 +46,12 @@ local REPLY_TTL_MS = 300000
 local function blocking(fn, ...) return require("tide")._blocking(fn, ...) end
 local function fail(code, msg, fields) return nil, core.error(code, msg, fields) end
 
+-- ARGV[5] names what the request carries: 'text' (a turn) or 'decisions'
+-- (a paused turn's, as JSON); ARGV[6] is it.
 local SUBMIT = [[
 redis.call('SET', KEYS[1], 'queued', 'PX', ARGV[1])
 return redis.call('XADD', KEYS[2], '*', 'rid', ARGV[2], 'session', ARGV[3], 'agent', ARGV[4],
-  'text', ARGV[5], 'reply_to', ARGV[6])
+  ARGV[5], ARGV[6], 'reply_to', ARGV[7])
 ]]
 
 local ANSWER = [[
@@ -178,8 +181,10 @@ local function submit(opts)
   local w = { task = core.current() }
   cl.waiters[rid] = w
   local epoch = c.stats.sub_disconnects
+  local what, value = "text", opts.text
+  if opts.decisions then what, value = "decisions", json.canonical(opts.decisions) end
   local id, serr = c:script("tide_queue_submit", SUBMIT)({ marker, c:key("q", opts.queue) },
-    { timeout + 60000, rid, opts.session, opts.agent, opts.text, cl.channel })
+    { timeout + 60000, rid, opts.session, opts.agent, what, value, cl.channel })
   if not id then
     cl.waiters[rid] = nil
     return nil, serr
@@ -219,7 +224,28 @@ local function submit(opts)
   return decode_reply(w.payload)
 end
 
-local SUBMIT_OPTIONS = { queue = true, session = true, agent = true, text = true, timeout_ms = true }
+local SUBMIT_OPTIONS = { queue = true, session = true, agent = true, text = true, decisions = true,
+  timeout_ms = true }
+local DECISION_FIELDS = { id = true, approved = true, note = true }
+
+-- A list of decisions ({ id, approved, note? }, at least one) in the shape
+-- a request carries; nil and what is wrong otherwise (the submitter's
+-- misuse, or an entry some other writer put in the stream).
+local function decisions_problem(list)
+  if type(list) ~= "table" or #list == 0 then return "must be a non-empty list of { id, approved, note }" end
+  for k in pairs(list) do
+    if math.type(k) ~= "integer" or k < 1 or k > #list then return "must be a list" end
+  end
+  for i, d in ipairs(list) do
+    if type(d) ~= "table" then return ("[%d] must be a table"):format(i) end
+    for k in pairs(d) do
+      if not DECISION_FIELDS[k] then return ("[%d] has an unknown field '%s'"):format(i, tostring(k)) end
+    end
+    if type(d.id) ~= "string" or d.id == "" then return ("[%d].id must be a non-empty string"):format(i) end
+    if type(d.approved) ~= "boolean" then return ("[%d].approved must be a boolean"):format(i) end
+    if d.note ~= nil and type(d.note) ~= "string" then return ("[%d].note must be a string"):format(i) end
+  end
+end
 
 --- Enqueues a turn of session `session` (a Redis session, made on first
 --- use) with agent `agent`, and waits for its reply: the reply text and the
@@ -227,7 +253,12 @@ local SUBMIT_OPTIONS = { queue = true, session = true, agent = true, text = true
 --- worker, continued), or nil and the turn's error as `s:turn()` gives it,
 --- or `Timeout` after `timeout_ms` (default 300,000; a worker that picks
 --- the request up later does not run it), or `ClusterUnavailable`.
----@param opts {queue:string, session:string, agent:string, text:string, timeout_ms?:integer}
+--- With `decisions` in place of `text` ({ id, approved, note? } each, for
+--- the calls an ApprovalRequired listed), a worker records them and
+--- resumes the paused turn (s:approve / s:reject, then s:resume()); every
+--- decision is checked first, and one that does not fit is the answer
+--- (NothingPending, UnknownApproval, AlreadyDecided), nothing changed.
+---@param opts {queue:string, session:string, agent:string, text?:string, decisions?:{id:string, approved:boolean, note?:string}[], timeout_ms?:integer}
 ---@return string|nil reply
 ---@return table stats_or_err
 function M.submit(opts)
@@ -235,13 +266,17 @@ function M.submit(opts)
   check_name(opts.queue, "queue", "submit", 2)
   check_name(opts.session, "session", "submit", 2)
   check_name(opts.agent, "agent", "submit", 2)
-  if type(opts.text) ~= "string" then
+  if opts.decisions ~= nil then
+    if opts.text ~= nil then error("bad argument #1 to 'submit' (give 'text' or 'decisions', not both)", 2) end
+    local why = decisions_problem(opts.decisions)
+    if why then error(("bad argument #1 to 'submit' (field 'decisions' %s)"):format(why), 2) end
+  elseif type(opts.text) ~= "string" then
     error(("bad argument #1 to 'submit' (field 'text' must be a string, got %s)"):format(type(opts.text)), 2)
   end
   check_int(opts, "timeout_ms", "submit", 1, 2)
   local c = cluster_mod.require_current("tide.submit", 2)
   return blocking(submit, { cluster = c, queue = opts.queue, session = opts.session, agent = opts.agent,
-    text = opts.text, timeout_ms = opts.timeout_ms })
+    text = opts.text, decisions = opts.decisions, timeout_ms = opts.timeout_ms })
 end
 
 --- The channel this process's replies for `queue` come on (specs count
@@ -318,7 +353,9 @@ end
 -- request's turn once (tide.session's _queued_turn) and answers.
 function Worker:_serve(id, f)
   local c = self.cluster
-  if not (f.rid and f.session and f.agent and f.text and f.reply_to) then
+  local decisions = f.decisions and json.decode(f.decisions)
+  if not (f.rid and f.session and f.agent and (f.text or f.decisions) and f.reply_to)
+      or (f.decisions and decisions_problem(decisions)) then
     log(self, "entry ", id, " is not a turn request: dropped")
     return self:_ack(id)
   end
@@ -346,7 +383,12 @@ function Worker:_serve(id, f)
     return self:_answer(id, f, nil, serr)
   end
   local continued = s.last_turn and s.last_turn.id == f.rid
-  local reply, terr = s:_queued_turn(f.rid, f.text)
+  local reply, terr
+  if decisions then
+    reply, terr = s:_queued_resume(f.rid, decisions)
+  else
+    reply, terr = s:_queued_turn(f.rid, f.text)
+  end
   local stats = stats_of(s)
   stats.worker, stats.continued = self.name, continued or nil
   if reply == nil and self.stopping and terr and terr.code == "Cancelled" then

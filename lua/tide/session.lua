@@ -754,6 +754,46 @@ function session_mt:_queued_turn(rid, text, opts)
   end)
 end
 
+--- The decisions of queue request `rid` (tide.queue: { id, approved,
+--- note } each, for the calls ApprovalRequired listed), then the paused
+--- turn resumed, under the lease: run once, as _queued_turn. Every decision
+--- is checked before any is recorded: one that does not fit
+--- (NothingPending, UnknownApproval, AlreadyDecided) is the answer, and
+--- nothing changed. A request a process ran and died in is not run again:
+--- a finished one gives its answer; decisions it recorded stand, those it
+--- did not are made; the turn goes on from where the transcript stops.
+---@param rid string
+---@param decisions {id:string, approved:boolean, note?:string}[]
+---@param opts? table turn options
+function session_mt:_queued_resume(rid, decisions, opts)
+  opts = opts or {}
+  local approval = require "tide.approval"
+  return blocking(leased, self, function()
+    local lt = self.last_turn
+    if lt and lt.id == rid then
+      if lt.done then return lt.reply end
+      if not self.paused then return turn.continue(self, opts) end
+      for _, d in ipairs(decisions) do
+        if approval.check_all(self, { d }) then approval.decide(self, d.id, d.approved, d.note) end
+      end
+      return turn.resume(self, opts)
+    end
+    if not self.paused then
+      return nil, core.error("NothingPending", "no turn of this session is paused")
+    end
+    local ok, err = approval.check_all(self, decisions)
+    if not ok then return nil, err end
+    -- the request's record and its decisions go out with the resumed round
+    self.conversation:hold(true)
+    self.conversation:note { type = "turn", id = rid }
+    self.last_turn = { id = rid, done = false }
+    for _, d in ipairs(decisions) do assert(approval.decide(self, d.id, d.approved, d.note)) end
+    local reply, rerr = turn.resume(self, opts)
+    self.conversation:hold(false)
+    return reply, rerr
+  end)
+end
+
 --- Approves call `id` (from `err.pending` of ApprovalRequired, at any
 --- depth); `note` is kept in the transcript. Returns true, or nil and an
 --- error: NothingPending, UnknownApproval, AlreadyDecided.

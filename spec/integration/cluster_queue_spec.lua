@@ -69,6 +69,108 @@ describe("the turn queue", function()
     end)
   end)
 
+  it("takes a paused turn's decisions through the queue, checked before any is made", function()
+    local log = os.tmpname()
+    finally(function() os.remove(log) end)
+    helpers.run(function()
+      local mock = testing.mock_server { default = testing.tool_loop(1, "delete") }
+      local w = worker_process(mock, "d1", { TIDE_TOOL_LOG = log })
+      local c = cluster.current()
+      local function records(id) return table.concat(c:call("LRANGE", c:key("session", id), 0, -1), "\n") end
+      local none, err = tide.submit { queue = "turns", session = "ask-1", agent = "careful", text = "delete it" }
+      assert.is_nil(none)
+      assert.equal("ApprovalRequired", err.code)
+      assert.equal(1, #err.pending)
+      local call = err.pending[1]
+      assert.equal("delete", call.name)
+      -- a decision that does not fit is the answer, and nothing is recorded
+      local before = records("ask-1")
+      none, err = tide.submit { queue = "turns", session = "ask-1", agent = "careful",
+        decisions = { { id = call.id, approved = true }, { id = "call_nope", approved = true } } }
+      assert.is_nil(none)
+      assert.equal("UnknownApproval", err.code)
+      assert.equal(before, records("ask-1"))
+      none, err = tide.submit { queue = "turns", session = "ask-1", agent = "careful",
+        decisions = { { id = call.id, approved = true }, { id = call.id, approved = false } } }
+      assert.equal("AlreadyDecided", err.code)
+      assert.equal(before, records("ask-1"))
+      -- approved: the call runs once and the turn goes on to its answer
+      local reply, stats = tide.submit { queue = "turns", session = "ask-1", agent = "careful",
+        decisions = { { id = call.id, approved = true, note = "fine by me" } } }
+      assert.equal("done after 1 lookups", reply, tostring(stats))
+      assert.equal("d1", stats.worker)
+      local f = assert(io.open(log))
+      assert.equal("delete item 1 d1\n", f:read("a"))
+      f:close()
+      assert.matches('"note":"fine by me"', records("ask-1"))
+      -- nothing waits now
+      none, err = tide.submit { queue = "turns", session = "ask-1", agent = "careful",
+        decisions = { { id = call.id, approved = true } } }
+      assert.equal("NothingPending", err.code)
+      -- rejected: the model reads the reason, the tool never runs
+      none, err = tide.submit { queue = "turns", session = "ask-2", agent = "careful", text = "delete it" }
+      assert.equal("ApprovalRequired", err.code)
+      reply = tide.submit { queue = "turns", session = "ask-2", agent = "careful",
+        decisions = { { id = err.pending[1].id, approved = false, note = "not today" } } }
+      assert.equal("done after 1 lookups", reply)
+      f = assert(io.open(log))
+      assert.equal("delete item 1 d1\n", f:read("a"))
+      f:close()
+      local last = mock:requests()[#mock:requests()].json.messages
+      assert.matches("rejected by the user: not today", last[#last].content)
+      w:kill("KILL")
+      w:close()
+      mock:close()
+    end)
+    -- misuse raises before anything is sent, naming the field
+    for _, case in ipairs {
+      { { text = "x", decisions = { { id = "a", approved = true } } }, "give 'text' or 'decisions', not both" },
+      { { decisions = {} }, "field 'decisions' must be a non-empty list of { id, approved, note }" },
+      { { decisions = { { id = "a", approve = true } } }, "field 'decisions' [1] has an unknown field 'approve'" },
+      { { decisions = { { id = "a", approved = "yes" } } }, "field 'decisions' [1].approved must be a boolean" },
+    } do
+      local opts = case[1]
+      opts.queue, opts.session, opts.agent = "turns", "s", "careful"
+      assert.has_error(function() tide.submit(opts) end, "bad argument #1 to 'submit' (" .. case[2] .. ")")
+    end
+  end)
+
+  it("finishes a resumed turn whose worker died mid-call: the approved call ran once, one reply", function()
+    local log = os.tmpname()
+    finally(function() os.remove(log) end)
+    helpers.run(function()
+      local mock = testing.mock_server { default = testing.tool_loop(1, "delete") }
+      local a = worker_process(mock, "a", { TIDE_TOOL_LOG = log, TIDE_TOOL_SLEEP_MS = "20000" })
+      local c = cluster.current()
+      local _, err = tide.submit { queue = "turns", session = "resumed", agent = "careful", text = "delete it" }
+      assert.equal("ApprovalRequired", err.code)
+      local t = tide.spawn(function()
+        return tide.submit { queue = "turns", session = "resumed", agent = "careful", timeout_ms = 30000,
+          decisions = { { id = err.pending[1].id, approved = true } } }
+      end)
+      helpers.wait_until(function() return #helpers.lines_of(log) == 1 end, "the approved call to start", 10000)
+      a:kill("KILL")
+      a:wait(5000)
+      local b = worker_process(mock, "b", { TIDE_TOOL_LOG = log })
+      local reply, stats = t:join()
+      assert.equal("done after 1 lookups", reply, tostring(stats))
+      assert.equal("b", stats.worker)
+      assert.is_true(stats.continued)
+      assert.equal(1, #helpers.lines_of(log)) -- answered "interrupted", never run again
+      local decisions, interrupted = 0, 0
+      for _, r in ipairs(c:call("LRANGE", c:key("session", "resumed"), 0, -1)) do
+        local v = json.decode(r)
+        if v.type == "decision" then decisions = decisions + 1 end
+        if v.role == "tool" and v.results[1].content:match("interrupted") then interrupted = interrupted + 1 end
+      end
+      assert.same({ 1, 1 }, { decisions, interrupted })
+      b:kill("KILL")
+      b:close()
+      a:close()
+      mock:close()
+    end)
+  end)
+
   it("finishes the turn of a worker killed mid-call in another: the tool ran once, one reply", function()
     local log = os.tmpname()
     finally(function() os.remove(log) end)
