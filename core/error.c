@@ -43,15 +43,23 @@ static void push_error_mt(lua_State *L) {
   }
 }
 
-static void push_errorv(lua_State *L, const char *code, const char *fmt,
-                        va_list ap) {
+/* Replaces the message string on top of the stack with the error table
+** { code = code, message = that string }. */
+static void wrap_message(lua_State *L, const char *code) {
   lua_createtable(L, 0, 3);
   lua_pushstring(L, code);
   lua_setfield(L, -2, "code");
-  lua_pushvfstring(L, fmt, ap);
+  lua_pushvalue(L, -2);
   lua_setfield(L, -2, "message");
   push_error_mt(L);
   lua_setmetatable(L, -2);
+  lua_remove(L, -2);
+}
+
+static void push_errorv(lua_State *L, const char *code, const char *fmt,
+                        va_list ap) {
+  lua_pushvfstring(L, fmt, ap);
+  wrap_message(L, code);
 }
 
 void tide__push_error(lua_State *L, const char *code, const char *fmt, ...) {
@@ -69,14 +77,7 @@ void tide__push_error_from(lua_State *L, const char *code, const char *prefix) {
   luaL_addvalue(&b);
   luaL_pushresult(&b);
   lua_remove(L, -2); /* the message alone */
-  lua_createtable(L, 0, 3);
-  lua_pushstring(L, code);
-  lua_setfield(L, -2, "code");
-  lua_pushvalue(L, -2);
-  lua_setfield(L, -2, "message");
-  push_error_mt(L);
-  lua_setmetatable(L, -2);
-  lua_remove(L, -2); /* the full message */
+  wrap_message(L, code);
 }
 
 void tide__push_malformed(lua_State *L, const char *body, size_t n, const char *fmt, ...) {

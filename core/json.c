@@ -594,9 +594,6 @@ static int sort_members(canon *c, size_t lo, size_t n) {
   return J_OK;
 }
 
-/* A number as json.integers then the canonical encoder write it: integral
-** and below 2^53 as an integer, anything else as the shorter of %.14g and
-** %.17g that reads back, and what is not finite as null. */
 /* A float as the canonical encoder writes one: the shorter of %.14g and
 ** %.17g that reads back, null when it is not finite. tmp holds 64 bytes;
 ** returns the length. */
@@ -607,6 +604,8 @@ static int float_text(char *tmp, double v) {
   return len;
 }
 
+/* A number as json.integers then the canonical encoder write it: integral
+** and below 2^53 as an integer, anything else as float_text writes it. */
 static int canon_number(tide_buf *out, double v) {
   char tmp[64];
   int len;
@@ -804,7 +803,6 @@ static int l_json_integers(lua_State *L) {
 ** as tostring writes them. Tables are read as Lua code reads them
 ** (metamethods apply), except that keys come from next (no __pairs). */
 
-#define ENCODE_MAX_DEPTH 200
 #define ENCODE_BUF_MT "tide.json.encoder_buf"
 #define ENCODE_SMALL_OBJECT 32
 
@@ -920,7 +918,7 @@ static void enc_object(enc *e, int t, int depth) {
 
 static void enc_table(enc *e, int t, int depth) {
   lua_State *L = e->L;
-  if (depth > ENCODE_MAX_DEPTH) {
+  if (depth > JSON_MAX_DEPTH) {
     lua_pushliteral(L, "tide.json: nesting too deep");
     lua_error(L);
   }

@@ -38,14 +38,15 @@ void *tide__checkudata(lua_State *L, int idx, const char *name) {
   return p;
 }
 
-void *tide__state_block(lua_State *L, const void *key, size_t size) {
-  void *p;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TUSERDATA) {
-    p = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    return p;
-  }
+void *tide__state_block_if(lua_State *L, const void *key) {
+  void *p = lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TUSERDATA ? lua_touserdata(L, -1) : NULL;
   lua_pop(L, 1);
+  return p;
+}
+
+void *tide__state_block(lua_State *L, const void *key, size_t size) {
+  void *p = tide__state_block_if(L, key);
+  if (p) return p;
   p = lua_newuserdatauv(L, size, 0);
   memset(p, 0, size);
   lua_rawsetp(L, LUA_REGISTRYINDEX, key);

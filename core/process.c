@@ -202,13 +202,8 @@ static void begin_close(proc *p, uint64_t grace_ms) {
 }
 
 static void process_shutdown(tide_ctx *ctx) {
-  lua_State *L = ctx->L;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &list_key) != LUA_TUSERDATA) {
-    lua_pop(L, 1);
-    return;
-  }
-  proc_list *list = lua_touserdata(L, -1);
-  lua_pop(L, 1);
+  proc_list *list = tide__state_block_if(ctx->L, &list_key);
+  if (list == NULL) return;
   /* The state is closing: no grace period. Userdata may be freed before the
   ** last close callback runs, so both sides forget each other first. */
   for (proc *p = list->head; p; p = p->next) {

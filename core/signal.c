@@ -72,12 +72,8 @@ static void watched_close(lua_State *L, watched *s) {
 
 static void signal_shutdown(tide_ctx *ctx) {
   lua_State *L = ctx->L;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &list_key) != LUA_TUSERDATA) {
-    lua_pop(L, 1);
-    return;
-  }
-  signal_list *list = lua_touserdata(L, -1);
-  lua_pop(L, 1);
+  signal_list *list = tide__state_block_if(L, &list_key);
+  if (list == NULL) return;
   while (list->head) watched_close(L, list->head);
 }
 

@@ -433,6 +433,9 @@ void *tide__checkudata(lua_State *L, int idx, const char *name);
 /// `key` (an address), made on first use and alive as long as the state:
 /// the list of a part's open handles, which its shutdown hook closes.
 void *tide__state_block(lua_State *L, const void *key, size_t size);
+/// The block tide__state_block made under `key`, or NULL when none was (a
+/// shutdown hook of a part that was never used).
+void *tide__state_block_if(lua_State *L, const void *key);
 /// The string field k of the table at idx, or NULL when it is not a string.
 /// The value is popped: the table keeps the string alive.
 const char *tide__field_str(lua_State *L, int idx, const char *k, size_t *len);

@@ -100,12 +100,8 @@ static void watcher_close(lua_State *L, watcher *w) {
 
 void tide__watch_shutdown(tide_ctx *ctx) {
   lua_State *L = ctx->L;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &list_key) != LUA_TUSERDATA) {
-    lua_pop(L, 1);
-    return;
-  }
-  watch_list *list = lua_touserdata(L, -1);
-  lua_pop(L, 1);
+  watch_list *list = tide__state_block_if(L, &list_key);
+  if (list == NULL) return;
   while (list->head) watcher_close(L, list->head);
 }
 

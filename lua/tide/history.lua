@@ -73,10 +73,7 @@ function history_mt:append(msg)
   local n = #msgs + 1
   msgs[n] = msg
   if self.nencoded == n - 1 then
-    local enc = self.provider:_encode(msg)
-    local len = #enc -- (add, inlined: this runs for every message of every turn)
-    self.bytes, self.wire_bytes = self.bytes + len, self.wire_bytes + len
-    if len > 0 then self.wire:add(enc) end
+    add(self, self.provider:_encode(msg))
     self.nencoded = n
   end
   if self.writer then record(self, msg) end

@@ -727,6 +727,18 @@ function session_mt:turn(text, opts)
   return blocking(turn.run, self, text, opts)
 end
 
+-- Queue request `rid` run for the first time: fn(...) with the request's
+-- `turn` record going out with fn's first records, so that a process that
+-- takes the request over after a crash finds it (and what fn did) there.
+local function first_run(self, rid, fn, ...)
+  self.conversation:hold(true)
+  self.conversation:note { type = "turn", id = rid }
+  self.last_turn = { id = rid, done = false }
+  local reply, err = fn(...)
+  self.conversation:hold(false)
+  return reply, err
+end
+
 --- The turn of queue request `rid` (tide.queue), under the lease: run
 --- once. When the transcript already holds that turn (a process that ran
 --- it died, or died before its reply went out), it is not run again: a
@@ -744,13 +756,7 @@ function session_mt:_queued_turn(rid, text, opts)
       if lt.done then return lt.reply end
       return turn.continue(self, opts)
     end
-    -- the turn record goes out with the turn's first records
-    self.conversation:hold(true)
-    self.conversation:note { type = "turn", id = rid }
-    self.last_turn = { id = rid, done = false }
-    local reply, err = turn.run(self, text, opts)
-    self.conversation:hold(false)
-    return reply, err
+    return first_run(self, rid, turn.run, self, text, opts)
   end)
 end
 
@@ -773,24 +779,16 @@ function session_mt:_queued_resume(rid, decisions, opts)
     if lt and lt.id == rid then
       if lt.done then return lt.reply end
       if not self.paused then return turn.continue(self, opts) end
-      for _, d in ipairs(decisions) do
-        if approval.check_all(self, { d }) then approval.decide(self, d.id, d.approved, d.note) end
-      end
+      -- those it recorded stand (decide refuses them again, changing nothing)
+      for _, d in ipairs(decisions) do approval.decide(self, d.id, d.approved, d.note) end
       return turn.resume(self, opts)
     end
-    if not self.paused then
-      return nil, core.error("NothingPending", "no turn of this session is paused")
-    end
-    local ok, err = approval.check_all(self, decisions)
+    local ok, err = approval.check_all(self, decisions) -- (NothingPending when no turn is paused)
     if not ok then return nil, err end
-    -- the request's record and its decisions go out with the resumed round
-    self.conversation:hold(true)
-    self.conversation:note { type = "turn", id = rid }
-    self.last_turn = { id = rid, done = false }
-    for _, d in ipairs(decisions) do assert(approval.decide(self, d.id, d.approved, d.note)) end
-    local reply, rerr = turn.resume(self, opts)
-    self.conversation:hold(false)
-    return reply, rerr
+    return first_run(self, rid, function()
+      for _, d in ipairs(decisions) do assert(approval.decide(self, d.id, d.approved, d.note)) end
+      return turn.resume(self, opts)
+    end)
   end)
 end
 

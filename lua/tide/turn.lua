@@ -206,7 +206,7 @@ local function join_call(run, call, task, t0, limit_ms)
     local left = (t0 + limit_ms * 1000000 - hrtime()) // 1000000
     text, err = task:join(left > 0 and math.tointeger(left) or 0)
   end
-  if text then return { id = call.id, name = call.name, content = text, is_error = false } end
+  if text then return result(call, text, false) end
   if err.code == "ToolError" then return result(call, "Error: " .. err.message, true) end
   if err.code == "ApprovalRequired" and err.session then -- a sub-agent waits for a decision
     return nil, nil, { call = call, child_session = err.session }
