@@ -499,12 +499,19 @@ function session_mt:_resume(path)
   -- before the reply went out).
   -- Its provider calls so far (one assistant message each): a continued
   -- turn goes on counting from there, so max_iterations holds across a
-  -- crash.
-  local last_turn
+  -- crash. A queued resume's turn goes on from the paused turn's count
+  -- (the pause record's iteration), as s:resume() does.
+  local last_turn, paused_at
   for _, m in ipairs(messages) do
     if m.type == "turn" then
-      last_turn = { id = m.id, done = false, iterations = 0 }
-    elseif last_turn and m.type == nil and m.role ~= "system" then
+      last_turn = { id = m.id, done = false, iterations = paused_at or 0 }
+      paused_at = nil
+    elseif m.type == "pause" then
+      paused_at = m.iteration
+    elseif m.type == nil then
+      paused_at = nil -- a message after the pause: its round went on
+    end
+    if last_turn and m.type == nil and m.role ~= "system" then
       local final = m.role == "assistant" and not (type(m.tool_calls) == "table" and #m.tool_calls > 0)
       last_turn.done, last_turn.reply = final, final and (m.content or "") or nil
       if m.role == "assistant" then last_turn.iterations = last_turn.iterations + 1 end

@@ -171,6 +171,43 @@ describe("the turn queue", function()
     end)
   end)
 
+  it("keeps max_iterations across a crash after a resume: the continued turn counts from the pause", function()
+    local log = os.tmpname()
+    finally(function() os.remove(log) end)
+    helpers.run(function()
+      -- the first answer asks for the gated call, every later one for a lookup
+      local calls = 0
+      local gated, lookups = testing.tool_loop(10, "delete"), testing.tool_loop(10, "lookup")
+      local mock = testing.mock_server { default = function(req)
+        calls = calls + 1
+        return (calls == 1 and gated or lookups)(req)
+      end }
+      local a = worker_process(mock, "a", { TIDE_TOOL_LOG = log, TIDE_LOOKUP_SLEEP_MS = "20000" })
+      local _, err = tide.submit { queue = "turns", session = "paused-greedy", agent = "careful", text = "delete it" }
+      assert.equal("ApprovalRequired", err.code)
+      local t = tide.spawn(function()
+        return tide.submit { queue = "turns", session = "paused-greedy", agent = "careful", timeout_ms = 30000,
+          decisions = { { id = err.pending[1].id, approved = true } } }
+      end)
+      -- the resumed round is done (delete ran) and iteration 2's lookup runs
+      helpers.wait_until(function() return #helpers.lines_of(log) == 2 end, "the lookup to start", 10000)
+      local b = worker_process(mock, "b", { TIDE_TOOL_LOG = log })
+      a:kill("KILL")
+      a:wait(5000)
+      local reply, rerr = t:join()
+      assert.is_nil(reply)
+      assert.equal("MaxIterationsExceeded", rerr.code)
+      -- iteration 1 before the pause, 2 on a, then b's one call (3 of 3)
+      assert.equal(3, calls)
+      assert.same({ "delete item 1 a", "lookup item 2 a", "lookup item 3 b" }, helpers.lines_of(log))
+      for _, p in ipairs { a, b } do
+        p:kill("KILL")
+        p:close()
+      end
+      mock:close()
+    end)
+  end)
+
   it("finishes the turn of a worker killed mid-call in another: the tool ran once, one reply", function()
     local log = os.tmpname()
     finally(function() os.remove(log) end)
