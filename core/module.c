@@ -132,7 +132,7 @@ static const tide_api api = {tide__ctx,          tide__pcall,        tide__add_h
 /// `tide`, built on top.
 __attribute__((visibility("default"))) int luaopen_tide_core(lua_State *L) {
   static void (*const parts[])(lua_State *) = {
-      tide__open_alloc,  tide__open_error,    tide__open_loop,     tide__open_depth,
+      tide__open_error,  tide__open_loop,     tide__open_depth,
       tide__open_json,   tide__open_wire,     tide__open_http,
       tide__open_sse,    tide__open_toolcall, tide__open_openai,
       tide__open_anthropic, tide__open_responses, tide__open_cache,

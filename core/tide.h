@@ -452,9 +452,6 @@ void tide__add_header(lua_State *L, const char *name, size_t nl,
 
 /* Each file registers its functions into the module table at the top of the
 ** stack. */
-/// Puts a free-list cache in front of the state's allocator (core/alloc.c)
-/// and registers alloc_cache.
-void tide__open_alloc(lua_State *L);
 /// Registers tasks and the loop: run, spawn, sleep, current, context, ...
 void tide__open_loop(lua_State *L);
 /// Registers error, is_error and the shared error metatable.
