@@ -38,6 +38,23 @@ describe("the turn queue", function()
     return p
   end
 
+  -- Worker b takes over from worker a, which is killed mid-turn; the
+  -- turn's answer (t's) once b has finished it.
+  local function take_over(mock, a, log, t)
+    local b = worker_process(mock, "b", { TIDE_TOOL_LOG = log })
+    a:kill("KILL")
+    a:wait(5000)
+    local reply, err = t:join()
+    return b, reply, err
+  end
+
+  local function stop(...)
+    for _, p in ipairs { ... } do
+      p:kill("KILL")
+      p:close()
+    end
+  end
+
   it("serves a turn submitted from another process's point of view, with its stats", function()
     helpers.run(function()
       local mock = testing.mock_server { default = testing.tool_loop(1, "lookup") }
@@ -191,19 +208,13 @@ describe("the turn queue", function()
       end)
       -- the resumed round is done (delete ran) and iteration 2's lookup runs
       helpers.wait_until(function() return #helpers.lines_of(log) == 2 end, "the lookup to start", 10000)
-      local b = worker_process(mock, "b", { TIDE_TOOL_LOG = log })
-      a:kill("KILL")
-      a:wait(5000)
-      local reply, rerr = t:join()
+      local b, reply, rerr = take_over(mock, a, log, t)
       assert.is_nil(reply)
       assert.equal("MaxIterationsExceeded", rerr.code)
       -- iteration 1 before the pause, 2 on a, then b's one call (3 of 3)
       assert.equal(3, calls)
       assert.same({ "delete item 1 a", "lookup item 2 a", "lookup item 3 b" }, helpers.lines_of(log))
-      for _, p in ipairs { a, b } do
-        p:kill("KILL")
-        p:close()
-      end
+      stop(a, b)
       mock:close()
     end)
   end)
@@ -253,10 +264,7 @@ describe("the turn queue", function()
       -- nothing left pending in the group
       local pending = c:call("XPENDING", c:key("q", "turns"), "workers")
       assert.equal(0, pending[1])
-      for _, p in ipairs { a, b } do
-        p:kill("KILL")
-        p:close()
-      end
+      stop(a, b)
       spy:close()
       mock:close()
     end)
@@ -277,19 +285,13 @@ describe("the turn queue", function()
         return tide.submit { queue = "turns", session = "greedy", agent = "helper", text = "look", timeout_ms = 30000 }
       end)
       helpers.wait_until(function() return #helpers.lines_of(log) == 1 end, "the tool to start", 10000)
-      local b = worker_process(mock, "b", { TIDE_TOOL_LOG = log })
-      a:kill("KILL")
-      a:wait(5000)
-      local reply, err = t:join()
+      local b, reply, err = take_over(mock, a, log, t)
       assert.is_nil(reply)
       assert.equal("MaxIterationsExceeded", err.code)
       -- a's call and tool, then b's one call (iteration 2 of 2) and its tool
       assert.equal(2, calls)
       assert.equal(2, #helpers.lines_of(log))
-      for _, p in ipairs { a, b } do
-        p:kill("KILL")
-        p:close()
-      end
+      stop(a, b)
       mock:close()
     end)
   end)
