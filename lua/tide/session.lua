@@ -510,11 +510,11 @@ function session_mt:_resume(path)
       paused_at = m.iteration
     elseif m.type == nil then
       paused_at = nil -- a message after the pause: its round went on
-    end
-    if last_turn and m.type == nil and m.role ~= "system" then
-      local final = m.role == "assistant" and not (type(m.tool_calls) == "table" and #m.tool_calls > 0)
-      last_turn.done, last_turn.reply = final, final and (m.content or "") or nil
-      if m.role == "assistant" then last_turn.iterations = last_turn.iterations + 1 end
+      if last_turn and m.role ~= "system" then
+        local final = m.role == "assistant" and not (type(m.tool_calls) == "table" and #m.tool_calls > 0)
+        last_turn.done, last_turn.reply = final, final and (m.content or "") or nil
+        if m.role == "assistant" then last_turn.iterations = last_turn.iterations + 1 end
+      end
     end
   end
   self.last_turn = last_turn
