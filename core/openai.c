@@ -14,7 +14,10 @@
 **   error                                  (an error object inside the stream)
 **   usage.{prompt_tokens, completion_tokens, prompt_tokens_details.cached_tokens,
 **          completion_tokens_details.reasoning_tokens}
-**   choices[0].delta.{content, refusal, reasoning_content, reasoning}
+**   choices[0].delta.{content, refusal, reasoning_content, reasoning,
+**                     reasoning_details}
+**   choices[0].delta.content[*].{type, text, thinking[*].{type, text},
+**                                signature}       (content as chunks)
 **   choices[0].delta.tool_calls[*].{index, id, function.{name, arguments},
 **                                   extra_content}
 **   choices[0].finish_reason
@@ -23,6 +26,15 @@
 ** event has both, reasoning_content wins, for servers that send the same
 ** text under both names. extra_content is Gemini's: its thought signature
 ** must go back verbatim, so it is kept as the raw JSON text it came as.
+** reasoning_details is OpenRouter's: the structured reasoning (text with
+** signatures, encrypted blobs, summaries) it needs back to continue Gemini 3
+** and Claude turns; each event's array is kept as its raw text, and the
+** reply carries them all as one JSON array of arrays (provider.openai
+** merges the streamed pieces, as OpenRouter's own SDK does). Mistral sends
+** content as a list of chunks when its models reason: "text" chunks are the
+** answer, "thinking" chunks (a list of text pieces, maybe a signature) the
+** reasoning, which then goes back as a thinking chunk (the part says so:
+** via = "content").
 ** Every other value is validated and skipped without recursion (a byte stack
 ** of open containers, 200 deep as tide.json allows). The fields above sit at
 ** a fixed depth, so the functions that descend into them recurse at most that
@@ -83,6 +95,11 @@ typedef struct event_state {
   int delta_table;     /* choices[0].delta is an object */
   int has_content;
   span content;
+  int content_chunks;  /* content was a list of chunks (Mistral): their text
+                       ** and thinking are in the stream's ev_text and
+                       ** ev_thinking, a signature in ev_sig */
+  int has_details;     /* reasoning_details is an array (raw data) */
+  span details;
   int has_reasoning_content, has_reasoning, has_refusal; /* strings */
   span reasoning_content, reasoning, refusal;
   int has_calls;       /* delta.tool_calls is an array */
@@ -91,10 +108,21 @@ typedef struct event_state {
   span finish;
 } event_state;
 
+/* The content chunk being scanned, or one piece of its thinking. */
+typedef struct chunk_state {
+  int has_type, has_text, has_thinking, has_sig;
+  span type, text, sig; /* in scratch */
+} chunk_state;
+
 typedef struct openai_stream {
   tide_reply base;  /* the shell's: SSE framing, the text, the failure */
   tide_asm calls;
   tide_buf reasoning; /* every reasoning delta so far */
+  tide_buf details;   /* "[" and every reasoning_details array so far, comma-joined */
+  tide_buf signature; /* the last thinking chunk's signature */
+  tide_buf ev_text, ev_thinking, ev_sig; /* one event's content chunks */
+  chunk_state chunk, piece;
+  int via_content;    /* the reasoning came as thinking chunks */
   tide_buf refusal; /* every refusal delta so far */
   tide_buf finish;  /* the last finish_reason */
   tide_buf scratch; /* decoded strings of the current event */
@@ -179,11 +207,95 @@ static int call_element(tide_json *p, size_t idx) {
   return tide__json_skip(p);
 }
 
+/* Whether the scratch string at sp is lit. */
+static int scratch_is(const tide_json *p, const span *sp, const char *lit) {
+  return tide__json_key_is(p->scratch->p + sp->off, sp->len, lit);
+}
+
+static int chunk_member_into(tide_json *p, const char *k, size_t kl, chunk_state *c,
+                             tide_json_element_fn thinking) {
+  int kind = tide__json_kind(tide__json_peek(p));
+  if (tide__json_key_is(k, kl, "type")) {
+    c->has_type = kind == V_STRING;
+    if (c->has_type) return tide__json_scratch(p, &c->type);
+  } else if (tide__json_key_is(k, kl, "text")) {
+    c->has_text = kind == V_STRING;
+    if (c->has_text) return tide__json_scratch(p, &c->text);
+  } else if (thinking && tide__json_key_is(k, kl, "thinking")) {
+    c->has_thinking = kind == V_ARRAY;
+    if (c->has_thinking) return tide__json_each_element(p, thinking);
+  } else if (thinking && tide__json_key_is(k, kl, "signature")) {
+    c->has_sig = kind == V_STRING;
+    if (c->has_sig) return tide__json_scratch(p, &c->sig);
+  }
+  return tide__json_skip(p);
+}
+
+static int piece_member(tide_json *p, const char *k, size_t kl) {
+  return chunk_member_into(p, k, kl, &stream_of(p)->piece, NULL);
+}
+
+/* One piece of a thinking chunk: its text when it is a text piece (a
+** reference piece says nothing to keep). */
+static int thinking_element(tide_json *p, size_t idx) {
+  openai_stream *st = stream_of(p);
+  (void)idx;
+  if (tide__json_peek(p) != '{') return tide__json_skip(p);
+  memset(&st->piece, 0, sizeof st->piece);
+  int rc = tide__json_each_member(p, piece_member);
+  if (rc != J_OK) return rc;
+  chunk_state *c = &st->piece;
+  if (c->has_text && (!c->has_type || scratch_is(p, &c->type, "text")) &&
+      tide__buf_add(&st->ev_thinking, p->scratch->p + c->text.off, c->text.len))
+    return J_NOMEM;
+  return J_OK;
+}
+
+static int chunk_member(tide_json *p, const char *k, size_t kl) {
+  return chunk_member_into(p, k, kl, &stream_of(p)->chunk, thinking_element);
+}
+
+/* One chunk of a content list: a text chunk's text goes to ev_text, a
+** thinking chunk's pieces to ev_thinking (taken back if the chunk turns out
+** to be of another type) and its signature to ev_sig. The type may be left
+** out (Mistral's SDK marks it optional): then what the chunk holds says. */
+static int content_element(tide_json *p, size_t idx) {
+  openai_stream *st = stream_of(p);
+  (void)idx;
+  if (tide__json_peek(p) != '{') return tide__json_skip(p);
+  memset(&st->chunk, 0, sizeof st->chunk);
+  size_t mark = st->ev_thinking.len;
+  int rc = tide__json_each_member(p, chunk_member);
+  if (rc != J_OK) return rc;
+  chunk_state *c = &st->chunk;
+  const char *scratch = p->scratch->p;
+  int thinking = c->has_type ? scratch_is(p, &c->type, "thinking") : c->has_thinking;
+  if (!thinking) st->ev_thinking.len = mark;
+  if (thinking && c->has_sig) {
+    st->ev_sig.len = 0;
+    if (tide__buf_add(&st->ev_sig, scratch + c->sig.off, c->sig.len)) return J_NOMEM;
+  }
+  if (!thinking && c->has_text && (!c->has_type || scratch_is(p, &c->type, "text")) &&
+      tide__buf_add(&st->ev_text, scratch + c->text.off, c->text.len))
+    return J_NOMEM;
+  return J_OK;
+}
+
 static int delta_member(tide_json *p, const char *k, size_t kl) {
   event_state *ev = &stream_of(p)->ev;
   if (tide__json_key_is(k, kl, "content")) {
-    ev->has_content = tide__json_peek(p) == '"';
+    int c = tide__json_peek(p);
+    ev->has_content = c == '"';
+    ev->content_chunks = c == '[';
     if (ev->has_content) return tide__json_scratch(p, &ev->content);
+    if (ev->content_chunks) {
+      openai_stream *st = stream_of(p);
+      st->ev_text.len = st->ev_thinking.len = st->ev_sig.len = 0;
+      return tide__json_each_element(p, content_element);
+    }
+  } else if (tide__json_key_is(k, kl, "reasoning_details")) {
+    ev->has_details = tide__json_peek(p) == '[';
+    if (ev->has_details) return tide__json_skip_raw(p, &ev->details);
   } else if (tide__json_key_is(k, kl, "reasoning_content")) {
     ev->has_reasoning_content = tide__json_peek(p) == '"';
     if (ev->has_reasoning_content) return tide__json_scratch(p, &ev->reasoning_content);
@@ -205,7 +317,7 @@ static int choice_member(tide_json *p, const char *k, size_t kl) {
   event_state *ev = &stream_of(p)->ev;
   if (tide__json_key_is(k, kl, stream_of(p)->whole ? "message" : "delta")) {
     ev->delta_table = tide__json_peek(p) == '{';
-    ev->has_content = ev->has_calls = 0;
+    ev->has_content = ev->has_calls = ev->content_chunks = ev->has_details = 0;
     ev->has_reasoning_content = ev->has_reasoning = ev->has_refusal = 0;
     ev->ncalls = 0;
     if (ev->delta_table) return tide__json_each_member(p, delta_member);
@@ -292,7 +404,7 @@ static int root_member(tide_json *p, const char *k, size_t kl) {
     if (kind == V_OBJECT) return tide__json_each_member(p, usage_member);
   } else if (tide__json_key_is(k, kl, "choices")) {
     ev->choice_table = ev->delta_table = 0;
-    ev->has_content = ev->has_calls = ev->has_finish = 0;
+    ev->has_content = ev->has_calls = ev->has_finish = ev->content_chunks = ev->has_details = 0;
     ev->has_reasoning_content = ev->has_reasoning = ev->has_refusal = 0;
     ev->ncalls = 0;
     if (tide__json_peek(p) == '[') return tide__json_each_element(p, choice_element);
@@ -383,11 +495,31 @@ static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
         return fc->nomem = 1, 0;
       tide__reply_reasoning(fc, scratch + r->off, r->len);
     }
+    if (ev->content_chunks) { /* Mistral's thinking chunks */
+      if (st->ev_thinking.len > 0) {
+        if (tide__buf_add(&st->reasoning, st->ev_thinking.p, st->ev_thinking.len))
+          return fc->nomem = 1, 0;
+        tide__reply_reasoning(fc, st->ev_thinking.p, st->ev_thinking.len);
+        st->via_content = 1;
+      }
+      if (st->ev_sig.len > 0) {
+        st->signature.len = 0;
+        if (tide__buf_add(&st->signature, st->ev_sig.p, st->ev_sig.len)) return fc->nomem = 1, 0;
+        st->via_content = 1;
+      }
+    }
+    if (ev->has_details &&
+        (tide__buf_add(&st->details, st->details.len ? "," : "[", 1) ||
+         tide__buf_add(&st->details, e->data + ev->details.off, ev->details.len)))
+      return fc->nomem = 1, 0;
     if (ev->has_refusal && ev->refusal.len > 0 &&
         tide__buf_add(&st->refusal, scratch + ev->refusal.off, ev->refusal.len))
       return fc->nomem = 1, 0;
     if (ev->has_content && tide__reply_text(fc, scratch + ev->content.off, ev->content.len))
       return 0; /* out of memory: fc->nomem says so */
+    if (ev->content_chunks && st->ev_text.len > 0 &&
+        tide__reply_text(fc, st->ev_text.p, st->ev_text.len))
+      return 0;
     for (size_t i = 0; ev->has_calls && i < ev->ncalls; i++) {
       const pending_call *c = &st->pending[i];
       if (!c->is_table) {
@@ -511,16 +643,42 @@ static void push_reply(lua_State *L, openai_stream *st) {
   lua_setfield(L, -2, "text");
   tide__asm_push_finished(L, &st->calls);
   lua_setfield(L, -2, "tool_calls");
-  if (st->reasoning.len > 0) {
-    lua_createtable(L, 1, 0);
-    lua_createtable(L, 0, 3);
-    lua_pushliteral(L, "text");
-    lua_setfield(L, -2, "type");
-    lua_pushlstring(L, st->reasoning.p, st->reasoning.len);
-    lua_setfield(L, -2, "text");
-    lua_pushliteral(L, "openai");
-    lua_setfield(L, -2, "provider");
-    lua_rawseti(L, -2, 1);
+  int text_part = st->reasoning.len > 0 || st->signature.len > 0;
+  if (text_part || st->details.len > 0) {
+    int n = 0;
+    lua_createtable(L, text_part + (st->details.len > 0), 0);
+    if (text_part) {
+      lua_createtable(L, 0, 5);
+      lua_pushliteral(L, "text");
+      lua_setfield(L, -2, "type");
+      lua_pushlstring(L, st->reasoning.p ? st->reasoning.p : "", st->reasoning.len);
+      lua_setfield(L, -2, "text");
+      if (st->signature.len > 0) {
+        lua_pushlstring(L, st->signature.p, st->signature.len);
+        lua_setfield(L, -2, "signature");
+      }
+      if (st->via_content) {
+        lua_pushliteral(L, "content");
+        lua_setfield(L, -2, "via");
+      }
+      lua_pushliteral(L, "openai");
+      lua_setfield(L, -2, "provider");
+      lua_rawseti(L, -2, ++n);
+    }
+    if (st->details.len > 0) {
+      /* every event's array, as one array of arrays: provider.openai
+      ** merges them (Provider:_finish_reply) */
+      lua_createtable(L, 0, 3);
+      lua_pushliteral(L, "details");
+      lua_setfield(L, -2, "type");
+      lua_pushlstring(L, st->details.p, st->details.len);
+      lua_pushliteral(L, "]");
+      lua_concat(L, 2);
+      lua_setfield(L, -2, "data");
+      lua_pushliteral(L, "openai");
+      lua_setfield(L, -2, "provider");
+      lua_rawseti(L, -2, ++n);
+    }
     lua_setfield(L, -2, "reasoning");
   }
   if (st->refusal.len > 0) {
@@ -572,6 +730,11 @@ static void openai_free(tide_reply *r) {
   openai_stream *st = (openai_stream *)r;
   tide__asm_free(&st->calls);
   tide__buf_free(&st->reasoning);
+  tide__buf_free(&st->details);
+  tide__buf_free(&st->signature);
+  tide__buf_free(&st->ev_text);
+  tide__buf_free(&st->ev_thinking);
+  tide__buf_free(&st->ev_sig);
   tide__buf_free(&st->refusal);
   tide__buf_free(&st->finish);
   tide__buf_free(&st->scratch);
@@ -588,6 +751,11 @@ static void openai_reset(tide_reply *r, size_t keep, size_t max) {
   tide__asm_reset(&st->calls, keep);
   st->calls.max = max;
   tide__buf_keep(&st->reasoning, keep);
+  tide__buf_keep(&st->details, keep);
+  tide__buf_keep(&st->signature, keep);
+  tide__buf_keep(&st->ev_text, keep);
+  tide__buf_keep(&st->ev_thinking, keep);
+  tide__buf_keep(&st->ev_sig, keep);
   tide__buf_keep(&st->refusal, keep);
   tide__buf_keep(&st->finish, keep);
   tide__buf_keep(&st->scratch, keep);
@@ -595,7 +763,7 @@ static void openai_reset(tide_reply *r, size_t keep, size_t max) {
   memset(&st->ev, 0, sizeof st->ev);
   st->has_finish = st->has_usage = 0;
   st->input = st->output = st->cached = st->reasoning_tokens = 0;
-  st->whole = st->done = 0;
+  st->whole = st->done = st->via_content = 0;
 }
 
 static const tide_reply_kind OPENAI = {
@@ -686,6 +854,7 @@ static const char CALL_ID[] = "},\"id\":";
 static const char CALL_CLOSE[] = ",\"type\":\"function\"}";
 static const char ASSISTANT_OPEN[] = "{\"content\":";
 static const char ASSISTANT_REASONING[] = ",\"reasoning_content\":";
+static const char ASSISTANT_DETAILS[] = ",\"reasoning_details\":";
 static const char ASSISTANT_CALLS[] = ",\"role\":\"assistant\",\"tool_calls\":[";
 static const char RESULT_OPEN[] = "{\"content\":";
 static const char RESULT_ID[] = ",\"role\":\"tool\",\"tool_call_id\":";
@@ -715,25 +884,31 @@ static int call_strings_of(lua_State *L, int idx, lua_Integer i, call_strings *c
   return c->a && c->nm && c->id;
 }
 
-/* core.openai_assistant_wire(content, calls[, reasoning]) -> string | nil
+/* core.openai_assistant_wire(content, calls[, reasoning[, details[, content_json]]])
+**   -> string | nil
 ** The assistant message with tool calls ("" content counts as none and is
 ** sent as null), with the reasoning text as reasoning_content when given
-** and not "" (DeepSeek rejects a tool-call follow-up without it), and each
+** and not "" (DeepSeek rejects a tool-call follow-up without it),
+** OpenRouter's reasoning_details (JSON text, verbatim) when given, and each
 ** call's extra_content (raw JSON text) in front of its function, verbatim;
-** nil when a call is not a table of string id, name and arguments (and
-** JSON-text extra_content), or there is none (the provider makes plain
-** calls and asks again). Two passes: the first sizes the string, the
-** second writes it. */
+** content_json (JSON text: Mistral's list of chunks) stands for the content
+** when given. nil when a call is not a table of string id, name and
+** arguments (and JSON-text extra_content), or there is none (the provider
+** makes plain calls and asks again). Two passes: the first sizes the
+** string, the second writes it. */
 static int l_assistant_wire(lua_State *L) {
-  size_t tl = 0, rl = 0;
+  size_t tl = 0, rl = 0, dl = 0, cl = 0;
   const char *text = lua_isnil(L, 1) ? "" : luaL_checklstring(L, 1, &tl);
   luaL_checktype(L, 2, LUA_TTABLE);
   const char *reasoning = luaL_optlstring(L, 3, "", &rl);
+  const char *details = luaL_optlstring(L, 4, NULL, &dl);
+  const char *cjson = luaL_optlstring(L, 5, NULL, &cl);
   lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
   if (n < 1) return 0;
   size_t total = TIDE_LIT(ASSISTANT_OPEN) + TIDE_LIT(ASSISTANT_CALLS) + 2;
-  total += tl > 0 ? tide__json_size_quoted(text, tl) : 4;
+  total += cjson ? cl : tl > 0 ? tide__json_size_quoted(text, tl) : 4;
   if (rl > 0) total += TIDE_LIT(ASSISTANT_REASONING) + tide__json_size_quoted(reasoning, rl);
+  if (details) total += TIDE_LIT(ASSISTANT_DETAILS) + dl;
   for (lua_Integer i = 1; i <= n; i++) {
     call_strings c;
     if (!call_strings_of(L, 2, i, &c)) return 0;
@@ -745,13 +920,19 @@ static int l_assistant_wire(lua_State *L) {
   char *out = luaL_buffinitsize(L, &b, total);
   size_t k = 0;
   tide__json_put(out, &k, ASSISTANT_OPEN, TIDE_LIT(ASSISTANT_OPEN));
-  if (tl > 0)
+  if (cjson)
+    tide__json_put(out, &k, cjson, cl);
+  else if (tl > 0)
     tide__json_put_quoted(out, &k, text, tl);
   else
     tide__json_put(out, &k, "null", 4);
   if (rl > 0) {
     tide__json_put(out, &k, ASSISTANT_REASONING, TIDE_LIT(ASSISTANT_REASONING));
     tide__json_put_quoted(out, &k, reasoning, rl);
+  }
+  if (details) {
+    tide__json_put(out, &k, ASSISTANT_DETAILS, TIDE_LIT(ASSISTANT_DETAILS));
+    tide__json_put(out, &k, details, dl);
   }
   tide__json_put(out, &k, ASSISTANT_CALLS, TIDE_LIT(ASSISTANT_CALLS));
   for (lua_Integer i = 1; i <= n; i++) {

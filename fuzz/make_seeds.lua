@@ -52,6 +52,23 @@ local streams = {
   error = choice('{"content":"partial "}')
     .. 'data: {"error":{"message":"Rate limit reached for gpt-4o-mini","type":"tokens","code":429}}\n\n' .. done,
   truncated = choice('{"content":"cut off mid-'):sub(1, -4),
+  -- Mistral's reasoning models: content as thinking and text chunks.
+  mistral = choice('{"role":"assistant","content":""}')
+    .. choice('{"content":[{"type":"thinking","thinking":[{"type":"text","text":"The user "}]}]}')
+    .. choice('{"content":[{"type":"thinking","thinking":[{"type":"text","text":"asks."},'
+      .. '{"type":"reference","reference_ids":[1]}],"signature":"mSig=="}]}')
+    .. choice('{"content":[{"type":"text","text":"Sunny"},{"text":" today."}]}')
+    .. chunk('"choices":[{"index":0,"delta":{"content":""},"finish_reason":"stop"}],'
+      .. '"usage":{"prompt_tokens":12,"completion_tokens":30}') .. done,
+  -- OpenRouter's reasoning_details, Gemini 3 behind it.
+  openrouter = choice('{"role":"assistant","content":"","reasoning":"Check","reasoning_details":'
+      .. '[{"type":"reasoning.text","text":"Check","format":"google-gemini-v1","index":0}]}')
+    .. choice('{"reasoning":" weather.","reasoning_details":[{"type":"reasoning.text","text":" weather.",'
+      .. '"signature":"CiQB","format":"google-gemini-v1","index":0}]}')
+    .. choice('{"reasoning_details":[{"type":"reasoning.encrypted","data":"EjQKMg==","id":"tool_1",'
+      .. '"format":"google-gemini-v1","index":0}],"tool_calls":[{"index":0,"id":"tool_1","type":"function",'
+      .. '"function":{"name":"lookup","arguments":"{}"}}]}')
+    .. choice("{}", "tool_calls") .. usage .. done,
 }
 write("openai_stream", "text", hdr(0, 0, 0, 0) .. streams.text)
 write("openai_stream", "tool_calls", hdr(0, 9, 3, 1) .. streams.tool_calls)
@@ -60,6 +77,8 @@ write("openai_stream", "framing", hdr(0, 2, 11, 2) .. streams.framing)
 write("openai_stream", "error", hdr(0, 17, 5, 0) .. streams.error)
 write("openai_stream", "truncated", hdr(0, 5, 1, 1) .. streams.truncated)
 write("openai_stream", "small_cap", hdr(12, 30, 2, 0) .. streams.tool_calls)
+write("openai_stream", "mistral", hdr(0, 11, 4, 2) .. streams.mistral)
+write("openai_stream", "openrouter", hdr(0, 23, 6, 1) .. streams.openrouter)
 -- Events that each fit a cap of 100 bytes while their arguments together do
 -- not: the assembler's cap, not the event's, ends the stream.
 write("openai_stream", "calls_cap", hdr(10, 0, 0, 0)
@@ -102,6 +121,12 @@ write("openai_parse", "error", hdr(0, 3, 1) .. '{"error":{"message":"Invalid API
 write("openai_parse", "object_args", hdr(0, 60, 0) .. completion(
   '{"role":"assistant","tool_calls":[{"id":"x","function":{"name":"f","arguments":{"n":1}}}]}', "stop"))
 write("openai_parse", "small_cap", hdr(4, 20, 1) .. completion('{"content":"x"}', "length"))
+write("openai_parse", "mistral", hdr(0, 50, 0) .. completion('{"role":"assistant","content":[{"type":"thinking",'
+  .. '"thinking":[{"type":"text","text":"Two and two."}],"signature":"s"},{"type":"text","text":"4"}]}', "stop"))
+write("openai_parse", "openrouter", hdr(0, 70, 1) .. completion('{"role":"assistant","content":null,"reasoning":"r",'
+  .. '"reasoning_details":[{"type":"reasoning.text","text":"r","signature":"sig","index":0},'
+  .. '{"type":"reasoning.encrypted","data":"E=","index":1}],"tool_calls":[{"id":"c1","type":"function",'
+  .. '"function":{"name":"f","arguments":"{}"}}]}', "tool_calls"))
 write("openai_parse", "whitespace", hdr(0, 0, 0) .. ' \r\n\t{ "choices" : [ { "message" : { "content" : '
   .. '"a\\/b" } , "finish_reason" : "end_turn" } ] , "usage" : { "prompt_tokens" : 1e1 , '
   .. '"completion_tokens" : 2.5 } }\n')

@@ -8,8 +8,9 @@ local M = {}
 --- The OpenAI assistant message with tool calls, as json.canonical encodes
 --- its table (core.openai_assistant_wire writes the same bytes), with the
 --- reasoning text as reasoning_content and each call's extra_content (JSON
---- text) spliced in verbatim.
-function M.assistant_wire(content, calls, reasoning)
+--- text) spliced in verbatim; OpenRouter's reasoning_details (JSON text)
+--- after it, and content_json (Mistral's chunks) in place of the content.
+function M.assistant_wire(content, calls, reasoning, details, content_json)
   local calls_json = {}
   for i, c in ipairs(calls) do
     local call = json.canonical { id = c.id, type = "function", ["function"] = { name = c.name, arguments = c.arguments } }
@@ -17,9 +18,11 @@ function M.assistant_wire(content, calls, reasoning)
     if c.extra_content then call = '{"extra_content":' .. c.extra_content .. "," .. call:sub(2) end
     calls_json[i] = call
   end
-  local content_json = (content == nil or content == "") and "null" or json.quote(content)
-  -- canonical order: content, reasoning_content, role, tool_calls; content null without text
+  content_json = content_json or (content == nil or content == "") and "null" or json.quote(content)
+  -- canonical order: content, reasoning_content, reasoning_details, role,
+  -- tool_calls; content null without text
   local r = (reasoning and reasoning ~= "") and (',"reasoning_content":' .. json.quote(reasoning)) or ""
+  if details then r = r .. ',"reasoning_details":' .. details end
   return '{"content":' .. content_json .. r .. ',"role":"assistant","tool_calls":[' .. table.concat(calls_json, ",") .. "]}"
 end
 
@@ -88,6 +91,7 @@ end
 --- (core.openai_stream gives the same reply).
 function M.openai_stream(body)
   local text, reasoning, refusal, deltas, usage, finish = {}, {}, {}, {}, nil, nil
+  local chunk_text, details, signature, via = {}, {}, nil, nil
   for block in (body:gsub("\r\n", "\n") .. "\n\n"):gmatch("(.-)\n\n") do
     local data = {}
     for line in block:gmatch("[^\n]+") do
@@ -114,6 +118,30 @@ function M.openai_stream(body)
         local r = type(delta.reasoning_content) == "string" and delta.reasoning_content
           or type(delta.reasoning) == "string" and delta.reasoning or nil
         if r then reasoning[#reasoning + 1] = r end
+        -- Mistral's chunks: thinking pieces, then the text chunks' text
+        if type(delta.content) == "table" then
+          for _, c in ipairs(delta.content) do
+            if type(c) == "table" then
+              local ty = type(c.type) == "string" and c.type or nil
+              if ty == "thinking" or (ty == nil and type(c.thinking) == "table") then
+                for _, piece in ipairs(type(c.thinking) == "table" and c.thinking or {}) do
+                  local pt = type(piece) == "table" and piece.type
+                  if type(piece) == "table" and (type(pt) ~= "string" or pt == "text")
+                      and type(piece.text) == "string" and piece.text ~= "" then
+                    reasoning[#reasoning + 1] = piece.text
+                    via = "content"
+                  end
+                end
+                if type(c.signature) == "string" and c.signature ~= "" then signature, via = c.signature, "content" end
+              elseif (ty == nil or ty == "text") and type(c.text) == "string" then
+                chunk_text[#chunk_text + 1] = c.text
+              end
+            end
+          end
+          for _, t in ipairs(chunk_text) do text[#text + 1] = t end
+          chunk_text = {}
+        end
+        if type(delta.reasoning_details) == "table" then details[#details + 1] = delta.reasoning_details end
         for _, c in ipairs(type(delta.tool_calls) == "table" and delta.tool_calls or {}) do
           local f = type(c["function"]) == "table" and c["function"] or {}
           deltas[#deltas + 1] = { index = math.tointeger(c.index), id = c.id, name = f.name,
@@ -129,6 +157,7 @@ function M.openai_stream(body)
     calls[i] = { id = s.id, name = s.name, arguments = s.arguments, extra_content = s.extra_content }
   end
   return { text = table.concat(text), tool_calls = calls, reasoning = table.concat(reasoning),
+           signature = signature, via = via, details = #details > 0 and details or nil,
            refusal = table.concat(refusal),
            usage = usage or { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 },
            stop_raw = finish }

@@ -2,6 +2,7 @@
 -- (spec/support/reference.lua) on the same inputs.
 local core = require "tide.core"
 local ref = require "support.reference"
+local json = require "tide.json"
 
 -- A small deterministic generator, so that a failure can be replayed.
 local function rng(seed)
@@ -60,8 +61,12 @@ describe("C against its Lua reference", function()
       end
       local reasoning = r(3) == 1 and nil or text(r, 30)
       local content = r(3) == 1 and nil or text(r, 12)
-      assert.are.equal(ref.assistant_wire(content, calls, reasoning),
-        core.openai_assistant_wire(content, calls, reasoning))
+      -- OpenRouter's details and Mistral's chunks, sometimes
+      local details = r(3) == 1 and '[{"type":"reasoning.encrypted","data":' .. json.quote(text(r, 9)) .. "}]" or nil
+      local chunks = r(4) == 1 and json.canonical { { type = "thinking", thinking = { { type = "text",
+        text = text(r, 9) } } } } or nil
+      assert.are.equal(ref.assistant_wire(content, calls, reasoning, details, chunks),
+        core.openai_assistant_wire(content, calls, reasoning, details, chunks))
     end
     -- extra_content that is not the text of a JSON object is declined
     for _, bad in ipairs({ "[]", "{", '{"a":1} x', "nul", "1", {} }) do
@@ -132,6 +137,23 @@ describe("C against its Lua reference", function()
       for i = 1, n do
         local delta = {}
         if r(2) == 1 then delta.content = text(r, 10) end
+        if r(4) == 1 then -- Mistral's chunks, typed or not, with pieces of other kinds
+          local chunks = {}
+          for j = 1, r(3) do
+            local k = r(5)
+            chunks[j] = k == 1 and { type = "text", text = text(r, 8) }
+              or k == 2 and { text = text(r, 8) }
+              or k == 3 and { type = "thinking", thinking = { { type = "text", text = text(r, 8) },
+                { type = "reference", reference_ids = { 1 } }, { text = text(r, 4) } },
+                signature = r(2) == 1 and text(r, 6) or nil }
+              or k == 4 and { thinking = { { text = text(r, 8) } } }
+              or { type = "image_url", image_url = "x", text = text(r, 3) }
+          end
+          delta.content = chunks
+        end
+        if r(5) == 1 then
+          delta.reasoning_details = { { type = "reasoning.text", text = text(r, 8), index = 0 } }
+        end
         if r(3) == 1 then delta.reasoning_content = text(r, 10) end
         if r(4) == 1 then delta.reasoning = text(r, 10) end
         if r(6) == 1 then delta.refusal = text(r, 10) end
@@ -159,7 +181,12 @@ describe("C against its Lua reference", function()
       local got = assert(s:finish())
       s:close()
       assert.are.equal(want.text, got.text)
-      assert.are.equal(want.reasoning, got.reasoning and got.reasoning[1].text or "")
+      local rtext = got.reasoning and got.reasoning[1].type == "text" and got.reasoning[1] or {}
+      assert.are.equal(want.reasoning, rtext.text or "")
+      assert.are.equal(want.signature, rtext.signature)
+      assert.are.equal(want.via, rtext.via)
+      local dpart = got.reasoning and got.reasoning[#got.reasoning]
+      assert.are.same(want.details, dpart and dpart.type == "details" and cjson.decode(dpart.data) or nil)
       assert.are.equal(want.refusal, got.refusal or "")
       assert.are.same(want.usage, got.usage)
       assert.are.equal(want.stop_raw, got.stop_raw)
@@ -177,7 +204,6 @@ end)
 
 describe("core.anthropic_stream and core.anthropic_parse against the Lua parser they replaced", function()
   local cjson = require "cjson"
-  local json = require "tide.json"
 
   -- Arguments compare by what they decode to (canonically): the C writer
   -- keeps an empty array `[]` where the decoded table came out `{}`.
@@ -409,7 +435,6 @@ end)
 
 describe("core.responses_stream and core.responses_parse against the Lua parser they replaced", function()
   local cjson = require "cjson"
-  local json = require "tide.json"
   local errors = require "tide.provider.errors"
 
   -- The generator above takes its low bits, whose period is short: these
@@ -685,7 +710,6 @@ describe("core.responses_stream and core.responses_parse against the Lua parser 
 end)
 
 describe("json.canonical against the Lua encoder it replaced", function()
-  local json = require "tide.json"
 
   local FLOATS = { 0.1, -0.0, 1e300, -1e-300, 2 ^ 53, 2 ^ 63, 1 / 3, 3.0, -2.5, 123456789.125, 1e15 + 0.5,
     5e-324, 1.7976931348623157e308, 0 / 0, math.huge, -math.huge }
