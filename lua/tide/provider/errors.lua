@@ -38,6 +38,23 @@ function M.excerpt(s, max)
 end
 local excerpt = M.excerpt
 
+-- What a validation error list says (pydantic's, as Mistral's 422 and
+-- FastAPI servers give it: { { loc = {...}, msg } }), or nil.
+local function validation_detail(list)
+  if type(list) ~= "table" then return nil end
+  local out = {}
+  for _, item in ipairs(list) do
+    if type(item) == "table" and type(item.msg) == "string" then
+      local loc = {}
+      for _, l in ipairs(type(item.loc) == "table" and item.loc or {}) do
+        loc[#loc + 1] = tostring(math.tointeger(l) or l)
+      end
+      out[#out + 1] = item.msg .. (#loc > 0 and (" (" .. table.concat(loc, ".") .. ")") or "")
+    end
+  end
+  return #out > 0 and table.concat(out, "; ") or nil
+end
+
 --- The error for a non-2xx response `res` ({ status, body, headers }):
 --- RateLimited for 429, else ProviderError; `retryable` says whether the
 --- status is worth another attempt, `retry_after_ms` what the server asked.
@@ -47,13 +64,23 @@ function M.status(kind, res)
   local detail
   local obj = body ~= "" and json.decode_fast(body)
   if type(obj) == "table" then
-    local e = obj.error
+    local e, m = obj.error, obj.message
     if type(e) == "table" and type(e.message) == "string" then
       detail = e.message
+      -- OpenRouter's "Provider returned error" says what went wrong in
+      -- metadata.raw (the upstream provider's own words)
+      local raw = type(e.metadata) == "table" and e.metadata.raw
+      if type(raw) == "string" then detail = detail .. ": " .. raw end
     elseif type(e) == "string" then
       detail = e
-    elseif type(obj.message) == "string" then
-      detail = obj.message
+    elseif type(m) == "string" then
+      detail = m
+    elseif type(m) == "table" then -- Mistral: { detail = { ... } }
+      detail = validation_detail(m.detail)
+    elseif type(obj.detail) == "string" then
+      detail = obj.detail
+    else
+      detail = validation_detail(obj.detail)
     end
   end
   local fields = {
