@@ -40,9 +40,25 @@
 ---   refusal         message.refusal / refusal deltas, finish_reason "stop"
 ---   finish_reason   sent as given ("length", "content_filter", ...)
 ---   usage.reasoning completion_tokens_details.reasoning_tokens
+---   reasoning_details  OpenRouter's structured reasoning: a list of
+---                   `{ type = "reasoning.text", text, signature?, format? }`,
+---                   `{ type = "reasoning.encrypted", data, id? }` or
+---                   `{ type = "reasoning.summary", summary }` entries, as the
+---                   message's `reasoning_details` (and its text as
+---                   `reasoning`); streamed, text entries come in pieces with
+---                   the signature on the last, as OpenRouter streams them. A
+---                   call sent with them must come back with them all, or the
+---                   follow-up gets OpenRouter's 400 for Gemini models.
 --- Server option `openai = { reasoning_model = true }` answers as OpenAI's
 --- reasoning models do: a request with `max_tokens`, or a temperature other
 --- than 1, gets the real 400.
+--- Server option `openai = { mistral = true }` answers as Mistral's API does:
+--- any body or message field it does not document gets its 422
+--- (extra_forbidden: stream_options, max_completion_tokens, an assistant's
+--- reasoning_content...); call ids are nine letters and digits, and a tool
+--- message or call with another id gets its 400; `reasoning` (with an
+--- optional `signature`) comes as thinking chunks of the content, the text
+--- then as text chunks; a stream's usage rides on its finish chunk.
 ---
 --- Anthropic Messages, structured output (see anthropic.validate below):
 ---   output_config.format json_schema: the schema is checked as the API
@@ -233,30 +249,58 @@ local function extra_content(ctx, i)
 end
 
 -- Remembers what a follow-up must send back with the calls of this reply
--- (the real servers check it: see openai.validate).
+-- (the real servers check it: see openai.validate). Mistral checks none of
+-- it.
 local function remember_calls(self, ctx)
   local r = ctx.reply or {}
+  if ctx.mistral then return end
   for i, c in ipairs(ctx.calls) do
     local tc = r.tool_calls and r.tool_calls[i]
     local sig = type(tc) == "table" and tc.thought_signature or nil
-    if r.reasoning or sig then
+    if r.reasoning or sig or r.reasoning_details then
       self._openai_calls = self._openai_calls or {}
-      self._openai_calls[c.id] = { reasoning = r.reasoning, signature = sig, name = c.name }
+      self._openai_calls[c.id] = { reasoning = not r.reasoning_details and r.reasoning or nil, signature = sig,
+                                   details = r.reasoning_details, name = c.name }
     end
   end
+end
+
+-- The text of OpenRouter reasoning_details' text entries, joined.
+local function details_text(list)
+  local parts = {}
+  for _, d in ipairs(list) do
+    if d.type == "reasoning.text" and d.text then parts[#parts + 1] = d.text end
+  end
+  return table.concat(parts)
+end
+
+-- Mistral's thinking chunk of a reply's reasoning text.
+local function thinking_chunk(text, signature)
+  return { type = "thinking", thinking = { { type = "text", text = text } }, signature = signature }
 end
 
 function openai.completion(ctx)
   local r, finish, rfield = openai_extras(ctx)
   local msg = { role = "assistant", content = ctx.text ~= "" and ctx.text or null, refusal = r.refusal or null }
-  if r.reasoning then msg[rfield] = r.reasoning end
+  if ctx.mistral then
+    msg.refusal = nil
+    if r.reasoning then
+      msg.content = { thinking_chunk(r.reasoning, r.signature) }
+      if ctx.text ~= "" then msg.content[2] = { type = "text", text = ctx.text } end
+    end
+  elseif r.reasoning_details then
+    msg.reasoning = details_text(r.reasoning_details)
+    msg.reasoning_details = r.reasoning_details
+  elseif r.reasoning then
+    msg[rfield] = r.reasoning
+  end
   if #ctx.calls > 0 then
     msg.tool_calls = {}
     for i, c in ipairs(ctx.calls) do
       msg.tool_calls[i] = { id = c.id, type = "function", ["function"] = { name = c.name, arguments = c.args },
                             extra_content = extra_content(ctx, i) }
     end
-  elseif ctx.text == "" and not r.refusal then
+  elseif ctx.text == "" and not r.refusal and not (ctx.mistral and r.reasoning) then
     msg.content = ""
   end
   return encode({
@@ -285,8 +329,35 @@ function openai.stream(ctx, truncate)
   local r, finish, rfield = openai_extras(ctx)
   local chunks = {}
   chunks[1] = chunk({ role = "assistant", content = ctx.text ~= "" and "" or null })
-  for _, piece in ipairs(split(r.reasoning or "", 3)) do chunks[#chunks + 1] = chunk({ [rfield] = piece }) end
-  for _, piece in ipairs(ctx.text_pieces) do chunks[#chunks + 1] = chunk({ content = piece }) end
+  if ctx.mistral and r.reasoning then
+    -- thinking chunks, the signature on the last; then the text as chunks
+    local pieces = split(r.reasoning, 3)
+    for i, piece in ipairs(pieces) do
+      chunks[#chunks + 1] = chunk({ content = { thinking_chunk(piece, i == #pieces and r.signature or nil) } })
+    end
+    for _, piece in ipairs(ctx.text_pieces) do
+      chunks[#chunks + 1] = chunk({ content = { { type = "text", text = piece } } })
+    end
+  elseif r.reasoning_details then
+    for _, d in ipairs(r.reasoning_details) do
+      if d.type == "reasoning.text" then
+        local pieces = split(d.text or "", 3)
+        if #pieces == 0 then pieces[1] = "" end
+        for i, piece in ipairs(pieces) do
+          local e = { type = d.type, text = piece, format = d.format, index = d.index or 0 }
+          if i == #pieces then e.signature, e.id = d.signature, d.id end
+          chunks[#chunks + 1] = chunk({ reasoning = piece, reasoning_details = { e } })
+        end
+      else
+        chunks[#chunks + 1] = chunk({ reasoning_details = { d } })
+      end
+    end
+  else
+    for _, piece in ipairs(split(r.reasoning or "", 3)) do chunks[#chunks + 1] = chunk({ [rfield] = piece }) end
+  end
+  if not (ctx.mistral and r.reasoning) then
+    for _, piece in ipairs(ctx.text_pieces) do chunks[#chunks + 1] = chunk({ content = piece }) end
+  end
   for _, piece in ipairs(split(r.refusal or "", 2)) do chunks[#chunks + 1] = chunk({ refusal = piece }) end
   for i, c in ipairs(ctx.calls) do
     if r.call_index == false then
@@ -301,6 +372,12 @@ function openai.stream(ctx, truncate)
     end
   end
   if truncate then return chunks end
+  if ctx.mistral then -- the usage rides on the finish chunk, unasked
+    chunks[#chunks + 1] = sse_data({ id = ctx.id, object = "chat.completion.chunk", created = ctx.created,
+      model = ctx.model, choices = { { index = 0, delta = { content = "" }, finish_reason = finish } },
+      usage = openai_usage(ctx) }) .. (r.done == false and "" or "data: [DONE]\n\n")
+    return chunks
+  end
   chunks[#chunks + 1] = chunk({}, finish)
     .. sse_data({ id = ctx.id, object = "chat.completion.chunk", created = ctx.created,
                   model = ctx.model, choices = EMPTY, usage = openai_usage(ctx) })
@@ -321,9 +398,68 @@ end
 --   * DeepSeek's thinking mode rejects an assistant tool-call message that
 --     lacks the reasoning_content it came with.
 --   * Gemini rejects a replayed call without its thought signature.
+-- Whether two decoded JSON values are the same.
+local function same(a, b)
+  if type(a) ~= "table" or type(b) ~= "table" then return a == b end
+  for k, v in pairs(a) do if not same(v, b[k]) then return false end end
+  for k in pairs(b) do if a[k] == nil then return false end end
+  return true
+end
+
+-- What Mistral's API documents, and refuses anything else with a 422.
+local MISTRAL_BODY = {}
+for k in ([[model temperature top_p max_tokens stream stop random_seed metadata messages response_format
+  tools tool_choice presence_penalty frequency_penalty n prediction parallel_tool_calls reasoning_effort
+  prompt_mode guardrails prompt_cache_key safe_prompt]]):gmatch("%S+") do MISTRAL_BODY[k] = true end
+local MISTRAL_MESSAGE = {
+  system = { role = true, content = true },
+  user = { role = true, content = true },
+  assistant = { role = true, content = true, tool_calls = true, prefix = true },
+  tool = { role = true, content = true, tool_call_id = true, name = true },
+}
+
+local function mistral_forbidden(loc, input)
+  return { status = 422, headers = JSON_HEADERS, body = encode({ object = "error", message = { detail = { {
+    type = "extra_forbidden", loc = loc, msg = "Extra inputs are not permitted", input = input } } },
+    type = "invalid_request_error", param = null, code = null }) }
+end
+
+-- Mistral's own checks of a chat request.
+local function mistral_validate(body)
+  local keys = {}
+  for k in pairs(body) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    if not MISTRAL_BODY[k] then return mistral_forbidden({ "body", k }, body[k]) end
+  end
+  for i, m in ipairs(type(body.messages) == "table" and body.messages or {}) do
+    local allowed = type(m) == "table" and MISTRAL_MESSAGE[m.role]
+    if allowed then
+      local mk = {}
+      for k in pairs(m) do mk[#mk + 1] = k end
+      table.sort(mk)
+      for _, k in ipairs(mk) do
+        if not allowed[k] then return mistral_forbidden({ "body", "messages", i - 1, m.role, k }, m[k]) end
+      end
+      local ids = {}
+      if m.role == "tool" then ids[1] = m.tool_call_id end
+      for _, c in ipairs(type(m.tool_calls) == "table" and m.tool_calls or {}) do ids[#ids + 1] = c.id end
+      for _, id in ipairs(ids) do
+        if type(id) ~= "string" or not id:match("^%w%w%w%w%w%w%w%w%w$") then
+          return { status = 400, headers = JSON_HEADERS, body = encode({ object = "error",
+            message = ("Tool call id was %s but must be a-z, A-Z, 0-9, with a length of 9."):format(tostring(id)),
+            type = "invalid_request_message_order", param = null, code = "3230" }) }
+        end
+      end
+    end
+  end
+  return nil
+end
+
 function openai.validate(self, req)
   local body = type(req.json) == "table" and req.json or {}
   local o = self._opts.openai or {}
+  if o.mistral then return mistral_validate(body) end
   if o.reasoning_model then
     if body.max_tokens ~= nil then
       return openai_reject("Unsupported parameter: 'max_tokens' is not supported with this model. "
@@ -341,6 +477,19 @@ function openai.validate(self, req)
     if type(m) == "table" and m.role == "assistant" and type(m.tool_calls) == "table" then
       for _, c in ipairs(m.tool_calls) do
         local want = type(c) == "table" and sent[c.id]
+        if want and want.details and not same(m.reasoning_details, want.details) then
+          local upstream = ('{\n  "error": {\n    "code": 400,\n    "message": "Function call is missing a '
+            .. 'thought_signature in functionCall parts. This is required for tools to work correctly, and '
+            .. 'missing thought_signature may lead to degraded model performance. Additional data, function '
+            .. 'call `default_api:%s` , position 2. Please refer to https://ai.google.dev/gemini-api/docs/'
+            .. 'thought-signatures for more details.",\n    "status": "INVALID_ARGUMENT"\n  }\n}\n'):format(want.name)
+          return { status = 400, headers = JSON_HEADERS, body = encode({ error = {
+            message = "Provider returned error", code = 400, metadata = {
+              raw = "Gemini models require OpenRouter reasoning details to be preserved in each request. "
+                .. "Please refer to our docs: https://openrouter.ai/docs/guides/best-practices/"
+                .. "reasoning-tokens#preserving-reasoning-blocks. Upstream error: " .. upstream,
+              provider_name = "Google AI Studio" } }, user_id = "user_mock" }) }
+        end
         if want and want.reasoning and m.reasoning_content ~= want.reasoning then
           return openai_reject("The `reasoning_content` in the thinking mode must be passed back to the API.",
             nil, "invalid_request_error")
@@ -1041,7 +1190,14 @@ local function render(self, shape_name, reply, req)
   local text = reply.text or ""
   if type(text) ~= "string" then error("mock: reply.text must be a string", 0) end
   local calls = tool_calls(self, reply, shape.call_prefix or (shape_name == "openai" and "call_" or "toolu_"))
+  local mistral = shape_name == "openai" and (self._opts.openai or {}).mistral or nil
+  if mistral then -- Mistral's call ids: nine letters and digits
+    for i, c in ipairs(calls) do
+      if not (reply.tool_calls[i] and reply.tool_calls[i].id) then c.id = ("mc%07d"):format(self._ids - #calls + i) end
+    end
+  end
   local ctx = {
+    mistral = mistral,
     id = (shape.id_prefix or (shape_name == "openai" and "chatcmpl-mock" or "msg_mock")) .. self._count,
     n = self._count,
     created = os.time(),

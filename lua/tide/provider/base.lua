@@ -40,7 +40,8 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field retry? tide.provider.retry
 ---@field headers? table<string,string> extra request headers
 ---@field prompt_cache? boolean Anthropic only: mark the prefix with cache_control
----@field max_tokens_field? "max_completion_tokens"|"max_tokens" OpenAI only: the body field max_tokens goes in
+---@field max_tokens_field? "max_completion_tokens"|"max_tokens" OpenAI only: the body field max_tokens goes in (default max_completion_tokens; max_tokens for api.mistral.ai)
+---@field stream_usage? boolean OpenAI chat only: ask for usage in streamed replies (stream_options.include_usage; default true, false for api.mistral.ai, which refuses the field and reports usage anyway)
 ---@field reasoning? {effort:"none"|"minimal"|"low"|"medium"|"high"|"xhigh", summary?:"auto"|"concise"|"detailed"} OpenAI only: reasoning_effort (chat), reasoning.effort and .summary (Responses)
 ---@field tool_choice? "auto"|"none"|"required"|table OpenAI only
 ---@field parallel_tool_calls? boolean OpenAI only
@@ -58,18 +59,19 @@ local option_types = {
   max_body_bytes = "integer", retry = "table", headers = "table", prompt_cache = "boolean",
   max_tokens_field = "string", reasoning = "table", tool_choice = "any", parallel_tool_calls = "boolean",
   stop = "any", query = "table", extra_body = "table", thinking = "table", structured_output = "string",
-  api = "string", store = "boolean", limits = "table",
+  api = "string", store = "boolean", limits = "table", stream_usage = "boolean",
 }
 
 -- The options only the OpenAI chat wire format reads.
 local OPENAI_ONLY = {
   max_tokens_field = true, reasoning = true, tool_choice = true, parallel_tool_calls = true,
-  stop = true, query = true, api = true, store = true,
+  stop = true, query = true, api = true, store = true, stream_usage = true,
 }
 
 -- The chat options the Responses API has no field for: sent anyway, the
 -- real service answers 400 (unknown parameter), so they raise here.
-local CHAT_ONLY = { max_tokens_field = "max_output_tokens is its only name", stop = "it has no stop sequences" }
+local CHAT_ONLY = { max_tokens_field = "max_output_tokens is its only name", stop = "it has no stop sequences",
+  stream_usage = "its streams always report usage" }
 local SUMMARIES = { auto = true, concise = true, detailed = true }
 
 -- The values the real API takes (reasoning_effort's enum in openai-openapi:
@@ -80,7 +82,7 @@ local TOOL_CHOICES = { auto = true, none = true, required = true }
 -- The body fields tide writes itself: extra_body may not set them (a second
 -- key of the same name would leave the server to pick one).
 local OWN_FIELDS = {
-  model = "model", messages = true, stream = "stream", stream_options = true, tools = true,
+  model = "model", messages = true, stream = "stream", stream_options = "stream_usage", tools = true,
   temperature = "temperature", max_tokens = "max_tokens", max_completion_tokens = "max_tokens",
   reasoning_effort = "reasoning", tool_choice = "tool_choice",
   parallel_tool_calls = "parallel_tool_calls", stop = "stop",
@@ -322,7 +324,12 @@ function provider._new(kind, opts, defaults)
     self.extra_json = extra -- by key, each value encoded
   end
   if kind == "openai" then
-    self.max_tokens_field = opts.max_tokens_field or "max_completion_tokens"
+    -- Mistral's API refuses every field it does not document (a 422,
+    -- extra_forbidden): max_completion_tokens and stream_options among
+    -- them. It streams usage unasked.
+    local mistral = self.base_url:match("^%a+://([^/:]+)") == "api.mistral.ai"
+    self.max_tokens_field = opts.max_tokens_field or (mistral and "max_tokens" or "max_completion_tokens")
+    if opts.stream_usage ~= nil then self.stream_usage = opts.stream_usage else self.stream_usage = not mistral end
     self.reasoning_effort = opts.reasoning and opts.reasoning.effort
     self.tool_choice = opts.tool_choice
     self.parallel_tool_calls = opts.parallel_tool_calls

@@ -20,9 +20,17 @@
 --- `reasoning` (OpenRouter) text becomes a part `{ type = "text", text,
 --- provider = "openai" }`, and goes back as `reasoning_content` on the
 --- assistant message (DeepSeek rejects a tool-call follow-up without it).
---- Only servers that sent it ever see it back, and never another
---- provider's parts. Gemini's `extra_content` on a tool call (its thought
---- signature) is kept on the call as raw JSON text and sent back verbatim.
+--- Mistral's thinking chunks (content sent as a list of chunks) become the
+--- same part with `via = "content"` (and the chunk's `signature`), and go
+--- back as a thinking chunk of the content: Mistral refuses a
+--- reasoning_content field. OpenRouter's `reasoning_details` (the
+--- structured reasoning Gemini 3 and Claude need back after a tool call:
+--- without it the follow-up gets a 400) becomes `{ type = "details", data
+--- = JSON text of the array, provider = "openai" }` and goes back as
+--- `reasoning_details`. Only servers that sent it ever see it back, and
+--- never another provider's parts. Gemini's `extra_content` on a tool call
+--- (its thought signature) is kept on the call as raw JSON text and sent
+--- back verbatim.
 local provider = require "tide.provider.base"
 local core = require "tide.core"
 local json = require "tide.json"
@@ -75,7 +83,7 @@ function Provider:encode_prefix(system, tools, schema)
   end
   local list = provider._tools("openai", tools, 2)
   local parts = { '{"model":', canonical(self.model), ',"stream":', self.stream and "true" or "false" }
-  if self.stream then parts[#parts + 1] = ',"stream_options":{"include_usage":true}' end
+  if self.stream and self.stream_usage then parts[#parts + 1] = ',"stream_options":{"include_usage":true}' end
   if self.temperature ~= nil then parts[#parts + 1] = ',"temperature":' .. canonical(self.temperature) end
   if self.max_tokens ~= nil then
     parts[#parts + 1] = ',"' .. self.max_tokens_field .. '":' .. canonical(self.max_tokens)
@@ -150,19 +158,40 @@ local function plain_calls(calls)
   return copy
 end
 
--- The reasoning text to send back with an assistant message: its text
--- parts that this wire format produced, joined; nil when there are none.
-local function reasoning_text(msg, kind)
+-- What goes back with an assistant message, of the reasoning parts this
+-- wire format produced: the reasoning text (reasoning_content), the
+-- thinking that came as content chunks (Mistral: { text, signature }) and
+-- OpenRouter's reasoning_details (JSON text). Each nil when there is none.
+local function reasoning_of(msg, kind)
   local parts = msg.reasoning
   if type(parts) ~= "table" then return nil end
-  local text
+  local text, thinking, details
   for _, p in ipairs(parts) do
-    if type(p) == "table" and p.provider == kind and p.type == "text" and type(p.text) == "string" then
-      text = (text or "") .. p.text
+    if type(p) == "table" and p.provider == kind then
+      if p.type == "text" and type(p.text) == "string" then
+        if p.via == "content" then
+          thinking = thinking or {}
+          thinking.text = (thinking.text or "") .. p.text
+          if type(p.signature) == "string" then thinking.signature = p.signature end
+        else
+          text = (text or "") .. p.text
+        end
+      elseif p.type == "details" and type(p.data) == "string" then
+        details = p.data
+      end
     end
   end
-  if text == "" then return nil end
-  return text
+  if text == "" then text = nil end
+  return text, thinking, details
+end
+
+-- The content of an assistant message whose reasoning came as a thinking
+-- chunk: that chunk, then the text as a text chunk (Mistral's shape).
+local function chunks_json(content, thinking)
+  local list = { { type = "thinking", thinking = { { type = "text", text = thinking.text } },
+                   signature = thinking.signature } }
+  if content and content ~= "" then list[2] = { type = "text", text = content } end
+  return canonical(list)
 end
 
 -- The results as the C encoder takes them: plain tables, content as text.
@@ -179,6 +208,15 @@ end
 ---@return string
 function Provider:encode_message(msg)
   provider._check_message("openai", msg, 2)
+  if msg.role == "assistant" and type(msg.reasoning) == "table" then
+    -- (a transcript line edited by hand: its details must still be JSON)
+    for i, p in ipairs(msg.reasoning) do
+      if type(p) == "table" and p.provider == "openai" and p.type == "details"
+          and (type(p.data) ~= "string" or type(json.decode(p.data)) ~= "table") then
+        error(("tide.provider.openai: reasoning[%d] (details) must hold the JSON text of an array"):format(i), 2)
+      end
+    end
+  end
   return self:_encode(msg, 3)
 end
 
@@ -196,18 +234,21 @@ function Provider:_encode(msg)
   if role == "assistant" then
     local content = msg.content
     local calls = msg.tool_calls
-    local reasoning = msg.reasoning and reasoning_text(msg, self.kind)
+    local reasoning, thinking, details
+    if msg.reasoning then reasoning, thinking, details = reasoning_of(msg, self.kind) end
+    local raw = thinking and chunks_json(content, thinking)
     if calls and #calls > 0 then
-      local enc = assistant_wire(content, calls, reasoning)
-        or assistant_wire(content, plain_calls(calls), reasoning)
+      local enc = assistant_wire(content, calls, reasoning, details, raw)
+        or assistant_wire(content, plain_calls(calls), reasoning, details, raw)
       if not enc then
         error("tide.provider.openai: tool_calls need string 'id' and 'name' (and extra_content a JSON object)", 3)
       end
       return enc
     end
-    if reasoning then
-      return '{"content":' .. quote(content or "") .. ',"reasoning_content":' .. quote(reasoning)
-        .. ',"role":"assistant"}'
+    if reasoning or details or raw then
+      return '{"content":' .. (raw or quote(content or ""))
+        .. (reasoning and (',"reasoning_content":' .. quote(reasoning)) or "")
+        .. (details and (',"reasoning_details":' .. details) or "") .. ',"role":"assistant"}'
     end
     return '{"content":' .. quote(content or "") .. ',"role":"assistant"}'
   end
@@ -257,6 +298,70 @@ local function embedded_error(obj, body)
     { status = code, body = body and provider._excerpt(body) })
 end
 
+-- Mistral's content chunks, as the C parser reads them: the text of the
+-- text chunks, the thinking of the thinking chunks (their text pieces) and
+-- the last thinking chunk's signature. A chunk without a type is what it
+-- holds.
+local function content_chunks(list)
+  local text, thinking, signature = {}, {}, nil
+  for _, c in ipairs(list) do
+    if type(c) == "table" then
+      local ty = type(c.type) == "string" and c.type or nil
+      local pieces = c.thinking
+      if ty == "thinking" or (ty == nil and type(pieces) == "table") then
+        for _, piece in ipairs(type(pieces) == "table" and pieces or {}) do
+          local pt = type(piece) == "table" and piece.type
+          if type(piece) == "table" and (type(pt) ~= "string" or pt == "text") and type(piece.text) == "string" then
+            thinking[#thinking + 1] = piece.text
+          end
+        end
+        if type(c.signature) == "string" and c.signature ~= "" then signature = c.signature end
+      elseif (ty == nil or ty == "text") and type(c.text) == "string" then
+        text[#text + 1] = c.text
+      end
+    end
+  end
+  return table.concat(text), table.concat(thinking), signature
+end
+
+-- OpenRouter's reasoning_details of a reply, given as the JSON text of the
+-- list of every event's array: one array. One event's array is kept as it
+-- came; a stream's pieces are merged as OpenRouter's own SDK merges them:
+-- consecutive reasoning.text entries become one (texts joined, the first
+-- signature, format and id kept), the other entries stay as they came.
+local function merge_details(data)
+  local lists = json.decode(data)
+  if type(lists) ~= "table" then return data end
+  if #lists == 1 then return data:match("^%s*%[%s*(.-)%s*%]%s*$") or canonical(json.array(lists[1])) end
+  local out = json.array()
+  for _, list in ipairs(lists) do
+    for _, d in ipairs(type(list) == "table" and list or {}) do
+      local last = out[#out]
+      if type(d) == "table" and d.type == "reasoning.text" and type(last) == "table"
+          and last.type == "reasoning.text" then
+        last.text = (last.text or "") .. (type(d.text) == "string" and d.text or "")
+        for _, k in ipairs { "signature", "format", "id" } do
+          if last[k] == nil or last[k] == json.null then last[k] = d[k] end
+        end
+      else
+        out[#out + 1] = d -- (freshly decoded: merging into it changes nothing else)
+      end
+    end
+  end
+  return canonical(out)
+end
+
+--- Finishes a reply: OpenRouter's reasoning_details merged into one array.
+function Provider:_finish_reply(res)
+  local parts = res.reasoning
+  if parts then
+    for _, p in ipairs(parts) do
+      if p.type == "details" then p.data = merge_details(p.data) end
+    end
+  end
+  return res
+end
+
 --- Parses a complete (non-streamed) response body.
 function Provider:_parse(obj)
   if obj.error ~= nil and obj.error ~= json.null then return nil, embedded_error(obj) end
@@ -285,10 +390,23 @@ function Provider:_parse(obj)
   local reasoning = type(m.reasoning_content) == "string" and m.reasoning_content
     or type(m.reasoning) == "string" and m.reasoning or ""
   local refusal = type(m.refusal) == "string" and m.refusal ~= "" and m.refusal or nil
+  local text, thinking, signature = m.content, "", nil
+  if type(text) == "table" then text, thinking, signature = content_chunks(text) end
+  local parts = {}
+  reasoning = reasoning .. thinking
+  if reasoning ~= "" or signature then
+    parts[1] = { type = "text", text = reasoning, signature = signature,
+                 via = (thinking ~= "" or signature) and "content" or nil, provider = "openai" }
+  end
+  if type(m.reasoning_details) == "table" then
+    -- as the C parser gives them: a list of the arrays that came
+    parts[#parts + 1] = { type = "details", provider = "openai",
+                          data = "[" .. canonical(json.array(json.integers(m.reasoning_details))) .. "]" }
+  end
   return {
-    text = type(m.content) == "string" and m.content or "",
+    text = type(text) == "string" and text or "",
     tool_calls = calls,
-    reasoning = reasoning ~= "" and { { type = "text", text = reasoning, provider = "openai" } } or nil,
+    reasoning = #parts > 0 and parts or nil,
     refusal = refusal,
     usage = usage_of(obj.usage),
     stop = provider._stop(raw, #calls > 0, refusal ~= nil),

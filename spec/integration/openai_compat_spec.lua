@@ -1,0 +1,290 @@
+-- tide.provider.openai against two servers that speak chat completions their
+-- own way, as the mock answers for them: OpenRouter's reasoning_details
+-- (Gemini 3 and Claude behind it refuse a tool-call follow-up without them)
+-- and Mistral's API (content as a list of text and thinking chunks, a 422
+-- for every field it does not document, nine-character call ids).
+local tide = require "tide"
+local testing = require "tide.testing"
+local helpers = require "helpers"
+local core = require "tide.core"
+local cjson = require "cjson"
+
+local FAST = { attempts = 2, base_ms = 1, max_ms = 2 }
+
+local function make(url, stream, extra)
+  local o = { base_url = url .. "/v1", api_key = "k", model = "m", stream = stream, retry = FAST }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return tide.provider.openai(o)
+end
+
+local function with_mock(opts, fn)
+  return helpers.run(function()
+    local srv = assert(testing.mock_server(opts))
+    local ok, err = pcall(fn, srv)
+    srv:close()
+    if not ok then error(err, 0) end
+  end)
+end
+
+local function body_of(p, msgs)
+  local enc = {}
+  for i, m in ipairs(msgs) do enc[i] = p:encode_message(m) end
+  return p:body(p:encode_prefix("Be brief.", { { name = "lookup", parameters = { type = "object" } } }), enc)
+end
+
+local USER = { role = "user", content = "weather?" }
+
+local lookup = tide.tool {
+  name = "lookup",
+  description = "Looks a thing up.",
+  parameters = { type = "object", properties = { q = { type = "string" } } },
+  handler = function(args) return "found " .. tostring(args.q) end,
+}
+
+-- What Gemini 3 answers through OpenRouter: its thinking as text with a
+-- signature, and the encrypted thought signature of the call.
+local function gemini_details(n)
+  return {
+    { type = "reasoning.text", text = "The user wants the weather, step " .. n .. ".",
+      signature = "CiQB0e2Kb" .. n .. "==", format = "google-gemini-v1", index = 0 },
+    { type = "reasoning.encrypted", data = "EjQKMgEMOdbH" .. n .. "==", id = "tool_lookup_" .. n,
+      format = "google-gemini-v1", index = 0 },
+  }
+end
+
+local function tmpname()
+  local path = os.tmpname()
+  os.remove(path)
+  return path .. ".jsonl"
+end
+
+for _, stream in ipairs({ true, false }) do
+  local mode = stream and "streaming" or "non-streaming"
+
+  describe("openai through OpenRouter (" .. mode .. ")", function()
+    it("keeps reasoning_details, one array as the reply had it, and sends it back", function()
+      local details = gemini_details(1)
+      with_mock({ replies = {
+        { reasoning_details = details, tool_calls = { { id = "tool_lookup_1", name = "lookup",
+          arguments = { q = "Paris" } } } },
+        "Sunny.",
+      } }, function(srv)
+        local p = make(srv.url, stream)
+        local heard = {}
+        local res = assert(p:complete(body_of(p, { USER }),
+          { on_reasoning = function(t) heard[#heard + 1] = t end }))
+        assert.are.equal("The user wants the weather, step 1.", table.concat(heard))
+        assert.are.equal("text", res.reasoning[1].type)
+        assert.are.equal("The user wants the weather, step 1.", res.reasoning[1].text)
+        local part = res.reasoning[2]
+        assert.are.equal("details", part.type)
+        assert.are.equal("openai", part.provider)
+        -- streamed in pieces, merged back into the entries the message had
+        assert.are.same(details, cjson.decode(part.data))
+        local follow = body_of(p, { USER, { role = "assistant", tool_calls = res.tool_calls, reasoning = res.reasoning },
+          { role = "tool", results = { { id = "tool_lookup_1", content = "sunny" } } } })
+        assert.are.equal("Sunny.", assert(p:complete(follow)).text)
+        local sent = srv:requests()[2].json.messages[3]
+        assert.are.same(details, sent.reasoning_details)
+      end)
+    end)
+
+    it("gets OpenRouter's 400 when a follow-up drops them, and says why", function()
+      with_mock({ replies = {
+        { reasoning_details = gemini_details(2), tool_calls = { { id = "tool_lookup_2", name = "lookup",
+          arguments = {} } } },
+        "never",
+      } }, function(srv)
+        local p = make(srv.url, stream)
+        local res = assert(p:complete(body_of(p, { USER })))
+        local text_only = { res.reasoning[1] } -- the reasoning text kept, the details lost
+        local _, err = p:complete(body_of(p, { USER, { role = "assistant", tool_calls = res.tool_calls,
+          reasoning = text_only }, { role = "tool", results = { { id = "tool_lookup_2", content = "x" } } } }))
+        assert.are.equal("ProviderError", err.code)
+        assert.are.equal(400, err.status)
+        -- the upstream cause, not only "Provider returned error"
+        assert.matches("Provider returned error: Gemini models require OpenRouter reasoning details",
+          err.message, 1, true)
+        assert.matches("missing a thought_signature", err.message, 1, true)
+      end)
+    end)
+
+    it("runs a Gemini tool loop in a session, and a resumed session sends them back too", function()
+      local path = tmpname()
+      local calls = 0
+      with_mock({ default = function(req)
+        local n = testing.count_tool_results(req)
+        calls = calls + 1
+        if n < 2 then
+          return { reasoning_details = gemini_details(n), tool_calls = { { id = "tool_lookup_" .. n,
+            name = "lookup", arguments = { q = "item " .. n } } } }
+        end
+        return { text = "two lookups" }
+      end }, function(srv)
+        tide.agent { id = "gemini_or", prompt = "You think.", tools = { lookup } }
+        local s = tide.session { agent = "gemini_or", provider = make(srv.url, stream), transcript = path }
+        assert.are.equal("two lookups", assert(s:turn("look twice")))
+        local last = srv:requests()[3].json.messages
+        local seen = {}
+        for _, m in ipairs(last) do
+          if m.role == "assistant" then seen[#seen + 1] = m.reasoning_details end
+        end
+        assert.are.same({ gemini_details(0), gemini_details(1) }, seen)
+        -- the transcript keeps them: a resumed session's next turn sends
+        -- the earlier rounds' details again, or OpenRouter would refuse it
+        local r = tide.session { resume = path, agent = "gemini_or", provider = make(srv.url, stream) }
+        assert.are.equal("two lookups", assert(r:turn("and again")))
+        local again = srv:requests()[#srv:requests()].json.messages
+        local kept = {}
+        for _, m in ipairs(again) do
+          if m.role == "assistant" and m.reasoning_details then kept[#kept + 1] = m.reasoning_details end
+        end
+        assert.are.same({ gemini_details(0), gemini_details(1) }, kept)
+      end)
+      os.remove(path)
+    end)
+  end)
+
+  describe("openai against Mistral's API (" .. mode .. ")", function()
+    local MISTRAL = { stream_usage = false, max_tokens_field = "max_tokens", max_tokens = 512 }
+
+    it("reads thinking and text chunks, and sends the thinking back as a chunk", function()
+      with_mock({ openai = { mistral = true }, replies = {
+        { reasoning = "Weather needs a lookup.", signature = "mSig1", tool_calls = { { name = "lookup",
+          arguments = { q = "Lyon" } } }, usage = { input = 20, output = 9 } },
+        { reasoning = "It said sunny.", text = "Sunny in Lyon." },
+      } }, function(srv)
+        local p = make(srv.url, stream, MISTRAL)
+        local heard = {}
+        local res = assert(p:complete(body_of(p, { USER }),
+          { on_reasoning = function(t) heard[#heard + 1] = t end }))
+        assert.are.equal("Weather needs a lookup.", table.concat(heard))
+        if stream then assert.is_true(#heard > 1) end
+        assert.are.same({ { type = "text", text = "Weather needs a lookup.", signature = "mSig1", via = "content",
+          provider = "openai" } }, res.reasoning)
+        assert.are.equal("", res.text)
+        assert.are.equal(20, res.usage.input) -- streamed on the finish chunk, unasked
+        local id = res.tool_calls[1].id
+        assert.matches("^%w%w%w%w%w%w%w%w%w$", id)
+        local follow = body_of(p, { USER, { role = "assistant", tool_calls = res.tool_calls, reasoning = res.reasoning },
+          { role = "tool", results = { { id = id, content = "sunny" } } } })
+        local res2 = assert(p:complete(follow))
+        assert.are.equal("Sunny in Lyon.", res2.text)
+        assert.are.equal("It said sunny.", res2.reasoning[1].text)
+        local sent = srv:requests()[2].json.messages[3]
+        assert.is_nil(sent.reasoning_content) -- Mistral refuses the field
+        assert.are.same({ { type = "thinking", signature = "mSig1",
+          thinking = { { type = "text", text = "Weather needs a lookup." } } } }, sent.content)
+        -- with text, the text follows as a text chunk
+        local enc = cjson.decode(p:encode_message({ role = "assistant", content = "Sunny in Lyon.",
+          reasoning = res2.reasoning }))
+        assert.are.same({ { type = "thinking", thinking = { { type = "text", text = "It said sunny." } } },
+          { type = "text", text = "Sunny in Lyon." } }, enc.content)
+        assert.is_nil(enc.reasoning_content)
+      end)
+    end)
+
+    it("gets Mistral's 422 for a field it does not document, and says which", function()
+      with_mock({ openai = { mistral = true }, replies = { "never" } }, function(srv)
+        local p = make(srv.url, stream, { max_tokens = 64 }) -- max_completion_tokens, stream_options
+        local _, err = p:complete(body_of(p, { USER }))
+        assert.are.equal("ProviderError", err.code)
+        assert.are.equal(422, err.status)
+        assert.matches("Extra inputs are not permitted (body.max_completion_tokens)", err.message, 1, true)
+      end)
+    end)
+
+    it("runs a Magistral tool loop in a session", function()
+      with_mock({ openai = { mistral = true }, default = function(req)
+        local n = testing.count_tool_results(req)
+        if n < 2 then
+          return { reasoning = "step " .. n, tool_calls = { { name = "lookup", arguments = { q = "item " .. n } } } }
+        end
+        return { reasoning = "done now", text = "two lookups" }
+      end }, function(srv)
+        tide.agent { id = "magistral", prompt = "You think.", tools = { lookup } }
+        local s = tide.session { agent = "magistral", provider = make(srv.url, stream, MISTRAL) }
+        assert.are.equal("two lookups", assert(s:turn("look twice")))
+        local seen = {}
+        for _, m in ipairs(srv:requests()[3].json.messages) do
+          if m.role == "assistant" then seen[#seen + 1] = m.content[1].thinking[1].text end
+        end
+        assert.are.same({ "step 0", "step 1" }, seen)
+        assert.are.equal("done now", s:history()[#s:history()].reasoning[1].text)
+      end)
+    end)
+  end)
+end
+
+describe("openai provider options for Mistral and OpenRouter", function()
+  it("speaks Mistral's dialect by default at api.mistral.ai", function()
+    local p = tide.provider.openai { base_url = "https://api.mistral.ai/v1", api_key = "k", model = "magistral-medium-latest",
+      max_tokens = 100 }
+    local prefix = p:encode_prefix("x", {})
+    assert.is_nil(prefix:find("stream_options", 1, true))
+    assert.is_nil(prefix:find("max_completion_tokens", 1, true))
+    assert.truthy(prefix:find('"max_tokens":100', 1, true))
+    -- and the options still win
+    p = tide.provider.openai { base_url = "https://api.mistral.ai/v1", api_key = "k", stream_usage = true }
+    assert.truthy(p:encode_prefix("x", {}):find('"stream_options":{"include_usage":true}', 1, true))
+    p = tide.provider.openai { api_key = "k" }
+    assert.truthy(p:encode_prefix("x", {}):find('"stream_options":{"include_usage":true}', 1, true))
+    p = tide.provider.openai { api_key = "k", stream_usage = false }
+    assert.is_nil(p:encode_prefix("x", {}):find("stream_options", 1, true))
+  end)
+
+  it("checks stream_usage, which the Responses API has no use for", function()
+    local ok, err = pcall(tide.provider.openai, { stream_usage = "no" })
+    assert.is_false(ok)
+    assert.matches("'stream_usage' must be a boolean", tostring(err))
+    ok, err = pcall(tide.provider.openai, { api = "responses", stream_usage = false })
+    assert.is_false(ok)
+    assert.matches("'stream_usage' is not an option of the Responses API", tostring(err))
+    ok, err = pcall(tide.provider.openai, { extra_body = { stream_options = {} } })
+    assert.is_false(ok)
+    assert.matches("use the option 'stream_usage'", tostring(err))
+  end)
+
+  it("never sends these parts to another provider, nor details that are not JSON", function()
+    local mine = { role = "assistant", content = "ok", reasoning = {
+      { type = "details", data = '[{"type":"reasoning.encrypted","data":"x"}]', provider = "openai" },
+      { type = "text", text = "mistral thought", via = "content", provider = "openai" } } }
+    local a = tide.provider.anthropic { api_key = "k" }
+    assert.are.same({ role = "assistant", content = "ok" }, cjson.decode(a:encode_message(mine)))
+    local r = tide.provider.openai { api_key = "k", api = "responses" }
+    assert.is_nil(r:encode_message(mine):find("reasoning", 1, true))
+    local o = tide.provider.openai { api_key = "k" }
+    local ok, err = pcall(o.encode_message, o, { role = "assistant", content = "ok", reasoning = {
+      { type = "details", data = "[{torn", provider = "openai" } } })
+    assert.is_false(ok)
+    assert.matches("reasoning%[1%] %(details%) must hold the JSON text of an array", tostring(err))
+  end)
+
+  it("reads a whole reply the same whether C scans it or Lua decodes it", function()
+    local p = tide.provider.openai { api_key = "k", stream = false }
+    for _, body in ipairs {
+      '{"choices":[{"message":{"role":"assistant","content":[{"type":"thinking","thinking":[{"type":"text",'
+        .. '"text":"a"},{"type":"reference","reference_ids":[1]},{"text":"b"}],"signature":"s"},{"type":"text",'
+        .. '"text":"The answer"},{"text":" is 4"}]},"finish_reason":"stop"}]}',
+      '{"choices":[{"message":{"role":"assistant","content":null,"reasoning":"r","reasoning_details":['
+        .. '{"type":"reasoning.text","text":"r","index":0},{"type":"reasoning.encrypted","data":"E=","index":1}],'
+        .. '"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},'
+        .. '"finish_reason":"tool_calls"}]}',
+      '{"choices":[{"message":{"role":"assistant","content":[{"thinking":[]},{"type":"image_url"}],'
+        .. '"reasoning_details":[]},"finish_reason":"stop"}]}',
+    } do
+      local c = assert(core.openai_parse(body))
+      local l = assert(p:_parse(require("tide.json").decode_fast(body)))
+      c, l = p:_finish_reply(c), p:_finish_reply(l)
+      -- (the same details: C keeps the bytes that came, Lua writes them anew)
+      for _, r in ipairs { c, l } do
+        for _, part in ipairs(r.reasoning or {}) do
+          if part.type == "details" then part.data = cjson.decode(part.data) end
+        end
+      end
+      assert.are.same(c.reasoning, l.reasoning)
+      assert.are.equal(c.text, l.text)
+      assert.are.equal(#c.tool_calls, #l.tool_calls)
+    end
+  end)
+end)
