@@ -689,6 +689,9 @@ static int responses_event(tide_reply_feed *fc, const tide_sse_event *e) {
   tide_json p = {e->data, e->data_len, 0, 0, NULL, 0, &st->scratch, &st->key, st};
   memset(&st->ev, 0, sizeof st->ev);
   st->scratch.len = 0;
+  /* An event's own "response" counts, never an earlier event's
+  ** (response.created has one too). */
+  st->resp.kind = V_NONE;
   int kind, rc = tide__json_scan_root(&p, event_member, &kind);
   if (rc == J_NOMEM) return fc->nomem = 1, 0;
   if (rc == J_SYNTAX) {

@@ -233,6 +233,10 @@ describe("core.responses_stream", function()
     assert.are.equal("openai stream event is not a JSON object", err.message)
     _, err = run(ev({ type = "response.completed", response = "gone" }))
     assert.are.equal("openai response.completed has no response", err.message)
+    -- (an earlier event's response, one that names no events, does not stand in for it)
+    _, err = run(ev({ type = "response.created", response = response({ status = "in_progress" }) }, true)
+      .. ev({ type = "response.completed", sequence_number = 3 }))
+    assert.are.equal("openai response.completed has no response", err.message)
     -- an item tide could not send back
     _, err = run(ev({ type = "response.completed", response = response({ output = {
       message("x"), { type = "function_call", name = "lookup", arguments = "{}" } } }) }))
