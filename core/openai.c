@@ -99,6 +99,7 @@ typedef struct event_state {
                        ** and thinking are in the stream's ev_text and
                        ** ev_thinking, a signature in ev_sig */
   int has_details;     /* reasoning_details is an array (raw data) */
+  int empty_details;   /* ... given as {} */
   span details;
   int has_reasoning_content, has_reasoning, has_refusal; /* strings */
   span reasoning_content, reasoning, refusal;
@@ -222,8 +223,8 @@ static int chunk_member_into(tide_json *p, const char *k, size_t kl, chunk_state
     c->has_text = kind == V_STRING;
     if (c->has_text) return tide__json_scratch(p, &c->text);
   } else if (thinking && tide__json_key_is(k, kl, "thinking")) {
-    c->has_thinking = kind == V_ARRAY;
-    if (c->has_thinking) return tide__json_each_element(p, thinking);
+    c->has_thinking = tide__json_is_table(kind);
+    if (kind == V_ARRAY) return tide__json_each_element(p, thinking);
   } else if (thinking && tide__json_key_is(k, kl, "signature")) {
     c->has_sig = kind == V_STRING;
     if (c->has_sig) return tide__json_scratch(p, &c->sig);
@@ -294,8 +295,20 @@ static int delta_member(tide_json *p, const char *k, size_t kl) {
       return tide__json_each_element(p, content_element);
     }
   } else if (tide__json_key_is(k, kl, "reasoning_details")) {
-    ev->has_details = tide__json_peek(p) == '[';
-    if (ev->has_details) return tide__json_skip_raw(p, &ev->details);
+    /* an array; {} is taken for an empty one (decoded, the two are alike) */
+    int c = tide__json_peek(p);
+    ev->has_details = c == '[' || c == '{';
+    ev->empty_details = c == '{';
+    if (ev->has_details) {
+      int rc = tide__json_skip_raw(p, &ev->details);
+      if (rc == J_OK && c == '{') {
+        const char *raw = p->s + ev->details.off;
+        size_t i = 1, n = ev->details.len;
+        while (i < n && (raw[i] == ' ' || raw[i] == '\t' || raw[i] == '\n' || raw[i] == '\r')) i++;
+        ev->has_details = i == n - 1; /* nothing but white space inside */
+      }
+      return rc;
+    }
   } else if (tide__json_key_is(k, kl, "reasoning_content")) {
     ev->has_reasoning_content = tide__json_peek(p) == '"';
     if (ev->has_reasoning_content) return tide__json_scratch(p, &ev->reasoning_content);
@@ -317,7 +330,7 @@ static int choice_member(tide_json *p, const char *k, size_t kl) {
   event_state *ev = &stream_of(p)->ev;
   if (tide__json_key_is(k, kl, stream_of(p)->whole ? "message" : "delta")) {
     ev->delta_table = tide__json_peek(p) == '{';
-    ev->has_content = ev->has_calls = ev->content_chunks = ev->has_details = 0;
+    ev->has_content = ev->has_calls = ev->content_chunks = ev->has_details = ev->empty_details = 0;
     ev->has_reasoning_content = ev->has_reasoning = ev->has_refusal = 0;
     ev->ncalls = 0;
     if (ev->delta_table) return tide__json_each_member(p, delta_member);
@@ -404,7 +417,8 @@ static int root_member(tide_json *p, const char *k, size_t kl) {
     if (kind == V_OBJECT) return tide__json_each_member(p, usage_member);
   } else if (tide__json_key_is(k, kl, "choices")) {
     ev->choice_table = ev->delta_table = 0;
-    ev->has_content = ev->has_calls = ev->has_finish = ev->content_chunks = ev->has_details = 0;
+    ev->has_content = ev->has_calls = ev->has_finish = ev->content_chunks = 0;
+    ev->has_details = ev->empty_details = 0;
     ev->has_reasoning_content = ev->has_reasoning = ev->has_refusal = 0;
     ev->ncalls = 0;
     if (tide__json_peek(p) == '[') return tide__json_each_element(p, choice_element);
@@ -510,7 +524,8 @@ static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
     }
     if (ev->has_details &&
         (tide__buf_add(&st->details, st->details.len ? "," : "[", 1) ||
-         tide__buf_add(&st->details, e->data + ev->details.off, ev->details.len)))
+         (ev->empty_details ? tide__buf_add(&st->details, "[]", 2)
+                            : tide__buf_add(&st->details, e->data + ev->details.off, ev->details.len))))
       return fc->nomem = 1, 0;
     if (ev->has_refusal && ev->refusal.len > 0 &&
         tide__buf_add(&st->refusal, scratch + ev->refusal.off, ev->refusal.len))

@@ -141,7 +141,8 @@ function M.openai_stream(body)
           for _, t in ipairs(chunk_text) do text[#text + 1] = t end
           chunk_text = {}
         end
-        if type(delta.reasoning_details) == "table" then details[#details + 1] = delta.reasoning_details end
+        local rd = delta.reasoning_details
+        if type(rd) == "table" and (next(rd) == nil or rd[1] ~= nil) then details[#details + 1] = rd end
         for _, c in ipairs(type(delta.tool_calls) == "table" and delta.tool_calls or {}) do
           local f = type(c["function"]) == "table" and c["function"] or {}
           deltas[#deltas + 1] = { index = math.tointeger(c.index), id = c.id, name = f.name,

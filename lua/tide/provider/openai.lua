@@ -398,10 +398,12 @@ function Provider:_parse(obj)
     parts[1] = { type = "text", text = reasoning, signature = signature,
                  via = (thinking ~= "" or signature) and "content" or nil, provider = "openai" }
   end
-  if type(m.reasoning_details) == "table" then
+  local details = m.reasoning_details
+  if type(details) == "table" and (next(details) == nil or details[1] ~= nil) then
+    -- (an array: {} and [] decode alike, an object with members is none)
     -- as the C parser gives them: a list of the arrays that came
     parts[#parts + 1] = { type = "details", provider = "openai",
-                          data = "[" .. canonical(json.array(json.integers(m.reasoning_details))) .. "]" }
+                          data = "[" .. canonical(json.array(json.integers(details))) .. "]" }
   end
   return {
     text = type(text) == "string" and text or "",
