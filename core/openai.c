@@ -22,9 +22,11 @@
 **                                   extra_content}
 **   choices[0].finish_reason
 ** reasoning_content is DeepSeek's (and vLLM's, Qwen's, xAI's) name for the
-** model's reasoning text, reasoning OpenRouter's and newer vLLM's; when an
-** event has both, reasoning_content wins, for servers that send the same
-** text under both names. extra_content is Gemini's: its thought signature
+** model's reasoning text, reasoning OpenRouter's, Groq's and newer vLLM's;
+** when an event has both, reasoning_content wins, for servers that send the
+** same text under both names. The reply says which name the text came
+** under (field = "reasoning"), for it goes back under the same name: Groq
+** refuses a reasoning_content field, DeepSeek wants nothing else. extra_content is Gemini's: its thought signature
 ** must go back verbatim, so it is kept as the raw JSON text it came as.
 ** reasoning_details is OpenRouter's: the structured reasoning (text with
 ** signatures, encrypted blobs, summaries) it needs back to continue Gemini 3
@@ -124,6 +126,7 @@ typedef struct openai_stream {
   tide_buf ev_text, ev_thinking, ev_sig; /* one event's content chunks */
   chunk_state chunk, piece;
   int via_content;    /* the reasoning came as thinking chunks */
+  int named_reasoning; /* the last reasoning text came as "reasoning" */
   tide_buf refusal; /* every refusal delta so far */
   tide_buf finish;  /* the last finish_reason */
   tide_buf scratch; /* decoded strings of the current event */
@@ -508,6 +511,7 @@ static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
       if (tide__buf_add(&st->reasoning, scratch + r->off, r->len))
         return fc->nomem = 1, 0;
       tide__reply_reasoning(fc, scratch + r->off, r->len);
+      st->named_reasoning = r == &ev->reasoning;
     }
     if (ev->content_chunks) { /* Mistral's thinking chunks */
       if (st->ev_thinking.len > 0) {
@@ -676,6 +680,10 @@ static void push_reply(lua_State *L, openai_stream *st) {
         lua_pushliteral(L, "content");
         lua_setfield(L, -2, "via");
       }
+      if (st->named_reasoning) {
+        lua_pushliteral(L, "reasoning");
+        lua_setfield(L, -2, "field");
+      }
       lua_pushliteral(L, "openai");
       lua_setfield(L, -2, "provider");
       lua_rawseti(L, -2, ++n);
@@ -778,7 +786,7 @@ static void openai_reset(tide_reply *r, size_t keep, size_t max) {
   memset(&st->ev, 0, sizeof st->ev);
   st->has_finish = st->has_usage = 0;
   st->input = st->output = st->cached = st->reasoning_tokens = 0;
-  st->whole = st->done = st->via_content = 0;
+  st->whole = st->done = st->via_content = st->named_reasoning = 0;
 }
 
 static const tide_reply_kind OPENAI = {
@@ -869,6 +877,7 @@ static const char CALL_ID[] = "},\"id\":";
 static const char CALL_CLOSE[] = ",\"type\":\"function\"}";
 static const char ASSISTANT_OPEN[] = "{\"content\":";
 static const char ASSISTANT_REASONING[] = ",\"reasoning_content\":";
+static const char ASSISTANT_REASONING_NAMED[] = ",\"reasoning\":";
 static const char ASSISTANT_DETAILS[] = ",\"reasoning_details\":";
 static const char ASSISTANT_CALLS[] = ",\"role\":\"assistant\",\"tool_calls\":[";
 static const char RESULT_OPEN[] = "{\"content\":";
@@ -899,11 +908,12 @@ static int call_strings_of(lua_State *L, int idx, lua_Integer i, call_strings *c
   return c->a && c->nm && c->id;
 }
 
-/* core.openai_assistant_wire(content, calls[, reasoning[, details[, content_json]]])
+/* core.openai_assistant_wire(content, calls[, reasoning[, details[, content_json[, field]]]])
 **   -> string | nil
 ** The assistant message with tool calls ("" content counts as none and is
 ** sent as null), with the reasoning text as reasoning_content when given
-** and not "" (DeepSeek rejects a tool-call follow-up without it),
+** and not "" (DeepSeek rejects a tool-call follow-up without it), or as
+** reasoning when field says so (Groq refuses reasoning_content),
 ** OpenRouter's reasoning_details (JSON text, verbatim) when given, and each
 ** call's extra_content (raw JSON text) in front of its function, verbatim;
 ** content_json (JSON text: Mistral's list of chunks) stands for the content
@@ -918,11 +928,20 @@ static int l_assistant_wire(lua_State *L) {
   const char *reasoning = luaL_optlstring(L, 3, "", &rl);
   const char *details = luaL_optlstring(L, 4, NULL, &dl);
   const char *cjson = luaL_optlstring(L, 5, NULL, &cl);
+  const char *field = luaL_optstring(L, 6, "reasoning_content");
+  const char *rkey = ASSISTANT_REASONING;
+  size_t rkl = TIDE_LIT(ASSISTANT_REASONING);
+  if (strcmp(field, "reasoning") == 0) {
+    rkey = ASSISTANT_REASONING_NAMED;
+    rkl = TIDE_LIT(ASSISTANT_REASONING_NAMED);
+  } else if (strcmp(field, "reasoning_content") != 0) {
+    return luaL_argerror(L, 6, "\"reasoning_content\" or \"reasoning\" expected");
+  }
   lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
   if (n < 1) return 0;
   size_t total = TIDE_LIT(ASSISTANT_OPEN) + TIDE_LIT(ASSISTANT_CALLS) + 2;
   total += cjson ? cl : tl > 0 ? tide__json_size_quoted(text, tl) : 4;
-  if (rl > 0) total += TIDE_LIT(ASSISTANT_REASONING) + tide__json_size_quoted(reasoning, rl);
+  if (rl > 0) total += rkl + tide__json_size_quoted(reasoning, rl);
   if (details) total += TIDE_LIT(ASSISTANT_DETAILS) + dl;
   for (lua_Integer i = 1; i <= n; i++) {
     call_strings c;
@@ -942,7 +961,7 @@ static int l_assistant_wire(lua_State *L) {
   else
     tide__json_put(out, &k, "null", 4);
   if (rl > 0) {
-    tide__json_put(out, &k, ASSISTANT_REASONING, TIDE_LIT(ASSISTANT_REASONING));
+    tide__json_put(out, &k, rkey, rkl);
     tide__json_put_quoted(out, &k, reasoning, rl);
   }
   if (details) {

@@ -77,8 +77,10 @@ static const char DRIVER[] =
     "  or type(m.reasoning) == 'string' and m.reasoning or '') .. thinking\n"
     "local parts = first.reasoning or {}\n"
     "local tp = parts[1] and parts[1].type == 'text' and parts[1] or {}\n"
-    "check((tp.text or '') == r and tp.signature == sig, 'the reasoning is not what lua-cjson decodes',\n"
-    "      first.reasoning, r)\n"
+    /* the name it came under, when that was `reasoning` (it goes back under it) */
+    "local named = type(m.reasoning_content) ~= 'string' and type(m.reasoning) == 'string' and m.reasoning ~= ''\n"
+    "check((tp.text or '') == r and tp.signature == sig and tp.field == (named and 'reasoning' or nil),\n"
+    "      'the reasoning is not what lua-cjson decodes', first.reasoning, r)\n"
     /* OpenRouter's details: the array as it came ({} and [] alike) */
     "local det = m.reasoning_details\n"
     "if type(det) ~= 'table' or not (next(det) == nil or det[1] ~= nil) then det = nil end\n"

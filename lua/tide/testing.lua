@@ -52,6 +52,9 @@
 --- Server option `openai = { reasoning_model = true }` answers as OpenAI's
 --- reasoning models do: a request with `max_tokens`, or a temperature other
 --- than 1, gets the real 400.
+--- Server option `openai = { groq = true }` answers as Groq does: reasoning
+--- comes as `reasoning`, and a message with a `reasoning_content` field gets
+--- its 400 ("property 'reasoning_content' is unsupported").
 --- Server option `openai = { mistral = true }` answers as Mistral's API does:
 --- any body or message field it does not document gets its 422
 --- (extra_forbidden: stream_options, max_completion_tokens, an assistant's
@@ -237,7 +240,7 @@ end
 local function openai_extras(ctx)
   local r = ctx.reply or {}
   local finish = r.finish_reason or (#ctx.calls > 0 and "tool_calls" or "stop")
-  return r, finish, r.reasoning_field or "reasoning_content"
+  return r, finish, r.reasoning_field or (ctx.groq and "reasoning") or "reasoning_content"
 end
 
 -- Gemini's extra_content for call i, when the script gave it a signature.
@@ -253,7 +256,7 @@ end
 -- it.
 local function remember_calls(self, ctx)
   local r = ctx.reply or {}
-  if ctx.mistral then return end
+  if ctx.mistral or ctx.groq then return end
   for i, c in ipairs(ctx.calls) do
     local tc = r.tool_calls and r.tool_calls[i]
     local sig = type(tc) == "table" and tc.thought_signature or nil
@@ -460,6 +463,19 @@ function openai.validate(self, req)
   local body = type(req.json) == "table" and req.json or {}
   local o = self._opts.openai or {}
   if o.mistral then return mistral_validate(body) end
+  if o.groq then
+    for i, m in ipairs(type(body.messages) == "table" and body.messages or {}) do
+      for _, k in ipairs { "reasoning_content", "reasoning_details" } do
+        if type(m) == "table" and m[k] ~= nil then
+          return { status = 400, headers = JSON_HEADERS, body = encode({ error = {
+            message = ("'messages.%d' : for 'role:%s' the following must be satisfied[('messages.%d' : "
+              .. "property '%s' is unsupported)]"):format(i - 1, tostring(m.role), i - 1, k),
+            type = "invalid_request_error" } }) }
+        end
+      end
+    end
+    return nil
+  end
   if o.reasoning_model then
     if body.max_tokens ~= nil then
       return openai_reject("Unsupported parameter: 'max_tokens' is not supported with this model. "
@@ -1191,13 +1207,14 @@ local function render(self, shape_name, reply, req)
   if type(text) ~= "string" then error("mock: reply.text must be a string", 0) end
   local calls = tool_calls(self, reply, shape.call_prefix or (shape_name == "openai" and "call_" or "toolu_"))
   local mistral = shape_name == "openai" and (self._opts.openai or {}).mistral or nil
+  local groq = shape_name == "openai" and (self._opts.openai or {}).groq or nil
   if mistral then -- Mistral's call ids: nine letters and digits
     for i, c in ipairs(calls) do
       if not (reply.tool_calls[i] and reply.tool_calls[i].id) then c.id = ("mc%07d"):format(self._ids - #calls + i) end
     end
   end
   local ctx = {
-    mistral = mistral,
+    mistral = mistral, groq = groq,
     id = (shape.id_prefix or (shape_name == "openai" and "chatcmpl-mock" or "msg_mock")) .. self._count,
     n = self._count,
     created = os.time(),

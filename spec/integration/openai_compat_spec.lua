@@ -1,8 +1,9 @@
--- tide.provider.openai against two servers that speak chat completions their
+-- tide.provider.openai against servers that speak chat completions their
 -- own way, as the mock answers for them: OpenRouter's reasoning_details
--- (Gemini 3 and Claude behind it refuse a tool-call follow-up without them)
--- and Mistral's API (content as a list of text and thinking chunks, a 422
--- for every field it does not document, nine-character call ids).
+-- (Gemini 3 and Claude behind it refuse a tool-call follow-up without them),
+-- Mistral's API (content as a list of text and thinking chunks, a 422 for
+-- every field it does not document, nine-character call ids) and Groq's
+-- (reasoning as `reasoning`, a 400 for a reasoning_content field).
 local tide = require "tide"
 local testing = require "tide.testing"
 local helpers = require "helpers"
@@ -211,6 +212,39 @@ for _, stream in ipairs({ true, false }) do
         end
         assert.are.same({ "step 0", "step 1" }, seen)
         assert.are.equal("done now", s:history()[#s:history()].reasoning[1].text)
+      end)
+    end)
+  end)
+
+  describe("openai against Groq (" .. mode .. ")", function()
+    it("sends a reasoning model's reasoning back as `reasoning`, which Groq takes", function()
+      with_mock({ openai = { groq = true }, default = function(req)
+        local n = testing.count_tool_results(req)
+        if n < 2 then
+          return { reasoning = "need item " .. n, tool_calls = { { name = "lookup", arguments = { q = "item " .. n } } } }
+        end
+        return { reasoning = "have both", text = "two lookups" }
+      end }, function(srv)
+        tide.agent { id = "gpt_oss", prompt = "You think.", tools = { lookup } }
+        local s = tide.session { agent = "gpt_oss", provider = make(srv.url, stream) }
+        assert.are.equal("two lookups", assert(s:turn("look twice")))
+        local seen = {}
+        for _, m in ipairs(srv:requests()[3].json.messages) do
+          if m.role == "assistant" then
+            assert.is_nil(m.reasoning_content)
+            seen[#seen + 1] = m.reasoning
+          end
+        end
+        assert.are.same({ "need item 0", "need item 1" }, seen)
+        local last = s:history()[#s:history()].reasoning[1]
+        assert.are.same({ type = "text", text = "have both", field = "reasoning", provider = "openai" }, last)
+        -- what tide sent before: Groq's 400, which the error now quotes
+        srv:push("never")
+        local p = make(srv.url, stream)
+        local _, err = p:complete(body_of(p, { USER, { role = "assistant", content = "x",
+          reasoning = { { type = "text", text = "t", provider = "openai" } } } }))
+        assert.are.equal(400, err.status)
+        assert.matches("property 'reasoning_content' is unsupported", err.message, 1, true)
       end)
     end)
   end)

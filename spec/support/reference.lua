@@ -10,7 +10,7 @@ local M = {}
 --- reasoning text as reasoning_content and each call's extra_content (JSON
 --- text) spliced in verbatim; OpenRouter's reasoning_details (JSON text)
 --- after it, and content_json (Mistral's chunks) in place of the content.
-function M.assistant_wire(content, calls, reasoning, details, content_json)
+function M.assistant_wire(content, calls, reasoning, details, content_json, field)
   local calls_json = {}
   for i, c in ipairs(calls) do
     local call = json.canonical { id = c.id, type = "function", ["function"] = { name = c.name, arguments = c.arguments } }
@@ -21,7 +21,8 @@ function M.assistant_wire(content, calls, reasoning, details, content_json)
   content_json = content_json or (content == nil or content == "") and "null" or json.quote(content)
   -- canonical order: content, reasoning_content, reasoning_details, role,
   -- tool_calls; content null without text
-  local r = (reasoning and reasoning ~= "") and (',"reasoning_content":' .. json.quote(reasoning)) or ""
+  local r = (reasoning and reasoning ~= "") and (',"' .. (field or "reasoning_content") .. '":'
+    .. json.quote(reasoning)) or ""
   if details then r = r .. ',"reasoning_details":' .. details end
   return '{"content":' .. content_json .. r .. ',"role":"assistant","tool_calls":[' .. table.concat(calls_json, ",") .. "]}"
 end
@@ -91,7 +92,7 @@ end
 --- (core.openai_stream gives the same reply).
 function M.openai_stream(body)
   local text, reasoning, refusal, deltas, usage, finish = {}, {}, {}, {}, nil, nil
-  local chunk_text, details, signature, via = {}, {}, nil, nil
+  local chunk_text, details, signature, via, named = {}, {}, nil, nil, false
   for block in (body:gsub("\r\n", "\n") .. "\n\n"):gmatch("(.-)\n\n") do
     local data = {}
     for line in block:gmatch("[^\n]+") do
@@ -118,6 +119,7 @@ function M.openai_stream(body)
         local r = type(delta.reasoning_content) == "string" and delta.reasoning_content
           or type(delta.reasoning) == "string" and delta.reasoning or nil
         if r then reasoning[#reasoning + 1] = r end
+        if r and r ~= "" then named = type(delta.reasoning_content) ~= "string" end
         -- Mistral's chunks: thinking pieces, then the text chunks' text
         if type(delta.content) == "table" then
           for _, c in ipairs(delta.content) do
@@ -159,6 +161,7 @@ function M.openai_stream(body)
   end
   return { text = table.concat(text), tool_calls = calls, reasoning = table.concat(reasoning),
            signature = signature, via = via, details = #details > 0 and details or nil,
+           field = named and "reasoning" or nil,
            refusal = table.concat(refusal),
            usage = usage or { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 },
            stop_raw = finish }

@@ -65,8 +65,9 @@ describe("C against its Lua reference", function()
       local details = r(3) == 1 and '[{"type":"reasoning.encrypted","data":' .. json.quote(text(r, 9)) .. "}]" or nil
       local chunks = r(4) == 1 and json.canonical { { type = "thinking", thinking = { { type = "text",
         text = text(r, 9) } } } } or nil
-      assert.are.equal(ref.assistant_wire(content, calls, reasoning, details, chunks),
-        core.openai_assistant_wire(content, calls, reasoning, details, chunks))
+      local field = r(3) == 1 and "reasoning" or nil
+      assert.are.equal(ref.assistant_wire(content, calls, reasoning, details, chunks, field),
+        core.openai_assistant_wire(content, calls, reasoning, details, chunks, field))
     end
     -- extra_content that is not the text of a JSON object is declined
     for _, bad in ipairs({ "[]", "{", '{"a":1} x', "nul", "1", {} }) do
@@ -185,6 +186,7 @@ describe("C against its Lua reference", function()
       assert.are.equal(want.reasoning, rtext.text or "")
       assert.are.equal(want.signature, rtext.signature)
       assert.are.equal(want.via, rtext.via)
+      assert.are.equal(want.field, rtext.field)
       local dpart = got.reasoning and got.reasoning[#got.reasoning]
       assert.are.same(want.details, dpart and dpart.type == "details" and cjson.decode(dpart.data) or nil)
       assert.are.equal(want.refusal, got.refusal or "")

@@ -17,9 +17,11 @@
 --- know the old one.
 ---
 --- Reasoning: a reply's `reasoning_content` (DeepSeek, vLLM, Qwen, xAI) or
---- `reasoning` (OpenRouter) text becomes a part `{ type = "text", text,
---- provider = "openai" }`, and goes back as `reasoning_content` on the
---- assistant message (DeepSeek rejects a tool-call follow-up without it).
+--- `reasoning` (OpenRouter, Groq) text becomes a part `{ type = "text",
+--- text, provider = "openai" }` (with `field = "reasoning"` for the second
+--- name), and goes back under the name it came as on the assistant message:
+--- DeepSeek rejects a tool-call follow-up without its reasoning_content,
+--- Groq any message with one.
 --- Mistral's thinking chunks (content sent as a list of chunks) become the
 --- same part with `via = "content"` (and the chunk's `signature`), and go
 --- back as a thinking chunk of the content: Mistral refuses a
@@ -165,7 +167,7 @@ end
 local function reasoning_of(msg, kind)
   local parts = msg.reasoning
   if type(parts) ~= "table" then return nil end
-  local text, thinking, details
+  local text, thinking, details, field
   for _, p in ipairs(parts) do
     if type(p) == "table" and p.provider == kind then
       if p.type == "text" and type(p.text) == "string" then
@@ -175,6 +177,7 @@ local function reasoning_of(msg, kind)
           if type(p.signature) == "string" then thinking.signature = p.signature end
         else
           text = (text or "") .. p.text
+          field = field or (p.field == "reasoning" and "reasoning" or "reasoning_content")
         end
       elseif p.type == "details" and type(p.data) == "string" then
         details = p.data
@@ -182,7 +185,7 @@ local function reasoning_of(msg, kind)
     end
   end
   if text == "" then text = nil end
-  return text, thinking, details
+  return text, thinking, details, field
 end
 
 -- The content of an assistant message whose reasoning came as a thinking
@@ -234,12 +237,12 @@ function Provider:_encode(msg)
   if role == "assistant" then
     local content = msg.content
     local calls = msg.tool_calls
-    local reasoning, thinking, details
-    if msg.reasoning then reasoning, thinking, details = reasoning_of(msg, self.kind) end
+    local reasoning, thinking, details, field
+    if msg.reasoning then reasoning, thinking, details, field = reasoning_of(msg, self.kind) end
     local raw = thinking and chunks_json(content, thinking)
     if calls and #calls > 0 then
-      local enc = assistant_wire(content, calls, reasoning, details, raw)
-        or assistant_wire(content, plain_calls(calls), reasoning, details, raw)
+      local enc = assistant_wire(content, calls, reasoning, details, raw, field)
+        or assistant_wire(content, plain_calls(calls), reasoning, details, raw, field)
       if not enc then
         error("tide.provider.openai: tool_calls need string 'id' and 'name' (and extra_content a JSON object)", 3)
       end
@@ -247,7 +250,7 @@ function Provider:_encode(msg)
     end
     if reasoning or details or raw then
       return '{"content":' .. (raw or quote(content or ""))
-        .. (reasoning and (',"reasoning_content":' .. quote(reasoning)) or "")
+        .. (reasoning and (',"' .. field .. '":' .. quote(reasoning)) or "")
         .. (details and (',"reasoning_details":' .. details) or "") .. ',"role":"assistant"}'
     end
     return '{"content":' .. quote(content or "") .. ',"role":"assistant"}'
@@ -389,6 +392,7 @@ function Provider:_parse(obj)
   local raw = type(choice.finish_reason) == "string" and choice.finish_reason or nil
   local reasoning = type(m.reasoning_content) == "string" and m.reasoning_content
     or type(m.reasoning) == "string" and m.reasoning or ""
+  local named = reasoning ~= "" and type(m.reasoning_content) ~= "string"
   local refusal = type(m.refusal) == "string" and m.refusal ~= "" and m.refusal or nil
   local text, thinking, signature = m.content, "", nil
   if type(text) == "table" then text, thinking, signature = content_chunks(text) end
@@ -396,7 +400,8 @@ function Provider:_parse(obj)
   reasoning = reasoning .. thinking
   if reasoning ~= "" or signature then
     parts[1] = { type = "text", text = reasoning, signature = signature,
-                 via = (thinking ~= "" or signature) and "content" or nil, provider = "openai" }
+                 via = (thinking ~= "" or signature) and "content" or nil,
+                 field = named and "reasoning" or nil, provider = "openai" }
   end
   local details = m.reasoning_details
   if type(details) == "table" and (next(details) == nil or details[1] ~= nil) then
