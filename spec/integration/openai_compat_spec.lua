@@ -267,6 +267,20 @@ describe("openai provider options for Mistral and OpenRouter", function()
     assert.is_nil(p:encode_prefix("x", {}):find("stream_options", 1, true))
   end)
 
+  it("sends max_tokens by its old name at DeepSeek, which ignores the new one", function()
+    local p = tide.provider.openai { base_url = "https://api.deepseek.com", api_key = "k", model = "deepseek-chat",
+      max_tokens = 300 }
+    local prefix = p:encode_prefix("x", {})
+    assert.truthy(prefix:find('"max_tokens":300', 1, true))
+    assert.truthy(prefix:find('"stream_options":{"include_usage":true}', 1, true))
+    p = tide.provider.openai { base_url = "https://api.deepseek.com/v1", api_key = "k", max_tokens = 300,
+      max_tokens_field = "max_completion_tokens" }
+    assert.truthy(p:encode_prefix("x", {}):find('"max_completion_tokens":300', 1, true))
+    -- elsewhere the new name (OpenAI's reasoning models refuse the old)
+    p = tide.provider.openai { base_url = "https://api.groq.com/openai/v1", api_key = "k", max_tokens = 300 }
+    assert.truthy(p:encode_prefix("x", {}):find('"max_completion_tokens":300', 1, true))
+  end)
+
   it("checks stream_usage, which the Responses API has no use for", function()
     local ok, err = pcall(tide.provider.openai, { stream_usage = "no" })
     assert.is_false(ok)

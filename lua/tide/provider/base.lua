@@ -40,7 +40,7 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field retry? tide.provider.retry
 ---@field headers? table<string,string> extra request headers
 ---@field prompt_cache? boolean Anthropic only: mark the prefix with cache_control
----@field max_tokens_field? "max_completion_tokens"|"max_tokens" OpenAI only: the body field max_tokens goes in (default max_completion_tokens; max_tokens for api.mistral.ai)
+---@field max_tokens_field? "max_completion_tokens"|"max_tokens" OpenAI only: the body field max_tokens goes in (default max_completion_tokens; max_tokens for api.mistral.ai and api.deepseek.com)
 ---@field stream_usage? boolean OpenAI chat only: ask for usage in streamed replies (stream_options.include_usage; default true, false for api.mistral.ai, which refuses the field and reports usage anyway)
 ---@field reasoning? {effort:"none"|"minimal"|"low"|"medium"|"high"|"xhigh", summary?:"auto"|"concise"|"detailed"} OpenAI only: reasoning_effort (chat), reasoning.effort and .summary (Responses)
 ---@field tool_choice? "auto"|"none"|"required"|table OpenAI only
@@ -78,6 +78,17 @@ local SUMMARIES = { auto = true, concise = true, detailed = true }
 -- none and xhigh are newer models', minimal gpt-5's).
 local EFFORTS = { none = true, minimal = true, low = true, medium = true, high = true, xhigh = true }
 local TOOL_CHOICES = { auto = true, none = true, required = true }
+
+-- What tide knows of some servers' chat completions, by host: the defaults
+-- of max_tokens_field and stream_usage there (the options still win).
+-- Mistral refuses every field it does not document (a 422,
+-- extra_forbidden): max_completion_tokens and stream_options among them;
+-- it streams usage unasked. DeepSeek takes max_tokens and ignores
+-- max_completion_tokens: the limit would silently not hold.
+local HOST_DEFAULTS = {
+  ["api.mistral.ai"] = { max_tokens_field = "max_tokens", stream_usage = false },
+  ["api.deepseek.com"] = { max_tokens_field = "max_tokens" },
+}
 
 -- The body fields tide writes itself: extra_body may not set them (a second
 -- key of the same name would leave the server to pick one).
@@ -324,12 +335,13 @@ function provider._new(kind, opts, defaults)
     self.extra_json = extra -- by key, each value encoded
   end
   if kind == "openai" then
-    -- Mistral's API refuses every field it does not document (a 422,
-    -- extra_forbidden): max_completion_tokens and stream_options among
-    -- them. It streams usage unasked.
-    local mistral = self.base_url:match("^%a+://([^/:]+)") == "api.mistral.ai"
-    self.max_tokens_field = opts.max_tokens_field or (mistral and "max_tokens" or "max_completion_tokens")
-    if opts.stream_usage ~= nil then self.stream_usage = opts.stream_usage else self.stream_usage = not mistral end
+    local known = HOST_DEFAULTS[self.base_url:match("^%a+://([^/:]+)") or ""] or {}
+    self.max_tokens_field = opts.max_tokens_field or known.max_tokens_field or "max_completion_tokens"
+    if opts.stream_usage ~= nil then
+      self.stream_usage = opts.stream_usage
+    else
+      self.stream_usage = known.stream_usage ~= false
+    end
     self.reasoning_effort = opts.reasoning and opts.reasoning.effort
     self.tool_choice = opts.tool_choice
     self.parallel_tool_calls = opts.parallel_tool_calls
