@@ -575,6 +575,17 @@ static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
     }
   }
   if (ev->has_finish) {
+    /* OpenRouter ends a reply whose upstream failed mid-way with
+    ** finish_reason "error" (the error itself, when it says one, in the
+    ** event): the text so far is no answer. */
+    if (tide__json_key_is(scratch + ev->finish.off, ev->finish.len, "error")) {
+      tide__push_error(L, "ProviderError", "%s", "openai reply finished with an error (finish_reason \"error\")");
+      lua_pushlstring(L, e->data, e->data_len);
+      lua_setfield(L, -2, "body");
+      lua_pushlstring(L, st->base.text.p ? st->base.text.p : "", st->base.text.len);
+      lua_setfield(L, -2, "partial_text");
+      return 1;
+    }
     st->finish.len = 0;
     if (tide__buf_add(&st->finish, scratch + ev->finish.off, ev->finish.len))
       return fc->nomem = 1, 0;

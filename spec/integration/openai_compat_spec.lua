@@ -110,6 +110,19 @@ for _, stream in ipairs({ true, false }) do
       end)
     end)
 
+    it("fails a reply OpenRouter ends with finish_reason error, never taking it for an answer", function()
+      with_mock({ replies = { { text = "The capital of Australia is Syd", finish_reason = "error" } } }, function(srv)
+        tide.agent { id = "or_plain", prompt = "You think." }
+        local s = tide.session { agent = "or_plain", provider = make(srv.url, stream, { retry = { attempts = 1 } }) }
+        local reply, err = s:turn("capital of Australia?")
+        assert.is_nil(reply)
+        assert.are.equal("ProviderError", err.code)
+        assert.matches('finish_reason "error"', err.message, 1, true)
+        assert.are.equal("The capital of Australia is Syd", err.partial_text)
+        assert.are.equal(1, #srv:requests())
+      end)
+    end)
+
     it("runs a Gemini tool loop in a session, and a resumed session sends them back too", function()
       local path = tmpname()
       local calls = 0

@@ -391,6 +391,10 @@ function Provider:_parse(obj)
     end
   end
   local raw = type(choice.finish_reason) == "string" and choice.finish_reason or nil
+  if raw == "error" then -- (OpenRouter: the upstream failed mid-way; see core/openai.c)
+    return nil, fail("ProviderError", 'openai reply finished with an error (finish_reason "error")',
+      { partial_text = type(m.content) == "string" and m.content or "" })
+  end
   local reasoning = type(m.reasoning_content) == "string" and m.reasoning_content
     or type(m.reasoning) == "string" and m.reasoning or ""
   local named = reasoning ~= "" and type(m.reasoning_content) ~= "string"
