@@ -280,7 +280,7 @@ describe("openai provider options for Mistral and OpenRouter", function()
     assert.is_nil(p:encode_prefix("x", {}):find("stream_options", 1, true))
   end)
 
-  it("sends max_tokens by its old name at DeepSeek, which ignores the new one", function()
+  it("sends max_tokens by its old name at DeepSeek and Ollama, which ignore the new one", function()
     local p = tide.provider.openai { base_url = "https://api.deepseek.com", api_key = "k", model = "deepseek-chat",
       max_tokens = 300 }
     local prefix = p:encode_prefix("x", {})
@@ -289,7 +289,14 @@ describe("openai provider options for Mistral and OpenRouter", function()
     p = tide.provider.openai { base_url = "https://api.deepseek.com/v1", api_key = "k", max_tokens = 300,
       max_tokens_field = "max_completion_tokens" }
     assert.truthy(p:encode_prefix("x", {}):find('"max_completion_tokens":300', 1, true))
+    -- and at Ollama's default port (its request has max_tokens alone)
+    for _, url in ipairs { "http://localhost:11434/v1", "http://127.0.0.1:11434/v1", "https://ollama.com/v1" } do
+      p = tide.provider.openai { base_url = url, api_key = "k", max_tokens = 300 }
+      assert.truthy(p:encode_prefix("x", {}):find('"max_tokens":300', 1, true), url)
+    end
     -- elsewhere the new name (OpenAI's reasoning models refuse the old)
+    p = tide.provider.openai { base_url = "http://localhost:8080/v1", api_key = "k", max_tokens = 300 }
+    assert.truthy(p:encode_prefix("x", {}):find('"max_completion_tokens":300', 1, true))
     p = tide.provider.openai { base_url = "https://api.groq.com/openai/v1", api_key = "k", max_tokens = 300 }
     assert.truthy(p:encode_prefix("x", {}):find('"max_completion_tokens":300', 1, true))
   end)

@@ -40,7 +40,7 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field retry? tide.provider.retry
 ---@field headers? table<string,string> extra request headers
 ---@field prompt_cache? boolean Anthropic only: mark the prefix with cache_control
----@field max_tokens_field? "max_completion_tokens"|"max_tokens" OpenAI only: the body field max_tokens goes in (default max_completion_tokens; max_tokens for api.mistral.ai and api.deepseek.com)
+---@field max_tokens_field? "max_completion_tokens"|"max_tokens" OpenAI only: the body field max_tokens goes in (default max_completion_tokens; max_tokens for api.mistral.ai, api.deepseek.com and Ollama at localhost:11434)
 ---@field stream_usage? boolean OpenAI chat only: ask for usage in streamed replies (stream_options.include_usage; default true, false for api.mistral.ai, which refuses the field and reports usage anyway)
 ---@field reasoning? {effort:"none"|"minimal"|"low"|"medium"|"high"|"xhigh", summary?:"auto"|"concise"|"detailed"} OpenAI only: reasoning_effort (chat), reasoning.effort and .summary (Responses)
 ---@field tool_choice? "auto"|"none"|"required"|table OpenAI only
@@ -83,12 +83,21 @@ local TOOL_CHOICES = { auto = true, none = true, required = true }
 -- of max_tokens_field and stream_usage there (the options still win).
 -- Mistral refuses every field it does not document (a 422,
 -- extra_forbidden): max_completion_tokens and stream_options among them;
--- it streams usage unasked. DeepSeek takes max_tokens and ignores
--- max_completion_tokens: the limit would silently not hold.
+-- it streams usage unasked. DeepSeek and Ollama (its OpenAI-compatible
+-- request has max_tokens alone) ignore max_completion_tokens: the limit
+-- would silently not hold. Ollama by its default port, or its cloud.
+local OLD_NAME = { max_tokens_field = "max_tokens" }
 local HOST_DEFAULTS = {
   ["api.mistral.ai"] = { max_tokens_field = "max_tokens", stream_usage = false },
-  ["api.deepseek.com"] = { max_tokens_field = "max_tokens" },
+  ["api.deepseek.com"] = OLD_NAME,
+  ["localhost:11434"] = OLD_NAME, ["127.0.0.1:11434"] = OLD_NAME, ["ollama.com"] = OLD_NAME,
 }
+
+-- What HOST_DEFAULTS says for a base URL (by host and port, then host).
+local function host_defaults(url)
+  local authority = url:match("^%a+://([^/]+)") or ""
+  return HOST_DEFAULTS[authority] or HOST_DEFAULTS[authority:match("^[^:]+")] or {}
+end
 
 -- The body fields tide writes itself: extra_body may not set them (a second
 -- key of the same name would leave the server to pick one).
@@ -335,7 +344,7 @@ function provider._new(kind, opts, defaults)
     self.extra_json = extra -- by key, each value encoded
   end
   if kind == "openai" then
-    local known = HOST_DEFAULTS[self.base_url:match("^%a+://([^/:]+)") or ""] or {}
+    local known = host_defaults(self.base_url)
     self.max_tokens_field = opts.max_tokens_field or known.max_tokens_field or "max_completion_tokens"
     if opts.stream_usage ~= nil then
       self.stream_usage = opts.stream_usage

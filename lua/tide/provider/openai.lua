@@ -14,8 +14,9 @@
 --- max_tokens for it, and its reasoning models (o-series, gpt-5) reject
 --- max_tokens with a 400; Azure, Groq, vLLM and recent llama.cpp take the
 --- new name. `max_tokens_field = "max_tokens"` is for servers that only
---- know the old one (Ollama); at api.deepseek.com and api.mistral.ai it is
---- the default (DeepSeek ignores the new name, Mistral refuses it).
+--- know the old one; at api.deepseek.com, Ollama's localhost:11434 and
+--- api.mistral.ai it is the default (DeepSeek and Ollama ignore the new
+--- name, Mistral refuses it).
 ---
 --- Reasoning: a reply's `reasoning_content` (DeepSeek, vLLM, Qwen, xAI) or
 --- `reasoning` (OpenRouter, Groq) text becomes a part `{ type = "text",
