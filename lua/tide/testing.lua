@@ -252,8 +252,8 @@ local function extra_content(ctx, i)
 end
 
 -- Remembers what a follow-up must send back with the calls of this reply
--- (the real servers check it: see openai.validate). Mistral checks none of
--- it.
+-- (the real servers check it: see openai.validate). Mistral and Groq check
+-- none of it.
 local function remember_calls(self, ctx)
   local r = ctx.reply or {}
   if ctx.mistral or ctx.groq then return end

@@ -6,40 +6,11 @@
 -- tool_choice, parallel_tool_calls, stop, query, extra_body).
 local tide = require "tide"
 local testing = require "tide.testing"
-local helpers = require "helpers"
 local cjson = require "cjson"
+local helpers = require "helpers"
+local kit = require "support.openai_kit"
 
-local FAST = { attempts = 2, base_ms = 1, max_ms = 2 }
-
-local function make(url, stream, extra)
-  local o = { base_url = url .. "/v1", api_key = "k", model = "m", stream = stream, retry = FAST }
-  for k, v in pairs(extra or {}) do o[k] = v end
-  return tide.provider.openai(o)
-end
-
-local function with_mock(opts, fn)
-  return helpers.run(function()
-    local srv = assert(testing.mock_server(opts))
-    local ok, err = pcall(fn, srv)
-    srv:close()
-    if not ok then error(err, 0) end
-  end)
-end
-
-local function body_of(p, msgs)
-  local enc = {}
-  for i, m in ipairs(msgs) do enc[i] = p:encode_message(m) end
-  return p:body(p:encode_prefix("Be brief.", { { name = "lookup", parameters = { type = "object" } } }), enc)
-end
-
-local USER = { role = "user", content = "weather?" }
-
-local lookup = tide.tool {
-  name = "lookup",
-  description = "Looks a thing up.",
-  parameters = { type = "object", properties = { q = { type = "string" } } },
-  handler = function(args) return "found " .. tostring(args.q) end,
-}
+local make, with_mock, body_of, USER, lookup = kit.make, kit.with_mock, kit.body_of, kit.USER, kit.lookup
 
 for _, stream in ipairs({ true, false }) do
   local mode = stream and "streaming" or "non-streaming"
