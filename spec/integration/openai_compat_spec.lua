@@ -5,7 +5,6 @@
 -- every field it does not document, nine-character call ids) and Groq's
 -- (reasoning as `reasoning`, a 400 for a reasoning_content field).
 local tide = require "tide"
-local testing = require "tide.testing"
 local core = require "tide.core"
 local cjson = require "cjson"
 local kit = require "support.openai_kit"
@@ -95,16 +94,10 @@ for _, stream in ipairs({ true, false }) do
 
     it("runs a Gemini tool loop in a session, and a resumed session sends them back too", function()
       local path = tmpname()
-      local calls = 0
-      with_mock({ default = function(req)
-        local n = testing.count_tool_results(req)
-        calls = calls + 1
-        if n < 2 then
-          return { reasoning_details = gemini_details(n), tool_calls = { { id = "tool_lookup_" .. n,
-            name = "lookup", arguments = { q = "item " .. n } } } }
-        end
-        return { text = "two lookups" }
-      end }, function(srv)
+      with_mock({ default = kit.two_lookups(function(n)
+        return { reasoning_details = gemini_details(n), tool_calls = { { id = "tool_lookup_" .. n,
+          name = "lookup", arguments = { q = "item " .. n } } } }
+      end, { text = "two lookups" }) }, function(srv)
         tide.agent { id = "gemini_or", prompt = "You think.", tools = { lookup } }
         local s = tide.session { agent = "gemini_or", provider = make(srv.url, stream), transcript = path }
         assert.are.equal("two lookups", assert(s:turn("look twice")))
@@ -179,13 +172,8 @@ for _, stream in ipairs({ true, false }) do
     end)
 
     it("runs a Magistral tool loop in a session", function()
-      with_mock({ openai = { mistral = true }, default = function(req)
-        local n = testing.count_tool_results(req)
-        if n < 2 then
-          return { reasoning = "step " .. n, tool_calls = { { name = "lookup", arguments = { q = "item " .. n } } } }
-        end
-        return { reasoning = "done now", text = "two lookups" }
-      end }, function(srv)
+      with_mock({ openai = { mistral = true }, default = kit.two_lookups(function(n)
+        return { reasoning = "step " .. n } end, { reasoning = "done now", text = "two lookups" }) }, function(srv)
         tide.agent { id = "magistral", prompt = "You think.", tools = { lookup } }
         local s = tide.session { agent = "magistral", provider = make(srv.url, stream, MISTRAL) }
         assert.are.equal("two lookups", assert(s:turn("look twice")))
@@ -201,13 +189,8 @@ for _, stream in ipairs({ true, false }) do
 
   describe("openai against Groq (" .. mode .. ")", function()
     it("sends a reasoning model's reasoning back as `reasoning`, which Groq takes", function()
-      with_mock({ openai = { groq = true }, default = function(req)
-        local n = testing.count_tool_results(req)
-        if n < 2 then
-          return { reasoning = "need item " .. n, tool_calls = { { name = "lookup", arguments = { q = "item " .. n } } } }
-        end
-        return { reasoning = "have both", text = "two lookups" }
-      end }, function(srv)
+      with_mock({ openai = { groq = true }, default = kit.two_lookups(function(n)
+        return { reasoning = "need item " .. n } end, { reasoning = "have both", text = "two lookups" }) }, function(srv)
         tide.agent { id = "gpt_oss", prompt = "You think.", tools = { lookup } }
         local s = tide.session { agent = "gpt_oss", provider = make(srv.url, stream) }
         assert.are.equal("two lookups", assert(s:turn("look twice")))
@@ -233,7 +216,7 @@ for _, stream in ipairs({ true, false }) do
   end)
 end
 
-describe("openai provider options for Mistral and OpenRouter", function()
+describe("openai provider options and parts, server by server", function()
   it("speaks Mistral's dialect by default at api.mistral.ai", function()
     local p = tide.provider.openai { base_url = "https://api.mistral.ai/v1", api_key = "k", model = "magistral-medium-latest",
       max_tokens = 100 }

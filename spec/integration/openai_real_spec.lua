@@ -5,7 +5,6 @@
 -- counts, and the request options (max_completion_tokens, reasoning_effort,
 -- tool_choice, parallel_tool_calls, stop, query, extra_body).
 local tide = require "tide"
-local testing = require "tide.testing"
 local cjson = require "cjson"
 local helpers = require "helpers"
 local kit = require "support.openai_kit"
@@ -121,13 +120,8 @@ for _, stream in ipairs({ true, false }) do
     end)
 
     it("runs a whole DeepSeek thinking tool loop in a session", function()
-      with_mock({ default = function(req)
-        local n = testing.count_tool_results(req)
-        if n < 2 then
-          return { reasoning = "step " .. n, tool_calls = { { name = "lookup", arguments = { q = "item " .. n } } } }
-        end
-        return { reasoning = "done now", text = "two lookups" }
-      end }, function(srv)
+      with_mock({ default = kit.two_lookups(function(n) return { reasoning = "step " .. n } end,
+        { reasoning = "done now", text = "two lookups" }) }, function(srv)
         tide.agent { id = "thinker", prompt = "You think.", tools = { lookup } }
         local s = tide.session { agent = "thinker", provider = make(srv.url, stream) }
         local reply, err = s:turn("look twice")

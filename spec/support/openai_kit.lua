@@ -36,6 +36,19 @@ end
 
 M.USER = { role = "user", content = "weather?" }
 
+--- A mock's default reply for a tool loop of two lookups: a call of
+--- lookup merged with `step(n)` for n = 0 and 1 (the results so far), then
+--- `last`.
+function M.two_lookups(step, last)
+  return function(req)
+    local n = testing.count_tool_results(req)
+    if n >= 2 then return last end
+    local r = { tool_calls = { { name = "lookup", arguments = { q = "item " .. n } } } }
+    for k, v in pairs(step(n)) do r[k] = v end
+    return r
+  end
+end
+
 M.lookup = tide.tool {
   name = "lookup",
   description = "Looks a thing up.",
