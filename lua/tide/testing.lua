@@ -74,6 +74,10 @@
 ---                   `{ type = "any" }` makes it the input of the request's
 ---                   last tool (where tide puts its output tool). Forcing a
 ---                   tool with thinking on gets the real 400.
+---   thinking        `{ type = "enabled", budget_tokens }` or `{ type =
+---                   "adaptive" }`: replies open with thinking blocks
+---                   (`reasoning`); with `display = "omitted"` a block comes
+---                   with its signature and no text, as the API sends it.
 ---
 --- It is built on `tide.testing.server` (testing/server.c) and on lua-cjson
 --- directly, not on tide.json, so that what the mock sends never depends on
@@ -573,9 +577,21 @@ local function redacted_ok(data)
   return payload ~= nil and digest == core.hash("redacted|" .. payload)
 end
 
--- Whether a request enables extended thinking.
+-- Whether a request enables extended thinking (with a budget, or adaptive).
 local function thinking_enabled(json)
-  return type(json.thinking) == "table" and json.thinking.type == "enabled"
+  return type(json.thinking) == "table" and (json.thinking.type == "enabled" or json.thinking.type == "adaptive")
+end
+
+-- With display "omitted" the API sends a thinking block's signature and no
+-- text: the signature still covers the text, so the mock marks it as one
+-- that cannot be checked against what comes back.
+local function omitted_signature(text)
+  return "EqMockOmit" .. core.hash("omitted|" .. text)
+end
+
+local function signature_ok(b)
+  if b.thinking == "" and type(b.signature) == "string" and b.signature:match("^EqMockOmit%x+$") then return true end
+  return b.signature == thinking_signature(b.thinking)
 end
 
 -- The thinking blocks of a reply, in order. The real service answers with
@@ -596,6 +612,8 @@ local function anthropic_thinking(ctx)
     if item.redacted then
       local payload = item.redacted == true and ("r" .. i) or tostring(item.redacted)
       out[i] = { type = "redacted_thinking", data = redacted_data(payload) }
+    elseif ctx.json.thinking.display == "omitted" then
+      out[i] = { type = "thinking", thinking = "", signature = omitted_signature(tostring(item.text or "")) }
     else
       local text = tostring(item.text or "")
       out[i] = { type = "thinking", thinking = text, signature = item.signature or thinking_signature(text) }
@@ -807,7 +825,7 @@ function anthropic.validate(self, req)
   if type(json) ~= "table" then return nil end
   local refused = structured_refusal(self, req, json)
   if refused then return refused end
-  if thinking_enabled(json) then
+  if thinking_enabled(json) and json.thinking.type == "enabled" then
     local budget = json.thinking.budget_tokens
     -- (lua-cjson decodes every number as a float)
     if type(budget) ~= "number" or budget % 1 ~= 0 or budget < 1024 then
@@ -822,8 +840,7 @@ function anthropic.validate(self, req)
   for i, m in ipairs(msgs) do
     if type(m) == "table" and m.role == "assistant" and type(m.content) == "table" then
       for j, b in ipairs(m.content) do
-        if type(b) == "table" and b.type == "thinking"
-            and (type(b.thinking) ~= "string" or b.signature ~= thinking_signature(b.thinking)) then
+        if type(b) == "table" and b.type == "thinking" and (type(b.thinking) ~= "string" or not signature_ok(b)) then
           return invalid_request(("messages.%d.content.%d: Invalid `signature` in `thinking` block"):format(
             i - 1, j - 1))
         elseif type(b) == "table" and b.type == "redacted_thinking"

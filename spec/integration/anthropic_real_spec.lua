@@ -142,6 +142,31 @@ for _, stream in ipairs({ true, false }) do
       end)
     end)
 
+    it("runs adaptive thinking with omitted text and an effort through a session's tool loop", function()
+      with_mock({ default = testing.tool_loop(2, "lookup") }, function(srv)
+        tide.agent { id = "adaptive", prompt = "You look things up.", tools = { tide.tool {
+          name = "lookup", description = "Looks up.",
+          parameters = { type = "object", properties = { q = { type = "string" } }, required = { "q" } },
+          handler = function(args) return "found " .. args.q end } } }
+        local p = make(srv.url, stream, { thinking = { type = "adaptive", display = "omitted" },
+          reasoning = { effort = "xhigh" } })
+        local s = tide.session { agent = "adaptive", provider = p }
+        local reply, err = s:turn("find two")
+        assert.is_nil(err, err and tostring(err))
+        assert.are.equal("done after 2 lookups", reply)
+        local sent = srv:requests()[1].json
+        assert.are.same({ type = "adaptive", display = "omitted" }, sent.thinking)
+        assert.are.same({ effort = "xhigh" }, sent.output_config)
+        -- the signature alone came, and went back with its empty text (the
+        -- mock refuses a thinking block whose signature does not match)
+        local first = s:history()[2].reasoning[1]
+        assert.are.equal("", first.text)
+        assert.matches("^EqMockOmit", first.signature)
+        local back = srv:requests()[3].json.messages[2].content[1]
+        assert.are.same({ type = "thinking", thinking = "", signature = first.signature }, back)
+      end)
+    end)
+
     it("runs a session's tool loop with thinking to its answer", function()
       with_mock({ default = testing.tool_loop(3, "lookup") }, function(srv)
         tide.agent { id = "thinker", prompt = "You look things up.", tools = { tide.tool {
@@ -334,6 +359,14 @@ describe("tide.provider.anthropic options", function()
     assert.matches('"thinking":{"type":"adaptive"}', b, 1, true)
     local decoded = cjson.decode(b .. "]}")
     assert.are.equal("adaptive", decoded.thinking.type)
+    -- the effort shares output_config with a turn's schema and extra_body's other fields
+    local p = provider.anthropic { base_url = "http://127.0.0.1:1", model = "m", reasoning = { effort = "max" },
+      extra_body = { output_config = { effort = "low", task_budget = 9 } } }
+    local c = cjson.decode(p:encode_prefix("sys", {}, { type = "object", properties = {} }) .. "]}").output_config
+    assert.are.same({ effort = "max", task_budget = 9, format = { type = "json_schema", schema = {
+      type = "object", properties = {}, additionalProperties = false } } }, c)
+    assert.matches('"output_config":{"effort":"max"}', provider.anthropic { base_url = "http://127.0.0.1:1",
+      reasoning = { effort = "max" } }:encode_prefix("sys", {}), 1, true)
   end)
 
   it("checks thinking and extra_body", function()
@@ -346,11 +379,24 @@ describe("tide.provider.anthropic options", function()
       raised(new({ thinking = { budget_tokens = 0 } })))
     assert.matches("'thinking.budget_tokens' must be a positive integer",
       raised(new({ thinking = { budget_tokens = 1.5 } })))
-    assert.matches("unknown option 'thinking.type'", raised(new({ thinking = { type = "enabled", budget_tokens = 9 } })))
-    assert.matches("'thinking' needs 'budget_tokens'", raised(new({ thinking = {} })))
+    assert.matches("unknown option 'thinking.level'", raised(new({ thinking = { level = 3 } })))
+    assert.matches("'thinking.type' must be \"enabled\" or \"adaptive\"", raised(new({ thinking = { type = "auto" } })))
+    assert.matches("'thinking.display' must be", raised(new({ thinking = { type = "adaptive", display = "none" } })))
+    assert.matches("'thinking.budget_tokens' is for type \"enabled\"",
+      raised(new({ thinking = { type = "adaptive", budget_tokens = 2048 } })))
+    assert.matches("'thinking' needs 'budget_tokens' %(or type = \"adaptive\"%)", raised(new({ thinking = {} })))
+    assert.matches("'reasoning.effort' must be one of low, medium, high, xhigh, max",
+      raised(new({ reasoning = { effort = "minimal" } })))
+    assert.matches("unknown option 'reasoning.summary'", raised(new({ reasoning = { effort = "low", summary = "auto" } })))
+    assert.matches("'temperature' %(0.5%) cannot be set with 'thinking'",
+      raised(new({ thinking = { type = "adaptive" }, temperature = 0.5 })))
     assert.matches("must be less than max_tokens %(4096%)", raised(new({ thinking = { budget_tokens = 4096 } })))
     assert.matches("must be less than max_tokens %(100%)",
       raised(new({ thinking = { budget_tokens = 100 }, max_tokens = 100 })))
+    -- the API takes only temperature 1 with thinking on
+    assert.matches("'temperature' %(0.2%) cannot be set with 'thinking'",
+      raised(new({ thinking = { budget_tokens = 1024 }, temperature = 0.2 })))
+    assert(new({ thinking = { budget_tokens = 1024 }, temperature = 1 })())
     assert.matches("'extra_body' must be a table", raised(new({ extra_body = "x" })))
     assert.matches("'extra_body' keys must be strings", raised(new({ extra_body = { 1 } })))
     assert.matches("'extra_body' cannot set 'messages'", raised(new({ extra_body = { messages = {} } })))

@@ -1,6 +1,6 @@
 --- tide.provider.anthropic: the Anthropic Messages wire format.
 ---
---- Body layout: max_tokens, model, output_config (a turn's schema), stream,
+--- Body layout: max_tokens, model, output_config (the effort, a turn's schema), stream,
 --- system, temperature, thinking, tool_choice and tools (with `extra_body`'s
 --- fields merged in, in the same sorted order), then messages last so that
 --- everything before it is a reusable prefix.
@@ -45,14 +45,22 @@ function M.new(opts)
   if not self then return nil, msg end
   opts = opts or {}
   if opts.thinking then
+    local t = opts.thinking
     -- The budget comes out of max_tokens: the API refuses a budget that
     -- leaves nothing for the answer.
-    if opts.thinking.budget_tokens >= self.max_tokens then
+    if t.budget_tokens and t.budget_tokens >= self.max_tokens then
       return nil, ("tide.provider.anthropic: 'thinking.budget_tokens' (%d) must be less than max_tokens (%d)")
-        :format(opts.thinking.budget_tokens, self.max_tokens)
+        :format(t.budget_tokens, self.max_tokens)
     end
-    self.thinking = { type = "enabled", budget_tokens = opts.thinking.budget_tokens }
+    -- The API refuses any temperature but 1 with thinking on (a 400 on
+    -- every request): said here, once, instead.
+    if self.temperature ~= nil and self.temperature ~= 1 then
+      return nil, ("tide.provider.anthropic: 'temperature' (%s) cannot be set with 'thinking' (the API takes only 1)")
+        :format(tostring(self.temperature))
+    end
+    self.thinking = { type = t.type or "enabled", budget_tokens = t.budget_tokens, display = t.display }
   end
+  self.effort = opts.reasoning and opts.reasoning.effort
   local so = opts.structured_output
   if so ~= nil and so ~= "native" and so ~= "tool" then
     return nil, "tide.provider.anthropic: 'structured_output' must be \"native\" or \"tool\""
@@ -287,11 +295,14 @@ function Provider:encode_prefix(system, tools, schema)
   for k, v in pairs(self.extra_json or {}) do fields[k] = v end
   if choice then
     fields.tools, fields.tool_choice = tools, choice
-  elseif schema ~= nil then
-    -- extra_body's output_config (its effort, say) keeps its other fields
+  end
+  if (schema ~= nil and not choice) or self.effort then
+    -- output_config: the effort and a turn's schema, extra_body's other
+    -- fields kept
     local config = fields.output_config and json.decode(fields.output_config)
     if type(config) ~= "table" then config = {} end
-    config.format = { type = "json_schema", schema = api_schema(schema) }
+    if schema ~= nil and not choice then config.format = { type = "json_schema", schema = api_schema(schema) } end
+    if self.effort then config.effort = self.effort end
     fields.output_config = canonical(config)
   end
   local keys = {}

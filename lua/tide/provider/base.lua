@@ -42,12 +42,12 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field prompt_cache? boolean Anthropic only: mark the prefix with cache_control
 ---@field max_tokens_field? "max_completion_tokens"|"max_tokens" OpenAI only: the body field max_tokens goes in (default max_completion_tokens; max_tokens for api.mistral.ai, api.deepseek.com and Ollama at localhost:11434)
 ---@field stream_usage? boolean OpenAI chat only: ask for usage in streamed replies (stream_options.include_usage; default true, false for api.mistral.ai, which refuses the field and reports usage anyway)
----@field reasoning? {effort:"none"|"minimal"|"low"|"medium"|"high"|"xhigh", summary?:"auto"|"concise"|"detailed"} OpenAI only: reasoning_effort (chat), reasoning.effort and .summary (Responses)
+---@field reasoning? {effort:"none"|"minimal"|"low"|"medium"|"high"|"xhigh"|"max", summary?:"auto"|"concise"|"detailed"} OpenAI: reasoning_effort (chat), reasoning.effort and .summary (Responses); Anthropic: output_config.effort (low, medium, high, xhigh, max)
 ---@field tool_choice? "auto"|"none"|"required"|table OpenAI only
 ---@field parallel_tool_calls? boolean OpenAI only
 ---@field stop? string|string[] OpenAI only: stop sequences
 ---@field query? table<string,string|number> OpenAI only: URL parameters (Azure's api-version)
----@field thinking? {budget_tokens:integer} Anthropic only: extended thinking, budget < max_tokens
+---@field thinking? {budget_tokens?:integer, type?:"enabled"|"adaptive", display?:"summarized"|"omitted"} Anthropic only: extended thinking with a budget (< max_tokens), or adaptive thinking (the model decides how much; Claude Opus 4.6 and later, where a budget is deprecated); display "omitted" keeps the thinking's signature without its text
 ---@field structured_output? "native"|"tool" Anthropic only: how a turn's schema holds the model: the API's structured outputs (output_config.format, the default), or a forced tool whose input is the answer, for models and servers without them
 ---@field extra_body? table fields merged into every request body (OpenAI and Anthropic)
 ---@field api? "chat"|"responses" OpenAI only: chat completions (default) or the Responses API
@@ -64,7 +64,7 @@ local option_types = {
 
 -- The options only the OpenAI chat wire format reads.
 local OPENAI_ONLY = {
-  max_tokens_field = true, reasoning = true, tool_choice = true, parallel_tool_calls = true,
+  max_tokens_field = true, tool_choice = true, parallel_tool_calls = true,
   stop = true, query = true, api = true, store = true, stream_usage = true,
 }
 
@@ -78,6 +78,8 @@ local SUMMARIES = { auto = true, concise = true, detailed = true }
 -- none and xhigh are newer models', minimal gpt-5's).
 local EFFORTS = { none = true, minimal = true, low = true, medium = true, high = true, xhigh = true }
 local TOOL_CHOICES = { auto = true, none = true, required = true }
+-- Anthropic's (output_config.effort in anthropic-sdk-python's types).
+local ANTHROPIC_EFFORTS = { low = true, medium = true, high = true, xhigh = true, max = true }
 
 -- What tide knows of some servers' chat completions, by host: the defaults
 -- of max_tokens_field and stream_usage there (the options still win).
@@ -239,13 +241,36 @@ local function check_options(kind, opts, allowed)
     if msg then return msg end
   end
   if opts.thinking then
-    for k, v in pairs(opts.thinking) do
-      if k ~= "budget_tokens" then return where .. "unknown option 'thinking." .. tostring(k) .. "'" end
-      if math.type(v) ~= "integer" or v <= 0 then
-        return where .. "'thinking.budget_tokens' must be a positive integer"
+    local t = opts.thinking
+    for k in pairs(t) do
+      if k ~= "budget_tokens" and k ~= "type" and k ~= "display" then
+        return where .. "unknown option 'thinking." .. tostring(k) .. "'"
       end
     end
-    if opts.thinking.budget_tokens == nil then return where .. "'thinking' needs 'budget_tokens'" end
+    if t.type ~= nil and t.type ~= "enabled" and t.type ~= "adaptive" then
+      return where .. "'thinking.type' must be \"enabled\" or \"adaptive\""
+    end
+    if t.display ~= nil and t.display ~= "summarized" and t.display ~= "omitted" then
+      return where .. "'thinking.display' must be \"summarized\" or \"omitted\""
+    end
+    local b = t.budget_tokens
+    if t.type == "adaptive" then
+      if b ~= nil then return where .. "'thinking.budget_tokens' is for type \"enabled\" (adaptive thinking sizes itself)" end
+    elseif b == nil then
+      return where .. "'thinking' needs 'budget_tokens' (or type = \"adaptive\")"
+    elseif math.type(b) ~= "integer" or b <= 0 then
+      return where .. "'thinking.budget_tokens' must be a positive integer"
+    end
+  end
+  if kind == "anthropic" and opts.reasoning then
+    -- Anthropic's effort (output_config.effort): how many tokens the model
+    -- spends, thinking or not.
+    for k, v in pairs(opts.reasoning) do
+      if k ~= "effort" then return where .. "unknown option 'reasoning." .. tostring(k) .. "'" end
+      if not ANTHROPIC_EFFORTS[v] then
+        return where .. "'reasoning.effort' must be one of low, medium, high, xhigh, max"
+      end
+    end
   end
   if opts.extra_body then
     for k in pairs(opts.extra_body) do
