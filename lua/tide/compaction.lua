@@ -265,12 +265,22 @@ function M.compact(session, run, force)
 end
 
 --- Whether a provider error says the prompt is past the context window.
+-- How the servers say it: OpenAI, Azure, Groq, DeepSeek, vLLM and
+-- OpenRouter ("maximum context length", context_length_exceeded),
+-- Anthropic ("prompt is too long"), Mistral ("too large for model with N
+-- maximum context length"), llama.cpp ("exceeds the available context
+-- size", exceed_context_size_error), Gemini ("exceeds the maximum number of
+-- tokens allowed").
+local OVERFLOW = { "context length", "context_length_exceeded", "maximum context", "prompt is too long",
+  "too many tokens", "context window", "context size", "maximum number of tokens allowed" }
+
 function M.is_overflow(err)
   if type(err) ~= "table" or err.code ~= "ProviderError" then return false end
   local msg = ((err.message or "") .. " " .. (err.body or "")):lower()
-  return msg:find("context length", 1, true) or msg:find("context_length_exceeded", 1, true)
-    or msg:find("maximum context", 1, true) or msg:find("prompt is too long", 1, true)
-    or msg:find("too many tokens", 1, true) or msg:find("context window", 1, true) or false
+  for _, words in ipairs(OVERFLOW) do
+    if msg:find(words, 1, true) then return true end
+  end
+  return false
 end
 
 return M

@@ -107,6 +107,26 @@ describe("compaction", function()
     srv:close()
   end)
 
+  it("knows the servers' ways of saying the prompt does not fit", function()
+    local is_overflow = require("tide.compaction").is_overflow
+    for _, body in ipairs {
+      '{"error":{"message":"This model\'s maximum context length is 128000 tokens. However, your messages resulted '
+        .. 'in 130412 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}',
+      '{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 204871 tokens > 200000 maximum"}}',
+      '{"object":"error","message":"Prompt contains 40012 tokens and 0 draft tokens, too large for model with 32768 '
+        .. 'maximum context length","type":"invalid_request_message_order","param":null,"code":"3051"}',
+      '{"error":{"code":400,"message":"request (9412 tokens) exceeds the available context size (8192 tokens), try '
+        .. 'increasing it","type":"exceed_context_size_error","n_prompt_tokens":9412,"n_ctx":8192}}',
+      '[{"error":{"code":400,"message":"The input token count (1200000) exceeds the maximum number of tokens allowed '
+        .. '(1048576).","status":"INVALID_ARGUMENT"}}]',
+    } do
+      assert.is_true(is_overflow({ code = "ProviderError", message = "x returned HTTP 400", body = body }), body)
+    end
+    assert.is_false(is_overflow({ code = "ProviderError", message = "openai returned HTTP 400: bad tool schema",
+      body = '{"error":{"message":"Invalid schema for function lookup"}}' }))
+    assert.is_false(is_overflow({ code = "RateLimited", message = "too many tokens per minute" }))
+  end)
+
   it("fails clearly when the summary cannot be made, and loses nothing", function()
     local srv = mock { summary_fails = true }
     local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false,
