@@ -181,6 +181,26 @@ describe("tide.provider", function()
           end)
         end)
 
+        it("retries what the official SDKs retry, and obeys x-should-retry", function()
+          with_mock({ replies = {
+            { fault = "status", status = 408 }, { fault = "status", status = 409 }, { fault = "status", status = 520 },
+            "fourth time",
+            { fault = "status", status = 503, headers = { ["x-should-retry"] = "false" } },
+            { fault = "status", status = 400, headers = { ["x-should-retry"] = "true" } }, "after a 400",
+          } }, function(srv)
+            local p = make(kind, srv.url, stream, { retry = { attempts = 4, base_ms = 1, max_ms = 2 } })
+            local res = assert(complete(p, simple_body(p)))
+            assert.are.equal("fourth time", res.text)
+            assert.are.equal(4, res.attempts)
+            local _, err = complete(p, simple_body(p))
+            assert.are.equal(503, err.status)
+            assert.are.equal(1, err.attempts)
+            res = assert(complete(p, simple_body(p)))
+            assert.are.equal("after a 400", res.text)
+            assert.are.equal(2, res.attempts)
+          end)
+        end)
+
         it("gives RateLimited when 429 persists", function()
           local s429 = { fault = "status", status = 429, retry_after = 0 }
           with_mock({ replies = { s429, s429, s429 }, default = "ok" }, function(srv)

@@ -10,9 +10,16 @@ local M = {}
 --- Bytes of an error body an error carries at most.
 M.BODY_MAX = 2048
 
--- HTTP statuses worth another attempt: rate limits, server errors, gateway
--- errors and Anthropic's "overloaded".
-local RETRY_STATUS = { [429] = true, [500] = true, [502] = true, [503] = true, [504] = true, [529] = true }
+-- What the official SDKs retry (openai-python's and anthropic-sdk-python's
+-- _should_retry): 408 (request timeout), 409 (lock timeout), 429 and every
+-- 5xx (Anthropic's 529 overloaded, a proxy's 520s); the server's
+-- x-should-retry header, when it says true or false, decides instead.
+local function retryable_status(status, headers)
+  local say = type(headers) == "table" and headers["x-should-retry"]
+  if say == "true" then return true end
+  if say == "false" then return false end
+  return status == 408 or status == 409 or status == 429 or status >= 500
+end
 
 --- A tide error table (`core.error`).
 function M.fail(code, message, fields)
@@ -87,7 +94,7 @@ function M.status(kind, res)
     status = status,
     body = excerpt(body),
     retry_after_ms = retry.after_ms(res.headers),
-    retryable = RETRY_STATUS[status] == true,
+    retryable = retryable_status(status, res.headers),
   }
   local msg = ("%s returned HTTP %d"):format(kind, status)
   if detail then msg = msg .. ": " .. excerpt(detail, 512) end

@@ -63,9 +63,6 @@ end
 
 --- The delay before attempt `attempt + 1`: the server's Retry-After when it
 --- gave one no longer than `max_retry_after_ms`, otherwise full jitter,
-
---- The delay before attempt `attempt + 1`: the server's Retry-After when it
---- gave one no longer than `max_retry_after_ms`, otherwise full jitter,
 --- uniform in [0, min(max_ms, base_ms * 2^(attempt-1))].
 ---@param retry tide.provider.retry
 ---@param attempt integer the attempt that just failed (1-based)
