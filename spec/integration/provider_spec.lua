@@ -185,7 +185,8 @@ describe("tide.provider", function()
           with_mock({ replies = {
             { fault = "status", status = 408 }, { fault = "status", status = 409 }, { fault = "status", status = 520 },
             "fourth time",
-            { fault = "status", status = 503, headers = { ["x-should-retry"] = "false" } },
+            { fault = "status", status = 503, headers = { ["x-should-retry"] = "false",
+              [kind == "openai" and "x-request-id" or "request-id"] = "req_mock503" } },
             { fault = "status", status = 400, headers = { ["x-should-retry"] = "true" } }, "after a 400",
           } }, function(srv)
             local p = make(kind, srv.url, stream, { retry = { attempts = 4, base_ms = 1, max_ms = 2 } })
@@ -195,6 +196,7 @@ describe("tide.provider", function()
             local _, err = complete(p, simple_body(p))
             assert.are.equal(503, err.status)
             assert.are.equal(1, err.attempts)
+            assert.are.equal("req_mock503", err.request_id)
             res = assert(complete(p, simple_body(p)))
             assert.are.equal("after a 400", res.text)
             assert.are.equal(2, res.attempts)

@@ -64,7 +64,8 @@ end
 
 --- The error for a non-2xx response `res` ({ status, body, headers }):
 --- RateLimited for 429, else ProviderError; `retryable` says whether the
---- status is worth another attempt, `retry_after_ms` what the server asked.
+--- status is worth another attempt, `retry_after_ms` what the server asked,
+--- `request_id` the provider's id of the request.
 function M.status(kind, res)
   local status = res.status
   local body = res.body or ""
@@ -95,6 +96,9 @@ function M.status(kind, res)
     body = excerpt(body),
     retry_after_ms = retry.after_ms(res.headers),
     retryable = retryable_status(status, res.headers),
+    -- what the provider's support asks for (OpenAI's x-request-id,
+    -- Anthropic's request-id)
+    request_id = type(res.headers) == "table" and (res.headers["x-request-id"] or res.headers["request-id"]) or nil,
   }
   local msg = ("%s returned HTTP %d"):format(kind, status)
   if detail then msg = msg .. ": " .. excerpt(detail, 512) end
