@@ -12,7 +12,8 @@
 **
 ** The scanner reads, and nothing else:
 **   error                                  (an error object inside the stream)
-**   usage.{prompt_tokens, completion_tokens, prompt_tokens_details.cached_tokens,
+**   usage.{prompt_tokens, completion_tokens, prompt_tokens_details.{cached_tokens,
+**          cache_write_tokens}, prompt_cache_hit_tokens, cost,
 **          completion_tokens_details.reasoning_tokens}
 **   choices[0].delta.{content, refusal, reasoning_content, reasoning,
 **                     reasoning_details}
@@ -28,7 +29,10 @@
 ** under (field = "reasoning"), for it goes back under the same name: Groq
 ** refuses a reasoning_content field, DeepSeek wants nothing else. extra_content is Gemini's: its thought signature
 ** must go back verbatim, so it is kept as the raw JSON text it came as.
-** reasoning_details is OpenRouter's: the structured reasoning (text with
+** prompt_cache_hit_tokens is DeepSeek's name for the cached tokens (it
+** sends cached_tokens too, some of its proxies do not): the larger counts.
+** cache_write_tokens and cost (USD, what the request was billed) are
+** OpenRouter's. reasoning_details is OpenRouter's: the structured reasoning (text with
 ** signatures, encrypted blobs, summaries) it needs back to continue Gemini 3
 ** and Claude turns; each event's array is kept as its raw text, and the
 ** reply carries them all as one JSON array of arrays (provider.openai
@@ -92,7 +96,9 @@ typedef struct event_state {
   int code_kind;       /* error.code: V_NUMBER (raw) or V_STRING (scratch) */
   span code;
   int has_usage;
-  lua_Integer input, output, cached, reasoning_tokens;
+  lua_Integer input, output, cached, reasoning_tokens, cache_hit, cache_write;
+  int has_cost;        /* usage.cost is a finite number >= 0 */
+  double cost;
   int choice_table;    /* choices[0] is an object */
   int delta_table;     /* choices[0].delta is an object */
   int has_content;
@@ -136,7 +142,9 @@ typedef struct openai_stream {
   event_state ev;
   int has_finish;
   int has_usage;
-  lua_Integer input, output, cached, reasoning_tokens;
+  lua_Integer input, output, cached, reasoning_tokens, cache_write;
+  int has_cost;
+  double cost;
   int whole;  /* a whole (non-streamed) response: choices[0].message */
   int done;   /* [DONE] seen: nothing after it counts */
 } openai_stream;
@@ -354,6 +362,7 @@ static int choice_element(tide_json *p, size_t idx) {
 
 static int details_member(tide_json *p, const char *k, size_t kl) {
   if (tide__json_key_is(k, kl, "cached_tokens")) stream_of(p)->ev.cached = tide__json_count(p);
+  if (tide__json_key_is(k, kl, "cache_write_tokens")) stream_of(p)->ev.cache_write = tide__json_count(p);
   return tide__json_skip(p);
 }
 
@@ -369,8 +378,20 @@ static int usage_member(tide_json *p, const char *k, size_t kl) {
   } else if (tide__json_key_is(k, kl, "completion_tokens")) {
     ev->output = tide__json_count(p);
   } else if (tide__json_key_is(k, kl, "prompt_tokens_details")) {
-    ev->cached = 0;
+    ev->cached = ev->cache_write = 0;
     if (tide__json_peek(p) == '{') return tide__json_each_member(p, details_member);
+  } else if (tide__json_key_is(k, kl, "prompt_cache_hit_tokens")) {
+    ev->cache_hit = tide__json_count(p);
+  } else if (tide__json_key_is(k, kl, "cost")) {
+    span raw;
+    ev->has_cost = 0;
+    if (tide__json_kind(tide__json_peek(p)) != V_NUMBER) return tide__json_skip(p);
+    int rc = tide__json_skip_raw(p, &raw);
+    if (rc != J_OK) return rc;
+    /* (the document is followed by a byte that ends a number) */
+    ev->cost = strtod(p->s + raw.off, NULL);
+    ev->has_cost = isfinite(ev->cost) && ev->cost >= 0;
+    return J_OK;
   } else if (tide__json_key_is(k, kl, "completion_tokens_details")) {
     ev->reasoning_tokens = 0;
     if (tide__json_peek(p) == '{') return tide__json_each_member(p, output_details_member);
@@ -416,7 +437,8 @@ static int root_member(tide_json *p, const char *k, size_t kl) {
   if (tide__json_key_is(k, kl, "usage")) {
     int kind = tide__json_kind(tide__json_peek(p));
     ev->has_usage = kind == V_OBJECT || kind == V_ARRAY;
-    ev->input = ev->output = ev->cached = ev->reasoning_tokens = 0;
+    ev->input = ev->output = ev->cached = ev->reasoning_tokens = ev->cache_hit = ev->cache_write = 0;
+    ev->has_cost = 0;
     if (kind == V_OBJECT) return tide__json_each_member(p, usage_member);
   } else if (tide__json_key_is(k, kl, "choices")) {
     ev->choice_table = ev->delta_table = 0;
@@ -498,8 +520,11 @@ static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
     st->has_usage = 1;
     st->input = ev->input;
     st->output = ev->output;
-    st->cached = ev->cached;
+    st->cached = ev->cached > ev->cache_hit ? ev->cached : ev->cache_hit;
     st->reasoning_tokens = ev->reasoning_tokens;
+    st->cache_write = ev->cache_write;
+    st->has_cost = ev->has_cost;
+    st->cost = ev->cost;
   }
   if (!ev->choice_table) return 0;
   const char *scratch = st->scratch.p ? st->scratch.p : "";
@@ -719,17 +744,21 @@ static void push_reply(lua_State *L, openai_stream *st) {
     lua_pushlstring(L, st->refusal.p, st->refusal.len);
     lua_setfield(L, -2, "refusal");
   }
-  lua_createtable(L, 0, 5);
+  lua_createtable(L, 0, 6);
   lua_pushinteger(L, st->has_usage ? st->input : 0);
   lua_setfield(L, -2, "input");
   lua_pushinteger(L, st->has_usage ? st->output : 0);
   lua_setfield(L, -2, "output");
   lua_pushinteger(L, st->has_usage ? st->cached : 0);
   lua_setfield(L, -2, "cached");
-  lua_pushinteger(L, 0); /* chat completions report no cache writes */
+  lua_pushinteger(L, st->has_usage ? st->cache_write : 0); /* OpenRouter's, else 0 */
   lua_setfield(L, -2, "cache_write");
   lua_pushinteger(L, st->has_usage ? st->reasoning_tokens : 0);
   lua_setfield(L, -2, "reasoning");
+  if (st->has_usage && st->has_cost) {
+    lua_pushnumber(L, st->cost);
+    lua_setfield(L, -2, "cost_usd");
+  }
   lua_setfield(L, -2, "usage");
   if (st->has_finish || st->refusal.len > 0) {
     if (st->has_finish) {
@@ -796,7 +825,9 @@ static void openai_reset(tide_reply *r, size_t keep, size_t max) {
   tide__buf_keep(&st->key, keep);
   memset(&st->ev, 0, sizeof st->ev);
   st->has_finish = st->has_usage = 0;
-  st->input = st->output = st->cached = st->reasoning_tokens = 0;
+  st->input = st->output = st->cached = st->reasoning_tokens = st->cache_write = 0;
+  st->has_cost = 0;
+  st->cost = 0;
   st->whole = st->done = st->via_content = st->named_reasoning = 0;
 }
 

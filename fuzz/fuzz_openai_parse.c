@@ -68,9 +68,12 @@ static const char DRIVER[] =
     "local u = type(obj.usage) == 'table' and obj.usage or {}\n"
     "local d = type(u.prompt_tokens_details) == 'table' and u.prompt_tokens_details or {}\n"
     "local od = type(u.completion_tokens_details) == 'table' and u.completion_tokens_details or {}\n"
+    /* DeepSeek's name for cached tokens too (the larger); OpenRouter's writes and cost */
+    "local cost = u.cost\n"
     "local usage = { input = count(u.prompt_tokens), output = count(u.completion_tokens),\n"
-    "                cached = count(d.cached_tokens), cache_write = 0,\n"
-    "                reasoning = count(od.reasoning_tokens) }\n"
+    "                cached = math.max(count(d.cached_tokens), count(u.prompt_cache_hit_tokens)),\n"
+    "                cache_write = count(d.cache_write_tokens), reasoning = count(od.reasoning_tokens),\n"
+    "                cost_usd = type(cost) == 'number' and cost >= 0 and cost < math.huge and cost or nil }\n"
     "check(same(first.usage, usage), 'the usage is not what lua-cjson decodes', first.usage, usage)\n"
     /* reasoning_content wins over reasoning; the refusal is apart from the text */
     "local r = (type(m.reasoning_content) == 'string' and m.reasoning_content\n"

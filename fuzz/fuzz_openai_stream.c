@@ -47,7 +47,8 @@ static const char DRIVER[] =
     "          core.openai_assistant_wire('', { c }) ~= nil), 'extra_content the encoder declines', c)\n"
     "  end\n"
     "  local u = reply.usage\n"
-    "  check(math.type(u.reasoning) == 'integer' and u.cache_write == 0, 'usage without its fields', u)\n"
+    "  check(math.type(u.reasoning) == 'integer' and math.type(u.cache_write) == 'integer'\n"
+    "        and (u.cost_usd == nil or (u.cost_usd >= 0 and u.cost_usd < math.huge)), 'usage without its fields', u)\n"
     "end\n"
     "reply_runs(function() return core.openai_stream(max) end, stream, h[2], h[3], mode, check_reply)\n";
 

@@ -40,6 +40,8 @@
 ---   refusal         message.refusal / refusal deltas, finish_reason "stop"
 ---   finish_reason   sent as given ("length", "content_filter", ...)
 ---   usage.reasoning completion_tokens_details.reasoning_tokens
+---   usage.cache_write, usage.cost  OpenRouter's cache_write_tokens and
+---                   billed cost (USD)
 ---   reasoning_details  OpenRouter's structured reasoning: a list of
 ---                   `{ type = "reasoning.text", text, signature?, format? }`,
 ---                   `{ type = "reasoning.encrypted", data, id? }` or
@@ -52,6 +54,8 @@
 --- Server option `openai = { reasoning_model = true }` answers as OpenAI's
 --- reasoning models do: a request with `max_tokens`, or a temperature other
 --- than 1, gets the real 400.
+--- Server option `openai = { deepseek = true }` counts cached tokens as
+--- `prompt_cache_hit_tokens` alone, as DeepSeek's proxies do.
 --- Server option `openai = { groq = true }` answers as Groq does: reasoning
 --- comes as `reasoning`, and a message with a `reasoning_content` field gets
 --- its 400 ("property 'reasoning_content' is unsupported").
@@ -231,13 +235,25 @@ end
 
 -- The OpenAI usage object: prompt_tokens counts cached tokens too, and
 -- completion_tokens the reasoning tokens (as OpenAI and DeepSeek count).
+-- OpenRouter adds cache writes (prompt_tokens_details.cache_write_tokens)
+-- and what it billed (cost, USD); DeepSeek counts cached tokens as
+-- prompt_cache_hit_tokens (server option openai.deepseek: that name alone,
+-- as some of its proxies send it).
 local function openai_usage(ctx)
   local u = ctx.usage
-  local r = ctx.reply and ctx.reply.usage and ctx.reply.usage.reasoning or 0
-  return { prompt_tokens = u.input, completion_tokens = u.output, total_tokens = u.input + u.output,
-           prompt_tokens_details = { cached_tokens = u.cached, audio_tokens = 0 },
+  local scripted = ctx.reply and ctx.reply.usage or {}
+  local r = scripted.reasoning or 0
+  local out = { prompt_tokens = u.input, completion_tokens = u.output, total_tokens = u.input + u.output,
+           prompt_tokens_details = { cached_tokens = u.cached, audio_tokens = 0,
+                                     cache_write_tokens = scripted.cache_write },
            completion_tokens_details = { reasoning_tokens = r, audio_tokens = 0,
-                                         accepted_prediction_tokens = 0, rejected_prediction_tokens = 0 } }
+                                         accepted_prediction_tokens = 0, rejected_prediction_tokens = 0 },
+           cost = scripted.cost }
+  if ctx.deepseek then
+    out.prompt_tokens_details = nil
+    out.prompt_cache_hit_tokens, out.prompt_cache_miss_tokens = u.cached, u.input - u.cached
+  end
+  return out
 end
 
 -- The reply's OpenAI-only fields, with their defaults.
@@ -1225,13 +1241,14 @@ local function render(self, shape_name, reply, req)
   local calls = tool_calls(self, reply, shape.call_prefix or (shape_name == "openai" and "call_" or "toolu_"))
   local mistral = shape_name == "openai" and (self._opts.openai or {}).mistral or nil
   local groq = shape_name == "openai" and (self._opts.openai or {}).groq or nil
+  local deepseek = shape_name == "openai" and (self._opts.openai or {}).deepseek or nil
   if mistral then -- Mistral's call ids: nine letters and digits
     for i, c in ipairs(calls) do
       if not (reply.tool_calls[i] and reply.tool_calls[i].id) then c.id = ("mc%07d"):format(self._ids - #calls + i) end
     end
   end
   local ctx = {
-    mistral = mistral, groq = groq,
+    mistral = mistral, groq = groq, deepseek = deepseek,
     id = (shape.id_prefix or (shape_name == "openai" and "chatcmpl-mock" or "msg_mock")) .. self._count,
     n = self._count,
     created = os.time(),

@@ -371,8 +371,9 @@ local function add_usage(run, stats, u, model)
   tokens.cached = tokens.cached + (u.cached or 0)
   tokens.cache_write = tokens.cache_write + (u.cache_write or 0)
   tokens.reasoning = tokens.reasoning + (u.reasoning or 0)
-  -- What it cost, where the model has a price (tide.prices).
-  local usd = prices.cost(model, u)
+  -- What it cost: what the provider says it billed (OpenRouter's
+  -- usage.cost), else from the model's price (tide.prices).
+  local usd = u.cost_usd or prices.cost(model, u)
   if usd then
     stats.cost_usd = stats.cost_usd + usd
     stats.turn_cost_usd = stats.turn_cost_usd + usd

@@ -79,6 +79,23 @@ for _, stream in ipairs({ true, false }) do
       end)
     end)
 
+    it("counts OpenRouter's cache writes and takes the cost it billed as the session's", function()
+      with_mock({ replies = {
+        { tool_calls = { { name = "lookup", arguments = { q = "x" } } },
+          usage = { input = 4000, output = 20, cached = 0, cache_write = 3800, cost = 0.01534 } },
+        { text = "done", usage = { input = 4100, output = 5, cached = 3800, cost = 0.00211 } },
+      } }, function(srv)
+        tide.agent { id = "or_cost", prompt = "You think.", tools = { lookup } }
+        local s = tide.session { agent = "or_cost", provider = make(srv.url, stream) }
+        assert.are.equal("done", assert(s:turn("look")))
+        local st = s:stats()
+        assert.are.same({ input = 8100, output = 25, cached = 3800, cache_write = 3800, reasoning = 0 }, st.tokens)
+        -- the model has no tide.prices entry: the cost is OpenRouter's own
+        assert.is_true(math.abs(st.cost_usd - (0.01534 + 0.00211)) < 1e-12)
+        assert.are.equal(0, st.unpriced_calls)
+      end)
+    end)
+
     it("fails a reply OpenRouter ends with finish_reason error, never taking it for an answer", function()
       with_mock({ replies = { { text = "The capital of Australia is Syd", finish_reason = "error" } } }, function(srv)
         tide.agent { id = "or_plain", prompt = "You think." }
@@ -183,6 +200,17 @@ for _, stream in ipairs({ true, false }) do
         end
         assert.are.same({ "step 0", "step 1" }, seen)
         assert.are.equal("done now", s:history()[#s:history()].reasoning[1].text)
+      end)
+    end)
+  end)
+
+  describe("openai against DeepSeek's proxies (" .. mode .. ")", function()
+    it("reads cached tokens named prompt_cache_hit_tokens", function()
+      with_mock({ openai = { deepseek = true }, replies = { { text = "ok", usage = { input = 500, output = 3,
+        cached = 448 } } } }, function(srv)
+        local p = make(srv.url, stream)
+        local res = assert(p:complete(body_of(p, { USER })))
+        assert.are.same({ input = 500, output = 3, cached = 448, cache_write = 0, reasoning = 0 }, res.usage)
       end)
     end)
   end)

@@ -105,10 +105,15 @@ function M.openai_stream(body)
       if type(obj.usage) == "table" then
         local details = type(obj.usage.prompt_tokens_details) == "table" and obj.usage.prompt_tokens_details or {}
         local out = type(obj.usage.completion_tokens_details) == "table" and obj.usage.completion_tokens_details or {}
+        local cost = obj.usage.cost
         usage = { input = math.tointeger(obj.usage.prompt_tokens) or 0,
                   output = math.tointeger(obj.usage.completion_tokens) or 0,
-                  cached = math.tointeger(details.cached_tokens) or 0, cache_write = 0,
-                  reasoning = math.tointeger(out.reasoning_tokens) or 0 }
+                  -- DeepSeek's name too, the larger; OpenRouter's writes and cost
+                  cached = math.max(math.tointeger(details.cached_tokens) or 0,
+                    math.tointeger(obj.usage.prompt_cache_hit_tokens) or 0),
+                  cache_write = math.tointeger(details.cache_write_tokens) or 0,
+                  reasoning = math.tointeger(out.reasoning_tokens) or 0,
+                  cost_usd = type(cost) == "number" and cost >= 0 and cost < math.huge and cost or nil }
       end
       local choice = type(obj.choices) == "table" and obj.choices[1]
       if type(choice) == "table" then

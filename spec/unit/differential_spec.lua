@@ -167,7 +167,9 @@ describe("C against its Lua reference", function()
         events[#events + 1] = "data: " .. cjson.encode { choices = { choice } } .. "\n\n"
       end
       events[#events + 1] = "data: " .. cjson.encode { choices = {}, usage = { prompt_tokens = r(100),
-        completion_tokens = r(50), prompt_tokens_details = { cached_tokens = r(10) },
+        completion_tokens = r(50), prompt_tokens_details = { cached_tokens = r(10),
+          cache_write_tokens = r(2) == 1 and r(20) or nil },
+        prompt_cache_hit_tokens = r(2) == 1 and r(12) or nil, cost = r(2) == 1 and r(1000) / 997 or nil,
         completion_tokens_details = { reasoning_tokens = r(30) } } } .. "\n\n"
       events[#events + 1] = "data: [DONE]\n\n"
       local body = table.concat(events)

@@ -271,16 +271,21 @@ local tointeger = math.tointeger
 
 -- prompt_tokens counts the whole prompt, cached tokens included, and
 -- completion_tokens the reasoning tokens: input and output mean what they
--- mean for every provider as they are.
+-- mean for every provider as they are. Cached tokens are DeepSeek's
+-- prompt_cache_hit_tokens too (the larger count); cache writes and the
+-- billed cost (USD) come from OpenRouter, as core/openai.c reads them.
 local function usage_of(u)
   if type(u) ~= "table" then return { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 } end
   local details, out = u.prompt_tokens_details, u.completion_tokens_details
+  local cached = type(details) == "table" and count(details.cached_tokens) or 0
+  local cost = u.cost
   return {
     input = count(u.prompt_tokens),
     output = count(u.completion_tokens),
-    cached = type(details) == "table" and count(details.cached_tokens) or 0,
-    cache_write = 0,
+    cached = math.max(cached, count(u.prompt_cache_hit_tokens)),
+    cache_write = type(details) == "table" and count(details.cache_write_tokens) or 0,
     reasoning = type(out) == "table" and count(out.reasoning_tokens) or 0,
+    cost_usd = type(cost) == "number" and cost >= 0 and cost < math.huge and cost or nil,
   }
 end
 
