@@ -91,7 +91,9 @@ end
 
 local function json_error(status, kind, message)
   return {
-    status = status, headers = { ["content-type"] = "application/json" },
+    -- (x-should-retry: a mismatch is the same on every attempt; clients
+    -- would retry a 409, as the official SDKs do)
+    status = status, headers = { ["content-type"] = "application/json", ["x-should-retry"] = "false" },
     -- Shaped so that both providers' error parsers read the message.
     body = encode({ type = "error", error = { type = kind, message = message } }),
   }
