@@ -32,6 +32,13 @@ local THINKING = { budget_tokens = 2048 }
 local lookup_tool = { name = "lookup", description = "Looks up.",
                       parameters = { type = "object", properties = { q = { type = "string" } } } }
 
+-- The same lookup as a tool a session runs.
+local lookup = tide.tool {
+  name = "lookup", description = "Looks up.",
+  parameters = { type = "object", properties = { q = { type = "string" } }, required = { "q" } },
+  handler = function(args) return "found " .. args.q end,
+}
+
 -- The neutral assistant message a session would append for a reply.
 local function assistant_of(res)
   return { role = "assistant", content = res.text ~= "" and res.text or nil,
@@ -144,10 +151,7 @@ for _, stream in ipairs({ true, false }) do
 
     it("runs adaptive thinking with omitted text and an effort through a session's tool loop", function()
       with_mock({ default = testing.tool_loop(2, "lookup") }, function(srv)
-        tide.agent { id = "adaptive", prompt = "You look things up.", tools = { tide.tool {
-          name = "lookup", description = "Looks up.",
-          parameters = { type = "object", properties = { q = { type = "string" } }, required = { "q" } },
-          handler = function(args) return "found " .. args.q end } } }
+        tide.agent { id = "adaptive", prompt = "You look things up.", tools = { lookup } }
         local p = make(srv.url, stream, { thinking = { type = "adaptive", display = "omitted" },
           reasoning = { effort = "xhigh" } })
         local s = tide.session { agent = "adaptive", provider = p }
@@ -169,10 +173,7 @@ for _, stream in ipairs({ true, false }) do
 
     it("runs a session's tool loop with thinking to its answer", function()
       with_mock({ default = testing.tool_loop(3, "lookup") }, function(srv)
-        tide.agent { id = "thinker", prompt = "You look things up.", tools = { tide.tool {
-          name = "lookup", description = "Looks up.",
-          parameters = { type = "object", properties = { q = { type = "string" } }, required = { "q" } },
-          handler = function(args) return "found " .. args.q end } } }
+        tide.agent { id = "thinker", prompt = "You look things up.", tools = { lookup } }
         local s = tide.session { agent = "thinker", provider = make(srv.url, stream, { thinking = THINKING }) }
         local reply, err = s:turn("find three")
         assert.is_nil(err, err and tostring(err))
