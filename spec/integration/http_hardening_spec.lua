@@ -263,4 +263,23 @@ io.write(tostring(ok), " ", tostring(err))' 2>&1]]):read("a")
     assert.matches("OPENAI_API_KEY must not contain a CR, LF or NUL", out, 1, true)
     assert.is_nil(out:find("sk-env-secret", 1, true))
   end)
+
+  it("is Azure's own at an Azure resource, sent as api-key, never OpenAI's", function()
+    local out = io.popen([[OPENAI_API_KEY=sk-openai-secret AZURE_OPENAI_API_KEY=az-key LUA_PATH='lua/?.lua;lua/?/init.lua;;' ]]
+      .. [[LUA_CPATH=']] .. (os.getenv("TIDE_BUILD_DIR") or "build") .. [[/?.so;;' ASAN_OPTIONS=detect_leaks=0 lua5.4 -e '
+local openai = require("tide").provider.openai
+for _, url in ipairs { "https://my-res.openai.azure.com/openai/v1", "https://x.cognitiveservices.azure.com/openai",
+                       "https://y.services.ai.azure.com/openai/v1", "https://api.openai.com/v1" } do
+  local h = openai({ base_url = url, api = url:find("services") and "responses" or nil }):_headers()
+  io.write(url, " ", tostring(h["api-key"]), " ", tostring(h.authorization), "\n")
+end
+local h = openai({ base_url = "https://my-res.openai.azure.com/openai/v1", api_key = "given" }):_headers()
+io.write("given ", tostring(h["api-key"]), " ", tostring(h.authorization), "\n")' 2>&1]]):read("a")
+    assert.are.equal(table.concat({
+      "https://my-res.openai.azure.com/openai/v1 az-key nil",
+      "https://x.cognitiveservices.azure.com/openai az-key nil",
+      "https://y.services.ai.azure.com/openai/v1 az-key nil",
+      "https://api.openai.com/v1 nil Bearer sk-openai-secret",
+      "given given nil", "" }, "\n"), out)
+  end)
 end)

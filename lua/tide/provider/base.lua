@@ -30,7 +30,7 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 
 ---@class tide.provider.opts
 ---@field base_url? string
----@field api_key? string
+---@field api_key? string sent as Authorization: Bearer (OpenAI: as api-key at an Azure resource's host, where it defaults to AZURE_OPENAI_API_KEY)
 ---@field model? string
 ---@field stream? boolean default true
 ---@field temperature? number
@@ -95,10 +95,19 @@ local HOST_DEFAULTS = {
   ["localhost:11434"] = OLD_NAME, ["127.0.0.1:11434"] = OLD_NAME, ["ollama.com"] = OLD_NAME,
 }
 
+-- Azure OpenAI (its resources' hosts): the key goes in an api-key header,
+-- and comes from AZURE_OPENAI_API_KEY, as in openai-python's AzureOpenAI.
+local AZURE = { key_header = "api-key", key_env = "AZURE_OPENAI_API_KEY" }
+local AZURE_HOSTS = { "%.openai%.azure%.com$", "%.cognitiveservices%.azure%.com$", "%.services%.ai%.azure%.com$" }
+
 -- What HOST_DEFAULTS says for a base URL (by host and port, then host).
 local function host_defaults(url)
   local authority = url:match("^%a+://([^/]+)") or ""
-  return HOST_DEFAULTS[authority] or HOST_DEFAULTS[authority:match("^[^:]+")] or {}
+  local host = authority:match("^[^:]+") or ""
+  for _, pattern in ipairs(AZURE_HOSTS) do
+    if host:lower():find(pattern) then return AZURE end
+  end
+  return HOST_DEFAULTS[authority] or HOST_DEFAULTS[host] or {}
 end
 
 -- The body fields tide writes itself: extra_body may not set them (a second
@@ -332,6 +341,12 @@ function provider._new(kind, opts, defaults)
   for k, v in pairs(opts.retry or {}) do retry[k] = v end
   local headers = {}
   for k, v in pairs(opts.headers or {}) do headers[k:lower()] = v end
+  local base_url = (opts.base_url or defaults.base_url):gsub("/+$", "")
+  local known = kind == "openai" and host_defaults(base_url) or {}
+  if known.key_env then
+    -- (never another service's key from the environment: Azure's own)
+    defaults.api_key, defaults.api_key_env = provider._env(known.key_env), known.key_env
+  end
   -- A key from the environment (a CRLF .env file) is checked as the option
   -- is, and named by its variable; never echoed.
   if opts.api_key == nil and defaults.api_key and defaults.api_key:find("[\r\n%z]") then
@@ -340,7 +355,7 @@ function provider._new(kind, opts, defaults)
   end
   local self = {
     kind = kind,
-    base_url = (opts.base_url or defaults.base_url):gsub("/+$", ""),
+    base_url = base_url,
     api_key = opts.api_key or defaults.api_key,
     model = opts.model or defaults.model,
     stream = opts.stream ~= false,
@@ -369,7 +384,7 @@ function provider._new(kind, opts, defaults)
     self.extra_json = extra -- by key, each value encoded
   end
   if kind == "openai" then
-    local known = host_defaults(self.base_url)
+    self.key_header = known.key_header
     self.max_tokens_field = opts.max_tokens_field or known.max_tokens_field or "max_completion_tokens"
     if opts.stream_usage ~= nil then
       self.stream_usage = opts.stream_usage
@@ -600,7 +615,9 @@ end
 function provider._bearer_headers(self)
   local h = { ["content-type"] = "application/json" }
   if self.stream then h["accept"] = "text/event-stream" end
-  if self.api_key then h["authorization"] = "Bearer " .. self.api_key end
+  if self.api_key then
+    if self.key_header then h[self.key_header] = self.api_key else h["authorization"] = "Bearer " .. self.api_key end
+  end
   for k, v in pairs(self.headers) do h[k] = v end
   return h
 end
