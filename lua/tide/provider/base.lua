@@ -343,20 +343,20 @@ function provider._new(kind, opts, defaults)
   for k, v in pairs(opts.headers or {}) do headers[k:lower()] = v end
   local base_url = (opts.base_url or defaults.base_url):gsub("/+$", "")
   local known = kind == "openai" and host_defaults(base_url) or {}
-  if known.key_env then
-    -- (never another service's key from the environment: Azure's own)
-    defaults.api_key, defaults.api_key_env = provider._env(known.key_env), known.key_env
-  end
+  -- The key from the environment: the host's own variable where it has one
+  -- (never another service's key: Azure's), else the provider's.
+  local env_name = known.key_env or defaults.api_key_env
+  local env_key = known.key_env and provider._env(known.key_env) or defaults.api_key
   -- A key from the environment (a CRLF .env file) is checked as the option
   -- is, and named by its variable; never echoed.
-  if opts.api_key == nil and defaults.api_key and defaults.api_key:find("[\r\n%z]") then
+  if opts.api_key == nil and env_key and env_key:find("[\r\n%z]") then
     return nil, ("tide.provider.%s: the API key from %s must not contain a CR, LF or NUL"):format(kind,
-      defaults.api_key_env or "the environment")
+      env_name or "the environment")
   end
   local self = {
     kind = kind,
     base_url = base_url,
-    api_key = opts.api_key or defaults.api_key,
+    api_key = opts.api_key or env_key,
     model = opts.model or defaults.model,
     stream = opts.stream ~= false,
     temperature = opts.temperature,
