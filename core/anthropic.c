@@ -14,16 +14,18 @@
 ** The scanner reads, and nothing else:
 **   type (else the SSE event's name), index
 **   message.usage.{input_tokens, output_tokens, cache_read_input_tokens,
-**                  cache_creation_input_tokens}                 message_start
-**   content_block.{type, id, name, input, text, thinking, signature, data}
-**                                                         content_block_start
-**   delta.{type, text, partial_json, thinking, signature}  content_block_delta
-**   delta.stop_reason, usage.{the four counts}                   message_delta
+**                  cache_creation_input_tokens,
+**                  output_tokens_details.thinking_tokens}       message_start
+**   content_block.{type, id, name, input, text, thinking, signature, data,
+**                  citations}; other blocks whole           content_block_start
+**   delta.{type, text, partial_json, thinking, signature, citation}
+**                                                         content_block_delta
+**   delta.stop_reason, usage.{the five counts}                   message_delta
 **   error.{type, message}                                               error
-** and of a whole reply: type, error, content[*] (the block fields above),
-** usage, stop_reason. Every other value is validated and skipped (ping,
-** content_block_stop and event types newer than this file carry nothing a
-** reply needs). An event is applied once the whole of it has parsed, by the
+** and of a whole reply: type, error, content[*] (the block fields above;
+** the array whole), usage, stop_reason. Every other value is validated and
+** skipped (ping, content_block_stop and event types newer than this file
+** carry nothing a reply needs). An event is applied once the whole of it has parsed, by the
 ** rules the Lua parser applied to the decoded table: the last of duplicate
 ** keys wins, values of the wrong type count as absent, a malformed event
 ** anywhere is a MalformedResponse, nothing after message_stop counts.
@@ -34,7 +36,18 @@
 ** without them cannot be sent back as the API requires, and the reply is
 ** refused. Usage is made to mean what OpenAI's means: `input` is the whole
 ** prompt (Anthropic's input_tokens counts only what follows the last cache
-** breakpoint), and thinking is billed inside output_tokens.
+** breakpoint), and `reasoning` is the thinking's share of output_tokens.
+**
+** A block tide does not model (a server tool's use or result, web search's
+** or code execution's, and whatever type comes next) makes the reply keep
+** its whole content, which goes back in place of the message tide would
+** build: the API needs a server tool's use and result, their encrypted
+** contents and the citations of the text that used them, in their order.
+** A whole reply keeps its content array byte for byte; a stream's is
+** rebuilt from the blocks kept in order (thinking, text with its
+** citations, the other blocks as they started, a server tool's input from
+** its input_json_delta fragments) and the calls. It is the last reasoning
+** part: { type = "content", data = JSON, provider = "anthropic" }.
 */
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +70,8 @@ typedef struct text_field {
 typedef struct usage_fields {
   lua_Integer input, output, read, write;
   int num_input, num_read, num_write, seen_output;
+  lua_Integer thinking; /* output_tokens_details.thinking_tokens: the part of output that was thinking */
+  int num_thinking;
 } usage_fields;
 
 /* A content block: content_block of content_block_start, or an element of
@@ -67,6 +82,9 @@ typedef struct block_fields {
   int input_kind;   /* V_OBJECT / V_ARRAY: a table, raw in the document */
   span input;
   int input_filled; /* the table has a member or an element */
+  span raw;         /* the whole block, raw in the document */
+  int has_input;    /* an "input" member (its raw text in input) */
+  span citations;   /* a text block's citations array, raw, when it has elements */
 } block_fields;
 
 /* What one event says (or a whole reply's root), once scanned. */
@@ -79,6 +97,7 @@ typedef struct event_state {
   usage_fields message_usage;
   int delta_table;
   text_field dtype, dtext, partial, dthinking, dsignature, stop_reason;
+  span citation;    /* a citations_delta's citation, raw (len 0: none) */
   block_fields block;
   int usage_table;
   usage_fields usage;
@@ -90,20 +109,30 @@ typedef struct event_state {
   int etype_kind;
   /* a whole reply */
   int content_kind;
+  span content;     /* the content array, raw */
   int bad_block;    /* the first content element the reply is refused for (1-based), or 0 */
   const char *bad_why;
   const char *bad_type;
 } event_state;
 
-/* A thinking or redacted_thinking block, kept in block order. */
-typedef struct thinking_block {
+/* The blocks a reply keeps beside its text and calls, in block order:
+** thinking and redacted_thinking (its reasoning parts), and, in a stream,
+** where each text block's text lies and what a block tide does not model
+** holds (a server tool's use or result, ...). A reply with such a block
+** goes back as its whole content, rebuilt from these and the calls. */
+enum { K_THINKING, K_REDACTED, K_TEXT, K_OTHER };
+
+typedef struct kept_block {
   lua_Integer index;
-  int redacted;
+  int kind;
   int has_sig;    /* thinking: a signature came as a string */
   int has_data;   /* redacted: its data is a string */
-  tide_buf text;  /* the thinking text, or the redacted data */
-  tide_buf sig;
-} thinking_block;
+  int has_input;  /* other: input_json_delta fragments came (in sig) */
+  size_t from, to; /* text: its bytes in the reply's text; other: its input's raw span in text */
+  tide_buf text;  /* the thinking text, the redacted data, or the other block's raw JSON */
+  tide_buf sig;   /* the signature, a text block's citations (raw, joined by commas), or the
+                     other block's input fragments */
+} kept_block;
 
 typedef struct anthropic_stream {
   tide_reply base;  /* the shell's: SSE framing, the text, the failure */
@@ -112,10 +141,15 @@ typedef struct anthropic_stream {
   tide_buf key;     /* an object key that had escapes */
   tide_buf canon;   /* the canonical text of a whole tool input */
   tide_buf stop;    /* the last stop_reason */
-  thinking_block *blocks;
+  kept_block *blocks;
   size_t nblocks, kept, cap; /* blocks past nblocks up to kept hold emptied buffers */
+  size_t nthinking;          /* of them thinking or redacted_thinking */
+  size_t nother;             /* of them, or of a whole reply's content, blocks tide does not model */
+  size_t cur_text;           /* the text block text deltas go to, +1 (0: none) */
+  tide_buf content;          /* a stream's content, rebuilt when it has other blocks */
+  const char *doc;           /* a whole reply's body, while it is scanned */
   event_state ev;
-  lua_Integer input, output, read, write;
+  lua_Integer input, output, read, write, thinking_tokens;
   int has_stop;
   int done;         /* message_stop seen: nothing after it counts */
   int whole;        /* scanning a whole reply */
@@ -137,8 +171,30 @@ static int text_member(tide_json *p, text_field *f) {
 }
 
 
+static int details_member(tide_json *p, const char *k, size_t kl, usage_fields *u) {
+  if (tide__json_key_is(k, kl, "thinking_tokens")) {
+    u->num_thinking = tide__json_kind(tide__json_peek(p)) == V_NUMBER;
+    u->thinking = tide__json_count(p);
+  }
+  return tide__json_skip(p);
+}
+
+static int top_details_member(tide_json *p, const char *k, size_t kl) {
+  return details_member(p, k, kl, &stream_of(p)->ev.usage);
+}
+
+static int message_details_member(tide_json *p, const char *k, size_t kl) {
+  return details_member(p, k, kl, &stream_of(p)->ev.message_usage);
+}
+
 static int usage_member(tide_json *p, const char *k, size_t kl, usage_fields *u) {
   int num = tide__json_kind(tide__json_peek(p)) == V_NUMBER;
+  if (tide__json_key_is(k, kl, "output_tokens_details")) {
+    u->thinking = 0, u->num_thinking = 0;
+    if (tide__json_peek(p) == '{')
+      return tide__json_each_member(p, u == &stream_of(p)->ev.usage ? top_details_member : message_details_member);
+    return tide__json_skip(p);
+  }
   if (tide__json_key_is(k, kl, "input_tokens")) {
     u->input = tide__json_count(p), u->num_input = num;
   } else if (tide__json_key_is(k, kl, "output_tokens")) {
@@ -176,6 +232,10 @@ static int delta_member(tide_json *p, const char *k, size_t kl) {
   if (tide__json_key_is(k, kl, "thinking")) return text_member(p, &ev->dthinking);
   if (tide__json_key_is(k, kl, "signature")) return text_member(p, &ev->dsignature);
   if (tide__json_key_is(k, kl, "stop_reason")) return text_member(p, &ev->stop_reason);
+  if (tide__json_key_is(k, kl, "citation")) {
+    if (tide__json_peek(p) == '{') return tide__json_skip_raw(p, &ev->citation);
+    ev->citation.len = 0;
+  }
   return tide__json_skip(p);
 }
 
@@ -199,7 +259,14 @@ static int block_member(tide_json *p, const char *k, size_t kl) {
   if (tide__json_key_is(k, kl, "input")) {
     b->input_kind = tide__json_kind(tide__json_peek(p));
     b->input_filled = tide__json_is_table(b->input_kind) && filled(p);
+    b->has_input = 1;
     return tide__json_skip_raw(p, &b->input);
+  }
+  if (tide__json_key_is(k, kl, "citations")) {
+    int array = tide__json_peek(p) == '[' && filled(p);
+    int rc = tide__json_skip_raw(p, &b->citations);
+    if (!array) b->citations.len = 0;
+    return rc;
   }
   return tide__json_skip(p);
 }
@@ -211,8 +278,10 @@ static int scan_block(tide_json *p) {
   memset(b, 0, sizeof *b);
   int kind = tide__json_kind(tide__json_peek(p));
   b->table = tide__json_is_table(kind);
-  if (kind == V_OBJECT) return tide__json_each_member(p, block_member);
-  return tide__json_skip(p);
+  b->raw.off = p->i;
+  int rc = kind == V_OBJECT ? tide__json_each_member(p, block_member) : tide__json_skip(p);
+  b->raw.len = p->i - b->raw.off;
+  return rc;
 }
 
 static int error_member(tide_json *p, const char *k, size_t kl) {
@@ -271,7 +340,12 @@ static int root_member(tide_json *p, const char *k, size_t kl) {
       ev->content_kind = tide__json_kind(tide__json_peek(p));
       int rc = reset_content(st);
       if (rc != J_OK) return rc;
-      if (ev->content_kind == V_ARRAY) return tide__json_each_element(p, content_element);
+      if (ev->content_kind == V_ARRAY) {
+        ev->content.off = p->i;
+        rc = tide__json_each_element(p, content_element);
+        ev->content.len = p->i - ev->content.off;
+        return rc;
+      }
     } else if (tide__json_key_is(k, kl, "stop_reason")) {
       return text_member(p, &ev->stop_reason);
     }
@@ -285,6 +359,7 @@ static int root_member(tide_json *p, const char *k, size_t kl) {
     ev->delta_table = tide__json_is_table(kind);
     ev->dtype.has = ev->dtext.has = ev->partial.has = 0;
     ev->dthinking.has = ev->dsignature.has = ev->stop_reason.has = 0;
+    ev->citation.len = 0;
     if (kind == V_OBJECT) return tide__json_each_member(p, delta_member);
   } else if (tide__json_key_is(k, kl, "content_block")) {
     return scan_block(p);
@@ -292,33 +367,41 @@ static int root_member(tide_json *p, const char *k, size_t kl) {
   return tide__json_skip(p);
 }
 
-/* ------------------------------------------------------------- thinking -- */
+/* ------------------------------------------------------- kept blocks -- */
 
-/* The thinking block with this index, or NULL. */
-static thinking_block *block_at(anthropic_stream *st, lua_Integer index) {
-  for (size_t i = st->nblocks; i > 0; i--)
-    if (st->blocks[i - 1].index == index) return &st->blocks[i - 1];
+static int is_thinking(const kept_block *b) { return b->kind == K_THINKING || b->kind == K_REDACTED; }
+
+/* The kept block with this index that is thinking (thinking set) or not,
+** the last one; or NULL. */
+static kept_block *block_at(anthropic_stream *st, lua_Integer index, int thinking) {
+  for (size_t i = st->nblocks; i > 0; i--) {
+    kept_block *b = &st->blocks[i - 1];
+    if (b->index == index && is_thinking(b) == thinking) return b;
+  }
   return NULL;
 }
 
 /* A new block after the others (its buffers, when an earlier reply left
 ** some, emptied), or NULL when out of memory. */
-static thinking_block *add_block(anthropic_stream *st, lua_Integer index, int redacted) {
+static kept_block *add_block(anthropic_stream *st, lua_Integer index, int kind) {
   if (st->nblocks == st->cap) {
     size_t cap = st->cap ? st->cap * 2 : 4;
     if (cap > SIZE_MAX / sizeof *st->blocks) return NULL;
-    thinking_block *b = realloc(st->blocks, cap * sizeof *b);
+    kept_block *b = realloc(st->blocks, cap * sizeof *b);
     if (b == NULL) return NULL;
     memset(b + st->cap, 0, (cap - st->cap) * sizeof *b);
     st->blocks = b;
     st->cap = cap;
   }
-  thinking_block *b = &st->blocks[st->nblocks++];
+  kept_block *b = &st->blocks[st->nblocks++];
   if (st->nblocks > st->kept) st->kept = st->nblocks;
   b->index = index;
-  b->redacted = redacted;
-  b->has_sig = b->has_data = 0;
+  b->kind = kind;
+  b->has_sig = b->has_data = b->has_input = 0;
+  b->from = b->to = 0;
   b->text.len = b->sig.len = 0;
+  if (kind == K_THINKING || kind == K_REDACTED) st->nthinking++;
+  if (kind == K_OTHER) st->nother++;
   return b;
 }
 
@@ -344,7 +427,7 @@ static int reset_content(anthropic_stream *st) {
   /* A repeated "content" key replaces the blocks: the last one counts. */
   st->base.text.len = 0;
   tide__asm_reset(&st->calls, SIZE_MAX); /* this reply's own buffers */
-  st->nblocks = 0;
+  st->nblocks = st->nthinking = st->nother = 0;
   st->ev.bad_block = 0;
   st->ev.bad_type = st->ev.bad_why = NULL;
   return J_OK;
@@ -395,7 +478,7 @@ static int apply_block(tide_json *p, size_t pos) {
     } else if (!b->thinking.has) {
       refuse_block(ev, pos, "thinking", "has no thinking text");
     } else {
-      thinking_block *t = add_block(st, 0, 0);
+      kept_block *t = add_block(st, 0, K_THINKING);
       if (t == NULL || set_buf(&t->text, scratch + b->thinking.at.off, b->thinking.at.len) ||
           set_buf(&t->sig, scratch + b->signature.at.off, b->signature.at.len))
         return J_NOMEM;
@@ -405,24 +488,85 @@ static int apply_block(tide_json *p, size_t pos) {
     if (!b->data.has || b->data.at.len == 0) {
       refuse_block(ev, pos, "redacted_thinking", "has no data");
     } else {
-      thinking_block *t = add_block(st, 0, 1);
+      kept_block *t = add_block(st, 0, K_REDACTED);
       if (t == NULL || set_buf(&t->text, scratch + b->data.at.off, b->data.at.len)) return J_NOMEM;
       t->has_data = 1;
     }
+  } else {
+    /* A block tide does not model (a server tool's use or result, ...):
+    ** the reply then goes back as its content array, byte for byte. */
+    st->nother++;
   }
   return J_OK;
 }
 
+/* ---------------------------------------------------------- tool_use -- */
+
+static int json_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+/* Whether the input text s[0..n) goes out as it is: one JSON object, white
+** space around it cut (*from, *len: what is sent). Text the Lua encoder
+** would re-encode (control characters, or "nan", "inf", "0x" in any case,
+** where lua-cjson might have read more than JSON) is declined, so that both
+** send the same bytes. */
+static int input_as_is(const char *s, size_t n, size_t *from, size_t *len) {
+  size_t i = 0, j = n;
+  while (i < j && json_space(s[i])) i++;
+  while (j > i && json_space(s[j - 1])) j--;
+  if (j - i < 2 || s[i] != '{' || s[j - 1] != '}') return 0;
+  for (size_t k = i; k < j; k++) {
+    unsigned char c = (unsigned char)s[k], d = k + 1 < j ? (unsigned char)(s[k + 1] | 0x20) : 0;
+    if (c < 0x20 || c == 0x7f) return 0;
+    c |= 0x20; /* lower case, for letters */
+    if ((c == 'n' && d == 'a' && k + 2 < j && (s[k + 2] | 0x20) == 'n') ||
+        (c == 'i' && d == 'n' && k + 2 < j && (s[k + 2] | 0x20) == 'f') || (c == '0' && d == 'x'))
+      return 0;
+  }
+  if (!tide__json_is_object(s + i, j - i)) return 0;
+  *from = i;
+  *len = j - i;
+  return 1;
+}
+
+/* One call's strings (the call tables keep them alive), its input cut. */
+typedef struct use_strings {
+  const char *id, *name, *args;
+  size_t il, nl, from, al;
+} use_strings;
+
+/* Call i of the list at idx; 0 when it is not a table of string id, name
+** and arguments, or (unless the caller checked them) its arguments are not
+** JSON object text as it is sent. */
+static int use_strings_of(lua_State *L, int idx, lua_Integer i, int checked, use_strings *c) {
+  if (lua_rawgeti(L, idx, i) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  int t = lua_gettop(L);
+  size_t n = 0;
+  c->args = tide__field_str(L, t, "arguments", &n);
+  c->name = tide__field_str(L, t, "name", &c->nl);
+  c->id = tide__field_str(L, t, "id", &c->il);
+  lua_pop(L, 1);
+  if (!(c->args && c->name && c->id)) return 0;
+  if (checked) {
+    c->from = 0, c->al = n;
+    return 1;
+  }
+  return input_as_is(c->args, n, &c->from, &c->al);
+}
+
 /* ------------------------------------------------------------ replies -- */
 
-/* Anthropic's stop reasons in the neutral set. pause_turn (the server paused
-** its own loop of server tools) and model_context_window_exceeded both leave
-** an unfinished answer tide cannot continue by itself: they are "length",
-** so that a cut-off reply is never taken for a complete one. */
+/* Anthropic's stop reasons in the neutral set. model_context_window_exceeded
+** leaves an unfinished answer tide cannot continue: "length", so that a
+** cut-off reply is never taken for a complete one. pause_turn (the server
+** paused its own loop of server tools) is "pause": the turn loop sends the
+** reply back as it is, and the model goes on. */
 static const char *const STOPS[][2] = {
     {"end_turn", "stop"},       {"stop_sequence", "stop"},
     {"tool_use", "tool_calls"}, {"max_tokens", "length"},
-    {"pause_turn", "length"},   {"model_context_window_exceeded", "length"},
+    {"pause_turn", "pause"},    {"model_context_window_exceeded", "length"},
     {"refusal", "refusal"},
 };
 
@@ -442,22 +586,118 @@ static void push_stop(lua_State *L, const anthropic_stream *st) {
     lua_pushliteral(L, "stop");
 }
 
+/* Appends s[0..n) quoted (lua-cjson's quoting) to b; -1 when out of memory. */
+static int add_quoted(tide_buf *b, const char *s, size_t n) {
+  size_t size = tide__json_size_quoted(s, n);
+  if (size > SIZE_MAX - b->len - 1 || tide__buf_reserve(b, b->len + size)) return -1;
+  b->len += tide__json_write_quoted(b->p + b->len, (const unsigned char *)s, n);
+  b->p[b->len] = '\0';
+  return 0;
+}
+
+#define ADD_LIT(b, s) tide__buf_add((b), (s), sizeof(s) - 1)
+
+/* Appends the JSON of kept block k to out, as the API sent it; 0, or -1
+** when out of memory. An empty text block is left out (the API refuses
+** one sent back). */
+static int write_kept(tide_buf *out, const anthropic_stream *st, const kept_block *k) {
+  switch (k->kind) {
+  case K_THINKING:
+    return ADD_LIT(out, "{\"signature\":") || add_quoted(out, k->sig.p, k->sig.len) ||
+           ADD_LIT(out, ",\"thinking\":") || add_quoted(out, k->text.p, k->text.len) ||
+           ADD_LIT(out, ",\"type\":\"thinking\"},");
+  case K_REDACTED:
+    return ADD_LIT(out, "{\"data\":") || add_quoted(out, k->text.p, k->text.len) ||
+           ADD_LIT(out, ",\"type\":\"redacted_thinking\"},");
+  case K_TEXT:
+    if (k->to <= k->from) return 0;
+    return ADD_LIT(out, "{") ||
+           (k->sig.len > 0 && (ADD_LIT(out, "\"citations\":[") || tide__buf_add(out, k->sig.p, k->sig.len) ||
+                               ADD_LIT(out, "],"))) ||
+           ADD_LIT(out, "\"text\":") || add_quoted(out, st->base.text.p + k->from, k->to - k->from) ||
+           ADD_LIT(out, ",\"type\":\"text\"},");
+  default: /* the block as it started, its input the fragments that came */
+    if (!k->has_input) return tide__buf_add(out, k->text.p, k->text.len) || ADD_LIT(out, ",");
+    return tide__buf_add(out, k->text.p, k->from) || tide__buf_add(out, k->sig.p, k->sig.len) ||
+           tide__buf_add(out, k->text.p + k->to, k->text.len - k->to) || ADD_LIT(out, ",");
+  }
+}
+
+/* Appends call i (1-based) of the finished calls at idx as a tool_use
+** block: its input the arguments, white space around them cut, when they
+** are one JSON object, else {}; 0, or -1 when out of memory. */
+static int write_call(lua_State *L, tide_buf *out, int idx, lua_Integer i) {
+  use_strings c;
+  use_strings_of(L, idx, i, 1, &c); /* finished calls: id, name and arguments are strings */
+  while (c.al > 0 && json_space(c.args[c.from])) c.from++, c.al--;
+  while (c.al > 0 && json_space(c.args[c.from + c.al - 1])) c.al--;
+  if (!tide__json_is_object(c.args + c.from, c.al)) c.args = "{}", c.from = 0, c.al = 2;
+  return ADD_LIT(out, "{\"id\":") || add_quoted(out, c.id, c.il) || ADD_LIT(out, ",\"input\":") ||
+         tide__buf_add(out, c.args + c.from, c.al) || ADD_LIT(out, ",\"name\":") ||
+         add_quoted(out, c.name, c.nl) || ADD_LIT(out, ",\"type\":\"tool_use\"},");
+}
+
+/* A stream's content array into st->content: the kept blocks and the
+** finished calls (the table at calls) merged in block order, as the API
+** sent them. 0, or -1 when out of memory. */
+static int rebuild_content(lua_State *L, anthropic_stream *st, int calls) {
+  tide_buf *out = &st->content;
+  out->len = 0;
+  if (ADD_LIT(out, "[")) return -1;
+  size_t k = 0, c = 0, nc = st->calls.n;
+  while (k < st->nblocks || c < nc) {
+    int take_kept = c == nc || (k < st->nblocks && st->blocks[k].index <= st->calls.slots[c].index);
+    if (take_kept ? write_kept(out, st, &st->blocks[k++]) : write_call(L, out, calls, (lua_Integer)++c)) return -1;
+  }
+  if (out->p[out->len - 1] == ',') out->len--;
+  return ADD_LIT(out, "]");
+}
+
+/* Adds the reply's content part to the reasoning list at the top of the
+** stack: the content as the API sent it (a whole reply's raw array, a
+** stream's rebuilt), which the encoder sends back in place of the message
+** it would build. */
+static void push_content_part(lua_State *L, anthropic_stream *st, int reply) {
+  const char *p;
+  size_t n;
+  if (st->whole) {
+    p = st->doc + st->ev.content.off, n = st->ev.content.len;
+  } else {
+    lua_getfield(L, reply, "tool_calls");
+    int rc = rebuild_content(L, st, lua_gettop(L));
+    lua_pop(L, 1);
+    if (rc) luaL_error(L, "not enough memory");
+    p = st->content.p, n = st->content.len;
+  }
+  lua_createtable(L, 0, 3);
+  lua_pushliteral(L, "content");
+  lua_setfield(L, -2, "type");
+  lua_pushlstring(L, p, n);
+  lua_setfield(L, -2, "data");
+  lua_pushliteral(L, "anthropic");
+  lua_setfield(L, -2, "provider");
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
 /* Pushes the reply as the session gets it: text, finished tool calls, the
-** reasoning parts in block order (when there were any), usage, and the
+** reasoning parts in block order (when there were any; then the content
+** part when the reply has blocks tide does not model), usage, and the
 ** stop reason mapped and as sent. */
-static void push_reply(lua_State *L, const anthropic_stream *st) {
+static void push_reply(lua_State *L, anthropic_stream *st) {
   /* Room for what the provider adds (ttfb_ms, attempts): no rehash. */
   lua_createtable(L, 0, 9);
+  int reply = lua_gettop(L);
   lua_pushlstring(L, st->base.text.p ? st->base.text.p : "", st->base.text.len);
   lua_setfield(L, -2, "text");
   tide__asm_push_finished(L, &st->calls);
   lua_setfield(L, -2, "tool_calls");
-  if (st->nblocks > 0) {
-    lua_createtable(L, (int)(st->nblocks > INT32_MAX ? 0 : st->nblocks), 0);
-    for (size_t i = 0; i < st->nblocks; i++) {
-      const thinking_block *b = &st->blocks[i];
+  if (st->nthinking > 0 || st->nother > 0) {
+    lua_createtable(L, (int)(st->nthinking + 1 > INT32_MAX ? 0 : st->nthinking + 1), 0);
+    for (size_t i = 0, n = 0; i < st->nblocks; i++) {
+      const kept_block *b = &st->blocks[i];
+      if (!is_thinking(b)) continue;
       lua_createtable(L, 0, 4);
-      if (b->redacted) {
+      if (b->kind == K_REDACTED) {
         lua_pushliteral(L, "redacted");
         lua_setfield(L, -2, "type");
         lua_pushlstring(L, b->text.p, b->text.len);
@@ -472,8 +712,9 @@ static void push_reply(lua_State *L, const anthropic_stream *st) {
       }
       lua_pushliteral(L, "anthropic");
       lua_setfield(L, -2, "provider");
-      lua_rawseti(L, -2, (lua_Integer)i + 1);
+      lua_rawseti(L, -2, (lua_Integer)++n);
     }
+    if (st->nother > 0) push_content_part(L, st, reply);
     lua_setfield(L, -2, "reasoning");
   }
   lua_createtable(L, 0, 5);
@@ -485,7 +726,7 @@ static void push_reply(lua_State *L, const anthropic_stream *st) {
   lua_setfield(L, -2, "cached");
   lua_pushinteger(L, st->write);
   lua_setfield(L, -2, "cache_write");
-  lua_pushinteger(L, 0); /* thinking is billed inside output_tokens */
+  lua_pushinteger(L, st->thinking_tokens); /* inside output, as OpenAI's reasoning tokens */
   lua_setfield(L, -2, "reasoning");
   lua_setfield(L, -2, "usage");
   if (st->has_stop) {
@@ -591,6 +832,7 @@ static int block_start(tide_reply_feed *fc, anthropic_stream *st, const tide_sse
   }
   lua_Integer index;
   int valid = event_index(L, st, &index) && index >= 0;
+  st->cur_text = 0; /* text deltas go to a text block only until the next block starts */
   if (field_is(st, &b->type, "tool_use")) {
     if (!valid) {
       tide__push_malformed(L, NULL, 0, "anthropic tool_use block has no valid index");
@@ -614,17 +856,27 @@ static int block_start(tide_reply_feed *fc, anthropic_stream *st, const tide_sse
                            b->name.has ? scratch + b->name.at.off : NULL, b->name.at.len, args, argsl);
     if (rc) return asm_failed(fc, st, rc);
   } else if (field_is(st, &b->type, "text")) {
+    /* Where its text lies (and its citations), for a reply that goes back
+    ** whole. */
+    kept_block *t = add_block(st, valid ? index : -1, K_TEXT);
+    if (t == NULL) return fc->nomem = 1, 0;
+    t->from = t->to = st->base.text.len;
+    st->cur_text = st->nblocks;
+    if (b->citations.len > 2 &&
+        set_buf(&t->sig, e->data + b->citations.off + 1, b->citations.len - 2)) /* inside [ ] */
+      return fc->nomem = 1, 0;
     if (b->text.has && tide__reply_text(fc, scratch + b->text.at.off, b->text.at.len)) return 0;
+    st->blocks[st->cur_text - 1].to = st->base.text.len;
   } else if (field_is(st, &b->type, "thinking") || field_is(st, &b->type, "redacted_thinking")) {
     int redacted = field_is(st, &b->type, "redacted_thinking");
-    if (!valid || block_at(st, index)) {
+    if (!valid || block_at(st, index, 1)) {
       tide__push_malformed(L, NULL, 0, "anthropic %s block has no valid index",
                            redacted ? "redacted_thinking" : "thinking");
       return 1;
     }
     /* Kept in block order; a thinking block's text and signature arrive as
     ** deltas and are checked when the stream ends. */
-    thinking_block *t = add_block(st, index, redacted);
+    kept_block *t = add_block(st, index, redacted ? K_REDACTED : K_THINKING);
     if (t == NULL) return fc->nomem = 1, 0;
     if (redacted) {
       t->has_data = b->data.has;
@@ -639,11 +891,17 @@ static int block_start(tide_reply_feed *fc, anthropic_stream *st, const tide_sse
         tide__reply_reasoning(fc, scratch + b->thinking.at.off, b->thinking.at.len);
       }
     }
+  } else if (b->type.has) {
+    /* A block tide does not model (a server tool's use or result, ...),
+    ** kept as it started; input_json_delta fragments make its input. */
+    kept_block *o = add_block(st, valid ? index : -1, K_OTHER);
+    if (o == NULL || set_buf(&o->text, e->data + b->raw.off, b->raw.len)) return fc->nomem = 1, 0;
+    if (b->has_input) o->from = b->input.off - b->raw.off, o->to = o->from + b->input.len;
   }
   return 0;
 }
 
-static int block_delta(tide_reply_feed *fc, anthropic_stream *st) {
+static int block_delta(tide_reply_feed *fc, anthropic_stream *st, const tide_sse_event *e) {
   lua_State *L = fc->L;
   const event_state *ev = &st->ev;
   const char *scratch = scratch_of(st);
@@ -652,21 +910,42 @@ static int block_delta(tide_reply_feed *fc, anthropic_stream *st) {
     return 1;
   }
   if (field_is(st, &ev->dtype, "text_delta")) {
-    if (ev->dtext.has && tide__reply_text(fc, scratch + ev->dtext.at.off, ev->dtext.at.len)) return 0;
+    if (!ev->dtext.has || ev->dtext.at.len == 0) return 0;
+    if (st->cur_text == 0) { /* text outside a text block is one of its own */
+      kept_block *t = add_block(st, -1, K_TEXT);
+      if (t == NULL) return fc->nomem = 1, 0;
+      t->from = st->base.text.len;
+      st->cur_text = st->nblocks;
+    }
+    if (tide__reply_text(fc, scratch + ev->dtext.at.off, ev->dtext.at.len)) return 0;
+    st->blocks[st->cur_text - 1].to = st->base.text.len;
   } else if (field_is(st, &ev->dtype, "input_json_delta")) {
     lua_Integer index;
     if (!event_index(L, st, &index) || index < 0) {
       tide__push_malformed(L, NULL, 0, "anthropic input_json_delta has no valid index");
       return 1;
     }
-    int rc = tide__asm_add(&st->calls, index, NULL, 0, NULL, 0,
-                           ev->partial.has ? scratch + ev->partial.at.off : NULL, ev->partial.at.len);
+    const char *frag = ev->partial.has ? scratch + ev->partial.at.off : NULL;
+    kept_block *o = block_at(st, index, 0);
+    if (o != NULL && o->kind == K_OTHER) { /* a server tool's input, not a call of tide's */
+      if (frag && tide__buf_add(&o->sig, frag, ev->partial.at.len)) return fc->nomem = 1, 0;
+      o->has_input = 1;
+      return 0;
+    }
+    int rc = tide__asm_add(&st->calls, index, NULL, 0, NULL, 0, frag, ev->partial.at.len);
     if (rc) return asm_failed(fc, st, rc);
+  } else if (field_is(st, &ev->dtype, "citations_delta")) {
+    lua_Integer index;
+    kept_block *t = event_index(L, st, &index) ? block_at(st, index, 0) : NULL;
+    if (t != NULL && t->kind == K_TEXT && ev->citation.len > 0 &&
+        ((t->sig.len > 0 && tide__buf_add(&t->sig, ",", 1)) ||
+         tide__buf_add(&t->sig, e->data + ev->citation.off, ev->citation.len)))
+      return fc->nomem = 1, 0;
   } else if (field_is(st, &ev->dtype, "thinking_delta") || field_is(st, &ev->dtype, "signature_delta")) {
     int sig = field_is(st, &ev->dtype, "signature_delta");
     lua_Integer index;
-    thinking_block *t = event_index(L, st, &index) ? block_at(st, index) : NULL;
-    if (t == NULL || t->redacted) {
+    kept_block *t = event_index(L, st, &index) ? block_at(st, index, 1) : NULL;
+    if (t == NULL || t->kind == K_REDACTED) {
       tide__push_malformed(L, NULL, 0, "anthropic %s outside a thinking block",
                            sig ? "signature_delta" : "thinking_delta");
       return 1;
@@ -714,11 +993,12 @@ static int anthropic_event(tide_reply_feed *fc, const tide_sse_event *e) {
   const char *ty = e->event;
   size_t tl = e->event_len;
   if (ev->type.has) ty = scratch_of(st) + ev->type.at.off, tl = ev->type.at.len;
-  if (tide__json_key_is(ty, tl, "content_block_delta")) return block_delta(fc, st);
+  if (tide__json_key_is(ty, tl, "content_block_delta")) return block_delta(fc, st, e);
   if (tide__json_key_is(ty, tl, "content_block_start")) return block_start(fc, st, e);
   if (tide__json_key_is(ty, tl, "message_start")) {
     const usage_fields *u = &ev->message_usage;
     st->input = u->input, st->read = u->read, st->write = u->write, st->output = u->output;
+    st->thinking_tokens = u->thinking;
   } else if (tide__json_key_is(ty, tl, "message_delta")) {
     if (ev->delta_table && ev->stop_reason.has) {
       if (set_buf(&st->stop, scratch_of(st) + ev->stop_reason.at.off, ev->stop_reason.at.len))
@@ -733,6 +1013,7 @@ static int anthropic_event(tide_reply_feed *fc, const tide_sse_event *e) {
       if (u->num_input) st->input = u->input;
       if (u->num_read) st->read = u->read;
       if (u->num_write) st->write = u->write;
+      if (u->num_thinking) st->thinking_tokens = u->thinking;
     }
   } else if (tide__json_key_is(ty, tl, "message_stop")) {
     st->done = 1;
@@ -754,12 +1035,24 @@ static int anthropic_finish(lua_State *L, tide_reply *r) {
     lua_setfield(L, -2, "partial_text");
     return 2;
   }
+  lua_Integer n = 0;
   for (size_t i = 0; i < st->nblocks; i++) {
-    const thinking_block *b = &st->blocks[i];
-    if (b->redacted ? !b->has_data || b->text.len == 0 : !b->has_sig || b->sig.len == 0) {
-      tide__push_malformed(L, NULL, 0, "anthropic %s block %I %s",
-                           b->redacted ? "redacted_thinking" : "thinking", (lua_Integer)i + 1,
-                           b->redacted ? "has no data" : "has no signature");
+    const kept_block *b = &st->blocks[i];
+    if (!is_thinking(b)) continue;
+    int redacted = b->kind == K_REDACTED;
+    n++;
+    if (redacted ? !b->has_data || b->text.len == 0 : !b->has_sig || b->sig.len == 0) {
+      tide__push_malformed(L, NULL, 0, "anthropic %s block %I %s", redacted ? "redacted_thinking" : "thinking", n,
+                           redacted ? "has no data" : "has no signature");
+      return 2;
+    }
+  }
+  /* A server tool's input must be what the API would take back. */
+  for (size_t i = 0; i < st->nblocks; i++) {
+    const kept_block *b = &st->blocks[i];
+    if (b->kind == K_OTHER && b->has_input && (b->to == b->from || !tide__json_is_object(b->sig.p ? b->sig.p : "", b->sig.len))) {
+      tide__push_malformed(L, NULL, 0, "anthropic content block %I has an input that is not a JSON object",
+                           b->index);
       return 2;
     }
   }
@@ -776,13 +1069,14 @@ static void anthropic_free(tide_reply *r) {
   tide__buf_free(&st->key);
   tide__buf_free(&st->canon);
   tide__buf_free(&st->stop);
+  tide__buf_free(&st->content);
   for (size_t i = 0; i < st->kept; i++) {
     tide__buf_free(&st->blocks[i].text);
     tide__buf_free(&st->blocks[i].sig);
   }
   free(st->blocks);
   st->blocks = NULL;
-  st->nblocks = st->kept = st->cap = 0;
+  st->nblocks = st->kept = st->cap = st->nthinking = st->nother = st->cur_text = 0;
 }
 
 /* The kind's reset: emptied for the next reply, its buffers (those up to
@@ -795,13 +1089,15 @@ static void anthropic_reset(tide_reply *r, size_t keep, size_t max) {
   tide__buf_keep(&st->key, keep);
   tide__buf_keep(&st->canon, keep);
   tide__buf_keep(&st->stop, keep);
+  tide__buf_keep(&st->content, keep);
   for (size_t i = 0; i < st->kept; i++) {
     tide__buf_keep(&st->blocks[i].text, keep);
     tide__buf_keep(&st->blocks[i].sig, keep);
   }
-  st->nblocks = 0;
+  st->nblocks = st->nthinking = st->nother = st->cur_text = 0;
+  st->doc = NULL;
   memset(&st->ev, 0, sizeof st->ev);
-  st->input = st->output = st->read = st->write = 0;
+  st->input = st->output = st->read = st->write = st->thinking_tokens = 0;
   st->has_stop = st->done = st->whole = 0;
 }
 
@@ -864,6 +1160,7 @@ static int l_anthropic_parse(lua_State *L) {
   ** the body anchored. */
   anthropic_stream *st = (anthropic_stream *)tide__reply_whole(L, &ANTHROPIC, max);
   st->whole = 1;
+  st->doc = s;
   tide_json p = {s, n, 0, 0, NULL, 0, &st->scratch, &st->key, st};
   int object, ret;
   int kind, rc = tide__json_scan_root(&p, root_member, &kind);
@@ -887,6 +1184,7 @@ static int l_anthropic_parse(lua_State *L) {
   } else {
     usage_fields *u = &ev->usage;
     st->input = u->input, st->output = u->output, st->read = u->read, st->write = u->write;
+    st->thinking_tokens = u->thinking;
     if (ev->stop_reason.has) {
       if (set_buf(&st->stop, scratch_of(st) + ev->stop_reason.at.off, ev->stop_reason.at.len)) {
         anthropic_free(&st->base);
@@ -923,60 +1221,6 @@ static const char RESULT_OPEN[] = "{\"content\":";
 static const char RESULT_ERROR[] = ",\"is_error\":true,\"tool_use_id\":";
 static const char RESULT_OK[] = ",\"is_error\":false,\"tool_use_id\":";
 static const char RESULT_CLOSE[] = ",\"type\":\"tool_result\"}";
-
-static int json_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
-
-/* Whether the input text s[0..n) goes out as it is: one JSON object, white
-** space around it cut (*from, *len: what is sent). Text the Lua encoder
-** would re-encode (control characters, or "nan", "inf", "0x" in any case,
-** where lua-cjson might have read more than JSON) is declined, so that both
-** send the same bytes. */
-static int input_as_is(const char *s, size_t n, size_t *from, size_t *len) {
-  size_t i = 0, j = n;
-  while (i < j && json_space(s[i])) i++;
-  while (j > i && json_space(s[j - 1])) j--;
-  if (j - i < 2 || s[i] != '{' || s[j - 1] != '}') return 0;
-  for (size_t k = i; k < j; k++) {
-    unsigned char c = (unsigned char)s[k], d = k + 1 < j ? (unsigned char)(s[k + 1] | 0x20) : 0;
-    if (c < 0x20 || c == 0x7f) return 0;
-    c |= 0x20; /* lower case, for letters */
-    if ((c == 'n' && d == 'a' && k + 2 < j && (s[k + 2] | 0x20) == 'n') ||
-        (c == 'i' && d == 'n' && k + 2 < j && (s[k + 2] | 0x20) == 'f') || (c == '0' && d == 'x'))
-      return 0;
-  }
-  if (!tide__json_is_object(s + i, j - i)) return 0;
-  *from = i;
-  *len = j - i;
-  return 1;
-}
-
-/* One call's strings (the call tables keep them alive), its input cut. */
-typedef struct use_strings {
-  const char *id, *name, *args;
-  size_t il, nl, from, al;
-} use_strings;
-
-/* Call i of the list at idx; 0 when it is not a table of string id, name
-** and arguments, or (unless the caller checked them) its arguments are not
-** JSON object text as it is sent. */
-static int use_strings_of(lua_State *L, int idx, lua_Integer i, int checked, use_strings *c) {
-  if (lua_rawgeti(L, idx, i) != LUA_TTABLE) {
-    lua_pop(L, 1);
-    return 0;
-  }
-  int t = lua_gettop(L);
-  size_t n = 0;
-  c->args = tide__field_str(L, t, "arguments", &n);
-  c->name = tide__field_str(L, t, "name", &c->nl);
-  c->id = tide__field_str(L, t, "id", &c->il);
-  lua_pop(L, 1);
-  if (!(c->args && c->name && c->id)) return 0;
-  if (checked) {
-    c->from = 0, c->al = n;
-    return 1;
-  }
-  return input_as_is(c->args, n, &c->from, &c->al);
-}
 
 /* core.anthropic_assistant_wire(text, calls[, thinking[, checked]]) -> string | nil
 ** The assistant message with tool calls: the thinking blocks (their JSON,

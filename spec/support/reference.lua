@@ -186,7 +186,7 @@ end
 
 local ANTHROPIC_STOPS = {
   end_turn = "stop", stop_sequence = "stop", tool_use = "tool_calls",
-  max_tokens = "length", pause_turn = "length", model_context_window_exceeded = "length",
+  max_tokens = "length", pause_turn = "pause", model_context_window_exceeded = "length",
   refusal = "refusal",
 }
 
@@ -195,9 +195,20 @@ local function anthropic_stop(raw, calls)
   return ANTHROPIC_STOPS[raw] or (#calls > 0 and "tool_calls" or "stop")
 end
 
-local function anthropic_usage(input, read, write, output)
-  return { input = input + read + write, output = output, cached = read, cache_write = write, reasoning = 0 }
+local function anthropic_usage(input, read, write, output, thinking)
+  return { input = input + read + write, output = output, cached = read, cache_write = write, reasoning = thinking }
 end
+
+-- usage.output_tokens_details.thinking_tokens, when there is one (a number)
+local function thinking_tokens(u)
+  local d = type(u) == "table" and u.output_tokens_details or nil
+  if type(d) == "table" and type(d.thinking_tokens) == "number" then return count(d.thinking_tokens) end
+  return nil
+end
+
+-- The block types tide models; a reply with any other goes back whole (a
+-- `content` reasoning part: the decoded content here, its JSON in C).
+local MODELED = { text = true, tool_use = true, thinking = true, redacted_thinking = true }
 
 -- A thinking block as a reasoning part, or nil and why it cannot be one.
 local function reasoning_part(block)
@@ -238,7 +249,7 @@ function M.anthropic_reply(body)
   if type(obj.content) ~= "table" then
     return nil, fail("MalformedResponse", "anthropic response has no content array")
   end
-  local text, calls, reasoning = {}, {}, nil
+  local text, calls, reasoning, other = {}, {}, nil, false
   for i, block in ipairs(obj.content) do
     if type(block) ~= "table" then
       return nil, fail("MalformedResponse", ("anthropic content[%d] is not an object"):format(i))
@@ -257,14 +268,20 @@ function M.anthropic_reply(body)
       end
       reasoning = reasoning or {}
       reasoning[#reasoning + 1] = part
+    elseif type(ty) == "string" then
+      other = true
     end
+  end
+  if other then
+    reasoning = reasoning or {}
+    reasoning[#reasoning + 1] = { type = "content", content = obj.content, provider = "anthropic" }
   end
   local u = type(obj.usage) == "table" and obj.usage or {}
   local raw = type(obj.stop_reason) == "string" and obj.stop_reason or nil
   calls = finish_calls(calls)
   return { text = table.concat(text), tool_calls = calls, reasoning = reasoning,
     usage = anthropic_usage(count(u.input_tokens), count(u.cache_read_input_tokens),
-      count(u.cache_creation_input_tokens), count(u.output_tokens)),
+      count(u.cache_creation_input_tokens), count(u.output_tokens), thinking_tokens(u) or 0),
     stop = anthropic_stop(raw, calls), stop_raw = raw }
 end
 
@@ -275,8 +292,17 @@ local STREAM_ERRORS = { overloaded_error = "ProviderError", api_error = "Provide
 --- (with `deltas`, the text deltas, and `rdeltas`, the thinking deltas, in
 --- order), or nil and the error (with `deltas` too).
 function M.anthropic_stream(body)
-  local st = { text = {}, rdeltas = {}, thinking = {}, reasoning = {}, calls = {}, order = {},
-    input = 0, output = 0, read = 0, write = 0 }
+  -- kept: the thinking, text and other blocks in arrival order (a reply
+  -- with an other block goes back as its content, rebuilt from them and
+  -- the calls); cur: the text block text deltas go to.
+  local st = { text = {}, rdeltas = {}, thinking = {}, reasoning = {}, calls = {}, order = {}, kept = {},
+    input = 0, output = 0, read = 0, write = 0, thinking_tokens = 0 }
+  local function kept_at(index, thinking)
+    for i = #st.kept, 1, -1 do
+      local k = st.kept[i]
+      if k.index == index and (k.kind == "thinking") == thinking then return k end
+    end
+  end
   local function add_call(index, id, name, frag)
     local c = st.calls[index]
     if not c then
@@ -302,12 +328,29 @@ function M.anthropic_stream(body)
       local d = obj.delta
       if type(d) ~= "table" then return fail("MalformedResponse", "anthropic content_block_delta has no delta") end
       if d.type == "text_delta" then
-        emit(d.text)
+        if type(d.text) == "string" and d.text ~= "" then
+          if not st.cur then
+            st.cur = { kind = "text", index = -1, pieces = {}, citations = {} }
+            st.kept[#st.kept + 1] = st.cur
+          end
+          st.cur.pieces[#st.cur.pieces + 1] = d.text
+          emit(d.text)
+        end
       elseif d.type == "input_json_delta" then
         if not index or index < 0 then
           return fail("MalformedResponse", "anthropic input_json_delta has no valid index")
         end
-        add_call(index, nil, nil, type(d.partial_json) == "string" and d.partial_json or nil)
+        local frag = type(d.partial_json) == "string" and d.partial_json or nil
+        local o = kept_at(index, false)
+        if o and o.kind == "other" then
+          o.frags[#o.frags + 1] = frag
+          o.has_input = true
+        else
+          add_call(index, nil, nil, frag)
+        end
+      elseif d.type == "citations_delta" then
+        local t = index and kept_at(index, false)
+        if t and t.kind == "text" and type(d.citation) == "table" then t.citations[#t.citations + 1] = d.citation end
       elseif d.type == "thinking_delta" or d.type == "signature_delta" then
         local part = st.thinking[index or -1]
         if not part or part.type ~= "thinking" then
@@ -323,11 +366,18 @@ function M.anthropic_stream(body)
     elseif ty == "content_block_start" then
       local b = obj.content_block
       if type(b) ~= "table" then return fail("MalformedResponse", "anthropic content_block_start has no block") end
+      st.cur = nil
+      local valid = index and index >= 0
       if b.type == "tool_use" then
         if not index or index < 0 then return fail("MalformedResponse", "anthropic tool_use block has no valid index") end
         local whole = type(b.input) == "table" and next(b.input) ~= nil and canonical_input(b.input) or nil
         add_call(index, b.id, b.name, whole)
       elseif b.type == "text" then
+        local t = { kind = "text", index = valid and index or -1, pieces = { type(b.text) == "string" and b.text or nil },
+          citations = {} }
+        if type(b.citations) == "table" then for i, c in ipairs(b.citations) do t.citations[i] = c end end
+        st.kept[#st.kept + 1] = t
+        st.cur = t
         emit(b.text)
       elseif b.type == "thinking" or b.type == "redacted_thinking" then
         if not index or index < 0 or st.thinking[index] then
@@ -343,12 +393,16 @@ function M.anthropic_stream(body)
         end
         st.thinking[index] = part
         st.reasoning[#st.reasoning + 1] = part
+        st.kept[#st.kept + 1] = { kind = "thinking", index = index, part = part }
+      elseif type(b.type) == "string" then
+        st.kept[#st.kept + 1] = { kind = "other", index = valid and index or -1, block = b, frags = {} }
       end
     elseif ty == "message_start" then
       local m = type(obj.message) == "table" and obj.message or {}
       local u = type(m.usage) == "table" and m.usage or {}
       st.input, st.read = count(u.input_tokens), count(u.cache_read_input_tokens)
       st.write, st.output = count(u.cache_creation_input_tokens), count(u.output_tokens)
+      st.thinking_tokens = thinking_tokens(u) or 0
     elseif ty == "message_delta" then
       local d = type(obj.delta) == "table" and obj.delta or {}
       if type(d.stop_reason) == "string" then st.stop = d.stop_reason end
@@ -358,6 +412,7 @@ function M.anthropic_stream(body)
         if type(u.input_tokens) == "number" then st.input = count(u.input_tokens) end
         if type(u.cache_read_input_tokens) == "number" then st.read = count(u.cache_read_input_tokens) end
         if type(u.cache_creation_input_tokens) == "number" then st.write = count(u.cache_creation_input_tokens) end
+        st.thinking_tokens = thinking_tokens(u) or st.thinking_tokens
       end
     elseif ty == "message_stop" then
       st.done = true
@@ -404,8 +459,61 @@ function M.anthropic_stream(body)
     reasoning = reasoning or {}
     reasoning[i] = r
   end
+  local other = false
+  for _, k in ipairs(st.kept) do
+    if k.kind == "other" then
+      other = true
+      if k.has_input then
+        local frags = table.concat(k.frags)
+        local ok, v = pcall(cjson.decode, frags)
+        if k.block.input == nil or not ok or type(v) ~= "table" or not frags:match("^%s*{") then
+          return nil, fail("MalformedResponse",
+            ("anthropic content block %d has an input that is not a JSON object"):format(k.index))
+        end
+        k.input = v
+      end
+    end
+  end
+  if other then
+    -- the kept blocks and the calls in block order
+    local content, ci = {}, 1
+    local function call_block(c)
+      local args = c.arguments:match("^%s*(.-)%s*$")
+      local ok, v = pcall(cjson.decode, args)
+      if not (ok and type(v) == "table" and args:sub(1, 1) == "{") then v = {} end
+      return { id = c.id, input = v, name = c.name, type = "tool_use" }
+    end
+    for _, k in ipairs(st.kept) do
+      while ci <= #calls and st.order[ci] < k.index do
+        content[#content + 1] = call_block(calls[ci])
+        ci = ci + 1
+      end
+      if k.kind == "thinking" then
+        local p = k.part
+        content[#content + 1] = p.type == "thinking"
+          and { signature = p.signature, thinking = p.thinking, type = "thinking" }
+          or { data = p.data, type = "redacted_thinking" }
+      elseif k.kind == "text" then
+        local t = table.concat(k.pieces)
+        if t ~= "" then
+          content[#content + 1] = { citations = #k.citations > 0 and k.citations or nil, text = t, type = "text" }
+        end
+      else
+        local b = k.block
+        if k.has_input then
+          b = {}
+          for key, v in pairs(k.block) do b[key] = v end
+          b.input = k.input
+        end
+        content[#content + 1] = b
+      end
+    end
+    for i = ci, #calls do content[#content + 1] = call_block(calls[i]) end
+    reasoning = reasoning or {}
+    reasoning[#reasoning + 1] = { type = "content", content = content, provider = "anthropic" }
+  end
   return { text = table.concat(st.text), tool_calls = calls, reasoning = reasoning,
-    usage = anthropic_usage(st.input, st.read, st.write, st.output),
+    usage = anthropic_usage(st.input, st.read, st.write, st.output, st.thinking_tokens),
     stop = anthropic_stop(st.stop, calls), stop_raw = st.stop, deltas = st.text, rdeltas = st.rdeltas }
 end
 

@@ -143,13 +143,85 @@ describe("core.anthropic_stream", function()
 
   it("maps the stop reasons, and reads a new one from the reply", function()
     for raw, want in pairs({ end_turn = "stop", stop_sequence = "stop", max_tokens = "length",
-                             pause_turn = "length", model_context_window_exceeded = "length",
+                             pause_turn = "pause", model_context_window_exceeded = "length",
                              refusal = "refusal", tool_use = "tool_calls", newer = "stop" }) do
       local res = assert(one(MESSAGE_START .. ev("message_delta", { type = "message_delta",
         delta = { stop_reason = raw } }) .. ev("message_stop", { type = "message_stop" })))
       assert.are.equal(want, res.stop, raw)
       assert.are.equal(raw, res.stop_raw)
     end
+  end)
+
+  -- A web search as the API streams it (platform.claude.com, "Server
+  -- tools"; anthropic-sdk-python's ServerToolUseBlock and
+  -- WebSearchToolResultBlock): text, the server's tool use with its input in
+  -- fragments, the result whole at its start, text with a citation, then a
+  -- call of one of tide's tools.
+  local SEARCH = table.concat({
+    MESSAGE_START,
+    start(0, { type = "text", text = "Let me search." }),
+    stop(0),
+    start(1, { type = "server_tool_use", id = "srvtoolu_1", name = "web_search", input = {},
+               caller = { type = "direct" } }),
+    delta(1, { type = "input_json_delta", partial_json = '{"query": "tide' }),
+    delta(1, { type = "input_json_delta", partial_json = ' tables"}' }),
+    stop(1),
+    start(2, { type = "web_search_tool_result", tool_use_id = "srvtoolu_1", content = {
+      { type = "web_search_result", url = "https://tides.example/", title = "Tides", encrypted_content = "EqENC",
+        page_age = cjson.null } } }),
+    stop(2),
+    start(3, { type = "text", text = "" }),
+    delta(3, { type = "citations_delta", citation = { type = "web_search_result_location",
+      url = "https://tides.example/", title = "Tides", encrypted_index = "EqIDX", cited_text = "high at 6" } }),
+    delta(3, { type = "text_delta", text = "High tide is at 6." }),
+    stop(3),
+    start(4, { type = "tool_use", id = "toolu_a", name = "lookup", input = {} }),
+    delta(4, { type = "input_json_delta", partial_json = '{"note":"information"}' }),
+    stop(4),
+    ev("message_delta", { type = "message_delta", delta = { stop_reason = "tool_use" },
+      usage = { output_tokens = 90, output_tokens_details = { thinking_tokens = 12 },
+                server_tool_use = { web_search_requests = 1 } } }),
+    ev("message_stop", { type = "message_stop" }),
+  })
+
+  it("keeps a server tool's blocks: the content goes back as the API sent it", function()
+    local res = assert(one(SEARCH))
+    assert.are.equal("Let me search.High tide is at 6.", res.text)
+    -- the server's tool use is not a call of tide's
+    assert.are.same({ { id = "toolu_a", name = "lookup", arguments = '{"note":"information"}' } }, res.tool_calls)
+    assert.are.equal(1, #res.reasoning)
+    local part = res.reasoning[1]
+    assert.are.equal("content", part.type)
+    assert.are.equal("anthropic", part.provider)
+    assert.are.same({
+      { type = "text", text = "Let me search." },
+      { type = "server_tool_use", id = "srvtoolu_1", name = "web_search", input = { query = "tide tables" },
+        caller = { type = "direct" } },
+      { type = "web_search_tool_result", tool_use_id = "srvtoolu_1", content = {
+        { type = "web_search_result", url = "https://tides.example/", title = "Tides", encrypted_content = "EqENC",
+          page_age = cjson.null } } },
+      { type = "text", text = "High tide is at 6.", citations = { { type = "web_search_result_location",
+        url = "https://tides.example/", title = "Tides", encrypted_index = "EqIDX", cited_text = "high at 6" } } },
+      { type = "tool_use", id = "toolu_a", name = "lookup", input = { note = "information" } },
+    }, cjson.decode(part.data))
+    -- the input exactly as its fragments came
+    assert.is_truthy(part.data:find('"input":{"query": "tide tables"}', 1, true))
+    -- thinking tokens are the reply's reasoning, inside output
+    assert.are.same({ input = 14028, output = 90, cached = 12000, cache_write = 2015, reasoning = 12 }, res.usage)
+  end)
+
+  it("keeps no content part for a reply of only the blocks tide models", function()
+    local res = assert(one(FULL))
+    for _, r in ipairs(res.reasoning) do assert.are_not.equal("content", r.type) end
+  end)
+
+  it("refuses a server tool's input that is not a JSON object", function()
+    local res, err = one(MESSAGE_START .. start(0, { type = "server_tool_use", id = "s", name = "web_search",
+      input = {} }) .. delta(0, { type = "input_json_delta", partial_json = '{"query": "cut' })
+      .. stop(0) .. MESSAGE_END)
+    assert.is_nil(res)
+    assert.are.equal("MalformedResponse", err.code)
+    assert.are.equal("anthropic content block 0 has an input that is not a JSON object", err.message)
   end)
 
   it("refuses a thinking block without its signature, and redacted thinking without data", function()
@@ -275,7 +347,7 @@ describe("core.anthropic_parse", function()
   end
 
   it("reads every field of a whole reply", function()
-    local res = assert(core.anthropic_parse(reply({
+    local body = reply({
       { type = "thinking", thinking = "Considering.", signature = "EqSIG" },
       { type = "redacted_thinking", data = "EmwDATA" },
       { type = "text", text = "Two calls:" },
@@ -283,12 +355,18 @@ describe("core.anthropic_parse", function()
       { type = "server_tool_use", id = "srv", name = "web_search", input = { query = "x" } },
       { type = "tool_use", name = "clock", input = {} },
       { type = "text", text = " done" },
-    }, { stop_reason = "tool_use" })))
+    }, { stop_reason = "tool_use" })
+    local res = assert(core.anthropic_parse(body))
     assert.are.equal("Two calls: done", res.text)
+    -- a block tide does not model (the server tool's use) keeps the whole
+    -- content, byte for byte, as the last part
     assert.are.same({
       { type = "text", text = "Considering.", signature = "EqSIG", provider = "anthropic" },
       { type = "redacted", data = "EmwDATA", provider = "anthropic" },
+      { type = "content", data = res.reasoning[3] and res.reasoning[3].data, provider = "anthropic" },
     }, res.reasoning)
+    assert.are.same(cjson.decode(body).content, cjson.decode(res.reasoning[3].data))
+    assert.is_truthy(body:find(res.reasoning[3].data, 1, true))
     assert.are.same({ { id = "toolu_1", name = "lookup", arguments = '{"n":2,"q":"a"}' },
                       { id = "call_2", name = "clock", arguments = "{}" } }, res.tool_calls)
     assert.are.same({ input = 108, output = 7, cached = 100, cache_write = 3, reasoning = 0 }, res.usage)

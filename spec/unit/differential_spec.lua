@@ -233,7 +233,14 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
     end
     assert.is_nil(gerr, gerr and (what .. ": " .. tostring(gerr.message)))
     assert.are.equal(want.text, got.text, what)
-    assert.are.same(want.reasoning, got.reasoning, what)
+    -- a content part's JSON compares by what it decodes to (the reference
+    -- keeps the decoded content)
+    local reasoning = got.reasoning and {}
+    for i, r in ipairs(got.reasoning or {}) do
+      reasoning[i] = r.type == "content" and { type = "content", provider = r.provider, content = cjson.decode(r.data) }
+        or r
+    end
+    assert.are.same(want.reasoning, reasoning, what)
     assert.are.same(want.usage, got.usage, what)
     assert.are.equal(want.stop, got.stop, what)
     assert.are.equal(want.stop_raw, got.stop_raw, what)
@@ -281,15 +288,52 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
       add("content_block_stop", { type = "content_block_stop", index = index })
       index = index + 1
     end
-    if r(3) > 1 then
+    -- text, and now and then a server tool's use (its input in fragments,
+    -- or whole, or cut) and result, then more text with citations
+    local function text_block()
       add("content_block_start", { type = "content_block_start", index = index,
-        content_block = { type = "text", text = maybe(4, text(r, 5)) or "" } })
+        content_block = { type = "text", text = maybe(4, text(r, 5)) or "",
+          citations = maybe(5, { { type = "web_search_result_location", url = "u" .. r(9) } }) } })
       for _ = 1, r(5) - 1 do
-        add("content_block_delta", { type = "content_block_delta", index = index,
-          delta = { type = "text_delta", text = text(r, 10) } })
+        if r(5) == 1 then
+          add("content_block_delta", { type = "content_block_delta", index = index,
+            delta = { type = "citations_delta", citation = { type = "web_search_result_location",
+              cited_text = text(r, 4), encrypted_index = "e" .. r(99) } } })
+        else
+          add("content_block_delta", { type = "content_block_delta", index = index,
+            delta = { type = "text_delta", text = text(r, 10) } })
+        end
       end
       add("content_block_stop", { type = "content_block_stop", index = index })
       index = index + 1
+    end
+    if r(3) > 1 then text_block() end
+    if r(3) == 1 then
+      local input = { query = text(r, 6), n = r(9) }
+      local how = r(6) -- 1: whole at the start, 6: cut fragments
+      add("content_block_start", { type = "content_block_start", index = index,
+        content_block = { type = "server_tool_use", id = "srvtoolu_" .. r(999), name = "web_search",
+          input = how == 1 and input or {}, caller = maybe(2, { type = "direct" }) } })
+      if how > 1 then
+        local args = cjson.encode(input)
+        if how == 6 then args = args:sub(1, #args - 1) end
+        local at = 1
+        while at <= #args do
+          local piece = args:sub(at, at + r(9) - 1)
+          at = at + #piece
+          add("content_block_delta", { type = "content_block_delta", index = index,
+            delta = { type = "input_json_delta", partial_json = piece } })
+        end
+      end
+      add("content_block_stop", { type = "content_block_stop", index = index })
+      index = index + 1
+      add("content_block_start", { type = "content_block_start", index = index,
+        content_block = { type = "web_search_tool_result", tool_use_id = "srvtoolu_1",
+          content = { { type = "web_search_result", url = "https://x/" .. r(9), title = text(r, 3),
+            encrypted_content = "enc" .. r(999), page_age = cjson.null } } } })
+      add("content_block_stop", { type = "content_block_stop", index = index })
+      index = index + 1
+      if r(2) == 1 then text_block() end
     end
     -- parallel tool_use blocks, their fragments interleaved
     local calls = {}
@@ -330,7 +374,8 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
     local stops = { "end_turn", "tool_use", "max_tokens", "refusal", "pause_turn", "stop_sequence",
       "model_context_window_exceeded", "brand_new_reason" }
     add("message_delta", { type = "message_delta", delta = { stop_reason = stops[r(#stops)] },
-      usage = { output_tokens = r(300), input_tokens = maybe(2, r(500)), cache_read_input_tokens = maybe(3, r(9)) } })
+      usage = { output_tokens = r(300), input_tokens = maybe(2, r(500)), cache_read_input_tokens = maybe(3, r(9)),
+        output_tokens_details = maybe(3, { thinking_tokens = r(200) }) } })
     if r(10) > 1 then add("message_stop", { type = "message_stop" }) end
     return table.concat(ev)
   end
@@ -360,14 +405,17 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
         elseif k == 3 then content[#content + 1] = { type = "thinking", thinking = text(r, 9),
           signature = r(8) > 1 and ("sig" .. r(99)) or nil }
         elseif k == 4 then content[#content + 1] = { type = "redacted_thinking", data = r(8) > 1 and "opaque" or "" }
-        elseif k == 5 then content[#content + 1] = { type = "server_tool_use", id = "srv", name = "web_search" }
+        elseif k == 5 then content[#content + 1] = r(2) == 1 and { type = "server_tool_use", id = "srv",
+          name = "web_search", input = { query = text(r, 4) } } or { type = "web_search_tool_result",
+          tool_use_id = "srv", content = { { type = "web_search_result", url = "u", encrypted_content = "e" } } }
         elseif k == 6 then content[#content + 1] = r(10) == 1 and "not a block" or { type = "text", text = "" }
         else content[#content + 1] = { type = "tool_use", id = "t", name = "n", input = {} } end
       end
       local obj = { id = "msg", type = "message", role = "assistant", content = #content > 0 and content or nil,
         stop_reason = ({ "end_turn", "tool_use", "max_tokens", "refusal", "newer", cjson.null })[r(6)],
         usage = { input_tokens = r(99), output_tokens = r(99), cache_read_input_tokens = r(3) == 1 and r(9) or nil,
-          cache_creation_input_tokens = r(3) == 1 and 2.5 or nil } }
+          cache_creation_input_tokens = r(3) == 1 and 2.5 or nil,
+          output_tokens_details = r(3) == 1 and { thinking_tokens = r(4) == 1 and "x" or r(50) } or nil } }
       if r(10) == 1 then obj = { type = "error", error = { type = r(2) == 1 and "rate_limit_error" or "api_error",
         message = "slow down" } } end
       local body = cjson.encode(obj)
