@@ -572,8 +572,17 @@ end
 local function anthropic_usage(ctx, output)
   local u = ctx.usage
   local write = type(ctx.reply.usage) == "table" and ctx.reply.usage.cache_write or 0
-  return { input_tokens = math.max(0, u.input - u.cached - write), output_tokens = output,
-           cache_read_input_tokens = u.cached, cache_creation_input_tokens = write }
+  local out = { input_tokens = math.max(0, u.input - u.cached - write), output_tokens = output,
+                cache_read_input_tokens = u.cached, cache_creation_input_tokens = write }
+  if ctx.server_counts then
+    out.server_tool_use = { web_search_requests = ctx.server_counts.web_search or 0,
+                            web_fetch_requests = ctx.server_counts.web_fetch or 0 }
+  end
+  -- thinking's share of output_tokens (usage.reasoning scripts it)
+  if type(ctx.reply.usage) == "table" and ctx.reply.usage.reasoning then
+    out.output_tokens_details = { thinking_tokens = ctx.reply.usage.reasoning }
+  end
+  return out
 end
 
 -- Signatures and redacted data the mock hands out, and checks when they
@@ -638,6 +647,187 @@ local function anthropic_thinking(ctx)
   return out
 end
 
+-- ------------------------------------------------ Anthropic server tools
+--
+-- The tools the API runs itself (platform.claude.com, "Server tools" and
+-- "Web search tool"; anthropic-sdk-python's ServerToolUseBlock,
+-- WebSearchToolResultBlock, WebFetchToolResultBlock and
+-- CitationsWebSearchResultLocation). A reply scripts them as
+-- `server_tools = { { name = "web_search" | "web_fetch", input, before,
+-- pending } }`: each is the server's use of the tool (after the text
+-- `before`), then its result, unless `pending` (the turn paused before it
+-- ran: script `stop_reason = "pause_turn"`); the reply's text comes after
+-- them, citing the first search result. A request that continues a paused
+-- turn (its last message the assistant's, ending with a use that has no
+-- result) gets that result first, as the API runs it then. Ids, encrypted
+-- contents and indexes are digests of what they cover, so that a block
+-- sent back altered is caught without the mock keeping state.
+
+-- JSON with sorted keys, for the digests.
+local function canon(v)
+  if type(v) ~= "table" then return cjson.encode(v) end
+  if #v > 0 or next(v) == nil then
+    local out = {}
+    for i, x in ipairs(v) do out[i] = canon(x) end
+    return "[" .. table.concat(out, ",") .. "]"
+  end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+  table.sort(keys)
+  for i, k in ipairs(keys) do keys[i] = cjson.encode(k) .. ":" .. canon(v[k]) end
+  return "{" .. table.concat(keys, ",") .. "}"
+end
+
+local function server_id(name, input)
+  return "srvtoolu_mock" .. core.hash("use|" .. tostring(name) .. "|" .. canon(input))
+end
+
+local function encrypted(what, ...) return "EncMock" .. core.hash(what .. "|" .. table.concat({ ... }, "|")) end
+
+-- The result block of a server tool's use, as the API gives it.
+local function server_result(use)
+  local input = type(use.input) == "table" and use.input or {}
+  local content
+  if use.name == "web_search" then
+    local query = tostring(input.query or "")
+    content = {}
+    for i = 1, 2 do
+      local url = ("https://search.example/%d/%s"):format(i, query:gsub("%W", "-"))
+      local title = ("%s, result %d"):format(query, i)
+      content[i] = { type = "web_search_result", url = url, title = title, page_age = null,
+                     encrypted_content = encrypted("content", url, title) }
+    end
+  elseif use.name == "web_fetch" then
+    local url = tostring(input.url or "")
+    content = { type = "web_fetch_result", url = url, retrieved_at = "2026-12-06T12:00:00Z",
+      content = { type = "document", title = url, citations = null,
+        source = { type = "text", media_type = "text/plain", data = "The page at " .. url .. "." } } }
+  else
+    error(("mock: server tool %q is not mocked (web_search, web_fetch)"):format(tostring(use.name)), 0)
+  end
+  return { type = use.name .. "_tool_result", tool_use_id = use.id, content = content }
+end
+
+-- A citation of a search result, on the text after it.
+local function citation_of(result)
+  return { type = "web_search_result_location", url = result.url, title = result.title,
+           cited_text = result.title, encrypted_index = encrypted("index", result.url) }
+end
+
+-- The request's messages with consecutive assistant turns combined into
+-- one, as the API reads them.
+local function combined(msgs)
+  local out = {}
+  for _, m in ipairs(msgs) do
+    local last = out[#out]
+    local content = type(m) == "table" and m.content
+    if type(content) == "string" then content = { { type = "text", text = content } } end
+    if type(m) == "table" and m.role == "assistant" and last and last.role == "assistant" then
+      for _, b in ipairs(type(content) == "table" and content or {}) do last.content[#last.content + 1] = b end
+    else
+      local copy = {}
+      for i, b in ipairs(type(content) == "table" and content or {}) do copy[i] = b end
+      out[#out + 1] = { role = type(m) == "table" and m.role or nil, content = copy }
+    end
+  end
+  return out
+end
+
+-- The server tool use a request leaves to run: the last block of a last
+-- assistant message, a use without its result.
+local function pending_use(json)
+  local msgs = combined(type(json.messages) == "table" and json.messages or {})
+  local last = msgs[#msgs]
+  local b = last and last.role == "assistant" and last.content[#last.content]
+  if type(b) == "table" and b.type == "server_tool_use" then return b end
+  return nil
+end
+
+-- A reply's server blocks, in order (the pending use's result first), the
+-- citations the text after them gets, and the requests made, by tool.
+local function anthropic_server(ctx)
+  if ctx.server_blocks then return ctx.server_blocks, ctx.server_cites end
+  local blocks, cites, counts = {}, nil, {}
+  local function ran(use)
+    local r = server_result(use)
+    blocks[#blocks + 1] = r
+    counts[use.name] = (counts[use.name] or 0) + 1
+    if use.name == "web_search" and not cites then cites = { citation_of(r.content[1]) } end
+  end
+  local pending = pending_use(ctx.json)
+  if pending then ran(pending) end
+  local offered = {}
+  for _, t in ipairs(type(ctx.json.tools) == "table" and ctx.json.tools or {}) do
+    if type(t) == "table" and type(t.type) == "string" and type(t.name) == "string" then offered[t.name] = true end
+  end
+  for i, st in ipairs(ctx.reply.server_tools or {}) do
+    if not offered[st.name] then
+      error(("mock: server_tools[%d] uses %q, which the request does not offer"):format(i, tostring(st.name)), 0)
+    end
+    if st.before then blocks[#blocks + 1] = { type = "text", text = st.before } end
+    local input = st.input or {}
+    local use = { type = "server_tool_use", id = server_id(st.name, input), name = st.name, input = input,
+                  caller = { type = "direct" } }
+    blocks[#blocks + 1] = use
+    if not st.pending then ran(use) end
+  end
+  ctx.server_blocks, ctx.server_cites = blocks, cites
+  if next(counts) then ctx.server_counts = counts end
+  return blocks, cites
+end
+
+-- Checks the server tools' blocks a request sends back: each use is the
+-- mock's own and is followed by its result (but for a paused turn's last
+-- use), each result and citation unaltered, and no tool_result answers a
+-- server's use. Returns the 400, or nil.
+local function server_refusal(json)
+  local msgs = combined(type(json.messages) == "table" and json.messages or {})
+  local seen = {}
+  for i, m in ipairs(msgs) do
+    local content = m.content
+    for j, b in ipairs(content) do
+      local where = ("messages.%d.content.%d"):format(i - 1, j - 1)
+      if type(b) ~= "table" then goto next_block end
+      if b.type == "server_tool_use" then
+        if b.id ~= server_id(b.name, b.input) then
+          return ("%s: `server_tool_use` block with id `%s` was not produced by the server"):format(where, tostring(b.id))
+        end
+        local nxt = content[j + 1]
+        local last = i == #msgs and j == #content
+        if not last and not (type(nxt) == "table" and nxt.tool_use_id == b.id
+            and tostring(nxt.type):match("_tool_result$")) then
+          return ("%s: `%s` tool use with id `%s` was found without a corresponding `%s_tool_result` block"):format(
+            where, tostring(b.name), b.id, tostring(b.name))
+        end
+        seen[b.id] = true
+      elseif type(b.type) == "string" and b.type:match("_tool_result$") and b.type ~= "tool_result" then
+        if not seen[b.tool_use_id] then
+          return ("%s: `%s` block with tool_use_id `%s` does not follow its server_tool_use"):format(where, b.type,
+            tostring(b.tool_use_id))
+        end
+        for _, r in ipairs(type(b.content) == "table" and b.content or {}) do
+          if type(r) == "table" and r.type == "web_search_result"
+              and r.encrypted_content ~= encrypted("content", r.url, r.title) then
+            return where .. ": invalid `encrypted_content` in `web_search_result`"
+          end
+        end
+      elseif b.type == "text" then
+        for _, c in ipairs(type(b.citations) == "table" and b.citations or {}) do
+          if type(c) == "table" and c.type == "web_search_result_location"
+              and c.encrypted_index ~= encrypted("index", c.url) then
+            return where .. ": invalid `encrypted_index` in citation"
+          end
+        end
+      elseif b.type == "tool_result" and type(b.tool_use_id) == "string" and seen[b.tool_use_id] then
+        return ("%s: `tool_result` block for `%s`, a server tool's use: the server runs it"):format(where,
+          b.tool_use_id)
+      end
+      ::next_block::
+    end
+  end
+  return nil
+end
+
 -- The stop reason: scripted (`stop_reason`: "max_tokens", "refusal",
 -- "pause_turn", ...), else what the content says.
 local function anthropic_stop(ctx)
@@ -652,7 +842,9 @@ end
 
 function anthropic.completion(ctx)
   local content = anthropic_thinking(ctx)
-  if ctx.text ~= "" then content[#content + 1] = { type = "text", text = ctx.text } end
+  local server, cites = anthropic_server(ctx)
+  for _, b in ipairs(server) do content[#content + 1] = b end
+  if ctx.text ~= "" then content[#content + 1] = { type = "text", text = ctx.text, citations = cites } end
   for _, c in ipairs(ctx.calls) do
     content[#content + 1] = { type = "tool_use", id = c.id, name = c.name, input = c.input }
   end
@@ -677,6 +869,7 @@ end
 
 -- With `truncate`, the stream stops before message_delta and message_stop.
 function anthropic.stream(ctx, truncate)
+  local server, cites = anthropic_server(ctx) -- (before message_start: its usage counts the searches)
   local chunks = { message_start(ctx), event("ping", { type = "ping" }) }
   local index = 0
   local function add(s) chunks[#chunks + 1] = s end
@@ -707,9 +900,34 @@ function anthropic.stream(ctx, truncate)
       block(t, {})
     end
   end
+  -- A server tool's use streams its input as input_json_delta pieces; a
+  -- result comes whole at its start; citations come as citations_delta
+  -- before the text they support.
+  for _, b in ipairs(server) do
+    if b.type == "server_tool_use" then
+      block({ type = b.type, id = b.id, name = b.name, input = {}, caller = b.caller }, split(cjson.encode(b.input), 3),
+        function(piece) return { type = "input_json_delta", partial_json = piece } end)
+    elseif b.type == "text" then
+      block({ type = "text", text = "" }, split(b.text, 2),
+        function(piece) return { type = "text_delta", text = piece } end)
+    else
+      block(b, {})
+    end
+  end
   if ctx.text ~= "" then
-    block({ type = "text", text = "" }, ctx.text_pieces,
-      function(piece) return { type = "text_delta", text = piece } end)
+    local first = {}
+    for i, c in ipairs(cites or {}) do first[i] = { type = "citations_delta", citation = c } end
+    add(event("content_block_start", { type = "content_block_start", index = index,
+      content_block = { type = "text", text = "" } }))
+    for _, d in ipairs(first) do
+      add(event("content_block_delta", { type = "content_block_delta", index = index, delta = d }))
+    end
+    for _, piece in ipairs(ctx.text_pieces) do
+      add(event("content_block_delta", { type = "content_block_delta", index = index,
+        delta = { type = "text_delta", text = piece } }))
+    end
+    add(event("content_block_stop", { type = "content_block_stop", index = index }))
+    index = index + 1
   end
   for _, c in ipairs(ctx.calls) do
     block({ type = "tool_use", id = c.id, name = c.name, input = {} }, split(c.args, 3),
@@ -841,6 +1059,8 @@ function anthropic.validate(self, req)
   if type(json) ~= "table" then return nil end
   local refused = structured_refusal(self, req, json)
   if refused then return refused end
+  local why = server_refusal(json)
+  if why then return invalid_request(why) end
   if thinking_enabled(json) and json.thinking.type == "enabled" then
     local budget = json.thinking.budget_tokens
     -- (lua-cjson decodes every number as a float)

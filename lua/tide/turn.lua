@@ -505,6 +505,14 @@ local function loop(session, opts, run, first, state)
       tool_calls = not (done or textual) and calls or nil,
       reasoning = resp.reasoning, stop = resp.stop, usage = resp.usage,
     }
+    if done and resp.stop == "pause" then
+      -- The provider paused its own loop of server tools (Anthropic's
+      -- pause_turn): the reply, now in the history as it came, goes back
+      -- as it is and the model goes on from it.
+      if budget and budget.exhausted then return nil, budget.exhausted end
+      if run.sink then run.sink { type = "paused", depth = run.depth, agent = run.agent } end
+      goto next_iteration
+    end
     if done then
       if budget and budget.exhausted then return nil, budget.exhausted end
       local reply = resp.text or ""

@@ -103,7 +103,7 @@ for _, stream in ipairs({ true, false }) do
     it("maps the stop reasons onto the neutral ones and keeps the raw one", function()
       local cases = {
         { "end_turn", "stop" }, { "stop_sequence", "stop" }, { "max_tokens", "length" },
-        { "refusal", "refusal" }, { "pause_turn", "length" }, { "model_context_window_exceeded", "length" },
+        { "refusal", "refusal" }, { "pause_turn", "pause" }, { "model_context_window_exceeded", "length" },
       }
       local replies = {}
       for i, c in ipairs(cases) do replies[i] = { text = "partial", stop_reason = c[1] } end

@@ -221,6 +221,12 @@ function M._tool_answer(_, res, prefix)
   end
   if not at then return res end
   local call = table.remove(calls, at)
+  -- The content as sent holds the output tool's use, which no result will
+  -- answer: the message goes back built from its parts instead.
+  local reasoning = res.reasoning
+  for i = #(reasoning or {}), 1, -1 do
+    if reasoning[i].type == "content" then table.remove(reasoning, i) end
+  end
   if #calls > 0 then return res end
   local text = call.arguments
   if string.find(prefix, OUTPUT_WRAPPED, 1, true) then
@@ -282,12 +288,21 @@ function Provider:encode_prefix(system, tools, schema)
     tool, choice = self:_output_tool(schema, #list)
     list[#list + 1] = { name = tool.name, description = tool.description, parameters = tool.input_schema }
   end
-  if #list > 0 then
+  -- The server tools (the API runs them) go first, as given; the agent's
+  -- follow, the last one carrying the cache breakpoint.
+  local server = self.server_tools or {}
+  for i, t in ipairs(list) do
+    if self.server_tool_names and self.server_tool_names[t.name] then
+      error(("tide.provider.anthropic: tools[%d] is named %q, as a server tool is"):format(i, t.name), 2)
+    end
+  end
+  if #list + #server > 0 then
     local encoded = {}
+    for i, t in ipairs(server) do encoded[i] = t end
     for i, t in ipairs(list) do
       local tool = { name = t.name, description = t.description, input_schema = t.parameters }
       if self.prompt_cache and i == #list then tool.cache_control = EPHEMERAL end
-      encoded[i] = canonical(tool)
+      encoded[#server + i] = canonical(tool)
     end
     fields.tools = "[" .. table.concat(encoded, ",") .. "]"
   end
@@ -371,11 +386,14 @@ end
 -- The thinking blocks of an assistant message, as the content blocks that
 -- open it: only parts this provider produced (another provider's reasoning
 -- means nothing here, and its signatures would be refused), each exactly as
--- received. Returns the blocks joined, or nil when there are none.
+-- received. Returns the blocks joined, or nil when there are none; and the
+-- message's whole content as the API sent it, when it has a content part
+-- (a reply with a server tool's blocks: sent back as it is).
 local function thinking_blocks(reasoning)
   if reasoning == nil then return nil end
   local blocks, n = nil, 0
   for _, r in ipairs(reasoning) do
+    if r.provider == "anthropic" and r.type == "content" then return nil, r.data end
     if r.provider == "anthropic" then
       local b
       if r.type == "redacted" then
@@ -413,6 +431,12 @@ local function check_reasoning(reasoning, level)
       elseif r.type == "redacted" then
         if type(r.data) ~= "string" then
           error(("tide.provider.anthropic: reasoning[%d] (redacted thinking) needs a 'data' string"):format(i),
+            level + 1)
+        end
+      elseif r.type == "content" then
+        local ok, v = pcall(json.decode, r.data)
+        if type(r.data) ~= "string" or not ok or type(v) ~= "table" or r.data:match("^%s*(.)") ~= "[" then
+          error(("tide.provider.anthropic: reasoning[%d] (content) needs 'data', the content's JSON array"):format(i),
             level + 1)
         end
       else
@@ -453,7 +477,8 @@ function Provider:_encode(msg, level)
   if role == "assistant" then
     local calls = msg.tool_calls
     local text = msg.content or ""
-    local thinking = thinking_blocks(msg.reasoning)
+    local thinking, content = thinking_blocks(msg.reasoning)
+    if content then return '{"content":' .. content .. ',"role":"assistant"}' end
     if not calls or #calls == 0 then
       if text == "" then return "" end
       if not thinking then return '{"content":' .. quote(text) .. ',"role":"assistant"}' end

@@ -52,6 +52,7 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field extra_body? table fields merged into every request body (OpenAI and Anthropic)
 ---@field api? "chat"|"responses" OpenAI only: chat completions (default) or the Responses API
 ---@field store? boolean OpenAI Responses only: let OpenAI keep the responses (default false: stateless)
+---@field server_tools? table[] tools the provider runs itself, sent as given beside the agent's tools: Anthropic's server tools (`{ type = "web_search_20250305", name = "web_search", max_uses = 5 }`, web fetch, code execution), the Responses API's built-in tools (`{ type = "web_search" }`); their calls and results stay in the reply's content, and a paused turn (Anthropic's pause_turn) goes on by itself
 
 local option_types = {
   base_url = "string", api_key = "string", model = "string", stream = "boolean",
@@ -59,7 +60,7 @@ local option_types = {
   max_body_bytes = "integer", retry = "table", headers = "table", prompt_cache = "boolean",
   max_tokens_field = "string", reasoning = "table", tool_choice = "any", parallel_tool_calls = "boolean",
   stop = "any", query = "table", extra_body = "table", thinking = "table", structured_output = "string",
-  api = "string", store = "boolean", limits = "table", stream_usage = "boolean",
+  api = "string", store = "boolean", limits = "table", stream_usage = "boolean", server_tools = "table",
 }
 
 -- The options only the OpenAI chat wire format reads.
@@ -196,6 +197,34 @@ local function check_openai_options(where, opts)
   return nil
 end
 
+-- Server tools: a list of tool tables the API runs itself, each with its
+-- `type` (and, for Anthropic, its `name`); a function tool is an agent's.
+local function check_server_tools(kind, opts, where)
+  if kind == "openai" and opts.api ~= "responses" then
+    return where .. "'server_tools' needs api = \"responses\" (chat completions runs no tools of its own)"
+  end
+  local list = opts.server_tools
+  local n = 0
+  for _ in pairs(list) do n = n + 1 end
+  if n ~= #list then return where .. "'server_tools' must be a list of tool tables" end
+  for i, t in ipairs(list) do
+    if type(t) ~= "table" or type(t.type) ~= "string" or t.type == "" then
+      return ("%s'server_tools[%d]' needs a 'type' string"):format(where, i)
+    end
+    if t.type == "function" or t.type == "custom" then
+      return ("%s'server_tools[%d]' is a %s tool: give it to an agent's tools"):format(where, i, t.type)
+    end
+    if kind == "anthropic" and (type(t.name) ~= "string" or t.name == "") then
+      return ("%s'server_tools[%d]' needs a 'name' string"):format(where, i)
+    end
+    local ok, err = pcall(json.canonical, t)
+    if not ok then
+      return ("%s'server_tools[%d]' cannot be encoded as JSON (%s)"):format(where, i, tostring(err))
+    end
+  end
+  return nil
+end
+
 -- "float" says more than "number" when an integer was wanted.
 local function type_name(v, want)
   if want == "integer" and math.type(v) == "float" then return "float" end
@@ -292,6 +321,10 @@ local function check_options(kind, opts, allowed)
       end
     end
   end
+  if opts.server_tools then
+    local msg = check_server_tools(kind, opts, where)
+    if msg then return msg end
+  end
   if opts.limits then
     local msg = require("tide.provider.limits").check(opts.limits, where)
     if msg then return msg end
@@ -382,6 +415,15 @@ function provider._new(kind, opts, defaults)
       extra[k] = enc
     end
     self.extra_json = extra -- by key, each value encoded
+  end
+  if opts.server_tools then
+    -- Encoded now, as extra_body is: the prefix's bytes cannot change later.
+    local encoded, names = {}, {}
+    for i, t in ipairs(opts.server_tools) do
+      encoded[i] = json.canonical(t)
+      if t.name then names[t.name] = true end
+    end
+    self.server_tools, self.server_tool_names = encoded, names
   end
   if kind == "openai" then
     self.key_header = known.key_header

@@ -1,0 +1,244 @@
+-- Anthropic's server tools (web search, web fetch: tools the API runs
+-- itself) through tide, against the mock answering as the API does
+-- (platform.claude.com, "Server tools"): the server's use of a tool and its
+-- result stay in the assistant's content, which goes back exactly as it
+-- came (the mock refuses a use without its result, an altered result or
+-- citation, and a tool_result for a server's use); a turn the API paused
+-- (pause_turn) goes on by itself, the paused reply sent back as it is.
+-- Streamed and not.
+local helpers = require "helpers"
+local tide = require "tide"
+local provider = require "tide.provider"
+local testing = require "tide.testing"
+local cjson = require "cjson"
+
+local FAST = { attempts = 2, base_ms = 1, max_ms = 2 }
+local WEB_SEARCH = { type = "web_search_20250305", name = "web_search", max_uses = 3 }
+
+local function make(url, stream, extra)
+  local o = { base_url = url .. "/v1", api_key = "k", model = "claude-mock", stream = stream, retry = FAST,
+              server_tools = { WEB_SEARCH } }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return provider.anthropic(o)
+end
+
+local function with_mock(opts, fn)
+  return helpers.run(function()
+    local srv <close> = assert(testing.mock_server(opts))
+    fn(srv)
+  end)
+end
+
+local function tmpname()
+  local path = os.tmpname()
+  os.remove(path)
+  return path .. ".jsonl"
+end
+
+local lookup = tide.tool {
+  name = "lookup", description = "Looks up.",
+  parameters = { type = "object", properties = { q = { type = "string" } }, required = { "q" } },
+  handler = function(args) return "found " .. args.q end,
+}
+
+tide.agent { id = "searcher", prompt = "You search the web and look things up.", tools = { lookup } }
+
+-- The content blocks of each assistant message of a request, by type.
+local function assistant_types(req)
+  local out = {}
+  for _, m in ipairs(req.json.messages) do
+    if m.role == "assistant" then
+      local types = {}
+      for i, b in ipairs(type(m.content) == "table" and m.content or {}) do types[i] = b.type end
+      out[#out + 1] = table.concat(types, ",")
+    end
+  end
+  return out
+end
+
+for _, stream in ipairs({ true, false }) do
+  local mode = stream and "streamed" or "not streamed"
+
+  describe("tide.provider.anthropic server tools (" .. mode .. ")", function()
+    it("offers the server tools first, as given, beside the agent's tools", function()
+      with_mock({ replies = { "ok" } }, function(srv)
+        local s = tide.session { agent = "searcher", provider = make(srv.url, stream) }
+        assert.are.equal("ok", assert(s:turn("hi")))
+        local tools = srv:requests()[1].json.tools
+        assert.are.same({ type = "web_search_20250305", name = "web_search", max_uses = 3 }, tools[1])
+        assert.are.equal("lookup", tools[2].name)
+        assert.are.equal(2, #tools)
+      end)
+    end)
+
+    it("answers after a search, and sends the search back as it came with the next round", function()
+      local search = { server_tools = { { name = "web_search", input = { query = "tide tables" },
+                                          before = "Let me search." } },
+                       tool_calls = { { id = "toolu_l1", name = "lookup", arguments = { q = "harbour" } } } }
+      with_mock({ replies = { search, "High tide is at 6." } }, function(srv)
+        local s = tide.session { agent = "searcher", provider = make(srv.url, stream) }
+        assert.are.equal("High tide is at 6.", assert(s:turn("when is high tide?")))
+        local reqs = srv:requests()
+        assert.are.equal(2, #reqs)
+        -- the server's use is not a call of tide's: one lookup ran
+        assert.are.equal(1, s:stats().tool_calls)
+        -- the first reply's content, in its order, went back whole: the
+        -- mock checked each use has its result, unaltered
+        assert.are.same({ "text,server_tool_use,web_search_tool_result,tool_use" }, assistant_types(reqs[2]))
+        local sent = reqs[2].json.messages[2].content
+        assert.are.equal("Let me search.", sent[1].text)
+        assert.are.same({ query = "tide tables" }, sent[2].input)
+        assert.are.same({ type = "direct" }, sent[2].caller)
+        assert.matches("^EncMock", sent[3].content[1].encrypted_content)
+        assert.are.same({ q = "harbour" }, sent[4].input)
+        -- and the tool's result answers tide's call, not the server's
+        local results = reqs[2].json.messages[3].content
+        assert.are.equal(1, #results)
+        assert.are.equal("toolu_l1", results[1].tool_use_id)
+      end)
+    end)
+
+    it("keeps the citations of the text that used the search", function()
+      local search = { server_tools = { { name = "web_search", input = { query = "moon" } } },
+                       text = "The moon pulls the sea." }
+      with_mock({ replies = { search, "ok" } }, function(srv)
+        local s = tide.session { agent = "searcher", provider = make(srv.url, stream) }
+        assert.are.equal("The moon pulls the sea.", assert(s:turn("why tides?")))
+        assert.are.equal("ok", assert(s:turn("thanks")))
+        local sent = srv:requests()[2].json.messages[2].content
+        assert.are.same({ "server_tool_use", "web_search_tool_result", "text" },
+          { sent[1].type, sent[2].type, sent[3].type })
+        assert.are.equal("web_search_result_location", sent[3].citations[1].type)
+        assert.matches("^EncMock", sent[3].citations[1].encrypted_index)
+        -- the history keeps the content as a part of the assistant's message
+        local parts
+        for _, m in ipairs(s:history()) do
+          if m.role == "assistant" and m.reasoning then parts = m.reasoning end
+        end
+        assert.are.equal("content", parts[#parts].type)
+      end)
+    end)
+
+    it("goes on with a paused turn: the paused reply goes back as it is, no user message added", function()
+      local paused = { server_tools = { { name = "web_search", input = { query = "a" } },
+                                        { name = "web_search", input = { query = "b" }, pending = true } },
+                       stop_reason = "pause_turn" }
+      with_mock({ replies = { paused, "Both searched.", "ok" } }, function(srv)
+        local s = tide.session { agent = "searcher", provider = make(srv.url, stream) }
+        local events = {}
+        local reply = assert(s:turn("search twice", { on_event = function(e) events[#events + 1] = e.type end }))
+        assert.are.equal("Both searched.", reply)
+        local reqs = srv:requests()
+        assert.are.equal(2, #reqs)
+        -- the second request ends with the paused reply, whose last use has
+        -- no result yet: the API runs it now
+        local msgs = reqs[2].json.messages
+        assert.are.equal(2, #msgs)
+        assert.are.equal("assistant", msgs[2].role)
+        assert.are.same({ "server_tool_use,web_search_tool_result,server_tool_use" }, assistant_types(reqs[2]))
+        assert.are.same({ query = "b" }, msgs[2].content[3].input)
+        assert.are.equal(2, s:stats().iterations)
+        assert.are.equal("stop", s:stats().stop_reason)
+        assert.is_truthy(table.concat(events, " "):find("paused", 1, true))
+        -- the next turn sends both replies back, one turn as the API reads
+        -- it, the paused use now followed by its result
+        assert.are.equal("ok", assert(s:turn("thanks")))
+        assert.are.same({ "server_tool_use,web_search_tool_result,server_tool_use",
+                          "web_search_tool_result,text" }, assistant_types(srv:requests()[3]))
+      end)
+    end)
+
+    it("restores the content from the transcript: a resumed session sends it back too", function()
+      local path = tmpname()
+      local search = { server_tools = { { name = "web_search", input = { query = "q" } } }, text = "Found." }
+      with_mock({ replies = { search, "again" } }, function(srv)
+        local s = tide.session { agent = "searcher", provider = make(srv.url, stream), transcript = path }
+        assert.are.equal("Found.", assert(s:turn("search")))
+        local r = tide.session { resume = path, agent = "searcher", provider = make(srv.url, stream) }
+        assert.are.equal("again", assert(r:turn("and?")))
+        assert.are.same({ "server_tool_use,web_search_tool_result,text" }, assistant_types(srv:requests()[2]))
+      end)
+      os.remove(path)
+    end)
+  end)
+end
+
+describe("tide.provider.anthropic server tools, sent back wrong", function()
+  it("the mock refuses a search result that was altered, and a use left without its result", function()
+    with_mock({ replies = { { server_tools = { { name = "web_search", input = { query = "q" } } }, text = "x" } },
+                default = "never" }, function(srv)
+      local p = make(srv.url, false)
+      local prefix = p:encode_prefix("s")
+      local user = p:encode_message({ role = "user", content = "q" })
+      local res = assert(p:complete(p:body(prefix, { user })))
+      local data = res.reasoning[#res.reasoning].data
+      local function follow(content)
+        local msg = { role = "assistant", content = "x", reasoning = { { type = "content", data = content,
+          provider = "anthropic" } } }
+        return p:complete(p:body(prefix, { user, p:encode_message(msg),
+          p:encode_message({ role = "user", content = "more" }) }))
+      end
+      local out, err = follow((data:gsub("EncMock", "EncMocX", 1)))
+      assert.is_nil(out)
+      assert.are.equal(400, err.status)
+      assert.matches("invalid `encrypted_content`", err.body, 1, true)
+      local blocks = cjson.decode(data)
+      out, err = follow(cjson.encode({ blocks[1], blocks[3] }))
+      assert.is_nil(out)
+      assert.matches("was found without a corresponding `web_search_tool_result` block", err.body, 1, true)
+      -- as received, it is taken
+      assert.are.equal("never", assert(follow(data)).text)
+    end)
+  end)
+
+  it("sends the content part to Anthropic only, and checks a restored one", function()
+    local p = provider.anthropic({ base_url = "http://127.0.0.1:1", model = "m" })
+    local data = '[{"type":"server_tool_use","id":"s","name":"web_search","input":{}}]'
+    local msg = { role = "assistant", content = "hi", reasoning = { { type = "content", data = data,
+      provider = "anthropic" } } }
+    assert.are.equal('{"content":' .. data .. ',"role":"assistant"}', p:encode_message(msg))
+    local o = provider.openai({ base_url = "http://127.0.0.1:1", model = "m" })
+    assert.are.equal('{"content":"hi","role":"assistant"}', o:encode_message(msg))
+    assert.has_error(function()
+      p:encode_message({ role = "assistant", content = "hi", reasoning = { { type = "content", data = "{}",
+        provider = "anthropic" } } })
+    end, "tide.provider.anthropic: reasoning[1] (content) needs 'data', the content's JSON array")
+  end)
+end)
+
+describe("tide.provider server_tools option", function()
+  local function fails(kind, opts, want)
+    opts.base_url = "http://127.0.0.1:1"
+    local ok, err = pcall(provider[kind], opts)
+    assert.is_false(ok)
+    assert.matches(want, tostring(err), 1, true)
+  end
+
+  it("says what is wrong with it", function()
+    fails("anthropic", { server_tools = { type = "web_search_20250305" } },
+      "'server_tools' must be a list of tool tables")
+    fails("anthropic", { server_tools = { { name = "web_search" } } }, "'server_tools[1]' needs a 'type' string")
+    fails("anthropic", { server_tools = { { type = "web_search_20250305" } } },
+      "'server_tools[1]' needs a 'name' string")
+    fails("anthropic", { server_tools = { { type = "function", name = "f" } } },
+      "'server_tools[1]' is a function tool: give it to an agent's tools")
+    fails("openai", { server_tools = { { type = "web_search" } } },
+      "'server_tools' needs api = \"responses\"")
+    fails("anthropic", { server_tools = "web_search" }, "'server_tools' must be a table, got string")
+  end)
+
+  it("refuses an agent tool named as a server tool", function()
+    local p = provider.anthropic({ base_url = "http://127.0.0.1:1", model = "m", server_tools = { WEB_SEARCH } })
+    assert.has_error(function() p:encode_prefix("s", { { name = "web_search" } }) end,
+      'tide.provider.anthropic: tools[1] is named "web_search", as a server tool is')
+  end)
+
+  it("encodes them once: a later change to the caller's table changes no prefix", function()
+    local tool = { type = "web_search_20250305", name = "web_search" }
+    local p = provider.anthropic({ base_url = "http://127.0.0.1:1", model = "m", server_tools = { tool } })
+    local before = p:encode_prefix("s")
+    tool.max_uses = 9
+    assert.are.equal(before, p:encode_prefix("s"))
+    assert.is_truthy(before:find('"tools":[{"name":"web_search","type":"web_search_20250305"}]', 1, true))
+  end)
+end)
