@@ -1130,6 +1130,11 @@ end
 --               "incomplete" with that reason (response.incomplete event).
 --   refusal     a refusal content part in the message item.
 --   usage.reasoning  output_tokens_details.reasoning_tokens.
+--   server_tools  `{ { name = "web_search", input = { query } } }`: the
+--               built-in web search ran: a web_search_call item each
+--               (action search, status completed) before the message, whose
+--               text cites the first as a url_citation annotation; the
+--               request must offer a web_search tool, as the API requires.
 -- Faults render as the chat ones do; `status` bodies are OpenAI's error
 -- shape; a stream truncated stops before response.completed.
 local responses = { id_prefix = "resp_mock", call_prefix = "call_" }
@@ -1160,6 +1165,7 @@ end
 -- reasoning, the message, the function calls.
 local function responses_output(ctx)
   local r, json, items = ctx.reply, ctx.json, {}
+  local annotations = EMPTY
   if r.reasoning then
     local id = "rs_mock" .. ctx.n
     local summary = EMPTY
@@ -1170,10 +1176,26 @@ local function responses_output(ctx)
     items[#items + 1] = { type = "reasoning", id = id, summary = summary,
       encrypted_content = wants_encrypted(json) and encrypted_for(id, "p" .. ctx.n) or null }
   end
+  for i, st in ipairs(r.server_tools or {}) do
+    local offered = false
+    for _, t in ipairs(type(json.tools) == "table" and json.tools or {}) do
+      if type(t) == "table" and type(t.type) == "string" and t.type:match("^web_search") then offered = true end
+    end
+    if st.name ~= "web_search" or not offered then
+      error(("mock: server_tools[%d] needs name = \"web_search\" and a request offering it"):format(i), 0)
+    end
+    local query = tostring((st.input or {}).query or "")
+    items[#items + 1] = { type = "web_search_call", id = ("ws_mock%d_%d"):format(ctx.n, i), status = "completed",
+                          action = { type = "search", query = query } }
+    if annotations == EMPTY and ctx.text ~= "" then
+      annotations = { { type = "url_citation", start_index = 0, end_index = utf8.len(ctx.text) or #ctx.text,
+        url = "https://search.example/" .. query:gsub("%W", "-"), title = query } }
+    end
+  end
   if ctx.text ~= "" or r.refusal then
     local parts = {}
     if ctx.text ~= "" then
-      parts[1] = { type = "output_text", text = ctx.text, annotations = EMPTY, logprobs = EMPTY }
+      parts[1] = { type = "output_text", text = ctx.text, annotations = annotations, logprobs = EMPTY }
     end
     if r.refusal then parts[#parts + 1] = { type = "refusal", refusal = r.refusal } end
     items[#items + 1] = { type = "message", id = "msg_mock" .. ctx.n, status = "completed", role = "assistant",
@@ -1265,6 +1287,9 @@ function responses.stream(ctx, truncate)
           for _, piece in ipairs(ctx.text_pieces) do
             ev(with({ type = "response.output_text.delta", delta = piece, logprobs = EMPTY }))
           end
+          for a, ann in ipairs(part.annotations ~= EMPTY and part.annotations or {}) do
+            ev(with({ type = "response.output_text.annotation.added", annotation_index = a - 1, annotation = ann }))
+          end
           ev(with({ type = "response.output_text.done", text = part.text, logprobs = EMPTY }))
         else
           ev(with({ type = "response.content_part.added", part = { type = "refusal", refusal = "" } }))
@@ -1272,6 +1297,12 @@ function responses.stream(ctx, truncate)
           ev(with({ type = "response.refusal.done", refusal = part.refusal }))
         end
         ev(with({ type = "response.content_part.done", part = part }))
+      end
+    elseif item.type == "web_search_call" then
+      ev({ type = "response.output_item.added", output_index = index,
+           item = { type = "web_search_call", id = item.id, status = "in_progress" } })
+      for _, phase in ipairs({ "in_progress", "searching", "completed" }) do
+        ev({ type = "response.web_search_call." .. phase, item_id = item.id, output_index = index })
       end
     else
       ev({ type = "response.output_item.added", output_index = index,
@@ -1331,6 +1362,9 @@ function responses.validate(_, req)
   end
   for i, t in ipairs(type(body.tools) == "table" and body.tools or {}) do
     local where = ("tools[%d]"):format(i - 1)
+    if type(t) == "table" and type(t.type) == "string" and t.type ~= "function" then
+      goto next_tool -- a built-in tool (web_search, file_search, ...): no name
+    end
     if type(t) ~= "table" or type(t.name) ~= "string" then
       return responses_reject(("Missing required parameter: '%s.name'."):format(where), where .. ".name",
         "missing_required_parameter")
@@ -1341,6 +1375,7 @@ function responses.validate(_, req)
         .. "required to be supplied and to be false."):format(t.name), where .. ".parameters",
         "invalid_function_parameters")
     end
+    ::next_tool::
   end
   local input = body.input
   if type(input) == "string" then return nil end

@@ -75,6 +75,26 @@ for _, stream in ipairs({ true, false }) do
       end)
     end)
 
+    it("offers built-in tools first, reads past their items, and answers with the cited text", function()
+      define_looker("responses_searcher")
+      local search = { server_tools = { { name = "web_search", input = { query = "tide tables" } } },
+                       tool_calls = { { id = "call_L", name = "lookup", arguments = { q = "harbour" } } } }
+      with_mock({ replies = { search, { server_tools = { { name = "web_search", input = { query = "moon" } } },
+                                        text = "High tide is at 6." } } }, function(srv)
+        local s = tide.session { agent = "responses_searcher",
+          provider = make(srv.url, stream, { server_tools = { { type = "web_search", search_context_size = "low" } } }) }
+        assert.are.equal("High tide is at 6.", assert(s:turn("when?")))
+        local reqs = srv:requests()
+        assert.are.same({ type = "web_search", search_context_size = "low" }, reqs[1].json.tools[1])
+        assert.are.equal("lookup", reqs[1].json.tools[2].name)
+        -- the search is the service's own: only tide's call went back, with its output
+        local types = {}
+        for i, item in ipairs(reqs[2].json.input) do types[i] = item.type end
+        assert.are.same({ "message", "function_call", "function_call_output" }, types)
+        assert.are.equal(1, s:stats().tool_calls)
+      end)
+    end)
+
     it("reads parallel function calls, ids being call_ids", function()
       with_mock({ replies = { { tool_calls = { { name = "lookup", arguments = { q = "a" }, id = "call_A" },
                                                 { name = "lookup", arguments = '{"q":"b","n":[]}', id = "call_B" } } } } },

@@ -88,11 +88,16 @@ function Provider:encode_prefix(system, tools, schema)
   if self.parallel_tool_calls ~= nil then
     fields.parallel_tool_calls = self.parallel_tool_calls and "true" or "false"
   end
-  if #list > 0 then
+  -- The built-in tools (server_tools: web search, file search, ...) go
+  -- first, as given; their items in a reply are the service's own and are
+  -- not sent back (the message that used them is).
+  local server = self.server_tools or {}
+  if #list + #server > 0 then
     local encoded = {}
+    for i, t in ipairs(server) do encoded[i] = t end
     for i, t in ipairs(list) do
-      encoded[i] = canonical({ type = "function", name = t.name, description = t.description,
-                               parameters = t.parameters, strict = false })
+      encoded[#server + i] = canonical({ type = "function", name = t.name, description = t.description,
+                                         parameters = t.parameters, strict = false })
     end
     fields.tools = "[" .. concat(encoded, ",") .. "]"
   end
