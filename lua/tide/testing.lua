@@ -82,6 +82,12 @@
 ---                   "adaptive" }`: replies open with thinking blocks
 ---                   (`reasoning`); with `display = "omitted"` a block comes
 ---                   with its signature and no text, as the API sends it.
+---   server_tools    `{ { name = "web_search" | "web_fetch", input, before,
+---                   pending } }`: the API's own tools ran (see "Anthropic
+---                   server tools" below): each use and its result in the
+---                   content, the text after them cited; a follow-up that
+---                   alters them, or leaves a use without its result, gets
+---                   the 400.
 ---
 --- It is built on `tide.testing.server` (testing/server.c) and on lua-cjson
 --- directly, not on tide.json, so that what the mock sends never depends on

@@ -13,7 +13,10 @@
 --- counts only the part after the last cache breakpoint); thinking and
 --- redacted_thinking blocks become the reply's `reasoning` parts, which the
 --- encoder sends back first in the assistant message, verbatim, as the API
---- requires with tool use.
+--- requires with tool use. A reply with a server tool's blocks (web search,
+--- web fetch, code execution: `server_tools`, run by the API) keeps its
+--- whole content as a `content` part, which the encoder sends back in
+--- place of the message it would build.
 local provider = require "tide.provider.base"
 local core = require "tide.core"
 local json = require "tide.json"
