@@ -15,15 +15,16 @@
 **   type (else the SSE event's name), index
 **   message.usage.{input_tokens, output_tokens, cache_read_input_tokens,
 **                  cache_creation_input_tokens,
-**                  output_tokens_details.thinking_tokens}       message_start
+**                  output_tokens_details.thinking_tokens},
+**   message.container.id                                        message_start
 **   content_block.{type, id, name, input, text, thinking, signature, data,
 **                  citations}; other blocks whole           content_block_start
 **   delta.{type, text, partial_json, thinking, signature, citation}
 **                                                         content_block_delta
-**   delta.stop_reason, usage.{the five counts}                   message_delta
+**   delta.{stop_reason, container.id}, usage.{the five counts}  message_delta
 **   error.{type, message}                                               error
 ** and of a whole reply: type, error, content[*] (the block fields above;
-** the array whole), usage, stop_reason. Every other value is validated and
+** the array whole), usage, stop_reason, container.id. Every other value is validated and
 ** skipped (ping, content_block_stop and event types newer than this file
 ** carry nothing a reply needs). An event is applied once the whole of it has parsed, by the
 ** rules the Lua parser applied to the decoded table: the last of duplicate
@@ -98,6 +99,7 @@ typedef struct event_state {
   int delta_table;
   text_field dtype, dtext, partial, dthinking, dsignature, stop_reason;
   span citation;    /* a citations_delta's citation, raw (len 0: none) */
+  text_field container; /* container.id: of the message, the delta or a whole reply */
   block_fields block;
   int usage_table;
   usage_fields usage;
@@ -141,6 +143,7 @@ typedef struct anthropic_stream {
   tide_buf key;     /* an object key that had escapes */
   tide_buf canon;   /* the canonical text of a whole tool input */
   tide_buf stop;    /* the last stop_reason */
+  tide_buf container; /* the id of the container the request ran in (server tools' code execution) */
   kept_block *blocks;
   size_t nblocks, kept, cap; /* blocks past nblocks up to kept hold emptied buffers */
   size_t nthinking;          /* of them thinking or redacted_thinking */
@@ -215,7 +218,21 @@ static int message_usage_member(tide_json *p, const char *k, size_t kl) {
   return usage_member(p, k, kl, &stream_of(p)->ev.message_usage);
 }
 
+static int container_member(tide_json *p, const char *k, size_t kl) {
+  if (tide__json_key_is(k, kl, "id")) return text_member(p, &stream_of(p)->ev.container);
+  return tide__json_skip(p);
+}
+
+/* A "container" member: its id, when it is an object with one (null
+** otherwise, as most replies have it). */
+static int container_value(tide_json *p) {
+  stream_of(p)->ev.container.has = 0;
+  if (tide__json_peek(p) == '{') return tide__json_each_member(p, container_member);
+  return tide__json_skip(p);
+}
+
 static int message_member(tide_json *p, const char *k, size_t kl) {
+  if (tide__json_key_is(k, kl, "container")) return container_value(p);
   if (tide__json_key_is(k, kl, "usage")) {
     usage_fields *u = &stream_of(p)->ev.message_usage;
     memset(u, 0, sizeof *u);
@@ -232,6 +249,7 @@ static int delta_member(tide_json *p, const char *k, size_t kl) {
   if (tide__json_key_is(k, kl, "thinking")) return text_member(p, &ev->dthinking);
   if (tide__json_key_is(k, kl, "signature")) return text_member(p, &ev->dsignature);
   if (tide__json_key_is(k, kl, "stop_reason")) return text_member(p, &ev->stop_reason);
+  if (tide__json_key_is(k, kl, "container")) return container_value(p);
   if (tide__json_key_is(k, kl, "citation")) {
     if (tide__json_peek(p) == '{') return tide__json_skip_raw(p, &ev->citation);
     ev->citation.len = 0;
@@ -336,6 +354,7 @@ static int root_member(tide_json *p, const char *k, size_t kl) {
     return tide__json_skip(p);
   }
   if (st->whole) {
+    if (tide__json_key_is(k, kl, "container")) return container_value(p);
     if (tide__json_key_is(k, kl, "content")) {
       ev->content_kind = tide__json_kind(tide__json_peek(p));
       int rc = reset_content(st);
@@ -353,6 +372,7 @@ static int root_member(tide_json *p, const char *k, size_t kl) {
   }
   if (tide__json_key_is(k, kl, "message")) {
     memset(&ev->message_usage, 0, sizeof ev->message_usage);
+    ev->container.has = 0;
     if (tide__json_peek(p) == '{') return tide__json_each_member(p, message_member);
   } else if (tide__json_key_is(k, kl, "delta")) {
     int kind = tide__json_kind(tide__json_peek(p));
@@ -360,6 +380,7 @@ static int root_member(tide_json *p, const char *k, size_t kl) {
     ev->dtype.has = ev->dtext.has = ev->partial.has = 0;
     ev->dthinking.has = ev->dsignature.has = ev->stop_reason.has = 0;
     ev->citation.len = 0;
+    ev->container.has = 0;
     if (kind == V_OBJECT) return tide__json_each_member(p, delta_member);
   } else if (tide__json_key_is(k, kl, "content_block")) {
     return scan_block(p);
@@ -729,6 +750,10 @@ static void push_reply(lua_State *L, anthropic_stream *st) {
   lua_pushinteger(L, st->thinking_tokens); /* inside output, as OpenAI's reasoning tokens */
   lua_setfield(L, -2, "reasoning");
   lua_setfield(L, -2, "usage");
+  if (st->container.len > 0) {
+    lua_pushlstring(L, st->container.p, st->container.len);
+    lua_setfield(L, -2, "container");
+  }
   if (st->has_stop) {
     lua_pushlstring(L, st->stop.p ? st->stop.p : "", st->stop.len);
     lua_setfield(L, -2, "stop_raw");
@@ -999,7 +1024,12 @@ static int anthropic_event(tide_reply_feed *fc, const tide_sse_event *e) {
     const usage_fields *u = &ev->message_usage;
     st->input = u->input, st->read = u->read, st->write = u->write, st->output = u->output;
     st->thinking_tokens = u->thinking;
+    if (ev->container.has && set_buf(&st->container, scratch_of(st) + ev->container.at.off, ev->container.at.len))
+      return fc->nomem = 1, 0;
   } else if (tide__json_key_is(ty, tl, "message_delta")) {
+    if (ev->delta_table && ev->container.has &&
+        set_buf(&st->container, scratch_of(st) + ev->container.at.off, ev->container.at.len))
+      return fc->nomem = 1, 0;
     if (ev->delta_table && ev->stop_reason.has) {
       if (set_buf(&st->stop, scratch_of(st) + ev->stop_reason.at.off, ev->stop_reason.at.len))
         return fc->nomem = 1, 0;
@@ -1070,6 +1100,7 @@ static void anthropic_free(tide_reply *r) {
   tide__buf_free(&st->canon);
   tide__buf_free(&st->stop);
   tide__buf_free(&st->content);
+  tide__buf_free(&st->container);
   for (size_t i = 0; i < st->kept; i++) {
     tide__buf_free(&st->blocks[i].text);
     tide__buf_free(&st->blocks[i].sig);
@@ -1090,6 +1121,7 @@ static void anthropic_reset(tide_reply *r, size_t keep, size_t max) {
   tide__buf_keep(&st->canon, keep);
   tide__buf_keep(&st->stop, keep);
   tide__buf_keep(&st->content, keep);
+  tide__buf_keep(&st->container, keep);
   for (size_t i = 0; i < st->kept; i++) {
     tide__buf_keep(&st->blocks[i].text, keep);
     tide__buf_keep(&st->blocks[i].sig, keep);
@@ -1185,13 +1217,14 @@ static int l_anthropic_parse(lua_State *L) {
     usage_fields *u = &ev->usage;
     st->input = u->input, st->output = u->output, st->read = u->read, st->write = u->write;
     st->thinking_tokens = u->thinking;
-    if (ev->stop_reason.has) {
-      if (set_buf(&st->stop, scratch_of(st) + ev->stop_reason.at.off, ev->stop_reason.at.len)) {
-        anthropic_free(&st->base);
-        return luaL_error(L, "not enough memory");
-      }
-      st->has_stop = 1;
+    if ((ev->container.has &&
+         set_buf(&st->container, scratch_of(st) + ev->container.at.off, ev->container.at.len)) ||
+        (ev->stop_reason.has &&
+         set_buf(&st->stop, scratch_of(st) + ev->stop_reason.at.off, ev->stop_reason.at.len))) {
+      anthropic_free(&st->base);
+      return luaL_error(L, "not enough memory");
     }
+    st->has_stop = ev->stop_reason.has;
     st->done = 1;
     push_reply(L, st);
     ret = 1;

@@ -8,8 +8,9 @@
 ** serves every call of a state, and the second scan of the body must give
 ** what the first gave. A reply the scanner gives must be what lua-cjson's
 ** decoding of the body says (the Lua parser it replaced read that): the
-** same text, stop reason, usage, reasoning and tool calls; an error must be
-** an error table.
+** same text, stop reason, container, usage, reasoning and tool calls, and for a reply
+** with a block tide does not model, its content array as a last part that
+** decodes to the body's content; an error must be an error table.
 */
 #include "harness.h"
 
@@ -44,20 +45,34 @@ static const char DRIVER[] =
     "end\n"
     "local u = type(obj.usage) == 'table' and obj.usage or {}\n"
     "local read, write = count(u.cache_read_input_tokens), count(u.cache_creation_input_tokens)\n"
+    "local d = type(u.output_tokens_details) == 'table' and u.output_tokens_details or {}\n"
     "local usage = { input = count(u.input_tokens) + read + write, output = count(u.output_tokens),\n"
-    "                cached = read, cache_write = write, reasoning = 0 }\n"
+    "                cached = read, cache_write = write, reasoning = count(d.thinking_tokens) }\n"
     "check(same(first.usage, usage), 'the usage is not what lua-cjson decodes', first.usage, usage)\n"
+    "local box = type(obj.container) == 'table' and obj.container.id or nil\n"
+    "if type(box) ~= 'string' or box == '' then box = nil end\n"
+    "check(first.container == box, 'the container is not what lua-cjson decodes', first.container, box)\n"
     "local raw = type(obj.stop_reason) == 'string' and obj.stop_reason or nil\n"
     "check(first.stop_raw == raw, 'the stop reason is not what lua-cjson decodes', first.stop_raw, raw)\n"
-    "local text, calls, parts = {}, {}, {}\n"
+    "local text, calls, parts, other = {}, {}, {}, false\n"
     "for _, b in ipairs(obj.content) do\n"
     "  check(type(b) == 'table', 'a block that is not an object was taken', b)\n"
-    "  if b.type == 'text' and type(b.text) == 'string' then text[#text + 1] = b.text\n"
+    "  if b.type == 'text' then text[#text + 1] = type(b.text) == 'string' and b.text or nil\n"
     "  elseif b.type == 'tool_use' then calls[#calls + 1] = b\n"
     "  elseif b.type == 'thinking' then parts[#parts + 1] = { type = 'text', text = b.thinking,\n"
     "    signature = b.signature, provider = 'anthropic' }\n"
     "  elseif b.type == 'redacted_thinking' then parts[#parts + 1] = { type = 'redacted', data = b.data,\n"
-    "    provider = 'anthropic' } end\n"
+    "    provider = 'anthropic' }\n"
+    "  elseif type(b.type) == 'string' then other = true end\n"
+    "end\n"
+    /* the content part: the body's content array, byte for byte */
+    "if other then\n"
+    "  local last = first.reasoning and table.remove(first.reasoning)\n"
+    "  check(last and last.type == 'content' and last.provider == 'anthropic', 'no content part', first.reasoning)\n"
+    "  local okc, c = pcall(cjson.decode, last.data)\n"
+    "  check(okc and same(c, obj.content) and body:find(last.data, 1, true),\n"
+    "        'the content part is not the content of the body', last.data)\n"
+    "  if first.reasoning and #first.reasoning == 0 then first.reasoning = nil end\n"
     "end\n"
     "check(first.text == table.concat(text), 'the text is not what lua-cjson decodes', first.text, text)\n"
     "check(same(first.reasoning or {}, parts), 'the reasoning is not what lua-cjson decodes', first.reasoning, parts)\n"

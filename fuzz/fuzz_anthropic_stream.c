@@ -12,7 +12,8 @@
 ** behind when it closed (reply_runs in harness.c). The replies (or the
 ** errors) and the deltas must be the same; the text deltas must add up to
 ** the reply's text and the reasoning deltas to its thinking; the reasoning
-** parts must be what the encoder can send back.
+** parts must be what the encoder can send back (a content part: a JSON
+** array of blocks, each with a type, holding every call as a tool_use).
 */
 #include "harness.h"
 
@@ -25,7 +26,16 @@ static const char DRIVER[] =
     "  local thought = {}\n"
     "  for _, r in ipairs(reply.reasoning or {}) do\n"
     "    check(r.provider == 'anthropic', 'a reasoning part of another provider', r)\n"
-    "    if r.type == 'text' then\n"
+    "    if r.type == 'content' then\n"
+    "      local ok, c = pcall(require('cjson').new().decode, r.data)\n"
+    "      check(ok and type(c) == 'table' and #c > 0, 'a content part that is not a JSON array', r.data)\n"
+    "      local uses = 0\n"
+    "      for _, b in ipairs(c) do\n"
+    "        check(type(b) == 'table' and type(b.type) == 'string', 'a content block without a type', b)\n"
+    "        if b.type == 'tool_use' then uses = uses + 1 end\n"
+    "      end\n"
+    "      check(uses == #reply.tool_calls, 'a content part without every call', c, reply.tool_calls)\n"
+    "    elseif r.type == 'text' then\n"
     "      check(type(r.text) == 'string' and type(r.signature) == 'string' and r.signature ~= '',\n"
     "            'a thinking part without its signature', r)\n"
     "      thought[#thought + 1] = r.text\n"
@@ -42,7 +52,8 @@ static const char DRIVER[] =
     "          'a call without its fields', c)\n"
     "  end\n"
     "  local u = reply.usage\n"
-    "  check(math.type(u.input) == 'integer' and u.input >= u.cached + u.cache_write and u.reasoning == 0,\n"
+    "  check(math.type(u.input) == 'integer' and u.input >= u.cached + u.cache_write and math.type(u.reasoning) == 'integer'\n"
+    "        and u.reasoning >= 0,\n"
     "        'usage that does not add up', u)\n"
     "  check(reply.stop == nil or type(reply.stop_raw) == 'string', 'a stop without its raw reason', reply)\n"
     "end\n"

@@ -222,6 +222,27 @@ write("anthropic_stream", "redacted_parallel", hdr(0, 11, 5, 0) .. astart
   .. aev("message_delta", '{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"input_tokens":20,'
     .. '"cache_read_input_tokens":9,"cache_creation_input_tokens":0,"output_tokens":30}}')
   .. aev("message_stop", '{"type":"message_stop"}'))
+-- a web search (server tools): the use's input in fragments, the result
+-- whole, a citation before the text, a paused turn's stop
+write("anthropic_stream", "server_tools", hdr(0, 9, 7, 0) .. astart
+  .. aev("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"text","text":"Let me search."}}')
+  .. aev("content_block_stop", '{"type":"content_block_stop","index":0}')
+  .. aev("content_block_start", '{"type":"content_block_start","index":1,"content_block":{"type":"server_tool_use","id":"srvtoolu_01","name":"web_search","input":{},"caller":{"type":"direct"}}}')
+  .. aev("content_block_delta", '{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\\"query\\": \\"ti"}}')
+  .. aev("content_block_delta", '{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"des\\"}"}}')
+  .. aev("content_block_stop", '{"type":"content_block_stop","index":1}')
+  .. aev("content_block_start", '{"type":"content_block_start","index":2,"content_block":{"type":"web_search_tool_result","tool_use_id":"srvtoolu_01","content":[{"type":"web_search_result","url":"https://a.example/","title":"A","encrypted_content":"EqENC","page_age":null}]}}')
+  .. aev("content_block_stop", '{"type":"content_block_stop","index":2}')
+  .. aev("content_block_start", '{"type":"content_block_start","index":3,"content_block":{"type":"text","text":""}}')
+  .. aev("content_block_delta", '{"type":"content_block_delta","index":3,"delta":{"type":"citations_delta","citation":{"type":"web_search_result_location","url":"https://a.example/","title":"A","encrypted_index":"EqIDX","cited_text":"high at 6"}}}')
+  .. aev("content_block_delta", '{"type":"content_block_delta","index":3,"delta":{"type":"text_delta","text":"High tide is at 6."}}')
+  .. aev("content_block_stop", '{"type":"content_block_stop","index":3}')
+  .. aev("content_block_start", '{"type":"content_block_start","index":4,"content_block":{"type":"server_tool_use","id":"srvtoolu_02","name":"web_search","input":{}}}')
+  .. aev("content_block_delta", '{"type":"content_block_delta","index":4,"delta":{"type":"input_json_delta","partial_json":"{\\"query\\":\\"moon\\"}"}}')
+  .. aev("content_block_stop", '{"type":"content_block_stop","index":4}')
+  .. aev("message_delta", '{"type":"message_delta","delta":{"stop_reason":"pause_turn"},"usage":{"output_tokens":50,'
+    .. '"output_tokens_details":{"thinking_tokens":7},"server_tool_use":{"web_search_requests":1}}}')
+  .. aev("message_stop", '{"type":"message_stop"}'))
 write("anthropic_stream", "cut", hdr(0, 5, 2, 0) .. astart
   .. aev("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}')
   .. aev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}'))
@@ -237,6 +258,13 @@ write("anthropic_parse", "thinking_tools", hdr(0, 90) .. amsg('[{"type":"thinkin
   .. '"signature":"EqQBCgIYAhIM"},{"type":"redacted_thinking","data":"EmwKAhgB"},{"type":"text","text":"Checking."},'
   .. '{"type":"tool_use","id":"toolu_01","name":"lookup","input":{"q":"tide","n":3,"f":0.5,"l":[],"o":{"b":1,"a":2}}},'
   .. '{"type":"tool_use","id":"toolu_02","name":"clock","input":{}}]', "tool_use"))
+write("anthropic_parse", "server_tools", hdr(0, 70) .. amsg('[{"type":"text","text":"Let me search."},'
+  .. '{"type":"server_tool_use","id":"srvtoolu_01","name":"web_search","input":{"query":"tides"},"caller":{"type":"direct"}},'
+  .. '{"type":"web_search_tool_result","tool_use_id":"srvtoolu_01","content":[{"type":"web_search_result",'
+  .. '"url":"https://a.example/","title":"A","encrypted_content":"EqENC","page_age":null}]},'
+  .. '{"type":"text","text":"High tide is at 6.","citations":[{"type":"web_search_result_location",'
+  .. '"url":"https://a.example/","title":"A","encrypted_index":"EqIDX","cited_text":"high at 6"}]},'
+  .. '{"type":"tool_use","id":"toolu_01","name":"lookup","input":{"q":"harbour"}}]', "tool_use"))
 write("anthropic_parse", "error", hdr(0, 3) .. '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}')
 write("anthropic_parse", "no_signature", hdr(0, 20) .. amsg('[{"type":"thinking","thinking":"x"}]', "end_turn"))
 write("anthropic_parse", "small_cap", hdr(3, 30) .. amsg('[{"type":"tool_use","id":"t","name":"f","input":{"long":"'

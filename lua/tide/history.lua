@@ -14,7 +14,8 @@
 ---     { role = "assistant", content = "text" | nil,
 ---       tool_calls = { { id, name, arguments = "<json>" } } | nil,
 ---       reasoning = { { type = "text" | "redacted", text?, signature?, data?, provider? } } | nil,
----       stop = "stop" | "tool_calls" | "length" | ..., usage = { input, output, ... } | nil }
+---       stop = "stop" | "tool_calls" | "length" | "pause" | ..., usage = { input, output, ... } | nil,
+---       container = "<id>" | nil }  -- the container a server tool's code ran in
 ---     { role = "tool", results = { { id, name, content, is_error } } }
 ---
 --- Reasoning parts carry whatever a provider needs back verbatim (a
@@ -44,6 +45,7 @@ function M.new(provider, writer)
     wire_bytes = 0,     -- bytes in the wire now (what a request carries after the prefix)
     system = nil,       -- the frozen system prompt, once there is one
     prompt_version = nil,
+    container = nil,    -- the last container a server tool's code ran in (its next request reuses it)
   }, history_mt)
 end
 
@@ -72,6 +74,7 @@ function history_mt:append(msg)
   local msgs = self.messages
   local n = #msgs + 1
   msgs[n] = msg
+  if msg.container then self.container = msg.container end
   if self.nencoded == n - 1 then
     add(self, self.provider:_encode(msg))
     self.nencoded = n
@@ -96,7 +99,10 @@ end
 function history_mt:restore(system, version, messages)
   self.system, self.prompt_version = system, version
   local msgs = self.messages
-  for _, m in ipairs(messages) do msgs[#msgs + 1] = m end
+  for _, m in ipairs(messages) do
+    msgs[#msgs + 1] = m
+    if type(m.container) == "string" then self.container = m.container end
+  end
 end
 
 --- The encoded history, every message in it: what a request body carries

@@ -511,7 +511,10 @@ function session_mt:_resume(path)
     elseif m.type == nil then
       paused_at = nil -- a message after the pause: its round went on
       if last_turn and m.role ~= "system" then
+        -- (a paused reply, Anthropic's pause_turn, is not the answer: the
+        -- turn goes on from it)
         local final = m.role == "assistant" and not (type(m.tool_calls) == "table" and #m.tool_calls > 0)
+          and m.stop ~= "pause"
         last_turn.done, last_turn.reply = final, final and (m.content or "") or nil
         if m.role == "assistant" then last_turn.iterations = last_turn.iterations + 1 end
       end

@@ -668,6 +668,33 @@ end
 -- result) gets that result first, as the API runs it then. Ids, encrypted
 -- contents and indexes are digests of what they cover, so that a block
 -- sent back altered is caught without the mock keeping state.
+--
+-- Tools that run in a code execution container (code_execution_*, and web
+-- search and web fetch from their _20260209 versions) put the reply's
+-- `container` ({ id, expires_at }); the request's `container` names one to
+-- reuse, and a paused turn of such a tool is refused unless it goes on in
+-- its container (the mock's wording: the API's own is not documented).
+
+-- Whether a server tool's type runs in a container.
+local function in_container(ty)
+  if type(ty) ~= "string" then return false end
+  if ty:match("^code_execution_") then return true end
+  local date = ty:match("^web_search_(%d+)$") or ty:match("^web_fetch_(%d+)$")
+  return date ~= nil and tonumber(date) >= 20260209
+end
+
+-- The container a request runs in: the one it names, else a new one when
+-- it offers a tool that needs one; nil otherwise.
+local function container_of(ctx)
+  local json = ctx.json
+  local needs = false
+  for _, t in ipairs(type(json.tools) == "table" and json.tools or {}) do
+    if type(t) == "table" and in_container(t.type) then needs = true end
+  end
+  if not needs then return nil end
+  local id = type(json.container) == "string" and json.container or ("container_mock" .. ctx.n)
+  return { id = id, expires_at = "2026-12-06T13:00:00Z" }
+end
 
 -- JSON with sorted keys, for the digests.
 local function canon(v)
@@ -788,6 +815,15 @@ end
 -- server's use. Returns the 400, or nil.
 local function server_refusal(json)
   local msgs = combined(type(json.messages) == "table" and json.messages or {})
+  local pending = pending_use(json)
+  if pending and json.container == nil then
+    for _, t in ipairs(type(json.tools) == "table" and json.tools or {}) do
+      if type(t) == "table" and t.name == pending.name and in_container(t.type) then
+        return ("container: the paused `%s` runs in a container: continue it with the response's "
+          .. "container id"):format(tostring(pending.name))
+      end
+    end
+  end
   local seen = {}
   for i, m in ipairs(msgs) do
     local content = m.content
@@ -856,7 +892,7 @@ function anthropic.completion(ctx)
   end
   local stop = anthropic_stop(ctx)
   return encode({
-    id = ctx.id, type = "message", role = "assistant", model = ctx.model,
+    id = ctx.id, type = "message", role = "assistant", model = ctx.model, container = container_of(ctx) or null,
     content = #content > 0 and content or EMPTY,
     stop_reason = stop, stop_sequence = null, stop_details = anthropic_stop_details(stop),
     usage = anthropic_usage(ctx, ctx.usage.output),
@@ -943,7 +979,8 @@ function anthropic.stream(ctx, truncate)
   -- Current servers restate every count, cumulatively, in message_delta.
   local stop = anthropic_stop(ctx)
   add(event("message_delta", { type = "message_delta",
-      delta = { stop_reason = stop, stop_sequence = null, stop_details = anthropic_stop_details(stop) },
+      delta = { stop_reason = stop, stop_sequence = null, stop_details = anthropic_stop_details(stop),
+                container = container_of(ctx) or null },
       usage = anthropic_usage(ctx, ctx.usage.output) })
     .. event("message_stop", { type = "message_stop" }))
   return chunks

@@ -464,8 +464,14 @@ local function loop(session, opts, run, first, state)
       chat_attributes(provider))
     run.chat = chat
     local copts = fallback and fallback_opts(popts, session, want) or popts
+    -- A server tool's code ran in a container: the next requests run in it
+    -- too (a paused turn can go on only there).
+    local sent_prefix = prefix
+    if history.container and provider._container_prefix then
+      sent_prefix = provider:_container_prefix(prefix, history.container)
+    end
     history:flush()
-    local resp, err = provider:_complete(prefix, copts, wire)
+    local resp, err = provider:_complete(sent_prefix, copts, wire)
     if not resp and session.context and compaction().is_overflow(err) then
       -- The provider says it does not fit: one compaction, one retry.
       local ok, cerr = compaction().compact(session, run, true)
@@ -474,7 +480,7 @@ local function loop(session, opts, run, first, state)
         wire = history:encoded()
         sent_bytes = history.wire_bytes
         copts = fallback and fallback_opts(popts, session, want) or popts -- (the compacted messages)
-        resp, err = provider:_complete(prefix, copts, wire)
+        resp, err = provider:_complete(sent_prefix, copts, wire)
       end
     end
     if chat then end_chat(chat, resp, err) end
@@ -503,7 +509,7 @@ local function loop(session, opts, run, first, state)
     history:append {
       role = "assistant", content = resp.text or (done and "" or nil),
       tool_calls = not (done or textual) and calls or nil,
-      reasoning = resp.reasoning, stop = resp.stop, usage = resp.usage,
+      reasoning = resp.reasoning, stop = resp.stop, usage = resp.usage, container = resp.container,
     }
     if done and resp.stop == "pause" then
       -- The provider paused its own loop of server tools (Anthropic's

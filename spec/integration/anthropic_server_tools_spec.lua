@@ -148,6 +148,29 @@ for _, stream in ipairs({ true, false }) do
       end)
     end)
 
+    it("goes on in the container a paused search ran in, and stays in it", function()
+      local path = tmpname()
+      local dynamic = { type = "web_search_20260209", name = "web_search", allowed_callers = { "direct" } }
+      local paused = { server_tools = { { name = "web_search", input = { query = "a" }, pending = true } },
+                       stop_reason = "pause_turn" }
+      with_mock({ replies = { paused, "Searched.", "ok" } }, function(srv)
+        local p = make(srv.url, stream, { server_tools = { dynamic } })
+        local s = tide.session { agent = "searcher", provider = p, transcript = path }
+        assert.are.equal("Searched.", assert(s:turn("search")))
+        local reqs = srv:requests()
+        assert.is_nil(reqs[1].json.container)
+        -- the reply named its container: the continuation runs there (the
+        -- mock refuses a paused container tool's turn anywhere else)
+        assert.are.equal("container_mock1", reqs[2].json.container)
+        -- and so does the next turn, in a session resumed from the transcript
+        local r = tide.session { resume = path, agent = "searcher", provider = make(srv.url, stream,
+          { server_tools = { dynamic } }) }
+        assert.are.equal("ok", assert(r:turn("more")))
+        assert.are.equal("container_mock1", srv:requests()[3].json.container)
+      end)
+      os.remove(path)
+    end)
+
     it("restores the content from the transcript: a resumed session sends it back too", function()
       local path = tmpname()
       local search = { server_tools = { { name = "web_search", input = { query = "q" } } }, text = "Found." }
@@ -188,6 +211,25 @@ describe("tide.provider.anthropic server tools, sent back wrong", function()
       assert.matches("was found without a corresponding `web_search_tool_result` block", err.body, 1, true)
       -- as received, it is taken
       assert.are.equal("never", assert(follow(data)).text)
+    end)
+  end)
+
+  it("the mock refuses a paused container tool's turn continued without its container", function()
+    local dynamic = { type = "web_search_20260209", name = "web_search" }
+    with_mock({ replies = { { server_tools = { { name = "web_search", input = { query = "q" }, pending = true } },
+                              stop_reason = "pause_turn" } }, default = "done" }, function(srv)
+      local p = make(srv.url, true, { server_tools = { dynamic } })
+      local prefix = p:encode_prefix("s")
+      local user = p:encode_message({ role = "user", content = "q" })
+      local res = assert(p:complete(p:body(prefix, { user })))
+      assert.are.equal("pause", res.stop)
+      assert.are.equal("container_mock1", res.container)
+      local paused = p:encode_message({ role = "assistant", content = res.text, reasoning = res.reasoning })
+      local out, err = p:complete(p:body(prefix, { user, paused }))
+      assert.is_nil(out)
+      assert.matches("continue it with the response's container id", err.body, 1, true)
+      assert.are.equal("done", assert(p:complete(p:body(p:_container_prefix(prefix, res.container),
+        { user, paused }))).text)
     end)
   end)
 

@@ -206,6 +206,16 @@ local function thinking_tokens(u)
   return nil
 end
 
+-- container.id of a table, when it is a string (the container a server
+-- tool's code ran in)
+local function container_id(t)
+  local c = type(t) == "table" and t.container or nil
+  if type(c) == "table" and type(c.id) == "string" then return c.id end
+  return nil
+end
+
+local function nonempty(s) if s ~= "" then return s end end
+
 -- The block types tide models; a reply with any other goes back whole (a
 -- `content` reasoning part: the decoded content here, its JSON in C).
 local MODELED = { text = true, tool_use = true, thinking = true, redacted_thinking = true }
@@ -282,7 +292,7 @@ function M.anthropic_reply(body)
   return { text = table.concat(text), tool_calls = calls, reasoning = reasoning,
     usage = anthropic_usage(count(u.input_tokens), count(u.cache_read_input_tokens),
       count(u.cache_creation_input_tokens), count(u.output_tokens), thinking_tokens(u) or 0),
-    stop = anthropic_stop(raw, calls), stop_raw = raw }
+    stop = anthropic_stop(raw, calls), stop_raw = raw, container = nonempty(container_id(obj) or "") }
 end
 
 local STREAM_ERRORS = { overloaded_error = "ProviderError", api_error = "ProviderError",
@@ -403,9 +413,11 @@ function M.anthropic_stream(body)
       st.input, st.read = count(u.input_tokens), count(u.cache_read_input_tokens)
       st.write, st.output = count(u.cache_creation_input_tokens), count(u.output_tokens)
       st.thinking_tokens = thinking_tokens(u) or 0
+      st.container = container_id(m) or st.container
     elseif ty == "message_delta" then
       local d = type(obj.delta) == "table" and obj.delta or {}
       if type(d.stop_reason) == "string" then st.stop = d.stop_reason end
+      st.container = container_id(d) or st.container
       local u = obj.usage
       if type(u) == "table" then
         if u.output_tokens ~= nil then st.output = count(u.output_tokens) end
@@ -514,6 +526,7 @@ function M.anthropic_stream(body)
   end
   return { text = table.concat(st.text), tool_calls = calls, reasoning = reasoning,
     usage = anthropic_usage(st.input, st.read, st.write, st.output, st.thinking_tokens),
+    container = nonempty(st.container or ""),
     stop = anthropic_stop(st.stop, calls), stop_raw = st.stop, deltas = st.text, rdeltas = st.rdeltas }
 end
 

@@ -178,7 +178,8 @@ describe("core.anthropic_stream", function()
     start(4, { type = "tool_use", id = "toolu_a", name = "lookup", input = {} }),
     delta(4, { type = "input_json_delta", partial_json = '{"note":"information"}' }),
     stop(4),
-    ev("message_delta", { type = "message_delta", delta = { stop_reason = "tool_use" },
+    ev("message_delta", { type = "message_delta", delta = { stop_reason = "tool_use",
+        container = { id = "container_011CPR5", expires_at = "2026-12-06T13:00:00Z" } },
       usage = { output_tokens = 90, output_tokens_details = { thinking_tokens = 12 },
                 server_tool_use = { web_search_requests = 1 } } }),
     ev("message_stop", { type = "message_stop" }),
@@ -206,6 +207,8 @@ describe("core.anthropic_stream", function()
     }, cjson.decode(part.data))
     -- the input exactly as its fragments came
     assert.is_truthy(part.data:find('"input":{"query": "tide tables"}', 1, true))
+    -- the container the server ran code in, for the next request to reuse
+    assert.are.equal("container_011CPR5", res.container)
     -- thinking tokens are the reply's reasoning, inside output
     assert.are.same({ input = 14028, output = 90, cached = 12000, cache_write = 2015, reasoning = 12 }, res.usage)
   end)

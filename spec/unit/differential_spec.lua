@@ -244,6 +244,7 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
     assert.are.same(want.usage, got.usage, what)
     assert.are.equal(want.stop, got.stop, what)
     assert.are.equal(want.stop_raw, got.stop_raw, what)
+    assert.are.equal(want.container, got.container, what)
     assert.are.equal(#want.tool_calls, #got.tool_calls, what)
     for i, c in ipairs(want.tool_calls) do
       assert.are.equal(c.id, got.tool_calls[i].id, what)
@@ -265,7 +266,9 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
       ev[#ev + 1] = "event: " .. name .. "\ndata: " .. (type(obj) == "string" and obj or cjson.encode(obj)) .. "\n\n"
     end
     local function maybe(n, v) if r(n) == 1 then return v end end
-    add("message_start", { type = "message_start", message = { id = "m", usage = { input_tokens = r(500) - 1,
+    add("message_start", { type = "message_start", message = { id = "m",
+      container = maybe(4, r(3) == 1 and cjson.null or { id = "container_" .. r(9), expires_at = "2026-12-06T13:00:00Z" }),
+      usage = { input_tokens = r(500) - 1,
       output_tokens = 1, cache_read_input_tokens = maybe(2, r(1000)), cache_creation_input_tokens = maybe(3, r(99)) } } })
     if r(3) == 1 then add("ping", { type = "ping" }) end
     local index = 0
@@ -373,7 +376,8 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
       delta = { type = "signature_delta", signature = "x" } }) end
     local stops = { "end_turn", "tool_use", "max_tokens", "refusal", "pause_turn", "stop_sequence",
       "model_context_window_exceeded", "brand_new_reason" }
-    add("message_delta", { type = "message_delta", delta = { stop_reason = stops[r(#stops)] },
+    add("message_delta", { type = "message_delta", delta = { stop_reason = stops[r(#stops)],
+        container = maybe(4, { id = r(5) == 1 and "" or ("container_" .. r(9)) }) },
       usage = { output_tokens = r(300), input_tokens = maybe(2, r(500)), cache_read_input_tokens = maybe(3, r(9)),
         output_tokens_details = maybe(3, { thinking_tokens = r(200) }) } })
     if r(10) > 1 then add("message_stop", { type = "message_stop" }) end
@@ -412,6 +416,7 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
         else content[#content + 1] = { type = "tool_use", id = "t", name = "n", input = {} } end
       end
       local obj = { id = "msg", type = "message", role = "assistant", content = #content > 0 and content or nil,
+        container = r(4) == 1 and { id = r(6) == 1 and 7 or ("container_" .. r(9)) } or nil,
         stop_reason = ({ "end_turn", "tool_use", "max_tokens", "refusal", "newer", cjson.null })[r(6)],
         usage = { input_tokens = r(99), output_tokens = r(99), cache_read_input_tokens = r(3) == 1 and r(9) or nil,
           cache_creation_input_tokens = r(3) == 1 and 2.5 or nil,

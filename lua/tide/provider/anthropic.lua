@@ -499,6 +499,18 @@ function Provider:_encode(msg, level)
     .. ',"role":"user"}'
 end
 
+--- The prefix of a request that runs in `container` (the id a reply gave:
+--- a server tool's code ran there): the container field before the
+--- messages. `extra_body`'s own container wins.
+---@param prefix string from encode_prefix
+---@param id string
+---@return string
+function Provider:_container_prefix(prefix, id)
+  if self.extra_json and self.extra_json.container then return prefix end
+  local tail = ',"messages":['
+  return prefix:sub(1, #prefix - #tail) .. ',"container":' .. quote(id) .. tail
+end
+
 -- ------------------------------------------------------------------- wire
 
 function Provider:_url()
