@@ -171,6 +171,32 @@ for _, stream in ipairs({ true, false }) do
       os.remove(path)
     end)
 
+    it("leaves a queued turn whose transcript ends in a paused reply unfinished", function()
+      local path = tmpname()
+      local paused = { server_tools = { { name = "web_search", input = { query = "a" }, pending = true } },
+                       stop_reason = "pause_turn" }
+      with_mock({ replies = { paused, { fault = "status", status = 400 } } }, function(srv)
+        local s = tide.session { agent = "searcher", provider = make(srv.url, stream), transcript = path }
+        assert.is_nil(s:turn("search"))
+      end)
+      -- as a queue worker that died here would have left it: the turn's
+      -- record before its user message
+      local lines = {}
+      for line in io.lines(path) do lines[#lines + 1] = line end
+      for i, line in ipairs(lines) do
+        if line:find('"role":"user"', 1, true) then
+          table.insert(lines, i, '{"id":"req-1","type":"turn"}')
+          break
+        end
+      end
+      local f = assert(io.open(path, "w"))
+      f:write(table.concat(lines, "\n"), "\n")
+      f:close()
+      local r = tide.session { resume = path, agent = "searcher", provider = make("http://127.0.0.1:9", stream) }
+      assert.are.same({ id = "req-1", done = false, iterations = 1 }, r.last_turn)
+      os.remove(path)
+    end)
+
     it("restores the content from the transcript: a resumed session sends it back too", function()
       local path = tmpname()
       local search = { server_tools = { { name = "web_search", input = { query = "q" } } }, text = "Found." }
