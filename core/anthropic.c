@@ -15,13 +15,14 @@
 **   type (else the SSE event's name), index
 **   message.usage.{input_tokens, output_tokens, cache_read_input_tokens,
 **                  cache_creation_input_tokens,
-**                  output_tokens_details.thinking_tokens},
+**                  output_tokens_details.thinking_tokens,
+**                  server_tool_use.web_search_requests},
 **   message.container.id                                        message_start
 **   content_block.{type, id, name, input, text, thinking, signature, data,
 **                  citations}; other blocks whole           content_block_start
 **   delta.{type, text, partial_json, thinking, signature, citation}
 **                                                         content_block_delta
-**   delta.{stop_reason, container.id}, usage.{the five counts}  message_delta
+**   delta.{stop_reason, container.id}, usage.{the six counts}   message_delta
 **   error.{type, message}                                               error
 ** and of a whole reply: type, error, content[*] (the block fields above;
 ** the array whole), usage, stop_reason, container.id. Every other value is validated and
@@ -73,6 +74,8 @@ typedef struct usage_fields {
   int num_input, num_read, num_write, seen_output;
   lua_Integer thinking; /* output_tokens_details.thinking_tokens: the part of output that was thinking */
   int num_thinking;
+  lua_Integer searches; /* server_tool_use.web_search_requests: billed apart */
+  int num_searches;
 } usage_fields;
 
 /* A content block: content_block of content_block_start, or an element of
@@ -99,6 +102,7 @@ typedef struct event_state {
   int delta_table;
   text_field dtype, dtext, partial, dthinking, dsignature, stop_reason;
   span citation;    /* a citations_delta's citation, raw (len 0: none) */
+  int in_server;    /* scanning usage.server_tool_use (else output_tokens_details) */
   text_field container; /* container.id: of the message, the delta or a whole reply */
   block_fields block;
   int usage_table;
@@ -152,7 +156,7 @@ typedef struct anthropic_stream {
   tide_buf content;          /* a stream's content, rebuilt when it has other blocks */
   const char *doc;           /* a whole reply's body, while it is scanned */
   event_state ev;
-  lua_Integer input, output, read, write, thinking_tokens;
+  lua_Integer input, output, read, write, thinking_tokens, searches;
   int has_stop;
   int done;         /* message_stop seen: nothing after it counts */
   int whole;        /* scanning a whole reply */
@@ -174,10 +178,15 @@ static int text_member(tide_json *p, text_field *f) {
 }
 
 
+/* A member of usage.output_tokens_details or usage.server_tool_use. */
 static int details_member(tide_json *p, const char *k, size_t kl, usage_fields *u) {
-  if (tide__json_key_is(k, kl, "thinking_tokens")) {
+  int server = stream_of(p)->ev.in_server;
+  if (!server && tide__json_key_is(k, kl, "thinking_tokens")) {
     u->num_thinking = tide__json_kind(tide__json_peek(p)) == V_NUMBER;
     u->thinking = tide__json_count(p);
+  } else if (server && tide__json_key_is(k, kl, "web_search_requests")) {
+    u->num_searches = tide__json_kind(tide__json_peek(p)) == V_NUMBER;
+    u->searches = tide__json_count(p);
   }
   return tide__json_skip(p);
 }
@@ -192,8 +201,14 @@ static int message_details_member(tide_json *p, const char *k, size_t kl) {
 
 static int usage_member(tide_json *p, const char *k, size_t kl, usage_fields *u) {
   int num = tide__json_kind(tide__json_peek(p)) == V_NUMBER;
-  if (tide__json_key_is(k, kl, "output_tokens_details")) {
-    u->thinking = 0, u->num_thinking = 0;
+  /* output_tokens_details.thinking_tokens, server_tool_use.web_search_requests */
+  int details = tide__json_key_is(k, kl, "output_tokens_details");
+  if (details || tide__json_key_is(k, kl, "server_tool_use")) {
+    if (details)
+      u->thinking = 0, u->num_thinking = 0;
+    else
+      u->searches = 0, u->num_searches = 0;
+    stream_of(p)->ev.in_server = !details;
     if (tide__json_peek(p) == '{')
       return tide__json_each_member(p, u == &stream_of(p)->ev.usage ? top_details_member : message_details_member);
     return tide__json_skip(p);
@@ -749,6 +764,10 @@ static void push_reply(lua_State *L, anthropic_stream *st) {
   lua_setfield(L, -2, "cache_write");
   lua_pushinteger(L, st->thinking_tokens); /* inside output, as OpenAI's reasoning tokens */
   lua_setfield(L, -2, "reasoning");
+  if (st->searches > 0) {
+    lua_pushinteger(L, st->searches);
+    lua_setfield(L, -2, "web_searches");
+  }
   lua_setfield(L, -2, "usage");
   if (st->container.len > 0) {
     lua_pushlstring(L, st->container.p, st->container.len);
@@ -1023,7 +1042,7 @@ static int anthropic_event(tide_reply_feed *fc, const tide_sse_event *e) {
   if (tide__json_key_is(ty, tl, "message_start")) {
     const usage_fields *u = &ev->message_usage;
     st->input = u->input, st->read = u->read, st->write = u->write, st->output = u->output;
-    st->thinking_tokens = u->thinking;
+    st->thinking_tokens = u->thinking, st->searches = u->searches;
     if (ev->container.has && set_buf(&st->container, scratch_of(st) + ev->container.at.off, ev->container.at.len))
       return fc->nomem = 1, 0;
   } else if (tide__json_key_is(ty, tl, "message_delta")) {
@@ -1044,6 +1063,7 @@ static int anthropic_event(tide_reply_feed *fc, const tide_sse_event *e) {
       if (u->num_read) st->read = u->read;
       if (u->num_write) st->write = u->write;
       if (u->num_thinking) st->thinking_tokens = u->thinking;
+      if (u->num_searches) st->searches = u->searches;
     }
   } else if (tide__json_key_is(ty, tl, "message_stop")) {
     st->done = 1;
@@ -1129,7 +1149,7 @@ static void anthropic_reset(tide_reply *r, size_t keep, size_t max) {
   st->nblocks = st->nthinking = st->nother = st->cur_text = 0;
   st->doc = NULL;
   memset(&st->ev, 0, sizeof st->ev);
-  st->input = st->output = st->read = st->write = st->thinking_tokens = 0;
+  st->input = st->output = st->read = st->write = st->thinking_tokens = st->searches = 0;
   st->has_stop = st->done = st->whole = 0;
 }
 
@@ -1216,7 +1236,7 @@ static int l_anthropic_parse(lua_State *L) {
   } else {
     usage_fields *u = &ev->usage;
     st->input = u->input, st->output = u->output, st->read = u->read, st->write = u->write;
-    st->thinking_tokens = u->thinking;
+    st->thinking_tokens = u->thinking, st->searches = u->searches;
     if ((ev->container.has &&
          set_buf(&st->container, scratch_of(st) + ev->container.at.off, ev->container.at.len)) ||
         (ev->stop_reason.has &&

@@ -128,6 +128,7 @@ typedef struct responses_stream {
   tide_buf parts; /* the reasoning items' strings */
   reasoning_part *reasoning;
   size_t nreasoning, reasoning_cap;
+  lua_Integer searches; /* web_search_call items: the built-in web search's calls, billed apart */
   int item_err;   /* ITEM_ of the first item that could not be taken */
   size_t item_err_at; /* its position, from 1 */
   /* The data of response.output_item.done events, each as a size_t
@@ -234,6 +235,7 @@ static void reset_output(responses_stream *st) {
   st->refusal.len = st->parts.len = 0;
   st->refused = 0;
   st->nreasoning = 0;
+  st->searches = 0;
   st->item_err = ITEM_OK;
   st->item_err_at = 0;
   if (st->whole) st->base.text.len = 0;
@@ -296,6 +298,8 @@ static int take_item(responses_stream *st, size_t i) {
         (r->has_data && keep_part(st, scratch + it->data.s.off, it->data.s.len, &r->data)))
       return J_NOMEM;
     st->nreasoning++;
+  } else if (span_is(sb, &it->type, "web_search_call")) {
+    st->searches++; /* counted for what it costs (usage.web_searches) */
   }
   /* Server-side tools' items (web_search_call, ...) are not tide's to send
   ** back or run. */
@@ -574,6 +578,10 @@ static void push_reply(lua_State *L, responses_stream *st) {
   lua_setfield(L, -2, "cache_write");
   lua_pushinteger(L, r->has_usage ? r->reasoning_tokens : 0);
   lua_setfield(L, -2, "reasoning");
+  if (st->searches > 0) {
+    lua_pushinteger(L, st->searches);
+    lua_setfield(L, -2, "web_searches");
+  }
   lua_setfield(L, -2, "usage");
   if (span_is(sb, &r->status, "incomplete")) {
     const char *stop = span_is(sb, &r->reason, "content_filter") ? "content_filter" : "length";

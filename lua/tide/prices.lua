@@ -12,30 +12,36 @@
 --- costs (input - cached - cache_write) x input + cached x cached +
 --- cache_write x cache_write + output x output, and reasoning tokens priced
 --- apart (where a price says so) replace their share of the output price.
+--- A server tool's web searches (`usage.web_searches`: Anthropic's web
+--- search, the Responses API's) cost `web_search` US dollars per 1,000
+--- searches on top.
 ---@class tide.prices
 local M = {}
 
 -- USD per 1M tokens: input, cached (cache read), cache_write, output. A
 -- missing cached price is the input price; a missing cache_write price is
--- the input price (providers that do not bill writes apart).
+-- the input price (providers that do not bill writes apart). web_search:
+-- USD per 1,000 searches of the provider's own web search tool ($10 for
+-- Claude and OpenAI's reasoning models, $25 for gpt-4o and gpt-4.1, whose
+-- search content tokens are free).
 local SHIPPED = {
-  ["gpt-4o"] = { input = 2.50, cached = 1.25, output = 10.00 },
-  ["gpt-4o-mini"] = { input = 0.15, cached = 0.075, output = 0.60 },
-  ["gpt-4.1"] = { input = 2.00, cached = 0.50, output = 8.00 },
-  ["gpt-4.1-mini"] = { input = 0.40, cached = 0.10, output = 1.60 },
+  ["gpt-4o"] = { input = 2.50, cached = 1.25, output = 10.00, web_search = 25 },
+  ["gpt-4o-mini"] = { input = 0.15, cached = 0.075, output = 0.60, web_search = 25 },
+  ["gpt-4.1"] = { input = 2.00, cached = 0.50, output = 8.00, web_search = 25 },
+  ["gpt-4.1-mini"] = { input = 0.40, cached = 0.10, output = 1.60, web_search = 25 },
   ["gpt-4.1-nano"] = { input = 0.10, cached = 0.025, output = 0.40 },
-  ["gpt-5"] = { input = 1.25, cached = 0.125, output = 10.00 },
-  ["gpt-5-mini"] = { input = 0.25, cached = 0.025, output = 2.00 },
-  ["gpt-5-nano"] = { input = 0.05, cached = 0.005, output = 0.40 },
-  ["o3"] = { input = 2.00, cached = 0.50, output = 8.00 },
+  ["gpt-5"] = { input = 1.25, cached = 0.125, output = 10.00, web_search = 10 },
+  ["gpt-5-mini"] = { input = 0.25, cached = 0.025, output = 2.00, web_search = 10 },
+  ["gpt-5-nano"] = { input = 0.05, cached = 0.005, output = 0.40, web_search = 10 },
+  ["o3"] = { input = 2.00, cached = 0.50, output = 8.00, web_search = 10 },
   ["o3-mini"] = { input = 1.10, cached = 0.55, output = 4.40 },
-  ["o4-mini"] = { input = 1.10, cached = 0.275, output = 4.40 },
-  ["claude-opus-4"] = { input = 15.00, cached = 1.50, cache_write = 18.75, output = 75.00 },
-  ["claude-opus-4-1"] = { input = 15.00, cached = 1.50, cache_write = 18.75, output = 75.00 },
-  ["claude-sonnet-4"] = { input = 3.00, cached = 0.30, cache_write = 3.75, output = 15.00 },
-  ["claude-sonnet-4-5"] = { input = 3.00, cached = 0.30, cache_write = 3.75, output = 15.00 },
-  ["claude-haiku-4-5"] = { input = 1.00, cached = 0.10, cache_write = 1.25, output = 5.00 },
-  ["claude-3-5-haiku"] = { input = 0.80, cached = 0.08, cache_write = 1.00, output = 4.00 },
+  ["o4-mini"] = { input = 1.10, cached = 0.275, output = 4.40, web_search = 10 },
+  ["claude-opus-4"] = { input = 15.00, cached = 1.50, cache_write = 18.75, output = 75.00, web_search = 10 },
+  ["claude-opus-4-1"] = { input = 15.00, cached = 1.50, cache_write = 18.75, output = 75.00, web_search = 10 },
+  ["claude-sonnet-4"] = { input = 3.00, cached = 0.30, cache_write = 3.75, output = 15.00, web_search = 10 },
+  ["claude-sonnet-4-5"] = { input = 3.00, cached = 0.30, cache_write = 3.75, output = 15.00, web_search = 10 },
+  ["claude-haiku-4-5"] = { input = 1.00, cached = 0.10, cache_write = 1.25, output = 5.00, web_search = 10 },
+  ["claude-3-5-haiku"] = { input = 0.80, cached = 0.08, cache_write = 1.00, output = 4.00, web_search = 10 },
   ["gemini-2.5-pro"] = { input = 1.25, cached = 0.31, output = 10.00 },
   ["gemini-2.5-flash"] = { input = 0.30, cached = 0.075, output = 2.50 },
   ["gemini-2.5-flash-lite"] = { input = 0.10, cached = 0.025, output = 0.40 },
@@ -47,11 +53,12 @@ local overrides = {}
 -- The prices found for each model name (false: none), so that a name is
 -- matched once, not on every response; emptied when prices change.
 local found = {}
-local FIELDS = { input = true, cached = true, cache_write = true, output = true, reasoning = true }
+local FIELDS = { input = true, cached = true, cache_write = true, output = true, reasoning = true, web_search = true }
 
 --- Sets or adds prices: `{ [model] = { input, cached, cache_write, output,
---- reasoning } }` in USD per million tokens (`input` and `output`
---- required). `false` for a model removes its price.
+--- reasoning, web_search } }` in USD per million tokens (`web_search`: per
+--- 1,000 searches; `input` and `output` required). `false` for a model
+--- removes its price.
 ---@param tbl table<string, table|false>
 function M.set(tbl)
   if type(tbl) ~= "table" then
@@ -106,7 +113,7 @@ end
 --- What a call with `usage` cost on `model`, in USD; nil when the model has
 --- no price.
 ---@param model string
----@param usage {input?:integer, output?:integer, cached?:integer, cache_write?:integer, reasoning?:integer}
+---@param usage {input?:integer, output?:integer, cached?:integer, cache_write?:integer, reasoning?:integer, web_searches?:integer}
 ---@return number|nil
 function M.cost(model, usage)
   local p = found[model] -- (M.of, without its call for a model seen before)
@@ -118,6 +125,8 @@ function M.cost(model, usage)
   local usd = fresh * p.input + cached * (p.cached or p.input) + written * (p.cache_write or p.input)
     + output * p.output
   if p.reasoning then usd = usd + reasoning * (p.reasoning - p.output) end
+  local searches = usage.web_searches
+  if searches and p.web_search then return usd / 1e6 + searches * p.web_search / 1000 end
   return usd / 1e6
 end
 

@@ -371,6 +371,8 @@ local function add_usage(run, stats, u, model)
   tokens.cached = tokens.cached + (u.cached or 0)
   tokens.cache_write = tokens.cache_write + (u.cache_write or 0)
   tokens.reasoning = tokens.reasoning + (u.reasoning or 0)
+  -- a server tool's searches, billed apart from the tokens
+  if u.web_searches then stats.web_searches = stats.web_searches + u.web_searches end
   -- What it cost: what the provider says it billed (OpenRouter's
   -- usage.cost), else from the model's price (tide.prices).
   local usd = u.cost_usd or prices.cost(model, u)

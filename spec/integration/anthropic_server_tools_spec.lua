@@ -197,6 +197,21 @@ for _, stream in ipairs({ true, false }) do
       os.remove(path)
     end)
 
+    it("counts the searches, and prices them apart from the tokens", function()
+      tide.prices { ["claude-mock"] = { input = 3, output = 15, web_search = 10 } }
+      local search = { server_tools = { { name = "web_search", input = { query = "a" } },
+                                        { name = "web_search", input = { query = "b" } } }, text = "Found." }
+      with_mock({ replies = { search } }, function(srv)
+        local s = tide.session { agent = "searcher", provider = make(srv.url, stream) }
+        assert.are.equal("Found.", assert(s:turn("search twice")))
+        local st = s:stats()
+        assert.are.equal(2, st.web_searches)
+        local tokens = (st.tokens.input * 3 + st.tokens.output * 15) / 1e6
+        assert.is_true(math.abs(st.cost_usd - (tokens + 2 * 10 / 1000)) < 1e-12)
+      end)
+      tide.prices { ["claude-mock"] = false }
+    end)
+
     it("restores the content from the transcript: a resumed session sends it back too", function()
       local path = tmpname()
       local search = { server_tools = { { name = "web_search", input = { query = "q" } } }, text = "Found." }

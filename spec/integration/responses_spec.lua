@@ -92,6 +92,8 @@ for _, stream in ipairs({ true, false }) do
         for i, item in ipairs(reqs[2].json.input) do types[i] = item.type end
         assert.are.same({ "message", "function_call", "function_call_output" }, types)
         assert.are.equal(1, s:stats().tool_calls)
+        -- each web_search_call is a search billed apart
+        assert.are.equal(2, s:stats().web_searches)
       end)
     end)
 

@@ -195,8 +195,16 @@ local function anthropic_stop(raw, calls)
   return ANTHROPIC_STOPS[raw] or (#calls > 0 and "tool_calls" or "stop")
 end
 
-local function anthropic_usage(input, read, write, output, thinking)
-  return { input = input + read + write, output = output, cached = read, cache_write = write, reasoning = thinking }
+local function anthropic_usage(input, read, write, output, thinking, searches)
+  return { input = input + read + write, output = output, cached = read, cache_write = write, reasoning = thinking,
+           web_searches = (searches or 0) > 0 and searches or nil }
+end
+
+-- usage.server_tool_use.web_search_requests, when there is one (a number)
+local function web_searches(u)
+  local d = type(u) == "table" and u.server_tool_use or nil
+  if type(d) == "table" and type(d.web_search_requests) == "number" then return count(d.web_search_requests) end
+  return nil
 end
 
 -- usage.output_tokens_details.thinking_tokens, when there is one (a number)
@@ -291,7 +299,7 @@ function M.anthropic_reply(body)
   calls = finish_calls(calls)
   return { text = table.concat(text), tool_calls = calls, reasoning = reasoning,
     usage = anthropic_usage(count(u.input_tokens), count(u.cache_read_input_tokens),
-      count(u.cache_creation_input_tokens), count(u.output_tokens), thinking_tokens(u) or 0),
+      count(u.cache_creation_input_tokens), count(u.output_tokens), thinking_tokens(u) or 0, web_searches(u)),
     stop = anthropic_stop(raw, calls), stop_raw = raw, container = nonempty(container_id(obj) or "") }
 end
 
@@ -413,6 +421,7 @@ function M.anthropic_stream(body)
       st.input, st.read = count(u.input_tokens), count(u.cache_read_input_tokens)
       st.write, st.output = count(u.cache_creation_input_tokens), count(u.output_tokens)
       st.thinking_tokens = thinking_tokens(u) or 0
+      st.searches = web_searches(u) or 0
       st.container = container_id(m) or st.container
     elseif ty == "message_delta" then
       local d = type(obj.delta) == "table" and obj.delta or {}
@@ -425,6 +434,7 @@ function M.anthropic_stream(body)
         if type(u.cache_read_input_tokens) == "number" then st.read = count(u.cache_read_input_tokens) end
         if type(u.cache_creation_input_tokens) == "number" then st.write = count(u.cache_creation_input_tokens) end
         st.thinking_tokens = thinking_tokens(u) or st.thinking_tokens
+        st.searches = web_searches(u) or st.searches
       end
     elseif ty == "message_stop" then
       st.done = true
@@ -525,7 +535,7 @@ function M.anthropic_stream(body)
     reasoning[#reasoning + 1] = { type = "content", content = content, provider = "anthropic" }
   end
   return { text = table.concat(st.text), tool_calls = calls, reasoning = reasoning,
-    usage = anthropic_usage(st.input, st.read, st.write, st.output, st.thinking_tokens),
+    usage = anthropic_usage(st.input, st.read, st.write, st.output, st.thinking_tokens, st.searches),
     container = nonempty(st.container or ""),
     stop = anthropic_stop(st.stop, calls), stop_raw = st.stop, deltas = st.text, rdeltas = st.rdeltas }
 end
@@ -661,18 +671,22 @@ local function add_item(acc, item, i)
     end
     acc.reasoning = acc.reasoning or {}
     acc.reasoning[#acc.reasoning + 1] = responses_reasoning(item)
+  elseif ty == "web_search_call" then
+    acc.searches = (acc.searches or 0) + 1
   end
   return nil
 end
 
 local function reply_of(obj, acc)
   local stop, raw = responses_stop(obj, #acc.calls, acc.refusal ~= nil)
+  local usage = responses_usage(obj.usage)
+  usage.web_searches = acc.searches
   return {
     text = concat(acc.text),
     tool_calls = finish_calls(acc.calls),
     reasoning = acc.reasoning,
     refusal = acc.refusal,
-    usage = responses_usage(obj.usage),
+    usage = usage,
     stop = stop,
     stop_raw = raw,
   }

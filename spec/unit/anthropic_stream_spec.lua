@@ -209,8 +209,9 @@ describe("core.anthropic_stream", function()
     assert.is_truthy(part.data:find('"input":{"query": "tide tables"}', 1, true))
     -- the container the server ran code in, for the next request to reuse
     assert.are.equal("container_011CPR5", res.container)
-    -- thinking tokens are the reply's reasoning, inside output
-    assert.are.same({ input = 14028, output = 90, cached = 12000, cache_write = 2015, reasoning = 12 }, res.usage)
+    -- thinking tokens are the reply's reasoning, inside output; the searches are billed apart
+    assert.are.same({ input = 14028, output = 90, cached = 12000, cache_write = 2015, reasoning = 12,
+                      web_searches = 1 }, res.usage)
   end)
 
   it("keeps no content part for a reply of only the blocks tide models", function()

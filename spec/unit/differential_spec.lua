@@ -379,7 +379,8 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
     add("message_delta", { type = "message_delta", delta = { stop_reason = stops[r(#stops)],
         container = maybe(4, { id = r(5) == 1 and "" or ("container_" .. r(9)) }) },
       usage = { output_tokens = r(300), input_tokens = maybe(2, r(500)), cache_read_input_tokens = maybe(3, r(9)),
-        output_tokens_details = maybe(3, { thinking_tokens = r(200) }) } })
+        output_tokens_details = maybe(3, { thinking_tokens = r(200), web_search_requests = 5 }),
+        server_tool_use = maybe(3, { web_search_requests = r(4) - 1, web_fetch_requests = 1 }) } })
     if r(10) > 1 then add("message_stop", { type = "message_stop" }) end
     return table.concat(ev)
   end
@@ -420,7 +421,8 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
         stop_reason = ({ "end_turn", "tool_use", "max_tokens", "refusal", "newer", cjson.null })[r(6)],
         usage = { input_tokens = r(99), output_tokens = r(99), cache_read_input_tokens = r(3) == 1 and r(9) or nil,
           cache_creation_input_tokens = r(3) == 1 and 2.5 or nil,
-          output_tokens_details = r(3) == 1 and { thinking_tokens = r(4) == 1 and "x" or r(50) } or nil } }
+          output_tokens_details = r(3) == 1 and { thinking_tokens = r(4) == 1 and "x" or r(50) } or nil,
+          server_tool_use = r(3) == 1 and { web_search_requests = r(4) == 1 and -1 or r(5) - 1 } or nil } }
       if r(10) == 1 then obj = { type = "error", error = { type = r(2) == 1 and "rate_limit_error" or "api_error",
         message = "slow down" } } end
       local body = cjson.encode(obj)
