@@ -48,6 +48,8 @@ static const char DRIVER[] =
     "local d = type(u.output_tokens_details) == 'table' and u.output_tokens_details or {}\n"
     "local usage = { input = count(u.input_tokens) + read + write, output = count(u.output_tokens),\n"
     "                cached = read, cache_write = write, reasoning = count(d.thinking_tokens) }\n"
+    "local stu = type(u.server_tool_use) == 'table' and u.server_tool_use or {}\n"
+    "if count(stu.web_search_requests) > 0 then usage.web_searches = count(stu.web_search_requests) end\n"
     "check(same(first.usage, usage), 'the usage is not what lua-cjson decodes', first.usage, usage)\n"
     "local box = type(obj.container) == 'table' and obj.container.id or nil\n"
     "if type(box) ~= 'string' or box == '' then box = nil end\n"

@@ -593,6 +593,15 @@ end
 local excerpt = require("tide.provider.errors").excerpt
 local concat = table.concat
 
+-- json.decode_fast, but text with a NUL byte is not JSON: lua-cjson stops
+-- reading at one (it ends its input), where the C scanner, reading every
+-- byte it is given, finds what follows. (A fuzzer found the two apart on
+-- an event whose data ended in a NUL.)
+local function decode_fast(text)
+  if text:find("\0", 1, true) then return nil, { message = "a NUL byte in the text" } end
+  return json.decode_fast(text)
+end
+
 local function responses_usage(u)
   if type(u) ~= "table" then return { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 } end
   local inp, out = u.input_tokens_details, u.output_tokens_details
@@ -702,7 +711,7 @@ end
 --- A whole Responses body (core.responses_parse gives the same): the
 --- reply, or nil and the error.
 function M.responses_parse(body)
-  local obj, derr = json.decode_fast(body)
+  local obj, derr = decode_fast(body)
   if obj == nil then
     return nil, fail("MalformedResponse", ("openai response is not valid JSON (%s)"):format(derr.message))
   end
@@ -751,7 +760,7 @@ function M.responses_stream(body)
       st.items[#st.items + 1] = ev.data
       return nil
     end
-    local obj, derr = json.decode_fast(ev.data)
+    local obj, derr = decode_fast(ev.data)
     if type(obj) ~= "table" then
       return fail("MalformedResponse", "openai stream event is not a JSON object"
         .. (derr and (" (" .. derr.message .. ")") or ""), { body = excerpt(ev.data) })
@@ -788,7 +797,7 @@ function M.responses_stream(body)
   if type(output) ~= "table" or next(output) == nil then
     output = {}
     for i, data in ipairs(st.items) do
-      local obj = json.decode_fast(data)
+      local obj = decode_fast(data)
       output[i] = type(obj) == "table" and obj.item or nil
     end
   end
