@@ -1185,16 +1185,17 @@ local responses = { id_prefix = "resp_mock", call_prefix = "call_" }
 responses.error_body = openai.error_body
 
 -- The encrypted content the mock hands out, and checks when it comes back:
--- a digest over the item's id and payload stands in for the real
--- service's encryption, so an altered item is refused without the mock
--- keeping state.
+-- the item's id and a payload with a digest over both stand in for the
+-- real service's encryption, so an altered item is refused without the
+-- mock keeping state. Like the real one it stands alone: an item sent back
+-- without its id is understood (and one with an id must match it).
 local function encrypted_for(id, payload)
-  return "gAAAAMock" .. payload .. "." .. core.hash("rs|" .. id .. "|" .. payload)
+  return "gAAAAMock" .. id .. "~" .. payload .. "." .. core.hash("rs|" .. id .. "|" .. payload)
 end
 
 local function encrypted_ok(id, data)
-  local payload, digest = data:match("^gAAAAMock(.-)%.(%x+)$")
-  return payload ~= nil and digest == core.hash("rs|" .. tostring(id) .. "|" .. payload)
+  local inner, payload, digest = data:match("^gAAAAMock([^~]*)~(.-)%.(%x+)$")
+  return inner ~= nil and digest == core.hash("rs|" .. inner .. "|" .. payload) and (id == nil or id == inner)
 end
 
 local function wants_encrypted(json)
@@ -1429,6 +1430,14 @@ function responses.validate(_, req)
     local where = ("input[%d]"):format(i - 1)
     if type(item) ~= "table" then return responses_reject("Invalid type for '" .. where .. "'.", where) end
     local ty = item.type or (item.role and "message")
+    -- Without store, an item's id names nothing the service kept: it looks
+    -- it up and fails (what OpenAI's API answers for newer models, and
+    -- Azure's always).
+    if not store and item.id ~= nil then
+      return responses_reject(("Item with id '%s' not found. Items are not persisted when `store` is set to false. "
+        .. "Try again with `store` set to true, or remove this item from your input."):format(tostring(item.id)),
+        "input")
+    end
     if ty == "message" then
       if item.role == "assistant" and type(item.content) == "table" then
         for j, part in ipairs(item.content) do

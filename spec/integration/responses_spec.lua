@@ -190,10 +190,29 @@ for _, stream in ipairs({ true, false }) do
           assert.are.equal("answer", res2.text)
           local input = srv:requests()[2].json.input
           assert.are.equal("reasoning", input[2].type)
-          assert.are.equal(r.id, input[2].id)
+          -- stateless: the encrypted content alone, no id to look up (the
+          -- mock, as the API, refuses an id it never stored)
+          assert.is_nil(input[2].id)
           assert.are.equal(r.data, input[2].encrypted_content)
           assert.are.same({ { type = "summary_text", text = "Weighing the options." } }, input[2].summary)
           assert.are.equal("function_call", input[3].type)
+        end)
+    end)
+
+    it("gets the real error for a reasoning item sent back with its id while nothing is stored", function()
+      with_mock({ replies = { { reasoning = true, tool_calls = { { name = "lookup", arguments = {} } } }, "x" } },
+        function(srv)
+          local p = make(srv.url, stream, { reasoning = { effort = "medium" } })
+          local kept = make(srv.url, stream, { reasoning = { effort = "medium" }, store = true })
+          local prefix = p:encode_prefix("s", { lookup_tool })
+          local msgs = { p:encode_message({ role = "user", content = "q" }) }
+          local res = assert(p:complete(p:body(prefix, msgs)))
+          msgs[2] = kept:encode_message(assistant_of(res)) -- (as tide sent it before: with the id)
+          msgs[3] = p:encode_message(results_of(res))
+          local _, err = p:complete(p:body(prefix, msgs))
+          assert.are.equal(400, err.status)
+          assert.matches("Item with id 'rs_mock1' not found. Items are not persisted when `store` is set to false",
+            err.message, 1, true)
         end)
     end)
 
@@ -450,9 +469,12 @@ describe("tide.provider.openai{ api = \"responses\" }, requests", function()
       { type = "text", text = "claude", signature = "sig", provider = "anthropic" },
       { type = "encrypted", id = "rs_1", data = "gAAAAx", summary = "s", provider = "openai_responses" } } }
     local rs = provider.openai({ api = "responses" }):encode_message(mixed)
-    assert.are.equal('{"encrypted_content":"gAAAAx","id":"rs_1","summary":[{"text":"s","type":"summary_text"}],'
+    assert.are.equal('{"encrypted_content":"gAAAAx","summary":[{"text":"s","type":"summary_text"}],'
       .. '"type":"reasoning"},{"content":[{"annotations":[],"text":"hi","type":"output_text"}],"role":"assistant",'
       .. '"type":"message"}', rs)
+    -- with store, the id goes too: the service kept the item
+    assert.truthy(provider.openai({ api = "responses", store = true }):encode_message(mixed)
+      :find('"id":"rs_1"', 1, true))
     local chat = provider.openai({}):encode_message(mixed)
     assert.is_nil(chat:find("gAAAAx", 1, true))
     assert.is_nil(chat:find("rs_1", 1, true))

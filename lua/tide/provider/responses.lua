@@ -128,7 +128,11 @@ end
 -- The reasoning items of an assistant message: this API's parts only, each
 -- as received. With `store = false` an item without its encrypted content
 -- cannot be resolved by the server (the id names nothing stored) and would
--- fail the request, so it is left out.
+-- fail the request, so it is left out; and an item with it goes without its
+-- id: the encrypted content stands alone, and the id would be looked up and
+-- not found ("Item with id 'rs_...' not found. Items are not persisted when
+-- `store` is set to false": Azure always, OpenAI's API for newer models;
+-- the Vercel AI SDK and other agent runtimes dropped the id in 2026).
 local function reasoning_items(reasoning, store)
   if reasoning == nil then return nil end
   local items, n = nil, 0
@@ -140,7 +144,7 @@ local function reasoning_items(reasoning, store)
       n = n + 1
       items = items or {}
       items[n] = (type(r.data) == "string" and '{"encrypted_content":' .. quote(r.data) .. "," or "{")
-        .. '"id":' .. quote(r.id) .. ',"summary":' .. summary .. ',"type":"reasoning"}'
+        .. (store and '"id":' .. quote(r.id) .. "," or "") .. '"summary":' .. summary .. ',"type":"reasoning"}'
     end
   end
   return items and concat(items, ",")
