@@ -62,6 +62,22 @@ function helpers.raised(fn, ...)
   return tostring(err)
 end
 
+--- Runs fn(srv) inside tide.run with a mock provider server of `opts`
+--- (tide.testing.mock_server), closed after, whatever fn did.
+function helpers.with_mock(opts, fn)
+  return helpers.run(function()
+    local srv <close> = assert(require("tide.testing").mock_server(opts))
+    fn(srv)
+  end)
+end
+
+--- A path for a transcript that does not exist yet (the caller removes it).
+function helpers.tmp_transcript()
+  local path = os.tmpname()
+  os.remove(path)
+  return path .. ".jsonl"
+end
+
 --- A fresh temporary directory (removed by helpers.rmdir).
 function helpers.tmpdir()
   local p = os.tmpname()

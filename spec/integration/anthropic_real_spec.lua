@@ -20,12 +20,7 @@ local function make(url, stream, extra)
   return provider.anthropic(o)
 end
 
-local function with_mock(opts, fn)
-  return helpers.run(function()
-    local srv <close> = assert(testing.mock_server(opts))
-    fn(srv)
-  end)
-end
+local with_mock = helpers.with_mock
 
 local THINKING = { budget_tokens = 2048 }
 

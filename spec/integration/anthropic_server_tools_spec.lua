@@ -9,7 +9,6 @@
 local helpers = require "helpers"
 local tide = require "tide"
 local provider = require "tide.provider"
-local testing = require "tide.testing"
 local cjson = require "cjson"
 
 local FAST = { attempts = 2, base_ms = 1, max_ms = 2 }
@@ -22,18 +21,9 @@ local function make(url, stream, extra)
   return provider.anthropic(o)
 end
 
-local function with_mock(opts, fn)
-  return helpers.run(function()
-    local srv <close> = assert(testing.mock_server(opts))
-    fn(srv)
-  end)
-end
+local with_mock = helpers.with_mock
 
-local function tmpname()
-  local path = os.tmpname()
-  os.remove(path)
-  return path .. ".jsonl"
-end
+local tmpname = helpers.tmp_transcript
 
 local lookup = tide.tool {
   name = "lookup", description = "Looks up.",

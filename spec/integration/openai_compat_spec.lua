@@ -22,11 +22,7 @@ local function gemini_details(n)
   }
 end
 
-local function tmpname()
-  local path = os.tmpname()
-  os.remove(path)
-  return path .. ".jsonl"
-end
+local tmpname = require("helpers").tmp_transcript
 
 for _, stream in ipairs({ true, false }) do
   local mode = stream and "streaming" or "non-streaming"

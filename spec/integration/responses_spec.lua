@@ -21,12 +21,7 @@ local function make(url, stream, extra)
   return provider.openai(o)
 end
 
-local function with_mock(opts, fn)
-  return helpers.run(function()
-    local srv <close> = assert(testing.mock_server(opts))
-    fn(srv)
-  end)
-end
+local with_mock = helpers.with_mock
 
 local lookup_tool = { name = "lookup", description = "Looks up.",
                       parameters = { type = "object", properties = { q = { type = "string" } } } }
