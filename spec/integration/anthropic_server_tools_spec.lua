@@ -202,6 +202,25 @@ for _, stream in ipairs({ true, false }) do
       tide.prices { ["claude-mock"] = false }
     end)
 
+    it("drops the content when the answer came through the output tool (structured_output = \"tool\")", function()
+      local answer = { server_tools = { { name = "web_search", input = { query = "tides" } } },
+                       text = '{"high":"6:00"}' }
+      with_mock({ replies = { answer, "ok" } }, function(srv)
+        tide.agent { id = "plain_searcher", prompt = "You search." }
+        local s = tide.session { agent = "plain_searcher",
+          provider = make(srv.url, stream, { structured_output = "tool" }) }
+        local v = assert(s:turn("when?", { schema = { type = "object", properties = { high = { type = "string" } },
+          required = { "high" }, additionalProperties = false } }))
+        assert.are.equal("6:00", v.high)
+        -- the content held the output tool's use, which no result answers:
+        -- the next request has the answer as text instead
+        assert.are.equal("ok", assert(s:turn("thanks")))
+        local sent = srv:requests()[2].json.messages[2]
+        assert.are.equal("assistant", sent.role)
+        assert.are.equal('{"high":"6:00"}', sent.content)
+      end)
+    end)
+
     it("restores the content from the transcript: a resumed session sends it back too", function()
       local path = tmpname()
       local search = { server_tools = { { name = "web_search", input = { query = "q" } } }, text = "Found." }
