@@ -109,17 +109,22 @@ end
 
 -- About how many bytes a message takes encoded: its strings, without
 -- encoding it (a compaction weighs every message of a long history).
-local function approx_bytes(m)
-  local n = 32
-  local c = m.content
-  if type(c) == "string" then n = n + #c
-  elseif type(c) == "table" then
+-- (content: text, or text and image parts, of a message or a tool result)
+local function content_bytes(c)
+  if type(c) == "string" then return #c end
+  local n = 0
+  if type(c) == "table" then
     for _, part in ipairs(c) do n = n + #(part.text or part.data or part.url or "") end
   end
+  return n
+end
+
+local function approx_bytes(m)
+  local n = 32 + content_bytes(m.content)
   for _, call in ipairs(m.tool_calls or {}) do
     n = n + 48 + #(call.name or "") + (type(call.arguments) == "string" and #call.arguments or 64)
   end
-  for _, r in ipairs(m.results or {}) do n = n + 48 + #(r.content or "") end
+  for _, r in ipairs(m.results or {}) do n = n + 48 + content_bytes(r.content) end
   return n
 end
 
@@ -220,7 +225,7 @@ function M.compact(session, run, force)
     for i = 1, last_bound - 1 do
       local m = messages[i]
       if m.role == "tool" and m.results[1] and m.results[1].content ~= DROPPED then
-        for _, r in ipairs(m.results) do est = est - #(r.content or "") // 4 end
+        for _, r in ipairs(m.results) do est = est - content_bytes(r.content) // 4 end
         emptied[#emptied + 1] = i
         if not force and est <= limit then break end
       end

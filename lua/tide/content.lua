@@ -139,6 +139,80 @@ function M.resolve(list)
   return out
 end
 
+-- ------------------------------------------------------------ tool results
+--
+-- A tool's result may show the model images (a screenshot, a chart): its
+-- handler returns a list of strings and `tide.image{}` parts, or an MCP
+-- server's result holds image content. Such a result is a list of neutral
+-- text and image parts; each wire format puts the images where its tool
+-- results can hold them (see the encoders).
+
+-- Whether `p` is an image part: tide.image's, or a neutral one.
+local function image_part(p)
+  if getmetatable(p) == part_mt then return p.type == "image" end
+  return type(p) == "table" and p.type == "image" and (type(p.data) == "string" or type(p.url) == "string")
+end
+
+--- True when a tool's result `v` is a list of text and image parts with
+--- an image among them (strings, `tide.image{}` parts, neutral `{ type =
+--- "text" | "image" }` tables), not a value to send as JSON.
+---@param v any
+---@return boolean
+function M.is_tool_parts(v)
+  if type(v) ~= "table" or getmetatable(v) ~= nil or #v == 0 then return false end
+  local image = false
+  for _, p in ipairs(v) do
+    if image_part(p) then
+      image = true
+    elseif not (type(p) == "string" or (type(p) == "table" and p.type == "text" and type(p.text) == "string")) then
+      return false
+    end
+  end
+  return image
+end
+
+--- The neutral parts of a tool's result list (M.is_tool_parts): files
+--- read, images checked; or nil and the error (FileError) to give the
+--- model.
+---@param list table
+---@return table[]|nil parts
+---@return table|nil err
+function M.resolve_tool_parts(list)
+  local out = {}
+  for i, p in ipairs(list) do
+    if type(p) == "string" or M.is(p) then
+      local one, err = M.resolve({ p })
+      if not one then return nil, err end
+      out[i] = one[1]
+    elseif p.type == "text" then
+      out[i] = { type = "text", text = p.text }
+    elseif p.url then
+      out[i] = { type = "image", url = p.url }
+    else
+      if not IMAGE_MIMES[p.mime] then
+        return nil, core.error("FileError", ("an image of type '%s' (png, jpeg, gif or webp are taken)")
+          :format(tostring(p.mime)))
+      end
+      if #p.data > M.MAX_BYTES * 4 // 3 + 4 then
+        return nil, core.error("FileError", ("an image over the %d-byte limit"):format(M.MAX_BYTES))
+      end
+      out[i] = { type = "image", mime = p.mime, data = p.data }
+    end
+  end
+  return out
+end
+
+--- The text of a tool result's parts, images as a line that says so.
+---@param parts table[]
+---@return string
+function M.parts_text(parts)
+  local out = {}
+  for i, p in ipairs(parts) do
+    out[i] = p.type == "text" and p.text or ("[image: %s]"):format(p.mime or p.url or "?")
+  end
+  return table.concat(out, "\n")
+end
+
 --- Checks the list form of a turn's input (misuse raises at `level`).
 function M.check_list(list, level)
   if #list == 0 then error("bad argument #1 to 'turn' (an empty list of parts)", level + 1) end

@@ -16,7 +16,7 @@
 ---       reasoning = { { type = "text" | "redacted", text?, signature?, data?, provider? } } | nil,
 ---       stop = "stop" | "tool_calls" | "length" | "pause" | ..., usage = { input, output, ... } | nil,
 ---       container = "<id>" | nil }  -- the container a server tool's code ran in
----     { role = "tool", results = { { id, name, content, is_error } } }
+---     { role = "tool", results = { { id, name, content, is_error } } } -- content: text, or text and image parts
 ---
 --- Reasoning parts carry whatever a provider needs back verbatim (a
 --- signature, opaque data); a provider that does not know a part's kind

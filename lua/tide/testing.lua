@@ -513,6 +513,21 @@ function openai.validate(self, req)
         "temperature", "unsupported_value")
     end
   end
+  -- Images go in user messages only (a tool's image, OpenAI's own answer
+  -- to one in a tool message). Looked for only in a body that has one.
+  if type(req.body) == "string" and req.body:find('"image_url"', 1, true) then
+    for i, m in ipairs(type(body.messages) == "table" and body.messages or {}) do
+      if type(m) == "table" and m.role ~= "user" and type(m.content) == "table" then
+        for _, part in ipairs(m.content) do
+          if type(part) == "table" and part.type == "image_url" then
+            return openai_reject(("Invalid 'messages[%d]'. Image URLs are only allowed for messages with role "
+              .. "'user', but this message with role '%s' contains an image URL."):format(i - 1, tostring(m.role)),
+              ("messages[%d]"):format(i - 1), "invalid_value")
+          end
+        end
+      end
+    end
+  end
   local sent = self._openai_calls
   if not sent then return nil end
   for _, m in ipairs(type(body.messages) == "table" and body.messages or {}) do
@@ -778,6 +793,44 @@ end
 
 -- A reply's server blocks, in order (the pending use's result first), the
 -- citations the text after them gets, and the requests made, by tool.
+-- The first image block of a user message (or of a tool_result in one)
+-- that the API would refuse, as its error message; nil when all are good.
+local ANTHROPIC_IMAGE_TYPES = { ["image/jpeg"] = true, ["image/png"] = true, ["image/gif"] = true,
+  ["image/webp"] = true }
+local function image_refusal(json)
+  local function check(b, where)
+    if type(b) ~= "table" or b.type ~= "image" then return nil end
+    local src = b.source
+    if type(src) ~= "table" then return where .. ".source: Field required" end
+    if src.type == "base64" then
+      if not ANTHROPIC_IMAGE_TYPES[src.media_type] then
+        return where .. (".source.base64.media_type: Input should be 'image/jpeg', 'image/png', 'image/gif' or "
+          .. "'image/webp'")
+      end
+      if type(src.data) ~= "string" or src.data == "" then return where .. ".source.base64.data: Field required" end
+    elseif src.type ~= "url" or type(src.url) ~= "string" then
+      return where .. ".source: Input tag does not match any of the expected tags: 'base64', 'url', 'file'"
+    end
+    return nil
+  end
+  for i, m in ipairs(type(json.messages) == "table" and json.messages or {}) do
+    if type(m) == "table" and m.role == "user" and type(m.content) == "table" then
+      for j, b in ipairs(m.content) do
+        local where = ("messages.%d.content.%d"):format(i - 1, j - 1)
+        local e = check(b, where)
+        if e then return e end
+        if type(b) == "table" and b.type == "tool_result" and type(b.content) == "table" then
+          for k, inner in ipairs(b.content) do
+            e = check(inner, ("%s.content.%d"):format(where, k - 1))
+            if e then return e end
+          end
+        end
+      end
+    end
+  end
+  return nil
+end
+
 -- Whether a request offers a tool the API runs itself (it has a type).
 local function offers_server_tool(json)
   for _, t in ipairs(type(json.tools) == "table" and json.tools or {}) do
@@ -1118,6 +1171,12 @@ function anthropic.validate(self, req)
   -- message, a cost the benchmarks' floors would share and hide)
   local why = offers_server_tool(json) and server_refusal(json)
   if why then return invalid_request(why) end
+  -- Images (a user's, or a tool's in its tool_result) as the API takes
+  -- them; looked for only in a body that has one.
+  if type(req.body) == "string" and req.body:find('"image"', 1, true) then
+    why = image_refusal(json)
+    if why then return invalid_request(why) end
+  end
   if thinking_enabled(json) and json.thinking.type == "enabled" then
     local budget = json.thinking.budget_tokens
     -- (lua-cjson decodes every number as a float)
@@ -1478,6 +1537,22 @@ function responses.validate(_, req)
       calls[#calls + 1] = item.call_id
       calls[item.call_id] = true
     elseif ty == "function_call_output" then
+      if type(item.output) == "table" then -- a list of input_text / input_image / input_file parts
+        for j, part in ipairs(item.output) do
+          local pt = type(part) == "table" and part.type
+          if pt ~= "input_text" and pt ~= "input_image" and pt ~= "input_file" then
+            return responses_reject(("Invalid value: '%s'. Supported values are: 'input_text', 'input_image', "
+              .. "and 'input_file'."):format(tostring(pt)), ("%s.output[%d]"):format(where, j - 1), "invalid_value")
+          end
+          if pt == "input_image" and type(part.image_url) ~= "string" and type(part.file_id) ~= "string" then
+            return responses_reject(("Missing required parameter: '%s.output[%d].image_url'."):format(where, j - 1),
+              ("%s.output[%d]"):format(where, j - 1), "missing_required_parameter")
+          end
+        end
+      elseif type(item.output) ~= "string" then
+        return responses_reject(("Invalid type for '%s.output': expected a string or an array."):format(where),
+          where .. ".output", "invalid_type")
+      end
       if not calls[item.call_id] then
         return responses_reject(("No tool call found for function call output with call_id %s.")
           :format(tostring(item.call_id)), "input")

@@ -20,6 +20,7 @@ local approval = require "tide.approval"
 local prices = require "tide.prices"
 local tracing = require "tide.tracing"
 local function compaction() return require "tide.compaction" end
+local function content_parts() return require "tide.content" end
 local chat_attributes, end_chat -- (tracing helpers, below)
 
 local hrtime = core.hrtime
@@ -42,6 +43,8 @@ local function to_text(v)
   if v == nil then return "" end
   if type(v) == "string" then return v end
   if type(v) == "table" then
+    -- text and images (tide.image{} parts): resolved by the call's task
+    if content_parts().is_tool_parts(v) then return v end
     local ok, s = pcall(json.canonical, v)
     if ok then return s end
     return "(unencodable result: " .. tostring(s) .. ")"
@@ -76,10 +79,12 @@ local function tool_error(e)
   return core.error("ToolError", (text:gsub("\nstack traceback:.*$", "")))
 end
 
---- Runs a tool's handler: its text (a table result as JSON), or nil and a
---- ToolError for a handler that raised, returned `nil, err` or the legacy
---- `{ is_error = true, content = ... }`. BudgetExhausted and Cancelled raise
---- through: they stop the turn, not the tool.
+--- Runs a tool's handler: its text (a table result as JSON; a list of
+--- strings and `tide.image{}` parts as that list, for the call's task to
+--- resolve), or nil and a ToolError for a handler that raised, returned
+--- `nil, err` or the legacy `{ is_error = true, content = ... }`.
+--- BudgetExhausted and Cancelled raise through: they stop the turn, not
+--- the tool.
 ---@param t tide.tool
 ---@param args table
 ---@param ctx table|nil
@@ -144,14 +149,24 @@ local function tool_task(run, t, args, call, t0)
     end
   end
   local text, err = run_tool(t, args, ctx)
+  if type(text) == "table" then -- text and images: their files read now
+    local parts, perr = content_parts().resolve_tool_parts(text)
+    if parts then text = parts else text, err = nil, tool_error(perr) end
+  end
   if span then
-    if text and tracing.capture_content() then span.attributes["gen_ai.tool.call.result"] = text end
+    if text and tracing.capture_content() then
+      span.attributes["gen_ai.tool.call.result"] = type(text) == "table" and content_parts().parts_text(text) or text
+    end
     if err and err.code == "ApprovalRequired" then span:event("approval_required") end
     span:finish(err and err.code ~= "ApprovalRequired" and err or nil)
   end
   if err and err.code == "ApprovalRequired" then return nil, err end
   local limit = run.cap
-  if text then
+  if type(text) == "table" then
+    for _, p in ipairs(text) do
+      if p.type == "text" and #p.text > limit then p.text = cap(p.text, limit) end
+    end
+  elseif text then
     if #text > limit then text = cap(text, limit) end
   else
     err.message = cap(err.message, limit)
@@ -279,12 +294,23 @@ end
 -- calls the model wrote as text, a user message of <tool_result> tags.
 local function results_message(results, textual)
   if not textual then return { role = "tool", results = results } end
-  local parts = {}
+  local parts, images = {}, nil
   for i, r in ipairs(results) do
+    local c = r.content
+    if type(c) == "table" then -- the images go after the text, as content parts
+      for _, p in ipairs(c) do
+        if p.type == "image" then images = images or {}; images[#images + 1] = p end
+      end
+      c = content_parts().parts_text(c)
+    end
     parts[i] = ('<tool_result name="%s"%s>\n%s\n</tool_result>'):format(
-      r.name, r.is_error and ' error="true"' or "", r.content)
+      r.name, r.is_error and ' error="true"' or "", c)
   end
-  return { role = "user", content = table.concat(parts, "\n") }
+  local text = table.concat(parts, "\n")
+  if not images then return { role = "user", content = text } end
+  local content = { { type = "text", text = text } }
+  for _, p in ipairs(images) do content[#content + 1] = p end
+  return { role = "user", content = content }
 end
 
 -- Answers every call of `calls` with the same error, so that the history

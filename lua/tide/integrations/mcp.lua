@@ -148,6 +148,34 @@ local function result_text(res)
   return table.concat(parts, "\n")
 end
 
+-- A tools/call result that shows an image (a screenshot, a chart): its
+-- content as text and image parts for the model to see, in order (text
+-- blocks and text resources as text, images as images, other blocks as a
+-- line that says what they are); nil for a result without an image.
+local function result_parts(res)
+  local content = type(res.content) == "table" and res.content or {}
+  local image = false
+  for _, b in ipairs(content) do
+    if type(b) == "table" and b.type == "image" and type(b.data) == "string" then image = true end
+  end
+  if not image then return nil end
+  local out = {}
+  for _, b in ipairs(content) do
+    if type(b) == "table" then
+      if b.type == "image" and type(b.data) == "string" then
+        out[#out + 1] = { type = "image", mime = tostring(b.mimeType), data = b.data }
+      elseif b.type == "text" and type(b.text) == "string" then
+        out[#out + 1] = b.text
+      elseif b.type == "resource" and type(b.resource) == "table" and type(b.resource.text) == "string" then
+        out[#out + 1] = b.resource.text
+      else
+        out[#out + 1] = result_text({ content = { b } })
+      end
+    end
+  end
+  return out
+end
+
 local function rpc_error_text(e)
   if type(e) ~= "table" then return tostring(e) end
   local s = ("%s (JSON-RPC error %s)"):format(tostring(e.message or "error"), tostring(e.code))
@@ -705,17 +733,18 @@ local function execute(self, action, args)
   if res.isError == true then
     return fail("ToolError", text ~= "" and text or ("MCP tool %s/%s failed"):format(self.name, action))
   end
-  return text
+  return result_parts(res) or text
 end
 
 --- Calls tool `action` with `args` (a table, or the model's JSON text,
 --- passed through as written): the text of the result (text blocks
---- joined; structuredContent as JSON when there is no text), or nil and a
---- ToolError (the tool's isError, a JSON-RPC error, a timeout, a server
---- that died).
+--- joined; structuredContent as JSON when there is no text), or, for a
+--- result with an image, its text and image parts in order (the model sees
+--- the image); or nil and a ToolError (the tool's isError, a JSON-RPC
+--- error, a timeout, a server that died).
 ---@param action string
 ---@param args table|string|nil
----@return string|nil text
+---@return string|table|nil result
 ---@return table|nil err
 function Mcp:execute(action, args)
   return blocking(execute, self, action, args)
@@ -732,6 +761,7 @@ end
 function Mcp:__tostring() return "tide.integrations.mcp (" .. self.name .. ")" end
 
 -- The parsers of what a server sends, for the fuzz target (fuzz/fuzz_mcp.c).
-mcp._parse = { messages_of = messages_of, result_text = result_text, add_tools = add_tools }
+mcp._parse = { messages_of = messages_of, result_text = result_text, result_parts = result_parts,
+  add_tools = add_tools }
 
 return mcp

@@ -386,6 +386,20 @@ local function plain_results(results)
   return copy
 end
 
+-- A tool message whose results show the model images: a tool_result's
+-- content is then a list of text and image blocks (the Messages API takes
+-- them there), the other results' content text as ever.
+local function parts_results(results)
+  local blocks = {}
+  for i, r in ipairs(results) do
+    local c = r.content
+    if type(c) == "table" and parts.is_neutral(c) then c = parts.anthropic(c) else c = result_text(c) end
+    if type(r.id) ~= "string" then error("tide.provider.anthropic: tool results need a string 'id'", 4) end
+    blocks[i] = canonical({ type = "tool_result", tool_use_id = r.id, content = c, is_error = r.is_error == true })
+  end
+  return '{"content":[' .. concat(blocks, ",") .. '],"role":"user"}'
+end
+
 -- The thinking blocks of an assistant message, as the content blocks that
 -- open it: only parts this provider produced (another provider's reasoning
 -- means nothing here, and its signatures would be refused), each exactly as
@@ -473,6 +487,7 @@ function Provider:_encode(msg, level)
   if role == "tool" then
     local results = msg.results
     if #results == 0 then return "" end
+    if provider._has_parts(results) then return parts_results(results) end
     local enc = results_wire(results) or results_wire(plain_results(results))
     if not enc then error("tide.provider.anthropic: tool results need a string 'id'", level) end
     return enc

@@ -8,6 +8,7 @@ local provider = {}
 
 local core = require "tide.core"
 local json = require "tide.json"
+local neutral = require "tide.content"
 local errors = require "tide.provider.errors"
 local reply = require "tide.provider.reply"
 local retry = require "tide.provider.retry"
@@ -521,12 +522,25 @@ function provider._check_message(kind, msg, level)
   end
 end
 
---- The text of a tool result's content (tables are sent as JSON).
+--- The text of a tool result's content (tables are sent as JSON; text and
+--- image parts as their text, an image as a line that says so).
 function provider._result_text(content)
   if content == nil then return "" end
   if type(content) == "string" then return content end
-  if type(content) == "table" then return json.canonical(content) end
+  if type(content) == "table" then
+    if neutral.is_neutral(content) then return neutral.parts_text(content) end
+    return json.canonical(content)
+  end
   return tostring(content)
+end
+
+--- Whether any of `results` holds text and image parts (a tool that showed
+--- the model an image) rather than text.
+function provider._has_parts(results)
+  for _, r in ipairs(results) do
+    if type(r.content) == "table" and neutral.is_neutral(r.content) then return true end
+  end
+  return false
 end
 
 -- ----------------------------------------------------------- base methods

@@ -207,8 +207,37 @@ local function plain_results(results)
   return copy
 end
 
+-- A tool message whose results show the model images. A chat tool message
+-- holds text only (the API refuses an image there: "Image URLs are only
+-- allowed for messages with role 'user'"), so each result's text goes in
+-- its tool message, saying its images follow, and one user message after
+-- them carries the images, each after a line naming its call.
+local function parts_results(results)
+  local out, images = {}, nil
+  for i, r in ipairs(results) do
+    local c = r.content
+    local text = result_text(c)
+    if type(c) == "table" and content.is_neutral(c) then
+      local mine = {}
+      for _, p in ipairs(c) do
+        if p.type == "image" then mine[#mine + 1] = p end
+      end
+      if #mine > 0 then
+        text = text .. ("\n(%d image%s in the next message)"):format(#mine, #mine == 1 and "" or "s")
+        images = images or {}
+        images[#images + 1] = { type = "text", text = ("Images from %s (call %s):"):format(tostring(r.name), r.id) }
+        for _, p in ipairs(mine) do images[#images + 1] = p end
+      end
+    end
+    out[i] = canonical({ role = "tool", tool_call_id = r.id, content = text })
+  end
+  if images then out[#out + 1] = canonical({ role = "user", content = content.openai_chat(images) }) end
+  return table.concat(out, ",")
+end
+
 --- One neutral message as JSON array element(s): a `tool` message becomes one
---- `role = "tool"` element per result, comma-joined.
+--- `role = "tool"` element per result, comma-joined (and a user message of
+--- their images, when they show the model any).
 ---@param msg table a neutral message (see docs/internals.md)
 ---@return string
 function Provider:encode_message(msg)
@@ -232,6 +261,7 @@ function Provider:_encode(msg)
   if role == "tool" then
     local results = msg.results
     if #results == 0 then return "" end
+    if provider._has_parts(results) then return parts_results(results) end
     local enc = results_wire(results) or results_wire(plain_results(results))
     if not enc then error("tide.provider.openai: tool results need a string 'id'", 3) end
     return enc

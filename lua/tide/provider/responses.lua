@@ -203,8 +203,12 @@ function Provider:_encode(msg)
     local results = msg.results
     local items, result_text = {}, provider._result_text
     for i, r in ipairs(results) do
-      items[i] = '{"call_id":' .. quote(r.id) .. ',"output":' .. quote(result_text(r.content))
-        .. ',"type":"function_call_output"}'
+      local c = r.content
+      -- text and images: the output is a list of input_text and
+      -- input_image parts, as the API takes it
+      local output = type(c) == "table" and content.is_neutral(c) and canonical(content.openai_responses(c))
+        or quote(result_text(c))
+      items[i] = '{"call_id":' .. quote(r.id) .. ',"output":' .. output .. ',"type":"function_call_output"}'
     end
     return concat(items, ",")
   end
