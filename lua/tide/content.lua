@@ -123,7 +123,8 @@ function M.resolve(list)
         bytes, err = read(p)
         if not bytes then return nil, err end
       end
-      local mime = p.mime or sniff(bytes) or (p.path and BY_EXTENSION[(p.path:match("%.(%w+)$") or ""):lower()])
+      local named = p.path or p.name -- (a file given as data says its type by its name's extension)
+      local mime = p.mime or sniff(bytes) or (named and BY_EXTENSION[(named:match("%.(%w+)$") or ""):lower()])
       if not mime or (p.type == "image" and not IMAGE_MIMES[mime]) then
         return nil, core.error("FileError", ("cannot tell the type of %s '%s' (give 'mime')"):format(p.type,
           p.path or "data"), { file = p.path })
@@ -141,28 +142,33 @@ end
 
 -- ------------------------------------------------------------ tool results
 --
--- A tool's result may show the model images (a screenshot, a chart): its
--- handler returns a list of strings and `tide.image{}` parts, or an MCP
--- server's result holds image content. Such a result is a list of neutral
--- text and image parts; each wire format puts the images where its tool
--- results can hold them (see the encoders).
+-- A tool's result may show the model images or documents (a screenshot, a
+-- chart, a PDF): its handler returns a list of strings and `tide.image{}` /
+-- `tide.file{}` parts, or an MCP server's result holds image content or a
+-- PDF resource. Such a result is a list of neutral parts; each wire format
+-- puts the images and files where its tool results can hold them (see the
+-- encoders).
 
--- Whether `p` is an image part: tide.image's, or a neutral one.
-local function image_part(p)
-  if getmetatable(p) == part_mt then return p.type == "image" end
-  return type(p) == "table" and p.type == "image" and (type(p.data) == "string" or type(p.url) == "string")
+-- Whether `p` is an image or file part: tide.image's or tide.file's, or a
+-- neutral one.
+local function attached_part(p)
+  if getmetatable(p) == part_mt then return true end
+  if type(p) ~= "table" then return false end
+  if p.type == "image" then return type(p.data) == "string" or type(p.url) == "string" end
+  return p.type == "file" and type(p.mime) == "string" and (type(p.data) == "string" or type(p.text) == "string")
 end
 
---- True when a tool's result `v` is a list of text and image parts with
---- an image among them (strings, `tide.image{}` parts, neutral `{ type =
---- "text" | "image" }` tables), not a value to send as JSON.
+--- True when a tool's result `v` is a list of parts with an image or a
+--- file among them (strings, `tide.image{}` and `tide.file{}` parts,
+--- neutral `{ type = "text" | "image" | "file" }` tables), not a value to
+--- send as JSON.
 ---@param v any
 ---@return boolean
 function M.is_tool_parts(v)
   if type(v) ~= "table" or getmetatable(v) ~= nil or #v == 0 then return false end
   local image = false
   for _, p in ipairs(v) do
-    if image_part(p) then
+    if attached_part(p) then
       image = true
     elseif not (type(p) == "string" or (type(p) == "table" and p.type == "text" and type(p.text) == "string")) then
       return false
@@ -188,6 +194,9 @@ function M.resolve_tool_parts(list)
       out[i] = { type = "text", text = p.text }
     elseif p.url then
       out[i] = { type = "image", url = p.url }
+    elseif p.type == "file" then
+      out[i] = { type = "file", mime = p.mime, name = type(p.name) == "string" and p.name or "file", data = p.data,
+                 text = p.text }
     else
       if not IMAGE_MIMES[p.mime] then
         return nil, core.error("FileError", ("an image of type '%s' (png, jpeg, gif or webp are taken)")
@@ -198,17 +207,46 @@ function M.resolve_tool_parts(list)
       end
       out[i] = { type = "image", mime = p.mime, data = p.data }
     end
+    -- every wire format takes PDF and text files in a tool result; no other
+    local f = out[i]
+    if f.type == "file" and f.mime ~= "application/pdf" and not f.text then
+      return nil, core.error("FileError", ("a file of type '%s' (PDF and text files are taken)"):format(f.mime))
+    end
   end
   return out
 end
 
---- The text of a tool result's parts, images as a line that says so.
+--- A tool result's parts with each text file made a text part (its name,
+--- then its text): for the wire formats whose tool results take images and
+--- PDFs but no text file.
+---@param parts table[]
+---@return table[]
+function M.text_files_inline(parts)
+  local out = {}
+  for i, p in ipairs(parts) do
+    if p.type == "file" and p.text then
+      out[i] = { type = "text", text = ("[file: %s]\n%s"):format(tostring(p.name), p.text) }
+    else
+      out[i] = p
+    end
+  end
+  return out
+end
+
+--- The text of a tool result's parts, an image or a file as a line that
+--- says so.
 ---@param parts table[]
 ---@return string
 function M.parts_text(parts)
   local out = {}
   for i, p in ipairs(parts) do
-    out[i] = p.type == "text" and p.text or ("[image: %s]"):format(p.mime or p.url or "?")
+    if p.type == "text" then
+      out[i] = p.text
+    elseif p.type == "file" then
+      out[i] = ("[file: %s, %s]"):format(tostring(p.name), tostring(p.mime))
+    else
+      out[i] = ("[image: %s]"):format(p.mime or p.url or "?")
+    end
   end
   return table.concat(out, "\n")
 end

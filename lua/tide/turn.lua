@@ -297,9 +297,9 @@ local function results_message(results, textual)
   local parts, images = {}, nil
   for i, r in ipairs(results) do
     local c = r.content
-    if type(c) == "table" then -- the images go after the text, as content parts
+    if type(c) == "table" then -- images and files go after the text, as content parts
       for _, p in ipairs(c) do
-        if p.type == "image" then images = images or {}; images[#images + 1] = p end
+        if p.type ~= "text" then images = images or {}; images[#images + 1] = p end
       end
       c = content_parts().parts_text(c)
     end

@@ -71,7 +71,7 @@ describe("a tool that shows the model an image", function()
       local msgs = srv:requests()[2].json.messages
       local tool, after = msgs[#msgs - 1], msgs[#msgs]
       assert.are.equal("tool", tool.role)
-      assert.are.equal("The screen:\n[image: image/png]\n(1 image in the next message)", tool.content)
+      assert.are.equal("The screen:\n[image: image/png]\n(1 attachment in the next message)", tool.content)
       assert.are.equal("user", after.role)
       assert.are.same({ { type = "text", text = "Images from shot (call call_s1):" },
         { type = "image_url", image_url = { url = "data:image/png;base64," .. PNG_B64 } } }, after.content)
@@ -132,6 +132,79 @@ describe("a tool that shows the model an image", function()
         assert.are.same({ type = "image_url", image_url = { url = "data:image/png;base64," .. PNG_B64 } },
           last.content[2])
       end)
+  end)
+
+  describe("and documents", function()
+    local PDF = "%PDF-1.7\n1 0 obj << >> endobj\n%%EOF\n"
+    local PDF_B64 = require("tide.core").base64(PDF)
+    local docs = tide.tool { name = "docs", description = "Reads the documents.",
+      parameters = { type = "object", properties = {} },
+      handler = function()
+        return { tide.file { data = PDF, name = "report.pdf" }, tide.file { data = "a,b\n1,2\n", name = "t.csv" } }
+      end }
+    local zip = tide.tool { name = "zip", description = "Gives an archive.", parameters = { type = "object", properties = {} },
+      handler = function() return { tide.file { data = "PK\3\4", name = "a.zip", mime = "application/zip" } } end }
+    tide.agent { id = "reader", prompt = "You read documents.", tools = { docs, zip } }
+    local DOCS = { tool_calls = { { id = "call_d", name = "docs", arguments = {} } } }
+
+    it("goes in Anthropic's tool_result as document blocks", function()
+      with_mock({ replies = { DOCS, "Read." } }, function(srv)
+        local s = tide.session { agent = "reader", provider = KINDS.anthropic(srv.url) }
+        assert.are.equal("Read.", assert(s:turn("read them")))
+        local content = srv:requests()[2].json.messages[3].content[1].content
+        assert.are.same({ type = "document", source = { type = "base64", media_type = "application/pdf",
+          data = PDF_B64 } }, content[1])
+        assert.are.same({ type = "document", source = { type = "text", media_type = "text/plain",
+          data = "a,b\n1,2\n" } }, content[2])
+      end)
+    end)
+
+    it("goes in the Responses output as input_file, a text file as text", function()
+      with_mock({ replies = { DOCS, "Read." } }, function(srv)
+        local s = tide.session { agent = "reader", provider = KINDS.responses(srv.url) }
+        assert.are.equal("Read.", assert(s:turn("read them")))
+        local out
+        for _, item in ipairs(srv:requests()[2].json.input) do
+          if item.type == "function_call_output" then out = item.output end
+        end
+        assert.are.same({ type = "input_file", filename = "report.pdf",
+          file_data = "data:application/pdf;base64," .. PDF_B64 }, out[1])
+        assert.are.same({ type = "input_text", text = "[file: t.csv]\na,b\n1,2\n" }, out[2])
+      end)
+    end)
+
+    it("goes in the user message after a chat tool message, a text file in the tool message", function()
+      with_mock({ replies = { DOCS, "Read." } }, function(srv)
+        local s = tide.session { agent = "reader", provider = KINDS.chat(srv.url) }
+        assert.are.equal("Read.", assert(s:turn("read them")))
+        local msgs = srv:requests()[2].json.messages
+        assert.are.equal("[file: report.pdf, application/pdf]\n[file: t.csv]\na,b\n1,2\n\n(1 attachment in the "
+          .. "next message)", msgs[#msgs - 1].content)
+        assert.are.same({ type = "file", file = { filename = "report.pdf",
+          file_data = "data:application/pdf;base64," .. PDF_B64 } }, msgs[#msgs].content[2])
+      end)
+    end)
+
+    it("answers a file no wire format takes with a FileError", function()
+      with_mock({ replies = { { tool_calls = { { id = "call_z", name = "zip", arguments = {} } } }, "No." } },
+        function(srv)
+          local s = tide.session { agent = "reader", provider = KINDS.anthropic(srv.url) }
+          assert.are.equal("No.", assert(s:turn("open it")))
+          local result = srv:requests()[2].json.messages[3].content[1]
+          assert.is_true(result.is_error)
+          assert.are.equal("Error: FileError: a file of type 'application/zip' (PDF and text files are taken)",
+            result.content)
+        end)
+    end)
+
+    it("reads an MCP result's PDF resource as a file", function()
+      local parts = require("tide.integrations.mcp")._parse.result_parts({ content = {
+        { type = "text", text = "Here:" },
+        { type = "resource", resource = { uri = "file:///tmp/r.pdf", mimeType = "application/pdf", blob = PDF_B64 } },
+      } })
+      assert.are.same({ "Here:", { type = "file", mime = "application/pdf", data = PDF_B64, name = "r.pdf" } }, parts)
+      assert.is_nil(require("tide.integrations.mcp")._parse.result_parts({ content = { { type = "text", text = "x" } } }))
+    end)
   end)
 
   it("caps each text part of an image result, never the image", function()

@@ -148,22 +148,34 @@ local function result_text(res)
   return table.concat(parts, "\n")
 end
 
--- A tools/call result that shows an image (a screenshot, a chart): its
--- content as text and image parts for the model to see, in order (text
--- blocks and text resources as text, images as images, other blocks as a
--- line that says what they are); nil for a result without an image.
+-- An embedded resource that is a PDF (its bytes as base64 `blob`).
+local function pdf_resource(b)
+  local r = b.type == "resource" and b.resource
+  return type(r) == "table" and r.mimeType == "application/pdf" and type(r.blob) == "string"
+end
+
+-- A tools/call result that shows an image or a PDF (a screenshot, a chart,
+-- a document): its content as parts for the model to see, in order (text
+-- blocks and text resources as text, images as images, a PDF resource as a
+-- file, other blocks as a line that says what they are); nil for a result
+-- without either.
 local function result_parts(res)
   local content = type(res.content) == "table" and res.content or {}
-  local image = false
+  local attached = false
   for _, b in ipairs(content) do
-    if type(b) == "table" and b.type == "image" and type(b.data) == "string" then image = true end
+    if type(b) == "table" and ((b.type == "image" and type(b.data) == "string") or pdf_resource(b)) then
+      attached = true
+    end
   end
-  if not image then return nil end
+  if not attached then return nil end
   local out = {}
   for _, b in ipairs(content) do
     if type(b) == "table" then
       if b.type == "image" and type(b.data) == "string" then
         out[#out + 1] = { type = "image", mime = tostring(b.mimeType), data = b.data }
+      elseif pdf_resource(b) then
+        out[#out + 1] = { type = "file", mime = "application/pdf", data = b.resource.blob,
+                          name = tostring(b.resource.uri):match("[^/]+$") or "document.pdf" }
       elseif b.type == "text" and type(b.text) == "string" then
         out[#out + 1] = b.text
       elseif b.type == "resource" and type(b.resource) == "table" and type(b.resource.text) == "string" then

@@ -207,29 +207,32 @@ local function plain_results(results)
   return copy
 end
 
--- A tool message whose results show the model images. A chat tool message
--- holds text only (the API refuses an image there: "Image URLs are only
--- allowed for messages with role 'user'"), so each result's text goes in
--- its tool message, saying its images follow, and one user message after
--- them carries the images, each after a line naming its call.
+-- A tool message whose results show the model images or PDFs. A chat tool
+-- message holds text only (the API refuses an image there: "Image URLs are
+-- only allowed for messages with role 'user'"), so each result's text (text
+-- files inline) goes in its tool message, saying what follows, and one user
+-- message after them carries the images and PDFs, each call's after a line
+-- naming it.
 local function parts_results(results)
   local out, images = {}, nil
   for i, r in ipairs(results) do
     local c = r.content
-    local text = result_text(c)
+    local text
     if type(c) == "table" and content.is_neutral(c) then
+      c = content.text_files_inline(c)
+      text = result_text(c)
       local mine = {}
       for _, p in ipairs(c) do
-        if p.type == "image" then mine[#mine + 1] = p end
+        if p.type ~= "text" then mine[#mine + 1] = p end
       end
       if #mine > 0 then
-        text = text .. ("\n(%d image%s in the next message)"):format(#mine, #mine == 1 and "" or "s")
+        text = text .. ("\n(%d attachment%s in the next message)"):format(#mine, #mine == 1 and "" or "s")
         images = images or {}
         images[#images + 1] = { type = "text", text = ("Images from %s (call %s):"):format(tostring(r.name), r.id) }
         for _, p in ipairs(mine) do images[#images + 1] = p end
       end
     end
-    out[i] = canonical({ role = "tool", tool_call_id = r.id, content = text })
+    out[i] = canonical({ role = "tool", tool_call_id = r.id, content = text or result_text(c) })
   end
   if images then out[#out + 1] = canonical({ role = "user", content = content.openai_chat(images) }) end
   return table.concat(out, ",")

@@ -204,10 +204,10 @@ function Provider:_encode(msg)
     local items, result_text = {}, provider._result_text
     for i, r in ipairs(results) do
       local c = r.content
-      -- text and images: the output is a list of input_text and
-      -- input_image parts, as the API takes it
-      local output = type(c) == "table" and content.is_neutral(c) and canonical(content.openai_responses(c))
-        or quote(result_text(c))
+      -- text, images and files: the output is a list of input_text,
+      -- input_image and input_file (a PDF) parts, as the API takes it
+      local output = type(c) == "table" and content.is_neutral(c)
+        and canonical(content.openai_responses(content.text_files_inline(c))) or quote(result_text(c))
       items[i] = '{"call_id":' .. quote(r.id) .. ',"output":' .. output .. ',"type":"function_call_output"}'
     end
     return concat(items, ",")
