@@ -1225,6 +1225,22 @@ function anthropic.validate(self, req)
   return nil
 end
 
+-- What Vertex AI answers a request to Claude it refuses: no OAuth token
+-- (Google's 401), or a body without its anthropic_version.
+function anthropic.vertex_refusal(req)
+  local auth = req.headers and req.headers["authorization"] or ""
+  if not auth:match("^Bearer %S+$") then
+    return { status = 401, headers = JSON_HEADERS, body = encode({ error = { code = 401, status = "UNAUTHENTICATED",
+      message = "Request is missing required authentication credential. Expected OAuth 2 access token, login "
+        .. "cookie or other valid authentication credential." } }) }
+  end
+  local json = type(req.json) == "table" and req.json or {}
+  if json.anthropic_version ~= "vertex-2023-10-16" then
+    return invalid_request("anthropic_version: Field required")
+  end
+  return nil
+end
+
 function anthropic.malformed_stream(ctx)
   return {
     message_start(ctx),
@@ -1733,6 +1749,12 @@ function Mock:_handle(req)
   if req.method == "POST" and route:match("/chat/completions$") then
     shape = "openai"
   elseif req.method == "POST" and route:match("/messages$") then
+    shape = "anthropic"
+  elseif req.method == "POST" and route:match("/publishers/anthropic/models/[^/:]+:%a+$")
+      and (route:match(":rawPredict$") or route:match(":streamRawPredict$")) then
+    -- Claude on Vertex AI: Google's credentials, the version in the body
+    local refused = anthropic.vertex_refusal(rec)
+    if refused then return refused end
     shape = "anthropic"
   elseif req.method == "POST" and route:match("/responses$") then
     shape = "responses"

@@ -414,14 +414,25 @@ end
 -- Stops that cut the answer short.
 local TRUNCATED = { length = true, content_filter = true }
 
--- The GenAI attributes of a provider call (the chat span).
+-- The GenAI attributes of a provider call (the chat span). The provider's
+-- name is the semantic conventions' well-known one for the service the
+-- request goes to: by its host for the OpenAI-compatible ones, Vertex AI
+-- for Claude there.
 local PROVIDER_NAMES = { openai = "openai", anthropic = "anthropic", responses = "openai" }
+local HOST_NAMES = { ["api.deepseek.com"] = "deepseek", ["api.groq.com"] = "groq",
+  ["api.mistral.ai"] = "mistral_ai", ["api.x.ai"] = "x_ai", ["api.perplexity.ai"] = "perplexity" }
 chat_attributes = function(provider)
   local host = type(provider.base_url) == "string" and provider.base_url:match("^%a+://([^/:]+)")
-  return { ["gen_ai.operation.name"] = "chat",
-    ["gen_ai.provider.name"] = PROVIDER_NAMES[provider.kind] or provider.kind,
+  local name = HOST_NAMES[host] or PROVIDER_NAMES[provider.kind] or provider.kind
+  if provider.vertex then
+    name = "gcp.vertex_ai"
+  elseif provider.key_header == "api-key" then -- an Azure resource
+    name = "azure.ai.openai"
+  end
+  return { ["gen_ai.operation.name"] = "chat", ["gen_ai.provider.name"] = name,
     ["gen_ai.request.model"] = provider.model, ["server.address"] = host }
 end
+M._chat_attributes = chat_attributes -- (for the specs)
 
 -- Ends a chat span with what the response said.
 end_chat = function(span, resp, err)

@@ -36,16 +36,88 @@ function Provider:__tostring()
   return ("tide.provider.anthropic(%s, %s)"):format(self.model, self.base_url)
 end
 
+-- ------------------------------------------------------------ Vertex AI
+--
+-- Claude on Google Cloud (anthropic-sdk-python's AnthropicVertex, whose
+-- rules these are): POST {base}/projects/{project}/locations/{region}/
+-- publishers/anthropic/models/{model}:rawPredict (:streamRawPredict when
+-- streaming); the body without `model` and with `anthropic_version:
+-- "vertex-2023-10-16"`; a Google OAuth access token as `Authorization:
+-- Bearer`, never an Anthropic key.
+
+M.VERTEX_VERSION = "vertex-2023-10-16"
+
+-- The host of a region, as the SDK picks it.
+local function vertex_base(region)
+  if region == "global" then return "https://aiplatform.googleapis.com/v1" end
+  if region == "us" then return "https://aiplatform.us.rep.googleapis.com/v1" end
+  if region == "eu" then return "https://aiplatform.eu.rep.googleapis.com/v1" end
+  return ("https://%s-aiplatform.googleapis.com/v1"):format(region)
+end
+
+-- The vertex option checked, project and region filled in from the
+-- environment; or nil and a misuse message.
+local function vertex_of(v)
+  local where = "tide.provider.anthropic: "
+  for k in pairs(v) do
+    if k ~= "project" and k ~= "region" and k ~= "token" then
+      return nil, where .. "unknown option 'vertex." .. tostring(k) .. "'"
+    end
+  end
+  local project = v.project or provider._env("ANTHROPIC_VERTEX_PROJECT_ID")
+  local region = v.region or provider._env("CLOUD_ML_REGION")
+  if type(project) ~= "string" or not project:match("^[%w%-]+$") then
+    return nil, where .. "'vertex.project' must be a project id (or set ANTHROPIC_VERTEX_PROJECT_ID)"
+  end
+  if type(region) ~= "string" or not region:match("^[%w%-]+$") then
+    return nil, where .. "'vertex.region' must be a region (or set CLOUD_ML_REGION)"
+  end
+  if v.token ~= nil and type(v.token) ~= "function" then
+    return nil, where .. "'vertex.token' must be a function"
+  end
+  return { project = project, region = region, token = v.token }
+end
+
+-- Before a request (exchange.lua), for a Vertex provider with a token
+-- function: renews its access token once the seconds it said have passed
+-- (less a minute; 55 minutes when it said nothing, as Google's last an
+-- hour). True, or nil and a ProviderError when the function failed.
+local function renew_token(self)
+  local fn = self.vertex.token
+  if self._token_until and core.hrtime() < self._token_until then return true end
+  local ok, token, ttl = pcall(fn)
+  if not ok or type(token) ~= "string" or token == "" or token:find("[\r\n%z]") then
+    return nil, core.error("ProviderError", "tide.provider.anthropic: vertex.token gave no access token"
+      .. (not ok and (": " .. tostring(token)) or ""))
+  end
+  ttl = math.type(ttl) and ttl > 60 and ttl or 3360
+  self.api_key, self._token_until = token, core.hrtime() + (ttl - 60) * 1000000000
+  return true
+end
+
 --- Creates the provider object, or returns nil plus a misuse message.
 ---@param opts? tide.provider.opts
 function M.new(opts)
-  local self, msg = provider._new("anthropic", opts, {
+  local vertex
+  if type(opts) == "table" and type(opts.vertex) == "table" then
+    local verr
+    vertex, verr = vertex_of(opts.vertex)
+    if not vertex then return nil, verr end
+  end
+  local self, msg = provider._new("anthropic", opts, vertex and {
+    -- (an Anthropic key is never sent to Google)
+    base_url = provider._env("ANTHROPIC_VERTEX_BASE_URL") or vertex_base(vertex.region),
+    model = provider._env("TIDE_MODEL") or "claude-sonnet-4-5",
+    max_tokens = M.DEFAULT_MAX_TOKENS,
+  } or {
     base_url = provider._env("ANTHROPIC_BASE_URL") or "https://api.anthropic.com/v1",
     api_key = provider._env("ANTHROPIC_API_KEY"), api_key_env = "ANTHROPIC_API_KEY",
     model = provider._env("TIDE_MODEL") or "claude-sonnet-4-5",
     max_tokens = M.DEFAULT_MAX_TOKENS,
   })
   if not self then return nil, msg end
+  self.vertex = vertex
+  if vertex and vertex.token then self._before_request = renew_token end
   opts = opts or {}
   if opts.thinking then
     local t = opts.thinking
@@ -276,6 +348,9 @@ function Provider:encode_prefix(system, tools, schema)
     model = canonical(self.model),
     stream = self.stream and "true" or "false",
   }
+  if self.vertex then -- the model is in the URL; the version in the body
+    fields.model, fields.anthropic_version = nil, quote(M.VERTEX_VERSION)
+  end
   if system ~= nil and system ~= "" then
     if self.prompt_cache then
       fields.system = canonical({ { type = "text", text = system, cache_control = EPHEMERAL } })
@@ -529,16 +604,25 @@ end
 -- ------------------------------------------------------------------- wire
 
 function Provider:_url()
-  return self.base_url .. "/messages"
+  local v = self.vertex
+  if not v then return self.base_url .. "/messages" end
+  return ("%s/projects/%s/locations/%s/publishers/anthropic/models/%s:%s"):format(self.base_url, v.project, v.region,
+    self.model, self.stream and "streamRawPredict" or "rawPredict")
 end
 
 function Provider:_headers()
   local h = { ["content-type"] = "application/json", ["anthropic-version"] = M.VERSION_HEADER }
   if self.stream then h["accept"] = "text/event-stream" end
-  if self.api_key then h["x-api-key"] = self.api_key end
+  if self.vertex then
+    h["anthropic-version"] = nil
+    if self.api_key then h["authorization"] = "Bearer " .. self.api_key end
+  elseif self.api_key then
+    h["x-api-key"] = self.api_key
+  end
   for k, v in pairs(self.headers) do h[k] = v end
   return h
 end
+
 
 -- The reply is parsed in C (core.anthropic_stream: SSE framing, the JSON of
 -- each event, tool-input assembly; core.anthropic_parse: a whole reply), so

@@ -53,6 +53,7 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field extra_body? table fields merged into every request body (OpenAI and Anthropic)
 ---@field api? "chat"|"responses" OpenAI only: chat completions (default) or the Responses API
 ---@field store? boolean OpenAI Responses only: let OpenAI keep the responses (default false: stateless)
+---@field vertex? {project?:string, region?:string, token?:fun():string, integer?} Anthropic only: Claude on Google Cloud's Vertex AI (project and region default to ANTHROPIC_VERTEX_PROJECT_ID and CLOUD_ML_REGION; the access token is `api_key`, or what `token()` returns, called again when the seconds it says have passed)
 ---@field server_tools? table[] tools the provider runs itself, sent as given beside the agent's tools: Anthropic's server tools (`{ type = "web_search_20250305", name = "web_search", max_uses = 5 }`, web fetch, code execution), the Responses API's built-in tools (`{ type = "web_search" }`); their calls and results stay in the reply's content, and a paused turn (Anthropic's pause_turn) goes on by itself
 
 local option_types = {
@@ -62,6 +63,7 @@ local option_types = {
   max_tokens_field = "string", reasoning = "table", tool_choice = "any", parallel_tool_calls = "boolean",
   stop = "any", query = "table", extra_body = "table", thinking = "table", structured_output = "string",
   api = "string", store = "boolean", limits = "table", stream_usage = "boolean", server_tools = "table",
+  vertex = "table",
 }
 
 -- The options only the OpenAI chat wire format reads.
@@ -366,7 +368,7 @@ function provider._new(kind, opts, defaults)
     for k in pairs(OPENAI_ONLY) do allowed[k] = nil end
   end
   if kind ~= "anthropic" then -- only its encoder sends them
-    allowed.thinking, allowed.structured_output = nil, nil
+    allowed.thinking, allowed.structured_output, allowed.vertex = nil, nil, nil
   end
   local msg = check_options(kind, opts, allowed)
   if msg then return nil, msg end

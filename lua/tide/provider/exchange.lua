@@ -262,6 +262,11 @@ end
 ---@return tide.provider.response|nil
 ---@return table|nil err
 function M.complete(self, body, opts, wire)
+  -- a provider whose credentials expire renews them first (Vertex's token)
+  if self._before_request then
+    local ok, err = self:_before_request()
+    if not ok then return nil, err end
+  end
   local n = 0
   local policy = self.retry
   local timeout_ms = opts.timeout_ms or self.timeout_ms
