@@ -166,20 +166,20 @@ end
 ---@return boolean
 function M.is_tool_parts(v)
   if type(v) ~= "table" or getmetatable(v) ~= nil or #v == 0 then return false end
-  local image = false
+  local attached = false
   for _, p in ipairs(v) do
     if attached_part(p) then
-      image = true
+      attached = true
     elseif not (type(p) == "string" or (type(p) == "table" and p.type == "text" and type(p.text) == "string")) then
       return false
     end
   end
-  return image
+  return attached
 end
 
 --- The neutral parts of a tool's result list (M.is_tool_parts): files
---- read, images checked; or nil and the error (FileError) to give the
---- model.
+--- read, images and files checked; or nil and the error (FileError) to
+--- give the model.
 ---@param list table
 ---@return table[]|nil parts
 ---@return table|nil err
