@@ -426,7 +426,7 @@ chat_attributes = function(provider)
   local name = HOST_NAMES[host] or PROVIDER_NAMES[provider.kind] or provider.kind
   if provider.vertex then
     name = "gcp.vertex_ai"
-  elseif provider.key_header == "api-key" then -- an Azure resource
+  elseif provider.kind == "openai" and provider.key_header == "api-key" then -- an Azure resource
     name = "azure.ai.openai"
   end
   return { ["gen_ai.operation.name"] = "chat", ["gen_ai.provider.name"] = name,

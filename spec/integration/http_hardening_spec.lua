@@ -282,4 +282,26 @@ io.write("given ", tostring(h["api-key"]), " ", tostring(h.authorization), "\n")
       "https://api.openai.com/v1 nil Bearer sk-openai-secret",
       "given given nil", "" }, "\n"), out)
   end)
+
+  it("is never another service's: Azure without its own variable sends none", function()
+    local out = io.popen([[OPENAI_API_KEY=sk-openai-secret ANTHROPIC_API_KEY=sk-ant-secret LUA_PATH='lua/?.lua;lua/?/init.lua;;' ]]
+      .. [[LUA_CPATH=']] .. (os.getenv("TIDE_BUILD_DIR") or "build") .. [[/?.so;;' ASAN_OPTIONS=detect_leaks=0 lua5.4 -e '
+local p = require("tide").provider
+local h = p.openai({ base_url = "https://my-res.openai.azure.com/openai/v1" }):_headers()
+io.write(tostring(h["api-key"]), " ", tostring(h.authorization), "\n")
+h = p.anthropic({ base_url = "https://my-res.services.ai.azure.com/anthropic/v1" }):_headers()
+io.write(tostring(h["api-key"]), " ", tostring(h["x-api-key"]), "\n")' 2>&1]]):read("a")
+    assert.are.equal("nil nil\nnil nil\n", out)
+  end)
+
+  it("is Foundry's own for Claude on Microsoft Foundry, sent as x-api-key and api-key", function()
+    local out = io.popen([[ANTHROPIC_API_KEY=sk-ant-secret ANTHROPIC_FOUNDRY_API_KEY=fd-key LUA_PATH='lua/?.lua;lua/?/init.lua;;' ]]
+      .. [[LUA_CPATH=']] .. (os.getenv("TIDE_BUILD_DIR") or "build") .. [[/?.so;;' ASAN_OPTIONS=detect_leaks=0 lua5.4 -e '
+local anthropic = require("tide").provider.anthropic
+for _, url in ipairs { "https://my-res.services.ai.azure.com/anthropic/v1", "https://api.anthropic.com/v1" } do
+  local h = anthropic({ base_url = url }):_headers()
+  io.write(tostring(h["x-api-key"]), " ", tostring(h["api-key"]), "\n")
+end' 2>&1]]):read("a")
+    assert.are.equal("fd-key fd-key\nsk-ant-secret nil\n", out)
+  end)
 end)

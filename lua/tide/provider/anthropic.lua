@@ -618,6 +618,8 @@ function Provider:_headers()
     if self.api_key then h["authorization"] = "Bearer " .. self.api_key end
   elseif self.api_key then
     h["x-api-key"] = self.api_key
+    -- (Microsoft Foundry takes it as api-key too, as its SDK sends it)
+    if self.key_header then h[self.key_header] = self.api_key end
   end
   for k, v in pairs(self.headers) do h[k] = v end
   return h

@@ -31,7 +31,7 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 
 ---@class tide.provider.opts
 ---@field base_url? string
----@field api_key? string sent as Authorization: Bearer (OpenAI: as api-key at an Azure resource's host, where it defaults to AZURE_OPENAI_API_KEY)
+---@field api_key? string sent as Authorization: Bearer (OpenAI: as api-key at an Azure resource's host, where it defaults to AZURE_OPENAI_API_KEY; Anthropic: as x-api-key, and api-key too at a Microsoft Foundry resource, where it defaults to ANTHROPIC_FOUNDRY_API_KEY)
 ---@field model? string
 ---@field stream? boolean default true
 ---@field temperature? number
@@ -104,13 +104,21 @@ local HOST_DEFAULTS = {
 local AZURE = { key_header = "api-key", key_env = "AZURE_OPENAI_API_KEY" }
 local AZURE_HOSTS = { "%.openai%.azure%.com$", "%.cognitiveservices%.azure%.com$", "%.services%.ai%.azure%.com$" }
 
--- What HOST_DEFAULTS says for a base URL (by host and port, then host).
-local function host_defaults(url)
+-- Claude on Microsoft Foundry (anthropic-sdk-python's AnthropicFoundry):
+-- at a resource's `*.services.ai.azure.com/anthropic` the key comes from
+-- ANTHROPIC_FOUNDRY_API_KEY, never ANTHROPIC_API_KEY, and goes as both
+-- x-api-key and api-key.
+local FOUNDRY = { key_header = "api-key", key_env = "ANTHROPIC_FOUNDRY_API_KEY" }
+
+-- What HOST_DEFAULTS says for a base URL (by host and port, then host) of
+-- a provider of `kind`.
+local function host_defaults(url, kind)
   local authority = url:match("^%a+://([^/]+)") or ""
   local host = authority:match("^[^:]+") or ""
   for _, pattern in ipairs(AZURE_HOSTS) do
-    if host:lower():find(pattern) then return AZURE end
+    if host:lower():find(pattern) then return kind == "anthropic" and FOUNDRY or AZURE end
   end
+  if kind ~= "openai" then return {} end
   return HOST_DEFAULTS[authority] or HOST_DEFAULTS[host] or {}
 end
 
@@ -378,11 +386,12 @@ function provider._new(kind, opts, defaults)
   local headers = {}
   for k, v in pairs(opts.headers or {}) do headers[k:lower()] = v end
   local base_url = (opts.base_url or defaults.base_url):gsub("/+$", "")
-  local known = kind == "openai" and host_defaults(base_url) or {}
+  local known = host_defaults(base_url, kind)
   -- The key from the environment: the host's own variable where it has one
   -- (never another service's key: Azure's), else the provider's.
   local env_name = known.key_env or defaults.api_key_env
-  local env_key = known.key_env and provider._env(known.key_env) or defaults.api_key
+  local env_key = defaults.api_key
+  if known.key_env then env_key = provider._env(known.key_env) end -- (unset: no key, not the provider's)
   -- A key from the environment (a CRLF .env file) is checked as the option
   -- is, and named by its variable; never echoed.
   if opts.api_key == nil and env_key and env_key:find("[\r\n%z]") then
@@ -403,6 +412,7 @@ function provider._new(kind, opts, defaults)
     headers = headers,
     prompt_cache = opts.prompt_cache == true,
     limits = opts.limits, -- rpm / tpm, held process-wide (tide.provider.limits)
+    key_header = known.key_header, -- the header the key goes in where it is not the usual one (Azure's)
   }
   if opts.extra_body then
     -- Encoded now, once: a value JSON cannot hold raises at construction,
@@ -429,7 +439,6 @@ function provider._new(kind, opts, defaults)
     self.server_tools, self.server_tool_names = encoded, names
   end
   if kind == "openai" then
-    self.key_header = known.key_header
     self.max_tokens_field = opts.max_tokens_field or known.max_tokens_field or "max_completion_tokens"
     if opts.stream_usage ~= nil then
       self.stream_usage = opts.stream_usage
