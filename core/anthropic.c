@@ -22,10 +22,12 @@
 **                  citations}; other blocks whole           content_block_start
 **   delta.{type, text, partial_json, thinking, signature, citation}
 **                                                         content_block_delta
-**   delta.{stop_reason, container.id}, usage.{the six counts}   message_delta
+**   delta.{stop_reason, container.id, stop_details.explanation},
+**   usage.{the six counts}                                       message_delta
 **   error.{type, message}                                               error
 ** and of a whole reply: type, error, content[*] (the block fields above;
-** the array whole), usage, stop_reason, container.id. Every other value is validated and
+** the array whole), usage, stop_reason, container.id,
+** stop_details.explanation. Every other value is validated and
 ** skipped (ping, content_block_stop and event types newer than this file
 ** carry nothing a reply needs). An event is applied once the whole of it has parsed, by the
 ** rules the Lua parser applied to the decoded table: the last of duplicate
@@ -104,6 +106,7 @@ typedef struct event_state {
   span citation;    /* a citations_delta's citation, raw (len 0: none) */
   int in_server;    /* scanning usage.server_tool_use (else output_tokens_details) */
   text_field container; /* container.id: of the message, the delta or a whole reply */
+  text_field explanation; /* stop_details.explanation: why the model refused */
   block_fields block;
   int usage_table;
   usage_fields usage;
@@ -148,6 +151,7 @@ typedef struct anthropic_stream {
   tide_buf canon;   /* the canonical text of a whole tool input */
   tide_buf stop;    /* the last stop_reason */
   tide_buf container; /* the id of the container the request ran in (server tools' code execution) */
+  tide_buf refusal;   /* stop_details.explanation of a refusal */
   kept_block *blocks;
   size_t nblocks, kept, cap; /* blocks past nblocks up to kept hold emptied buffers */
   size_t nthinking;          /* of them thinking or redacted_thinking */
@@ -246,6 +250,18 @@ static int container_value(tide_json *p) {
   return tide__json_skip(p);
 }
 
+static int stop_details_member(tide_json *p, const char *k, size_t kl) {
+  if (tide__json_key_is(k, kl, "explanation")) return text_member(p, &stream_of(p)->ev.explanation);
+  return tide__json_skip(p);
+}
+
+/* A "stop_details" member: a refusal's explanation, when it has one. */
+static int stop_details_value(tide_json *p) {
+  stream_of(p)->ev.explanation.has = 0;
+  if (tide__json_peek(p) == '{') return tide__json_each_member(p, stop_details_member);
+  return tide__json_skip(p);
+}
+
 static int message_member(tide_json *p, const char *k, size_t kl) {
   if (tide__json_key_is(k, kl, "container")) return container_value(p);
   if (tide__json_key_is(k, kl, "usage")) {
@@ -265,6 +281,7 @@ static int delta_member(tide_json *p, const char *k, size_t kl) {
   if (tide__json_key_is(k, kl, "signature")) return text_member(p, &ev->dsignature);
   if (tide__json_key_is(k, kl, "stop_reason")) return text_member(p, &ev->stop_reason);
   if (tide__json_key_is(k, kl, "container")) return container_value(p);
+  if (tide__json_key_is(k, kl, "stop_details")) return stop_details_value(p);
   if (tide__json_key_is(k, kl, "citation")) {
     if (tide__json_peek(p) == '{') return tide__json_skip_raw(p, &ev->citation);
     ev->citation.len = 0;
@@ -370,6 +387,7 @@ static int root_member(tide_json *p, const char *k, size_t kl) {
   }
   if (st->whole) {
     if (tide__json_key_is(k, kl, "container")) return container_value(p);
+    if (tide__json_key_is(k, kl, "stop_details")) return stop_details_value(p);
     if (tide__json_key_is(k, kl, "content")) {
       ev->content_kind = tide__json_kind(tide__json_peek(p));
       int rc = reset_content(st);
@@ -395,7 +413,7 @@ static int root_member(tide_json *p, const char *k, size_t kl) {
     ev->dtype.has = ev->dtext.has = ev->partial.has = 0;
     ev->dthinking.has = ev->dsignature.has = ev->stop_reason.has = 0;
     ev->citation.len = 0;
-    ev->container.has = 0;
+    ev->container.has = ev->explanation.has = 0;
     if (kind == V_OBJECT) return tide__json_each_member(p, delta_member);
   } else if (tide__json_key_is(k, kl, "content_block")) {
     return scan_block(p);
@@ -773,6 +791,10 @@ static void push_reply(lua_State *L, anthropic_stream *st) {
     lua_pushlstring(L, st->container.p, st->container.len);
     lua_setfield(L, -2, "container");
   }
+  if (st->refusal.len > 0) {
+    lua_pushlstring(L, st->refusal.p, st->refusal.len);
+    lua_setfield(L, -2, "refusal");
+  }
   if (st->has_stop) {
     lua_pushlstring(L, st->stop.p ? st->stop.p : "", st->stop.len);
     lua_setfield(L, -2, "stop_raw");
@@ -1049,6 +1071,9 @@ static int anthropic_event(tide_reply_feed *fc, const tide_sse_event *e) {
     if (ev->delta_table && ev->container.has &&
         set_buf(&st->container, scratch_of(st) + ev->container.at.off, ev->container.at.len))
       return fc->nomem = 1, 0;
+    if (ev->delta_table && ev->explanation.has &&
+        set_buf(&st->refusal, scratch_of(st) + ev->explanation.at.off, ev->explanation.at.len))
+      return fc->nomem = 1, 0;
     if (ev->delta_table && ev->stop_reason.has) {
       if (set_buf(&st->stop, scratch_of(st) + ev->stop_reason.at.off, ev->stop_reason.at.len))
         return fc->nomem = 1, 0;
@@ -1121,6 +1146,7 @@ static void anthropic_free(tide_reply *r) {
   tide__buf_free(&st->stop);
   tide__buf_free(&st->content);
   tide__buf_free(&st->container);
+  tide__buf_free(&st->refusal);
   for (size_t i = 0; i < st->kept; i++) {
     tide__buf_free(&st->blocks[i].text);
     tide__buf_free(&st->blocks[i].sig);
@@ -1142,6 +1168,7 @@ static void anthropic_reset(tide_reply *r, size_t keep, size_t max) {
   tide__buf_keep(&st->stop, keep);
   tide__buf_keep(&st->content, keep);
   tide__buf_keep(&st->container, keep);
+  tide__buf_keep(&st->refusal, keep);
   for (size_t i = 0; i < st->kept; i++) {
     tide__buf_keep(&st->blocks[i].text, keep);
     tide__buf_keep(&st->blocks[i].sig, keep);
@@ -1239,6 +1266,8 @@ static int l_anthropic_parse(lua_State *L) {
     st->thinking_tokens = u->thinking, st->searches = u->searches;
     if ((ev->container.has &&
          set_buf(&st->container, scratch_of(st) + ev->container.at.off, ev->container.at.len)) ||
+        (ev->explanation.has &&
+         set_buf(&st->refusal, scratch_of(st) + ev->explanation.at.off, ev->explanation.at.len)) ||
         (ev->stop_reason.has &&
          set_buf(&st->stop, scratch_of(st) + ev->stop_reason.at.off, ev->stop_reason.at.len))) {
       anthropic_free(&st->base);

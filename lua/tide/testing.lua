@@ -942,9 +942,9 @@ local function anthropic_stop(ctx)
 end
 
 -- A refusal comes with structured details (the SDK's RefusalStopDetails).
-local function anthropic_stop_details(stop)
+local function anthropic_stop_details(stop, ctx)
   if stop ~= "refusal" then return null end
-  return { type = "refusal", category = null, explanation = null }
+  return { type = "refusal", category = null, explanation = ctx.reply.refusal or null }
 end
 
 function anthropic.completion(ctx)
@@ -959,7 +959,7 @@ function anthropic.completion(ctx)
   return encode({
     id = ctx.id, type = "message", role = "assistant", model = ctx.model, container = container_of(ctx) or null,
     content = #content > 0 and content or EMPTY,
-    stop_reason = stop, stop_sequence = null, stop_details = anthropic_stop_details(stop),
+    stop_reason = stop, stop_sequence = null, stop_details = anthropic_stop_details(stop, ctx),
     usage = anthropic_usage(ctx, ctx.usage.output),
   })
 end
@@ -1044,7 +1044,7 @@ function anthropic.stream(ctx, truncate)
   -- Current servers restate every count, cumulatively, in message_delta.
   local stop = anthropic_stop(ctx)
   add(event("message_delta", { type = "message_delta",
-      delta = { stop_reason = stop, stop_sequence = null, stop_details = anthropic_stop_details(stop),
+      delta = { stop_reason = stop, stop_sequence = null, stop_details = anthropic_stop_details(stop, ctx),
                 container = container_of(ctx) or null },
       usage = anthropic_usage(ctx, ctx.usage.output) })
     .. event("message_stop", { type = "message_stop" }))

@@ -545,8 +545,14 @@ local function loop(session, opts, run, first, state)
       textual = calls ~= nil
     end
     local done = not calls or #calls == 0
+    local text = resp.text
+    if done and resp.stop == "refusal" and (text or "") == "" and resp.refusal then
+      -- never silent: what the provider said of the refusal is the answer
+      -- (OpenAI's refusal, Anthropic's stop_details.explanation)
+      text = resp.refusal
+    end
     history:append {
-      role = "assistant", content = resp.text or (done and "" or nil),
+      role = "assistant", content = text or (done and "" or nil),
       tool_calls = not (done or textual) and calls or nil,
       reasoning = resp.reasoning, stop = resp.stop, usage = resp.usage, container = resp.container,
     }
@@ -560,7 +566,7 @@ local function loop(session, opts, run, first, state)
     end
     if done then
       if budget and budget.exhausted then return nil, budget.exhausted end
-      local reply = resp.text or ""
+      local reply = text or ""
       if TRUNCATED[resp.stop] then
         -- Never silent: the stop reason is in stats, history and the
         -- transcript, listeners hear of it, and "error" makes it one.
@@ -572,7 +578,14 @@ local function loop(session, opts, run, first, state)
             { stop_reason = resp.stop, partial = reply })
         end
       end
+      if resp.stop == "refusal" and run.sink then
+        run.sink { type = "refused", text = reply, depth = run.depth, agent = run.agent }
+      end
       if not want then return reply end
+      if resp.stop == "refusal" then -- (a repair turn would not change its mind)
+        return fail("SchemaMismatch", "the model refused to answer: " .. reply,
+          { errors = { "refused" }, text = reply, refused = true })
+      end
       -- Structured output: the answer must decode and validate; the model
       -- gets one repair turn with what was wrong, then SchemaMismatch.
       local schema = schema_module()

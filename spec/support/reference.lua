@@ -224,6 +224,13 @@ end
 
 local function nonempty(s) if s ~= "" then return s end end
 
+-- stop_details.explanation of a table, when it is a string (why the model refused)
+local function explanation(t)
+  local d = type(t) == "table" and t.stop_details or nil
+  if type(d) == "table" and type(d.explanation) == "string" then return d.explanation end
+  return nil
+end
+
 -- The block types tide models; a reply with any other goes back whole (a
 -- `content` reasoning part: the decoded content here, its JSON in C).
 local MODELED = { text = true, tool_use = true, thinking = true, redacted_thinking = true }
@@ -300,7 +307,8 @@ function M.anthropic_reply(body)
   return { text = table.concat(text), tool_calls = calls, reasoning = reasoning,
     usage = anthropic_usage(count(u.input_tokens), count(u.cache_read_input_tokens),
       count(u.cache_creation_input_tokens), count(u.output_tokens), thinking_tokens(u) or 0, web_searches(u)),
-    stop = anthropic_stop(raw, calls), stop_raw = raw, container = nonempty(container_id(obj) or "") }
+    stop = anthropic_stop(raw, calls), stop_raw = raw, container = nonempty(container_id(obj) or ""),
+    refusal = nonempty(explanation(obj) or "") }
 end
 
 local STREAM_ERRORS = { overloaded_error = "ProviderError", api_error = "ProviderError",
@@ -427,6 +435,7 @@ function M.anthropic_stream(body)
       local d = type(obj.delta) == "table" and obj.delta or {}
       if type(d.stop_reason) == "string" then st.stop = d.stop_reason end
       st.container = container_id(d) or st.container
+      st.refusal = explanation(d) or st.refusal
       local u = obj.usage
       if type(u) == "table" then
         if u.output_tokens ~= nil then st.output = count(u.output_tokens) end
@@ -536,7 +545,7 @@ function M.anthropic_stream(body)
   end
   return { text = table.concat(st.text), tool_calls = calls, reasoning = reasoning,
     usage = anthropic_usage(st.input, st.read, st.write, st.output, st.thinking_tokens, st.searches),
-    container = nonempty(st.container or ""),
+    container = nonempty(st.container or ""), refusal = nonempty(st.refusal or ""),
     stop = anthropic_stop(st.stop, calls), stop_raw = st.stop, deltas = st.text, rdeltas = st.rdeltas }
 end
 

@@ -245,6 +245,7 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
     assert.are.equal(want.stop, got.stop, what)
     assert.are.equal(want.stop_raw, got.stop_raw, what)
     assert.are.equal(want.container, got.container, what)
+    if want.refusal ~= nil or got.refusal ~= nil then assert.are.equal(want.refusal, got.refusal, what) end
     assert.are.equal(#want.tool_calls, #got.tool_calls, what)
     for i, c in ipairs(want.tool_calls) do
       assert.are.equal(c.id, got.tool_calls[i].id, what)
@@ -377,7 +378,8 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
     local stops = { "end_turn", "tool_use", "max_tokens", "refusal", "pause_turn", "stop_sequence",
       "model_context_window_exceeded", "brand_new_reason" }
     add("message_delta", { type = "message_delta", delta = { stop_reason = stops[r(#stops)],
-        container = maybe(4, { id = r(5) == 1 and "" or ("container_" .. r(9)) }) },
+        container = maybe(4, { id = r(5) == 1 and "" or ("container_" .. r(9)) }),
+        stop_details = maybe(4, { type = "refusal", category = "cyber", explanation = maybe(2, "Not that.") }) },
       usage = { output_tokens = r(300), input_tokens = maybe(2, r(500)), cache_read_input_tokens = maybe(3, r(9)),
         output_tokens_details = maybe(3, { thinking_tokens = r(200), web_search_requests = 5 }),
         server_tool_use = maybe(3, { web_search_requests = r(4) - 1, web_fetch_requests = 1 }) } })
@@ -418,6 +420,7 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
       end
       local obj = { id = "msg", type = "message", role = "assistant", content = #content > 0 and content or nil,
         container = r(4) == 1 and { id = r(6) == 1 and 7 or ("container_" .. r(9)) } or nil,
+        stop_details = r(5) == 1 and { type = "refusal", explanation = r(3) == 1 and 5 or "No." } or nil,
         stop_reason = ({ "end_turn", "tool_use", "max_tokens", "refusal", "newer", cjson.null })[r(6)],
         usage = { input_tokens = r(99), output_tokens = r(99), cache_read_input_tokens = r(3) == 1 and r(9) or nil,
           cache_creation_input_tokens = r(3) == 1 and 2.5 or nil,
