@@ -264,8 +264,11 @@ function Provider:_encode(msg)
   if role == "tool" then
     local results = msg.results
     if #results == 0 then return "" end
+    -- (the C encoder takes text results, the usual ones, and declines the rest)
+    local enc = results_wire(results)
+    if enc then return enc end
     if provider._has_parts(results) then return parts_results(results) end
-    local enc = results_wire(results) or results_wire(plain_results(results))
+    enc = results_wire(plain_results(results))
     if not enc then error("tide.provider.openai: tool results need a string 'id'", 3) end
     return enc
   end
