@@ -37,16 +37,19 @@ local function add(list, seen, s)
   add_one(list, seen, (s:gsub("/", "\\/")))
 end
 
---- The strings to hide for a request made with `api_key` and `headers`:
---- the key, the value of every header named in SECRET_HEADERS and the
---- credential after its scheme ("Bearer <token>"), each also as JSON
---- escapes it. Longest first, so that a whole value goes before its parts.
+--- The strings to hide for a request made with `api_key` (and an OAuth
+--- `token`) and `headers`: the key, the token, the value of every header
+--- named in SECRET_HEADERS and the credential after its scheme ("Bearer
+--- <token>"), each also as JSON escapes it. Longest first, so that a whole
+--- value goes before its parts.
 ---@param api_key? string
 ---@param headers? table<string,string> names in lower case
+---@param token? string
 ---@return string[]
-function M.secrets(api_key, headers)
+function M.secrets(api_key, headers, token)
   local list, seen = {}, {}
   add(list, seen, api_key)
+  add(list, seen, token)
   for name, value in pairs(headers or {}) do
     if M.SECRET_HEADERS[name] and type(value) == "string" then
       add(list, seen, value)

@@ -62,7 +62,7 @@ describe("tide.provider.anthropic on Vertex AI, its token", function()
       return "ya29.t" .. calls, calls == 1 and 3600 or 61
     end
     with_mock({ default = "ok" }, function(srv)
-      local p = vertex(srv.url, true, { vertex = { project = "my-proj", region = "us-east5", token = token } })
+      local p = vertex(srv.url, true, { token = token })
       local s = tide.session { agent = "on_vertex", provider = p }
       assert.are.equal("ok", assert(s:turn("a")))
       assert.are.equal("ok", assert(s:turn("b")))
@@ -77,12 +77,11 @@ describe("tide.provider.anthropic on Vertex AI, its token", function()
 
   it("fails the request clearly when the token function fails, naming no token", function()
     with_mock({ default = "ok" }, function(srv)
-      local p = vertex(srv.url, true, { vertex = { project = "my-proj", region = "us-east5",
-        token = function() error("gcloud: not logged in") end } })
+      local p = vertex(srv.url, true, { token = function() error("gcloud: not logged in") end })
       local s = tide.session { agent = "on_vertex", provider = p }
       local _, err = s:turn("a")
       assert.are.equal("ProviderError", err.code)
-      assert.matches("vertex.token gave no access token: .*gcloud: not logged in", err.message)
+      assert.matches("the token function gave no access token: .*gcloud: not logged in", err.message)
       assert.are.equal(0, #srv:requests())
     end)
   end)
@@ -117,7 +116,8 @@ describe("tide.provider.anthropic vertex option", function()
       assert.matches(want, tostring(err), 1, true)
     end
     fails({ project = "p", region = "r", zone = "z" }, "unknown option 'vertex.zone'")
-    fails({ project = "p", region = "r", token = "ya29" }, "'vertex.token' must be a function")
+    fails({ project = "p", region = "r", token = function() end },
+      "unknown option 'vertex.token' (the access token function is the provider's 'token' option)")
     fails({ project = "p/x", region = "r" }, "'vertex.project' must be a project id")
     if not os.getenv("CLOUD_ML_REGION") then
       fails({ project = "p" }, "'vertex.region' must be a region (or set CLOUD_ML_REGION)")

@@ -42,8 +42,8 @@ end
 -- rules these are): POST {base}/projects/{project}/locations/{region}/
 -- publishers/anthropic/models/{model}:rawPredict (:streamRawPredict when
 -- streaming); the body without `model` and with `anthropic_version:
--- "vertex-2023-10-16"`; a Google OAuth access token as `Authorization:
--- Bearer`, never an Anthropic key.
+-- "vertex-2023-10-16"`; a Google OAuth access token (`api_key`, or from
+-- the `token` option) as `Authorization: Bearer`, never an Anthropic key.
 
 M.VERTEX_VERSION = "vertex-2023-10-16"
 
@@ -60,8 +60,9 @@ end
 local function vertex_of(v)
   local where = "tide.provider.anthropic: "
   for k in pairs(v) do
-    if k ~= "project" and k ~= "region" and k ~= "token" then
-      return nil, where .. "unknown option 'vertex." .. tostring(k) .. "'"
+    if k ~= "project" and k ~= "region" then
+      return nil, where .. "unknown option 'vertex." .. tostring(k) .. "'" .. (k == "token"
+        and " (the access token function is the provider's 'token' option)" or "")
     end
   end
   local project = v.project or provider._env("ANTHROPIC_VERTEX_PROJECT_ID")
@@ -72,27 +73,7 @@ local function vertex_of(v)
   if type(region) ~= "string" or not region:match("^[%w%-]+$") then
     return nil, where .. "'vertex.region' must be a region (or set CLOUD_ML_REGION)"
   end
-  if v.token ~= nil and type(v.token) ~= "function" then
-    return nil, where .. "'vertex.token' must be a function"
-  end
-  return { project = project, region = region, token = v.token }
-end
-
--- Before a request (exchange.lua), for a Vertex provider with a token
--- function: renews its access token once the seconds it said have passed
--- (less a minute; 55 minutes when it said nothing, as Google's last an
--- hour). True, or nil and a ProviderError when the function failed.
-local function renew_token(self)
-  local fn = self.vertex.token
-  if self._token_until and core.hrtime() < self._token_until then return true end
-  local ok, token, ttl = pcall(fn)
-  if not ok or type(token) ~= "string" or token == "" or token:find("[\r\n%z]") then
-    return nil, core.error("ProviderError", "tide.provider.anthropic: vertex.token gave no access token"
-      .. (not ok and (": " .. tostring(token)) or ""))
-  end
-  ttl = math.type(ttl) and ttl > 60 and ttl or 3360
-  self.api_key, self._token_until = token, core.hrtime() + (ttl - 60) * 1000000000
-  return true
+  return { project = project, region = region }
 end
 
 --- Creates the provider object, or returns nil plus a misuse message.
@@ -117,7 +98,6 @@ function M.new(opts)
   })
   if not self then return nil, msg end
   self.vertex = vertex
-  if vertex and vertex.token then self._before_request = renew_token end
   opts = opts or {}
   if opts.thinking then
     local t = opts.thinking
@@ -618,7 +598,10 @@ function Provider:_headers()
   if self.stream then h["accept"] = "text/event-stream" end
   if self.vertex then
     h["anthropic-version"] = nil
-    if self.api_key then h["authorization"] = "Bearer " .. self.api_key end
+    local token = self.bearer or self.api_key
+    if token then h["authorization"] = "Bearer " .. token end
+  elseif self.bearer then -- an OAuth token (the `token` option; Foundry's Entra ID)
+    h["authorization"] = "Bearer " .. self.bearer
   elseif self.api_key then
     h["x-api-key"] = self.api_key
     -- (Microsoft Foundry takes it as api-key too, as its SDK sends it)

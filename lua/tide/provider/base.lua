@@ -53,7 +53,8 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field extra_body? table fields merged into every request body (OpenAI and Anthropic)
 ---@field api? "chat"|"responses" OpenAI only: chat completions (default) or the Responses API
 ---@field store? boolean OpenAI Responses only: let OpenAI keep the responses (default false: stateless)
----@field vertex? {project?:string, region?:string, token?:fun():string, integer?} Anthropic only: Claude on Google Cloud's Vertex AI (project and region default to ANTHROPIC_VERTEX_PROJECT_ID and CLOUD_ML_REGION; the access token is `api_key`, or what `token()` returns, called again when the seconds it says have passed)
+---@field vertex? {project?:string, region?:string} Anthropic only: Claude on Google Cloud's Vertex AI (project and region default to ANTHROPIC_VERTEX_PROJECT_ID and CLOUD_ML_REGION; its Google access token is `api_key` or comes from `token`)
+---@field token? fun():string, number? an OAuth access token instead of a key, sent as Authorization: Bearer: what the function returns, and for how many seconds it holds (asked again a minute before; 55 minutes when it does not say): Microsoft Entra ID for Azure OpenAI and Foundry, Google's for Vertex AI
 ---@field server_tools? table[] tools the provider runs itself, sent as given beside the agent's tools: Anthropic's server tools (`{ type = "web_search_20250305", name = "web_search", max_uses = 5 }`, web fetch, code execution), the Responses API's built-in tools (`{ type = "web_search" }`); their calls and results stay in the reply's content, and a paused turn (Anthropic's pause_turn) goes on by itself
 
 local option_types = {
@@ -63,7 +64,7 @@ local option_types = {
   max_tokens_field = "string", reasoning = "table", tool_choice = "any", parallel_tool_calls = "boolean",
   stop = "any", query = "table", extra_body = "table", thinking = "table", structured_output = "string",
   api = "string", store = "boolean", limits = "table", stream_usage = "boolean", server_tools = "table",
-  vertex = "table",
+  vertex = "table", token = "function",
 }
 
 -- The options only the OpenAI chat wire format reads.
@@ -429,6 +430,11 @@ function provider._new(kind, opts, defaults)
     end
     self.extra_json = extra -- by key, each value encoded
   end
+  if opts.token then
+    -- An OAuth token instead of a key, asked for before a request once the
+    -- last has run out (exchange.lua calls _before_request).
+    self.token, self._before_request = opts.token, provider._renew_token
+  end
   if opts.server_tools then
     -- Encoded now, as extra_body is: the prefix's bytes cannot change later.
     local encoded, names = {}, {}
@@ -457,6 +463,26 @@ function provider._new(kind, opts, defaults)
     end
   end
   return self
+end
+
+--- Before a request of a provider with a `token` function: asks it for a
+--- new access token once the last has run out (the seconds it said, less
+--- a minute; 55 minutes when it said nothing, as Entra ID's and Google's
+--- tokens last an hour). True, or nil and a ProviderError when the
+--- function failed (no request is sent then).
+---@param self table a provider
+---@return true|nil
+---@return table|nil err
+function provider._renew_token(self)
+  if self._token_until and core.hrtime() < self._token_until then return true end
+  local ok, token, ttl = pcall(self.token)
+  if not ok or type(token) ~= "string" or token == "" or token:find("[\r\n%z]") then
+    return nil, core.error("ProviderError", ("tide.provider.%s: the token function gave no access token%s")
+      :format(self.kind, not ok and (": " .. tostring(token)) or ""))
+  end
+  ttl = math.type(ttl) and ttl > 60 and ttl or 3360
+  self.bearer, self._token_until = token, core.hrtime() + (ttl - 60) * 1000000000
+  return true
 end
 
 --- The value of environment variable `name`, or nil when unset or empty.
@@ -682,7 +708,9 @@ end
 function provider._bearer_headers(self)
   local h = { ["content-type"] = "application/json" }
   if self.stream then h["accept"] = "text/event-stream" end
-  if self.api_key then
+  if self.bearer then -- an OAuth token (the `token` option): a bearer wherever a key would go
+    h["authorization"] = "Bearer " .. self.bearer
+  elseif self.api_key then
     if self.key_header then h[self.key_header] = self.api_key else h["authorization"] = "Bearer " .. self.api_key end
   end
   for k, v in pairs(self.headers) do h[k] = v end

@@ -32,12 +32,12 @@ end
 -- when a field they come from changes.
 local function endpoint(self)
   local w = self._wire
-  if w and w.api_key == self.api_key and w.stream == self.stream and w.base_url == self.base_url
-    and w.extra == self.headers then
+  if w and w.api_key == self.api_key and w.bearer == self.bearer and w.stream == self.stream
+    and w.base_url == self.base_url and w.extra == self.headers then
     return w
   end
-  w = { url = self:_url(), headers = core.http_headers(self:_headers()), api_key = self.api_key, stream = self.stream,
-        base_url = self.base_url, extra = self.headers }
+  w = { url = self:_url(), headers = core.http_headers(self:_headers()), api_key = self.api_key, bearer = self.bearer,
+        stream = self.stream, base_url = self.base_url, extra = self.headers }
   rawset(self, "_wire", w)
   return w
 end
@@ -262,7 +262,7 @@ end
 ---@return tide.provider.response|nil
 ---@return table|nil err
 function M.complete(self, body, opts, wire)
-  -- a provider whose credentials expire renews them first (Vertex's token)
+  -- a provider whose credentials expire renews them first (the token option)
   if self._before_request then
     local ok, err = self:_before_request()
     if not ok then return nil, err end
@@ -297,7 +297,7 @@ function M.complete(self, body, opts, wire)
     -- Every error of an attempt leaves here, and it may quote a server
     -- that echoed the request's credentials: they are cut out once, before
     -- on_retry or the caller sees it.
-    redact.error(err, redact.secrets(self.api_key, self.headers))
+    redact.error(err, redact.secrets(self.api_key, self.headers, self.bearer))
     err.attempts = n
     if n >= policy.attempts or not retry.retryable(err, received, delivered) then
       err.retryable = nil

@@ -1,0 +1,65 @@
+-- An OAuth access token instead of a key (the `token` option): Microsoft
+-- Entra ID for Azure OpenAI and Claude on Foundry (the official SDKs'
+-- azure_ad_token_provider), Google's for Vertex AI. It goes as a bearer
+-- wherever a key would go, is asked for again when it runs out, and never
+-- reaches an error.
+local helpers = require "helpers"
+local tide = require "tide"
+local provider = require "tide.provider"
+
+local FAST = { attempts = 2, base_ms = 1, max_ms = 2 }
+
+describe("the token option", function()
+  it("goes as a bearer at Azure and Foundry, in place of their api-key", function()
+    local function headers(p)
+      assert(p._before_request(p))
+      return p:_headers()
+    end
+    local token = function() return "eyJ0.entra", 3600 end
+    local h = headers(provider.openai { base_url = "https://res.openai.azure.com/openai/v1", token = token })
+    assert.are.equal("Bearer eyJ0.entra", h.authorization)
+    assert.is_nil(h["api-key"])
+    h = headers(provider.anthropic { base_url = "https://res.services.ai.azure.com/anthropic/v1", token = token })
+    assert.are.equal("Bearer eyJ0.entra", h.authorization)
+    assert.is_nil(h["x-api-key"])
+    assert.is_nil(h["api-key"])
+    h = headers(provider.openai { api = "responses", base_url = "https://res.openai.azure.com/openai/v1",
+      token = token })
+    assert.are.equal("Bearer eyJ0.entra", h.authorization)
+  end)
+
+  it("is asked for once per lifetime, in a session's requests", function()
+    local calls = 0
+    helpers.with_mock({ default = "ok" }, function(srv)
+      local p = provider.openai { base_url = srv.url .. "/v1", model = "m", retry = FAST,
+        token = function() calls = calls + 1; return "tok" .. calls, 3600 end }
+      tide.agent { id = "entra", prompt = "You answer." }
+      local s = tide.session { agent = "entra", provider = p }
+      assert.are.equal("ok", assert(s:turn("a")))
+      assert.are.equal("ok", assert(s:turn("b")))
+      assert.are.equal(1, calls)
+      assert.are.equal("Bearer tok1", srv:requests()[2].headers.authorization)
+    end)
+  end)
+
+  it("never reaches an error, even one that echoes it", function()
+    helpers.with_mock({ replies = { function(req)
+      return { fault = "status", status = 401, body = '{"error":{"message":"bad token: ' .. req.headers.authorization
+        .. '","type":"invalid_request_error"}}' }
+    end } }, function(srv)
+      local p = provider.openai { base_url = srv.url .. "/v1", model = "m", retry = FAST,
+        token = function() return "eyJhbGciOiJSUzI1NiJ9.secret-entra-token" end }
+      local _, err = p:complete(p:body(p:encode_prefix("s", {}), { p:encode_message({ role = "user", content = "q" }) }))
+      assert.are.equal(401, err.status)
+      local all = tostring(err.message) .. tostring(err.body)
+      assert.is_nil(all:find("secret-entra-token", 1, true))
+      assert.is_truthy(all:find("redacted", 1, true))
+    end)
+  end)
+
+  it("must be a function", function()
+    local ok, err = pcall(provider.openai, { token = "eyJ0" })
+    assert.is_false(ok)
+    assert.matches("'token' must be a function, got string", tostring(err), 1, true)
+  end)
+end)
