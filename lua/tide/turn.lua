@@ -101,7 +101,17 @@ function M.run_tool(t, args, ctx)
     return nil, tool_error(e)
   end
   if type(v) == "table" and v.is_error ~= nil and v.content ~= nil then
-    if v.is_error then return nil, tool_error(to_text(v.content)) end
+    if v.is_error then
+      local text = to_text(v.content)
+      if type(text) == "table" then -- an error's parts: its words are the error
+        local words = {}
+        for _, p in ipairs(text) do
+          if type(p) == "string" then words[#words + 1] = p elseif p.type == "text" then words[#words + 1] = p.text end
+        end
+        text = table.concat(words, "\n")
+      end
+      return nil, tool_error(text)
+    end
     v = v.content
   end
   return to_text(v)

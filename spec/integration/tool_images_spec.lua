@@ -207,6 +207,19 @@ describe("a tool that shows the model an image", function()
     end)
   end)
 
+  it("gives the words of an error result that held an image, not the table", function()
+    local broken = tide.tool { name = "broken", description = "d", parameters = { type = "object", properties = {} },
+      handler = function() return { is_error = true, content = { "It broke:", tide.image { data = PNG } } } end }
+    tide.agent { id = "broken_a", prompt = "You answer.", tools = { broken } }
+    with_mock({ replies = { { tool_calls = { { id = "c", name = "broken", arguments = {} } } }, "ok" } }, function(srv)
+      local s = tide.session { agent = "broken_a", provider = KINDS.anthropic(srv.url) }
+      assert.are.equal("ok", assert(s:turn("go")))
+      local result = srv:requests()[2].json.messages[3].content[1]
+      assert.is_true(result.is_error)
+      assert.are.equal("Error: It broke:", result.content)
+    end)
+  end)
+
   it("caps each text part of an image result, never the image", function()
     local long = tide.tool { name = "long", description = "d", parameters = { type = "object", properties = {} },
       handler = function() return { string.rep("x", 100), tide.image { data = PNG } } end }
