@@ -104,7 +104,11 @@ typedef struct event_state {
   int delta_table;
   text_field dtype, dtext, partial, dthinking, dsignature, stop_reason;
   span citation;    /* a citations_delta's citation, raw (len 0: none) */
-  int in_server;    /* scanning usage.server_tool_use (else output_tokens_details) */
+  /* the one member read of the nested object being scanned (one_text, one_count) */
+  const char *want;
+  text_field *want_text;
+  lua_Integer *want_count;
+  int *want_num;
   text_field container; /* container.id: of the message, the delta or a whole reply */
   text_field explanation; /* stop_details.explanation: why the model refused */
   block_fields block;
@@ -182,41 +186,43 @@ static int text_member(tide_json *p, text_field *f) {
 }
 
 
-/* A member of usage.output_tokens_details or usage.server_tool_use. */
-static int details_member(tide_json *p, const char *k, size_t kl, usage_fields *u) {
-  int server = stream_of(p)->ev.in_server;
-  if (!server && tide__json_key_is(k, kl, "thinking_tokens")) {
-    u->num_thinking = tide__json_kind(tide__json_peek(p)) == V_NUMBER;
-    u->thinking = tide__json_count(p);
-  } else if (server && tide__json_key_is(k, kl, "web_search_requests")) {
-    u->num_searches = tide__json_kind(tide__json_peek(p)) == V_NUMBER;
-    u->searches = tide__json_count(p);
-  }
+/* A nested object of which one member is read (container.id,
+** stop_details.explanation, output_tokens_details.thinking_tokens,
+** server_tool_use.web_search_requests): the field is absent (or 0) unless
+** the value is an object with that member. Nothing nests deeper, so the
+** one `want` of the event suffices. */
+static int want_member(tide_json *p, const char *k, size_t kl) {
+  event_state *ev = &stream_of(p)->ev;
+  if (!tide__json_key_is(k, kl, ev->want)) return tide__json_skip(p);
+  if (ev->want_text) return text_member(p, ev->want_text);
+  *ev->want_num = tide__json_kind(tide__json_peek(p)) == V_NUMBER;
+  *ev->want_count = tide__json_count(p);
   return tide__json_skip(p);
 }
 
-static int top_details_member(tide_json *p, const char *k, size_t kl) {
-  return details_member(p, k, kl, &stream_of(p)->ev.usage);
+static int scan_want(tide_json *p, const char *key, text_field *text, lua_Integer *count, int *num) {
+  event_state *ev = &stream_of(p)->ev;
+  if (text) text->has = 0;
+  if (count) *count = 0, *num = 0;
+  if (tide__json_peek(p) != '{') return tide__json_skip(p);
+  ev->want = key, ev->want_text = text, ev->want_count = count, ev->want_num = num;
+  return tide__json_each_member(p, want_member);
 }
 
-static int message_details_member(tide_json *p, const char *k, size_t kl) {
-  return details_member(p, k, kl, &stream_of(p)->ev.message_usage);
+/* The string member `key` of the object at p->i, into f. */
+static int one_text(tide_json *p, const char *key, text_field *f) { return scan_want(p, key, f, NULL, NULL); }
+
+/* The count member `key` of the object at p->i, into *v (*num: it was a number). */
+static int one_count(tide_json *p, const char *key, lua_Integer *v, int *num) {
+  return scan_want(p, key, NULL, v, num);
 }
 
 static int usage_member(tide_json *p, const char *k, size_t kl, usage_fields *u) {
   int num = tide__json_kind(tide__json_peek(p)) == V_NUMBER;
-  /* output_tokens_details.thinking_tokens, server_tool_use.web_search_requests */
-  int details = tide__json_key_is(k, kl, "output_tokens_details");
-  if (details || tide__json_key_is(k, kl, "server_tool_use")) {
-    if (details)
-      u->thinking = 0, u->num_thinking = 0;
-    else
-      u->searches = 0, u->num_searches = 0;
-    stream_of(p)->ev.in_server = !details;
-    if (tide__json_peek(p) == '{')
-      return tide__json_each_member(p, u == &stream_of(p)->ev.usage ? top_details_member : message_details_member);
-    return tide__json_skip(p);
-  }
+  if (tide__json_key_is(k, kl, "output_tokens_details"))
+    return one_count(p, "thinking_tokens", &u->thinking, &u->num_thinking);
+  if (tide__json_key_is(k, kl, "server_tool_use"))
+    return one_count(p, "web_search_requests", &u->searches, &u->num_searches);
   if (tide__json_key_is(k, kl, "input_tokens")) {
     u->input = tide__json_count(p), u->num_input = num;
   } else if (tide__json_key_is(k, kl, "output_tokens")) {
@@ -237,30 +243,11 @@ static int message_usage_member(tide_json *p, const char *k, size_t kl) {
   return usage_member(p, k, kl, &stream_of(p)->ev.message_usage);
 }
 
-static int container_member(tide_json *p, const char *k, size_t kl) {
-  if (tide__json_key_is(k, kl, "id")) return text_member(p, &stream_of(p)->ev.container);
-  return tide__json_skip(p);
-}
-
-/* A "container" member: its id, when it is an object with one (null
-** otherwise, as most replies have it). */
-static int container_value(tide_json *p) {
-  stream_of(p)->ev.container.has = 0;
-  if (tide__json_peek(p) == '{') return tide__json_each_member(p, container_member);
-  return tide__json_skip(p);
-}
-
-static int stop_details_member(tide_json *p, const char *k, size_t kl) {
-  if (tide__json_key_is(k, kl, "explanation")) return text_member(p, &stream_of(p)->ev.explanation);
-  return tide__json_skip(p);
-}
+/* A "container" member: its id (null in most replies). */
+static int container_value(tide_json *p) { return one_text(p, "id", &stream_of(p)->ev.container); }
 
 /* A "stop_details" member: a refusal's explanation, when it has one. */
-static int stop_details_value(tide_json *p) {
-  stream_of(p)->ev.explanation.has = 0;
-  if (tide__json_peek(p) == '{') return tide__json_each_member(p, stop_details_member);
-  return tide__json_skip(p);
-}
+static int stop_details_value(tide_json *p) { return one_text(p, "explanation", &stream_of(p)->ev.explanation); }
 
 static int message_member(tide_json *p, const char *k, size_t kl) {
   if (tide__json_key_is(k, kl, "container")) return container_value(p);

@@ -492,6 +492,9 @@ local function loop(session, opts, run, first, state)
     end }, { __index = popts })
   end
   local fallback = provider._fallback
+  -- the prefix as sent: with the container a server tool's code ran in,
+  -- made again only when that container changes
+  local sent_prefix, sent_container = prefix, nil
   local truncated_error = (opts.truncated or state.truncated or session.truncated) == "error"
   local text_tools = session.def.text_tools ~= false
   for iteration = first, session.max_iterations do
@@ -515,9 +518,9 @@ local function loop(session, opts, run, first, state)
     local copts = fallback and fallback_opts(popts, session, want) or popts
     -- A server tool's code ran in a container: the next requests run in it
     -- too (a paused turn can go on only there).
-    local sent_prefix = prefix
-    if history.container and provider._container_prefix then
-      sent_prefix = provider:_container_prefix(prefix, history.container)
+    if history.container ~= sent_container and provider._container_prefix then
+      sent_container = history.container
+      sent_prefix = provider:_container_prefix(prefix, sent_container)
     end
     history:flush()
     local resp, err = provider:_complete(sent_prefix, copts, wire)

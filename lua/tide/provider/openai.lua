@@ -217,22 +217,21 @@ local function parts_results(results)
   local out, images = {}, nil
   for i, r in ipairs(results) do
     local c = r.content
-    local text
+    local mine = {}
     if type(c) == "table" and content.is_neutral(c) then
       c = content.text_files_inline(c)
-      text = result_text(c)
-      local mine = {}
       for _, p in ipairs(c) do
         if p.type ~= "text" then mine[#mine + 1] = p end
       end
-      if #mine > 0 then
-        text = text .. ("\n(%d attachment%s in the next message)"):format(#mine, #mine == 1 and "" or "s")
-        images = images or {}
-        images[#images + 1] = { type = "text", text = ("Images from %s (call %s):"):format(tostring(r.name), r.id) }
-        for _, p in ipairs(mine) do images[#images + 1] = p end
-      end
     end
-    out[i] = canonical({ role = "tool", tool_call_id = r.id, content = text or result_text(c) })
+    local text = result_text(c)
+    if #mine > 0 then
+      text = text .. ("\n(%d attachment%s in the next message)"):format(#mine, #mine == 1 and "" or "s")
+      images = images or {}
+      images[#images + 1] = { type = "text", text = ("Images from %s (call %s):"):format(tostring(r.name), r.id) }
+      for _, p in ipairs(mine) do images[#images + 1] = p end
+    end
+    out[i] = canonical({ role = "tool", tool_call_id = r.id, content = text })
   end
   if images then out[#out + 1] = canonical({ role = "user", content = content.openai_chat(images) }) end
   return table.concat(out, ",")
