@@ -182,7 +182,11 @@ local function tool_task(run, t, args, call, t0)
     err.message = cap(err.message, limit)
   end
   if run.listen then report_end(run, call, result(call, text or ("Error: " .. err.message), text == nil), ms_since(t0)) end
-  return text, err
+  -- One value when it worked: a task that returns at most one gives its
+  -- coroutine back for the next call as it ends (core.spawn), instead of
+  -- when the garbage collector finds its task.
+  if err then return nil, err end
+  return text
 end
 
 -- Starts one call: reports its start, checks it against the surface and
