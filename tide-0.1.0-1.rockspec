@@ -20,7 +20,7 @@ dependencies = {
   "lua >= 5.4, < 5.5",
   "lua-cjson >= 2.1",
 }
--- libuv and libcurl are found by CMake through pkg-config (Debian keeps
+-- libuv, libcurl, libcrypto and zlib are found by CMake through pkg-config (Debian keeps
 -- curl.h in a multiarch directory that LuaRocks' own header probe misses).
 build = {
   type = "cmake",
@@ -59,6 +59,7 @@ build = {
       ["tide.queue"] = "lua/tide/queue.lua",
       ["tide.provider"] = "lua/tide/provider/init.lua",
       ["tide.provider.anthropic"] = "lua/tide/provider/anthropic.lua",
+      ["tide.provider.aws"] = "lua/tide/provider/aws.lua",
       ["tide.provider.base"] = "lua/tide/provider/base.lua",
       ["tide.provider.errors"] = "lua/tide/provider/errors.lua",
       ["tide.provider.exchange"] = "lua/tide/provider/exchange.lua",

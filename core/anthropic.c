@@ -1173,9 +1173,13 @@ static const tide_reply_kind ANTHROPIC = {
 
 /* ------------------------------------------------------------ bindings -- */
 
-/* core.anthropic_stream([max_bytes]) -> stream */
+/* core.anthropic_stream([max_bytes [, framing]]) -> stream
+** framing: "sse" (the default), or "aws" for an AWS event stream (Bedrock). */
 static int l_anthropic_stream(lua_State *L) {
+  static const char *const framings[] = {"sse", "aws", NULL};
+  int aws = luaL_checkoption(L, 2, "sse", framings);
   tide__reply_new(L, &ANTHROPIC, tide__check_max(L, 1, TIDE_REPLY_DEFAULT_MAX));
+  if (aws) tide__reply_aws(L); /* Claude on Bedrock: eventstream.c */
   return 1;
 }
 

@@ -1,8 +1,11 @@
 /*
 ** base64.c -- core.base64(s): standard base64 (RFC 4648, with padding), for
 ** images and files sent inline to providers. Megabytes at a time: in C, not
-** Lua, so that an image costs one pass and one string.
+** Lua, so that an image costs one pass and one string. And the decoder the
+** AWS event stream's chunks need (eventstream.c).
 */
+#include <limits.h>
+
 #include "tide.h"
 
 static const char ALPHABET[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -32,6 +35,37 @@ static int l_base64(lua_State *L) {
   }
   luaL_pushresultsize(&b, k);
   return 1;
+}
+
+/* The value of a base64 digit, or -1. */
+static int digit(unsigned char c) {
+  if (c >= 'A' && c <= 'Z') return c - 'A';
+  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+  if (c >= '0' && c <= '9') return c - '0' + 52;
+  if (c == '+') return 62;
+  if (c == '/') return 63;
+  return -1;
+}
+
+long tide__base64_decode(const char *s, size_t n, char *out) {
+  /* padding, when there is any, completes the last group of four */
+  if (n % 4 == 0 && n > 0 && s[n - 1] == '=') n -= (n > 1 && s[n - 2] == '=') ? 2 : 1;
+  if (n % 4 == 1) return -1;
+  size_t k = 0;
+  unsigned v = 0;
+  int bits = 0;
+  for (size_t i = 0; i < n; i++) {
+    int d = digit((unsigned char)s[i]);
+    if (d < 0) return -1;
+    v = (v << 6 | (unsigned)d) & 0xFFFFFF;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[k++] = (char)((v >> bits) & 0xFF);
+    }
+  }
+  if (k > (size_t)LONG_MAX) return -1;
+  return (long)k;
 }
 
 /// Registers core.base64 into the module table at the top of the stack.

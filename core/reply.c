@@ -35,6 +35,7 @@ typedef struct reply_ud {
   tide_ctx *ctx; /* whose spares it takes from and gives back to */
   size_t max;
   int closed;
+  int aws; /* read as an AWS event stream (tide__reply_aws) */
 } reply_ud;
 
 /* ------------------------------------------------------------ parsers -- */
@@ -45,13 +46,14 @@ static tide_reply *new_parser(const tide_reply_kind *kind, size_t max) {
   if (r == NULL) return NULL;
   r->kind = kind;
   kind->reset(r, 0, max);
-  r->sse.max = max;
+  r->sse.max = r->es.max = max;
   return r;
 }
 
 /* Frees everything a parser holds (idempotent); the struct itself stays. */
 static void free_buffers(tide_reply *r) {
   tide__sse_free(&r->sse);
+  tide__es_free(&r->es);
   tide__buf_free(&r->text);
   r->kind->free(r);
 }
@@ -64,7 +66,9 @@ static void empty(tide_reply *r, size_t max) {
   tide__buf_keep(&r->sse.event, REUSE_MAX);
   tide__buf_keep(&r->sse.id, REUSE_MAX);
   r->sse.cr = r->sse.started = 0;
-  r->sse.max = max;
+  r->sse.max = r->es.max = max;
+  tide__es_reset(&r->es, REUSE_MAX);
+  r->aws = 0;
   tide__buf_keep(&r->text, REUSE_MAX);
   r->failed = 0;
   r->busy = 0;
@@ -107,12 +111,13 @@ static tide_reply *parser_of(lua_State *L, reply_ud *u) {
       *at = r->next_spare;
       ctx->nspare_replies--;
       r->next_spare = NULL;
-      r->sse.max = u->max;
+      r->sse.max = r->es.max = u->max;
       u->kind->reset(r, REUSE_MAX, u->max);
       break;
     }
   }
   if (r == NULL && (r = new_parser(u->kind, u->max)) == NULL) luaL_error(L, "not enough memory");
+  r->aws = u->aws;
   u->r = r;
   return r;
 }
@@ -153,16 +158,25 @@ static void set_failed(lua_State *L, int idx, tide_reply *r) {
   lua_setiuservalue(L, idx, 1);
   r->failed = 1;
   tide__sse_free(&r->sse);
+  tide__es_free(&r->es);
   r->kind->free(r);
 }
 
-/* Feeds n bytes of SSE to r, the parser of the stream at idx. Returns 0, or
+/* Feeds n bytes of SSE (or of an AWS event stream) to r, the parser of the
+** stream at idx. Returns 0, or
 ** 1 with the error at the top of the stack and the stream failed. */
 static int feed_bytes(lua_State *L, int idx, tide_reply *r, tide_reply_feed *fc,
                       const char *s, size_t n) {
-  int rc = tide__sse_feed(&r->sse, s, n, on_event, fc);
+  int rc = r->aws ? tide__es_feed(&r->es, s, n, on_event, fc) : tide__sse_feed(&r->sse, s, n, on_event, fc);
   if (rc == TIDE_SSE_NOMEM || fc->nomem) return luaL_error(L, "not enough memory");
-  if (rc == TIDE_SSE_LINE_BIG || rc == TIDE_SSE_EVENT_BIG) {
+  if (rc == TIDE_ES_BAD) tide__push_error(L, "MalformedResponse", "invalid AWS event stream: %s", r->es.why);
+  if (rc == TIDE_SSE_EVENT_BIG && r->aws) {
+    char cap[32];
+    snprintf(cap, sizeof cap, "%zu", r->es.max);
+    tide__push_error(L, "MalformedResponse", "invalid AWS event stream: a frame exceeds the limit of %s bytes", cap);
+    lua_pushliteral(L, "StreamTooLarge");
+    lua_setfield(L, -2, "cause");
+  } else if (rc == TIDE_SSE_LINE_BIG || rc == TIDE_SSE_EVENT_BIG) {
     /* As core.sse_parser reports it to a Lua stream. */
     char cap[32];
     snprintf(cap, sizeof cap, "%zu", r->sse.max);
@@ -261,6 +275,7 @@ static int l_finish(lua_State *L) {
     return 2;
   }
   tide__sse_finish(&r->sse); /* an unterminated tail is the kind's to judge */
+  r->es.frame.len = 0;       /* (as is an unfinished frame) */
   return kind->finish(L, r);
 }
 
@@ -303,7 +318,13 @@ void tide__reply_new(lua_State *L, const tide_reply_kind *kind, size_t max) {
   u->ctx = ctx;
   u->max = max;
   u->closed = 0;
+  u->aws = 0;
   luaL_setmetatable(L, kind->name);
+}
+
+void tide__reply_aws(lua_State *L) {
+  reply_ud *u = lua_touserdata(L, -1);
+  u->aws = 1;
 }
 
 tide_reply *tide__reply_whole(lua_State *L, const tide_reply_kind *kind, size_t max) {

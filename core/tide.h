@@ -96,6 +96,33 @@ int tide__sse_finish(tide_sse *p);
 /// Frees the parser's buffers (idempotent).
 void tide__sse_free(tide_sse *p);
 
+/* ---------------------------------------------------------- eventstream -- */
+
+/// The state of an incremental decoder of AWS event streams
+/// (application/vnd.amazon.eventstream, eventstream.c): Bedrock's streamed
+/// replies. Zero it, set max (the cap on one frame), feed it, free it.
+typedef struct tide_es {
+  tide_buf frame;   /* the bytes of the frame being received */
+  tide_buf data;    /* the event handed on: a chunk's bytes, or an error */
+  tide_buf scratch; /* the payload's JSON scan */
+  tide_buf key;
+  size_t max;       /* cap on one frame */
+  const char *why;  /* what was wrong, when the feed returned TIDE_ES_BAD */
+} tide_es;
+
+#define TIDE_ES_BAD (-4) /* not an event stream (why says what): buffers freed */
+
+/// Feeds n bytes of an AWS event stream and hands each of its events to cb
+/// as the SSE event it carries: a chunk's decoded bytes as the data, an
+/// exception as an Anthropic-shaped error event ({"type":"error","error":
+/// {"type","message"}}). Returns 0, TIDE_SSE_NOMEM, TIDE_SSE_EVENT_BIG (a
+/// frame over max), TIDE_ES_BAD, or the first non-zero value cb returned.
+int tide__es_feed(tide_es *p, const char *s, size_t n, tide_sse_cb cb, void *ud);
+/// Empties the decoder for the next stream, keeping buffers up to keep bytes.
+void tide__es_reset(tide_es *p, size_t keep);
+/// Frees the decoder's buffers (idempotent).
+void tide__es_free(tide_es *p);
+
 /* ------------------------------------------------------------- assembler -- */
 
 /// One tool call being assembled from streamed deltas (toolcall.c).
@@ -204,6 +231,8 @@ typedef struct tide_reply_kind {
 struct tide_reply {
   const tide_reply_kind *kind;
   tide_sse sse;
+  tide_es es;             /* the framing when aws: an AWS event stream's */
+  int aws;                /* framed as an AWS event stream (Bedrock), not SSE */
   tide_buf text;          /* every text delta so far */
   int failed;             /* the stream is abandoned; the error is uservalue 1 */
   int busy;               /* the parser of whole replies is in a call */
@@ -230,6 +259,9 @@ int tide__reply_text(tide_reply_feed *fc, const char *s, size_t n);
 void tide__reply_reasoning(tide_reply_feed *fc, const char *s, size_t n);
 /// Pushes a new stream of kind (no parser taken yet), with caps of max.
 void tide__reply_new(lua_State *L, const tide_reply_kind *kind, size_t max);
+/// Makes the new stream at the top of the stack read an AWS event stream
+/// (Bedrock's framing) instead of SSE.
+void tide__reply_aws(lua_State *L);
 /// The state's parser of kind for whole replies, emptied, caps of max,
 /// marked busy. Give it back with tide__reply_whole_done.
 tide_reply *tide__reply_whole(lua_State *L, const tide_reply_kind *kind, size_t max);
@@ -486,6 +518,16 @@ void tide__open_template(lua_State *L);
 void tide__open_watch(lua_State *L);
 /// Registers base64.
 void tide__open_base64(lua_State *L);
+/// Decodes the n bytes of standard base64 at s (RFC 4648, padding optional)
+/// into out, which has room for n / 4 * 3 + 3 bytes; returns the length
+/// written, or -1 when s is not base64.
+long tide__base64_decode(const char *s, size_t n, char *out);
+/// Registers sha256, hmac_sha256 and crc32 (digest.c).
+void tide__open_digest(lua_State *L);
+/// CRC-32 (IEEE, zlib's) of n bytes, continuing crc (0 to start).
+uint32_t tide__crc32(uint32_t crc, const void *s, size_t n);
+/// Registers aws_eventstream_frames (eventstream.c).
+void tide__open_eventstream(lua_State *L);
 /// Registers read_line (stdin without blocking the loop).
 void tide__open_stdio(lua_State *L);
 /// Registers process_spawn (child processes with pipes on the loop).

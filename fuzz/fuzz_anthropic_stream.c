@@ -1,12 +1,16 @@
 /*
-** fuzz_anthropic_stream.c -- core.anthropic_stream(max): s:feed(chunk, out,
-** rout), s:finish(), s:close().
+** fuzz_anthropic_stream.c -- core.anthropic_stream(max, framing):
+** s:feed(chunk, out, rout), s:finish(), s:close().
 **
 ** Input: four header bytes, then the SSE stream of a Messages reply.
 **   [0] the cap (see cap() in harness.c)   [1] the longest chunk (0: one piece)
 **   [2] the seed of the cut points
 **   [3] how deltas come back: % 3 == 0 in `out` and `rout` tables, 1 text
-**       as a string per chunk (reasoning in `rout`), 2 neither (out = false)
+**       as a string per chunk (reasoning in `rout`), 2 neither (out = false);
+**       // 3 % 2 == 1: the stream is framed as an AWS event stream (Claude
+**       on Bedrock: core.anthropic_stream(max, "aws")), not SSE; and then
+**       // 6 % 2 == 1: every whole frame's two CRCs are made right first,
+**       so that mutations reach the headers and payloads behind them
 ** The stream is parsed once in one piece and once cut into chunks, by two
 ** streams in turn, so that the second takes the parser the first one left
 ** behind when it closed (reply_runs in harness.c). The replies (or the
@@ -21,6 +25,19 @@ static const char DRIVER[] =
     "local core, input = ...\n"
     "local h, stream = header(input, 4)\n"
     "local max, mode = cap(h[1]), h[4] % 3\n"
+    "local framing = (h[4] // 3) % 2 == 1 and 'aws' or 'sse'\n"
+    "if framing == 'aws' and (h[4] // 6) % 2 == 1 then\n"
+    "  local out, at = {}, 1\n"
+    "  while at + 11 <= #stream do\n"
+    "    local total = string.unpack('>I4', stream, at)\n"
+    "    if total < 16 or at + total - 1 > #stream then break end\n"
+    "    local f = stream:sub(at, at + total - 1)\n"
+    "    f = f:sub(1, 8) .. string.pack('>I4', core.crc32(f:sub(1, 8))) .. f:sub(13, -5)\n"
+    "    out[#out + 1] = f .. string.pack('>I4', core.crc32(f))\n"
+    "    at = at + total\n"
+    "  end\n"
+    "  stream = table.concat(out) .. stream:sub(at)\n"
+    "end\n"
     /* What a Messages reply promises beyond the shell's protocol (harness.c). */
     "local function check_reply(reply, _, reasoning)\n"
     "  local thought = {}\n"
@@ -57,7 +74,7 @@ static const char DRIVER[] =
     "        'usage that does not add up', u)\n"
     "  check(reply.stop == nil or type(reply.stop_raw) == 'string', 'a stop without its raw reason', reply)\n"
     "end\n"
-    "reply_runs(function() return core.anthropic_stream(max) end, stream, h[2], h[3], mode, check_reply)\n";
+    "reply_runs(function() return core.anthropic_stream(max, framing) end, stream, h[2], h[3], mode, check_reply)\n";
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

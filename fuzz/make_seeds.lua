@@ -247,6 +247,48 @@ write("anthropic_stream", "cut", hdr(0, 5, 2, 0) .. astart
   .. aev("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}')
   .. aev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}'))
 
+-- The same streams as Bedrock frames them (an AWS event stream: header byte
+-- 3 // 3 % 2 == 1), made with tide.core's CRC-32 and base64 (the normal
+-- build's: run from the repository root after building).
+package.cpath = "build/?.so;" .. package.cpath
+local core = require "tide.core"
+local function es_frame(headers, payload)
+  local h = {}
+  for _, kv in ipairs(headers) do h[#h + 1] = string.pack(">s1Bs2", kv[1], 7, kv[2]) end
+  h = table.concat(h)
+  local prelude = string.pack(">I4I4", 16 + #h + #payload, #h)
+  prelude = prelude .. string.pack(">I4", core.crc32(prelude))
+  local msg = prelude .. h .. payload
+  return msg .. string.pack(">I4", core.crc32(msg))
+end
+local function bedrock(sse)
+  local out = {}
+  for data in sse:gmatch("data: ([^\n]*)\n") do
+    out[#out + 1] = es_frame({ { ":event-type", "chunk" }, { ":content-type", "application/json" },
+      { ":message-type", "event" } }, '{"bytes":"' .. core.base64(data) .. '","p":"abcdefghijklmnopq"}')
+  end
+  return table.concat(out)
+end
+local bedrock_text = bedrock(astart .. aev("content_block_start", '{"type":"content_block_start","index":0,'
+  .. '"content_block":{"type":"text","text":""}}') .. aev("content_block_delta", '{"type":"content_block_delta",'
+  .. '"index":0,"delta":{"type":"text_delta","text":"Hi \\u00e9"}}') .. aev("content_block_stop",
+  '{"type":"content_block_stop","index":0}') .. aev("message_delta", '{"type":"message_delta","delta":'
+  .. '{"stop_reason":"end_turn"},"usage":{"output_tokens":3}}') .. aev("message_stop", '{"type":"message_stop",'
+  .. '"amazon-bedrock-invocationMetrics":{"inputTokenCount":13,"outputTokenCount":3,"invocationLatency":412,'
+  .. '"firstByteLatency":180}}'))
+write("anthropic_stream", "bedrock_text", hdr(0, 5, 3, 3) .. bedrock_text)
+write("anthropic_stream", "bedrock_tool", hdr(0, 13, 4, 4) .. bedrock(astart
+  .. aev("content_block_start", '{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_01","name":"lookup","input":{}}}')
+  .. aev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\\"q\\": \\"ti"}}')
+  .. aev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"de\\"}"}}')
+  .. aev("content_block_stop", '{"type":"content_block_stop","index":0}') .. astop))
+write("anthropic_stream", "bedrock_exception", hdr(0, 0, 0, 5) .. bedrock(astart)
+  .. es_frame({ { ":exception-type", "throttlingException" }, { ":content-type", "application/json" },
+    { ":message-type", "exception" } }, '{"message":"Too many requests, please wait before trying again."}'))
+write("anthropic_stream", "bedrock_bad_crc", hdr(0, 7, 1, 3) .. bedrock_text:sub(1, -2) .. "\0")
+-- (the driver mends the CRCs of this one: 9 // 6 % 2 == 1)
+write("anthropic_stream", "bedrock_mended", hdr(0, 7, 1, 9) .. bedrock_text:sub(1, -2) .. "\0")
+
 -- ---------------------------------------------- Anthropic whole replies --
 local function amsg(content, stop)
   return '{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":' .. content
