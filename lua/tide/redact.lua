@@ -45,11 +45,13 @@ end
 ---@param api_key? string
 ---@param headers? table<string,string> names in lower case
 ---@param token? string
+---@param extra? string[] other secrets (an AWS secret key and session token)
 ---@return string[]
-function M.secrets(api_key, headers, token)
+function M.secrets(api_key, headers, token, extra)
   local list, seen = {}, {}
   add(list, seen, api_key)
   add(list, seen, token)
+  for _, v in ipairs(extra or {}) do add(list, seen, v) end
   for name, value in pairs(headers or {}) do
     if M.SECRET_HEADERS[name] and type(value) == "string" then
       add(list, seen, value)

@@ -151,6 +151,13 @@ local function copy(t)
   return c
 end
 
+local function headers_with(base, extra)
+  if not extra then return base end
+  local h = copy(base)
+  for k, v in pairs(extra) do h[k] = v end
+  return h
+end
+
 local function json_error(status, message)
   return { status = status, headers = JSON_HEADERS,
            body = encode({ error = { message = message, type = "mock_error" } }) }
@@ -172,7 +179,8 @@ end
 ---@field delay_ms? integer wait before answering
 ---@field chunk_delay_ms? integer streaming: wait between SSE chunks
 ---@field headers? table<string,string> extra response headers
----@field fault? "status"|"drop"|"malformed"|"truncate"|"oversize"|"hang"
+---@field fault? "status"|"drop"|"malformed"|"truncate"|"oversize"|"hang"|"exception" ("exception": Bedrock only, its stream ends with an exception frame)
+---@field exception? string the :exception-type of fault "exception" (default "throttlingException")
 ---@field status? integer fault = "status": the HTTP status (429, 500, 503...)
 ---@field retry_after? number fault = "status": sets Retry-After (seconds)
 ---@field body? string|table fault = "status": the error body (default: provider-shaped)
@@ -1241,6 +1249,219 @@ function anthropic.vertex_refusal(req)
   return nil
 end
 
+-- ------------------------------------------------------- Claude on Bedrock
+--
+-- Amazon Bedrock's runtime as it answers Claude (POST /model/{id}/invoke
+-- and /invoke-with-response-stream): the Messages body without `model` and
+-- `stream`, with anthropic_version "bedrock-2023-05-31", refused otherwise
+-- with Bedrock's own "Malformed input request" words; a bearer key, or a
+-- Signature Version 4 the mock checks in full against the credentials
+-- given as `bedrock = { credentials = {...}, api_key = "...", region = "..." }`
+-- (its canonical request made here, apart from tide.provider.aws's); errors
+-- as { message } with x-amzn-ErrorType; a streamed reply as an AWS event
+-- stream whose chunks carry each Anthropic event base64-encoded, padded
+-- with "p", the last with amazon-bedrock-invocationMetrics. A reply's
+-- fault = "exception" ends its stream with an exception frame
+-- (reply.exception: its :exception-type, throttlingException by default).
+
+local BEDROCK_VERSION = "bedrock-2023-05-31"
+local ES_HEADERS = { ["content-type"] = "application/vnd.amazon.eventstream",
+  ["x-amzn-bedrock-content-type"] = "application/json" }
+
+-- A Bedrock error: status, its x-amzn-ErrorType and { message }.
+local function bedrock_error(status, kind, message)
+  return { status = status, headers = { ["content-type"] = "application/json",
+    ["x-amzn-errortype"] = kind .. ":http://internal.amazon.com/coral/com.amazon.bedrock/",
+    ["x-amzn-requestid"] = "mock-bedrock-request" }, body = encode({ message = message }) }
+end
+
+local function hexs(s) return (s:gsub(".", function(c) return ("%02x"):format(c:byte()) end)) end
+
+-- SigV4's encoding of a path or a query part, written for the server side.
+local function aws_encode(s, slash)
+  return (s:gsub("[^A-Za-z0-9%-_%.~" .. (slash and "/" or "") .. "]", function(c)
+    return ("%%%02X"):format(c:byte()) end))
+end
+
+-- Whether `auth` (an Authorization header) signs `req` with `creds` in
+-- `region`, as Bedrock checks it: nil, or Bedrock's 403.
+local function check_sigv4(req, auth, creds, region)
+  local id, date, reg, service, signed, sig = auth:match(
+    "^AWS4%-HMAC%-SHA256 Credential=([^/]+)/(%d+)/([^/]+)/([^/]+)/aws4_request, SignedHeaders=([%w%-;]+), Signature=(%x+)$")
+  if not id then
+    return bedrock_error(400, "IncompleteSignatureException", "Authorization header requires 'Credential', "
+      .. "'SignedHeaders' and 'Signature' parameters.")
+  end
+  if not creds or id ~= creds.access_key_id then
+    return bedrock_error(403, "UnrecognizedClientException", "The security token included in the request is invalid.")
+  end
+  local h = req.headers
+  if reg ~= region or service ~= "bedrock" then
+    return bedrock_error(403, "InvalidSignatureException", ("Credential should be scoped to a valid region. "))
+  end
+  if creds.session_token and h["x-amz-security-token"] ~= creds.session_token then
+    return bedrock_error(403, "UnrecognizedClientException", "The security token included in the request is invalid.")
+  end
+  local amz_date = h["x-amz-date"] or ""
+  if amz_date:sub(1, 8) ~= date then
+    return bedrock_error(403, "InvalidSignatureException", "Date in Credential scope does not match YYYYMMDD from "
+      .. "ISO-8601 version of date from HTTP: '" .. date .. "' != '" .. amz_date:sub(1, 8) .. "', from '"
+      .. amz_date .. "'.")
+  end
+  local names = {}
+  for name in signed:gmatch("[^;]+") do names[#names + 1] = name end
+  local has = {}
+  for _, n in ipairs(names) do has[n] = true end
+  if not (has.host and has["x-amz-date"]) or (creds.session_token and not has["x-amz-security-token"]) then
+    return bedrock_error(403, "InvalidSignatureException", "The request signature we calculated does not match "
+      .. "the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service "
+      .. "documentation for details.")
+  end
+  local lines = {}
+  for i, n in ipairs(names) do
+    lines[i] = n .. ":" .. tostring(h[n] or ""):gsub("^%s+", ""):gsub("%s+$", ""):gsub("%s+", " ")
+  end
+  local path, query = req.path:match("^([^?]*)%??(.*)$")
+  local q = {}
+  for part in query:gmatch("[^&]+") do q[#q + 1] = part end
+  table.sort(q)
+  local canonical = table.concat({ req.method, aws_encode(path, true), table.concat(q, "&"),
+    table.concat(lines, "\n") .. "\n", signed, hexs(core.sha256(req.body or "")) }, "\n")
+  local to_sign = table.concat({ "AWS4-HMAC-SHA256", amz_date, ("%s/%s/bedrock/aws4_request"):format(date, reg),
+    hexs(core.sha256(canonical)) }, "\n")
+  local key = "AWS4" .. creds.secret_access_key
+  for _, part in ipairs { date, reg, "bedrock", "aws4_request" } do key = core.hmac_sha256(key, part) end
+  if hexs(core.hmac_sha256(key, to_sign)) ~= sig then
+    return bedrock_error(403, "InvalidSignatureException", "The request signature we calculated does not match "
+      .. "the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service "
+      .. "documentation for details.")
+  end
+  return nil
+end
+
+-- What Bedrock answers a request to Claude it refuses, or nil.
+function anthropic.bedrock_refusal(self, req)
+  local opts = self._opts.bedrock or {}
+  local auth = req.headers and req.headers["authorization"]
+  if not auth then
+    return bedrock_error(403, "MissingAuthenticationTokenException", "Missing Authentication Token")
+  end
+  local bearer = auth:match("^Bearer (%S+)$")
+  if bearer then
+    if opts.api_key and bearer ~= opts.api_key then
+      return bedrock_error(403, "AccessDeniedException", "Invalid API Key format: Must start with pre-defined "
+        .. "prefix")
+    end
+  else
+    local refused = check_sigv4(req, auth, opts.credentials, opts.region or "us-east-1")
+    if refused then return refused end
+  end
+  local json = type(req.json) == "table" and req.json or nil
+  if not json then
+    return bedrock_error(400, "ValidationException", "Malformed input request, please reformat your input and try again.")
+  end
+  if json.anthropic_version == nil then
+    return bedrock_error(400, "ValidationException", "Malformed input request: #: required key [anthropic_version] "
+      .. "not found, please reformat your input and try again.")
+  end
+  if json.anthropic_version ~= BEDROCK_VERSION then
+    return bedrock_error(400, "ValidationException", "Invalid API version")
+  end
+  for _, k in ipairs { "model", "stream" } do
+    if json[k] ~= nil then
+      return bedrock_error(400, "ValidationException", ("Malformed input request: #: extraneous key [%s] is not "
+        .. "permitted, please reformat your input and try again."):format(k))
+    end
+  end
+  return nil
+end
+
+-- One event stream frame: the headers (name, string value) in order, the
+-- payload, the CRCs.
+local function es_frame(headers, payload)
+  local h = {}
+  for _, kv in ipairs(headers) do
+    h[#h + 1] = string.pack(">s1Bs2", kv[1], 7, kv[2])
+  end
+  h = table.concat(h)
+  local total = 16 + #h + #payload
+  local prelude = string.pack(">I4I4", total, #h)
+  prelude = prelude .. string.pack(">I4", core.crc32(prelude))
+  local msg = prelude .. h .. payload
+  return msg .. string.pack(">I4", core.crc32(msg))
+end
+anthropic.es_frame = es_frame
+
+-- Padding against length side channels, as Bedrock adds it ("p").
+local PAD = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+-- The SSE chunks of a rendered Anthropic stream as Bedrock frames them.
+local function bedrock_chunks(chunks, exception)
+  local out, input, output = {}, 0, 0
+  for _, chunk in ipairs(chunks) do
+    local frames = {}
+    for data in chunk:gmatch("data: ([^\n]*)\n") do
+      local obj = decode(data)
+      if type(obj) == "table" and obj.type == "message_start" and type(obj.message) == "table" then
+        input = (obj.message.usage or {}).input_tokens or 0
+      elseif type(obj) == "table" and obj.type == "message_delta" then
+        output = (obj.usage or {}).output_tokens or output
+      elseif type(obj) == "table" and obj.type == "message_stop" then
+        if exception then -- (the stream fails before its end)
+          frames[#frames + 1] = es_frame({ { ":exception-type", exception }, { ":content-type", "application/json" },
+            { ":message-type", "exception" } }, encode({ message = exception == "throttlingException"
+            and "Too many requests, please wait before trying again." or "The system encountered an unexpected error "
+            .. "during processing. Try your request again." }))
+          break
+        end
+        -- Bedrock's own metrics ride on the last event
+        data = encode({ type = "message_stop", ["amazon-bedrock-invocationMetrics"] = {
+          inputTokenCount = input, outputTokenCount = output, invocationLatency = 412, firstByteLatency = 180 } })
+      end
+      frames[#frames + 1] = es_frame({ { ":event-type", "chunk" }, { ":content-type", "application/json" },
+        { ":message-type", "event" } }, encode({ bytes = core.base64(data), p = PAD:sub(1, #data % #PAD + 1) }))
+    end
+    out[#out + 1] = table.concat(frames)
+  end
+  return out
+end
+
+local BEDROCK_ERRORS = { [400] = "ValidationException", [403] = "AccessDeniedException",
+  [404] = "ResourceNotFoundException", [429] = "ThrottlingException", [500] = "InternalServerException",
+  [503] = "ServiceUnavailableException" }
+
+-- A rendered Anthropic reply (or refusal) as Bedrock sends it: a stream
+-- framed, an error as Bedrock's.
+function anthropic.bedrock_response(res, reply)
+  if res.chunks then
+    res.headers = headers_with(ES_HEADERS, reply.headers)
+    res.chunks = bedrock_chunks(res.chunks, reply.fault == "exception" and (reply.exception or "throttlingException"))
+    if reply.fault == "malformed" then -- a frame whose CRC does not match
+      local i = #res.chunks > 1 and 2 or 1
+      local c = res.chunks[i]
+      res.chunks[i] = c:sub(1, -2) .. string.char((c:byte(-1) + 1) % 256)
+    end
+    return res
+  end
+  if res.status and res.status >= 400 then
+    local obj = decode(res.body or "") or {}
+    local e = type(obj.error) == "table" and obj.error or {}
+    local r = bedrock_error(res.status, BEDROCK_ERRORS[res.status] or "InternalServerException",
+      type(e.message) == "string" and e.message or ("mock: HTTP " .. res.status))
+    r.headers = headers_with(r.headers, reply.headers)
+    r.delay_ms = res.delay_ms
+    return r
+  end
+  if res.body then
+    local obj = decode(res.body)
+    local u = type(obj) == "table" and type(obj.usage) == "table" and obj.usage or {}
+    res.headers = headers_with(res.headers or JSON_HEADERS, { ["x-amzn-requestid"] = "mock-bedrock-request",
+      ["x-amzn-bedrock-input-token-count"] = tostring(u.input_tokens or 0),
+      ["x-amzn-bedrock-output-token-count"] = tostring(u.output_tokens or 0) })
+  end
+  return res
+end
+
 function anthropic.malformed_stream(ctx)
   return {
     message_start(ctx),
@@ -1606,13 +1827,6 @@ end
 
 local shapes = { openai = openai, anthropic = anthropic, responses = responses }
 
-local function headers_with(base, extra)
-  if not extra then return base end
-  local h = copy(base)
-  for k, v in pairs(extra) do h[k] = v end
-  return h
-end
-
 -- Fills `text` so that the body rendered by `render_body(text)` is `n` bytes.
 local function fill_to(n, render_body)
   local body = render_body("")
@@ -1728,6 +1942,7 @@ local MOCK_OPTIONS = {
   routes = "table", port = "port", ref = "boolean", record = "boolean",
   openai = "table", -- OpenAI-only checks (see openai.validate)
   anthropic = "table", -- Anthropic-only behaviour (see anthropic.validate)
+  bedrock = "table", -- Claude on Bedrock: { api_key, credentials, region } it checks requests against
 }
 
 ---@class tide.testing.MockServer
@@ -1745,7 +1960,7 @@ function Mock:_handle(req)
     reqs[#reqs + 1] = rec
   end
   local route = req.path:match("^[^?]*")
-  local shape
+  local shape, bedrock
   if req.method == "POST" and route:match("/chat/completions$") then
     shape = "openai"
   elseif req.method == "POST" and route:match("/messages$") then
@@ -1758,6 +1973,19 @@ function Mock:_handle(req)
     shape = "anthropic"
   elseif req.method == "POST" and route:match("/responses$") then
     shape = "responses"
+  elseif req.method == "POST" and (route:match("^/model/[^/]+/invoke$")
+      or route:match("^/model/[^/]+/invoke%-with%-response%-stream$")) then
+    -- Claude on Bedrock: AWS's credentials, the version in the body, the
+    -- stream by the path (and framed as AWS frames it)
+    local refused = anthropic.bedrock_refusal(self, rec)
+    if refused then return refused end
+    shape, bedrock = "anthropic", rec
+    local json = copy(rec.json)
+    json.stream = route:match("stream$") ~= nil
+    -- the reply names the model as Anthropic does
+    local id = route:match("^/model/([^/]+)/"):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+    json.model = id:match("anthropic%.(claude[%w%-%.]-)%-v%d+:%d+$") or id
+    rec = setmetatable({ json = json }, { __index = rec })
   else
     local routes = self._opts.routes
     local h = routes and (routes[req.path] or routes[route])
@@ -1769,7 +1997,7 @@ function Mock:_handle(req)
   -- A request the real service would refuse is refused before any scripted
   -- reply is spent on it.
   local reject = shapes[shape].validate and shapes[shape].validate(self, rec)
-  if reject then return reject end
+  if reject then return bedrock and anthropic.bedrock_response(reject, {}) or reject end
   local reply
   if self._head <= self._tail then
     reply = self._queue[self._head]
@@ -1779,10 +2007,20 @@ function Mock:_handle(req)
     -- `srv.default = r` may be set at any time, for the requests after it.
     reply = self.default or self._opts.default
   else
-    return { status = 500, headers = JSON_HEADERS,
-             body = shapes[shape].error_body(500, "mock: no scripted reply left") }
+    local res = { status = 500, headers = JSON_HEADERS,
+                  body = shapes[shape].error_body(500, "mock: no scripted reply left") }
+    return bedrock and anthropic.bedrock_response(res, {}) or res
   end
-  return render(self, shape, resolve(reply, rec), rec)
+  reply = resolve(reply, rec)
+  if bedrock then
+    local r = reply
+    if reply.fault == "exception" then -- (rendered whole; bedrock_response fails it)
+      r = copy(reply)
+      r.fault = nil
+    end
+    return anthropic.bedrock_response(render(self, shape, r, rec), reply)
+  end
+  return render(self, shape, reply, rec)
 end
 
 --- Every request received so far, oldest first (a copy of the list); empty

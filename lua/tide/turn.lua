@@ -431,7 +431,7 @@ local TRUNCATED = { length = true, content_filter = true }
 -- The GenAI attributes of a provider call (the chat span). The provider's
 -- name is the semantic conventions' well-known one for the service the
 -- request goes to: by its host for the OpenAI-compatible ones, Vertex AI
--- for Claude there.
+-- and Bedrock for Claude there.
 local PROVIDER_NAMES = { openai = "openai", anthropic = "anthropic", responses = "openai" }
 local HOST_NAMES = { ["api.deepseek.com"] = "deepseek", ["api.groq.com"] = "groq",
   ["api.mistral.ai"] = "mistral_ai", ["api.x.ai"] = "x_ai", ["api.perplexity.ai"] = "perplexity" }
@@ -440,6 +440,8 @@ chat_attributes = function(provider)
   local name = HOST_NAMES[host] or PROVIDER_NAMES[provider.kind] or provider.kind
   if provider.vertex then
     name = "gcp.vertex_ai"
+  elseif provider.bedrock then
+    name = "aws.bedrock"
   elseif provider.kind == "openai" and provider.key_header == "api-key" then -- an Azure resource
     name = "azure.ai.openai"
   end

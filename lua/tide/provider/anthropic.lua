@@ -32,6 +32,12 @@ local Provider = provider.class("tide.provider.anthropic")
 local canonical = json.canonical
 local quote = json.quote
 
+local aws_module -- tide.provider.aws, loaded by the first Bedrock provider
+local function aws()
+  aws_module = aws_module or require "tide.provider.aws"
+  return aws_module
+end
+
 function Provider:__tostring()
   return ("tide.provider.anthropic(%s, %s)"):format(self.model, self.base_url)
 end
@@ -76,16 +82,89 @@ local function vertex_of(v)
   return { project = project, region = region }
 end
 
+-- -------------------------------------------------------------- Bedrock
+--
+-- Claude on Amazon Bedrock (anthropic-sdk-python's AnthropicBedrock, whose
+-- rules these are): POST {base}/model/{model}/invoke
+-- (/invoke-with-response-stream when streaming), the model id encoded but
+-- for its ':'; the body without `model` and `stream`, with
+-- `anthropic_version: "bedrock-2023-05-31"` and any anthropic-beta header
+-- as `anthropic_beta`; a streamed reply framed as an AWS event stream
+-- (core/eventstream.c). A Bedrock API key (`api_key`, or
+-- AWS_BEARER_TOKEN_BEDROCK) goes as a bearer token; IAM credentials
+-- (`bedrock.credentials`, or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
+-- AWS_SESSION_TOKEN) sign every request (tide.provider.aws). Never an
+-- Anthropic key.
+
+M.BEDROCK_VERSION = "bedrock-2023-05-31"
+
+-- The bedrock option checked, its region filled in from the environment;
+-- or nil and a misuse message.
+local function bedrock_of(b, opts)
+  local where = "tide.provider.anthropic: "
+  for k in pairs(b) do
+    if k ~= "region" and k ~= "credentials" then
+      return nil, where .. "unknown option 'bedrock." .. tostring(k) .. "'"
+    end
+  end
+  local region = b.region or provider._env("AWS_REGION") or provider._env("AWS_DEFAULT_REGION")
+  if type(region) ~= "string" or not region:match("^[%w%-]+$") then
+    return nil, where .. "'bedrock.region' must be a region (or set AWS_REGION)"
+  end
+  local creds = b.credentials
+  if creds ~= nil and type(creds) ~= "function" then
+    local why = aws().check(creds)
+    if why then return nil, where .. "'bedrock.credentials' " .. why end
+  end
+  if creds ~= nil and (opts.api_key ~= nil or opts.token ~= nil) then
+    return nil, where .. "'bedrock.credentials' and '" .. (opts.api_key and "api_key" or "token")
+      .. "' cannot both be given (IAM credentials sign requests; a Bedrock API key is a bearer token)"
+  end
+  local key = opts.api_key == nil and opts.token == nil and creds == nil and provider._env("AWS_BEARER_TOKEN_BEDROCK")
+  if key and key:find("[\r\n%z]") then
+    return nil, where .. "the API key from AWS_BEARER_TOKEN_BEDROCK must not contain a CR, LF or NUL"
+  end
+  if creds == nil and not key and opts.api_key == nil and opts.token == nil then
+    creds = aws().from_env(provider._env)
+    if not creds then
+      return nil, where .. "Bedrock needs credentials: 'api_key' (or AWS_BEARER_TOKEN_BEDROCK), "
+        .. "'bedrock.credentials', or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    end
+    local why = aws().check(creds)
+    if why then return nil, where .. "the credentials from the environment: " .. why end
+  end
+  return { region = region, credentials = creds, key = key or nil }
+end
+
+-- The model id as it goes in a Bedrock URL: every byte but the unreserved
+-- ones and ':' encoded (an ARN's '/' as %2F), as the SDK writes it.
+local function bedrock_model(model)
+  return (model:gsub("[^%w%-_%.~:]", function(c) return ("%%%02X"):format(c:byte()) end))
+end
+
 --- Creates the provider object, or returns nil plus a misuse message.
 ---@param opts? tide.provider.opts
 function M.new(opts)
-  local vertex
+  local vertex, bedrock
   if type(opts) == "table" and type(opts.vertex) == "table" then
     local verr
     vertex, verr = vertex_of(opts.vertex)
     if not vertex then return nil, verr end
   end
-  local self, msg = provider._new("anthropic", opts, vertex and {
+  if type(opts) == "table" and type(opts.bedrock) == "table" then
+    if vertex then return nil, "tide.provider.anthropic: 'vertex' and 'bedrock' cannot both be given" end
+    local berr
+    bedrock, berr = bedrock_of(opts.bedrock, opts)
+    if not bedrock then return nil, berr end
+  end
+  local self, msg = provider._new("anthropic", opts, bedrock and {
+    -- (an Anthropic key is never sent to Amazon)
+    base_url = provider._env("ANTHROPIC_BEDROCK_BASE_URL")
+      or ("https://bedrock-runtime.%s.amazonaws.com"):format(bedrock.region),
+    api_key = bedrock.key,
+    model = provider._env("TIDE_MODEL") or "anthropic.claude-sonnet-4-5-20250929-v1:0",
+    max_tokens = M.DEFAULT_MAX_TOKENS,
+  } or vertex and {
     -- (an Anthropic key is never sent to Google)
     base_url = provider._env("ANTHROPIC_VERTEX_BASE_URL") or vertex_base(vertex.region),
     model = provider._env("TIDE_MODEL") or "claude-sonnet-4-5",
@@ -98,6 +177,24 @@ function M.new(opts)
   })
   if not self then return nil, msg end
   self.vertex = vertex
+  if bedrock then
+    self.bedrock = { region = bedrock.region }
+    -- an anthropic-beta header goes in the body (Bedrock reads it there)
+    local betas = self.headers["anthropic-beta"]
+    if betas then
+      local list = {}
+      for b in tostring(betas):gmatch("[^,%s]+") do list[#list + 1] = b end
+      self.bedrock.betas, self.headers["anthropic-beta"] = list, nil
+    end
+    local creds = bedrock.credentials
+    if type(creds) == "function" then
+      -- asked for before a request once the last have run out, as `token`
+      self.aws_credentials, self._before_request = creds, M._renew_credentials
+    elseif creds then
+      self.aws = creds
+    end
+    if self.aws_credentials or self.aws then self._sign = M._sign end
+  end
   opts = opts or {}
   if opts.thinking then
     local t = opts.thinking
@@ -330,6 +427,9 @@ function Provider:encode_prefix(system, tools, schema)
   }
   if self.vertex then -- the model is in the URL; the version in the body
     fields.model, fields.anthropic_version = nil, quote(M.VERTEX_VERSION)
+  elseif self.bedrock then -- so is the stream; the betas are in the body too
+    fields.model, fields.stream, fields.anthropic_version = nil, nil, quote(M.BEDROCK_VERSION)
+    if self.bedrock.betas then fields.anthropic_beta = canonical(json.array(self.bedrock.betas)) end
   end
   if system ~= nil and system ~= "" then
     if self.prompt_cache then
@@ -587,6 +687,10 @@ end
 -- ------------------------------------------------------------------- wire
 
 function Provider:_url()
+  if self.bedrock then
+    return ("%s/model/%s/%s"):format(self.base_url, bedrock_model(self.model),
+      self.stream and "invoke-with-response-stream" or "invoke")
+  end
   local v = self.vertex
   if not v then return self.base_url .. "/messages" end
   return ("%s/projects/%s/locations/%s/publishers/anthropic/models/%s:%s"):format(self.base_url, v.project, v.region,
@@ -596,7 +700,12 @@ end
 function Provider:_headers()
   local h = { ["content-type"] = "application/json", ["anthropic-version"] = M.VERSION_HEADER }
   if self.stream then h["accept"] = "text/event-stream" end
-  if self.vertex then
+  if self.bedrock then
+    -- (what the SDK sends: the event stream comes all the same)
+    h["anthropic-version"], h["accept"] = nil, "application/json"
+    local token = self.bearer or self.api_key
+    if token then h["authorization"] = "Bearer " .. token end
+  elseif self.vertex then
     h["anthropic-version"] = nil
     local token = self.bearer or self.api_key
     if token then h["authorization"] = "Bearer " .. token end
@@ -623,7 +732,37 @@ end
 --- The C parser of one streamed response. It allocates nothing until the
 --- reply's bytes come.
 function Provider:_c_stream()
-  return core.anthropic_stream(self.max_body_bytes)
+  return core.anthropic_stream(self.max_body_bytes, self.bedrock and "aws" or "sse")
+end
+
+--- The headers of one request to Bedrock with IAM credentials: the
+--- provider's own, and the signature of this body at this second.
+---@param url string
+---@param body string
+---@return table<string,string>
+function M._sign(self, url, body)
+  local h = self:_headers()
+  local signed = aws().sign("POST", url, { ["content-type"] = h["content-type"] }, body, self.aws,
+    self.bedrock.region, "bedrock")
+  for k, v in pairs(signed) do h[k] = v end
+  return h
+end
+
+--- Before a request of a provider whose `bedrock.credentials` is a
+--- function: asks it for credentials once the last have run out (the
+--- seconds it said, less a minute; 55 minutes when it said nothing). True,
+--- or nil and a ProviderError (no request is sent then).
+function M._renew_credentials(self)
+  if self._aws_until and core.hrtime() < self._aws_until then return true end
+  local ok, creds, ttl = pcall(self.aws_credentials)
+  local why = not ok and tostring(creds) or aws().check(creds)
+  if why then
+    return nil, core.error("ProviderError",
+      "tide.provider.anthropic: the bedrock.credentials function gave no credentials: " .. why)
+  end
+  ttl = math.type(ttl) and ttl > 60 and ttl or 3360
+  self.aws, self._aws_until = creds, core.hrtime() + (ttl - 60) * 1000000000
+  return true
 end
 
 --- A whole (non-streamed) response scanned in C: the reply, or nil and the

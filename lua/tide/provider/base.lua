@@ -54,6 +54,7 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field api? "chat"|"responses" OpenAI only: chat completions (default) or the Responses API
 ---@field store? boolean OpenAI Responses only: let OpenAI keep the responses (default false: stateless)
 ---@field vertex? {project?:string, region?:string} Anthropic only: Claude on Google Cloud's Vertex AI (project and region default to ANTHROPIC_VERTEX_PROJECT_ID and CLOUD_ML_REGION; its Google access token is `api_key` or comes from `token`)
+---@field bedrock? {region?:string, credentials?:tide.aws.credentials|fun():tide.aws.credentials, integer?} Anthropic only: Claude on Amazon Bedrock (region defaults to AWS_REGION; a Bedrock API key is `api_key` or AWS_BEARER_TOKEN_BEDROCK, else IAM credentials, or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, sign each request)
 ---@field token? fun():string, number? an OAuth access token instead of a key, sent as Authorization: Bearer: what the function returns, and for how many seconds it holds (asked again a minute before; 55 minutes when it does not say): Microsoft Entra ID for Azure OpenAI and Foundry, Google's for Vertex AI
 ---@field server_tools? table[] tools the provider runs itself, sent as given beside the agent's tools: Anthropic's server tools (`{ type = "web_search_20250305", name = "web_search", max_uses = 5 }`, web fetch, code execution), the Responses API's built-in tools (`{ type = "web_search" }`); their calls and results stay in the reply's content, and a paused turn (Anthropic's pause_turn) goes on by itself
 
@@ -64,7 +65,7 @@ local option_types = {
   max_tokens_field = "string", reasoning = "table", tool_choice = "any", parallel_tool_calls = "boolean",
   stop = "any", query = "table", extra_body = "table", thinking = "table", structured_output = "string",
   api = "string", store = "boolean", limits = "table", stream_usage = "boolean", server_tools = "table",
-  vertex = "table", token = "function",
+  vertex = "table", bedrock = "table", token = "function",
 }
 
 -- The options only the OpenAI chat wire format reads.
@@ -377,7 +378,7 @@ function provider._new(kind, opts, defaults)
     for k in pairs(OPENAI_ONLY) do allowed[k] = nil end
   end
   if kind ~= "anthropic" then -- only its encoder sends them
-    allowed.thinking, allowed.structured_output, allowed.vertex = nil, nil, nil
+    allowed.thinking, allowed.structured_output, allowed.vertex, allowed.bedrock = nil, nil, nil, nil
   end
   local msg = check_options(kind, opts, allowed)
   if msg then return nil, msg end

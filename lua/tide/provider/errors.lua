@@ -83,6 +83,8 @@ function M.status(kind, res)
       detail = e
     elseif type(m) == "string" then
       detail = m
+    elseif type(obj.Message) == "string" then -- (some of AWS's errors)
+      detail = obj.Message
     elseif type(m) == "table" then -- Mistral: { detail = { ... } }
       detail = validation_detail(m.detail)
     elseif type(obj.detail) == "string" then
@@ -91,14 +93,21 @@ function M.status(kind, res)
       detail = validation_detail(obj.detail)
     end
   end
+  -- AWS names its error in a header (x-amzn-ErrorType:
+  -- "ThrottlingException:http://internal.amazon.com/...")
+  local aws_type = type(res.headers) == "table" and res.headers["x-amzn-errortype"]
+  aws_type = type(aws_type) == "string" and aws_type:match("^([%w_]+)") or nil
+  if aws_type and detail then detail = aws_type .. ": " .. detail end
   local fields = {
     status = status,
     body = excerpt(body),
     retry_after_ms = retry.after_ms(res.headers),
     retryable = retryable_status(status, res.headers),
     -- what the provider's support asks for (OpenAI's x-request-id,
-    -- Anthropic's request-id)
-    request_id = type(res.headers) == "table" and (res.headers["x-request-id"] or res.headers["request-id"]) or nil,
+    -- Anthropic's request-id, AWS's x-amzn-RequestId)
+    request_id = type(res.headers) == "table" and (res.headers["x-request-id"] or res.headers["request-id"]
+      or res.headers["x-amzn-requestid"]) or nil,
+    type = aws_type,
   }
   local msg = ("%s returned HTTP %d"):format(kind, status)
   if detail then msg = msg .. ": " .. excerpt(detail, 512) end

@@ -42,6 +42,16 @@ local function endpoint(self)
   return w
 end
 
+-- The URL, headers, body and wire of one attempt: the endpoint's, or, for
+-- a provider that signs each request (Bedrock with IAM credentials),
+-- headers signed for this very body at this second, the body joined first.
+local function request_of(self, body, wire)
+  local w = endpoint(self)
+  if not self._sign then return w.url, w.headers, body, wire end
+  if wire then body = core.join_wire(body, wire) end
+  return w.url, core.http_headers(self:_sign(w.url, body)), body, nil
+end
+
 -- A streamed chunk for a parser in C. Text (and reasoning) deltas are
 -- asked for only when someone listens for them: one string per event then,
 -- none at all otherwise. Returns whether text reached on_delta, and the
@@ -140,8 +150,9 @@ end
 -- `wire`, the body sent is join_wire(body, wire), joined in C into the
 -- request itself.
 local function attempt_whole(self, body, opts, timeout_ms, wire)
-  local w = endpoint(self)
-  local req <close> = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, false, wire)
+  local url, headers
+  url, headers, body, wire = request_of(self, body, wire)
+  local req <close> = core.http_post(url, headers, body, timeout_ms, self.max_body_bytes, false, wire)
   local kind, v, ttfb_ms = req:next() -- "done", status, ttfb_ms | nil, err
   if kind ~= "done" then return nil, v, v.status ~= nil, false end
   local status = v
@@ -178,8 +189,9 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
   local held -- chunks before the mode is known, or of a streamed request answered with plain JSON
   local stream_err
 
-  local w = endpoint(self)
-  local req <close> = core.http_post(w.url, w.headers, body, timeout_ms, self.max_body_bytes, true, wire)
+  local url, headers
+  url, headers, body, wire = request_of(self, body, wire)
+  local req <close> = core.http_post(url, headers, body, timeout_ms, self.max_body_bytes, true, wire)
   -- With a C sink and nobody to hand text to, the request feeds the parser
   -- itself (req:pump): no string per chunk, no trip through this loop. It
   -- hands a reply that is not an event stream back as next() would.
@@ -297,7 +309,9 @@ function M.complete(self, body, opts, wire)
     -- Every error of an attempt leaves here, and it may quote a server
     -- that echoed the request's credentials: they are cut out once, before
     -- on_retry or the caller sees it.
-    redact.error(err, redact.secrets(self.api_key, self.headers, self.bearer))
+    local aws = self.aws
+    redact.error(err, redact.secrets(self.api_key, self.headers, self.bearer,
+      aws and { aws.secret_access_key, aws.session_token } or nil))
     err.attempts = n
     if n >= policy.attempts or not retry.retryable(err, received, delivered) then
       err.retryable = nil
