@@ -36,23 +36,31 @@ local flushing = false
 -- opentelemetry/proto (collector/trace/v1, trace/v1, common/v1).
 local char, pack = string.char, string.pack
 
+-- (a span's lengths, keys and counts are nearly all under 2^14: one or two
+-- bytes, without the loop)
 local function varint(n)
-  local out = {}
+  if n >= 0 and n < 0x80 then return char(n) end
+  if n >= 0 and n < 0x4000 then return char(n & 0x7f | 0x80, n >> 7) end
+  local out = ""
   repeat
     local b = n & 0x7f
-    n = n >> 7
+    n = n >> 7 -- (logical: a negative number takes ten bytes, as protobuf's int64)
     if n ~= 0 then b = b | 0x80 end
-    out[#out + 1] = char(b)
+    out = out .. char(b)
   until n == 0
-  return table.concat(out)
+  return out
 end
 
-local function key(field, wire) return varint(field << 3 | wire) end
-local function bytes_field(field, s) return key(field, 2) .. varint(#s) .. s end
-local function string_field(field, s) return bytes_field(field, s) end
-local function varint_field(field, n) return key(field, 0) .. varint(n) end
-local function fixed64_field(field, n) return key(field, 1) .. pack("<i8", n) end
-local function double_field(field, x) return key(field, 1) .. pack("<d", x) end
+-- (every field number OTLP uses here is below 16: its key is one byte)
+local function bytes_field(field, s)
+  local n = #s
+  if n < 0x80 then return char(field << 3 | 2, n) .. s end
+  return char(field << 3 | 2) .. varint(n) .. s
+end
+local string_field = bytes_field
+local function varint_field(field, n) return char(field << 3) .. varint(n) end
+local function fixed64_field(field, n) return pack("<Bi8", field << 3 | 1, n) end
+local function double_field(field, x) return pack("<Bd", field << 3 | 1, x) end
 
 local function any_value(v)
   local t = type(v)
@@ -79,7 +87,15 @@ local function attributes(field, attrs)
   return table.concat(out)
 end
 
-local function hex_bytes(h) return (h:gsub("%x%x", function(x) return char(tonumber(x, 16)) end)) end
+-- The bytes of a trace or span id (32 or 16 hex digits), four at a time.
+local function hex_bytes(h)
+  if #h == 16 then return pack(">I4I4", tonumber(h:sub(1, 8), 16), tonumber(h:sub(9, 16), 16)) end
+  if #h == 32 then
+    return pack(">I4I4I4I4", tonumber(h:sub(1, 8), 16), tonumber(h:sub(9, 16), 16), tonumber(h:sub(17, 24), 16),
+      tonumber(h:sub(25, 32), 16))
+  end
+  return (h:gsub("%x%x", function(x) return char(tonumber(x, 16)) end))
+end
 
 local function encode_span(s)
   local parts = {
