@@ -93,8 +93,8 @@ end
 -- (core/eventstream.c). A Bedrock API key (`api_key`, or
 -- AWS_BEARER_TOKEN_BEDROCK) goes as a bearer token; IAM credentials
 -- (`bedrock.credentials`, or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
--- AWS_SESSION_TOKEN) sign every request (tide.provider.aws). Never an
--- Anthropic key.
+-- AWS_SESSION_TOKEN, or the SDKs' default chain) sign every request
+-- (tide.provider.aws). Never an Anthropic key.
 
 M.BEDROCK_VERSION = "bedrock-2023-05-31"
 
@@ -125,13 +125,17 @@ local function bedrock_of(b, opts)
     return nil, where .. "the API key from AWS_BEARER_TOKEN_BEDROCK must not contain a CR, LF or NUL"
   end
   if creds == nil and not key and opts.api_key == nil and opts.token == nil then
+    -- the environment's keys, else the AWS SDKs' default chain, asked at the
+    -- first request (a web identity, ~/.aws/credentials, the container's or
+    -- the instance's endpoint: tide.provider.aws.chain)
     creds = aws().from_env(provider._env)
-    if not creds then
-      return nil, where .. "Bedrock needs credentials: 'api_key' (or AWS_BEARER_TOKEN_BEDROCK), "
-        .. "'bedrock.credentials', or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    if creds then
+      local why = aws().check(creds)
+      if why then return nil, where .. "the credentials from the environment: " .. why end
+    else
+      creds = aws().chain(provider._env, region)
+      return { region = region, credentials = creds, chain = true }
     end
-    local why = aws().check(creds)
-    if why then return nil, where .. "the credentials from the environment: " .. why end
   end
   return { region = region, credentials = creds, key = key or nil }
 end
@@ -190,6 +194,7 @@ function M.new(opts)
     if type(creds) == "function" then
       -- asked for before a request once the last have run out, as `token`
       self.aws_credentials, self._before_request = creds, M._renew_credentials
+      self.aws_chain = bedrock.chain -- (the default chain, not the caller's function)
     elseif creds then
       self.aws = creds
     end
@@ -757,8 +762,8 @@ function M._renew_credentials(self)
   local ok, creds, ttl = pcall(self.aws_credentials)
   local why = not ok and tostring(creds) or aws().check(creds)
   if why then
-    return nil, core.error("ProviderError",
-      "tide.provider.anthropic: the bedrock.credentials function gave no credentials: " .. why)
+    return nil, core.error("ProviderError", "tide.provider.anthropic: " .. (self.aws_chain and "Bedrock: "
+      or "the bedrock.credentials function gave no credentials: ") .. why)
   end
   ttl = math.type(ttl) and ttl > 60 and ttl or 3360
   self.aws, self._aws_until = creds, core.hrtime() + (ttl - 60) * 1000000000

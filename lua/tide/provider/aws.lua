@@ -151,4 +151,191 @@ function M.from_env(env)
   return { access_key_id = id, secret_access_key = secret, session_token = env("AWS_SESSION_TOKEN") }
 end
 
+-- ------------------------------------------------------- the default chain
+--
+-- Where the AWS SDKs find credentials when none are given (botocore's
+-- default chain, the sources a program running on AWS has), in this order:
+-- the environment's keys; a web identity token (EKS service accounts:
+-- AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, exchanged at STS's
+-- AssumeRoleWithWebIdentity, which needs no signature); the shared
+-- credentials file (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials, the
+-- profile AWS_PROFILE or "default"); the container's endpoint (ECS tasks,
+-- EKS Pod Identity: AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or _FULL_URI,
+-- with AWS_CONTAINER_AUTHORIZATION_TOKEN(_FILE)); the EC2 instance's
+-- metadata service (IMDSv2: a session token first; off with
+-- AWS_EC2_METADATA_DISABLED=true, elsewhere with
+-- AWS_EC2_METADATA_SERVICE_ENDPOINT). Not followed: SSO, credential_process
+-- and roles assumed from ~/.aws/config (give `bedrock.credentials` a
+-- function for those).
+
+local ECS_HOST = "http://169.254.170.2"
+local IMDS_HOST = "http://169.254.169.254"
+local METADATA_TIMEOUT_MS = 1000 -- botocore's metadata_service_timeout
+
+-- Seconds since the epoch of an ISO 8601 UTC time ("2026-12-06T20:00:00Z"),
+-- or nil.
+function M.epoch(iso)
+  local y, mo, d, h, mi, sec = tostring(iso):match("^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d):(%d%d)")
+  if not y then return nil end
+  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
+  -- days from the civil date (Howard Hinnant's algorithm): no time zone involved
+  y = mo <= 2 and y - 1 or y
+  local era = y // 400
+  local yoe = y - era * 400
+  local doy = (153 * (mo + (mo > 2 and -3 or 9)) + 2) // 5 + d - 1
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  local days = era * 146097 + doe - 719468
+  return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec)
+end
+
+-- Credentials from a JSON document of the container or instance endpoint
+-- ({ AccessKeyId, SecretAccessKey, Token, Expiration }): creds and the
+-- seconds they last, or nil and why.
+local function from_document(body, where)
+  local ok, doc = pcall(require("tide.json").decode, body)
+  if not ok or type(doc) ~= "table" or type(doc.AccessKeyId) ~= "string" or type(doc.SecretAccessKey) ~= "string" then
+    return nil, where .. " answered no credentials"
+  end
+  local creds = { access_key_id = doc.AccessKeyId, secret_access_key = doc.SecretAccessKey,
+    session_token = type(doc.Token) == "string" and doc.Token ~= "" and doc.Token or nil }
+  local why = M.check(creds)
+  if why then return nil, where .. "'s credentials " .. why end
+  local until_ = M.epoch(doc.Expiration)
+  return creds, until_ and math.max(0, until_ - os.time()) or nil
+end
+
+local function get(opts)
+  local http = require "tide.http"
+  local res, err = http.request(opts)
+  if not res then return nil, tostring(err and err.message or err) end
+  if res.status < 200 or res.status > 299 then return nil, "HTTP " .. res.status end
+  return res.body
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- The sources, each: creds, seconds | nil (not there) | nil, why (there,
+-- but failed: the chain stops, as the SDKs do).
+local sources = {}
+
+function sources.environment(env)
+  return M.from_env(env)
+end
+
+function sources.web_identity(env, region)
+  local file, role = env("AWS_WEB_IDENTITY_TOKEN_FILE"), env("AWS_ROLE_ARN")
+  if not (file and role) then return nil end
+  local token = read_file(file)
+  if not token or token == "" then return nil, "the web identity token file " .. file .. " cannot be read" end
+  local function q(s) return (s:gsub("[^%w%-_%.~]", function(c) return ("%%%02X"):format(c:byte()) end)) end
+  local base = env("AWS_ENDPOINT_URL_STS") or env("AWS_ENDPOINT_URL")
+    or ("https://sts.%s.amazonaws.com"):format(region or "us-east-1")
+  local body, err = get { method = "POST", url = base:gsub("/+$", "") .. "/", timeout_ms = 10000,
+    headers = { ["content-type"] = "application/x-www-form-urlencoded" },
+    body = "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=" .. q(role) .. "&RoleSessionName="
+      .. q(env("AWS_ROLE_SESSION_NAME") or ("tide-" .. os.time())) .. "&WebIdentityToken=" .. q(token:gsub("%s+$", "")) }
+  if not body then return nil, "STS AssumeRoleWithWebIdentity failed: " .. err end
+  local function tag(name) return body:match("<" .. name .. ">%s*([^<]-)%s*</" .. name .. ">") end
+  local creds = { access_key_id = tag("AccessKeyId"), secret_access_key = tag("SecretAccessKey"),
+    session_token = tag("SessionToken") }
+  if M.check(creds) then return nil, "STS AssumeRoleWithWebIdentity answered no credentials" end
+  local until_ = M.epoch(tag("Expiration"))
+  return creds, until_ and math.max(0, until_ - os.time()) or nil
+end
+
+function sources.shared_file(env)
+  local path = env("AWS_SHARED_CREDENTIALS_FILE") or (env("HOME") and env("HOME") .. "/.aws/credentials")
+  local text = path and read_file(path)
+  if not text then return nil end
+  local want, section, found = env("AWS_PROFILE") or "default", nil, {}
+  for line in text:gmatch("[^\r\n]+") do
+    local name = line:match("^%s*%[%s*([^%]]-)%s*%]")
+    if name then
+      section = name
+    elseif section == want then
+      local k, v = line:match("^%s*([%w_]+)%s*=%s*(.-)%s*$")
+      if k then found[k] = v end
+    end
+  end
+  if not found.aws_access_key_id then return nil end
+  local creds = { access_key_id = found.aws_access_key_id, secret_access_key = found.aws_secret_access_key,
+    session_token = found.aws_session_token ~= "" and found.aws_session_token or nil }
+  local why = M.check(creds)
+  if why then return nil, ("the profile %q of %s %s"):format(want, path, why) end
+  return creds
+end
+
+-- The hosts a full container URI may name over plain HTTP (botocore's:
+-- loopback, ECS's and EKS Pod Identity's link-local addresses).
+local CONTAINER_HOSTS = { ["127.0.0.1"] = true, localhost = true, ["[::1]"] = true, ["169.254.170.2"] = true,
+  ["169.254.170.23"] = true, ["[fd00:ec2::23]"] = true }
+
+function sources.container(env)
+  local rel, full = env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"), env("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+  local url
+  if rel then
+    url = ECS_HOST .. rel
+  elseif full then
+    local scheme, host = full:match("^(%a+)://([^/:]+)")
+    if not (scheme == "https" or (scheme == "http" and (CONTAINER_HOSTS[host] or (host or ""):match("^127%.")))) then
+      return nil, "AWS_CONTAINER_CREDENTIALS_FULL_URI must be https or a loopback or container address"
+    end
+    url = full
+  else
+    return nil
+  end
+  local headers = {}
+  local token_file = env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+  local token = token_file and read_file(token_file) or env("AWS_CONTAINER_AUTHORIZATION_TOKEN")
+  if token then headers["authorization"] = (token:gsub("%s+$", "")) end
+  local body, err = get { url = url, headers = headers, timeout_ms = METADATA_TIMEOUT_MS * 2 }
+  if not body then return nil, "the container credentials endpoint failed: " .. err end
+  return from_document(body, "the container credentials endpoint")
+end
+
+function sources.instance(env)
+  if (env("AWS_EC2_METADATA_DISABLED") or ""):lower() == "true" then return nil end
+  local base = (env("AWS_EC2_METADATA_SERVICE_ENDPOINT") or IMDS_HOST):gsub("/+$", "")
+  -- IMDSv2: a session token, then the role's name, then its credentials
+  local token = get { method = "PUT", url = base .. "/latest/api/token", timeout_ms = METADATA_TIMEOUT_MS,
+    headers = { ["x-aws-ec2-metadata-token-ttl-seconds"] = "21600" } }
+  if not token then return nil end -- (not on EC2)
+  local h = { ["x-aws-ec2-metadata-token"] = token }
+  local path = base .. "/latest/meta-data/iam/security-credentials/"
+  local roles, err = get { url = path, headers = h, timeout_ms = METADATA_TIMEOUT_MS }
+  local role = roles and roles:match("^%s*([^\r\n]+)")
+  if not role then return nil, "the instance has no IAM role" .. (err and (" (" .. err .. ")") or "") end
+  local body
+  body, err = get { url = path .. role, headers = h, timeout_ms = METADATA_TIMEOUT_MS }
+  if not body then return nil, "the instance metadata service failed: " .. err end
+  return from_document(body, "the instance metadata service")
+end
+
+local ORDER = { "environment", "web_identity", "shared_file", "container", "instance" }
+
+--- The default chain, as a `bedrock.credentials` function: the first
+--- source that has credentials gives them (and the seconds they last);
+--- nil and why when none has. `env` reads the environment (os.getenv's
+--- rules: nil for unset); `region` is STS's.
+---@param env fun(name:string):string|nil
+---@param region? string
+---@return fun():(tide.aws.credentials|nil, integer|string|nil)
+function M.chain(env, region)
+  return function()
+    for _, name in ipairs(ORDER) do
+      local creds, ttl = sources[name](env, region)
+      if creds then return creds, ttl end
+      if ttl then error(ttl, 0) end -- a source that is there but failed
+    end
+    error("no AWS credentials found (the environment, a web identity, ~/.aws/credentials, the container's "
+      .. "endpoint and the instance's metadata service have none)", 0)
+  end
+end
+
 return M

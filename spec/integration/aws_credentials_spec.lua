@@ -1,0 +1,216 @@
+-- The AWS SDKs' default credential chain (tide.provider.aws.chain), what
+-- Claude on Bedrock signs with when it is given no credentials: each
+-- source against a loopback endpoint answering as AWS's does (STS's
+-- AssumeRoleWithWebIdentity XML, the container endpoint's and IMDSv2's
+-- JSON, IMDSv2's session token), the order, a source that fails, and a
+-- Bedrock session signing with what the chain found. The environment is
+-- given to the chain, never the process's own: nothing leaves loopback.
+local helpers = require "helpers"
+local tide = require "tide"
+local aws = require "tide.provider.aws"
+local provider = require "tide.provider"
+
+local with_mock = helpers.with_mock
+
+-- An environment of `vars` alone (the instance metadata service off
+-- unless a spec points it somewhere).
+local function env_of(vars)
+  return function(name)
+    if name == "AWS_EC2_METADATA_DISABLED" and vars.AWS_EC2_METADATA_SERVICE_ENDPOINT == nil then return "true" end
+    return vars[name]
+  end
+end
+
+local function tmpfile(text)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+local function iso(seconds_from_now) return os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + seconds_from_now) end
+
+-- Runs the chain in a task: creds, ttl or nil, err.
+local function resolve(vars, region)
+  local ok, creds, ttl = pcall(aws.chain(env_of(vars), region))
+  if not ok then return nil, creds end
+  return creds, ttl
+end
+
+tide.agent { id = "chain_bedrock", prompt = "You answer." }
+
+local DOC = { AccessKeyId = "ASIAMOCKCONTAINER", SecretAccessKey = "container/secret+key", Token = "container-session",
+  RoleArn = "arn:aws:iam::123456789012:role/task" }
+
+describe("tide.provider.aws.chain", function()
+  it("takes the environment's keys first", function()
+    tide.run(function()
+      local creds = assert(resolve({ AWS_ACCESS_KEY_ID = "AKIAENV", AWS_SECRET_ACCESS_KEY = "env-secret",
+        AWS_SHARED_CREDENTIALS_FILE = tmpfile("[default]\naws_access_key_id = AKIAFILE\naws_secret_access_key = f\n") }))
+      assert.are.equal("AKIAENV", creds.access_key_id)
+    end)
+  end)
+
+  it("reads the profile of the shared credentials file", function()
+    local path = tmpfile("[default]\naws_access_key_id = AKIADEFAULT\naws_secret_access_key = d\n\n"
+      .. "[work]\r\naws_access_key_id=AKIAWORK\r\naws_secret_access_key = work/secret\r\naws_session_token = wtok\r\n")
+    tide.run(function()
+      local creds, ttl = resolve({ AWS_SHARED_CREDENTIALS_FILE = path, AWS_PROFILE = "work" })
+      assert.are.same({ access_key_id = "AKIAWORK", secret_access_key = "work/secret", session_token = "wtok" }, creds)
+      assert.is_nil(ttl)
+      assert.are.equal("AKIADEFAULT", resolve({ AWS_SHARED_CREDENTIALS_FILE = path }).access_key_id)
+      local bad = tmpfile("[default]\naws_access_key_id = AKIAHALF\n")
+      local _, err = resolve({ AWS_SHARED_CREDENTIALS_FILE = bad })
+      assert.matches("the profile \"default\" of .* needs 'secret_access_key'", err)
+      os.remove(bad)
+    end)
+    os.remove(path)
+  end)
+
+  it("exchanges a web identity token at STS, unsigned, for credentials and their expiry", function()
+    local token_file = tmpfile("eyJhbGciOiJSUzI1NiJ9.pod-token\n")
+    with_mock({ routes = { ["/"] = function(req)
+      assert.are.equal("POST", req.method)
+      assert.is_nil(req.headers["authorization"])
+      return { status = 200, headers = { ["content-type"] = "text/xml" }, body = ([[
+<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleWithWebIdentityResult>
+    <Credentials>
+      <SessionToken>FwoGZXIvYXdzEMOCK</SessionToken>
+      <SecretAccessKey>sts/secret+key</SecretAccessKey>
+      <Expiration>%s</Expiration>
+      <AccessKeyId>ASIASTSMOCK</AccessKeyId>
+    </Credentials>
+  </AssumeRoleWithWebIdentityResult>
+</AssumeRoleWithWebIdentityResponse>]]):format(iso(3600)) }
+    end } }, function(srv)
+      local creds, ttl = resolve({ AWS_WEB_IDENTITY_TOKEN_FILE = token_file,
+        AWS_ROLE_ARN = "arn:aws:iam::123456789012:role/pod", AWS_ROLE_SESSION_NAME = "s1", AWS_ENDPOINT_URL_STS = srv.url })
+      assert.are.same({ access_key_id = "ASIASTSMOCK", secret_access_key = "sts/secret+key",
+        session_token = "FwoGZXIvYXdzEMOCK" }, creds)
+      assert.is_true(ttl > 3590 and ttl <= 3600)
+      local body = srv:requests()[1].body
+      assert.matches("Action=AssumeRoleWithWebIdentity", body, 1, true)
+      assert.matches("RoleArn=arn%3Aaws%3Aiam%3A%3A123456789012%3Arole%2Fpod", body, 1, true)
+      assert.matches("WebIdentityToken=eyJhbGciOiJSUzI1NiJ9.pod-token&", body .. "&", 1, true)
+    end)
+    os.remove(token_file)
+  end)
+
+  it("asks the container's endpoint, with its authorization token", function()
+    local token_file = tmpfile("pod-identity-token\n")
+    with_mock({ routes = { ["/v1/credentials"] = function(req)
+      if req.headers["authorization"] ~= "pod-identity-token" then return { status = 401, body = "no" } end
+      local doc = {}
+      for k, v in pairs(DOC) do doc[k] = v end
+      doc.Expiration = iso(7200)
+      return { status = 200, headers = { ["content-type"] = "application/json" }, body = require("cjson").encode(doc) }
+    end } }, function(srv)
+      local creds, ttl = resolve({ AWS_CONTAINER_CREDENTIALS_FULL_URI = srv.url .. "/v1/credentials",
+        AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE = token_file })
+      assert.are.same({ access_key_id = "ASIAMOCKCONTAINER", secret_access_key = "container/secret+key",
+        session_token = "container-session" }, creds)
+      assert.is_true(ttl > 7190 and ttl <= 7200)
+      -- a token in the environment does as well; none is refused here
+      assert(resolve({ AWS_CONTAINER_CREDENTIALS_FULL_URI = srv.url .. "/v1/credentials",
+        AWS_CONTAINER_AUTHORIZATION_TOKEN = "pod-identity-token" }))
+      local _, err = resolve({ AWS_CONTAINER_CREDENTIALS_FULL_URI = srv.url .. "/v1/credentials",
+        AWS_EC2_METADATA_SERVICE_ENDPOINT = srv.url })
+      assert.matches("the container credentials endpoint failed: HTTP 401", err, 1, true) -- (the chain stops there)
+    end)
+    os.remove(token_file)
+    local _, err = resolve({ AWS_CONTAINER_CREDENTIALS_FULL_URI = "http://example.com/creds" })
+    assert.matches("must be https or a loopback or container address", err, 1, true)
+  end)
+
+  it("asks the instance's metadata service with an IMDSv2 session token", function()
+    local calls = {}
+    local function need_token(req, ok)
+      calls[#calls + 1] = req.method .. " " .. req.path
+      if req.headers["x-aws-ec2-metadata-token"] ~= "imds-session" then return { status = 401, body = "" } end
+      return ok
+    end
+    with_mock({ routes = {
+      ["/latest/api/token"] = function(req)
+        calls[#calls + 1] = req.method .. " " .. req.path
+        if req.method ~= "PUT" or not req.headers["x-aws-ec2-metadata-token-ttl-seconds"] then
+          return { status = 400, body = "" }
+        end
+        return { status = 200, body = "imds-session" }
+      end,
+      ["/latest/meta-data/iam/security-credentials/"] = function(req) return need_token(req, { body = "bedrock-role\n" }) end,
+      ["/latest/meta-data/iam/security-credentials/bedrock-role"] = function(req)
+        return need_token(req, { body = ('{"Code":"Success","LastUpdated":"%s","Type":"AWS-HMAC","AccessKeyId":'
+          .. '"ASIAIMDS","SecretAccessKey":"imds/secret","Token":"imds-token","Expiration":"%s"}'):format(iso(-60),
+          iso(21600)) })
+      end,
+    } }, function(srv)
+      local creds, ttl = resolve({ AWS_EC2_METADATA_SERVICE_ENDPOINT = srv.url })
+      assert.are.same({ access_key_id = "ASIAIMDS", secret_access_key = "imds/secret", session_token = "imds-token" }, creds)
+      assert.is_true(ttl > 21590)
+      assert.are.same({ "PUT /latest/api/token", "GET /latest/meta-data/iam/security-credentials/",
+        "GET /latest/meta-data/iam/security-credentials/bedrock-role" }, calls)
+    end)
+  end)
+
+  it("says there are none when no source has any", function()
+    tide.run(function()
+      local _, err = resolve({ HOME = "/nonexistent" })
+      assert.matches("no AWS credentials found", err, 1, true)
+    end)
+  end)
+
+  it("reads ISO 8601 times in UTC whatever the local zone", function()
+    assert.are.equal(0, aws.epoch("1970-01-01T00:00:00Z"))
+    assert.are.equal(951868800, aws.epoch("2000-03-01T00:00:00Z"))
+    assert.are.equal(1796587200, aws.epoch("2026-12-06T20:00:00Z"))
+    assert.is_nil(aws.epoch("yesterday"))
+  end)
+end)
+
+describe("tide.provider.anthropic on Bedrock, with the default chain", function()
+  it("signs with what the chain found, asked once, at the first request", function()
+    local creds = { access_key_id = "ASIAMOCKCONTAINER", secret_access_key = "container/secret+key",
+      session_token = "container-session" }
+    local asked = 0
+    with_mock({ default = "signed", bedrock = { credentials = creds, region = "us-west-2" }, routes = {
+      ["/creds"] = function()
+        asked = asked + 1
+        local doc = {}
+        for k, v in pairs(DOC) do doc[k] = v end
+        doc.Expiration = iso(3600)
+        return { body = require("cjson").encode(doc) }
+      end } }, function(srv)
+      -- (the environment the provider reads, for this construction only)
+      local base = require "tide.provider.base"
+      local real = base._env
+      local vars = { AWS_CONTAINER_CREDENTIALS_FULL_URI = srv.url .. "/creds", AWS_REGION = "us-west-2", HOME = "/nonexistent" }
+      base._env = env_of(vars)
+      local ok, p = pcall(provider.anthropic, { base_url = srv.url, bedrock = {} })
+      base._env = real
+      assert(ok, p)
+      local s = tide.session { provider = p, agent = "chain_bedrock" }
+      assert.are.equal("signed", assert(s:turn("a")))
+      assert.are.equal("signed", assert(s:turn("b")))
+      assert.are.equal(1, asked)
+      assert.matches("^AWS4%-HMAC%-SHA256 Credential=ASIAMOCKCONTAINER/%d+/us%-west%-2/bedrock/",
+        srv:requests()[2].headers["authorization"])
+    end)
+  end)
+
+  it("fails the first request, sending nothing, when the chain finds none", function()
+    with_mock({ default = "never" }, function(srv)
+      local base = require "tide.provider.base"
+      local real = base._env
+      base._env = env_of({ AWS_REGION = "us-west-2", HOME = "/nonexistent" })
+      local ok, p = pcall(provider.anthropic, { base_url = srv.url, bedrock = {} })
+      base._env = real
+      assert(ok, p)
+      local _, err = tide.session { provider = p, agent = "chain_bedrock" }:turn("a")
+      assert.are.equal("ProviderError", err.code)
+      assert.matches("tide.provider.anthropic: Bedrock: no AWS credentials found", err.message, 1, true)
+      assert.are.equal(0, #srv:requests())
+    end)
+  end)
+end)
