@@ -248,19 +248,13 @@ write("anthropic_stream", "cut", hdr(0, 5, 2, 0) .. astart
   .. aev("content_block_delta", '{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}'))
 
 -- The same streams as Bedrock frames them (an AWS event stream: header byte
--- 3 // 3 % 2 == 1), made with tide.core's CRC-32 and base64 (the normal
--- build's: run from the repository root after building).
+-- 3 // 3 % 2 == 1), made as the mock makes them (tide.testing.aws_frame,
+-- with the normal build's tide.core: run from the repository root after
+-- building).
 package.cpath = "build/?.so;" .. package.cpath
+package.path = "lua/?.lua;lua/?/init.lua;" .. package.path
 local core = require "tide.core"
-local function es_frame(headers, payload)
-  local h = {}
-  for _, kv in ipairs(headers) do h[#h + 1] = string.pack(">s1Bs2", kv[1], 7, kv[2]) end
-  h = table.concat(h)
-  local prelude = string.pack(">I4I4", 16 + #h + #payload, #h)
-  prelude = prelude .. string.pack(">I4", core.crc32(prelude))
-  local msg = prelude .. h .. payload
-  return msg .. string.pack(">I4", core.crc32(msg))
-end
+local es_frame = require("tide.testing").aws_frame
 local function bedrock(sse)
   local out = {}
   for data in sse:gmatch("data: ([^\n]*)\n") do

@@ -1376,9 +1376,12 @@ function anthropic.bedrock_refusal(self, req)
   return nil
 end
 
--- One event stream frame: the headers (name, string value) in order, the
--- payload, the CRCs.
-local function es_frame(headers, payload)
+--- One AWS event stream frame, as Bedrock sends them: `headers` ({ name,
+--- string value } pairs, in order), then `payload`, with both CRCs.
+---@param headers {[1]:string, [2]:string}[]
+---@param payload string
+---@return string
+function testing.aws_frame(headers, payload)
   local h = {}
   for _, kv in ipairs(headers) do
     h[#h + 1] = string.pack(">s1Bs2", kv[1], 7, kv[2])
@@ -1390,7 +1393,7 @@ local function es_frame(headers, payload)
   local msg = prelude .. h .. payload
   return msg .. string.pack(">I4", core.crc32(msg))
 end
-anthropic.es_frame = es_frame
+local es_frame = testing.aws_frame
 
 -- Padding against length side channels, as Bedrock adds it ("p").
 local PAD = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"

@@ -8,15 +8,7 @@ local core = require "tide.core"
 local frames = core.aws_eventstream_frames
 
 -- A frame as Bedrock makes it: string headers, then the payload.
-local function frame(headers, payload)
-  local h = {}
-  for _, kv in ipairs(headers) do h[#h + 1] = string.pack(">s1Bs2", kv[1], 7, kv[2]) end
-  h = table.concat(h)
-  local prelude = string.pack(">I4I4", 16 + #h + #payload, #h)
-  prelude = prelude .. string.pack(">I4", core.crc32(prelude))
-  local msg = prelude .. h .. payload
-  return msg .. string.pack(">I4", core.crc32(msg))
-end
+local frame = require("tide.testing").aws_frame
 
 local function chunk(json)
   return frame({ { ":event-type", "chunk" }, { ":content-type", "application/json" }, { ":message-type", "event" } },
