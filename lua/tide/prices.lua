@@ -38,10 +38,16 @@ local SHIPPED = {
   ["o4-mini"] = { input = 1.10, cached = 0.275, output = 4.40, web_search = 10 },
   ["claude-opus-4"] = { input = 15.00, cached = 1.50, cache_write = 18.75, output = 75.00, web_search = 10 },
   ["claude-opus-4-1"] = { input = 15.00, cached = 1.50, cache_write = 18.75, output = 75.00, web_search = 10 },
+  ["claude-opus-4-5"] = { input = 5.00, cached = 0.50, cache_write = 6.25, output = 25.00, web_search = 10 },
+  ["claude-opus-4-6"] = { input = 5.00, cached = 0.50, cache_write = 6.25, output = 25.00, web_search = 10 },
   ["claude-sonnet-4"] = { input = 3.00, cached = 0.30, cache_write = 3.75, output = 15.00, web_search = 10 },
   ["claude-sonnet-4-5"] = { input = 3.00, cached = 0.30, cache_write = 3.75, output = 15.00, web_search = 10 },
+  ["claude-sonnet-4-6"] = { input = 3.00, cached = 0.30, cache_write = 3.75, output = 15.00, web_search = 10 },
+  ["claude-3-7-sonnet"] = { input = 3.00, cached = 0.30, cache_write = 3.75, output = 15.00, web_search = 10 },
   ["claude-haiku-4-5"] = { input = 1.00, cached = 0.10, cache_write = 1.25, output = 5.00, web_search = 10 },
   ["claude-3-5-haiku"] = { input = 0.80, cached = 0.08, cache_write = 1.00, output = 4.00, web_search = 10 },
+  ["claude-3-haiku"] = { input = 0.25, cached = 0.03, cache_write = 0.30, output = 1.25 },
+  ["claude-3-opus"] = { input = 15.00, cached = 1.50, cache_write = 18.75, output = 75.00 },
   ["gemini-2.5-pro"] = { input = 1.25, cached = 0.31, output = 10.00 },
   ["gemini-2.5-flash"] = { input = 0.30, cached = 0.075, output = 2.50 },
   ["gemini-2.5-flash-lite"] = { input = 0.10, cached = 0.025, output = 0.40 },
@@ -95,8 +101,21 @@ function M.of(model)
   return f
 end
 
+-- The model a cloud platform's id names, in Anthropic's words: Vertex AI's
+-- "claude-sonnet-4-5@20250929", Bedrock's
+-- "us.anthropic.claude-sonnet-4-5-20250929-v1:0" (an inference profile's
+-- geography or "global.", the model's version) are both
+-- "claude-sonnet-4-5-20250929". (The list price: Bedrock and Vertex bill
+-- some regional endpoints more; tide.prices takes the exact id.)
+local function platform_name(model)
+  return (model:gsub("^[%a%-]+%.anthropic%.", ""):gsub("^anthropic%.", ""):gsub("%-v%d+:%d+.*$", ""):gsub("@", "-"))
+end
+
 function M._lookup(model)
   local o = overrides[model]
+  if o ~= nil then return o or nil end
+  model = platform_name(model)
+  o = overrides[model]
   if o ~= nil then return o or nil end
   if SHIPPED[model] then return SHIPPED[model] end
   local best, best_len

@@ -15,6 +15,25 @@ describe("prices", function()
     assert.is_nil(prices.cost("my-local-model", { input = 1, output = 1 }))
   end)
 
+  it("prices a Claude model by its id on Bedrock and Vertex AI, and the newest by their own", function()
+    local sonnet = prices.of("claude-sonnet-4-5")
+    for _, id in ipairs { "anthropic.claude-sonnet-4-5-20250929-v1:0", "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "global.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5@20250929",
+        "anthropic.claude-sonnet-4-5-20250929-v1:0:200k" } do
+      assert.are.equal(sonnet, prices.of(id), id)
+    end
+    -- Opus 4.5 costs a third of Opus 4's: not its price by the shorter name
+    assert.are.equal(5.00, prices.of("claude-opus-4-5-20251101").input)
+    assert.are.equal(5.00, prices.of("claude-opus-4-5@20251101").input)
+    assert.are.equal(5.00, prices.of("eu.anthropic.claude-opus-4-5-20251101-v1:0").input)
+    assert.are.equal(15.00, prices.of("anthropic.claude-opus-4-1-20250805-v1:0").input)
+    assert.are.equal(0.25, prices.of("anthropic.claude-3-haiku-20240307-v1:0").input)
+    -- an exact id's own price wins (a regional endpoint's, say)
+    tide.prices { ["eu.anthropic.claude-haiku-4-5-20251001-v1:0"] = { input = 1.1, output = 5.5 } }
+    assert.are.equal(1.1, prices.of("eu.anthropic.claude-haiku-4-5-20251001-v1:0").input)
+    assert.are.equal(1.0, prices.of("global.anthropic.claude-haiku-4-5-20251001-v1:0").input)
+  end)
+
   it("takes overrides, and checks them", function()
     tide.prices { ["my-local-model"] = { input = 1, output = 2 } }
     assert.are.near(3e-6, prices.cost("my-local-model", { input = 1, output = 1 }), 1e-15)
