@@ -1285,7 +1285,7 @@ end
 
 -- Whether `auth` (an Authorization header) signs `req` with `creds` in
 -- `region`, as Bedrock checks it: nil, or Bedrock's 403.
-local function check_sigv4(req, auth, creds, region)
+local function check_sigv4(req, auth, creds, region, want_service)
   local id, date, reg, service, signed, sig = auth:match(
     "^AWS4%-HMAC%-SHA256 Credential=([^/]+)/(%d+)/([^/]+)/([^/]+)/aws4_request, SignedHeaders=([%w%-;]+), Signature=(%x+)$")
   if not id then
@@ -1296,7 +1296,7 @@ local function check_sigv4(req, auth, creds, region)
     return bedrock_error(403, "UnrecognizedClientException", "The security token included in the request is invalid.")
   end
   local h = req.headers
-  if reg ~= region or service ~= "bedrock" then
+  if reg ~= region or service ~= want_service then
     return bedrock_error(403, "InvalidSignatureException", ("Credential should be scoped to a valid region. "))
   end
   if creds.session_token and h["x-amz-security-token"] ~= creds.session_token then
@@ -1327,10 +1327,10 @@ local function check_sigv4(req, auth, creds, region)
   table.sort(q)
   local canonical = table.concat({ req.method, aws_encode(path, true), table.concat(q, "&"),
     table.concat(lines, "\n") .. "\n", signed, hexs(core.sha256(req.body or "")) }, "\n")
-  local to_sign = table.concat({ "AWS4-HMAC-SHA256", amz_date, ("%s/%s/bedrock/aws4_request"):format(date, reg),
+  local to_sign = table.concat({ "AWS4-HMAC-SHA256", amz_date, ("%s/%s/%s/aws4_request"):format(date, reg, service),
     hexs(core.sha256(canonical)) }, "\n")
   local key = "AWS4" .. creds.secret_access_key
-  for _, part in ipairs { date, reg, "bedrock", "aws4_request" } do key = core.hmac_sha256(key, part) end
+  for _, part in ipairs { date, reg, service, "aws4_request" } do key = core.hmac_sha256(key, part) end
   if hexs(core.hmac_sha256(key, to_sign)) ~= sig then
     return bedrock_error(403, "InvalidSignatureException", "The request signature we calculated does not match "
       .. "the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service "
@@ -1339,8 +1339,9 @@ local function check_sigv4(req, auth, creds, region)
   return nil
 end
 
--- What Bedrock answers a request to Claude it refuses, or nil.
-function anthropic.bedrock_refusal(self, req)
+-- Bedrock's check of a request's credentials (for `service`): nil, or
+-- its refusal.
+local function bedrock_auth(self, req, service)
   local opts = self._opts.bedrock or {}
   local auth = req.headers and req.headers["authorization"]
   if not auth then
@@ -1352,10 +1353,22 @@ function anthropic.bedrock_refusal(self, req)
       return bedrock_error(403, "AccessDeniedException", "Invalid API Key format: Must start with pre-defined "
         .. "prefix")
     end
-  else
-    local refused = check_sigv4(req, auth, opts.credentials, opts.region or "us-east-1")
-    if refused then return refused end
+    return nil
   end
+  return check_sigv4(req, auth, opts.credentials, opts.region or "us-east-1", service)
+end
+
+-- What Bedrock's Mantle endpoint (the Messages API itself, at
+-- bedrock-mantle.{region}.api.aws/anthropic) refuses for its credentials,
+-- or nil: SigV4 for the service "bedrock-mantle", or a bearer key.
+function anthropic.mantle_refusal(self, req)
+  return bedrock_auth(self, req, "bedrock-mantle")
+end
+
+-- What Bedrock answers a request to Claude it refuses, or nil.
+function anthropic.bedrock_refusal(self, req)
+  local refused = bedrock_auth(self, req, "bedrock")
+  if refused then return refused end
   local json = type(req.json) == "table" and req.json or nil
   if not json then
     return bedrock_error(400, "ValidationException", "Malformed input request, please reformat your input and try again.")
@@ -1968,6 +1981,10 @@ function Mock:_handle(req)
     shape = "openai"
   elseif req.method == "POST" and route:match("/messages$") then
     shape = "anthropic"
+    if route == "/anthropic/v1/messages" and self._opts.bedrock then -- Bedrock's Mantle endpoint
+      local refused = anthropic.mantle_refusal(self, rec)
+      if refused then return refused end
+    end
   elseif req.method == "POST" and route:match("/publishers/anthropic/models/[^/:]+:%a+$")
       and (route:match(":rawPredict$") or route:match(":streamRawPredict$")) then
     -- Claude on Vertex AI: Google's credentials, the version in the body

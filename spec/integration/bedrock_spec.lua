@@ -120,6 +120,48 @@ for _, stream in ipairs({ true, false }) do
   end)
 end
 
+for _, stream in ipairs({ true, false }) do
+  describe("tide.provider.anthropic on Bedrock's Mantle endpoint (" .. (stream and "streamed" or "not streamed") .. ")",
+    function()
+    it("speaks the Messages API itself, signed for bedrock-mantle", function()
+      with_mock(mock_opts { replies = { { tool_calls = { { name = "lookup", arguments = { q = "y" } } } }, "done" } },
+        function(srv)
+          local p = bedrock(srv.url .. "/anthropic", stream, { model = "anthropic.claude-sonnet-4-5" },
+            { region = "eu-west-3", credentials = CREDS, mantle = true })
+          assert.are.equal("done", assert(tide.session { agent = "on_bedrock", provider = p }:turn("go")))
+          for _, req in ipairs(srv:requests()) do
+            assert.are.equal("/anthropic/v1/messages", req.path)
+            assert.are.equal("anthropic.claude-sonnet-4-5", req.json.model)
+            assert.are.equal(stream, req.json.stream)
+            assert.is_nil(req.json.anthropic_version)
+            assert.are.equal("2023-06-01", req.headers["anthropic-version"])
+            assert.matches("^AWS4%-HMAC%-SHA256 Credential=AKIAMOCKEXAMPLE/%d+/eu%-west%-3/bedrock%-mantle/aws4_request",
+              req.headers["authorization"])
+          end
+        end)
+    end)
+
+    it("is refused when signed for Bedrock's runtime instead", function()
+      with_mock(mock_opts { replies = { "never" } }, function(srv)
+        local p = bedrock(srv.url .. "/anthropic", stream, nil, { region = "eu-west-3", credentials = CREDS })
+        p.base_url = srv.url .. "/anthropic" -- (the runtime's signature, sent to Mantle's path)
+        p._url = function(self) return self.base_url .. "/v1/messages" end
+        local _, err = tide.session { agent = "on_bedrock", provider = p }:turn("go")
+        assert.are.equal(403, err.status)
+      end)
+    end)
+
+    it("takes a Bedrock API key as the bearer", function()
+      with_mock(mock_opts { replies = { "hi" } }, function(srv)
+        local p = bedrock(srv.url .. "/anthropic", stream, { api_key = "ABSKbedrock-api-key" },
+          { region = "eu-west-3", mantle = true })
+        assert.are.equal("hi", assert(tide.session { agent = "on_bedrock", provider = p }:turn("go")))
+        assert.are.equal("Bearer ABSKbedrock-api-key", srv:requests()[1].headers["authorization"])
+      end)
+    end)
+  end)
+end
+
 describe("tide.provider.anthropic on Bedrock, its event stream", function()
   it("hands text to a listener as the frames come", function()
     with_mock(mock_opts { replies = { "one two three four" } }, function(srv)
@@ -232,6 +274,9 @@ describe("tide.provider.anthropic bedrock option", function()
       assert.matches(want, tostring(err), 1, true)
     end
     fails({ bedrock = { region = "r", credentials = CREDS, profile = "p" } }, "unknown option 'bedrock.profile'")
+    fails({ bedrock = { region = "r", credentials = CREDS, mantle = "yes" } }, "'bedrock.mantle' must be a boolean")
+    assert.are.equal("https://bedrock-mantle.us-west-2.api.aws/anthropic/v1/messages", provider.anthropic({
+      bedrock = { region = "us-west-2", credentials = CREDS, mantle = true } }):_url())
     fails({ bedrock = { region = "r/x", credentials = CREDS } }, "'bedrock.region' must be a region")
     fails({ bedrock = { region = "r", credentials = { access_key_id = "A" } } },
       "'bedrock.credentials' needs 'secret_access_key'")

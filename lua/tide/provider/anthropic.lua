@@ -94,7 +94,10 @@ end
 -- AWS_BEARER_TOKEN_BEDROCK) goes as a bearer token; IAM credentials
 -- (`bedrock.credentials`, or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and
 -- AWS_SESSION_TOKEN, or the SDKs' default chain) sign every request
--- (tide.provider.aws). Never an Anthropic key.
+-- (tide.provider.aws). Never an Anthropic key. `mantle = true` speaks to
+-- Bedrock's Mantle endpoint instead (the SDK's AnthropicBedrockMantle): the
+-- Messages API itself at bedrock-mantle.{region}.api.aws/anthropic, its
+-- body, headers and SSE as Anthropic's, signed for "bedrock-mantle".
 
 M.BEDROCK_VERSION = "bedrock-2023-05-31"
 
@@ -103,9 +106,12 @@ M.BEDROCK_VERSION = "bedrock-2023-05-31"
 local function bedrock_of(b, opts)
   local where = "tide.provider.anthropic: "
   for k in pairs(b) do
-    if k ~= "region" and k ~= "credentials" then
+    if k ~= "region" and k ~= "credentials" and k ~= "mantle" then
       return nil, where .. "unknown option 'bedrock." .. tostring(k) .. "'"
     end
+  end
+  if b.mantle ~= nil and type(b.mantle) ~= "boolean" then
+    return nil, where .. "'bedrock.mantle' must be a boolean"
   end
   local region = b.region or provider._env("AWS_REGION") or provider._env("AWS_DEFAULT_REGION")
   if type(region) ~= "string" or not region:match("^[%w%-]+$") then
@@ -120,9 +126,14 @@ local function bedrock_of(b, opts)
     return nil, where .. "'bedrock.credentials' and '" .. (opts.api_key and "api_key" or "token")
       .. "' cannot both be given (IAM credentials sign requests; a Bedrock API key is a bearer token)"
   end
-  local key = opts.api_key == nil and opts.token == nil and creds == nil and provider._env("AWS_BEARER_TOKEN_BEDROCK")
+  local key_env = "AWS_BEARER_TOKEN_BEDROCK"
+  local key = opts.api_key == nil and opts.token == nil and creds == nil and provider._env(key_env)
+  if not key and b.mantle and opts.api_key == nil and opts.token == nil and creds == nil then
+    key_env = "ANTHROPIC_AWS_API_KEY" -- (the SDK's second name for a Mantle key)
+    key = provider._env(key_env)
+  end
   if key and key:find("[\r\n%z]") then
-    return nil, where .. "the API key from AWS_BEARER_TOKEN_BEDROCK must not contain a CR, LF or NUL"
+    return nil, where .. "the API key from " .. key_env .. " must not contain a CR, LF or NUL"
   end
   if creds == nil and not key and opts.api_key == nil and opts.token == nil then
     -- the environment's keys, else the AWS SDKs' default chain, asked at the
@@ -134,10 +145,10 @@ local function bedrock_of(b, opts)
       if why then return nil, where .. "the credentials from the environment: " .. why end
     else
       creds = aws().chain(provider._env, region)
-      return { region = region, credentials = creds, chain = true }
+      return { region = region, credentials = creds, chain = true, mantle = b.mantle }
     end
   end
-  return { region = region, credentials = creds, key = key or nil }
+  return { region = region, credentials = creds, key = key or nil, mantle = b.mantle }
 end
 
 -- The model id as it goes in a Bedrock URL: every byte but the unreserved
@@ -163,8 +174,9 @@ function M.new(opts)
   end
   local self, msg = provider._new("anthropic", opts, bedrock and {
     -- (an Anthropic key is never sent to Amazon)
-    base_url = provider._env("ANTHROPIC_BEDROCK_BASE_URL")
-      or ("https://bedrock-runtime.%s.amazonaws.com"):format(bedrock.region),
+    base_url = bedrock.mantle and (provider._env("ANTHROPIC_BEDROCK_MANTLE_BASE_URL")
+        or ("https://bedrock-mantle.%s.api.aws/anthropic"):format(bedrock.region))
+      or provider._env("ANTHROPIC_BEDROCK_BASE_URL") or ("https://bedrock-runtime.%s.amazonaws.com"):format(bedrock.region),
     api_key = bedrock.key,
     model = provider._env("TIDE_MODEL") or "anthropic.claude-sonnet-4-5-20250929-v1:0",
     max_tokens = M.DEFAULT_MAX_TOKENS,
@@ -182,9 +194,11 @@ function M.new(opts)
   if not self then return nil, msg end
   self.vertex = vertex
   if bedrock then
-    self.bedrock = { region = bedrock.region }
-    -- an anthropic-beta header goes in the body (Bedrock reads it there)
-    local betas = self.headers["anthropic-beta"]
+    -- Mantle (the Messages API itself on Bedrock) signs for its own service
+    self.bedrock = { region = bedrock.region, mantle = bedrock.mantle or nil,
+      service = bedrock.mantle and "bedrock-mantle" or "bedrock" }
+    -- an anthropic-beta header goes in the body (Bedrock's runtime reads it there)
+    local betas = not bedrock.mantle and self.headers["anthropic-beta"]
     if betas then
       local list = {}
       for b in tostring(betas):gmatch("[^,%s]+") do list[#list + 1] = b end
@@ -432,7 +446,7 @@ function Provider:encode_prefix(system, tools, schema)
   }
   if self.vertex then -- the model is in the URL; the version in the body
     fields.model, fields.anthropic_version = nil, quote(M.VERTEX_VERSION)
-  elseif self.bedrock then -- so is the stream; the betas are in the body too
+  elseif self.bedrock and not self.bedrock.mantle then -- so is the stream; the betas are in the body too
     fields.model, fields.stream, fields.anthropic_version = nil, nil, quote(M.BEDROCK_VERSION)
     if self.bedrock.betas then fields.anthropic_beta = canonical(json.array(self.bedrock.betas)) end
   end
@@ -692,6 +706,7 @@ end
 -- ------------------------------------------------------------------- wire
 
 function Provider:_url()
+  if self.bedrock and self.bedrock.mantle then return self.base_url .. "/v1/messages" end
   if self.bedrock then
     return ("%s/model/%s/%s"):format(self.base_url, bedrock_model(self.model),
       self.stream and "invoke-with-response-stream" or "invoke")
@@ -706,8 +721,10 @@ function Provider:_headers()
   local h = { ["content-type"] = "application/json", ["anthropic-version"] = M.VERSION_HEADER }
   if self.stream then h["accept"] = "text/event-stream" end
   if self.bedrock then
-    -- (what the SDK sends: the event stream comes all the same)
-    h["anthropic-version"], h["accept"] = nil, "application/json"
+    if not self.bedrock.mantle then
+      -- (what the SDK sends: the event stream comes all the same)
+      h["anthropic-version"], h["accept"] = nil, "application/json"
+    end
     local token = self.bearer or self.api_key
     if token then h["authorization"] = "Bearer " .. token end
   elseif self.vertex then
@@ -737,7 +754,7 @@ end
 --- The C parser of one streamed response. It allocates nothing until the
 --- reply's bytes come.
 function Provider:_c_stream()
-  return core.anthropic_stream(self.max_body_bytes, self.bedrock and "aws" or "sse")
+  return core.anthropic_stream(self.max_body_bytes, self.bedrock and not self.bedrock.mantle and "aws" or "sse")
 end
 
 --- The headers of one request to Bedrock with IAM credentials: the
@@ -748,7 +765,7 @@ end
 function M._sign(self, url, body)
   local h = self:_headers()
   local signed = aws().sign("POST", url, { ["content-type"] = h["content-type"] }, body, self.aws,
-    self.bedrock.region, "bedrock")
+    self.bedrock.region, self.bedrock.service)
   for k, v in pairs(signed) do h[k] = v end
   return h
 end
