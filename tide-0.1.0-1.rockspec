@@ -64,6 +64,7 @@ build = {
       ["tide.provider.errors"] = "lua/tide/provider/errors.lua",
       ["tide.provider.exchange"] = "lua/tide/provider/exchange.lua",
       ["tide.provider.fallback"] = "lua/tide/provider/fallback.lua",
+      ["tide.provider.google"] = "lua/tide/provider/google.lua",
       ["tide.provider.limits"] = "lua/tide/provider/limits.lua",
       ["tide.provider.openai"] = "lua/tide/provider/openai.lua",
       ["tide.provider.reply"] = "lua/tide/provider/reply.lua",

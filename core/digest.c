@@ -1,13 +1,19 @@
 /*
-** digest.c -- the hashes AWS asks for: SHA-256 and HMAC-SHA-256 for
-** Signature Version 4 (provider/aws.lua signs Bedrock requests with them),
-** CRC-32 for the frames of its event streams (eventstream.c checks them,
-** the mock makes them). OpenSSL's libcrypto and zlib compute them: well-kept
-** implementations, not hand-written ones.
+** digest.c -- the hashes and signatures cloud credentials ask for: SHA-256
+** and HMAC-SHA-256 for AWS Signature Version 4 (provider/aws.lua signs
+** Bedrock requests with them), CRC-32 for the frames of AWS event streams
+** (eventstream.c checks them, the mock makes them), RSA-SHA-256 for the
+** JWT a Google service account trades for an access token
+** (provider/google.lua). OpenSSL's libcrypto and zlib compute them:
+** well-kept implementations, not hand-written ones.
 */
+#include <openssl/bio.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/pem.h>
 #include <zlib.h>
+
+#include <stdlib.h>
 
 #include "tide.h"
 
@@ -59,10 +65,45 @@ static int l_crc32(lua_State *L) {
   return 1;
 }
 
-/// Registers core.sha256, core.hmac_sha256 and core.crc32 into the module
-/// table at the top of the stack.
+/* core.rsa_sha256_sign(pem, s) -> the RSASSA-PKCS1-v1_5 SHA-256 signature
+** of s with the PEM private key (JWT's RS256), or nil and why */
+static int l_rsa_sha256_sign(lua_State *L) {
+  size_t kn, n;
+  const char *pem = luaL_checklstring(L, 1, &kn);
+  const char *s = luaL_checklstring(L, 2, &n);
+  luaL_argcheck(L, kn <= INT_MAX, 1, "key too long");
+  BIO *bio = BIO_new_mem_buf(pem, (int)kn);
+  EVP_PKEY *key = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+  BIO_free(bio);
+  if (key == NULL || EVP_PKEY_get_base_id(key) != EVP_PKEY_RSA) {
+    EVP_PKEY_free(key);
+    lua_pushnil(L);
+    lua_pushliteral(L, "not a PEM RSA private key");
+    return 2;
+  }
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
+  size_t len = (size_t)EVP_PKEY_get_size(key);
+  unsigned char *sig = md ? malloc(len) : NULL;
+  int ok = sig && EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&
+           EVP_DigestSign(md, sig, &len, (const unsigned char *)s, n) == 1;
+  EVP_MD_CTX_free(md);
+  EVP_PKEY_free(key);
+  if (!ok) {
+    free(sig);
+    return luaL_error(L, "tide: RSA-SHA-256 signing failed");
+  }
+  lua_pushlstring(L, (const char *)sig, len);
+  free(sig);
+  return 1;
+}
+
+/// Registers core.sha256, core.hmac_sha256, core.crc32 and
+/// core.rsa_sha256_sign into the module table at the top of the stack.
 void tide__open_digest(lua_State *L) {
-  static const luaL_Reg fns[] = {
-      {"sha256", l_sha256}, {"hmac_sha256", l_hmac_sha256}, {"crc32", l_crc32}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"sha256", l_sha256},
+                                 {"hmac_sha256", l_hmac_sha256},
+                                 {"crc32", l_crc32},
+                                 {"rsa_sha256_sign", l_rsa_sha256_sign},
+                                 {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

@@ -42,10 +42,11 @@ for _, stream in ipairs({ true, false }) do
         end)
     end)
 
-    it("gets Google's 401 without a token", function()
+    it("gets Google's 401 for a request without a token", function()
       with_mock({ replies = { "never" } }, function(srv)
-        local s = tide.session { agent = "on_vertex", provider = vertex(srv.url, stream) }
-        local _, err = s:turn("go")
+        local p = vertex(srv.url, stream, { api_key = "ya29.token" })
+        p.api_key = nil -- (tide never sends one: see google_credentials_spec.lua)
+        local _, err = tide.session { agent = "on_vertex", provider = p }:turn("go")
         assert.are.equal("ProviderError", err.code)
         assert.are.equal(401, err.status)
         assert.matches("Expected OAuth 2 access token", err.message, 1, true)

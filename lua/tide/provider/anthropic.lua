@@ -49,7 +49,8 @@ end
 -- publishers/anthropic/models/{model}:rawPredict (:streamRawPredict when
 -- streaming); the body without `model` and with `anthropic_version:
 -- "vertex-2023-10-16"`; a Google OAuth access token (`api_key`, or from
--- the `token` option) as `Authorization: Bearer`, never an Anthropic key.
+-- the `token` option, else from Google's application default credentials:
+-- tide.provider.google) as `Authorization: Bearer`, never an Anthropic key.
 
 M.VERTEX_VERSION = "vertex-2023-10-16"
 
@@ -193,6 +194,13 @@ function M.new(opts)
   })
   if not self then return nil, msg end
   self.vertex = vertex
+  if vertex and not self.api_key and not self.token then
+    -- no access token given: Google's application default credentials
+    -- (tide.provider.google), asked at the first request, renewed as the
+    -- token option's are
+    self.token, self._before_request = require("tide.provider.google").adc(provider._env), provider._renew_token
+    self.token_from = "Google's application default credentials"
+  end
   if bedrock then
     -- Mantle (the Messages API itself on Bedrock) signs for its own service
     self.bedrock = { region = bedrock.region, mantle = bedrock.mantle or nil,

@@ -478,8 +478,8 @@ function provider._renew_token(self)
   if self._token_until and core.hrtime() < self._token_until then return true end
   local ok, token, ttl = pcall(self.token)
   if not ok or type(token) ~= "string" or token == "" or token:find("[\r\n%z]") then
-    return nil, core.error("ProviderError", ("tide.provider.%s: the token function gave no access token%s")
-      :format(self.kind, not ok and (": " .. tostring(token)) or ""))
+    return nil, core.error("ProviderError", ("tide.provider.%s: %s gave no access token%s")
+      :format(self.kind, self.token_from or "the token function", not ok and (": " .. tostring(token)) or ""))
   end
   ttl = math.type(ttl) and ttl > 60 and ttl or 3360
   self.bearer, self._token_until = token, core.hrtime() + (ttl - 60) * 1000000000

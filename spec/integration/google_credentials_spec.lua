@@ -1,0 +1,203 @@
+-- Google's Application Default Credentials (tide.provider.google.adc),
+-- what Claude on Vertex AI is called with when given no access token: each
+-- source against a loopback endpoint answering as Google's does (the token
+-- endpoint's refresh-token and JWT-bearer grants, the metadata server
+-- with its Metadata-Flavor header), the service account's JWT checked
+-- with the openssl command line (an RS256 signature by its key), the
+-- order, and a Vertex session calling with what the chain found. The
+-- environment is given to the chain, never the process's own: nothing
+-- leaves loopback.
+local helpers = require "helpers"
+local tide = require "tide"
+local google = require "tide.provider.google"
+local provider = require "tide.provider"
+
+local with_mock = helpers.with_mock
+local cjson = require("cjson").new()
+
+local function env_of(vars) return function(name) return vars[name] end end
+
+local function tmpfile(text)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+local function resolve(vars)
+  local ok, token, ttl = pcall(google.adc(env_of(vars)))
+  if not ok then return nil, token end
+  return token, ttl
+end
+
+-- A form body's fields.
+local function fields(body)
+  local out = {}
+  for k, v in body:gmatch("([^&=]+)=([^&]*)") do
+    out[k] = v:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+  end
+  return out
+end
+
+-- base64url, decoded (for reading the JWT back)
+local function unb64url(s)
+  local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+  local bits = s:gsub(".", function(c)
+    local v = alphabet:find(c, 1, true) - 1
+    local b = ""
+    for i = 5, 0, -1 do b = b .. ((v >> i) & 1) end
+    return b
+  end)
+  return (bits:gsub("%d%d%d%d%d%d%d%d", function(byte) return string.char(tonumber(byte, 2)) end):gsub("[01]+$", ""))
+end
+
+local function token_endpoint(srv_reqs)
+  return function(req)
+    srv_reqs[#srv_reqs + 1] = req
+    local f = fields(req.body or "")
+    if f.grant_type == "refresh_token" and f.refresh_token == "1//refresh-me" then
+      return { body = '{"access_token":"ya29.from-refresh","expires_in":3599,"scope":"https://www.googleapis.com/auth/'
+        .. 'cloud-platform","token_type":"Bearer"}' }
+    end
+    if f.grant_type == "urn:ietf:params:oauth:grant-type:jwt-bearer" and f.assertion then
+      return { body = '{"access_token":"ya29.from-jwt","expires_in":3599,"token_type":"Bearer"}' }
+    end
+    return { status = 400, body = '{"error":"invalid_grant","error_description":"Bad Request"}' }
+  end
+end
+
+describe("tide.provider.google.adc", function()
+  it("trades the refresh token of GOOGLE_APPLICATION_CREDENTIALS' authorized_user file", function()
+    local reqs = {}
+    with_mock({ routes = { ["/token"] = token_endpoint(reqs) } }, function(srv)
+      local path = tmpfile(cjson.encode { type = "authorized_user", client_id = "764086051850-x.apps.googleusercontent.com",
+        client_secret = "d-FL95Q19q7MQmFpd7hHD0Ty", refresh_token = "1//refresh-me", token_uri = srv.url .. "/token" })
+      local token, ttl = resolve({ GOOGLE_APPLICATION_CREDENTIALS = path })
+      assert.are.equal("ya29.from-refresh", token)
+      assert.are.equal(3599, ttl)
+      local f = fields(reqs[1].body)
+      assert.are.equal("764086051850-x.apps.googleusercontent.com", f.client_id)
+      assert.are.equal("application/x-www-form-urlencoded", reqs[1].headers["content-type"])
+      -- a refused refresh token says so
+      local bad = tmpfile(cjson.encode { type = "authorized_user", client_id = "c", client_secret = "s",
+        refresh_token = "revoked", token_uri = srv.url .. "/token" })
+      local _, err = resolve({ GOOGLE_APPLICATION_CREDENTIALS = bad })
+      assert.matches("the refresh token of .*: HTTP 400 %(Bad Request%)", err)
+      os.remove(path)
+      os.remove(bad)
+    end)
+  end)
+
+  it("signs a service account's JWT with its key, as openssl checks it", function()
+    local key = os.tmpname()
+    assert(os.execute("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out " .. key .. " 2>/dev/null"))
+    local reqs = {}
+    with_mock({ routes = { ["/token"] = token_endpoint(reqs) } }, function(srv)
+      local path = tmpfile(cjson.encode { type = "service_account", project_id = "my-proj", private_key_id = "kid-1",
+        private_key = io.open(key):read("a"), client_email = "tide@my-proj.iam.gserviceaccount.com",
+        token_uri = srv.url .. "/token" })
+      local token, ttl = resolve({ GOOGLE_APPLICATION_CREDENTIALS = path })
+      assert.are.equal("ya29.from-jwt", token)
+      assert.are.equal(3599, ttl)
+      local jwt = fields(reqs[1].body).assertion
+      local h, c, sig = jwt:match("^([%w%-_]+)%.([%w%-_]+)%.([%w%-_]+)$")
+      assert.are.same({ alg = "RS256", typ = "JWT", kid = "kid-1" }, cjson.decode(unb64url(h)))
+      local claims = cjson.decode(unb64url(c))
+      assert.are.equal("tide@my-proj.iam.gserviceaccount.com", claims.iss)
+      assert.are.equal(srv.url .. "/token", claims.aud)
+      assert.are.equal("https://www.googleapis.com/auth/cloud-platform", claims.scope)
+      assert.are.equal(3600, claims.exp - claims.iat)
+      -- the signature, by the key's public half
+      local data, sigfile, pub = os.tmpname(), os.tmpname(), os.tmpname()
+      io.open(data, "wb"):write(h .. "." .. c):close()
+      io.open(sigfile, "wb"):write(unb64url(sig)):close()
+      assert(os.execute("openssl pkey -in " .. key .. " -pubout -out " .. pub .. " 2>/dev/null"))
+      assert.is_true(os.execute(("openssl dgst -sha256 -verify %s -signature %s %s >/dev/null 2>&1"):format(pub,
+        sigfile, data)) == true)
+      for _, f in ipairs { data, sigfile, pub, path } do os.remove(f) end
+    end)
+    os.remove(key)
+  end)
+
+  it("reads gcloud's well-known file, then asks the metadata server", function()
+    local reqs = {}
+    with_mock({ routes = { ["/token"] = token_endpoint(reqs),
+      ["/computeMetadata/v1/instance/service-accounts/default/token"] = function(req)
+        if req.headers["metadata-flavor"] ~= "Google" then return { status = 403, body = "" } end
+        return { body = '{"access_token":"ya29.from-metadata","expires_in":3000,"token_type":"Bearer"}' }
+      end } }, function(srv)
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir -p " .. dir))
+      local host = srv.url:match("^http://(.+)$")
+      -- the metadata server only when no file says otherwise
+      assert.are.equal("ya29.from-metadata", resolve({ CLOUDSDK_CONFIG = dir, GCE_METADATA_HOST = host }))
+      io.open(dir .. "/application_default_credentials.json", "wb"):write(cjson.encode { type = "authorized_user",
+        client_id = "c", client_secret = "s", refresh_token = "1//refresh-me", token_uri = srv.url .. "/token" }):close()
+      assert.are.equal("ya29.from-refresh", resolve({ CLOUDSDK_CONFIG = dir, GCE_METADATA_HOST = host }))
+      os.execute("rm -rf " .. dir)
+    end)
+  end)
+
+  it("says why there is no token", function()
+    tide.run(function()
+      local _, err = resolve({ GOOGLE_APPLICATION_CREDENTIALS = "/nonexistent/key.json" })
+      assert.matches("GOOGLE_APPLICATION_CREDENTIALS names /nonexistent/key.json, which cannot be read", err, 1, true)
+      local ext = tmpfile('{"type":"external_account","audience":"//iam.googleapis.com/x"}')
+      _, err = resolve({ GOOGLE_APPLICATION_CREDENTIALS = ext })
+      assert.matches('credentials of type "external_account", which tide does not take', err, 1, true)
+      os.remove(ext)
+      -- nothing anywhere (the metadata server's host a closed loopback port)
+      _, err = resolve({ HOME = "/nonexistent", GCE_METADATA_HOST = "127.0.0.1:9" })
+      assert.matches("no Google credentials found", err, 1, true)
+    end)
+  end)
+end)
+
+describe("tide.provider.anthropic on Vertex AI, with the application default credentials", function()
+  tide.agent { id = "adc_vertex", prompt = "You answer." }
+
+  it("calls with the token they give, asked once", function()
+    local reqs = {}
+    with_mock({ default = "ok", routes = { ["/token"] = token_endpoint(reqs) } }, function(srv)
+      local path = tmpfile(cjson.encode { type = "authorized_user", client_id = "c", client_secret = "s",
+        refresh_token = "1//refresh-me", token_uri = srv.url .. "/token" })
+      local base = require "tide.provider.base"
+      local real = base._env
+      base._env = env_of({ GOOGLE_APPLICATION_CREDENTIALS = path })
+      local ok, p = pcall(provider.anthropic, { base_url = srv.url .. "/v1", model = "claude-sonnet-4-5@20250929",
+        vertex = { project = "my-proj", region = "us-east5" } })
+      base._env = real
+      assert(ok, p)
+      local s = tide.session { agent = "adc_vertex", provider = p }
+      assert.are.equal("ok", assert(s:turn("a")))
+      assert.are.equal("ok", assert(s:turn("b")))
+      assert.are.equal(1, #reqs)
+      local calls = {}
+      for _, r in ipairs(srv:requests()) do
+        if r.path:match("[rR]awPredict$") then calls[#calls + 1] = r end
+      end
+      assert.are.equal(2, #calls)
+      assert.are.equal("Bearer ya29.from-refresh", calls[2].headers["authorization"])
+      os.remove(path)
+    end)
+  end)
+
+  it("fails the request, sending nothing, when they have none", function()
+    with_mock({ default = "never" }, function(srv)
+      local base = require "tide.provider.base"
+      local real = base._env
+      base._env = env_of({ HOME = "/nonexistent", GCE_METADATA_HOST = "127.0.0.1:9" })
+      local ok, p = pcall(provider.anthropic, { base_url = srv.url .. "/v1", model = "m",
+        vertex = { project = "my-proj", region = "us-east5" } })
+      base._env = real
+      assert(ok, p)
+      local _, err = tide.session { agent = "adc_vertex", provider = p }:turn("a")
+      assert.are.equal("ProviderError", err.code)
+      assert.matches("Google's application default credentials gave no access token: no Google credentials found",
+        err.message, 1, true)
+      assert.are.equal(0, #srv:requests())
+    end)
+  end)
+end)
