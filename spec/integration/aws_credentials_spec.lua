@@ -182,14 +182,9 @@ describe("tide.provider.anthropic on Bedrock, with the default chain", function(
         doc.Expiration = iso(3600)
         return { body = require("cjson").encode(doc) }
       end } }, function(srv)
-      -- (the environment the provider reads, for this construction only)
-      local base = require "tide.provider.base"
-      local real = base._env
-      local vars = { AWS_CONTAINER_CREDENTIALS_FULL_URI = srv.url .. "/creds", AWS_REGION = "us-west-2", HOME = "/nonexistent" }
-      base._env = env_of(vars)
-      local ok, p = pcall(provider.anthropic, { base_url = srv.url, bedrock = {} })
-      base._env = real
-      assert(ok, p)
+      local p = helpers.provider_in_env({ AWS_CONTAINER_CREDENTIALS_FULL_URI = srv.url .. "/creds",
+        AWS_REGION = "us-west-2", HOME = "/nonexistent", AWS_EC2_METADATA_DISABLED = "true" }, provider.anthropic,
+        { base_url = srv.url, bedrock = {} })
       local s = tide.session { provider = p, agent = "chain_bedrock" }
       assert.are.equal("signed", assert(s:turn("a")))
       assert.are.equal("signed", assert(s:turn("b")))
@@ -201,12 +196,8 @@ describe("tide.provider.anthropic on Bedrock, with the default chain", function(
 
   it("fails the first request, sending nothing, when the chain finds none", function()
     with_mock({ default = "never" }, function(srv)
-      local base = require "tide.provider.base"
-      local real = base._env
-      base._env = env_of({ AWS_REGION = "us-west-2", HOME = "/nonexistent" })
-      local ok, p = pcall(provider.anthropic, { base_url = srv.url, bedrock = {} })
-      base._env = real
-      assert(ok, p)
+      local p = helpers.provider_in_env({ AWS_REGION = "us-west-2", HOME = "/nonexistent",
+        AWS_EC2_METADATA_DISABLED = "true" }, provider.anthropic, { base_url = srv.url, bedrock = {} })
       local _, err = tide.session { provider = p, agent = "chain_bedrock" }:turn("a")
       assert.are.equal("ProviderError", err.code)
       assert.matches("tide.provider.anthropic: Bedrock: no AWS credentials found", err.message, 1, true)

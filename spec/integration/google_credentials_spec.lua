@@ -163,13 +163,9 @@ describe("tide.provider.anthropic on Vertex AI, with the application default cre
     with_mock({ default = "ok", routes = { ["/token"] = token_endpoint(reqs) } }, function(srv)
       local path = tmpfile(cjson.encode { type = "authorized_user", client_id = "c", client_secret = "s",
         refresh_token = "1//refresh-me", token_uri = srv.url .. "/token" })
-      local base = require "tide.provider.base"
-      local real = base._env
-      base._env = env_of({ GOOGLE_APPLICATION_CREDENTIALS = path })
-      local ok, p = pcall(provider.anthropic, { base_url = srv.url .. "/v1", model = "claude-sonnet-4-5@20250929",
-        vertex = { project = "my-proj", region = "us-east5" } })
-      base._env = real
-      assert(ok, p)
+      local p = helpers.provider_in_env({ GOOGLE_APPLICATION_CREDENTIALS = path }, provider.anthropic,
+        { base_url = srv.url .. "/v1", model = "claude-sonnet-4-5@20250929", vertex = { project = "my-proj",
+          region = "us-east5" } })
       local s = tide.session { agent = "adc_vertex", provider = p }
       assert.are.equal("ok", assert(s:turn("a")))
       assert.are.equal("ok", assert(s:turn("b")))
@@ -186,13 +182,9 @@ describe("tide.provider.anthropic on Vertex AI, with the application default cre
 
   it("fails the request, sending nothing, when they have none", function()
     with_mock({ default = "never" }, function(srv)
-      local base = require "tide.provider.base"
-      local real = base._env
-      base._env = env_of({ HOME = "/nonexistent", GCE_METADATA_HOST = "127.0.0.1:9" })
-      local ok, p = pcall(provider.anthropic, { base_url = srv.url .. "/v1", model = "m",
-        vertex = { project = "my-proj", region = "us-east5" } })
-      base._env = real
-      assert(ok, p)
+      local p = helpers.provider_in_env({ HOME = "/nonexistent", GCE_METADATA_HOST = "127.0.0.1:9" },
+        provider.anthropic, { base_url = srv.url .. "/v1", model = "m", vertex = { project = "my-proj",
+          region = "us-east5" } })
       local _, err = tide.session { agent = "adc_vertex", provider = p }:turn("a")
       assert.are.equal("ProviderError", err.code)
       assert.matches("Google's application default credentials gave no access token: no Google credentials found",

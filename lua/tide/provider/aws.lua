@@ -12,6 +12,7 @@
 --- of Debian 12 signs the path as it is written, where AWS encodes it, so
 --- every Bedrock model id (they hold a ':') would be refused.
 local core = require "tide.core"
+local base = require "tide.provider.base"
 
 local M = {}
 
@@ -32,8 +33,10 @@ local hex = M.hex
 ---@param keep_slash? boolean
 ---@return string
 function M.uri_encode(s, keep_slash)
-  return (s:gsub("[^%w%-_%.~/]", function(c) return ("%%%02X"):format(c:byte()) end)
-    :gsub("/", keep_slash and "/" or "%%2F"))
+  if not keep_slash then return base._percent_encode(s) end
+  local parts = {}
+  for part in (s .. "/"):gmatch("([^/]*)/") do parts[#parts + 1] = base._percent_encode(part) end
+  return table.concat(parts, "/")
 end
 local uri_encode = M.uri_encode
 
@@ -212,13 +215,7 @@ local function get(opts)
   return res.body
 end
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read_file = base._read_file
 
 -- The sources, each: creds, seconds | nil (not there) | nil, why (there,
 -- but failed: the chain stops, as the SDKs do).
@@ -233,7 +230,7 @@ function sources.web_identity(env, region)
   if not (file and role) then return nil end
   local token = read_file(file)
   if not token or token == "" then return nil, "the web identity token file " .. file .. " cannot be read" end
-  local function q(s) return (s:gsub("[^%w%-_%.~]", function(c) return ("%%%02X"):format(c:byte()) end)) end
+  local q = base._percent_encode
   local base = env("AWS_ENDPOINT_URL_STS") or env("AWS_ENDPOINT_URL")
     or ("https://sts.%s.amazonaws.com"):format(region or "us-east-1")
   local body, err = get { method = "POST", url = base:gsub("/+$", "") .. "/", timeout_ms = 10000,

@@ -486,6 +486,26 @@ function provider._renew_token(self)
   return true
 end
 
+--- The whole content of the file at `path`, or nil when it cannot be read
+--- (credentials files: tide.provider.aws, tide.provider.google).
+---@param path string
+---@return string|nil
+function provider._read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+--- `s` percent-encoded but for RFC 3986's unreserved bytes (A-Z a-z 0-9
+--- - _ . ~), %XX in uppercase: a form value, or a path segment to sign.
+---@param s string
+---@return string
+function provider._percent_encode(s)
+  return (s:gsub("[^%w%-_%.~]", function(c) return ("%%%02X"):format(c:byte()) end))
+end
+
 --- The value of environment variable `name`, or nil when unset or empty.
 function provider._env(name)
   local v = os.getenv(name)

@@ -15,6 +15,7 @@
 --- identity federation) and impersonation (give `token` a function).
 local core = require "tide.core"
 local json = require "tide.json"
+local base = require "tide.provider.base"
 
 local M = {}
 
@@ -22,19 +23,11 @@ M.SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 M.TOKEN_URI = "https://oauth2.googleapis.com/token"
 local METADATA_HOST = "metadata.google.internal"
 
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read_file = base._read_file
 
 local function form(fields)
   local out = {}
-  for i, kv in ipairs(fields) do
-    out[i] = kv[1] .. "=" .. tostring(kv[2]):gsub("[^%w%-_%.~]", function(c) return ("%%%02X"):format(c:byte()) end)
-  end
+  for i, kv in ipairs(fields) do out[i] = kv[1] .. "=" .. base._percent_encode(tostring(kv[2])) end
   return table.concat(out, "&")
 end
 
