@@ -103,22 +103,31 @@ local HOST_DEFAULTS = {
 
 -- Azure OpenAI (its resources' hosts): the key goes in an api-key header,
 -- and comes from AZURE_OPENAI_API_KEY, as in openai-python's AzureOpenAI.
-local AZURE = { key_header = "api-key", key_env = "AZURE_OPENAI_API_KEY" }
+-- Without a key, a Microsoft Entra ID token for the service's scope
+-- (tide.provider.azure, as azure-identity's DefaultAzureCredential).
+local AZURE = { key_header = "api-key", key_env = "AZURE_OPENAI_API_KEY",
+  entra_scope = "https://cognitiveservices.azure.com/.default" }
+local AZURE_FOUNDRY = { key_header = "api-key", key_env = "AZURE_OPENAI_API_KEY",
+  entra_scope = "https://ai.azure.com/.default" }
 local AZURE_HOSTS = { "%.openai%.azure%.com$", "%.cognitiveservices%.azure%.com$", "%.services%.ai%.azure%.com$" }
 
 -- Claude on Microsoft Foundry (anthropic-sdk-python's AnthropicFoundry):
 -- at a resource's `*.services.ai.azure.com/anthropic` the key comes from
 -- ANTHROPIC_FOUNDRY_API_KEY, never ANTHROPIC_API_KEY, and goes as both
 -- x-api-key and api-key.
-local FOUNDRY = { key_header = "api-key", key_env = "ANTHROPIC_FOUNDRY_API_KEY" }
+local FOUNDRY = { key_header = "api-key", key_env = "ANTHROPIC_FOUNDRY_API_KEY",
+  entra_scope = "https://ai.azure.com/.default" }
 
 -- What HOST_DEFAULTS says for a base URL (by host and port, then host) of
 -- a provider of `kind`.
 local function host_defaults(url, kind)
   local authority = url:match("^%a+://([^/]+)") or ""
   local host = authority:match("^[^:]+") or ""
-  for _, pattern in ipairs(AZURE_HOSTS) do
-    if host:lower():find(pattern) then return kind == "anthropic" and FOUNDRY or AZURE end
+  for i, pattern in ipairs(AZURE_HOSTS) do
+    if host:lower():find(pattern) then
+      if kind == "anthropic" then return FOUNDRY end
+      return i == 3 and AZURE_FOUNDRY or AZURE
+    end
   end
   if kind ~= "openai" then return {} end
   return HOST_DEFAULTS[authority] or HOST_DEFAULTS[host] or {}
@@ -435,6 +444,11 @@ function provider._new(kind, opts, defaults)
     -- An OAuth token instead of a key, asked for before a request once the
     -- last has run out (exchange.lua calls _before_request).
     self.token, self._before_request = opts.token, provider._renew_token
+  elseif known.entra_scope and not self.api_key then
+    -- An Azure resource without a key: Entra ID, as DefaultAzureCredential
+    -- finds a token (asked at the first request)
+    self.token = require("tide.provider.azure").default_credential(provider._env, known.entra_scope)
+    self._before_request, self.token_from = provider._renew_token, "Microsoft Entra ID's default credentials"
   end
   if opts.server_tools then
     -- Encoded now, as extra_body is: the prefix's bytes cannot change later.

@@ -1,0 +1,185 @@
+-- Microsoft Entra ID tokens as azure-identity's DefaultAzureCredential
+-- finds them (tide.provider.azure.default_credential), what Azure OpenAI
+-- and Claude on Microsoft Foundry are called with when given no key: each
+-- source against a loopback endpoint answering as Microsoft's do (Entra
+-- ID's client credentials grant, App Service's identity endpoint, the
+-- instance metadata service and its string expires_in), the Azure CLI as
+-- a stand-in `az` on the PATH, the order, and an Azure OpenAI session
+-- calling with what the chain found. The environment is given to the
+-- chain, never the process's own: nothing leaves loopback.
+local helpers = require "helpers"
+local tide = require "tide"
+local azure = require "tide.provider.azure"
+local provider = require "tide.provider"
+
+local with_mock = helpers.with_mock
+local SCOPE = azure.COGNITIVE_SERVICES
+
+-- An environment of `vars` alone; the instance metadata service a closed
+-- loopback port and no `az` unless a spec says otherwise.
+local function env_of(vars)
+  return function(name)
+    if vars[name] ~= nil then return vars[name] end
+    if name == "AZURE_POD_IDENTITY_AUTHORITY_HOST" then return "http://127.0.0.1:9" end
+    if name == "PATH" then return "/nonexistent" end
+    return nil
+  end
+end
+
+local function resolve(vars, scope)
+  local ok, token, ttl = pcall(azure.default_credential(env_of(vars), scope or SCOPE))
+  if not ok then return nil, token end
+  return token, ttl
+end
+
+local function fields(body)
+  local out = {}
+  for k, v in (body or ""):gmatch("([^&=]+)=([^&]*)") do
+    out[k] = v:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+  end
+  return out
+end
+
+local function tmpfile(text)
+  local path = os.tmpname()
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+  return path
+end
+
+local TOKEN = '{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"eyJ0.entra.%s"}'
+
+describe("tide.provider.azure.default_credential", function()
+  it("trades the environment's service principal secret at Entra ID", function()
+    local seen
+    with_mock({ routes = { ["/tenant-1/oauth2/v2.0/token"] = function(req)
+      seen = fields(req.body)
+      if seen.client_secret ~= "s3cr3t~value" then
+        return { status = 401, body = '{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client '
+          .. 'secret provided.\\r\\nTrace ID: 1"}' }
+      end
+      return { body = TOKEN:format("secret") }
+    end } }, function(srv)
+      local vars = { AZURE_TENANT_ID = "tenant-1", AZURE_CLIENT_ID = "app-1", AZURE_CLIENT_SECRET = "s3cr3t~value",
+        AZURE_AUTHORITY_HOST = srv.url }
+      local token, ttl = resolve(vars)
+      assert.are.equal("eyJ0.entra.secret", token)
+      assert.are.equal(3599, ttl)
+      assert.are.same({ grant_type = "client_credentials", client_id = "app-1", client_secret = "s3cr3t~value",
+        scope = SCOPE }, seen)
+      vars.AZURE_CLIENT_SECRET = "wrong"
+      local _, err = resolve(vars)
+      assert.matches("the service principal of AZURE_CLIENT_ID: HTTP 401 (AADSTS7000215: Invalid client secret "
+        .. "provided.)", err, 1, true)
+    end)
+  end)
+
+  it("trades a workload identity's federated token as the client assertion", function()
+    local file = tmpfile("eyJhbGciOiJSUzI1NiJ9.aks-federated\n")
+    local seen
+    with_mock({ routes = { ["/tenant-1/oauth2/v2.0/token"] = function(req)
+      seen = fields(req.body)
+      return { body = TOKEN:format("workload") }
+    end } }, function(srv)
+      assert.are.equal("eyJ0.entra.workload", resolve({ AZURE_TENANT_ID = "tenant-1", AZURE_CLIENT_ID = "app-1",
+        AZURE_FEDERATED_TOKEN_FILE = file, AZURE_AUTHORITY_HOST = srv.url }, azure.AI_FOUNDRY))
+      assert.are.equal("urn:ietf:params:oauth:client-assertion-type:jwt-bearer", seen.client_assertion_type)
+      assert.are.equal("eyJhbGciOiJSUzI1NiJ9.aks-federated", seen.client_assertion)
+      assert.are.equal("https://ai.azure.com/.default", seen.scope)
+    end)
+    os.remove(file)
+  end)
+
+  it("asks App Service's identity endpoint, then the instance metadata service", function()
+    local expires_on = tostring(os.time() + 3000)
+    with_mock({ routes = {
+      ["/msi/token"] = function(req)
+        if req.headers["x-identity-header"] ~= "id-header-secret" then return { status = 401, body = "" } end
+        assert.matches("api%-version=2019%-08%-01", req.path)
+        assert.matches("resource=https%%3A%%2F%%2Fcognitiveservices%.azure%.com", req.path)
+        return { body = '{"access_token":"eyJ0.appservice","expires_on":"' .. expires_on .. '","resource":'
+          .. '"https://cognitiveservices.azure.com","token_type":"Bearer","client_id":"c"}' }
+      end,
+      ["/metadata/identity/oauth2/token"] = function(req)
+        if req.headers["metadata"] ~= "true" then return { status = 400, body = "" } end
+        assert.matches("client_id=user%-assigned%-1", req.path)
+        return { body = '{"access_token":"eyJ0.imds","client_id":"user-assigned-1","expires_in":"86399",'
+          .. '"expires_on":"1506484173","ext_expires_in":"86399","not_before":"1506397473","resource":'
+          .. '"https://cognitiveservices.azure.com","token_type":"Bearer"}' }
+      end } }, function(srv)
+      local token, ttl = resolve({ IDENTITY_ENDPOINT = srv.url .. "/msi/token", IDENTITY_HEADER = "id-header-secret" })
+      assert.are.equal("eyJ0.appservice", token)
+      assert.is_true(ttl > 2990 and ttl <= 3000)
+      token, ttl = resolve({ AZURE_POD_IDENTITY_AUTHORITY_HOST = srv.url, AZURE_CLIENT_ID = "user-assigned-1" })
+      assert.are.equal("eyJ0.imds", token)
+      assert.are.equal(86399, ttl) -- (the metadata service says it as a string)
+    end)
+  end)
+
+  it("takes the Azure CLI's login, and goes on when it has none", function()
+    local dir = os.tmpname()
+    os.remove(dir)
+    assert(os.execute("mkdir -p " .. dir))
+    local az = io.open(dir .. "/az", "w")
+    az:write(([[#!/bin/sh
+case "$*" in
+  "account get-access-token --output json --scope https://cognitiveservices.azure.com/.default")
+    printf '{\n  "accessToken": "eyJ0.cli",\n  "expiresOn": "2026-12-06 21:00:00.000000",\n  "expires_on": %d,\n  "subscription": "s",\n  "tenant": "t",\n  "tokenType": "Bearer"\n}\n' ;;
+  *) echo "ERROR: Please run 'az login' to setup account." >&2; exit 1 ;;
+esac
+]]):format(os.time() + 1800))
+    az:close()
+    os.execute("chmod +x " .. dir .. "/az")
+    tide.run(function()
+      local token, ttl = resolve({ PATH = dir .. ":/usr/bin:/bin" })
+      assert.are.equal("eyJ0.cli", token)
+      assert.is_true(ttl > 1790 and ttl <= 1800)
+      -- logged out (another scope, as far as this az knows): nothing anywhere
+      local _, err = resolve({ PATH = dir .. ":/usr/bin:/bin" }, azure.AI_FOUNDRY)
+      assert.matches("no Microsoft Entra ID credentials found", err, 1, true)
+    end)
+    os.execute("rm -rf " .. dir)
+  end)
+end)
+
+describe("Azure OpenAI without a key", function()
+  tide.agent { id = "entra_azure", prompt = "You answer." }
+
+  it("calls with the Entra ID token the chain found, asked once, never an api-key", function()
+    local asked = 0
+    with_mock({ default = "ok", routes = { ["/tenant-1/oauth2/v2.0/token"] = function()
+      asked = asked + 1
+      return { body = TOKEN:format("session") }
+    end } }, function(srv)
+      local p = helpers.provider_in_env({ AZURE_TENANT_ID = "tenant-1", AZURE_CLIENT_ID = "app-1",
+        AZURE_CLIENT_SECRET = "s3cr3t", AZURE_AUTHORITY_HOST = srv.url }, provider.openai,
+        { base_url = "https://my-res.openai.azure.com/openai/v1", model = "gpt-4.1" })
+      p.base_url = srv.url .. "/openai/v1" -- (the resource's requests come to the mock)
+      local s = tide.session { agent = "entra_azure", provider = p }
+      assert.are.equal("ok", assert(s:turn("a")))
+      assert.are.equal("ok", assert(s:turn("b")))
+      assert.are.equal(1, asked)
+      local calls = {}
+      for _, r in ipairs(srv:requests()) do
+        if r.path:match("/chat/completions$") then calls[#calls + 1] = r end
+      end
+      assert.are.equal(2, #calls)
+      assert.are.equal("Bearer eyJ0.entra.session", calls[2].headers["authorization"])
+      assert.is_nil(calls[2].headers["api-key"])
+    end)
+  end)
+
+  it("fails the request, sending nothing, when there is no token anywhere", function()
+    with_mock({ default = "never" }, function(srv)
+      local p = helpers.provider_in_env({ AZURE_POD_IDENTITY_AUTHORITY_HOST = "http://127.0.0.1:9",
+        PATH = "/nonexistent" }, provider.anthropic, { base_url = "https://my-res.services.ai.azure.com/anthropic/v1" })
+      p.base_url = srv.url .. "/anthropic/v1"
+      local _, err = tide.session { agent = "entra_azure", provider = p }:turn("a")
+      assert.are.equal("ProviderError", err.code)
+      assert.matches("Microsoft Entra ID's default credentials gave no access token: no Microsoft Entra ID "
+        .. "credentials found", err.message, 1, true)
+      assert.are.equal(0, #srv:requests())
+    end)
+  end)
+end)
