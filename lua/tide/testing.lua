@@ -1365,10 +1365,23 @@ function anthropic.mantle_refusal(self, req)
   return bedrock_auth(self, req, "bedrock-mantle")
 end
 
+-- The models Bedrock serves on demand only through an inference profile
+-- (us., eu., apac., global. ...): their own ids are refused.
+local PROFILE_ONLY = { "^anthropic%.claude%-3%-5%-sonnet%-20241022", "^anthropic%.claude%-3%-7", "^anthropic%.claude%-sonnet%-4",
+  "^anthropic%.claude%-opus%-4", "^anthropic%.claude%-haiku%-4" }
+
 -- What Bedrock answers a request to Claude it refuses, or nil.
 function anthropic.bedrock_refusal(self, req)
   local refused = bedrock_auth(self, req, "bedrock")
   if refused then return refused end
+  local id = req.path:match("^/model/([^/]+)/"):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+  for _, pattern in ipairs(PROFILE_ONLY) do
+    if id:find(pattern) then
+      return bedrock_error(400, "ValidationException", ("Invocation of model ID %s with on-demand throughput "
+        .. "isn\u{2019}t supported. Retry your request with the ID or ARN of an inference profile that contains this "
+        .. "model."):format(id))
+    end
+  end
   local json = type(req.json) == "table" and req.json or nil
   if not json then
     return bedrock_error(400, "ValidationException", "Malformed input request, please reformat your input and try again.")

@@ -239,6 +239,31 @@ describe("tide.provider.anthropic on Bedrock, its credentials", function()
   end)
 end)
 
+describe("tide.provider.anthropic on Bedrock, its model ids", function()
+  it("defaults to the global inference profile, which Bedrock serves on demand", function()
+    with_mock(mock_opts { replies = { "hi" } }, function(srv)
+      local p = provider.anthropic { base_url = srv.url, stream = false, retry = FAST,
+        bedrock = { region = "eu-west-3", credentials = CREDS } }
+      if not os.getenv("TIDE_MODEL") then
+        assert.are.equal("global.anthropic.claude-sonnet-4-5-20250929-v1:0", p.model)
+      end
+      assert.are.equal("hi", assert(tide.session { agent = "on_bedrock", provider = p }:turn("go")))
+    end)
+  end)
+
+  it("says what Bedrock says of a newer model's own id: use an inference profile", function()
+    with_mock(mock_opts { replies = { "never" } }, function(srv)
+      local p = bedrock(srv.url, false, { model = "anthropic.claude-sonnet-4-5-20250929-v1:0" })
+      local _, err = tide.session { agent = "on_bedrock", provider = p }:turn("go")
+      assert.are.equal(400, err.status)
+      assert.are.equal("ValidationException", err.type)
+      assert.matches("Invocation of model ID anthropic.claude-sonnet-4-5-20250929-v1:0 with on-demand throughput "
+        .. "isn\u{2019}t supported. Retry your request with the ID or ARN of an inference profile", err.message, 1, true)
+      assert.are.equal(1, #srv:requests()) -- (a 400 is not retried)
+    end)
+  end)
+end)
+
 describe("tide.provider.anthropic bedrock option", function()
   it("encodes the model id as the SDK does: ':' kept, an ARN's '/' as %2F", function()
     local function url(model, stream)

@@ -179,7 +179,10 @@ function M.new(opts)
         or ("https://bedrock-mantle.%s.api.aws/anthropic"):format(bedrock.region))
       or provider._env("ANTHROPIC_BEDROCK_BASE_URL") or ("https://bedrock-runtime.%s.amazonaws.com"):format(bedrock.region),
     api_key = bedrock.key,
-    model = provider._env("TIDE_MODEL") or "anthropic.claude-sonnet-4-5-20250929-v1:0",
+    -- (an inference profile: Bedrock refuses the newer models' own ids
+    -- for on-demand throughput; the global profile serves every
+    -- commercial region)
+    model = provider._env("TIDE_MODEL") or "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
     max_tokens = M.DEFAULT_MAX_TOKENS,
   } or vertex and {
     -- (an Anthropic key is never sent to Google)
