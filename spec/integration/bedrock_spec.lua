@@ -214,6 +214,25 @@ describe("tide.provider.anthropic on Bedrock, its credentials", function()
     end)
   end)
 
+  it("asks a credentials function once for sessions that start together", function()
+    local calls = 0
+    with_mock(mock_opts { default = "ok" }, function(srv)
+      local core = require "tide.core"
+      local p = bedrock(srv.url, false, nil, { region = "eu-west-3", credentials = function()
+        calls = calls + 1
+        core.sleep(20) -- (STS or a metadata service takes its time)
+        return CREDS, 3600
+      end })
+      local tasks = {}
+      for i = 1, 20 do
+        tasks[i] = tide.spawn(function() return tide.session { agent = "on_bedrock", provider = p }:turn("q") end)
+      end
+      for _, t in ipairs(tasks) do assert.are.equal("ok", assert(t:join())) end
+      assert.are.equal(1, calls)
+      assert.are.equal(20, #srv:requests())
+    end)
+  end)
+
   it("fails the request clearly when the function gives none, sending nothing", function()
     with_mock(mock_opts { default = "ok" }, function(srv)
       local p = bedrock(srv.url, true, nil, { region = "eu-west-3", credentials = function() return { access_key_id = "A" } end })

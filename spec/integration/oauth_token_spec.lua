@@ -42,6 +42,43 @@ describe("the token option", function()
     end)
   end)
 
+  it("is asked for once when many sessions start together, and again after a failure", function()
+    local calls, fail = 0, true
+    helpers.with_mock({ default = "ok" }, function(srv)
+      local core = require "tide.core"
+      local p = provider.openai { base_url = srv.url .. "/v1", model = "m", retry = FAST,
+        token = function()
+          calls = calls + 1
+          core.sleep(20) -- (a token endpoint takes its time)
+          if fail then error("login.microsoftonline.com: timed out", 0) end
+          return "tok" .. calls, 3600
+        end }
+      tide.agent { id = "entra_many", prompt = "You answer." }
+      local function twenty()
+        local tasks, out = {}, {}
+        for i = 1, 20 do
+          tasks[i] = tide.spawn(function() return tide.session { agent = "entra_many", provider = p }:turn("q") end)
+        end
+        for i, t in ipairs(tasks) do out[i] = { t:join() } end
+        return out
+      end
+      -- the first renewal fails: every session that waited for it says so
+      for _, r in ipairs(twenty()) do
+        assert.is_nil(r[1])
+        assert.matches("the token function gave no access token: login.microsoftonline.com: timed out", r[2].message,
+          1, true)
+      end
+      assert.are.equal(1, calls)
+      assert.are.equal(0, #srv:requests())
+      -- the next sessions ask again, once, and all go with that token
+      fail = false
+      for _, r in ipairs(twenty()) do assert.are.equal("ok", r[1]) end
+      assert.are.equal(2, calls)
+      assert.are.equal(20, #srv:requests())
+      for _, req in ipairs(srv:requests()) do assert.are.equal("Bearer tok2", req.headers.authorization) end
+    end)
+  end)
+
   it("never reaches an error, even one that echoes it", function()
     helpers.with_mock({ replies = { function(req)
       return { fault = "status", status = 401, body = '{"error":{"message":"bad token: ' .. req.headers.authorization

@@ -787,7 +787,7 @@ end
 --- or nil and a ProviderError (no request is sent then).
 function M._renew_credentials(self)
   if self._aws_until and core.hrtime() < self._aws_until then return true end
-  local ok, creds, ttl = pcall(self.aws_credentials)
+  local ok, creds, ttl = provider._once(self, "_aws_call", self.aws_credentials)
   local why = not ok and tostring(creds) or aws().check(creds)
   if why then
     return nil, core.error("ProviderError", "tide.provider.anthropic: " .. (self.aws_chain and "Bedrock: "

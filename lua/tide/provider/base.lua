@@ -490,7 +490,7 @@ end
 ---@return table|nil err
 function provider._renew_token(self)
   if self._token_until and core.hrtime() < self._token_until then return true end
-  local ok, token, ttl = pcall(self.token)
+  local ok, token, ttl = provider._once(self, "_token_call", self.token)
   if not ok or type(token) ~= "string" or token == "" or token:find("[\r\n%z]") then
     return nil, core.error("ProviderError", ("tide.provider.%s: %s gave no access token%s")
       :format(self.kind, self.token_from or "the token function", not ok and (": " .. tostring(token)) or ""))
@@ -518,6 +518,27 @@ end
 ---@return string
 function provider._percent_encode(s)
   return (s:gsub("[^%w%-_%.~]", function(c) return ("%%%02X"):format(c:byte()) end))
+end
+
+--- Calls `fn` protected (pcall's results), once for every caller that
+--- asks while a call is under way: the sessions that start together on a
+--- provider whose token ran out wait for one renewal, instead of sending
+--- a token endpoint (a metadata service, STS, Entra ID) as many requests
+--- as there are sessions. `slot` names the field the call is kept in.
+---@param self table a provider
+---@param slot string
+---@param fn function
+function provider._once(self, slot, fn)
+  if not core.current() then return pcall(fn) end -- (outside a task: nothing runs beside it)
+  local t = rawget(self, slot)
+  if not t then
+    t = core.spawn(pcall, fn)
+    rawset(self, slot, t)
+  end
+  local ok, a, b = t:join() -- pcall's results, or nil and the task's error (cancelled)
+  if rawget(self, slot) == t then rawset(self, slot, nil) end
+  if ok == nil then return false, a end
+  return ok, a, b
 end
 
 --- The value of environment variable `name`, or nil when unset or empty.
