@@ -65,20 +65,7 @@ end
 --- Runs fn(srv) inside tide.run with a mock provider server of `opts`
 --- (tide.testing.mock_server), closed after, whatever fn did.
 function helpers.with_mock(opts, fn)
-  --- A provider made by `make(opts)` while the environment providers read
---- (tide.provider.base's `_env`) is `vars` alone: what the credential chains
---- it sets up will read later. Raises what `make` raised.
-function helpers.provider_in_env(vars, make, opts)
-  local base = require "tide.provider.base"
-  local real = base._env
-  base._env = function(name) return vars[name] end
-  local ok, p = pcall(make, opts)
-  base._env = real
-  if not ok then error(p, 2) end
-  return p
-end
-
-return helpers.run(function()
+  return helpers.run(function()
     local srv <close> = assert(require("tide.testing").mock_server(opts))
     fn(srv)
   end)
@@ -154,6 +141,7 @@ function helpers.assert_quiet()
 end
 
 package.loaded["helpers"] = helpers
+
 --- A provider made by `make(opts)` while the environment providers read
 --- (tide.provider.base's `_env`) is `vars` alone: what the credential chains
 --- it sets up will read later. Raises what `make` raised.
