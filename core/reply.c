@@ -67,7 +67,7 @@ static void empty(tide_reply *r, size_t max) {
   tide__buf_keep(&r->sse.id, REUSE_MAX);
   r->sse.cr = r->sse.started = 0;
   r->sse.max = r->es.max = max;
-  tide__es_reset(&r->es, REUSE_MAX);
+  if (r->aws) tide__es_reset(&r->es, REUSE_MAX); /* (an SSE parser never touched it) */
   r->aws = 0;
   tide__buf_keep(&r->text, REUSE_MAX);
   r->failed = 0;

@@ -96,6 +96,13 @@ function helpers.write(path, text)
   f:close()
 end
 
+--- A new temporary file holding `text`; its path (the caller removes it).
+function helpers.tmpfile(text)
+  local path = os.tmpname()
+  helpers.write(path, text)
+  return path
+end
+
 --- Runs a shell command; its output, stderr included.
 function helpers.sh(cmd)
   local p = io.popen(cmd .. " 2>&1")

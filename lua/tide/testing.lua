@@ -1296,8 +1296,12 @@ local function check_sigv4(req, auth, creds, region, want_service)
     return bedrock_error(403, "UnrecognizedClientException", "The security token included in the request is invalid.")
   end
   local h = req.headers
-  if reg ~= region or service ~= want_service then
-    return bedrock_error(403, "InvalidSignatureException", ("Credential should be scoped to a valid region. "))
+  if reg ~= region then
+    return bedrock_error(403, "InvalidSignatureException", "Credential should be scoped to a valid region.")
+  end
+  if service ~= want_service then
+    return bedrock_error(403, "InvalidSignatureException", ("Credential should be scoped to correct service: '%s'.")
+      :format(want_service))
   end
   if creds.session_token and h["x-amz-security-token"] ~= creds.session_token then
     return bedrock_error(403, "UnrecognizedClientException", "The security token included in the request is invalid.")

@@ -21,13 +21,7 @@ local function env_of(vars)
   end
 end
 
-local function tmpfile(text)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  return path
-end
+local tmpfile = helpers.tmpfile
 
 local function iso(seconds_from_now) return os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + seconds_from_now) end
 

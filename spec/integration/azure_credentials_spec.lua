@@ -40,13 +40,7 @@ local function fields(body)
   return out
 end
 
-local function tmpfile(text)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  return path
-end
+local tmpfile = helpers.tmpfile
 
 local TOKEN = '{"token_type":"Bearer","expires_in":3599,"ext_expires_in":3599,"access_token":"eyJ0.entra.%s"}'
 
@@ -118,9 +112,7 @@ describe("tide.provider.azure.default_credential", function()
   end)
 
   it("takes the Azure CLI's login, and goes on when it has none", function()
-    local dir = os.tmpname()
-    os.remove(dir)
-    assert(os.execute("mkdir -p " .. dir))
+    local dir = helpers.tmpdir()
     local az = io.open(dir .. "/az", "w")
     az:write(([[#!/bin/sh
 case "$*" in
@@ -139,7 +131,7 @@ esac
       local _, err = resolve({ PATH = dir .. ":/usr/bin:/bin" }, azure.AI_FOUNDRY)
       assert.matches("no Microsoft Entra ID credentials found", err, 1, true)
     end)
-    os.execute("rm -rf " .. dir)
+    helpers.rmdir(dir)
   end)
 end)
 

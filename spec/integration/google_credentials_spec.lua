@@ -17,13 +17,7 @@ local cjson = require("cjson").new()
 
 local function env_of(vars) return function(name) return vars[name] end end
 
-local function tmpfile(text)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-  return path
-end
+local tmpfile = helpers.tmpfile
 
 local function resolve(vars)
   local ok, token, ttl = pcall(google.adc(env_of(vars)))
@@ -127,16 +121,14 @@ describe("tide.provider.google.adc", function()
         if req.headers["metadata-flavor"] ~= "Google" then return { status = 403, body = "" } end
         return { body = '{"access_token":"ya29.from-metadata","expires_in":3000,"token_type":"Bearer"}' }
       end } }, function(srv)
-      local dir = os.tmpname()
-      os.remove(dir)
-      assert(os.execute("mkdir -p " .. dir))
+      local dir = helpers.tmpdir()
       local host = srv.url:match("^http://(.+)$")
       -- the metadata server only when no file says otherwise
       assert.are.equal("ya29.from-metadata", resolve({ CLOUDSDK_CONFIG = dir, GCE_METADATA_HOST = host }))
       io.open(dir .. "/application_default_credentials.json", "wb"):write(cjson.encode { type = "authorized_user",
         client_id = "c", client_secret = "s", refresh_token = "1//refresh-me", token_uri = srv.url .. "/token" }):close()
       assert.are.equal("ya29.from-refresh", resolve({ CLOUDSDK_CONFIG = dir, GCE_METADATA_HOST = host }))
-      os.execute("rm -rf " .. dir)
+      helpers.rmdir(dir)
     end)
   end)
 

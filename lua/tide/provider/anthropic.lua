@@ -793,8 +793,7 @@ function M._renew_credentials(self)
     return nil, core.error("ProviderError", "tide.provider.anthropic: " .. (self.aws_chain and "Bedrock: "
       or "the bedrock.credentials function gave no credentials: ") .. why)
   end
-  ttl = math.type(ttl) and ttl > 60 and ttl or 3360
-  self.aws, self._aws_until = creds, core.hrtime() + (ttl - 60) * 1000000000
+  self.aws, self._aws_until = creds, provider._deadline(ttl)
   return true
 end
 

@@ -25,31 +25,13 @@ M.AI_FOUNDRY = "https://ai.azure.com/.default" -- Microsoft Foundry
 local IMDS = "http://169.254.169.254"
 local IMDS_TIMEOUT_MS = 1000 -- (DefaultAzureCredential's probe is as short)
 
-local function form(fields)
-  local out = {}
-  for i, kv in ipairs(fields) do out[i] = kv[1] .. "=" .. base._percent_encode(tostring(kv[2])) end
-  return table.concat(out, "&")
-end
-
 local function http(opts)
   local res, err = require("tide.http").request(opts)
   if not res then return nil, tostring(err and err.message or err) end
   return res
 end
 
--- A token response's access token and seconds (expires_in is a number from
--- Entra ID, a string from the instance metadata service; App Service
--- gives expires_on, an epoch second, as a string), or nil and why.
-local function token_of(res, what)
-  local ok, doc = pcall(json.decode, res.body)
-  if res.status ~= 200 or not ok or type(doc) ~= "table" or type(doc.access_token) ~= "string" then
-    local why = ok and type(doc) == "table" and (doc.error_description or doc.error or doc.message) or nil
-    return nil, ("%s: HTTP %d%s"):format(what, res.status, why and (" (" .. tostring(why):match("^[^\r\n]*") .. ")") or "")
-  end
-  local ttl = math.tointeger(tonumber(doc.expires_in))
-  if not ttl and tonumber(doc.expires_on) then ttl = math.tointeger(tonumber(doc.expires_on)) - os.time() end
-  return doc.access_token, ttl
-end
+local form, token_of = base._form, base._access_token
 
 -- The client credentials grant at the tenant's token endpoint, with the
 -- secret or the federated token as the client's proof.

@@ -495,9 +495,17 @@ function provider._renew_token(self)
     return nil, core.error("ProviderError", ("tide.provider.%s: %s gave no access token%s")
       :format(self.kind, self.token_from or "the token function", not ok and (": " .. tostring(token)) or ""))
   end
-  ttl = math.type(ttl) and ttl > 60 and ttl or 3360
-  self.bearer, self._token_until = token, core.hrtime() + (ttl - 60) * 1000000000
+  self.bearer, self._token_until = token, provider._deadline(ttl)
   return true
+end
+
+--- When credentials that last `ttl` seconds (nil: an hour) are to be asked
+--- for again: a minute before they run out, in core.hrtime's nanoseconds.
+---@param ttl integer|nil
+---@return integer
+function provider._deadline(ttl)
+  ttl = math.type(ttl) and ttl > 60 and ttl or 3360
+  return core.hrtime() + (ttl - 60) * 1000000000
 end
 
 --- The whole content of the file at `path`, or nil when it cannot be read
@@ -518,6 +526,36 @@ end
 ---@return string
 function provider._percent_encode(s)
   return (s:gsub("[^%w%-_%.~]", function(c) return ("%%%02X"):format(c:byte()) end))
+end
+
+--- `fields` ({ name, value } pairs, in order) as an
+--- application/x-www-form-urlencoded body.
+---@param fields {[1]:string, [2]:any}[]
+---@return string
+function provider._form(fields)
+  local out = {}
+  for i, kv in ipairs(fields) do out[i] = kv[1] .. "=" .. provider._percent_encode(tostring(kv[2])) end
+  return table.concat(out, "&")
+end
+
+--- The access token of an OAuth token endpoint's response (`res`, from
+--- tide.http) and the seconds it lasts, or nil and why, `what` naming the
+--- endpoint. expires_in is a number from Entra ID and Google, a string from
+--- Azure's instance metadata service; App Service says expires_on, an
+--- epoch second, as a string.
+---@param res tide.http.response
+---@param what string
+---@return string|nil token
+---@return integer|string|nil seconds_or_why
+function provider._access_token(res, what)
+  local ok, doc = pcall(json.decode, res.body)
+  if res.status ~= 200 or not ok or type(doc) ~= "table" or type(doc.access_token) ~= "string" then
+    local why = ok and type(doc) == "table" and (doc.error_description or doc.error or doc.message) or nil
+    return nil, ("%s: HTTP %d%s"):format(what, res.status, why and (" (" .. tostring(why):match("^[^\r\n]*") .. ")") or "")
+  end
+  local ttl = math.tointeger(tonumber(doc.expires_in))
+  if not ttl and tonumber(doc.expires_on) then ttl = math.tointeger(tonumber(doc.expires_on)) - os.time() end
+  return doc.access_token, ttl
 end
 
 --- Calls `fn` protected (pcall's results), once for every caller that

@@ -42,14 +42,12 @@ local function endpoint(self)
   return w
 end
 
--- The URL, headers, body and wire of one attempt: the endpoint's, or, for
--- a provider that signs each request (Bedrock with IAM credentials),
--- headers signed for this very body at this second, the body joined first.
-local function request_of(self, body, wire)
-  local w = endpoint(self)
-  if not self._sign then return w.url, w.headers, body, wire end
+-- For a provider that signs each request (Bedrock with IAM credentials):
+-- the headers signed for this very body at this second, the body joined
+-- first (its bytes are hashed before it is sent), and no wire.
+local function signed(self, url, body, wire)
   if wire then body = core.join_wire(body, wire) end
-  return w.url, core.http_headers(self:_sign(w.url, body)), body, nil
+  return core.http_headers(self:_sign(url, body)), body, nil
 end
 
 -- A streamed chunk for a parser in C. Text (and reasoning) deltas are
@@ -150,9 +148,10 @@ end
 -- `wire`, the body sent is join_wire(body, wire), joined in C into the
 -- request itself.
 local function attempt_whole(self, body, opts, timeout_ms, wire)
-  local url, headers
-  url, headers, body, wire = request_of(self, body, wire)
-  local req <close> = core.http_post(url, headers, body, timeout_ms, self.max_body_bytes, false, wire)
+  local w = endpoint(self)
+  local headers = w.headers
+  if self._sign then headers, body, wire = signed(self, w.url, body, wire) end
+  local req <close> = core.http_post(w.url, headers, body, timeout_ms, self.max_body_bytes, false, wire)
   local kind, v, ttfb_ms = req:next() -- "done", status, ttfb_ms | nil, err
   if kind ~= "done" then return nil, v, v.status ~= nil, false end
   local status = v
@@ -189,9 +188,10 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
   local held -- chunks before the mode is known, or of a streamed request answered with plain JSON
   local stream_err
 
-  local url, headers
-  url, headers, body, wire = request_of(self, body, wire)
-  local req <close> = core.http_post(url, headers, body, timeout_ms, self.max_body_bytes, true, wire)
+  local w = endpoint(self)
+  local headers = w.headers
+  if self._sign then headers, body, wire = signed(self, w.url, body, wire) end
+  local req <close> = core.http_post(w.url, headers, body, timeout_ms, self.max_body_bytes, true, wire)
   -- With a C sink and nobody to hand text to, the request feeds the parser
   -- itself (req:pump): no string per chunk, no trip through this loop. It
   -- hands a reply that is not an event stream back as next() would.

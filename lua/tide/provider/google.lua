@@ -23,13 +23,7 @@ M.SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 M.TOKEN_URI = "https://oauth2.googleapis.com/token"
 local METADATA_HOST = "metadata.google.internal"
 
-local read_file = base._read_file
-
-local function form(fields)
-  local out = {}
-  for i, kv in ipairs(fields) do out[i] = kv[1] .. "=" .. base._percent_encode(tostring(kv[2])) end
-  return table.concat(out, "&")
-end
+local read_file, form = base._read_file, base._form
 
 -- base64url without padding (RFC 7515's, for a JWT)
 local function b64url(s)
@@ -42,12 +36,7 @@ local function trade(uri, body, what)
   local res, err = require("tide.http").request { method = "POST", url = uri, body = body, timeout_ms = 10000,
     headers = { ["content-type"] = "application/x-www-form-urlencoded" } }
   if not res then return nil, what .. ": " .. tostring(err and err.message or err) end
-  local ok, doc = pcall(json.decode, res.body)
-  if res.status ~= 200 or not ok or type(doc) ~= "table" or type(doc.access_token) ~= "string" then
-    local why = ok and type(doc) == "table" and (doc.error_description or doc.error) or nil
-    return nil, ("%s: HTTP %d%s"):format(what, res.status, why and (" (" .. tostring(why) .. ")") or "")
-  end
-  return doc.access_token, math.tointeger(doc.expires_in)
+  return base._access_token(res, what)
 end
 
 --- The signed JWT a service account trades for an access token (RFC 7523),
@@ -96,11 +85,7 @@ local function from_metadata(env)
     .. "/computeMetadata/v1/instance/service-accounts/default/token", timeout_ms = 3000,
     headers = { ["metadata-flavor"] = "Google" } }
   if not res then return nil end -- (not on Google Cloud)
-  local ok, doc = pcall(json.decode, res.body)
-  if res.status ~= 200 or not ok or type(doc) ~= "table" or type(doc.access_token) ~= "string" then
-    return nil, "the metadata server gave no access token (HTTP " .. res.status .. ")"
-  end
-  return doc.access_token, math.tointeger(doc.expires_in)
+  return base._access_token(res, "the metadata server")
 end
 
 --- The chain as a `token` function: an access token and the seconds it
