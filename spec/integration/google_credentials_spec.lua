@@ -43,7 +43,10 @@ local function unb64url(s)
     for i = 5, 0, -1 do b = b .. ((v >> i) & 1) end
     return b
   end)
-  return (bits:gsub("%d%d%d%d%d%d%d%d", function(byte) return string.char(tonumber(byte, 2)) end):gsub("[01]+$", ""))
+  -- whole bytes only: the padding bits of the last character are dropped
+  -- (not by a pattern on the result, whose own last bytes may be "0" or "1")
+  bits = bits:sub(1, #bits - #bits % 8)
+  return (bits:gsub("%d%d%d%d%d%d%d%d", function(byte) return string.char(tonumber(byte, 2)) end))
 end
 
 local function token_endpoint(srv_reqs)
@@ -143,6 +146,62 @@ describe("tide.provider.google.adc", function()
       -- nothing anywhere (the metadata server's host a closed loopback port)
       _, err = resolve({ HOME = "/nonexistent", GCE_METADATA_HOST = "127.0.0.1:9" })
       assert.matches("no Google credentials found", err, 1, true)
+    end)
+  end)
+end)
+
+describe("tide.provider.google.adc after a transient failure", function()
+  local answers, quick = helpers.answers, helpers.quick_retries
+  local TOKEN = { body = '{"access_token":"ya29.retried","expires_in":3599,"token_type":"Bearer"}' }
+
+  -- The token the refresh-token file gets from an endpoint answering `list`
+  -- in turn: token, ttl or nil, err.
+  local function refresh_against(list)
+    local token, err
+    with_mock({ routes = { ["/token"] = answers(list) } }, function(srv)
+      local file = tmpfile(cjson.encode { type = "authorized_user", client_id = "c", client_secret = "s",
+        refresh_token = "1//r", token_uri = srv.url .. "/token" })
+      token, err = resolve({ GOOGLE_APPLICATION_CREDENTIALS = file })
+      os.remove(file)
+    end)
+    return token, err
+  end
+
+  it("asks the token endpoint again after a 5xx, 408, 429 or a temporary OAuth error, as google-auth does", function()
+    quick(google.retry, function()
+      local flaky = { { status = 503, body = "" },
+        { status = 400, body = '{"error":"temporarily_unavailable","error_description":"try later"}' }, TOKEN }
+      assert.are.equal("ya29.retried", refresh_against(flaky))
+      assert.are.equal(3, flaky.seen)
+      -- three tries at most
+      local down = { { status = 429, body = "" } }
+      local _, err = refresh_against(down)
+      assert.matches("HTTP 429", err, 1, true)
+      assert.are.equal(3, down.seen)
+      -- a refused grant is final
+      local refused = { { status = 400, body = '{"error":"invalid_grant","error_description":"Token has been expired or '
+        .. 'revoked."}' }, TOKEN }
+      _, err = refresh_against(refused)
+      assert.matches("HTTP 400 (Token has been expired or revoked.)", err, 1, true)
+      assert.are.equal(1, refused.seen)
+    end)
+  end)
+
+  it("asks the metadata server again once it has answered, up to five times", function()
+    quick(google.retry, function()
+      local path = "/computeMetadata/v1/instance/service-accounts/default/token"
+      local flaky = { { status = 503, body = "" }, { status = 500, body = "" }, TOKEN }
+      with_mock({ routes = { [path] = answers(flaky) } }, function(srv)
+        local host = srv.url:match("^http://(.+)$")
+        assert.are.equal("ya29.retried", resolve({ HOME = "/nonexistent", GCE_METADATA_HOST = host }))
+        assert.are.equal(3, flaky.seen)
+      end)
+      local down = { { status = 503, body = "" } }
+      with_mock({ routes = { [path] = answers(down) } }, function(srv)
+        local _, err = resolve({ HOME = "/nonexistent", GCE_METADATA_HOST = srv.url:match("^http://(.+)$") })
+        assert.matches("the metadata server: HTTP 503", err, 1, true)
+        assert.are.equal(5, down.seen)
+      end)
     end)
   end)
 end)
