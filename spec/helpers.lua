@@ -147,6 +147,27 @@ function helpers.assert_quiet()
   assert.are.equal(0, st.active_handles, "handles left active")
 end
 
+--- Runs fn() with the waits of retry `policies` (tide.provider.base._fetch's,
+--- e.g. tide.provider.aws.retry) cut to a millisecond, restored after: the
+--- specs count the tries, not the seconds between them.
+function helpers.quick_retries(policies, fn)
+  local saved = {}
+  for name, p in pairs(policies) do saved[name] = p.delay_ms; p.delay_ms = 1 end
+  local ok, err = pcall(fn)
+  for name, p in pairs(policies) do p.delay_ms = saved[name] end
+  if not ok then error(err, 0) end
+end
+
+--- A mock route that answers the responses of `list` in turn (the last one
+--- from then on), counting the requests in `list.seen`.
+function helpers.answers(list)
+  list.seen = 0
+  return function()
+    list.seen = list.seen + 1
+    return list[math.min(list.seen, #list)]
+  end
+end
+
 package.loaded["helpers"] = helpers
 
 --- A provider made by `make(opts)` while the environment providers read

@@ -163,6 +163,130 @@ describe("tide.provider.aws.chain", function()
   end)
 end)
 
+-- STS's answers, as the service writes them.
+local function sts_ok()
+  return { status = 200, headers = { ["content-type"] = "text/xml" }, body = ([[
+<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <AssumeRoleWithWebIdentityResult>
+    <Credentials>
+      <SessionToken>FwoGZXIvYXdzRETRIED</SessionToken>
+      <SecretAccessKey>sts/retried</SecretAccessKey>
+      <Expiration>%s</Expiration>
+      <AccessKeyId>ASIARETRIED</AccessKeyId>
+    </Credentials>
+  </AssumeRoleWithWebIdentityResult>
+</AssumeRoleWithWebIdentityResponse>]]):format(iso(3600)) }
+end
+local function sts_error(status, code, message)
+  return { status = status, headers = { ["content-type"] = "text/xml" }, body = ([[
+<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <Error>
+    <Type>Sender</Type>
+    <Code>%s</Code>
+    <Message>%s</Message>
+  </Error>
+  <RequestId>4d8ae6e0-1a6b-4e52-b7a5-6f1c2f0e0d11</RequestId>
+</ErrorResponse>]]):format(code, message) }
+end
+
+describe("tide.provider.aws.chain after a transient failure", function()
+  local answers, quick = helpers.answers, helpers.quick_retries
+
+  it("asks STS again after a 5xx, throttling or IDPCommunicationError, as botocore does", function()
+    local token_file = tmpfile("eyJhbGciOiJSUzI1NiJ9.pod-token\n")
+    local function env(srv, extra)
+      local vars = { AWS_WEB_IDENTITY_TOKEN_FILE = token_file, AWS_ROLE_ARN = "arn:aws:iam::123456789012:role/pod",
+        AWS_ENDPOINT_URL_STS = srv.url }
+      for k, v in pairs(extra or {}) do vars[k] = v end
+      return vars
+    end
+    quick(aws.retry, function()
+      -- four failures a retry is for, then the credentials: five tries
+      local flaky = { { status = 503, body = "" }, sts_error(400, "Throttling", "Rate exceeded"),
+        sts_error(400, "IDPCommunicationError", "Couldn't reach the identity provider"), { status = 500, body = "" },
+        sts_ok() }
+      with_mock({ routes = { ["/"] = answers(flaky) } }, function(srv)
+        local creds = assert(resolve(env(srv)))
+        assert.are.equal("ASIARETRIED", creds.access_key_id)
+        assert.are.equal(5, flaky.seen)
+      end)
+      -- a refusal is final, and says STS's code and words
+      local refused = { sts_error(400, "InvalidIdentityToken", "Incorrect token audience"), sts_ok() }
+      with_mock({ routes = { ["/"] = answers(refused) } }, function(srv)
+        local _, err = resolve(env(srv))
+        assert.matches("STS AssumeRoleWithWebIdentity failed: HTTP 400 InvalidIdentityToken: Incorrect token audience",
+          err, 1, true)
+        assert.are.equal(1, refused.seen)
+      end)
+      -- the tries botocore's settings give: five (legacy, its default), the
+      -- standard mode's three, AWS_MAX_ATTEMPTS
+      for _, case in ipairs { { {}, 5 }, { { AWS_RETRY_MODE = "standard" }, 3 }, { { AWS_MAX_ATTEMPTS = "2" }, 2 } } do
+        local down = { { status = 503, body = "" } }
+        with_mock({ routes = { ["/"] = answers(down) } }, function(srv)
+          local _, err = resolve(env(srv, case[1]))
+          assert.matches("STS AssumeRoleWithWebIdentity failed: HTTP 503", err, 1, true)
+          assert.are.equal(case[2], down.seen)
+        end)
+      end
+      -- no answer at all (a closed loopback port), tried again all the same
+      tide.run(function()
+        local _, err = resolve(env({ url = "http://127.0.0.1:9" }))
+        assert.matches("STS AssumeRoleWithWebIdentity failed: ", err, 1, true)
+      end)
+    end)
+    os.remove(token_file)
+  end)
+
+  it("asks the container's endpoint three times, a second apart in botocore", function()
+    local doc = require("cjson").encode { AccessKeyId = "ASIACONTAINER2", SecretAccessKey = "c/s", Token = "t",
+      Expiration = iso(3600) }
+    quick(aws.retry, function()
+      -- a failure, then a document without credentials, then credentials
+      local flaky = { { status = 500, body = "busy" }, { status = 200, body = "{}" }, { status = 200, body = doc } }
+      with_mock({ routes = { ["/creds"] = answers(flaky) } }, function(srv)
+        local creds = assert(resolve({ AWS_CONTAINER_CREDENTIALS_FULL_URI = srv.url .. "/creds" }))
+        assert.are.equal("ASIACONTAINER2", creds.access_key_id)
+        assert.are.equal(3, flaky.seen)
+      end)
+      local down = { { status = 502, body = "" } }
+      with_mock({ routes = { ["/creds"] = answers(down) } }, function(srv)
+        local _, err = resolve({ AWS_CONTAINER_CREDENTIALS_FULL_URI = srv.url .. "/creds" })
+        assert.matches("the container credentials endpoint failed: HTTP 502", err, 1, true)
+        assert.are.equal(3, down.seen)
+      end)
+    end)
+  end)
+
+  it("asks the instance metadata service as often as AWS_METADATA_SERVICE_NUM_ATTEMPTS says", function()
+    local creds_doc = ('{"Code":"Success","Type":"AWS-HMAC","AccessKeyId":"ASIAIMDS2","SecretAccessKey":"i/s",'
+      .. '"Token":"it","Expiration":"%s"}'):format(iso(3600))
+    local function routes()
+      local t = {
+        token = { { status = 503, body = "" }, { status = 200, body = "imds-session" } },
+        role = { { status = 500, body = "" }, { status = 200, body = "role-a\n" } },
+        creds = { { status = 200, body = "" }, { status = 200, body = creds_doc } },
+      }
+      return t, { ["/latest/api/token"] = answers(t.token),
+        ["/latest/meta-data/iam/security-credentials/"] = answers(t.role),
+        ["/latest/meta-data/iam/security-credentials/role-a"] = answers(t.creds) }
+    end
+    local seen, r = routes()
+    with_mock({ routes = r }, function(srv)
+      local creds = assert(resolve({ AWS_EC2_METADATA_SERVICE_ENDPOINT = srv.url, AWS_METADATA_SERVICE_NUM_ATTEMPTS = "2" }))
+      assert.are.equal("ASIAIMDS2", creds.access_key_id)
+      assert.are.same({ 2, 2, 2 }, { seen.token.seen, seen.role.seen, seen.creds.seen })
+    end)
+    -- one try unless it is set (botocore's default): the token's 503 is
+    -- not on EC2, a 500 for the role is no role
+    seen, r = routes()
+    with_mock({ routes = r }, function(srv)
+      local _, err = resolve({ AWS_EC2_METADATA_SERVICE_ENDPOINT = srv.url })
+      assert.matches("no AWS credentials found", err, 1, true)
+      assert.are.equal(1, seen.token.seen)
+    end)
+  end)
+end)
+
 describe("tide.provider.anthropic on Bedrock, with the default chain", function()
   it("signs with what the chain found, asked once, at the first request", function()
     local creds = { access_key_id = "ASIAMOCKCONTAINER", secret_access_key = "container/secret+key",

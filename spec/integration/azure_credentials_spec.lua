@@ -135,6 +135,81 @@ esac
   end)
 end)
 
+describe("tide.provider.azure.default_credential after a transient failure", function()
+  local answers, quick = helpers.answers, helpers.quick_retries
+
+  it("asks Entra ID again after a 408, 429 or 5xx, as azure-core's retry policy does", function()
+    quick(azure.retry, function()
+      local flaky = { { status = 503, body = "" }, { status = 429, body = "" }, { status = 504, body = "" },
+        { body = TOKEN:format("retried") } }
+      local vars = { AZURE_TENANT_ID = "tenant-1", AZURE_CLIENT_ID = "app-1", AZURE_CLIENT_SECRET = "s" }
+      with_mock({ routes = { ["/tenant-1/oauth2/v2.0/token"] = answers(flaky) } }, function(srv)
+        vars.AZURE_AUTHORITY_HOST = srv.url
+        assert.are.equal("eyJ0.entra.retried", resolve(vars))
+        assert.are.equal(4, flaky.seen)
+      end)
+      -- four tries at most; a refusal is final
+      local down = { { status = 500, body = "" } }
+      with_mock({ routes = { ["/tenant-1/oauth2/v2.0/token"] = answers(down) } }, function(srv)
+        vars.AZURE_AUTHORITY_HOST = srv.url
+        local _, err = resolve(vars)
+        assert.matches("the service principal of AZURE_CLIENT_ID: HTTP 500", err, 1, true)
+        assert.are.equal(4, down.seen)
+      end)
+      local refused = { { status = 400, body = '{"error":"invalid_request","error_description":"AADSTS900144"}' } }
+      with_mock({ routes = { ["/tenant-1/oauth2/v2.0/token"] = answers(refused) } }, function(srv)
+        vars.AZURE_AUTHORITY_HOST = srv.url
+        assert.is_nil((resolve(vars)))
+        assert.are.equal(1, refused.seen)
+      end)
+    end)
+  end)
+
+  it("waits as Retry-After says", function()
+    -- the policy's own wait is ten minutes here: only Retry-After: 0 lets
+    -- the second try come before the watchdog ends the spec
+    local policy = azure.retry.token_endpoint
+    local saved = policy.delay_ms
+    policy.delay_ms = 600000
+    local throttled = { { status = 429, headers = { ["retry-after"] = "0" }, body = "" }, { body = TOKEN:format("later") } }
+    local ok, err = pcall(with_mock, { routes = { ["/t/oauth2/v2.0/token"] = answers(throttled) } }, function(srv)
+      local task = tide.spawn(resolve, { AZURE_TENANT_ID = "t", AZURE_CLIENT_ID = "a", AZURE_CLIENT_SECRET = "s",
+        AZURE_AUTHORITY_HOST = srv.url })
+      local token = task:join(10000)
+      if task:status() ~= "done" then task:cancel() end
+      assert.are.equal("eyJ0.entra.later", token)
+    end)
+    policy.delay_ms = saved
+    assert(ok, err)
+    assert.are.equal(2, throttled.seen)
+  end)
+
+  it("asks the instance metadata service again once it has answered, after a 404, 410, 429 or 5xx", function()
+    quick(azure.retry, function()
+      local imds = '{"access_token":"eyJ0.imds.retried","expires_in":"86399","token_type":"Bearer"}'
+      local flaky = { { status = 410, body = "" }, { status = 404, body = "" }, { status = 503, body = "" },
+        { body = imds } }
+      with_mock({ routes = { ["/metadata/identity/oauth2/token"] = answers(flaky) } }, function(srv)
+        assert.are.equal("eyJ0.imds.retried", resolve({ AZURE_POD_IDENTITY_AUTHORITY_HOST = srv.url }))
+        assert.are.equal(4, flaky.seen)
+      end)
+      local down = { { status = 500, body = "" } }
+      with_mock({ routes = { ["/metadata/identity/oauth2/token"] = answers(down) } }, function(srv)
+        local _, err = resolve({ AZURE_POD_IDENTITY_AUTHORITY_HOST = srv.url })
+        assert.matches("the managed identity: HTTP 500", err, 1, true)
+        assert.are.equal(6, down.seen)
+      end)
+      -- no identity assigned (400): the chain goes on, at once
+      local none = { { status = 400, body = '{"error":"invalid_request","error_description":"Identity not found"}' } }
+      with_mock({ routes = { ["/metadata/identity/oauth2/token"] = answers(none) } }, function(srv)
+        local _, err = resolve({ AZURE_POD_IDENTITY_AUTHORITY_HOST = srv.url })
+        assert.matches("no Microsoft Entra ID credentials found", err, 1, true)
+        assert.are.equal(1, none.seen)
+      end)
+    end)
+  end)
+end)
+
 describe("Azure OpenAI without a key", function()
   tide.agent { id = "entra_azure", prompt = "You answer." }
 

@@ -173,7 +173,45 @@ end
 
 local ECS_HOST = "http://169.254.170.2"
 local IMDS_HOST = "http://169.254.169.254"
-local METADATA_TIMEOUT_MS = 1000 -- botocore's metadata_service_timeout
+
+-- The error codes STS answers a request worth sending again with (HTTP 400
+-- and the code in its XML): botocore's throttling codes, and
+-- IDPCommunicationError (the identity provider did not answer STS).
+local STS_TRANSIENT = { Throttling = true, ThrottlingException = true, ThrottledException = true,
+  RequestThrottledException = true, TooManyRequestsException = true, RequestLimitExceeded = true,
+  LimitExceededException = true, IDPCommunicationError = true }
+
+-- The code and message of an AWS query API's XML error, if it is one.
+local function xml_error(body)
+  local code = body:match("<Code>%s*([^<]-)%s*</Code>")
+  return code, code and body:match("<Message>%s*([^<]-)%s*</Message>")
+end
+
+--- How the chain's requests are sent again after a transient failure, as
+--- botocore sends them (tide.provider.base._fetch's policies; a program
+--- may tune them). `sts`: five tries (botocore's legacy mode, its default;
+--- AWS_MAX_ATTEMPTS, or AWS_RETRY_MODE standard or adaptive for three,
+--- change it), a random share of 1, 2, 4, 8 s between, after a 5xx, a
+--- 429, a throttling code, IDPCommunicationError or no response.
+--- `container`: three tries a second apart, after anything but a 200 with
+--- credentials. The instance metadata service is tried
+--- AWS_METADATA_SERVICE_NUM_ATTEMPTS times (1 unless set), each limited to
+--- AWS_METADATA_SERVICE_TIMEOUT seconds (1 unless set), with no wait.
+M.retry = {
+  sts = { attempts = 5, delay_ms = 1000, max_delay_ms = 20000, jitter = "full", errors = true,
+    statuses = { [429] = true, [500] = true, [502] = true, [503] = true, [504] = true },
+    retry_if = function(res) return res.status == 400 and STS_TRANSIENT[xml_error(res.body) or ""] == true end },
+  container = { attempts = 3, delay_ms = 1000, multiplier = 1, errors = true },
+}
+
+-- The statuses IMDSv2's token request ends with (any other is tried again).
+local TOKEN_ANSWERS = { [200] = true, [400] = true, [403] = true, [404] = true, [405] = true }
+
+-- A positive integer from the environment variable `name`, or nil.
+local function env_count(env, name)
+  local n = math.tointeger(tonumber(env(name) or ""))
+  return n and n > 0 and n or nil
+end
 
 -- Seconds since the epoch of an ISO 8601 UTC time ("2026-12-06T20:00:00Z"),
 -- or nil.
@@ -207,11 +245,15 @@ local function from_document(body, where)
   return creds, until_ and math.max(0, until_ - os.time()) or nil
 end
 
-local function get(opts)
-  local http = require "tide.http"
-  local res, err = http.request(opts)
+-- The body of a 2xx response to `request` (sent again as `policy` says),
+-- or nil and why.
+local function get(request, policy)
+  local res, err = base._fetch(request, policy or {})
   if not res then return nil, tostring(err and err.message or err) end
-  if res.status < 200 or res.status > 299 then return nil, "HTTP " .. res.status end
+  if res.status < 200 or res.status > 299 then
+    local code, message = xml_error(res.body)
+    return nil, "HTTP " .. res.status .. (code and (" " .. code .. (message and (": " .. message) or "")) or "")
+  end
   return res.body
 end
 
@@ -231,12 +273,17 @@ function sources.web_identity(env, region)
   local token = read_file(file)
   if not token or token == "" then return nil, "the web identity token file " .. file .. " cannot be read" end
   local q = base._percent_encode
-  local base = env("AWS_ENDPOINT_URL_STS") or env("AWS_ENDPOINT_URL")
+  local sts = env("AWS_ENDPOINT_URL_STS") or env("AWS_ENDPOINT_URL")
     or ("https://sts.%s.amazonaws.com"):format(region or "us-east-1")
-  local body, err = get { method = "POST", url = base:gsub("/+$", "") .. "/", timeout_ms = 10000,
+  local policy = M.retry.sts
+  local mode = (env("AWS_RETRY_MODE") or ""):lower()
+  local attempts = env_count(env, "AWS_MAX_ATTEMPTS") or ((mode == "standard" or mode == "adaptive") and 3) or nil
+  if attempts then policy = setmetatable({ attempts = attempts }, { __index = policy }) end
+  local body, err = get({ method = "POST", url = sts:gsub("/+$", "") .. "/", timeout_ms = 10000,
     headers = { ["content-type"] = "application/x-www-form-urlencoded" },
     body = "Action=AssumeRoleWithWebIdentity&Version=2011-06-15&RoleArn=" .. q(role) .. "&RoleSessionName="
-      .. q(env("AWS_ROLE_SESSION_NAME") or ("tide-" .. os.time())) .. "&WebIdentityToken=" .. q(token:gsub("%s+$", "")) }
+      .. q(env("AWS_ROLE_SESSION_NAME") or ("tide-" .. os.time())) .. "&WebIdentityToken=" .. q(token:gsub("%s+$", "")) },
+    policy)
   if not body then return nil, "STS AssumeRoleWithWebIdentity failed: " .. err end
   local function tag(name) return body:match("<" .. name .. ">%s*([^<]-)%s*</" .. name .. ">") end
   local creds = { access_key_id = tag("AccessKeyId"), secret_access_key = tag("SecretAccessKey"),
@@ -291,25 +338,37 @@ function sources.container(env)
   local token_file = env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
   local token = token_file and read_file(token_file) or env("AWS_CONTAINER_AUTHORIZATION_TOKEN")
   if token then headers["authorization"] = (token:gsub("%s+$", "")) end
-  local body, err = get { url = url, headers = headers, timeout_ms = METADATA_TIMEOUT_MS * 2 }
-  if not body then return nil, "the container credentials endpoint failed: " .. err end
-  return from_document(body, "the container credentials endpoint")
+  -- botocore tries again after anything but credentials: a failed
+  -- transfer, another status, a document without them
+  local what = "the container credentials endpoint"
+  local policy = setmetatable({ retry_if = function(res) return res.status ~= 200 or not from_document(res.body, what) end },
+    { __index = M.retry.container })
+  local body, err = get({ url = url, headers = headers, timeout_ms = 2000 }, policy)
+  if not body then return nil, what .. " failed: " .. err end
+  return from_document(body, what)
 end
 
 function sources.instance(env)
   if (env("AWS_EC2_METADATA_DISABLED") or ""):lower() == "true" then return nil end
-  local base = (env("AWS_EC2_METADATA_SERVICE_ENDPOINT") or IMDS_HOST):gsub("/+$", "")
-  -- IMDSv2: a session token, then the role's name, then its credentials
-  local token = get { method = "PUT", url = base .. "/latest/api/token", timeout_ms = METADATA_TIMEOUT_MS,
-    headers = { ["x-aws-ec2-metadata-token-ttl-seconds"] = "21600" } }
+  local imds = (env("AWS_EC2_METADATA_SERVICE_ENDPOINT") or IMDS_HOST):gsub("/+$", "")
+  -- botocore's: as many tries as AWS_METADATA_SERVICE_NUM_ATTEMPTS says,
+  -- each as long as AWS_METADATA_SERVICE_TIMEOUT, none waited for
+  local timeout_ms = math.floor((tonumber(env("AWS_METADATA_SERVICE_TIMEOUT") or "") or 1) * 1000)
+  local attempts = env_count(env, "AWS_METADATA_SERVICE_NUM_ATTEMPTS") or 1
+  -- IMDSv2: a session token (a refused or unanswered PUT: not on EC2; 403,
+  -- 404 and 405 say the same), then the role's name, then its credentials
+  local token = get({ method = "PUT", url = imds .. "/latest/api/token", timeout_ms = timeout_ms,
+    headers = { ["x-aws-ec2-metadata-token-ttl-seconds"] = "21600" } },
+    { attempts = attempts, errors = true, retry_if = function(res) return not TOKEN_ANSWERS[res.status] end })
   if not token then return nil end -- (not on EC2)
   local h = { ["x-aws-ec2-metadata-token"] = token }
-  local path = base .. "/latest/meta-data/iam/security-credentials/"
-  local roles, err = get { url = path, headers = h, timeout_ms = METADATA_TIMEOUT_MS }
+  local policy = { attempts = attempts, errors = true, retry_if = function(res) return res.status ~= 200 or res.body == "" end }
+  local path = imds .. "/latest/meta-data/iam/security-credentials/"
+  local roles, err = get({ url = path, headers = h, timeout_ms = timeout_ms }, policy)
   local role = roles and roles:match("^%s*([^\r\n]+)")
   if not role then return nil, "the instance has no IAM role" .. (err and (" (" .. err .. ")") or "") end
   local body
-  body, err = get { url = path .. role, headers = h, timeout_ms = METADATA_TIMEOUT_MS }
+  body, err = get({ url = path .. role, headers = h, timeout_ms = timeout_ms }, policy)
   if not body then return nil, "the instance metadata service failed: " .. err end
   return from_document(body, "the instance metadata service")
 end

@@ -25,9 +25,32 @@ M.AI_FOUNDRY = "https://ai.azure.com/.default" -- Microsoft Foundry
 local IMDS = "http://169.254.169.254"
 local IMDS_TIMEOUT_MS = 1000 -- (DefaultAzureCredential's probe is as short)
 
-local function http(opts)
-  local res, err = require("tide.http").request(opts)
-  if not res then return nil, tostring(err and err.message or err) end
+-- azure-core's RetryPolicy statuses (408, 429 and the 5xx but 501 and 505)
+local TRANSIENT = { [408] = true, [429] = true, [500] = true, [502] = true, [503] = true, [504] = true }
+-- the instance metadata service's: also 404 and 410 (updating), all 5xx
+local IMDS_TRANSIENT = { [404] = true, [410] = true, [429] = true }
+for status = 500, 599 do IMDS_TRANSIENT[status] = true end
+
+--- How requests for a token are sent again after a transient failure, as
+--- azure-identity sends them (tide.provider.base._fetch's policies; a
+--- program may tune them). `token_endpoint` (Entra ID's, and App
+--- Service's identity endpoint): azure-core's RetryPolicy, four tries
+--- 0.8, 1.6 and 3.2 s apart (or as Retry-After says), after a 408, 429,
+--- 500, 502, 503 or 504 or no response. `imds`: ManagedIdentityCredential's
+--- (backoff factor 0.8 since azure-identity 1.16), six tries 0.8 s
+--- doubling, after a 404, 410, 429 or 5xx or no response; but an instance
+--- metadata service that does not answer the first (a second's probe) is
+--- not there (not on Azure), and the chain goes on.
+M.retry = {
+  token_endpoint = { attempts = 4, delay_ms = 800, max_delay_ms = 120000, statuses = TRANSIENT, errors = true,
+    retry_after = true },
+  imds = { attempts = 6, delay_ms = 800, max_delay_ms = 60000, statuses = IMDS_TRANSIENT, errors = true, probe = true,
+    retry_after = true },
+}
+
+local function http(opts, policy)
+  local res, err = base._fetch(opts, policy)
+  if not res then return nil, tostring(err and err.message or err), err end
   return res
 end
 
@@ -39,8 +62,9 @@ local function client_credentials(env, scope, proof, what)
   local authority = (env("AZURE_AUTHORITY_HOST") or "https://login.microsoftonline.com"):gsub("/+$", "")
   local fields = { { "grant_type", "client_credentials" }, { "client_id", env("AZURE_CLIENT_ID") }, { "scope", scope } }
   for _, kv in ipairs(proof) do fields[#fields + 1] = kv end
-  local res, err = http { method = "POST", url = ("%s/%s/oauth2/v2.0/token"):format(authority, env("AZURE_TENANT_ID")),
-    headers = { ["content-type"] = "application/x-www-form-urlencoded" }, body = form(fields), timeout_ms = 10000 }
+  local res, err = http({ method = "POST", url = ("%s/%s/oauth2/v2.0/token"):format(authority, env("AZURE_TENANT_ID")),
+    headers = { ["content-type"] = "application/x-www-form-urlencoded" }, body = form(fields), timeout_ms = 10000 },
+    M.retry.token_endpoint)
   if not res then return nil, what .. ": " .. err end
   return token_of(res, what)
 end
@@ -68,17 +92,21 @@ function sources.managed_identity(env, scope)
   local client = env("AZURE_CLIENT_ID")
   local endpoint, header = env("IDENTITY_ENDPOINT"), env("IDENTITY_HEADER")
   if endpoint and header then -- App Service, Functions
-    local res, err = http { url = endpoint .. "?api-version=2019-08-01&resource=" .. base._percent_encode(resource)
+    local res, err = http({ url = endpoint .. "?api-version=2019-08-01&resource=" .. base._percent_encode(resource)
       .. (client and ("&client_id=" .. base._percent_encode(client)) or ""),
-      headers = { ["x-identity-header"] = header }, timeout_ms = 10000 }
+      headers = { ["x-identity-header"] = header }, timeout_ms = 10000 }, M.retry.token_endpoint)
     if not res then return nil, "App Service's managed identity: " .. err end
     return token_of(res, "App Service's managed identity")
   end
   local host = (env("AZURE_POD_IDENTITY_AUTHORITY_HOST") or IMDS):gsub("/+$", "")
-  local res = http { url = host .. "/metadata/identity/oauth2/token?api-version=2018-02-01&resource="
+  local res, why, err = http({ url = host .. "/metadata/identity/oauth2/token?api-version=2018-02-01&resource="
     .. base._percent_encode(resource) .. (client and ("&client_id=" .. base._percent_encode(client)) or ""),
-    headers = { metadata = "true" }, timeout_ms = IMDS_TIMEOUT_MS }
-  if not res then return nil end -- (not on Azure)
+    headers = { metadata = "true" }, timeout_ms = IMDS_TIMEOUT_MS }, M.retry.imds)
+  if not res then
+    -- (it answered before: there, but failing)
+    if err and err.attempts > 1 then return nil, "the managed identity: " .. why end
+    return nil -- (not on Azure)
+  end
   if res.status == 400 then return nil end -- (no identity assigned: the chain goes on, as azure-identity's does)
   return token_of(res, "the managed identity")
 end

@@ -558,6 +558,65 @@ function provider._access_token(res, what)
   return doc.access_token, ttl
 end
 
+-- The wait before the try after the `n`th, in ms: delay_ms doubled (or
+-- times `multiplier`) for each earlier try, at most max_delay_ms; jitter
+-- "full" waits a random share of it (botocore's), a fraction f waits
+-- within ±f of it (google-auth's).
+local function backoff_ms(policy, n)
+  local ms = math.min((policy.delay_ms or 0) * (policy.multiplier or 2) ^ (n - 1), policy.max_delay_ms or math.huge)
+  local j = policy.jitter
+  if j == "full" then
+    ms = math.random() * ms
+  elseif j then
+    ms = ms * (1 - j + 2 * j * math.random())
+  end
+  return math.floor(ms)
+end
+
+local function fetch(request, policy)
+  local http = require "tide.http"
+  local attempts = math.max(1, policy.attempts or 1)
+  for n = 1, attempts do
+    local res, err = http.request(request)
+    local again
+    if res then
+      again = (policy.statuses and policy.statuses[res.status]) or (policy.retry_if and policy.retry_if(res))
+    else
+      -- a probe's endpoint that does not answer at all is not there
+      again = policy.errors and not (policy.probe and n == 1)
+    end
+    if not again or n == attempts then
+      if err then err.attempts = n end
+      return res, err
+    end
+    local ms = backoff_ms(policy, n)
+    local after = policy.retry_after and res and tonumber(res.headers["retry-after"])
+    if after and after >= 0 then ms = math.floor(math.min(after * 1000, policy.max_delay_ms or math.huge)) end
+    if ms > 0 then core.sleep(ms) end
+  end
+end
+
+--- A request to an endpoint that hands out credentials (a token endpoint,
+--- STS, a metadata service), sent again after a transient failure as the
+--- cloud's own SDK sends it again: the policies are `retry` in
+--- tide.provider.aws, .google and .azure. `policy`: `attempts` (all
+--- tries); `delay_ms` (the first wait, doubled after each try or times
+--- `multiplier`, at most `max_delay_ms`) and `jitter` ("full": a random
+--- share of the wait; a fraction: within ± that share); `statuses` (a set
+--- of HTTP statuses to try again); `retry_if(res)` (a further test of a
+--- response); `errors` (a request that got no response, refused or timed
+--- out, is tried again), `probe` (but not the first: the endpoint is not
+--- there); `retry_after` (a Retry-After header sets the wait). Inside a
+--- task or not. Returns the last response, or nil and tide.http's error
+--- (its `attempts`: how many tries were made).
+---@param request table tide.http.request's options
+---@param policy table
+---@return tide.http.response|nil
+---@return table|nil err
+function provider._fetch(request, policy)
+  return require("tide")._blocking(fetch, request, policy)
+end
+
 --- Calls `fn` protected (pcall's results), once for every caller that
 --- asks while a call is under way: the sessions that start together on a
 --- provider whose token ran out wait for one renewal, instead of sending

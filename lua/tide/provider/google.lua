@@ -25,6 +25,30 @@ local METADATA_HOST = "metadata.google.internal"
 
 local read_file, form = base._read_file, base._form
 
+-- google-auth's retryable statuses (transport.DEFAULT_RETRYABLE_STATUS_CODES)
+local RETRYABLE = { [408] = true, [429] = true, [500] = true, [503] = true, [504] = true }
+-- and the OAuth errors it tries again whatever the status (RFC 6749's)
+local RETRYABLE_ERRORS = { internal_failure = true, server_error = true, temporarily_unavailable = true }
+
+--- How requests for a token are sent again after a transient failure, as
+--- google-auth sends them (tide.provider.base._fetch's policies; a program
+--- may tune them). `token_endpoint`: three tries, about 1 and 2 s apart
+--- (±10 %), after a 408, 429, 500, 503 or 504 or an OAuth error
+--- internal_failure, server_error or temporarily_unavailable (a request
+--- that got no response is not tried again, as google-auth does not).
+--- `metadata`: five tries, about 1, 2, 4 and 8 s apart, after those
+--- statuses or no response; but a metadata server that does not answer
+--- the first is not there (not on Google Cloud), and the chain ends then.
+M.retry = {
+  token_endpoint = { attempts = 3, delay_ms = 1000, jitter = 0.1, statuses = RETRYABLE,
+    retry_if = function(res)
+      local ok, doc = pcall(json.decode, res.body)
+      return ok and type(doc) == "table" and (RETRYABLE_ERRORS[doc.error] or RETRYABLE_ERRORS[doc.error_description])
+        or false
+    end },
+  metadata = { attempts = 5, delay_ms = 1000, jitter = 0.1, statuses = RETRYABLE, errors = true, probe = true },
+}
+
 -- base64url without padding (RFC 7515's, for a JWT)
 local function b64url(s)
   return (core.base64(s):gsub("[+/=]", { ["+"] = "-", ["/"] = "_", ["="] = "" }))
@@ -33,8 +57,8 @@ end
 -- POSTs a form to a token endpoint: the access token and its seconds, or
 -- nil and why.
 local function trade(uri, body, what)
-  local res, err = require("tide.http").request { method = "POST", url = uri, body = body, timeout_ms = 10000,
-    headers = { ["content-type"] = "application/x-www-form-urlencoded" } }
+  local res, err = base._fetch({ method = "POST", url = uri, body = body, timeout_ms = 10000,
+    headers = { ["content-type"] = "application/x-www-form-urlencoded" } }, M.retry.token_endpoint)
   if not res then return nil, what .. ": " .. tostring(err and err.message or err) end
   return base._access_token(res, what)
 end
@@ -81,10 +105,14 @@ end
 
 local function from_metadata(env)
   local host = env("GCE_METADATA_HOST") or METADATA_HOST
-  local res = require("tide.http").request { url = "http://" .. host
+  local res, err = base._fetch({ url = "http://" .. host
     .. "/computeMetadata/v1/instance/service-accounts/default/token", timeout_ms = 3000,
-    headers = { ["metadata-flavor"] = "Google" } }
-  if not res then return nil end -- (not on Google Cloud)
+    headers = { ["metadata-flavor"] = "Google" } }, M.retry.metadata)
+  if not res then
+    -- (it answered before: a server that is there but failed)
+    if err and err.attempts > 1 then return nil, "the metadata server: " .. tostring(err.message) end
+    return nil -- (not on Google Cloud)
+  end
   return base._access_token(res, "the metadata server")
 end
 
