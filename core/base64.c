@@ -2,7 +2,8 @@
 ** base64.c -- core.base64(s): standard base64 (RFC 4648, with padding), for
 ** images and files sent inline to providers. Megabytes at a time: in C, not
 ** Lua, so that an image costs one pass and one string. And the decoder the
-** AWS event stream's chunks need (eventstream.c).
+** AWS event stream's chunks need (eventstream.c), also core.base64_decode
+** for cassettes that keep binary replies (testing/cassette.lua).
 */
 #include <limits.h>
 
@@ -68,8 +69,28 @@ long tide__base64_decode(const char *s, size_t n, char *out) {
   return (long)k;
 }
 
-/// Registers core.base64 into the module table at the top of the stack.
+/* core.base64_decode(text) -> the bytes, or nil when text is not standard
+** base64 (RFC 4648's alphabet; padding optional) */
+static int l_base64_decode(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, n / 4 * 3 + 3);
+  long k = tide__base64_decode(s, n, out);
+  if (k < 0) {
+    luaL_pushresultsize(&b, 0);
+    lua_pushnil(L);
+    return 1;
+  }
+  luaL_pushresultsize(&b, (size_t)k);
+  return 1;
+}
+
+/// Registers core.base64 and core.base64_decode into the module table at
+/// the top of the stack.
 void tide__open_base64(lua_State *L) {
   lua_pushcfunction(L, l_base64);
   lua_setfield(L, -2, "base64");
+  lua_pushcfunction(L, l_base64_decode);
+  lua_setfield(L, -2, "base64_decode");
 }

@@ -106,6 +106,83 @@ describe("tide.testing.record and replay", function()
     end
   end
 
+  -- Claude on Bedrock with IAM credentials: the mock checks each request's
+  -- Signature Version 4 for its own host, as Bedrock does, so a request
+  -- signed for the proxy's would be refused.
+  local CREDS = { access_key_id = "AKIACASSETTE", secret_access_key = "cassette/Secret+Key0123456789EXAMPLE",
+    session_token = "IQoJcassette//session+token=" }
+  local MODEL = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+  local function on_bedrock(url, stream, creds)
+    return tide.provider.anthropic { base_url = url, model = MODEL, stream = stream,
+      bedrock = { region = "eu-west-3", credentials = creds or CREDS } }
+  end
+
+  for _, stream in ipairs { true, false } do
+    it("records Claude on Bedrock signed for Bedrock, and replays it (" .. (stream and "an event stream" or "JSON")
+      .. ")", function()
+      local path = tmpfile()
+      local mock = assert(testing.mock_server { default = testing.tool_loop(2),
+        bedrock = { credentials = CREDS, region = "eu-west-3" } })
+      local rec = assert(testing.record { provider = on_bedrock(mock.url, stream), cassette = path })
+      local reply1, err1, history1 = script(rec)
+      assert.is_nil(err1)
+      assert.are.equal("done after 2 lookups", reply1)
+      rec:close()
+      mock:close()
+      assert.matches("^AWS4%-HMAC%-SHA256 Credential=AKIACASSETTE/", mock:requests()[1].headers["authorization"])
+
+      -- neither the signature nor the session token is written
+      local text = read(path)
+      for _, secret in ipairs { CREDS.secret_access_key, CREDS.session_token, "AWS4-HMAC-SHA256", "x-amz-date" } do
+        assert.is_nil(text:find(secret, 1, true), secret)
+      end
+      local recorded = lines(path)
+      assert.are.equal(4, #recorded)
+      for i = 2, 4 do
+        local res = recorded[i].response
+        assert.are.equal(200, res.status)
+        if stream then -- the event stream's frames, binary, in base64, chunk by chunk
+          assert.are.equal("application/vnd.amazon.eventstream", res.headers["content-type"])
+          assert.are.equal("base64", res.encoding)
+          assert.is_table(res.chunks)
+          local parts = {}
+          for j, c in ipairs(res.chunks) do parts[j] = tide.core.base64_decode(c.data) end
+          local bytes, at, n = table.concat(parts), 1, 0
+          while at <= #bytes do -- whole frames, each its total length first
+            at, n = at + string.unpack(">I4", bytes, at), n + 1
+          end
+          assert.are.equal(#bytes + 1, at)
+          assert.is_true(n >= 3)
+        else -- JSON stays text
+          assert.is_nil(res.encoding)
+          assert.is_table(cjson.decode(res.body).content)
+        end
+      end
+
+      -- offline, with other credentials: the same conversation
+      local srv = assert(testing.replay(path, { provider = "anthropic" }))
+      local reply2, err2, history2 = script(on_bedrock(srv.url, stream, { access_key_id = "AKIAOTHER",
+        secret_access_key = "other" }))
+      assert.is_nil(err2)
+      assert.are.equal(reply1, reply2)
+      assert.are.same(history1, history2)
+      assert.are.same({}, srv:mismatches())
+      srv:close()
+      os.remove(path)
+    end)
+  end
+
+  it("decodes base64 as core.base64 encodes it", function()
+    local core = tide.core
+    for _, bytes in ipairs { "", "a", "ab", "abc", "\0\255\1 binary \r\n", string.rep("\xff", 1000) } do
+      assert.are.equal(bytes, core.base64_decode(core.base64(bytes)))
+    end
+    assert.are.equal("a", core.base64_decode("YQ")) -- padding optional
+    assert.is_nil(core.base64_decode("Y"))
+    assert.is_nil(core.base64_decode("YQ=!"))
+    assert.is_nil(core.base64_decode("-_-_")) -- base64url is not this alphabet
+  end)
+
   it("reports a changed request with the JSON paths that differ", function()
     local path = tmpfile()
     local mock = assert(testing.mock_server { default = testing.tool_loop(2) })
@@ -278,6 +355,15 @@ describe("tide.testing.record and replay", function()
         .. '"response":{"status":200}}\n', 2, "either 'body' or 'chunks'")
       fails(good_header .. '{"n":1,"request":{"body":"{}","method":"POST","path":"/v1/x"},'
         .. '"response":{"status":200,"chunks":[{"data":"x"}]}}\n', 2, "response.chunks[0]")
+    end)
+
+    it("names a binary response that is not base64", function()
+      local function ex(response) return '{"n":1,"request":{"body":"{}","method":"POST","path":"/v1/x"},"response":'
+        .. response .. '}\n' end
+      fails(good_header .. ex('{"status":200,"encoding":"hex","body":"00"}'), 2, 'response.encoding must be "base64"')
+      fails(good_header .. ex('{"status":200,"encoding":"base64","body":"not base64!"}'), 2, "response.body is not base64")
+      fails(good_header .. ex('{"status":200,"encoding":"base64","chunks":[{"ms":1,"data":"AAAA"},{"ms":2,"data":"@"}]}'),
+        2, "response.chunks[1].data is not base64")
     end)
 
     it("refuses another recorder's format and another provider's cassette", function()

@@ -16,8 +16,15 @@
 --- arrived: `{"n":1,"request":{"method","path","headers","body"},
 --- "response":{"status","headers","ttfb_ms", and "body" or "chunks":
 --- [{"ms","data"}]}}`. Bodies and chunks are the bytes as sent, as JSON
---- strings; `ms` counts from the moment the request went upstream. Keys are
+--- strings; a response whose bytes are not UTF-8 text (Bedrock's AWS
+--- event stream) has `"encoding":"base64"` and its body or chunks in
+--- base64. `ms` counts from the moment the request went upstream. Keys are
 --- sorted, so a re-recorded cassette diffs cleanly.
+---
+--- A provider that signs each request (Bedrock with IAM credentials: the
+--- signature covers the host) signs the recording copy's requests for the
+--- real endpoint, which the proxy forwards them to unchanged; the signing
+--- headers are not written.
 ---@class tide.testing.cassette
 local M = {}
 
@@ -34,6 +41,8 @@ local DROP_REQUEST = {
   host = true, ["content-length"] = true, connection = true, ["transfer-encoding"] = true,
   expect = true, ["keep-alive"] = true, te = true, upgrade = true,
   ["user-agent"] = true, ["accept-encoding"] = true,
+  -- a signature's time and hash (SigV4): new on every request
+  ["x-amz-date"] = true, ["x-amz-content-sha256"] = true,
 }
 
 -- Custom headers (a provider's `headers`) may carry credentials under any
@@ -186,22 +195,31 @@ function Recorder:_forward(req, n)
     local response = { status = res.status, headers = sent, ttfb_ms = res.timing and res.timing.ttfb_ms }
     answer = { status = res.status, headers = sent }
     local ctype = res.headers["content-type"] or ""
-    if #chunks > 0 and ctype:find("event-stream", 1, true) then
+    local body = res.body
+    if #chunks > 0 then
+      local parts = {}
+      for i, c in ipairs(chunks) do parts[i] = c.data end
+      body = table.concat(parts)
+    end
+    -- bytes that are not text (an AWS event stream) go in base64
+    local binary = utf8.len(body) == nil
+    local function kept(bytes)
+      bytes = self:_scrub(bytes)
+      return binary and core.base64(bytes) or bytes
+    end
+    if binary then response.encoding = "base64" end
+    -- SSE and AWS event streams (application/vnd.amazon.eventstream) keep
+    -- their chunks and timing
+    if #chunks > 0 and (ctype:find("event-stream", 1, true) or ctype:find("eventstream", 1, true)) then
       local data = {}
       for i, c in ipairs(chunks) do
         data[i] = c.data
-        c.data = self:_scrub(c.data)
+        c.data = kept(c.data)
       end
       response.chunks = chunks
       answer.chunks = data
     else
-      local body = res.body
-      if #chunks > 0 then
-        local parts = {}
-        for i, c in ipairs(chunks) do parts[i] = c.data end
-        body = table.concat(parts)
-      end
-      response.body = self:_scrub(body)
+      response.body = kept(body)
       answer.body = body
     end
     local request = {
@@ -301,6 +319,15 @@ function M.record(opts)
   copy.base_url = ("http://127.0.0.1:%d%s"):format(srv:port(), base_path)
   copy.cassette = path
   copy._recorder = self
+  if p._sign then
+    -- A request signed for the proxy's host would be refused upstream: the
+    -- copy signs for the real one, where the proxy forwards it as it is.
+    local sign, proxy = p._sign, ("http://127.0.0.1:%d"):format(srv:port())
+    copy._sign = function(provider, url, body)
+      if url:sub(1, #proxy) == proxy then url = origin .. url:sub(#proxy + 1) end
+      return sign(provider, url, body)
+    end
+  end
   copy.close = function() self:close() end
   return setmetatable(copy, getmetatable(p))
 end
@@ -457,6 +484,9 @@ local function load(path, want_kind)
         return bad("the response needs either 'body' or 'chunks'")
       end
       if res.body ~= nil and type(res.body) ~= "string" then return bad("response.body must be a string") end
+      if res.encoding ~= nil and res.encoding ~= "base64" then
+        return bad("response.encoding must be \"base64\" when it is there")
+      end
       if res.chunks ~= nil then
         if type(res.chunks) ~= "table" or #res.chunks == 0 then
           return bad("response.chunks must be a non-empty array")
@@ -466,6 +496,18 @@ local function load(path, want_kind)
             return bad(("response.chunks[%d] must be {\"ms\": number, \"data\": string}"):format(i - 1))
           end
         end
+      end
+      if res.encoding == "base64" then -- the bytes themselves from here on
+        if res.body then
+          res.body = core.base64_decode(res.body)
+          if not res.body then return bad("response.body is not base64") end
+        else
+          for i, c in ipairs(res.chunks) do
+            c.data = core.base64_decode(c.data)
+            if not c.data then return bad(("response.chunks[%d].data is not base64"):format(i - 1)) end
+          end
+        end
+        res.encoding = nil
       end
       exchanges[#exchanges + 1] = { line = lineno, request = req, response = res }
     end
