@@ -4,7 +4,8 @@
 ** Bedrock requests with them), CRC-32 for the frames of AWS event streams
 ** (eventstream.c checks them, the mock makes them), RSA-SHA-256 for the
 ** JWT a Google service account trades for an access token
-** (provider/google.lua). OpenSSL's libcrypto and zlib compute them:
+** (provider/google.lua), SHA-1 for the names of the AWS CLI's SSO token
+** cache files (provider/aws.lua). OpenSSL's libcrypto and zlib compute them:
 ** well-kept implementations, not hand-written ones.
 */
 #include <openssl/bio.h>
@@ -17,16 +18,21 @@
 
 #include "tide.h"
 
-/* core.sha256(s) -> the 32 bytes of SHA-256(s) */
-static int l_sha256(lua_State *L) {
+static int digest(lua_State *L, const EVP_MD *md_type, const char *name) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
-  if (EVP_Digest(s, n, md, &len, EVP_sha256(), NULL) != 1) return luaL_error(L, "tide: SHA-256 failed");
+  if (EVP_Digest(s, n, md, &len, md_type, NULL) != 1) return luaL_error(L, "tide: %s failed", name);
   lua_pushlstring(L, (const char *)md, len);
   return 1;
 }
+
+/* core.sha256(s) -> the 32 bytes of SHA-256(s) */
+static int l_sha256(lua_State *L) { return digest(L, EVP_sha256(), "SHA-256"); }
+
+/* core.sha1(s) -> the 20 bytes of SHA-1(s) (a file name, not a signature) */
+static int l_sha1(lua_State *L) { return digest(L, EVP_sha1(), "SHA-1"); }
 
 /* core.hmac_sha256(key, s) -> the 32 bytes of HMAC-SHA-256(key, s) */
 static int l_hmac_sha256(lua_State *L) {
@@ -97,10 +103,11 @@ static int l_rsa_sha256_sign(lua_State *L) {
   return 1;
 }
 
-/// Registers core.sha256, core.hmac_sha256, core.crc32 and
+/// Registers core.sha256, core.sha1, core.hmac_sha256, core.crc32 and
 /// core.rsa_sha256_sign into the module table at the top of the stack.
 void tide__open_digest(lua_State *L) {
   static const luaL_Reg fns[] = {{"sha256", l_sha256},
+                                 {"sha1", l_sha1},
                                  {"hmac_sha256", l_hmac_sha256},
                                  {"crc32", l_crc32},
                                  {"rsa_sha256_sign", l_rsa_sha256_sign},
