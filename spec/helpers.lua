@@ -158,6 +158,15 @@ function helpers.quick_retries(policies, fn)
   if not ok then error(err, 0) end
 end
 
+--- The fields of an application/x-www-form-urlencoded body, decoded.
+function helpers.form_fields(body)
+  local out = {}
+  for k, v in (body or ""):gmatch("([^&=]+)=([^&]*)") do
+    out[k] = v:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+  end
+  return out
+end
+
 --- A mock route that answers the responses of `list` in turn (the last one
 --- from then on), counting the requests in `list.seen`.
 function helpers.answers(list)

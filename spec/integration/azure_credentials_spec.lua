@@ -32,13 +32,7 @@ local function resolve(vars, scope)
   return token, ttl
 end
 
-local function fields(body)
-  local out = {}
-  for k, v in (body or ""):gmatch("([^&=]+)=([^&]*)") do
-    out[k] = v:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
-  end
-  return out
-end
+local fields = helpers.form_fields
 
 local tmpfile = helpers.tmpfile
 

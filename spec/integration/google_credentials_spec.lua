@@ -25,14 +25,7 @@ local function resolve(vars)
   return token, ttl
 end
 
--- A form body's fields.
-local function fields(body)
-  local out = {}
-  for k, v in body:gmatch("([^&=]+)=([^&]*)") do
-    out[k] = v:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
-  end
-  return out
-end
+local fields = helpers.form_fields
 
 -- base64url, decoded (for reading the JWT back)
 local function unb64url(s)

@@ -12,7 +12,6 @@
 --- token for the resource's scope and the seconds it lasts; the provider's
 --- token machinery renews it a minute before. Not followed: certificates,
 --- Visual Studio Code, PowerShell and azd logins (give `token` a function).
-local core = require "tide.core"
 local json = require "tide.json"
 local base = require "tide.provider.base"
 
@@ -112,26 +111,16 @@ function sources.managed_identity(env, scope)
 end
 
 function sources.azure_cli(env, scope)
-  local proc = core.process_spawn { argv = { "az", "account", "get-access-token", "--output", "json", "--scope", scope },
-    env = { PATH = env("PATH") or "/usr/bin:/bin", HOME = env("HOME"), AZURE_CONFIG_DIR = env("AZURE_CONFIG_DIR") } }
-  if not proc then return nil end -- (no az)
-  local lines = {}
-  while true do
-    local line, err = proc:read_line(10000)
-    if not line then
-      if err then proc:kill() end
-      break
-    end
-    lines[#lines + 1] = line
-  end
-  local status = proc:wait(10000)
-  proc:close()
+  local status, out, stderr = base._run({ argv = { "az", "account", "get-access-token", "--output", "json", "--scope",
+    scope }, env = { PATH = env("PATH") or "/usr/bin:/bin", HOME = env("HOME"), AZURE_CONFIG_DIR = env("AZURE_CONFIG_DIR") } },
+    10000)
+  if not status then return nil end -- (no az)
   if status ~= 0 then
-    local why = proc:stderr():match("ERROR: ([^\r\n]+)")
+    local why = stderr:match("ERROR: ([^\r\n]+)")
     if why and why:find("az login", 1, true) then return nil end -- (installed, not logged in)
     return nil, "the Azure CLI failed" .. (why and (": " .. why) or "")
   end
-  local ok, doc = pcall(json.decode, table.concat(lines, "\n"))
+  local ok, doc = pcall(json.decode, out)
   if not ok or type(doc) ~= "table" or type(doc.accessToken) ~= "string" then
     return nil, "the Azure CLI gave no access token"
   end

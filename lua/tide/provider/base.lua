@@ -617,6 +617,34 @@ function provider._fetch(request, policy)
   return require("tide")._blocking(fetch, request, policy)
 end
 
+--- Runs a program that hands out credentials (the Azure CLI, an AWS
+--- credential_process) to its end: its exit status, its standard output
+--- (lines joined by "\n") and standard error; nil and the error when it
+--- cannot start. One still reading or running after `timeout_ms` is killed.
+--- Inside a task.
+---@param opts table core.process_spawn's options (argv, env)
+---@param timeout_ms integer
+---@return integer|nil status
+---@return string|table stdout_or_err
+---@return string|nil stderr
+function provider._run(opts, timeout_ms)
+  local proc, err = core.process_spawn(opts)
+  if not proc then return nil, err end
+  local lines = {}
+  while true do
+    local line, rerr = proc:read_line(timeout_ms)
+    if not line then
+      if rerr then proc:kill() end
+      break
+    end
+    lines[#lines + 1] = line
+  end
+  local status = proc:wait(timeout_ms)
+  local stderr = proc:stderr()
+  proc:close()
+  return status, table.concat(lines, "\n"), stderr
+end
+
 --- Calls `fn` protected (pcall's results), once for every caller that
 --- asks while a call is under way: the sessions that start together on a
 --- provider whose token ran out wait for one renewal, instead of sending
