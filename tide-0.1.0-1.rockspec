@@ -60,6 +60,7 @@ build = {
       ["tide.provider"] = "lua/tide/provider/init.lua",
       ["tide.provider.anthropic"] = "lua/tide/provider/anthropic.lua",
       ["tide.provider.aws"] = "lua/tide/provider/aws.lua",
+      ["tide.provider.aws_credentials"] = "lua/tide/provider/aws_credentials.lua",
       ["tide.provider.azure"] = "lua/tide/provider/azure.lua",
       ["tide.provider.base"] = "lua/tide/provider/base.lua",
       ["tide.provider.errors"] = "lua/tide/provider/errors.lua",

@@ -1406,6 +1406,23 @@ function anthropic.bedrock_refusal(self, req)
   return nil
 end
 
+--- Whether `req` (a mock route's request) is signed with Signature
+--- Version 4 by `creds` for `service` in `region`, as AWS checks it (the
+--- mock's own canonical request, not tide's signer): nil, or the message
+--- AWS would refuse it with. For specs of AWS endpoints other than
+--- Bedrock's (STS's AssumeRole).
+---@param req table
+---@param creds tide.aws.credentials
+---@param region string
+---@param service string
+---@return string|nil
+function testing.sigv4_refusal(req, creds, region, service)
+  local auth = req.headers and req.headers["authorization"]
+  if not auth then return "Missing Authentication Token" end
+  local refused = check_sigv4(req, auth, creds, region, service)
+  return refused and decode(refused.body).message or nil
+end
+
 --- One AWS event stream frame, as Bedrock sends them: `headers` ({ name,
 --- string value } pairs, in order), then `payload`, with both CRCs.
 ---@param headers {[1]:string, [2]:string}[]

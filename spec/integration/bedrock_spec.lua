@@ -317,7 +317,10 @@ describe("tide.provider.anthropic bedrock option", function()
       assert.is_false(ok)
       assert.matches(want, tostring(err), 1, true)
     end
-    fails({ bedrock = { region = "r", credentials = CREDS, profile = "p" } }, "unknown option 'bedrock.profile'")
+    fails({ bedrock = { region = "r", credentials = CREDS, pofile = "p" } }, "unknown option 'bedrock.pofile'")
+    fails({ bedrock = { region = "r", credentials = CREDS, profile = "p" } },
+      "'bedrock.profile' and 'bedrock.credentials' cannot both be given")
+    fails({ bedrock = { region = "r", profile = 42 } }, "'bedrock.profile' must be the name of a profile")
     fails({ bedrock = { region = "r", credentials = CREDS, mantle = "yes" } }, "'bedrock.mantle' must be a boolean")
     assert.are.equal("https://bedrock-mantle.us-west-2.api.aws/anthropic/v1/messages", provider.anthropic({
       bedrock = { region = "us-west-2", credentials = CREDS, mantle = true } }):_url())
@@ -328,9 +331,11 @@ describe("tide.provider.anthropic bedrock option", function()
       "'bedrock.credentials' and 'api_key' cannot both be given")
     fails({ vertex = { project = "p", region = "r" }, bedrock = { region = "r", credentials = CREDS } },
       "'vertex' and 'bedrock' cannot both be given")
-    if not (os.getenv("AWS_REGION") or os.getenv("AWS_DEFAULT_REGION")) then
-      fails({ bedrock = { credentials = CREDS } }, "'bedrock.region' must be a region (or set AWS_REGION)")
-    end
+    local ok0, err0 = pcall(helpers.provider_in_env, { HOME = "/nonexistent" }, provider.anthropic,
+      { bedrock = { credentials = CREDS } })
+    assert.is_false(ok0)
+    assert.matches("'bedrock.region' must be a region (or set AWS_REGION, or a region in the profile)", tostring(err0),
+      1, true)
     if not (os.getenv("AWS_BEARER_TOKEN_BEDROCK") or os.getenv("AWS_ACCESS_KEY_ID")) then
       -- nothing given: the SDKs' default chain, asked at the first request
       -- (spec/integration/aws_credentials_spec.lua)

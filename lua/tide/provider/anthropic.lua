@@ -107,16 +107,25 @@ M.BEDROCK_VERSION = "bedrock-2023-05-31"
 local function bedrock_of(b, opts)
   local where = "tide.provider.anthropic: "
   for k in pairs(b) do
-    if k ~= "region" and k ~= "credentials" and k ~= "mantle" then
+    if k ~= "region" and k ~= "credentials" and k ~= "mantle" and k ~= "profile" then
       return nil, where .. "unknown option 'bedrock." .. tostring(k) .. "'"
     end
   end
   if b.mantle ~= nil and type(b.mantle) ~= "boolean" then
     return nil, where .. "'bedrock.mantle' must be a boolean"
   end
+  if b.profile ~= nil and (type(b.profile) ~= "string" or b.profile == "") then
+    return nil, where .. "'bedrock.profile' must be the name of a profile of ~/.aws/config"
+  end
+  if b.profile ~= nil and b.credentials ~= nil then
+    return nil, where .. "'bedrock.profile' and 'bedrock.credentials' cannot both be given"
+  end
+  -- the SDK's order: AWS_REGION, then the profile's (AWS_DEFAULT_REGION,
+  -- then the region of ~/.aws/config's profile, as boto3 reads it)
   local region = b.region or provider._env("AWS_REGION") or provider._env("AWS_DEFAULT_REGION")
+    or require("tide.provider.aws_credentials").profile_region(provider._env, b.profile)
   if type(region) ~= "string" or not region:match("^[%w%-]+$") then
-    return nil, where .. "'bedrock.region' must be a region (or set AWS_REGION)"
+    return nil, where .. "'bedrock.region' must be a region (or set AWS_REGION, or a region in the profile)"
   end
   local creds = b.credentials
   if creds ~= nil and type(creds) ~= "function" then
@@ -137,15 +146,16 @@ local function bedrock_of(b, opts)
     return nil, where .. "the API key from " .. key_env .. " must not contain a CR, LF or NUL"
   end
   if creds == nil and not key and opts.api_key == nil and opts.token == nil then
-    -- the environment's keys, else the AWS SDKs' default chain, asked at the
-    -- first request (a web identity, ~/.aws/credentials, the container's or
-    -- the instance's endpoint: tide.provider.aws.chain)
-    creds = aws().from_env(provider._env)
+    -- the environment's keys (not with a profile named: boto3 ignores them
+    -- then), else the AWS SDKs' default chain, asked at the first request
+    -- (the profile's role, SSO, process or keys, a web identity, the
+    -- container's or the instance's endpoint: tide.provider.aws.chain)
+    creds = not b.profile and aws().from_env(provider._env) or nil
     if creds then
       local why = aws().check(creds)
       if why then return nil, where .. "the credentials from the environment: " .. why end
     else
-      creds = aws().chain(provider._env, region)
+      creds = aws().chain(provider._env, region, b.profile)
       return { region = region, credentials = creds, chain = true, mantle = b.mantle }
     end
   end
