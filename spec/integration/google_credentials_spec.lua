@@ -132,13 +132,160 @@ describe("tide.provider.google.adc", function()
     tide.run(function()
       local _, err = resolve({ GOOGLE_APPLICATION_CREDENTIALS = "/nonexistent/key.json" })
       assert.matches("GOOGLE_APPLICATION_CREDENTIALS names /nonexistent/key.json, which cannot be read", err, 1, true)
-      local ext = tmpfile('{"type":"external_account","audience":"//iam.googleapis.com/x"}')
+      local ext = tmpfile('{"type":"gdch_service_account","project":"p"}')
       _, err = resolve({ GOOGLE_APPLICATION_CREDENTIALS = ext })
-      assert.matches('credentials of type "external_account", which tide does not take', err, 1, true)
+      assert.matches('credentials of type "gdch_service_account", which tide does not take', err, 1, true)
       os.remove(ext)
       -- nothing anywhere (the metadata server's host a closed loopback port)
       _, err = resolve({ HOME = "/nonexistent", GCE_METADATA_HOST = "127.0.0.1:9" })
       assert.matches("no Google credentials found", err, 1, true)
+    end)
+  end)
+end)
+
+describe("tide.provider.google.adc for impersonation and workload identity federation", function()
+  local SA = "vertex-caller@my-proj.iam.gserviceaccount.com"
+  local IAM_PATH = "/v1/projects/-/serviceAccounts/" .. SA .. ":generateAccessToken"
+
+  -- IAM's generateAccessToken: the account's token for a caller holding
+  -- `want` (Google's 403 otherwise), the requests kept in `seen`.
+  local function iam(want, seen)
+    return function(req)
+      seen[#seen + 1] = req
+      if req.headers["authorization"] ~= "Bearer " .. want then
+        return { status = 403, headers = { ["content-type"] = "application/json" }, body = cjson.encode { error = {
+          code = 403, message = "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not "
+            .. "exist).", status = "PERMISSION_DENIED" } } }
+      end
+      return { headers = { ["content-type"] = "application/json" }, body = cjson.encode { accessToken =
+        "ya29.impersonated", expireTime = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + 3600) } }
+    end
+  end
+
+  it("impersonates a service account with the source credentials' token", function()
+    local reqs, seen = {}, {}
+    with_mock({ routes = { ["/token"] = token_endpoint(reqs), [IAM_PATH] = iam("ya29.from-refresh", seen) } },
+      function(srv)
+        local function file(source)
+          return tmpfile(cjson.encode { type = "impersonated_service_account", delegates = { "projects/-/"
+            .. "serviceAccounts/hop@my-proj.iam.gserviceaccount.com" }, service_account_impersonation_url = srv.url
+            .. IAM_PATH, source_credentials = source })
+        end
+        local path = file { type = "authorized_user", client_id = "c", client_secret = "s",
+          refresh_token = "1//refresh-me", token_uri = srv.url .. "/token" }
+        local token, ttl = resolve({ GOOGLE_APPLICATION_CREDENTIALS = path })
+        assert.are.equal("ya29.impersonated", token)
+        assert.is_true(ttl > 3590 and ttl <= 3600)
+        assert.are.same({ delegates = { "projects/-/serviceAccounts/hop@my-proj.iam.gserviceaccount.com" },
+          lifetime = "3600s", scope = { "https://www.googleapis.com/auth/cloud-platform" } },
+          cjson.decode(seen[1].body))
+        os.remove(path)
+        -- a source whose own token is refused fails there
+        path = file { type = "authorized_user", client_id = "c", client_secret = "s", refresh_token = "other",
+          token_uri = srv.url .. "/token" }
+        local _, err = resolve({ GOOGLE_APPLICATION_CREDENTIALS = path })
+        assert.matches("the refresh token of " .. path .. "'s source credentials: HTTP 400 (Bad Request)", err, 1, true)
+        os.remove(path)
+        path = file { type = "external_account_authorized_user" }
+        _, err = resolve({ GOOGLE_APPLICATION_CREDENTIALS = path })
+        assert.matches('source credentials of type "external_account_authorized_user", which tide does not take', err,
+          1, true)
+        os.remove(path)
+      end)
+    with_mock({ routes = { ["/token"] = token_endpoint({}), [IAM_PATH] = iam("someone-else", {}) } }, function(srv)
+      local path = tmpfile(cjson.encode { type = "impersonated_service_account", service_account_impersonation_url =
+        srv.url .. IAM_PATH, source_credentials = { type = "authorized_user", client_id = "c", client_secret = "s",
+          refresh_token = "1//refresh-me", token_uri = srv.url .. "/token" } })
+      local _, err = resolve({ GOOGLE_APPLICATION_CREDENTIALS = path })
+      assert.matches("the impersonation of " .. SA .. ": HTTP 403 (Permission 'iam.serviceAccounts.getAccessToken' "
+        .. "denied", err, 1, true)
+      os.remove(path)
+    end)
+  end)
+
+  -- Google's STS: the federated token for a subject token it accepts.
+  local function sts(seen, accept)
+    return function(req)
+      seen[#seen + 1] = req
+      if fields(req.body).subject_token ~= accept then
+        return { status = 400, headers = { ["content-type"] = "application/json" }, body = cjson.encode { error =
+          "invalid_grant", error_description = "The incoming JSON Web Token (JWT) was rejected." } }
+      end
+      return { headers = { ["content-type"] = "application/json" }, body = cjson.encode { access_token =
+        "ya29.federated", issued_token_type = "urn:ietf:params:oauth:token-type:access_token", token_type = "Bearer",
+        expires_in = 3599 } }
+    end
+  end
+
+  it("trades a workload identity's subject token from a file at Google's STS", function()
+    local seen = {}
+    with_mock({ routes = { ["/v1/token"] = sts(seen, "eyJhbGciOiJSUzI1NiJ9.github-oidc") } }, function(srv)
+      local subject = tmpfile(cjson.encode { value = "eyJhbGciOiJSUzI1NiJ9.github-oidc", count = 1 })
+      local audience = "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/gh/providers/repo"
+      local path = tmpfile(cjson.encode { type = "external_account", audience = audience,
+        subject_token_type = "urn:ietf:params:oauth:token-type:jwt", token_url = srv.url .. "/v1/token",
+        credential_source = { file = subject, format = { type = "json", subject_token_field_name = "value" } } })
+      local token, ttl = resolve({ GOOGLE_APPLICATION_CREDENTIALS = path })
+      assert.are.equal("ya29.federated", token)
+      assert.are.equal(3599, ttl)
+      assert.are.same({ grant_type = "urn:ietf:params:oauth:grant-type:token-exchange", audience = audience,
+        scope = "https://www.googleapis.com/auth/cloud-platform",
+        requested_token_type = "urn:ietf:params:oauth:token-type:access_token",
+        subject_token = "eyJhbGciOiJSUzI1NiJ9.github-oidc", subject_token_type = "urn:ietf:params:oauth:token-type:jwt" },
+        fields(seen[1].body))
+      assert.is_nil(seen[1].headers["authorization"])
+      -- a workforce pool's user project goes as STS's options, quoted twice as google-auth sends it
+      local wf = tmpfile(cjson.encode { type = "external_account", audience = "//iam.googleapis.com/locations/global/"
+        .. "workforcePools/corp/providers/okta", subject_token_type = "urn:ietf:params:oauth:token-type:id_token",
+        token_url = srv.url .. "/v1/token", workforce_pool_user_project = "billing-proj",
+        credential_source = { file = subject, format = { type = "json", subject_token_field_name = "value" } } })
+      assert.are.equal("ya29.federated", resolve({ GOOGLE_APPLICATION_CREDENTIALS = wf }))
+      local quoted = fields(seen[2].body).options
+      assert.are.equal("%7B%22userProject%22%3A%22billing-proj%22%7D", quoted)
+      assert.are.equal('{"userProject":"billing-proj"}', (quoted:gsub("%%(%x%x)", function(h)
+        return string.char(tonumber(h, 16)) end)))
+      -- ... unless a client authenticates (basic), which names the project itself
+      local client = tmpfile(cjson.encode { type = "external_account", audience = "a", subject_token_type = "t",
+        token_url = srv.url .. "/v1/token", workforce_pool_user_project = "billing-proj", client_id = "cid",
+        client_secret = "csecret", credential_source = { file = subject, format = { type = "json",
+          subject_token_field_name = "value" } } })
+      assert.are.equal("ya29.federated", resolve({ GOOGLE_APPLICATION_CREDENTIALS = client }))
+      assert.is_nil(fields(seen[3].body).options)
+      assert.are.equal("Basic " .. tide.core.base64("cid:csecret"), seen[3].headers["authorization"])
+      -- a subject token STS refuses
+      helpers.write(subject, cjson.encode { value = "expired" })
+      local _, err = resolve({ GOOGLE_APPLICATION_CREDENTIALS = path })
+      assert.matches("HTTP 400 (The incoming JSON Web Token (JWT) was rejected.)", err, 1, true)
+      for _, f in ipairs { subject, path, wf, client } do os.remove(f) end
+    end)
+  end)
+
+  it("reads a subject token from a URL, then impersonates the service account the file names", function()
+    local seen, iam_seen = {}, {}
+    with_mock({ routes = {
+      ["/v1/token"] = sts(seen, "azure-msi-token"),
+      ["/metadata/identity/oauth2/token"] = function(req)
+        if req.headers["metadata"] ~= "True" then return { status = 400, body = "" } end
+        return { body = "azure-msi-token\n" }
+      end,
+      [IAM_PATH] = iam("ya29.federated", iam_seen) } }, function(srv)
+      local path = tmpfile(cjson.encode { type = "external_account", audience = "//iam.googleapis.com/x",
+        subject_token_type = "urn:ietf:params:oauth:token-type:jwt", token_url = srv.url .. "/v1/token",
+        service_account_impersonation_url = srv.url .. IAM_PATH,
+        service_account_impersonation = { token_lifetime_seconds = 1200 },
+        credential_source = { url = srv.url .. "/metadata/identity/oauth2/token", headers = { Metadata = "True" } } })
+      assert.are.equal("ya29.impersonated", resolve({ GOOGLE_APPLICATION_CREDENTIALS = path }))
+      assert.are.equal("1200s", cjson.decode(iam_seen[1].body).lifetime)
+      os.remove(path)
+      -- sources tide does not read say so
+      for kind, cs in pairs { ["an executable"] = { executable = { command = "/bin/true" } },
+        AWS = { environment_id = "aws1", region_url = "http://x" } } do
+        path = tmpfile(cjson.encode { type = "external_account", audience = "a", subject_token_type = "t",
+          credential_source = cs })
+        local _, err = resolve({ GOOGLE_APPLICATION_CREDENTIALS = path })
+        assert.matches("takes its subject token from " .. kind .. ", which tide does not take", err, 1, true)
+        os.remove(path)
+      end
     end)
   end)
 end)

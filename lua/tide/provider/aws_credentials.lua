@@ -80,23 +80,9 @@ local function sts_policy(env)
   return setmetatable({ attempts = attempts }, { __index = M.retry.sts })
 end
 
---- Seconds since the epoch of an ISO 8601 UTC time ("2026-12-06T20:00:00Z";
---- the AWS CLI's older "2026-12-06T20:00:00UTC" too), or nil.
----@param iso any
----@return integer|nil
-function M.epoch(iso)
-  local y, mo, d, h, mi, sec = tostring(iso):match("^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d):(%d%d)")
-  if not y then return nil end
-  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
-  -- days from the civil date (Howard Hinnant's algorithm): no time zone involved
-  y = mo <= 2 and y - 1 or y
-  local era = y // 400
-  local yoe = y - era * 400
-  local doy = (153 * (mo + (mo > 2 and -3 or 9)) + 2) // 5 + d - 1
-  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-  local days = era * 146097 + doe - 719468
-  return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec)
-end
+--- Seconds since the epoch of an ISO 8601 UTC time, or nil
+--- (tide.provider.base._epoch).
+M.epoch = base._epoch
 
 -- The seconds left until an ISO 8601 time, or nil.
 local function seconds_until(iso)

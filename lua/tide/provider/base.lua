@@ -508,6 +508,25 @@ function provider._deadline(ttl)
   return core.hrtime() + (ttl - 60) * 1000000000
 end
 
+--- Seconds since the epoch of an ISO 8601 UTC time ("2026-12-06T20:00:00Z";
+--- the AWS CLI's older "2026-12-06T20:00:00UTC" too, Google's with
+--- fractions of a second), or nil: when credentials run out.
+---@param iso any
+---@return integer|nil
+function provider._epoch(iso)
+  local y, mo, d, h, mi, sec = tostring(iso):match("^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d):(%d%d)")
+  if not y then return nil end
+  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
+  -- days from the civil date (Howard Hinnant's algorithm): no time zone involved
+  y = mo <= 2 and y - 1 or y
+  local era = y // 400
+  local yoe = y - era * 400
+  local doy = (153 * (mo + (mo > 2 and -3 or 9)) + 2) // 5 + d - 1
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  local days = era * 146097 + doe - 719468
+  return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec)
+end
+
 --- The whole content of the file at `path`, or nil when it cannot be read
 --- (credentials files: tide.provider.aws, tide.provider.google).
 ---@param path string

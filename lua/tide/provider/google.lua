@@ -11,8 +11,17 @@
 --- one of type "service_account" signs a JWT (RS256, with OpenSSL:
 --- core.rsa_sha256_sign) and trades that. Each gives an access token and
 --- the seconds it lasts (an hour), which the provider's token machinery
---- renews a minute before. Not followed: external accounts (workload
---- identity federation) and impersonation (give `token` a function).
+--- renews a minute before. One of type "impersonated_service_account"
+--- (`gcloud auth application-default login
+--- --impersonate-service-account`) gets its source's token first, then
+--- the service account's from IAM's generateAccessToken. One of type
+--- "external_account" (workload identity federation: GitHub Actions, AWS,
+--- Azure, any OIDC or SAML provider) reads its subject token from a file
+--- or a URL, trades it at Google's STS (RFC 8693 token exchange), and
+--- impersonates a service account with that when the file says so. Not
+--- followed: external accounts whose token comes from an executable, AWS's
+--- metadata or a certificate, and workforce identity's authorized users
+--- (give `token` a function for those).
 local core = require "tide.core"
 local json = require "tide.json"
 local base = require "tide.provider.base"
@@ -79,10 +88,143 @@ function M.assertion(account, now)
   return signing .. "." .. b64url(sig)
 end
 
+-- A Google API error's words ({ error = { message } }, or OAuth's
+-- { error, error_description }), or nil.
+local function api_error(body)
+  local ok, doc = pcall(json.decode, body)
+  if not (ok and type(doc) == "table") then return nil end
+  local e = doc.error
+  local why = type(e) == "table" and e.message or doc.error_description or e
+  return type(why) == "string" and why:match("^[^\r\n]*") or nil
+end
+
+-- IAM's generateAccessToken for the service account `url` names
+-- (.../serviceAccounts/{email}:generateAccessToken), called with the
+-- source's token: the account's token and its seconds, or nil and why.
+-- (One try, as google-auth's impersonated credentials make.)
+local function impersonate(url, source_token, delegates, lifetime, what)
+  local body = { scope = { M.SCOPE }, lifetime = ("%ds"):format(lifetime or 3600) }
+  if type(delegates) == "table" and #delegates > 0 then body.delegates = delegates end
+  local res, err = base._fetch({ method = "POST", url = url, timeout_ms = 10000, body = json.canonical(body),
+    headers = { authorization = "Bearer " .. source_token, ["content-type"] = "application/json" } }, {})
+  if not res then return nil, what .. ": " .. tostring(err and err.message or err) end
+  local ok, doc = pcall(json.decode, res.body)
+  if res.status ~= 200 or not ok or type(doc) ~= "table" or type(doc.accessToken) ~= "string" then
+    local why = api_error(res.body)
+    return nil, ("%s: HTTP %d%s"):format(what, res.status, why and (" (" .. why .. ")") or "")
+  end
+  local until_ = base._epoch(doc.expireTime)
+  return doc.accessToken, until_ and until_ - os.time() or nil
+end
+
+-- The service account an impersonation URL names, or nil.
+local function principal_of(url)
+  return type(url) == "string" and url:match("/serviceAccounts/([^/:]+):generateAccessToken$") or nil
+end
+
+-- An external account's subject token: from its credential source, a file
+-- or a URL, as text or a field of JSON; or nil and why.
+local function subject_token(cs, path)
+  if type(cs) ~= "table" then return nil, path .. " has no credential_source" end
+  local text, where
+  if type(cs.file) == "string" then
+    where = "the subject token file " .. cs.file
+    text = read_file(cs.file)
+    if not text then return nil, where .. " cannot be read" end
+  elseif type(cs.url) == "string" then
+    where = "the subject token URL " .. cs.url
+    local headers = {}
+    for k, v in pairs(type(cs.headers) == "table" and cs.headers or {}) do headers[tostring(k):lower()] = tostring(v) end
+    local res, err = base._fetch({ url = cs.url, headers = headers, timeout_ms = 10000 }, {})
+    if not res then return nil, where .. ": " .. tostring(err and err.message or err) end
+    if res.status ~= 200 then return nil, ("%s: HTTP %d"):format(where, res.status) end
+    text = res.body
+  else
+    local kind = cs.executable and "an executable" or cs.environment_id and "AWS" or cs.certificate
+      and "a certificate" or "an unknown source"
+    return nil, ("%s takes its subject token from %s, which tide does not take (a file and a URL are): give "
+      .. "`token` a function"):format(path, kind)
+  end
+  local format = type(cs.format) == "table" and cs.format or {}
+  if format.type == "json" then
+    local ok, doc = pcall(json.decode, text)
+    local field = format.subject_token_field_name
+    local token = ok and type(doc) == "table" and type(field) == "string" and doc[field]
+    if type(token) ~= "string" or token == "" then
+      return nil, ("%s has no %q field"):format(where, tostring(field))
+    end
+    return token
+  end
+  text = text:gsub("%s+$", "")
+  if text == "" then return nil, where .. " is empty" end
+  return text
+end
+
+local STS_URL = "https://sts.googleapis.com/v1/token"
+
+-- An external account: its subject token traded at Google's STS (RFC
+-- 8693), then the service account impersonated when the file names one.
+local function from_external(c, path)
+  for _, k in ipairs { "audience", "subject_token_type" } do
+    if type(c[k]) ~= "string" then return nil, path .. " has no " .. k end
+  end
+  local subject, why = subject_token(c.credential_source, path)
+  if not subject then return nil, why end
+  local fields = { { "grant_type", "urn:ietf:params:oauth:grant-type:token-exchange" }, { "audience", c.audience },
+    { "scope", M.SCOPE }, { "requested_token_type", "urn:ietf:params:oauth:token-type:access_token" },
+    { "subject_token", subject }, { "subject_token_type", c.subject_token_type } }
+  -- a workforce pool's user project, unless a client authenticates (as
+  -- google-auth: its options quoted once as JSON, then form-encoded)
+  if type(c.workforce_pool_user_project) == "string" and not c.client_id then
+    fields[#fields + 1] = { "options", base._percent_encode(json.canonical { userProject = c.workforce_pool_user_project }) }
+  end
+  local headers = { ["content-type"] = "application/x-www-form-urlencoded" }
+  if type(c.client_id) == "string" then -- OAuth client authentication, basic
+    headers.authorization = "Basic " .. core.base64(c.client_id .. ":" .. (c.client_secret or ""))
+  end
+  local what = "the token exchange of " .. path
+  local res, err = base._fetch({ method = "POST", url = c.token_url or STS_URL, headers = headers,
+    body = form(fields), timeout_ms = 10000 }, {})
+  if not res then return nil, what .. ": " .. tostring(err and err.message or err) end
+  local token, ttl = base._access_token(res, what)
+  if not token or not c.service_account_impersonation_url then return token, ttl end
+  local url = c.service_account_impersonation_url
+  if not principal_of(url) then return nil, path .. "'s service_account_impersonation_url names no service account" end
+  local opts = type(c.service_account_impersonation) == "table" and c.service_account_impersonation or {}
+  return impersonate(url, token, nil, math.tointeger(opts.token_lifetime_seconds),
+    "the impersonation of " .. principal_of(url))
+end
+
+-- An access token from a credentials file's JSON, decoded (path for messages).
+local from_info
+
+-- The credential types an impersonated service account's source may be.
+local SOURCES = { authorized_user = true, service_account = true }
+
+local function from_impersonated(c, path)
+  local src = c.source_credentials
+  if type(src) ~= "table" or not SOURCES[src.type] then
+    return nil, ("%s has source credentials of type %q, which tide does not take (authorized_user and "
+      .. "service_account are)"):format(path, tostring(type(src) == "table" and src.type or nil))
+  end
+  local url = c.service_account_impersonation_url
+  local principal = principal_of(url)
+  if not principal then return nil, path .. "'s service_account_impersonation_url names no service account" end
+  local token, why = from_info(src, path .. "'s source credentials")
+  if not token then return nil, why end
+  return impersonate(url, token, c.delegates, 3600, "the impersonation of " .. principal)
+end
+
 -- An access token from a credentials file's JSON (path for messages).
 local function from_file(text, path)
   local ok, c = pcall(json.decode, text)
   if not ok or type(c) ~= "table" then return nil, path .. " is not a JSON credentials file" end
+  return from_info(c, path)
+end
+
+from_info = function(c, path)
+  if c.type == "impersonated_service_account" then return from_impersonated(c, path) end
+  if c.type == "external_account" then return from_external(c, path) end
   if c.type == "authorized_user" then
     for _, k in ipairs { "client_id", "client_secret", "refresh_token" } do
       if type(c[k]) ~= "string" then return nil, path .. " has no " .. k end
@@ -99,8 +241,8 @@ local function from_file(text, path)
     return trade(c.token_uri or M.TOKEN_URI, form { { "grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer" },
       { "assertion", jwt } }, "the service account of " .. path)
   end
-  return nil, ("%s has credentials of type %q, which tide does not take (authorized_user and service_account "
-    .. "are)"):format(path, tostring(c.type))
+  return nil, ("%s has credentials of type %q, which tide does not take (authorized_user, service_account, "
+    .. "impersonated_service_account and external_account are)"):format(path, tostring(c.type))
 end
 
 local function from_metadata(env)
