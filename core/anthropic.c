@@ -15,6 +15,7 @@
 **   type (else the SSE event's name), index
 **   message.usage.{input_tokens, output_tokens, cache_read_input_tokens,
 **                  cache_creation_input_tokens,
+**                  cache_creation.ephemeral_1h_input_tokens,
 **                  output_tokens_details.thinking_tokens,
 **                  server_tool_use.web_search_requests},
 **   message.container.id                                        message_start
@@ -78,6 +79,8 @@ typedef struct usage_fields {
   int num_thinking;
   lua_Integer searches; /* server_tool_use.web_search_requests: billed apart */
   int num_searches;
+  lua_Integer write_1h; /* cache_creation.ephemeral_1h_input_tokens: the part of write cached for an hour */
+  int num_write_1h;
 } usage_fields;
 
 /* A content block: content_block of content_block_start, or an element of
@@ -164,7 +167,7 @@ typedef struct anthropic_stream {
   tide_buf content;          /* a stream's content, rebuilt when it has other blocks */
   const char *doc;           /* a whole reply's body, while it is scanned */
   event_state ev;
-  lua_Integer input, output, read, write, thinking_tokens, searches;
+  lua_Integer input, output, read, write, write_1h, thinking_tokens, searches;
   int has_stop;
   int done;         /* message_stop seen: nothing after it counts */
   int whole;        /* scanning a whole reply */
@@ -223,6 +226,8 @@ static int usage_member(tide_json *p, const char *k, size_t kl, usage_fields *u)
     return one_count(p, "thinking_tokens", &u->thinking, &u->num_thinking);
   if (tide__json_key_is(k, kl, "server_tool_use"))
     return one_count(p, "web_search_requests", &u->searches, &u->num_searches);
+  if (tide__json_key_is(k, kl, "cache_creation")) /* billed at the hour's price */
+    return one_count(p, "ephemeral_1h_input_tokens", &u->write_1h, &u->num_write_1h);
   if (tide__json_key_is(k, kl, "input_tokens")) {
     u->input = tide__json_count(p), u->num_input = num;
   } else if (tide__json_key_is(k, kl, "output_tokens")) {
@@ -767,6 +772,10 @@ static void push_reply(lua_State *L, anthropic_stream *st) {
   lua_setfield(L, -2, "cached");
   lua_pushinteger(L, st->write);
   lua_setfield(L, -2, "cache_write");
+  if (st->write_1h > 0) { /* (part of cache_write) */
+    lua_pushinteger(L, st->write_1h);
+    lua_setfield(L, -2, "cache_write_1h");
+  }
   lua_pushinteger(L, st->thinking_tokens); /* inside output, as OpenAI's reasoning tokens */
   lua_setfield(L, -2, "reasoning");
   if (st->searches > 0) {
@@ -1051,7 +1060,7 @@ static int anthropic_event(tide_reply_feed *fc, const tide_sse_event *e) {
   if (tide__json_key_is(ty, tl, "message_start")) {
     const usage_fields *u = &ev->message_usage;
     st->input = u->input, st->read = u->read, st->write = u->write, st->output = u->output;
-    st->thinking_tokens = u->thinking, st->searches = u->searches;
+    st->write_1h = u->write_1h, st->thinking_tokens = u->thinking, st->searches = u->searches;
     if (ev->container.has && set_buf(&st->container, scratch_of(st) + ev->container.at.off, ev->container.at.len))
       return fc->nomem = 1, 0;
   } else if (tide__json_key_is(ty, tl, "message_delta")) {
@@ -1074,6 +1083,7 @@ static int anthropic_event(tide_reply_feed *fc, const tide_sse_event *e) {
       if (u->num_input) st->input = u->input;
       if (u->num_read) st->read = u->read;
       if (u->num_write) st->write = u->write;
+      if (u->num_write_1h) st->write_1h = u->write_1h;
       if (u->num_thinking) st->thinking_tokens = u->thinking;
       if (u->num_searches) st->searches = u->searches;
     }
@@ -1163,7 +1173,7 @@ static void anthropic_reset(tide_reply *r, size_t keep, size_t max) {
   st->nblocks = st->nthinking = st->nother = st->cur_text = 0;
   st->doc = NULL;
   memset(&st->ev, 0, sizeof st->ev);
-  st->input = st->output = st->read = st->write = st->thinking_tokens = st->searches = 0;
+  st->input = st->output = st->read = st->write = st->write_1h = st->thinking_tokens = st->searches = 0;
   st->has_stop = st->done = st->whole = 0;
 }
 
@@ -1254,7 +1264,7 @@ static int l_anthropic_parse(lua_State *L) {
   } else {
     usage_fields *u = &ev->usage;
     st->input = u->input, st->output = u->output, st->read = u->read, st->write = u->write;
-    st->thinking_tokens = u->thinking, st->searches = u->searches;
+    st->write_1h = u->write_1h, st->thinking_tokens = u->thinking, st->searches = u->searches;
     if ((ev->container.has &&
          set_buf(&st->container, scratch_of(st) + ev->container.at.off, ev->container.at.len)) ||
         (ev->explanation.has &&

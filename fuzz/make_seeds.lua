@@ -189,7 +189,8 @@ write("schema", "prose", hdr(0) .. person .. "\0" .. "I think it is Ada.")
 local function aev(name, data) return ("event: %s\ndata: %s\n\n"):format(name, data) end
 local astart = aev("message_start", '{"type":"message_start","message":{"id":"msg_01","type":"message",'
   .. '"role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"usage":'
-  .. '{"input_tokens":13,"cache_read_input_tokens":0,"cache_creation_input_tokens":14015,"output_tokens":1}}}')
+  .. '{"input_tokens":13,"cache_read_input_tokens":0,"cache_creation_input_tokens":14015,"output_tokens":1,'
+  .. '"cache_creation":{"ephemeral_5m_input_tokens":15,"ephemeral_1h_input_tokens":14000}}}}')
 local astop = aev("message_delta", '{"type":"message_delta","delta":{"stop_reason":"tool_use",'
   .. '"stop_sequence":null},"usage":{"output_tokens":42}}') .. aev("message_stop", '{"type":"message_stop"}')
 write("anthropic_stream", "thinking_tool", hdr(0, 7, 3, 0) .. astart
@@ -287,7 +288,8 @@ write("anthropic_stream", "bedrock_mended", hdr(0, 7, 1, 9) .. bedrock_text:sub(
 local function amsg(content, stop)
   return '{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":' .. content
     .. ',"stop_reason":' .. (stop and ('"' .. stop .. '"') or "null") .. ',"stop_sequence":null,'
-    .. '"usage":{"input_tokens":13,"cache_creation_input_tokens":14015,"cache_read_input_tokens":0,"output_tokens":42}}'
+    .. '"usage":{"input_tokens":13,"cache_creation_input_tokens":14015,"cache_read_input_tokens":0,"output_tokens":42,'
+    .. '"cache_creation":{"ephemeral_5m_input_tokens":15,"ephemeral_1h_input_tokens":14000}}}'
 end
 write("anthropic_parse", "text", hdr(0, 40) .. amsg('[{"type":"text","text":"Hello! \\u00e9\\n"}]', "end_turn"))
 write("anthropic_parse", "thinking_tools", hdr(0, 90) .. amsg('[{"type":"thinking","thinking":"Let me look.",'

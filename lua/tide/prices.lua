@@ -8,19 +8,24 @@
 ---
 --- Usage means the same from every provider (tide.turn): `input` is the
 --- whole prompt, of which `cached` were read from the provider's cache and
---- `cache_write` written to it; `reasoning` is part of `output`. So a call
---- costs (input - cached - cache_write) x input + cached x cached +
---- cache_write x cache_write + output x output, and reasoning tokens priced
---- apart (where a price says so) replace their share of the output price.
+--- `cache_write` written to it (`cache_write_1h` of those for an hour:
+--- Anthropic's longer cache, billed higher); `reasoning` is part of
+--- `output`. So a call costs (input - cached - cache_write) x input +
+--- cached x cached + (cache_write - cache_write_1h) x cache_write +
+--- cache_write_1h x cache_write_1h + output x output, and reasoning tokens
+--- priced apart (where a price says so) replace their share of the output
+--- price.
 --- A server tool's web searches (`usage.web_searches`: Anthropic's web
 --- search, the Responses API's) cost `web_search` US dollars per 1,000
 --- searches on top.
 ---@class tide.prices
 local M = {}
 
--- USD per 1M tokens: input, cached (cache read), cache_write, output. A
--- missing cached price is the input price; a missing cache_write price is
--- the input price (providers that do not bill writes apart). web_search:
+-- USD per 1M tokens: input, cached (cache read), cache_write (five
+-- minutes' cache), cache_write_1h (an hour's: Anthropic's twice the input
+-- price), output. A missing cached price is the input price; a missing
+-- cache_write price is the input price (providers that do not bill writes
+-- apart); a missing cache_write_1h price is the cache_write price. web_search:
 -- USD per 1,000 searches of the provider's own web search tool ($10 for
 -- Claude and OpenAI's reasoning models, $25 for gpt-4o and gpt-4.1, whose
 -- search content tokens are free).
@@ -36,18 +41,18 @@ local SHIPPED = {
   ["o3"] = { input = 2.00, cached = 0.50, output = 8.00, web_search = 10 },
   ["o3-mini"] = { input = 1.10, cached = 0.55, output = 4.40 },
   ["o4-mini"] = { input = 1.10, cached = 0.275, output = 4.40, web_search = 10 },
-  ["claude-opus-4"] = { input = 15.00, cached = 1.50, cache_write = 18.75, output = 75.00, web_search = 10 },
-  ["claude-opus-4-1"] = { input = 15.00, cached = 1.50, cache_write = 18.75, output = 75.00, web_search = 10 },
-  ["claude-opus-4-5"] = { input = 5.00, cached = 0.50, cache_write = 6.25, output = 25.00, web_search = 10 },
-  ["claude-opus-4-6"] = { input = 5.00, cached = 0.50, cache_write = 6.25, output = 25.00, web_search = 10 },
-  ["claude-sonnet-4"] = { input = 3.00, cached = 0.30, cache_write = 3.75, output = 15.00, web_search = 10 },
-  ["claude-sonnet-4-5"] = { input = 3.00, cached = 0.30, cache_write = 3.75, output = 15.00, web_search = 10 },
-  ["claude-sonnet-4-6"] = { input = 3.00, cached = 0.30, cache_write = 3.75, output = 15.00, web_search = 10 },
-  ["claude-3-7-sonnet"] = { input = 3.00, cached = 0.30, cache_write = 3.75, output = 15.00, web_search = 10 },
-  ["claude-haiku-4-5"] = { input = 1.00, cached = 0.10, cache_write = 1.25, output = 5.00, web_search = 10 },
-  ["claude-3-5-haiku"] = { input = 0.80, cached = 0.08, cache_write = 1.00, output = 4.00, web_search = 10 },
-  ["claude-3-haiku"] = { input = 0.25, cached = 0.03, cache_write = 0.30, output = 1.25 },
-  ["claude-3-opus"] = { input = 15.00, cached = 1.50, cache_write = 18.75, output = 75.00 },
+  ["claude-opus-4"] = { input = 15.00, cached = 1.50, cache_write = 18.75, cache_write_1h = 30.00, output = 75.00, web_search = 10 },
+  ["claude-opus-4-1"] = { input = 15.00, cached = 1.50, cache_write = 18.75, cache_write_1h = 30.00, output = 75.00, web_search = 10 },
+  ["claude-opus-4-5"] = { input = 5.00, cached = 0.50, cache_write = 6.25, cache_write_1h = 10.00, output = 25.00, web_search = 10 },
+  ["claude-opus-4-6"] = { input = 5.00, cached = 0.50, cache_write = 6.25, cache_write_1h = 10.00, output = 25.00, web_search = 10 },
+  ["claude-sonnet-4"] = { input = 3.00, cached = 0.30, cache_write = 3.75, cache_write_1h = 6.00, output = 15.00, web_search = 10 },
+  ["claude-sonnet-4-5"] = { input = 3.00, cached = 0.30, cache_write = 3.75, cache_write_1h = 6.00, output = 15.00, web_search = 10 },
+  ["claude-sonnet-4-6"] = { input = 3.00, cached = 0.30, cache_write = 3.75, cache_write_1h = 6.00, output = 15.00, web_search = 10 },
+  ["claude-3-7-sonnet"] = { input = 3.00, cached = 0.30, cache_write = 3.75, cache_write_1h = 6.00, output = 15.00, web_search = 10 },
+  ["claude-haiku-4-5"] = { input = 1.00, cached = 0.10, cache_write = 1.25, cache_write_1h = 2.00, output = 5.00, web_search = 10 },
+  ["claude-3-5-haiku"] = { input = 0.80, cached = 0.08, cache_write = 1.00, cache_write_1h = 1.60, output = 4.00, web_search = 10 },
+  ["claude-3-haiku"] = { input = 0.25, cached = 0.03, cache_write = 0.30, cache_write_1h = 0.50, output = 1.25 },
+  ["claude-3-opus"] = { input = 15.00, cached = 1.50, cache_write = 18.75, cache_write_1h = 30.00, output = 75.00 },
   ["gemini-2.5-pro"] = { input = 1.25, cached = 0.31, output = 10.00 },
   ["gemini-2.5-flash"] = { input = 0.30, cached = 0.075, output = 2.50 },
   ["gemini-2.5-flash-lite"] = { input = 0.10, cached = 0.025, output = 0.40 },
@@ -59,10 +64,11 @@ local overrides = {}
 -- The prices found for each model name (false: none), so that a name is
 -- matched once, not on every response; emptied when prices change.
 local found = {}
-local FIELDS = { input = true, cached = true, cache_write = true, output = true, reasoning = true, web_search = true }
+local FIELDS = { input = true, cached = true, cache_write = true, cache_write_1h = true, output = true, reasoning = true,
+  web_search = true }
 
---- Sets or adds prices: `{ [model] = { input, cached, cache_write, output,
---- reasoning, web_search } }` in USD per million tokens (`web_search`: per
+--- Sets or adds prices: `{ [model] = { input, cached, cache_write,
+--- cache_write_1h, output, reasoning, web_search } }` in USD per million tokens (`web_search`: per
 --- 1,000 searches; `input` and `output` required). `false` for a model
 --- removes its price.
 ---@param tbl table<string, table|false>
@@ -132,7 +138,7 @@ end
 --- What a call with `usage` cost on `model`, in USD; nil when the model has
 --- no price.
 ---@param model string
----@param usage {input?:integer, output?:integer, cached?:integer, cache_write?:integer, reasoning?:integer, web_searches?:integer}
+---@param usage {input?:integer, output?:integer, cached?:integer, cache_write?:integer, cache_write_1h?:integer, reasoning?:integer, web_searches?:integer}
 ---@return number|nil
 function M.cost(model, usage)
   local p = found[model] -- (M.of, without its call for a model seen before)
@@ -141,8 +147,10 @@ function M.cost(model, usage)
   local input, output = usage.input or 0, usage.output or 0
   local cached, written, reasoning = usage.cached or 0, usage.cache_write or 0, usage.reasoning or 0
   local fresh = math.max(0, input - cached - written)
-  local usd = fresh * p.input + cached * (p.cached or p.input) + written * (p.cache_write or p.input)
-    + output * p.output
+  local hour = math.min(written, usage.cache_write_1h or 0)
+  local write_price = p.cache_write or p.input
+  local usd = fresh * p.input + cached * (p.cached or p.input) + (written - hour) * write_price
+    + hour * (p.cache_write_1h or write_price) + output * p.output
   if p.reasoning then usd = usd + reasoning * (p.reasoning - p.output) end
   local searches = usage.web_searches
   if searches and p.web_search then return usd / 1e6 + searches * p.web_search / 1000 end

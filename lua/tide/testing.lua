@@ -597,12 +597,18 @@ end
 -- The mock scripts usage in tide's neutral terms (`input` is the whole
 -- prompt, as OpenAI counts it); Anthropic's input_tokens is only the part
 -- after the last cache breakpoint, so the cached and cache-written tokens
--- come out of it.
+-- come out of it. Unscripted, they are what the mock's prompt cache read
+-- and wrote (anthropic.cache below).
 local function anthropic_usage(ctx, output)
   local u = ctx.usage
-  local write = type(ctx.reply.usage) == "table" and ctx.reply.usage.cache_write or 0
+  local scripted = type(ctx.reply.usage) == "table" and ctx.reply.usage.cache_write
+  local write = scripted or ctx.cache_write or 0
   local out = { input_tokens = math.max(0, u.input - u.cached - write), output_tokens = output,
                 cache_read_input_tokens = u.cached, cache_creation_input_tokens = write }
+  if not scripted and ctx.cache_write then
+    out.cache_creation = { ephemeral_5m_input_tokens = write - ctx.cache_write_1h,
+                           ephemeral_1h_input_tokens = ctx.cache_write_1h }
+  end
   if ctx.server_counts then
     out.server_tool_use = { web_search_requests = ctx.server_counts.web_search or 0,
                             web_fetch_requests = ctx.server_counts.web_fetch or 0 }
@@ -955,6 +961,133 @@ local function anthropic_stop_details(stop, ctx)
   return { type = "refusal", category = null, explanation = ctx.reply.refusal or null }
 end
 
+-- ------------------------------------------------ Anthropic's prompt cache
+--
+-- The mock caches prompts as the API does, so that a spec sees what a
+-- request's breakpoints buy. A request is its blocks in the API's order
+-- (tools, then system, then each message's content blocks) and its
+-- breakpoints: `cache_control` on a block, and the request's top-level
+-- `cache_control` (automatic caching) on its last block. A breakpoint's
+-- prefix (every block up to it) is read from the cache when a request
+-- before wrote it (a read looks back 20 blocks before each breakpoint),
+-- and written otherwise, for five minutes or an hour from its last use; a
+-- prefix shorter than the model's minimum (the server option
+-- anthropic.cache_min_tokens, default 1024) is not cached. Tokens are the
+-- mock's own count: a quarter of the bytes. The API's refusals come
+-- first: more than four breakpoints, a ttl other than 5m and 1h, an hour's
+-- breakpoint after a five minutes' one, a top-level ttl that differs from
+-- the one on its block.
+
+local CACHE_TTL_S = { ["5m"] = 300, ["1h"] = 3600 }
+local CACHE_LOOKBACK = 20
+
+-- The blocks of a request body (decoded) and its breakpoints: nil and the
+-- API's refusal, or blocks ({ enc, path }) and breakpoints ({ index, ttl }).
+local function cache_plan(json)
+  local blocks, marks = {}, {}
+  local function add(b, path)
+    blocks[#blocks + 1] = { enc = encode(b), path = path }
+    if type(b) == "table" and b.cache_control ~= nil then marks[#marks + 1] = { #blocks, b.cache_control } end
+  end
+  for i, t in ipairs(type(json.tools) == "table" and json.tools or {}) do add(t, ("tools.%d"):format(i - 1)) end
+  if type(json.system) == "string" then
+    add(json.system, "system")
+  elseif type(json.system) == "table" then
+    for i, b in ipairs(json.system) do add(b, ("system.%d"):format(i - 1)) end
+  end
+  for i, m in ipairs(type(json.messages) == "table" and json.messages or {}) do
+    local content = type(m) == "table" and m.content
+    if type(content) == "table" then
+      for j, b in ipairs(content) do add(b, ("messages.%d.content.%d"):format(i - 1, j - 1)) end
+    else
+      add(content, ("messages.%d.content"):format(i - 1))
+    end
+  end
+  local points = {}
+  for _, mark in ipairs(marks) do
+    local cc, path = mark[2], blocks[mark[1]].path
+    if type(cc) ~= "table" or cc.type ~= "ephemeral" then
+      return nil, path .. ".cache_control.type: Input should be 'ephemeral'"
+    end
+    local ttl = cc.ttl or "5m"
+    if not CACHE_TTL_S[ttl] then return nil, path .. ".cache_control.ttl: Input should be '5m' or '1h'" end
+    points[#points + 1] = { index = mark[1], ttl = ttl }
+  end
+  if json.cache_control ~= nil and #blocks > 0 then
+    local cc = json.cache_control
+    local ttl = type(cc) == "table" and (cc.ttl or "5m")
+    if type(cc) ~= "table" or cc.type ~= "ephemeral" or not CACHE_TTL_S[ttl] then
+      return nil, "cache_control: Input should be a valid cache control (type 'ephemeral', ttl '5m' or '1h')"
+    end
+    local last = points[#points]
+    if last and last.index == #blocks then
+      if last.ttl ~= ttl then
+        return nil, ("Top-level cache_control has ttl='%s' but the target block already has cache_control with "
+          .. "ttl='%s'"):format(ttl, last.ttl)
+      end
+    else
+      points[#points + 1] = { index = #blocks, ttl = ttl }
+    end
+  end
+  if #points > 4 then
+    return nil, ("A maximum of 4 blocks with cache_control may be provided. Found %d."):format(#points)
+  end
+  local seen_5m = false
+  for _, pt in ipairs(points) do
+    if pt.ttl == "5m" then
+      seen_5m = true
+    elseif seen_5m then
+      return nil, blocks[pt.index].path .. ".cache_control.ttl: a ttl='1h' cache_control block must not come "
+        .. "after a ttl='5m' cache_control block. Note that blocks are processed in the following order: "
+        .. "`tools`, `system`, `messages`."
+    end
+  end
+  return blocks, points
+end
+
+-- Reads and writes the mock's prompt cache for a request with
+-- breakpoints: ctx.usage.cached, ctx.cache_write and ctx.cache_write_1h.
+function anthropic.cache(self, json, ctx)
+  local blocks, points = cache_plan(json)
+  if not blocks or #points == 0 then return end
+  local store = self._prompt_cache
+  if not store then store = {}; self._prompt_cache = store end
+  local now = core.hrtime() / 1e9
+  local min = (self._opts.anthropic or {}).cache_min_tokens or 1024
+  -- a key and a token count for the prefix ending at each block
+  local keys, counts, key, bytes = {}, {}, tostring(json.model), 0
+  for i, b in ipairs(blocks) do
+    key = core.sha256(key .. "\0" .. b.enc)
+    bytes = bytes + #b.enc
+    keys[i], counts[i] = key, tokens(bytes)
+  end
+  local read = 0
+  for _, pt in ipairs(points) do
+    for j = pt.index, math.max(1, pt.index - CACHE_LOOKBACK + 1), -1 do
+      local e = store[keys[j]]
+      if e and e.expires > now then
+        if counts[j] > read then read = counts[j] end
+        e.expires = now + e.ttl_s -- (a read refreshes it)
+        break
+      end
+    end
+  end
+  local written, hour, upto = 0, 0, read
+  for _, pt in ipairs(points) do
+    local n = counts[pt.index]
+    if n > upto and n >= min then
+      store[keys[pt.index]] = { expires = now + CACHE_TTL_S[pt.ttl], ttl_s = CACHE_TTL_S[pt.ttl] }
+      written = written + (n - upto)
+      if pt.ttl == "1h" then hour = hour + (n - upto) end
+      upto = n
+    end
+  end
+  local total = ctx.usage.input
+  ctx.usage.cached = math.min(read, total)
+  ctx.cache_write = math.min(written, total - ctx.usage.cached)
+  ctx.cache_write_1h = math.min(hour, ctx.cache_write)
+end
+
 function anthropic.completion(ctx)
   local content = anthropic_thinking(ctx)
   local server, cites = anthropic_server(ctx)
@@ -1175,6 +1308,11 @@ function anthropic.validate(self, req)
   if type(json) ~= "table" then return nil end
   local refused = structured_refusal(self, req, json)
   if refused then return refused end
+  -- (breakpoints are looked at only in a body that has one)
+  if type(req.body) == "string" and req.body:find('"cache_control"', 1, true) then
+    local blocks, why = cache_plan(json)
+    if not blocks then return invalid_request(why) end
+  end
   -- (only for a request that offers a server tool: the checks copy every
   -- message, a cost the benchmarks' floors would share and hide)
   local why = offers_server_tool(json) and server_refusal(json)
@@ -1934,6 +2072,11 @@ local function render(self, shape_name, reply, req)
   }
   ctx.usage = usage_of(reply, req, text, calls)
   ctx.reply = reply -- the wire formats' own fields (reasoning, signatures...)
+  -- a prompt cache's reads and writes, unless the script says them
+  local scripted = type(reply.usage) == "table" and (reply.usage.cached or reply.usage.cache_write)
+  if shape.cache and not scripted and type(req.body) == "string" and req.body:find('"cache_control"', 1, true) then
+    shape.cache(self, json, ctx)
+  end
 
   if fault == "oversize" then
     local n = math.tointeger(reply.bytes) or error("mock: fault 'oversize' needs bytes = n", 0)

@@ -546,6 +546,7 @@ describe("tide.provider", function()
     assert.are.same({ { type = "text", text = "sys", cache_control = { type = "ephemeral" } } }, b.system)
     assert.is_nil(b.tools[1].cache_control)
     assert.are.same({ type = "ephemeral" }, b.tools[2].cache_control)
+    assert.are.same({ type = "ephemeral" }, b.cache_control) -- (automatic caching: the conversation)
   end)
 
   it("encodes the prefix deterministically (same input, same bytes)", function()

@@ -195,9 +195,17 @@ local function anthropic_stop(raw, calls)
   return ANTHROPIC_STOPS[raw] or (#calls > 0 and "tool_calls" or "stop")
 end
 
-local function anthropic_usage(input, read, write, output, thinking, searches)
+local function anthropic_usage(input, read, write, output, thinking, searches, hour)
   return { input = input + read + write, output = output, cached = read, cache_write = write, reasoning = thinking,
-           web_searches = (searches or 0) > 0 and searches or nil }
+           web_searches = (searches or 0) > 0 and searches or nil,
+           cache_write_1h = (hour or 0) > 0 and hour or nil }
+end
+
+-- usage.cache_creation.ephemeral_1h_input_tokens, when there is one (a number)
+local function hour_writes(u)
+  local d = type(u) == "table" and u.cache_creation or nil
+  if type(d) == "table" and type(d.ephemeral_1h_input_tokens) == "number" then return count(d.ephemeral_1h_input_tokens) end
+  return nil
 end
 
 -- usage.server_tool_use.web_search_requests, when there is one (a number)
@@ -306,7 +314,8 @@ function M.anthropic_reply(body)
   calls = finish_calls(calls)
   return { text = table.concat(text), tool_calls = calls, reasoning = reasoning,
     usage = anthropic_usage(count(u.input_tokens), count(u.cache_read_input_tokens),
-      count(u.cache_creation_input_tokens), count(u.output_tokens), thinking_tokens(u) or 0, web_searches(u)),
+      count(u.cache_creation_input_tokens), count(u.output_tokens), thinking_tokens(u) or 0, web_searches(u),
+      hour_writes(u)),
     stop = anthropic_stop(raw, calls), stop_raw = raw, container = nonempty(container_id(obj) or ""),
     refusal = nonempty(explanation(obj) or "") }
 end
@@ -430,6 +439,7 @@ function M.anthropic_stream(body)
       st.write, st.output = count(u.cache_creation_input_tokens), count(u.output_tokens)
       st.thinking_tokens = thinking_tokens(u) or 0
       st.searches = web_searches(u) or 0
+      st.hour = hour_writes(u) or 0
       st.container = container_id(m) or st.container
     elseif ty == "message_delta" then
       local d = type(obj.delta) == "table" and obj.delta or {}
@@ -444,6 +454,7 @@ function M.anthropic_stream(body)
         if type(u.cache_creation_input_tokens) == "number" then st.write = count(u.cache_creation_input_tokens) end
         st.thinking_tokens = thinking_tokens(u) or st.thinking_tokens
         st.searches = web_searches(u) or st.searches
+        st.hour = hour_writes(u) or st.hour
       end
     elseif ty == "message_stop" then
       st.done = true
@@ -544,7 +555,7 @@ function M.anthropic_stream(body)
     reasoning[#reasoning + 1] = { type = "content", content = content, provider = "anthropic" }
   end
   return { text = table.concat(st.text), tool_calls = calls, reasoning = reasoning,
-    usage = anthropic_usage(st.input, st.read, st.write, st.output, st.thinking_tokens, st.searches),
+    usage = anthropic_usage(st.input, st.read, st.write, st.output, st.thinking_tokens, st.searches, st.hour),
     container = nonempty(st.container or ""), refusal = nonempty(st.refusal or ""),
     stop = anthropic_stop(st.stop, calls), stop_raw = st.stop, deltas = st.text, rdeltas = st.rdeltas }
 end

@@ -270,7 +270,9 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
     add("message_start", { type = "message_start", message = { id = "m",
       container = maybe(4, r(3) == 1 and cjson.null or { id = "container_" .. r(9), expires_at = "2026-12-06T13:00:00Z" }),
       usage = { input_tokens = r(500) - 1,
-      output_tokens = 1, cache_read_input_tokens = maybe(2, r(1000)), cache_creation_input_tokens = maybe(3, r(99)) } } })
+      output_tokens = 1, cache_read_input_tokens = maybe(2, r(1000)), cache_creation_input_tokens = maybe(3, r(99)),
+      cache_creation = maybe(3, { ephemeral_5m_input_tokens = r(50) - 1,
+        ephemeral_1h_input_tokens = ({ r(50) - 1, "x", 2.5, cjson.null })[r(4)] }) } } })
     if r(3) == 1 then add("ping", { type = "ping" }) end
     local index = 0
     for _ = 1, r(3) - 1 do -- thinking blocks first
@@ -382,7 +384,8 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
         stop_details = maybe(4, { type = "refusal", category = "cyber", explanation = maybe(2, "Not that.") }) },
       usage = { output_tokens = r(300), input_tokens = maybe(2, r(500)), cache_read_input_tokens = maybe(3, r(9)),
         output_tokens_details = maybe(3, { thinking_tokens = r(200), web_search_requests = 5 }),
-        server_tool_use = maybe(3, { web_search_requests = r(4) - 1, web_fetch_requests = 1 }) } })
+        server_tool_use = maybe(3, { web_search_requests = r(4) - 1, web_fetch_requests = 1 }),
+        cache_creation = maybe(3, r(4) == 1 and {} or { ephemeral_1h_input_tokens = r(30) - 1 }) } })
     if r(10) > 1 then add("message_stop", { type = "message_stop" }) end
     return table.concat(ev)
   end
@@ -424,6 +427,8 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
         stop_reason = ({ "end_turn", "tool_use", "max_tokens", "refusal", "newer", cjson.null })[r(6)],
         usage = { input_tokens = r(99), output_tokens = r(99), cache_read_input_tokens = r(3) == 1 and r(9) or nil,
           cache_creation_input_tokens = r(3) == 1 and 2.5 or nil,
+          cache_creation = r(3) == 1 and (r(5) == 1 and { 3 } or { ephemeral_1h_input_tokens = r(4) == 1 and "x"
+            or r(40) - 1 }) or nil,
           output_tokens_details = r(3) == 1 and { thinking_tokens = r(4) == 1 and "x" or r(50) } or nil,
           server_tool_use = r(3) == 1 and { web_search_requests = r(4) == 1 and -1 or r(5) - 1 } or nil } }
       if r(10) == 1 then obj = { type = "error", error = { type = r(2) == 1 and "rate_limit_error" or "api_error",

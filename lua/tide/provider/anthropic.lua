@@ -265,7 +265,9 @@ end
 
 -- ---------------------------------------------------------------- encoding
 
-local EPHEMERAL = { type = "ephemeral" }
+-- The cache breakpoint of each time to live: five minutes' is the API's
+-- default (no ttl, the bytes every request sent before "1h" was offered).
+local CACHE_CONTROL = { ["5m"] = { type = "ephemeral" }, ["1h"] = { type = "ephemeral", ttl = "1h" } }
 
 -- ------------------------------------------------------ structured output
 --
@@ -432,7 +434,14 @@ end
 
 --- The request body up to and including the `[` that opens the messages.
 --- With `prompt_cache`, the system prompt and the last tool carry
---- `cache_control` breakpoints so that the prefix is cached server-side.
+--- `cache_control` breakpoints so that the prefix is cached server-side,
+--- and on Anthropic's own API the request's top-level `cache_control`
+--- (automatic caching) caches the conversation too: the API puts that
+--- breakpoint on the last block and moves it as the conversation grows,
+--- so that each request of a tool loop reads the one before from the
+--- cache. (Not on Vertex AI or Bedrock, which take breakpoints on blocks
+--- only: their requests cache the prefix.) Every breakpoint has the same
+--- time to live, as the API wants them ordered.
 --- With `schema` (a turn's structured output), the prefix holds the model
 --- to it: `output_config.format`, or the output tool and its tool_choice
 --- (see `structured_output`).
@@ -471,13 +480,15 @@ function Provider:encode_prefix(system, tools, schema)
     fields.model, fields.stream, fields.anthropic_version = nil, nil, quote(M.BEDROCK_VERSION)
     if self.bedrock.betas then fields.anthropic_beta = canonical(json.array(self.bedrock.betas)) end
   end
+  local cache = self.prompt_cache and CACHE_CONTROL[self.prompt_cache]
   if system ~= nil and system ~= "" then
-    if self.prompt_cache then
-      fields.system = canonical({ { type = "text", text = system, cache_control = EPHEMERAL } })
+    if cache then
+      fields.system = canonical({ { type = "text", text = system, cache_control = cache } })
     else
       fields.system = canonical(system)
     end
   end
+  if cache and not (self.vertex or self.bedrock) then fields.cache_control = canonical(cache) end
   if self.temperature ~= nil then fields.temperature = canonical(self.temperature) end
   if self.thinking then fields.thinking = canonical(self.thinking) end
   local choice
@@ -499,7 +510,7 @@ function Provider:encode_prefix(system, tools, schema)
     for i, t in ipairs(server) do encoded[i] = t end
     for i, t in ipairs(list) do
       local tool = { name = t.name, description = t.description, input_schema = t.parameters }
-      if self.prompt_cache and i == #list then tool.cache_control = EPHEMERAL end
+      if cache and i == #list then tool.cache_control = cache end
       encoded[#server + i] = canonical(tool)
     end
     fields.tools = "[" .. table.concat(encoded, ",") .. "]"

@@ -40,7 +40,7 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field max_body_bytes? integer response size cap (default 8 MiB)
 ---@field retry? tide.provider.retry
 ---@field headers? table<string,string> extra request headers
----@field prompt_cache? boolean Anthropic only: mark the prefix with cache_control
+---@field prompt_cache? boolean|"5m"|"1h" Anthropic only: cache the prefix (system, tools) and, on Anthropic's own API, the conversation (automatic caching), for five minutes (true, "5m") or an hour ("1h")
 ---@field max_tokens_field? "max_completion_tokens"|"max_tokens" OpenAI only: the body field max_tokens goes in (default max_completion_tokens; max_tokens for api.mistral.ai, api.deepseek.com and Ollama at localhost:11434)
 ---@field stream_usage? boolean OpenAI chat only: ask for usage in streamed replies (stream_options.include_usage; default true, false for api.mistral.ai, which refuses the field and reports usage anyway)
 ---@field reasoning? {effort:"none"|"minimal"|"low"|"medium"|"high"|"xhigh"|"max", summary?:"auto"|"concise"|"detailed"} OpenAI: reasoning_effort (chat), reasoning.effort and .summary (Responses); Anthropic: output_config.effort (low, medium, high, xhigh, max)
@@ -61,7 +61,7 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 local option_types = {
   base_url = "string", api_key = "string", model = "string", stream = "boolean",
   temperature = "number", max_tokens = "integer", timeout_ms = "integer",
-  max_body_bytes = "integer", retry = "table", headers = "table", prompt_cache = "boolean",
+  max_body_bytes = "integer", retry = "table", headers = "table", prompt_cache = "any",
   max_tokens_field = "string", reasoning = "table", tool_choice = "any", parallel_tool_calls = "boolean",
   stop = "any", query = "table", extra_body = "table", thinking = "table", structured_output = "string",
   api = "string", store = "boolean", limits = "table", stream_usage = "boolean", server_tools = "table",
@@ -276,6 +276,10 @@ local function check_options(kind, opts, allowed)
     if opts[k] ~= nil and opts[k] <= 0 then return ("%s'%s' must be positive"):format(where, k) end
   end
   if opts.model ~= nil and opts.model == "" then return where .. "'model' must not be empty" end
+  local pc = opts.prompt_cache
+  if pc ~= nil and type(pc) ~= "boolean" and pc ~= "5m" and pc ~= "1h" then
+    return where .. "'prompt_cache' must be true, false, \"5m\" or \"1h\""
+  end
   if opts.base_url ~= nil and not opts.base_url:match("^https?://") then
     return where .. "'base_url' must start with http:// or https://"
   end
@@ -421,7 +425,8 @@ function provider._new(kind, opts, defaults)
     max_body_bytes = opts.max_body_bytes or provider.DEFAULT_MAX_BODY,
     retry = retry,
     headers = headers,
-    prompt_cache = opts.prompt_cache == true,
+    -- the cache's time to live, or false
+    prompt_cache = (opts.prompt_cache == true and "5m") or opts.prompt_cache or false,
     limits = opts.limits, -- rpm / tpm, held process-wide (tide.provider.limits)
     key_header = known.key_header, -- the header the key goes in where it is not the usual one (Azure's)
   }
