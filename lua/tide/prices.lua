@@ -18,6 +18,14 @@
 --- A server tool's web searches (`usage.web_searches`: Anthropic's web
 --- search, the Responses API's) cost `web_search` US dollars per 1,000
 --- searches on top.
+---
+--- A long prompt can cost more per token: `long_context = { above, input,
+--- output, ... }` prices the whole call (its output too) at those prices
+--- when its prompt (`input`, cache reads and writes included) is longer
+--- than `above` tokens, as Anthropic bills Claude Sonnet 4 and later with
+--- the 1M-token window, and Google Gemini 2.5 Pro, past 200,000. Cache
+--- prices the tier leaves out are the base ones scaled by the tier's input
+--- price (the multipliers stack).
 ---@class tide.prices
 local M = {}
 
@@ -29,6 +37,9 @@ local M = {}
 -- USD per 1,000 searches of the provider's own web search tool ($10 for
 -- Claude and OpenAI's reasoning models, $25 for gpt-4o and gpt-4.1, whose
 -- search content tokens are free).
+-- Claude Sonnet's prices past 200,000 prompt tokens (the 1M-token window)
+local SONNET_1M = { above = 200000, input = 6.00, output = 22.50 }
+
 local SHIPPED = {
   ["gpt-4o"] = { input = 2.50, cached = 1.25, output = 10.00, web_search = 25 },
   ["gpt-4o-mini"] = { input = 0.15, cached = 0.075, output = 0.60, web_search = 25 },
@@ -45,15 +56,19 @@ local SHIPPED = {
   ["claude-opus-4-1"] = { input = 15.00, cached = 1.50, cache_write = 18.75, cache_write_1h = 30.00, output = 75.00, web_search = 10 },
   ["claude-opus-4-5"] = { input = 5.00, cached = 0.50, cache_write = 6.25, cache_write_1h = 10.00, output = 25.00, web_search = 10 },
   ["claude-opus-4-6"] = { input = 5.00, cached = 0.50, cache_write = 6.25, cache_write_1h = 10.00, output = 25.00, web_search = 10 },
-  ["claude-sonnet-4"] = { input = 3.00, cached = 0.30, cache_write = 3.75, cache_write_1h = 6.00, output = 15.00, web_search = 10 },
-  ["claude-sonnet-4-5"] = { input = 3.00, cached = 0.30, cache_write = 3.75, cache_write_1h = 6.00, output = 15.00, web_search = 10 },
-  ["claude-sonnet-4-6"] = { input = 3.00, cached = 0.30, cache_write = 3.75, cache_write_1h = 6.00, output = 15.00, web_search = 10 },
+  ["claude-sonnet-4"] = { input = 3.00, cached = 0.30, cache_write = 3.75, cache_write_1h = 6.00, output = 15.00, web_search = 10,
+    long_context = SONNET_1M },
+  ["claude-sonnet-4-5"] = { input = 3.00, cached = 0.30, cache_write = 3.75, cache_write_1h = 6.00, output = 15.00, web_search = 10,
+    long_context = SONNET_1M },
+  ["claude-sonnet-4-6"] = { input = 3.00, cached = 0.30, cache_write = 3.75, cache_write_1h = 6.00, output = 15.00, web_search = 10,
+    long_context = SONNET_1M },
   ["claude-3-7-sonnet"] = { input = 3.00, cached = 0.30, cache_write = 3.75, cache_write_1h = 6.00, output = 15.00, web_search = 10 },
   ["claude-haiku-4-5"] = { input = 1.00, cached = 0.10, cache_write = 1.25, cache_write_1h = 2.00, output = 5.00, web_search = 10 },
   ["claude-3-5-haiku"] = { input = 0.80, cached = 0.08, cache_write = 1.00, cache_write_1h = 1.60, output = 4.00, web_search = 10 },
   ["claude-3-haiku"] = { input = 0.25, cached = 0.03, cache_write = 0.30, cache_write_1h = 0.50, output = 1.25 },
   ["claude-3-opus"] = { input = 15.00, cached = 1.50, cache_write = 18.75, cache_write_1h = 30.00, output = 75.00 },
-  ["gemini-2.5-pro"] = { input = 1.25, cached = 0.31, output = 10.00 },
+  ["gemini-2.5-pro"] = { input = 1.25, cached = 0.31, output = 10.00,
+    long_context = { above = 200000, input = 2.50, cached = 0.625, output = 15.00 } },
   ["gemini-2.5-flash"] = { input = 0.30, cached = 0.075, output = 2.50 },
   ["gemini-2.5-flash-lite"] = { input = 0.10, cached = 0.025, output = 0.40 },
   ["deepseek-chat"] = { input = 0.28, cached = 0.028, output = 0.42 },
@@ -65,10 +80,34 @@ local overrides = {}
 -- matched once, not on every response; emptied when prices change.
 local found = {}
 local FIELDS = { input = true, cached = true, cache_write = true, cache_write_1h = true, output = true, reasoning = true,
-  web_search = true }
+  web_search = true, long_context = true }
+
+-- Checks one table of prices (`what` names it); raises at `level`.
+local function check_prices(what, p, level, tier)
+  if type(p) ~= "table" then error(("tide.prices: '%s' must be a table of prices"):format(what), level + 1) end
+  for k, v in pairs(p) do
+    if k == "long_context" and not tier then
+      check_prices(what .. ".long_context", v, level + 1, true)
+    elseif k == "above" and tier then
+      if math.type(v) ~= "integer" or v <= 0 then
+        error(("tide.prices: '%s.above' must be a positive integer (prompt tokens)"):format(what), level + 1)
+      end
+    elseif not FIELDS[k] or k == "long_context" or (tier and k == "web_search") then
+      error(("tide.prices: unknown price '%s' for '%s'"):format(tostring(k), what), level + 1)
+    elseif type(v) ~= "number" or v < 0 or v ~= v or v == math.huge then
+      error(("tide.prices: '%s.%s' must be a non-negative number"):format(what, k), level + 1)
+    end
+  end
+  if p.input == nil or p.output == nil then
+    error(("tide.prices: '%s' needs 'input' and 'output'"):format(what), level + 1)
+  end
+  if tier and p.above == nil then error(("tide.prices: '%s' needs 'above'"):format(what), level + 1) end
+end
 
 --- Sets or adds prices: `{ [model] = { input, cached, cache_write,
---- cache_write_1h, output, reasoning, web_search } }` in USD per million tokens (`web_search`: per
+--- cache_write_1h, output, reasoning, web_search, long_context } }` in USD
+--- per million tokens (`long_context = { above, input, output, ... }`: the
+--- prices of a call whose prompt is longer than `above`; `web_search`: per
 --- 1,000 searches; `input` and `output` required). `false` for a model
 --- removes its price.
 ---@param tbl table<string, table|false>
@@ -78,18 +117,7 @@ function M.set(tbl)
   end
   for model, p in pairs(tbl) do
     if type(model) ~= "string" or model == "" then error("tide.prices: a model name must be a non-empty string", 2) end
-    if p ~= false then
-      if type(p) ~= "table" then error(("tide.prices: '%s' must be a table of prices"):format(model), 2) end
-      for k, v in pairs(p) do
-        if not FIELDS[k] then error(("tide.prices: unknown price '%s' for '%s'"):format(tostring(k), model), 2) end
-        if type(v) ~= "number" or v < 0 or v ~= v or v == math.huge then
-          error(("tide.prices: '%s.%s' must be a non-negative number"):format(model, k), 2)
-        end
-      end
-      if p.input == nil or p.output == nil then
-        error(("tide.prices: '%s' needs 'input' and 'output'"):format(model), 2)
-      end
-    end
+    if p ~= false then check_prices(model, p, 2) end
     overrides[model] = p
   end
   found = {}
@@ -148,12 +176,20 @@ function M.cost(model, usage)
   local cached, written, reasoning = usage.cached or 0, usage.cache_write or 0, usage.reasoning or 0
   local fresh = math.max(0, input - cached - written)
   local hour = math.min(written, usage.cache_write_1h or 0)
-  local write_price = p.cache_write or p.input
-  local usd = fresh * p.input + cached * (p.cached or p.input) + (written - hour) * write_price
-    + hour * (p.cache_write_1h or write_price) + output * p.output
-  if p.reasoning then usd = usd + reasoning * (p.reasoning - p.output) end
+  local base = p
+  local long = p.long_context
+  if long and input > long.above then p = long end
+  -- a tier's missing cache prices: the base ones at the tier's input price
+  local scale = base.input > 0 and p.input / base.input or 1
+  local read_price = p.cached or (base.cached or base.input) * scale
+  local write_price = p.cache_write or (base.cache_write or base.input) * scale
+  local hour_price = p.cache_write_1h or (base.cache_write_1h and base.cache_write_1h * scale) or write_price
+  local usd = fresh * p.input + cached * read_price + (written - hour) * write_price + hour * hour_price
+    + output * p.output
+  local reasoning_price = p.reasoning or base.reasoning and base.reasoning * (base.output > 0 and p.output / base.output or 1)
+  if reasoning_price then usd = usd + reasoning * (reasoning_price - p.output) end
   local searches = usage.web_searches
-  if searches and p.web_search then return usd / 1e6 + searches * p.web_search / 1000 end
+  if searches and base.web_search then return usd / 1e6 + searches * base.web_search / 1000 end
   return usd / 1e6
 end
 

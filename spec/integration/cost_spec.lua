@@ -34,6 +34,38 @@ describe("prices", function()
     assert.are.equal(1.0, prices.of("global.anthropic.claude-haiku-4-5-20251001-v1:0").input)
   end)
 
+  it("prices a long prompt at the long-context prices, the whole call", function()
+    -- Claude Sonnet past 200,000 prompt tokens: $6 in, $22.50 out, caching's multipliers on those
+    local usd = prices.cost("claude-sonnet-4-5", { input = 250000, cached = 200000, cache_write = 40000,
+      cache_write_1h = 10000, output = 1000 })
+    assert.are.near((10000 * 6 + 200000 * 0.6 + 30000 * 7.5 + 10000 * 12 + 1000 * 22.5) / 1e6, usd, 1e-12)
+    -- at the threshold, the base prices
+    usd = prices.cost("claude-sonnet-4-5", { input = 200000, output = 1000 })
+    assert.are.near((200000 * 3 + 1000 * 15) / 1e6, usd, 1e-12)
+    -- Gemini 2.5 Pro's tier names its cached price
+    usd = prices.cost("gemini-2.5-pro", { input = 300000, cached = 100000, output = 10 })
+    assert.are.near((200000 * 2.5 + 100000 * 0.625 + 10 * 15) / 1e6, usd, 1e-12)
+    -- a tier of one's own; web searches stay the base price's
+    tide.prices { ["long-model"] = { input = 1, output = 2, web_search = 10,
+      long_context = { above = 100, input = 4, output = 8, reasoning = 16 } } }
+    usd = prices.cost("long-model", { input = 101, output = 10, reasoning = 5, web_searches = 2 })
+    assert.are.near((101 * 4 + 5 * 8 + 5 * 16) / 1e6 + 2 * 10 / 1000, usd, 1e-12)
+    for bad, why in pairs {
+      [{ input = 1, output = 1, long_context = { input = 2, output = 2 } }] = "'m.long_context' needs 'above'",
+      [{ input = 1, output = 1, long_context = { above = 1.5, input = 2, output = 2 } }] =
+        "'m.long_context.above' must be a positive integer",
+      [{ input = 1, output = 1, long_context = { above = 9, input = 2 } }] = "'m.long_context' needs 'input' and 'output'",
+      [{ input = 1, output = 1, long_context = { above = 9, input = 2, output = 2, long_context = {} } }] =
+        "unknown price 'long_context' for 'm.long_context'",
+      [{ input = 1, output = 1, long_context = 5 }] = "'m.long_context' must be a table of prices",
+    } do
+      local ok, err = pcall(tide.prices, { m = bad })
+      assert.is_false(ok)
+      assert.matches(why, tostring(err), 1, true)
+    end
+    tide.prices { ["long-model"] = false }
+  end)
+
   it("takes overrides, and checks them", function()
     tide.prices { ["my-local-model"] = { input = 1, output = 2 } }
     assert.are.near(3e-6, prices.cost("my-local-model", { input = 1, output = 1 }), 1e-15)
