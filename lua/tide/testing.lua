@@ -59,6 +59,10 @@
 --- Server option `openai = { groq = true }` answers as Groq does: reasoning
 --- comes as `reasoning`, and a message with a `reasoning_content` field gets
 --- its 400 ("property 'reasoning_content' is unsupported").
+--- Server option `openai = { dashscope = true }` answers as Alibaba Cloud
+--- Model Studio's compatible mode does with Qwen3's open models, which
+--- think by default: a request that is not streamed and does not say
+--- `enable_thinking: false` gets its 400.
 --- Server option `openai = { mistral = true }` answers as Mistral's API does:
 --- any body or message field it does not document gets its 422
 --- (extra_forbidden: stream_options, max_completion_tokens, an assistant's
@@ -497,6 +501,11 @@ function openai.validate(self, req)
   local body = type(req.json) == "table" and req.json or {}
   local o = self._opts.openai or {}
   if o.mistral then return mistral_validate(body) end
+  if o.dashscope and body.stream ~= true and body.enable_thinking ~= false then
+    return { status = 400, headers = JSON_HEADERS, body = encode({ error = { code = "invalid_parameter_error",
+      param = null, message = "parameter.enable_thinking must be set to false for non-streaming calls",
+      type = "invalid_request_error" }, id = "chatcmpl-mock", request_id = "mock-dashscope-request" }) }
+  end
   if o.groq then
     for i, m in ipairs(type(body.messages) == "table" and body.messages or {}) do
       for _, k in ipairs { "reasoning_content", "reasoning_details" } do

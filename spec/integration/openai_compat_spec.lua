@@ -211,6 +211,34 @@ for _, stream in ipairs({ true, false }) do
     end)
   end)
 
+  describe("openai against Alibaba Cloud Model Studio (DashScope) (" .. mode .. ")", function()
+    it("says enable_thinking: false in a request that is not streamed, which Qwen3's open models need", function()
+      with_mock({ openai = { dashscope = true }, replies = { "ok", "ok" } }, function(srv)
+        -- the provider of the real host, its requests sent to the mock
+        local p = tide.provider.openai { base_url = "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
+          api_key = "sk-dash", model = "qwen3-32b", stream = stream }
+        rawset(p, "base_url", srv.url .. "/v1")
+        assert.are.equal("ok", assert(p:complete(body_of(p, { USER }))).text)
+        local sent = srv:requests()[1].json
+        if stream then assert.is_nil(sent.enable_thinking) else assert.are.equal(false, sent.enable_thinking) end
+        -- another host's provider sends nothing of the kind, and a whole request gets DashScope's 400
+        local other = make(srv.url, stream)
+        local res, err = other:complete(body_of(other, { USER }))
+        if stream then
+          assert.are.equal("ok", assert(res).text)
+        else
+          assert.are.equal(400, err.status)
+          assert.matches("parameter.enable_thinking must be set to false for non-streaming calls", err.message, 1, true)
+        end
+      end)
+      -- extra_body's own value wins
+      local p = tide.provider.openai { base_url = "https://dashscope.aliyuncs.com/compatible-mode/v1", api_key = "k",
+        model = "qwen-plus", stream = stream, extra_body = { enable_thinking = true } }
+      local body = cjson.decode(p:body(p:encode_prefix("s"), {}))
+      assert.are.equal(true, body.enable_thinking)
+    end)
+  end)
+
   describe("openai against Groq (" .. mode .. ")", function()
     it("sends a reasoning model's reasoning back as `reasoning`, which Groq takes", function()
       with_mock({ openai = { groq = true }, default = kit.two_lookups(function(n)

@@ -94,11 +94,19 @@ local ANTHROPIC_EFFORTS = { low = true, medium = true, high = true, xhigh = true
 -- it streams usage unasked. DeepSeek and Ollama (its OpenAI-compatible
 -- request has max_tokens alone) ignore max_completion_tokens: the limit
 -- would silently not hold. Ollama by its default port, or its cloud.
+-- Alibaba Cloud's Model Studio (DashScope, compatible mode) thinks by
+-- default with Qwen3's open models and refuses a request that is not
+-- streamed unless it says enable_thinking: false ("parameter.
+-- enable_thinking must be set to false for non-streaming calls"); its
+-- other models take the field and do not think by default.
 local OLD_NAME = { max_tokens_field = "max_tokens" }
+local DASHSCOPE = { whole_without_thinking = true }
 local HOST_DEFAULTS = {
   ["api.mistral.ai"] = { max_tokens_field = "max_tokens", stream_usage = false },
   ["api.deepseek.com"] = OLD_NAME,
   ["localhost:11434"] = OLD_NAME, ["127.0.0.1:11434"] = OLD_NAME, ["ollama.com"] = OLD_NAME,
+  ["dashscope.aliyuncs.com"] = DASHSCOPE, ["dashscope-intl.aliyuncs.com"] = DASHSCOPE,
+  ["dashscope-us.aliyuncs.com"] = DASHSCOPE,
 }
 
 -- Azure OpenAI (its resources' hosts): the key goes in an api-key header,
@@ -472,6 +480,8 @@ function provider._new(kind, opts, defaults)
       self.stream_usage = known.stream_usage ~= false
     end
     self.reasoning_effort = opts.reasoning and opts.reasoning.effort
+    -- (a request that is not streamed says it does not think, unless extra_body says)
+    self.whole_without_thinking = known.whole_without_thinking
     self.tool_choice = opts.tool_choice
     self.parallel_tool_calls = opts.parallel_tool_calls
     self.stop_sequences = opts.stop

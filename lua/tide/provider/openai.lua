@@ -98,6 +98,9 @@ function Provider:encode_prefix(system, tools, schema)
     parts[#parts + 1] = ',"parallel_tool_calls":' .. (self.parallel_tool_calls and "true" or "false")
   end
   if self.stop_sequences ~= nil then parts[#parts + 1] = ',"stop":' .. canonical(self.stop_sequences) end
+  if self.whole_without_thinking and not self.stream and not (self.extra_json and self.extra_json.enable_thinking) then
+    parts[#parts + 1] = ',"enable_thinking":false' -- (DashScope thinks only in streamed requests)
+  end
   if self.extra_json ~= nil then
     local keys = {}
     for k in pairs(self.extra_json) do keys[#keys + 1] = k end
