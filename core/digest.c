@@ -15,6 +15,7 @@
 #include <zlib.h>
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "tide.h"
 
@@ -71,20 +72,35 @@ static int l_crc32(lua_State *L) {
   return 1;
 }
 
-/* core.rsa_sha256_sign(pem, s) -> the RSASSA-PKCS1-v1_5 SHA-256 signature
-** of s with the PEM private key (JWT's RS256), or nil and why */
+/* The passphrase of an encrypted key: the caller's, or none. Never
+** OpenSSL's default, which would ask on the terminal and wait. */
+static int passphrase_cb(char *buf, int size, int rwflag, void *u) {
+  (void)rwflag;
+  const char *pass = u;
+  if (pass == NULL) return -1;
+  size_t n = strlen(pass);
+  if (n > (size_t)size) return -1;
+  memcpy(buf, pass, n);
+  return (int)n;
+}
+
+/* core.rsa_sha256_sign(pem, s [, passphrase]) -> the RSASSA-PKCS1-v1_5
+** SHA-256 signature of s with the PEM private key (JWT's RS256), or nil
+** and why (an encrypted key without its passphrase among the reasons) */
 static int l_rsa_sha256_sign(lua_State *L) {
   size_t kn, n;
   const char *pem = luaL_checklstring(L, 1, &kn);
   const char *s = luaL_checklstring(L, 2, &n);
+  const char *pass = luaL_optstring(L, 3, NULL);
   luaL_argcheck(L, kn <= INT_MAX, 1, "key too long");
   BIO *bio = BIO_new_mem_buf(pem, (int)kn);
-  EVP_PKEY *key = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+  /* (the first private key of the text: a certificate beside it is skipped) */
+  EVP_PKEY *key = bio ? PEM_read_bio_PrivateKey(bio, NULL, passphrase_cb, (void *)pass) : NULL;
   BIO_free(bio);
   if (key == NULL || EVP_PKEY_get_base_id(key) != EVP_PKEY_RSA) {
     EVP_PKEY_free(key);
     lua_pushnil(L);
-    lua_pushliteral(L, "not a PEM RSA private key");
+    lua_pushliteral(L, "not a PEM RSA private key, or an encrypted one without its passphrase");
     return 2;
   }
   EVP_MD_CTX *md = EVP_MD_CTX_new();

@@ -158,6 +158,22 @@ function helpers.quick_retries(policies, fn)
   if not ok then error(err, 0) end
 end
 
+--- base64url (RFC 4648's URL alphabet, padding or not), decoded: a JWT's
+--- parts read back, written apart from the code under test.
+function helpers.base64url_decode(s)
+  local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+  local bits = s:gsub("=", ""):gsub(".", function(c)
+    local v = alphabet:find(c, 1, true) - 1
+    local b = ""
+    for i = 5, 0, -1 do b = b .. ((v >> i) & 1) end
+    return b
+  end)
+  -- whole bytes only: the padding bits of the last character are dropped
+  -- (not by a pattern on the result, whose own last bytes may be "0" or "1")
+  bits = bits:sub(1, #bits - #bits % 8)
+  return (bits:gsub("%d%d%d%d%d%d%d%d", function(byte) return string.char(tonumber(byte, 2)) end))
+end
+
 --- The fields of an application/x-www-form-urlencoded body, decoded.
 function helpers.form_fields(body)
   local out = {}

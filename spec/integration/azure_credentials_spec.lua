@@ -129,6 +129,117 @@ esac
   end)
 end)
 
+describe("tide.provider.azure.default_credential with a certificate or the Azure Developer CLI", function()
+  local cjson = require "cjson"
+  local unb64url = helpers.base64url_decode
+
+  -- A key and a self-signed certificate in one PEM (as azure-identity
+  -- takes them), the key encrypted with `pass` when given.
+  local function certificate(pass)
+    local dir = helpers.tmpdir()
+    assert(os.execute(("openssl req -x509 -newkey rsa:2048 -keyout %s/k.pem -out %s/c.pem -days 1 -subj /CN=tide %s "
+      .. "2>/dev/null"):format(dir, dir, pass and ("-passout pass:" .. pass) or "-nodes")))
+    helpers.write(dir .. "/both.pem", helpers.read(dir .. "/k.pem") .. helpers.read(dir .. "/c.pem"))
+    -- the thumbprint, as openssl says it
+    local fp = helpers.sh(("openssl x509 -in %s/c.pem -noout -fingerprint -sha1"):format(dir))
+    local hex = fp:match("=([%x:]+)"):gsub(":", "")
+    return dir, dir .. "/both.pem", (hex:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
+  end
+
+  it("proves the service principal with a certificate's signed assertion, as MSAL does", function()
+    local dir, pem, thumb = certificate()
+    local seen = {}
+    with_mock({ routes = { ["/tenant-1/oauth2/v2.0/token"] = function(req)
+      local f = fields(req.body)
+      seen[#seen + 1] = f
+      if f.client_assertion_type ~= "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" then
+        return { status = 400, body = '{"error":"invalid_request"}' }
+      end
+      return { body = TOKEN:format("certificate") }
+    end } }, function(srv)
+      local vars = { AZURE_TENANT_ID = "tenant-1", AZURE_CLIENT_ID = "app-1", AZURE_CLIENT_CERTIFICATE_PATH = pem,
+        AZURE_AUTHORITY_HOST = srv.url }
+      assert.are.equal("eyJ0.entra.certificate", resolve(vars))
+      local jwt = seen[1].client_assertion
+      local h, c, sig = jwt:match("^([%w%-_]+)%.([%w%-_]+)%.([%w%-_]+)$")
+      local header, claims = cjson.decode(unb64url(h)), cjson.decode(unb64url(c))
+      assert.are.equal("RS256", header.alg)
+      assert.are.equal(thumb, unb64url(header.x5t))
+      assert.is_nil(header.x5c)
+      assert.are.equal(srv.url .. "/tenant-1/oauth2/v2.0/token", claims.aud)
+      assert.are.equal("app-1", claims.iss)
+      assert.are.equal("app-1", claims.sub)
+      assert.are.equal(600, claims.exp - claims.iat)
+      assert.matches("^%x+%-%x+%-4%x+%-[89ab]%x+%-%x+$", claims.jti)
+      assert.are.equal("app-1", seen[1].client_id)
+      assert.are.equal(SCOPE, seen[1].scope)
+      assert.is_nil(seen[1].client_secret)
+      -- the signature, by the certificate's public key
+      local data, sigfile, pub = dir .. "/data", dir .. "/sig", dir .. "/pub.pem"
+      helpers.write(data, h .. "." .. c)
+      helpers.write(sigfile, unb64url(sig))
+      assert(os.execute(("openssl x509 -in %s -pubkey -noout > %s"):format(pem, pub)))
+      assert.is_true(os.execute(("openssl dgst -sha256 -verify %s -signature %s %s >/dev/null 2>&1"):format(pub,
+        sigfile, data)) == true)
+      -- the chain sent along when asked
+      vars.AZURE_CLIENT_SEND_CERTIFICATE_CHAIN = "true"
+      assert(resolve(vars))
+      local header2 = cjson.decode(unb64url(seen[2].client_assertion:match("^([%w%-_]+)")))
+      assert.are.equal(1, #header2.x5c)
+    end)
+    helpers.rmdir(dir)
+  end)
+
+  it("opens an encrypted key with AZURE_CLIENT_CERTIFICATE_PASSWORD, and says what a certificate lacks", function()
+    local dir, pem = certificate("s3cret")
+    with_mock({ routes = { ["/t/oauth2/v2.0/token"] = function() return { body = TOKEN:format("enc") } end } },
+      function(srv)
+        local vars = { AZURE_TENANT_ID = "t", AZURE_CLIENT_ID = "a", AZURE_CLIENT_CERTIFICATE_PATH = pem,
+          AZURE_AUTHORITY_HOST = srv.url }
+        local _, err = resolve(vars) -- (never a prompt on the terminal)
+        assert.matches("has a private key tide cannot sign with (not a PEM RSA private key, or an encrypted one "
+          .. "without its passphrase)", err, 1, true)
+        vars.AZURE_CLIENT_CERTIFICATE_PASSWORD = "s3cret"
+        assert.are.equal("eyJ0.entra.enc", resolve(vars))
+        helpers.write(dir .. "/cert.pfx", "\48\130\10\1binary")
+        vars.AZURE_CLIENT_CERTIFICATE_PATH = dir .. "/cert.pfx"
+        _, err = resolve(vars)
+        assert.matches("is not PEM (a PKCS#12 file?", err, 1, true)
+        vars.AZURE_CLIENT_CERTIFICATE_PATH = dir .. "/k.pem"
+        _, err = resolve(vars)
+        assert.matches("holds no certificate", err, 1, true)
+      end)
+    helpers.rmdir(dir)
+  end)
+
+  it("takes the Azure Developer CLI's token, after an Azure CLI that failed", function()
+    local dir = helpers.tmpdir()
+    local function script(name, body)
+      helpers.write(dir .. "/" .. name, "#!/bin/sh\n" .. body)
+      os.execute(("chmod +x %s/%s"):format(dir, name))
+    end
+    script("az", 'echo "ERROR: AADSTS50076: the CLI session needs MFA" >&2; exit 1\n')
+    script("azd", ([[
+if [ "$NO_COLOR" != "true" ]; then exit 9; fi
+case "$*" in
+  "auth token --output json --scope https://cognitiveservices.azure.com/.default")
+    printf '{"token":"eyJ0.azd","expiresOn":"%s"}
+' ;;
+  *) echo "ERROR: not logged in, run \`azd auth login\` to login" >&2; exit 1 ;;
+esac
+]]):format(os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + 1200)))
+    tide.run(function()
+      local token, ttl = resolve({ PATH = dir .. ":/usr/bin:/bin" })
+      assert.are.equal("eyJ0.azd", token)
+      assert.is_true(ttl > 1190 and ttl <= 1200)
+      -- azd logged out too (another scope, as far as this azd knows): the Azure CLI's failure is the error
+      local _, err = resolve({ PATH = dir .. ":/usr/bin:/bin" }, azure.AI_FOUNDRY)
+      assert.matches("the Azure CLI failed: AADSTS50076: the CLI session needs MFA", err, 1, true)
+    end)
+    helpers.rmdir(dir)
+  end)
+end)
+
 describe("tide.provider.azure.default_credential after a transient failure", function()
   local answers, quick = helpers.answers, helpers.quick_retries
 

@@ -27,20 +27,7 @@ end
 
 local fields = helpers.form_fields
 
--- base64url, decoded (for reading the JWT back)
-local function unb64url(s)
-  local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-  local bits = s:gsub(".", function(c)
-    local v = alphabet:find(c, 1, true) - 1
-    local b = ""
-    for i = 5, 0, -1 do b = b .. ((v >> i) & 1) end
-    return b
-  end)
-  -- whole bytes only: the padding bits of the last character are dropped
-  -- (not by a pattern on the result, whose own last bytes may be "0" or "1")
-  bits = bits:sub(1, #bits - #bits % 8)
-  return (bits:gsub("%d%d%d%d%d%d%d%d", function(byte) return string.char(tonumber(byte, 2)) end))
-end
+local unb64url = helpers.base64url_decode
 
 local function token_endpoint(srv_reqs)
   return function(req)

@@ -8,10 +8,16 @@
 --- the file's token as the client assertion); managed identity (App Service
 --- and Functions: IDENTITY_ENDPOINT and IDENTITY_HEADER; elsewhere the
 --- instance metadata service, a user-assigned identity by AZURE_CLIENT_ID);
---- the Azure CLI's login (`az account get-access-token`). Each gives a
---- token for the resource's scope and the seconds it lasts; the provider's
---- token machinery renews it a minute before. Not followed: certificates,
---- Visual Studio Code, PowerShell and azd logins (give `token` a function).
+--- the Azure CLI's login (`az account get-access-token`); the Azure
+--- Developer CLI's (`azd auth token`). The environment's service principal
+--- proves itself with AZURE_CLIENT_SECRET, or with the certificate of
+--- AZURE_CLIENT_CERTIFICATE_PATH (PEM: its key signs a JWT assertion, as
+--- MSAL signs one). Each gives a token for the resource's scope and the
+--- seconds it lasts; the provider's token machinery renews it a minute
+--- before. A CLI that fails lets the chain go on, as inside
+--- DefaultAzureCredential. Not followed: Visual Studio Code and PowerShell
+--- logins, PKCS#12 certificates (give `token` a function).
+local core = require "tide.core"
 local json = require "tide.json"
 local base = require "tide.provider.base"
 
@@ -68,12 +74,60 @@ local function client_credentials(env, scope, proof, what)
   return token_of(res, what)
 end
 
+-- A random UUID (version 4), a JWT's jti.
+local function uuid4()
+  local r = math.random
+  return ("%08x-%04x-4%03x-%04x-%06x%06x"):format(r(0, 0xffffffff), r(0, 0xffff), r(0, 0xfff),
+    0x8000 | r(0, 0x3fff), r(0, 0xffffff), r(0, 0xffffff))
+end
+
+-- The client assertion a certificate proves a service principal with, as
+-- MSAL makes it: a JWT for the token endpoint, RS256 by the certificate's
+-- key, the certificate's SHA-1 thumbprint as x5t (and the certificate
+-- itself as x5c when asked); or nil and why.
+local function certificate_assertion(env, path, token_url)
+  local pem = base._read_file(path)
+  if not pem then return nil, "cannot be read" end
+  local cert = pem:match("%-%-%-%-%-BEGIN CERTIFICATE%-%-%-%-%-(.-)%-%-%-%-%-END CERTIFICATE%-%-%-%-%-")
+  if not cert then
+    if not pem:find("-----BEGIN", 1, true) then
+      return nil, "is not PEM (a PKCS#12 file? `openssl pkcs12 -in cert.pfx -out cert.pem -nodes` makes one)"
+    end
+    return nil, "holds no certificate (PEM with the private key and the certificate)"
+  end
+  cert = cert:gsub("%s", "")
+  local der = core.base64_decode(cert)
+  if not der then return nil, "holds a certificate that is not base64" end
+  local b64url, id, now = base._base64url, env("AZURE_CLIENT_ID"), os.time()
+  local header = { alg = "RS256", typ = "JWT", x5t = b64url(core.sha1(der)) }
+  if (env("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN") or ""):lower() == "true" or env("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN") == "1" then
+    header.x5c = { cert }
+  end
+  local claims = { aud = token_url, iss = id, sub = id, jti = uuid4(), iat = now, nbf = now, exp = now + 600 }
+  local signing = b64url(json.canonical(header)) .. "." .. b64url(json.canonical(claims))
+  local sig, why = core.rsa_sha256_sign(pem, signing, env("AZURE_CLIENT_CERTIFICATE_PASSWORD"))
+  if not sig then return nil, "has a private key tide cannot sign with (" .. why .. ")" end
+  return signing .. "." .. b64url(sig)
+end
+
 local sources = {}
 
 function sources.environment(env, scope)
-  if not (env("AZURE_TENANT_ID") and env("AZURE_CLIENT_ID") and env("AZURE_CLIENT_SECRET")) then return nil end
-  return client_credentials(env, scope, { { "client_secret", env("AZURE_CLIENT_SECRET") } },
-    "the service principal of AZURE_CLIENT_ID")
+  if not (env("AZURE_TENANT_ID") and env("AZURE_CLIENT_ID")) then return nil end
+  if env("AZURE_CLIENT_SECRET") then
+    return client_credentials(env, scope, { { "client_secret", env("AZURE_CLIENT_SECRET") } },
+      "the service principal of AZURE_CLIENT_ID")
+  end
+  local path = env("AZURE_CLIENT_CERTIFICATE_PATH")
+  if not path then return nil end
+  local what = "the certificate of AZURE_CLIENT_CERTIFICATE_PATH"
+  local authority = (env("AZURE_AUTHORITY_HOST") or "https://login.microsoftonline.com"):gsub("/+$", "")
+  local assertion, why = certificate_assertion(env, path,
+    ("%s/%s/oauth2/v2.0/token"):format(authority, env("AZURE_TENANT_ID")))
+  if not assertion then return nil, ("%s (%s) %s"):format(what, path, why) end
+  return client_credentials(env, scope, {
+    { "client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" },
+    { "client_assertion", assertion } }, "the service principal of AZURE_CLIENT_ID (its certificate)")
 end
 
 function sources.workload_identity(env, scope)
@@ -118,17 +172,39 @@ function sources.azure_cli(env, scope)
   if status ~= 0 then
     local why = stderr:match("ERROR: ([^\r\n]+)")
     if why and why:find("az login", 1, true) then return nil end -- (installed, not logged in)
-    return nil, "the Azure CLI failed" .. (why and (": " .. why) or "")
+    return nil, "the Azure CLI failed" .. (why and (": " .. why) or ""), true
   end
   local ok, doc = pcall(json.decode, out)
   if not ok or type(doc) ~= "table" or type(doc.accessToken) ~= "string" then
-    return nil, "the Azure CLI gave no access token"
+    return nil, "the Azure CLI gave no access token", true
   end
   local until_ = math.tointeger(tonumber(doc.expires_on))
   return doc.accessToken, until_ and until_ - os.time() or nil
 end
 
-local ORDER = { "environment", "workload_identity", "managed_identity", "azure_cli" }
+-- The Azure Developer CLI's token (`azd auth token`, its expiresOn in UTC).
+function sources.azure_developer_cli(env, scope)
+  local argv = { "azd", "auth", "token", "--output", "json", "--scope", scope }
+  if env("AZURE_TENANT_ID") then
+    argv[#argv + 1], argv[#argv + 2] = "--tenant-id", env("AZURE_TENANT_ID")
+  end
+  local status, out, stderr = base._run({ argv = argv, env = { PATH = env("PATH") or "/usr/bin:/bin",
+    HOME = env("HOME"), AZD_CONFIG_DIR = env("AZD_CONFIG_DIR"), NO_COLOR = "true" } }, 10000)
+  if not status then return nil end -- (no azd)
+  if status ~= 0 then
+    if stderr:find("azd auth login", 1, true) then return nil end -- (installed, not logged in)
+    local why = stderr:gsub('"token": "[^"]*"', '"token": "****"'):match("^%s*([^\r\n]+)")
+    return nil, "the Azure Developer CLI failed" .. (why and (": " .. why) or ""), true
+  end
+  local ok, doc = pcall(json.decode, out)
+  local until_ = ok and type(doc) == "table" and base._epoch(doc.expiresOn)
+  if not (until_ and type(doc.token) == "string" and doc.token ~= "") then
+    return nil, "the Azure Developer CLI gave no access token", true
+  end
+  return doc.token, until_ - os.time()
+end
+
+local ORDER = { "environment", "workload_identity", "managed_identity", "azure_cli", "azure_developer_cli" }
 
 --- DefaultAzureCredential's chain, as a `token` function for `scope`: a
 --- token and the seconds it lasts, or an error saying why there is none.
@@ -137,13 +213,16 @@ local ORDER = { "environment", "workload_identity", "managed_identity", "azure_c
 ---@return fun():(string, integer|nil)
 function M.default_credential(env, scope)
   return function()
+    local failed = {}
     for _, name in ipairs(ORDER) do
-      local token, ttl = sources[name](env, scope)
+      local token, ttl, go_on = sources[name](env, scope)
       if token then return token, ttl end
-      if ttl then error(ttl, 0) end -- there, but it failed: the chain stops
+      if ttl and not go_on then error(ttl, 0) end -- there, but it failed: the chain stops
+      if ttl then failed[#failed + 1] = ttl end -- (a CLI's failure: the next may have a token)
     end
-    error("no Microsoft Entra ID credentials found (AZURE_CLIENT_SECRET, a workload identity, a managed identity "
-      .. "and the Azure CLI have none)", 0)
+    if #failed > 0 then error(table.concat(failed, "; "), 0) end
+    error("no Microsoft Entra ID credentials found (AZURE_CLIENT_SECRET or a certificate, a workload identity, a "
+      .. "managed identity, the Azure CLI and the Azure Developer CLI have none)", 0)
   end
 end
 

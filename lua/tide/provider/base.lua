@@ -562,6 +562,13 @@ function provider._percent_encode(s)
   return (s:gsub("[^%w%-_%.~]", function(c) return ("%%%02X"):format(c:byte()) end))
 end
 
+--- `s` in base64url without padding (RFC 7515's, for a JWT).
+---@param s string
+---@return string
+function provider._base64url(s)
+  return (core.base64(s):gsub("[+/=]", { ["+"] = "-", ["/"] = "_", ["="] = "" }))
+end
+
 --- `fields` ({ name, value } pairs, in order) as an
 --- application/x-www-form-urlencoded body.
 ---@param fields {[1]:string, [2]:any}[]

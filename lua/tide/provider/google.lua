@@ -58,10 +58,7 @@ M.retry = {
   metadata = { attempts = 5, delay_ms = 1000, jitter = 0.1, statuses = RETRYABLE, errors = true, probe = true },
 }
 
--- base64url without padding (RFC 7515's, for a JWT)
-local function b64url(s)
-  return (core.base64(s):gsub("[+/=]", { ["+"] = "-", ["/"] = "_", ["="] = "" }))
-end
+local b64url = base._base64url
 
 -- POSTs a form to a token endpoint: the access token and its seconds, or
 -- nil and why.
