@@ -20,6 +20,12 @@
 ** (a throttling is a rate limit, an unavailable service an overload).
 ** Anything else is refused: a bad CRC, a length out of bounds, a header of
 ** an unknown type, a chunk without bytes or with bytes that are not base64.
+**
+** Bedrock's Converse API (ConverseStream) frames its own events instead:
+** `:event-type` messageStart, contentBlockDelta ... with the event's JSON
+** as the payload. The raw mode hands each frame on as it is, for the
+** Converse provider's parser (core.aws_eventstream, lua/tide/provider/
+** bedrock.lua): the framing is read here, once, for both.
 */
 #include <stdlib.h>
 #include <string.h>
@@ -202,12 +208,31 @@ static int exception_event(tide_es *p, const frame *f, tide_sse_event *e) {
   return 0;
 }
 
+/* A frame as it is (the raw mode): the type in p->key, the payload in
+** p->data (the frame's bytes move on before the event is handed on). */
+static int raw_event(tide_es *p, const frame *f, tide_sse_event *e, int exception) {
+  const char *name = exception ? f->exception_type : f->event_type;
+  size_t nl = exception ? f->exception_type_len : f->event_type_len;
+  if (!name) return bad(p, exception ? "an exception has no :exception-type" : "an event has no :event-type");
+  p->key.len = p->data.len = 0;
+  if (tide__buf_add(&p->key, name, nl) || tide__buf_add(&p->data, f->payload, f->payload_len) ||
+      tide__buf_reserve(&p->data, 1))
+    return TIDE_SSE_NOMEM;
+  e->event = p->key.p, e->event_len = nl;
+  e->data = p->data.p ? p->data.p : "", e->data_len = f->payload_len;
+  e->id = exception ? "exception" : "event", e->id_len = exception ? 9 : 5;
+  return 1;
+}
+
 /* The event frame f carries, made in p->data: 1 with e set, 0 when the
 ** frame is not one of the reply's, or a TIDE_ code. */
 static int event_of(tide_es *p, const frame *f, tide_sse_event *e) {
   const char *mt = f->message_type;
   size_t ml = f->message_type_len;
   int rc;
+  if (p->raw && mt && (tide__json_key_is(mt, ml, "event") || tide__json_key_is(mt, ml, "exception") ||
+                       tide__json_key_is(mt, ml, "error")))
+    return raw_event(p, f, e, !tide__json_key_is(mt, ml, "event"));
   if (mt && tide__json_key_is(mt, ml, "event")) {
     /* (an event of another type, should Bedrock add one, is not the reply's) */
     if (!f->event_type || !tide__json_key_is(f->event_type, f->event_type_len, "chunk")) return 0;
@@ -319,7 +344,84 @@ static int l_frames(lua_State *L) {
   return 2;
 }
 
+/* core.aws_eventstream([max_bytes]) -> a decoder of an AWS event stream in
+** the raw mode: d:feed(bytes) -> the frames completed, { { type, data,
+** exception = true|nil }, ... }, or nil and a MalformedResponse (the decoder
+** is then spent); d:pending() -> the bytes of an unfinished frame;
+** d:close(). */
+#define ES_MT "tide.aws_eventstream"
+
+typedef struct es_ud {
+  tide_es es;
+  int spent;
+} es_ud;
+
+static int collect_raw(void *ud, const tide_sse_event *e) {
+  frames_out *o = ud;
+  lua_createtable(o->L, 0, 3);
+  lua_pushlstring(o->L, e->event, e->event_len);
+  lua_setfield(o->L, -2, "type");
+  lua_pushlstring(o->L, e->data, e->data_len);
+  lua_setfield(o->L, -2, "data");
+  if (e->id_len == 9) { /* an exception */
+    lua_pushboolean(o->L, 1);
+    lua_setfield(o->L, -2, "exception");
+  }
+  lua_rawseti(o->L, -2, ++o->n);
+  return 0;
+}
+
+static int l_es_new(lua_State *L) {
+  size_t max = tide__check_max(L, 1, TIDE_REPLY_DEFAULT_MAX);
+  es_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+  memset(u, 0, sizeof *u);
+  u->es.max = max;
+  u->es.raw = 1;
+  luaL_setmetatable(L, ES_MT);
+  return 1;
+}
+
+static int l_es_feed(lua_State *L) {
+  es_ud *u = tide__checkudata(L, 1, ES_MT);
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  if (u->spent) return luaL_error(L, "tide.aws_eventstream: the stream was already refused");
+  lua_newtable(L);
+  frames_out o = {L, 0};
+  int rc = tide__es_feed(&u->es, s, n, collect_raw, &o);
+  if (rc == TIDE_SSE_NOMEM) return luaL_error(L, "not enough memory");
+  if (rc == TIDE_ES_BAD || rc == TIDE_SSE_EVENT_BIG) {
+    u->spent = 1;
+    lua_pushnil(L);
+    if (rc == TIDE_ES_BAD)
+      tide__push_error(L, "MalformedResponse", "invalid AWS event stream: %s", u->es.why);
+    else
+      tide__push_error(L, "MalformedResponse", "invalid AWS event stream: a frame exceeds the limit");
+    return 2;
+  }
+  return 1;
+}
+
+static int l_es_pending(lua_State *L) {
+  es_ud *u = tide__checkudata(L, 1, ES_MT);
+  lua_pushinteger(L, (lua_Integer)u->es.frame.len);
+  return 1;
+}
+
+static int l_es_close(lua_State *L) {
+  es_ud *u = tide__checkudata(L, 1, ES_MT);
+  tide__es_free(&u->es);
+  u->spent = 1;
+  return 0;
+}
+
 void tide__open_eventstream(lua_State *L) {
+  static const luaL_Reg meta[] = {{"__gc", l_es_close}, {"__close", l_es_close}, {NULL, NULL}};
+  static const luaL_Reg methods[] = {{"feed", l_es_feed}, {"pending", l_es_pending}, {"close", l_es_close},
+                                     {NULL, NULL}};
+  tide__register_type(L, ES_MT, meta, methods);
   lua_pushcfunction(L, l_frames);
   lua_setfield(L, -2, "aws_eventstream_frames");
+  lua_pushcfunction(L, l_es_new);
+  lua_setfield(L, -2, "aws_eventstream");
 }

@@ -108,6 +108,9 @@ typedef struct tide_es {
   tide_buf key;
   size_t max;       /* cap on one frame */
   const char *why;  /* what was wrong, when the feed returned TIDE_ES_BAD */
+  int raw;          /* hand each frame on as it is (Converse): its :event-type
+                    ** (or :exception-type) as the event's name, its payload as
+                    ** the data, "event" or "exception" as the id */
 } tide_es;
 
 #define TIDE_ES_BAD (-4) /* not an event stream (why says what): buffers freed */

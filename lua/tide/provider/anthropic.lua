@@ -103,63 +103,10 @@ end
 M.BEDROCK_VERSION = "bedrock-2023-05-31"
 
 -- The bedrock option checked, its region filled in from the environment;
--- or nil and a misuse message.
+-- or nil and a misuse message (tide.provider.aws.bedrock_options).
 local function bedrock_of(b, opts)
-  local where = "tide.provider.anthropic: "
-  for k in pairs(b) do
-    if k ~= "region" and k ~= "credentials" and k ~= "mantle" and k ~= "profile" then
-      return nil, where .. "unknown option 'bedrock." .. tostring(k) .. "'"
-    end
-  end
-  if b.mantle ~= nil and type(b.mantle) ~= "boolean" then
-    return nil, where .. "'bedrock.mantle' must be a boolean"
-  end
-  if b.profile ~= nil and (type(b.profile) ~= "string" or b.profile == "") then
-    return nil, where .. "'bedrock.profile' must be the name of a profile of ~/.aws/config"
-  end
-  if b.profile ~= nil and b.credentials ~= nil then
-    return nil, where .. "'bedrock.profile' and 'bedrock.credentials' cannot both be given"
-  end
-  -- the SDK's order: AWS_REGION, then the profile's (AWS_DEFAULT_REGION,
-  -- then the region of ~/.aws/config's profile, as boto3 reads it)
-  local region = b.region or provider._env("AWS_REGION") or provider._env("AWS_DEFAULT_REGION")
-    or require("tide.provider.aws_credentials").profile_region(provider._env, b.profile)
-  if type(region) ~= "string" or not region:match("^[%w%-]+$") then
-    return nil, where .. "'bedrock.region' must be a region (or set AWS_REGION, or a region in the profile)"
-  end
-  local creds = b.credentials
-  if creds ~= nil and type(creds) ~= "function" then
-    local why = aws().check(creds)
-    if why then return nil, where .. "'bedrock.credentials' " .. why end
-  end
-  if creds ~= nil and (opts.api_key ~= nil or opts.token ~= nil) then
-    return nil, where .. "'bedrock.credentials' and '" .. (opts.api_key and "api_key" or "token")
-      .. "' cannot both be given (IAM credentials sign requests; a Bedrock API key is a bearer token)"
-  end
-  local key_env = "AWS_BEARER_TOKEN_BEDROCK"
-  local key = opts.api_key == nil and opts.token == nil and creds == nil and provider._env(key_env)
-  if not key and b.mantle and opts.api_key == nil and opts.token == nil and creds == nil then
-    key_env = "ANTHROPIC_AWS_API_KEY" -- (the SDK's second name for a Mantle key)
-    key = provider._env(key_env)
-  end
-  if key and key:find("[\r\n%z]") then
-    return nil, where .. "the API key from " .. key_env .. " must not contain a CR, LF or NUL"
-  end
-  if creds == nil and not key and opts.api_key == nil and opts.token == nil then
-    -- the environment's keys (not with a profile named: boto3 ignores them
-    -- then), else the AWS SDKs' default chain, asked at the first request
-    -- (the profile's role, SSO, process or keys, a web identity, the
-    -- container's or the instance's endpoint: tide.provider.aws.chain)
-    creds = not b.profile and aws().from_env(provider._env) or nil
-    if creds then
-      local why = aws().check(creds)
-      if why then return nil, where .. "the credentials from the environment: " .. why end
-    else
-      creds = aws().chain(provider._env, region, b.profile)
-      return { region = region, credentials = creds, chain = true, mantle = b.mantle }
-    end
-  end
-  return { region = region, credentials = creds, key = key or nil, mantle = b.mantle }
+  return aws().bedrock_options(b, opts, "tide.provider.anthropic: ", "bedrock.",
+    { region = true, credentials = true, mantle = true, profile = true })
 end
 
 -- The model id as it goes in a Bedrock URL: every byte but the unreserved
@@ -225,15 +172,7 @@ function M.new(opts)
       for b in tostring(betas):gmatch("[^,%s]+") do list[#list + 1] = b end
       self.bedrock.betas, self.headers["anthropic-beta"] = list, nil
     end
-    local creds = bedrock.credentials
-    if type(creds) == "function" then
-      -- asked for before a request once the last have run out, as `token`
-      self.aws_credentials, self._before_request = creds, M._renew_credentials
-      self.aws_chain = bedrock.chain -- (the default chain, not the caller's function)
-    elseif creds then
-      self.aws = creds
-    end
-    if self.aws_credentials or self.aws then self._sign = M._sign end
+    aws().bedrock_credentials(self, bedrock)
   end
   opts = opts or {}
   if opts.thinking then
@@ -787,35 +726,6 @@ end
 --- reply's bytes come.
 function Provider:_c_stream()
   return core.anthropic_stream(self.max_body_bytes, self.bedrock and not self.bedrock.mantle and "aws" or "sse")
-end
-
---- The headers of one request to Bedrock with IAM credentials: the
---- provider's own, and the signature of this body at this second.
----@param url string
----@param body string
----@return table<string,string>
-function M._sign(self, url, body)
-  local h = self:_headers()
-  local signed = aws().sign("POST", url, { ["content-type"] = h["content-type"] }, body, self.aws,
-    self.bedrock.region, self.bedrock.service)
-  for k, v in pairs(signed) do h[k] = v end
-  return h
-end
-
---- Before a request of a provider whose `bedrock.credentials` is a
---- function: asks it for credentials once the last have run out (the
---- seconds it said, less a minute; 55 minutes when it said nothing). True,
---- or nil and a ProviderError (no request is sent then).
-function M._renew_credentials(self)
-  if self._aws_until and core.hrtime() < self._aws_until then return true end
-  local ok, creds, ttl = provider._once(self, "_aws_call", self.aws_credentials)
-  local why = not ok and tostring(creds) or aws().check(creds)
-  if why then
-    return nil, core.error("ProviderError", "tide.provider.anthropic: " .. (self.aws_chain and "Bedrock: "
-      or "the bedrock.credentials function gave no credentials: ") .. why)
-  end
-  self.aws, self._aws_until = creds, provider._deadline(ttl)
-  return true
 end
 
 --- A whole (non-streamed) response scanned in C: the reply, or nil and the

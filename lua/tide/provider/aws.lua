@@ -154,6 +154,133 @@ function M.from_env(env)
   return { access_key_id = id, secret_access_key = secret, session_token = env("AWS_SESSION_TOKEN") }
 end
 
+-- ------------------------------------------------------ Bedrock's access
+
+--- The Bedrock options of a provider (`b`: region, credentials, profile,
+--- and for Claude's Mantle endpoint mantle; `opts`: the provider's, for
+--- api_key and token) checked, the region filled in from the environment
+--- or the profile, the credentials found: { region, credentials (a table,
+--- or a function: the caller's, or the default chain with `chain`), key (a
+--- Bedrock API key from the environment), mantle }; or nil and a misuse
+--- message (`where` its prefix, `name` the options' own: "bedrock." for
+--- tide.provider.anthropic's table, "" for tide.provider.bedrock's).
+---@param b table
+---@param opts table
+---@param where string
+---@param name string
+---@param allowed table<string, boolean>
+---@return table|nil
+---@return string|nil
+function M.bedrock_options(b, opts, where, name, allowed)
+  -- the environment as providers read it now (tide.provider.base's `_env`),
+  -- the one the default chain reads later too
+  local env = base._env
+  for k in pairs(b) do
+    if not allowed[k] then return nil, where .. "unknown option '" .. name .. tostring(k) .. "'" end
+  end
+  if b.mantle ~= nil and type(b.mantle) ~= "boolean" then
+    return nil, where .. "'" .. name .. "mantle' must be a boolean"
+  end
+  if b.profile ~= nil and (type(b.profile) ~= "string" or b.profile == "") then
+    return nil, where .. "'" .. name .. "profile' must be the name of a profile of ~/.aws/config"
+  end
+  if b.profile ~= nil and b.credentials ~= nil then
+    return nil, where .. "'" .. name .. "profile' and '" .. name .. "credentials' cannot both be given"
+  end
+  -- the SDK's order: AWS_REGION, then the profile's (AWS_DEFAULT_REGION,
+  -- then the region of ~/.aws/config's profile, as boto3 reads it)
+  local region = b.region or env("AWS_REGION") or env("AWS_DEFAULT_REGION")
+    or require("tide.provider.aws_credentials").profile_region(env, b.profile)
+  if type(region) ~= "string" or not region:match("^[%w%-]+$") then
+    return nil, where .. "'" .. name .. "region' must be a region (or set AWS_REGION, or a region in the profile)"
+  end
+  local creds = b.credentials
+  if creds ~= nil and type(creds) ~= "function" then
+    local why = M.check(creds)
+    if why then return nil, where .. "'" .. name .. "credentials' " .. why end
+  end
+  if creds ~= nil and (opts.api_key ~= nil or opts.token ~= nil) then
+    return nil, where .. "'" .. name .. "credentials' and '" .. (opts.api_key and "api_key" or "token")
+      .. "' cannot both be given (IAM credentials sign requests; a Bedrock API key is a bearer token)"
+  end
+  local key_env = "AWS_BEARER_TOKEN_BEDROCK"
+  local key = opts.api_key == nil and opts.token == nil and creds == nil and env(key_env)
+  if not key and b.mantle and opts.api_key == nil and opts.token == nil and creds == nil then
+    key_env = "ANTHROPIC_AWS_API_KEY" -- (the SDK's second name for a Mantle key)
+    key = env(key_env)
+  end
+  if key and key:find("[\r\n%z]") then
+    return nil, where .. "the API key from " .. key_env .. " must not contain a CR, LF or NUL"
+  end
+  if creds == nil and not key and opts.api_key == nil and opts.token == nil then
+    -- the environment's keys (not with a profile named: boto3 ignores them
+    -- then), else the AWS SDKs' default chain, asked at the first request
+    -- (the profile's role, SSO, process or keys, a web identity, the
+    -- container's or the instance's endpoint: tide.provider.aws.chain)
+    creds = not b.profile and M.from_env(env) or nil
+    if creds then
+      local why = M.check(creds)
+      if why then return nil, where .. "the credentials from the environment: " .. why end
+    else
+      creds = M.chain(env, region, b.profile)
+      return { region = region, credentials = creds, chain = true, mantle = b.mantle }
+    end
+  end
+  return { region = region, credentials = creds, key = key or nil, mantle = b.mantle }
+end
+
+
+--- Sets up a Bedrock provider's signing (`b`: bedrock_options' result):
+--- IAM credentials given as a table sign each request; a function (the
+--- caller's, or the default chain) is asked before a request once the
+--- last credentials have run out, as a token function is.
+---@param self table the provider
+---@param b table
+function M.bedrock_credentials(self, b)
+  local creds = b.credentials
+  if type(creds) == "function" then
+    self.aws_credentials, self._before_request = creds, M.renew_credentials
+    self.aws_chain = b.chain -- (the default chain, not the caller's function)
+  elseif creds then
+    self.aws = creds
+  end
+  if self.aws_credentials or self.aws then self._sign = M.sign_request end
+end
+
+--- The headers of one request to Bedrock with IAM credentials: the
+--- provider's own, and the signature of this body at this second (for
+--- `self.bedrock.service` in `self.bedrock.region`).
+---@param self table the provider
+---@param url string
+---@param body string
+---@return table<string,string>
+function M.sign_request(self, url, body)
+  local h = self:_headers()
+  local signed = M.sign("POST", url, { ["content-type"] = h["content-type"] }, body, self.aws,
+    self.bedrock.region, self.bedrock.service)
+  for k, v in pairs(signed) do h[k] = v end
+  return h
+end
+
+--- Before a request of a provider whose credentials come from a function:
+--- asks it for credentials once the last have run out (the seconds it
+--- said, less a minute; 55 minutes when it said nothing). True, or nil and
+--- a ProviderError (no request is sent then).
+---@param self table the provider
+---@return true|nil
+---@return table|nil err
+function M.renew_credentials(self)
+  if self._aws_until and core.hrtime() < self._aws_until then return true end
+  local ok, creds, ttl = base._once(self, "_aws_call", self.aws_credentials)
+  local why = not ok and tostring(creds) or M.check(creds)
+  if why then
+    return nil, core.error("ProviderError", ("tide.provider.%s: "):format(self.kind) .. (self.aws_chain and "Bedrock: "
+      or "the bedrock.credentials function gave no credentials: ") .. why)
+  end
+  self.aws, self._aws_until = creds, base._deadline(ttl)
+  return true
+end
+
 -- ------------------------------------------------------- the default chain
 
 -- Where credentials come from when none are given is a concern of its own
