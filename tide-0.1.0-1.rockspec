@@ -63,6 +63,7 @@ build = {
       ["tide.provider.aws_credentials"] = "lua/tide/provider/aws_credentials.lua",
       ["tide.provider.azure"] = "lua/tide/provider/azure.lua",
       ["tide.provider.base"] = "lua/tide/provider/base.lua",
+      ["tide.provider.bedrock"] = "lua/tide/provider/bedrock.lua",
       ["tide.provider.errors"] = "lua/tide/provider/errors.lua",
       ["tide.provider.exchange"] = "lua/tide/provider/exchange.lua",
       ["tide.provider.fallback"] = "lua/tide/provider/fallback.lua",

@@ -2022,7 +2022,210 @@ end
 
 -- -------------------------------------------------------------- rendering
 
-local shapes = { openai = openai, anthropic = anthropic, responses = responses }
+-- ------------------------------------------ Bedrock's Converse rendering
+--
+-- Bedrock's Converse API (tide.provider.bedrock): a whole reply's JSON, a
+-- stream's AWS event stream of Converse events (each payload with the `p`
+-- padding Bedrock adds), errors as Bedrock's. What it refuses, it refuses
+-- in Bedrock's words: a conversation that does not start with the user or
+-- does not alternate, a blank text block, tool blocks without a
+-- toolConfig, results that do not answer the calls before them, and (when
+-- the reply had reasoning) a follow-up that drops the reasoning it came
+-- with.
+local converse = { id_prefix = "converse_mock", call_prefix = "tooluse_" }
+
+function converse.error_body(_, message) return encode({ message = message }) end
+
+local function converse_usage(ctx)
+  local u = ctx.usage
+  local write = ctx.cache_write or (type(ctx.reply.usage) == "table" and ctx.reply.usage.cache_write) or 0
+  local out = { inputTokens = math.max(0, u.input - u.cached - write), outputTokens = u.output }
+  if u.cached > 0 or write > 0 then out.cacheReadInputTokens, out.cacheWriteInputTokens = u.cached, write end
+  out.totalTokens = out.inputTokens + out.outputTokens + u.cached + write
+  return out
+end
+
+-- The reasoning of a scripted reply as Converse's blocks, with signatures.
+local function converse_reasoning(ctx)
+  local r = ctx.reply.reasoning
+  if r == nil then return {} end
+  local list = type(r) == "table" and r or { r }
+  local out = {}
+  for i, item in ipairs(list) do
+    local text = type(item) == "table" and item.text or item
+    out[i] = { text = tostring(text), signature = (type(item) == "table" and item.signature) or ("EqConverse" .. i) }
+  end
+  return out
+end
+
+local function converse_stop(ctx)
+  if ctx.reply.finish_reason then return ctx.reply.finish_reason end
+  return #ctx.calls > 0 and "tool_use" or "end_turn"
+end
+
+-- What the mock remembers of a reply's calls: the reasoning the follow-up
+-- must send back with them.
+local function converse_remember(self, ctx, reasoning)
+  if #reasoning == 0 then return end
+  self._converse_reasoning = self._converse_reasoning or {}
+  for _, c in ipairs(ctx.calls) do self._converse_reasoning[c.id] = reasoning[1].signature end
+end
+
+function converse.completion(ctx)
+  local content = {}
+  local reasoning = converse_reasoning(ctx)
+  for _, r in ipairs(reasoning) do
+    content[#content + 1] = { reasoningContent = { reasoningText = { text = r.text, signature = r.signature } } }
+  end
+  if ctx.text ~= "" then content[#content + 1] = { text = ctx.text } end
+  for _, c in ipairs(ctx.calls) do
+    content[#content + 1] = { toolUse = { toolUseId = c.id, name = c.name, input = c.input } }
+  end
+  converse_remember(ctx.server, ctx, reasoning)
+  return encode({ output = { message = { role = "assistant", content = #content > 0 and content or EMPTY } },
+    stopReason = converse_stop(ctx), usage = converse_usage(ctx), metrics = { latencyMs = 321 } })
+end
+
+local function converse_frame(name, obj)
+  local payload = obj
+  payload.p = PAD:sub(1, (#encode(obj) % #PAD) + 1)
+  return es_frame({ { ":event-type", name }, { ":content-type", "application/json" }, { ":message-type", "event" } },
+    encode(payload))
+end
+
+function converse.stream(ctx, truncate)
+  local frames = { converse_frame("messageStart", { role = "assistant" }) }
+  local index = 0
+  local reasoning = converse_reasoning(ctx)
+  for _, r in ipairs(reasoning) do
+    for _, piece in ipairs(split(r.text, 2)) do
+      frames[#frames + 1] = converse_frame("contentBlockDelta", { contentBlockIndex = index,
+        delta = { reasoningContent = { text = piece } } })
+    end
+    frames[#frames + 1] = converse_frame("contentBlockDelta", { contentBlockIndex = index,
+      delta = { reasoningContent = { signature = r.signature } } })
+    frames[#frames + 1] = converse_frame("contentBlockStop", { contentBlockIndex = index })
+    index = index + 1
+  end
+  if ctx.text ~= "" then
+    for _, piece in ipairs(ctx.text_pieces) do
+      frames[#frames + 1] = converse_frame("contentBlockDelta", { contentBlockIndex = index, delta = { text = piece } })
+    end
+    frames[#frames + 1] = converse_frame("contentBlockStop", { contentBlockIndex = index })
+    index = index + 1
+  end
+  for _, c in ipairs(ctx.calls) do
+    frames[#frames + 1] = converse_frame("contentBlockStart", { contentBlockIndex = index,
+      start = { toolUse = { toolUseId = c.id, name = c.name } } })
+    for _, piece in ipairs(split(c.args, 2)) do
+      frames[#frames + 1] = converse_frame("contentBlockDelta", { contentBlockIndex = index,
+        delta = { toolUse = { input = piece } } })
+    end
+    frames[#frames + 1] = converse_frame("contentBlockStop", { contentBlockIndex = index })
+    index = index + 1
+  end
+  converse_remember(ctx.server, ctx, reasoning)
+  if truncate then return frames end
+  if ctx.reply.exception then -- (the stream fails before its end)
+    frames[#frames + 1] = es_frame({ { ":exception-type", ctx.reply.exception }, { ":content-type", "application/json" },
+      { ":message-type", "exception" } }, encode({ message = "Too many requests, please wait before trying again." }))
+    return frames
+  end
+  frames[#frames + 1] = converse_frame("messageStop", { stopReason = converse_stop(ctx) })
+  frames[#frames + 1] = converse_frame("metadata", { usage = converse_usage(ctx),
+    metrics = { latencyMs = 321 } })
+  return frames
+end
+
+function converse.malformed_stream(ctx)
+  local frames = converse.stream(ctx)
+  local c = frames[2]
+  frames[2] = c:sub(1, -2) .. string.char((c:byte(-1) + 1) % 256) -- (its CRC does not match)
+  return frames
+end
+
+local function validation(message) return bedrock_error(400, "ValidationException", message) end
+
+function converse.validate(self, req)
+  local json = req.json
+  local msgs = type(json.messages) == "table" and json.messages or {}
+  local tool_blocks, pending = false, nil
+  for i, m in ipairs(msgs) do
+    if type(m) ~= "table" or (m.role ~= "user" and m.role ~= "assistant") or type(m.content) ~= "table" then
+      return validation(("Malformed input request: messages.%d must have a role and content"):format(i - 1))
+    end
+    if i == 1 and m.role ~= "user" then
+      return validation("A conversation must start with a user message. Try again with a conversation that starts "
+        .. "with a user message.")
+    end
+    if i > 1 and msgs[i - 1].role == m.role then
+      return validation("A conversation must alternate between user and assistant roles. Make sure the conversation "
+        .. "alternates between user and assistant roles and try again.")
+    end
+    local answered, signature = {}, nil
+    for j, b in ipairs(m.content) do
+      if type(b) == "table" and b.text ~= nil and (type(b.text) ~= "string" or not b.text:find("%S")) then
+        return validation(("The text field in the ContentBlock object at messages.%d.content.%d is blank. Add text "
+          .. "to the text field, and try again."):format(i - 1, j - 1))
+      end
+      if type(b) == "table" and (b.toolUse or b.toolResult) then tool_blocks = true end
+      if type(b) == "table" and type(b.toolResult) == "table" then answered[b.toolResult.toolUseId] = true end
+      if type(b) == "table" and type(b.reasoningContent) == "table" and type(b.reasoningContent.reasoningText) == "table" then
+        signature = b.reasoningContent.reasoningText.signature
+      end
+      if type(b) == "table" and type(b.toolUse) == "table" then
+        local want = self._converse_reasoning and self._converse_reasoning[b.toolUse.toolUseId]
+        if want and signature ~= want then
+          return validation(("messages.%d.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+            .. "`%s`. When `thinking` is enabled, a final `assistant` message must start with a thinking block."):format(
+            i - 1, type(m.content[1]) == "table" and m.content[1].text and "text" or "tool_use"))
+        end
+      end
+    end
+    if pending then
+      local missing = {}
+      for _, id in ipairs(pending) do if not answered[id] then missing[#missing + 1] = id end end
+      if #missing > 0 then
+        return validation(("Expected toolResult blocks at messages.%d.content for the following Ids: %s"):format(i - 1,
+          table.concat(missing, ", ")))
+      end
+    end
+    pending = nil
+    if m.role == "assistant" then
+      for _, b in ipairs(m.content) do
+        if type(b) == "table" and type(b.toolUse) == "table" then
+          pending = pending or {}
+          pending[#pending + 1] = b.toolUse.toolUseId
+        end
+      end
+    end
+  end
+  if tool_blocks and type(json.toolConfig) ~= "table" then
+    return validation("The toolConfig field must be defined when using toolUse and toolResult content blocks.")
+  end
+  return nil
+end
+
+-- A rendered Converse reply as Bedrock sends it: a stream as an event
+-- stream, an error as Bedrock's.
+function converse.response(res, reply)
+  if res.chunks then
+    res.headers = headers_with(ES_HEADERS, reply.headers)
+    return res
+  end
+  if res.status and res.status >= 400 then
+    local obj = decode(res.body or "") or {}
+    local r = bedrock_error(res.status, BEDROCK_ERRORS[res.status] or "InternalServerException",
+      type(obj.message) == "string" and obj.message or ("mock: HTTP " .. res.status))
+    r.headers = headers_with(r.headers, reply.headers)
+    r.delay_ms = res.delay_ms
+    return r
+  end
+  res.headers = headers_with(res.headers or JSON_HEADERS, { ["x-amzn-requestid"] = "mock-bedrock-request" })
+  return res
+end
+
+local shapes = { openai = openai, anthropic = anthropic, responses = responses, converse = converse }
 
 -- Fills `text` so that the body rendered by `render_body(text)` is `n` bytes.
 local function fill_to(n, render_body)
@@ -2078,6 +2281,7 @@ local function render(self, shape_name, reply, req)
     model = type(json.model) == "string" and json.model or "mock-model",
     text = text, calls = calls,
     reply = reply, json = json, -- for a shape's own fields (reasoning, stop_reason)
+    server = self,
   }
   ctx.usage = usage_of(reply, req, text, calls)
   ctx.reply = reply -- the wire formats' own fields (reasoning, signatures...)
@@ -2162,7 +2366,7 @@ function Mock:_handle(req)
     reqs[#reqs + 1] = rec
   end
   local route = req.path:match("^[^?]*")
-  local shape, bedrock
+  local shape, bedrock, converse_rec
   if req.method == "POST" and route:match("/chat/completions$") then
     shape = "openai"
   elseif req.method == "POST" and route:match("/messages$") then
@@ -2192,6 +2396,16 @@ function Mock:_handle(req)
     local id = route:match("^/model/([^/]+)/"):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
     json.model = id:match("anthropic%.(claude[%w%-%.]-)%-v%d+:%d+$") or id
     rec = setmetatable({ json = json }, { __index = rec })
+  elseif req.method == "POST" and (route:match("^/model/[^/]+/converse$")
+      or route:match("^/model/[^/]+/converse%-stream$")) then
+    -- Bedrock's Converse API: AWS's credentials, the stream by the path
+    local refused = bedrock_auth(self, rec, "bedrock")
+    if refused then return refused end
+    shape, converse_rec = "converse", true
+    local json = copy(type(rec.json) == "table" and rec.json or {})
+    json.stream = route:match("stream$") ~= nil
+    json.model = route:match("^/model/([^/]+)/"):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+    rec = setmetatable({ json = json }, { __index = rec })
   else
     local routes = self._opts.routes
     local h = routes and (routes[req.path] or routes[route])
@@ -2204,6 +2418,7 @@ function Mock:_handle(req)
   -- reply is spent on it.
   local reject = shapes[shape].validate and shapes[shape].validate(self, rec)
   if reject then return bedrock and anthropic.bedrock_response(reject, {}) or reject end
+  local wrap = converse_rec and function(res, r) return converse.response(res, r) end
   local reply
   if self._head <= self._tail then
     reply = self._queue[self._head]
@@ -2215,9 +2430,18 @@ function Mock:_handle(req)
   else
     local res = { status = 500, headers = JSON_HEADERS,
                   body = shapes[shape].error_body(500, "mock: no scripted reply left") }
+    if wrap then return wrap(res, {}) end
     return bedrock and anthropic.bedrock_response(res, {}) or res
   end
   reply = resolve(reply, rec)
+  if wrap then
+    local r = reply
+    if reply.fault == "exception" then -- (a stream that ends with an exception frame)
+      r = copy(reply)
+      r.fault, r.exception = nil, reply.exception or "throttlingException"
+    end
+    return wrap(render(self, shape, r, rec), reply)
+  end
   if bedrock then
     local r = reply
     if reply.fault == "exception" then -- (rendered whole; bedrock_response fails it)
@@ -2333,7 +2557,8 @@ function testing.count_tool_results(req)
         n = n + 1
       elseif type(m.content) == "table" then
         for _, block in ipairs(m.content) do
-          if type(block) == "table" and block.type == "tool_result" then n = n + 1 end
+          -- (Anthropic's tool_result, Converse's toolResult)
+          if type(block) == "table" and (block.type == "tool_result" or block.toolResult ~= nil) then n = n + 1 end
         end
       end
     end

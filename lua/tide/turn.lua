@@ -432,7 +432,7 @@ local TRUNCATED = { length = true, content_filter = true }
 -- name is the semantic conventions' well-known one for the service the
 -- request goes to: by its host for the OpenAI-compatible ones, Vertex AI
 -- and Bedrock for Claude there.
-local PROVIDER_NAMES = { openai = "openai", anthropic = "anthropic", responses = "openai" }
+local PROVIDER_NAMES = { openai = "openai", anthropic = "anthropic", responses = "openai", bedrock = "aws.bedrock" }
 local HOST_NAMES = { ["api.deepseek.com"] = "deepseek", ["api.groq.com"] = "groq",
   ["api.mistral.ai"] = "mistral_ai", ["api.x.ai"] = "x_ai", ["api.perplexity.ai"] = "perplexity" }
 chat_attributes = function(provider)

@@ -157,3 +157,47 @@ describe("core.anthropic_stream with the aws framing", function()
     assert.has_error(function() core.anthropic_stream(nil, "xml") end)
   end)
 end)
+
+describe("core.aws_eventstream (the raw mode, Converse's)", function()
+  local frame = require("tide.testing").aws_frame
+  local function event(name, payload)
+    return frame({ { ":message-type", "event" }, { ":event-type", name }, { ":content-type", "application/json" } },
+      payload)
+  end
+
+  it("hands each frame's type and payload on, fed in pieces of every size", function()
+    local bytes = event("messageStart", '{"role":"assistant"}') .. event("contentBlockDelta",
+      '{"contentBlockIndex":0,"delta":{"text":"Hi"},"p":"abc"}') .. frame({ { ":message-type", "exception" },
+      { ":exception-type", "throttlingException" } }, '{"message":"slow down"}')
+    for size = 1, #bytes do
+      local d <close> = core.aws_eventstream()
+      local got = {}
+      for i = 1, #bytes, size do
+        for _, e in ipairs(assert(d:feed(bytes:sub(i, i + size - 1)))) do got[#got + 1] = e end
+      end
+      assert.are.same({ { type = "messageStart", data = '{"role":"assistant"}' },
+        { type = "contentBlockDelta", data = '{"contentBlockIndex":0,"delta":{"text":"Hi"},"p":"abc"}' },
+        { type = "throttlingException", data = '{"message":"slow down"}', exception = true } }, got)
+      assert.are.equal(0, d:pending())
+    end
+  end)
+
+  it("keeps an unfinished frame, and refuses a corrupt one for good", function()
+    local d <close> = core.aws_eventstream()
+    local f = event("metadata", '{"usage":{}}')
+    assert.are.same({}, d:feed(f:sub(1, 10)))
+    assert.are.equal(10, d:pending())
+    local bad = f:sub(1, -2) .. string.char((f:byte(-1) + 1) % 256)
+    local events, err = core.aws_eventstream():feed(bad)
+    assert.is_nil(events)
+    assert.are.equal("MalformedResponse", err.code)
+    assert.matches("the message's CRC does not match", err.message, 1, true)
+    local e2 = core.aws_eventstream()
+    assert.is_nil((e2:feed(bad)))
+    assert.has_error(function() e2:feed(f) end, "tide.aws_eventstream: the stream was already refused")
+    -- a frame with no :event-type
+    events, err = core.aws_eventstream():feed(frame({ { ":message-type", "event" } }, "{}"))
+    assert.is_nil(events)
+    assert.matches("an event has no :event-type", err.message, 1, true)
+  end)
+end)

@@ -109,12 +109,6 @@ local function bedrock_of(b, opts)
     { region = true, credentials = true, mantle = true, profile = true })
 end
 
--- The model id as it goes in a Bedrock URL: every byte but the unreserved
--- ones and ':' encoded (an ARN's '/' as %2F), as the SDK writes it.
-local function bedrock_model(model)
-  return (model:gsub("[^%w%-_%.~:]", function(c) return ("%%%02X"):format(c:byte()) end))
-end
-
 --- Creates the provider object, or returns nil plus a misuse message.
 ---@param opts? tide.provider.opts
 function M.new(opts)
@@ -679,7 +673,7 @@ end
 function Provider:_url()
   if self.bedrock and self.bedrock.mantle then return self.base_url .. "/v1/messages" end
   if self.bedrock then
-    return ("%s/model/%s/%s"):format(self.base_url, bedrock_model(self.model),
+    return ("%s/model/%s/%s"):format(self.base_url, aws().model_path(self.model),
       self.stream and "invoke-with-response-stream" or "invoke")
   end
   local v = self.vertex

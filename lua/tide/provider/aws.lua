@@ -230,6 +230,15 @@ function M.bedrock_options(b, opts, where, name, allowed)
 end
 
 
+--- A model id as it goes in a Bedrock URL's path: every byte but the
+--- unreserved ones and ':' encoded (an ARN's '/' as %2F), as the SDKs
+--- write it.
+---@param model string
+---@return string
+function M.model_path(model)
+  return (model:gsub("[^%w%-_%.~:]", function(c) return ("%%%02X"):format(c:byte()) end))
+end
+
 --- Sets up a Bedrock provider's signing (`b`: bedrock_options' result):
 --- IAM credentials given as a table sign each request; a function (the
 --- caller's, or the default chain) is asked before a request once the

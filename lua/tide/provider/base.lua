@@ -66,7 +66,12 @@ local option_types = {
   stop = "any", query = "table", extra_body = "table", thinking = "table", structured_output = "string",
   api = "string", store = "boolean", limits = "table", stream_usage = "boolean", server_tools = "table",
   vertex = "table", bedrock = "table", token = "function",
+  region = "string", credentials = "any", profile = "string", -- (tide.provider.bedrock's)
 }
+
+-- The options of tide.provider.bedrock (Bedrock's Converse API) besides the
+-- common ones.
+local BEDROCK_OWN = { region = true, credentials = true, profile = true }
 
 -- The options only the OpenAI chat wire format reads.
 local OPENAI_ONLY = {
@@ -394,12 +399,17 @@ function provider._new(kind, opts, defaults)
   end
   local allowed = {}
   for k in pairs(option_types) do allowed[k] = true end
-  if kind ~= "anthropic" then allowed.prompt_cache = nil end
+  if kind ~= "anthropic" and kind ~= "bedrock" then allowed.prompt_cache = nil end
   if kind ~= "openai" then
     for k in pairs(OPENAI_ONLY) do allowed[k] = nil end
   end
   if kind ~= "anthropic" then -- only its encoder sends them
     allowed.thinking, allowed.structured_output, allowed.vertex, allowed.bedrock = nil, nil, nil, nil
+  end
+  if kind == "bedrock" then -- (Converse: stop sequences, no reasoning option, no server tools)
+    allowed.stop, allowed.reasoning, allowed.server_tools = true, nil, nil
+  else
+    for k in pairs(BEDROCK_OWN) do allowed[k] = nil end
   end
   local msg = check_options(kind, opts, allowed)
   if msg then return nil, msg end

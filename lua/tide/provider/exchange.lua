@@ -178,8 +178,8 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
   local t0 = core.hrtime()
   local ttfb_ms
 
-  -- The reply's parser: the wire format's C sink (a userdata with feed,
-  -- finish and close).
+  -- The reply's parser: the wire format's sink (feed, finish and close;
+  -- a C userdata, or for Bedrock's Converse a Lua table).
   local parser <close> = self:_c_stream()
   local deltas = on_delta and {} or nil
   local on_reasoning = opts.on_reasoning
@@ -195,7 +195,8 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
   -- With a C sink and nobody to hand text to, the request feeds the parser
   -- itself (req:pump): no string per chunk, no trip through this loop. It
   -- hands a reply that is not an event stream back as next() would.
-  local pump = on_delta == nil and on_reasoning == nil
+  -- (a sink written in Lua, Converse's, is fed here)
+  local pump = on_delta == nil and on_reasoning == nil and type(parser) == "userdata"
   local status, done_ttfb_ms, herr
   while true do
     local kind, v, ttfb

@@ -9,7 +9,7 @@
 --- The parts: `base` (options, shared checks, the interface's common
 --- methods), `exchange` (one request and its reply), `retry` (backoff and
 --- Retry-After), `errors`, `reply` (the neutral reply), and one file per wire
---- format (`openai`, `responses`, `anthropic`).
+--- format (`openai`, `responses`, `anthropic`, `bedrock`).
 ---@class tide.provider
 local base = require "tide.provider.base"
 
@@ -46,6 +46,17 @@ end
 ---@return tide.provider.Provider
 function provider.anthropic(opts)
   local p, msg = require("tide.provider.anthropic").new(opts)
+  if not p then error(msg, 2) end
+  return p
+end
+
+--- Amazon Bedrock's Converse API: every model Bedrock serves, in one
+--- request shape (tide.provider.bedrock). `model` is required; `region`,
+--- `credentials` and `profile` as for Claude on Bedrock.
+---@param opts? tide.provider.opts
+---@return tide.provider.Provider
+function provider.bedrock(opts)
+  local p, msg = require("tide.provider.bedrock").new(opts)
   if not p then error(msg, 2) end
   return p
 end

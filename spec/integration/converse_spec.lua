@@ -1,0 +1,267 @@
+-- Amazon Bedrock's Converse API (tide.provider.bedrock) against the mock
+-- answering as Bedrock does: Signature Version 4 checked in full, the
+-- model in the path (/converse, /converse-stream), a streamed reply as an
+-- AWS event stream of Converse events, reasoning that must come back with
+-- the calls it led to, the conversation rules Converse enforces, errors
+-- and stream exceptions as Bedrock's.
+local helpers = require "helpers"
+local tide = require "tide"
+local testing = require "tide.testing"
+local cjson = require "cjson"
+
+local with_mock = helpers.with_mock
+local CREDS = { access_key_id = "AKIACONVERSE", secret_access_key = "converse/Secret+Key0123456789EXAMPLE",
+  session_token = "IQoJconverse//token=" }
+local MODEL = "us.amazon.nova-pro-v1:0"
+local FAST = { attempts = 3, base_ms = 1, max_ms = 2 }
+
+local function mock(t)
+  t.bedrock = { credentials = CREDS, region = "us-west-2" }
+  return t
+end
+
+local function make(url, stream, extra)
+  local o = { base_url = url, model = MODEL, region = "us-west-2", credentials = CREDS, stream = stream, retry = FAST }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return tide.provider.bedrock(o)
+end
+
+tide.agent { id = "conversing", prompt = "You look things up.", tools = { tide.tool { name = "lookup",
+  description = "Looks an item up.", parameters = { type = "object", properties = { q = { type = "string" } },
+    required = { "q" } }, handler = function(a) return "found " .. tostring(a.q) end } } }
+
+for _, stream in ipairs { true, false } do
+  local mode = stream and "streamed" or "not streamed"
+  local path = "/model/" .. MODEL .. "/" .. (stream and "converse-stream" or "converse")
+
+  describe("tide.provider.bedrock (" .. mode .. ")", function()
+    it("runs a tool loop, each request signed, the calls answered as toolResult blocks", function()
+      with_mock(mock { default = testing.tool_loop(2) }, function(srv)
+        local s = tide.session { agent = "conversing", provider = make(srv.url, stream, { max_tokens = 500 }) }
+        assert.are.equal("done after 2 lookups", assert(s:turn("find two things")))
+        local reqs = srv:requests()
+        assert.are.equal(3, #reqs)
+        for _, req in ipairs(reqs) do
+          assert.are.equal(path, req.path)
+          assert.matches("^AWS4%-HMAC%-SHA256 Credential=AKIACONVERSE/%d+/us%-west%-2/bedrock/aws4_request",
+            req.headers["authorization"])
+          assert.is_nil(req.json.model) -- (in the path)
+          assert.are.same({ maxTokens = 500 }, req.json.inferenceConfig)
+          assert.are.equal("You look things up.", req.json.system[1].text:match("^You look things up%."))
+          assert.are.equal("lookup", req.json.toolConfig.tools[1].toolSpec.name)
+        end
+        local m = reqs[3].json.messages
+        assert.are.equal(5, #m)
+        assert.are.same({ "user", "assistant", "user", "assistant", "user" }, { m[1].role, m[2].role, m[3].role,
+          m[4].role, m[5].role })
+        local use = m[2].content[1].toolUse
+        assert.are.same({ q = "item 1" }, use.input)
+        assert.are.same({ toolResult = { toolUseId = use.toolUseId, content = { { text = "found item 1" } } } },
+          m[3].content[1])
+        local t = s:stats().tokens
+        assert.is_true(t.input > 0 and t.output > 0)
+      end)
+    end)
+
+    it("sends reasoning back with the calls it led to, as Converse wants it", function()
+      with_mock(mock { replies = {
+        { reasoning = "The user wants Lyon's weather.", tool_calls = { { name = "lookup", arguments = { q = "Lyon" } } } },
+        "Sunny in Lyon.",
+      } }, function(srv)
+        local heard = {}
+        local s = tide.session { agent = "conversing", provider = make(srv.url, stream) }
+        assert.are.equal("Sunny in Lyon.", assert(s:turn("weather?", { on_reasoning = function(d)
+          heard[#heard + 1] = d end })))
+        assert.are.equal("The user wants Lyon's weather.", table.concat(heard))
+        local a = s:history()[2]
+        assert.are.same({ { type = "text", text = "The user wants Lyon's weather.", signature = "EqConverse1",
+          provider = "bedrock" } }, a.reasoning)
+        local sent = srv:requests()[2].json.messages[2].content[1]
+        assert.are.same({ reasoningContent = { reasoningText = { text = "The user wants Lyon's weather.",
+          signature = "EqConverse1" } } }, sent)
+      end)
+      -- a follow-up that drops it gets Bedrock's 400
+      with_mock(mock { replies = {
+        { reasoning = "Think.", tool_calls = { { name = "lookup", arguments = { q = "x" } } } }, "ok" } }, function(srv)
+        local p = make(srv.url, stream)
+        local res = assert(p:complete(p:body(p:encode_prefix("s", { { name = "lookup" } }),
+          { p:encode_message({ role = "user", content = "go" }) })))
+        local call = res.tool_calls[1]
+        local _, err = p:complete(p:body(p:encode_prefix("s", { { name = "lookup" } }), {
+          p:encode_message({ role = "user", content = "go" }),
+          p:encode_message({ role = "assistant", tool_calls = res.tool_calls }),
+          p:encode_message({ role = "tool", results = { { id = call.id, content = "r" } } }) }))
+        assert.are.equal(400, err.status)
+        assert.are.equal("ValidationException", err.type)
+        assert.matches("Expected `thinking` or `redacted_thinking`", err.message, 1, true)
+      end)
+    end)
+
+    it("reads usage with the cache's reads and writes in the whole prompt, and the stop reasons", function()
+      with_mock(mock { replies = {
+        { text = "cut", usage = { input = 900, cached = 600, cache_write = 200, output = 7 }, finish_reason = "max_tokens" },
+        { text = "", finish_reason = "guardrail_intervened" },
+        { text = "", finish_reason = "malformed_tool_use" },
+      } }, function(srv)
+        local p = make(srv.url, stream)
+        local body = p:body(p:encode_prefix("s"), { p:encode_message({ role = "user", content = "hi" }) })
+        local res = assert(p:complete(body))
+        assert.are.same({ input = 900, output = 7, cached = 600, cache_write = 200, reasoning = 0 }, res.usage)
+        assert.are.equal("length", res.stop)
+        assert.are.equal("max_tokens", res.stop_raw)
+        assert.are.equal("content_filter", assert(p:complete(body)).stop)
+        local _, err = p:complete(body)
+        assert.are.equal("ProviderError", err.code)
+        assert.matches("the model's tool use was malformed (stopReason malformed_tool_use)", err.message, 1, true)
+      end)
+    end)
+
+    it("retries a throttled request, and says what Bedrock refused", function()
+      with_mock(mock { replies = {
+        { fault = "status", status = 429, body = { message = "Too many requests, please wait before trying again." } },
+        "after the wait",
+      } }, function(srv)
+        local p = make(srv.url, stream)
+        local res = assert(p:complete(p:body(p:encode_prefix("s"), { p:encode_message({ role = "user", content = "hi" }) })))
+        assert.are.equal("after the wait", res.text)
+        assert.are.equal(2, res.attempts)
+      end)
+      with_mock(mock { replies = { "unused" } }, function(srv)
+        local p = make(srv.url, stream)
+        -- Converse's own rules, in its words
+        for _, case in ipairs {
+          { { { role = "assistant", content = "hi" } }, "A conversation must start with a user message." },
+          { { { role = "user", content = "a" }, { role = "user", content = "b" } },
+            "A conversation must alternate between user and assistant roles." },
+        } do
+          local wire = {}
+          for i, m in ipairs(case[1]) do wire[i] = p:encode_message(m) end
+          local _, err = p:complete(p:body(p:encode_prefix("s"), wire))
+          assert.are.equal(400, err.status)
+          assert.are.equal("ValidationException", err.type)
+          assert.matches(case[2], err.message, 1, true)
+        end
+        -- unsigned by another key: AWS's 403
+        local other = make(srv.url, stream, { credentials = { access_key_id = "AKIAOTHER", secret_access_key = "x" } })
+        local _, err = other:complete(other:body(other:encode_prefix("s"), { other:encode_message({ role = "user",
+          content = "hi" }) }))
+        assert.are.equal(403, err.status)
+        assert.are.equal("UnrecognizedClientException", err.type)
+      end)
+    end)
+  end)
+end
+
+describe("tide.provider.bedrock's event streams", function()
+  local function complete(srv, reply, extra)
+    srv:push(reply)
+    local p = make(srv.url, true, extra)
+    return p:complete(p:body(p:encode_prefix("s"), { p:encode_message({ role = "user", content = "hi" }) }),
+      { on_delta = function() end })
+  end
+
+  it("hands text over in deltas, and fails a stream that ends early, a bad frame or an exception", function()
+    with_mock(mock {}, function(srv)
+      local deltas = {}
+      srv:push("one two three four five six")
+      local p = make(srv.url, true)
+      local res = assert(p:complete(p:body(p:encode_prefix("s"), { p:encode_message({ role = "user", content = "hi" }) }),
+        { on_delta = function(d) deltas[#deltas + 1] = d end }))
+      assert.are.equal("one two three four five six", res.text)
+      assert.is_true(#deltas >= 3)
+      local _, err = complete(srv, { text = "cut short", fault = "truncate" })
+      assert.are.equal("MalformedResponse", err.code)
+      assert.matches("bedrock stream ended before its messageStop", err.message, 1, true)
+      _, err = complete(srv, { text = "bad frame", fault = "malformed" })
+      assert.are.equal("MalformedResponse", err.code)
+      assert.matches("invalid AWS event stream: the message's CRC does not match", err.message, 1, true)
+      -- a throttling exception mid-stream: retried when no text had reached anyone
+      srv:push({ text = "after", fault = "exception" }, "second time lucky")
+      res = assert(p:complete(p:body(p:encode_prefix("s"), { p:encode_message({ role = "user", content = "hi" }) })))
+      assert.are.equal("second time lucky", res.text)
+      assert.are.equal(2, res.attempts)
+      -- and not once its text had (the caller heard half an answer)
+      srv:push({ text = "half an answer", fault = "exception" })
+      _, err = complete(srv, "unused")
+      assert.are.equal("RateLimited", err.code)
+      assert.matches("bedrock stream failed: throttlingException: Too many requests", err.message, 1, true)
+      srv:close()
+    end)
+  end)
+end)
+
+describe("tide.provider.bedrock on a cassette", function()
+  it("records a streamed tool loop signed for Bedrock, and replays it offline", function()
+    local path = os.tmpname()
+    helpers.run(function()
+      local srv <close> = assert(testing.mock_server(mock { default = testing.tool_loop(2) }))
+      local rec = assert(testing.record { provider = make(srv.url, true), cassette = path })
+      assert.are.equal("done after 2 lookups", assert(tide.session { agent = "conversing", provider = rec }:turn("go")))
+      rec:close()
+      local replay <close> = assert(testing.replay(path, { provider = "bedrock" }))
+      local p = make(replay.url, true, { credentials = { access_key_id = "AKIAOFFLINE", secret_access_key = "x" } })
+      assert.are.equal("done after 2 lookups", assert(tide.session { agent = "conversing", provider = p }:turn("go")))
+      assert.are.same({}, replay:mismatches())
+    end)
+    assert.matches('"encoding":"base64"', helpers.read(path), 1, true)
+    os.remove(path)
+  end)
+end)
+
+describe("tide.provider.bedrock's options and encoding", function()
+  local function body_of(p, msgs)
+    local wire = {}
+    for i, m in ipairs(msgs) do wire[i] = p:encode_message(m) end
+    return cjson.decode(p:body(p:encode_prefix("sys", { { name = "t", parameters = { type = "object" } } }), wire))
+  end
+
+  it("puts stop, temperature, cache points and the model's own fields where Converse reads them", function()
+    local p = make("http://127.0.0.1:9", false, { stop = "END", temperature = 0.2, prompt_cache = "1h",
+      extra_body = { inferenceConfig = { topK = 20 } } })
+    local b = body_of(p, { { role = "user", content = "hi" } })
+    assert.are.same({ stopSequences = { "END" }, temperature = 0.2 }, b.inferenceConfig)
+    assert.are.same({ inferenceConfig = { topK = 20 } }, b.additionalModelRequestFields)
+    assert.are.same({ cachePoint = { type = "default", ttl = "1h" } }, b.system[2])
+    assert.are.same({ cachePoint = { type = "default", ttl = "1h" } }, b.toolConfig.tools[2])
+    assert.are.equal("http://127.0.0.1:9/model/us.amazon.nova-pro-v1:0/converse", p:_url())
+    assert.are.equal("http://127.0.0.1:9/model/arn:aws:bedrock:us-west-2:1:inference-profile%2Fx/converse",
+      make("http://127.0.0.1:9", false, { model = "arn:aws:bedrock:us-west-2:1:inference-profile/x" }):_url())
+  end)
+
+  it("sends images and documents as bytes, and never a blank text block", function()
+    local p = make("http://127.0.0.1:9", false)
+    local png = "\137PNG\r\n\26\n" .. "fake"
+    local b = body_of(p, {
+      { role = "user", content = { { type = "text", text = "look" }, require("tide.content").resolve({ tide.image { data = png } })[1],
+        { type = "file", mime = "application/pdf", name = "report 2026.pdf", data = tide.core.base64("%PDF-1") } } },
+      { role = "assistant", content = "" },
+      { role = "user", content = "again" },
+    })
+    local c = b.messages[1].content
+    assert.are.same({ image = { format = "png", source = { bytes = tide.core.base64(png) } } }, c[2])
+    assert.are.same({ document = { format = "pdf", name = "report 2026", source = { bytes = tide.core.base64("%PDF-1") } } },
+      c[3])
+    assert.are.same({ { text = "(no answer)" } }, b.messages[2].content)
+    assert.has_error(function() p:encode_message({ role = "user", content = { { type = "image", url = "https://x/y.png",
+      mime = "image/png" } } }) end, "tide.provider.bedrock: Converse takes images as bytes, not as a URL")
+  end)
+
+  it("says what is wrong with its options", function()
+    local function fails(opts, want)
+      local ok, err = pcall(tide.provider.bedrock, opts)
+      assert.is_false(ok)
+      assert.matches(want, tostring(err), 1, true)
+    end
+    fails({ region = "us-east-1", credentials = CREDS }, "'model' is required")
+    fails({ model = "m", region = "us-east-1", credentials = CREDS, stop = { 1 } }, "'stop' must be a string or a list")
+    fails({ model = "m", region = "us-east-1", credentials = CREDS, thinking = {} }, "unknown option 'thinking'")
+    fails({ model = "m", region = "r/x", credentials = CREDS }, "'region' must be a region")
+    fails({ model = "m", region = "us-east-1", credentials = CREDS, profile = "p" },
+      "'profile' and 'credentials' cannot both be given")
+    fails({ model = "m", region = "us-east-1", credentials = { access_key_id = "A" } },
+      "'credentials' needs 'secret_access_key'")
+    local ok, err = pcall(tide.provider.openai, { region = "us-east-1" })
+    assert.is_false(ok)
+    assert.matches("unknown option 'region'", tostring(err), 1, true)
+  end)
+end)
