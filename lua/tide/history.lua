@@ -76,7 +76,9 @@ function history_mt:append(msg)
   msgs[n] = msg
   if msg.container then self.container = msg.container end
   if self.nencoded == n - 1 then
-    add(self, self.provider:_encode(msg))
+    -- (the message before it too: Converse must see two turns of one role
+    -- kept apart)
+    add(self, self.provider:_encode(msg, nil, msgs[n - 1]))
     self.nencoded = n
   end
   if self.writer then record(self, msg) end
@@ -111,7 +113,7 @@ end
 function history_mt:encoded()
   local msgs, n = self.messages, self.nencoded
   if n < #msgs then
-    for i = n + 1, #msgs do add(self, self.provider:encode_message(msgs[i])) end
+    for i = n + 1, #msgs do add(self, self.provider:encode_message(msgs[i], msgs[i - 1])) end
     self.nencoded = #msgs
   end
   return self.wire

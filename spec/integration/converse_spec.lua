@@ -152,6 +152,25 @@ for _, stream in ipairs { true, false } do
   end)
 end
 
+describe("tide.provider.bedrock's turns", function()
+  it("keeps the roles alternating after a turn whose request failed, as Converse wants them", function()
+    with_mock(mock { replies = { { fault = "status", status = 400, body = { message = "Malformed input request" } },
+      "second turn's answer" } }, function(srv)
+      local s = tide.session { agent = "conversing", provider = make(srv.url, false, { retry = { attempts = 1 } }) }
+      local reply, err = s:turn("first")
+      assert.is_nil(reply)
+      assert.are.equal(400, err.status)
+      assert.are.equal("second turn's answer", assert(s:turn("second")))
+      local m = srv:requests()[2].json.messages
+      assert.are.same({ "user", "assistant", "user" }, { m[1].role, m[2].role, m[3].role })
+      assert.are.same({ { text = "(no answer)" } }, m[2].content)
+      assert.are.same({ "first", "second" }, { m[1].content[1].text, m[3].content[1].text })
+      -- (the session's history itself is as it was: the turn in between is Converse's)
+      assert.are.equal(3, #s:history())
+    end)
+  end)
+end)
+
 describe("tide.provider.bedrock's event streams", function()
   local function complete(srv, reply, extra)
     srv:push(reply)

@@ -214,17 +214,36 @@ local function user_content(c)
   return "[" .. text_block(c, "(empty)") .. "]"
 end
 
---- One neutral message as Converse's JSON.
+--- One neutral message as Converse's JSON; with the message before it
+--- (`prev`), a turn between them when both are the same role's.
 ---@param msg table a neutral message (see docs/internals.md)
+---@param prev? table the message before it
 ---@return string
-function Provider:encode_message(msg)
+function Provider:encode_message(msg, prev)
   provider._check_message("bedrock", msg, 2)
-  return self:_encode(msg, 3)
+  return self:_encode(msg, 3, prev)
 end
+
+-- Converse wants the roles to alternate, from the user's first ("A
+-- conversation must alternate between user and assistant roles"), where
+-- the other APIs take two turns of one role in a row (a turn whose
+-- request failed, then the next user message): a turn of the other role,
+-- saying so, goes between them.
+local BETWEEN = { user = '{"content":[{"text":"(no answer)"}],"role":"assistant"},',
+  assistant = '{"content":[{"text":"(continue)"}],"role":"user"},' }
+
+local function converse_role(role) return role == "assistant" and "assistant" or "user" end
 
 -- encode_message without the shape checks, for messages the session built
 -- itself.
-function Provider:_encode(msg)
+function Provider:_encode(msg, _, prev)
+  local role = converse_role(msg.role)
+  local between = ""
+  if prev and converse_role(prev.role) == role then between = BETWEEN[role] end
+  return between .. self:_encode_one(msg)
+end
+
+function Provider:_encode_one(msg)
   local role = msg.role
   if role == "tool" then
     local blocks = {}

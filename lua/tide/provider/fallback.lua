@@ -44,7 +44,7 @@ function Fallback:_complete(prefix, opts, wire)
   for i = 2, #self.providers do
     local p = self.providers[i]
     local encoded = {}
-    for j, m in ipairs(conv.messages) do encoded[j] = p:encode_message(m) end
+    for j, m in ipairs(conv.messages) do encoded[j] = p:encode_message(m, conv.messages[j - 1]) end
     -- (a turn's schema goes in the prefix of a provider that takes one,
     -- as the session's own prefix does for the first)
     local schema = p._native_schema and conv.schema or nil
