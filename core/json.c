@@ -990,6 +990,76 @@ static int l_encode_canonical(lua_State *L) {
   return 1;
 }
 
+/* ---------------------------------------------------- raw values by key -- */
+
+/* What a walk for raw values keeps: the key sought, the Lua list. */
+typedef struct raw_walk {
+  lua_State *L;
+  const char *want;
+  size_t want_len;
+  lua_Integer n;
+} raw_walk;
+
+static int raw_value(tide_json *p);
+
+static int raw_member(tide_json *p, const char *k, size_t kl) {
+  raw_walk *w = p->ud;
+  int kind = tide__json_kind(tide__json_peek(p));
+  if (kl == w->want_len && memcmp(k, w->want, kl) == 0 && (kind == V_OBJECT || kind == V_ARRAY)) {
+    span raw;
+    int rc = tide__json_skip_raw(p, &raw);
+    if (rc != J_OK) return rc;
+    lua_pushlstring(w->L, p->s + raw.off, raw.len);
+    lua_rawseti(w->L, -2, ++w->n);
+    return J_OK;
+  }
+  return raw_value(p);
+}
+
+static int raw_element(tide_json *p, size_t index) {
+  (void)index;
+  return raw_value(p);
+}
+
+/* Walks the value at p->i: objects and arrays into, the rest skipped. */
+static int raw_value(tide_json *p) {
+  switch (tide__json_kind(tide__json_peek(p))) {
+  case V_OBJECT: return tide__json_each_member(p, raw_member);
+  case V_ARRAY: return tide__json_each_element(p, raw_element);
+  default: return tide__json_skip(p);
+  }
+}
+
+/* core.json_raw_values(text, key) -> the raw JSON text of every member
+** named key whose value is an object or an array, in document order (a
+** member inside one found is not looked into); or nil and why. For a
+** reply decoded in Lua whose tool inputs must go on byte for byte (an
+** empty array decoded by lua-cjson would come back an object). */
+static int l_json_raw_values(lua_State *L) {
+  size_t n, kl;
+  const char *s = luaL_checklstring(L, 1, &n);
+  const char *key = luaL_checklstring(L, 2, &kl);
+  tide_buf scratch = {0}, kbuf = {0};
+  lua_newtable(L);
+  raw_walk w = {L, key, kl, 0};
+  tide_json p = {s, n, 0, 0, NULL, 0, &scratch, &kbuf, &w};
+  tide__json_skip_ws(&p);
+  int rc = raw_value(&p);
+  if (rc == J_OK) {
+    tide__json_skip_ws(&p);
+    if (p.i != p.n) rc = tide__json_syntax(&p, "expected the end");
+  }
+  tide__buf_free(&scratch);
+  tide__buf_free(&kbuf);
+  if (rc == J_NOMEM) return luaL_error(L, "not enough memory");
+  if (rc != J_OK) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s at character %I", p.err ? p.err : "invalid JSON", (lua_Integer)p.err_at + 1);
+    return 2;
+  }
+  return 1;
+}
+
 /* core.json_canonical_encoder(array_mt) -> encode (see json.lua). */
 static int l_json_canonical_encoder(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -998,11 +1068,12 @@ static int l_json_canonical_encoder(lua_State *L) {
   return 1;
 }
 
-/// Registers core.json_integers and core.json_canonical_encoder into the
-/// module table at the top of the stack.
+/// Registers core.json_integers, core.json_canonical_encoder and
+/// core.json_raw_values into the module table at the top of the stack.
 void tide__open_json(lua_State *L) {
   static const luaL_Reg fns[] = {{"json_integers", l_json_integers},
                                  {"json_canonical_encoder", l_json_canonical_encoder},
+                                 {"json_raw_values", l_json_raw_values},
                                  {NULL, NULL}};
   if (luaL_newmetatable(L, ENCODE_BUF_MT)) {
     lua_pushcfunction(L, enc_buf_gc);

@@ -97,6 +97,16 @@ for _, stream in ipairs { true, false } do
       end)
     end)
 
+    it("hands a call's input over as Bedrock wrote it, empty arrays and all", function()
+      with_mock(mock { replies = { { tool_calls = { { name = "lookup", arguments = '{"q":"x","tags":[],"opts":{}}' } } } } },
+        function(srv)
+          local p = make(srv.url, stream)
+          local res = assert(p:complete(p:body(p:encode_prefix("s", { { name = "lookup" } }),
+            { p:encode_message({ role = "user", content = "go" }) })))
+          assert.are.equal('{"q":"x","tags":[],"opts":{}}', res.tool_calls[1].arguments:gsub("%s", ""))
+        end)
+    end)
+
     it("reads usage with the cache's reads and writes in the whole prompt, and the stop reasons", function()
       with_mock(mock { replies = {
         { text = "cut", usage = { input = 900, cached = 600, cache_write = 200, output = 7 }, finish_reason = "max_tokens" },

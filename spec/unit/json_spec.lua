@@ -79,3 +79,26 @@ describe("tide.json", function()
     end)
   end)
 end)
+
+describe("core.json_raw_values", function()
+  local raw_values = require("tide.core").json_raw_values
+
+  it("gives the raw text of every object or array member of a name, in order, not looking inside one found", function()
+    local text = '{"a":[{"input": {"tags":[] ,"x":{"input":[1]}}},{"input":"a string"},{"b":{"input":[ ]}}],'
+      .. '"input":7}'
+    assert.are.same({ '{"tags":[] ,"x":{"input":[1]}}', "[ ]" }, raw_values(text, "input"))
+    assert.are.same({}, raw_values("[1, 2, {}]", "input"))
+    assert.are.same({ '{"k":"\\u00e9\\"}"}' }, raw_values('{"input":{"k":"\\u00e9\\"}"}}', "input"))
+  end)
+
+  it("says what is wrong with JSON it cannot read", function()
+    local v, why = raw_values('{"input":{"a":1}', "input")
+    assert.is_nil(v)
+    assert.matches("at character", why)
+    v, why = raw_values('{"a":1} trailing', "input")
+    assert.is_nil(v)
+    assert.matches("expected the end", why)
+    v = raw_values(string.rep("[", 10000), "input")
+    assert.is_nil(v)
+  end)
+end)

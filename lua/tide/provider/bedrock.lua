@@ -346,15 +346,27 @@ local function finish_reply(blocks, raw, usage)
     stop = STOPS[raw] or reply.stop(raw, #calls > 0), stop_raw = type(raw) == "string" and raw or nil }
 end
 
---- A whole (non-streamed) Converse response, decoded: the reply, or nil
---- and the error.
+--- A whole (non-streamed) Converse response, decoded (`text`: its body):
+--- the reply, or nil and the error. A call's input goes on as the body
+--- wrote it (core.json_raw_values): decoded and encoded again, an empty
+--- array in it would come back an object.
 ---@param obj table
+---@param text string
 ---@return tide.provider.response|nil
 ---@return table|nil err
-function Provider:_parse(obj)
+function Provider:_parse(obj, text)
   local msg = type(obj.output) == "table" and obj.output.message
   if type(msg) ~= "table" or type(msg.content) ~= "table" then
     return nil, fail("MalformedResponse", "bedrock response has no output.message.content")
+  end
+  local uses = type(text) == "string" and core.json_raw_values(text, "toolUse") or {}
+  local k = 0
+  for _, b in ipairs(msg.content) do
+    if type(b) == "table" and type(b.toolUse) == "table" then
+      k = k + 1
+      local raw = uses[k] and core.json_raw_values(uses[k], "input")
+      if raw and raw[1] and raw[1]:match("^%s*{") then b.toolUse.input = raw[1] end
+    end
   end
   return finish_reply(msg.content, obj.stopReason, usage_of(obj.usage))
 end

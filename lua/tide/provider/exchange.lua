@@ -132,7 +132,7 @@ local function whole_reply(self, src, on_delta, on_reasoning)
       return nil, fail("MalformedResponse", self.kind .. " response is not a JSON object",
         { body = excerpt(text) })
     end
-    out, err = self:_parse(obj)
+    out, err = self:_parse(obj, text)
     if not out then
       if err.body == nil then err.body = excerpt(text) end
       return nil, err
