@@ -2209,6 +2209,15 @@ function converse.validate(self, req)
   if tool_blocks and type(json.toolConfig) ~= "table" then
     return validation("The toolConfig field must be defined when using toolUse and toolResult content blocks.")
   end
+  if json.outputConfig ~= nil then -- structured output: a JSON schema, as a string
+    local f = type(json.outputConfig) == "table" and json.outputConfig.textFormat
+    local def = type(f) == "table" and type(f.structure) == "table" and f.structure.jsonSchema
+    local schema = type(def) == "table" and type(def.schema) == "string" and decode(def.schema)
+    if type(f) ~= "table" or f.type ~= "json_schema" or type(schema) ~= "table" then
+      return validation("Malformed input request: #/outputConfig/textFormat: the json_schema structure needs a "
+        .. "schema string holding a JSON schema")
+    end
+  end
   return nil
 end
 

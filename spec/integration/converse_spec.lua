@@ -181,6 +181,46 @@ describe("tide.provider.bedrock's turns", function()
   end)
 end)
 
+describe("tide.provider.bedrock's structured output and tool choice", function()
+  local SCHEMA = { type = "object", properties = { city = { type = "string" } }, required = { "city" } }
+
+  it("holds the model to a turn's schema with outputConfig when asked, by its message otherwise", function()
+    with_mock(mock { replies = { '{"city":"Lyon"}', '{"city":"Paris"}' } }, function(srv)
+      local native = tide.session { agent = "conversing", provider = make(srv.url, false,
+        { structured_output = "native" }) }
+      assert.are.same({ city = "Lyon" }, assert(native:turn("where?", { schema = SCHEMA })))
+      local sent = srv:requests()[1].json
+      local f = sent.outputConfig.textFormat
+      assert.are.equal("json_schema", f.type)
+      assert.are.same(SCHEMA, cjson.decode(f.structure.jsonSchema.schema))
+      assert.is_nil(sent.messages[1].content[1].text:find("JSON schema", 1, true))
+      local asked = tide.session { agent = "conversing", provider = make(srv.url, false) }
+      assert.are.same({ city = "Paris" }, assert(asked:turn("where?", { schema = SCHEMA })))
+      sent = srv:requests()[2].json
+      assert.is_nil(sent.outputConfig)
+      assert.is_truthy(sent.messages[1].content[1].text:find("matches this JSON schema", 1, true))
+    end)
+  end)
+
+  it("sends the tool choice Converse takes", function()
+    local function choice(c)
+      local p = make("http://127.0.0.1:9", false, { tool_choice = c })
+      return cjson.decode(p:body(p:encode_prefix("s", { { name = "lookup" } }), {})).toolConfig.toolChoice
+    end
+    assert.are.same({ auto = {} }, choice("auto"))
+    assert.are.same({ any = {} }, choice("required"))
+    assert.are.same({ tool = { name = "lookup" } }, choice({ name = "lookup" }))
+    for _, bad in ipairs { "none", { name = "" }, { name = "x", extra = 1 }, 3 } do
+      local ok, err = pcall(make, "http://127.0.0.1:9", false, { tool_choice = bad })
+      assert.is_false(ok)
+      assert.matches("'tool_choice' must be \"auto\", \"required\" or { name = tool }", tostring(err), 1, true)
+    end
+    local ok, err = pcall(make, "http://127.0.0.1:9", false, { structured_output = "tool" })
+    assert.is_false(ok)
+    assert.matches("'structured_output' must be \"native\" or \"prompt\"", tostring(err), 1, true)
+  end)
+end)
+
 describe("tide.provider.bedrock's event streams", function()
   local function complete(srv, reply, extra)
     srv:push(reply)

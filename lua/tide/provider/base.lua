@@ -406,8 +406,9 @@ function provider._new(kind, opts, defaults)
   if kind ~= "anthropic" then -- only its encoder sends them
     allowed.thinking, allowed.structured_output, allowed.vertex, allowed.bedrock = nil, nil, nil, nil
   end
-  if kind == "bedrock" then -- (Converse: stop sequences, no reasoning option, no server tools)
-    allowed.stop, allowed.reasoning, allowed.server_tools = true, nil, nil
+  if kind == "bedrock" then -- (Converse: stop sequences, tool choice, its structured output; no reasoning option)
+    allowed.stop, allowed.tool_choice, allowed.structured_output = true, true, true
+    allowed.reasoning, allowed.server_tools = nil, nil
   else
     for k in pairs(BEDROCK_OWN) do allowed[k] = nil end
   end

@@ -86,6 +86,25 @@ function M.new(opts)
     if not ok then return nil, where .. "'stop' must be a string or a list of strings" end
   end
   self.stop_sequences = stop
+  -- Converse's tool choice: auto, any (required) or one tool by name
+  local choice = opts.tool_choice
+  if choice ~= nil then
+    if choice == "auto" or choice == "required" then
+      self.tool_choice = choice == "auto" and '{"auto":{}}' or '{"any":{}}'
+    elseif type(choice) == "table" and type(choice.name) == "string" and choice.name ~= "" and next(choice, next(choice)) == nil then
+      self.tool_choice = '{"tool":{"name":' .. quote(choice.name) .. "}}"
+    else
+      return nil, where .. "'tool_choice' must be \"auto\", \"required\" or { name = tool }"
+    end
+  end
+  -- A turn's schema: asked of the model in its message and checked (the
+  -- default: every model), or held by Converse's structured output
+  -- (outputConfig.textFormat) for the models that have it.
+  local so = opts.structured_output
+  if so ~= nil and so ~= "native" and so ~= "prompt" then
+    return nil, where .. "'structured_output' must be \"native\" or \"prompt\""
+  end
+  if so == "native" then self._native_schema = true end
   self.bedrock = { region = b.region, service = "bedrock" }
   aws.bedrock_credentials(self, b)
   return setmetatable(self, Provider)
@@ -97,11 +116,14 @@ end
 local CACHE_POINT = { ["5m"] = '{"cachePoint":{"type":"default"}}',
   ["1h"] = '{"cachePoint":{"ttl":"1h","type":"default"}}' }
 
---- The request body up to and including the `[` that opens the messages.
+--- The request body up to and including the `[` that opens the messages;
+--- with `schema` (a turn's, with structured_output = "native"),
+--- outputConfig.textFormat holds the model to it.
 ---@param system string|nil the frozen system prompt
 ---@param tools? {name:string, description?:string, parameters?:table}[]
+---@param schema? table a JSON schema
 ---@return string
-function Provider:encode_prefix(system, tools)
+function Provider:encode_prefix(system, tools, schema)
   if system ~= nil and type(system) ~= "string" then
     error(("tide.provider.bedrock: 'system' must be a string, got %s"):format(type(system)), 2)
   end
@@ -128,7 +150,12 @@ function Provider:encode_prefix(system, tools)
         inputSchema = { json = t.parameters or { type = "object", properties = {} } } } })
     end
     if cache then encoded[#encoded + 1] = cache end
-    fields.toolConfig = '{"tools":[' .. concat(encoded, ",") .. "]}"
+    fields.toolConfig = (self.tool_choice and ('{"toolChoice":' .. self.tool_choice .. ",") or "{")
+      .. '"tools":[' .. concat(encoded, ",") .. "]}"
+  end
+  if schema ~= nil then -- (the schema itself as a string, as Converse takes it)
+    fields.outputConfig = canonical({ textFormat = { type = "json_schema",
+      structure = { jsonSchema = { name = "output", schema = canonical(schema) } } } })
   end
   local keys = {}
   for k in pairs(fields) do keys[#keys + 1] = k end
