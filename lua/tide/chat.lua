@@ -1,6 +1,6 @@
 --- tide.chat: a terminal chat for prompt tinkerers.
 ---
----   tide chat [agent] [--prompts DIR] [--agents DIR] [--provider openai|anthropic|demo]
+---   tide chat [agent] [--prompts DIR] [--agents DIR] [--provider openai|anthropic|bedrock|demo]
 ---
 --- The reply streams as it comes; tool calls and delegations print as an
 --- indented tree with timings. Prompt and agent directories are watched: edit
@@ -49,6 +49,8 @@ local function pick_provider(kind)
   kind = kind or (os.getenv("OPENAI_API_KEY") and "openai") or (os.getenv("ANTHROPIC_API_KEY") and "anthropic") or "demo"
   if kind == "openai" then return tide.provider.openai {}, "openai " .. (os.getenv("TIDE_MODEL") or "") end
   if kind == "anthropic" then return tide.provider.anthropic {}, "anthropic " .. (os.getenv("TIDE_MODEL") or "") end
+  -- (Bedrock's Converse: TIDE_MODEL names the model, AWS's own variables the rest)
+  if kind == "bedrock" then return tide.provider.bedrock {}, "bedrock " .. (os.getenv("TIDE_MODEL") or "") end
   if kind ~= "demo" then error("tide chat: unknown provider " .. kind, 0) end
   local demo = require "tide.testing.demo"
   local srv = assert(tide.testing.mock_server { default = demo.model })
@@ -106,7 +108,7 @@ function M.main(argv, io_out)
     return 2
   end
   if o.help then
-    out:write("usage: tide chat [agent] [--prompts DIR] [--agents DIR] [--provider openai|anthropic|demo]\n", HELP, "\n")
+    out:write("usage: tide chat [agent] [--prompts DIR] [--agents DIR] [--provider openai|anthropic|bedrock|demo]\n", HELP, "\n")
     return 0
   end
   local status = 0

@@ -1,7 +1,7 @@
 --- tide.worker_cmd: `tide worker`, a process that serves a turn queue.
 ---
 ---   tide worker --redis URL --agents DIR [--prompts DIR] [--queue NAME]
----               [--concurrency N] [--provider openai|anthropic]
+---               [--concurrency N] [--provider openai|anthropic|bedrock]
 ---               [--claim-idle-ms N] [--lease-ms N] [--drain-ms N] [--prefix P]
 ---               [--session-ttl-ms N] [--name NAME]
 ---
@@ -19,7 +19,7 @@
 local M = {}
 
 local USAGE = "usage: tide worker --redis URL --agents DIR [--prompts DIR] [--queue NAME] [--concurrency N]\n"
-  .. "                   [--provider openai|anthropic] [--claim-idle-ms N] [--lease-ms N] [--drain-ms N]\n"
+  .. "                   [--provider openai|anthropic|bedrock] [--claim-idle-ms N] [--lease-ms N] [--drain-ms N]\n"
   .. "                   [--prefix P] [--session-ttl-ms N] [--name NAME]\n"
 
 local VALUED = { redis = "string", agents = "string", prompts = "string", queue = "string", provider = "string",
@@ -86,6 +86,8 @@ function M.main(argv)
       provider = tide.provider.openai {}
     elseif o.provider == "anthropic" then
       provider = tide.provider.anthropic {}
+    elseif o.provider == "bedrock" then
+      provider = tide.provider.bedrock {}
     elseif o.provider then
       error("tide worker: unknown provider " .. o.provider, 0)
     end

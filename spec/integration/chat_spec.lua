@@ -143,3 +143,15 @@ return { id = "orchestrator", prompt = "You look things up.", tools = {
     assert.matches("\n  chat demo%-model  [%d%.]+ ms", out)
   end)
 end)
+
+describe("tide chat --provider bedrock", function()
+  it("speaks Bedrock's Converse, and says what it lacks without a model", function()
+    local root = helpers.sh("pwd"):gsub("%s+$", "")
+    local build = os.getenv("TIDE_BUILD_DIR") or "build"
+    local out = helpers.sh(("(cd %s && env -u TIDE_MODEL LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' "
+      .. "AWS_REGION=us-east-1 ASAN_OPTIONS=detect_leaks=0 timeout 20 lua5.4 bin/tide chat --provider bedrock "
+      .. "</dev/null; echo \"exit=$?\")"):format(root, build))
+    assert.matches("tide.provider.bedrock: 'model' is required", out, 1, true)
+    assert.are_not.equal(0, tonumber(out:match("exit=(%d+)%s*$")))
+  end)
+end)
