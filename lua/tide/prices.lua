@@ -1,7 +1,7 @@
 --- tide.prices: what model calls cost, in US dollars per million tokens.
 ---
---- A shipped table covers common OpenAI, Anthropic, Gemini and DeepSeek
---- models (list prices; `tide.prices{ [model] = {...} }` overrides or adds,
+--- A shipped table covers common OpenAI, Anthropic, Gemini, DeepSeek and
+--- Amazon Nova models (list prices; `tide.prices{ [model] = {...} }` overrides or adds,
 --- for negotiated prices, other models or newer lists). A model is found by
 --- its exact name, else by the longest name that prefixes it (so a dated
 --- snapshot, "gpt-4o-mini-2024-07-18", takes "gpt-4o-mini"'s prices).
@@ -73,6 +73,11 @@ local SHIPPED = {
   ["gemini-2.5-flash-lite"] = { input = 0.10, cached = 0.025, output = 0.40 },
   ["deepseek-chat"] = { input = 0.28, cached = 0.028, output = 0.42 },
   ["deepseek-reasoner"] = { input = 0.28, cached = 0.028, output = 0.42 },
+  -- Amazon Nova on Bedrock (tide.provider.bedrock); cache reads at a quarter
+  ["amazon.nova-micro"] = { input = 0.035, cached = 0.00875, output = 0.14 },
+  ["amazon.nova-lite"] = { input = 0.06, cached = 0.015, output = 0.24 },
+  ["amazon.nova-pro"] = { input = 0.80, cached = 0.20, output = 3.20 },
+  ["amazon.nova-premier"] = { input = 2.50, cached = 0.625, output = 12.50 },
 }
 
 local overrides = {}
@@ -142,7 +147,9 @@ end
 -- "claude-sonnet-4-5-20250929". (The list price: Bedrock and Vertex bill
 -- some regional endpoints more; tide.prices takes the exact id.)
 local function platform_name(model)
-  return (model:gsub("^[%a%-]+%.anthropic%.", ""):gsub("^anthropic%.", ""):gsub("%-v%d+:%d+.*$", ""):gsub("@", "-"))
+  -- (an Amazon model's id keeps its "amazon." and loses its geography)
+  return (model:gsub("^[%a%-]+%.anthropic%.", ""):gsub("^anthropic%.", ""):gsub("^[%a%-]+%.amazon%.", "amazon.")
+    :gsub("%-v%d+:%d+.*$", ""):gsub("@", "-"))
 end
 
 function M._lookup(model)

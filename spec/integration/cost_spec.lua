@@ -28,6 +28,13 @@ describe("prices", function()
     assert.are.equal(5.00, prices.of("eu.anthropic.claude-opus-4-5-20251101-v1:0").input)
     assert.are.equal(15.00, prices.of("anthropic.claude-opus-4-1-20250805-v1:0").input)
     assert.are.equal(0.25, prices.of("anthropic.claude-3-haiku-20240307-v1:0").input)
+    -- Amazon Nova on Bedrock, by its id, its inference profile's and its ARN-less name
+    for _, id in ipairs { "amazon.nova-pro-v1:0", "us.amazon.nova-pro-v1:0", "eu.amazon.nova-pro-v1:0" } do
+      assert.are.equal(0.80, prices.of(id).input, id)
+    end
+    assert.are.equal(0.035, prices.of("apac.amazon.nova-micro-v1:0").input)
+    assert.are.near((1000 * 0.06 + 100 * 0.24) / 1e6, prices.cost("us.amazon.nova-lite-v1:0",
+      { input = 1000, output = 100 }), 1e-15)
     -- an exact id's own price wins (a regional endpoint's, say)
     tide.prices { ["eu.anthropic.claude-haiku-4-5-20251001-v1:0"] = { input = 1.1, output = 5.5 } }
     assert.are.equal(1.1, prices.of("eu.anthropic.claude-haiku-4-5-20251001-v1:0").input)
