@@ -381,3 +381,30 @@ write("mcp", "sse_call", hdr(1) .. 'event: message\ndata: {"jsonrpc":"2.0","id":
   .. '"text":"Echo: hi"},{"type":"image","mimeType":"image/png","data":"iVBO"}],"structuredContent":{"a":[]}}}\n\n')
 write("mcp", "error_batch", hdr(0) .. '[{"jsonrpc":"2.0","id":4,"error":{"code":-32602,"message":"bad"}},'
   .. '{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}]')
+
+-- ------------------------------------------- AWS event streams (Converse) --
+-- Bedrock's Converse stream as the raw decoder reads it (header byte 3 odd:
+-- the driver mends the CRCs first).
+local function cframe(name, payload)
+  return es_frame({ { ":event-type", name }, { ":content-type", "application/json" },
+    { ":message-type", "event" } }, payload)
+end
+local converse = cframe("messageStart", '{"p":"abcdef","role":"assistant"}')
+  .. cframe("contentBlockDelta", '{"contentBlockIndex":0,"delta":{"reasoningContent":{"text":"Let me"}},"p":"ab"}')
+  .. cframe("contentBlockDelta", '{"contentBlockIndex":0,"delta":{"reasoningContent":{"signature":"EqQB"}},"p":"a"}')
+  .. cframe("contentBlockStop", '{"contentBlockIndex":0,"p":"abcdefgh"}')
+  .. cframe("contentBlockStart", '{"contentBlockIndex":1,"start":{"toolUse":{"toolUseId":"tooluse_1","name":"lookup"}},"p":"abc"}')
+  .. cframe("contentBlockDelta", '{"contentBlockIndex":1,"delta":{"toolUse":{"input":"{\\"q\\":\\"ti"}},"p":"abcd"}')
+  .. cframe("contentBlockDelta", '{"contentBlockIndex":1,"delta":{"toolUse":{"input":"de\\"}"}},"p":"ab"}')
+  .. cframe("contentBlockStop", '{"contentBlockIndex":1,"p":"abcdefghij"}')
+  .. cframe("messageStop", '{"p":"abcdefghijklmnop","stopReason":"tool_use"}')
+  .. cframe("metadata", '{"metrics":{"latencyMs":412},"p":"abc","usage":{"inputTokens":13,"outputTokens":9,"totalTokens":22}}')
+write("aws_eventstream", "converse", hdr(0, 0, 0, 0) .. converse)
+write("aws_eventstream", "converse_cut", hdr(0, 9, 5, 0) .. converse)
+write("aws_eventstream", "exception", hdr(0, 13, 2, 0) .. cframe("messageStart", '{"p":"ab","role":"assistant"}')
+  .. es_frame({ { ":exception-type", "modelStreamErrorException" }, { ":content-type", "application/json" },
+    { ":message-type", "exception" } }, '{"message":"The model stream failed.","originalStatusCode":500}'))
+write("aws_eventstream", "bad_crc", hdr(0, 7, 1, 0) .. converse:sub(1, -2) .. "\0")
+write("aws_eventstream", "mended", hdr(0, 7, 1, 1) .. converse:sub(1, -2) .. "\0")
+write("aws_eventstream", "small_cap", hdr(3, 11, 4, 0) .. converse)
+write("aws_eventstream", "unfinished", hdr(0, 5, 3, 0) .. converse:sub(1, -20))
