@@ -2152,8 +2152,73 @@ end
 
 local function validation(message) return bedrock_error(400, "ValidationException", message) end
 
+-- The model's own fields (additionalModelRequestFields) as the models
+-- behind Converse take them: Claude's (its Messages API's fields, thinking
+-- with the API's rules), Amazon Nova's (Nova 2's reasoningConfig), OpenAI's
+-- open-weight models' reasoning_effort; a key the model does not know is
+-- refused in Bedrock's words. Other makers' fields pass unchecked.
+local MODEL_FIELDS = {
+  anthropic = { thinking = true, top_k = true, anthropic_beta = true, output_config = true },
+  amazon = { inferenceConfig = true },
+  nova2 = { inferenceConfig = true, reasoningConfig = true },
+  openai = { reasoning_effort = true },
+}
+local EFFORT = { low = true, medium = true, high = true }
+
+local function converse_model_fields(req, json)
+  local extra = json.additionalModelRequestFields
+  if extra == nil then return nil end
+  local id = req.path:match("^/model/([^/]+)/"):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+  local maker = require("tide.provider.bedrock")._family(id)
+  if maker == "amazon" and id:find("nova%-2") then maker = "nova2" end
+  local known = MODEL_FIELDS[maker]
+  if not known then return nil end
+  for k in pairs(extra) do
+    if not known[k] then
+      return validation(("Malformed input request: #: extraneous key [%s] is not permitted, please reformat your "
+        .. "input and try again."):format(k))
+    end
+  end
+  local config = type(json.inferenceConfig) == "table" and json.inferenceConfig or {}
+  local t = extra.thinking
+  if type(t) == "table" and t.type == "enabled" then
+    local budget = t.budget_tokens
+    if type(budget) ~= "number" or budget % 1 ~= 0 or budget < 1024 then
+      return validation("The model returned the following errors: thinking.enabled.budget_tokens: Input should be "
+        .. "greater than or equal to 1024")
+    end
+    if config.maxTokens and config.maxTokens <= budget then
+      return validation("The model returned the following errors: `max_tokens` must be greater than "
+        .. "`thinking.budget_tokens`.")
+    end
+  end
+  if type(t) == "table" and t.type ~= "disabled" then
+    if config.temperature ~= nil and config.temperature ~= 1 then
+      return validation("The model returned the following errors: `temperature` may only be set to 1 when thinking "
+        .. "is enabled or in adaptive mode.")
+    end
+    local choice = type(json.toolConfig) == "table" and json.toolConfig.toolChoice
+    if type(choice) == "table" and (choice.any or choice.tool) then
+      return validation("The model returned the following errors: Thinking may not be enabled when tool_choice "
+        .. "forces tool use.")
+    end
+  end
+  local r = extra.reasoningConfig
+  if r ~= nil and (type(r) ~= "table" or (r.type ~= "enabled" and r.type ~= "disabled")
+      or (r.type == "enabled" and not EFFORT[r.maxReasoningEffort])) then
+    return validation("Malformed input request: #/reasoningConfig: type must be enabled or disabled, and "
+      .. "maxReasoningEffort one of low, medium, high")
+  end
+  if extra.reasoning_effort ~= nil and not EFFORT[extra.reasoning_effort] then
+    return validation("Malformed input request: #/reasoning_effort: must be one of low, medium, high")
+  end
+  return nil
+end
+
 function converse.validate(self, req)
   local json = req.json
+  local refused = converse_model_fields(req, json)
+  if refused then return refused end
   local msgs = type(json.messages) == "table" and json.messages or {}
   local tool_blocks, pending = false, nil
   for i, m in ipairs(msgs) do

@@ -221,6 +221,103 @@ describe("tide.provider.bedrock's structured output and tool choice", function()
   end)
 end)
 
+describe("tide.provider.bedrock's reasoning options", function()
+  local CLAUDE = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+  local function fields(extra)
+    local p = make("http://127.0.0.1:9", false, extra)
+    return cjson.decode(p:body(p:encode_prefix("s"), {})).additionalModelRequestFields
+  end
+
+  it("puts thinking and effort in the model's own fields, as each model takes them", function()
+    assert.are.same({ thinking = { type = "enabled", budget_tokens = 2048 } },
+      fields { model = CLAUDE, max_tokens = 8000, thinking = { budget_tokens = 2048 } })
+    assert.are.same({ thinking = { type = "adaptive", display = "omitted" } },
+      fields { model = "global.anthropic.claude-opus-4-6-v1", thinking = { type = "adaptive", display = "omitted" } })
+    assert.are.same({ reasoningConfig = { type = "enabled", maxReasoningEffort = "medium" } },
+      fields { model = "us.amazon.nova-2-lite-v1:0", reasoning = { effort = "medium" } })
+    assert.are.same({ reasoning_effort = "high" }, fields { model = "openai.gpt-oss-120b-1:0",
+      reasoning = { effort = "high" } })
+    -- extra_body's fields win, and sit beside
+    assert.are.same({ thinking = { type = "enabled", budget_tokens = 4096 }, top_k = 5 }, fields { model = CLAUDE,
+      thinking = { budget_tokens = 2048 }, extra_body = { thinking = { type = "enabled", budget_tokens = 4096 }, top_k = 5 } })
+    -- an application inference profile's ARN names no maker: Claude's field is sent as asked
+    assert.are.same({ thinking = { type = "enabled", budget_tokens = 1024 } }, fields {
+      model = "arn:aws:bedrock:us-west-2:1:application-inference-profile/abc", thinking = { budget_tokens = 1024 } })
+    assert.is_nil(fields {})
+  end)
+
+  it("says which models take which option, and what thinking rules out", function()
+    local function fails(extra, want)
+      local ok, err = pcall(make, "http://127.0.0.1:9", false, extra)
+      assert.is_false(ok)
+      assert.matches(want, tostring(err), 1, true)
+    end
+    fails({ thinking = { budget_tokens = 2048 } }, "'thinking' is Claude's; us.amazon.nova-pro-v1:0 is not a Claude model")
+    fails({ model = CLAUDE, reasoning = { effort = "low" } }, "(Claude's is 'thinking')")
+    fails({ reasoning = { effort = "low" } }, "'reasoning' is for Amazon Nova 2 and OpenAI's open-weight models")
+    fails({ model = "arn:aws:bedrock:us-west-2:1:application-inference-profile/abc", reasoning = { effort = "low" } },
+      "has no effort Converse can set")
+    fails({ model = "openai.gpt-oss-20b-1:0", reasoning = { effort = "xhigh" } },
+      "'reasoning.effort' must be one of low, medium, high")
+    fails({ model = "openai.gpt-oss-20b-1:0", reasoning = { effort = "low", summary = "auto" } },
+      "unknown option 'reasoning.summary'")
+    fails({ model = CLAUDE, max_tokens = 2048, thinking = { budget_tokens = 2048 } },
+      "'thinking.budget_tokens' (2048) must be less than max_tokens (2048)")
+    fails({ model = CLAUDE, temperature = 0.2, thinking = { budget_tokens = 2048 } },
+      "'temperature' (0.2) cannot be set with 'thinking'")
+    fails({ model = CLAUDE, tool_choice = "required", thinking = { budget_tokens = 2048 } },
+      "'tool_choice' can only be \"auto\" with 'thinking'")
+    fails({ model = CLAUDE, thinking = { budget = 1 } }, "unknown option 'thinking.budget'")
+  end)
+
+  it("thinks, and sends the thinking back with its calls; the model's refusals come back as Bedrock's", function()
+    for _, stream in ipairs { false, true } do
+      with_mock(mock { replies = {
+        { reasoning = { { text = "Lyon first.", signature = "EqSig1" } },
+          tool_calls = { { name = "lookup", arguments = { q = "Lyon" } } } },
+        "Sunny.",
+      } }, function(srv)
+        local s = tide.session { agent = "conversing", provider = make(srv.url, stream, { model = CLAUDE,
+          max_tokens = 4096, thinking = { budget_tokens = 1024 } }) }
+        assert.are.equal("Sunny.", assert(s:turn("weather?")))
+        local reqs = srv:requests()
+        assert.are.equal("/model/" .. CLAUDE .. (stream and "/converse-stream" or "/converse"), reqs[1].path)
+        assert.are.same({ type = "enabled", budget_tokens = 1024 }, reqs[2].json.additionalModelRequestFields.thinking)
+        assert.are.same({ reasoningContent = { reasoningText = { text = "Lyon first.", signature = "EqSig1" } } },
+          reqs[2].json.messages[2].content[1])
+      end)
+    end
+    with_mock(mock { replies = { "one", "two" } }, function(srv)
+      local function refused(extra, want)
+        local p = make(srv.url, false, extra)
+        local _, err = p:complete(p:body(p:encode_prefix("s", { { name = "lookup" } }),
+          { p:encode_message({ role = "user", content = "hi" }) }))
+        assert.are.equal(400, err.status)
+        assert.are.equal("ValidationException", err.type)
+        assert.matches(want, err.message, 1, true)
+      end
+      -- what tide cannot know ahead, the model says
+      refused({ model = CLAUDE, thinking = { budget_tokens = 500 } }, "budget_tokens: Input should be greater than or equal to 1024")
+      refused({ extra_body = { thinking = { type = "enabled", budget_tokens = 2048 } } },
+        "extraneous key [thinking] is not permitted")
+      refused({ model = CLAUDE, max_tokens = 2000, extra_body = { thinking = { type = "enabled", budget_tokens = 4000 } } },
+        "`max_tokens` must be greater than `thinking.budget_tokens`")
+      refused({ model = CLAUDE, tool_choice = "required", extra_body = { thinking = { type = "enabled",
+        budget_tokens = 2048 } } }, "Thinking may not be enabled when tool_choice forces tool use")
+      refused({ model = "us.amazon.nova-2-lite-v1:0", extra_body = { reasoningConfig = { type = "enabled",
+        maxReasoningEffort = "max" } } }, "maxReasoningEffort one of low, medium, high")
+      refused({ model = "openai.gpt-oss-120b-1:0", extra_body = { reasoningConfig = { type = "enabled" } } },
+        "extraneous key [reasoningConfig]")
+      -- and what each takes, it takes
+      for _, ok in ipairs { { model = "us.amazon.nova-2-lite-v1:0", reasoning = { effort = "high" } },
+          { model = "openai.gpt-oss-120b-1:0", reasoning = { effort = "low" } } } do
+        local p = make(srv.url, false, ok)
+        assert(p:complete(p:body(p:encode_prefix("s"), { p:encode_message({ role = "user", content = "hi" }) })))
+      end
+    end)
+  end)
+end)
+
 describe("tide.provider.bedrock's event streams", function()
   local function complete(srv, reply, extra)
     srv:push(reply)
@@ -323,7 +420,7 @@ describe("tide.provider.bedrock's options and encoding", function()
     end
     fails({ region = "us-east-1", credentials = CREDS }, "'model' is required")
     fails({ model = "m", region = "us-east-1", credentials = CREDS, stop = { 1 } }, "'stop' must be a string or a list")
-    fails({ model = "m", region = "us-east-1", credentials = CREDS, thinking = {} }, "unknown option 'thinking'")
+    fails({ model = "m", region = "us-east-1", credentials = CREDS, thinking = {} }, "'thinking' needs 'budget_tokens'")
     fails({ model = "m", region = "r/x", credentials = CREDS }, "'region' must be a region")
     fails({ model = "m", region = "us-east-1", credentials = CREDS, profile = "p" },
       "'profile' and 'credentials' cannot both be given")

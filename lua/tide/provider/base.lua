@@ -43,12 +43,12 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field prompt_cache? boolean|"5m"|"1h" Anthropic only: cache the prefix (system, tools) and, on Anthropic's own API, the conversation (automatic caching), for five minutes (true, "5m") or an hour ("1h")
 ---@field max_tokens_field? "max_completion_tokens"|"max_tokens" OpenAI only: the body field max_tokens goes in (default max_completion_tokens; max_tokens for api.mistral.ai, api.deepseek.com and Ollama at localhost:11434)
 ---@field stream_usage? boolean OpenAI chat only: ask for usage in streamed replies (stream_options.include_usage; default true, false for api.mistral.ai, which refuses the field and reports usage anyway)
----@field reasoning? {effort:"none"|"minimal"|"low"|"medium"|"high"|"xhigh"|"max", summary?:"auto"|"concise"|"detailed"} OpenAI: reasoning_effort (chat), reasoning.effort and .summary (Responses); Anthropic: output_config.effort (low, medium, high, xhigh, max)
+---@field reasoning? {effort:"none"|"minimal"|"low"|"medium"|"high"|"xhigh"|"max", summary?:"auto"|"concise"|"detailed"} OpenAI: reasoning_effort (chat), reasoning.effort and .summary (Responses); Anthropic: output_config.effort (low, medium, high, xhigh, max); Bedrock's Converse: Amazon Nova 2's reasoningConfig and OpenAI's open-weight models' reasoning_effort (low, medium, high)
 ---@field tool_choice? "auto"|"none"|"required"|table OpenAI only
 ---@field parallel_tool_calls? boolean OpenAI only
 ---@field stop? string|string[] OpenAI only: stop sequences
 ---@field query? table<string,string|number> OpenAI only: URL parameters (Azure's api-version)
----@field thinking? {budget_tokens?:integer, type?:"enabled"|"adaptive", display?:"summarized"|"omitted"} Anthropic only: extended thinking with a budget (< max_tokens), or adaptive thinking (the model decides how much; Claude Opus 4.6 and later, where a budget is deprecated); display "omitted" keeps the thinking's signature without its text
+---@field thinking? {budget_tokens?:integer, type?:"enabled"|"adaptive", display?:"summarized"|"omitted"} Anthropic and Claude on Bedrock's Converse: extended thinking with a budget (< max_tokens), or adaptive thinking (the model decides how much; Claude Opus 4.6 and later, where a budget is deprecated); display "omitted" keeps the thinking's signature without its text
 ---@field structured_output? "native"|"tool" Anthropic only: how a turn's schema holds the model: the API's structured outputs (output_config.format, the default), or a forced tool whose input is the answer, for models and servers without them
 ---@field extra_body? table fields merged into every request body (OpenAI and Anthropic)
 ---@field api? "chat"|"responses" OpenAI only: chat completions (default) or the Responses API
@@ -339,6 +339,16 @@ local function check_options(kind, opts, allowed)
       return where .. "'thinking.budget_tokens' must be a positive integer"
     end
   end
+  if kind == "bedrock" and opts.reasoning then
+    -- the efforts the Converse models that take one know (Nova 2's
+    -- maxReasoningEffort, gpt-oss's reasoning_effort)
+    for k, v in pairs(opts.reasoning) do
+      if k ~= "effort" then return where .. "unknown option 'reasoning." .. tostring(k) .. "'" end
+      if v ~= "low" and v ~= "medium" and v ~= "high" then
+        return where .. "'reasoning.effort' must be one of low, medium, high"
+      end
+    end
+  end
   if kind == "anthropic" and opts.reasoning then
     -- Anthropic's effort (output_config.effort): how many tokens the model
     -- spends, thinking or not.
@@ -406,9 +416,9 @@ function provider._new(kind, opts, defaults)
   if kind ~= "anthropic" then -- only its encoder sends them
     allowed.thinking, allowed.structured_output, allowed.vertex, allowed.bedrock = nil, nil, nil, nil
   end
-  if kind == "bedrock" then -- (Converse: stop sequences, tool choice, its structured output; no reasoning option)
-    allowed.stop, allowed.tool_choice, allowed.structured_output = true, true, true
-    allowed.reasoning, allowed.server_tools = nil, nil
+  if kind == "bedrock" then -- (Converse: stop sequences, tool choice, its structured output, the models' reasoning)
+    allowed.stop, allowed.tool_choice, allowed.structured_output, allowed.thinking = true, true, true, true
+    allowed.server_tools = nil
   else
     for k in pairs(BEDROCK_OWN) do allowed[k] = nil end
   end

@@ -16,10 +16,12 @@
 --- precedes them is a reusable prefix. The system prompt is `system`'s one
 --- text block; tools are `toolConfig.tools[].toolSpec` (the schema as
 --- `inputSchema.json`); `max_tokens`, `temperature` and `stop` go in
---- `inferenceConfig`; `extra_body`'s fields are the model's own
---- (`additionalModelRequestFields`: Claude's `thinking`, Nova's
---- `inferenceConfig.topK` ...). `prompt_cache` puts a `cachePoint` after the
---- system prompt and after the tools.
+--- `inferenceConfig`; the model's own fields go in
+--- `additionalModelRequestFields`: `thinking` for Claude (Anthropic's
+--- object), `reasoning.effort` for Amazon Nova 2 (`reasoningConfig`) and
+--- OpenAI's open-weight models (`reasoning_effort`), and `extra_body`'s
+--- fields, which win (Nova's `inferenceConfig.topK` ...). `prompt_cache`
+--- puts a `cachePoint` after the system prompt and after the tools.
 ---
 --- Messages: a user's text and parts (images and documents as bytes, in
 --- base64), an assistant's reasoning (this API's reasoningContent, sent back
@@ -54,6 +56,70 @@ function Provider:__tostring()
 end
 
 local OWN = { region = true, credentials = true, profile = true }
+
+-- The geographies of cross-region inference profiles (us.amazon.nova-...).
+local GEOGRAPHIES = { us = true, eu = true, apac = true, global = true, ["us-gov"] = true, jp = true, au = true,
+  ca = true }
+
+-- The model's maker, from its id: "anthropic" for anthropic.claude-... and
+-- us.anthropic.claude-... (a cross-region inference profile's geography
+-- first), and for a foundation model's ARN; nil for an ARN that names no
+-- model (an application inference profile, a provisioned model).
+local function family(model)
+  if model:find("^arn:") then
+    local id = model:match(":foundation%-model/(.+)$") or model:match(":inference%-profile/(.+)$")
+    if not id then return nil end
+    model = id
+  end
+  local first, second = model:match("^([%w%-]+)%.([%w%-]+)%.")
+  if first and GEOGRAPHIES[first] then return second end
+  return model:match("^([%w%-]+)%.")
+end
+M._family = family
+
+-- The reasoning options as the model's own request fields (a table for
+-- additionalModelRequestFields), or nil plus a misuse message: Claude takes
+-- Anthropic's `thinking` object, Nova 2 a `reasoningConfig`, OpenAI's
+-- open-weight models a `reasoning_effort`; other models have no such
+-- field (extra_body still sends any field).
+local function reasoning_fields(self, opts, where)
+  local t, r = opts.thinking, opts.reasoning
+  if t == nil and r == nil then return nil end
+  local maker = family(self.model)
+  local fields = {}
+  if t ~= nil then
+    if maker ~= "anthropic" and maker ~= nil then
+      return nil, where .. "'thinking' is Claude's; " .. self.model .. " is not a Claude model"
+        .. " (reasoning = { effort } for Nova 2 and gpt-oss, extra_body for a model's own fields)"
+    end
+    if t.budget_tokens and self.max_tokens and t.budget_tokens >= self.max_tokens then
+      return nil, ("%s'thinking.budget_tokens' (%d) must be less than max_tokens (%d)"):format(where,
+        t.budget_tokens, self.max_tokens)
+    end
+    -- Claude refuses other temperatures, and a forced tool, with thinking on
+    if self.temperature ~= nil and self.temperature ~= 1 then
+      return nil, ("%s'temperature' (%s) cannot be set with 'thinking' (Claude takes only 1)"):format(where,
+        tostring(self.temperature))
+    end
+    if opts.tool_choice ~= nil and opts.tool_choice ~= "auto" then
+      return nil, where .. "'tool_choice' can only be \"auto\" with 'thinking' (Claude refuses a forced tool)"
+    end
+    fields.thinking = { type = t.type or "enabled", budget_tokens = t.budget_tokens, display = t.display }
+  end
+  if r ~= nil then
+    local effort = r.effort
+    if maker == "amazon" and self.model:find("nova%-2") then
+      fields.reasoningConfig = { type = "enabled", maxReasoningEffort = effort }
+    elseif maker == "openai" then
+      fields.reasoning_effort = effort
+    else
+      return nil, where .. "'reasoning' is for Amazon Nova 2 and OpenAI's open-weight models"
+        .. (maker == "anthropic" and " (Claude's is 'thinking')" or "") .. "; " .. self.model
+        .. " has no effort Converse can set (extra_body sends a model's own fields)"
+    end
+  end
+  return fields
+end
 
 --- Creates the provider object, or returns nil plus a misuse message.
 ---@param opts? tide.provider.opts
@@ -105,6 +171,9 @@ function M.new(opts)
     return nil, where .. "'structured_output' must be \"native\" or \"prompt\""
   end
   if so == "native" then self._native_schema = true end
+  local model_fields, rmsg = reasoning_fields(self, opts, where)
+  if rmsg then return nil, rmsg end
+  self.model_fields = model_fields
   self.bedrock = { region = b.region, service = "bedrock" }
   aws.bedrock_credentials(self, b)
   return setmetatable(self, Provider)
@@ -130,11 +199,14 @@ function Provider:encode_prefix(system, tools, schema)
   local list = provider._tools("bedrock", tools, 2)
   local cache = self.prompt_cache and CACHE_POINT[self.prompt_cache]
   local fields = {}
-  if self.extra_json then
+  if self.extra_json or self.model_fields then
+    local own = {}
+    for k, v in pairs(self.model_fields or {}) do own[k] = canonical(v) end
+    for k, v in pairs(self.extra_json or {}) do own[k] = v end -- (extra_body's win)
     local keys = {}
-    for k in pairs(self.extra_json) do keys[#keys + 1] = k end
+    for k in pairs(own) do keys[#keys + 1] = k end
     table.sort(keys)
-    for i, k in ipairs(keys) do keys[i] = quote(k) .. ":" .. self.extra_json[k] end
+    for i, k in ipairs(keys) do keys[i] = quote(k) .. ":" .. own[k] end
     fields.additionalModelRequestFields = "{" .. concat(keys, ",") .. "}"
   end
   local config = { maxTokens = self.max_tokens, temperature = self.temperature,
