@@ -51,8 +51,9 @@ local function check(fn, spec, allowed)
   end
 end
 
---- An image part: `path` (read at the turn), `url` (sent as a link), or
---- `data` (the raw bytes); `mime` when the bytes or extension do not say.
+--- An image part: `path` (read at the turn), `url` (an http(s) link, sent
+--- as one; a data: URL, taken as its bytes), or `data` (the raw bytes);
+--- `mime` when the bytes or extension do not say.
 ---@param spec {path?:string, url?:string, data?:string, mime?:string}
 ---@return table part
 function M.image(spec)
@@ -62,13 +63,26 @@ function M.image(spec)
   if spec.mime and not IMAGE_MIMES[spec.mime] then
     bad("image", ("'mime' must be one of image/png, image/jpeg, image/gif, image/webp, got %s"):format(spec.mime))
   end
-  if spec.url and not spec.url:match("^https?://") and not spec.url:match("^data:image/") then
+  local url, bytes, mime = spec.url, spec.data, spec.mime
+  if url and url:match("^data:") then
+    -- A data: URL is the image's bytes, and goes as bytes to every provider
+    -- (Anthropic's image sources and Converse take no data URL).
+    local m, b64 = url:match("^data:(image/[%w%.%+%-]+);base64,(.*)$")
+    if not m then bad("image", "'url' must be a data:image/<type>;base64, URL") end
+    if not IMAGE_MIMES[m] then
+      bad("image", ("a data: URL's type must be one of image/png, image/jpeg, image/gif, image/webp, got %s"):format(m))
+    end
+    if mime and mime ~= m then bad("image", ("'mime' (%s) is not the data: URL's type (%s)"):format(mime, m)) end
+    bytes = core.base64_decode(b64)
+    if not bytes then bad("image", "the data: URL's bytes are not valid base64") end
+    url, mime = nil, m
+  elseif url and not url:match("^https?://") then
     bad("image", "'url' must be an http(s) or data: URL")
   end
-  if spec.data and #spec.data > M.MAX_BYTES then
-    bad("image", ("'data' is %d bytes, over the %d-byte limit"):format(#spec.data, M.MAX_BYTES))
+  if bytes and #bytes > M.MAX_BYTES then
+    bad("image", ("'data' is %d bytes, over the %d-byte limit"):format(#bytes, M.MAX_BYTES))
   end
-  return setmetatable({ type = "image", path = spec.path, url = spec.url, bytes = spec.data, mime = spec.mime }, part_mt)
+  return setmetatable({ type = "image", path = spec.path, url = url, bytes = bytes, mime = mime }, part_mt)
 end
 
 --- A file part (a PDF, or text): `path` (read at the turn) or `data` with

@@ -44,6 +44,30 @@ describe("content parts", function()
     assert.are.equal("document", a[3].type)
   end)
 
+  it("takes a data: URL as the image's bytes, for every provider", function()
+    local core = require "tide.core"
+    local url = "data:image/png;base64," .. core.base64(PNG)
+    local parts = assert(content.resolve { tide.image { url = url } })
+    assert.are.same({ type = "image", mime = "image/png", data = core.base64(PNG) }, parts[1])
+    -- Anthropic's image sources take no data URL: bytes, as base64
+    assert.are.same({ type = "base64", media_type = "image/png", data = core.base64(PNG) },
+      content.anthropic(parts)[1].source)
+    assert.are.same({ image = { format = "png", source = { bytes = core.base64(PNG) } } },
+      require("tide.provider.bedrock").parts(parts)[1])
+    assert.are.equal(url, content.openai_chat(parts)[1].image_url.url)
+    for _, case in ipairs {
+      { { url = "data:image/png," .. PNG }, "'url' must be a data:image/<type>;base64, URL" },
+      { { url = "data:image/tiff;base64,AAAA" }, "a data: URL's type must be one of image/png" },
+      { { url = "data:image/png;base64,@@@" }, "the data: URL's bytes are not valid base64" },
+      { { url = url, mime = "image/jpeg" }, "'mime' (image/jpeg) is not the data: URL's type (image/png)" },
+      { { url = "ftp://x/y.png" }, "'url' must be an http(s) or data: URL" },
+    } do
+      local ok, err = pcall(tide.image, case[1])
+      assert.is_false(ok)
+      assert.matches(case[2], tostring(err), 1, true)
+    end
+  end)
+
   it("fails the turn with FileError for an unreadable or untyped file, before the history changes", function()
     local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m" }
     local s = tide.session { agent = "eyes", provider = p }

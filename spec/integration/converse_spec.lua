@@ -409,7 +409,7 @@ describe("tide.provider.bedrock's options and encoding", function()
       c[3])
     assert.are.same({ { text = "(no answer)" } }, b.messages[2].content)
     assert.has_error(function() p:encode_message({ role = "user", content = { { type = "image", url = "https://x/y.png",
-      mime = "image/png" } } }) end, "tide.provider.bedrock: Converse takes images as bytes, not as a URL")
+      mime = "image/png" } } }) end, "tide.provider.bedrock: Converse takes images as bytes (a path, data or a data: URL), not a link")
   end)
 
   it("says what is wrong with its options", function()

@@ -260,7 +260,7 @@ function M.parts(parts)
     if p.type == "text" then
       out[i] = { text = p.text }
     elseif p.type == "image" then
-      if p.url then error("tide.provider.bedrock: Converse takes images as bytes, not as a URL", 2) end
+      if p.url then error("tide.provider.bedrock: Converse takes images as bytes (a path, data or a data: URL), not a link", 2) end
       out[i] = { image = { format = IMAGE_FORMAT[p.mime] or "png", source = { bytes = p.data } } }
     elseif p.type == "file" and DOCUMENT_FORMAT[p.mime] then
       out[i] = { document = { format = DOCUMENT_FORMAT[p.mime], name = document_name(p.name),
