@@ -700,7 +700,7 @@ end
 -- A paused turn, resumed: finish its round with the decisions made (run
 -- the approved calls, answer the rejected ones, resume the sub-agents that
 -- waited), then go on with the loop. Calls still undecided keep it paused.
-local function resume_body(session, opts, run)
+local function resume_body(session, _, opts, run)
   local p = session.paused
   local results = p.results
   local still, approved, approved_at = {}, {}, {}
@@ -756,12 +756,13 @@ local function resume_body(session, opts, run)
   return loop(session, opts, run, p.iteration + 1, p)
 end
 
--- Runs fn(session, ..., run) as a turn, in the caller's own task (no task of
--- its own: one coroutine fewer per session in flight). Its task-local values
--- (event sink, budget, the tree's sub-agent count) are set for the turn,
--- seen by the tool and sub-agent tasks it spawns, and restored afterwards.
+-- Runs fn(session, text, opts, run) as a turn, in the caller's own task (no
+-- task of its own: one coroutine fewer per session in flight). Its
+-- task-local values (event sink, budget, the tree's sub-agent count) are
+-- set for the turn, seen by the tool and sub-agent tasks it spawns, and
+-- restored afterwards.
 -- `paused` is the state a resumed turn takes its budget and count from.
-local function drive(session, opts, paused, fn, ...)
+local function drive(session, opts, paused, fn, text)
   if session.turn_ctx then return fail("SessionBusy", "a turn is already in progress on this session") end
   local ctx = core.context()
   local saved_event, saved_budget = rawget(ctx, "tide_on_event"), rawget(ctx, "tide_budget")
@@ -811,7 +812,7 @@ local function drive(session, opts, paused, fn, ...)
       session:cancel()
     end)
   end
-  local ok, reply, err = pcall(fn, session, ...)
+  local ok, reply, err = pcall(fn, session, text, opts, run)
   if not ok then reply, err = nil, reply end
   if watchdog then watchdog:cancel() end
   -- the turn's last records; a store that cannot keep them fails the turn
@@ -866,7 +867,7 @@ end
 ---@return table|nil err
 function M.run(session, text, opts)
   if session.paused then return nil, approval.required(session) end
-  return drive(session, opts, nil, function(s, run_opts) return body(s, text, run_opts, s.turn_ctx) end, opts)
+  return drive(session, opts, nil, body, text)
 end
 
 --- Continues the turn a process left unfinished in `session`'s transcript
@@ -875,7 +876,7 @@ end
 ---@return table|nil err
 function M.continue(session, opts)
   if session.paused then return nil, approval.required(session) end
-  return drive(session, opts, nil, function(s, run_opts) return body(s, nil, run_opts, s.turn_ctx) end, opts)
+  return drive(session, opts, nil, body, nil)
 end
 
 --- Resumes the paused turn of `session` with the decisions made.
@@ -884,7 +885,7 @@ end
 function M.resume(session, opts)
   local p = session.paused
   if not p then return fail("NothingPending", "no turn of this session is paused") end
-  return drive(session, opts, p, function(s, run_opts) return resume_body(s, run_opts, s.turn_ctx) end, opts)
+  return drive(session, opts, p, resume_body, nil)
 end
 
 return M
