@@ -79,7 +79,8 @@ local function new_stats()
   }
 end
 
--- Option lists, built once (the checks run on every build and turn).
+-- Option lists, built once (the checks run on every build and turn, so they
+-- walk them with numeric loops: an ipairs step is a C call).
 local PATH_OPTS = { "transcript", "resume" }
 local COUNT_OPTS = { "max_iterations", "tool_timeout_ms", "result_cap_bytes", "max_subagents" }
 -- Every option a session takes (the underscored ones are sub-agents', set by
@@ -114,10 +115,12 @@ local function check_opts(opts)
       and src[1] == nil) then
     error("tide.session: 'integrations' must be an integration source (identity() and fetch()) or a list of them", 3)
   end
-  for _, f in ipairs(PATH_OPTS) do
+  for i = 1, #PATH_OPTS do
+    local f = PATH_OPTS[i]
     if opts[f] ~= nil and type(opts[f]) ~= "string" then error(("tide.session: '%s' must be a file path"):format(f), 3) end
   end
-  for _, f in ipairs(COUNT_OPTS) do
+  for i = 1, #COUNT_OPTS do
+    local f = COUNT_OPTS[i]
     local v = opts[f]
     if v ~= nil and (math.type(v) ~= "integer" or v <= 0) then
       error(("tide.session: '%s' must be a positive integer"):format(f), 3)
@@ -708,7 +711,8 @@ local function check_turn_args(text, opts)
       error(("bad argument #2 to 'turn' (unknown option '%s')"):format(tostring(k)), 3)
     end
   end
-  for _, f in ipairs(CALLBACK_OPTS) do
+  for i = 1, #CALLBACK_OPTS do
+    local f = CALLBACK_OPTS[i]
     if opts[f] ~= nil and type(opts[f]) ~= "function" then
       error(("bad argument #2 to 'turn' (field '%s' must be a function)"):format(f), 3)
     end
