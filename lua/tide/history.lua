@@ -89,7 +89,7 @@ end
 ---@param version any the prompt's version, kept in the transcript
 function history_mt:freeze(text, version)
   self.system, self.prompt_version = text, version
-  record(self, { role = "system", content = text, prompt_version = version })
+  if self.writer then record(self, { role = "system", content = text, prompt_version = version }) end
 end
 
 --- Restores messages read from a transcript (system prompt and messages).
