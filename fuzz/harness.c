@@ -54,6 +54,22 @@ static const char PRELUDE[] =
     "  end\n"
     "  return out\n"
     "end\n"
+    /* mend_frames(stream, crc32) -> stream with every whole AWS event
+    ** stream frame's two CRCs made right, so that mutations reach the
+    ** headers and payloads behind them; what follows the last whole frame
+    ** stays as it is */
+    "function mend_frames(stream, crc32)\n"
+    "  local out, at = {}, 1\n"
+    "  while at + 11 <= #stream do\n"
+    "    local total = string.unpack('>I4', stream, at)\n"
+    "    if total < 16 or at + total - 1 > #stream then break end\n"
+    "    local f = stream:sub(at, at + total - 1)\n"
+    "    f = f:sub(1, 8) .. string.pack('>I4', crc32(f:sub(1, 8))) .. f:sub(13, -5)\n"
+    "    out[#out + 1] = f .. string.pack('>I4', crc32(f))\n"
+    "    at = at + total\n"
+    "  end\n"
+    "  return table.concat(out) .. stream:sub(at)\n"
+    "end\n"
     /* same(a, b) -> deep equality of acyclic values (metatables ignored) */
     "function same(a, b)\n"
     "  if type(a) ~= 'table' or type(b) ~= 'table' then\n"
