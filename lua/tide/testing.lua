@@ -1627,6 +1627,17 @@ local BEDROCK_ERRORS = { [400] = "ValidationException", [403] = "AccessDeniedExc
   [404] = "ResourceNotFoundException", [429] = "ThrottlingException", [500] = "InternalServerException",
   [503] = "ServiceUnavailableException" }
 
+-- A scripted failure as Bedrock answers one: the error type its status
+-- stands for, the message given (else the status), the reply's headers and
+-- delay.
+local function bedrock_failure(res, reply, message)
+  local r = bedrock_error(res.status, BEDROCK_ERRORS[res.status] or "InternalServerException",
+    type(message) == "string" and message or ("mock: HTTP " .. res.status))
+  r.headers = headers_with(r.headers, reply.headers)
+  r.delay_ms = res.delay_ms
+  return r
+end
+
 -- A rendered Anthropic reply (or refusal) as Bedrock sends it: a stream
 -- framed, an error as Bedrock's.
 function anthropic.bedrock_response(res, reply)
@@ -1642,12 +1653,7 @@ function anthropic.bedrock_response(res, reply)
   end
   if res.status and res.status >= 400 then
     local obj = decode(res.body or "") or {}
-    local e = type(obj.error) == "table" and obj.error or {}
-    local r = bedrock_error(res.status, BEDROCK_ERRORS[res.status] or "InternalServerException",
-      type(e.message) == "string" and e.message or ("mock: HTTP " .. res.status))
-    r.headers = headers_with(r.headers, reply.headers)
-    r.delay_ms = res.delay_ms
-    return r
+    return bedrock_failure(res, reply, type(obj.error) == "table" and obj.error.message)
   end
   if res.body then
     local obj = decode(res.body)
@@ -2295,11 +2301,7 @@ function converse.response(res, reply)
   end
   if res.status and res.status >= 400 then
     local obj = decode(res.body or "") or {}
-    local r = bedrock_error(res.status, BEDROCK_ERRORS[res.status] or "InternalServerException",
-      type(obj.message) == "string" and obj.message or ("mock: HTTP " .. res.status))
-    r.headers = headers_with(r.headers, reply.headers)
-    r.delay_ms = res.delay_ms
-    return r
+    return bedrock_failure(res, reply, obj.message)
   end
   res.headers = headers_with(res.headers or JSON_HEADERS, { ["x-amzn-requestid"] = "mock-bedrock-request" })
   return res
