@@ -356,6 +356,79 @@ describe("tide.provider.bedrock's event streams", function()
   end)
 end)
 
+describe("tide.provider.bedrock's stream sink, fed malformed streams", function()
+  -- A well-formed ConverseStream, then thousands of mutations of it (a field
+  -- dropped or of another type, an unknown event, a payload that is not
+  -- JSON, a frame left out), each fed to the sink whole: the sink answers a
+  -- reply or an error and never raises; a reply's calls are well formed.
+  it("answers each with a reply or an error, never raising", function()
+    local p = make("http://127.0.0.1:9", true)
+    local base = {
+      { "messageStart", { role = "assistant" } },
+      { "contentBlockDelta", { contentBlockIndex = 0, delta = { reasoningContent = { text = "hm" } } } },
+      { "contentBlockDelta", { contentBlockIndex = 0, delta = { reasoningContent = { signature = "S" } } } },
+      { "contentBlockStop", { contentBlockIndex = 0 } },
+      { "contentBlockDelta", { contentBlockIndex = 1, delta = { text = "Hi" } } },
+      { "contentBlockStart", { contentBlockIndex = 2, start = { toolUse = { toolUseId = "t1", name = "lookup" } } } },
+      { "contentBlockDelta", { contentBlockIndex = 2, delta = { toolUse = { input = '{"q":1}' } } } },
+      { "messageStop", { stopReason = "tool_use" } },
+      { "metadata", { usage = { inputTokens = 3, outputTokens = 4 } } },
+    }
+    local values = { 0, -1, 1e300, 2 ^ 53, "x", true, cjson.null, {}, { 1, 2 }, 1.5, 3, "tool_use", { text = 5 } }
+    local names = { "messageStart", "contentBlockStart", "contentBlockDelta", "contentBlockStop", "messageStop",
+      "metadata", "unknownEvent", "" }
+    local seed = 12345
+    local function rand(n) -- (a fixed sequence: the same streams every run)
+      seed = (seed * 1103515245 + 12345) % 2147483648
+      return seed % n + 1
+    end
+    local function mutate(v, depth)
+      if type(v) ~= "table" or depth > 3 then return values[rand(#values)] end
+      local c, keys = {}, {}
+      for k, x in pairs(v) do c[k] = x; keys[#keys + 1] = k end
+      table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+      if #keys > 0 then
+        local k, r = keys[rand(#keys)], rand(3)
+        if r == 1 then c[k] = nil elseif r == 2 then c[k] = values[rand(#values)] else c[k] = mutate(c[k], depth + 1) end
+      end
+      return c
+    end
+    local replies, errors = 0, 0
+    for _ = 1, 3000 do
+      local frames = {}
+      for _, ev in ipairs(base) do
+        local name, obj = ev[1], ev[2]
+        if rand(4) == 1 then obj = mutate(obj, 0) end
+        if rand(20) == 1 then name = names[rand(#names)] end
+        local payload = rand(50) == 1 and "not json" or cjson.encode(obj)
+        if rand(30) ~= 1 then
+          frames[#frames + 1] = testing.aws_frame({ { ":event-type", name }, { ":content-type", "application/json" },
+            { ":message-type", "event" } }, payload)
+        end
+      end
+      local sink <close> = p:_c_stream()
+      local n, ferr = sink:feed(table.concat(frames), {}, {})
+      assert.is_true(n ~= nil or (type(ferr) == "table" and ferr.code == "MalformedResponse"))
+      local r, err = sink:finish()
+      if r then
+        replies = replies + 1
+        assert.is_string(r.text)
+        for _, c in ipairs(r.tool_calls) do
+          assert.is_string(c.id)
+          assert.is_string(c.name)
+          assert.is_string(c.arguments)
+        end
+      else
+        errors = errors + 1
+        assert.is_string(err.code)
+        assert.is_string(err.message)
+      end
+    end
+    -- both outcomes were reached
+    assert.is_true(replies > 100 and errors > 100)
+  end)
+end)
+
 describe("tide.provider.bedrock on a cassette", function()
   it("records a streamed tool loop signed for Bedrock, and replays it offline", function()
     local path = os.tmpname()
