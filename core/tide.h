@@ -537,6 +537,8 @@ void tide__open_stdio(lua_State *L);
 void tide__open_process(lua_State *L);
 /// Registers on_signal (process signals as callbacks).
 void tide__open_signal(lua_State *L);
+/// Registers write_private (files holding secrets, written whole, 0600).
+void tide__open_file(lua_State *L);
 
 /* Shutdown hooks, run in order when the state closes (before uv_loop_close).
 ** Each closes the handles its part owns; the loop then runs until every close

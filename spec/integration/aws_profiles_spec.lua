@@ -101,6 +101,22 @@ describe("the AWS shared config and credentials files", function()
     helpers.rmdir(dir)
   end)
 
+  it("read the files as configparser does: indented options, ':' separators, quoted names", function()
+    local dir = home { [".aws/config"] = "[default]\n  region = us-west-2\n  aws_access_key_id = AKIAINDENTED\n"
+      .. "  aws_secret_access_key = indented/secret\n"
+      .. "[profile \"with space\"]\naws_access_key_id: AKIACOLON\naws_secret_access_key: colon/secret\n"
+      .. "s3 =\n  max_concurrent_requests = 20\nregion = eu-west-3\n" }
+    tide.run(function()
+      assert.are.equal("AKIAINDENTED", assert(resolve({ HOME = dir })).access_key_id)
+      assert.are.equal("us-west-2", creds_mod.profile_region(env_of({ HOME = dir })))
+      local creds = assert(resolve({ HOME = dir }, nil, "with space"))
+      assert.are.same({ access_key_id = "AKIACOLON", secret_access_key = "colon/secret" }, creds)
+      -- (the nested s3 settings stay out of the profile; the option after them is its own)
+      assert.are.equal("eu-west-3", creds_mod.profile_region(env_of({ HOME = dir }), "with space"))
+    end)
+    helpers.rmdir(dir)
+  end)
+
   it("run a profile's credential_process, its words split as a shell splits them", function()
     local dir = helpers.tmpdir()
     local script = dir .. "/creds helper"
@@ -125,6 +141,12 @@ printf '{"Version": 1, "AccessKeyId": "ASIAPROCESS", "SecretAccessKey": "p/secre
       assert.matches("printed Version 2; the credential process format is Version 1", err, 1, true)
       _, err = with_process("'unclosed")
       assert.matches("is not a command: an unclosed ' quote", err, 1, true)
+      -- a process a signal ends has failed, whatever it printed first
+      _, err = with_process([[sh -c 'echo {\"Version\":1,\"AccessKeyId\":\"ASIAKILLED\",\"SecretAccessKey\":\"s\"}; kill -9 $$']])
+      assert.matches('the credential_process of the profile "tool" failed (exit 137)', err, 1, true)
+      -- a null session token is none
+      creds = assert(with_process([[sh -c 'echo {\"Version\":1,\"AccessKeyId\":\"ASIANULL\",\"SecretAccessKey\":\"s\",\"SessionToken\":null}']]))
+      assert.are.same({ access_key_id = "ASIANULL", secret_access_key = "s" }, creds)
     end)
     helpers.rmdir(dir)
     local split = creds_mod._split
@@ -210,6 +232,9 @@ describe("IAM Identity Center (SSO) profiles", function()
       assert.are.equal("refresh-2", cached.refreshToken)
       assert.are.equal("client-1", cached.clientId)
       assert.is_true(aws.epoch(cached.expiresAt) > os.time() + 28000)
+      -- (it holds a refresh token and a client secret: its owner's eyes only, as botocore writes it)
+      local mode = io.popen(("stat -c %%a %q"):format(file)):read("l")
+      assert.are.equal("600", mode)
       -- past its time with nothing to renew it by: log in again
       helpers.write(file, cjson.encode { accessToken = "old", expiresAt = iso(-60) })
       local _, err = resolve({ HOME = dir, AWS_PROFILE = "dev", AWS_ENDPOINT_URL_SSO = srv.url })
@@ -281,6 +306,19 @@ describe("profiles that assume a role", function()
       assert.is_nil(calls[3].refused)
       assert.matches("^botocore%-session%-%d+$", calls[3].form.RoleSessionName)
       helpers.rmdir(dir)
+      -- a source profile with keys of its own gives them, its own role
+      -- unassumed: one call, signed by its keys
+      dir = home {
+        [".aws/config"] = "[profile keyed]\naws_access_key_id = AKIABASE\naws_secret_access_key = base/secret+key\n"
+          .. "role_arn = arn:aws:iam::123456789012:role/keyed\nsource_profile = nowhere\n"
+          .. "[profile top]\nrole_arn = arn:aws:iam::123456789012:role/top\nsource_profile = keyed\nregion = eu-west-1\n",
+      }
+      local before = #calls
+      creds = assert(resolve({ HOME = dir, AWS_ENDPOINT_URL_STS = srv.url }, nil, "top"))
+      assert.are.equal(before + 1, #calls)
+      assert.are.equal("AKIABASE", calls[#calls].id)
+      assert.are.equal("arn:aws:iam::123456789012:role/top", calls[#calls].form.RoleArn)
+      helpers.rmdir(dir)
     end)
   end)
 
@@ -305,8 +343,18 @@ describe("profiles that assume a role", function()
     local dir = home { [".aws/config"] = "[profile a]\nrole_arn = arn:aws:iam::1:role/a\nsource_profile = b\n"
       .. "[profile b]\nrole_arn = arn:aws:iam::1:role/b\nsource_profile = a\n"
       .. "[profile mfa]\nrole_arn = arn:aws:iam::1:role/m\nsource_profile = a\nmfa_serial = arn:aws:iam::1:mfa/me\n"
-      .. "[profile orphan]\nrole_arn = arn:aws:iam::1:role/o\nsource_profile = missing\n" }
+      .. "[profile orphan]\nrole_arn = arn:aws:iam::1:role/o\nsource_profile = missing\n"
+      .. "[profile sourceless]\nrole_arn = arn:aws:iam::1:role/s\naws_access_key_id = AKIAX\naws_secret_access_key = x\n" }
     tide.run(function()
+      -- a role with nothing to assume it with is an error, not a profile to pass over
+      local _, serr = resolve({ HOME = dir }, nil, "sourceless")
+      assert.matches('the profile "sourceless" has a role_arn but neither source_profile nor credential_source', serr,
+        1, true)
+      -- a web identity token file without a role to assume
+      local tok = dir .. "/token"
+      helpers.write(tok, "eyJ.token")
+      _, serr = resolve({ HOME = dir, AWS_WEB_IDENTITY_TOKEN_FILE = tok })
+      assert.matches("no role to assume with it (AWS_ROLE_ARN or role_arn)", serr, 1, true)
       local _, err = resolve({ HOME = dir }, nil, "a")
       assert.matches('the source_profile of "b" leads back to "a": a loop', err, 1, true)
       _, err = resolve({ HOME = dir }, nil, "mfa")

@@ -142,27 +142,33 @@ local read_file = base._read_file
 -- ---------------------------------------------------------- shared config
 
 -- An AWS shared config or credentials file as { [section] = { key = value } }:
--- botocore's reading (configparser's): `#` and `;` lines are comments, keys
--- are lower-cased, values trimmed; an indented line after `key =` is a
--- nested setting (s3's), kept out of the profile.
+-- botocore's reading (configparser's): `#` and `;` lines are comments, `=`
+-- or `:` separates a key (lower-cased) from its value (trimmed); a line
+-- indented deeper than the option above continues its value, or after
+-- `key =` is a nested setting (s3's), kept out of the profile.
 local function parse_ini(text)
   local sections, current, nested = {}, nil, false
+  local last_indent -- the indent of the option line above, when there is one
   for line in text:gmatch("[^\r\n]+") do
     local name = line:match("^%[%s*(.-)%s*%]%s*$")
     if name then
       current = sections[name] or {}
-      sections[name], nested = current, false
+      sections[name], nested, last_indent = current, false, nil
     elseif current and not line:match("^%s*[#;]") and not line:match("^%s*$") then
-      if line:match("^%s") then
-        if not nested then -- (a continuation of a value: botocore joins it with a newline)
+      local indent = #line:match("^%s*")
+      if last_indent and indent > last_indent then
+        -- indented below an option (as configparser reads it): a value's
+        -- continuation, joined with a newline, or an empty value's nested
+        -- settings ("s3 =" and its lines), which tide has no use for
+        if not nested then
           local last = current._last
           if last then current[last] = current[last] .. "\n" .. line:match("^%s*(.-)%s*$") end
         end
       else
-        local k, v = line:match("^([^=]-)%s*=%s*(.-)%s*$")
-        if k then
+        local k, v = line:match("^%s*([^=:]-)%s*[=:]%s*(.-)%s*$")
+        if k and k ~= "" then
           k = k:lower()
-          nested = v == ""
+          nested, last_indent = v == "", indent
           if not nested then current[k], current._last = v, k else current._last = nil end
         end
       end
@@ -186,7 +192,10 @@ local function load_config(env)
       if name == "default" then
         cfg.profiles.default = s
       elseif name:match("^profile%s") then
-        cfg.profiles[name:match("^profile%s+(.-)$")] = s
+        -- (a name with spaces is quoted, as the AWS CLI writes it)
+        local pname = name:match("^profile%s+(.-)$")
+        pname = pname:match('^"(.*)"$') or pname:match("^'(.*)'$") or pname
+        cfg.profiles[pname] = s
       elseif name:match("^sso%-session%s") then
         cfg.sso_sessions[name:match("^sso%-session%s+(.-)$")] = s
       end
@@ -305,15 +314,20 @@ function sources.environment(env)
   return checked(creds, "the environment")
 end
 
+-- Each setting from the environment, else the profile (botocore's
+-- AssumeRoleWithWebIdentityProvider reads them one by one): a token file
+-- without a role ARN is a configuration error, not an absent source.
 function sources.web_identity(env, ctx)
-  local file, role = env("AWS_WEB_IDENTITY_TOKEN_FILE"), env("AWS_ROLE_ARN")
-  local name = env("AWS_ROLE_SESSION_NAME")
-  local p = ctx.profile
-  if not (file and role) and p and p.web_identity_token_file and p.role_arn then
-    file, role, name = p.web_identity_token_file, p.role_arn, p.role_session_name
+  local p = ctx.profile or {}
+  local function setting(key, var) return env(var) or p[key] end
+  local file = setting("web_identity_token_file", "AWS_WEB_IDENTITY_TOKEN_FILE")
+  if not file then return nil end
+  local role = setting("role_arn", "AWS_ROLE_ARN")
+  if not role then
+    return nil, "a web identity token file is set (AWS_WEB_IDENTITY_TOKEN_FILE or web_identity_token_file) but no "
+      .. "role to assume with it (AWS_ROLE_ARN or role_arn)"
   end
-  if not (file and role) then return nil end
-  return web_identity(env, ctx.region, file, role, name)
+  return web_identity(env, ctx.region, file, role, setting("role_session_name", "AWS_ROLE_SESSION_NAME"))
 end
 
 -- The SSO token `aws sso login` cached for a session (or a legacy start
@@ -349,10 +363,9 @@ local function sso_token(env, s, profile)
       t.expiresAt = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + doc.expiresIn)
       if type(doc.refreshToken) == "string" then t.refreshToken = doc.refreshToken end
       left = doc.expiresIn
-      -- written whole or not at all (a reader never sees half a file)
-      local tmp = path .. ".tide-" .. os.time()
-      local f = io.open(tmp, "wb")
-      if f and f:write(json.encode(t)) and f:close() then os.rename(tmp, path) else os.remove(tmp) end
+      -- written whole or not at all (a reader never sees half a file), and
+      -- for its owner's eyes only, as botocore writes it
+      core.write_private(path, json.encode(t))
     end
     -- (a refresh that failed leaves the token as it was, as botocore does)
   end
@@ -466,7 +479,7 @@ function sources.process(_, ctx)
     return nil, ("%s printed Version %s; the credential process format is Version 1"):format(what, tostring(doc.Version))
   end
   local creds, cwhy = checked({ access_key_id = doc.AccessKeyId, secret_access_key = doc.SecretAccessKey,
-    session_token = doc.SessionToken ~= "" and doc.SessionToken or nil }, what)
+    session_token = type(doc.SessionToken) == "string" and doc.SessionToken ~= "" and doc.SessionToken or nil }, what)
   if not creds then return nil, cwhy end
   return creds, seconds_until(doc.Expiration)
 end
@@ -486,7 +499,8 @@ function sources.container(env)
   if rel then
     url = ECS_HOST .. rel
   elseif full then
-    local scheme, host = full:match("^(%a+)://([^/:]+)")
+    local scheme, host = full:match("^(%a+)://(%b[])")
+    if not scheme then scheme, host = full:match("^(%a+)://([^/:]+)") end
     if not (scheme == "https" or (scheme == "http" and (CONTAINER_HOSTS[host] or (host or ""):match("^127%.")))) then
       return nil, "AWS_CONTAINER_CREDENTIALS_FULL_URI must be https or a loopback or container address"
     end
@@ -546,8 +560,10 @@ local profile_credentials
 
 function sources.assume_role(env, ctx, seen)
   local p = ctx.profile
-  if not (p and p.role_arn and (p.source_profile or p.credential_source)) or p.web_identity_token_file then
-    return nil
+  if not (p and p.role_arn) or p.web_identity_token_file then return nil end
+  if not (p.source_profile or p.credential_source) then -- (botocore's PartialCredentialsError)
+    return nil, ('the profile "%s" has a role_arn but neither source_profile nor credential_source to assume it '
+      .. "with"):format(ctx.name)
   end
   if p.source_profile and p.credential_source then
     return nil, ('the profile "%s" has both source_profile and credential_source'):format(ctx.name)
@@ -592,6 +608,9 @@ profile_credentials = function(env, cfg, name, region, seen)
   local ctx = { cfg = cfg, name = name, profile = p, region = region }
   for _, source in ipairs { "assume_role", "web_identity_profile", "sso", "shared_file", "process", "config_file" } do
     local creds, why
+    -- a source profile with keys of its own gives them, its own role
+    -- unassumed (botocore's _resolve_credentials_from_profile)
+    if source == "assume_role" and seen and p.aws_access_key_id then goto next_source end
     if source == "web_identity_profile" then -- (the profile's own, not the environment's)
       if p.web_identity_token_file and p.role_arn then
         creds, why = web_identity(env, region, p.web_identity_token_file, p.role_arn, p.role_session_name)
@@ -600,6 +619,7 @@ profile_credentials = function(env, cfg, name, region, seen)
       creds, why = sources[source](env, ctx, seen)
     end
     if creds or why then return creds, why end
+    ::next_source::
   end
   return nil
 end

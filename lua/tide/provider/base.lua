@@ -536,22 +536,34 @@ function provider._renew_token(self)
 end
 
 --- When credentials that last `ttl` seconds (nil: an hour) are to be asked
---- for again: a minute before they run out, in core.hrtime's nanoseconds.
+--- for again, in core.hrtime's nanoseconds: a minute before they run out;
+--- ones that last two minutes or less at half their time, and ones
+--- already out at once (the next request asks again).
 ---@param ttl integer|nil
 ---@return integer
 function provider._deadline(ttl)
-  ttl = math.type(ttl) and ttl > 60 and ttl or 3360
-  return core.hrtime() + (ttl - 60) * 1000000000
+  if not math.type(ttl) then ttl = 3360 end
+  local keep = ttl > 120 and ttl - 60 or math.max(ttl // 2, 0)
+  return core.hrtime() + math.floor(keep) * 1000000000
 end
 
---- Seconds since the epoch of an ISO 8601 UTC time ("2026-12-06T20:00:00Z";
---- the AWS CLI's older "2026-12-06T20:00:00UTC" too, Google's with
---- fractions of a second), or nil: when credentials run out.
+--- Seconds since the epoch of an ISO 8601 time ("2026-12-06T20:00:00Z";
+--- a zone offset, "+09:00", taken off; a space for the T; the AWS CLI's
+--- older "2026-12-06T20:00:00UTC" too, Google's with fractions of a
+--- second), or nil: when credentials run out.
 ---@param iso any
 ---@return integer|nil
 function provider._epoch(iso)
-  local y, mo, d, h, mi, sec = tostring(iso):match("^(%d%d%d%d)%-(%d%d)%-(%d%d)T(%d%d):(%d%d):(%d%d)")
+  local y, mo, d, h, mi, sec, zone = tostring(iso):match(
+    "^(%d%d%d%d)%-(%d%d)%-(%d%d)[Tt ](%d%d):(%d%d):(%d%d)%.?%d*%s*(.*)$")
   if not y then return nil end
+  local offset = 0
+  local sign, oh, om = zone:match("^([+-])(%d%d):?(%d%d)$")
+  if sign then
+    offset = (tonumber(oh) * 3600 + tonumber(om) * 60) * (sign == "-" and -1 or 1)
+  elseif zone ~= "" and zone ~= "Z" and zone ~= "z" and zone ~= "UTC" then
+    return nil
+  end
   y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
   -- days from the civil date (Howard Hinnant's algorithm): no time zone involved
   y = mo <= 2 and y - 1 or y
@@ -560,7 +572,7 @@ function provider._epoch(iso)
   local doy = (153 * (mo + (mo > 2 and -3 or 9)) + 2) // 5 + d - 1
   local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
   local days = era * 146097 + doe - 719468
-  return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec)
+  return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(sec) - offset
 end
 
 --- The whole content of the file at `path`, or nil when it cannot be read
@@ -613,10 +625,16 @@ function provider._access_token(res, what)
   local ok, doc = pcall(json.decode, res.body)
   if res.status ~= 200 or not ok or type(doc) ~= "table" or type(doc.access_token) ~= "string" then
     local why = ok and type(doc) == "table" and (doc.error_description or doc.error or doc.message) or nil
+    -- (Google's errors: { error = { message } })
+    if type(why) == "table" then why = type(why.message) == "string" and why.message or nil end
     return nil, ("%s: HTTP %d%s"):format(what, res.status, why and (" (" .. tostring(why):match("^[^\r\n]*") .. ")") or "")
   end
-  local ttl = math.tointeger(tonumber(doc.expires_in))
-  if not ttl and tonumber(doc.expires_on) then ttl = math.tointeger(tonumber(doc.expires_on)) - os.time() end
+  local function seconds(v) -- (a count given as a number or a string, fractions dropped)
+    local n = tonumber(v)
+    return n and n == n and math.abs(n) < 2 ^ 53 and math.floor(n) or nil
+  end
+  local ttl = seconds(doc.expires_in)
+  if not ttl and seconds(doc.expires_on) then ttl = seconds(doc.expires_on) - os.time() end
   return doc.access_token, ttl
 end
 
@@ -680,9 +698,11 @@ function provider._fetch(request, policy)
 end
 
 --- Runs a program that hands out credentials (the Azure CLI, an AWS
---- credential_process) to its end: its exit status, its standard output
---- (lines joined by "\n") and standard error; nil and the error when it
---- cannot start. One still reading or running after `timeout_ms` is killed.
+--- credential_process) to its end: its exit status (128 + the signal for
+--- one a signal ended, as a shell says it), its standard output (lines
+--- joined by "\n") and standard error; nil and the error when it cannot
+--- start or does not end. One still reading or running after `timeout_ms`
+--- is killed. (Its output never goes into an error: it holds secrets.)
 --- Inside a task.
 ---@param opts table core.process_spawn's options (argv, env)
 ---@param timeout_ms integer
@@ -701,9 +721,11 @@ function provider._run(opts, timeout_ms)
     end
     lines[#lines + 1] = line
   end
-  local status = proc:wait(timeout_ms)
+  local status, signal = proc:wait(timeout_ms)
   local stderr = proc:stderr()
   proc:close()
+  if not status then return nil, signal end -- (the Timeout)
+  if signal ~= 0 then status = 128 + signal end
   return status, table.concat(lines, "\n"), stderr
 end
 
