@@ -108,19 +108,28 @@ describe("tide.provider.azure.default_credential", function()
   it("takes the Azure CLI's login, and goes on when it has none", function()
     local dir = helpers.tmpdir()
     local az = io.open(dir .. "/az", "w")
-    az:write(([[#!/bin/sh
+    local az_script = ([[#!/bin/sh
 case "$*" in
   "account get-access-token --output json --scope https://cognitiveservices.azure.com/.default")
     printf '{\n  "accessToken": "eyJ0.cli",\n  "expiresOn": "2026-12-06 21:00:00.000000",\n  "expires_on": %d,\n  "subscription": "s",\n  "tenant": "t",\n  "tokenType": "Bearer"\n}\n' ;;
   *) echo "ERROR: Please run 'az login' to setup account." >&2; exit 1 ;;
 esac
-]]):format(os.time() + 1800))
+]]):format(os.time() + 1800)
+    az:write(az_script)
     az:close()
     os.execute("chmod +x " .. dir .. "/az")
     tide.run(function()
       local token, ttl = resolve({ PATH = dir .. ":/usr/bin:/bin" })
       assert.are.equal("eyJ0.cli", token)
       assert.is_true(ttl > 1790 and ttl <= 1800)
+      -- an az before 2.54 says expiresOn alone, in local time
+      helpers.write(dir .. "/az", ([[#!/bin/sh
+printf '{"accessToken": "eyJ0.old", "expiresOn": "%s", "tokenType": "Bearer"}\n'
+]]):format(os.date("%Y-%m-%d %H:%M:%S.000000", os.time() + 600)))
+      token, ttl = resolve({ PATH = dir .. ":/usr/bin:/bin" })
+      assert.are.equal("eyJ0.old", token)
+      assert.is_true(ttl > 590 and ttl <= 600)
+      helpers.write(dir .. "/az", az_script)
       -- logged out (another scope, as far as this az knows): nothing anywhere
       local _, err = resolve({ PATH = dir .. ":/usr/bin:/bin" }, azure.AI_FOUNDRY)
       assert.matches("no Microsoft Entra ID credentials found", err, 1, true)
@@ -181,11 +190,22 @@ describe("tide.provider.azure.default_credential with a certificate or the Azure
       assert(os.execute(("openssl x509 -in %s -pubkey -noout > %s"):format(pem, pub)))
       assert.is_true(os.execute(("openssl dgst -sha256 -verify %s -signature %s %s >/dev/null 2>&1"):format(pub,
         sigfile, data)) == true)
-      -- the chain sent along when asked
+      -- the chain sent along when asked: every certificate of the file
       vars.AZURE_CLIENT_SEND_CERTIFICATE_CHAIN = "true"
       assert(resolve(vars))
       local header2 = cjson.decode(unb64url(seen[2].client_assertion:match("^([%w%-_]+)")))
       assert.are.equal(1, #header2.x5c)
+      helpers.write(pem, helpers.read(pem) .. helpers.read(dir .. "/c.pem"))
+      assert(resolve(vars))
+      local header3 = cjson.decode(unb64url(seen[3].client_assertion:match("^([%w%-_]+)")))
+      assert.are.equal(2, #header3.x5c)
+      -- an authority host that is not https never gets the proof; one
+      -- without a scheme is https (azure-identity's constants have none)
+      local n = #seen
+      vars.AZURE_AUTHORITY_HOST = "http://login.example.com"
+      local _, err = resolve(vars)
+      assert.matches("AZURE_AUTHORITY_HOST must be an https URL, got http://login.example.com", err, 1, true)
+      assert.are.equal(n, #seen)
     end)
     helpers.rmdir(dir)
   end)

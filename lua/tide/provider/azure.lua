@@ -61,10 +61,27 @@ end
 
 local form, token_of = base._form, base._access_token
 
+-- The Entra ID authority: AZURE_AUTHORITY_HOST as azure-identity reads it
+-- (its constants have no scheme: "login.microsoftonline.us" is https), or
+-- nil and why for one that is not https (a client secret never goes out in
+-- the clear; plain http only to this machine's loopback, where nothing
+-- leaves it).
+local LOOPBACK = { ["127.0.0.1"] = true, ["localhost"] = true, ["[::1]"] = true }
+local function authority_host(env)
+  local host = (env("AZURE_AUTHORITY_HOST") or "https://login.microsoftonline.com"):gsub("/+$", "")
+  local scheme = host:match("^(%a[%w+.-]*)://")
+  if not scheme then return "https://" .. host end
+  local name = host:match("^[^:]+://(%b[])") or host:match("^[^:]+://([^/:]*)")
+  scheme = scheme:lower()
+  if scheme == "https" or (scheme == "http" and LOOPBACK[name:lower()]) then return host end
+  return nil, "AZURE_AUTHORITY_HOST must be an https URL, got " .. host
+end
+
 -- The client credentials grant at the tenant's token endpoint, with the
 -- secret or the federated token as the client's proof.
 local function client_credentials(env, scope, proof, what)
-  local authority = (env("AZURE_AUTHORITY_HOST") or "https://login.microsoftonline.com"):gsub("/+$", "")
+  local authority, aerr = authority_host(env)
+  if not authority then return nil, what .. ": " .. aerr end
   local fields = { { "grant_type", "client_credentials" }, { "client_id", env("AZURE_CLIENT_ID") }, { "scope", scope } }
   for _, kv in ipairs(proof) do fields[#fields + 1] = kv end
   local res, err = http({ method = "POST", url = ("%s/%s/oauth2/v2.0/token"):format(authority, env("AZURE_TENANT_ID")),
@@ -84,7 +101,7 @@ end
 -- The client assertion a certificate proves a service principal with, as
 -- MSAL makes it: a JWT for the token endpoint, RS256 by the certificate's
 -- key, the certificate's SHA-1 thumbprint as x5t (and the certificate
--- itself as x5c when asked); or nil and why.
+-- certificates, the chain, as x5c when asked); or nil and why.
 local function certificate_assertion(env, path, token_url)
   local pem = base._read_file(path)
   if not pem then return nil, "cannot be read" end
@@ -101,7 +118,12 @@ local function certificate_assertion(env, path, token_url)
   local b64url, id, now = base._base64url, env("AZURE_CLIENT_ID"), os.time()
   local header = { alg = "RS256", typ = "JWT", x5t = b64url(core.sha1(der)) }
   if (env("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN") or ""):lower() == "true" or env("AZURE_CLIENT_SEND_CERTIFICATE_CHAIN") == "1" then
-    header.x5c = { cert }
+    -- every certificate of the file, the leaf first (what MSAL sends)
+    local chain = {}
+    for c in pem:gmatch("%-%-%-%-%-BEGIN CERTIFICATE%-%-%-%-%-(.-)%-%-%-%-%-END CERTIFICATE%-%-%-%-%-") do
+      chain[#chain + 1] = (c:gsub("%s", ""))
+    end
+    header.x5c = chain
   end
   local claims = { aud = token_url, iss = id, sub = id, jti = uuid4(), iat = now, nbf = now, exp = now + 600 }
   local signing = b64url(json.canonical(header)) .. "." .. b64url(json.canonical(claims))
@@ -121,7 +143,8 @@ function sources.environment(env, scope)
   local path = env("AZURE_CLIENT_CERTIFICATE_PATH")
   if not path then return nil end
   local what = "the certificate of AZURE_CLIENT_CERTIFICATE_PATH"
-  local authority = (env("AZURE_AUTHORITY_HOST") or "https://login.microsoftonline.com"):gsub("/+$", "")
+  local authority, aerr = authority_host(env)
+  if not authority then return nil, what .. ": " .. aerr end
   local assertion, why = certificate_assertion(env, path,
     ("%s/%s/oauth2/v2.0/token"):format(authority, env("AZURE_TENANT_ID")))
   if not assertion then return nil, ("%s (%s) %s"):format(what, path, why) end
@@ -179,6 +202,14 @@ function sources.azure_cli(env, scope)
     return nil, "the Azure CLI gave no access token", true
   end
   local until_ = math.tointeger(tonumber(doc.expires_on))
+  if not until_ and type(doc.expiresOn) == "string" then
+    -- (az before 2.54 gives only expiresOn, in local time)
+    local y, mo, d, h, mi, sec = doc.expiresOn:match("^(%d+)%-(%d+)%-(%d+) (%d+):(%d+):(%d+)")
+    if y then
+      until_ = os.time { year = tonumber(y), month = tonumber(mo), day = tonumber(d), hour = tonumber(h),
+        min = tonumber(mi), sec = tonumber(sec) }
+    end
+  end
   return doc.accessToken, until_ and until_ - os.time() or nil
 end
 
