@@ -123,6 +123,38 @@ describe("tide.provider.google.adc", function()
       _, err = resolve({ GOOGLE_APPLICATION_CREDENTIALS = ext })
       assert.matches('credentials of type "gdch_service_account", which tide does not take', err, 1, true)
       os.remove(ext)
+      -- malformed files say what is wrong, and raise nothing
+      local sub = tmpfile("subject-token")
+      for _, case in ipairs {
+        { { type = "authorized_user", client_id = "c", client_secret = "s", refresh_token = "r", token_uri = 5 },
+          "'s token_uri must be a string" },
+        { { type = "external_account", audience = "a", subject_token_type = "t", token_url = { "x" },
+          credential_source = { file = sub } }, "'s token_url must be a string" },
+        { { type = "external_account", audience = "a", subject_token_type = "t", client_id = "c", client_secret = {},
+          credential_source = { file = sub } }, "'s client_secret must be a string" },
+        { { type = "external_account", audience = "a", subject_token_type = "t",
+          credential_source = { file = sub, url = "http://127.0.0.1:9/t" } }, "names both a file and a URL" },
+        { { type = "external_account", audience = "a", subject_token_type = "t",
+          credential_source = { file = sub, format = { type = "JSON" } } }, 'has the format "JSON" (text and json are)' },
+        { { type = "external_account", audience = "a", subject_token_type = "t",
+          credential_source = { file = sub, format = { type = "json" } } }, "is json but names no subject_token_field_name" },
+      } do
+        local f = tmpfile(cjson.encode(case[1]))
+        local _, why = resolve({ GOOGLE_APPLICATION_CREDENTIALS = f })
+        assert.matches(case[2], why, 1, true)
+        os.remove(f)
+      end
+      os.remove(sub)
+      -- token endpoint answers read as they come: a fractional or string
+      -- expiry, Google's error object
+      local base = require "tide.provider.base"
+      local t, ttl = base._access_token({ status = 200, body = '{"access_token":"a","expires_on":"'
+        .. (os.time() + 100) .. '.5"}' }, "x")
+      assert.are.equal("a", t)
+      assert.is_true(ttl >= 99 and ttl <= 100)
+      local _, why = base._access_token({ status = 403, body = '{"error":{"code":403,"message":"Permission denied"}}' },
+        "the endpoint")
+      assert.are.equal("the endpoint: HTTP 403 (Permission denied)", why)
       -- nothing anywhere (the metadata server's host a closed loopback port)
       _, err = resolve({ HOME = "/nonexistent", GCE_METADATA_HOST = "127.0.0.1:9" })
       assert.matches("no Google credentials found", err, 1, true)

@@ -119,10 +119,30 @@ local function principal_of(url)
   return type(url) == "string" and url:match("/serviceAccounts/([^/:]+):generateAccessToken$") or nil
 end
 
+-- The first of `keys` that `c` holds as something other than a string, or
+-- nil: a credentials file's optional fields, checked before use.
+local function not_strings(c, keys)
+  for _, k in ipairs(keys) do
+    if c[k] ~= nil and type(c[k]) ~= "string" then return k end
+  end
+  return nil
+end
+
 -- An external account's subject token: from its credential source, a file
 -- or a URL, as text or a field of JSON; or nil and why.
 local function subject_token(cs, path)
   if type(cs) ~= "table" then return nil, path .. " has no credential_source" end
+  -- (as google-auth checks it: one source, a format it knows)
+  if cs.file ~= nil and cs.url ~= nil then
+    return nil, path .. "'s credential_source names both a file and a URL: it must name one"
+  end
+  local format = type(cs.format) == "table" and cs.format or {}
+  if format.type ~= nil and format.type ~= "text" and format.type ~= "json" then
+    return nil, ("%s's credential_source has the format %q (text and json are)"):format(path, tostring(format.type))
+  end
+  if format.type == "json" and type(format.subject_token_field_name) ~= "string" then
+    return nil, path .. "'s credential_source is json but names no subject_token_field_name"
+  end
   local text, where
   if type(cs.file) == "string" then
     where = "the subject token file " .. cs.file
@@ -142,7 +162,6 @@ local function subject_token(cs, path)
     return nil, ("%s takes its subject token from %s, which tide does not take (a file and a URL are): give "
       .. "`token` a function"):format(path, kind)
   end
-  local format = type(cs.format) == "table" and cs.format or {}
   if format.type == "json" then
     local ok, doc = pcall(json.decode, text)
     local field = format.subject_token_field_name
@@ -165,6 +184,9 @@ local function from_external(c, path)
   for _, k in ipairs { "audience", "subject_token_type" } do
     if type(c[k]) ~= "string" then return nil, path .. " has no " .. k end
   end
+  local bad = not_strings(c, { "token_url", "client_id", "client_secret", "workforce_pool_user_project",
+    "service_account_impersonation_url" })
+  if bad then return nil, ("%s's %s must be a string"):format(path, bad) end
   local subject, why = subject_token(c.credential_source, path)
   if not subject then return nil, why end
   local fields = { { "grant_type", "urn:ietf:params:oauth:grant-type:token-exchange" }, { "audience", c.audience },
@@ -220,6 +242,7 @@ local function from_file(text, path)
 end
 
 from_info = function(c, path)
+  if c.token_uri ~= nil and type(c.token_uri) ~= "string" then return nil, path .. "'s token_uri must be a string" end
   if c.type == "impersonated_service_account" then return from_impersonated(c, path) end
   if c.type == "external_account" then return from_external(c, path) end
   if c.type == "authorized_user" then
