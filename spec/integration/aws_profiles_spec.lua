@@ -96,6 +96,7 @@ describe("the AWS shared config and credentials files", function()
       assert.are.equal("us-west-2", creds_mod.profile_region(env_of({ HOME = dir })))
       assert.are.equal("us-west-2", creds_mod.profile_region(env_of({ HOME = dir, AWS_CONFIG_FILE = dir
         .. "/.aws/config" })))
+      assert.are.equal("us-west-2", creds_mod.profile_region(env_of({ HOME = dir, AWS_CONFIG_FILE = "~/.aws/config" })))
       assert.is_nil(creds_mod.profile_region(env_of({ HOME = "/nonexistent" })))
     end)
     helpers.rmdir(dir)

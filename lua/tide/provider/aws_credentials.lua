@@ -183,9 +183,15 @@ end
 -- sections), `sso_sessions` ([sso-session name]) and the paths.
 local function load_config(env)
   local home = env("HOME")
+  -- (a path given as ~/... is under HOME, as botocore expands it)
+  local function path(var, default)
+    local p = env(var)
+    if p and home and (p == "~" or p:sub(1, 2) == "~/") then p = home .. p:sub(2) end
+    return p or (home and home .. default)
+  end
   local cfg = { profiles = {}, credentials = {}, sso_sessions = {},
-    config_path = env("AWS_CONFIG_FILE") or (home and home .. "/.aws/config"),
-    credentials_path = env("AWS_SHARED_CREDENTIALS_FILE") or (home and home .. "/.aws/credentials") }
+    config_path = path("AWS_CONFIG_FILE", "/.aws/config"),
+    credentials_path = path("AWS_SHARED_CREDENTIALS_FILE", "/.aws/credentials") }
   local text = cfg.config_path and read_file(cfg.config_path)
   if text then
     for name, s in pairs(parse_ini(text)) do
