@@ -129,6 +129,13 @@ printf '{"accessToken": "eyJ0.old", "expiresOn": "%s", "tokenType": "Bearer"}\n'
       token, ttl = resolve({ PATH = dir .. ":/usr/bin:/bin" })
       assert.are.equal("eyJ0.old", token)
       assert.is_true(ttl > 590 and ttl <= 600)
+      -- a proxy and a private CA reach the CLI (what az needs behind them)
+      helpers.write(dir .. "/az", [[#!/bin/sh
+printf '{"accessToken": "%s|%s", "expires_on": 99999999999}\n' "$HTTPS_PROXY" "$REQUESTS_CA_BUNDLE"
+]])
+      token = resolve({ PATH = dir .. ":/usr/bin:/bin", HTTPS_PROXY = "http://proxy:3128",
+        REQUESTS_CA_BUNDLE = "/etc/corp-ca.pem" })
+      assert.are.equal("http://proxy:3128|/etc/corp-ca.pem", token)
       helpers.write(dir .. "/az", az_script)
       -- logged out (another scope, as far as this az knows): nothing anywhere
       local _, err = resolve({ PATH = dir .. ":/usr/bin:/bin" }, azure.AI_FOUNDRY)

@@ -187,10 +187,21 @@ function sources.managed_identity(env, scope)
   return token_of(res, "the managed identity")
 end
 
+-- The environment a CLI runs with: its own settings and what reaching
+-- Entra ID through a proxy or a private CA takes (azure-identity passes
+-- the whole environment; the chain's `env` may be a program's own view).
+local CLI_ENV = { "HOME", "AZURE_CONFIG_DIR", "AZD_CONFIG_DIR", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY",
+  "http_proxy", "NO_PROXY", "no_proxy", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR" }
+local function cli_env(env, extra)
+  local out = { PATH = env("PATH") or "/usr/bin:/bin" }
+  for _, k in ipairs(CLI_ENV) do out[k] = env(k) end
+  for k, v in pairs(extra or {}) do out[k] = v end
+  return out
+end
+
 function sources.azure_cli(env, scope)
   local status, out, stderr = base._run({ argv = { "az", "account", "get-access-token", "--output", "json", "--scope",
-    scope }, env = { PATH = env("PATH") or "/usr/bin:/bin", HOME = env("HOME"), AZURE_CONFIG_DIR = env("AZURE_CONFIG_DIR") } },
-    10000)
+    scope }, env = cli_env(env) }, 10000)
   if not status then return nil end -- (no az)
   if status ~= 0 then
     local why = stderr:match("ERROR: ([^\r\n]+)")
@@ -219,8 +230,7 @@ function sources.azure_developer_cli(env, scope)
   if env("AZURE_TENANT_ID") then
     argv[#argv + 1], argv[#argv + 2] = "--tenant-id", env("AZURE_TENANT_ID")
   end
-  local status, out, stderr = base._run({ argv = argv, env = { PATH = env("PATH") or "/usr/bin:/bin",
-    HOME = env("HOME"), AZD_CONFIG_DIR = env("AZD_CONFIG_DIR"), NO_COLOR = "true" } }, 10000)
+  local status, out, stderr = base._run({ argv = argv, env = cli_env(env, { NO_COLOR = "true" }) }, 10000)
   if not status then return nil end -- (no azd)
   if status ~= 0 then
     if stderr:find("azd auth login", 1, true) then return nil end -- (installed, not logged in)
