@@ -108,9 +108,14 @@ local function read(part)
   if not f then
     return nil, core.error("FileError", ("cannot read %s '%s': %s"):format(part.type, part.path, err), { file = part.path })
   end
-  local bytes = f:read(M.MAX_BYTES + 1)
+  local bytes, rerr = f:read(M.MAX_BYTES + 1)
   f:close()
-  bytes = bytes or ""
+  if rerr then -- (a directory opens, and fails to read)
+    return nil, core.error("FileError", ("cannot read %s '%s': %s"):format(part.type, part.path, rerr), { file = part.path })
+  end
+  if bytes == nil or bytes == "" then
+    return nil, core.error("FileError", ("%s '%s' is empty"):format(part.type, part.path), { file = part.path })
+  end
   if #bytes > M.MAX_BYTES then
     return nil, core.error("FileError", ("%s '%s' is over the %d-byte limit"):format(part.type, part.path, M.MAX_BYTES),
       { file = part.path })
@@ -120,7 +125,9 @@ end
 
 --- The neutral content of a user message given as a list of strings and
 --- parts, files read and encoded; or nil and the error (FileError for a file
---- that cannot be read or whose type cannot be told).
+--- that cannot be read, is empty, or whose type cannot be told or is not
+--- taken: images are PNG, JPEG, GIF or WebP by their bytes or `mime`, files
+--- PDF or UTF-8 text).
 ---@param list (string|table)[]
 ---@return table[]|nil parts
 ---@return table|nil err
@@ -137,13 +144,26 @@ function M.resolve(list)
         bytes, err = read(p)
         if not bytes then return nil, err end
       end
-      local named = p.path or p.name -- (a file given as data says its type by its name's extension)
+      if bytes == "" then
+        return nil, core.error("FileError", ("%s 'data' is empty"):format(p.type))
+      end
+      -- An image's type is what its bytes say (an extension says nothing of
+      -- a HEIC named .jpg); a file's may come from its name's extension.
+      local named = p.type == "file" and (p.path or p.name)
       local mime = p.mime or sniff(bytes) or (named and BY_EXTENSION[(named:match("%.(%w+)$") or ""):lower()])
       if not mime or (p.type == "image" and not IMAGE_MIMES[mime]) then
         return nil, core.error("FileError", ("cannot tell the type of %s '%s' (give 'mime')"):format(p.type,
           p.path or "data"), { file = p.path })
       end
-      if p.type == "file" and (mime:match("^text/") or mime == "application/json") then
+      local text = p.type == "file" and (mime:match("^text/") or mime == "application/json")
+      if text and not utf8.len(bytes) then
+        return nil, core.error("FileError", ("file '%s' is not UTF-8 text"):format(p.path or p.name), { file = p.path })
+      end
+      if p.type == "file" and not text and mime ~= "application/pdf" then
+        return nil, core.error("FileError", ("file '%s' is of type '%s' (PDF and text files are taken)"):format(
+          p.path or p.name, mime), { file = p.path })
+      end
+      if text then
         -- Text stays text: readable in the transcript, and Anthropic takes it as is.
         out[i] = { type = "file", mime = mime, name = p.name, text = bytes }
       else
@@ -209,6 +229,10 @@ function M.resolve_tool_parts(list)
     elseif p.url then
       out[i] = { type = "image", url = p.url }
     elseif p.type == "file" then
+      local size = p.text and #p.text or #(p.data or "") * 3 // 4
+      if size > M.MAX_BYTES then
+        return nil, core.error("FileError", ("a file over the %d-byte limit"):format(M.MAX_BYTES))
+      end
       out[i] = { type = "file", mime = p.mime, name = type(p.name) == "string" and p.name or "file", data = p.data,
                  text = p.text }
     else
@@ -304,7 +328,8 @@ end
 --- The OpenAI chat-completions shape of neutral parts.
 function M.openai_chat(parts)
   local out = {}
-  for i, p in ipairs(parts) do
+  -- (its file parts take PDF alone: a text file goes as text)
+  for i, p in ipairs(M.text_files_inline(parts)) do
     if p.type == "text" then
       out[i] = { type = "text", text = p.text }
     elseif p.type == "image" then

@@ -173,8 +173,8 @@ local function tool_task(run, t, args, call, t0)
   if err and err.code == "ApprovalRequired" then return nil, err end
   local limit = run.cap
   if type(text) == "table" then
-    for _, p in ipairs(text) do
-      if p.type == "text" and #p.text > limit then p.text = cap(p.text, limit) end
+    for _, p in ipairs(text) do -- (a text file's text is text too)
+      if (p.type == "text" or p.type == "file") and p.text and #p.text > limit then p.text = cap(p.text, limit) end
     end
   elseif text then
     if #text > limit then text = cap(text, limit) end

@@ -44,6 +44,30 @@ describe("content parts", function()
     assert.are.equal("document", a[3].type)
   end)
 
+  it("refuses, before the history changes, files no provider would take", function()
+    os.execute(("mkdir -p %q"):format(dir .. "/folder.png"))
+    helpers.write(dir .. "/empty.pdf", "")
+    helpers.write(dir .. "/latin1.txt", "caf\233 cr\232me")
+    helpers.write(dir .. "/fake.jpg", "not really a jpeg")
+    helpers.write(dir .. "/pic.png", PNG)
+    for _, case in ipairs {
+      { tide.image { path = dir .. "/folder.png" }, "cannot read image '" .. dir .. "/folder.png'" },
+      { tide.file { path = dir .. "/empty.pdf" }, "file '" .. dir .. "/empty.pdf' is empty" },
+      { tide.file { path = dir .. "/latin1.txt" }, "is not UTF-8 text" },
+      { tide.image { path = dir .. "/fake.jpg" }, "cannot tell the type of image" },
+      { tide.file { path = dir .. "/pic.png" }, "is of type 'image/png' (PDF and text files are taken)" },
+      { tide.file { data = "PK\3\4zip", name = "a.zip", mime = "application/zip" }, "of type 'application/zip'" },
+    } do
+      local parts, err = content.resolve { case[1] }
+      assert.is_nil(parts)
+      assert.are.equal("FileError", err.code)
+      assert.matches(case[2], err.message, 1, true)
+    end
+    -- chat completions takes a text file as text (its file parts are PDFs)
+    local parts = assert(content.resolve { tide.file { path = dir .. "/notes.txt" } })
+    assert.are.same({ type = "text", text = "[file: notes.txt]\nplain notes" }, content.openai_chat(parts)[1])
+  end)
+
   it("takes a data: URL as the image's bytes, for every provider", function()
     local core = require "tide.core"
     local url = "data:image/png;base64," .. core.base64(PNG)

@@ -192,7 +192,7 @@ describe("a tool that shows the model an image", function()
           assert.are.equal("No.", assert(s:turn("open it")))
           local result = srv:requests()[2].json.messages[3].content[1]
           assert.is_true(result.is_error)
-          assert.are.equal("Error: FileError: a file of type 'application/zip' (PDF and text files are taken)",
+          assert.are.equal("Error: FileError: file 'a.zip' is of type 'application/zip' (PDF and text files are taken)",
             result.content)
         end)
     end)
@@ -222,7 +222,8 @@ describe("a tool that shows the model an image", function()
 
   it("caps each text part of an image result, never the image", function()
     local long = tide.tool { name = "long", description = "d", parameters = { type = "object", properties = {} },
-      handler = function() return { string.rep("x", 100), tide.image { data = PNG } } end }
+      handler = function() return { string.rep("x", 100), tide.image { data = PNG },
+        tide.file { data = string.rep("y", 100), name = "log.txt" } } end }
     tide.agent { id = "capped", prompt = "You answer.", tools = { long } }
     with_mock({ replies = { { tool_calls = { { id = "c", name = "long", arguments = {} } } }, "ok" } }, function(srv)
       local s = tide.session { agent = "capped", provider = KINDS.anthropic(srv.url), result_cap_bytes = 10 }
@@ -230,6 +231,8 @@ describe("a tool that shows the model an image", function()
       local content = srv:requests()[2].json.messages[3].content[1].content
       assert.matches("^xxxxxxxxxx\n%[truncated: 90 bytes omitted%]$", content[1].text)
       assert.are.equal(PNG_B64, content[2].source.data)
+      -- a text file's text is capped as text is
+      assert.matches("^yyyyyyyyyy\n%[truncated: 90 bytes omitted%]$", content[3].source.data)
     end)
   end)
 end)
