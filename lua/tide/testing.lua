@@ -2231,6 +2231,10 @@ function converse.validate(self, req)
     if type(m) ~= "table" or (m.role ~= "user" and m.role ~= "assistant") or type(m.content) ~= "table" then
       return validation(("Malformed input request: messages.%d must have a role and content"):format(i - 1))
     end
+    if #m.content == 0 then
+      return validation(("The content field in the Message object at messages.%d is empty. Add a ContentBlock object "
+        .. "to the content field and try again."):format(i - 1))
+    end
     if i == 1 and m.role ~= "user" then
       return validation("A conversation must start with a user message. Try again with a conversation that starts "
         .. "with a user message.")
@@ -2275,6 +2279,14 @@ function converse.validate(self, req)
           pending[#pending + 1] = b.toolUse.toolUseId
         end
       end
+    end
+  end
+  local tools = type(json.toolConfig) == "table" and type(json.toolConfig.tools) == "table" and json.toolConfig.tools or {}
+  for i, t in ipairs(tools) do
+    local spec = type(t) == "table" and t.toolSpec
+    if type(spec) == "table" and spec.description ~= nil and (type(spec.description) ~= "string" or spec.description == "") then
+      return validation(("1 validation error detected: Value '' at 'toolConfig.tools.%d.member.toolSpec.description' "
+        .. "failed to satisfy constraint: Member must have length greater than or equal to 1"):format(i))
     end
   end
   if tool_blocks and type(json.toolConfig) ~= "table" then

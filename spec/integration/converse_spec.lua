@@ -485,6 +485,39 @@ describe("tide.provider.bedrock's options and encoding", function()
       mime = "image/png" } } }) end, "tide.provider.bedrock: Converse takes images as bytes (a path, data or a data: URL), not a link")
   end)
 
+  it("sends only what Converse takes: no empty description, block or content, arguments as written", function()
+    local p = make("http://127.0.0.1:9", false)
+    local prefix = cjson.decode(p:body(p:encode_prefix("s", { { name = "bare" } }), {}))
+    assert.is_nil(prefix.toolConfig.tools[1].toolSpec.description)
+    local b = body_of(p, {
+      { role = "user", content = { { type = "text", text = "  " }, { type = "text", text = "look" } } },
+      { role = "assistant", tool_calls = { { id = "t1", name = "t", arguments = '{"tags":[],"o":{}}' } } },
+      { role = "tool", results = {} },
+      { role = "user", content = { require("tide.content").resolve({ tide.file { data = '{"a":1}', name = "x.json" } })[1] } },
+      { role = "assistant", tool_calls = { { id = "t2", name = "t", arguments = "{}" } } },
+      { role = "tool", results = { { id = "t2", content = { { type = "text", text = "see" },
+        { type = "image", url = "https://example.com/y.png" } } } } },
+    })
+    assert.are.same({ { text = "look" } }, b.messages[1].content)
+    -- (the body as sent: the arguments' empty array stays an array)
+    local raw = p:body(p:encode_prefix("s", { { name = "t" } }), { p:encode_message(
+      { role = "assistant", tool_calls = { { id = "t1", name = "t", arguments = '{"tags":[],"o":{}}' } } }) })
+    assert.is_truthy(raw:find('"input":{"tags":[],"o":{}}', 1, true))
+    assert.are.same({ { text = "(no output)" } }, b.messages[3].content)
+    assert.are.equal("txt", b.messages[4].content[1].document.format)
+    assert.are.same({ { text = "see" }, { text = "[image: https://example.com/y.png]" } },
+      b.messages[6].content[1].toolResult.content)
+    -- what the mock refuses, in Bedrock's words
+    with_mock(mock { replies = { "unused" } }, function(srv)
+      local q = make(srv.url, false)
+      local _, err = q:complete('{"messages":[{"content":[],"role":"user"}]}')
+      assert.matches("The content field in the Message object at messages.0 is empty", err.message, 1, true)
+      _, err = q:complete('{"messages":[{"content":[{"text":"hi"}],"role":"user"}],"toolConfig":{"tools":[{"toolSpec":'
+        .. '{"description":"","inputSchema":{"json":{}},"name":"t"}}]}}')
+      assert.matches("toolSpec.description' failed to satisfy constraint", err.message, 1, true)
+    end)
+  end)
+
   it("says what is wrong with its options", function()
     local function fails(opts, want)
       local ok, err = pcall(tide.provider.bedrock, opts)

@@ -218,7 +218,8 @@ function Provider:encode_prefix(system, tools, schema)
   if #list > 0 then
     local encoded = {}
     for i, t in ipairs(list) do
-      encoded[i] = canonical({ toolSpec = { name = t.name, description = t.description,
+      -- (a description, when there is one, of at least a character: Converse's rule)
+      encoded[i] = canonical({ toolSpec = { name = t.name, description = t.description ~= "" and t.description or nil,
         inputSchema = { json = t.parameters or { type = "object", properties = {} } } } })
     end
     if cache then encoded[#encoded + 1] = cache end
@@ -250,26 +251,36 @@ local function document_name(name)
 end
 
 --- Converse's shape of neutral parts (images and documents as base64
---- bytes; an image given as a link cannot be sent: Converse reads only
---- bytes or S3).
+--- bytes; blank text left out, and one block at least). An image given as
+--- a link cannot be sent (Converse reads only bytes or S3): it raises, or
+--- with `links_as_text` (a tool's result) goes as its link in words.
 ---@param parts table[]
+---@param links_as_text? boolean
 ---@return table[]
-function M.parts(parts)
+function M.parts(parts, links_as_text)
   local out = {}
-  for i, p in ipairs(parts) do
+  for _, p in ipairs(parts) do
     if p.type == "text" then
-      out[i] = { text = p.text }
+      -- (Converse refuses a blank text block: one says nothing anyway)
+      if type(p.text) == "string" and p.text:find("%S") then out[#out + 1] = { text = p.text } end
+    elseif p.type == "image" and p.url then
+      if not links_as_text then
+        error("tide.provider.bedrock: Converse takes images as bytes (a path, data or a data: URL), not a link", 2)
+      end
+      -- (a tool's result, an MCP server's say: the link as words, not a failed turn)
+      out[#out + 1] = { text = "[image: " .. p.url .. "]" }
     elseif p.type == "image" then
-      if p.url then error("tide.provider.bedrock: Converse takes images as bytes (a path, data or a data: URL), not a link", 2) end
-      out[i] = { image = { format = IMAGE_FORMAT[p.mime] or "png", source = { bytes = p.data } } }
-    elseif p.type == "file" and DOCUMENT_FORMAT[p.mime] then
-      out[i] = { document = { format = DOCUMENT_FORMAT[p.mime], name = document_name(p.name),
+      out[#out + 1] = { image = { format = IMAGE_FORMAT[p.mime] or "png", source = { bytes = p.data } } }
+    elseif p.type == "file" and (DOCUMENT_FORMAT[p.mime] or p.text) then
+      -- (any other text, JSON say, is a plain text document)
+      out[#out + 1] = { document = { format = DOCUMENT_FORMAT[p.mime] or "txt", name = document_name(p.name),
         source = { bytes = p.data or core.base64(p.text or "") } } }
     else
       error(("tide.provider.bedrock: Converse takes PDF, text, Markdown, CSV and HTML documents, not '%s'"):format(
         tostring(p.mime or p.type)), 2)
     end
   end
+  if #out == 0 then out[1] = { text = "(empty)" } end
   return out
 end
 
@@ -279,15 +290,17 @@ local function text_block(text, blank)
   return '{"text":' .. quote(text) .. "}"
 end
 
--- A call's input as a JSON object: its raw arguments when they are one,
--- `{}` otherwise (the session records such a call as an error).
+-- A call's input as a JSON object: its raw arguments when they are one (as
+-- the model wrote them: decoded and encoded again, an empty array in them
+-- would go back an object), `{}` otherwise (the session records such a
+-- call as an error).
 local function input_json(args)
   if type(args) == "table" then return canonical(args) end
   if type(args) ~= "string" then return "{}" end
   local trimmed = args:match("^%s*(.-)%s*$")
   local ok, v = pcall(json.decode, trimmed)
   if not ok or type(v) ~= "table" or trimmed:sub(1, 1) ~= "{" then return "{}" end
-  return canonical(v)
+  return trimmed
 end
 
 -- The reasoning blocks of an assistant message: this API's parts only, as
@@ -309,8 +322,8 @@ end
 -- A user message's content: text, or neutral parts.
 local function user_content(c)
   if type(c) == "table" and content.is_neutral(c) then return canonical(M.parts(c)) end
-  if type(c) == "table" then return canonical(c) end
-  return "[" .. text_block(c, "(empty)") .. "]"
+  if type(c) == "table" and next(c) ~= nil then return canonical(c) end
+  return "[" .. text_block(type(c) == "string" and c or nil, "(empty)") .. "]"
 end
 
 --- One neutral message as Converse's JSON; with the message before it
@@ -350,13 +363,15 @@ function Provider:_encode_one(msg)
       local c = r.content
       local body
       if type(c) == "table" and content.is_neutral(c) then
-        body = canonical(M.parts(content.text_files_inline(c)))
+        body = canonical(M.parts(content.text_files_inline(c), true))
       else
         body = "[" .. text_block(provider._result_text(c), "(no output)") .. "]"
       end
       blocks[i] = '{"toolResult":{"content":' .. body .. (r.is_error and ',"status":"error"' or "")
         .. ',"toolUseId":' .. quote(r.id) .. "}}"
     end
+    -- (a message's content is one block at least)
+    if #blocks == 0 then blocks[1] = text_block(nil, "(no output)") end
     return '{"content":[' .. concat(blocks, ",") .. '],"role":"user"}'
   end
   if role == "assistant" then
