@@ -300,6 +300,9 @@ function M.check_list(list, level)
       error(("bad argument #1 to 'turn' (part %d must be a string, tide.image{} or tide.file{}, got %s)")
         :format(i, type(p)), level + 1)
     end
+    if type(p) == "string" and not utf8.len(p) then
+      error(("bad argument #1 to 'turn' (part %d is not UTF-8 text)"):format(i), level + 1)
+    end
   end
 end
 

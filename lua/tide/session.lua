@@ -701,6 +701,8 @@ local function check_turn_args(text, opts)
     require("tide.content").check_list(text, 3)
   elseif type(text) ~= "string" then
     error(("bad argument #1 to 'turn' (string or list of parts expected, got %s)"):format(type(text)), 3)
+  elseif not utf8.len(text) then -- (a request body is JSON, and JSON text is UTF-8)
+    error("bad argument #1 to 'turn' (not UTF-8 text)", 3)
   end
   if opts ~= nil and type(opts) ~= "table" then
     error(("bad argument #2 to 'turn' (table expected, got %s)"):format(type(opts)), 3)

@@ -31,6 +31,25 @@ local function tree_budget() return require "tide.budget" end
 
 -- ----------------------------------------------------------- tool results --
 
+-- A tool's text as valid UTF-8, each invalid byte a U+FFFD: a request body
+-- is JSON, and JSON text is UTF-8; a tool that hands back raw bytes (a
+-- binary file read as text) must not make every later request of the
+-- session one the provider refuses.
+local function utf8_text(s)
+  if utf8.len(s) then return s end
+  local out, i = {}, 1
+  while true do
+    local n, bad = utf8.len(s, i)
+    if n then
+      out[#out + 1] = s:sub(i)
+      return table.concat(out)
+    end
+    out[#out + 1] = s:sub(i, bad - 1) .. "\u{FFFD}"
+    i = bad + 1
+  end
+end
+M._utf8_text = utf8_text -- (for the specs)
+
 local function cap(text, limit)
   if #text <= limit then return text end
   local cut = limit
@@ -174,12 +193,13 @@ local function tool_task(run, t, args, call, t0)
   local limit = run.cap
   if type(text) == "table" then
     for _, p in ipairs(text) do -- (a text file's text is text too)
-      if (p.type == "text" or p.type == "file") and p.text and #p.text > limit then p.text = cap(p.text, limit) end
+      if (p.type == "text" or p.type == "file") and p.text then p.text = cap(utf8_text(p.text), limit) end
     end
   elseif text then
+    text = utf8_text(text)
     if #text > limit then text = cap(text, limit) end
   else
-    err.message = cap(err.message, limit)
+    err.message = cap(utf8_text(err.message), limit)
   end
   if run.listen then report_end(run, call, result(call, text or ("Error: " .. err.message), text == nil), ms_since(t0)) end
   -- One value when it worked: a task that returns at most one gives its

@@ -478,9 +478,33 @@ describe("session faults", function()
     assert.are.equal(3, err.line)
   end)
 
+  it("keeps a tool's raw bytes from making the session's requests invalid JSON", function()
+    local binary = tide.tool { name = "cat", description = "d", parameters = { type = "object", properties = {} },
+      handler = function(a) if a.fail then error("bad \255 byte", 0) end return "PNG\137\255\254 data" end }
+    tide.agent { id = "catter", prompt = "You read files.", tools = { binary } }
+    srv:push({ tool_calls = { { id = "c1", name = "cat", arguments = {} } } },
+      { tool_calls = { { id = "c2", name = "cat", arguments = { fail = true } } } }, "read")
+    local path = dir .. "/t.jsonl"
+    local s = tide.session { agent = "catter", provider = provider(), transcript = path }
+    assert.are.equal("read", assert(s:turn("show me")))
+    local reqs = srv:requests()
+    assert.are.equal(3, #reqs)
+    -- each body parsed as JSON (the mock decodes it), the bad bytes U+FFFD
+    local results = {}
+    for _, m in ipairs(reqs[3].json.messages) do
+      if m.role == "tool" then results[#results + 1] = m.content end
+    end
+    assert.are.same({ "PNG\u{FFFD}\u{FFFD}\u{FFFD} data", "Error: bad \u{FFFD} byte" }, results)
+    -- and the transcript reads back: a resumed session sends the same
+    local again = tide.session { agent = "catter", provider = provider(), resume = path }
+    assert.are.equal(#s:history(), #again:history())
+  end)
+
   it("raises on misuse, naming the argument", function()
     local s = tide.session { agent = "looper", provider = provider() }
     assert.has_error(function() s:turn(42) end, "bad argument #1 to 'turn' (string or list of parts expected, got number)")
+    assert.has_error(function() s:turn("caf\233") end, "bad argument #1 to 'turn' (not UTF-8 text)")
+    assert.has_error(function() s:turn({ "ok", "\255" }) end, "bad argument #1 to 'turn' (part 2 is not UTF-8 text)")
     assert.has_error(function() s:turn("x", { on_delta = 1 }) end,
       "bad argument #2 to 'turn' (field 'on_delta' must be a function)")
     assert.has_error(function() tide.session { agent = "looper" } end)
