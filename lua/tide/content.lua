@@ -303,6 +303,9 @@ function M.check_list(list, level)
     if type(p) == "string" and not utf8.len(p) then
       error(("bad argument #1 to 'turn' (part %d is not UTF-8 text)"):format(i), level + 1)
     end
+    if type(p) == "string" and not p:find("%S") then
+      error(("bad argument #1 to 'turn' (part %d is empty text)"):format(i), level + 1)
+    end
   end
 end
 

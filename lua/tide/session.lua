@@ -703,6 +703,8 @@ local function check_turn_args(text, opts)
     error(("bad argument #1 to 'turn' (string or list of parts expected, got %s)"):format(type(text)), 3)
   elseif not utf8.len(text) then -- (a request body is JSON, and JSON text is UTF-8)
     error("bad argument #1 to 'turn' (not UTF-8 text)", 3)
+  elseif not text:find("%S") then -- (providers refuse a message with nothing in it)
+    error("bad argument #1 to 'turn' (empty text)", 3)
   end
   if opts ~= nil and type(opts) ~= "table" then
     error(("bad argument #2 to 'turn' (table expected, got %s)"):format(type(opts)), 3)

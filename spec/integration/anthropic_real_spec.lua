@@ -387,8 +387,10 @@ describe("tide.provider.anthropic options", function()
     assert.matches("'temperature' %(0.5%) cannot be set with 'thinking'",
       raised(new({ thinking = { type = "adaptive" }, temperature = 0.5 })))
     assert.matches("must be less than max_tokens %(4096%)", raised(new({ thinking = { budget_tokens = 4096 } })))
-    assert.matches("must be less than max_tokens %(100%)",
-      raised(new({ thinking = { budget_tokens = 100 }, max_tokens = 100 })))
+    assert.matches("must be less than max_tokens %(2000%)",
+      raised(new({ thinking = { budget_tokens = 2000 }, max_tokens = 2000 })))
+    -- (the API's least budget, said at construction)
+    assert.matches("'thinking.budget_tokens' %(512%) must be at least 1024", raised(new({ thinking = { budget_tokens = 512 } })))
     -- the API takes only temperature 1 with thinking on
     assert.matches("'temperature' %(0.2%) cannot be set with 'thinking'",
       raised(new({ thinking = { budget_tokens = 1024 }, temperature = 0.2 })))
@@ -407,9 +409,18 @@ describe("tide.provider.anthropic options", function()
     end))
   end)
 
+  it("never sends back a text block of white space alone, which the API refuses", function()
+    local p = provider.anthropic({ base_url = "http://127.0.0.1:1", api_key = "k" })
+    assert.are.equal("", p:encode_message({ role = "assistant", content = "\n\n" }))
+    local with_call = cjson.decode(p:encode_message({ role = "assistant", content = " \n",
+      tool_calls = { { id = "toolu_1", name = "t", arguments = "{}" } } }))
+    assert.are.equal(1, #with_call.content)
+    assert.are.equal("tool_use", with_call.content[1].type)
+  end)
+
   it("the mock refuses a budget the API refuses", function()
     with_mock({ replies = { "never" } }, function(srv)
-      local p = make(srv.url, false, { thinking = { budget_tokens = 512 } })
+      local p = make(srv.url, false, { extra_body = { thinking = { type = "enabled", budget_tokens = 512 } } })
       local out, err = p:complete(p:body(p:encode_prefix("s"), { p:encode_message({ role = "user", content = "q" }) }))
       assert.is_nil(out)
       assert.are.equal(400, err.status)

@@ -268,6 +268,7 @@ describe("tide.provider.bedrock's reasoning options", function()
     fails({ model = CLAUDE, tool_choice = "required", thinking = { budget_tokens = 2048 } },
       "'tool_choice' can only be \"auto\" with 'thinking'")
     fails({ model = CLAUDE, thinking = { budget = 1 } }, "unknown option 'thinking.budget'")
+    fails({ model = CLAUDE, thinking = { budget_tokens = 500 } }, "'thinking.budget_tokens' (500) must be at least 1024")
   end)
 
   it("thinks, and sends the thinking back with its calls; the model's refusals come back as Bedrock's", function()
@@ -297,7 +298,8 @@ describe("tide.provider.bedrock's reasoning options", function()
         assert.matches(want, err.message, 1, true)
       end
       -- what tide cannot know ahead, the model says
-      refused({ model = CLAUDE, thinking = { budget_tokens = 500 } }, "budget_tokens: Input should be greater than or equal to 1024")
+      refused({ model = CLAUDE, extra_body = { thinking = { type = "enabled", budget_tokens = 500 } } },
+        "budget_tokens: Input should be greater than or equal to 1024")
       refused({ extra_body = { thinking = { type = "enabled", budget_tokens = 2048 } } },
         "extraneous key [thinking] is not permitted")
       refused({ model = CLAUDE, max_tokens = 2000, extra_body = { thinking = { type = "enabled", budget_tokens = 4000 } } },

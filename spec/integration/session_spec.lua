@@ -505,6 +505,8 @@ describe("session faults", function()
     assert.has_error(function() s:turn(42) end, "bad argument #1 to 'turn' (string or list of parts expected, got number)")
     assert.has_error(function() s:turn("caf\233") end, "bad argument #1 to 'turn' (not UTF-8 text)")
     assert.has_error(function() s:turn({ "ok", "\255" }) end, "bad argument #1 to 'turn' (part 2 is not UTF-8 text)")
+    assert.has_error(function() s:turn(" \n") end, "bad argument #1 to 'turn' (empty text)")
+    assert.has_error(function() s:turn({ "", "x" }) end, "bad argument #1 to 'turn' (part 1 is empty text)")
     assert.has_error(function() s:turn("x", { on_delta = 1 }) end,
       "bad argument #2 to 'turn' (field 'on_delta' must be a function)")
     assert.has_error(function() tide.session { agent = "looper" } end)

@@ -246,6 +246,16 @@ describe("structured output on Anthropic Messages", function()
     end
   end)
 
+  it("says an answer through the output tool was cut short, never taking it for a whole one", function()
+    with_mock({ replies = { { content = '{"name":"Ada","age":3', stop_reason = "max_tokens" } } }, function(srv)
+      local s = tide.session { agent = "plain_a", provider = anthropic(srv.url, { structured_output = "tool" }) }
+      local v, err = s:turn("who?", { schema = PERSON, truncated = "error" })
+      assert.is_nil(v)
+      assert.are.equal("Truncated", err.code)
+      assert.are.equal("length", s:stats().stop_reason)
+    end)
+  end)
+
   it("lets an agent use its tools first: tool_choice any, the answer through the output tool", function()
     with_mock({ replies = { { tool_calls = { { name = "lookup", arguments = { q = "ada" } } } },
                             '{"name":"Ada","age":36,"tags":["found"]}' } }, function(srv)

@@ -173,6 +173,9 @@ function M.new(opts)
     local t = opts.thinking
     -- The budget comes out of max_tokens: the API refuses a budget that
     -- leaves nothing for the answer.
+    if t.budget_tokens and t.budget_tokens < 1024 then -- (the API's least)
+      return nil, ("tide.provider.anthropic: 'thinking.budget_tokens' (%d) must be at least 1024"):format(t.budget_tokens)
+    end
     if t.budget_tokens and t.budget_tokens >= self.max_tokens then
       return nil, ("tide.provider.anthropic: 'thinking.budget_tokens' (%d) must be less than max_tokens (%d)")
         :format(t.budget_tokens, self.max_tokens)
@@ -361,7 +364,9 @@ function M._tool_answer(_, res, prefix)
     if type(v) == "table" and v.value ~= nil then text = canonical(v.value) end
   end
   res.text = text
-  res.stop = "stop"
+  -- the tool's input is the answer: its call ends the answer, but an
+  -- input cut short by max_tokens is a truncated one
+  if res.stop == "tool_calls" then res.stop = "stop" end
   return res
 end
 
@@ -637,6 +642,9 @@ function Provider:_encode(msg, level)
   if role == "assistant" then
     local calls = msg.tool_calls
     local text = msg.content or ""
+    -- (the API refuses a text block of white space alone, and a reply of
+    -- only "\n\n" would otherwise fail every later request of the session)
+    if not text:find("%S") then text = "" end
     local thinking, content = thinking_blocks(msg.reasoning)
     if content then return '{"content":' .. content .. ',"role":"assistant"}' end
     if not calls or #calls == 0 then

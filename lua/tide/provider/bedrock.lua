@@ -92,6 +92,9 @@ local function reasoning_fields(self, opts, where)
       return nil, where .. "'thinking' is Claude's; " .. self.model .. " is not a Claude model"
         .. " (reasoning = { effort } for Nova 2 and gpt-oss, extra_body for a model's own fields)"
     end
+    if t.budget_tokens and t.budget_tokens < 1024 then -- (Claude's least)
+      return nil, ("%s'thinking.budget_tokens' (%d) must be at least 1024"):format(where, t.budget_tokens)
+    end
     if t.budget_tokens and self.max_tokens and t.budget_tokens >= self.max_tokens then
       return nil, ("%s'thinking.budget_tokens' (%d) must be less than max_tokens (%d)"):format(where,
         t.budget_tokens, self.max_tokens)
