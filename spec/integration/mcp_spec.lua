@@ -229,6 +229,31 @@ describe("tide.integrations.mcp against a scripted server", function()
     assert.are.equal(kids0, children())
   end)
 
+  it("ends a server it was still initializing when the task asking is cancelled", function()
+    local kids0 = children()
+    tide.run(function()
+      local src = tide.integrations.mcp { name = "mute", command = { "sleep", "30" }, timeout_ms = 20000 }
+      local t = tide.spawn(function() return src:fetch() end)
+      tide.sleep(200)
+      assert.are.equal(kids0 + 1, children())
+      t:cancel()
+      local ok, err = t:join()
+      assert.is_nil(ok)
+      assert.are.equal("Cancelled", err.code)
+      tide.sleep(400) -- (its close's grace, and the reaping)
+      assert.are.equal(kids0, children())
+    end)
+  end)
+
+  it("shapes a call's arguments by the schema another object of its identity listed", function()
+    local a, b = scripted(), scripted()
+    assert(cache.get(a)) -- a lists the tools; b never does
+    local out = assert(b:execute("tags", { tags = {} }))
+    assert.matches('"tags":%[%]', out)
+    a:close()
+    b:close()
+  end)
+
   describe("in sessions", function()
     local srv
     after_each(function() if srv then srv:close() end end)
@@ -344,23 +369,29 @@ describe("tide.integrations.mcp over Streamable HTTP, scripted", function()
   -- A Streamable HTTP server on loopback that forgets its sessions on
   -- demand (a restart): a request with a session it does not know gets 404,
   -- as the transport specifies.
-  local function server()
+  local function server(opts)
+    opts = opts or {}
     local sessions, n, log = {}, 0, {}
     local srv = assert(require("tide.testing.server").listen { handler = function(req)
       local sid = req.headers["mcp-session-id"]
+      -- (FastMCP's way: the endpoint is /mcp/, and /mcp redirects there)
+      if opts.redirect and req.path == "/mcp" then
+        return { status = 307, headers = { location = opts.redirect } }
+      end
       if req.method == "DELETE" then -- the client ends its session
         log[#log + 1] = { method = "DELETE", sid = sid }
         sessions[sid or ""] = nil
         return { status = 200 }
       end
       local msg = cjson.decode(req.body)
-      log[#log + 1] = { method = msg.method, sid = sid, version = req.headers["mcp-protocol-version"] }
+      log[#log + 1] = { method = msg.method, sid = sid, version = req.headers["mcp-protocol-version"], body = req.body,
+        path = req.path }
       if msg.method == "initialize" then
         n = n + 1
         local id = "s" .. n
         sessions[id] = true
         return { status = 200, headers = { ["content-type"] = "application/json", ["mcp-session-id"] = id },
-          body = cjson.encode { jsonrpc = "2.0", id = msg.id, result = { protocolVersion = "2025-11-25",
+          body = cjson.encode { jsonrpc = "2.0", id = msg.id, result = { protocolVersion = opts.version or "2025-11-25",
             capabilities = { tools = {} }, serverInfo = { name = "scripted-http", version = "1" } } } }
       end
       if not sid or not sessions[sid] then return { status = 404, body = "unknown session" } end
@@ -396,6 +427,32 @@ describe("tide.integrations.mcp over Streamable HTTP, scripted", function()
     assert.are.same({ method = "DELETE", sid = "s2" }, log[#log])
     -- closed inside a run, so that its close callbacks have run when the
     -- next spec counts the servers still alive
+    tide.run(function() srv:close() end)
+  end)
+
+  it("follows a redirect on its own origin, and sends the model's arguments as written", function()
+    local srv, _, log = server { redirect = "/mcp/" }
+    local src = tide.integrations.mcp { name = "moved", url = ("http://127.0.0.1:%d/mcp"):format(srv:port()) }
+    assert(tide.run(function() return src:fetch() end))
+    assert.are.equal("/mcp/", log[1].path)
+    assert.are.equal("Echo: hi", tide.run(function() return src:execute("echo", '{"message":"hi","tags":[]}') end))
+    assert.is_truthy(log[#log].body:find('"arguments":{"message":"hi","tags":[]}', 1, true))
+    src:close()
+    tide.run(function() srv:close() end)
+    -- another origin's redirect is not followed (the headers hold credentials)
+    srv = server { redirect = "http://127.0.0.2:9/mcp" }
+    src = tide.integrations.mcp { name = "away", url = ("http://127.0.0.1:%d/mcp"):format(srv:port()) }
+    local _, err = tide.run(function() return src:fetch() end)
+    assert.matches("answered initialize with HTTP 307", err.message, 1, true)
+    tide.run(function() srv:close() end)
+  end)
+
+  it("ends the session of a server whose protocol it does not take", function()
+    local srv, _, log = server { version = "2024-01-01" }
+    local src = tide.integrations.mcp { name = "ancient", url = ("http://127.0.0.1:%d/mcp"):format(srv:port()) }
+    local _, err = tide.run(function() return src:fetch() end)
+    assert.matches("could not be initialized", err.message, 1, true)
+    assert.are.same({ method = "DELETE", sid = "s1" }, log[#log])
     tide.run(function() srv:close() end)
   end)
 end)

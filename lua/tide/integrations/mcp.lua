@@ -10,7 +10,10 @@
 ---     `Accept: application/json, text/event-stream`; the answer is JSON or
 ---     an SSE stream; `Mcp-Session-Id` (given by the server at initialize)
 ---     and `MCP-Protocol-Version` go on every later request; a 404 on a
----     session means it expired: tide initializes again and retries once.
+---     session means it expired: tide initializes again and retries once; a
+---     307 or 308 on the same origin is followed (FastMCP's /mcp to /mcp/).
+---     tide opens no GET stream, so a server that sends notifications only
+---     there (the TypeScript SDK's list_changed) is not heard between calls.
 ---
 --- The lifecycle is the spec's: `initialize` (protocolVersion, capabilities,
 --- clientInfo), then the `notifications/initialized` notification, then
@@ -27,7 +30,9 @@
 --- (by joining the reader, with their own deadline) wake; the next waiting
 --- caller starts the next reader. Between requests an idle reader serves
 --- notifications without holding the loop (process:hold(false)). A request
---- that times out or whose task is cancelled sends `notifications/cancelled`.
+--- that times out or whose task is cancelled sends `notifications/cancelled`
+--- (never `initialize`: the spec forbids it; a server not initialized is
+--- let go, its process ended or its HTTP session deleted).
 --- A server that dies fails the requests in flight at once, with its exit
 --- status and the end of its stderr, and is started again by the next
 --- request.
@@ -352,13 +357,16 @@ function Stdio:request(method, params, timeout_ms, raw_params)
     local fine, e = pcall(r.join, r, left)
     if not fine then -- this task was cancelled or interrupted
       forget(self, req)
-      if not req.done then self:notify("notifications/cancelled", { requestId = id, reason = "cancelled" }) end
+      -- (initialize is never cancelled: the spec forbids it)
+      if not req.done and method ~= "initialize" then
+        self:notify("notifications/cancelled", { requestId = id, reason = "cancelled" })
+      end
       error(e, 0)
     end
   end
   if not req.done then
     forget(self, req)
-    self:notify("notifications/cancelled", { requestId = id, reason = "timed out" })
+    if method ~= "initialize" then self:notify("notifications/cancelled", { requestId = id, reason = "timed out" }) end
     return fail("Timeout", ("MCP server '%s' did not answer %s within %d ms%s"):format(
       self.src.name, method, timeout_ms, hints(self)))
   end
@@ -433,12 +441,31 @@ local function messages_of(res)
   return out
 end
 
+-- The origin of a URL ("http://host:port"), for redirects.
+local function origin_of(url) return url:match("^(%a[%w+.-]*://[^/?#]+)") end
+
+-- Posts one message (a table, or its JSON text) and returns tide.http's
+-- answer. A 307 or 308 to the same origin is followed with the same body,
+-- as the official clients' fetch and httpx do (FastMCP moves /mcp to
+-- /mcp/); one to another origin is not, since the headers carry the
+-- server's credentials.
 function Http:post(msg, timeout_ms)
   local http = require "tide.http"
-  return http.request {
-    method = "POST", url = self.src.url, headers = self:headers(), body = encode(msg),
-    timeout_ms = timeout_ms, max_body_bytes = self.src.max_message_bytes,
-  }
+  local body = type(msg) == "string" and msg or encode(msg)
+  local url = self.src.url
+  for _ = 1, 4 do
+    local res, err = http.request {
+      method = "POST", url = url, headers = self:headers(), body = body,
+      timeout_ms = timeout_ms, max_body_bytes = self.src.max_message_bytes,
+    }
+    if not res or (res.status ~= 307 and res.status ~= 308) then return res, err end
+    local to = res.headers["location"]
+    if not to then return res end
+    if to:sub(1, 1) == "/" then to = origin_of(url) .. to end
+    if origin_of(to) ~= origin_of(url) then return res end
+    url = to
+  end
+  return nil, core.error("ProviderError", ("MCP server '%s' redirected too many times"):format(self.src.name))
 end
 
 function Http:notify(method, params, wait)
@@ -451,17 +478,22 @@ end
 function Http:request(method, params, timeout_ms, raw_params, retried)
   local id = self.next_id
   self.next_id = id + 1
-  if raw_params then params = json.decode(raw_params) end
-  local msg = { jsonrpc = "2.0", id = id, method = method, params = params or {} }
+  -- (raw parameters go as they are: decoded and encoded again, an empty
+  -- array in the model's arguments would reach the server an object)
+  local msg = raw_params and ('{"id":%d,"jsonrpc":"2.0","method":%s,"params":%s}'):format(id, json.quote(method),
+    raw_params) or { jsonrpc = "2.0", id = id, method = method, params = params or {} }
   self.src.requests = self.src.requests + 1
   local ok, res, err = pcall(self.post, self, msg, timeout_ms)
+  -- (initialize is never cancelled: the spec forbids it)
   if not ok then -- cancelled
-    self:notify("notifications/cancelled", { requestId = id, reason = "cancelled" })
+    if method ~= "initialize" then self:notify("notifications/cancelled", { requestId = id, reason = "cancelled" }) end
     error(res, 0)
   end
   if not res then
     if err and err.code == "Timeout" then
-      self:notify("notifications/cancelled", { requestId = id, reason = "timed out" })
+      if method ~= "initialize" then
+        self:notify("notifications/cancelled", { requestId = id, reason = "timed out" })
+      end
       return fail("Timeout", ("MCP server '%s' did not answer %s within %d ms"):format(
         self.src.name, method, timeout_ms), { cause = err })
     end
@@ -473,7 +505,7 @@ function Http:request(method, params, timeout_ms, raw_params, retried)
     self.session_id, self.protocol = nil, nil
     local _, ierr = self.src:_initialize(self)
     if ierr then return nil, ierr end
-    return self:request(method, params, timeout_ms, nil, true)
+    return self:request(method, params, timeout_ms, raw_params, true)
   end
   if res.status < 200 or res.status > 299 then
     return fail("ConnectionClosed", ("MCP server '%s' answered %s with HTTP %d: %s"):format(
@@ -629,13 +661,25 @@ local function connect(self)
   else
     conn = open_http(self)
   end
-  local ok, ierr = self:_initialize(conn)
-  if not ok then
+  -- A connection that is not initialized is let go, whatever stopped it:
+  -- the server process ended, an HTTP session ended (the spec's
+  -- disconnect), also when the task asking was cancelled meanwhile.
+  local function let_go()
     if conn.proc then
       conn.dead = conn.dead or "initialize failed"
       if conn.reader then conn.reader:cancel() end
       conn.proc:close(200)
+    else
+      pcall(conn.close, conn)
     end
+  end
+  local raised, ok, ierr = pcall(self._initialize, self, conn)
+  if not raised then
+    let_go()
+    error(ok, 0)
+  end
+  if not ok then
+    let_go()
     return fail("ConnectionClosed", ("MCP server '%s' could not be initialized: %s"):format(
       self.name, ierr.message or tostring(ierr)), { cause = ierr })
   end
@@ -674,6 +718,24 @@ local function add_tools(self, out, list)
       destructive = ann.destructiveHint == true or nil,
     }
   end
+end
+
+-- The input schema of tool `action`: from this object's own fetch, else
+-- from the shared cache's snapshot (another process, or another object of
+-- the same identity, listed the tools): arguments are shaped by it.
+local function schema_of(self, action)
+  local s = self.schemas[action]
+  if s then return s end
+  local snap = require("tide.integrations.cache").peek(self)
+  for _, tk in ipairs(snap and snap.toolkits or {}) do
+    for _, t in ipairs(tk.tools or {}) do
+      if t.name == action then
+        self.schemas[action] = t.parameters
+        return t.parameters
+      end
+    end
+  end
+  return nil
 end
 
 local function fetch(self)
@@ -731,7 +793,7 @@ local function execute(self, action, args)
   if raw then
     res, cerr = conn:request("tools/call", nil, self.timeout_ms, raw)
   else
-    res, cerr = conn:request("tools/call", { name = action, arguments = conform(args, self.schemas[action], 0) },
+    res, cerr = conn:request("tools/call", { name = action, arguments = conform(args, schema_of(self, action), 0) },
       self.timeout_ms)
   end
   if not res then
