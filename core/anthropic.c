@@ -990,7 +990,10 @@ static int block_delta(tide_reply_feed *fc, anthropic_stream *st, const tide_sse
     const char *frag = ev->partial.has ? scratch + ev->partial.at.off : NULL;
     kept_block *o = block_at(st, index, 0);
     if (o != NULL && o->kind == K_OTHER) { /* a server tool's input, not a call of tide's */
-      if (frag && tide__buf_add(&o->sig, frag, ev->partial.at.len)) return fc->nomem = 1, 0;
+      /* (an input without arguments streams as one empty fragment: the
+      ** block keeps the input it started with, {}) */
+      if (frag == NULL || ev->partial.at.len == 0) return 0;
+      if (tide__buf_add(&o->sig, frag, ev->partial.at.len)) return fc->nomem = 1, 0;
       o->has_input = 1;
       return 0;
     }

@@ -579,12 +579,12 @@ function M.anthropic_input(args)
 end
 
 --- An assistant message with tool calls (core.anthropic_assistant_wire):
---- thinking blocks (JSON, joined), a text block unless the text is empty,
---- one tool_use block per call.
+--- thinking blocks (JSON, joined), a text block unless the text is empty
+--- or white space alone (the API refuses one), one tool_use block per call.
 function M.anthropic_assistant(text, calls, thinking)
   local blocks = {}
   if thinking then blocks[#blocks + 1] = thinking end
-  if text and text ~= "" then blocks[#blocks + 1] = json.canonical { type = "text", text = text } end
+  if text and text:find("%S") then blocks[#blocks + 1] = json.canonical { type = "text", text = text } end
   for _, c in ipairs(calls) do
     blocks[#blocks + 1] = '{"id":' .. json.quote(c.id) .. ',"input":' .. M.anthropic_input(c.arguments)
       .. ',"name":' .. json.quote(c.name) .. ',"type":"tool_use"}'

@@ -228,6 +228,15 @@ describe("core.anthropic_stream", function()
     assert.are.equal("anthropic content block 0 has an input that is not a JSON object", err.message)
   end)
 
+  it("keeps a server tool's input without arguments, streamed as one empty fragment", function()
+    local res = assert(one(MESSAGE_START .. start(0, { type = "mcp_tool_use", id = "mcptoolu_1", name = "list",
+      server_name = "files", input = {} }) .. delta(0, { type = "input_json_delta", partial_json = "" })
+      .. stop(0) .. MESSAGE_END))
+    local content = res.reasoning[#res.reasoning]
+    assert.are.equal("content", content.type)
+    assert.is_truthy(content.data:find('"input":{}', 1, true))
+  end)
+
   it("refuses a thinking block without its signature, and redacted thinking without data", function()
     local res, err = one(MESSAGE_START .. start(0, { type = "thinking", thinking = "", signature = "" })
       .. delta(0, { type = "thinking_delta", thinking = "hmm" }) .. stop(0) .. MESSAGE_END)
