@@ -11,10 +11,54 @@ local json = require "tide.json"
 --- What stands in for a secret.
 M.MARK = "[redacted]"
 
---- Request headers whose values are credentials (lower-case names).
+--- Request headers whose values are credentials (lower-case names); any
+--- header whose name says key, token, secret, auth, cookie, session,
+--- signature or password is one too (M.secret_header).
 M.SECRET_HEADERS = {
   authorization = true, ["proxy-authorization"] = true, ["x-api-key"] = true, ["api-key"] = true,
 }
+
+local SECRET_WORDS = { "key", "token", "secret", "auth", "cookie", "session", "signature", "password", "credential" }
+
+--- Whether header (or query parameter) `name`, in lower case, carries a
+--- credential.
+---@param name string
+---@return boolean
+function M.secret_header(name)
+  if M.SECRET_HEADERS[name] or name == "sig" or name == "code" then return true end
+  for _, w in ipairs(SECRET_WORDS) do
+    if name:find(w, 1, true) then return true end
+  end
+  return false
+end
+
+--- The values of a URL's credential-named query parameters and its user
+--- information (a Gemini ?key=, an Azure SAS &sig=, user:pass@): what a
+--- URL may carry that is a credential (an api-version is none).
+---@param url any
+---@return string[]
+function M.url_secrets(url)
+  local out = {}
+  if type(url) ~= "string" then return out end
+  local userinfo = url:match("^%a[%w+.-]*://([^/?#]*)@")
+  if userinfo then
+    out[#out + 1] = userinfo
+    for part in userinfo:gmatch("[^:]+") do out[#out + 1] = part end
+  end
+  local query = url:match("%?([^#]*)")
+  for pair in (query or ""):gmatch("[^&]+") do
+    local k, v = pair:match("^([^=]*)=(.*)$")
+    if v and v ~= "" and M.secret_header(k:lower()) then out[#out + 1] = v end
+  end
+  return out
+end
+
+--- `url` without its query and user information, fit for a message.
+---@param url string
+---@return string
+function M.url_for_message(url)
+  return (tostring(url):gsub("^(%a[%w+.-]*://)[^/?#]*@", "%1"):gsub("[?#].*$", ""))
+end
 
 -- Shorter values are left alone: a secret that short protects nothing, and
 -- replacing it everywhere would mangle ordinary words (specs use keys like
@@ -53,7 +97,7 @@ function M.secrets(api_key, headers, token, extra)
   add(list, seen, token)
   for _, v in ipairs(extra or {}) do add(list, seen, v) end
   for name, value in pairs(headers or {}) do
-    if M.SECRET_HEADERS[name] and type(value) == "string" then
+    if type(name) == "string" and M.secret_header(name:lower()) and type(value) == "string" then
       add(list, seen, value)
       add(list, seen, value:match("^%a+%s+(.+)$"))
     end
@@ -71,12 +115,29 @@ local function stub_length(s, secret)
   return nil
 end
 
---- `s` with every secret of `secrets` (from `M.secrets`) replaced by MARK,
---- and the start of one at its very end (an excerpt cut through it) too.
+-- JSON's \u escapes of printable ASCII (other than the quote and the
+-- backslash), written out: some servers' encoders escape "/", "+" or "="
+-- that way, and a secret echoed so would not match as it was sent.
+local function unescape_ascii(s)
+  if not s:find("\\u00") then return s end
+  return (s:gsub("\\u00([2-7]%x)", function(h)
+    local c = tonumber(h, 16)
+    if c < 0x20 or c > 0x7e or c == 0x22 or c == 0x5c then return nil end
+    return string.char(c)
+  end))
+end
+
+--- `s` with every secret of `secrets` (from `M.secrets`) replaced by `mark`
+--- (MARK), and the start of one at its very end (an excerpt cut through it)
+--- too. JSON escapes of printable ASCII in `s` are written out first.
 ---@param s string
 ---@param secrets string[]
+---@param mark? string
 ---@return string
-function M.string(s, secrets)
+function M.string(s, secrets, mark)
+  mark = mark or M.MARK
+  if #secrets == 0 then return s end
+  s = unescape_ascii(s)
   for _, secret in ipairs(secrets) do
     local i = s:find(secret, 1, true)
     if i then
@@ -87,13 +148,13 @@ function M.string(s, secrets)
         i = s:find(secret, j, true)
       end
       parts[#parts + 1] = s:sub(j)
-      s = table.concat(parts, M.MARK)
+      s = table.concat(parts, mark)
     end
   end
   for _, secret in ipairs(secrets) do
     local n = stub_length(s, secret)
     if n then
-      s = s:sub(1, -n - 1) .. M.MARK
+      s = s:sub(1, -n - 1) .. mark
       break
     end
   end

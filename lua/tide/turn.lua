@@ -456,7 +456,10 @@ local PROVIDER_NAMES = { openai = "openai", anthropic = "anthropic", responses =
 local HOST_NAMES = { ["api.deepseek.com"] = "deepseek", ["api.groq.com"] = "groq",
   ["api.mistral.ai"] = "mistral_ai", ["api.x.ai"] = "x_ai", ["api.perplexity.ai"] = "perplexity" }
 chat_attributes = function(provider)
-  local host = type(provider.base_url) == "string" and provider.base_url:match("^%a+://([^/:]+)")
+  -- (the host alone: never user information, which may be a credential)
+  local authority = type(provider.base_url) == "string" and provider.base_url:match("^%a+://([^/?#]+)")
+  authority = authority and authority:gsub("^.*@", "")
+  local host = authority and (authority:match("^%b[]") or authority:match("^[^:]+"))
   local name = HOST_NAMES[host] or PROVIDER_NAMES[provider.kind] or provider.kind
   if provider.vertex then
     name = "gcp.vertex_ai"

@@ -217,6 +217,17 @@ describe("tide.redact", function()
     assert.are.equal("keep k", redact.string("keep k", redact.secrets("k")))
   end)
 
+  it("hides credential-named headers, URL credentials, and keys echoed with \\u escapes", function()
+    local secrets = redact.secrets(nil, { cookie = "sid=abcdef123456", ["x-goog-api-key"] = "AIzaSyABCDEFGH",
+      ["anthropic-beta"] = "prompt-caching-2024" }, nil,
+      redact.url_secrets("https://user:pw12345678@host/v1?key=QUERYSECRET1&api-version=2024-10-21"))
+    assert.are.equal("[redacted] [redacted] [redacted] [redacted] prompt-caching-2024 2024-10-21", redact.string(
+      "sid=abcdef123456 AIzaSyABCDEFGH QUERYSECRET1 pw12345678 prompt-caching-2024 2024-10-21", secrets))
+    local key = redact.secrets("ABSK+abc/def0123==")
+    assert.are.equal("echo [redacted]", redact.string("echo ABSK\\u002babc\\u002Fdef0123\\u003d\\u003d", key))
+    assert.are.equal("https://host/v1", redact.url_for_message("https://user:pw@host/v1?key=x"))
+  end)
+
   it("walks an error's fields in place, nested ones too, once each", function()
     local secrets = redact.secrets("sk-abc/defghij")
     local cause = { message = "sk-abc/defghij" }

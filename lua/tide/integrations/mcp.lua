@@ -498,7 +498,8 @@ function Http:request(method, params, timeout_ms, raw_params, retried)
         self.src.name, method, timeout_ms), { cause = err })
     end
     return fail("ConnectionClosed", ("MCP server '%s' (%s): %s"):format(
-      self.src.name, self.src.url, err and err.message or "request failed"), { cause = err })
+      self.src.name, require("tide.redact").url_for_message(self.src.url), err and err.message or "request failed"),
+      { cause = err })
   end
   if res.status == 404 and self.session_id and not retried and method ~= "initialize" then
     -- The session expired (the server restarted): a new one, then again.
@@ -766,8 +767,29 @@ end
 --- needed. Runs in a task; sessions call it through the shared cache.
 ---@return tide.integrations.toolkit[]|nil toolkits
 ---@return table|nil err
+-- What must never leave in this source's errors: its headers'
+-- credentials, the secret-named values of its environment, its URL's query
+-- values and user information (a server may echo any of them back).
+local function secrets_of(self)
+  local redact = require "tide.redact"
+  local extra = redact.url_secrets(self.url)
+  for k, v in pairs(self.env or {}) do
+    if type(k) == "string" and type(v) == "string" and redact.secret_header(k:lower()) then extra[#extra + 1] = v end
+  end
+  local headers = {}
+  for k, v in pairs(self.headers or {}) do if type(k) == "string" then headers[k:lower()] = v end end
+  return redact.secrets(nil, headers, nil, extra)
+end
+
+-- fn(self, ...)'s results, with the error redacted.
+local function redacted(self, fn, ...)
+  local v, err = blocking(fn, self, ...)
+  if v == nil and type(err) == "table" then require("tide.redact").error(err, secrets_of(self)) end
+  return v, err
+end
+
 function Mcp:fetch()
-  return blocking(fetch, self)
+  return redacted(self, fetch)
 end
 
 local function execute(self, action, args)
@@ -821,7 +843,7 @@ end
 ---@return string|table|nil result
 ---@return table|nil err
 function Mcp:execute(action, args)
-  return blocking(execute, self, action, args)
+  return redacted(self, execute, action, args)
 end
 
 --- Ends the connection: a stdio server gets end of input, SIGTERM, then

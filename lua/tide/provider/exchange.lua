@@ -268,6 +268,24 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
   return out, nil, received, delivered or got
 end
 
+--- What must never leave in a provider's errors (or a cassette): its key,
+--- token and credential headers, AWS secrets, and the values of its URL's
+--- query and user information (an Azure api-key, a Gemini ?key=).
+---@param self table a provider
+---@return string[]
+function M.secrets(self)
+  local extra = redact.url_secrets(self.base_url)
+  for k, v in pairs(type(self.query) == "table" and self.query or {}) do
+    if type(k) == "string" and type(v) == "string" and redact.secret_header(k:lower()) then extra[#extra + 1] = v end
+  end
+  local aws = self.aws
+  if aws then
+    extra[#extra + 1] = aws.secret_access_key
+    extra[#extra + 1] = aws.session_token
+  end
+  return redact.secrets(self.api_key, self.headers, self.bearer, extra)
+end
+
 --- Sends `body` (joined with `wire` in C when given: see core.http_post) and
 --- returns the neutral response, or nil and the error. Retries what
 --- tide.provider.retry allows, up to `retry.attempts`, sleeping the backoff
@@ -310,9 +328,7 @@ function M.complete(self, body, opts, wire)
     -- Every error of an attempt leaves here, and it may quote a server
     -- that echoed the request's credentials: they are cut out once, before
     -- on_retry or the caller sees it.
-    local aws = self.aws
-    redact.error(err, redact.secrets(self.api_key, self.headers, self.bearer,
-      aws and { aws.secret_access_key, aws.session_token } or nil))
+    redact.error(err, M.secrets(self))
     err.attempts = n
     if n >= policy.attempts or not retry.retryable(err, received, delivered) then
       err.retryable = nil

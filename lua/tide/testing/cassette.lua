@@ -114,38 +114,37 @@ end
 local Recorder = {}
 Recorder.__index = Recorder
 
-function Recorder:_scrub(s)
-  local key = self.api_key
-  if type(s) ~= "string" or key == nil or #key < MIN_SCRUB then return s end
-  local out, i = {}, 1
-  while true do
-    local a, b = s:find(key, i, true)
-    if not a then break end
-    out[#out + 1] = s:sub(i, a - 1)
-    out[#out + 1] = REDACTED
-    i = b + 1
-  end
-  if i == 1 then return s end
-  out[#out + 1] = s:sub(i)
-  return table.concat(out)
+-- The secrets of one exchange: the provider's (its key, token, credential
+-- headers, AWS secrets, URL query values: provider.exchange's list) and
+-- the credentials the request itself carried (a token renewed since).
+function Recorder:_secrets_for(headers)
+  local redact = require "tide.redact"
+  local list = {}
+  for _, v in ipairs(require("tide.provider.exchange").secrets(self.provider)) do list[#list + 1] = v end
+  for _, v in ipairs(redact.secrets(nil, headers)) do list[#list + 1] = v end
+  table.sort(list, function(a, b) return #a > #b end)
+  return list
 end
 
-function Recorder:_request_headers(headers)
-  local key = self.api_key
+function Recorder:_scrub(s, secrets)
+  if type(s) ~= "string" then return s end
+  return require("tide.redact").string(s, secrets or self:_secrets_for({}), REDACTED)
+end
+
+function Recorder:_request_headers(headers, secrets)
   local out = {}
   for name, value in pairs(headers) do
-    if not DROP_REQUEST[name] and not secret_name(name)
-      and not (key and key ~= "" and value:find(key, 1, true)) then
+    if not DROP_REQUEST[name] and not secret_name(name) and self:_scrub(value, secrets) == value then
       out[name] = value
     end
   end
   return out
 end
 
-function Recorder:_response_headers(headers)
+function Recorder:_response_headers(headers, secrets)
   local out = {}
   for name, value in pairs(headers) do
-    if relevant_response(name) then out[name] = self:_scrub(value) end
+    if relevant_response(name) then out[name] = self:_scrub(value, secrets) end
   end
   return out
 end
@@ -191,7 +190,8 @@ function Recorder:_forward(req, n)
     answer = json_error(502, "record_upstream_failed",
       "tide.testing.record: the upstream request failed: " .. tostring(err))
   else
-    local sent = self:_response_headers(res.headers)
+    local secrets = self:_secrets_for(req.headers)
+    local sent = self:_response_headers(res.headers, secrets)
     local response = { status = res.status, headers = sent, ttfb_ms = res.timing and res.timing.ttfb_ms }
     answer = { status = res.status, headers = sent }
     local ctype = res.headers["content-type"] or ""
@@ -204,9 +204,12 @@ function Recorder:_forward(req, n)
     -- bytes that are not text (an AWS event stream) go in base64
     local binary = utf8.len(body) == nil
     local function kept(bytes)
-      bytes = self:_scrub(bytes)
+      bytes = self:_scrub(bytes, secrets)
       return binary and core.base64(bytes) or bytes
     end
+    -- a secret in the stream may straddle two chunks: then the stream is
+    -- kept as one chunk, scrubbed whole
+    if #chunks > 1 and self:_scrub(body, secrets) ~= body then chunks = { { ms = chunks[1].ms, data = body } } end
     if binary then response.encoding = "base64" end
     -- SSE and AWS event streams (application/vnd.amazon.eventstream) keep
     -- their chunks and timing
@@ -223,8 +226,8 @@ function Recorder:_forward(req, n)
       answer.body = body
     end
     local request = {
-      method = req.method, path = self:_scrub(req.path),
-      headers = self:_request_headers(req.headers), body = self:_scrub(req.body),
+      method = req.method, path = self:_scrub(req.path, secrets),
+      headers = self:_request_headers(req.headers, secrets), body = self:_scrub(req.body, secrets),
     }
     self.pending[n] = encode({ n = n, request = request, response = response })
   end
@@ -295,7 +298,7 @@ function M.record(opts)
   local file, ferr = io.open(path, opts.append and "a" or "w")
   if not file then return nil, cassette_error(path, nil, "cannot open for writing: " .. tostring(ferr)) end
   local self = setmetatable({
-    origin = origin, api_key = type(p.api_key) == "string" and p.api_key or nil,
+    origin = origin, provider = p,
     timeout_ms = p.timeout_ms, max_body_bytes = p.max_body_bytes,
     file = file, seq = 0, written = 0, pending = {}, closed = false,
   }, Recorder)
