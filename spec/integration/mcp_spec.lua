@@ -395,6 +395,9 @@ describe("tide.integrations.mcp over Streamable HTTP, scripted", function()
             capabilities = { tools = {} }, serverInfo = { name = "scripted-http", version = "1" } } } }
       end
       if not sid or not sessions[sid] then return { status = 404, body = "unknown session" } end
+      if opts.echo_auth and msg.method == "tools/call" then
+        return { status = 401, body = "rejected authorization: " .. tostring(req.headers["authorization"]) }
+      end
       if msg.id == nil then return { status = 202 } end -- a notification
       if msg.method == "tools/list" then
         return { status = 200, headers = { ["content-type"] = "text/event-stream" },
@@ -444,6 +447,21 @@ describe("tide.integrations.mcp over Streamable HTTP, scripted", function()
     src = tide.integrations.mcp { name = "away", url = ("http://127.0.0.1:%d/mcp"):format(srv:port()) }
     local _, err = tide.run(function() return src:fetch() end)
     assert.matches("answered initialize with HTTP 307", err.message, 1, true)
+    tide.run(function() srv:close() end)
+  end)
+
+  it("keeps its credentials out of what a failed call reports, and its URL's query too", function()
+    local srv = server { echo_auth = true }
+    local url = ("http://127.0.0.1:%d/mcp?api_key=QUERYSECRET99"):format(srv:port())
+    local src = tide.integrations.mcp { name = "echoing", url = url,
+      headers = { Authorization = "Bearer mcp-SECRET-token-123" } }
+    local _, err = tide.run(function() return src:execute("echo", { message = "x" }) end)
+    assert.are.equal("ToolError", err.code)
+    local all = require("tide.json").canonical(err)
+    assert.is_nil(all:find("mcp-SECRET-token-123", 1, true))
+    assert.is_nil(all:find("QUERYSECRET99", 1, true))
+    assert.matches("rejected authorization: [redacted]", err.message, 1, true)
+    src:close()
     tide.run(function() srv:close() end)
   end)
 
