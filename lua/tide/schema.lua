@@ -265,7 +265,37 @@ function M.strict_ok(s, depth)
   return true
 end
 
---- The JSON in a model's answer: the whole text, or the one fenced block
+--- OpenAI's response formats hold the model to a schema whose root is an
+--- object (and not anyOf): any other is sent wrapped, `{ value = schema }`,
+--- under the format name WRAPPED_NAME, and the answer unwrapped
+--- (M.unwrap_answer). Returns the schema to send and its format name.
+M.WRAPPED_NAME = "output_value"
+---@param schema table
+---@return table schema
+---@return string name
+function M.for_response_format(schema)
+  if schema.type == "object" and schema.anyOf == nil then return schema, "output" end
+  local wrapped = { type = "object", properties = { value = schema }, required = json.array { "value" },
+    additionalProperties = false }
+  for _, k in ipairs { "$defs", "definitions" } do -- (references resolve from the root)
+    if schema[k] ~= nil then wrapped[k] = schema[k] end
+  end
+  return wrapped, M.WRAPPED_NAME
+end
+
+--- The answer a wrapped format gave (`{"value": ...}`) as the value itself,
+--- its JSON as the model wrote it (an empty array stays one).
+---@param text string
+---@return string
+function M.unwrap_answer(text)
+  local raw = require("tide.core").json_raw_values(text, "value")
+  if raw and raw[1] then return raw[1] end
+  local ok, v = pcall(json.decode, text)
+  if ok and type(v) == "table" and v.value ~= nil then return json.canonical(v.value) end
+  return text
+end
+
+--- The JSON in a model's answer: the whole text, or the one fenced block--- The JSON in a model's answer: the whole text, or the one fenced block
 --- (```json ... ```) it is wrapped in. Returns the decoded value, or nil and
 --- why it is not JSON.
 ---@param text string

@@ -207,16 +207,25 @@ describe("openai request options", function()
                      parallel_tool_calls = false, stop = { "END", "\n\n" }, temperature = 0.2,
                      extra_body = { thinking = { type = "enabled" }, seed = 7, top_k = 20 } }
       local p = make(srv.url, true, opts)
-      local prefix = p:encode_prefix("Be brief.", {})
-      assert.are.equal(prefix, make(srv.url, true, opts):encode_prefix("Be brief.", {}))
+      local tools = { { name = "lookup", parameters = { type = "object" } } }
+      local prefix = p:encode_prefix("Be brief.", tools)
+      assert.are.equal(prefix, make(srv.url, true, opts):encode_prefix("Be brief.", tools))
       assert.are.equal('{"model":"m","stream":true,"stream_options":{"include_usage":true},"temperature":0.2,'
         .. '"tool_choice":{"function":{"name":"lookup"},"type":"function"},"parallel_tool_calls":false,'
-        .. '"stop":["END","\\n\\n"],"seed":7,"thinking":{"type":"enabled"},"top_k":20,"messages":['
-        .. '{"content":"Be brief.","role":"system"}', prefix)
-      assert(p:complete(body_of(p, { USER })))
+        .. '"stop":["END","\\n\\n"],"seed":7,"thinking":{"type":"enabled"},"top_k":20,"tools":[',
+        prefix:match('^(.-"tools":%[)'))
+      assert(p:complete(p:body(prefix, { p:encode_message(USER) })))
       local b = srv:requests()[1].json
       assert.are.same({ type = "enabled" }, b.thinking)
       assert.is_false(b.parallel_tool_calls)
+      -- without tools (a compaction's request) neither goes: the API refuses them there
+      local bare = cjson.decode(p:body(p:encode_prefix("Be brief.", {}), {}))
+      assert.is_nil(bare.tool_choice)
+      assert.is_nil(bare.parallel_tool_calls)
+      local r = make(srv.url, true, { api = "responses", tool_choice = "required", parallel_tool_calls = false })
+      bare = cjson.decode(r:body(r:encode_prefix("Be brief.", {}), {}))
+      assert.is_nil(bare.tool_choice)
+      assert.is_nil(bare.parallel_tool_calls)
     end)
   end)
 

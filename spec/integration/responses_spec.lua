@@ -194,6 +194,14 @@ for _, stream in ipairs({ true, false }) do
         end)
     end)
 
+    it("sends no reasoning item that nothing follows (a reply cut off while reasoning)", function()
+      local p = make("http://127.0.0.1:9", stream, { reasoning = { effort = "low" } })
+      local reasoning = { { type = "encrypted", id = "rs_1", data = "gAAAAcut", summary = "", provider = "openai_responses" } }
+      assert.are.equal("", p:encode_message({ role = "assistant", content = "", reasoning = reasoning }))
+      local kept = p:encode_message({ role = "assistant", content = "done", reasoning = reasoning })
+      assert.matches('"type":"reasoning"', kept, 1, true)
+    end)
+
     it("gets the real error for a reasoning item sent back with its id while nothing is stored", function()
       with_mock({ replies = { { reasoning = true, tool_calls = { { name = "lookup", arguments = {} } } }, "x" } },
         function(srv)

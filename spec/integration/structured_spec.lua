@@ -6,6 +6,8 @@ local json = require "tide.json"
 local schema = require "tide.schema"
 local testing = require "tide.testing"
 
+local cjson_decode = require("cjson").decode
+
 local PERSON = {
   type = "object", additionalProperties = false, required = { "name", "age", "tags" },
   properties = {
@@ -88,6 +90,48 @@ describe("structured output in a turn", function()
     local s = tide.session { agent = "plain", provider = p }
     assert.are.equal("x", s:turn("a?", { schema = strict }).a)
     assert.is_true(srv:requests()[1].json.response_format.json_schema.strict)
+  end)
+
+  it("wraps a schema whose root is not an object, as OpenAI's formats need, and unwraps the answer", function()
+    local list = { type = "array", items = { type = "string" } }
+    for _, api in ipairs { "chat", "responses" } do
+      answers = { '{"value":["Ada","Bo"]}', '{"value":[]}' }
+      local q = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", api = api }
+      local s = tide.session { agent = "plain", provider = q }
+      assert.are.same({ "Ada", "Bo" }, assert(s:turn("who?", { schema = list })))
+      local body = srv:requests()[#srv:requests()].json
+      local format = api == "chat" and body.response_format.json_schema or body.text.format
+      assert.are.equal("output_value", format.name)
+      assert.are.same({ "value" }, format.schema.required)
+      assert.are.same(list, format.schema.properties.value)
+      -- an empty list stays a list
+      assert.are.equal("[]", json.canonical(assert(s:turn("nobody?", { schema = list }))))
+    end
+  end)
+
+  it("keeps extra_body's format fields from displacing the schema's", function()
+    answers = { '{"a":"x"}', '{"a":"y"}' }
+    local strict = { type = "object", additionalProperties = false, required = { "a" },
+      properties = { a = { type = "string" } } }
+    local chat = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m",
+      extra_body = { response_format = { type = "json_object" } } }
+    assert.are.equal("x", tide.session { agent = "plain", provider = chat }:turn("a?", { schema = strict }).a)
+    local raw = srv:requests()[1].body
+    local _, n = raw:gsub('"response_format"', "")
+    assert.are.equal(1, n)
+    assert.are.equal("json_schema", srv:requests()[1].json.response_format.type)
+    local resp = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", api = "responses",
+      extra_body = { text = { verbosity = "low" } } }
+    assert.are.equal("y", tide.session { agent = "plain", provider = resp }:turn("a?", { schema = strict }).a)
+    local text = srv:requests()[2].json.text
+    assert.are.equal("low", text.verbosity)
+    assert.are.equal("json_schema", text.format.type)
+  end)
+
+  it("asks DeepSeek in the message, which refuses the json_schema format", function()
+    local d = tide.provider.openai { base_url = "https://api.deepseek.com", api_key = "k", model = "deepseek-chat" }
+    assert.is_false(d._native_schema)
+    assert.is_nil(cjson_decode(d:body(d:encode_prefix("s"), {})).response_format)
   end)
 
   it("tells the schema on the user message where the provider has no native mode", function()

@@ -105,10 +105,14 @@ local ANTHROPIC_EFFORTS = { low = true, medium = true, high = true, xhigh = true
 -- enable_thinking must be set to false for non-streaming calls"); its
 -- other models take the field and do not think by default.
 local OLD_NAME = { max_tokens_field = "max_tokens" }
+-- DeepSeek also refuses the json_schema response format ("This
+-- response_format type is unavailable now"): a turn's schema is asked of
+-- the model in its message there, and checked.
+local DEEPSEEK = { max_tokens_field = "max_tokens", native_schema = false }
 local DASHSCOPE = { whole_without_thinking = true }
 local HOST_DEFAULTS = {
   ["api.mistral.ai"] = { max_tokens_field = "max_tokens", stream_usage = false },
-  ["api.deepseek.com"] = OLD_NAME,
+  ["api.deepseek.com"] = DEEPSEEK,
   ["localhost:11434"] = OLD_NAME, ["127.0.0.1:11434"] = OLD_NAME, ["ollama.com"] = OLD_NAME,
   ["dashscope.aliyuncs.com"] = DASHSCOPE, ["dashscope-intl.aliyuncs.com"] = DASHSCOPE,
   ["dashscope-us.aliyuncs.com"] = DASHSCOPE,
@@ -503,6 +507,7 @@ function provider._new(kind, opts, defaults)
     self.reasoning_effort = opts.reasoning and opts.reasoning.effort
     -- (a request that is not streamed says it does not think, unless extra_body says)
     self.whole_without_thinking = known.whole_without_thinking
+    if known.native_schema == false then self._native_schema = false end
     self.tool_choice = opts.tool_choice
     self.parallel_tool_calls = opts.parallel_tool_calls
     self.stop_sequences = opts.stop

@@ -93,8 +93,10 @@ function Provider:encode_prefix(system, tools, schema)
     parts[#parts + 1] = ',"' .. self.max_tokens_field .. '":' .. canonical(self.max_tokens)
   end
   if self.reasoning_effort ~= nil then parts[#parts + 1] = ',"reasoning_effort":' .. quote(self.reasoning_effort) end
-  if self.tool_choice ~= nil then parts[#parts + 1] = ',"tool_choice":' .. canonical(self.tool_choice) end
-  if self.parallel_tool_calls ~= nil then
+  -- (both only beside tools: the API refuses them without, as in a
+  -- compaction's request)
+  if self.tool_choice ~= nil and #list > 0 then parts[#parts + 1] = ',"tool_choice":' .. canonical(self.tool_choice) end
+  if self.parallel_tool_calls ~= nil and #list > 0 then
     parts[#parts + 1] = ',"parallel_tool_calls":' .. (self.parallel_tool_calls and "true" or "false")
   end
   if self.stop_sequences ~= nil then parts[#parts + 1] = ',"stop":' .. canonical(self.stop_sequences) end
@@ -105,11 +107,18 @@ function Provider:encode_prefix(system, tools, schema)
     local keys = {}
     for k in pairs(self.extra_json) do keys[#keys + 1] = k end
     table.sort(keys)
-    for _, k in ipairs(keys) do parts[#parts + 1] = "," .. quote(k) .. ":" .. self.extra_json[k] end
+    for _, k in ipairs(keys) do
+      -- (a turn's schema is the response format: an extra one gives way)
+      if not (schema ~= nil and k == "response_format") then
+        parts[#parts + 1] = "," .. quote(k) .. ":" .. self.extra_json[k]
+      end
+    end
   end
   if schema ~= nil then
+    local schemas = require "tide.schema"
+    local sent, name = schemas.for_response_format(schema)
     parts[#parts + 1] = ',"response_format":' .. canonical({ type = "json_schema",
-      json_schema = { name = "output", schema = schema, strict = require("tide.schema").strict_ok(schema) } })
+      json_schema = { name = name, schema = sent, strict = schemas.strict_ok(sent) } })
   end
   if #list > 0 then
     local encoded = {}
@@ -399,8 +408,14 @@ local function merge_details(data)
   return canonical(out)
 end
 
---- Finishes a reply: OpenRouter's reasoning_details merged into one array.
-function Provider:_finish_reply(res)
+--- Finishes a reply: OpenRouter's reasoning_details merged into one array;
+--- the answer to a wrapped schema (tide.schema.for_response_format)
+--- unwrapped.
+function Provider:_finish_reply(res, body)
+  if res.text and res.text ~= "" and type(body) == "string"
+      and body:find('"name":"' .. require("tide.schema").WRAPPED_NAME .. '"', 1, true) then
+    res.text = require("tide.schema").unwrap_answer(res.text)
+  end
   local parts = res.reasoning
   if parts then
     for _, p in ipairs(parts) do

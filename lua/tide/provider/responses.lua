@@ -84,14 +84,15 @@ function Provider:encode_prefix(system, tools, schema)
     -- reasoning back (the id alone names an item that was never stored).
     if not self.store then fields.include = '["reasoning.encrypted_content"]' end
   end
-  if self.tool_choice ~= nil then fields.tool_choice = canonical(self.tool_choice) end
-  if self.parallel_tool_calls ~= nil then
+  -- (both only beside tools: the API refuses them without)
+  local server = self.server_tools or {}
+  if self.tool_choice ~= nil and #list + #server > 0 then fields.tool_choice = canonical(self.tool_choice) end
+  if self.parallel_tool_calls ~= nil and #list + #server > 0 then
     fields.parallel_tool_calls = self.parallel_tool_calls and "true" or "false"
   end
   -- The built-in tools (server_tools: web search, file search, ...) go
   -- first, as given; their items in a reply are the service's own and are
   -- not sent back (the message that used them is).
-  local server = self.server_tools or {}
   if #list + #server > 0 then
     local encoded = {}
     for i, t in ipairs(server) do encoded[i] = t end
@@ -101,17 +102,32 @@ function Provider:encode_prefix(system, tools, schema)
     end
     fields.tools = "[" .. concat(encoded, ",") .. "]"
   end
-  if schema ~= nil then
-    fields.text = canonical({ format = { type = "json_schema", name = "output", schema = schema,
-      strict = require("tide.schema").strict_ok(schema) } })
-  end
   for k, v in pairs(self.extra_json or {}) do fields[k] = v end
+  if schema ~= nil then
+    -- (beside extra_body's text options, gpt-5's verbosity say: the format joins them)
+    local schemas = require "tide.schema"
+    local sent, name = schemas.for_response_format(schema)
+    local text = fields.text and json.decode(fields.text)
+    text = type(text) == "table" and text or {}
+    text.format = { type = "json_schema", name = name, schema = sent, strict = schemas.strict_ok(sent) }
+    fields.text = canonical(text)
+  end
   local keys = {}
   for k in pairs(fields) do keys[#keys + 1] = k end
   table.sort(keys)
   local parts = {}
   for i, k in ipairs(keys) do parts[i] = quote(k) .. ":" .. fields[k] end
   return "{" .. concat(parts, ",") .. ',"input":['
+end
+
+--- Finishes a reply: the answer to a wrapped schema
+--- (tide.schema.for_response_format) unwrapped.
+function Provider:_finish_reply(res, body)
+  if res.text and res.text ~= "" and type(body) == "string"
+      and body:find('"name":"' .. require("tide.schema").WRAPPED_NAME .. '"', 1, true) then
+    res.text = require("tide.schema").unwrap_answer(res.text)
+  end
+  return res
 end
 
 -- Items are encoded by hand, keys in sorted order (the bytes json.canonical
@@ -214,7 +230,11 @@ function Provider:_encode(msg)
   end
   if role == "assistant" then
     local items, n = {}, 0
-    local reasoning = msg.reasoning and reasoning_items(msg.reasoning, self.store)
+    -- A reasoning item must be followed by the output it led to: a reply
+    -- cut off while reasoning (nothing after it) sends none, else every
+    -- later request gets the API's 400.
+    local follows = (msg.content ~= nil and msg.content ~= "") or (msg.tool_calls ~= nil and #msg.tool_calls > 0)
+    local reasoning = follows and msg.reasoning and reasoning_items(msg.reasoning, self.store)
     if reasoning then
       n = 1
       items[1] = reasoning
