@@ -1,9 +1,11 @@
 /*
-** file.c -- files that hold secrets, written as the tools that own them
-** write them: whole (a new file renamed over the old one, so that a reader
-** sees one or the other, never half) and readable by their owner only
-** (mode 0600, as botocore's JSONFileCache writes the AWS CLI's SSO token
-** cache, which provider/aws_credentials.lua renews).
+** file.c -- files written so that a reader never sees half of them: a file
+** that holds secrets written whole (a new file, synced, renamed over the
+** old one) and readable by its owner only (mode 0600, as botocore's
+** JSONFileCache writes the AWS CLI's SSO token cache, which
+** provider/aws_credentials.lua renews; a transcript whose torn tail is cut
+** off), and a file cut back to the bytes that were whole (a transcript
+** after a write that failed half way).
 */
 #include <errno.h>
 #include <stdio.h>
@@ -37,6 +39,7 @@ static int l_write_private(lua_State *L) {
     else off += (size_t)w;
   }
   if (fd >= 0 && !err && fchmod(fd, S_IRUSR | S_IWUSR) != 0) err = errno;
+  if (fd >= 0 && !err && fsync(fd) != 0) err = errno; /* (on disk before it replaces the old one) */
   if (fd >= 0 && close(fd) != 0 && !err) err = errno;
   if (!err && rename(tmp, path) != 0) err = errno;
   if (err && fd >= 0) unlink(tmp);
@@ -50,7 +53,25 @@ static int l_write_private(lua_State *L) {
   return 1;
 }
 
+/// core.truncate(path, size) -> true | nil, err (FileError): cuts the file
+/// at path to its first size bytes.
+static int l_truncate(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  lua_Integer size = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, size >= 0, 2, "must be >= 0");
+  if (truncate(path, (off_t)size) != 0) {
+    int err = errno;
+    lua_pushnil(L);
+    tide__push_error(L, "FileError", "cannot truncate %s: %s", path, strerror(err));
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 void tide__open_file(lua_State *L) {
   lua_pushcfunction(L, l_write_private);
   lua_setfield(L, -2, "write_private");
+  lua_pushcfunction(L, l_truncate);
+  lua_setfield(L, -2, "truncate");
 }

@@ -166,6 +166,9 @@ function M.decide(session, id, approved, note)
     :format(approved and "approve" or "reject", type(id)), 3) end
   if note ~= nil and type(note) ~= "string" then error(("bad argument #2 to '%s' (string expected, got %s)")
     :format(approved and "approve" or "reject", type(note)), 3) end
+  if note ~= nil and not utf8.len(note) then -- (it goes to the model, in JSON)
+    error(("bad argument #2 to '%s' (not UTF-8 text)"):format(approved and "approve" or "reject"), 3)
+  end
   local owner, err = decidable(session, id)
   if not owner then return nil, err end
   owner.decisions[id] = { approved = approved, note = note }

@@ -721,8 +721,8 @@ local function check_turn_args(text, opts)
       error(("bad argument #2 to 'turn' (field '%s' must be a function)"):format(f), 3)
     end
   end
-  if opts.context ~= nil and type(opts.context) ~= "string" then
-    error("bad argument #2 to 'turn' (field 'context' must be a string)", 3)
+  if opts.context ~= nil and (type(opts.context) ~= "string" or not utf8.len(opts.context)) then
+    error("bad argument #2 to 'turn' (field 'context' must be a string of UTF-8 text)", 3)
   end
   if opts.truncated ~= nil and opts.truncated ~= "error" and opts.truncated ~= "allow" then
     error('bad argument #2 to \'turn\' (field \'truncated\' must be "error" or "allow")', 3)

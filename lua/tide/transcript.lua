@@ -77,30 +77,42 @@ function M.open(path, meta, info)
     local keep = text:sub(1, info.good_bytes)
     if keep ~= "" and keep:sub(-1) ~= "\n" then keep = keep .. "\n" end
     if keep ~= text then
-      local tmp = path .. ".tmp"
-      local w = assert(io.open(tmp, "wb"))
-      w:write(keep)
-      w:close()
-      assert(os.rename(tmp, path))
+      -- (whole or not at all, synced, and for its owner's eyes only: it
+      -- holds the conversation)
+      local ok, werr = core.write_private(path, keep)
+      if not ok then
+        return nil, core.error("TranscriptError", "cannot repair the transcript's torn tail: " .. werr.message,
+          { file = path })
+      end
     end
   end
   local f, err = io.open(path, "ab")
   if not f then return nil, core.error("TranscriptError", "cannot open transcript: " .. tostring(err), { file = path }) end
   local size = f:seek("end")
-  local w = setmetatable({ path = path, fh = f }, writer_mt)
+  local w = setmetatable({ path = path, fh = f, good = size }, writer_mt)
   if size == 0 and meta then w:append(meta) end
   return w
 end
 
---- Appends messages, one line each, and flushes.
+--- Appends messages, one line each, and flushes. A write that fails half
+--- way (a full disk) is cut off again, so that the next records do not
+--- join a half line: the transcript keeps only whole lines.
 function writer_mt:append(...)
   local n = select("#", ...)
   local lines = {}
   for i = 1, n do lines[i] = json.canonical((select(i, ...))) end
   lines[n + 1] = ""
-  local ok, err = self.fh:write(table.concat(lines, "\n"))
+  local text = table.concat(lines, "\n")
+  if not self.fh then return nil, core.error("TranscriptError", "the transcript is closed", { file = self.path }) end
+  local ok, err = self.fh:write(text)
   if ok then ok, err = self.fh:flush() end
-  if not ok then return nil, core.error("TranscriptError", tostring(err), { file = self.path }) end
+  if not ok then
+    self.fh:close()
+    core.truncate(self.path, self.good) -- (when even that fails, the load finds a torn tail at worst)
+    self.fh = io.open(self.path, "ab")
+    return nil, core.error("TranscriptError", tostring(err), { file = self.path })
+  end
+  self.good = self.good + #text
   return true
 end
 

@@ -85,6 +85,7 @@ describe("approvals", function()
     local _, e4 = s:reject("c1")
     assert.are.equal("AlreadyDecided", e4.code)
     assert.has_error(function() s:approve(42) end, "bad argument #1 to 'approve' (string expected, got number)")
+    assert.has_error(function() s:reject("c1", "nope \195") end, "bad argument #2 to 'reject' (not UTF-8 text)")
   end)
 
   it("asks only when a rule says so", function()

@@ -469,6 +469,28 @@ describe("session faults", function()
     for l in io.lines(path) do assert.is_table(json.decode(l)) end
   end)
 
+  it("cuts off a record a full disk left half written, so that the transcript still loads", function()
+    local path = dir .. "/full.jsonl"
+    local transcript = require "tide.transcript"
+    local w = assert(transcript.open(path, { type = "meta", version = 1 }))
+    assert(w:append({ role = "user", content = "first" }))
+    -- the next write gets half its bytes out, then the disk is full
+    local real = w.fh
+    w.fh = setmetatable({
+      write = function(_, text) real:write(text:sub(1, #text // 2)); real:flush(); return nil, "No space left on device" end,
+      flush = function() return true end, close = function() return real:close() end,
+    }, {})
+    local ok, err = w:append({ role = "assistant", content = string.rep("x", 200) })
+    assert.is_nil(ok)
+    assert.are.equal("TranscriptError", err.code)
+    -- the disk has room again: the next records are whole lines
+    assert(w:append({ role = "user", content = "after" }))
+    w:close()
+    local _, messages, info = transcript.load(path)
+    assert.is_false(info.torn)
+    assert.are.same({ "first", "after" }, { messages[1].content, messages[2].content })
+  end)
+
   it("keeps a corrupt line in the middle from being silently dropped", function()
     local path = dir .. "/bad.jsonl"
     helpers.write(path, '{"type":"meta"}\n{"role":"user","content":"a"}\nnot json\n{"role":"user","content":"b"}\n')
@@ -506,6 +528,8 @@ describe("session faults", function()
     assert.has_error(function() s:turn("caf\233") end, "bad argument #1 to 'turn' (not UTF-8 text)")
     assert.has_error(function() s:turn({ "ok", "\255" }) end, "bad argument #1 to 'turn' (part 2 is not UTF-8 text)")
     assert.has_error(function() s:turn(" \n") end, "bad argument #1 to 'turn' (empty text)")
+    assert.has_error(function() s:turn("hi", { context = "\255" }) end,
+      "bad argument #2 to 'turn' (field 'context' must be a string of UTF-8 text)")
     assert.has_error(function() s:turn({ "", "x" }) end, "bad argument #1 to 'turn' (part 1 is empty text)")
     assert.has_error(function() s:turn("x", { on_delta = 1 }) end,
       "bad argument #2 to 'turn' (field 'on_delta' must be a function)")
