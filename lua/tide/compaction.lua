@@ -79,6 +79,8 @@ end
 --- count plus a quarter token for each byte added since.
 function M.estimate(session)
   local h = session.conversation
+  -- (a resumed history is encoded on first use: its bytes count from now)
+  h:encoded()
   local prefix = session.prefix and #session.prefix or 0
   if h.usage_input then
     return h.usage_input + math.max(0, h.wire_bytes - h.usage_wire_bytes) // 4
@@ -86,17 +88,25 @@ function M.estimate(session)
   return (prefix + h.wire_bytes) // 4
 end
 
+-- Whether a user message carries tool results written as text (a
+-- <tool_result> tag first: in its text, or in its first part when the
+-- results held images).
+local function textual_results(m)
+  local c = m.content
+  if type(c) == "table" then c = type(c[1]) == "table" and c[1].text end
+  return type(c) == "string" and c:find("^<tool_result") ~= nil
+end
+
 -- The indices where a cut may fall: before a user message that is the
 -- user's own (not tool results written as text).
 local function boundaries(messages)
   local out = {}
   for i, m in ipairs(messages) do
-    if m.role == "user" and not (type(m.content) == "string" and m.content:find("^<tool_result")) then
-      out[#out + 1] = i
-    end
+    if m.role == "user" and not textual_results(m) then out[#out + 1] = i end
   end
   return out
 end
+M._boundaries = boundaries -- (for the specs)
 
 local function text_of(content)
   if type(content) == "string" then return content end

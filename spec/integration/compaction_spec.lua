@@ -144,6 +144,35 @@ describe("compaction", function()
     srv:close()
   end)
 
+  it("counts a resumed history's size before its first request", function()
+    local srv = mock()
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    local path = dir .. "/resumed.jsonl"
+    local ctx = { window = 100000, reserve = 1000, strategy = "drop" }
+    local s = tide.session { agent = "long", provider = p, transcript = path, context = ctx }
+    assert(s:turn("look A up"))
+    local before = require("tide.compaction").estimate(s)
+    s:close()
+    local r = tide.session { agent = "long", provider = p, resume = path, context = ctx }
+    -- (restored messages are encoded on first use: the estimate counts them all the same)
+    assert.is_true(require("tide.compaction").estimate(r) >= 1000)
+    assert.is_true(before >= 1000)
+    r:close()
+    srv:close()
+  end)
+
+  it("never cuts between tool results written as text with an image and their call", function()
+    local c = require "tide.compaction"
+    local marks = c._boundaries {
+      { role = "user", content = "what is on my screen?" },
+      { role = "assistant", content = '<tool_call>{"name":"shot"}</tool_call>' },
+      { role = "user", content = { { type = "text", text = '<tool_result name="shot">\nhere\n</tool_result>' },
+        { type = "image", mime = "image/png", data = "AAAA" } } },
+      { role = "user", content = "and now?" },
+    }
+    assert.are.same({ 1, 4 }, marks)
+  end)
+
   it("checks its options", function()
     local p = tide.provider.openai { base_url = "http://127.0.0.1:1", api_key = "k", model = "m" }
     assert.has_error(function() tide.session { agent = "long", provider = p, context = { strategy = "fold" } } end,
