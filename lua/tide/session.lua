@@ -504,6 +504,17 @@ function session_mt:_resume(path)
   -- turn goes on counting from there, so max_iterations holds across a
   -- crash. A queued resume's turn goes on from the paused turn's count
   -- (the pause record's iteration), as s:resume() does.
+  -- The calls an assistant message holds: native ones, or (for an agent
+  -- that takes them) ones written as text, <tool_call> tags.
+  local text_tools = self.def.text_tools ~= false
+  local function calls_of(m)
+    if type(m.tool_calls) == "table" and #m.tool_calls > 0 then return m.tool_calls, false end
+    if text_tools and type(m.content) == "string" and m.content:find("<tool_call", 1, true) then
+      local parsed = require("tide.tool_protocol").parse(m.content)
+      if #parsed > 0 then return parsed, true end
+    end
+    return nil
+  end
   local last_turn, paused_at
   for _, m in ipairs(messages) do
     if m.type == "turn" then
@@ -516,8 +527,7 @@ function session_mt:_resume(path)
       if last_turn and m.role ~= "system" then
         -- (a paused reply, Anthropic's pause_turn, is not the answer: the
         -- turn goes on from it)
-        local final = m.role == "assistant" and not (type(m.tool_calls) == "table" and #m.tool_calls > 0)
-          and m.stop ~= "pause"
+        local final = m.role == "assistant" and not calls_of(m) and m.stop ~= "pause"
         last_turn.done, last_turn.reply = final, final and (m.content or "") or nil
         if m.role == "assistant" then last_turn.iterations = last_turn.iterations + 1 end
       end
@@ -550,13 +560,15 @@ function session_mt:_resume(path)
   -- every later request. Each gets an "interrupted" error result (written
   -- to the transcript too), so the conversation is valid again.
   local last = restored[#restored]
-  if not paused and last and last.role == "assistant" and type(last.tool_calls) == "table" and #last.tool_calls > 0 then
+  local open_calls, textual = nil, false
+  if last and last.role == "assistant" then open_calls, textual = calls_of(last) end
+  if not paused and open_calls then
     local results = {}
-    for i, c in ipairs(last.tool_calls) do
+    for i, c in ipairs(open_calls) do
       results[i] = { id = c.id, name = c.name, is_error = true,
         content = "Error: interrupted (the session stopped before this call returned; it may or may not have run)" }
     end
-    self.conversation:append { role = "tool", results = results }
+    self.conversation:append(turn._results_message(results, textual))
     self.resumed.interrupted = #results
     if last_turn then last_turn.done = false end
   end

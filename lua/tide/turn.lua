@@ -347,6 +347,8 @@ local function results_message(results, textual)
   return { role = "user", content = content }
 end
 
+M._results_message = results_message -- (a resumed session answers calls left open with it)
+
 -- Answers every call of `calls` with the same error, so that the history
 -- stays a valid conversation (a call is never left without its result).
 local function answer_all(history, calls, textual, text)

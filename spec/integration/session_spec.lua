@@ -491,6 +491,21 @@ describe("session faults", function()
     assert.are.same({ "first", "after" }, { messages[1].content, messages[2].content })
   end)
 
+  it("answers a call written as text that a crash left open, as it answers a native one", function()
+    local path = dir .. "/textual.jsonl"
+    helpers.write(path, '{"type":"meta","version":1}\n{"role":"system","content":"Look things up."}\n'
+      .. '{"type":"turn","id":"r1"}\n{"role":"user","content":"go"}\n'
+      .. '{"role":"assistant","content":"Let me check. <tool_call>{\\"name\\":\\"lookup\\",\\"arguments\\":{\\"q\\":\\"a\\"}}</tool_call>"}\n')
+    local r = assert(tide.session { agent = "looper", provider = provider(), resume = path })
+    assert.are.equal(1, r.resumed.interrupted)
+    local h = r:history()
+    assert.are.equal("user", h[#h].role)
+    assert.matches('^<tool_result name="lookup" error="true">\nError: interrupted', h[#h].content)
+    -- the queued turn it belonged to is not done: its "answer" was a call
+    assert.is_false(r.last_turn.done)
+    r:close()
+  end)
+
   it("keeps a corrupt line in the middle from being silently dropped", function()
     local path = dir .. "/bad.jsonl"
     helpers.write(path, '{"type":"meta"}\n{"role":"user","content":"a"}\nnot json\n{"role":"user","content":"b"}\n')
