@@ -244,7 +244,8 @@ function M.restore(session, lines)
     for k, v in pairs(pause.budget_used or {}) do budget.used[k] = v end
   end
   session.paused = { calls = pause.calls, textual = pause.textual, results = results, waiting = waiting,
-    iteration = pause.iteration or 1, want = pause.schema, repaired = pause.repaired,
+    iteration = pause.iteration or 1, want = require("tide.schema").restore_arrays(pause.schema),
+    repaired = pause.repaired,
     truncated = pause.truncated, budget = budget }
   return true
 end

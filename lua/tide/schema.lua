@@ -265,6 +265,33 @@ function M.strict_ok(s, depth)
   return true
 end
 
+-- The keywords whose value is a list (and a list of schemas for some).
+local LIST_KEYWORDS = { required = true, enum = true, anyOf = true, oneOf = true, allOf = true, examples = true }
+
+--- A schema read back from JSON (a transcript's pause record), its lists
+--- marked as lists again: decoded, an empty `required` or `enum` is an
+--- empty table, which would be encoded back as an object. In place;
+--- returns `s`.
+---@param s any
+---@param depth? integer
+---@return any
+function M.restore_arrays(s, depth)
+  depth = depth or 0
+  if type(s) ~= "table" or depth > 64 then return s end
+  for k, v in pairs(s) do
+    if type(v) == "table" then
+      if LIST_KEYWORDS[k] or (k == "type" and is_list(v)) then json.array(v) end
+      if k == "properties" or k == "$defs" or k == "definitions" then
+        for _, sub in pairs(v) do M.restore_arrays(sub, depth + 1) end
+      elseif k == "items" or k == "additionalProperties" or k == "anyOf" or k == "oneOf" or k == "allOf" then
+        if k == "items" or k == "additionalProperties" then M.restore_arrays(v, depth + 1)
+        else for _, sub in ipairs(v) do M.restore_arrays(sub, depth + 1) end end
+      end
+    end
+  end
+  return s
+end
+
 --- OpenAI's response formats hold the model to a schema whose root is an
 --- object (and not anyOf): any other is sent wrapped, `{ value = schema }`,
 --- under the format name WRAPPED_NAME, and the answer unwrapped

@@ -45,6 +45,14 @@ describe("tide.schema", function()
     assert.are.equal('{"age":1,"name":"a","tags":[]}', json.canonical(v))
   end)
 
+  it("marks a schema's lists again when it is read back from a transcript", function()
+    local read = json.decode('{"type":"object","required":[],"properties":{"a":{"type":"array",'
+      .. '"items":{"enum":[]}},"b":{"anyOf":[{"type":"object","required":[]}]}},"additionalProperties":false}')
+    assert.are.equal('{"additionalProperties":false,"properties":{"a":{"items":{"enum":[]},"type":"array"},'
+      .. '"b":{"anyOf":[{"required":[],"type":"object"}]}},"required":[],"type":"object"}',
+      json.canonical(schema.restore_arrays(read)))
+  end)
+
   it("rejects what is not a schema, naming where", function()
     assert.has_error(function() schema.check({ type = "strnig" }, "s", 1) end,
       "s is not a JSON schema tide supports (#: unknown type 'strnig')")
