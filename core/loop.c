@@ -19,6 +19,8 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include <time.h>
+
 #include "tide.h"
 
 static const char ctx_key = 'c'; /* address used as a registry key */
@@ -920,6 +922,15 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
+/* core.wall_ns() -> the wall clock (since the epoch) in nanoseconds: the
+** times of trace spans. */
+static int l_wall_ns(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushinteger(L, (lua_Integer)ts.tv_sec * 1000000000 + ts.tv_nsec);
+  return 1;
+}
+
 /* core.hrtime() -> a monotonic clock in nanoseconds. */
 static int l_hrtime(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)uv_hrtime());
@@ -988,6 +999,7 @@ void tide__open_loop(lua_State *L) {
       {"context", l_context},
       {"running", l_running},
       {"now", l_now},
+      {"wall_ns", l_wall_ns},
       {"hrtime", l_hrtime},
       {"loop_stats", l_loop_stats},
       {"max_rss", l_max_rss},

@@ -38,6 +38,10 @@ function tide.run(fn, ...)
     error(("bad argument #1 to 'run' (function expected, got %s)"):format(type(fn)), 2)
   end
   local res = table.pack(core.run(fn, ...))
+  -- spans a cancelled sender left queued (a failed run cancels every
+  -- task) go out before the error does
+  local tracing = loaded["tide.tracing"]
+  if tracing and tracing._pending() then core.run(tracing._drain_now) end
   if not res[1] then error(res[2], 0) end
   return table.unpack(res, 2, res.n)
 end

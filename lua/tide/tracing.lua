@@ -62,9 +62,27 @@ local function varint_field(field, n) return char(field << 3) .. varint(n) end
 local function fixed64_field(field, n) return pack("<Bi8", field << 3 | 1, n) end
 local function double_field(field, x) return pack("<Bd", field << 3 | 1, x) end
 
+-- A string attribute as protobuf takes one: valid UTF-8 (a tool's raw
+-- bytes, captured content, each bad byte a U+FFFD), at most ATTR_MAX bytes.
+local ATTR_MAX = 64 * 1024
+local function attr_string(v)
+  if #v > ATTR_MAX then
+    v = v:sub(1, ATTR_MAX)
+    while #v > 0 and (v:byte(-1) & 0xC0) == 0x80 do v = v:sub(1, -2) end -- (no half character)
+  end
+  if utf8.len(v) then return v end
+  local out, i = {}, 1
+  while true do
+    local n, bad = utf8.len(v, i)
+    if n then out[#out + 1] = v:sub(i) return table.concat(out) end
+    out[#out + 1] = v:sub(i, bad - 1) .. "\u{FFFD}"
+    i = bad + 1
+  end
+end
+
 local function any_value(v)
   local t = type(v)
-  if t == "string" then return string_field(1, v) end
+  if t == "string" then return string_field(1, attr_string(v)) end
   if t == "boolean" then return varint_field(2, v and 1 or 0) end
   if math.type(v) == "integer" then return varint_field(3, v) end
   if t == "number" then return double_field(4, v) end
@@ -118,11 +136,13 @@ local function encode_span(s)
 end
 
 --- The OTLP ExportTraceServiceRequest of `spans`, protobuf-encoded.
-function M.encode(spans, service)
+function M.encode(spans, service, extra)
   local encoded = {}
   for i, s in ipairs(spans) do encoded[i] = bytes_field(2, encode_span(s)) end
-  local resource = attributes(1, { ["service.name"] = service, ["telemetry.sdk.name"] = "tide",
-    ["telemetry.sdk.language"] = "lua" })
+  local res = {}
+  for k, v in pairs(extra or {}) do res[k] = v end
+  res["service.name"], res["telemetry.sdk.name"], res["telemetry.sdk.language"] = service, "tide", "lua"
+  local resource = attributes(1, res)
   local scope = string_field(1, "tide") .. string_field(2, core.version or "")
   local scope_spans = bytes_field(1, scope) .. table.concat(encoded)
   local resource_spans = bytes_field(1, resource) .. bytes_field(2, scope_spans)
@@ -131,18 +151,23 @@ end
 
 -- ---------------------------------------------------------------- ids --
 
+-- Ids from the kernel's random source (Lua's generator is seeded from
+-- the time and an address, and a script's math.randomseed would make
+-- every run's ids alike); Lua's where there is none. Never all zeros.
+local urandom = io.open("/dev/urandom", "rb")
 local random = math.random
 local function random_hex(nbytes)
-  if nbytes == 8 then return ("%08x%08x"):format(random(0, 0xffffffff), random(1, 0xffffffff)) end
-  return ("%08x%08x%08x%08x"):format(random(0, 0xffffffff), random(0, 0xffffffff),
-    random(0, 0xffffffff), random(1, 0xffffffff))
+  local b = urandom and urandom:read(nbytes)
+  if not b or #b < nbytes then
+    b = {}
+    for i = 1, nbytes do b[i] = char(random(0, 255)) end
+    b = table.concat(b)
+  end
+  if not b:find("[^%z]") then b = b:sub(1, -2) .. "\1" end
+  return (b:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
 end
 
-local function now_ns()
-  -- wall clock for the span's times (hrtime has no epoch): the start is
-  -- taken from os.time at the first span, then moves with hrtime
-  return M._epoch_ns + (core.hrtime() - M._hr0)
-end
+local function now_ns() return core.wall_ns() end
 
 -- ---------------------------------------------------------------- spans --
 
@@ -182,6 +207,7 @@ end
 function SPAN_MT:finish(err)
   if self.end_ns then return end
   self.end_ns = now_ns()
+  if not config then return end -- (tracing was turned off while the span ran)
   if err then
     self.error = type(err) == "table" and tostring(err.message or err) or tostring(err)
     self.attributes["error.type"] = type(err) == "table" and err.code or "error"
@@ -215,7 +241,7 @@ local function send(batch)
   local headers = { ["content-type"] = "application/x-protobuf" }
   for k, v in pairs(config.headers) do headers[k] = v end
   local res, err = http.request { method = "POST", url = config.url, headers = headers,
-    body = M.encode(batch, config.service), timeout_ms = config.timeout_ms }
+    body = M.encode(batch, config.service, config.resource), timeout_ms = config.timeout_ms }
   if res and res.status >= 200 and res.status < 300 then
     exported = exported + #batch
     return true
@@ -256,13 +282,23 @@ function M._schedule()
   if flushing or not core.running() then return end
   flushing = true
   flusher = core.spawn(function()
-    core.sleep(#queue >= BATCH_MAX and 0 or M.batch_delay_ms)
-    flusher = nil
-    local ok, err = pcall(drain)
-    flushing = false
-    if not ok then warn(tostring(err)) end
+    -- (a child of the task that ended the span: when that task is
+    -- cancelled, so is this one, and the spans wait in the queue for the
+    -- next sender, or the end of the run)
+    local ok, err = pcall(function()
+      core.sleep(#queue >= BATCH_MAX and 0 or M.batch_delay_ms)
+      flusher = nil
+      drain()
+    end)
+    flusher, flushing = nil, false
+    if not ok and not (type(err) == "table" and err.code == "Cancelled") then warn(tostring(err)) end
   end)
 end
+
+function M._config() return config end -- (for the specs)
+
+--- Whether spans wait to be sent (tide.run sends them at its end).
+function M._pending() return config ~= nil and config.url ~= nil and #queue > 0 end
 
 --- Sends what is queued from the running task, the waiting sender
 --- cancelled: the end of a blocking call, which would otherwise wait for
@@ -279,8 +315,6 @@ end
 --- them only when an endpoint is set: the chat's /trace turns this on.
 function M.keep_last()
   if not config then
-    M._epoch_ns = os.time() * 1000000000
-    M._hr0 = core.hrtime()
     config = { headers = {}, service = "tide", capture_content = false, sample = 1, timeout_ms = 10000 }
   end
   config.keep_last = true
@@ -339,14 +373,28 @@ end
 local OPTIONS = { endpoint = true, headers = true, service = true, capture_content = true, sample = true,
   timeout_ms = true }
 
-local function env_headers()
+-- An OTEL_* variable; an empty one is unset, as the specification says.
+local function env(name)
+  local v = os.getenv(name)
+  if v == nil or v:match("^%s*$") then return nil end
+  return v
+end
+
+-- A list of key=value pairs, comma-separated, values percent-encoded (the
+-- OTEL_*_HEADERS and OTEL_RESOURCE_ATTRIBUTES form).
+local function pairs_of(s, lower)
   local h = {}
-  local s = os.getenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or os.getenv("OTEL_EXPORTER_OTLP_HEADERS")
   for pair in (s or ""):gmatch("[^,]+") do
     local k, v = pair:match("^%s*([^=]-)%s*=%s*(.-)%s*$")
-    if k and k ~= "" then h[k:lower()] = v:gsub("%%(%x%x)", function(x) return char(tonumber(x, 16)) end) end
+    if k and k ~= "" then
+      h[lower and k:lower() or k] = v:gsub("%%(%x%x)", function(x) return char(tonumber(x, 16)) end)
+    end
   end
   return h
+end
+
+local function env_headers()
+  return pairs_of(env("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or env("OTEL_EXPORTER_OTLP_HEADERS"), true)
 end
 
 --- Turns tracing on: `endpoint` (default $OTEL_EXPORTER_OTLP_ENDPOINT; a
@@ -366,8 +414,8 @@ function M.setup(opts, level)
   for k in pairs(opts) do
     if not OPTIONS[k] then error(("tide.tracing: unknown option '%s'"):format(tostring(k)), level) end
   end
-  local url = os.getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-  local endpoint = opts.endpoint or os.getenv("OTEL_EXPORTER_OTLP_ENDPOINT")
+  local url = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+  local endpoint = opts.endpoint or env("OTEL_EXPORTER_OTLP_ENDPOINT")
   if opts.endpoint or not url then
     if type(endpoint) ~= "string" or not endpoint:match("^https?://") then
       error("tide.tracing: 'endpoint' must be an http(s) URL (or set OTEL_EXPORTER_OTLP_ENDPOINT)", level)
@@ -385,10 +433,12 @@ function M.setup(opts, level)
   local headers = {}
   for k, v in pairs(env_headers()) do headers[k] = v end
   for k, v in pairs(opts.headers or {}) do headers[k:lower()] = v end
-  M._epoch_ns = os.time() * 1000000000
-  M._hr0 = core.hrtime()
+  -- the resource's attributes: OTEL_RESOURCE_ATTRIBUTES, the service name
+  -- over its own (option, then OTEL_SERVICE_NAME)
+  local resource = pairs_of(env("OTEL_RESOURCE_ATTRIBUTES"), false)
   config = {
-    url = url, headers = headers, service = opts.service or os.getenv("OTEL_SERVICE_NAME") or "tide",
+    url = url, headers = headers, resource = resource,
+    service = opts.service or env("OTEL_SERVICE_NAME") or resource["service.name"] or "tide",
     capture_content = opts.capture_content == true, sample = opts.sample or 1,
     timeout_ms = opts.timeout_ms or 10000, keep_last = config and config.keep_last,
   }
@@ -398,7 +448,8 @@ end
 function M.enabled()
   if config == nil and not M._env_checked then
     M._env_checked = true
-    if os.getenv("OTEL_EXPORTER_OTLP_ENDPOINT") or os.getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") then
+    local disabled = (env("OTEL_SDK_DISABLED") or ""):lower() == "true"
+    if not disabled and (env("OTEL_EXPORTER_OTLP_ENDPOINT") or env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")) then
       pcall(M.setup, {})
     end
   end

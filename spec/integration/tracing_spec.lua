@@ -119,6 +119,75 @@ describe("tracing", function()
     assert.are.equal("found", tool.attributes["gen_ai.tool.call.result"])
   end)
 
+  it("sends the spans of a cancelled task's turn, and of a later one", function()
+    tide.tracing { endpoint = url }
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    tide.agent { id = "plain_t", prompt = "You answer." }
+    local s = tide.session { agent = "plain_t", provider = p }
+    srv.default = "hi"
+    tide.run(function()
+      local t = tide.spawn(function() s:turn("go"); tide.sleep(10000) end)
+      tide.sleep(50)
+      t:cancel()
+      t:join()
+      s:turn("again")
+    end)
+    local spans = spans_of(url).spans
+    assert.are.equal(2, #by_name(spans, "invoke_agent plain_t"))
+  end)
+
+  it("times spans by the wall clock, ids from the kernel, content as UTF-8, off without a fault", function()
+    tide.tracing { endpoint = url, capture_content = true }
+    local raw = tide.tool { name = "raw", description = "d", handler = function() return "caf\195\255 bytes" end }
+    tide.agent { id = "raw_t", prompt = "You answer.", tools = { raw } }
+    srv.default = function(req)
+      local last = req.json.messages[#req.json.messages]
+      if last.role == "tool" then return "done" end
+      return { tool_calls = { { id = "r1", name = "raw", arguments = {} } } }
+    end
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    local before = os.time()
+    math.randomseed(42) -- (a script's own seed makes no two runs' ids alike)
+    tide.run(function() tide.session { agent = "raw_t", provider = p }:turn("go") end)
+    tracing.flush()
+    local spans = spans_of(url).spans
+    local tool = by_name(spans, "execute_tool raw")[1]
+    assert.are.equal("caf\u{FFFD}\u{FFFD} bytes", tool.attributes["gen_ai.tool.call.result"])
+    local start = tonumber(tool.start) / 1e9
+    assert.is_true(start >= before and start <= os.time() + 1)
+    local ids = {}
+    for _, sp in ipairs(spans) do
+      assert.is_nil(ids[sp.spanId])
+      ids[sp.spanId] = true
+    end
+    -- turning tracing off while a span runs ends it quietly
+    local off = tide.tool { name = "off", description = "d", handler = function() tracing.setup(false) return "ok" end }
+    tide.agent { id = "off_t", prompt = "You answer.", tools = { off } }
+    srv.default = function(req)
+      local last = req.json.messages[#req.json.messages]
+      if last.role == "tool" then return "done" end
+      return { tool_calls = { { id = "o1", name = "off", arguments = {} } } }
+    end
+    assert.are.equal("done", tide.run(function() return tide.session { agent = "off_t", provider = p }:turn("go") end))
+  end)
+
+  it("reads the OTEL_* variables as the specification says: disabled, empty, resource attributes", function()
+    local function child(vars)
+      local env = {}
+      for k, v in pairs(vars) do env[#env + 1] = ("%s=%q"):format(k, v) end
+      local cmd = ("env -u OTEL_EXPORTER_OTLP_ENDPOINT %s lua5.4 -e %q"):format(table.concat(env, " "),
+        ('package.path=%q package.cpath=%q local t=require "tide.tracing" '
+        .. 'print(t.enabled(), t.enabled() and t._config().service, t.enabled() and t._config().resource.region)')
+        :format(package.path, package.cpath))
+      return helpers.sh(cmd):gsub("%s+$", "")
+    end
+    assert.are.equal("false\tfalse\tfalse", child { OTEL_SDK_DISABLED = "TRUE", OTEL_EXPORTER_OTLP_ENDPOINT = url })
+    assert.are.equal("true\tbilling\teu", child { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = "",
+      OTEL_EXPORTER_OTLP_ENDPOINT = url, OTEL_RESOURCE_ATTRIBUTES = "service.name=billing,region=eu" })
+    assert.are.equal("true\torders\teu", child { OTEL_EXPORTER_OTLP_ENDPOINT = url, OTEL_SERVICE_NAME = "orders",
+      OTEL_RESOURCE_ATTRIBUTES = "service.name=billing,region=eu" })
+  end)
+
   it("leaves turns unaffected when the collector fails or is down, counting the drops", function()
     stop_receiver()
     local failing
