@@ -457,7 +457,7 @@ local function toolkit_data(tk, delegate)
   -- (tide.surface, required here on use: it requires modules that need this one).
   local d = require("tide.surface").gated_summary(gated)
   d.slug, d.description, d.delegate = str(tk.slug), str(tk.description), delegate or ""
-  d.tools = tool_list(tk.tools)
+  d.tools, d.more = require("tide.surface").offered_actions(tool_list(tk.tools))
   return d
 end
 

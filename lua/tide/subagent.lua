@@ -55,6 +55,7 @@ M.MAX_DIRECT = 100
 -- mapped (illegal characters to _, a long one cut with a hash of the whole
 -- name), and the tool keeps the action's own name to run it.
 local function legal_name(name, taken)
+  taken = taken or {}
   local n = name:gsub("[^%w_%-]", "_")
   if not n:match("^[%a_]") then n = "_" .. n end
   if #n > 64 then n = n:sub(1, 55) .. "_" .. core.hash(name):sub(1, 8) end
@@ -67,6 +68,7 @@ local function legal_name(name, taken)
   taken[n] = true
   return n
 end
+M.legal_name = legal_name -- (the toolkits' delegate tools take their names from it too)
 
 -- Runs action `a` of source `src` with `args`: its text, or raises the
 -- failure (a tool error for the model).
@@ -113,10 +115,19 @@ local function action_tool(a, taken, src)
   }
 end
 
-local function toolkit_tools(src, tk)
+-- A toolkit's actions as tools (those of `only`, when given): all of them
+-- when they fit in a request, else the first MAX_DIRECT and find_actions /
+-- run_action for the rest. `src` runs them (nil: the calling session's).
+local function toolkit_tools(src, tk, only)
   local out, taken = {}, {}
   local approval = require "tide.approval"
   local actions = tk.tools or {}
+  if only then
+    local keep, some = {}, {}
+    for _, n in ipairs(only) do keep[n] = true end
+    for _, a in ipairs(actions) do if keep[a.name] then some[#some + 1] = a end end
+    actions = some
+  end
   local direct = #actions <= M.MAX_TOOLS and #actions or M.MAX_DIRECT
   for i = 1, direct do out[#out + 1] = action_tool(actions[i], taken, src) end
   if direct < #actions then
@@ -153,16 +164,16 @@ local function toolkit_tools(src, tk)
         :format(tk.slug),
       parameters = { type = "object", required = { "action", "arguments" }, properties = {
         action = { type = "string" }, arguments = { type = "object" } } },
-      approval = function(args)
+      approval = function(args, ctx)
         local a = by_name[args.action]
-        local r = a and approval.for_action(rule_of(src, a.name), a)
+        local r = a and approval.for_action(rule_of(src or (ctx and ctx.session.src), a.name), a)
         if type(r) == "function" then return r(args.arguments or {}) end
         return r == true
       end,
-      handler = function(args)
+      handler = function(args, ctx)
         local a = by_name[args.action]
         if not a then error(("no action '%s' in %s"):format(tostring(args.action), tk.slug), 0) end
-        return run(src, a, type(args.arguments) == "table" and args.arguments or {})
+        return run(src or ctx.session.src, a, type(args.arguments) == "table" and args.arguments or {})
       end,
     }
   end
@@ -244,18 +255,11 @@ end
 
 --- The actions of toolkit `tk` (those named in `only`, or all) as tools of
 --- an agent's own surface: run on the calling session's source, under its
---- approval rule; names mapped to legal ones as for the integrations agent.
+--- approval rule; names mapped to legal ones and a toolkit too big for one
+--- request reached through find_actions and run_action, as for the
+--- integrations agent.
 function M.direct_toolkit_tools(tk, only)
-  local keep
-  if only then
-    keep = {}
-    for _, n in ipairs(only) do keep[n] = true end
-  end
-  local out, taken = {}, {}
-  for _, a in ipairs(tk.tools or {}) do
-    if not keep or keep[a.name] then out[#out + 1] = action_tool(a, taken) end
-  end
-  return out
+  return toolkit_tools(nil, tk, only) -- (run on the calling session's source)
 end
 
 --- Runs a sub-agent for the tool call of `parent`: its final text, or nil

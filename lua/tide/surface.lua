@@ -46,12 +46,14 @@ local function run_subagent(...) return require("tide.subagent").run(...) end
 local function toolkit_delegate_tools(snapshot)
   local cached = toolkit_delegates[snapshot]
   if cached then return cached end
-  local list = {}
+  local list, taken = {}, {}
   for _, tk in ipairs(snapshot.toolkits) do
     if tk.connected then
       local slug = tk.slug
       list[#list + 1] = tool.new {
-        name = "delegate_" .. sanitize(slug),
+        -- (a legal name however long the slug, and two slugs that sanitize
+        -- alike, a-b and a_b, two names)
+        name = require("tide.subagent").legal_name("delegate_" .. sanitize(slug), taken),
         description = ("Delegate a task to the %s integration agent, which can use %s directly. %s")
           :format(slug, slug, tk.description or ""),
         parameters = delegate_params,
@@ -302,10 +304,8 @@ function M.prompt_data(def, surface, snapshot, own_toolkit)
       if tk.connected then
         local entry = M.gated_summary(tk.gated_tools)
         entry.slug, entry.description = tk.slug, tk.description or ""
-        entry.delegate, entry.tools = delegates[tk.slug] or "", {}
-        for _, a in ipairs(tk.tools or {}) do
-          entry.tools[#entry.tools + 1] = { name = a.name, description = a.description or "" }
-        end
+        entry.delegate = delegates[tk.slug] or ""
+        entry.tools, entry.more = M.offered_actions(tk.tools)
         data.toolkits[#data.toolkits + 1] = entry
         if tk.slug == own_toolkit then own = entry end
       end
@@ -314,6 +314,25 @@ function M.prompt_data(def, surface, snapshot, own_toolkit)
   data.has_toolkits = #data.toolkits > 0
   data.toolkit = own
   return data
+end
+
+--- A toolkit's actions as its prompt lists them: those offered as tools
+--- ({ name, description }; a toolkit too big for one request offers its
+--- first ones, the rest through find_actions: tide.subagent), and how many
+--- more there are (false: none).
+---@param actions table[]|nil
+---@return table[] tools
+---@return integer|false more
+function M.offered_actions(actions)
+  actions = actions or {}
+  local sub = require "tide.subagent"
+  local shown = #actions <= sub.MAX_TOOLS and #actions or sub.MAX_DIRECT
+  local out = {}
+  for i = 1, shown do
+    local a = actions[i]
+    out[i] = { name = tostring(a.name), description = type(a.description) == "string" and a.description or "" }
+  end
+  return out, shown < #actions and #actions - shown or false
 end
 
 --- Checks a call against `surface`: returns the tool and its decoded

@@ -49,10 +49,13 @@ describe("composio integration source", function()
     helpers.assert_quiet()
   end)
 
-  it("names its cache key after the endpoint and the user", function()
+  it("names its cache key after the endpoint, the user and the project", function()
     local src = source()
     assert.are.equal("composio", src.kind)
-    assert.are.equal("composio|" .. srv.url .. "|u1", src:identity())
+    assert.matches("^composio|" .. srv.url:gsub("%p", "%%%0") .. "|u1|%x+$", src:identity())
+    -- another project's key (another Composio project) is another snapshot; the key itself is not in it
+    assert.are_not.equal(src:identity(), source{ api_key = "another-project-key" }:identity())
+    assert.is_nil(src:identity():find(src.api_key, 1, true))
     -- the host, as the SDKs read COMPOSIO_BASE_URL; /api/v3 is not doubled
     assert.are.equal(src:identity(), source{ base_url = srv.api_url .. "/" }:identity())
     assert.are_not.equal(src:identity(), source{ user_id = "u2" }:identity())

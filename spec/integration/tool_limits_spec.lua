@@ -53,6 +53,51 @@ describe("tool names and counts", function()
     srv:close()
   end)
 
+  it("offers a big toolkit's actions directly through find_actions too, and its prompt says so", function()
+    local actions = {}
+    for i = 1, 300 do
+      actions[i] = { name = ("BIG_ACTION_%03d"):format(i), description = "Does " .. i, handler = function() return "ok" end }
+    end
+    local src = tide.integrations.static { toolkits = { { slug = "big", description = "Big", connected = true,
+      tools = actions } } }
+    cache.get(src)
+    tide.agent { id = "direct_big", prompt = "You act.", tools = { { toolkit = "big" } } }
+    local s = tide.session { agent = "direct_big", provider = tide.provider.openai { base_url = "http://127.0.0.1:9",
+      api_key = "k", model = "m" }, integrations = src }
+    local names = s:tools()
+    assert.is_true(#names <= 128)
+    local has = {}
+    for _, n in ipairs(names) do has[n] = true end
+    assert.is_true(has.find_actions and has.run_action and has.BIG_ACTION_001)
+    assert.is_nil(has.BIG_ACTION_300)
+    -- the integrations agent's prompt lists the offered ones and says how to reach the rest
+    local surface = require "tide.surface"
+    local listed, more = surface.offered_actions(actions)
+    assert.are.equal(100, #listed)
+    assert.are.equal(200, more)
+    local d = require("tide.prompts").data { toolkits = { { slug = "big", description = "Big", connected = true,
+      tools = actions } } }
+    d.toolkit = d.toolkits[1]
+    local text = assert(require("tide.prompts").render("integrations_agent", d))
+    assert.is_truthy(text:find("- and 200 more actions: search them with `find_actions`", 1, true))
+    assert.is_nil(text:find("BIG_ACTION_101", 1, true))
+  end)
+
+  it("names a toolkit's delegate legally however long its slug, and two that sanitize alike apart", function()
+    local long = ("long_toolkit_"):rep(6)
+    local src = tide.integrations.static { toolkits = {
+      { slug = long, description = "L", connected = true, tools = {} },
+      { slug = "a-b", description = "x", connected = true, tools = {} },
+      { slug = "a_b", description = "y", connected = true, tools = {} } } }
+    cache.get(src)
+    tide.agent { id = "orch_names", prompt = "You delegate.", subagents = { { toolkits = "*" } } }
+    local s = tide.session { agent = "orch_names", provider = tide.provider.openai { base_url = "http://127.0.0.1:9",
+      api_key = "k", model = "m" }, integrations = src }
+    local names = s:tools()
+    assert.are.equal(3, #names)
+    for _, n in ipairs(names) do assert.is_true(#n <= 64 and n:match("^[%w_%-]+$") ~= nil, n) end
+  end)
+
   it("never offers more than 128 tools to one request, however many toolkits are connected", function()
     local toolkits = {}
     for i = 1, 150 do

@@ -325,7 +325,9 @@ function Composio:fetch()
   if #connected > 0 then
     local params = { toolkit_slug = table.concat(connected, ","), include_deprecated = "false" }
     if self.toolkit_versions then params.toolkit_versions = self.toolkit_versions end
-    if self.important then params.important = "true" end
+    -- (a curated catalogue may name actions outside Composio's important
+    -- subset: then every action is listed, the catalogue filters)
+    if self.important and not self.catalogue then params.important = "true" end
     local actions
     actions, err = self:_list("/tools", params)
     if not actions then return nil, err end
@@ -370,7 +372,12 @@ function Composio:_assign(actions, connected, by_slug)
     end
   end
   for _, p in ipairs(prefixes) do
-    table.sort(p.tk.tools, function(x, y) return x.name < y.name end)
+    -- the curated (important) actions first: a toolkit too big to offer
+    -- whole offers its first ones as tools (tide.subagent)
+    table.sort(p.tk.tools, function(x, y)
+      if (x.important or false) ~= (y.important or false) then return x.important == true end
+      return x.name < y.name
+    end)
     table.sort(p.tk.gated_tools, by_relevance)
   end
 end
@@ -404,7 +411,8 @@ function Composio:_file(tk, prefix, name, a)
       important = (self.important or has_tag(a.tags, IMPORTANT_TAGS)) or nil }
   else
     tk.tools[#tk.tools + 1] = { name = name, description = description, parameters = params,
-      scope = scope, destructive = has_tag(a.tags, DESTRUCTIVE_TAGS) or nil }
+      scope = scope, destructive = has_tag(a.tags, DESTRUCTIVE_TAGS) or nil,
+      important = (self.important or has_tag(a.tags, IMPORTANT_TAGS)) or nil }
   end
 end
 
@@ -576,6 +584,8 @@ function composio.new(opts)
                   toolkit_versions = self.toolkit_versions ~= "latest" and
                     (self.toolkit_versions or false) or nil }
   if not (scopes.read and scopes.write and not scopes.admin) then shape.scopes = scopes end
+  -- (one snapshot per Composio project: its key, hashed, names it)
+  if type(self.api_key) == "string" then shape.project = core.cache_hash(self.api_key) end
   local id = "composio|" .. host .. "|" .. opts.user_id
   if next(shape) ~= nil then id = id .. "|" .. core.cache_hash(json.canonical(shape)) end
   self.id = id
