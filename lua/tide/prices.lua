@@ -43,6 +43,8 @@ local SONNET_1M = { above = 200000, input = 6.00, output = 22.50 }
 local SHIPPED = {
   ["gpt-4o"] = { input = 2.50, cached = 1.25, output = 10.00, web_search = 25 },
   ["gpt-4o-mini"] = { input = 0.15, cached = 0.075, output = 0.60, web_search = 25 },
+  -- (the first gpt-4o snapshot kept its launch price, and had no cache)
+  ["gpt-4o-2024-05-13"] = { input = 5.00, output = 15.00 },
   ["gpt-4.1"] = { input = 2.00, cached = 0.50, output = 8.00, web_search = 25 },
   ["gpt-4.1-mini"] = { input = 0.40, cached = 0.10, output = 1.60, web_search = 25 },
   ["gpt-4.1-nano"] = { input = 0.10, cached = 0.025, output = 0.40 },
@@ -152,6 +154,19 @@ local function platform_name(model)
     :gsub("%-v%d+:%d+.*$", ""):gsub("@", "-"))
 end
 
+-- A suffix that names a snapshot of a priced model, not another model: a
+-- date ("-2024-08-06", "-20250929"), "-latest", a version ("-001"), a
+-- preview or experimental release. "gpt-5-pro" or "o3-deep-research" are
+-- other models, priced apart (or not at all), never as their prefix.
+local SNAPSHOT = { "^%-%d%d%d%d%-%d%d%-%d%d$", "^%-%d%d%d%d%d%d%d%d$", "^%-latest$", "^%-%d%d%d$",
+  "^%-preview[%-%d]*$", "^%-exp[%-%d]*$" }
+local function snapshot_suffix(s)
+  for _, pattern in ipairs(SNAPSHOT) do
+    if s:find(pattern) then return true end
+  end
+  return false
+end
+
 function M._lookup(model)
   local o = overrides[model]
   if o ~= nil then return o or nil end
@@ -162,7 +177,8 @@ function M._lookup(model)
   local best, best_len
   for _, t in ipairs { overrides, SHIPPED } do
     for name, p in pairs(t) do
-      if p and #name < #model and model:sub(1, #name + 1) == name .. "-" and (not best_len or #name > best_len) then
+      if p and #name < #model and model:sub(1, #name + 1) == name .. "-" and snapshot_suffix(model:sub(#name + 1))
+          and (not best_len or #name > best_len) then
         best, best_len = p, #name
       end
     end

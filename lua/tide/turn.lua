@@ -444,7 +444,12 @@ local function add_usage(run, stats, u, model)
   else
     stats.unpriced_calls = stats.unpriced_calls + 1
   end
-  if run.budget then run.budget:tokens(input, output, run.agent, usd) end
+  if run.budget then
+    run.budget:tokens(input, output, run.agent, usd)
+    -- a dollar budget cannot hold over a call it cannot price (a fallback's
+    -- model without one): the turn stops rather than spend unseen
+    if not usd and run.budget.limits.usd then run.budget:exhausted_error("usd") end
+  end
 end
 
 -- Stops that cut the answer short.
@@ -870,7 +875,7 @@ local function drive(session, opts, paused, fn, text)
     if type(err) ~= "table" then
       err = core.error("TurnFailed", error_text(err), { detail = err })
     end
-    if err.code == "Cancelled" or (budget and budget.exhausted and err.code ~= "BudgetExhausted") then
+    if err.code == "Cancelled" or (budget and budget.exhausted) then
       -- Stopped mid-tools: answer the pending calls so that the history
       -- (and transcript) stays a valid conversation.
       if run.pending then answer_all(session.conversation, run.pending, run.textual, "Error: cancelled") end

@@ -110,6 +110,7 @@ for _, stream in ipairs { true, false } do
     it("reads usage with the cache's reads and writes in the whole prompt, and the stop reasons", function()
       with_mock(mock { replies = {
         { text = "cut", usage = { input = 900, cached = 600, cache_write = 200, output = 7 }, finish_reason = "max_tokens" },
+        { text = "hour", usage = { input = 900, cached = 0, cache_write = 300, output = 7 } },
         { text = "", finish_reason = "guardrail_intervened" },
         { text = "", finish_reason = "malformed_tool_use" },
       } }, function(srv)
@@ -117,6 +118,11 @@ for _, stream in ipairs { true, false } do
         local body = p:body(p:encode_prefix("s"), { p:encode_message({ role = "user", content = "hi" }) })
         local res = assert(p:complete(body))
         assert.are.same({ input = 900, output = 7, cached = 600, cache_write = 200, reasoning = 0 }, res.usage)
+        -- (with an hour's cache points every write is the hour's, priced so)
+        local hour = make(srv.url, stream, { prompt_cache = "1h" })
+        local res1h = assert(hour:complete(hour:body(hour:encode_prefix("s"), { hour:encode_message({ role = "user",
+          content = "hi" }) })))
+        assert.are.equal(res1h.usage.cache_write, res1h.usage.cache_write_1h)
         assert.are.equal("length", res.stop)
         assert.are.equal("max_tokens", res.stop_raw)
         assert.are.equal("content_filter", assert(p:complete(body)).stop)

@@ -73,6 +73,15 @@ describe("prices", function()
     tide.prices { ["long-model"] = false }
   end)
 
+  it("prices a snapshot by its model, never another model by its prefix", function()
+    assert.are.equal(2.50, prices.of("gpt-4o-2024-08-06").input)
+    assert.are.equal(5.00, prices.of("gpt-4o-2024-05-13").input) -- (the first snapshot kept its launch price)
+    for _, other in ipairs { "gpt-5-pro", "o3-pro-2025-06-10", "o3-deep-research", "o4-mini-deep-research" } do
+      assert.is_nil(prices.of(other), other)
+    end
+    assert.are.equal(1.25, prices.of("gemini-2.5-pro-preview-06-05").input)
+  end)
+
   it("takes overrides, and checks them", function()
     tide.prices { ["my-local-model"] = { input = 1, output = 2 } }
     assert.are.near(3e-6, prices.cost("my-local-model", { input = 1, output = 1 }), 1e-15)
@@ -122,5 +131,40 @@ describe("cost in a session", function()
         model = "unpriced-model" }, budget = { usd = 1 } }
     end, "tide.session: 'budget.usd' needs a price for model 'unpriced-model' (tide.prices{...})")
     tide.prices { ["pricey"] = false }
+  end)
+
+  it("stops a dollar budget's turn at a call it cannot price (a fallback's model)", function()
+    tide.prices { ["cheap"] = { input = 0.01, output = 0.01 } }
+    local dead = testing.mock_server { default = { fault = "status", status = 500 } }
+    local p = tide.provider.fallback { tide.provider.openai { base_url = dead.url, api_key = "k", model = "cheap",
+      stream = false, retry = { attempts = 1 } },
+      tide.provider.openai { base_url = srv.url, api_key = "k", model = "unpriced-local", stream = false } }
+    local s = tide.session { agent = "payer", provider = p, budget = { usd = 100 } }
+    local reply, err = s:turn("go")
+    assert.is_nil(reply)
+    assert.are.equal("BudgetExhausted", err.code)
+    assert.are.equal("usd", err.what)
+    -- and the calls it answered with are answered: the history stays a valid conversation
+    local h = s:history()
+    local last = h[#h]
+    assert.is_true(last.role ~= "assistant" or not last.tool_calls)
+    dead:close()
+    tide.prices { ["cheap"] = false }
+  end)
+
+  it("answers every call of a round a tool_calls budget stops", function()
+    srv.default = function(req)
+      local last = req.json.messages[#req.json.messages]
+      if last.role == "tool" then return "done" end
+      return { tool_calls = { { id = "c1", name = "lookup", arguments = {} }, { id = "c2", name = "lookup", arguments = {} } } }
+    end
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "gpt-4o", stream = false }
+    local s = tide.session { agent = "payer", provider = p, budget = { tool_calls = 1 } }
+    local reply, err = s:turn("go")
+    assert.is_nil(reply)
+    assert.are.equal("BudgetExhausted", err.code)
+    local h = s:history()
+    assert.are.equal("tool", h[#h].role)
+    assert.are.equal(2, #h[#h].results)
   end)
 end)

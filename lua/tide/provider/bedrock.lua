@@ -415,12 +415,14 @@ local STOPS = { end_turn = "stop", stop_sequence = "stop", tool_use = "tool_call
 
 -- Usage in tide's terms: the whole prompt as `input` (Converse counts cache
 -- reads and writes apart from inputTokens, as Anthropic does).
-local function usage_of(u)
+-- `hour`: the cache points tide sent last an hour (prompt_cache = "1h"),
+-- so every write is billed at the hour's price.
+local function usage_of(u, hour)
   local count = reply.count
   u = type(u) == "table" and u or {}
   local read, write = count(u.cacheReadInputTokens), count(u.cacheWriteInputTokens)
   return { input = count(u.inputTokens) + read + write, output = count(u.outputTokens), cached = read,
-    cache_write = write, reasoning = 0 }
+    cache_write = write, cache_write_1h = hour and write or nil, reasoning = 0 }
 end
 
 -- The reply a stop reason ends: the error for the ones that end no answer.
@@ -485,7 +487,7 @@ function Provider:_parse(obj, text)
       if raw and raw[1] and raw[1]:match("^%s*{") then b.toolUse.input = raw[1] end
     end
   end
-  return finish_reply(msg.content, obj.stopReason, usage_of(obj.usage))
+  return finish_reply(msg.content, obj.stopReason, usage_of(obj.usage, self.prompt_cache == "1h"))
 end
 
 -- ---------------------------------------------------------------- streams
@@ -562,7 +564,7 @@ local function apply(self, name, obj)
   elseif name == "messageStop" then
     self.stop_raw = type(obj.stopReason) == "string" and obj.stopReason or "end_turn"
   elseif name == "metadata" then
-    self.usage = usage_of(obj.usage)
+    self.usage = usage_of(obj.usage, self.hour)
   end
 end
 
@@ -619,7 +621,8 @@ end
 --- The parser of one streamed response: a Lua sink over core.aws_eventstream
 --- (the exchange feeds it as it does the C sinks; no pump).
 function Provider:_c_stream()
-  return setmetatable({ decoder = core.aws_eventstream(self.max_body_bytes), blocks = {} }, Sink)
+  return setmetatable({ decoder = core.aws_eventstream(self.max_body_bytes), blocks = {},
+    hour = self.prompt_cache == "1h" }, Sink)
 end
 
 return M
