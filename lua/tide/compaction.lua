@@ -197,16 +197,20 @@ function M.apply(messages, rec)
   return out
 end
 
--- The summary of messages[1..cut]: one model call, with its own prefix.
-local function summarize(session, messages, cut)
+-- The summary of messages[1..cut]: one model call, with its own prefix,
+-- counted as every call of the turn (`run`) is: stats, tokens, cost, budget.
+local function summarize(session, messages, cut, run)
   local prompts = require "tide.prompts"
   local system, rerr = prompts.render("compact", {})
   if not system then return nil, rerr end
   local p = session.provider
   local prefix = p:encode_prefix(system, {})
   local body_msg = p:encode_message { role = "user", content = as_text(messages, cut) }
+  if run and run.budget then run.budget:spend("provider_calls", 1, run.agent) end
+  session.counters.provider_calls = session.counters.provider_calls + 1
   local resp, err = p:_complete(prefix, {}, { body_msg })
   if not resp then return nil, err end
+  if run then require("tide.turn")._add_usage(run, session.counters, resp.usage, resp.model or p.model) end
   if resp.text == nil or resp.text == "" then
     return nil, core.error("CompactionFailed", "the summary call gave no text")
   end
@@ -257,7 +261,7 @@ function M.compact(session, run, force)
     if #emptied == 0 and not rec.cut then return false end
   else
     local cut = last_bound - 1
-    local summary, err = summarize(session, messages, cut)
+    local summary, err = summarize(session, messages, cut, run)
     if not summary then
       return nil, core.error("CompactionFailed", "the summary could not be made: " .. tostring(err), { cause = err })
     end

@@ -452,6 +452,8 @@ local function add_usage(run, stats, u, model)
   end
 end
 
+M._add_usage = add_usage -- (a compaction's summary call counts as the turn's calls do)
+
 -- Stops that cut the answer short.
 local TRUNCATED = { length = true, content_filter = true }
 

@@ -93,6 +93,8 @@ describe("compaction", function()
     assert.are.equal("user", first.role)
     assert.matches("They asked about A and B", first.content, 1, true)
     assert.matches("[Summary of the earlier conversation]", first.content, 1, true)
+    -- the summary calls count as the turn's calls do
+    assert.are.equal(#srv:requests(), s:stats().provider_calls)
     srv:close()
   end)
 
