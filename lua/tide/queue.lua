@@ -395,6 +395,12 @@ function Worker:_serve(id, f)
     pcall(s.close, s)
     return -- stopped mid-turn: another worker finishes it
   end
+  if reply == nil and terr and terr.code == "SessionBusy" and terr.reason == "lost_lease" then
+    -- another worker took the session over (this one stalled past its
+    -- lease) and finishes the turn: it answers, not this one
+    pcall(s.close, s)
+    return log(self, "request ", f.rid, ": ", tostring(terr))
+  end
   local lease = s:_hand_over_lease()
   pcall(s.close, s)
   self:_answer(id, f, reply, terr, stats, lease)

@@ -284,9 +284,11 @@ end
 -- Runs fn(...) under the lease: taken first unless held (a lease kept
 -- since build), and the transcript reloaded when it changed; given up
 -- after. A failure of the store stops fn with its error (a strict writer
--- raises it). Inside a task.
+-- raises it). Inside a task. (A session without a lease, a file's, runs
+-- fn as it is: one process holds it.)
 local function leased(self, fn, ...)
   local lease = self.lease
+  if not lease then return fn(...) end
   local held = lease.token ~= nil
   if held and lease.lost then return nil, busy(self, "lost its lease to another process") end
   if not held then
@@ -304,7 +306,9 @@ local function leased(self, fn, ...)
   local res = table.pack(pcall(fn, ...))
   if not held then release(self) end
   if lease.lost and (not res[1] or res[2] == nil) then
-    return nil, busy(self, "lost its lease to another process during the turn")
+    local err = busy(self, "lost its lease to another process during the turn")
+    err.reason = "lost_lease" -- (the process that took it finishes the turn, and answers for it)
+    return nil, err
   end
   if not res[1] then
     if type(res[2]) == "table" then return nil, res[2] end -- a store failure raised by a strict writer
@@ -515,10 +519,13 @@ function session_mt:_resume(path)
     end
     return nil
   end
-  local last_turn, paused_at
+  -- (every queued turn by its id: one that later turns followed is never
+  -- run again, finished or not)
+  local last_turn, paused_at, turns = nil, nil, {}
   for _, m in ipairs(messages) do
     if m.type == "turn" then
       last_turn = { id = m.id, done = false, iterations = paused_at or 0 }
+      if m.id ~= nil then turns[m.id] = last_turn end
       paused_at = nil
     elseif m.type == "pause" then
       paused_at = m.iteration
@@ -533,7 +540,7 @@ function session_mt:_resume(path)
       end
     end
   end
-  self.last_turn = last_turn
+  self.last_turn, self.turns_seen = last_turn, turns
   for _, m in ipairs(messages) do
     if m.role == "system" and not sys then
       sys, version = m.content, m.prompt_version or meta.prompt_version
@@ -764,7 +771,10 @@ local function first_run(self, rid, fn, ...)
   self.conversation:hold(true)
   self.conversation:note { type = "turn", id = rid }
   self.last_turn = { id = rid, done = false }
+  self.turns_seen = self.turns_seen or {}
+  self.turns_seen[rid] = self.last_turn
   local reply, err = fn(...)
+  if reply ~= nil then self.last_turn.done, self.last_turn.reply = true, reply end
   self.conversation:hold(false)
   return reply, err
 end
@@ -777,9 +787,23 @@ end
 ---@param rid string
 ---@param text string
 ---@param opts? table turn options
+-- The answer to queue request `rid` when its turn is in the transcript and
+-- later turns followed it (a process died in it, or before its reply went
+-- out, and the session went on): its reply, or an error; never run again.
+-- nil when that is not so.
+local function superseded(self, rid)
+  local seen = self.turns_seen and self.turns_seen[rid]
+  if not seen or seen == self.last_turn then return nil end
+  if seen.done then return true, seen.reply end
+  return true, nil, core.error("Superseded", ("request %s was interrupted, and the session's later turns went on "
+    .. "without it: it is not run again"):format(tostring(rid)), { id = rid })
+end
+
 function session_mt:_queued_turn(rid, text, opts)
   opts = opts or {}
   return blocking(leased, self, function()
+    local gone, reply, err = superseded(self, rid)
+    if gone then return reply, err end
     local lt = self.last_turn
     if lt and lt.id == rid then
       if self.paused then return nil, require("tide.approval").required(self) end
@@ -805,6 +829,8 @@ function session_mt:_queued_resume(rid, decisions, opts)
   opts = opts or {}
   local approval = require "tide.approval"
   return blocking(leased, self, function()
+    local gone, reply, err = superseded(self, rid)
+    if gone then return reply, err end
     local lt = self.last_turn
     if lt and lt.id == rid then
       if lt.done then return lt.reply end

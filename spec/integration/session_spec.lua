@@ -506,6 +506,25 @@ describe("session faults", function()
     r:close()
   end)
 
+  it("never runs again a queued turn that later turns followed", function()
+    local path = dir .. "/queued.jsonl"
+    helpers.write(path, '{"type":"meta","version":1}\n{"role":"system","content":"Look things up."}\n'
+      .. '{"type":"turn","id":"r1"}\n{"role":"user","content":"first"}\n'
+      .. '{"role":"assistant","content":"","tool_calls":[{"id":"c1","name":"lookup","arguments":"{}"}]}\n'
+      .. '{"role":"tool","results":[{"id":"c1","name":"lookup","content":"Error: interrupted","is_error":true}]}\n'
+      .. '{"type":"turn","id":"r2"}\n{"role":"user","content":"second"}\n{"role":"assistant","content":"second done"}\n'
+      .. '{"type":"turn","id":"r0"}\n{"role":"user","content":"zeroth"}\n{"role":"assistant","content":"zeroth done"}\n'
+      .. '{"type":"turn","id":"r3"}\n{"role":"user","content":"third"}\n{"role":"assistant","content":"third done"}\n')
+    local r = assert(tide.session { agent = "looper", provider = provider(), resume = path })
+    local reply, err = r:_queued_turn("r1", "first")
+    assert.is_nil(reply)
+    assert.are.equal("Superseded", err.code)
+    assert.are.equal("zeroth done", r:_queued_turn("r0", "zeroth")) -- finished before: its answer
+    assert.are.equal("third done", r:_queued_turn("r3", "third"))
+    assert.are.equal(0, #srv:requests())
+    r:close()
+  end)
+
   it("keeps a corrupt line in the middle from being silently dropped", function()
     local path = dir .. "/bad.jsonl"
     helpers.write(path, '{"type":"meta"}\n{"role":"user","content":"a"}\nnot json\n{"role":"user","content":"b"}\n')
