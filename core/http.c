@@ -32,6 +32,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "tide.h"
@@ -46,7 +47,11 @@
 ** a transfer started while few are in flight gets libcurl's default 16 KiB
 ** (a reply in one recv), one started in a crowd 1 KiB, libcurl's minimum
 ** (more write callbacks on large bodies, and model replies arrive in small
-** pieces anyway). */
+** pieces anyway). An easy handle keeps the size it was first used with:
+** libcurl 7.88 allocates the buffer at a handle's first transfer and does
+** not grow it when CURLOPT_BUFFERSIZE grows, so a handle of one size reused
+** with the other would take recv()s past its buffer's end. The pool hands
+** a request a handle of the size it wants, or a new one. */
 #define RECV_BUFFER_SIZE 16384L
 #define RECV_BUFFER_CROWDED 1024L
 #define CROWD 64
@@ -81,9 +86,12 @@ struct tide_http_state {
   int nshards;
   sock_ctx **socks; /* watcher by socket descriptor */
   int nsocks;
+  unsigned char *conn; /* by descriptor: 1 for a connection libcurl opened */
+  int nconn;
   int in_curl;
   CURL *pool[EASY_POOL_MAX];
   unsigned char pool_plain[EASY_POOL_MAX]; /* pool[i] keeps a plain POST's options */
+  unsigned char pool_small[EASY_POOL_MAX]; /* pool[i]'s receive buffer is RECV_BUFFER_CROWDED */
   int env_proxy; /* a proxy variable was set when HTTP started (see http_state) */
   int npool;
   tide_http *active;     /* requests added to the multi handle */
@@ -102,6 +110,7 @@ struct tide_http {
   CURL *easy;
   struct curl_slist *headers; /* owned; NULL with prepared headers */
   int plain;            /* the easy handle has only the options of a POST */
+  int small;            /* the easy handle's receive buffer is RECV_BUFFER_CROWDED */
   tide_http *next_active, *prev_active, *next_deferred;
   int in_multi;
   int done;
@@ -180,10 +189,11 @@ static tide_http *new_request(tide_http_state *hs) {
 ** setopts are a tenth of a round trip's CPU on loopback). Any other is
 ** reset, and l_request resets a pooled handle before a request that is not
 ** plain. */
-static void release_easy(tide_http_state *hs, CURL *e, int plain) {
+static void release_easy(tide_http_state *hs, CURL *e, int plain, int small) {
   if (hs->npool < EASY_POOL_MAX) {
     if (!plain) curl_easy_reset(e);
     hs->pool_plain[hs->npool] = (unsigned char)(plain != 0);
+    hs->pool_small[hs->npool] = (unsigned char)(small != 0);
     hs->pool[hs->npool++] = e;
   } else {
     curl_easy_cleanup(e);
@@ -211,7 +221,7 @@ static void detach(tide_http *r) {
     r->in_multi = 0;
   }
   if (r->easy) {
-    release_easy(hs, r->easy, r->plain);
+    release_easy(hs, r->easy, r->plain, r->small);
     r->easy = NULL;
   }
 }
@@ -285,10 +295,48 @@ static void sock_forget(tide_http_state *hs, curl_socket_t fd) {
   uv_close((uv_handle_t *)&s->poll, sock_close_cb);
 }
 
+/* Marks descriptor fd as a connection libcurl opened (on: 1) or not. */
+static int mark_conn(tide_http_state *hs, curl_socket_t fd, int on) {
+  if (fd < 0) return 0;
+  if (fd >= hs->nconn) {
+    if (!on) return 0;
+    int n = hs->nconn ? hs->nconn : 256;
+    while (n <= fd) n *= 2;
+    unsigned char *p = realloc(hs->conn, (size_t)n);
+    if (p == NULL) return -1;
+    memset(p + hs->nconn, 0, (size_t)(n - hs->nconn));
+    hs->conn = p;
+    hs->nconn = n;
+  }
+  hs->conn[fd] = (unsigned char)on;
+  return 0;
+}
+
+static int is_conn(const tide_http_state *hs, curl_socket_t fd) {
+  return fd >= 0 && fd < hs->nconn && hs->conn[fd];
+}
+
+/* CURLOPT_OPENSOCKETFUNCTION: a connection's socket, marked as one: its
+** watcher lives until closesocket_cb (an idle kept-alive connection stays
+** watched between transfers). Any other socket libcurl asks to watch (its
+** threaded resolver's socketpair) it closes itself, without closesocket_cb:
+** that watcher goes as soon as libcurl stops asking (socket_cb), before the
+** descriptor can be reused by another handle of the loop. */
+static curl_socket_t opensocket_cb(void *clientp, curlsocktype purpose, struct curl_sockaddr *a) {
+  (void)purpose;
+  curl_socket_t fd = socket(a->family, a->socktype, a->protocol);
+  if (fd != CURL_SOCKET_BAD && mark_conn(clientp, fd, 1) != 0) {
+    close(fd);
+    return CURL_SOCKET_BAD;
+  }
+  return fd;
+}
+
 /* CURLOPT_CLOSESOCKETFUNCTION: the socket's life ends here, and so does its
 ** watcher (closed before the descriptor can be reused by a new socket). */
 static int closesocket_cb(void *clientp, curl_socket_t fd) {
   sock_forget(clientp, fd);
+  mark_conn(clientp, fd, 0);
   return close(fd);
 }
 
@@ -300,6 +348,10 @@ static int socket_cb(CURL *e, curl_socket_t fd, int what, void *userp,
   tide_http_state *hs = sh->hs;
   sock_ctx *s = sock_lookup(hs, fd);
   if (what == CURL_POLL_REMOVE) {
+    if (!is_conn(hs, fd)) { /* not a connection: libcurl closes it unseen */
+      sock_forget(hs, fd);
+      return 0;
+    }
     /* The transfer is done with the socket, but a kept-alive connection is
     ** likely to serve the next one at once. uv_poll_stop and uv_poll_start
     ** cost an epoll_ctl each (libuv deletes the descriptor from the epoll
@@ -565,6 +617,7 @@ void tide__http_shutdown(tide_ctx *ctx) {
   hs->nshards = 0;
   for (int fd = 0; fd < hs->nsocks; fd++) sock_forget(hs, fd);
   free(hs->socks);
+  free(hs->conn);
   ctx->http = NULL;
   while (hs->spare) {
     tide_http *r = hs->spare;
@@ -1216,16 +1269,22 @@ static int start_request(lua_State *L, const req_args *a) {
   int https = strncmp(url, "https:", 6) == 0;
   r->plain = bt == LUA_TSTRING && (method == NULL || strcmp(method, "POST") == 0) &&
              ctimeout <= 0 && verify && !https;
-  CURL *e;
+  CURL *e = NULL;
   int configured = 0; /* e keeps the options every plain POST sets alike */
+  int small = hs->nactive >= CROWD;
   if (hs->npool > 0) {
     e = hs->pool[--hs->npool];
-    configured = hs->pool_plain[hs->npool];
-    if (!r->plain && configured) curl_easy_reset(e);
-    configured = configured && r->plain;
-  } else {
-    e = curl_easy_init();
+    if (hs->pool_small[hs->npool] != small) { /* (a buffer of the other size: see RECV_BUFFER_SIZE) */
+      curl_easy_cleanup(e);
+      e = NULL;
+    } else {
+      configured = hs->pool_plain[hs->npool];
+      if (!r->plain && configured) curl_easy_reset(e);
+      configured = configured && r->plain;
+    }
   }
+  if (e == NULL) e = curl_easy_init();
+  r->small = small;
   if (e == NULL) return luaL_error(L, "tide: curl_easy_init failed");
   r->easy = e;
   curl_easy_setopt(e, CURLOPT_URL, url);
@@ -1233,10 +1292,21 @@ static int start_request(lua_State *L, const req_args *a) {
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
   curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout);
+  if (stream) {
+    /* A stream may rightly last longer than any total limit (a long answer
+    ** streamed for minutes): its timeout is an idle one, no byte for that
+    ** long (which also catches a server that stalls), and the connect's. */
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, 0L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)((timeout + 999) / 1000));
+    if (ctimeout <= 0) curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)timeout);
+  } else {
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 0L);
+    if (ctimeout <= 0) curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 0L);
+  }
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, sl);
-  curl_easy_setopt(e, CURLOPT_BUFFERSIZE,
-                   hs->nactive < CROWD ? RECV_BUFFER_SIZE : RECV_BUFFER_CROWDED);
+  curl_easy_setopt(e, CURLOPT_BUFFERSIZE, small ? RECV_BUFFER_CROWDED : RECV_BUFFER_SIZE);
   if (!configured) { /* the same for every plain POST (no connect timeout,
                      ** no https, verification on) */
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
@@ -1253,6 +1323,8 @@ static int start_request(lua_State *L, const req_args *a) {
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, verify ? 1L : 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, opensocket_cb);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, hs);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, closesocket_cb);
     curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, hs);
     if (!hs->env_proxy) {

@@ -71,6 +71,20 @@ end
 describe("tide.provider", function()
   after_each(function() helpers.assert_quiet() end)
 
+  it("gives a stream as long as it keeps coming, and times out one that stalls", function()
+    -- (timeout_ms is a stream's idle limit: a long answer streamed for
+    -- longer than it is whole, a stalled one is a Timeout)
+    local text = ("word "):rep(12)
+    with_mock({ replies = { { text = text, chunk_delay_ms = 200 }, { fault = "hang" } } }, function(srv)
+      local p = make("openai", srv.url, true, { timeout_ms = 1000, retry = { attempts = 1 } })
+      local res, err = complete(p, simple_body(p))
+      assert.is_nil(err, err and tostring(err))
+      assert.are.equal(text, res.text)
+      local _, terr = complete(p, simple_body(p))
+      assert.are.equal("Timeout", terr.code)
+    end)
+  end)
+
   for _, kind in ipairs({ "openai", "anthropic" }) do
     for _, stream in ipairs({ true, false }) do
       local mode = stream and "streaming" or "non-streaming"

@@ -36,7 +36,7 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field stream? boolean default true
 ---@field temperature? number
 ---@field max_tokens? integer
----@field timeout_ms? integer per HTTP request (default 120000)
+---@field timeout_ms? integer per HTTP request (default 120000); for a streamed one, how long it may go without a byte (a stream lasts as long as it keeps coming), and its connect
 ---@field max_body_bytes? integer response size cap (default 8 MiB)
 ---@field retry? tide.provider.retry
 ---@field headers? table<string,string> extra request headers
