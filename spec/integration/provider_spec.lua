@@ -71,6 +71,25 @@ end
 describe("tide.provider", function()
   after_each(function() helpers.assert_quiet() end)
 
+  it("retries what the SDKs retry: timeouts and unresolved names before a reply, cut 5xx bodies", function()
+    local retry = require "tide.provider.retry"
+    assert.is_true(retry.retryable({ code = "Timeout" }, false, false))
+    assert.is_true(retry.retryable({ code = "ResolveFailed" }, false, false))
+    assert.is_false(retry.retryable({ code = "Timeout" }, true, false))
+    assert.is_true(retry.retryable({ code = "ConnectionClosed", status = 503 }, true, false))
+    assert.is_false(retry.retryable({ code = "ConnectionClosed", status = 400 }, true, false))
+    assert.is_false(retry.retryable({ code = "Timeout" }, false, true))
+    -- a Retry-After of 0 (or a date past) keeps the backoff's wait
+    local policy = { base_ms = 100, max_ms = 100, max_retry_after_ms = 60000 }
+    math.randomseed(1)
+    local waits = {}
+    for i = 1, 20 do waits[i] = retry.backoff_ms(policy, 1, 0) end
+    local some = false
+    for _, w in ipairs(waits) do some = some or w > 0 end
+    assert.is_true(some)
+    assert.are.equal(3000, retry.backoff_ms(policy, 1, 3000))
+  end)
+
   it("gives a stream as long as it keeps coming, and times out one that stalls", function()
     -- (timeout_ms is a stream's idle limit: a long answer streamed for
     -- longer than it is whole, a stalled one is a Timeout)
@@ -295,20 +314,24 @@ describe("tide.provider", function()
           end)
         end)
 
-        it("times out a hung request with Timeout and stays usable", function()
-          with_mock({ replies = { { fault = "hang" } }, default = "ok" }, function(srv)
-            local p = make(kind, srv.url, stream, { timeout_ms = 200 })
+        it("times out a hung request with Timeout, retried as the SDKs retry it, and stays usable", function()
+          with_mock({ replies = { { fault = "hang" }, { fault = "hang" } }, default = "ok" }, function(srv)
+            local p = make(kind, srv.url, stream, { timeout_ms = 200, retry = { attempts = 1 } })
             local res, err = complete(p, simple_body(p))
             assert.is_nil(res)
             assert.are.equal("Timeout", err.code)
             assert.are.equal(1, err.attempts)
-            assert.are.equal("ok", assert(complete(p, simple_body(p))).text)
+            -- (no byte of a reply came: the next attempt may go)
+            local again = make(kind, srv.url, stream, { timeout_ms = 200 })
+            local ok = assert(complete(again, simple_body(again)))
+            assert.are.equal("ok", ok.text)
+            assert.are.equal(2, ok.attempts)
           end)
         end)
 
         it("takes a per-call timeout_ms", function()
           with_mock({ replies = { { fault = "hang" } }, default = "ok" }, function(srv)
-            local p = make(kind, srv.url, stream)
+            local p = make(kind, srv.url, stream, { retry = { attempts = 1 } })
             local res, err = p:complete(simple_body(p), { timeout_ms = 150 })
             assert.is_nil(res)
             assert.are.equal("Timeout", err.code)

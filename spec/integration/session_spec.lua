@@ -383,7 +383,7 @@ describe("session faults", function()
     { fault = { fault = "malformed" }, code = "MalformedResponse" },
     { fault = { fault = "truncate" }, code = "MalformedResponse" },
     { fault = { fault = "oversize", bytes = 300000 }, code = "BodyTooLarge", opts = { max_body_bytes = 100000 } },
-    { fault = { fault = "hang" }, code = "Timeout", opts = { timeout_ms = 50 } },
+    { fault = { fault = "hang" }, code = "Timeout", opts = { timeout_ms = 50, retry = { attempts = 1 } } },
   } do
     it("reports " .. case.fault.fault .. " as " .. case.code .. ", keeps the transcript and stays usable", function()
       local path = dir .. "/t.jsonl"

@@ -316,7 +316,11 @@ function M.complete(self, body, opts, wire)
     if limited then
       local u = res and res.usage
       limits.settle(self, estimate, u and (u.input or 0) + (u.output or 0))
-      if err and err.code == "RateLimited" and err.retry_after_ms then limits.pause(self, err.retry_after_ms) end
+      -- (the server's wait holds the key, as far as the retry would wait it:
+      -- a Retry-After past max_retry_after_ms is not obeyed there either)
+      if err and err.code == "RateLimited" and err.retry_after_ms then
+        limits.pause(self, math.min(err.retry_after_ms, policy.max_retry_after_ms))
+      end
     end
     if res then
       res.attempts = n

@@ -69,22 +69,30 @@ end
 ---@param after_ms integer|nil
 ---@return integer
 function M.backoff_ms(retry, attempt, after_ms)
-  if after_ms and after_ms <= retry.max_retry_after_ms then return after_ms end
+  -- (a Retry-After of 0, or a date past, is no wait to keep: the backoff's)
+  if after_ms and after_ms > 0 and after_ms <= retry.max_retry_after_ms then return after_ms end
   local cap = math.min(retry.max_ms, retry.base_ms * 2 ^ (attempt - 1))
   cap = math.floor(cap)
   if cap <= 0 then return 0 end
   return math.random(0, cap)
 end
 
+-- Failures of the connection that the official SDKs retry while no reply
+-- has come: a refused or reset connection, one closed early, a timeout, a
+-- name that did not resolve.
+local TRANSPORT = { ConnectFailed = true, ConnectionClosed = true, Timeout = true, ResolveFailed = true }
+
 --- Whether a failed attempt may be made again: never once streamed text
---- reached the caller (`delivered`); a retryable status; a connection that
---- failed before any byte of a reply came (`received`).
+--- reached the caller (`delivered`); a retryable status (also when its body
+--- was cut off); a connection that failed before any byte of a reply came
+--- (`received`).
 function M.retryable(err, received, delivered)
   if delivered then return false end
   if err.retryable then return true end
-  if (err.code == "ConnectFailed" or err.code == "ConnectionClosed") and not received then
-    return true
-  end
+  if TRANSPORT[err.code] and not received then return true end
+  -- (a retryable status whose body was cut off is retryable still)
+  local st = err.code == "ConnectionClosed" and math.tointeger(err.status)
+  if st and (st == 408 or st == 409 or st == 429 or st >= 500) then return true end
   return false
 end
 
