@@ -637,7 +637,11 @@ static int is_2xx(tide_http *r) { return r->code >= 200 && r->code < 300; }
 static size_t write_cb(char *p, size_t size, size_t n, void *ud) {
   tide_http *r = ud;
   size_t len = size * n;
-  if (r->received + len > r->max_body) {
+  /* The cap bounds what is held: a 2xx stream's chunks are handed over as
+  ** they come (the parsers bound an event themselves), so what counts
+  ** there is what waits in the buffer, not the stream's whole length. */
+  size_t held = r->stream && is_2xx(r) ? r->body.len : r->received;
+  if (held + len > r->max_body) {
     r->too_large = 1;
     return 0; /* aborts the transfer with CURLE_WRITE_ERROR */
   }

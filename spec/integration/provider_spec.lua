@@ -90,6 +90,16 @@ describe("tide.provider", function()
     assert.are.equal(3000, retry.backoff_ms(policy, 1, 3000))
   end)
 
+  it("bounds what a stream holds, not how long it is", function()
+    local long = ("token "):rep(200) -- about 1,200 bytes of text, many times that in events
+    with_mock({ replies = { long } }, function(srv)
+      local p = make("openai", srv.url, true, { max_body_bytes = 4096 })
+      local res, err = complete(p, simple_body(p))
+      assert.is_nil(err, err and tostring(err))
+      assert.are.equal(long, res.text)
+    end)
+  end)
+
   it("gives a stream as long as it keeps coming, and times out one that stalls", function()
     -- (timeout_ms is a stream's idle limit: a long answer streamed for
     -- longer than it is whole, a stalled one is a Timeout)
