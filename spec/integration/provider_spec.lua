@@ -91,9 +91,9 @@ describe("tide.provider", function()
   end)
 
   it("bounds what a stream holds, not how long it is", function()
-    local long = ("token "):rep(200) -- about 1,200 bytes of text, many times that in events
-    with_mock({ replies = { long } }, function(srv)
-      local p = make("openai", srv.url, true, { max_body_bytes = 4096 })
+    local long = ("token "):rep(100) -- 600 bytes of text, many times that in events
+    with_mock({ replies = { { text = long, chunk_delay_ms = 1 } } }, function(srv)
+      local p = make("openai", srv.url, true, { max_body_bytes = 1024 })
       local res, err = complete(p, simple_body(p))
       assert.is_nil(err, err and tostring(err))
       assert.are.equal(long, res.text)
