@@ -160,9 +160,15 @@ local function file_error(path, line, message)
     { file = path, line = line })
 end
 
+-- The words of an error value a file raised, whatever it is (a table
+-- whose metatable raises in turn included): never an error of its own.
 local function message_of(e)
-  if type(e) == "table" and e.message then return tostring(e.message) end
-  return tostring(e)
+  if type(e) == "table" then
+    local m = rawget(e, "message")
+    if m ~= nil then e = m end
+  end
+  local ok, s = pcall(tostring, e)
+  return ok and type(s) == "string" and s or "(an error that cannot be shown)"
 end
 
 --- Runs one agent file and registers what it returns.
@@ -172,7 +178,11 @@ end
 ---@return string|nil id
 ---@return table? err
 function loader.load_file(path, define)
-  local env = loader.env { tide = require "tide" }
+  -- The file's tide.agent only hands its definition back: the loader
+  -- registers what the file returns once the whole file has run, so that a
+  -- file that fails half way leaves the previous definition in force.
+  local tide = require "tide"
+  local env = loader.env { tide = setmetatable({ agent = function(d) return d end }, { __index = tide }) }
   local chunk, err = loadfile(path, "t", env)
   if not chunk then
     local line, msg = split_position(path, err)
@@ -199,9 +209,11 @@ function loader.load_file(path, define)
     local line, msg = split_position(path, m)
     return nil, file_error(path, at or line, line and msg or m)
   end
-  if type(def) ~= "table" then
+  if type(def) ~= "table" or getmetatable(def) ~= nil then
+    -- (a table with a metatable could run code as it is read, outside the budget)
     return nil, file_error(path, return_line(path),
-      ("must return an agent definition table (got %s)"):format(type(def)))
+      ("must return an agent definition table (got %s)"):format(type(def) == "table" and "a table with a metatable"
+        or type(def)))
   end
   local okd, res = pcall(define, def)
   if not okd then

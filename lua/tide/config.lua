@@ -42,8 +42,11 @@ end
 local function load_file(path)
   local f, err = io.open(path, "rb")
   if not f then return nil, core.error("ConfigError", "cannot open config: " .. tostring(err), { file = path }) end
-  local text = f:read("a")
+  local text, rerr = f:read("a")
   f:close()
+  if text == nil then -- (a directory opens, and fails to read)
+    return nil, core.error("ConfigError", "cannot read config: " .. tostring(rerr), { file = path })
+  end
   if path:match("%.json$") then
     local v, e = json.decode(text)
     if v == nil or type(v) ~= "table" then
@@ -51,7 +54,8 @@ local function load_file(path)
     end
     return v
   end
-  local chunk, e = load(text, "@" .. path, "t", {})
+  -- (loadfile, as for agent files: a UTF-8 BOM or a #! first line is fine)
+  local chunk, e = loadfile(path, "t", {})
   if not chunk then return nil, core.error("ConfigError", e, { file = path }) end
   -- The limits of agent files: a config that loops fails, it does not hang.
   local ok, v = require("tide.agents_loader").run_bounded(chunk, function(e) return e end)

@@ -105,6 +105,24 @@ describe("agent files under a budget", function()
     assert.are.equal("First.", agents.get("budget_w").prompt)
   end)
 
+  it("registers nothing from a file that fails after its tide.agent call", function()
+    helpers.write(dir .. "/f.lua", "return { id = 'half_f', prompt = 'First.' }\n")
+    assert(agents.load(dir))
+    helpers.write(dir .. "/f.lua", "local a = tide.agent { id = 'half_f', prompt = 'Second.' }\nerror('oops')\nreturn a\n")
+    local _, errs = agents.load(dir)
+    assert.is_table(errs)
+    assert.are.equal("First.", agents.get("half_f").prompt)
+    -- a definition that could run code as it is read, and an error value that raises when shown
+    helpers.write(dir .. "/f.lua", "return setmetatable({}, { __index = function() while true do end end })\n")
+    local _, e2 = agents.load(dir)
+    assert.matches("a table with a metatable", require("tide.json").canonical(e2))
+    helpers.write(dir .. "/f.lua", "error(setmetatable({}, { __index = function() error('boom') end, "
+      .. "__tostring = function() error('boom') end }))\n")
+    local ok = pcall(agents.load, dir)
+    assert.is_true(ok)
+    assert.are.equal("First.", agents.get("half_f").prompt)
+  end)
+
   it("restores a hook that was set before", function()
     local calls = 0
     local function mine() calls = calls + 1 end
@@ -135,6 +153,18 @@ describe("Lua config files under a budget", function()
       assert.truthy(err.message:find(path .. ":2: ran too long", 1, true), err.message)
     end)
     assert.is_nil(debug.gethook())
+  end)
+
+  it("reads a config with a BOM or a #! line, and fails a directory with a ConfigError", function()
+    local path = dir .. "/bom.lua"
+    helpers.write(path, "\239\187\191return { n = 1 }\n")
+    assert.are.equal(1, assert(tide.config(path)):get("n"))
+    helpers.write(path, "#!/usr/bin/env lua\nreturn { n = 2 }\n")
+    assert.are.equal(2, assert(tide.config(path)):get("n"))
+    os.execute(("mkdir -p %q"):format(dir .. "/d.lua"))
+    local cfg, err = tide.config(dir .. "/d.lua")
+    assert.is_nil(cfg)
+    assert.are.equal("ConfigError", err.code)
   end)
 
   it("still loads a config that returns a table", function()
