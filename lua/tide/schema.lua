@@ -310,6 +310,20 @@ function M.for_response_format(schema)
   return wrapped, M.WRAPPED_NAME
 end
 
+--- A reply to a request whose body (`body`, its prefix) held a wrapped
+--- format: its text unwrapped (M.unwrap_answer); any other as it is. In
+--- place; returns `res`.
+---@param res table a provider's response
+---@param body any
+---@return table res
+function M.unwrap_reply(res, body)
+  if res.text and res.text ~= "" and type(body) == "string"
+      and body:find('"name":"' .. M.WRAPPED_NAME .. '"', 1, true) then
+    res.text = M.unwrap_answer(res.text)
+  end
+  return res
+end
+
 --- The answer a wrapped format gave (`{"value": ...}`) as the value itself,
 --- its JSON as the model wrote it (an empty array stays one).
 ---@param text string

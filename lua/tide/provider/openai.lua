@@ -412,10 +412,7 @@ end
 --- the answer to a wrapped schema (tide.schema.for_response_format)
 --- unwrapped.
 function Provider:_finish_reply(res, body)
-  if res.text and res.text ~= "" and type(body) == "string"
-      and body:find('"name":"' .. require("tide.schema").WRAPPED_NAME .. '"', 1, true) then
-    res.text = require("tide.schema").unwrap_answer(res.text)
-  end
+  require("tide.schema").unwrap_reply(res, body)
   local parts = res.reasoning
   if parts then
     for _, p in ipairs(parts) do

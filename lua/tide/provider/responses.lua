@@ -123,10 +123,7 @@ end
 --- Finishes a reply: the answer to a wrapped schema
 --- (tide.schema.for_response_format) unwrapped.
 function Provider:_finish_reply(res, body)
-  if res.text and res.text ~= "" and type(body) == "string"
-      and body:find('"name":"' .. require("tide.schema").WRAPPED_NAME .. '"', 1, true) then
-    res.text = require("tide.schema").unwrap_answer(res.text)
-  end
+  require("tide.schema").unwrap_reply(res, body)
   return res
 end
 
