@@ -316,10 +316,13 @@ end
 ---@param res table a provider's response
 ---@param body any
 ---@return table res
+local WRAPPED_MARK = '"name":"' .. M.WRAPPED_NAME .. '"'
 function M.unwrap_reply(res, body)
-  if res.text and res.text ~= "" and type(body) == "string"
-      and body:find('"name":"' .. M.WRAPPED_NAME .. '"', 1, true) then
-    res.text = M.unwrap_answer(res.text)
+  local text = res.text
+  -- (the answer's own start first: on the path of every reply, most of
+  -- them no JSON at all)
+  if text and text:find("^%s*{") and type(body) == "string" and body:find(WRAPPED_MARK, 1, true) then
+    res.text = M.unwrap_answer(text)
   end
   return res
 end

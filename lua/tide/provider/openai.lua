@@ -38,6 +38,7 @@
 local provider = require "tide.provider.base"
 local core = require "tide.core"
 local json = require "tide.json"
+local unwrap_reply = require("tide.schema").unwrap_reply
 local content = require "tide.content"
 
 local M = {}
@@ -412,7 +413,7 @@ end
 --- the answer to a wrapped schema (tide.schema.for_response_format)
 --- unwrapped.
 function Provider:_finish_reply(res, body)
-  require("tide.schema").unwrap_reply(res, body)
+  unwrap_reply(res, body)
   local parts = res.reasoning
   if parts then
     for _, p in ipairs(parts) do

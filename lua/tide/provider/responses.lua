@@ -27,6 +27,7 @@
 local provider = require "tide.provider.base"
 local core = require "tide.core"
 local json = require "tide.json"
+local unwrap_reply = require("tide.schema").unwrap_reply
 local content = require "tide.content"
 
 local M = {}
@@ -123,7 +124,7 @@ end
 --- Finishes a reply: the answer to a wrapped schema
 --- (tide.schema.for_response_format) unwrapped.
 function Provider:_finish_reply(res, body)
-  require("tide.schema").unwrap_reply(res, body)
+  unwrap_reply(res, body)
   return res
 end
 
