@@ -5,7 +5,8 @@
 ** JSONFileCache writes the AWS CLI's SSO token cache, which
 ** provider/aws_credentials.lua renews; a transcript whose torn tail is cut
 ** off), and a file cut back to the bytes that were whole (a transcript
-** after a write that failed half way).
+** after a write that failed half way); and what a path is before a user's
+** file is opened (file_kind).
 */
 #include <errno.h>
 #include <stdio.h>
@@ -69,7 +70,21 @@ static int l_truncate(lua_State *L) {
   return 1;
 }
 
+/// core.file_kind(path) -> "file" | "directory" | "other", size | nil: what
+/// path is (links followed), without opening it: a FIFO would block the
+/// opener until a writer came, and a device could be read without end.
+static int l_file_kind(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct stat st;
+  if (stat(path, &st) != 0) return 0;
+  lua_pushstring(L, S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "directory" : "other");
+  lua_pushinteger(L, (lua_Integer)st.st_size);
+  return 2;
+}
+
 void tide__open_file(lua_State *L) {
+  lua_pushcfunction(L, l_file_kind);
+  lua_setfield(L, -2, "file_kind");
   lua_pushcfunction(L, l_write_private);
   lua_setfield(L, -2, "write_private");
   lua_pushcfunction(L, l_truncate);

@@ -537,7 +537,7 @@ void tide__open_stdio(lua_State *L);
 void tide__open_process(lua_State *L);
 /// Registers on_signal (process signals as callbacks).
 void tide__open_signal(lua_State *L);
-/// Registers write_private (files written whole, 0600) and truncate.
+/// Registers write_private (files written whole, 0600), truncate and file_kind.
 void tide__open_file(lua_State *L);
 
 /* Shutdown hooks, run in order when the state closes (before uv_loop_close).

@@ -154,6 +154,9 @@ local function return_line(path)
   return found
 end
 
+--- The largest agent file read (bytes).
+loader.MAX_FILE = 4 * 1024 * 1024
+
 local function file_error(path, line, message)
   local where = line and ("%s:%d"):format(path, line) or path
   return core.error("AgentFileError", ("%s: %s"):format(where, message),
@@ -183,6 +186,12 @@ function loader.load_file(path, define)
   -- file that fails half way leaves the previous definition in force.
   local tide = require "tide"
   local env = loader.env { tide = setmetatable({ agent = function(d) return d end }, { __index = tide }) }
+  -- (a FIFO would block the opener, a device read without end)
+  local kind, size = core.file_kind(path)
+  if kind ~= "file" then return nil, file_error(path, nil, "is not a regular file") end
+  if size > loader.MAX_FILE then
+    return nil, file_error(path, nil, ("is %d bytes, over the %d-byte limit"):format(size, loader.MAX_FILE))
+  end
   local chunk, err = loadfile(path, "t", env)
   if not chunk then
     local line, msg = split_position(path, err)

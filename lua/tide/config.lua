@@ -40,6 +40,11 @@ local function deep_copy(v, seen)
 end
 
 local function load_file(path)
+  -- (a FIFO would block the opener, a device read without end)
+  local kind = core.file_kind(path)
+  if kind ~= nil and kind ~= "file" then
+    return nil, core.error("ConfigError", "cannot read config: " .. path .. " is not a regular file", { file = path })
+  end
   local f, err = io.open(path, "rb")
   if not f then return nil, core.error("ConfigError", "cannot open config: " .. tostring(err), { file = path }) end
   local text, rerr = f:read("a")

@@ -26,7 +26,17 @@ local INLINE_CACHE_MAX = 128
 
 local function dirname(path) return path:match("^(.*)/[^/]*$") or "." end
 
+-- A prompt file is a regular file of at most MAX_FILE bytes: anything else
+-- (a FIFO, which would block the opener, a device) is as if absent.
+local MAX_FILE = 4 * 1024 * 1024
+
+local function regular(path)
+  local kind, size = core.file_kind(path)
+  return kind == "file" and size <= MAX_FILE
+end
+
 local function read(path)
+  if not regular(path) then return nil end
   local f = io.open(path, "rb")
   if not f then return nil end
   local s = f:read("a")
@@ -35,9 +45,7 @@ local function read(path)
 end
 
 local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
+  return regular(path)
 end
 
 local function canonical(dir)

@@ -123,6 +123,23 @@ describe("agent files under a budget", function()
     assert.are.equal("First.", agents.get("half_f").prompt)
   end)
 
+  it("fails a FIFO or a device named like an agent or prompt file, never blocking on it", function()
+    assert(os.execute(("mkfifo %q"):format(dir .. "/fifo.lua")))
+    local _, errs = agents.load(dir)
+    assert.matches("is not a regular file", require("tide.json").canonical(errs))
+    local pdir = helpers.tmpdir()
+    assert(os.execute(("mkfifo %q"):format(pdir .. "/stuck.md")))
+    require("tide.prompts").add_dir(pdir)
+    local ok, text = pcall(require("tide.prompts").render, "stuck", {})
+    assert.is_true(not ok or text == nil) -- (an unknown prompt, not a hang)
+    assert(os.execute(("mkfifo %q"):format(dir .. "/cfg.lua")))
+    local cfg, err = tide.config(dir .. "/cfg.lua")
+    assert.is_nil(cfg)
+    assert.matches("is not a regular file", err.message, 1, true)
+    os.remove(dir .. "/cfg.lua")
+    helpers.rmdir(pdir)
+  end)
+
   it("restores a hook that was set before", function()
     local calls = 0
     local function mine() calls = calls + 1 end
