@@ -506,7 +506,8 @@ void tide__open_anthropic(lua_State *L);
 /// Registers the OpenAI Responses API's reply parsers in C:
 /// responses_stream and responses_parse.
 void tide__open_responses(lua_State *L);
-/// Registers json_integers.
+/// Registers json_integers, json_canonical_encoder, json_raw_values and
+/// json_elements.
 void tide__open_json(lua_State *L);
 /// Registers the integration cache (cache_lookup, cache_store, cache_peek,
 /// ...) and hash.

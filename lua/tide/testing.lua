@@ -1308,6 +1308,29 @@ function anthropic.forced(json, reply)
   return forced
 end
 
+-- The API refuses a text block with nothing in it, or white space alone,
+-- in any message (a tool_result's content included), in its own words.
+local function blank_text_refusal(json)
+  local function check(content)
+    for _, b in ipairs(type(content) == "table" and content or {}) do
+      if type(b) == "table" then
+        if b.type == "text" and type(b.text) == "string" and not b.text:find("%S") then
+          return b.text == "" and "messages: text content blocks must be non-empty"
+            or "messages: text content blocks must contain non-whitespace text"
+        end
+        if b.type == "tool_result" then
+          local why = check(b.content)
+          if why then return why end
+        end
+      end
+    end
+  end
+  for _, m in ipairs(type(json.messages) == "table" and json.messages or {}) do
+    local why = type(m) == "table" and check(m.content)
+    if why then return why end
+  end
+end
+
 -- Checks a request the way the Messages API does where tide can get it
 -- wrong: the thinking budget, thinking blocks sent back altered, and a tool
 -- round whose assistant turn lost its thinking. Returns the 400 response,
@@ -1326,6 +1349,11 @@ function anthropic.validate(self, req)
   -- message, a cost the benchmarks' floors would share and hide)
   local why = offers_server_tool(json) and server_refusal(json)
   if why then return invalid_request(why) end
+  -- (looked for only in a body that has a text of white space at most)
+  if type(req.body) == "string" and req.body:find('"text"%s*:%s*"[%s\\nrt]*"') then
+    why = blank_text_refusal(json)
+    if why then return invalid_request(why) end
+  end
   -- Images (a user's, or a tool's in its tool_result) as the API takes
   -- them; looked for only in a body that has one.
   if type(req.body) == "string" and req.body:find('"image"', 1, true) then

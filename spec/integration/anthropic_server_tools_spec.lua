@@ -88,6 +88,24 @@ for _, stream in ipairs({ true, false }) do
       end)
     end)
 
+    it("leaves out a blank text block of the reply when it sends the content back", function()
+      -- (the API's replies hold one now and then, and it refuses one sent
+      -- back: "text content blocks must be non-empty", "... must contain
+      -- non-whitespace text"; the mock does too)
+      for _, blank in ipairs({ "", "\n\n" }) do
+        local search = { server_tools = { { name = "web_search", input = { query = "q" }, before = blank } },
+                         tool_calls = { { id = "toolu_b1", name = "lookup", arguments = { q = "x" } } } }
+        with_mock({ replies = { search, "done" } }, function(srv)
+          local s = tide.session { agent = "searcher", provider = make(srv.url, stream) }
+          assert.are.equal("done", assert(s:turn("search")))
+          local reqs = srv:requests()
+          assert.are.same({ "server_tool_use,web_search_tool_result,tool_use" }, assistant_types(reqs[2]))
+          -- the rest went back as it came: the mock checked the search
+          assert.matches("^EncMock", reqs[2].json.messages[2].content[2].content[1].encrypted_content)
+        end)
+      end
+    end)
+
     it("keeps the citations of the text that used the search", function()
       local search = { server_tools = { { name = "web_search", input = { query = "moon" } } },
                        text = "The moon pulls the sea." }
@@ -281,6 +299,35 @@ describe("tide.provider.anthropic server tools, sent back wrong", function()
       assert.are.equal("done", assert(p:complete(p:body(p:_container_prefix(prefix, res.container),
         { user, paused }))).text)
     end)
+  end)
+
+  it("the mock refuses a blank text block anywhere in a request, as the API does", function()
+    with_mock({ default = "never" }, function(srv)
+      local p = make(srv.url, false)
+      local prefix = p:encode_prefix("s")
+      local function send(content)
+        return p:complete(p:body(prefix, { '{"content":' .. cjson.encode(content) .. ',"role":"user"}' }))
+      end
+      local out, err = send({ { type = "text", text = "" } })
+      assert.is_nil(out)
+      assert.are.equal(400, err.status)
+      assert.matches("text content blocks must be non-empty", err.body, 1, true)
+      out, err = send({ { type = "text", text = "hi" }, { type = "text", text = " \n" } })
+      assert.is_nil(out)
+      assert.matches("text content blocks must contain non-whitespace text", err.body, 1, true)
+      assert.are.equal("never", assert(send({ { type = "text", text = "hi" } })).text)
+    end)
+  end)
+
+  it("keeps every other block of a content part byte for byte, and drops one left empty", function()
+    local p = provider.anthropic({ base_url = "http://127.0.0.1:1", model = "m" })
+    local use = '{"type":"server_tool_use","id":"s","name":"web_search","input":{"a":[]}}'
+    local data = '[{"type":"text","text":""}, ' .. use .. ',{"text":" \\n","type":"text"}]'
+    local msg = { role = "assistant", content = "", reasoning = { { type = "content", data = data,
+      provider = "anthropic" } } }
+    assert.are.equal('{"content":[' .. use .. '],"role":"assistant"}', p:encode_message(msg))
+    msg.reasoning[1].data = '[{"type":"text","text":""}]'
+    assert.are.equal("", p:encode_message(msg))
   end)
 
   it("sends the content part to Anthropic only, and checks a restored one", function()

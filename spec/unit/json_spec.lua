@@ -102,3 +102,22 @@ describe("core.json_raw_values", function()
     assert.is_nil(v)
   end)
 end)
+
+describe("core.json_elements", function()
+  local elements = require("tide.core").json_elements
+
+  it("gives the raw text of each element of an array, in order, white space around each cut", function()
+    assert.are.same({ '{"a":[]}', '"s\\"]"', "1.50", "[ ]", "null" },
+      elements(' [ {"a":[]} ,"s\\"]", 1.50,[ ],null ] '))
+    assert.are.same({}, elements("[]"))
+  end)
+
+  it("says what is wrong with anything but one JSON array", function()
+    for _, text in ipairs({ '{"a":1}', "", "[1,", "[1] [2]", string.rep("[", 10000) }) do
+      local v, why = elements(text)
+      assert.is_nil(v)
+      assert.is_string(why)
+    end
+    assert.matches("expected an array", select(2, elements('"x"')))
+  end)
+end)

@@ -572,6 +572,28 @@ local function thinking_blocks(reasoning)
   return blocks and concat(blocks, ",")
 end
 
+-- A reply's content as it goes back (a content part's), without its blank
+-- text blocks: the API refuses a text block that is empty or white space
+-- alone, and its own replies hold one now and then (before a server tool's
+-- use, say); sent back as it came, it would fail every later request of
+-- the session. Every other block is kept byte for byte. Nil when nothing
+-- is left.
+local BLANK_TEXT = '"text"%s*:%s*"[%s\\nrt]*"'
+local function without_blank_text(content)
+  if not content:find(BLANK_TEXT) then return content end
+  local elements = core.json_elements(content)
+  if not elements then return content end -- (check_reasoning vouched for it)
+  local kept = {}
+  for _, raw in ipairs(elements) do
+    local block = raw:find(BLANK_TEXT) and json.decode_fast(raw)
+    local blank = type(block) == "table" and block.type == "text" and type(block.text) == "string"
+      and not block.text:find("%S")
+    if not blank then kept[#kept + 1] = raw end
+  end
+  if #kept == 0 then return nil end
+  return "[" .. concat(kept, ",") .. "]"
+end
+
 -- Checks the reasoning parts of a restored assistant message: the parts
 -- this provider would send back must hold what the API verifies.
 local function check_reasoning(reasoning, level)
@@ -646,7 +668,11 @@ function Provider:_encode(msg, level)
     -- only "\n\n" would otherwise fail every later request of the session)
     if not text:find("%S") then text = "" end
     local thinking, content = thinking_blocks(msg.reasoning)
-    if content then return '{"content":' .. content .. ',"role":"assistant"}' end
+    if content then
+      content = without_blank_text(content)
+      if content == nil then return "" end
+      return '{"content":' .. content .. ',"role":"assistant"}'
+    end
     if not calls or #calls == 0 then
       if text == "" then return "" end
       if not thinking then return '{"content":' .. quote(text) .. ',"role":"assistant"}' end
