@@ -368,22 +368,26 @@ function M.openai_responses(parts)
   return out
 end
 
---- The Anthropic Messages shape of neutral parts (PDFs as documents).
+--- The Anthropic Messages shape of neutral parts (PDFs as documents). A
+--- text part of white space at most is left out: the API refuses such a
+--- block, and in a tool's result it would fail every later request.
 function M.anthropic(parts)
   local out = {}
-  for i, p in ipairs(parts) do
+  for _, p in ipairs(parts) do
+    local block
     if p.type == "text" then
-      out[i] = { type = "text", text = p.text }
+      block = p.text:find("%S") and { type = "text", text = p.text } or nil
     elseif p.type == "image" then
-      out[i] = { type = "image", source = p.url and { type = "url", url = p.url }
+      block = { type = "image", source = p.url and { type = "url", url = p.url }
         or { type = "base64", media_type = p.mime, data = p.data } }
     elseif p.type == "file" and p.mime == "application/pdf" then
-      out[i] = { type = "document", source = { type = "base64", media_type = p.mime, data = p.data } }
+      block = { type = "document", source = { type = "base64", media_type = p.mime, data = p.data } }
     elseif p.type == "file" and p.text then
-      out[i] = { type = "document", source = { type = "text", media_type = "text/plain", data = p.text } }
+      block = { type = "document", source = { type = "text", media_type = "text/plain", data = p.text } }
     else
       error(("tide.content: Anthropic takes PDF and text files, not '%s'"):format(tostring(p.mime or p.type)), 2)
     end
+    out[#out + 1] = block
   end
   return out
 end

@@ -39,7 +39,27 @@ local KINDS = {
 
 local CALL = { tool_calls = { { id = "call_s1", name = "shot", arguments = {} } } }
 
+local blank = tide.tool {
+  name = "blank", description = "Shows the screen, saying nothing.", parameters = { type = "object", properties = {} },
+  handler = function() return { "", tide.image { data = PNG }, " \n" } end,
+}
+tide.agent { id = "quiet_looker", prompt = "You look at the screen.", tools = { blank } }
+
 describe("a tool that shows the model an image", function()
+  it("leaves a blank text part out of Anthropic's tool_result, which the API would refuse", function()
+    -- (sent, the result would fail this request and every later one: the
+    -- mock refuses it as the API does, "text content blocks must be non-empty")
+    with_mock({ replies = { { tool_calls = { { id = "call_b1", name = "blank", arguments = {} } } }, "Red.", "Yes." } },
+      function(srv)
+        local s = tide.session { agent = "quiet_looker", provider = KINDS.anthropic(srv.url) }
+        assert.are.equal("Red.", assert(s:turn("what is on screen?")))
+        assert.are.equal("Yes.", assert(s:turn("sure?")))
+        local result = srv:requests()[2].json.messages[3].content[1]
+        assert.are.same({ { type = "image", source = { type = "base64", media_type = "image/png", data = PNG_B64 } } },
+          result.content)
+      end)
+  end)
+
   it("goes in Anthropic's tool_result as an image block", function()
     with_mock({ replies = { CALL, "A red pixel." } }, function(srv)
       local s = tide.session { agent = "looker", provider = KINDS.anthropic(srv.url) }
