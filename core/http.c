@@ -93,6 +93,7 @@ struct tide_http_state {
   unsigned char pool_plain[EASY_POOL_MAX]; /* pool[i] keeps a plain POST's options */
   unsigned char pool_small[EASY_POOL_MAX]; /* pool[i]'s receive buffer is RECV_BUFFER_CROWDED */
   int env_proxy; /* a proxy variable was set when HTTP started (see http_state) */
+  char *ca_file, *ca_dir; /* SSL_CERT_FILE and SSL_CERT_DIR then, or NULL */
   int npool;
   tide_http *active;     /* requests added to the multi handle */
   int nactive;           /* how many */
@@ -581,7 +582,18 @@ static tide_http_state *http_state_of(lua_State *L, tide_ctx *ctx) {
                                            "HTTPS_PROXY", "all_proxy", "ALL_PROXY"};
   for (size_t i = 0; i < sizeof proxy_vars / sizeof proxy_vars[0]; i++)
     if (getenv(proxy_vars[i])) hs->env_proxy = 1;
+  /* The certificate authorities of a network that inspects TLS (a company
+  ** proxy's own CA): libcurl names its built-in bundle to OpenSSL, which
+  ** then never looks at the variables OpenSSL, the official SDKs' httpx
+  ** and the curl tool read. They are read here, once, as the proxy's. */
+  const char *ca_file = getenv("SSL_CERT_FILE");
+  if (ca_file == NULL || *ca_file == '\0') ca_file = getenv("CURL_CA_BUNDLE");
+  const char *ca_dir = getenv("SSL_CERT_DIR");
+  if (ca_file && *ca_file) hs->ca_file = strdup(ca_file);
+  if (ca_dir && *ca_dir) hs->ca_dir = strdup(ca_dir);
   if (new_shard(hs) == NULL) {
+    free(hs->ca_file);
+    free(hs->ca_dir);
     free(hs);
     luaL_error(L, "tide: cannot initialise HTTP");
   }
@@ -624,6 +636,8 @@ void tide__http_shutdown(tide_ctx *ctx) {
     hs->spare = r->next_deferred;
     free_request(r); /* freed for good: ctx->http is gone */
   }
+  free(hs->ca_file);
+  free(hs->ca_dir);
   free(hs);
 }
 
@@ -1323,6 +1337,8 @@ static int start_request(lua_State *L, const req_args *a) {
     ** HTTP/2 is possible; over plain HTTP/1.1 it would serialise a first
     ** burst of requests behind the first connection. */
     if (https) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    if (https && hs->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, hs->ca_file);
+    if (https && hs->ca_dir) curl_easy_setopt(e, CURLOPT_CAPATH, hs->ca_dir);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, verify ? 1L : 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
