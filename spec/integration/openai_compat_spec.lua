@@ -306,6 +306,48 @@ describe("openai provider options and parts, server by server", function()
     assert.truthy(p:encode_prefix("x", {}):find('"max_completion_tokens":300', 1, true))
   end)
 
+  it("bills the organization and project the options or OPENAI_ORG_ID and OPENAI_PROJECT_ID name", function()
+    local helpers = require "helpers"
+    with_mock({ replies = { "one", "two", "three" } }, function(srv)
+      local function sent(p)
+        assert(p:complete(body_of(p, { USER })))
+        local reqs = srv:requests()
+        local h = reqs[#reqs].headers
+        return h["openai-organization"], h["openai-project"]
+      end
+      local env = { OPENAI_ORG_ID = "org-env", OPENAI_PROJECT_ID = "proj_env" }
+      -- from the environment, as the official SDKs read it, chat and Responses alike
+      local org, project = sent(helpers.provider_in_env(env, make, srv.url))
+      assert.are.same({ "org-env", "proj_env" }, { org, project })
+      -- the options win over the environment, and `headers` over both
+      org, project = sent(helpers.provider_in_env(env, function(url)
+        return make(url, false, { api = "responses", organization = "org-opt", project = "proj_opt" })
+      end, srv.url))
+      assert.are.same({ "org-opt", "proj_opt" }, { org, project })
+      org, project = sent(helpers.provider_in_env(env, function(url)
+        return make(url, true, { organization = "org-opt", headers = { ["OpenAI-Organization"] = "org-hdr" } })
+      end, srv.url))
+      assert.are.same({ "org-hdr", "proj_env" }, { org, project })
+    end)
+    -- none set, none sent
+    local p = helpers.provider_in_env({}, function() return tide.provider.openai { api_key = "k" } end)
+    assert.is_nil(p:_headers()["openai-organization"])
+    assert.is_nil(p:_headers()["openai-project"])
+    -- misuse, named; a variable that would break the request's framing, named
+    for _, bad in ipairs({ { organization = "" }, { project = "a\r\nx: y" }, { organization = 7 } }) do
+      local ok, err = pcall(tide.provider.openai, bad)
+      assert.is_false(ok)
+      assert.matches("'" .. next(bad) .. "' must be", tostring(err))
+    end
+    local ok, err = pcall(helpers.provider_in_env, { OPENAI_ORG_ID = "org-x\r" },
+      function() return tide.provider.openai { api_key = "k" } end)
+    assert.is_false(ok)
+    assert.matches("OPENAI_ORG_ID must not contain a CR, LF or NUL", tostring(err))
+    ok, err = pcall(tide.provider.anthropic, { organization = "org" })
+    assert.is_false(ok)
+    assert.matches("unknown option 'organization'", tostring(err))
+  end)
+
   it("checks stream_usage, which the Responses API has no use for", function()
     local ok, err = pcall(tide.provider.openai, { stream_usage = "no" })
     assert.is_false(ok)

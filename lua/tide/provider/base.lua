@@ -56,6 +56,8 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field vertex? {project?:string, region?:string} Anthropic only: Claude on Google Cloud's Vertex AI (project and region default to ANTHROPIC_VERTEX_PROJECT_ID and CLOUD_ML_REGION; its Google access token is `api_key` or comes from `token`)
 ---@field bedrock? {region?:string, credentials?:tide.aws.credentials|fun():tide.aws.credentials, integer?} Anthropic only: Claude on Amazon Bedrock (region defaults to AWS_REGION; a Bedrock API key is `api_key` or AWS_BEARER_TOKEN_BEDROCK, else IAM credentials, or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, sign each request)
 ---@field token? fun():string, number? an OAuth access token instead of a key, sent as Authorization: Bearer: what the function returns, and for how many seconds it holds (asked again a minute before; 55 minutes when it does not say): Microsoft Entra ID for Azure OpenAI and Foundry, Google's for Vertex AI
+---@field organization? string OpenAI only: the organization a request bills (the OpenAI-Organization header; default OPENAI_ORG_ID, as in the official SDKs)
+---@field project? string OpenAI only: the project a request bills (the OpenAI-Project header; default OPENAI_PROJECT_ID)
 ---@field server_tools? table[] tools the provider runs itself, sent as given beside the agent's tools: Anthropic's server tools (`{ type = "web_search_20250305", name = "web_search", max_uses = 5 }`, web fetch, code execution), the Responses API's built-in tools (`{ type = "web_search" }`); their calls and results stay in the reply's content, and a paused turn (Anthropic's pause_turn) goes on by itself
 
 local option_types = {
@@ -65,7 +67,7 @@ local option_types = {
   max_tokens_field = "string", reasoning = "table", tool_choice = "any", parallel_tool_calls = "boolean",
   stop = "any", query = "table", extra_body = "table", thinking = "table", structured_output = "string",
   api = "string", store = "boolean", limits = "table", stream_usage = "boolean", server_tools = "table",
-  vertex = "table", bedrock = "table", token = "function",
+  vertex = "table", bedrock = "table", token = "function", organization = "string", project = "string",
   region = "string", credentials = "any", profile = "string", -- (tide.provider.bedrock's)
 }
 
@@ -76,7 +78,7 @@ local BEDROCK_OWN = { region = true, credentials = true, profile = true }
 -- The options only the OpenAI chat wire format reads.
 local OPENAI_ONLY = {
   max_tokens_field = true, tool_choice = true, parallel_tool_calls = true,
-  stop = true, query = true, api = true, store = true, stream_usage = true,
+  stop = true, query = true, api = true, store = true, stream_usage = true, organization = true, project = true,
 }
 
 -- The chat options the Responses API has no field for: sent anyway, the
@@ -306,6 +308,12 @@ local function check_options(kind, opts, allowed)
   if opts.api_key ~= nil and opts.api_key:find("[\r\n\0]") then
     return where .. "'api_key' must not contain a CR, LF or NUL"
   end
+  for _, k in ipairs({ "organization", "project" }) do
+    local v = opts[k]
+    if v ~= nil and (v == "" or v:find("[\r\n%z]")) then
+      return ("%s'%s' must be a non-empty string without CR, LF or NUL"):format(where, k)
+    end
+  end
   if opts.headers then
     for k, v in pairs(opts.headers) do
       if type(k) ~= "string" or type(v) ~= "string" then
@@ -512,6 +520,17 @@ function provider._new(kind, opts, defaults)
     self.parallel_tool_calls = opts.parallel_tool_calls
     self.stop_sequences = opts.stop
     self.query = opts.query
+    -- The organization and project a request bills, as the official SDKs
+    -- send them (their environment variables too); the `headers` option's
+    -- own values win.
+    for option, var in pairs({ organization = "OPENAI_ORG_ID", project = "OPENAI_PROJECT_ID" }) do
+      local v = opts[option] or provider._env(var)
+      if v and v:find("[\r\n%z]") then -- (from the environment: the option was checked)
+        return nil, ("tide.provider.openai: %s must not contain a CR, LF or NUL"):format(var)
+      end
+      local header = "openai-" .. option
+      if v and headers[header] == nil then headers[header] = v end
+    end
     self.api = opts.api or "chat"
     if self.api == "responses" then
       self.store = opts.store == true
