@@ -100,3 +100,59 @@ describe("the token option", function()
     assert.matches("'token' must be a function, got string", tostring(err), 1, true)
   end)
 end)
+
+-- A gateway in front of Anthropic's API (LiteLLM, a company's proxy) takes
+-- a bearer token: the official SDK's auth_token, ANTHROPIC_AUTH_TOKEN.
+describe("the auth_token option of tide.provider.anthropic", function()
+  it("goes as a bearer, beside the key when there is one, from the option or ANTHROPIC_AUTH_TOKEN", function()
+    helpers.with_mock({ default = "ok" }, function(srv)
+      local function sent(env, opts)
+        local p = helpers.provider_in_env(env, function()
+          local o = { base_url = srv.url .. "/v1", model = "m", retry = FAST }
+          for k, v in pairs(opts or {}) do o[k] = v end
+          return provider.anthropic(o)
+        end)
+        assert.are.equal("ok", assert(p:complete(p:body(p:encode_prefix("s", {}),
+          { p:encode_message({ role = "user", content = "q" }) }))).text)
+        local reqs = srv:requests()
+        return reqs[#reqs].headers
+      end
+      local h = sent({ ANTHROPIC_AUTH_TOKEN = "gw-env" })
+      assert.are.equal("Bearer gw-env", h.authorization)
+      assert.is_nil(h["x-api-key"])
+      h = sent({ ANTHROPIC_AUTH_TOKEN = "gw-env", ANTHROPIC_API_KEY = "sk-env" }, { auth_token = "gw-opt" })
+      assert.are.equal("Bearer gw-opt", h.authorization)
+      assert.are.equal("sk-env", h["x-api-key"])
+      h = sent({}, { api_key = "sk" })
+      assert.is_nil(h.authorization)
+    end)
+  end)
+
+  it("never reaches an error, and is refused where it means nothing", function()
+    helpers.with_mock({ replies = { function(req)
+      return { fault = "status", status = 401, body = '{"type":"error","error":{"type":"authentication_error",'
+        .. '"message":"bad: ' .. req.headers.authorization .. '"}}' }
+    end } }, function(srv)
+      local p = provider.anthropic { base_url = srv.url .. "/v1", model = "m", retry = FAST,
+        auth_token = "gw-secret-token-123" }
+      local _, err = p:complete(p:body(p:encode_prefix("s", {}), { p:encode_message({ role = "user", content = "q" }) }))
+      assert.are.equal(401, err.status)
+      assert.is_nil((tostring(err.message) .. tostring(err.body)):find("gw-secret-token-123", 1, true))
+    end)
+    for opts, why in pairs({
+      [{ auth_token = "" }] = "'auth_token' must be a non-empty string",
+      [{ auth_token = "a\nb" }] = "'auth_token' must be a non-empty string without CR, LF or NUL",
+      [{ auth_token = "t", vertex = { project = "p", region = "us-east5" } }] = "'auth_token' is for Anthropic's API",
+    }) do
+      local ok, err = pcall(provider.anthropic, opts)
+      assert.is_false(ok)
+      assert.matches(why, tostring(err), 1, true)
+    end
+    local ok, err = pcall(provider.openai, { auth_token = "t" })
+    assert.is_false(ok)
+    assert.matches("unknown option 'auth_token'", tostring(err), 1, true)
+    ok, err = pcall(helpers.provider_in_env, { ANTHROPIC_AUTH_TOKEN = "t\r" }, function() return provider.anthropic {} end)
+    assert.is_false(ok)
+    assert.matches("ANTHROPIC_AUTH_TOKEN must not contain a CR, LF or NUL", tostring(err), 1, true)
+  end)
+end)

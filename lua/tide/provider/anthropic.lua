@@ -148,6 +148,20 @@ function M.new(opts)
   })
   if not self then return nil, msg end
   self.vertex = vertex
+  -- A gateway's token (what the official SDK's auth_token is for), on
+  -- Anthropic's own API; Vertex AI and Bedrock have credentials of their own.
+  local auth_token = type(opts) == "table" and opts.auth_token or nil
+  if auth_token and (vertex or bedrock) then
+    return nil, ("tide.provider.anthropic: 'auth_token' is for Anthropic's API, not %s"):format(
+      vertex and "Vertex AI (give 'api_key' or 'token')" or "Bedrock (give 'api_key' or 'bedrock.credentials')")
+  end
+  if not (vertex or bedrock or self.key_header) then
+    auth_token = auth_token or provider._env("ANTHROPIC_AUTH_TOKEN")
+    if auth_token and auth_token:find("[\r\n%z]") then -- (from the environment: the option was checked)
+      return nil, "tide.provider.anthropic: ANTHROPIC_AUTH_TOKEN must not contain a CR, LF or NUL"
+    end
+    self.auth_token = auth_token
+  end
   if vertex and not self.api_key and not self.token then
     -- no access token given: Google's application default credentials
     -- (tide.provider.google), asked at the first request, renewed as the
@@ -732,10 +746,14 @@ function Provider:_headers()
     if token then h["authorization"] = "Bearer " .. token end
   elseif self.bearer then -- an OAuth token (the `token` option; Foundry's Entra ID)
     h["authorization"] = "Bearer " .. self.bearer
-  elseif self.api_key then
-    h["x-api-key"] = self.api_key
-    -- (Microsoft Foundry takes it as api-key too, as its SDK sends it)
-    if self.key_header then h[self.key_header] = self.api_key end
+  else
+    if self.api_key then
+      h["x-api-key"] = self.api_key
+      -- (Microsoft Foundry takes it as api-key too, as its SDK sends it)
+      if self.key_header then h[self.key_header] = self.api_key end
+    end
+    -- (a gateway's token goes beside the key, as the SDK sends both)
+    if self.auth_token then h["authorization"] = "Bearer " .. self.auth_token end
   end
   for k, v in pairs(self.headers) do h[k] = v end
   return h

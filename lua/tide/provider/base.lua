@@ -56,6 +56,7 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field vertex? {project?:string, region?:string} Anthropic only: Claude on Google Cloud's Vertex AI (project and region default to ANTHROPIC_VERTEX_PROJECT_ID and CLOUD_ML_REGION; its Google access token is `api_key` or comes from `token`)
 ---@field bedrock? {region?:string, credentials?:tide.aws.credentials|fun():tide.aws.credentials, integer?} Anthropic only: Claude on Amazon Bedrock (region defaults to AWS_REGION; a Bedrock API key is `api_key` or AWS_BEARER_TOKEN_BEDROCK, else IAM credentials, or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, sign each request)
 ---@field token? fun():string, number? an OAuth access token instead of a key, sent as Authorization: Bearer: what the function returns, and for how many seconds it holds (asked again a minute before; 55 minutes when it does not say): Microsoft Entra ID for Azure OpenAI and Foundry, Google's for Vertex AI
+---@field auth_token? string Anthropic's own API only: a token sent as Authorization: Bearer (a gateway's), beside the key if there is one, as the official SDK sends it (default ANTHROPIC_AUTH_TOKEN)
 ---@field organization? string OpenAI only: the organization a request bills (the OpenAI-Organization header; default OPENAI_ORG_ID, as in the official SDKs)
 ---@field project? string OpenAI only: the project a request bills (the OpenAI-Project header; default OPENAI_PROJECT_ID)
 ---@field server_tools? table[] tools the provider runs itself, sent as given beside the agent's tools: Anthropic's server tools (`{ type = "web_search_20250305", name = "web_search", max_uses = 5 }`, web fetch, code execution), the Responses API's built-in tools (`{ type = "web_search" }`); their calls and results stay in the reply's content, and a paused turn (Anthropic's pause_turn) goes on by itself
@@ -68,6 +69,7 @@ local option_types = {
   stop = "any", query = "table", extra_body = "table", thinking = "table", structured_output = "string",
   api = "string", store = "boolean", limits = "table", stream_usage = "boolean", server_tools = "table",
   vertex = "table", bedrock = "table", token = "function", organization = "string", project = "string",
+  auth_token = "string",
   region = "string", credentials = "any", profile = "string", -- (tide.provider.bedrock's)
 }
 
@@ -308,7 +310,7 @@ local function check_options(kind, opts, allowed)
   if opts.api_key ~= nil and opts.api_key:find("[\r\n\0]") then
     return where .. "'api_key' must not contain a CR, LF or NUL"
   end
-  for _, k in ipairs({ "organization", "project" }) do
+  for _, k in ipairs({ "organization", "project", "auth_token" }) do
     local v = opts[k]
     if v ~= nil and (v == "" or v:find("[\r\n%z]")) then
       return ("%s'%s' must be a non-empty string without CR, LF or NUL"):format(where, k)
@@ -427,6 +429,7 @@ function provider._new(kind, opts, defaults)
   end
   if kind ~= "anthropic" then -- only its encoder sends them
     allowed.thinking, allowed.structured_output, allowed.vertex, allowed.bedrock = nil, nil, nil, nil
+    allowed.auth_token = nil
   end
   if kind == "bedrock" then -- (Converse: stop sequences, tool choice, its structured output, the models' reasoning)
     allowed.stop, allowed.tool_choice, allowed.structured_output, allowed.thinking = true, true, true, true

@@ -278,6 +278,7 @@ function M.secrets(self)
   for k, v in pairs(type(self.query) == "table" and self.query or {}) do
     if type(k) == "string" and type(v) == "string" and redact.secret_header(k:lower()) then extra[#extra + 1] = v end
   end
+  extra[#extra + 1] = self.auth_token
   local aws = self.aws
   if aws then
     extra[#extra + 1] = aws.secret_access_key
