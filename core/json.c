@@ -1030,6 +1030,25 @@ static int raw_value(tide_json *p) {
   }
 }
 
+/* The end of a walk of a whole document (core.json_raw_values,
+** core.json_elements): the list on the stack, or nil and why; the
+** scanner's buffers freed. */
+static int walk_done(lua_State *L, tide_json *p, int rc) {
+  if (rc == J_OK) {
+    tide__json_skip_ws(p);
+    if (p->i != p->n) rc = tide__json_syntax(p, "expected the end");
+  }
+  tide__buf_free(p->scratch);
+  tide__buf_free(p->key);
+  if (rc == J_NOMEM) return luaL_error(L, "not enough memory");
+  if (rc != J_OK) {
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s at character %I", p->err ? p->err : "invalid JSON", (lua_Integer)p->err_at + 1);
+    return 2;
+  }
+  return 1;
+}
+
 /* core.json_raw_values(text, key) -> the raw JSON text of every member
 ** named key whose value is an object or an array, in document order (a
 ** member inside one found is not looked into); or nil and why. For a
@@ -1045,19 +1064,7 @@ static int l_json_raw_values(lua_State *L) {
   tide_json p = {s, n, 0, 0, NULL, 0, &scratch, &kbuf, &w};
   tide__json_skip_ws(&p);
   int rc = raw_value(&p);
-  if (rc == J_OK) {
-    tide__json_skip_ws(&p);
-    if (p.i != p.n) rc = tide__json_syntax(&p, "expected the end");
-  }
-  tide__buf_free(&scratch);
-  tide__buf_free(&kbuf);
-  if (rc == J_NOMEM) return luaL_error(L, "not enough memory");
-  if (rc != J_OK) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s at character %I", p.err ? p.err : "invalid JSON", (lua_Integer)p.err_at + 1);
-    return 2;
-  }
-  return 1;
+  return walk_done(L, &p, rc);
 }
 
 /* core.json_elements(text) -> the raw JSON text of each element of the
@@ -1084,19 +1091,7 @@ static int l_json_elements(lua_State *L) {
   tide__json_skip_ws(&p);
   int rc = tide__json_peek(&p) == '[' ? tide__json_each_element(&p, elements_element)
                                       : tide__json_syntax(&p, "expected an array");
-  if (rc == J_OK) {
-    tide__json_skip_ws(&p);
-    if (p.i != p.n) rc = tide__json_syntax(&p, "expected the end");
-  }
-  tide__buf_free(&scratch);
-  tide__buf_free(&kbuf);
-  if (rc == J_NOMEM) return luaL_error(L, "not enough memory");
-  if (rc != J_OK) {
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s at character %I", p.err ? p.err : "invalid JSON", (lua_Integer)p.err_at + 1);
-    return 2;
-  }
-  return 1;
+  return walk_done(L, &p, rc);
 }
 
 /* core.json_canonical_encoder(array_mt) -> encode (see json.lua). */
