@@ -22,7 +22,9 @@
 ** of partials is bounded, but not their fan-out: ten partials that each
 ** include the next twice render 2^10 copies of the last, so a few lines of
 ** prompt can ask for gigabytes. Every append is checked against the cap
-** before the buffer grows.
+** before the buffer grows. Sections nested over lists multiply the same way
+** without writing a byte (24 nested sections over a list of two run 2^24
+** bodies, seconds of C the loop cannot interrupt): the work is capped too.
 */
 #include <ctype.h>
 #include <stdint.h>
@@ -37,6 +39,10 @@
 #define MAX_NESTING 64        /* open sections in one template */
 #define MAX_PARTIAL_DEPTH 32  /* partials inside partials, while rendering */
 #define DEFAULT_MAX_OUTPUT ((lua_Integer)16 << 20) /* rendered bytes */
+/* Instructions run and section iterations made, per render: far above what
+** a prompt of any real size needs, and under a second of work. */
+#define MAX_STEPS ((uint64_t)4 << 20)
+#define MAX_STEPS_S "4194304"
 
 enum {
   OP_TEXT,     /* a = offset in src, b = length */
@@ -351,6 +357,7 @@ typedef struct render {
   int pending;       /* at a line start: ind is owed before the next output */
   size_t max;        /* the output cap */
   int overflow;      /* an append was refused: the cap would have been passed */
+  uint64_t steps;    /* instructions run and iterations made (MAX_STEPS) */
   const char *root;  /* the file of the template being rendered */
   char max_s[24];    /* max as text, for the error */
   /* the failure, formatted once the buffer has been dropped */
@@ -493,6 +500,13 @@ static int section_kind(lua_State *L) {
 static int render_ops(render *r, const tide_template *t, uint32_t lo,
                       uint32_t hi);
 
+static int too_much_work(render *r, const tide_template *t, const tmpl_op *o) {
+  return render_fail(r, t, o,
+                     "rendering '%s' takes more than %s steps (sections nested "
+                     "over lists multiply)",
+                     r->root, MAX_STEPS_S);
+}
+
 static int render_partial(render *r, const tide_template *t,
                           const tmpl_op *o) {
   lua_State *L = r->L;
@@ -540,6 +554,7 @@ static int render_ops(render *r, const tide_template *t, uint32_t lo,
   for (uint32_t i = lo; i < hi; i++) {
     const tmpl_op *o = &t->ops[i];
     const tmpl_name *nm = o->op == OP_TEXT ? NULL : &t->names[o->a];
+    if (++r->steps > MAX_STEPS) return too_much_work(r, t, o);
     switch (o->op) {
       case OP_TEXT:
         put_text(r, t->src + o->a, o->b);
@@ -610,6 +625,8 @@ static int render_ops(render *r, const tide_template *t, uint32_t lo,
           lua_rawseti(L, r->held, ++r->nheld);
           int arr = r->nheld;
           for (lua_Integer k = 1; k <= n; k++) {
+            /* (an empty body runs no instruction to count) */
+            if (++r->steps > MAX_STEPS) return too_much_work(r, t, o);
             lua_rawgeti(L, r->held, arr);
             lua_rawgeti(L, -1, k);
             lua_remove(L, -2);

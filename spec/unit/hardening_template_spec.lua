@@ -76,3 +76,26 @@ describe("template output cap", function()
     assert.is_true(os.clock() - t0 < 5, "took " .. (os.clock() - t0) .. " s")
   end)
 end)
+
+describe("template work cap", function()
+  it("stops sections nested over lists that write nothing, naming file and line", function()
+    -- 64 sections over a list of two run 2^64 bodies: an endless loop in C
+    -- the event loop could not interrupt, and no output for the cap to see
+    local t = compile("Hi.\n" .. ("{{#a}}"):rep(64) .. ("{{/a}}"):rep(64), "nested.md")
+    local t0 = os.clock()
+    local err = render_error(t, { a = { 1, 2 } })
+    assert.matches("rendering 'nested.md' takes more than 4194304 steps", err.message, 1, true)
+    assert.are.equal("nested.md", err.file)
+    assert.are.equal(2, err.line)
+    -- one empty section over a long list counts its iterations too
+    local long = {}
+    for i = 1, 5000000 do long[i] = true end
+    render_error(compile("{{#a}}{{/a}}", "long.md"), { a = long })
+    assert.is_true(os.clock() - t0 < 20, "took " .. (os.clock() - t0) .. " s")
+    -- ordinary nesting is untouched
+    local xs = {}
+    for i = 1, 100 do xs[i] = { ys = { 1, 2, 3 } } end
+    local out = assert(compile("{{#xs}}{{#ys}}{{.}}{{/ys}}{{/xs}}", "ok.md"):render({ xs = xs }))
+    assert.are.equal(300, #out)
+  end)
+end)
