@@ -27,7 +27,7 @@ local INLINE_CACHE_MAX = 128
 local function dirname(path) return path:match("^(.*)/[^/]*$") or "." end
 
 -- A prompt file is a regular file of at most MAX_FILE bytes: anything else
--- (a FIFO, which would block the opener, a device) is as if absent.
+-- (a FIFO, which would block the opener, a device) is never read.
 local MAX_FILE = 4 * 1024 * 1024
 
 local function regular(path)
@@ -35,12 +35,20 @@ local function regular(path)
   return kind == "file" and size <= MAX_FILE
 end
 
+-- The text of the file at path | nil (no such file) | nil, why (it is there
+-- but cannot be a prompt). The difference matters: an override that grew
+-- too large must not silently give way to the default, and a watched file
+-- that did must keep its last good version.
 local function read(path)
-  if not regular(path) then return nil end
-  local f = io.open(path, "rb")
-  if not f then return nil end
+  local kind, size = core.file_kind(path)
+  if kind == nil then return nil end
+  if kind ~= "file" then return nil, "is not a regular file" end
+  if size > MAX_FILE then return nil, ("is %d bytes, over the %d-byte limit"):format(size, MAX_FILE) end
+  local f, ferr = io.open(path, "rb")
+  if not f then return nil, "cannot be read (" .. tostring(ferr) .. ")" end
   local s = f:read("a")
   f:close()
+  if not s then return nil, "cannot be read" end
   return s
 end
 
@@ -148,7 +156,8 @@ local function lookup(name)
     local path = dir .. "/" .. name .. ".md"
     local e = state.files[path]
     if e then return e end
-    local source = read(path)
+    local source, why = read(path)
+    if why then return nil, template_error(path .. ": " .. why, { file = path }) end
     if source then
       local entry, err = compile(path, source)
       if not entry then return nil, err end
@@ -369,7 +378,11 @@ end
 local function reload(dir, name, opts)
   local path = dir .. "/" .. name .. ".md"
   local old = state.files[path]
-  local source = read(path)
+  local source, why = read(path)
+  if why then
+    report(opts, template_error(path .. ": " .. why, { file = path }))
+    return false
+  end
   if not source then
     state.files[path] = nil
     return old ~= nil

@@ -190,6 +190,27 @@ describe("prompts.watch", function()
     end)
   end)
 
+  it("keeps the previous version when an edit makes the file too large to read, and says so", function()
+    tide.run(function()
+      local _, v1 = render("greet")
+      -- past the 4 MiB a prompt file may have: once read as if the file
+      -- had gone, and the default (or nothing) answered for the name
+      helpers.write(dir .. "/greet.md", ("x"):rep(4 * 1024 * 1024 + 1))
+      assert.is_true(wait_for(function() return #errors > 0 end))
+      local err = errors[1]
+      assert.are.equal("TemplateError", err.code)
+      assert.are.equal(core.realpath(dir) .. "/greet.md", err.file)
+      assert.matches("over the 4194304%-byte limit", err.message)
+      local text, v = render("greet")
+      assert.are.equal("Hello a, version one.", text)
+      assert.are.equal(v1, v)
+      -- a file that is really gone is still forgotten
+      os.remove(dir .. "/greet.md")
+      assert.is_true(wait_for(function() return prompts.render("greet", {}) == nil end))
+    end)
+    assert.are.equal(1, #errors)
+  end)
+
   it("leaves live renders alone: a session's frozen text is its own", function()
     tide.run(function()
       local frozen = render("greet")
