@@ -57,6 +57,25 @@ local function perform(opts)
   end
 end
 
+-- Why s cannot be a method or header name (RFC 9110's token), nil if it
+-- can: core.http_request refuses the same, but from inside the request's
+-- task, where the error would name neither this function nor its caller.
+local function not_token(s)
+  if s == "" then return "is empty" end
+  local i = s:find("[^%w!#$%%&'*+%-.^_`|~]")
+  if not i then return nil end
+  local c = s:sub(i, i)
+  if c == "\r" or c == "\n" then return "is not a token (it has a CR or LF)" end
+  if c == "\0" then return "is not a token (it has a NUL)" end
+  if c == " " or c == "\t" then return "is not a token (it has white space)" end
+  if c == ":" then return "is not a token (it has a colon)" end
+  return "is not a token (it has a byte a token cannot hold)"
+end
+
+-- The largest count of milliseconds or bytes taken: core.http_request
+-- converts it to a C integer, which a larger float overflows.
+local MAX_COUNT = 2 ^ 53
+
 --- Sends an HTTP request. Inside a task it suspends only that task; outside
 --- any task it drives the loop until the response is in.
 --- With `on_data`, a 2xx body is handed over chunk by chunk as it arrives
@@ -85,16 +104,31 @@ function http.request(opts)
   end
   for _, k in ipairs { "timeout_ms", "connect_timeout_ms", "max_body_bytes" } do
     local v = opts[k]
-    if v ~= nil and not (v >= 0 and v < math.huge) then
-      error(("bad argument #1 to 'request' (field '%s' must be a non-negative number, got %s)"):format(
+    if v ~= nil and not (v >= 0 and v <= MAX_COUNT) then
+      error(("bad argument #1 to 'request' (field '%s' must be a non-negative number up to 2^53, got %s)"):format(
         k, tostring(v)), 2)
     end
   end
+  -- (libcurl reads the URL up to its first NUL: the rest would be dropped
+  -- without a word)
+  if opts.url:find("\0", 1, true) then
+    error("bad argument #1 to 'request' (field 'url' has a NUL)", 2)
+  end
+  local why = opts.method and not_token(opts.method)
+  if why then error(("bad argument #1 to 'request' (method %s)"):format(why), 2) end
   if opts.headers then
     for name, value in pairs(opts.headers) do
       if type(name) ~= "string" or (type(value) ~= "string" and type(value) ~= "number") then
         error("bad argument #1 to 'request' (field 'headers' must map names to strings)", 2)
       end
+      -- a bad name or value is described, never shown: a misplaced API key
+      -- must not reach a log
+      why = not_token(name)
+      if why then error(("bad argument #1 to 'request' (header name %s)"):format(why), 2) end
+      value = tostring(value)
+      why = value:find("[\r\n]") and "has a CR or LF in its value"
+        or value:find("\0", 1, true) and "has a NUL in its value"
+      if why then error(("bad argument #1 to 'request' (header '%s' %s)"):format(name, why), 2) end
     end
   end
   return blocking(perform, opts)

@@ -107,6 +107,40 @@ describe("tide.http header and request-line injection", function()
     assert.are.equal(0, core.http_stats().active)
   end)
 
+  it("raises at the caller's line, naming 'request', and sends nothing", function()
+    -- The checks of core.http_request ran inside the request's task: the
+    -- error named 'http_request' at a line of tide/http.lua, and a URL
+    -- went out cut at its first NUL.
+    local here = debug.getinfo(1, "S").short_src
+    local function call(opts)
+      local ok, err = pcall(function() local r = tide.http.request(opts) return r end)
+      assert.is_false(ok)
+      return err
+    end
+    tide.run(function()
+      for _, case in ipairs {
+        { { url = url(), method = "GET\r\nx-injected: yes" }, "(method is not a token (it has a CR or LF))" },
+        { { url = url(), method = "" }, "(method is empty)" },
+        { { url = url(), headers = { ["x-a"] = "1\r\nx-injected: yes" } }, "(header 'x-a' has a CR or LF in its value)" },
+        { { url = url(), headers = { ["x-a"] = "1\0x-injected: yes" } }, "(header 'x-a' has a NUL in its value)" },
+        { { url = url(), headers = { ["x a"] = "1" } }, "(header name is not a token (it has white space))" },
+        { { url = url("/a\0/injected") }, "(field 'url' has a NUL)" },
+        { { url = url(), timeout_ms = 1e300 }, "(field 'timeout_ms' must be a non-negative number up to 2^53, got 1e+300)" },
+        { { url = url(), max_body_bytes = 2 ^ 63 }, "(field 'max_body_bytes' must be a non-negative number up to 2^53" },
+      } do
+        local msg = call(case[1])
+        assert.matches("^" .. here:gsub("%p", "%%%0") .. ":%d+: bad argument #1 to 'request' ", msg)
+        assert.is_truthy(msg:find(case[2], 1, true), msg)
+        assert.is_nil(msg:find("injected", 1, true), "the value is in the message")
+      end
+      -- the largest counts still go through
+      assert.are.equal(200, tide.http.request { url = url(), timeout_ms = 2 ^ 53, max_body_bytes = 2 ^ 53 }.status)
+    end)
+    assert_not_injected()
+    assert.are.equal(1, #seen)
+    assert.are.equal(0, core.http_stats().active)
+  end)
+
   it("still sends good headers and methods, including every token character", function()
     local name = "x-!#$%&'*+.^_`|~09AZaz"
     local res = tide.http.request { url = url("/p"), method = "PATCH", body = "b",

@@ -130,9 +130,9 @@ describe("strict options", function()
     local url = "http://127.0.0.1:1/"
     assert.matches("bad argument #1 to 'request' (unknown option 'timeout')",
       raised(request, { url = url, timeout = 5 }), 1, true)
-    assert.matches("field 'timeout_ms' must be a non-negative number, got -1",
+    assert.matches("field 'timeout_ms' must be a non-negative number up to 2^53, got -1",
       raised(request, { url = url, timeout_ms = -1 }), 1, true)
-    assert.matches("field 'max_body_bytes' must be a non%-negative number, got %-?nan",
+    assert.matches("field 'max_body_bytes' must be a non%-negative number up to 2%^53, got %-?nan",
       raised(request, { url = url, max_body_bytes = 0 / 0 }))
     assert.matches("field 'headers' must map names to strings",
       raised(request, { url = url, headers = { accept = true } }), 1, true)
