@@ -285,6 +285,66 @@ describe("tide.testing.record and replay", function()
     os.remove(path)
   end)
 
+  it("keeps the bytes of text that speaks of \\u escapes, so that the run replays", function()
+    -- the key's redaction wrote out JSON's \u escapes of ASCII everywhere:
+    -- an escaped backslash before "u0041" became "\A", an invalid escape
+    local text = [[in Java write \u0041 for A, and \u003c for <]]
+    local path = tmpfile()
+    local mock = assert(testing.mock_server { default = testing.echo })
+    local rec = assert(testing.record { provider = make("openai", mock.url .. "/v1", false), cassette = path })
+    local s = tide.session { agent = "cassette_looper", provider = rec }
+    assert.are.equal("echo: " .. text, s:turn(text))
+    rec:close()
+    mock:close()
+    local ex = lines(path)[2]
+    assert.is_truthy(cjson.decode(ex.request.body))
+    assert.is_truthy(cjson.decode(ex.response.body))
+    assert.are.equal(mock:requests()[1].body, ex.request.body)
+    local srv = assert(testing.replay(path))
+    s = tide.session { agent = "cassette_looper", provider = make("openai", srv.url .. "/v1", false) }
+    assert.are.equal("echo: " .. text, s:turn(text))
+    assert.are.same({}, srv:mismatches())
+    srv:close()
+    os.remove(path)
+  end)
+
+  it("keeps a percent-encoded query secret out, and replays with another in its place", function()
+    -- an Azure SAS signature: base64, so "+", "/" and "=" go out as %2B, %2F, %3D
+    local sig = "AbCdEf+gh/IJ=kl=="
+    local path = tmpfile()
+    local mock = assert(testing.mock_server { default = testing.echo })
+    local function provider(url, s)
+      return tide.provider.openai { base_url = url .. "/v1", api_key = KEY, model = "m", stream = false,
+        query = { sig = s, ["api-version"] = "2024-10-21" } }
+    end
+    local rec = assert(testing.record { provider = provider(mock.url, sig), cassette = path })
+    local s = tide.session { agent = "cassette_looper", provider = rec }
+    assert.are.equal("echo: hi", s:turn("hi"))
+    rec:close()
+    mock:close()
+    local sent = mock:requests()[1].path
+    assert.is_truthy(sent:find("sig=AbCdEf%2Bgh%2FIJ%3Dkl%3D%3D", 1, true), sent)
+    local text = read(path)
+    assert.is_nil(text:find("AbCdEf", 1, true), text)
+    local ex = lines(path)[2]
+    assert.are.equal("/v1/chat/completions?api-version=2024-10-21&sig=[REDACTED]", ex.request.path)
+    -- whatever signature the replaying provider has stands in for the hidden one
+    local srv = assert(testing.replay(path))
+    s = tide.session { agent = "cassette_looper", provider = provider(srv.url, "another+one/==") }
+    assert.are.equal("echo: hi", s:turn("hi"))
+    assert.are.same({}, srv:mismatches())
+    srv:close()
+    -- but the rest of the path still counts
+    srv = assert(testing.replay(path))
+    local p = tide.provider.openai { base_url = srv.url .. "/v1", api_key = KEY, model = "m", stream = false,
+      query = { sig = "x", ["api-version"] = "2025-01-01" } }
+    local reply, err = tide.session { agent = "cassette_looper", provider = p }:turn("hi")
+    assert.is_nil(reply)
+    assert.is_truthy(tostring(err):find("path: expected", 1, true), tostring(err))
+    srv:close()
+    os.remove(path)
+  end)
+
   it("records streamed chunks with their timing and replays them chunk by chunk, in order", function()
     local path = tmpfile()
     local mock = assert(testing.mock_server { replies = { "one two three four five six" }, chunk_delay_ms = 15 })
@@ -364,6 +424,35 @@ describe("tide.testing.record and replay", function()
       fails(good_header .. ex('{"status":200,"encoding":"base64","body":"not base64!"}'), 2, "response.body is not base64")
       fails(good_header .. ex('{"status":200,"encoding":"base64","chunks":[{"ms":1,"data":"AAAA"},{"ms":2,"data":"@"}]}'),
         2, "response.chunks[1].data is not base64")
+    end)
+
+    it("names a response header or a chunk time the replay server could not send", function()
+      local function ex(response) return '{"n":1,"request":{"body":"{}","method":"POST","path":"/v1/x"},"response":'
+        .. response .. '}\n' end
+      -- each once loaded, then answered 500 "server handler failed" when asked for
+      fails(good_header .. ex('{"status":200,"body":"","headers":{"x-a":"b\\r\\nx-injected: 1"}}'), 2,
+        'response.headers["x-a"] has a CR, LF or NUL in its value')
+      fails(good_header .. ex('{"status":200,"body":"","headers":{"x a:":"b"}}'), 2,
+        'response.headers: "x a:" is not a header name')
+      fails(good_header .. ex('{"status":200,"body":"","headers":{"":"b"}}'), 2, '"" is not a header name')
+      fails(good_header .. ex('{"status":200,"chunks":[{"ms":1,"data":"a"},{"ms":1e308,"data":"b"}]}'), 2,
+        "response.chunks[1].ms must be from 0 to 1000000000000, got 1e+308")
+      fails(good_header .. ex('{"status":200,"chunks":[{"ms":-5,"data":"a"}]}'), 2, "response.chunks[0].ms must be")
+    end)
+
+    it("reports a directory or a FIFO instead of raising or blocking", function()
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute(("mkdir %q && mkfifo %q"):format(dir, dir .. "/fifo.jsonl")))
+      for _, path in ipairs { dir, dir .. "/fifo.jsonl" } do
+        local ok, srv, err = pcall(testing.replay, path)
+        assert.is_true(ok, srv)
+        assert.is_nil(srv)
+        assert.are.equal("CassetteError", err.code)
+        assert.are.equal(path .. ": cannot open: not a regular file", err.message)
+      end
+      os.remove(dir .. "/fifo.jsonl")
+      os.remove(dir)
     end)
 
     it("refuses another recorder's format and another provider's cassette", function()

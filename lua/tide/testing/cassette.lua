@@ -114,21 +114,74 @@ end
 local Recorder = {}
 Recorder.__index = Recorder
 
+-- A secret as it stands in a URL: a provider's `query` values go out
+-- percent-encoded (provider._url_of), and a base64 signature (an Azure SAS
+-- sig) has "+", "/" and "=" to encode; one taken from a URL is encoded
+-- already and may be echoed decoded.
+local function url_forms(s)
+  local enc = s:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end)
+  local dec = s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+  return enc, dec
+end
+
 -- The secrets of one exchange: the provider's (its key, token, credential
 -- headers, AWS secrets, URL query values: provider.exchange's list) and
--- the credentials the request itself carried (a token renewed since).
+-- the credentials the request itself carried (a token renewed since), each
+-- also in its URL forms.
 function Recorder:_secrets_for(headers)
   local redact = require "tide.redact"
-  local list = {}
-  for _, v in ipairs(require("tide.provider.exchange").secrets(self.provider)) do list[#list + 1] = v end
-  for _, v in ipairs(redact.secrets(nil, headers)) do list[#list + 1] = v end
+  local list, seen = {}, {}
+  local function add(v)
+    if #v >= MIN_SCRUB and not seen[v] then
+      seen[v] = true
+      list[#list + 1] = v
+    end
+  end
+  for _, v in ipairs(require("tide.provider.exchange").secrets(self.provider)) do add(v) end
+  for _, v in ipairs(redact.secrets(nil, headers)) do add(v) end
+  for i = 1, #list do
+    local enc, dec = url_forms(list[i])
+    add(enc)
+    add(dec)
+  end
   table.sort(list, function(a, b) return #a > #b end)
   return list
 end
 
+-- Every occurrence of each secret, as it stands, replaced.
+local function replace_plain(s, secrets)
+  for _, secret in ipairs(secrets) do
+    local i = s:find(secret, 1, true)
+    if i then
+      local parts, j = {}, 1
+      while i do
+        parts[#parts + 1] = s:sub(j, i - 1)
+        j = i + #secret
+        i = s:find(secret, j, true)
+      end
+      parts[#parts + 1] = s:sub(j)
+      s = table.concat(parts, REDACTED)
+    end
+  end
+  return s
+end
+
+local function count_marks(s)
+  return select(2, s:gsub("%[REDACTED%]", ""))
+end
+
+-- tide.redact.string writes out JSON's \u escapes of ASCII before it looks
+-- (a server may echo the key so): fine for an error message, but a cassette
+-- must keep the bytes as they were, and an escaped backslash before
+-- "u0041" (text that speaks of \u0041) would become an invalid escape.
+-- Its answer is kept only when it hid more than the secrets as they stand.
 function Recorder:_scrub(s, secrets)
   if type(s) ~= "string" then return s end
-  return require("tide.redact").string(s, secrets or self:_secrets_for({}), REDACTED)
+  secrets = secrets or self:_secrets_for({})
+  local plain = replace_plain(s, secrets)
+  local thorough = require("tide.redact").string(s, secrets, REDACTED)
+  if count_marks(thorough) > count_marks(plain) then return thorough end
+  return plain
 end
 
 function Recorder:_request_headers(headers, secrets)
@@ -264,9 +317,10 @@ end
 --- completes. Never written: `authorization`, `x-api-key`, `api-key`,
 --- `proxy-authorization` and `cookie` headers, any header whose name sounds
 --- like a credential or whose value holds the provider's `api_key`, and the
---- key itself wherever it occurs (replaced by `[REDACTED]`; keys shorter
---- than 8 bytes are only kept out of headers). The copy has `cassette` (the
---- path) and `close()` (stops the proxy, closes the file; idempotent).
+--- key itself wherever it occurs, percent-encoded in a URL too (replaced by
+--- `[REDACTED]`; keys shorter than 8 bytes are only kept out of headers).
+--- The copy has `cassette` (the path) and `close()` (stops the proxy, closes
+--- the file; idempotent).
 --- A request that fails upstream (no HTTP response) is not recorded; the
 --- client gets a 502.
 ---@param opts tide.testing.record_opts
@@ -405,6 +459,16 @@ end
 
 local LIMIT = 20
 
+-- Whether a received path is the recorded one, where a secret the recorder
+-- hid (a Gemini ?key=, an Azure &sig=) stands for whatever the replaying
+-- provider sends in its place.
+local function same_path(exp, got)
+  if exp == got then return true end
+  if not exp:find(REDACTED, 1, true) then return false end
+  local pattern = exp:gsub("%p", "%%%0"):gsub("%%%[REDACTED%%%]", "[^/?&#]*")
+  return got:match("^" .. pattern .. "$") ~= nil
+end
+
 -- Every difference between a recorded request and a received one: method,
 -- path, and the body (JSON compared as values, so key order and spacing do
 -- not count; anything else byte for byte).
@@ -413,7 +477,7 @@ local function differences(exp, got)
   if exp.method ~= got.method then
     push(out, LIMIT, ("method: expected %s, got %s"):format(exp.method, got.method))
   end
-  if exp.path ~= got.path then
+  if not same_path(exp.path, got.path) then
     push(out, LIMIT, ("path: expected %s, got %s"):format(exp.path, got.path))
   end
   if exp.body ~= got.body then
@@ -430,8 +494,17 @@ local function differences(exp, got)
   return out
 end
 
+-- A header name (RFC 9110's token), and the longest wait a chunk's `ms`
+-- may ask of the test server (testing/server.c's field_ms).
+local TOKEN = "^[%w!#$%%&'*+%-.^_`|~]+$"
+local MAX_MS = 1000000000000
+
 -- Reads and checks a cassette: the header, and the exchanges in order.
 local function load(path, want_kind)
+  -- (a directory opens, then raises on the first read; a FIFO would block
+  -- until a writer came)
+  local kind = core.file_kind(path)
+  if kind and kind ~= "file" then return nil, cassette_error(path, nil, "cannot open: not a regular file") end
   local file, ferr = io.open(path, "r")
   if not file then return nil, cassette_error(path, nil, "cannot open: " .. tostring(ferr)) end
   local header, exchanges = nil, {}
@@ -482,6 +555,14 @@ local function load(path, want_kind)
         if type(name) ~= "string" or type(value) ~= "string" then
           return bad("response.headers must map names to strings")
         end
+        -- what the replay server would refuse to send, found now rather
+        -- than as a 500 in the middle of a run
+        if not name:match(TOKEN) then
+          return bad(("response.headers: %s is not a header name"):format(show(name)))
+        end
+        if value:find("[\r\n\0]") then
+          return bad(("response.headers[%s] has a CR, LF or NUL in its value"):format(show(name)))
+        end
       end
       if (res.body == nil) == (res.chunks == nil) then
         return bad("the response needs either 'body' or 'chunks'")
@@ -497,6 +578,10 @@ local function load(path, want_kind)
         for i, c in ipairs(res.chunks) do
           if type(c) ~= "table" or type(c.data) ~= "string" or type(c.ms) ~= "number" then
             return bad(("response.chunks[%d] must be {\"ms\": number, \"data\": string}"):format(i - 1))
+          end
+          -- realtime replay waits that long: the test server takes at most MAX_MS
+          if not (c.ms >= 0 and c.ms <= MAX_MS) then
+            return bad(("response.chunks[%d].ms must be from 0 to %d, got %s"):format(i - 1, MAX_MS, show(c.ms)))
           end
         end
       end
@@ -602,9 +687,11 @@ Replay.__close = Replay.close
 --- Serves a cassette on 127.0.0.1: the n-th request gets the n-th recorded
 --- response, streamed chunk by chunk when it was streamed. A request whose
 --- method, path or body (JSON compared as values) differs from the
---- recorded one, or one past the end of the cassette, is answered 409 with
---- "request N differs from the cassette: <first difference>", which the
---- provider's error carries; `srv:mismatches()` lists every difference.
+--- recorded one (a `[REDACTED]` in the recorded path matches whatever the
+--- replaying provider sends there), or one past the end of the cassette, is
+--- answered 409 with "request N differs from the cassette: <first
+--- difference>", which the provider's error carries; `srv:mismatches()`
+--- lists every difference.
 ---@param path string
 ---@param opts? tide.testing.replay_opts
 ---@return tide.testing.ReplayServer|nil server
