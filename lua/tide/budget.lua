@@ -54,14 +54,33 @@ function budget_mt:exhausted_error(what)
     self.exhausted = core.error("BudgetExhausted",
       ("the agent tree's %s budget (%s) is spent"):format(what, tostring(l[what])),
       { what = what, used = self.used, agents = self.agents, summary = self:summary() })
+    -- The root turn stops now (tide.turn sets `on_exhausted`), not when
+    -- every other call of its round has ended: a sibling tool may run
+    -- for minutes.
+    if self.on_exhausted then self.on_exhausted() end
   end
   return self.exhausted
+end
+
+--- The kind of budget with nothing left for another provider call: tokens
+--- or dollars used up to the limit exactly (past it, the budget is already
+--- exhausted); nil when there is room.
+---@return string|nil what
+function budget_mt:used_up()
+  local l, u = self.limits, self.used
+  if l.tokens and u.tokens >= l.tokens then return "tokens" end
+  if l.usd and u.usd >= l.usd then return "usd" end
+  return nil
 end
 
 -- Raises BudgetExhausted when `what` has reached its limit (so that the whole
 -- tree unwinds), otherwise counts one more.
 function budget_mt:spend(what, n, path)
   if self.exhausted then error(self.exhausted, 0) end
+  if what == "provider_calls" then
+    local spent = self:used_up()
+    if spent then error(self:exhausted_error(spent), 0) end
+  end
   local limit = self.limits[what]
   if limit and self.used[what] + (n or 1) > limit then error(self:exhausted_error(what), 0) end
   local w = self.limits.wall_ms
@@ -73,7 +92,9 @@ end
 
 --- Counts a response's tokens (and its cost in USD, when the model has a
 --- price) against the tree: past a limit, the budget is exhausted (the
---- response that spent it is still taken; the turn then stops).
+--- response that spent it is still taken; the turn then stops). A response
+--- that uses the budget up exactly is within it: its answer stands, and
+--- no further provider call starts (used_up).
 function budget_mt:tokens(input, output, path, usd)
   self.used.tokens = self.used.tokens + input + output
   local a = self:agent(path)
@@ -84,9 +105,9 @@ function budget_mt:tokens(input, output, path, usd)
     a.usd = a.usd + usd
   end
   local limit = self.limits.tokens
-  if limit and self.used.tokens >= limit then self:exhausted_error("tokens") end
+  if limit and self.used.tokens > limit then self:exhausted_error("tokens") end
   local cap = self.limits.usd
-  if cap and self.used.usd >= cap then self:exhausted_error("usd") end
+  if cap and self.used.usd > cap then self:exhausted_error("usd") end
 end
 
 return M

@@ -106,10 +106,16 @@ local function action_tool(a, taken, src)
     end
     handler = function(args, ctx) return run(ctx.session.src, a, args) end
   end
+  -- (a source's schema that is not an object one, which every provider
+  -- would refuse, is offered as an open object: the action still runs)
+  local params = a.parameters
+  if type(params) ~= "table" or (params.type ~= nil and params.type ~= "object") then
+    params = { type = "object", properties = {} }
+  end
   return tool.new {
     name = legal_name(a.name, taken),
     description = a.description or a.name,
-    parameters = a.parameters or { type = "object", properties = {} },
+    parameters = params,
     approval = rule,
     handler = handler,
   }
@@ -217,12 +223,16 @@ end
 -- maps what it gives to what a delegation gives: the child's text, or nil
 -- and a ToolError; BudgetExhausted and Cancelled raise through, and a child
 -- that paused for approval gives ApprovalRequired with the child (it stays
--- open: s:resume() continues it).
-local function in_child_task(parent, child_path, open, fn)
+-- open: s:resume() continues it). `tree`, when given, counts the run once
+-- its task exists: a spawn refused for its depth runs no sub-agent.
+local function in_child_task(parent, child_path, open, fn, tree)
   local child
+  -- The child's failures are given back, never raised: a parent stopped
+  -- at once (the tree's budget spent, a cancel) does not join this task,
+  -- and a failed task nobody joined is reported as a fault.
   local task, err = core.spawn_nested(parent.def.max_spawn_depth, function()
     local c, cerr = open()
-    if not c then error(cerr, 0) end
+    if not c then return nil, cerr end
     child = c
     emit { type = "subagent_start", agent = child_path, depth = core.depth() }
     local t0 = hrtime()
@@ -234,13 +244,14 @@ local function in_child_task(parent, child_path, open, fn)
       return false, e
     end
     c:close()
-    if reply == nil then error(e, 0) end
+    if reply == nil then return nil, e end
     return reply
   end)
   if not task then
     -- Before any provider call: the parent model sees a tool error.
     return tool_error("%s", error_text(err))
   end
+  if tree then tree.subagents = tree.subagents + 1 end
   local reply, e = task:join()
   if reply == false then
     return nil, core.error("ApprovalRequired", e.message, { pending = e.pending, session = child })
@@ -285,13 +296,12 @@ function M.run(parent, id, args, opts)
   end
   -- The tree's ceiling on sub-agent runs: the parent model is told, and can
   -- still answer with what it has.
+  -- (checked here, counted when the child's task is made: nothing between
+  -- waits, so parallel delegations cannot pass the ceiling together)
   local tree = core.context("tide_tree")
-  if tree then
-    if tree.subagents >= tree.max then
-      return nil, core.error("SubagentLimit", ("this turn has already run %d sub-agents, its limit "
-        .. "(max_subagents); answer with what you have"):format(tree.max), { limit = tree.max })
-    end
-    tree.subagents = tree.subagents + 1
+  if tree and tree.subagents >= tree.max then
+    return nil, core.error("SubagentLimit", ("this turn has already run %d sub-agents, its limit "
+      .. "(max_subagents); answer with what you have"):format(tree.max), { limit = tree.max })
   end
   local child_path = parent.agent_path .. "/" .. (sub_opts.toolkit and ("integrations:" .. sub_opts.toolkit) or id)
   return in_child_task(parent, child_path, function()
@@ -302,7 +312,7 @@ function M.run(parent, id, args, opts)
       tpath = parent.store.child_name(w.path, sub_opts.toolkit or id, core.current():id())
     end
     return child_session(parent, def, sub_opts, child_path, tpath)
-  end, function(c) return c:turn(task_text) end)
+  end, function(c) return c:turn(task_text) end, tree)
 end
 
 --- Resumes `child`, a sub-agent of `parent` paused for approval, one spawn

@@ -346,10 +346,17 @@ function M.check_call(surface, snapshot, call)
   local t = not call.malformed and surface.map[call.name]
   if t then
     local a = call.arguments
-    local args, jerr = json.decode(a ~= "" and a or "{}")
-    if type(args) == "table" then return t, args end
-    return nil, ("Error: the arguments for '%s' are not a JSON object (%s)"):format(
-      call.name, jerr and jerr.message or type(args))
+    if a == nil or a == "" then a = "{}" end
+    local args, jerr
+    if type(a) == "string" then args, jerr = json.decode(a) end
+    -- lua-cjson decodes an array to a table too: an object starts with "{"
+    if type(args) == "table" and a:match("^%s*{") then return t, args end
+    local what = jerr and jerr.message
+    if not what then
+      what = type(a) ~= "string" and type(a) or type(args) == "table" and "an array"
+        or args == json.null and "null" or type(args)
+    end
+    return nil, ("Error: the arguments for '%s' are not a JSON object (%s)"):format(call.name, what)
   end
   if call.malformed then
     return nil, ("Error: could not parse the tool call (%s)"):format(call.malformed)

@@ -28,7 +28,10 @@ local FIELDS = { name = true, description = true, parameters = true, handler = t
   approval = true }
 
 --- Defines a tool. The handler returns text, or a table (sent as JSON);
---- raising an error gives the model an error result, never a crashed turn.
+--- raising an error, returning `nil, err` or `false, err`, or a table JSON
+--- cannot hold gives the model an error result, never a crashed turn.
+--- `parameters`, when given, is an object schema (its `type`, if any,
+--- "object").
 --- With `approval` (true, or a function(args, ctx) that says whether this
 --- call needs one), a call waits for a person's decision: the turn returns
 --- ApprovalRequired and goes on with `s:approve` / `s:reject`, `s:resume()`.
@@ -53,6 +56,10 @@ function M.new(spec)
     params = { type = "object", properties = {} }
   elseif type(params) ~= "table" then
     fail("'parameters' must be a JSON-schema table, got " .. type(params))
+  elseif params.type ~= nil and params.type ~= "object" then
+    -- the arguments are always an object: providers refuse every request
+    -- that carries a tool whose schema says otherwise
+    fail("'parameters' must be an object schema (type = \"object\"), got type " .. tostring(params.type))
   end
   -- Debian's lua-cjson cannot tell {} from []: mark the schema's list fields.
   local json = require "tide.json"

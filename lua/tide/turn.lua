@@ -58,6 +58,9 @@ local function cap(text, limit)
   return text:sub(1, cut) .. ("\n[truncated: %d bytes omitted]"):format(#text - cut)
 end
 
+-- A handler's value as the text the model reads; nil and why for a table
+-- JSON cannot hold (a cycle, a function inside): that is the handler's
+-- failure, and the model must read it as one, not as a result.
 local function to_text(v)
   if v == nil then return "" end
   if type(v) == "string" then return v end
@@ -66,19 +69,26 @@ local function to_text(v)
     if content_parts().is_tool_parts(v) then return v end
     local ok, s = pcall(json.canonical, v)
     if ok then return s end
-    return "(unencodable result: " .. tostring(s) .. ")"
+    return nil, "the tool's result cannot be sent as JSON: " .. tostring(s):gsub("^tide%.json: ", "")
   end
   return tostring(v)
 end
 
 --- The text of an error value for a model or a person: a tide error's
 --- "Code: message", anything else as a string without the traceback task
---- errors carry.
+--- errors carry. A plain table raised as an error says what it holds (its
+--- `message`, its `__tostring`, else its JSON), never a table address.
 ---@param err any
 ---@return string
 function M.error_text(err)
   if type(err) == "table" then
     if err.code and err.message then return err.code .. ": " .. err.message end
+    if type(err.message) == "string" then return err.message end
+    local mt = getmetatable(err)
+    if not (type(mt) == "table" and mt.__tostring) then
+      local ok, s = pcall(json.canonical, err)
+      if ok then return s end
+    end
     return tostring(err)
   end
   return (tostring(err):gsub("\nstack traceback:.*$", ""))
@@ -102,8 +112,8 @@ end
 --- strings and `tide.image{}` parts as that list, for the call's task to
 --- resolve), or nil and a ToolError for a handler that raised, returned
 --- `nil, err` or the legacy `{ is_error = true, content = ... }`.
---- BudgetExhausted and Cancelled raise through: they stop the turn, not
---- the tool.
+--- BudgetExhausted and Cancelled come back as they are: they stop the
+--- turn, not the tool.
 ---@param t tide.tool
 ---@param args table
 ---@param ctx table|nil
@@ -112,16 +122,22 @@ end
 function M.run_tool(t, args, ctx)
   local ok, v, e = pcall(t.handler, args, ctx)
   if ok and type(v) == "string" then return v end -- (the usual answer: nothing to convert)
-  if not ok then e, v = v, nil end
-  if v == nil and e ~= nil then
-    if passes_through(e) then error(e, 0) end
+  if not ok then
+    -- raised: a failure whatever the value, `error()` and `error(nil)` too
+    e, v = v, nil
+    if e == nil then e = "the tool raised an error without a message" end
+  end
+  -- `nil, err` is a failure, and so is `false, err` (pcall's and many
+  -- libraries' way to say it): its reason must not be dropped for "false"
+  if (v == nil or v == false) and e ~= nil then
+    if passes_through(e) then return nil, e end
     -- a delegation whose sub-agent paused for approval waits with it
     if type(e) == "table" and e.code == "ApprovalRequired" then return nil, e end
     return nil, tool_error(e)
   end
   if type(v) == "table" and v.is_error ~= nil and v.content ~= nil then
     if v.is_error then
-      local text = to_text(v.content)
+      local text = to_text(v.content) or error_text(v.content)
       if type(text) == "table" then -- an error's parts: its words are the error
         local words = {}
         for _, p in ipairs(text) do
@@ -133,7 +149,9 @@ function M.run_tool(t, args, ctx)
     end
     v = v.content
   end
-  return to_text(v)
+  local text, why = to_text(v)
+  if text == nil then return nil, tool_error(why) end
+  return text
 end
 local run_tool = M.run_tool
 
@@ -178,6 +196,13 @@ local function tool_task(run, t, args, call, t0)
     end
   end
   local text, err = run_tool(t, args, ctx)
+  if err and passes_through(err) then
+    -- given back, not raised: a turn that stops at once may never join
+    -- this task, and a task that failed without being joined is reported
+    -- as a fault
+    if span then span:finish(err) end
+    return nil, err
+  end
   if type(text) == "table" then -- text and images: their files read now
     local parts, perr = content_parts().resolve_tool_parts(text)
     if parts then text = parts else text, err = nil, tool_error(perr) end
@@ -252,7 +277,9 @@ local function join_call(run, call, task, t0, limit_ms)
   if task:status() == "done" then -- a call run at once that never waited
     text, err = task:join()
   else
-    local left = (t0 + limit_ms * 1000000 - hrtime()) // 1000000
+    -- (the time left from what has passed: t0 + limit in nanoseconds
+    -- overflows for a limit that means "never", math.maxinteger)
+    local left = limit_ms - (hrtime() - t0) // 1000000
     text, err = task:join(left > 0 and math.tointeger(left) or 0)
   end
   if text then return result(call, text, false) end
@@ -299,8 +326,11 @@ local function run_calls(run, calls)
     if w then wait(1, w) end
     return { r }, err, waiting
   end
-  -- Every call is started before any is joined.
+  -- Every call is started before any is joined. The round is kept on the
+  -- run: a turn stopped mid-round (cancelled) still reports the calls that
+  -- had ended with what they gave (see settle).
   local results, tasks, starts, limits = {}, {}, {}, {}
+  run.round_results, run.round_tasks = results, tasks
   for i = 1, n do
     local task, t0, limit = start_call(run, calls[i], spawn)
     if task then
@@ -321,7 +351,30 @@ local function run_calls(run, calls)
     end
   end
   for i = #live, 1, -1 do live[i] = nil end
+  run.round_results, run.round_tasks = nil, nil
   return results, stop_err, waiting
+end
+
+-- The results of the round a stopped turn left (`run.pending`): a call that
+-- had ended keeps what it gave, so that the model never runs again a call
+-- that did run (a mail sent twice); the others are answered `text`.
+local function settle(run, text)
+  local calls, done, tasks = run.pending, run.round_results, run.round_tasks
+  local results = {}
+  for i, call in ipairs(calls) do
+    local r = done and done[i]
+    local task = tasks and tasks[i]
+    if not r and task and task:status() == "done" then
+      local ok, out, err = pcall(task.join, task)
+      if ok and out then
+        r = result(call, out, false)
+      elseif ok and type(err) == "table" and err.code == "ToolError" then
+        r = result(call, "Error: " .. err.message, true)
+      end
+    end
+    results[i] = r or result(call, text, true)
+  end
+  return results
 end
 
 -- The message that carries a round's results: a `tool` message, or for
@@ -367,6 +420,36 @@ local function textual_calls(text, iteration)
     if c.id == "" then c.id = ("call_%d_%d"):format(iteration, i) end
   end
   return parsed
+end
+
+-- Gives the calls of one response ids this session can tell apart: a
+-- server that numbers its calls per response ("call_1" in each), the ids
+-- made up for calls that came without one, the text protocol's, or two
+-- calls of one response under the same id. A repeated id is suffixed
+-- (`call_1_2`): two results under one id pair wrongly with their calls,
+-- and an id that an earlier call was approved (or run) under must not let
+-- a new call run without its own decision.
+-- (`seen` only for a response of several calls: a tool loop's usual round,
+-- one call under a fresh id, makes no table)
+local function id_taken(id, seen, decisions, ran)
+  return (seen and seen[id]) or (decisions and decisions[id] ~= nil) or (ran and ran[id] ~= nil)
+end
+
+local function distinct_ids(session, calls)
+  local decisions, ran = session.decisions, session.ran
+  local seen = #calls > 1 and {} or nil
+  for i = 1, #calls do
+    local c = calls[i]
+    local id = c.id
+    if type(id) == "string" then
+      if id_taken(id, seen, decisions, ran) then
+        local k = 2
+        while id_taken(id .. "_" .. k, seen, decisions, ran) do k = k + 1 end
+        c.id = id .. "_" .. k
+      end
+      if seen then seen[c.id] = true end
+    end
+  end
 end
 
 -- --------------------------------------------------------------- the loop --
@@ -596,6 +679,7 @@ local function loop(session, opts, run, first, state)
       textual = calls ~= nil
     end
     local done = not calls or #calls == 0
+    if not done then distinct_ids(session, calls) end
     local text = resp.text
     if done and resp.stop == "refusal" and (text or "") == "" and resp.refusal then
       -- never silent: what the provider said of the refusal is the answer
@@ -651,6 +735,10 @@ local function loop(session, opts, run, first, state)
       history:append { role = "user", content = "Your answer does not match the required JSON schema:\n- "
         .. table.concat(errs, "\n- ") .. "\nAnswer again with only the corrected JSON value." }
       goto next_iteration
+    end
+    if budget and not budget.exhausted and budget:used_up() then
+      -- used up exactly: no provider call could read what the calls give
+      budget:exhausted_error(budget:used_up())
     end
     if budget and budget.exhausted then
       -- Spent by this very response: answer the calls, then stop.
@@ -770,7 +858,16 @@ local function resume_body(session, _, opts, run)
   if #approved > 0 then
     approval.running(session, approved)
     session.conversation:flush()
-    local done, stop_err = run_calls(run, approved)
+    local ok, done, stop_err = pcall(run_calls, run, approved)
+    if not ok then
+      -- Stopped while the approved calls ran (cancelled, say): the round
+      -- is finished here, as for an error that stops the turn, so that the
+      -- session is not left paused with nothing to decide.
+      stop_err = done
+      run.pending = approved
+      done = settle(run, "Error: cancelled")
+      run.pending = nil
+    end
     for i, at in ipairs(approved_at) do results[at] = done[i] end
     if stop_err then
       for i = 1, #p.calls do results[i] = results[i] or result(p.calls[i], "Error: cancelled", true) end
@@ -836,6 +933,15 @@ local function drive(session, opts, paused, fn, text)
   session.turn_ctx = run
   local history = session.conversation
   history:hold(true)
+  -- A budget spent below the root (a sub-agent, a sibling call) stops the
+  -- whole turn at once, as the wall-time watchdog does; spent in the root's
+  -- own task, the loop sees it and stops itself.
+  local owns_budget = budget and not inherited_budget
+  if owns_budget then
+    budget.on_exhausted = function()
+      if core.current() ~= run.caller and session.turn_ctx == run then session:cancel() end
+    end
+  end
   local watchdog
   if budget and not inherited_budget and budget.limits.wall_ms then
     watchdog = core.spawn(function()
@@ -847,6 +953,7 @@ local function drive(session, opts, paused, fn, text)
   local ok, reply, err = pcall(fn, session, text, opts, run)
   if not ok then reply, err = nil, reply end
   if watchdog then watchdog:cancel() end
+  if owns_budget then budget.on_exhausted = nil end
   -- the turn's last records; a store that cannot keep them fails the turn
   local fok, ferr = pcall(history.hold, history, false)
   if not fok and reply ~= nil then reply, err = nil, ferr end
@@ -874,15 +981,22 @@ local function drive(session, opts, paused, fn, text)
   end
   if budget and not inherited_budget then session.last_budget = budget end
   if reply == nil and err ~= nil then
-    if type(err) ~= "table" then
+    if type(err) ~= "table" or err.code == nil then
       err = core.error("TurnFailed", error_text(err), { detail = err })
     end
-    if err.code == "Cancelled" or (budget and budget.exhausted) then
-      -- Stopped mid-tools: answer the pending calls so that the history
-      -- (and transcript) stays a valid conversation.
-      if run.pending then answer_all(session.conversation, run.pending, run.textual, "Error: cancelled") end
-      if budget and budget.exhausted then err = budget.exhausted end
+    local exhausted = budget and budget.exhausted
+    if run.pending then
+      -- Stopped mid-tools (cancelled, out of budget, a callback that
+      -- raised): answer the pending calls so that the history (and
+      -- transcript) stays a valid conversation; providers refuse a call
+      -- without its result in every later request.
+      local why = exhausted and "Error: budget exhausted" or err.code == "Cancelled" and "Error: cancelled"
+        or "Error: the turn stopped (" .. tostring(err.code) .. ")" -- (the app's error is not the model's)
+      -- (a store that cannot take it fails the next append too; the error
+      -- that stopped the turn is the one to report)
+      pcall(session.conversation.append, session.conversation, results_message(settle(run, why), run.textual))
     end
+    if exhausted then err = exhausted end
     return nil, err
   end
   return reply
