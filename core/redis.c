@@ -707,19 +707,35 @@ static int l_subscribe(lua_State *L) {
   return 1;
 }
 
-/* conn:close(): ends the connection; commands in flight fail with
-** ClusterUnavailable. */
-static int l_close(lua_State *L) {
-  rbox *b = luaL_checkudata(L, 1, CONN_MT);
-  rconn *c = b->c;
+/* Ends c's connection. Gracefully (hiredis's disconnect), commands already
+** sent are still written and answered first, so that one sent just before
+** (a lease's release) reaches Redis; aborted, the socket goes at once and
+** commands in flight fail with ClusterUnavailable. */
+static void close_conn(rconn *c, int abort) {
   if (c && c->ac) {
     redisAsyncContext *ac = c->ac;
     int was_ready = c->state == READY;
     snprintf(c->err, sizeof c->err, "closed");
     detach(c, NULL);
-    if (was_ready) redisAsyncDisconnect(ac);
+    if (was_ready && !abort) redisAsyncDisconnect(ac);
     else redisAsyncFree(ac);
   }
+}
+
+/* conn:close(): ends the connection once the commands in flight are
+** answered (they get their replies). */
+static int l_close(lua_State *L) {
+  rbox *b = luaL_checkudata(L, 1, CONN_MT);
+  close_conn(b->c, 0);
+  return 0;
+}
+
+/* conn:abort(): ends the connection now; commands in flight fail with
+** ClusterUnavailable. For a server that does not answer: a graceful close
+** would wait for it, and its socket would keep the loop up meanwhile. */
+static int l_abort(lua_State *L) {
+  rbox *b = luaL_checkudata(L, 1, CONN_MT);
+  close_conn(b->c, 1);
   return 0;
 }
 
@@ -775,11 +791,12 @@ static rstate *get_state(lua_State *L) {
 }
 
 /// Opens `tide.redis`: connect, and a connection's call, subscribe,
-/// connected, error and close.
+/// connected, error, close and abort.
 __attribute__((visibility("default"))) int luaopen_tide_redis(lua_State *L) {
   static const luaL_Reg methods[] = {{"call", l_call},           {"subscribe", l_subscribe},
-                                     {"close", l_close},         {"connected", l_connected},
-                                     {"error", l_error},         {NULL, NULL}};
+                                     {"close", l_close},         {"abort", l_abort},
+                                     {"connected", l_connected}, {"error", l_error},
+                                     {NULL, NULL}};
   static const luaL_Reg meta[] = {{"__gc", conn_gc}, {"__close", l_close}, {NULL, NULL}};
   lua_getglobal(L, "require");
   lua_pushliteral(L, "tide.core");

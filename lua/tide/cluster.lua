@@ -69,6 +69,12 @@ function M.parse_url(url)
     local u, p = auth:match("^([^:]*):(.*)$")
     if u then username, password = u, p else password = auth end
     if username == "" then username = nil end
+    -- percent-encoded, as in any URL: a password with '@', ':' or '/' in
+    -- it can only be written so (redis-cli and the client libraries decode it)
+    local function unescape(v)
+      return v and (v:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+    end
+    username, password = unescape(username), unescape(password)
   end
   local host, port, path = hostpart:match("^%[([^%]]+)%]:?(%d*)(/?.*)$")
   if not host then host, port, path = hostpart:match("^([^:/]*):?(%d*)(/?.*)$") end
@@ -198,16 +204,10 @@ end
 
 -- ------------------------------------------------------------ connecting --
 
--- One connection, authenticated and on its database; nil, err otherwise.
-function Cluster:_open()
-  local redis = require "tide.redis"
+-- AUTH, SELECT and a PING on a connection just made: the connection, or
+-- nil, err (the connection closed).
+local function handshake(self, conn)
   local w = self._where
-  local conn, err = redis.connect {
-    host = w.host, port = w.port, path = w.path, timeout_ms = self._connect_timeout,
-  }
-  if not conn then
-    return nil, unavailable("connect", ("cannot reach Redis at %s: %s"):format(self.url, err.message:gsub("^redis: connect: ", "")))
-  end
   if w.password then
     local ok, aerr
     if w.username then
@@ -238,6 +238,37 @@ function Cluster:_open()
       ("Redis at %s: %s"):format(self.url, msg))
   end
   return conn
+end
+
+-- One connection, authenticated and on its database; nil, err otherwise.
+-- The whole of it is bounded by connect_timeout_ms: a server that takes
+-- the connection and never answers (a paused Redis, a port that is some
+-- other service's) fails as one that refuses it does, never hangs.
+function Cluster:_open()
+  local redis = require "tide.redis"
+  local w = self._where
+  local deadline = core.now() + self._connect_timeout
+  local conn, err = redis.connect {
+    host = w.host, port = w.port, path = w.path, timeout_ms = self._connect_timeout,
+  }
+  if not conn then
+    return nil, unavailable("connect", ("cannot reach Redis at %s: %s"):format(self.url, err.message:gsub("^redis: connect: ", "")))
+  end
+  local t = core.spawn_now(handshake, self, conn)
+  while true do
+    local r = table.pack(t:join(math.max(1, deadline - core.now())))
+    local st = t:status()
+    if st == "done" or st == "failed" then
+      if r[1] == nil and type(r[2]) ~= "table" then error(r[2], 0) end -- a bug, not Redis
+      return table.unpack(r, 1, r.n)
+    end
+    if st == "waiting" and core.now() >= deadline then
+      t:cancel()
+      conn:abort() -- (closed gracefully, it would wait for the answer)
+      return nil, unavailable("timeout", ("Redis at %s did not answer within %d ms"):format(self.url,
+        self._connect_timeout))
+    end
+  end
 end
 
 -- Subscriptions whose connection is gone, and whose background retries
@@ -430,9 +461,11 @@ local function dispatch(self, kind, channel, payload)
     -- callers that must not miss one compare this count and look again
     self.stats.sub_disconnects = self.stats.sub_disconnects + 1
     self._confirmed = {}
-    -- subscribe again in the background, with backoff
+    -- subscribe again in the background, with backoff (until close(),
+    -- which stops it: a closed cluster neither reconnects nor keeps the
+    -- loop running for reconnect_ms)
     if next(self._subs) or next(self._patterns) then
-      core.spawn(function()
+      self._resubscriber = core.spawn(function()
         local delay = 25
         local deadline = core.now() + self._reconnect_ms
         while not self._sub and core.now() < deadline do
@@ -534,6 +567,10 @@ end
 
 --- Closes every connection (the cluster can be used again: it reconnects).
 function Cluster:close()
+  if self._resubscriber then
+    self._resubscriber:cancel()
+    self._resubscriber = nil
+  end
   if self._conn then self._conn:close() end
   if self._sub then
     local sub = self._sub

@@ -169,12 +169,52 @@ local function decode_reply(payload)
   return v.reply, v.stats or {}
 end
 
+-- Runs fn(...) (a submit's Redis steps) in a task of its own until
+-- `deadline`: a Redis that neither answers nor closes the connection (a
+-- paused server, a network cut) must not hold a submitter past its
+-- timeout_ms. fn's results, or nil, false once the deadline passed (the
+-- task cancelled; a command already sent still runs if Redis answers).
+-- The step starts at once, as a direct call would: its command is on its
+-- way before the submitter first waits.
+local function until_deadline(deadline, fn, ...)
+  local t = core.spawn_now(fn, ...)
+  while true do
+    local r = table.pack(t:join(math.max(1, deadline - core.now())))
+    local st = t:status()
+    if st == "done" or st == "failed" then
+      if r[1] == nil and type(r[2]) ~= "table" then error(r[2], 0) end -- a bug, not Redis
+      return table.unpack(r, 1, r.n)
+    end
+    if st == "waiting" and core.now() >= deadline then
+      t:cancel()
+      return nil, false
+    end
+  end
+end
+
+-- Gives a request up at its submitter's deadline: its marker deleted while
+-- it is still queued (a worker that picks it up then drops it), or, when a
+-- worker answered it meanwhile (its notification still on its way, or
+-- lost), that answer. One step, so that an answer written just before the
+-- deadline is never reported as a Timeout.
+local GIVE_UP = [[
+if redis.call('GET', KEYS[1]) == 'queued' then redis.call('DEL', KEYS[1]) return false end
+return redis.call('GET', KEYS[2])
+]]
+
 local function submit(opts)
   local c = opts.cluster
   local timeout = opts.timeout_ms or DEFAULT_TIMEOUT_MS
   local deadline = core.now() + timeout
-  local cl, err = client_for(c, opts.queue, deadline)
-  if not cl then return nil, err end
+  local function timed_out()
+    return fail("Timeout", ("no reply from queue '%s' within %d ms"):format(opts.queue, timeout),
+      { queue = opts.queue, timeout_ms = timeout })
+  end
+  local cl, err = until_deadline(deadline, client_for, c, opts.queue, deadline)
+  if not cl then
+    if err == false then return timed_out() end
+    return nil, err
+  end
   local rid = cluster_mod.unique()
   local marker = c:key("q", opts.queue, "req", rid)
   local reply_key = c:key("q", opts.queue, "reply", rid)
@@ -183,14 +223,17 @@ local function submit(opts)
   local epoch = c.stats.sub_disconnects
   local what, value = "text", opts.text
   if opts.decisions then what, value = "decisions", json.canonical(opts.decisions) end
-  local id, serr = c:script("tide_queue_submit", SUBMIT)({ marker, c:key("q", opts.queue) },
+  local id, serr = until_deadline(deadline, c:script("tide_queue_submit", SUBMIT), { marker, c:key("q", opts.queue) },
     { timeout + 60000, rid, opts.session, opts.agent, what, value, cl.channel })
-  if not id then
+  if not id and serr ~= false then
     cl.waiters[rid] = nil
     return nil, serr
   end
+  -- false: Redis stopped answering; the request may still be added when it
+  -- answers again, and is given up below
+  local stalled = not id
   local looked = core.now()
-  while not w.payload do
+  while not w.payload and not stalled do
     local left = deadline - core.now()
     if left <= 0 then break end
     w.sleeping = true
@@ -204,7 +247,8 @@ local function submit(opts)
     -- reply key says (and, rarely, every few seconds anyway).
     if not w.payload and (c.stats.sub_disconnects ~= epoch or core.now() - looked >= 5000) then
       epoch, looked = c.stats.sub_disconnects, core.now()
-      local r = c:call("MGET", reply_key, marker)
+      local r, merr = until_deadline(deadline, c.call, c, "MGET", reply_key, marker)
+      stalled = merr == false
       if r and r[1] then
         w.payload = r[1]
       elseif r and not r[2] then
@@ -216,10 +260,14 @@ local function submit(opts)
   end
   cl.waiters[rid] = nil
   if not w.payload then
-    -- a worker that picks it up from now on serves it no more
-    c:call("DEL", marker)
-    return fail("Timeout", ("no reply from queue '%s' within %d ms"):format(opts.queue, timeout),
-      { queue = opts.queue, timeout_ms = timeout })
+    -- A worker that picks it up from now on serves it no more. With Redis
+    -- answering, its answer is waited for a moment (it may hold the reply);
+    -- with Redis stalled it is only sent: it runs after the request's own
+    -- commands if Redis comes back.
+    local give_up = c:script("tide_queue_give_up", GIVE_UP)
+    local r = until_deadline(core.now() + (stalled and 0 or 1000), give_up, { marker, reply_key }, {})
+    if type(r) ~= "string" then return timed_out() end
+    w.payload = r
   end
   return decode_reply(w.payload)
 end
@@ -252,7 +300,9 @@ end
 --- turn's stats (provider_calls, tool_calls, tokens, cost_usd, stop_reason,
 --- worker, continued), or nil and the turn's error as `s:turn()` gives it,
 --- or `Timeout` after `timeout_ms` (default 300,000; a worker that picks
---- the request up later does not run it), or `ClusterUnavailable`.
+--- the request up later does not run it; a Redis that stops answering
+--- does not hold it longer; a reply written by then is returned instead),
+--- or `ClusterUnavailable`.
 --- With `decisions` in place of `text` ({ id, approved, note? } each, for
 --- the calls an ApprovalRequired listed), a worker records them and
 --- resumes the paused turn (s:approve / s:reject, then s:resume()); every
@@ -476,8 +526,12 @@ function Worker:_claimer()
     local ids = {}
     for id in pairs(self.live) do ids[#ids + 1] = id end
     for i = 1, #ids, 1000 do
-      self.cluster:call("XCLAIM", self.stream, GROUP, self.name, 0,
-        table.unpack(ids, i, math.min(#ids, i + 999)), "JUSTID")
+      -- (the ids built into the list: table.unpack amid arguments would
+      -- give only the first, and the others would look idle)
+      local args = { "XCLAIM", self.stream, GROUP, self.name, 0 }
+      for j = i, math.min(#ids, i + 999) do args[#args + 1] = ids[j] end
+      args[#args + 1] = "JUSTID"
+      self.cluster:call(table.unpack(args))
     end
     since_claim = since_claim + beat
     if since_claim >= self.claim_idle_ms // 2 then

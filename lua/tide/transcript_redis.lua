@@ -93,7 +93,9 @@ function M.store(c)
     local meta, records = nil, {}
     for i, text in ipairs(list) do
       local v = json.decode(text)
-      if type(v) ~= "table" then
+      -- an array decodes to a table too, and would be read as a message
+      -- with no role: every later turn would fail on it, far from the cause
+      if type(v) ~= "table" or not text:match("^%s*{") then
         return nil, core.error("SessionCorrupt", ("session '%s': record %d in Redis is not a JSON object"):format(id, i),
           { session = id, record = i })
       end

@@ -56,6 +56,31 @@ local function parse(argv)
   return o
 end
 
+-- What is wrong with the options that tide.cluster and tide.worker would
+-- raise on, as a message naming the flag (never quoting the URL: it may
+-- hold a password); nil when nothing is.
+local function usage_problem(o)
+  local _, perr = require("tide.cluster").parse_url(o.redis or os.getenv("TIDE_REDIS_URL"))
+  if perr then return (o.redis and "--redis" or "TIDE_REDIS_URL") .. ": " .. perr end
+  if o.prefix and not o.prefix:match("^[%w_.-]+$") then
+    return "--prefix must be letters, digits, '_', '.' or '-'"
+  end
+  for _, k in ipairs { "queue", "name" } do
+    local v = o[k]
+    if v and (v == "" or #v > 512 or v:find("[%c%s]")) then
+      return ("--%s must be a non-empty name without spaces"):format(k)
+    end
+  end
+  if o.provider and o.provider ~= "openai" and o.provider ~= "anthropic" and o.provider ~= "bedrock" then
+    return "--provider must be openai, anthropic or bedrock"
+  end
+  if not o.provider and not (os.getenv("OPENAI_API_KEY") or os.getenv("OPENAI_BASE_URL")
+      or os.getenv("ANTHROPIC_API_KEY")) then
+    return "no provider: set OPENAI_API_KEY (or OPENAI_BASE_URL) or ANTHROPIC_API_KEY, or give --provider"
+  end
+  return nil
+end
+
 --- Runs the worker; `argv` are the arguments after `worker`. Returns an
 --- exit code (it returns only when the worker cannot start or is stopped).
 ---@param argv string[]
@@ -76,6 +101,13 @@ function M.main(argv)
   end
   if not o.agents then
     io.stderr:write("tide worker: --agents DIR is required\n", USAGE)
+    return 2
+  end
+  -- Checked here, as usage errors: left to tide.cluster and tide.worker,
+  -- which raise on misuse, they would end the process with a traceback.
+  local problem = usage_problem(o)
+  if problem then
+    io.stderr:write("tide worker: ", problem, "\n", USAGE)
     return 2
   end
   local tide = require "tide"

@@ -113,8 +113,21 @@ function M.check(v, where)
   return nil
 end
 
+-- How long a reservation waits for Redis's answer. A Redis that neither
+-- answers nor closes the connection (a paused server, a network cut) must
+-- not hold every provider request up: past this, the process's bucket
+-- holds, and does until that answer comes.
+local REMOTE_WAIT_MS = 1000
+local stalled = setmetatable({}, { __mode = "k" }) -- cluster -> its unanswered reservation
+
 -- Reserves in Redis; the wait in ms, or nil when Redis cannot answer.
 local function reserve_remote(c, p, b, tokens)
+  local pending = stalled[c]
+  if pending then
+    local st = pending:status()
+    if st ~= "done" and st ~= "failed" then return nil end
+    stalled[c] = nil
+  end
   local script = b.script
   if not script or b.cluster ~= c then
     script = c:script("limits.reserve", SCRIPT)
@@ -123,8 +136,16 @@ local function reserve_remote(c, p, b, tokens)
   local correction = b.correction
   b.correction = 0
   -- never wait for Redis to come back: the process's bucket holds meanwhile
-  local r = script({ c:key("limits", key_of(p)) },
+  local t = core.spawn_now(script, { c:key("limits", key_of(p)) },
     { p.limits.rpm or 0, p.limits.tpm or 0, tokens, correction }, true)
+  local r = t:join(REMOTE_WAIT_MS)
+  local st = t:status()
+  if st ~= "done" and st ~= "failed" then
+    -- left to finish when Redis answers (its command is sent, the
+    -- correction with it)
+    stalled[c] = t
+    return nil
+  end
   if r == nil then
     b.correction = b.correction + correction
     return nil
@@ -168,7 +189,8 @@ function M.pause(p, ms)
   local c = cluster()
   if c then
     local pause = c:script("limits.pause", PAUSE)
-    pause({ c:key("limits", key_of(p)) }, { ms }, true)
+    -- (bounded as a reservation is: the process's pause holds meanwhile)
+    core.spawn_now(pause, { c:key("limits", key_of(p)) }, { ms }, true):join(REMOTE_WAIT_MS)
   end
 end
 
