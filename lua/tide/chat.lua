@@ -46,7 +46,9 @@ local function parse(argv)
 end
 
 local function pick_provider(kind)
-  kind = kind or (os.getenv("OPENAI_API_KEY") and "openai") or (os.getenv("ANTHROPIC_API_KEY") and "anthropic") or "demo"
+  -- (a gateway's ANTHROPIC_AUTH_TOKEN stands for a key, as in the official SDK)
+  kind = kind or (os.getenv("OPENAI_API_KEY") and "openai")
+    or ((os.getenv("ANTHROPIC_API_KEY") or os.getenv("ANTHROPIC_AUTH_TOKEN")) and "anthropic") or "demo"
   if kind == "openai" then return tide.provider.openai {}, "openai " .. (os.getenv("TIDE_MODEL") or "") end
   if kind == "anthropic" then return tide.provider.anthropic {}, "anthropic " .. (os.getenv("TIDE_MODEL") or "") end
   -- (Bedrock's Converse: TIDE_MODEL names the model, AWS's own variables the rest)

@@ -633,13 +633,13 @@ local WORKER_OPTIONS = {
 local function env_provider()
   local provider = require "tide.provider"
   if os.getenv("OPENAI_API_KEY") or os.getenv("OPENAI_BASE_URL") then return provider.openai {} end
-  if os.getenv("ANTHROPIC_API_KEY") then return provider.anthropic {} end
+  if os.getenv("ANTHROPIC_API_KEY") or os.getenv("ANTHROPIC_AUTH_TOKEN") then return provider.anthropic {} end
   return nil
 end
 
 --- Serves turns from queue `queue`: at most `concurrency` (default 64) at
---- once, on Redis sessions, with `provider` (default: from OPENAI_* or
---- ANTHROPIC_API_KEY), `integrations` and `config` as for tide.session.
+--- once, on Redis sessions, with `provider` (default: from OPENAI_*,
+--- ANTHROPIC_API_KEY or ANTHROPIC_AUTH_TOKEN), `integrations` and `config` as for tide.session.
 --- `claim_idle_ms` (default 30,000): how long an entry of a worker that
 --- stopped answering waits before another takes it; `lease_ms`: the
 --- sessions' lease (tide.session). Inside a task it returns the worker

@@ -8,8 +8,8 @@
 --- Agent files and prompts are watched (a change applies to sessions built
 --- afterwards, that is, to the next turns). The provider comes from the
 --- environment as for `tide chat` (OPENAI_BASE_URL, OPENAI_API_KEY,
---- TIDE_MODEL; or ANTHROPIC_API_KEY). It prints "serving <queue> as
---- <name>" once the queue's group exists, then serves until stopped.
+--- TIDE_MODEL; or ANTHROPIC_API_KEY or ANTHROPIC_AUTH_TOKEN). It prints
+--- "serving <queue> as <name>" once the queue's group exists, then serves until stopped.
 --- SIGTERM stops it gracefully: it takes no more turns, lets those in flight
 --- finish (for up to --drain-ms, default 30,000) and exits with 0; a second
 --- SIGTERM ends it at once. Ctrl-C (SIGINT) cancels the turns in flight,
@@ -75,8 +75,8 @@ local function usage_problem(o)
     return "--provider must be openai, anthropic or bedrock"
   end
   if not o.provider and not (os.getenv("OPENAI_API_KEY") or os.getenv("OPENAI_BASE_URL")
-      or os.getenv("ANTHROPIC_API_KEY")) then
-    return "no provider: set OPENAI_API_KEY (or OPENAI_BASE_URL) or ANTHROPIC_API_KEY, or give --provider"
+      or os.getenv("ANTHROPIC_API_KEY") or os.getenv("ANTHROPIC_AUTH_TOKEN")) then
+    return "no provider: set OPENAI_API_KEY (or OPENAI_BASE_URL), ANTHROPIC_API_KEY or ANTHROPIC_AUTH_TOKEN, or give --provider"
   end
   return nil
 end

@@ -155,3 +155,20 @@ describe("tide chat --provider bedrock", function()
     assert.are_not.equal(0, tonumber(out:match("exit=(%d+)%s*$")))
   end)
 end)
+
+describe("tide chat's provider from the environment", function()
+  it("takes Anthropic behind a gateway from ANTHROPIC_AUTH_TOKEN alone, the demo model from nothing", function()
+    local root = helpers.sh("pwd"):gsub("%s+$", "")
+    local build = os.getenv("TIDE_BUILD_DIR") or "build"
+    local function banner(env)
+      return helpers.sh(("(cd %s && env -u OPENAI_API_KEY -u OPENAI_BASE_URL -u ANTHROPIC_API_KEY "
+        .. "-u ANTHROPIC_AUTH_TOKEN %s TIDE_MODEL=claude-x LUA_PATH='lua/?.lua;lua/?/init.lua;;' "
+        .. "LUA_CPATH='%s/?.so;;' ASAN_OPTIONS=detect_leaks=0 timeout 20 lua5.4 bin/tide chat </dev/null)")
+        :format(root, env, build))
+    end
+    local out = banner("ANTHROPIC_AUTH_TOKEN=gw-token-123")
+    assert.matches("on anthropic claude-x", out, 1, true)
+    assert.is_nil(out:find("gw-token-123", 1, true))
+    assert.matches("on embedded demo model", banner(""), 1, true)
+  end)
+end)

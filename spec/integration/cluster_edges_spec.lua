@@ -132,6 +132,10 @@ describe("the cluster's edges", function()
     assert.matches("tide worker: no provider: set OPENAI_API_KEY", out)
     assert.matches("status 2\n$", out)
     assert.not_matches("traceback", out)
+    -- a gateway's token is a provider too: the worker goes on to Redis
+    out = worker("--redis redis://127.0.0.1:1/0", "ANTHROPIC_AUTH_TOKEN=gw")
+    assert.not_matches("no provider", out)
+    assert.matches("status 1\n$", out)
   end)
 
   it("keeps every entry a worker serves from looking idle: none is claimed while its turn runs", function()
