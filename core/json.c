@@ -916,6 +916,23 @@ static void enc_object(enc *e, int t, int depth) {
   lua_settop(L, base);
 }
 
+/* Whether every key of table t is an integer from 1 to n. A table with a
+** list part and other keys ({1, 2, a = 3}) is written as an object, its
+** numbers as keys: as a list, the other keys would be lost without a word. */
+static int only_list_keys(lua_State *L, int t, lua_Integer n) {
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    lua_pop(L, 1);
+    int isint;
+    lua_Integer k = lua_tointegerx(L, -1, &isint);
+    if (!isint || lua_type(L, -1) != LUA_TNUMBER || k < 1 || k > n) {
+      lua_pop(L, 1);
+      return 0;
+    }
+  }
+  return 1;
+}
+
 static void enc_table(enc *e, int t, int depth) {
   lua_State *L = e->L;
   if (depth > JSON_MAX_DEPTH) {
@@ -927,6 +944,7 @@ static void enc_table(enc *e, int t, int depth) {
   int marked = has_mt && lua_rawequal(L, -1, e->array_mt);
   if (has_mt) lua_pop(L, 1);
   lua_Integer n = has_mt ? luaL_len(L, t) : (lua_Integer)lua_rawlen(L, t);
+  if (!marked && n > 0 && !only_list_keys(L, t, n)) n = 0; /* an object, as lua-cjson writes it */
   if (marked || n > 0) {
     enc_add(e, "[", 1);
     for (lua_Integer i = 1; i <= n; i++) {

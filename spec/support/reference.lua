@@ -838,7 +838,13 @@ local encode_string = cjson.new().encode
 local function is_array(t)
   if getmetatable(t) == json.array_mt then return true, #t end
   local n = #t
-  if n > 0 then return true, n end
+  if n > 0 then
+    -- (a list with other keys is an object: as a list, they would be lost)
+    for k in next, t do
+      if math.type(k) ~= "integer" or k < 1 or k > n then return false, 0 end
+    end
+    return true, n
+  end
   return next(t) == nil and false, 0
 end
 
