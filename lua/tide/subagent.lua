@@ -225,6 +225,11 @@ end
 -- that paused for approval gives ApprovalRequired with the child (it stays
 -- open: s:resume() continues it). `tree`, when given, counts the run once
 -- its task exists: a spawn refused for its depth runs no sub-agent.
+-- Closes a child session however its task ends (a call's timeout or a
+-- cancel unwinds the task too), unless it is kept: a child paused for
+-- approval stays open for s:resume().
+local closer_mt = { __close = function(self) if not self.keep then self.session:close() end end }
+
 local function in_child_task(parent, child_path, open, fn, tree)
   local child
   -- The child's failures are given back, never raised: a parent stopped
@@ -234,6 +239,7 @@ local function in_child_task(parent, child_path, open, fn, tree)
     local c, cerr = open()
     if not c then return nil, cerr end
     child = c
+    local closer <close> = setmetatable({ session = c }, closer_mt)
     emit { type = "subagent_start", agent = child_path, depth = core.depth() }
     local t0 = hrtime()
     local reply, e = fn(c)
@@ -241,9 +247,9 @@ local function in_child_task(parent, child_path, open, fn, tree)
     local cs = c.counters
     if cs.spawn_depth_max > parent.counters.spawn_depth_max then parent.counters.spawn_depth_max = cs.spawn_depth_max end
     if reply == nil and type(e) == "table" and e.code == "ApprovalRequired" then
+      closer.keep = true
       return false, e
     end
-    c:close()
     if reply == nil then return nil, e end
     return reply
   end)

@@ -336,7 +336,7 @@ describe("sub-agents", function()
       }(req)
     end
     local s2 = tide.session { agent = "l1", provider = provider }
-    local r2, e2 = tide.run(function()
+    local r2, e2, open2 = tide.run(function()
       local t = tide.spawn(function() return s2:turn("again") end)
       wait_for(function() return requests_from(srv, "l3") >= 3 end)
       assert.are.equal(1, core.http_stats().active)
@@ -346,6 +346,66 @@ describe("sub-agents", function()
     assert.is_nil(r2)
     assert.are.equal("Cancelled", e2.code)
     assert.are.equal(0, core.http_stats().active)
+  end)
+
+  it("closes a sub-agent's transcript however its task ends: a timeout, a cancel, a listener that raises", function()
+    -- the files this process holds open under dir
+    local pid = io.open("/proc/self/stat"):read("l"):match("^(%d+)")
+    local function open_in_dir()
+      local n = 0
+      for line in io.popen("ls -l /proc/" .. pid .. "/fd 2>/dev/null"):lines() do
+        if line:find(dir, 1, true) then n = n + 1 end
+      end
+      return n
+    end
+    tide.agent { id = "slow", prompt = "Agent slow." }
+    tide.agent { id = "boss", prompt = "Agent boss.", subagents = { "slow" } }
+    srv.default = function(req)
+      if agent_of(req) == "slow" then return { fault = "hang" } end
+      return scripted { boss = { call = function() return { { name = "delegate_slow", arguments = { task = "t" } } } end } }(req)
+    end
+    collectgarbage("stop") -- (a handle left open would otherwise be closed by the collector)
+    local s = tide.session { agent = "boss", provider = provider, transcript = dir .. "/boss.jsonl",
+      tool_timeout_ms = 200 }
+    -- (counted inside the run: a run's end collects what it left)
+    local reply, err, open = tide.run(function()
+      local r, e = s:turn("go")
+      return r, e, open_in_dir()
+    end)
+    assert.is_nil(err)
+    assert.matches("timed out", reply)
+    assert.are.equal(1, open) -- the root's own, still open
+    s:close()
+    local s2 = tide.session { agent = "boss", provider = provider, transcript = dir .. "/boss2.jsonl" }
+    local r2, e2, open2 = tide.run(function()
+      local t = tide.spawn(function() return s2:turn("again") end)
+      wait_for(function() return requests_from(srv, "slow") >= 2 end)
+      s2:cancel()
+      local r, e = t:join()
+      return r, e, open_in_dir()
+    end)
+    assert.is_nil(r2)
+    assert.are.equal("Cancelled", e2.code)
+    assert.are.equal(1, open2)
+    s2:close()
+    assert.are.equal(0, open_in_dir())
+    -- a listener that raises while the sub-agent's task runs
+    srv.default = function(req)
+      if agent_of(req) == "slow" then return "slow done" end
+      return scripted { boss = { call = function() return { { name = "delegate_slow", arguments = { task = "t" } } } end } }(req)
+    end
+    local s3 = tide.session { agent = "boss", provider = provider, transcript = dir .. "/boss3.jsonl" }
+    local r3, e3, open3 = tide.run(function()
+      local r, e = s3:turn("once more", { on_event = function(ev)
+        if ev.type == "subagent_end" then error("the listener broke") end
+      end })
+      return r, e, open_in_dir()
+    end)
+    assert.is_nil(e3)
+    assert.matches("sub%-agent boss/slow failed: .*the listener broke", r3)
+    assert.are.equal(1, open3)
+    s3:close()
+    collectgarbage("restart")
   end)
 
   it("honours a per-agent spawn-depth limit", function()
