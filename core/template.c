@@ -159,14 +159,32 @@ static int is_space(char ch) {
   return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n';
 }
 
+/* Pushes name (n bytes) as an error message shows it: at most 80 bytes of
+** it, then "...", and control bytes (a NUL, which would end the message
+** there, a newline) as '?'. Returns the pushed string. */
+#define SHOWN_NAME_MAX 80
+static const char *push_shown_name(lua_State *L, const char *s, size_t n) {
+  char buf[SHOWN_NAME_MAX + 4];
+  size_t k = n > SHOWN_NAME_MAX ? SHOWN_NAME_MAX : n;
+  for (size_t i = 0; i < k; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    buf[i] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+  }
+  if (k < n) {
+    memcpy(buf + k, "...", 3);
+    k += 3;
+  }
+  return lua_pushlstring(L, buf, k);
+}
+
 /* Pushes a TemplateError for the compiler's current line; returns -1. The
 ** detail is formatted with lua_pushfstring, so '%s' takes a C string and a
 ** name in the source is passed through a pushed Lua string. */
 static int compile_error(compiler *c, const char *fmt, const char *name,
                          size_t nlen, const char *name2, size_t nlen2) {
   lua_State *L = c->L;
-  lua_pushlstring(L, name ? name : "", nlen);
-  lua_pushlstring(L, name2 ? name2 : "", nlen2);
+  push_shown_name(L, name ? name : "", nlen);
+  push_shown_name(L, name2 ? name2 : "", nlen2);
   tide__push_error(L, "TemplateError", fmt, lua_tostring(L, -2),
                    lua_tostring(L, -1));
   lua_pushstring(L, c->t->file);
@@ -185,7 +203,8 @@ static int add_name(compiler *c, const char *s, size_t n, int split,
   tmpl_name nm = {0, 0, 0};
   if (split && !(n == 1 && s[0] == '.')) {
     for (size_t i = 0; i < n; i++)
-      if (is_space(s[i]) || s[i] == '{' || s[i] == '}')
+      /* (a control byte too: a NUL would cut the name where it is looked up) */
+      if (is_space(s[i]) || s[i] == '{' || s[i] == '}' || (unsigned char)s[i] < 0x20 || s[i] == 0x7f)
         return compile_error(c, "invalid name '%s'", s, n, NULL, 0);
     if (s[0] == '.' || s[n - 1] == '.' || memmem(s, n, "..", 2))
       return compile_error(c, "invalid name '%s'", s, n, NULL, 0);
@@ -751,10 +770,17 @@ static int l_render(lua_State *L) {
     return 1;
   }
   /* Drop the buffer (and anything left above it); the names in the error
-  ** live in templates that are still anchored by arguments 1 and 3. */
+  ** live in templates that are still anchored by arguments 1 and 3, and
+  ** are copied as messages show them. */
   lua_settop(L, 5);
   lua_pushnil(L);
-  tide__push_error(L, "TemplateError", r.err_fmt, r.err_a, r.err_b);
+  const char *a = r.err_a ? push_shown_name(L, r.err_a, strlen(r.err_a)) : NULL;
+  const char *b = r.err_b ? push_shown_name(L, r.err_b, strlen(r.err_b)) : NULL;
+  tide__push_error(L, "TemplateError", r.err_fmt, a, b);
+  if (lua_gettop(L) > 7) { /* the error next to the nil, the names dropped */
+    lua_replace(L, 7);
+    lua_settop(L, 7);
+  }
   lua_pushstring(L, r.err_file);
   lua_setfield(L, -2, "file");
   if (r.err_line > 0) { /* text has no line of its own: no line, not 0 */

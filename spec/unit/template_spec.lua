@@ -297,6 +297,18 @@ describe("core.template_compile", function()
       assert.are.equal("set-delimiter tags are not supported", compile_error("{{=<% %>=}}").message)
     end)
 
+    it("shows a name in a message cut at 80 bytes and with control bytes as '?'", function()
+      local long = string.rep("x", 100000)
+      assert.are.equal("invalid name '" .. string.rep("x", 79) .. "?...'",
+        compile_error("{{" .. string.rep("x", 79) .. "\0 " .. long .. "}}").message)
+      assert.are.equal("invalid name 'a?b'", compile_error("{{a\0b}}").message)
+      assert.are.equal("invalid name 'a?b'", compile_error("{{a\1b}}").message)
+      assert.are.equal("unclosed section '" .. string.rep("s", 80) .. "...'",
+        compile_error("{{#" .. string.rep("s", 5000) .. "}}").message)
+      local err = render_error("{{" .. string.rep("v", 300) .. "}}", {})
+      assert.are.equal("unknown variable '" .. string.rep("v", 80) .. "...'", err.message)
+    end)
+
     it("names the template 'template' when no name is given", function()
       local _, err = core.template_compile("{{#x}}")
       assert.are.equal("template", err.file)
