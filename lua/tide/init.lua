@@ -15,6 +15,12 @@ tide.version = core.version
 local loaded = package.loaded
 local function blocking(fn, ...)
   if core.current() then return fn(...) end
+  if core.running() then
+    -- a coroutine of the caller's own, resumed by a task: the loop cannot
+    -- wake it (only tasks wait), and a run of its own cannot start
+    error("tide: this call waits on the event loop, and a plain coroutine (coroutine.wrap, coroutine.create) "
+      .. "cannot wait on it: run the code in a task (tide.spawn) instead", 3)
+  end
   local res = table.pack(core.run(function(...)
     local r = table.pack(fn(...))
     -- spans the call queued go out now, not after the batch delay

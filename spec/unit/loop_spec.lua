@@ -196,6 +196,26 @@ describe("tasks", function()
     assert.matches("already running", tostring(err))
   end)
 
+  it("says why a plain coroutine inside a task cannot make a blocking call", function()
+    local results = tide.run(function()
+      local out = {}
+      for _, fn in ipairs {
+        function() return tide.sleep(1) end,
+        function() return require("tide.http").request { url = "http://127.0.0.1:9/" } end,
+      } do
+        out[#out + 1] = { pcall(coroutine.wrap(fn)) }
+      end
+      out[#out + 1] = { tide.spawn(function() tide.sleep(1) return "in a task" end):join() }
+      return out
+    end)
+    for i = 1, 2 do
+      assert.is_false(results[i][1])
+      assert.matches("a plain coroutine (coroutine.wrap, coroutine.create) cannot wait on it: run the code in a task",
+        results[i][2], 1, true)
+    end
+    assert.are.equal("in a task", results[3][1])
+  end)
+
   it("blocks outside a task by running its own loop", function()
     local t0 = core.hrtime()
     tide.sleep(20)
