@@ -508,6 +508,114 @@ describe("tide.testing.record and replay", function()
     assert.has_error(function() srv:respond(1, { body = "x" }) end, "attempt to use a closed server")
   end)
 
+  describe("a file it must not record to", function()
+    it("reports a FIFO or a directory at once instead of blocking", function()
+      local dir = os.tmpname()
+      os.remove(dir)
+      local fifo = dir .. "/fifo.jsonl"
+      assert(os.execute(("mkdir %q && mkfifo %q"):format(dir, fifo)))
+      -- A reader for the FIFO, so that an open that waited for one comes back
+      -- (and the spec fails rather than hangs); it gives up on its own.
+      assert(os.execute(("timeout 3 cat %q >/dev/null 2>&1 &"):format(fifo)))
+      for _, path in ipairs { fifo, dir } do
+        for _, append in ipairs { false, true } do
+          local ok, rec, err = pcall(testing.record, { provider = make("openai", "http://127.0.0.1:1/v1", false),
+            cassette = path, append = append })
+          if ok and rec then rec:close() end
+          assert.is_true(ok, rec)
+          assert.is_true(rec == nil, "recording to a " .. (path == fifo and "FIFO" or "directory"))
+          assert.are.equal("CassetteError", err.code)
+          assert.are.equal(path .. ": cannot open for writing: not a regular file", err.message)
+        end
+      end
+      os.remove(fifo)
+      os.remove(dir)
+    end)
+
+    it("refuses to append another provider's or base path's exchanges, and leaves the file as it was", function()
+      local path = tmpfile()
+      local mock = assert(testing.mock_server { replies = { "hello", "hello", "hello" } })
+      local rec = assert(testing.record { provider = make("anthropic", mock.url .. "/v1", false), cassette = path })
+      assert.are.equal("hello", (script(rec, "hi")))
+      rec:close()
+      local before = read(path)
+      local function refused(p, pattern)
+        local r, err = testing.record { provider = p, cassette = path, append = true }
+        if r then r:close() end
+        assert.is_true(r == nil, "appended")
+        assert.are.equal("CassetteError", err.code)
+        assert.are.equal(1, err.line)
+        assert.are.equal(path .. ":1: " .. pattern, err.message)
+        assert.are.equal(before, read(path))
+      end
+      refused(make("openai", mock.url .. "/v1", false),
+        "recorded from a 'anthropic' provider, cannot append a 'openai' provider's exchanges")
+      -- the same kind elsewhere (Claude on Bedrock has no /v1): other paths, other shapes
+      refused(make("anthropic", mock.url .. "/api/v1?key=" .. KEY, false),
+        'recorded from a \'anthropic\' provider at base path "/v1", cannot append one at "/api/v1"')
+      -- and a file that is no cassette is not made one
+      write(path, "my notes\n")
+      before = read(path)
+      refused(make("anthropic", mock.url .. "/v1", false), "not a tide cassette: the first line is not a JSON object")
+
+      -- The same provider at the same base path appends under the one header.
+      os.remove(path)
+      for _, text in ipairs { "one", "two" } do
+        rec = assert(testing.record { provider = make("anthropic", mock.url .. "/v1", false), cassette = path,
+          append = true })
+        assert.are.equal("hello", (script(rec, text)))
+        rec:close()
+      end
+      mock:close()
+      local recorded = lines(path)
+      assert.are.equal(3, #recorded)
+      assert.are.equal("tide", recorded[1].cassette)
+      local srv = assert(testing.replay(path, { provider = "anthropic" }))
+      local p = make("anthropic", srv.url .. srv.base_path, false)
+      assert.are.equal("hello", (script(p, "one")))
+      assert.are.equal("hello", (script(p, "two")))
+      assert.are.same({}, srv:mismatches())
+      srv:close()
+      os.remove(path)
+    end)
+  end)
+
+  it("compares integers beyond 2^53 and empty arrays and objects exactly", function()
+    local recorded = '{"seed":9007199254740993,"tools":[],"meta":{},"n":[1,2.5],'
+      .. '"big":123456789012345678901234567890,"s":"n5","t":"a","nested":[{"content":[ ]}]}'
+    local path = tmpfile()
+    write(path, '{"base_path":"/v1","cassette":"tide","provider":"openai","version":1}\n'
+      .. cjson.encode({ n = 1, request = { method = "POST", path = "/v1/chat/completions", headers = {},
+        body = recorded }, response = { status = 200, headers = {}, body = "{}" } }) .. "\n")
+    -- the recorded body with `from` put in place of `to`
+    local function differences(from, to)
+      local body = recorded:gsub(from:gsub("%p", "%%%0"), (to:gsub("%%", "%%%%")))
+      assert.are_not.equal(recorded, body)
+      local srv = assert(testing.replay(path))
+      local res = assert(tide.http.request { method = "POST", url = srv.url .. "/v1/chat/completions", body = body })
+      local m = srv:mismatches()
+      srv:close()
+      assert.are.equal(#m == 0 and 200 or 409, res.status)
+      return #m == 0 and {} or m[1].differences
+    end
+    -- what never counted still does not: spacing, key order, 1 written 1.0
+    assert.are.same({}, differences('"seed":9007199254740993,', ' "seed" : 9007199254740993 , '))
+    assert.are.same({}, differences('"n":[1,2.5],', '"n":[1.0,2.5],'))
+    assert.are.same({}, differences('"tools":[],"meta":{}', '"meta":{ },"tools":[ ]'))
+    assert.are.same({ "body $.seed: expected 9007199254740993, got 9007199254740992" },
+      differences("9007199254740993", "9007199254740992"))
+    assert.are.same({ "body $.big: expected 123456789012345678901234567890, got 123456789012345678901234567891" },
+      differences("123456789012345678901234567890", "123456789012345678901234567891"))
+    assert.are.same({ "body $.tools: expected [], got {}" }, differences('"tools":[]', '"tools":{}'))
+    assert.are.same({ "body $.meta: expected {}, got []" }, differences('"meta":{}', '"meta":[]'))
+    assert.are.same({ "body $.nested[0].content: expected [], got {}" },
+      differences('"content":[ ]', '"content":{}'))
+    -- strings that look like the rewrite's numbers and arrays stay strings
+    assert.are.same({ 'body $.s: expected "n5", got 5' }, differences('"s":"n5"', '"s":5'))
+    assert.are.same({ 'body $.t: expected "a", got []' }, differences('"t":"a"', '"t":[]'))
+    os.remove(path)
+  end)
+
   it("raises on misuse", function()
     assert.has_error(function() testing.record { cassette = "x.jsonl" } end)
     assert.has_error(function() testing.record { provider = make("openai", "http://127.0.0.1:1/v1", true) } end)

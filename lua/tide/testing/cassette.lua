@@ -84,14 +84,29 @@ local function ms_since(t0)
   return math.floor((core.hrtime() - t0) / 1e5 + 0.5) / 10
 end
 
+-- An integer of a request body beyond 64 bits, as its digits: replay
+-- compares such numbers exactly (see `exact` below).
+local BIG = { __name = "tide.testing.cassette.big_integer" }
+
+-- `v` with each BIG in it as the float nearest, for the encoder.
+local function encodable(v)
+  if type(v) ~= "table" then return v end
+  if getmetatable(v) == BIG then return tonumber(v.text) end
+  local out = setmetatable({}, getmetatable(v))
+  for k, x in pairs(v) do out[k] = encodable(x) end
+  return out
+end
+
 -- A value for a message: its JSON, cut to `max` bytes.
 local function show(v, max)
   max = max or 80
   local s
   if v == nil then
     s = "(absent)"
+  elseif getmetatable(v) == BIG then
+    s = v.text
   else
-    local ok, enc = pcall(encode, v)
+    local ok, enc = pcall(encode, encodable(v))
     s = ok and enc or tostring(v)
   end
   if #s > max then s = s:sub(1, max - 3) .. "..." end
@@ -106,6 +121,18 @@ local function json_error(status, kind, message)
     -- Shaped so that both providers' error parsers read the message.
     body = encode({ type = "error", error = { type = kind, message = message } }),
   }
+end
+
+-- What makes `v`, a cassette's first line decoded, no header this tide
+-- reads, or nil.
+local function header_problem(v)
+  if v.cassette ~= "tide" then
+    return "not a tide cassette: the first line must be {\"cassette\":\"tide\",...}"
+  end
+  if v.version ~= VERSION then
+    return ("cassette version %s, this tide reads version %d"):format(show(v.version), VERSION)
+  end
+  if type(v.provider) ~= "string" then return "the header has no 'provider'" end
 end
 
 -- ------------------------------------------------------------------ record
@@ -305,10 +332,50 @@ function Recorder:close()
   end
 end
 
+-- The header of the cassette at `path`, which a recording will append to,
+-- and its line; false when the file holds no header yet (it is empty);
+-- nil, err when it is no cassette this tide reads.
+local function existing_header(path)
+  local file, ferr = io.open(path, "r")
+  if not file then return nil, cassette_error(path, nil, "cannot open: " .. tostring(ferr)) end
+  local lineno = 0
+  for line in file:lines() do
+    lineno = lineno + 1
+    if not line:match("^%s*$") then
+      file:close()
+      local v = json.decode(line)
+      local problem = type(v) ~= "table" and "not a tide cassette: the first line is not a JSON object"
+        or header_problem(v)
+      if problem then return nil, cassette_error(path, lineno, problem) end
+      return v, lineno
+    end
+  end
+  file:close()
+  return false
+end
+
+-- Why a recording from provider `kind` at `base_path` cannot go into the
+-- cassette with `header`, or nil. Replay serves every exchange to one
+-- provider at one base path, as the header says: another's exchanges would
+-- come back in shapes its client does not read.
+local function mixed(header, kind, base_path)
+  if header.provider ~= kind then
+    return ("recorded from a '%s' provider, cannot append a '%s' provider's exchanges"):format(header.provider, kind)
+  end
+  local recorded = type(header.base_path) == "string" and header.base_path or ""
+  if recorded ~= base_path then
+    -- (a query in a base_url may hold a key: only the paths are named)
+    local function bare(s) return show((s:gsub("[?#].*", ""))) end
+    return ("recorded from a '%s' provider at base path %s, cannot append one at %s"):format(kind, bare(recorded),
+      bare(base_path))
+  end
+end
+
 ---@class tide.testing.record_opts
 ---@field provider table a provider (tide.provider.openai / .anthropic / any with a `base_url`)
 ---@field cassette string the JSONL file to write
----@field append? boolean add to an existing cassette instead of starting it afresh
+---@field append? boolean add to an existing cassette (recorded from the same provider kind and base path)
+---instead of starting it afresh
 
 --- Records a provider's traffic. Returns a copy of `provider` that talks to
 --- a loopback proxy in front of the real endpoint: every exchange (request
@@ -325,7 +392,8 @@ end
 --- client gets a 502.
 ---@param opts tide.testing.record_opts
 ---@return table|nil provider the recording copy
----@return table|nil err `CassetteError` (the file cannot be opened) or `ListenFailed`
+---@return table|nil err `CassetteError` (the file cannot be opened or is not a regular file; appending:
+---it is no tide cassette, or one recorded from another provider or base path) or `ListenFailed`
 function M.record(opts)
   if type(opts) ~= "table" then
     error(("bad argument #1 to 'record' (table expected, got %s)"):format(type(opts)), 2)
@@ -349,6 +417,20 @@ function M.record(opts)
   if not origin then
     error("bad argument #1 to 'record' (the provider's base_url is not an http(s) URL)", 2)
   end
+  -- (opening a FIFO for writing blocks until a reader comes; a directory
+  -- or a device holds no cassette)
+  local kind = core.file_kind(path)
+  if kind and kind ~= "file" then
+    return nil, cassette_error(path, nil, "cannot open for writing: not a regular file")
+  end
+  local header
+  if opts.append and kind == "file" then
+    local where
+    header, where = existing_header(path)
+    if header == nil then return nil, where end
+    local problem = header and mixed(header, p.kind or "unknown", base_path)
+    if problem then return nil, cassette_error(path, where, problem) end
+  end
   local file, ferr = io.open(path, opts.append and "a" or "w")
   if not file then return nil, cassette_error(path, nil, "cannot open for writing: " .. tostring(ferr)) end
   local self = setmetatable({
@@ -356,7 +438,7 @@ function M.record(opts)
     timeout_ms = p.timeout_ms, max_body_bytes = p.max_body_bytes,
     file = file, seq = 0, written = 0, pending = {}, closed = false,
   }, Recorder)
-  if file:seek("end") == 0 then
+  if not header then
     file:write(encode({ cassette = "tide", version = VERSION, provider = p.kind or "unknown",
                                 base_path = base_path }), "\n")
     file:flush()
@@ -391,6 +473,78 @@ end
 
 -- ------------------------------------------------------------------ replay
 
+-- Request bodies are compared as JSON values, which lua-cjson 2.1.0 does
+-- not quite give: it reads every number as a double (2^53 + 1 comes back
+-- as 2^53) and `[]` like `{}`, as an empty table. So a body is decoded
+-- from a rewrite of itself in which, outside strings, each number is the
+-- string "n" followed by its text and each empty array the string "a";
+-- each string value gets an "s" in front, so that none passes for either
+-- (keys stay as they are). `exact` then puts the values back: a number as
+-- Lua reads its text (an integer stays an integer; one beyond 64 bits is a
+-- BIG), an empty array marked with json.array_mt.
+local function tagged(text)
+  local out, i = {}, 1
+  while true do
+    local s, _, c = text:find('(["%[%-%d])', i)
+    if not s then break end
+    out[#out + 1] = text:sub(i, s - 1)
+    if c == '"' then
+      local j, e = s + 1, nil
+      repeat
+        local q, _, qc = text:find('(["\\])', j)
+        if not q then return nil end
+        if qc == "\\" then j = q + 2 else e = q end
+      until e
+      out[#out + 1] = text:find("^%s*:", e + 1) and text:sub(s, e) or '"s' .. text:sub(s + 1, e)
+      i = e + 1
+    elseif c == "[" then
+      local _, e = text:find("^%[%s*%]", s)
+      out[#out + 1] = e and '"a"' or "["
+      i = (e or s) + 1
+    else
+      local _, e = text:find("^[%-+%d%.eE]+", s)
+      out[#out + 1] = '"n' .. text:sub(s, e) .. '"'
+      i = e + 1
+    end
+  end
+  out[#out + 1] = text:sub(i)
+  return table.concat(out)
+end
+
+local function untagged(v)
+  if type(v) == "string" then
+    local tag = v:sub(1, 1)
+    if tag == "s" then return v:sub(2) end
+    if tag == "a" then return json.array() end
+    local text = v:sub(2)
+    local n = tonumber(text)
+    -- (Lua reads an integer too wide for 64 bits as a float)
+    if math.type(n) == "float" and not text:find("[.eE]") then return setmetatable({ text = text }, BIG) end
+    return math.tointeger(n) or n
+  elseif type(v) == "table" then
+    for k, x in pairs(v) do v[k] = untagged(x) end
+  end
+  return v
+end
+
+-- Body `text` decoded exactly; nil when it is not JSON. (lua-cjson also
+-- reads NaN, Infinity and hex numbers, which are not JSON: a body with one
+-- is compared byte for byte.)
+local function exact(text)
+  if text == "" or json.decode_fast(text) == nil then return nil end
+  local rewritten = tagged(text)
+  local v = rewritten and json.decode_fast(rewritten)
+  if v == nil then return nil end
+  return untagged(v)
+end
+
+-- A number's value in full, when it is beyond what an integer holds: a
+-- BIG's digits, or those of a whole float ("%.0f" writes them all).
+local function digits(v)
+  if getmetatable(v) == BIG then return v.text end
+  if math.type(v) == "float" and v == math.floor(v) then return ("%.0f"):format(v) end
+end
+
 -- Where two decoded JSON values differ, as "path: what" strings, at most
 -- `limit` of them (then `out.more` counts the rest). Array indices are
 -- 0-based, as in JSONPath.
@@ -410,9 +564,13 @@ end
 
 local function json_diff(exp, got, path, out, limit)
   local te, tg = type(exp), type(got)
-  if te == "table" and tg == "table" then
+  if getmetatable(exp) == BIG or getmetatable(got) == BIG then
+    local d = digits(exp)
+    if d and d == digits(got) then return end
+  elseif te == "table" and tg == "table" then
+    -- (an empty array is marked, so an empty table is an object)
     local ae, ag = is_array(exp), is_array(got)
-    if ae and ag or (ae and next(got) == nil) or (ag and next(exp) == nil) then
+    if ae and ag then
       local n = math.max(#exp, #got)
       for i = 1, n do
         local sub = ("%s[%d]"):format(path, i - 1)
@@ -481,8 +639,7 @@ local function differences(exp, got)
     push(out, LIMIT, ("path: expected %s, got %s"):format(exp.path, got.path))
   end
   if exp.body ~= got.body then
-    local je = exp.body ~= "" and json.decode(exp.body)
-    local jg = got.body ~= "" and json.decode(got.body)
+    local je, jg = exact(exp.body), exact(got.body)
     if je ~= nil and jg ~= nil and je ~= false and jg ~= false then
       json_diff(je, jg, "body $", out, LIMIT)
     else
@@ -524,13 +681,8 @@ local function load(path, want_kind)
         return nil, cassette_error(path, lineno, what)
       end
       if not header then
-        if v.cassette ~= "tide" then
-          return bad("not a tide cassette: the first line must be {\"cassette\":\"tide\",...}")
-        end
-        if v.version ~= VERSION then
-          return bad(("cassette version %s, this tide reads version %d"):format(show(v.version), VERSION))
-        end
-        if type(v.provider) ~= "string" then return bad("the header has no 'provider'") end
+        local problem = header_problem(v)
+        if problem then return bad(problem) end
         if want_kind and v.provider ~= want_kind then
           return bad(("recorded from a '%s' provider, not '%s'"):format(v.provider, want_kind))
         end
@@ -686,7 +838,8 @@ Replay.__close = Replay.close
 
 --- Serves a cassette on 127.0.0.1: the n-th request gets the n-th recorded
 --- response, streamed chunk by chunk when it was streamed. A request whose
---- method, path or body (JSON compared as values) differs from the
+--- method, path or body (JSON compared as values, exactly: an integer past
+--- 2^53 as an integer, `[]` apart from `{}`) differs from the
 --- recorded one (a `[REDACTED]` in the recorded path matches whatever the
 --- replaying provider sends there), or one past the end of the cassette, is
 --- answered 409 with "request N differs from the cassette: <first
