@@ -164,7 +164,7 @@ static int is_space(char ch) {
 ** there, a newline) as '?'. Returns the pushed string. */
 #define SHOWN_NAME_MAX 80
 static const char *push_shown_name(lua_State *L, const char *s, size_t n) {
-  char buf[SHOWN_NAME_MAX + 4];
+  char buf[SHOWN_NAME_MAX + 4] = ""; /* (an error path: its cost does not count) */
   size_t k = n > SHOWN_NAME_MAX ? SHOWN_NAME_MAX : n;
   for (size_t i = 0; i < k; i++) {
     unsigned char ch = (unsigned char)s[i];
