@@ -127,17 +127,14 @@ local function unescape_ascii(s)
   end))
 end
 
---- `s` with every secret of `secrets` (from `M.secrets`) replaced by `mark`
---- (MARK), and the start of one at its very end (an excerpt cut through it)
---- too. JSON escapes of printable ASCII in `s` are written out first.
+--- `s` with every occurrence of each secret of `secrets`, as it stands,
+--- replaced by `mark` (MARK); nothing else is looked at.
 ---@param s string
 ---@param secrets string[]
 ---@param mark? string
 ---@return string
-function M.string(s, secrets, mark)
+function M.replace(s, secrets, mark)
   mark = mark or M.MARK
-  if #secrets == 0 then return s end
-  s = unescape_ascii(s)
   for _, secret in ipairs(secrets) do
     local i = s:find(secret, 1, true)
     if i then
@@ -151,6 +148,20 @@ function M.string(s, secrets, mark)
       s = table.concat(parts, mark)
     end
   end
+  return s
+end
+
+--- `s` with every secret of `secrets` (from `M.secrets`) replaced by `mark`
+--- (MARK), and the start of one at its very end (an excerpt cut through it)
+--- too. JSON escapes of printable ASCII in `s` are written out first.
+---@param s string
+---@param secrets string[]
+---@param mark? string
+---@return string
+function M.string(s, secrets, mark)
+  mark = mark or M.MARK
+  if #secrets == 0 then return s end
+  s = M.replace(unescape_ascii(s), secrets, mark)
   for _, secret in ipairs(secrets) do
     local n = stub_length(s, secret)
     if n then

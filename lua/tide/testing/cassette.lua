@@ -177,20 +177,7 @@ end
 
 -- Every occurrence of each secret, as it stands, replaced.
 local function replace_plain(s, secrets)
-  for _, secret in ipairs(secrets) do
-    local i = s:find(secret, 1, true)
-    if i then
-      local parts, j = {}, 1
-      while i do
-        parts[#parts + 1] = s:sub(j, i - 1)
-        j = i + #secret
-        i = s:find(secret, j, true)
-      end
-      parts[#parts + 1] = s:sub(j)
-      s = table.concat(parts, REDACTED)
-    end
-  end
-  return s
+  return require("tide.redact").replace(s, secrets, REDACTED)
 end
 
 local function count_marks(s)
