@@ -204,6 +204,31 @@ end
 
 -- ------------------------------------------------------------ connecting --
 
+--- Runs `fn(...)` (Redis steps) in a task of its own until `deadline` (in
+--- core.now() ms): its results, or nil, false once the deadline passed (the
+--- task cancelled; a command already sent still runs if Redis answers).
+--- The task starts at once, as a direct call would: its first command is
+--- on its way before the caller first waits. For what must not wait on a
+--- Redis that neither answers nor closes the connection.
+---@param deadline integer
+---@param fn function
+---@return any ...
+function M.until_deadline(deadline, fn, ...)
+  local t = core.spawn_now(fn, ...)
+  while true do
+    local r = table.pack(t:join(math.max(1, deadline - core.now())))
+    local st = t:status()
+    if st == "done" or st == "failed" then
+      if r[1] == nil and type(r[2]) ~= "table" then error(r[2], 0) end -- a bug, not Redis
+      return table.unpack(r, 1, r.n)
+    end
+    if st == "waiting" and core.now() >= deadline then
+      t:cancel()
+      return nil, false
+    end
+  end
+end
+
 -- AUTH, SELECT and a PING on a connection just made: the connection, or
 -- nil, err (the connection closed).
 local function handshake(self, conn)
@@ -254,21 +279,13 @@ function Cluster:_open()
   if not conn then
     return nil, unavailable("connect", ("cannot reach Redis at %s: %s"):format(self.url, err.message:gsub("^redis: connect: ", "")))
   end
-  local t = core.spawn_now(handshake, self, conn)
-  while true do
-    local r = table.pack(t:join(math.max(1, deadline - core.now())))
-    local st = t:status()
-    if st == "done" or st == "failed" then
-      if r[1] == nil and type(r[2]) ~= "table" then error(r[2], 0) end -- a bug, not Redis
-      return table.unpack(r, 1, r.n)
-    end
-    if st == "waiting" and core.now() >= deadline then
-      t:cancel()
-      conn:abort() -- (closed gracefully, it would wait for the answer)
-      return nil, unavailable("timeout", ("Redis at %s did not answer within %d ms"):format(self.url,
-        self._connect_timeout))
-    end
+  local opened, herr = M.until_deadline(deadline, handshake, self, conn)
+  if opened == nil and herr == false then
+    conn:abort() -- (closed gracefully, it would wait for the answer)
+    return nil, unavailable("timeout", ("Redis at %s did not answer within %d ms"):format(self.url,
+      self._connect_timeout))
   end
+  return opened, herr
 end
 
 -- Subscriptions whose connection is gone, and whose background retries

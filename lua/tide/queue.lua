@@ -169,28 +169,11 @@ local function decode_reply(payload)
   return v.reply, v.stats or {}
 end
 
--- Runs fn(...) (a submit's Redis steps) in a task of its own until
--- `deadline`: a Redis that neither answers nor closes the connection (a
--- paused server, a network cut) must not hold a submitter past its
--- timeout_ms. fn's results, or nil, false once the deadline passed (the
--- task cancelled; a command already sent still runs if Redis answers).
--- The step starts at once, as a direct call would: its command is on its
--- way before the submitter first waits.
-local function until_deadline(deadline, fn, ...)
-  local t = core.spawn_now(fn, ...)
-  while true do
-    local r = table.pack(t:join(math.max(1, deadline - core.now())))
-    local st = t:status()
-    if st == "done" or st == "failed" then
-      if r[1] == nil and type(r[2]) ~= "table" then error(r[2], 0) end -- a bug, not Redis
-      return table.unpack(r, 1, r.n)
-    end
-    if st == "waiting" and core.now() >= deadline then
-      t:cancel()
-      return nil, false
-    end
-  end
-end
+-- A submit's Redis steps run until its deadline (tide.cluster's
+-- until_deadline): a Redis that neither answers nor closes the connection
+-- (a paused server, a network cut) must not hold a submitter past its
+-- timeout_ms.
+local until_deadline = cluster_mod.until_deadline
 
 -- Gives a request up at its submitter's deadline: its marker deleted while
 -- it is still queued (a worker that picks it up then drops it), or, when a
