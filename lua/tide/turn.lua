@@ -217,8 +217,14 @@ local function tool_task(run, t, args, call, t0)
   if err and err.code == "ApprovalRequired" then return nil, err end
   local limit = run.cap
   if type(text) == "table" then
+    -- The cap is the whole result's: each text part gets what the ones
+    -- before it left (a hundred parts are not a hundred caps).
     for _, p in ipairs(text) do -- (a text file's text is text too)
-      if (p.type == "text" or p.type == "file") and p.text then p.text = cap(utf8_text(p.text), limit) end
+      if (p.type == "text" or p.type == "file") and p.text then
+        local t = utf8_text(p.text)
+        p.text = cap(t, limit)
+        limit = limit - math.min(#t, limit)
+      end
     end
   elseif text then
     text = utf8_text(text)

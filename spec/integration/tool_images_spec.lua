@@ -240,7 +240,7 @@ describe("a tool that shows the model an image", function()
     end)
   end)
 
-  it("caps each text part of an image result, never the image", function()
+  it("caps the text of an image result as a whole, never the image", function()
     local long = tide.tool { name = "long", description = "d", parameters = { type = "object", properties = {} },
       handler = function() return { string.rep("x", 100), tide.image { data = PNG },
         tide.file { data = string.rep("y", 100), name = "log.txt" } } end }
@@ -251,8 +251,16 @@ describe("a tool that shows the model an image", function()
       local content = srv:requests()[2].json.messages[3].content[1].content
       assert.matches("^xxxxxxxxxx\n%[truncated: 90 bytes omitted%]$", content[1].text)
       assert.are.equal(PNG_B64, content[2].source.data)
-      -- a text file's text is capped as text is
-      assert.matches("^yyyyyyyyyy\n%[truncated: 90 bytes omitted%]$", content[3].source.data)
+      -- a text file's text is capped as text is, with what the parts
+      -- before it left: nothing here
+      assert.matches("^\n%[truncated: 100 bytes omitted%]$", content[3].source.data)
+    end)
+    with_mock({ replies = { { tool_calls = { { id = "c", name = "long", arguments = {} } } }, "ok" } }, function(srv)
+      local s = tide.session { agent = "capped", provider = KINDS.anthropic(srv.url), result_cap_bytes = 150 }
+      assert.are.equal("ok", assert(s:turn("go")))
+      local content = srv:requests()[2].json.messages[3].content[1].content
+      assert.are.equal(string.rep("x", 100), content[1].text)
+      assert.matches("^" .. string.rep("y", 50) .. "\n%[truncated: 50 bytes omitted%]$", content[3].source.data)
     end)
   end)
 end)
