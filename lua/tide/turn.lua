@@ -181,6 +181,17 @@ local function report_end(run, call, r, ms)
   end
 end
 
+-- Raises the error of a listener that raised in a call's task, once the
+-- round's results are in the history (the calls answered with what they
+-- gave): the turn stops as for a listener that raises in its own task.
+local function raise_listener_error(run)
+  local lerr = run.listener_err
+  if lerr ~= nil then
+    run.listener_err = nil
+    error(lerr, 0)
+  end
+end
+
 -- The body of a call's task: the tool's text or its error, capped, and the
 -- end reported at the time it ends (when someone listens).
 local function tool_task(run, t, args, call, t0)
@@ -232,7 +243,15 @@ local function tool_task(run, t, args, call, t0)
   else
     err.message = cap(utf8_text(err.message), limit)
   end
-  if run.listen then report_end(run, call, result(call, text or ("Error: " .. err.message), text == nil), ms_since(t0)) end
+  if run.listen then
+    -- A listener that raises stops the turn, as it does where the turn's
+    -- own task reports (see the tool loop); raised here, it would become
+    -- this call's result, and the model would read a tool that worked as
+    -- one that failed.
+    local ok, lerr = pcall(report_end, run, call, result(call, text or ("Error: " .. err.message), text == nil),
+      ms_since(t0))
+    if not ok then run.listener_err = run.listener_err or lerr end
+  end
   -- One value when it worked: a task that returns at most one gives its
   -- coroutine back for the next call as it ends (core.spawn), instead of
   -- when the garbage collector finds its task.
@@ -768,6 +787,7 @@ local function loop(session, opts, run, first, state)
       end
       history:append(results_message(results, textual))
       if stop_err then return nil, stop_err end
+      raise_listener_error(run)
     end
     ::next_iteration::
   end
@@ -888,6 +908,7 @@ local function resume_body(session, _, opts, run)
   end
   session.paused = nil
   session.conversation:append(results_message(results, p.textual))
+  raise_listener_error(run)
   return loop(session, opts, run, p.iteration + 1, p)
 end
 

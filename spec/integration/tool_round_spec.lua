@@ -63,6 +63,31 @@ describe("the tool round", function()
     assert.are.equal("Error: disk full", r.c.content)
   end)
 
+  it("stops the turn for a listener that raises at a call's end, the calls keeping what they gave", function()
+    local ok_tool = tide.tool { name = "ok", description = "o", handler = function() return "it worked" end }
+    for _, calls in ipairs {
+      { { id = "a", name = "ok", arguments = {} } }, -- (one call: its task runs at once)
+      { { id = "a", name = "ok", arguments = {} }, { id = "b", name = "ok", arguments = {} } },
+    } do
+      local s = session_calling(calls, { ok_tool })
+      local requests = #srv:requests()
+      local reply, err = s:turn("go", { on_tool_end = function(call)
+        if call.id == "a" then error("the listener broke") end
+      end })
+      assert.is_nil(reply)
+      assert.are.equal("TurnFailed", err.code)
+      assert.matches("the listener broke", err.message)
+      local r = last_results(s)
+      for _, c in ipairs(calls) do
+        assert.is_false(r[c.id].is_error)
+        assert.are.equal("it worked", r[c.id].content)
+      end
+      assert.are.equal(requests + 1, #srv:requests()) -- no request after the round
+      -- and the session goes on from a valid history
+      assert.are.equal("fin", s:turn("again"))
+    end
+  end)
+
   it("gives an error result for a result JSON cannot hold (a cycle, a function inside)", function()
     local cyclic = {}
     cyclic.self = cyclic
