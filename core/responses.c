@@ -106,10 +106,12 @@ typedef struct part_state {
   str_field type, text, refusal;
 } part_state;
 
-/* A reasoning item taken: its strings in the parser's `parts` buffer. */
+/* A reasoning item taken: its strings in the parser's `parts` buffer. Or,
+** `whole`, a hosted tool's item (web_search_call) kept as its raw JSON in
+** `data`: sent back as it came, the record of what the service ran. */
 typedef struct reasoning_part {
   span id, summary, data;
-  int has_data;
+  int has_data, whole;
 } reasoning_part;
 
 typedef struct responses_stream {
@@ -248,8 +250,24 @@ static int keep_part(responses_stream *st, const char *s, size_t n, span *at) {
   return tide__buf_add(&st->parts, s, n) ? J_NOMEM : J_OK;
 }
 
-/* Takes the item just scanned, the output's item number i (from 1). */
-static int take_item(responses_stream *st, size_t i) {
+/* Room for one more reasoning part; the part, zeroed, or NULL. */
+static reasoning_part *new_part(responses_stream *st) {
+  if (st->nreasoning == st->reasoning_cap) {
+    size_t cap = st->reasoning_cap ? st->reasoning_cap * 2 : 4;
+    if (cap > SIZE_MAX / sizeof *st->reasoning) return NULL;
+    reasoning_part *q = realloc(st->reasoning, cap * sizeof *q);
+    if (q == NULL) return NULL;
+    st->reasoning = q;
+    st->reasoning_cap = cap;
+  }
+  reasoning_part *r = &st->reasoning[st->nreasoning];
+  memset(r, 0, sizeof *r);
+  return r;
+}
+
+/* Takes the item just scanned, the output's item number i (from 1), whose
+** JSON is raw (rawn bytes). */
+static int take_item(responses_stream *st, size_t i, const char *raw, size_t rawn) {
   const item_state *it = &st->item;
   const tide_buf *sb = &st->scratch;
   const char *scratch = scratch_of(st);
@@ -282,17 +300,9 @@ static int take_item(responses_stream *st, size_t i) {
       st->item_err_at = i;
       return J_OK;
     }
-    if (st->nreasoning == st->reasoning_cap) {
-      size_t cap = st->reasoning_cap ? st->reasoning_cap * 2 : 4;
-      if (cap > SIZE_MAX / sizeof *st->reasoning) return J_NOMEM;
-      reasoning_part *q = realloc(st->reasoning, cap * sizeof *q);
-      if (q == NULL) return J_NOMEM;
-      st->reasoning = q;
-      st->reasoning_cap = cap;
-    }
-    reasoning_part *r = &st->reasoning[st->nreasoning];
+    reasoning_part *r = new_part(st);
+    if (r == NULL) return J_NOMEM;
     r->has_data = it->data.has;
-    r->data.off = r->data.len = 0;
     if (keep_part(st, scratch + it->id.s.off, it->id.s.len, &r->id) ||
         keep_part(st, st->summary.p, st->summary.len, &r->summary) ||
         (r->has_data && keep_part(st, scratch + it->data.s.off, it->data.s.len, &r->data)))
@@ -300,9 +310,22 @@ static int take_item(responses_stream *st, size_t i) {
     st->nreasoning++;
   } else if (span_is(sb, &it->type, "web_search_call")) {
     st->searches++; /* counted for what it costs (usage.web_searches) */
+    /* Kept whole among the reasoning parts, in order: the next requests
+    ** carry it back, so that the model still knows what it searched and
+    ** found, and a reasoning item before it keeps the item it led to. The
+    ** service takes it back with its id even when nothing is stored (as
+    ** the Vercel AI SDK's recorded replay of October 2026 shows). */
+    if (it->id.has && it->id.s.len > 0) {
+      reasoning_part *r = new_part(st);
+      if (r == NULL) return J_NOMEM;
+      r->whole = r->has_data = 1;
+      if (keep_part(st, scratch + it->id.s.off, it->id.s.len, &r->id) ||
+          keep_part(st, raw, rawn, &r->data))
+        return J_NOMEM;
+      st->nreasoning++;
+    }
   }
-  /* Server-side tools' items (web_search_call, ...) are not tide's to send
-  ** back or run. */
+  /* Other server-side tools' items are not tide's to send back or run. */
   return J_OK;
 }
 
@@ -320,9 +343,10 @@ static int scan_item(tide_json *p, size_t i) {
   }
   memset(&st->item, 0, sizeof st->item);
   st->item_text.len = st->item_refusal.len = st->summary.len = 0;
+  size_t start = p->i;
   int rc = tide__json_each_member(p, item_member);
   if (rc != J_OK) return rc;
-  return take_item(st, i);
+  return take_item(st, i, p->s + start, p->i - start);
 }
 
 static int output_element(tide_json *p, size_t idx) {
@@ -547,6 +571,18 @@ static void push_reply(lua_State *L, responses_stream *st) {
     for (size_t i = 0; i < st->nreasoning; i++) {
       const reasoning_part *part = &st->reasoning[i];
       lua_createtable(L, 0, 5);
+      if (part->whole) { /* { type = "item", id, item = raw JSON, provider } */
+        lua_pushliteral(L, "item");
+        lua_setfield(L, -2, "type");
+        push_span(L, &st->parts, part->id);
+        lua_setfield(L, -2, "id");
+        push_span(L, &st->parts, part->data);
+        lua_setfield(L, -2, "item");
+        lua_pushliteral(L, REASONING_PROVIDER);
+        lua_setfield(L, -2, "provider");
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+        continue;
+      }
       lua_pushliteral(L, "encrypted");
       lua_setfield(L, -2, "type");
       push_span(L, &st->parts, part->id);

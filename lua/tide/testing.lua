@@ -1974,7 +1974,9 @@ function responses.validate(_, req)
     -- Without store, an item's id names nothing the service kept: it looks
     -- it up and fails (what OpenAI's API answers for newer models, and
     -- Azure's always).
-    if not store and item.id ~= nil then
+    -- (but for a hosted tool's call, which it takes whole, id and all: the
+    -- Vercel AI SDK's recorded replay of a web_search_call, October 2026)
+    if not store and item.id ~= nil and ty ~= "web_search_call" then
       return responses_reject(("Item with id '%s' not found. Items are not persisted when `store` is set to false. "
         .. "Try again with `store` set to true, or remove this item from your input."):format(tostring(item.id)),
         "input")
@@ -1996,6 +1998,17 @@ function responses.validate(_, req)
               .. "and 'input_file'."):format(tostring(pt)), ("%s.content[%d]"):format(where, j - 1), "invalid_value")
           end
         end
+      end
+    elseif ty == "web_search_call" then
+      for _, f in ipairs { "id", "status", "action" } do
+        if item[f] == nil then
+          return responses_reject(("Missing required parameter: '%s.%s'."):format(where, f), where .. "." .. f,
+            "missing_required_parameter")
+        end
+      end
+      if type(item.action) ~= "table" or type(item.action.type) ~= "string" then
+        return responses_reject(("Invalid type for '%s.action': expected an object."):format(where),
+          where .. ".action", "invalid_type")
       end
     elseif ty == "function_call" then
       if type(item.call_id) ~= "string" or type(item.name) ~= "string" or type(item.arguments) ~= "string" then
@@ -2040,7 +2053,8 @@ function responses.validate(_, req)
       end
       local nxt = input[i + 1]
       local nty = type(nxt) == "table" and (nxt.type or (nxt.role and "message")) or nil
-      if not (nty == "function_call" or nty == "reasoning" or (nty == "message" and nxt.role == "assistant")) then
+      if not (nty == "function_call" or nty == "reasoning" or nty == "web_search_call"
+          or (nty == "message" and nxt.role == "assistant")) then
         return responses_reject(("Item '%s' of type 'reasoning' was provided without its required following item.")
           :format(tostring(item.id)), "input")
       end

@@ -82,10 +82,13 @@ for _, stream in ipairs({ true, false }) do
         local reqs = srv:requests()
         assert.are.same({ type = "web_search", search_context_size = "low" }, reqs[1].json.tools[1])
         assert.are.equal("lookup", reqs[1].json.tools[2].name)
-        -- the search is the service's own: only tide's call went back, with its output
+        -- the search went back as it came (what was searched and found),
+        -- before tide's call and its output
         local types = {}
         for i, item in ipairs(reqs[2].json.input) do types[i] = item.type end
-        assert.are.same({ "message", "function_call", "function_call_output" }, types)
+        assert.are.same({ "message", "web_search_call", "function_call", "function_call_output" }, types)
+        assert.are.same({ type = "web_search_call", id = "ws_mock1_1", status = "completed",
+          action = { type = "search", query = "tide tables" } }, reqs[2].json.input[2])
         assert.are.equal(1, s:stats().tool_calls)
         -- each web_search_call is a search billed apart
         assert.are.equal(2, s:stats().web_searches)
@@ -192,6 +195,53 @@ for _, stream in ipairs({ true, false }) do
           assert.are.same({ { type = "summary_text", text = "Weighing the options." } }, input[2].summary)
           assert.are.equal("function_call", input[3].type)
         end)
+    end)
+
+    it("sends a web search back as it came, after the reasoning that led to it, through a resume", function()
+      define_looker("responses_thinking_searcher")
+      local reply = { reasoning = "Search first.", server_tools = { { name = "web_search", input = { query = "tides" } } },
+                      tool_calls = { { id = "call_W", name = "lookup", arguments = { q = "port" } } } }
+      with_mock({ replies = { reply, "High tide is at 6.", "Still 6." } }, function(srv)
+        local dir = helpers.tmpdir()
+        local function session(o)
+          return tide.session(setmetatable({ agent = "responses_thinking_searcher",
+            provider = make(srv.url, stream, { reasoning = { effort = "low", summary = "auto" },
+              server_tools = { { type = "web_search" } } }) }, { __index = o }))
+        end
+        local s = session { transcript = dir .. "/t.jsonl" }
+        assert.are.equal("High tide is at 6.", assert(s:turn("when?")))
+        s:close()
+        -- stateless, the reasoning item without its id, the search with its
+        -- own (the service takes a hosted call back whole), in their order
+        local input = srv:requests()[2].json.input
+        local types = {}
+        for i, item in ipairs(input) do types[i] = item.type end
+        assert.are.same({ "message", "reasoning", "web_search_call", "function_call", "function_call_output" }, types)
+        assert.is_nil(input[2].id)
+        assert.are.same({ type = "web_search_call", id = "ws_mock1_1", status = "completed",
+          action = { type = "search", query = "tides" } }, input[3])
+        -- resumed in another session: the same items, byte for byte
+        local r = assert(session { resume = dir .. "/t.jsonl" })
+        assert.are.equal("Still 6.", assert(r:turn("sure?")))
+        r:close()
+        local again = srv:requests()[3].body
+        local first = srv:requests()[2].body
+        local items = first:match('"input":%[(.*)%]}$')
+        assert.is_truthy(items)
+        assert.are.equal(1, select(2, again:gsub('"type":"web_search_call"', "")))
+        assert.is_truthy(again:find(items:sub(1, #items - 1), 1, true))
+        helpers.rmdir(dir)
+      end)
+    end)
+
+    it("refuses a restored hosted tool's item that is not one", function()
+      local p = make("http://127.0.0.1:9", stream)
+      for _, bad in ipairs { "not json", '{"type":"message","id":"m"}', '{"type":"web_search_call"}', "[]" } do
+        local ok, err = pcall(p.encode_message, p, { role = "assistant", content = "x",
+          reasoning = { { type = "item", provider = "openai_responses", id = "ws_1", item = bad } } })
+        assert.is_false(ok)
+        assert.matches("reasoning%[1%] %(a Responses hosted tool's item%) needs 'item'", tostring(err))
+      end
     end)
 
     it("sends no reasoning item that nothing follows (a reply cut off while reasoning)", function()

@@ -702,6 +702,14 @@ local function add_item(acc, item, i)
     acc.reasoning[#acc.reasoning + 1] = responses_reasoning(item)
   elseif ty == "web_search_call" then
     acc.searches = (acc.searches or 0) + 1
+    -- kept whole, in place among the reasoning parts (the C parser keeps
+    -- its raw bytes; this reference, decoded, its canonical JSON: specs
+    -- compare the two canonically)
+    if type(item.id) == "string" and item.id ~= "" then
+      acc.reasoning = acc.reasoning or {}
+      acc.reasoning[#acc.reasoning + 1] = { type = "item", id = item.id, item = json.canonical(item),
+                                            provider = "openai_responses" }
+    end
   end
   return nil
 end

@@ -23,7 +23,10 @@
 --- `reasoning.encrypted_content` (with `store = false` a reasoning item can
 --- only be sent back with it). A reasoning item becomes `{ type =
 --- "encrypted", id, data = encrypted_content, summary = "...", provider =
---- "openai_responses" }`; only such parts are ever sent back, and only here.
+--- "openai_responses" }`, and a hosted tool's call (`web_search_call`), in
+--- its place among them, `{ type = "item", id, item = its JSON as it came,
+--- provider = "openai_responses" }`; only such parts are ever sent back,
+--- and only here.
 local provider = require "tide.provider.base"
 local core = require "tide.core"
 local json = require "tide.json"
@@ -92,8 +95,8 @@ function Provider:encode_prefix(system, tools, schema)
     fields.parallel_tool_calls = self.parallel_tool_calls and "true" or "false"
   end
   -- The built-in tools (server_tools: web search, file search, ...) go
-  -- first, as given; their items in a reply are the service's own and are
-  -- not sent back (the message that used them is).
+  -- first, as given; a reply's web_search_call items go back with it (see
+  -- reasoning_items).
   if #list + #server > 0 then
     local encoded = {}
     for i, t in ipairs(server) do encoded[i] = t end
@@ -151,7 +154,12 @@ local function reasoning_items(reasoning, store)
   if reasoning == nil then return nil end
   local items, n = nil, 0
   for _, r in ipairs(reasoning) do
-    if type(r) == "table" and r.provider == M.REASONING and r.type == "encrypted" and type(r.id) == "string"
+    if type(r) == "table" and r.provider == M.REASONING and r.type == "item" and type(r.item) == "string" then
+      -- a hosted tool's item (web_search_call), as it came, id and all
+      n = n + 1
+      items = items or {}
+      items[n] = r.item
+    elseif type(r) == "table" and r.provider == M.REASONING and r.type == "encrypted" and type(r.id) == "string"
         and (store or type(r.data) == "string") then
       local summary = (type(r.summary) == "string" and r.summary ~= "")
         and '[{"text":' .. quote(r.summary) .. ',"type":"summary_text"}]' or "[]"
@@ -175,7 +183,13 @@ local function check_reasoning(reasoning, level)
     if type(r) ~= "table" then
       error(("tide.provider.openai: reasoning[%d] must be a table"):format(i), level + 1)
     end
-    if r.provider == M.REASONING then
+    if r.provider == M.REASONING and r.type == "item" then
+      local item = type(r.item) == "string" and r.item:match("^%s*{") and json.decode(r.item)
+      if type(item) ~= "table" or item.type ~= "web_search_call" or type(item.id) ~= "string" then
+        error(("tide.provider.openai: reasoning[%d] (a Responses hosted tool's item) needs 'item', the JSON "
+          .. "object of a web_search_call with its id"):format(i), level + 1)
+      end
+    elseif r.provider == M.REASONING then
       if r.type ~= "encrypted" or type(r.id) ~= "string" or (r.data ~= nil and type(r.data) ~= "string")
           or (r.summary ~= nil and type(r.summary) ~= "string") then
         error(("tide.provider.openai: reasoning[%d] (a Responses reasoning item) needs type \"encrypted\", "
