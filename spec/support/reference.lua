@@ -736,6 +736,16 @@ local function failed_response(obj)
   return nil
 end
 
+--- `reply` (core.responses_parse's or _stream's, or nil) with each hosted
+--- tool's item as this reference keeps it: canonical JSON, where C keeps
+--- the bytes as they came. Returns `reply`.
+function M.canonical_items(reply)
+  for _, part in ipairs(type(reply) == "table" and reply.reasoning or {}) do
+    if part.type == "item" then part.item = json.canonical(decode_fast(part.item)) end
+  end
+  return reply
+end
+
 --- A whole Responses body (core.responses_parse gives the same): the
 --- reply, or nil and the error.
 function M.responses_parse(body)

@@ -703,14 +703,7 @@ describe("core.responses_stream and core.responses_parse against the Lua parser 
   end
 
   -- The C parser's result for a body fed in pieces, as the exchange feeds it.
-  -- A hosted tool's item as the reference keeps it: canonical JSON, where
-  -- C keeps the bytes as they came.
-  local function canonical_items(reply)
-    for _, part in ipairs(reply and reply.reasoning or {}) do
-      if part.type == "item" then part.item = json.canonical(json.decode(part.item)) end
-    end
-    return reply
-  end
+  local canonical_items = ref.canonical_items
 
   local function by_c(body, r)
     local s <close> = core.responses_stream()
