@@ -221,7 +221,8 @@ end
 
 -- Runs `fn(child)` one spawn level below `parent`, in a task of its own;
 -- maps what it gives to what a delegation gives: the child's text, or nil
--- and a ToolError; BudgetExhausted and Cancelled raise through, and a child
+-- and a ToolError; BudgetExhausted, Cancelled and a listener's failure raise
+-- through, and a child
 -- that paused for approval gives ApprovalRequired with the child (it stays
 -- open: s:resume() continues it). `tree`, when given, counts the run once
 -- its task exists: a spawn refused for its depth runs no sub-agent.
@@ -265,6 +266,7 @@ local function in_child_task(parent, child_path, open, fn, tree)
   if reply == nil then
     if type(e) == "table" and e.code == "BudgetExhausted" then error(e, 0) end
     if type(e) == "table" and e.code == "Cancelled" then error(e, 0) end
+    if type(e) == "table" and e.listener == true then error(e, 0) end -- (the root's listener failed)
     return tool_error("sub-agent %s failed: %s", child_path, error_text(e))
   end
   return reply

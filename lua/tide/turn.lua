@@ -95,9 +95,25 @@ function M.error_text(err)
 end
 local error_text = M.error_text
 
--- Errors that stop the turn instead of becoming a tool result.
+-- Errors that stop the turn instead of becoming a tool result: a spent
+-- budget, a cancel, a listener's failure.
 local function passes_through(e)
-  return type(e) == "table" and (e.code == "BudgetExhausted" or e.code == "Cancelled")
+  return type(e) == "table" and (e.code == "BudgetExhausted" or e.code == "Cancelled" or e.listener == true)
+end
+
+-- A listener (on_event, on_tool_start, on_tool_end) that raises stops the
+-- turn, and in a sub-agent's turn the whole tree: its error is marked
+-- (`listener = true`) so that no layer takes it for a tool's failure or
+-- the model's business. Nil for no listener.
+local function guarded(fn)
+  if fn == nil then return nil end
+  return function(...)
+    local ok, e = pcall(fn, ...)
+    if not ok then
+      if not passes_through(e) then e = core.error("TurnFailed", M.error_text(e), { detail = e, listener = true }) end
+      error(e, 0)
+    end
+  end
 end
 
 -- A tool's failure as the one error a tool gives: ToolError, its message the
@@ -318,7 +334,8 @@ local function join_call(run, call, task, t0, limit_ms)
     if run.listen then report_end(run, call, r, ms_since(t0)) end
     return r
   end
-  local r = result(call, "Error: " .. error_text(err), true)
+  -- (a listener's failure is the application's, not the model's business)
+  local r = result(call, err.listener and "Error: the turn stopped (TurnFailed)" or "Error: " .. error_text(err), true)
   if passes_through(err) then return r, err end
   return r
 end
@@ -929,8 +946,9 @@ local function drive(session, opts, paused, fn, text)
   local inherited_budget = ctx.tide_budget
   local budget = inherited_budget or (paused and paused.budget)
   if not budget and session.budget_limits then budget = tree_budget().new(session.budget_limits) end
-  local sink = opts.on_event or ctx.tide_on_event
-  local on_start, on_end = opts.on_tool_start, opts.on_tool_end
+  -- (a sub-agent's turn inherits its root's sink, guarded already)
+  local sink = opts.on_event and guarded(opts.on_event) or ctx.tide_on_event
+  local on_start, on_end = guarded(opts.on_tool_start), guarded(opts.on_tool_end)
   -- The turn in progress: `caller` is the task it runs in (what cancel
   -- interrupts), `tasks` its live tool and sub-agent tasks, `pending` the
   -- calls being run (answered by the repair if the turn stops).

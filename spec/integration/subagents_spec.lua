@@ -401,11 +401,39 @@ describe("sub-agents", function()
       end })
       return r, e, open_in_dir()
     end)
-    -- (how a listener's error reaches the root is not this spec's concern)
-    assert.matches("the listener broke", tostring(r3) .. tostring(e3 and e3.message))
+    -- the whole tree stops, as for a listener raising in the root's turn
+    assert.is_nil(r3)
+    assert.are.equal("TurnFailed", e3.code)
+    assert.is_true(e3.listener)
+    assert.matches("the listener broke", e3.message)
     assert.are.equal(1, open3)
     s3:close()
     collectgarbage("restart")
+  end)
+
+  it("stops the whole tree for a listener that raises at a sub-agent's own event, never telling the model", function()
+    local lookup = tide.tool { name = "lookup", description = "l", handler = function() return "found" end }
+    tide.agent { id = "worker", prompt = "Agent worker.", tools = { lookup } }
+    tide.agent { id = "lead", prompt = "Agent lead.", subagents = { "worker" } }
+    srv.default = scripted {
+      lead = { call = function() return { { name = "delegate_worker", arguments = { task = "t" } } } end },
+      worker = { call = function() return { { name = "lookup", arguments = {} } } end },
+    }
+    local s = tide.session { agent = "lead", provider = provider }
+    local reply, err = s:turn("go", { on_event = function(ev)
+      if ev.type == "tool_start" and ev.depth == 1 then error("no tools below the root, says the app") end
+    end })
+    assert.is_nil(reply)
+    assert.are.equal("TurnFailed", err.code)
+    assert.matches("no tools below the root, says the app", err.message)
+    -- the delegation is answered (the history stays a valid conversation),
+    -- with the turn's stop, not the application's words
+    local h = s:history()
+    local last = h[#h]
+    assert.are.equal("tool", last.role)
+    assert.are.equal("Error: the turn stopped (TurnFailed)", last.results[1].content)
+    assert.are.equal(2, #srv:requests()) -- lead's, worker's first: nothing after the failure
+    assert.matches("^lead done: ", s:turn("again")) -- and the session goes on from a valid history
   end)
 
   it("honours a per-agent spawn-depth limit", function()
