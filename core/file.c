@@ -17,18 +17,20 @@
 
 #include "tide.h"
 
+/* nil and a FileError: "cannot <what> <path>: <why>". */
+static int file_error(lua_State *L, const char *what, const char *path, int err) {
+  lua_pushnil(L);
+  tide__push_error(L, "FileError", "cannot %s %s: %s", what, path, strerror(err));
+  return 2;
+}
+
 /// core.write_private(path, bytes) -> true | nil, err (FileError): writes
 /// bytes to a new file beside path, mode 0600, and renames it over path.
 static int l_write_private(lua_State *L) {
-  size_t plen, n;
-  const char *path = luaL_checklstring(L, 1, &plen);
+  size_t n;
+  const char *path = luaL_checkstring(L, 1);
   const char *data = luaL_checklstring(L, 2, &n);
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  luaL_addlstring(&b, path, plen);
-  luaL_addstring(&b, ".tideXXXXXX");
-  luaL_pushresult(&b);
-  char *tmp = strdup(lua_tostring(L, -1));
+  char *tmp = strdup(lua_pushfstring(L, "%s.tideXXXXXX", path)); /* (mkstemp fills it in) */
   lua_pop(L, 1);
   if (tmp == NULL) return luaL_error(L, "not enough memory");
   int fd = mkstemp(tmp); /* (mkstemp's file is the owner's only: 0600) */
@@ -45,11 +47,7 @@ static int l_write_private(lua_State *L) {
   if (!err && rename(tmp, path) != 0) err = errno;
   if (err && fd >= 0) unlink(tmp);
   free(tmp);
-  if (err) {
-    lua_pushnil(L);
-    tide__push_error(L, "FileError", "cannot write %s: %s", path, strerror(err));
-    return 2;
-  }
+  if (err) return file_error(L, "write", path, err);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -60,12 +58,7 @@ static int l_truncate(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   lua_Integer size = luaL_checkinteger(L, 2);
   luaL_argcheck(L, size >= 0, 2, "must be >= 0");
-  if (truncate(path, (off_t)size) != 0) {
-    int err = errno;
-    lua_pushnil(L);
-    tide__push_error(L, "FileError", "cannot truncate %s: %s", path, strerror(err));
-    return 2;
-  }
+  if (truncate(path, (off_t)size) != 0) return file_error(L, "truncate", path, errno);
   lua_pushboolean(L, 1);
   return 1;
 }

@@ -23,6 +23,7 @@ local function integrations_cache() return require("tide.integrations.cache") en
 -- session's delegation tools call in here).
 local function session_module() return require "tide.session" end
 local function error_text(err) return require("tide.turn").error_text(err) end
+local function passes_through(err) return require("tide.turn")._passes_through(err) end
 local function emit(ev) return session_module()._emit(ev) end
 
 -- A delegation that cannot run: the parent model reads it as a tool error.
@@ -219,18 +220,18 @@ local function child_session(parent, def, sub_opts, child_path, tpath, resume)
   }
 end
 
--- Runs `fn(child)` one spawn level below `parent`, in a task of its own;
--- maps what it gives to what a delegation gives: the child's text, or nil
--- and a ToolError; BudgetExhausted, Cancelled and a listener's failure raise
--- through, and a child
--- that paused for approval gives ApprovalRequired with the child (it stays
--- open: s:resume() continues it). `tree`, when given, counts the run once
--- its task exists: a spawn refused for its depth runs no sub-agent.
 -- Closes a child session however its task ends (a call's timeout or a
 -- cancel unwinds the task too), unless it is kept: a child paused for
 -- approval stays open for s:resume().
 local closer_mt = { __close = function(self) if not self.keep then self.session:close() end end }
 
+-- Runs `fn(child)` one spawn level below `parent`, in a task of its own;
+-- maps what it gives to what a delegation gives: the child's text, or nil
+-- and a ToolError; what stops a turn (BudgetExhausted, Cancelled, a
+-- listener's failure) raises through, and a child that paused for approval
+-- gives ApprovalRequired with the child (it stays open: s:resume()
+-- continues it). `tree`, when given, counts the run once its task exists:
+-- a spawn refused for its depth runs no sub-agent.
 local function in_child_task(parent, child_path, open, fn, tree)
   local child
   -- The child's failures are given back, never raised: a parent stopped
@@ -264,9 +265,7 @@ local function in_child_task(parent, child_path, open, fn, tree)
     return nil, core.error("ApprovalRequired", e.message, { pending = e.pending, session = child })
   end
   if reply == nil then
-    if type(e) == "table" and e.code == "BudgetExhausted" then error(e, 0) end
-    if type(e) == "table" and e.code == "Cancelled" then error(e, 0) end
-    if type(e) == "table" and e.listener == true then error(e, 0) end -- (the root's listener failed)
+    if passes_through(e) then error(e, 0) end
     return tool_error("sub-agent %s failed: %s", child_path, error_text(e))
   end
   return reply

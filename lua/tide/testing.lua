@@ -121,6 +121,9 @@ local function decode(s)
   return nil
 end
 
+-- (a Bedrock model id as the path carries it: ':' and an ARN's '/' encoded)
+local function percent_decode(s) return require("tide.provider.base")._percent_decode(s) end
+
 local function tokens(nbytes)
   return math.max(1, (nbytes + 3) // 4)
 end
@@ -1553,7 +1556,7 @@ local PROFILE_ONLY = { "^anthropic%.claude%-3%-5%-sonnet%-20241022", "^anthropic
 function anthropic.bedrock_refusal(self, req)
   local refused = bedrock_auth(self, req, "bedrock")
   if refused then return refused end
-  local id = req.path:match("^/model/([^/]+)/"):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+  local id = percent_decode(req.path:match("^/model/([^/]+)/"))
   for _, pattern in ipairs(PROFILE_ONLY) do
     if id:find(pattern) then
       return bedrock_error(400, "ValidationException", ("Invocation of model ID %s with on-demand throughput "
@@ -2216,7 +2219,7 @@ local EFFORT = { low = true, medium = true, high = true }
 local function converse_model_fields(req, json)
   local extra = json.additionalModelRequestFields
   if extra == nil then return nil end
-  local id = req.path:match("^/model/([^/]+)/"):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+  local id = percent_decode(req.path:match("^/model/([^/]+)/"))
   local maker = require("tide.provider.bedrock")._family(id)
   if maker == "amazon" and id:find("nova%-2") then maker = "nova2" end
   local known = MODEL_FIELDS[maker]
@@ -2529,7 +2532,7 @@ function Mock:_handle(req)
     local json = copy(rec.json)
     json.stream = route:match("stream$") ~= nil
     -- the reply names the model as Anthropic does
-    local id = route:match("^/model/([^/]+)/"):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+    local id = percent_decode(route:match("^/model/([^/]+)/"))
     json.model = id:match("anthropic%.(claude[%w%-%.]-)%-v%d+:%d+$") or id
     rec = setmetatable({ json = json }, { __index = rec })
   elseif req.method == "POST" and (route:match("^/model/[^/]+/converse$")
@@ -2540,7 +2543,7 @@ function Mock:_handle(req)
     shape, converse_rec = "converse", true
     local json = copy(type(rec.json) == "table" and rec.json or {})
     json.stream = route:match("stream$") ~= nil
-    json.model = route:match("^/model/([^/]+)/"):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+    json.model = percent_decode(route:match("^/model/([^/]+)/"))
     rec = setmetatable({ json = json }, { __index = rec })
   else
     local routes = self._opts.routes

@@ -100,6 +100,7 @@ local error_text = M.error_text
 local function passes_through(e)
   return type(e) == "table" and (e.code == "BudgetExhausted" or e.code == "Cancelled" or e.listener == true)
 end
+M._passes_through = passes_through -- (a delegation raises them through too)
 
 -- A listener (on_event, on_tool_start, on_tool_end) that raises stops the
 -- turn, and in a sub-agent's turn the whole tree: its error is marked
@@ -110,7 +111,7 @@ local function guarded(fn)
   return function(...)
     local ok, e = pcall(fn, ...)
     if not ok then
-      if not passes_through(e) then e = core.error("TurnFailed", M.error_text(e), { detail = e, listener = true }) end
+      if not passes_through(e) then e = core.error("TurnFailed", error_text(e), { detail = e, listener = true }) end
       error(e, 0)
     end
   end
@@ -197,17 +198,6 @@ local function report_end(run, call, r, ms)
   end
 end
 
--- Raises the error of a listener that raised in a call's task, once the
--- round's results are in the history (the calls answered with what they
--- gave): the turn stops as for a listener that raises in its own task.
-local function raise_listener_error(run)
-  local lerr = run.listener_err
-  if lerr ~= nil then
-    run.listener_err = nil
-    error(lerr, 0)
-  end
-end
-
 -- The body of a call's task: the tool's text or its error, capped, and the
 -- end reported at the time it ends (when someone listens).
 local function tool_task(run, t, args, call, t0)
@@ -260,13 +250,14 @@ local function tool_task(run, t, args, call, t0)
     err.message = cap(utf8_text(err.message), limit)
   end
   if run.listen then
-    -- A listener that raises stops the turn, as it does where the turn's
-    -- own task reports (see the tool loop); raised here, it would become
-    -- this call's result, and the model would read a tool that worked as
-    -- one that failed.
+    -- A listener that raises stops the turn (its error is marked: see
+    -- guarded); raised here, it would take the place of this call's
+    -- result, and the model would read a tool that worked as one that
+    -- failed. So the call keeps what it gave, and the listener's error
+    -- comes third, for join_call to stop the round with.
     local ok, lerr = pcall(report_end, run, call, result(call, text or ("Error: " .. err.message), text == nil),
       ms_since(t0))
-    if not ok then run.listener_err = run.listener_err or lerr end
+    if not ok then return text, err, lerr end
   end
   -- One value when it worked: a task that returns at most one gives its
   -- coroutine back for the next call as it ends (core.spawn), instead of
@@ -314,17 +305,17 @@ end
 -- result, and the error that stops the turn, if any. A call past its
 -- timeout is cancelled and gets an error result.
 local function join_call(run, call, task, t0, limit_ms)
-  local text, err
+  local text, err, stop -- (stop: a listener's error, raised at the call's end)
   if task:status() == "done" then -- a call run at once that never waited
-    text, err = task:join()
+    text, err, stop = task:join()
   else
     -- (the time left from what has passed: t0 + limit in nanoseconds
     -- overflows for a limit that means "never", math.maxinteger)
     local left = limit_ms - (hrtime() - t0) // 1000000
-    text, err = task:join(left > 0 and math.tointeger(left) or 0)
+    text, err, stop = task:join(left > 0 and math.tointeger(left) or 0)
   end
-  if text then return result(call, text, false) end
-  if err.code == "ToolError" then return result(call, "Error: " .. err.message, true) end
+  if text then return result(call, text, false), stop end
+  if err.code == "ToolError" then return result(call, "Error: " .. err.message, true), stop end
   if err.code == "ApprovalRequired" and err.session then -- a sub-agent waits for a decision
     return nil, nil, { call = call, child_session = err.session }
   end
@@ -804,7 +795,6 @@ local function loop(session, opts, run, first, state)
       end
       history:append(results_message(results, textual))
       if stop_err then return nil, stop_err end
-      raise_listener_error(run)
     end
     ::next_iteration::
   end
@@ -925,7 +915,6 @@ local function resume_body(session, _, opts, run)
   end
   session.paused = nil
   session.conversation:append(results_message(results, p.textual))
-  raise_listener_error(run)
   return loop(session, opts, run, p.iteration + 1, p)
 end
 

@@ -40,9 +40,7 @@ function M.uri_encode(s, keep_slash)
 end
 local uri_encode = M.uri_encode
 
-local function uri_decode(s)
-  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
-end
+local uri_decode = base._percent_decode
 
 -- The host header libcurl sends for `authority`: its port only when it is
 -- not the scheme's own.

@@ -622,6 +622,13 @@ function provider._percent_encode(s)
   return (s:gsub("[^%w%-_%.~]", function(c) return ("%%%02X"):format(c:byte()) end))
 end
 
+--- `s` with each %XX written out as its byte.
+---@param s string
+---@return string
+function provider._percent_decode(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
 --- `s` in base64url without padding (RFC 7515's, for a JWT).
 ---@param s string
 ---@return string
@@ -969,9 +976,7 @@ end
 -- -------------------------------------------------------------- the wire
 
 -- RFC 3986: everything but the unreserved characters is percent-encoded.
-local function escape(s)
-  return (s:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end))
-end
+local escape = provider._percent_encode
 
 --- `base .. path`, with `query` (a table, nil or empty: none) as URL
 --- parameters, sorted and percent-encoded: the same URL for the same

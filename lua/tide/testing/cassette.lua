@@ -146,9 +146,8 @@ Recorder.__index = Recorder
 -- sig) has "+", "/" and "=" to encode; one taken from a URL is encoded
 -- already and may be echoed decoded.
 local function url_forms(s)
-  local enc = s:gsub("[^%w%-%._~]", function(c) return ("%%%02X"):format(c:byte()) end)
-  local dec = s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
-  return enc, dec
+  local base = require "tide.provider.base"
+  return base._percent_encode(s), base._percent_decode(s)
 end
 
 -- The secrets of one exchange: the provider's (its key, token, credential
