@@ -102,10 +102,10 @@ local function passes_through(e)
 end
 M._passes_through = passes_through -- (a delegation raises them through too)
 
--- A listener (on_event, on_tool_start, on_tool_end) that raises stops the
--- turn, and in a sub-agent's turn the whole tree: its error is marked
--- (`listener = true`) so that no layer takes it for a tool's failure or
--- the model's business. Nil for no listener.
+-- A listener (on_event, on_tool_start, on_tool_end, on_delta, on_reasoning)
+-- that raises stops the turn, and in a sub-agent's turn the whole tree: its
+-- error is marked (`listener = true`) so that no layer takes it for a
+-- tool's failure or the model's business. Nil for no listener.
 local function guarded(fn)
   if fn == nil then return nil end
   return function(...)
@@ -520,6 +520,8 @@ local NO_OPTS = setmetatable({}, { __newindex = function() error("NO_OPTS is rea
 local function complete_opts(run, on_delta, on_reasoning)
   local sink = run.sink
   if not (on_delta or on_reasoning or sink) then return NO_OPTS end
+  -- (callbacks, as on_tool_start: one that raises stops the turn, marked)
+  on_delta, on_reasoning = guarded(on_delta), guarded(on_reasoning)
   local depth, agent = run.depth, run.agent
   local o = {}
   if on_delta or sink then

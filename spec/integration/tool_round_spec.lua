@@ -252,6 +252,30 @@ describe("the tool round", function()
     assert.are.equal("a", msgs[4].tool_call_id)
   end)
 
+  it("stops the turn for an on_delta or on_reasoning that raises, marked as a listener's, sent once", function()
+    for _, case in ipairs {
+      { stream = false, opt = "on_delta" }, { stream = true, opt = "on_delta" },
+      { stream = false, opt = "on_reasoning" }, { stream = true, opt = "on_reasoning" },
+    } do
+      local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = case.stream }
+      srv.default = { text = "the answer", reasoning = "thinking it over" }
+      local id = "listen_" .. tostring(math.random(1e9))
+      tide.agent { id = id, prompt = "You answer." }
+      local s = tide.session { agent = id, provider = p }
+      local before = #srv:requests()
+      local reply, err = s:turn("go", { [case.opt] = function() error("listener bug") end })
+      local what = case.opt .. (case.stream and ", streamed" or "")
+      assert.is_nil(reply, what)
+      assert.are.equal("TurnFailed", err.code, what)
+      assert.is_true(err.listener, what)
+      assert.matches("listener bug", err.message, nil, what)
+      -- a listener's failure is not the server's: no retry
+      assert.are.equal(before + 1, #srv:requests(), what)
+      srv.default = "again"
+      assert.are.equal("again", s:turn("next"), what)
+    end
+  end)
+
   it("leaves the session usable when a resumed turn is cancelled while its approved call runs", function()
     local started = false
     local slow = tide.tool { name = "slow", description = "s", approval = true,
