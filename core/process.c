@@ -783,6 +783,22 @@ static int l_tostring(lua_State *L) {
   return 1;
 }
 
+extern char **environ;
+
+/* core.environ() -> { NAME = value }: this process's environment, for a
+** program that runs with it and a few variables more (env_array's input). */
+static int l_environ(lua_State *L) {
+  lua_newtable(L);
+  for (char **e = environ; e != NULL && *e != NULL; e++) {
+    const char *eq = strchr(*e, '=');
+    if (eq == NULL || eq == *e) continue; /* (not NAME=value: left out) */
+    lua_pushlstring(L, *e, (size_t)(eq - *e));
+    lua_pushstring(L, eq + 1);
+    lua_rawset(L, -3);
+  }
+  return 1;
+}
+
 void tide__open_process(lua_State *L) {
   static const luaL_Reg meta[] = {{"__gc", l_gc},
                                   {"__close", l_gc},
@@ -795,7 +811,7 @@ void tide__open_process(lua_State *L) {
                                      {"pid", l_pid},       {"stderr", l_stderr},
                                      {"hold", l_hold},     {"closed", l_closed},
                                      {NULL, NULL}};
-  static const luaL_Reg fns[] = {{"process_spawn", l_process_spawn}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"process_spawn", l_process_spawn}, {"environ", l_environ}, {NULL, NULL}};
   tide__register_type(L, PROCESS_MT, meta, methods);
   get_list(L);
   luaL_setfuncs(L, fns, 0);

@@ -296,15 +296,241 @@ describe("tide.provider.google.adc for impersonation and workload identity feder
       assert.are.equal("ya29.impersonated", resolve({ GOOGLE_APPLICATION_CREDENTIALS = path }))
       assert.are.equal("1200s", cjson.decode(iam_seen[1].body).lifetime)
       os.remove(path)
-      -- sources tide does not read say so
-      for kind, cs in pairs { ["an executable"] = { executable = { command = "/bin/true" } },
-        AWS = { environment_id = "aws1", region_url = "http://x" } } do
-        path = tmpfile(cjson.encode { type = "external_account", audience = "a", subject_token_type = "t",
-          credential_source = cs })
-        local _, err = resolve({ GOOGLE_APPLICATION_CREDENTIALS = path })
-        assert.matches("takes its subject token from " .. kind .. ", which tide does not take", err, 1, true)
-        os.remove(path)
+      -- a source tide does not read says so
+      path = tmpfile(cjson.encode { type = "external_account", audience = "a", subject_token_type = "t",
+        credential_source = { certificate = { certificate_config_location = "/x.json" } } })
+      local _, err = resolve({ GOOGLE_APPLICATION_CREDENTIALS = path })
+      assert.matches("takes its subject token from a certificate, which tide does not take", err, 1, true)
+      os.remove(path)
+    end)
+  end)
+
+  -- The signature of an AWS request, worked out here step by step as AWS's
+  -- Signature Version 4 documentation lays it out (not with tide's signer).
+  local function sigv4(secret, amz_date, region, service, canonical_request)
+    local core = tide.core
+    local function hex(x) return (x:gsub(".", function(c) return ("%02x"):format(c:byte()) end)) end
+    local scope = amz_date:sub(1, 8) .. "/" .. region .. "/" .. service .. "/aws4_request"
+    local to_sign = "AWS4-HMAC-SHA256\n" .. amz_date .. "\n" .. scope .. "\n" .. hex(core.sha256(canonical_request))
+    local k = core.hmac_sha256("AWS4" .. secret, amz_date:sub(1, 8))
+    k = core.hmac_sha256(core.hmac_sha256(core.hmac_sha256(k, region), service), "aws4_request")
+    return hex(core.hmac_sha256(k, to_sign)), scope
+  end
+
+  local AWS_AUDIENCE = "//iam.googleapis.com/projects/123456/locations/global/workloadIdentityPools/aws-pool/"
+    .. "providers/aws-provider"
+  local AWS_TYPE = "urn:ietf:params:aws:token-type:aws4_request"
+
+  -- The subject token decoded: the signed request as Google's STS reads it.
+  local function signed_request(subject)
+    return cjson.decode((subject:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)))
+  end
+
+  it("signs an AWS workload's GetCallerIdentity request with the instance role's keys as its subject token", function()
+    local calls, seen = {}, {}
+    local function imds_only(req, ok)
+      calls[#calls + 1] = req.method .. " " .. req.path
+      if req.headers["x-aws-ec2-metadata-token"] ~= "imds-session" then return { status = 401, body = "" } end
+      return ok
+    end
+    with_mock({ routes = {
+      ["/latest/api/token"] = function(req)
+        calls[#calls + 1] = req.method .. " " .. req.path .. " " .. tostring(req.headers["x-aws-ec2-metadata-token-ttl-seconds"])
+        return req.method == "PUT" and { body = "imds-session" } or { status = 405, body = "" }
+      end,
+      ["/latest/meta-data/placement/availability-zone"] = function(req) return imds_only(req, { body = "us-east-2b" }) end,
+      ["/latest/meta-data/iam/security-credentials"] = function(req) return imds_only(req, { body = "gcp-role" }) end,
+      ["/latest/meta-data/iam/security-credentials/gcp-role"] = function(req)
+        return imds_only(req, { body = cjson.encode { Code = "Success", Type = "AWS-HMAC", AccessKeyId = "ASIARD4OQDT6A77FR3CL",
+          SecretAccessKey = "Y8AfSaucF37G4PGSUwHqx1k7WOn3yI9Fh/S8W6Sv", Token = "IQoJb3JpZ2luX2VjEIz//////////wEaCXVz",
+          Expiration = "2099-01-01T00:00:00Z" } })
+      end,
+      ["/v1/token"] = function(req) seen[#seen + 1] = req; return { headers = { ["content-type"] = "application/json" },
+        body = cjson.encode { access_token = "ya29.from-aws", token_type = "Bearer", expires_in = 3599,
+          issued_token_type = "urn:ietf:params:oauth:token-type:access_token" } } end,
+    } }, function(srv)
+      local path = tmpfile(cjson.encode { type = "external_account", audience = AWS_AUDIENCE,
+        subject_token_type = AWS_TYPE, token_url = srv.url .. "/v1/token", credential_source = {
+          environment_id = "aws1", region_url = srv.url .. "/latest/meta-data/placement/availability-zone",
+          url = srv.url .. "/latest/meta-data/iam/security-credentials",
+          regional_cred_verification_url = "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15",
+          imdsv2_session_token_url = srv.url .. "/latest/api/token" } })
+      local token, ttl = resolve({ GOOGLE_APPLICATION_CREDENTIALS = path })
+      assert.are.equal("ya29.from-aws", token)
+      assert.are.equal(3599, ttl)
+      -- the session token first (300 s, as google-auth asks), then the
+      -- zone, the role and its keys, each with the session token
+      assert.are.same({ "PUT /latest/api/token 300", "GET /latest/meta-data/placement/availability-zone",
+        "GET /latest/meta-data/iam/security-credentials", "GET /latest/meta-data/iam/security-credentials/gcp-role" },
+        calls)
+      local f = fields(seen[1].body)
+      assert.are.equal(AWS_TYPE, f.subject_token_type)
+      assert.are.equal(AWS_AUDIENCE, f.audience)
+      -- the subject token: JSON with sorted keys, "/" as it is, percent-encoded
+      local subject = f.subject_token
+      assert.matches("^%%7B%%22headers%%22%%3A%%5B%%7B%%22key%%22%%3A%%22Authorization%%22", subject)
+      assert.is_nil(subject:find("%5C", 1, true)) -- (no escaped slash)
+      local r = signed_request(subject)
+      assert.are.equal("POST", r.method)
+      assert.are.equal("https://sts.us-east-2.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15", r.url)
+      local keys, h = {}, {}
+      for i, kv in ipairs(r.headers) do keys[i] = kv.key; h[kv.key] = kv.value end
+      assert.are.same({ "Authorization", "host", "x-amz-date", "x-amz-security-token", "x-goog-cloud-target-resource" }, keys)
+      assert.are.equal("sts.us-east-2.amazonaws.com", h.host)
+      assert.are.equal("IQoJb3JpZ2luX2VjEIz//////////wEaCXVz", h["x-amz-security-token"])
+      assert.are.equal(AWS_AUDIENCE, h["x-goog-cloud-target-resource"])
+      assert.matches("^%d%d%d%d%d%d%d%dT%d%d%d%d%d%dZ$", h["x-amz-date"])
+      -- the signature, over the request AWS's STS will see
+      local names = "host;x-amz-date;x-amz-security-token;x-goog-cloud-target-resource"
+      local canonical = table.concat({ "POST", "/", "Action=GetCallerIdentity&Version=2011-06-15",
+        "host:sts.us-east-2.amazonaws.com\nx-amz-date:" .. h["x-amz-date"]
+          .. "\nx-amz-security-token:IQoJb3JpZ2luX2VjEIz//////////wEaCXVz\nx-goog-cloud-target-resource:"
+          .. AWS_AUDIENCE .. "\n", names,
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" }, "\n")
+      local sig, scope = sigv4("Y8AfSaucF37G4PGSUwHqx1k7WOn3yI9Fh/S8W6Sv", h["x-amz-date"], "us-east-2", "sts", canonical)
+      assert.are.equal(("AWS4-HMAC-SHA256 Credential=ASIARD4OQDT6A77FR3CL/%s, SignedHeaders=%s, Signature=%s"):format(
+        scope, names, sig), h.Authorization)
+      os.remove(path)
+    end)
+  end)
+
+  it("signs with the environment's keys and region, the metadata service untouched", function()
+    local seen, touched = {}, false
+    with_mock({ routes = {
+      ["/latest/api/token"] = function() touched = true; return { body = "s" } end,
+      ["/v1/token"] = function(req) seen[#seen + 1] = req; return { body = cjson.encode { access_token = "ya29.env",
+        expires_in = 3599 } } end,
+    } }, function(srv)
+      local cs = { environment_id = "aws1", region_url = srv.url .. "/zone", url = srv.url .. "/creds",
+        regional_cred_verification_url = "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15",
+        imdsv2_session_token_url = srv.url .. "/latest/api/token" }
+      local path = tmpfile(cjson.encode { type = "external_account", audience = AWS_AUDIENCE,
+        subject_token_type = AWS_TYPE, token_url = srv.url .. "/v1/token", credential_source = cs })
+      local env = { GOOGLE_APPLICATION_CREDENTIALS = path, AWS_REGION = "eu-west-1",
+        AWS_ACCESS_KEY_ID = "AKIAENV", AWS_SECRET_ACCESS_KEY = "env/secret" }
+      assert.are.equal("ya29.env", resolve(env))
+      assert.is_false(touched)
+      local r = signed_request(fields(seen[1].body).subject_token)
+      local h = {}
+      for _, kv in ipairs(r.headers) do h[kv.key] = kv.value end
+      assert.is_nil(h["x-amz-security-token"]) -- (long-term keys: no session token)
+      assert.are.equal("https://sts.eu-west-1.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15", r.url)
+      assert.matches("^AWS4%-HMAC%-SHA256 Credential=AKIAENV/%d+/eu%-west%-1/sts/aws4_request, SignedHeaders=host;"
+        .. "x%-amz%-date;x%-goog%-cloud%-target%-resource, Signature=%x+$", h.Authorization)
+      -- AWS_DEFAULT_REGION when AWS_REGION is not set
+      env.AWS_REGION, env.AWS_DEFAULT_REGION = nil, "ap-south-1"
+      assert.are.equal("ya29.env", resolve(env))
+      assert.are.equal("https://sts.ap-south-1.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15",
+        signed_request(fields(seen[2].body).subject_token).url)
+      -- what is wrong with a file or the metadata service is said, and raises nothing
+      for _, case in ipairs {
+        { { environment_id = "aws2", regional_cred_verification_url = "https://x" }, "is AWS version 2; tide reads version 1" },
+        { { environment_id = "aws1" }, "is no AWS source tide knows" },
+        { { environment_id = "azure1", regional_cred_verification_url = "https://x" }, "is no AWS source tide knows" },
+        { { environment_id = "aws1", regional_cred_verification_url = "http://sts.{region}.amazonaws.com" },
+          "must be an https URL", { AWS_REGION = "us-east-1", AWS_ACCESS_KEY_ID = "a", AWS_SECRET_ACCESS_KEY = "b" } },
+        { { environment_id = "aws1", regional_cred_verification_url = "https://x" }, "no AWS region" },
+        { { environment_id = "aws1", regional_cred_verification_url = "https://x", url = 5 }, "credential_source.url must be a string" },
+        { { environment_id = "aws1", regional_cred_verification_url = "https://x", region_url = srv.url .. "/missing" },
+          "the AWS region from " .. srv.url .. "/missing: HTTP 404" },
+        { { environment_id = "aws1", regional_cred_verification_url = "https://x" },
+          "names no url for the AWS security credentials", { AWS_REGION = "us-east-1" } },
+      } do
+        local f = tmpfile(cjson.encode { type = "external_account", audience = "a", subject_token_type = AWS_TYPE,
+          token_url = srv.url .. "/v1/token", credential_source = case[1] })
+        local vars = { GOOGLE_APPLICATION_CREDENTIALS = f }
+        for k, v in pairs(case[3] or {}) do vars[k] = v end
+        local _, why = resolve(vars)
+        assert.matches(case[2], why, 1, true)
+        os.remove(f)
       end
+      os.remove(path)
+    end)
+  end)
+
+  it("runs an allowed executable for its subject token, and reads its cached answer while it holds", function()
+    local seen = {}
+    with_mock({ routes = { ["/v1/token"] = sts(seen, "eyJ.oidc-from-exe") } }, function(srv)
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir -p " .. dir))
+      local out_file, env_file = dir .. "/answer.json", dir .. "/env.txt"
+      -- the program: its environment written down, its answer printed
+      local script = dir .. "/get-token.sh"
+      helpers.write(script, "#!/bin/sh\nenv | grep '^GOOGLE_EXTERNAL_ACCOUNT_' | sort > " .. env_file .. "\n"
+        .. "echo \"HOME=$HOME\" >> " .. env_file .. "\n"
+        .. "echo '" .. cjson.encode { version = 1, success = true, token_type = "urn:ietf:params:oauth:token-type:id_token",
+          id_token = "eyJ.oidc-from-exe", expiration_time = os.time() + 3600 } .. "'\n")
+      assert(os.execute("chmod +x " .. script))
+      local path = tmpfile(cjson.encode { type = "external_account", audience = "//iam.googleapis.com/x",
+        subject_token_type = "urn:ietf:params:oauth:token-type:id_token", token_url = srv.url .. "/v1/token",
+        credential_source = { executable = { command = script .. " --flag=1", timeout_millis = 5000,
+          output_file = out_file } } })
+      -- not allowed: nothing runs
+      local _, err = resolve({ GOOGLE_APPLICATION_CREDENTIALS = path })
+      assert.matches("runs only where GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES is 1", err, 1, true)
+      assert.is_nil(io.open(env_file))
+      local env = { GOOGLE_APPLICATION_CREDENTIALS = path, GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES = "1" }
+      assert.are.equal("ya29.federated", resolve(env))
+      assert.are.equal("eyJ.oidc-from-exe", fields(seen[1].body).subject_token)
+      -- it ran with this process's environment and google-auth's variables
+      local vars = helpers.read(env_file)
+      assert.matches("GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE=//iam.googleapis.com/x\n", vars, 1, true)
+      assert.matches("GOOGLE_EXTERNAL_ACCOUNT_TOKEN_TYPE=urn:ietf:params:oauth:token-type:id_token\n", vars, 1, true)
+      assert.matches("GOOGLE_EXTERNAL_ACCOUNT_INTERACTIVE=0\n", vars, 1, true)
+      assert.matches("GOOGLE_EXTERNAL_ACCOUNT_OUTPUT_FILE=" .. out_file .. "\n", vars, 1, true)
+      assert.matches("GOOGLE_EXTERNAL_ACCOUNT_REVOKE=0\n", vars, 1, true)
+      assert.matches("HOME=" .. tostring(os.getenv("HOME")) .. "\n", vars, 1, true)
+      -- an unexpired answer in the output file is used without running it
+      os.remove(env_file)
+      helpers.write(out_file, cjson.encode { version = 1, success = true, token_type = "urn:ietf:params:oauth:token-type:jwt",
+        id_token = "eyJ.cached", expiration_time = os.time() + 600 })
+      seen[2] = nil
+      resolve(env)
+      assert.are.equal("eyJ.cached", fields(seen[2].body).subject_token)
+      assert.is_nil(io.open(env_file))
+      -- an expired one, or one without an expiry, is not
+      helpers.write(out_file, cjson.encode { version = 1, success = true, token_type = "urn:ietf:params:oauth:token-type:jwt",
+        id_token = "eyJ.stale", expiration_time = os.time() - 1 })
+      assert.are.equal("ya29.federated", resolve(env))
+      assert.are.equal("eyJ.oidc-from-exe", fields(seen[3].body).subject_token)
+      -- what the program answers or does wrong is said, never what it printed
+      for _, case in ipairs {
+        { "exit 3", "failed (exit 3)" },
+        { "echo oops-token-text", "'s answer is not a JSON object" },
+        { "echo '{\"version\":2,\"success\":true}'", "has version 2; tide reads version 1" },
+        { "echo '{\"version\":1,\"success\":false,\"code\":\"401\",\"message\":\"denied\"}'",
+          "is unsuccessful: code 401, message denied" },
+        { "echo '{\"version\":1,\"success\":true,\"token_type\":\"x\",\"id_token\":\"t\"}'",
+          "has the token type x, which tide does not take" },
+        { "echo '{\"version\":1,\"success\":true,\"token_type\":\"urn:ietf:params:oauth:token-type:saml2\"}'",
+          "has no saml_response" },
+      } do
+        helpers.write(script, "#!/bin/sh\n" .. case[1] .. "\n")
+        local f = tmpfile(cjson.encode { type = "external_account", audience = "a", subject_token_type = "t",
+          token_url = srv.url .. "/v1/token", credential_source = { executable = { command = script } } })
+        local _, why = resolve({ GOOGLE_APPLICATION_CREDENTIALS = f, GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES = "1" })
+        assert.matches(case[2], why, 1, true)
+        assert.is_nil(why:find("oops-token-text", 1, true))
+        os.remove(f)
+      end
+      -- a saml answer's response is the token
+      helpers.write(script, "#!/bin/sh\necho '" .. cjson.encode { version = 1, success = true,
+        token_type = "urn:ietf:params:oauth:token-type:saml2", saml_response = "eyJ.oidc-from-exe" } .. "'\n")
+      local f = tmpfile(cjson.encode { type = "external_account", audience = "a", subject_token_type = "t",
+        token_url = srv.url .. "/v1/token", credential_source = { executable = { command = script } } })
+      assert.are.equal("ya29.federated", resolve({ GOOGLE_APPLICATION_CREDENTIALS = f,
+        GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES = "1" }))
+      for _, bad in ipairs { { timeout_millis = 1000, command = script }, { command = " " } } do
+        local g = tmpfile(cjson.encode { type = "external_account", audience = "a", subject_token_type = "t",
+          credential_source = { executable = bad } })
+        local _, why = resolve({ GOOGLE_APPLICATION_CREDENTIALS = g, GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES = "1" })
+        assert.matches(bad.timeout_millis and "must be between 5000 and 120000" or "has no command", why, 1, true)
+        os.remove(g)
+      end
+      os.remove(f)
+      os.remove(path)
+      os.execute("rm -rf " .. dir)
     end)
   end)
 end)

@@ -42,8 +42,11 @@ local uri_encode = M.uri_encode
 
 local uri_decode = base._percent_decode
 
--- The host header libcurl sends for `authority`: its port only when it is
--- not the scheme's own.
+--- The host header libcurl sends for `authority`: its port only when it is
+--- not the scheme's own.
+---@param scheme string lowercase
+---@param authority string
+---@return string
 local function host_of(scheme, authority)
   local host, port = authority:match("^(.-):(%d+)$")
   if host and ((scheme == "https" and port == "443") or (scheme == "http" and port == "80")) then
@@ -51,6 +54,7 @@ local function host_of(scheme, authority)
   end
   return authority
 end
+M.host_of = host_of
 
 -- The canonical query: each name and value decoded and encoded again the
 -- SigV4 way, sorted by name, then value.

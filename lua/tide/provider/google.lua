@@ -18,10 +18,14 @@
 --- "external_account" (workload identity federation: GitHub Actions, AWS,
 --- Azure, any OIDC or SAML provider) reads its subject token from a file
 --- or a URL, trades it at Google's STS (RFC 8693 token exchange), and
---- impersonates a service account with that when the file says so. Not
---- followed: external accounts whose token comes from an executable, AWS's
---- metadata or a certificate, and workforce identity's authorized users
---- (give `token` a function for those).
+--- impersonates a service account with that when the file says so; the
+--- subject token may also be an AWS workload's (a GetCallerIdentity request
+--- signed with the keys of the environment or the instance metadata
+--- service, as google-auth's aws module signs it) or what an executable
+--- prints (google-auth's pluggable credentials: only where
+--- GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1). Not followed: external
+--- accounts whose token comes from a certificate (mutual TLS), and
+--- workforce identity's authorized users (give `token` a function).
 local core = require "tide.core"
 local json = require "tide.json"
 local base = require "tide.provider.base"
@@ -129,9 +133,14 @@ local function not_strings(c, keys)
 end
 
 -- An external account's subject token: from its credential source, a file
--- or a URL, as text or a field of JSON; or nil and why.
-local function subject_token(cs, path)
+-- or a URL, as text or a field of JSON, an AWS workload's signed request
+-- or an executable's answer; or nil and why.
+local aws_subject, executable_subject
+local function subject_token(c, path, env)
+  local cs = c.credential_source
   if type(cs) ~= "table" then return nil, path .. " has no credential_source" end
+  if cs.environment_id ~= nil then return aws_subject(cs, c, path, env) end
+  if cs.executable ~= nil then return executable_subject(cs.executable, c, path, env) end
   -- (as google-auth checks it: one source, a format it knows)
   if cs.file ~= nil and cs.url ~= nil then
     return nil, path .. "'s credential_source names both a file and a URL: it must name one"
@@ -157,10 +166,9 @@ local function subject_token(cs, path)
     if res.status ~= 200 then return nil, ("%s: HTTP %d"):format(where, res.status) end
     text = res.body
   else
-    local kind = cs.executable and "an executable" or cs.environment_id and "AWS" or cs.certificate
-      and "a certificate" or "an unknown source"
-    return nil, ("%s takes its subject token from %s, which tide does not take (a file and a URL are): give "
-      .. "`token` a function"):format(path, kind)
+    local kind = cs.certificate and "a certificate" or "an unknown source"
+    return nil, ("%s takes its subject token from %s, which tide does not take (a file, a URL, AWS and an "
+      .. "executable are): give `token` a function"):format(path, kind)
   end
   if format.type == "json" then
     local ok, doc = pcall(json.decode, text)
@@ -176,18 +184,199 @@ local function subject_token(cs, path)
   return text
 end
 
+-- ------------------------------------------------------------ from AWS --
+
+-- One request to the instance metadata service (the URLs the file names):
+-- the body, or nil and why.
+local function imds(request, what)
+  request.timeout_ms = 10000
+  local res, err = base._fetch(request, {})
+  if not res then return nil, what .. ": " .. tostring(err and err.message or err) end
+  if res.status ~= 200 then return nil, ("%s: HTTP %d"):format(what, res.status) end
+  return res.body
+end
+
+-- The keys of an AWS workload, as google-auth finds them: the environment's
+-- (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN if any),
+-- else the instance role's from the metadata service; or nil and why.
+local function aws_keys(cs, env, headers, path)
+  local id, secret = env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")
+  if id and secret then return { access_key_id = id, secret_access_key = secret, session_token = env("AWS_SESSION_TOKEN") } end
+  if type(cs.url) ~= "string" then
+    return nil, path .. "'s credential_source names no url for the AWS security credentials, and AWS_ACCESS_KEY_ID "
+      .. "and AWS_SECRET_ACCESS_KEY are not set"
+  end
+  local role, why = imds({ url = cs.url, headers = headers }, "the AWS role name from " .. cs.url)
+  role = role and role:match("^%s*(.-)%s*$")
+  if not role or role == "" then return nil, why or ("the metadata service at " .. cs.url .. " names no AWS role") end
+  local h = { ["content-type"] = "application/json" }
+  for k, v in pairs(headers) do h[k] = v end
+  local body
+  body, why = imds({ url = cs.url .. "/" .. role, headers = h }, "the AWS security credentials from " .. cs.url)
+  if not body then return nil, why end
+  local ok, doc = pcall(json.decode, body)
+  if not (ok and type(doc) == "table" and type(doc.AccessKeyId) == "string" and type(doc.SecretAccessKey) == "string") then
+    return nil, "the AWS security credentials from " .. cs.url .. " are not a JSON object with AccessKeyId and "
+      .. "SecretAccessKey"
+  end
+  return { access_key_id = doc.AccessKeyId, secret_access_key = doc.SecretAccessKey,
+    session_token = type(doc.Token) == "string" and doc.Token or nil }
+end
+
+-- An AWS workload's subject token (credential_source environment_id
+-- "aws1"): a request to AWS STS's GetCallerIdentity, signed (Signature
+-- Version 4) but not sent, which Google's STS sends to verify who the
+-- workload is. As google-auth builds it: the region from AWS_REGION,
+-- AWS_DEFAULT_REGION or the metadata service's availability zone (its
+-- last letter cut); an IMDSv2 session token first when the file names its
+-- URL and the environment lacks the region or the keys; the headers,
+-- x-goog-cloud-target-resource (the audience) among the signed ones as
+-- Google's documentation and its Go and Java libraries sign it (Python's
+-- adds it unsigned), serialized as JSON with sorted keys and
+-- percent-encoded.
+aws_subject = function(cs, c, path, env)
+  local version = type(cs.environment_id) == "string" and cs.environment_id:match("^aws(%d+)$")
+  if not version or type(cs.regional_cred_verification_url) ~= "string" then
+    return nil, path .. "'s credential_source is no AWS source tide knows (environment_id \"aws1\" and a "
+      .. "regional_cred_verification_url)"
+  end
+  if tonumber(version) ~= 1 then
+    return nil, ("%s's credential_source is AWS version %s; tide reads version 1"):format(path, version)
+  end
+  for _, k in ipairs { "url", "region_url", "imdsv2_session_token_url" } do
+    if cs[k] ~= nil and type(cs[k]) ~= "string" then return nil, ("%s's credential_source.%s must be a string"):format(path, k) end
+  end
+  local region = env("AWS_REGION") or env("AWS_DEFAULT_REGION")
+  local headers = {}
+  if cs.imdsv2_session_token_url and not (region and env("AWS_ACCESS_KEY_ID") and env("AWS_SECRET_ACCESS_KEY")) then
+    local token, why = imds({ method = "PUT", url = cs.imdsv2_session_token_url,
+      headers = { ["x-aws-ec2-metadata-token-ttl-seconds"] = "300" } }, "the AWS session token from "
+      .. cs.imdsv2_session_token_url)
+    if not token then return nil, why end
+    headers["x-aws-ec2-metadata-token"] = token
+  end
+  if not region then
+    if not cs.region_url then
+      return nil, path .. ": no AWS region (AWS_REGION, AWS_DEFAULT_REGION, or the credential_source's region_url)"
+    end
+    local zone, why = imds({ url = cs.region_url, headers = headers }, "the AWS region from " .. cs.region_url)
+    if not zone then return nil, why end
+    region = zone:sub(1, -2) -- (us-east-2b: us-east-2)
+  end
+  local keys, why = aws_keys(cs, env, headers, path)
+  if not keys then return nil, why end
+  local aws = require "tide.provider.aws"
+  local url = cs.regional_cred_verification_url:gsub("{region}", region)
+  local scheme, authority = url:match("^(%a+)://([^/?#]+)")
+  if scheme ~= "https" then return nil, path .. "'s regional_cred_verification_url must be an https URL" end
+  local host = aws.host_of(scheme, authority)
+  local target = { ["x-goog-cloud-target-resource"] = c.audience }
+  local signed = aws.sign("POST", url, target, "", keys, region, host:match("^[^.:]+"))
+  local list = { { key = "Authorization", value = signed.authorization }, { key = "host", value = host },
+    { key = "x-amz-date", value = signed["x-amz-date"] } }
+  if signed["x-amz-security-token"] then
+    list[#list + 1] = { key = "x-amz-security-token", value = signed["x-amz-security-token"] }
+  end
+  list[#list + 1] = { key = "x-goog-cloud-target-resource", value = c.audience }
+  -- (Python's json.dumps writes "/" as it is, and urllib's quote keeps it)
+  local doc = json.canonical({ url = url, method = "POST", headers = list }):gsub("\\/", "/")
+  return (base._percent_encode(doc):gsub("%%2F", "/"))
+end
+
+-- ---------------------------------------------------- from an executable --
+
+local EXECUTABLE_TOKEN = {
+  ["urn:ietf:params:oauth:token-type:jwt"] = "id_token",
+  ["urn:ietf:params:oauth:token-type:id_token"] = "id_token",
+  ["urn:ietf:params:oauth:token-type:saml2"] = "saml_response",
+}
+
+-- The subject token in an executable's answer (version 1 of google-auth's
+-- format), or nil and why; `stale` when it is good but expired or has no
+-- expiry (a cached answer is then not used).
+local function executable_answer(doc, what)
+  if type(doc) ~= "table" then return nil, what .. " is not a JSON object" end
+  if type(doc.version) ~= "number" then return nil, what .. " has no version" end
+  if doc.version > 1 then return nil, ("%s has version %s; tide reads version 1"):format(what, tostring(doc.version)) end
+  if type(doc.success) ~= "boolean" then return nil, what .. " has no success field" end
+  if not doc.success then
+    if doc.code == nil or doc.message == nil then return nil, what .. " is unsuccessful without a code and message" end
+    return nil, ("%s is unsuccessful: code %s, message %s"):format(what, tostring(doc.code), tostring(doc.message))
+  end
+  if type(doc.expiration_time) == "number" and doc.expiration_time < os.time() then
+    return nil, what .. " holds an expired token", true
+  end
+  local field = EXECUTABLE_TOKEN[doc.token_type]
+  if not field then return nil, ("%s has the token type %s, which tide does not take"):format(what, tostring(doc.token_type)) end
+  if type(doc[field]) ~= "string" or doc[field] == "" then return nil, ("%s has no %s"):format(what, field) end
+  return doc[field], nil, doc.expiration_time == nil
+end
+
+-- An executable's subject token (google-auth's pluggable credentials):
+-- allowed only by GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1; the cached
+-- answer in `output_file` while it holds an unexpired token, else the
+-- command (split at spaces, no shell) run with this process's environment
+-- and the GOOGLE_EXTERNAL_ACCOUNT_* variables, within `timeout_millis`
+-- (5 to 120 s, 30 by default); its answer on standard output, else in
+-- `output_file`.
+executable_subject = function(x, c, path, env)
+  if env("GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES") ~= "1" then
+    return nil, path .. " takes its subject token from an executable, which runs only where "
+      .. "GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES is 1"
+  end
+  if type(x) ~= "table" or type(x.command) ~= "string" or not x.command:find("%S") then
+    return nil, path .. "'s credential_source.executable has no command"
+  end
+  local timeout = x.timeout_millis
+  if timeout ~= nil and (math.type(timeout) ~= "integer" or timeout < 5000 or timeout > 120000) then
+    return nil, path .. "'s credential_source.executable.timeout_millis must be between 5000 and 120000"
+  end
+  if x.output_file ~= nil and type(x.output_file) ~= "string" then
+    return nil, path .. "'s credential_source.executable.output_file must be a string"
+  end
+  local what = "the executable of " .. path
+  if x.output_file then
+    local text = read_file(x.output_file)
+    local ok, doc = pcall(json.decode, text or "")
+    local token, _, stale = executable_answer(ok and doc or nil, "")
+    if token and not stale then return token end
+  end
+  local argv = {}
+  for word in x.command:gmatch("%S+") do argv[#argv + 1] = word end
+  local vars = core.environ()
+  local account = type(c.service_account_impersonation_url) == "string"
+    and c.service_account_impersonation_url:match("/serviceAccounts/([^/:]+):generateAccessToken$")
+  vars.GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE = c.audience
+  vars.GOOGLE_EXTERNAL_ACCOUNT_TOKEN_TYPE = c.subject_token_type
+  vars.GOOGLE_EXTERNAL_ACCOUNT_ID = account or ""
+  vars.GOOGLE_EXTERNAL_ACCOUNT_INTERACTIVE = "0"
+  vars.GOOGLE_EXTERNAL_ACCOUNT_REVOKE = "0"
+  vars.GOOGLE_EXTERNAL_ACCOUNT_IMPERSONATED_EMAIL = account or nil
+  vars.GOOGLE_EXTERNAL_ACCOUNT_OUTPUT_FILE = x.output_file
+  local status, out, stderr = base._run({ argv = argv, env = vars }, timeout or 30000)
+  if not status then return nil, what .. " cannot be run: " .. tostring(out and out.message or out) end
+  if status ~= 0 then
+    -- (standard error only: what it printed may hold the token)
+    return nil, ("%s failed (exit %d)%s"):format(what, status, stderr ~= "" and (": " .. stderr:gsub("%s+$", "")) or "")
+  end
+  if not out:find("%S") and x.output_file then out = read_file(x.output_file) or "" end
+  local ok, doc = pcall(json.decode, out)
+  local token, why = executable_answer(ok and doc or nil, what .. "'s answer")
+  return token, why
+end
+
 local STS_URL = "https://sts.googleapis.com/v1/token"
 
 -- An external account: its subject token traded at Google's STS (RFC
 -- 8693), then the service account impersonated when the file names one.
-local function from_external(c, path)
+local function from_external(c, path, env)
   for _, k in ipairs { "audience", "subject_token_type" } do
     if type(c[k]) ~= "string" then return nil, path .. " has no " .. k end
   end
   local bad = not_strings(c, { "token_url", "client_id", "client_secret", "workforce_pool_user_project",
     "service_account_impersonation_url" })
   if bad then return nil, ("%s's %s must be a string"):format(path, bad) end
-  local subject, why = subject_token(c.credential_source, path)
+  local subject, why = subject_token(c, path, env)
   if not subject then return nil, why end
   local fields = { { "grant_type", "urn:ietf:params:oauth:grant-type:token-exchange" }, { "audience", c.audience },
     { "scope", M.SCOPE }, { "requested_token_type", "urn:ietf:params:oauth:token-type:access_token" },
@@ -220,7 +409,7 @@ local from_info
 -- The credential types an impersonated service account's source may be.
 local SOURCES = { authorized_user = true, service_account = true }
 
-local function from_impersonated(c, path)
+local function from_impersonated(c, path, env)
   local src = c.source_credentials
   if type(src) ~= "table" or not SOURCES[src.type] then
     return nil, ("%s has source credentials of type %q, which tide does not take (authorized_user and "
@@ -229,22 +418,22 @@ local function from_impersonated(c, path)
   local url = c.service_account_impersonation_url
   local principal = principal_of(url)
   if not principal then return nil, path .. "'s service_account_impersonation_url names no service account" end
-  local token, why = from_info(src, path .. "'s source credentials")
+  local token, why = from_info(src, path .. "'s source credentials", env)
   if not token then return nil, why end
   return impersonate(url, token, c.delegates, 3600, "the impersonation of " .. principal)
 end
 
 -- An access token from a credentials file's JSON (path for messages).
-local function from_file(text, path)
+local function from_file(text, path, env)
   local ok, c = pcall(json.decode, text)
   if not ok or type(c) ~= "table" then return nil, path .. " is not a JSON credentials file" end
-  return from_info(c, path)
+  return from_info(c, path, env)
 end
 
-from_info = function(c, path)
+from_info = function(c, path, env)
   if c.token_uri ~= nil and type(c.token_uri) ~= "string" then return nil, path .. "'s token_uri must be a string" end
-  if c.type == "impersonated_service_account" then return from_impersonated(c, path) end
-  if c.type == "external_account" then return from_external(c, path) end
+  if c.type == "impersonated_service_account" then return from_impersonated(c, path, env) end
+  if c.type == "external_account" then return from_external(c, path, env) end
   if c.type == "authorized_user" then
     for _, k in ipairs { "client_id", "client_secret", "refresh_token" } do
       if type(c[k]) ~= "string" then return nil, path .. " has no " .. k end
@@ -289,7 +478,7 @@ function M.adc(env)
     if path then
       local text = read_file(path)
       if not text then error("GOOGLE_APPLICATION_CREDENTIALS names " .. path .. ", which cannot be read", 0) end
-      local token, ttl = from_file(text, path)
+      local token, ttl = from_file(text, path, env)
       if not token then error(ttl, 0) end
       return token, ttl
     end
@@ -297,7 +486,7 @@ function M.adc(env)
     local well_known = dir and dir .. "/application_default_credentials.json"
     local text = well_known and read_file(well_known)
     if text then
-      local token, ttl = from_file(text, well_known)
+      local token, ttl = from_file(text, well_known, env)
       if not token then error(ttl, 0) end
       return token, ttl
     end
