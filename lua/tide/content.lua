@@ -39,15 +39,17 @@ local function sniff(bytes)
   return nil
 end
 
-local function bad(fn, msg) error(("tide.%s: %s"):format(fn, msg), 3) end
+-- (raised at the caller of tide.image or tide.file: `depth` 1 from them,
+-- 2 from a function they call)
+local function bad(fn, msg, depth) error(("tide.%s: %s"):format(fn, msg), 2 + (depth or 1)) end
 
 local function check(fn, spec, allowed)
-  if type(spec) ~= "table" then bad(fn, "expects a table of options") end
+  if type(spec) ~= "table" then bad(fn, "expects a table of options", 2) end
   for k in pairs(spec) do
-    if not allowed[k] then bad(fn, ("unknown option '%s'"):format(tostring(k))) end
+    if not allowed[k] then bad(fn, ("unknown option '%s'"):format(tostring(k)), 2) end
   end
   for k, v in pairs(spec) do
-    if type(v) ~= "string" then bad(fn, ("'%s' must be a string"):format(k)) end
+    if type(v) ~= "string" then bad(fn, ("'%s' must be a string"):format(k), 2) end
   end
 end
 

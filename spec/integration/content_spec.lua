@@ -140,6 +140,14 @@ describe("content parts", function()
     assert.has_error(function() tide.image { path = "a", url = "https://x" } end,
       "tide.image: give exactly one of 'path', 'url' or 'data'")
     assert.has_error(function() tide.image { paht = "a" } end, "tide.image: unknown option 'paht'")
+    -- raised at the caller's line, whatever check failed
+    for _, make in ipairs { function() local p = tide.image { paht = "a" }; return p end,
+      function() local p = tide.file { path = 5 }; return p end,
+      function() local p = tide.image(nil); return p end,
+      function() local p = tide.image { path = "a", url = "https://x" }; return p end } do
+      local _, e = pcall(make)
+      assert.matches("content_spec%.lua:%d+: tide%.%a+: ", e)
+    end
     assert.has_error(function() tide.image { data = PNG, mime = "image/tiff" } end)
   end)
 end)
