@@ -158,17 +158,29 @@ local function decidable(session, id)
   return owner
 end
 
+--- Raises, at `level`, for arguments s:approve and s:reject do not take.
+---@param id any
+---@param approved boolean
+---@param note any
+---@param level integer
+function M.check_decision(id, approved, note, level)
+  local name = approved and "approve" or "reject"
+  if type(id) ~= "string" then
+    error(("bad argument #1 to '%s' (string expected, got %s)"):format(name, type(id)), level + 1)
+  end
+  if note ~= nil and type(note) ~= "string" then
+    error(("bad argument #2 to '%s' (string expected, got %s)"):format(name, type(note)), level + 1)
+  end
+  if note ~= nil and not utf8.len(note) then -- (it goes to the model, in JSON)
+    error(("bad argument #2 to '%s' (not UTF-8 text)"):format(name), level + 1)
+  end
+end
+
 --- Records a decision on call `id` (at any depth under `session`).
 ---@return boolean|nil ok
 ---@return table|nil err NothingPending, UnknownApproval or AlreadyDecided
 function M.decide(session, id, approved, note)
-  if type(id) ~= "string" then error(("bad argument #1 to '%s' (string expected, got %s)")
-    :format(approved and "approve" or "reject", type(id)), 3) end
-  if note ~= nil and type(note) ~= "string" then error(("bad argument #2 to '%s' (string expected, got %s)")
-    :format(approved and "approve" or "reject", type(note)), 3) end
-  if note ~= nil and not utf8.len(note) then -- (it goes to the model, in JSON)
-    error(("bad argument #2 to '%s' (not UTF-8 text)"):format(approved and "approve" or "reject"), 3)
-  end
+  M.check_decision(id, approved, note, 2)
   local owner, err = decidable(session, id)
   if not owner then return nil, err end
   owner.decisions[id] = { approved = approved, note = note }

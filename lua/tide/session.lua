@@ -856,6 +856,7 @@ end
 ---@return boolean|nil ok
 ---@return table|nil err
 function session_mt:approve(id, note)
+  require("tide.approval").check_decision(id, true, note, 2)
   if self.lease then return blocking(synced, self, require("tide.approval").decide, self, id, true, note) end
   return require("tide.approval").decide(self, id, true, note)
 end
@@ -865,6 +866,7 @@ end
 ---@param id string
 ---@param reason? string
 function session_mt:reject(id, reason)
+  require("tide.approval").check_decision(id, false, reason, 2)
   if self.lease then return blocking(synced, self, require("tide.approval").decide, self, id, false, reason) end
   return require("tide.approval").decide(self, id, false, reason)
 end

@@ -462,4 +462,6 @@ function M._reset()
 end
 
 -- tide.tracing{...} is setup; tide.tracing.flush(), .stats() the rest.
-return setmetatable(M, { __call = function(_, opts) return M.setup(opts, 3) end })
+return setmetatable(M, { __call = function(_, opts)
+  M.setup(opts, 3) -- (no tail call: its errors name the caller's line)
+end })

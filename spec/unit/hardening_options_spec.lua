@@ -156,4 +156,26 @@ describe("strict options", function()
     srv:close()
     helpers.assert_quiet()
   end)
+
+  it("raises misuse at the caller's line, whatever the entry point's own calls", function()
+    -- (each call kept out of tail position: a tail call has no line to name)
+    tide.agent { id = "strict_lines", prompt = "p" }
+    local P = tide.provider.openai { api_key = "k", base_url = "http://127.0.0.1:1" }
+    local s = tide.session { agent = "strict_lines", provider = P }
+    for name, call in pairs {
+      mcp_unknown = function() local x = tide.integrations.mcp { name = "m", command = { "x" }, bogus = 1 }; return x end,
+      mcp_neither = function() local x = tide.integrations.mcp { name = "m" }; return x end,
+      tracing = function() local x = tide.tracing { endpoint = 5 }; return x end,
+      tracing_unknown = function() local x = tide.tracing { bogus = 1 }; return x end,
+      approve = function() local x = s:approve(5); return x end,
+      reject_note = function() local x = s:reject("id", 5); return x end,
+      image = function() local x = tide.image { bogus = "a" }; return x end,
+      file = function() local x = tide.file { path = 5 }; return x end,
+      turn = function() local x = s:turn("x", { bogus = 1 }); return x end,
+      session = function() local x = tide.session { agent = "strict_lines", bogus = 1 }; return x end,
+    } do
+      local msg = raised(call)
+      assert.matches("^[^:]*hardening_options_spec%.lua:%d+: ", msg, nil, name .. ": " .. msg)
+    end
+  end)
 end)

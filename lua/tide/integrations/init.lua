@@ -46,7 +46,8 @@ end
 ---@param opts table
 ---@return tide.integrations.mcp
 function integrations.mcp(opts)
-  return require("tide.integrations.mcp").new(opts)
+  local src = require("tide.integrations.mcp").new(opts) -- (no tail call: its errors name the caller's line)
+  return src
 end
 
 --- True when `v` looks like an integration source.
