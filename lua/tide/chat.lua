@@ -1,6 +1,7 @@
 --- tide.chat: a terminal chat for prompt tinkerers.
 ---
 ---   tide chat [agent] [--prompts DIR] [--agents DIR] [--provider openai|anthropic|bedrock|demo]
+---             [--transcript FILE]
 ---
 --- The reply streams as it comes; tool calls and delegations print as an
 --- indented tree with timings. Prompt and agent directories are watched: edit
@@ -110,7 +111,8 @@ function M.main(argv, io_out)
     return 2
   end
   if o.help then
-    out:write("usage: tide chat [agent] [--prompts DIR] [--agents DIR] [--provider openai|anthropic|bedrock|demo]\n", HELP, "\n")
+    out:write("usage: tide chat [agent] [--prompts DIR] [--agents DIR] [--provider openai|anthropic|bedrock|demo]\n",
+      "         [--transcript FILE]\n", HELP, "\n")
     return 0
   end
   local status = 0

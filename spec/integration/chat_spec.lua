@@ -172,3 +172,31 @@ describe("tide chat's provider from the environment", function()
     assert.matches("on embedded demo model", banner(""), 1, true)
   end)
 end)
+
+describe("tide chat --transcript", function()
+  it("keeps the session's transcript in the file, which a session can resume", function()
+    local root = helpers.sh("pwd"):gsub("%s+$", "")
+    local build = os.getenv("TIDE_BUILD_DIR") or "build"
+    local dir = helpers.tmpdir()
+    local file = dir .. "/chat.jsonl"
+    local out = helpers.sh(("(cd %s && printf 'hello there\\n/quit\\n' | LUA_PATH='lua/?.lua;lua/?/init.lua;;' "
+      .. "LUA_CPATH='%s/?.so;;' ASAN_OPTIONS=detect_leaks=0 timeout 30 lua5.4 bin/tide chat --provider demo "
+      .. "--transcript %s)"):format(root, build, file))
+    local text = helpers.read(file)
+    assert.is_truthy(text, out)
+    assert.matches('"role":"user"', text)
+    assert.matches("hello there", text)
+    assert.matches('"role":"assistant"', text)
+    -- the file is a transcript a session resumes from
+    local tide = require "tide"
+    helpers.run(function()
+      local srv = assert(tide.testing.mock_server { default = "again" })
+      tide.agent { id = "chat_resumed", prompt = "You help." }
+      local s = assert(tide.session { agent = "chat_resumed", resume = file,
+        provider = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false } })
+      assert.are.equal("hello there", s:history()[1].content)
+      srv:close()
+    end)
+    helpers.rmdir(dir)
+  end)
+end)
