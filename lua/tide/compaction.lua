@@ -13,7 +13,9 @@
 ---   - "drop": old tool results are emptied first, then the oldest turns go.
 --- The frozen prefix (system prompt, tools) is never touched, and the cut
 --- only falls before a user message, so a tool call is never separated from
---- its result or its reasoning. A provider's context-length error triggers
+--- its result or its reasoning. A turn in progress that outgrows the window
+--- by itself (a long agentic run) has its older tool results emptied,
+--- oldest first, the latest three kept whole, whatever the strategy. A provider's context-length error triggers
 --- one compaction and one retry. Each compaction is counted
 --- (`stats().compactions`), told to the event sink, and written to the
 --- transcript, so that a resumed session restores the compacted state.
@@ -217,57 +219,17 @@ local function summarize(session, messages, cut, run)
   return resp.text
 end
 
---- Compacts `session`'s history so that the next request fits (or, with
---- `force`, by as much as the strategy can). Returns true when it changed
---- anything, false when there was nothing it could take away, or nil and
---- an error (CompactionFailed) when the summary call failed; the history is
---- then as it was.
-function M.compact(session, run, force)
-  local settings = M.settings(session) or { window = math.huge, reserve = 0, strategy = "summarize" }
+-- The turn in progress keeps this many of its latest rounds' results whole
+-- (one when the provider has said the prompt does not fit): the model
+-- works from them. (Anthropic's context editing keeps three tool uses.)
+M.KEEP_RESULTS = 3
+
+-- Writes compaction record `rec` (what was emptied and cut) and applies it:
+-- the history replaced, the transcript told, the counters, the span and
+-- the event sink.
+local function commit(session, run, rec, t0)
   local h = session.conversation
-  local messages = h.messages
-  local limit = settings.window - settings.reserve
-  local bounds = boundaries(messages)
-  -- Keep at least the last user message and what follows it.
-  local last_bound = bounds[#bounds]
-  if not last_bound or last_bound <= 1 then return false end
-  local rec = { type = "compaction", strategy = settings.strategy }
-  local t0 = core.hrtime()
-  if settings.strategy == "drop" then
-    -- 1. empty old tool results (before the last user message), oldest first
-    local emptied, est = {}, M.estimate(session)
-    for i = 1, last_bound - 1 do
-      local m = messages[i]
-      if m.role == "tool" and m.results[1] and m.results[1].content ~= DROPPED then
-        for _, r in ipairs(m.results) do est = est - content_bytes(r.content) // 4 end
-        emptied[#emptied + 1] = i
-        if not force and est <= limit then break end
-      end
-    end
-    rec.emptied = emptied
-    -- 2. then the oldest turns, whole, until it fits
-    if force or est > limit then
-      local cut, removed, upto = 0, 0, 0
-      for _, b in ipairs(bounds) do
-        if b >= last_bound then break end
-        cut = b - 1
-        for i = upto + 1, cut do removed = removed + approx_bytes(messages[i]) // 4 end
-        upto = cut
-        if not force and est - removed <= limit then break end
-      end
-      if cut == 0 then cut = last_bound - 1 end
-      rec.cut = cut
-    end
-    if #emptied == 0 and not rec.cut then return false end
-  else
-    local cut = last_bound - 1
-    local summary, err = summarize(session, messages, cut, run)
-    if not summary then
-      return nil, core.error("CompactionFailed", "the summary could not be made: " .. tostring(err), { cause = err })
-    end
-    rec.cut, rec.summary = cut, summary
-  end
-  h:replace(M.apply(messages, rec))
+  h:replace(M.apply(h.messages, rec))
   h:note(rec)
   h.usage_input = nil -- the next count is an estimate again
   local stats = session.counters
@@ -280,7 +242,112 @@ function M.compact(session, run, force)
       emptied = rec.emptied and #rec.emptied or 0, ms = (core.hrtime() - t0) / 1e6,
       agent = run.agent, depth = run.depth }
   end
-  return true
+end
+
+-- The conversation before the turn in progress (messages[1 .. last - 1]),
+-- compacted by the strategy: a record, nil when it can take nothing away,
+-- or nil and an error (the summary call failed).
+local function older(session, run, settings, last, force)
+  local messages = session.conversation.messages
+  local limit = settings.window - settings.reserve
+  local rec = { type = "compaction", strategy = settings.strategy }
+  if settings.strategy ~= "drop" then
+    local cut = last - 1
+    local summary, err = summarize(session, messages, cut, run)
+    if not summary then
+      return nil, core.error("CompactionFailed", "the summary could not be made: " .. tostring(err), { cause = err })
+    end
+    rec.cut, rec.summary = cut, summary
+    return rec
+  end
+  -- 1. empty old tool results, oldest first
+  local emptied, est = {}, M.estimate(session)
+  for i = 1, last - 1 do
+    local m = messages[i]
+    if m.role == "tool" and m.results[1] and m.results[1].content ~= DROPPED then
+      for _, r in ipairs(m.results) do est = est - content_bytes(r.content) // 4 end
+      emptied[#emptied + 1] = i
+      if not force and est <= limit then break end
+    end
+  end
+  rec.emptied = emptied
+  -- 2. then the oldest turns, whole, until it fits
+  if force or est > limit then
+    local cut, removed, upto = 0, 0, 0
+    for _, b in ipairs(boundaries(messages)) do
+      if b >= last then break end
+      cut = b - 1
+      for i = upto + 1, cut do removed = removed + approx_bytes(messages[i]) // 4 end
+      upto = cut
+      if not force and est - removed <= limit then break end
+    end
+    if cut == 0 then cut = last - 1 end
+    rec.cut = cut
+  end
+  if #emptied == 0 and not rec.cut then return nil end
+  return rec
+end
+
+-- The turn in progress (from the user message at `last`): its tool results
+-- emptied, oldest first, until the request fits, the latest KEEP_RESULTS
+-- (with `force`, the latest one) kept whole. Whatever the strategy: a
+-- summary would have to cut between a call and the user's request, and a
+-- call keeps its place with an emptied result (the model still sees what
+-- it did). A record, or nil when there is nothing to empty.
+local function current(session, settings, last, force)
+  local messages = session.conversation.messages
+  local limit = settings.window - settings.reserve
+  local rounds = {}
+  for i = last + 1, #messages do
+    if messages[i].role == "tool" then rounds[#rounds + 1] = i end
+  end
+  local keep = force and 1 or M.KEEP_RESULTS
+  local emptied, est = {}, M.estimate(session)
+  for n = 1, #rounds - keep do
+    local m = messages[rounds[n]]
+    if m.results[1] and m.results[1].content ~= DROPPED then
+      for _, r in ipairs(m.results) do est = est - content_bytes(r.content) // 4 end
+      emptied[#emptied + 1] = rounds[n]
+      if not force and est <= limit then break end
+    end
+  end
+  if #emptied == 0 then return nil end
+  return { type = "compaction", strategy = settings.strategy, emptied = emptied }
+end
+
+--- Compacts `session`'s history so that the next request fits (or, with
+--- `force`, by as much as the strategy can): the conversation before the
+--- turn in progress first, by the strategy; then, if it still does not
+--- fit, the turn's own older tool results. Returns true when it changed
+--- anything, false when there was nothing it could take away, or nil and
+--- an error (CompactionFailed) when the summary call failed; the history is
+--- then as it was.
+function M.compact(session, run, force)
+  local settings = M.settings(session) or { window = math.huge, reserve = 0, strategy = "summarize" }
+  local limit = settings.window - settings.reserve
+  local bounds = boundaries(session.conversation.messages)
+  -- The last user message and what follows it are the turn in progress.
+  local last = bounds[#bounds]
+  if not last then return false end
+  local t0 = core.hrtime()
+  local changed = false
+  if last > 1 then
+    local rec, err = older(session, run, settings, last, force)
+    if err then return nil, err end
+    if rec then
+      commit(session, run, rec, t0)
+      changed = true
+      last = last - (rec.cut or 0)
+    end
+  end
+  if force or M.estimate(session) > limit then
+    local rec = current(session, settings, last, force)
+    if rec then
+      commit(session, run, rec, core.hrtime())
+      changed = true
+    end
+  end
+  return changed
 end
 
 --- Whether a provider error says the prompt is past the context window.

@@ -175,6 +175,73 @@ describe("compaction", function()
     assert.are.same({ 1, 4 }, marks)
   end)
 
+  -- One request that needs twelve lookups, each about 1,000 tokens: a long
+  -- agentic turn whose own results outgrow the window.
+  local function long_turn_mock(opts)
+    opts = opts or {}
+    return testing.mock_server { default = function(req)
+      local msgs = req.json.messages
+      if msgs[1].content:find("memory of a conversation", 1, true) then
+        return { text = "They asked about A and B; lookups found x." }
+      end
+      local prompt_tokens = #req.body // 4
+      if prompt_tokens > (opts.hard_limit or 1e9) then
+        return { fault = "status", status = 400, body = { error = {
+          message = "This model's maximum context length is 4000 tokens.", code = "context_length_exceeded" } } }
+      end
+      local usage = { input = prompt_tokens, output = 5 }
+      local n = 0
+      for _, m in ipairs(msgs) do if m.role == "tool" then n = n + 1 end end
+      if n >= 12 then return { text = "done after " .. n, usage = usage } end
+      return { tool_calls = { { name = "lookup", arguments = { q = "item " .. n } } }, usage = usage }
+    end }
+  end
+
+  for _, strategy in ipairs { "summarize", "drop" } do
+    it("keeps one long turn inside the window by emptying its older results (" .. strategy .. ")", function()
+      local srv = long_turn_mock()
+      local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+      local path = dir .. "/long.jsonl"
+      local events = {}
+      local s = tide.session { agent = "long", provider = p, transcript = path, max_iterations = 20,
+        context = { window = 4000, reserve = 500, strategy = strategy } }
+      assert.are.equal("done after 12", s:turn("look up twelve things", { on_event = function(ev)
+        if ev.type == "compaction" then events[#events + 1] = ev end
+      end }))
+      assert.is_true(s:stats().compactions >= 1)
+      assert.is_true(#events >= 1)
+      for _, r in ipairs(srv:requests()) do
+        assert.is_true(paired(r.json.messages))
+        -- (the estimate runs a round behind: one result past the line at most)
+        assert.is_true(#r.body // 4 < 4000 + 1200, "a request past the window: " .. #r.body // 4)
+      end
+      -- the user's request and the latest results are whole; older ones emptied
+      local last = srv:requests()[#srv:requests()].json.messages
+      assert.are.equal("look up twelve things", last[2].content)
+      assert.are.equal(BIG, last[#last].content)
+      assert.matches("dropped to save context", last[4].content, 1, true)
+      -- every call still has its result, and a resumed session has the same state
+      s:close()
+      local r = assert(tide.session { agent = "long", provider = p, resume = path, max_iterations = 20,
+        context = { window = 4000, reserve = 500, strategy = strategy } })
+      assert.are.same(s:history(), r:history())
+      r:close()
+      srv:close()
+    end)
+  end
+
+  it("empties a long turn's results when the provider says it does not fit, keeping the latest", function()
+    local srv = long_turn_mock { hard_limit = 3500 }
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    local s = tide.session { agent = "long", provider = p, max_iterations = 20,
+      context = { window = 1000000, strategy = "drop" } }
+    assert.are.equal("done after 12", s:turn("look up twelve things"))
+    assert.is_true(s:stats().compactions >= 1)
+    local last = srv:requests()[#srv:requests()].json.messages
+    assert.are.equal(BIG, last[#last].content)
+    srv:close()
+  end)
+
   it("checks its options", function()
     local p = tide.provider.openai { base_url = "http://127.0.0.1:1", api_key = "k", model = "m" }
     assert.has_error(function() tide.session { agent = "long", provider = p, context = { strategy = "fold" } } end,
