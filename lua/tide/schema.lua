@@ -100,13 +100,18 @@ local function resolve(s, root)
   return s
 end
 
+-- A decoded JSON value's type: "empty" for a table with nothing in it (an
+-- array or an object: lua-cjson cannot say which), "integer" apart from
+-- "number".
 local function type_of(v)
   local t = type(v)
-  if v == json.null then return "null" end
   if t == "table" then
-    if next(v) == nil then return "empty" end -- an empty table is an array or an object
+    if v == json.null then return "null" end
+    -- (a decoded object has only string keys: one without [1] is no list)
+    if v[1] == nil then return next(v) == nil and "empty" or "object" end
     return is_list(v) and "array" or "object"
   end
+  if v == json.null then return "null" end
   if t == "number" then return math.type(v) == "integer" and "integer" or "number" end
   return t
 end
@@ -115,7 +120,6 @@ local function type_matches(actual, want)
   if actual == want then return true end
   if actual == "empty" then return want == "array" or want == "object" end
   if want == "number" and actual == "integer" then return true end
-  if want == "integer" and actual == "number" then return false end
   return false
 end
 
@@ -126,86 +130,321 @@ local function show(v)
   return s
 end
 
-local validate
+-- Schemas are checked by checkers compiled from them, once per schema
+-- node: a checker reads only the keywords its node has (most of a tool's
+-- parameters: a type, and properties), so that checking every call's
+-- arguments costs little. A checker is `fn(v, path, errs) -> valid`: with
+-- `errs`, it adds every violation there ("path: what"); without (a
+-- yes-or-no check: anyOf's alternatives, arguments before anything is
+-- known to be wrong) it stops at the first, and makes no path or message.
+-- `lenient` checkers (a tool's arguments) let a $ref tide cannot follow
+-- hold anything: the handler or server behind the tool judges those. A
+-- schema is checked as it was when first compiled.
+local compiled = { [true] = setmetatable({}, { __mode = "k" }), [false] = setmetatable({}, { __mode = "k" }) }
+local SCALARS = { string = "string", boolean = "boolean", number = "number" } -- (JSON type: Lua type)
+-- keywords that check nothing
+local PLAIN = { type = true, description = true, title = true, default = true, examples = true, format = true,
+  ["$schema"] = true, ["$id"] = true, ["$comment"] = true, deprecated = true, readOnly = true, writeOnly = true }
+local compile
 
-local function check_value(v, s, path, root, errs)
-  s = resolve(s, root)
-  if s == nil then
-    errs[#errs + 1] = path .. ": unresolvable $ref"
-    return
+-- Adds a violation at `path` (when collecting); true for a yes-or-no
+-- check, which stops at the first.
+local function violation(errs, path, msg, ...)
+  if errs then errs[#errs + 1] = path .. ": " .. msg:format(...) end
+  return errs == nil
+end
+
+local function is_array_like(actual, s)
+  return actual == "array" or (actual == "empty" and (s.items ~= nil or s.type == "array"))
+end
+
+-- The Lua type a node of one scalar JSON type with nothing more to check
+-- holds (string, boolean, number), or nil.
+local function plain_scalar(s)
+  local lua_type = SCALARS[s.type]
+  if not lua_type then return nil end
+  for k in pairs(s) do
+    if not PLAIN[k] then return nil end
   end
-  local actual = type_of(v)
-  if s.type then
-    local ok = false
-    for _, t in ipairs(type(s.type) == "table" and s.type or { s.type }) do
-      if type_matches(actual, t) then ok = true end
-    end
-    if not ok then
-      errs[#errs + 1] = ("%s: expected %s, got %s"):format(path,
-        type(s.type) == "table" and table.concat(s.type, " or ") or s.type, actual == "empty" and "{}" or actual)
-      return
-    end
-  end
+  return lua_type
+end
+
+-- The checks of one node's keywords beside its type: functions (v, path,
+-- errs, actual) -> valid, appended to `out`.
+local function keyword_checks(s, root, lenient, out) -- (returns the children's checks, if any)
+  local function add(fn) out[#out + 1] = fn end
   if s.enum then
-    local ok = false
-    for _, e in ipairs(s.enum) do if e == v then ok = true end end
-    if not ok then errs[#errs + 1] = ("%s: %s is not one of the allowed values"):format(path, show(v)) end
+    local enum = s.enum
+    add(function(v, path, errs)
+      for _, e in ipairs(enum) do if e == v then return true end end
+      violation(errs, path, "%s is not one of the allowed values", show(v))
+      return false
+    end)
   end
-  if s.const ~= nil and s.const ~= v then
-    errs[#errs + 1] = ("%s: must be %s"):format(path, show(s.const))
+  if s.const ~= nil then
+    local const = s.const
+    add(function(v, path, errs)
+      if const == v then return true end
+      violation(errs, path, "must be %s", show(const))
+      return false
+    end)
   end
-  if type(v) == "string" then
-    local n = utf8.len(v) or #v
-    if s.minLength and n < s.minLength then errs[#errs + 1] = ("%s: shorter than %d characters"):format(path, s.minLength) end
-    if s.maxLength and n > s.maxLength then errs[#errs + 1] = ("%s: longer than %d characters"):format(path, s.maxLength) end
-  elseif type(v) == "number" then
-    if s.minimum and v < s.minimum then errs[#errs + 1] = ("%s: less than %s"):format(path, s.minimum) end
-    if s.maximum and v > s.maximum then errs[#errs + 1] = ("%s: more than %s"):format(path, s.maximum) end
-    if s.exclusiveMinimum and v <= s.exclusiveMinimum then errs[#errs + 1] = ("%s: not more than %s"):format(path, s.exclusiveMinimum) end
-    if s.exclusiveMaximum and v >= s.exclusiveMaximum then errs[#errs + 1] = ("%s: not less than %s"):format(path, s.exclusiveMaximum) end
-  elseif type(v) == "table" and v ~= json.null then
-    local as_array = actual == "array" or (actual == "empty" and (s.items or s.type == "array"))
-    if as_array then
-      if s.minItems and #v < s.minItems then errs[#errs + 1] = ("%s: fewer than %d items"):format(path, s.minItems) end
-      if s.maxItems and #v > s.maxItems then errs[#errs + 1] = ("%s: more than %d items"):format(path, s.maxItems) end
-      if s.items then
-        for i, item in ipairs(v) do check_value(item, s.items, ("%s/%d"):format(path, i - 1), root, errs) end
+  local min_len, max_len = s.minLength, s.maxLength
+  if min_len or max_len then
+    add(function(v, path, errs)
+      if type(v) ~= "string" then return true end
+      local n, ok = utf8.len(v) or #v, true
+      if min_len and n < min_len then
+        ok = false
+        if violation(errs, path, "shorter than %d characters", min_len) then return false end
       end
-    else
-      local props = s.properties or {}
-      for _, name in ipairs(s.required or {}) do
-        if v[name] == nil then errs[#errs + 1] = ("%s: missing required property '%s'"):format(path, name) end
+      if max_len and n > max_len then
+        ok = false
+        violation(errs, path, "longer than %d characters", max_len)
       end
-      for k, item in pairs(v) do
-        local ps = props[k]
-        if ps then
-          check_value(item, ps, path .. "/" .. tostring(k), root, errs)
-        elseif s.additionalProperties == false then
-          errs[#errs + 1] = ("%s: property '%s' is not allowed"):format(path, tostring(k))
-        elseif type(s.additionalProperties) == "table" then
-          check_value(item, s.additionalProperties, path .. "/" .. tostring(k), root, errs)
+      return ok
+    end)
+  end
+  local bounds = { { s.minimum, function(v, b) return v < b end, "less than %s" },
+    { s.maximum, function(v, b) return v > b end, "more than %s" },
+    { s.exclusiveMinimum, function(v, b) return v <= b end, "not more than %s" },
+    { s.exclusiveMaximum, function(v, b) return v >= b end, "not less than %s" } }
+  for _, b in ipairs(bounds) do
+    local bound, past, msg = b[1], b[2], b[3]
+    if bound ~= nil then
+      add(function(v, path, errs)
+        if type(v) ~= "number" or not past(v, bound) then return true end
+        violation(errs, path, msg, bound)
+        return false
+      end)
+    end
+  end
+  local few, many = s.minItems, s.maxItems
+  if few or many then
+    add(function(v, path, errs, actual)
+      if not is_array_like(actual, s) then return true end
+      local ok = true
+      if few and #v < few then
+        ok = false
+        if violation(errs, path, "fewer than %d items", few) then return false end
+      end
+      if many and #v > many then
+        ok = false
+        violation(errs, path, "more than %d items", many)
+      end
+      return ok
+    end)
+  end
+  -- the children: an array's items, an object's required, properties and
+  -- additional ones
+  local items = s.items ~= nil and compile(s.items, root, lenient)
+  local required, extra = s.required, s.additionalProperties
+  -- The declared properties, by name (sorted: messages in a steady
+  -- order), each compiled, and the Lua type of one that is a plain scalar
+  -- (checked in place, without a call: the usual property).
+  local props, names, checks, scalars = nil, {}, {}, {}
+  if type(s.properties) == "table" then
+    props = {}
+    for k in pairs(s.properties) do names[#names + 1] = k end
+    table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
+    for i, k in ipairs(names) do
+      local sub = s.properties[k]
+      checks[i] = compile(sub, root, lenient)
+      props[k] = checks[i]
+      scalars[i] = type(sub) == "table" and sub["$ref"] == nil and plain_scalar(sub) or false
+    end
+  end
+  local nprops, nrequired = #names, type(required) == "table" and #required or 0
+  local extra_check = type(extra) == "table" and compile(extra, root, lenient)
+  local children, object_children
+  if items or required or props or extra ~= nil then
+    -- (an object's, apart: the usual node calls it knowing the value is one)
+    object_children = function(v, path, errs)
+      local ok = true
+      for i = 1, nrequired do
+        local name = required[i]
+        if v[name] == nil then
+          ok = false
+          if violation(errs, path, "missing required property '%s'", name) then return false end
         end
       end
+      if extra == nil or extra == true then
+        -- (other properties are free: only the declared ones are read)
+        for i = 1, nprops do
+          local k = names[i]
+          local item = v[k]
+          if item ~= nil then
+            local lua_type = scalars[i]
+            if not (lua_type and type(item) == lua_type)
+                and not checks[i](item, errs and (path .. "/" .. tostring(k)), errs) then
+              if not errs then return false end
+              ok = false
+            end
+          end
+        end
+        return ok
+      end
+      for k, item in pairs(v) do
+        local check = props and props[k] or extra_check
+        if check then
+          if not check(item, errs and (path .. "/" .. tostring(k)), errs) then
+            if not errs then return false end
+            ok = false
+          end
+        else -- (additionalProperties false)
+          ok = false
+          if violation(errs, path, "property '%s' is not allowed", tostring(k)) then return false end
+        end
+      end
+      return ok
     end
+    children = function(v, path, errs, actual)
+      if type(v) ~= "table" or v == json.null then return true end
+      local ok = true
+      if is_array_like(actual, s) then
+        if items then
+          for i, item in ipairs(v) do
+            if not items(item, errs and ("%s/%d"):format(path, i - 1), errs) then
+              if not errs then return false end
+              ok = false
+            end
+          end
+        end
+        return ok
+      end
+      return object_children(v, path, errs)
+    end
+    add(children)
   end
-  for _, sub in ipairs(s.allOf or {}) do check_value(v, sub, path, root, errs) end
+  if s.allOf then
+    local all = {}
+    for i, sub in ipairs(s.allOf) do all[i] = compile(sub, root, lenient) end
+    add(function(v, path, errs)
+      local ok = true
+      for _, check in ipairs(all) do
+        if not check(v, path, errs) then
+          if not errs then return false end
+          ok = false
+        end
+      end
+      return ok
+    end)
+  end
   if s.anyOf or s.oneOf then
-    local list = s.anyOf or s.oneOf
-    local matched = 0
-    for _, sub in ipairs(list) do
-      if #validate(v, sub, root) == 0 then matched = matched + 1 end
+    local list, one = {}, s.oneOf ~= nil and s.anyOf == nil
+    for i, sub in ipairs(s.anyOf or s.oneOf) do list[i] = compile(sub, root, lenient) end
+    local word = s.anyOf and "anyOf" or "oneOf"
+    add(function(v, path, errs)
+      local matched = 0
+      for _, check in ipairs(list) do
+        if check(v, nil, nil) then matched = matched + 1 end
+      end
+      if matched == 0 then
+        violation(errs, path, "matches none of the %s alternatives", word)
+        return false
+      end
+      if one and matched > 1 then
+        violation(errs, path, "matches %d oneOf alternatives, not exactly one", matched)
+        return false
+      end
+      return true
+    end)
+  end
+  return children, object_children
+end
+
+-- A $ref's checker: its target compiled at first use (a schema may refer
+-- to itself).
+local function ref_checker(s, root, lenient)
+  local target
+  return function(v, path, errs)
+    if target == nil then
+      local r = resolve(s, root)
+      target = type(r) == "table" and compile(r, root, lenient) or false
     end
-    if matched == 0 then
-      errs[#errs + 1] = ("%s: matches none of the %s alternatives"):format(path, s.anyOf and "anyOf" or "oneOf")
-    elseif s.oneOf and not s.anyOf and matched > 1 then
-      errs[#errs + 1] = ("%s: matches %d oneOf alternatives, not exactly one"):format(path, matched)
-    end
+    if target then return target(v, path, errs) end
+    if lenient then return true end
+    if errs then errs[#errs + 1] = path .. ": unresolvable $ref" end
+    return false
   end
 end
 
-validate = function(v, s, root)
+compile = function(s, root, lenient)
+  lenient = lenient == true
+  local cache = compiled[lenient]
+  local c = type(s) == "table" and cache[s]
+  if c then return c end
+  if type(s) ~= "table" or s["$ref"] ~= nil then
+    c = ref_checker(type(s) == "table" and s or {}, root, lenient)
+    if type(s) == "table" then cache[s] = c end
+    return c
+  end
+  -- (a placeholder while its children compile: a child that is its
+  -- ancestor by identity gets the finished checker through it)
+  local fn
+  cache[s] = function(...) return fn(...) end
+  local want = s.type
+  local wants = type(want) == "table" and want or nil
+  local checks = {}
+  local children, object_children = keyword_checks(s, root, lenient, checks)
+  local n = #checks
+  local general = function(v, path, errs)
+    local actual = type_of(v)
+    if want ~= nil then
+      local matches = false
+      if wants then
+        for _, t in ipairs(wants) do if type_matches(actual, t) then matches = true end end
+      else
+        matches = type_matches(actual, want)
+      end
+      if not matches then
+        violation(errs, path, "expected %s, got %s", wants and table.concat(wants, " or ") or want,
+          actual == "empty" and "{}" or actual)
+        return false
+      end
+    end
+    local ok = true
+    for i = 1, n do
+      if not checks[i](v, path, errs, actual) then
+        if not errs then return false end
+        ok = false
+      end
+    end
+    return ok
+  end
+  -- The usual nodes of a tool's parameters go first without classifying
+  -- the value: a scalar of one type with nothing more to check, an object
+  -- whose only check is its children's. Anything else, and every value
+  -- that fails there, takes the general check (which says what is wrong).
+  local lua_type = n == 0 and SCALARS[want]
+  if lua_type then
+    fn = function(v, path, errs)
+      if type(v) == lua_type then return true end
+      return general(v, path, errs)
+    end
+  elseif n == 0 and want == "integer" then
+    fn = function(v, path, errs)
+      if math.type(v) == "integer" then return true end
+      return general(v, path, errs)
+    end
+  elseif want == "object" and n == 1 and children then
+    local null = json.null
+    fn = function(v, path, errs)
+      if type(v) == "table" and v[1] == nil and v ~= null then return object_children(v, path, errs) end
+      return general(v, path, errs)
+    end
+  else
+    fn = general
+  end
+  cache[s] = fn
+  return fn
+end
+
+-- What `v` does wrong against `s` (inside schema `root`): a list of
+-- messages with paths, empty when it validates.
+local function validate(v, s, root, lenient)
   local errs = {}
-  check_value(v, s, "#", root or s, errs)
+  compile(s, root or s, lenient)(v, "#", errs)
   return errs
 end
 
@@ -215,6 +454,29 @@ end
 ---@param schema table
 ---@return string[]
 function M.validate(value, schema) return validate(value, schema, schema) end
+
+--- What a tool call's arguments (decoded) do wrong against the tool's
+--- `parameters`, as validate says it, but lenient where the schema says
+--- nothing tide can read (a $ref it cannot follow): the server or handler
+--- behind it judges those. Nil when they are valid.
+---@param args table
+---@param parameters table
+---@return string[]|nil
+function M.validate_arguments(args, parameters)
+  -- (the yes-or-no check first: valid arguments, the usual case, make no
+  -- path or message)
+  if compile(parameters, parameters, true)(args) then return nil end
+  return validate(args, parameters, parameters, true)
+end
+
+--- validate_arguments' yes-or-no check for one `parameters`, compiled
+--- once: fn(args) -> whether they are valid (validate_arguments then says
+--- what is wrong).
+---@param parameters table
+---@return fun(args:table):boolean
+function M.arguments_checker(parameters)
+  return compile(parameters, parameters, true)
+end
 
 --- Marks, in place, every table `schema` calls an array as a JSON array
 --- (tide.json.array), so that `[]` stays `[]` when the value is encoded.
@@ -236,7 +498,7 @@ function M.mark_arrays(v, s, root)
   end
   for _, key in ipairs { "anyOf", "oneOf", "allOf" } do
     for _, sub in ipairs(s[key] or {}) do
-      if #validate(v, sub, root) == 0 then M.mark_arrays(v, sub, root) end
+      if compile(sub, root)(v, nil, nil) then M.mark_arrays(v, sub, root) end
     end
   end
   return v
@@ -339,7 +601,7 @@ function M.unwrap_answer(text)
   return text
 end
 
---- The JSON in a model's answer: the whole text, or the one fenced block--- The JSON in a model's answer: the whole text, or the one fenced block
+--- The JSON in a model's answer: the whole text, or the one fenced block
 --- (```json ... ```) it is wrapped in. Returns the decoded value, or nil and
 --- why it is not JSON.
 ---@param text string

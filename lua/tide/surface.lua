@@ -12,6 +12,16 @@ local M = {}
 local json = require "tide.json"
 local tool = require "tide.tool"
 local agents = require "tide.agents"
+-- The yes-or-no check of a tool's arguments against its parameters, by the
+-- parameters table (tide.schema.arguments_checker), or false for a schema
+-- with nothing to check; tide.schema is loaded with the first.
+local checkers = setmetatable({}, { __mode = "k" })
+local function arguments_checker(params)
+  local c = (params.required ~= nil or (type(params.properties) == "table" and next(params.properties) ~= nil))
+    and require("tide.schema").arguments_checker(params) or false
+  checkers[params] = c
+  return c
+end
 
 -- surface cache: def -> generation -> snapshot (or false) -> surface.
 -- Weak keys: a surface lives as long as its definition and snapshot do.
@@ -350,7 +360,19 @@ function M.check_call(surface, snapshot, call)
     local args, jerr
     if type(a) == "string" then args, jerr = json.decode(a) end
     -- lua-cjson decodes an array to a table too: an object starts with "{"
-    if type(args) == "table" and a:match("^%s*{") then return t, args end
+    if type(args) == "table" and a:match("^%s*{") then
+      -- Arguments that break the tool's parameters never reach its handler
+      -- (or server): the model reads what is wrong and calls again.
+      local params = t.parameters
+      local check = params and checkers[params]
+      if check == nil and type(params) == "table" then check = arguments_checker(params) end
+      if check and not check(args) then
+        local errs = require("tide.schema").validate_arguments(args, params)
+        return nil, ("Error: the arguments for '%s' do not match its parameters: %s"):format(call.name,
+          table.concat(errs, "; "))
+      end
+      return t, args
+    end
     local what = jerr and jerr.message
     if not what then
       what = type(a) ~= "string" and type(a) or type(args) == "table" and "an array"

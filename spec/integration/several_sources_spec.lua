@@ -96,4 +96,37 @@ describe("several integration sources", function()
     assert.has_error(function() tide.agent { id = "bad", prompt = "x", tools = { { toolkit = "files", olny = {} } } } end)
     srv:close()
   end)
+
+  it("checks a toolkit action's and a delegate's arguments against their schemas before anything runs", function()
+    local c = tide.integrations.static { id = "src-c", toolkits = { { slug = "issues", description = "Issues",
+      connected = true, tools = { { name = "ISSUE_GET", description = "Gets an issue.",
+        parameters = { type = "object", required = { "number" }, properties = { number = { type = "integer" } } },
+        handler = function(args) ran[#ran + 1] = "c:" .. tostring(args.number); return "issue" end } } } } }
+    cache.get(c)
+    tide.agent { id = "checked", prompt = "You read issues.", tools = { { toolkit = "issues" } },
+      subagents = { { toolkits = "*" } } }
+    local calls = {
+      { id = "i1", name = "ISSUE_GET", arguments = { number = "seven" } },
+      { id = "i2", name = "delegate_issues", arguments = { job = "x" } },
+      { id = "i3", name = "ISSUE_GET", arguments = { number = 7 } },
+    }
+    local srv = testing.mock_server { default = function(req)
+      local msgs = req.json.messages
+      if msgs[#msgs].role == "tool" then return "fin" end
+      return { tool_calls = calls }
+    end }
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    local s = tide.session { agent = "checked", provider = p, integrations = { c } }
+    assert.are.equal("fin", s:turn("go"))
+    local results = {}
+    for _, m in ipairs(s:history()) do
+      for _, r in ipairs(m.results or {}) do results[r.id] = r.content end
+    end
+    assert.matches("#/number: expected integer, got string", results.i1, 1, true)
+    assert.matches("missing required property 'task'", results.i2, 1, true)
+    assert.are.equal("issue", results.i3)
+    assert.are.same({ "c:7" }, ran) -- (one request: the delegate's sub-agent never ran)
+    assert.are.equal(2, #srv:requests())
+    srv:close()
+  end)
 end)

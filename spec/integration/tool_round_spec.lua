@@ -252,6 +252,38 @@ describe("the tool round", function()
     assert.are.equal("a", msgs[4].tool_call_id)
   end)
 
+  it("answers arguments that break the tool's parameters with what is wrong, never running it", function()
+    local ran = {}
+    local t = tide.tool { name = "find", description = "f",
+      parameters = { type = "object", required = { "q" }, additionalProperties = false, properties = {
+        q = { type = "string" }, n = { type = "integer", minimum = 1 }, kind = { enum = { "a", "b" } },
+        tags = { type = "array", items = { type = "string" } },
+        -- a $ref tide cannot follow holds nothing (the handler judges)
+        opaque = { ["$ref"] = "#/properties/q/whatever" } } },
+      handler = function(args) ran[#ran + 1] = args.q; return "found " .. args.q end }
+    local s = session_calling({
+      { id = "a", name = "find", arguments = {} },
+      { id = "b", name = "find", arguments = { q = 5 } },
+      { id = "c", name = "find", arguments = { q = "x", n = 0, kind = "z" } },
+      { id = "d", name = "find", arguments = { q = "x", tags = { "t", 3 } } },
+      { id = "e", name = "find", arguments = { q = "x", other = true } },
+      { id = "f", name = "find", arguments = '{"q":"ok","n":2.0,"tags":[],"opaque":{"any":1}}' },
+    }, { t })
+    assert.are.equal("fin", s:turn("go"))
+    local r = last_results(s)
+    assert.are.equal("Error: the arguments for 'find' do not match its parameters: #: missing required property 'q'",
+      r.a.content)
+    assert.is_true(r.a.is_error)
+    assert.matches("#/q: expected string, got integer", r.b.content, 1, true)
+    assert.matches("#/n: less than 1", r.c.content, 1, true)
+    assert.matches('#/kind: "z" is not one of the allowed values', r.c.content, 1, true)
+    assert.matches("#/tags/1: expected string, got integer", r.d.content, 1, true)
+    assert.matches("#: property 'other' is not allowed", r.e.content, 1, true)
+    -- (2.0 is an integer in JSON, an empty list a list)
+    assert.are.equal("found ok", r.f.content)
+    assert.are.same({ "ok" }, ran)
+  end)
+
   it("stops the turn for an on_delta or on_reasoning that raises, marked as a listener's, sent once", function()
     for _, case in ipairs {
       { stream = false, opt = "on_delta" }, { stream = true, opt = "on_delta" },
