@@ -4,14 +4,18 @@
 ** Bedrock requests with them), CRC-32 for the frames of AWS event streams
 ** (eventstream.c checks them, the mock makes them), RSA-SHA-256 for the
 ** JWT a Google service account trades for an access token
-** (provider/google.lua), SHA-1 for the names of the AWS CLI's SSO token
+** (provider/google.lua), ECDSA P-256 for the DPoP proofs that renew an
+** `aws login` session, SHA-1 for the names of the AWS CLI's SSO token
 ** cache files (provider/aws.lua). OpenSSL's libcrypto and zlib compute them:
 ** well-kept implementations, not hand-written ones.
 */
 #include <openssl/bio.h>
+#include <openssl/core_names.h>
+#include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <zlib.h>
 
 #include <stdlib.h>
@@ -119,14 +123,86 @@ static int l_rsa_sha256_sign(lua_State *L) {
   return 1;
 }
 
-/// Registers core.sha256, core.sha1, core.hmac_sha256, core.crc32 and
-/// core.rsa_sha256_sign into the module table at the top of the stack.
+/* core.random_bytes(n) -> n bytes from OpenSSL's generator (seeded by the
+** kernel): ids no other process or run can repeat, a DPoP proof's jti, a
+** span's. */
+static int l_random_bytes(lua_State *L) {
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 0 && n <= 4096, 1, "from 0 to 4096 bytes");
+  unsigned char buf[4096];
+  if (n > 0 && RAND_bytes(buf, (int)n) != 1) return luaL_error(L, "tide: no random bytes");
+  lua_pushlstring(L, (const char *)buf, (size_t)n);
+  return 1;
+}
+
+/* The 32 bytes of a P-256 number, big-endian, into out; 0 on failure. */
+static int p256_bytes(const BIGNUM *n, unsigned char *out) { return n != NULL && BN_bn2binpad(n, out, 32) == 32; }
+
+/* core.es256_sign(pem, s) -> the ECDSA P-256 SHA-256 signature of s with
+** the PEM private key as JWS's ES256 wants it (r and s, 32 bytes each),
+** and the key's public point (x and y, 32 bytes each, a JWK's); or nil
+** and why. For the DPoP proofs of AWS Sign-In's `aws login` sessions
+** (provider/aws_credentials.lua). An encrypted key is refused, never
+** asked about on the terminal. */
+static int l_es256_sign(lua_State *L) {
+  size_t kn, n;
+  const char *pem = luaL_checklstring(L, 1, &kn);
+  const char *s = luaL_checklstring(L, 2, &n);
+  luaL_argcheck(L, kn <= INT_MAX, 1, "key too long");
+  BIO *bio = BIO_new_mem_buf(pem, (int)kn);
+  EVP_PKEY *key = bio ? PEM_read_bio_PrivateKey(bio, NULL, passphrase_cb, NULL) : NULL;
+  BIO_free(bio);
+  char group[64] = {0};
+  if (key == NULL || EVP_PKEY_get_base_id(key) != EVP_PKEY_EC ||
+      EVP_PKEY_get_utf8_string_param(key, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof group, NULL) != 1 ||
+      strcmp(group, "prime256v1") != 0) {
+    EVP_PKEY_free(key);
+    lua_pushnil(L);
+    lua_pushliteral(L, "not a PEM P-256 EC private key");
+    return 2;
+  }
+  unsigned char out[128]; /* r, s, x, y */
+  BIGNUM *x = NULL, *y = NULL;
+  int ok = EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_EC_PUB_X, &x) == 1 &&
+           EVP_PKEY_get_bn_param(key, OSSL_PKEY_PARAM_EC_PUB_Y, &y) == 1 && p256_bytes(x, out + 64) &&
+           p256_bytes(y, out + 96);
+  BN_free(x);
+  BN_free(y);
+  if (!ok) {
+    EVP_PKEY_free(key);
+    lua_pushnil(L);
+    lua_pushliteral(L, "the EC private key holds no public point");
+    return 2;
+  }
+  EVP_MD_CTX *md = EVP_MD_CTX_new();
+  unsigned char der[128];
+  size_t len = sizeof der;
+  ok = md != NULL && EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) == 1 &&
+       EVP_DigestSign(md, der, &len, (const unsigned char *)s, n) == 1;
+  EVP_MD_CTX_free(md);
+  EVP_PKEY_free(key);
+  const unsigned char *dp = der;
+  ECDSA_SIG *sig = ok ? d2i_ECDSA_SIG(NULL, &dp, (long)len) : NULL;
+  ok = sig != NULL && p256_bytes(ECDSA_SIG_get0_r(sig), out) && p256_bytes(ECDSA_SIG_get0_s(sig), out + 32);
+  ECDSA_SIG_free(sig);
+  if (!ok) return luaL_error(L, "tide: ES256 signing failed");
+  lua_pushlstring(L, (const char *)out, 64);
+  lua_pushlstring(L, (const char *)out + 64, 32);
+  lua_pushlstring(L, (const char *)out + 96, 32);
+  return 3;
+}
+
+/// Registers core.sha256, core.sha1, core.hmac_sha256, core.crc32,
+/// core.rsa_sha256_sign, core.es256_sign and core.random_bytes into the
+/// module table at the top of the stack.
 void tide__open_digest(lua_State *L) {
   static const luaL_Reg fns[] = {{"sha256", l_sha256},
                                  {"sha1", l_sha1},
                                  {"hmac_sha256", l_hmac_sha256},
                                  {"crc32", l_crc32},
                                  {"rsa_sha256_sign", l_rsa_sha256_sign},
+                                 {"es256_sign", l_es256_sign},
+                                 {"random_bytes", l_random_bytes},
                                  {NULL, NULL}};
   luaL_setfuncs(L, fns, 0);
 }

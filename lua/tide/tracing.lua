@@ -151,18 +151,11 @@ end
 
 -- ---------------------------------------------------------------- ids --
 
--- Ids from the kernel's random source (Lua's generator is seeded from
--- the time and an address, and a script's math.randomseed would make
--- every run's ids alike); Lua's where there is none. Never all zeros.
-local urandom = io.open("/dev/urandom", "rb")
-local random = math.random
+-- Ids from OpenSSL's generator, which the kernel seeds (Lua's is seeded
+-- from the time and an address, and a script's math.randomseed would
+-- make every run's ids alike). Never all zeros.
 local function random_hex(nbytes)
-  local b = urandom and urandom:read(nbytes)
-  if not b or #b < nbytes then
-    b = {}
-    for i = 1, nbytes do b[i] = char(random(0, 255)) end
-    b = table.concat(b)
-  end
+  local b = core.random_bytes(nbytes)
   if not b:find("[^%z]") then b = b:sub(1, -2) .. "\1" end
   return (b:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
 end

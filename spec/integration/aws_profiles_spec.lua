@@ -399,3 +399,146 @@ describe("Claude on Bedrock with a profile", function()
     end)
   end)
 end)
+
+describe("an aws login session (login_session)", function()
+  local SESSION = "arn:aws:sts::012345678910:assumed-role/Admin/admin"
+  -- a P-256 key as `aws login` caches it (SEC1 PEM), and its public point
+  local KEY = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBMB/RwQERsVoqWRQG4zK8CnaAa5dfrpbm+9tFdBh3z4oAoGCCqGSM49\n"
+    .. "AwEHoUQDQgAEWb1VLi1EA2hJaTz4yYuxSELvY+1GAfL+8rUTCAdiFid87Bf6GY+s\n2+1RpqDv0RpZiDIMCrZrsAh+RK9S3QCaGA==\n"
+    .. "-----END EC PRIVATE KEY-----\n"
+  local X, Y = "Wb1VLi1EA2hJaTz4yYuxSELvY-1GAfL-8rUTCAdiFic", "fOwX-hmPrNvtUaag79EaWYgyDAq2a7AIfkSvUt0Amhg"
+  local CONFIG = "[profile signin]\nlogin_session = " .. SESSION .. "\nregion = us-east-2\n"
+  -- (4b0ba8f9...json: the name botocore's test suite gives this ARN's file)
+  local FILE = ".aws/login/cache/" .. hex(tide.core.sha256(SESSION)) .. ".json"
+
+  local function token(expires_in, over)
+    local t = { accessToken = { accessKeyId = "ASIALOGIN", secretAccessKey = "login/secret", sessionToken = "login-token",
+      accountId = "012345678901", expiresAt = iso(expires_in) }, tokenType = "aws_sigv4", refreshToken = "valid_refresh",
+      idToken = "eyJ.id", clientId = "arn:aws:signin:::devtools/same-device", dpopKey = KEY }
+    for k, v in pairs(over or {}) do t[k] = v end
+    return cjson.encode(t)
+  end
+
+  local unb64url = helpers.base64url_decode
+
+  -- Whether `jwt`'s ES256 signature is the key's, as the openssl command
+  -- line checks it (r and s made a DER ECDSA-Sig-Value first).
+  local function openssl_verifies(jwt)
+    local signing, sig = jwt:match("^(.*)%.([^.]+)$")
+    local raw = unb64url(sig)
+    local function der_int(b)
+      b = b:gsub("^%z+", "")
+      if b:byte(1) >= 0x80 then b = "\0" .. b end
+      return "\2" .. string.char(#b) .. b
+    end
+    local body = der_int(raw:sub(1, 32)) .. der_int(raw:sub(33, 64))
+    local dir = helpers.tmpdir()
+    helpers.write(dir .. "/key.pem", KEY)
+    helpers.write(dir .. "/msg", signing)
+    helpers.write(dir .. "/sig", "\48" .. string.char(#body) .. body)
+    local out = helpers.sh(("cd %q && openssl ec -in key.pem -pubout -out pub.pem 2>/dev/null && "
+      .. "openssl dgst -sha256 -verify pub.pem -signature sig msg 2>&1"):format(dir))
+    helpers.rmdir(dir)
+    return out:match("Verified OK") ~= nil
+  end
+
+  it("gives the cached credentials while they last, asking nothing", function()
+    local dir = home { [".aws/config"] = CONFIG, [FILE] = token(3600) }
+    local creds, ttl = resolve({ HOME = dir, AWS_PROFILE = "signin", AWS_ENDPOINT_URL_SIGNIN = "http://127.0.0.1:9" })
+    assert.are.same({ access_key_id = "ASIALOGIN", secret_access_key = "login/secret", session_token = "login-token" },
+      creds)
+    assert.is_true(ttl > 3590 and ttl <= 3600)
+    helpers.rmdir(dir)
+  end)
+
+  it("says what is missing, and that `aws login` makes it", function()
+    local dir = home { [".aws/config"] = CONFIG }
+    local _, err = resolve({ HOME = dir, AWS_PROFILE = "signin" })
+    assert.matches("no cached login session " .. SESSION, err, 1, true)
+    assert.matches("run `aws login`", err, 1, true)
+    os.execute(("mkdir -p %q"):format(dir .. "/.aws/login/cache"))
+    for field, over in pairs { refreshToken = { refreshToken = cjson.null }, clientId = { clientId = cjson.null },
+      dpopKey = { dpopKey = cjson.null }, accessToken = { accessToken = cjson.null } } do
+      helpers.write(dir .. "/" .. FILE, (token(3600, over):gsub('"' .. field .. '":null,?', ""):gsub(",}", "}")))
+      _, err = resolve({ HOME = dir, AWS_PROFILE = "signin" })
+      assert.matches("lacks " .. field, err, 1, true)
+    end
+    helpers.write(dir .. "/" .. FILE, "{not json")
+    _, err = resolve({ HOME = dir, AWS_PROFILE = "signin" })
+    assert.matches("is not JSON", err, 1, true)
+    helpers.rmdir(dir)
+  end)
+
+  it("renews expired credentials at AWS Sign-In with a DPoP proof, and writes them back", function()
+    local seen = {}
+    with_mock({ routes = { ["/v1/token"] = function(req)
+      seen[#seen + 1] = req
+      return { headers = { ["content-type"] = "application/json" }, body = cjson.encode { accessToken = {
+        accessKeyId = "NEWREFRESHEDKEY", secretAccessKey = "newRefreshedSecretKey", sessionToken = "newRefreshedSessionToken" },
+        tokenType = "aws_sigv4", expiresIn = 900, refreshToken = "new_refresh_token" } }
+    end } }, function(srv)
+      local dir = home { [".aws/config"] = CONFIG, [FILE] = token(-60) }
+      local env = { HOME = dir, AWS_PROFILE = "signin", AWS_ENDPOINT_URL_SIGNIN = srv.url }
+      local creds, ttl = resolve(env)
+      assert.are.same({ access_key_id = "NEWREFRESHEDKEY", secret_access_key = "newRefreshedSecretKey",
+        session_token = "newRefreshedSessionToken" }, creds)
+      assert.is_true(ttl > 890 and ttl <= 900)
+      -- the request: the refresh token, as JSON, with a DPoP proof for this very URL
+      local req = seen[1]
+      assert.are.equal("POST", req.method)
+      assert.are.equal("application/json", req.headers["content-type"])
+      assert.are.same({ clientId = "arn:aws:signin:::devtools/same-device", grantType = "refresh_token",
+        refreshToken = "valid_refresh" }, cjson.decode(req.body))
+      local proof = req.headers["dpop"]
+      local h, p = proof:match("^([^.]+)%.([^.]+)%.[^.]+$")
+      assert.are.same({ typ = "dpop+jwt", alg = "ES256", jwk = { kty = "EC", crv = "P-256", x = X, y = Y } },
+        cjson.decode(unb64url(h)))
+      local claims = cjson.decode(unb64url(p))
+      assert.are.equal("POST", claims.htm)
+      assert.are.equal(srv.url .. "/v1/token", claims.htu)
+      assert.is_true(math.abs(claims.iat - os.time()) <= 5)
+      assert.matches("^%x%x%x%x%x%x%x%x%-%x%x%x%x%-4%x%x%x%-[89ab]%x%x%x%-%x+$", claims.jti)
+      assert.is_true(openssl_verifies(proof))
+      -- the cache: the new credentials and refresh token, the account and key kept, for its owner only
+      local cached = cjson.decode(helpers.read(dir .. "/" .. FILE))
+      assert.are.equal("NEWREFRESHEDKEY", cached.accessToken.accessKeyId)
+      assert.are.equal("012345678901", cached.accessToken.accountId)
+      assert.are.equal("new_refresh_token", cached.refreshToken)
+      assert.are.equal(KEY, cached.dpopKey)
+      assert.are.equal("arn:aws:signin:::devtools/same-device", cached.clientId)
+      assert.is_true(creds_mod.epoch(cached.accessToken.expiresAt) - os.time() > 890)
+      assert.matches("^%-rw%-%-%-%-%-%-%-", helpers.sh(("ls -l %q"):format(dir .. "/" .. FILE)))
+      -- the next process reads what was written back: no second request
+      assert(resolve(env))
+      assert.are.equal(1, #seen)
+      helpers.rmdir(dir)
+    end)
+  end)
+
+  it("says the session ended when AWS Sign-In refuses, and keeps credentials that have not run out", function()
+    local answer = { status = 400, headers = { ["content-type"] = "application/json" },
+      body = '{"error":"TOKEN_EXPIRED","message":"The refresh token has expired."}' }
+    with_mock({ routes = { ["/v1/token"] = function() return answer end } }, function(srv)
+      local dir = home { [".aws/config"] = CONFIG, [FILE] = token(-60) }
+      local env = { HOME = dir, AWS_PROFILE = "signin", AWS_ENDPOINT_URL_SIGNIN = srv.url }
+      local _, err = resolve(env)
+      assert.matches("the login session " .. SESSION .. " cannot be renewed: the login session has expired: run "
+        .. "`aws login` again", err, 1, true)
+      assert.is_nil(err:find("valid_refresh", 1, true))
+      -- two minutes left: the renewal fails, the credentials still serve
+      helpers.write(dir .. "/" .. FILE, token(120))
+      local creds, ttl = resolve(env)
+      assert.are.equal("ASIALOGIN", creds.access_key_id)
+      assert.is_true(ttl <= 120)
+      -- an unusable key, or no region to renew in, is said
+      helpers.write(dir .. "/" .. FILE, token(-60, { dpopKey = "-----BEGIN EC PRIVATE KEY-----\nxx\n" }))
+      _, err = resolve(env)
+      assert.matches("its dpopKey is not a P-256 EC private key", err, 1, true)
+      helpers.write(dir .. "/.aws/config", "[profile signin]\nlogin_session = " .. SESSION .. "\n")
+      helpers.write(dir .. "/" .. FILE, token(-60))
+      _, err = resolve(env)
+      assert.matches("no region to renew it in", err, 1, true)
+      helpers.rmdir(dir)
+    end)
+  end)
+end)

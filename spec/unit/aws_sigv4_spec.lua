@@ -89,3 +89,41 @@ describe("core's hashes", function()
     assert.are.equal(core.crc32("123456789"), core.crc32("6789", core.crc32("12345")))
   end)
 end)
+
+describe("core.es256_sign and core.random_bytes", function()
+  -- the Rust SDK's DPoP test key, in SEC1 and PKCS#8 form, and its public point
+  local SEC1 = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBMB/RwQERsVoqWRQG4zK8CnaAa5dfrpbm+9tFdBh3z4oAoGCCqGSM49\n"
+    .. "AwEHoUQDQgAEWb1VLi1EA2hJaTz4yYuxSELvY+1GAfL+8rUTCAdiFid87Bf6GY+s\n2+1RpqDv0RpZiDIMCrZrsAh+RK9S3QCaGA==\n"
+    .. "-----END EC PRIVATE KEY-----\n"
+
+  it("signs as ES256 (r and s, 32 bytes each) and gives the key's public point", function()
+    local sig, x, y = core.es256_sign(SEC1, "message")
+    assert.are.equal(64, #sig)
+    local unb64url = require("helpers").base64url_decode
+    assert.are.equal(unb64url("Wb1VLi1EA2hJaTz4yYuxSELvY-1GAfL-8rUTCAdiFic"), x)
+    assert.are.equal(unb64url("fOwX-hmPrNvtUaag79EaWYgyDAq2a7AIfkSvUt0Amhg"), y)
+    -- ECDSA draws a fresh nonce: two signatures of one message differ
+    assert.are_not.equal(sig, (core.es256_sign(SEC1, "message")))
+    -- the same key as PKCS#8 (openssl's own conversion)
+    local dir = require("helpers").tmpdir()
+    local f = io.open(dir .. "/k.pem", "w"); f:write(SEC1); f:close()
+    local p8 = require("helpers").sh(("openssl pkcs8 -topk8 -nocrypt -in %q 2>/dev/null"):format(dir .. "/k.pem"))
+    require("helpers").rmdir(dir)
+    local _, x2 = core.es256_sign(p8, "m")
+    assert.are.equal(x, x2)
+    -- keys it cannot use say so; nothing is asked on the terminal
+    for _, bad in ipairs { "junk", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n" } do
+      local none, why = core.es256_sign(bad, "m")
+      assert.is_nil(none)
+      assert.are.equal("not a PEM P-256 EC private key", why)
+    end
+  end)
+
+  it("gives random bytes, as many as asked", function()
+    assert.are.equal(16, #core.random_bytes(16))
+    assert.are_not.equal(core.random_bytes(16), core.random_bytes(16))
+    assert.are.equal("", core.random_bytes(0))
+    assert.has_error(function() core.random_bytes(-1) end)
+    assert.has_error(function() core.random_bytes(5000) end)
+  end)
+end)

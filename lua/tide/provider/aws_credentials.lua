@@ -13,12 +13,15 @@
 --- STS's AssumeRoleWithWebIdentity), IAM Identity Center (`sso_session` or
 --- `sso_start_url`: the token `aws sso login` left in ~/.aws/sso/cache,
 --- renewed with its refresh token, traded at the SSO portal for the role's
---- credentials), the credentials file's keys, a `credential_process`, the
---- config file's keys; then the container's endpoint (ECS tasks, EKS Pod
---- Identity) and the EC2 instance's metadata service (IMDSv2). The first
---- source that is there answers; one that is there and fails stops the
---- chain, as in botocore. Not followed: `mfa_serial` (it needs a code typed
---- in), `aws login` sessions; give `bedrock.credentials` a function then.
+--- credentials), the credentials file's keys, an `aws login` session
+--- (`login_session`: the credentials AWS Sign-In left in ~/.aws/login/cache,
+--- renewed with its refresh token and a DPoP proof), a
+--- `credential_process`, the config file's keys; then the container's
+--- endpoint (ECS tasks, EKS Pod Identity) and the EC2 instance's metadata
+--- service (IMDSv2). The first source that is there answers; one that is
+--- there and fails stops the chain, as in botocore. Not followed:
+--- `mfa_serial` (it needs a code typed in); give `bedrock.credentials` a
+--- function then.
 local core = require "tide.core"
 local json = require "tide.json"
 local base = require "tide.provider.base"
@@ -425,6 +428,132 @@ function sources.sso(env, ctx)
   return creds, ms and math.max(0, ms // 1000 - os.time()) or nil
 end
 
+-- ------------------------------------------------------------ aws login --
+
+-- An `aws login` session's cached token (AWS Sign-In): the file, the
+-- decoded token, or nil and why. As botocore and the Rust SDK read it:
+-- AWS_LOGIN_CACHE_DIRECTORY or ~/.aws/login/cache, the file named by the
+-- SHA-256 of the session's ARN.
+local LOGIN_FIELDS = { "accessToken", "refreshToken", "dpopKey", "clientId" }
+local ACCESS_FIELDS = { "accessKeyId", "secretAccessKey", "sessionToken", "accountId", "expiresAt" }
+
+local function login_token(env, session)
+  local home = env("HOME")
+  local dir = env("AWS_LOGIN_CACHE_DIRECTORY")
+  if dir and home and (dir == "~" or dir:sub(1, 2) == "~/") then dir = home .. dir:sub(2) end
+  dir = dir or (home and home .. "/.aws/login/cache")
+  local path = dir and ("%s/%s.json"):format(dir, aws().hex(core.sha256(session)))
+  local text = path and read_file(path)
+  if not text then
+    return nil, ("no cached login session %s (in %s): run `aws login`"):format(session, dir or "~/.aws/login/cache")
+  end
+  local ok, t = pcall(json.decode, text)
+  if not ok or type(t) ~= "table" then return nil, ("the login session cache %s is not JSON"):format(path) end
+  local missing = {}
+  for _, k in ipairs(LOGIN_FIELDS) do
+    if t[k] == nil then missing[#missing + 1] = k end
+  end
+  if type(t.accessToken) == "table" then
+    for _, k in ipairs(ACCESS_FIELDS) do
+      if type(t.accessToken[k]) ~= "string" then missing[#missing + 1] = "accessToken." .. k end
+    end
+  end
+  if #missing > 0 then
+    return nil, ("the login session cache %s lacks %s: run `aws login`"):format(path, table.concat(missing, ", "))
+  end
+  return path, t
+end
+
+-- A DPoP proof (RFC 9449) for a POST to `url`, signed with the session's
+-- key (ES256), its public key in the header, as AWS Sign-In asks.
+local function dpop_proof(key_pem, url)
+  local b64url = base._base64url
+  local _, x, y = core.es256_sign(key_pem, "")
+  if not x then return nil end
+  local id = aws().hex(core.random_bytes(16))
+  local header = ('{"typ":"dpop+jwt","alg":"ES256","jwk":{"kty":"EC","x":%s,"y":%s,"crv":"P-256"}}'):format(
+    json.canonical(b64url(x)), json.canonical(b64url(y)))
+  -- (jti: a random UUID, version 4)
+  local jti = ("%s-%s-4%s-%x%s-%s"):format(id:sub(1, 8), id:sub(9, 12), id:sub(14, 16),
+    8 + tonumber(id:sub(17, 17), 16) % 4, id:sub(18, 20), id:sub(21, 32))
+  local payload = ('{"htm":"POST","htu":%s,"iat":%d,"jti":"%s"}'):format(
+    json.canonical(url):gsub("\\/", "/"), os.time(), jti) -- (the URL's slashes as they are)
+  local signing = b64url(header) .. "." .. b64url(payload)
+  local sig = core.es256_sign(key_pem, signing)
+  return signing .. "." .. b64url(sig)
+end
+
+-- AWS Sign-In's endpoint in `region`'s partition (botocore's rules).
+local function signin_url(env, region)
+  local url = env("AWS_ENDPOINT_URL_SIGNIN") or env("AWS_ENDPOINT_URL")
+  if not url then
+    local domain = region:match("^cn%-") and "signin.amazonaws.cn"
+      or region:match("^us%-gov%-") and "signin.amazonaws-us-gov.com" or "signin.aws.amazon.com"
+    url = ("https://%s.%s"):format(region, domain)
+  end
+  return url:gsub("/+$", "") .. "/v1/token"
+end
+
+-- What AWS Sign-In's AccessDeniedException means for the person at the
+-- keyboard (the SDKs' words).
+local LOGIN_DENIED = {
+  TOKEN_EXPIRED = "the login session has expired: run `aws login` again",
+  USER_CREDENTIALS_CHANGED = "the password changed since `aws login`: run it again",
+  INSUFFICIENT_PERMISSIONS = "the login session may not renew itself (the signin:CreateOAuth2Token permission "
+    .. "is missing)",
+}
+
+-- The credentials of an `aws login` session (a profile's `login_session`):
+-- the cached ones while they last more than 5 minutes, else renewed at AWS
+-- Sign-In's CreateOAuth2Token (the refresh token, a DPoP proof) and
+-- written back, as botocore renews them. A renewal that fails leaves
+-- credentials that have not run out in use.
+local LOGIN_REFRESH_S = 5 * 60
+
+function sources.login(env, ctx)
+  local session = ctx.profile and ctx.profile.login_session
+  if not session then return nil end
+  local path, t = login_token(env, session)
+  if not path then return nil, t end
+  local a = t.accessToken
+  local left = (M.epoch(a.expiresAt) or 0) - os.time()
+  if left <= LOGIN_REFRESH_S then
+    local why
+    if not ctx.region then
+      why = "no region to renew it in (AWS_REGION or the profile's region)"
+    elseif type(t.dpopKey) ~= "string" or not core.es256_sign(t.dpopKey, "") then
+      why = "its dpopKey is not a P-256 EC private key"
+    else
+      local url = signin_url(env, ctx.region)
+      local res, err = fetch({ method = "POST", url = url, timeout_ms = 10000,
+        headers = { ["content-type"] = "application/json", dpop = dpop_proof(t.dpopKey, url) },
+        body = json.encode { clientId = t.clientId, grantType = "refresh_token", refreshToken = t.refreshToken } },
+        sts_policy(env))
+      local ok, doc = pcall(json.decode, res and res.body or "")
+      local out = ok and type(doc) == "table" and doc
+      local at = out and type(out.accessToken) == "table" and out.accessToken
+      if at and type(at.accessKeyId) == "string" and type(at.secretAccessKey) == "string"
+          and type(at.sessionToken) == "string" and math.tointeger(out.expiresIn) and type(out.refreshToken) == "string" then
+        t.accessToken = { accessKeyId = at.accessKeyId, secretAccessKey = at.secretAccessKey,
+          sessionToken = at.sessionToken, accountId = a.accountId,
+          expiresAt = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + out.expiresIn) }
+        t.refreshToken = out.refreshToken
+        a, left = t.accessToken, out.expiresIn
+        -- written whole, for its owner's eyes only, as the CLI writes it
+        core.write_private(path, json.encode(t))
+      else
+        why = res and "AWS Sign-In answered no credentials"
+          or LOGIN_DENIED[err and err:match("^HTTP %d+ ([%u_]+)")] or ("AWS Sign-In: " .. tostring(err))
+      end
+    end
+    if why and left <= 0 then return nil, ("the login session %s cannot be renewed: %s"):format(session, why) end
+  end
+  local creds, cwhy = checked({ access_key_id = a.accessKeyId, secret_access_key = a.secretAccessKey,
+    session_token = a.sessionToken }, "the login session " .. session)
+  if not creds then return nil, cwhy end
+  return creds, math.max(0, left)
+end
+
 function sources.shared_file(_, ctx)
   return keys_of(ctx.cfg.credentials[ctx.name], ("the profile %q of %s"):format(ctx.name, ctx.cfg.credentials_path))
 end
@@ -630,8 +759,8 @@ profile_credentials = function(env, cfg, name, region, seen)
   return nil
 end
 
-local ORDER = { "environment", "assume_role", "web_identity", "sso", "shared_file", "process", "config_file",
-  "container", "instance" }
+local ORDER = { "environment", "assume_role", "web_identity", "sso", "shared_file", "login", "process",
+  "config_file", "container", "instance" }
 
 -- The chain, run: creds and their seconds, or an error.
 local function resolve(env, region, profile)
