@@ -8,7 +8,7 @@ dofile((arg[0]:match("^(.*)/") or ".") .. "/paths.lua")()
 local redis_url, mock_url, rpm, until_, concurrency = arg[1], arg[2], tonumber(arg[3]), arg[4], tonumber(arg[5])
 local tide = require "tide"
 local core = require "tide.core"
-tide.cluster { redis = redis_url }
+local cluster = tide.cluster { redis = redis_url }
 tide.agent { id = "lim", prompt = "You answer." }
 local p = tide.provider.openai { base_url = mock_url, api_key = "k", model = "m", limits = { rpm = rpm } }
 local seconds, turns_max = until_:match("^s=(%d+)$"), until_:match("^n=(%d+)$")
@@ -29,6 +29,10 @@ tide.run(function()
     end)
   end
   for _, t in ipairs(tasks) do t:join() end
+  cluster:close() -- (nothing left running at exit)
 end)
 local st = require("tide.provider.limits").state(p)
 io.write(("done turns=%d remote=%d fallbacks=%d\n"):format(turns, st.remote, st.local_fallbacks))
+-- (out before the exit handlers run: under the sanitizers, LeakSanitizer's
+-- check at exit has been seen to crash before stdio was flushed)
+io.stdout:flush()
