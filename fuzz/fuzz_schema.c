@@ -8,7 +8,7 @@
 ** A schema that check() accepts must validate any decoded value without
 ** raising, giving a list of strings; mark_arrays must not raise either; a
 ** value that validates must still validate once its arrays are marked; the
-** yes-or-no arguments check agrees with validate_arguments' list, and
+** yes-or-no lenient check agrees with validate_lenient's list, and
 ** passes whatever validate passes.
 */
 #include "harness.h"
@@ -39,10 +39,10 @@ static const char DRIVER[] =
     "  check(#schema.validate(marked, s) == 0, 'marking arrays made a valid value invalid', value)\n"
     "end\n"
     /* a tool's arguments: the yes-or-no check and the listing agree */
-    "local ok4, valid = try(function() return schema.arguments_checker(s)(value) end)\n"
+    "local ok4, valid = try(function() return schema.lenient_checker(s)(value) end)\n"
     "if not ok4 then bug('the arguments check raised', valid) end\n"
-    "local ok5, listed = try(schema.validate_arguments, value, s)\n"
-    "if not ok5 then bug('validate_arguments raised', listed) end\n"
+    "local ok5, listed = try(schema.validate_lenient, value, s)\n"
+    "if not ok5 then bug('validate_lenient raised', listed) end\n"
     "check((valid == true) == (listed == nil), 'the yes-or-no check and the listing disagree', value)\n"
     "if listed then check(#listed > 0, 'invalid arguments listed nothing', value) end\n"
     "if #errs == 0 then check(valid == true, 'lenient arguments check refused a valid value', value) end\n";

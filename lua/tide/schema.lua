@@ -455,27 +455,28 @@ end
 ---@return string[]
 function M.validate(value, schema) return validate(value, schema, schema) end
 
---- What a tool call's arguments (decoded) do wrong against the tool's
---- `parameters`, as validate says it, but lenient where the schema says
---- nothing tide can read (a $ref it cannot follow): the server or handler
---- behind it judges those. Nil when they are valid.
----@param args table
----@param parameters table
+--- What `value` (decoded) does wrong against `schema`, as validate says
+--- it, but lenient where the schema says nothing tide can read (a $ref it
+--- cannot follow): for what another party judges too, a tool call's
+--- arguments (the handler or server behind the tool) and an MCP tool's
+--- structured result (against its output schema). Nil when it is valid.
+---@param value any
+---@param schema table
 ---@return string[]|nil
-function M.validate_arguments(args, parameters)
-  -- (the yes-or-no check first: valid arguments, the usual case, make no
+function M.validate_lenient(value, schema)
+  -- (the yes-or-no check first: a valid value, the usual case, makes no
   -- path or message)
-  if compile(parameters, parameters, true)(args) then return nil end
-  return validate(args, parameters, parameters, true)
+  if compile(schema, schema, true)(value) then return nil end
+  return validate(value, schema, schema, true)
 end
 
---- validate_arguments' yes-or-no check for one `parameters`, compiled
---- once: fn(args) -> whether they are valid (validate_arguments then says
---- what is wrong).
----@param parameters table
----@return fun(args:table):boolean
-function M.arguments_checker(parameters)
-  return compile(parameters, parameters, true)
+--- validate_lenient's yes-or-no check for one `schema`, compiled once:
+--- fn(value) -> whether it is valid (validate_lenient then says what is
+--- wrong).
+---@param schema table
+---@return fun(value:any):boolean
+function M.lenient_checker(schema)
+  return compile(schema, schema, true)
 end
 
 --- Marks, in place, every table `schema` calls an array as a JSON array

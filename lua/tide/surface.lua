@@ -13,12 +13,12 @@ local json = require "tide.json"
 local tool = require "tide.tool"
 local agents = require "tide.agents"
 -- The yes-or-no check of a tool's arguments against its parameters, by the
--- parameters table (tide.schema.arguments_checker), or false for a schema
+-- parameters table (tide.schema.lenient_checker), or false for a schema
 -- with nothing to check; tide.schema is loaded with the first.
 local checkers = setmetatable({}, { __mode = "k" })
 local function arguments_checker(params)
   local c = (params.required ~= nil or (type(params.properties) == "table" and next(params.properties) ~= nil))
-    and require("tide.schema").arguments_checker(params) or false
+    and require("tide.schema").lenient_checker(params) or false
   checkers[params] = c
   return c
 end
@@ -367,7 +367,7 @@ function M.check_call(surface, snapshot, call)
       local check = params and checkers[params]
       if check == nil and type(params) == "table" then check = arguments_checker(params) end
       if check and not check(args) then
-        local errs = require("tide.schema").validate_arguments(args, params)
+        local errs = require("tide.schema").validate_lenient(args, params)
         return nil, ("Error: the arguments for '%s' do not match its parameters: %s"):format(call.name,
           table.concat(errs, "; "))
       end

@@ -11,7 +11,8 @@
 --   exit_init   exits on initialize
 --   die_on_call exits while a tools/call is in flight
 -- Tools of every mode: echo {text} -> text; add {a, b} -> structuredContent
--- only; fail -> isError; slow -> never answers (cancel it); tags {tags: []}
+-- only, as its output schema says (with broken = "shape" or "text", not);
+-- fail -> isError; slow -> never answers (cancel it); tags {tags: []}
 -- -> the raw JSON of the arguments it got; seen -> every notification
 -- method received so far; changed -> sends tools/list_changed first; ping ->
 -- the server pings the client and reports the answer.
@@ -27,7 +28,8 @@ local TOOLS = {
   { name = "echo", description = "Echoes text", inputSchema = { type = "object",
     properties = { text = { type = "string" } }, required = { "text" } } },
   { name = "add", description = "Adds", inputSchema = { type = "object",
-    properties = { a = { type = "number" }, b = { type = "number" } } } },
+    properties = { a = { type = "number" }, b = { type = "number" } } },
+    outputSchema = { type = "object", properties = { sum = { type = "number" } }, required = { "sum" } } },
   { name = "fail", description = "Always fails", inputSchema = { type = "object" } },
   { name = "slow", description = "Never answers", inputSchema = { type = "object" } },
   { name = "tags", description = "Shows its arguments", inputSchema = { type = "object",
@@ -63,6 +65,10 @@ local function call(msg)
   end
   if name == "echo" then
     text(id, tostring(p.arguments.text))
+  elseif name == "add" and p.arguments.broken == "shape" then -- (against its own output schema)
+    send { jsonrpc = "2.0", id = id, result = { content = {}, structuredContent = { sum = "many" } } }
+  elseif name == "add" and p.arguments.broken == "text" then
+    text(id, "the sum is 3")
   elseif name == "add" then
     send { jsonrpc = "2.0", id = id, result = { content = {}, structuredContent = { sum = p.arguments.a + p.arguments.b } } }
   elseif name == "fail" then

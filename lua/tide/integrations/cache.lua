@@ -101,6 +101,8 @@ local function norm_tool(t, where)
     scope = scope_of(t.scope, where .. ".scope"),
     -- what an `approval = "destructive"` rule asks about
     destructive = t.destructive == true or nil,
+    -- an MCP tool's output schema, its structured results checked by it
+    output_schema = type(t.output_schema) == "table" and deep_copy(t.output_schema, 0) or nil,
   }
 end
 

@@ -709,34 +709,55 @@ local function add_tools(self, out, list)
   for _, t in ipairs(list) do
     if type(t) ~= "table" or type(t.name) ~= "string" then error("tools/list gave a tool without a name", 0) end
     local params = type(t.inputSchema) == "table" and t.inputSchema or { type = "object", properties = {} }
-    self.schemas[t.name] = params
     local ann = type(t.annotations) == "table" and t.annotations or {}
-    out[#out + 1] = {
+    local entry = {
       name = t.name,
       description = type(t.description) == "string" and t.description
         or type(t.title) == "string" and t.title or "",
       parameters = params,
+      output_schema = type(t.outputSchema) == "table" and t.outputSchema or nil,
       destructive = ann.destructiveHint == true or nil,
     }
+    self.schemas[t.name] = entry
+    out[#out + 1] = entry
   end
 end
 
--- The input schema of tool `action`: from this object's own fetch, else
--- from the shared cache's snapshot (another process, or another object of
--- the same identity, listed the tools): arguments are shaped by it.
-local function schema_of(self, action)
+-- The listed tool `action` ({ parameters, output_schema }): from this
+-- object's own fetch, else from the shared cache's snapshot (another
+-- process, or another object of the same identity, listed the tools):
+-- arguments are shaped by its input schema, a structured result checked
+-- against its output schema.
+local function listed(self, action)
   local s = self.schemas[action]
   if s then return s end
   local snap = require("tide.integrations.cache").peek(self)
   for _, tk in ipairs(snap and snap.toolkits or {}) do
     for _, t in ipairs(tk.tools or {}) do
       if t.name == action then
-        self.schemas[action] = t.parameters
-        return t.parameters
+        self.schemas[action] = t
+        return t
       end
     end
   end
   return nil
+end
+
+-- Why a successful result breaks the tool's output schema, or nil. As
+-- the specification asks of clients and its official SDKs do: a tool
+-- that declares one must give structured content that validates.
+local function output_mismatch(self, action, res)
+  local tool = listed(self, action)
+  local out = tool and tool.output_schema
+  if type(out) ~= "table" then return nil end
+  local sc = res.structuredContent
+  if type(sc) ~= "table" or sc == json.null then
+    return ("MCP tool %s/%s declares an output schema but gave no structured content"):format(self.name, action)
+  end
+  local errs = require("tide.schema").validate_lenient(sc, out)
+  if not errs then return nil end
+  return ("MCP tool %s/%s gave a structured result that does not match its output schema: %s"):format(self.name,
+    action, table.concat(errs, "; "))
 end
 
 local function fetch(self)
@@ -815,7 +836,8 @@ local function execute(self, action, args)
   if raw then
     res, cerr = conn:request("tools/call", nil, self.timeout_ms, raw)
   else
-    res, cerr = conn:request("tools/call", { name = action, arguments = conform(args, schema_of(self, action), 0) },
+    local tool = listed(self, action)
+    res, cerr = conn:request("tools/call", { name = action, arguments = conform(args, tool and tool.parameters, 0) },
       self.timeout_ms)
   end
   if not res then
@@ -829,6 +851,8 @@ local function execute(self, action, args)
   if res.isError == true then
     return fail("ToolError", text ~= "" and text or ("MCP tool %s/%s failed"):format(self.name, action))
   end
+  local mismatch = output_mismatch(self, action, res)
+  if mismatch then return fail("ToolError", mismatch) end
   return result_parts(res) or text
 end
 
