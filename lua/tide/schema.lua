@@ -169,11 +169,15 @@ local function plain_scalar(s)
   return lua_type
 end
 
+-- A keyword's number, or nil (a schema from another party may put
+-- anything there: what tide cannot read checks nothing).
+local function number(v) return type(v) == "number" and v or nil end
+
 -- The checks of one node's keywords beside its type: functions (v, path,
 -- errs, actual) -> valid, appended to `out`.
 local function keyword_checks(s, root, lenient, out) -- (returns the children's checks, if any)
   local function add(fn) out[#out + 1] = fn end
-  if s.enum then
+  if type(s.enum) == "table" then
     local enum = s.enum
     add(function(v, path, errs)
       for _, e in ipairs(enum) do if e == v then return true end end
@@ -189,7 +193,7 @@ local function keyword_checks(s, root, lenient, out) -- (returns the children's 
       return false
     end)
   end
-  local min_len, max_len = s.minLength, s.maxLength
+  local min_len, max_len = number(s.minLength), number(s.maxLength)
   if min_len or max_len then
     add(function(v, path, errs)
       if type(v) ~= "string" then return true end
@@ -205,10 +209,10 @@ local function keyword_checks(s, root, lenient, out) -- (returns the children's 
       return ok
     end)
   end
-  local bounds = { { s.minimum, function(v, b) return v < b end, "less than %s" },
-    { s.maximum, function(v, b) return v > b end, "more than %s" },
-    { s.exclusiveMinimum, function(v, b) return v <= b end, "not more than %s" },
-    { s.exclusiveMaximum, function(v, b) return v >= b end, "not less than %s" } }
+  local bounds = { { number(s.minimum), function(v, b) return v < b end, "less than %s" },
+    { number(s.maximum), function(v, b) return v > b end, "more than %s" },
+    { number(s.exclusiveMinimum), function(v, b) return v <= b end, "not more than %s" },
+    { number(s.exclusiveMaximum), function(v, b) return v >= b end, "not less than %s" } }
   for _, b in ipairs(bounds) do
     local bound, past, msg = b[1], b[2], b[3]
     if bound ~= nil then
@@ -219,7 +223,7 @@ local function keyword_checks(s, root, lenient, out) -- (returns the children's 
       end)
     end
   end
-  local few, many = s.minItems, s.maxItems
+  local few, many = number(s.minItems), number(s.maxItems)
   if few or many then
     add(function(v, path, errs, actual)
       if not is_array_like(actual, s) then return true end
@@ -237,8 +241,10 @@ local function keyword_checks(s, root, lenient, out) -- (returns the children's 
   end
   -- the children: an array's items, an object's required, properties and
   -- additional ones
-  local items = s.items ~= nil and compile(s.items, root, lenient)
-  local required, extra = s.required, s.additionalProperties
+  local items = type(s.items) == "table" and compile(s.items, root, lenient)
+  local required = type(s.required) == "table" and s.required or nil
+  local extra = s.additionalProperties
+  if type(extra) ~= "table" and type(extra) ~= "boolean" then extra = nil end
   -- The declared properties, by name (sorted: messages in a steady
   -- order), each compiled, and the Lua type of one that is a plain scalar
   -- (checked in place, without a call: the usual property).
@@ -316,7 +322,7 @@ local function keyword_checks(s, root, lenient, out) -- (returns the children's 
     end
     add(children)
   end
-  if s.allOf then
+  if type(s.allOf) == "table" then
     local all = {}
     for i, sub in ipairs(s.allOf) do all[i] = compile(sub, root, lenient) end
     add(function(v, path, errs)
@@ -330,10 +336,10 @@ local function keyword_checks(s, root, lenient, out) -- (returns the children's 
       return ok
     end)
   end
-  if s.anyOf or s.oneOf then
-    local list, one = {}, s.oneOf ~= nil and s.anyOf == nil
-    for i, sub in ipairs(s.anyOf or s.oneOf) do list[i] = compile(sub, root, lenient) end
-    local word = s.anyOf and "anyOf" or "oneOf"
+  if type(s.anyOf) == "table" or type(s.oneOf) == "table" then
+    local any = type(s.anyOf) == "table"
+    local list, one, word = {}, not any, any and "anyOf" or "oneOf"
+    for i, sub in ipairs(any and s.anyOf or s.oneOf) do list[i] = compile(sub, root, lenient) end
     add(function(v, path, errs)
       local matched = 0
       for _, check in ipairs(list) do
@@ -384,6 +390,7 @@ compile = function(s, root, lenient)
   local fn
   cache[s] = function(...) return fn(...) end
   local want = s.type
+  if type(want) ~= "string" and type(want) ~= "table" then want = nil end
   local wants = type(want) == "table" and want or nil
   local checks = {}
   local children, object_children = keyword_checks(s, root, lenient, checks)
@@ -398,7 +405,9 @@ compile = function(s, root, lenient)
         matches = type_matches(actual, want)
       end
       if not matches then
-        violation(errs, path, "expected %s, got %s", wants and table.concat(wants, " or ") or want,
+        local names = {}
+        for i, t in ipairs(wants or { want }) do names[i] = tostring(t) end
+        violation(errs, path, "expected %s, got %s", table.concat(names, " or "),
           actual == "empty" and "{}" or actual)
         return false
       end

@@ -284,6 +284,21 @@ describe("the tool round", function()
     assert.are.same({ "ok" }, ran)
   end)
 
+  it("runs a tool whose parameters hold what no schema reader can read, checking what it can", function()
+    -- (an MCP server's or a hand-written schema: strings where lists or
+    -- numbers belong, lists of non-strings where a type name belongs)
+    local t = tide.tool { name = "odd", description = "o", parameters = { type = "object", required = "q",
+      properties = { q = { enum = "x", minLength = "3", type = { 1, "string" } }, n = { type = "integer" } },
+      anyOf = "x", allOf = 5, additionalProperties = 3 },
+      handler = function(args) return "ran " .. tostring(args.q) end }
+    local s = session_calling({ { id = "a", name = "odd", arguments = { q = "ab" } },
+      { id = "b", name = "odd", arguments = { q = "ab", n = "two" } } }, { t })
+    assert.are.equal("fin", s:turn("go"))
+    local r = last_results(s)
+    assert.are.equal("ran ab", r.a.content)
+    assert.matches("#/n: expected integer, got string", r.b.content, 1, true)
+  end)
+
   it("stops the turn for an on_delta or on_reasoning that raises, marked as a listener's, sent once", function()
     for _, case in ipairs {
       { stream = false, opt = "on_delta" }, { stream = true, opt = "on_delta" },
