@@ -169,6 +169,17 @@ local function plain_scalar(s)
   return lua_type
 end
 
+-- Whether two decoded JSON values are equal, as enum and const compare
+-- them: an object or array by its contents (canonical JSON), anything
+-- else as Lua compares it (1 and 1.0 alike).
+local function same(a, b)
+  if a == b then return true end
+  if type(a) ~= "table" or type(b) ~= "table" or a == json.null or b == json.null then return false end
+  local ok1, ca = pcall(json.canonical, a)
+  local ok2, cb = pcall(json.canonical, b)
+  return ok1 and ok2 and ca == cb
+end
+
 -- A keyword's number, or nil (a schema from another party may put
 -- anything there: what tide cannot read checks nothing).
 local function number(v) return type(v) == "number" and v or nil end
@@ -180,7 +191,7 @@ local function keyword_checks(s, root, lenient, out) -- (returns the children's 
   if type(s.enum) == "table" then
     local enum = s.enum
     add(function(v, path, errs)
-      for _, e in ipairs(enum) do if e == v then return true end end
+      for _, e in ipairs(enum) do if same(e, v) then return true end end
       violation(errs, path, "%s is not one of the allowed values", show(v))
       return false
     end)
@@ -188,7 +199,7 @@ local function keyword_checks(s, root, lenient, out) -- (returns the children's 
   if s.const ~= nil then
     local const = s.const
     add(function(v, path, errs)
-      if const == v then return true end
+      if same(const, v) then return true end
       violation(errs, path, "must be %s", show(const))
       return false
     end)
@@ -241,7 +252,7 @@ local function keyword_checks(s, root, lenient, out) -- (returns the children's 
   end
   -- the children: an array's items, an object's required, properties and
   -- additional ones
-  local items = type(s.items) == "table" and compile(s.items, root, lenient)
+  local items = (type(s.items) == "table" or s.items == false) and compile(s.items, root, lenient)
   local required = type(s.required) == "table" and s.required or nil
   local extra = s.additionalProperties
   if type(extra) ~= "table" and type(extra) ~= "boolean" then extra = nil end
@@ -375,7 +386,17 @@ local function ref_checker(s, root, lenient)
   end
 end
 
+-- JSON Schema's boolean schemas: true holds anything, false nothing (a
+-- property that must not be there, an array that must be empty).
+local function anything() return true end
+local function nothing(_, path, errs)
+  violation(errs, path, "no value is allowed here")
+  return false
+end
+
 compile = function(s, root, lenient)
+  if s == true then return anything end
+  if s == false then return nothing end
   lenient = lenient == true
   local cache = compiled[lenient]
   local c = type(s) == "table" and cache[s]

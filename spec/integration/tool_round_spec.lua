@@ -284,6 +284,26 @@ describe("the tool round", function()
     assert.are.same({ "ok" }, ran)
   end)
 
+  it("compares enum and const values by content and reads JSON Schema's true and false", function()
+    local t = tide.tool { name = "pick", description = "p", parameters = { type = "object", properties = {
+      mode = { enum = { { kind = "fast" }, "plain" } }, pin = { const = { 1, 2 } }, gone = false,
+      none = { type = "array", items = false }, any = true } },
+      handler = function() return "ran" end }
+    local s = session_calling({
+      { id = "a", name = "pick", arguments = '{"mode":{"kind":"fast"},"pin":[1,2],"none":[],"any":{"x":[1]}}' },
+      { id = "b", name = "pick", arguments = '{"mode":{"kind":"slow"}}' },
+      { id = "c", name = "pick", arguments = '{"pin":[2,1]}' },
+      { id = "d", name = "pick", arguments = '{"gone":1,"none":[1]}' },
+    }, { t })
+    assert.are.equal("fin", s:turn("go"))
+    local r = last_results(s)
+    assert.are.equal("ran", r.a.content)
+    assert.matches('#/mode: {"kind":"slow"} is not one of the allowed values', r.b.content, 1, true)
+    assert.matches("#/pin: must be [1,2]", r.c.content, 1, true)
+    assert.matches("#/gone: no value is allowed here", r.d.content, 1, true)
+    assert.matches("#/none/0: no value is allowed here", r.d.content, 1, true)
+  end)
+
   it("runs a tool whose parameters hold what no schema reader can read, checking what it can", function()
     -- (an MCP server's or a hand-written schema: strings where lists or
     -- numbers belong, lists of non-strings where a type name belongs)
