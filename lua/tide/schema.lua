@@ -268,10 +268,10 @@ local function keyword_checks(s, root, lenient, out) -- (returns the children's 
       local sub = s.properties[k]
       checks[i] = compile(sub, root, lenient)
       props[k] = checks[i]
-      scalars[i] = type(sub) == "table" and sub["$ref"] == nil and plain_scalar(sub) or false
+      scalars[i] = type(sub) == "table" and plain_scalar(sub) or false
     end
   end
-  local nprops, nrequired = #names, type(required) == "table" and #required or 0
+  local nprops, nrequired = #names, required and #required or 0
   local extra_check = type(extra) == "table" and compile(extra, root, lenient)
   local children, object_children
   if items or required or props or extra ~= nil then
@@ -397,13 +397,14 @@ end
 compile = function(s, root, lenient)
   if s == true then return anything end
   if s == false then return nothing end
+  if type(s) ~= "table" then return anything end -- (not a schema: it checks nothing)
   lenient = lenient == true
   local cache = compiled[lenient]
-  local c = type(s) == "table" and cache[s]
+  local c = cache[s]
   if c then return c end
-  if type(s) ~= "table" or s["$ref"] ~= nil then
-    c = ref_checker(type(s) == "table" and s or {}, root, lenient)
-    if type(s) == "table" then cache[s] = c end
+  if s["$ref"] ~= nil then
+    c = ref_checker(s, root, lenient)
+    cache[s] = c
     return c
   end
   -- (a placeholder while its children compile: a child that is its

@@ -113,6 +113,7 @@ local function from_document(body, where)
   if not creds then return nil, why end
   return creds, seconds_until(doc.Expiration)
 end
+M._from_document = from_document -- (Google's AWS-sourced federation reads the same document)
 
 -- The response to `request` (sent again as `policy` says) when it is a
 -- 2xx, or nil and why (an AWS error's code and message when it has one).
@@ -465,11 +466,12 @@ local function login_token(env, session)
 end
 
 -- A DPoP proof (RFC 9449) for a POST to `url`, signed with the session's
--- key (ES256), its public key in the header, as AWS Sign-In asks.
+-- key (ES256), its public key in the header, as AWS Sign-In asks; nil for
+-- a key that is not a P-256 one.
 local function dpop_proof(key_pem, url)
   local b64url = base._base64url
-  local _, x, y = core.es256_sign(key_pem, "")
-  if not x then return nil end
+  local signed, x, y = core.es256_sign(key_pem, "") -- (its public point, for the header signed next)
+  if not signed then return nil end
   local id = aws().hex(core.random_bytes(16))
   local header = ('{"typ":"dpop+jwt","alg":"ES256","jwk":{"kty":"EC","x":%s,"y":%s,"crv":"P-256"}}'):format(
     json.canonical(b64url(x)), json.canonical(b64url(y)))
@@ -519,14 +521,15 @@ function sources.login(env, ctx)
   local left = (M.epoch(a.expiresAt) or 0) - os.time()
   if left <= LOGIN_REFRESH_S then
     local why
-    if not ctx.region then
+    local url = ctx.region and signin_url(env, ctx.region)
+    local proof = url and type(t.dpopKey) == "string" and dpop_proof(t.dpopKey, url)
+    if not url then
       why = "no region to renew it in (AWS_REGION or the profile's region)"
-    elseif type(t.dpopKey) ~= "string" or not core.es256_sign(t.dpopKey, "") then
+    elseif not proof then
       why = "its dpopKey is not a P-256 EC private key"
     else
-      local url = signin_url(env, ctx.region)
       local res, err = fetch({ method = "POST", url = url, timeout_ms = 10000,
-        headers = { ["content-type"] = "application/json", dpop = dpop_proof(t.dpopKey, url) },
+        headers = { ["content-type"] = "application/json", dpop = proof },
         body = json.encode { clientId = t.clientId, grantType = "refresh_token", refreshToken = t.refreshToken } },
         sts_policy(env))
       local ok, doc = pcall(json.decode, res and res.body or "")

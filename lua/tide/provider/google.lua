@@ -211,16 +211,14 @@ local function aws_keys(cs, env, headers, path)
   if not role or role == "" then return nil, why or ("the metadata service at " .. cs.url .. " names no AWS role") end
   local h = { ["content-type"] = "application/json" }
   for k, v in pairs(headers) do h[k] = v end
+  local where = "the AWS security credentials from " .. cs.url
   local body
-  body, why = imds({ url = cs.url .. "/" .. role, headers = h }, "the AWS security credentials from " .. cs.url)
+  body, why = imds({ url = cs.url .. "/" .. role, headers = h }, where)
   if not body then return nil, why end
-  local ok, doc = pcall(json.decode, body)
-  if not (ok and type(doc) == "table" and type(doc.AccessKeyId) == "string" and type(doc.SecretAccessKey) == "string") then
-    return nil, "the AWS security credentials from " .. cs.url .. " are not a JSON object with AccessKeyId and "
-      .. "SecretAccessKey"
-  end
-  return { access_key_id = doc.AccessKeyId, secret_access_key = doc.SecretAccessKey,
-    session_token = type(doc.Token) == "string" and doc.Token or nil }
+  -- (the instance role's document, as the AWS chain reads it)
+  local creds
+  creds, why = require("tide.provider.aws_credentials")._from_document(body, where)
+  return creds, not creds and why or nil
 end
 
 -- An AWS workload's subject token (credential_source environment_id
