@@ -6,8 +6,9 @@
 ** JWT a Google service account trades for an access token
 ** (provider/google.lua), ECDSA P-256 for the DPoP proofs that renew an
 ** `aws login` session, SHA-1 for the names of the AWS CLI's SSO token
-** cache files (provider/aws.lua). OpenSSL's libcrypto and zlib compute them:
-** well-kept implementations, not hand-written ones.
+** cache files (provider/aws.lua), and the random bytes of ids. OpenSSL's
+** libcrypto and zlib compute them: well-kept implementations, not
+** hand-written ones.
 */
 #include <openssl/bio.h>
 #include <openssl/core_names.h>
@@ -18,6 +19,7 @@
 #include <openssl/rand.h>
 #include <zlib.h>
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -135,6 +137,49 @@ static int l_random_bytes(lua_State *L) {
   return 1;
 }
 
+/* Random bytes for ids, taken a few at a time from a pool that OpenSSL's
+** generator fills (one call for many span ids: each call costs about as
+** much as a span). One pool per thread; a forked child empties its copy,
+** which its parent goes on drawing from. */
+static _Thread_local struct {
+  unsigned char b[256];
+  size_t left;
+} pool;
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+
+static void pool_forget(void) {
+  OPENSSL_cleanse(pool.b, sizeof pool.b);
+  pool.left = 0;
+}
+
+/* (glibc drops the handler when this module is unloaded) */
+static void pool_at_fork(void) { pthread_atfork(NULL, NULL, pool_forget); }
+
+/* core.random_hex(n) -> 2n lowercase hex digits of n random bytes, never
+** all zeros (1 to 32 bytes): trace and span ids (W3C Trace Context). */
+static int l_random_hex(lua_State *L) {
+  static const char digits[] = "0123456789abcdef";
+  lua_Integer n = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, n >= 1 && n <= 32, 1, "from 1 to 32 bytes");
+  if (pool.left < (size_t)n) {
+    if (RAND_bytes(pool.b, (int)sizeof pool.b) != 1) return luaL_error(L, "tide: no random bytes");
+    pool.left = sizeof pool.b;
+  }
+  const unsigned char *r = pool.b + pool.left - (size_t)n;
+  char out[64];
+  int zero = 1;
+  for (lua_Integer i = 0; i < n; i++) {
+    out[2 * i] = digits[r[i] >> 4];
+    out[2 * i + 1] = digits[r[i] & 15];
+    zero = zero && r[i] == 0;
+  }
+  if (zero) out[2 * n - 1] = '1';
+  OPENSSL_cleanse(pool.b + pool.left - (size_t)n, (size_t)n); /* (used once) */
+  pool.left -= (size_t)n;
+  lua_pushlstring(L, out, (size_t)(2 * n));
+  return 1;
+}
+
 /* The 32 bytes of a P-256 number, big-endian, into out; 0 on failure. */
 static int p256_bytes(const BIGNUM *n, unsigned char *out) { return n != NULL && BN_bn2binpad(n, out, 32) == 32; }
 
@@ -203,6 +248,8 @@ void tide__open_digest(lua_State *L) {
                                  {"rsa_sha256_sign", l_rsa_sha256_sign},
                                  {"es256_sign", l_es256_sign},
                                  {"random_bytes", l_random_bytes},
+                                 {"random_hex", l_random_hex},
                                  {NULL, NULL}};
+  pthread_once(&pool_once, pool_at_fork);
   luaL_setfuncs(L, fns, 0);
 }

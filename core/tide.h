@@ -526,7 +526,7 @@ void tide__open_base64(lua_State *L);
 /// into out, which has room for n / 4 * 3 + 3 bytes; returns the length
 /// written, or -1 when s is not base64.
 long tide__base64_decode(const char *s, size_t n, char *out);
-/// Registers sha256, hmac_sha256 and crc32 (digest.c).
+/// Registers the hashes, signatures and random bytes of digest.c.
 void tide__open_digest(lua_State *L);
 /// CRC-32 (IEEE, zlib's) of n bytes, continuing crc (0 to start).
 uint32_t tide__crc32(uint32_t crc, const void *s, size_t n);
@@ -540,6 +540,8 @@ void tide__open_process(lua_State *L);
 void tide__open_signal(lua_State *L);
 /// Registers write_private (files written whole, 0600), truncate and file_kind.
 void tide__open_file(lua_State *L);
+/// Registers otlp_spans and otlp_attributes (OpenTelemetry's protobuf, otlp.c).
+void tide__open_otlp(lua_State *L);
 
 /* Shutdown hooks, run in order when the state closes (before uv_loop_close).
 ** Each closes the handles its part owns; the loop then runs until every close

@@ -408,3 +408,12 @@ write("aws_eventstream", "bad_crc", hdr(0, 7, 1, 0) .. converse:sub(1, -2) .. "\
 write("aws_eventstream", "mended", hdr(0, 7, 1, 1) .. converse:sub(1, -2) .. "\0")
 write("aws_eventstream", "small_cap", hdr(3, 11, 4, 0) .. converse)
 write("aws_eventstream", "unfinished", hdr(0, 5, 3, 0) .. converse:sub(1, -20))
+
+-- ---------------------------------------------------------------- OTLP --
+-- A span's name, its error, then attribute and event pairs (fuzz_otlp.c).
+local function pieces(...) return table.concat({ ... }, "\0") end
+write("otlp", "chat", pieces("chat gpt-4o-mini", "", "gen_ai.operation.name", "chat", "gen_ai.usage.input_tokens",
+  "i1204", "gen_ai.response.finish_reasons", "ltool_calls", "retry", "i2", "half", "f7", "flag", "b1"))
+write("otlp", "tool_bytes", pieces("execute_tool lookup", "broke \255 here", "gen_ai.tool.call.result",
+  "caf\195\255 bytes \240\159\152", "gen_ai.tool.call.id", "call_\237\160\128", "k\192\175", "overlong"))
+write("otlp", "long", pieces("n", "e", "long", ("\195\169"):rep(33000) .. "x"))

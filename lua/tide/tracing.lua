@@ -31,20 +31,16 @@ local flushing = false
 
 -- ------------------------------------------------------------- protobuf --
 
--- The few protobuf encoders OTLP needs: varints, length-delimited fields,
--- fixed64 and doubles. Field numbers and types are those of
--- opentelemetry/proto (collector/trace/v1, trace/v1, common/v1).
-local char, pack = string.char, string.pack
+-- The envelope around a batch's spans (the spans themselves are encoded in
+-- C: core.otlp_spans): length-delimited fields, as opentelemetry/proto's
+-- collector/trace/v1, trace/v1 and common/v1 number them.
+local char = string.char
 
--- (a span's lengths, keys and counts are nearly all under 2^14: one or two
--- bytes, without the loop)
 local function varint(n)
-  if n >= 0 and n < 0x80 then return char(n) end
-  if n >= 0 and n < 0x4000 then return char(n & 0x7f | 0x80, n >> 7) end
   local out = ""
   repeat
     local b = n & 0x7f
-    n = n >> 7 -- (logical: a negative number takes ten bytes, as protobuf's int64)
+    n = n >> 7
     if n ~= 0 then b = b | 0x80 end
     out = out .. char(b)
   until n == 0
@@ -52,99 +48,16 @@ local function varint(n)
 end
 
 -- (every field number OTLP uses here is below 16: its key is one byte)
-local function bytes_field(field, s)
-  local n = #s
-  if n < 0x80 then return char(field << 3 | 2, n) .. s end
-  return char(field << 3 | 2) .. varint(n) .. s
-end
-local string_field = bytes_field
-local function varint_field(field, n) return char(field << 3) .. varint(n) end
-local function fixed64_field(field, n) return pack("<Bi8", field << 3 | 1, n) end
-local function double_field(field, x) return pack("<Bd", field << 3 | 1, x) end
-
--- A string attribute as protobuf takes one: valid UTF-8 (a tool's raw
--- bytes, captured content, each bad byte a U+FFFD), at most ATTR_MAX bytes.
-local ATTR_MAX = 64 * 1024
-local function attr_string(v)
-  if #v > ATTR_MAX then
-    v = v:sub(1, ATTR_MAX)
-    while #v > 0 and (v:byte(-1) & 0xC0) == 0x80 do v = v:sub(1, -2) end -- (no half character)
-  end
-  if utf8.len(v) then return v end
-  local out, i = {}, 1
-  while true do
-    local n, bad = utf8.len(v, i)
-    if n then out[#out + 1] = v:sub(i) return table.concat(out) end
-    out[#out + 1] = v:sub(i, bad - 1) .. "\u{FFFD}"
-    i = bad + 1
-  end
-end
-
-local function any_value(v)
-  local t = type(v)
-  if t == "string" then return string_field(1, attr_string(v)) end
-  if t == "boolean" then return varint_field(2, v and 1 or 0) end
-  if math.type(v) == "integer" then return varint_field(3, v) end
-  if t == "number" then return double_field(4, v) end
-  if t == "table" then -- a list: ArrayValue of its values
-    local values = {}
-    for i, x in ipairs(v) do values[i] = bytes_field(1, any_value(x)) end
-    return bytes_field(5, table.concat(values))
-  end
-  return string_field(1, tostring(v))
-end
-
-local function key_value(k, v) return string_field(1, k) .. bytes_field(2, any_value(v)) end
-
-local function attributes(field, attrs)
-  local keys = {}
-  for k in pairs(attrs) do keys[#keys + 1] = k end
-  table.sort(keys)
-  local out = {}
-  for i, k in ipairs(keys) do out[i] = bytes_field(field, key_value(k, attrs[k])) end
-  return table.concat(out)
-end
-
--- The bytes of a trace or span id (32 or 16 hex digits), four at a time.
-local function hex_bytes(h)
-  if #h == 16 then return pack(">I4I4", tonumber(h:sub(1, 8), 16), tonumber(h:sub(9, 16), 16)) end
-  if #h == 32 then
-    return pack(">I4I4I4I4", tonumber(h:sub(1, 8), 16), tonumber(h:sub(9, 16), 16), tonumber(h:sub(17, 24), 16),
-      tonumber(h:sub(25, 32), 16))
-  end
-  return (h:gsub("%x%x", function(x) return char(tonumber(x, 16)) end))
-end
-
-local function encode_span(s)
-  local parts = {
-    bytes_field(1, hex_bytes(s.trace_id)), bytes_field(2, hex_bytes(s.span_id)),
-  }
-  if s.parent_id then parts[#parts + 1] = bytes_field(4, hex_bytes(s.parent_id)) end
-  parts[#parts + 1] = string_field(5, s.name)
-  parts[#parts + 1] = varint_field(6, s.kind)
-  parts[#parts + 1] = fixed64_field(7, s.start_ns)
-  parts[#parts + 1] = fixed64_field(8, s.end_ns)
-  parts[#parts + 1] = attributes(9, s.attributes)
-  for _, ev in ipairs(s.events or {}) do
-    parts[#parts + 1] = bytes_field(11, fixed64_field(1, ev.time_ns) .. string_field(2, ev.name)
-      .. attributes(3, ev.attributes or {}))
-  end
-  if s.error then -- Status { message = 2, code = 3 (2: ERROR) }
-    parts[#parts + 1] = bytes_field(15, string_field(2, s.error) .. varint_field(3, 2))
-  end
-  return table.concat(parts)
-end
+local function bytes_field(field, s) return char(field << 3 | 2) .. varint(#s) .. s end
 
 --- The OTLP ExportTraceServiceRequest of `spans`, protobuf-encoded.
 function M.encode(spans, service, extra)
-  local encoded = {}
-  for i, s in ipairs(spans) do encoded[i] = bytes_field(2, encode_span(s)) end
   local res = {}
   for k, v in pairs(extra or {}) do res[k] = v end
   res["service.name"], res["telemetry.sdk.name"], res["telemetry.sdk.language"] = service, "tide", "lua"
-  local resource = attributes(1, res)
-  local scope = string_field(1, "tide") .. string_field(2, core.version or "")
-  local scope_spans = bytes_field(1, scope) .. table.concat(encoded)
+  local resource = core.otlp_attributes(1, res)
+  local scope = bytes_field(1, "tide") .. bytes_field(2, core.version or "")
+  local scope_spans = bytes_field(1, scope) .. core.otlp_spans(spans)
   local resource_spans = bytes_field(1, resource) .. bytes_field(2, scope_spans)
   return bytes_field(1, resource_spans)
 end
@@ -154,13 +67,9 @@ end
 -- Ids from OpenSSL's generator, which the kernel seeds (Lua's is seeded
 -- from the time and an address, and a script's math.randomseed would
 -- make every run's ids alike). Never all zeros.
-local function random_hex(nbytes)
-  local b = core.random_bytes(nbytes)
-  if not b:find("[^%z]") then b = b:sub(1, -2) .. "\1" end
-  return (b:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
-end
+local random_hex = core.random_hex
 
-local function now_ns() return core.wall_ns() end
+local now_ns = core.wall_ns
 
 -- ---------------------------------------------------------------- spans --
 
@@ -267,24 +176,40 @@ end
 M.batch_delay_ms = 100
 
 local flusher -- the task waiting to send, if any
+local sending = false -- whether a full batch is being sent at once
 
--- A task that sends the queue after `batch_delay_ms` (at once when a batch
--- is full): spans go out in batches, and while it waits, tide.run stays
--- alive: flushed at exit. The turns that ended the spans never wait for it.
+local function failed(err)
+  if not (type(err) == "table" and err.code == "Cancelled") then warn(tostring(err)) end
+end
+
+-- A task that sends the queue after `batch_delay_ms`: spans go out in
+-- batches, and while it waits, tide.run stays alive: flushed at exit. A
+-- full batch goes at once, from a task of its own (a busy process fills
+-- one long before the delay is over, and the queue would drop what comes
+-- next). The turns that ended the spans never wait for either.
+-- (Each a child of the task that ended the span: when that task is
+-- cancelled, so is the sender, and the spans wait in the queue for the
+-- next one, or the end of the run.)
 function M._schedule()
-  if flushing or not core.running() then return end
+  if not core.running() then return end
+  if #queue >= BATCH_MAX and not sending then
+    sending = true
+    core.spawn(function()
+      local ok, err = pcall(drain)
+      sending = false
+      if not ok then failed(err) end
+    end)
+  end
+  if flushing then return end
   flushing = true
   flusher = core.spawn(function()
-    -- (a child of the task that ended the span: when that task is
-    -- cancelled, so is this one, and the spans wait in the queue for the
-    -- next sender, or the end of the run)
     local ok, err = pcall(function()
-      core.sleep(#queue >= BATCH_MAX and 0 or M.batch_delay_ms)
+      core.sleep(M.batch_delay_ms)
       flusher = nil
       drain()
     end)
     flusher, flushing = nil, false
-    if not ok and not (type(err) == "table" and err.code == "Cancelled") then warn(tostring(err)) end
+    if not ok then failed(err) end
   end)
 end
 
@@ -451,7 +376,7 @@ end
 
 --- Resets counters and the queue (specs).
 function M._reset()
-  queue, dropped, exported, failures, warned, flushing = {}, 0, 0, 0, false, false
+  queue, dropped, exported, failures, warned, flushing, sending = {}, 0, 0, 0, false, false, false
 end
 
 -- tide.tracing{...} is setup; tide.tracing.flush(), .stats() the rest.

@@ -209,6 +209,58 @@ describe("tracing", function()
     assert.is_true(tracing.stats().dropped > 0)
   end)
 
+  it("encodes every kind of attribute, event and status as the official decoder reads them", function()
+    tide.tracing { endpoint = url }
+    local long = ("é"):rep(40000) -- 80,000 bytes: cut to at most 64 KiB, at a character's start
+    local root = tracing.start("bad\255name", 1, nil, { s = "caf\195\255", yes = true, no = false, neg = -5,
+      big = 1 << 40, half = 0.5, list = { "a", 2, true, { "in" } }, long = long, [7] = "not a string key" })
+    local child = tracing.start("child", 3, root)
+    child:event("retry", { attempt = 2, ["error.type"] = "Timeout" })
+    child:event("bare")
+    child:finish({ code = "ToolError", message = "broke \255 here" })
+    root:finish()
+    tracing.flush()
+    local spans = spans_of(url).spans
+    assert.are.equal(2, #spans)
+    local r, c = by_name(spans, "bad")[1], by_name(spans, "child")[1]
+    assert.are.equal("bad\u{FFFD}name", r.name)
+    local a = r.attributes
+    assert.are.same({ "caf\u{FFFD}\u{FFFD}", true, false, -5, 2 ^ 40, 0.5 }, { a.s, a.yes, a.no, a.neg, a.big, a.half })
+    assert.are.same({ "a", 2, true, { "in" } }, a.list)
+    assert.are.equal(65536, #a.long)
+    assert.are.equal(long:sub(1, 65536), a.long)
+    assert.is_nil(a["7"])
+    assert.are.equal(r.traceId, c.traceId)
+    assert.are.equal(r.spanId, c.parentSpanId)
+    assert.matches("^%x+$", r.traceId)
+    assert.are.equal(32, #r.traceId)
+    assert.are.equal(16, #c.spanId)
+    assert.are.same({ { name = "retry", attributes = { attempt = 2, ["error.type"] = "Timeout" } },
+      { name = "bare", attributes = {} } }, c.events)
+    assert.are.equal("broke \u{FFFD} here", c.status.message)
+    assert.are.equal(2, c.status.code) -- STATUS_CODE_ERROR
+    assert.are.equal("ToolError", c.attributes["error.type"])
+  end)
+
+  it("sends a full batch at once: a busy process drops nothing while the delay runs", function()
+    tide.tracing { endpoint = url }
+    local delay = tracing.batch_delay_ms
+    tracing.batch_delay_ms = 60000 -- (never over during this spec)
+    local ok, err = pcall(tide.run, function()
+      for i = 1, 5000 do -- more than the queue holds (2,048)
+        tracing.start("s" .. i, 1, nil, { i = i }):finish()
+        if i % 10 == 0 then tide.sleep(1) end -- (a turn waits for its provider now and then)
+      end
+      tide.sleep(200)
+      assert.are.equal(0, tracing.stats().dropped)
+      assert.is_true(tracing.stats().exported >= 4096) -- whole batches sent while the delay ran
+      tracing._drain_now() -- (the rest, without waiting out the delay)
+    end)
+    tracing.batch_delay_ms = delay
+    assert(ok, err)
+    assert.are.equal(5000, #spans_of(url).spans) -- (the last ones sent at the end of the run)
+  end)
+
   it("checks its options", function()
     assert.has_error(function() tide.tracing { endpoint = "ftp://x" } end)
     assert.has_error(function() tide.tracing { endpont = "http://x" } end, "tide.tracing: unknown option 'endpont'")

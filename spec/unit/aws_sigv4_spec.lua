@@ -126,4 +126,19 @@ describe("core.es256_sign and core.random_bytes", function()
     assert.has_error(function() core.random_bytes(-1) end)
     assert.has_error(function() core.random_bytes(5000) end)
   end)
+
+  it("gives random hex ids, none repeated across many pool refills", function()
+    local seen = {}
+    for _ = 1, 2000 do -- (16-byte ids: 125 refills of the 256-byte pool)
+      local id = core.random_hex(16)
+      assert.matches("^[0-9a-f]+$", id)
+      assert.are.equal(32, #id)
+      assert.is_nil(seen[id])
+      seen[id] = true
+    end
+    assert.are.equal(16, #core.random_hex(8))
+    assert.are.equal(64, #core.random_hex(32))
+    assert.has_error(function() core.random_hex(0) end, "bad argument #1 to 'random_hex' (from 1 to 32 bytes)")
+    assert.has_error(function() core.random_hex(33) end)
+  end)
 end)
