@@ -582,21 +582,30 @@ local TRUNCATED = { length = true, content_filter = true }
 local PROVIDER_NAMES = { openai = "openai", anthropic = "anthropic", responses = "openai", bedrock = "aws.bedrock" }
 local HOST_NAMES = { ["api.deepseek.com"] = "deepseek", ["api.groq.com"] = "groq",
   ["api.mistral.ai"] = "mistral_ai", ["api.x.ai"] = "x_ai", ["api.perplexity.ai"] = "perplexity" }
+-- (the name and host of a provider, read from its URL once: weak keys)
+local service_of = setmetatable({}, { __mode = "k" })
 chat_attributes = function(provider)
-  -- (the host alone: never user information, which may be a credential)
-  local authority = type(provider.base_url) == "string" and provider.base_url:match("^%a+://([^/?#]+)")
-  authority = authority and authority:gsub("^.*@", "")
-  local host = authority and (authority:match("^%b[]") or authority:match("^[^:]+"))
-  local name = HOST_NAMES[host] or PROVIDER_NAMES[provider.kind] or provider.kind
-  if provider.vertex then
-    name = "gcp.vertex_ai"
-  elseif provider.bedrock then
-    name = "aws.bedrock"
-  elseif provider.kind == "openai" and provider.key_header == "api-key" then -- an Azure resource
-    name = "azure.ai.openai"
+  local seen = service_of[provider]
+  if not (seen and seen.base_url == provider.base_url and seen.kind == provider.kind
+      and seen.key_header == provider.key_header) then
+    -- (the host alone: never user information, which may be a credential)
+    local authority = type(provider.base_url) == "string" and provider.base_url:match("^%a+://([^/?#]+)")
+    authority = authority and authority:gsub("^.*@", "")
+    local host = authority and (authority:match("^%b[]") or authority:match("^[^:]+"))
+    local name = HOST_NAMES[host] or PROVIDER_NAMES[provider.kind] or provider.kind
+    if provider.vertex then
+      name = "gcp.vertex_ai"
+    elseif provider.bedrock then
+      name = "aws.bedrock"
+    elseif provider.kind == "openai" and provider.key_header == "api-key" then -- an Azure resource
+      name = "azure.ai.openai"
+    end
+    seen = { base_url = provider.base_url, kind = provider.kind, key_header = provider.key_header, name = name,
+      host = host }
+    service_of[provider] = seen
   end
-  return { ["gen_ai.operation.name"] = "chat", ["gen_ai.provider.name"] = name,
-    ["gen_ai.request.model"] = provider.model, ["server.address"] = host }
+  return { ["gen_ai.operation.name"] = "chat", ["gen_ai.provider.name"] = seen.name,
+    ["gen_ai.request.model"] = provider.model, ["server.address"] = seen.host }
 end
 M._chat_attributes = chat_attributes -- (for the specs)
 
