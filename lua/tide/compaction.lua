@@ -14,9 +14,11 @@
 --- The frozen prefix (system prompt, tools) is never touched, and the cut
 --- only falls before a user message, so a tool call is never separated from
 --- its result or its reasoning. A turn in progress that outgrows the window
---- by itself (a long agentic run) has its older tool results emptied,
---- oldest first, the latest three kept whole, whatever the strategy. A provider's context-length error triggers
---- one compaction and one retry. Each compaction is counted
+--- by itself (a long agentic run) has its older tool results emptied
+--- (native ones, or the <tool_result> tags of calls a model wrote as text),
+--- oldest first, the latest three kept whole, whatever the strategy. A
+--- provider's context-length error triggers one compaction and one retry.
+--- Each compaction is counted
 --- (`stats().compactions`), told to the event sink, and written to the
 --- transcript, so that a resumed session restores the compacted state.
 ---@class tide.compaction
@@ -140,6 +142,34 @@ local function approx_bytes(m)
   return n
 end
 
+-- A message that carries tool results (a `tool` message, or results the
+-- model's calls got as text: <tool_result> tags) with each result emptied,
+-- or nil when it carries none or they are empty already. A result emptied
+-- keeps its place, its call's name and whether it failed.
+local function emptied_results(m)
+  if m.role == "tool" then
+    if not m.results[1] or m.results[1].content == DROPPED then return nil end
+    local results = {}
+    for j, r in ipairs(m.results) do
+      results[j] = { id = r.id, name = r.name, is_error = r.is_error, content = DROPPED }
+    end
+    return { role = "tool", results = results }
+  end
+  if m.role ~= "user" or not textual_results(m) then return nil end
+  -- (each tag opens the text or follows the one before: see turn's
+  -- results_message; images after the text go with their results)
+  local text = type(m.content) == "table" and m.content[1].text or m.content
+  local first = text:match("^<tool_result[^>\n]*>")
+  if not first then return nil end
+  local parts = {}
+  local function add(tag) parts[#parts + 1] = tag .. "\n" .. DROPPED .. "\n</tool_result>" end
+  add(first)
+  for tag in text:gmatch("\n</tool_result>\n(<tool_result name=\"[^>\n]*>)") do add(tag) end
+  local content = table.concat(parts, "\n")
+  if content == m.content then return nil end
+  return { role = "user", content = content }
+end
+
 -- The older part of a conversation as plain text, for the summary call.
 local function as_text(messages, upto)
   local lines = {}
@@ -180,14 +210,7 @@ function M.apply(messages, rec)
   local out = messages
   if rec.emptied then
     for _, i in ipairs(rec.emptied) do
-      local m = out[i]
-      if m and m.role == "tool" then
-        local results = {}
-        for j, r in ipairs(m.results) do
-          results[j] = { id = r.id, name = r.name, is_error = r.is_error, content = DROPPED }
-        end
-        out[i] = { role = "tool", results = results }
-      end
+      out[i] = out[i] and emptied_results(out[i]) or out[i]
     end
   end
   if rec.cut and rec.cut > 0 then
@@ -264,8 +287,9 @@ local function older(session, run, settings, last, force)
   local emptied, est = {}, M.estimate(session)
   for i = 1, last - 1 do
     local m = messages[i]
-    if m.role == "tool" and m.results[1] and m.results[1].content ~= DROPPED then
-      for _, r in ipairs(m.results) do est = est - content_bytes(r.content) // 4 end
+    local e = emptied_results(m)
+    if e then
+      est = est - (approx_bytes(m) - approx_bytes(e)) // 4
       emptied[#emptied + 1] = i
       if not force and est <= limit then break end
     end
@@ -299,14 +323,16 @@ local function current(session, settings, last, force)
   local limit = settings.window - settings.reserve
   local rounds = {}
   for i = last + 1, #messages do
-    if messages[i].role == "tool" then rounds[#rounds + 1] = i end
+    local m = messages[i]
+    if m.role == "tool" or (m.role == "user" and textual_results(m)) then rounds[#rounds + 1] = i end
   end
   local keep = force and 1 or M.KEEP_RESULTS
   local emptied, est = {}, M.estimate(session)
   for n = 1, #rounds - keep do
     local m = messages[rounds[n]]
-    if m.results[1] and m.results[1].content ~= DROPPED then
-      for _, r in ipairs(m.results) do est = est - content_bytes(r.content) // 4 end
+    local e = emptied_results(m)
+    if e then
+      est = est - (approx_bytes(m) - approx_bytes(e)) // 4
       emptied[#emptied + 1] = rounds[n]
       if not force and est <= limit then break end
     end

@@ -230,6 +230,44 @@ describe("compaction", function()
     end)
   end
 
+  it("keeps a long turn inside the window when the model calls its tools as text", function()
+    -- A model without native tools: calls as <tool_call> tags, results come
+    -- back as user messages of <tool_result> tags, two calls a round.
+    local srv = testing.mock_server { default = function(req)
+      local msgs = req.json.messages
+      local usage = { input = #req.body // 4, output = 5 }
+      local n = 0
+      for _, m in ipairs(msgs) do
+        if m.role == "user" and m.content:find("^<tool_result") then n = n + 1 end
+      end
+      if n >= 8 then return { text = "done after " .. n, usage = usage } end
+      return { text = ('<tool_call>{"name":"lookup","arguments":{"q":"a%d"}}</tool_call>\n'
+        .. '<tool_call>{"name":"lookup","arguments":{"q":"b%d"}}</tool_call>'):format(n, n), usage = usage }
+    end }
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    local path = dir .. "/text.jsonl"
+    local s = tide.session { agent = "long", provider = p, transcript = path, max_iterations = 20,
+      context = { window = 6000, reserve = 500, strategy = "drop" } }
+    assert.are.equal("done after 8", s:turn("look up sixteen things"))
+    assert.is_true(s:stats().compactions >= 1)
+    for _, r in ipairs(srv:requests()) do
+      assert.is_true(#r.body // 4 < 6000 + 2400, "a request past the window: " .. #r.body // 4)
+    end
+    local last = srv:requests()[#srv:requests()].json.messages
+    assert.are.equal("look up sixteen things", last[2].content)
+    -- an emptied round keeps both of its results' tags, in order; the latest is whole
+    assert.are.equal('<tool_result name="lookup">\n[tool result dropped to save context]\n</tool_result>\n'
+      .. '<tool_result name="lookup">\n[tool result dropped to save context]\n</tool_result>', last[4].content)
+    assert.are.equal('<tool_result name="lookup">\n' .. BIG .. '\n</tool_result>\n<tool_result name="lookup">\n'
+      .. BIG .. "\n</tool_result>", last[#last].content)
+    s:close()
+    local r = assert(tide.session { agent = "long", provider = p, resume = path, max_iterations = 20,
+      context = { window = 6000, reserve = 500, strategy = "drop" } })
+    assert.are.same(s:history(), r:history())
+    r:close()
+    srv:close()
+  end)
+
   it("empties a long turn's results when the provider says it does not fit, keeping the latest", function()
     local srv = long_turn_mock { hard_limit = 3500 }
     local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
