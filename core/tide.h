@@ -538,7 +538,8 @@ void tide__open_stdio(lua_State *L);
 void tide__open_process(lua_State *L);
 /// Registers on_signal (process signals as callbacks).
 void tide__open_signal(lua_State *L);
-/// Registers write_private (files written whole, 0600), truncate and file_kind.
+/// Registers write_private (files written whole, 0600), truncate, file_kind
+/// and make_dir.
 void tide__open_file(lua_State *L);
 /// Registers otlp_spans and otlp_attributes (OpenTelemetry's protobuf, otlp.c).
 void tide__open_otlp(lua_State *L);
