@@ -39,6 +39,7 @@ build = {
       ["tide.agents_loader"] = "lua/tide/agents_loader.lua",
       ["tide.approval"] = "lua/tide/approval.lua",
       ["tide.budget"] = "lua/tide/budget.lua",
+      ["tide.bytecode"] = "lua/tide/bytecode.lua",
       ["tide.chat"] = "lua/tide/chat.lua",
       ["tide.cluster"] = "lua/tide/cluster.lua",
       ["tide.compaction"] = "lua/tide/compaction.lua",

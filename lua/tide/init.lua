@@ -6,6 +6,8 @@
 local tide = {}
 
 local core = require "tide.core"
+-- tide's other modules load compiled from here on (tide.bytecode)
+require("tide.bytecode").install()
 
 tide.core = core
 tide.version = core.version
