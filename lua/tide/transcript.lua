@@ -28,7 +28,9 @@ writer_mt.__index = writer_mt
 
 --- Reads a transcript. Returns `meta, messages, info` or `nil, err`
 --- (code TranscriptError). `info.torn` is true when a torn last line was
---- ignored, `info.good_bytes` the length of the intact part.
+--- ignored, `info.good_bytes` the length of the intact part, `info.mend`
+--- whether the file needs mending before an append (a torn tail cut off,
+--- or a newline after a last line that has none).
 ---@param path string
 function M.load(path)
   local f, oerr = io.open(path, "rb")
@@ -62,15 +64,17 @@ function M.load(path)
     pos = nl + 1
     good = nl
   end
-  return meta or {}, messages, { torn = torn, good_bytes = good, lines = lineno }
+  local mend = torn or good < #text or (good > 0 and text:sub(good, good) ~= "\n")
+  return meta or {}, messages, { torn = torn, good_bytes = good, lines = lineno, mend = mend }
 end
 
 --- Opens `path` for appending, writing `meta` first when the file is new.
---- When `info` says the file had a torn tail, the tail is cut off first.
+--- When `info` (what M.load said of it) says it needs mending, its torn
+--- tail is cut off, or a newline added, first.
 ---@return table|nil writer
 ---@return table|nil err
 function M.open(path, meta, info)
-  if info and (info.torn or (info.good_bytes and info.good_bytes > 0)) then
+  if info and info.mend then
     local f = io.open(path, "rb")
     local text = f and f:read("a") or ""
     if f then f:close() end

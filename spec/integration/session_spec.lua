@@ -469,6 +469,31 @@ describe("session faults", function()
     for l in io.lines(path) do assert.is_table(json.decode(l)) end
   end)
 
+  it("leaves a whole transcript as it is on resume, and mends one whose last line has no newline", function()
+    local path = dir .. "/whole.jsonl"
+    srv:push("first reply")
+    local s = tide.session { agent = "looper", provider = provider(), transcript = path }
+    assert.are.equal("first reply", (s:turn("hello")))
+    s:close()
+    local inode = helpers.sh("stat -c %i " .. path)
+    local r = tide.session { agent = "looper", provider = provider(), resume = path }
+    r:close()
+    assert.are.equal(inode, helpers.sh("stat -c %i " .. path)) -- (not written again)
+    -- a last line without its newline (written by hand, say) gets one before the next record
+    local text = helpers.read(path)
+    helpers.write(path, text:sub(1, -2))
+    r = tide.session { agent = "looper", provider = provider(), resume = path }
+    srv:push("second reply")
+    assert.are.equal("second reply", (r:turn("and now?")))
+    r:close()
+    local n = 0
+    for l in io.lines(path) do
+      assert.is_table(json.decode(l))
+      n = n + 1
+    end
+    assert.are.equal(select(2, text:gsub("\n", "")) + 2, n) -- (the question and the answer)
+  end)
+
   it("cuts off a record a full disk left half written, so that the transcript still loads", function()
     local path = dir .. "/full.jsonl"
     local transcript = require "tide.transcript"
