@@ -139,7 +139,7 @@ __attribute__((visibility("default"))) int luaopen_tide_core(lua_State *L) {
       tide__open_template, tide__open_watch,  tide__open_stdio,
       tide__open_base64, tide__open_process, tide__open_signal,
       tide__open_digest, tide__open_eventstream, tide__open_file,
-      tide__open_otlp};
+      tide__open_otlp, tide__open_compress};
   lua_pushlightuserdata(L, (void *)&api);
   lua_setfield(L, LUA_REGISTRYINDEX, TIDE_API_KEY);
   lua_newtable(L);

@@ -543,6 +543,8 @@ void tide__open_signal(lua_State *L);
 void tide__open_file(lua_State *L);
 /// Registers otlp_spans and otlp_attributes (OpenTelemetry's protobuf, otlp.c).
 void tide__open_otlp(lua_State *L);
+/// Registers gzip (compress.c).
+void tide__open_compress(lua_State *L);
 
 /* Shutdown hooks, run in order when the state closes (before uv_loop_close).
 ** Each closes the handles its part owns; the loop then runs until every close
