@@ -15,14 +15,22 @@
 --- a pending batch keeps `tide.run` alive until it is sent: flushed at exit
 --- (`tide.tracing.flush()` sends at once).
 --- An unreachable or failing collector costs one warning and the dropped
---- spans, never a turn.
+--- spans, never a turn; what the protocol calls transient (429, 502, 503,
+--- 504, no answer at all) is tried again, with backoff.
+---
+--- The OpenTelemetry SDKs' variables are read as the specification says:
+--- OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT, _HEADERS, _TIMEOUT, _COMPRESSION
+--- (gzip), _PROTOCOL (http/protobuf, the one spoken), OTEL_SERVICE_NAME,
+--- OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER and _ARG, OTEL_BSP_*
+--- (delay, queue and batch sizes), OTEL_SDK_DISABLED; a value that cannot
+--- be read is ignored with a warning.
 ---@class tide.tracing
 local M = {}
 
 local core = require "tide.core"
 
-local QUEUE_MAX = 2048
-local BATCH_MAX = 512
+local QUEUE_MAX = 2048 -- (OTEL_BSP_MAX_QUEUE_SIZE's default)
+local BATCH_MAX = 512 -- (OTEL_BSP_MAX_EXPORT_BATCH_SIZE's default)
 
 -- One config per process (a Lua state); nil while tracing is off.
 local config
@@ -76,20 +84,42 @@ local now_ns = core.wall_ns
 local SPAN_MT = {}
 SPAN_MT.__index = SPAN_MT
 
---- Starts a span under `parent` (a span, a parsed traceparent, or nil for a
---- new trace). kind: 1 INTERNAL, 3 CLIENT. Nil when tracing is off or the
---- trace is not sampled.
+--- The parent of what runs under a turn that is not sampled (a sub-agent's
+--- turn): nothing under it is sampled either.
+M.UNSAMPLED = { sampled = false }
+
+-- TraceIdRatioBased: whether `ratio` of traces keeps this one, decided by
+-- its id alone, so that every process of a trace decides alike: the id's
+-- last 56 bits (random, as W3C Trace Context level 2 says) against the
+-- threshold (1 - ratio) * 2^56, as the OpenTelemetry specification has it.
+local function keeps(trace_id, ratio)
+  if ratio >= 1 then return true end
+  if ratio <= 0 then return false end
+  local r = tonumber(trace_id:sub(-14), 16)
+  return r ~= nil and r >= math.floor((1 - ratio) * 2 ^ 56)
+end
+
+--- Starts a span under `parent` (a span, M.UNSAMPLED, a parsed traceparent,
+--- or nil for a new trace). kind: 1 INTERNAL, 3 CLIENT. Nil when tracing is
+--- off or the trace is not sampled: a span of this process is followed,
+--- another process's decision (a traceparent's flag) as the sampler says.
 function M.start(name, kind, parent, attrs)
   if not config then return nil end
   local trace_id, parent_id
+  if parent == M.UNSAMPLED then return nil end
   if parent then
-    if parent.sampled == false then return nil end
     trace_id, parent_id = parent.trace_id, parent.span_id
-  else
-    if config.sample < 1 and math.random() >= config.sample then
-      return nil
+    if getmetatable(parent) ~= SPAN_MT then -- another process's decision
+      local sampler = config.sampler
+      if sampler.parent_based then
+        if not parent.sampled then return nil end
+      elseif not keeps(trace_id, sampler.ratio) then
+        return nil
+      end
     end
+  else
     trace_id = random_hex(16)
+    if not keeps(trace_id, config.sampler.ratio) then return nil end
   end
   if config.keep_last and (parent == nil or getmetatable(parent) ~= SPAN_MT) then
     M._last, M._last_trace = {}, trace_id -- a new root: the trace /trace shows
@@ -115,11 +145,11 @@ function SPAN_MT:finish(err)
     self.attributes["error.type"] = type(err) == "table" and err.code or "error"
   end
   -- the spans of the last trace, for a local view (the chat's /trace)
-  if config.keep_last and self.trace_id == M._last_trace and #M._last < QUEUE_MAX then
+  if config.keep_last and self.trace_id == M._last_trace and #M._last < config.queue_max then
     M._last[#M._last + 1] = self
   end
   if not config.url then return end
-  if #queue >= QUEUE_MAX then
+  if #queue >= config.queue_max then
     dropped = dropped + 1
     return
   end
@@ -138,14 +168,88 @@ local function warn(msg)
   io.stderr:write("tide: tracing: ", msg, " (spans are dropped; further failures are counted)\n")
 end
 
+-- What a collector's ExportTraceServiceResponse says of a batch it took in
+-- part (partial_success = 1 { rejected_spans = 1, error_message = 2 }):
+-- the spans it refused and why, or nil. (Protobuf, read as far as needed.)
+local function partial_success(body)
+  local function varint(s, i)
+    local v, shift = 0, 0
+    repeat
+      local b = s:byte(i)
+      if not b or shift > 63 then return nil end
+      v, i, shift = v | (b & 0x7f) << shift, i + 1, shift + 7
+    until b < 0x80
+    return v, i
+  end
+  -- the length-delimited fields of s, by number (the last of each)
+  local function fields(s)
+    local out, i = {}, 1
+    while i <= #s do
+      local key
+      key, i = varint(s, i)
+      if not key then return out end
+      local wire = key & 7
+      if wire == 0 then
+        local v
+        v, i = varint(s, i)
+        if not v then return out end
+        out[key >> 3] = v
+      elseif wire == 2 then
+        local n
+        n, i = varint(s, i)
+        if not n or i + n - 1 > #s then return out end
+        out[key >> 3] = s:sub(i, i + n - 1)
+        i = i + n
+      elseif wire == 1 or wire == 5 then
+        i = i + (wire == 1 and 8 or 4)
+      else
+        return out
+      end
+    end
+    return out
+  end
+  local ps = type(body) == "string" and body ~= "" and fields(body)[1]
+  if type(ps) ~= "string" then return nil end
+  local f = fields(ps)
+  local rejected = math.type(f[1]) == "integer" and f[1] or 0
+  local why = type(f[2]) == "string" and f[2] or ""
+  if rejected == 0 and why == "" then return nil end
+  return rejected, why
+end
+
+-- Statuses the OTLP specification says to try again (and an answer that
+-- never came); every other failure is final.
+local TRANSIENT = { [429] = true, [502] = true, [503] = true, [504] = true }
+M.RETRY_DELAYS_MS = { 250, 500, 1000 } -- (each with up to half again of jitter)
+local RETRY_AFTER_MAX_MS = 5000
+
 local function send(batch)
   local http = require "tide.http"
   local headers = { ["content-type"] = "application/x-protobuf" }
   for k, v in pairs(config.headers) do headers[k] = v end
-  local res, err = http.request { method = "POST", url = config.url, headers = headers,
-    body = M.encode(batch, config.service, config.resource), timeout_ms = config.timeout_ms }
+  local body = M.encode(batch, config.service, config.resource)
+  if config.compression == "gzip" then
+    body = core.gzip(body)
+    headers["content-encoding"] = "gzip"
+  end
+  local res, err
+  for attempt = 1, #M.RETRY_DELAYS_MS + 1 do
+    res, err = http.request { method = "POST", url = config.url, headers = headers, body = body,
+      timeout_ms = config.timeout_ms }
+    local transient = (res and TRANSIENT[res.status]) or (not res and err and err.code ~= "Cancelled")
+    if not transient or attempt > #M.RETRY_DELAYS_MS then break end
+    local wait = M.RETRY_DELAYS_MS[attempt]
+    wait = wait + math.random(0, wait // 2)
+    local after = res and tonumber(res.headers and res.headers["retry-after"])
+    if after and after >= 0 then wait = math.min(after * 1000 // 1, RETRY_AFTER_MAX_MS) end
+    core.sleep(wait)
+  end
   if res and res.status >= 200 and res.status < 300 then
-    exported = exported + #batch
+    local rejected, why = partial_success(res.body)
+    rejected = math.min(rejected or 0, #batch)
+    exported = exported + #batch - rejected
+    dropped = dropped + rejected
+    if why then warn(("the collector refused %d of %d spans: %s"):format(rejected, #batch, why)) end
     return true
   end
   failures = failures + 1
@@ -157,7 +261,7 @@ end
 -- Sends the queue, a batch at a time.
 local function drain()
   while config and #queue > 0 do
-    local n = math.min(BATCH_MAX, #queue)
+    local n = math.min(config.batch_max, #queue)
     local batch = table.move(queue, 1, n, 1, {})
     table.move(queue, n + 1, #queue + n, 1)
     send(batch)
@@ -192,7 +296,7 @@ end
 -- next one, or the end of the run.)
 function M._schedule()
   if not core.running() then return end
-  if #queue >= BATCH_MAX and not sending then
+  if #queue >= config.batch_max and not sending then
     sending = true
     core.spawn(function()
       local ok, err = pcall(drain)
@@ -202,9 +306,10 @@ function M._schedule()
   end
   if flushing then return end
   flushing = true
+  local delay = config.delay_ms or M.batch_delay_ms
   flusher = core.spawn(function()
     local ok, err = pcall(function()
-      core.sleep(M.batch_delay_ms)
+      core.sleep(delay)
       flusher = nil
       drain()
     end)
@@ -233,7 +338,8 @@ end
 --- them only when an endpoint is set: the chat's /trace turns this on.
 function M.keep_last()
   if not config then
-    config = { headers = {}, service = "tide", capture_content = false, sample = 1, timeout_ms = 10000 }
+    config = { headers = {}, service = "tide", capture_content = false, sampler = { parent_based = true, ratio = 1 },
+      timeout_ms = 10000, queue_max = QUEUE_MAX, batch_max = BATCH_MAX }
   end
   config.keep_last = true
   M._last = M._last or {}
@@ -289,13 +395,40 @@ end
 -- ------------------------------------------------------------- config --
 
 local OPTIONS = { endpoint = true, headers = true, service = true, capture_content = true, sample = true,
-  timeout_ms = true }
+  sampler = true, timeout_ms = true, compression = true }
 
 -- An OTEL_* variable; an empty one is unset, as the specification says.
 local function env(name)
   local v = os.getenv(name)
   if v == nil or v:match("^%s*$") then return nil end
   return v
+end
+
+-- A variable that cannot be read is ignored, with a warning (the
+-- specification's rule for numbers and enums).
+local function ignored(name, value, why)
+  io.stderr:write(("tide: tracing: %s=%s ignored: %s\n"):format(name, value, why))
+end
+
+-- The traces variable or the general one (OTEL_EXPORTER_OTLP_TRACES_X over
+-- OTEL_EXPORTER_OTLP_X), and its name.
+local function otlp_env(what)
+  local name = "OTEL_EXPORTER_OTLP_TRACES_" .. what
+  local v = env(name)
+  if v then return v, name end
+  name = "OTEL_EXPORTER_OTLP_" .. what
+  return env(name), name
+end
+
+-- A non-negative integer variable (milliseconds, sizes), or nil.
+local function env_integer(name, value, positive)
+  if not value then return nil end
+  local n = math.tointeger(tonumber(value))
+  if not n or n < 0 or (positive and n == 0) or n > 0x7fffffff then
+    ignored(name, value, positive and "not a positive integer" or "not a non-negative integer")
+    return nil
+  end
+  return n
 end
 
 -- A list of key=value pairs, comma-separated, values percent-encoded (the
@@ -311,15 +444,49 @@ local function pairs_of(s, lower)
   return h
 end
 
-local function env_headers()
-  return pairs_of(env("OTEL_EXPORTER_OTLP_TRACES_HEADERS") or env("OTEL_EXPORTER_OTLP_HEADERS"), true)
+-- The samplers of OTEL_TRACES_SAMPLER: whether another process's decision
+-- (a traceparent's flag) is followed, and the ratio of the traces decided
+-- here that are kept.
+local SAMPLERS = {
+  always_on = { parent_based = false, ratio = 1 }, always_off = { parent_based = false, ratio = 0 },
+  traceidratio = { parent_based = false }, parentbased_always_on = { parent_based = true, ratio = 1 },
+  parentbased_always_off = { parent_based = true, ratio = 0 }, parentbased_traceidratio = { parent_based = true },
+}
+
+-- The sampler of `name` (a ratio for the traceidratio ones from `arg`),
+-- or nil and why not.
+local SAMPLER_NAMES = "always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, "
+  .. "parentbased_traceidratio"
+local function sampler_of(name, arg)
+  local s = SAMPLERS[name]
+  if not s then return nil, "not a sampler tide has (" .. SAMPLER_NAMES .. ")" end
+  return { parent_based = s.parent_based, ratio = s.ratio or arg or 1 }
+end
+
+-- The sampler the environment asks for, or nil for the default.
+local function env_sampler()
+  local name = env("OTEL_TRACES_SAMPLER")
+  if not name then return nil end
+  local arg = env("OTEL_TRACES_SAMPLER_ARG")
+  local ratio = arg and tonumber(arg)
+  if arg and not (ratio and ratio >= 0 and ratio <= 1) then
+    ignored("OTEL_TRACES_SAMPLER_ARG", arg, "not a number from 0 to 1")
+    ratio = nil
+  end
+  local sampler, why = sampler_of(name:lower(), ratio)
+  if not sampler then ignored("OTEL_TRACES_SAMPLER", name, why) end
+  return sampler
 end
 
 --- Turns tracing on: `endpoint` (default $OTEL_EXPORTER_OTLP_ENDPOINT; a
 --- $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is used as the full URL), `headers`
 --- ($OTEL_EXPORTER_OTLP_HEADERS), `service` ($OTEL_SERVICE_NAME, "tide"),
---- `capture_content` (false), `sample` (the ratio of root traces kept, 1),
---- `timeout_ms` (export requests, 10000). `tide.tracing(false)` turns it off.
+--- `capture_content` (false), `sampler` (one of OTEL_TRACES_SAMPLER's
+--- names, default $OTEL_TRACES_SAMPLER, else "parentbased_always_on") and
+--- `sample` (the ratio the traceidratio samplers keep; `sample` alone is
+--- "parentbased_traceidratio"), `timeout_ms` (each export request,
+--- $OTEL_EXPORTER_OTLP_TIMEOUT, 10000), `compression` ("gzip" or "none",
+--- $OTEL_EXPORTER_OTLP_COMPRESSION). `tide.tracing(false)` turns it off.
 ---@param opts table|false|nil
 function M.setup(opts, level)
   level = level or 2
@@ -344,12 +511,48 @@ function M.setup(opts, level)
   if opts.sample ~= nil and (type(opts.sample) ~= "number" or opts.sample < 0 or opts.sample > 1) then
     error("tide.tracing: 'sample' must be a number from 0 to 1", level)
   end
+  local sampler
+  if opts.sampler ~= nil then
+    local why
+    sampler, why = sampler_of(opts.sampler, opts.sample)
+    if not sampler then error(("tide.tracing: 'sampler' %q is %s"):format(tostring(opts.sampler), why), level) end
+  elseif opts.sample ~= nil then
+    sampler = { parent_based = true, ratio = opts.sample }
+  else
+    sampler = env_sampler() or { parent_based = true, ratio = 1 }
+  end
   if opts.service ~= nil and type(opts.service) ~= "string" then error("tide.tracing: 'service' must be a string", level) end
   if opts.timeout_ms ~= nil and (math.type(opts.timeout_ms) ~= "integer" or opts.timeout_ms <= 0) then
     error("tide.tracing: 'timeout_ms' must be a positive integer", level)
   end
+  if opts.compression ~= nil and opts.compression ~= "gzip" and opts.compression ~= "none" then
+    error("tide.tracing: 'compression' must be \"gzip\" or \"none\"", level)
+  end
+  local compression = opts.compression
+  if compression == nil then
+    local v, name = otlp_env("COMPRESSION")
+    if v and v ~= "gzip" and v ~= "none" then ignored(name, v, "not gzip or none") else compression = v end
+  end
+  local timeout_ms = opts.timeout_ms
+  if timeout_ms == nil then
+    local v, name = otlp_env("TIMEOUT")
+    timeout_ms = env_integer(name, v)
+    if timeout_ms == 0 then timeout_ms = 0x7fffffff end -- (0: no limit, as the specification says)
+  end
+  local protocol, pname = otlp_env("PROTOCOL")
+  if protocol and protocol ~= "http/protobuf" then
+    ignored(pname, protocol, "tide exports OTLP/HTTP with protobuf (http/protobuf) only")
+  end
+  -- the batch processor's variables (tide waits M.batch_delay_ms by default,
+  -- not the specification's 5 s: a turn's spans should not wait that long)
+  local queue_max = env_integer("OTEL_BSP_MAX_QUEUE_SIZE", env("OTEL_BSP_MAX_QUEUE_SIZE"), true) or QUEUE_MAX
+  local batch_max = env_integer("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"), true)
+  if batch_max and batch_max > queue_max then
+    ignored("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", batch_max, "larger than the queue")
+    batch_max = nil
+  end
   local headers = {}
-  for k, v in pairs(env_headers()) do headers[k] = v end
+  for k, v in pairs(pairs_of((otlp_env("HEADERS")), true)) do headers[k] = v end
   for k, v in pairs(opts.headers or {}) do headers[k:lower()] = v end
   -- the resource's attributes: OTEL_RESOURCE_ATTRIBUTES, the service name
   -- over its own (option, then OTEL_SERVICE_NAME)
@@ -357,8 +560,11 @@ function M.setup(opts, level)
   config = {
     url = url, headers = headers, resource = resource,
     service = opts.service or env("OTEL_SERVICE_NAME") or resource["service.name"] or "tide",
-    capture_content = opts.capture_content == true, sample = opts.sample or 1,
-    timeout_ms = opts.timeout_ms or 10000, keep_last = config and config.keep_last,
+    capture_content = opts.capture_content == true, sampler = sampler,
+    timeout_ms = timeout_ms or 10000, compression = compression == "gzip" and "gzip" or nil,
+    queue_max = queue_max, batch_max = batch_max or math.min(BATCH_MAX, queue_max),
+    delay_ms = env_integer("OTEL_BSP_SCHEDULE_DELAY", env("OTEL_BSP_SCHEDULE_DELAY")),
+    keep_last = config and config.keep_last,
   }
 end
 

@@ -970,6 +970,8 @@ local function drive(session, opts, paused, fn, text)
       ctx.tide_span = run.span
       local tk = session.counters.tokens
       run.tokens0 = { tk.input, tk.output, session.counters.cost_usd }
+    else
+      ctx.tide_span = tracing.UNSAMPLED -- (its sub-agents' turns are not sampled either)
     end
   end
   ctx.tide_on_event = sink

@@ -10,13 +10,14 @@ local cjson = require "cjson"
 local npm = os.getenv("TIDE_NPM_DIR") or ((os.getenv("HOME") or "") .. "/.cache/tide-npm")
 
 -- Starts the receiver (answering every export with `fail_status` when
--- given); returns its URL and a stop function.
-local function receiver(fail_status)
+-- given, or only the first `fail_count`; with `partial`, "n:why", a partial
+-- success refusing n spans); returns its URL and a stop function.
+local function receiver(fail_status, fail_count, partial)
   local portfile = os.tmpname()
   os.remove(portfile)
   local pidfile = os.tmpname()
-  os.execute(("NODE_PATH=%s/node_modules node spec/support/otlp_receiver.cjs %s %s >/dev/null 2>&1 & echo $! > %s")
-    :format(npm, portfile, fail_status or "", pidfile))
+  os.execute(("NODE_PATH=%s/node_modules node spec/support/otlp_receiver.cjs %s '%s' '%s' '%s' >/dev/null 2>&1 & "
+    .. "echo $! > %s"):format(npm, portfile, fail_status or "", fail_count or "", partial or "", pidfile))
   local port
   for _ = 1, 500 do
     local f = io.open(portfile)
@@ -186,9 +187,29 @@ describe("tracing", function()
       OTEL_EXPORTER_OTLP_ENDPOINT = url, OTEL_RESOURCE_ATTRIBUTES = "service.name=billing,region=eu" })
     assert.are.equal("true\torders\teu", child { OTEL_EXPORTER_OTLP_ENDPOINT = url, OTEL_SERVICE_NAME = "orders",
       OTEL_RESOURCE_ATTRIBUTES = "service.name=billing,region=eu" })
+    -- the exporter's and the batch processor's, the traces' own over the general ones
+    local function settings(vars)
+      local env = {}
+      for k, v in pairs(vars) do env[#env + 1] = ("%s=%q"):format(k, v) end
+      return helpers.sh(("env -u OTEL_EXPORTER_OTLP_ENDPOINT %s lua5.4 -e %q"):format(table.concat(env, " "),
+        ('package.path=%q package.cpath=%q local t=require "tide.tracing" t.enabled() local c = t._config() '
+        .. 'print(c.timeout_ms, c.compression, c.queue_max, c.batch_max, c.delay_ms, c.headers.a)')
+        :format(package.path, package.cpath))):gsub("%s+$", "")
+    end
+    assert.are.equal("10000\tnil\t2048\t512\tnil\tnil", settings { OTEL_EXPORTER_OTLP_ENDPOINT = url })
+    assert.are.equal("2500\tgzip\t100\t10\t50\ttraces", settings { OTEL_EXPORTER_OTLP_ENDPOINT = url,
+      OTEL_EXPORTER_OTLP_TIMEOUT = "9000", OTEL_EXPORTER_OTLP_TRACES_TIMEOUT = "2500",
+      OTEL_EXPORTER_OTLP_COMPRESSION = "gzip", OTEL_EXPORTER_OTLP_HEADERS = "a=general",
+      OTEL_EXPORTER_OTLP_TRACES_HEADERS = "a=traces", OTEL_BSP_MAX_QUEUE_SIZE = "100",
+      OTEL_BSP_MAX_EXPORT_BATCH_SIZE = "10", OTEL_BSP_SCHEDULE_DELAY = "50" })
+    assert.are.equal("2147483647\tnil\t2048\t512\tnil\tnil", settings { OTEL_EXPORTER_OTLP_ENDPOINT = url,
+      OTEL_EXPORTER_OTLP_TIMEOUT = "0", OTEL_EXPORTER_OTLP_TRACES_COMPRESSION = "none" })
   end)
 
   it("leaves turns unaffected when the collector fails or is down, counting the drops", function()
+    local delays = tracing.RETRY_DELAYS_MS
+    tracing.RETRY_DELAYS_MS = { 1, 1, 1 }
+    finally(function() tracing.RETRY_DELAYS_MS = delays end)
     stop_receiver()
     local failing
     failing, stop_receiver = receiver(503)
@@ -261,11 +282,114 @@ describe("tracing", function()
     assert.are.equal(5000, #spans_of(url).spans) -- (the last ones sent at the end of the run)
   end)
 
+  it("tries a transient failure again, and counts what a partial success refused", function()
+    local delays = tracing.RETRY_DELAYS_MS
+    tracing.RETRY_DELAYS_MS = { 1, 1, 1 }
+    finally(function() tracing.RETRY_DELAYS_MS = delays end)
+    -- 503 twice, then taken: nothing dropped
+    stop_receiver()
+    local flaky
+    flaky, stop_receiver = receiver(503, 2)
+    tide.tracing { endpoint = flaky }
+    tracing.start("one", 1):finish()
+    tracing.flush()
+    local got = spans_of(flaky)
+    assert.are.same({ 3, 2, 1 }, { got.exports, got.failed, #got.spans })
+    assert.are.same({ exported = 1, dropped = 0, failures = 0 },
+      { exported = tracing.stats().exported, dropped = tracing.stats().dropped, failures = tracing.stats().failures })
+    -- 400 is final: one request, the batch dropped
+    stop_receiver()
+    tracing._reset()
+    local bad
+    bad, stop_receiver = receiver(400)
+    tide.tracing { endpoint = bad }
+    tracing.start("two", 1):finish()
+    tracing.flush()
+    assert.are.equal(1, spans_of(bad).exports)
+    assert.are.same({ 0, 1, 1 }, { tracing.stats().exported, tracing.stats().dropped, tracing.stats().failures })
+    -- a partial success: the refused spans are counted as dropped, and said
+    stop_receiver()
+    tracing._reset()
+    local partial
+    partial, stop_receiver = receiver(nil, nil, "2:spans too old")
+    tide.tracing { endpoint = partial }
+    for i = 1, 3 do tracing.start("p" .. i, 1):finish() end
+    tracing.flush()
+    assert.are.same({ 1, 2 }, { tracing.stats().exported, tracing.stats().dropped })
+  end)
+
+  it("sends gzip when asked, as the official decoder takes it", function()
+    tide.tracing { endpoint = url, compression = "gzip" }
+    tracing.start("zipped", 1, nil, { note = ("same words "):rep(100) }):finish()
+    tracing.flush()
+    local got = spans_of(url)
+    assert.are.same({ "gzip" }, got.encodings)
+    assert.are.equal("zipped", got.spans[1].name)
+    assert.are.equal(("same words "):rep(100), got.spans[1].attributes.note)
+  end)
+
+  it("samples as OTEL_TRACES_SAMPLER says, by the trace id, a sub-agent with its turn", function()
+    -- A child process per sampler: prints, for each traceparent, whether a
+    -- turn under it made a span, then how many of 200 new traces were kept.
+    local high = "00-0af7651916cd43dd00ffffffffffffff-b7ad6b7169203331-"   -- (the id's last 56 bits all ones)
+    local low = "00-0af7651916cd43dd0000000000000001-b7ad6b7169203331-"
+    local function child(vars)
+      local env = {}
+      for k, v in pairs(vars) do env[#env + 1] = ("%s=%q"):format(k, v) end
+      local code = ('package.path=%q package.cpath=%q local t=require "tide.tracing" '
+        .. 't.enabled() local out = {} '
+        .. 'for _, tp in ipairs { %q, %q, %q } do out[#out + 1] = tostring(t.start("x", 1, t.parse_traceparent(tp)) ~= nil) end '
+        .. 'local kept = 0 for _ = 1, 200 do if t.start("r", 1) then kept = kept + 1 end end '
+        .. 'print(table.concat(out, " "), kept)')
+        :format(package.path, package.cpath, high .. "00", high .. "01", low .. "01")
+      return helpers.sh(("env -u OTEL_EXPORTER_OTLP_ENDPOINT %s lua5.4 -e %q"):format(table.concat(env, " "), code))
+        :gsub("%s+$", "")
+    end
+    local base = { OTEL_EXPORTER_OTLP_ENDPOINT = url }
+    local function with(t) for k, v in pairs(base) do t[k] = t[k] or v end return t end
+    assert.are.equal("false true true\t200", child(with {})) -- parentbased_always_on
+    local r = child(with { OTEL_TRACES_SAMPLER = "traceidratio", OTEL_TRACES_SAMPLER_ARG = "0.5" })
+    assert.matches("^true true false\t(%d+)$", r) -- the parent's flag ignored, the id decides
+    local kept = tonumber(r:match("\t(%d+)$"))
+    assert.is_true(kept > 60 and kept < 140, "kept " .. kept .. " of 200")
+    assert.matches("^false true true\t%d+$",
+      child(with { OTEL_TRACES_SAMPLER = "parentbased_traceidratio", OTEL_TRACES_SAMPLER_ARG = "0.5" }))
+    assert.are.equal("false true true\t0", child(with { OTEL_TRACES_SAMPLER = "parentbased_always_off" }))
+    assert.are.equal("false false false\t0", child(with { OTEL_TRACES_SAMPLER = "always_off" }))
+    assert.are.equal("true true true\t200", child(with { OTEL_TRACES_SAMPLER = "always_on" }))
+    -- what cannot be read is ignored, with a word on stderr
+    local out = child(with { OTEL_TRACES_SAMPLER = "jaeger_remote", OTEL_TRACES_SAMPLER_ARG = "2",
+      OTEL_EXPORTER_OTLP_PROTOCOL = "grpc", OTEL_EXPORTER_OTLP_TIMEOUT = "-5", OTEL_BSP_MAX_QUEUE_SIZE = "x" })
+    assert.matches("OTEL_TRACES_SAMPLER=jaeger_remote ignored", out, 1, true)
+    assert.matches("OTEL_TRACES_SAMPLER_ARG=2 ignored", out, 1, true)
+    assert.matches("OTEL_EXPORTER_OTLP_PROTOCOL=grpc ignored: tide exports OTLP/HTTP with protobuf", out, 1, true)
+    assert.matches("OTEL_EXPORTER_OTLP_TIMEOUT=-5 ignored", out, 1, true)
+    assert.matches("OTEL_BSP_MAX_QUEUE_SIZE=x ignored", out, 1, true)
+    assert.matches("false true true\t200$", out) -- (the default sampler)
+    -- a turn that is not sampled leaves its sub-agents' turns unsampled too
+    tide.tracing { endpoint = url, sampler = "traceidratio", sample = 0.5 }
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    tide.run(function()
+      for _ = 1, 16 do assert(tide.session { agent = "traced", provider = p }:turn("go")) end
+    end)
+    tracing.flush()
+    local spans = spans_of(url).spans
+    local roots, subs = #by_name(spans, "invoke_agent traced"), by_name(spans, "invoke_agent researcher")
+    assert.is_true(roots > 0 and roots < 16, roots .. " of 16 turns sampled")
+    assert.are.equal(roots, #subs)
+    for _, sp in ipairs(subs) do assert.are_not.equal("", sp.parentSpanId) end
+  end)
+
   it("checks its options", function()
     assert.has_error(function() tide.tracing { endpoint = "ftp://x" } end)
     assert.has_error(function() tide.tracing { endpont = "http://x" } end, "tide.tracing: unknown option 'endpont'")
     assert.has_error(function() tide.tracing { endpoint = "http://x", sample = 2 } end,
       "tide.tracing: 'sample' must be a number from 0 to 1")
+    assert.has_error(function() tide.tracing { endpoint = "http://x", sampler = "xray" } end,
+      "tide.tracing: 'sampler' \"xray\" is not a sampler tide has (always_on, always_off, traceidratio, "
+      .. "parentbased_always_on, parentbased_always_off, parentbased_traceidratio)")
+    assert.has_error(function() tide.tracing { endpoint = "http://x", compression = "zstd" } end,
+      "tide.tracing: 'compression' must be \"gzip\" or \"none\"")
   end)
 end)
 

@@ -9,7 +9,13 @@ const http = require("http");
 const fs = require("fs");
 const root = require("@opentelemetry/otlp-transformer/build/src/generated/root");
 const Req = root.opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest;
-const [portFile, failStatus] = process.argv.slice(2);
+const zlib = require("zlib");
+const Res = root.opentelemetry.proto.collector.trace.v1.ExportTraceServiceResponse;
+// failStatus: answer every export (or the first failCount) with it;
+// partial: "rejected:message", a partial success (HTTP 200) for each export.
+const [portFile, failStatus, failCount, partial] = process.argv.slice(2);
+let failed = 0;
+const encodings = [];
 const spans = [];
 let received = 0;
 
@@ -34,15 +40,21 @@ const server = http.createServer((req, res) => {
   req.on("end", () => {
     if (req.method === "GET" && req.url === "/spans") {
       res.writeHead(200, { "content-type": "application/json" });
-      res.end(JSON.stringify({ exports: received, spans }));
+      res.end(JSON.stringify({ exports: received, failed, encodings, spans }));
       return;
     }
     if (req.method !== "POST" || req.url !== "/v1/traces") { res.writeHead(404); res.end(); return; }
     received++;
-    if (failStatus) { res.writeHead(Number(failStatus)); res.end("failing on purpose"); return; }
+    if (failStatus && !(failCount && failed >= Number(failCount))) {
+      failed++;
+      res.writeHead(Number(failStatus)); res.end("failing on purpose"); return;
+    }
     let msg;
     try {
-      msg = Req.toObject(Req.decode(Buffer.concat(chunks)), { longs: String });
+      let body = Buffer.concat(chunks);
+      encodings.push(req.headers["content-encoding"] || "identity");
+      if (req.headers["content-encoding"] === "gzip") body = zlib.gunzipSync(body);
+      msg = Req.toObject(Req.decode(body), { longs: String });
     } catch (e) {
       res.writeHead(400); res.end(String(e)); return;
     }
@@ -61,6 +73,11 @@ const server = http.createServer((req, res) => {
       }
     }
     res.writeHead(200, { "content-type": "application/x-protobuf" });
+    if (partial) {
+      const [rejected, message] = partial.split(":");
+      res.end(Res.encode({ partialSuccess: { rejectedSpans: Number(rejected), errorMessage: message } }).finish());
+      return;
+    }
     res.end();
   });
 });
