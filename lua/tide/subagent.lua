@@ -42,13 +42,13 @@ local function builtin_integrations_agent()
   }
 end
 
---- The most tools one request may carry: OpenAI's limit (Anthropic's is
---- higher). An integrations agent whose toolkit has more callable actions
---- gets the first MAX_DIRECT of them (the source's order: curated first) and
---- two tools that reach the rest: `find_actions` (search by words) and
+--- The most tools one request may carry (tide.surface's MAX_TOOLS). An
+--- integrations agent whose toolkit has more callable actions gets the
+--- first MAX_DIRECT of them (the source's order: curated first) and two
+--- tools that reach the rest: `find_actions` (search by words) and
 --- `run_action` (run one by its name). A clear, bounded surface beats an
 --- error the model cannot act on.
-M.MAX_TOOLS = 128
+M.MAX_TOOLS = require("tide.surface").MAX_TOOLS
 M.MAX_DIRECT = 100
 
 -- A tool name every provider takes ([A-Za-z0-9_-]{1,64}, starting with a

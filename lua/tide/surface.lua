@@ -12,6 +12,12 @@ local M = {}
 local json = require "tide.json"
 local tool = require "tide.tool"
 local agents = require "tide.agents"
+
+--- The most tools one request may carry: OpenAI's limit (Anthropic's is
+--- higher). Past it, toolkit delegates are left out (see build), and an
+--- integrations agent reaches the rest of a large toolkit through two
+--- tools (tide.subagent).
+M.MAX_TOOLS = 128
 -- The yes-or-no check of a tool's arguments against its parameters, by the
 -- parameters table (tide.schema.lenient_checker), or false for a schema
 -- with nothing to check; tide.schema is loaded with the first.
@@ -155,7 +161,7 @@ function M.build(def, base, snapshot)
   -- No request carries more tools than providers take (OpenAI: 128): past
   -- it, toolkit delegates beyond the limit are left out, with a warning
   -- (direct tools and named sub-agents keep their places).
-  local MAX = require("tide.subagent").MAX_TOOLS
+  local MAX = M.MAX_TOOLS
   if #list > MAX then
     local kept, dropped = {}, 0
     for _, t in ipairs(list) do

@@ -16,7 +16,7 @@ local json = require "tide.json"
 local surface = require "tide.surface"
 local tool_protocol = require "tide.tool_protocol"
 local function schema_module() return require "tide.schema" end
-local approval = require "tide.approval"
+local function approval() return require "tide.approval" end -- (a turn that pauses)
 local prices = require "tide.prices"
 local tracing = require "tide.tracing"
 local function compaction() return require "tide.compaction" end
@@ -282,7 +282,7 @@ local function start_call(run, call, spawner)
   end
   if t.approval ~= nil then
     local decision = session.decisions[call.id]
-    if not decision and approval.needs(t, args, { session = session, call_id = call.id, name = call.name,
+    if not decision and approval().needs(t, args, { session = session, call_id = call.id, name = call.name,
         depth = run.depth }) then
       return nil, nil, { id = call.id, name = call.name, arguments = call.arguments, agent = run.agent, call = call }
     end
@@ -797,7 +797,7 @@ local function loop(session, opts, run, first, state)
       if waiting and not stop_err then
         -- Calls wait for a person: the round pauses, the others' results
         -- kept with it (s:resume() finishes it).
-        return approval.pause(session, { calls = calls, textual = textual, results = results,
+        return approval().pause(session, { calls = calls, textual = textual, results = results,
           waiting = waiting, iteration = iteration, want = want, repaired = state.repaired,
           truncated = opts.truncated or state.truncated, budget = budget, tree = run.tree })
       end
@@ -870,7 +870,7 @@ local function resume_body(session, _, opts, run)
   local still, approved, approved_at = {}, {}, {}
   for _, w in ipairs(p.waiting) do
     local call = w.call
-    local child = (w.child_session or w.child) and approval.child(session, w)
+    local child = (w.child_session or w.child) and approval().child(session, w)
     if (w.child_session or w.child) and not child then
       results[w.index] = result(call, "Error: the paused sub-agent could not be restored", true)
     elseif child then
@@ -900,7 +900,7 @@ local function resume_body(session, _, opts, run)
     end
   end
   if #approved > 0 then
-    approval.running(session, approved)
+    approval().running(session, approved)
     session.conversation:flush()
     local ok, done, stop_err = pcall(run_calls, run, approved)
     if not ok then
@@ -922,7 +922,7 @@ local function resume_body(session, _, opts, run)
   end
   if #still > 0 then
     p.waiting = still
-    return approval.pause(session, p)
+    return approval().pause(session, p)
   end
   session.paused = nil
   session.conversation:append(results_message(results, p.textual))
@@ -1059,7 +1059,7 @@ end
 ---@return any reply
 ---@return table|nil err
 function M.run(session, text, opts)
-  if session.paused then return nil, approval.required(session) end
+  if session.paused then return nil, approval().required(session) end
   return drive(session, opts, nil, body, text)
 end
 
@@ -1068,7 +1068,7 @@ end
 ---@return any reply
 ---@return table|nil err
 function M.continue(session, opts)
-  if session.paused then return nil, approval.required(session) end
+  if session.paused then return nil, approval().required(session) end
   return drive(session, opts, nil, body, nil)
 end
 

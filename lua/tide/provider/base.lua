@@ -8,7 +8,8 @@ local provider = {}
 
 local core = require "tide.core"
 local json = require "tide.json"
-local neutral = require "tide.content"
+-- (content parts: loaded when a message has some)
+local function neutral() return require "tide.content" end
 local errors = require "tide.provider.errors"
 local reply = require "tide.provider.reply"
 local retry = require "tide.provider.retry"
@@ -864,7 +865,7 @@ function provider._result_text(content)
   if content == nil then return "" end
   if type(content) == "string" then return content end
   if type(content) == "table" then
-    if neutral.is_neutral(content) then return neutral.parts_text(content) end
+    if neutral().is_neutral(content) then return neutral().parts_text(content) end
     return json.canonical(content)
   end
   return tostring(content)
@@ -874,7 +875,7 @@ end
 --- the model an image) rather than text.
 function provider._has_parts(results)
   for _, r in ipairs(results) do
-    if type(r.content) == "table" and neutral.is_neutral(r.content) then return true end
+    if type(r.content) == "table" and neutral().is_neutral(r.content) then return true end
   end
   return false
 end

@@ -10,7 +10,7 @@ local errors = require "tide.provider.errors"
 local redact = require "tide.redact"
 local reply = require "tide.provider.reply"
 local retry = require "tide.provider.retry"
-local limits = require "tide.provider.limits"
+local function limits() return require "tide.provider.limits" end -- (a provider with rate limits)
 
 local M = {}
 
@@ -311,16 +311,16 @@ function M.complete(self, body, opts, wire)
     local estimate
     if limited then
       local bytes = #body + (type(wire) == "userdata" and wire:bytes() or 0)
-      estimate = limits.acquire(self, bytes // 4 + (self.max_tokens or 0))
+      estimate = limits().acquire(self, bytes // 4 + (self.max_tokens or 0))
     end
     local res, err, received, delivered = attempt(self, body, opts, timeout_ms, wire)
     if limited then
       local u = res and res.usage
-      limits.settle(self, estimate, u and (u.input or 0) + (u.output or 0))
+      limits().settle(self, estimate, u and (u.input or 0) + (u.output or 0))
       -- (the server's wait holds the key, as far as the retry would wait it:
       -- a Retry-After past max_retry_after_ms is not obeyed there either)
       if err and err.code == "RateLimited" and err.retry_after_ms then
-        limits.pause(self, math.min(err.retry_after_ms, policy.max_retry_after_ms))
+        limits().pause(self, math.min(err.retry_after_ms, policy.max_retry_after_ms))
       end
     end
     if res then

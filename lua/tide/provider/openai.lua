@@ -39,7 +39,8 @@ local provider = require "tide.provider.base"
 local core = require "tide.core"
 local json = require "tide.json"
 local unwrap_reply = require("tide.schema").unwrap_reply
-local content = require "tide.content"
+-- (content parts: loaded when a message has some)
+local function content() return require "tide.content" end
 
 local M = {}
 
@@ -151,7 +152,7 @@ local assistant_wire, results_wire = core.openai_assistant_wire, core.openai_res
 local function content_json(c)
   if c == nil then return '""' end
   if type(c) == "string" then return quote(c) end
-  if content.is_neutral(c) then return canonical(content.openai_chat(c)) end
+  if content().is_neutral(c) then return canonical(content().openai_chat(c)) end
   return canonical(c)
 end
 
@@ -231,8 +232,8 @@ local function parts_results(results)
   for i, r in ipairs(results) do
     local c = r.content
     local mine = {}
-    if type(c) == "table" and content.is_neutral(c) then
-      c = content.text_files_inline(c)
+    if type(c) == "table" and content().is_neutral(c) then
+      c = content().text_files_inline(c)
       for _, p in ipairs(c) do
         if p.type ~= "text" then mine[#mine + 1] = p end
       end
@@ -246,7 +247,7 @@ local function parts_results(results)
     end
     out[i] = canonical({ role = "tool", tool_call_id = r.id, content = text })
   end
-  if images then out[#out + 1] = canonical({ role = "user", content = content.openai_chat(images) }) end
+  if images then out[#out + 1] = canonical({ role = "user", content = content().openai_chat(images) }) end
   return table.concat(out, ",")
 end
 
