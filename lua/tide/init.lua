@@ -12,9 +12,22 @@ require("tide.bytecode").install()
 tide.core = core
 tide.version = core.version
 
+local loaded = package.loaded
+
+-- fn, then the spans it queued sent at once, not after the batch delay
+-- (the end of a loop's run: OTEL_BSP_SCHEDULE_DELAY is seconds in the
+-- SDKs' default, and a waiting sender would keep the run alive that long).
+local function draining(fn)
+  return function(...)
+    local r = table.pack(fn(...))
+    local tracing = loaded["tide.tracing"]
+    if tracing then tracing._drain_now() end
+    return table.unpack(r, 1, r.n)
+  end
+end
+
 --- Runs `fn` in a task of its own when called outside any task, so that a
 --- plain script can call blocking functions without ceremony.
-local loaded = package.loaded
 local function blocking(fn, ...)
   if core.current() then return fn(...) end
   if core.running() then
@@ -23,13 +36,7 @@ local function blocking(fn, ...)
     error("tide: this call waits on the event loop, and a plain coroutine (coroutine.wrap, coroutine.create) "
       .. "cannot wait on it: run the code in a task (tide.spawn) instead", 3)
   end
-  local res = table.pack(core.run(function(...)
-    local r = table.pack(fn(...))
-    -- spans the call queued go out now, not after the batch delay
-    local tracing = loaded["tide.tracing"]
-    if tracing then tracing._drain_now() end
-    return table.unpack(r, 1, r.n)
-  end, ...))
+  local res = table.pack(core.run(draining(fn), ...))
   if not res[1] then error(res[2], 0) end
   return table.unpack(res, 2, res.n)
 end
@@ -45,7 +52,7 @@ function tide.run(fn, ...)
   if type(fn) ~= "function" then
     error(("bad argument #1 to 'run' (function expected, got %s)"):format(type(fn)), 2)
   end
-  local res = table.pack(core.run(fn, ...))
+  local res = table.pack(core.run(draining(fn), ...))
   -- spans a cancelled sender left queued (a failed run cancels every
   -- task) go out before the error does
   local tracing = loaded["tide.tracing"]

@@ -11,9 +11,11 @@
 --- must accept and the default of the OpenTelemetry SDKs; OTLP/JSON is
 --- optional for collectors and its ids and 64-bit integers have their own
 --- mapping rules. Spans wait in a bounded queue (drops counted), go out in
---- batches from a task on the libuv loop (a turn never waits for them), and
---- a pending batch keeps `tide.run` alive until it is sent: flushed at exit
---- (`tide.tracing.flush()` sends at once).
+--- batches from a task on the libuv loop (a turn never waits for them);
+--- what is queued when tide.run's function (or a plain script's blocking
+--- call) returns is sent then, and a batch still waiting keeps the run
+--- alive until it is sent: flushed at exit (`tide.tracing.flush()` sends
+--- at once).
 --- An unreachable or failing collector costs one warning and the dropped
 --- spans, never a turn; what the protocol calls transient (429, 502, 503,
 --- 504, no answer at all) is tried again, with backoff.
@@ -274,9 +276,10 @@ function M.flush()
   return require("tide")._blocking(function() drain() return true end)
 end
 
---- How long spans wait to be sent together (ms). A plain script's blocking
---- call sends what its turn queued before it returns (init.lua's
---- `blocking` calls `_drain_now`), so only tide.run applications wait it.
+--- How long spans wait to be sent together (ms), unless
+--- OTEL_BSP_SCHEDULE_DELAY says. The end of tide.run's function, or of a
+--- plain script's blocking call, sends what is queued at once (init.lua's
+--- `draining`), so only spans that tasks end after it wait out the delay.
 M.batch_delay_ms = 100
 
 local flusher -- the task waiting to send, if any

@@ -380,6 +380,21 @@ describe("tracing", function()
     for _, sp in ipairs(subs) do assert.are_not.equal("", sp.parentSpanId) end
   end)
 
+  it("sends what a run queued when its function returns, not after the batch delay", function()
+    tide.tracing { endpoint = url }
+    local delay = tracing.batch_delay_ms
+    tracing.batch_delay_ms = 60000
+    finally(function() tracing.batch_delay_ms = delay end)
+    local t0 = os.time()
+    tide.run(function()
+      tracing.start("quick", 1):finish()
+      tide.sleep(1) -- (the sender is waiting its delay now)
+    end)
+    assert.is_true(os.time() - t0 < 10, "the run waited for the batch delay")
+    assert.are.equal(0, tracing.stats().queued)
+    assert.are.equal("quick", spans_of(url).spans[1].name)
+  end)
+
   it("checks its options", function()
     assert.has_error(function() tide.tracing { endpoint = "ftp://x" } end)
     assert.has_error(function() tide.tracing { endpont = "http://x" } end, "tide.tracing: unknown option 'endpont'")
