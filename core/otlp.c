@@ -127,7 +127,11 @@ static size_t utf8_seq(const unsigned char *s, size_t n) {
 static void add_text(otlp *o, int field, const char *str, size_t n) {
   const unsigned char *s = (const unsigned char *)str;
   size_t i = 0, len;
-  while (i < n && i < ATTR_MAX && (len = utf8_seq(s + i, n - i)) > 0 && i + len <= ATTR_MAX) i += len;
+  for (;;) { /* (ASCII a byte at a time; the rest a character at a time) */
+    while (i < n && i < ATTR_MAX && s[i] < 0x80) i++;
+    if (i >= n || i >= ATTR_MAX || (len = utf8_seq(s + i, n - i)) == 0 || i + len > ATTR_MAX) break;
+    i += len;
+  }
   if (i == n) { /* the usual case: valid and short as it is */
     add_bytes(o, field, str, n);
     return;
@@ -233,7 +237,15 @@ static void add_attributes(otlp *o, int t, int field) {
     keys[i].s = lua_tolstring(L, base + 1 + 2 * (int)i, &keys[i].n);
     keys[i].value = base + 2 + 2 * (int)i;
   }
-  qsort(keys, n, sizeof *keys, key_cmp);
+  /* (a span has a dozen attributes: sorted by insertion, as qsort's merge
+  ** sort allocates; many, by qsort) */
+  if (n > 32) qsort(keys, n, sizeof *keys, key_cmp);
+  for (size_t i = 1; i < n && n <= 32; i++) {
+    attr_key k = keys[i];
+    size_t j = i;
+    for (; j > 0 && key_cmp(&keys[j - 1], &k) > 0; j--) keys[j] = keys[j - 1];
+    keys[j] = k;
+  }
   for (size_t i = 0; i < n; i++) {
     size_t kv = open_field(o, field);
     add_text(o, 1, keys[i].s, keys[i].n);
