@@ -260,12 +260,18 @@ local function send(batch)
   return false
 end
 
--- Sends the queue, a batch at a time.
-local function drain()
-  while config and #queue > 0 do
-    local n = math.min(config.batch_max, #queue)
+-- Sends the queue, a batch at a time: all of it, or with `upto` that many
+-- spans at most, or with `full` only full batches. (A sender that went on
+-- while spans kept coming would send a few at a time, one request each
+-- round trip of a busy process, for ever: the delayed one sends what was
+-- queued when it woke, the rest waits for the next.)
+local function drain(upto, full)
+  upto = upto or math.huge
+  while config and #queue > 0 and upto > 0 and not (full and #queue < config.batch_max) do
+    local n = math.min(config.batch_max, #queue, upto)
     local batch = table.move(queue, 1, n, 1, {})
     table.move(queue, n + 1, #queue + n, 1)
+    upto = upto - n
     send(batch)
   end
 end
@@ -298,11 +304,13 @@ end
 -- cancelled, so is the sender, and the spans wait in the queue for the
 -- next one, or the end of the run.)
 function M._schedule()
+  local full = #queue >= config.batch_max
+  if flushing and (sending or not full) then return end -- (the usual case: a sender waits)
   if not core.running() then return end
-  if #queue >= config.batch_max and not sending then
+  if full and not sending then
     sending = true
     core.spawn(function()
-      local ok, err = pcall(drain)
+      local ok, err = pcall(drain, nil, true)
       sending = false
       if not ok then failed(err) end
     end)
@@ -314,10 +322,10 @@ function M._schedule()
     local ok, err = pcall(function()
       core.sleep(delay)
       flusher = nil
-      drain()
+      drain(#queue)
     end)
     flusher, flushing = nil, false
-    if not ok then failed(err) end
+    if not ok then failed(err) elseif config and #queue > 0 then M._schedule() end -- (what came meanwhile)
   end)
 end
 

@@ -604,8 +604,13 @@ chat_attributes = function(provider)
       host = host }
     service_of[provider] = seen
   end
+  -- (the response's attributes, set by end_chat, named here as nil: the
+  -- table is made the size it ends at, not grown twice on the way)
   return { ["gen_ai.operation.name"] = "chat", ["gen_ai.provider.name"] = seen.name,
-    ["gen_ai.request.model"] = provider.model, ["server.address"] = seen.host }
+    ["gen_ai.request.model"] = provider.model, ["server.address"] = seen.host,
+    ["gen_ai.response.model"] = nil, ["gen_ai.response.id"] = nil, ["gen_ai.usage.input_tokens"] = nil,
+    ["gen_ai.usage.output_tokens"] = nil, ["gen_ai.usage.cache_read.input_tokens"] = nil,
+    ["gen_ai.usage.cache_creation.input_tokens"] = nil, ["gen_ai.response.finish_reasons"] = nil }
 end
 M._chat_attributes = chat_attributes -- (for the specs)
 
