@@ -46,6 +46,23 @@ local function by_name(spans, prefix)
   return out
 end
 
+-- What `code` prints in a child lua5.4 with tide.tracing as `t`, under
+-- the environment `vars` (and no OTEL_EXPORTER_OTLP_ENDPOINT of this one).
+local function in_child(vars, code)
+  local env = {}
+  for k, v in pairs(vars) do env[#env + 1] = ("%s=%q"):format(k, v) end
+  return (helpers.sh(("env -u OTEL_EXPORTER_OTLP_ENDPOINT %s lua5.4 -e %q"):format(table.concat(env, " "),
+    ('package.path=%q package.cpath=%q local t=require "tide.tracing" '):format(package.path, package.cpath) .. code))
+    :gsub("%s+$", ""))
+end
+
+-- Export retries without their waits, for the spec that calls it.
+local function quick_retries()
+  local delays = tracing.RETRY_DELAYS_MS
+  tracing.RETRY_DELAYS_MS = { 1, 1, 1 }
+  finally(function() tracing.RETRY_DELAYS_MS = delays end)
+end
+
 describe("tracing", function()
   local srv, stop_receiver, url
   before_each(function()
@@ -174,13 +191,8 @@ describe("tracing", function()
 
   it("reads the OTEL_* variables as the specification says: disabled, empty, resource attributes", function()
     local function child(vars)
-      local env = {}
-      for k, v in pairs(vars) do env[#env + 1] = ("%s=%q"):format(k, v) end
-      local cmd = ("env -u OTEL_EXPORTER_OTLP_ENDPOINT %s lua5.4 -e %q"):format(table.concat(env, " "),
-        ('package.path=%q package.cpath=%q local t=require "tide.tracing" '
-        .. 'print(t.enabled(), t.enabled() and t._config().service, t.enabled() and t._config().resource.region)')
-        :format(package.path, package.cpath))
-      return helpers.sh(cmd):gsub("%s+$", "")
+      return in_child(vars,
+        'print(t.enabled(), t.enabled() and t._config().service, t.enabled() and t._config().resource.region)')
     end
     assert.are.equal("false\tfalse\tfalse", child { OTEL_SDK_DISABLED = "TRUE", OTEL_EXPORTER_OTLP_ENDPOINT = url })
     assert.are.equal("true\tbilling\teu", child { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = "",
@@ -189,12 +201,8 @@ describe("tracing", function()
       OTEL_RESOURCE_ATTRIBUTES = "service.name=billing,region=eu" })
     -- the exporter's and the batch processor's, the traces' own over the general ones
     local function settings(vars)
-      local env = {}
-      for k, v in pairs(vars) do env[#env + 1] = ("%s=%q"):format(k, v) end
-      return helpers.sh(("env -u OTEL_EXPORTER_OTLP_ENDPOINT %s lua5.4 -e %q"):format(table.concat(env, " "),
-        ('package.path=%q package.cpath=%q local t=require "tide.tracing" t.enabled() local c = t._config() '
+      return in_child(vars, 't.enabled() local c = t._config() '
         .. 'print(c.timeout_ms, c.compression, c.queue_max, c.batch_max, c.delay_ms, c.headers.a)')
-        :format(package.path, package.cpath))):gsub("%s+$", "")
     end
     assert.are.equal("10000\tnil\t2048\t512\tnil\tnil", settings { OTEL_EXPORTER_OTLP_ENDPOINT = url })
     assert.are.equal("2500\tgzip\t100\t10\t50\ttraces", settings { OTEL_EXPORTER_OTLP_ENDPOINT = url,
@@ -207,9 +215,7 @@ describe("tracing", function()
   end)
 
   it("leaves turns unaffected when the collector fails or is down, counting the drops", function()
-    local delays = tracing.RETRY_DELAYS_MS
-    tracing.RETRY_DELAYS_MS = { 1, 1, 1 }
-    finally(function() tracing.RETRY_DELAYS_MS = delays end)
+    quick_retries()
     stop_receiver()
     local failing
     failing, stop_receiver = receiver(503)
@@ -285,9 +291,7 @@ describe("tracing", function()
   end)
 
   it("tries a transient failure again, and counts what a partial success refused", function()
-    local delays = tracing.RETRY_DELAYS_MS
-    tracing.RETRY_DELAYS_MS = { 1, 1, 1 }
-    finally(function() tracing.RETRY_DELAYS_MS = delays end)
+    quick_retries()
     -- 503 twice, then taken: nothing dropped
     stop_receiver()
     local flaky
@@ -336,16 +340,10 @@ describe("tracing", function()
     local high = "00-0af7651916cd43dd00ffffffffffffff-b7ad6b7169203331-"   -- (the id's last 56 bits all ones)
     local low = "00-0af7651916cd43dd0000000000000001-b7ad6b7169203331-"
     local function child(vars)
-      local env = {}
-      for k, v in pairs(vars) do env[#env + 1] = ("%s=%q"):format(k, v) end
-      local code = ('package.path=%q package.cpath=%q local t=require "tide.tracing" '
-        .. 't.enabled() local out = {} '
-        .. 'for _, tp in ipairs { %q, %q, %q } do out[#out + 1] = tostring(t.start("x", 1, t.parse_traceparent(tp)) ~= nil) end '
+      return in_child(vars, ('t.enabled() local out = {} for _, tp in ipairs { %q, %q, %q } do '
+        .. 'out[#out + 1] = tostring(t.start("x", 1, t.parse_traceparent(tp)) ~= nil) end '
         .. 'local kept = 0 for _ = 1, 200 do if t.start("r", 1) then kept = kept + 1 end end '
-        .. 'print(table.concat(out, " "), kept)')
-        :format(package.path, package.cpath, high .. "00", high .. "01", low .. "01")
-      return helpers.sh(("env -u OTEL_EXPORTER_OTLP_ENDPOINT %s lua5.4 -e %q"):format(table.concat(env, " "), code))
-        :gsub("%s+$", "")
+        .. 'print(table.concat(out, " "), kept)'):format(high .. "00", high .. "01", low .. "01"))
     end
     local base = { OTEL_EXPORTER_OTLP_ENDPOINT = url }
     local function with(t) for k, v in pairs(base) do t[k] = t[k] or v end return t end
