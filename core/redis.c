@@ -69,6 +69,7 @@ struct rconn {
   int handler;           /* registry ref to the pub/sub handler, or LUA_NOREF */
   int subscribed;        /* took a SUBSCRIBE: no more plain commands */
   int inflight;          /* commands awaiting replies: the loop stays up */
+  int calling;           /* a Lua handler runs: c outlives its userdata's collection */
   char err[256];         /* why it closed */
   /* connecting */
   tide_task *waiter;
@@ -192,11 +193,19 @@ static void set_ref(rconn *c) {
 }
 
 /* Frees c once nothing can reach it: hiredis let go of the context, the
-** userdata is collected, the timer is closed, and no reply callback (of a
+** userdata is collected, the timer is closed, no reply callback (of a
 ** gracefully closing context) is still to come with a record pointing
-** at it. */
+** at it, and no handler of its runs (a collection during the handler
+** would free c under the callback that called it). */
 static void maybe_free(rconn *c) {
-  if (c->ac == NULL && c->ud_gone && c->timer == NULL && c->inflight == 0) free(c);
+  if (c->ac == NULL && c->ud_gone && c->timer == NULL && c->inflight == 0 && !c->calling) free(c);
+}
+
+/* Calls c's pub/sub handler with the n values on top of L's stack. */
+static void call_handler(rconn *c, lua_State *L, int n) {
+  c->calling = 1;
+  c->st->api->pcall(L, n, 0, "tide.redis message handler");
+  c->calling = 0;
 }
 
 /* Wakes the task waiting for the connection to be made, if any. */
@@ -249,7 +258,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
     lua_pushliteral(L, "disconnect");
     lua_pushnil(L);
     lua_pushstring(L, c->err);
-    c->st->api->pcall(L, 3, 0, "tide.redis message handler");
+    call_handler(c, L, 3);
   }
   maybe_free(c);
 }
@@ -373,7 +382,8 @@ static void on_message(redisAsyncContext *ac, void *reply, void *privdata) {
     lua_pushlstring(L, r->element[2]->str, r->element[2]->len);
     lua_pushlstring(L, r->element[3]->str, r->element[3]->len);
   }
-  c->st->api->pcall(L, 3, 0, "tide.redis message handler");
+  call_handler(c, L, 3);
+  maybe_free(c); /* (its userdata collected during the handler) */
 }
 
 /* ------------------------------------------------------- connecting -- */

@@ -98,6 +98,32 @@ describe("tide.cluster", function()
     end)
   end)
 
+  it("survives a subscriber collected by its own handler as the connection goes", function()
+    -- The disconnect callback calls the Lua handler; a collection there
+    -- that takes the connection's userdata freed the connection under the
+    -- callback, which then read it (ASan: heap-use-after-free, found by a
+    -- Redis restart mid-fetch in cluster_cache_spec under the sanitizers).
+    local redis = require "tide.redis"
+    local heard, holder = {}, {}
+    helpers.run(function()
+      local killer = assert(redis.connect { host = "127.0.0.1", port = srv.port })
+      holder[1] = assert(redis.connect { host = "127.0.0.1", port = srv.port })
+      assert(holder[1]:subscribe(function(kind)
+        heard[#heard + 1] = kind
+        if kind == "disconnect" then -- the last reference dropped, and collected, in the handler
+          holder[1] = nil
+          collectgarbage()
+          collectgarbage()
+        end
+      end, "SUBSCRIBE", "t0:gc"))
+      tide.sleep(20)
+      killer:call("CLIENT", "KILL", "TYPE", "pubsub")
+      tide.sleep(100)
+      killer:close()
+    end)
+    assert.are.equal("disconnect", heard[#heard])
+  end)
+
   it("fails clearly when Redis is not there at start", function()
     local url = redis_server.gone_url()
     local c = cluster.new { redis = url }
