@@ -3,7 +3,8 @@
 ** that collect bytes outside Lua (HTTP bodies, SSE lines, tool-call
 ** arguments, stdin). Growing never raises: callers inside libcurl callbacks
 ** cannot, and callers in bindings raise themselves after freeing nothing
-** (the buffer stays owned and consistent on failure).
+** (the buffer stays owned and consistent on failure). An encoder that may
+** raise half way keeps its buffer in a userdata (tide__buf_push).
 */
 #include <stdint.h>
 #include <stdlib.h>
@@ -44,4 +45,22 @@ void tide__buf_free(tide_buf *b) {
   free(b->p);
   b->p = NULL;
   b->len = b->cap = 0;
+}
+
+#define BUF_MT "tide.buf"
+
+static int buf_gc(lua_State *L) {
+  tide__buf_free(lua_touserdata(L, 1));
+  return 0;
+}
+
+tide_buf *tide__buf_push(lua_State *L) {
+  tide_buf *b = lua_newuserdatauv(L, sizeof *b, 0);
+  memset(b, 0, sizeof *b);
+  if (luaL_newmetatable(L, BUF_MT)) {
+    lua_pushcfunction(L, buf_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  return b;
 }

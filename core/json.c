@@ -803,7 +803,6 @@ static int l_json_integers(lua_State *L) {
 ** as tostring writes them. Tables are read as Lua code reads them
 ** (metamethods apply), except that keys come from next (no __pairs). */
 
-#define ENCODE_BUF_MT "tide.json.encoder_buf"
 #define ENCODE_SMALL_OBJECT 32
 
 typedef struct enc {
@@ -987,20 +986,13 @@ static void enc_value(enc *e, int idx, int depth) {
   lua_error(L);
 }
 
-static int enc_buf_gc(lua_State *L) {
-  tide__buf_free(luaL_checkudata(L, 1, ENCODE_BUF_MT));
-  return 0;
-}
-
 /* encode(v) -> text: the closure core.json_canonical_encoder makes; its
 ** upvalue is json.array_mt. The buffer is a userdata, so that an error
 ** mid-way (a value JSON cannot hold) leaves nothing to free by hand. */
 static int l_encode_canonical(lua_State *L) {
   lua_settop(L, 1);
   lua_pushvalue(L, lua_upvalueindex(1));
-  tide_buf *b = lua_newuserdatauv(L, sizeof *b, 0);
-  memset(b, 0, sizeof *b);
-  luaL_setmetatable(L, ENCODE_BUF_MT);
+  tide_buf *b = tide__buf_push(L);
   enc e = {L, b, 2};
   enc_value(&e, 1, 0);
   lua_pushlstring(L, b->p ? b->p : "", b->len);
@@ -1129,10 +1121,5 @@ void tide__open_json(lua_State *L) {
                                  {"json_raw_values", l_json_raw_values},
                                  {"json_elements", l_json_elements},
                                  {NULL, NULL}};
-  if (luaL_newmetatable(L, ENCODE_BUF_MT)) {
-    lua_pushcfunction(L, enc_buf_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
   luaL_setfuncs(L, fns, 0);
 }

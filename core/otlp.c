@@ -17,7 +17,6 @@
 
 #include "tide.h"
 
-#define OTLP_BUF_MT "tide.otlp_buf"
 /* A string attribute is cut at this many bytes (a tool's whole output,
 ** captured): receivers refuse huge attributes, and a span is not a log. */
 #define ATTR_MAX (64 * 1024)
@@ -33,19 +32,16 @@ static void nomem(otlp *o) {
   lua_error(o->L);
 }
 
-/* (the bytes are counted by len: no terminating NUL to keep) */
+/* tide__buf_add, inlined: a span is many writes of a byte or two. */
 static void add(otlp *o, const void *s, size_t n) {
   tide_buf *b = o->b;
   if (b->cap - b->len <= n && tide__buf_reserve(b, n)) nomem(o);
   memcpy(b->p + b->len, s, n);
   b->len += n;
+  b->p[b->len] = '\0';
 }
 
-static void add_byte(otlp *o, unsigned char c) {
-  tide_buf *b = o->b;
-  if (b->cap - b->len <= 1 && tide__buf_reserve(b, 1)) nomem(o);
-  b->p[b->len++] = (char)c;
-}
+static void add_byte(otlp *o, unsigned char c) { add(o, &c, 1); }
 
 /* A varint; a negative int64 takes ten bytes, as protobuf's int64 does. */
 static void add_varint(otlp *o, uint64_t v) {
@@ -98,6 +94,7 @@ static void close_field(otlp *o, size_t at) {
   memmove(o->b->p + at - 1 + k, o->b->p + at, n);
   memcpy(o->b->p + at - 1, tmp, k);
   o->b->len += k - 1;
+  o->b->p[o->b->len] = '\0';
 }
 
 /* The length of the valid UTF-8 sequence at s (n bytes left), or 0: the
@@ -334,20 +331,6 @@ static void add_span(otlp *o, int t) {
   lua_settop(L, base);
 }
 
-static int buf_gc(lua_State *L) {
-  tide__buf_free(luaL_checkudata(L, 1, OTLP_BUF_MT));
-  return 0;
-}
-
-/* A buffer owned by a userdata on the stack: an error mid-way leaves
-** nothing to free by hand. */
-static tide_buf *new_buf(lua_State *L) {
-  tide_buf *b = lua_newuserdatauv(L, sizeof *b, 0);
-  memset(b, 0, sizeof *b);
-  luaL_setmetatable(L, OTLP_BUF_MT);
-  return b;
-}
-
 static int push_buf(lua_State *L, tide_buf *b) {
   lua_pushlstring(L, b->p ? b->p : "", b->len);
   tide__buf_free(b);
@@ -359,7 +342,7 @@ static int push_buf(lua_State *L, tide_buf *b) {
 static int l_otlp_spans(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
-  otlp o = {L, new_buf(L)};
+  otlp o = {L, tide__buf_push(L)};
   for (lua_Integer i = 1; lua_geti(L, 1, i) == LUA_TTABLE; i++) {
     size_t at = open_field(&o, 2);
     add_span(&o, 3);
@@ -376,7 +359,7 @@ static int l_otlp_attributes(lua_State *L) {
   luaL_argcheck(L, field > 0 && field < 16, 1, "a field number from 1 to 15");
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
-  otlp o = {L, new_buf(L)};
+  otlp o = {L, tide__buf_push(L)};
   add_attributes(&o, 2, (int)field);
   return push_buf(L, o.b);
 }
@@ -385,10 +368,5 @@ static int l_otlp_attributes(lua_State *L) {
 /// table at the top of the stack.
 void tide__open_otlp(lua_State *L) {
   static const luaL_Reg fns[] = {{"otlp_spans", l_otlp_spans}, {"otlp_attributes", l_otlp_attributes}, {NULL, NULL}};
-  if (luaL_newmetatable(L, OTLP_BUF_MT)) {
-    lua_pushcfunction(L, buf_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
   luaL_setfuncs(L, fns, 0);
 }

@@ -55,6 +55,11 @@ void tide__buf_keep(tide_buf *b, size_t max);
 /// Makes room for n bytes in all (and the NUL after them); returns 0, or -1
 /// when out of memory (nothing changed). The length is left as it was.
 int tide__buf_reserve(tide_buf *b, size_t n);
+/// A new empty buffer owned by a userdata pushed on L's stack: the collector
+/// frees it, so that an encoder that raises half way (a value it cannot
+/// encode, no memory) leaves nothing to free by hand; freeing it sooner
+/// (tide__buf_free) is fine.
+tide_buf *tide__buf_push(lua_State *L);
 
 /* ------------------------------------------------------------------ sse -- */
 

@@ -170,49 +170,51 @@ local function warn(msg)
   io.stderr:write("tide: tracing: ", msg, " (spans are dropped; further failures are counted)\n")
 end
 
+-- A protobuf varint at i of s: its value and the index after it, or nil.
+local function read_varint(s, i)
+  local v, shift = 0, 0
+  repeat
+    local b = s:byte(i)
+    if not b or shift > 63 then return nil end
+    v, i, shift = v | (b & 0x7f) << shift, i + 1, shift + 7
+  until b < 0x80
+  return v, i
+end
+
+-- The varint and length-delimited fields of message s, by number (the
+-- last of each), as far as s reads.
+local function read_fields(s)
+  local out, i = {}, 1
+  while i <= #s do
+    local key, v
+    key, i = read_varint(s, i)
+    if not key then return out end
+    local wire = key & 7
+    if wire == 0 then
+      v, i = read_varint(s, i)
+      if not v then return out end
+      out[key >> 3] = v
+    elseif wire == 2 then
+      v, i = read_varint(s, i)
+      if not v or i + v - 1 > #s then return out end
+      out[key >> 3] = s:sub(i, i + v - 1)
+      i = i + v
+    elseif wire == 1 or wire == 5 then
+      i = i + (wire == 1 and 8 or 4)
+    else
+      return out
+    end
+  end
+  return out
+end
+
 -- What a collector's ExportTraceServiceResponse says of a batch it took in
 -- part (partial_success = 1 { rejected_spans = 1, error_message = 2 }):
--- the spans it refused and why, or nil. (Protobuf, read as far as needed.)
+-- the spans it refused and why, or nil.
 local function partial_success(body)
-  local function varint(s, i)
-    local v, shift = 0, 0
-    repeat
-      local b = s:byte(i)
-      if not b or shift > 63 then return nil end
-      v, i, shift = v | (b & 0x7f) << shift, i + 1, shift + 7
-    until b < 0x80
-    return v, i
-  end
-  -- the length-delimited fields of s, by number (the last of each)
-  local function fields(s)
-    local out, i = {}, 1
-    while i <= #s do
-      local key
-      key, i = varint(s, i)
-      if not key then return out end
-      local wire = key & 7
-      if wire == 0 then
-        local v
-        v, i = varint(s, i)
-        if not v then return out end
-        out[key >> 3] = v
-      elseif wire == 2 then
-        local n
-        n, i = varint(s, i)
-        if not n or i + n - 1 > #s then return out end
-        out[key >> 3] = s:sub(i, i + n - 1)
-        i = i + n
-      elseif wire == 1 or wire == 5 then
-        i = i + (wire == 1 and 8 or 4)
-      else
-        return out
-      end
-    end
-    return out
-  end
-  local ps = type(body) == "string" and body ~= "" and fields(body)[1]
+  local ps = type(body) == "string" and body ~= "" and read_fields(body)[1]
   if type(ps) ~= "string" then return nil end
-  local f = fields(ps)
+  local f = read_fields(ps)
   local rejected = math.type(f[1]) == "integer" and f[1] or 0
   local why = type(f[2]) == "string" and f[2] or ""
   if rejected == 0 and why == "" then return nil end

@@ -43,6 +43,20 @@ local function paired(msgs)
   return next(open) == nil
 end
 
+-- Every request `srv` took pairs each call with its result and fits the
+-- window (one result past it at most: the estimate runs a round behind).
+local function requests_fit(srv, window)
+  for _, r in ipairs(srv:requests()) do
+    assert.is_true(paired(r.json.messages))
+    assert.is_true(#r.body // 4 < window + 1200, "a request past the window: " .. #r.body // 4)
+  end
+end
+
+-- An on_event listener that keeps the compaction events in `events`.
+local function compactions_into(events)
+  return function(ev) if ev.type == "compaction" then events[#events + 1] = ev end end
+end
+
 describe("compaction", function()
   local dir
   before_each(function()
@@ -60,16 +74,11 @@ describe("compaction", function()
     local s = tide.session { agent = "long", provider = p, transcript = path,
       context = { window = 4000, reserve = 500, strategy = "drop" } }
     for i = 1, 6 do
-      assert.are.equal("noted", s:turn("question " .. i, { on_event = function(ev)
-        if ev.type == "compaction" then events[#events + 1] = ev end
-      end }))
+      assert.are.equal("noted", s:turn("question " .. i, { on_event = compactions_into(events) }))
     end
     assert.is_true(s:stats().compactions >= 1)
     assert.is_true(#events >= 1)
-    for _, r in ipairs(srv:requests()) do
-      assert.is_true(paired(r.json.messages))
-      assert.is_true(#r.body // 4 < 4000 + 1200, "a request past the window: " .. #r.body // 4)
-    end
+    requests_fit(srv, 4000)
     -- the frozen prefix is untouched
     local last = srv:requests()[#srv:requests()].json
     assert.are.equal("You look things up.", last.messages[1].content)
@@ -205,16 +214,10 @@ describe("compaction", function()
       local events = {}
       local s = tide.session { agent = "long", provider = p, transcript = path, max_iterations = 20,
         context = { window = 4000, reserve = 500, strategy = strategy } }
-      assert.are.equal("done after 12", s:turn("look up twelve things", { on_event = function(ev)
-        if ev.type == "compaction" then events[#events + 1] = ev end
-      end }))
+      assert.are.equal("done after 12", s:turn("look up twelve things", { on_event = compactions_into(events) }))
       assert.is_true(s:stats().compactions >= 1)
       assert.is_true(#events >= 1)
-      for _, r in ipairs(srv:requests()) do
-        assert.is_true(paired(r.json.messages))
-        -- (the estimate runs a round behind: one result past the line at most)
-        assert.is_true(#r.body // 4 < 4000 + 1200, "a request past the window: " .. #r.body // 4)
-      end
+      requests_fit(srv, 4000)
       -- the user's request and the latest results are whole; older ones emptied
       local last = srv:requests()[#srv:requests()].json.messages
       assert.are.equal("look up twelve things", last[2].content)
