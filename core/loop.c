@@ -329,6 +329,19 @@ static void keep_result(tide_ctx *ctx, tide_task *t, lua_State *L) {
 
 static void cancel_task(tide_task *t);
 
+/* Whether cancelled task t ended with the Cancelled error its cancellation
+** raised (and not with an error of its own, raised while it unwound). */
+static int ended_by_cancel(tide_task *t) {
+  lua_State *co = t->co;
+  if (!t->cancelled || lua_type(co, -1) != LUA_TTABLE || !lua_checkstack(co, 2)) return 0;
+  lua_pushliteral(co, "code");
+  lua_rawget(co, -2); /* (raw: this runs unprotected, and a table may be anyone's) */
+  const char *code = lua_type(co, -1) == LUA_TSTRING ? lua_tostring(co, -1) : NULL;
+  int cancelled = code != NULL && strcmp(code, "Cancelled") == 0;
+  lua_pop(co, 1);
+  return cancelled;
+}
+
 /* Task t has ended. L is the running thread (the one that resumed t), on
 ** whose stack the outcome is arranged. */
 static void finish(tide_ctx *ctx, tide_task *t, int ok, int nres, lua_State *L) {
@@ -337,8 +350,12 @@ static void finish(tide_ctx *ctx, tide_task *t, int ok, int nres, lua_State *L) 
   t->nres = nres;
   t->wait = NULL;
   if (!ok) {
-    /* The coroutine's stack was not unwound; make room before touching it. */
-    if (lua_checkstack(t->co, 2)) {
+    /* The coroutine's stack was not unwound; make room before touching it.
+    ** A task ended by its own cancellation gets no traceback: where it was
+    ** waiting tells nothing, and a traceback costs tens of microseconds
+    ** (Lua names each frame's function by a search of package.loaded),
+    ** paid by every lease renewal and every timed-out wait given up. */
+    if (!ended_by_cancel(t) && lua_checkstack(t->co, 2)) {
       lua_pushcfunction(L, decorate_error);
       lua_pushlightuserdata(L, t);
       if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1); /* out of memory */
