@@ -129,7 +129,12 @@ static void ev_poll(uv_poll_t *h, int status, int events) {
 }
 
 static void ev_update(uv_events *p, int add, int flag) {
-  p->events = add ? (p->events | flag) : (p->events & ~flag);
+  int events = add ? (p->events | flag) : (p->events & ~flag);
+  /* hiredis asks for reading again after every read and write: libuv's
+  ** uv_poll_start takes the socket out of epoll and puts it back even when
+  ** the events are the same, two system calls for nothing. */
+  if (events == p->events) return;
+  p->events = events;
   if (p->events) uv_poll_start(&p->handle, p->events, ev_poll);
   else uv_poll_stop(&p->handle);
 }
