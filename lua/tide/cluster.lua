@@ -414,9 +414,9 @@ function Cluster:script(name, src)
     self._scripts[name] = entry
   end
   return function(keys, args, nowait)
-    local argv = { #keys }
-    for i = 1, #keys do argv[#argv + 1] = keys[i] end
-    for i = 1, #(args or {}) do argv[#argv + 1] = args[i] end
+    local nkeys = #keys
+    local argv = table.move(keys, 1, nkeys, 2, { nkeys })
+    if args then table.move(args, 1, #args, nkeys + 2, argv) end
     for _ = 1, 2 do
       local conn, err = self:connection(nowait)
       if not conn then return nil, err end
