@@ -130,27 +130,42 @@ function history_mt:replace(messages)
   self.wire_bytes = 0
 end
 
---- While `on`, a writer that can defer (a Redis session's) keeps records
---- until the next flush; turning it off flushes. File writers write at
---- once regardless.
+--- While held, a writer that can defer (a Redis session's) keeps records
+--- until the next flush; the last release of a hold flushes. Holds nest:
+--- a turn holds inside the hold of a queued request, whose last records
+--- go out with its answer (tide.queue). File writers write at once
+--- regardless.
 ---@param on boolean
 function history_mt:hold(on)
   local w = self.writer
   if not (w and w.flush) then return end
-  w.deferring = on or nil
-  if not on then
+  local n = math.max((w.holds or 0) + (on and 1 or -1), 0)
+  w.holds, w.deferring = n, n > 0 or nil
+  if n == 0 then
     transcript = transcript or require "tide.transcript"
     transcript.flush(w)
   end
 end
 
+--- Drops every hold and writes what was held (a session closing).
+function history_mt:unhold()
+  local w = self.writer
+  if w and (w.holds or 0) > 0 then
+    w.holds = 1
+    self:hold(false)
+  end
+end
+
 --- Writes what is held (see hold): before a request or a tool call, so
---- that the transcript never lags behind what left the process.
-function history_mt:flush()
+--- that the transcript never lags behind what left the process. `behind`
+--- (before a provider request): sent, and waited for by the next flush
+--- (see tide.transcript_redis).
+---@param behind? boolean
+function history_mt:flush(behind)
   local w = self.writer
   if w and w.flush then
     transcript = transcript or require "tide.transcript"
-    transcript.flush(w)
+    transcript.flush(w, behind)
   end
 end
 

@@ -54,7 +54,16 @@ return redis.call('XADD', KEYS[2], '*', 'rid', ARGV[2], 'session', ARGV[3], 'age
   ARGV[5], ARGV[6], 'reply_to', ARGV[7])
 ]]
 
-local ANSWER = [[
+-- With the session's records (KEYS[5]: a queued turn's last, handed over
+-- by the session), they are appended first, as tide.transcript_redis
+-- appends (ARGV[7] the lease's token, ARGV[8] the length expected, ARGV[9]
+-- the TTL, ARGV[10..] the records); refused, nothing is written and the
+-- refusal is the script's answer. Otherwise {sent, 0}.
+local ANSWER = require("tide.transcript_redis").APPEND_FN .. [[
+if KEYS[5] then
+  local r = tide_append(KEYS[5], KEYS[4], ARGV[7], ARGV[8], ARGV[9], 10)
+  if r[1] < 0 then return r end
+end
 local sent = 0
 if redis.call('GET', KEYS[1]) ~= 'answered' then
   redis.call('SET', KEYS[1], 'answered', 'PX', ARGV[4])
@@ -65,7 +74,7 @@ end
 redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[3], ARGV[2])
 if KEYS[4] and redis.call('GET', KEYS[4]) == ARGV[7] then redis.call('DEL', KEYS[4]) end
-return sent
+return {sent, 0}
 ]]
 
 local function check_name(v, what, fname, level)
@@ -358,16 +367,32 @@ local function stats_of(s)
   return out
 end
 
--- Answers entry `id`; `lease` ({ key, token }, from the session's
--- _hand_over_lease) is given up in the same script, or on its own when the
--- answer cannot be written.
-function Worker:_answer(id, f, reply, err, stats, lease)
+-- Answers entry `id`. `handed` (from the session's _hand_over): its lease
+-- is given up in the same script, or on its own when the answer cannot be
+-- written; its records (the turn's last) are appended first, and when they
+-- cannot be (another process wrote to the session, or holds it), the
+-- answer is that error, or none at all when another worker took the
+-- session over: that one finishes the turn and answers.
+function Worker:_answer(id, f, reply, err, stats, handed)
   local c = self.cluster
   local payload = json.canonical { reply = reply, err = err and err_fields(err) or nil, stats = stats }
   local keys = { c:key("q", self.queue, "req", f.rid), c:key("q", self.queue, "reply", f.rid), self.stream }
   local args = { GROUP, id, payload, REPLY_TTL_MS, f.reply_to, f.rid }
+  local lease, records = handed and handed.lease, handed and handed.records
   if lease then keys[4], args[7] = lease.key, lease.token end
+  if lease and records then
+    keys[5], args[8], args[9] = records.list, records.known, records.ttl
+    for i, line in ipairs(records.lines) do args[9 + i] = line end
+  end
   local r, aerr = self.answer(keys, args)
+  if r and r[1] < 0 then
+    local rerr = require("tide.transcript_redis").append_error(f.session, records.known, r)
+    if r[1] == -1 then
+      self.counts.failed = self.counts.failed + 1
+      return log(self, "request ", f.rid, ": ", tostring(rerr))
+    end
+    return self:_answer(id, f, nil, rerr, stats, { lease = lease })
+  end
   if r == nil then
     if lease then
       local store = require("tide.transcript_redis").store(c)
@@ -378,7 +403,7 @@ function Worker:_answer(id, f, reply, err, stats, lease)
     log(self, "could not answer request ", f.rid, ": ", tostring(aerr))
     return
   end
-  self.counts.answered = self.counts.answered + r
+  self.counts.answered = self.counts.answered + r[1]
 end
 
 -- Serves one entry: opens its session under its lease (waiting while
@@ -434,9 +459,13 @@ function Worker:_serve(id, f)
     pcall(s.close, s)
     return log(self, "request ", f.rid, ": ", tostring(terr))
   end
-  local lease = s:_hand_over_lease()
+  local handed, herr = s:_hand_over()
   pcall(s.close, s)
-  self:_answer(id, f, reply, terr, stats, lease)
+  if not handed then
+    if herr.reason == "lost_lease" then return log(self, "request ", f.rid, ": ", tostring(herr)) end
+    reply, terr = nil, herr
+  end
+  self:_answer(id, f, reply, terr, stats, handed)
 end
 
 function Worker:_spawn(id, fields, claimed)

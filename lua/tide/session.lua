@@ -245,20 +245,40 @@ local function release(self)
   end
 end
 
--- Stops renewing the lease and hands its token over without giving it up:
--- the caller's next script gives it up with what it writes (tide.queue's
--- answer), one round trip instead of two. The lease expires on its own if
--- that script never runs. Returns { key, token }, or nil when none is held.
-function session_mt:_hand_over_lease()
+-- What a queued turn leaves to its answer (tide.queue): the records it
+-- still holds (see queued) and the lease, handed over without being
+-- written or given up, so that the answer's one script appends them and
+-- gives the lease up with the reply: one round trip instead of three.
+-- Stops renewing the lease, which expires on its own if that script never
+-- runs. Returns { lease = { key, token } | nil, records = (the writer's
+-- hand_over) | nil }, or nil, err when an append still in flight failed.
+-- Inside a task.
+function session_mt:_hand_over()
+  local out = {}
   local lease = self.lease
-  if not (lease and lease.token) or lease.lost then return nil end
+  local held = lease and lease.token and not lease.lost
+  local w = self.conversation.writer
+  if w and w.hand_over then
+    local records, err = w:hand_over()
+    if not records then return nil, err end
+    w.holds, w.deferring = 0, nil
+    if #records.lines > 0 then
+      if not held then -- (written without it, they could follow another process's)
+        local e = busy(self, "lost its lease to another process during the turn")
+        e.reason = "lost_lease"
+        return nil, e
+      end
+      out.records = records
+    end
+  end
+  if not held then return out end
   if lease.task then
     lease.task:cancel()
     lease.task = nil
   end
-  local token = lease.token
+  out.lease = { key = self.store.lease_key(self.store_name), token = lease.token }
   lease.token = nil
-  return { key = self.store.lease_key(self.store_name), token = token }
+  return out
 end
 
 -- Reads the transcript again (another process wrote to it, or a write of
@@ -779,6 +799,16 @@ local function first_run(self, rid, fn, ...)
   return reply, err
 end
 
+-- Runs fn() under the lease kept since build (_keep_lease), for a queue
+-- request: the records fn leaves at its end stay held, for _hand_over to
+-- give them to the answer (or for close to write them).
+local function queued(self, fn)
+  return blocking(leased, self, function()
+    self.conversation:hold(true)
+    return fn()
+  end)
+end
+
 --- The turn of queue request `rid` (tide.queue), under the lease: run
 --- once. When the transcript already holds that turn (a process that ran
 --- it died, or died before its reply went out), it is not run again: a
@@ -801,7 +831,7 @@ end
 
 function session_mt:_queued_turn(rid, text, opts)
   opts = opts or {}
-  return blocking(leased, self, function()
+  return queued(self, function()
     local gone, reply, err = superseded(self, rid)
     if gone then return reply, err end
     local lt = self.last_turn
@@ -828,7 +858,7 @@ end
 function session_mt:_queued_resume(rid, decisions, opts)
   opts = opts or {}
   local approval = require "tide.approval"
-  return blocking(leased, self, function()
+  return queued(self, function()
     local gone, reply, err = superseded(self, rid)
     if gone then return reply, err end
     local lt = self.last_turn
@@ -951,6 +981,9 @@ end
 
 --- Closes the transcript (and gives up a Redis session's lease, if held).
 function session_mt:close()
+  -- what a queued turn held and did not hand over is written first, while
+  -- the lease is still this process's (a failure is the next load's to see)
+  pcall(self.conversation.unhold, self.conversation)
   if self.lease and self.lease.token then blocking(release, self) end
   self.conversation:close()
 end

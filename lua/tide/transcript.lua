@@ -141,10 +141,12 @@ end
 
 --- Writes what a deferring writer holds (a writer without `flush` writes
 --- at once); its failure raises, as for a strict writer's append.
+--- `behind`: see tide.transcript_redis's flush.
 ---@param w table|nil
-function M.flush(w)
+---@param behind? boolean
+function M.flush(w, behind)
   if not (w and w.flush) then return end
-  local ok, err = w:flush()
+  local ok, err = w:flush(behind)
   if not ok then error(err, 0) end
 end
 

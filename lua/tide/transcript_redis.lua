@@ -16,7 +16,9 @@
 ---
 --- Each record is appended by one script, atomically, and only when no
 --- other process holds the lease and the list is as long as this writer
---- last saw it. Otherwise nothing is written and the append fails:
+--- last saw it (tide.queue's answer script appends a queued turn's last
+--- records the same way: `M.APPEND_FN`). Otherwise nothing is written and
+--- the append fails:
 --- `SessionBusy` when another process holds the session or wrote to it,
 --- `SessionCorrupt` (reason "lost") when the list is shorter than this
 --- process wrote (Redis lost it: a restart without persistence). So a
@@ -29,17 +31,26 @@ local M = {}
 local core = require "tide.core"
 local json = require "tide.json"
 
--- ARGV: the lease token, the length expected, the TTL in ms ("0": none),
--- the records.
-local APPEND = [[
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[1] then return {-1, 0} end
-local n = redis.call('LLEN', KEYS[1])
-if n ~= tonumber(ARGV[2]) then return {-2, n} end
-n = redis.call('RPUSH', KEYS[1], unpack(ARGV, 4))
-if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-return {0, n}
+--- The append, as a function of a Redis script: to `list` under `lease`
+--- (held by `token`, or by none), when the list is `expected` long, the
+--- records ARGV[from..], the list then expiring after `ttl` ms ("0":
+--- never). {0, length} when written, {-1, 0} when another holds the lease,
+--- {-2, length} when the list is not as long as expected: read by
+--- `M.append_error`.
+M.APPEND_FN = [[
+local function tide_append(list, lease, token, expected, ttl, from)
+  local holder = redis.call('GET', lease)
+  if holder and holder ~= token then return {-1, 0} end
+  local n = redis.call('LLEN', list)
+  if n ~= tonumber(expected) then return {-2, n} end
+  n = redis.call('RPUSH', list, unpack(ARGV, from))
+  if ttl ~= '0' then redis.call('PEXPIRE', list, ttl) end
+  return {0, n}
+end
 ]]
+
+-- ARGV: the lease token, the length expected, the TTL in ms, the records.
+local APPEND = M.APPEND_FN .. "return tide_append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], 4)\n"
 
 -- The lease, and how long the list is now: a holder that takes the lease
 -- learns in the same step whether another process wrote since it loaded.
@@ -124,7 +135,7 @@ function M.store(c)
   function s.open(id, meta, info, lease)
     local w = setmetatable({ path = id, strict = true, known = info and info.count or 0,
       lease = lease or {}, keys = { log_key(id), lease_key(id) }, script = append, pending = {},
-      ttl = tostring(c.session_ttl_ms or 0) }, writer_mt)
+      ttl = tostring(c.session_ttl_ms or 0), inflight = nil }, writer_mt)
     if w.known == 0 and meta then w.pending[1] = json.canonical(meta) end
     return w
   end
@@ -169,31 +180,66 @@ function M.store(c)
   return s
 end
 
--- One append at a time per writer: the length it expects is the one the
--- previous append left.
+--- What an append script's answer `r` (see `M.APPEND_FN`) means for the
+--- writer of session `path` that expected `known` records: nil when the
+--- records were written, else the error (SessionBusy, or SessionCorrupt
+--- with reason "lost").
+function M.append_error(path, known, r)
+  if r[1] == -1 then
+    return core.error("SessionBusy", ("session '%s' is held by another process"):format(path), { session = path })
+  elseif r[1] == -2 then
+    if r[2] < known then
+      return core.error("SessionCorrupt", ("session '%s' in Redis holds %d records, fewer than the %d this "
+        .. "process wrote (Redis lost them: restarted without persistence?)"):format(path, r[2], known),
+        { session = path, reason = "lost" })
+    end
+    return core.error("SessionBusy", ("session '%s' was written by another process"):format(path), { session = path })
+  end
+end
+
+-- Appends `lines` with the length the previous append left, in a task of
+-- its own (the writer's `inflight`); true, or nil and the error.
 local function append(self, lines)
-  while self.busy do core.sleep(1) end
-  self.busy = true
   local args = { self.lease.token or "", self.known, self.ttl }
   for i = 1, #lines do args[i + 3] = lines[i] end
   local ok, r, err = pcall(self.script, self.keys, args)
-  self.busy = false
-  if not ok then error(r, 0) end
-  if not r then return nil, err end
-  if r[1] == -1 then
-    return nil, core.error("SessionBusy", ("session '%s' is held by another process"):format(self.path),
-      { session = self.path })
-  elseif r[1] == -2 then
-    if r[2] < self.known then
-      return nil, core.error("SessionCorrupt", ("session '%s' in Redis holds %d records, fewer than the %d this "
-        .. "process wrote (Redis lost them: restarted without persistence?)"):format(self.path, r[2], self.known),
-        { session = self.path, reason = "lost" })
+  if not ok then err, r = r, nil end -- (a raised error: Cancelled, say)
+  if r then
+    err = M.append_error(self.path, self.known, r)
+    if not err then
+      self.known = r[2]
+      return true
     end
-    return nil, core.error("SessionBusy", ("session '%s' was written by another process"):format(self.path),
-      { session = self.path })
   end
-  self.known = r[2]
-  return true
+  self.failed = true
+  return nil, err
+end
+
+-- Waits for the append in flight, if any: true, or nil and its error. A
+-- wait that is interrupted leaves it in flight for the next settle; every
+-- waiter of one append gets its outcome.
+local function settle(self)
+  local t = self.inflight
+  if not t then return true end
+  local ok, err = t:join()
+  if self.inflight == t then self.inflight = nil end
+  return ok, err
+end
+
+-- One append at a time, each expecting the length the one before left:
+-- the one in flight is waited for before the next is sent (no wait comes
+-- between that check and the send).
+local function flush(self, behind)
+  while self.inflight do
+    local ok, err = settle(self)
+    if not ok then return nil, err end
+  end
+  local lines = self.pending
+  if #lines == 0 then return true end
+  self.pending = {}
+  self.inflight = core.spawn_now(append, self, lines)
+  if behind then return true end
+  return settle(self)
 end
 
 --- Appends records, one list element each; true, or nil, err. While the
@@ -210,14 +256,29 @@ function writer_mt:append(...)
 end
 
 --- Writes the records waiting; true, or nil, err. A failed write marks the
---- writer: the session reloads from Redis before its next turn.
-function writer_mt:flush()
+--- writer: the session reloads from Redis before its next turn. `behind`:
+--- the write is sent and not waited for (before a provider request, whose
+--- answer takes longer than Redis's): the next flush, or `hand_over`,
+--- waits for it first and fails with its error, so a failure is known
+--- before anything the request brought back is kept or acted on.
+---@param behind? boolean
+function writer_mt:flush(behind)
+  return blocking(flush, self, behind)
+end
+
+--- Hands the records waiting over to a script of another module that
+--- appends them with what it writes (tide.queue's answer): the append in
+--- flight is waited for first. Returns { list, lease, known, ttl, lines }
+--- (the keys, the length expected, the TTL, the records; no records: an
+--- empty list), or nil, err (that of the append in flight). Inside a task.
+function writer_mt:hand_over()
+  while self.inflight do
+    local ok, err = settle(self)
+    if not ok then return nil, err end
+  end
   local lines = self.pending
-  if #lines == 0 then return true end
   self.pending = {}
-  local ok, err = blocking(append, self, lines)
-  if not ok then self.failed = true end
-  return ok, err
+  return { list = self.keys[1], lease = self.keys[2], known = self.known, ttl = self.ttl, lines = lines }
 end
 
 function writer_mt:close() end

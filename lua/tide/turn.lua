@@ -692,8 +692,11 @@ local function loop(session, opts, run, first, state)
       sent_container = history.container
       sent_prefix = provider:_container_prefix(prefix, sent_container)
     end
-    history:flush()
+    -- The records go out as the request does, and are known written before
+    -- its answer is used: a store that refused them fails the turn here.
+    history:flush(true)
     local resp, err = provider:_complete(sent_prefix, copts, wire)
+    history:flush()
     if not resp and session.context and compaction().is_overflow(err) then
       -- The provider says it does not fit: one compaction, one retry.
       local ok, cerr = compaction().compact(session, run, true)

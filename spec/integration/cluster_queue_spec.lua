@@ -331,6 +331,46 @@ describe("the turn queue", function()
     end)
   end)
 
+  it("writes a turn's last records with its answer, in one script, or neither", function()
+    helpers.run(function()
+      local c = cluster.current()
+      local mock = testing.mock_server { default = function(req)
+        local last = req.json.messages[#req.json.messages].content
+        return { text = "re: " .. last, delay_ms = last == "slow" and 300 or 0 }
+      end }
+      local w = assert(tide.worker { queue = "turns", provider = provider(mock), quiet = true })
+      assert.equal("re: warm", tide.submit { queue = "turns", session = "warm", agent = "helper", text = "warm" })
+      -- four scripts a turn: the submit, the lease, the first records (sent
+      -- with the provider request), the answer with the last records
+      c:call("CONFIG", "RESETSTAT")
+      assert.equal("re: hi", tide.submit { queue = "turns", session = "two", agent = "helper", text = "hi" })
+      local info = c:call("INFO", "commandstats")
+      assert.equal("4", info:match("cmdstat_evalsha:calls=(%d+)"), info)
+      assert.is_nil(info:match("cmdstat_eval:"), info)
+      local key = c:key("session", "two")
+      local records = c:call("LRANGE", key, 0, -1)
+      assert.matches('"content":"re: hi"', records[#records])
+      -- another writer's record lands while a turn runs: the turn's last
+      -- records are refused, and the answer is that error
+      local t = tide.spawn(function()
+        return tide.submit { queue = "turns", session = "two", agent = "helper", text = "slow" }
+      end)
+      helpers.wait_until(function() return #mock:requests() == 3 end, "the slow request")
+      local foreign = '{"content":"from elsewhere","role":"user"}'
+      c:call("RPUSH", key, foreign)
+      local r, err = t:join()
+      assert.is_nil(r)
+      assert.equal("SessionBusy", err.code)
+      assert.matches("written by another process", err.message)
+      records = c:call("LRANGE", key, 0, -1)
+      assert.equal(foreign, records[#records])
+      assert.is_nil(table.concat(records, "\n"):find("re: slow", 1, true))
+      assert.equal(0, c:call("EXISTS", key .. ":lease")) -- given up all the same
+      w:stop()
+      mock:close()
+    end)
+  end)
+
   it("times out clearly, and a worker then skips the request", function()
     helpers.run(function()
       local mock = testing.mock_server { default = testing.echo }

@@ -100,6 +100,34 @@ describe("sessions in Redis", function()
     end)
   end)
 
+  it("sends a round's records with its request, and keeps no answer when Redis refused them", function()
+    helpers.run(function()
+      local c = cluster.current()
+      local lease = c:key("session", "taken", "lease")
+      local mock = testing.mock_server { default = testing.tool_loop(1, "lookup") }
+      -- the tool's run is where another process takes the session over
+      tide.agent { id = "robbed", prompt = "You look.", tools = { tide.tool { name = "lookup",
+        description = "Looks.", parameters = { type = "object", properties = {} },
+        handler = function() c:call("SET", lease, "another") return "found" end } } }
+      local s = assert(tide.session { id = "taken", store = "redis", agent = "robbed", provider = provider(mock) })
+      local r, err = s:turn("look")
+      assert.is_nil(r)
+      assert.equal("SessionBusy", err.code)
+      assert.matches("held by another process", err.message)
+      -- the second request went out with its records (the tool's results),
+      -- which Redis refused: its answer is not kept, in memory or in Redis
+      assert.equal(2, #mock:requests())
+      local h = s:history()
+      assert.equal("tool", h[#h].role)
+      local records = c:call("LRANGE", c:key("session", "taken"), 0, -1)
+      assert.equal(4, #records) -- meta, system prompt, user, the call
+      assert.matches('"tool_calls"', records[4])
+      c:call("DEL", lease)
+      s:close()
+      mock:close()
+    end)
+  end)
+
   it("resumes a session whose process died mid-call: the call is never run again", function()
     tide.cluster { redis = redis.server.url }
     local log = os.tmpname()
