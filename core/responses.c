@@ -107,7 +107,7 @@ typedef struct part_state {
 } part_state;
 
 /* A reasoning item taken: its strings in the parser's `parts` buffer. Or,
-** `whole`, a hosted tool's item (web_search_call) kept as its raw JSON in
+** `whole`, a hosted tool's item (HOSTED_ITEMS) kept as its raw JSON in
 ** `data`: sent back as it came, the record of what the service ran. */
 typedef struct reasoning_part {
   span id, summary, data;
@@ -265,6 +265,21 @@ static reasoning_part *new_part(responses_stream *st) {
   return r;
 }
 
+/* The items of tools the service runs itself (hosted tools), which the
+** API takes back in a request's input as they came. Not the calls a client
+** runs (computer, shell, apply_patch, custom tools: tide offers none), nor
+** an MCP approval request, which wants an answer tide does not give. */
+static const char *const HOSTED_ITEMS[] = {
+  "web_search_call", "file_search_call", "code_interpreter_call", "image_generation_call",
+  "mcp_call", "mcp_list_tools",
+};
+
+static int is_hosted(const tide_buf *b, const str_field *type) {
+  for (size_t k = 0; k < sizeof HOSTED_ITEMS / sizeof HOSTED_ITEMS[0]; k++)
+    if (span_is(b, type, HOSTED_ITEMS[k])) return 1;
+  return 0;
+}
+
 /* Takes the item just scanned, the output's item number i (from 1), whose
 ** JSON is raw (rawn bytes). */
 static int take_item(responses_stream *st, size_t i, const char *raw, size_t rawn) {
@@ -308,13 +323,16 @@ static int take_item(responses_stream *st, size_t i, const char *raw, size_t raw
         (r->has_data && keep_part(st, scratch + it->data.s.off, it->data.s.len, &r->data)))
       return J_NOMEM;
     st->nreasoning++;
-  } else if (span_is(sb, &it->type, "web_search_call")) {
-    st->searches++; /* counted for what it costs (usage.web_searches) */
+  } else if (is_hosted(sb, &it->type)) {
+    if (span_is(sb, &it->type, "web_search_call"))
+      st->searches++; /* counted for what it costs (usage.web_searches) */
     /* Kept whole among the reasoning parts, in order: the next requests
-    ** carry it back, so that the model still knows what it searched and
-    ** found, and a reasoning item before it keeps the item it led to. The
-    ** service takes it back with its id even when nothing is stored (as
-    ** the Vercel AI SDK's recorded replay of October 2026 shows). */
+    ** carry it back, so that the model still knows what the service ran
+    ** for it and what came of it, and a reasoning item before it keeps
+    ** the item it led to. The service takes these back with their ids
+    ** even when nothing is stored (the Vercel AI SDK's recorded replay of
+    ** a web search, October 2026; OpenAI's Codex keeps web search and
+    ** image generation items in the history it sends with store off). */
     if (it->id.has && it->id.s.len > 0) {
       reasoning_part *r = new_part(st);
       if (r == NULL) return J_NOMEM;

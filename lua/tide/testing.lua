@@ -1722,9 +1722,43 @@ end
 --               (action search, status completed) before the message, whose
 --               text cites the first as a url_citation annotation; the
 --               request must offer a web_search tool, as the API requires.
+--               The other hosted tools alike, each item in the shape the
+--               API gives it: `file_search` (input.queries),
+--               `code_interpreter` (input.code: a code_interpreter_call with
+--               its container), `image_generation` (input.result: the
+--               image's base64), `mcp` (input.name, input.arguments,
+--               input.output: an mcp_list_tools item first, then the
+--               mcp_call); each needs its tool type offered.
 -- Faults render as the chat ones do; `status` bodies are OpenAI's error
 -- shape; a stream truncated stops before response.completed.
 local responses = { id_prefix = "resp_mock", call_prefix = "call_" }
+
+-- The hosted tools (run by the service) the mock runs, and their items'
+-- id prefixes.
+local HOSTED_TOOLS = { web_search = "ws", file_search = "fs", code_interpreter = "ci", image_generation = "ig", mcp = "mcp" }
+
+-- The events a streamed hosted tool's item has between added and done
+-- (code, arguments: their delta and done events).
+local HOSTED_EVENTS = {
+  web_search_call = { "in_progress", "searching", "completed" },
+  file_search_call = { "in_progress", "searching", "completed" },
+  code_interpreter_call = { "in_progress", "code", "interpreting", "completed" },
+  image_generation_call = { "in_progress", "generating", "completed" },
+  mcp_list_tools = { "in_progress", "completed" },
+  mcp_call = { "in_progress", "arguments", "completed" },
+}
+
+-- A hosted tool's item coming back in a request: the fields the API
+-- requires of it (its OpenAPI schema), and what they must be.
+local HOSTED_INPUT = {
+  web_search_call = { id = "string", status = "string", action = "table" },
+  file_search_call = { id = "string", status = "string", queries = "table" },
+  code_interpreter_call = { id = "string", status = "string", container_id = "string", code = "string",
+                            outputs = "any" },
+  image_generation_call = { id = "string", status = "string", result = "string" },
+  mcp_call = { id = "string", server_label = "string", name = "string", arguments = "string" },
+  mcp_list_tools = { id = "string", server_label = "string", tools = "table" },
+}
 
 responses.error_body = openai.error_body
 
@@ -1765,19 +1799,42 @@ local function responses_output(ctx)
       encrypted_content = wants_encrypted(json) and encrypted_for(id, "p" .. ctx.n) or null }
   end
   for i, st in ipairs(r.server_tools or {}) do
-    local offered = false
+    local offered
     for _, t in ipairs(type(json.tools) == "table" and json.tools or {}) do
-      if type(t) == "table" and type(t.type) == "string" and t.type:match("^web_search") then offered = true end
+      if type(t) == "table" and type(t.type) == "string"
+          and (t.type == st.name or st.name == "web_search" and t.type:match("^web_search")) then
+        offered = t
+      end
     end
-    if st.name ~= "web_search" or not offered then
-      error(("mock: server_tools[%d] needs name = \"web_search\" and a request offering it"):format(i), 0)
+    if not (HOSTED_TOOLS[st.name] and offered) then
+      error(("mock: server_tools[%d] needs a hosted tool's name (web_search, file_search, code_interpreter, "
+        .. "image_generation, mcp) and a request offering it"):format(i), 0)
     end
-    local query = tostring((st.input or {}).query or "")
-    items[#items + 1] = { type = "web_search_call", id = ("ws_mock%d_%d"):format(ctx.n, i), status = "completed",
-                          action = { type = "search", query = query } }
-    if annotations == EMPTY and ctx.text ~= "" then
-      annotations = { { type = "url_citation", start_index = 0, end_index = utf8.len(ctx.text) or #ctx.text,
-        url = "https://search.example/" .. query:gsub("%W", "-"), title = query } }
+    local input, id = st.input or {}, ("%s_mock%d_%d"):format(HOSTED_TOOLS[st.name], ctx.n, i)
+    if st.name == "web_search" then
+      local query = tostring(input.query or "")
+      items[#items + 1] = { type = "web_search_call", id = id, status = "completed",
+                            action = { type = "search", query = query } }
+      if annotations == EMPTY and ctx.text ~= "" then
+        annotations = { { type = "url_citation", start_index = 0, end_index = utf8.len(ctx.text) or #ctx.text,
+          url = "https://search.example/" .. query:gsub("%W", "-"), title = query } }
+      end
+    elseif st.name == "file_search" then
+      items[#items + 1] = { type = "file_search_call", id = id, status = "completed",
+                            queries = input.queries or { "" }, results = null }
+    elseif st.name == "code_interpreter" then
+      -- (outputs only when `include` asks for them, as the service does)
+      items[#items + 1] = { type = "code_interpreter_call", id = id, status = "completed",
+                            container_id = "cntr_mock" .. ctx.n, code = tostring(input.code or ""), outputs = null }
+    elseif st.name == "image_generation" then
+      items[#items + 1] = { type = "image_generation_call", id = id, status = "completed",
+                            result = tostring(input.result or ""), revised_prompt = input.revised_prompt }
+    else
+      local label = offered.server_label
+      items[#items + 1] = { type = "mcp_list_tools", id = id .. "_list", server_label = label,
+        tools = { { name = tostring(input.name or "tool"), input_schema = { type = "object" } } } }
+      items[#items + 1] = { type = "mcp_call", id = id, server_label = label, name = tostring(input.name or "tool"),
+        arguments = tostring(input.arguments or "{}"), output = tostring(input.output or ""), error = null }
     end
   end
   if ctx.text ~= "" or r.refusal then
@@ -1886,11 +1943,27 @@ function responses.stream(ctx, truncate)
         end
         ev(with({ type = "response.content_part.done", part = part }))
       end
-    elseif item.type == "web_search_call" then
-      ev({ type = "response.output_item.added", output_index = index,
-           item = { type = "web_search_call", id = item.id, status = "in_progress" } })
-      for _, phase in ipairs({ "in_progress", "searching", "completed" }) do
-        ev({ type = "response.web_search_call." .. phase, item_id = item.id, output_index = index })
+    elseif HOSTED_EVENTS[item.type] then
+      -- a hosted tool's item: announced in progress, its progress events
+      -- (the code and arguments streamed as the service streams them), then
+      -- done whole
+      local added = { type = item.type, id = item.id, status = "in_progress" }
+      if item.type:match("^mcp") then added = { type = item.type, id = item.id, server_label = item.server_label } end
+      ev({ type = "response.output_item.added", output_index = index, item = added })
+      for _, phase in ipairs(HOSTED_EVENTS[item.type]) do
+        if phase == "code" then
+          ev({ type = "response.code_interpreter_call_code.delta", item_id = item.id, output_index = index,
+               delta = item.code })
+          ev({ type = "response.code_interpreter_call_code.done", item_id = item.id, output_index = index,
+               code = item.code })
+        elseif phase == "arguments" then
+          ev({ type = "response.mcp_call_arguments.delta", item_id = item.id, output_index = index,
+               delta = item.arguments })
+          ev({ type = "response.mcp_call_arguments.done", item_id = item.id, output_index = index,
+               arguments = item.arguments })
+        else
+          ev({ type = "response." .. item.type .. "." .. phase, item_id = item.id, output_index = index })
+        end
       end
     else
       ev({ type = "response.output_item.added", output_index = index,
@@ -1979,7 +2052,7 @@ function responses.validate(_, req)
     -- Azure's always).
     -- (but for a hosted tool's call, which it takes whole, id and all: the
     -- Vercel AI SDK's recorded replay of a web_search_call, October 2026)
-    if not store and item.id ~= nil and ty ~= "web_search_call" then
+    if not store and item.id ~= nil and not HOSTED_INPUT[ty] then
       return responses_reject(("Item with id '%s' not found. Items are not persisted when `store` is set to false. "
         .. "Try again with `store` set to true, or remove this item from your input."):format(tostring(item.id)),
         "input")
@@ -2002,14 +2075,22 @@ function responses.validate(_, req)
           end
         end
       end
-    elseif ty == "web_search_call" then
-      for _, f in ipairs { "id", "status", "action" } do
+    elseif HOSTED_INPUT[ty] then
+      local fields = {}
+      for f in pairs(HOSTED_INPUT[ty]) do fields[#fields + 1] = f end
+      table.sort(fields)
+      for _, f in ipairs(fields) do
+        local want = HOSTED_INPUT[ty][f]
         if item[f] == nil then
           return responses_reject(("Missing required parameter: '%s.%s'."):format(where, f), where .. "." .. f,
             "missing_required_parameter")
         end
+        if want ~= "any" and type(item[f]) ~= want then
+          return responses_reject(("Invalid type for '%s.%s': expected %s."):format(where, f,
+            want == "table" and "an object or array" or "a string"), where .. "." .. f, "invalid_type")
+        end
       end
-      if type(item.action) ~= "table" or type(item.action.type) ~= "string" then
+      if ty == "web_search_call" and type(item.action.type) ~= "string" then
         return responses_reject(("Invalid type for '%s.action': expected an object."):format(where),
           where .. ".action", "invalid_type")
       end
@@ -2056,7 +2137,7 @@ function responses.validate(_, req)
       end
       local nxt = input[i + 1]
       local nty = type(nxt) == "table" and (nxt.type or (nxt.role and "message")) or nil
-      if not (nty == "function_call" or nty == "reasoning" or nty == "web_search_call"
+      if not (nty == "function_call" or nty == "reasoning" or HOSTED_INPUT[nty]
           or (nty == "message" and nxt.role == "assistant")) then
         return responses_reject(("Item '%s' of type 'reasoning' was provided without its required following item.")
           :format(tostring(item.id)), "input")

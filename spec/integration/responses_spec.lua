@@ -234,9 +234,60 @@ for _, stream in ipairs({ true, false }) do
       end)
     end)
 
+    it("sends every hosted tool's item back as it came: file search, code, an image, a remote MCP server", function()
+      define_looker("responses_hosted")
+      local hosted = {
+        { name = "file_search", input = { queries = { "tide tables" } } },
+        { name = "code_interpreter", input = { code = "print(6 * 60)" } },
+        { name = "image_generation", input = { result = "iVBORw0KGgoAAAANSUhEUg==", revised_prompt = "A harbour." } },
+        { name = "mcp", input = { name = "ask_question", arguments = '{"q":"tides"}', output = "At 6." } },
+      }
+      local offered = { { type = "file_search", vector_store_ids = { "vs_1" } },
+                        { type = "code_interpreter", container = { type = "auto" } },
+                        { type = "image_generation" },
+                        { type = "mcp", server_label = "wiki", server_url = "https://mcp.example/mcp",
+                          require_approval = "never" } }
+      with_mock({ replies = { { server_tools = hosted, tool_calls = { { id = "call_H", name = "lookup",
+                                                                        arguments = { q = "port" } } } },
+                              "High tide is at 6.", "Still 6." } }, function(srv)
+        local dir = helpers.tmpdir()
+        local function session(o)
+          return tide.session(setmetatable({ agent = "responses_hosted",
+            provider = make(srv.url, stream, { server_tools = offered }) }, { __index = o }))
+        end
+        local s = session { transcript = dir .. "/t.jsonl" }
+        assert.are.equal("High tide is at 6.", assert(s:turn("when?")))
+        s:close()
+        local input = srv:requests()[2].json.input
+        local types = {}
+        for i, item in ipairs(input) do types[i] = item.type end
+        assert.are.same({ "message", "file_search_call", "code_interpreter_call", "image_generation_call",
+                          "mcp_list_tools", "mcp_call", "function_call", "function_call_output" }, types)
+        assert.are.same({ type = "file_search_call", id = "fs_mock1_1", status = "completed",
+                          queries = { "tide tables" }, results = testing._wire.null }, input[2])
+        assert.are.same({ type = "code_interpreter_call", id = "ci_mock1_2", status = "completed",
+                          container_id = "cntr_mock1", code = "print(6 * 60)", outputs = testing._wire.null }, input[3])
+        assert.are.same({ type = "image_generation_call", id = "ig_mock1_3", status = "completed",
+                          result = "iVBORw0KGgoAAAANSUhEUg==", revised_prompt = "A harbour." }, input[4])
+        assert.are.equal("wiki", input[5].server_label)
+        assert.are.equal("ask_question", input[5].tools[1].name)
+        assert.are.same({ type = "mcp_call", id = "mcp_mock1_4", server_label = "wiki", name = "ask_question",
+                          arguments = '{"q":"tides"}', output = "At 6.", error = testing._wire.null }, input[6])
+        -- kept in the transcript: a resumed session sends them again
+        local r = assert(session { resume = dir .. "/t.jsonl" })
+        assert.are.equal("Still 6.", assert(r:turn("sure?")))
+        r:close()
+        local again = srv:requests()[3].body
+        local items = srv:requests()[2].body:match('"input":%[(.*)%]}$')
+        assert.is_truthy(again:find(items:sub(1, #items - 1), 1, true))
+        helpers.rmdir(dir)
+      end)
+    end)
+
     it("refuses a restored hosted tool's item that is not one", function()
       local p = make("http://127.0.0.1:9", stream)
-      for _, bad in ipairs { "not json", '{"type":"message","id":"m"}', '{"type":"web_search_call"}', "[]" } do
+      for _, bad in ipairs { "not json", '{"type":"message","id":"m"}', '{"type":"web_search_call"}', "[]",
+                             '{"type":"mcp_approval_request","id":"mcpr_1"}', '{"type":"computer_call","id":"cu_1"}' } do
         local ok, err = pcall(p.encode_message, p, { role = "assistant", content = "x",
           reasoning = { { type = "item", provider = "openai_responses", id = "ws_1", item = bad } } })
         assert.is_false(ok)

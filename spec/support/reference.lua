@@ -671,6 +671,10 @@ local function responses_reasoning(item)
            data = type(item.encrypted_content) == "string" and item.encrypted_content or nil }
 end
 
+-- The items of tools the service runs (core/responses.c's HOSTED_ITEMS).
+local HOSTED = { web_search_call = true, file_search_call = true, code_interpreter_call = true,
+                 image_generation_call = true, mcp_call = true, mcp_list_tools = true }
+
 local function add_item(acc, item, i)
   if type(item) ~= "table" then
     return fail("MalformedResponse", ("openai output[%d] is not an object"):format(i))
@@ -700,8 +704,8 @@ local function add_item(acc, item, i)
     end
     acc.reasoning = acc.reasoning or {}
     acc.reasoning[#acc.reasoning + 1] = responses_reasoning(item)
-  elseif ty == "web_search_call" then
-    acc.searches = (acc.searches or 0) + 1
+  elseif HOSTED[ty] then
+    if ty == "web_search_call" then acc.searches = (acc.searches or 0) + 1 end
     -- kept whole, in place among the reasoning parts (the C parser keeps
     -- its raw bytes; this reference, decoded, its canonical JSON: specs
     -- compare the two canonically)

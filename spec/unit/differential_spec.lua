@@ -592,7 +592,13 @@ describe("core.responses_stream and core.responses_parse against the Lua parser 
       if r(8) == 1 then item[DUP] = { { "summary", arr({ { text = "again" } }) } } end
       return item
     elseif kind == 10 then
-      return { type = "web_search_call", id = "ws_" .. n, status = "completed" }
+      return pick(r, { { type = "web_search_call", id = "ws_" .. n, status = "completed" },
+                       { type = "code_interpreter_call", id = "ci_" .. n, status = "completed", container_id = "cntr",
+                         code = "print(1)", outputs = arr({ { type = "logs", logs = "1" } }) },
+                       { type = "image_generation_call", id = pick(r, { "ig_" .. n, "" }), status = "completed",
+                         result = "iVBORw0KGgo=" },
+                       { type = "mcp_approval_request", id = "mcpr_" .. n, server_label = "s", name = "t",
+                         arguments = "{}" } })
     elseif kind == 11 then
       return pick(r, { arr(), { id = "x" } })
     end

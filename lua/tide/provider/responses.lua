@@ -23,8 +23,9 @@
 --- `reasoning.encrypted_content` (with `store = false` a reasoning item can
 --- only be sent back with it). A reasoning item becomes `{ type =
 --- "encrypted", id, data = encrypted_content, summary = "...", provider =
---- "openai_responses" }`, and a hosted tool's call (`web_search_call`), in
---- its place among them, `{ type = "item", id, item = its JSON as it came,
+--- "openai_responses" }`, and a hosted tool's item (`M.HOSTED`: a web or
+--- file search, code run by the code interpreter, a generated image, a
+--- remote MCP server's tools and calls), in its place among them, `{ type = "item", id, item = its JSON as it came,
 --- provider = "openai_responses" }`; only such parts are ever sent back,
 --- and only here.
 local provider = require "tide.provider.base"
@@ -38,6 +39,11 @@ local M = {}
 --- The `provider` tag of the reasoning parts this wire format makes and
 --- sends back.
 M.REASONING = "openai_responses"
+
+--- The items of tools the service runs itself, kept and sent back whole
+--- (core/responses.c keeps the same list).
+M.HOSTED = { web_search_call = true, file_search_call = true, code_interpreter_call = true,
+             image_generation_call = true, mcp_call = true, mcp_list_tools = true }
 
 local Provider = provider.class("tide.provider.responses")
 
@@ -95,7 +101,7 @@ function Provider:encode_prefix(system, tools, schema)
     fields.parallel_tool_calls = self.parallel_tool_calls and "true" or "false"
   end
   -- The built-in tools (server_tools: web search, file search, ...) go
-  -- first, as given; a reply's web_search_call items go back with it (see
+  -- first, as given; a reply's items of theirs go back with it (see
   -- reasoning_items).
   if #list + #server > 0 then
     local encoded = {}
@@ -155,7 +161,7 @@ local function reasoning_items(reasoning, store)
   local items, n = nil, 0
   for _, r in ipairs(reasoning) do
     if type(r) == "table" and r.provider == M.REASONING and r.type == "item" and type(r.item) == "string" then
-      -- a hosted tool's item (web_search_call), as it came, id and all
+      -- a hosted tool's item, as it came, id and all
       n = n + 1
       items = items or {}
       items[n] = r.item
@@ -185,9 +191,10 @@ local function check_reasoning(reasoning, level)
     end
     if r.provider == M.REASONING and r.type == "item" then
       local item = type(r.item) == "string" and r.item:match("^%s*{") and json.decode(r.item)
-      if type(item) ~= "table" or item.type ~= "web_search_call" or type(item.id) ~= "string" then
+      if type(item) ~= "table" or not M.HOSTED[item.type] or type(item.id) ~= "string" then
         error(("tide.provider.openai: reasoning[%d] (a Responses hosted tool's item) needs 'item', the JSON "
-          .. "object of a web_search_call with its id"):format(i), level + 1)
+          .. "object of a hosted tool's item (web_search_call, file_search_call, code_interpreter_call, "
+          .. "image_generation_call, mcp_call, mcp_list_tools) with its id"):format(i), level + 1)
       end
     elseif r.provider == M.REASONING then
       if r.type ~= "encrypted" or type(r.id) ~= "string" or (r.data ~= nil and type(r.data) ~= "string")
