@@ -366,6 +366,15 @@ write("responses_stream", "small_cap", hdr(9, 30, 2, 0) .. rstreams.reasoning_ca
 -- ---------------------------------------------------- Responses bodies --
 write("responses_parse", "completed", hdr(0, 40, 0) .. "{" .. rbase:format("completed",
   "[" .. rreason .. "," .. rmsg .. "," .. rcall(1) .. "," .. rcall(2) .. ',{"type":"web_search_call","id":"ws_1"}]', rusage) .. "}")
+write("responses_parse", "hosted", hdr(0, 40, 0) .. "{" .. rbase:format("completed", "["
+  .. '{"type":"file_search_call","id":"fs_1","status":"completed","queries":["tides"],"results":null},'
+  .. '{"type":"code_interpreter_call","id":"ci_1","status":"completed","container_id":"cntr_1","code":"print(1)",'
+  .. '"outputs":[{"type":"logs","logs":"1"}]},'
+  .. '{"type":"image_generation_call","id":"ig_1","status":"completed","result":"iVBORw0KGgo="},'
+  .. '{"type":"mcp_list_tools","id":"mcpl_1","server_label":"wiki","tools":[{"name":"ask","input_schema":{}}]},'
+  .. '{"type":"mcp_call","id":"mcp_1","server_label":"wiki","name":"ask","arguments":"{}","output":"6","error":null},'
+  .. '{"type":"mcp_approval_request","id":"mcpr_1","server_label":"wiki","name":"ask","arguments":"{}"},'
+  .. rmsg .. "]", rusage) .. "}")
 write("responses_parse", "incomplete", hdr(0, 10, 0) .. "{" .. rbase:format("incomplete", "[" .. rmsg .. "]", rusage)
   .. ',"incomplete_details":{"reason":"content_filter"}}')
 write("responses_parse", "failed", hdr(0, 3, 0) .. "{" .. rbase:format("failed", "[]", "null")
