@@ -692,11 +692,9 @@ local function loop(session, opts, run, first, state)
       sent_container = history.container
       sent_prefix = provider:_container_prefix(prefix, sent_container)
     end
-    -- The records go out as the request does, and are known written before
-    -- its answer is used: a store that refused them fails the turn here.
+    -- The records go out as the request does (see the flush below).
     history:flush(true)
     local resp, err = provider:_complete(sent_prefix, copts, wire)
-    history:flush()
     if not resp and session.context and compaction().is_overflow(err) then
       -- The provider says it does not fit: one compaction, one retry.
       local ok, cerr = compaction().compact(session, run, true)
@@ -724,6 +722,10 @@ local function loop(session, opts, run, first, state)
     stats.stop_reason = resp.stop
     stats.ttfb_ms = resp.ttfb_ms
     stats.first_ttfb_ms = stats.first_ttfb_ms or resp.ttfb_ms
+    -- The request's records are known written before its answer is used
+    -- (what it cost is counted all the same): a store that refused them
+    -- fails the turn here.
+    history:flush()
 
     local calls, textual = resp.tool_calls, false
     if (not calls or #calls == 0) and text_tools and resp.text then

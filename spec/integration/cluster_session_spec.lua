@@ -117,6 +117,10 @@ describe("sessions in Redis", function()
       -- the second request went out with its records (the tool's results),
       -- which Redis refused: its answer is not kept, in memory or in Redis
       assert.equal(2, #mock:requests())
+      -- (what it cost is counted all the same: as for the same turn in memory)
+      local same = tide.session { agent = "robbed", provider = provider(mock) }
+      assert.equal("done after 1 lookups", same:turn("look"))
+      assert.are.same(same:stats().tokens, s:stats().tokens)
       local h = s:history()
       assert.equal("tool", h[#h].role)
       local records = c:call("LRANGE", c:key("session", "taken"), 0, -1)
