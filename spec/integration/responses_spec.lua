@@ -44,6 +44,29 @@ local function define_looker(id)
     handler = function(args) return "found " .. args.q end } } }
 end
 
+-- A turn of `agent` ("when?", answered "High tide is at 6.") on a session
+-- with `popts` written to a transcript, then its resume's turn ("sure?",
+-- "Still 6."). Returns the second request's input items, their types, and
+-- whether the third request carried the second's input again, byte for byte.
+local function turn_and_resume(srv, stream, agent, popts)
+  local dir = helpers.tmpdir()
+  local function session(o)
+    return tide.session(setmetatable({ agent = agent, provider = make(srv.url, stream, popts) }, { __index = o }))
+  end
+  local s = session { transcript = dir .. "/t.jsonl" }
+  assert.are.equal("High tide is at 6.", assert(s:turn("when?")))
+  s:close()
+  local r = assert(session { resume = dir .. "/t.jsonl" })
+  assert.are.equal("Still 6.", assert(r:turn("sure?")))
+  r:close()
+  helpers.rmdir(dir)
+  local input, types = srv:requests()[2].json.input, {}
+  for i, item in ipairs(input) do types[i] = item.type end
+  local items = srv:requests()[2].body:match('"input":%[(.*)%]}$')
+  local again = srv:requests()[3].body
+  return input, types, items ~= nil and again:find(items:sub(1, #items - 1), 1, true) ~= nil, again
+end
+
 for _, stream in ipairs({ true, false }) do
   local mode = stream and "streamed" or "not streamed"
 
@@ -202,35 +225,17 @@ for _, stream in ipairs({ true, false }) do
       local reply = { reasoning = "Search first.", server_tools = { { name = "web_search", input = { query = "tides" } } },
                       tool_calls = { { id = "call_W", name = "lookup", arguments = { q = "port" } } } }
       with_mock({ replies = { reply, "High tide is at 6.", "Still 6." } }, function(srv)
-        local dir = helpers.tmpdir()
-        local function session(o)
-          return tide.session(setmetatable({ agent = "responses_thinking_searcher",
-            provider = make(srv.url, stream, { reasoning = { effort = "low", summary = "auto" },
-              server_tools = { { type = "web_search" } } }) }, { __index = o }))
-        end
-        local s = session { transcript = dir .. "/t.jsonl" }
-        assert.are.equal("High tide is at 6.", assert(s:turn("when?")))
-        s:close()
+        local input, types, resent, again = turn_and_resume(srv, stream, "responses_thinking_searcher",
+          { reasoning = { effort = "low", summary = "auto" }, server_tools = { { type = "web_search" } } })
         -- stateless, the reasoning item without its id, the search with its
         -- own (the service takes a hosted call back whole), in their order
-        local input = srv:requests()[2].json.input
-        local types = {}
-        for i, item in ipairs(input) do types[i] = item.type end
         assert.are.same({ "message", "reasoning", "web_search_call", "function_call", "function_call_output" }, types)
         assert.is_nil(input[2].id)
         assert.are.same({ type = "web_search_call", id = "ws_mock1_1", status = "completed",
           action = { type = "search", query = "tides" } }, input[3])
         -- resumed in another session: the same items, byte for byte
-        local r = assert(session { resume = dir .. "/t.jsonl" })
-        assert.are.equal("Still 6.", assert(r:turn("sure?")))
-        r:close()
-        local again = srv:requests()[3].body
-        local first = srv:requests()[2].body
-        local items = first:match('"input":%[(.*)%]}$')
-        assert.is_truthy(items)
+        assert.is_true(resent)
         assert.are.equal(1, select(2, again:gsub('"type":"web_search_call"', "")))
-        assert.is_truthy(again:find(items:sub(1, #items - 1), 1, true))
-        helpers.rmdir(dir)
       end)
     end)
 
@@ -250,17 +255,7 @@ for _, stream in ipairs({ true, false }) do
       with_mock({ replies = { { server_tools = hosted, tool_calls = { { id = "call_H", name = "lookup",
                                                                         arguments = { q = "port" } } } },
                               "High tide is at 6.", "Still 6." } }, function(srv)
-        local dir = helpers.tmpdir()
-        local function session(o)
-          return tide.session(setmetatable({ agent = "responses_hosted",
-            provider = make(srv.url, stream, { server_tools = offered }) }, { __index = o }))
-        end
-        local s = session { transcript = dir .. "/t.jsonl" }
-        assert.are.equal("High tide is at 6.", assert(s:turn("when?")))
-        s:close()
-        local input = srv:requests()[2].json.input
-        local types = {}
-        for i, item in ipairs(input) do types[i] = item.type end
+        local input, types, resent = turn_and_resume(srv, stream, "responses_hosted", { server_tools = offered })
         assert.are.same({ "message", "file_search_call", "code_interpreter_call", "image_generation_call",
                           "mcp_list_tools", "mcp_call", "function_call", "function_call_output" }, types)
         assert.are.same({ type = "file_search_call", id = "fs_mock1_1", status = "completed",
@@ -274,13 +269,7 @@ for _, stream in ipairs({ true, false }) do
         assert.are.same({ type = "mcp_call", id = "mcp_mock1_4", server_label = "wiki", name = "ask_question",
                           arguments = '{"q":"tides"}', output = "At 6.", error = testing._wire.null }, input[6])
         -- kept in the transcript: a resumed session sends them again
-        local r = assert(session { resume = dir .. "/t.jsonl" })
-        assert.are.equal("Still 6.", assert(r:turn("sure?")))
-        r:close()
-        local again = srv:requests()[3].body
-        local items = srv:requests()[2].body:match('"input":%[(.*)%]}$')
-        assert.is_truthy(again:find(items:sub(1, #items - 1), 1, true))
-        helpers.rmdir(dir)
+        assert.is_true(resent)
       end)
     end)
 
