@@ -261,7 +261,7 @@ function session_mt:_hand_over()
   if w and w.hand_over then
     local records, err = w:hand_over()
     if not records then return nil, err end
-    w.holds, w.deferring = 0, nil
+    self.conversation:unhold() -- (nothing is left to write)
     if #records.lines > 0 then
       if not held then -- (written without it, they could follow another process's)
         local e = busy(self, "lost its lease to another process during the turn")
