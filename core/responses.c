@@ -131,6 +131,7 @@ typedef struct responses_stream {
   reasoning_part *reasoning;
   size_t nreasoning, reasoning_cap;
   lua_Integer searches; /* web_search_call items: the built-in web search's calls, billed apart */
+  lua_Integer file_searches; /* file_search_call items: the file search's calls, billed apart too */
   int item_err;   /* ITEM_ of the first item that could not be taken */
   size_t item_err_at; /* its position, from 1 */
   /* The data of response.output_item.done events, each as a size_t
@@ -237,7 +238,7 @@ static void reset_output(responses_stream *st) {
   st->refusal.len = st->parts.len = 0;
   st->refused = 0;
   st->nreasoning = 0;
-  st->searches = 0;
+  st->searches = st->file_searches = 0;
   st->item_err = ITEM_OK;
   st->item_err_at = 0;
   if (st->whole) st->base.text.len = 0;
@@ -324,8 +325,9 @@ static int take_item(responses_stream *st, size_t i, const char *raw, size_t raw
       return J_NOMEM;
     st->nreasoning++;
   } else if (is_hosted(sb, &it->type)) {
-    if (span_is(sb, &it->type, "web_search_call"))
-      st->searches++; /* counted for what it costs (usage.web_searches) */
+    /* counted for what they cost (usage.web_searches, usage.file_searches) */
+    if (span_is(sb, &it->type, "web_search_call")) st->searches++;
+    if (span_is(sb, &it->type, "file_search_call")) st->file_searches++;
     /* Kept whole among the reasoning parts, in order: the next requests
     ** carry it back, so that the model still knows what the service ran
     ** for it and what came of it, and a reasoning item before it keeps
@@ -635,6 +637,10 @@ static void push_reply(lua_State *L, responses_stream *st) {
   if (st->searches > 0) {
     lua_pushinteger(L, st->searches);
     lua_setfield(L, -2, "web_searches");
+  }
+  if (st->file_searches > 0) {
+    lua_pushinteger(L, st->file_searches);
+    lua_setfield(L, -2, "file_searches");
   }
   lua_setfield(L, -2, "usage");
   if (span_is(sb, &r->status, "incomplete")) {

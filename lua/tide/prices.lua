@@ -17,7 +17,8 @@
 --- price.
 --- A server tool's web searches (`usage.web_searches`: Anthropic's web
 --- search, the Responses API's) cost `web_search` US dollars per 1,000
---- searches on top.
+--- searches on top, and the Responses API's file searches
+--- (`usage.file_searches`) `file_search` per 1,000 calls.
 ---
 --- A long prompt can cost more per token: `long_context = { above, input,
 --- output, ... }` prices the whole call (its output too) at those prices
@@ -36,24 +37,25 @@ local M = {}
 -- apart); a missing cache_write_1h price is the cache_write price. web_search:
 -- USD per 1,000 searches of the provider's own web search tool ($10 for
 -- Claude and OpenAI's reasoning models, $25 for gpt-4o and gpt-4.1, whose
--- search content tokens are free).
+-- search content tokens are free). file_search: USD per 1,000 calls of the
+-- Responses API's file search ($2.50 whatever the model).
 -- Claude Sonnet's prices past 200,000 prompt tokens (the 1M-token window)
 local SONNET_1M = { above = 200000, input = 6.00, output = 22.50 }
 
 local SHIPPED = {
-  ["gpt-4o"] = { input = 2.50, cached = 1.25, output = 10.00, web_search = 25 },
-  ["gpt-4o-mini"] = { input = 0.15, cached = 0.075, output = 0.60, web_search = 25 },
+  ["gpt-4o"] = { input = 2.50, cached = 1.25, output = 10.00, web_search = 25, file_search = 2.5 },
+  ["gpt-4o-mini"] = { input = 0.15, cached = 0.075, output = 0.60, web_search = 25, file_search = 2.5 },
   -- (the first gpt-4o snapshot kept its launch price, and had no cache)
   ["gpt-4o-2024-05-13"] = { input = 5.00, output = 15.00 },
-  ["gpt-4.1"] = { input = 2.00, cached = 0.50, output = 8.00, web_search = 25 },
-  ["gpt-4.1-mini"] = { input = 0.40, cached = 0.10, output = 1.60, web_search = 25 },
-  ["gpt-4.1-nano"] = { input = 0.10, cached = 0.025, output = 0.40 },
-  ["gpt-5"] = { input = 1.25, cached = 0.125, output = 10.00, web_search = 10 },
-  ["gpt-5-mini"] = { input = 0.25, cached = 0.025, output = 2.00, web_search = 10 },
-  ["gpt-5-nano"] = { input = 0.05, cached = 0.005, output = 0.40, web_search = 10 },
-  ["o3"] = { input = 2.00, cached = 0.50, output = 8.00, web_search = 10 },
-  ["o3-mini"] = { input = 1.10, cached = 0.55, output = 4.40 },
-  ["o4-mini"] = { input = 1.10, cached = 0.275, output = 4.40, web_search = 10 },
+  ["gpt-4.1"] = { input = 2.00, cached = 0.50, output = 8.00, web_search = 25, file_search = 2.5 },
+  ["gpt-4.1-mini"] = { input = 0.40, cached = 0.10, output = 1.60, web_search = 25, file_search = 2.5 },
+  ["gpt-4.1-nano"] = { input = 0.10, cached = 0.025, output = 0.40, file_search = 2.5 },
+  ["gpt-5"] = { input = 1.25, cached = 0.125, output = 10.00, web_search = 10, file_search = 2.5 },
+  ["gpt-5-mini"] = { input = 0.25, cached = 0.025, output = 2.00, web_search = 10, file_search = 2.5 },
+  ["gpt-5-nano"] = { input = 0.05, cached = 0.005, output = 0.40, web_search = 10, file_search = 2.5 },
+  ["o3"] = { input = 2.00, cached = 0.50, output = 8.00, web_search = 10, file_search = 2.5 },
+  ["o3-mini"] = { input = 1.10, cached = 0.55, output = 4.40, file_search = 2.5 },
+  ["o4-mini"] = { input = 1.10, cached = 0.275, output = 4.40, web_search = 10, file_search = 2.5 },
   ["claude-opus-4"] = { input = 15.00, cached = 1.50, cache_write = 18.75, cache_write_1h = 30.00, output = 75.00, web_search = 10 },
   ["claude-opus-4-1"] = { input = 15.00, cached = 1.50, cache_write = 18.75, cache_write_1h = 30.00, output = 75.00, web_search = 10 },
   ["claude-opus-4-5"] = { input = 5.00, cached = 0.50, cache_write = 6.25, cache_write_1h = 10.00, output = 25.00, web_search = 10 },
@@ -87,7 +89,9 @@ local overrides = {}
 -- matched once, not on every response; emptied when prices change.
 local found = {}
 local FIELDS = { input = true, cached = true, cache_write = true, cache_write_1h = true, output = true, reasoning = true,
-  web_search = true, long_context = true }
+  web_search = true, file_search = true, long_context = true }
+-- Priced per call, not per token: a long prompt's tier does not change them.
+local PER_CALL = { web_search = true, file_search = true }
 
 -- Checks one table of prices (`what` names it); raises at `level`.
 local function check_prices(what, p, level, tier)
@@ -99,7 +103,7 @@ local function check_prices(what, p, level, tier)
       if math.type(v) ~= "integer" or v <= 0 then
         error(("tide.prices: '%s.above' must be a positive integer (prompt tokens)"):format(what), level + 1)
       end
-    elseif not FIELDS[k] or k == "long_context" or (tier and k == "web_search") then
+    elseif not FIELDS[k] or k == "long_context" or (tier and PER_CALL[k]) then
       error(("tide.prices: unknown price '%s' for '%s'"):format(tostring(k), what), level + 1)
     elseif type(v) ~= "number" or v < 0 or v ~= v or v == math.huge then
       error(("tide.prices: '%s.%s' must be a non-negative number"):format(what, k), level + 1)
@@ -189,7 +193,7 @@ end
 --- What a call with `usage` cost on `model`, in USD; nil when the model has
 --- no price.
 ---@param model string
----@param usage {input?:integer, output?:integer, cached?:integer, cache_write?:integer, cache_write_1h?:integer, reasoning?:integer, web_searches?:integer}
+---@param usage {input?:integer, output?:integer, cached?:integer, cache_write?:integer, cache_write_1h?:integer, reasoning?:integer, web_searches?:integer, file_searches?:integer}
 ---@return number|nil
 function M.cost(model, usage)
   local p = found[model] -- (M.of, without its call for a model seen before)
@@ -211,9 +215,11 @@ function M.cost(model, usage)
     + output * p.output
   local reasoning_price = p.reasoning or base.reasoning and base.reasoning * (base.output > 0 and p.output / base.output or 1)
   if reasoning_price then usd = usd + reasoning * (reasoning_price - p.output) end
-  local searches = usage.web_searches
-  if searches and base.web_search then return usd / 1e6 + searches * base.web_search / 1000 end
-  return usd / 1e6
+  usd = usd / 1e6
+  local searches, files = usage.web_searches, usage.file_searches
+  if searches and base.web_search then usd = usd + searches * base.web_search / 1000 end
+  if files and base.file_search then usd = usd + files * base.file_search / 1000 end
+  return usd
 end
 
 return M

@@ -69,7 +69,7 @@ local function new_stats()
   return {
     provider_calls = 0, tool_calls = 0, turns = 0, iterations = 0,
     tokens = { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 },
-    compactions = 0, cost_usd = 0, turn_cost_usd = 0, unpriced_calls = 0, fallbacks = 0, web_searches = 0,
+    compactions = 0, cost_usd = 0, turn_cost_usd = 0, unpriced_calls = 0, fallbacks = 0, web_searches = 0, file_searches = 0,
     stop_reason = nil,
     integration_fetches = 0, config_loads = 0, delegation_rebuilds = 0,
     cache_hits = 0, cache_misses = 0,

@@ -553,6 +553,7 @@ local function add_usage(run, stats, u, model)
   tokens.reasoning = tokens.reasoning + (u.reasoning or 0)
   -- a server tool's searches, billed apart from the tokens
   if u.web_searches then stats.web_searches = stats.web_searches + u.web_searches end
+  if u.file_searches then stats.file_searches = stats.file_searches + u.file_searches end
   -- What it cost: what the provider says it billed (OpenRouter's
   -- usage.cost), else from the model's price (tide.prices).
   local usd = u.cost_usd or prices.cost(model, u)

@@ -57,6 +57,13 @@ describe("prices", function()
       long_context = { above = 100, input = 4, output = 8, reasoning = 16 } } }
     usd = prices.cost("long-model", { input = 101, output = 10, reasoning = 5, web_searches = 2 })
     assert.are.near((101 * 4 + 5 * 8 + 5 * 16) / 1e6 + 2 * 10 / 1000, usd, 1e-12)
+    -- the Responses API's file searches, per 1,000 calls, OpenAI's price shipped
+    usd = prices.cost("gpt-5-mini", { input = 1000, output = 100, web_searches = 1, file_searches = 3 })
+    assert.are.near((1000 * 0.25 + 100 * 2) / 1e6 + 10 / 1000 + 3 * 2.5 / 1000, usd, 1e-12)
+    local ok, err = pcall(tide.prices, { m = { input = 1, output = 1,
+      long_context = { above = 9, input = 2, output = 2, file_search = 1 } } })
+    assert.is_false(ok) -- (priced per call: no tier of its own)
+    assert.matches("unknown price 'file_search' for 'm.long_context'", tostring(err), 1, true)
     for bad, why in pairs {
       [{ input = 1, output = 1, long_context = { input = 2, output = 2 } }] = "'m.long_context' needs 'above'",
       [{ input = 1, output = 1, long_context = { above = 1.5, input = 2, output = 2 } }] =

@@ -273,6 +273,24 @@ for _, stream in ipairs({ true, false }) do
       end)
     end)
 
+    it("counts file searches, billed per call apart from the tokens", function()
+      define_looker("responses_filer")
+      tide.prices { ["gpt-mock"] = { input = 1, output = 2, file_search = 2.5 } }
+      finally(function() tide.prices { ["gpt-mock"] = false } end)
+      local twice = { { name = "file_search", input = { queries = { "a" } } },
+                      { name = "file_search", input = { queries = { "b" } } } }
+      with_mock({ replies = { { server_tools = twice, text = "Found it.", usage = { input = 100, output = 10 } } } },
+        function(srv)
+          local s = tide.session { agent = "responses_filer",
+            provider = make(srv.url, stream, { server_tools = { { type = "file_search", vector_store_ids = { "vs_1" } } } }) }
+          assert.are.equal("Found it.", assert(s:turn("find")))
+          local st = s:stats()
+          assert.are.equal(2, st.file_searches)
+          assert.are.equal(0, st.web_searches)
+          assert.are.near((100 * 1 + 10 * 2) / 1e6 + 2 * 2.5 / 1000, st.cost_usd, 1e-12)
+        end)
+    end)
+
     it("refuses a restored hosted tool's item that is not one", function()
       local p = make("http://127.0.0.1:9", stream)
       for _, bad in ipairs { "not json", '{"type":"message","id":"m"}', '{"type":"web_search_call"}', "[]",

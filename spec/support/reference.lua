@@ -706,6 +706,7 @@ local function add_item(acc, item, i)
     acc.reasoning[#acc.reasoning + 1] = responses_reasoning(item)
   elseif HOSTED[ty] then
     if ty == "web_search_call" then acc.searches = (acc.searches or 0) + 1 end
+    if ty == "file_search_call" then acc.file_searches = (acc.file_searches or 0) + 1 end
     -- kept whole, in place among the reasoning parts (the C parser keeps
     -- its raw bytes; this reference, decoded, its canonical JSON: specs
     -- compare the two canonically)
@@ -722,6 +723,7 @@ local function reply_of(obj, acc)
   local stop, raw = responses_stop(obj, #acc.calls, acc.refusal ~= nil)
   local usage = responses_usage(obj.usage)
   usage.web_searches = acc.searches
+  usage.file_searches = acc.file_searches
   return {
     text = concat(acc.text),
     tool_calls = finish_calls(acc.calls),

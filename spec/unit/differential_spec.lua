@@ -593,6 +593,7 @@ describe("core.responses_stream and core.responses_parse against the Lua parser 
       return item
     elseif kind == 10 then
       return pick(r, { { type = "web_search_call", id = "ws_" .. n, status = "completed" },
+                       { type = "file_search_call", id = "fs_" .. n, status = "completed", queries = arr({ "q" }) },
                        { type = "code_interpreter_call", id = "ci_" .. n, status = "completed", container_id = "cntr",
                          code = "print(1)", outputs = arr({ { type = "logs", logs = "1" } }) },
                        { type = "image_generation_call", id = pick(r, { "ig_" .. n, "" }), status = "completed",
