@@ -323,6 +323,66 @@ describe("profiles that assume a role", function()
     end)
   end)
 
+  it("assume a role behind MFA with the code mfa_code gives, asked as the role is assumed", function()
+    local calls = {}
+    local answer = sts({ AKIABASE = BASE }, calls, "us-east-1")
+    -- STS refuses a wrong code as it does (403, AccessDenied)
+    local function with_mfa(req)
+      local f = form(req.body)
+      if f.SerialNumber and f.TokenCode ~= "123456" then
+        calls[#calls + 1] = { form = f }
+        return { status = 403, headers = { ["content-type"] = "text/xml" }, body = "<ErrorResponse><Error><Type>Sender"
+          .. "</Type><Code>AccessDenied</Code><Message>MultiFactorAuthentication failed with invalid MFA one time "
+          .. "pass code. </Message></Error><RequestId>c6104cbe</RequestId></ErrorResponse>" }
+      end
+      return answer(req)
+    end
+    with_mock({ routes = { ["/"] = with_mfa } }, function(srv)
+      local dir = home {
+        [".aws/credentials"] = "[base]\naws_access_key_id = AKIABASE\naws_secret_access_key = base/secret+key\n",
+        [".aws/config"] = "[profile mfa]\nrole_arn = arn:aws:iam::1:role/m\nsource_profile = base\n"
+          .. "mfa_serial = arn:aws:iam::1:mfa/me\n",
+      }
+      local function chain(code)
+        local asked = {}
+        local ok, creds = pcall(aws.chain(env_of { HOME = dir, AWS_ENDPOINT_URL_STS = srv.url }, nil, "mfa",
+          function(serial)
+            asked[#asked + 1] = serial
+            if code == "raise" then error("no device at hand") end
+            return code
+          end))
+        return ok and creds or nil, not ok and creds or nil, asked
+      end
+      local creds, err, asked = chain("123456")
+      assert.is_nil(err)
+      assert.are.equal("ASIAROLE1", creds.access_key_id)
+      assert.are.same({ "arn:aws:iam::1:mfa/me" }, asked)
+      assert.are.equal("AKIABASE", calls[1].id)
+      assert.is_nil(calls[1].refused)
+      assert.are.equal("arn:aws:iam::1:mfa/me", calls[1].form.SerialNumber)
+      assert.are.equal("123456", calls[1].form.TokenCode)
+      -- a code STS refuses: its error, without the code
+      _, err = chain("654321")
+      assert.matches("MultiFactorAuthentication failed", err, 1, true)
+      assert.is_nil(err:find("654321", 1, true))
+      -- what the function gives is checked before anything is sent
+      local sent = #calls
+      _, err = chain("12345")
+      assert.matches('the mfa_code function gave no six-digit code for "arn:aws:iam::1:mfa/me"', err, 1, true)
+      _, err = chain("raise")
+      assert.matches('the mfa_code function failed for "arn:aws:iam::1:mfa/me": .*no device at hand', err)
+      assert.are.equal(sent, #calls)
+      helpers.rmdir(dir)
+    end)
+    -- misuse names the option
+    local ok, err = pcall(provider.bedrock, { region = "us-east-1", model = "m", mfa_code = "123456" })
+    assert.is_false(ok)
+    assert.matches("mfa_code", tostring(err), 1, true)
+    ok, err = pcall(provider.anthropic, { model = "m", bedrock = { region = "us-east-1", mfa_code = 123456 } })
+    assert.is_false(ok)
+    assert.matches("'bedrock.mfa_code' must be a function", tostring(err), 1, true)
+  end)
+
   it("take the keys a credential_source names", function()
     local calls = {}
     with_mock({ routes = { ["/"] = sts({ AKIAENVSRC = { access_key_id = "AKIAENVSRC", secret_access_key = "env/s" } },

@@ -106,7 +106,7 @@ M.BEDROCK_VERSION = "bedrock-2023-05-31"
 -- or nil and a misuse message (tide.provider.aws.bedrock_options).
 local function bedrock_of(b, opts)
   return aws().bedrock_options(b, opts, "tide.provider.anthropic: ", "bedrock.",
-    { region = true, credentials = true, mantle = true, profile = true })
+    { region = true, credentials = true, mantle = true, profile = true, mfa_code = true })
 end
 
 --- Creates the provider object, or returns nil plus a misuse message.

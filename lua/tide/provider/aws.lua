@@ -189,6 +189,9 @@ function M.bedrock_options(b, opts, where, name, allowed)
   if b.profile ~= nil and b.credentials ~= nil then
     return nil, where .. "'" .. name .. "profile' and '" .. name .. "credentials' cannot both be given"
   end
+  if b.mfa_code ~= nil and type(b.mfa_code) ~= "function" then
+    return nil, where .. "'" .. name .. "mfa_code' must be a function (the MFA device's serial number -> its code)"
+  end
   -- the SDK's order: AWS_REGION, then the profile's (AWS_DEFAULT_REGION,
   -- then the region of ~/.aws/config's profile, as boto3 reads it)
   local region = b.region or env("AWS_REGION") or env("AWS_DEFAULT_REGION")
@@ -224,7 +227,7 @@ function M.bedrock_options(b, opts, where, name, allowed)
       local why = M.check(creds)
       if why then return nil, where .. "the credentials from the environment: " .. why end
     else
-      creds = M.chain(env, region, b.profile)
+      creds = M.chain(env, region, b.profile, b.mfa_code)
       return { region = region, credentials = creds, chain = true, mantle = b.mantle }
     end
   end

@@ -19,9 +19,10 @@
 --- `credential_process`, the config file's keys; then the container's
 --- endpoint (ECS tasks, EKS Pod Identity) and the EC2 instance's metadata
 --- service (IMDSv2). The first source that is there answers; one that is
---- there and fails stops the chain, as in botocore. Not followed:
---- `mfa_serial` (it needs a code typed in); give `bedrock.credentials` a
---- function then.
+--- there and fails stops the chain, as in botocore. A role whose profile
+--- has `mfa_serial` is assumed with a code the caller's `mfa_code`
+--- function gives (botocore's mfa prompter), asked each time the role is
+--- assumed.
 local core = require "tide.core"
 local json = require "tide.json"
 local base = require "tide.provider.base"
@@ -295,13 +296,14 @@ end
 
 -- AssumeRole, signed with `source` (SigV4 for the service sts in `region`):
 -- creds, ttl or nil, why.
-local function assume_role(env, region, source, p, profile)
+local function assume_role(env, region, source, p, profile, token_code)
   region = p.region or region or "us-east-1"
   local url = sts_url(env, region)
   local form = "Action=AssumeRole&Version=2011-06-15&RoleArn=" .. q(p.role_arn) .. "&RoleSessionName="
     .. q(session_name(p.role_session_name))
   if p.external_id then form = form .. "&ExternalId=" .. q(p.external_id) end
   if p.duration_seconds then form = form .. "&DurationSeconds=" .. q(p.duration_seconds) end
+  if token_code then form = form .. "&SerialNumber=" .. q(p.mfa_serial) .. "&TokenCode=" .. q(token_code) end
   local headers = { ["content-type"] = "application/x-www-form-urlencoded; charset=utf-8" }
   local signed = aws().sign("POST", url, headers, form, source, region, "sts")
   for k, v in pairs(signed) do headers[k] = v end
@@ -706,9 +708,10 @@ function sources.assume_role(env, ctx, seen)
   if p.source_profile and p.credential_source then
     return nil, ('the profile "%s" has both source_profile and credential_source'):format(ctx.name)
   end
-  if p.mfa_serial then
-    return nil, ('the profile "%s" needs an MFA code (mfa_serial), which tide cannot ask for: give '
-      .. "bedrock.credentials a function"):format(ctx.name)
+  if p.mfa_serial and not ctx.mfa then
+    return nil, ('the profile "%s" needs an MFA code (mfa_serial): give the provider a function that returns '
+      .. "the code of that device (tide.provider.bedrock's mfa_code, tide.provider.anthropic's bedrock.mfa_code), "
+      .. "or credentials of your own"):format(ctx.name)
   end
   local source, why
   if p.credential_source then
@@ -731,19 +734,29 @@ function sources.assume_role(env, ctx, seen)
     elseif seen[src] then
       return nil, ('the source_profile of "%s" leads back to "%s": a loop'):format(ctx.name, src)
     else
-      source, why = profile_credentials(env, ctx.cfg, src, ctx.region, seen)
+      source, why = profile_credentials(env, ctx.cfg, src, ctx.region, seen, ctx.mfa)
     end
     if not source then
       return nil, why or ('the source_profile "%s" of the profile "%s" has no credentials'):format(src, ctx.name)
     end
   end
-  return assume_role(env, ctx.region, source, p, ctx.name)
+  -- The code last, once the source answered: it lasts about 30 seconds.
+  local code
+  if p.mfa_serial then
+    local ok, c = pcall(ctx.mfa, p.mfa_serial)
+    if not ok then return nil, ('the mfa_code function failed for "%s": %s'):format(p.mfa_serial, tostring(c)) end
+    if type(c) ~= "string" or not c:match("^%d%d%d%d%d%d$") then -- (STS's TokenCode: six digits)
+      return nil, ('the mfa_code function gave no six-digit code for "%s"'):format(p.mfa_serial)
+    end
+    code = c
+  end
+  return assume_role(env, ctx.region, source, p, ctx.name, code)
 end
 
-profile_credentials = function(env, cfg, name, region, seen)
+profile_credentials = function(env, cfg, name, region, seen, mfa)
   local p = profile_of(cfg, name)
   if not p then return nil, ('the profile "%s" could not be found'):format(name) end
-  local ctx = { cfg = cfg, name = name, profile = p, region = region }
+  local ctx = { cfg = cfg, name = name, profile = p, region = region, mfa = mfa }
   for _, source in ipairs { "assume_role", "web_identity_profile", "sso", "shared_file", "process", "config_file" } do
     local creds, why
     -- a source profile with keys of its own gives them, its own role
@@ -766,7 +779,7 @@ local ORDER = { "environment", "assume_role", "web_identity", "sso", "shared_fil
   "config_file", "container", "instance" }
 
 -- The chain, run: creds and their seconds, or an error.
-local function resolve(env, region, profile)
+local function resolve(env, region, profile, mfa)
   local cfg = load_config(env)
   local name = M.profile_name(env, profile)
   local p = profile_of(cfg, name)
@@ -774,7 +787,7 @@ local function resolve(env, region, profile)
   if not p and (profile or env("AWS_PROFILE") or env("AWS_DEFAULT_PROFILE")) then
     error(("the config profile (%s) could not be found"):format(name), 0)
   end
-  local ctx = { cfg = cfg, name = name, profile = p, region = region or (p and p.region) }
+  local ctx = { cfg = cfg, name = name, profile = p, region = region or (p and p.region), mfa = mfa }
   for _, source in ipairs(ORDER) do
     -- (a profile named in code wins over the environment's keys, as
     -- boto3.Session(profile_name=...) has it)
@@ -793,14 +806,16 @@ end
 --- source that has credentials gives them (and the seconds they last);
 --- an error saying why when none has. `env` reads the environment
 --- (os.getenv's rules: nil for unset); `region` is STS's; `profile` the
---- shared files' profile (default: M.profile_name's). Runs in a task of
---- its own when called outside one.
+--- shared files' profile (default: M.profile_name's); `mfa` gives the code
+--- of an MFA device (its serial number given) for a role whose profile
+--- names one. Runs in a task of its own when called outside one.
 ---@param env fun(name:string):string|nil
 ---@param region? string
 ---@param profile? string
+---@param mfa? fun(serial:string):string
 ---@return fun():(tide.aws.credentials, integer|nil)
-function M.chain(env, region, profile)
-  return function() return require("tide")._blocking(resolve, env, region, profile) end
+function M.chain(env, region, profile, mfa)
+  return function() return require("tide")._blocking(resolve, env, region, profile, mfa) end
 end
 
 return M

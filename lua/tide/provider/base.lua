@@ -55,7 +55,7 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field api? "chat"|"responses" OpenAI only: chat completions (default) or the Responses API
 ---@field store? boolean OpenAI Responses only: let OpenAI keep the responses (default false: stateless)
 ---@field vertex? {project?:string, region?:string} Anthropic only: Claude on Google Cloud's Vertex AI (project and region default to ANTHROPIC_VERTEX_PROJECT_ID and CLOUD_ML_REGION; its Google access token is `api_key` or comes from `token`)
----@field bedrock? {region?:string, credentials?:tide.aws.credentials|fun():tide.aws.credentials, integer?} Anthropic only: Claude on Amazon Bedrock (region defaults to AWS_REGION; a Bedrock API key is `api_key` or AWS_BEARER_TOKEN_BEDROCK, else IAM credentials, or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, sign each request)
+---@field bedrock? {region?:string, credentials?:tide.aws.credentials|fun():tide.aws.credentials, integer?, profile?:string, mfa_code?:fun(serial:string):string} Anthropic only: Claude on Amazon Bedrock (region defaults to AWS_REGION; a Bedrock API key is `api_key` or AWS_BEARER_TOKEN_BEDROCK, else IAM credentials, or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, sign each request)
 ---@field token? fun():string, number? an OAuth access token instead of a key, sent as Authorization: Bearer: what the function returns, and for how many seconds it holds (asked again a minute before; 55 minutes when it does not say): Microsoft Entra ID for Azure OpenAI and Foundry, Google's for Vertex AI
 ---@field auth_token? string Anthropic's own API only: a token sent as Authorization: Bearer (a gateway's), beside the key if there is one, as the official SDK sends it (default ANTHROPIC_AUTH_TOKEN)
 ---@field organization? string OpenAI only: the organization a request bills (the OpenAI-Organization header; default OPENAI_ORG_ID, as in the official SDKs)
@@ -71,12 +71,12 @@ local option_types = {
   api = "string", store = "boolean", limits = "table", stream_usage = "boolean", server_tools = "table",
   vertex = "table", bedrock = "table", token = "function", organization = "string", project = "string",
   auth_token = "string",
-  region = "string", credentials = "any", profile = "string", -- (tide.provider.bedrock's)
+  region = "string", credentials = "any", profile = "string", mfa_code = "function", -- (tide.provider.bedrock's)
 }
 
 -- The options of tide.provider.bedrock (Bedrock's Converse API) besides the
 -- common ones.
-local BEDROCK_OWN = { region = true, credentials = true, profile = true }
+local BEDROCK_OWN = { region = true, credentials = true, profile = true, mfa_code = true }
 
 -- The options only the OpenAI chat wire format reads.
 local OPENAI_ONLY = {

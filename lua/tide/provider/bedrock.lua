@@ -55,7 +55,7 @@ function Provider:__tostring()
   return ("tide.provider.bedrock(%s, %s)"):format(self.model, self.base_url)
 end
 
-local OWN = { region = true, credentials = true, profile = true }
+local OWN = { region = true, credentials = true, profile = true, mfa_code = true }
 
 -- The geographies of cross-region inference profiles (us.amazon.nova-...).
 local GEOGRAPHIES = { us = true, eu = true, apac = true, global = true, ["us-gov"] = true, jp = true, au = true,
@@ -132,8 +132,8 @@ function M.new(opts)
     return nil, ("%soptions must be a table, got %s"):format(where, type(opts))
   end
   opts = opts or {}
-  local b, berr = aws.bedrock_options({ region = opts.region, credentials = opts.credentials, profile = opts.profile },
-    opts, where, "", OWN)
+  local b, berr = aws.bedrock_options({ region = opts.region, credentials = opts.credentials, profile = opts.profile,
+    mfa_code = opts.mfa_code }, opts, where, "", OWN)
   if not b then return nil, berr end
   local self, msg = provider._new("bedrock", opts, {
     -- (AWS's own variable for the service's endpoint)
