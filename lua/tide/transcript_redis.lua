@@ -215,31 +215,38 @@ local function append(self, lines)
   return nil, err
 end
 
--- Waits for the append in flight, if any: true, or nil and its error. A
--- wait that is interrupted leaves it in flight for the next settle; every
--- waiter of one append gets its outcome.
-local function settle(self)
-  local t = self.inflight
-  if not t then return true end
+-- Waits for append task `t`: true, or nil and its error. A wait that is
+-- interrupted leaves it in flight for the next; every waiter of one
+-- append gets its outcome.
+local function joined(self, t)
   local ok, err = t:join()
   if self.inflight == t then self.inflight = nil end
   return ok, err
+end
+
+-- Waits until no append is in flight: true, or nil and the error of the
+-- one that failed.
+local function settle(self)
+  while self.inflight do
+    local ok, err = joined(self, self.inflight)
+    if not ok then return nil, err end
+  end
+  return true
 end
 
 -- One append at a time, each expecting the length the one before left:
 -- the one in flight is waited for before the next is sent (no wait comes
 -- between that check and the send).
 local function flush(self, behind)
-  while self.inflight do
-    local ok, err = settle(self)
-    if not ok then return nil, err end
-  end
+  local ok, err = settle(self)
+  if not ok then return nil, err end
   local lines = self.pending
   if #lines == 0 then return true end
   self.pending = {}
-  self.inflight = core.spawn_now(append, self, lines)
+  local t = core.spawn_now(append, self, lines)
+  self.inflight = t
   if behind then return true end
-  return settle(self)
+  return joined(self, t)
 end
 
 --- Appends records, one list element each; true, or nil, err. While the
@@ -272,10 +279,8 @@ end
 --- (the keys, the length expected, the TTL, the records; no records: an
 --- empty list), or nil, err (that of the append in flight). Inside a task.
 function writer_mt:hand_over()
-  while self.inflight do
-    local ok, err = settle(self)
-    if not ok then return nil, err end
-  end
+  local ok, err = settle(self)
+  if not ok then return nil, err end
   local lines = self.pending
   self.pending = {}
   return { list = self.keys[1], lease = self.keys[2], known = self.known, ttl = self.ttl, lines = lines }

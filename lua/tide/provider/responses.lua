@@ -25,9 +25,9 @@
 --- "encrypted", id, data = encrypted_content, summary = "...", provider =
 --- "openai_responses" }`, and a hosted tool's item (`M.HOSTED`: a web or
 --- file search, code run by the code interpreter, a generated image, a
---- remote MCP server's tools and calls), in its place among them, `{ type = "item", id, item = its JSON as it came,
---- provider = "openai_responses" }`; only such parts are ever sent back,
---- and only here.
+--- remote MCP server's tools and calls), in its place among them, `{ type
+--- = "item", id, item = its JSON as it came, provider = "openai_responses"
+--- }`; only such parts are ever sent back, and only here.
 local provider = require "tide.provider.base"
 local core = require "tide.core"
 local json = require "tide.json"
