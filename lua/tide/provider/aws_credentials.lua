@@ -21,8 +21,9 @@
 --- service (IMDSv2). The first source that is there answers; one that is
 --- there and fails stops the chain, as in botocore. A role whose profile
 --- has `mfa_serial` is assumed with a code the caller's `mfa_code`
---- function gives (botocore's mfa prompter), asked each time the role is
---- assumed.
+--- function gives, asked each time the role is assumed, as the Go SDK asks
+--- its TokenProvider (botocore prompts once and refuses to renew such
+--- credentials: a long-running process would stop an hour in).
 local core = require "tide.core"
 local json = require "tide.json"
 local base = require "tide.provider.base"
