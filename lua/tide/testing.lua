@@ -1728,7 +1728,15 @@ end
 --               its container), `image_generation` (input.result: the
 --               image's base64), `mcp` (input.name, input.arguments,
 --               input.output: an mcp_list_tools item first, then the
---               mcp_call); each needs its tool type offered.
+--               mcp_call); each needs its tool type offered. A remote MCP
+--               server's call waits for approval unless its tool says
+--               require_approval = "never" (the API's default is
+--               "always"): `{ name = "mcp", approval = true, input }` asks
+--               for it (an mcp_approval_request item, id "mcpr_..."), and
+--               a plain `mcp` entry then needs the request and an
+--               approving mcp_approval_response for a call of that name
+--               in the input (its mcp_call names the request, as the
+--               service's does).
 -- Faults render as the chat ones do; `status` bodies are OpenAI's error
 -- shape; a stream truncated stops before response.completed.
 local responses = { id_prefix = "resp_mock", call_prefix = "call_" }
@@ -1746,6 +1754,7 @@ local HOSTED_EVENTS = {
   image_generation_call = { "in_progress", "generating", "completed" },
   mcp_list_tools = { "in_progress", "completed" },
   mcp_call = { "in_progress", "arguments", "completed" },
+  mcp_approval_request = {}, -- (added whole, then done)
 }
 
 -- A hosted tool's item coming back in a request: the fields the API
@@ -1758,7 +1767,25 @@ local HOSTED_INPUT = {
   image_generation_call = { id = "string", status = "string", result = "string" },
   mcp_call = { id = "string", server_label = "string", name = "string", arguments = "string" },
   mcp_list_tools = { id = "string", server_label = "string", tools = "table" },
+  mcp_approval_request = { id = "string", server_label = "string", name = "string", arguments = "string" },
 }
+
+-- The approval a request's input gives a remote MCP server's call of
+-- `name` on `label`: the id of the request an mcp_approval_response
+-- approved, or nil.
+local function mcp_approved(json, label, name)
+  local asked = {}
+  for _, item in ipairs(type(json.input) == "table" and json.input or {}) do
+    if type(item) == "table" and item.type == "mcp_approval_request" and item.server_label == label
+        and item.name == name then
+      asked[item.id] = true
+    elseif type(item) == "table" and item.type == "mcp_approval_response" and item.approve == true
+        and asked[item.approval_request_id] then
+      return item.approval_request_id
+    end
+  end
+  return nil
+end
 
 responses.error_body = openai.error_body
 
@@ -1830,11 +1857,27 @@ local function responses_output(ctx)
       items[#items + 1] = { type = "image_generation_call", id = id, status = "completed",
                             result = tostring(input.result or ""), revised_prompt = input.revised_prompt }
     else
-      local label = offered.server_label
+      local label, name = offered.server_label, tostring(input.name or "tool")
+      local asks = offered.require_approval ~= "never"
+      if st.approval and not asks then
+        error(("mock: server_tools[%d] asks for an approval its tool does not want (require_approval = "
+          .. "\"never\")"):format(i), 0)
+      end
+      local approved = not st.approval and asks and mcp_approved(json, label, name)
+      if asks and not st.approval and not approved then
+        error(("mock: server_tools[%d]: the service would ask for an approval first (approval = true), "
+          .. "or the input needs an approved request for '%s'"):format(i, name), 0)
+      end
       items[#items + 1] = { type = "mcp_list_tools", id = id .. "_list", server_label = label,
-        tools = { { name = tostring(input.name or "tool"), input_schema = { type = "object" } } } }
-      items[#items + 1] = { type = "mcp_call", id = id, server_label = label, name = tostring(input.name or "tool"),
-        arguments = tostring(input.arguments or "{}"), output = tostring(input.output or ""), error = null }
+        tools = { { name = name, input_schema = { type = "object" } } } }
+      if st.approval then
+        items[#items + 1] = { type = "mcp_approval_request", id = ("mcpr_mock%d_%d"):format(ctx.n, i),
+          server_label = label, name = name, arguments = tostring(input.arguments or "{}") }
+      else
+        items[#items + 1] = { type = "mcp_call", id = id, server_label = label, name = name,
+          arguments = tostring(input.arguments or "{}"), output = tostring(input.output or ""), error = null,
+          approval_request_id = approved or nil }
+      end
     end
   end
   if ctx.text ~= "" or r.refusal then
@@ -1948,7 +1991,11 @@ function responses.stream(ctx, truncate)
       -- (the code and arguments streamed as the service streams them), then
       -- done whole
       local added = { type = item.type, id = item.id, status = "in_progress" }
-      if item.type:match("^mcp") then added = { type = item.type, id = item.id, server_label = item.server_label } end
+      if item.type == "mcp_approval_request" then
+        added = item
+      elseif item.type:match("^mcp") then
+        added = { type = item.type, id = item.id, server_label = item.server_label }
+      end
       ev({ type = "response.output_item.added", output_index = index, item = added })
       for _, phase in ipairs(HOSTED_EVENTS[item.type]) do
         if phase == "code" then
@@ -2008,7 +2055,9 @@ end
 --   * a function_call_output whose call_id no earlier function_call has,
 --     and a function_call left without its output;
 --   * a reasoning item without encrypted content when store is false, with
---     altered encrypted content, or with nothing after it.
+--     altered encrypted content, or with nothing after it;
+--   * an mcp_approval_response without the request it answers before it,
+--     or with a reason for an approval.
 function responses.validate(_, req)
   local body = req.json
   if type(body) ~= "table" then return responses_reject("We could not parse the JSON body of your request.") end
@@ -2042,7 +2091,7 @@ function responses.validate(_, req)
   if type(input) == "string" then return nil end
   if type(input) ~= "table" then return nil end
   local store = body.store ~= false
-  local calls, answered = {}, {}
+  local calls, answered, asked = {}, {}, {}
   for i, item in ipairs(input) do
     local where = ("input[%d]"):format(i - 1)
     if type(item) ~= "table" then return responses_reject("Invalid type for '" .. where .. "'.", where) end
@@ -2076,6 +2125,7 @@ function responses.validate(_, req)
         end
       end
     elseif HOSTED_INPUT[ty] then
+      if ty == "mcp_approval_request" then asked[item.id] = true end
       local fields = {}
       for f in pairs(HOSTED_INPUT[ty]) do fields[#fields + 1] = f end
       table.sort(fields)
@@ -2093,6 +2143,25 @@ function responses.validate(_, req)
       if ty == "web_search_call" and type(item.action.type) ~= "string" then
         return responses_reject(("Invalid type for '%s.action': expected an object."):format(where),
           where .. ".action", "invalid_type")
+      end
+    elseif ty == "mcp_approval_response" then
+      if type(item.approval_request_id) ~= "string" then
+        return responses_reject(("Missing required parameter: '%s.approval_request_id'."):format(where),
+          where .. ".approval_request_id", "missing_required_parameter")
+      end
+      if type(item.approve) ~= "boolean" then
+        return responses_reject(("Invalid type for '%s.approve': expected a boolean."):format(where),
+          where .. ".approve", "invalid_type")
+      end
+      -- (Azure's words; a reason goes with a rejection only)
+      if item.approve and item.reason ~= nil then
+        return responses_reject("'reason' cannot be provided when 'approve' is true.", where .. ".reason")
+      end
+      -- Nothing stored: the request it answers must be in the input, before
+      -- it (the mock's words, after the function_call_output's).
+      if not asked[item.approval_request_id] then
+        return responses_reject(("No approval request found for mcp_approval_response with "
+          .. "approval_request_id %s."):format(item.approval_request_id), "input")
       end
     elseif ty == "function_call" then
       if type(item.call_id) ~= "string" or type(item.name) ~= "string" or type(item.arguments) ~= "string" then
