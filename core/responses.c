@@ -267,12 +267,14 @@ static reasoning_part *new_part(responses_stream *st) {
 }
 
 /* The items of tools the service runs itself (hosted tools), which the
-** API takes back in a request's input as they came. Not the calls a client
-** runs (computer, shell, apply_patch, custom tools: tide offers none), nor
-** an MCP approval request, which wants an answer tide does not give. */
+** API takes back in a request's input as they came, and a remote MCP
+** server's approval request (provider.responses makes it a call that waits
+** for a person's decision; the request goes back before its answer). Not
+** the calls a client runs (computer, shell, apply_patch, custom tools:
+** tide offers none). */
 static const char *const HOSTED_ITEMS[] = {
   "web_search_call", "file_search_call", "code_interpreter_call", "image_generation_call",
-  "mcp_call", "mcp_list_tools",
+  "mcp_call", "mcp_list_tools", "mcp_approval_request",
 };
 
 static int is_hosted(const tide_buf *b, const str_field *type) {

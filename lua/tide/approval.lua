@@ -5,7 +5,9 @@
 --- the other calls of that response, then pauses: the round (its calls, the
 --- results it has, the calls waiting) is kept on the session and written to
 --- the transcript, and the turn returns `ApprovalRequired` with
---- `err.pending = { { id, name, arguments, agent }, ... }`. A delegation
+--- `err.pending = { { id, name, arguments, agent, server }, ... }` (`server`:
+--- the label of the remote MCP server whose call the provider asks approval
+--- for, see tide.provider.responses; nil for tide's own tools). A delegation
 --- whose sub-agent paused waits too, and its sub-agent's pending calls are
 --- in the list, at any depth. `s:approve(id, note)` / `s:reject(id,
 --- reason)` record decisions (in the transcript of the session that owns
@@ -61,7 +63,7 @@ end
 
 --- The calls waiting for a decision under `session`, its sub-agents' included
 --- (depth first, in call order).
----@return {id:string, name:string, arguments:string, agent:string}[]
+---@return {id:string, name:string, arguments:string, agent:string, server?:string}[]
 function M.pending(session)
   local out = {}
   local p = session.paused
@@ -73,7 +75,7 @@ function M.pending(session)
         for _, item in ipairs(M.pending(child)) do out[#out + 1] = item end
       end
     elseif not session.decisions[w.id] then
-      out[#out + 1] = { id = w.id, name = w.name, arguments = w.arguments, agent = w.agent }
+      out[#out + 1] = { id = w.id, name = w.name, arguments = w.arguments, agent = w.agent, server = w.server }
     end
   end
   return out
@@ -95,7 +97,7 @@ local function waiting_line(w)
       agent = child.def.id, toolkit = child.toolkit, agent_path = child.agent_path,
     } or w.child }
   end
-  return { index = w.index, id = w.id, name = w.name, arguments = w.arguments, agent = w.agent }
+  return { index = w.index, id = w.id, name = w.name, arguments = w.arguments, agent = w.agent, server = w.server }
 end
 
 --- Pauses `session`'s turn on `state` (calls, textual, results, waiting,
@@ -107,7 +109,9 @@ function M.pause(session, state)
   for i = 1, #state.calls do results[i] = state.results[i] or false end
   for i, w in ipairs(state.waiting) do waiting[i] = waiting_line(w) end
   local calls = {}
-  for i, c in ipairs(state.calls) do calls[i] = { id = c.id, name = c.name, arguments = c.arguments } end
+  for i, c in ipairs(state.calls) do
+    calls[i] = { id = c.id, name = c.name, arguments = c.arguments, server = c.server }
+  end
   record(session, {
     type = "pause", calls = calls, textual = state.textual or nil, results = results, waiting = waiting,
     iteration = state.iteration, schema = state.want, repaired = state.repaired or nil,
@@ -248,7 +252,7 @@ function M.restore(session, lines)
     local call = pause.calls[w.index]
     if type(call) ~= "table" then return nil, core.error("SessionCorrupt", "a pause record names a call it does not hold") end
     waiting[i] = { index = w.index, call = call, id = w.id, name = w.name, arguments = w.arguments,
-      agent = w.agent, child = w.child }
+      agent = w.agent, server = w.server, child = w.child }
   end
   local budget
   if session.budget_limits then

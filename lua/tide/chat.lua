@@ -202,7 +202,9 @@ function M.main(argv, io_out)
           if state.line_open then out:write("\n"); state.line_open = false end
           local asked = true
           for _, p in ipairs(terr.pending) do
-            out:write(("  approve %s %s (by %s)? [y]es, or a reason to reject: "):format(p.name, p.arguments, p.agent))
+            -- (a remote MCP server's call, which the provider asks about, says whose)
+            local name = p.server and (p.server .. ": " .. p.name) or p.name
+            out:write(("  approve %s %s (by %s)? [y]es, or a reason to reject: "):format(name, p.arguments, p.agent))
             out:flush()
             local answer = core.read_line()
             if answer == nil then asked = false break end

@@ -12,11 +12,13 @@
 ---
 ---     { role = "user", content = "text" | { part, ... } }      -- parts: text, image, file
 ---     { role = "assistant", content = "text" | nil,
----       tool_calls = { { id, name, arguments = "<json>" } } | nil,
+---       tool_calls = { { id, name, arguments = "<json>", server? } } | nil, -- server: a remote MCP server's
 ---       reasoning = { { type = "text" | "redacted", text?, signature?, data?, provider? } } | nil,
 ---       stop = "stop" | "tool_calls" | "length" | "pause" | ..., usage = { input, output, ... } | nil,
 ---       container = "<id>" | nil }  -- the container a server tool's code ran in
----     { role = "tool", results = { { id, name, content, is_error } } } -- content: text, or text and image parts
+---     { role = "tool", results = { { id, name, content, is_error, approve?, reason? } } }
+---       -- content: text, or text and image parts; approve, reason: the
+---       -- decision on a remote MCP server's call (tide.provider.responses)
 ---
 --- Reasoning parts carry whatever a provider needs back verbatim (a
 --- signature, opaque data); a provider that does not know a part's kind

@@ -159,7 +159,7 @@ local function err_fields(e)
   if e.code == "ApprovalRequired" and type(e.pending) == "table" then
     local p = {}
     for i, item in ipairs(e.pending) do
-      p[i] = { id = item.id, name = item.name, arguments = item.arguments, agent = item.agent }
+      p[i] = { id = item.id, name = item.name, arguments = item.arguments, agent = item.agent, server = item.server }
     end
     out.pending = p
   end

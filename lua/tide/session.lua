@@ -592,8 +592,8 @@ function session_mt:_resume(path)
   if not paused and open_calls then
     local results = {}
     for i, c in ipairs(open_calls) do
-      results[i] = { id = c.id, name = c.name, is_error = true,
-        content = "Error: interrupted (the session stopped before this call returned; it may or may not have run)" }
+      results[i] = turn._result(c,
+        "Error: interrupted (the session stopped before this call returned; it may or may not have run)", true)
     end
     self.conversation:append(turn._results_message(results, textual))
     self.resumed.interrupted = #results

@@ -179,8 +179,15 @@ local run_tool = M.run_tool
 -- of the three wants to hear of a call.
 
 local function result(call, content, is_error)
+  if call.server then
+    -- A remote MCP server's call (provider.responses) is answered with the
+    -- decision: approved, or rejected with why (any error is a rejection).
+    return { id = call.id, name = call.name, content = content, is_error = is_error, approve = not is_error,
+             reason = is_error and content or nil }
+  end
   return { id = call.id, name = call.name, content = content, is_error = is_error }
 end
+M._result = result -- (a resumed session answers calls left open with it)
 
 local function report_start(run, call)
   if run.on_start then run.on_start(call) end
@@ -196,6 +203,11 @@ local function report_end(run, call, r, ms)
     run.sink { type = "tool_end", name = call.name, id = call.id, is_error = r.is_error, ms = ms,
       depth = run.depth, agent = run.agent }
   end
+end
+
+-- The result of a call a person rejected (`decision`: { approved, note }).
+local function rejected(call, decision)
+  return result(call, "Error: rejected by the user" .. (decision.note and (": " .. decision.note) or ""), true)
 end
 
 -- The body of a call's task: the tool's text or its error, capped, and the
@@ -274,6 +286,18 @@ local function start_call(run, call, spawner)
   local t0 = hrtime()
   if run.listen then report_start(run, call) end
   local session = run.session
+  if call.server then
+    -- A remote MCP server's call the provider asks approval for: nothing
+    -- runs here, the decision is the result.
+    local decision = session.decisions[call.id]
+    if not decision then
+      return nil, nil, { id = call.id, name = call.name, arguments = call.arguments, agent = run.agent,
+                         server = call.server, call = call }
+    end
+    local r = decision.approved and result(call, "approved", false) or rejected(call, decision)
+    if run.listen then report_end(run, call, r, 0) end
+    return nil, r
+  end
   local t, args = surface.check_call(session.surface, session.snapshot, call)
   if not t then
     local r = result(call, args, true)
@@ -287,7 +311,7 @@ local function start_call(run, call, spawner)
       return nil, nil, { id = call.id, name = call.name, arguments = call.arguments, agent = run.agent, call = call }
     end
     if decision and not decision.approved then
-      local r = result(call, "Error: rejected by the user" .. (decision.note and (": " .. decision.note) or ""), true)
+      local r = rejected(call, decision)
       if run.listen then report_end(run, call, r, 0) end
       return nil, r
     end
@@ -906,7 +930,7 @@ local function resume_body(session, _, opts, run)
       elseif d.approved then
         approved[#approved + 1], approved_at[#approved_at + 1] = call, w.index
       else
-        results[w.index] = result(call, "Error: rejected by the user" .. (d.note and (": " .. d.note) or ""), true)
+        results[w.index] = rejected(call, d)
       end
     end
   end

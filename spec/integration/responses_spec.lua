@@ -273,6 +273,116 @@ for _, stream in ipairs({ true, false }) do
       end)
     end)
 
+    -- A remote MCP server whose calls wait for approval (require_approval
+    -- left at the API's "always"), and the two replies of the service.
+    local WIKI = { type = "mcp", server_label = "wiki", server_url = "https://mcp.example/mcp" }
+    local ASK = { name = "ask_question", arguments = '{"q":"tides"}' }
+    local function asks() return { server_tools = { { name = "mcp", approval = true, input = ASK } } } end
+
+    it("asks a person before a remote MCP server's call, across a restart, and answers the service", function()
+      define_looker("responses_mcp_ask")
+      local answered = { server_tools = { { name = "mcp", input = { name = ASK.name, arguments = ASK.arguments,
+                                                                     output = "At 6." } } },
+                         text = "High tide is at 6." }
+      with_mock({ replies = { asks(), answered } }, function(srv)
+        local dir = helpers.tmpdir()
+        local function session(o)
+          return assert(tide.session(setmetatable({ agent = "responses_mcp_ask",
+            provider = make(srv.url, stream, { server_tools = { WIKI } }) }, { __index = o })))
+        end
+        local s = session { transcript = dir .. "/t.jsonl" }
+        local events = {}
+        local reply, err = s:turn("when?", { on_event = function(ev) events[#events + 1] = ev.type end })
+        assert.is_nil(reply)
+        assert.are.equal("ApprovalRequired", err.code)
+        assert.are.same({ { id = "mcpr_mock1_1", name = "ask_question", arguments = '{"q":"tides"}',
+                            agent = "responses_mcp_ask", server = "wiki" } }, err.pending)
+        assert.are.equal(0, s:stats().tool_calls) -- (nothing of tide's ran)
+        assert.is_truthy(table.concat(events, " "):find("tool_start", 1, true))
+        s:close()
+        -- another process: the pause and the server's call come back from the transcript
+        local r = session { resume = dir .. "/t.jsonl" }
+        assert.are.same(err.pending, r:pending())
+        assert(r:approve("mcpr_mock1_1"))
+        assert.are.equal("High tide is at 6.", assert(r:resume()))
+        r:close()
+        helpers.rmdir(dir)
+        local input, types = srv:requests()[2].json.input, {}
+        for i, item in ipairs(input) do types[i] = item.type end
+        -- the request item as it came, then the answer (no reason with an approval)
+        assert.are.same({ "message", "mcp_list_tools", "mcp_approval_request", "mcp_approval_response" }, types)
+        assert.are.same({ type = "mcp_approval_request", id = "mcpr_mock1_1", server_label = "wiki",
+                          name = "ask_question", arguments = '{"q":"tides"}' }, input[3])
+        assert.are.same({ type = "mcp_approval_response", approval_request_id = "mcpr_mock1_1", approve = true },
+                        input[4])
+        assert.is_false(srv:requests()[2].json.store)
+      end)
+    end)
+
+    it("sends a rejection back with its reason, and runs a function call of the same reply", function()
+      define_looker("responses_mcp_no")
+      local both = asks()
+      both.tool_calls = { { id = "call_L", name = "lookup", arguments = { q = "port" } } }
+      with_mock({ replies = { both, "I may not ask the wiki; the port says 6." } }, function(srv)
+        local s = tide.session { agent = "responses_mcp_no",
+          provider = make(srv.url, stream, { server_tools = { WIKI } }) }
+        local _, err = s:turn("when?")
+        assert.are.equal("ApprovalRequired", err.code)
+        assert.are.equal(1, #err.pending)
+        assert.are.equal("wiki", err.pending[1].server)
+        assert(s:reject("mcpr_mock1_1", "not now"))
+        assert.are.equal("I may not ask the wiki; the port says 6.", assert(s:resume()))
+        assert.are.equal(1, s:stats().tool_calls)
+        local input = srv:requests()[2].json.input
+        local types = {}
+        for i, item in ipairs(input) do types[i] = item.type end
+        assert.are.same({ "message", "mcp_list_tools", "mcp_approval_request", "function_call",
+                          "function_call_output", "mcp_approval_response" }, types)
+        assert.are.same({ type = "mcp_approval_response", approval_request_id = "mcpr_mock1_1", approve = false,
+                          reason = "Error: rejected by the user: not now" }, input[6])
+        assert.are.equal("found port", input[5].output)
+      end)
+    end)
+
+    it("gets the service's 400 for an answer without its request, or a reason with an approval", function()
+      with_mock({ replies = { "x", "x" } }, function(srv)
+        local p = make(srv.url, stream)
+        local prefix = p:encode_prefix("s", {})
+        local user = p:encode_message({ role = "user", content = "q" })
+        local function send(result)
+          return p:complete(p:body(prefix, { user, p:encode_message({ role = "tool", results = { result } }) }))
+        end
+        local _, err = send { id = "mcpr_gone", name = "ask", content = "approved", approve = true }
+        assert.are.equal(400, err.status)
+        assert.matches("No approval request found for mcp_approval_response with approval_request_id mcpr_gone",
+          err.message, 1, true)
+        -- (tide sends a reason only with a rejection: the service refuses one with an approval)
+        local approved = p:encode_message({ role = "tool", results = {
+          { id = "mcpr_1", name = "ask", content = "approved", approve = true, reason = "because" } } })
+        assert.are.equal('{"approval_request_id":"mcpr_1","approve":true,"type":"mcp_approval_response"}', approved)
+      end)
+    end)
+
+    it("leaves the server's calls out for a fallback provider that never offered them", function()
+      define_looker("responses_mcp_fb")
+      local down = testing.mock_server { replies = { asks(), { fault = "status", status = 503 },
+                                                     { fault = "status", status = 503 } } }
+      local up = testing.mock_server { default = "Asked nobody: 6." }
+      finally(function() down:close() up:close() end)
+      local s = tide.session { agent = "responses_mcp_fb", provider = tide.provider.fallback {
+        make(down.url, stream, { server_tools = { WIKI } }),
+        provider.openai { base_url = up.url .. "/v1", api_key = "k", model = "gpt-4o", stream = stream } } }
+      local _, err = s:turn("when?")
+      assert.are.equal("ApprovalRequired", err.code)
+      assert(s:approve("mcpr_mock1_1"))
+      assert.are.equal("Asked nobody: 6.", assert(s:resume()))
+      assert.are.equal(1, s:stats().fallbacks)
+      -- chat completions got the question alone: no call of a tool it never had, no result
+      local msgs = up:requests()[1].json.messages
+      assert.are.equal(2, #msgs)
+      assert.are.same({ "system", "user" }, { msgs[1].role, msgs[2].role })
+    end)
+
     it("counts file searches, billed per call apart from the tokens", function()
       define_looker("responses_filer")
       tide.prices { ["gpt-mock"] = { input = 1, output = 2, file_search = 2.5 } }
@@ -294,7 +404,7 @@ for _, stream in ipairs({ true, false }) do
     it("refuses a restored hosted tool's item that is not one", function()
       local p = make("http://127.0.0.1:9", stream)
       for _, bad in ipairs { "not json", '{"type":"message","id":"m"}', '{"type":"web_search_call"}', "[]",
-                             '{"type":"mcp_approval_request","id":"mcpr_1"}', '{"type":"computer_call","id":"cu_1"}' } do
+                             '{"type":"mcp_approval_response","id":"mcpa_1"}', '{"type":"computer_call","id":"cu_1"}' } do
         local ok, err = pcall(p.encode_message, p, { role = "assistant", content = "x",
           reasoning = { { type = "item", provider = "openai_responses", id = "ws_1", item = bad } } })
         assert.is_false(ok)

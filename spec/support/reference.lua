@@ -671,9 +671,11 @@ local function responses_reasoning(item)
            data = type(item.encrypted_content) == "string" and item.encrypted_content or nil }
 end
 
--- The items of tools the service runs (core/responses.c's HOSTED_ITEMS).
+-- The items of tools the service runs, and a remote MCP server's approval
+-- request (core/responses.c's HOSTED_ITEMS).
 local HOSTED = { web_search_call = true, file_search_call = true, code_interpreter_call = true,
-                 image_generation_call = true, mcp_call = true, mcp_list_tools = true }
+                 image_generation_call = true, mcp_call = true, mcp_list_tools = true,
+                 mcp_approval_request = true }
 
 local function add_item(acc, item, i)
   if type(item) ~= "table" then

@@ -261,13 +261,6 @@ local function check_server_tools(kind, opts, where)
     if kind == "anthropic" and (type(t.name) ~= "string" or t.name == "") then
       return ("%s'server_tools[%d]' needs a 'name' string"):format(where, i)
     end
-    -- A remote MCP server's call waits for an approval by default, which
-    -- the response only asks for (an mcp_approval_request item, the answer
-    -- cut short): tide gives none, so the tool must not want one.
-    if kind == "openai" and t.type == "mcp" and t.require_approval ~= "never" then
-      return ("%s'server_tools[%d]' (a remote MCP server) needs require_approval = \"never\" "
-        .. "(the API's default asks for approvals, which tide does not give)"):format(where, i)
-    end
     local ok, err = pcall(json.canonical, t)
     if not ok then
       return ("%s'server_tools[%d]' cannot be encoded as JSON (%s)"):format(where, i, tostring(err))

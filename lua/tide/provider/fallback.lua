@@ -31,6 +31,42 @@ end
 
 local function label(p) return ("%s:%s"):format(p.kind, tostring(p.model)) end
 
+-- The messages as `p` can send them: a remote MCP server's calls (and
+-- their decisions, see tide.provider.responses) are the Responses API's
+-- own; to any other provider they would be calls of tools it never offered.
+local function portable(p, messages)
+  if p._server_calls then return messages end
+  local out, n = {}, 0
+  for _, m in ipairs(messages) do
+    local list = m.role == "assistant" and m.tool_calls or m.role == "tool" and m.results or nil
+    local kept = list
+    for _, c in ipairs(list or {}) do
+      if c.server ~= nil or c.approve ~= nil then
+        kept = {}
+        for _, x in ipairs(list) do
+          if x.server == nil and x.approve == nil then kept[#kept + 1] = x end
+        end
+        break
+      end
+    end
+    if kept ~= list then
+      local copy = {}
+      for k, v in pairs(m) do copy[k] = v end
+      if m.role == "assistant" then copy.tool_calls = #kept > 0 and kept or nil else copy.results = kept end
+      m = copy
+    end
+    -- (a message left with nothing to send goes: a tool message without
+    -- results, an assistant message that held only such calls)
+    local empty = kept ~= list and (m.role == "tool" and #kept == 0
+      or m.role == "assistant" and #kept == 0 and (m.content == nil or m.content == ""))
+    if not empty then
+      n = n + 1
+      out[n] = m
+    end
+  end
+  return out
+end
+
 --- Sends the request to the first provider, then to the next ones in turn
 --- while each fails for a reason worth moving on (opts.conversation, given
 --- by the turn, lets them encode the request anew, the turn's schema
@@ -43,8 +79,8 @@ function Fallback:_complete(prefix, opts, wire)
   if not conv then return nil, err end
   for i = 2, #self.providers do
     local p = self.providers[i]
-    local encoded = {}
-    for j, m in ipairs(conv.messages) do encoded[j] = p:encode_message(m, conv.messages[j - 1]) end
+    local encoded, messages = {}, portable(p, conv.messages)
+    for j, m in ipairs(messages) do encoded[j] = p:encode_message(m, messages[j - 1]) end
     -- (a turn's schema goes in the prefix of a provider that takes one,
     -- as the session's own prefix does for the first)
     local schema = p._native_schema and conv.schema or nil

@@ -28,6 +28,17 @@
 --- remote MCP server's tools and calls), in its place among them, `{ type
 --- = "item", id, item = its JSON as it came, provider = "openai_responses"
 --- }`; only such parts are ever sent back, and only here.
+---
+--- A remote MCP server's call that waits for approval (an `mcp` tool's
+--- `require_approval`, "always" by default) ends the response with an
+--- `mcp_approval_request` item and no answer. The item is kept in its place
+--- as a hosted one, and the reply gets a call for it, `{ id, name,
+--- arguments, server = server_label }`: the turn waits for a person's
+--- decision on it as on any call that needs approval (ApprovalRequired,
+--- s:approve, s:reject, s:resume), and its result, `approve` true or false
+--- (and the rejection as `reason`), goes back as an `mcp_approval_response`
+--- after the request it answers, which is how a stateless conversation
+--- gives an approval.
 local provider = require "tide.provider.base"
 local core = require "tide.core"
 local json = require "tide.json"
@@ -43,7 +54,8 @@ M.REASONING = "openai_responses"
 --- The items of tools the service runs itself, kept and sent back whole
 --- (core/responses.c keeps the same list).
 M.HOSTED = { web_search_call = true, file_search_call = true, code_interpreter_call = true,
-             image_generation_call = true, mcp_call = true, mcp_list_tools = true }
+             image_generation_call = true, mcp_call = true, mcp_list_tools = true,
+             mcp_approval_request = true }
 
 local Provider = provider.class("tide.provider.responses")
 
@@ -54,6 +66,10 @@ local concat = table.concat
 function Provider:__tostring()
   return ("tide.provider.openai(responses, %s, %s)"):format(self.model, self.base_url)
 end
+
+-- It sends a remote MCP server's calls back (tide.provider.fallback leaves
+-- them out for a provider that would not).
+Provider._server_calls = true
 
 --- Creates the provider object, or returns nil plus a misuse message.
 ---@param opts? tide.provider.opts
@@ -130,10 +146,29 @@ function Provider:encode_prefix(system, tools, schema)
   return "{" .. concat(parts, ",") .. ',"input":['
 end
 
+-- The calls of a reply's MCP approval requests (kept among its reasoning
+-- parts as hosted items), after its function calls.
+local function approval_calls(res)
+  local calls = res.tool_calls
+  for _, r in ipairs(res.reasoning) do
+    local raw = r.type == "item" and r.item
+    if raw and raw:find('"mcp_approval_request"', 1, true) then
+      local item = json.decode(raw)
+      if type(item) == "table" and item.type == "mcp_approval_request" then
+        calls[#calls + 1] = { id = r.id, name = tostring(item.name), server = tostring(item.server_label),
+          arguments = type(item.arguments) == "string" and item.arguments or "{}" }
+        res.stop = "tool_calls"
+      end
+    end
+  end
+end
+
 --- Finishes a reply: the answer to a wrapped schema
---- (tide.schema.for_response_format) unwrapped.
+--- (tide.schema.for_response_format) unwrapped, and a call for each MCP
+--- approval request.
 function Provider:_finish_reply(res, body)
   unwrap_reply(res, body)
+  if res.reasoning then approval_calls(res) end
   return res
 end
 
@@ -194,7 +229,8 @@ local function check_reasoning(reasoning, level)
       if type(item) ~= "table" or not M.HOSTED[item.type] or type(item.id) ~= "string" then
         error(("tide.provider.openai: reasoning[%d] (a Responses hosted tool's item) needs 'item', the JSON "
           .. "object of a hosted tool's item (web_search_call, file_search_call, code_interpreter_call, "
-          .. "image_generation_call, mcp_call, mcp_list_tools) with its id"):format(i), level + 1)
+          .. "image_generation_call, mcp_call, mcp_list_tools, mcp_approval_request) with its id"):format(i),
+          level + 1)
       end
     elseif r.provider == M.REASONING then
       if r.type ~= "encrypted" or type(r.id) ~= "string" or (r.data ~= nil and type(r.data) ~= "string")
@@ -241,9 +277,18 @@ function Provider:_encode(msg)
       local c = r.content
       -- text, images and files: the output is a list of input_text,
       -- input_image and input_file (a PDF) parts, as the API takes it
-      local output = type(c) == "table" and content.is_neutral(c)
-        and canonical(content.openai_responses(content.text_files_inline(c))) or quote(result_text(c))
-      items[i] = '{"call_id":' .. quote(r.id) .. ',"output":' .. output .. ',"type":"function_call_output"}'
+      if r.approve ~= nil then
+        -- a remote MCP server's call, decided: the reason only with a
+        -- rejection (Azure refuses "'reason' cannot be provided when
+        -- 'approve' is true")
+        items[i] = '{"approval_request_id":' .. quote(r.id) .. ',"approve":' .. tostring(r.approve == true)
+          .. (r.approve ~= true and type(r.reason) == "string" and ',"reason":' .. quote(r.reason) or "")
+          .. ',"type":"mcp_approval_response"}'
+      else
+        local output = type(c) == "table" and content.is_neutral(c)
+          and canonical(content.openai_responses(content.text_files_inline(c))) or quote(result_text(c))
+        items[i] = '{"call_id":' .. quote(r.id) .. ',"output":' .. output .. ',"type":"function_call_output"}'
+      end
     end
     return concat(items, ",")
   end
@@ -266,9 +311,12 @@ function Provider:_encode(msg)
       items[n] = message_item("assistant", '[{"annotations":[],"text":' .. quote(text) .. ',"type":"output_text"}]')
     end
     for _, c in ipairs(msg.tool_calls or {}) do
-      n = n + 1
-      items[n] = '{"arguments":' .. quote(call_arguments(c)) .. ',"call_id":' .. quote(c.id)
-        .. ',"name":' .. quote(c.name) .. ',"type":"function_call"}'
+      -- (an MCP approval request's call is its item, among the reasoning)
+      if c.server == nil then
+        n = n + 1
+        items[n] = '{"arguments":' .. quote(call_arguments(c)) .. ',"call_id":' .. quote(c.id)
+          .. ',"name":' .. quote(c.name) .. ',"type":"function_call"}'
+      end
     end
     return concat(items, ",")
   end
