@@ -46,14 +46,27 @@ local function parse(argv)
   return o
 end
 
-local function pick_provider(kind)
+-- A role behind MFA (a profile's mfa_serial) is assumed with the code the
+-- person types, asked for when the role is (again at each renewal).
+local function mfa_prompt(out)
+  return function(serial)
+    out:write(("  MFA code for %s: "):format(serial))
+    out:flush()
+    local line = core.read_line()
+    return line and line:match("^%s*(.-)%s*$")
+  end
+end
+
+local function pick_provider(kind, out)
   -- (a gateway's ANTHROPIC_AUTH_TOKEN stands for a key, as in the official SDK)
   kind = kind or (os.getenv("OPENAI_API_KEY") and "openai")
     or ((os.getenv("ANTHROPIC_API_KEY") or os.getenv("ANTHROPIC_AUTH_TOKEN")) and "anthropic") or "demo"
   if kind == "openai" then return tide.provider.openai {}, "openai " .. (os.getenv("TIDE_MODEL") or "") end
   if kind == "anthropic" then return tide.provider.anthropic {}, "anthropic " .. (os.getenv("TIDE_MODEL") or "") end
   -- (Bedrock's Converse: TIDE_MODEL names the model, AWS's own variables the rest)
-  if kind == "bedrock" then return tide.provider.bedrock {}, "bedrock " .. (os.getenv("TIDE_MODEL") or "") end
+  if kind == "bedrock" then
+    return tide.provider.bedrock { mfa_code = mfa_prompt(out) }, "bedrock " .. (os.getenv("TIDE_MODEL") or "")
+  end
   if kind ~= "demo" then error("tide chat: unknown provider " .. kind, 0) end
   local demo = require "tide.testing.demo"
   local srv = assert(tide.testing.mock_server { default = demo.model })
@@ -117,7 +130,7 @@ function M.main(argv, io_out)
   end
   local status = 0
   local run_ok, err = pcall(tide.run, function()
-    local provider, label, srv = pick_provider(o.provider)
+    local provider, label, srv = pick_provider(o.provider, out)
     local watchers = {}
     local function report(e)
       local where = e.file and (e.file .. (e.line and (":" .. e.line) or "")) or ""

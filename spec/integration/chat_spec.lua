@@ -156,6 +156,58 @@ describe("tide chat --provider bedrock", function()
   end)
 end)
 
+describe("tide chat --provider bedrock with a role behind MFA", function()
+  it("asks for the code when the role is assumed, and chats on the role's keys", function()
+    local tide = require "tide"
+    local core = require "tide.core"
+    local root = helpers.sh("pwd"):gsub("%s+$", "")
+    local build = os.getenv("TIDE_BUILD_DIR") or "build"
+    local home = helpers.tmpdir()
+    os.execute(("mkdir -p %q"):format(home .. "/.aws"))
+    helpers.write(home .. "/.aws/credentials", "[base]\naws_access_key_id = AKIABASE\naws_secret_access_key = s\n")
+    helpers.write(home .. "/.aws/config", "[profile mfa]\nrole_arn = arn:aws:iam::1:role/m\nsource_profile = base\n"
+      .. "mfa_serial = arn:aws:iam::1:mfa/me\nregion = us-east-1\n")
+    local sts = {}
+    helpers.run(function()
+      -- STS (POST /) and Converse on one loopback server
+      -- (Converse checks the request is signed by the role's keys, as Bedrock does)
+      local srv = assert(tide.testing.mock_server { default = "Hello from Bedrock.", bedrock = { region = "us-east-1",
+        credentials = { access_key_id = "ASIAROLE", secret_access_key = "r", session_token = "t" } },
+        routes = { ["/"] = function(req)
+        sts[#sts + 1] = helpers.form_fields(req.body)
+        return { status = 200, headers = { ["content-type"] = "text/xml" }, body = "<AssumeRoleResponse><AssumeRoleResult>"
+          .. "<Credentials><AccessKeyId>ASIAROLE</AccessKeyId><SecretAccessKey>r</SecretAccessKey><SessionToken>t"
+          .. "</SessionToken><Expiration>2099-01-01T00:00:00Z</Expiration></Credentials></AssumeRoleResult>"
+          .. "</AssumeRoleResponse>" }
+      end } })
+      local env = helpers.child_env { HOME = home, AWS_PROFILE = "mfa", AWS_ENDPOINT_URL_STS = srv.url,
+        AWS_ENDPOINT_URL_BEDROCK_RUNTIME = srv.url, TIDE_MODEL = "us.amazon.nova-pro-v1:0",
+        LUA_PATH = "lua/?.lua;lua/?/init.lua;;", LUA_CPATH = build .. "/?.so;;", ASAN_OPTIONS = "detect_leaks=0" }
+      local p = assert(core.process_spawn { argv = { "lua5.4", "bin/tide", "chat", "--provider", "bedrock" },
+        env = env, cwd = root })
+      assert(p:write("hello\n123456\n/quit\n"))
+      local lines = {}
+      for _ = 1, 200 do
+        local line = p:read_line(20000)
+        if not line then break end
+        lines[#lines + 1] = line
+      end
+      p:close()
+      srv:close()
+      local out = table.concat(lines, "\n")
+      assert.matches("MFA code for arn:aws:iam::1:mfa/me: ", out, 1, true)
+      assert.matches("Hello from Bedrock.", out, 1, true)
+      assert.is_nil(out:find("123456", 1, true))
+      -- the code went to STS with the serial
+      assert.are.same({ "arn:aws:iam::1:mfa/me", "123456" }, { sts[1].SerialNumber, sts[1].TokenCode })
+      local converse = srv:requests()[#srv:requests()]
+      assert.matches("/converse", converse.path)
+      assert.matches("Credential=ASIAROLE/", converse.headers["authorization"], 1, true)
+    end)
+    helpers.rmdir(home)
+  end)
+end)
+
 describe("tide chat's provider from the environment", function()
   it("takes Anthropic behind a gateway from ANTHROPIC_AUTH_TOKEN alone, the demo model from nothing", function()
     local root = helpers.sh("pwd"):gsub("%s+$", "")
