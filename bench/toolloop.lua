@@ -123,9 +123,9 @@ return function()
         mr <= 1.5 and " ok" or " MISSED"),
       { tide = t, raw = w, ratios = ratios, mean_body_bytes = bytes // #reqs })
   end
-  -- Tracing on (every span exported to a collector process on loopback,
-  -- one that answers 404: the spans are encoded and posted all the same)
-  -- against tracing off, streamed chat, pair by pair. Goal: within 1.1x.
+  -- Tracing on (every span exported to a collector process on loopback:
+  -- the standalone mock takes POST /v1/traces as a collector does) against
+  -- tracing off, streamed chat, pair by pair. Goal: within 1.1x.
   do
     local mock = common.start_mock { tool_loop = LOOP, cpu = 0 }
     local collector = common.start_mock { tool_loop = LOOP, cpu = 1 }
