@@ -498,7 +498,8 @@ local function distinct_ids(session, calls)
   for i = 1, #calls do
     local c = calls[i]
     local id = c.id
-    if type(id) == "string" then
+    -- (a remote MCP server's call keeps the service's id: its answer names it)
+    if type(id) == "string" and not c.server then
       if id_taken(id, seen, decisions, ran) then
         local k = 2
         while id_taken(id .. "_" .. k, seen, decisions, ran) do k = k + 1 end

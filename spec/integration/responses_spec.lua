@@ -363,6 +363,27 @@ for _, stream in ipairs({ true, false }) do
       end)
     end)
 
+    it("fails a turn on an approval request without its fields, and keeps nothing of the reply", function()
+      define_looker("responses_mcp_bad")
+      local body = '{"id":"resp_1","object":"response","status":"completed","output":['
+        .. '{"type":"mcp_approval_request","id":"mcpr_x","server_label":"wiki","arguments":"{}"}],'
+        .. '"usage":{"input_tokens":5,"output_tokens":1,"total_tokens":6}}'
+      local sse = 'event: response.completed\ndata: {"type":"response.completed","response":' .. body .. '}\n\n'
+      -- (a "status" fault with 200 is a body as given)
+      with_mock({ replies = { { fault = "status", status = 200, body = stream and sse or body,
+        headers = { ["content-type"] = stream and "text/event-stream" or "application/json" } } } }, function(srv)
+        local s = tide.session { agent = "responses_mcp_bad",
+          provider = make(srv.url, stream, { server_tools = { WIKI } }) }
+        local reply, err = s:turn("when?")
+        assert.is_nil(reply)
+        assert.are.equal("MalformedResponse", err.code)
+        assert.matches("mcp_approval_request mcpr_x needs 'name', 'server_label' and 'arguments' strings",
+          err.message, 1, true)
+        local h = s:history()
+        assert.are.equal("user", h[#h].role)
+      end)
+    end)
+
     it("leaves the server's calls out for a fallback provider that never offered them", function()
       define_looker("responses_mcp_fb")
       local down = testing.mock_server { replies = { asks(), { fault = "status", status = 503 },

@@ -327,7 +327,11 @@ function M.complete(self, body, opts, wire)
       res.attempts = n
       -- (a provider that answers through a tool of its own hands the answer
       -- over as the reply's text: see provider.anthropic's structured_output)
-      if self._finish_reply then res = self:_finish_reply(res, body) end
+      if self._finish_reply then
+        local fres, ferr = self:_finish_reply(res, body)
+        if not fres then return nil, ferr end -- (a reply it cannot use: MalformedResponse)
+        res = fres
+      end
       return res
     end
     -- Every error of an attempt leaves here, and it may quote a server

@@ -147,7 +147,8 @@ function Provider:encode_prefix(system, tools, schema)
 end
 
 -- The calls of a reply's MCP approval requests (kept among its reasoning
--- parts as hosted items), after its function calls.
+-- parts as hosted items), after its function calls; or nil and the
+-- MalformedResponse of a request without the fields the API gives it.
 local function approval_calls(res)
   local calls = res.tool_calls
   for _, r in ipairs(res.reasoning) do
@@ -155,12 +156,17 @@ local function approval_calls(res)
     if raw and raw:find('"mcp_approval_request"', 1, true) then
       local item = json.decode(raw)
       if type(item) == "table" and item.type == "mcp_approval_request" then
-        calls[#calls + 1] = { id = r.id, name = tostring(item.name), server = tostring(item.server_label),
-          arguments = type(item.arguments) == "string" and item.arguments or "{}" }
+        if type(item.name) ~= "string" or type(item.server_label) ~= "string"
+            or type(item.arguments) ~= "string" then
+          return nil, core.error("MalformedResponse", ("openai mcp_approval_request %s needs 'name', "
+            .. "'server_label' and 'arguments' strings"):format(r.id))
+        end
+        calls[#calls + 1] = { id = r.id, name = item.name, server = item.server_label, arguments = item.arguments }
         res.stop = "tool_calls"
       end
     end
   end
+  return res
 end
 
 --- Finishes a reply: the answer to a wrapped schema
@@ -168,7 +174,7 @@ end
 --- approval request.
 function Provider:_finish_reply(res, body)
   unwrap_reply(res, body)
-  if res.reasoning then approval_calls(res) end
+  if res.reasoning then return approval_calls(res) end
   return res
 end
 
