@@ -296,6 +296,32 @@ describe("the turn queue", function()
     end)
   end)
 
+  it("names the remote MCP server whose call waits, and takes its decision through the queue", function()
+    helpers.run(function()
+      local ask = { name = "ask_question", arguments = '{"q":"tides"}' }
+      local mock = testing.mock_server { replies = {
+        { server_tools = { { name = "mcp", approval = true, input = ask } } },
+        { server_tools = { { name = "mcp", input = { name = ask.name, arguments = ask.arguments, output = "6" } } },
+          text = "High tide is at 6." } } }
+      local p = tide.provider.openai { api = "responses", base_url = mock.url .. "/v1", api_key = "k", model = "m",
+        stream = false, server_tools = { { type = "mcp", server_label = "wiki", server_url = "https://mcp.example/mcp" } } }
+      local w = assert(tide.worker { queue = "turns", provider = p, quiet = true })
+      local none, err = tide.submit { queue = "turns", session = "mcp-1", agent = "helper", text = "when?" }
+      assert.is_nil(none)
+      assert.equal("ApprovalRequired", err.code)
+      assert.same({ { id = "mcpr_mock1_1", name = "ask_question", arguments = '{"q":"tides"}', agent = "helper",
+                      server = "wiki" } }, err.pending)
+      local reply = tide.submit { queue = "turns", session = "mcp-1", agent = "helper",
+        decisions = { { id = "mcpr_mock1_1", approved = true } } }
+      assert.equal("High tide is at 6.", reply)
+      local input = mock:requests()[2].json.input
+      assert.same({ type = "mcp_approval_response", approval_request_id = "mcpr_mock1_1", approve = true },
+        input[#input])
+      w:stop()
+      mock:close()
+    end)
+  end)
+
   it("answers a request once: a second delivery, or a turn done before its reply went out", function()
     helpers.run(function()
       local mock = testing.mock_server { default = testing.echo }
