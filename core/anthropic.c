@@ -17,14 +17,14 @@
 **                  cache_creation_input_tokens,
 **                  cache_creation.ephemeral_1h_input_tokens,
 **                  output_tokens_details.thinking_tokens,
-**                  server_tool_use.web_search_requests},
+**                  server_tool_use.web_search_requests, service_tier},
 **   message.container.id                                        message_start
 **   content_block.{type, id, name, input, text, thinking, signature, data,
 **                  citations}; other blocks whole           content_block_start
 **   delta.{type, text, partial_json, thinking, signature, citation}
 **                                                         content_block_delta
 **   delta.{stop_reason, container.id, stop_details.explanation},
-**   usage.{the six counts}                                       message_delta
+**   usage.{the six counts, service_tier}                         message_delta
 **   error.{type, message}                                               error
 ** and of a whole reply: type, error, content[*] (the block fields above;
 ** the array whole), usage, stop_reason, container.id,
@@ -81,6 +81,7 @@ typedef struct usage_fields {
   int num_searches;
   lua_Integer write_1h; /* cache_creation.ephemeral_1h_input_tokens: the part of write cached for an hour */
   int num_write_1h;
+  text_field tier; /* service_tier ("standard", "priority", "batch"): what prices the call */
 } usage_fields;
 
 /* A content block: content_block of content_block_start, or an element of
@@ -150,6 +151,10 @@ typedef struct kept_block {
                      other block's input fragments */
 } kept_block;
 
+/* The longest service tier name kept (a longer one is not a tier anyone
+** prices). */
+#define TIER_MAX 24
+
 typedef struct anthropic_stream {
   tide_reply base;  /* the shell's: SSE framing, the text, the failure */
   tide_asm calls;
@@ -168,6 +173,8 @@ typedef struct anthropic_stream {
   const char *doc;           /* a whole reply's body, while it is scanned */
   event_state ev;
   lua_Integer input, output, read, write, write_1h, thinking_tokens, searches;
+  char tier[TIER_MAX]; /* the last service_tier, when one fit */
+  size_t tier_len;
   int has_stop;
   int done;         /* message_stop seen: nothing after it counts */
   int whole;        /* scanning a whole reply */
@@ -176,6 +183,14 @@ typedef struct anthropic_stream {
 /* ---------------------------------------------------------- the fields -- */
 
 static anthropic_stream *stream_of(const tide_json *p) { return (anthropic_stream *)p->ud; }
+
+/* Keeps the service tier a usage object named (its string in scratch). */
+static void keep_tier(anthropic_stream *st, const usage_fields *u, const char *scratch) {
+  if (u->tier.has && u->tier.at.len > 0 && u->tier.at.len < TIER_MAX) {
+    memcpy(st->tier, scratch + u->tier.at.off, u->tier.at.len);
+    st->tier_len = u->tier.at.len;
+  }
+}
 
 /* The scratch buffer's bytes ("" before the first string: an empty one
 ** leaves it unallocated). */
@@ -228,6 +243,7 @@ static int usage_member(tide_json *p, const char *k, size_t kl, usage_fields *u)
     return one_count(p, "web_search_requests", &u->searches, &u->num_searches);
   if (tide__json_key_is(k, kl, "cache_creation")) /* billed at the hour's price */
     return one_count(p, "ephemeral_1h_input_tokens", &u->write_1h, &u->num_write_1h);
+  if (tide__json_key_is(k, kl, "service_tier")) return text_member(p, &u->tier);
   if (tide__json_key_is(k, kl, "input_tokens")) {
     u->input = tide__json_count(p), u->num_input = num;
   } else if (tide__json_key_is(k, kl, "output_tokens")) {
@@ -782,6 +798,10 @@ static void push_reply(lua_State *L, anthropic_stream *st) {
     lua_pushinteger(L, st->searches);
     lua_setfield(L, -2, "web_searches");
   }
+  if (st->tier_len > 0) {
+    lua_pushlstring(L, st->tier, st->tier_len);
+    lua_setfield(L, -2, "service_tier");
+  }
   lua_setfield(L, -2, "usage");
   if (st->container.len > 0) {
     lua_pushlstring(L, st->container.p, st->container.len);
@@ -1064,6 +1084,7 @@ static int anthropic_event(tide_reply_feed *fc, const tide_sse_event *e) {
     const usage_fields *u = &ev->message_usage;
     st->input = u->input, st->read = u->read, st->write = u->write, st->output = u->output;
     st->write_1h = u->write_1h, st->thinking_tokens = u->thinking, st->searches = u->searches;
+    keep_tier(st, u, scratch_of(st));
     if (ev->container.has && set_buf(&st->container, scratch_of(st) + ev->container.at.off, ev->container.at.len))
       return fc->nomem = 1, 0;
   } else if (tide__json_key_is(ty, tl, "message_delta")) {
@@ -1089,6 +1110,7 @@ static int anthropic_event(tide_reply_feed *fc, const tide_sse_event *e) {
       if (u->num_write_1h) st->write_1h = u->write_1h;
       if (u->num_thinking) st->thinking_tokens = u->thinking;
       if (u->num_searches) st->searches = u->searches;
+      keep_tier(st, u, scratch_of(st));
     }
   } else if (tide__json_key_is(ty, tl, "message_stop")) {
     st->done = 1;
@@ -1177,6 +1199,7 @@ static void anthropic_reset(tide_reply *r, size_t keep, size_t max) {
   st->doc = NULL;
   memset(&st->ev, 0, sizeof st->ev);
   st->input = st->output = st->read = st->write = st->write_1h = st->thinking_tokens = st->searches = 0;
+  st->tier_len = 0;
   st->has_stop = st->done = st->whole = 0;
 }
 
@@ -1268,6 +1291,7 @@ static int l_anthropic_parse(lua_State *L) {
     usage_fields *u = &ev->usage;
     st->input = u->input, st->output = u->output, st->read = u->read, st->write = u->write;
     st->write_1h = u->write_1h, st->thinking_tokens = u->thinking, st->searches = u->searches;
+    keep_tier(st, u, scratch_of(st));
     if ((ev->container.has &&
          set_buf(&st->container, scratch_of(st) + ev->container.at.off, ev->container.at.len)) ||
         (ev->explanation.has &&

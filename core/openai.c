@@ -12,6 +12,7 @@
 **
 ** The scanner reads, and nothing else:
 **   error                                  (an error object inside the stream)
+**   service_tier                           (the tier that served it: what prices it)
 **   usage.{prompt_tokens, completion_tokens, prompt_tokens_details.{cached_tokens,
 **          cache_write_tokens}, prompt_cache_hit_tokens, cost,
 **          completion_tokens_details.reasoning_tokens}
@@ -87,6 +88,10 @@ typedef struct pending_call {
   span extra;
 } pending_call;
 
+/* The longest service tier name kept ("default", "flex", "priority": a
+** longer one is not a tier anyone prices). */
+#define TIER_MAX 24
+
 /* What one event says, once scanned. Reset for every event. */
 typedef struct event_state {
   int err_kind;        /* the value of "error", V_NONE when absent */
@@ -115,6 +120,8 @@ typedef struct event_state {
   size_t ncalls;
   int has_finish;
   span finish;
+  int has_tier;        /* service_tier is a string (in scratch) */
+  span tier;
 } event_state;
 
 /* The content chunk being scanned, or one piece of its thinking. */
@@ -145,6 +152,8 @@ typedef struct openai_stream {
   lua_Integer input, output, cached, reasoning_tokens, cache_write;
   int has_cost;
   double cost;
+  char tier[TIER_MAX]; /* the last service_tier, when one fit */
+  size_t tier_len;
   int whole;  /* a whole (non-streamed) response: choices[0].message */
   int done;   /* [DONE] seen: nothing after it counts */
 } openai_stream;
@@ -434,7 +443,12 @@ static int root_member(tide_json *p, const char *k, size_t kl) {
     ev->err_raw.len = p->i - start;
     return rc;
   }
-  if (tide__json_key_is(k, kl, "usage")) {
+  if (tide__json_key_is(k, kl, "service_tier")) {
+    /* the tier that served the request, which may not be the one asked
+    ** for: what it cost goes by it (tide.prices' service_tiers) */
+    ev->has_tier = tide__json_peek(p) == '"';
+    if (ev->has_tier) return tide__json_scratch(p, &ev->tier);
+  } else if (tide__json_key_is(k, kl, "usage")) {
     int kind = tide__json_kind(tide__json_peek(p));
     ev->has_usage = kind == V_OBJECT || kind == V_ARRAY;
     ev->input = ev->output = ev->cached = ev->reasoning_tokens = ev->cache_hit = ev->cache_write = 0;
@@ -526,8 +540,12 @@ static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
     st->has_cost = ev->has_cost;
     st->cost = ev->cost;
   }
-  if (!ev->choice_table) return 0;
   const char *scratch = st->scratch.p ? st->scratch.p : "";
+  if (ev->has_tier && ev->tier.len > 0 && ev->tier.len < TIER_MAX) {
+    memcpy(st->tier, scratch + ev->tier.off, ev->tier.len);
+    st->tier_len = ev->tier.len;
+  }
+  if (!ev->choice_table) return 0;
   if (ev->delta_table) {
     const span *r = ev->has_reasoning_content ? &ev->reasoning_content
                     : ev->has_reasoning       ? &ev->reasoning
@@ -759,6 +777,10 @@ static void push_reply(lua_State *L, openai_stream *st) {
     lua_pushnumber(L, st->cost);
     lua_setfield(L, -2, "cost_usd");
   }
+  if (st->tier_len > 0) {
+    lua_pushlstring(L, st->tier, st->tier_len);
+    lua_setfield(L, -2, "service_tier");
+  }
   lua_setfield(L, -2, "usage");
   if (st->has_finish || st->refusal.len > 0) {
     if (st->has_finish) {
@@ -828,6 +850,7 @@ static void openai_reset(tide_reply *r, size_t keep, size_t max) {
   st->input = st->output = st->cached = st->reasoning_tokens = st->cache_write = 0;
   st->has_cost = 0;
   st->cost = 0;
+  st->tier_len = 0;
   st->whole = st->done = st->via_content = st->named_reasoning = 0;
 }
 

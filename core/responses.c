@@ -25,7 +25,7 @@
 **              until then): message content parts output_text {text} and
 **              refusal {refusal}; function_call {call_id, name,
 **              arguments}; reasoning {id, encrypted_content, summary[].text}
-**   the rest   status, incomplete_details.reason, error.{code, type,
+**   the rest   status, service_tier, incomplete_details.reason, error.{code, type,
 **              message}, usage.{input_tokens, output_tokens,
 **              input_tokens_details.cached_tokens,
 **              output_tokens_details.reasoning_tokens}; an error event's
@@ -86,6 +86,7 @@ typedef struct response_state {
   int output_filled;      /* it has an element, or a member */
   int has_usage;          /* usage is an object or an array */
   lua_Integer input, output, cached, reasoning_tokens;
+  str_field tier;         /* service_tier: the tier that served it */
 } response_state;
 
 /* What an event says besides its response. */
@@ -437,6 +438,7 @@ static int response_member(tide_json *p, const char *k, size_t kl) {
   responses_stream *st = stream_of(p);
   response_state *r = &st->resp;
   if (tide__json_key_is(k, kl, "status")) return take_string(p, &r->status);
+  if (tide__json_key_is(k, kl, "service_tier")) return take_string(p, &r->tier);
   if (tide__json_key_is(k, kl, "incomplete_details")) {
     r->reason.has = 0;
     if (tide__json_peek(p) == '{') return tide__json_each_member(p, incomplete_member);
@@ -643,6 +645,10 @@ static void push_reply(lua_State *L, responses_stream *st) {
   if (st->file_searches > 0) {
     lua_pushinteger(L, st->file_searches);
     lua_setfield(L, -2, "file_searches");
+  }
+  if (r->tier.has && r->tier.s.len > 0 && r->tier.s.len < 24) { /* (what prices the call) */
+    push_span(L, sb, r->tier.s);
+    lua_setfield(L, -2, "service_tier");
   }
   lua_setfield(L, -2, "usage");
   if (span_is(sb, &r->status, "incomplete")) {

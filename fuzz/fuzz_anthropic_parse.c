@@ -52,6 +52,8 @@ static const char DRIVER[] =
     "if count(stu.web_search_requests) > 0 then usage.web_searches = count(stu.web_search_requests) end\n"
     "local cc = type(u.cache_creation) == 'table' and u.cache_creation or {}\n"
     "if count(cc.ephemeral_1h_input_tokens) > 0 then usage.cache_write_1h = count(cc.ephemeral_1h_input_tokens) end\n"
+    "local tier = u.service_tier\n"
+    "if type(tier) == 'string' and tier ~= '' and #tier < 24 then usage.service_tier = tier end\n"
     "check(same(first.usage, usage), 'the usage is not what lua-cjson decodes', first.usage, usage)\n"
     "local box = type(obj.container) == 'table' and obj.container.id or nil\n"
     "if type(box) ~= 'string' or box == '' then box = nil end\n"

@@ -74,6 +74,9 @@ static const char DRIVER[] =
     "                cached = math.max(count(d.cached_tokens), count(u.prompt_cache_hit_tokens)),\n"
     "                cache_write = count(d.cache_write_tokens), reasoning = count(od.reasoning_tokens),\n"
     "                cost_usd = type(cost) == 'number' and cost >= 0 and cost < math.huge and cost or nil }\n"
+    /* the tier that served it: a name shorter than 24 bytes */
+    "local tier = obj.service_tier\n"
+    "if type(tier) == 'string' and tier ~= '' and #tier < 24 then usage.service_tier = tier end\n"
     "check(same(first.usage, usage), 'the usage is not what lua-cjson decodes', first.usage, usage)\n"
     /* reasoning_content wins over reasoning; the refusal is apart from the text */
     "local r = (type(m.reasoning_content) == 'string' and m.reasoning_content\n"

@@ -15,7 +15,8 @@ local function hdr(...) return string.char(...) end
 -- ------------------------------------------------------ OpenAI streams --
 local function chunk(fields)
   return 'data: {"id":"chatcmpl-A1b2","object":"chat.completion.chunk","created":1718000000,'
-    .. '"model":"gpt-4o-mini-2024-07-18","system_fingerprint":"fp_0ba0d124f1",' .. fields .. "}\n\n"
+    .. '"model":"gpt-4o-mini-2024-07-18","service_tier":"default","system_fingerprint":"fp_0ba0d124f1",'
+    .. fields .. "}\n\n"
 end
 local function choice(delta, finish)
   return chunk(('"choices":[{"index":0,"delta":%s,"logprobs":null,"finish_reason":%s}]'):format(
@@ -190,7 +191,8 @@ local function aev(name, data) return ("event: %s\ndata: %s\n\n"):format(name, d
 local astart = aev("message_start", '{"type":"message_start","message":{"id":"msg_01","type":"message",'
   .. '"role":"assistant","model":"claude-sonnet-4-5","content":[],"stop_reason":null,"usage":'
   .. '{"input_tokens":13,"cache_read_input_tokens":0,"cache_creation_input_tokens":14015,"output_tokens":1,'
-  .. '"cache_creation":{"ephemeral_5m_input_tokens":15,"ephemeral_1h_input_tokens":14000}}}}')
+  .. '"cache_creation":{"ephemeral_5m_input_tokens":15,"ephemeral_1h_input_tokens":14000},'
+  .. '"service_tier":"standard"}}}')
 local astop = aev("message_delta", '{"type":"message_delta","delta":{"stop_reason":"tool_use",'
   .. '"stop_sequence":null},"usage":{"output_tokens":42}}') .. aev("message_stop", '{"type":"message_stop"}')
 write("anthropic_stream", "thinking_tool", hdr(0, 7, 3, 0) .. astart
@@ -312,7 +314,7 @@ write("anthropic_parse", "small_cap", hdr(3, 30) .. amsg('[{"type":"tool_use","i
 -- As the API sends them (openai-python's ResponseStreamEvent types): the
 -- final response echoes the request's instructions and tools.
 local function rev(name, data) return ("event: %s\ndata: %s\n\n"):format(name, data) end
-local rbase = '"id":"resp_01","object":"response","model":"gpt-5","instructions":"You are terse.",'
+local rbase = '"id":"resp_01","object":"response","model":"gpt-5","service_tier":"flex","instructions":"You are terse.",'
   .. '"tools":[{"type":"function","name":"lookup","parameters":{"type":"object"},"strict":false}],'
   .. '"status":"%s","output":%s,"usage":%s'
 local rusage = '{"input_tokens":120,"input_tokens_details":{"cached_tokens":64},"output_tokens":17,'

@@ -184,6 +184,8 @@ end
 ---@field tool_calls? tide.testing.tool_call[]
 ---@field usage? {input?:integer, output?:integer, cached?:integer}
 ---@field delay_ms? integer wait before answering
+---@field service_tier? string the tier the reply says served it (default: what the request asked, as
+--- OpenAI answers it, "default" when it asked none; Anthropic's "standard")
 ---@field chunk_delay_ms? integer streaming: wait between SSE chunks
 ---@field headers? table<string,string> extra response headers
 ---@field fault? "status"|"drop"|"malformed"|"truncate"|"oversize"|"hang"|"exception" ("exception": Bedrock only, its stream ends with an exception frame)
@@ -350,7 +352,7 @@ function openai.completion(ctx)
   return encode({
     id = ctx.id, object = "chat.completion", created = ctx.created, model = ctx.model,
     choices = { { index = 0, message = msg, logprobs = null, finish_reason = finish } },
-    usage = openai_usage(ctx),
+    usage = openai_usage(ctx), service_tier = ctx.tier,
   })
 end
 
@@ -366,7 +368,7 @@ end
 function openai.stream(ctx, truncate)
   local function chunk(delta, finish)
     return sse_data({ id = ctx.id, object = "chat.completion.chunk", created = ctx.created,
-                      model = ctx.model,
+                      model = ctx.model, service_tier = ctx.tier,
                       choices = { { index = 0, delta = delta, logprobs = null,
                                     finish_reason = finish or null } } })
   end
@@ -419,12 +421,12 @@ function openai.stream(ctx, truncate)
   if ctx.mistral then -- the usage rides on the finish chunk, unasked
     chunks[#chunks + 1] = sse_data({ id = ctx.id, object = "chat.completion.chunk", created = ctx.created,
       model = ctx.model, choices = { { index = 0, delta = { content = "" }, finish_reason = finish } },
-      usage = openai_usage(ctx) }) .. (r.done == false and "" or "data: [DONE]\n\n")
+      usage = openai_usage(ctx), service_tier = ctx.tier }) .. (r.done == false and "" or "data: [DONE]\n\n")
     return chunks
   end
   chunks[#chunks + 1] = chunk({}, finish)
     .. sse_data({ id = ctx.id, object = "chat.completion.chunk", created = ctx.created,
-                  model = ctx.model, choices = EMPTY, usage = openai_usage(ctx) })
+                  model = ctx.model, choices = EMPTY, usage = openai_usage(ctx), service_tier = ctx.tier })
     .. (r.done == false and "" or "data: [DONE]\n\n")
   return chunks
 end
@@ -616,7 +618,7 @@ local function anthropic_usage(ctx, output)
   local scripted = type(ctx.reply.usage) == "table" and ctx.reply.usage.cache_write
   local write = scripted or ctx.cache_write or 0
   local out = { input_tokens = math.max(0, u.input - u.cached - write), output_tokens = output,
-                cache_read_input_tokens = u.cached, cache_creation_input_tokens = write }
+                cache_read_input_tokens = u.cached, cache_creation_input_tokens = write, service_tier = ctx.tier }
   if not scripted and ctx.cache_write then
     out.cache_creation = { ephemeral_5m_input_tokens = write - ctx.cache_write_1h,
                            ephemeral_1h_input_tokens = ctx.cache_write_1h }
@@ -1920,7 +1922,7 @@ local function response_object(ctx, status, output)
     text = { format = { type = "text" } }, tool_choice = json.tool_choice or "auto",
     tools = type(json.tools) == "table" and #json.tools > 0 and json.tools or EMPTY, top_p = 1,
     truncation = "disabled", usage = status ~= "in_progress" and responses_usage(ctx) or null,
-    user = null, metadata = {},
+    user = null, metadata = {}, service_tier = ctx.tier,
   }
 end
 
@@ -2574,6 +2576,14 @@ local function render(self, shape_name, reply, req)
   }
   ctx.usage = usage_of(reply, req, text, calls)
   ctx.reply = reply -- the wire formats' own fields (reasoning, signatures...)
+  -- The service tier that served it, as the services say it: OpenAI's
+  -- "flex" for a flex request, "priority" for "priority" and "fast", else
+  -- "default"; Anthropic's "standard" (the mock has no priority capacity).
+  -- A script's `service_tier` wins (a flex request served at default).
+  local asked = json.service_tier
+  ctx.tier = type(reply.service_tier) == "string" and reply.service_tier
+    or (shape_name == "anthropic" and "standard")
+    or (asked == "flex" and "flex") or ((asked == "priority" or asked == "fast") and "priority") or "default"
   -- a prompt cache's reads and writes, unless the script says them
   local scripted = type(reply.usage) == "table" and (reply.usage.cached or reply.usage.cache_write)
   if shape.cache and not scripted and type(req.body) == "string" and req.body:find('"cache_control"', 1, true) then

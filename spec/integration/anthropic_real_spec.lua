@@ -56,7 +56,8 @@ for _, stream in ipairs({ true, false }) do
         local p = make(srv.url, stream, { prompt_cache = true })
         local res = assert(p:complete(p:body(p:encode_prefix("sys", {}), { p:encode_message({ role = "user", content = "hi" }) })))
         -- What the service said: 13 uncached input tokens.
-        assert.are.same({ input = 14028, output = 9, cached = 12000, cache_write = 2015, reasoning = 0 }, res.usage)
+        assert.are.same({ input = 14028, output = 9, cached = 12000, cache_write = 2015, reasoning = 0,
+          service_tier = "standard" }, res.usage)
         assert.are.equal(14028 - 12000 - 2015, 13)
       end)
     end)

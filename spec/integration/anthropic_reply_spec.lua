@@ -74,7 +74,8 @@ for _, mode in ipairs(MODES) do
           ids[c.id] = true
         end
         assert.are.equal(3, distinct)
-        assert.are.same({ input = 14028, output = 90, cached = 12000, cache_write = 2015, reasoning = 0 }, res.usage)
+        assert.are.same({ input = 14028, output = 90, cached = 12000, cache_write = 2015, reasoning = 0,
+          service_tier = "standard" }, res.usage)
         assert.are.equal("tool_calls", res.stop)
         assert.are.equal("tool_use", res.stop_raw)
         if mode.listen then

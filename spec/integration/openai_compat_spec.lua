@@ -206,7 +206,8 @@ for _, stream in ipairs({ true, false }) do
         cached = 448 } } } }, function(srv)
         local p = make(srv.url, stream)
         local res = assert(p:complete(body_of(p, { USER })))
-        assert.are.same({ input = 500, output = 3, cached = 448, cache_write = 0, reasoning = 0 }, res.usage)
+        assert.are.same({ input = 500, output = 3, cached = 448, cache_write = 0, reasoning = 0,
+          service_tier = "default" }, res.usage)
       end)
     end)
   end)

@@ -27,7 +27,8 @@ for _, stream in ipairs({ true, false }) do
         assert.are.same({ { type = "text", text = "The user wants weather. ", provider = "openai" } }, res.reasoning)
         assert.are.equal("The user wants weather. ", table.concat(heard))
         if stream then assert.is_true(#heard > 1) end -- as it came, not at the end
-        assert.are.same({ input = 40, output = 30, cached = 8, cache_write = 0, reasoning = 12 }, res.usage)
+        assert.are.same({ input = 40, output = 30, cached = 8, cache_write = 0, reasoning = 12,
+          service_tier = "default" }, res.usage)
         assert.are.equal("tool_calls", res.stop)
         -- the follow-up carries it back, on the assistant tool-call message
         local assistant = { role = "assistant", tool_calls = res.tool_calls, reasoning = res.reasoning }
@@ -146,7 +147,8 @@ describe("openai streams as real servers end them", function()
         local res = assert(p:complete(body_of(p, { USER })))
         assert.are.equal("hello", res.text)
         assert.are.equal("stop", res.stop)
-        assert.are.same({ input = 9, output = 2, cached = 4, cache_write = 0, reasoning = 0 }, res.usage)
+        assert.are.same({ input = 9, output = 2, cached = 4, cache_write = 0, reasoning = 0, service_tier = "default" },
+          res.usage)
       end)
   end)
 

@@ -484,7 +484,8 @@ for _, stream in ipairs({ true, false }) do
           local p = make(srv.url, stream)
           local res = assert(p:complete(p:body(p:encode_prefix("s", {}),
             { p:encode_message({ role = "user", content = "q" }) })))
-          assert.are.same({ input = 1200, output = 50, cached = 1024, cache_write = 0, reasoning = 32 }, res.usage)
+          assert.are.same({ input = 1200, output = 50, cached = 1024, cache_write = 0, reasoning = 32,
+            service_tier = "default" }, res.usage)
         end)
     end)
 

@@ -90,8 +90,16 @@ end
 --- (split on blank lines), each data line decoded with cjson, the reply's
 --- text, calls, usage and finish reason taken from the decoded tables
 --- (core.openai_stream gives the same reply).
+-- A service tier as the C parsers keep it (what prices a call): a string
+-- shorter than 24 bytes, not empty.
+local function tier_of(v)
+  if type(v) == "string" and v ~= "" and #v < 24 then return v end
+  return nil
+end
+
 function M.openai_stream(body)
   local text, reasoning, refusal, deltas, usage, finish = {}, {}, {}, {}, nil, nil
+  local tier
   local chunk_text, details, signature, via, named = {}, {}, nil, nil, false
   for block in (body:gsub("\r\n", "\n") .. "\n\n"):gmatch("(.-)\n\n") do
     local data = {}
@@ -102,6 +110,7 @@ function M.openai_stream(body)
     local d = table.concat(data, "\n")
     if d ~= "" and d ~= "[DONE]" then
       local obj = cjson.decode(d)
+      tier = tier_of(obj.service_tier) or tier
       if type(obj.usage) == "table" then
         local details = type(obj.usage.prompt_tokens_details) == "table" and obj.usage.prompt_tokens_details or {}
         local out = type(obj.usage.completion_tokens_details) == "table" and obj.usage.completion_tokens_details or {}
@@ -164,11 +173,13 @@ function M.openai_stream(body)
   for i, s in ipairs(M.assemble(deltas)) do
     calls[i] = { id = s.id, name = s.name, arguments = s.arguments, extra_content = s.extra_content }
   end
+  usage = usage or { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 }
+  usage.service_tier = tier
   return { text = table.concat(text), tool_calls = calls, reasoning = table.concat(reasoning),
            signature = signature, via = via, details = #details > 0 and details or nil,
            field = named and "reasoning" or nil,
            refusal = table.concat(refusal),
-           usage = usage or { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 },
+           usage = usage,
            stop_raw = finish }
 end
 
@@ -195,10 +206,10 @@ local function anthropic_stop(raw, calls)
   return ANTHROPIC_STOPS[raw] or (#calls > 0 and "tool_calls" or "stop")
 end
 
-local function anthropic_usage(input, read, write, output, thinking, searches, hour)
+local function anthropic_usage(input, read, write, output, thinking, searches, hour, tier)
   return { input = input + read + write, output = output, cached = read, cache_write = write, reasoning = thinking,
            web_searches = (searches or 0) > 0 and searches or nil,
-           cache_write_1h = (hour or 0) > 0 and hour or nil }
+           cache_write_1h = (hour or 0) > 0 and hour or nil, service_tier = tier }
 end
 
 -- usage.cache_creation.ephemeral_1h_input_tokens, when there is one (a number)
@@ -315,7 +326,7 @@ function M.anthropic_reply(body)
   return { text = table.concat(text), tool_calls = calls, reasoning = reasoning,
     usage = anthropic_usage(count(u.input_tokens), count(u.cache_read_input_tokens),
       count(u.cache_creation_input_tokens), count(u.output_tokens), thinking_tokens(u) or 0, web_searches(u),
-      hour_writes(u)),
+      hour_writes(u), tier_of(u.service_tier)),
     stop = anthropic_stop(raw, calls), stop_raw = raw, container = nonempty(container_id(obj) or ""),
     refusal = nonempty(explanation(obj) or "") }
 end
@@ -440,6 +451,7 @@ function M.anthropic_stream(body)
       st.thinking_tokens = thinking_tokens(u) or 0
       st.searches = web_searches(u) or 0
       st.hour = hour_writes(u) or 0
+      st.tier = tier_of(u.service_tier) or st.tier
       st.container = container_id(m) or st.container
     elseif ty == "message_delta" then
       local d = type(obj.delta) == "table" and obj.delta or {}
@@ -455,6 +467,7 @@ function M.anthropic_stream(body)
         st.thinking_tokens = thinking_tokens(u) or st.thinking_tokens
         st.searches = web_searches(u) or st.searches
         st.hour = hour_writes(u) or st.hour
+        st.tier = tier_of(u.service_tier) or st.tier
       end
     elseif ty == "message_stop" then
       st.done = true
@@ -555,7 +568,8 @@ function M.anthropic_stream(body)
     reasoning[#reasoning + 1] = { type = "content", content = content, provider = "anthropic" }
   end
   return { text = table.concat(st.text), tool_calls = calls, reasoning = reasoning,
-    usage = anthropic_usage(st.input, st.read, st.write, st.output, st.thinking_tokens, st.searches, st.hour),
+    usage = anthropic_usage(st.input, st.read, st.write, st.output, st.thinking_tokens, st.searches, st.hour,
+      st.tier),
     container = nonempty(st.container or ""), refusal = nonempty(st.refusal or ""),
     stop = anthropic_stop(st.stop, calls), stop_raw = st.stop, deltas = st.text, rdeltas = st.rdeltas }
 end
@@ -726,6 +740,7 @@ local function reply_of(obj, acc)
   local usage = responses_usage(obj.usage)
   usage.web_searches = acc.searches
   usage.file_searches = acc.file_searches
+  usage.service_tier = tier_of(obj.service_tier)
   return {
     text = concat(acc.text),
     tool_calls = finish_calls(acc.calls),

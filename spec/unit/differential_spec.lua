@@ -164,7 +164,9 @@ describe("C against its Lua reference", function()
             extra_content = r(3) == 1 and { google = { thought_signature = text(r, 8) } } or nil } }
         end
         local choice = { index = 0, delta = delta, finish_reason = i == n and "tool_calls" or cjson.null }
-        events[#events + 1] = "data: " .. cjson.encode { choices = { choice } } .. "\n\n"
+        -- the tier that served it, on every chunk (sometimes odd)
+        local tier = ({ "default", "flex", "priority", "", 7, string.rep("t", 30), cjson.null })[r(7)]
+        events[#events + 1] = "data: " .. cjson.encode { choices = { choice }, service_tier = tier } .. "\n\n"
       end
       events[#events + 1] = "data: " .. cjson.encode { choices = {}, usage = { prompt_tokens = r(100),
         completion_tokens = r(50), prompt_tokens_details = { cached_tokens = r(10),
@@ -269,7 +271,7 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
     local function maybe(n, v) if r(n) == 1 then return v end end
     add("message_start", { type = "message_start", message = { id = "m",
       container = maybe(4, r(3) == 1 and cjson.null or { id = "container_" .. r(9), expires_at = "2026-12-06T13:00:00Z" }),
-      usage = { input_tokens = r(500) - 1,
+      usage = { input_tokens = r(500) - 1, service_tier = maybe(2, ({ "standard", "priority", "", 3 })[r(4)]),
       output_tokens = 1, cache_read_input_tokens = maybe(2, r(1000)), cache_creation_input_tokens = maybe(3, r(99)),
       cache_creation = maybe(3, { ephemeral_5m_input_tokens = r(50) - 1,
         ephemeral_1h_input_tokens = ({ r(50) - 1, "x", 2.5, cjson.null })[r(4)] }) } } })
@@ -383,6 +385,7 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
         container = maybe(4, { id = r(5) == 1 and "" or ("container_" .. r(9)) }),
         stop_details = maybe(4, { type = "refusal", category = "cyber", explanation = maybe(2, "Not that.") }) },
       usage = { output_tokens = r(300), input_tokens = maybe(2, r(500)), cache_read_input_tokens = maybe(3, r(9)),
+        service_tier = maybe(4, ({ "batch", string.rep("p", 24) })[r(2)]),
         output_tokens_details = maybe(3, { thinking_tokens = r(200), web_search_requests = 5 }),
         server_tool_use = maybe(3, { web_search_requests = r(4) - 1, web_fetch_requests = 1 }),
         cache_creation = maybe(3, r(4) == 1 and {} or { ephemeral_1h_input_tokens = r(30) - 1 }) } })
@@ -426,6 +429,7 @@ describe("core.anthropic_stream and core.anthropic_parse against the Lua parser 
         stop_details = r(5) == 1 and { type = "refusal", explanation = r(3) == 1 and 5 or "No." } or nil,
         stop_reason = ({ "end_turn", "tool_use", "max_tokens", "refusal", "newer", cjson.null })[r(6)],
         usage = { input_tokens = r(99), output_tokens = r(99), cache_read_input_tokens = r(3) == 1 and r(9) or nil,
+          service_tier = ({ "standard", "priority", 1, nil })[r(4)],
           cache_creation_input_tokens = r(3) == 1 and 2.5 or nil,
           cache_creation = r(3) == 1 and (r(5) == 1 and { 3 } or { ephemeral_1h_input_tokens = r(4) == 1 and "x"
             or r(40) - 1 }) or nil,
@@ -622,6 +626,7 @@ describe("core.responses_stream and core.responses_parse against the Lua parser 
       instructions = text(r, 60), tools = arr({ { type = "function", name = "lookup", strict = false,
         parameters = { type = "object", properties = { q = { type = "string" } } } } }),
       output = output, usage = usage_of(r), metadata = {}, temperature = 1.0, top_p = 1.0,
+      service_tier = pick(r, { "default", "flex", "priority", "", 4, NULL, nil }),
     }
     if status == "incomplete" then
       resp.incomplete_details = pick(r, { { reason = "max_output_tokens" }, { reason = "content_filter" },

@@ -478,7 +478,7 @@ function Provider:_parse(obj)
     tool_calls = calls,
     reasoning = #parts > 0 and parts or nil,
     refusal = refusal,
-    usage = usage_of(obj.usage),
+    usage = provider._with_tier(usage_of(obj.usage), obj.service_tier),
     stop = provider._stop(raw, #calls > 0, refusal ~= nil),
     stop_raw = raw,
   }
