@@ -27,6 +27,14 @@
 --- the 1M-token window, and Google Gemini 2.5 Pro, past 200,000. Cache
 --- prices the tier leaves out are the base ones scaled by the tier's input
 --- price (the multipliers stack).
+---
+--- The service tier that served a call can bill it apart: `service_tiers =
+--- { [name] = { input, output, ... } }` prices a call whose reply names that
+--- tier (`usage.service_tier`: OpenAI's "flex" and "priority", Anthropic's
+--- "priority"), its missing cache prices scaled as a long prompt's are (a
+--- tier's prices win over `long_context`). A tier without prices is billed
+--- at the base ones. Shipped: OpenAI's Flex processing for the models that
+--- offer it, at half the standard prices (the Batch API's).
 ---@class tide.prices
 local M = {}
 
@@ -41,6 +49,9 @@ local M = {}
 -- Responses API's file search ($2.50 whatever the model).
 -- Claude Sonnet's prices past 200,000 prompt tokens (the 1M-token window)
 local SONNET_1M = { above = 200000, input = 6.00, output = 22.50 }
+
+-- OpenAI's Flex processing: half the standard prices
+local function flex(p) return { input = p.input / 2, cached = p.cached / 2, output = p.output / 2 } end
 
 local SHIPPED = {
   ["gpt-4o"] = { input = 2.50, cached = 1.25, output = 10.00, web_search = 25, file_search = 2.5 },
@@ -84,26 +95,43 @@ local SHIPPED = {
   ["amazon.nova-premier"] = { input = 2.50, cached = 0.625, output = 12.50 },
 }
 
+-- (the models OpenAI's Flex processing serves)
+for _, m in ipairs { "gpt-5", "gpt-5-mini", "gpt-5-nano", "o3", "o4-mini" } do
+  SHIPPED[m].service_tiers = { flex = flex(SHIPPED[m]) }
+end
+
 local overrides = {}
 -- The prices found for each model name (false: none), so that a name is
 -- matched once, not on every response; emptied when prices change.
 local found = {}
 local FIELDS = { input = true, cached = true, cache_write = true, cache_write_1h = true, output = true, reasoning = true,
-  web_search = true, file_search = true, long_context = true }
+  web_search = true, file_search = true, long_context = true, service_tiers = true }
 -- Priced per call, not per token: a long prompt's tier does not change them.
 local PER_CALL = { web_search = true, file_search = true }
 
 -- Checks one table of prices (`what` names it); raises at `level`.
+-- `tier`: "long" for a long prompt's (which needs `above`), "service" for a
+-- service tier's.
 local function check_prices(what, p, level, tier)
   if type(p) ~= "table" then error(("tide.prices: '%s' must be a table of prices"):format(what), level + 1) end
   for k, v in pairs(p) do
     if k == "long_context" and not tier then
-      check_prices(what .. ".long_context", v, level + 1, true)
-    elseif k == "above" and tier then
+      check_prices(what .. ".long_context", v, level + 1, "long")
+    elseif k == "service_tiers" and not tier then
+      if type(v) ~= "table" then
+        error(("tide.prices: '%s.service_tiers' must be a table of tier names to prices"):format(what), level + 1)
+      end
+      for name, tp in pairs(v) do
+        if type(name) ~= "string" or name == "" then
+          error(("tide.prices: '%s.service_tiers' must be keyed by tier names"):format(what), level + 1)
+        end
+        check_prices(what .. ".service_tiers." .. name, tp, level + 1, "service")
+      end
+    elseif k == "above" and tier == "long" then
       if math.type(v) ~= "integer" or v <= 0 then
         error(("tide.prices: '%s.above' must be a positive integer (prompt tokens)"):format(what), level + 1)
       end
-    elseif not FIELDS[k] or k == "long_context" or (tier and PER_CALL[k]) then
+    elseif not FIELDS[k] or k == "long_context" or k == "service_tiers" or (tier and PER_CALL[k]) then
       error(("tide.prices: unknown price '%s' for '%s'"):format(tostring(k), what), level + 1)
     elseif type(v) ~= "number" or v < 0 or v ~= v or v == math.huge then
       error(("tide.prices: '%s.%s' must be a non-negative number"):format(what, k), level + 1)
@@ -112,15 +140,17 @@ local function check_prices(what, p, level, tier)
   if p.input == nil or p.output == nil then
     error(("tide.prices: '%s' needs 'input' and 'output'"):format(what), level + 1)
   end
-  if tier and p.above == nil then error(("tide.prices: '%s' needs 'above'"):format(what), level + 1) end
+  if tier == "long" and p.above == nil then error(("tide.prices: '%s' needs 'above'"):format(what), level + 1) end
 end
 
 --- Sets or adds prices: `{ [model] = { input, cached, cache_write,
---- cache_write_1h, output, reasoning, web_search, long_context } }` in USD
---- per million tokens (`long_context = { above, input, output, ... }`: the
---- prices of a call whose prompt is longer than `above`; `web_search`: per
---- 1,000 searches; `input` and `output` required). `false` for a model
---- removes its price.
+--- cache_write_1h, output, reasoning, web_search, file_search,
+--- long_context, service_tiers } }` in USD per million tokens
+--- (`long_context = { above, input, output, ... }`: the prices of a call
+--- whose prompt is longer than `above`; `service_tiers = { [name] = {
+--- input, output, ... } }`: the prices of a call the named service tier
+--- served; `web_search`, `file_search`: per 1,000 calls; `input` and
+--- `output` required). `false` for a model removes its price.
 ---@param tbl table<string, table|false>
 function M.set(tbl)
   if type(tbl) ~= "table" then
@@ -193,7 +223,7 @@ end
 --- What a call with `usage` cost on `model`, in USD; nil when the model has
 --- no price.
 ---@param model string
----@param usage {input?:integer, output?:integer, cached?:integer, cache_write?:integer, cache_write_1h?:integer, reasoning?:integer, web_searches?:integer, file_searches?:integer}
+---@param usage {input?:integer, output?:integer, cached?:integer, cache_write?:integer, cache_write_1h?:integer, reasoning?:integer, web_searches?:integer, file_searches?:integer, service_tier?:string}
 ---@return number|nil
 function M.cost(model, usage)
   local p = found[model] -- (M.of, without its call for a model seen before)
@@ -205,7 +235,13 @@ function M.cost(model, usage)
   local hour = math.min(written, usage.cache_write_1h or 0)
   local base = p
   local long = p.long_context
-  if long and input > long.above then p = long end
+  local tiers, tier = p.service_tiers, usage.service_tier
+  local served = tiers and tier and tiers[tier]
+  if served then
+    p = served
+  elseif long and input > long.above then
+    p = long
+  end
   -- a tier's missing cache prices: the base ones at the tier's input price
   local scale = base.input > 0 and p.input / base.input or 1
   local read_price = p.cached or (base.cached or base.input) * scale

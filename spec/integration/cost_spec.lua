@@ -100,6 +100,99 @@ describe("prices", function()
   end)
 end)
 
+describe("service tiers", function()
+  it("price a call at the prices of the tier that served it", function()
+    -- OpenAI's Flex processing, shipped at half the standard prices
+    local usage = { input = 1000, cached = 400, output = 200, service_tier = "flex" }
+    assert.are.near((600 * 0.625 + 400 * 0.0625 + 200 * 5) / 1e6, prices.cost("gpt-5-2025-08-07", usage), 1e-15)
+    assert.are.near((600 * 1.00 + 400 * 0.25 + 200 * 4) / 1e6, prices.cost("o3", usage), 1e-15)
+    -- the default tier, and a tier without prices of its own: the base prices
+    for _, tier in ipairs { "default", "priority", "scale" } do
+      usage.service_tier = tier
+      assert.are.near((600 * 1.25 + 400 * 0.125 + 200 * 10) / 1e6, prices.cost("gpt-5", usage), 1e-15, tier)
+    end
+    -- a tier of one's own: its missing cache prices scaled, its prices over a long prompt's
+    tide.prices { ["tiered"] = { input = 1, cached = 0.1, output = 2, web_search = 10,
+      long_context = { above = 100, input = 3, output = 6 },
+      service_tiers = { priority = { input = 2, output = 4 } } } }
+    usage = { input = 1000, cached = 500, output = 100, web_searches = 1, service_tier = "priority" }
+    assert.are.near((500 * 2 + 500 * 0.2 + 100 * 4) / 1e6 + 10 / 1000, prices.cost("tiered", usage), 1e-15)
+    usage.service_tier = "standard"
+    assert.are.near((500 * 3 + 500 * 0.3 + 100 * 6) / 1e6 + 10 / 1000, prices.cost("tiered", usage), 1e-15)
+    tide.prices { ["tiered"] = false }
+  end)
+
+  it("are checked where they are given", function()
+    local function refused(p, want)
+      local ok, err = pcall(tide.prices, { m = p })
+      assert.is_false(ok)
+      assert.matches(want, tostring(err), 1, true)
+    end
+    refused({ input = 1, output = 1, service_tiers = "flex" }, "'m.service_tiers' must be a table of tier names")
+    refused({ input = 1, output = 1, service_tiers = { { input = 1, output = 1 } } },
+      "'m.service_tiers' must be keyed by tier names")
+    refused({ input = 1, output = 1, service_tiers = { flex = { input = 1 } } },
+      "'m.service_tiers.flex' needs 'input' and 'output'")
+    refused({ input = 1, output = 1, service_tiers = { flex = { input = 1, output = 1, file_search = 1 } } },
+      "unknown price 'file_search' for 'm.service_tiers.flex'")
+    refused({ input = 1, output = 1, service_tiers = { flex = { input = 1, output = 1, above = 5 } } },
+      "unknown price 'above' for 'm.service_tiers.flex'")
+    refused({ input = 1, output = 1, service_tiers = { flex = { input = 1, output = 1, service_tiers = {} } } },
+      "unknown price 'service_tiers' for 'm.service_tiers.flex'")
+  end)
+
+  for _, stream in ipairs { false, true } do
+    it(("bill a session by the tier each reply names (%s)"):format(stream and "streamed" or "not streamed"),
+      function()
+        tide.agent { id = "tiered_payer", prompt = "You pay." }
+        local srv = testing.mock_server { replies = { "cheap", { text = "served at default", service_tier = "default" },
+                                                      "cheap again" } }
+        finally(function() srv:close() end)
+        local function session(o)
+          local base = { base_url = srv.url .. "/v1", api_key = "k", model = "gpt-5", stream = stream,
+                         extra_body = { service_tier = "flex" } }
+          for k, v in pairs(o or {}) do base[k] = v or nil end
+          local kind = base.kind or "openai"
+          base.kind = nil
+          return tide.session { agent = "tiered_payer", provider = tide.provider[kind](base) }
+        end
+        local function cost_of(s, model)
+          local t = s:stats().tokens
+          return prices.cost(model, { input = t.input, cached = t.cached, output = t.output })
+        end
+        -- what the session's last turn would cost at `model`'s base prices
+        local function last_turn_at_base(s, model, before)
+          local t = s:stats().tokens
+          return prices.cost(model, { input = t.input - before.input, output = t.output - before.output,
+            cached = t.cached - before.cached })
+        end
+        local function copy(t) return { input = t.input, output = t.output, cached = t.cached } end
+        -- chat completions: asked for flex, billed at flex; the reply's word wins
+        local s = session()
+        assert.are.equal("cheap", s:turn("a"))
+        assert.are.near(cost_of(s, "gpt-5") / 2, s:stats().cost_usd, 1e-15)
+        local before = copy(s:stats().tokens)
+        assert.are.equal("served at default", s:turn("b"))
+        assert.are.near(last_turn_at_base(s, "gpt-5", before), s:stats().turn_cost_usd, 1e-15)
+        -- the Responses API alike
+        s = session { api = "responses" }
+        assert.are.equal("cheap again", s:turn("c"))
+        assert.are.near(cost_of(s, "gpt-5") / 2, s:stats().cost_usd, 1e-15)
+        -- a tier priced by the user: Anthropic's priority capacity, then the standard tier
+        tide.prices { ["claude-tiered"] = { input = 3, output = 15, service_tiers = { priority = { input = 6, output = 30 } } } }
+        finally(function() tide.prices { ["claude-tiered"] = false } end)
+        local claude = testing.mock_server { replies = { { text = "priority", service_tier = "priority" }, "standard" } }
+        finally(function() claude:close() end)
+        s = session { kind = "anthropic", base_url = claude.url, model = "claude-tiered", extra_body = false }
+        assert.are.equal("priority", s:turn("d"))
+        assert.are.near(cost_of(s, "claude-tiered") * 2, s:stats().cost_usd, 1e-15)
+        before = copy(s:stats().tokens)
+        assert.are.equal("standard", s:turn("e"))
+        assert.are.near(last_turn_at_base(s, "claude-tiered", before), s:stats().turn_cost_usd, 1e-15)
+      end)
+  end
+end)
+
 describe("cost in a session", function()
   local srv
   before_each(function()
