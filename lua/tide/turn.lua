@@ -636,7 +636,8 @@ chat_attributes = function(provider)
     ["gen_ai.request.model"] = provider.model, ["server.address"] = seen.host,
     ["gen_ai.response.model"] = nil, ["gen_ai.response.id"] = nil, ["gen_ai.usage.input_tokens"] = nil,
     ["gen_ai.usage.output_tokens"] = nil, ["gen_ai.usage.cache_read.input_tokens"] = nil,
-    ["gen_ai.usage.cache_creation.input_tokens"] = nil, ["gen_ai.response.finish_reasons"] = nil }
+    ["gen_ai.usage.cache_creation.input_tokens"] = nil, ["gen_ai.response.finish_reasons"] = nil,
+    ["openai.response.service_tier"] = nil }
 end
 M._chat_attributes = chat_attributes -- (for the specs)
 
@@ -652,6 +653,10 @@ end_chat = function(span, resp, err)
     a["gen_ai.usage.cache_creation.input_tokens"] = u.cache_write or 0
     if u.reasoning and u.reasoning > 0 then a["gen_ai.usage.reasoning.output_tokens"] = u.reasoning end
     if resp.stop then a["gen_ai.response.finish_reasons"] = { resp.stop } end
+    -- (the semantic conventions name OpenAI's tier: the one that served it)
+    if u.service_tier and a["gen_ai.provider.name"] == "openai" then
+      a["openai.response.service_tier"] = u.service_tier
+    end
     if tracing.capture_content() and resp.text then a["gen_ai.output.text"] = resp.text end
   end
   span:finish(err)

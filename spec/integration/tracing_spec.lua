@@ -111,6 +111,7 @@ describe("tracing", function()
     assert.are.equal("127.0.0.1", c.attributes["server.address"])
     assert.is_number(c.attributes["gen_ai.usage.input_tokens"])
     assert.are.same({ "tool_calls" }, c.attributes["gen_ai.response.finish_reasons"])
+    assert.are.equal("default", c.attributes["openai.response.service_tier"]) -- the tier that served it
     assert.are.equal(3, c.kind) -- CLIENT
     local tool = by_name(spans, "execute_tool lookup")[1]
     assert.are.equal("c1", tool.attributes["gen_ai.tool.call.id"])
