@@ -123,7 +123,12 @@ end
 --- Records that the approved calls `calls` are about to run.
 function M.running(session, calls)
   local ids = {}
-  for i, c in ipairs(calls) do ids[i] = c.id end
+  for _, c in ipairs(calls) do
+    -- (a remote MCP server's call runs nowhere here: its answer is the
+    -- decision, given again as it was after a restart, never "interrupted")
+    if not c.server then ids[#ids + 1] = c.id end
+  end
+  if #ids == 0 then return end
   for _, id in ipairs(ids) do session.ran[id] = true end
   record(session, { type = "running", ids = ids })
 end

@@ -306,6 +306,9 @@ for _, stream in ipairs({ true, false }) do
         assert(r:approve("mcpr_mock1_1"))
         assert.are.equal("High tide is at 6.", assert(r:resume()))
         r:close()
+        -- nothing of tide's ran: no "running" record, which would make a
+        -- restart answer the call "interrupted" instead of approved
+        assert.is_nil(helpers.read(dir .. "/t.jsonl"):find('"type":"running"', 1, true))
         helpers.rmdir(dir)
         local input, types = srv:requests()[2].json.input, {}
         for i, item in ipairs(input) do types[i] = item.type end
