@@ -151,10 +151,6 @@ typedef struct kept_block {
                      other block's input fragments */
 } kept_block;
 
-/* The longest service tier name kept (a longer one is not a tier anyone
-** prices). */
-#define TIER_MAX 24
-
 typedef struct anthropic_stream {
   tide_reply base;  /* the shell's: SSE framing, the text, the failure */
   tide_asm calls;
@@ -173,8 +169,6 @@ typedef struct anthropic_stream {
   const char *doc;           /* a whole reply's body, while it is scanned */
   event_state ev;
   lua_Integer input, output, read, write, write_1h, thinking_tokens, searches;
-  char tier[TIER_MAX]; /* the last service_tier, when one fit */
-  size_t tier_len;
   int has_stop;
   int done;         /* message_stop seen: nothing after it counts */
   int whole;        /* scanning a whole reply */
@@ -184,17 +178,14 @@ typedef struct anthropic_stream {
 
 static anthropic_stream *stream_of(const tide_json *p) { return (anthropic_stream *)p->ud; }
 
-/* Keeps the service tier a usage object named (its string in scratch). */
-static void keep_tier(anthropic_stream *st, const usage_fields *u, const char *scratch) {
-  if (u->tier.has && u->tier.at.len > 0 && u->tier.at.len < TIER_MAX) {
-    memcpy(st->tier, scratch + u->tier.at.off, u->tier.at.len);
-    st->tier_len = u->tier.at.len;
-  }
-}
-
 /* The scratch buffer's bytes ("" before the first string: an empty one
 ** leaves it unallocated). */
 static const char *scratch_of(const anthropic_stream *st) { return st->scratch.p ? st->scratch.p : ""; }
+
+/* Keeps the service tier usage object u named (its string in scratch). */
+static void keep_tier(anthropic_stream *st, const usage_fields *u) {
+  if (u->tier.has) tide__reply_tier(&st->base, scratch_of(st) + u->tier.at.off, u->tier.at.len);
+}
 
 /* A string member into f, or skipped (and f absent) when it is not one. */
 static int text_member(tide_json *p, text_field *f) {
@@ -798,10 +789,7 @@ static void push_reply(lua_State *L, anthropic_stream *st) {
     lua_pushinteger(L, st->searches);
     lua_setfield(L, -2, "web_searches");
   }
-  if (st->tier_len > 0) {
-    lua_pushlstring(L, st->tier, st->tier_len);
-    lua_setfield(L, -2, "service_tier");
-  }
+  tide__reply_push_tier(L, &st->base);
   lua_setfield(L, -2, "usage");
   if (st->container.len > 0) {
     lua_pushlstring(L, st->container.p, st->container.len);
@@ -1084,7 +1072,7 @@ static int anthropic_event(tide_reply_feed *fc, const tide_sse_event *e) {
     const usage_fields *u = &ev->message_usage;
     st->input = u->input, st->read = u->read, st->write = u->write, st->output = u->output;
     st->write_1h = u->write_1h, st->thinking_tokens = u->thinking, st->searches = u->searches;
-    keep_tier(st, u, scratch_of(st));
+    keep_tier(st, u);
     if (ev->container.has && set_buf(&st->container, scratch_of(st) + ev->container.at.off, ev->container.at.len))
       return fc->nomem = 1, 0;
   } else if (tide__json_key_is(ty, tl, "message_delta")) {
@@ -1110,7 +1098,7 @@ static int anthropic_event(tide_reply_feed *fc, const tide_sse_event *e) {
       if (u->num_write_1h) st->write_1h = u->write_1h;
       if (u->num_thinking) st->thinking_tokens = u->thinking;
       if (u->num_searches) st->searches = u->searches;
-      keep_tier(st, u, scratch_of(st));
+      keep_tier(st, u);
     }
   } else if (tide__json_key_is(ty, tl, "message_stop")) {
     st->done = 1;
@@ -1199,7 +1187,6 @@ static void anthropic_reset(tide_reply *r, size_t keep, size_t max) {
   st->doc = NULL;
   memset(&st->ev, 0, sizeof st->ev);
   st->input = st->output = st->read = st->write = st->write_1h = st->thinking_tokens = st->searches = 0;
-  st->tier_len = 0;
   st->has_stop = st->done = st->whole = 0;
 }
 
@@ -1291,7 +1278,7 @@ static int l_anthropic_parse(lua_State *L) {
     usage_fields *u = &ev->usage;
     st->input = u->input, st->output = u->output, st->read = u->read, st->write = u->write;
     st->write_1h = u->write_1h, st->thinking_tokens = u->thinking, st->searches = u->searches;
-    keep_tier(st, u, scratch_of(st));
+    keep_tier(st, u);
     if ((ev->container.has &&
          set_buf(&st->container, scratch_of(st) + ev->container.at.off, ev->container.at.len)) ||
         (ev->explanation.has &&

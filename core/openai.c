@@ -88,10 +88,6 @@ typedef struct pending_call {
   span extra;
 } pending_call;
 
-/* The longest service tier name kept ("default", "flex", "priority": a
-** longer one is not a tier anyone prices). */
-#define TIER_MAX 24
-
 /* What one event says, once scanned. Reset for every event. */
 typedef struct event_state {
   int err_kind;        /* the value of "error", V_NONE when absent */
@@ -152,8 +148,6 @@ typedef struct openai_stream {
   lua_Integer input, output, cached, reasoning_tokens, cache_write;
   int has_cost;
   double cost;
-  char tier[TIER_MAX]; /* the last service_tier, when one fit */
-  size_t tier_len;
   int whole;  /* a whole (non-streamed) response: choices[0].message */
   int done;   /* [DONE] seen: nothing after it counts */
 } openai_stream;
@@ -541,10 +535,7 @@ static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
     st->cost = ev->cost;
   }
   const char *scratch = st->scratch.p ? st->scratch.p : "";
-  if (ev->has_tier && ev->tier.len > 0 && ev->tier.len < TIER_MAX) {
-    memcpy(st->tier, scratch + ev->tier.off, ev->tier.len);
-    st->tier_len = ev->tier.len;
-  }
+  if (ev->has_tier) tide__reply_tier(&st->base, scratch + ev->tier.off, ev->tier.len);
   if (!ev->choice_table) return 0;
   if (ev->delta_table) {
     const span *r = ev->has_reasoning_content ? &ev->reasoning_content
@@ -777,10 +768,7 @@ static void push_reply(lua_State *L, openai_stream *st) {
     lua_pushnumber(L, st->cost);
     lua_setfield(L, -2, "cost_usd");
   }
-  if (st->tier_len > 0) {
-    lua_pushlstring(L, st->tier, st->tier_len);
-    lua_setfield(L, -2, "service_tier");
-  }
+  tide__reply_push_tier(L, &st->base);
   lua_setfield(L, -2, "usage");
   if (st->has_finish || st->refusal.len > 0) {
     if (st->has_finish) {
@@ -850,7 +838,6 @@ static void openai_reset(tide_reply *r, size_t keep, size_t max) {
   st->input = st->output = st->cached = st->reasoning_tokens = st->cache_write = 0;
   st->has_cost = 0;
   st->cost = 0;
-  st->tier_len = 0;
   st->whole = st->done = st->via_content = st->named_reasoning = 0;
 }
 

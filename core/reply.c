@@ -50,6 +50,18 @@ static tide_reply *new_parser(const tide_reply_kind *kind, size_t max) {
   return r;
 }
 
+void tide__reply_tier(tide_reply *r, const char *s, size_t n) {
+  if (n == 0 || n >= TIDE_TIER_MAX) return;
+  memcpy(r->tier, s, n);
+  r->tier_len = n;
+}
+
+void tide__reply_push_tier(lua_State *L, const tide_reply *r) {
+  if (r->tier_len == 0) return;
+  lua_pushlstring(L, r->tier, r->tier_len);
+  lua_setfield(L, -2, "service_tier");
+}
+
 /* Frees everything a parser holds (idempotent); the struct itself stays. */
 static void free_buffers(tide_reply *r) {
   tide__sse_free(&r->sse);
@@ -70,6 +82,7 @@ static void empty(tide_reply *r, size_t max) {
   if (r->aws) tide__es_reset(&r->es, REUSE_MAX); /* (an SSE parser never touched it) */
   r->aws = 0;
   tide__buf_keep(&r->text, REUSE_MAX);
+  r->tier_len = 0;
   r->failed = 0;
   r->busy = 0;
   r->kind->reset(r, REUSE_MAX, max);

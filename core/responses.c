@@ -646,10 +646,8 @@ static void push_reply(lua_State *L, responses_stream *st) {
     lua_pushinteger(L, st->file_searches);
     lua_setfield(L, -2, "file_searches");
   }
-  if (r->tier.has && r->tier.s.len > 0 && r->tier.s.len < 24) { /* (what prices the call) */
-    push_span(L, sb, r->tier.s);
-    lua_setfield(L, -2, "service_tier");
-  }
+  if (r->tier.has) tide__reply_tier(&st->base, scratch_of(st) + r->tier.s.off, r->tier.s.len);
+  tide__reply_push_tier(L, &st->base);
   lua_setfield(L, -2, "usage");
   if (span_is(sb, &r->status, "incomplete")) {
     const char *stop = span_is(sb, &r->reason, "content_filter") ? "content_filter" : "length";

@@ -211,6 +211,10 @@ const tide_sink *tide__sink_of(lua_State *L, int idx);
 typedef struct tide_reply tide_reply;
 typedef struct tide_reply_feed tide_reply_feed;
 
+/// The longest service tier name a reply keeps, plus one ("default", "flex",
+/// "priority": a longer one is not a tier anyone prices).
+#define TIDE_TIER_MAX 24
+
 /// What a wire format's reply parser brings (openai.c, anthropic.c,
 /// responses.c); the
 /// shell in reply.c does the rest: the userdata and its methods (feed,
@@ -242,6 +246,8 @@ struct tide_reply {
   tide_es es;             /* the framing when aws: an AWS event stream's */
   int aws;                /* framed as an AWS event stream (Bedrock), not SSE */
   tide_buf text;          /* every text delta so far */
+  char tier[TIDE_TIER_MAX]; /* the service tier the reply last named (tide__reply_tier) */
+  size_t tier_len;
   int failed;             /* the stream is abandoned; the error is uservalue 1 */
   int busy;               /* the parser of whole replies is in a call */
   tide_reply *next_spare; /* in the state's list of spares */
@@ -257,6 +263,14 @@ struct tide_reply_feed {
   int rout;           /* stack index of the table of reasoning deltas, or 0 */
   lua_Integer nrout;
 };
+
+/// Keeps the service tier a reply names (n bytes at s: the tier that served
+/// it, which prices the call), when it is a name: 0 < n < TIDE_TIER_MAX. A
+/// later one replaces it.
+void tide__reply_tier(tide_reply *r, const char *s, size_t n);
+/// Sets service_tier in the usage table at the top of the stack, when the
+/// reply named one.
+void tide__reply_push_tier(lua_State *L, const tide_reply *r);
 
 /// Appends text to the reply's text and hands it to the listener, if any.
 /// Returns 0, or -1 when out of memory (fc->nomem set). May raise while
