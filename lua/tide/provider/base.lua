@@ -859,17 +859,6 @@ function provider._check_message(kind, msg, level)
   end
 end
 
---- `usage` with the service tier a reply names (the one that served it,
---- which prices a call: tide.prices' service_tiers), as the C parsers keep
---- it: a string shorter than 24 bytes.
----@param usage table
----@param tier any
----@return table usage
-function provider._with_tier(usage, tier)
-  if type(tier) == "string" and tier ~= "" and #tier < 24 then usage.service_tier = tier end
-  return usage
-end
-
 --- The text of a tool result's content (tables are sent as JSON; text and
 --- image parts as their text, an image as a line that says so).
 function provider._result_text(content)

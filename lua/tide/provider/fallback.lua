@@ -34,35 +34,25 @@ local function label(p) return ("%s:%s"):format(p.kind, tostring(p.model)) end
 -- The messages as `p` can send them: a remote MCP server's calls (and
 -- their decisions, see tide.provider.responses) are the Responses API's
 -- own; to any other provider they would be calls of tools it never offered.
+-- A message left with nothing to send goes.
 local function portable(p, messages)
   if p._server_calls then return messages end
-  local out, n = {}, 0
+  local out = {}
   for _, m in ipairs(messages) do
-    local list = m.role == "assistant" and m.tool_calls or m.role == "tool" and m.results or nil
-    local kept = list
-    for _, c in ipairs(list or {}) do
-      if c.server ~= nil or c.approve ~= nil then
-        kept = {}
-        for _, x in ipairs(list) do
-          if x.server == nil and x.approve == nil then kept[#kept + 1] = x end
-        end
-        break
-      end
+    local field = m.role == "assistant" and "tool_calls" or m.role == "tool" and "results" or nil
+    local list = field and m[field] or {}
+    local kept = {}
+    for _, x in ipairs(list) do
+      if x.server == nil and x.approve == nil then kept[#kept + 1] = x end
     end
-    if kept ~= list then
+    if #kept < #list then
       local copy = {}
       for k, v in pairs(m) do copy[k] = v end
-      if m.role == "assistant" then copy.tool_calls = #kept > 0 and kept or nil else copy.results = kept end
-      m = copy
+      copy[field] = #kept > 0 and kept or nil
+      -- (nothing left: a tool message goes, and an assistant one without text)
+      m = (#kept > 0 or (field == "tool_calls" and (m.content or "") ~= "")) and copy or nil
     end
-    -- (a message left with nothing to send goes: a tool message without
-    -- results, an assistant message that held only such calls)
-    local empty = kept ~= list and (m.role == "tool" and #kept == 0
-      or m.role == "assistant" and #kept == 0 and (m.content == nil or m.content == ""))
-    if not empty then
-      n = n + 1
-      out[n] = m
-    end
+    if m then out[#out + 1] = m end
   end
   return out
 end

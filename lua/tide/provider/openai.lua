@@ -323,12 +323,17 @@ local tointeger = math.tointeger
 -- mean for every provider as they are. Cached tokens are DeepSeek's
 -- prompt_cache_hit_tokens too (the larger count); cache writes and the
 -- billed cost (USD) come from OpenRouter, as core/openai.c reads them.
-local function usage_of(u)
-  if type(u) ~= "table" then return { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 } end
+local function usage_of(u, tier)
+  -- the tier that served it, as core/openai.c keeps it (TIDE_TIER_MAX)
+  if not (type(tier) == "string" and tier ~= "" and #tier < 24) then tier = nil end
+  if type(u) ~= "table" then
+    return { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0, service_tier = tier }
+  end
   local details, out = u.prompt_tokens_details, u.completion_tokens_details
   local cached = type(details) == "table" and count(details.cached_tokens) or 0
   local cost = u.cost
   return {
+    service_tier = tier,
     input = count(u.prompt_tokens),
     output = count(u.completion_tokens),
     cached = math.max(cached, count(u.prompt_cache_hit_tokens)),
@@ -478,7 +483,7 @@ function Provider:_parse(obj)
     tool_calls = calls,
     reasoning = #parts > 0 and parts or nil,
     refusal = refusal,
-    usage = provider._with_tier(usage_of(obj.usage), obj.service_tier),
+    usage = usage_of(obj.usage, obj.service_tier),
     stop = provider._stop(raw, #calls > 0, refusal ~= nil),
     stop_raw = raw,
   }
