@@ -734,6 +734,35 @@ end
 
 local TURN_OPTIONS = { on_delta = true, on_tool_start = true, on_tool_end = true, on_event = true,
   on_reasoning = true, context = true, truncated = true, schema = true, traceparent = true }
+-- A resumed turn sends no user message: no context, and the schema it wants
+-- is the paused turn's.
+local RESUME_OPTIONS = { on_delta = true, on_tool_start = true, on_tool_end = true, on_event = true,
+  on_reasoning = true, truncated = true, traceparent = true }
+
+-- The options turn and resume share: each key known, the listeners
+-- functions, `truncated` one of its two words. `level` is error()'s, for
+-- the caller of the public method.
+local function check_run_opts(opts, allowed, fname, argn, level)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then
+    error(("bad argument #%d to '%s' (table expected, got %s)"):format(argn, fname, type(opts)), level)
+  end
+  for k in pairs(opts) do
+    if not allowed[k] then
+      error(("bad argument #%d to '%s' (unknown option '%s')"):format(argn, fname, tostring(k)), level)
+    end
+  end
+  for i = 1, #CALLBACK_OPTS do
+    local f = CALLBACK_OPTS[i]
+    if opts[f] ~= nil and type(opts[f]) ~= "function" then
+      error(("bad argument #%d to '%s' (field '%s' must be a function)"):format(argn, fname, f), level)
+    end
+  end
+  if opts.truncated ~= nil and opts.truncated ~= "error" and opts.truncated ~= "allow" then
+    error(('bad argument #%d to \'%s\' (field \'truncated\' must be "error" or "allow")'):format(argn, fname), level)
+  end
+  return opts
+end
 
 local function check_turn_args(text, opts)
   if type(text) == "table" then
@@ -745,26 +774,9 @@ local function check_turn_args(text, opts)
   elseif not text:find("%S") then -- (providers refuse a message with nothing in it)
     error("bad argument #1 to 'turn' (empty text)", 3)
   end
-  if opts ~= nil and type(opts) ~= "table" then
-    error(("bad argument #2 to 'turn' (table expected, got %s)"):format(type(opts)), 3)
-  end
-  opts = opts or {}
-  for k in pairs(opts) do
-    if not TURN_OPTIONS[k] then
-      error(("bad argument #2 to 'turn' (unknown option '%s')"):format(tostring(k)), 3)
-    end
-  end
-  for i = 1, #CALLBACK_OPTS do
-    local f = CALLBACK_OPTS[i]
-    if opts[f] ~= nil and type(opts[f]) ~= "function" then
-      error(("bad argument #2 to 'turn' (field '%s' must be a function)"):format(f), 3)
-    end
-  end
+  opts = check_run_opts(opts, TURN_OPTIONS, "turn", 2, 4)
   if opts.context ~= nil and (type(opts.context) ~= "string" or not utf8.len(opts.context)) then
     error("bad argument #2 to 'turn' (field 'context' must be a string of UTF-8 text)", 3)
-  end
-  if opts.truncated ~= nil and opts.truncated ~= "error" and opts.truncated ~= "allow" then
-    error('bad argument #2 to \'turn\' (field \'truncated\' must be "error" or "allow")', 3)
   end
   if opts.schema ~= nil then require("tide.schema").check(opts.schema, "bad argument #2 to 'turn' (field 'schema')", 3) end
   return opts
@@ -919,11 +931,9 @@ end
 --- turn is paused. Takes the listener options of turn.
 ---@param opts? table
 function session_mt:resume(opts)
-  if opts ~= nil and type(opts) ~= "table" then
-    error(("bad argument #1 to 'resume' (table expected, got %s)"):format(type(opts)), 2)
-  end
-  if self.lease then return blocking(leased, self, turn.resume, self, opts or {}) end
-  return blocking(turn.resume, self, opts or {})
+  opts = check_run_opts(opts, RESUME_OPTIONS, "resume", 1, 3)
+  if self.lease then return blocking(leased, self, turn.resume, self, opts) end
+  return blocking(turn.resume, self, opts)
 end
 
 --- Cancels the turn in flight: its HTTP request is aborted and its tool and

@@ -86,6 +86,19 @@ describe("approvals", function()
     assert.are.equal("AlreadyDecided", e4.code)
     assert.has_error(function() s:approve(42) end, "bad argument #1 to 'approve' (string expected, got number)")
     assert.has_error(function() s:reject("c1", "nope \195") end, "bad argument #2 to 'reject' (not UTF-8 text)")
+    -- resume takes turn's listeners, each named when it is wrong; a misspelt
+    -- one is never a listener silently not called
+    assert.has_error(function() s:resume { on_dleta = print } end, "bad argument #1 to 'resume' (unknown option 'on_dleta')")
+    assert.has_error(function() s:resume { context = "x" } end, "bad argument #1 to 'resume' (unknown option 'context')")
+    assert.has_error(function() s:resume { on_delta = 1 } end,
+      "bad argument #1 to 'resume' (field 'on_delta' must be a function)")
+    assert.has_error(function() s:resume { truncated = "yes" } end,
+      "bad argument #1 to 'resume' (field 'truncated' must be \"error\" or \"allow\")")
+    assert.has_error(function() s:resume(1) end, "bad argument #1 to 'resume' (table expected, got number)")
+    local ended = {}
+    assert.are.equal("done: sent to bob | found x", s:resume { on_tool_end = function(c) ended[#ended + 1] = c.name end,
+      truncated = "allow" })
+    assert.are.same({ "send_email" }, ended)
   end)
 
   it("asks only when a rule says so", function()
