@@ -142,6 +142,24 @@ describe("static integration sources", function()
     assert.has_error(function() integrations.static{ toolkits = {}, delay_ms = -1 } end)
     local src = integrations.static{ toolkits = {} }
     assert.has_error(function() src:set({ { slug = 1 } }) end)
+    -- a misspelt key would drop what it meant without a word: each is named
+    assert.has_error(function() integrations.static{ toolkits = { { slug = "a", descripton = "x" } } } end,
+      "bad argument #1 to 'static' (toolkit 'a': unknown key 'descripton')")
+    assert.has_error(function() integrations.static{ toolkits = { { slug = "a", gated_tool = {} } } } end,
+      "bad argument #1 to 'static' (toolkit 'a': unknown key 'gated_tool')")
+    assert.has_error(function()
+      integrations.static{ toolkits = { { slug = "a", tools = { { name = "t", handlr = print } } } } }
+    end, "bad argument #1 to 'static' (toolkit 'a': tools[1]: unknown key 'handlr')")
+    assert.has_error(function()
+      integrations.static{ toolkits = { { slug = "a", gated_tools = { { name = "g", reasn = "later" } } } } }
+    end, "bad argument #1 to 'static' (toolkit 'a': gated_tools[1]: unknown key 'reasn')")
+    assert.has_error(function() src:set({ { slug = "a", conected = false } }) end,
+      "bad argument #1 to 'static' (toolkit 'a': unknown key 'conected')")
+    -- every key the source knows is accepted
+    integrations.static{ toolkits = { { slug = "a", name = "A", description = "d", connected = true,
+      tools = { { name = "t", description = "d", parameters = { type = "object" }, scope = "read",
+                  destructive = false, output_schema = { type = "object" }, handler = print } },
+      gated_tools = { { name = "g", description = "d", reason = "r", scope = "write" } } } } }
   end)
 
   it("accepts a source written in Lua by an author", function()

@@ -19,10 +19,50 @@ local Static = {}
 Static.__index = Static
 Static.__name = "tide.integrations.static"
 
+-- The keys a toolkit, a tool and a gated tool of this source may have.
+-- Stricter than the cache's normalize, which takes any source's fetch
+-- result (extra keys there are the service's): here a key tide does not
+-- know is a typo in a script ("descripton", "gated_tool") that would
+-- otherwise drop what it meant without a word.
+local KEYS = {
+  toolkit = { slug = true, name = true, description = true, connected = true, tools = true, gated_tools = true },
+  tool = { name = true, description = true, parameters = true, scope = true, destructive = true,
+           output_schema = true, handler = true },
+  gated = { name = true, description = true, reason = true, scope = true },
+}
+
+local function unknown_key(t, allowed)
+  if type(t) ~= "table" then return nil end
+  for k in pairs(t) do
+    if not allowed[k] then return tostring(k) end
+  end
+end
+
+-- The first unknown key of the toolkits, named where it is, or nil.
+local function check_keys(toolkits)
+  if type(toolkits) ~= "table" then return nil end
+  for i, tk in ipairs(toolkits) do
+    local where = type(tk) == "table" and type(tk.slug) == "string" and ("toolkit '%s'"):format(tk.slug)
+      or ("toolkits[%d]"):format(i)
+    local k = unknown_key(tk, KEYS.toolkit)
+    if k then return ("%s: unknown key '%s'"):format(where, k) end
+    for _, list in ipairs { "tools", "gated_tools" } do
+      if type(tk) == "table" and type(tk[list]) == "table" then
+        for j, t in ipairs(tk[list]) do
+          k = unknown_key(t, list == "tools" and KEYS.tool or KEYS.gated)
+          if k then return ("%s: %s[%d]: unknown key '%s'"):format(where, list, j, k) end
+        end
+      end
+    end
+  end
+  return nil
+end
+
 local function check_toolkits(toolkits, level)
   local cache = require "tide.integrations.cache"
   local norm, err = cache.normalize(toolkits)
-  if not norm then
+  err = err or check_keys(toolkits)
+  if err then
     error("bad argument #1 to 'static' (" .. err .. ")", level + 1)
   end
   return norm
