@@ -101,11 +101,11 @@ tide.codes = {
   "SpawnDepthExceeded", "StreamTooLarge", "TemplateError", "Timeout", "TLSFailed",
   "ToolError", "UnknownAgent", "UnknownTool", "TranscriptError", "ConfigError",
   "RateLimited", "UnknownPrompt", "SessionBusy", "TurnFailed", "AgentFileError",
-  "IntegrationsUnavailable", "ListenFailed", "Interrupted", "WatchFailed", "FileError",
+  "ListenFailed", "Interrupted", "WatchFailed", "FileError",
   -- round two
   "ApprovalRequired", "NothingPending", "UnknownApproval", "AlreadyDecided", "SessionCorrupt",
   "SchemaMismatch", "Truncated", "CompactionFailed", "SubagentLimit", "CassetteError", "SpawnFailed",
-  "ClusterUnavailable", "RedisError",
+  "ClusterUnavailable", "RedisError", "Superseded", "SignalFailed",
 }
 
 -- Submodules load on first access: tide.http, tide.testing, tide.provider, ...

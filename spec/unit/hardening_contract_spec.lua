@@ -75,3 +75,76 @@ describe("core.error", function()
     assert.has_error(function() core.error("X", "m", 3) end)
   end)
 end)
+
+describe("the error codes", function()
+  local function read(path)
+    local f = assert(io.open(path, "rb"))
+    local s = f:read("a")
+    f:close()
+    return s
+  end
+
+  -- Every code in the first column of the README's error table.
+  local function documented()
+    local readme = read("README.md")
+    local section = assert(readme:match("\n### Errors\n(.-)\n#"), "README has an Errors section")
+    local set, rows = {}, {}
+    for first in section:gmatch("\n| ([^|]+) |") do
+      rows[#rows + 1] = first
+      for code in first:gmatch("`(%u%w+)`") do set[code] = true end
+    end
+    return set, rows
+  end
+
+  -- Every code the sources make an error with, in Lua and in C.
+  local function raised()
+    local set = {}
+    local patterns = { 'core%.error%("(%u%w+)"', 'fail%("(%u%w+)"', 'code = "(%u%w+)"',
+      'push_errorv?%(L, "(%u%w+)"', 'tide__fail%(L, "(%u%w+)"', 'tide__raise%(L, "(%u%w+)"',
+      'return "(%u%w+)";' }
+    local files = {}
+    local p = io.popen("ls lua/tide/*.lua lua/tide/*/*.lua core/*.c")
+    for path in p:lines() do files[#files + 1] = path end
+    p:close()
+    for _, path in ipairs(files) do
+      local text = read(path)
+      for _, pat in ipairs(patterns) do
+        for code in text:gmatch(pat) do set[code] = path end
+      end
+    end
+    return set
+  end
+
+  it("are listed once in tide.codes, as the README's table lists them", function()
+    local doc = documented()
+    local listed = {}
+    for _, code in ipairs(tide.codes) do
+      assert.is_nil(listed[code], code .. " is listed twice in tide.codes")
+      listed[code] = true
+    end
+    for code in pairs(doc) do assert.is_true(listed[code], code .. " is documented, not in tide.codes") end
+    for code in pairs(listed) do assert.is_true(doc[code], code .. " is in tide.codes, not documented") end
+  end)
+
+  it("each have one row in the README's table", function()
+    local _, rows = documented()
+    local seen = {}
+    for _, first in ipairs(rows) do
+      for code in first:gmatch("`(%u%w+)`") do
+        assert.is_nil(seen[code], code .. " has two rows in the README's error table")
+        seen[code] = true
+      end
+    end
+  end)
+
+  it("are all documented: none raised by the sources is missing", function()
+    local listed = {}
+    for _, code in ipairs(tide.codes) do listed[code] = true end
+    local n = 0
+    for code, path in pairs(raised()) do
+      n = n + 1
+      assert.is_true(listed[code], code .. " (raised in " .. path .. ") is not in tide.codes")
+    end
+    assert.is_true(n > 30, "the scan found the codes")
+  end)
+end)
