@@ -442,6 +442,27 @@ describe("session faults", function()
     assert.are.equal("alive", (s:turn("still there?")))
   end)
 
+  it("refuses a second turn while one runs, leaving the first and the history whole", function()
+    srv:push({ delay_ms = 200, text = "first answer" }, "second answer", "third answer")
+    local s = tide.session { agent = "looper", provider = provider() }
+    local first, second = tide.run(function()
+      local t = tide.spawn(function() return s:turn("first") end)
+      tide.sleep(30)
+      local r, err = s:turn("second") -- while the first waits for its reply
+      return { t:join() }, { r, err }
+    end)
+    assert.are.equal("first answer", first[1])
+    assert.is_nil(second[1])
+    assert.are.equal("SessionBusy", second[2].code)
+    -- the refused turn wrote nothing: one request, one user message
+    assert.are.equal(1, #srv:requests())
+    local users = 0
+    for _, m in ipairs(s:history()) do if m.role == "user" then users = users + 1 end end
+    assert.are.equal(1, users)
+    -- once the first has ended the session takes turns again
+    assert.are.equal("second answer", (s:turn("again")))
+  end)
+
   it("resumes from a transcript whose last line is torn", function()
     local path = dir .. "/resume.jsonl"
     srv:push({ tool_calls = { { name = "lookup", arguments = { q = "a" } } } }, "first reply")
