@@ -21,7 +21,7 @@
 **   choices[0].delta.content[*].{type, text, thinking[*].{type, text},
 **                                signature}       (content as chunks)
 **   choices[0].delta.tool_calls[*].{index, id, function.{name, arguments},
-**                                   extra_content}
+**                                   custom.{name, input}, extra_content}
 **   choices[0].finish_reason
 ** reasoning_content is DeepSeek's (and vLLM's, Qwen's, xAI's) name for the
 ** model's reasoning text, reasoning OpenRouter's, Groq's and newer vLLM's;
@@ -30,6 +30,11 @@
 ** under (field = "reasoning"), for it goes back under the same name: Groq
 ** refuses a reasoning_content field, DeepSeek wants nothing else. extra_content is Gemini's: its thought signature
 ** must go back verbatim, so it is kept as the raw JSON text it came as.
+** A custom (freeform) tool's call names itself under "custom" and carries
+** its input, text that is not JSON, where a function's arguments go; the
+** call says custom = true (streamed, its input comes in pieces as the
+** arguments do: openai/openai-openapi#576 records the shape the schema
+** lacks).
 ** prompt_cache_hit_tokens is DeepSeek's name for the cached tokens (it
 ** sends cached_tokens too, some of its proxies do not): the larger counts.
 ** cache_write_tokens and cost (USD, what the request was billed) are
@@ -79,8 +84,9 @@ typedef struct pending_call {
   lua_Integer index;
   int has_id;          /* id is a string */
   span id;
-  int has_function;    /* function is an object or an array */
-  int has_name;        /* function.name is a string */
+  int has_function;    /* function (or custom) is an object or an array */
+  int is_custom;       /* a custom tool's call: custom.{name, input} */
+  int has_name;        /* function.name (custom.name) is a string */
   span name;
   int args_kind;       /* V_STRING (scratch), V_OBJECT/V_ARRAY (raw data) */
   span args;
@@ -183,6 +189,20 @@ static int function_member(tide_json *p, const char *k, size_t kl) {
   return tide__json_skip(p);
 }
 
+/* A custom (freeform) tool's call: its name, and its input, text that is
+** not JSON, in place of the arguments. */
+static int custom_member(tide_json *p, const char *k, size_t kl) {
+  pending_call *c = current_call(p);
+  if (tide__json_key_is(k, kl, "name")) {
+    c->has_name = tide__json_peek(p) == '"';
+    if (c->has_name) return tide__json_scratch(p, &c->name);
+  } else if (tide__json_key_is(k, kl, "input")) {
+    c->args_kind = tide__json_peek(p) == '"' ? V_STRING : V_NONE;
+    if (c->args_kind == V_STRING) return tide__json_scratch(p, &c->args);
+  }
+  return tide__json_skip(p);
+}
+
 static int call_member(tide_json *p, const char *k, size_t kl) {
   pending_call *c = current_call(p);
   if (tide__json_key_is(k, kl, "index")) {
@@ -190,12 +210,19 @@ static int call_member(tide_json *p, const char *k, size_t kl) {
   } else if (tide__json_key_is(k, kl, "id")) {
     c->has_id = tide__json_peek(p) == '"';
     if (c->has_id) return tide__json_scratch(p, &c->id);
-  } else if (tide__json_key_is(k, kl, "function")) {
+  } else if (tide__json_key_is(k, kl, "function") && !c->is_custom) {
+    /* (beside a custom object, the call is the custom tool's) */
     int kind = tide__json_kind(tide__json_peek(p));
     c->has_function = kind == V_OBJECT || kind == V_ARRAY;
     c->has_name = 0;
     c->args_kind = V_NONE;
     if (kind == V_OBJECT) return tide__json_each_member(p, function_member);
+  } else if (tide__json_key_is(k, kl, "custom") && tide__json_peek(p) == '{') {
+    /* (a custom that is no object is no call of a custom tool: skipped) */
+    c->has_function = c->is_custom = 1;
+    c->has_name = 0;
+    c->args_kind = V_NONE;
+    return tide__json_each_member(p, custom_member);
   } else if (tide__json_key_is(k, kl, "extra_content")) {
     c->has_extra = tide__json_peek(p) == '{';
     if (c->has_extra) return tide__json_skip_raw(p, &c->extra);
@@ -599,6 +626,7 @@ static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
       else if (c->has_function && c->args_kind != V_NONE)
         args = e->data + c->args.off, argsl = c->args.len;
       int rc = tide__asm_add(&st->calls, index, id, idl, name, namel, args, argsl);
+      if (rc == 0 && c->is_custom) tide__asm_custom(&st->calls, index);
       if (rc == 0 && c->has_extra)
         rc = tide__asm_extra(&st->calls, index, e->data + c->extra.off, c->extra.len);
       if (rc == TIDE_ASM_NOMEM) return fc->nomem = 1, 0;
@@ -927,6 +955,8 @@ static const char CALL_OPEN[] = "{\"function\":{\"arguments\":";
 static const char CALL_NAME[] = ",\"name\":";
 static const char CALL_ID[] = "},\"id\":";
 static const char CALL_CLOSE[] = ",\"type\":\"function\"}";
+static const char CUSTOM_OPEN[] = "{\"custom\":{\"input\":";
+static const char CUSTOM_CLOSE[] = ",\"type\":\"custom\"}";
 static const char ASSISTANT_OPEN[] = "{\"content\":";
 static const char ASSISTANT_REASONING[] = ",\"reasoning_content\":";
 static const char ASSISTANT_REASONING_NAMED[] = ",\"reasoning\":";
@@ -939,6 +969,7 @@ static const char RESULT_ID[] = ",\"role\":\"tool\",\"tool_call_id\":";
 typedef struct call_strings {
   const char *a, *nm, *id, *x;
   size_t al, nl, il, xl;
+  int custom; /* a custom tool's call: a its input */
 } call_strings;
 
 /* Call i of the list at idx; 0 when it is not a table of three strings, or
@@ -955,7 +986,8 @@ static int call_strings_of(lua_State *L, int idx, lua_Integer i, call_strings *c
   c->id = tide__field_str(L, t, "id", &c->il);
   int xt = lua_getfield(L, t, "extra_content");
   c->x = xt == LUA_TSTRING ? lua_tolstring(L, -1, &c->xl) : NULL;
-  lua_pop(L, 2);
+  c->custom = lua_getfield(L, t, "custom") == LUA_TBOOLEAN && lua_toboolean(L, -1);
+  lua_pop(L, 3);
   if (xt != LUA_TNIL && (c->x == NULL || !tide__json_is_object(c->x, c->xl))) return 0;
   return c->a && c->nm && c->id;
 }
@@ -967,7 +999,9 @@ static int call_strings_of(lua_State *L, int idx, lua_Integer i, call_strings *c
 ** and not "" (DeepSeek rejects a tool-call follow-up without it), or as
 ** reasoning when field says so (Groq refuses reasoning_content),
 ** OpenRouter's reasoning_details (JSON text, verbatim) when given, and each
-** call's extra_content (raw JSON text) in front of its function, verbatim;
+** call's extra_content (raw JSON text) in front of its function, verbatim
+** (a call with custom = true goes as a custom tool's, its arguments the
+** input: {"custom":{"input","name"},"id","type":"custom"});
 ** content_json (JSON text: Mistral's list of chunks) stands for the content
 ** when given. nil when a call is not a table of string id, name and
 ** arguments (and JSON-text extra_content), or there is none (the provider
@@ -998,9 +1032,14 @@ static int l_assistant_wire(lua_State *L) {
   for (lua_Integer i = 1; i <= n; i++) {
     call_strings c;
     if (!call_strings_of(L, 2, i, &c)) return 0;
-    total += (i > 1) + TIDE_LIT(CALL_OPEN) + TIDE_LIT(CALL_NAME) + TIDE_LIT(CALL_ID) + TIDE_LIT(CALL_CLOSE) +
-             tide__json_size_quoted(c.a, c.al) + tide__json_size_quoted(c.nm, c.nl) + tide__json_size_quoted(c.id, c.il);
-    if (c.x) total += TIDE_LIT(CALL_EXTRA) + c.xl + TIDE_LIT(CALL_FUNCTION) - TIDE_LIT(CALL_OPEN);
+    total += (i > 1) + TIDE_LIT(CALL_NAME) + TIDE_LIT(CALL_ID) + tide__json_size_quoted(c.a, c.al) +
+             tide__json_size_quoted(c.nm, c.nl) + tide__json_size_quoted(c.id, c.il);
+    if (c.custom)
+      total += TIDE_LIT(CUSTOM_OPEN) + TIDE_LIT(CUSTOM_CLOSE);
+    else if (c.x)
+      total += TIDE_LIT(CALL_EXTRA) + c.xl + TIDE_LIT(CALL_FUNCTION) + TIDE_LIT(CALL_CLOSE);
+    else
+      total += TIDE_LIT(CALL_OPEN) + TIDE_LIT(CALL_CLOSE);
   }
   luaL_Buffer b;
   char *out = luaL_buffinitsize(L, &b, total);
@@ -1022,10 +1061,12 @@ static int l_assistant_wire(lua_State *L) {
   }
   tide__json_put(out, &k, ASSISTANT_CALLS, TIDE_LIT(ASSISTANT_CALLS));
   for (lua_Integer i = 1; i <= n; i++) {
-    call_strings c = {NULL, NULL, NULL, NULL, 0, 0, 0, 0};
+    call_strings c = {NULL, NULL, NULL, NULL, 0, 0, 0, 0, 0};
     call_strings_of(L, 2, i, &c); /* checked above */
     if (i > 1) out[k++] = ',';
-    if (c.x) {
+    if (c.custom) {
+      tide__json_put(out, &k, CUSTOM_OPEN, TIDE_LIT(CUSTOM_OPEN));
+    } else if (c.x) {
       tide__json_put(out, &k, CALL_EXTRA, TIDE_LIT(CALL_EXTRA));
       tide__json_put(out, &k, c.x, c.xl);
       tide__json_put(out, &k, CALL_FUNCTION, TIDE_LIT(CALL_FUNCTION));
@@ -1037,7 +1078,10 @@ static int l_assistant_wire(lua_State *L) {
     tide__json_put_quoted(out, &k, c.nm, c.nl);
     tide__json_put(out, &k, CALL_ID, TIDE_LIT(CALL_ID));
     tide__json_put_quoted(out, &k, c.id, c.il);
-    tide__json_put(out, &k, CALL_CLOSE, TIDE_LIT(CALL_CLOSE));
+    if (c.custom)
+      tide__json_put(out, &k, CUSTOM_CLOSE, TIDE_LIT(CUSTOM_CLOSE));
+    else
+      tide__json_put(out, &k, CALL_CLOSE, TIDE_LIT(CALL_CLOSE));
   }
   out[k++] = ']';
   out[k++] = '}';

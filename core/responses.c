@@ -24,7 +24,9 @@
 **              items of the response.output_item.done events, kept raw
 **              until then): message content parts output_text {text} and
 **              refusal {refusal}; function_call {call_id, name,
-**              arguments}; reasoning {id, encrypted_content, summary[].text}
+**              arguments}; custom_tool_call {call_id, name, input} (a
+**              custom tool's: the call says custom = true, its input the
+**              arguments); reasoning {id, encrypted_content, summary[].text}
 **   the rest   status, service_tier, incomplete_details.reason, error.{code, type,
 **              message}, usage.{input_tokens, output_tokens,
 **              input_tokens_details.cached_tokens,
@@ -60,7 +62,7 @@
 #define REASONING_PROVIDER "openai_responses"
 
 /* Why an output item cannot be taken (the first such item fails the reply). */
-enum { ITEM_OK, ITEM_NOT_OBJECT, ITEM_CALL, ITEM_REASONING, ITEM_TOO_LARGE };
+enum { ITEM_OK, ITEM_NOT_OBJECT, ITEM_CALL, ITEM_CUSTOM, ITEM_REASONING, ITEM_TOO_LARGE };
 
 /* A string field: a span of the scratch buffer when has is set. */
 typedef struct str_field {
@@ -97,7 +99,7 @@ typedef struct event_state {
 
 /* The output item being scanned, until it can be taken. */
 typedef struct item_state {
-  str_field type, call_id, name, arguments, id, data;
+  str_field type, call_id, name, arguments, input, id, data;
   int refused;   /* a refusal part in its content */
   int nsummary;  /* summary texts joined so far */
 } item_state;
@@ -219,6 +221,7 @@ static int item_member(tide_json *p, const char *k, size_t kl) {
   if (tide__json_key_is(k, kl, "call_id")) return take_string(p, &it->call_id);
   if (tide__json_key_is(k, kl, "name")) return take_string(p, &it->name);
   if (tide__json_key_is(k, kl, "arguments")) return take_string(p, &it->arguments);
+  if (tide__json_key_is(k, kl, "input")) return take_string(p, &it->input);
   if (tide__json_key_is(k, kl, "id")) return take_string(p, &it->id);
   if (tide__json_key_is(k, kl, "encrypted_content")) return take_string(p, &it->data);
   if (tide__json_key_is(k, kl, "summary")) {
@@ -271,8 +274,8 @@ static reasoning_part *new_part(responses_stream *st) {
 ** API takes back in a request's input as they came, and a remote MCP
 ** server's approval request (provider.responses makes it a call that waits
 ** for a person's decision; the request goes back before its answer). Not
-** the calls a client runs (computer, shell, apply_patch, custom tools:
-** tide offers none). */
+** the calls a client runs (computer, shell, apply_patch: tide offers none;
+** a custom tool's call is one of tide's). */
 static const char *const HOSTED_ITEMS[] = {
   "web_search_call", "file_search_call", "code_interpreter_call", "image_generation_call",
   "mcp_call", "mcp_list_tools", "mcp_approval_request",
@@ -297,17 +300,20 @@ static int take_item(responses_stream *st, size_t i, const char *raw, size_t raw
       st->refused = 1;
       if (tide__buf_add(&st->refusal, st->item_refusal.p, st->item_refusal.len)) return J_NOMEM;
     }
-  } else if (span_is(sb, &it->type, "function_call")) {
+  } else if (span_is(sb, &it->type, "function_call") || span_is(sb, &it->type, "custom_tool_call")) {
+    /* a custom (freeform) tool's call: its input, text, for arguments */
+    int custom = span_is(sb, &it->type, "custom_tool_call");
+    const str_field *args = custom ? &it->input : &it->arguments;
     if (!it->call_id.has || !it->name.has) {
-      st->item_err = ITEM_CALL;
+      st->item_err = custom ? ITEM_CUSTOM : ITEM_CALL;
       st->item_err_at = i;
       return J_OK;
     }
-    int rc = tide__asm_add(&st->calls, (lua_Integer)st->calls.n,
-                           scratch + it->call_id.s.off, it->call_id.s.len,
+    lua_Integer at = (lua_Integer)st->calls.n;
+    int rc = tide__asm_add(&st->calls, at, scratch + it->call_id.s.off, it->call_id.s.len,
                            scratch + it->name.s.off, it->name.s.len,
-                           it->arguments.has ? scratch + it->arguments.s.off : NULL,
-                           it->arguments.s.len);
+                           args->has ? scratch + args->s.off : NULL, args->s.len);
+    if (rc == 0 && custom) tide__asm_custom(&st->calls, at);
     if (rc == TIDE_ASM_NOMEM) return J_NOMEM;
     if (rc == TIDE_ASM_TOO_LARGE) {
       st->item_err = ITEM_TOO_LARGE;
@@ -562,6 +568,10 @@ static void push_item_error(lua_State *L, const responses_stream *st) {
       tide__push_error(L, "MalformedResponse",
                        "openai output[%I] (function_call) has no call_id or name", at);
       break;
+    case ITEM_CUSTOM:
+      tide__push_error(L, "MalformedResponse",
+                       "openai output[%I] (custom_tool_call) has no call_id or name", at);
+      break;
     case ITEM_REASONING:
       tide__push_error(L, "MalformedResponse", "openai output[%I] (reasoning) has no id", at);
       break;
@@ -682,7 +692,8 @@ static const struct {
     NAME("response.function_call_arguments.done"), NAME("response.reasoning_summary_part.added"),
     NAME("response.reasoning_summary_part.done"), NAME("response.reasoning_summary_text.done"),
     NAME("response.output_text.annotation.added"), NAME("response.refusal.delta"),
-    NAME("response.refusal.done"),
+    NAME("response.refusal.done"), NAME("response.custom_tool_call_input.delta"),
+    NAME("response.custom_tool_call_input.done"),
 };
 #undef NAME
 

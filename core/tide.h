@@ -139,6 +139,7 @@ typedef struct tide_asm_slot {
   tide_buf id, name, args;
   tide_buf extra; /* raw JSON of the call's extra_content (Gemini's signature) */
   int has_id, has_name, has_extra;
+  int custom; /* a custom (freeform) tool's call: args is its raw input */
 } tide_asm_slot;
 
 /// Tool-call deltas assembled by index. Zero it, set max (the cap on the
@@ -169,6 +170,9 @@ lua_Integer tide__asm_route(const tide_asm *a, const char *id, size_t idl,
 /// Sets the raw extra_content JSON of the call at index (added before),
 /// replacing an earlier one. Returns 0 or a negative TIDE_ASM_ code.
 int tide__asm_extra(tide_asm *a, lua_Integer index, const char *s, size_t n);
+/// Marks the call at index (added before) as a custom tool's: its
+/// arguments are the tool's raw input text, not JSON.
+void tide__asm_custom(tide_asm *a, lua_Integer index);
 /// Frees every slot (idempotent); keeps max.
 void tide__asm_free(tide_asm *a);
 /// Empties the assembler for the next reply, keeping its slots' buffers
@@ -181,7 +185,8 @@ void tide__asm_push(lua_State *L, const tide_asm *a);
 /// name, arguments }, ... } ordered by index, finished as
 /// provider._finish_calls finishes them: an id missing or empty becomes
 /// "call_<n>" (n its position; "call_<n>_<k>" while that is taken), a
-/// missing name "", arguments of only white space (or none) "{}".
+/// missing name "", arguments of only white space (or none) "{}". A
+/// custom tool's call has `custom = true` and its input as it came.
 void tide__asm_push_finished(lua_State *L, const tide_asm *a);
 /// Pushes the StreamTooLarge error for an assembler whose cap was exceeded.
 void tide__push_asm_too_large(lua_State *L, const tide_asm *a);

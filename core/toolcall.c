@@ -189,6 +189,12 @@ int tide__asm_extra(tide_asm *a, lua_Integer index, const char *s, size_t n) {
   return 0;
 }
 
+void tide__asm_custom(tide_asm *a, lua_Integer index) {
+  size_t pos = 0;
+  tide_asm_slot *slot = find_slot(a, index, &pos);
+  if (slot != NULL) slot->custom = 1;
+}
+
 void tide__push_asm_too_large(lua_State *L, const tide_asm *a) {
   char cap[32];
   snprintf(cap, sizeof cap, "%zu", a->max);
@@ -216,6 +222,10 @@ void tide__asm_push(lua_State *L, const tide_asm *a) {
     if (s->has_extra) {
       lua_pushlstring(L, s->extra.p, s->extra.len);
       lua_setfield(L, -2, "extra_content");
+    }
+    if (s->custom) {
+      lua_pushboolean(L, 1);
+      lua_setfield(L, -2, "custom");
     }
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
@@ -282,14 +292,19 @@ void tide__asm_push_finished(lua_State *L, const tide_asm *a) {
     else
       lua_pushliteral(L, "");
     lua_setfield(L, -2, "name");
-    if (blank(&s->args))
+    /* (a custom tool's input is text: empty is empty) */
+    if (!s->custom && blank(&s->args))
       lua_pushliteral(L, "{}");
     else
-      lua_pushlstring(L, s->args.p, s->args.len);
+      lua_pushlstring(L, s->args.p ? s->args.p : "", s->args.len);
     lua_setfield(L, -2, "arguments");
     if (s->has_extra) {
       lua_pushlstring(L, s->extra.p, s->extra.len);
       lua_setfield(L, -2, "extra_content");
+    }
+    if (s->custom) {
+      lua_pushboolean(L, 1);
+      lua_setfield(L, -2, "custom");
     }
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }

@@ -98,11 +98,17 @@ static const char DRIVER[] =
     "local calls = type(m.tool_calls) == 'table' and m.tool_calls or {}\n"
     "check(#first.tool_calls == #calls, 'the calls are not what lua-cjson decodes', first.tool_calls, calls)\n"
     "for i, c in ipairs(calls) do\n"
-    "  local got, f = first.tool_calls[i], c['function']\n"
+    /* a custom tool's call: custom.{name, input}, the input kept as it came */
+    "  local custom = type(c.custom) == 'table' and next(c.custom) ~= nil and c.custom[1] == nil\n"
+    "  local got, f = first.tool_calls[i], custom and c.custom or c['function']\n"
     "  local name = type(f.name) == 'string' and f.name or ''\n"
-    "  local args = type(f.arguments) == 'string' and f.arguments or ''\n"
-    "  if args:match('^%s*$') then args = '{}' end\n"
-    "  check(got.name == name and got.arguments == args, 'a call is not what lua-cjson decodes', got, c)\n"
+    "  local piece = custom and f.input or f.arguments\n"
+    "  local args = type(piece) == 'string' and piece or ''\n"
+    "  if not custom and args:match('^%s*$') then args = '{}' end\n"
+    /* ({} and [] decode alike: an empty custom cannot be told from none) */
+    "  local unsure = type(c.custom) == 'table' and next(c.custom) == nil\n"
+    "  check(unsure or (got.name == name and got.arguments == args and got.custom == (custom or nil)),\n"
+    "        'a call is not what lua-cjson decodes', got, c)\n"
     "  local x = type(c.extra_content) == 'table' and c.extra_content or nil\n"
     /* (an empty object and an empty array decode alike: only a named member proves an object) */
     "  if x and next(x) ~= nil and x[1] == nil then\n"

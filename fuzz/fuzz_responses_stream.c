@@ -35,7 +35,7 @@ static const char DRIVER[] =
     "  check(reply.refusal == nil or type(reply.refusal) == 'string', 'a refusal that is not text', reply.refusal)\n"
     "  for _, c in ipairs(reply.tool_calls) do\n"
     "    check(type(c.id) == 'string' and c.id ~= '' and type(c.name) == 'string' and\n"
-    "          type(c.arguments) == 'string' and c.arguments:find('%S') ~= nil, 'an unfinished call', c)\n"
+    "          type(c.arguments) == 'string' and (c.custom or c.arguments:find('%S') ~= nil), 'an unfinished call', c)\n"
     "  end\n"
     "  local u = reply.usage\n"
     "  check(math.type(u.input) == 'integer' and math.type(u.output) == 'integer' and\n"

@@ -72,6 +72,13 @@ local streams = {
     .. choice("{}", "tool_calls") .. usage .. done,
 }
 write("openai_stream", "text", hdr(0, 0, 0, 0) .. streams.text)
+-- A custom tool's call streamed in pieces (openai/openai-openapi#576's shape).
+write("openai_stream", "custom", hdr(0, 6, 2, 1)
+  .. choice('{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_c1","type":"custom",'
+    .. '"custom":{"name":"run_sql","input":""}}]}')
+  .. choice('{"tool_calls":[{"index":0,"custom":{"input":"SELECT "}}]}')
+  .. choice('{"tool_calls":[{"index":0,"custom":{"input":"1;"}}]}')
+  .. choice("{}", "tool_calls") .. usage .. done)
 write("openai_stream", "tool_calls", hdr(0, 9, 3, 1) .. streams.tool_calls)
 write("openai_stream", "interleaved", hdr(0, 40, 7, 4) .. streams.interleaved)
 write("openai_stream", "framing", hdr(0, 2, 11, 2) .. streams.framing)
@@ -114,6 +121,11 @@ write("openai_parse", "tool_calls", hdr(0, 100, 1) .. completion(
   .. '"function":{"name":"get_weather","arguments":"{\\"city\\": \\"Paris\\"}"}},'
   .. '{"id":"call_def456","type":"function","function":{"name":"lookup","arguments":"  "}}]}',
   "tool_calls", ',"service_tier":"default"'))
+-- A custom (freeform) tool's call beside a function's: its input is text.
+write("openai_parse", "custom", hdr(0, 30, 1) .. completion(
+  '{"role":"assistant","content":null,"tool_calls":[{"id":"call_c1","type":"custom",'
+  .. '"custom":{"name":"apply_patch","input":"*** Begin Patch\\n*** End Patch\\n"}},'
+  .. '{"id":"call_f1","type":"function","function":{"name":"lookup","arguments":"{}"}}]}', "tool_calls"))
 write("openai_parse", "no_ids", hdr(0, 7, 0) .. completion(
   '{"role":"assistant","content":"","tool_calls":[{"function":{"name":"a"}},{"id":"call_1",'
   .. '"function":{"name":"b","arguments":"{}"}}]}', "tool_calls"))
@@ -357,6 +369,18 @@ local rstreams = {
     .. 'event: response.completed\ndata: {"type":"response.completed","response":{"status":"comp',
 }
 write("responses_stream", "text_and_call", hdr(0, 9, 4, 0) .. rstreams.text_and_call)
+local rcustom = '{"type":"custom_tool_call","id":"ctc_1","call_id":"call_c1","name":"run_sql","input":"SELECT 1;",'
+  .. '"status":"completed"}'
+write("responses_stream", "custom", hdr(0, 11, 3, 1)
+  .. rev("response.output_item.added", '{"type":"response.output_item.added","sequence_number":0,"output_index":0,'
+    .. '"item":{"type":"custom_tool_call","id":"ctc_1","call_id":"call_c1","name":"run_sql","input":"","status":"in_progress"}}')
+  .. rev("response.custom_tool_call_input.delta", '{"type":"response.custom_tool_call_input.delta","sequence_number":1,'
+    .. '"item_id":"ctc_1","output_index":0,"delta":"SELECT "}')
+  .. rev("response.custom_tool_call_input.done", '{"type":"response.custom_tool_call_input.done","sequence_number":2,'
+    .. '"item_id":"ctc_1","output_index":0,"input":"SELECT 1;"}')
+  .. rev("response.output_item.done", '{"type":"response.output_item.done","sequence_number":3,"output_index":0,"item":' .. rcustom .. '}')
+  .. rev("response.completed", '{"type":"response.completed","sequence_number":4,"response":{'
+    .. rbase:format("completed", "[" .. rcustom .. "]", rusage) .. '}}'))
 write("responses_stream", "reasoning_calls", hdr(0, 13, 6, 1) .. rstreams.reasoning_calls)
 write("responses_stream", "unnamed", hdr(0, 3, 8, 0) .. rstreams.unnamed)
 write("responses_stream", "incomplete", hdr(0, 5, 2, 1) .. rstreams.incomplete)
@@ -381,6 +405,9 @@ write("responses_parse", "incomplete", hdr(0, 10, 0) .. "{" .. rbase:format("inc
   .. ',"incomplete_details":{"reason":"content_filter"}}')
 write("responses_parse", "failed", hdr(0, 3, 0) .. "{" .. rbase:format("failed", "[]", "null")
   .. ',"error":{"code":"rate_limit_exceeded","message":"Slow down."}}')
+write("responses_parse", "custom", hdr(0, 25, 0) .. "{" .. rbase:format("completed", "["
+  .. '{"type":"custom_tool_call","id":"ctc_1","call_id":"call_c1","name":"apply_patch",'
+  .. '"input":"*** Begin Patch\\n*** End Patch\\n","status":"completed"},' .. rcall(2) .. "]", rusage) .. "}")
 write("responses_parse", "bad_item", hdr(0, 0, 0) .. '{"status":"completed","output":[{"type":"function_call","name":"x"}]}')
 write("responses_parse", "small_cap", hdr(7, 20, 0) .. "{" .. rbase:format("completed", "[" .. rcall(1) .. "]", rusage) .. "}")
 

@@ -13,9 +13,14 @@ local M = {}
 function M.assistant_wire(content, calls, reasoning, details, content_json, field)
   local calls_json = {}
   for i, c in ipairs(calls) do
-    local call = json.canonical { id = c.id, type = "function", ["function"] = { name = c.name, arguments = c.arguments } }
-    -- canonical order: extra_content sorts first
-    if c.extra_content then call = '{"extra_content":' .. c.extra_content .. "," .. call:sub(2) end
+    local call
+    if c.custom then -- a custom tool's call: its input, no extra_content
+      call = json.canonical { id = c.id, type = "custom", custom = { name = c.name, input = c.arguments } }
+    else
+      call = json.canonical { id = c.id, type = "function", ["function"] = { name = c.name, arguments = c.arguments } }
+      -- canonical order: extra_content sorts first
+      if c.extra_content then call = '{"extra_content":' .. c.extra_content .. "," .. call:sub(2) end
+    end
     calls_json[i] = call
   end
   content_json = content_json or (content == nil or content == "") and "null" or json.quote(content)
@@ -78,6 +83,7 @@ function M.assemble(deltas)
     if slot.name == nil and d.name and d.name ~= "" then slot.name = d.name end
     if d.fragment then slot.arguments = slot.arguments .. d.fragment end
     if d.extra then slot.extra_content = d.extra end
+    if d.custom then slot.custom = true end
     if not last or slot.index > last.index then last = slot end
   end
   table.sort(order)
@@ -160,9 +166,12 @@ function M.openai_stream(body)
         local rd = delta.reasoning_details
         if type(rd) == "table" and (next(rd) == nil or rd[1] ~= nil) then details[#details + 1] = rd end
         for _, c in ipairs(type(delta.tool_calls) == "table" and delta.tool_calls or {}) do
-          local f = type(c["function"]) == "table" and c["function"] or {}
+          -- a custom tool's call: custom.{name, input} (it wins over a function)
+          local custom = type(c.custom) == "table" and c.custom or nil
+          local f = custom or type(c["function"]) == "table" and c["function"] or {}
+          local piece = custom and f.input or f.arguments
           deltas[#deltas + 1] = { index = math.tointeger(c.index), id = c.id, name = f.name,
-            fragment = type(f.arguments) == "string" and f.arguments or nil,
+            fragment = type(piece) == "string" and piece or nil, custom = custom and true or nil,
             extra = type(c.extra_content) == "table" and c.extra_content or nil }
         end
         if type(choice.finish_reason) == "string" then finish = choice.finish_reason end
@@ -171,7 +180,8 @@ function M.openai_stream(body)
   end
   local calls = {}
   for i, s in ipairs(M.assemble(deltas)) do
-    calls[i] = { id = s.id, name = s.name, arguments = s.arguments, extra_content = s.extra_content }
+    calls[i] = { id = s.id, name = s.name, arguments = s.arguments, extra_content = s.extra_content,
+                 custom = s.custom }
   end
   usage = usage or { input = 0, output = 0, cached = 0, cache_write = 0, reasoning = 0 }
   usage.service_tier = tier
@@ -708,12 +718,14 @@ local function add_item(acc, item, i)
         end
       end
     end
-  elseif ty == "function_call" then
+  elseif ty == "function_call" or ty == "custom_tool_call" then
     if type(item.call_id) ~= "string" or type(item.name) ~= "string" then
-      return fail("MalformedResponse", ("openai output[%d] (function_call) has no call_id or name"):format(i))
+      return fail("MalformedResponse", ("openai output[%d] (%s) has no call_id or name"):format(i, ty))
     end
-    acc.calls[#acc.calls + 1] = { id = item.call_id, name = item.name,
-                                  arguments = type(item.arguments) == "string" and item.arguments or nil }
+    local custom = ty == "custom_tool_call"
+    local args = custom and item.input or item.arguments
+    acc.calls[#acc.calls + 1] = { id = item.call_id, name = item.name, custom = custom or nil,
+                                  arguments = type(args) == "string" and args or nil }
   elseif ty == "reasoning" then
     if type(item.id) ~= "string" or item.id == "" then
       return fail("MalformedResponse", ("openai output[%d] (reasoning) has no id"):format(i))
@@ -797,7 +809,8 @@ local RESPONSES_SKIP = {
   ["response.function_call_arguments.done"] = true, ["response.reasoning_summary_part.added"] = true,
   ["response.reasoning_summary_part.done"] = true, ["response.reasoning_summary_text.done"] = true,
   ["response.output_text.annotation.added"] = true, ["response.refusal.delta"] = true,
-  ["response.refusal.done"] = true,
+  ["response.refusal.done"] = true, ["response.custom_tool_call_input.delta"] = true,
+  ["response.custom_tool_call_input.done"] = true,
 }
 
 --- A Responses event stream, framed by core.sse_parser and read event by

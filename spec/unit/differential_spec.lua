@@ -43,7 +43,9 @@ describe("C against its Lua reference", function()
     local r = rng(7)
     for _ = 1, 300 do
       local calls = {}
-      for i = 1, r(4) do calls[i] = { id = text(r, 6), name = text(r, 8), arguments = text(r, 20) } end
+      for i = 1, r(4) do
+        calls[i] = { id = text(r, 6), name = text(r, 8), arguments = text(r, 20), custom = r(4) == 1 or nil }
+      end
       local content = r(3) == 1 and nil or text(r, 12)
       assert.are.equal(ref.assistant_wire(content, calls), core.openai_assistant_wire(content, calls))
     end
@@ -162,6 +164,11 @@ describe("C against its Lua reference", function()
           delta.tool_calls = { { index = r(3) > 1 and r(2) - 1 or nil, id = "call_" .. r(9), ["function"] = {
             name = "tool_" .. r(3), arguments = text(r, 8) },
             extra_content = r(3) == 1 and { google = { thought_signature = text(r, 8) } } or nil } }
+          if r(4) == 1 then -- a custom tool's call: custom.{name, input} (beside a function, it wins)
+            local c = delta.tool_calls[1]
+            c.type, c.custom = "custom", { name = "patch_" .. r(2), input = text(r, 8) }
+            if r(2) == 1 then c["function"] = nil end
+          end
         end
         local choice = { index = 0, delta = delta, finish_reason = i == n and "tool_calls" or cjson.null }
         -- the tier that served it, on every chunk (sometimes odd)
@@ -201,8 +208,10 @@ describe("C against its Lua reference", function()
         assert.are.equal(w.name, got.tool_calls[i].name)
         local extra = got.tool_calls[i].extra_content
         assert.are.same(w.extra_content, extra and cjson.decode(extra))
-        -- (arguments of white space alone are finished as "{}")
-        assert.are.equal(w.arguments:find("%S") and w.arguments or "{}", got.tool_calls[i].arguments)
+        assert.are.equal(w.custom, got.tool_calls[i].custom)
+        -- (arguments of white space alone are finished as "{}", a custom
+        -- tool's input is kept as it came)
+        assert.are.equal((w.custom or w.arguments:find("%S")) and w.arguments or "{}", got.tool_calls[i].arguments)
       end
     end
   end)
@@ -588,6 +597,13 @@ describe("core.responses_stream and core.responses_parse against the Lua parser 
                      name = maybe(r, 12, pick(r, { "lookup", "delegate_x", "" })),
                      arguments = pick(r, { '{"q":"' .. n .. '"}', "", "  ", '{"a":[1,2]}', NULL, 4 }) }
       if r(8) == 1 then item[DUP] = { { "arguments", "{}" } } end
+      if r(4) == 1 then
+        -- a custom tool's call: its input, text (a stray arguments counts for nothing)
+        item.type, item.id = "custom_tool_call", "ctc_" .. n
+        item.input = pick(r, { "*** Begin Patch\n+x\n", "", "  ", "SELECT 1;", NULL, 4 })
+        if r(3) == 1 then item.arguments = nil end
+        if r(8) == 1 then item[DUP] = { { "input", "again" } } end
+      end
       return item
     elseif kind <= 9 then
       local item = { type = "reasoning", id = maybe(r, 12, pick(r, { "rs_" .. n, "rs_" .. n, "", 9 })),
@@ -686,6 +702,11 @@ describe("core.responses_stream and core.responses_parse against the Lua parser 
       elseif type(item) == "table" and item.type == "function_call" then
         ev({ type = "response.function_call_arguments.delta", item_id = "fc_" .. i, output_index = i - 1,
              delta = "{" })
+      elseif type(item) == "table" and item.type == "custom_tool_call" then
+        ev({ type = "response.custom_tool_call_input.delta", item_id = "ctc_" .. i, output_index = i - 1,
+             delta = "*** " })
+        ev({ type = "response.custom_tool_call_input.done", item_id = "ctc_" .. i, output_index = i - 1,
+             input = "whole" })
       end
       if r(12) == 1 then
         ev({ type = "error", code = pick(r, ERRORS), message = pick(r, { "Slow down.", 4, nil }), param = NULL })

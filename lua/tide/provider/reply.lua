@@ -16,8 +16,9 @@ local M = {}
 
 --- Finishes the tool calls of a response, in place (the list and its
 --- entries are the parser's own): ids the server left out become "call_<n>"
---- (unique within the response), empty arguments become "{}", a missing
---- name "". Each call is left with id, name and arguments.
+--- (unique within the response), empty arguments become "{}" (a custom
+--- tool's input, text, stays as it came: "" a string), a missing name "".
+--- Each call is left with id, name and arguments (and `custom`).
 ---@param calls {id?:string, name?:string, arguments?:string, index?:integer}[]
 ---@return {id:string, name:string, arguments:string}[]
 function M.finish_calls(calls)
@@ -43,7 +44,11 @@ function M.finish_calls(calls)
       c.id = id
     end
     local args = c.arguments
-    if type(args) ~= "string" or not args:find("%S") then c.arguments = "{}" end
+    if c.custom then
+      if type(args) ~= "string" then c.arguments = "" end
+    elseif type(args) ~= "string" or not args:find("%S") then
+      c.arguments = "{}"
+    end
     if type(c.name) ~= "string" then c.name = "" end
     c.index = nil
   end
