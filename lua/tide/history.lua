@@ -12,11 +12,12 @@
 ---
 ---     { role = "user", content = "text" | { part, ... } }      -- parts: text, image, file
 ---     { role = "assistant", content = "text" | nil,
----       tool_calls = { { id, name, arguments = "<json>", server? } } | nil, -- server: a remote MCP server's
+---       tool_calls = { { id, name, arguments = "<json>", server?, custom? } } | nil, -- server: a remote MCP
+---         -- server's; custom: a custom tool's call, arguments its input text
 ---       reasoning = { { type = "text" | "redacted", text?, signature?, data?, provider? } } | nil,
 ---       stop = "stop" | "tool_calls" | "length" | "pause" | ..., usage = { input, output, ... } | nil,
 ---       container = "<id>" | nil }  -- the container a server tool's code ran in
----     { role = "tool", results = { { id, name, content, is_error, approve?, reason? } } }
+---     { role = "tool", results = { { id, name, content, is_error, approve?, reason?, custom? } } }
 ---       -- content: text, or text and image parts; approve, reason: the
 ---       -- decision on a remote MCP server's call (tide.provider.responses)
 ---

@@ -351,6 +351,19 @@ function M.offered_actions(actions)
   return out, shown < #actions and #actions - shown or false
 end
 
+-- A custom tool's input (tide.tool's `format`): the call's text as it came
+-- when the provider called it as a custom tool, else (a provider without
+-- custom tools, or a call written as text) the `input` string of its JSON
+-- arguments.
+local function custom_input(t, call)
+  local a = call.arguments
+  if call.custom then return t, type(a) == "string" and a or "" end
+  local args = type(a) == "string" and a:match("^%s*{") and json.decode(a)
+  if type(args) == "table" and type(args.input) == "string" then return t, args.input end
+  return nil, ("Error: the arguments for '%s' must be a JSON object with an 'input' string (the tool's "
+    .. "input text)"):format(call.name)
+end
+
 --- Checks a call against `surface`: returns the tool and its decoded
 --- arguments, or nil and the error text the model gets back (a malformed
 --- call, arguments that are not a JSON object, a gated action of
@@ -360,6 +373,7 @@ end
 ---@param call {name:string, arguments:string, malformed?:string}
 function M.check_call(surface, snapshot, call)
   local t = not call.malformed and surface.map[call.name]
+  if t and t.format then return custom_input(t, call) end
   if t then
     local a = call.arguments
     if a == nil or a == "" then a = "{}" end

@@ -215,8 +215,27 @@ local function resolve(reply, req)
   return reply
 end
 
--- Normalised tool calls: { id, name, args = JSON text, input = table|string }.
-local function tool_calls(self, reply, prefix)
+-- The names of the custom tools a request offers (chat's { type =
+-- "custom", custom = { name } }, the Responses API's { type = "custom",
+-- name }): the model calls those with text, as custom calls.
+local function custom_tools(body)
+  local names
+  for _, t in ipairs(type(body) == "table" and type(body.tools) == "table" and body.tools or {}) do
+    if type(t) == "table" and t.type == "custom" then
+      local name = type(t.custom) == "table" and t.custom.name or t.name
+      if type(name) == "string" then
+        names = names or {}
+        names[name] = true
+      end
+    end
+  end
+  return names
+end
+
+-- Normalised tool calls: { id, name, args = JSON text, input = table|string },
+-- and for a tool `custom` names, `custom = true` and args its input text (a
+-- script's `input`, or its arguments given as a string).
+local function tool_calls(self, reply, prefix, custom)
   local out = {}
   for i, tc in ipairs(reply.tool_calls or {}) do
     if type(tc) ~= "table" or type(tc.name) ~= "string" then
@@ -224,6 +243,12 @@ local function tool_calls(self, reply, prefix)
     end
     self._ids = self._ids + 1
     local args, input = tc.arguments, nil
+    if custom and custom[tc.name] then
+      local text = tc.input or args
+      if type(text) ~= "string" then error(("mock: tool_calls[%d] calls a custom tool: give its input text"):format(i), 0) end
+      out[i] = { id = tc.id or (prefix .. self._ids), name = tc.name, args = text, input = text, custom = true }
+      goto next_call
+    end
     if type(args) == "string" then
       input = decode(args)
       if type(input) ~= "table" then input = args end
@@ -232,6 +257,7 @@ local function tool_calls(self, reply, prefix)
       args = encode(input)
     end
     out[i] = { id = tc.id or (prefix .. self._ids), name = tc.name, args = args, input = input }
+    ::next_call::
   end
   return out
 end
@@ -249,7 +275,7 @@ end
 
 -- -------------------------------------------------------- OpenAI rendering
 
-local openai = {}
+local openai = { custom_tools = true }
 
 function openai.error_body(status, message)
   local kind = status == 429 and "rate_limit_error" or (status >= 500 and "server_error" or "invalid_request_error")
@@ -343,8 +369,9 @@ function openai.completion(ctx)
   if #ctx.calls > 0 then
     msg.tool_calls = {}
     for i, c in ipairs(ctx.calls) do
-      msg.tool_calls[i] = { id = c.id, type = "function", ["function"] = { name = c.name, arguments = c.args },
-                            extra_content = extra_content(ctx, i) }
+      msg.tool_calls[i] = c.custom and { id = c.id, type = "custom", custom = { name = c.name, input = c.args } }
+        or { id = c.id, type = "function", ["function"] = { name = c.name, arguments = c.args },
+             extra_content = extra_content(ctx, i) }
     end
   elseif ctx.text == "" and not r.refusal and not (ctx.mistral and r.reasoning) then
     msg.content = ""
@@ -406,7 +433,15 @@ function openai.stream(ctx, truncate)
   end
   for _, piece in ipairs(split(r.refusal or "", 2)) do chunks[#chunks + 1] = chunk({ refusal = piece }) end
   for i, c in ipairs(ctx.calls) do
-    if r.call_index == false then
+    if c.custom then
+      -- a custom tool's call: named first, its input in pieces (the shape
+      -- openai/openai-openapi#576 records; the schema has no custom chunk)
+      chunks[#chunks + 1] = chunk({ tool_calls = { { index = i - 1, id = c.id, type = "custom",
+        custom = { name = c.name, input = "" } } } })
+      for _, piece in ipairs(split(c.args, 3)) do
+        chunks[#chunks + 1] = chunk({ tool_calls = { { index = i - 1, custom = { input = piece } } } })
+      end
+    elseif r.call_index == false then
       chunks[#chunks + 1] = chunk({ tool_calls = { { id = c.id, type = "function",
         ["function"] = { name = c.name, arguments = c.args }, extra_content = extra_content(ctx, i) } } })
     else
@@ -435,6 +470,32 @@ end
 local function openai_reject(message, param, code, kind)
   return { status = 400, headers = JSON_HEADERS, body = encode({ error = {
     message = message, type = kind or "invalid_request_error", param = param or null, code = code or null } }) }
+end
+
+-- What both OpenAI APIs refuse in a custom tool's format: a type other
+-- than text or grammar, a grammar without its syntax (lark or regex) or
+-- definition. Chat nests the grammar's fields under `grammar` (`nested`).
+local function custom_format_error(f, where, nested)
+  if f == nil then return nil end -- (free text, the default)
+  if type(f) ~= "table" or (f.type ~= "text" and f.type ~= "grammar") then
+    return openai_reject(("Invalid value: '%s'. Supported values are: 'text' and 'grammar'."):format(
+      tostring(type(f) == "table" and f.type or f)), where .. ".type", "invalid_value")
+  end
+  if f.type == "text" then return nil end
+  local g = nested and f.grammar or f
+  local at = nested and where .. ".grammar" or where
+  if type(g) ~= "table" then
+    return openai_reject(("Missing required parameter: '%s'."):format(at), at, "missing_required_parameter")
+  end
+  if g.syntax ~= "lark" and g.syntax ~= "regex" then
+    return openai_reject(("Invalid value: '%s'. Supported values are: 'lark' and 'regex'."):format(tostring(g.syntax)),
+      at .. ".syntax", "invalid_value")
+  end
+  if type(g.definition) ~= "string" then
+    return openai_reject(("Missing required parameter: '%s.definition'."):format(at), at .. ".definition",
+      "missing_required_parameter")
+  end
+  return nil
 end
 
 -- Checks a request the way the real services do, for what tide must get
@@ -506,6 +567,17 @@ function openai.validate(self, req)
   local body = type(req.json) == "table" and req.json or {}
   local o = self._opts.openai or {}
   if o.mistral then return mistral_validate(body) end
+  for i, t in ipairs(type(body.tools) == "table" and body.tools or {}) do
+    if type(t) == "table" and t.type == "custom" then
+      local where = ("tools[%d].custom"):format(i - 1)
+      if type(t.custom) ~= "table" or type(t.custom.name) ~= "string" then
+        return openai_reject(("Missing required parameter: '%s.name'."):format(where), where .. ".name",
+          "missing_required_parameter")
+      end
+      local bad = custom_format_error(t.custom.format, where .. ".format", true)
+      if bad then return bad end
+    end
+  end
   if o.dashscope and body.stream ~= true and body.enable_thinking ~= false then
     return { status = 400, headers = JSON_HEADERS, body = encode({ error = { code = "invalid_parameter_error",
       param = null, message = "parameter.enable_thinking must be set to false for non-streaming calls",
@@ -1741,7 +1813,7 @@ end
 --               service's does).
 -- Faults render as the chat ones do; `status` bodies are OpenAI's error
 -- shape; a stream truncated stops before response.completed.
-local responses = { id_prefix = "resp_mock", call_prefix = "call_" }
+local responses = { id_prefix = "resp_mock", call_prefix = "call_", custom_tools = true }
 
 -- The hosted tools (run by the service) the mock runs, and their items'
 -- id prefixes.
@@ -1892,8 +1964,11 @@ local function responses_output(ctx)
                           content = parts }
   end
   for i, c in ipairs(ctx.calls) do
-    items[#items + 1] = { type = "function_call", id = "fc_mock" .. ctx.n .. "_" .. i, call_id = c.id,
-                          name = c.name, arguments = c.args, status = "completed" }
+    items[#items + 1] = c.custom
+      and { type = "custom_tool_call", id = "ctc_mock" .. ctx.n .. "_" .. i, call_id = c.id, name = c.name,
+            input = c.args, status = "completed" }
+      or { type = "function_call", id = "fc_mock" .. ctx.n .. "_" .. i, call_id = c.id,
+           name = c.name, arguments = c.args, status = "completed" }
   end
   return items
 end
@@ -2014,6 +2089,16 @@ function responses.stream(ctx, truncate)
           ev({ type = "response." .. item.type .. "." .. phase, item_id = item.id, output_index = index })
         end
       end
+    elseif item.type == "custom_tool_call" then
+      ev({ type = "response.output_item.added", output_index = index,
+           item = { type = "custom_tool_call", id = item.id, call_id = item.call_id, name = item.name,
+                    input = "", status = "in_progress" } })
+      for _, piece in ipairs(split(item.input, 3)) do
+        ev({ type = "response.custom_tool_call_input.delta", item_id = item.id, output_index = index,
+             delta = piece })
+      end
+      ev({ type = "response.custom_tool_call_input.done", item_id = item.id, output_index = index,
+           input = item.input })
     else
       ev({ type = "response.output_item.added", output_index = index,
            item = { type = "function_call", id = item.id, call_id = item.call_id, name = item.name,
@@ -2074,6 +2159,11 @@ function responses.validate(_, req)
   end
   for i, t in ipairs(type(body.tools) == "table" and body.tools or {}) do
     local where = ("tools[%d]"):format(i - 1)
+    if type(t) == "table" and t.type == "custom" then
+      local bad = custom_format_error(t.format, where .. ".format", false)
+      if bad then return bad end
+      goto next_tool
+    end
     if type(t) == "table" and type(t.type) == "string" and t.type ~= "function" then
       goto next_tool -- a built-in tool (web_search, file_search, ...): no name
     end
@@ -2093,7 +2183,7 @@ function responses.validate(_, req)
   if type(input) == "string" then return nil end
   if type(input) ~= "table" then return nil end
   local store = body.store ~= false
-  local calls, answered, asked = {}, {}, {}
+  local calls, answered, asked, custom = {}, {}, {}, {}
   for i, item in ipairs(input) do
     local where = ("input[%d]"):format(i - 1)
     if type(item) ~= "table" then return responses_reject("Invalid type for '" .. where .. "'.", where) end
@@ -2172,6 +2262,26 @@ function responses.validate(_, req)
       end
       calls[#calls + 1] = item.call_id
       calls[item.call_id] = true
+    elseif ty == "custom_tool_call" then
+      for _, f in ipairs { "call_id", "name", "input" } do
+        if type(item[f]) ~= "string" then
+          return responses_reject(("Missing required parameter: '%s.%s'."):format(where, f), where .. "." .. f,
+            "missing_required_parameter")
+        end
+      end
+      calls[#calls + 1] = item.call_id
+      custom[item.call_id] = true
+    elseif ty == "custom_tool_call_output" then
+      if type(item.output) ~= "string" and type(item.output) ~= "table" then
+        return responses_reject(("Invalid type for '%s.output': expected a string or an array."):format(where),
+          where .. ".output", "invalid_type")
+      end
+      -- (a custom tool's call is answered by its own kind of item only)
+      if not custom[item.call_id] then
+        return responses_reject(("No tool call found for custom tool call output with call_id %s.")
+          :format(tostring(item.call_id)), "input")
+      end
+      answered[item.call_id] = true
     elseif ty == "function_call_output" then
       if type(item.output) == "table" then -- a list of input_text / input_image / input_file parts
         for j, part in ipairs(item.output) do
@@ -2208,7 +2318,7 @@ function responses.validate(_, req)
       end
       local nxt = input[i + 1]
       local nty = type(nxt) == "table" and (nxt.type or (nxt.role and "message")) or nil
-      if not (nty == "function_call" or nty == "reasoning" or HOSTED_INPUT[nty]
+      if not (nty == "function_call" or nty == "custom_tool_call" or nty == "reasoning" or HOSTED_INPUT[nty]
           or (nty == "message" and nxt.role == "assistant")) then
         return responses_reject(("Item '%s' of type 'reasoning' was provided without its required following item.")
           :format(tostring(item.id)), "input")
@@ -2217,7 +2327,8 @@ function responses.validate(_, req)
   end
   for _, id in ipairs(calls) do
     if not answered[id] then
-      return responses_reject(("No tool output found for function call %s."):format(id), "input")
+      return responses_reject(("No tool output found for %s %s."):format(custom[id] and "custom tool call"
+        or "function call", id), "input")
     end
   end
   return nil
@@ -2555,7 +2666,8 @@ local function render(self, shape_name, reply, req)
   if shape.forced then reply = shape.forced(json, reply) end
   local text = reply.text or ""
   if type(text) ~= "string" then error("mock: reply.text must be a string", 0) end
-  local calls = tool_calls(self, reply, shape.call_prefix or (shape_name == "openai" and "call_" or "toolu_"))
+  local calls = tool_calls(self, reply, shape.call_prefix or (shape_name == "openai" and "call_" or "toolu_"),
+    shape.custom_tools and custom_tools(json))
   local mistral = shape_name == "openai" and (self._opts.openai or {}).mistral or nil
   local groq = shape_name == "openai" and (self._opts.openai or {}).groq or nil
   local deepseek = shape_name == "openai" and (self._opts.openai or {}).deepseek or nil

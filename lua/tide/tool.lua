@@ -2,8 +2,9 @@
 ---@class tide.tool
 ---@field name string
 ---@field description string
----@field parameters table JSON schema of the arguments (an object schema)
----@field handler fun(args:table, ctx:tide.tool.context):any
+---@field parameters table|nil JSON schema of the arguments (an object schema); nil for a custom tool
+---@field format table|nil a custom tool's input format: { type = "text" } or { type = "grammar", syntax, definition }
+---@field handler fun(args:table|string, ctx:tide.tool.context):any
 ---@field timeout_ms? integer per-call timeout (default: the session's, 120000)
 
 ---@class tide.tool.context
@@ -20,12 +21,35 @@ M.mt = tool_mt
 
 local NAME = "^[%a_][%w_%-]*$"
 
-local function fail(msg) error("tide.tool: " .. msg, 3) end
+local function fail(msg, level) error("tide.tool: " .. msg, level or 3) end
 
 -- Every field a tool spec may have: a misspelt one ("handlr") is named,
 -- not silently dropped.
 local FIELDS = { name = true, description = true, parameters = true, handler = true, timeout_ms = true,
-  approval = true }
+  approval = true, format = true }
+
+-- A custom tool's input format, as the Responses API takes it: free text,
+-- or text a grammar holds the model to (Lark or a regular expression).
+-- "text" stands for { type = "text" }.
+local FORMAT_FIELDS = { text = { type = true }, grammar = { type = true, syntax = true, definition = true } }
+
+local function check_format(f)
+  if f == "text" then return { type = "text" } end
+  if type(f) ~= "table" then fail("'format' must be \"text\" or a format table, got " .. type(f), 4) end
+  local allowed = FORMAT_FIELDS[f.type]
+  if not allowed then fail("'format.type' must be \"text\" or \"grammar\", got " .. tostring(f.type), 4) end
+  for k in pairs(f) do
+    if not allowed[k] then fail("unknown option 'format." .. tostring(k) .. "'", 4) end
+  end
+  if f.type == "text" then return { type = "text" } end
+  if f.syntax ~= "lark" and f.syntax ~= "regex" then
+    fail("'format.syntax' must be \"lark\" or \"regex\", got " .. tostring(f.syntax), 4)
+  end
+  if type(f.definition) ~= "string" or not f.definition:find("%S") then
+    fail("'format.definition' must be the grammar's text", 4)
+  end
+  return { type = "grammar", syntax = f.syntax, definition = f.definition }
+end
 
 --- Defines a tool. The handler returns text, or a table (sent as JSON);
 --- raising an error, returning `nil, err` or `false, err`, or a table JSON
@@ -35,7 +59,12 @@ local FIELDS = { name = true, description = true, parameters = true, handler = t
 --- With `approval` (true, or a function(args, ctx) that says whether this
 --- call needs one), a call waits for a person's decision: the turn returns
 --- ApprovalRequired and goes on with `s:approve` / `s:reject`, `s:resume()`.
----@param spec {name:string, description:string, parameters?:table, handler:fun(args:table, ctx:tide.tool.context):any, timeout_ms?:integer, approval?:boolean|fun(args:table, ctx:tide.tool.context):boolean}
+--- With `format` instead of `parameters`, a custom tool: the model writes
+--- its input as free text ("text") or in a grammar (`{ type = "grammar",
+--- syntax = "lark" | "regex", definition }`), and the handler gets that
+--- text, a string. OpenAI's APIs take it as such (a custom tool); to other
+--- providers it is a function of one string argument, `input`.
+---@param spec {name:string, description:string, parameters?:table, format?:string|table, handler:fun(args:table|string, ctx:tide.tool.context):any, timeout_ms?:integer, approval?:boolean|fun(args:table|string, ctx:tide.tool.context):boolean}
 ---@return tide.tool
 function M.new(spec)
   if type(spec) ~= "table" then
@@ -52,7 +81,13 @@ function M.new(spec)
   end
   if type(spec.handler) ~= "function" then fail("'handler' must be a function, got " .. type(spec.handler)) end
   local params = spec.parameters
-  if params == nil then
+  local format = spec.format ~= nil and check_format(spec.format) or nil
+  if format and params ~= nil then
+    fail("'format' and 'parameters' exclude each other (a custom tool takes text, not arguments)")
+  end
+  if format then
+    params = nil
+  elseif params == nil then
     params = { type = "object", properties = {} }
   elseif type(params) ~= "table" then
     fail("'parameters' must be a JSON-schema table, got " .. type(params))
@@ -87,6 +122,7 @@ function M.new(spec)
     name = spec.name,
     description = spec.description,
     parameters = params,
+    format = format,
     handler = spec.handler,
     timeout_ms = spec.timeout_ms,
     approval = spec.approval or nil,
@@ -97,9 +133,10 @@ end
 --- True when `v` was made by tide.tool.
 function M.is(v) return getmetatable(v) == tool_mt end
 
---- The provider-neutral schema of a tool: { name, description, parameters }.
+--- The provider-neutral schema of a tool: { name, description, parameters },
+--- or a custom tool's { name, description, format }.
 function M.spec(t)
-  return { name = t.name, description = t.description, parameters = t.parameters }
+  return { name = t.name, description = t.description, parameters = t.parameters, format = t.format }
 end
 
 return M

@@ -185,7 +185,8 @@ local function result(call, content, is_error)
     return { id = call.id, name = call.name, content = content, is_error = is_error, approve = not is_error,
              reason = is_error and content or nil }
   end
-  return { id = call.id, name = call.name, content = content, is_error = is_error }
+  -- (a custom tool's call is answered as one: see provider.responses)
+  return { id = call.id, name = call.name, content = content, is_error = is_error, custom = call.custom }
 end
 M._result = result -- (a resumed session answers calls left open with it)
 

@@ -692,6 +692,7 @@ function Provider:_encode(msg, level)
       if not thinking then return '{"content":' .. quote(text) .. ',"role":"assistant"}' end
       return '{"content":[' .. thinking .. ',{"text":' .. quote(text) .. ',"type":"text"}],"role":"assistant"}'
     end
+    calls = provider._function_calls(calls) -- (a custom tool is a function here)
     local enc = assistant_wire(text, calls, thinking) or assistant_wire(text, plain_calls(calls), thinking, true)
     if not enc then error("tide.provider.anthropic: tool_calls need string 'id' and 'name'", level) end
     return enc

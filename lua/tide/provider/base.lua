@@ -796,7 +796,49 @@ end
 
 --- Checks a neutral tool schema list and returns it as { name, description,
 --- parameters } entries (raises on misuse, at level `level`).
-function provider._tools(kind, tools, level)
+-- A custom tool (tide.tool's `format`) as a function of one string
+-- argument, for the providers that have no custom tools: the format goes
+-- in the argument's description, a grammar whole, for the model to follow.
+local function custom_as_function(t)
+  local f = t.format
+  local what = f.type == "grammar"
+    and ("The tool's input, text in this %s grammar:\n%s"):format(f.syntax == "lark" and "Lark" or "regular expression",
+      f.definition)
+    or "The tool's input, free text."
+  return {
+    name = t.name,
+    description = t.description or "",
+    parameters = { type = "object", properties = { input = { type = "string", description = what } },
+                   required = json.array { "input" }, additionalProperties = false },
+  }
+end
+
+--- The calls of an assistant message as a provider without custom tools
+--- sends them: a custom tool's call (its input text) as a call of the
+--- function that provider offers in its place (see custom_as_function),
+--- `{ "input": text }`. The list itself when it holds none.
+function provider._function_calls(calls)
+  local copy
+  for i, c in ipairs(calls) do
+    if c.custom then
+      if not copy then
+        copy = {}
+        for j = 1, i - 1 do copy[j] = calls[j] end
+      end
+      copy[i] = { id = c.id, name = c.name,
+                  arguments = json.canonical { input = type(c.arguments) == "string" and c.arguments or "" } }
+    elseif copy then
+      copy[i] = c
+    end
+  end
+  return copy or calls
+end
+
+--- The tools of a request, checked: each { name, description, parameters },
+--- or, where the API takes custom tools (`custom`: OpenAI's), a custom
+--- tool's { name, description, format }; elsewhere a custom tool is a
+--- function of one string argument, `input`.
+function provider._tools(kind, tools, level, custom)
   local out = {}
   if tools == nil then return out end
   if type(tools) ~= "table" then
@@ -812,11 +854,23 @@ function provider._tools(kind, tools, level)
     if t.parameters ~= nil and type(t.parameters) ~= "table" then
       error(("tide.provider.%s: tools[%d].parameters must be a table"):format(kind, i), level + 1)
     end
-    out[i] = {
-      name = t.name,
-      description = t.description or "",
-      parameters = t.parameters or { type = "object", properties = {} },
-    }
+    local f = t.format
+    if f ~= nil and (type(f) ~= "table" or (f.type ~= "text" and (f.type ~= "grammar"
+        or (f.syntax ~= "lark" and f.syntax ~= "regex") or type(f.definition) ~= "string"))) then
+      error(("tide.provider.%s: tools[%d].format must be { type = \"text\" } or { type = \"grammar\", "
+        .. "syntax = \"lark\" or \"regex\", definition }"):format(kind, i), level + 1)
+    end
+    if f and custom then
+      out[i] = { name = t.name, description = t.description or "", format = f }
+    elseif f then
+      out[i] = custom_as_function(t)
+    else
+      out[i] = {
+        name = t.name,
+        description = t.description or "",
+        parameters = t.parameters or { type = "object", properties = {} },
+      }
+    end
   end
   return out
 end

@@ -382,7 +382,8 @@ function Provider:_encode_one(msg)
     reasoning_blocks(msg.reasoning, blocks)
     local text = msg.content
     if type(text) == "string" and text:find("%S") then blocks[#blocks + 1] = text_block(text) end
-    for _, c in ipairs(msg.tool_calls or {}) do
+    -- (a custom tool is a function here)
+    for _, c in ipairs(provider._function_calls(msg.tool_calls or {})) do
       blocks[#blocks + 1] = '{"toolUse":{"input":' .. input_json(c.arguments) .. ',"name":' .. quote(c.name)
         .. ',"toolUseId":' .. quote(c.id) .. "}}"
     end

@@ -82,12 +82,15 @@ end
 --- The model is held to a turn's schema by the API itself
 --- (`response_format` json_schema): encode_prefix takes the schema.
 Provider._native_schema = true
+-- Custom tools go as such (tide.tool's `format`), their calls and results
+-- as the API's custom calls.
+Provider._custom_tools = true
 
 function Provider:encode_prefix(system, tools, schema)
   if system ~= nil and type(system) ~= "string" then
     error(("tide.provider.openai: 'system' must be a string, got %s"):format(type(system)), 2)
   end
-  local list = provider._tools("openai", tools, 2)
+  local list = provider._tools("openai", tools, 2, true)
   local parts = { '{"model":', canonical(self.model), ',"stream":', self.stream and "true" or "false" }
   if self.stream and self.stream_usage then parts[#parts + 1] = ',"stream_options":{"include_usage":true}' end
   if self.temperature ~= nil then parts[#parts + 1] = ',"temperature":' .. canonical(self.temperature) end
@@ -125,7 +128,16 @@ function Provider:encode_prefix(system, tools, schema)
   if #list > 0 then
     local encoded = {}
     for i, t in ipairs(list) do
-      encoded[i] = canonical({ type = "function", ["function"] = t })
+      local f = t.format
+      if f then
+        -- a custom tool: chat completions nests a grammar one level deeper
+        -- than the Responses API does
+        encoded[i] = canonical({ type = "custom", custom = { name = t.name, description = t.description,
+          format = f.type == "grammar" and { type = "grammar", grammar = { syntax = f.syntax,
+            definition = f.definition } } or f } })
+      else
+        encoded[i] = canonical({ type = "function", ["function"] = t })
+      end
     end
     parts[#parts + 1] = ',"tools":[' .. table.concat(encoded, ",") .. "]"
   end
@@ -440,17 +452,23 @@ function Provider:_parse(obj)
   local calls = {}
   if type(m.tool_calls) == "table" then
     for i, c in ipairs(m.tool_calls) do
+      local custom = type(c) == "table" and type(c.custom) == "table" and c.custom
       local f = type(c) == "table" and c["function"]
-      if type(f) ~= "table" then
+      if custom then
+        -- a custom (freeform) tool's call: its input is text, not JSON
+        calls[i] = { id = c.id, name = custom.name, custom = true,
+                     arguments = type(custom.input) == "string" and custom.input or nil }
+      elseif type(f) ~= "table" then
         return nil, fail("MalformedResponse", ("openai tool_calls[%d] has no function"):format(i))
+      else
+        local args = f.arguments
+        if type(args) == "table" then args = object_arguments(args) end -- some servers send an object
+        -- Gemini's thought signature rides here; kept as JSON text, as the C
+        -- parser keeps it.
+        local extra = type(c.extra_content) == "table" and object_arguments(c.extra_content) or nil
+        calls[i] = { id = c.id, name = f.name, arguments = type(args) == "string" and args or nil,
+                     extra_content = extra }
       end
-      local args = f.arguments
-      if type(args) == "table" then args = object_arguments(args) end -- some servers send an object
-      -- Gemini's thought signature rides here; kept as JSON text, as the C
-      -- parser keeps it.
-      local extra = type(c.extra_content) == "table" and object_arguments(c.extra_content) or nil
-      calls[i] = { id = c.id, name = f.name, arguments = type(args) == "string" and args or nil,
-                   extra_content = extra }
     end
   end
   local raw = type(choice.finish_reason) == "string" and choice.finish_reason or nil

@@ -90,12 +90,14 @@ end
 --- The model is held to a turn's schema by the API itself (`text.format`
 --- json_schema): encode_prefix takes the schema.
 Provider._native_schema = true
+-- Custom tools go as such, their calls as custom_tool_call items.
+Provider._custom_tools = true
 
 function Provider:encode_prefix(system, tools, schema)
   if system ~= nil and type(system) ~= "string" then
     error(("tide.provider.openai: 'system' must be a string, got %s"):format(type(system)), 2)
   end
-  local list = provider._tools("openai", tools, 2)
+  local list = provider._tools("openai", tools, 2, true)
   local fields = {
     model = canonical(self.model),
     store = self.store and "true" or "false",
@@ -123,8 +125,10 @@ function Provider:encode_prefix(system, tools, schema)
     local encoded = {}
     for i, t in ipairs(server) do encoded[i] = t end
     for i, t in ipairs(list) do
-      encoded[#server + i] = canonical({ type = "function", name = t.name, description = t.description,
-                                         parameters = t.parameters, strict = false })
+      encoded[#server + i] = t.format
+        and canonical({ type = "custom", name = t.name, description = t.description, format = t.format })
+        or canonical({ type = "function", name = t.name, description = t.description,
+                       parameters = t.parameters, strict = false })
     end
     fields.tools = "[" .. concat(encoded, ",") .. "]"
   end
@@ -293,7 +297,9 @@ function Provider:_encode(msg)
       else
         local output = type(c) == "table" and content.is_neutral(c)
           and canonical(content.openai_responses(content.text_files_inline(c))) or quote(result_text(c))
-        items[i] = '{"call_id":' .. quote(r.id) .. ',"output":' .. output .. ',"type":"function_call_output"}'
+        -- (a custom tool's call is answered by its own kind of item)
+        items[i] = '{"call_id":' .. quote(r.id) .. ',"output":' .. output .. ',"type":"'
+          .. (r.custom and "custom_tool_call_output" or "function_call_output") .. '"}'
       end
     end
     return concat(items, ",")
@@ -318,7 +324,12 @@ function Provider:_encode(msg)
     end
     for _, c in ipairs(msg.tool_calls or {}) do
       -- (an MCP approval request's call is its item, among the reasoning)
-      if c.server == nil then
+      if c.custom then
+        -- a custom tool's call: its input, text as the model wrote it
+        n = n + 1
+        items[n] = '{"call_id":' .. quote(c.id) .. ',"input":' .. quote(type(c.arguments) == "string" and c.arguments or "")
+          .. ',"name":' .. quote(c.name) .. ',"type":"custom_tool_call"}'
+      elseif c.server == nil then
         n = n + 1
         items[n] = '{"arguments":' .. quote(call_arguments(c)) .. ',"call_id":' .. quote(c.id)
           .. ',"name":' .. quote(c.name) .. ',"type":"function_call"}'
