@@ -396,6 +396,140 @@ describe("tracing", function()
     assert.are.equal("quick", spans_of(url).spans[1].name)
   end)
 
+  -- The events of `spans` named `name`, with the name of the span each is on.
+  local function events_named(spans, name)
+    local out = {}
+    for _, sp in ipairs(spans) do
+      for _, e in ipairs(sp.events) do
+        if e.name == name then out[#out + 1] = { span = sp.name, attributes = e.attributes } end
+      end
+    end
+    return out
+  end
+
+  local function failed(span) return span.status ~= cjson.null and (span.status or {}).code == 2 end
+
+  it("puts each retry of a provider call on that call's chat span, in a real turn", function()
+    tide.tracing { endpoint = url }
+    tide.agent { id = "retry_t", prompt = "You answer." }
+    srv:push({ fault = "status", status = 429, retry_after = 0.02 }, { fault = "status", status = 503 })
+    srv.default = "hi"
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false,
+      retry = { attempts = 3, base_ms = 1, max_ms = 1 } }
+    assert.are.equal("hi", tide.session { agent = "retry_t", provider = p }:turn("go"))
+    tracing.flush()
+    local spans = spans_of(url).spans
+    local chats = by_name(spans, "chat m")
+    assert.are.equal(1, #chats) -- one provider call, tried three times
+    local ev = chats[1].events
+    assert.are.equal(2, #ev)
+    -- the 429's Retry-After is the wait; the 503's is the backoff (base_ms 1, max_ms 1)
+    assert.are.same({ name = "retry", attributes = { attempt = 1, delay_ms = 20, ["error.type"] = "RateLimited" } },
+      ev[1])
+    assert.are.same({ "retry", 2, "ProviderError" }, { ev[2].name, ev[2].attributes.attempt,
+      ev[2].attributes["error.type"] })
+    assert.is_true(ev[2].attributes.delay_ms == 0 or ev[2].attributes.delay_ms == 1)
+    -- the call succeeded in the end, and the retries are the call's alone
+    assert.is_false(failed(chats[1]))
+    assert.are.same({ { span = "chat m", attributes = ev[1].attributes },
+      { span = "chat m", attributes = ev[2].attributes } }, events_named(spans, "retry"))
+  end)
+
+  it("marks a turn that pauses for approval on its span, not as a failure", function()
+    tide.tracing { endpoint = url }
+    local ran = 0
+    tide.agent { id = "gate_t", prompt = "You send.", tools = {
+      tide.tool { name = "send", description = "d", approval = true, handler = function() ran = ran + 1; return "sent" end } } }
+    srv.default = function(req)
+      local msgs = req.json.messages
+      if msgs[#msgs].role == "tool" then return "all sent" end
+      return { tool_calls = { { id = "g1", name = "send", arguments = {} } } }
+    end
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    local s = tide.session { agent = "gate_t", provider = p }
+    local _, err = s:turn("send it")
+    assert.are.equal("ApprovalRequired", err.code)
+    tracing.flush()
+    local spans = spans_of(url).spans
+    local root = by_name(spans, "invoke_agent gate_t")
+    assert.are.equal(1, #root)
+    assert.are.same({ { name = "approval_required", attributes = { count = 1 } } }, root[1].events)
+    assert.is_false(failed(root[1]))
+    assert.is_nil(root[1].attributes["error.type"])
+    assert.are.equal(0, #by_name(spans, "execute_tool send")) -- it waits, unrun
+    -- approved, the resumed turn runs it, and nothing more is marked
+    assert(s:approve("g1"))
+    assert.are.equal("all sent", s:resume())
+    tracing.flush()
+    spans = spans_of(url).spans
+    assert.are.equal(1, ran)
+    local tool = by_name(spans, "execute_tool send")
+    assert.are.equal(1, #tool)
+    assert.are.same({}, tool[1].events)
+    assert.are.equal(1, #events_named(spans, "approval_required"))
+  end)
+
+  it("marks the delegating call's span, and each turn's, when a sub-agent pauses for approval", function()
+    tide.tracing { endpoint = url }
+    tide.agent { id = "mailer_t", prompt = "You send mail.", when_to_use = "sends mail", tools = {
+      tide.tool { name = "send_email", description = "d", approval = true, handler = function() return "sent" end } } }
+    tide.agent { id = "boss_t", prompt = "You delegate.", subagents = { "mailer_t" } }
+    srv.default = function(req)
+      local msgs = req.json.messages
+      if msgs[#msgs].role == "tool" then return "done" end
+      if msgs[1].content:find("You send mail", 1, true) then
+        return { tool_calls = { { id = "m1", name = "send_email", arguments = {} } } }
+      end
+      return { tool_calls = { { id = "d1", name = "delegate_mailer_t", arguments = { task = "mail bob" } } } }
+    end
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    local _, err = tide.session { agent = "boss_t", provider = p }:turn("get bob mailed")
+    assert.are.equal("ApprovalRequired", err.code)
+    tracing.flush()
+    local spans = spans_of(url).spans
+    local root = by_name(spans, "invoke_agent boss_t")[1]
+    local delegate = by_name(spans, "execute_tool delegate_mailer_t")[1]
+    local sub = by_name(spans, "invoke_agent mailer_t")[1]
+    assert.are.same({ root.spanId, delegate.spanId }, { delegate.parentSpanId, sub.parentSpanId })
+    assert.are.same({ { name = "approval_required", attributes = { count = 1 } } }, root.events)
+    assert.are.same({ { name = "approval_required", attributes = {} } }, delegate.events)
+    assert.are.same({ { name = "approval_required", attributes = { count = 1 } } }, sub.events)
+    for _, sp in ipairs { root, delegate, sub } do assert.is_false(failed(sp), sp.name) end
+    assert.are.equal(0, #by_name(spans, "execute_tool send_email"))
+  end)
+
+  it("puts each compaction on its turn's span, as the event sink hears it", function()
+    tide.tracing { endpoint = url }
+    local big = ("x"):rep(4000) -- a tool result of about 1,000 tokens
+    tide.agent { id = "long_t", prompt = "You look things up.", tools = {
+      tide.tool { name = "lookup", description = "d", handler = function() return big end } } }
+    srv.default = function(req)
+      local msgs = req.json.messages
+      if msgs[1].content:find("memory of a conversation", 1, true) then return "They asked; lookups found x." end
+      local usage = { input = #req.body // 4, output = 5 }
+      if msgs[#msgs].role == "tool" then return { text = "noted", usage = usage } end
+      return { tool_calls = { { name = "lookup", arguments = { q = "a" } } }, usage = usage }
+    end
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    local s = tide.session { agent = "long_t", provider = p, context = { window = 4000, reserve = 500 } }
+    local heard = {}
+    for i = 1, 4 do
+      assert.are.equal("noted", s:turn("question " .. i, { on_event = function(ev)
+        if ev.type == "compaction" then heard[#heard + 1] = { strategy = ev.strategy, removed = ev.removed } end
+      end }))
+    end
+    assert.is_true(s:stats().compactions >= 1)
+    tracing.flush()
+    local seen = events_named(spans_of(url).spans, "compaction")
+    assert.are.equal(s:stats().compactions, #seen)
+    for i, e in ipairs(seen) do
+      assert.are.equal("invoke_agent long_t", e.span)
+      assert.are.same(heard[i], e.attributes)
+    end
+    assert.are.equal("summarize", seen[1].attributes.strategy)
+    assert.is_true(seen[1].attributes.removed > 0)
+  end)
+
   it("checks its options", function()
     assert.has_error(function() tide.tracing { endpoint = "ftp://x" } end)
     assert.has_error(function() tide.tracing { endpont = "http://x" } end, "tide.tracing: unknown option 'endpont'")
