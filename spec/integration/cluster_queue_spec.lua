@@ -588,4 +588,150 @@ describe("the turn queue", function()
     assert.matches("%-%-redis URL %(or TIDE_REDIS_URL%) is required", out)
     assert.matches("status 2", out)
   end)
+
+  -- What stopping does to a turn that outlasts the drain: it is cancelled,
+  -- its entry is left pending, and another worker finishes it.
+  describe("past the drain", function()
+    -- The first model call answers after `first` (a reply table: slow, or
+    -- a hang); every later one at once.
+    local function slow_then_ok(first)
+      local mock = { calls = 0 }
+      mock.server = testing.mock_server { default = function()
+        mock.calls = mock.calls + 1
+        return mock.calls == 1 and first or { text = "ok" }
+      end }
+      return mock
+    end
+
+    -- The workers and `tide worker` processes a case started, stopped
+    -- after it however it ended (busted keeps one finally() per case).
+    local workers, processes
+    before_each(function() workers, processes = {}, {} end)
+    local function stop_all()
+      for _, p in ipairs(processes) do pcall(p.kill, p, "KILL") end
+      helpers.run(function()
+        for _, p in ipairs(processes) do p:close() end
+        for _, w in ipairs(workers) do if not w.stopped then w:stop(0) end end
+      end)
+    end
+
+    local function in_process_worker(mock, name, opts)
+      opts = opts or {}
+      opts.queue, opts.name, opts.provider, opts.quiet = "turns", name, provider(mock.server), true
+      local w = assert(tide.worker(opts))
+      workers[#workers + 1] = w
+      return w
+    end
+
+    local function process_worker(mock, name, drain_ms)
+      local p = worker_process(mock.server, name, nil, nil, { "--drain-ms", tostring(drain_ms) })
+      processes[#processes + 1] = p
+      return p
+    end
+
+    -- Whether session `id`'s transcript in Redis ends with the user's
+    -- message, sent with the turn's model call: a worker that takes the
+    -- turn over continues it from there.
+    local function asked(c, id)
+      return (c:call("LINDEX", c:key("session", id), -1) or ""):find('"role":"user"', 1, true) ~= nil
+    end
+
+    local function pending(c)
+      return c:call("XPENDING", c:key("q", "turns"), "workers")
+    end
+
+    -- The submitted turn `t`, left pending by a worker that stopped,
+    -- claimed and finished by worker b; asserts its reply.
+    local function finished_by_b(mock, t)
+      local b = in_process_worker(mock, "b", { claim_idle_ms = 200 })
+      local reply, stats = t:join()
+      assert.equal("ok", reply, tostring(stats))
+      assert.equal("b", stats.worker)
+      assert.is_true(stats.continued)
+      assert.equal(1, b:stats().claimed)
+      assert.equal(2, mock.calls) -- the cancelled call, then b's
+      assert.equal(0, pending(cluster.current())[1])
+      b:stop()
+    end
+
+    it("w:stop(drain_ms) cancels a turn still running; another worker claims and finishes it", function()
+      finally(stop_all)
+      helpers.run(function()
+        -- (a reply far past the 50 ms drain: without the cancel, stop waits for it)
+        local mock = slow_then_ok { text = "too late", delay_ms = 10000 }
+        local server <close> = mock.server
+        local c = cluster.current()
+        local a = in_process_worker(mock, "a")
+        local t = tide.spawn(function()
+          return tide.submit { queue = "turns", session = "drained", agent = "helper", text = "x", timeout_ms = 30000 }
+        end)
+        helpers.wait_until(function() return mock.calls == 1 and asked(c, "drained") end, "the model call", 10000)
+        a:stop(50)
+        -- cancelled, not answered: the entry is still a's, pending
+        assert.same({ served = 1, answered = 0, claimed = 0, skipped = 0, failed = 0, in_flight = 0 }, a:stats())
+        local p = pending(c)
+        assert.equal(1, p[1])
+        assert.same({ { "a", "1" } }, p[4])
+        finished_by_b(mock, t)
+        -- the turn is in the transcript once
+        local users = 0
+        for _, r in ipairs(c:call("LRANGE", c:key("session", "drained"), 0, -1)) do
+          if json.decode(r).role == "user" then users = users + 1 end
+        end
+        assert.equal(1, users)
+      end)
+    end)
+
+    it("`tide worker --drain-ms`: a turn still running then is cancelled, the worker exits with 0", function()
+      finally(stop_all)
+      helpers.run(function()
+        local mock = slow_then_ok { fault = "hang" }
+        local server <close> = mock.server
+        local c = cluster.current()
+        local w = process_worker(mock, "t2", 200)
+        local t = tide.spawn(function()
+          return tide.submit { queue = "turns", session = "term2", agent = "helper", text = "x", timeout_ms = 30000 }
+        end)
+        helpers.wait_until(function() return mock.calls == 1 and asked(c, "term2") end, "the model call", 10000)
+        w:kill("TERM")
+        -- (the default drain, 30 s, would hold it far longer)
+        assert.same({ 0, 0 }, { w:wait(10000) })
+        assert.matches("SIGTERM: taking no more turns; the 1 in flight finish", w:stderr(), 1, true)
+        local p = pending(c)
+        assert.equal(1, p[1])
+        assert.same({ { "t2", "1" } }, p[4])
+        finished_by_b(mock, t)
+      end)
+    end)
+
+    it("`tide worker`: the first SIGTERM drains a slow turn, a second ends the process at once", function()
+      finally(stop_all)
+      helpers.run(function()
+        local mock = slow_then_ok { fault = "hang" }
+        local server <close> = mock.server
+        local c = cluster.current()
+        -- a drain that outlasts the case: only the second SIGTERM ends it
+        local w = process_worker(mock, "t3", 60000)
+        local t = tide.spawn(function()
+          return tide.submit { queue = "turns", session = "term3", agent = "helper", text = "x", timeout_ms = 30000 }
+        end)
+        helpers.wait_until(function() return mock.calls == 1 and asked(c, "term3") end, "the model call", 10000)
+        w:kill("TERM")
+        helpers.wait_until(function()
+          return w:stderr():find("SIGTERM: taking no more turns; the 1 in flight finish", 1, true) ~= nil
+        end, "the drain to start", 10000)
+        -- draining: the process waits for its turn
+        local none, err = w:wait(500)
+        assert.is_nil(none)
+        assert.equal("Timeout", err.code)
+        w:kill("TERM")
+        -- ended by the signal's default action, well before the drain's end
+        assert.same({ 0, 15 }, { w:wait(10000) })
+        local p = pending(c)
+        assert.equal(1, p[1])
+        assert.same({ { "t3", "1" } }, p[4])
+        finished_by_b(mock, t)
+      end)
+    end)
+  end)
 end)
