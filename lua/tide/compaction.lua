@@ -223,7 +223,8 @@ function M.apply(messages, rec)
 end
 
 -- The summary of messages[1..cut]: one model call, with its own prefix,
--- counted as every call of the turn (`run`) is: stats, tokens, cost, budget.
+-- counted as every call of the turn (`run`) is: stats, tokens, cost,
+-- budget, and its chat span under the turn's.
 local function summarize(session, messages, cut, run)
   local prompts = require "tide.prompts"
   local system, rerr = prompts.render("compact", {})
@@ -233,9 +234,12 @@ local function summarize(session, messages, cut, run)
   local body_msg = p:encode_message { role = "user", content = as_text(messages, cut) }
   if run and run.budget then run.budget:spend("provider_calls", 1, run.agent) end
   session.counters.provider_calls = session.counters.provider_calls + 1
+  local turn = require "tide.turn"
+  local chat = run and run.span and turn._start_chat(run, p)
   local resp, err = p:_complete(prefix, {}, { body_msg })
+  if chat then turn._end_chat(chat, resp, err) end
   if not resp then return nil, err end
-  if run then require("tide.turn")._add_usage(run, session.counters, resp.usage, resp.model or p.model) end
+  if run then turn._add_usage(run, session.counters, resp.usage, resp.model or p.model) end
   if resp.text == nil or resp.text == "" then
     return nil, core.error("CompactionFailed", "the summary call gave no text")
   end

@@ -21,7 +21,7 @@ local prices = require "tide.prices"
 local tracing = require "tide.tracing"
 local function compaction() return require "tide.compaction" end
 local function content_parts() return require "tide.content" end
-local chat_attributes, end_chat -- (tracing helpers, below)
+local chat_attributes, start_chat, end_chat -- (tracing helpers, below)
 
 local hrtime = core.hrtime
 local spawn, spawn_now = core.spawn, core.spawn_now
@@ -642,6 +642,11 @@ chat_attributes = function(provider)
 end
 M._chat_attributes = chat_attributes -- (for the specs)
 
+-- The chat span of one provider call of the turn `run` (which has a span).
+start_chat = function(run, provider)
+  return tracing.start("chat " .. tostring(provider.model), 3, run.span, chat_attributes(provider))
+end
+
 -- Ends a chat span with what the response said.
 end_chat = function(span, resp, err)
   if resp then
@@ -662,6 +667,8 @@ end_chat = function(span, resp, err)
   end
   span:finish(err)
 end
+-- (a compaction's summary call is a provider call of the turn too)
+M._start_chat, M._end_chat = start_chat, end_chat
 
 -- The options of a request to a fallback provider (tide.provider.fallback):
 -- what the next provider needs to encode the request anew, the schema a
@@ -714,8 +721,7 @@ local function loop(session, opts, run, first, state)
     -- request itself.
     local wire = history:encoded()
     local sent_bytes = history.wire_bytes
-    local chat = run.span and tracing.start("chat " .. tostring(provider.model), 3, run.span,
-      chat_attributes(provider))
+    local chat = run.span and start_chat(run, provider)
     run.chat = chat
     local copts = fallback and fallback_opts(popts, session, want) or popts
     -- A server tool's code ran in a container: the next requests run in it

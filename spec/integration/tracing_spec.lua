@@ -520,8 +520,16 @@ describe("tracing", function()
     end
     assert.is_true(s:stats().compactions >= 1)
     tracing.flush()
-    local seen = events_named(spans_of(url).spans, "compaction")
+    local spans = spans_of(url).spans
+    local seen = events_named(spans, "compaction")
     assert.are.equal(s:stats().compactions, #seen)
+    -- every provider call has its chat span, a summary's too, and the
+    -- tokens the turns counted are the ones their chat spans say
+    local chats = by_name(spans, "chat m")
+    assert.are.equal(s:stats().provider_calls, #chats)
+    local input = 0
+    for _, c in ipairs(chats) do input = input + c.attributes["gen_ai.usage.input_tokens"] end
+    assert.are.equal(s:stats().tokens.input, input)
     for i, e in ipairs(seen) do
       assert.are.equal("invoke_agent long_t", e.span)
       assert.are.same(heard[i], e.attributes)
