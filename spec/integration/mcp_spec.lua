@@ -127,7 +127,10 @@ describe("tide.integrations.mcp against a scripted server", function()
     assert.are.equal("client asked 2025-11-25", tk.description)
     local names = {}
     for _, t in ipairs(tk.tools) do names[#names + 1] = t.name end
-    assert.are.same({ "echo", "add", "fail", "slow", "tags", "seen", "changed", "ping", "delete" }, names)
+    assert.are.same({ "echo", "add", "fail", "slow", "tags", "seen", "changed", "ping", "delete", "sample",
+      "client_caps" }, names)
+    -- a source without sampling declares no capability
+    assert.are.equal("{}", src:execute("client_caps", {}))
     assert.is_true(tk.tools[9].destructive)
     assert.is_nil(tk.tools[1].destructive)
     assert.are.same({ "text" }, tk.tools[1].parameters.required)

@@ -15,7 +15,10 @@
 -- fail -> isError; slow -> never answers (cancel it); tags {tags: []}
 -- -> the raw JSON of the arguments it got; seen -> every notification
 -- method received so far; changed -> sends tools/list_changed first; ping ->
--- the server pings the client and reports the answer.
+-- the server pings the client and reports the answer; sample {params} ->
+-- the server sends sampling/createMessage with those params and reports
+-- the client's answer line; client_caps -> the capabilities the client
+-- declared at initialize.
 local cjson = require "cjson"
 local mode = arg[1] or "normal"
 
@@ -39,10 +42,13 @@ local TOOLS = {
   { name = "ping", description = "Pings the client", inputSchema = { type = "object" } },
   { name = "delete", description = "Deletes", inputSchema = { type = "object" },
     annotations = { destructiveHint = true } },
+  { name = "sample", description = "Asks the client's model", inputSchema = { type = "object" } },
+  { name = "client_caps", description = "The client's capabilities", inputSchema = { type = "object" } },
 }
 
 local seen = {}
 local raw_line
+local client_caps
 
 local function text(id, s) send { jsonrpc = "2.0", id = id, result = { content = { { type = "text", text = s } } } } end
 
@@ -86,6 +92,14 @@ local function call(msg)
     send { jsonrpc = "2.0", id = "srv-1", method = "ping" }
     local answer = io.read("l")
     text(id, answer)
+  elseif name == "sample" then
+    -- (the raw params, [] kept: cjson would make an empty list an object)
+    local params = raw_line:match('"params":(%b{})', raw_line:find('"arguments"', 1, true))
+    io.stdout:write('{"id":"srv-s","jsonrpc":"2.0","method":"sampling/createMessage","params":', params, "}\n")
+    io.stdout:flush()
+    text(id, io.read("l"))
+  elseif name == "client_caps" then
+    text(id, client_caps)
   else
     send { jsonrpc = "2.0", id = id, error = { code = -32602, message = "Unknown tool: " .. tostring(name) } }
   end
@@ -97,6 +111,7 @@ for line in io.lines() do
   local m = msg.method
   if m == "initialize" then
     if mode == "exit_init" then os.exit(1) end
+    client_caps = line:match('"capabilities":(%b{})')
     local v = mode == "old" and "2025-03-26" or mode == "ancient" and "2024-01-01" or "2025-11-25"
     send { jsonrpc = "2.0", id = msg.id, result = { protocolVersion = v,
       capabilities = { tools = { listChanged = true } },

@@ -19,10 +19,14 @@
 --- clientInfo), then the `notifications/initialized` notification, then
 --- `tools/list` (followed through `nextCursor`) and `tools/call`. The server
 --- may send `ping` (answered), `notifications/tools/list_changed` (the
---- source's cache entry is dropped, so the next session lists again) and
---- requests tide does not serve (sampling, roots, elicitation: answered
---- with JSON-RPC error -32601, as the TypeScript SDK does for a capability
---- it did not declare).
+--- source's cache entry is dropped, so the next session lists again),
+--- `sampling/createMessage` when the source was given `sampling` (served
+--- by tide.integrations.mcp_sampling, which also says what is declared),
+--- and requests tide does not serve (roots, elicitation, sampling without
+--- the option: answered with JSON-RPC error -32601, as the TypeScript SDK
+--- does for a capability it did not declare). Over Streamable HTTP a
+--- request's answer is read as it comes, for the server may make its own
+--- request inside a tool call's stream and wait for the answer.
 ---
 --- One connection per source, shared by every session that uses it. Over
 --- stdio, responses are routed by id: a reader task reads one response,
@@ -212,6 +216,8 @@ local function on_server_message(src, msg, reply)
   if msg.id ~= nil and msg.id ~= json.null then
     if method == "ping" then
       reply { jsonrpc = "2.0", id = msg.id, result = {} }
+    elseif method == "sampling/createMessage" and src.sampling_config then
+      require("tide.integrations.mcp_sampling").handle(src, msg, reply)
     else
       reply { jsonrpc = "2.0", id = msg.id,
         error = { code = -32601, message = "Method not found: tide serves no " .. tostring(method) } }
@@ -414,20 +420,23 @@ function Http:headers()
   return h
 end
 
+-- Hands each message of one JSON text (a message or a batch) to fn.
+local function each_message(text, fn)
+  local v = json.decode(text)
+  if type(v) ~= "table" then return end
+  if #v > 0 then
+    for _, m in ipairs(v) do fn(m) end
+  else
+    fn(v)
+  end
+end
+
 -- The messages of a POST's answer: one JSON value (a message or a batch)
 -- or the data of each SSE event.
 local function messages_of(res)
   local ctype = (res.headers["content-type"] or ""):lower()
   local out = {}
-  local function add(text)
-    local v = json.decode(text)
-    if type(v) ~= "table" then return end
-    if #v > 0 then
-      for _, m in ipairs(v) do out[#out + 1] = m end
-    else
-      out[#out + 1] = v
-    end
-  end
+  local function add(text) each_message(text, function(m) out[#out + 1] = m end) end
   if ctype:find("text/event-stream", 1, true) then
     local p = core.sse_parser(#res.body + 16)
     for _, chunk in ipairs { res.body, "\n\n" } do -- the blank line ends a last event
@@ -441,6 +450,38 @@ local function messages_of(res)
   return out
 end
 
+-- A POST's answer read as it comes (tide.http's on_data): an SSE stream's
+-- events are decoded one by one and each message handed to on_message at
+-- once, for a request the server makes inside a tool call (sampling) must
+-- be answered before that call can end; a JSON answer (it starts with "{"
+-- or "[") is kept and decoded when whole. `finish()` ends the stream and
+-- returns the JSON text kept, if any.
+local function answer_reader(max, on_message)
+  local parser, kept, sse = nil, {}, nil
+  local function events(list)
+    for _, ev in ipairs(list or {}) do
+      if ev.data and ev.data ~= "" then each_message(ev.data, on_message) end
+    end
+  end
+  local r = {}
+  function r.feed(chunk)
+    if sse == nil then
+      local b = chunk:match("^%s*(%S)")
+      if b == nil then kept[#kept + 1] = chunk return end
+      sse = b ~= "{" and b ~= "["
+      if sse then chunk = table.concat(kept) .. chunk end
+    end
+    if not sse then kept[#kept + 1] = chunk return end
+    parser = parser or core.sse_parser(max)
+    events(parser:feed(chunk))
+  end
+  function r.finish()
+    if parser then events(parser:feed("\n\n")) return "" end -- (the blank line ends a last event)
+    return table.concat(kept)
+  end
+  return r
+end
+
 -- The origin of a URL ("http://host:port"), for redirects.
 local function origin_of(url) return url:match("^(%a[%w+.-]*://[^/?#]+)") end
 
@@ -449,15 +490,23 @@ local function origin_of(url) return url:match("^(%a[%w+.-]*://[^/?#]+)") end
 -- as the official clients' fetch and httpx do (FastMCP moves /mcp to
 -- /mcp/); one to another origin is not, since the headers carry the
 -- server's credentials.
-function Http:post(msg, timeout_ms)
+-- With `on_message`, a 2xx answer's messages go to it as they come (see
+-- answer_reader) and the answer's body is what was not streamed (JSON).
+function Http:post(msg, timeout_ms, on_message)
   local http = require "tide.http"
   local body = type(msg) == "string" and msg or encode(msg)
   local url = self.src.url
   for _ = 1, 4 do
+    local reader = on_message and answer_reader(self.src.max_message_bytes, on_message)
     local res, err = http.request {
       method = "POST", url = url, headers = self:headers(), body = body,
       timeout_ms = timeout_ms, max_body_bytes = self.src.max_message_bytes,
+      on_data = reader and reader.feed,
     }
+    if res and reader and res.status >= 200 and res.status <= 299 then
+      res.body = reader.finish()
+      if res.body ~= "" then each_message(res.body, on_message) end
+    end
     if not res or (res.status ~= 307 and res.status ~= 308) then return res, err end
     local to = res.headers["location"]
     if not to then return res end
@@ -483,7 +532,19 @@ function Http:request(method, params, timeout_ms, raw_params, retried)
   local msg = raw_params and ('{"id":%d,"jsonrpc":"2.0","method":%s,"params":%s}'):format(id, json.quote(method),
     raw_params) or { jsonrpc = "2.0", id = id, method = method, params = params or {} }
   self.src.requests = self.src.requests + 1
-  local ok, res, err = pcall(self.post, self, msg, timeout_ms)
+  -- The answer's messages as they come: a request of the server's is
+  -- served at once (its answer posted from a task of its own), ours kept.
+  local answers = {}
+  local function on_message(m)
+    if type(m) == "table" and m.method ~= nil then
+      on_server_message(self.src, m, function(r)
+        core.spawn(function() pcall(self.post, self, r, 5000) end)
+      end)
+    else
+      answers[#answers + 1] = m
+    end
+  end
+  local ok, res, err = pcall(self.post, self, msg, timeout_ms, on_message)
   -- (initialize is never cancelled: the spec forbids it)
   if not ok then -- cancelled
     if method ~= "initialize" then self:notify("notifications/cancelled", { requestId = id, reason = "cancelled" }) end
@@ -514,17 +575,13 @@ function Http:request(method, params, timeout_ms, raw_params, retried)
   end
   if method == "initialize" then self.session_id = res.headers["mcp-session-id"] or self.session_id end
   local result, rerr
-  for _, m in ipairs(messages_of(res)) do
-    if type(m) == "table" and m.method == nil and m.id == id then
+  for _, m in ipairs(answers) do
+    if type(m) == "table" and m.id == id then
       if m.error ~= nil then
         rerr = core.error("ProviderError", rpc_error_text(m.error), { rpc = m.error })
       else
         result = m.result
       end
-    elseif type(m) == "table" and m.method ~= nil then
-      on_server_message(self.src, m, function(r)
-        core.spawn(function() pcall(self.post, self, r, 5000) end)
-      end)
     end
   end
   if rerr then return nil, rerr end
@@ -549,7 +606,7 @@ end
 
 local OPTIONS = {
   name = true, command = true, env = true, cwd = true, url = true, headers = true,
-  timeout_ms = true, max_message_bytes = true, approval = true, description = true,
+  timeout_ms = true, max_message_bytes = true, approval = true, description = true, sampling = true,
 }
 
 local function arg_error(msg) error("bad argument #1 to 'mcp' (" .. msg .. ")", 4) end
@@ -558,7 +615,7 @@ local function arg_error(msg) error("bad argument #1 to 'mcp' (" .. msg .. ")", 
 --- Either `command` (stdio: argv of the server, with `env` added to a
 --- minimal inherited environment and `cwd`) or `url` (Streamable HTTP, with
 --- extra `headers`). `timeout_ms` bounds each request (60000).
----@param opts {name: string, command?: string[], env?: table<string,string>, cwd?: string, url?: string, headers?: table<string,string>, timeout_ms?: integer, max_message_bytes?: integer, approval?: any, description?: string}
+---@param opts {name: string, command?: string[], env?: table<string,string>, cwd?: string, url?: string, headers?: table<string,string>, timeout_ms?: integer, max_message_bytes?: integer, approval?: any, description?: string, sampling?: {provider: table, approve?: fun(params: table): boolean, string?, max_tokens?: integer}}
 ---@return tide.integrations.mcp
 function mcp.new(opts)
   if type(opts) ~= "table" then arg_error("table expected, got " .. type(opts)) end
@@ -608,6 +665,11 @@ function mcp.new(opts)
     end
   end
   require("tide.approval").check_rule(opts.approval, "tide.integrations.mcp: ", 2)
+  local sampling, serr
+  if opts.sampling ~= nil then
+    sampling, serr = require("tide.integrations.mcp_sampling").check(opts.sampling)
+    if not sampling then arg_error(serr) end
+  end
   local self = setmetatable({
     kind = "mcp",
     name = name,
@@ -620,10 +682,14 @@ function mcp.new(opts)
     approval = opts.approval,
     requests = 0, spawns = 0, list_changes = 0,
     schemas = {},
+    -- sampling/createMessage served (tide.integrations.mcp_sampling), and its counts
+    sampling_config = sampling,
+    sampling = sampling and { requests = 0, rejected = 0, failed = 0, input_tokens = 0, output_tokens = 0 } or nil,
   }, Mcp)
   -- Headers and env may hold secrets: the identity carries their hash.
-  local what = command and { command = command, env = opts.env or {}, cwd = opts.cwd or "" }
-    or { url = opts.url, headers = opts.headers or {} }
+  -- (a server may offer other tools to a client that samples)
+  local what = command and { command = command, env = opts.env or {}, cwd = opts.cwd or "", sampling = sampling and true }
+    or { url = opts.url, headers = opts.headers or {}, sampling = sampling and true }
   self.id = name .. "|" .. core.cache_hash(json.canonical(what))
   return self
 end
@@ -636,7 +702,7 @@ function Mcp:identity() return "mcp|" .. self.id end
 function Mcp:_initialize(conn)
   local res, err = conn:request("initialize", {
     protocolVersion = PROTOCOL,
-    capabilities = {},
+    capabilities = self.sampling_config and require("tide.integrations.mcp_sampling").capabilities() or {},
     clientInfo = { name = "tide", version = core.version },
   }, self.timeout_ms)
   if not res then return nil, err end

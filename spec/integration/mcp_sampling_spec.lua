@@ -1,0 +1,188 @@
+-- MCP sampling: a server's sampling/createMessage answered by the source's
+-- provider, against the real server-everything (stdio and Streamable HTTP:
+-- there the request comes inside the tool call's SSE stream, and must be
+-- answered before that call can end) and a scripted server for what the
+-- protocol has a client refuse.
+local tide = require "tide"
+local core = require "tide.core"
+local json = require "tide.json"
+local cjson = require "cjson"
+local helpers = require "helpers"
+
+local SCRIPT = "spec/support/mcp_server.lua"
+local NPM = os.getenv("TIDE_NPM_DIR") or ((os.getenv("HOME") or "/tmp") .. "/.cache/tide-npm")
+local EVERYTHING = NPM .. "/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+local FAST = { attempts = 1 }
+
+-- A mock model for the sampling provider, and the provider.
+local function model(reply)
+  local srv = assert(tide.testing.mock_server { default = reply or "a haiku about tides" })
+  return srv, tide.provider.openai { base_url = srv.url .. "/v1", api_key = "sk-sampling", model = "gpt-5-mini",
+    stream = false, retry = FAST }
+end
+
+local function scripted(sampling)
+  return tide.integrations.mcp { name = "scripted", command = { "lua5.4", SCRIPT, "normal" }, timeout_ms = 5000,
+    env = { LUA_PATH = package.path, LUA_CPATH = package.cpath }, sampling = sampling }
+end
+
+local function names(src)
+  local set = {}
+  for _, t in ipairs(assert(src:fetch())[1].tools) do set[t.name] = true end
+  return set
+end
+
+describe("MCP sampling with server-everything", function()
+  it("over stdio: the server's request is the provider's, its answer the tool's", function()
+    helpers.run(function()
+      local srv <close>, p = model()
+      local src = tide.integrations.mcp { name = "everything", command = { "node", EVERYTHING, "stdio" },
+        timeout_ms = 20000, sampling = { provider = p } }
+      assert.is_true(names(src)["trigger-sampling-request"])
+      local text = assert(src:execute("trigger-sampling-request", { prompt = "write a haiku", maxTokens = 50 }))
+      local answer = cjson.decode(text:match("(%b{})"))
+      assert.are.same({ role = "assistant", model = "gpt-5-mini", stopReason = "endTurn",
+        content = { type = "text", text = "a haiku about tides" } }, answer)
+      -- what the server asked for reached the model: its system prompt,
+      -- its message, at most its maxTokens
+      local body = srv:requests()[1].json
+      assert.are.same({ { role = "system", content = "You are a helpful test server." },
+        { role = "user", content = "Resource trigger-sampling-request context: write a haiku" } }, body.messages)
+      assert.are.equal(50, body.max_completion_tokens)
+      -- counted as the source's: the request and the tokens it cost
+      local c = src.sampling
+      assert.are.same({ 1, 0, 0 }, { c.requests, c.rejected, c.failed })
+      assert.is_true(c.input_tokens > 0 and c.output_tokens > 0)
+      src:close()
+    end)
+  end)
+
+  it("without the option: the client declares no sampling, and the server offers no such tool", function()
+    local src = tide.integrations.mcp { name = "everything", command = { "node", EVERYTHING, "stdio" }, timeout_ms = 20000 }
+    assert.is_nil(names(src)["trigger-sampling-request"])
+    assert.is_nil(src.sampling)
+    src:close()
+  end)
+
+  it("over Streamable HTTP: the request inside the call's stream is answered before the call ends", function()
+    helpers.run(function()
+      local proc, port
+      for _ = 1, 5 do -- (see mcp_spec: the server takes a port it is given)
+        port = 20000 + math.random(0, 12000)
+        proc = assert(core.process_spawn { argv = { "node", EVERYTHING, "streamableHttp" },
+          env = { PATH = os.getenv("PATH"), HOME = os.getenv("HOME"), PORT = tostring(port) } })
+        helpers.wait_until(function() return proc:stderr():find("listening", 1, true) ~= nil or proc:status() end,
+          "the HTTP server to listen", 20000)
+        if not proc:status() then break end
+        proc:close(2000)
+      end
+      local srv <close>, p = model("over http")
+      local asked = {}
+      local src = tide.integrations.mcp { name = "remote", url = ("http://127.0.0.1:%d/mcp"):format(port),
+        timeout_ms = 20000, sampling = { provider = p, approve = function(params)
+          asked[#asked + 1] = params.maxTokens
+          return params.maxTokens <= 1000, "asks for too much"
+        end } }
+      local text = assert(src:execute("trigger-sampling-request", { prompt = "go", maxTokens = 40 }))
+      assert.are.equal("over http", cjson.decode(text:match("(%b{})")).content.text)
+      -- a person said no: the protocol's rejection, the model never asked
+      local r, err = src:execute("trigger-sampling-request", { prompt = "go", maxTokens = 5000 })
+      assert.is_nil(r)
+      assert.are.equal("ToolError", err.code)
+      assert.matches("User rejected sampling request: asks for too much", err.message, 1, true)
+      assert.are.same({ 40, 5000 }, asked)
+      assert.are.equal(1, #srv:requests())
+      assert.are.same({ 1, 1 }, { src.sampling.requests, src.sampling.rejected })
+      -- the connection goes on as before
+      assert.are.equal("Echo: after", src:execute("echo", { message = "after" }))
+      src:close()
+      proc:close(2000)
+    end)
+  end)
+end)
+
+describe("MCP sampling, what a client refuses", function()
+  -- The client's answer to one sampling request of `params`, decoded.
+  local function ask(src, params)
+    local text = assert(src:execute("sample", { params = params }))
+    return cjson.decode(text)
+  end
+
+  it("declares sampling without tools, and answers text and images", function()
+    helpers.run(function()
+      local srv <close>, p = model("seen")
+      local src = scripted { provider = p, max_tokens = 64 }
+      assert.are.same({ sampling = {} }, cjson.decode((assert(src:execute("client_caps", {})))))
+      local png = core.base64("\137PNG\r\n\26\n" .. ("\0"):rep(16))
+      local a = ask(src, { maxTokens = 500, messages = {
+        { role = "user", content = { type = "text", text = "What is this?" } },
+        { role = "assistant", content = { { type = "text", text = "Show me." } } },
+        { role = "user", content = { { type = "text", text = "This:" }, { type = "image", data = png, mimeType = "image/png" } } },
+      } })
+      assert.are.same({ role = "assistant", content = { type = "text", text = "seen" }, model = "gpt-5-mini",
+        stopReason = "endTurn" }, a.result)
+      local body = srv:requests()[1].json
+      -- no system prompt asked for: none sent; the source's cap under the request's
+      assert.are.equal("user", body.messages[1].role)
+      assert.are.equal(64, body.max_completion_tokens)
+      assert.are.same({ type = "image_url", image_url = { url = "data:image/png;base64," .. png } },
+        body.messages[3].content[2])
+      src:close()
+    end)
+  end)
+
+  it("answers what it does not serve with Invalid params, and a failed model call as an internal error", function()
+    helpers.run(function()
+      local srv <close>, p = model({ fault = "status", status = 500 })
+      local src = scripted { provider = p }
+      local text = { role = "user", content = { type = "text", text = "hi" } }
+      for _, case in ipairs {
+        { params = { messages = { text }, maxTokens = 10, tools = { { name = "t", inputSchema = { type = "object" } } } },
+          message = "tools in a sampling request" },
+        { params = { messages = { text } }, message = "'maxTokens' must be a positive number" },
+        { params = { messages = json.array {}, maxTokens = 10 }, message = "'messages' must be a non-empty array" },
+        { params = { messages = { { role = "user", content = { type = "audio", data = "AAAA", mimeType = "audio/wav" } } },
+          maxTokens = 10 }, message = "audio content is not served" },
+        { params = { messages = { { role = "system", content = { type = "text", text = "x" } } }, maxTokens = 10 },
+          message = "messages[0].role must be" },
+        { params = { messages = { { role = "user", content = { type = "image", data = "AAAA", mimeType = "image/bmp" } } },
+          maxTokens = 10 }, message = "images are PNG, JPEG, GIF or WebP, not image/bmp" },
+      } do
+        local a = ask(src, case.params)
+        assert.is_nil(a.result)
+        assert.are.equal(-32602, a.error.code)
+        assert.matches(case.message, a.error.message, 1, true)
+      end
+      assert.are.equal(0, #srv:requests())
+      -- the model failed: an internal error, with no key in it
+      local a = ask(src, { messages = { text }, maxTokens = 10 })
+      assert.are.equal(-32603, a.error.code)
+      assert.matches("^sampling failed: ", a.error.message)
+      assert.is_nil(a.error.message:find("sk-sampling", 1, true))
+      assert.are.same({ 1, 1 }, { src.sampling.requests, src.sampling.failed })
+      -- an approver that raises is a no
+      src:close()
+      local src2 = scripted { provider = p, approve = function() error("no person here") end }
+      assert.are.equal(-1, ask(src2, { messages = { text }, maxTokens = 10 }).error.code)
+      src2:close()
+    end)
+  end)
+
+  it("checks the option", function()
+    local p = tide.provider.openai { base_url = "http://127.0.0.1:1/v1", api_key = "k", model = "m" }
+    local function raised(sampling)
+      local ok, err = pcall(function() local s = scripted(sampling); return s end)
+      assert.is_false(ok)
+      return err
+    end
+    assert.matches("field 'sampling' must be a table", raised(true), 1, true)
+    assert.matches("field 'sampling.provider' must be a provider", raised({}), 1, true)
+    assert.matches("unknown option 'sampling.model'", raised({ provider = p, model = "x" }), 1, true)
+    assert.matches("field 'sampling.approve' must be a function", raised({ provider = p, approve = true }), 1, true)
+    assert.matches("field 'sampling.max_tokens' must be a positive integer", raised({ provider = p, max_tokens = 0 }),
+      1, true)
+    -- a source that samples is another source: another identity, for the
+    -- server may offer it other tools
+    assert.are_not.equal(scripted():identity(), scripted({ provider = p }):identity())
+  end)
+end)
