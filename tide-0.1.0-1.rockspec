@@ -52,6 +52,7 @@ build = {
       ["tide.integrations.cluster_cache"] = "lua/tide/integrations/cluster_cache.lua",
       ["tide.integrations.composio"] = "lua/tide/integrations/composio.lua",
       ["tide.integrations.mcp"] = "lua/tide/integrations/mcp.lua",
+      ["tide.integrations.mcp_elicitation"] = "lua/tide/integrations/mcp_elicitation.lua",
       ["tide.integrations.mcp_sampling"] = "lua/tide/integrations/mcp_sampling.lua",
       ["tide.integrations.several"] = "lua/tide/integrations/several.lua",
       ["tide.integrations.static"] = "lua/tide/integrations/static.lua",

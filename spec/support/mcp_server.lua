@@ -17,8 +17,8 @@
 -- method received so far; changed -> sends tools/list_changed first; ping ->
 -- the server pings the client and reports the answer; sample {params} ->
 -- the server sends sampling/createMessage with those params and reports
--- the client's answer line; client_caps -> the capabilities the client
--- declared at initialize.
+-- the client's answer line; roots -> the same for roots/list;
+-- client_caps -> the capabilities the client declared at initialize.
 local cjson = require "cjson"
 local mode = arg[1] or "normal"
 
@@ -44,6 +44,7 @@ local TOOLS = {
     annotations = { destructiveHint = true } },
   { name = "sample", description = "Asks the client's model", inputSchema = { type = "object" } },
   { name = "client_caps", description = "The client's capabilities", inputSchema = { type = "object" } },
+  { name = "roots", description = "Asks the client's roots", inputSchema = { type = "object" } },
 }
 
 local seen = {}
@@ -100,6 +101,9 @@ local function call(msg)
     text(id, io.read("l"))
   elseif name == "client_caps" then
     text(id, client_caps)
+  elseif name == "roots" then
+    send { jsonrpc = "2.0", id = "srv-r", method = "roots/list" }
+    text(id, io.read("l"))
   else
     send { jsonrpc = "2.0", id = id, error = { code = -32602, message = "Unknown tool: " .. tostring(name) } }
   end

@@ -20,11 +20,12 @@
 --- `tools/list` (followed through `nextCursor`) and `tools/call`. The server
 --- may send `ping` (answered), `notifications/tools/list_changed` (the
 --- source's cache entry is dropped, so the next session lists again),
---- `sampling/createMessage` when the source was given `sampling` (served
---- by tide.integrations.mcp_sampling, which also says what is declared),
---- and requests tide does not serve (roots, elicitation, sampling without
---- the option: answered with JSON-RPC error -32601, as the TypeScript SDK
---- does for a capability it did not declare). Over Streamable HTTP a
+--- the requests of the capabilities a source was given and declares:
+--- `sampling/createMessage` (`sampling`: tide.integrations.mcp_sampling),
+--- `elicitation/create` (`elicit`: tide.integrations.mcp_elicitation) and
+--- `roots/list` (`roots`); and requests tide does not serve (answered with
+--- JSON-RPC error -32601, as the TypeScript SDK does for a capability it
+--- did not declare). Over Streamable HTTP a
 --- request's answer is read as it comes, for the server may make its own
 --- request inside a tool call's stream and wait for the answer.
 ---
@@ -218,6 +219,10 @@ local function on_server_message(src, msg, reply)
       reply { jsonrpc = "2.0", id = msg.id, result = {} }
     elseif method == "sampling/createMessage" and src.sampling_config then
       require("tide.integrations.mcp_sampling").handle(src, msg, reply)
+    elseif method == "elicitation/create" and src.elicit then
+      require("tide.integrations.mcp_elicitation").handle(src, msg, reply)
+    elseif method == "roots/list" and src.roots then
+      reply { jsonrpc = "2.0", id = msg.id, result = { roots = src.roots } }
     else
       reply { jsonrpc = "2.0", id = msg.id,
         error = { code = -32601, message = "Method not found: tide serves no " .. tostring(method) } }
@@ -607,7 +612,29 @@ end
 local OPTIONS = {
   name = true, command = true, env = true, cwd = true, url = true, headers = true,
   timeout_ms = true, max_message_bytes = true, approval = true, description = true, sampling = true,
+  elicit = true, roots = true,
 }
+
+-- The roots option as the protocol lists them: { uri = "file://...", name }
+-- for each absolute path (its bytes percent-encoded where a URI needs it)
+-- or { uri, name } given; nil and what is wrong.
+local function roots_of(list)
+  if type(list) ~= "table" or #list == 0 then return nil, "field 'roots' must be a non-empty list" end
+  local out = json.array()
+  for i, r in ipairs(list) do
+    if type(r) == "string" then
+      if r:sub(1, 1) ~= "/" then return nil, ("roots[%d] must be an absolute path"):format(i) end
+      local path = r:gsub("[^%w%-%._~/]", function(c) return ("%%%02X"):format(c:byte()) end)
+      out[i] = { uri = "file://" .. path, name = r:match("([^/]+)/*$") or "/" }
+    elseif type(r) == "table" and type(r.uri) == "string" and r.uri:match("^file://")
+        and (r.name == nil or type(r.name) == "string") then
+      out[i] = { uri = r.uri, name = r.name }
+    else
+      return nil, ("roots[%d] must be an absolute path or { uri = \"file://...\", name }"):format(i)
+    end
+  end
+  return out
+end
 
 local function arg_error(msg) error("bad argument #1 to 'mcp' (" .. msg .. ")", 4) end
 
@@ -615,7 +642,9 @@ local function arg_error(msg) error("bad argument #1 to 'mcp' (" .. msg .. ")", 
 --- Either `command` (stdio: argv of the server, with `env` added to a
 --- minimal inherited environment and `cwd`) or `url` (Streamable HTTP, with
 --- extra `headers`). `timeout_ms` bounds each request (60000).
----@param opts {name: string, command?: string[], env?: table<string,string>, cwd?: string, url?: string, headers?: table<string,string>, timeout_ms?: integer, max_message_bytes?: integer, approval?: any, description?: string, sampling?: {provider: table, approve?: fun(params: table): boolean, string?, max_tokens?: integer}}
+--- `sampling`, `elicit` and `roots` make tide serve the server's requests
+--- of those capabilities (see the modules named in this file's header).
+---@param opts {name: string, command?: string[], env?: table<string,string>, cwd?: string, url?: string, headers?: table<string,string>, timeout_ms?: integer, max_message_bytes?: integer, approval?: any, description?: string, sampling?: {provider: table, approve?: fun(params: table): boolean, string?, max_tokens?: integer}, elicit?: fun(request: table, errors?: string[]): string, table?, roots?: (string|{uri: string, name?: string})[]}
 ---@return tide.integrations.mcp
 function mcp.new(opts)
   if type(opts) ~= "table" then arg_error("table expected, got " .. type(opts)) end
@@ -670,6 +699,12 @@ function mcp.new(opts)
     sampling, serr = require("tide.integrations.mcp_sampling").check(opts.sampling)
     if not sampling then arg_error(serr) end
   end
+  if opts.elicit ~= nil and type(opts.elicit) ~= "function" then arg_error("field 'elicit' must be a function") end
+  local roots, rerr
+  if opts.roots ~= nil then
+    roots, rerr = roots_of(opts.roots)
+    if not roots then arg_error(rerr) end
+  end
   local self = setmetatable({
     kind = "mcp",
     name = name,
@@ -685,11 +720,16 @@ function mcp.new(opts)
     -- sampling/createMessage served (tide.integrations.mcp_sampling), and its counts
     sampling_config = sampling,
     sampling = sampling and { requests = 0, rejected = 0, failed = 0, input_tokens = 0, output_tokens = 0 } or nil,
+    -- elicitation/create put to a person (tide.integrations.mcp_elicitation)
+    elicit = opts.elicit,
+    elicitation = opts.elicit and { requests = 0, accepted = 0, declined = 0, cancelled = 0 } or nil,
+    roots = roots, -- what roots/list answers
   }, Mcp)
   -- Headers and env may hold secrets: the identity carries their hash.
   -- (a server may offer other tools to a client that samples)
-  local what = command and { command = command, env = opts.env or {}, cwd = opts.cwd or "", sampling = sampling and true }
-    or { url = opts.url, headers = opts.headers or {}, sampling = sampling and true }
+  local what = command and { command = command, env = opts.env or {}, cwd = opts.cwd or "" }
+    or { url = opts.url, headers = opts.headers or {} }
+  what.sampling, what.elicit, what.roots = sampling and true, opts.elicit and true, roots
   self.id = name .. "|" .. core.cache_hash(json.canonical(what))
   return self
 end
@@ -698,11 +738,22 @@ end
 ---@return string
 function Mcp:identity() return "mcp|" .. self.id end
 
+-- What the client declares it serves: sampling (without tools or
+-- context), elicitation (forms and URLs) and roots, when the source was
+-- given them; nothing else.
+local function client_capabilities(self)
+  local caps = {}
+  if self.sampling_config then caps.sampling = {} end
+  if self.elicit then caps.elicitation = { form = {}, url = {} } end
+  if self.roots then caps.roots = {} end
+  return caps
+end
+
 -- initialize, version check, notifications/initialized.
 function Mcp:_initialize(conn)
   local res, err = conn:request("initialize", {
     protocolVersion = PROTOCOL,
-    capabilities = self.sampling_config and require("tide.integrations.mcp_sampling").capabilities() or {},
+    capabilities = client_capabilities(self),
     clientInfo = { name = "tide", version = core.version },
   }, self.timeout_ms)
   if not res then return nil, err end

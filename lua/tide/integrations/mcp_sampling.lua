@@ -179,8 +179,4 @@ function M.handle(src, msg, reply)
   end)
 end
 
---- The capabilities a source with sampling declares at initialize:
---- sampling, without tools or context.
-function M.capabilities() return { sampling = {} } end
-
 return M

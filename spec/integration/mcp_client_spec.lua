@@ -1,8 +1,10 @@
--- MCP sampling: a server's sampling/createMessage answered by the source's
--- provider, against the real server-everything (stdio and Streamable HTTP:
--- there the request comes inside the tool call's SSE stream, and must be
--- answered before that call can end) and a scripted server for what the
--- protocol has a client refuse.
+-- What tide serves an MCP server that asks: sampling (a server's
+-- sampling/createMessage answered by the source's provider), elicitation
+-- (elicitation/create put to the source's elicit function) and roots
+-- (roots/list), against the real server-everything (stdio and Streamable
+-- HTTP: there a request comes inside the tool call's SSE stream, and must
+-- be answered before that call can end) and server-filesystem, and a
+-- scripted server for what the protocol has a client refuse.
 local tide = require "tide"
 local core = require "tide.core"
 local json = require "tide.json"
@@ -12,6 +14,7 @@ local helpers = require "helpers"
 local SCRIPT = "spec/support/mcp_server.lua"
 local NPM = os.getenv("TIDE_NPM_DIR") or ((os.getenv("HOME") or "/tmp") .. "/.cache/tide-npm")
 local EVERYTHING = NPM .. "/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+local FILESYSTEM = NPM .. "/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js"
 local FAST = { attempts = 1 }
 
 -- A mock model for the sampling provider, and the provider.
@@ -21,10 +24,14 @@ local function model(reply)
     stream = false, retry = FAST }
 end
 
-local function scripted(sampling)
-  return tide.integrations.mcp { name = "scripted", command = { "lua5.4", SCRIPT, "normal" }, timeout_ms = 5000,
-    env = { LUA_PATH = package.path, LUA_CPATH = package.cpath }, sampling = sampling }
+local function scripted_with(extra)
+  local opts = { name = "scripted", command = { "lua5.4", SCRIPT, "normal" }, timeout_ms = 5000,
+    env = { LUA_PATH = package.path, LUA_CPATH = package.cpath } }
+  for k, v in pairs(extra) do opts[k] = v end
+  return tide.integrations.mcp(opts)
 end
+
+local function scripted(sampling) return scripted_with { sampling = sampling } end
 
 local function names(src)
   local set = {}
@@ -184,5 +191,115 @@ describe("MCP sampling, what a client refuses", function()
     -- a source that samples is another source: another identity, for the
     -- server may offer it other tools
     assert.are_not.equal(scripted():identity(), scripted({ provider = p }):identity())
+  end)
+end)
+
+describe("MCP elicitation with server-everything", function()
+  local function everything(elicit)
+    return tide.integrations.mcp { name = "everything", command = { "node", EVERYTHING, "stdio" }, timeout_ms = 20000,
+      elicit = elicit }
+  end
+
+  it("puts the server's form to the elicit function, and gives back what it was told is wrong", function()
+    local asked = {}
+    local answers = {
+      { "accept", { name = "Ada", check = "yes", integer = 500 } }, -- (twice wrong)
+      { "accept", { name = "Ada", check = true, integer = 7, untitledSingleSelectEnum = "Joey",
+                    untitledMultipleSelectEnum = { "Piano" } } },
+    }
+    local src = everything(function(request, errors)
+      asked[#asked + 1] = { request = request, errors = errors }
+      return table.unpack(table.remove(answers, 1))
+    end)
+    assert.is_true(names(src)["trigger-elicitation-request"])
+    local text = assert(src:execute("trigger-elicitation-request", {}))
+    local raw = cjson.decode(text:match("Raw result: (%b{})"))
+    assert.are.same({ action = "accept", content = { name = "Ada", check = true, integer = 7,
+      untitledSingleSelectEnum = "Joey", untitledMultipleSelectEnum = { "Piano" } } }, raw)
+    assert.are.equal(2, #asked)
+    local r = asked[1].request
+    assert.are.same({ "form", "Please provide inputs for the following fields:" }, { r.mode, r.message })
+    assert.are.equal("boolean", r.schema.properties.check.type)
+    assert.is_nil(asked[1].errors)
+    assert.are.same({ "#/check: expected boolean, got string", "#/integer: more than 100" }, asked[2].errors)
+    assert.are.same({ requests = 1, accepted = 1, declined = 0, cancelled = 0 }, src.elicitation)
+    src:close()
+  end)
+
+  it("tells the server a person declined, cancelled, or never gave a valid answer", function()
+    local next_answer
+    local src = everything(function() return next_answer() end)
+    for _, case in ipairs {
+      { answer = function() return "decline" end, action = "decline" },
+      { answer = function() return "cancel" end, action = "cancel" },
+      { answer = function() error("the person closed the window") end, action = "cancel" },
+      { answer = function() return "maybe" end, action = "cancel" },
+      { answer = function() return "accept", { check = "never a boolean" } end, action = "cancel" },
+    } do
+      next_answer = case.answer
+      local text = assert(src:execute("trigger-elicitation-request", {}))
+      assert.are.equal(case.action, cjson.decode(text:match("Raw result: (%b{})")).action, text)
+    end
+    assert.are.same({ requests = 5, accepted = 0, declined = 1, cancelled = 4 }, src.elicitation)
+    src:close()
+  end)
+
+  it("asks a URL request's consent, and a source without elicit offers no such tools", function()
+    local seen
+    local src = everything(function(request) seen = request return "accept" end)
+    assert.is_true(names(src)["trigger-url-elicitation"])
+    local text = assert(src:execute("trigger-url-elicitation", { url = "https://example.com/login",
+      message = "Sign in", elicitationId = "e-1" }))
+    assert.are.same({ mode = "url", message = "Sign in", url = "https://example.com/login", id = "e-1" }, seen)
+    assert.matches("accept", text)
+    src:close()
+    local plain = tide.integrations.mcp { name = "everything", command = { "node", EVERYTHING, "stdio" },
+      timeout_ms = 20000 }
+    assert.is_nil(names(plain)["trigger-elicitation-request"])
+    plain:close()
+  end)
+end)
+
+describe("MCP roots", function()
+  it("are what server-filesystem may read, given as paths", function()
+    helpers.run(function()
+      local dir = helpers.tmpdir() .. "/my notes" -- (a space: the URI encodes it)
+      assert(os.execute(("mkdir -p '%s'"):format(dir)))
+      helpers.write(dir .. "/a.txt", "alpha")
+      local src = tide.integrations.mcp { name = "files", command = { "node", FILESYSTEM }, timeout_ms = 20000,
+        roots = { dir } }
+      assert.is_true(names(src).read_text_file)
+      -- (the server asks for the roots once initialized, and takes them a
+      -- moment later: its own race, any client's)
+      helpers.wait_until(function()
+        return (src:execute("list_allowed_directories", {}) or ""):find(dir, 1, true) ~= nil
+      end, "the server to take the roots", 10000)
+      assert.are.equal("alpha", src:execute("read_text_file", { path = dir .. "/a.txt" }))
+      local r, err = src:execute("read_text_file", { path = "/etc/hostname" })
+      assert.is_nil(r)
+      assert.matches("outside allowed directories", err.message, 1, true)
+      src:close()
+      helpers.rmdir(dir:match("^(.*)/my notes$"))
+    end)
+  end)
+
+  it("are listed as the protocol has them, and checked", function()
+    local src = scripted_with { roots = { "/srv/data dir", { uri = "file:///home/ada", name = "home" } } }
+    assert.are.same({ roots = {} }, cjson.decode((assert(src:execute("client_caps", {})))))
+    assert.are.same({ roots = { { uri = "file:///srv/data%20dir", name = "data dir" },
+      { uri = "file:///home/ada", name = "home" } } }, cjson.decode((assert(src:execute("roots", {})))).result)
+    src:close()
+    for _, case in ipairs {
+      { roots = {}, message = "field 'roots' must be a non-empty list" },
+      { roots = { "relative/dir" }, message = "roots[1] must be an absolute path" },
+      { roots = { { uri = "https://x" } }, message = "roots[1] must be an absolute path or { uri = \"file://...\", name }" },
+    } do
+      local ok, err = pcall(function() local s = scripted_with { roots = case.roots }; return s end)
+      assert.is_false(ok)
+      assert.matches(case.message, err, 1, true)
+    end
+    local ok, err = pcall(function() local s = scripted_with { elicit = "yes" }; return s end)
+    assert.is_false(ok)
+    assert.matches("field 'elicit' must be a function", err, 1, true)
   end)
 end)
