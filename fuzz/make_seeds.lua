@@ -412,13 +412,19 @@ write("responses_parse", "bad_item", hdr(0, 0, 0) .. '{"status":"completed","out
 write("responses_parse", "small_cap", hdr(7, 20, 0) .. "{" .. rbase:format("completed", "[" .. rcall(1) .. "]", rusage) .. "}")
 
 -- ---------------------------------------------------------------- MCP --
-write("mcp", "json_tools", hdr(0) .. '{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo","description":"Echoes.",'
+write("mcp", "json_tools", hdr(0, 7) .. '{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"echo","description":"Echoes.",'
   .. '"inputSchema":{"type":"object","properties":{"message":{"type":"string"}},"required":["message"]},'
   .. '"annotations":{"destructiveHint":false}}],"nextCursor":"2"}}')
-write("mcp", "sse_call", hdr(1) .. 'event: message\ndata: {"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text",'
+write("mcp", "sse_call", hdr(1, 5) .. 'event: message\ndata: {"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text",'
   .. '"text":"Echo: hi"},{"type":"image","mimeType":"image/png","data":"iVBO"}],"structuredContent":{"a":[]}}}\n\n')
-write("mcp", "error_batch", hdr(0) .. '[{"jsonrpc":"2.0","id":4,"error":{"code":-32602,"message":"bad"}},'
+write("mcp", "error_batch", hdr(0, 0) .. '[{"jsonrpc":"2.0","id":4,"error":{"code":-32602,"message":"bad"}},'
   .. '{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}]')
+-- A tool call's stream with the server's own request in it (sampling), as
+-- server-everything sends it over Streamable HTTP.
+write("mcp", "sse_request", hdr(1, 11) .. 'event: message\nid: 1\ndata: {"method":"sampling/createMessage",'
+  .. '"params":{"messages":[{"role":"user","content":{"type":"text","text":"hi"}}],"maxTokens":100},'
+  .. '"jsonrpc":"2.0","id":0}\n\nevent: message\nid: 2\ndata: {"result":{"content":[{"type":"text",'
+  .. '"text":"LLM sampling result"}]},"jsonrpc":"2.0","id":3}\n\n')
 
 -- ------------------------------------------- AWS event streams (Converse) --
 -- Bedrock's Converse stream as the raw decoder reads it (header byte 3 odd:

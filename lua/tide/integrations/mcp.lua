@@ -998,7 +998,7 @@ end
 function Mcp:__tostring() return "tide.integrations.mcp (" .. self.name .. ")" end
 
 -- The parsers of what a server sends, for the fuzz target (fuzz/fuzz_mcp.c).
-mcp._parse = { messages_of = messages_of, result_text = result_text, result_parts = result_parts,
-  add_tools = add_tools }
+mcp._parse = { messages_of = messages_of, answer_reader = answer_reader, each_message = each_message,
+  result_text = result_text, result_parts = result_parts, add_tools = add_tools }
 
 return mcp
