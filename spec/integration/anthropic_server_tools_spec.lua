@@ -370,6 +370,20 @@ describe("tide.provider server_tools option", function()
                                    require_approval = approval or nil } } })
     end
     fails("anthropic", { server_tools = "web_search" }, "'server_tools' must be a table, got string")
+    -- the Responses API's tools whose calls the client answers: tide runs none
+    for _, t in ipairs {
+      { type = "apply_patch" }, { type = "computer_use_preview", display_width = 1024, display_height = 768 },
+      { type = "computer" }, { type = "local_shell" }, { type = "shell", environment = { type = "local" } },
+      { type = "tool_search", execution = "client" }, { type = "programmatic_tool_calling" },
+    } do
+      fails("openai", { api = "responses", server_tools = { { type = "web_search" }, t } },
+        ("'server_tools[2]' (%s) is a tool the client runs: "):format(t.type))
+    end
+    -- the ones the service runs itself are taken
+    for _, t in ipairs { { type = "shell", environment = { type = "container_auto" } },
+                         { type = "tool_search" }, { type = "code_interpreter", container = { type = "auto" } } } do
+      assert.is_truthy(provider.openai { api = "responses", base_url = "http://127.0.0.1:1", server_tools = { t } })
+    end
   end)
 
   it("refuses an agent tool named as a server tool", function()

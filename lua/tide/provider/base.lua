@@ -241,6 +241,31 @@ local function check_openai_options(where, opts)
   return nil
 end
 
+-- The Responses API's tools whose calls the client runs and answers: tide
+-- runs none of them (a session would end in the API's 400 for a call left
+-- without its output), so they are refused here, saying what to do instead.
+-- (shell runs in the client only with a local environment; tool search
+-- only with client execution; programmatic tool calling's program items
+-- must go back as they came, which tide does not keep)
+local CLIENT_RUN = {
+  computer = "give the agent tools of its own that act on the screen",
+  computer_use_preview = "give the agent tools of its own that act on the screen",
+  local_shell = "give the agent a tool of its own that runs commands",
+  apply_patch = "give the agent a custom tool of its own (tide.tool{ format = ... }) that applies patches",
+  programmatic_tool_calling = "tide does not keep the program items it needs back",
+}
+local function client_run(t)
+  if t.type == "shell" then
+    local env = type(t.environment) == "table" and t.environment.type
+    return env == "local" and "give the agent a tool of its own that runs commands, or a container environment"
+      or nil
+  end
+  if t.type == "tool_search" then
+    return t.execution == "client" and "tide runs no tool search of its own: leave execution to the server" or nil
+  end
+  return CLIENT_RUN[t.type]
+end
+
 -- Server tools: a list of tool tables the API runs itself, each with its
 -- `type` (and, for Anthropic, its `name`); a function tool is an agent's.
 local function check_server_tools(kind, opts, where)
@@ -257,6 +282,10 @@ local function check_server_tools(kind, opts, where)
     end
     if t.type == "function" or t.type == "custom" then
       return ("%s'server_tools[%d]' is a %s tool: give it to an agent's tools"):format(where, i, t.type)
+    end
+    local instead = kind == "openai" and client_run(t)
+    if instead then
+      return ("%s'server_tools[%d]' (%s) is a tool the client runs: %s"):format(where, i, t.type, instead)
     end
     if kind == "anthropic" and (type(t.name) ~= "string" or t.name == "") then
       return ("%s'server_tools[%d]' needs a 'name' string"):format(where, i)
