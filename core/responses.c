@@ -273,12 +273,14 @@ static reasoning_part *new_part(responses_stream *st) {
 /* The items of tools the service runs itself (hosted tools), which the
 ** API takes back in a request's input as they came, and a remote MCP
 ** server's approval request (provider.responses makes it a call that waits
-** for a person's decision; the request goes back before its answer). Not
+** for a person's decision; the request goes back before its answer), and
+** the service's own compaction of the conversation (context_management:
+** its encrypted summary stands for what came before it). Not
 ** the calls a client runs (computer, shell, apply_patch: tide offers none;
 ** a custom tool's call is one of tide's). */
 static const char *const HOSTED_ITEMS[] = {
   "web_search_call", "file_search_call", "code_interpreter_call", "image_generation_call",
-  "mcp_call", "mcp_list_tools", "mcp_approval_request",
+  "mcp_call", "mcp_list_tools", "mcp_approval_request", "compaction",
 };
 
 static int is_hosted(const tide_buf *b, const str_field *type) {

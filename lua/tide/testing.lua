@@ -1829,6 +1829,7 @@ local HOSTED_EVENTS = {
   mcp_list_tools = { "in_progress", "completed" },
   mcp_call = { "in_progress", "arguments", "completed" },
   mcp_approval_request = {}, -- (added whole, then done)
+  compaction = {},
 }
 
 -- A hosted tool's item coming back in a request: the fields the API
@@ -1889,6 +1890,16 @@ end
 local function responses_output(ctx)
   local r, json, items = ctx.reply, ctx.json, {}
   local annotations = EMPTY
+  -- The service's compaction (context_management): once the input passes
+  -- its threshold, an encrypted summary of it comes first.
+  local threshold
+  for _, cm in ipairs(type(json.context_management) == "table" and json.context_management or {}) do
+    if type(cm) == "table" and cm.type == "compaction" then threshold = tonumber(cm.compact_threshold) or 0 end
+  end
+  if r.compaction or (threshold and ctx.usage.input >= threshold) then
+    local id = "cmp_mock" .. ctx.n
+    items[1] = { type = "compaction", id = id, encrypted_content = encrypted_for(id, "c" .. ctx.n) }
+  end
   if r.reasoning then
     local id = "rs_mock" .. ctx.n
     local summary = EMPTY
@@ -2215,6 +2226,17 @@ function responses.validate(_, req)
               .. "and 'input_file'."):format(tostring(pt)), ("%s.content[%d]"):format(where, j - 1), "invalid_value")
           end
         end
+      end
+    elseif ty == "compaction" then
+      -- (CompactionSummaryItemParam: the encrypted content, as it was given)
+      local data = item.encrypted_content
+      if type(data) ~= "string" then
+        return responses_reject(("Missing required parameter: '%s.encrypted_content'."):format(where),
+          where .. ".encrypted_content", "missing_required_parameter")
+      end
+      if not encrypted_ok(item.id, data) then
+        return responses_reject(("The encrypted content %s...%s could not be verified."):format(data:sub(1, 4),
+          data:sub(-4)), nil, "invalid_encrypted_content")
       end
     elseif HOSTED_INPUT[ty] then
       if ty == "mcp_approval_request" then asked[item.id] = true end

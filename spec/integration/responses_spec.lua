@@ -239,6 +239,33 @@ for _, stream in ipairs({ true, false }) do
       end)
     end)
 
+    it("keeps the service's compaction in its place, its id only when something is stored, through a resume", function()
+      define_looker("responses_compacted")
+      for _, store in ipairs { false, true } do
+        -- the first reply comes after the threshold: its compaction first
+        with_mock({ replies = { { compaction = true, tool_calls = { { id = "call_C", name = "lookup", arguments = { q = "x" } } } },
+                                "High tide is at 6.", "Still 6." } }, function(srv)
+          local input, types, resent = turn_and_resume(srv, stream, "responses_compacted",
+            { store = store, extra_body = { context_management = { { type = "compaction", compact_threshold = 1000000 } } } })
+          assert.are.same({ "message", "compaction", "function_call", "function_call_output" }, types)
+          assert.are.equal(store and "cmp_mock1" or nil, input[2].id)
+          -- the encrypted summary as it came (the mock refuses it altered)
+          assert.matches("^gAAAAMockcmp_mock1~", input[2].encrypted_content)
+          assert.is_true(resent)
+          assert.are.equal("compaction", srv:requests()[3].json.input[2].type)
+        end)
+      end
+      -- an altered summary is the service's 400, as an altered reasoning item is
+      with_mock({}, function(srv)
+        local p = make(srv.url, stream)
+        local res, err = p:complete(p:encode_prefix("s", {}) .. p:encode_message({ role = "user", content = "hi" })
+          .. "," .. '{"encrypted_content":"gAAAAMockcmp_mock9~c9.0000","type":"compaction"}' .. "]}")
+        assert.is_nil(res)
+        assert.are.equal(400, err.status)
+        assert.matches("could not be verified", err.body, 1, true)
+      end)
+    end)
+
     it("sends every hosted tool's item back as it came: file search, code, an image, a remote MCP server", function()
       define_looker("responses_hosted")
       local hosted = {

@@ -699,7 +699,7 @@ end
 -- request (core/responses.c's HOSTED_ITEMS).
 local HOSTED = { web_search_call = true, file_search_call = true, code_interpreter_call = true,
                  image_generation_call = true, mcp_call = true, mcp_list_tools = true,
-                 mcp_approval_request = true }
+                 mcp_approval_request = true, compaction = true }
 
 local function add_item(acc, item, i)
   if type(item) ~= "table" then

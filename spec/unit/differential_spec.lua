@@ -619,7 +619,8 @@ describe("core.responses_stream and core.responses_parse against the Lua parser 
                        { type = "image_generation_call", id = pick(r, { "ig_" .. n, "" }), status = "completed",
                          result = "iVBORw0KGgo=" },
                        { type = "mcp_approval_request", id = "mcpr_" .. n, server_label = "s", name = "t",
-                         arguments = "{}" } })
+                         arguments = "{}" },
+                       { type = "compaction", id = pick(r, { "cmp_" .. n, "" }), encrypted_content = "gAAAA" .. n } })
     elseif kind == 11 then
       return pick(r, { arr(), { id = "x" } })
     end

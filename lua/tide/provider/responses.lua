@@ -55,7 +55,7 @@ M.REASONING = "openai_responses"
 --- (core/responses.c keeps the same list).
 M.HOSTED = { web_search_call = true, file_search_call = true, code_interpreter_call = true,
              image_generation_call = true, mcp_call = true, mcp_list_tools = true,
-             mcp_approval_request = true }
+             mcp_approval_request = true, compaction = true }
 
 local Provider = provider.class("tide.provider.responses")
 
@@ -201,15 +201,26 @@ end
 -- not found ("Item with id 'rs_...' not found. Items are not persisted when
 -- `store` is set to false": Azure always, OpenAI's API for newer models;
 -- the Vercel AI SDK and other agent runtimes dropped the id in 2026).
+-- A compaction item without its id: { encrypted_content, type } (the
+-- input's CompactionSummaryItemParam, where the id is optional).
+local function compaction_item(raw)
+  local item = json.decode(raw)
+  if type(item) ~= "table" or item.type ~= "compaction" or type(item.encrypted_content) ~= "string" then return raw end
+  return '{"encrypted_content":' .. quote(item.encrypted_content) .. ',"type":"compaction"}'
+end
+
 local function reasoning_items(reasoning, store)
   if reasoning == nil then return nil end
   local items, n = nil, 0
   for _, r in ipairs(reasoning) do
     if type(r) == "table" and r.provider == M.REASONING and r.type == "item" and type(r.item) == "string" then
-      -- a hosted tool's item, as it came, id and all
+      -- a hosted tool's item, as it came, id and all; but the service's
+      -- compaction (extra_body's context_management), which is what a
+      -- reasoning item is: encrypted content that stands alone, its id
+      -- naming nothing stored when nothing is (see above)
       n = n + 1
       items = items or {}
-      items[n] = r.item
+      items[n] = (not store and r.item:find('"compaction"', 1, true)) and compaction_item(r.item) or r.item
     elseif type(r) == "table" and r.provider == M.REASONING and r.type == "encrypted" and type(r.id) == "string"
         and (store or type(r.data) == "string") then
       local summary = (type(r.summary) == "string" and r.summary ~= "")
@@ -239,7 +250,7 @@ local function check_reasoning(reasoning, level)
       if type(item) ~= "table" or not M.HOSTED[item.type] or type(item.id) ~= "string" then
         error(("tide.provider.openai: reasoning[%d] (a Responses hosted tool's item) needs 'item', the JSON "
           .. "object of a hosted tool's item (web_search_call, file_search_call, code_interpreter_call, "
-          .. "image_generation_call, mcp_call, mcp_list_tools, mcp_approval_request) with its id"):format(i),
+          .. "image_generation_call, mcp_call, mcp_list_tools, mcp_approval_request, compaction) with its id"):format(i),
           level + 1)
       end
     elseif r.provider == M.REASONING then
