@@ -400,6 +400,7 @@ write("responses_parse", "hosted", hdr(0, 40, 0) .. "{" .. rbase:format("complet
   .. '{"type":"mcp_list_tools","id":"mcpl_1","server_label":"wiki","tools":[{"name":"ask","input_schema":{}}]},'
   .. '{"type":"mcp_call","id":"mcp_1","server_label":"wiki","name":"ask","arguments":"{}","output":"6","error":null},'
   .. '{"type":"mcp_approval_request","id":"mcpr_1","server_label":"wiki","name":"ask","arguments":"{}"},'
+  .. '{"type":"compaction","id":"cmp_1","encrypted_content":"gAAAAABcmp0a1b2=="},'
   .. rmsg .. "]", rusage) .. "}")
 write("responses_parse", "incomplete", hdr(0, 10, 0) .. "{" .. rbase:format("incomplete", "[" .. rmsg .. "]", rusage)
   .. ',"incomplete_details":{"reason":"content_filter"}}')
