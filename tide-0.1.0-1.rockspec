@@ -41,6 +41,7 @@ build = {
       ["tide.budget"] = "lua/tide/budget.lua",
       ["tide.bytecode"] = "lua/tide/bytecode.lua",
       ["tide.chat"] = "lua/tide/chat.lua",
+      ["tide.chat_mcp"] = "lua/tide/chat_mcp.lua",
       ["tide.cluster"] = "lua/tide/cluster.lua",
       ["tide.compaction"] = "lua/tide/compaction.lua",
       ["tide.config"] = "lua/tide/config.lua",

@@ -1,13 +1,15 @@
 --- tide.chat: a terminal chat for prompt tinkerers.
 ---
 ---   tide chat [agent] [--prompts DIR] [--agents DIR] [--provider openai|anthropic|bedrock|demo]
----             [--transcript FILE]
+---             [--transcript FILE] [--mcp NAME=COMMAND | --mcp NAME=URL]...
 ---
 --- The reply streams as it comes; tool calls and delegations print as an
 --- indented tree with timings. Prompt and agent directories are watched: edit
 --- a prompt while chatting, type /new, and the new session uses the new text
 --- (the live one keeps its frozen prompt). With no API key in the environment
---- it runs on the embedded demo model over a loopback mock server.
+--- it runs on the embedded demo model over a loopback mock server. Each
+--- --mcp adds an MCP server's tools; what such a server asks of the person
+--- (a form, a URL, a model call) is asked at the terminal (tide.chat_mcp).
 ---@class tide.chat
 local M = {}
 
@@ -25,11 +27,15 @@ commands:
   /quit     leave (Ctrl-D too)]]
 
 local function parse(argv)
-  local o = { agent = nil }
+  local o = { agent = nil, mcp = {} }
   local i = 1
   while i <= #argv do
     local a = argv[i]
-    if a == "--prompts" or a == "--agents" or a == "--provider" or a == "--transcript" then
+    if a == "--mcp" then
+      if not argv[i + 1] then error("tide chat: --mcp needs a value", 0) end
+      o.mcp[#o.mcp + 1] = require("tide.chat_mcp").parse(argv[i + 1])
+      i = i + 2
+    elseif a == "--prompts" or a == "--agents" or a == "--provider" or a == "--transcript" then
       o[a:sub(3)] = argv[i + 1]
       if not argv[i + 1] then error("tide chat: " .. a .. " needs a value", 0) end
       i = i + 2
@@ -125,7 +131,7 @@ function M.main(argv, io_out)
   end
   if o.help then
     out:write("usage: tide chat [agent] [--prompts DIR] [--agents DIR] [--provider openai|anthropic|bedrock|demo]\n",
-      "         [--transcript FILE]\n", HELP, "\n")
+      "         [--transcript FILE] [--mcp NAME=COMMAND | --mcp NAME=URL]...\n", HELP, "\n")
     return 0
   end
   local status = 0
@@ -169,6 +175,13 @@ function M.main(argv, io_out)
     if not o.provider or o.provider == "demo" then
       src = tide.integrations.static { id = "chat-demo", toolkits = demo.toolkits() }
       tide.integrations.cache.get(src)
+    end
+    -- MCP servers beside it, each a toolkit of its own
+    local servers = {}
+    for i, spec in ipairs(o.mcp) do servers[i] = require("tide.chat_mcp").source(spec, provider, out) end
+    if #servers > 0 then
+      if src then table.insert(servers, 1, src) end
+      src = servers
     end
     local agent = o.agent or "orchestrator"
     local function new_session()
@@ -237,6 +250,7 @@ function M.main(argv, io_out)
     end
     s:close()
     for _, w in ipairs(watchers) do w:close() end
+    for _, m in ipairs(servers) do if m.kind == "mcp" then m:close() end end
     if srv then srv:close() end
   end)
   if not run_ok then

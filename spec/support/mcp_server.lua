@@ -17,7 +17,8 @@
 -- method received so far; changed -> sends tools/list_changed first; ping ->
 -- the server pings the client and reports the answer; sample {params} ->
 -- the server sends sampling/createMessage with those params and reports
--- the client's answer line; roots -> the same for roots/list;
+-- the client's answer line; elicit {params} -> the same for
+-- elicitation/create; roots -> the same for roots/list;
 -- client_caps -> the capabilities the client declared at initialize.
 local cjson = require "cjson"
 local mode = arg[1] or "normal"
@@ -45,6 +46,7 @@ local TOOLS = {
   { name = "sample", description = "Asks the client's model", inputSchema = { type = "object" } },
   { name = "client_caps", description = "The client's capabilities", inputSchema = { type = "object" } },
   { name = "roots", description = "Asks the client's roots", inputSchema = { type = "object" } },
+  { name = "elicit", description = "Asks the client's user", inputSchema = { type = "object" } },
 }
 
 local seen = {}
@@ -101,6 +103,11 @@ local function call(msg)
     text(id, io.read("l"))
   elseif name == "client_caps" then
     text(id, client_caps)
+  elseif name == "elicit" then
+    local params = raw_line:match('"params":(%b{})', raw_line:find('"arguments"', 1, true))
+    io.stdout:write('{"id":"srv-e","jsonrpc":"2.0","method":"elicitation/create","params":', params, "}\n")
+    io.stdout:flush()
+    text(id, io.read("l"))
   elseif name == "roots" then
     send { jsonrpc = "2.0", id = "srv-r", method = "roots/list" }
     text(id, io.read("l"))

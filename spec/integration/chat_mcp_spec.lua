@@ -1,0 +1,74 @@
+-- tide chat --mcp: an MCP server's tools in the chat, and what the server
+-- asks of the person (a form, a model call) asked at the terminal, driven
+-- over pipes like a person at a terminal, the model a scripted mock.
+local helpers = require "helpers"
+
+local function sub_call(name, args) return { tool_calls = { { name = name, arguments = args } } } end
+
+describe("tide chat --mcp", function()
+  it("puts a server's form and its model call to the person, and the answers reach the server", function()
+    local tide = require "tide"
+    local core = require "tide.core"
+    local json = require "tide.json"
+    local root = helpers.sh("pwd"):gsub("%s+$", "")
+    local build = os.getenv("TIDE_BUILD_DIR") or "build"
+    helpers.run(function()
+      local srv <close> = assert(tide.testing.mock_server { replies = {
+        sub_call("delegate_scripted", { task = "ask the user, then summarise" }), -- the orchestrator
+        sub_call("elicit", { params = { message = "Who are you?", requestedSchema = { type = "object",
+          properties = { name = { type = "string", title = "Name" }, age = { type = "integer" } },
+          required = { "name" } } } }),                                         -- the sub-agent
+        sub_call("sample", { params = { maxTokens = 20,
+          messages = { { role = "user", content = { type = "text", text = "Summarise: tides" } } } } }),
+        "Tides rise and fall.",                                                 -- the server's model call
+        "Asked and summarised.",                                               -- the sub-agent
+        "All done.",                                                           -- the orchestrator
+      } })
+      local env = helpers.child_env { OPENAI_API_KEY = "sk-chat", OPENAI_BASE_URL = srv.url .. "/v1",
+        LUA_PATH = "lua/?.lua;lua/?/init.lua;;", LUA_CPATH = build .. "/?.so;;", ASAN_OPTIONS = "detect_leaks=0",
+        PWD = root }
+      local p = assert(core.process_spawn { argv = { "lua5.4", "bin/tide", "chat", "--provider", "openai",
+        "--mcp", "scripted=lua5.4 spec/support/mcp_server.lua normal" }, env = env, cwd = root })
+      -- the turn; the form: a name, an age typed wrong, then right; the model call allowed
+      assert(p:write("go\nAda\nforty\n42\ny\n/quit\n"))
+      local lines = {}
+      for _ = 1, 400 do
+        local line = p:read_line(30000)
+        if not line then break end
+        lines[#lines + 1] = line
+      end
+      local code = p:wait(10000)
+      p:close()
+      local out = table.concat(lines, "\n")
+      assert.are.equal(0, code, out)
+      assert.matches("[scripted asks] Who are you?", out, 1, true)
+      assert.matches("Name *: ", out, 1, true) -- (required first, marked)
+      assert.matches("(an integer, please)", out, 1, true)
+      assert.matches("[scripted asks the model, at most 20 tokens] Summarise: tides", out, 1, true)
+      assert.matches("All done.", out, 1, true)
+      local reqs = srv:requests()
+      assert.are.equal(6, #reqs)
+      -- the form's answer, as the server got it (its answer line is the tool's result)
+      local function tool_result(req)
+        local m = req.json.messages
+        return json.decode(m[#m].content)
+      end
+      local elicited = tool_result(reqs[3])
+      assert.are.same({ action = "accept", content = { name = "Ada", age = 42 } }, elicited.result)
+      -- the server's model call went to the chat's model, and its answer back to the server
+      assert.are.same({ role = "user", content = "Summarise: tides" }, reqs[4].json.messages[1])
+      local sampled = tool_result(reqs[5])
+      assert.are.equal("Tides rise and fall.", sampled.result.content.text)
+    end)
+  end)
+
+  it("says what is wrong with an --mcp value", function()
+    local root = helpers.sh("pwd"):gsub("%s+$", "")
+    local build = os.getenv("TIDE_BUILD_DIR") or "build"
+    local out = helpers.sh(("(cd %s && LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' "
+      .. "ASAN_OPTIONS=detect_leaks=0 timeout 20 lua5.4 bin/tide chat --mcp nothing </dev/null 2>&1; "
+      .. "echo \"exit=$?\")"):format(root, build))
+    assert.matches("tide chat: --mcp takes NAME=COMMAND or NAME=URL, got nothing", out, 1, true)
+    assert.are.equal("2", out:match("exit=(%d+)"))
+  end)
+end)
