@@ -2100,26 +2100,21 @@ function responses.stream(ctx, truncate)
           ev({ type = "response." .. item.type .. "." .. phase, item_id = item.id, output_index = index })
         end
       end
-    elseif item.type == "custom_tool_call" then
-      ev({ type = "response.output_item.added", output_index = index,
-           item = { type = "custom_tool_call", id = item.id, call_id = item.call_id, name = item.name,
-                    input = "", status = "in_progress" } })
-      for _, piece in ipairs(split(item.input, 3)) do
-        ev({ type = "response.custom_tool_call_input.delta", item_id = item.id, output_index = index,
-             delta = piece })
-      end
-      ev({ type = "response.custom_tool_call_input.done", item_id = item.id, output_index = index,
-           input = item.input })
     else
-      ev({ type = "response.output_item.added", output_index = index,
-           item = { type = "function_call", id = item.id, call_id = item.call_id, name = item.name,
-                    arguments = "", status = "in_progress" } })
-      for _, piece in ipairs(split(item.arguments, 3)) do
-        ev({ type = "response.function_call_arguments.delta", item_id = item.id, output_index = index,
-             delta = piece })
+      -- a function's call, or a custom tool's: announced empty, its text
+      -- (arguments, or a custom tool's input) streamed in pieces, then whole
+      local custom = item.type == "custom_tool_call"
+      local field = custom and "input" or "arguments"
+      local event = custom and "response.custom_tool_call_input" or "response.function_call_arguments"
+      local added = { type = item.type, id = item.id, call_id = item.call_id, name = item.name, status = "in_progress" }
+      added[field] = ""
+      ev({ type = "response.output_item.added", output_index = index, item = added })
+      for _, piece in ipairs(split(item[field], 3)) do
+        ev({ type = event .. ".delta", item_id = item.id, output_index = index, delta = piece })
       end
-      ev({ type = "response.function_call_arguments.done", item_id = item.id, output_index = index,
-           arguments = item.arguments })
+      local done = { type = event .. ".done", item_id = item.id, output_index = index }
+      done[field] = item[field]
+      ev(done)
     end
     ev({ type = "response.output_item.done", output_index = index, item = item })
   end

@@ -95,19 +95,16 @@ local function call(msg)
     send { jsonrpc = "2.0", id = "srv-1", method = "ping" }
     local answer = io.read("l")
     text(id, answer)
-  elseif name == "sample" then
-    -- (the raw params, [] kept: cjson would make an empty list an object)
+  elseif name == "sample" or name == "elicit" then
+    -- the client asked with the tool's params as they came (raw: [] kept,
+    -- where cjson would make an empty list an object); its answer line back
     local params = raw_line:match('"params":(%b{})', raw_line:find('"arguments"', 1, true))
-    io.stdout:write('{"id":"srv-s","jsonrpc":"2.0","method":"sampling/createMessage","params":', params, "}\n")
+    local method = name == "sample" and "sampling/createMessage" or "elicitation/create"
+    io.stdout:write('{"id":"srv-', name, '","jsonrpc":"2.0","method":"', method, '","params":', params, "}\n")
     io.stdout:flush()
     text(id, io.read("l"))
   elseif name == "client_caps" then
     text(id, client_caps)
-  elseif name == "elicit" then
-    local params = raw_line:match('"params":(%b{})', raw_line:find('"arguments"', 1, true))
-    io.stdout:write('{"id":"srv-e","jsonrpc":"2.0","method":"elicitation/create","params":', params, "}\n")
-    io.stdout:flush()
-    text(id, io.read("l"))
   elseif name == "roots" then
     send { jsonrpc = "2.0", id = "srv-r", method = "roots/list" }
     text(id, io.read("l"))
