@@ -21,9 +21,12 @@ describe("the cluster's edges", function()
     helpers.run(function()
       local mock = testing.mock_server { default = testing.echo }
       local c = cluster.current()
-      -- a request that times out with Redis answering: the reply channel is up
-      local r, err = tide.submit { queue = "turns", session = "paused", agent = "helper", text = "hi", timeout_ms = 50 }
+      -- a request that times out with Redis answering: the reply channel is
+      -- up (its readiness is confirmed before the request is queued, so the
+      -- request in the queue says so; under load 50 ms may not be enough)
+      local r, err = tide.submit { queue = "turns", session = "paused", agent = "helper", text = "hi", timeout_ms = 300 }
       assert.equal("Timeout", err.code)
+      helpers.wait_until(function() return c:call("XLEN", c:key("q", "turns")) == 1 end, "the first request to be queued")
       -- a paused server: the connection stays open, nothing is answered
       os.execute("kill -STOP " .. pid)
       local t0 = core.now()
@@ -250,5 +253,42 @@ describe("the cluster's edges", function()
     os.execute("kill -CONT " .. own.pid)
     assert.equal("PONG", helpers.run(function() return c:call("PING") end))
     helpers.run(function() c:close() end)
+  end)
+
+  it("joins over a unix socket, on the database the URL names", function()
+    local dir = helpers.tmpdir()
+    local sock = dir .. "/redis.sock"
+    local own = redis_server.start { args = { "--unixsocket", sock, "--unixsocketperm", "700" } }
+    finally(function()
+      own:close()
+      helpers.rmdir(dir)
+    end)
+    -- what is in a database, asked over the socket, apart from the code under test
+    local function keys(db)
+      local out = helpers.sh(("redis-cli -s %s -n %d --raw KEYS '*'"):format(sock, db))
+      local list = {}
+      for k in out:gmatch("[^\n]+") do list[#list + 1] = k end
+      table.sort(list)
+      return list
+    end
+    local prefix = "u" .. math.random(1, 1e9)
+    helpers.run(function()
+      local mock = testing.mock_server { default = testing.echo }
+      local c = tide.cluster { redis = "unix://" .. sock .. "?db=3", prefix = prefix }
+      assert.equal("unix://" .. sock, c.url)
+      -- the connection is the socket's, and on database 3
+      local info = assert(c:call("CLIENT", "INFO"))
+      assert.matches("addr=" .. sock:gsub("%p", "%%%0") .. ":0 ", info)
+      assert.matches(" db=3 ", info)
+      local s = assert(tide.session { id = "sock", store = "redis", agent = "helper", provider = provider(mock) })
+      assert.equal("echo: over the socket", s:turn("over the socket"))
+      s:close()
+      mock:close()
+    end)
+    assert.same({ prefix .. ":session:sock" }, keys(3))
+    assert.same({}, keys(0))
+    local records = helpers.sh(("redis-cli -s %s -n 3 --raw LRANGE %s:session:sock 0 -1"):format(sock, prefix))
+    assert.matches('"content":"over the socket"', records, 1, true)
+    assert.matches('"content":"echo: over the socket"', records, 1, true)
   end)
 end)

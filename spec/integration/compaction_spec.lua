@@ -1,6 +1,7 @@
 -- Compaction: a long conversation kept inside the context window.
 local tide = require "tide"
 local testing = require "tide.testing"
+local json = require "tide.json"
 local helpers = require "helpers"
 
 local BIG = ("x"):rep(4000) -- a tool result of about 1,000 tokens
@@ -104,6 +105,49 @@ describe("compaction", function()
     assert.matches("[Summary of the earlier conversation]", first.content, 1, true)
     -- the summary calls count as the turn's calls do
     assert.are.equal(#srv:requests(), s:stats().provider_calls)
+    srv:close()
+  end)
+
+  it("resumes a summarized conversation with its summary, and sends what the original sends", function()
+    local srv = mock()
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    local path, copy = dir .. "/run.jsonl", dir .. "/copy.jsonl"
+    local ctx = { window = 4000, reserve = 500, strategy = "summarize" }
+    local s = tide.session { agent = "long", provider = p, transcript = path, context = ctx }
+    local i = 0
+    repeat
+      i = i + 1
+      assert.are.equal("noted", s:turn("question " .. i))
+    until s:stats().compactions > 0 or i == 10
+    assert.are.equal(1, s:stats().compactions)
+    assert.matches("[Summary of the earlier conversation]\nThey asked about A and B", s:history()[1].content, 1, true)
+    local compacted = json.canonical(s:history())
+    -- the transcript as it stands, for a session resumed from it below
+    helpers.write(copy, helpers.read(path))
+    -- the requests of the original's next turn (its call, then the answer)
+    local function next_turn(session)
+      local n = #srv:requests()
+      assert.are.equal("noted", session:turn("question next"))
+      local h = session:history()
+      local id = h[#h - 2].tool_calls[1].id -- the turn's new call: ids are the mock's, counted
+      local bodies = {}
+      for k = n + 1, #srv:requests() do
+        bodies[#bodies + 1] = (srv:requests()[k].body:gsub(id:gsub("%p", "%%%0"), "call_new"))
+      end
+      return bodies
+    end
+    local original = next_turn(s)
+    assert.are.equal(2, #original)
+    assert.are.equal(1, s:stats().compactions) -- (no second compaction to tell apart)
+    s:close()
+    local r = assert(tide.session { agent = "long", provider = p, resume = copy, context = ctx })
+    assert.are.equal(1, r:stats().compactions)
+    assert.are.equal(compacted, json.canonical(r:history()))
+    assert.matches("They asked about A and B", r:history()[1].content, 1, true)
+    local resumed = next_turn(r)
+    assert.are.same(original, resumed)
+    assert.are.equal(1, r:stats().compactions)
+    r:close()
     srv:close()
   end)
 

@@ -619,3 +619,153 @@ describe("session faults", function()
     assert.are.equal("UnknownAgent", err.code)
   end)
 end)
+
+describe("sessions of one agent", function()
+  local srv, provider
+  local cache = require "tide.integrations.cache"
+  local prompts = require "tide.prompts"
+  -- one toolkit, so that the prefix holds a synthesised delegate too
+  local src = tide.integrations.static { id = "session-spec-shared", toolkits = {
+    { slug = "notes", description = "Notes.", tools = { { name = "NOTES_LIST", description = "Lists notes" } } } } }
+
+  before_each(function()
+    srv = testing.mock_server { default = "ok" }
+    provider = tide.provider.openai { base_url = srv.url .. "/v1", api_key = "k", model = "m", stream = false }
+    tide.agent { id = "sharer", prompt = "You share.", tools = { lookup }, subagents = { { toolkits = "*" } } }
+  end)
+  after_each(function()
+    srv:close()
+    helpers.assert_quiet()
+  end)
+
+  it("share the one encoded prefix on one snapshot; a redefined agent encodes a new one", function()
+    cache.invalidate(src)
+    helpers.run(function() cache.get(src) end)
+    local function session() return tide.session { agent = "sharer", provider = provider, integrations = src } end
+    local a, b = session(), session()
+    assert.are.equal("ok", (a:turn("hi")))
+    assert.are.equal("ok", (b:turn("hi")))
+    assert.same({ "lookup", "delegate_notes" }, a:tools())
+    local sa, sb = a:stats(), b:stats()
+    local prefix = provider:encode_prefix(a:system_prompt(), (function()
+      local specs = {}
+      for i, t in ipairs(a.surface.tools) do specs[i] = require("tide.tool").spec(t) end
+      return specs
+    end)())
+    -- the same messages went after it: only the first session encoded the prefix
+    assert.are.equal(#prefix, sa.prompt_bytes_encoded - sb.prompt_bytes_encoded)
+    assert.are.equal(0, sa.prompt_bytes_reencoded)
+    assert.are.equal(0, sb.prompt_bytes_reencoded)
+    -- one string object, not two equal ones (long strings are not interned)
+    assert.are.equal(prefix, a.prefix)
+    assert.are.equal(("%p"):format(a.prefix), ("%p"):format(b.prefix))
+    local reqs = srv:requests()
+    assert.are.equal(reqs[1].body, reqs[2].body)
+    -- the same definition again: a new agent, a prefix of its own
+    tide.agent { id = "sharer", prompt = "You share.", tools = { lookup }, subagents = { { toolkits = "*" } } }
+    local c = session()
+    assert.are.equal("ok", (c:turn("hi")))
+    assert.are.equal(sa.prompt_bytes_encoded, c:stats().prompt_bytes_encoded)
+    assert.are.equal(prefix, c.prefix)
+    assert.are_not.equal(("%p"):format(a.prefix), ("%p"):format(c.prefix))
+    -- and sessions built after it share that one
+    local d = session()
+    assert.are.equal("ok", (d:turn("hi")))
+    assert.are.equal(sb.prompt_bytes_encoded, d:stats().prompt_bytes_encoded)
+    assert.are.equal(("%p"):format(c.prefix), ("%p"):format(d.prefix))
+    cache.invalidate(src)
+  end)
+
+  it("count build time, cache hits and misses, and the first call's time to first byte", function()
+    cache.invalidate(src)
+    -- cold: a miss, counted at build; the fetch comes at turn 1
+    local t0 = core.hrtime()
+    local cold = tide.session { agent = "sharer", provider = provider, integrations = src }
+    local wall = (core.hrtime() - t0) / 1e6
+    local st = cold:stats()
+    assert.is_number(st.build_ms)
+    assert.is_true(st.build_ms >= 0 and st.build_ms <= wall, st.build_ms .. " of " .. wall)
+    assert.are.same({ 0, 1, false }, { st.cache_hits, st.cache_misses, st.prewarmed })
+    assert.is_nil(st.first_ttfb_ms)
+    assert.is_nil(st.ttfb_ms)
+    assert.is_nil(st.prompt_version) -- rendered at turn 1
+    assert.are.equal("ok", (cold:turn("hi")))
+    st = cold:stats()
+    assert.are.same({ 0, 1, 1 }, { st.cache_hits, st.cache_misses, st.integration_fetches })
+    -- warm: a hit, and nothing fetched
+    local warm = tide.session { agent = "sharer", provider = provider, integrations = src }
+    st = warm:stats()
+    assert.are.same({ 1, 0, true }, { st.cache_hits, st.cache_misses, st.prewarmed })
+    t0 = core.hrtime()
+    assert.are.equal("ok", (warm:turn("one")))
+    wall = (core.hrtime() - t0) / 1e6
+    local st1 = warm:stats()
+    assert.are.equal(0, st1.integration_fetches)
+    assert.is_number(st1.first_ttfb_ms)
+    assert.are.equal(st1.ttfb_ms, st1.first_ttfb_ms)
+    assert.is_true(st1.first_ttfb_ms > 0 and st1.first_ttfb_ms <= wall, st1.first_ttfb_ms .. " of " .. wall)
+    -- a later call moves ttfb_ms, never first_ttfb_ms (the delay makes
+    -- the two calls' times differ)
+    srv:push { text = "two", delay_ms = 50 }
+    assert.are.equal("two", (warm:turn("two")))
+    local st2 = warm:stats()
+    assert.are.equal(st1.first_ttfb_ms, st2.first_ttfb_ms)
+    assert.is_number(st2.ttfb_ms)
+    assert.is_number(st2.prompt_version) -- (what it is: the next case)
+    cache.invalidate(src)
+  end)
+
+  it("say which version of a prompt file they froze: a new one after an edit, the old one kept", function()
+    local dir = helpers.tmpdir()
+    local name = "versioned" .. math.random(1, 1e9)
+    helpers.write(dir .. "/" .. name .. ".md", "Version one.\n")
+    local changed = 0
+    local w = assert(prompts.watch(dir, { on_change = function() changed = changed + 1 end }))
+    finally(function()
+      w:close()
+      prompts.remove_dir(dir)
+      helpers.rmdir(dir)
+    end)
+    tide.agent { id = "versioned", prompt = name }
+    helpers.run(function()
+      local old = tide.session { agent = "versioned", provider = provider }
+      assert.are.equal("ok", (old:turn("hi")))
+      local v1 = old:stats().prompt_version
+      assert.is_number(v1)
+      assert.are.equal(prompts.version(name), v1)
+      helpers.write(dir .. "/" .. name .. ".md", "Version two.\n")
+      helpers.wait_until(function() return changed > 0 end, "the edit to be seen")
+      local new = tide.session { agent = "versioned", provider = provider }
+      assert.are.equal("ok", (new:turn("hi")))
+      local v2 = new:stats().prompt_version
+      assert.are.equal(prompts.version(name), v2)
+      assert.are_not.equal(v1, v2)
+      assert.are.equal("Version two.", new:system_prompt())
+      -- the live session keeps the prompt it froze, and says so
+      assert.are.equal("ok", (old:turn("again")))
+      assert.are.equal(v1, old:stats().prompt_version)
+      assert.are.equal("Version one.", old:system_prompt())
+    end)
+  end)
+
+  it("give a call 120 s unless told otherwise, and wait for it what tool_timeout_ms says", function()
+    local stall = tide.tool { name = "stall", description = "Waits long, then says how long it may.",
+      handler = function(_, ctx)
+        if ctx.session.tool_timeout_ms < 1000 then tide.sleep(100000) end
+        return tostring(ctx.session.tool_timeout_ms)
+      end }
+    tide.agent { id = "staller", prompt = "You wait.", tools = { stall } }
+    local call = { tool_calls = { { name = "stall", arguments = {} } } }
+    srv:push(call, "waited")
+    local s = tide.session { agent = "staller", provider = provider }
+    assert.are.equal("waited", (s:turn("go")))
+    assert.are.equal("120000", s:history()[3].results[1].content)
+    -- the session's value is the one a call's wait is cut at
+    srv:push(call, "gave up")
+    local short = tide.session { agent = "staller", provider = provider, tool_timeout_ms = 30 }
+    assert.are.equal("gave up", (short:turn("go")))
+    local r = short:history()[3].results[1]
+    assert.are.equal("Error: tool 'stall' timed out after 30 ms", r.content)
+    assert.is_true(r.is_error)
+  end)
+end)

@@ -45,6 +45,15 @@ describe("integration cache", function()
     helpers.assert_quiet()
   end)
 
+  it("starts a process with a TTL of 60 s", function()
+    -- in a fresh process: the specs here set the TTL (and put 60 s back),
+    -- so this one's would say what they left, not the default
+    local build = os.getenv("TIDE_BUILD_DIR") or "build"
+    local out = helpers.sh(("LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' ASAN_OPTIONS=detect_leaks=0 "
+      .. "lua5.4 -e 'local c = require \"tide.integrations.cache\"; io.write(\"ttl \", c.ttl_ms())'"):format(build))
+    assert.are.equal("ttl 60000", out)
+  end)
+
   it("misses once, then hits with the very same snapshot table", function()
     local src = integrations.static{ id = "hitmiss", toolkits = toolkits() }
     local a, b = helpers.run(function() return cache.get(src), cache.get(src) end)
