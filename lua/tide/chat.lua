@@ -24,7 +24,8 @@ commands:
   /tools    list the tools the model sees
   /trace    the last turn's span tree, with timings
   /help     this help
-  /quit     leave (Ctrl-D too)]]
+  /quit     leave (Ctrl-D too)
+  //text    sends "/text" (any other /word is taken for a mistyped command)]]
 
 local function parse(argv)
   local o = { agent = nil, mcp = {} }
@@ -218,7 +219,13 @@ function M.main(argv, io_out)
         out:write("  ", table.concat(s:tools(), ", "), "\n")
       elseif line == "/help" then
         out:write(HELP, "\n")
+      elseif line:match("^/[%w_-]*$") or line:match("^/[%w_-]+%s") then
+        -- (a mistyped command is no message: with a real model it would be
+        -- a paid call; "//" sends a line that starts with "/")
+        out:write(("  unknown command %s: /help lists them (start a message with // to send a /)\n"):format(
+          line:match("^%S+")))
       elseif line ~= "" then
+        if line:sub(1, 2) == "//" then line = line:sub(2) end
         local t0 = core.hrtime()
         state.line_open = false
         local reply, terr = s:turn(line, { on_event = printer(out, state) })

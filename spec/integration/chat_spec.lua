@@ -252,3 +252,25 @@ describe("tide chat --transcript", function()
     helpers.rmdir(dir)
   end)
 end)
+
+describe("tide chat's commands", function()
+  it("lists the tool surface at /tools without a model call, and sends no mistyped command to the model", function()
+    local root = helpers.sh("pwd"):gsub("%s+$", "")
+    local build = os.getenv("TIDE_BUILD_DIR") or "build"
+    local out = helpers.sh(("(cd %s && printf '/tools\\n/stats\\n/frobnicate now\\n/stat\\n//frobnicate now\\n/stats\\n/quit\\n' | "
+      .. "LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' ASAN_OPTIONS=detect_leaks=0 "
+      .. "timeout 30 lua5.4 bin/tide chat --provider demo; echo \"exit=$?\")"):format(root, build))
+    assert.matches("exit=0%s*$", out)
+    -- the demo orchestrator's surface, in order: its tool, its sub-agent,
+    -- one delegate per connected toolkit (notion is not connected)
+    assert.matches("\n>   lookup, delegate_researcher, delegate_github, delegate_slack\n", out, 1, true)
+    local calls = {}
+    for n in out:gmatch("provider_calls%s+(%d+)") do calls[#calls + 1] = tonumber(n) end
+    assert.same({ 0, 1 }, calls, out)
+    -- a command the chat does not know is said so, and costs no call (the
+    -- calls counted: none, then one for the "//" line); "//" sends a "/"
+    assert.matches("unknown command /frobnicate: /help lists them", out, 1, true)
+    assert.matches("unknown command /stat: /help lists them", out, 1, true)
+    assert.matches("You said: /frobnicate now.", out, 1, true)
+  end)
+end)
