@@ -269,8 +269,9 @@ end
 ---@param opts? {delay_ms?:integer, tool_loop?:integer, cpu?:integer}
 function M.start_mock(opts)
   opts = opts or {}
-  -- bin/tide-mock puts <root>/build first on its C path; preloading the
-  -- release module makes the mock process run the same build as the client.
+  -- bin/tide-mock puts its build tree (TIDE_BUILD_DIR, else <root>/build)
+  -- first on its C path; preloading the release module makes the mock
+  -- process run the same build as the client, whatever the environment says.
   local preload = ("package.preload['tide.core']=package.loadlib(%q,'luaopen_tide_core')"):format(M.core_so)
   local args = "--port 0"
   if opts.delay_ms then args = args .. " --delay-ms " .. opts.delay_ms end

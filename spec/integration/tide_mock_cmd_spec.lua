@@ -6,8 +6,8 @@ describe("bin/tide-mock", function()
   local tide = require "tide"
   local core = require "tide.core"
   local build = os.getenv("TIDE_BUILD_DIR") or "build"
-  -- (bin/tide-mock puts <root>/build before LUA_CPATH: under the sanitizer
-  -- task the mock runs the normal build, as the benchmark's mock does)
+  -- (bin/tide-mock takes its build tree from TIDE_BUILD_DIR, which
+  -- child_env passes on: under the sanitizers the mock runs their build)
   local env = helpers.child_env { LUA_PATH = os.getenv("LUA_PATH") or "lua/?.lua;lua/?/init.lua;;",
     LUA_CPATH = build .. "/?.so;;", ASAN_OPTIONS = "detect_leaks=0" }
 
