@@ -25,14 +25,16 @@ local lookup = tide.tool { name = "lookup", description = "Looks up.",
   handler = function(a) return "found " .. a.q end }
 tide.agent { id = "coder", prompt = "You change code.", tools = { patch, note, lookup } }
 
-local function openai(api)
+-- (the mock is on loopback, an OpenAI-compatible server to tide: custom
+-- tools go as such there only when asked to)
+local function openai(api, custom)
   return function(url, stream)
     return tide.provider.openai { base_url = url .. "/v1", api_key = "k", model = "gpt-5", stream = stream,
-      api = api, retry = FAST }
+      api = api, retry = FAST, custom_tools = custom }
   end
 end
 
-local NATIVE = { chat = openai("chat"), responses = openai("responses") }
+local NATIVE = { chat = openai("chat", true), responses = openai("responses") }
 
 -- The request's tools and the follow-up's conversation, as the mock got them.
 local function tool_of(req, name)
@@ -140,6 +142,7 @@ describe("a custom tool's call answered as a function's", function()
 end)
 
 local OTHERS = {
+  compatible = openai("chat"), -- an OpenAI-compatible server's chat completions
   anthropic = function(url, stream)
     return tide.provider.anthropic { base_url = url .. "/v1", api_key = "k", model = "m", stream = stream, retry = FAST }
   end,
@@ -166,7 +169,10 @@ for kind, make in pairs(OTHERS) do
           local reqs = srv:requests()
           local t = reqs[1].json.tools and tool_of(reqs[1], "apply_patch")
           local schema
-          if kind == "anthropic" then
+          if kind == "compatible" then
+            assert.are.equal("function", t.type)
+            schema = t["function"].parameters
+          elseif kind == "anthropic" then
             schema = t.input_schema
           else
             for _, x in ipairs(reqs[1].json.toolConfig.tools) do
@@ -235,6 +241,38 @@ describe("tide.tool's format", function()
     assert.matches("'format' and 'parameters' exclude each other", raised(both), 1, true)
     -- the error points at the caller's line
     assert.matches("custom_tools_spec.lua", raised(with("format", 3)), 1, true)
+  end)
+
+  it("goes as a custom tool where the API has them, a function elsewhere, and the option decides", function()
+    local spec = { { name = "apply_patch", description = "d", format = { type = "text" } } }
+    local function first_tool(opts)
+      opts.api_key = "k"
+      opts.model = "m"
+      local p = tide.provider.openai(opts)
+      return json.decode(p:encode_prefix("s", spec) .. "]}").tools[1]
+    end
+    assert.are.equal("custom", first_tool({ base_url = "https://api.openai.com/v1" }).type)
+    assert.are.equal("custom", first_tool({ base_url = "https://res.openai.azure.com/openai/v1" }).type)
+    assert.are.equal("custom", first_tool({ base_url = "https://openrouter.ai/api/v1", api = "responses" }).type)
+    assert.are.equal("function", first_tool({ base_url = "https://api.groq.com/openai/v1" }).type)
+    assert.are.equal("function", first_tool({ base_url = "https://api.openai.com.example/v1" }).type)
+    assert.are.equal("custom", first_tool({ base_url = "http://127.0.0.1:8000/v1", custom_tools = true }).type)
+    assert.are.equal("function", first_tool({ base_url = "https://api.openai.com/v1", custom_tools = false }).type)
+    -- a custom call in the history goes to such a server as the function's call
+    local p = tide.provider.openai { base_url = "https://api.groq.com/openai/v1", api_key = "k", model = "m" }
+    local wire = json.decode(p:encode_message { role = "assistant", tool_calls = {
+      { id = "call_1", name = "apply_patch", arguments = PATCH, custom = true } } })
+    assert.are.same({ id = "call_1", type = "function", ["function"] = { name = "apply_patch",
+      arguments = json.canonical { input = PATCH } } }, wire.tool_calls[1])
+    local r = tide.provider.openai { api = "responses", base_url = "https://gw.example/v1", api_key = "k", model = "m",
+      custom_tools = false }
+    assert.are.same({ call_id = "call_1", type = "function_call", name = "apply_patch",
+      arguments = json.canonical { input = PATCH } }, json.decode(r:encode_message { role = "assistant", tool_calls = {
+        { id = "call_1", name = "apply_patch", arguments = PATCH, custom = true } } }))
+    assert.are.same({ call_id = "call_1", type = "function_call_output", output = "ok" }, json.decode(
+      r:encode_message { role = "tool", results = { { id = "call_1", name = "apply_patch", content = "ok", custom = true } } }))
+    assert.has_error(function() tide.provider.openai { custom_tools = "yes" } end,
+      "tide.provider.openai: 'custom_tools' must be a boolean, got string")
   end)
 
   it("is checked by a provider given a tool table by hand", function()

@@ -57,6 +57,7 @@ provider.ERROR_BODY_MAX = errors.BODY_MAX
 ---@field vertex? {project?:string, region?:string} Anthropic only: Claude on Google Cloud's Vertex AI (project and region default to ANTHROPIC_VERTEX_PROJECT_ID and CLOUD_ML_REGION; its Google access token is `api_key` or comes from `token`)
 ---@field bedrock? {region?:string, credentials?:tide.aws.credentials|fun():tide.aws.credentials, integer?, profile?:string, mfa_code?:fun(serial:string):string} Anthropic only: Claude on Amazon Bedrock (region defaults to AWS_REGION; a Bedrock API key is `api_key` or AWS_BEARER_TOKEN_BEDROCK, else IAM credentials, or AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN, sign each request)
 ---@field token? fun():string, number? an OAuth access token instead of a key, sent as Authorization: Bearer: what the function returns, and for how many seconds it holds (asked again a minute before; 55 minutes when it does not say): Microsoft Entra ID for Azure OpenAI and Foundry, Google's for Vertex AI
+---@field custom_tools? boolean OpenAI only: offer custom tools (tide.tool's `format`) as the API's custom tools (default: for the Responses API, api.openai.com and Azure), else as functions of one string argument, `input`
 ---@field auth_token? string Anthropic's own API only: a token sent as Authorization: Bearer (a gateway's), beside the key if there is one, as the official SDK sends it (default ANTHROPIC_AUTH_TOKEN)
 ---@field organization? string OpenAI only: the organization a request bills (the OpenAI-Organization header; default OPENAI_ORG_ID, as in the official SDKs)
 ---@field project? string OpenAI only: the project a request bills (the OpenAI-Project header; default OPENAI_PROJECT_ID)
@@ -70,7 +71,7 @@ local option_types = {
   stop = "any", query = "table", extra_body = "table", thinking = "table", structured_output = "string",
   api = "string", store = "boolean", limits = "table", stream_usage = "boolean", server_tools = "table",
   vertex = "table", bedrock = "table", token = "function", organization = "string", project = "string",
-  auth_token = "string",
+  auth_token = "string", custom_tools = "boolean",
   region = "string", credentials = "any", profile = "string", mfa_code = "function", -- (tide.provider.bedrock's)
 }
 
@@ -82,6 +83,7 @@ local BEDROCK_OWN = { region = true, credentials = true, profile = true, mfa_cod
 local OPENAI_ONLY = {
   max_tokens_field = true, tool_choice = true, parallel_tool_calls = true,
   stop = true, query = true, api = true, store = true, stream_usage = true, organization = true, project = true,
+  custom_tools = true,
 }
 
 -- The chat options the Responses API has no field for: sent anyway, the
@@ -565,6 +567,16 @@ function provider._new(kind, opts, defaults)
       if v and headers[header] == nil then headers[header] = v end
     end
     self.api = opts.api or "chat"
+    -- Custom tools (tide.tool's format) go as such where the API has them:
+    -- the Responses API, OpenAI's own chat completions and Azure's; the
+    -- OpenAI-compatible servers have none (a request with one is refused),
+    -- and get a function of one string argument instead. The option wins.
+    if opts.custom_tools ~= nil then
+      self._custom_tools = opts.custom_tools
+    else
+      self._custom_tools = self.api == "responses" or base_url:match("^https://([^/:]+)") == "api.openai.com"
+        or known.key_header == "api-key"
+    end
     if self.api == "responses" then
       self.store = opts.store == true
       self.reasoning_summary = opts.reasoning and opts.reasoning.summary

@@ -82,15 +82,12 @@ end
 --- The model is held to a turn's schema by the API itself
 --- (`response_format` json_schema): encode_prefix takes the schema.
 Provider._native_schema = true
--- Custom tools go as such (tide.tool's `format`), their calls and results
--- as the API's custom calls.
-Provider._custom_tools = true
 
 function Provider:encode_prefix(system, tools, schema)
   if system ~= nil and type(system) ~= "string" then
     error(("tide.provider.openai: 'system' must be a string, got %s"):format(type(system)), 2)
   end
-  local list = provider._tools("openai", tools, 2, true)
+  local list = provider._tools("openai", tools, 2, self._custom_tools)
   local parts = { '{"model":', canonical(self.model), ',"stream":', self.stream and "true" or "false" }
   if self.stream and self.stream_usage then parts[#parts + 1] = ',"stream_options":{"include_usage":true}' end
   if self.temperature ~= nil then parts[#parts + 1] = ',"temperature":' .. canonical(self.temperature) end
@@ -304,6 +301,7 @@ function Provider:_encode(msg)
     if msg.reasoning then reasoning, thinking, details, field = reasoning_of(msg, self.kind) end
     local raw = thinking and chunks_json(content, thinking)
     if calls and #calls > 0 then
+      if not self._custom_tools then calls = provider._function_calls(calls) end -- (see provider.base)
       local enc = assistant_wire(content, calls, reasoning, details, raw, field)
         or assistant_wire(content, plain_calls(calls), reasoning, details, raw, field)
       if not enc then

@@ -90,14 +90,12 @@ end
 --- The model is held to a turn's schema by the API itself (`text.format`
 --- json_schema): encode_prefix takes the schema.
 Provider._native_schema = true
--- Custom tools go as such, their calls as custom_tool_call items.
-Provider._custom_tools = true
 
 function Provider:encode_prefix(system, tools, schema)
   if system ~= nil and type(system) ~= "string" then
     error(("tide.provider.openai: 'system' must be a string, got %s"):format(type(system)), 2)
   end
-  local list = provider._tools("openai", tools, 2, true)
+  local list = provider._tools("openai", tools, 2, self._custom_tools)
   local fields = {
     model = canonical(self.model),
     store = self.store and "true" or "false",
@@ -310,7 +308,7 @@ function Provider:_encode(msg)
           and canonical(content.openai_responses(content.text_files_inline(c))) or quote(result_text(c))
         -- (a custom tool's call is answered by its own kind of item)
         items[i] = '{"call_id":' .. quote(r.id) .. ',"output":' .. output .. ',"type":"'
-          .. (r.custom and "custom_tool_call_output" or "function_call_output") .. '"}'
+          .. (r.custom and self._custom_tools and "custom_tool_call_output" or "function_call_output") .. '"}'
       end
     end
     return concat(items, ",")
@@ -333,7 +331,9 @@ function Provider:_encode(msg)
       -- input_text there.
       items[n] = message_item("assistant", '[{"annotations":[],"text":' .. quote(text) .. ',"type":"output_text"}]')
     end
-    for _, c in ipairs(msg.tool_calls or {}) do
+    local calls = msg.tool_calls or {}
+    if not self._custom_tools then calls = provider._function_calls(calls) end -- (see provider.base)
+    for _, c in ipairs(calls) do
       -- (an MCP approval request's call is its item, among the reasoning)
       if c.custom then
         -- a custom tool's call: its input, text as the model wrote it
