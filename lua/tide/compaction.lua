@@ -224,7 +224,7 @@ end
 
 -- The summary of messages[1..cut]: one model call, with its own prefix,
 -- counted as every call of the turn (`run`) is: stats, tokens, cost,
--- budget, and its chat span under the turn's.
+-- budget, its chat span under the turn's and its metrics.
 local function summarize(session, messages, cut, run)
   local prompts = require "tide.prompts"
   local system, rerr = prompts.render("compact", {})
@@ -236,8 +236,11 @@ local function summarize(session, messages, cut, run)
   session.counters.provider_calls = session.counters.provider_calls + 1
   local turn = require "tide.turn"
   local chat = run and run.span and turn._start_chat(run, p)
+  local meter = require("tide.tracing")._config() and require("tide.metrics").meter()
+  local t0 = meter and core.hrtime()
   local resp, err = p:_complete(prefix, {}, { body_msg })
   if chat then turn._end_chat(chat, resp, err) end
+  if meter then meter(p, resp, err, core.hrtime() - t0) end
   if not resp then return nil, err end
   if run then turn._add_usage(run, session.counters, resp.usage, resp.model or p.model) end
   if resp.text == nil or resp.text == "" then

@@ -14,14 +14,16 @@ tide.version = core.version
 
 local loaded = package.loaded
 
--- fn, then the spans it queued sent at once, not after the batch delay
+-- fn, then the spans it queued (and the metrics it measured) sent at once,
+-- not after the batch delay or the export interval
 -- (the end of a loop's run: OTEL_BSP_SCHEDULE_DELAY is seconds in the
 -- SDKs' default, and a waiting sender would keep the run alive that long).
 local function draining(fn)
   return function(...)
     local r = table.pack(fn(...))
-    local tracing = loaded["tide.tracing"]
+    local tracing, metrics = loaded["tide.tracing"], loaded["tide.metrics"]
     if tracing then tracing._drain_now() end
+    if metrics then metrics._drain_now() end
     return table.unpack(r, 1, r.n)
   end
 end
@@ -55,8 +57,9 @@ function tide.run(fn, ...)
   local res = table.pack(core.run(draining(fn), ...))
   -- spans a cancelled sender left queued (a failed run cancels every
   -- task) go out before the error does
-  local tracing = loaded["tide.tracing"]
+  local tracing, metrics = loaded["tide.tracing"], loaded["tide.metrics"]
   if tracing and tracing._pending() then core.run(tracing._drain_now) end
+  if metrics and metrics._pending() then core.run(metrics._drain_now) end
   if not res[1] then error(res[2], 0) end
   return table.unpack(res, 2, res.n)
 end
@@ -118,6 +121,7 @@ local lazy = {
   prompts = "tide.prompts",
   json = "tide.json",
   tracing = "tide.tracing",
+  metrics = "tide.metrics",
 }
 -- Functions that live in submodules but belong to the top-level vocabulary.
 local lazy_fn = {

@@ -60,13 +60,19 @@ end
 -- (every field number OTLP uses here is below 16: its key is one byte)
 local function bytes_field(field, s) return char(field << 3 | 2) .. varint(#s) .. s end
 
---- The OTLP ExportTraceServiceRequest of `spans`, protobuf-encoded.
-function M.encode(spans, service, extra)
+-- The Resource (its attributes: the service and the SDK's, and `extra`)
+-- and the InstrumentationScope every export names, encoded.
+local function envelope(service, extra)
   local res = {}
   for k, v in pairs(extra or {}) do res[k] = v end
   res["service.name"], res["telemetry.sdk.name"], res["telemetry.sdk.language"] = service, "tide", "lua"
-  local resource = core.otlp_attributes(1, res)
-  local scope = bytes_field(1, "tide") .. bytes_field(2, core.version or "")
+  return core.otlp_attributes(1, res), bytes_field(1, "tide") .. bytes_field(2, core.version or "")
+end
+M._envelope, M._bytes_field, M._varint = envelope, bytes_field, varint
+
+--- The OTLP ExportTraceServiceRequest of `spans`, protobuf-encoded.
+function M.encode(spans, service, extra)
+  local resource, scope = envelope(service, extra)
   local scope_spans = bytes_field(1, scope) .. core.otlp_spans(spans)
   local resource_spans = bytes_field(1, resource) .. bytes_field(2, scope_spans)
   return bytes_field(1, resource_spans)
@@ -227,18 +233,20 @@ local TRANSIENT = { [429] = true, [502] = true, [503] = true, [504] = true }
 M.RETRY_DELAYS_MS = { 250, 500, 1000 } -- (each with up to half again of jitter)
 local RETRY_AFTER_MAX_MS = 5000
 
-local function send(batch)
+-- POSTs one OTLP/HTTP protobuf body to `url` (the configured headers and
+-- compression), trying again what the protocol calls transient: the last
+-- answer, or nil and the error. (Spans' and metrics' exports alike.)
+local function post(url, body)
   local http = require "tide.http"
   local headers = { ["content-type"] = "application/x-protobuf" }
   for k, v in pairs(config.headers) do headers[k] = v end
-  local body = M.encode(batch, config.service, config.resource)
   if config.compression == "gzip" then
     body = core.gzip(body)
     headers["content-encoding"] = "gzip"
   end
   local res, err
   for attempt = 1, #M.RETRY_DELAYS_MS + 1 do
-    res, err = http.request { method = "POST", url = config.url, headers = headers, body = body,
+    res, err = http.request { method = "POST", url = url, headers = headers, body = body,
       timeout_ms = config.timeout_ms }
     local transient = (res and TRANSIENT[res.status]) or (not res and err and err.code ~= "Cancelled")
     if not transient or attempt > #M.RETRY_DELAYS_MS then break end
@@ -248,6 +256,12 @@ local function send(batch)
     if after and after >= 0 then wait = math.min(after * 1000 // 1, RETRY_AFTER_MAX_MS) end
     core.sleep(wait)
   end
+  return res, err
+end
+M._post = post
+
+local function send(batch)
+  local res, err = post(config.url, M.encode(batch, config.service, config.resource))
   if res and res.status >= 200 and res.status < 300 then
     local rejected, why = partial_success(res.body)
     rejected = math.min(rejected or 0, #batch)
@@ -408,7 +422,7 @@ end
 -- ------------------------------------------------------------- config --
 
 local OPTIONS = { endpoint = true, headers = true, service = true, capture_content = true, sample = true,
-  sampler = true, timeout_ms = true, compression = true }
+  sampler = true, timeout_ms = true, compression = true, metrics = true }
 
 -- An OTEL_* variable; an empty one is unset, as the specification says.
 local function env(name)
@@ -499,7 +513,11 @@ end
 --- `sample` (the ratio the traceidratio samplers keep; `sample` alone is
 --- "parentbased_traceidratio"), `timeout_ms` (each export request,
 --- $OTEL_EXPORTER_OTLP_TIMEOUT, 10000), `compression` ("gzip" or "none",
---- $OTEL_EXPORTER_OTLP_COMPRESSION). `tide.tracing(false)` turns it off.
+--- $OTEL_EXPORTER_OTLP_COMPRESSION), `metrics` (true, or { interval_ms }:
+--- the GenAI client metrics too, tide.metrics; default
+--- $OTEL_METRICS_EXPORTER = "otlp", to $OTEL_EXPORTER_OTLP_METRICS_ENDPOINT
+--- or <endpoint>/v1/metrics, every $OTEL_METRIC_EXPORT_INTERVAL or 60000
+--- ms). `tide.tracing(false)` turns it off.
 ---@param opts table|false|nil
 function M.setup(opts, level)
   level = level or 2
@@ -570,7 +588,42 @@ function M.setup(opts, level)
   -- the resource's attributes: OTEL_RESOURCE_ATTRIBUTES, the service name
   -- over its own (option, then OTEL_SERVICE_NAME)
   local resource = pairs_of(env("OTEL_RESOURCE_ATTRIBUTES"), false)
+  -- Metrics: asked for by the option, else by OTEL_METRICS_EXPORTER
+  local metrics = opts.metrics
+  if metrics ~= nil and type(metrics) ~= "boolean" and type(metrics) ~= "table" then
+    error("tide.tracing: 'metrics' must be true, false or { interval_ms }", level)
+  end
+  if type(metrics) == "table" then
+    for k in pairs(metrics) do
+      if k ~= "interval_ms" then error(("tide.tracing: unknown option 'metrics.%s'"):format(tostring(k)), level) end
+    end
+    local ms = metrics.interval_ms
+    if ms ~= nil and (math.type(ms) ~= "integer" or ms <= 0) then
+      error("tide.tracing: 'metrics.interval_ms' must be a positive integer", level)
+    end
+  elseif metrics == nil then
+    local exporter = env("OTEL_METRICS_EXPORTER")
+    if exporter and exporter ~= "otlp" and exporter ~= "none" then
+      ignored("OTEL_METRICS_EXPORTER", exporter, "tide exports metrics with otlp, or none")
+    end
+    metrics = exporter == "otlp"
+  end
+  if metrics then
+    local murl = env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+    if not murl or opts.endpoint then
+      if type(endpoint) ~= "string" or not endpoint:match("^https?://") then
+        error("tide.tracing: metrics need an endpoint (the option, OTEL_EXPORTER_OTLP_ENDPOINT or "
+          .. "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT)", level)
+      end
+      murl = endpoint:gsub("/+$", "") .. "/v1/metrics"
+    end
+    metrics = { url = murl, interval_ms = type(metrics) == "table" and metrics.interval_ms
+      or env_integer("OTEL_METRIC_EXPORT_INTERVAL", env("OTEL_METRIC_EXPORT_INTERVAL"), true) or 60000 }
+  else
+    metrics = nil
+  end
   config = {
+    metrics = metrics,
     url = url, headers = headers, resource = resource,
     service = opts.service or env("OTEL_SERVICE_NAME") or resource["service.name"] or "tide",
     capture_content = opts.capture_content == true, sampler = sampler,

@@ -705,6 +705,8 @@ local function loop(session, opts, run, first, state)
   -- made again only when that container changes
   local sent_prefix, sent_container = prefix, nil
   local truncated_error = (opts.truncated or state.truncated or session.truncated) == "error"
+  -- the GenAI client metrics of each provider call, when they are on
+  local meter = tracing._config() and require("tide.metrics").meter()
   local text_tools = session.def.text_tools ~= false
   for iteration = first, session.max_iterations do
     if budget then budget:spend("provider_calls", 1, run.agent) end
@@ -732,7 +734,9 @@ local function loop(session, opts, run, first, state)
     end
     -- The records go out as the request does (see the flush below).
     history:flush(true)
+    local t_call = meter and hrtime()
     local resp, err = provider:_complete(sent_prefix, copts, wire)
+    if meter then meter(provider, resp, err, hrtime() - t_call) end
     if not resp and session.context and compaction().is_overflow(err) then
       -- The provider says it does not fit: one compaction, one retry.
       local ok, cerr = compaction().compact(session, run, true)
@@ -741,7 +745,9 @@ local function loop(session, opts, run, first, state)
         wire = history:encoded()
         sent_bytes = history.wire_bytes
         copts = fallback and fallback_opts(popts, session, want) or popts -- (the compacted messages)
+        t_call = meter and hrtime()
         resp, err = provider:_complete(sent_prefix, copts, wire)
+        if meter then meter(provider, resp, err, hrtime() - t_call) end
       end
     end
     if chat then end_chat(chat, resp, err) end

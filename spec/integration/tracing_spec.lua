@@ -551,6 +551,128 @@ describe("tracing", function()
   end)
 end)
 
+describe("the GenAI client metrics", function()
+  local metrics = require "tide.metrics"
+  local url, stop_receiver
+  before_each(function()
+    tracing._reset()
+    metrics._reset()
+    url, stop_receiver = receiver()
+    tide.agent { id = "metered", prompt = "You look up.", tools = {
+      tide.tool { name = "lookup", description = "d", handler = function() return "found" end } } }
+  end)
+  after_each(function()
+    tracing.setup(false)
+    stop_receiver()
+  end)
+
+  local function exports_of()
+    local res = assert(tide.http.request { url = url .. "/metrics" })
+    return cjson.decode(res.body).exports
+  end
+  local function metric(export, name)
+    for _, m in ipairs(export.metrics) do if m.name == name then return m end end
+  end
+
+  it("measure every provider call, as the semantic conventions have it, exported at the run's end", function()
+    tide.tracing { endpoint = url, service = "metered-svc", metrics = true, sampler = "always_off" }
+    local srv <close> = testing.mock_server { replies = {
+      { tool_calls = { { name = "lookup", arguments = {} } }, usage = { input = 120, output = 9 } },
+      { text = "done", usage = { input = 3000, output = 40 } },
+      { fault = "status", status = 400 },
+    } }
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "gpt-4o-mini", stream = false,
+      retry = { attempts = 1 } }
+    local s = tide.session { agent = "metered", provider = p }
+    tide.run(function()
+      assert.are.equal("done", s:turn("go"))
+      local r, err = s:turn("again")
+      assert.is_nil(r)
+      assert.are.equal("ProviderError", err.code)
+    end)
+    -- (no span was sampled: metrics are not)
+    assert.are.equal(0, #spans_of(url).spans)
+    local exports = exports_of()
+    assert.are.equal(1, #exports)
+    local e = exports[1]
+    assert.are.equal("metered-svc", e.resource["service.name"])
+    assert.are.equal("tide", e.scope)
+    local duration = metric(e, "gen_ai.client.operation.duration")
+    assert.are.same({ "s", 2 }, { duration.unit, duration.temporality }) -- (CUMULATIVE)
+    -- the two answered calls in one series, the failed one in its own
+    assert.are.equal(2, #duration.points)
+    local ok_point, failed_point = duration.points[1], duration.points[2]
+    assert.are.same({ ["gen_ai.operation.name"] = "chat", ["gen_ai.provider.name"] = "openai",
+      ["gen_ai.request.model"] = "gpt-4o-mini", ["gen_ai.response.model"] = "gpt-4o-mini",
+      ["server.address"] = "127.0.0.1" }, ok_point.attributes)
+    assert.are.equal(2, ok_point.count)
+    assert.are.equal("ProviderError", failed_point.attributes["error.type"])
+    assert.are.equal(1, failed_point.count)
+    assert.are.same({ 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92 },
+      ok_point.bounds)
+    local n = 0
+    for _, c in ipairs(ok_point.buckets) do n = n + c end
+    assert.are.equal(2, n)
+    assert.is_true(ok_point.min > 0 and ok_point.min <= ok_point.max and ok_point.sum >= ok_point.max)
+    -- tokens: input and output apart, their sums the calls' usage
+    local tokens = metric(e, "gen_ai.client.token.usage")
+    assert.are.equal("{token}", tokens.unit)
+    local by_type = {}
+    for _, pt in ipairs(tokens.points) do by_type[pt.attributes["gen_ai.token.type"]] = pt end
+    assert.are.same({ 2, 3120, 120, 3000 }, { by_type.input.count, by_type.input.sum, by_type.input.min,
+      by_type.input.max })
+    assert.are.same({ 2, 49 }, { by_type.output.count, by_type.output.sum })
+    -- 120 and 3000 input tokens: the buckets (64, 256] and (1024, 4096]
+    assert.are.same({ 0, 0, 0, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0 }, by_type.input.buckets)
+    assert.are.equal(s:stats().tokens.input, by_type.input.sum)
+  end)
+
+  it("keep counting, cumulative, across exports, and wait for the interval in between", function()
+    tide.tracing { endpoint = url, metrics = { interval_ms = 50 } }
+    local srv <close> = testing.mock_server { default = { text = "hi", usage = { input = 5, output = 1 } } }
+    local p = tide.provider.openai { base_url = srv.url, api_key = "k", model = "m", stream = false }
+    tide.run(function()
+      local s = tide.session { agent = "metered", provider = p }
+      assert(s:turn("one"))
+      tide.sleep(300) -- (the interval passes: an export)
+      assert.are.equal(1, #exports_of())
+      assert(s:turn("two"))
+      assert(s:turn("three"))
+    end)
+    local exports = exports_of()
+    assert.are.equal(2, #exports) -- (the run's end sent the second)
+    local first = metric(exports[1], "gen_ai.client.operation.duration").points[1]
+    local second = metric(exports[2], "gen_ai.client.operation.duration").points[1]
+    assert.are.same({ 1, 3 }, { first.count, second.count })
+    assert.are.equal(first.start, second.start)
+    assert.is_true(tonumber(second.time) > tonumber(first.time))
+    assert.are.same({ exports = 2, failures = 0, series = 3 }, metrics.stats())
+  end)
+
+  it("are off unless asked for, and their options are checked", function()
+    tide.tracing { endpoint = url }
+    local srv <close> = testing.mock_server { default = "hi" }
+    tide.run(function()
+      local s = tide.session { agent = "metered", provider = tide.provider.openai { base_url = srv.url,
+        api_key = "k", model = "m", stream = false } }
+      assert(s:turn("one"))
+    end)
+    assert.are.equal(0, #exports_of())
+    assert.has_error(function() tide.tracing { endpoint = url, metrics = "yes" } end,
+      "tide.tracing: 'metrics' must be true, false or { interval_ms }")
+    assert.has_error(function() tide.tracing { endpoint = url, metrics = { interval = 5 } } end,
+      "tide.tracing: unknown option 'metrics.interval'")
+    assert.has_error(function() tide.tracing { endpoint = url, metrics = { interval_ms = 0 } } end,
+      "tide.tracing: 'metrics.interval_ms' must be a positive integer")
+    -- the environment's way: OTEL_METRICS_EXPORTER=otlp, and its own endpoint and interval
+    assert.are.equal("http://m.example/v1/metrics 1500", in_child({ OTEL_EXPORTER_OTLP_ENDPOINT = "http://t.example",
+      OTEL_METRICS_EXPORTER = "otlp", OTEL_EXPORTER_OTLP_METRICS_ENDPOINT = "http://m.example/v1/metrics",
+      OTEL_METRIC_EXPORT_INTERVAL = "1500" }, 't.enabled() local m = t._config().metrics print(m.url .. " " .. m.interval_ms)'))
+    assert.are.equal("nil", in_child({ OTEL_EXPORTER_OTLP_ENDPOINT = "http://t.example", OTEL_METRICS_EXPORTER = "none" },
+      't.enabled() print(t._config().metrics)'))
+  end)
+end)
+
 describe("the local span tree", function()
   it("keeps the last turn's spans for /trace, without a collector", function()
     tracing.setup(false)

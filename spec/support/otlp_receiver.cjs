@@ -4,13 +4,16 @@
 //   node otlp_receiver.cjs PORTFILE [FAIL_STATUS]
 // Serves POST /v1/traces; GET /spans gives every span received so far as
 // JSON (ids in hex, times as strings); FAIL_STATUS answers every export
-// with that status instead.
+// with that status instead. POST /v1/metrics takes metrics the same way
+// (ExportMetricsServiceRequest); GET /metrics gives every export's metrics.
 const http = require("http");
 const fs = require("fs");
 const root = require("@opentelemetry/otlp-transformer/build/src/generated/root");
 const Req = root.opentelemetry.proto.collector.trace.v1.ExportTraceServiceRequest;
 const zlib = require("zlib");
 const Res = root.opentelemetry.proto.collector.trace.v1.ExportTraceServiceResponse;
+const MetricsReq = root.opentelemetry.proto.collector.metrics.v1.ExportMetricsServiceRequest;
+const metricExports = [];
 // failStatus: answer every export (or the first failCount) with it;
 // partial: "rejected:message", a partial success (HTTP 200) for each export.
 const [portFile, failStatus, failCount, partial] = process.argv.slice(2);
@@ -41,6 +44,38 @@ const server = http.createServer((req, res) => {
     if (req.method === "GET" && req.url === "/spans") {
       res.writeHead(200, { "content-type": "application/json" });
       res.end(JSON.stringify({ exports: received, failed, encodings, spans }));
+      return;
+    }
+    if (req.method === "GET" && req.url === "/metrics") {
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(JSON.stringify({ exports: metricExports }));
+      return;
+    }
+    if (req.method === "POST" && req.url === "/v1/metrics") {
+      // each export: its resource, scope, and metrics with their points
+      // (64-bit integers as strings, as toObject gives them)
+      try {
+        let body = Buffer.concat(chunks);
+        if (req.headers["content-encoding"] === "gzip") body = zlib.gunzipSync(body);
+        const msg = MetricsReq.toObject(MetricsReq.decode(body), { longs: String, defaults: true });
+        for (const rm of msg.resourceMetrics || []) {
+          const resource = attrs(rm.resource && rm.resource.attributes);
+          for (const sm of rm.scopeMetrics || []) {
+            metricExports.push({ resource, scope: sm.scope && sm.scope.name, metrics: (sm.metrics || []).map((m) => ({
+              name: m.name, unit: m.unit, description: m.description,
+              temporality: m.histogram && m.histogram.aggregationTemporality,
+              points: ((m.histogram && m.histogram.dataPoints) || []).map((p) => ({
+                attributes: attrs(p.attributes), start: p.startTimeUnixNano, time: p.timeUnixNano,
+                count: Number(p.count), sum: p.sum, min: p.min, max: p.max,
+                buckets: (p.bucketCounts || []).map(Number), bounds: p.explicitBounds,
+              })),
+            })) });
+          }
+        }
+      } catch (e) {
+        res.writeHead(400); res.end(String(e)); return;
+      }
+      res.writeHead(200, { "content-type": "application/x-protobuf" }); res.end();
       return;
     }
     if (req.method !== "POST" || req.url !== "/v1/traces") { res.writeHead(404); res.end(); return; }
