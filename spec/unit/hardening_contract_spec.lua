@@ -77,12 +77,7 @@ describe("core.error", function()
 end)
 
 describe("the error codes", function()
-  local function read(path)
-    local f = assert(io.open(path, "rb"))
-    local s = f:read("a")
-    f:close()
-    return s
-  end
+  local read = helpers.read
 
   -- Every code in the first column of the README's error table.
   local function documented()
