@@ -236,11 +236,8 @@ local function summarize(session, messages, cut, run)
   session.counters.provider_calls = session.counters.provider_calls + 1
   local turn = require "tide.turn"
   local chat = run and run.span and turn._start_chat(run, p)
-  local meter = require("tide.tracing")._config() and require("tide.metrics").meter()
-  local t0 = meter and core.hrtime()
-  local resp, err = p:_complete(prefix, {}, { body_msg })
+  local resp, err = turn._complete(turn._meter_of(), p, prefix, {}, { body_msg })
   if chat then turn._end_chat(chat, resp, err) end
-  if meter then meter(p, resp, err, core.hrtime() - t0) end
   if not resp then return nil, err end
   if run then turn._add_usage(run, session.counters, resp.usage, resp.model or p.model) end
   if resp.text == nil or resp.text == "" then

@@ -505,6 +505,17 @@ local function env_sampler()
   return sampler
 end
 
+-- The URL a signal ("TRACES", "METRICS") is exported to: its own variable
+-- (OTEL_EXPORTER_OTLP_<signal>_ENDPOINT, a full URL) unless the option
+-- named the endpoint, else <endpoint>/v1/<signal>; nil without an http(s)
+-- endpoint to build on.
+local function signal_url(signal, endpoint, explicit)
+  local url = env("OTEL_EXPORTER_OTLP_" .. signal .. "_ENDPOINT")
+  if url and not explicit then return url end
+  if type(endpoint) ~= "string" or not endpoint:match("^https?://") then return nil end
+  return endpoint:gsub("/+$", "") .. "/v1/" .. signal:lower()
+end
+
 --- Turns tracing on: `endpoint` (default $OTEL_EXPORTER_OTLP_ENDPOINT; a
 --- $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is used as the full URL), `headers`
 --- ($OTEL_EXPORTER_OTLP_HEADERS), `service` ($OTEL_SERVICE_NAME, "tide"),
@@ -530,13 +541,10 @@ function M.setup(opts, level)
   for k in pairs(opts) do
     if not OPTIONS[k] then error(("tide.tracing: unknown option '%s'"):format(tostring(k)), level) end
   end
-  local url = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
   local endpoint = opts.endpoint or env("OTEL_EXPORTER_OTLP_ENDPOINT")
-  if opts.endpoint or not url then
-    if type(endpoint) ~= "string" or not endpoint:match("^https?://") then
-      error("tide.tracing: 'endpoint' must be an http(s) URL (or set OTEL_EXPORTER_OTLP_ENDPOINT)", level)
-    end
-    url = endpoint:gsub("/+$", "") .. "/v1/traces"
+  local url = signal_url("TRACES", endpoint, opts.endpoint ~= nil)
+  if not url then
+    error("tide.tracing: 'endpoint' must be an http(s) URL (or set OTEL_EXPORTER_OTLP_ENDPOINT)", level)
   end
   if opts.headers ~= nil and type(opts.headers) ~= "table" then error("tide.tracing: 'headers' must be a table", level) end
   if opts.sample ~= nil and (type(opts.sample) ~= "number" or opts.sample < 0 or opts.sample > 1) then
@@ -609,13 +617,10 @@ function M.setup(opts, level)
     metrics = exporter == "otlp"
   end
   if metrics then
-    local murl = env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
-    if not murl or opts.endpoint then
-      if type(endpoint) ~= "string" or not endpoint:match("^https?://") then
-        error("tide.tracing: metrics need an endpoint (the option, OTEL_EXPORTER_OTLP_ENDPOINT or "
-          .. "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT)", level)
-      end
-      murl = endpoint:gsub("/+$", "") .. "/v1/metrics"
+    local murl = signal_url("METRICS", endpoint, opts.endpoint ~= nil)
+    if not murl then
+      error("tide.tracing: metrics need an endpoint (the option, OTEL_EXPORTER_OTLP_ENDPOINT or "
+        .. "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT)", level)
     end
     metrics = { url = murl, interval_ms = type(metrics) == "table" and metrics.interval_ms
       or env_integer("OTEL_METRIC_EXPORT_INTERVAL", env("OTEL_METRIC_EXPORT_INTERVAL"), true) or 60000 }

@@ -642,6 +642,23 @@ chat_attributes = function(provider)
 end
 M._chat_attributes = chat_attributes -- (for the specs)
 
+-- The GenAI client metrics' meter (tide.metrics), or nil when they are off:
+-- asked once a turn.
+local function meter_of()
+  return tracing._config() and require("tide.metrics").meter() or nil
+end
+
+-- One provider call, measured by `meter` when there is one.
+local function complete(meter, provider, prefix, opts, wire)
+  if not meter then return provider:_complete(prefix, opts, wire) end
+  local t0 = hrtime()
+  local resp, err = provider:_complete(prefix, opts, wire)
+  meter(provider, resp, err, hrtime() - t0)
+  return resp, err
+end
+-- (a compaction's summary call is measured as the loop's are)
+M._meter_of, M._complete = meter_of, complete
+
 -- The chat span of one provider call of the turn `run` (which has a span).
 start_chat = function(run, provider)
   return tracing.start("chat " .. tostring(provider.model), 3, run.span, chat_attributes(provider))
@@ -705,8 +722,7 @@ local function loop(session, opts, run, first, state)
   -- made again only when that container changes
   local sent_prefix, sent_container = prefix, nil
   local truncated_error = (opts.truncated or state.truncated or session.truncated) == "error"
-  -- the GenAI client metrics of each provider call, when they are on
-  local meter = tracing._config() and require("tide.metrics").meter()
+  local meter = meter_of()
   local text_tools = session.def.text_tools ~= false
   for iteration = first, session.max_iterations do
     if budget then budget:spend("provider_calls", 1, run.agent) end
@@ -734,9 +750,7 @@ local function loop(session, opts, run, first, state)
     end
     -- The records go out as the request does (see the flush below).
     history:flush(true)
-    local t_call = meter and hrtime()
-    local resp, err = provider:_complete(sent_prefix, copts, wire)
-    if meter then meter(provider, resp, err, hrtime() - t_call) end
+    local resp, err = complete(meter, provider, sent_prefix, copts, wire)
     if not resp and session.context and compaction().is_overflow(err) then
       -- The provider says it does not fit: one compaction, one retry.
       local ok, cerr = compaction().compact(session, run, true)
@@ -745,9 +759,7 @@ local function loop(session, opts, run, first, state)
         wire = history:encoded()
         sent_bytes = history.wire_bytes
         copts = fallback and fallback_opts(popts, session, want) or popts -- (the compacted messages)
-        t_call = meter and hrtime()
-        resp, err = provider:_complete(sent_prefix, copts, wire)
-        if meter then meter(provider, resp, err, hrtime() - t_call) end
+        resp, err = complete(meter, provider, sent_prefix, copts, wire)
       end
     end
     if chat then end_chat(chat, resp, err) end

@@ -835,8 +835,6 @@ end
 
 -- --------------------------------------------------------- shared encoding
 
---- Checks a neutral tool schema list and returns it as { name, description,
---- parameters } entries (raises on misuse, at level `level`).
 -- A custom tool (tide.tool's `format`) as a function of one string
 -- argument, for the providers that have no custom tools: the format goes
 -- in the argument's description, a grammar whole, for the model to follow.
@@ -857,22 +855,26 @@ end
 --- The calls of an assistant message as a provider without custom tools
 --- sends them: a custom tool's call (its input text) as a call of the
 --- function that provider offers in its place (see custom_as_function),
---- `{ "input": text }`. The list itself when it holds none.
+--- `{ "input": text }`. The list itself when it holds none (the usual
+--- case, on the path of every assistant message: looked for in place).
 function provider._function_calls(calls)
-  local copy
-  for i, c in ipairs(calls) do
-    if c.custom then
-      if not copy then
-        copy = {}
-        for j = 1, i - 1 do copy[j] = calls[j] end
-      end
-      copy[i] = { id = c.id, name = c.name,
-                  arguments = json.canonical { input = type(c.arguments) == "string" and c.arguments or "" } }
-    elseif copy then
-      copy[i] = c
+  local n, first = #calls, nil
+  for i = 1, n do
+    if calls[i].custom then
+      first = i
+      break
     end
   end
-  return copy or calls
+  if not first then return calls end
+  local copy = table.move(calls, 1, n, 1, {})
+  for i = first, n do
+    local c = copy[i]
+    if c.custom then
+      copy[i] = { id = c.id, name = c.name,
+                  arguments = json.canonical { input = type(c.arguments) == "string" and c.arguments or "" } }
+    end
+  end
+  return copy
 end
 
 --- The tools of a request, checked: each { name, description, parameters },

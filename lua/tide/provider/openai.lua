@@ -301,16 +301,7 @@ function Provider:_encode(msg)
     if msg.reasoning then reasoning, thinking, details, field = reasoning_of(msg, self.kind) end
     local raw = thinking and chunks_json(content, thinking)
     if calls and #calls > 0 then
-      if not self._custom_tools then
-        -- (a custom tool's call as a function's where there are none: see
-        -- provider.base; looked for in place, for the usual list has none)
-        for i = 1, #calls do
-          if calls[i].custom then
-            calls = provider._function_calls(calls)
-            break
-          end
-        end
-      end
+      if not self._custom_tools then calls = provider._function_calls(calls) end -- (see provider.base)
       local enc = assistant_wire(content, calls, reasoning, details, raw, field)
         or assistant_wire(content, plain_calls(calls), reasoning, details, raw, field)
       if not enc then
