@@ -53,15 +53,22 @@ local function parse(argv)
   return o
 end
 
+--- One line typed at the terminal after `prompt`, trimmed; nil at the end
+--- of input. (The chat's prompts, and its MCP servers' in tide.chat_mcp.)
+---@param out file*
+---@param prompt string
+---@return string|nil
+function M.ask(out, prompt)
+  out:write(prompt)
+  out:flush()
+  local line = core.read_line()
+  return line and line:match("^%s*(.-)%s*$")
+end
+
 -- A role behind MFA (a profile's mfa_serial) is assumed with the code the
 -- person types, asked for when the role is (again at each renewal).
 local function mfa_prompt(out)
-  return function(serial)
-    out:write(("  MFA code for %s: "):format(serial))
-    out:flush()
-    local line = core.read_line()
-    return line and line:match("^%s*(.-)%s*$")
-  end
+  return function(serial) return M.ask(out, ("  MFA code for %s: "):format(serial)) end
 end
 
 local function pick_provider(kind, out)
@@ -198,11 +205,8 @@ function M.main(argv, io_out)
     out:write(("tide %s chat with '%s' on %s. /help for commands.\n"):format(tide.version, agent, label))
     local state = { base = 0, line_open = false }
     while true do
-      out:write("> ")
-      out:flush()
-      local line = core.read_line()
+      local line = M.ask(out, "> ")
       if line == nil then break end
-      line = line:match("^%s*(.-)%s*$")
       if line == "/quit" or line == "/exit" then
         break
       elseif line == "/new" then
@@ -237,11 +241,9 @@ function M.main(argv, io_out)
           for _, p in ipairs(terr.pending) do
             -- (a remote MCP server's call, which the provider asks about, says whose)
             local name = p.server and (p.server .. ": " .. p.name) or p.name
-            out:write(("  approve %s %s (by %s)? [y]es, or a reason to reject: "):format(name, p.arguments, p.agent))
-            out:flush()
-            local answer = core.read_line()
+            local answer = M.ask(out, ("  approve %s %s (by %s)? [y]es, or a reason to reject: "):format(name,
+              p.arguments, p.agent))
             if answer == nil then asked = false break end
-            answer = answer:match("^%s*(.-)%s*$")
             if answer == "y" or answer == "yes" then s:approve(p.id) else s:reject(p.id, answer ~= "" and answer or nil) end
           end
           if not asked then break end

@@ -6,8 +6,6 @@
 ---
 --- The prompts read the terminal while the turn that led to them waits:
 --- the chat's own loop reads nothing then, so the two never compete.
-local core = require "tide.core"
-
 local M = {}
 
 --- A `--mcp` value as the options of tide.integrations.mcp: `NAME=URL`
@@ -24,13 +22,8 @@ function M.parse(spec)
   return { name = name, command = argv }
 end
 
--- One line typed at the terminal, trimmed; nil at the end of input.
-local function ask(out, prompt)
-  out:write(prompt)
-  out:flush()
-  local line = core.read_line()
-  return line and line:match("^%s*(.-)%s*$")
-end
+-- One line typed at the terminal, trimmed (tide.chat's; loaded with it).
+local function ask(out, prompt) return require("tide.chat").ask(out, prompt) end
 
 -- A typed answer as the property's type wants it, or nil and why not.
 local function value_of(text, prop)

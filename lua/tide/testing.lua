@@ -2139,6 +2139,13 @@ local function responses_reject(message, param, code)
   return openai_reject(message, param, code)
 end
 
+-- The service's answer to encrypted content (a reasoning item's, a
+-- compaction's) it cannot verify.
+local function unverified(data)
+  return responses_reject(("The encrypted content %s...%s could not be verified."):format(data:sub(1, 4),
+    data:sub(-4)), nil, "invalid_encrypted_content")
+end
+
 -- What the Responses API refuses where tide could get it wrong:
 --   * chat's names: max_tokens (moved to max_output_tokens), messages,
 --     stop, reasoning_effort;
@@ -2230,8 +2237,7 @@ function responses.validate(_, req)
           where .. ".encrypted_content", "missing_required_parameter")
       end
       if not encrypted_ok(item.id, data) then
-        return responses_reject(("The encrypted content %s...%s could not be verified."):format(data:sub(1, 4),
-          data:sub(-4)), nil, "invalid_encrypted_content")
+        return unverified(data)
       end
     elseif HOSTED_INPUT[ty] then
       if ty == "mcp_approval_request" then asked[item.id] = true end
@@ -2288,18 +2294,7 @@ function responses.validate(_, req)
       end
       calls[#calls + 1] = item.call_id
       custom[item.call_id] = true
-    elseif ty == "custom_tool_call_output" then
-      if type(item.output) ~= "string" and type(item.output) ~= "table" then
-        return responses_reject(("Invalid type for '%s.output': expected a string or an array."):format(where),
-          where .. ".output", "invalid_type")
-      end
-      -- (a custom tool's call is answered by its own kind of item only)
-      if not custom[item.call_id] then
-        return responses_reject(("No tool call found for custom tool call output with call_id %s.")
-          :format(tostring(item.call_id)), "input")
-      end
-      answered[item.call_id] = true
-    elseif ty == "function_call_output" then
+    elseif ty == "function_call_output" or ty == "custom_tool_call_output" then
       if type(item.output) == "table" then -- a list of input_text / input_image / input_file parts
         for j, part in ipairs(item.output) do
           local pt = type(part) == "table" and part.type
@@ -2316,9 +2311,11 @@ function responses.validate(_, req)
         return responses_reject(("Invalid type for '%s.output': expected a string or an array."):format(where),
           where .. ".output", "invalid_type")
       end
-      if not calls[item.call_id] then
-        return responses_reject(("No tool call found for function call output with call_id %s.")
-          :format(tostring(item.call_id)), "input")
+      -- (a custom tool's call is answered by its own kind of item only)
+      local of_custom = ty == "custom_tool_call_output"
+      if not (of_custom and custom or calls)[item.call_id] then
+        return responses_reject(("No tool call found for %s output with call_id %s."):format(
+          of_custom and "custom tool call" or "function call", tostring(item.call_id)), "input")
       end
       answered[item.call_id] = true
     elseif ty == "reasoning" then
@@ -2330,8 +2327,7 @@ function responses.validate(_, req)
             :format(tostring(item.id)), "input")
         end
       elseif not encrypted_ok(item.id, data) then
-        return responses_reject(("The encrypted content %s...%s could not be verified."):format(data:sub(1, 4),
-          data:sub(-4)), nil, "invalid_encrypted_content")
+        return unverified(data)
       end
       local nxt = input[i + 1]
       local nty = type(nxt) == "table" and (nxt.type or (nxt.role and "message")) or nil
