@@ -73,10 +73,10 @@ M.legal_name = legal_name -- (the toolkits' delegate tools take their names from
 
 -- Runs action `a` of source `src` with `args`: its text, or raises the
 -- failure (a tool error for the model).
-local function run(src, a, args)
+local function run(src, a, args, ctx)
   if type(a.handler) == "function" then return a.handler(args) end
   if src and type(src.execute) == "function" then
-    local r, err = src:execute(a.name, args)
+    local r, err = src:execute(a.name, args, ctx)
     if r == nil then error(err or "the action failed", 0) end
     return r
   end
@@ -98,14 +98,14 @@ local function action_tool(a, taken, src)
   local rule, handler
   if src then
     rule = approval.for_action(rule_of(src, a.name), a)
-    handler = function(args) return run(src, a, args) end -- (no context needed)
+    handler = function(args, ctx) return run(src, a, args, ctx) end
   else
     rule = function(args, ctx)
       local r = approval.for_action(rule_of(ctx and ctx.session.src, a.name), a)
       if type(r) == "function" then return r(args) end
       return r == true
     end
-    handler = function(args, ctx) return run(ctx.session.src, a, args) end
+    handler = function(args, ctx) return run(ctx.session.src, a, args, ctx) end
   end
   -- (a source's schema that is not an object one, which every provider
   -- would refuse, is offered as an open object: the action still runs)
@@ -180,7 +180,7 @@ local function toolkit_tools(src, tk, only)
       handler = function(args, ctx)
         local a = by_name[args.action]
         if not a then error(("no action '%s' in %s"):format(tostring(args.action), tk.slug), 0) end
-        return run(src or ctx.session.src, a, type(args.arguments) == "table" and args.arguments or {})
+        return run(src or ctx.session.src, a, type(args.arguments) == "table" and args.arguments or {}, ctx)
       end,
     }
   end

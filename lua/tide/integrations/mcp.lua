@@ -23,7 +23,10 @@
 --- the requests of the capabilities a source was given and declares:
 --- `sampling/createMessage` (`sampling`: tide.integrations.mcp_sampling),
 --- `elicitation/create` (`elicit`: tide.integrations.mcp_elicitation) and
---- `roots/list` (`roots`); and requests tide does not serve (answered with
+--- `roots/list` (`roots`); `notifications/progress` for a tool call (every
+--- call asks for it: the turn's listeners hear it, and it moves the call's
+--- deadline), `notifications/message` (the server's logs, to `on_log`,
+--- from `log_level` up); and requests tide does not serve (answered with
 --- JSON-RPC error -32601, as the TypeScript SDK does for a capability it
 --- did not declare). Over Streamable HTTP a
 --- request's answer is read as it comes, for the server may make its own
@@ -38,6 +41,7 @@
 --- that times out or whose task is cancelled sends `notifications/cancelled`
 --- (never `initialize`: the spec forbids it; a server not initialized is
 --- let go, its process ended or its HTTP session deleted).
+--- Resources and prompts: tide.integrations.mcp_resources.
 --- A server that dies fails the requests in flight at once, with its exit
 --- status and the end of its stderr, and is started again by the next
 --- request.
@@ -56,6 +60,9 @@ local MAX_PAGES = 1000
 -- What a stdio server inherits from tide's environment, as the TypeScript
 -- SDK's getDefaultEnvironment: enough to run, nothing secret by accident.
 local INHERITED_ENV = { "HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "TMPDIR" }
+-- The levels of logging/setLevel and notifications/message (RFC 5424's).
+local LOG_LEVELS = { debug = true, info = true, notice = true, warning = true, error = true, critical = true,
+  alert = true, emergency = true }
 
 ---@class tide.integrations.mcp: tide.integrations.source
 ---@field kind "mcp"
@@ -230,8 +237,77 @@ local function on_server_message(src, msg, reply)
   elseif method == "notifications/tools/list_changed" then
     src.list_changes = src.list_changes + 1
     require("tide.integrations.cache").invalidate(src)
+  elseif method == "notifications/progress" then
+    local p = msg.params
+    local watch = type(p) == "table" and src.progress[p.progressToken]
+    if watch then watch:heard(p) end
+  elseif method == "notifications/message" then
+    local p = msg.params
+    if src.on_log and type(p) == "table" and LOG_LEVELS[p.level] then
+      -- (a log is the server's, not a turn's: a listener that raises is
+      -- not let stop anything)
+      pcall(src.on_log, { level = p.level, logger = type(p.logger) == "string" and p.logger or nil,
+        data = p.data ~= json.null and p.data or nil })
+    end
   end
 end
+
+-- ------------------------------------------------------------ progress --
+
+-- A tools/call in flight, as its progress notifications see it. Each one
+-- (progress that grows, as the specification requires; others are
+-- ignored) goes to the turn's listeners as a `tool_progress` event, and
+-- moves the call's deadline to `timeout_ms` after it, as the TypeScript
+-- SDK's resetTimeoutOnProgress does, but never past `max_total_timeout_ms`
+-- after the call began: a server that reports progress is still working.
+local Watch = {}
+Watch.__index = Watch
+
+local function new_watch(src, action, ctx)
+  local token = src.next_token
+  src.next_token = token + 1
+  local now = core.now()
+  local w = setmetatable({ src = src, token = token, action = action, began = now, at = now,
+    progress = nil, sink = core.context("tide_on_event"), call = ctx and ctx.call_id, depth = core.depth() }, Watch)
+  src.progress[token] = w
+  return w
+end
+
+function Watch:heard(p)
+  local progress = p.progress
+  if type(progress) ~= "number" or progress ~= progress or (self.progress and progress <= self.progress) then return end
+  self.progress, self.at = progress, core.now()
+  if self.sink and not self.failed then
+    local ok, e = pcall(self.sink, {
+      type = "tool_progress", source = self.src.name, tool = self.action, id = self.call,
+      progress = progress, total = type(p.total) == "number" and p.total or nil,
+      message = type(p.message) == "string" and p.message or nil, depth = self.depth })
+    -- A listener that raised fails the call's turn when the call ends
+    -- (this runs in the task that read the notification).
+    if not ok then self.failed = e end
+  end
+end
+
+-- The call's deadline: `timeout_ms` after its start or its last progress,
+-- at most max_total_timeout_ms after its start.
+function Watch:deadline(timeout_ms)
+  local d = self.at + timeout_ms
+  local cap = self.src.max_total_timeout_ms
+  if cap and d > self.began + cap then d = self.began + cap end
+  return d
+end
+
+-- What a timeout's message adds when the call reported progress.
+function Watch:since(timeout_ms)
+  if not self.progress then return "" end
+  local cap = self.src.max_total_timeout_ms
+  if cap and self.at + timeout_ms > self.began + cap then
+    return ("; it reported progress, but max_total_timeout_ms (%d) passed"):format(cap)
+  end
+  return (" of its last progress (%s)"):format(tostring(self.progress))
+end
+
+function Watch:__close() self.src.progress[self.token] = nil end
 
 -- ------------------------------------------------------------------ stdio --
 
@@ -342,11 +418,12 @@ local function forget(conn, req)
   end
 end
 
---- Sends request `method` and waits for its answer (at most timeout_ms):
---- the result, or nil and an error (Timeout, ConnectionClosed, ProviderError
---- for a JSON-RPC error). Raises Cancelled when the task is cancelled,
---- after telling the server.
-function Stdio:request(method, params, timeout_ms, raw_params)
+--- Sends request `method` and waits for its answer (at most timeout_ms,
+--- or as `watch`, a call's progress, moves the deadline): the result, or
+--- nil and an error (Timeout, ConnectionClosed, ProviderError for a
+--- JSON-RPC error). Raises Cancelled when the task is cancelled, after
+--- telling the server.
+function Stdio:request(method, params, timeout_ms, raw_params, watch)
   if self.dead then return fail("ConnectionClosed", self.dead) end
   local id = self.next_id
   self.next_id = id + 1
@@ -362,6 +439,7 @@ function Stdio:request(method, params, timeout_ms, raw_params)
   self.proc:hold(true)
   local deadline = core.now() + timeout_ms
   while not req.done do
+    if watch then deadline = watch:deadline(timeout_ms) end
     local left = deadline - core.now()
     if left <= 0 then break end
     local r = ensure_reader(self)
@@ -378,8 +456,8 @@ function Stdio:request(method, params, timeout_ms, raw_params)
   if not req.done then
     forget(self, req)
     if method ~= "initialize" then self:notify("notifications/cancelled", { requestId = id, reason = "timed out" }) end
-    return fail("Timeout", ("MCP server '%s' did not answer %s within %d ms%s"):format(
-      self.src.name, method, timeout_ms, hints(self)))
+    return fail("Timeout", ("MCP server '%s' did not answer %s within %d ms%s%s"):format(
+      self.src.name, method, timeout_ms, watch and watch:since(timeout_ms) or "", hints(self)))
   end
   if req.err then return nil, req.err end
   return req.result
@@ -529,7 +607,30 @@ function Http:notify(method, params, wait)
   core.spawn(function() pcall(self.post, self, msg, 5000) end)
 end
 
-function Http:request(method, params, timeout_ms, raw_params, retried)
+-- self:post(msg, ...) in a task of its own, waited for until `watch`'s
+-- deadline (which its progress moves): post's results, or nil and a
+-- Timeout error (the post cancelled). Raises what cancels the caller,
+-- after cancelling the post.
+local function post_watched(self, msg, timeout_ms, on_message, watch)
+  local cap = self.src.max_total_timeout_ms or 86400000
+  local t = core.spawn(function() return self:post(msg, cap, on_message) end)
+  while true do
+    local left = watch:deadline(timeout_ms) - core.now()
+    if left <= 0 then
+      t:cancel()
+      return nil, core.error("Timeout", "no answer in time")
+    end
+    local fine, res, err = pcall(t.join, t, left)
+    if not fine then
+      t:cancel()
+      error(res, 0)
+    end
+    local status = t:status()
+    if status == "done" or status == "failed" then return res, err end
+  end
+end
+
+function Http:request(method, params, timeout_ms, raw_params, watch, retried)
   local id = self.next_id
   self.next_id = id + 1
   -- (raw parameters go as they are: decoded and encoded again, an empty
@@ -549,7 +650,12 @@ function Http:request(method, params, timeout_ms, raw_params, retried)
       answers[#answers + 1] = m
     end
   end
-  local ok, res, err = pcall(self.post, self, msg, timeout_ms, on_message)
+  local ok, res, err
+  if watch then
+    ok, res, err = pcall(post_watched, self, msg, timeout_ms, on_message, watch)
+  else
+    ok, res, err = pcall(self.post, self, msg, timeout_ms, on_message)
+  end
   -- (initialize is never cancelled: the spec forbids it)
   if not ok then -- cancelled
     if method ~= "initialize" then self:notify("notifications/cancelled", { requestId = id, reason = "cancelled" }) end
@@ -560,8 +666,8 @@ function Http:request(method, params, timeout_ms, raw_params, retried)
       if method ~= "initialize" then
         self:notify("notifications/cancelled", { requestId = id, reason = "timed out" })
       end
-      return fail("Timeout", ("MCP server '%s' did not answer %s within %d ms"):format(
-        self.src.name, method, timeout_ms), { cause = err })
+      return fail("Timeout", ("MCP server '%s' did not answer %s within %d ms%s"):format(
+        self.src.name, method, timeout_ms, watch and watch:since(timeout_ms) or ""), { cause = err })
     end
     return fail("ConnectionClosed", ("MCP server '%s' (%s): %s"):format(
       self.src.name, require("tide.redact").url_for_message(self.src.url), err and err.message or "request failed"),
@@ -572,7 +678,7 @@ function Http:request(method, params, timeout_ms, raw_params, retried)
     self.session_id, self.protocol = nil, nil
     local _, ierr = self.src:_initialize(self)
     if ierr then return nil, ierr end
-    return self:request(method, params, timeout_ms, raw_params, true)
+    return self:request(method, params, timeout_ms, raw_params, watch, true)
   end
   if res.status < 200 or res.status > 299 then
     return fail("ConnectionClosed", ("MCP server '%s' answered %s with HTTP %d: %s"):format(
@@ -612,7 +718,7 @@ end
 local OPTIONS = {
   name = true, command = true, env = true, cwd = true, url = true, headers = true,
   timeout_ms = true, max_message_bytes = true, approval = true, description = true, sampling = true,
-  elicit = true, roots = true,
+  elicit = true, roots = true, max_total_timeout_ms = true, on_log = true, log_level = true, resources = true,
 }
 
 -- The roots option as the protocol lists them: { uri = "file://...", name }
@@ -687,7 +793,7 @@ function mcp.new(opts)
     end
   end
   if opts.cwd ~= nil and type(opts.cwd) ~= "string" then arg_error("field 'cwd' must be a string") end
-  for _, k in ipairs { "timeout_ms", "max_message_bytes" } do
+  for _, k in ipairs { "timeout_ms", "max_message_bytes", "max_total_timeout_ms" } do
     local v = opts[k]
     if v ~= nil and (math.type(v) ~= "integer" or v <= 0) then
       arg_error(("field '%s' must be a positive integer"):format(k))
@@ -700,6 +806,11 @@ function mcp.new(opts)
     if not sampling then arg_error(serr) end
   end
   if opts.elicit ~= nil and type(opts.elicit) ~= "function" then arg_error("field 'elicit' must be a function") end
+  if opts.on_log ~= nil and type(opts.on_log) ~= "function" then arg_error("field 'on_log' must be a function") end
+  if opts.log_level ~= nil and not LOG_LEVELS[opts.log_level] then
+    arg_error("field 'log_level' must be one of debug, info, notice, warning, error, critical, alert, emergency")
+  end
+  if opts.resources ~= nil and type(opts.resources) ~= "boolean" then arg_error("field 'resources' must be a boolean") end
   local roots, rerr
   if opts.roots ~= nil then
     roots, rerr = roots_of(opts.roots)
@@ -724,12 +835,19 @@ function mcp.new(opts)
     elicit = opts.elicit,
     elicitation = opts.elicit and { requests = 0, accepted = 0, declined = 0, cancelled = 0 } or nil,
     roots = roots, -- what roots/list answers
+    -- a call's progress (notifications/progress), by its token
+    progress = {}, next_token = 1, max_total_timeout_ms = opts.max_total_timeout_ms,
+    -- the server's logs (notifications/message), from log_level up
+    on_log = opts.on_log, log_level = opts.log_level,
+    -- the model may list and read the server's resources
+    offer_resources = opts.resources,
   }, Mcp)
   -- Headers and env may hold secrets: the identity carries their hash.
   -- (a server may offer other tools to a client that samples)
   local what = command and { command = command, env = opts.env or {}, cwd = opts.cwd or "" }
     or { url = opts.url, headers = opts.headers or {} }
   what.sampling, what.elicit, what.roots = sampling and true, opts.elicit and true, roots
+  what.resources = opts.resources or nil -- (two more tools)
   self.id = name .. "|" .. core.cache_hash(json.canonical(what))
   return self
 end
@@ -764,8 +882,14 @@ function Mcp:_initialize(conn)
   conn.protocol = res.protocolVersion
   conn.server_info = type(res.serverInfo) == "table" and res.serverInfo or {}
   conn.instructions = type(res.instructions) == "string" and res.instructions or nil
+  conn.capabilities = type(res.capabilities) == "table" and res.capabilities or {}
   -- Over HTTP the notification is posted before any other request goes.
   conn:notify("notifications/initialized", {}, true)
+  if self.log_level and type(conn.capabilities.logging) == "table" then
+    -- (a server that refuses a level still serves its tools)
+    local _, lerr = conn:request("logging/setLevel", { level = self.log_level }, self.timeout_ms)
+    self.log_level_error = lerr and lerr.message or nil
+  end
   return conn
 end
 
@@ -893,6 +1017,14 @@ local function fetch(self)
       return fail("MalformedResponse", ("MCP server '%s' gave over %d pages of tools"):format(self.name, MAX_PAGES))
     end
   until cursor == nil
+  if self.offer_resources and type(conn.capabilities.resources) == "table" then
+    local taken = {}
+    for _, t in ipairs(tools) do taken[t.name] = true end
+    for _, entry in ipairs(require("tide.integrations.mcp_resources").tool_entries(self, taken)) do
+      self.schemas[entry.name] = entry
+      tools[#tools + 1] = entry
+    end
+  end
   local info = conn.server_info or {}
   local desc = self.description or conn.instructions
     or ("Tools of the MCP server %s%s."):format(tostring(info.title or info.name or self.name),
@@ -930,7 +1062,11 @@ function Mcp:fetch()
   return redacted(self, fetch)
 end
 
-local function execute(self, action, args)
+local function execute(self, action, args, ctx)
+  local entry = listed(self, action)
+  if entry and entry.mcp_resources then -- the model's list_resources or read_resource
+    return require("tide.integrations.mcp_resources").execute(self, action, args)
+  end
   local conn, err = self:_connection()
   if not conn then
     return fail("ToolError", ("MCP server '%s' is unavailable: %s"):format(self.name, err.message or tostring(err)),
@@ -949,14 +1085,19 @@ local function execute(self, action, args)
   elseif type(args) ~= "table" then
     return fail("ToolError", "the arguments must be a table or JSON text")
   end
+  -- Every call asks for progress: it moves the call's deadline, and the
+  -- turn's listeners hear it.
+  local watch <close> = new_watch(self, action, ctx)
   local res, cerr
   if raw then
-    res, cerr = conn:request("tools/call", nil, self.timeout_ms, raw)
+    raw = ('{"_meta":{"progressToken":%d},%s'):format(watch.token, raw:sub(2))
+    res, cerr = conn:request("tools/call", nil, self.timeout_ms, raw, watch)
   else
     local tool = listed(self, action)
-    res, cerr = conn:request("tools/call", { name = action, arguments = conform(args, tool and tool.parameters, 0) },
-      self.timeout_ms)
+    res, cerr = conn:request("tools/call", { _meta = { progressToken = watch.token }, name = action,
+      arguments = conform(args, tool and tool.parameters, 0) }, self.timeout_ms, nil, watch)
   end
+  if watch.failed then error(watch.failed, 0) end
   if not res then
     return fail("ToolError", ("MCP tool %s/%s failed: %s"):format(self.name, action, cerr.message or tostring(cerr)),
       { cause = cerr })
@@ -978,13 +1119,60 @@ end
 --- joined; structuredContent as JSON when there is no text), or, for a
 --- result with an image, its text and image parts in order (the model sees
 --- the image); or nil and a ToolError (the tool's isError, a JSON-RPC
---- error, a timeout, a server that died).
+--- error, a timeout, a server that died). `ctx` is the tool call's (its
+--- `call_id` goes on the call's `tool_progress` events).
 ---@param action string
 ---@param args table|string|nil
+---@param ctx? {call_id?: string}
 ---@return string|table|nil result
 ---@return table|nil err
-function Mcp:execute(action, args)
-  return redacted(self, execute, action, args)
+function Mcp:execute(action, args, ctx)
+  return redacted(self, execute, action, args, ctx)
+end
+
+-- Resources and prompts (tide.integrations.mcp_resources), their errors
+-- redacted as the tools' are.
+local resources = function() return require "tide.integrations.mcp_resources" end
+
+--- The server's resources, every page: `{ uri, name, title, description,
+--- mime, size }` each; or nil and an error (ProviderError when the server
+--- declares no resources).
+---@return table[]|nil
+---@return table|nil err
+function Mcp:resources() return redacted(self, resources().resources) end
+
+--- The server's resource templates: `{ uri_template, name, title,
+--- description, mime }` each; or nil and an error.
+---@return table[]|nil
+---@return table|nil err
+function Mcp:resource_templates() return redacted(self, resources().resource_templates) end
+
+--- The contents of resource `uri`: `{ uri, mime, text }` or `{ uri, mime,
+--- data }` (base64) each; or nil and an error.
+---@param uri string
+---@return table[]|nil
+---@return table|nil err
+function Mcp:read(uri)
+  if type(uri) ~= "string" or uri == "" then error("bad argument #1 to 'read' (a resource URI expected)", 2) end
+  return redacted(self, resources().read, uri)
+end
+
+--- The server's prompts, every page: `{ name, title, description,
+--- arguments = { { name, description, required } } }` each.
+---@return table[]|nil
+---@return table|nil err
+function Mcp:prompts() return redacted(self, resources().prompts) end
+
+--- Prompt `name` with `args` (strings): `{ description, messages = { {
+--- role, content } } }`, content a string or a tide.image / tide.file
+--- part, ready for s:turn(); or nil and an error.
+---@param name string
+---@param args? table<string, string>
+---@return table|nil
+---@return table|nil err
+function Mcp:prompt(name, args)
+  local sent = resources().prompt_args(name, args)
+  return redacted(self, resources().prompt, name, sent)
 end
 
 --- Ends the connection: a stdio server gets end of input, SIGTERM, then

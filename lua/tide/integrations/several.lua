@@ -53,13 +53,13 @@ local function owner(self, action)
 end
 
 --- Runs `action` on the source whose toolkit has it.
-function Several:execute(action, args)
+function Several:execute(action, args, ctx)
   local src = owner(self, action)
   if not src then return nil, require("tide.core").error("ToolError", ("no source has action '%s'"):format(action)) end
   if type(src.execute) ~= "function" then
     return nil, require("tide.core").error("ToolError", "this integration source cannot execute actions")
   end
-  return src:execute(action, args)
+  return src:execute(action, args, ctx)
 end
 
 --- The approval rule of the source that owns `action`.
