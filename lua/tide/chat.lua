@@ -23,6 +23,9 @@ commands:
   /prompt   print the session's frozen system prompt
   /tools    list the tools the model sees
   /trace    the last turn's span tree, with timings
+  /mcp      the MCP servers' prompts and resources
+  /use SERVER:PROMPT NAME=VALUE ...
+            send an MCP server's prompt, filled in
   /help     this help
   /quit     leave (Ctrl-D too)
   //text    sends "/text" (any other /word is taken for a mistyped command)]]
@@ -106,6 +109,9 @@ local function printer(out, state)
       local args = ev.arguments or ""
       if #args > 60 then args = args:sub(1, 57) .. "..." end
       out:write(pad, "├─ ", ev.name, " ", args, "\n")
+    elseif ev.type == "tool_progress" then
+      out:write(pad, "│  ", ev.tool, " ", tostring(ev.progress), ev.total and ("/" .. tostring(ev.total)) or "",
+        ev.message and ("  " .. ev.message) or "", "\n")
     elseif ev.type == "tool_end" then
       out:write(pad, "└─ ", ev.name, (" %.1f ms%s\n"):format(ev.ms, ev.is_error and " (error)" or ""))
     elseif ev.type == "subagent_start" then
@@ -185,11 +191,13 @@ function M.main(argv, io_out)
       tide.integrations.cache.get(src)
     end
     -- MCP servers beside it, each a toolkit of its own
+    local chat_mcp = require "tide.chat_mcp"
     local servers = {}
-    for i, spec in ipairs(o.mcp) do servers[i] = require("tide.chat_mcp").source(spec, provider, out) end
+    for i, spec in ipairs(o.mcp) do servers[i] = chat_mcp.source(spec, provider, out) end
     if #servers > 0 then
-      if src then table.insert(servers, 1, src) end
-      src = servers
+      local all = { src } -- (the demo's toolkits first, when there are)
+      for _, m in ipairs(servers) do all[#all + 1] = m end
+      src = all
     end
     local agent = o.agent or "orchestrator"
     local function new_session()
@@ -204,6 +212,35 @@ function M.main(argv, io_out)
     local s = new_session()
     out:write(("tide %s chat with '%s' on %s. /help for commands.\n"):format(tide.version, agent, label))
     local state = { base = 0, line_open = false }
+    -- One turn of `input` (a line, or a prompt's parts), its tree printed
+    -- as it goes.
+    local function send(input)
+      local t0 = core.hrtime()
+      state.line_open = false
+      local reply, terr = s:turn(input, { on_event = printer(out, state) })
+      -- Calls that wait for a person are asked about here, one by one;
+      -- the turn then goes on where it paused.
+      while not reply and terr and terr.code == "ApprovalRequired" do
+        if state.line_open then out:write("\n"); state.line_open = false end
+        local asked = true
+        for _, p in ipairs(terr.pending) do
+          -- (a remote MCP server's call, which the provider asks about, says whose)
+          local name = p.server and (p.server .. ": " .. p.name) or p.name
+          local answer = M.ask(out, ("  approve %s %s (by %s)? [y]es, or a reason to reject: "):format(name,
+            p.arguments, p.agent))
+          if answer == nil then asked = false break end
+          if answer == "y" or answer == "yes" then s:approve(p.id) else s:reject(p.id, answer ~= "" and answer or nil) end
+        end
+        if not asked then break end
+        reply, terr = s:resume { on_event = printer(out, state) }
+      end
+      if state.line_open then out:write("\n") end
+      if reply then
+        out:write(("  (%.0f ms, $%.4f)\n"):format((core.hrtime() - t0) / 1e6, s:stats().turn_cost_usd))
+      else
+        out:write("  error: ", tostring(terr), "\n")
+      end
+    end
     while true do
       local line = M.ask(out, "> ")
       if line == nil then break end
@@ -223,6 +260,12 @@ function M.main(argv, io_out)
         out:write("  ", table.concat(s:tools(), ", "), "\n")
       elseif line == "/help" then
         out:write(HELP, "\n")
+      elseif line == "/mcp" then
+        chat_mcp.list(out, servers)
+      elseif line:match("^/use%f[%s%z]") then
+        local input, why = chat_mcp.use(line, servers)
+        if why then out:write("  ", why, "\n") end
+        if input then send(input) end
       elseif line:match("^/[%w_-]*$") or line:match("^/[%w_-]+%s") then
         -- (a mistyped command is no message: with a real model it would be
         -- a paid call; "//" sends a line that starts with "/")
@@ -230,31 +273,7 @@ function M.main(argv, io_out)
           line:match("^%S+")))
       elseif line ~= "" then
         if line:sub(1, 2) == "//" then line = line:sub(2) end
-        local t0 = core.hrtime()
-        state.line_open = false
-        local reply, terr = s:turn(line, { on_event = printer(out, state) })
-        -- Calls that wait for a person are asked about here, one by one;
-        -- the turn then goes on where it paused.
-        while not reply and terr and terr.code == "ApprovalRequired" do
-          if state.line_open then out:write("\n"); state.line_open = false end
-          local asked = true
-          for _, p in ipairs(terr.pending) do
-            -- (a remote MCP server's call, which the provider asks about, says whose)
-            local name = p.server and (p.server .. ": " .. p.name) or p.name
-            local answer = M.ask(out, ("  approve %s %s (by %s)? [y]es, or a reason to reject: "):format(name,
-              p.arguments, p.agent))
-            if answer == nil then asked = false break end
-            if answer == "y" or answer == "yes" then s:approve(p.id) else s:reject(p.id, answer ~= "" and answer or nil) end
-          end
-          if not asked then break end
-          reply, terr = s:resume { on_event = printer(out, state) }
-        end
-        if state.line_open then out:write("\n") end
-        if reply then
-          out:write(("  (%.0f ms, $%.4f)\n"):format((core.hrtime() - t0) / 1e6, s:stats().turn_cost_usd))
-        else
-          out:write("  error: ", tostring(terr), "\n")
-        end
+        send(line)
       end
     end
     s:close()

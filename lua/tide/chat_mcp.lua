@@ -2,7 +2,9 @@
 --- or `--mcp NAME=URL`), whose requests of the person at the terminal are
 --- asked there: a form or a URL the server wants (elicitation), the model
 --- call it wants to make through the chat's provider (sampling), and the
---- directory the chat runs in as its root.
+--- directory the chat runs in as its root. The model reads the servers'
+--- resources (list_resources, read_resource); the person lists their
+--- prompts with /mcp and sends one with /use.
 ---
 --- The prompts read the terminal while the turn that led to them waits:
 --- the chat's own loop reads nothing then, so the two never compete.
@@ -127,13 +129,78 @@ function M.approve_sampling(out, server)
   end
 end
 
+-- The words of a /use line after its prompt: NAME=VALUE each, a value in
+-- double quotes when it holds spaces; nil and what is wrong.
+local function arguments_of(text)
+  local args, rest = {}, text
+  while true do
+    rest = rest:match("^%s*(.-)$")
+    if rest == "" then return args end
+    local k, v, after = rest:match('^([%w_.-]+)="([^"]*)"(.*)$')
+    if not k then k, v, after = rest:match("^([%w_.-]+)=(%S*)(.*)$") end
+    if not k then return nil, ("expected NAME=VALUE, got %s"):format(rest:match("^%S+")) end
+    args[k], rest = v, after
+  end
+end
+
+--- /mcp: each server's prompts (what /use sends) and how many resources
+--- the model can read.
+---@param out file*
+---@param servers table[] the chat's MCP sources
+function M.list(out, servers)
+  if #servers == 0 then
+    out:write("  no MCP servers: start the chat with --mcp NAME=COMMAND or --mcp NAME=URL\n")
+    return
+  end
+  for _, src in ipairs(servers) do
+    local prompts, perr = src:prompts()
+    local resources = src:resources()
+    out:write(("  %s: %s\n"):format(src.name,
+      resources and ("%d resources (the model reads them with read_resource)"):format(#resources) or "no resources"))
+    for _, p in ipairs(prompts or {}) do
+      local args = {}
+      for _, a in ipairs(p.arguments) do args[#args + 1] = a.name .. (a.required and "*" or "") end
+      out:write(("    /use %s:%s %s%s\n"):format(src.name, p.name, table.concat(args, " "),
+        p.description and ("  - " .. p.description) or ""))
+    end
+    if not prompts then out:write("    (no prompts: ", perr.message, ")\n") end
+  end
+end
+
+--- /use SERVER:PROMPT NAME=VALUE...: the prompt filled in by its server,
+--- as the input of one turn (its user messages, text and parts in order);
+--- or nil and what went wrong, for the terminal.
+---@param line string
+---@param servers table[]
+---@return table|nil input
+---@return string|nil why
+function M.use(line, servers)
+  local server, name, rest = line:match("^/use%s+([%w_-]+):(%S+)(.*)$")
+  if not server then return nil, "usage: /use SERVER:PROMPT NAME=VALUE ... (/mcp lists them)" end
+  local src
+  for _, m in ipairs(servers) do if m.name == server then src = m end end
+  if not src then return nil, ("no MCP server '%s' in this chat"):format(server) end
+  local args, why = arguments_of(rest)
+  if not args then return nil, why end
+  local p, err = src:prompt(name, args)
+  if not p then return nil, err.message end
+  local input, skipped = {}, 0
+  for _, m in ipairs(p.messages) do
+    if m.role == "user" then input[#input + 1] = m.content else skipped = skipped + 1 end
+  end
+  if #input == 0 then return nil, ("prompt %s:%s has no user message to send"):format(server, name) end
+  if #input == 1 and type(input[1]) == "string" then input = input[1] end -- (text goes as text)
+  return input, skipped > 0 and ("(%d assistant message(s) of the prompt not sent: a turn is what the user says)")
+    :format(skipped) or nil
+end
+
 --- The source for one parsed `--mcp` value, served at the terminal.
 ---@param spec table from parse
 ---@param provider table the chat's provider (what sampling calls)
 ---@param out file*
 ---@return table source
 function M.source(spec, provider, out)
-  local opts = { name = spec.name, command = spec.command, url = spec.url,
+  local opts = { name = spec.name, command = spec.command, url = spec.url, resources = true,
     elicit = M.elicit(out, spec.name),
     sampling = { provider = provider, approve = M.approve_sampling(out, spec.name) } }
   local cwd = os.getenv("PWD")

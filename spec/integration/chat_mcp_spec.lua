@@ -62,6 +62,58 @@ describe("tide chat --mcp", function()
     end)
   end)
 
+  it("lists a server's prompts, sends one filled in, and shows a tool's progress", function()
+    local tide = require "tide"
+    local core = require "tide.core"
+    local root = helpers.sh("pwd"):gsub("%s+$", "")
+    local build = os.getenv("TIDE_BUILD_DIR") or "build"
+    local npm = os.getenv("TIDE_NPM_DIR") or ((os.getenv("HOME") or "/tmp") .. "/.cache/tide-npm")
+    local everything = npm .. "/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+    helpers.run(function()
+      local srv <close> = assert(tide.testing.mock_server { replies = {
+        "Sunny, mostly.",                                                        -- the prompt's turn
+        sub_call("delegate_everything", { task = "run the long operation" }),   -- the orchestrator
+        sub_call("trigger-long-running-operation", { duration = 0.4, steps = 2 }), -- the sub-agent
+        "It ran.",                                                               -- the sub-agent
+        "All done.",                                                             -- the orchestrator
+      } })
+      local env = helpers.child_env { OPENAI_API_KEY = "sk-chat", OPENAI_BASE_URL = srv.url .. "/v1",
+        LUA_PATH = "lua/?.lua;lua/?/init.lua;;", LUA_CPATH = build .. "/?.so;;", ASAN_OPTIONS = "detect_leaks=0",
+        PWD = root }
+      local p = assert(core.process_spawn { argv = { "lua5.4", "bin/tide", "chat", "--provider", "openai",
+        "--mcp", "everything=node " .. everything .. " stdio" }, env = env, cwd = root })
+      assert(p:write('/mcp\n/use everything:args-prompt\n/use nowhere:x\n/use everything:args-prompt city="New York"\n'
+        .. "run it\n/quit\n"))
+      local lines = {}
+      for _ = 1, 400 do
+        local line = p:read_line(30000)
+        if not line then break end
+        lines[#lines + 1] = line
+      end
+      local code = p:wait(10000)
+      p:close()
+      local out = table.concat(lines, "\n")
+      assert.are.equal(0, code, out)
+      assert.matches("everything: 7 resources (the model reads them with read_resource)", out, 1, true)
+      assert.matches("/use everything:args-prompt city* state  - A prompt with two arguments", out, 1, true)
+      -- the server's refusal and a server the chat does not have: said, nothing sent
+      assert.matches("Invalid arguments for prompt args-prompt", out, 1, true)
+      assert.matches("no MCP server 'nowhere' in this chat", out, 1, true)
+      assert.matches("Sunny, mostly.", out, 1, true)
+      assert.matches("│  trigger-long-running-operation 1/2\n", out, 1, true)
+      assert.matches("│  trigger-long-running-operation 2/2\n", out, 1, true)
+      assert.matches("All done.", out, 1, true)
+      local reqs = srv:requests()
+      assert.are.equal(5, #reqs)
+      local m = reqs[1].json.messages
+      assert.are.same({ role = "user", content = "What's weather in New York?" }, m[#m])
+      -- the model can read the server's resources
+      local offered = {}
+      for _, t in ipairs(reqs[3].json.tools) do offered[t["function"].name] = true end
+      assert.is_true(offered.trigger_long_running_operation or offered["trigger-long-running-operation"])
+    end)
+  end)
+
   it("says what is wrong with an --mcp value", function()
     local root = helpers.sh("pwd"):gsub("%s+$", "")
     local build = os.getenv("TIDE_BUILD_DIR") or "build"
