@@ -10,6 +10,11 @@
 --   huge        answers tools/call with one 10 MB line
 --   exit_init   exits on initialize
 --   die_on_call exits while a tools/call is in flight
+--   tasks       declares task-augmented tools/call, and the tool `job`
+--               that must be called so ({ plan = "ok" | "fail" | "error" |
+--               "malformed" | "forever" }: two polls then done, a failed
+--               task, a JSON-RPC error as its result, an answer that is
+--               no task, a task that runs until tasks/cancel)
 -- Tools of every mode: echo {text} -> text; add {a, b} -> structuredContent
 -- only, as its output schema says (with broken = "shape" or "text", not);
 -- fail -> isError; slow -> never answers (cancel it); tags {tags: []}
@@ -53,6 +58,48 @@ local seen = {}
 local raw_line
 local client_caps
 
+if mode == "tasks" then
+  TOOLS[#TOOLS + 1] = { name = "job", description = "A long job", inputSchema = { type = "object",
+    properties = { plan = { type = "string" } } }, execution = { taskSupport = "required" } }
+end
+local jobs, next_job = {}, 1
+
+local function task_view(j)
+  return { taskId = j.id, status = j.status, statusMessage = j.message, createdAt = "2026-12-07T12:00:00Z",
+    lastUpdatedAt = "2026-12-07T12:00:00Z", ttl = 60000, pollInterval = 100 }
+end
+
+-- tasks/get, tasks/result, tasks/cancel of the `job` tool's tasks.
+local function task_request(msg)
+  local j = jobs[msg.params.taskId]
+  if not j then
+    return send { jsonrpc = "2.0", id = msg.id, error = { code = -32602, message = "no task " .. tostring(msg.params.taskId) } }
+  end
+  if msg.method == "tasks/get" then
+    j.polls = j.polls + 1
+    if j.status == "working" and j.plan ~= "forever" then
+      if j.polls >= 2 then
+        j.status = (j.plan == "fail" or j.plan == "error") and "failed" or "completed"
+        j.message = nil
+      else
+        j.message = "step " .. (j.polls + 1)
+      end
+    end
+    send { jsonrpc = "2.0", id = msg.id, result = task_view(j) }
+  elseif msg.method == "tasks/cancel" then
+    seen[#seen + 1] = "tasks/cancel(" .. j.id .. ")"
+    j.status = "cancelled"
+    send { jsonrpc = "2.0", id = msg.id, result = task_view(j) }
+  elseif j.plan == "error" then
+    send { jsonrpc = "2.0", id = msg.id, error = { code = -32603, message = "the job exploded" } }
+  elseif j.plan == "fail" then
+    send { jsonrpc = "2.0", id = msg.id, result = { isError = true, content = { { type = "text", text = "the job broke" } } } }
+  else
+    send { jsonrpc = "2.0", id = msg.id, result = { content = { { type = "text", text = "job done after "
+      .. j.polls .. " polls" } }, _meta = { ["io.modelcontextprotocol/related-task"] = { taskId = j.id } } } }
+  end
+end
+
 local function text(id, s) send { jsonrpc = "2.0", id = id, result = { content = { { type = "text", text = s } } } } end
 
 local function call(msg)
@@ -72,7 +119,17 @@ local function call(msg)
     io.stderr:write("fatal: the server crashed on purpose\n")
     os.exit(3)
   end
-  if name == "echo" then
+  if name == "job" then
+    if p.task == nil then
+      return send { jsonrpc = "2.0", id = id, error = { code = -32601, message = "job requires task augmentation" } }
+    end
+    local plan = p.arguments.plan or "ok"
+    if plan == "malformed" then return text(id, "no task here") end
+    local j = { id = "task-" .. next_job, status = "working", message = "step 1", plan = plan, polls = 0 }
+    next_job = next_job + 1
+    jobs[j.id] = j
+    send { jsonrpc = "2.0", id = id, result = { task = task_view(j) } }
+  elseif name == "echo" then
     text(id, tostring(p.arguments.text))
   elseif name == "add" and p.arguments.broken == "shape" then -- (against its own output schema)
     send { jsonrpc = "2.0", id = id, result = { content = {}, structuredContent = { sum = "many" } } }
@@ -122,7 +179,8 @@ for line in io.lines() do
     client_caps = line:match('"capabilities":(%b{})')
     local v = mode == "old" and "2025-03-26" or mode == "ancient" and "2024-01-01" or "2025-11-25"
     send { jsonrpc = "2.0", id = msg.id, result = { protocolVersion = v,
-      capabilities = { tools = { listChanged = true } },
+      capabilities = { tools = { listChanged = true },
+        tasks = mode == "tasks" and { cancel = {}, requests = { tools = { call = {} } } } or nil },
       serverInfo = { name = "scripted", version = "1.0.0" },
       -- what the client asked for, so a spec can check it
       instructions = "client asked " .. msg.params.protocolVersion } }
@@ -135,6 +193,8 @@ for line in io.lines() do
     end
   elseif m == "tools/call" then
     call(msg)
+  elseif mode == "tasks" and (m == "tasks/get" or m == "tasks/result" or m == "tasks/cancel") then
+    task_request(msg)
   elseif msg.id == nil and m then
     seen[#seen + 1] = m .. (m == "notifications/cancelled" and ("(" .. tostring(msg.params.requestId) .. ")") or "")
   elseif msg.id ~= nil and m then

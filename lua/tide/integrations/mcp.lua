@@ -41,7 +41,8 @@
 --- that times out or whose task is cancelled sends `notifications/cancelled`
 --- (never `initialize`: the spec forbids it; a server not initialized is
 --- let go, its process ended or its HTTP session deleted).
---- Resources and prompts: tide.integrations.mcp_resources.
+--- Resources and prompts: tide.integrations.mcp_resources. A tool the
+--- server says must run as a task: tide.integrations.mcp_tasks.
 --- A server that dies fails the requests in flight at once, with its exit
 --- status and the end of its stderr, and is started again by the next
 --- request.
@@ -958,6 +959,9 @@ local function add_tools(self, out, list)
       parameters = params,
       output_schema = type(t.outputSchema) == "table" and t.outputSchema or nil,
       destructive = ann.destructiveHint == true or nil,
+      -- called as a task when "required" (tide.integrations.mcp_tasks)
+      task_support = type(t.execution) == "table" and type(t.execution.taskSupport) == "string"
+        and t.execution.taskSupport or nil,
     }
     self.schemas[t.name] = entry
     out[#out + 1] = entry
@@ -1072,6 +1076,13 @@ local function execute(self, action, args, ctx)
     return fail("ToolError", ("MCP server '%s' is unavailable: %s"):format(self.name, err.message or tostring(err)),
       { cause = err })
   end
+  local tasks = require "tide.integrations.mcp_tasks"
+  if entry == nil and tasks.offered(conn) then
+    -- (a tool called before anyone listed them: whether it must be a task)
+    fetch(self)
+    entry = listed(self, action)
+  end
+  local as_task = tasks.required(conn, entry)
   local raw
   if type(args) == "string" then
     -- The model's own JSON text, passed through; JSON white space may hold
@@ -1079,7 +1090,11 @@ local function execute(self, action, args, ctx)
     -- always escaped).
     local v = json.decode(args ~= "" and args or "{}")
     if type(v) ~= "table" then return fail("ToolError", "the arguments are not a JSON object") end
-    raw = ('{"arguments":%s,"name":%s}'):format(args ~= "" and args:gsub("[\r\n]", " ") or "{}", json.quote(action))
+    if as_task then
+      args = v -- (shaped by the tool's schema below)
+    else
+      raw = ('{"arguments":%s,"name":%s}'):format(args ~= "" and args:gsub("[\r\n]", " ") or "{}", json.quote(action))
+    end
   elseif args == nil then
     args = {}
   elseif type(args) ~= "table" then
@@ -1093,9 +1108,13 @@ local function execute(self, action, args, ctx)
     raw = ('{"_meta":{"progressToken":%d},%s'):format(watch.token, raw:sub(2))
     res, cerr = conn:request("tools/call", nil, self.timeout_ms, raw, watch)
   else
-    local tool = listed(self, action)
-    res, cerr = conn:request("tools/call", { _meta = { progressToken = watch.token }, name = action,
-      arguments = conform(args, tool and tool.parameters, 0) }, self.timeout_ms, nil, watch)
+    local params = { _meta = { progressToken = watch.token }, name = action,
+      arguments = conform(args, entry and entry.parameters, 0) }
+    if as_task then
+      res, cerr = tasks.call(self, conn, params, watch)
+    else
+      res, cerr = conn:request("tools/call", params, self.timeout_ms, nil, watch)
+    end
   end
   if watch.failed then error(watch.failed, 0) end
   if not res then
