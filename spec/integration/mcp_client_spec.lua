@@ -115,11 +115,11 @@ describe("MCP sampling, what a client refuses", function()
     return cjson.decode(text)
   end
 
-  it("declares sampling without tools, and answers text and images", function()
+  it("declares sampling with tools, and answers text and images", function()
     helpers.run(function()
       local srv <close>, p = model("seen")
       local src = scripted { provider = p, max_tokens = 64 }
-      assert.are.same({ sampling = {} }, cjson.decode((assert(src:execute("client_caps", {})))))
+      assert.are.same({ sampling = { tools = {} } }, cjson.decode((assert(src:execute("client_caps", {})))))
       local png = core.base64("\137PNG\r\n\26\n" .. ("\0"):rep(16))
       local a = ask(src, { maxTokens = 500, messages = {
         { role = "user", content = { type = "text", text = "What is this?" } },
@@ -144,8 +144,29 @@ describe("MCP sampling, what a client refuses", function()
       local src = scripted { provider = p }
       local text = { role = "user", content = { type = "text", text = "hi" } }
       for _, case in ipairs {
-        { params = { messages = { text }, maxTokens = 10, tools = { { name = "t", inputSchema = { type = "object" } } } },
-          message = "tools in a sampling request" },
+        { params = { messages = { text }, maxTokens = 10, tools = { { name = "t" } } },
+          message = "tools[0] needs a name and an inputSchema" },
+        { params = { messages = { text }, maxTokens = 10, toolChoice = { mode = "sometimes" } },
+          message = "'toolChoice.mode' must be \"auto\", \"required\" or \"none\"" },
+        { params = { maxTokens = 10, messages = { text,
+            { role = "assistant", content = { type = "tool_use", id = "c1", name = "t", input = {} } },
+            { role = "user", content = { { type = "tool_result", toolUseId = "c1", content = json.array {} },
+                                         { type = "text", text = "and more" } } } } },
+          message = "messages[2]: a message of tool results is a user's, and holds tool results only" },
+        { params = { maxTokens = 10, messages = { text,
+            { role = "assistant", content = { type = "tool_use", id = "c1", name = "t", input = {} } }, text } },
+          message = "messages[2]: tool_use \"c1\" has no tool_result" },
+        { params = { maxTokens = 10, messages = { text,
+            { role = "assistant", content = { type = "tool_use", id = "c1", name = "t", input = {} } } } },
+          message = "tool_use \"c1\" has no tool_result" },
+        { params = { maxTokens = 10, messages = { text,
+            { role = "user", content = { type = "tool_result", toolUseId = "c9", content = json.array {} } } } },
+          message = "messages[1]: tool_result \"c9\" answers no tool_use of the message before" },
+        { params = { maxTokens = 10, messages = { text,
+            { role = "assistant", content = { type = "tool_use", id = "c1", name = "t", input = {} } },
+            { role = "user", content = { type = "tool_result", toolUseId = "c1",
+              content = { { type = "image", data = "AAAA", mimeType = "image/png" } } } } } },
+          message = "messages[2].content[0].content[0]: a tool result holds text only here" },
         { params = { messages = { text } }, message = "'maxTokens' must be a positive number" },
         { params = { messages = json.array {}, maxTokens = 10 }, message = "'messages' must be a non-empty array" },
         { params = { messages = { { role = "user", content = { type = "audio", data = "AAAA", mimeType = "audio/wav" } } },
@@ -172,6 +193,59 @@ describe("MCP sampling, what a client refuses", function()
       local src2 = scripted { provider = p, approve = function() error("no person here") end }
       assert.are.equal(-1, ask(src2, { messages = { text }, maxTokens = 10 }).error.code)
       src2:close()
+    end)
+  end)
+
+  it("offers the request's tools, gives back the model's calls, and takes the server's results", function()
+    helpers.run(function()
+      local srv <close> = assert(tide.testing.mock_server { default = function(req)
+        local msgs = req.json.messages
+        if msgs[#msgs].role == "tool" then return "Paris is mild." end
+        return { text = "Let me look.", tool_calls = { { id = "call_w", name = "get_weather", arguments = { city = "Paris" } } } }
+      end })
+      local p = tide.provider.openai { base_url = srv.url .. "/v1", api_key = "sk-sampling", model = "gpt-5-mini",
+        stream = false, retry = FAST }
+      local src = scripted { provider = p }
+      local weather = { name = "get_weather", description = "Weather of a city",
+        inputSchema = { type = "object", properties = { city = { type = "string" } }, required = { "city" } } }
+      local ask_paris = { role = "user", content = { type = "text", text = "Weather in Paris?" } }
+      local a = ask(src, { maxTokens = 100, messages = { ask_paris }, tools = { weather }, toolChoice = { mode = "required" } })
+      assert.are.same({ role = "assistant", model = "gpt-5-mini", stopReason = "toolUse", content = {
+        { type = "text", text = "Let me look." },
+        { type = "tool_use", id = "call_w", name = "get_weather", input = { city = "Paris" } } } }, a.result)
+      local body = srv:requests()[1].json
+      assert.are.equal("required", body.tool_choice)
+      assert.are.same({ type = "function", ["function"] = { name = "get_weather", description = "Weather of a city",
+        parameters = weather.inputSchema } }, body.tools[1])
+      -- the server ran the tool: the history again, with its result
+      a = ask(src, { maxTokens = 100, tools = { weather }, messages = { ask_paris,
+        { role = "assistant", content = { { type = "tool_use", id = "call_w", name = "get_weather", input = { city = "Paris" } } } },
+        { role = "user", content = { { type = "tool_result", toolUseId = "call_w",
+          content = { { type = "text", text = "18 C, cloudy" } } } } } } })
+      assert.are.same({ role = "assistant", model = "gpt-5-mini", stopReason = "endTurn",
+        content = { type = "text", text = "Paris is mild." } }, a.result)
+      local m = srv:requests()[2].json.messages
+      assert.are.equal("get_weather", m[2].tool_calls[1]["function"].name)
+      assert.are.same({ city = "Paris" }, json.decode(m[2].tool_calls[1]["function"].arguments))
+      assert.are.same({ role = "tool", tool_call_id = "call_w", content = "18 C, cloudy" }, m[3])
+      assert.is_nil(srv:requests()[2].json.tool_choice) -- (auto: the provider's own)
+      src:close()
+    end)
+  end)
+
+  it("says the tool choice to Anthropic as Anthropic takes it", function()
+    helpers.run(function()
+      local srv <close> = assert(tide.testing.mock_server { default = "No tools needed." })
+      local p = tide.provider.anthropic { base_url = srv.url, api_key = "sk-ant-sampling", model = "claude-sonnet-4-5",
+        stream = false, retry = FAST }
+      local src = scripted { provider = p }
+      local a = ask(src, { maxTokens = 100, messages = { { role = "user", content = { type = "text", text = "hi" } } },
+        tools = { { name = "t", inputSchema = { type = "object" } } }, toolChoice = { mode = "none" } })
+      assert.are.equal("No tools needed.", a.result.content.text)
+      local body = srv:requests()[1].json
+      assert.are.same({ type = "none" }, body.tool_choice)
+      assert.are.equal("t", body.tools[1].name)
+      src:close()
     end)
   end)
 

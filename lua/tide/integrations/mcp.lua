@@ -857,12 +857,12 @@ end
 ---@return string
 function Mcp:identity() return "mcp|" .. self.id end
 
--- What the client declares it serves: sampling (without tools or
+-- What the client declares it serves: sampling (with tools, without
 -- context), elicitation (forms and URLs) and roots, when the source was
 -- given them; nothing else.
 local function client_capabilities(self)
   local caps = {}
-  if self.sampling_config then caps.sampling = {} end
+  if self.sampling_config then caps.sampling = { tools = {} } end
   if self.elicit then caps.elicitation = { form = {}, url = {} } end
   if self.roots then caps.roots = {} end
   return caps
