@@ -7,6 +7,9 @@
 ---                                                  failed one with error.type
 ---   gen_ai.client.token.usage          ({token})  each call's input and
 ---                                                  output tokens (gen_ai.token.type)
+--- and the MCP conventions' one (tide.integrations.mcp_telemetry):
+---   mcp.client.operation.duration      (s)        every request to an MCP
+---                                                  server (mcp.method.name, ...)
 --- with the conventions' bucket boundaries and the call's attributes
 --- (gen_ai.operation.name, gen_ai.provider.name, gen_ai.request.model,
 --- gen_ai.response.model, server.address). Every call is counted, whether
@@ -26,13 +29,18 @@ local M = {}
 -- The semantic conventions' ExplicitBucketBoundaries.
 local TOKEN_BOUNDS = { 1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864 }
 local DURATION_BOUNDS = { 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92 }
+local MCP_BOUNDS = { 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300 }
 
 local INSTRUMENTS = {
   duration = { name = "gen_ai.client.operation.duration", unit = "s", bounds = DURATION_BOUNDS,
                description = "GenAI operation duration" },
   tokens = { name = "gen_ai.client.token.usage", unit = "{token}", bounds = TOKEN_BOUNDS,
              description = "Number of input and output tokens used" },
+  mcp = { name = "mcp.client.operation.duration", unit = "s", bounds = MCP_BOUNDS,
+          description = "The duration of the MCP request as observed on the sender from the time it was sent "
+            .. "until the response is received" },
 }
+local EXPORTED = { "duration", "tokens", "mcp" }
 
 -- The series measured so far: instrument key -> { [attribute key] = series }
 -- in order of first measurement; nil until the first.
@@ -90,7 +98,7 @@ function M.encode(service, resource_extra, now)
   local field, varint = t._bytes_field, t._varint
   local resource, scope = t._envelope(service, resource_extra)
   local metrics = {}
-  for _, which in ipairs { "duration", "tokens" } do
+  for _, which in ipairs(EXPORTED) do
     local inst, points = INSTRUMENTS[which], {}
     for _, o in ipairs(order or {}) do
       if o.which == which then
@@ -186,6 +194,18 @@ function M.chat(provider, resp, err, ns)
       record("tokens", a, u[kind] or 0)
     end
   end
+  dirty = true
+  schedule(cfg.metrics.interval_ms)
+end
+
+--- Measures one MCP request of `seconds` with `attrs` (the MCP semantic
+--- conventions' metric attributes), when metrics are on.
+---@param attrs table<string, string|integer>
+---@param seconds number
+function M.mcp(attrs, seconds)
+  local cfg = tracing()._config()
+  if not (cfg and cfg.metrics) then return end
+  record("mcp", attrs, seconds)
   dirty = true
   schedule(cfg.metrics.interval_ms)
 end

@@ -128,7 +128,7 @@ describe("tide.integrations.mcp against a scripted server", function()
     local names = {}
     for _, t in ipairs(tk.tools) do names[#names + 1] = t.name end
     assert.are.same({ "echo", "add", "fail", "slow", "tags", "seen", "changed", "ping", "delete", "sample",
-      "client_caps", "roots", "elicit" }, names)
+      "client_caps", "roots", "elicit", "meta" }, names)
     -- a source without sampling declares no capability
     assert.are.equal("{}", src:execute("client_caps", {}))
     assert.is_true(tk.tools[9].destructive)

@@ -24,7 +24,8 @@
 -- the server sends sampling/createMessage with those params and reports
 -- the client's answer line; elicit {params} -> the same for
 -- elicitation/create; roots -> the same for roots/list;
--- client_caps -> the capabilities the client declared at initialize.
+-- client_caps -> the capabilities the client declared at initialize;
+-- meta -> the raw `_meta` of its call's params (the trace context).
 local cjson = require "cjson"
 local mode = arg[1] or "normal"
 
@@ -52,6 +53,7 @@ local TOOLS = {
   { name = "client_caps", description = "The client's capabilities", inputSchema = { type = "object" } },
   { name = "roots", description = "Asks the client's roots", inputSchema = { type = "object" } },
   { name = "elicit", description = "Asks the client's user", inputSchema = { type = "object" } },
+  { name = "meta", description = "Its call's _meta", inputSchema = { type = "object" } },
 }
 
 local seen = {}
@@ -160,6 +162,8 @@ local function call(msg)
     io.stdout:write('{"id":"srv-', name, '","jsonrpc":"2.0","method":"', method, '","params":', params, "}\n")
     io.stdout:flush()
     text(id, io.read("l"))
+  elseif name == "meta" then
+    text(id, raw_line:match('"_meta":(%b{})') or "none")
   elseif name == "client_caps" then
     text(id, client_caps)
   elseif name == "roots" then

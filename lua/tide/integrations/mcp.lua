@@ -42,7 +42,8 @@
 --- (never `initialize`: the spec forbids it; a server not initialized is
 --- let go, its process ended or its HTTP session deleted).
 --- Resources and prompts: tide.integrations.mcp_resources. A tool the
---- server says must run as a task: tide.integrations.mcp_tasks.
+--- server says must run as a task: tide.integrations.mcp_tasks. Spans,
+--- trace context and metrics: tide.integrations.mcp_telemetry.
 --- A server that dies fails the requests in flight at once, with its exit
 --- status and the end of its stderr, and is started again by the next
 --- request.
@@ -424,7 +425,7 @@ end
 --- nil and an error (Timeout, ConnectionClosed, ProviderError for a
 --- JSON-RPC error). Raises Cancelled when the task is cancelled, after
 --- telling the server.
-function Stdio:request(method, params, timeout_ms, raw_params, watch)
+function Stdio:send(method, params, timeout_ms, raw_params, watch)
   if self.dead then return fail("ConnectionClosed", self.dead) end
   local id = self.next_id
   self.next_id = id + 1
@@ -463,6 +464,9 @@ function Stdio:request(method, params, timeout_ms, raw_params, watch)
   if req.err then return nil, req.err end
   return req.result
 end
+
+-- (requests are observed: tide.integrations.mcp_telemetry)
+Stdio.request = require("tide.integrations.mcp_telemetry").wrap(Stdio.send)
 
 function Stdio:close()
   die(self, ("the connection to MCP server '%s' was closed"):format(self.src.name))
@@ -631,7 +635,7 @@ local function post_watched(self, msg, timeout_ms, on_message, watch)
   end
 end
 
-function Http:request(method, params, timeout_ms, raw_params, watch, retried)
+function Http:send(method, params, timeout_ms, raw_params, watch, retried)
   local id = self.next_id
   self.next_id = id + 1
   -- (raw parameters go as they are: decoded and encoded again, an empty
@@ -679,7 +683,7 @@ function Http:request(method, params, timeout_ms, raw_params, watch, retried)
     self.session_id, self.protocol = nil, nil
     local _, ierr = self.src:_initialize(self)
     if ierr then return nil, ierr end
-    return self:request(method, params, timeout_ms, raw_params, watch, true)
+    return self:send(method, params, timeout_ms, raw_params, watch, true)
   end
   if res.status < 200 or res.status > 299 then
     return fail("ConnectionClosed", ("MCP server '%s' answered %s with HTTP %d: %s"):format(
@@ -703,6 +707,8 @@ function Http:request(method, params, timeout_ms, raw_params, watch, retried)
   end
   return result
 end
+
+Http.request = require("tide.integrations.mcp_telemetry").wrap(Http.send)
 
 function Http:close()
   if not self.session_id then return end
