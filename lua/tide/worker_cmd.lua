@@ -23,7 +23,7 @@ local USAGE = "usage: tide worker --redis URL --agents DIR [--prompts DIR] [--qu
   .. "                   [--prefix P] [--session-ttl-ms N] [--name NAME]\n"
 
 local VALUED = { redis = "string", agents = "string", prompts = "string", queue = "string", provider = "string",
-  prefix = "string", name = "string", concurrency = "int", ["claim-idle-ms"] = "int", ["lease-ms"] = "int", ["drain-ms"] = "int",
+  prefix = "string", name = "string", concurrency = "int", ["claim-idle-ms"] = "int", ["lease-ms"] = "int", ["drain-ms"] = "uint",
   ["session-ttl-ms"] = "int" }
 
 local function parse(argv)
@@ -42,9 +42,15 @@ local function parse(argv)
         v = argv[i]
       end
       if v == nil then error("tide worker: --" .. name .. " needs a value", 0) end
-      if VALUED[name] == "int" then
-        local n = math.tointeger(tonumber(v))
-        if not n or n <= 0 then error("tide worker: --" .. name .. " needs a positive integer", 0) end
+      if VALUED[name] ~= "string" then
+        -- (decimal digits only: tonumber would take 0x10 or 1e3 too)
+        local n = v:match("^%d+$") and math.tointeger(tonumber(v))
+        if VALUED[name] == "uint" then
+          -- (--drain-ms 0: stop at once, the turns in flight cancelled)
+          if not n then error("tide worker: --" .. name .. " needs a non-negative integer", 0) end
+        elseif not n or n <= 0 then
+          error("tide worker: --" .. name .. " needs a positive integer", 0)
+        end
         v = n
       end
       o[name] = v

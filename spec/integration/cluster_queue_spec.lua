@@ -587,6 +587,17 @@ describe("the turn queue", function()
     local out = helpers.sh(("TIDE_BUILD_DIR=%s lua5.4 bin/tide worker --agents x 2>&1; echo status $?"):format(build))
     assert.matches("%-%-redis URL %(or TIDE_REDIS_URL%) is required", out)
     assert.matches("status 2", out)
+    -- numbers are decimal; --drain-ms 0 (stop at once) is one
+    for flags, want in pairs { ["--concurrency 0x10"] = "--concurrency needs a positive integer",
+                               ["--lease-ms 0"] = "--lease-ms needs a positive integer",
+                               ["--drain-ms -1"] = "--drain-ms needs a non-negative integer",
+                               ["--drain-ms 1e3"] = "--drain-ms needs a non-negative integer",
+                               ["--drain-ms 0"] = "--redis URL (or TIDE_REDIS_URL) is required" } do
+      out = helpers.sh(("TIDE_BUILD_DIR=%s lua5.4 bin/tide worker --agents x %s 2>&1; echo status $?"):format(build,
+        flags))
+      assert.matches(want, out, 1, true)
+      assert.matches("status 2", out)
+    end
   end)
 
   -- What stopping does to a turn that outlasts the drain: it is cancelled,

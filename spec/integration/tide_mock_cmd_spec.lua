@@ -128,6 +128,8 @@ describe("bin/tide-mock", function()
       { "--port", "--port needs a non-negative integer" },
       { "--port -1", "--port needs a non-negative integer" },
       { "--port=abc", "--port needs a non-negative integer" },
+      { "--port 0x10", "--port needs a non-negative integer" }, -- (tonumber would take it)
+      { "--delay-ms 1e3", "--delay-ms needs a non-negative integer" },
       { "--port 70000", "--port must be at most 65535" },
       { "--delay-ms 1.5", "--delay-ms needs a non-negative integer" },
       { "--tool-loop x", "--tool-loop needs a non-negative integer" },
