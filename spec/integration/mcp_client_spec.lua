@@ -246,6 +246,21 @@ describe("MCP sampling, what a client refuses", function()
       assert.are.same({ type = "none" }, body.tool_choice)
       assert.are.equal("t", body.tools[1].name)
       src:close()
+      -- a thinking Claude: served without thinking where it could not be
+      local thinker = tide.provider.anthropic { base_url = srv.url, api_key = "sk-ant-sampling",
+        model = "claude-sonnet-4-5", stream = false, retry = FAST, max_tokens = 8000, thinking = { budget_tokens = 2048 } }
+      src = scripted { provider = thinker }
+      local hi = { { role = "user", content = { type = "text", text = "hi" } } }
+      local tools = { { name = "t", inputSchema = { type = "object" } } }
+      ask(src, { maxTokens = 4000, messages = hi, tools = tools })
+      ask(src, { maxTokens = 1000, messages = hi, tools = tools })
+      ask(src, { maxTokens = 4000, messages = hi, tools = tools, toolChoice = { mode = "required" } })
+      local reqs = srv:requests()
+      assert.are.same({ 4000, "enabled", 2048 }, { reqs[2].json.max_tokens, reqs[2].json.thinking.type,
+        reqs[2].json.thinking.budget_tokens })
+      assert.are.same({ 1000, nil }, { reqs[3].json.max_tokens, reqs[3].json.thinking }) -- (no room for 2048)
+      assert.are.same({ { type = "any" }, nil }, { reqs[4].json.tool_choice, reqs[4].json.thinking })
+      src:close()
     end)
   end)
 

@@ -24,7 +24,10 @@
 ---
 --- What is not served, answered as the protocol says (-32602, Invalid
 --- params): audio, images inside a tool result, `toolChoice` other than
---- `auto` where the provider has no such setting. `temperature`,
+--- `auto` where the provider has no such setting. Claude thinks within
+--- `max_tokens` and refuses a forced tool while it thinks: a request whose
+--- `maxTokens` leaves no room beside the thinking budget, or that requires
+--- a tool, is served without thinking. `temperature`,
 --- `stopSequences`, `includeContext` and `modelPreferences` are requests a
 --- client may ignore: the provider's own settings apply. The answer is the
 --- model's text (and calls), its model, and its stop reason (`endTurn`,
@@ -220,7 +223,10 @@ local function choice_of(p, choice)
     local extra = {}
     for k, v in pairs(p.extra_json or {}) do extra[k] = v end
     extra.tool_choice = word
-    return { extra_json = extra }
+    local fields = { extra_json = extra }
+    -- (Claude refuses a forced tool while it thinks: it does not, here)
+    if mode == "required" and p.thinking then fields.thinking = false end
+    return fields
   end
   return { tool_choice = word }
 end
@@ -233,6 +239,10 @@ local STOPS = { stop = "endTurn", length = "maxTokens", tool_calls = "toolUse" }
 -- request's tool choice (`fields`).
 local function view(p, n, fields)
   if p.max_tokens == nil or p.max_tokens > n then fields.max_tokens = n end
+  -- Claude's thinking comes out of max_tokens: a request that leaves no
+  -- room beside its budget is served without thinking.
+  local t = p.kind == "anthropic" and p.thinking
+  if t and t.budget_tokens and t.budget_tokens >= (fields.max_tokens or p.max_tokens) then fields.thinking = false end
   if next(fields) == nil then return p end
   return setmetatable(fields, { __index = p })
 end
