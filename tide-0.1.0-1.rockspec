@@ -54,6 +54,7 @@ build = {
       ["tide.integrations.composio"] = "lua/tide/integrations/composio.lua",
       ["tide.integrations.mcp"] = "lua/tide/integrations/mcp.lua",
       ["tide.integrations.mcp_elicitation"] = "lua/tide/integrations/mcp_elicitation.lua",
+      ["tide.integrations.mcp_oauth"] = "lua/tide/integrations/mcp_oauth.lua",
       ["tide.integrations.mcp_resources"] = "lua/tide/integrations/mcp_resources.lua",
       ["tide.integrations.mcp_sampling"] = "lua/tide/integrations/mcp_sampling.lua",
       ["tide.integrations.mcp_tasks"] = "lua/tide/integrations/mcp_tasks.lua",

@@ -194,6 +194,19 @@ function M.use(line, servers)
     :format(skipped) or nil
 end
 
+--- The `authorize` of a remote server's OAuth: the person opens the URL,
+--- consents, and pastes the address their browser was sent back to (it
+--- holds the code; a browser on another machine works as well).
+---@param out file*
+---@param server string
+---@return fun(url: string, redirect_uri: string): string|nil
+function M.authorize(out, server)
+  return function(url, redirect_uri)
+    out:write(("\n  [%s wants you to sign in] open this address in a browser:\n    %s\n"):format(server, url))
+    return ask(out, ("    then paste the address it sent you to (it starts with %s): "):format(redirect_uri))
+  end
+end
+
 --- The source for one parsed `--mcp` value, served at the terminal.
 ---@param spec table from parse
 ---@param provider table the chat's provider (what sampling calls)
@@ -205,6 +218,8 @@ function M.source(spec, provider, out)
     sampling = { provider = provider, approve = M.approve_sampling(out, spec.name) } }
   local cwd = os.getenv("PWD")
   if cwd and cwd:sub(1, 1) == "/" then opts.roots = { cwd } end
+  -- (asked only when the server answers 401; the tokens last the chat)
+  if spec.url then opts.oauth = { authorize = M.authorize(out, spec.name) } end
   return require("tide").integrations.mcp(opts)
 end
 

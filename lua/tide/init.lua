@@ -108,7 +108,7 @@ tide.codes = {
   -- round two
   "ApprovalRequired", "NothingPending", "UnknownApproval", "AlreadyDecided", "SessionCorrupt",
   "SchemaMismatch", "Truncated", "CompactionFailed", "SubagentLimit", "CassetteError", "SpawnFailed",
-  "ClusterUnavailable", "RedisError", "Superseded", "SignalFailed",
+  "ClusterUnavailable", "RedisError", "Superseded", "SignalFailed", "Unauthorized",
 }
 
 -- Submodules load on first access: tide.http, tide.testing, tide.provider, ...

@@ -114,6 +114,60 @@ describe("tide chat --mcp", function()
     end)
   end)
 
+  it("signs in to a remote server that wants OAuth: the address shown, the one pasted back", function()
+    local tide = require "tide"
+    local core = require "tide.core"
+    local root = helpers.sh("pwd"):gsub("%s+$", "")
+    local build = os.getenv("TIDE_BUILD_DIR") or "build"
+    local npm = os.getenv("TIDE_NPM_DIR") or ((os.getenv("HOME") or "/tmp") .. "/.cache/tide-npm")
+    local example = npm .. "/node_modules/@modelcontextprotocol/sdk/dist/esm/examples/server/simpleStreamableHttp.js"
+    helpers.run(function()
+      local server, port
+      for _ = 1, 5 do
+        port = 20000 + math.random(0, 12000)
+        server = assert(core.process_spawn { argv = { "node", example, "--oauth" }, env = { PATH = os.getenv("PATH"),
+          HOME = os.getenv("HOME"), MCP_PORT = tostring(port), MCP_AUTH_PORT = tostring(port + 1) } })
+        helpers.wait_until(function()
+          return server:status() ~= nil or (server:read_line(50) or ""):find("MCP Streamable HTTP Server listening", 1, true)
+        end, "the example server", 20000)
+        if not server:status() then break end
+        server:close(2000)
+      end
+      local srv <close> = assert(tide.testing.mock_server { replies = {
+        sub_call("delegate_remote", { task = "greet tide" }), sub_call("greet", { name = "tide" }), "Greeted.", "Done." } })
+      local env = helpers.child_env { OPENAI_API_KEY = "sk-chat", OPENAI_BASE_URL = srv.url .. "/v1",
+        LUA_PATH = "lua/?.lua;lua/?/init.lua;;", LUA_CPATH = build .. "/?.so;;", ASAN_OPTIONS = "detect_leaks=0",
+        PWD = root }
+      local p = assert(core.process_spawn { argv = { "lua5.4", "bin/tide", "chat", "--provider", "openai",
+        "--mcp", ("remote=http://localhost:%d/mcp"):format(port) }, env = env, cwd = root })
+      assert(p:write("greet\n"))
+      local lines, url = {}, nil
+      for _ = 1, 400 do
+        local line = p:read_line(30000)
+        if not line then break end
+        lines[#lines + 1] = line
+        if not url then
+          url = line:match("^%s+(http://localhost:%d+/authorize%?%S+)")
+          if url then
+            -- the person's browser: it consents, and they paste where it went
+            local res = assert(tide.http.request { url = url })
+            assert(p:write(res.headers.location .. "\n/quit\n"))
+          end
+        end
+      end
+      local code = p:wait(10000)
+      p:close()
+      server:close(2000)
+      local out = table.concat(lines, "\n")
+      assert.are.equal(0, code, out)
+      assert.matches("[remote wants you to sign in] open this address in a browser:", out, 1, true)
+      assert.matches("Done.", out, 1, true)
+      local reqs = srv:requests()
+      local m = reqs[3].json.messages
+      assert.matches("Hello, tide!", m[#m].content, 1, true) -- the greeting the server gave, signed in
+    end)
+  end)
+
   it("says what is wrong with an --mcp value", function()
     local root = helpers.sh("pwd"):gsub("%s+$", "")
     local build = os.getenv("TIDE_BUILD_DIR") or "build"

@@ -43,7 +43,8 @@
 --- let go, its process ended or its HTTP session deleted).
 --- Resources and prompts: tide.integrations.mcp_resources. A tool the
 --- server says must run as a task: tide.integrations.mcp_tasks. Spans,
---- trace context and metrics: tide.integrations.mcp_telemetry.
+--- trace context and metrics: tide.integrations.mcp_telemetry. OAuth for
+--- a remote server that asks: tide.integrations.mcp_oauth.
 --- A server that dies fails the requests in flight at once, with its exit
 --- status and the end of its stderr, and is started again by the next
 --- request.
@@ -504,6 +505,7 @@ function Http:headers()
   local h = { ["content-type"] = "application/json", accept = "application/json, text/event-stream" }
   for k, v in pairs(self.src.headers or {}) do h[k:lower()] = v end
   if self.session_id then h["mcp-session-id"] = self.session_id end
+  if self.src.oauth then h.authorization = require("tide.integrations.mcp_oauth").bearer(self.src) end
   if self.protocol then h["mcp-protocol-version"] = self.protocol end
   return h
 end
@@ -586,11 +588,13 @@ function Http:post(msg, timeout_ms, on_message)
   local url = self.src.url
   for _ = 1, 4 do
     local reader = on_message and answer_reader(self.src.max_message_bytes, on_message)
+    local headers = self:headers()
     local res, err = http.request {
-      method = "POST", url = url, headers = self:headers(), body = body,
+      method = "POST", url = url, headers = headers, body = body,
       timeout_ms = timeout_ms, max_body_bytes = self.src.max_message_bytes,
       on_data = reader and reader.feed,
     }
+    if res then res.sent_authorization = headers.authorization end -- (for a 401: which token it refused)
     if res and reader and res.status >= 200 and res.status <= 299 then
       res.body = reader.finish()
       if res.body ~= "" then each_message(res.body, on_message) end
@@ -635,7 +639,7 @@ local function post_watched(self, msg, timeout_ms, on_message, watch)
   end
 end
 
-function Http:send(method, params, timeout_ms, raw_params, watch, retried)
+function Http:send(method, params, timeout_ms, raw_params, watch, retried, authorized)
   local id = self.next_id
   self.next_id = id + 1
   -- (raw parameters go as they are: decoded and encoded again, an empty
@@ -683,7 +687,17 @@ function Http:send(method, params, timeout_ms, raw_params, watch, retried)
     self.session_id, self.protocol = nil, nil
     local _, ierr = self.src:_initialize(self)
     if ierr then return nil, ierr end
-    return self:send(method, params, timeout_ms, raw_params, watch, true)
+    return self:send(method, params, timeout_ms, raw_params, watch, true, authorized)
+  end
+  if res.status == 401 or (res.status == 403 and self.src.oauth) then
+    -- The server wants (other) OAuth authorization: got once, then again.
+    local oauth = require "tide.integrations.mcp_oauth"
+    if not self.src.oauth then return oauth.unconfigured(self.src, res) end
+    if authorized then return fail("Unauthorized", ("MCP server '%s' refused the token it asked for (HTTP %d)")
+      :format(self.src.name, res.status)) end
+    local ok, aerr = oauth.answer(self.src, res, res.sent_authorization)
+    if not ok then return nil, aerr end
+    return self:send(method, params, timeout_ms, raw_params, watch, retried, true)
   end
   if res.status < 200 or res.status > 299 then
     return fail("ConnectionClosed", ("MCP server '%s' answered %s with HTTP %d: %s"):format(
@@ -726,6 +740,7 @@ local OPTIONS = {
   name = true, command = true, env = true, cwd = true, url = true, headers = true,
   timeout_ms = true, max_message_bytes = true, approval = true, description = true, sampling = true,
   elicit = true, roots = true, max_total_timeout_ms = true, on_log = true, log_level = true, resources = true,
+  oauth = true,
 }
 
 -- The roots option as the protocol lists them: { uri = "file://...", name }
@@ -818,6 +833,15 @@ function mcp.new(opts)
     arg_error("field 'log_level' must be one of debug, info, notice, warning, error, critical, alert, emergency")
   end
   if opts.resources ~= nil and type(opts.resources) ~= "boolean" then arg_error("field 'resources' must be a boolean") end
+  local oauth, oerr
+  if opts.oauth ~= nil then
+    if not opts.url then arg_error("'oauth' is for a 'url' source (a stdio server takes its credentials from env)") end
+    for k in pairs(opts.headers or {}) do
+      if k:lower() == "authorization" then arg_error("give either 'oauth' or an Authorization header, not both") end
+    end
+    oauth, oerr = require("tide.integrations.mcp_oauth").check(opts.oauth)
+    if not oauth then arg_error(oerr) end
+  end
   local roots, rerr
   if opts.roots ~= nil then
     roots, rerr = roots_of(opts.roots)
@@ -848,6 +872,8 @@ function mcp.new(opts)
     on_log = opts.on_log, log_level = opts.log_level,
     -- the model may list and read the server's resources
     offer_resources = opts.resources,
+    -- OAuth 2.1 for a server that asks (tide.integrations.mcp_oauth)
+    oauth = oauth,
   }, Mcp)
   -- Headers and env may hold secrets: the identity carries their hash.
   -- (a server may offer other tools to a client that samples)
@@ -855,6 +881,8 @@ function mcp.new(opts)
     or { url = opts.url, headers = opts.headers or {} }
   what.sampling, what.elicit, what.roots = sampling and true, opts.elicit and true, roots
   what.resources = opts.resources or nil -- (two more tools)
+  -- (whose grant it is decides what a server offers: one entry per store)
+  what.oauth = oauth and tostring(oauth.store or oauth) or nil
   self.id = name .. "|" .. core.cache_hash(json.canonical(what))
   return self
 end
@@ -929,6 +957,7 @@ local function connect(self)
   end
   if not ok then
     let_go()
+    if ierr.code == "Unauthorized" then return nil, ierr end -- (what to do about it is in its message)
     return fail("ConnectionClosed", ("MCP server '%s' could not be initialized: %s"):format(
       self.name, ierr.message or tostring(ierr)), { cause = ierr })
   end
@@ -1058,6 +1087,9 @@ local function secrets_of(self)
   end
   local headers = {}
   for k, v in pairs(self.headers or {}) do if type(k) == "string" then headers[k:lower()] = v end end
+  if self.oauth then
+    for _, v in ipairs(require("tide.integrations.mcp_oauth").secrets(self)) do extra[#extra + 1] = v end
+  end
   return redact.secrets(nil, headers, nil, extra)
 end
 
