@@ -689,6 +689,11 @@ function Http:send(method, params, timeout_ms, raw_params, watch, retried, autho
     if ierr then return nil, ierr end
     return self:send(method, params, timeout_ms, raw_params, watch, true, authorized)
   end
+  if res.status == 401 and res.sent_authorization and not self.src.oauth then
+    -- (the credentials of its headers, refused: what it says of them)
+    return fail("Unauthorized", ("MCP server '%s' answered %s with HTTP 401: %s"):format(
+      self.src.name, method, short(res.body)))
+  end
   if res.status == 401 or (res.status == 403 and self.src.oauth) then
     -- The server wants (other) OAuth authorization: got once, then again.
     local oauth = require "tide.integrations.mcp_oauth"
