@@ -1,7 +1,8 @@
 /*
 ** fuzz_mcp.c -- what an MCP server sends (tide.integrations.mcp): an HTTP
 ** answer's messages (JSON or an event stream), a tools/call result's text
-** and a tools/list page.
+** and a tools/list page; and the body read as a 401's WWW-Authenticate
+** value (tide.integrations.mcp_oauth's challenge).
 **
 ** Input: two header bytes, then the answer's body.
 **   [0] & 1: the body is an event stream (else JSON)
@@ -43,6 +44,11 @@ static const char DRIVER[] =
     "local json_look = first == '{' or first == '['\n"
     "if first and json_look == (h[1] & 1 == 0) then\n"
     "  check(same(msgs, streamed), 'the streamed reader found other messages', msgs, streamed)\n"
+    "end\n"
+    "local c = require('tide.integrations.mcp_oauth').challenge(body)\n"
+    "check(type(c) == 'table', 'a challenge that is not a table', c)\n"
+    "for k, v in pairs(c) do\n"
+    "  check(type(k) == 'string' and type(v) == 'string', 'a challenge parameter that is not a string', k, v)\n"
     "end\n";
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

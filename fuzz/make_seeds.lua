@@ -427,6 +427,11 @@ write("mcp", "sse_request", hdr(1, 11) .. 'event: message\nid: 1\ndata: {"method
   .. '"jsonrpc":"2.0","id":0}\n\nevent: message\nid: 2\ndata: {"result":{"content":[{"type":"text",'
   .. '"text":"LLM sampling result"}]},"jsonrpc":"2.0","id":3}\n\n')
 
+-- A 401's WWW-Authenticate value (the challenge parser takes any body).
+write("mcp", "www_authenticate", hdr(0, 3) .. 'Basic realm="x", Bearer error="insufficient_scope", '
+  .. 'scope="files:read files:write", resource_metadata="https://mcp.example.com/.well-known/oauth-protected-resource", '
+  .. 'error_description="say \\"hi\\""')
+
 -- ------------------------------------------- AWS event streams (Converse) --
 -- Bedrock's Converse stream as the raw decoder reads it (header byte 3 odd:
 -- the driver mends the CRCs first).
