@@ -54,6 +54,58 @@ function helpers.child_env(vars)
   return env
 end
 
+--- The folder the npm test peers are installed in (./dev test installs
+--- them, pinned), and the path of one of their files.
+helpers.NPM = os.getenv("TIDE_NPM_DIR") or ((os.getenv("HOME") or "/tmp") .. "/.cache/tide-npm")
+function helpers.npm(path) return helpers.NPM .. "/node_modules/" .. path end
+
+--- Inside a task: `node script args...` serving on a free port, tried on
+--- up to five ports (another spec may hold one): `env_of(port)` gives the
+--- variables that tell it the port, `ready(proc)` says it listens. Returns
+--- the process and its port.
+function helpers.node_server(script, args, env_of, ready)
+  local core = require "tide.core"
+  for _ = 1, 5 do
+    local port = 20000 + math.random(0, 12000)
+    local env = { PATH = os.getenv("PATH"), HOME = os.getenv("HOME") }
+    for k, v in pairs(env_of(port)) do env[k] = v end
+    local argv = { "node", script }
+    for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
+    local proc = assert(core.process_spawn { argv = argv, env = env })
+    helpers.wait_until(function() return proc:status() ~= nil or ready(proc) end, script .. " to listen", 20000)
+    if not proc:status() then return proc, port end
+    proc:close(2000)
+  end
+  error("could not start " .. script .. " on a free port", 2)
+end
+
+--- The OTLP receiver built on the official OpenTelemetry JS decoders
+--- (spec/support/otlp_receiver.cjs): answering every export with
+--- `fail_status` when given, or only the first `fail_count`; with
+--- `partial`, "n:why", a partial success refusing n spans. Returns its URL
+--- and a function that stops it.
+function helpers.otlp_receiver(fail_status, fail_count, partial)
+  local portfile = os.tmpname()
+  os.remove(portfile)
+  local pidfile = os.tmpname()
+  os.execute(("NODE_PATH=%s/node_modules node spec/support/otlp_receiver.cjs %s '%s' '%s' '%s' >/dev/null 2>&1 & "
+    .. "echo $! > %s"):format(helpers.NPM, portfile, fail_status or "", fail_count or "", partial or "", pidfile))
+  local port
+  for _ = 1, 500 do
+    local f = io.open(portfile)
+    if f then port = f:read("n"); f:close() end
+    if port then break end
+    os.execute("sleep 0.02")
+  end
+  local pid = io.open(pidfile):read("n")
+  os.remove(pidfile)
+  assert(port, "the OTLP receiver did not start (is " .. helpers.NPM .. " installed? ./dev test installs it)")
+  return "http://127.0.0.1:" .. port, function()
+    os.execute("kill " .. pid .. " 2>/dev/null")
+    os.remove(portfile)
+  end
+end
+
 --- Calls fn(...), which must raise; the error as a string.
 function helpers.raised(fn, ...)
   local ok, err = pcall(fn, ...)

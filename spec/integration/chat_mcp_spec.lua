@@ -5,13 +5,35 @@ local helpers = require "helpers"
 
 local function sub_call(name, args) return { tool_calls = { { name = name, arguments = args } } } end
 
+-- `tide chat --provider openai` with `args`, the model the mock at
+-- `model_url`, typed to: `input` first, then what `on_line(line, p)`
+-- writes as the output comes. Returns the output and the exit status.
+local function chat(model_url, args, input, on_line)
+  local core = require "tide.core"
+  local root = helpers.sh("pwd"):gsub("%s+$", "")
+  local env = helpers.child_env { OPENAI_API_KEY = "sk-chat", OPENAI_BASE_URL = model_url .. "/v1",
+    LUA_PATH = "lua/?.lua;lua/?/init.lua;;", LUA_CPATH = (os.getenv("TIDE_BUILD_DIR") or "build") .. "/?.so;;",
+    ASAN_OPTIONS = "detect_leaks=0", PWD = root }
+  local argv = { "lua5.4", "bin/tide", "chat", "--provider", "openai" }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  local p = assert(core.process_spawn { argv = argv, env = env, cwd = root })
+  assert(p:write(input))
+  local lines = {}
+  for _ = 1, 400 do
+    local line = p:read_line(30000)
+    if not line then break end
+    lines[#lines + 1] = line
+    if on_line then on_line(line, p) end
+  end
+  local code = p:wait(10000)
+  p:close()
+  return table.concat(lines, "\n"), code
+end
+
 describe("tide chat --mcp", function()
   it("puts a server's form and its model call to the person, and the answers reach the server", function()
     local tide = require "tide"
-    local core = require "tide.core"
     local json = require "tide.json"
-    local root = helpers.sh("pwd"):gsub("%s+$", "")
-    local build = os.getenv("TIDE_BUILD_DIR") or "build"
     helpers.run(function()
       local srv <close> = assert(tide.testing.mock_server { replies = {
         sub_call("delegate_scripted", { task = "ask the user, then summarise" }), -- the orchestrator
@@ -24,22 +46,9 @@ describe("tide chat --mcp", function()
         "Asked and summarised.",                                               -- the sub-agent
         "All done.",                                                           -- the orchestrator
       } })
-      local env = helpers.child_env { OPENAI_API_KEY = "sk-chat", OPENAI_BASE_URL = srv.url .. "/v1",
-        LUA_PATH = "lua/?.lua;lua/?/init.lua;;", LUA_CPATH = build .. "/?.so;;", ASAN_OPTIONS = "detect_leaks=0",
-        PWD = root }
-      local p = assert(core.process_spawn { argv = { "lua5.4", "bin/tide", "chat", "--provider", "openai",
-        "--mcp", "scripted=lua5.4 spec/support/mcp_server.lua normal" }, env = env, cwd = root })
       -- the turn; the form: a name, an age typed wrong, then right; the model call allowed
-      assert(p:write("go\nAda\nforty\n42\ny\n/quit\n"))
-      local lines = {}
-      for _ = 1, 400 do
-        local line = p:read_line(30000)
-        if not line then break end
-        lines[#lines + 1] = line
-      end
-      local code = p:wait(10000)
-      p:close()
-      local out = table.concat(lines, "\n")
+      local out, code = chat(srv.url, { "--mcp", "scripted=lua5.4 spec/support/mcp_server.lua normal" },
+        "go\nAda\nforty\n42\ny\n/quit\n")
       assert.are.equal(0, code, out)
       assert.matches("[scripted asks] Who are you?", out, 1, true)
       assert.matches("Name *: ", out, 1, true) -- (required first, marked)
@@ -64,11 +73,7 @@ describe("tide chat --mcp", function()
 
   it("lists a server's prompts, sends one filled in, and shows a tool's progress", function()
     local tide = require "tide"
-    local core = require "tide.core"
-    local root = helpers.sh("pwd"):gsub("%s+$", "")
-    local build = os.getenv("TIDE_BUILD_DIR") or "build"
-    local npm = os.getenv("TIDE_NPM_DIR") or ((os.getenv("HOME") or "/tmp") .. "/.cache/tide-npm")
-    local everything = npm .. "/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+    local everything = helpers.npm "@modelcontextprotocol/server-everything/dist/index.js"
     helpers.run(function()
       local srv <close> = assert(tide.testing.mock_server { replies = {
         "Sunny, mostly.",                                                        -- the prompt's turn
@@ -77,22 +82,9 @@ describe("tide chat --mcp", function()
         "It ran.",                                                               -- the sub-agent
         "All done.",                                                             -- the orchestrator
       } })
-      local env = helpers.child_env { OPENAI_API_KEY = "sk-chat", OPENAI_BASE_URL = srv.url .. "/v1",
-        LUA_PATH = "lua/?.lua;lua/?/init.lua;;", LUA_CPATH = build .. "/?.so;;", ASAN_OPTIONS = "detect_leaks=0",
-        PWD = root }
-      local p = assert(core.process_spawn { argv = { "lua5.4", "bin/tide", "chat", "--provider", "openai",
-        "--mcp", "everything=node " .. everything .. " stdio" }, env = env, cwd = root })
-      assert(p:write('/mcp\n/use everything:args-prompt\n/use nowhere:x\n/use everything:args-prompt city="New York"\n'
-        .. "run it\n/quit\n"))
-      local lines = {}
-      for _ = 1, 400 do
-        local line = p:read_line(30000)
-        if not line then break end
-        lines[#lines + 1] = line
-      end
-      local code = p:wait(10000)
-      p:close()
-      local out = table.concat(lines, "\n")
+      local out, code = chat(srv.url, { "--mcp", "everything=node " .. everything .. " stdio" },
+        '/mcp\n/use everything:args-prompt\n/use nowhere:x\n/use everything:args-prompt city="New York"\n'
+        .. "run it\n/quit\n")
       assert.are.equal(0, code, out)
       assert.matches("everything: 7 resources (the model reads them with read_resource)", out, 1, true)
       assert.matches("/use everything:args-prompt city* state  - A prompt with two arguments", out, 1, true)
@@ -116,49 +108,24 @@ describe("tide chat --mcp", function()
 
   it("signs in to a remote server that wants OAuth: the address shown, the one pasted back", function()
     local tide = require "tide"
-    local core = require "tide.core"
-    local root = helpers.sh("pwd"):gsub("%s+$", "")
-    local build = os.getenv("TIDE_BUILD_DIR") or "build"
-    local npm = os.getenv("TIDE_NPM_DIR") or ((os.getenv("HOME") or "/tmp") .. "/.cache/tide-npm")
-    local example = npm .. "/node_modules/@modelcontextprotocol/sdk/dist/esm/examples/server/simpleStreamableHttp.js"
+    local example = helpers.npm "@modelcontextprotocol/sdk/dist/esm/examples/server/simpleStreamableHttp.js"
     helpers.run(function()
-      local server, port
-      for _ = 1, 5 do
-        port = 20000 + math.random(0, 12000)
-        server = assert(core.process_spawn { argv = { "node", example, "--oauth" }, env = { PATH = os.getenv("PATH"),
-          HOME = os.getenv("HOME"), MCP_PORT = tostring(port), MCP_AUTH_PORT = tostring(port + 1) } })
-        helpers.wait_until(function()
-          return server:status() ~= nil or (server:read_line(50) or ""):find("MCP Streamable HTTP Server listening", 1, true)
-        end, "the example server", 20000)
-        if not server:status() then break end
-        server:close(2000)
-      end
+      local server, port = helpers.node_server(example, { "--oauth" },
+        function(port) return { MCP_PORT = tostring(port), MCP_AUTH_PORT = tostring(port + 1) } end,
+        function(proc) return (proc:read_line(50) or ""):find("MCP Streamable HTTP Server listening", 1, true) ~= nil end)
       local srv <close> = assert(tide.testing.mock_server { replies = {
         sub_call("delegate_remote", { task = "greet tide" }), sub_call("greet", { name = "tide" }), "Greeted.", "Done." } })
-      local env = helpers.child_env { OPENAI_API_KEY = "sk-chat", OPENAI_BASE_URL = srv.url .. "/v1",
-        LUA_PATH = "lua/?.lua;lua/?/init.lua;;", LUA_CPATH = build .. "/?.so;;", ASAN_OPTIONS = "detect_leaks=0",
-        PWD = root }
-      local p = assert(core.process_spawn { argv = { "lua5.4", "bin/tide", "chat", "--provider", "openai",
-        "--mcp", ("remote=http://localhost:%d/mcp"):format(port) }, env = env, cwd = root })
-      assert(p:write("greet\n"))
-      local lines, url = {}, nil
-      for _ = 1, 400 do
-        local line = p:read_line(30000)
-        if not line then break end
-        lines[#lines + 1] = line
-        if not url then
-          url = line:match("^%s+(http://localhost:%d+/authorize%?%S+)")
-          if url then
+      local url
+      local out, code = chat(srv.url, { "--mcp", ("remote=http://localhost:%d/mcp"):format(port) }, "greet\n",
+        function(line, p)
+          url = url or line:match("^%s+(http://localhost:%d+/authorize%?%S+)")
+          if url and line:find("/authorize?", 1, true) then
             -- the person's browser: it consents, and they paste where it went
             local res = assert(tide.http.request { url = url })
             assert(p:write(res.headers.location .. "\n/quit\n"))
           end
-        end
-      end
-      local code = p:wait(10000)
-      p:close()
+        end)
       server:close(2000)
-      local out = table.concat(lines, "\n")
       assert.are.equal(0, code, out)
       assert.matches("[remote wants you to sign in] open this address in a browser:", out, 1, true)
       assert.matches("Done.", out, 1, true)

@@ -12,9 +12,8 @@ local cjson = require "cjson"
 local helpers = require "helpers"
 
 local SCRIPT = "spec/support/mcp_server.lua"
-local NPM = os.getenv("TIDE_NPM_DIR") or ((os.getenv("HOME") or "/tmp") .. "/.cache/tide-npm")
-local EVERYTHING = NPM .. "/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
-local FILESYSTEM = NPM .. "/node_modules/@modelcontextprotocol/server-filesystem/dist/index.js"
+local EVERYTHING = helpers.npm "@modelcontextprotocol/server-everything/dist/index.js"
+local FILESYSTEM = helpers.npm "@modelcontextprotocol/server-filesystem/dist/index.js"
 local FAST = { attempts = 1 }
 
 -- A mock model for the sampling provider, and the provider.
@@ -73,16 +72,9 @@ describe("MCP sampling with server-everything", function()
 
   it("over Streamable HTTP: the request inside the call's stream is answered before the call ends", function()
     helpers.run(function()
-      local proc, port
-      for _ = 1, 5 do -- (see mcp_spec: the server takes a port it is given)
-        port = 20000 + math.random(0, 12000)
-        proc = assert(core.process_spawn { argv = { "node", EVERYTHING, "streamableHttp" },
-          env = { PATH = os.getenv("PATH"), HOME = os.getenv("HOME"), PORT = tostring(port) } })
-        helpers.wait_until(function() return proc:stderr():find("listening", 1, true) ~= nil or proc:status() end,
-          "the HTTP server to listen", 20000)
-        if not proc:status() then break end
-        proc:close(2000)
-      end
+      local proc, port = helpers.node_server(EVERYTHING, { "streamableHttp" },
+        function(port) return { PORT = tostring(port) } end,
+        function(proc) return proc:stderr():find("listening", 1, true) ~= nil end)
       local srv <close>, p = model("over http")
       local asked = {}
       local src = tide.integrations.mcp { name = "remote", url = ("http://127.0.0.1:%d/mcp"):format(port),

@@ -10,23 +10,13 @@ local helpers = require "helpers"
 local cache = require "tide.integrations.cache"
 local oauth = require "tide.integrations.mcp_oauth"
 
-local NPM = os.getenv("TIDE_NPM_DIR") or ((os.getenv("HOME") or "/tmp") .. "/.cache/tide-npm")
-local EXAMPLE = NPM .. "/node_modules/@modelcontextprotocol/sdk/dist/esm/examples/server/simpleStreamableHttp.js"
+local EXAMPLE = helpers.npm "@modelcontextprotocol/sdk/dist/esm/examples/server/simpleStreamableHttp.js"
 
 -- The example server and its authorization server on free ports.
 local function start()
-  local proc, port
-  for _ = 1, 5 do
-    port = 20000 + math.random(0, 12000)
-    proc = assert(core.process_spawn { argv = { "node", EXAMPLE, "--oauth", "--oauth-strict" }, env = {
-      PATH = os.getenv("PATH"), HOME = os.getenv("HOME"), MCP_PORT = tostring(port), MCP_AUTH_PORT = tostring(port + 1) } })
-    helpers.wait_until(function()
-      return proc:stderr():find("EADDRINUSE", 1, true) ~= nil or proc:status() ~= nil or (proc:read_line(50) or "")
-        :find("MCP Streamable HTTP Server listening", 1, true) ~= nil
-    end, "the example server to listen", 20000)
-    if not proc:status() then break end
-    proc:close(2000)
-  end
+  local proc, port = helpers.node_server(EXAMPLE, { "--oauth", "--oauth-strict" },
+    function(port) return { MCP_PORT = tostring(port), MCP_AUTH_PORT = tostring(port + 1) } end,
+    function(proc) return (proc:read_line(50) or ""):find("MCP Streamable HTTP Server listening", 1, true) ~= nil end)
   return proc, ("http://localhost:%d/mcp"):format(port)
 end
 

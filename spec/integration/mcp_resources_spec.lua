@@ -11,8 +11,7 @@ local helpers = require "helpers"
 local cache = require "tide.integrations.cache"
 
 local SCRIPT = "spec/support/mcp_server.lua"
-local NPM = os.getenv("TIDE_NPM_DIR") or ((os.getenv("HOME") or "/tmp") .. "/.cache/tide-npm")
-local EVERYTHING = NPM .. "/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+local EVERYTHING = helpers.npm "@modelcontextprotocol/server-everything/dist/index.js"
 
 local function everything(extra)
   local opts = { name = "everything", command = { "node", EVERYTHING, "stdio" }, timeout_ms = 20000 }
@@ -22,16 +21,8 @@ end
 
 -- server-everything over Streamable HTTP on a free port: its process and URL.
 local function everything_http()
-  local proc, port
-  for _ = 1, 5 do -- (the server takes the port it is given; another test may hold it)
-    port = 20000 + math.random(0, 12000)
-    proc = assert(core.process_spawn { argv = { "node", EVERYTHING, "streamableHttp" },
-      env = { PATH = os.getenv("PATH"), HOME = os.getenv("HOME"), PORT = tostring(port) } })
-    helpers.wait_until(function() return proc:stderr():find("listening", 1, true) ~= nil or proc:status() end,
-      "the HTTP server to listen", 20000)
-    if not proc:status() then break end
-    proc:close(2000)
-  end
+  local proc, port = helpers.node_server(EVERYTHING, { "streamableHttp" }, function(port) return { PORT = tostring(port) } end,
+    function(proc) return proc:stderr():find("listening", 1, true) ~= nil end)
   return proc, ("http://127.0.0.1:%d/mcp"):format(port)
 end
 

@@ -8,8 +8,7 @@ local helpers = require "helpers"
 local cache = require "tide.integrations.cache"
 
 local SCRIPT = "spec/support/mcp_server.lua"
-local NPM = os.getenv("TIDE_NPM_DIR") or ((os.getenv("HOME") or "/tmp") .. "/.cache/tide-npm")
-local EVERYTHING = NPM .. "/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
+local EVERYTHING = helpers.npm "@modelcontextprotocol/server-everything/dist/index.js"
 
 local function scripted(extra)
   local opts = { name = "scripted", command = { "lua5.4", SCRIPT, "tasks" }, timeout_ms = 5000,

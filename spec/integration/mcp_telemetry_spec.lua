@@ -9,31 +9,9 @@ local testing = require "tide.testing"
 local tracing = require "tide.tracing"
 local cache = require "tide.integrations.cache"
 local cjson = require "cjson"
+local helpers = require "helpers"
 
-local npm = os.getenv("TIDE_NPM_DIR") or ((os.getenv("HOME") or "") .. "/.cache/tide-npm")
 local SCRIPT = "spec/support/mcp_server.lua"
-
-local function receiver()
-  local portfile = os.tmpname()
-  os.remove(portfile)
-  local pidfile = os.tmpname()
-  os.execute(("NODE_PATH=%s/node_modules node spec/support/otlp_receiver.cjs %s >/dev/null 2>&1 & echo $! > %s")
-    :format(npm, portfile, pidfile))
-  local port
-  for _ = 1, 500 do
-    local f = io.open(portfile)
-    if f then port = f:read("n"); f:close() end
-    if port then break end
-    os.execute("sleep 0.02")
-  end
-  local pid = io.open(pidfile):read("n")
-  os.remove(pidfile)
-  assert(port, "the OTLP receiver did not start")
-  return "http://127.0.0.1:" .. port, function()
-    os.execute("kill " .. pid .. " 2>/dev/null")
-    os.remove(portfile)
-  end
-end
 
 local function get(url, what)
   return cjson.decode(assert(tide.http.request { url = url .. what }).body)
@@ -49,7 +27,7 @@ describe("MCP requests under OpenTelemetry", function()
     tracing._reset()
     require("tide.metrics")._reset()
     cache.invalidate_all()
-    url, stop = receiver()
+    url, stop = helpers.otlp_receiver()
   end)
   after_each(function()
     tracing.setup(false)

@@ -7,33 +7,8 @@ local tracing = require "tide.tracing"
 local helpers = require "helpers"
 local cjson = require "cjson"
 
-local npm = os.getenv("TIDE_NPM_DIR") or ((os.getenv("HOME") or "") .. "/.cache/tide-npm")
 
--- Starts the receiver (answering every export with `fail_status` when
--- given, or only the first `fail_count`; with `partial`, "n:why", a partial
--- success refusing n spans); returns its URL and a stop function.
-local function receiver(fail_status, fail_count, partial)
-  local portfile = os.tmpname()
-  os.remove(portfile)
-  local pidfile = os.tmpname()
-  os.execute(("NODE_PATH=%s/node_modules node spec/support/otlp_receiver.cjs %s '%s' '%s' '%s' >/dev/null 2>&1 & "
-    .. "echo $! > %s"):format(npm, portfile, fail_status or "", fail_count or "", partial or "", pidfile))
-  local port
-  for _ = 1, 500 do
-    local f = io.open(portfile)
-    if f then port = f:read("n"); f:close() end
-    if port then break end
-    os.execute("sleep 0.02")
-  end
-  local pid = io.open(pidfile):read("n")
-  os.remove(pidfile)
-  assert(port, "the OTLP receiver did not start (is " .. npm .. " installed? ./dev test installs it)")
-  local url = "http://127.0.0.1:" .. port
-  return url, function()
-    os.execute("kill " .. pid .. " 2>/dev/null")
-    os.remove(portfile)
-  end
-end
+local receiver = helpers.otlp_receiver
 
 local function spans_of(url)
   local res = assert(tide.http.request { url = url .. "/spans" })
