@@ -925,6 +925,9 @@ static int block_start(tide_reply_feed *fc, anthropic_stream *st, const tide_sse
     int rc = tide__asm_add(&st->calls, index, b->id.has ? scratch + b->id.at.off : NULL, b->id.at.len,
                            b->name.has ? scratch + b->name.at.off : NULL, b->name.at.len, args, argsl);
     if (rc) return asm_failed(fc, st, rc);
+    tide__reply_tool_input(fc, index, b->id.has ? scratch + b->id.at.off : NULL, b->id.has ? b->id.at.len : 0,
+                           b->name.has ? scratch + b->name.at.off : NULL, b->name.has ? b->name.at.len : 0, args,
+                           args ? argsl : 0);
   } else if (field_is(st, &b->type, "text")) {
     /* Where its text lies (and its citations), for a reply that goes back
     ** whole. */
@@ -1007,6 +1010,7 @@ static int block_delta(tide_reply_feed *fc, anthropic_stream *st, const tide_sse
     }
     int rc = tide__asm_add(&st->calls, index, NULL, 0, NULL, 0, frag, ev->partial.at.len);
     if (rc) return asm_failed(fc, st, rc);
+    tide__reply_tool_input(fc, index, NULL, 0, NULL, 0, frag, frag ? ev->partial.at.len : 0);
   } else if (field_is(st, &ev->dtype, "citations_delta")) {
     lua_Integer index;
     kept_block *t = event_index(L, st, &index) ? block_at(st, index, 0) : NULL;

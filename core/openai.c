@@ -634,6 +634,7 @@ static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
         tide__push_asm_too_large(L, &st->calls);
         return 1;
       }
+      tide__reply_tool_input(fc, index, id, idl, name, namel, args, argsl);
     }
   }
   if (ev->has_finish) {
@@ -921,7 +922,7 @@ static int openai_parse(lua_State *L, const char *s, size_t n, size_t max) {
     }
   }
   if (ok) {
-    tide_reply_feed fc = {L, &st->base, 0, 0, 0, 0, 0};
+    tide_reply_feed fc = {L, &st->base, 0, 0, 0, 0, 0, 0, 0};
     tide_sse_event e = {0};
     e.data = s;
     e.data_len = n;

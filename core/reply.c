@@ -153,6 +153,20 @@ void tide__reply_reasoning(tide_reply_feed *fc, const char *s, size_t n) {
   lua_rawseti(fc->L, fc->rout, ++fc->nrout);
 }
 
+void tide__reply_tool_input(tide_reply_feed *fc, lua_Integer index, const char *id, size_t idl,
+                            const char *name, size_t namel, const char *s, size_t n) {
+  if (!fc->tout || (n == 0 && idl == 0 && namel == 0)) return;
+  lua_State *L = fc->L; /* may raise: every buffer is consistent here */
+  lua_pushinteger(L, index);
+  lua_rawseti(L, fc->tout, ++fc->ntout);
+  if (idl > 0) lua_pushlstring(L, id, idl); else lua_pushboolean(L, 0);
+  lua_rawseti(L, fc->tout, ++fc->ntout);
+  if (namel > 0) lua_pushlstring(L, name, namel); else lua_pushboolean(L, 0);
+  lua_rawseti(L, fc->tout, ++fc->ntout);
+  lua_pushlstring(L, n > 0 ? s : "", n);
+  lua_rawseti(L, fc->tout, ++fc->ntout);
+}
+
 /* ------------------------------------------------------------- feeding -- */
 
 /* The SSE callback: one event, for the kind to apply. Stops the feed
@@ -219,11 +233,11 @@ static int sink_feed(lua_State *L, int idx, const char *s, size_t n) {
     lua_getiuservalue(L, idx, 1);
     return 1;
   }
-  tide_reply_feed fc = {L, r, 0, 0, 0, 0, 0};
+  tide_reply_feed fc = {L, r, 0, 0, 0, 0, 0, 0, 0};
   return feed_bytes(L, idx, r, &fc, s, n);
 }
 
-/* s:feed(chunk [, out [, rout]]) -> delta_text | nil  or  nil, err [, delta_text]
+/* s:feed(chunk [, out [, rout [, tout]]]) -> delta_text | nil  or  nil, err [, delta_text]
 ** delta_text joins the text deltas of this chunk (nil when there were none);
 ** on failure it is the text that came before the failing event. With a table
 ** `out`, the deltas are stored one per event in out[1..n] instead, and feed
@@ -231,7 +245,9 @@ static int sink_feed(lua_State *L, int idx, const char *s, size_t n) {
 ** the boundaries, with no table per chunk. With out = false, no text is
 ** handed back at all (nobody listens; finish still has all of it). With a
 ** table `rout`, reasoning deltas are appended to it after its last element
-** (the caller empties it); without one, none is made into a string. */
+** (the caller empties it); without one, none is made into a string. With a
+** table `tout`, tool-call input goes there the same way, four values a
+** piece (tide__reply_tool_input). */
 static int l_feed(lua_State *L) {
   const tide_reply_kind *kind = lua_touserdata(L, lua_upvalueindex(1));
   reply_ud *u = check_open(L, kind);
@@ -242,6 +258,8 @@ static int l_feed(lua_State *L) {
   if (has_out) luaL_checktype(L, 3, LUA_TTABLE);
   int has_rout = !lua_isnoneornil(L, 4);
   if (has_rout) luaL_checktype(L, 4, LUA_TTABLE);
+  int has_tout = !lua_isnoneornil(L, 5);
+  if (has_tout) luaL_checktype(L, 5, LUA_TTABLE);
   tide_reply *r = parser_of(L, u);
   if (r->failed) {
     lua_pushnil(L);
@@ -252,10 +270,11 @@ static int l_feed(lua_State *L) {
     }
     return 2;
   }
-  lua_settop(L, 4);
+  lua_settop(L, 5);
   size_t start = r->text.len;
   tide_reply_feed fc = {L, r, 0, has_out ? 3 : 0, 0, has_rout ? 4 : 0,
-                        has_rout ? (lua_Integer)lua_rawlen(L, 4) : 0};
+                        has_rout ? (lua_Integer)lua_rawlen(L, 4) : 0, has_tout ? 5 : 0,
+                        has_tout ? (lua_Integer)lua_rawlen(L, 5) : 0};
   if (feed_bytes(L, 1, r, &fc, s, n)) {
     lua_pushnil(L);
     lua_insert(L, -2);

@@ -95,6 +95,11 @@ typedef struct response_state {
 typedef struct event_state {
   str_field type, delta;
   err_fields err; /* an error event's code, type and message */
+  /* a call's input as it streams, for a listener: its item's place in the
+  ** output, and (output_item.added) the item's type, call id and name */
+  int has_index;
+  lua_Integer output_index;
+  str_field item_type, item_call_id, item_name;
 } event_state;
 
 /* The output item being scanned, until it can be taken. */
@@ -469,11 +474,26 @@ static int response_member(tide_json *p, const char *k, size_t kl) {
   return tide__json_skip(p);
 }
 
+/* An output_item.added event's item: what a listener of a call's input
+** needs (its type, call id, name). */
+static int added_item_member(tide_json *p, const char *k, size_t kl) {
+  event_state *ev = &stream_of(p)->ev;
+  if (tide__json_key_is(k, kl, "type")) return take_string(p, &ev->item_type);
+  if (tide__json_key_is(k, kl, "call_id")) return take_string(p, &ev->item_call_id);
+  if (tide__json_key_is(k, kl, "name")) return take_string(p, &ev->item_name);
+  return tide__json_skip(p);
+}
+
 static int event_member(tide_json *p, const char *k, size_t kl) {
   responses_stream *st = stream_of(p);
   event_state *ev = &st->ev;
   if (tide__json_key_is(k, kl, "type")) return take_string(p, &ev->type);
   if (tide__json_key_is(k, kl, "delta")) return take_string(p, &ev->delta);
+  if (tide__json_key_is(k, kl, "output_index")) {
+    ev->has_index = tide__json_tointeger(p, &ev->output_index);
+    return tide__json_skip(p);
+  }
+  if (tide__json_key_is(k, kl, "item") && tide__json_peek(p) == '{') return tide__json_each_member(p, added_item_member);
   if (tide__json_key_is(k, kl, "response")) {
     memset(&st->resp, 0, sizeof st->resp);
     reset_output(st);
@@ -699,9 +719,17 @@ static const struct {
 };
 #undef NAME
 
-static int skipped(const tide_sse_event *e) {
+/* Of those, the ones a listener of tool-call input reads. */
+static int input_event(const char *s, size_t n) {
+  return tide__json_key_is(s, n, "response.output_item.added") ||
+         tide__json_key_is(s, n, "response.function_call_arguments.delta") ||
+         tide__json_key_is(s, n, "response.custom_tool_call_input.delta");
+}
+
+static int skipped(const tide_reply_feed *fc, const tide_sse_event *e) {
   for (size_t i = 0; i < tide__nelem(SKIPPED); i++)
-    if (SKIPPED[i].n == e->event_len && memcmp(SKIPPED[i].s, e->event, e->event_len) == 0) return 1;
+    if (SKIPPED[i].n == e->event_len && memcmp(SKIPPED[i].s, e->event, e->event_len) == 0)
+      return !(tide__reply_wants_tool_input(fc) && input_event(e->event, e->event_len));
   return 0;
 }
 
@@ -739,6 +767,18 @@ static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
       tide__reply_reasoning(fc, scratch + ev->delta.s.off, ev->delta.s.len);
   } else if (tide__json_key_is(type, typel, "response.output_item.done")) { /* a server that names no events */
     return hold(fc, st, e);
+  } else if (tide__reply_wants_tool_input(fc) && input_event(type, typel) && ev->has_index) {
+    if (tide__json_key_is(type, typel, "response.output_item.added")) {
+      const char *it = ev->item_type.has ? scratch + ev->item_type.s.off : "";
+      size_t itl = ev->item_type.has ? ev->item_type.s.len : 0;
+      if (tide__json_key_is(it, itl, "function_call") || tide__json_key_is(it, itl, "custom_tool_call"))
+        tide__reply_tool_input(fc, ev->output_index, ev->item_call_id.has ? scratch + ev->item_call_id.s.off : NULL,
+                               ev->item_call_id.has ? ev->item_call_id.s.len : 0,
+                               ev->item_name.has ? scratch + ev->item_name.s.off : NULL,
+                               ev->item_name.has ? ev->item_name.s.len : 0, NULL, 0);
+    } else if (ev->delta.has) {
+      tide__reply_tool_input(fc, ev->output_index, NULL, 0, NULL, 0, scratch + ev->delta.s.off, ev->delta.s.len);
+    }
   } else if (tide__json_key_is(type, typel, "response.completed") ||
              tide__json_key_is(type, typel, "response.incomplete")) {
     if (st->resp.kind != V_OBJECT && st->resp.kind != V_ARRAY) {
@@ -771,7 +811,7 @@ static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
 ** stack, or 0 (out of memory: fc->nomem). */
 static int responses_event(tide_reply_feed *fc, const tide_sse_event *e) {
   responses_stream *st = (responses_stream *)fc->r;
-  if (st->done || e->done || skipped(e)) return 0;
+  if (st->done || e->done || skipped(fc, e)) return 0;
   if (tide__json_key_is(e->event, e->event_len, "response.output_item.done")) return hold(fc, st, e);
   tide_json p = {e->data, e->data_len, 0, 0, NULL, 0, &st->scratch, &st->key, st};
   memset(&st->ev, 0, sizeof st->ev);

@@ -267,6 +267,8 @@ struct tide_reply_feed {
   lua_Integer nout;   /* deltas stored in it */
   int rout;           /* stack index of the table of reasoning deltas, or 0 */
   lua_Integer nrout;
+  int tout;           /* stack index of the table of tool-input deltas, or 0 */
+  lua_Integer ntout;
 };
 
 /// Keeps the service tier a reply names (n bytes at s: the tier that served
@@ -284,6 +286,16 @@ int tide__reply_text(tide_reply_feed *fc, const char *s, size_t n);
 /// Hands reasoning text to its listener, if any (the kind keeps its own
 /// copy); no string is made when nobody listens. May raise, as above.
 void tide__reply_reasoning(tide_reply_feed *fc, const char *s, size_t n);
+/// Hands a piece of a tool call's input (n bytes at s, perhaps none) to its
+/// listener, if any, as four values appended to the feed's table: the
+/// call's index in the reply, its id and its name (or false, when this
+/// event does not carry them: the listener remembers them by index), the
+/// piece. No string is made when nobody listens. May raise, as above.
+void tide__reply_tool_input(tide_reply_feed *fc, lua_Integer index, const char *id, size_t idl,
+                            const char *name, size_t namel, const char *s, size_t n);
+/// Whether the feed has a listener for tool-call input (a kind may skip
+/// reading the events that only carry it when not).
+#define tide__reply_wants_tool_input(fc) ((fc)->tout != 0)
 /// Pushes a new stream of kind (no parser taken yet), with caps of max.
 void tide__reply_new(lua_State *L, const tide_reply_kind *kind, size_t max);
 /// Makes the new stream at the top of the stack read an AWS event stream

@@ -121,7 +121,8 @@ static const char PRELUDE[] =
     ** in chunks (chunks(stream, most, seed)), taking the parser the first
     ** left behind, and the two results must be the same. Deltas come back as
     ** mode says (% 3 == 0 in `out` and `rout` tables, 1 text as a string
-    ** per chunk and reasoning in `rout`, 2 neither: out = false); a failure
+    ** per chunk and reasoning in `rout`, 2 neither: out = false; tool-call
+    ** input in `tout` but in mode 2, joined by index); a failure
     ** sticks through finish; a closed stream refuses more. A result is {
     ** reply, err, text, reasoning }, the deltas joined (nil in mode 2);
     ** check_reply(reply, text, reasoning) checks what the wire format
@@ -129,13 +130,24 @@ static const char PRELUDE[] =
     "local function reply_run(open, pieces, mode, check_reply)\n"
     "  local ok, s = try(open)\n"
     "  if not ok then return nil end\n"
-    "  local deltas, rdeltas, failure = {}, {}, nil\n"
+    "  local deltas, rdeltas, tools, failure = {}, {}, {}, nil\n"
     "  for _, piece in ipairs(pieces) do\n"
     "    local out = false\n"
     "    if mode == 0 then out = {} elseif mode == 1 then out = nil end\n"
     "    local rout = mode ~= 2 and {} or nil\n"
-    "    local ok2, a, err, c = try(s.feed, s, piece, out, rout)\n"
+    "    local tout = mode ~= 2 and {} or nil\n"
+    "    local ok2, a, err, c = try(s.feed, s, piece, out, rout, tout)\n"
     "    if not ok2 then return nil end\n"
+    /* a call's input: four values a piece (index, id or false, name or
+    ** false, the piece), joined by index */
+    "    check(tout == nil or #tout % 4 == 0, 'tool input not in fours', tout)\n"
+    "    for i = 1, tout and #tout or 0, 4 do\n"
+    "      local idx, id, name, bit = tout[i], tout[i + 1], tout[i + 2], tout[i + 3]\n"
+    "      check(math.type(idx) == 'integer' and (id == false or type(id) == 'string') and\n"
+    "            (name == false or type(name) == 'string') and type(bit) == 'string', 'a tool input piece of the wrong shape',\n"
+    "            idx, id, name, bit)\n"
+    "      tools[idx] = (tools[idx] or '') .. bit\n"
+    "    end\n"
     "    if err ~= nil then\n"
     "      check(type(err) == 'table' and type(err.code) == 'string', 'feed failed without an error table', err)\n"
     "      check(a == nil, 'feed failed with a value', a)\n"
@@ -155,7 +167,7 @@ static const char PRELUDE[] =
     "  if not ok3 then return nil end\n"
     "  if failure then check(err == failure, 'finish forgot the failure', failure, err) end\n"
     "  local text, reasoning\n"
-    "  if mode ~= 2 then text, reasoning = table.concat(deltas), table.concat(rdeltas) end\n"
+    "  if mode ~= 2 then text, reasoning = table.concat(deltas), table.concat(rdeltas) else tools = nil end\n"
     "  if reply then\n"
     "    check(type(reply.text) == 'string' and type(reply.tool_calls) == 'table' and\n"
     "          type(reply.usage) == 'table', 'a reply without its fields', reply)\n"
@@ -167,7 +179,7 @@ static const char PRELUDE[] =
     "  s:close()\n"
     "  s:close()\n"
     "  check(raises(s.feed, s, 'data: {}\\n\\n'), 'a closed stream took a chunk')\n"
-    "  return { reply = reply, err = err, text = text, reasoning = reasoning }\n"
+    "  return { reply = reply, err = err, text = text, reasoning = reasoning, tools = tools }\n"
     "end\n"
     "function reply_runs(open, stream, most, seed, mode, check_reply)\n"
     "  local whole = reply_run(open, { stream }, mode, check_reply)\n"

@@ -562,6 +562,13 @@ local function complete_opts(run, on_delta, on_reasoning)
       if sink then sink { type = "reasoning", text = d, depth = depth, agent = agent } end
     end
   end
+  if sink then
+    -- a call's input as the model writes it (a patch, a query), before the
+    -- call is whole: `delta` "" when the call starts
+    o.on_tool_input = function(index, id, name, piece)
+      sink { type = "tool_input", index = index, id = id, name = name, delta = piece, depth = depth, agent = agent }
+    end
+  end
   return o
 end
 

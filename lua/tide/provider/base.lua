@@ -1022,8 +1022,8 @@ Base.join = Base.body
 -- ------------------------------------------------------------- complete
 
 local complete = exchange.complete
-local complete_fields = { on_delta = "function", on_reasoning = "function", on_retry = "function",
-  timeout_ms = "integer" }
+local complete_fields = { on_delta = "function", on_reasoning = "function", on_tool_input = "function",
+  on_retry = "function", timeout_ms = "integer" }
 
 --- complete for the session's turn: already inside a task, options its own;
 --- `_complete(prefix, opts, wire)` sends join_wire(prefix, wire) without
@@ -1039,7 +1039,11 @@ Base._complete = complete
 ---@param body string from `body`
 --- `on_reasoning` gets the reasoning text as it streams (reasoning_content
 --- deltas); without it, no string is made of it until the reply is whole.
----@param opts? {on_delta?:fun(text:string), on_reasoning?:fun(text:string), on_retry?:fun(info:{attempt:integer, delay_ms:integer, error:table}), timeout_ms?:integer}
+--- `on_tool_input(index, id, name, piece)` gets each tool call's input as
+--- the model writes it (the call's index as the provider numbers it, its
+--- id and name, and the piece: "" when the call starts; a reply that is not
+--- streamed gives each call's input whole); the same: no string without it.
+---@param opts? {on_delta?:fun(text:string), on_reasoning?:fun(text:string), on_tool_input?:fun(index:integer, id:string?, name:string?, piece:string), on_retry?:fun(info:{attempt:integer, delay_ms:integer, error:table}), timeout_ms?:integer}
 ---@return tide.provider.response|nil
 ---@return table|nil err `{ code = "RateLimited"|"ProviderError"|"MalformedResponse"|"Timeout"|..., message, status?, body?, attempts }`
 function Base:complete(body, opts)

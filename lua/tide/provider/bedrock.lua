@@ -540,6 +540,12 @@ local function apply(self, name, obj)
     local start = type(obj.start) == "table" and obj.start or {}
     if b and type(start.toolUse) == "table" then
       b.toolUse = { toolUseId = start.toolUse.toolUseId, name = start.toolUse.name, input = {} }
+      local t = self.tout
+      if t then -- (a listener of the calls' input: the call starts)
+        local n = #t
+        t[n + 1], t[n + 2] = obj.contentBlockIndex, type(b.toolUse.toolUseId) == "string" and b.toolUse.toolUseId or false
+        t[n + 3], t[n + 4] = type(b.toolUse.name) == "string" and b.toolUse.name or false, ""
+      end
     end
   elseif name == "contentBlockDelta" then
     local b = block(self, obj.contentBlockIndex)
@@ -552,6 +558,11 @@ local function apply(self, name, obj)
     elseif type(d.toolUse) == "table" and type(d.toolUse.input) == "string" then
       b.toolUse = b.toolUse or { input = {} }
       b.toolUse.input[#b.toolUse.input + 1] = d.toolUse.input
+      local t = self.tout
+      if t then
+        local n = #t
+        t[n + 1], t[n + 2], t[n + 3], t[n + 4] = obj.contentBlockIndex, false, false, d.toolUse.input
+      end
     elseif type(d.reasoningContent) == "table" then
       local r = d.reasoningContent
       b.reasoning = b.reasoning or { text = {} }
@@ -569,10 +580,13 @@ local function apply(self, name, obj)
   end
 end
 
---- Feeds a chunk of the event stream: the text deltas put in `deltas` and
---- the reasoning deltas in `rdeltas` (each when given), and their count;
---- or nil, the error that ends the stream and the count before it.
-function Sink:feed(chunk, deltas, rdeltas)
+--- Feeds a chunk of the event stream: the text deltas put in `deltas`, the
+--- reasoning deltas in `rdeltas` and the calls' input in `tout` (four
+--- values a piece, as the C parsers give them: index, id or false, name or
+--- false, the piece), each when given, and the count of text deltas; or
+--- nil, the error that ends the stream and the count before it.
+function Sink:feed(chunk, deltas, rdeltas, tout)
+  self.tout = tout or nil
   local events, err = self.decoder:feed(chunk)
   if not events then return nil, err, 0 end
   local n = 0

@@ -50,34 +50,68 @@ local function signed(self, url, body, wire)
   return core.http_headers(self:_sign(url, body)), body, nil
 end
 
--- A streamed chunk for a parser in C. Text (and reasoning) deltas are
--- asked for only when someone listens for them: one string per event then,
--- none at all otherwise. Returns whether text reached on_delta, and the
--- error that abandons the stream, if any. Reasoning reaching its listener
--- does not stop a retry: only answer text does.
-local function feed_c(parser, chunk, on_delta, deltas, on_reasoning, rdeltas)
+-- What one attempt hands its listeners, or nil when nobody listens: the
+-- callbacks, the tables a parser fills (one string per event, and none at
+-- all for what nobody listens to), and the calls whose input streams, by
+-- index (an event names a call's id and name once; the later ones only
+-- its index).
+local function listeners(opts)
+  local on_delta, on_reasoning, on_tool_input = opts.on_delta, opts.on_reasoning, opts.on_tool_input
+  if not (on_delta or on_reasoning or on_tool_input) then return nil end
+  return { on_delta = on_delta, deltas = on_delta and {} or nil, on_reasoning = on_reasoning,
+    rdeltas = on_reasoning and {} or nil, on_tool_input = on_tool_input, tdeltas = on_tool_input and {} or nil,
+    calls = on_tool_input and {} or nil }
+end
+
+-- A piece of a call's input for its listener, the call named.
+local function tool_input(l, index, id, name, piece)
+  local call = l.calls[index]
+  if not call then
+    call = {}
+    l.calls[index] = call
+  end
+  if id then call.id = id end
+  if name then call.name = name end
+  l.on_tool_input(index, call.id, call.name, piece)
+end
+
+-- A streamed chunk for a parser in C (or Converse's in Lua), its deltas
+-- handed to the listeners `l` (see listeners). Returns whether text or a
+-- call's input reached a listener, and the error that abandons the
+-- stream, if any. Reasoning reaching its listener does not stop a retry:
+-- what the answer says does.
+local function feed_c(parser, chunk, l)
   local n, err, before
-  if not on_delta then
+  if not l.on_delta then
     local _
-    _, err = parser:feed(chunk, false, rdeltas)
+    _, err = parser:feed(chunk, false, l.rdeltas, l.tdeltas)
     n = 0
   else
-    n, err, before = parser:feed(chunk, deltas, rdeltas)
+    n, err, before = parser:feed(chunk, l.deltas, l.rdeltas, l.tdeltas)
     if n == nil then n = before end
   end
+  local rdeltas = l.rdeltas
   if rdeltas then
     for i = 1, #rdeltas do
       local d = rdeltas[i]
       rdeltas[i] = nil
-      on_reasoning(d)
+      l.on_reasoning(d)
     end
   end
+  local got = n > 0
+  local deltas = l.deltas
   for i = 1, n do
     local d = deltas[i]
     deltas[i] = nil
-    if d ~= "" then on_delta(d) end
+    if d ~= "" then l.on_delta(d) end
   end
-  return n > 0, err
+  local t = l.tdeltas
+  if t and t[1] ~= nil then
+    got = true
+    for i = 1, #t, 4 do tool_input(l, t[i], t[i + 1], t[i + 2], t[i + 3]) end
+    for i = #t, 1, -1 do t[i] = nil end
+  end
+  return got, err
 end
 
 -- A reply parsed in Lua as the session gets it: calls finished, every
@@ -89,9 +123,12 @@ local function finished(out)
   return out
 end
 
--- Hands a whole reply's reasoning text to on_reasoning and its text to
--- on_delta; whether either reached a listener.
-local function deliver(out, on_delta, on_reasoning)
+-- Hands a whole reply's reasoning text to on_reasoning, its text to
+-- on_delta and each call's input, whole, to on_tool_input (the call's
+-- place in the reply, from 0, as its index); whether any reached a
+-- listener.
+local function deliver(out, opts)
+  local on_delta, on_reasoning, on_tool_input = opts.on_delta, opts.on_reasoning, opts.on_tool_input
   local got = false
   if on_reasoning and out.reasoning then
     for _, r in ipairs(out.reasoning) do
@@ -102,9 +139,17 @@ local function deliver(out, on_delta, on_reasoning)
     end
   end
   local text = out.text
-  if text == nil or text == "" then return got end
-  if on_delta then on_delta(text) end
-  return true
+  if text ~= nil and text ~= "" then
+    got = true
+    if on_delta then on_delta(text) end
+  end
+  if on_tool_input then
+    for i, c in ipairs(out.tool_calls or {}) do
+      got = true
+      on_tool_input(i - 1, c.id, c.name, c.arguments or "")
+    end
+  end
+  return got
 end
 
 -- A whole JSON reply (a non-streamed one, or a streamed request answered
@@ -114,7 +159,7 @@ end
 -- body). A C scanner either says what is wrong itself (nil, err: the body's
 -- excerpt is added) or leaves anything but a plain reply to the full
 -- decoder and `_parse` (nil alone).
-local function whole_reply(self, src, on_delta, on_reasoning)
+local function whole_reply(self, src, opts)
   local out, err
   if self._c_parse then out, err = self:_c_parse(src) end
   if err then
@@ -139,7 +184,7 @@ local function whole_reply(self, src, on_delta, on_reasoning)
     end
     finished(out)
   end
-  return out, nil, (on_delta or on_reasoning) ~= nil and deliver(out, on_delta, on_reasoning)
+  return out, nil, (opts.on_delta or opts.on_reasoning or opts.on_tool_input) ~= nil and deliver(out, opts)
 end
 
 -- One non-streamed HTTP attempt. Returns the response, or nil, an error and
@@ -158,7 +203,7 @@ local function attempt_whole(self, body, opts, timeout_ms, wire)
   if status < 200 or status > 299 then
     return nil, errors.failed_request(self.kind, req, status), true, false
   end
-  local out, err, delivered = whole_reply(self, req, opts.on_delta, opts.on_reasoning)
+  local out, err, delivered = whole_reply(self, req, opts)
   if not out then return nil, err, true, false end
   out.ttfb_ms = ttfb_ms
   return out, nil, true, delivered
@@ -173,7 +218,6 @@ end
 
 -- One streamed HTTP attempt: as attempt_whole, the reply parsed as it comes.
 local function attempt_stream(self, body, opts, timeout_ms, wire)
-  local on_delta = opts.on_delta
   local received, delivered = false, false
   local t0 = core.hrtime()
   local ttfb_ms
@@ -181,9 +225,7 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
   -- The reply's parser: the wire format's sink (feed, finish and close;
   -- a C userdata, or for Bedrock's Converse a Lua table).
   local parser <close> = self:_c_stream()
-  local deltas = on_delta and {} or nil
-  local on_reasoning = opts.on_reasoning
-  local rdeltas = on_reasoning and {} or nil
+  local listen = listeners(opts)
   local mode -- "sse" or "json" once the first significant byte is seen
   local held -- chunks before the mode is known, or of a streamed request answered with plain JSON
   local stream_err
@@ -196,7 +238,7 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
   -- itself (req:pump): no string per chunk, no trip through this loop. It
   -- hands a reply that is not an event stream back as next() would.
   -- (a sink written in Lua, Converse's, is fed here)
-  local pump = on_delta == nil and on_reasoning == nil and type(parser) == "userdata"
+  local pump = listen == nil and type(parser) == "userdata"
   local status, done_ttfb_ms, herr
   while true do
     local kind, v, ttfb
@@ -236,7 +278,13 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
       held = held or {}
       held[#held + 1] = chunk
     else
-      local got, err = feed_c(parser, chunk, on_delta, deltas, on_reasoning, rdeltas)
+      local got, err
+      if listen then
+        got, err = feed_c(parser, chunk, listen)
+      else
+        local _
+        _, err = parser:feed(chunk, false)
+      end
       if got then delivered = true end
       if err then
         stream_err = c_error(err)
@@ -262,7 +310,7 @@ local function attempt_stream(self, body, opts, timeout_ms, wire)
     return out
   end
   -- a streamed request answered with one JSON body
-  local out, err, got = whole_reply(self, held and table.concat(held) or "", on_delta, on_reasoning)
+  local out, err, got = whole_reply(self, held and table.concat(held) or "", opts)
   if not out then return nil, err, received, delivered end
   out.ttfb_ms = ttfb_ms or done_ttfb_ms
   return out, nil, received, delivered or got
