@@ -155,6 +155,21 @@ describe("MCP resources and prompts with server-everything", function()
     src:close()
   end)
 
+  it("subscribes to a resource, and hears of its changes until it unsubscribes", function()
+    helpers.run(function()
+      local updated = {}
+      local src = everything { on_resource_updated = function(uri) updated[#updated + 1] = uri end }
+      local uri = "demo://resource/static/document/features.md"
+      assert.is_true(src:subscribe(uri))
+      assert(src:execute("toggle-subscriber-updates", {}))
+      helpers.wait_until(function() return #updated > 0 end, "a resource update", 5000)
+      assert.are.equal(uri, updated[1])
+      assert.is_true(src:unsubscribe(uri))
+      assert.has_error(function() src:subscribe("") end, "bad argument #1 to 'subscribe' (a resource URI expected)")
+      src:close()
+    end)
+  end)
+
   it("lists prompts, and fills one in for a turn", function()
     local src = everything()
     local prompts = assert(src:prompts())
@@ -229,7 +244,7 @@ describe("MCP resources of a server that declares none", function()
     assert.is_nil(names(src).list_resources)
     local before = src.requests
     for _, call in ipairs { function() return src:resources() end, function() return src:prompts() end,
-                            function() return src:read("x://y") end } do
+                            function() return src:read("x://y") end, function() return src:subscribe("x://y") end } do
       local r, err = call()
       assert.is_nil(r)
       assert.are.equal("ProviderError", err.code)

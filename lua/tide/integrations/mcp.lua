@@ -244,6 +244,11 @@ local function on_server_message(src, msg, reply)
     local p = msg.params
     local watch = type(p) == "table" and src.progress[p.progressToken]
     if watch then watch:heard(p) end
+  elseif method == "notifications/resources/updated" then
+    local p = msg.params
+    if src.on_resource_updated and type(p) == "table" and type(p.uri) == "string" then
+      pcall(src.on_resource_updated, p.uri) -- (as a log: a listener's error stops nothing)
+    end
   elseif method == "notifications/message" then
     local p = msg.params
     if src.on_log and type(p) == "table" and LOG_LEVELS[p.level] then
@@ -745,7 +750,7 @@ local OPTIONS = {
   name = true, command = true, env = true, cwd = true, url = true, headers = true,
   timeout_ms = true, max_message_bytes = true, approval = true, description = true, sampling = true,
   elicit = true, roots = true, max_total_timeout_ms = true, on_log = true, log_level = true, resources = true,
-  oauth = true,
+  oauth = true, on_resource_updated = true,
 }
 
 -- The roots option as the protocol lists them: { uri = "file://...", name }
@@ -833,7 +838,9 @@ function mcp.new(opts)
     if not sampling then arg_error(serr) end
   end
   if opts.elicit ~= nil and type(opts.elicit) ~= "function" then arg_error("field 'elicit' must be a function") end
-  if opts.on_log ~= nil and type(opts.on_log) ~= "function" then arg_error("field 'on_log' must be a function") end
+  for _, k in ipairs { "on_log", "on_resource_updated" } do
+    if opts[k] ~= nil and type(opts[k]) ~= "function" then arg_error(("field '%s' must be a function"):format(k)) end
+  end
   if opts.log_level ~= nil and not LOG_LEVELS[opts.log_level] then
     arg_error("field 'log_level' must be one of debug, info, notice, warning, error, critical, alert, emergency")
   end
@@ -877,6 +884,7 @@ function mcp.new(opts)
     on_log = opts.on_log, log_level = opts.log_level,
     -- the model may list and read the server's resources
     offer_resources = opts.resources,
+    on_resource_updated = opts.on_resource_updated, -- (notifications/resources/updated)
     -- OAuth 2.1 for a server that asks (tide.integrations.mcp_oauth)
     oauth = oauth,
   }, Mcp)
@@ -1217,6 +1225,25 @@ function Mcp:resource_templates() return redacted(self, resources().resource_tem
 function Mcp:read(uri)
   if type(uri) ~= "string" or uri == "" then error("bad argument #1 to 'read' (a resource URI expected)", 2) end
   return redacted(self, resources().read, uri)
+end
+
+--- Asks the server to tell `on_resource_updated` of changes to `uri`:
+--- true, or nil and an error.
+---@param uri string
+---@return true|nil
+---@return table|nil err
+function Mcp:subscribe(uri)
+  if type(uri) ~= "string" or uri == "" then error("bad argument #1 to 'subscribe' (a resource URI expected)", 2) end
+  return redacted(self, resources().subscribe, uri)
+end
+
+--- Stops what subscribe(uri) started: true, or nil and an error.
+---@param uri string
+---@return true|nil
+---@return table|nil err
+function Mcp:unsubscribe(uri)
+  if type(uri) ~= "string" or uri == "" then error("bad argument #1 to 'unsubscribe' (a resource URI expected)", 2) end
+  return redacted(self, resources().subscribe, uri, true)
 end
 
 --- The server's prompts, every page: `{ name, title, description,

@@ -1,7 +1,8 @@
 --- tide.integrations.mcp_resources: what an MCP server offers besides its
 --- tools, its resources and its prompts (MCP 2025-11-25, "Resources" and
 --- "Prompts"), for Lua code (src:resources(), src:resource_templates(),
---- src:read(uri), src:prompts(), src:prompt(name, args)) and, for a source
+--- src:read(uri), src:subscribe(uri), src:unsubscribe(uri), src:prompts(),
+--- src:prompt(name, args)) and, for a source
 --- made with `resources = true`, for the model: two tools in the server's
 --- toolkit, `list_resources` and `read_resource`, as the Claude Agent SDK
 --- gives its agents the resources of their MCP servers.
@@ -121,6 +122,26 @@ function M.read(src, uri)
     end
   end
   return out
+end
+
+--- Asks the server to tell of changes to resource `uri` (`resources/
+--- subscribe`), or to stop (`unsubscribe`); each change reaches the
+--- source's `on_resource_updated(uri)`. True, or nil and an error
+--- (ProviderError when the server offers no subscriptions).
+---@param src tide.integrations.mcp
+---@param uri string
+---@param stop? boolean
+---@return true|nil
+---@return table|nil err
+function M.subscribe(src, uri, stop)
+  local conn, err = connection(src, "resources")
+  if not conn then return nil, err end
+  if conn.capabilities.resources.subscribe ~= true then
+    return fail("ProviderError", ("MCP server '%s' offers no resource subscriptions"):format(src.name))
+  end
+  local res, serr = conn:request(stop and "resources/unsubscribe" or "resources/subscribe", { uri = uri }, src.timeout_ms)
+  if res == nil then return nil, serr end
+  return true
 end
 
 --- The server's prompts (every page): `{ name, title, description,
