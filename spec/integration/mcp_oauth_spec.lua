@@ -268,6 +268,20 @@ describe("MCP OAuth against a scripted server", function()
     end)
   end)
 
+  it("asks the person once for requests that all found no token", function()
+    helpers.run(function()
+      local srv <close>, st = scripted_oauth()
+      local src = source(srv, st)
+      assert(src:fetch()) -- (connected: the requests below race on the calls)
+      src.oauth_state.tokens = nil
+      local tasks = {}
+      for i = 1, 4 do tasks[i] = tide.spawn(function() return src:execute("whoami", {}) end) end
+      for i = 1, 4 do assert.matches("^you hold at%-", (assert(tasks[i]:join()))) end
+      assert.are.equal(2, #st.asked) -- (the connection's, then one for the four)
+      src:close()
+    end)
+  end)
+
   it("steps up to the scope a 403 names, keeping the scopes it holds", function()
     helpers.run(function()
       local srv <close>, st = scripted_oauth { scope_needed = "files:write" }

@@ -477,8 +477,9 @@ function M.answer(src, res, sent)
     ok, why = once(src, st, authorize_now, challenge, #scopes > 0 and table.concat(scopes, " ") or nil)
   else
     -- a token the server refused: refreshed if it can be (and not by
-    -- another request meanwhile), else the person is asked again
-    if sent and st.tokens and sent ~= "Bearer " .. st.tokens.access_token then return true end
+    -- another request meanwhile: a request sent before the token it now
+    -- has, or with none, goes again with it), else the person is asked again
+    if st.tokens and sent ~= "Bearer " .. st.tokens.access_token then return true end
     if sent and st.tokens and st.tokens.refresh_token then
       ok = once(src, st, refresh)
       if ok then return true end
