@@ -112,6 +112,8 @@ local function printer(out, state)
     elseif ev.type == "tool_progress" then
       out:write(pad, "│  ", ev.tool, " ", tostring(ev.progress), ev.total and ("/" .. tostring(ev.total)) or "",
         ev.message and ("  " .. ev.message) or "", "\n")
+    elseif ev.type == "tool_status" then -- (an MCP tool run as a task)
+      out:write(pad, "│  ", ev.tool, " ", ev.status, ev.message and ("  " .. ev.message) or "", "\n")
     elseif ev.type == "tool_end" then
       out:write(pad, "└─ ", ev.name, (" %.1f ms%s\n"):format(ev.ms, ev.is_error and " (error)" or ""))
     elseif ev.type == "subagent_start" then
