@@ -81,10 +81,13 @@ describe("tide chat --mcp", function()
         sub_call("trigger-long-running-operation", { duration = 0.4, steps = 2 }), -- the sub-agent
         "It ran.",                                                               -- the sub-agent
         "All done.",                                                             -- the orchestrator
+        sub_call("delegate_everything", { task = "research tides" }),           -- the orchestrator
+        sub_call("simulate-research-query", { topic = "tides" }),               -- the sub-agent: a task
+        "Researched.", "Reported.",
       } })
       local out, code = chat(srv.url, { "--mcp", "everything=node " .. everything .. " stdio" },
         '/mcp\n/use everything:args-prompt\n/use nowhere:x\n/use everything:args-prompt city="New York"\n'
-        .. "run it\n/quit\n")
+        .. "run it\nresearch\n/quit\n")
       assert.are.equal(0, code, out)
       assert.matches("everything: 7 resources (the model reads them with read_resource)", out, 1, true)
       assert.matches("/use everything:args-prompt city* state  - A prompt with two arguments", out, 1, true)
@@ -95,8 +98,12 @@ describe("tide chat --mcp", function()
       assert.matches("│  trigger-long-running-operation 1/2\n", out, 1, true)
       assert.matches("│  trigger-long-running-operation 2/2\n", out, 1, true)
       assert.matches("All done.", out, 1, true)
+      -- a tool the server runs as a task: its statuses
+      assert.matches("│  simulate-research-query working  Gathering sources...\n", out, 1, true)
+      assert.matches("│  simulate-research-query completed", out, 1, true)
+      assert.matches("Reported.", out, 1, true)
       local reqs = srv:requests()
-      assert.are.equal(5, #reqs)
+      assert.are.equal(9, #reqs)
       local m = reqs[1].json.messages
       assert.are.same({ role = "user", content = "What's weather in New York?" }, m[#m])
       -- the model can read the server's resources
