@@ -93,6 +93,7 @@ build = {
       ["tide.tool"] = "lua/tide/tool.lua",
       ["tide.tool_protocol"] = "lua/tide/tool_protocol.lua",
       ["tide.tracing"] = "lua/tide/tracing.lua",
+      ["tide.mcp_server"] = "lua/tide/mcp_server.lua",
       ["tide.metrics"] = "lua/tide/metrics.lua",
       ["tide.transcript"] = "lua/tide/transcript.lua",
       ["tide.transcript_redis"] = "lua/tide/transcript_redis.lua",

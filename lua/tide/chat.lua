@@ -74,7 +74,17 @@ local function mfa_prompt(out)
   return function(serial) return M.ask(out, ("  MFA code for %s: "):format(serial)) end
 end
 
-local function pick_provider(kind, out)
+--- The provider a command line names (`openai`, `anthropic`, `bedrock`,
+--- `demo`), else the one an API key in the environment says, else the
+--- embedded demo model; its label, and the demo's mock server to close.
+--- Raises a message for an unknown name. (tide chat's and tide
+--- mcp-server's.)
+---@param kind? string
+---@param out file* where a prompt for an MFA code goes
+---@return table provider
+---@return string label
+---@return table? server
+function M.provider(kind, out)
   -- (a gateway's ANTHROPIC_AUTH_TOKEN stands for a key, as in the official SDK)
   kind = kind or (os.getenv("OPENAI_API_KEY") and "openai")
     or ((os.getenv("ANTHROPIC_API_KEY") or os.getenv("ANTHROPIC_AUTH_TOKEN")) and "anthropic") or "demo"
@@ -84,7 +94,7 @@ local function pick_provider(kind, out)
   if kind == "bedrock" then
     return tide.provider.bedrock { mfa_code = mfa_prompt(out) }, "bedrock " .. (os.getenv("TIDE_MODEL") or "")
   end
-  if kind ~= "demo" then error("tide chat: unknown provider " .. kind, 0) end
+  if kind ~= "demo" then error("unknown provider " .. kind, 0) end
   local demo = require "tide.testing.demo"
   local srv = assert(tide.testing.mock_server { default = demo.model })
   return tide.provider.openai { base_url = srv.url .. "/v1", api_key = "demo", model = "demo-model" },
@@ -152,7 +162,7 @@ function M.main(argv, io_out)
   end
   local status = 0
   local run_ok, err = pcall(tide.run, function()
-    local provider, label, srv = pick_provider(o.provider, out)
+    local provider, label, srv = M.provider(o.provider, out)
     local watchers = {}
     local function report(e)
       local where = e.file and (e.file .. (e.line and (":" .. e.line) or "")) or ""

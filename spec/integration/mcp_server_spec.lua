@@ -1,0 +1,124 @@
+-- tide's agents as an MCP server (`tide mcp-server`), called by the
+-- official MCP TypeScript SDK's client (spec/support/mcp_client.cjs): the
+-- tools it lists, a call with its progress, an unknown tool, a call
+-- without its task, a call cancelled and the one after; and what the
+-- protocol asks of a server, line by line.
+local helpers = require "helpers"
+local tide = require "tide"
+local core = require "tide.core"
+local cjson = require "cjson"
+
+local AGENTS = "spec/support/mcp_agents"
+
+-- The model of the served agents: a lookup, then its answer; a slow answer
+-- for the call the client cancels.
+local function model(req)
+  local msgs = req.json.messages
+  local last = msgs[#msgs]
+  if last.role == "tool" then return "Tides: " .. last.content end
+  if last.content == "slow one" then return { text = "too late", delay_ms = 8000 } end
+  if last.content == "after" then return "after it" end
+  return { tool_calls = { { name = "lookup", arguments = { q = "tides" } } } }
+end
+
+local function server_env(url, extra)
+  local build = os.getenv("TIDE_BUILD_DIR") or "build"
+  local env = helpers.child_env { OPENAI_API_KEY = "sk-served", OPENAI_BASE_URL = url .. "/v1",
+    LUA_PATH = "lua/?.lua;lua/?/init.lua;;", LUA_CPATH = build .. "/?.so;;", ASAN_OPTIONS = "detect_leaks=0",
+    NODE_PATH = helpers.NPM .. "/node_modules" }
+  for k, v in pairs(extra or {}) do env[k] = v end
+  return env
+end
+
+describe("tide mcp-server", function()
+  it("serves its agents to the official SDK's client", function()
+    helpers.run(function()
+      local srv <close> = assert(tide.testing.mock_server { default = model })
+      local p = assert(core.process_spawn { argv = { "node", "spec/support/mcp_client.cjs", "lua5.4", "bin/tide",
+        "mcp-server", "--agents", AGENTS, "--provider", "openai" }, env = server_env(srv.url) })
+      local line = p:read_line(60000)
+      local code = p:wait(10000)
+      local stderr = p:stderr()
+      p:close()
+      assert.are.equal(0, code, stderr)
+      local got = cjson.decode(line)
+      assert.are.same({ name = "tide", version = tide.version }, got.server)
+      assert.matches("Each tool is an agent", got.instructions, 1, true)
+      -- the agents with when_to_use, each a tool taking a task
+      assert.are.equal(1, #got.tools)
+      local t = got.tools[1]
+      assert.are.same({ "helper", "Looks things up and answers.", { "task" } },
+        { t.name, t.description, t.inputSchema.required })
+      -- a call: the agent's answer, its steps as progress
+      assert.are.same({ { type = "text", text = "Tides: found tides" } }, got.call.content)
+      assert.are.same({ "lookup started", "lookup ended" }, { got.progress[1].message, got.progress[2].message })
+      assert.are.same({ 1, 2 }, { got.progress[1].progress, got.progress[2].progress })
+      -- an unknown tool is the protocol's error; a call without its task, the tool's
+      assert.are.equal(-32602, got.unknown.code)
+      assert.matches("Unknown tool: nope", got.unknown.message, 1, true)
+      assert.is_true(got.bad.isError)
+      assert.are.equal("'task' must be a non-empty string", got.bad.content[1].text)
+      -- a cancelled call: the client gave up, the server went on serving
+      assert.matches("given up", got.cancel, 1, true)
+      assert.are.same({ { type = "text", text = "after it" } }, got.after.content)
+    end)
+  end)
+
+  -- The server's answers to `lines`, one decoded message each.
+  local function answers(lines, args)
+    local out = {}
+    helpers.run(function()
+      local srv <close> = assert(tide.testing.mock_server { default = model })
+      local argv = { "lua5.4", "bin/tide", "mcp-server", "--agents", AGENTS, "--provider", "openai" }
+      for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
+      local p = assert(core.process_spawn { argv = argv, env = server_env(srv.url) })
+      assert(p:write(table.concat(lines, "\n") .. "\n"))
+      for _ = 1, #lines do
+        local l = p:read_line(20000)
+        if not l then break end
+        out[#out + 1] = cjson.decode(l)
+      end
+      p:close(2000)
+    end)
+    return out
+  end
+
+  it("negotiates the version, answers what it cannot parse or does not serve, and offers named agents", function()
+    local got = answers({
+      '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2024-01-01","capabilities":{}}}',
+      '{"jsonrpc":"2.0","id":"two","method":"initialize","params":{"protocolVersion":"2025-03-26","capabilities":{}}}',
+      "this is not json",
+      '{"jsonrpc":"2.0","id":3,"method":"resources/list"}',
+      '{"jsonrpc":"2.0","id":4,"method":"ping"}',
+      '{"jsonrpc":"2.0","id":5,"method":"tools/list"}',
+    }, { "--agent", "quiet", "--agent", "helper" })
+    assert.are.equal("2025-11-25", got[1].result.protocolVersion) -- (one tide does not speak: its own)
+    assert.are.same({ "two", "2025-03-26" }, { got[2].id, got[2].result.protocolVersion })
+    assert.are.same({ code = -32700, message = "Parse error" }, got[3].error)
+    assert.are.equal(cjson.null, got[3].id)
+    assert.are.equal(-32601, got[4].error.code)
+    assert.are.same({}, got[5].result)
+    local names = {}
+    for i, t in ipairs(got[6].result.tools) do names[i] = t.name end
+    assert.are.same({ "quiet", "helper" }, names)
+    assert.are.equal("Ask the quiet agent to do something, in words.", got[6].result.tools[1].description)
+  end)
+
+  it("says what is wrong with its command line", function()
+    local root = helpers.sh("pwd"):gsub("%s+$", "")
+    local build = os.getenv("TIDE_BUILD_DIR") or "build"
+    local function run(args)
+      return helpers.sh(("(cd %s && LUA_PATH='lua/?.lua;lua/?/init.lua;;' LUA_CPATH='%s/?.so;;' "
+        .. "ASAN_OPTIONS=detect_leaks=0 lua5.4 bin/tide mcp-server %s </dev/null 2>&1; echo \"exit=$?\")"):format(root,
+        build, args))
+    end
+    local out = run("--bogus")
+    assert.matches("tide mcp-server: unknown argument --bogus", out, 1, true)
+    assert.matches("exit=2", out, 1, true)
+    out = run("--agent")
+    assert.matches("tide mcp-server: --agent needs a value", out, 1, true)
+    out = run("--agents " .. AGENTS .. " --agent nobody --provider demo")
+    assert.matches("no agent 'nobody'", out, 1, true)
+    assert.matches("exit=1", out, 1, true)
+  end)
+end)
