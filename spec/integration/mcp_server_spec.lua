@@ -51,8 +51,12 @@ describe("tide mcp-server", function()
         { t.name, t.description, t.inputSchema.required })
       -- a call: the agent's answer, its steps as progress
       assert.are.same({ { type = "text", text = "Tides: found tides" } }, got.call.content)
-      assert.are.same({ "lookup started", "lookup ended" }, { got.progress[1].message, got.progress[2].message })
-      assert.are.same({ 1, 2 }, { got.progress[1].progress, got.progress[2].progress })
+      -- (the SDK hands a notification on a turn of its event loop later than
+      -- the answer that follows it at once, and drops it once the request
+      -- is answered: the last may not reach onprogress; the lines test
+      -- below sees both sent)
+      assert.are.same({ 1, "lookup started" }, { got.progress[1].progress, got.progress[1].message })
+      assert.is_true(#got.progress <= 2)
       -- an unknown tool is the protocol's error; a call without its task, the tool's
       assert.are.equal(-32602, got.unknown.code)
       assert.matches("Unknown tool: nope", got.unknown.message, 1, true)
@@ -91,6 +95,9 @@ describe("tide mcp-server", function()
       '{"jsonrpc":"2.0","id":3,"method":"resources/list"}',
       '{"jsonrpc":"2.0","id":4,"method":"ping"}',
       '{"jsonrpc":"2.0","id":5,"method":"tools/list"}',
+      '{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"helper","arguments":{"task":"look up tides"},'
+        .. '"_meta":{"progressToken":"p6"}}}',
+      "", "", -- (the call's answer comes after its two progress notifications)
     }, { "--agent", "quiet", "--agent", "helper" })
     assert.are.equal("2025-11-25", got[1].result.protocolVersion) -- (one tide does not speak: its own)
     assert.are.same({ "two", "2025-03-26" }, { got[2].id, got[2].result.protocolVersion })
@@ -102,6 +109,10 @@ describe("tide mcp-server", function()
     for i, t in ipairs(got[6].result.tools) do names[i] = t.name end
     assert.are.same({ "quiet", "helper" }, names)
     assert.are.equal("Ask the quiet agent to do something, in words.", got[6].result.tools[1].description)
+    assert.are.same({ { "notifications/progress", "p6", 1, "lookup started" }, { "notifications/progress", "p6", 2,
+      "lookup ended" } }, { { got[7].method, got[7].params.progressToken, got[7].params.progress, got[7].params.message },
+      { got[8].method, got[8].params.progressToken, got[8].params.progress, got[8].params.message } })
+    assert.are.same({ 6, "Tides: found tides" }, { got[9].id, got[9].result.content[1].text })
   end)
 
   it("says what is wrong with its command line", function()
