@@ -55,6 +55,14 @@ describe("MCP tools called as tasks", function()
     end)
   end)
 
+  it("polls as slowly as the server asks, whatever a request's own timeout", function()
+    -- (polls 400 ms apart from a source whose requests time out at 150 ms:
+    -- the task lives as long as the server answers its polls)
+    local src = scripted { timeout_ms = 150 }
+    assert.are.equal("job done after 2 polls", src:execute("job", { plan = "ok", poll_ms = 400 }))
+    src:close()
+  end)
+
   it("fails a task that failed, or whose result is an error, or that is no task", function()
     local src = scripted()
     local r, err = src:execute("job", { plan = "fail" })

@@ -12,7 +12,7 @@
 --   die_on_call exits while a tools/call is in flight
 --   tasks       declares task-augmented tools/call, and the tool `job`
 --               that must be called so ({ plan = "ok" | "fail" | "error" |
---               "malformed" | "forever" }: two polls then done, a failed
+--               "malformed" | "forever", poll_ms }: two polls then done, a failed
 --               task, a JSON-RPC error as its result, an answer that is
 --               no task, a task that runs until tasks/cancel)
 -- Tools of every mode: echo {text} -> text; add {a, b} -> structuredContent
@@ -68,7 +68,7 @@ local jobs, next_job = {}, 1
 
 local function task_view(j)
   return { taskId = j.id, status = j.status, statusMessage = j.message, createdAt = "2026-12-07T12:00:00Z",
-    lastUpdatedAt = "2026-12-07T12:00:00Z", ttl = 60000, pollInterval = 100 }
+    lastUpdatedAt = "2026-12-07T12:00:00Z", ttl = 60000, pollInterval = j.poll_ms or 100 }
 end
 
 -- tasks/get, tasks/result, tasks/cancel of the `job` tool's tasks.
@@ -127,7 +127,8 @@ local function call(msg)
     end
     local plan = p.arguments.plan or "ok"
     if plan == "malformed" then return text(id, "no task here") end
-    local j = { id = "task-" .. next_job, status = "working", message = "step 1", plan = plan, polls = 0 }
+    local j = { id = "task-" .. next_job, status = "working", message = "step 1", plan = plan, polls = 0,
+      poll_ms = p.arguments.poll_ms }
     next_job = next_job + 1
     jobs[j.id] = j
     send { jsonrpc = "2.0", id = id, result = { task = task_view(j) } }

@@ -97,9 +97,12 @@ local function follow(src, conn, task, watch)
       local poll = math.tointeger(task.pollInterval) or DEFAULT_POLL_MS
       tide.sleep(math.max(MIN_POLL_MS, math.min(MAX_POLL_MS, poll)))
     end
-    if core.now() >= watch:deadline(src.timeout_ms) then
+    -- (each request has its own timeout; the task's life is bounded only
+    -- by max_total_timeout_ms, and by the tool's timeout from outside)
+    local cap = src.max_total_timeout_ms
+    if cap and core.now() >= watch.began + cap then
       return fail("Timeout", ("MCP server '%s': task %s of %s ran past max_total_timeout_ms (%d)"):format(src.name,
-        task.taskId, watch.action, src.max_total_timeout_ms or src.timeout_ms))
+        task.taskId, watch.action, cap))
     end
     local t, gerr = conn:request("tasks/get", { taskId = task.taskId }, src.timeout_ms)
     if not t then return nil, gerr end
