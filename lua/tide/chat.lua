@@ -113,6 +113,7 @@ local function printer(out, state)
       end
       return
     end
+    if ev.type == "tool_input" then return end -- (partial JSON: the call shows whole at tool_start)
     if state.line_open then out:write("\n") end
     state.line_open = false
     if ev.type == "tool_start" then
