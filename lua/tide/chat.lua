@@ -291,7 +291,7 @@ function M.main(argv, io_out)
     end
     s:close()
     for _, w in ipairs(watchers) do w:close() end
-    for _, m in ipairs(servers) do if m.kind == "mcp" then m:close() end end
+    for _, m in ipairs(servers) do m:close() end
     if srv then srv:close() end
   end)
   if not run_ok then

@@ -276,24 +276,27 @@ local function new_watch(src, action, ctx)
   src.next_token = token + 1
   local now = core.now()
   local w = setmetatable({ src = src, token = token, action = action, began = now, at = now,
-    progress = nil, sink = core.context("tide_on_event"), call = ctx and ctx.call_id, depth = core.depth() }, Watch)
+    sink = core.context("tide_on_event"), call = ctx and ctx.call_id, depth = core.depth() }, Watch)
   src.progress[token] = w
   return w
+end
+
+-- Hands event `e` of the call to the turn's listeners, naming the call
+-- (source, tool, id, depth). A listener that raised fails the call's turn
+-- when the call ends (this may run in the task that read a notification).
+function Watch:emit(e)
+  if not self.sink or self.failed then return end
+  e.source, e.tool, e.id, e.depth = self.src.name, self.action, self.call, self.depth
+  local ok, err = pcall(self.sink, e)
+  if not ok then self.failed = err end
 end
 
 function Watch:heard(p)
   local progress = p.progress
   if type(progress) ~= "number" or progress ~= progress or (self.progress and progress <= self.progress) then return end
   self.progress, self.at = progress, core.now()
-  if self.sink and not self.failed then
-    local ok, e = pcall(self.sink, {
-      type = "tool_progress", source = self.src.name, tool = self.action, id = self.call,
-      progress = progress, total = type(p.total) == "number" and p.total or nil,
-      message = type(p.message) == "string" and p.message or nil, depth = self.depth })
-    -- A listener that raised fails the call's turn when the call ends
-    -- (this runs in the task that read the notification).
-    if not ok then self.failed = e end
-  end
+  self:emit { type = "tool_progress", progress = progress, total = type(p.total) == "number" and p.total or nil,
+    message = type(p.message) == "string" and p.message or nil }
 end
 
 -- The call's deadline: `timeout_ms` after its start or its last progress,
@@ -1053,22 +1056,35 @@ local function output_mismatch(self, action, res)
     action, table.concat(errs, "; "))
 end
 
-local function fetch(self)
-  local conn, err = self:_connection()
-  if not conn then return nil, err end
-  local tools, cursor, pages = {}, nil, 0
+-- Every page of list `method` on `conn`, followed through `nextCursor`
+-- (at most MAX_PAGES of `what`): on_page(result) for each, which returns
+-- what is wrong with a page, if anything. True, or nil and the error.
+local function each_page(self, conn, method, what, on_page)
+  local cursor, pages = nil, 0
   repeat
-    local res, lerr = conn:request("tools/list", cursor and { cursor = cursor } or {}, self.timeout_ms)
-    if not res then return nil, lerr end
-    local ok, why = pcall(add_tools, self, tools, type(res) == "table" and res.tools)
-    if not ok then return fail("MalformedResponse", ("MCP server '%s': %s"):format(self.name, why)) end
+    local res, err = conn:request(method, cursor and { cursor = cursor } or {}, self.timeout_ms)
+    if not res then return nil, err end
+    local why = on_page(res)
+    if why then return fail("MalformedResponse", why) end
     cursor = res.nextCursor
     if cursor == json.null then cursor = nil end
     pages = pages + 1
     if pages >= MAX_PAGES then
-      return fail("MalformedResponse", ("MCP server '%s' gave over %d pages of tools"):format(self.name, MAX_PAGES))
+      return fail("MalformedResponse", ("MCP server '%s' gave over %d pages of %s"):format(self.name, MAX_PAGES, what))
     end
   until cursor == nil
+  return true
+end
+
+local function fetch(self)
+  local conn, err = self:_connection()
+  if not conn then return nil, err end
+  local tools = {}
+  local ok, lerr = each_page(self, conn, "tools/list", "tools", function(res)
+    local fine, why = pcall(add_tools, self, tools, type(res) == "table" and res.tools)
+    if not fine then return ("MCP server '%s': %s"):format(self.name, why) end
+  end)
+  if not ok then return nil, lerr end
   if self.offer_resources and type(conn.capabilities.resources) == "table" then
     local taken = {}
     for _, t in ipairs(tools) do taken[t.name] = true end
@@ -1277,5 +1293,6 @@ function Mcp:__tostring() return "tide.integrations.mcp (" .. self.name .. ")" e
 -- The parsers of what a server sends, for the fuzz target (fuzz/fuzz_mcp.c).
 mcp._parse = { messages_of = messages_of, answer_reader = answer_reader, each_message = each_message,
   result_text = result_text, result_parts = result_parts, add_tools = add_tools }
+mcp._each_page = each_page -- (resources and prompts are listed the same way)
 
 return mcp

@@ -15,11 +15,8 @@ local json = require "tide.json"
 
 local M = {}
 
-local MAX_PAGES = 1000
 -- The most resources list_resources shows the model (the rest are counted).
 M.MAX_LISTED = 200
--- The names of the model's tools, and what each does.
-M.TOOLS = { list_resources = true, read_resource = true }
 
 local function fail(code, message, fields)
   return nil, core.error(code, message, fields)
@@ -42,23 +39,16 @@ end
 local function all_pages(src, capability, method, key)
   local conn, err = connection(src, capability)
   if not conn then return nil, err end
-  local out, cursor, pages = {}, nil, 0
-  repeat
-    local res, lerr = conn:request(method, cursor and { cursor = cursor } or {}, src.timeout_ms)
-    if not res then return nil, lerr end
+  local out = {}
+  local ok, perr = require("tide.integrations.mcp")._each_page(src, conn, method, key, function(res)
     if type(res) ~= "table" or type(res[key]) ~= "table" then
-      return fail("MalformedResponse", ("MCP server '%s' answered %s without a '%s' array"):format(src.name, method, key))
+      return ("MCP server '%s' answered %s without a '%s' array"):format(src.name, method, key)
     end
     for _, x in ipairs(res[key]) do
       if type(x) == "table" then out[#out + 1] = x end
     end
-    cursor = res.nextCursor
-    if cursor == json.null then cursor = nil end
-    pages = pages + 1
-    if pages >= MAX_PAGES then
-      return fail("MalformedResponse", ("MCP server '%s' gave over %d pages of %s"):format(src.name, MAX_PAGES, key))
-    end
-  until cursor == nil
+  end)
+  if not ok then return nil, perr end
   return out
 end
 

@@ -69,11 +69,7 @@ local function report(watch, task, last)
   local message = type(task.statusMessage) == "string" and task.statusMessage or nil
   if last.status == task.status and last.message == message then return end
   last.status, last.message = task.status, message
-  if watch.sink and not watch.failed then
-    local ok, e = pcall(watch.sink, { type = "tool_status", source = watch.src.name, tool = watch.action,
-      id = watch.call, task = task.taskId, status = task.status, message = message, depth = watch.depth })
-    if not ok then watch.failed = e end
-  end
+  watch:emit { type = "tool_status", task = task.taskId, status = task.status, message = message }
 end
 
 -- tasks/cancel for a call given up, from a task of its own.
