@@ -148,6 +148,9 @@ typedef struct responses_stream {
   span held_item; /* the raw "item" of the held event being read */
   int whole; /* a whole (non-streamed) response: its text is its items' */
   int done;  /* response.completed or .incomplete came: nothing after counts */
+  /* The event is one SKIPPED names, read only for a tool-input listener:
+  ** its data counts as input or not at all, whatever type it claims. */
+  int input_only;
 } responses_stream;
 
 /* -------------------------------------------------------------- scanning -- */
@@ -726,10 +729,15 @@ static int input_event(const char *s, size_t n) {
          tide__json_key_is(s, n, "response.custom_tool_call_input.delta");
 }
 
-static int skipped(const tide_reply_feed *fc, const tide_sse_event *e) {
+/* 1 if the event is skipped; *input_only set when it is read only for
+** the tool-input listener. */
+static int skipped(const tide_reply_feed *fc, const tide_sse_event *e, int *input_only) {
+  *input_only = 0;
   for (size_t i = 0; i < tide__nelem(SKIPPED); i++)
-    if (SKIPPED[i].n == e->event_len && memcmp(SKIPPED[i].s, e->event, e->event_len) == 0)
-      return !(tide__reply_wants_tool_input(fc) && input_event(e->event, e->event_len));
+    if (SKIPPED[i].n == e->event_len && memcmp(SKIPPED[i].s, e->event, e->event_len) == 0) {
+      *input_only = tide__reply_wants_tool_input(fc) && input_event(e->event, e->event_len);
+      return !*input_only;
+    }
   return 0;
 }
 
@@ -758,6 +766,7 @@ static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
   if (!ev->type.has) return 0; /* carries nothing tide needs */
   const char *scratch = scratch_of(st), *type = scratch + ev->type.s.off;
   size_t typel = ev->type.s.len;
+  if (st->input_only && !input_event(type, typel)) return 0;
   if (tide__json_key_is(type, typel, "response.output_text.delta")) {
     if (ev->delta.has && ev->delta.s.len > 0)
       tide__reply_text(fc, scratch + ev->delta.s.off, ev->delta.s.len);
@@ -811,7 +820,7 @@ static int apply_event(tide_reply_feed *fc, const tide_sse_event *e) {
 ** stack, or 0 (out of memory: fc->nomem). */
 static int responses_event(tide_reply_feed *fc, const tide_sse_event *e) {
   responses_stream *st = (responses_stream *)fc->r;
-  if (st->done || e->done || skipped(fc, e)) return 0;
+  if (st->done || e->done || skipped(fc, e, &st->input_only)) return 0;
   if (tide__json_key_is(e->event, e->event_len, "response.output_item.done")) return hold(fc, st, e);
   tide_json p = {e->data, e->data_len, 0, 0, NULL, 0, &st->scratch, &st->key, st};
   memset(&st->ev, 0, sizeof st->ev);
@@ -821,6 +830,9 @@ static int responses_event(tide_reply_feed *fc, const tide_sse_event *e) {
   st->resp.kind = V_NONE;
   int kind, rc = tide__json_scan_root(&p, event_member, &kind);
   if (rc == J_NOMEM) return fc->nomem = 1, 0;
+  /* What is read only for a listener never fails the reply it would not
+  ** have failed unread. */
+  if (st->input_only && (rc == J_SYNTAX || (kind != V_OBJECT && kind != V_ARRAY))) return 0;
   if (rc == J_SYNTAX) {
     tide__push_malformed(fc->L, e->data, e->data_len,
                          "openai stream event is not a JSON object (invalid JSON: %s at character %I)", p.err,

@@ -248,6 +248,29 @@ describe("core.responses_stream", function()
     assert(run(ev('{"type":"response.created","response":{"x":') .. ev({ type = "response.completed", response = response() })))
   end)
 
+  it("reads input events for a tool-input listener as input only, and never fails on them", function()
+    local added = { type = "response.output_item.added", output_index = 1, sequence_number = 1,
+      item = { type = "function_call", id = "fc_1", call_id = "call_x", name = "lookup", arguments = "" } }
+    local delta = { type = "response.function_call_arguments.delta", output_index = 1, item_id = "fc_1",
+      delta = '{"q":', sequence_number = 2 }
+    local body = ev(added) .. ev(delta)
+      -- named for input, but claiming to be text: it is not text
+      .. 'event: response.custom_tool_call_input.delta\ndata: {"type":"response.output_text.delta","delta":"cut"}\n\n'
+      -- named for input, and broken: dropped as it would be unread
+      .. 'event: response.function_call_arguments.delta\ndata: {"type":"response.function\n\n'
+      .. ev({ type = "response.completed", response = response() })
+    local s <close> = core.responses_stream()
+    local out, tout = {}, {}
+    assert.are.equal(0, s:feed(body, out, nil, tout))
+    assert.are.same({}, out)
+    assert.are.same({ 1, "call_x", "lookup", "", 1, false, false, '{"q":' }, tout)
+    assert.are.equal("", assert(s:finish()).text)
+    -- without a listener the same events are skipped unread
+    local reply, err, text = run(body)
+    assert.is_nil(err)
+    assert.are.same({ "", {} }, { reply.text, text })
+  end)
+
   it("reads a server that names no events, and takes held items when the output is empty", function()
     local call = { type = "function_call", id = "fc_1", call_id = "call_x", name = "lookup", arguments = "{}" }
     local body = ev({ type = "response.output_text.delta", delta = "Hi" }, true)
