@@ -128,8 +128,19 @@ static int process_line(tide_sse *p, const char *s, size_t n, tide_sse_cb cb,
   } else if (field_is(s, flen, "id")) {
     if (memchr(v, '\0', vlen) == NULL && buf_set(&p->id, v, vlen) != 0)
       return TIDE_SSE_NOMEM;
+  } else if (field_is(s, flen, "retry")) {
+    /* Only ASCII digits set the reconnection time (anything else is
+    ** ignored); it is kept for the caller, who owns reconnection. */
+    long ms = 0;
+    size_t k = 0;
+    for (; k < vlen && v[k] >= '0' && v[k] <= '9'; k++)
+      if (ms <= 86400000L) ms = ms * 10 + (v[k] - '0'); /* (saturates past a day) */
+    if (vlen > 0 && k == vlen) {
+      p->retry_ms = ms > 86400000L ? 86400000L : ms;
+      p->has_retry = 1;
+    }
   }
-  /* "retry" and unknown fields are ignored: the caller owns reconnection. */
+  /* Unknown fields are ignored. */
   return 0;
 }
 
@@ -259,6 +270,24 @@ static int l_feed(lua_State *L) {
   return 1;
 }
 
+/* p:last_id() -> the last event id the stream set, or nil (an id set by
+** an event without data counts: the spec's priming event is one). */
+static int l_last_id(lua_State *L) {
+  sse_parser *p = check_parser(L);
+  if (p->sse.id.len == 0) return lua_pushnil(L), 1;
+  lua_pushlstring(L, p->sse.id.p, p->sse.id.len);
+  return 1;
+}
+
+/* p:retry() -> the reconnection time in ms the stream's last valid "retry"
+** field gave (capped at a day), or nil. */
+static int l_retry(lua_State *L) {
+  sse_parser *p = check_parser(L);
+  if (!p->sse.has_retry) return lua_pushnil(L), 1;
+  lua_pushinteger(L, p->sse.retry_ms);
+  return 1;
+}
+
 /* p:finish() -> true when the stream ended on an event boundary. Whatever is
 ** pending is discarded, as the specification says of an unterminated event. */
 static int l_finish(lua_State *L) {
@@ -293,7 +322,8 @@ void tide__open_sse(lua_State *L) {
                                   {"__tostring", l_tostring},
                                   {NULL, NULL}};
   static const luaL_Reg methods[] = {
-      {"feed", l_feed}, {"finish", l_finish}, {"close", l_close}, {NULL, NULL}};
+      {"feed", l_feed}, {"finish", l_finish}, {"last_id", l_last_id}, {"retry", l_retry},
+      {"close", l_close}, {NULL, NULL}};
   static const luaL_Reg fns[] = {{"sse_parser", l_sse_parser}, {NULL, NULL}};
   tide__register_type(L, SSE_MT, meta, methods);
   luaL_setfuncs(L, fns, 0);

@@ -70,6 +70,8 @@ typedef struct tide_sse {
   tide_buf data;  /* "data" values so far, each followed by '\n' */
   tide_buf event; /* the "event" field of the pending event */
   tide_buf id;    /* last event id: it persists across events */
+  long retry_ms;  /* the last valid "retry" field's reconnection time (has_retry) */
+  int has_retry;  /* a "retry" field came */
   size_t max;     /* cap on one event's data */
   int cr;         /* the last chunk ended with CR: skip one LF at the next */
   int started;    /* a line has been completed (the BOM check is done) */

@@ -79,6 +79,28 @@ describe("core.sse_parser", function()
       parse("id: 2\nid: a\0b\ndata: x\n\n"))
   end)
 
+  it("keeps the last event id and the last valid retry", function()
+    local p = core.sse_parser()
+    assert.is_nil(p:last_id())
+    assert.is_nil(p:retry())
+    -- the priming event MCP servers send: an id, a retry, empty data (an
+    -- event, by WHATWG's rules: the data field was there)
+    assert.are.same({ { event = "message", data = "", id = "0-primed" } },
+      p:feed("id: 0-primed\nretry: 2000\ndata: \n\n"))
+    assert.are.same({ "0-primed", 2000 }, { p:last_id(), p:retry() })
+    -- only ASCII digits set it; anything else leaves it
+    for _, bad in ipairs { "retry: 1.5", "retry: -3", "retry: 12a", "retry:", "retry: 1 " } do
+      p:feed(bad .. "\n")
+      assert.are.equal(2000, p:retry(), bad)
+    end
+    -- an id without an event (no data field) counts too
+    p:feed("retry: 0\nid: 9\n\n")
+    assert.are.same({ "9", 0 }, { p:last_id(), p:retry() })
+    -- a huge one is held to a day
+    p:feed("retry: 99999999999999999999999\n")
+    assert.are.equal(86400000, p:retry())
+  end)
+
   it("marks [DONE]", function()
     assert.are.same({
       { event = "message", data = "{}" },
