@@ -77,6 +77,7 @@ typedef struct shard {
   CURLM *multi;
   uv_timer_t *timer;
   int active;  /* transfers added */
+  int weak;    /* of them, transfers that keep no loop alive (hold = false) */
   int release; /* let go of the idle connections once none is in flight */
 } shard;
 
@@ -117,6 +118,7 @@ struct tide_http {
   int done;
   int stream;           /* deliver 2xx bodies as chunks */
   int lean;             /* http_post: a lean result (see push_result) */
+  int weak;             /* keeps no loop alive (hold = false) */
   int sse;              /* pump: the body was seen to be an event stream */
   int fed;              /* pump: some of it went to the parser */
   int too_large;
@@ -211,12 +213,24 @@ static void unlink_active(tide_http *r) {
   r->next_active = r->prev_active = NULL;
 }
 
+/* The shard's timer keeps the loop alive while a transfer that holds it is
+** in flight, and only then: a weak transfer alone (a stream listened to in
+** the background) lets tide.run end. */
+static void hold_timer(shard *sh) {
+  if (sh->active > sh->weak)
+    uv_ref((uv_handle_t *)sh->timer);
+  else
+    uv_unref((uv_handle_t *)sh->timer);
+}
+
 /* Takes a request out of libcurl and returns its easy handle to the pool. */
 static void detach(tide_http *r) {
   tide_http_state *hs = r->hs;
   if (r->in_multi) {
     curl_multi_remove_handle(r->shard->multi, r->easy);
     r->shard->active--;
+    if (r->weak) r->shard->weak--;
+    hold_timer(r->shard);
     hs->nactive--;
     unlink_active(r);
     r->in_multi = 0;
@@ -343,7 +357,6 @@ static int closesocket_cb(void *clientp, curl_socket_t fd) {
 
 static int socket_cb(CURL *e, curl_socket_t fd, int what, void *userp,
                      void *socketp) {
-  (void)e;
   (void)socketp;
   shard *sh = userp;
   tide_http_state *hs = sh->hs;
@@ -382,10 +395,15 @@ static int socket_cb(CURL *e, curl_socket_t fd, int what, void *userp,
   int events = 0;
   if (what & CURL_POLL_IN) events |= UV_READABLE;
   if (what & CURL_POLL_OUT) events |= UV_WRITABLE;
-  if (s->idle) {
-    s->idle = 0;
+  s->idle = 0;
+  /* The watcher holds the loop for the transfer using the socket, unless
+  ** that transfer is weak. */
+  tide_http *owner = NULL;
+  if (sh->weak > 0) curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&owner);
+  if (owner && owner->weak)
+    uv_unref((uv_handle_t *)&s->poll);
+  else
     uv_ref((uv_handle_t *)&s->poll);
-  }
   if (events != s->events) {
     uv_poll_start(&s->poll, events, poll_cb);
     s->events = events;
@@ -407,6 +425,7 @@ static int timer_cb(CURLM *m, long timeout_ms, void *userp) {
     uv_timer_stop(sh->timer);
   else
     uv_timer_start(sh->timer, on_timeout, (uint64_t)timeout_ms, 0);
+  hold_timer(sh);
   return 0;
 }
 
@@ -1162,13 +1181,17 @@ typedef struct req_args {
   int ht, hidx;    /* headers type (nil, table or userdata) and index */
   int lean;        /* the result has status, body, ttfb_ms (and the headers
                    ** of a non-2xx response) only */
+  int weak;        /* hold = false */
 } req_args;
 
 static int start_request(lua_State *L, const req_args *a);
 
 /* core.http_request{ method, url, headers, body, timeout_ms,
-**   connect_timeout_ms, max_body_bytes, stream, verify } -> req
-** Starts the transfer at once; req:next() waits for it. */
+**   connect_timeout_ms, max_body_bytes, stream, verify, hold } -> req
+** Starts the transfer at once; req:next() waits for it. With hold = false
+** the transfer keeps no tide.run alive (a stream listened to in the
+** background): once nothing else holds the loop, run ends and the task
+** waiting in next() is cancelled. */
 static int l_request(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   req_args a;
@@ -1187,6 +1210,7 @@ static int l_request(lua_State *L) {
   luaL_argcheck(L, a.maxb >= 0, 1, "max_body_bytes must be >= 0");
   a.stream = opt_bool(L, 1, "stream", 0);
   a.verify = opt_bool(L, 1, "verify", 1);
+  a.weak = !opt_bool(L, 1, "hold", 1);
   a.bt = lua_getfield(L, 1, "body");
   if (a.bt != LUA_TNIL && a.bt != LUA_TSTRING)
     luaL_error(L, "bad field 'body' (string expected, got %s)",
@@ -1234,6 +1258,7 @@ static void post_args(lua_State *L, req_args *a, int wireidx) {
   a->ht = LUA_TUSERDATA;
   a->hidx = 2;
   a->lean = 1;
+  a->weak = 0;
 }
 
 static int l_post(lua_State *L) {
@@ -1264,6 +1289,7 @@ static int start_request(lua_State *L, const req_args *a) {
   r->max_body = (size_t)maxb;
   r->stream = stream;
   r->lean = a->lean;
+  r->weak = a->weak;
 
   if (a->wireidx) { /* before anything can be half set up */
     size_t plen;
@@ -1376,6 +1402,8 @@ static int start_request(lua_State *L, const req_args *a) {
     return luaL_error(L, "tide: curl_multi_add_handle failed");
   r->shard = sh;
   sh->active++;
+  if (r->weak) sh->weak++;
+  hold_timer(sh);
   hs->nactive++;
   r->in_multi = 1;
   r->next_active = hs->active;

@@ -709,6 +709,7 @@ static int l_join(lua_State *L) {
   self->join_timed_out = 0;
   if (timeout >= 0) {
     ensure_timer(L, self);
+    uv_ref((uv_handle_t *)self->sleep_timer); /* (a weak sleep may have left it unref'd) */
     uv_timer_start(self->sleep_timer, join_timeout_cb, (uint64_t)timeout, 0);
   }
   return tide__wait(L, self, &self->join_wait, join_k, timeout >= 0);
@@ -823,13 +824,21 @@ static int sleep_k(lua_State *L, int status, lua_KContext kctx) {
   return 0;
 }
 
-/* core.sleep(ms): suspends the current task for ms milliseconds. */
+/* core.sleep(ms [, hold]): suspends the current task for ms milliseconds.
+** With hold = false the sleep keeps no tide.run alive (a background task
+** waiting to reconnect): once nothing else holds the loop, run ends and the
+** task is cancelled. */
 static int l_sleep(lua_State *L) {
   lua_Integer ms = luaL_checkinteger(L, 1);
   luaL_argcheck(L, ms >= 0, 1, "must be >= 0");
+  int hold = lua_isnoneornil(L, 2) || lua_toboolean(L, 2);
   tide_task *t = tide__check_task(L, "tide.sleep");
   tide__check_cancel(L, t);
   ensure_timer(L, t);
+  if (hold)
+    uv_ref((uv_handle_t *)t->sleep_timer);
+  else
+    uv_unref((uv_handle_t *)t->sleep_timer);
   uv_timer_start(t->sleep_timer, sleep_cb, (uint64_t)ms, 0);
   t->sleep_wait.cancel = sleep_cancel;
   return tide__wait(L, t, &t->sleep_wait, sleep_k, 0);

@@ -11,7 +11,7 @@ end
 local fields = {
   method = "string", url = "string", headers = "table", body = "string",
   timeout_ms = "number", connect_timeout_ms = "number", max_body_bytes = "number",
-  on_data = "function", verify = "boolean",
+  on_data = "function", verify = "boolean", hold = "boolean",
 }
 
 ---@class tide.http.response
@@ -41,7 +41,7 @@ local function perform(opts)
   local req <close> = core.http_request({
     method = opts.method, url = opts.url, headers = opts.headers, body = opts.body,
     timeout_ms = opts.timeout_ms, connect_timeout_ms = opts.connect_timeout_ms,
-    max_body_bytes = opts.max_body_bytes, verify = opts.verify,
+    max_body_bytes = opts.max_body_bytes, verify = opts.verify, hold = opts.hold,
     stream = opts.on_data ~= nil,
   })
   local on_data = opts.on_data
@@ -80,7 +80,9 @@ local MAX_COUNT = 2 ^ 53
 --- any task it drives the loop until the response is in.
 --- With `on_data`, a 2xx body is handed over chunk by chunk as it arrives
 --- (the function runs inside the task and may itself wait).
----@param opts {method?:string, url:string, headers?:table<string,string>, body?:string, timeout_ms?:integer, connect_timeout_ms?:integer, max_body_bytes?:integer, on_data?:fun(chunk:string), verify?:boolean}
+--- With `hold = false` the request keeps no tide.run alive: a stream
+--- listened to in the background, cancelled once nothing else is left.
+---@param opts {method?:string, url:string, headers?:table<string,string>, body?:string, timeout_ms?:integer, connect_timeout_ms?:integer, max_body_bytes?:integer, on_data?:fun(chunk:string), verify?:boolean, hold?:boolean}
 ---@return tide.http.response|nil res
 ---@return table|nil err  `{ code = "Timeout"|"ConnectFailed"|"BodyTooLarge"|"ConnectionClosed"|..., message }`
 function http.request(opts)

@@ -129,6 +129,23 @@ describe("tasks", function()
     assert.is_true(done)
   end)
 
+  it("does not wait for a task whose sleep does not hold the loop, and cancels it", function()
+    local woke, cancelled = false, false
+    local t0 = core.now()
+    tide.run(function()
+      tide.spawn(function()
+        local ok = pcall(core.sleep, 20000, false)
+        woke, cancelled = ok, not ok
+      end)
+      -- the same task's timer, held again, serves a join's timeout
+      local t = tide.spawn(function() core.sleep(30) return "joined" end)
+      assert.are.equal("joined", t:join(5000))
+    end)
+    assert.is_false(woke)
+    assert.is_true(cancelled)
+    assert.is_true(core.now() - t0 < 20000)
+  end)
+
   it("cancels a sleeping task and its descendants", function()
     local grandchild_done = false
     local v, err, child_err = tide.run(function()
