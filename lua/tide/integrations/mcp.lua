@@ -12,8 +12,16 @@
 ---     and `MCP-Protocol-Version` go on every later request; a 404 on a
 ---     session means it expired: tide initializes again and retries once; a
 ---     307 or 308 on the same origin is followed (FastMCP's /mcp to /mcp/).
----     tide opens no GET stream, so a server that sends notifications only
----     there (the TypeScript SDK's list_changed) is not heard between calls.
+---     Once initialized, tide GETs the endpoint for the server's own SSE
+---     stream (its notifications and requests between calls: the
+---     TypeScript SDK's list_changed goes there), in the background, so
+---     that it keeps no tide.run alive; a 405 says the server offers none.
+---     A stream that ends (the server may close it at any time) is opened
+---     again after the delay of its `retry` field, else 1 s growing to
+---     30 s, with `Last-Event-ID` when its events had ids. A POST's stream
+---     the server closes before the answer, having given it an event id,
+---     is polled the same way until the answer comes (the spec's SSE
+---     polling, SEP-1699).
 ---
 --- The lifecycle is the spec's: `initialize` (protocolVersion, capabilities,
 --- clientInfo), then the `notifications/initialized` notification, then
@@ -73,6 +81,7 @@ local LOG_LEVELS = { debug = true, info = true, notice = true, warning = true, e
 ---@field transport "stdio"|"http"
 ---@field requests integer JSON-RPC requests sent (specs check warm builds)
 ---@field spawns integer server processes started (stdio)
+---@field streams integer SSE streams GET opened (Streamable HTTP: listening, resuming)
 local Mcp = {}
 Mcp.__index = Mcp
 Mcp.__name = "tide.integrations.mcp"
@@ -577,6 +586,9 @@ local function answer_reader(max, on_message)
     if parser then events(parser:feed("\n\n")) return "" end -- (the blank line ends a last event)
     return table.concat(kept)
   end
+  -- What the stream said of reconnecting: its last event id, its retry.
+  function r.last_id() return parser and parser:last_id() end
+  function r.retry() return parser and parser:retry() end
   return r
 end
 
@@ -605,6 +617,7 @@ function Http:post(msg, timeout_ms, on_message)
     if res then res.sent_authorization = headers.authorization end -- (for a 401: which token it refused)
     if res and reader and res.status >= 200 and res.status <= 299 then
       res.body = reader.finish()
+      res.last_event_id, res.retry_ms = reader.last_id(), reader.retry()
       if res.body ~= "" then each_message(res.body, on_message) end
     end
     if not res or (res.status ~= 307 and res.status ~= 308) then return res, err end
@@ -624,13 +637,118 @@ function Http:notify(method, params, wait)
   core.spawn(function() pcall(self.post, self, msg, 5000) end)
 end
 
--- self:post(msg, ...) in a task of its own, waited for until `watch`'s
--- deadline (which its progress moves): post's results, or nil and a
--- Timeout error (the post cancelled). Raises what cancels the caller,
--- after cancelling the post.
-local function post_watched(self, msg, timeout_ms, on_message, watch)
-  local cap = self.src.max_total_timeout_ms or 86400000
-  local t = core.spawn(function() return self:post(msg, cap, on_message) end)
+-- A message of the server's own (a request or a notification, not an
+-- answer to ours), from any stream: served, a request's answer posted
+-- from a task of its own.
+function Http:serve(m)
+  on_server_message(self.src, m, function(r)
+    core.spawn(function() pcall(self.post, self, r, 5000) end)
+  end)
+end
+
+-- The delay before a stream is opened again: the server's `retry`, else
+-- 1 s growing by half a failed attempt up to 30 s (the TypeScript SDK's
+-- client's defaults).
+local function reconnect_delay(st, attempt)
+  return st.retry or math.floor(math.min(1000 * 1.5 ^ attempt, 30000))
+end
+
+-- GETs the endpoint's SSE stream, resuming after `st.last_id` when set,
+-- and hands each message to on_message as it comes; the stream's last
+-- event id and retry are kept in st. `hold` false: the stream keeps no
+-- tide.run alive. `timeout_ms`: the longest silence (0: none). tide.http's
+-- answer.
+function Http:get_stream(st, on_message, hold, timeout_ms)
+  local h = self:headers()
+  h["content-type"] = nil
+  h.accept = "text/event-stream"
+  h["last-event-id"] = st.last_id
+  local reader = answer_reader(self.src.max_message_bytes, on_message)
+  self.src.streams = self.src.streams + 1
+  local res, err = require("tide.http").request {
+    method = "GET", url = self.src.url, headers = h, hold = hold, timeout_ms = timeout_ms,
+    max_body_bytes = self.src.max_message_bytes, on_data = reader.feed,
+  }
+  if res and res.status >= 200 and res.status <= 299 then
+    local rest = reader.finish()
+    if rest ~= "" then each_message(rest, on_message) end
+  end
+  st.last_id = reader.last_id() or st.last_id
+  st.retry = reader.retry() or st.retry
+  return res, err
+end
+
+-- What a GET for the server's stream can answer that says listening is
+-- over: 405, none offered; 404, the session is gone (the next one listens
+-- anew); 400, 406 and 401 or 403, refused (a request that gets through
+-- again starts a listener again).
+local STREAM_REFUSED = { [400] = true, [401] = true, [403] = true, [404] = true, [405] = true, [406] = true }
+local LISTEN_FAILURES = 10
+
+-- The server's own stream, listened to in the background (see the header):
+-- opened again when it ends, until it is refused, the transport lets go of
+-- it, or it failed LISTEN_FAILURES times in a row.
+local function listen(self)
+  local st, failures = {}, 0
+  local function on_message(m)
+    if type(m) == "table" and m.method ~= nil then self:serve(m) end -- (answers come to their POSTs)
+  end
+  while self.listener == core.current() do
+    local res = self:get_stream(st, on_message, false, 0)
+    if res and STREAM_REFUSED[res.status] then
+      self.listening = res.status
+      return
+    end
+    failures = (res and res.status >= 200 and res.status <= 299) and 0 or failures + 1
+    if failures >= LISTEN_FAILURES then
+      self.listening = "failed"
+      return
+    end
+    -- (never at once: a server that ends every stream at once is not polled hot)
+    core.sleep(math.max(reconnect_delay(st, math.max(failures - 1, 0)), 100), false)
+  end
+end
+
+-- Starts listening for the current session, in place of any listener of
+-- an earlier one.
+function Http:listen()
+  if self.listener then self.listener:cancel() end
+  self.listening = "open"
+  self.listener = core.spawn(listen, self)
+end
+
+-- self:post, and when the server closes the POST's stream before the
+-- answer came, having given it an event id: the stream polled (GET with
+-- Last-Event-ID, after its retry delay) until `answered()`, as the spec's
+-- SSE polling says, giving up after five polls that bring no new event.
+-- The last answer of tide.http (a poll's refusal marked `resumed`: its
+-- request may have run, so nothing sends it again).
+function Http:exchange(msg, timeout_ms, on_message, answered)
+  local res, err = self:post(msg, timeout_ms, on_message)
+  if not (res and res.status >= 200 and res.status <= 299 and res.last_event_id) or answered() then
+    return res, err
+  end
+  local st, fruitless = { last_id = res.last_event_id, retry = res.retry_ms }, 0
+  while not answered() and fruitless < 5 do
+    core.sleep(reconnect_delay(st, fruitless))
+    local before = st.last_id
+    local got, gerr = self:get_stream(st, on_message, true, timeout_ms)
+    if not got then return nil, gerr end
+    if got.status < 200 or got.status > 299 then
+      got.resumed = true
+      return got
+    end
+    fruitless = st.last_id == before and fruitless + 1 or 0
+  end
+  return res
+end
+
+-- run() (an exchange) in a task of its own, waited for until `watch`'s
+-- deadline (which its progress moves): its results, or nil and a Timeout
+-- error (the exchange cancelled). Raises what cancels the caller, after
+-- cancelling the exchange.
+local function post_watched(run, timeout_ms, watch)
+  local t = core.spawn(run)
   while true do
     local left = watch:deadline(timeout_ms) - core.now()
     if left <= 0 then
@@ -656,22 +774,24 @@ function Http:send(method, params, timeout_ms, raw_params, watch, retried, autho
     raw_params) or { jsonrpc = "2.0", id = id, method = method, params = params or {} }
   self.src.requests = self.src.requests + 1
   -- The answer's messages as they come: a request of the server's is
-  -- served at once (its answer posted from a task of its own), ours kept.
-  local answers = {}
+  -- served at once, ours kept.
+  local answers, answered = {}, false
   local function on_message(m)
     if type(m) == "table" and m.method ~= nil then
-      on_server_message(self.src, m, function(r)
-        core.spawn(function() pcall(self.post, self, r, 5000) end)
-      end)
+      self:serve(m)
     else
       answers[#answers + 1] = m
+      if type(m) == "table" and m.id == id then answered = true end
     end
   end
+  local function is_answered() return answered end
   local ok, res, err
   if watch then
-    ok, res, err = pcall(post_watched, self, msg, timeout_ms, on_message, watch)
+    local cap = self.src.max_total_timeout_ms or 86400000
+    ok, res, err = pcall(post_watched, function() return self:exchange(msg, cap, on_message, is_answered) end,
+      timeout_ms, watch)
   else
-    ok, res, err = pcall(self.post, self, msg, timeout_ms, on_message)
+    ok, res, err = pcall(self.exchange, self, msg, timeout_ms, on_message, is_answered)
   end
   -- (initialize is never cancelled: the spec forbids it)
   if not ok then -- cancelled
@@ -690,7 +810,7 @@ function Http:send(method, params, timeout_ms, raw_params, watch, retried, autho
       self.src.name, require("tide.redact").url_for_message(self.src.url), err and err.message or "request failed"),
       { cause = err })
   end
-  if res.status == 404 and self.session_id and not retried and method ~= "initialize" then
+  if res.status == 404 and self.session_id and not retried and not res.resumed and method ~= "initialize" then
     -- The session expired (the server restarted): a new one, then again.
     self.session_id, self.protocol = nil, nil
     local _, ierr = self.src:_initialize(self)
@@ -710,7 +830,12 @@ function Http:send(method, params, timeout_ms, raw_params, watch, retried, autho
       :format(self.src.name, res.status)) end
     local ok, aerr = oauth.answer(self.src, res, res.sent_authorization)
     if not ok then return nil, aerr end
-    return self:send(method, params, timeout_ms, raw_params, watch, retried, true)
+    local result, rerr = self:send(method, params, timeout_ms, raw_params, watch, retried, true)
+    -- (a listener refused before the token was got listens again)
+    if result and method ~= "initialize" and self.session_id and self.listening ~= "open" and self.listening ~= 405 then
+      self:listen()
+    end
+    return result, rerr
   end
   if res.status < 200 or res.status > 299 then
     return fail("ConnectionClosed", ("MCP server '%s' answered %s with HTTP %d: %s"):format(
@@ -738,6 +863,9 @@ end
 Http.request = require("tide.integrations.mcp_telemetry").wrap(Http.send)
 
 function Http:close()
+  local listener = self.listener
+  self.listener = nil
+  if listener then listener:cancel() end
   if not self.session_id then return end
   local sid = self.session_id
   self.session_id = nil
@@ -872,7 +1000,7 @@ function mcp.new(opts)
     max_message_bytes = opts.max_message_bytes or DEFAULT_MAX_MESSAGE,
     description = opts.description,
     approval = opts.approval,
-    requests = 0, spawns = 0, list_changes = 0,
+    requests = 0, spawns = 0, list_changes = 0, streams = 0,
     schemas = {},
     -- sampling/createMessage served (tide.integrations.mcp_sampling), and its counts
     sampling_config = sampling,
@@ -936,6 +1064,7 @@ function Mcp:_initialize(conn)
   conn.capabilities = type(res.capabilities) == "table" and res.capabilities or {}
   -- Over HTTP the notification is posted before any other request goes.
   conn:notify("notifications/initialized", {}, true)
+  if conn.listen then conn:listen() end -- (Streamable HTTP: the server's own stream)
   if self.log_level and type(conn.capabilities.logging) == "table" then
     -- (a server that refuses a level still serves its tools)
     local _, lerr = conn:request("logging/setLevel", { level = self.log_level }, self.timeout_ms)
@@ -984,7 +1113,12 @@ end
 -- The live connection, made (once, however many tasks ask) when missing.
 function Mcp:_connection()
   local conn = self.conn
-  if conn and not conn.dead then return conn end
+  if conn and not conn.dead then
+    -- (a listener's tide.run ended, cancelling it: this one listens again)
+    local l = conn.listener
+    if l and conn.listening == "open" and (l:status() == "done" or l:status() == "failed") then conn:listen() end
+    return conn
+  end
   local t = self.connecting
   if t == nil or t:status() == "done" or t:status() == "failed" then
     t = core.spawn(connect, self)
