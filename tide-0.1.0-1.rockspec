@@ -57,6 +57,7 @@ build = {
       ["tide.integrations.mcp_oauth"] = "lua/tide/integrations/mcp_oauth.lua",
       ["tide.integrations.mcp_resources"] = "lua/tide/integrations/mcp_resources.lua",
       ["tide.integrations.mcp_sampling"] = "lua/tide/integrations/mcp_sampling.lua",
+      ["tide.integrations.mcp_sse"] = "lua/tide/integrations/mcp_sse.lua",
       ["tide.integrations.mcp_tasks"] = "lua/tide/integrations/mcp_tasks.lua",
       ["tide.integrations.mcp_telemetry"] = "lua/tide/integrations/mcp_telemetry.lua",
       ["tide.integrations.several"] = "lua/tide/integrations/several.lua",

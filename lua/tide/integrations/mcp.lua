@@ -1,8 +1,9 @@
 --- tide.integrations.mcp: the tools of one MCP server as one toolkit.
 ---
 --- Model Context Protocol, revision 2025-11-25 (negotiated down to
---- 2025-06-18 or 2025-03-26 when the server answers so), over one of its two
---- standard transports:
+--- 2025-06-18, 2025-03-26 or 2024-11-05 when the server answers so), over
+--- one of its two standard transports (or the deprecated HTTP+SSE one, found
+--- behind a URL as the specification says: tide.integrations.mcp_sse):
 ---   * stdio: the server is a child process (core.process_spawn); JSON-RPC
 ---     messages are single lines on its stdin and stdout, stderr is its log
 ---     (the tail of it is quoted when the server dies);
@@ -62,7 +63,7 @@ local json = require "tide.json"
 local mcp = {}
 
 local PROTOCOL = "2025-11-25"
-local SUPPORTED = { ["2025-11-25"] = true, ["2025-06-18"] = true, ["2025-03-26"] = true }
+local SUPPORTED = { ["2025-11-25"] = true, ["2025-06-18"] = true, ["2025-03-26"] = true, ["2024-11-05"] = true }
 local DEFAULT_TIMEOUT_MS = 60000 -- the TypeScript SDK's default request timeout
 -- A message is one line: the cap bounds memory. 4 MiB is ~1M tokens of
 -- text, more than any model's context can take as one tool result.
@@ -839,7 +840,7 @@ function Http:send(method, params, timeout_ms, raw_params, watch, retried, autho
   end
   if res.status < 200 or res.status > 299 then
     return fail("ConnectionClosed", ("MCP server '%s' answered %s with HTTP %d: %s"):format(
-      self.src.name, method, res.status, short(res.body)))
+      self.src.name, method, res.status, short(res.body)), { status = res.status })
   end
   if method == "initialize" then self.session_id = res.headers["mcp-session-id"] or self.session_id end
   local result, rerr
@@ -1055,7 +1056,7 @@ function Mcp:_initialize(conn)
   }, self.timeout_ms)
   if not res then return nil, err end
   if type(res) ~= "table" or not SUPPORTED[res.protocolVersion] then
-    return fail("MalformedResponse", ("MCP server '%s' speaks protocol %s; tide speaks %s, 2025-06-18 and 2025-03-26"):format(
+    return fail("MalformedResponse", ("MCP server '%s' speaks protocol %s; tide speaks %s, 2025-06-18, 2025-03-26 and 2024-11-05"):format(
       self.name, tostring(type(res) == "table" and res.protocolVersion), PROTOCOL))
   end
   conn.protocol = res.protocolVersion
@@ -1073,35 +1074,65 @@ function Mcp:_initialize(conn)
   return conn
 end
 
+-- A connection that is not initialized is let go, whatever stopped it:
+-- the server process ended, an HTTP session ended (the spec's
+-- disconnect), also when the task asking was cancelled meanwhile.
+local function let_go(conn)
+  if conn.proc then
+    conn.dead = conn.dead or "initialize failed"
+    if conn.reader then conn.reader:cancel() end
+    conn.proc:close(200)
+  else
+    pcall(conn.close, conn)
+  end
+end
+
+-- conn initialized: true, or false and why (conn let go). Raises what
+-- cancels the caller, after letting conn go.
+local function initialized(self, conn)
+  local raised, ok, ierr = pcall(self._initialize, self, conn)
+  if not raised then
+    let_go(conn)
+    error(ok, 0)
+  end
+  if not ok then let_go(conn) end
+  return ok ~= nil, ierr
+end
+
+-- What a POST of initialize may get from a server of the old HTTP+SSE
+-- transport (tide.integrations.mcp_sse).
+local OLD_TRANSPORT = { [400] = true, [404] = true, [405] = true }
+
 local function connect(self)
   local conn, err
+  local sse = require "tide.integrations.mcp_sse"
   if self.transport == "stdio" then
     conn, err = open_stdio(self)
     if not conn then
       return fail("ConnectionClosed", ("cannot start MCP server '%s': %s"):format(self.name, err.message), { cause = err })
     end
+  elseif self.legacy_sse then
+    conn, err = sse.open(self)
+    if not conn then
+      return fail("ConnectionClosed", ("MCP server '%s' could not be reached over HTTP+SSE: %s"):format(
+        self.name, err.message), { cause = err })
+    end
   else
     conn = open_http(self)
   end
-  -- A connection that is not initialized is let go, whatever stopped it:
-  -- the server process ended, an HTTP session ended (the spec's
-  -- disconnect), also when the task asking was cancelled meanwhile.
-  local function let_go()
-    if conn.proc then
-      conn.dead = conn.dead or "initialize failed"
-      if conn.reader then conn.reader:cancel() end
-      conn.proc:close(200)
+  local ok, ierr = initialized(self, conn)
+  if not ok and not conn.legacy_sse and self.transport == "http" and OLD_TRANSPORT[ierr.status] then
+    -- Perhaps a server of the old transport: tried as the spec says.
+    local old, oerr = sse.open(self)
+    if old then ok, oerr = initialized(self, old) end
+    if ok then
+      self.legacy_sse, conn = true, old
     else
-      pcall(conn.close, conn)
+      ierr = core.error(ierr.code, ("%s; nor is it an HTTP+SSE server: %s"):format(ierr.message, oerr.message),
+        { status = ierr.status })
     end
   end
-  local raised, ok, ierr = pcall(self._initialize, self, conn)
-  if not raised then
-    let_go()
-    error(ok, 0)
-  end
   if not ok then
-    let_go()
     if ierr.code == "Unauthorized" then return nil, ierr end -- (what to do about it is in its message)
     return fail("ConnectionClosed", ("MCP server '%s' could not be initialized: %s"):format(
       self.name, ierr.message or tostring(ierr)), { cause = ierr })
@@ -1428,5 +1459,8 @@ function Mcp:__tostring() return "tide.integrations.mcp (" .. self.name .. ")" e
 mcp._parse = { messages_of = messages_of, answer_reader = answer_reader, each_message = each_message,
   result_text = result_text, result_parts = result_parts, add_tools = add_tools }
 mcp._each_page = each_page -- (resources and prompts are listed the same way)
+-- (what the old HTTP+SSE transport, tide.integrations.mcp_sse, shares)
+mcp._kit = { on_server_message = on_server_message, encode = encode, rpc_error_text = rpc_error_text, fail = fail,
+  short = short, each_message = each_message }
 
 return mcp
