@@ -218,6 +218,20 @@ local function result_parts(res)
   return out
 end
 
+-- A request of ours given up (its task cancelled, its deadline passed):
+-- the server is told, but never of initialize, which the spec forbids
+-- cancelling.
+local function give_up(conn, id, method, reason)
+  if method ~= "initialize" then conn:notify("notifications/cancelled", { requestId = id, reason = reason }) end
+end
+
+-- The Timeout of a request that got no answer in time (`hint`: what the
+-- transport saw meanwhile).
+local function timed_out(conn, method, timeout_ms, watch, hint, fields)
+  return fail("Timeout", ("MCP server '%s' did not answer %s within %d ms%s%s"):format(
+    conn.src.name, method, timeout_ms, watch and watch:since(timeout_ms) or "", hint or ""), fields)
+end
+
 local function rpc_error_text(e)
   if type(e) ~= "table" then return tostring(e) end
   local s = ("%s (JSON-RPC error %s)"):format(tostring(e.message or "error"), tostring(e.code))
@@ -467,18 +481,14 @@ function Stdio:send(method, params, timeout_ms, raw_params, watch)
     local fine, e = pcall(r.join, r, left)
     if not fine then -- this task was cancelled or interrupted
       forget(self, req)
-      -- (initialize is never cancelled: the spec forbids it)
-      if not req.done and method ~= "initialize" then
-        self:notify("notifications/cancelled", { requestId = id, reason = "cancelled" })
-      end
+      if not req.done then give_up(self, id, method, "cancelled") end
       error(e, 0)
     end
   end
   if not req.done then
     forget(self, req)
-    if method ~= "initialize" then self:notify("notifications/cancelled", { requestId = id, reason = "timed out" }) end
-    return fail("Timeout", ("MCP server '%s' did not answer %s within %d ms%s%s"):format(
-      self.src.name, method, timeout_ms, watch and watch:since(timeout_ms) or "", hints(self)))
+    give_up(self, id, method, "timed out")
+    return timed_out(self, method, timeout_ms, watch, hints(self))
   end
   if req.err then return nil, req.err end
   return req.result
@@ -794,18 +804,14 @@ function Http:send(method, params, timeout_ms, raw_params, watch, retried, autho
   else
     ok, res, err = pcall(self.exchange, self, msg, timeout_ms, on_message, is_answered)
   end
-  -- (initialize is never cancelled: the spec forbids it)
   if not ok then -- cancelled
-    if method ~= "initialize" then self:notify("notifications/cancelled", { requestId = id, reason = "cancelled" }) end
+    give_up(self, id, method, "cancelled")
     error(res, 0)
   end
   if not res then
     if err and err.code == "Timeout" then
-      if method ~= "initialize" then
-        self:notify("notifications/cancelled", { requestId = id, reason = "timed out" })
-      end
-      return fail("Timeout", ("MCP server '%s' did not answer %s within %d ms%s"):format(
-        self.src.name, method, timeout_ms, watch and watch:since(timeout_ms) or ""), { cause = err })
+      give_up(self, id, method, "timed out")
+      return timed_out(self, method, timeout_ms, watch, nil, { cause = err })
     end
     return fail("ConnectionClosed", ("MCP server '%s' (%s): %s"):format(
       self.src.name, require("tide.redact").url_for_message(self.src.url), err and err.message or "request failed"),
@@ -1461,6 +1467,6 @@ mcp._parse = { messages_of = messages_of, answer_reader = answer_reader, each_me
 mcp._each_page = each_page -- (resources and prompts are listed the same way)
 -- (what the old HTTP+SSE transport, tide.integrations.mcp_sse, shares)
 mcp._kit = { on_server_message = on_server_message, encode = encode, rpc_error_text = rpc_error_text, fail = fail,
-  short = short, each_message = each_message }
+  short = short, each_message = each_message, give_up = give_up, timed_out = timed_out }
 
 return mcp

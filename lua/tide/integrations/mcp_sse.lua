@@ -224,18 +224,15 @@ function Sse:send(method, params, timeout_ms, raw_params, watch)
   end
   if cancelled then
     self.pending[id] = nil
-    if not req.done and method ~= "initialize" then
-      self:notify("notifications/cancelled", { requestId = id, reason = "cancelled" })
-    end
+    if not req.done then K.give_up(self, id, method, "cancelled") end
     error(cancelled, 0)
   end
   if not req.done then
     self.pending[id] = nil
     if not posted then return nil, perr end
     if self.dead then return K.fail("ConnectionClosed", self.dead) end
-    if method ~= "initialize" then self:notify("notifications/cancelled", { requestId = id, reason = "timed out" }) end
-    return K.fail("Timeout", ("MCP server '%s' did not answer %s within %d ms%s"):format(
-      self.src.name, method, timeout_ms, watch and watch:since(timeout_ms) or ""))
+    K.give_up(self, id, method, "timed out")
+    return K.timed_out(self, method, timeout_ms, watch)
   end
   if req.err then return nil, req.err end
   return req.result
