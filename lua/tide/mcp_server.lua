@@ -2,9 +2,15 @@
 --- 2025-11-25, negotiated down to 2025-06-18 or 2025-03-26), for an MCP
 --- client to call them: Claude Desktop or Code, an IDE, another agent
 --- runtime. One tool per agent, named by its id, described by its
---- `when_to_use`; its input is `{ task }`, its result the agent's answer
---- after one turn of a session of its own (a structured answer, an agent
---- with `output_schema`, as `structuredContent` beside its JSON text).
+--- `when_to_use`; its input is `{ task, conversation }`, its result the
+--- agent's answer after one turn of a session: a new one, or, given
+--- `conversation`, the one an earlier call of the same agent began, which
+--- remembers its turns (as Codex's MCP server has its codex-reply). Its
+--- `structuredContent` is `{ reply, conversation }` (the reply a table for
+--- an agent with `output_schema`), as the tool's `outputSchema` says; the
+--- text is the reply and the conversation's id, for a model to go on with.
+--- The server keeps `max_conversations` (32) sessions, closing the one
+--- used longest ago to start another.
 ---
 --- The protocol, as a server has it: `initialize` (the client's version
 --- when tide speaks it, else tide's), `ping`, `tools/list`, `tools/call`
@@ -44,8 +50,15 @@ end
 local function tool_of(id, def)
   return { name = id, title = def.display_name,
     description = def.when_to_use or ("Ask the %s agent to do something, in words."):format(id),
-    inputSchema = { type = "object", properties = { task = { type = "string",
-      description = "What to do, in words: the agent reads it as a user's message." } }, required = json.array { "task" } } }
+    inputSchema = { type = "object", properties = {
+      task = { type = "string", description = "What to do, in words: the agent reads it as a user's message." },
+      conversation = { type = "string", description = "To go on with an earlier call's conversation (the agent "
+        .. "remembers it): the id that call gave. Leave it out to start a new one." } },
+      required = json.array { "task" } },
+    outputSchema = { type = "object", properties = {
+      reply = def.output_schema or { type = "string" },
+      conversation = { type = "string", description = "Give it as `conversation` to go on." } },
+      required = json.array { "reply", "conversation" } } }
 end
 
 -- A turn's events as progress, for a client that asked (its token).
@@ -68,7 +81,33 @@ local function progress(self, token)
   end
 end
 
--- tools/call: one turn of the tool's agent, in a session of its own.
+local function tool_error(text) return { isError = true, content = { { type = "text", text = text } } } end
+
+-- A new conversation of `agent`: its session, kept (the one used longest
+-- ago closed when there are max_conversations already, unless it is busy).
+-- nil and a tool error when the session cannot be made.
+function Server:converse(agent)
+  local s, serr = require("tide").session { agent = agent, provider = self.provider,
+    integrations = self.integrations }
+  if not s then return nil, tool_error(tostring(serr and serr.message or serr)) end
+  if self.nconversations >= self.max_conversations then
+    local oldest
+    for _, c in pairs(self.conversations) do
+      if not c.busy and (oldest == nil or c.used < oldest.used) then oldest = c end
+    end
+    if oldest then
+      self.conversations[oldest.id] = nil
+      self.nconversations = self.nconversations - 1
+      oldest.session:close()
+    end
+  end
+  self.nconversations, self.started = self.nconversations + 1, self.started + 1
+  local c = { id = ("c%d-%06x"):format(self.started, math.random(0, 0xffffff)), agent = agent, session = s, used = 0 }
+  self.conversations[c.id] = c
+  return c
+end
+
+-- tools/call: one turn of the tool's agent, in a conversation new or given.
 function Server:call(id, params)
   local tide = require "tide"
   local agent = type(params) == "table" and self.agents[params.name]
@@ -82,23 +121,34 @@ function Server:call(id, params)
   local meta = type(params._meta) == "table" and params._meta or {}
   local token = meta.progressToken
   if token ~= nil and type(token) ~= "string" and math.type(token) ~= "integer" then token = nil end
-  local s, serr = tide.session { agent = agent, provider = self.provider, integrations = self.integrations }
-  if not s then
-    return self:result(id, { isError = true, content = { { type = "text", text = tostring(serr and serr.message or serr) } } })
+  local c, cerr
+  if args.conversation ~= nil then
+    c = type(args.conversation) == "string" and self.conversations[args.conversation]
+    if not c or c.agent ~= agent then
+      return self:result(id, tool_error(("no conversation '%s' with %s here (closed to make room, or never "
+        .. "begun): leave 'conversation' out to start a new one"):format(tostring(args.conversation), params.name)))
+    end
+    if c.busy then return self:result(id, tool_error("the conversation is busy with another call: wait for it")) end
+  else
+    c, cerr = self:converse(agent)
+    if not c then return self:result(id, cerr) end
   end
-  local ok, reply, err = pcall(s.turn, s, args.task, { on_event = token ~= nil and progress(self, token) or nil })
-  s:close()
+  self.tick = self.tick + 1
+  c.busy, c.used = true, self.tick
+  local ok, reply, err = pcall(c.session.turn, c.session, args.task,
+    { on_event = token ~= nil and progress(self, token) or nil })
+  c.busy = false
   if self.cancelled[id] then return end -- (the client gave up on it: no answer, as the specification says)
   if not ok then reply, err = nil, reply end
   if reply == nil then
     local text = type(err) == "table" and ("%s: %s"):format(tostring(err.code), tostring(err.message)) or tostring(err)
-    return self:result(id, { isError = true, content = { { type = "text", text = text } } })
+    return self:result(id, tool_error(text))
   end
-  if type(reply) == "table" then -- an answer to the agent's output_schema
-    local text = json.canonical(reply)
-    return self:result(id, { content = { { type = "text", text = text } }, structuredContent = reply })
-  end
-  return self:result(id, { content = { { type = "text", text = reply } } })
+  -- (a structured answer, to the agent's output_schema, as its JSON text)
+  local text = type(reply) == "table" and json.canonical(reply) or reply
+  return self:result(id, { content = { { type = "text", text = text },
+    { type = "text", text = ("(conversation %s: give it as `conversation` to go on)"):format(c.id) } },
+    structuredContent = { reply = reply, conversation = c.id } })
 end
 
 function Server:request(msg)
@@ -157,13 +207,18 @@ end
 --- offer (default: every agent with a `when_to_use`); `provider` and
 --- `integrations` are the sessions'. Raises naming a bad option or an
 --- unknown agent.
----@param opts {agents?: string[], provider: table, integrations?: any, name?: string, out?: file*, read_line?: fun(): string|nil}
+---@param opts {agents?: string[], provider: table, integrations?: any, name?: string, out?: file*, read_line?: fun(): string|nil, max_conversations?: integer}
 function M.serve(opts)
   if type(opts) ~= "table" then error("bad argument #1 to 'serve' (table expected)", 2) end
   for k in pairs(opts) do
-    if not ({ agents = true, provider = true, integrations = true, name = true, out = true, read_line = true })[k] then
+    if not ({ agents = true, provider = true, integrations = true, name = true, out = true, read_line = true,
+        max_conversations = true })[k] then
       error(("bad argument #1 to 'serve' (unknown option '%s')"):format(tostring(k)), 2)
     end
+  end
+  local cap = opts.max_conversations or 32
+  if math.type(cap) ~= "integer" or cap < 1 then
+    error("bad argument #1 to 'serve' (field 'max_conversations' must be a positive integer)", 2)
   end
   if not require("tide.provider").is(opts.provider) then
     error("bad argument #1 to 'serve' (field 'provider' must be a provider)", 2)
@@ -177,7 +232,8 @@ function M.serve(opts)
     end
   end
   local self = setmetatable({ out = opts.out or io.stdout, provider = opts.provider, integrations = opts.integrations,
-    name = opts.name or "tide", agents = {}, tools = json.array(), inflight = {}, cancelled = {} }, Server)
+    name = opts.name or "tide", agents = {}, tools = json.array(), inflight = {}, cancelled = {},
+    conversations = {}, nconversations = 0, max_conversations = cap, started = 0, tick = 0 }, Server)
   for _, id in ipairs(ids) do
     local def = registry.get(id)
     if not def then error(("bad argument #1 to 'serve' (no agent '%s')"):format(tostring(id)), 2) end
@@ -192,11 +248,13 @@ function M.serve(opts)
     if line == nil then break end
     self:handle(line)
   end
-  -- the client is gone: nobody waits for what still runs
+  -- the client is gone: nobody waits for what still runs, nor for its
+  -- conversations
   for id, t in pairs(self.inflight) do
     self.cancelled[id] = true
     t:cancel()
   end
+  for _, c in pairs(self.conversations) do c.session:close() end
 end
 
 local USAGE = "usage: tide mcp-server [--agents DIR] [--prompts DIR] [--provider openai|anthropic|bedrock|demo]\n"

@@ -18,6 +18,11 @@ local function model(req)
   if last.role == "tool" then return "Tides: " .. last.content end
   if last.content == "slow one" then return { text = "too late", delay_ms = 8000 } end
   if last.content == "after" then return "after it" end
+  if last.content == "what did I ask first?" then -- (what the conversation remembers)
+    for _, m in ipairs(msgs) do
+      if m.role == "user" then return "You asked: " .. m.content end
+    end
+  end
   return { tool_calls = { { name = "lookup", arguments = { q = "tides" } } } }
 end
 
@@ -49,8 +54,14 @@ describe("tide mcp-server", function()
       local t = got.tools[1]
       assert.are.same({ "helper", "Looks things up and answers.", { "task" } },
         { t.name, t.description, t.inputSchema.required })
-      -- a call: the agent's answer, its steps as progress
-      assert.are.same({ { type = "text", text = "Tides: found tides" } }, got.call.content)
+      -- a call: the agent's answer (and the conversation it began), its
+      -- steps as progress
+      local conv = got.call.structuredContent.conversation
+      assert.matches("^c1%-%x+$", conv)
+      assert.are.same({ reply = "Tides: found tides", conversation = conv }, got.call.structuredContent)
+      assert.are.same({ { type = "text", text = "Tides: found tides" }, { type = "text",
+        text = ("(conversation %s: give it as `conversation` to go on)"):format(conv) } }, got.call.content)
+      assert.are.same({ "reply", "conversation" }, t.outputSchema.required)
       -- (the SDK hands a notification on a turn of its event loop later than
       -- the answer that follows it at once, and drops it once the request
       -- is answered: the last may not reach onprogress; the lines test
@@ -64,7 +75,12 @@ describe("tide mcp-server", function()
       assert.are.equal("'task' must be a non-empty string", got.bad.content[1].text)
       -- a cancelled call: the client gave up, the server went on serving
       assert.matches("given up", got.cancel, 1, true)
-      assert.are.same({ { type = "text", text = "after it" } }, got.after.content)
+      assert.are.equal("after it", got.after.content[1].text)
+      assert.are_not.equal(conv, got.after.structuredContent.conversation)
+      -- the first conversation, gone on with: the agent remembers it
+      assert.are.same({ reply = "You asked: look up tides", conversation = conv }, got.again.structuredContent)
+      assert.is_true(got.stranger.isError)
+      assert.matches("no conversation 'c404-000000' with helper here", got.stranger.content[1].text, 1, true)
     end)
   end)
 
@@ -113,6 +129,68 @@ describe("tide mcp-server", function()
       "lookup ended" } }, { { got[7].method, got[7].params.progressToken, got[7].params.progress, got[7].params.message },
       { got[8].method, got[8].params.progressToken, got[8].params.progress, got[8].params.message } })
     assert.are.same({ 6, "Tides: found tides" }, { got[9].id, got[9].result.content[1].text })
+  end)
+
+  it("keeps max_conversations, closing the one used longest ago, and takes one call at a time in each", function()
+    helpers.run(function()
+      -- the model says how many turns of the user's its conversation holds
+      local srv <close> = assert(tide.testing.mock_server { default = function(req)
+        local msgs = req.json.messages
+        if msgs[#msgs].content == "slow" then return { text = "slow done", delay_ms = 300 } end
+        local n = 0
+        for _, m in ipairs(msgs) do if m.role == "user" then n = n + 1 end end
+        return ("turn %d"):format(n)
+      end })
+      tide.agent { id = "conv_counter", prompt = "You count.", when_to_use = "Counts." }
+      local provider = tide.provider.openai { base_url = srv.url .. "/v1", api_key = "k", model = "m", stream = false }
+      local queue, done, answers, buf = {}, false, {}, ""
+      local sink = { flush = function() end }
+      function sink:write(...)
+        buf = buf .. table.concat({ ... })
+        for line in buf:gmatch("([^\n]*)\n") do
+          local m = cjson.decode(line)
+          if m.id ~= nil then answers[m.id] = m.result end
+        end
+        buf = buf:match("[^\n]*$")
+        return self
+      end
+      local server = tide.spawn(function()
+        require("tide.mcp_server").serve { agents = { "conv_counter" }, provider = provider, out = sink,
+          max_conversations = 2, read_line = function()
+            while #queue == 0 and not done do tide.sleep(2) end
+            return table.remove(queue, 1)
+          end }
+      end)
+      local function send(id, task, conv)
+        queue[#queue + 1] = cjson.encode { jsonrpc = "2.0", id = id, method = "tools/call",
+          params = { name = "conv_counter", arguments = { task = task, conversation = conv } } }
+      end
+      local function call(id, task, conv)
+        send(id, task, conv)
+        helpers.wait_until(function() return answers[id] end, "the answer to " .. id)
+        local r = answers[id]
+        return r.structuredContent or r.content[1].text, r.structuredContent and r.structuredContent.conversation
+      end
+      local _, a = call(1, "one")
+      local _, b = call(2, "two")
+      assert.are.equal("turn 2", (call(3, "one again", a)).reply)
+      -- a third conversation: the one used longest ago (b) is closed for it
+      local _, c = call(4, "three")
+      assert.are.equal("turn 1", (call(5, "four", nil)).reply)
+      assert.matches("no conversation '" .. b .. "'", call(6, "two again", b), 1, true)
+      assert.is_truthy(c)
+      -- (a is no more: 4 and 5 took the room; c is the older of the two)
+      assert.matches("no conversation", call(7, "one", a), 1, true)
+      assert.are.equal("turn 2", (call(8, "three again", c)).reply)
+      -- one call at a time in a conversation
+      send(9, "slow", c)
+      tide.sleep(50)
+      assert.matches("busy with another call", call(10, "meanwhile", c), 1, true)
+      helpers.wait_until(function() return answers[9] end, "the slow answer")
+      assert.are.equal("slow done", answers[9].structuredContent.reply)
+      done = true
+      server:join()
+    end)
   end)
 
   it("says what is wrong with its command line", function()

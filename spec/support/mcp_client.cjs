@@ -1,7 +1,8 @@
 // The official MCP TypeScript SDK's client against `tide mcp-server`, for
 // spec/integration/mcp_server_spec.lua: it lists the tools, calls one with
 // progress, an unknown one, one without its task, cancels a slow call and
-// calls again, then prints what it saw as one JSON line.
+// calls again, goes on with the first call's conversation and with one
+// that is not there, then prints what it saw as one JSON line.
 //   node mcp_client.cjs command args...
 const { Client } = require("@modelcontextprotocol/sdk/client/index.js");
 const { StdioClientTransport } = require("@modelcontextprotocol/sdk/client/stdio.js");
@@ -34,6 +35,10 @@ async function main() {
     out.cancel = String(e && e.message || e);
   }
   out.after = await client.callTool({ name: "helper", arguments: { task: "after" } });
+  // the conversation of the first call, gone on with; one that is not there
+  out.again = await client.callTool({ name: "helper",
+    arguments: { task: "what did I ask first?", conversation: out.call.structuredContent.conversation } });
+  out.stranger = await client.callTool({ name: "helper", arguments: { task: "hi", conversation: "c404-000000" } });
   await client.close();
   process.stdout.write(JSON.stringify(out) + "\n");
 }
