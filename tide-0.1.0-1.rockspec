@@ -53,6 +53,7 @@ build = {
       ["tide.integrations.cluster_cache"] = "lua/tide/integrations/cluster_cache.lua",
       ["tide.integrations.composio"] = "lua/tide/integrations/composio.lua",
       ["tide.integrations.mcp"] = "lua/tide/integrations/mcp.lua",
+      ["tide.integrations.mcp_client_tasks"] = "lua/tide/integrations/mcp_client_tasks.lua",
       ["tide.integrations.mcp_elicitation"] = "lua/tide/integrations/mcp_elicitation.lua",
       ["tide.integrations.mcp_oauth"] = "lua/tide/integrations/mcp_oauth.lua",
       ["tide.integrations.mcp_resources"] = "lua/tide/integrations/mcp_resources.lua",

@@ -63,6 +63,30 @@ describe("MCP sampling with server-everything", function()
     end)
   end)
 
+  it("runs the server's request as a task of its own when asked: polled, then its result", function()
+    helpers.run(function()
+      local srv <close>, p = model("a haiku, later")
+      local src = tide.integrations.mcp { name = "everything", command = { "node", EVERYTHING, "stdio" },
+        timeout_ms = 20000, sampling = { provider = p } }
+      assert.is_true(names(src)["trigger-sampling-request-async"])
+      local text = assert(src:execute("trigger-sampling-request-async", { prompt = "later", maxTokens = 30 }))
+      -- the server was answered a task at once, polled tasks/get, then took tasks/result
+      assert.matches("^%[COMPLETED%]", text)
+      local id = text:match("Task created: (tide%-1%-%x+)")
+      assert.is_truthy(id, text)
+      assert.matches("Poll 1: completed", text, 1, true)
+      local result = cjson.decode(text:match("%*%*Result:%*%*\n(%b{})"))
+      assert.are.same({ type = "text", text = "a haiku, later" }, result.content)
+      assert.are.same({ taskId = id }, result._meta["io.modelcontextprotocol/related-task"])
+      assert.are.equal("Resource trigger-sampling-request-async context: later",
+        srv:requests()[1].json.messages[2].content)
+      -- kept, as tasks/get and tasks/list show it
+      local t = src.client_tasks[id]
+      assert.are.same({ "completed", 300000 }, { t.status, t.ttl })
+      src:close()
+    end)
+  end)
+
   it("without the option: the client declares no sampling, and the server offers no such tool", function()
     local src = tide.integrations.mcp { name = "everything", command = { "node", EVERYTHING, "stdio" }, timeout_ms = 20000 }
     assert.is_nil(names(src)["trigger-sampling-request"])
@@ -111,7 +135,8 @@ describe("MCP sampling, what a client refuses", function()
     helpers.run(function()
       local srv <close>, p = model("seen")
       local src = scripted { provider = p, max_tokens = 64 }
-      assert.are.same({ sampling = { tools = {} } }, cjson.decode((assert(src:execute("client_caps", {})))))
+      assert.are.same({ sampling = { tools = {} }, tasks = { list = {}, cancel = {},
+        requests = { sampling = { createMessage = {} } } } }, cjson.decode((assert(src:execute("client_caps", {})))))
       local png = core.base64("\137PNG\r\n\26\n" .. ("\0"):rep(16))
       local a = ask(src, { maxTokens = 500, messages = {
         { role = "user", content = { type = "text", text = "What is this?" } },
@@ -307,6 +332,20 @@ describe("MCP elicitation with server-everything", function()
     src:close()
   end)
 
+  it("puts an elicitation the server asks as a task to the person in the background", function()
+    local src = everything(function(request)
+      require("tide").sleep(30) -- (a person takes a while)
+      return "accept", { name = "Ada", favoriteColor = "Blue" }
+    end)
+    assert.is_true(names(src)["trigger-elicitation-request-async"])
+    local text = assert(src:execute("trigger-elicitation-request-async", {}))
+    local raw = cjson.decode(text:match("Raw result: (%b{})"))
+    assert.are.same({ action = "accept", content = { name = "Ada", favoriteColor = "Blue" } }, { action = raw.action,
+      content = raw.content })
+    assert.matches("Task created: tide%-1%-%x+", text)
+    src:close()
+  end)
+
   it("tells the server a person declined, cancelled, or never gave a valid answer", function()
     local next_answer
     local src = everything(function() return next_answer() end)
@@ -382,5 +421,73 @@ describe("MCP roots", function()
     local ok, err = pcall(function() local s = scripted_with { elicit = "yes" }; return s end)
     assert.is_false(ok)
     assert.matches("field 'elicit' must be a function", err, 1, true)
+  end)
+end)
+
+describe("MCP tasks tide runs for a server, by the specification's rules", function()
+  local tasks = require "tide.integrations.mcp_client_tasks"
+
+  it("lists, gets, cancels and gives results as the receiver must", function()
+    helpers.run(function()
+      local src = { sampling_config = {}, client_tasks = {}, client_task_seq = 0 }
+      assert.are.same({ list = {}, cancel = {}, requests = { sampling = { createMessage = {} } } }, tasks.capability(src))
+      assert.is_nil(tasks.capability({}))
+      local out = {}
+      local function reply(m) out[#out + 1] = m end
+      -- a handle that answers after `ms`, or fails
+      local function handle_after(ms, answer)
+        return function(_, msg, r)
+          return core.spawn(function()
+            core.sleep(ms)
+            r(answer(msg))
+          end)
+        end
+      end
+      local ok_answer = function(msg) return { jsonrpc = "2.0", id = msg.id, result = { role = "assistant", model = "m",
+        content = { type = "text", text = "hi" }, _meta = { mine = 1 } } } end
+      tasks.accept(src, { jsonrpc = "2.0", id = 7, method = "sampling/createMessage",
+        params = { task = { ttl = 99999999 }, messages = {} } }, reply, handle_after(40, ok_answer))
+      local created = out[1].result.task
+      assert.are.same({ 7, "working", 3600000, 500 }, { out[1].id, created.status, created.ttl, created.pollInterval })
+      assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d%.%d%d%dZ$", created.createdAt)
+      local id = created.taskId
+      -- tasks/result blocks until the task ends, then is what the request would have answered
+      tasks.serve(src, { id = 8, method = "tasks/result", params = { taskId = id } }, reply)
+      core.sleep(10)
+      assert.are.equal(1, #out)
+      helpers.wait_until(function() return #out == 2 end, "the result")
+      assert.are.same({ 8, "hi", 1, { taskId = id } }, { out[2].id, out[2].result.content.text, out[2].result._meta.mine,
+        out[2].result._meta["io.modelcontextprotocol/related-task"] })
+      assert.is_true(tasks.serve(src, { id = 9, method = "tasks/get", params = { taskId = id } }, reply))
+      assert.are.same({ id, "completed" }, { out[3].result.taskId, out[3].result.status })
+      -- an ended task cannot be cancelled; one tide never had is no task
+      tasks.serve(src, { id = 10, method = "tasks/cancel", params = { taskId = id } }, reply)
+      assert.are.same({ -32602, "Cannot cancel task " .. id .. ": it is completed" }, { out[4].error.code, out[4].error.message })
+      tasks.serve(src, { id = 11, method = "tasks/get", params = { taskId = "nope" } }, reply)
+      assert.are.equal(-32602, out[5].error.code)
+      -- a working task cancelled stays so; its request's end changes nothing
+      tasks.accept(src, { id = 12, method = "sampling/createMessage", params = { task = {} } }, reply,
+        handle_after(60, ok_answer))
+      local second = out[6].result.task.taskId
+      tasks.serve(src, { id = 13, method = "tasks/cancel", params = { taskId = second } }, reply)
+      assert.are.same({ second, "cancelled" }, { out[7].result.taskId, out[7].result.status })
+      core.sleep(100)
+      assert.are.equal("cancelled", src.client_tasks[second].status)
+      tasks.serve(src, { id = 14, method = "tasks/result", params = { taskId = second } }, reply)
+      helpers.wait_until(function() return #out == 8 end, "the cancelled task's result")
+      assert.are.equal("the task was cancelled", out[8].error.message)
+      -- a request that failed: its task failed, its result the error
+      tasks.accept(src, { id = 15, method = "sampling/createMessage", params = { task = {} } }, reply,
+        handle_after(0, function(msg) return { jsonrpc = "2.0", id = msg.id, error = { code = -1, message = "no" } } end))
+      local third = out[9].result.task.taskId
+      tasks.serve(src, { id = 16, method = "tasks/result", params = { taskId = third } }, reply)
+      helpers.wait_until(function() return #out == 10 end, "the failed task's result")
+      assert.are.same({ code = -1, message = "no" }, out[10].error)
+      tasks.serve(src, { id = 17, method = "tasks/list" }, reply)
+      local listed = {}
+      for _, t in ipairs(out[11].result.tasks) do listed[t.taskId] = t.status end
+      assert.are.same({ [id] = "completed", [second] = "cancelled", [third] = "failed" }, listed)
+      assert.is_false(tasks.serve(src, { id = 18, method = "tasks/other" }, reply))
+    end)
   end)
 end)

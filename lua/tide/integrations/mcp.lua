@@ -32,7 +32,9 @@
 --- the requests of the capabilities a source was given and declares:
 --- `sampling/createMessage` (`sampling`: tide.integrations.mcp_sampling),
 --- `elicitation/create` (`elicit`: tide.integrations.mcp_elicitation) and
---- `roots/list` (`roots`); `notifications/progress` for a tool call (every
+--- `roots/list` (`roots`), the first two also as tasks of tide's when the
+--- server asks (tide.integrations.mcp_client_tasks, which serves the
+--- `tasks/*` requests about them); `notifications/progress` for a tool call (every
 --- call asks for it: the turn's listeners hear it, and it moves the call's
 --- deadline), `notifications/message` (the server's logs, to `on_log`,
 --- from `log_level` up); and requests tide does not serve (answered with
@@ -251,10 +253,16 @@ local function on_server_message(src, msg, reply)
   if msg.id ~= nil and msg.id ~= json.null then
     if method == "ping" then
       reply { jsonrpc = "2.0", id = msg.id, result = {} }
-    elseif method == "sampling/createMessage" and src.sampling_config then
-      require("tide.integrations.mcp_sampling").handle(src, msg, reply)
-    elseif method == "elicitation/create" and src.elicit then
-      require("tide.integrations.mcp_elicitation").handle(src, msg, reply)
+    elseif (method == "sampling/createMessage" and src.sampling_config) or (method == "elicitation/create" and src.elicit) then
+      local handle = require(method == "elicitation/create" and "tide.integrations.mcp_elicitation"
+        or "tide.integrations.mcp_sampling").handle
+      if type(msg.params) == "table" and type(msg.params.task) == "table" then -- (run as a task of tide's)
+        require("tide.integrations.mcp_client_tasks").accept(src, msg, reply, handle)
+      else
+        handle(src, msg, reply)
+      end
+    elseif src.client_tasks and require("tide.integrations.mcp_client_tasks").serve(src, msg, reply) then
+      return -- (tasks/get, tasks/result, tasks/list, tasks/cancel)
     elseif method == "roots/list" and src.roots then
       reply { jsonrpc = "2.0", id = msg.id, result = { roots = src.roots } }
     else
@@ -1015,6 +1023,8 @@ function mcp.new(opts)
     -- elicitation/create put to a person (tide.integrations.mcp_elicitation)
     elicit = opts.elicit,
     elicitation = opts.elicit and { requests = 0, accepted = 0, declined = 0, cancelled = 0 } or nil,
+    -- (the tasks tide runs for the server: tide.integrations.mcp_client_tasks)
+    client_tasks = (sampling or opts.elicit) and {} or nil, client_task_seq = 0,
     roots = roots, -- what roots/list answers
     -- a call's progress (notifications/progress), by its token
     progress = {}, next_token = 1, max_total_timeout_ms = opts.max_total_timeout_ms,
@@ -1050,6 +1060,7 @@ local function client_capabilities(self)
   if self.sampling_config then caps.sampling = { tools = {} } end
   if self.elicit then caps.elicitation = { form = {}, url = {} } end
   if self.roots then caps.roots = {} end
+  caps.tasks = require("tide.integrations.mcp_client_tasks").capability(self)
   return caps
 end
 

@@ -89,12 +89,13 @@ local function serve(src, msg)
 end
 
 --- Answers a server's `elicitation/create` request `msg` through
---- `reply(answer)`, from a task of its own.
+--- `reply(answer)`, from a task of its own, which it returns.
 ---@param src table the MCP source (its `elicit` function and counters)
 ---@param msg table the JSON-RPC request
 ---@param reply fun(answer:table)
+---@return table task
 function M.handle(src, msg, reply)
-  core.spawn(function()
+  return core.spawn(function()
     local ok, answer = pcall(serve, src, msg)
     if not ok then answer = { jsonrpc = "2.0", id = msg.id, result = { action = "cancel" } } end
     pcall(reply, answer) -- (a server gone meanwhile has nobody to answer)

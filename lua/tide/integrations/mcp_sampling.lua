@@ -305,12 +305,13 @@ local function serve(src, cfg, msg)
 end
 
 --- Answers a server's `sampling/createMessage` request `msg` through
---- `reply(answer)`, from a task of its own.
+--- `reply(answer)`, from a task of its own, which it returns.
 ---@param src table the MCP source (its `sampling` config and counters)
 ---@param msg table the JSON-RPC request
 ---@param reply fun(answer:table)
+---@return table task
 function M.handle(src, msg, reply)
-  core.spawn(function()
+  return core.spawn(function()
     local ok, answer = pcall(serve, src, src.sampling_config, msg)
     if not ok then answer = rpc_error(msg.id, -32603, "sampling failed: " .. tostring(answer)) end
     -- (a server gone meanwhile has nobody to answer)
