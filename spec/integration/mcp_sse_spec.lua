@@ -10,9 +10,12 @@ local sse = require "tide.integrations.mcp_sse"
 
 local EVERYTHING = helpers.npm "@modelcontextprotocol/server-everything/dist/index.js"
 
+-- server-everything in its sse mode, and a source of its URL.
 local function everything()
-  return helpers.node_server(EVERYTHING, { "sse" }, function(port) return { PORT = tostring(port) } end,
+  local proc, port = helpers.node_server(EVERYTHING, { "sse" }, function(port) return { PORT = tostring(port) } end,
     function(proc) return (proc:stderr() or ""):find("Server is running on port", 1, true) ~= nil end)
+  return proc, tide.integrations.mcp { name = "everything", url = ("http://127.0.0.1:%d/sse"):format(port),
+    timeout_ms = 5000 }
 end
 
 describe("MCP over HTTP+SSE", function()
@@ -33,9 +36,7 @@ describe("MCP over HTTP+SSE", function()
 
   it("finds a server of the old transport behind its URL, and serves it as any other", function()
     helpers.run(function()
-      local proc, port = everything()
-      local src = tide.integrations.mcp { name = "everything", url = ("http://127.0.0.1:%d/sse"):format(port),
-        timeout_ms = 5000 }
+      local proc, src = everything()
       local kits = assert(cache.get(src))
       assert.is_true(src.legacy_sse)
       local names = {}
@@ -61,9 +62,7 @@ describe("MCP over HTTP+SSE", function()
 
   it("carries a tool's progress to the turn", function()
     helpers.run(function()
-      local proc, port = everything()
-      local src = tide.integrations.mcp { name = "everything", url = ("http://127.0.0.1:%d/sse"):format(port),
-        timeout_ms = 5000 }
+      local proc, src = everything()
       local srv <close> = assert(tide.testing.mock_server { default = function(req)
         local msgs = req.json.messages
         if msgs[#msgs].role == "tool" then return "it finished" end

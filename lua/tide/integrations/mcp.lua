@@ -361,6 +361,8 @@ local reader
 
 -- The server is gone (end of output, a broken stream): every request in
 -- flight fails now, and the next request starts a new server.
+-- (also the HTTP+SSE transport's, whose requests wait on a sleeping waiter
+-- task: it is woken)
 local function die(conn, why)
   if conn.dead then return end
   conn.dead = why
@@ -368,6 +370,7 @@ local function die(conn, why)
   for id, req in pairs(conn.pending) do
     req.done, req.err = true, core.error("ConnectionClosed", why)
     conn.pending[id] = nil
+    if req.waiter then req.waiter:cancel() end
   end
   conn.npending = 0
 end
@@ -537,12 +540,20 @@ local function open_http(src)
   return setmetatable({ src = src, next_id = 1 }, Http)
 end
 
+-- The headers every HTTP request of a source carries: its own, its bearer
+-- token, then `extra` (also the HTTP+SSE transport's).
+local function source_headers(src, extra)
+  local h = {}
+  for k, v in pairs(src.headers or {}) do h[k:lower()] = v end
+  if src.oauth then h.authorization = require("tide.integrations.mcp_oauth").bearer(src) end
+  for k, v in pairs(extra) do h[k] = v end
+  return h
+end
+
 function Http:headers()
-  local h = { ["content-type"] = "application/json", accept = "application/json, text/event-stream" }
-  for k, v in pairs(self.src.headers or {}) do h[k:lower()] = v end
-  if self.session_id then h["mcp-session-id"] = self.session_id end
-  if self.src.oauth then h.authorization = require("tide.integrations.mcp_oauth").bearer(self.src) end
-  if self.protocol then h["mcp-protocol-version"] = self.protocol end
+  local h = source_headers(self.src, { ["mcp-session-id"] = self.session_id, ["mcp-protocol-version"] = self.protocol })
+  h["content-type"] = h["content-type"] or "application/json" -- (a source's own may say otherwise)
+  h.accept = h.accept or "application/json, text/event-stream"
   return h
 end
 
@@ -1478,6 +1489,7 @@ mcp._parse = { messages_of = messages_of, answer_reader = answer_reader, each_me
 mcp._each_page = each_page -- (resources and prompts are listed the same way)
 -- (what the old HTTP+SSE transport, tide.integrations.mcp_sse, shares)
 mcp._kit = { on_server_message = on_server_message, encode = encode, rpc_error_text = rpc_error_text, fail = fail,
-  short = short, each_message = each_message, give_up = give_up, timed_out = timed_out }
+  short = short, each_message = each_message, give_up = give_up, timed_out = timed_out, die = die,
+  headers = source_headers }
 
 return mcp

@@ -54,27 +54,12 @@ local function resolve(base, ref)
   return url
 end
 
--- The headers of every request: the source's own, its bearer token.
-local function headers(src, extra)
-  local h = {}
-  for k, v in pairs(src.headers or {}) do h[k:lower()] = v end
-  if src.oauth then h.authorization = require("tide.integrations.mcp_oauth").bearer(src) end
-  for k, v in pairs(extra) do h[k] = v end
-  return h
-end
-
 -- The connection is over: every request in flight fails (its waiter
--- woken), and the next request connects again.
+-- woken: mcp.lua's die), the opener too, and the next request connects
+-- again.
 local function die(conn, why)
-  if conn.dead then return end
-  conn.dead = why
-  if conn.src.conn == conn then conn.src.conn = nil end
-  for id, req in pairs(conn.pending) do
-    req.done, req.err = true, core.error("ConnectionClosed", why)
-    conn.pending[id] = nil
-    if req.waiter then req.waiter:cancel() end
-  end
-  if conn.opening and conn.opening.waiter then conn.opening.waiter:cancel() end
+  kit().die(conn, why)
+  if conn.opening.waiter then conn.opening.waiter:cancel() end
 end
 
 -- One message of the stream: an answer settles its request, the rest is
@@ -119,7 +104,7 @@ local function read(conn)
     end
   end
   local ok, res, err = pcall(require("tide.http").request, {
-    method = "GET", url = src.url, headers = headers(src, { accept = "text/event-stream" }),
+    method = "GET", url = src.url, headers = kit().headers(src, { accept = "text/event-stream" }),
     hold = false, timeout_ms = 0, max_body_bytes = src.max_message_bytes, on_data = on_data,
   })
   local why
@@ -181,7 +166,7 @@ end
 function Sse:post(body)
   local src = self.src
   local res, err = require("tide.http").request {
-    method = "POST", url = self.endpoint, headers = headers(src, { ["content-type"] = "application/json" }),
+    method = "POST", url = self.endpoint, headers = kit().headers(src, { ["content-type"] = "application/json" }),
     body = body, timeout_ms = src.timeout_ms, max_body_bytes = 65536,
   }
   if not res then return nil, err end
